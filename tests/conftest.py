@@ -1,0 +1,16 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.dnsd import DnsServer
+
+ZONES = Path(__file__).parent / "zones"
+
+
+@pytest.fixture(scope="session")
+def dns_server():
+    """A real DNS server on 127.0.0.1 serving every tests/zones/*.zone file."""
+    with DnsServer(sorted(ZONES.glob("*.zone"))) as server:
+        yield server

@@ -1,0 +1,329 @@
+"""A small authoritative DNS server for the test suite.
+
+Serves zone files over UDP and TCP on one port from a background thread, with
+fault injection (SERVFAIL, silence, forced truncation) and a log of queries.
+Run by hand with ``python -m tests.support.dnsd ZONEFILE... --port 5353``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.node
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+
+UDP_LIMIT = 512  # answer size limit for UDP queries without EDNS
+TCP_LIMIT = 65535
+MAX_CNAME_CHAIN = 8
+BIND_ATTEMPTS = 5
+IN = dns.rdataclass.IN
+
+
+class _Zone:
+    """A loaded zone and every name that exists in it."""
+
+    def __init__(self, path: Path) -> None:
+        self.data = dns.zone.from_file(str(path), relativize=False)
+        self.origin = self.data.origin
+        # Owner names plus their ancestors, so empty non-terminals exist too.
+        self.names = {
+            name for owner in self.data.nodes for name in _up_to(owner, self.origin)
+        }
+
+    @property
+    def soa(self) -> dns.rrset.RRset:
+        return self.data.find_rrset(self.origin, dns.rdatatype.SOA)
+
+    def find(self, qname: dns.name.Name) -> dns.node.Node | None:
+        """The node answering qname, wildcards applied; None if it does not exist."""
+        if qname in self.names:
+            return self.data.get_node(qname) or dns.node.Node()
+        encloser = qname.parent()
+        while encloser not in self.names:
+            encloser = encloser.parent()
+        return self.data.get_node(dns.name.from_text("*", encloser))
+
+
+def _up_to(name: dns.name.Name, origin: dns.name.Name) -> Iterator[dns.name.Name]:
+    """name and its ancestors, ending with origin."""
+    while name != origin:
+        yield name
+        name = name.parent()
+    yield origin
+
+
+class _HangUp(Exception):
+    """Close the TCP connection instead of answering."""
+
+
+class DnsServer:
+    """Authoritative server for zone files, on one UDP+TCP port, in a thread."""
+
+    def __init__(
+        self, zone_files: Iterable[Path], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._zones = [_Zone(Path(path)) for path in zone_files]
+        self.host = host
+        self.port = port
+        self.queries: list[tuple[str, str, str]] = []  # (qname, qtype, transport)
+        self._servfail: set[dns.name.Name] = set()
+        self._drop: set[dns.name.Name] = set()
+        self._truncate: set[dns.name.Name] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    # -- fault injection -------------------------------------------------
+
+    def servfail(self, name: str) -> None:
+        """Answer every query for name with SERVFAIL."""
+        self._servfail.add(dns.name.from_text(name))
+
+    def drop(self, name: str) -> None:
+        """Never answer queries for name, so clients time out."""
+        self._drop.add(dns.name.from_text(name))
+
+    def truncate_always(self, name: str) -> None:
+        """Answer name with TC over UDP and hang up on it over TCP."""
+        self._truncate.add(dns.name.from_text(name))
+
+    def reset(self) -> None:
+        """Clear all faults and the query log."""
+        for names in (self._servfail, self._drop, self._truncate):
+            names.clear()
+        self.queries.clear()
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind UDP and TCP on one port and serve from a background thread."""
+        udp, tcp = _bind(self.host, self.port)
+        self.port = udp.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"dnsd-{self.port}", daemon=True
+        )
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(udp, tcp), self._loop).result()
+
+    def stop(self) -> None:
+        """Close the sockets and connections and join the thread."""
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> DnsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def _serve(self, udp: socket.socket, tcp: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self._handle), sock=udp
+        )
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+
+    async def _shutdown(self) -> None:
+        self._udp.close()
+        self._tcp.close()
+        for writer in self._connections:
+            writer.close()  # the handler sees EOF and returns
+        await asyncio.gather(*asyncio.all_tasks() - {asyncio.current_task()})
+
+    async def _serve_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Answer length-prefixed queries on one connection until it closes."""
+        self._connections.add(writer)
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                answer = self._handle(await reader.readexactly(size), "tcp")
+                if answer is not None:
+                    writer.write(len(answer).to_bytes(2, "big") + answer)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, _HangUp):
+            pass
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    # -- answering -------------------------------------------------------
+
+    def _handle(self, wire: bytes, transport: str) -> bytes | None:
+        """The wire answer to one packet, or None to stay silent."""
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return _format_error(wire)
+        if query.flags & dns.flags.QR:
+            return None
+        response = self._respond(query, transport)
+        if response is None:
+            return None
+        if transport == "tcp":
+            limit = TCP_LIMIT
+        else:
+            limit = response.request_payload or UDP_LIMIT  # EDNS payload, else 512
+        return response.to_wire(max_size=limit, prefer_truncation=True)
+
+    def _respond(
+        self, query: dns.message.Message, transport: str
+    ) -> dns.message.Message | None:
+        """The response to a parsed query after faults, or None to stay silent."""
+        response = dns.message.make_response(query)
+        if query.opcode() != dns.opcode.QUERY:
+            response.set_rcode(dns.rcode.NOTIMP)
+            return response
+        if len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+            return response
+        question = query.question[0]
+        name = question.name
+        self.queries.append(
+            (name.to_text(), dns.rdatatype.to_text(question.rdtype), transport)
+        )
+        if name in self._drop:
+            return None
+        if name in self._truncate:
+            if transport == "tcp":
+                raise _HangUp
+            response.flags |= dns.flags.TC
+        elif name in self._servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        else:
+            self._answer(question, response)
+        return response
+
+    def _answer(self, question: dns.rrset.RRset, response: dns.message.Message) -> None:
+        """Fill response from the zones, chasing CNAMEs through served zones."""
+        name = question.name
+        zone = self._zone_for(name)
+        if zone is None or question.rdclass != IN:
+            response.set_rcode(dns.rcode.REFUSED)
+            return
+        response.flags |= dns.flags.AA
+        for _ in range(MAX_CNAME_CHAIN):
+            node = zone.find(name)
+            if node is None:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+                break
+            wanted = node.get_rdataset(IN, question.rdtype)
+            cname = node.get_rdataset(IN, dns.rdatatype.CNAME)
+            found = wanted or cname
+            if found is None:
+                break  # NODATA
+            response.answer.append(dns.rrset.from_rdata_list(name, found.ttl, found))
+            if wanted is not None:
+                return
+            name = cname[0].target
+            zone = self._zone_for(name)
+            if zone is None:
+                return  # target outside our zones: the client chases it
+        else:  # CNAME loop
+            response.answer.clear()
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return
+        response.authority.append(zone.soa)
+
+    def _zone_for(self, name: dns.name.Name) -> _Zone | None:
+        """The most specific served zone containing name."""
+        return max(
+            (zone for zone in self._zones if name.is_subdomain(zone.origin)),
+            key=lambda zone: len(zone.origin),
+            default=None,
+        )
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    """Hands each datagram to the server and sends back its answer, if any."""
+
+    def __init__(self, handle: Callable[[bytes, str], bytes | None]) -> None:
+        self._handle = handle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        answer = self._handle(data, "udp")
+        if answer is not None:
+            self._transport.sendto(answer, addr)
+
+
+def _format_error(wire: bytes) -> bytes | None:
+    """FORMERR for an unparsable query with a header; None for anything else."""
+    if len(wire) < 12 or wire[2] & 0x80:  # too short, or QR set (a response)
+        return None
+    response = dns.message.Message(id=int.from_bytes(wire[:2], "big"))
+    response.flags = dns.flags.QR
+    response.set_rcode(dns.rcode.FORMERR)
+    return response.to_wire()
+
+
+def _bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on the same port; port 0 picks a free one."""
+    attempt = 1
+    while True:
+        udp = _bound_socket(host, port, socket.SOCK_DGRAM)
+        try:
+            return udp, _bound_socket(host, udp.getsockname()[1], socket.SOCK_STREAM)
+        except OSError:
+            udp.close()
+            if port or attempt == BIND_ATTEMPTS:
+                raise
+            attempt += 1
+
+
+def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
+    """A socket bound to (host, port); stream sockets also listen."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    stream = kind == socket.SOCK_STREAM
+    try:
+        if stream:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        if stream:
+            sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("zones", nargs="+", type=Path, metavar="ZONEFILE")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5353)
+    args = parser.parse_args(argv)
+    with DnsServer(args.zones, args.host, args.port) as server:
+        print(f"serving on {server.host} port {server.port} (UDP+TCP)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

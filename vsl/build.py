@@ -1,0 +1,428 @@
+"""Build the typed AST (:mod:`vsl.ast`) from a Lark parse tree.
+
+Also decodes literals (escapes, integer ranges, backtick interpolation) and
+rejects what the grammar accepts but the language does not (nested ``fn``,
+assignment to a non-place, oversized literals).
+"""
+from __future__ import annotations
+
+import re
+
+from lark import Token, Transformer, v_args
+
+from . import ast
+from .errors import Pos, VslSyntaxError
+from .syntax import I64_MAX, I64_MIN, _line_of, check_depth, parse_tree
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0",
+            "$": "$", "`": "`"}
+_ESCAPE_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|\n[ \t]*|.)", re.S)
+_INTERP_RE = re.compile(r"\$\{")
+
+
+def _loc(node) -> ast.Loc:
+    if isinstance(node, Token):
+        return (node.line, node.column)
+    return (node.line, node.column)
+
+
+class _Builder(Transformer):
+    """Lark transformer producing ast nodes; one method per grammar rule."""
+
+    def __init__(self, parser: "Parser"):
+        super().__init__(visit_tokens=False)
+        self.p = parser
+
+    def _err(self, msg: str, loc: ast.Loc) -> VslSyntaxError:
+        return self.p.error(msg, loc)
+
+    # -- statements ------------------------------------------------------
+    @v_args(meta=True)
+    def start(self, meta, items):
+        return list(items)
+
+    @v_args(meta=True)
+    def block(self, meta, items):
+        for item in items:
+            if isinstance(item, ast.FnDef):
+                raise self._err("functions can only be defined at the top level", item.pos)
+            if isinstance(item, ast.Import):
+                raise self._err("import is only allowed at the top level", item.pos)
+        return ast.Block(self._meta_loc(meta), tuple(items))
+
+    def _meta_loc(self, meta) -> ast.Loc:
+        return (meta.line, meta.column) if not meta.empty else (1, 1)
+
+    def block_stmt(self, items):
+        (expr,) = items
+        return ast.ExprStmt(expr.pos, expr)
+
+    def expr_stmt(self, items):
+        (expr,) = items
+        return ast.ExprStmt(expr.pos, expr)
+
+    @v_args(meta=True)
+    def let_stmt(self, meta, items):
+        name, value = items
+        return ast.Let(_loc(name), str(name), value)
+
+    @v_args(meta=True)
+    def const_stmt(self, meta, items):
+        name, value = items
+        return ast.Let(_loc(name), str(name), value, const=True)
+
+    def assign_op(self, items):
+        return items[0]
+
+    def assign_stmt(self, items):
+        target, op, value = items
+        if not isinstance(target, (ast.Var, ast.Index, ast.Prop)):
+            raise self._err("cannot assign to this expression", target.pos)
+        return ast.Assign(_loc(op), target, str(op), value)
+
+    @v_args(meta=True)
+    def return_stmt(self, meta, items):
+        return ast.Return(self._meta_loc(meta), items[0])
+
+    @v_args(meta=True)
+    def break_stmt(self, meta, items):
+        return ast.Break(self._meta_loc(meta))
+
+    @v_args(meta=True)
+    def continue_stmt(self, meta, items):
+        return ast.Continue(self._meta_loc(meta))
+
+    @v_args(meta=True)
+    def throw_stmt(self, meta, items):
+        return ast.Throw(self._meta_loc(meta), items[0])
+
+    @v_args(meta=True)
+    def import_stmt(self, meta, items):
+        path, alias = items
+        return ast.Import(self._meta_loc(meta), self._string(path),
+                          str(alias) if alias is not None else None)
+
+    @v_args(meta=True)
+    def fn_def(self, meta, items):
+        name, params, body = items
+        params = params or []
+        seen = set()
+        for p in params:
+            if str(p) in seen:
+                raise self._err(f"duplicate parameter '{p}'", _loc(p))
+            seen.add(str(p))
+        return ast.FnDef(_loc(name), str(name), tuple(str(p) for p in params),
+                         tuple(_loc(p) for p in params), body)
+
+    def params(self, items):
+        return list(items)
+
+    @v_args(meta=True)
+    def while_stmt(self, meta, items):
+        cond, body = items
+        return ast.While(self._meta_loc(meta), cond, body)
+
+    @v_args(meta=True)
+    def loop_stmt(self, meta, items):
+        return ast.Loop(self._meta_loc(meta), items[0])
+
+    @v_args(meta=True)
+    def for_stmt(self, meta, items):
+        (var, index_var), in_tok, iterable, body = items
+        if str(in_tok) != "in":
+            raise self._err("expected 'in' after the loop variable", _loc(in_tok))
+        return ast.For(self._meta_loc(meta), var, index_var, iterable, body)
+
+    def for_vars(self, items):
+        if len(items) == 1:
+            return str(items[0]), None
+        if str(items[0]) == str(items[1]):
+            raise self._err(f"duplicate loop variable '{items[1]}'", _loc(items[1]))
+        return str(items[0]), str(items[1])
+
+    @v_args(meta=True)
+    def try_stmt(self, meta, items):
+        body, name, handler = items
+        return ast.Try(self._meta_loc(meta), body, str(name) if name is not None else None,
+                       handler)
+
+    # -- expressions -----------------------------------------------------
+    def or_op(self, items):
+        left, right = items
+        return ast.Binary(left.pos, "||", left, right)
+
+    def and_op(self, items):
+        left, right = items
+        return ast.Binary(left.pos, "&&", left, right)
+
+    def coalesce_op(self, items):
+        left, right = items
+        return ast.Binary(left.pos, "??", left, right)
+
+    def binop(self, items):
+        left, op, right = items
+        return ast.Binary(_loc(op), str(op), left, right)
+
+    def in_op(self, items):
+        left, op, right = items
+        return ast.Binary(_loc(op), str(op), left, right)
+
+    def range_op(self, items):
+        left, op, right = items
+        return ast.Binary(_loc(op), str(op), left, right)
+
+    def unop(self, items):
+        op, operand = items
+        if str(op) == "-" and isinstance(operand, ast.Literal) and type(operand.value) in (
+                int, float) and not isinstance(operand.value, bool):
+            value = -operand.value
+            if type(value) is int and value < I64_MIN:
+                raise self._err("integer literal out of range", _loc(op))
+            return ast.Literal(_loc(op), value)
+        return ast.Unary(_loc(op), str(op), operand)
+
+    def prop(self, items):
+        obj, name = items
+        return ast.Prop(_loc(name), obj, str(name))
+
+    def method(self, items):
+        obj, name, args = items
+        return ast.MethodCall(_loc(name), obj, str(name), tuple(args or ()))
+
+    @v_args(meta=True)
+    def index(self, meta, items):
+        obj, idx = items
+        return ast.Index(self._meta_loc(meta), obj, idx)
+
+    def args(self, items):
+        return list(items)
+
+    def int_lit(self, items):
+        (tok,) = items
+        text = str(tok).replace("_", "")
+        try:
+            if text.startswith(("0x", "-0x")):
+                value = int(text, 16)
+            elif text.startswith(("0o", "-0o")):
+                value = int(text, 8)
+            elif text.startswith(("0b", "-0b")):
+                value = int(text, 2)
+            else:
+                value = int(text, 10)
+        except ValueError:
+            raise self._err(f"invalid number '{tok}'", _loc(tok)) from None
+        if value > I64_MAX + (1 if not text.startswith("-") else 0) or value < I64_MIN:
+            raise self._err(f"integer literal '{tok}' out of range for i64", _loc(tok))
+        return ast.Literal(_loc(tok), value)
+
+    def float_lit(self, items):
+        (tok,) = items
+        return ast.Literal(_loc(tok), float(str(tok).replace("_", "")))
+
+    def string_lit(self, items):
+        (tok,) = items
+        return ast.Literal(_loc(tok), self._string(tok))
+
+    @v_args(meta=True)
+    def true_lit(self, meta, items):
+        return ast.Literal(self._meta_loc(meta), True)
+
+    @v_args(meta=True)
+    def false_lit(self, meta, items):
+        return ast.Literal(self._meta_loc(meta), False)
+
+    @v_args(meta=True)
+    def unit_lit(self, meta, items):
+        return ast.Literal(self._meta_loc(meta), None)
+
+    @v_args(meta=True)
+    def array_lit(self, meta, items):
+        (args,) = items
+        args = tuple(args or ())
+        self.p.check_size(len(args), "array", self._meta_loc(meta))
+        return ast.ArrayLit(self._meta_loc(meta), args)
+
+    @v_args(meta=True)
+    def map_lit(self, meta, items):
+        (entries,) = items
+        entries = tuple(entries or ())
+        self.p.check_size(len(entries), "map", self._meta_loc(meta))
+        return ast.MapLit(self._meta_loc(meta), entries)
+
+    def map_entries(self, items):
+        seen = {}
+        for key, value, loc in items:
+            if key in seen:
+                raise self._err(f"duplicate map key '{key}'", loc)
+            seen[key] = value
+        return [(k, v) for k, v, _ in items]
+
+    def map_entry(self, items):
+        key, value = items
+        name = self._string(key) if key.type == "STRING" else str(key)
+        return name, value, _loc(key)
+
+    def var(self, items):
+        (name,) = items
+        return ast.Var(_loc(name), str(name))
+
+    def call(self, items):
+        name, args = items
+        return ast.Call(_loc(name), str(name), tuple(args or ()))
+
+    def ns_var(self, items):
+        ns, name = items
+        return ast.NsVar(_loc(ns), str(ns), str(name))
+
+    def ns_call(self, items):
+        ns, name, args = items
+        return ast.NsCall(_loc(ns), str(ns), str(name), tuple(args or ()))
+
+    @v_args(meta=True)
+    def if_expr(self, meta, items):
+        orelse = items[-1] if len(items) % 2 else None
+        conds = items[:-1] if len(items) % 2 else items
+        branches = tuple((conds[i], conds[i + 1]) for i in range(0, len(conds), 2))
+        return ast.If(self._meta_loc(meta), branches, orelse)
+
+    @v_args(meta=True)
+    def switch_expr(self, meta, items):
+        subject, *arms = items
+        for i, arm in enumerate(arms):
+            if ast.WILDCARD in arm.patterns and i != len(arms) - 1:
+                raise self._err("the default arm '_' must be the last one", arm.pos)
+        return ast.Switch(self._meta_loc(meta), subject, tuple(arms))
+
+    @v_args(meta=True)
+    def switch_arm(self, meta, items):
+        *patterns, guard, body = items
+        values = []
+        for pat in patterns:
+            values.append(ast.WILDCARD if pat is ast.WILDCARD else pat.value)
+        if ast.WILDCARD in values and len(values) > 1:
+            raise self._err("'_' cannot be combined with other patterns", self._meta_loc(meta))
+        return ast.Arm(self._meta_loc(meta), tuple(values), guard, body)
+
+    def wildcard(self, items):
+        return ast.WILDCARD
+
+    @v_args(meta=True)
+    def closure(self, meta, items):
+        if len(items) == 1:
+            params, body = [], items[0]
+        else:
+            params, body = items
+        params = params or []
+        return ast.Closure(self._meta_loc(meta), tuple(str(p) for p in params), body)
+
+    @v_args(meta=True)
+    def template_lit(self, meta, items):
+        (tok,) = items
+        return self.p.template(tok)
+
+    # -- helpers ---------------------------------------------------------
+    def _string(self, tok: Token) -> str:
+        body = str(tok)[1:-1]
+
+        def unescape(m: re.Match) -> str:
+            esc = m.group(1)
+            if esc[0] in "xuU":
+                return chr(int(esc[1:], 16))
+            if esc[0] == "\n":
+                return ""
+            if esc in _ESCAPES:
+                return _ESCAPES[esc]
+            raise self._err(f"invalid escape sequence '\\{esc}'", _loc(tok))
+
+        value = _ESCAPE_RE.sub(unescape, body)
+        self.p.check_size(len(value), "string", _loc(tok))
+        return value
+
+
+class Parser:
+    """Parses one script (and the interpolations inside its backtick strings)."""
+
+    def __init__(self, source: str, file: str, limits):
+        self.source, self.file, self.limits = source, file, limits
+
+    def error(self, msg: str, loc: ast.Loc) -> VslSyntaxError:
+        return VslSyntaxError(msg, Pos(self.file, *loc), _line_of(self.source, loc[0]))
+
+    def check_size(self, size: int, what: str, loc: ast.Loc) -> None:
+        limit = {"string": self.limits.max_string_size, "array": self.limits.max_array_size,
+                 "map": self.limits.max_map_size}[what]
+        if limit and size > limit:
+            raise self.error(f"{what} literal too large ({size} > {limit})", loc)
+
+    def statements(self, text: str) -> list:
+        tree = parse_tree(text, self.file)
+        check_depth(tree, self.limits.max_expr_depth, self.source, self.file)
+        return _Builder(self).transform(tree)
+
+    def template(self, tok: Token) -> ast.Template:
+        """Split a backtick string into text and ``${ }`` blocks, parsed in place."""
+        raw = str(tok)[1:-1]
+        offset = 1
+        if raw.startswith("\n") or raw.startswith("\r\n"):
+            cut = raw.index("\n") + 1
+            raw, offset = raw[cut:], offset + cut
+        parts: list = []
+        text_start = 0
+        i = 0
+        while True:
+            m = _INTERP_RE.search(raw, i)
+            if not m:
+                break
+            parts.append(raw[text_start:m.start()].replace("``", "`"))
+            end = _interp_end(raw, m.end())
+            inner_start = tok.start_pos + offset + m.end()
+            line = self.source.count("\n", 0, inner_start) + 1
+            col = inner_start - (self.source.rfind("\n", 0, inner_start) + 1) + 1
+            padded = "\n" * (line - 1) + " " * (col - 1) + raw[m.end():end]
+            body = self.statements(padded)
+            parts.append(ast.Block((line, col), tuple(body)))
+            i = text_start = end + 1
+        parts.append(raw[text_start:].replace("``", "`"))
+        parts = [p for p in parts if p != ""]
+        self.check_size(sum(len(p) for p in parts if isinstance(p, str)), "string", _loc(tok))
+        return ast.Template(_loc(tok), tuple(parts))
+
+
+def _interp_end(raw: str, start: int) -> int:
+    """Index of the '}' closing an interpolation opened just before ``start``."""
+    depth, i = 1, start
+    while i < len(raw):
+        ch = raw[i]
+        if ch == '"':
+            i += 1
+            while raw[i] != '"':
+                i += 2 if raw[i] == "\\" else 1
+        elif ch == "`":
+            i = raw.index("`", i + 1)
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise AssertionError("the grammar guarantees a closing brace")
+
+
+def parse(source: str, file: str, limits) -> ast.Module:
+    """Parse a whole script into an :class:`ast.Module`."""
+    parser = Parser(source, file, limits)
+    body = parser.statements(source)
+    functions, seen = [], {}
+    for stmt in body:
+        if isinstance(stmt, ast.FnDef):
+            key = (stmt.name, len(stmt.params))
+            if key in seen:
+                raise parser.error(
+                    f"function '{stmt.name}' with {len(stmt.params)} parameter(s) is already "
+                    f"defined at line {seen[key]}", stmt.pos)
+            seen[key] = stmt.pos[0]
+            functions.append(stmt)
+    statements = tuple(s for s in body if not isinstance(s, ast.FnDef))
+    imports = tuple(s for s in statements if isinstance(s, ast.Import))
+    return ast.Module(file, source, statements, tuple(functions), imports)

@@ -1,0 +1,547 @@
+"""Compile a resolved module to Python code, once, at load time.
+
+Each script function becomes one Python function (``async def`` when it
+waits on I/O); statements map to Python statements and every operator to a
+checked helper from :mod:`vsl.ops`. Generated nodes carry the script's
+line:col, so a runtime error is located from the Python traceback alone.
+Script names are mangled (``v_x``) and the code runs with empty builtins:
+no Python name, attribute or import is reachable from script text.
+"""
+from __future__ import annotations
+
+import ast as py
+import itertools
+
+from . import ast as A
+from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
+
+_BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
+                   "==": "_eq", "!=": "_ne", "<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge",
+                   "in": "_in", "!in": "_notin", "..": "_range", "..=": "_rangei"}
+_ASSIGN_HELPERS = {"+=": "_add", "-=": "_sub", "*=": "_mul", "/=": "_div", "%=": "_mod",
+                   "**=": "_pow"}
+_BOOL_OPS = {"==", "!=", "<", "<=", ">", ">=", "in", "!in", "&&", "||"}
+
+
+def script_fn_name(name: str, arity: int) -> str:
+    return f"f_{name}_{arity}"
+
+
+def native_name(ns: str, name: str) -> str:
+    return f"n_{ns or '_'}_{name}"
+
+
+def module_fn_name(alias: str, name: str, arity: int) -> str:
+    return f"m_{alias}_{name}_{arity}"
+
+
+def _name(id_: str, store: bool = False) -> py.Name:
+    return py.Name(id_, py.Store() if store else py.Load())
+
+
+def _call(fn: str | py.expr, *args: py.expr) -> py.Call:
+    func = _name(fn) if isinstance(fn, str) else fn
+    return py.Call(func, list(args), [])
+
+
+def _const(v) -> py.Constant:
+    return py.Constant(v)
+
+
+def _assign(target: str, value: py.expr) -> py.Assign:
+    return py.Assign([_name(target, store=True)], value)
+
+
+def _tick() -> list[py.stmt]:
+    """``_t.n -= 1; if _t.n < 0: _t.slow()`` -- counts one operation."""
+    counter = py.Attribute(_name("_t"), "n", py.Store())
+    return [py.AugAssign(counter, py.Sub(), _const(1)),
+            py.If(py.Compare(py.Attribute(_name("_t"), "n", py.Load()), [py.Lt()], [_const(0)]),
+                  [py.Expr(_call(py.Attribute(_name("_t"), "slow", py.Load())))], [])]
+
+
+def _located(nodes, pos: A.Loc):
+    """Give every node without a position the script position ``pos``."""
+    line, col = pos
+    for root in nodes if isinstance(nodes, list) else [nodes]:
+        for node in py.walk(root):
+            if "lineno" in node._attributes and getattr(node, "lineno", None) is None:
+                node.lineno, node.end_lineno = line, line
+                node.col_offset, node.end_col_offset = col - 1, col
+    return nodes
+
+
+class _Fn:
+    """Compiles the body of one Python function (script fn, top level or closure)."""
+
+    def __init__(self, mc: "ModuleCompiler", is_async: bool, kind: str):
+        self.mc = mc
+        self.is_async = is_async
+        self.kind = kind  # "fn" | "top" | "closure"
+        self.out: list[py.stmt] = []
+        self.depth = 0  # block nesting, for top-level constants
+
+    # -- helpers ---------------------------------------------------------
+    def emit(self, stmts, pos: A.Loc) -> None:
+        if not isinstance(stmts, list):
+            stmts = [stmts]
+        self.out.extend(_located(stmts, pos))
+
+    def tmp(self) -> str:
+        return self.mc.tmp()
+
+    def wait(self, call: py.expr) -> py.expr:
+        return py.Await(call)
+
+    def capture(self, fn) -> list[py.stmt]:
+        """Run ``fn`` with a fresh statement buffer and return what it emitted."""
+        saved, self.out = self.out, []
+        try:
+            fn()
+            return self.out
+        finally:
+            self.out = saved
+
+    def names(self, node, slot: str) -> str:
+        return self.mc.res.names[(id(node), slot)]
+
+    # -- blocks and statements --------------------------------------------
+    def body(self, stmts, sink, pos: A.Loc) -> None:
+        """Compile statements; the last one's value goes to ``sink``."""
+        if not stmts:
+            self.sink(sink, _const(None), pos)
+            return
+        for s in stmts[:-1]:
+            self.stmt(s)
+        self.last(stmts[-1], sink)
+
+    def sink(self, sink, value: py.expr, pos: A.Loc) -> None:
+        if sink is None:
+            if not isinstance(value, (py.Constant, py.Name)):
+                self.emit(py.Expr(value), pos)
+        elif sink == "return":
+            self.emit(py.Return(value), pos)
+        else:
+            self.emit(_assign(sink, value), pos)
+
+    def last(self, s, sink) -> None:
+        if sink is None:
+            self.stmt(s)
+        elif isinstance(s, A.ExprStmt):
+            if isinstance(s.expr, (A.If, A.Switch, A.Block)):
+                self.valued(s.expr, sink)
+            else:
+                self.sink(sink, self.expr(s.expr), s.pos)
+        elif isinstance(s, (A.Return, A.Throw, A.Break, A.Continue)):
+            self.stmt(s)
+        else:
+            self.stmt(s)
+            self.sink(sink, _const(None), s.pos)
+
+    def block(self, block: A.Block, sink) -> None:
+        self.depth += 1
+        self.body(block.body, sink, block.pos)
+        self.depth -= 1
+
+    def nested(self, fn) -> list[py.stmt]:
+        """Statements for a Python suite (if/loop body); never empty."""
+        stmts = self.capture(fn)
+        return stmts or [py.Pass()]
+
+    def valued(self, e, sink) -> None:
+        """Compile an if/switch/block expression, sending its value to ``sink``."""
+        if isinstance(e, A.Block):
+            self.block(e, sink)
+        elif isinstance(e, A.If):
+            self.if_chain(list(e.branches), e.orelse, sink, e.pos)
+        else:
+            self.switch(e, sink)
+
+    def if_chain(self, branches, orelse, sink, pos) -> None:
+        (cond, body), rest = branches[0], branches[1:]
+        test = self.condition(cond)
+        then = self.nested(lambda: self.block(body, sink))
+        if rest:
+            other = self.nested(lambda: self.if_chain(rest, orelse, sink, pos))
+        elif orelse is not None:
+            other = self.nested(lambda: self.block(orelse, sink))
+        elif sink is not None:
+            other = self.nested(lambda: self.sink(sink, _const(None), pos))
+        else:
+            other = []
+        self.emit(py.If(test, then, other), cond.pos)
+
+    def switch(self, e: A.Switch, sink) -> None:
+        subject, done = self.tmp(), self.tmp()
+        self.emit([_assign(subject, self.expr(e.subject)), _assign(done, _const(False))], e.pos)
+        has_default = False
+        for arm in e.arms:
+            tests = [py.UnaryOp(py.Not(), _name(done))]
+            if A.WILDCARD in arm.patterns:
+                has_default = True
+            else:
+                matches = [_call("_eq", _name(subject), _const(p)) for p in arm.patterns]
+                tests.append(matches[0] if len(matches) == 1 else py.BoolOp(py.Or(), matches))
+
+            def arm_body(arm=arm):
+                def taken():
+                    self.emit(_assign(done, _const(True)), arm.pos)
+                    if isinstance(arm.body, (A.If, A.Switch, A.Block)):
+                        self.valued(arm.body, sink)
+                    else:
+                        self.sink(sink, self.expr(arm.body), arm.pos)
+                if arm.guard is None:
+                    taken()
+                else:
+                    guard = self.condition(arm.guard)
+                    self.emit(py.If(guard, self.nested(taken), []), arm.guard.pos)
+
+            self.emit(py.If(py.BoolOp(py.And(), tests) if len(tests) > 1 else tests[0],
+                            self.nested(arm_body), []), arm.pos)
+        if sink is not None and not has_default:
+            self.emit(py.If(py.UnaryOp(py.Not(), _name(done)),
+                            self.nested(lambda: self.sink(sink, _const(None), e.pos)), []), e.pos)
+
+    def stmt(self, s) -> None:
+        getattr(self, "s_" + type(s).__name__)(s)
+
+    def s_ExprStmt(self, s: A.ExprStmt) -> None:
+        if isinstance(s.expr, (A.If, A.Switch, A.Block)):
+            self.valued(s.expr, None)
+        else:
+            self.sink(None, self.expr(s.expr), s.pos)
+
+    def s_Let(self, s: A.Let) -> None:
+        target = self.names(s, "name")
+        value = self.expr(s.value) if s.value is not None else _const(None)
+        if s.const:
+            value = _call("_freeze", value)
+        self.emit(_assign(target, value), s.pos)
+        if s.const and self.kind == "top" and self.depth == 0:
+            store = py.Subscript(_name("_G"), _const(s.name), py.Store())
+            self.emit(py.Assign([store], _name(target)), s.pos)
+
+    def s_Assign(self, s: A.Assign) -> None:
+        t = s.target
+        if isinstance(t, A.Var):
+            name = self.mc.res.names[(id(t), "ref")]
+            value = self.expr(s.value)
+            if s.op != "=":
+                value = _call(_ASSIGN_HELPERS[s.op], _name(name), value)
+            self.emit(_assign(name, value), s.pos)
+            return
+        if isinstance(t, A.Index):
+            obj, key, value = self.seq([t.obj, t.index, s.value])
+            getter, setter = "_idx", "_setidx"
+        else:
+            obj, value = self.seq([t.obj, s.value])
+            key = _const(t.name)
+            getter, setter = "_getprop", "_setprop"
+        if s.op != "=":
+            obj_t, key_t = self.tmp(), self.tmp()
+            self.emit([_assign(obj_t, obj), _assign(key_t, key)], s.pos)
+            obj, key = _name(obj_t), _name(key_t)
+            value = _call(_ASSIGN_HELPERS[s.op], _call(getter, obj, key), value)
+        self.emit(py.Expr(_call(setter, obj, key, value)), s.pos)
+
+    def s_Return(self, s: A.Return) -> None:
+        value = self.expr(s.value) if s.value is not None else _const(None)
+        self.emit(py.Return(value), s.pos)
+
+    def s_Throw(self, s: A.Throw) -> None:
+        value = self.expr(s.value) if s.value is not None else _const(None)
+        self.emit(py.Raise(_call("_throw", value), None), s.pos)
+
+    def s_Break(self, s) -> None:
+        self.emit(py.Break(), s.pos)
+
+    def s_Continue(self, s) -> None:
+        self.emit(py.Continue(), s.pos)
+
+    def s_Import(self, s) -> None:
+        """Imports are loaded when the script is compiled; nothing runs here."""
+
+    def loop_suite(self, body: A.Block, pos: A.Loc, head=()) -> list[py.stmt]:
+        def build():
+            self.emit(_tick(), pos)
+            self.out.extend(head)
+            self.block(body, None)
+        return self.nested(build)
+
+    def s_While(self, s: A.While) -> None:
+        pre = self.capture(lambda: setattr(self, "_cond", self.condition(s.cond)))
+        cond = self._cond
+        if not pre:
+            self.emit(py.While(cond, self.loop_suite(s.body, s.pos), []), s.pos)
+            return
+        stop = _located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
+        self.emit(py.While(_const(True), self.loop_suite(s.body, s.pos, pre + stop), []), s.pos)
+
+    def s_Loop(self, s: A.Loop) -> None:
+        self.emit(py.While(_const(True), self.loop_suite(s.body, s.pos), []), s.pos)
+
+    def s_For(self, s: A.For) -> None:
+        it = s.iterable
+        if isinstance(it, A.Binary) and it.op in ("..", "..="):
+            source = self.expr(it)
+        else:
+            source = _call("_iter", self.expr(it))
+        var = self.names(s, "var")
+        if s.index_var is None:
+            target: py.expr = _name(var, store=True)
+        else:
+            source = _call("_enumerate", source)
+            target = py.Tuple([_name(self.names(s, "index"), store=True),
+                               _name(var, store=True)], py.Store())
+        self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
+
+    def s_Try(self, s: A.Try) -> None:
+        body = self.nested(lambda: self.block(s.body, None))
+
+        def handler():
+            if s.err_name is not None:
+                self.emit(_assign(self.names(s, "err"), _call("_errval", _name("_e"))),
+                          s.handler.pos)
+            self.block(s.handler, None)
+
+        handler_suite = self.nested(handler)
+        self.emit(py.Try(body, [py.ExceptHandler(_name("_Catch"), "_e", handler_suite)], [], []),
+                  s.pos)
+
+    # -- expressions -----------------------------------------------------
+    def expr(self, e) -> py.expr:
+        node = getattr(self, "e_" + type(e).__name__)(e)
+        return _located(node, e.pos)
+
+    def seq(self, exprs) -> list[py.expr]:
+        """Compile expressions left to right, spilling earlier ones to temporaries
+        when a later one needs statements (keeps evaluation order)."""
+        results: list[py.expr] = []
+        for e in exprs:
+            mark = len(self.out)
+            value = self.expr(e)
+            if len(self.out) > mark:
+                for i, prev in enumerate(results):
+                    if not isinstance(prev, py.Constant):
+                        name = self.tmp()
+                        self.out.insert(mark, _located(_assign(name, prev), e.pos))
+                        mark += 1
+                        results[i] = _name(name)
+            results.append(value)
+        return results
+
+    def condition(self, e) -> py.expr:
+        value = self.expr(e)
+        if _known_bool(e):
+            return value
+        return _located(_call("_cond", value), e.pos)
+
+    def e_Literal(self, e: A.Literal) -> py.expr:
+        return _const(e.value)
+
+    def e_Template(self, e: A.Template) -> py.expr:
+        parts = [p if not isinstance(p, str) else A.Literal(e.pos, p) for p in e.parts]
+        return _call("_tpl", *self.seq(parts))
+
+    def e_ArrayLit(self, e: A.ArrayLit) -> py.expr:
+        return py.List(self.seq(e.items), py.Load())
+
+    def e_MapLit(self, e: A.MapLit) -> py.expr:
+        values = self.seq([v for _, v in e.entries])
+        return py.Dict([_const(k) for k, _ in e.entries], values)
+
+    def e_Var(self, e: A.Var) -> py.expr:
+        return _name(self.mc.res.names[(id(e), "ref")])
+
+    def e_NsVar(self, e: A.NsVar) -> py.expr:
+        if e.ns == "global":
+            return _call("_gget", _name("_G"), _const(e.name))
+        return _call("_gget", _name(f"mc_{e.ns}"), _const(e.name))
+
+    def e_Unary(self, e: A.Unary) -> py.expr:
+        operand = self.expr(e.operand)
+        if e.op == "!":
+            if _known_bool(e.operand):
+                return py.UnaryOp(py.Not(), operand)
+            return _call("_not", operand)
+        return _call("_neg" if e.op == "-" else "_pos", operand)
+
+    def e_Binary(self, e: A.Binary) -> py.expr:
+        if e.op in ("&&", "||"):
+            return self.logic(e)
+        if e.op == "??":
+            return self.coalesce(e)
+        left, right = self.seq([e.left, e.right])
+        return _call(_BINARY_HELPERS[e.op], left, right)
+
+    def logic(self, e: A.Binary) -> py.expr:
+        left = self.condition(e.left)
+        mark = len(self.out)
+        right = self.condition(e.right)
+        op = py.And() if e.op == "&&" else py.Or()
+        if len(self.out) == mark:
+            return py.BoolOp(op, [left, right])
+        pre = self.out[mark:]
+        del self.out[mark:]
+        result = self.tmp()
+        self.emit(_assign(result, left), e.pos)
+        test = _name(result) if e.op == "&&" else py.UnaryOp(py.Not(), _name(result))
+        self.emit(py.If(test, pre + _located([_assign(result, right)], e.pos), []), e.pos)
+        return _name(result)
+
+    def coalesce(self, e: A.Binary) -> py.expr:
+        left = self.expr(e.left)
+        result = self.tmp()
+        self.emit(_assign(result, left), e.pos)
+        right = self.nested(lambda: self.emit(_assign(result, self.expr(e.right)), e.pos))
+        self.emit(py.If(py.Compare(_name(result), [py.Is()], [_const(None)]), right, []), e.pos)
+        return _name(result)
+
+    def e_Prop(self, e: A.Prop) -> py.expr:
+        return _call("_getprop", self.expr(e.obj), _const(e.name))
+
+    def e_Index(self, e: A.Index) -> py.expr:
+        return _call("_idx", *self.seq([e.obj, e.index]))
+
+    def valued_temp(self, e) -> py.expr:
+        result = self.tmp()
+        self.valued(e, result)
+        return _name(result)
+
+    def e_Block(self, e: A.Block) -> py.expr:
+        return self.valued_temp(e)
+
+    def e_Switch(self, e: A.Switch) -> py.expr:
+        return self.valued_temp(e)
+
+    def e_If(self, e: A.If) -> py.expr:
+        simple = self.simple_if(e)
+        return simple if simple is not None else self.valued_temp(e)
+
+    def simple_if(self, e: A.If) -> py.expr | None:
+        """``if c { a } else { b }`` as a Python conditional expression, when no branch
+        needs statements."""
+        if e.orelse is None:
+            return None
+        blocks = [b for _, b in e.branches] + [e.orelse]
+        if any(len(b.body) != 1 or not isinstance(b.body[0], A.ExprStmt) or
+               isinstance(b.body[0].expr, (A.If, A.Switch, A.Block)) for b in blocks):
+            return None
+        mark = len(self.out)
+        conds = [self.condition(c) for c, _ in e.branches]
+        values = [self.expr(b.body[0].expr) for b in blocks]
+        if len(self.out) != mark:
+            del self.out[mark:]
+            return None
+        result = values[-1]
+        for cond, value in reversed(list(zip(conds, values[:-1]))):
+            result = py.IfExp(cond, value, result)
+        return result
+
+    def e_Closure(self, e: A.Closure) -> py.expr:
+        name = self.mc.tmp("_c")
+        inner = _Fn(self.mc, False, "closure")
+        inner.emit(_tick(), e.pos)
+        body_stmts = inner.capture(lambda: inner.sink("return", inner.expr(e.body), e.pos))
+        inner.out.extend(body_stmts)
+        nonlocals = sorted(self.mc.res.nonlocals.get(id(e), ()))
+        if nonlocals:
+            inner.out.insert(0, _located(py.Nonlocal(nonlocals), e.pos))
+        params = [py.arg(self.names(e, f"p{i}")) for i in range(len(e.params))]
+        fn = py.FunctionDef(name, py.arguments([], params, None, [], [], None, []), inner.out,
+                            [], None)
+        self.mc.code_names[name] = "<closure>"
+        self.emit(fn, e.pos)
+        return _call("_closure", _name(name), _const(len(e.params)))
+
+    def call_script(self, fn_name: str, args, is_async: bool) -> py.expr:
+        depth = py.BinOp(_name("_d"), py.Add(), _const(1))
+        call = _call(fn_name, _name("_t"), depth, *args)
+        return self.wait(call) if is_async else call
+
+    def method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr:
+        if name == "call":
+            return _call("_callv", obj, py.Tuple(args, py.Load()))
+        if name in self.mc.async_methods:
+            return self.wait(_call("_ameth", _name("_ops"), obj, _const(name),
+                                   py.Tuple(args, py.Load())))
+        return _call("_meth", _name("_ops"), obj, _const(name), py.Tuple(args, py.Load()))
+
+    def target_call(self, e, target, args: list[py.expr]) -> py.expr:
+        res = self.mc.res
+        if isinstance(target, ScriptFn):
+            return self.call_script(script_fn_name(target.name, target.arity), args,
+                                    (target.name, target.arity) in res.async_functions)
+        if isinstance(target, NativeFn):
+            native = self.mc.natives[(target.ns, target.name)]
+            call = _call(native_name(target.ns, target.name), *args)
+            return self.wait(call) if native.is_async else call
+        if isinstance(target, ModuleFn):
+            info = self.mc.imports[target.alias]
+            return self.call_script(module_fn_name(target.alias, target.name, target.arity),
+                                    args, (target.name, target.arity) in info.async_functions)
+        if isinstance(target, BuiltinMethod):
+            return self.method(target.name, args[0], args[1:])
+        assert isinstance(target, ValueCall)
+        return _call("_callv", _name(res.names[(id(e), "ref")]), py.Tuple(args, py.Load()))
+
+    def e_MethodCall(self, e: A.MethodCall) -> py.expr:
+        values = self.seq([e.obj, *e.args])
+        return self.target_call(e, self.mc.res.targets[id(e)], values)
+
+    def e_Call(self, e: A.Call) -> py.expr:
+        return self.target_call(e, self.mc.res.targets[id(e)], self.seq(e.args))
+
+    def e_NsCall(self, e: A.NsCall) -> py.expr:
+        return self.target_call(e, self.mc.res.targets[id(e)], self.seq(e.args))
+
+
+def _known_bool(e) -> bool:
+    if isinstance(e, A.Literal):
+        return type(e.value) is bool
+    if isinstance(e, A.Binary):
+        return e.op in _BOOL_OPS
+    return isinstance(e, A.Unary) and e.op == "!"
+
+
+class ModuleCompiler:
+    """Compiles a whole module into one Python code object."""
+
+    def __init__(self, module: A.Module, res: Resolution, natives: dict, imports: dict,
+                 async_methods: frozenset, max_call_depth: int):
+        self.module, self.res = module, res
+        self.natives = natives      # (ns, name) -> Native
+        self.imports = imports      # alias -> ModuleInfo
+        self.async_methods = async_methods
+        self.max_call_depth = max_call_depth or 10 ** 9
+        self.counter = itertools.count()
+        self.code_names: dict[str, str] = {"__top__": "<top level>"}
+
+    def tmp(self, prefix: str = "_r") -> str:
+        return f"{prefix}{next(self.counter)}"
+
+    def function(self, name: str, params: list[str], body: A.Block, is_async: bool,
+                 kind: str, pos: A.Loc) -> py.stmt:
+        fn = _Fn(self, is_async, kind)
+        guard = py.If(py.Compare(_name("_d"), [py.Gt()], [_const(self.max_call_depth)]),
+                      [py.Expr(_call("_too_deep", _name("_d")))], [])
+        fn.emit([guard, *_tick()], pos)
+        fn.body(list(body.body), "return", body.pos)
+        args = [py.arg("_t"), py.arg("_d")] + [py.arg(p) for p in params]
+        cls = py.AsyncFunctionDef if is_async else py.FunctionDef
+        return _located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
+                            None), pos)
+
+    def compile(self) -> py.Module:
+        defs = []
+        for f in self.module.functions:
+            key = (f.name, len(f.params))
+            name = script_fn_name(*key)
+            self.code_names[name] = f.name
+            params = [self.res.names[(id(f), f"p{i}")] for i in range(len(f.params))]
+            defs.append(self.function(name, params, f.body, key in self.res.async_functions,
+                                      "fn", f.pos))
+        top = A.Block((1, 1), self.module.body)
+        defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
+        tree = py.Module(defs, [])
+        return py.fix_missing_locations(tree)

@@ -1,0 +1,332 @@
+"""The embedding API: :class:`Engine` loads scripts, :class:`Script` runs their functions.
+
+    engine = Engine()
+    script = engine.load("policy/main.vsl")
+    status = script.call("on_helo", ctx)            # or: await script.call_async(...)
+
+A script is parsed, resolved and compiled once; its top level runs at load
+and its constants are then frozen, so one Script serves many concurrent
+SMTP sessions. Every error leaves the engine as a :class:`VslError`.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from pathlib import Path
+from time import monotonic
+
+from . import values
+from .build import parse
+from .compile import ModuleCompiler, module_fn_name, native_name, script_fn_name
+from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownError, VslError,
+                     VslSyntaxError)
+from .limits import Limits
+from .methods import call_method
+from .ops import Ops
+from .resolve import ModuleInfo, Resolution, resolve
+from .syntax import _line_of
+
+
+class ExecState:
+    """Per-call budget: operations left and the wall-clock deadline."""
+
+    __slots__ = ("n", "left", "deadline", "limits")
+    CHUNK = 1024
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.left = limits.max_operations or float("inf")
+        self.deadline = monotonic() + limits.max_time if limits.max_time else float("inf")
+        self.n = 0
+        self.refill()
+
+    def refill(self) -> None:
+        chunk = min(self.CHUNK, self.left)
+        self.left -= chunk
+        self.n = chunk
+
+    def slow(self) -> None:
+        """Called by compiled code when the current chunk of operations is used up."""
+        if monotonic() > self.deadline:
+            raise LimitError(f"script ran longer than {self.limits.max_time} s "
+                             "(limits.max_time)")
+        if self.left <= 0:
+            raise LimitError(f"too many operations (limit {self.limits.max_operations}, "
+                             "limits.max_operations)")
+        self.refill()
+        self.n -= 1
+
+
+def _gget(consts, name: str):
+    try:
+        return consts[name]
+    except KeyError:
+        raise ScriptError(f"constant '{name}' is not defined yet") from None
+
+
+def _throw(value) -> ThrownError:
+    return ThrownError(value, values.display(value))
+
+
+def _errval(err: ScriptError):
+    return err.value if isinstance(err, ThrownError) else err.message
+
+
+async def _ameth(ops, obj, name, args):
+    result = call_method(ops, obj, name, args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Script:
+    """A loaded, compiled script: call its functions with :meth:`call`."""
+
+    def __init__(self, engine: "Engine", file: str, env: dict, resolution: Resolution,
+                 module):
+        self.engine = engine
+        self.file = file
+        self._env = env
+        self.constants = env["_G"]
+        self.module = module
+        self.functions = {(f.name, len(f.params)): env[script_fn_name(f.name, len(f.params))]
+                          for f in module.functions}
+        self.async_functions = frozenset(resolution.async_functions)
+
+    def info(self) -> ModuleInfo:
+        return ModuleInfo(frozenset(self.functions), self.async_functions,
+                          frozenset(self.constants))
+
+    def has(self, name: str, arity: int = 1) -> bool:
+        """Whether the script defines ``name`` with ``arity`` parameters."""
+        return (name, arity) in self.functions
+
+    def _fn(self, name: str, args: tuple):
+        fn = self.functions.get((name, len(args)))
+        if fn is None:
+            raise VslError(f"{self.file}: no function '{name}' with {len(args)} parameter(s)")
+        return fn
+
+    def call(self, name: str, *args):
+        """Run a script function to completion (from synchronous code)."""
+        fn = self._fn(name, args)
+        state = ExecState(self.engine.limits)
+        if (name, len(args)) in self.async_functions:
+            return self.engine.guard(lambda: _run_sync(fn(state, 0, *args)))
+        return self.engine.guard(lambda: fn(state, 0, *args))
+
+    async def call_async(self, name: str, *args):
+        """Run a script function inside an event loop (natives may wait on I/O)."""
+        fn = self._fn(name, args)
+        state = ExecState(self.engine.limits)
+        if (name, len(args)) not in self.async_functions:
+            return self.engine.guard(lambda: fn(state, 0, *args))
+        try:
+            return await fn(state, 0, *args)
+        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
+            raise self.engine.locate(err) from None
+
+
+def _run_sync(coro):
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    coro.close()
+    raise VslError("this function waits on I/O: use call_async() inside an event loop")
+
+
+class _Load:
+    """State of one engine.load(): module cache, cycle detection, module count."""
+
+    def __init__(self, root: Path | None):
+        self.root = root
+        self.loading: list[str] = []
+        self.modules: dict[str, Script] = {}
+
+
+class Engine:
+    """Compiles and runs scripts with a set of native namespaces and limits."""
+
+    def __init__(self, limits: Limits | None = None, namespaces=None):
+        from stdlib import default_namespaces
+
+        self.limits = limits or Limits()
+        self.ops = Ops(self.limits)
+        self.namespaces = {}
+        self._sources: dict[str, tuple[str, dict]] = {}
+        for ns in (default_namespaces() if namespaces is None else namespaces):
+            self.register(ns)
+
+    def register(self, namespace) -> None:
+        """Add a native namespace (replacing one with the same name)."""
+        self.namespaces[namespace.name] = namespace
+        methods = {}
+        for ns in self.namespaces.values():
+            for cls in ns.types:
+                methods.update(cls.vsl_methods)
+        self.native_methods = frozenset(methods)
+        self.async_methods = frozenset(name for name, (fn, _, _) in methods.items()
+                                       if inspect.iscoroutinefunction(fn))
+
+    # -- loading ---------------------------------------------------------
+    def load(self, path: str | os.PathLike) -> Script:
+        """Load a script file; its directory is where imports are looked up."""
+        path = Path(path)
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise VslError(f"{path}: cannot read script: {err}") from None
+        return self.load_source(source, str(path), path.parent)
+
+    def load_source(self, source: str, file: str = "<script>",
+                    script_dir: str | os.PathLike | None = None) -> Script:
+        """Load a script from text; ``script_dir`` enables imports."""
+        load = _Load(Path(script_dir).resolve() if script_dir is not None else None)
+        return self._load_module(source, file, load)
+
+    def _load_module(self, source: str, file: str, load: _Load) -> Script:
+        module = parse(source, file, self.limits)
+        imports = {}
+        for imp in module.imports:
+            script = self._import(imp, module, load)
+            if imp.alias is not None:
+                imports[imp.alias] = script
+        infos = {alias: s.info() for alias, s in imports.items()}
+        res = resolve(module, self.namespaces, infos, self.async_methods, self.native_methods)
+        if res.errors:
+            first = res.errors[0]
+            more = f" (and {len(res.errors) - 1} more)" if len(res.errors) > 1 else ""
+            raise VslSyntaxError(first.message + more, Pos(file, first.line, first.col),
+                                 _line_of(source, first.line))
+        natives = {(ns.name, n.name): n for ns in self.namespaces.values()
+                   for n in ns.functions.values()}
+        compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
+                                  self.limits.max_call_depth)
+        tree = compiler.compile()
+        try:
+            code = compile(tree, file, "exec")
+        except (SyntaxError, ValueError, RecursionError) as err:
+            raise InternalError(f"{file}: cannot compile script: {err}") from None
+        self._sources[file] = (source, compiler.code_names)
+        env = self._environment(natives, imports)
+        exec(code, env)  # noqa: S102 - generated from the script AST, empty builtins
+        top = env["__top__"]
+        state = ExecState(self.limits)
+        if res.top_async:
+            self.guard(lambda: _run_sync(top(state, 0)))
+        else:
+            self.guard(lambda: top(state, 0))
+        return Script(self, file, env, res, module)
+
+    def _import(self, imp, module, load: _Load) -> Script:
+        where = Pos(module.file, *imp.pos)
+        line = _line_of(module.source, imp.pos[0])
+        if load.root is None:
+            raise VslError("import needs a script directory (load the script from a file)",
+                           where, line)
+        rel = imp.path if imp.path.endswith(".vsl") else imp.path + ".vsl"
+        target = (load.root / rel).resolve()
+        if load.root not in target.parents:
+            raise VslError(f"import '{imp.path}' is outside the script directory", where, line)
+        key = str(target)
+        if key in load.loading:
+            chain = " -> ".join(Path(p).name for p in load.loading[load.loading.index(key):])
+            raise VslError(f"import cycle: {chain} -> {target.name}", where, line)
+        if key in load.modules:
+            return load.modules[key]
+        if self.limits.max_modules and len(load.modules) >= self.limits.max_modules:
+            raise LimitError(f"too many modules (limit {self.limits.max_modules}, "
+                             "limits.max_modules)", where, line)
+        try:
+            source = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise VslError(f"cannot import '{imp.path}': {err.strerror or err}", where,
+                           line) from None
+        load.loading.append(key)
+        try:
+            script = self._load_module(source, os.path.relpath(target), load)
+        finally:
+            load.loading.pop()
+        load.modules[key] = script
+        return script
+
+    def _environment(self, natives: dict, imports: dict) -> dict:
+        ops = self.ops
+        env = {
+            "__builtins__": {}, "_ops": ops, "_G": {},
+            "_add": ops.add, "_sub": ops.sub, "_mul": ops.mul, "_div": ops.div,
+            "_mod": ops.mod, "_pow": ops.pow, "_eq": ops.eq, "_ne": ops.ne, "_lt": ops.lt,
+            "_le": ops.le, "_gt": ops.gt, "_ge": ops.ge, "_in": ops.in_, "_notin": ops.not_in,
+            "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
+            "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
+            "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,
+            "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
+            "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
+            "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
+            "_Catch": ScriptError, "_too_deep": self._too_deep,
+        }
+        for (ns, name), native in natives.items():
+            env[native_name(ns, name)] = native.func
+        for alias, script in imports.items():
+            env[f"mc_{alias}"] = script.constants
+            for (name, arity), fn in script.functions.items():
+                env[module_fn_name(alias, name, arity)] = fn
+        return env
+
+    def _too_deep(self, depth: int):
+        raise LimitError(f"call depth limit exceeded ({self.limits.max_call_depth} nested "
+                         "calls, limits.max_call_depth): runaway recursion?")
+
+    # -- errors ----------------------------------------------------------
+    def guard(self, thunk):
+        """Run ``thunk``; any exception leaves as a located VslError."""
+        try:
+            return thunk()
+        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
+            if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise self.locate(err) from None
+
+    def locate(self, err: BaseException) -> VslError:
+        """Turn any exception raised by script code into a VslError with position and stack."""
+        if isinstance(err, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+            raise err
+        if isinstance(err, VslError) and err.pos is not None:
+            return err
+        frames = []
+        tb = err.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            known = self._sources.get(code.co_filename)
+            if known is not None and code.co_name in known[1]:
+                frames.append((code, tb.tb_lasti, tb.tb_lineno))
+            tb = tb.tb_next
+        if isinstance(err, VslError):
+            located = err
+        elif isinstance(err, RecursionError):
+            located = LimitError("Python stack exhausted (reduce nesting or recursion)")
+        elif isinstance(err, MemoryError):
+            located = LimitError("out of memory")
+        else:
+            located = InternalError(f"internal error: {type(err).__name__}: {err}")
+        if not frames:
+            return located
+        stack = []
+        for code, lasti, lineno in frames:
+            names = self._sources[code.co_filename][1]
+            pos = _position(code, lasti, lineno)
+            stack.append(Frame(names[code.co_name], Pos(code.co_filename, *pos)))
+        top = stack[-1].pos
+        source = self._sources[top.file][0]
+        return located.located(top, _line_of(source, top.line), tuple(stack))
+
+
+def _position(code, lasti: int, lineno: int) -> tuple[int, int]:
+    for i, (line, _, col, _) in enumerate(code.co_positions()):
+        if i == lasti // 2:
+            if line is not None and col is not None:
+                return line, col + 1
+            break
+    return lineno or 1, 1

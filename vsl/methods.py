@@ -1,0 +1,423 @@
+"""Built-in methods of script values (``s.len()``, ``a.push(x)``, ``m.keys()``...).
+
+Strings are immutable: string methods return new strings. Arrays and maps
+change in place, unless they are constants (frozen). Any method can also be
+called as a function with the receiver first: ``len(s)``.
+"""
+from __future__ import annotations
+
+from .errors import ScriptError
+from .values import (I64_MAX, I64_MIN, Closure, FrozenMap, NativeObject, debug, display, equals,
+                     type_name)
+
+_TABLES: dict[str, dict[str, tuple]] = {"string": {}, "array": {}, "map": {}, "i64": {},
+                                         "f64": {}, "range": {}, "any": {}}
+
+
+def _register(kinds: str, name: str, lo: int, hi: int):
+    def add(fn):
+        for kind in kinds.split():
+            _TABLES[kind][name] = (fn, lo, hi)
+        return fn
+    return add
+
+
+def _kind(obj) -> str:
+    t = type(obj)
+    if t is str:
+        return "string"
+    if t is list or t is tuple:
+        return "array"
+    if t is dict or t is FrozenMap:
+        return "map"
+    if t is int:
+        return "i64"
+    if t is float:
+        return "f64"
+    if t is range:
+        return "range"
+    return "other"
+
+
+METHOD_NAMES: frozenset[str] = frozenset()  # filled at the end of the module
+
+
+def has_method(obj, name: str) -> bool:
+    """Whether ``obj.name(...)`` exists for this value."""
+    if isinstance(obj, NativeObject):
+        return name in obj.vsl_methods
+    return name in _TABLES.get(_kind(obj), {}) or name in _TABLES["any"]
+
+
+def call_method(ops, obj, name: str, args: tuple):
+    """Dispatch ``obj.name(*args)`` to a built-in or native method."""
+    if isinstance(obj, NativeObject):
+        entry = obj.vsl_methods.get(name)
+        if entry is None:
+            entry = _TABLES["any"].get(name)
+            if entry is None:
+                raise ScriptError(f"{obj.vsl_type} has no method '{name}'")
+            return _call(entry, name, obj, ops, args)
+        fn, lo, hi = entry
+        _arity(name, lo, hi, len(args))
+        return fn(obj, *args)
+    entry = _TABLES.get(_kind(obj), {}).get(name) or _TABLES["any"].get(name)
+    if entry is None:
+        raise ScriptError(f"{type_name(obj)} has no method '{name}'")
+    return _call(entry, name, obj, ops, args)
+
+
+def _call(entry, name, obj, ops, args):
+    fn, lo, hi = entry
+    _arity(name, lo, hi, len(args))
+    return fn(ops, obj, *args)
+
+
+def _arity(name, lo, hi, n):
+    if not lo <= n <= hi:
+        want = str(lo) if lo == hi else f"{lo} to {hi}"
+        raise ScriptError(f"method '{name}' takes {want} argument(s), not {n}")
+
+
+def _str_arg(v, what="argument"):
+    if type(v) is not str:
+        raise ScriptError(f"{what} must be a string, not {type_name(v)}")
+    return v
+
+
+def _int_arg(v, what="argument"):
+    if type(v) is not int:
+        raise ScriptError(f"{what} must be an integer, not {type_name(v)}")
+    return v
+
+
+def _mutable(a):
+    if type(a) is tuple or type(a) is FrozenMap:
+        raise ScriptError(f"cannot modify a constant {type_name(a)}")
+    return a
+
+
+def _fn_arg(f):
+    if type(f) is not Closure:
+        raise ScriptError(f"expected a closure such as |x| ..., not {type_name(f)}")
+    return f
+
+
+# ---- any value ------------------------------------------------------------
+@_register("any", "type_of", 0, 0)
+def _type_of(ops, v):
+    return type_name(v)
+
+
+@_register("any", "to_string", 0, 0)
+def _to_string(ops, v):
+    return ops.string(display(v))
+
+
+@_register("any", "to_debug", 0, 0)
+def _to_debug(ops, v):
+    return ops.string(debug(v))
+
+
+# ---- strings --------------------------------------------------------------
+@_register("string array map", "len", 0, 0)
+def _len(ops, v):
+    return len(v)
+
+
+@_register("string array map", "is_empty", 0, 0)
+def _is_empty(ops, v):
+    return len(v) == 0
+
+
+@_register("string", "contains", 1, 1)
+def _s_contains(ops, s, sub):
+    return _str_arg(sub) in s
+
+
+@_register("string", "starts_with", 1, 1)
+def _starts_with(ops, s, prefix):
+    return s.startswith(_str_arg(prefix))
+
+
+@_register("string", "ends_with", 1, 1)
+def _ends_with(ops, s, suffix):
+    return s.endswith(_str_arg(suffix))
+
+
+@_register("string", "to_lower", 0, 0)
+def _to_lower(ops, s):
+    return s.lower()
+
+
+@_register("string", "to_upper", 0, 0)
+def _to_upper(ops, s):
+    return ops.string(s.upper())
+
+
+@_register("string", "trim", 0, 0)
+def _trim(ops, s):
+    return s.strip()
+
+
+@_register("string", "split", 0, 1)
+def _split(ops, s, sep=None):
+    if sep is None:
+        return ops.array(s.split())
+    if _str_arg(sep, "separator") == "":
+        return ops.array(list(s))
+    return ops.array(s.split(sep))
+
+
+@_register("string", "replace", 2, 2)
+def _replace(ops, s, old, new):
+    old, new = _str_arg(old), _str_arg(new)
+    if old == "":
+        raise ScriptError("replace() needs a non-empty string to find")
+    if new and len(new) > len(old) and s.count(old) * (len(new) - len(old)) + len(s) > \
+            ops.max_string:
+        ops.string(" " * (int(ops.max_string) + 1))
+    return s.replace(old, new)
+
+
+@_register("string", "sub_string", 1, 2)
+def _sub_string(ops, s, start, length=None):
+    start = _int_arg(start, "start")
+    if start < 0:
+        start = max(len(s) + start, 0)
+    if length is None:
+        return s[start:]
+    if _int_arg(length, "length") < 0:
+        return ""
+    return s[start:start + length]
+
+
+@_register("string array", "index_of", 1, 2)
+def _index_of(ops, v, item, start=0):
+    start = _int_arg(start, "start")
+    if type(v) is str:
+        return v.find(_str_arg(item), start)
+    for i in range(max(start, 0), len(v)):
+        if equals(v[i], item):
+            return i
+    return -1
+
+
+@_register("string", "chars", 0, 0)
+def _chars(ops, s):
+    return ops.array(list(s))
+
+
+@_register("string", "parse_int", 0, 1)
+def _parse_int(ops, s, radix=10):
+    radix = _int_arg(radix, "radix")
+    if not 2 <= radix <= 36:
+        raise ScriptError(f"radix must be between 2 and 36, not {radix}")
+    text = s.strip()
+    try:
+        if not text or "_" in text or text[0] == "+" and text[1:2] in ("+", "-"):
+            raise ValueError
+        value = int(text, radix)
+    except ValueError:
+        raise ScriptError(f"cannot parse {debug(s)} as an integer") from None
+    if not I64_MIN <= value <= I64_MAX:
+        raise ScriptError(f"{debug(s)} is out of range for an integer")
+    return value
+
+
+@_register("string", "parse_float", 0, 0)
+def _parse_float(ops, s):
+    try:
+        value = float(s.strip())
+    except ValueError:
+        raise ScriptError(f"cannot parse {debug(s)} as a float") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ScriptError(f"cannot parse {debug(s)} as a finite float")
+    return value
+
+
+# ---- arrays ---------------------------------------------------------------
+@_register("array", "push", 1, 1)
+def _push(ops, a, x):
+    _mutable(a).append(x)
+    if len(a) > ops.max_array:
+        a.pop()
+        ops.array(a + [x])
+
+
+@_register("array", "pop", 0, 0)
+def _pop(ops, a):
+    return _mutable(a).pop() if a else None
+
+
+@_register("array", "insert", 2, 2)
+def _insert(ops, a, i, x):
+    i = _int_arg(i, "index")
+    _mutable(a).insert(i if i >= 0 else max(len(a) + i, 0), x)
+    if len(a) > ops.max_array:
+        a.pop(i)
+        ops.array(a + [x])
+
+
+@_register("array", "remove", 1, 1)
+def _remove(ops, a, i):
+    i = _int_arg(i, "index")
+    n = len(a)
+    j = i + n if i < 0 else i
+    if not 0 <= j < n:
+        return None
+    return _mutable(a).pop(j)
+
+
+@_register("array map", "clear", 0, 0)
+def _clear(ops, v):
+    _mutable(v).clear()
+
+
+@_register("array", "contains", 1, 1)
+def _a_contains(ops, a, x):
+    return any(equals(x, y) for y in a)
+
+
+@_register("array", "get", 1, 1)
+def _a_get(ops, a, i):
+    i = _int_arg(i, "index")
+    n = len(a)
+    j = i + n if i < 0 else i
+    return a[j] if 0 <= j < n else None
+
+
+@_register("array", "reverse", 0, 0)
+def _reverse(ops, a):
+    _mutable(a).reverse()
+
+
+@_register("array", "sort", 0, 0)
+def _sort(ops, a):
+    _mutable(a)
+    kinds = {type_name(x) for x in a}
+    if kinds and not (kinds <= {"i64", "f64"} or kinds == {"string"}):
+        raise ScriptError(f"sort() needs numbers or strings, not {', '.join(sorted(kinds))}")
+    a.sort()
+
+
+@_register("array", "join", 0, 1)
+def _join(ops, a, sep=""):
+    return ops.string(_str_arg(sep, "separator").join(display(x) for x in a))
+
+
+@_register("array", "filter", 1, 1)
+def _filter(ops, a, f):
+    f = _fn_arg(f)
+    return [x for x in tuple(a) if ops.cond(f.call(x))]
+
+
+@_register("array", "map", 1, 1)
+def _map(ops, a, f):
+    f = _fn_arg(f)
+    return [f.call(x) for x in tuple(a)]
+
+
+@_register("array", "any", 1, 1)
+def _any(ops, a, f):
+    f = _fn_arg(f)
+    return any(ops.cond(f.call(x)) for x in tuple(a))
+
+
+@_register("array", "all", 1, 1)
+def _all(ops, a, f):
+    f = _fn_arg(f)
+    return all(ops.cond(f.call(x)) for x in tuple(a))
+
+
+@_register("array", "reduce", 1, 2)
+def _reduce(ops, a, f, acc=None):
+    f = _fn_arg(f)
+    for x in tuple(a):
+        acc = f.call(acc, x)
+    return acc
+
+
+# ---- maps -----------------------------------------------------------------
+@_register("map", "keys", 0, 0)
+def _keys(ops, m):
+    return list(m.keys())
+
+
+@_register("map", "values", 0, 0)
+def _values(ops, m):
+    return list(m.values())
+
+
+@_register("map", "contains", 1, 1)
+def _m_contains(ops, m, key):
+    return _str_arg(key, "key") in m
+
+
+@_register("map", "get", 1, 1)
+def _m_get(ops, m, key):
+    return m.get(_str_arg(key, "key"))
+
+
+@_register("map", "remove", 1, 1)
+def _m_remove(ops, m, key):
+    return _mutable(m).pop(_str_arg(key, "key"), None)
+
+
+# ---- numbers --------------------------------------------------------------
+@_register("i64", "abs", 0, 0)
+def _abs(ops, n):
+    return ops.neg(n) if n < 0 else n
+
+
+@_register("f64", "abs", 0, 0)
+def _fabs(ops, n):
+    return abs(n)
+
+
+@_register("i64", "to_float", 0, 0)
+def _to_float(ops, n):
+    return float(n)
+
+
+@_register("f64", "to_int", 0, 0)
+def _to_int(ops, f):
+    if not float(I64_MIN) <= f < float(I64_MAX):
+        raise ScriptError(f"{display(f)} is out of range for an integer")
+    return int(f)
+
+
+@_register("i64", "to_int", 0, 0)
+def _int_to_int(ops, n):
+    return n
+
+
+@_register("f64", "floor", 0, 0)
+def _floor(ops, f):
+    import math
+    return float(math.floor(f))
+
+
+@_register("f64", "ceiling", 0, 0)
+def _ceil(ops, f):
+    import math
+    return float(math.ceil(f))
+
+
+@_register("f64", "round", 0, 0)
+def _round(ops, f):
+    import math
+    return float(math.floor(f + 0.5)) if f >= 0 else -float(math.floor(-f + 0.5))
+
+
+@_register("range", "len", 0, 0)
+def _range_len(ops, r):
+    return len(r)
+
+
+@_register("range", "contains", 1, 1)
+def _range_contains(ops, r, x):
+    return type(x) is int and x in r
+
+
+METHOD_NAMES = frozenset(name for table in _TABLES.values() for name in table)

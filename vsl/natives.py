@@ -1,0 +1,71 @@
+"""Registration of native (Python) functions as script namespaces.
+
+A :class:`Namespace` groups natives called as ``ns::name(...)``; the
+namespace named ``""`` holds global functions such as ``log(...)``. The
+signature of each native comes from its Python signature, so the linter and
+the compiler can check names and arity without running anything.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Native:
+    """One native function with the signature scripts see."""
+
+    name: str
+    func: Callable
+    params: tuple[str, ...]
+    min_args: int
+    max_args: int | None  # None: variadic
+    doc: str
+    is_async: bool
+    check: Callable | None = None  # lint hook: check(literal_args) -> error message | None
+
+    def signature(self) -> str:
+        names = [p if i < self.min_args else f"{p}?" for i, p in enumerate(self.params)]
+        if self.max_args is None:
+            names.append("...")
+        return f"{self.name}({', '.join(names)})"
+
+    def accepts(self, n: int) -> bool:
+        return self.min_args <= n and (self.max_args is None or n <= self.max_args)
+
+
+@dataclass
+class Namespace:
+    """A named group of natives, plus the native object types they return."""
+
+    name: str
+    doc: str = ""
+    functions: dict[str, Native] = field(default_factory=dict)
+    types: list[type] = field(default_factory=list)
+
+    def native(self, fn: Callable | None = None, *, name: str | None = None,
+               check: Callable | None = None):
+        """Decorator registering ``fn`` as ``namespace::name``."""
+
+        def register(fn: Callable) -> Callable:
+            params = list(inspect.signature(fn).parameters.values())
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                          p.POSITIONAL_OR_KEYWORD)]
+            variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
+            required = sum(1 for p in positional if p.default is p.empty)
+            native = Native(
+                name=name or fn.__name__.rstrip("_"), func=fn,
+                params=tuple(p.name for p in positional), min_args=required,
+                max_args=None if variadic else len(positional),
+                doc=(inspect.getdoc(fn) or "").split("\n")[0],
+                is_async=inspect.iscoroutinefunction(fn), check=check)
+            self.functions[native.name] = native
+            return fn
+
+        return register(fn) if fn is not None else register
+
+    def register_type(self, cls: type) -> type:
+        """Declare a NativeObject class this namespace hands to scripts."""
+        self.types.append(cls)
+        return cls

@@ -1,0 +1,319 @@
+"""Operators of the language, checked the way Rhai checks them.
+
+One :class:`Ops` instance per engine holds the size limits; the compiled
+code calls its bound methods. Every failure is a catchable ScriptError.
+"""
+from __future__ import annotations
+
+import math
+
+from .errors import LimitError, ScriptError
+from .values import (I64_MAX, I64_MIN, Closure, FrozenMap, NativeObject, display, equals,
+                     type_name)
+
+_NUM = (int, float)
+
+
+def _both_num(a, b) -> bool:
+    ta, tb = type(a), type(b)
+    return (ta is int or ta is float) and (tb is int or tb is float)
+
+
+def _overflow(a, op, b):
+    raise ScriptError(f"integer overflow: {display(a)} {op} {display(b)}")
+
+
+def _type_error(op: str, a, b):
+    raise ScriptError(f"cannot apply '{op}' to {type_name(a)} and {type_name(b)}")
+
+
+class Ops:
+    """Checked operators bound to one engine's limits."""
+
+    def __init__(self, limits):
+        self.max_string = limits.max_string_size or float("inf")
+        self.max_array = limits.max_array_size or float("inf")
+        self.max_map = limits.max_map_size or float("inf")
+
+    # -- size checks ---------------------------------------------------------
+    def string(self, s: str) -> str:
+        if len(s) > self.max_string:
+            raise LimitError(f"string too large ({len(s)} characters > limit {self.max_string})")
+        return s
+
+    def array(self, a: list) -> list:
+        if len(a) > self.max_array:
+            raise LimitError(f"array too large ({len(a)} items > limit {self.max_array})")
+        return a
+
+    def map(self, m: dict) -> dict:
+        if len(m) > self.max_map:
+            raise LimitError(f"map too large ({len(m)} entries > limit {self.max_map})")
+        return m
+
+    # -- arithmetic ------------------------------------------------------------
+    def add(self, a, b):
+        ta, tb = type(a), type(b)
+        if ta is int and tb is int:
+            r = a + b
+            if I64_MIN <= r <= I64_MAX:
+                return r
+            _overflow(a, "+", b)
+        if ta is str or tb is str:
+            if ta is str and tb is str:
+                if len(a) + len(b) > self.max_string:
+                    self.string(a + b)
+                return a + b
+            return self.string(display(a) + display(b))
+        if _both_num(a, b):
+            return self._float(a + b)
+        if (ta is list or ta is tuple) and (tb is list or tb is tuple):
+            return self.array([*a, *b])
+        if (ta is dict or ta is FrozenMap) and (tb is dict or tb is FrozenMap):
+            return self.map({**a, **b})
+        _type_error("+", a, b)
+
+    def sub(self, a, b):
+        if type(a) is int and type(b) is int:
+            r = a - b
+            if I64_MIN <= r <= I64_MAX:
+                return r
+            _overflow(a, "-", b)
+        if _both_num(a, b):
+            return self._float(a - b)
+        _type_error("-", a, b)
+
+    def mul(self, a, b):
+        if type(a) is int and type(b) is int:
+            r = a * b
+            if I64_MIN <= r <= I64_MAX:
+                return r
+            _overflow(a, "*", b)
+        if _both_num(a, b):
+            return self._float(a * b)
+        _type_error("*", a, b)
+
+    def div(self, a, b):
+        if type(a) is int and type(b) is int:
+            if b == 0:
+                raise ScriptError("division by zero")
+            q = abs(a) // abs(b)
+            r = q if (a < 0) == (b < 0) else -q
+            if r > I64_MAX:
+                _overflow(a, "/", b)
+            return r
+        if _both_num(a, b):
+            if b == 0:
+                raise ScriptError("division by zero")
+            return self._float(a / b)
+        _type_error("/", a, b)
+
+    def mod(self, a, b):
+        if type(a) is int and type(b) is int:
+            if b == 0:
+                raise ScriptError("division by zero")
+            r = abs(a) % abs(b)
+            return -r if a < 0 else r
+        if _both_num(a, b):
+            if b == 0:
+                raise ScriptError("division by zero")
+            return math.fmod(a, b)
+        _type_error("%", a, b)
+
+    def pow(self, a, b):
+        if type(a) is int and type(b) is int:
+            if b < 0:
+                raise ScriptError(f"negative exponent: {a} ** {b}")
+            if abs(a) > 1 and b > 64:
+                _overflow(a, "**", b)
+            r = a ** b
+            if I64_MIN <= r <= I64_MAX:
+                return r
+            _overflow(a, "**", b)
+        if _both_num(a, b):
+            try:
+                return self._float(float(a) ** b)
+            except (OverflowError, ZeroDivisionError):
+                raise ScriptError(f"float overflow: {display(a)} ** {display(b)}") from None
+        _type_error("**", a, b)
+
+    @staticmethod
+    def _float(r: float) -> float:
+        if type(r) is complex or math.isnan(r):
+            raise ScriptError("arithmetic result is not a number")
+        if math.isinf(r):
+            raise ScriptError("float overflow")
+        return r
+
+    def neg(self, a):
+        if type(a) is int:
+            if a == I64_MIN:
+                raise ScriptError("integer overflow: -(-9223372036854775808)")
+            return -a
+        if type(a) is float:
+            return -a
+        raise ScriptError(f"cannot negate {type_name(a)}")
+
+    def pos(self, a):
+        if type(a) is int or type(a) is float:
+            return a
+        raise ScriptError(f"unary '+' needs a number, not {type_name(a)}")
+
+    # -- logic and comparison ------------------------------------------------
+    @staticmethod
+    def cond(v):
+        if v is True or v is False:
+            return v
+        raise ScriptError(f"expected a boolean, got {type_name(v)}")
+
+    @staticmethod
+    def not_(v):
+        if v is True:
+            return False
+        if v is False:
+            return True
+        raise ScriptError(f"'!' needs a boolean, not {type_name(v)}")
+
+    eq = staticmethod(equals)
+
+    @staticmethod
+    def ne(a, b):
+        return not equals(a, b)
+
+    @staticmethod
+    def _ordered(op, a, b):
+        ta, tb = type(a), type(b)
+        if ta is tb and (ta is int or ta is str or ta is float):
+            return True
+        if _both_num(a, b):
+            return True
+        if ta is tb or (ta in (list, tuple) and tb in (list, tuple)):
+            raise ScriptError(f"cannot compare {type_name(a)} values with '{op}'")
+        return False
+
+    def lt(self, a, b):
+        return self._ordered("<", a, b) and a < b
+
+    def le(self, a, b):
+        return self._ordered("<=", a, b) and a <= b
+
+    def gt(self, a, b):
+        return self._ordered(">", a, b) and a > b
+
+    def ge(self, a, b):
+        return self._ordered(">=", a, b) and a >= b
+
+    @staticmethod
+    def in_(a, b):
+        tb = type(b)
+        if tb is list or tb is tuple:
+            return any(equals(a, x) for x in b)
+        if tb is dict or tb is FrozenMap:
+            return type(a) is str and a in b
+        if tb is str:
+            if type(a) is not str:
+                raise ScriptError(f"'in' a string needs a string on the left, not {type_name(a)}")
+            return a in b
+        if tb is range:
+            return type(a) is int and a in b
+        if isinstance(b, NativeObject) and "contains" in b.vsl_methods:
+            fn, _, _ = b.vsl_methods["contains"]
+            return fn(b, a)
+        raise ScriptError(f"'in' needs an array, map, string or range on the right, "
+                          f"not {type_name(b)}")
+
+    def not_in(self, a, b):
+        return not self.in_(a, b)
+
+    @staticmethod
+    def range_(a, b):
+        if type(a) is int and type(b) is int:
+            return range(a, b)
+        raise ScriptError(f"a range needs integers, not {type_name(a)} and {type_name(b)}")
+
+    @staticmethod
+    def range_incl(a, b):
+        if type(a) is int and type(b) is int:
+            return range(a, b + 1)
+        raise ScriptError(f"a range needs integers, not {type_name(a)} and {type_name(b)}")
+
+    # -- indexing and properties -------------------------------------------
+    @staticmethod
+    def _position(seq, i, what):
+        if type(i) is not int:
+            raise ScriptError(f"{what} index must be an integer, not {type_name(i)}")
+        n = len(seq)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise ScriptError(f"{what} index {i} out of bounds (length {n})")
+        return j
+
+    def index(self, obj, i):
+        t = type(obj)
+        if t is dict or t is FrozenMap:
+            if type(i) is not str:
+                raise ScriptError(f"map key must be a string, not {type_name(i)}")
+            return obj.get(i)
+        if t is list or t is tuple:
+            return obj[self._position(obj, i, "array")]
+        if t is str:
+            return obj[self._position(obj, i, "string")]
+        if isinstance(obj, NativeObject) and "get" in obj.vsl_methods:
+            return obj.vsl_methods["get"][0](obj, i)
+        raise ScriptError(f"cannot index {type_name(obj)}")
+
+    def set_index(self, obj, i, v):
+        t = type(obj)
+        if t is dict:
+            if type(i) is not str:
+                raise ScriptError(f"map key must be a string, not {type_name(i)}")
+            obj[i] = v
+            if len(obj) > self.max_map:
+                del obj[i]
+                self.map(obj | {i: v})
+        elif t is list:
+            obj[self._position(obj, i, "array")] = v
+        elif t is tuple or t is FrozenMap:
+            raise ScriptError(f"cannot modify a constant {type_name(obj)}")
+        elif t is str:
+            raise ScriptError("strings are immutable; build a new one instead")
+        else:
+            raise ScriptError(f"cannot assign into {type_name(obj)} by index")
+
+    def getprop(self, obj, name):
+        t = type(obj)
+        if t is dict or t is FrozenMap:
+            return obj.get(name)
+        if isinstance(obj, NativeObject):
+            return obj.vsl_get(name)
+        from .methods import has_method
+        hint = f"; did you mean '{name}()'?" if has_method(obj, name) else ""
+        raise ScriptError(f"{type_name(obj)} has no property '{name}'{hint}")
+
+    def setprop(self, obj, name, v):
+        if type(obj) is dict or type(obj) is FrozenMap:
+            return self.set_index(obj, name, v)
+        raise ScriptError(f"cannot set property '{name}' on {type_name(obj)}")
+
+    # -- strings and iteration -------------------------------------------------
+    def template(self, *parts):
+        return self.string("".join(p if type(p) is str else display(p) for p in parts))
+
+    @staticmethod
+    def iterate(v):
+        t = type(v)
+        if t is range or t is tuple:
+            return v
+        if t is list:
+            return tuple(v)
+        if t is str:
+            return tuple(v)
+        if t is dict or t is FrozenMap:
+            raise ScriptError("cannot iterate a map directly; use map.keys() or map.values()")
+        raise ScriptError(f"cannot iterate over {type_name(v)}")
+
+    @staticmethod
+    def call_value(f, args):
+        if type(f) is Closure:
+            return f.call(*args)
+        raise ScriptError(f"{type_name(f)} is not a function")

@@ -1,0 +1,575 @@
+"""Static resolution of a parsed module: scopes, calls and diagnostics.
+
+The resolver binds every variable to a unique Python name, decides what each
+call means (script function, native, method, imported module function,
+closure value), finds which functions wait on I/O (async natives), and
+reports everything the linter checks. The compiler trusts its result.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from . import ast
+from .methods import METHOD_NAMES
+
+STAGES = ("on_connect", "on_helo", "on_auth", "on_mail_from", "on_rcpt_to", "on_pre_queue",
+          "on_post_queue")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding: ``path:line:col: severity: message [code]``."""
+
+    file: str
+    line: int
+    col: int
+    severity: str  # "error" | "warning"
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.severity}: {self.message} [{self.code}]"
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """What an imported module offers to the importing script."""
+
+    functions: frozenset  # of (name, arity)
+    async_functions: frozenset
+    constants: frozenset
+
+
+# Call targets recorded per call node.
+@dataclass(frozen=True)
+class ScriptFn:
+    name: str
+    arity: int
+
+
+@dataclass(frozen=True)
+class NativeFn:
+    ns: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ModuleFn:
+    alias: str
+    name: str
+    arity: int
+
+
+@dataclass(frozen=True)
+class BuiltinMethod:
+    name: str
+
+
+@dataclass(frozen=True)
+class ValueCall:
+    pass
+
+
+@dataclass
+class _Binding:
+    py: str
+    const: bool
+    pos: ast.Loc
+    name: str
+    kind: str  # "let" | "param" | "loop" | "catch"
+    used: bool = False
+
+
+@dataclass
+class _FnScope:
+    """One Python function being resolved: a script fn, the top level or a closure."""
+
+    name: str
+    scopes: list = field(default_factory=list)
+    parent: "_FnScope | None" = None
+    loops: int = 0
+    waits: bool = False
+    calls: set = field(default_factory=set)
+    nonlocals: set = field(default_factory=set)
+
+
+@dataclass
+class Resolution:
+    """Everything the compiler needs to know beyond the AST."""
+
+    names: dict = field(default_factory=dict)      # (id(node), slot) -> python name
+    targets: dict = field(default_factory=dict)    # id(call node) -> target
+    nonlocals: dict = field(default_factory=dict)  # id(closure) -> set of python names
+    async_functions: set = field(default_factory=set)  # (name, arity)
+    top_async: bool = False
+    constants: set = field(default_factory=set)    # top-level const names
+    diagnostics: list = field(default_factory=list)
+
+    @property
+    def errors(self) -> list:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+def suggest(name: str, candidates) -> str:
+    """" (did you mean 'x'?)" for the closest candidate, or ""."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class Resolver:
+    """Walks a module once; see the module docstring."""
+
+    def __init__(self, module: ast.Module, namespaces: dict, imports: dict[str, ModuleInfo],
+                 async_methods: frozenset, native_methods: frozenset):
+        self.module = module
+        self.namespaces = namespaces
+        self.imports = imports
+        self.async_methods = async_methods
+        self.method_names = METHOD_NAMES | native_methods
+        self.out = Resolution()
+        self.fns = {(f.name, len(f.params)): f for f in module.functions}
+        self.fn_names: dict[str, set] = {}
+        for name, arity in self.fns:
+            self.fn_names.setdefault(name, set()).add(arity)
+        self.counter: dict[str, int] = {}
+        self.fn: _FnScope | None = None
+        self.graph: dict = {}  # (name, arity) | "<top>" -> _FnScope
+
+    # -- reporting -------------------------------------------------------
+    def report(self, severity: str, code: str, message: str, pos: ast.Loc) -> None:
+        self.out.diagnostics.append(
+            Diagnostic(self.module.file, pos[0], pos[1], severity, code, message))
+
+    def error(self, code: str, message: str, pos: ast.Loc) -> None:
+        self.report("error", code, message, pos)
+
+    def warn(self, code: str, message: str, pos: ast.Loc) -> None:
+        self.report("warning", code, message, pos)
+
+    # -- scopes ----------------------------------------------------------
+    def py_name(self, name: str) -> str:
+        n = self.counter.get(name, 0)
+        self.counter[name] = n + 1
+        return f"v_{name}" if n == 0 else f"v_{name}_{n}"
+
+    def declare(self, node, slot: str, name: str, pos: ast.Loc, kind: str,
+                const: bool = False) -> None:
+        b = _Binding(self.py_name(name), const, pos, name, kind)
+        self.fn.scopes[-1][name] = b
+        self.out.names[(id(node), slot)] = b.py
+
+    def push(self) -> None:
+        self.fn.scopes.append({})
+
+    def pop(self) -> None:
+        for b in self.fn.scopes.pop().values():
+            if not b.used and b.kind == "let" and not b.name.startswith("_"):
+                self.warn("unused-variable", f"variable '{b.name}' is never used", b.pos)
+
+    def lookup(self, name: str) -> tuple[_Binding | None, bool]:
+        """Find a variable; the flag tells whether it is captured from an outer function."""
+        fn, captured = self.fn, False
+        while fn is not None:
+            for scope in reversed(fn.scopes):
+                if name in scope:
+                    return scope[name], captured
+            if not fn.name.startswith("<closure"):
+                break
+            fn, captured = fn.parent, True
+        return None, False
+
+    def enter_fn(self, name: str, key) -> _FnScope:
+        scope = _FnScope(name, [{}], parent=self.fn)
+        self.graph[key] = scope
+        self.fn = scope
+        return scope
+
+    # -- entry point -----------------------------------------------------
+    def resolve(self) -> Resolution:
+        for stmt in self.module.body:
+            if isinstance(stmt, ast.Let) and stmt.const:
+                self.out.constants.add(stmt.name)
+        for fn in self.module.functions:
+            self.check_stage(fn)
+            self.enter_fn(fn.name, (fn.name, len(fn.params)))
+            for i, (p, pos) in enumerate(zip(fn.params, fn.param_pos)):
+                self.declare(fn, f"p{i}", p, pos, "param")
+            self.block_body(fn.body.body)
+            self.pop()
+            self.fn = None
+        self.enter_fn("<top>", "<top>")
+        self.block_body(self.module.body)
+        self.pop()
+        self.fn = None
+        self.propagate_async()
+        return self.out
+
+    def check_stage(self, fn: ast.FnDef) -> None:
+        if fn.name in STAGES:
+            if len(fn.params) != 1:
+                self.error("stage-arity", f"stage function '{fn.name}' must take exactly one "
+                           f"parameter (ctx), not {len(fn.params)}", fn.pos)
+        elif fn.name.startswith("on_"):
+            self.warn("unknown-stage", f"'{fn.name}' is not a stage function"
+                      + (suggest(fn.name, STAGES) or
+                         f" (stages: {', '.join(STAGES)})"), fn.pos)
+
+    def propagate_async(self) -> None:
+        waiting = {k for k, s in self.graph.items() if s.waits}
+        changed = True
+        while changed:
+            changed = False
+            for key, scope in self.graph.items():
+                if key not in waiting and scope.calls & waiting:
+                    waiting.add(key)
+                    changed = True
+        self.out.async_functions = {k for k in waiting if k != "<top>"}
+        self.out.top_async = "<top>" in waiting
+
+    def mark_waits(self, pos: ast.Loc, what: str) -> None:
+        fn = self.fn
+        if fn.name.startswith("<closure"):
+            self.error("wait-in-closure", f"{what} waits for I/O and cannot be called inside a "
+                       "closure; call it in the function body", pos)
+            return
+        fn.waits = True
+
+    # -- statements ------------------------------------------------------
+    def block_body(self, stmts) -> None:
+        ended = reported = None
+        for stmt in stmts:
+            if ended and not reported:
+                self.warn("unreachable", f"unreachable code after '{ended}'", stmt.pos)
+                reported = True
+            self.stmt(stmt)
+            if ended is None and isinstance(stmt, (ast.Return, ast.Throw, ast.Break,
+                                                   ast.Continue)):
+                ended = type(stmt).__name__.lower()
+
+    def block(self, block: ast.Block) -> None:
+        self.push()
+        self.block_body(block.body)
+        self.pop()
+
+    def stmt(self, s) -> None:
+        method = getattr(self, "s_" + type(s).__name__)
+        method(s)
+
+    def s_Let(self, s: ast.Let) -> None:
+        if s.value is not None:
+            self.expr(s.value)
+        self.declare(s, "name", s.name, s.pos, "let", s.const)
+        if s.const and self.fn.name == "<top>" and len(self.fn.scopes) == 1:
+            self.fn.scopes[-1][s.name].used = True  # readable as global::NAME
+
+    def s_Assign(self, s: ast.Assign) -> None:
+        self.expr(s.value)
+        root = s.target
+        while isinstance(root, (ast.Index, ast.Prop)):
+            if isinstance(root, ast.Index):
+                self.expr(root.index)
+            root = root.obj
+        if not isinstance(root, ast.Var):
+            self.expr(root)
+            return
+        b, captured = self.lookup(root.name)
+        if b is None:
+            self.undefined(root)
+            return
+        self.out.names[(id(root), "ref")] = b.py
+        if b.const:
+            self.error("assign-const", f"cannot assign to constant '{root.name}'", s.pos)
+        if s.target is not root or s.op != "=":
+            b.used = True
+        if captured and s.target is root:
+            self.mark_nonlocal(b.py)
+
+    def mark_nonlocal(self, py: str) -> None:
+        self.fn.nonlocals.add(py)
+
+    def s_ExprStmt(self, s: ast.ExprStmt) -> None:
+        self.expr(s.expr)
+
+    def s_Return(self, s: ast.Return) -> None:
+        if s.value is not None:
+            self.expr(s.value)
+
+    def s_Throw(self, s: ast.Throw) -> None:
+        if s.value is not None:
+            self.expr(s.value)
+
+    def s_Break(self, s) -> None:
+        if self.fn.loops == 0:
+            self.error("break-outside-loop", "'break' outside of a loop", s.pos)
+
+    def s_Continue(self, s) -> None:
+        if self.fn.loops == 0:
+            self.error("continue-outside-loop", "'continue' outside of a loop", s.pos)
+
+    def s_Import(self, s: ast.Import) -> None:
+        if s.alias is not None and s.alias in self.namespaces:
+            self.error("import-alias", f"import alias '{s.alias}' hides the native namespace "
+                       f"'{s.alias}::'", s.pos)
+
+    def loop_body(self, body: ast.Block, declare=None) -> None:
+        self.fn.loops += 1
+        self.push()
+        if declare:
+            declare()
+        self.block_body(body.body)
+        self.pop()
+        self.fn.loops -= 1
+
+    def s_While(self, s: ast.While) -> None:
+        self.expr(s.cond)
+        self.loop_body(s.body)
+
+    def s_Loop(self, s: ast.Loop) -> None:
+        self.loop_body(s.body)
+
+    def s_For(self, s: ast.For) -> None:
+        self.expr(s.iterable)
+
+        def declare():
+            self.declare(s, "var", s.var, s.pos, "loop")
+            if s.index_var is not None:
+                self.declare(s, "index", s.index_var, s.pos, "loop")
+
+        self.loop_body(s.body, declare)
+
+    def s_Try(self, s: ast.Try) -> None:
+        self.block(s.body)
+        self.push()
+        if s.err_name is not None:
+            self.declare(s, "err", s.err_name, s.handler.pos, "catch")
+        self.block_body(s.handler.body)
+        self.pop()
+
+    def s_FnDef(self, s) -> None:  # pragma: no cover - the builder rejects nested fn
+        self.error("nested-fn", "functions can only be defined at the top level", s.pos)
+
+    # -- expressions -----------------------------------------------------
+    def expr(self, e) -> None:
+        getattr(self, "e_" + type(e).__name__)(e)
+
+    def exprs(self, items) -> None:
+        for e in items:
+            self.expr(e)
+
+    def e_Literal(self, e: ast.Literal) -> None:
+        if type(e.value) is str and "${" in e.value:
+            self.warn("interpolation-in-string", "'${' in a \"...\" string is not interpolated; "
+                      "use a backtick string `...${x}...`", e.pos)
+
+    def e_Template(self, e: ast.Template) -> None:
+        for part in e.parts:
+            if isinstance(part, ast.Block):
+                self.block(part)
+
+    def e_ArrayLit(self, e: ast.ArrayLit) -> None:
+        self.exprs(e.items)
+
+    def e_MapLit(self, e: ast.MapLit) -> None:
+        self.exprs(v for _, v in e.entries)
+
+    def undefined(self, e: ast.Var) -> None:
+        visible = set()
+        fn = self.fn
+        while fn is not None:
+            for scope in fn.scopes:
+                visible |= set(scope)
+            fn = fn.parent if fn.name.startswith("<closure") else None
+        hint = suggest(e.name, visible)
+        if not hint and e.name in self.out.constants and self.fn.name != "<top>":
+            hint = f" (top-level constants are read as global::{e.name} inside functions)"
+        self.error("undefined-variable", f"undefined variable '{e.name}'{hint}", e.pos)
+
+    def e_Var(self, e: ast.Var) -> None:
+        b, _ = self.lookup(e.name)
+        if b is None:
+            self.undefined(e)
+            return
+        b.used = True
+        self.out.names[(id(e), "ref")] = b.py
+
+    def e_NsVar(self, e: ast.NsVar) -> None:
+        if e.ns == "global":
+            if e.name not in self.out.constants:
+                self.error("unknown-global", f"no top-level constant '{e.name}'"
+                           + suggest(e.name, self.out.constants), e.pos)
+        elif e.ns in self.imports:
+            if e.name not in self.imports[e.ns].constants:
+                self.error("unknown-name", f"module '{e.ns}' has no constant '{e.name}'"
+                           + suggest(e.name, self.imports[e.ns].constants), e.pos)
+        else:
+            self.unknown_namespace(e.ns, e.pos)
+
+    def unknown_namespace(self, ns: str, pos: ast.Loc) -> None:
+        names = [n for n in self.namespaces if n] + list(self.imports) + ["global"]
+        self.error("unknown-namespace", f"unknown namespace '{ns}::'" + suggest(ns, names), pos)
+
+    def e_Unary(self, e: ast.Unary) -> None:
+        self.expr(e.operand)
+
+    def e_Binary(self, e: ast.Binary) -> None:
+        self.expr(e.left)
+        self.expr(e.right)
+
+    def e_Prop(self, e: ast.Prop) -> None:
+        self.expr(e.obj)
+
+    def e_Index(self, e: ast.Index) -> None:
+        self.expr(e.obj)
+        self.expr(e.index)
+
+    def e_Block(self, e: ast.Block) -> None:
+        self.block(e)
+
+    def e_If(self, e: ast.If) -> None:
+        for cond, body in e.branches:
+            self.expr(cond)
+            self.block(body)
+        if e.orelse is not None:
+            self.block(e.orelse)
+
+    def e_Switch(self, e: ast.Switch) -> None:
+        self.expr(e.subject)
+        for arm in e.arms:
+            if arm.guard is not None:
+                self.expr(arm.guard)
+            self.expr(arm.body)
+
+    def e_Closure(self, e: ast.Closure) -> None:
+        outer = self.fn
+        scope = _FnScope(f"<closure {id(e)}>", [{}], parent=outer, loops=0)
+        self.fn = scope
+        for i, p in enumerate(e.params):
+            self.declare(e, f"p{i}", p, e.pos, "param")
+        self.expr(e.body)
+        self.pop()
+        self.fn = outer
+        outer.calls |= scope.calls
+        self.out.nonlocals[id(e)] = scope.nonlocals
+        # A nonlocal of a nested closure that is not ours is also captured by us.
+        if outer.name.startswith("<closure"):
+            own = {b.py for s in outer.scopes for b in s.values()}
+            outer.nonlocals |= scope.nonlocals - own
+
+    def e_MethodCall(self, e: ast.MethodCall) -> None:
+        self.expr(e.obj)
+        self.exprs(e.args)
+        key = (e.name, len(e.args) + 1)
+        if key in self.fns:
+            self.out.targets[id(e)] = ScriptFn(*key)
+            self.fn.calls.add(key)
+            return
+        if e.name not in self.method_names and e.name != "call":
+            self.error("unknown-method", f"unknown method '{e.name}'"
+                       + suggest(e.name, self.method_names | set(self.fn_names)), e.pos)
+        self.out.targets[id(e)] = BuiltinMethod(e.name)
+        if e.name in self.async_methods:
+            self.mark_waits(e.pos, f"method '{e.name}'")
+
+    def e_Call(self, e: ast.Call) -> None:
+        self.exprs(e.args)
+        n = len(e.args)
+        b, _ = self.lookup(e.name)
+        if b is not None:
+            b.used = True
+            self.out.names[(id(e), "ref")] = b.py
+            self.out.targets[id(e)] = ValueCall()
+            return
+        if (e.name, n) in self.fns:
+            self.out.targets[id(e)] = ScriptFn(e.name, n)
+            self.fn.calls.add((e.name, n))
+            return
+        if e.name in self.fn_names:
+            arities = " or ".join(str(a) for a in sorted(self.fn_names[e.name]))
+            self.error("arity", f"function '{e.name}' takes {arities} argument(s), not {n}",
+                       e.pos)
+            return
+        native = self.namespaces.get("", None)
+        if native is not None and e.name in native.functions:
+            self.native_call(native.functions[e.name], "", e)
+            return
+        if e.name in self.method_names and n >= 1:
+            self.out.targets[id(e)] = BuiltinMethod(e.name)
+            if e.name in self.async_methods:
+                self.mark_waits(e.pos, f"'{e.name}'")
+            return
+        candidates = set(self.fn_names) | set(native.functions if native else ()) | \
+            self.method_names
+        self.error("unknown-function", f"unknown function '{e.name}'"
+                   + suggest(e.name, candidates), e.pos)
+
+    def native_call(self, native, ns: str, e) -> None:
+        n = len(e.args)
+        full = f"{ns}::{native.name}" if ns else native.name
+        if not native.accepts(n):
+            self.error("arity", f"'{full}' takes {_arity_text(native)} argument(s), not {n} "
+                       f"({ns + '::' if ns else ''}{native.signature()})", e.pos)
+            return
+        self.out.targets[id(e)] = NativeFn(ns, native.name)
+        if native.is_async:
+            self.mark_waits(e.pos, f"'{full}'")
+        if native.check is not None:
+            message = native.check([a.value if isinstance(a, ast.Literal) else _DYNAMIC
+                                    for a in e.args])
+            if message:
+                self.error("native-argument", f"{full}: {message}", e.args[0].pos
+                           if e.args else e.pos)
+
+    def e_NsCall(self, e: ast.NsCall) -> None:
+        self.exprs(e.args)
+        n = len(e.args)
+        if e.ns in self.imports:
+            info = self.imports[e.ns]
+            if (e.name, n) in info.functions:
+                self.out.targets[id(e)] = ModuleFn(e.ns, e.name, n)
+                if (e.name, n) in info.async_functions:
+                    self.mark_waits(e.pos, f"'{e.ns}::{e.name}'")
+                return
+            names = {f for f, _ in info.functions}
+            if e.name in names:
+                self.error("arity", f"'{e.ns}::{e.name}' does not take {n} argument(s)", e.pos)
+            else:
+                self.error("unknown-function", f"module '{e.ns}' has no function '{e.name}'"
+                           + suggest(e.name, names), e.pos)
+            return
+        ns = self.namespaces.get(e.ns) if e.ns else None
+        if ns is None:
+            self.unknown_namespace(e.ns, e.pos)
+            return
+        native = ns.functions.get(e.name)
+        if native is None:
+            self.error("unknown-function", f"unknown function '{e.ns}::{e.name}'"
+                       + suggest(e.name, ns.functions), e.pos)
+            return
+        self.native_call(native, e.ns, e)
+
+
+class _Dynamic:
+    """Stands for an argument whose value is not a literal (for native lint checks)."""
+
+    def __repr__(self) -> str:
+        return "<dynamic>"
+
+
+_DYNAMIC = _Dynamic()
+DYNAMIC = _DYNAMIC
+
+
+def _arity_text(native) -> str:
+    if native.max_args is None:
+        return f"at least {native.min_args}"
+    if native.min_args == native.max_args:
+        return str(native.min_args)
+    return f"{native.min_args} to {native.max_args}"
+
+
+def resolve(module: ast.Module, namespaces: dict, imports: dict[str, ModuleInfo] | None = None,
+            async_methods: frozenset = frozenset(),
+            native_methods: frozenset = frozenset()) -> Resolution:
+    """Resolve a module; see :class:`Resolution`."""
+    return Resolver(module, namespaces, imports or {}, async_methods, native_methods).resolve()

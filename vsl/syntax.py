@@ -1,0 +1,158 @@
+"""Parsing: script text -> Lark parse tree -> typed AST (:mod:`vsl.ast`).
+
+The LALR parser is built once per process (and cached on disk by Lark).
+Lark errors are translated into :class:`VslSyntaxError` with the position,
+the source line and the expected tokens in words.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+
+from lark import Lark, Token, Tree, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ast
+from .errors import Pos, VslSyntaxError
+
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+RESERVED = frozenset("""
+    var static null nil void default match case goto spawn async await yield public private
+    protected super new use with module package export this shared sync thread go exit
+    is typeof and or not def class function do until struct enum self
+""".split())
+
+_TOKEN_WORDS = {
+    "NAME": "a name", "INT": "a number", "NEG_INT": "a number", "FLOAT": "a number",
+    "STRING": "a string", "TEMPLATE": "a string", "IN_OP": "'in'",
+    "$END": "end of file",
+}
+_EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "TEMPLATE", "LPAR", "LSQB"}
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    text = resources.files("grammar").joinpath("vsl.lark").read_text()
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                cache=True, lexer_callbacks={"NAME": _reject_reserved})
+
+
+def _token_word(name: str) -> str:
+    if name in _TOKEN_WORDS:
+        return _TOKEN_WORDS[name]
+    for term in _parser().terminals:
+        if term.name == name and term.pattern.type == "str":
+            return f"'{term.pattern.value}'"
+    return name.lower()
+
+
+def expected_words(expected: set[str]) -> str:
+    """Describe a set of Lark terminal names in words: "';' or '}'"."""
+    names = set(expected)
+    words = []
+    if _EXPR_START <= names | {"TEMPLATE"} and "NAME" in names and "INT" in names:
+        names -= _EXPR_START | {"MINUS", "BANG", "PLUS", "NEG_INT", "TRUE", "FALSE", "IF",
+                                "SWITCH", "LBRACE", "__ANON_0", "VBAR", "__ANON_1", "HASH_LBRACE"}
+        names = {n for n in names if _token_word(n) not in {"'#{'", "'||'", "'|'", "'true'",
+                                                             "'false'", "'if'", "'switch'"}}
+        words.append("an expression")
+    words += sorted({_token_word(n) for n in names})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _line_of(source: str, line: int) -> str:
+    lines = source.splitlines()
+    return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+def _syntax_error(source: str, file: str, message: str, line: int, col: int) -> VslSyntaxError:
+    return VslSyntaxError(message, Pos(file, line, col), _line_of(source, line))
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    if tok.type in ("NAME",):
+        return f"name '{tok}'"
+    if tok.type in ("INT", "FLOAT", "NEG_INT"):
+        return f"number {tok}"
+    if tok.type in ("STRING", "TEMPLATE"):
+        return "string"
+    return f"'{tok}'"
+
+
+def _translate(err: UnexpectedInput, source: str, file: str) -> VslSyntaxError:
+    if isinstance(err, UnexpectedCharacters):
+        rest = source[err.pos_in_stream:]
+        if rest.startswith('"'):
+            msg = "unterminated string"
+        elif rest.startswith("`"):
+            msg = "unterminated backtick string (or an interpolation it cannot hold)"
+        elif rest.startswith("/*"):
+            msg = "unterminated block comment"
+        else:
+            msg = f"unexpected character {rest[:1]!r}"
+        return _syntax_error(source, file, msg, err.line, err.column)
+    if isinstance(err, UnexpectedEOF):
+        line = source.count("\n") + 1
+        col = len(source) - source.rfind("\n")
+        return _syntax_error(source, file, "unexpected end of file, expected "
+                             + expected_words(set(err.expected)), line, col)
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    if tok.type == "$END":
+        line = source.count("\n") + 1
+        col = len(source) - source.rfind("\n")
+    else:
+        line, col = tok.line, tok.column
+    msg = f"unexpected {_describe_token(tok)}, expected {expected_words(set(err.expected))}"
+    if tok.type == "NAME" and str(tok) in RESERVED:
+        msg = f"'{tok}' is a reserved word"
+    elif tok.type == "RBRACE" and "SEMICOLON" in err.expected:
+        msg = "expected ';' before '}'"
+    return _syntax_error(source, file, msg, line, col)
+
+
+class _ReservedWord(Exception):
+    def __init__(self, token: Token):
+        self.token = token
+
+
+def _reject_reserved(tok: Token) -> Token:
+    if str(tok) in RESERVED:
+        raise _ReservedWord(tok)
+    return tok
+
+
+def parse_tree(source: str, file: str) -> Tree:
+    """Parse script text into a Lark tree, raising VslSyntaxError on error."""
+    try:
+        return _parser().parse(source)
+    except UnexpectedInput as err:
+        raise _translate(err, source, file) from None
+    except _ReservedWord as err:
+        tok = err.token
+        hint = {"null": " (use () for nothing)", "nil": " (use () for nothing)",
+                "var": " (use let)", "match": " (use switch)"}.get(str(tok), "")
+        raise _syntax_error(source, file, f"'{tok}' is a reserved word{hint}", tok.line,
+                            tok.column) from None
+
+
+def check_depth(tree: Tree, limit: int, source: str, file: str) -> None:
+    """Reject trees nested deeper than ``limit`` (iteratively: no recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            meta = node.meta
+            raise _syntax_error(source, file,
+                                f"expression nested too deeply (more than {limit} levels; "
+                                "raise limits.max_expr_depth)", getattr(meta, "line", 1),
+                                getattr(meta, "column", 1))
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))

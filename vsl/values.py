@@ -1,0 +1,234 @@
+"""Script values: type names, display, equality, freezing and the native object base.
+
+Script values are plain Python values: ``int`` (i64), ``float``, ``str``,
+``bool``, ``None`` (unit ``()``), ``list`` (array), ``dict`` (map), ``range``,
+:class:`Closure` and :class:`NativeObject`. Frozen (constant) arrays are
+``tuple`` and frozen maps :class:`FrozenMap`.
+"""
+from __future__ import annotations
+
+import math
+
+from .errors import ScriptError
+
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+class FrozenMap(dict):
+    """A map that can no longer change (a top-level constant's value)."""
+
+    __slots__ = ()
+
+    def _frozen(self, *args, **kwargs):
+        raise ScriptError("cannot modify a constant map")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _frozen
+
+
+class Closure:
+    """A script closure (``|x| x + 1``) as a value."""
+
+    __slots__ = ("fn", "arity")
+
+    def __init__(self, fn, arity: int):
+        self.fn, self.arity = fn, arity
+
+    def call(self, *args):
+        if len(args) != self.arity:
+            raise ScriptError(f"closure takes {self.arity} argument(s), not {len(args)}")
+        return self.fn(*args)
+
+
+class NativeObject:
+    """Base of Python objects handed to scripts by natives.
+
+    Scripts can read only the attributes named in ``vsl_props`` and call only
+    the methods registered with :func:`method`; nothing else is reachable.
+    """
+
+    vsl_type = "object"
+    vsl_props: frozenset[str] = frozenset()
+    vsl_methods: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        methods = {}
+        for base in reversed(cls.__mro__):
+            for name, attr in vars(base).items():
+                spec = getattr(attr, "_vsl_method", None)
+                if spec is not None:
+                    methods[spec[0]] = (attr, spec[1], spec[2])
+        cls.vsl_methods = methods
+
+    def vsl_get(self, name: str):
+        if name in self.vsl_props:
+            return getattr(self, name)
+        raise ScriptError(f"{self.vsl_type} has no property '{name}'")
+
+    def vsl_display(self) -> str:
+        return f"<{self.vsl_type}>"
+
+    def vsl_equals(self, other) -> bool:
+        return self is other
+
+
+def method(name: str | None = None, min_args: int | None = None, max_args: int | None = None):
+    """Mark a NativeObject method as callable from scripts (``obj.name(...)``)."""
+    import inspect
+
+    def mark(fn):
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        required = sum(1 for p in params if p.default is p.empty)
+        lo = required if min_args is None else min_args
+        hi = len(params) if max_args is None else max_args
+        fn._vsl_method = (name or fn.__name__.rstrip("_"), lo, hi)
+        return fn
+
+    return mark
+
+
+def type_name(v) -> str:
+    """Rhai's type_of() name of a value."""
+    t = type(v)
+    if t is int:
+        return "i64"
+    if t is str:
+        return "string"
+    if t is bool:
+        return "bool"
+    if v is None:
+        return "()"
+    if t is float:
+        return "f64"
+    if t is list or t is tuple:
+        return "array"
+    if t is dict or t is FrozenMap:
+        return "map"
+    if t is range:
+        return "range"
+    if t is Closure:
+        return "Fn"
+    if isinstance(v, NativeObject):
+        return v.vsl_type
+    return "unknown"
+
+
+def _float_text(f: float) -> str:
+    if math.isfinite(f) and f == int(f) and abs(f) < 1e16:
+        return f"{f:.1f}"
+    return repr(f)
+
+
+def debug(v) -> str:
+    """How a value prints inside an array or map (strings quoted)."""
+    if type(v) is str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return display(v)
+
+
+def display(v) -> str:
+    """to_string(): how a value prints in `${}` and string concatenation."""
+    t = type(v)
+    if t is str:
+        return v
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return str(v)
+    if v is None:
+        return "()"
+    if t is float:
+        return _float_text(v)
+    if t is list or t is tuple:
+        return "[" + ", ".join(debug(x) for x in v) + "]"
+    if t is dict or t is FrozenMap:
+        return "#{" + ", ".join(f"{debug(k)}: {debug(x)}" for k, x in v.items()) + "}"
+    if t is range:
+        return f"{v.start}..{v.stop}"
+    if t is Closure:
+        return "Fn(<closure>)"
+    if isinstance(v, NativeObject):
+        return v.vsl_display()
+    return "<?>"
+
+
+def equals(a, b) -> bool:
+    """Script ``==``: values of different types are unequal (ints and floats compare by value)."""
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is list or ta is tuple:
+            return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b))
+        if ta is dict or ta is FrozenMap:
+            return _map_equals(a, b)
+        if isinstance(a, NativeObject):
+            return a.vsl_equals(b)
+        return a == b
+    if (ta is int and tb is float) or (ta is float and tb is int):
+        return a == b
+    if ta in _ARRAYS and tb in _ARRAYS:
+        return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b))
+    if ta in _MAPS and tb in _MAPS:
+        return _map_equals(a, b)
+    if isinstance(a, NativeObject):
+        return a.vsl_equals(b)
+    if isinstance(b, NativeObject):
+        return b.vsl_equals(a)
+    return False
+
+
+def _map_equals(a, b) -> bool:
+    return a.keys() == b.keys() and all(equals(v, b[k]) for k, v in a.items())
+
+
+_ARRAYS = (list, tuple)
+_MAPS = (dict, FrozenMap)
+
+
+def freeze(v):
+    """Deep-freeze a value so it can be shared by concurrent script calls."""
+    t = type(v)
+    if t is list or t is tuple:
+        return tuple(freeze(x) for x in v)
+    if t is dict or t is FrozenMap:
+        return FrozenMap((k, freeze(x)) for k, x in v.items())
+    return v
+
+
+def thaw(v):
+    """A mutable deep copy of a (possibly frozen) value."""
+    t = type(v)
+    if t is list or t is tuple:
+        return [thaw(x) for x in v]
+    if t is dict or t is FrozenMap:
+        return {k: thaw(x) for k, x in v.items()}
+    return v
+
+
+def from_python(v, where: str = "value"):
+    """Check/convert a host (JSON-like) value into a script value."""
+    t = type(v)
+    if v is None or t in (bool, str, float) or isinstance(v, (NativeObject, Closure)):
+        return v
+    if t is int:
+        if not I64_MIN <= v <= I64_MAX:
+            raise ScriptError(f"{where}: integer {v} out of range for i64")
+        return v
+    if t in (list, tuple):
+        return [from_python(x, where) for x in v]
+    if t in (dict, FrozenMap):
+        return {str(k): from_python(x, where) for k, x in v.items()}
+    raise ScriptError(f"{where}: a {t.__name__} cannot be passed to a script")
+
+
+def to_python(v):
+    """A script value as plain JSON-like Python (for `vsl run` output and tests)."""
+    t = type(v)
+    if t is list or t is tuple:
+        return [to_python(x) for x in v]
+    if t is dict or t is FrozenMap:
+        return {k: to_python(x) for k, x in v.items()}
+    if t is range:
+        return list(v)
+    if t is Closure or isinstance(v, NativeObject):
+        return display(v)
+    return v
