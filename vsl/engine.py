@@ -84,8 +84,9 @@ class Script:
     """A loaded, compiled script: call its functions with :meth:`call`."""
 
     def __init__(self, engine: "Engine", file: str, env: dict, resolution: Resolution,
-                 module):
+                 module, top_value):
         self.engine = engine
+        self.top_value = top_value  # the value of the top level's last statement
         self.file = file
         self._env = env
         self.constants = env["_G"]
@@ -215,10 +216,10 @@ class Engine:
         top = env["__top__"]
         state = ExecState(self.limits)
         if res.top_async:
-            self.guard(lambda: _run_sync(top(state, 0)))
+            value = self.guard(lambda: _run_sync(top(state, 0)))
         else:
-            self.guard(lambda: top(state, 0))
-        return Script(self, file, env, res, module)
+            value = self.guard(lambda: top(state, 0))
+        return Script(self, file, env, res, module, value)
 
     def _import(self, imp, module, load: _Load) -> Script:
         where = Pos(module.file, *imp.pos)

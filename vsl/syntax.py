@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 from lark import Lark, Token, Tree, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import ast
 from .errors import Pos, VslSyntaxError
+
+# grammar/ sits beside vsl/ in the source tree and in an installed wheel.
+GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "vsl.lark"
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 
@@ -34,7 +37,7 @@ _EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "TEMPLATE", "LPAR", "LSQB"}
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    text = resources.files("grammar").joinpath("vsl.lark").read_text()
+    text = GRAMMAR.read_text(encoding="utf-8")
     return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
                 cache=True, lexer_callbacks={"NAME": _reject_reserved})
 

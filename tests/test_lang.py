@@ -1,0 +1,45 @@
+"""Language semantics: every chunk of tests/lang/*.vsl runs as its own script."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.chunks import collect
+from vsl.engine import Engine
+from vsl.errors import VslError
+from vsl.limits import Limits
+
+LANG = Path(__file__).parent / "lang"
+CHUNKS = collect(LANG)
+
+
+def error_line(err: VslError, path: Path) -> int:
+    """The line to match: the innermost stack frame in the test file, else the error's."""
+    for frame in reversed(err.stack):
+        if Path(frame.pos.file).name == path.name:
+            return frame.pos.line
+    return err.pos.line if err.pos else 0
+
+
+def test_enough_chunks():
+    assert len(CHUNKS) >= 200
+
+
+@pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
+def test_chunk(chunk):
+    engine = Engine(limits=Limits().with_changes(**chunk.options))
+    try:
+        engine.load_source(chunk.source, str(chunk.path), LANG)
+    except VslError as err:
+        line = error_line(err, chunk.path)
+        if line not in chunk.expected:
+            pytest.fail(f"unexpected error:\n{err}")
+        pattern = chunk.expected[line]
+        assert re.search(pattern, err.message), f"error {err.message!r} does not match {pattern!r}"
+        assert len(chunk.expected) == 1, "a chunk stops at its first error: expect one per chunk"
+        return
+    if chunk.expected:
+        line, pattern = next(iter(chunk.expected.items()))
+        pytest.fail(f"expected an error matching {pattern!r} at line {line}, got none")
