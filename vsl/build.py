@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from lark import Token, Transformer, v_args
+from lark.exceptions import VisitError
 
 from . import ast
 from .errors import Pos, VslSyntaxError
@@ -29,9 +30,10 @@ def _loc(node) -> ast.Loc:
 class _Builder(Transformer):
     """Lark transformer producing ast nodes; one method per grammar rule."""
 
-    def __init__(self, parser: "Parser"):
+    def __init__(self, parser: "Parser", text: str):
         super().__init__(visit_tokens=False)
         self.p = parser
+        self.text = text  # the text being parsed (an interpolation is parsed on its own)
 
     def _err(self, msg: str, loc: ast.Loc) -> VslSyntaxError:
         return self.p.error(msg, loc)
@@ -161,6 +163,8 @@ class _Builder(Transformer):
 
     def binop(self, items):
         left, op, right = items
+        if isinstance(right, ast.Literal) and type(right.value) is int and right.value > I64_MAX:
+            raise self._err("integer literal out of range for i64", right.pos)
         return ast.Binary(_loc(op), str(op), left, right)
 
     def in_op(self, items):
@@ -211,7 +215,9 @@ class _Builder(Transformer):
                 value = int(text, 10)
         except ValueError:
             raise self._err(f"invalid number '{tok}'", _loc(tok)) from None
-        if value > I64_MAX + (1 if not text.startswith("-") else 0) or value < I64_MIN:
+        negated = self.text[:tok.start_pos].rstrip().endswith("-")
+        if value > I64_MAX + (1 if negated and not text.startswith("-") else 0) \
+                or value < I64_MIN:
             raise self._err(f"integer literal '{tok}' out of range for i64", _loc(tok))
         return ast.Literal(_loc(tok), value)
 
@@ -326,8 +332,11 @@ class _Builder(Transformer):
 
         def unescape(m: re.Match) -> str:
             esc = m.group(1)
-            if esc[0] in "xuU":
-                return chr(int(esc[1:], 16))
+            if esc[0] in "xuU" and len(esc) > 1:
+                try:
+                    return chr(int(esc[1:], 16))
+                except (ValueError, OverflowError):
+                    raise self._err(f"invalid escape sequence '\\{esc}'", _loc(tok)) from None
             if esc[0] == "\n":
                 return ""
             if esc in _ESCAPES:
@@ -357,7 +366,10 @@ class Parser:
     def statements(self, text: str) -> list:
         tree = parse_tree(text, self.file)
         check_depth(tree, self.limits.max_expr_depth, self.source, self.file)
-        return _Builder(self).transform(tree)
+        try:
+            return _Builder(self, text).transform(tree)
+        except VisitError as err:  # errors raised by the builder arrive wrapped
+            raise err.orig_exc from None
 
     def template(self, tok: Token) -> ast.Template:
         """Split a backtick string into text and ``${ }`` blocks, parsed in place."""

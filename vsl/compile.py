@@ -225,9 +225,10 @@ class _Fn:
         t = s.target
         if isinstance(t, A.Var):
             name = self.mc.res.names[(id(t), "ref")]
-            value = self.expr(s.value)
-            if s.op != "=":
-                value = _call(_ASSIGN_HELPERS[s.op], _name(name), value)
+            if s.op == "=":
+                value = self.expr(s.value)
+            else:  # x op= v  is  x = x op v
+                value = self.expr(A.Binary(s.pos, s.op[:-1], t, s.value))
             self.emit(_assign(name, value), s.pos)
             return
         if isinstance(t, A.Index):
@@ -372,7 +373,60 @@ class _Fn:
         if e.op == "??":
             return self.coalesce(e)
         left, right = self.seq([e.left, e.right])
-        return _call(_BINARY_HELPERS[e.op], left, right)
+        fast = self.fast_binary(e, left, right)
+        return fast if fast is not None else _call(_BINARY_HELPERS[e.op], left, right)
+
+    def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
+        """Inline the common int/str cases; the helper handles everything else."""
+        helper = _BINARY_HELPERS[e.op]
+        if e.op in ("==", "!=") and _literal_of(e.right, (str, int)):
+            kind = "str" if type(e.right.value) is str else "int"
+        elif e.op in ("<", "<=", ">", ">=") and _int_literal(e.right):
+            kind = "int"
+        elif e.op in ("+", "-", "*") and _int_literal(e.right):
+            return self.fast_int_arith(e.op, left, e.right.value)
+        elif e.op in ("<", "<=", ">", ">=", "+", "-"):
+            return self.fast_int_pair(e.op, left, right)
+        else:
+            return None
+        w = self.mc.tmp("_w")
+        test = _is_type(_walrus(w, left), kind)
+        fast = py.Compare(_name(w), [_PY_CMP[e.op]()], [right])
+        return py.IfExp(test, fast, _call(helper, _name(w), right))
+
+    def fast_int_pair(self, op: str, left: py.expr, right: py.expr) -> py.expr:
+        """Two ints: compare or add/subtract inline (both operands are always evaluated,
+        in order, thanks to the non-short-circuit ``&``)."""
+        a, b = self.mc.tmp("_w"), self.mc.tmp("_w")
+        both = py.BinOp(_is_type(_walrus(a, left), "int"), py.BitAnd(),
+                        _is_type(_walrus(b, right), "int"))
+        slow = _call(_BINARY_HELPERS[op], _name(a), _name(b))
+        if op in _PY_CMP:
+            return py.IfExp(both, py.Compare(_name(a), [_PY_CMP[op]()], [_name(b)]), slow)
+        r = self.mc.tmp("_w")
+        pyop = py.Add() if op == "+" else py.Sub()
+        in_range = py.Compare(_const(I64_MIN), [py.LtE(), py.LtE()],
+                              [_walrus(r, py.BinOp(_name(a), pyop, _name(b))), _const(I64_MAX)])
+        return py.IfExp(py.BoolOp(py.And(), [both, in_range]), _name(r), slow)
+
+    def fast_int_arith(self, op: str, left: py.expr, k: int) -> py.expr:
+        """``x + 3`` without a helper call when x is an int and no overflow can occur."""
+        w = self.mc.tmp("_w")
+        if op == "*":
+            if k == 0:
+                return None
+            bound = I64_MAX // abs(k)
+            lo, hi = -bound, bound
+        elif (op == "+") == (k >= 0):
+            lo, hi = I64_MIN, I64_MAX - abs(k)
+        else:
+            lo, hi = I64_MIN + abs(k), I64_MAX
+        pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult}[op]()
+        test = py.BoolOp(py.And(), [
+            _is_type(_walrus(w, left), "int"),
+            py.Compare(_const(lo), [py.LtE(), py.LtE()], [_name(w), _const(hi)])])
+        fast = py.BinOp(_name(w), pyop, _const(k))
+        return py.IfExp(test, fast, _call(_BINARY_HELPERS[op], _name(w), _const(k)))
 
     def logic(self, e: A.Binary) -> py.expr:
         left = self.condition(e.left)
@@ -398,9 +452,18 @@ class _Fn:
         return _name(result)
 
     def e_Prop(self, e: A.Prop) -> py.expr:
-        return _call("_getprop", self.expr(e.obj), _const(e.name))
+        return self.map_get(self.expr(e.obj), e.name, "_getprop")
+
+    def map_get(self, obj: py.expr, key: str, helper: str) -> py.expr:
+        """``obj.get(key)`` when obj is a plain map, else the checked helper."""
+        w = self.mc.tmp("_w")
+        get = _call(py.Attribute(_name(w), "get", py.Load()), _const(key))
+        return py.IfExp(_is_type(_walrus(w, obj), "dict"), get,
+                        _call(helper, _name(w), _const(key)))
 
     def e_Index(self, e: A.Index) -> py.expr:
+        if _literal_of(e.index, (str,)):
+            return self.map_get(self.expr(e.obj), e.index.value, "_idx")
         return _call("_idx", *self.seq([e.obj, e.index]))
 
     def valued_temp(self, e) -> py.expr:
@@ -494,6 +557,26 @@ class _Fn:
 
     def e_NsCall(self, e: A.NsCall) -> py.expr:
         return self.target_call(e, self.mc.res.targets[id(e)], self.seq(e.args))
+
+
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+_PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
+
+
+def _is_type(value: py.expr, type_name: str) -> py.expr:
+    return py.Compare(_call("_type", value), [py.Is()], [_name(type_name)])
+
+
+def _walrus(name: str, value: py.expr) -> py.NamedExpr:
+    return py.NamedExpr(_name(name, store=True), value)
+
+
+def _int_literal(e) -> bool:
+    return isinstance(e, A.Literal) and type(e.value) is int
+
+
+def _literal_of(e, kinds) -> bool:
+    return isinstance(e, A.Literal) and type(e.value) in kinds
 
 
 def _known_bool(e) -> bool:

@@ -28,6 +28,9 @@ from .resolve import ModuleInfo, Resolution, resolve
 from .syntax import _line_of
 
 
+_INF = float("inf")
+
+
 class ExecState:
     """Per-call budget: operations left and the wall-clock deadline."""
 
@@ -36,10 +39,10 @@ class ExecState:
 
     def __init__(self, limits: Limits):
         self.limits = limits
-        self.left = limits.max_operations or float("inf")
-        self.deadline = monotonic() + limits.max_time if limits.max_time else float("inf")
-        self.n = 0
-        self.refill()
+        total = limits.max_operations or _INF
+        self.n = self.CHUNK if total > self.CHUNK else total
+        self.left = total - self.n
+        self.deadline = monotonic() + limits.max_time if limits.max_time else _INF
 
     def refill(self) -> None:
         chunk = min(self.CHUNK, self.left)
@@ -113,18 +116,21 @@ class Script:
         """Run a script function to completion (from synchronous code)."""
         fn = self._fn(name, args)
         state = ExecState(self.engine.limits)
-        if (name, len(args)) in self.async_functions:
-            return self.engine.guard(lambda: _run_sync(fn(state, 0, *args)))
-        return self.engine.guard(lambda: fn(state, 0, *args))
+        try:
+            if (name, len(args)) in self.async_functions:
+                return _run_sync(fn(state, 0, *args))
+            return fn(state, 0, *args)
+        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
+            raise self.engine.locate(err) from None
 
     async def call_async(self, name: str, *args):
         """Run a script function inside an event loop (natives may wait on I/O)."""
         fn = self._fn(name, args)
         state = ExecState(self.engine.limits)
-        if (name, len(args)) not in self.async_functions:
-            return self.engine.guard(lambda: fn(state, 0, *args))
         try:
-            return await fn(state, 0, *args)
+            if (name, len(args)) in self.async_functions:
+                return await fn(state, 0, *args)
+            return fn(state, 0, *args)
         except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
             raise self.engine.locate(err) from None
 
@@ -267,6 +273,7 @@ class Engine:
             "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_too_deep": self._too_deep,
+            "_type": type, "int": int, "str": str, "dict": dict,
         }
         for (ns, name), native in natives.items():
             env[native_name(ns, name)] = native.func

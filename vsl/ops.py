@@ -207,7 +207,10 @@ class Ops:
     def in_(a, b):
         tb = type(b)
         if tb is list or tb is tuple:
-            return any(equals(a, x) for x in b)
+            for x in b:
+                if x is a or equals(a, x):
+                    return True
+            return False
         if tb is dict or tb is FrozenMap:
             return type(a) is str and a in b
         if tb is str:

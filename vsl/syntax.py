@@ -115,7 +115,9 @@ def _translate(err: UnexpectedInput, source: str, file: str) -> VslSyntaxError:
     else:
         line, col = tok.line, tok.column
     msg = f"unexpected {_describe_token(tok)}, expected {expected_words(set(err.expected))}"
-    if tok.type == "NAME" and str(tok) in RESERVED:
+    if tok.type != "$END" and source.startswith("/*", tok.start_pos):
+        msg = "unterminated block comment"
+    elif tok.type == "NAME" and str(tok) in RESERVED:
         msg = f"'{tok}' is a reserved word"
     elif tok.type == "RBRACE" and "SEMICOLON" in err.expected:
         msg = "expected ';' before '}'"

@@ -1,0 +1,134 @@
+"""Interpreter speed: vSL functions against the same logic in hand-written Python.
+
+Prints, for each workload, the time per call of both and their ratio (measured
+in the same run, best of several repeats). Targets: policy-style code within
+2x of plain Python, loops within 5x.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vsl.engine import Engine  # noqa: E402
+from vsl.limits import Limits  # noqa: E402
+
+SCRIPT = r'''
+const BLOCKED = ["spam.example", "junk.example"];
+const SCORES = #{ "pass": 0, "neutral": 1, "softfail": 3, "fail": 10 };
+
+fn policy(ctx) {
+    if ctx.helo == "" { return "deny-helo"; }
+    if ctx.domain in global::BLOCKED { return "deny-blocked"; }
+    let score = global::SCORES[ctx.spf] ?? 5;
+    if ctx.authenticated && score < 10 { return "accept"; }
+    if score >= 5 { "deny-score" } else if ctx.rcpts > 50 { "deny-rcpts" } else { "next" }
+}
+
+fn sum_loop(n) {
+    let s = 0;
+    for i in 0..n { s += i * 2; }
+    s
+}
+
+fn while_loop(n) {
+    let s = 0;
+    let i = 0;
+    while i < n { s += i % 7; i += 1; }
+    s
+}
+
+fn strings(words) {
+    let out = [];
+    for w in words {
+        if w.starts_with("x-") { out.push(w.to_upper()); } else { out.push(`${w}:${w.len()}`); }
+    }
+    out.len()
+}
+
+fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+'''
+
+BLOCKED = ("spam.example", "junk.example")
+SCORES = {"pass": 0, "neutral": 1, "softfail": 3, "fail": 10}
+
+
+def py_policy(ctx):
+    if ctx["helo"] == "":
+        return "deny-helo"
+    if ctx["domain"] in BLOCKED:
+        return "deny-blocked"
+    score = SCORES.get(ctx["spf"], 5)
+    if ctx["authenticated"] and score < 10:
+        return "accept"
+    if score >= 5:
+        return "deny-score"
+    return "deny-rcpts" if ctx["rcpts"] > 50 else "next"
+
+
+def py_sum_loop(n):
+    s = 0
+    for i in range(n):
+        s += i * 2
+    return s
+
+
+def py_while_loop(n):
+    s = i = 0
+    while i < n:
+        s += i % 7
+        i += 1
+    return s
+
+
+def py_strings(words):
+    out = []
+    for w in words:
+        out.append(w.upper() if w.startswith("x-") else f"{w}:{len(w)}")
+    return len(out)
+
+
+def py_fib(n):
+    return n if n < 2 else py_fib(n - 1) + py_fib(n - 2)
+
+
+def best(fn, repeat=5):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    engine = Engine(limits=Limits(max_operations=0, max_time=0))
+    script = engine.load_source(SCRIPT, "bench.vsl")
+    ctx = {"helo": "mx.example", "domain": "ok.example", "spf": "softfail",
+           "authenticated": False, "rcpts": 3}
+    words = [f"x-{i}" if i % 3 == 0 else f"word{i}" for i in range(1000)]
+    calls = 20000
+    workloads = [
+        ("policy (per call)", calls, lambda: [script.call("policy", ctx) for _ in range(calls)],
+         lambda: [py_policy(ctx) for _ in range(calls)]),
+        ("for loop 100k", 1, lambda: script.call("sum_loop", 100_000),
+         lambda: py_sum_loop(100_000)),
+        ("while loop 100k", 1, lambda: script.call("while_loop", 100_000),
+         lambda: py_while_loop(100_000)),
+        ("strings 1k words", 1, lambda: script.call("strings", words), lambda: py_strings(words)),
+        ("fib(20) recursion", 1, lambda: script.call("fib", 20), lambda: py_fib(20)),
+    ]
+    assert script.call("policy", ctx) == py_policy(ctx)
+    assert script.call("sum_loop", 1000) == py_sum_loop(1000)
+    assert script.call("fib", 15) == py_fib(15)
+    print(f"{'workload':22} {'vSL':>12} {'Python':>12} {'ratio':>7}")
+    for name, n, vsl_fn, py_fn in workloads:
+        v, p = best(vsl_fn) / n, best(py_fn) / n
+        unit, scale = ("us", 1e6) if n > 1 else ("ms", 1e3)
+        print(f"{name:22} {v * scale:9.2f} {unit} {p * scale:9.2f} {unit} {v / p:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
