@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import click
@@ -48,6 +49,7 @@ def run(file, fn, args, as_json) -> None:
         raise click.BadParameter(str(err), param_hint="--arg") from None
     if args and not fn:
         raise click.UsageError("--arg needs --call FN")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     engine = Engine()
     try:
         script = engine.load(file)

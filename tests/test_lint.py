@@ -1,0 +1,215 @@
+"""The linter: every chunk of tests/lint/*.vsl is linted as its own file.
+
+A line holding ``// ### "regex"`` expects a finding on that line whose text
+``"<severity>: <message> [<code>]"`` matches the regex; every finding must be
+on such a line and match it, and a chunk without ``###`` must lint clean.
+Import fixtures live in tests/lint/modules/ (imports are relative to tests/lint).
+"""
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chunks import collect
+from vsl.engine import Engine
+from vsl.lint import Linter, script_files
+from vsl.resolve import STAGES
+
+LINT = Path(__file__).parent / "lint"
+CHUNKS = collect(LINT)
+VSL = Path(sys.executable).parent / "vsl"
+
+
+def finding_text(d) -> str:
+    return f"{d.severity}: {d.message} [{d.code}]"
+
+
+def test_enough_chunks():
+    assert len(CHUNKS) >= 60
+
+
+def test_every_rule_is_covered():
+    """Each diagnostic code the resolver and linter can emit has at least one expectation."""
+    expected = " ".join(p for c in CHUNKS for p in c.expected.values())
+    codes = ["syntax", "undefined-variable", "unknown-function", "unknown-namespace",
+             "unknown-method", "unknown-global", "unknown-name", "arity", "unknown-stage",
+             "stage-arity", "assign-const", "unreachable", "unused-variable",
+             "interpolation-in-string", "native-argument", "break-outside-loop",
+             "continue-outside-loop", "import", "import-alias"]
+    missing = [c for c in codes if f"[{c}]" not in expected.replace("\\[", "[").replace("\\]", "]")]
+    assert not missing, f"no chunk expects {missing}"
+
+
+@pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
+def test_chunk(chunk):
+    findings = Linter(Engine()).lint_source(chunk.source, str(chunk.path), chunk.path.parent)
+    problems = []
+    matched = set()
+    for d in findings:
+        assert d.file == str(chunk.path)
+        text = finding_text(d)
+        pattern = chunk.expected.get(d.line)
+        if pattern is None:
+            problems.append(f"line {d.line}: unexpected finding: {text}")
+        elif not re.search(pattern, text):
+            problems.append(f"line {d.line}: finding {text!r} does not match {pattern!r}")
+        else:
+            matched.add(d.line)
+    for line, pattern in chunk.expected.items():
+        if line not in matched:
+            problems.append(f"line {line}: no finding matching {pattern!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_findings_are_sorted_and_positioned():
+    src = 'fn f() {\n    nope;\n    let unused = 1;\n    status::dny();\n}\n'
+    findings = Linter(Engine()).lint_source(src, "p.vsl", None)
+    assert [(d.line, d.col, d.code) for d in findings] == [
+        (2, 5, "undefined-variable"), (3, 9, "unused-variable"), (4, 5, "unknown-function")]
+    assert str(findings[0]) == "p.vsl:2:5: error: undefined variable 'nope' [undefined-variable]"
+
+
+def test_every_stage_name_is_accepted():
+    src = "\n".join(f"fn {s}(ctx) {{ status::next() }}" for s in STAGES)
+    assert Linter(Engine()).lint_source(src, "stages.vsl", None) == []
+
+
+def test_import_without_script_directory():
+    findings = Linter(Engine()).lint_source('import "x" as x;\n', "<stdin>", None)
+    assert [(d.code, d.severity) for d in findings] == [("import", "error")]
+    assert "script directory" in findings[0].message
+
+
+def test_lint_file_that_cannot_be_read(tmp_path):
+    bad = tmp_path / "bad.vsl"
+    bad.write_bytes(b"let x = \xff\xfe;\n")
+    findings = Linter(Engine()).lint_file(bad)
+    assert [(d.line, d.severity, d.code) for d in findings] == [(1, "error", "io")]
+
+
+def test_script_files_expands_directories(tmp_path):
+    (tmp_path / "b").mkdir()
+    for name in ("b/z.vsl", "a.vsl", "b/a.vsl", "notes.txt"):
+        (tmp_path / name).write_text("1\n")
+    assert [p.relative_to(tmp_path).as_posix() for p in script_files([tmp_path])] == [
+        "a.vsl", "b/a.vsl", "b/z.vsl"]
+
+
+def test_clean_chunks_also_load():
+    """A chunk the linter passes without errors must also compile and run its top level."""
+    failures = []
+    for chunk in CHUNKS:
+        if chunk.expected or "import" in chunk.source:
+            continue
+        try:
+            Engine().load_source(chunk.source, str(chunk.path), chunk.path.parent)
+        except Exception as err:  # noqa: BLE001 - report every mismatch
+            failures.append(f"{chunk.id}: {type(err).__name__}: {err}")
+    assert not failures, "\n".join(failures)
+
+
+# -- a realistic 5,000-line policy tree ----------------------------------------
+
+_DOMAINS = ["example.com", "example.org", "example.net", "mail.test", "corp.example"]
+
+
+def _policy_function(rng: random.Random, i: int) -> str:
+    domain = rng.choice(_DOMAINS)
+    limit = rng.randint(2, 50)
+    code = rng.choice([550, 554, 450, 451])
+    cls = str(code)[0]
+    return textwrap.dedent(f"""\
+        // Rule {i}: checks for {domain}.
+        fn rule_{i}(ctx) {{
+            let score = 0;
+            let seen = #{{}};
+            let hosts = ["mx1.{domain}", "mx2.{domain}", "relay{i}.{domain}"];
+            for host in hosts {{
+                if host.ends_with("{domain}") {{
+                    score += {rng.randint(1, 9)};
+                }} else if host.len() > {limit} {{
+                    score -= 1;
+                }} else {{
+                    continue;
+                }}
+                seen[host] = score;
+            }}
+            let sender = ctx.mail_from ?? "";
+            if sender.contains("@{domain}") && score > {limit} {{
+                log("info", `rule {i} matched ${{sender}} with score ${{score}}`);
+                return status::deny("{code} {cls}.7.{i % 30} rule {i}: rejected");
+            }}
+            let total = 0;
+            for (key, n) in seen.keys() {{
+                total += n + key.len();
+            }}
+            switch total % 4 {{
+                0 => status::next(),
+                1 | 2 => status::accept("250 2.0.0 rule {i} ok"),
+                3 if total > 100 => status::quarantine("rule{i}"),
+                _ => status::next(),
+            }}
+        }}
+
+        """)
+
+
+def _policy_file(rng: random.Random, n: int, first: int) -> str:
+    parts = [f"// Generated policy file with rules {first}..{first + n - 1}.\n",
+             f"const THRESHOLD = {rng.randint(5, 20)};\n\n"]
+    parts += [_policy_function(rng, i) for i in range(first, first + n)]
+    parts.append("fn on_rcpt_to(ctx) {\n")
+    for i in range(first, first + n):
+        parts.append(f"    let r{i} = rule_{i}(ctx);\n"
+                     f"    if r{i}.kind != \"next\" {{ return r{i}; }}\n")
+    parts.append("    status::next()\n}\n")
+    return "".join(parts)
+
+
+def _write_policy_tree(root: Path, target_lines: int = 5000) -> int:
+    rng = random.Random(1234)
+    lines, first, k = 0, 0, 0
+    while lines < target_lines:
+        text = _policy_file(rng, 12, first)
+        sub = root / f"part{k % 3}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"policy_{k}.vsl").write_text(text)
+        lines += text.count("\n")
+        first += 12
+        k += 1
+    return lines
+
+
+def test_generated_policy_is_clean_in_process(tmp_path):
+    _write_policy_tree(tmp_path, 400)
+    linter = Linter(Engine())
+    findings = [d for f in script_files([tmp_path]) for d in linter.lint_file(f)]
+    assert findings == []
+    for f in script_files([tmp_path]):
+        Engine().load(f)  # and it compiles
+
+
+def test_lint_5000_lines(tmp_path, capsys):
+    lines = _write_policy_tree(tmp_path)
+    assert lines >= 5000
+    start = time.perf_counter()
+    proc = subprocess.run([str(VSL), "lint", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    start = time.perf_counter()
+    linter = Linter(Engine())
+    findings = [d for f in script_files([tmp_path]) for d in linter.lint_file(f)]
+    in_process = time.perf_counter() - start
+    assert findings == []
+    with capsys.disabled():
+        print(f"\n[lint] {lines} lines in {len(script_files([tmp_path]))} files: "
+              f"`vsl lint` {elapsed:.2f} s (process), Linter {in_process:.2f} s (in process)")
