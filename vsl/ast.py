@@ -228,3 +228,4 @@ class Module:
     body: tuple[Stmt, ...]
     functions: tuple[FnDef, ...]
     imports: tuple[Import, ...]
+    plain_interpolations: tuple[Loc, ...] = ()  # "${" inside "..." strings (lint warning)

@@ -19,6 +19,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0"
             "$": "$", "`": "`"}
 _ESCAPE_RE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|\n[ \t]*|.)", re.S)
 _INTERP_RE = re.compile(r"\$\{")
+_RAW_INTERP_RE = re.compile(r"(?<!\\)\$\{")  # "${" not written as "\${"
 
 
 def _loc(node) -> ast.Loc:
@@ -205,21 +206,27 @@ class _Builder(Transformer):
         (tok,) = items
         text = str(tok).replace("_", "")
         try:
-            if text.startswith(("0x", "-0x")):
+            if text.startswith("0x"):
                 value = int(text, 16)
-            elif text.startswith(("0o", "-0o")):
+            elif text.startswith("0o"):
                 value = int(text, 8)
-            elif text.startswith(("0b", "-0b")):
+            elif text.startswith("0b"):
                 value = int(text, 2)
             else:
                 value = int(text, 10)
         except ValueError:
             raise self._err(f"invalid number '{tok}'", _loc(tok)) from None
         negated = self.text[:tok.start_pos].rstrip().endswith("-")
-        if value > I64_MAX + (1 if negated and not text.startswith("-") else 0) \
-                or value < I64_MIN:
+        if value > I64_MAX + (1 if negated else 0):
             raise self._err(f"integer literal '{tok}' out of range for i64", _loc(tok))
         return ast.Literal(_loc(tok), value)
+
+    def neg_lit(self, items):
+        (tok,) = items
+        lit = self.int_lit(items) if tok.type == "INT" else self.float_lit(items)
+        if -lit.value < I64_MIN:
+            raise self._err(f"integer literal '-{tok}' out of range for i64", _loc(tok))
+        return ast.Literal(lit.pos, -lit.value)
 
     def float_lit(self, items):
         (tok,) = items
@@ -343,6 +350,8 @@ class _Builder(Transformer):
                 return _ESCAPES[esc]
             raise self._err(f"invalid escape sequence '\\{esc}'", _loc(tok))
 
+        if _RAW_INTERP_RE.search(body):
+            self.p.plain_interpolations.append(_loc(tok))
         value = _ESCAPE_RE.sub(unescape, body)
         self.p.check_size(len(value), "string", _loc(tok))
         return value
@@ -353,6 +362,7 @@ class Parser:
 
     def __init__(self, source: str, file: str, limits):
         self.source, self.file, self.limits = source, file, limits
+        self.plain_interpolations: list[ast.Loc] = []  # "${" inside "..." strings
 
     def error(self, msg: str, loc: ast.Loc) -> VslSyntaxError:
         return VslSyntaxError(msg, Pos(self.file, *loc), _line_of(self.source, loc[0]))
@@ -437,4 +447,5 @@ def parse(source: str, file: str, limits) -> ast.Module:
             functions.append(stmt)
     statements = tuple(s for s in body if not isinstance(s, ast.FnDef))
     imports = tuple(s for s in statements if isinstance(s, ast.Import))
-    return ast.Module(file, source, statements, tuple(functions), imports)
+    return ast.Module(file, source, statements, tuple(functions), imports,
+                      tuple(parser.plain_interpolations))

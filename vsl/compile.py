@@ -178,7 +178,7 @@ class _Fn:
         for arm in e.arms:
             tests = [py.UnaryOp(py.Not(), _name(done))]
             if A.WILDCARD in arm.patterns:
-                has_default = True
+                has_default = has_default or arm.guard is None
             else:
                 matches = [_call("_eq", _name(subject), _const(p)) for p in arm.patterns]
                 tests.append(matches[0] if len(matches) == 1 else py.BoolOp(py.Or(), matches))

@@ -113,7 +113,8 @@ class Resolution:
 
 def suggest(name: str, candidates) -> str:
     """" (did you mean 'x'?)" for the closest candidate, or ""."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.7)
+    close = difflib.get_close_matches(name, [c for c in candidates if c != name], n=1,
+                                      cutoff=0.7)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -156,6 +157,9 @@ class Resolver:
     def declare(self, node, slot: str, name: str, pos: ast.Loc, kind: str,
                 const: bool = False) -> None:
         b = _Binding(self.py_name(name), const, pos, name, kind)
+        old = self.fn.scopes[-1].get(name)
+        if old is not None:
+            self.check_used(old)
         self.fn.scopes[-1][name] = b
         self.out.names[(id(node), slot)] = b.py
 
@@ -164,8 +168,11 @@ class Resolver:
 
     def pop(self) -> None:
         for b in self.fn.scopes.pop().values():
-            if not b.used and b.kind == "let" and not b.name.startswith("_"):
-                self.warn("unused-variable", f"variable '{b.name}' is never used", b.pos)
+            self.check_used(b)
+
+    def check_used(self, b: _Binding) -> None:
+        if not b.used and b.kind == "let" and not b.name.startswith("_"):
+            self.warn("unused-variable", f"variable '{b.name}' is never used", b.pos)
 
     def lookup(self, name: str) -> tuple[_Binding | None, bool]:
         """Find a variable; the flag tells whether it is captured from an outer function."""
@@ -198,6 +205,9 @@ class Resolver:
             self.block_body(fn.body.body)
             self.pop()
             self.fn = None
+        for pos in self.module.plain_interpolations:
+            self.warn("interpolation-in-string", "'${' in a \"...\" string is not interpolated; "
+                      "use a backtick string `...${x}...`", pos)
         self.enter_fn("<top>", "<top>")
         self.block_body(self.module.body)
         self.pop()
@@ -358,9 +368,7 @@ class Resolver:
             self.expr(e)
 
     def e_Literal(self, e: ast.Literal) -> None:
-        if type(e.value) is str and "${" in e.value:
-            self.warn("interpolation-in-string", "'${' in a \"...\" string is not interpolated; "
-                      "use a backtick string `...${x}...`", e.pos)
+        """Literals need no resolution."""
 
     def e_Template(self, e: ast.Template) -> None:
         for part in e.parts:
@@ -493,7 +501,11 @@ class Resolver:
         if native is not None and e.name in native.functions:
             self.native_call(native.functions[e.name], "", e)
             return
-        if e.name in self.method_names and n >= 1:
+        if e.name in self.method_names and n == 0:
+            self.error("unknown-function", f"'{e.name}' is a method: call it as "
+                       f"value.{e.name}() or {e.name}(value)", e.pos)
+            return
+        if e.name in self.method_names:
             self.out.targets[id(e)] = BuiltinMethod(e.name)
             if e.name in self.async_methods:
                 self.mark_waits(e.pos, f"'{e.name}'")

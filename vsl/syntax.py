@@ -28,11 +28,16 @@ RESERVED = frozenset("""
 """.split())
 
 _TOKEN_WORDS = {
-    "NAME": "a name", "INT": "a number", "NEG_INT": "a number", "FLOAT": "a number",
+    "NAME": "a name", "INT": "a number", "FLOAT": "a number",
     "STRING": "a string", "TEMPLATE": "a string", "IN_OP": "'in'",
     "$END": "end of file",
 }
-_EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "TEMPLATE", "LPAR", "LSQB"}
+_EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "TEMPLATE"}
+_EXPR_WORDS = {"'('", "'['", "'#{'", "'-'", "'!'", "'+'", "'true'", "'false'", "'if'",
+               "'switch'", "'{'", "'|'", "'||'"}
+_OPERATOR_WORDS = {f"'{op}'" for op in (
+    "+ - * / % ** == != < <= > >= && || ?? .. ..= = += -= *= /= %= **= . [".split())} | {"'in'"}
+_PUNCTUATION_ORDER = ["';'", "','", "')'", "']'", "'}'", "'{'", "'=>'", "':'"]
 
 
 @lru_cache(maxsize=1)
@@ -52,21 +57,24 @@ def _token_word(name: str) -> str:
 
 
 def expected_words(expected: set[str]) -> str:
-    """Describe a set of Lark terminal names in words: "';' or '}'"."""
-    names = set(expected)
-    words = []
-    if _EXPR_START <= names | {"TEMPLATE"} and "NAME" in names and "INT" in names:
-        names -= _EXPR_START | {"MINUS", "BANG", "PLUS", "NEG_INT", "TRUE", "FALSE", "IF",
-                                "SWITCH", "LBRACE", "__ANON_0", "VBAR", "__ANON_1", "HASH_LBRACE"}
-        names = {n for n in names if _token_word(n) not in {"'#{'", "'||'", "'|'", "'true'",
-                                                             "'false'", "'if'", "'switch'"}}
-        words.append("an expression")
-    words += sorted({_token_word(n) for n in names})
-    if len(words) > 8:
-        words = words[:8] + ["..."]
-    if len(words) == 1:
-        return words[0]
-    return ", ".join(words[:-1]) + " or " + words[-1]
+    """Describe a set of Lark terminal names in words: "';' or '}'", "an expression"."""
+    summary = []
+    if {"NAME", "INT"} <= set(expected):
+        words = {_token_word(n) for n in expected if n not in _EXPR_START} - _EXPR_WORDS
+        summary.append("an expression")
+    else:
+        words = {_token_word(n) for n in expected}
+    operators = words & _OPERATOR_WORDS
+    if len(operators) >= 3:
+        words -= operators
+        summary.append("an operator")
+    first = [w for w in _PUNCTUATION_ORDER if w in words]
+    ordered = first + sorted(words - set(first)) + summary
+    if len(ordered) > 8:
+        ordered = ordered[:8] + ["..."]
+    if len(ordered) == 1:
+        return ordered[0]
+    return ", ".join(ordered[:-1]) + " or " + ordered[-1]
 
 
 def _line_of(source: str, line: int) -> str:
@@ -83,7 +91,7 @@ def _describe_token(tok: Token) -> str:
         return "end of file"
     if tok.type in ("NAME",):
         return f"name '{tok}'"
-    if tok.type in ("INT", "FLOAT", "NEG_INT"):
+    if tok.type in ("INT", "FLOAT"):
         return f"number {tok}"
     if tok.type in ("STRING", "TEMPLATE"):
         return "string"
@@ -114,7 +122,10 @@ def _translate(err: UnexpectedInput, source: str, file: str) -> VslSyntaxError:
         col = len(source) - source.rfind("\n")
     else:
         line, col = tok.line, tok.column
-    msg = f"unexpected {_describe_token(tok)}, expected {expected_words(set(err.expected))}"
+    expected = set(err.expected)
+    if err.interactive_parser is not None:
+        expected = err.interactive_parser.accepts() or expected  # exact, not LALR-merged
+    msg = f"unexpected {_describe_token(tok)}, expected {expected_words(expected)}"
     if tok.type != "$END" and source.startswith("/*", tok.start_pos):
         msg = "unterminated block comment"
     elif tok.type == "NAME" and str(tok) in RESERVED:
