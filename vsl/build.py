@@ -109,13 +109,16 @@ class _Builder(Transformer):
     def fn_def(self, meta, items):
         name, params, body = items
         params = params or []
+        self._unique_params(params)
+        return ast.FnDef(_loc(name), str(name), tuple(str(p) for p in params),
+                         tuple(_loc(p) for p in params), body)
+
+    def _unique_params(self, params) -> None:
         seen = set()
         for p in params:
             if str(p) in seen:
                 raise self._err(f"duplicate parameter '{p}'", _loc(p))
             seen.add(str(p))
-        return ast.FnDef(_loc(name), str(name), tuple(str(p) for p in params),
-                         tuple(_loc(p) for p in params), body)
 
     def params(self, items):
         return list(items)
@@ -326,6 +329,7 @@ class _Builder(Transformer):
         else:
             params, body = items
         params = params or []
+        self._unique_params(params)
         return ast.Closure(self._meta_loc(meta), tuple(str(p) for p in params), body)
 
     @v_args(meta=True)

@@ -511,8 +511,10 @@ class _Fn:
         if nonlocals:
             inner.out.insert(0, _located(py.Nonlocal(nonlocals), e.pos))
         params = [py.arg(self.names(e, f"p{i}")) for i in range(len(e.params))]
-        fn = py.FunctionDef(name, py.arguments([], params, None, [], [], None, []), inner.out,
-                            [], None)
+        snapshots = sorted(self.mc.res.snapshots.get(id(e), ()))
+        args = py.arguments([], params, None, [py.arg(n) for n in snapshots],
+                            [_name(n) for n in snapshots], None, [])
+        fn = py.FunctionDef(name, args, inner.out, [], None)
         self.mc.code_names[name] = "<closure>"
         self.emit(fn, e.pos)
         return _call("_closure", _name(name), _const(len(e.params)))

@@ -79,6 +79,7 @@ class _Binding:
     name: str
     kind: str  # "let" | "param" | "loop" | "catch"
     used: bool = False
+    in_loop: bool = False  # declared inside a loop body: a fresh binding per iteration
 
 
 @dataclass
@@ -92,6 +93,7 @@ class _FnScope:
     waits: bool = False
     calls: set = field(default_factory=set)
     nonlocals: set = field(default_factory=set)
+    snapshots: set = field(default_factory=set)
 
 
 @dataclass
@@ -101,6 +103,7 @@ class Resolution:
     names: dict = field(default_factory=dict)      # (id(node), slot) -> python name
     targets: dict = field(default_factory=dict)    # id(call node) -> target
     nonlocals: dict = field(default_factory=dict)  # id(closure) -> set of python names
+    snapshots: dict = field(default_factory=dict)  # id(closure) -> loop bindings captured
     async_functions: set = field(default_factory=set)  # (name, arity)
     top_async: bool = False
     constants: set = field(default_factory=set)    # top-level const names
@@ -156,7 +159,7 @@ class Resolver:
 
     def declare(self, node, slot: str, name: str, pos: ast.Loc, kind: str,
                 const: bool = False) -> None:
-        b = _Binding(self.py_name(name), const, pos, name, kind)
+        b = _Binding(self.py_name(name), const, pos, name, kind, in_loop=self.fn.loops > 0)
         old = self.fn.scopes[-1].get(name)
         if old is not None:
             self.check_used(old)
@@ -175,15 +178,24 @@ class Resolver:
             self.warn("unused-variable", f"variable '{b.name}' is never used", b.pos)
 
     def lookup(self, name: str) -> tuple[_Binding | None, bool]:
-        """Find a variable; the flag tells whether it is captured from an outer function."""
-        fn, captured = self.fn, False
+        """Find a variable; the flag tells whether it is captured from an outer function.
+
+        A closure that captures a variable declared inside a loop body takes a snapshot
+        of it, so closures made in different iterations see their own iteration's value.
+        """
+        fn, crossed = self.fn, []
         while fn is not None:
             for scope in reversed(fn.scopes):
                 if name in scope:
-                    return scope[name], captured
+                    b = scope[name]
+                    if b.in_loop:
+                        for closure in crossed:
+                            closure.snapshots.add(b.py)
+                    return b, bool(crossed)
             if not fn.name.startswith("<closure"):
                 break
-            fn, captured = fn.parent, True
+            crossed.append(fn)
+            fn = fn.parent
         return None, False
 
     def enter_fn(self, name: str, key) -> _FnScope:
@@ -450,7 +462,7 @@ class Resolver:
 
     def e_Closure(self, e: ast.Closure) -> None:
         outer = self.fn
-        scope = _FnScope(f"<closure {id(e)}>", [{}], parent=outer, loops=0)
+        scope = _FnScope(f"<closure {id(e)}>", [{}], parent=outer)
         self.fn = scope
         for i, p in enumerate(e.params):
             self.declare(e, f"p{i}", p, e.pos, "param")
@@ -459,6 +471,7 @@ class Resolver:
         self.fn = outer
         outer.calls |= scope.calls
         self.out.nonlocals[id(e)] = scope.nonlocals
+        self.out.snapshots[id(e)] = scope.snapshots - scope.nonlocals
         # A nonlocal of a nested closure that is not ours is also captured by us.
         if outer.name.startswith("<closure"):
             own = {b.py for s in outer.scopes for b in s.values()}

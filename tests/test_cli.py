@@ -1,0 +1,386 @@
+"""The ``vsl`` command line, run as the installed console script."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VSL = Path(sys.executable).parent / "vsl"
+
+pytestmark = pytest.mark.skipif(not VSL.exists(), reason="the vsl console script is not installed")
+
+
+def vsl(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VSL), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=60)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- help --------------------------------------------------------------------------
+
+def test_help_lists_commands():
+    proc = vsl("--help")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("Usage: vsl")
+    assert re.search(r"^\s+lint\s+\S", proc.stdout, re.M)
+    assert re.search(r"^\s+run\s+\S", proc.stdout, re.M)
+
+
+def test_short_help_option():
+    assert vsl("-h").stdout == vsl("--help").stdout
+
+
+def test_lint_help():
+    proc = vsl("lint", "--help")
+    assert proc.returncode == 0
+    assert "Usage: vsl lint" in proc.stdout
+    assert "--format" in proc.stdout and "json" in proc.stdout
+    assert "Exit status 1" in proc.stdout
+
+
+def test_run_help():
+    proc = vsl("run", "--help")
+    assert proc.returncode == 0
+    for option in ("--call", "--arg", "--json"):
+        assert option in proc.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    proc = vsl("frobnicate")
+    assert proc.returncode == 2
+    assert "No such command" in proc.stderr
+
+
+# -- lint --------------------------------------------------------------------------
+
+CLEAN = """\
+const BLOCKED = ["spam.example"];
+
+fn on_mail_from(ctx) {
+    if ctx.mail_from.ends_with("@spam.example") {
+        return status::deny("550 5.7.1 Sender blocked");
+    }
+    status::next()
+}
+"""
+
+
+def test_lint_clean_file_exits_0_silently(tmp_path):
+    f = write(tmp_path, "clean.vsl", CLEAN)
+    proc = vsl("lint", f)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def test_lint_error_exits_1_with_location(tmp_path):
+    f = write(tmp_path, "bad.vsl", "fn on_helo(ctx) {\n    status::dny()\n}\n")
+    proc = vsl("lint", f)
+    assert proc.returncode == 1
+    lines = proc.stdout.strip().splitlines()
+    assert lines == [f"{f}:2:5: error: unknown function 'status::dny' (did you mean 'deny'?) "
+                     "[unknown-function]"]
+
+
+def test_lint_syntax_error_format(tmp_path):
+    f = write(tmp_path, "syntax.vsl", "let x = 1 +;\n")
+    proc = vsl("lint", f)
+    assert proc.returncode == 1
+    assert re.fullmatch(re.escape(str(f)) + r":1:12: error: unexpected ';', expected .+ \[syntax\]\n",
+                        proc.stdout)
+
+
+def test_lint_warnings_only_exit_0(tmp_path):
+    f = write(tmp_path, "warn.vsl", "fn on_hello(ctx) {\n    let unused = 1;\n    status::next()\n}\n")
+    proc = vsl("lint", f)
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{f}:1:4: warning: 'on_hello' is not a stage function")
+    assert lines[0].endswith("[unknown-stage]")
+    assert lines[1] == f"{f}:2:9: warning: variable 'unused' is never used [unused-variable]"
+
+
+def test_lint_every_line_has_the_documented_shape(tmp_path):
+    f = write(tmp_path, "many.vsl", "let a = 1;\nnope;\nloop { break; }\ncontinue;\n"
+                                    "status::deny(\"250 ok\");\n")
+    proc = vsl("lint", f)
+    assert proc.returncode == 1
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 5
+    shape = re.compile(r"^(?P<file>.+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning): "
+                       r".+ \[(?P<code>[a-z-]+)\]$")
+    parsed = [shape.match(line) for line in lines]
+    assert all(parsed), lines
+    assert [int(m["line"]) for m in parsed] == [1, 2, 4, 5, 5]
+    assert [m["code"] for m in parsed] == ["unused-variable", "undefined-variable",
+                                          "continue-outside-loop", "unreachable",
+                                          "native-argument"]
+    assert [m["sev"] for m in parsed] == ["warning", "error", "error", "warning", "error"]
+
+
+def test_lint_json_format(tmp_path):
+    warn = write(tmp_path, "a_warn.vsl", "fn f() {\n    let unused = 1;\n}\n")
+    bad = write(tmp_path, "b_bad.vsl", "fn f() {\n    undefined_thing\n}\n")
+    proc = vsl("lint", "--format", "json", warn, bad)
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert isinstance(data, list) and len(data) == 2
+    for item in data:
+        assert set(item) == {"file", "line", "col", "severity", "code", "message"}
+        assert isinstance(item["line"], int) and isinstance(item["col"], int)
+    assert data[0] == {"file": str(warn), "line": 2, "col": 9, "severity": "warning",
+                       "code": "unused-variable", "message": "variable 'unused' is never used"}
+    assert data[1]["file"] == str(bad)
+    assert (data[1]["line"], data[1]["col"], data[1]["severity"], data[1]["code"]) == (
+        2, 5, "error", "undefined-variable")
+    assert "undefined_thing" in data[1]["message"]
+
+
+def test_lint_json_clean_is_an_empty_list(tmp_path):
+    f = write(tmp_path, "clean.vsl", CLEAN)
+    proc = vsl("lint", "--format", "json", f)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == []
+
+
+def test_lint_json_syntax_error(tmp_path):
+    f = write(tmp_path, "s.vsl", "fn f( {\n")
+    proc = vsl("lint", "--format=json", f)
+    assert proc.returncode == 1
+    [item] = json.loads(proc.stdout)
+    assert (item["line"], item["code"], item["severity"]) == (1, "syntax", "error")
+
+
+def test_lint_directory_recurses_in_sorted_order(tmp_path):
+    write(tmp_path, "b/inner.vsl", "nope1;\n")
+    write(tmp_path, "a.vsl", "nope2;\n")
+    write(tmp_path, "b/ignored.txt", "this is not a script {{{\n")
+    proc = vsl("lint", tmp_path)
+    assert proc.returncode == 1
+    files = [line.split(":")[0] for line in proc.stdout.strip().splitlines()]
+    assert files == [str(tmp_path / "a.vsl"), str(tmp_path / "b" / "inner.vsl")]
+
+
+def test_lint_resolves_imports_from_the_files_directory(tmp_path):
+    write(tmp_path, "lib.vsl", "fn twice(x) { x * 2 }\n")
+    main = write(tmp_path, "main.vsl", 'import "lib" as lib;\nprint(lib::twice(2));\n'
+                 'print(lib::thrice(2));\n')
+    proc = vsl("lint", main, cwd=tmp_path.parent)
+    assert proc.returncode == 1
+    assert proc.stdout.strip() == (f"{main}:3:7: error: module 'lib' has no function 'thrice' "
+                                   "(did you mean 'twice'?) [unknown-function]")
+
+
+def test_lint_missing_path_is_a_usage_error(tmp_path):
+    proc = vsl("lint", tmp_path / "missing.vsl")
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+def test_lint_needs_a_path():
+    proc = vsl("lint")
+    assert proc.returncode == 2
+    assert "Missing argument" in proc.stderr
+
+
+# -- run ---------------------------------------------------------------------------
+
+def test_run_prints_top_level_array(tmp_path):
+    proc = vsl("run", write(tmp_path, "a.vsl", "[1, 2]\n"))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "[1, 2]\n", "")
+
+
+def test_run_prints_top_level_map(tmp_path):
+    proc = vsl("run", write(tmp_path, "m.vsl", 'let m = #{"a": 1};\nm\n'))
+    assert (proc.returncode, proc.stdout) == (0, '#{"a": 1}\n')
+
+
+@pytest.mark.parametrize("source, shown", [
+    ('"héllo"', "héllo"),
+    ("()", "()"),
+    ("1.5", "1.5"),
+    ("2.0", "2.0"),
+    ("true", "true"),
+    ('["a", #{"k": [1, "b"]}]', '["a", #{"k": [1, "b"]}]'),
+    ("status::deny()", "deny(554 5.7.1 Transaction rejected by policy)"),
+    ("let x = 40; x + 2", "42"),
+])
+def test_run_display(tmp_path, source, shown):
+    proc = vsl("run", write(tmp_path, "v.vsl", source + "\n"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == shown + "\n"
+
+
+@pytest.mark.parametrize("source, data", [
+    ("[1, 2]", [1, 2]),
+    ('#{"a": 1, "b": [true, ()]}', {"a": 1, "b": [True, None]}),
+    ('"héllo"', "héllo"),
+    ("()", None),
+    ("1.5", 1.5),
+    ("0..3", [0, 1, 2]),
+])
+def test_run_json(tmp_path, source, data):
+    proc = vsl("run", "--json", write(tmp_path, "v.vsl", source + "\n"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == data
+
+
+FUNCS = """\
+fn f(n, s) { [n * 2, s] }
+fn key_list(m) { m.keys() }
+fn g() { 1 / 0 }
+fn h(x) { g() }
+fn none() { 7 }
+"""
+
+
+def test_run_call_with_json_args(tmp_path):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", "--call", "f", "--arg", "2", "--arg", '"x"', f)
+    assert (proc.returncode, proc.stdout) == (0, '[4, "x"]\n')
+
+
+def test_run_call_json_output(tmp_path):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", f, "--call", "f", "--arg", "2", "--arg", '"x"', "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == [4, "x"]
+
+
+def test_run_call_with_map_arg(tmp_path):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", f, "--call", "key_list", "--arg", '{"b": 1, "a": 2}', "--json")
+    assert proc.returncode == 0
+    assert sorted(json.loads(proc.stdout)) == ["a", "b"]
+
+
+def test_run_call_without_args(tmp_path):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", f, "--call", "none")
+    assert (proc.returncode, proc.stdout) == (0, "7\n")
+
+
+def test_run_call_unknown_function(tmp_path):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", f, "--call", "f", "--arg", "1")
+    assert proc.returncode == 1
+    assert "no function 'f' with 1 parameter(s)" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_run_arg_without_call_is_a_usage_error(tmp_path):
+    proc = vsl("run", "--arg", "1", write(tmp_path, "a.vsl", "1\n"))
+    assert proc.returncode == 2
+    assert "--arg needs --call" in proc.stderr
+
+
+@pytest.mark.parametrize("arg", ["{bad", "99999999999999999999", "'single'"])
+def test_run_bad_json_arg_is_a_usage_error(tmp_path, arg):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", f, "--call", "h", "--arg", arg)
+    assert proc.returncode == 2
+    assert "--arg" in proc.stderr
+
+
+def test_run_runtime_error_in_function(tmp_path):
+    f = write(tmp_path, "f.vsl", FUNCS)
+    proc = vsl("run", f, "--call", "h", "--arg", "1")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"{f}:3:12: division by zero"
+    assert lines[1] == "  fn g() { 1 / 0 }"
+    assert lines[2] == "  " + " " * 11 + "^"
+    assert lines[3] == f"  in g at {f}:3:12"
+    assert lines[4] == f"  in h at {f}:4:11"
+    assert len(lines) == 5
+
+
+def test_run_runtime_error_at_top_level(tmp_path):
+    f = write(tmp_path, "top.vsl", "let xs = [1];\nlet y = xs[5];\n")
+    proc = vsl("run", f)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(re.escape(str(f)) + r":2:\d+: array index 5 out of bounds \(length 1\)",
+                        lines[0])
+    col = int(lines[0].split(":")[2])
+    assert lines[1] == "  let y = xs[5];"
+    assert lines[2] == "  " + " " * (col - 1) + "^"
+    assert lines[3] == f"  in <top level> at {f}:2:{col}"
+
+
+def test_run_thrown_value(tmp_path):
+    f = write(tmp_path, "th.vsl", 'fn fail(why) {\n    throw `nope: ${why}`;\n}\nfail("x")\n')
+    proc = vsl("run", f)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"{f}:2:5: nope: x"
+    assert lines[1] == "      throw `nope: ${why}`;"
+    assert lines[2] == "      ^"
+    assert lines[3] == f"  in fail at {f}:2:5"
+    assert lines[4] == f"  in <top level> at {f}:4:1"
+
+
+def test_run_runaway_recursion_is_reported_compactly(tmp_path):
+    f = write(tmp_path, "rec.vsl", "fn r(n) { r(n + 1) }\nr(0)\n")
+    proc = vsl("run", f)
+    assert proc.returncode == 1
+    assert "call depth limit exceeded" in proc.stderr.splitlines()[0]
+    assert "repeated" in proc.stderr
+    assert len(proc.stderr.splitlines()) < 12
+
+
+def test_run_syntax_error(tmp_path):
+    f = write(tmp_path, "bad.vsl", "let a = 1;\nlet x = 1 +;\n")
+    proc = vsl("run", f)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert re.fullmatch(re.escape(str(f)) + r":2:12: unexpected ';', expected .+", lines[0])
+    assert lines[1] == "  let x = 1 +;"
+    assert lines[2] == "  " + " " * 11 + "^"
+    assert len(lines) == 3
+
+
+def test_run_static_error_is_reported_before_running(tmp_path):
+    f = write(tmp_path, "static.vsl", 'print("ran");\nfn f() {\n    nope\n}\n')
+    proc = vsl("run", f)
+    assert proc.returncode == 1
+    assert "ran" not in proc.stdout
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"{f}:3:5: undefined variable 'nope'"
+    assert lines[1] == "      nope"
+    assert lines[2] == "      ^"
+
+
+def test_run_print_goes_to_stdout_before_the_result(tmp_path):
+    f = write(tmp_path, "p.vsl", 'print("first");\nprint(`second ${1 + 1}`);\n"result"\n')
+    proc = vsl("run", f)
+    assert (proc.returncode, proc.stdout) == (0, "first\nsecond 2\nresult\n")
+
+
+def test_run_imports_relative_to_the_script(tmp_path):
+    write(tmp_path, "lib/util.vsl", "fn twice(x) { x * 2 }\n")
+    f = write(tmp_path, "main.vsl", 'import "lib/util" as u;\nu::twice(21)\n')
+    proc = vsl("run", f, cwd="/")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "42\n", "")
+
+
+def test_run_missing_file_is_a_usage_error(tmp_path):
+    proc = vsl("run", tmp_path / "nope.vsl")
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+def test_run_directory_is_a_usage_error(tmp_path):
+    proc = vsl("run", tmp_path)
+    assert proc.returncode == 2
