@@ -202,6 +202,10 @@ class _Builder(Transformer):
         obj, idx = items
         return ast.Index(self._meta_loc(meta), obj, idx)
 
+    def paren(self, items):
+        """Parentheses only group; they count toward max_expr_depth."""
+        return items[0]
+
     def args(self, items):
         return list(items)
 

@@ -243,7 +243,8 @@ class Engine:
             raise VslError(f"import cycle: {chain} -> {target.name}", where, line)
         if key in load.modules:
             return load.modules[key]
-        if self.limits.max_modules and len(load.modules) >= self.limits.max_modules:
+        if self.limits.max_modules and \
+                len(load.modules) + len(load.loading) >= self.limits.max_modules:
             raise LimitError(f"too many modules (limit {self.limits.max_modules}, "
                              "limits.max_modules)", where, line)
         try:
@@ -254,6 +255,9 @@ class Engine:
         load.loading.append(key)
         try:
             script = self._load_module(source, os.path.relpath(target), load)
+        except VslError as err:  # show where the failing module was imported from
+            err.stack = (Frame("<import>", where), *err.stack)
+            raise
         finally:
             load.loading.pop()
         load.modules[key] = script

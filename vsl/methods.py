@@ -10,6 +10,7 @@ from .errors import ScriptError
 from .values import (I64_MAX, I64_MIN, Closure, FrozenMap, NativeObject, debug, display, equals,
                      type_name)
 
+# Keyed by type_name(); "any" holds the methods every value has.
 _TABLES: dict[str, dict[str, tuple]] = {"string": {}, "array": {}, "map": {}, "i64": {},
                                          "f64": {}, "range": {}, "any": {}}
 
@@ -22,23 +23,6 @@ def _register(kinds: str, name: str, lo: int, hi: int):
     return add
 
 
-def _kind(obj) -> str:
-    t = type(obj)
-    if t is str:
-        return "string"
-    if t is list or t is tuple:
-        return "array"
-    if t is dict or t is FrozenMap:
-        return "map"
-    if t is int:
-        return "i64"
-    if t is float:
-        return "f64"
-    if t is range:
-        return "range"
-    return "other"
-
-
 METHOD_NAMES: frozenset[str] = frozenset()  # filled at the end of the module
 
 
@@ -46,7 +30,7 @@ def has_method(obj, name: str) -> bool:
     """Whether ``obj.name(...)`` exists for this value."""
     if isinstance(obj, NativeObject):
         return name in obj.vsl_methods
-    return name in _TABLES.get(_kind(obj), {}) or name in _TABLES["any"]
+    return name in _TABLES.get(type_name(obj), {}) or name in _TABLES["any"]
 
 
 def call_method(ops, obj, name: str, args: tuple):
@@ -61,7 +45,7 @@ def call_method(ops, obj, name: str, args: tuple):
         fn, lo, hi = entry
         _arity(name, lo, hi, len(args))
         return fn(obj, *args)
-    entry = _TABLES.get(_kind(obj), {}).get(name) or _TABLES["any"].get(name)
+    entry = _TABLES.get(type_name(obj), {}).get(name) or _TABLES["any"].get(name)
     if entry is None:
         raise ScriptError(f"{type_name(obj)} has no method '{name}'")
     return _call(entry, name, obj, ops, args)

@@ -194,16 +194,6 @@ def freeze(v):
     return v
 
 
-def thaw(v):
-    """A mutable deep copy of a (possibly frozen) value."""
-    t = type(v)
-    if t is list or t is tuple:
-        return [thaw(x) for x in v]
-    if t is dict or t is FrozenMap:
-        return {k: thaw(x) for k, x in v.items()}
-    return v
-
-
 def from_python(v, where: str = "value"):
     """Check/convert a host (JSON-like) value into a script value."""
     t = type(v)
