@@ -140,8 +140,16 @@ class _ReservedWord(Exception):
         self.token = token
 
 
+KEYWORDS = frozenset("""
+    let const fn if else switch while loop for in break continue return throw try catch
+    import as true false
+""".split())
+
+
 def _reject_reserved(tok: Token) -> Token:
-    if str(tok) in RESERVED:
+    """Lexer callback: a NAME token may be neither a reserved word nor a keyword (the
+    contextual lexer would otherwise read `let fn = 1` as a name)."""
+    if str(tok) in RESERVED or str(tok) in KEYWORDS:
         raise _ReservedWord(tok)
     return tok
 
@@ -156,7 +164,9 @@ def parse_tree(source: str, file: str) -> Tree:
         tok = err.token
         hint = {"null": " (use () for nothing)", "nil": " (use () for nothing)",
                 "var": " (use let)", "match": " (use switch)"}.get(str(tok), "")
-        raise _syntax_error(source, file, f"'{tok}' is a reserved word{hint}", tok.line,
+        what = "a keyword and cannot be used as a name" if str(tok) in KEYWORDS \
+            else "a reserved word"
+        raise _syntax_error(source, file, f"'{tok}' is {what}{hint}", tok.line,
                             tok.column) from None
 
 
