@@ -164,10 +164,9 @@ def parse_tree(source: str, file: str) -> Tree:
         tok = err.token
         hint = {"null": " (use () for nothing)", "nil": " (use () for nothing)",
                 "var": " (use let)", "match": " (use switch)"}.get(str(tok), "")
-        what = "a keyword and cannot be used as a name" if str(tok) in KEYWORDS \
-            else "a reserved word"
-        raise _syntax_error(source, file, f"'{tok}' is {what}{hint}", tok.line,
-                            tok.column) from None
+        message = f"unexpected keyword '{tok}' (a keyword is never a name)" \
+            if str(tok) in KEYWORDS else f"'{tok}' is a reserved word{hint}"
+        raise _syntax_error(source, file, message, tok.line, tok.column) from None
 
 
 def check_depth(tree: Tree, limit: int, source: str, file: str) -> None:
