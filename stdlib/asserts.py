@@ -5,7 +5,7 @@ import re
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import Closure, debug, equals
+from vsl.values import Closure, equals, preview
 
 namespace = Namespace("assert", "Assertions for script tests")
 
@@ -14,28 +14,28 @@ namespace = Namespace("assert", "Assertions for script tests")
 def eq(actual, expected) -> None:
     """Fail unless actual == expected (script equality)."""
     if not equals(actual, expected):
-        raise ScriptError(f"assertion failed: {debug(actual)} != {debug(expected)}")
+        raise ScriptError(f"assertion failed: {preview(actual)} != {preview(expected)}")
 
 
 @namespace.native
 def ne(actual, unexpected) -> None:
     """Fail if actual == unexpected."""
     if equals(actual, unexpected):
-        raise ScriptError(f"assertion failed: {debug(actual)} == {debug(unexpected)}")
+        raise ScriptError(f"assertion failed: {preview(actual)} == {preview(unexpected)}")
 
 
 @namespace.native
 def is_true(condition, message="") -> None:
     """Fail unless condition is true."""
     if condition is not True:
-        raise ScriptError(f"assertion failed: {message or debug(condition) + ' is not true'}")
+        raise ScriptError(f"assertion failed: {message or preview(condition) + ' is not true'}")
 
 
 @namespace.native
 def is_false(condition, message="") -> None:
     """Fail unless condition is false."""
     if condition is not False:
-        raise ScriptError(f"assertion failed: {message or debug(condition) + ' is not false'}")
+        raise ScriptError(f"assertion failed: {message or preview(condition) + ' is not false'}")
 
 
 @namespace.native
@@ -44,9 +44,13 @@ def fails(fn, pattern) -> None:
     if type(fn) is not Closure or type(pattern) is not str:
         raise ScriptError("assert::fails takes a closure and a regex string")
     try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ScriptError(f"assert::fails: invalid regex {pattern!r}: {err}") from None
+    try:
         fn.call()
     except ScriptError as err:
-        if not re.search(pattern, err.message):
+        if not regex.search(err.message):
             raise ScriptError(f"assertion failed: error {err.message!r} does not match "
                               f"{pattern!r}") from None
         return

@@ -6,10 +6,11 @@ import sys
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import display
+from vsl.values import preview
 
 namespace = Namespace("", "Global functions")
 
+LINE_LIMIT = 10_000  # characters of a non-string value printed or logged
 LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -17,7 +18,7 @@ LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO, "warn": logg
 @namespace.native
 def print_(value) -> None:
     """Write a value to standard output (the server writes it to its log)."""
-    sys.stdout.write(display(value) + "\n")
+    sys.stdout.write(_text(value) + "\n")
 
 
 def _check_log(args) -> str | None:
@@ -28,14 +29,14 @@ def _check_log(args) -> str | None:
 
 
 @namespace.native(name="log", check=_check_log)
-def log(*args) -> None:
+def log(first, second, third=None) -> None:
     """log(level, message) or log(topic, level, message): write to the server's log."""
-    if len(args) == 2:
-        topic, (level, message) = "app", args
-    elif len(args) == 3:
-        topic, level, message = args
-    else:
-        raise ScriptError(f"log takes 2 or 3 arguments, not {len(args)}")
+    topic, level, message = ("app", first, second) if third is None else (first, second, third)
     if level not in LEVELS:
-        raise ScriptError(f"unknown log level {display(level)} (use {', '.join(LEVELS)})")
-    logging.getLogger(f"vsl.script.{display(topic)}").log(LEVELS[level], display(message))
+        raise ScriptError(f"unknown log level {preview(level)} (use {', '.join(LEVELS)})")
+    logging.getLogger(f"vsl.script.{_text(topic)}").log(LEVELS[level], _text(message))
+
+
+def _text(value) -> str:
+    """A value's text for a log line, cut short when it is huge."""
+    return value if type(value) is str else preview(value, LINE_LIMIT)

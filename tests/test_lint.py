@@ -213,3 +213,29 @@ def test_lint_5000_lines(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[lint] {lines} lines in {len(script_files([tmp_path]))} files: "
               f"`vsl lint` {elapsed:.2f} s (process), Linter {in_process:.2f} s (in process)")
+
+
+def test_wait_in_closure_needs_an_async_native():
+    """wait-in-closure: natives that wait on I/O cannot run inside a closure."""
+    import asyncio
+
+    from stdlib import default_namespaces
+    from vsl.natives import Namespace
+
+    ns = Namespace("net", "test natives that wait")
+
+    @ns.native
+    async def lookup(name):
+        await asyncio.sleep(0)
+        return name
+
+    engine = Engine(namespaces=default_namespaces() + [ns])
+    src = ("fn f(names) {\n"
+           "    let first = net::lookup(names[0]);\n"
+           "    names.map(|n| net::lookup(n)) + [first]\n"
+           "}\n")
+    findings = Linter(engine).lint_source(src, "w.vsl", None)
+    assert [(d.line, d.severity, d.code) for d in findings] == [(3, "error", "wait-in-closure")]
+    assert "'net::lookup' waits for I/O" in findings[0].message
+    clean = "fn f(names) {\n    let out = [];\n    for n in names { out.push(net::lookup(n)); }\n    out\n}\n"
+    assert Linter(engine).lint_source(clean, "w.vsl", None) == []

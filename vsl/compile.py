@@ -373,6 +373,8 @@ class _Fn:
         if e.op == "??":
             return self.coalesce(e)
         left, right = self.seq([e.left, e.right])
+        if e.op in ("in", "!in"):  # charged by the size of the container
+            return _call(_BINARY_HELPERS[e.op], _name("_t"), left, right)
         fast = self.fast_binary(e, left, right)
         return fast if fast is not None else _call(_BINARY_HELPERS[e.op], left, right)
 
@@ -504,7 +506,7 @@ class _Fn:
     def e_Closure(self, e: A.Closure) -> py.expr:
         name = self.mc.tmp("_c")
         inner = _Fn(self.mc, False, "closure")
-        inner.emit(_tick(), e.pos)
+        inner.emit([_assign("_t", _call("_state")), *_tick()], e.pos)
         body_stmts = inner.capture(lambda: inner.sink("return", inner.expr(e.body), e.pos))
         inner.out.extend(body_stmts)
         nonlocals = sorted(self.mc.res.nonlocals.get(id(e), ()))
@@ -528,9 +530,9 @@ class _Fn:
         if name == "call":
             return _call("_callv", obj, py.Tuple(args, py.Load()))
         if name in self.mc.async_methods:
-            return self.wait(_call("_ameth", _name("_ops"), obj, _const(name),
+            return self.wait(_call("_ameth", _name("_t"), obj, _const(name),
                                    py.Tuple(args, py.Load())))
-        return _call("_meth", _name("_ops"), obj, _const(name), py.Tuple(args, py.Load()))
+        return _call("_meth", _name("_t"), obj, _const(name), py.Tuple(args, py.Load()))
 
     def target_call(self, e, target, args: list[py.expr]) -> py.expr:
         res = self.mc.res

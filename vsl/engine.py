@@ -11,6 +11,7 @@ SMTP sessions. Every error leaves the engine as a :class:`VslError`.
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 import inspect
 import os
 from pathlib import Path
@@ -29,36 +30,53 @@ from .syntax import _line_of
 
 
 _INF = float("inf")
+_STATE: ContextVar = ContextVar("vsl_exec_state")
 
 
 class ExecState:
-    """Per-call budget: operations left and the wall-clock deadline."""
+    """Per-call budget: operations left and the wall-clock deadline.
 
-    __slots__ = ("n", "left", "deadline", "limits")
-    CHUNK = 1024
+    Compiled code counts operations down in ``n`` and calls :meth:`slow` when a chunk is
+    used up; chunks grow while operations are cheap and shrink to one when they are slow,
+    so even O(n) operations cannot run far past the deadline.
+    """
 
-    def __init__(self, limits: Limits):
-        self.limits = limits
+    __slots__ = ("n", "left", "deadline", "limits", "size", "mark", "ops")
+    FIRST, LARGEST = 16, 1024
+
+    def __init__(self, limits: Limits, ops: Ops):
+        self.limits, self.ops = limits, ops
         total = limits.max_operations or _INF
-        self.n = self.CHUNK if total > self.CHUNK else total
+        self.size = self.FIRST
+        self.n = self.FIRST if total > self.FIRST else total
         self.left = total - self.n
-        self.deadline = monotonic() + limits.max_time if limits.max_time else _INF
-
-    def refill(self) -> None:
-        chunk = min(self.CHUNK, self.left)
-        self.left -= chunk
-        self.n = chunk
+        self.mark = monotonic()
+        self.deadline = self.mark + limits.max_time if limits.max_time else _INF
 
     def slow(self) -> None:
         """Called by compiled code when the current chunk of operations is used up."""
-        if monotonic() > self.deadline:
+        now = monotonic()
+        if now > self.deadline:
             raise LimitError(f"script ran longer than {self.limits.max_time} s "
                              "(limits.max_time)")
-        if self.left <= 0:
+        available = self.left + self.n  # n < 0: operations done beyond the chunk
+        if available < 0:
             raise LimitError(f"too many operations (limit {self.limits.max_operations}, "
                              "limits.max_operations)")
-        self.refill()
-        self.n -= 1
+        spent, self.mark = now - self.mark, now
+        if spent > 0.01:
+            self.size = 1
+        elif spent < 0.001 and self.size < self.LARGEST:
+            self.size *= 2
+        chunk = min(self.size, available)
+        self.left = available - chunk
+        self.n = chunk
+
+    def work(self, size: int) -> None:
+        """Count the O(size) work of one operation on a container: 1 per 64 items."""
+        self.n -= size >> 6
+        if self.n < 0:
+            self.slow()
 
 
 def _gget(consts, name: str):
@@ -69,15 +87,26 @@ def _gget(consts, name: str):
 
 
 def _throw(value) -> ThrownError:
-    return ThrownError(value, values.display(value))
+    message = value if type(value) is str else values.preview(value, 1000)
+    return ThrownError(value, message)
 
 
 def _errval(err: ScriptError):
     return err.value if isinstance(err, ThrownError) else err.message
 
 
-async def _ameth(ops, obj, name, args):
-    result = call_method(ops, obj, name, args)
+def _in(st, a, b):
+    if type(b) is list or type(b) is tuple:
+        st.work(len(b))
+    return st.ops.in_(a, b)
+
+
+def _not_in(st, a, b):
+    return not _in(st, a, b)
+
+
+async def _ameth(st, obj, name, args):
+    result = call_method(st, obj, name, args)
     if inspect.isawaitable(result):
         result = await result
     return result
@@ -87,7 +116,7 @@ class Script:
     """A loaded, compiled script: call its functions with :meth:`call`."""
 
     def __init__(self, engine: "Engine", file: str, env: dict, resolution: Resolution,
-                 module, top_value):
+                 module, top_value, imports: dict):
         self.engine = engine
         self.top_value = top_value  # the value of the top level's last statement
         self.file = file
@@ -97,6 +126,9 @@ class Script:
         self.functions = {(f.name, len(f.params)): env[script_fn_name(f.name, len(f.params))]
                           for f in module.functions}
         self.async_functions = frozenset(resolution.async_functions)
+        # Closures read the call's budget from a context variable, set only when needed.
+        self.uses_closures = resolution.has_closures or any(
+            s.uses_closures for s in imports.values())
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
@@ -115,24 +147,27 @@ class Script:
     def call(self, name: str, *args):
         """Run a script function to completion (from synchronous code)."""
         fn = self._fn(name, args)
-        state = ExecState(self.engine.limits)
-        try:
-            if (name, len(args)) in self.async_functions:
-                return _run_sync(fn(state, 0, *args))
-            return fn(state, 0, *args)
-        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
-            raise self.engine.locate(err) from None
+        return self.engine.run(fn, args, (name, len(args)) in self.async_functions,
+                               self.uses_closures)
 
     async def call_async(self, name: str, *args):
         """Run a script function inside an event loop (natives may wait on I/O)."""
         fn = self._fn(name, args)
-        state = ExecState(self.engine.limits)
-        try:
-            if (name, len(args)) in self.async_functions:
-                return await fn(state, 0, *args)
-            return fn(state, 0, *args)
-        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
-            raise self.engine.locate(err) from None
+        return await self.engine.run_async(fn, args, (name, len(args)) in self.async_functions,
+                                           self.uses_closures)
+
+
+async def _within_deadline(coro, state: ExecState):
+    """Await a script coroutine, ending it with a LimitError at the call's deadline."""
+    if state.deadline == _INF:
+        return await coro
+    try:
+        return await asyncio.wait_for(coro, max(state.deadline - monotonic(), 0))
+    except TimeoutError:
+        if monotonic() < state.deadline:
+            raise  # a native's own timeout, not ours
+        raise LimitError(f"script ran longer than {state.limits.max_time} s "
+                         "(limits.max_time)") from None
 
 
 def _run_sync(coro):
@@ -219,13 +254,8 @@ class Engine:
         self._sources[file] = (source, compiler.code_names)
         env = self._environment(natives, imports)
         exec(code, env)  # noqa: S102 - generated from the script AST, empty builtins
-        top = env["__top__"]
-        state = ExecState(self.limits)
-        if res.top_async:
-            value = self.guard(lambda: _run_sync(top(state, 0)))
-        else:
-            value = self.guard(lambda: top(state, 0))
-        return Script(self, file, env, res, module, value)
+        value = self.run(env["__top__"], (), res.top_async)
+        return Script(self, file, env, res, module, value, imports)
 
     def _import(self, imp, module, load: _Load) -> Script:
         where = Pos(module.file, *imp.pos)
@@ -266,17 +296,17 @@ class Engine:
     def _environment(self, natives: dict, imports: dict) -> dict:
         ops = self.ops
         env = {
-            "__builtins__": {}, "_ops": ops, "_G": {},
+            "__builtins__": {}, "_G": {},
             "_add": ops.add, "_sub": ops.sub, "_mul": ops.mul, "_div": ops.div,
             "_mod": ops.mod, "_pow": ops.pow, "_eq": ops.eq, "_ne": ops.ne, "_lt": ops.lt,
-            "_le": ops.le, "_gt": ops.gt, "_ge": ops.ge, "_in": ops.in_, "_notin": ops.not_in,
+            "_le": ops.le, "_gt": ops.gt, "_ge": ops.ge, "_in": _in, "_notin": _not_in,
             "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
             "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
             "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,
             "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
             "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
-            "_Catch": ScriptError, "_too_deep": self._too_deep,
+            "_Catch": ScriptError, "_too_deep": self._too_deep, "_state": self.current_state,
             "_type": type, "int": int, "str": str, "dict": dict,
         }
         for (ns, name), native in natives.items():
@@ -291,16 +321,45 @@ class Engine:
         raise LimitError(f"call depth limit exceeded ({self.limits.max_call_depth} nested "
                          "calls, limits.max_call_depth): runaway recursion?")
 
-    # -- errors ----------------------------------------------------------
-    def guard(self, thunk):
-        """Run ``thunk``; any exception leaves as a located VslError."""
-        try:
-            return thunk()
-        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
-            if isinstance(err, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise self.locate(err) from None
+    # -- running -----------------------------------------------------------
+    def run(self, fn, args: tuple, waits: bool, closures: bool = True):
+        """Call compiled ``fn`` with a fresh budget; any error leaves as a located VslError.
 
+        ``closures``: the code may run closures, which find the call's budget in a
+        context variable (set only then: it costs a little on every call).
+        """
+        state = ExecState(self.limits, self.ops)
+        token = _STATE.set(state) if closures else None
+        try:
+            if waits:
+                return _run_sync(_within_deadline(fn(state, 0, *args), state))
+            return fn(state, 0, *args)
+        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
+            raise self.locate(err) from None
+        finally:
+            if token is not None:
+                _STATE.reset(token)
+
+    async def run_async(self, fn, args: tuple, waits: bool, closures: bool = True):
+        """Like :meth:`run`, awaiting ``fn`` when it waits on I/O (bounded by max_time)."""
+        state = ExecState(self.limits, self.ops)
+        token = _STATE.set(state) if closures else None
+        try:
+            if waits:
+                return await _within_deadline(fn(state, 0, *args), state)
+            return fn(state, 0, *args)
+        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
+            raise self.locate(err) from None
+        finally:
+            if token is not None:
+                _STATE.reset(token)
+
+    def current_state(self) -> ExecState:
+        """The budget of the script call in progress (a fresh one outside any call)."""
+        state = _STATE.get(None)
+        return state if state is not None else ExecState(self.limits, self.ops)
+
+    # -- errors ----------------------------------------------------------
     def locate(self, err: BaseException) -> VslError:
         """Turn any exception raised by script code into a VslError with position and stack."""
         if isinstance(err, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):

@@ -6,19 +6,23 @@ called as a function with the receiver first: ``len(s)``.
 """
 from __future__ import annotations
 
+import math
+import re
+
 from .errors import ScriptError
 from .values import (I64_MAX, I64_MIN, Closure, FrozenMap, NativeObject, debug, display, equals,
-                     type_name)
+                     preview, type_name)
 
 # Keyed by type_name(); "any" holds the methods every value has.
 _TABLES: dict[str, dict[str, tuple]] = {"string": {}, "array": {}, "map": {}, "i64": {},
                                          "f64": {}, "range": {}, "any": {}}
 
 
-def _register(kinds: str, name: str, lo: int, hi: int):
+def _register(kinds: str, name: str, lo: int, hi: int, linear: bool = True):
+    """Add a method; ``linear``: its work grows with the receiver's size (it is charged)."""
     def add(fn):
         for kind in kinds.split():
-            _TABLES[kind][name] = (fn, lo, hi)
+            _TABLES[kind][name] = (fn, lo, hi, linear and kind in ("string", "array", "map"))
         return fn
     return add
 
@@ -33,28 +37,34 @@ def has_method(obj, name: str) -> bool:
     return name in _TABLES.get(type_name(obj), {}) or name in _TABLES["any"]
 
 
-def call_method(ops, obj, name: str, args: tuple):
-    """Dispatch ``obj.name(*args)`` to a built-in or native method."""
+def call_method(st, obj, name: str, args: tuple):
+    """Dispatch ``obj.name(*args)`` to a built-in or native method.
+
+    ``st`` is the call's ExecState: a method on a large container is charged
+    operations in proportion to its size.
+    """
     if isinstance(obj, NativeObject):
         entry = obj.vsl_methods.get(name)
         if entry is None:
             entry = _TABLES["any"].get(name)
             if entry is None:
                 raise ScriptError(f"{obj.vsl_type} has no method '{name}'")
-            return _call(entry, name, obj, ops, args)
+            return _call(entry, name, obj, st, args)
         fn, lo, hi = entry
         _arity(name, lo, hi, len(args))
         return fn(obj, *args)
     entry = _TABLES.get(type_name(obj), {}).get(name) or _TABLES["any"].get(name)
     if entry is None:
         raise ScriptError(f"{type_name(obj)} has no method '{name}'")
-    return _call(entry, name, obj, ops, args)
+    return _call(entry, name, obj, st, args)
 
 
-def _call(entry, name, obj, ops, args):
-    fn, lo, hi = entry
+def _call(entry, name, obj, st, args):
+    fn, lo, hi, linear = entry
     _arity(name, lo, hi, len(args))
-    return fn(ops, obj, *args)
+    if linear:
+        st.work(len(obj))
+    return fn(st.ops, obj, *args)
 
 
 def _arity(name, lo, hi, n):
@@ -88,28 +98,28 @@ def _fn_arg(f):
 
 
 # ---- any value ------------------------------------------------------------
-@_register("any", "type_of", 0, 0)
+@_register("any", "type_of", 0, 0, linear=False)
 def _type_of(ops, v):
     return type_name(v)
 
 
 @_register("any", "to_string", 0, 0)
 def _to_string(ops, v):
-    return ops.string(display(v))
+    return display(v, ops.max_string)
 
 
 @_register("any", "to_debug", 0, 0)
 def _to_debug(ops, v):
-    return ops.string(debug(v))
+    return debug(v, ops.max_string)
 
 
 # ---- strings --------------------------------------------------------------
-@_register("string array map", "len", 0, 0)
+@_register("string array map", "len", 0, 0, linear=False)
 def _len(ops, v):
     return len(v)
 
 
-@_register("string array map", "is_empty", 0, 0)
+@_register("string array map", "is_empty", 0, 0, linear=False)
 def _is_empty(ops, v):
     return len(v) == 0
 
@@ -158,9 +168,10 @@ def _replace(ops, s, old, new):
     old, new = _str_arg(old), _str_arg(new)
     if old == "":
         raise ScriptError("replace() needs a non-empty string to find")
-    if new and len(new) > len(old) and s.count(old) * (len(new) - len(old)) + len(s) > \
-            ops.max_string:
-        ops.string(" " * (int(ops.max_string) + 1))
+    if new and len(new) > len(old):
+        size = s.count(old) * (len(new) - len(old)) + len(s)
+        if size > ops.max_string:
+            ops.too_large(size)
     return s.replace(old, new)
 
 
@@ -179,9 +190,11 @@ def _sub_string(ops, s, start, length=None):
 @_register("string array", "index_of", 1, 2)
 def _index_of(ops, v, item, start=0):
     start = _int_arg(start, "start")
+    if start < 0:
+        start = max(len(v) + start, 0)
     if type(v) is str:
         return v.find(_str_arg(item), start)
-    for i in range(max(start, 0), len(v)):
+    for i in range(start, len(v)):
         if equals(v[i], item):
             return i
     return -1
@@ -192,36 +205,41 @@ def _chars(ops, s):
     return ops.array(list(s))
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 @_register("string", "parse_int", 0, 1)
 def _parse_int(ops, s, radix=10):
+    """ASCII digits of the radix with an optional sign; nothing else (no 0x, no '_')."""
     radix = _int_arg(radix, "radix")
     if not 2 <= radix <= 36:
         raise ScriptError(f"radix must be between 2 and 36, not {radix}")
     text = s.strip()
-    try:
-        if not text or "_" in text or text[0] == "+" and text[1:2] in ("+", "-"):
-            raise ValueError
-        value = int(text, radix)
-    except ValueError:
-        raise ScriptError(f"cannot parse {debug(s)} as an integer") from None
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    allowed = _DIGITS[:radix]
+    if not digits or any(c.lower() not in allowed for c in digits) or not digits.isascii():
+        raise ScriptError(f"cannot parse {preview(s)} as an integer")
+    value = int(text, radix)
     if not I64_MIN <= value <= I64_MAX:
-        raise ScriptError(f"{debug(s)} is out of range for an integer")
+        raise ScriptError(f"{preview(s)} is out of range for an integer")
     return value
 
 
 @_register("string", "parse_float", 0, 0)
 def _parse_float(ops, s):
-    try:
-        value = float(s.strip())
-    except ValueError:
-        raise ScriptError(f"cannot parse {debug(s)} as a float") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ScriptError(f"cannot parse {debug(s)} as a finite float")
+    """Decimal notation only (``1.5``, ``-2``, ``3e8``): no '_', inf, nan or other digits."""
+    text = s.strip()
+    if not _FLOAT_RE.fullmatch(text):
+        raise ScriptError(f"cannot parse {preview(s)} as a float")
+    value = float(text)
+    if math.isinf(value):
+        raise ScriptError(f"{preview(s)} is out of range for a float")
     return value
 
 
 # ---- arrays ---------------------------------------------------------------
-@_register("array", "push", 1, 1)
+@_register("array", "push", 1, 1, linear=False)
 def _push(ops, a, x):
     _mutable(a).append(x)
     if len(a) > ops.max_array:
@@ -229,7 +247,7 @@ def _push(ops, a, x):
         ops.array(a + [x])
 
 
-@_register("array", "pop", 0, 0)
+@_register("array", "pop", 0, 0, linear=False)
 def _pop(ops, a):
     return _mutable(a).pop() if a else None
 
@@ -253,7 +271,7 @@ def _remove(ops, a, i):
     return _mutable(a).pop(j)
 
 
-@_register("array map", "clear", 0, 0)
+@_register("array map", "clear", 0, 0, linear=False)
 def _clear(ops, v):
     _mutable(v).clear()
 
@@ -263,7 +281,7 @@ def _a_contains(ops, a, x):
     return any(equals(x, y) for y in a)
 
 
-@_register("array", "get", 1, 1)
+@_register("array", "get", 1, 1, linear=False)
 def _a_get(ops, a, i):
     i = _int_arg(i, "index")
     n = len(a)
@@ -287,7 +305,7 @@ def _sort(ops, a):
 
 @_register("array", "join", 0, 1)
 def _join(ops, a, sep=""):
-    return ops.string(_str_arg(sep, "separator").join(display(x) for x in a))
+    return ops.joined(a, _str_arg(sep, "separator"))
 
 
 @_register("array", "filter", 1, 1)
@@ -333,17 +351,17 @@ def _values(ops, m):
     return list(m.values())
 
 
-@_register("map", "contains", 1, 1)
+@_register("map", "contains", 1, 1, linear=False)
 def _m_contains(ops, m, key):
     return _str_arg(key, "key") in m
 
 
-@_register("map", "get", 1, 1)
+@_register("map", "get", 1, 1, linear=False)
 def _m_get(ops, m, key):
     return m.get(_str_arg(key, "key"))
 
 
-@_register("map", "remove", 1, 1)
+@_register("map", "remove", 1, 1, linear=False)
 def _m_remove(ops, m, key):
     return _mutable(m).pop(_str_arg(key, "key"), None)
 
@@ -378,25 +396,25 @@ def _int_to_int(ops, n):
 
 @_register("f64", "floor", 0, 0)
 def _floor(ops, f):
-    import math
     return float(math.floor(f))
 
 
 @_register("f64", "ceiling", 0, 0)
 def _ceil(ops, f):
-    import math
     return float(math.ceil(f))
 
 
 @_register("f64", "round", 0, 0)
 def _round(ops, f):
-    import math
     return float(math.floor(f + 0.5)) if f >= 0 else -float(math.floor(-f + 0.5))
 
 
 @_register("range", "len", 0, 0)
 def _range_len(ops, r):
-    return len(r)
+    n = max(r.stop - r.start, 0)  # len() itself overflows past sys.maxsize
+    if n > I64_MAX:
+        raise ScriptError(f"the length of {r.start}..{r.stop} is out of range for an integer")
+    return n
 
 
 @_register("range", "contains", 1, 1)

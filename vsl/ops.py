@@ -38,8 +38,12 @@ class Ops:
     # -- size checks ---------------------------------------------------------
     def string(self, s: str) -> str:
         if len(s) > self.max_string:
-            raise LimitError(f"string too large ({len(s)} characters > limit {self.max_string})")
+            self.too_large(len(s))
         return s
+
+    def too_large(self, size) -> None:
+        raise LimitError(f"string too large ({size} characters > limit {self.max_string}, "
+                         "limits.max_string_size)")
 
     def array(self, a: list) -> list:
         if len(a) > self.max_array:
@@ -62,9 +66,10 @@ class Ops:
         if ta is str or tb is str:
             if ta is str and tb is str:
                 if len(a) + len(b) > self.max_string:
-                    self.string(a + b)
+                    self.too_large(len(a) + len(b))
                 return a + b
-            return self.string(display(a) + display(b))
+            left = display(a, self.max_string)
+            return self.string(left + display(b, self.max_string - len(left)))
         if _both_num(a, b):
             return self._float(a + b)
         if (ta is list or ta is tuple) and (tb is list or tb is tuple):
@@ -225,9 +230,6 @@ class Ops:
         raise ScriptError(f"'in' needs an array, map, string or range on the right, "
                           f"not {type_name(b)}")
 
-    def not_in(self, a, b):
-        return not self.in_(a, b)
-
     @staticmethod
     def range_(a, b):
         if type(a) is int and type(b) is int:
@@ -300,7 +302,18 @@ class Ops:
 
     # -- strings and iteration -------------------------------------------------
     def template(self, *parts):
-        return self.string("".join(p if type(p) is str else display(p) for p in parts))
+        return self.joined(parts, "")
+
+    def joined(self, items, sep: str) -> str:
+        """Join the text of values, stopping as soon as the size limit is passed."""
+        out, left = [], self.max_string
+        for i, item in enumerate(items):
+            text = display(item, left)
+            left -= len(text) + (len(sep) if i else 0)
+            if left < 0:
+                self.too_large(f"more than {self.max_string}")
+            out.append(text)
+        return sep.join(out)
 
     @staticmethod
     def iterate(v):

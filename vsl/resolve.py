@@ -106,6 +106,7 @@ class Resolution:
     snapshots: dict = field(default_factory=dict)  # id(closure) -> loop bindings captured
     async_functions: set = field(default_factory=set)  # (name, arity)
     top_async: bool = False
+    has_closures: bool = False
     constants: set = field(default_factory=set)    # top-level const names
     diagnostics: list = field(default_factory=list)
 
@@ -461,6 +462,7 @@ class Resolver:
             self.expr(arm.body)
 
     def e_Closure(self, e: ast.Closure) -> None:
+        self.out.has_closures = True
         outer = self.fn
         scope = _FnScope(f"<closure {id(e)}>", [{}], parent=outer)
         self.fn = scope

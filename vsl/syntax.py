@@ -146,11 +146,21 @@ KEYWORDS = frozenset("""
 """.split())
 
 
+@lru_cache(maxsize=1)
+def _keyword_types() -> dict[str, str]:
+    types = {t.pattern.value: t.name for t in _parser().terminals
+             if t.pattern.type == "str" and t.pattern.value in KEYWORDS}
+    return types | {"in": "IN_OP"}
+
+
 def _reject_reserved(tok: Token) -> Token:
-    """Lexer callback: a NAME token may be neither a reserved word nor a keyword (the
-    contextual lexer would otherwise read `let fn = 1` as a name)."""
-    if str(tok) in RESERVED or str(tok) in KEYWORDS:
+    """Lexer callback on names. A reserved word is an error; a keyword the contextual lexer
+    read as a name (``let fn = 1``) becomes its keyword token again, so the parser reports
+    it as unexpected with the exact tokens it expected."""
+    if str(tok) in RESERVED:
         raise _ReservedWord(tok)
+    if str(tok) in KEYWORDS:
+        return Token.new_borrow_pos(_keyword_types()[str(tok)], str(tok), tok)
     return tok
 
 
@@ -164,13 +174,14 @@ def parse_tree(source: str, file: str) -> Tree:
         tok = err.token
         hint = {"null": " (use () for nothing)", "nil": " (use () for nothing)",
                 "var": " (use let)", "match": " (use switch)"}.get(str(tok), "")
-        message = f"unexpected keyword '{tok}' (a keyword is never a name)" \
-            if str(tok) in KEYWORDS else f"'{tok}' is a reserved word{hint}"
-        raise _syntax_error(source, file, message, tok.line, tok.column) from None
+        raise _syntax_error(source, file, f"'{tok}' is a reserved word{hint}", tok.line,
+                            tok.column) from None
 
 
 def check_depth(tree: Tree, limit: int, source: str, file: str) -> None:
     """Reject trees nested deeper than ``limit`` (iteratively: no recursion)."""
+    if not limit:
+        return
     stack = [(tree, 1)]
     while stack:
         node, depth = stack.pop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import ScriptError
+from .errors import LimitError, ScriptError
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 
@@ -119,18 +119,15 @@ def _float_text(f: float) -> str:
     return repr(f)
 
 
-def debug(v) -> str:
-    """How a value prints inside an array or map (strings quoted)."""
-    if type(v) is str:
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return display(v)
+MAX_NESTING = 200  # arrays/maps nested deeper than this cannot be printed, compared or frozen
+_UNLIMITED = float("inf")
 
 
-def display(v) -> str:
-    """to_string(): how a value prints in `${}` and string concatenation."""
-    t = type(v)
-    if t is str:
-        return v
+def _quoted(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _scalar_text(v, t) -> str | None:
     if t is bool:
         return "true" if v else "false"
     if t is int:
@@ -139,36 +136,120 @@ def display(v) -> str:
         return "()"
     if t is float:
         return _float_text(v)
-    if t is list or t is tuple:
-        return "[" + ", ".join(debug(x) for x in v) + "]"
-    if t is dict or t is FrozenMap:
-        return "#{" + ", ".join(f"{debug(k)}: {debug(x)}" for k, x in v.items()) + "}"
     if t is range:
         return f"{v.start}..{v.stop}"
     if t is Closure:
         return "Fn(<closure>)"
     if isinstance(v, NativeObject):
         return v.vsl_display()
-    return "<?>"
+    return None
+
+
+class _Printer:
+    """Renders nested values within a character budget (shared structure can be huge)."""
+
+    def __init__(self, limit: float):
+        self.limit, self.left, self.out = limit, limit, []
+
+    def put(self, text: str) -> None:
+        self.left -= len(text)
+        if self.left < 0:
+            raise LimitError(f"string too large (more than {self.limit} characters, "
+                             "limits.max_string_size)")
+        self.out.append(text)
+
+    def value(self, v, quote: bool, depth: int) -> None:
+        t = type(v)
+        if t is str:
+            self.put(_quoted(v) if quote else v)
+            return
+        if depth > MAX_NESTING:
+            raise LimitError(f"value nested more than {MAX_NESTING} levels deep "
+                             "(does it contain itself?)")
+        if t is list or t is tuple:
+            self.put("[")
+            for i, x in enumerate(v):
+                if i:
+                    self.put(", ")
+                self.value(x, True, depth + 1)
+            self.put("]")
+        elif t is dict or t is FrozenMap:
+            self.put("#{")
+            for i, (k, x) in enumerate(v.items()):
+                if i:
+                    self.put(", ")
+                self.value(k, True, depth + 1)
+                self.put(": ")
+                self.value(x, True, depth + 1)
+            self.put("}")
+        else:
+            text = _scalar_text(v, t)
+            self.put("<?>" if text is None else text)
+
+
+def debug(v, limit: float = _UNLIMITED) -> str:
+    """How a value prints inside an array or map (strings quoted); at most ``limit`` chars."""
+    printer = _Printer(limit)
+    printer.value(v, True, 0)
+    return "".join(printer.out)
+
+
+def display(v, limit: float = _UNLIMITED) -> str:
+    """to_string(): how a value prints in `${}` and string concatenation."""
+    t = type(v)
+    if t is str:
+        if len(v) > limit:
+            _Printer(limit).put(v)
+        return v
+    text = _scalar_text(v, t)
+    if text is not None:
+        return text
+    printer = _Printer(limit)
+    printer.value(v, False, 0)
+    return "".join(printer.out)
+
+
+def preview(v, limit: int = 200) -> str:
+    """A short debug form of a value for error messages (never raises)."""
+    try:
+        return debug(v, limit)
+    except LimitError:
+        return f"<{type_name(v)} too large to print>"
 
 
 def equals(a, b) -> bool:
-    """Script ``==``: values of different types are unequal (ints and floats compare by value)."""
+    """Script ``==``: values of different types are unequal (ints and floats compare by value).
+
+    Container pairs already being compared count as equal, so shared and self-containing
+    structures compare in linear time.
+    """
+    return _equals(a, b, None, 0)
+
+
+def _equals(a, b, seen, depth) -> bool:
+    if a is b:
+        return True
     ta, tb = type(a), type(b)
+    arrays = ta in _ARRAYS and tb in _ARRAYS
+    maps = ta in _MAPS and tb in _MAPS
+    if arrays or maps:
+        if len(a) != len(b) or (maps and a.keys() != b.keys()):
+            return False
+        if depth > MAX_NESTING:
+            raise LimitError(f"values nested more than {MAX_NESTING} levels deep to compare")
+        seen = set() if seen is None else seen
+        key = (id(a), id(b))
+        if key in seen:
+            return True
+        seen.add(key)
+        pairs = zip(a, b) if arrays else ((x, b[k]) for k, x in a.items())
+        return all(_equals(x, y, seen, depth + 1) for x, y in pairs)
     if ta is tb:
-        if ta is list or ta is tuple:
-            return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b))
-        if ta is dict or ta is FrozenMap:
-            return _map_equals(a, b)
         if isinstance(a, NativeObject):
             return a.vsl_equals(b)
         return a == b
     if (ta is int and tb is float) or (ta is float and tb is int):
         return a == b
-    if ta in _ARRAYS and tb in _ARRAYS:
-        return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b))
-    if ta in _MAPS and tb in _MAPS:
-        return _map_equals(a, b)
     if isinstance(a, NativeObject):
         return a.vsl_equals(b)
     if isinstance(b, NativeObject):
@@ -176,22 +257,45 @@ def equals(a, b) -> bool:
     return False
 
 
-def _map_equals(a, b) -> bool:
-    return a.keys() == b.keys() and all(equals(v, b[k]) for k, v in a.items())
-
-
 _ARRAYS = (list, tuple)
 _MAPS = (dict, FrozenMap)
 
 
 def freeze(v):
-    """Deep-freeze a value so it can be shared by concurrent script calls."""
+    """Deep-freeze a value so it can be shared by concurrent script calls.
+
+    Shared parts are frozen once; a value that contains itself, or a closure that
+    captures variables (state shared between calls), cannot be a constant.
+    """
+    return _freeze(v, {}, set())
+
+
+def _freeze(v, done: dict, path: set):
     t = type(v)
+    if t is Closure:
+        captured = [n[2:] for n in v.fn.__code__.co_freevars if n.startswith("v_")]
+        if captured or v.fn.__kwdefaults__:
+            names = ", ".join(captured) or "loop variables"
+            raise ScriptError(f"a constant cannot hold a closure that captures variables "
+                              f"({names}): pass them as parameters")
+        return v
+    if not (t is list or t is tuple or t is dict or t is FrozenMap):
+        return v
+    key = id(v)
+    if key in done:
+        return done[key]
+    if key in path:
+        raise ScriptError("a constant cannot hold a value that contains itself")
+    if len(path) > MAX_NESTING:
+        raise LimitError(f"value nested more than {MAX_NESTING} levels deep to freeze")
+    path.add(key)
     if t is list or t is tuple:
-        return tuple(freeze(x) for x in v)
-    if t is dict or t is FrozenMap:
-        return FrozenMap((k, freeze(x)) for k, x in v.items())
-    return v
+        frozen = tuple(_freeze(x, done, path) for x in v)
+    else:
+        frozen = FrozenMap((k, _freeze(x, done, path)) for k, x in v.items())
+    path.discard(key)
+    done[key] = frozen
+    return frozen
 
 
 def from_python(v, where: str = "value"):
