@@ -41,17 +41,28 @@ class ExecState:
     so even O(n) operations cannot run far past the deadline.
     """
 
-    __slots__ = ("n", "left", "deadline", "limits", "size", "mark", "ops")
+    __slots__ = ("n", "left", "deadline", "size", "mark")
     FIRST, LARGEST = 16, 1024
+    # Set per engine by for_engine(): the limits, the operators and the first budget.
+    limits: Limits
+    ops: Ops
+    first: float
+    rest: float
+    max_time: float
 
-    def __init__(self, limits: Limits, ops: Ops):
-        self.limits, self.ops = limits, ops
+    @classmethod
+    def for_engine(cls, limits: Limits, ops: Ops) -> type["ExecState"]:
+        """A subclass bound to one engine's limits, so that a call's set-up is cheap."""
         total = limits.max_operations or _INF
-        self.size = self.FIRST
-        self.n = self.FIRST if total > self.FIRST else total
-        self.left = total - self.n
-        self.mark = monotonic()
-        self.deadline = self.mark + limits.max_time if limits.max_time else _INF
+        first = min(cls.FIRST, total)
+        return type("ExecState", (cls,), {
+            "__slots__": (), "limits": limits, "ops": ops, "first": first,
+            "rest": total - first, "max_time": limits.max_time or _INF})
+
+    def __init__(self):
+        self.n, self.left, self.size = self.first, self.rest, self.FIRST
+        self.mark = now = monotonic()
+        self.deadline = now + self.max_time
 
     def slow(self) -> None:
         """Called by compiled code when the current chunk of operations is used up."""
@@ -96,8 +107,12 @@ def _errval(err: ScriptError):
 
 
 def _in(st, a, b):
-    if type(b) is list or type(b) is tuple:
-        st.work(len(b))
+    tb = type(b)
+    if tb is list or tb is tuple:
+        if len(b) > 63:
+            st.work(len(b))
+        if type(a) is str:  # Python's == is the script's for a string needle
+            return a in b
     return st.ops.in_(a, b)
 
 
@@ -146,9 +161,15 @@ class Script:
 
     def call(self, name: str, *args):
         """Run a script function to completion (from synchronous code)."""
-        fn = self._fn(name, args)
-        return self.engine.run(fn, args, (name, len(args)) in self.async_functions,
-                               self.uses_closures)
+        key = (name, len(args))
+        fn = self.functions.get(key)
+        if fn is None or self.uses_closures or key in self.async_functions:
+            return self.engine.run(self._fn(name, args), args, key in self.async_functions,
+                                   self.uses_closures)
+        try:  # the common case, inlined: a plain function and no closures
+            return fn(self.engine.State(), 0, *args)
+        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
+            raise self.engine.locate(err) from None
 
     async def call_async(self, name: str, *args):
         """Run a script function inside an event loop (natives may wait on I/O)."""
@@ -196,6 +217,7 @@ class Engine:
 
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
+        self.State = ExecState.for_engine(self.limits, self.ops)
         self.namespaces = {}
         self._sources: dict[str, tuple[str, dict]] = {}
         for ns in (default_namespaces() if namespaces is None else namespaces):
@@ -328,7 +350,7 @@ class Engine:
         ``closures``: the code may run closures, which find the call's budget in a
         context variable (set only then: it costs a little on every call).
         """
-        state = ExecState(self.limits, self.ops)
+        state = self.State()
         token = _STATE.set(state) if closures else None
         try:
             if waits:
@@ -342,7 +364,7 @@ class Engine:
 
     async def run_async(self, fn, args: tuple, waits: bool, closures: bool = True):
         """Like :meth:`run`, awaiting ``fn`` when it waits on I/O (bounded by max_time)."""
-        state = ExecState(self.limits, self.ops)
+        state = self.State()
         token = _STATE.set(state) if closures else None
         try:
             if waits:
@@ -357,7 +379,7 @@ class Engine:
     def current_state(self) -> ExecState:
         """The budget of the script call in progress (a fresh one outside any call)."""
         state = _STATE.get(None)
-        return state if state is not None else ExecState(self.limits, self.ops)
+        return state if state is not None else self.State()
 
     # -- errors ----------------------------------------------------------
     def locate(self, err: BaseException) -> VslError:

@@ -71,6 +71,11 @@ class NativeObject:
     def vsl_equals(self, other) -> bool:
         return self is other
 
+    def __eq__(self, other) -> bool:  # so that Python's `in` agrees with the script's ==
+        return self.vsl_equals(other)
+
+    __hash__ = object.__hash__
+
 
 def method(name: str | None = None, min_args: int | None = None, max_args: int | None = None):
     """Mark a NativeObject method as callable from scripts (``obj.name(...)``)."""
