@@ -191,12 +191,12 @@ async def _within_deadline(coro, state: ExecState):
                          "(limits.max_time)") from None
 
 
-def _run_sync(coro):
+def _run_sync(make_coro):
+    """Run the coroutine ``make_coro()`` makes in a new event loop (none may be running)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
+        return asyncio.run(make_coro())
     raise VslError("this function waits on I/O: use call_async() inside an event loop")
 
 
@@ -354,7 +354,7 @@ class Engine:
         token = _STATE.set(state) if closures else None
         try:
             if waits:
-                return _run_sync(_within_deadline(fn(state, 0, *args), state))
+                return _run_sync(lambda: _within_deadline(fn(state, 0, *args), state))
             return fn(state, 0, *args)
         except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
             raise self.locate(err) from None

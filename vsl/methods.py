@@ -40,20 +40,19 @@ def has_method(obj, name: str) -> bool:
 def call_method(st, obj, name: str, args: tuple):
     """Dispatch ``obj.name(*args)`` to a built-in or native method.
 
-    ``st`` is the call's ExecState: a method on a large container is charged
-    operations in proportion to its size.
+    ``st`` is the call's ExecState: a method whose work grows with its receiver
+    is charged operations in proportion to the receiver's size.
     """
+    entry = _BY_TYPE.get((type(obj), name))
+    if entry is not None:
+        return _call(entry, name, obj, st, args)
     if isinstance(obj, NativeObject):
-        entry = obj.vsl_methods.get(name)
-        if entry is None:
-            entry = _TABLES["any"].get(name)
-            if entry is None:
-                raise ScriptError(f"{obj.vsl_type} has no method '{name}'")
-            return _call(entry, name, obj, st, args)
-        fn, lo, hi = entry
-        _arity(name, lo, hi, len(args))
-        return fn(obj, *args)
-    entry = _TABLES.get(type_name(obj), {}).get(name) or _TABLES["any"].get(name)
+        native = obj.vsl_methods.get(name)
+        if native is not None:
+            fn, lo, hi = native
+            _arity(name, lo, hi, len(args))
+            return fn(obj, *args)
+    entry = _TABLES["any"].get(name)
     if entry is None:
         raise ScriptError(f"{type_name(obj)} has no method '{name}'")
     return _call(entry, name, obj, st, args)
@@ -61,8 +60,9 @@ def call_method(st, obj, name: str, args: tuple):
 
 def _call(entry, name, obj, st, args):
     fn, lo, hi, linear = entry
-    _arity(name, lo, hi, len(args))
-    if linear:
+    if not lo <= len(args) <= hi:
+        _arity(name, lo, hi, len(args))
+    if linear and len(obj) > 63:
         st.work(len(obj))
     return fn(st.ops, obj, *args)
 
@@ -423,3 +423,10 @@ def _range_contains(ops, r, x):
 
 
 METHOD_NAMES = frozenset(name for table in _TABLES.values() for name in table)
+
+_PY_TYPES = {"string": (str,), "array": (list, tuple), "map": (dict, FrozenMap), "i64": (int,),
+             "f64": (float,), "range": (range,)}
+# (Python type, method name) -> entry: one dictionary look-up per call.
+_BY_TYPE = {(t, name): entry
+            for kind, types in _PY_TYPES.items() for t in types
+            for name, entry in {**_TABLES["any"], **_TABLES[kind]}.items()}

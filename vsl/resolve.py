@@ -229,6 +229,9 @@ class Resolver:
         return self.out
 
     def check_stage(self, fn: ast.FnDef) -> None:
+        if fn.name in METHOD_NAMES and fn.params:
+            self.warn("shadows-method", f"function '{fn.name}' replaces the built-in method "
+                      f"'{fn.name}' for every x.{fn.name}() call in this script", fn.pos)
         if fn.name in STAGES:
             if len(fn.params) != 1:
                 self.error("stage-arity", f"stage function '{fn.name}' must take exactly one "
@@ -368,9 +371,6 @@ class Resolver:
             self.declare(s, "err", s.err_name, s.handler.pos, "catch")
         self.block_body(s.handler.body)
         self.pop()
-
-    def s_FnDef(self, s) -> None:  # pragma: no cover - the builder rejects nested fn
-        self.error("nested-fn", "functions can only be defined at the top level", s.pos)
 
     # -- expressions -----------------------------------------------------
     def expr(self, e) -> None:
