@@ -13,6 +13,7 @@ import ast as py
 import itertools
 
 from . import ast as A
+from .infer import is_int_expr
 from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
 
 _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
@@ -378,42 +379,54 @@ class _Fn:
         fast = self.fast_binary(e, left, right)
         return fast if fast is not None else _call(_BINARY_HELPERS[e.op], left, right)
 
+    def known_int(self, e) -> bool:
+        return is_int_expr(e, self.mc.res.names, self.mc.res.int_vars)
+
     def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """Inline the common int/str cases; the helper handles everything else."""
-        helper = _BINARY_HELPERS[e.op]
-        if e.op in ("==", "!=") and _literal_of(e.right, (str, int)):
-            kind = "str" if type(e.right.value) is str else "int"
-        elif e.op in ("<", "<=", ">", ">=") and _int_literal(e.right):
-            kind = "int"
-        elif e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
-            return self.fast_int_arith(e.op, left, e.right.value)
-        elif e.op in ("<", "<=", ">", ">=", "+", "-"):
-            return self.fast_int_pair(e.op, left, right)
-        else:
-            return None
-        w = self.mc.tmp("_w")
-        test = _is_type(_walrus(w, left), kind)
-        fast = py.Compare(_name(w), [_PY_CMP[e.op]()], [right])
-        return py.IfExp(test, fast, _call(helper, _name(w), right))
+        left_int, right_int = self.known_int(e.left), self.known_int(e.right)
+        if e.op in ("==", "!=") and _literal_of(e.right, (str,)):
+            w = self.mc.tmp("_w")
+            fast = py.Compare(_name(w), [_PY_CMP[e.op]()], [right])
+            return py.IfExp(_is_type(_walrus(w, left), "str"), fast,
+                            _call(_BINARY_HELPERS[e.op], _name(w), right))
+        if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
+            return self.fast_int_arith(e.op, left, e.right.value, left_int)
+        if e.op in _PY_CMP or e.op in ("+", "-"):
+            return self.fast_int_pair(e.op, (left, left_int), (right, right_int))
+        return None
 
-    def fast_int_pair(self, op: str, left: py.expr, right: py.expr) -> py.expr:
-        """Two ints: compare or add/subtract inline (both operands are always evaluated,
-        in order, thanks to the non-short-circuit ``&``)."""
-        a, b = self.mc.tmp("_w"), self.mc.tmp("_w")
-        both = py.BinOp(_is_type(_walrus(a, left), "int"), py.BitAnd(),
-                        _is_type(_walrus(b, right), "int"))
-        slow = _call(_BINARY_HELPERS[op], _name(a), _name(b))
+    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list]:
+        """The operand to use and the type tests it needs (none for a known-int name)."""
+        if known and isinstance(operand, (py.Name, py.Constant)):
+            return operand, []
+        w = self.mc.tmp("_w")
+        return _name(w), [_is_type(_walrus(w, operand), "int")]
+
+    def fast_int_pair(self, op: str, left, right) -> py.expr:
+        """Two ints: compare or add/subtract inline. Operands are evaluated once, in order
+        (the non-short-circuit ``&``); those known to be ints are not tested."""
+        a, tests = self.int_operand(*left)
+        b, more = self.int_operand(*right)
+        tests += more
+        slow = _call(_BINARY_HELPERS[op], a, b)
         if op in _PY_CMP:
-            return py.IfExp(both, py.Compare(_name(a), [_PY_CMP[op]()], [_name(b)]), slow)
+            fast = py.Compare(a, [_PY_CMP[op]()], [b])
+            if not tests:
+                return fast
+            test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
+            return py.IfExp(test, fast, slow)
         r = self.mc.tmp("_w")
         pyop = py.Add() if op == "+" else py.Sub()
         in_range = py.Compare(_const(I64_MIN), [py.LtE(), py.LtE()],
-                              [_walrus(r, py.BinOp(_name(a), pyop, _name(b))), _const(I64_MAX)])
-        return py.IfExp(py.BoolOp(py.And(), [both, in_range]), _name(r), slow)
+                              [_walrus(r, py.BinOp(a, pyop, b)), _const(I64_MAX)])
+        if len(tests) == 2:
+            tests = [py.BinOp(tests[0], py.BitAnd(), tests[1])]
+        test = py.BoolOp(py.And(), [*tests, in_range]) if tests else in_range
+        return py.IfExp(test, _name(r), slow)
 
-    def fast_int_arith(self, op: str, left: py.expr, k: int) -> py.expr:
+    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool) -> py.expr | None:
         """``x + 3`` without a helper call when x is an int and the result cannot overflow."""
-        w = self.mc.tmp("_w")
         if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
             if k <= 0:
                 return None
@@ -427,12 +440,16 @@ class _Fn:
             lo, hi = I64_MIN, I64_MAX - abs(k)
         else:
             lo, hi = I64_MIN + abs(k), I64_MAX
+        w, tests = self.int_operand(left, known)
+        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
+            [py.Compare(_const(lo), [py.LtE(), py.LtE()], [w, _const(hi)])]
         pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
-        test = py.BoolOp(py.And(), [
-            _is_type(_walrus(w, left), "int"),
-            py.Compare(_const(lo), [py.LtE(), py.LtE()], [_name(w), _const(hi)])])
-        fast = py.BinOp(_name(w), pyop, _const(k))
-        return py.IfExp(test, fast, _call(_BINARY_HELPERS[op], _name(w), _const(k)))
+        fast = py.BinOp(w, pyop, _const(k))
+        test = tests + bounds
+        if not test:
+            return fast
+        return py.IfExp(test[0] if len(test) == 1 else py.BoolOp(py.And(), test), fast,
+                        _call(_BINARY_HELPERS[op], w, _const(k)))
 
     def logic(self, e: A.Binary) -> py.expr:
         left = self.condition(e.left)

@@ -11,6 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from . import ast
+from .infer import INT, NOT_INT, int_variables
 from .methods import METHOD_NAMES
 
 STAGES = ("on_connect", "on_helo", "on_auth", "on_mail_from", "on_rcpt_to", "on_pre_queue",
@@ -107,6 +108,8 @@ class Resolution:
     async_functions: set = field(default_factory=set)  # (name, arity)
     top_async: bool = False
     has_closures: bool = False
+    sources: dict = field(default_factory=dict)    # python name -> values it is given
+    int_vars: set = field(default_factory=set)     # python names that always hold an int
     constants: set = field(default_factory=set)    # top-level const names
     diagnostics: list = field(default_factory=list)
 
@@ -161,6 +164,7 @@ class Resolver:
     def declare(self, node, slot: str, name: str, pos: ast.Loc, kind: str,
                 const: bool = False) -> None:
         b = _Binding(self.py_name(name), const, pos, name, kind, in_loop=self.fn.loops > 0)
+        self.out.sources[b.py] = [NOT_INT] if kind in ("param", "catch") else []
         old = self.fn.scopes[-1].get(name)
         if old is not None:
             self.check_used(old)
@@ -226,6 +230,7 @@ class Resolver:
         self.pop()
         self.fn = None
         self.propagate_async()
+        self.out.int_vars = int_variables(self.out.sources, self.out.names)
         return self.out
 
     def check_stage(self, fn: ast.FnDef) -> None:
@@ -286,6 +291,7 @@ class Resolver:
         if s.value is not None:
             self.expr(s.value)
         self.declare(s, "name", s.name, s.pos, "let", s.const)
+        self.out.sources[self.out.names[(id(s), "name")]].append(s.value)
         if s.const and self.fn.name == "<top>" and len(self.fn.scopes) == 1:
             self.fn.scopes[-1][s.name].used = True  # readable as global::NAME
 
@@ -306,6 +312,8 @@ class Resolver:
         self.out.names[(id(root), "ref")] = b.py
         if b.const:
             self.error("assign-const", f"cannot assign to constant '{root.name}'", s.pos)
+        if s.target is root:
+            self.out.sources[b.py].append(s.value if s.op == "=" else (s.op[:-1], s.value))
         if s.target is not root or s.op != "=":
             b.used = True
         if captured and s.target is root:
@@ -357,10 +365,15 @@ class Resolver:
     def s_For(self, s: ast.For) -> None:
         self.expr(s.iterable)
 
+        over_range = isinstance(s.iterable, ast.Binary) and s.iterable.op in ("..", "..=")
+
         def declare():
             self.declare(s, "var", s.var, s.pos, "loop")
+            var = self.out.names[(id(s), "var")]
+            self.out.sources[var].append(INT if over_range and s.index_var is None else NOT_INT)
             if s.index_var is not None:
                 self.declare(s, "index", s.index_var, s.pos, "loop")
+                self.out.sources[self.out.names[(id(s), "index")]].append(INT)
 
         self.loop_body(s.body, declare)
 
