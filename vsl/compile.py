@@ -10,6 +10,7 @@ no Python name, attribute or import is reachable from script text.
 from __future__ import annotations
 
 import ast as py
+import copy
 import itertools
 
 from . import ast as A
@@ -553,7 +554,41 @@ class _Fn:
         if name in self.mc.async_methods:
             return self.wait(_call("_ameth", _name("_t"), obj, _const(name),
                                    py.Tuple(args, py.Load())))
-        return _call("_meth", _name("_t"), obj, _const(name), py.Tuple(args, py.Load()))
+        return self.inline_method(name, obj, args) or \
+            _call("_meth", _name("_t"), obj, _const(name), py.Tuple(args, py.Load()))
+
+    def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
+        """A few hot methods run inline when the receiver (and argument) have the expected
+        Python type; the generic dispatch handles everything else, errors included."""
+        if name == "push" and len(args) == 1:
+            return self.inline_push(obj, args[0])
+        shape = _INLINE_METHODS.get((name, len(args)))
+        if shape is None:
+            return None
+        receiver_type, arg_type, make = shape
+        w = self.mc.tmp("_w")
+        tests = [py.Compare(py.Attribute(_walrus(w, obj), "__class__", py.Load()),
+                            [py.In() if receiver_type.startswith("_") else py.Is()],
+                            [_name(receiver_type)])]
+        names = []
+        for arg in args:
+            a = self.mc.tmp("_w")
+            names.append(_name(a))
+            tests.append(_is_type(_walrus(a, arg), arg_type))
+        test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
+        slow = _call("_meth", _name("_t"), _name(w), _const(name), py.Tuple(names, py.Load()))
+        return py.IfExp(test, make(_name(w), *names), slow)
+
+    def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
+        """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
+        w = self.mc.tmp("_w")
+        test = py.BoolOp(py.And(), [_is_type(_walrus(w, obj), "list"),
+                                    py.Compare(_call("_len", _name(w)), [py.Lt()],
+                                               [_const(self.mc.max_array)])])
+        fast = _call(py.Attribute(_name(w), "append", py.Load()), arg)
+        slow = _call("_meth", _name("_t"), _name(w), _const("push"),
+                     py.Tuple([copy.deepcopy(arg)], py.Load()))
+        return py.IfExp(test, fast, slow)
 
     def target_call(self, e, target, args: list[py.expr]) -> py.expr:
         res = self.mc.res
@@ -605,6 +640,24 @@ def _literal_of(e, kinds) -> bool:
     return isinstance(e, A.Literal) and type(e.value) in kinds
 
 
+def _py_method(attr: str):
+    return lambda w, *args: _call(py.Attribute(w, attr, py.Load()), *args)
+
+
+# (method, argument count) -> (receiver type, argument type, fast expression). Generated
+# only after the types are checked, so the Python attribute is the one expected.
+_INLINE_METHODS = {
+    ("len", 0): ("_SIZED", None, lambda w: _call("_len", w)),
+    ("is_empty", 0): ("_SIZED", None,
+                      lambda w: py.Compare(_call("_len", w), [py.Eq()], [_const(0)])),
+    ("starts_with", 1): ("str", "str", _py_method("startswith")),
+    ("ends_with", 1): ("str", "str", _py_method("endswith")),
+    ("contains", 1): ("str", "str", lambda w, a: py.Compare(a, [py.In()], [w])),
+    ("to_lower", 0): ("str", None, _py_method("lower")),
+    ("trim", 0): ("str", None, _py_method("strip")),
+}
+
+
 def _known_bool(e) -> bool:
     if isinstance(e, A.Literal):
         return type(e.value) is bool
@@ -617,12 +670,13 @@ class ModuleCompiler:
     """Compiles a whole module into one Python code object."""
 
     def __init__(self, module: A.Module, res: Resolution, natives: dict, imports: dict,
-                 async_methods: frozenset, max_call_depth: int):
+                 async_methods: frozenset, max_call_depth: int, max_array: int = 0):
         self.module, self.res = module, res
         self.natives = natives      # (ns, name) -> Native
         self.imports = imports      # alias -> ModuleInfo
         self.async_methods = async_methods
         self.max_call_depth = max_call_depth or 10 ** 9
+        self.max_array = max_array or 2 ** 63
         self.counter = itertools.count()
         self.code_names: dict[str, str] = {"__top__": "<top level>"}
 

@@ -267,7 +267,7 @@ class Engine:
         natives = {(ns.name, n.name): n for ns in self.namespaces.values()
                    for n in ns.functions.values()}
         compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
-                                  self.limits.max_call_depth)
+                                  self.limits.max_call_depth, self.limits.max_array_size)
         tree = compiler.compile()
         try:
             code = compile(tree, file, "exec")
@@ -329,7 +329,8 @@ class Engine:
             "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_too_deep": self._too_deep, "_state": self.current_state,
-            "_type": type, "int": int, "str": str, "dict": dict,
+            "int": int, "str": str, "dict": dict, "list": list, "_len": len,
+            "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
         }
         for (ns, name), native in natives.items():
             env[native_name(ns, name)] = native.func

@@ -302,13 +302,18 @@ class Ops:
 
     # -- strings and iteration -------------------------------------------------
     def template(self, *parts):
-        return self.joined(parts, "")
+        try:
+            text = "".join(parts)  # all strings: the common case
+        except TypeError:
+            return self.joined(parts, "")
+        return text if len(text) <= self.max_string else self.too_large(len(text))
 
     def joined(self, items, sep: str) -> str:
         """Join the text of values, stopping as soon as the size limit is passed."""
         out, left = [], self.max_string
         for i, item in enumerate(items):
-            text = display(item, left)
+            t = type(item)
+            text = item if t is str else str(item) if t is int else display(item, left)
             left -= len(text) + (len(sep) if i else 0)
             if left < 0:
                 self.too_large(f"more than {self.max_string}")
