@@ -4,6 +4,6 @@ from __future__ import annotations
 
 def default_namespaces() -> list:
     """The namespaces every Engine starts with."""
-    from . import asserts, core, status
+    from . import asserts, core, dns, status
 
-    return [core.namespace, status.namespace, asserts.namespace]
+    return [core.namespace, status.namespace, asserts.namespace, dns.namespace]

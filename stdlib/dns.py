@@ -1,0 +1,295 @@
+"""``dns::`` -- DNS look-ups on dnspython's asynchronous resolver, with a TTL cache.
+
+    const resolver = dns::resolver(#{ nameservers: ["127.0.0.1:5353"], timeout: 2 });
+    let ips = resolver.lookup("mail.example.test");          // A and AAAA
+    let mx  = dns::lookup(#{ dns_resolver: resolver, name: "example.test", type: "MX" });
+
+A name that does not exist (or has no record of the type) gives an empty
+array. A timeout, SERVFAIL or unreachable server raises :class:`DnsTempError`,
+which scripts can catch. Every resolver caches answers for their TTL (negative
+answers for the zone's SOA minimum), in a bounded LRU, and concurrent look-ups
+of the same name share one query, so a flood does not reach the DNS server.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+from vsl.errors import ScriptError
+from vsl.natives import Namespace
+from vsl.values import NativeObject, method
+
+from .options import options
+
+namespace = Namespace("dns", "DNS look-ups")
+
+PUBLIC = {  # name -> (addresses, DNS-over-TLS host name)
+    "google": (["8.8.8.8", "8.8.4.4", "2001:4860:4860::8888"], "dns.google"),
+    "cloudflare": (["1.1.1.1", "1.0.0.1", "2606:4700:4700::1111"], "cloudflare-dns.com"),
+    "quad9": (["9.9.9.9", "149.112.112.112", "2620:fe::fe"], "dns.quad9.net"),
+}
+CONFIGS = ("system", *PUBLIC, *(f"{name}_tls" for name in PUBLIC))
+MAX_TTL = 86_400        # never cache longer than a day, whatever the zone says
+NEGATIVE_TTL = 60       # for negative answers without an SOA
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_CACHE_SIZE = 10_000
+
+
+class DnsTempError(ScriptError):
+    """A DNS failure that may go away on retry: timeout, SERVFAIL, no server reachable."""
+
+
+class _Cache:
+    """A bounded LRU of (name, type) -> (expiry, records); expired entries are dropped."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.entries: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key, records: list, ttl: float) -> None:
+        if self.size <= 0 or ttl <= 0:
+            return
+        self.entries[key] = (time.monotonic() + min(ttl, MAX_TTL), records)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+def parse_nameserver(text: str) -> dns.nameserver.Nameserver:
+    """"ip", "ip:port" or "[ipv6]:port" -> a dnspython nameserver."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = _port(rest.lstrip(":"), text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port(port_text, text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ScriptError(f"nameserver '{text}' is not an IP address[:port]") from None
+    return dns.nameserver.Do53Nameserver(host, port)
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ScriptError(f"nameserver '{whole}' has a bad port")
+    return int(text)
+
+
+def _nameservers(config: str | None, listed) -> list:
+    if listed:
+        return [parse_nameserver(n) if isinstance(n, str) else _bad_nameserver(n)
+                for n in listed]
+    config = config or "system"
+    if config == "system":
+        try:
+            return list(dns.asyncresolver.Resolver(configure=True).nameservers)
+        except dns.exception.DNSException as err:
+            raise ScriptError(f"dns::resolver: cannot read the system configuration: {err}") \
+                from None
+    name, _, tls = config.partition("_")
+    if name not in PUBLIC or tls not in ("", "tls"):
+        raise ScriptError(f"dns::resolver: unknown config '{config}' (use {', '.join(CONFIGS)})")
+    addresses, hostname = PUBLIC[name]
+    if tls:
+        return [dns.nameserver.DoTNameserver(a, 853, hostname=hostname) for a in addresses]
+    return [dns.nameserver.Do53Nameserver(a, 53) for a in addresses]
+
+
+def _bad_nameserver(value):
+    raise ScriptError("dns::resolver: nameservers must be strings such as \"127.0.0.1:53\"")
+
+
+def _negative_ttl(response) -> float:
+    for rrset in getattr(response, "authority", ()):
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return min(rrset.ttl, rrset[0].minimum)
+    return NEGATIVE_TTL
+
+
+def record_text(rdata) -> str:
+    """How one record reads in a script: names without the final dot, TXT strings joined."""
+    rdtype = rdata.rdtype
+    if rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        return rdata.address
+    if rdtype == dns.rdatatype.TXT:
+        return b"".join(rdata.strings).decode("utf-8", "replace")
+    if rdtype == dns.rdatatype.MX:
+        return f"{rdata.preference} {rdata.exchange.to_text(omit_final_dot=True)}"
+    if rdtype in (dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS):
+        return rdata.target.to_text(omit_final_dot=True)
+    return rdata.to_text()
+
+
+class Resolver(NativeObject):
+    """A DNS resolver with its own cache, made by ``dns::resolver(...)``."""
+
+    vsl_type = "dns_resolver"
+
+    def __init__(self, nameservers: list, timeout: float = DEFAULT_TIMEOUT,
+                 cache_size: int = DEFAULT_CACHE_SIZE):
+        self._resolver = dns.asyncresolver.Resolver(configure=False)
+        self._resolver.nameservers = nameservers
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = max(timeout / 2, 0.1)
+        self._cache = _Cache(cache_size)
+        self._inflight: dict = {}
+        self.sent = 0  # queries that reached the network (for tests and benchmarks)
+
+    def vsl_display(self) -> str:
+        servers = ", ".join(str(n) for n in self._resolver.nameservers)
+        return f"dns_resolver({servers})"
+
+    # -- Python API, used by the other natives -------------------------------
+    async def query(self, name: str, rdtype: str = "A") -> list:
+        """The records of ``name`` (dnspython rdata); [] when it does not exist."""
+        key = (_qname(name), _rdtype(rdtype))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        task = self._inflight.get(key)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.ensure_future(self._fetch(*key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _, key=key: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, qname: dns.name.Name, rdtype) -> list:
+        self.sent += 1
+        try:
+            answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False,
+                                                  search=False)
+        except dns.resolver.NXDOMAIN as err:
+            responses = list(err.responses().values())
+            self._cache.put((qname, rdtype), [], _negative_ttl(responses[0]) if responses
+                            else NEGATIVE_TTL)
+            return []
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as err:
+            raise DnsTempError(f"DNS temporary failure for {qname} {rdtype.name}: "
+                               f"{_why(err)}") from None
+        except dns.exception.DNSException as err:
+            raise DnsTempError(f"DNS failure for {qname} {rdtype.name}: {err}") from None
+        records = list(answer.rrset) if answer.rrset is not None else []
+        self._cache.put((qname, rdtype), records, answer.chaining_result.minimum_ttl)
+        return records
+
+    async def addresses(self, name: str) -> list[str]:
+        """A then AAAA addresses of ``name``."""
+        v4, v6 = await asyncio.gather(self.query(name, "A"), self.query(name, "AAAA"))
+        return [r.address for r in (*v4, *v6)]
+
+    async def names(self, ip: str) -> list[str]:
+        """PTR names of an address (without the final dot)."""
+        try:
+            reverse = dns.reversename.from_address(str(ip))
+        except (ValueError, dns.exception.SyntaxError):
+            raise ScriptError(f"'{ip}' is not an IP address") from None
+        return [record_text(r) for r in await self.query(reverse.to_text(), "PTR")]
+
+    # -- script methods --------------------------------------------------------
+    @method("lookup")
+    async def lookup(self, name, rtype=None):
+        """lookup(name [, type]): A and AAAA by default, else the records of that type."""
+        _check_name(name)
+        if rtype is None:
+            return await self.addresses(name)
+        return [record_text(r) for r in await self.query(name, _type_arg(rtype))]
+
+    @method("rlookup")
+    async def rlookup(self, ip):
+        """rlookup(ip): the PTR names of an address."""
+        return await self.names(_ip_arg(ip))
+
+
+namespace.register_type(Resolver)
+
+
+def _why(err) -> str:
+    if isinstance(err, dns.exception.Timeout):
+        return "timed out"
+    return "no server answered (SERVFAIL or unreachable)"
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not name:
+        raise ScriptError("a DNS name must be a non-empty string")
+
+
+def _qname(name: str) -> dns.name.Name:
+    _check_name(name)
+    try:
+        return dns.name.from_text(name)
+    except dns.exception.DNSException as err:
+        raise ScriptError(f"'{name}' is not a valid DNS name: {err}") from None
+
+
+def _rdtype(rdtype):
+    try:
+        return dns.rdatatype.RdataType.make(rdtype.upper() if isinstance(rdtype, str)
+                                            else rdtype)
+    except (dns.rdatatype.UnknownRdatatype, ValueError, AttributeError):
+        raise ScriptError(f"unknown DNS record type {rdtype!r}") from None
+
+
+def _type_arg(rtype) -> str:
+    if not isinstance(rtype, str):
+        raise ScriptError("the record type must be a string such as \"MX\"")
+    _rdtype(rtype)
+    return rtype
+
+
+def _ip_arg(ip) -> str:
+    try:
+        return str(ipaddress.ip_address(ip if isinstance(ip, str) else str(ip)))
+    except ValueError:
+        raise ScriptError(f"'{ip}' is not an IP address") from None
+
+
+@namespace.native
+def resolver(config=None):
+    """resolver(#{ config?, nameservers?, timeout?, cache? }): a resolver with its own cache."""
+    opts = options(config or {}, "dns::resolver", {}, {
+        "config": str, "nameservers": (list, tuple), "timeout": (int, float),
+        "cache": bool, "cache_size": int})
+    timeout = float(opts.get("timeout", DEFAULT_TIMEOUT))
+    if not 0 < timeout <= 60:
+        raise ScriptError("dns::resolver: timeout must be between 0 and 60 seconds")
+    size = opts.get("cache_size", DEFAULT_CACHE_SIZE) if opts.get("cache", True) else 0
+    return Resolver(_nameservers(opts.get("config"), opts.get("nameservers")), timeout, size)
+
+
+@namespace.native
+async def lookup(query):
+    """lookup(#{ dns_resolver, name, type? }): the records as strings ([] if none)."""
+    opts = options(query, "dns::lookup", {"dns_resolver": Resolver, "name": str},
+                   {"type": str})
+    return await opts["dns_resolver"].lookup(opts["name"], opts.get("type"))
+
+
+@namespace.native
+async def rlookup(query):
+    """rlookup(#{ dns_resolver, ip }): the PTR names of an address."""
+    opts = options(query, "dns::rlookup", {"dns_resolver": Resolver, "ip": str})
+    return await opts["dns_resolver"].rlookup(opts["ip"])
