@@ -23,7 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/interp.py
-	$(BIN)/python bench/lint.py
+	$(BIN)/python bench/dns_cache.py
 
 lint: $(STAMP)
 	$(BIN)/vsl lint examples tests/lang/modules
