@@ -1,0 +1,242 @@
+"""Server configuration: one TOML file (``vsl.toml``), checked key by key.
+
+Every key has a safe default, so the server runs with no file at all. Unknown keys
+and bad values are errors that name the key (``limits.recipients: must be an
+integer >= 1, not "many"``).
+"""
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from vsl.limits import Limits
+
+LISTENER_KINDS = ("smtp", "submission", "smtps")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+DEFAULT_FALLBACK = "451 4.3.0 Temporary local problem, try again later"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+    kind: str = "smtp"  # smtp (25-style), submission (587, STARTTLS), smtps (465, implicit TLS)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind} {host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certificate: Path | None = None
+    key: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate is not None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    mechanisms: tuple[str, ...] = AUTH_MECHANISMS
+    users_file: Path | None = None   # "user:hash" lines (hashlib.scrypt, see server/passwords.py)
+    allow_plaintext: bool = False    # offer AUTH on connections without TLS
+
+
+@dataclass(frozen=True)
+class SmtpLimits:
+    message_size: int = 25 * 1024 * 1024
+    recipients: int = 100
+    connections: int = 200
+    connections_per_ip: int = 20
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    errors: int = 10
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    config: str = "system"
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = field(default_factory=socket.getfqdn)
+    local_domains: tuple[str, ...] = ()  # empty: the hostname only
+    scripts: Path | None = None          # directory holding main.vsl; None: no policy script
+    queue_dir: Path = Path("queue")
+    fallback_reply: str = DEFAULT_FALLBACK
+    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
+    tls: TlsConfig = TlsConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: SmtpLimits = SmtpLimits()
+    dns: DnsConfig = DnsConfig()
+    script_limits: Limits = Limits()
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The domains this server accepts mail for without a policy script."""
+        return tuple(d.lower() for d in (self.local_domains or (self.hostname,)))
+
+
+# ---- reading ----------------------------------------------------------------
+
+def parse_listen(text: str, kind: str = "smtp", key: str = "listen") -> Listener:
+    """"host:port" or "[v6]:port" -> Listener."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{key}: must be \"host:port\", not {text!r}")
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: '{text}' is not host:port")
+    if kind not in LISTENER_KINDS:
+        raise ConfigError(f"{key}: kind '{kind}' is not one of {', '.join(LISTENER_KINDS)}")
+    return Listener(host, int(port), kind)
+
+
+def load(path: str | Path | None) -> Config:
+    """Read a config file (None: the embedded defaults)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return from_dict(data, base=path.parent)
+
+
+def from_dict(data: dict, base: Path = Path(".")) -> Config:
+    """Build a Config from parsed TOML; relative paths are relative to ``base``."""
+    data = dict(data)
+    server = _table(data.pop("server", {}), "server")
+    kwargs: dict = {}
+    for key, value in server.items():
+        if key == "hostname":
+            kwargs[key] = _string(value, "server.hostname")
+        elif key == "local_domains":
+            kwargs[key] = tuple(_string(v, "server.local_domains") for v in
+                                _array(value, "server.local_domains"))
+        elif key in ("scripts", "queue_dir"):
+            kwargs[key] = base / _string(value, f"server.{key}")
+        elif key == "fallback_reply":
+            kwargs[key] = _reply(value, "server.fallback_reply")
+        else:
+            raise ConfigError(f"server.{key}: unknown key")
+    if "listen" in data:
+        kwargs["listen"] = tuple(_listener(item, i) for i, item in
+                                 enumerate(_array(data.pop("listen"), "listen")))
+    sections = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
+                "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
+                                      "allow_plaintext": bool}),
+                "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
+                "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float"}),
+                "script_limits": (Limits, {f.name: f.type for f in fields(Limits)})}
+    for name, (cls, schema) in sections.items():
+        if name in data:
+            kwargs[name] = cls(**_section(_table(data.pop(name), name), name, schema, base))
+    for key in data:
+        raise ConfigError(f"{key}: unknown section")
+    config = Config(**kwargs)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if any(l.kind == "smtps" for l in config.listen) and not config.tls.enabled:
+        raise ConfigError("listen: an smtps listener needs tls.certificate and tls.key")
+    if config.tls.enabled != (config.tls.key is not None):
+        raise ConfigError("tls: certificate and key go together")
+    if config.dns.config not in ("system", "google", "cloudflare", "quad9", "google_tls",
+                                 "cloudflare_tls", "quad9_tls"):
+        raise ConfigError(f"dns.config: unknown resolver config '{config.dns.config}'")
+
+
+def _listener(item, i: int) -> Listener:
+    key = f"listen[{i}]"
+    if isinstance(item, str):
+        return parse_listen(item, key=key)
+    table = _table(item, key)
+    unknown = set(table) - {"address", "kind"}
+    if unknown:
+        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key")
+    if "address" not in table:
+        raise ConfigError(f"{key}.address: required")
+    return parse_listen(table["address"], _string(table.get("kind", "smtp"), f"{key}.kind"), key)
+
+
+def _section(table: dict, name: str, schema: dict, base: Path) -> dict:
+    out = {}
+    for key, value in table.items():
+        full = f"{name}.{key}"
+        kind = schema.get(key)
+        if kind is None:
+            raise ConfigError(f"{full}: unknown key (known: {', '.join(schema)})")
+        out[key] = _convert(value, kind, full, base)
+    return out
+
+
+def _convert(value, kind, key: str, base: Path):
+    if kind == "path":
+        return base / _string(value, key)
+    if kind == "strings":
+        return tuple(_string(v, key) for v in _array(value, key))
+    if kind == "mechanisms":
+        mechs = tuple(_string(v, key).upper() for v in _array(value, key))
+        for mech in mechs:
+            if mech not in AUTH_MECHANISMS:
+                raise ConfigError(f"{key}: '{mech}' is not one of {', '.join(AUTH_MECHANISMS)}")
+        return mechs
+    if kind in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, not {value!r}")
+        return value
+    if kind in (int, "int"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key}: must be an integer >= 0, not {value!r}")
+        return value
+    if kind in (float, "float"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key}: must be a number >= 0, not {value!r}")
+        return float(value)
+    if kind in (str, "str"):
+        return _string(value, key)
+    raise AssertionError(f"schema kind {kind!r}")  # pragma: no cover - schema typo
+
+
+def _table(value, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table")
+    return value
+
+
+def _array(value, key: str) -> list:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be an array")
+    return value
+
+
+def _string(value, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty string, not {value!r}")
+    return value
+
+
+def _reply(value, key: str) -> str:
+    from stdlib.status import reply_problem
+
+    problem = reply_problem(value, "45")
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+    return value

@@ -1,0 +1,285 @@
+"""The durable mail queue: an on-disk spool, one message per file plus its envelope (JSON).
+
+    <root>/<queue>/<id>.eml     the message, exactly as received (plus trace headers)
+    <root>/<queue>/<id>.json    the envelope: sender, recipients and their status, history
+
+Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
+``dead``, ``hold`` and ``quarantine/<name>``. A message exists once its JSON file does:
+both files are written to ``tmp/``, made durable, then renamed into place (JSON last)
+and the renames made durable, before :meth:`Spool.put` returns. Many sessions
+finishing together share that work: a single writer thread commits them in batches,
+with one ``syncfs`` (or one fsync per file where syncfs is missing) per batch, so
+throughput grows with concurrency while no caller is answered before its own data is
+on disk.
+
+Every operation is behind :class:`Spool` (put, claim, complete, defer, move, list,
+get), so a broker-backed queue can replace the spool without touching its users.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+QUEUES = ("working", "deliver", "deferred", "dead", "hold")
+_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
+_QUARANTINE = re.compile(r"quarantine/[A-Za-z0-9_.-]+")
+
+
+class QueueError(Exception):
+    """The spool cannot do what was asked (unknown message or queue, disk full, ...)."""
+
+
+def new_id() -> str:
+    """A unique, time-sortable message id."""
+    return f"{int(time.time() * 1000):012x}-{secrets.token_hex(6)}"
+
+
+def check_queue(name: str) -> str:
+    """A valid queue name (one of QUEUES or quarantine/<name>)."""
+    if name in QUEUES or _QUARANTINE.fullmatch(name):
+        return name
+    raise QueueError(f"unknown queue '{name}' (queues: {', '.join(QUEUES)}, quarantine/NAME)")
+
+
+def _syncfs_function():
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    return getattr(libc, "syncfs", None)
+
+
+_SYNCFS = _syncfs_function()
+
+
+@dataclass
+class _Write:
+    """Files to write and files to rename, made durable as one unit."""
+
+    files: list[tuple[Path, bytes]]   # final path, content (written via tmp/, then renamed)
+    renames: list[tuple[Path, Path]]  # existing file -> new place (after the files)
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+class _Committer:
+    """One writer thread committing batches of writes with a single sync each."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tmp = root / "tmp"
+        self.pending: list[_Write] = []
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.batches = 0  # for tests and benchmarks
+
+    def submit(self, files: list[tuple[Path, bytes]],
+               renames: list[tuple[Path, Path]] = ()) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self.cond:
+            self.pending.append(_Write(files, list(renames), future, loop))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="vsl-spool",
+                                               daemon=True)
+                self.thread.start()
+            self.cond.notify()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+                batch, self.pending = self.pending, []
+            self.batches += 1
+            try:
+                self._commit(batch)
+                outcome: Exception | None = None
+            except OSError as err:
+                outcome = QueueError(f"cannot write the queue: {err.strerror or err}")
+            for write in batch:
+                write.loop.call_soon_threadsafe(_settle, write.future, outcome)
+
+    def _commit(self, batch: list[_Write]) -> None:
+        moves = []
+        try:
+            for write in batch:
+                for final, content in write.files:
+                    tmp = self.tmp / f"{final.name}.{secrets.token_hex(4)}"
+                    with open(tmp, "wb") as fh:
+                        fh.write(content)
+                        if _SYNCFS is None:
+                            fh.flush()
+                            os.fsync(fh.fileno())
+                    moves.append((tmp, final))
+            self._sync([])
+            renames = moves + [r for write in batch for r in write.renames]
+            for source, target in renames:
+                os.replace(source, target)
+            self._sync({path.parent for pair in renames for path in pair})
+        except OSError:
+            for tmp, _ in moves:
+                tmp.unlink(missing_ok=True)
+            raise
+
+    def _sync(self, directories) -> None:
+        """Make written data (and renames in ``directories``) durable."""
+        if _SYNCFS is not None:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if _SYNCFS(fd) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
+            return
+        for directory in directories:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _settle(future: asyncio.Future, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+@dataclass
+class Entry:
+    """A queued message's envelope, as stored."""
+
+    id: str
+    queue: str
+    envelope: dict
+
+    @property
+    def age(self) -> float:
+        return time.time() - self.envelope.get("received_at", time.time())
+
+
+class Spool:
+    """The on-disk queue (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        for queue in (*QUEUES, "tmp", "quarantine"):
+            (self.root / queue).mkdir(parents=True, exist_ok=True)
+        self._committer = _Committer(self.root)
+
+    # -- paths -----------------------------------------------------------
+    def _paths(self, queue: str, msg_id: str) -> tuple[Path, Path]:
+        if not _ID.fullmatch(msg_id):
+            raise QueueError(f"'{msg_id}' is not a message id")
+        directory = self.root / check_queue(queue)
+        return directory / f"{msg_id}.eml", directory / f"{msg_id}.json"
+
+    def locate(self, msg_id: str) -> str:
+        """The queue currently holding a message."""
+        for queue in self.queues():
+            if self._paths(queue, msg_id)[1].exists():
+                return queue
+        raise QueueError(f"no message {msg_id} in the queue")
+
+    def queues(self) -> list[str]:
+        """Every queue, quarantines included."""
+        quarantines = sorted(f"quarantine/{p.name}" for p in (self.root / "quarantine").iterdir()
+                             if p.is_dir())
+        return [*QUEUES, *quarantines]
+
+    # -- operations ------------------------------------------------------
+    async def put(self, envelope: dict, data: bytes, queue: str = "working") -> str:
+        """Store a new message durably; returns its id once it is on disk."""
+        msg_id = new_id()
+        eml, meta = self._paths(queue, msg_id)
+        eml.parent.mkdir(parents=True, exist_ok=True)
+        envelope = {**envelope, "id": msg_id, "received_at": envelope.get("received_at",
+                                                                          time.time())}
+        await self._committer.submit([(eml, data), (meta, _json(envelope))])
+        return msg_id
+
+    def get(self, msg_id: str, queue: str | None = None) -> Entry:
+        queue = queue or self.locate(msg_id)
+        try:
+            envelope = json.loads(self._paths(queue, msg_id)[1].read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise QueueError(f"no message {msg_id} in queue {queue}") from None
+        return Entry(msg_id, queue, envelope)
+
+    def message(self, msg_id: str, queue: str | None = None) -> bytes:
+        """The message bytes."""
+        return self._paths(queue or self.locate(msg_id), msg_id)[0].read_bytes()
+
+    def list(self, queue: str | None = None) -> list[Entry]:
+        """Messages of one queue (or all), oldest first."""
+        entries = []
+        for name in ([check_queue(queue)] if queue else self.queues()):
+            for meta in sorted((self.root / name).glob("*.json")):
+                try:
+                    entries.append(self.get(meta.stem, name))
+                except (QueueError, ValueError):
+                    continue  # removed meanwhile, or unreadable: skipped, not fatal
+        return entries
+
+    async def update(self, entry: Entry) -> None:
+        """Rewrite a message's envelope durably (in its current queue)."""
+        meta = self._paths(entry.queue, entry.id)[1]
+        await self._committer.submit([(meta, _json(entry.envelope))])
+
+    async def move(self, msg_id: str, target: str, queue: str | None = None) -> Entry:
+        """Move a message to another queue, durably (message file first, envelope last:
+        :meth:`recover` completes a move a crash interrupted)."""
+        source = queue or self.locate(msg_id)
+        entry = self.get(msg_id, source)
+        if source == check_queue(target):
+            return entry
+        dst_eml, dst_meta = self._paths(target, msg_id)
+        dst_eml.parent.mkdir(parents=True, exist_ok=True)
+        src_eml, src_meta = self._paths(source, msg_id)
+        await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])
+        entry.queue = target
+        return entry
+
+    def remove(self, msg_id: str, queue: str | None = None) -> None:
+        """Delete a message (delivered, or removed by the operator)."""
+        eml, meta = self._paths(queue or self.locate(msg_id), msg_id)
+        meta.unlink(missing_ok=True)
+        eml.unlink(missing_ok=True)
+
+    def recover(self) -> int:
+        """At start-up: finish moves a crash interrupted and drop files that were never
+        acknowledged (temporary files, a message file without an envelope anywhere).
+        Returns how many files were dropped."""
+        dropped = 0
+        for tmp in (self.root / "tmp").iterdir():
+            tmp.unlink(missing_ok=True)
+            dropped += 1
+        envelopes = {meta.stem: meta for queue in self.queues()
+                     for meta in (self.root / queue).glob("*.json")}
+        for queue in self.queues():
+            for eml in (self.root / queue).glob("*.eml"):
+                meta = envelopes.get(eml.stem)
+                if meta is None:
+                    eml.unlink(missing_ok=True)
+                    dropped += 1
+                elif meta.parent != eml.parent:  # a move stopped half-way: finish it
+                    os.replace(eml, meta.with_suffix(".eml"))
+        return dropped
+
+
+def _json(envelope: dict) -> bytes:
+    return json.dumps(envelope, indent=1, sort_keys=True).encode()
