@@ -1,0 +1,307 @@
+"""``ctx`` -- what a stage function sees of the SMTP session, and what it may change.
+
+The server makes one :class:`Context` per connection and sets ``ctx.stage`` before
+each stage function. Reading a property before its stage (``ctx.sender`` in
+``on_helo``), or calling a method outside its stages, is a ScriptError scripts can
+catch::
+
+    ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.example")
+    ctx.stage, ctx.helo = Stage.HELO, "client.example"
+    ctx.begin_transaction(Mailbox.parse(mail_from_arg))    # MAIL FROM
+    ctx.add_recipient(Mailbox.parse(rcpt_to_arg))          # RCPT TO (drop_recipient() if refused)
+    ctx.message = Message(data)                            # end of DATA, before on_pre_queue
+    ctx.all_recipients(), ctx.sender, ctx.message.to_bytes(), ctx.stored()
+    ctx.reset()                                            # RSET, or after on_post_queue
+"""
+from __future__ import annotations
+
+import functools
+import uuid
+from enum import IntEnum
+
+from vsl.errors import ScriptError
+from vsl.natives import Namespace
+from vsl.values import FrozenMap, NativeObject, method, preview
+
+from .mail import Mailbox, Message
+
+namespace = Namespace("ctx", "The SMTP session object passed to stage functions")
+
+
+class Stage(IntEnum):
+    """The SMTP stages in order; at each one the server calls the script's ``on_<stage>``."""
+
+    CONNECT = 1
+    HELO = 2
+    AUTH = 3
+    MAIL_FROM = 4
+    RCPT_TO = 5
+    PRE_QUEUE = 6
+    POST_QUEUE = 7
+
+    @property
+    def function(self) -> str:
+        """The script function called at this stage (``on_mail_from``)."""
+        return f"on_{self.name.lower()}"
+
+
+_SESSION = (Stage.CONNECT, Stage.POST_QUEUE)
+_TRANSACTION = (Stage.MAIL_FROM, Stage.POST_QUEUE)
+_MESSAGE = (Stage.PRE_QUEUE, Stage.POST_QUEUE)
+_ENVELOPE_EDIT = (Stage.MAIL_FROM, Stage.PRE_QUEUE)  # after that the message is queued
+_MESSAGE_EDIT = (Stage.PRE_QUEUE, Stage.PRE_QUEUE)
+
+_PROPS = {  # property -> the first and last stage where scripts can read it
+    "client_ip": _SESSION, "client_port": _SESSION, "server_ip": _SESSION,
+    "server_port": _SESSION, "server_name": _SESSION, "auth": _SESSION,
+    "helo": (Stage.HELO, Stage.POST_QUEUE),
+    "sender": _TRANSACTION, "message_id": _TRANSACTION, "recipients": _TRANSACTION,
+    "rcpt": (Stage.RCPT_TO, Stage.RCPT_TO),
+    "body": _MESSAGE,
+}
+_NO_VALUE = object()
+
+
+def _during(stages: tuple[Stage, Stage]):
+    """A script method of Context that only works from ``stages[0]`` to ``stages[1]``."""
+    def mark(fn):
+        @functools.wraps(fn)
+        def checked(self, *args):
+            self._check_stage(f"ctx.{fn.__name__}()", stages)
+            return fn(self, *args)
+        return method()(checked)
+    return mark
+
+
+class Context(NativeObject):
+    """One SMTP session (and its current transaction) as scripts see it."""
+
+    vsl_type = "ctx"
+    vsl_props = frozenset(_PROPS)
+
+    def __init__(self, client_ip: str, client_port: int, server_ip: str, server_port: int,
+                 server_name: str):
+        self.client_ip, self.client_port = client_ip, client_port
+        self.server_ip, self.server_port, self.server_name = server_ip, server_port, server_name
+        self.stage = Stage.CONNECT
+        self.helo: str | None = None
+        self.tls = False  # set once STARTTLS succeeded
+        self.auth: FrozenMap | None = None
+        self._data: dict = {}  # store(): the session's values, then the transaction's
+        self._session_data: dict = {}  # the session's values, while a transaction is open
+        self.message_id: str | None = None
+        self.reset()
+
+    # -- Python API, for the server ------------------------------------------------
+    def set_auth(self, mechanism: str, authid: str) -> None:
+        """The client authenticated (before on_auth); ``ctx.auth = None`` forgets it."""
+        self.auth = FrozenMap(mechanism=mechanism, authid=authid)
+
+    def begin_transaction(self, sender: Mailbox) -> None:
+        """MAIL FROM: a new transaction (ending any open one) with a new ``message_id``."""
+        self.reset()
+        self._session_data = dict(self._data)
+        self.sender, self.message_id = sender, uuid.uuid4().hex
+
+    def add_recipient(self, mailbox: Mailbox) -> None:
+        """RCPT TO, before on_rcpt_to: the current ``rcpt``, added to the recipients once."""
+        self.rcpt = mailbox
+        if mailbox not in self.recipients:
+            self.recipients.append(mailbox)
+
+    def drop_recipient(self) -> None:
+        """on_rcpt_to refused the current recipient: take it back out."""
+        self.recipients = [r for r in self.recipients if r is not self.rcpt]
+
+    def all_recipients(self) -> list[Mailbox]:
+        """Where the message goes: the recipients, then the hidden ones added by bcc()."""
+        return self.recipients + [b for b in self.bcc_recipients if b not in self.recipients]
+
+    def stored(self) -> dict:
+        """What scripts stored (store()), by key."""
+        return dict(self._data)
+
+    def reset(self) -> None:
+        """End the transaction (RSET, or after on_post_queue): forget the envelope, the
+        message and the values stored since MAIL FROM; those stored before it stay."""
+        if self.message_id is not None:
+            self._data = self._session_data
+        self.sender: Mailbox | None = None
+        self.rcpt: Mailbox | None = None
+        self.message: Message | None = None
+        self.message_id = None
+        self.recipients: list[Mailbox] = []
+        self.bcc_recipients: list[Mailbox] = []
+
+    @property
+    def body(self) -> str:
+        """The message body as text."""
+        return self._message().body
+
+    # -- what scripts see ----------------------------------------------------------
+    def vsl_get(self, name: str):
+        if name not in _PROPS:
+            return super().vsl_get(name)
+        self._check_stage(f"ctx.{name}", _PROPS[name])
+        value = getattr(self, name)
+        return tuple(value) if type(value) is list else value  # scripts cannot push into it
+
+    def _check_stage(self, what: str, stages: tuple[Stage, Stage]) -> None:
+        first, last = stages
+        if self.stage < first:
+            raise ScriptError(f"{what} is not available before {first.function}")
+        if self.stage > last:
+            raise ScriptError(f"{what} is not available after {last.function}")
+
+    def _message(self) -> Message:
+        if self.message is None:
+            raise ScriptError("no message has been received")
+        return self.message
+
+    @method()
+    def is_secured(self) -> bool:
+        """Whether the connection is encrypted (STARTTLS or implicit TLS)."""
+        return self.tls
+
+    @method()
+    def is_authenticated(self) -> bool:
+        """Whether the client authenticated (AUTH)."""
+        return self.auth is not None
+
+    # -- headers ---------------------------------------------------------------------
+    @_during(_MESSAGE)
+    def get_header(self, name) -> str:
+        """The first value of a header, "" when there is none."""
+        value = self._message().get(name)
+        return "" if value is None else value
+
+    @_during(_MESSAGE)
+    def get_all_headers(self, name=None) -> list:
+        """Without a name, every header as "Name: value"; with one, all its values."""
+        if name is None:
+            return [f"{field}: {value}" for field, value in self._message().fields()]
+        return self._message().get_all(name)
+
+    @_during(_MESSAGE)
+    def has_header(self, name) -> bool:
+        return self._message().get(name) is not None
+
+    @_during(_MESSAGE)
+    def count_header(self, name) -> int:
+        return len(self._message().get_all(name))
+
+    @_during(_MESSAGE_EDIT)
+    def append_header(self, name, value) -> None:
+        self._message().append(name, value)
+
+    @_during(_MESSAGE_EDIT)
+    def prepend_header(self, name, value) -> None:
+        self._message().prepend(name, value)
+
+    @_during(_MESSAGE_EDIT)
+    def set_header(self, name, value) -> None:
+        """Replace the first header of that name, or append one."""
+        self._message().set(name, value)
+
+    @_during(_MESSAGE_EDIT)
+    def rename_header(self, old, new) -> bool:
+        """Rename every header called ``old``; whether there was one."""
+        return self._message().rename(old, new)
+
+    @_during(_MESSAGE_EDIT)
+    def remove_header(self, name) -> bool:
+        """Remove every header of that name; whether there was one."""
+        return self._message().remove(name)
+
+    # -- envelope --------------------------------------------------------------------
+    @_during(_ENVELOPE_EDIT)
+    def rewrite_mail_from(self, address) -> None:
+        """Replace the sender ("" is the null sender)."""
+        self.sender = _mailbox(address)
+
+    @_during(_ENVELOPE_EDIT)
+    def rewrite_rcpt(self, old, new) -> bool:
+        """Replace a recipient, in place; whether ``old`` was one."""
+        old, new = _recipient(old), _recipient(new)
+        if old not in self.recipients:
+            return False
+        index = self.recipients.index(old)
+        del self.recipients[index]
+        if new not in self.recipients:
+            self.recipients.insert(index, new)
+        if self.rcpt == old:
+            self.rcpt = new
+        return True
+
+    @_during(_ENVELOPE_EDIT)
+    def add_rcpt(self, address) -> bool:
+        """Add a recipient; false if it already is one."""
+        mailbox = _recipient(address)
+        if mailbox in self.recipients:
+            return False
+        self.recipients.append(mailbox)
+        return True
+
+    @_during(_ENVELOPE_EDIT)
+    def remove_rcpt(self, address) -> bool:
+        """Remove a recipient; whether it was one."""
+        mailbox = _recipient(address)
+        if mailbox not in self.recipients:
+            return False
+        self.recipients.remove(mailbox)
+        return True
+
+    @_during(_ENVELOPE_EDIT)
+    def bcc(self, address) -> bool:
+        """Also deliver to ``address``, which ctx.recipients does not show; false if it
+        already gets the message."""
+        mailbox = _recipient(address)
+        if mailbox in self.all_recipients():
+            return False
+        self.bcc_recipients.append(mailbox)
+        return True
+
+    # -- values kept for later stages --------------------------------------------------
+    @method()
+    def store(self, key, value=_NO_VALUE) -> None:
+        """store(key, value), or store(result) keyed by its auth_key or mechanism_name."""
+        if value is _NO_VALUE:
+            key, value = _result_key(key), key
+        self._data[_store_key(key)] = value
+
+    @method()
+    def get(self, key):
+        """A stored value, () when there is none."""
+        return self._data.get(_store_key(key))
+
+
+namespace.register_type(Context)
+namespace.register_type(Mailbox)
+
+
+def _mailbox(address) -> Mailbox:
+    return address if isinstance(address, Mailbox) else Mailbox.parse(address)
+
+
+def _recipient(address) -> Mailbox:
+    mailbox = _mailbox(address)
+    if mailbox.is_null():
+        raise ScriptError("a recipient cannot be the null address <>")
+    return mailbox
+
+
+def _store_key(key) -> str:
+    if type(key) is not str or not key:
+        raise ScriptError(f"a store key must be a non-empty string, not {preview(key)}")
+    return key
+
+
+def _result_key(result) -> str:
+    """The key of a result object: its auth_key (spf_helo, ...) or its mechanism_name."""
+    key = None
+    if isinstance(result, NativeObject):
+        key = getattr(result, "auth_key", None) or getattr(result, "mechanism_name", None)
+    if type(key) is not str:
+        raise ScriptError(f"store({preview(result)}) needs a result (with an auth_key or a "
+                          "mechanism_name); use store(key, value) for other values")
+    return key
