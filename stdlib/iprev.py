@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 
+import authres
+
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.values import NativeObject
@@ -35,6 +37,11 @@ class IprevResult(NativeObject):
 
     def vsl_display(self) -> str:
         return self.value
+
+    def auth_result(self) -> authres.IPRevAuthenticationResult:
+        """This result as an RFC 8601 Authentication-Results entry."""
+        return authres.IPRevAuthenticationResult(result=self.value, policy_iprev=self.ip,
+                                                 policy_iprev_comment=self.fqdn)
 
     def vsl_equals(self, other) -> bool:
         if isinstance(other, IprevResult):

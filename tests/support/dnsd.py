@@ -1,7 +1,8 @@
 """A small authoritative DNS server for the test suite.
 
-Serves zone files over UDP and TCP on one port from a background thread, with
-fault injection (SERVFAIL, silence, forced truncation) and a log of queries.
+Serves zone files, or records given in memory (:meth:`DnsServer.from_records`),
+over UDP and TCP on one port from a background thread, with fault injection
+(SERVFAIL, silence, forced truncation) and a log of queries.
 Run by hand with ``python -m tests.support.dnsd ZONEFILE... --port 5353``.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import dns.exception
@@ -21,6 +22,7 @@ import dns.name
 import dns.node
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -30,14 +32,16 @@ UDP_LIMIT = 512  # answer size limit for UDP queries without EDNS
 TCP_LIMIT = 65535
 MAX_CNAME_CHAIN = 8
 BIND_ATTEMPTS = 5
+RECORD_TTL = 300  # of records given in memory
 IN = dns.rdataclass.IN
+STRING_TYPES = (dns.rdatatype.TXT, dns.rdatatype.SPF)  # rdata made of character-strings
 
 
 class _Zone:
-    """A loaded zone and every name that exists in it."""
+    """A zone and every name that exists in it."""
 
-    def __init__(self, path: Path) -> None:
-        self.data = dns.zone.from_file(str(path), relativize=False)
+    def __init__(self, data: dns.zone.Zone) -> None:
+        self.data = data
         self.origin = self.data.origin
         # Owner names plus their ancestors, so empty non-terminals exist too.
         self.names = {
@@ -58,6 +62,33 @@ class _Zone:
         return self.data.get_node(dns.name.from_text("*", encloser))
 
 
+def _root_zone(records: Mapping[str, Iterable[tuple[str, object]]]) -> dns.zone.Zone:
+    """A zone at the root holding records (see DnsServer.from_records)."""
+    zone = dns.zone.Zone(dns.name.root, relativize=False)
+    soa = "ns.test. hostmaster.test. 1 3600 600 86400 60"
+    zone.find_rdataset(dns.name.root, dns.rdatatype.SOA, create=True).add(
+        dns.rdata.from_text(IN, dns.rdatatype.SOA, soa), RECORD_TTL
+    )
+    for name, entries in records.items():
+        owner = dns.name.from_text(name)
+        for rdtype_text, value in entries:
+            rdtype = dns.rdatatype.from_text(rdtype_text)
+            zone.find_rdataset(owner, rdtype, create=True).add(
+                _rdata(rdtype, value), RECORD_TTL
+            )
+    return zone
+
+
+def _rdata(rdtype: dns.rdatatype.RdataType, value: object) -> dns.rdata.Rdata:
+    """One record: TXT and SPF from their strings, any other type from zone text."""
+    if rdtype in STRING_TYPES:
+        strings = [value] if isinstance(value, (str, bytes)) else list(value)
+        return dns.rdata.get_rdata_class(IN, rdtype)(IN, rdtype, strings)
+    return dns.rdata.from_text(
+        IN, rdtype, str(value), origin=dns.name.root, relativize=False
+    )
+
+
 def _up_to(name: dns.name.Name, origin: dns.name.Name) -> Iterator[dns.name.Name]:
     """name and its ancestors, ending with origin."""
     while name != origin:
@@ -76,16 +107,37 @@ class DnsServer:
     def __init__(
         self, zone_files: Iterable[Path], host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self._zones = [_Zone(Path(path)) for path in zone_files]
+        self._zones = [
+            _Zone(dns.zone.from_file(str(path), relativize=False))
+            for path in zone_files
+        ]
         self.host = host
         self.port = port
         self.queries: list[tuple[str, str, str]] = []  # (qname, qtype, transport)
         self._servfail: set[dns.name.Name] = set()
-        self._drop: set[dns.name.Name] = set()
+        self._drop: set[tuple[dns.name.Name, dns.rdatatype.RdataType | None]] = set()
         self._truncate: set[dns.name.Name] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Mapping[str, Iterable[tuple[str, object]]],
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> DnsServer:
+        """A server for records held in memory: ``{name: [(type, value), ...]}``.
+
+        Every name is absolute. A value is zone-file text (``"10 mx.example.com"``),
+        except for TXT and SPF: one string or a list of strings (str is UTF-8 encoded).
+        One root zone holds them all: other names are NXDOMAIN, or empty
+        non-terminals above a listed name.
+        """
+        server = cls([], host, port)
+        server._zones.append(_Zone(_root_zone(records)))
+        return server
 
     # -- fault injection -------------------------------------------------
 
@@ -93,9 +145,10 @@ class DnsServer:
         """Answer every query for name with SERVFAIL."""
         self._servfail.add(dns.name.from_text(name))
 
-    def drop(self, name: str) -> None:
-        """Never answer queries for name, so clients time out."""
-        self._drop.add(dns.name.from_text(name))
+    def drop(self, name: str, rdtype: str | None = None) -> None:
+        """Never answer queries for name, or only those of rdtype: clients time out."""
+        only = None if rdtype is None else dns.rdatatype.from_text(rdtype)
+        self._drop.add((dns.name.from_text(name), only))
 
     def truncate_always(self, name: str) -> None:
         """Answer name with TC over UDP and hang up on it over TCP."""
@@ -204,7 +257,7 @@ class DnsServer:
         self.queries.append(
             (name.to_text(), dns.rdatatype.to_text(question.rdtype), transport)
         )
-        if name in self._drop:
+        if (name, None) in self._drop or (name, question.rdtype) in self._drop:
             return None
         if name in self._truncate:
             if transport == "tcp":

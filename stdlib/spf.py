@@ -1,0 +1,265 @@
+"""``spf::`` -- SPF checks (RFC 7208) of the HELO and MAIL FROM identities.
+
+    let spf = spf::check_host(#{ ip: ctx.client_ip, helo: ctx.helo,
+                                 mail_from: ctx.sender, dns_resolver: global::R });
+    if spf == "fail" { return status::deny(`550 5.7.23 ${spf.explanation}`); }
+
+pyspf evaluates the records; its look-ups are answered from a table of this
+check's answers, never from the network. A look-up missing from the table
+stops the evaluation; the check then awaits it on the ``dns::`` resolver (the
+event loop never blocks) and evaluates again from the start. Given the same
+answers the evaluation is the same, so the run that needs nothing more is the
+result.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+import time
+from dataclasses import dataclass
+
+import authres
+import spf as pyspf
+
+from vsl.errors import ScriptError
+from vsl.natives import Namespace
+from vsl.values import NativeObject
+
+from .dns import DnsTempError, Resolver
+from .mail import Mailbox
+from .options import options
+
+namespace = Namespace("spf", "SPF checks (RFC 7208)")
+
+MAX_RUNS = 40  # evaluations of one check (one more after each round of look-ups)
+MAX_NAMES = 10  # MX and PTR names whose addresses pyspf looks up (pyspf.MAX_MX, MAX_PTR)
+
+_COMMENTS = {  # the Received-SPF comment of each result (RFC 7208 §9.1)
+    "pass": "domain of {sender} designates {ip} as permitted sender",
+    "fail": "domain of {sender} does not designate {ip} as permitted sender",
+    "softfail": "domain of transitioning {sender} does not designate {ip} as permitted sender",
+    "neutral": "{ip} is neither permitted nor denied by domain of {sender}",
+    "none": "domain of {sender} does not designate permitted sender hosts",
+    "permerror": "permanent error in processing domain of {sender}",
+    "temperror": "temporary error in processing during lookup of {sender}",
+}
+
+
+@dataclass(eq=False)
+class SpfResult(NativeObject):
+    """The outcome of spf::check_host; compares equal to its value string."""
+
+    vsl_type = "spf_result"
+    vsl_props = frozenset({"value", "identity", "domain", "explanation", "mechanism",
+                           "client_ip", "helo", "sender"})
+    mechanism_name = "spf"
+
+    value: str        # none neutral pass fail softfail temperror permerror
+    identity: str     # helo or mailfrom
+    domain: str       # the domain whose record was checked
+    client_ip: str
+    helo: str
+    sender: str       # the checked address (postmaster@<helo> for HELO and the null sender)
+    explanation: str = ""
+    mechanism: str = "default"  # the mechanism that matched
+
+    @property
+    def auth_key(self) -> str:
+        """Where ctx.store keeps this result: one SPF result per identity."""
+        return f"spf_{self.identity}"
+
+    def vsl_display(self) -> str:
+        return self.value
+
+    def vsl_equals(self, other) -> bool:
+        if isinstance(other, SpfResult):
+            return self.value == other.value
+        return self.value == other
+
+    def received_spf(self, receiver: str) -> str:
+        """The value of a Received-SPF header field (RFC 7208 §9.1)."""
+        comment = _COMMENTS[self.value].format(sender=self.sender, ip=self.client_ip)
+        pairs = [("client-ip", self.client_ip)]
+        if self.identity == "mailfrom":
+            pairs.append(("envelope-from", self.sender))
+        pairs += [("helo", self.helo), ("receiver", receiver)]
+        if self.value in ("permerror", "temperror"):
+            pairs.append(("problem", self.explanation))
+        if self.mechanism != "default":
+            pairs.append(("mechanism", self.mechanism))
+        pairs.append(("identity", self.identity))
+        fields = " ".join(f"{key}={pyspf.quote_value(value)};" for key, value in pairs)
+        return f"{self.value} ({_ctext(f'{receiver}: {comment}')}) {fields}"
+
+    def auth_result(self) -> authres.SPFAuthenticationResult:
+        """This result as an RFC 8601 Authentication-Results entry."""
+        if self.identity == "helo":
+            return authres.SPFAuthenticationResult(result=self.value, smtp_helo=self.helo)
+        return authres.SPFAuthenticationResult(result=self.value, smtp_mailfrom=self.sender)
+
+
+namespace.register_type(SpfResult)
+
+
+def _ctext(text: str) -> str:
+    """Text that can stand inside a header comment."""
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+@namespace.native
+async def check_host(query):
+    """check_host(#{ ip, helo, mail_from?, dns_resolver }): the SPF result of MAIL FROM
+    (of HELO without mail_from; "" or "<>" is the null sender, checked as postmaster@helo)."""
+    where = "spf::check_host"
+    opts = options(query, where, {"ip": str, "helo": str, "dns_resolver": Resolver},
+                   {"mail_from": (str, Mailbox)})
+    try:
+        address = ipaddress.ip_address(opts["ip"])
+    except ValueError:
+        raise ScriptError(f"{where}: option 'ip' must be an IP address, not "
+                          f"'{opts['ip']}'") from None
+    helo, mail_from = opts["helo"], opts.get("mail_from")
+    identity = "helo" if mail_from is None else "mailfrom"
+    path = "" if mail_from is None else _reverse_path(mail_from)
+    local, domain = pyspf.split_email(path, helo)
+    result = SpfResult(value="none", identity=identity, domain=domain, client_ip=str(address),
+                       helo=helo, sender=f"{local}@{domain}")
+    if _checkable(domain):
+        check = _Check(opts["dns_resolver"], address, path, helo)
+        result.value, result.explanation, mechanism = await check.run()
+        result.mechanism = mechanism or "default"
+    return result
+
+
+def _reverse_path(mail_from: "str | Mailbox") -> str:
+    """The address of MAIL FROM:<...> ("" for the null reverse-path)."""
+    if isinstance(mail_from, Mailbox):
+        return mail_from.address
+    path = mail_from.strip()
+    if path.startswith("<") and path.endswith(">"):
+        path = path[1:-1]
+    return path
+
+
+def _checkable(domain: str) -> bool:
+    """RFC 7208 §4.3: only a well-formed multi-label domain name has a record to check
+    (not a single label, an empty or over-long label, nor an IP address, bare or [literal])."""
+    labels = domain.split(".")
+    return (len(labels) > 1 and len(domain) <= 253 and all(0 < len(x) < 64 for x in labels)
+            and not labels[-1].isdigit() and not domain.startswith("["))
+
+
+class _Query(pyspf.query):
+    """pyspf's query, with RFC 7208 §5.5's rule for the ptr mechanism: a DNS error on the
+    PTR look-up is no match, and a name whose address look-up fails is skipped (pyspf
+    gives temperror for both)."""
+
+    def validated_ptrs(self):
+        try:
+            names = self.dns_ptr(self.i)[:MAX_NAMES]
+        except pyspf.TempError:
+            return []
+        return [name for name in names if self._confirms(name)]
+
+    def _confirms(self, name: str) -> bool:
+        try:
+            return self.cidrmatch(self.dns_a(name, self.A), self.cidrmax)
+        except pyspf.TempError:
+            return False
+
+
+class _Missing(BaseException):
+    """Stops pyspf at a look-up that has no answer yet (not an Exception, which pyspf
+    might catch; a bare ``except:`` still could, hence ``_Check.missing``)."""
+
+
+class _Check:
+    """One SPF check: pyspf runs over the DNS answers fetched so far, until it lacks none."""
+
+    def __init__(self, resolver: Resolver, address, sender: str, helo: str):
+        self.resolver = resolver
+        self.query_args = {"i": str(address), "s": sender, "h": helo}
+        mapped = address.version == 6 and address.ipv4_mapped is not None
+        self.address_type = "AAAA" if address.version == 6 and not mapped else "A"
+        # (name, type) -> [((name, type), value)] as pyspf's dnspython driver gives them,
+        # or the text of a DNS error
+        self.table: dict = {}
+        self.missing: set = set()
+
+    async def run(self) -> tuple[str, str, str | None]:
+        """(result, explanation, matched mechanism or None)."""
+        timestamp = str(int(time.time()))
+        for _ in range(MAX_RUNS):
+            query = _Query(**self.query_args)
+            query.t = timestamp  # %{t}: the same in every run
+            token = _ACTIVE.set(self)
+            try:
+                outcome = query.check()
+            except _Missing:
+                pass
+            finally:
+                _ACTIVE.reset(token)
+            if not self.missing:
+                result, _, explanation = outcome
+                return result, explanation, query.mechanism
+            missing, self.missing = self.missing, set()
+            await asyncio.gather(*(self._fetch(*key) for key in missing))
+        return "temperror", f"SPF Temporary Error: more than {MAX_RUNS} rounds of look-ups", None
+
+    def lookup(self, name: str, qtype: str) -> list:
+        """pyspf's DNSLookup: the known answer, else note the look-up and stop pyspf."""
+        answer = self.table.get((name, qtype))
+        if answer is None:
+            self.missing.add((name, qtype))
+            raise _Missing
+        if isinstance(answer, str):
+            raise pyspf.TempError(answer)
+        return answer
+
+    async def _fetch(self, name: str, qtype: str) -> None:
+        try:
+            records = await self.resolver.query(name, qtype)
+        except DnsTempError as err:
+            self.table[name, qtype] = str(err)
+            return
+        except ScriptError:  # a name DNS cannot carry has no records
+            records = []
+        values = [_value(r) for r in records]
+        self.table[name, qtype] = [((name, qtype), v) for v in values]
+        if qtype in ("MX", "PTR"):  # pyspf asks next for the addresses of all these names
+            names = {_key(v[1] if qtype == "MX" else v) for v in values[:MAX_NAMES]}
+            await asyncio.gather(*(self._fetch(n, self.address_type) for n in names
+                                   if n and (n, self.address_type) not in self.table))
+
+
+def _key(name: str) -> str:
+    """A name as pyspf looks it up."""
+    return name.removesuffix(".").lower()
+
+
+def _value(rdata):
+    """One record as pyspf's dnspython driver gives it (TXT and SPF: bytes strings)."""
+    rdtype = rdata.rdtype.name
+    if rdtype in ("A", "AAAA"):
+        return rdata.address
+    if rdtype == "MX":
+        return rdata.preference, rdata.exchange.to_text(omit_final_dot=True)
+    if rdtype == "PTR":
+        return rdata.target.to_text(omit_final_dot=True)
+    return rdata.strings
+
+
+_ACTIVE: contextvars.ContextVar[_Check] = contextvars.ContextVar("spf_check")
+_network_lookup = pyspf.DNSLookup
+
+
+def _lookup(name, qtype, strict=True, timeout=None):
+    """pyspf's DNS entry point: inside check_host, the check's answers; elsewhere, pyspf's."""
+    check = _ACTIVE.get(None)
+    if check is None:
+        return _network_lookup(name, qtype, strict, timeout)
+    return check.lookup(name, qtype)
+
+
+pyspf.DNSLookup = _lookup
