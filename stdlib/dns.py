@@ -267,13 +267,24 @@ def _ip_arg(ip) -> str:
         raise ScriptError(f"'{ip}' is not an IP address") from None
 
 
+_defaults = {"config": "system", "nameservers": (), "timeout": DEFAULT_TIMEOUT}
+
+
+def configure_defaults(config: str = "system", nameservers=(), timeout: float = DEFAULT_TIMEOUT):
+    """What ``dns::resolver()`` uses for options a script leaves out (the server's config)."""
+    _defaults.update(config=config, nameservers=tuple(nameservers), timeout=timeout)
+
+
 @namespace.native
 def resolver(config=None):
-    """resolver(#{ config?, nameservers?, timeout?, cache? }): a resolver with its own cache."""
+    """resolver(#{ config?, nameservers?, timeout?, cache? }): a resolver with its own cache;
+    options left out come from the server's [dns] configuration."""
     opts = options(config or {}, "dns::resolver", {}, {
         "config": str, "nameservers": (list, tuple), "timeout": (int, float),
         "cache": bool, "cache_size": int})
-    timeout = float(opts.get("timeout", DEFAULT_TIMEOUT))
+    if "config" not in opts and "nameservers" not in opts:
+        opts["config"], opts["nameservers"] = _defaults["config"], _defaults["nameservers"]
+    timeout = float(opts.get("timeout", _defaults["timeout"]))
     if not 0 < timeout <= 60:
         raise ScriptError("dns::resolver: timeout must be between 0 and 60 seconds")
     size = opts.get("cache_size", DEFAULT_CACHE_SIZE) if opts.get("cache", True) else 0

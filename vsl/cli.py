@@ -61,3 +61,62 @@ def run(file, fn, args, as_json) -> None:
         click.echo(json.dumps(values.to_python(result)))
     else:
         click.echo(values.display(result))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="vsl.toml (without it: safe embedded defaults).")
+@click.option("--scripts", type=click.Path(file_okay=False), help="Script directory (main.vsl).")
+@click.option("--listen", multiple=True, metavar="HOST:PORT",
+              help="Listen here (repeat; replaces the configured listeners).")
+@click.option("--queue-dir", type=click.Path(file_okay=False), help="Spool directory.")
+@click.option("--dns", "dns_server", metavar="HOST:PORT", help="DNS server for dns::resolver().")
+@click.option("--hostname", help="The server's name (greeting, Received, local domain).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose) -> None:
+    """Run the SMTP server on a directory of scripts."""
+    import asyncio
+    from dataclasses import replace
+    from pathlib import Path
+
+    from server import config as config_module
+    from server.app import Server
+    from server.policy import PolicyError
+
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    try:
+        config = config_module.load(config_path)
+        changes = {}
+        if scripts:
+            changes["scripts"] = Path(scripts)
+        if listen:
+            changes["listen"] = tuple(config_module.parse_listen(a, key="--listen")
+                                      for a in listen)
+        if queue_dir:
+            changes["queue_dir"] = Path(queue_dir)
+        if hostname:
+            changes["hostname"] = hostname
+        if dns_server:
+            changes["dns"] = replace(config.dns, nameservers=(dns_server,))
+        config = replace(config, **changes)
+        server = Server(config)
+    except (config_module.ConfigError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    except PolicyError as err:
+        click.echo(f"the scripts do not lint:\n{err}", err=True)
+        sys.exit(1)
+
+    async def run():
+        await server.start()
+        for listener, address in server.bound:
+            click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
+        await server.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        raise click.ClickException(f"cannot listen: {err}") from None

@@ -1,0 +1,1 @@
+"""The bundled SMTP server: aiosmtpd front end, policy stages, durable spool."""

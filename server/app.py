@@ -1,0 +1,138 @@
+"""The SMTP server: listeners, connection accounting, the policy, the spool.
+
+    server = Server(config)          # lints and loads the scripts (PolicyError if bad)
+    await server.start()             # binds every listener
+    await server.serve_forever()     # until cancelled; SIGHUP or a changed script reloads
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections import Counter
+
+from stdlib import dns as dns_natives
+from stdlib.ctx import Context, Stage
+from vsl.engine import Engine
+
+from .config import Config, Listener
+from .passwords import UsersFile
+from .policy import Policy
+from .queue import Spool
+from .session import Protocol
+
+log = logging.getLogger("vsl.server")
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server-side TLS context, or None when no certificate is configured."""
+    if not config.tls.enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.tls.certificate), str(config.tls.key))
+    except (OSError, ssl.SSLError) as err:
+        raise ValueError(f"tls: cannot load {config.tls.certificate}: {err}") from None
+    return context
+
+
+class Server:
+    """Everything one ``vsl serve`` process runs."""
+
+    def __init__(self, config: Config, engine: Engine | None = None):
+        self.config = config
+        dns_natives.configure_defaults(config.dns.config, config.dns.nameservers,
+                                       config.dns.timeout)
+        self.engine = engine or Engine(limits=config.script_limits)
+        self.policy = Policy(self.engine, config.scripts)
+        self.spool = Spool(config.queue_dir)
+        self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
+        self.tls = tls_context(config)
+        self.per_ip: Counter = Counter()
+        self.replay_peer: tuple[str, int] | None = None  # the client address in `vsl test`
+        self.servers: list[asyncio.base_events.Server] = []
+        self.bound: list[tuple[Listener, tuple]] = []
+        self._tasks: list[asyncio.Task] = []
+
+    # -- connections -------------------------------------------------------------
+    def protocol(self, listener: Listener) -> Protocol:
+        return Protocol(self, listener, self.tls)
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection; False when a connection limit is reached."""
+        limits = self.config.limits
+        if sum(self.per_ip.values()) >= limits.connections or \
+                self.per_ip[ip] >= limits.connections_per_ip:
+            log.warning("%s: connection refused, limit reached", ip)
+            return False
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    def offers_auth(self) -> bool:
+        """AUTH is offered when something can check credentials."""
+        script = self.policy.script
+        return bool(self.config.auth.mechanisms) and (
+            self.users is not None or (script is not None and script.has("on_auth")))
+
+    async def check_credentials(self, user: str, password: str) -> bool:
+        """The users file's verdict (scrypt runs off the event loop)."""
+        if self.users is None:
+            return False
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.users.check, user, password)
+
+    async def queued(self, msg_id: str, queue: str, ctx: Context, runner) -> None:
+        """After a message is on disk: on_post_queue decides where it goes next."""
+        if queue != "working":
+            return
+        status = await runner.run(ctx, Stage.POST_QUEUE)
+        target = {"deny": "dead", "quarantine": None}.get(status.kind, "deliver")
+        if runner.quarantine is not None:
+            target = f"quarantine/{runner.quarantine}"
+        await self.spool.move(msg_id, target, queue)
+
+    # -- life cycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Recover the spool and bind every listener."""
+        dropped = self.spool.recover()
+        if dropped:
+            log.info("spool: dropped %d unacknowledged file(s)", dropped)
+        loop = asyncio.get_running_loop()
+        for listener in self.config.listen:
+            server = await loop.create_server(
+                lambda listener=listener: self.protocol(listener), listener.host,
+                listener.port, ssl=self.tls if listener.kind == "smtps" else None,
+                reuse_address=True)
+            self.servers.append(server)
+            for sock in server.sockets:
+                self.bound.append((listener, sock.getsockname()))
+                log.info("listening: %s on %s", listener.kind, sock.getsockname()[:2])
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.policy.reload)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread, or no signals here
+        self._tasks.append(asyncio.ensure_future(self.policy.watch()))
+        try:
+            await asyncio.gather(*(s.serve_forever() for s in self.servers))
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()

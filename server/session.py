@@ -1,0 +1,330 @@
+"""One SMTP connection: aiosmtpd's protocol, plus the policy stages at every command.
+
+:class:`Protocol` subclasses aiosmtpd's ``SMTP`` where hooks are missing (connect,
+replies with enhanced status codes, error limits, AUTH with asynchronous checks);
+:class:`Session` is its handler and runs the stage functions of the policy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from base64 import b64decode
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import MISSING, SMTP
+
+from stdlib.ctx import Context, Stage
+from stdlib.mail import AddressError, Mailbox, Message
+from stdlib.status import Status
+from vsl.values import FrozenMap
+
+from .queue import QueueError
+from .received import protocol, received
+from .stages import StageRunner
+
+if TYPE_CHECKING:
+    from .app import Server
+    from .config import Listener
+
+log = logging.getLogger("vsl.smtp")
+
+# Enhanced status codes (RFC 3463) for aiosmtpd's own replies, which carry none.
+_ENHANCED = {"221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "252": "2.0.0",
+             "421": "4.3.2", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",
+             "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+             "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0", "552": "5.3.4",
+             "553": "5.1.3", "554": "5.0.0", "555": "5.5.4"}
+_HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+AUTH_OK = "235 2.7.0 Authentication succeeded"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+
+
+def enhance(reply: bytes) -> bytes:
+    """Insert a generic enhanced status code into a reply line that lacks one (RFC 2034:
+    every 2xx, 4xx and 5xx reply but the greeting and the EHLO response)."""
+    code = reply[:3]
+    if not code.isdigit() or code[:1] not in b"245" or code == b"220" or \
+            _HAS_ENHANCED.match(reply):
+        return reply
+    enhanced = _ENHANCED.get(code.decode(), f"{code.decode()[0]}.0.0").encode()
+    sep, text = reply[3:4] or b" ", reply[4:]
+    return code + sep + enhanced + (b" " + text if text else b"")
+
+
+class Protocol(SMTP):
+    """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
+
+    def __init__(self, server: "Server", listener: "Listener", tls_context=None, **kwargs):
+        self.server, self.listener = server, listener
+        self.errors = 0
+        self.in_ehlo = False
+        config = server.config
+        handler = Session(server, listener)
+        super().__init__(
+            handler, hostname=config.hostname, ident="ESMTP vSL",
+            data_size_limit=config.limits.message_size, enable_SMTPUTF8=True,
+            tls_context=tls_context if listener.kind != "smtps" else None,
+            timeout=config.limits.command_timeout,
+            auth_require_tls=not config.auth.allow_plaintext,
+            auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN")
+                                    if m not in config.auth.mechanisms or
+                                    not server.offers_auth()], **kwargs)
+        handler.protocol = self
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.event_handler.connection_made(transport)
+
+    def connection_lost(self, error) -> None:
+        self.event_handler.connection_lost()
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if await self.event_handler.connect():
+            await super()._handle_client()
+
+    async def push(self, status) -> None:
+        reply = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
+        if not self.in_ehlo:
+            reply = enhance(reply)
+        await super().push(reply)
+        if reply[:1] in (b"4", b"5") and not reply.startswith(b"421"):
+            self.errors += 1
+            if self.errors >= self.server.config.limits.errors and self.transport is not None:
+                log.warning("%s: %d errors, disconnecting", self.session.peer, self.errors)
+                await super().push(b"421 4.7.0 Too many errors, closing the connection")
+                self.transport.close()
+
+    async def smtp_EHLO(self, hostname: str):
+        self.in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self.in_ehlo = False
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self.server.config.limits.data_timeout)
+        await super().smtp_DATA(arg)
+
+
+class Session:
+    """The aiosmtpd handler of one connection: every command goes through the policy."""
+
+    def __init__(self, server: "Server", listener: "Listener"):
+        self.server, self.listener = server, listener
+        self.protocol: Protocol | None = None
+        self.ctx: Context | None = None
+        self.stages = StageRunner(server)
+        self.peer_ip = "?"
+
+    # -- connection --------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername") or ("127.0.0.1", 0)
+        local = transport.get_extra_info("sockname") or ("127.0.0.1", 0)
+        if isinstance(peer, str) or not peer:  # a socketpair (vsl test) has no address
+            peer = self.server.replay_peer or ("127.0.0.1", 0)
+            local = ("127.0.0.1", 25)
+        self.peer_ip = peer[0]
+        self.ctx = Context(peer[0], peer[1], local[0], local[1], self.server.config.hostname)
+        self.ctx.tls = self.listener.kind == "smtps"
+        self.admitted = self.server.admit(self.peer_ip)
+
+    def connection_lost(self) -> None:
+        if self.admitted:
+            self.server.release(self.peer_ip)
+            self.admitted = False
+
+    async def connect(self) -> bool:
+        """Before the greeting: connection limits, then on_connect. False: closed."""
+        protocol = self.protocol
+        if not self.admitted:
+            await protocol.push("421 4.7.0 Too many connections, try again later")
+            protocol.transport.close()
+            return False
+        status = await self.stages.run(self.ctx, Stage.CONNECT)
+        if status.kind == "deny":
+            await protocol.push(status.reply)
+            protocol.transport.close()
+            return False
+        if status.kind in ("accept", "faccept") and status.reply:
+            protocol.hostname, protocol.__ident__ = status.reply[4:], ""
+        return True
+
+    # -- HELO / EHLO ---------------------------------------------------------------
+    async def _helo(self, session, hostname: str) -> Status:
+        session.host_name = hostname
+        self.ctx.reset()
+        self.ctx.helo = hostname
+        return await self.stages.run(self.ctx, Stage.HELO)
+
+    async def handle_HELO(self, server, session, envelope, hostname):
+        status = await self._helo(session, hostname)
+        return status.reply if status.kind == "deny" or status.reply else \
+            f"250 {server.hostname}"
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        status = await self._helo(session, hostname)
+        if status.kind == "deny":
+            session.extended_smtp = False
+            return [status.reply]
+        extensions = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
+        if "8BITMIME" in extensions:
+            extensions[extensions.index("8BITMIME"):0] = ["PIPELINING"]
+        extensions.append("ENHANCEDSTATUSCODES")
+        extensions = [e for e in extensions if e != "AUTH"]  # an AUTH with no mechanism
+        lines = [responses[0][4:]] + extensions
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    def handle_STARTTLS(self, server, session, envelope) -> bool:
+        self.ctx.tls = True
+        return True
+
+    async def handle_RSET(self, server, session, envelope):
+        self._end_transaction()
+        return "250 2.0.0 Ok"
+
+    def _end_transaction(self) -> None:
+        self.ctx.reset()
+        self.stages.end_transaction()
+
+    # -- AUTH ------------------------------------------------------------------------
+    async def handle_AUTH(self, server, session, envelope, args):
+        mechanism = args[0].upper()
+        credentials = await self._credentials(server, mechanism, args[1] if len(args) > 1
+                                              else None)
+        if credentials is None:
+            return None  # the exchange already replied (cancelled or malformed)
+        user, password = credentials
+        ok = await self.server.check_credentials(user, password)
+        self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
+        self.ctx.stage = Stage.AUTH
+        status = await self.stages.run(self.ctx, Stage.AUTH)
+        verdict = _auth_verdict(status, ok, self.server.users is not None)
+        if verdict:
+            self.ctx.set_auth(mechanism, user)
+            session.authenticated = True
+            session.login_data = user
+            return status.reply if status.kind in ("accept", "faccept") and status.reply \
+                else AUTH_OK
+        self.ctx.auth = None
+        return status.reply if status.kind == "deny" else AUTH_FAILED
+
+    async def _credentials(self, server, mechanism: str, initial: str | None):
+        """(user, password) from a PLAIN or LOGIN exchange, or None after an error reply."""
+        try:
+            if mechanism == "PLAIN":
+                blob = b64decode(initial, validate=True) if initial else \
+                    await server.challenge_auth("")
+                if blob is MISSING:
+                    return None
+                _, user, password = blob.split(b"\0")
+            else:
+                user = b64decode(initial, validate=True) if initial else \
+                    await server.challenge_auth("Username:")
+                if user is MISSING:
+                    return None
+                password = await server.challenge_auth("Password:")
+                if password is MISSING:
+                    return None
+            return user.decode("utf-8"), password.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            await server.push("501 5.5.2 Cannot decode the credentials")
+            return None
+
+    # -- transaction -------------------------------------------------------------------
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        try:
+            sender = Mailbox.parse(address)
+        except AddressError as err:
+            return f"553 5.1.7 Bad sender address: {err.message}"
+        if not sender.address.isascii() and "SMTPUTF8" not in mail_options:
+            return "553 5.6.7 Non-ASCII address without SMTPUTF8"
+        self.ctx.begin_transaction(sender)
+        status = await self.stages.run(self.ctx, Stage.MAIL_FROM)
+        if status.kind == "deny":
+            self.ctx.reset()
+            return status.reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return status.reply or "250 2.1.0 Sender ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.server.config.limits.recipients:
+            return "452 4.5.3 Too many recipients"
+        try:
+            rcpt = Mailbox.parse(address)
+        except AddressError as err:
+            return f"553 5.1.3 Bad recipient address: {err.message}"
+        if rcpt.is_null():
+            return "553 5.1.3 The null address is not a recipient"
+        if not rcpt.address.isascii() and not envelope.smtp_utf8:
+            return "553 5.6.7 Non-ASCII address without SMTPUTF8"
+        self.ctx.add_recipient(rcpt)
+        status = await self.stages.run(self.ctx, Stage.RCPT_TO)
+        if status.kind == "next" and not self._may_receive(rcpt, session):
+            status = Status("deny", "554 5.7.1 Relay access denied")
+        if status.kind == "deny":
+            self.ctx.drop_recipient()
+            return status.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return status.reply or "250 2.1.5 Recipient ok"
+
+    def _may_receive(self, rcpt: Mailbox, session) -> bool:
+        """The default rule: local domains (and postmaster) only, unless authenticated."""
+        if session.authenticated:
+            return True
+        if rcpt.domain == "" and rcpt.local_part.lower() == "postmaster":
+            return True
+        return rcpt.domain.lower().rstrip(".") in self.server.config.domains
+
+    async def handle_DATA(self, server, session, envelope):
+        ctx = self.ctx
+        trace = received(session.host_name, ctx.client_ip, None, self.server.config.hostname,
+                         protocol(session.extended_smtp, ctx.tls, session.authenticated,
+                                  envelope.smtp_utf8), ctx.message_id,
+                         [r.address for r in ctx.recipients])
+        ctx.message = Message(trace + envelope.original_content)
+        status = await self.stages.run(ctx, Stage.PRE_QUEUE)
+        if status.kind == "deny":
+            self._end_transaction()
+            return status.reply
+        queue = f"quarantine/{self.stages.quarantine}" if self.stages.quarantine else "working"
+        try:
+            msg_id = await self.server.spool.put(self._envelope(session), ctx.message.to_bytes(),
+                                                 queue)
+        except QueueError as err:
+            log.error("%s: message not queued: %s", self.peer_ip, err)
+            self._end_transaction()
+            return "451 4.3.0 Cannot queue the message now, try again later"
+        log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, msg_id, queue,
+                 len(ctx.all_recipients()))
+        await self.server.queued(msg_id, queue, ctx, self.stages)
+        self._end_transaction()
+        return status.reply if status.kind in ("accept", "faccept") and status.reply else \
+            f"250 2.0.0 Ok: queued as {msg_id}"
+
+    def _envelope(self, session) -> dict:
+        ctx = self.ctx
+        return {
+            "sender": ctx.sender.address,
+            "recipients": [{"address": r.address, "status": "pending"}
+                           for r in ctx.all_recipients()],
+            "helo": ctx.helo, "client_ip": ctx.client_ip, "client_port": ctx.client_port,
+            "server_name": ctx.server_name, "transaction": ctx.message_id,
+            "authenticated_as": session.login_data if session.authenticated else None,
+            "tls": ctx.tls,
+        }
+
+
+def _auth_verdict(status: Status, password_ok: bool, has_users_file: bool) -> bool:
+    """Whether AUTH succeeds: the users file (when configured) must accept the password,
+    then on_auth may deny; without a users file only on_auth can accept."""
+    if status.kind == "deny":
+        return False
+    if has_users_file:
+        return password_ok
+    return status.kind in ("accept", "faccept")

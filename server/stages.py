@@ -1,0 +1,66 @@
+"""Running one stage function of the policy and turning its result into a decision.
+
+A stage the script does not define, or a connection that a ``faccept`` or
+``quarantine`` already decided, gives ``next``. A script error or limit never
+reaches the client as a crash: it is logged with its position and the stage
+answers the configured fallback reply (a temporary failure by default).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from stdlib.ctx import Context, Stage
+from stdlib.status import Status
+from vsl.errors import VslError
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("vsl.stages")
+
+
+class StageRunner:
+    """The stage decisions of one connection.
+
+    ``faccept`` and ``quarantine`` skip every later stage: for the whole connection when
+    decided before MAIL FROM, else for the current transaction only.
+    """
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.forced: Status | None = None   # faccept: every later stage accepted
+        self.quarantine: str | None = None  # quarantine(name): the message's queue
+        self.session_wide = False           # the decision was made before MAIL FROM
+
+    async def run(self, ctx: Context, stage: Stage) -> Status:
+        """Call ``on_<stage>(ctx)`` if the policy defines it; return the decision."""
+        if self.forced is not None or self.quarantine is not None:
+            return Status("next")
+        script = self.server.policy.script
+        if script is None or not script.has(stage.function):
+            return Status("next")
+        ctx.stage = stage
+        try:
+            result = await script.call_async(stage.function, ctx)
+        except VslError as err:
+            log.error("%s failed for %s: %s", stage.function, ctx.client_ip, err)
+            return Status("deny", self.server.config.fallback_reply)
+        if not isinstance(result, Status):
+            log.error("%s returned %s for %s, not a status (use status::next() ...)",
+                      stage.function, type(result).__name__ if result is not None else "()",
+                      ctx.client_ip)
+            return Status("deny", self.server.config.fallback_reply)
+        if result.kind in ("faccept", "quarantine"):
+            self.session_wide = stage < Stage.MAIL_FROM
+            if result.kind == "faccept":
+                self.forced = result
+            else:
+                self.quarantine = result.queue
+                return Status("next")
+        return result
+
+    def end_transaction(self) -> None:
+        """RSET, or a message was queued: forget the transaction's decisions."""
+        if not self.session_wide:
+            self.forced = self.quarantine = None

@@ -1,0 +1,87 @@
+"""The SMTP server, end to end: real clients against a real server on loopback."""
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from tests.support.servers import config_for, running
+
+
+def client(server) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", server.port(), local_hostname="client.example.test",
+                        timeout=10)
+
+
+def test_no_script_accepts_local_domains_only(tmp_path):
+    with running(config_for(tmp_path)) as server:
+        with client(server) as smtp:
+            assert smtp.ehlo()[0] == 250
+            assert smtp.mail("a@example.org")[0] == 250
+            assert smtp.rcpt("bob@example.test")[0] == 250
+            assert smtp.rcpt("postmaster@mx.test")[0] == 250
+            code, text = smtp.rcpt("victim@elsewhere.test")
+            assert (code, text) == (554, b"5.7.1 Relay access denied")
+            code, text = smtp.data(b"Subject: hi\r\n\r\nhello\r\n")
+            assert code == 250 and text.startswith(b"2.0.0 Ok: queued as ")
+        msg_id = text.decode().rsplit(" ", 1)[1]
+        entry = server.spool.get(msg_id)
+        assert entry.queue == "deliver"
+        assert [r["address"] for r in entry.envelope["recipients"]] == \
+            ["bob@example.test", "postmaster@mx.test"]
+        data = server.spool.message(msg_id)
+        assert data.startswith(b"Received: from client.example.test ([127.0.0.1])\r\n\tby mx.test")
+        assert data.endswith(b"Subject: hi\r\n\r\nhello\r\n")
+
+
+def test_ehlo_lists_the_extensions(tmp_path):
+    with running(config_for(tmp_path)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            for ext in ("size", "pipelining", "8bitmime", "smtputf8", "enhancedstatuscodes"):
+                assert smtp.has_extn(ext), ext
+            assert not smtp.has_extn("auth") and not smtp.has_extn("starttls")
+
+
+def test_stage_statuses(tmp_path):
+    policy = """
+fn on_helo(ctx) { if ctx.helo == "bad.test" { status::deny("550 5.7.1 go away") } else { status::next() } }
+fn on_mail_from(ctx) { if ctx.sender.domain == "blocked.test" { return status::deny("553 5.7.1 blocked"); } status::accept("250 2.1.0 welcome") }
+fn on_rcpt_to(ctx) { if ctx.rcpt.local_part == "nobody" { status::deny("550 5.1.1 no such user") } else { status::next() } }
+fn on_pre_queue(ctx) { ctx.append_header("X-Policy", "seen"); status::next() }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            assert smtp.helo("bad.test") == (550, b"5.7.1 go away")
+            assert smtp.ehlo("good.test")[0] == 250
+            assert smtp.mail("x@blocked.test") == (553, b"5.7.1 blocked")
+            assert smtp.mail("x@ok.test") == (250, b"2.1.0 welcome")
+            assert smtp.rcpt("nobody@example.test") == (550, b"5.1.1 no such user")
+            assert smtp.rcpt("bob@example.test")[0] == 250
+            code, text = smtp.data(b"Subject: t\r\n\r\nbody\r\n")
+            assert code == 250
+        msg_id = text.decode().rsplit(" ", 1)[1]
+        assert b"X-Policy: seen\r\n" in server.spool.message(msg_id)
+        assert [r["address"] for r in server.spool.get(msg_id).envelope["recipients"]] == \
+            ["bob@example.test"]
+
+
+def test_script_error_gives_the_fallback_reply(tmp_path, caplog):
+    policy = 'fn on_mail_from(ctx) { let x = 1 / 0; status::next() }'
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("a@example.org") == (
+                451, b"4.3.0 Temporary local problem, try again later")
+            assert smtp.noop()[0] == 250  # the session goes on
+    assert "division by zero" in caplog.text and "main.vsl:1:34" in caplog.text
+
+
+@pytest.mark.parametrize("policy", [
+    'fn on_connect(ctx) { status::deny("554 5.7.1 not you") }',
+])
+def test_deny_at_connect_closes(tmp_path, policy):
+    with running(config_for(tmp_path, policy)) as server:
+        with pytest.raises(smtplib.SMTPConnectError) as err:
+            client(server)
+        assert err.value.smtp_code == 554
