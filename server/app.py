@@ -41,10 +41,12 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 class Server:
     """Everything one ``vsl serve`` process runs."""
 
-    def __init__(self, config: Config, engine: Engine | None = None):
+    def __init__(self, config: Config, engine: Engine | None = None, forced_dns: bool = False):
+        """``forced_dns``: every dns::resolver() of the scripts uses the configured
+        nameservers, whatever the script says (`vsl test` with zone files)."""
         self.config = config
         dns_natives.configure_defaults(config.dns.config, config.dns.nameservers,
-                                       config.dns.timeout)
+                                       config.dns.timeout, forced=forced_dns)
         self.engine = engine or Engine(limits=config.script_limits)
         self.policy = Policy(self.engine, config.scripts)
         self.spool = Spool(config.queue_dir)

@@ -122,9 +122,9 @@ class Session:
 
     # -- connection --------------------------------------------------------------
     def connection_made(self, transport) -> None:
-        peer = transport.get_extra_info("peername") or ("127.0.0.1", 0)
-        local = transport.get_extra_info("sockname") or ("127.0.0.1", 0)
-        if isinstance(peer, str) or not peer:  # a socketpair (vsl test) has no address
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if not isinstance(peer, tuple):  # a socket pair (vsl test) has no address
             peer = self.server.replay_peer or ("127.0.0.1", 0)
             local = ("127.0.0.1", 25)
         self.peer_ip = peer[0]
@@ -255,7 +255,8 @@ class Session:
         if len(envelope.rcpt_tos) >= self.server.config.limits.recipients:
             return "452 4.5.3 Too many recipients"
         try:
-            rcpt = Mailbox.parse(address)
+            rcpt = Mailbox("postmaster", self.server.config.hostname) \
+                if address.lower() == "postmaster" else Mailbox.parse(address)
         except AddressError as err:
             return f"553 5.1.3 Bad recipient address: {err.message}"
         if rcpt.is_null():
@@ -277,7 +278,8 @@ class Session:
         """The default rule: local domains (and postmaster) only, unless authenticated."""
         if session.authenticated:
             return True
-        if rcpt.domain == "" and rcpt.local_part.lower() == "postmaster":
+        if rcpt.local_part.lower() == "postmaster" and rcpt.domain.lower() == \
+                self.server.config.hostname.lower():
             return True
         return rcpt.domain.lower().rstrip(".") in self.server.config.domains
 

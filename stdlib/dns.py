@@ -267,12 +267,16 @@ def _ip_arg(ip) -> str:
         raise ScriptError(f"'{ip}' is not an IP address") from None
 
 
-_defaults = {"config": "system", "nameservers": (), "timeout": DEFAULT_TIMEOUT}
+_defaults = {"config": "system", "nameservers": (), "timeout": DEFAULT_TIMEOUT, "forced": False}
 
 
-def configure_defaults(config: str = "system", nameservers=(), timeout: float = DEFAULT_TIMEOUT):
-    """What ``dns::resolver()`` uses for options a script leaves out (the server's config)."""
-    _defaults.update(config=config, nameservers=tuple(nameservers), timeout=timeout)
+def configure_defaults(config: str = "system", nameservers=(), timeout: float = DEFAULT_TIMEOUT,
+                       forced: bool = False):
+    """What ``dns::resolver()`` uses for options a script leaves out (the server's config).
+    ``forced``: every resolver uses these nameservers whatever the script says (`vsl test`
+    answers from a transcript's zone files)."""
+    _defaults.update(config=config, nameservers=tuple(nameservers), timeout=timeout,
+                     forced=forced)
 
 
 @namespace.native
@@ -282,7 +286,7 @@ def resolver(config=None):
     opts = options(config or {}, "dns::resolver", {}, {
         "config": str, "nameservers": (list, tuple), "timeout": (int, float),
         "cache": bool, "cache_size": int})
-    if "config" not in opts and "nameservers" not in opts:
+    if "config" not in opts and "nameservers" not in opts or _defaults["forced"]:
         opts["config"], opts["nameservers"] = _defaults["config"], _defaults["nameservers"]
     timeout = float(opts.get("timeout", _defaults["timeout"]))
     if not 0 < timeout <= 60:

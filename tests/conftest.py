@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dnsd import DnsServer
+from server.dnsd import DnsServer
 
 ZONES = Path(__file__).parent / "zones"
 

@@ -12,7 +12,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from tests.support.dnsd import DnsServer
+from server.dnsd import DnsServer
 
 HOST = "127.0.0.1"
 ZONE = Path(__file__).parent / "zones" / "example.test.zone"

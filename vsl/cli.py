@@ -120,3 +120,35 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose
         pass
     except OSError as err:
         raise click.ClickException(f"cannot listen: {err}") from None
+
+
+@main.command("test")
+@click.argument("transcripts", nargs=-1, required=True, type=click.Path(exists=True,
+                                                                        dir_okay=False))
+@click.option("--scripts", type=click.Path(exists=True, file_okay=False),
+              help="Script directory (default: the config's, or the transcript's own).")
+def test_command(transcripts, scripts) -> None:
+    """Replay recorded SMTP sessions against the policy, without a network.
+
+    Exit status 1 if any transcript fails.
+    """
+    from pathlib import Path
+
+    from server.policy import PolicyError
+    from server.transcript import TranscriptError, parse, replay
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    failed = 0
+    for path in transcripts:
+        try:
+            outcome = replay(parse(Path(path)), Path(scripts) if scripts else None)
+        except (TranscriptError, PolicyError, ValueError) as err:
+            click.echo(f"ERROR {path}: {err}")
+            failed += 1
+            continue
+        click.echo(f"{'PASS' if outcome.passed else 'FAIL'} {path}")
+        for problem in outcome.problems:
+            click.echo(f"  {problem}")
+        failed += not outcome.passed
+    click.echo(f"{len(transcripts) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)

@@ -1,9 +1,10 @@
-"""A small authoritative DNS server for the test suite.
+"""A small authoritative DNS server: `vsl test` answers a transcript's DNS from zone
+files with it, and the test suite uses it as its real DNS server.
 
 Serves zone files, or records given in memory (:meth:`DnsServer.from_records`),
 over UDP and TCP on one port from a background thread, with fault injection
 (SERVFAIL, silence, forced truncation) and a log of queries.
-Run by hand with ``python -m tests.support.dnsd ZONEFILE... --port 5353``.
+Run by hand with ``python -m server.dnsd ZONEFILE... --port 5353``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,152 @@
+"""``vsl test``: replay recorded SMTP sessions through the real server code, no network.
+
+A transcript is a text file::
+
+    # client-ip: 192.0.2.7
+    # zone: example.zone          (DNS answers, from zone files beside the transcript)
+    # config: vsl.toml            (optional)
+    S: 220 *
+    C: EHLO mail.example.test
+    S: 250-*
+    ...
+
+``C:`` lines are sent by the client, ``S:`` lines are the replies the server must
+give, in order; a ``*`` stands for the rest of the reply text. The session runs over
+a socket pair into the server's own protocol code, with every DNS look-up answered
+from the transcript's zones.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from stdlib import dns as dns_natives
+
+from . import config as config_module
+from .app import Server
+from .dnsd import DnsServer
+
+REPLY_TIMEOUT = 10.0
+_HEADERS = ("client-ip", "zone", "config")
+
+
+class TranscriptError(ValueError):
+    """A transcript that cannot be read (the message says file:line)."""
+
+
+@dataclass
+class Transcript:
+    path: Path
+    client_ip: str = "192.0.2.1"
+    zones: list[Path] = field(default_factory=list)
+    config: Path | None = None
+    steps: list[tuple[int, str, str]] = field(default_factory=list)  # (line, "C"|"S", text)
+
+
+def parse(path: Path) -> Transcript:
+    """Read a transcript file."""
+    transcript = Transcript(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TranscriptError(f"{path}: cannot read: {err}") from None
+    for number, line in enumerate(lines, 1):
+        if line.startswith("#"):
+            key, sep, value = line[1:].partition(":")
+            key, value = key.strip().lower(), value.strip()
+            if not sep or key not in _HEADERS:
+                continue  # a comment
+            if key == "client-ip":
+                try:
+                    transcript.client_ip = str(ipaddress.ip_address(value))
+                except ValueError:
+                    raise TranscriptError(f"{path}:{number}: '{value}' is not an IP address") \
+                        from None
+            elif key == "zone":
+                transcript.zones.append(path.parent / value)
+            else:
+                transcript.config = path.parent / value
+        elif line[:3] in ("C: ", "S: ") or line in ("C:", "S:"):
+            transcript.steps.append((number, line[0], line[3:]))
+        elif line.strip():
+            raise TranscriptError(f"{path}:{number}: expected 'C: ', 'S: ' or '#', got "
+                                  f"{line[:40]!r}")
+    if not any(kind == "S" for _, kind, _ in transcript.steps):
+        raise TranscriptError(f"{path}: no 'S:' line to check")
+    return transcript
+
+
+def matches(pattern: str, reply: str) -> bool:
+    """An ``S:`` pattern against a reply line (``*`` matches the rest)."""
+    if "*" in pattern:
+        return reply.startswith(pattern[:pattern.index("*")])
+    return reply == pattern
+
+
+@dataclass
+class Outcome:
+    transcript: Transcript
+    problems: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def replay(transcript: Transcript, scripts: Path | None) -> Outcome:
+    """Run one transcript against a fresh server; collect every mismatch."""
+    with ExitStack() as stack:
+        queue_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vsl-test-")))
+        config = config_module.load(transcript.config)
+        config = replace(config, queue_dir=queue_dir,
+                         scripts=scripts or config.scripts or _beside(transcript))
+        if transcript.zones:
+            dns_server = stack.enter_context(DnsServer(transcript.zones))
+            nameserver = f"127.0.0.1:{dns_server.port}"
+            config = replace(config, dns=replace(config.dns, nameservers=(nameserver,)))
+        server = Server(config, forced_dns=bool(transcript.zones))
+        try:
+            problems = asyncio.run(_session(server, transcript))
+        finally:
+            dns_natives.configure_defaults()
+    return Outcome(transcript, problems)
+
+
+def _beside(transcript: Transcript) -> Path | None:
+    directory = transcript.path.parent
+    return directory if (directory / "main.vsl").exists() else None
+
+
+async def _session(server: Server, transcript: Transcript) -> list[str]:
+    server.replay_peer = (transcript.client_ip, 49152)
+    server_sock, client_sock = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: server.protocol(server.config.listen[0]),
+                                       sock=server_sock)
+    reader, writer = await asyncio.open_connection(sock=client_sock)
+    problems: list[str] = []
+    try:
+        for number, kind, text in transcript.steps:
+            if kind == "C":
+                writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
+                continue
+            try:
+                line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+            except asyncio.TimeoutError:
+                line = b""
+            reply = line.decode("utf-8", "replace").rstrip("\r\n")
+            if not line:
+                problems.append(f"line {number}: expected 'S: {text}', got no reply "
+                                "(connection closed or timed out)")
+                break
+            if not matches(text, reply):
+                problems.append(f"line {number}: expected 'S: {text}', got 'S: {reply}'")
+    finally:
+        writer.close()
+        await asyncio.sleep(0)
+    return problems

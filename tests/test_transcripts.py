@@ -1,0 +1,68 @@
+"""`vsl test`: transcripts replayed through the real protocol code."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.transcript import TranscriptError, matches, parse, replay
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").rglob("*.transcript"))
+VSL = Path(sys.executable).parent / "vsl"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_transcript_passes(path):
+    outcome = replay(parse(path), None)
+    assert outcome.passed, outcome.problems
+
+
+def test_every_example_policy_has_transcripts():
+    policies = {p.parent for p in (ROOT / "examples").rglob("main.vsl")}
+    assert policies and policies <= {p.parent for p in EXAMPLES}
+
+
+def test_a_wrong_expectation_fails_with_a_diff(tmp_path):
+    (tmp_path / "main.vsl").write_text('fn on_helo(ctx) { status::deny("550 5.7.1 no") }\n')
+    path = tmp_path / "t.transcript"
+    path.write_text("S: 220 *\nC: HELO x.test\nS: 250 *\nC: QUIT\nS: 221 *\n")
+    result = subprocess.run([VSL, "test", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+    assert "line 3: expected 'S: 250 *', got 'S: 550 5.7.1 no'" in result.stdout
+    assert "0 passed, 1 failed" in result.stdout
+
+
+def test_cli_passes(tmp_path):
+    result = subprocess.run([VSL, "test", *map(str, EXAMPLES)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert f"{len(EXAMPLES)} passed, 0 failed" in result.stdout
+
+
+def test_the_client_ip_header_reaches_the_policy(tmp_path):
+    (tmp_path / "main.vsl").write_text(
+        'fn on_connect(ctx) { if ctx.client_ip == "198.51.100.4" { status::deny('
+        '"554 5.7.1 not you") } else { status::next() } }\n')
+    path = tmp_path / "t.transcript"
+    path.write_text("# client-ip: 198.51.100.4\nS: 554 5.7.1 not you\n")
+    assert replay(parse(path), None).passed
+
+
+@pytest.mark.parametrize("text, message", [
+    ("X: nope\n", "expected 'C: ', 'S: ' or '#'"),
+    ("# client-ip: banana\nS: 220 *\n", "not an IP address"),
+    ("C: QUIT\n", "no 'S:' line"),
+])
+def test_bad_transcripts(tmp_path, text, message):
+    path = tmp_path / "bad.transcript"
+    path.write_text(text)
+    with pytest.raises(TranscriptError, match=message):
+        parse(path)
+
+
+def test_matching():
+    assert matches("250 *", "250 2.0.0 ok") and not matches("250 *", "550 no")
+    assert matches("221 Bye", "221 Bye") and not matches("221 Bye", "221 Byeee")
