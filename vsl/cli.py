@@ -72,7 +72,7 @@ def run(file, fn, args, as_json) -> None:
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="Spool directory.")
 @click.option("--dns", "dns_server", metavar="HOST:PORT", help="DNS server for dns::resolver().")
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+@click.option("-v", "--verbose", count=True, help="Debug log output (-vv: the SMTP dialogue too).")
 def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose) -> None:
     """Run the SMTP server on a directory of scripts."""
     import asyncio
@@ -83,8 +83,9 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose
     from server.app import Server
     from server.policy import PolicyError
 
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)],
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     try:
         config = config_module.load(config_path)
@@ -152,3 +153,15 @@ def test_command(transcripts, scripts) -> None:
         failed += not outcome.passed
     click.echo(f"{len(transcripts) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("user")
+@click.password_option(help="The password (asked for when not given).")
+def passwd(user, password) -> None:
+    """Print a users-file line (user:scrypt$...) for [auth] users_file."""
+    from server.passwords import hash_password
+
+    if ":" in user or not user.strip():
+        raise click.BadParameter("a user name cannot be empty or contain ':'", param_hint="USER")
+    click.echo(f"{user}:{hash_password(password)}")
