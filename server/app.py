@@ -95,9 +95,12 @@ class Server:
         if queue != "working":
             return
         status = await runner.run(ctx, Stage.POST_QUEUE)
-        target = {"deny": "dead", "quarantine": None}.get(status.kind, "deliver")
-        if runner.quarantine is not None:
+        if runner.failed:
+            target = "hold"  # accepted, but the policy could not route it: an operator looks
+        elif runner.quarantine is not None:
             target = f"quarantine/{runner.quarantine}"
+        else:
+            target = "dead" if status.kind == "deny" else "deliver"
         await self.spool.move(msg_id, target, queue)
 
     # -- life cycle ------------------------------------------------------------------

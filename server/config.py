@@ -2,7 +2,7 @@
 
 Every key has a safe default, so the server runs with no file at all. Unknown keys
 and bad values are errors that name the key (``limits.recipients: must be an
-integer >= 1, not "many"``).
+integer >= 1, not 'many'``).
 """
 from __future__ import annotations
 
@@ -203,16 +203,27 @@ def _convert(value, kind, key: str, base: Path):
             raise ConfigError(f"{key}: must be true or false, not {value!r}")
         return value
     if kind in (int, "int"):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{key}: must be an integer >= 0, not {value!r}")
+        low = _MINIMUM.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key}: must be an integer >= {low}, not {value!r}")
         return value
     if kind in (float, "float"):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{key}: must be a number >= 0, not {value!r}")
+        positive = key in _POSITIVE
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or \
+                (positive and value == 0):
+            raise ConfigError(f"{key}: must be a number {'> 0' if positive else '>= 0'}, "
+                              f"not {value!r}")
         return float(value)
     if kind in (str, "str"):
         return _string(value, key)
     raise AssertionError(f"schema kind {kind!r}")  # pragma: no cover - schema typo
+
+
+# Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
+# and 0 means "unlimited" for the script limits, as in Rhai).
+_MINIMUM = {f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
+                                         "errors")}
+_POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout"}
 
 
 def _table(value, key: str) -> dict:

@@ -6,9 +6,9 @@ replies with enhanced status codes, error limits, AUTH with asynchronous checks)
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+import socket
 from base64 import b64decode
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,7 @@ _ENHANCED = {"221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "25
              "553": "5.1.3", "554": "5.0.0", "555": "5.5.4"}
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 AUTH_OK = "235 2.7.0 Authentication succeeded"
+REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 
 
@@ -52,21 +53,32 @@ def enhance(reply: bytes) -> bytes:
     return code + sep + enhanced + (b" " + text if text else b"")
 
 
+def _bound_replies(transport) -> None:
+    """Keep little of a client's unread replies buffered: one that pipelines commands but
+    never reads stalls soon, so the command timeout can drop it."""
+    transport.set_write_buffer_limits(high=REPLY_BUFFER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
+
+
 class Protocol(SMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
 
     def __init__(self, server: "Server", listener: "Listener", tls_context=None, **kwargs):
         self.server, self.listener = server, listener
         self.errors = 0
-        self.in_ehlo = False
+        self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
+        self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
         handler = Session(server, listener)
+        implicit_tls = listener.kind == "smtps"
         super().__init__(
             handler, hostname=config.hostname, ident="ESMTP vSL",
             data_size_limit=config.limits.message_size, enable_SMTPUTF8=True,
-            tls_context=tls_context if listener.kind != "smtps" else None,
+            tls_context=None if implicit_tls else tls_context,
             timeout=config.limits.command_timeout,
-            auth_require_tls=not config.auth.allow_plaintext,
+            auth_require_tls=not (config.auth.allow_plaintext or implicit_tls),
             auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN")
                                     if m not in config.auth.mechanisms or
                                     not server.offers_auth()], **kwargs)
@@ -76,6 +88,7 @@ class Protocol(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
+            _bound_replies(transport)
             self.event_handler.connection_made(transport)
 
     def connection_lost(self, error) -> None:
@@ -84,30 +97,62 @@ class Protocol(SMTP):
 
     async def _handle_client(self) -> None:
         if await self.event_handler.connect():
+            self.greeting = self.greeting or f"220 {self.hostname} {self.__ident__}".encode()
             await super()._handle_client()
 
     async def push(self, status) -> None:
+        """Send a reply: multi-line replies get continuation marks and CRLF; every line
+        but the greeting and HELO/EHLO's gets an enhanced status code; error replies count
+        toward the error limit."""
         reply = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
-        if not self.in_ehlo:
-            reply = enhance(reply)
-        await super().push(reply)
+        raw = self.in_helo
+        if self.greeting is not None and reply.startswith(b"220 "):
+            reply, self.greeting, raw = self.greeting, None, True
+        lines = reply.replace(b"\r\n", b"\n").split(b"\n")
+        for i, line in enumerate(lines):
+            if len(lines) > 1 and line[:3].isdigit():
+                line = line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
+            await super().push(line if raw else enhance(line))
         if reply[:1] in (b"4", b"5") and not reply.startswith(b"421"):
             self.errors += 1
-            if self.errors >= self.server.config.limits.errors and self.transport is not None:
-                log.warning("%s: %d errors, disconnecting", self.session.peer, self.errors)
-                await super().push(b"421 4.7.0 Too many errors, closing the connection")
-                self.transport.close()
+            if self.errors >= self.server.config.limits.errors:
+                log.warning("%s: %d errors, disconnecting", self.session.peer[0],
+                            self.errors)
+                self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+
+    def hang_up(self, reply: bytes) -> None:
+        """Say a last reply and close, without waiting on a client that does not read."""
+        if self.transport is None:
+            return
+        self.transport.write(reply + b"\r\n")
+        self.transport.abort()
+
+    def _timeout_cb(self) -> None:
+        log.info("%s: command timeout, disconnected", self.session.peer[0] if self.session.peer
+                 else "?")
+        self.hang_up(b"421 4.4.2 Timeout, closing the connection")
+
+    async def smtp_HELO(self, hostname: str):
+        self.in_helo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self.in_helo = False
 
     async def smtp_EHLO(self, hostname: str):
-        self.in_ehlo = True
+        self.in_helo = True
         try:
             await super().smtp_EHLO(hostname)
         finally:
-            self.in_ehlo = False
+            self.in_helo = False
 
     async def smtp_DATA(self, arg: str) -> None:
         self._reset_timeout(self.server.config.limits.data_timeout)
-        await super().smtp_DATA(arg)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reset_timeout()
+            self.event_handler.data_done()
 
 
 class Session:
@@ -141,24 +186,26 @@ class Session:
         """Before the greeting: connection limits, then on_connect. False: closed."""
         protocol = self.protocol
         if not self.admitted:
-            await protocol.push("421 4.7.0 Too many connections, try again later")
-            protocol.transport.close()
+            protocol.hang_up(b"421 4.7.0 Too many connections, try again later")
             return False
         status = await self.stages.run(self.ctx, Stage.CONNECT)
         if status.kind == "deny":
-            await protocol.push(status.reply)
-            protocol.transport.close()
+            protocol.hang_up(status.reply.encode("utf-8", "surrogateescape"))
             return False
         if status.kind in ("accept", "faccept") and status.reply:
-            protocol.hostname, protocol.__ident__ = status.reply[4:], ""
+            protocol.greeting = status.reply.encode("utf-8", "surrogateescape")
         return True
 
     # -- HELO / EHLO ---------------------------------------------------------------
     async def _helo(self, session, hostname: str) -> Status:
-        session.host_name = hostname
-        self.ctx.reset()
+        """HELO/EHLO ends any transaction; the session opens only if on_helo agrees."""
+        self._end_transaction()
+        session.host_name = None
         self.ctx.helo = hostname
-        return await self.stages.run(self.ctx, Stage.HELO)
+        status = await self.stages.run(self.ctx, Stage.HELO)
+        if status.kind != "deny":
+            session.host_name = hostname
+        return status
 
     async def handle_HELO(self, server, session, envelope, hostname):
         status = await self._helo(session, hostname)
@@ -174,7 +221,7 @@ class Session:
         if "8BITMIME" in extensions:
             extensions[extensions.index("8BITMIME"):0] = ["PIPELINING"]
         extensions.append("ENHANCEDSTATUSCODES")
-        extensions = [e for e in extensions if e != "AUTH"]  # an AUTH with no mechanism
+        extensions = [e for e in extensions if e.strip() != "AUTH"]  # AUTH, no mechanism
         lines = [responses[0][4:]] + extensions
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
 
@@ -185,6 +232,11 @@ class Session:
     async def handle_RSET(self, server, session, envelope):
         self._end_transaction()
         return "250 2.0.0 Ok"
+
+    def data_done(self) -> None:
+        """DATA ended, whatever way (aiosmtpd may have refused it itself)."""
+        if self.ctx.message is None and self.ctx.stage >= Stage.MAIL_FROM:
+            self._end_transaction()
 
     def _end_transaction(self) -> None:
         self.ctx.reset()
@@ -200,9 +252,11 @@ class Session:
         user, password = credentials
         ok = await self.server.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
-        self.ctx.stage = Stage.AUTH
+        decisions = self.stages.save()
         status = await self.stages.run(self.ctx, Stage.AUTH)
         verdict = _auth_verdict(status, ok, self.server.users is not None)
+        if not verdict:
+            self.stages.restore(decisions)  # a failed login decides nothing
         if verdict:
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
@@ -242,6 +296,7 @@ class Session:
             return f"553 5.1.7 Bad sender address: {err.message}"
         if not sender.address.isascii() and "SMTPUTF8" not in mail_options:
             return "553 5.6.7 Non-ASCII address without SMTPUTF8"
+        self.stages.end_transaction()
         self.ctx.begin_transaction(sender)
         status = await self.stages.run(self.ctx, Stage.MAIL_FROM)
         if status.kind == "deny":

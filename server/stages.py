@@ -32,10 +32,18 @@ class StageRunner:
         self.forced: Status | None = None   # faccept: every later stage accepted
         self.quarantine: str | None = None  # quarantine(name): the message's queue
         self.session_wide = False           # the decision was made before MAIL FROM
+        self.failed = False                 # the last stage's script failed
 
     async def run(self, ctx: Context, stage: Stage) -> Status:
-        """Call ``on_<stage>(ctx)`` if the policy defines it; return the decision."""
-        if self.forced is not None or self.quarantine is not None:
+        """Call ``on_<stage>(ctx)`` if the policy defines it; return the decision.
+
+        After a faccept every stage is accepted; after a quarantine every stage goes on
+        with its default reply. ``self.failed`` tells whether the script failed (the
+        decision is then the fallback reply)."""
+        self.failed = False
+        if self.forced is not None:
+            return Status("accept")
+        if self.quarantine is not None:
             return Status("next")
         script = self.server.policy.script
         if script is None or not script.has(stage.function):
@@ -45,12 +53,12 @@ class StageRunner:
             result = await script.call_async(stage.function, ctx)
         except VslError as err:
             log.error("%s failed for %s: %s", stage.function, ctx.client_ip, err)
-            return Status("deny", self.server.config.fallback_reply)
+            return self._fallback()
         if not isinstance(result, Status):
             log.error("%s returned %s for %s, not a status (use status::next() ...)",
                       stage.function, type(result).__name__ if result is not None else "()",
                       ctx.client_ip)
-            return Status("deny", self.server.config.fallback_reply)
+            return self._fallback()
         if result.kind in ("faccept", "quarantine"):
             self.session_wide = stage < Stage.MAIL_FROM
             if result.kind == "faccept":
@@ -59,6 +67,17 @@ class StageRunner:
                 self.quarantine = result.queue
                 return Status("next")
         return result
+
+    def _fallback(self) -> Status:
+        self.failed = True
+        return Status("deny", self.server.config.fallback_reply)
+
+    def save(self) -> tuple:
+        """The decisions so far (restore() them when a stage's outcome is void)."""
+        return self.forced, self.quarantine, self.session_wide
+
+    def restore(self, saved: tuple) -> None:
+        self.forced, self.quarantine, self.session_wide = saved
 
     def end_transaction(self) -> None:
         """RSET, or a message was queued: forget the transaction's decisions."""

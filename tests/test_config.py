@@ -1,0 +1,325 @@
+"""server/config.py: every section and key parses; unknown keys and bad values are
+ConfigErrors that name the key; no file gives the defaults."""
+from __future__ import annotations
+
+import socket
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DnsConfig,
+                           Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
+from vsl.limits import Limits
+
+FULL = """
+listen = [
+    "127.0.0.1:2525",
+    { address = "[::1]:587", kind = "submission" },
+    { address = "0.0.0.0:465", kind = "smtps" },
+]
+
+[server]
+hostname = "mx.example.test"
+local_domains = ["example.test", "Example.ORG"]
+scripts = "policy"
+queue_dir = "/var/spool/vsl"
+fallback_reply = "421 4.3.0 Come back later"
+
+[tls]
+certificate = "certs/cert.pem"
+key = "certs/key.pem"
+
+[auth]
+mechanisms = ["plain", "LOGIN"]
+users_file = "users"
+allow_plaintext = true
+
+[limits]
+message_size = 1000000
+recipients = 7
+connections = 50
+connections_per_ip = 5
+command_timeout = 30
+data_timeout = 60.5
+errors = 4
+
+[dns]
+config = "cloudflare"
+nameservers = ["127.0.0.1:5353", "[::1]:53"]
+timeout = 2
+
+[script_limits]
+max_operations = 5000
+max_time = 0.5
+max_call_depth = 10
+max_expr_depth = 20
+max_string_size = 1000
+max_array_size = 100
+max_map_size = 50
+max_modules = 3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "vsl.toml"
+    path.write_text(text)
+    return path
+
+
+def error_for(data: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    return str(err.value)
+
+
+# ---- defaults ------------------------------------------------------------------------------
+
+def test_no_file_gives_the_defaults():
+    config = load(None)
+    assert config == Config(hostname=config.hostname)
+    assert config.hostname == socket.getfqdn()
+    assert config.domains == (config.hostname.lower(),)
+    assert config.scripts is None
+    assert config.queue_dir == Path("queue")
+    assert config.fallback_reply == DEFAULT_FALLBACK == \
+        "451 4.3.0 Temporary local problem, try again later"
+    assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),)
+    assert config.tls == TlsConfig() and not config.tls.enabled
+    assert config.auth == AuthConfig(mechanisms=("PLAIN", "LOGIN"), users_file=None,
+                                     allow_plaintext=False)
+    assert config.limits == SmtpLimits(message_size=25 * 1024 * 1024, recipients=100,
+                                       connections=200, connections_per_ip=20,
+                                       command_timeout=300.0, data_timeout=600.0, errors=10)
+    assert config.dns == DnsConfig(config="system", nameservers=(), timeout=5.0)
+    assert config.script_limits == Limits()
+
+
+def test_an_empty_file_gives_the_defaults(tmp_path):
+    config = load(write(tmp_path, "# nothing\n"))
+    assert config == Config(hostname=config.hostname)
+
+
+# ---- every key ------------------------------------------------------------------------------
+
+def test_every_section_and_key_parses(tmp_path):
+    config = load(write(tmp_path, FULL))
+    assert config.hostname == "mx.example.test"
+    assert config.local_domains == ("example.test", "Example.ORG")
+    assert config.domains == ("example.test", "example.org")
+    assert config.scripts == tmp_path / "policy"  # relative to the file
+    assert config.queue_dir == Path("/var/spool/vsl")  # absolute stays absolute
+    assert config.fallback_reply == "421 4.3.0 Come back later"
+    assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),
+                             Listener("::1", 587, "submission"),
+                             Listener("0.0.0.0", 465, "smtps"))
+    assert config.tls == TlsConfig(tmp_path / "certs/cert.pem", tmp_path / "certs/key.pem")
+    assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True)
+    assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4)
+    assert isinstance(config.limits.command_timeout, float)
+    assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0)
+    assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
+
+
+def test_the_full_example_covers_every_key():
+    """If a key is added to a section, FULL (and the test above) must learn it."""
+    import tomllib
+    data = tomllib.loads(FULL)
+    for section, cls in (("tls", TlsConfig), ("auth", AuthConfig), ("limits", SmtpLimits),
+                         ("dns", DnsConfig), ("script_limits", Limits)):
+        assert set(data[section]) == {f.name for f in fields(cls)}, section
+    server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
+                                                      "script_limits"}
+    assert set(data["server"]) == server_keys
+
+
+def test_str_of_a_listener():
+    assert str(Listener("::1", 587, "submission")) == "submission [::1]:587"
+    assert str(Listener("127.0.0.1", 25)) == "smtp 127.0.0.1:25"
+
+
+@pytest.mark.parametrize("text, listener", [
+    ("127.0.0.1:25", Listener("127.0.0.1", 25)),
+    ("[2001:db8::1]:587", Listener("2001:db8::1", 587)),
+    ("mail.example.test:2525", Listener("mail.example.test", 2525)),
+    ("0.0.0.0:65535", Listener("0.0.0.0", 65535)),
+])
+def test_parse_listen(text, listener):
+    assert parse_listen(text) == listener
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", ":25", "127.0.0.1:", "127.0.0.1:0",
+                                  "127.0.0.1:65536", "127.0.0.1:http", "[::1]", 25])
+def test_parse_listen_refuses(text):
+    with pytest.raises(ConfigError) as err:
+        parse_listen(text, key="--listen")
+    assert str(err.value).startswith("--listen: ")
+
+
+# ---- unknown keys and sections --------------------------------------------------------------
+
+@pytest.mark.parametrize("data, key", [
+    ({"server": {"hostnme": "x"}}, "server.hostnme"),
+    ({"limits": {"recipient": 5}}, "limits.recipient"),
+    ({"tls": {"cert": "x"}}, "tls.cert"),
+    ({"auth": {"users": "x"}}, "auth.users"),
+    ({"dns": {"server": "x"}}, "dns.server"),
+    ({"script_limits": {"max_ops": 1}}, "script_limits.max_ops"),
+    ({"listen": [{"address": "127.0.0.1:25", "type": "smtp"}]}, "listen[0].type"),
+    ({"limit": {}}, "limit"),
+    ({"queue": {"dir": "x"}}, "queue"),
+])
+def test_unknown_keys_and_sections_are_errors(data, key):
+    message = error_for(data)
+    assert message.startswith(f"{key}: "), message
+    assert "unknown" in message
+
+
+def test_unknown_key_lists_the_known_ones():
+    message = error_for({"limits": {"recipient": 5}})
+    assert "recipients" in message and "message_size" in message
+
+
+# ---- bad values -----------------------------------------------------------------------------
+
+BAD_VALUES = [
+    # server
+    ({"server": {"hostname": ""}}, "server.hostname"),
+    ({"server": {"hostname": 7}}, "server.hostname"),
+    ({"server": {"local_domains": "example.test"}}, "server.local_domains"),
+    ({"server": {"local_domains": ["ok.test", 3]}}, "server.local_domains"),
+    ({"server": {"scripts": True}}, "server.scripts"),
+    ({"server": {"queue_dir": ""}}, "server.queue_dir"),
+    ({"server": {"fallback_reply": "250 2.0.0 fine"}}, "server.fallback_reply"),
+    ({"server": {"fallback_reply": "451 5.3.0 class mismatch"}}, "server.fallback_reply"),
+    ({"server": {"fallback_reply": "try later"}}, "server.fallback_reply"),
+    ({"server": "mx.test"}, "server"),
+    # listen
+    ({"listen": "127.0.0.1:25"}, "listen"),
+    ({"listen": ["127.0.0.1"]}, "listen[0]"),
+    ({"listen": ["127.0.0.1:25", "nope"]}, "listen[1]"),
+    ({"listen": [{"kind": "smtp"}]}, "listen[0].address"),
+    ({"listen": [{"address": "127.0.0.1:25", "kind": "lmtp"}]}, "listen[0]"),
+    ({"listen": [{"address": "127.0.0.1:25", "kind": 1}]}, "listen[0].kind"),
+    ({"listen": [25]}, "listen[0]"),
+    # tls
+    ({"tls": {"certificate": 1, "key": "k"}}, "tls.certificate"),
+    ({"tls": {"certificate": "c"}}, "tls"),
+    ({"tls": {"key": "k"}}, "tls"),
+    ({"tls": []}, "tls"),
+    # auth
+    ({"auth": {"mechanisms": ["PLAIN", "CRAM-MD5"]}}, "auth.mechanisms"),
+    ({"auth": {"mechanisms": "PLAIN"}}, "auth.mechanisms"),
+    ({"auth": {"allow_plaintext": "yes"}}, "auth.allow_plaintext"),
+    ({"auth": {"allow_plaintext": 1}}, "auth.allow_plaintext"),
+    ({"auth": {"users_file": ""}}, "auth.users_file"),
+    # limits
+    ({"limits": {"recipients": "many"}}, "limits.recipients"),
+    ({"limits": {"recipients": -1}}, "limits.recipients"),
+    ({"limits": {"recipients": 2.5}}, "limits.recipients"),
+    ({"limits": {"recipients": True}}, "limits.recipients"),
+    ({"limits": {"message_size": "25M"}}, "limits.message_size"),
+    ({"limits": {"connections": -5}}, "limits.connections"),
+    ({"limits": {"connections_per_ip": []}}, "limits.connections_per_ip"),
+    ({"limits": {"command_timeout": "5m"}}, "limits.command_timeout"),
+    ({"limits": {"command_timeout": -1}}, "limits.command_timeout"),
+    ({"limits": {"data_timeout": False}}, "limits.data_timeout"),
+    ({"limits": {"errors": 1.5}}, "limits.errors"),
+    ({"limits": 5}, "limits"),
+    # dns
+    ({"dns": {"config": "opendns"}}, "dns.config"),
+    ({"dns": {"config": 1}}, "dns.config"),
+    ({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers"),
+    ({"dns": {"timeout": -1}}, "dns.timeout"),
+    ({"dns": {"timeout": "1s"}}, "dns.timeout"),
+    # script_limits
+    ({"script_limits": {"max_operations": -1}}, "script_limits.max_operations"),
+    ({"script_limits": {"max_time": "1s"}}, "script_limits.max_time"),
+    ({"script_limits": {"max_modules": 1.5}}, "script_limits.max_modules"),
+]
+
+
+@pytest.mark.parametrize("data, key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_bad_values_are_errors_naming_the_key(data, key):
+    message = error_for(data)
+    assert message.startswith(f"{key}: "), message
+    assert len(message) > len(key) + 5  # says what is wrong
+
+
+def test_bad_value_message_shows_the_value():
+    message = error_for({"limits": {"recipients": "many"}})
+    assert message.startswith("limits.recipients: ") and "'many'" in message
+
+
+@pytest.mark.parametrize("key", ["recipients", "connections", "connections_per_ip", "errors",
+                                 "command_timeout", "data_timeout"])
+def test_limits_that_cannot_be_zero(key):
+    """0 recipients/connections/errors would refuse everything, a 0 s timeout drops every
+    client at once: the module's own example says ``must be an integer >= 1``."""
+    message = error_for({"limits": {key: 0}})
+    assert message.startswith(f"limits.{key}: "), message
+
+
+def test_smtps_listener_needs_tls():
+    message = error_for({"listen": [{"address": "127.0.0.1:465", "kind": "smtps"}]})
+    assert message.startswith("listen: ") and "tls" in message
+    config = from_dict({"listen": [{"address": "127.0.0.1:465", "kind": "smtps"}],
+                        "tls": {"certificate": "c.pem", "key": "k.pem"}})
+    assert config.listen[0].kind == "smtps"
+
+
+def test_submission_and_smtp_listeners_need_no_tls():
+    config = from_dict({"listen": [{"address": "127.0.0.1:587", "kind": "submission"},
+                                   "127.0.0.1:25"]})
+    assert [l.kind for l in config.listen] == ["submission", "smtp"]
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path / "nope.toml")
+    assert "nope.toml" in str(err.value) and "cannot read" in str(err.value)
+
+
+def test_invalid_toml_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, "[limits\nrecipients = 3\n"))
+    assert "vsl.toml" in str(err.value)
+
+
+def test_a_file_error_names_the_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, '[limits]\nrecipients = "many"\n'))
+    assert str(err.value).startswith("limits.recipients: ")
+
+
+def test_relative_paths_follow_the_file(tmp_path):
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    path = sub / "vsl.toml"
+    path.write_text('[server]\nscripts = "scripts"\nqueue_dir = "../spool"\n'
+                    '[auth]\nusers_file = "users"\n')
+    config = load(path)
+    assert config.scripts == sub / "scripts"
+    assert config.queue_dir == sub / "../spool"
+    assert config.auth.users_file == sub / "users"
+
+
+def test_vsl_serve_reports_a_config_error(tmp_path):
+    """The command line shows the key-named error and exits non-zero."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from vsl.cli import main
+    path = write(tmp_path, '[limits]\nrecipients = "many"\n')
+    loggers = [logging.getLogger(name) for name in ("", "mail.log", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    try:  # vsl serve configures logging for the process: put it back afterwards
+        result = CliRunner().invoke(main, ["serve", "--config", str(path)])
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    assert result.exit_code != 0
+    assert "limits.recipients" in result.output

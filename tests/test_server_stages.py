@@ -1,0 +1,761 @@
+"""Every stage and every status, end to end: a real smtplib (or raw socket) client
+against the real server on loopback, the spool inspected afterwards."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from server.config import Config, Listener
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import (FALLBACK, Raw, all_messages, client, queued_id,
+                                      spool_files, wait_for)
+from vsl.limits import Limits
+
+
+def deliver(smtp, sender="alice@example.org", rcpts=("bob@example.test",),
+            body=b"Subject: test\r\n\r\nbody\r\n"):
+    """One transaction that must succeed; returns the DATA reply."""
+    assert smtp.mail(sender)[0] == 250
+    for rcpt in rcpts:
+        assert smtp.rcpt(rcpt)[0] == 250, rcpt
+    code, text = smtp.data(body)
+    assert code == 250, (code, text)
+    return text
+
+
+def header(data: bytes, name: str) -> str | None:
+    for line in data.split(b"\r\n"):
+        if line.lower().startswith(name.lower().encode() + b":"):
+            return line.split(b":", 1)[1].strip().decode()
+    return None
+
+
+# ---- on_connect -----------------------------------------------------------------------
+
+def test_on_connect_sees_the_connection(tmp_path):
+    policy = """
+fn on_connect(ctx) {
+    ctx.store("conn", `${ctx.client_ip} ${ctx.server_ip} ${ctx.server_port} ${ctx.server_name}`);
+    ctx.store("cport", ctx.client_port);
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    ctx.append_header("X-Conn", ctx.get("conn"));
+    ctx.append_header("X-Client-Port", `${ctx.get("cport")}`);
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            local_port = smtp.sock.getsockname()[1]
+            msg_id = queued_id(deliver(smtp))
+        data = server.spool.message(msg_id)
+        assert header(data, "X-Conn") == f"127.0.0.1 127.0.0.1 {server.port()} mx.test"
+        assert header(data, "X-Client-Port") == str(local_port)
+
+
+@pytest.mark.parametrize("deny, reply", [
+    ('status::deny("554 5.7.1 not you")', (554, b"5.7.1 not you")),
+    ("status::deny()", (554, b"5.7.1 Transaction rejected by policy")),
+    ('status::deny("421 4.7.0 busy, come back later")', (421, b"4.7.0 busy, come back later")),
+])
+def test_on_connect_deny_closes_the_connection(tmp_path, deny, reply):
+    policy = f"fn on_connect(ctx) {{ {deny} }}"
+    with running(config_for(tmp_path, policy)) as server:
+        with Raw(server) as raw:
+            assert raw.greeting == reply
+            assert raw.closed(2), "the connection stays open after a deny at on_connect"
+        assert wait_for(lambda: not server.per_ip, 2), server.per_ip  # the slot is released
+        assert not all_messages(server)
+
+
+def test_on_connect_accept_reply_replaces_only_the_greeting(tmp_path):
+    policy = 'fn on_connect(ctx) { status::accept("220 mx.test welcome, friend") }'
+    with running(config_for(tmp_path, policy)) as server:
+        with Raw(server) as raw:
+            assert raw.greeting[0] == 220
+            assert raw.greeting[1].rstrip() == b"mx.test welcome, friend"
+            code, text = raw.cmd("EHLO client.example.test")
+            assert code == 250
+            # the EHLO reply starts with the server's name, not with the greeting's text
+            assert text.split(b"\n")[0] == b"mx.test", text
+            code, text = raw.cmd("HELO client.example.test")
+            assert (code, text) == (250, b"mx.test")
+
+
+# ---- on_helo ----------------------------------------------------------------------------
+
+HELO_POLICY = """
+fn on_helo(ctx) {
+    ctx.store("helos", (ctx.get("helos") ?? 0) + 1);
+    if ctx.helo == "bad.test" { return status::deny("550 5.7.1 HELO bad.test refused"); }
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    ctx.append_header("X-Helo", `${ctx.helo} ${ctx.get("helos")}`);
+    status::next()
+}
+"""
+
+
+def test_on_helo_runs_for_helo_and_ehlo(tmp_path):
+    with running(config_for(tmp_path, HELO_POLICY)) as server:
+        with client(server) as smtp:
+            assert smtp.helo("bad.test") == (550, b"5.7.1 HELO bad.test refused")
+            assert smtp.ehlo("bad.test") == (550, b"5.7.1 HELO bad.test refused")
+            helo_reply = smtp.helo("plain.test")
+            assert helo_reply[0] == 250
+            msg_id = queued_id(deliver(smtp))
+            assert smtp.ehlo("extended.test")[0] == 250
+            assert smtp.has_extn("size")
+            msg_id2 = queued_id(deliver(smtp))
+        first, second = server.spool.message(msg_id), server.spool.message(msg_id2)
+        assert header(first, "X-Helo") == "plain.test 3"
+        assert first.startswith(b"Received: from plain.test ([127.0.0.1])")
+        assert b"with SMTP\r\n" in first  # HELO: plain SMTP
+        assert header(second, "X-Helo") == "extended.test 4"
+        assert b"with ESMTP\r\n" in second
+        # RFC 5321 4.1.1.1 / RFC 2034 3: "250 SP Domain", no enhanced code on HELO replies
+        assert helo_reply == (250, b"mx.test")
+
+
+@pytest.mark.parametrize("command", ["HELO", "EHLO"])
+def test_denied_helo_does_not_open_the_session(tmp_path, command):
+    """A client whose HELO/EHLO was refused has not greeted: MAIL FROM needs a HELO."""
+    with running(config_for(tmp_path, HELO_POLICY)) as server:
+        with Raw(server) as raw:
+            assert raw.cmd(f"{command} bad.test") == (550, b"5.7.1 HELO bad.test refused")
+            code, _ = raw.cmd("MAIL FROM:<alice@example.org>")
+            assert code == 503, f"MAIL FROM accepted after a refused {command} ({code})"
+        assert not all_messages(server)
+
+
+# ---- on_mail_from -----------------------------------------------------------------------
+
+def test_on_mail_from_deny_refuses_the_transaction(tmp_path):
+    policy = """
+fn on_mail_from(ctx) {
+    if ctx.sender.domain == "blocked.test" { return status::deny("553 5.7.1 sender blocked"); }
+    if ctx.sender.domain == "later.test" { return status::deny("451 4.7.1 try later"); }
+    if ctx.sender.domain == "plain.test" { return status::deny(); }
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("x@blocked.test") == (553, b"5.7.1 sender blocked")
+            assert smtp.rcpt("bob@example.test")[0] == 503  # no transaction is open
+            assert smtp.mail("x@later.test") == (451, b"4.7.1 try later")
+            assert smtp.mail("x@plain.test") == (554, b"5.7.1 Transaction rejected by policy")
+            assert smtp.docmd("DATA")[0] == 503
+            msg_id = queued_id(deliver(smtp, sender="ok@fine.test"))
+        assert server.spool.get(msg_id).envelope["sender"] == "ok@fine.test"
+        assert len(all_messages(server)) == 1
+
+
+# ---- on_rcpt_to ---------------------------------------------------------------------------
+
+def test_on_rcpt_to_runs_once_per_recipient(tmp_path):
+    policy = """
+fn on_rcpt_to(ctx) {
+    ctx.store("seen", (ctx.get("seen") ?? "") + ctx.rcpt + ",");
+    if ctx.rcpt.local_part == "nobody" { return status::deny("550 5.1.1 no such user"); }
+    if ctx.rcpt.local_part == "full" { return status::deny("452 4.2.2 mailbox full"); }
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    ctx.append_header("X-Seen", ctx.get("seen"));
+    ctx.append_header("X-Recipients", ctx.recipients.join(" "));
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("one@example.test")[0] == 250
+            assert smtp.rcpt("nobody@example.test") == (550, b"5.1.1 no such user")
+            assert smtp.rcpt("full@example.test") == (452, b"4.2.2 mailbox full")
+            assert smtp.rcpt("two@mx.test")[0] == 250
+            code, text = smtp.data(b"Subject: r\r\n\r\nbody\r\n")
+            assert code == 250
+        msg_id = queued_id(text)
+        data = server.spool.message(msg_id)
+        assert header(data, "X-Seen") == \
+            "one@example.test,nobody@example.test,full@example.test,two@mx.test,"
+        assert header(data, "X-Recipients") == "one@example.test two@mx.test"
+        assert [r["address"] for r in server.spool.get(msg_id).envelope["recipients"]] == \
+            ["one@example.test", "two@mx.test"]
+
+
+# ---- on_pre_queue ---------------------------------------------------------------------------
+
+def test_on_pre_queue_header_edits_land_in_the_queued_message(tmp_path):
+    policy = """
+fn on_pre_queue(ctx) {
+    ctx.prepend_header("X-First", "top");
+    ctx.append_header("X-Last", "bottom");
+    ctx.set_header("Subject", "rewritten");
+    ctx.remove_header("X-Remove-Me");
+    ctx.rename_header("X-Old", "X-New");
+    ctx.append_header("X-Body", ctx.body.trim());
+    ctx.append_header("X-Had-From", `${ctx.has_header("from")}`);
+    status::next()
+}
+"""
+    body = (b"From: a@example.org\r\nSubject: original\r\nX-Remove-Me: 1\r\nX-Old: kept\r\n"
+            b"X-Remove-Me: 2\r\n\r\nthe body\r\n")
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            msg_id = queued_id(deliver(smtp, body=body))
+        data = server.spool.message(msg_id)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert rest == b"the body\r\n"
+    assert head.startswith(b"X-First: top\r\nReceived: ")
+    assert b"X-Remove-Me" not in head and b"original" not in head
+    assert b"\r\nSubject: rewritten\r\n" in head
+    assert b"\r\nX-New: kept\r\n" in head and b"X-Old" not in head
+    assert head.endswith(b"X-Last: bottom\r\nX-Body: the body\r\nX-Had-From: true")
+
+
+def test_envelope_edits_land_in_the_queued_envelope(tmp_path):
+    policy = """
+fn on_mail_from(ctx) { ctx.rewrite_mail_from("bounces@example.test"); status::next() }
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.local_part == "alias" { ctx.rewrite_rcpt(ctx.rcpt, "real@example.test"); }
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    ctx.add_rcpt("added@example.test");
+    ctx.remove_rcpt("dropped@example.test");
+    ctx.bcc("archive@example.test");
+    ctx.append_header("X-Recipients", ctx.recipients.join(" "));
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            msg_id = queued_id(deliver(smtp, rcpts=("alias@example.test", "dropped@example.test",
+                                                    "kept@example.test")))
+        entry = server.spool.get(msg_id)
+        data = server.spool.message(msg_id)
+    assert entry.envelope["sender"] == "bounces@example.test"
+    assert [r["address"] for r in entry.envelope["recipients"]] == \
+        ["real@example.test", "kept@example.test", "added@example.test", "archive@example.test"]
+    assert header(data, "X-Recipients") == "real@example.test kept@example.test added@example.test"
+    assert b"archive" not in data  # bcc is hidden
+
+
+def test_on_pre_queue_deny_refuses_the_message_and_queues_nothing(tmp_path):
+    policy = """
+fn on_pre_queue(ctx) {
+    if "spam" in ctx.body { return status::deny("550 5.7.1 looks like spam"); }
+    status::next()
+}
+fn on_post_queue(ctx) { ctx.store("x", 1); status::next() }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("bob@example.test")[0] == 250
+            assert smtp.data(b"Subject: x\r\n\r\nbuy spam now\r\n") == \
+                (550, b"5.7.1 looks like spam")
+            assert spool_files(server) == []
+            # the transaction is over; the session goes on
+            assert smtp.rcpt("bob@example.test")[0] == 503
+            msg_id = queued_id(deliver(smtp, body=b"Subject: x\r\n\r\nham\r\n"))
+        assert [e.id for e in all_messages(server)] == [msg_id]
+
+
+# ---- on_post_queue --------------------------------------------------------------------------
+
+def test_on_post_queue_routes_the_message(tmp_path):
+    policy = """
+fn on_post_queue(ctx) {
+    switch ctx.sender.local_part {
+        "hold" => status::quarantine("pq"),
+        "drop" => status::deny(),
+        "ok" => status::accept(),
+        _ => status::next(),
+    }
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        ids = {}
+        with client(server) as smtp:
+            smtp.ehlo()
+            for local in ("keep", "hold", "drop", "ok"):
+                ids[local] = queued_id(deliver(smtp, sender=f"{local}@example.org"))
+        assert {local: server.spool.locate(i) for local, i in ids.items()} == {
+            "keep": "deliver", "hold": "quarantine/pq", "drop": "dead", "ok": "deliver"}
+        assert server.spool.list("working") == []
+        assert server.spool.get(ids["hold"]).envelope["sender"] == "hold@example.org"
+
+
+# ---- accept ---------------------------------------------------------------------------------
+
+def test_accept_gives_its_reply_and_later_stages_still_run(tmp_path):
+    policy = """
+fn on_helo(ctx) { status::accept("250 mx.test pleased to meet you") }
+fn on_mail_from(ctx) { status::accept("250 2.1.0 sender welcome") }
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.domain == "partner.test" { return status::accept("251 2.1.5 partner relay"); }
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    ctx.append_header("X-Pre-Queue", "ran");
+    status::accept("250 2.0.0 thanks, got it")
+}
+fn on_post_queue(ctx) {
+    if ctx.get_header("X-Pre-Queue") != "ran" { return status::deny(); }
+    status::quarantine("post")
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            helo_reply = smtp.helo("c.test")
+            assert helo_reply[0] == 250
+            assert smtp.mail("alice@example.org") == (250, b"2.1.0 sender welcome")
+            assert smtp.rcpt("bob@partner.test") == (251, b"2.1.5 partner relay")
+            assert smtp.rcpt("carol@example.test") == (250, b"2.1.5 Recipient ok")
+            assert smtp.data(b"Subject: a\r\n\r\nbody\r\n") == (250, b"2.0.0 thanks, got it")
+        [entry] = all_messages(server)
+        assert entry.queue == "quarantine/post"  # on_post_queue ran after the accepts
+        assert [r["address"] for r in entry.envelope["recipients"]] == \
+            ["bob@partner.test", "carol@example.test"]
+        # the script's HELO reply goes out as written (no enhanced code on HELO replies)
+        assert helo_reply == (250, b"mx.test pleased to meet you")
+
+
+def test_multi_line_replies_are_sent_as_one_reply(tmp_path):
+    """A script reply of several lines (joined by \n, same code on every line) goes out
+    as one multi-line SMTP reply: CRLF line ends, "NNN-" on every line but the last."""
+    policy = r"""
+fn on_mail_from(ctx) { status::accept("250 2.1.0 hello\n250 2.1.0 world") }
+fn on_rcpt_to(ctx) { status::deny("550 5.7.1 line one\n550 5.7.1 line two") }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with Raw(server) as raw:
+            raw.cmd("EHLO c.test")
+            raw.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nNOOP\r\n")
+            expected = (b"250-2.1.0 hello\r\n250 2.1.0 world\r\n"
+                        b"550-5.7.1 line one\r\n550 5.7.1 line two\r\n250 2.0.0 OK\r\n")
+            received = b""
+            raw.sock.settimeout(2)
+            while not received.endswith(b"250 2.0.0 OK\r\n") and (chunk := raw.sock.recv(4096)):
+                received += chunk
+            assert received == expected
+
+
+# ---- faccept --------------------------------------------------------------------------------
+
+DENY_EVERYTHING_LATER = """
+fn on_helo(ctx) { status::deny("550 5.7.1 on_helo ran") }
+fn on_mail_from(ctx) { status::deny("550 5.7.1 on_mail_from ran") }
+fn on_rcpt_to(ctx) { status::deny("550 5.7.1 on_rcpt_to ran") }
+fn on_pre_queue(ctx) { status::deny("550 5.7.1 on_pre_queue ran") }
+fn on_post_queue(ctx) { status::deny() }
+"""
+
+
+def test_faccept_at_connect_skips_every_later_stage_for_the_session(tmp_path):
+    policy = 'fn on_connect(ctx) { status::faccept() }' + DENY_EVERYTHING_LATER
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            assert smtp.ehlo()[0] == 250
+            first = queued_id(deliver(smtp))
+            assert smtp.rset()[0] == 250
+            assert smtp.helo("again.test")[0] == 250
+            second = queued_id(deliver(smtp, rcpts=("a@example.test", "b@mx.test")))
+        # on_post_queue (deny -> dead) did not run either
+        assert server.spool.locate(first) == server.spool.locate(second) == "deliver"
+
+
+def test_faccept_at_helo_is_session_wide(tmp_path):
+    policy = """
+fn on_helo(ctx) { if ctx.helo == "trusted.test" { status::faccept() } else { status::next() } }
+fn on_mail_from(ctx) { status::deny("550 5.7.1 on_mail_from ran") }
+fn on_pre_queue(ctx) { status::deny("550 5.7.1 on_pre_queue ran") }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server, helo="trusted.test") as smtp:
+            smtp.ehlo()
+            queued_id(deliver(smtp))
+            queued_id(deliver(smtp))
+        with client(server, helo="other.test") as smtp:  # the stages do run for others
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org") == (550, b"5.7.1 on_mail_from ran")
+        assert len(server.spool.list("deliver")) == 2
+
+
+def test_faccept_at_mail_from_is_for_the_transaction_only(tmp_path):
+    policy = """
+fn on_mail_from(ctx) {
+    if ctx.sender.local_part == "vip" { return status::faccept("250 2.1.0 vip welcome"); }
+    status::next()
+}
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.local_part == "no" { return status::deny("550 5.1.1 on_rcpt_to ran"); }
+    status::next()
+}
+fn on_pre_queue(ctx) { status::deny("550 5.7.1 on_pre_queue ran") }
+fn on_post_queue(ctx) { status::deny() }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("vip@example.org") == (250, b"2.1.0 vip welcome")
+            assert smtp.rcpt("no@example.test")[0] == 250
+            code, text = smtp.data(b"Subject: vip\r\n\r\nbody\r\n")
+            assert code == 250
+            assert server.spool.locate(queued_id(text)) == "deliver"
+            # the next transaction runs the stages again
+            assert smtp.mail("someone@example.org")[0] == 250
+            assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
+            assert smtp.rcpt("yes@example.test")[0] == 250
+            assert smtp.data(b"Subject: x\r\n\r\nbody\r\n") == \
+                (550, b"5.7.1 on_pre_queue ran")
+            # and after an RSET too
+            assert smtp.mail("vip@example.org")[0] == 250
+            assert smtp.rset()[0] == 250
+            assert smtp.mail("someone@example.org")[0] == 250
+            assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
+        assert len(all_messages(server)) == 1
+
+
+def test_faccept_at_rcpt_to_skips_the_rest_of_the_transaction(tmp_path):
+    policy = """
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.local_part == "vip" { return status::faccept(); }
+    if ctx.rcpt.local_part == "no" { return status::deny("550 5.1.1 on_rcpt_to ran"); }
+    status::next()
+}
+fn on_pre_queue(ctx) { status::deny("550 5.7.1 on_pre_queue ran") }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
+            assert smtp.rcpt("vip@example.test")[0] == 250
+            assert smtp.rcpt("no@example.test")[0] == 250  # on_rcpt_to no longer runs
+            code, text = smtp.data(b"Subject: x\r\n\r\nbody\r\n")
+            assert code == 250
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
+        entry = server.spool.get(queued_id(text))
+        assert [r["address"] for r in entry.envelope["recipients"]] == \
+            ["vip@example.test", "no@example.test"]
+
+
+def test_faccept_at_pre_queue_skips_post_queue_for_this_message_only(tmp_path):
+    policy = """
+fn on_pre_queue(ctx) {
+    if ctx.has_header("X-Fast") { return status::faccept("250 2.0.0 fast lane"); }
+    status::next()
+}
+fn on_post_queue(ctx) { status::deny() }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("bob@example.test")[0] == 250
+            assert smtp.data(b"X-Fast: 1\r\n\r\nbody\r\n") == (250, b"2.0.0 fast lane")
+            slow = queued_id(deliver(smtp))
+        assert [e.queue for e in server.spool.list("deliver")] == ["deliver"]
+        assert server.spool.locate(slow) == "dead"
+
+
+def test_stored_values_last_the_session_or_the_transaction(tmp_path):
+    policy = """
+fn on_helo(ctx) { ctx.store("session", ctx.helo); status::next() }
+fn on_mail_from(ctx) {
+    ctx.store("previous", ctx.get("transaction") ?? "none");
+    ctx.store("transaction", ctx.sender.local_part);
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    let stored = [ctx.get("session"), ctx.get("previous"), ctx.get("transaction")];
+    ctx.append_header("X-Stored", stored.join(" "));
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server, helo="h.test") as smtp:
+            smtp.ehlo()
+            first = queued_id(deliver(smtp, sender="one@example.org"))
+            second = queued_id(deliver(smtp, sender="two@example.org"))
+        assert header(server.spool.message(first), "X-Stored") == "h.test none one"
+        assert header(server.spool.message(second), "X-Stored") == "h.test none two"
+
+
+def test_faccept_accepts_the_recipients_of_later_stages(tmp_path):
+    """faccept is "accept and skip every later stage": a recipient arriving after it is
+    accepted by it, not judged by the default no-relay rule (which applies to ``next``)."""
+    policy = """
+fn on_connect(ctx) { if ctx.client_ip == "127.0.0.1" { status::faccept() } else { status::next() } }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("someone@outside.test")[0] == 250
+
+
+# ---- quarantine -----------------------------------------------------------------------------
+
+def test_quarantine_at_rcpt_to(tmp_path):
+    policy = """
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.local_part == "suspect" { return status::quarantine("suspect"); }
+    status::next()
+}
+fn on_pre_queue(ctx) { ctx.append_header("X-Pre-Queue", "ran"); status::next() }
+fn on_post_queue(ctx) { status::deny() }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            assert smtp.rcpt("suspect@example.test")[0] == 250
+            assert smtp.rcpt("other@example.test")[0] == 250
+            code, text = smtp.data(b"Subject: q\r\n\r\nbody\r\n")
+            assert code == 250 and b"queued as" in text  # the client sees a success
+        msg_id = queued_id(text)
+        assert server.spool.locate(msg_id) == "quarantine/suspect"
+        assert b"X-Pre-Queue" not in server.spool.message(msg_id)  # later stages skipped
+        assert server.spool.list("deliver") == [] and server.spool.list("dead") == []
+
+
+def test_quarantine_at_connect_is_session_wide(tmp_path):
+    policy = 'fn on_connect(ctx) { status::quarantine("conn") }\n' \
+             'fn on_mail_from(ctx) { status::deny("550 5.7.1 on_mail_from ran") }'
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            first = queued_id(deliver(smtp))
+            second = queued_id(deliver(smtp))
+        assert server.spool.locate(first) == server.spool.locate(second) == "quarantine/conn"
+
+
+def test_quarantine_at_mail_from_is_for_the_transaction_only(tmp_path):
+    policy = """
+fn on_mail_from(ctx) {
+    if ctx.sender.local_part == "bad" { return status::quarantine("senders"); }
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            first = queued_id(deliver(smtp, sender="bad@example.org"))
+            second = queued_id(deliver(smtp, sender="good@example.org"))
+            assert smtp.mail("bad@example.org")[0] == 250
+            assert smtp.rset()[0] == 250
+            third = queued_id(deliver(smtp, sender="good@example.org"))
+        assert server.spool.locate(first) == "quarantine/senders"
+        assert server.spool.locate(second) == server.spool.locate(third) == "deliver"
+
+
+def test_quarantine_at_pre_queue(tmp_path):
+    policy = """
+fn on_pre_queue(ctx) {
+    if ctx.has_header("X-Suspicious") { return status::quarantine("content"); }
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            first = queued_id(deliver(smtp, body=b"X-Suspicious: yes\r\n\r\nbody\r\n"))
+            second = queued_id(deliver(smtp))
+        assert server.spool.locate(first) == "quarantine/content"
+        assert server.spool.locate(second) == "deliver"
+
+
+QUARANTINE_BY_SENDER = """
+fn on_mail_from(ctx) {
+    if ctx.sender.local_part == "bad" { return status::quarantine("senders"); }
+    if ctx.sender.local_part == "vip" { return status::faccept(); }
+    status::next()
+}
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.local_part == "no" { return status::deny("550 5.1.1 on_rcpt_to ran"); }
+    status::next()
+}
+"""
+
+
+@pytest.mark.parametrize("sender", ["bad@example.org", "vip@example.org"])
+def test_transaction_decision_ends_with_a_refused_message(tmp_path, sender):
+    """A transaction-only quarantine/faccept must not outlive its transaction when the
+    message is refused at the end of DATA (here: too big)."""
+    config = config_for(tmp_path, QUARANTINE_BY_SENDER)
+    config = replace(config, limits=replace(config.limits, message_size=500))
+    with running(config) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail(sender)[0] == 250
+            assert smtp.rcpt("bob@example.test")[0] == 250
+            assert smtp.data(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 10)[0] == 552
+            assert smtp.mail("good@example.org")[0] == 250
+            assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
+            assert smtp.rset()[0] == 250  # a new MAIL inside a transaction would be 503
+            msg_id = queued_id(deliver(smtp, sender="good2@example.org"))
+        assert server.spool.locate(msg_id) == "deliver"
+
+
+@pytest.mark.parametrize("sender", ["bad@example.org", "vip@example.org"])
+def test_transaction_decision_ends_with_a_new_ehlo(tmp_path, sender):
+    """EHLO in the middle of a transaction ends it (RFC 5321 4.1.4), and with it the
+    transaction's quarantine/faccept."""
+    with running(config_for(tmp_path, QUARANTINE_BY_SENDER)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail(sender)[0] == 250
+            assert smtp.ehlo()[0] == 250
+            assert smtp.mail("good@example.org")[0] == 250
+            assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
+            assert smtp.rset()[0] == 250  # a new MAIL inside a transaction would be 503
+            msg_id = queued_id(deliver(smtp, sender="good2@example.org"))
+        assert server.spool.locate(msg_id) == "deliver"
+
+
+# ---- failures: non-status, error, limit -> the fallback reply -------------------------------
+
+FAILURES = {
+    "not-a-status": ("42", "not a status"),
+    "throw": ('throw "policy exploded"', "policy exploded"),
+    "runtime-error": ("1 / 0", "division by zero"),
+    "limit": ("loop {} status::next()", "too many operations"),
+}
+
+
+TRIGGERS = {"on_helo": 'ctx.helo == "fail.test"',
+            "on_mail_from": 'ctx.sender.local_part == "fail"',
+            "on_rcpt_to": 'ctx.rcpt.local_part == "fail"',
+            "on_pre_queue": 'ctx.has_header("X-Fail")'}
+
+
+@pytest.mark.parametrize("stage", sorted(TRIGGERS))
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_failing_stage_answers_the_fallback_and_the_session_goes_on(tmp_path, caplog, stage,
+                                                                   failure):
+    """The stage fails only for a trigger value; after the fallback reply the same
+    session completes a normal transaction."""
+    body, logged = FAILURES[failure]
+    policy = f"fn {stage}(ctx) {{ if {TRIGGERS[stage]} {{ {body} }} else {{ status::next() }} }}"
+    config = config_for(tmp_path, policy, script_limits=Limits(max_operations=1000, max_time=2))
+
+    def step(command, fails_here, retry, ok=(250,)):
+        reply = raw.cmd(command)
+        if fails_here:
+            assert reply == FALLBACK, (command, reply)
+            reply = raw.cmd(retry)
+        assert reply[0] in ok, (command, reply)
+
+    with running(config) as server:
+        with Raw(server) as raw:
+            step("EHLO fail.test", stage == "on_helo", "EHLO client.test")
+            step("MAIL FROM:<fail@example.org>", stage == "on_mail_from",
+                 "MAIL FROM:<ok@example.org>")
+            step("RCPT TO:<fail@example.test>", stage == "on_rcpt_to", "RCPT TO:<ok@example.test>")
+            assert raw.cmd("DATA")[0] == 354
+            reply = raw.cmd("X-Fail: yes\r\n\r\nbody\r\n.")
+            if stage == "on_pre_queue":
+                assert reply == FALLBACK
+                assert all_messages(server) == []
+                assert raw.cmd("MAIL FROM:<ok@example.org>")[0] == 250
+                assert raw.cmd("RCPT TO:<ok@example.test>")[0] == 250
+                assert raw.cmd("DATA")[0] == 354
+                reply = raw.cmd("Subject: fine\r\n\r\nbody\r\n.")
+            assert reply[0] == 250, reply
+            assert raw.cmd("QUIT")[0] == 221
+        [entry] = all_messages(server)
+        assert entry.queue == "deliver"
+    assert stage in caplog.text and logged in caplog.text, caplog.text
+
+
+def test_failing_on_connect_answers_the_fallback(tmp_path, caplog):
+    with running(config_for(tmp_path, "fn on_connect(ctx) { 1 / 0 }")) as server:
+        with Raw(server) as raw:
+            assert raw.greeting == FALLBACK
+    assert "on_connect" in caplog.text and "division by zero" in caplog.text
+
+
+def test_fallback_reply_is_configurable(tmp_path):
+    policy = 'fn on_mail_from(ctx) { throw "no" }'
+    config = config_for(tmp_path, policy, fallback_reply="450 4.7.0 Policy unavailable, later")
+    with running(config) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("a@example.org") == (450, b"4.7.0 Policy unavailable, later")
+            assert smtp.noop()[0] == 250
+
+
+# ---- the default rule: no open relay --------------------------------------------------------
+
+def relay_check(server, accepted, refused):
+    with client(server) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("alice@example.org")[0] == 250
+        for rcpt in accepted:
+            assert smtp.rcpt(rcpt)[0] == 250, rcpt
+        for rcpt in refused:
+            assert smtp.rcpt(rcpt) == (554, b"5.7.1 Relay access denied"), rcpt
+
+
+LOCAL = ["bob@example.test", "bob@EXAMPLE.TEST", "bob@mx.test", "postmaster@mx.test",
+         "postmaster", "PostMaster"]
+FOREIGN = ["bob@elsewhere.test", "postmaster@elsewhere.test", "bob@sub.example.test",
+           "bob@example.test.evil.test", "bob@[192.0.2.1]"]
+
+
+def test_no_script_is_no_open_relay(tmp_path):
+    with running(config_for(tmp_path)) as server:
+        relay_check(server, LOCAL, FOREIGN)
+
+
+def test_empty_script_directory_is_no_open_relay(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with running(replace(config_for(tmp_path), scripts=tmp_path / "empty")) as server:
+        assert server.policy.script is None
+        relay_check(server, LOCAL, FOREIGN)
+
+
+def test_local_domains_default_to_the_hostname(tmp_path):
+    config = Config(hostname="mx.test", queue_dir=tmp_path / "queue",
+                    listen=(Listener("127.0.0.1", 0),))
+    with running(config) as server:
+        relay_check(server, ["bob@mx.test", "bob@MX.test", "postmaster"],
+                    ["bob@example.test", "bob@other.test"])
+
+
+def test_a_script_returning_next_keeps_the_default_rule(tmp_path):
+    policy = """
+fn on_connect(ctx) { status::accept() }
+fn on_helo(ctx) { status::accept() }
+fn on_mail_from(ctx) { status::accept() }
+fn on_rcpt_to(ctx) { status::next() }
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        relay_check(server, ["bob@example.test", "postmaster"], FOREIGN)
+
+
+def test_malformed_and_source_routed_recipients_do_not_relay(tmp_path):
+    with running(config_for(tmp_path)) as server:
+        with Raw(server) as raw:
+            raw.cmd("EHLO client.test")
+            assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
+            for rcpt in ("<@mx.test:victim@elsewhere.test>", "<victim@elsewhere.test@mx.test>",
+                         "<victim%elsewhere.test>", "victim@elsewhere.test"):
+                code, _ = raw.cmd(f"RCPT TO:{rcpt}")
+                assert code >= 500 or (code == 250 and "mx.test>" in rcpt), (rcpt, code)
+            assert raw.cmd("RCPT TO:<bob@example.test>")[0] == 250
