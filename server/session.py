@@ -260,7 +260,7 @@ class Session:
         if verdict:
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
-            session.login_data = user
+            session.auth_data = user
             return status.reply if status.kind in ("accept", "faccept") and status.reply \
                 else AUTH_OK
         self.ctx.auth = None
@@ -372,7 +372,7 @@ class Session:
                            for r in ctx.all_recipients()],
             "helo": ctx.helo, "client_ip": ctx.client_ip, "client_port": ctx.client_port,
             "server_name": ctx.server_name, "transaction": ctx.message_id,
-            "authenticated_as": session.login_data if session.authenticated else None,
+            "authenticated_as": session.auth_data if session.authenticated else None,
             "tls": ctx.tls,
         }
 
