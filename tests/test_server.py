@@ -85,3 +85,35 @@ def test_deny_at_connect_closes(tmp_path, policy):
         with pytest.raises(smtplib.SMTPConnectError) as err:
             client(server)
         assert err.value.smtp_code == 554
+
+
+def test_serve_refuses_to_start_on_scripts_that_do_not_lint(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "main.vsl").write_text("fn on_helo(ctx) { status::nxt() }\n")
+    vsl = Path(sys.executable).parent / "vsl"
+    result = subprocess.run([vsl, "serve", "--scripts", str(scripts), "--listen",
+                             "127.0.0.1:1", "--queue-dir", str(tmp_path / "q")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "the scripts do not lint" in result.stderr
+    assert "main.vsl:1:19: error: unknown function 'status::nxt' (did you mean 'next'?)" \
+        in result.stderr
+
+
+def test_serve_names_a_bad_config_key(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "vsl.toml"
+    config.write_text("[limits]\nrecipients = \"many\"\n")
+    vsl = Path(sys.executable).parent / "vsl"
+    result = subprocess.run([vsl, "serve", "--config", str(config)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1
+    assert "limits.recipients: must be an integer >= 1, not 'many'" in result.stderr
