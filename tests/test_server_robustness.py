@@ -16,6 +16,7 @@ from server.config import Listener, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (Raw, all_messages, normal_session, queued_id, spool_files,
                                       tls_setup, wait_for)
+from tests.support.tools import require
 
 
 def limited(tmp_path, scripts=None, **limits):
@@ -328,11 +329,8 @@ def test_client_that_never_reads_is_dropped(tmp_path):
 def test_concurrent_load_with_smtp_source(tmp_path):
     """Postfix's smtp-source: 100 messages over 10 parallel sessions, while a garbage
     client and an idle one are connected; every message lands in deliver, whole."""
-    import shutil
     import subprocess
-    binary = shutil.which("smtp-source") or shutil.which("smtp-source", path="/usr/sbin")
-    if binary is None:
-        pytest.skip("smtp-source (postfix) is not installed")
+    binary = require("smtp-source", "postfix")
     with running(config_for(tmp_path)) as server:
         with Raw(server) as idle, Raw(server) as bad:
             send_quietly(bad, random.Random(3).randbytes(16 * 1024))

@@ -4,9 +4,7 @@ STARTTLS, implicit TLS, AUTH PLAIN, pipelining.
 Without swaks the tests are skipped, except under CI=true, where they fail."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -14,19 +12,14 @@ import pytest
 from server.config import AuthConfig, Listener
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import all_messages, tls_setup, users_file
+from tests.support.tools import require
 
 # swaks exit codes (man swaks, EXIT CODES)
 OK, NO_RCPT_ACCEPTED, AUTH_ERROR = 0, 24, 28
 
 
 def swaks_binary() -> str:
-    """swaks' path; a skip without it, or a failure (of the test itself) under CI=true."""
-    path = shutil.which("swaks")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("swaks is not installed, and CI=true requires it")
-        pytest.skip("swaks is not installed")
-    return path
+    return require("swaks", "swaks")
 
 
 def swaks(binary, port, *args, to="bob@example.test"):
