@@ -133,16 +133,16 @@ class Protocol(SMTP):
         self.hang_up(b"421 4.4.2 Timeout, closing the connection")
 
     async def smtp_HELO(self, hostname: str):
-        self.in_helo = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self.in_helo = False
+        await self._greeting_reply(super().smtp_HELO(hostname))
 
     async def smtp_EHLO(self, hostname: str):
+        await self._greeting_reply(super().smtp_EHLO(hostname))
+
+    async def _greeting_reply(self, command) -> None:
+        """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
         self.in_helo = True
         try:
-            await super().smtp_EHLO(hostname)
+            await command
         finally:
             self.in_helo = False
 
