@@ -165,3 +165,108 @@ def passwd(user, password) -> None:
     if ":" in user or not user.strip():
         raise click.BadParameter("a user name cannot be empty or contain ':'", param_hint="USER")
     click.echo(f"{user}:{hash_password(password)}")
+
+
+@main.group()
+@click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="vsl.toml (its server.queue_dir).")
+@click.pass_context
+def queue(ctx, queue_dir, config_path) -> None:
+    """Look at and act on the mail queue (safe while the server runs)."""
+    from pathlib import Path
+
+    from server import config as config_module
+    from server.queue import Spool
+
+    try:
+        directory = Path(queue_dir) if queue_dir else config_module.load(config_path).queue_dir
+    except config_module.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    if not directory.is_dir():
+        raise click.ClickException(f"{directory}: no queue here (use --queue-dir)")
+    ctx.obj = Spool(directory)
+
+
+def _queue_error(err) -> click.ClickException:
+    return click.ClickException(str(err))
+
+
+@queue.command("list")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Every message, as JSON.")
+@click.pass_obj
+def queue_list(spool, name, as_json) -> None:
+    """Messages by queue, recipient domain and age (minutes)."""
+    from server import queue_admin
+    from server.queue import QueueError
+
+    try:
+        entries = spool.list(name)
+    except QueueError as err:
+        raise _queue_error(err) from None
+    click.echo(queue_admin.as_json(entries) if as_json else queue_admin.table(entries))
+
+
+@queue.command("show")
+@click.argument("msg_id")
+@click.option("--eml", is_flag=True, help="Print the message itself.")
+@click.pass_obj
+def queue_show(spool, msg_id, eml) -> None:
+    """One message: envelope, status per recipient, last error."""
+    from server import queue_admin
+    from server.queue import QueueError
+
+    try:
+        if eml:
+            click.echo(spool.message(msg_id).decode("utf-8", "replace"), nl=False)
+        else:
+            click.echo(queue_admin.describe(spool.get(msg_id)))
+    except QueueError as err:
+        raise _queue_error(err) from None
+
+
+def _queue_action(action: str, help_text: str, all_flag: bool = False):
+    @click.argument("msg_ids", nargs=-1)
+    @click.pass_obj
+    def command(spool, msg_ids, **flags) -> None:
+        from server import queue_admin
+
+        if flags.get("every"):
+            msg_ids = [e.id for e in spool.list("deferred")]
+            if not msg_ids:
+                click.echo("no deferred message")
+                return
+        if not msg_ids:
+            raise click.UsageError("give message ids" + (" or --all" if all_flag else ""))
+        outcomes = queue_admin.act(spool, action, list(msg_ids))
+        click.echo("\n".join(line for _, line in outcomes))
+        if not all(done for done, _ in outcomes):
+            sys.exit(1)
+
+    command.__doc__ = help_text
+    if all_flag:
+        command = click.option("--all", "every", is_flag=True,
+                               help="Every deferred message.")(command)
+    return command
+
+
+queue.command("retry")(_queue_action("retry", "Deliver now (deferred messages).", True))
+queue.command("hold")(_queue_action("hold", "Keep messages from delivery."))
+queue.command("release")(_queue_action("release", "Let held messages be delivered."))
+queue.command("remove")(_queue_action("remove", "Delete messages."))
+
+
+@queue.command("move")
+@click.argument("msg_id")
+@click.argument("target")
+@click.pass_obj
+def queue_move(spool, msg_id, target) -> None:
+    """Move a message to another queue (working, deliver, deferred, dead, hold,
+    quarantine/NAME)."""
+    from server import queue_admin
+
+    done, line = queue_admin.act(spool, f"move:{target}", [msg_id])[0]
+    click.echo(line)
+    if not done:
+        sys.exit(1)
