@@ -103,34 +103,46 @@ class _Committer:
                 batch, self.pending = self.pending, []
             self.batches += 1
             try:
-                self._commit(batch)
-                outcome: Exception | None = None
-            except OSError as err:
-                outcome = QueueError(f"cannot write the queue: {err.strerror or err}")
-            for write in batch:
+                outcomes = self._commit(batch)
+            except Exception as err:  # noqa: BLE001 - the writer thread must never die
+                outcomes = [(write, OSError(str(err))) for write in batch]
+            for write, error in outcomes:
+                outcome = None if error is None else \
+                    QueueError(f"cannot write the queue: {error.strerror or error}")
                 write.loop.call_soon_threadsafe(_settle, write.future, outcome)
 
-    def _commit(self, batch: list[_Write]) -> None:
-        moves = []
-        try:
-            for write in batch:
+    def _commit(self, batch: list[_Write]) -> list[tuple[_Write, OSError | None]]:
+        """Write every unit's files, sync once, rename, sync once. A unit whose files
+        cannot be written fails alone (its partial files are removed); a failing sync or
+        rename fails every unit of the batch that got that far."""
+        written, results = [], []
+        for write in batch:
+            moves: list[tuple[Path, Path]] = []
+            try:
                 for final, content in write.files:
                     tmp = self.tmp / f"{final.name}.{secrets.token_hex(4)}"
+                    moves.append((tmp, final))
                     with open(tmp, "wb") as fh:
                         fh.write(content)
                         if _SYNCFS is None:
                             fh.flush()
                             os.fsync(fh.fileno())
-                    moves.append((tmp, final))
+                written.append((write, moves))
+            except OSError as err:
+                _discard(moves)
+                results.append((write, err))
+        try:
             self._sync([])
-            renames = moves + [r for write in batch for r in write.renames]
+            renames = [r for _, moves in written for r in moves] + \
+                [r for write, _ in written for r in write.renames]
             for source, target in renames:
                 os.replace(source, target)
             self._sync({path.parent for pair in renames for path in pair})
-        except OSError:
-            for tmp, _ in moves:
-                tmp.unlink(missing_ok=True)
-            raise
+        except OSError as err:
+            for _, moves in written:
+                _discard(moves)
+            return results + [(write, err) for write, _ in written]
+        return results + [(write, None) for write, _ in written]
 
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
@@ -148,6 +160,14 @@ class _Committer:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def _discard(moves: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in moves:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the directory itself is what failed: nothing was left there
 
 
 def _settle(future: asyncio.Future, error: Exception | None) -> None:
