@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # Serves examples/policy on 127.0.0.1:2525 (see examples/vsl.toml); Ctrl-C stops it.
 run: $(STAMP)
 	$(BIN)/vsl lint examples
-	$(BIN)/vsl test examples/policy/*.transcript examples/inbound/*.transcript
+	$(BIN)/vsl test examples/*/*.transcript
 	$(BIN)/vsl serve --config examples/vsl.toml
 
 # Debian tools some tests drive; missing ones are named and their tests skipped
@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/interp.py
 	$(BIN)/python bench/dns_cache.py
 	$(BIN)/python bench/smtp_session.py
+	$(BIN)/python bench/throughput.py
 
 lint: $(STAMP)
 	$(BIN)/vsl lint examples

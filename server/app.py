@@ -17,6 +17,7 @@ from stdlib.ctx import Context, Stage
 from vsl.engine import Engine
 
 from .config import Config, Listener
+from .delivery import Delivery
 from .passwords import UsersFile
 from .policy import Policy
 from .queue import Spool
@@ -50,6 +51,7 @@ class Server:
         self.engine = engine or Engine(limits=config.script_limits)
         self.policy = Policy(self.engine, config.scripts)
         self.spool = Spool(config.queue_dir)
+        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
         self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
         self.tls = tls_context(config)
         self.per_ip: Counter = Counter()
@@ -94,6 +96,7 @@ class Server:
         """After a message is on disk: on_post_queue decides where it goes next."""
         if queue != "working":
             return
+        before = ctx.message.to_bytes()
         status = await runner.run(ctx, Stage.POST_QUEUE)
         if runner.failed:
             target = "hold"  # accepted, but the policy could not route it: an operator looks
@@ -101,6 +104,8 @@ class Server:
             target = f"quarantine/{runner.quarantine}"
         else:
             target = "dead" if status.kind == "deny" else "deliver"
+        if target == "deliver":
+            await self.delivery.reroute(msg_id, queue, ctx, before)
         await self.spool.move(msg_id, target, queue)
 
     # -- life cycle ------------------------------------------------------------------
@@ -109,6 +114,7 @@ class Server:
         dropped = self.spool.recover()
         if dropped:
             log.info("spool: dropped %d unacknowledged file(s)", dropped)
+        self.delivery.start()
         loop = asyncio.get_running_loop()
         for listener in self.config.listen:
             server = await loop.create_server(
@@ -134,6 +140,7 @@ class Server:
             await self.stop()
 
     async def stop(self) -> None:
+        await self.delivery.stop()
         for task in self._tasks:
             task.cancel()
         for server in self.servers:

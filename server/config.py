@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from vsl.errors import ScriptError
 from vsl.limits import Limits
 
 LISTENER_KINDS = ("smtp", "submission", "smtps")
@@ -69,6 +70,28 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """``[delivery]`` in vsl.toml (times in seconds)."""
+
+    enabled: bool = True
+    maildir_root: Path | None = None   # local mail: <root>/<domain>/<local part>; None: "mail"
+                                       # beside the queue directory
+    relay: str | None = None           # smtp[s]:// for non-local mail no script routed
+                                       # (and DSNs); None: MX
+    retry_first: float = 300.0         # first retry after 5 min, doubling ...
+    retry_max: float = 3600.0          # ... up to 1 h
+    max_age: float = 5 * 86400.0       # then fail and bounce after 5 days
+    concurrency: int = 20              # messages being delivered at once
+    destination_concurrency: int = 20  # SMTP connections to one host:port at once
+    hostname: str | None = None        # EHLO/LHLO name; None: server.hostname
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0     # each SMTP/LMTP reply, the one after DATA included
+    idle_timeout: float = 5.0          # an unused SMTP connection is kept this long
+    poll_interval: float = 1.0         # how often the deliver queue is looked at
+    mx_port: int = 25
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     local_domains: tuple[str, ...] = ()  # empty: the hostname only
@@ -81,6 +104,7 @@ class Config:
     limits: SmtpLimits = SmtpLimits()
     dns: DnsConfig = DnsConfig()
     script_limits: Limits = Limits()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -142,7 +166,8 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
                                       "allow_plaintext": bool}),
                 "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
                 "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float"}),
-                "script_limits": (Limits, {f.name: f.type for f in fields(Limits)})}
+                "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
+                "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
     for name, (cls, schema) in sections.items():
         if name in data:
             kwargs[name] = cls(**_section(_table(data.pop(name), name), name, schema, base))
@@ -216,14 +241,34 @@ def _convert(value, kind, key: str, base: Path):
         return float(value)
     if kind in (str, "str"):
         return _string(value, key)
+    if kind == "route":
+        from stdlib.transport import parse_route
+
+        try:
+            parse_route(_string(value, key), ("smtp", "smtps"))
+        except ScriptError as err:
+            raise ConfigError(f"{key}: {err.message}") from None
+        return value
     raise AssertionError(f"schema kind {kind!r}")  # pragma: no cover - schema typo
+
+
+_DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
+                    "retry_first": "float", "retry_max": "float", "max_age": "float",
+                    "concurrency": "int", "destination_concurrency": "int", "hostname": str,
+                    "connect_timeout": "float", "command_timeout": "float",
+                    "idle_timeout": "float", "poll_interval": "float", "mx_port": "int"}
 
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
-                                         "errors")}
-_POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout"}
+_MINIMUM = {**{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
+                                           "errors")},
+            **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
+                                            "mx_port")}}
+_POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
+             *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
+                                         "connect_timeout", "command_timeout",
+                                         "idle_timeout", "poll_interval"))}
 
 
 def _table(value, key: str) -> dict:

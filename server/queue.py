@@ -255,10 +255,12 @@ class Spool:
                     continue  # removed meanwhile, or unreadable: skipped, not fatal
         return entries
 
-    async def update(self, entry: Entry) -> None:
-        """Rewrite a message's envelope durably (in its current queue)."""
-        meta = self._paths(entry.queue, entry.id)[1]
-        await self._committer.submit([(meta, _json(entry.envelope))])
+    async def update(self, entry: Entry, data: bytes | None = None) -> None:
+        """Rewrite a message's envelope (and its bytes, when given) durably, in its
+        current queue; the message file is replaced before the envelope."""
+        eml, meta = self._paths(entry.queue, entry.id)
+        files = [(eml, data)] if data is not None else []
+        await self._committer.submit([*files, (meta, _json(entry.envelope))])
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> Entry:
         """Move a message to another queue, durably (message file first, envelope last:

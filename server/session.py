@@ -368,8 +368,7 @@ class Session:
         ctx = self.ctx
         return {
             "sender": ctx.sender.address,
-            "recipients": [{"address": r.address, "status": "pending"}
-                           for r in ctx.all_recipients()],
+            "recipients": self.server.delivery.recipients(ctx),
             "helo": ctx.helo, "client_ip": ctx.client_ip, "client_port": ctx.client_port,
             "server_name": ctx.server_name, "transaction": ctx.message_id,
             "authenticated_as": session.auth_data if session.authenticated else None,

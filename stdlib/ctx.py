@@ -11,6 +11,7 @@ catch::
     ctx.add_recipient(Mailbox.parse(rcpt_to_arg))          # RCPT TO (drop_recipient() if refused)
     ctx.message = Message(data)                            # end of DATA, before on_pre_queue
     ctx.all_recipients(), ctx.sender, ctx.message.to_bytes(), ctx.stored()
+    ctx.route_for(mailbox)                                 # transport::'s route, or None
     ctx.reset()                                            # RSET, or after on_post_queue
 """
 from __future__ import annotations
@@ -132,6 +133,24 @@ class Context(NativeObject):
         self.message_id = None
         self.recipients: list[Mailbox] = []
         self.bcc_recipients: list[Mailbox] = []
+        self.routes: dict[Mailbox, str] = {}  # transport::, per recipient
+        self.route_all: str | None = None     # transport:: for every other recipient
+
+    def set_route(self, route: str, rcpt=None) -> None:
+        """transport::: route ``rcpt``; without one, ctx.rcpt in on_rcpt_to, else every
+        recipient (forgetting earlier per-recipient routes). The last call wins."""
+        self._check_stage("transport::", _TRANSACTION)
+        if rcpt is None and self.stage == Stage.RCPT_TO:
+            rcpt = self.rcpt
+        if rcpt is None:
+            self.routes.clear()
+            self.route_all = route
+        else:
+            self.routes[_recipient(rcpt)] = route
+
+    def route_for(self, mailbox: Mailbox) -> str | None:
+        """The route transport:: chose for a recipient (None: the server's default)."""
+        return self.routes.get(mailbox, self.route_all)
 
     @property
     def body(self) -> str:

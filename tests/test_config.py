@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DnsConfig,
-                           Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
+from server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
+                           DnsConfig, Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
 from vsl.limits import Limits
 
 FULL = """
@@ -58,6 +58,22 @@ max_string_size = 1000
 max_array_size = 100
 max_map_size = 50
 max_modules = 3
+
+[delivery]
+enabled = false
+maildir_root = "mail"
+relay = "smtp://relay.example.test:587?tls=required"
+retry_first = 60
+retry_max = 600.0
+max_age = 86400
+concurrency = 5
+destination_concurrency = 2
+hostname = "out.example.test"
+connect_timeout = 10
+command_timeout = 60
+idle_timeout = 2
+poll_interval = 0.5
+mx_port = 2525
 """
 
 
@@ -119,6 +135,9 @@ def test_every_section_and_key_parses(tmp_path):
     assert isinstance(config.limits.command_timeout, float)
     assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0)
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
+    assert config.delivery == DeliveryConfig(
+        False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
+        86400.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525)
 
 
 def test_the_full_example_covers_every_key():
@@ -126,10 +145,11 @@ def test_the_full_example_covers_every_key():
     import tomllib
     data = tomllib.loads(FULL)
     for section, cls in (("tls", TlsConfig), ("auth", AuthConfig), ("limits", SmtpLimits),
-                         ("dns", DnsConfig), ("script_limits", Limits)):
+                         ("dns", DnsConfig), ("script_limits", Limits),
+                         ("delivery", DeliveryConfig)):
         assert set(data[section]) == {f.name for f in fields(cls)}, section
     server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
-                                                      "script_limits"}
+                                                      "script_limits", "delivery"}
     assert set(data["server"]) == server_keys
 
 
@@ -223,6 +243,13 @@ BAD_VALUES = [
     ({"limits": {"connections_per_ip": []}}, "limits.connections_per_ip"),
     ({"limits": {"command_timeout": "5m"}}, "limits.command_timeout"),
     ({"limits": {"command_timeout": -1}}, "limits.command_timeout"),
+    # delivery
+    ({"delivery": {"relay": "relay.example.test"}}, "delivery.relay"),
+    ({"delivery": {"relay": "lmtp://127.0.0.1:24"}}, "delivery.relay"),
+    ({"delivery": {"concurrency": 0}}, "delivery.concurrency"),
+    ({"delivery": {"retry_first": 0}}, "delivery.retry_first"),
+    ({"delivery": {"enabled": "no"}}, "delivery.enabled"),
+    ({"delivery": {"mx_port": 0}}, "delivery.mx_port"),
     ({"limits": {"data_timeout": False}}, "limits.data_timeout"),
     ({"limits": {"errors": 1.5}}, "limits.errors"),
     ({"limits": 5}, "limits"),

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.app import Server
-from server.config import Config, Listener
+from server.config import Config, DeliveryConfig, Listener
 
 
 @contextmanager
@@ -59,5 +59,5 @@ def config_for(tmp_path: Path, scripts: str | None = None, **changes) -> Config:
         (script_dir / "main.vsl").write_text(scripts)
     base = Config(hostname="mx.test", local_domains=("mx.test", "example.test"),
                   scripts=script_dir, queue_dir=tmp_path / "queue",
-                  listen=(Listener("127.0.0.1", 0),))
+                  listen=(Listener("127.0.0.1", 0),), delivery=DeliveryConfig(enabled=False))
     return replace(base, **changes)

@@ -1,0 +1,236 @@
+"""The delivery worker: takes messages from the spool's ``deliver`` queue (and from
+``deferred`` when they are due), delivers each recipient over its route, and writes
+each result to the envelope as soon as it is known.
+
+    delivery = Delivery(spool, DeliveryConfig(), "mx.example.com", ("example.com",))
+    delivery.start()                    # in the server's event loop
+    await delivery.stop()
+
+A recipient goes ``pending`` -> ``delivered`` | ``deferred`` | ``failed``, and ``failed``
+-> ``bounced`` once its DSN is queued. After each attempt: failures are reported at
+once in one DSN to the sender (queued durably, null sender, before anything else
+changes); a message with deferred recipients waits in ``deferred`` until its
+``next_attempt`` (exponential backoff); past ``max_age`` those recipients fail too
+(4.4.7). A message leaves the spool only when every recipient is delivered or
+bounced; a failure nobody can be told about (null sender) sends it to ``dead``.
+A crash may deliver a recipient twice (at least once), never lose one.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+from stdlib.mail import Mailbox
+from stdlib.transport import parse_route
+from vsl.errors import ScriptError
+
+from .config import DeliveryConfig
+from .dsn import build_dsn
+from .queue import Entry, QueueError, Spool
+from .transports import Outcome, Transports
+
+log = logging.getLogger("vsl.delivery")
+
+
+def retry_delay(config: DeliveryConfig, attempts: int) -> float:
+    """The wait after the ``attempts``-th deferral: retry_first, doubled each time, capped."""
+    return min(config.retry_first * 2 ** min(attempts - 1, 64), config.retry_max)
+
+
+class Delivery:
+    """Delivers the spool's messages (see the module docstring)."""
+
+    def __init__(self, spool: Spool, config: DeliveryConfig, hostname: str,
+                 local_domains, resolver=None, clock: Callable[[], float] = time.time):
+        self.spool, self.config, self.clock = spool, config, clock
+        self.hostname = config.hostname or hostname
+        self.local_domains = {d.lower().rstrip(".") for d in (*local_domains, hostname)}
+        self.maildir_root = Path(config.maildir_root or spool.root.parent / "mail").absolute()
+        self.relay = str(parse_route(config.relay, ("smtp", "smtps"))) if config.relay \
+            else "mx"
+        self.transports = Transports(config, self.hostname, resolver)
+        self.active: dict[str, asyncio.Task] = {}
+        self.deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
+        self._task: asyncio.Task | None = None
+
+    # -- routes --------------------------------------------------------------------------
+    def default_route(self, mailbox: Mailbox) -> str:
+        """Without transport::, local domains go to a Maildir, the rest to relay or MX."""
+        domain = mailbox.domain.lower().rstrip(".")
+        if domain not in self.local_domains:
+            return self.relay
+        return f"maildir:{self.maildir_root / _safe(domain) / _safe(mailbox.local_part.lower())}"
+
+    def recipients(self, ctx) -> list[dict]:
+        """The envelope's recipient records for ``ctx``'s recipients, with their routes."""
+        return [{"address": r.address, "status": "pending", "attempts": 0,
+                 "route": ctx.route_for(r) or self.default_route(r)}
+                for r in ctx.all_recipients()]
+
+    async def reroute(self, msg_id: str, queue: str, ctx, queued: bytes) -> None:
+        """After on_post_queue: store the routes it chose and the message it changed
+        (``queued``: the bytes on disk; nothing is written when nothing changed)."""
+        entry = self.spool.get(msg_id, queue)
+        recipients = self.recipients(ctx)
+        data = ctx.message.to_bytes()
+        data = None if data == queued else data
+        if recipients != entry.envelope["recipients"] or data is not None:
+            entry.envelope["recipients"] = recipients
+            await self.spool.update(entry, data)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start polling the spool (when enabled)."""
+        if self.config.enabled and self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        """Stop; deliveries cut short are tried again by the next worker."""
+        tasks = [t for t in (self._task, *self.active.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        await self.transports.close()
+
+    async def run_once(self) -> int:
+        """Deliver what is due now and wait for it; returns how many messages."""
+        tasks = await self._claim()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._claim()
+            except Exception:  # noqa: BLE001 - the worker must outlive one bad poll
+                log.exception("delivery: cannot read the queue")
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _claim(self) -> list[asyncio.Task]:
+        """Start delivering due messages, up to ``concurrency`` at once."""
+        if self.deferred is None:
+            self.deferred = [(e.envelope.get("next_attempt", 0), e.id) for e in
+                             await asyncio.to_thread(self.spool.list, "deferred")]
+            heapq.heapify(self.deferred)
+        free = self.config.concurrency - len(self.active)
+        if free <= 0:
+            return []
+        busy = set(self.active)  # and those that end while the queue is read: stale
+        due = [e for e in await asyncio.to_thread(self.spool.list, "deliver")
+               if e.id not in busy and e.id not in self.active][:free]
+        now = self.clock()
+        while len(due) < free and self.deferred and self.deferred[0][0] <= now:
+            msg_id = heapq.heappop(self.deferred)[1]
+            try:
+                entry = self.spool.get(msg_id, "deferred")
+            except QueueError:
+                continue  # delivered, moved or removed meanwhile
+            if msg_id not in self.active and entry.envelope.get("next_attempt", 0) <= now:
+                due.append(entry)  # (a later next_attempt has its own heap item)
+        return [self._spawn(entry) for entry in due]
+
+    def _spawn(self, entry: Entry) -> asyncio.Task:
+        task = asyncio.ensure_future(self._process(entry))
+        self.active[entry.id] = task
+        task.add_done_callback(lambda _: self.active.pop(entry.id, None))
+        return task
+
+    async def _process(self, entry: Entry) -> None:
+        try:
+            await self._deliver(entry)
+        except QueueError as err:  # the spool cannot be written: the next poll retries
+            log.error("%s: %s", entry.id, err)
+        except Exception:  # noqa: BLE001 - a bug must not stop other deliveries
+            log.exception("%s: delivery failed; moving it to hold", entry.id)
+            try:
+                await self.spool.move(entry.id, "hold", entry.queue)
+            except QueueError as err:
+                log.error("%s: %s", entry.id, err)
+
+    # -- one message ---------------------------------------------------------------------
+    async def _deliver(self, entry: Entry) -> None:
+        data = await asyncio.to_thread(self.spool.message, entry.id, entry.queue)
+        groups = defaultdict(list)  # one transaction per route (and domain, for MX)
+        for rcpt in entry.envelope["recipients"]:
+            if rcpt["status"] in ("pending", "deferred"):
+                domain = rcpt["address"].rpartition("@")[2].lower()
+                groups[rcpt["route"], domain if rcpt["route"] == "mx" else ""].append(rcpt)
+        results = await asyncio.gather(*(self._deliver_group(entry, route, rcpts, data)
+                                         for (route, _), rcpts in groups.items()),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        await self._settle(entry, data)
+
+    async def _deliver_group(self, entry: Entry, route: str, rcpts: list[dict],
+                             data: bytes) -> None:
+        addresses = [r["address"] for r in rcpts]
+        try:
+            outcomes = await self.transports.deliver(parse_route(route),
+                                                     entry.envelope["sender"], addresses, data)
+        except ScriptError as err:  # a route the spool holds but that does not parse
+            outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
+        now = self.clock()
+        for rcpt in rcpts:
+            result = outcomes[rcpt["address"]]
+            rcpt.update(status=result.status, reply=result.reply, remote_mta=result.remote_mta,
+                        attempts=rcpt.get("attempts", 0) + 1, updated_at=now)
+            log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt["address"], route,
+                     result.status, result.reply)
+        await self.spool.update(entry)
+
+    async def _settle(self, entry: Entry, data: bytes) -> None:
+        """After an attempt: report failures, then defer, bury or remove the message."""
+        envelope, now = entry.envelope, self.clock()
+        recipients = envelope["recipients"]
+        if now - envelope["received_at"] >= self.config.max_age:
+            for rcpt in recipients:
+                if rcpt["status"] == "deferred":
+                    rcpt.update(status="failed", expired=True)
+        failed = [r for r in recipients if r["status"] == "failed"]
+        if failed and envelope["sender"]:
+            await self._bounce(entry, failed, data)
+            for rcpt in failed:
+                rcpt["status"] = "bounced"
+        if any(r["status"] == "deferred" for r in recipients):
+            await self._defer(entry, now)
+        elif any(r["status"] == "failed" for r in recipients):
+            log.warning("%s: undeliverable and nobody to tell (null sender): dead", entry.id)
+            await self.spool.update(entry)
+            await self.spool.move(entry.id, "dead", entry.queue)
+        else:
+            self.spool.remove(entry.id, entry.queue)
+
+    async def _defer(self, entry: Entry, now: float) -> None:
+        envelope = entry.envelope
+        envelope["attempts"] = envelope.get("attempts", 0) + 1
+        envelope["next_attempt"] = min(now + retry_delay(self.config, envelope["attempts"]),
+                                       envelope["received_at"] + self.config.max_age)
+        await self.spool.update(entry)
+        await self.spool.move(entry.id, "deferred", entry.queue)
+        heapq.heappush(self.deferred, (envelope["next_attempt"], entry.id))
+
+    async def _bounce(self, entry: Entry, failed: list[dict], data: bytes) -> None:
+        """Queue the DSN for ``failed`` (durably, before the caller marks them bounced)."""
+        sender = Mailbox.parse(entry.envelope["sender"])
+        dsn = build_dsn(self.hostname, entry.envelope, failed, data, self.clock())
+        envelope = {"sender": "", "dsn_for": entry.id, "received_at": self.clock(),
+                    "recipients": [{"address": sender.address, "status": "pending",
+                                    "attempts": 0, "route": self.default_route(sender)}]}
+        dsn_id = await self.spool.put(envelope, dsn, "deliver")
+        log.info("%s: DSN %s to <%s> for %d recipient(s)", entry.id, dsn_id, sender.address,
+                 len(failed))
+
+
+def _safe(name: str) -> str:
+    """An address part as one path component: no '/', no leading dot, never empty."""
+    text = quote(name, safe="+=-_.,") or '%22%22'
+    return "%2E" + text[1:] if text.startswith(".") else text

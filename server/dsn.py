@@ -1,0 +1,107 @@
+"""Delivery status notifications (RFC 3464): the bounce sent back to a message's sender.
+
+    data = build_dsn("mx.example.com", envelope, failed_recipients, original_bytes)
+
+The result is a ``multipart/report; report-type=delivery-status`` message: a
+human-readable part, the ``message/delivery-status`` fields (one block for the message,
+one per failed recipient: Final-Recipient, Action, Status, Diagnostic-Code,
+Remote-MTA), and the original message's header (``text/rfc822-headers``).
+"""
+from __future__ import annotations
+
+import email.policy
+import re
+import time
+from email.charset import QP, Charset
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formatdate, make_msgid
+
+_ENHANCED = re.compile(r"^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b")
+_FIELD_LIMIT = 900  # characters of a delivery-status field (lines stay under 998)
+
+
+def status_code(recipient: dict) -> str:
+    """The RFC 3463 status of a failed recipient: 4.4.7 when it expired, else the
+    enhanced code of its last reply (or X.0.0 from the reply code)."""
+    if recipient.get("expired"):
+        return "4.4.7"
+    reply = recipient.get("reply") or "554"
+    found = _ENHANCED.match(reply)
+    return found.group(1) if found else f"{'4' if reply[:1] == '4' else '5'}.0.0"
+
+
+def build_dsn(hostname: str, envelope: dict, failed: list[dict], original: bytes,
+              now: float | None = None) -> bytes:
+    """The DSN (CRLF line ends) telling ``envelope["sender"]`` that ``failed`` (recipient
+    records of the envelope) could not be delivered."""
+    now = time.time() if now is None else now
+    sender = envelope["sender"]
+    report = MIMEMultipart("report", report_type="delivery-status")
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
+    report["To"] = sender
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = formatdate(now, localtime=True)
+    report["Message-ID"] = make_msgid("dsn", hostname)
+    report["Auto-Submitted"] = "auto-replied"
+    header = original.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    for part in (_text(_explanation(hostname, failed), "plain"),
+                 _status_part(hostname, envelope, failed),
+                 _text(header + "\r\n", "rfc822-headers")):
+        del part["MIME-Version"]
+        report.attach(part)
+    policy = email.policy.SMTP if sender.isascii() else email.policy.SMTPUTF8
+    return report.as_bytes(policy=policy.clone(max_line_length=998))
+
+
+def _text(text: str, subtype: str) -> MIMEText:
+    """A text part: 7bit when ASCII, else quoted-printable UTF-8 (readable either way)."""
+    if text.isascii():
+        return MIMEText(text, subtype, "us-ascii")
+    charset = Charset("utf-8")
+    charset.body_encoding = QP
+    return MIMEText(text, subtype, charset)
+
+
+def _explanation(hostname: str, failed: list[dict]) -> str:
+    lines = [f"This is the mail system at {hostname}.", "",
+             "Your message could not be delivered to the following recipients.", ""]
+    for rcpt in failed:
+        why = rcpt.get("reply") or "unknown error"
+        if rcpt.get("expired"):
+            why = f"delivery time expired; last error: {why}"
+        lines.append(f"<{rcpt['address']}>: {why}"[:_FIELD_LIMIT])
+    lines += ["", "The header of your message is attached."]
+    return "\n".join(lines) + "\n"
+
+
+def _status_part(hostname: str, envelope: dict, failed: list[dict]) -> MIMEBase:
+    per_message = _fields({"Reporting-MTA": f"dns; {hostname}",
+                           "X-Queue-ID": envelope.get("id"),
+                           "Arrival-Date": formatdate(envelope["received_at"], localtime=True)
+                           if "received_at" in envelope else None})
+    blocks = [per_message]
+    for rcpt in failed:
+        address = rcpt["address"]
+        kind = "rfc822" if address.isascii() else "utf-8"  # RFC 6533
+        reply, remote = rcpt.get("reply"), rcpt.get("remote_mta")
+        blocks.append(_fields({
+            "Final-Recipient": f"{kind}; {address}",
+            "Action": "failed",
+            "Status": status_code(rcpt),
+            "Remote-MTA": f"dns; {remote}" if remote else None,
+            "Diagnostic-Code": f"{'smtp' if remote else 'X-vSL'}; {reply}" if reply else None,
+        }))
+    part = MIMEBase("message", "delivery-status")
+    part.set_payload(blocks)
+    return part
+
+
+def _fields(values: dict) -> Message:
+    block = Message()
+    for name, value in values.items():
+        if value is not None:
+            block[name] = " ".join(str(value).split())[:_FIELD_LIMIT]
+    return block

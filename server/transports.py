@@ -1,0 +1,504 @@
+"""Delivering one message to a group of recipients over one route.
+
+    transports = Transports(config, "mx.example.com", resolver)
+    outcomes = await transports.deliver(route, sender, ["a@x.example", "b@x.example"], data)
+    await transports.close()                     # the idle SMTP connections
+
+``outcomes`` maps each recipient to an :class:`Outcome` (delivered, deferred or failed,
+with the reply that decided it). SMTP goes through aiosmtplib, and its connections are
+kept per destination for the next message (checked with RSET before reuse); MX hosts
+come from the configured resolver (null MX: RFC 7505); LMTP (RFC 2033) is a small client
+here; Maildir and mbox writes run in a thread, each made durable with fsync.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import itertools
+import os
+import random
+import re
+import socket
+import ssl
+import time
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiosmtplib
+import dns.name
+from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
+
+from stdlib import dns as dns_natives
+from stdlib.transport import Route
+from vsl.errors import ScriptError
+
+if TYPE_CHECKING:
+    from stdlib.dns import Resolver
+
+    from .config import DeliveryConfig
+
+_STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One recipient's result: status delivered/deferred/failed, the reply (the remote
+    server's, or one made up for a local problem) and the remote MTA that gave it."""
+
+    status: str
+    reply: str
+    remote_mta: str | None = None
+
+
+def outcome(code: int, text: str, remote: str | None = None) -> Outcome:
+    """The Outcome of an SMTP reply (a code outside 2xx/4xx/5xx counts as a failure)."""
+    return Outcome(_STATUS.get(str(code)[:1], "failed"), f"{code} {' '.join(text.split())}",
+                   remote)
+
+
+def _detail(err: BaseException | str) -> str:
+    """An error's text on one line (aiosmtplib errors: the server's code and reply)."""
+    code = getattr(err, "code", None)
+    cause = getattr(err, "__cause__", None)  # aiosmtplib wraps the OSError
+    text = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else \
+        " ".join(str(getattr(err, "message", "") or err).split()) or type(err).__name__
+    return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
+
+
+class _Unreachable(Exception):
+    """No session could be opened (connection, greeting, EHLO, TLS): try the next host.
+    Deferred, like Postfix, whatever the server said."""
+
+    def __init__(self, where: str, err: BaseException | str):
+        super().__init__(where)
+        self.outcome = Outcome("deferred", f"451 4.4.1 cannot deliver to {where}: "
+                                           f"{_detail(err)}")
+
+
+class Transports:
+    """Every delivery method, sharing one SMTP connection pool."""
+
+    def __init__(self, config: "DeliveryConfig", hostname: str,
+                 resolver: "Resolver | None" = None):
+        self.config, self.hostname = config, hostname
+        if resolver is not None:
+            self.resolver = resolver
+        self.pool = _Pool(config, hostname)
+
+    @functools.cached_property
+    def resolver(self) -> "Resolver":
+        """The server's configured resolver ([dns]), made at the first MX look-up."""
+        return dns_natives.resolver()
+
+    async def deliver(self, route: Route, sender: str, recipients: list[str],
+                      data: bytes) -> dict[str, Outcome]:
+        """Deliver ``data`` to ``recipients`` (one domain when the route is ``mx``)."""
+        if route.kind in ("maildir", "mbox"):
+            return {r: await _local(route, sender, r, data) for r in recipients}
+        if route.kind == "lmtp":
+            return await self._lmtp(route, sender, recipients, data)
+        if route.kind == "mx":
+            return await self._mx(sender, recipients, data)
+        mode = "smtps" if route.kind == "smtps" else route.tls
+        try:
+            return await self._smtp(route.host, route.port, mode, route.host, sender,
+                                    recipients, data)
+        except _Unreachable as err:
+            return dict.fromkeys(recipients, err.outcome)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _smtp(self, host, port, mode, remote, sender, recipients, data):
+        async with self.pool.session(host, port, mode) as client:
+            return await _transaction(client, sender, recipients, data, remote)
+
+    # -- MX ------------------------------------------------------------------------------
+    async def _mx(self, sender: str, recipients: list[str], data: bytes) -> dict:
+        domain = recipients[0].rpartition("@")[2]
+        try:
+            hosts = await self._exchangers(domain)
+        except ScriptError as err:  # DnsTempError, or no usable resolver
+            return dict.fromkeys(recipients, Outcome("deferred", f"451 4.4.3 {err}"))
+        if not hosts:
+            return dict.fromkeys(recipients, Outcome(
+                "failed", f"556 5.1.10 {domain} accepts no mail (null MX)"))
+        last = None
+        for name in hosts:
+            try:
+                addresses = [name[1:-1].removeprefix("IPv6:")] if name.startswith("[") \
+                    else await self.resolver.addresses(name)
+            except ScriptError as err:
+                last = Outcome("deferred", f"451 4.4.3 {err}")
+                continue
+            for address in addresses:
+                try:
+                    return await self._smtp(address, self.config.mx_port, "opportunistic",
+                                            name, sender, recipients, data)
+                except _Unreachable as err:
+                    last = err.outcome
+        return dict.fromkeys(recipients, last or Outcome(
+            "failed", f"550 5.4.4 no address for {domain} or its mail exchangers"))
+
+    async def _exchangers(self, domain: str) -> list[str]:
+        """Mail exchangers by preference (equal ones shuffled); the domain itself when it
+        has no MX; [] for a null MX."""
+        if domain.startswith("["):
+            return [domain]
+        records = await self.resolver.query(domain, "MX")
+        if not records:
+            return [domain]
+        usable = [r for r in records if r.exchange != dns.name.root]
+        usable.sort(key=lambda r: (r.preference, random.random()))
+        return [r.exchange.to_text(omit_final_dot=True) for r in usable]
+
+    # -- LMTP ------------------------------------------------------------------------------
+    async def _lmtp(self, route: Route, sender: str, recipients: list[str], data: bytes):
+        remote = route.path or route.host
+        try:
+            client = await _Lmtp.open(route, self.hostname, self.config)
+        except _Unreachable as err:
+            return dict.fromkeys(recipients, err.outcome)
+        try:
+            return await _transaction(client, sender, recipients, data, remote)
+        finally:
+            await client.close()
+
+
+# ---- one SMTP/LMTP transaction -----------------------------------------------------------
+
+async def _transaction(client, sender: str, recipients: list[str], data: bytes,
+                       remote: str) -> dict[str, Outcome]:
+    """MAIL, RCPT for each recipient, DATA; a lost connection or a timeout defers every
+    recipient without an answer yet."""
+    outcomes: dict[str, Outcome] = {}
+    if not all(a.isascii() for a in (sender, *recipients)) and not client.supports("smtputf8"):
+        return dict.fromkeys(recipients, Outcome(
+            "failed", "553 5.6.7 the remote server does not support SMTPUTF8", remote))
+    try:
+        code, text = await client.command("MAIL", *_mail_args(client, sender, recipients,
+                                                              data))
+        if code != 250:
+            return dict.fromkeys(recipients, outcome(code, text, remote))
+        accepted = []
+        for rcpt in recipients:
+            code, text = await client.command("RCPT", f"TO:<{rcpt}>")
+            if code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                outcomes[rcpt] = outcome(code, text, remote)
+        if not accepted:
+            await client.command("RSET")
+            return outcomes
+        for rcpt, (code, text) in zip(accepted, await client.data(data, len(accepted))):
+            outcomes[rcpt] = outcome(code, text, remote)
+    except (SMTPException, OSError) as err:
+        lost = Outcome("deferred", f"451 4.4.2 lost connection with {remote}: "
+                                   f"{_detail(err)}", remote)
+        return {rcpt: outcomes.get(rcpt, lost) for rcpt in recipients}
+    return outcomes
+
+
+def _mail_args(client, sender: str, recipients: list[str], data: bytes) -> list[str]:
+    args = [f"FROM:<{sender}>"]
+    if client.supports("size"):
+        args.append(f"SIZE={len(data)}")
+    if not data.isascii() and client.supports("8bitmime"):
+        args.append("BODY=8BITMIME")
+    if not all(a.isascii() for a in (sender, *recipients)):
+        args.append("SMTPUTF8")
+    return args
+
+
+class _Smtp:
+    """aiosmtplib's client with the interface :func:`_transaction` uses."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP):
+        self.smtp = smtp
+
+    def supports(self, extension: str) -> bool:
+        return self.smtp.supports_extension(extension)
+
+    async def command(self, *args: str) -> tuple[int, str]:
+        reply = await self.smtp.execute_command(*(a.encode() for a in args))
+        return reply.code, reply.message
+
+    async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        try:
+            reply = await self.smtp.data(data)
+        except SMTPResponseException as err:
+            return [(err.code, err.message)] * count
+        return [(reply.code, reply.message)] * count
+
+
+class _Pool:
+    """SMTP connections by destination (host, port, TLS mode): at most
+    ``destination_concurrency`` at once, kept ``idle_timeout`` seconds for reuse."""
+
+    def __init__(self, config: "DeliveryConfig", hostname: str):
+        self.config, self.hostname = config, hostname
+        self.slots: dict[tuple, list] = {}  # key -> [semaphore, users]
+        self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
+        self.closing: set[asyncio.Task] = set()
+        self.opened = 0  # connections made (tests check reuse with it)
+        self.tls = ssl.create_default_context()
+        self.tls.check_hostname = False  # like Postfix's "may" and "encrypt": no verification
+        self.tls.verify_mode = ssl.CERT_NONE
+
+    @asynccontextmanager
+    async def session(self, host: str, port: int, mode: str):
+        """A connected, greeted client; _Unreachable when none can be opened."""
+        key = (host, port, mode)
+        slot = self.slots.setdefault(key, [asyncio.Semaphore(
+            self.config.destination_concurrency), 0])
+        slot[1] += 1
+        try:
+            async with slot[0]:
+                smtp = await self._reuse(key) or await self._open(host, port, mode)
+                try:
+                    yield _Smtp(smtp)
+                except BaseException:
+                    smtp.close()
+                    raise
+                self._park(key, smtp)
+        finally:
+            slot[1] -= 1
+            if not slot[1]:
+                del self.slots[key]
+
+    async def _reuse(self, key: tuple) -> aiosmtplib.SMTP | None:
+        idle = self.idle[key]
+        while idle:
+            smtp, timer = idle.popitem()
+            timer.cancel()
+            try:
+                if smtp.is_connected and (await smtp.execute_command(b"RSET")).code == 250:
+                    return smtp
+            except SMTPException:
+                pass
+            smtp.close()
+        self._forget(key)
+        return None
+
+    async def _open(self, host: str, port: int, mode: str) -> aiosmtplib.SMTP:
+        """Connect, EHLO (else HELO) and STARTTLS as ``mode`` says."""
+        config = self.config
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
+                               timeout=config.command_timeout, use_tls=mode == "smtps",
+                               start_tls={"none": False, "required": True}.get(mode),
+                               tls_context=self.tls)
+        try:
+            await smtp.connect(timeout=config.connect_timeout)
+            self.opened += 1
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except SMTPHeloError:
+                    await smtp.helo()
+        except (SMTPException, OSError) as err:
+            smtp.close()
+            raise _Unreachable(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                               err) from None
+        return smtp
+
+    def _park(self, key: tuple, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.is_connected:
+            return
+        if self.config.idle_timeout <= 0:
+            self._quit(smtp)
+            return
+        self.idle[key][smtp] = asyncio.get_running_loop().call_later(
+            self.config.idle_timeout, self._expire, key, smtp)
+
+    def _expire(self, key: tuple, smtp: aiosmtplib.SMTP) -> None:
+        if self.idle.get(key, {}).pop(smtp, None) is not None:
+            self._quit(smtp)
+            self._forget(key)
+
+    def _forget(self, key: tuple) -> None:
+        if not self.idle.get(key, True):
+            del self.idle[key]
+
+    def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        task = asyncio.ensure_future(_quit(smtp))
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    async def close(self) -> None:
+        for idle in self.idle.values():
+            for smtp, timer in idle.items():
+                timer.cancel()
+                self._quit(smtp)
+        self.idle.clear()
+        await asyncio.gather(*self.closing, return_exceptions=True)
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await smtp.quit(timeout=5)
+    except (SMTPException, OSError):
+        smtp.close()
+
+
+class _Lmtp:
+    """A small LMTP client (RFC 2033): LHLO, and one reply per recipient after DATA."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float):
+        self.reader, self.writer, self.timeout = reader, writer, timeout
+        self.extensions: set[str] = set()
+
+    @classmethod
+    async def open(cls, route: Route, hostname: str, config: "DeliveryConfig") -> "_Lmtp":
+        where = route.path or f"{route.host}:{route.port}"
+        try:
+            connect = asyncio.open_unix_connection(route.path) if route.path else \
+                asyncio.open_connection(route.host, route.port)
+            client = cls(*await asyncio.wait_for(connect, config.connect_timeout),
+                         config.command_timeout)
+        except OSError as err:
+            raise _Unreachable(where, err) from None
+        try:
+            greeting = await client._reply()
+            hello = await client.command("LHLO", hostname) if greeting[0] == 220 else greeting
+        except OSError as err:
+            await client.close()
+            raise _Unreachable(where, err) from None
+        if hello[0] != 250:
+            await client.close()
+            raise _Unreachable(where, f"{hello[0]} {hello[1]}")
+        client.extensions = {line.split()[0].lower() for line in hello[1].split("\n")[1:]
+                             if line.strip()}
+        return client
+
+    def supports(self, extension: str) -> bool:
+        return extension.lower() in self.extensions
+
+    async def command(self, *args: str) -> tuple[int, str]:
+        self.writer.write(" ".join(args).encode() + b"\r\n")
+        return await self._reply()
+
+    async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        reply = await self.command("DATA")
+        if reply[0] != 354:
+            return [reply] * count
+        self.writer.write(dot_stuffed(data))
+        return [await self._reply() for _ in range(count)]
+
+    async def _reply(self) -> tuple[int, str]:
+        """One reply: (code, its lines' texts joined by \\n); OSError if none comes."""
+        lines = []
+        while True:
+            try:
+                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            except ValueError:  # a line over the stream limit
+                raise ConnectionError("reply line too long") from None
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if not line.endswith(b"\n") or not text[:3].isdigit() or text[3:4] not in " -":
+                raise ConnectionError(f"bad reply {text!r}" if line else "connection closed")
+            lines.append(text[4:])
+            if text[3:4] != "-":
+                return int(text[:3]), "\n".join(lines)
+
+    async def close(self) -> None:
+        try:
+            self.writer.write(b"QUIT\r\n")
+            await asyncio.wait_for(self.reader.read(), 1)
+        except OSError:
+            pass
+        self.writer.close()
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """Message bytes as sent after DATA: CRLF line ends, leading dots doubled, the final
+    ``.`` line."""
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"
+
+
+# ---- local files -----------------------------------------------------------------------------
+
+async def _local(route: Route, sender: str, rcpt: str, data: bytes) -> Outcome:
+    """One copy into a Maildir or an mbox (in a thread); a file error defers."""
+    content = local_copy(sender, rcpt, data)
+    try:
+        if route.kind == "maildir":
+            await asyncio.to_thread(write_maildir, route.path, content)
+        else:
+            await asyncio.to_thread(append_mbox, route.path, content, sender)
+    except OSError as err:
+        return Outcome("deferred", f"451 4.3.0 {route.kind} {route.path}: "
+                                   f"{err.strerror or err}")
+    return Outcome("delivered", f"250 2.0.0 delivered to {route.kind} {route.path}")
+
+
+def local_copy(sender: str, rcpt: str, data: bytes) -> bytes:
+    """The message as stored locally: Return-Path and Delivered-To first, LF line ends."""
+    head = f"Return-Path: <{sender}>\nDelivered-To: {rcpt}\n".encode()
+    return head + re.sub(rb"\r\n", b"\n", data)
+
+
+_sequence = itertools.count()
+
+
+def write_maildir(directory: str, content: bytes) -> str:
+    """Write into ``directory``/tmp, fsync, rename into new/ and sync that directory;
+    returns the file name (time.MusecPpidQn.host, unique on this host)."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+    now = time.time()
+    host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+    name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_sequence)}.{host}"
+    tmp = os.path.join(directory, "tmp", name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _write_all(fd, content)
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, os.path.join(directory, "new", name))
+    _sync_directory(os.path.join(directory, "new"))
+    return name
+
+
+def append_mbox(path: str, content: bytes, sender: str) -> None:
+    """Append a From_ line and the message (``>From `` quoting, mboxrd) under an fcntl
+    lock; a failed write is cut off again, so the file never keeps half a message."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    stamp = time.asctime(time.gmtime())
+    body = re.sub(rb"(?m)^(>*From )", rb">\1", content)
+    blob = f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode() + body + \
+        (b"\n" if body.endswith(b"\n") else b"\n\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, blob)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, content: bytes) -> None:
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def _sync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,147 @@
+"""``transport::`` -- how accepted mail is delivered, per recipient or for all of them.
+
+    fn on_rcpt_to(ctx) {                         // this recipient (ctx.rcpt)
+        if ctx.rcpt.domain == "corp.example" { transport::lmtp(ctx, "lmtp://10.0.0.5:24"); }
+        status::next()
+    }
+    fn on_post_queue(ctx) {                      // every recipient ...
+        transport::forward(ctx, "smtp://relay.example:587?tls=required");
+        transport::maildir(ctx, "/var/mail/abuse", "abuse@example.com");   // ... or one
+        status::next()
+    }
+
+Without a recipient argument a call applies to ``ctx.rcpt`` in ``on_rcpt_to`` and to
+every recipient at the other stages (``on_mail_from`` to ``on_post_queue``); the last
+call for a recipient wins. A route is a string stored with each recipient in the spool
+(:func:`parse_route` reads it back): ``smtp://host:port[?tls=none|opportunistic|required]``,
+``smtps://host:port``, ``lmtp://host:port`` or ``lmtp:///socket/path``, ``mx``,
+``maildir:/dir`` and ``mbox:/file``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+from vsl.errors import ScriptError
+from vsl.natives import Namespace
+
+from .ctx import Context
+
+namespace = Namespace("transport", "Delivery routes")
+
+TLS_MODES = ("none", "opportunistic", "required")
+_PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a recipient's copy goes: ``kind`` is smtp, smtps, lmtp, mx, maildir or mbox."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    tls: str = "opportunistic"  # smtp only; smtps is always TLS
+    path: str = ""              # maildir, mbox, LMTP over a Unix socket
+
+    def __str__(self) -> str:
+        if self.kind == "mx":
+            return "mx"
+        if self.kind in ("maildir", "mbox"):
+            return f"{self.kind}:{self.path}"
+        if self.path:
+            return f"lmtp://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        tls = f"?tls={self.tls}" if self.kind == "smtp" and self.tls != "opportunistic" else ""
+        return f"{self.kind}://{host}:{self.port}{tls}"
+
+
+def parse_route(text: str, kinds=("smtp", "smtps", "lmtp", "mx", "maildir", "mbox")) -> Route:
+    """A route from its text; ScriptError names what is wrong."""
+    if not isinstance(text, str) or not text:
+        raise ScriptError("a route must be a non-empty string such as \"smtp://host:25\"")
+    kind, sep, rest = text.partition(":")
+    if kind not in kinds or (kind == "mx") == bool(sep):
+        raise ScriptError(f"'{text}' is not a route here (expected {', '.join(kinds)})")
+    if kind == "mx":
+        return Route("mx")
+    if kind in ("maildir", "mbox"):
+        return Route(kind, path=_absolute(rest, text))
+    return _url_route(kind, text)
+
+
+def _absolute(path: str, text: str) -> str:
+    if not os.path.isabs(path) or "\0" in path:
+        raise ScriptError(f"'{text}': the path must be absolute")
+    return os.path.normpath(path)
+
+
+def _url_route(kind: str, text: str) -> Route:
+    url = urlsplit(text)
+    try:
+        query, port, host = dict(parse_qsl(url.query, strict_parsing=bool(url.query))), \
+            url.port, url.hostname
+    except ValueError as err:
+        raise ScriptError(f"'{text}' is not a valid URL: {err}") from None
+    if kind == "lmtp" and not url.netloc:
+        return Route("lmtp", path=_absolute(url.path, text))
+    if not host or url.path not in ("", "/") or url.username or url.fragment:
+        raise ScriptError(f"'{text}': expected {kind}://host[:port]")
+    tls = query.pop("tls", "opportunistic")
+    if query or (tls != "opportunistic" and kind != "smtp") or tls not in TLS_MODES:
+        raise ScriptError(f"'{text}': the only option is tls=none|opportunistic|required "
+                          "(smtp:// only)")
+    return Route(kind, host, port or _PORTS[kind], tls)
+
+
+def _set(ctx, route: Route, rcpt) -> None:
+    if not isinstance(ctx, Context):
+        raise ScriptError("transport:: functions take ctx as their first argument")
+    ctx.set_route(str(route), rcpt)
+
+
+def _lint_url(kinds):
+    def check(args):
+        if len(args) > 1 and isinstance(args[1], str):
+            try:
+                parse_route(args[1], kinds)
+            except ScriptError as err:
+                return err.message
+        return None
+    return check
+
+
+@namespace.native(check=_lint_url(("smtp", "smtps")))
+def forward(ctx, url, rcpt=None) -> None:
+    """forward(ctx, "smtp://host:port[?tls=...]" or "smtps://host:port" [, rcpt])."""
+    _set(ctx, parse_route(url, ("smtp", "smtps")), rcpt)
+
+
+@namespace.native
+def deliver(ctx, rcpt=None) -> None:
+    """deliver(ctx [, rcpt]): to the recipient domain's MX hosts (or its A/AAAA)."""
+    _set(ctx, Route("mx"), rcpt)
+
+
+@namespace.native
+def maildir(ctx, directory, rcpt=None) -> None:
+    """maildir(ctx, "/abs/dir" [, rcpt]): into a Maildir (created if missing)."""
+    _set(ctx, parse_route(f"maildir:{_path(directory)}", ("maildir",)), rcpt)
+
+
+@namespace.native
+def mbox(ctx, file, rcpt=None) -> None:
+    """mbox(ctx, "/abs/file" [, rcpt]): appended to an mbox file."""
+    _set(ctx, parse_route(f"mbox:{_path(file)}", ("mbox",)), rcpt)
+
+
+@namespace.native(check=_lint_url(("lmtp",)))
+def lmtp(ctx, url, rcpt=None) -> None:
+    """lmtp(ctx, "lmtp://host:port" or "lmtp:///socket" [, rcpt])."""
+    _set(ctx, parse_route(url, ("lmtp",)), rcpt)
+
+
+def _path(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ScriptError("the path must be a non-empty string")
+    return value

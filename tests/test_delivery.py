@@ -1,0 +1,403 @@
+"""The delivery worker on a real spool: retries with backoff, DSNs, dead letters, mixed
+recipients, connection reuse, restarts; and the server delivering what it accepts."""
+from __future__ import annotations
+
+import asyncio
+import email
+import smtplib
+import time
+from dataclasses import replace
+
+import pytest
+
+from server.config import DeliveryConfig
+from server.delivery import Delivery, retry_delay
+from server.queue import Spool
+from stdlib.ctx import Context, Stage
+from stdlib.mail import Mailbox, Message
+from vsl.engine import Engine
+from tests.support.mailsink import MESSAGE, Sink, free_port
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
+
+FAST = DeliveryConfig(retry_first=60, retry_max=150, max_age=1000, connect_timeout=2,
+                      command_timeout=2, poll_interval=0.02, idle_timeout=1)
+SENDER = "alice@example.test"  # a local address: its DSNs land in a Maildir
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A spool, a fake clock and a worker on them (local domain: example.test)."""
+    spool, clock = Spool(tmp_path / "queue"), Clock()
+    return spool, clock, Delivery(spool, FAST, "mx.test", ("example.test",), clock=clock)
+
+
+async def queue(spool, route, rcpts=("bob@remote.test",), sender=SENDER, **envelope):
+    return await spool.put({"sender": sender, **envelope, "recipients": [
+        {"address": r, "status": "pending", "attempts": 0, "route": route} for r in rcpts]},
+        MESSAGE, "deliver")
+
+
+def dsns(tmp_path, local="alice") -> list[email.message.Message]:
+    """The DSNs delivered to <local>@example.test's Maildir."""
+    box = tmp_path / "mail" / "example.test" / local / "new"
+    return [email.message_from_bytes(p.read_bytes()) for p in sorted(box.glob("*"))]
+
+
+def report(dsn) -> list[dict]:
+    """The delivery-status blocks of a DSN."""
+    assert dsn.get_content_type() == "multipart/report"
+    return [dict(block) for block in dsn.get_payload()[1].get_payload()]
+
+
+def test_retry_schedule():
+    config = DeliveryConfig()
+    assert [retry_delay(config, n) for n in range(1, 8)] == [300, 600, 1200, 2400, 3600,
+                                                             3600, 3600]
+    assert retry_delay(config, 10_000) == 3600
+
+
+def test_default_routes(tmp_path):
+    spool = Spool(tmp_path / "queue")
+    delivery = Delivery(spool, DeliveryConfig(), "mx.test", ("example.test",))
+    box = tmp_path / "mail"
+    assert delivery.default_route(Mailbox.parse("Bob@Example.TEST")) == \
+        f"maildir:{box}/example.test/bob"
+    assert delivery.default_route(Mailbox.parse('"../x/.y"@example.test')) == \
+        f"maildir:{box}/example.test/%2E.%2Fx%2F.y"
+    assert delivery.default_route(Mailbox.parse("postmaster@mx.test")) == \
+        f"maildir:{box}/mx.test/postmaster"
+    assert delivery.default_route(Mailbox.parse("bob@remote.test")) == "mx"
+    relayed = Delivery(spool, DeliveryConfig(relay="smtp://relay.test:587"), "mx.test", ())
+    assert relayed.default_route(Mailbox.parse("bob@remote.test")) == "smtp://relay.test:587"
+
+
+def test_connection_refused_defers_with_backoff(world):
+    spool, clock, delivery = world
+    port = free_port()
+
+    async def main():
+        msg_id = await queue(spool, f"smtp://127.0.0.1:{port}")
+        delays = []
+        for _ in range(3):
+            assert await delivery.run_once() == 1
+            assert await delivery.run_once() == 0  # not due yet
+            entry = spool.get(msg_id, "deferred")
+            delays.append(entry.envelope["next_attempt"] - clock.now)
+            clock.now = entry.envelope["next_attempt"]
+        return entry, delays
+
+    entry, delays = asyncio.run(main())
+    assert delays == [60, 120, 150]
+    (rcpt,) = entry.envelope["recipients"]
+    assert rcpt["status"] == "deferred" and rcpt["attempts"] == 3
+    assert rcpt["reply"].startswith(f"451 4.4.1 cannot deliver to 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize("setup", ["rcpt_4xx", "data_4xx", "timeout_mid_data"])
+def test_temporary_failures_defer(world, setup):
+    spool, _, delivery = world
+    delivery = Delivery(spool, replace(FAST, command_timeout=0.3), "mx.test", (),
+                        clock=delivery.clock)
+
+    async def main():
+        async with Sink() as sink:
+            sink.data_reply = "451 4.3.0 queue full" if setup == "data_4xx" else None
+            sink.data_delay = 2 if setup == "timeout_mid_data" else 0
+            rcpt = "temp@remote.test" if setup == "rcpt_4xx" else "bob@remote.test"
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", [rcpt])
+            await delivery.run_once()
+            return spool.get(msg_id)
+
+    entry = asyncio.run(main())
+    (rcpt,) = entry.envelope["recipients"]
+    assert entry.queue == "deferred" and rcpt["status"] == "deferred"
+    assert rcpt["reply"][:1] == "4" and spool.list("deliver") == []
+
+
+def test_permanent_failure_bounces_at_once(world, tmp_path):
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", ["bad@remote.test"])
+            await delivery.run_once()
+            (dsn,) = spool.list("deliver")
+            assert spool.list("deferred") == [] and dsn.envelope["dsn_for"] == msg_id
+            assert dsn.envelope["sender"] == ""
+            assert [r["address"] for r in dsn.envelope["recipients"]] == [SENDER]
+            await delivery.run_once()  # the DSN itself, to the sender's Maildir
+            return msg_id
+
+    msg_id = asyncio.run(main())
+    assert spool.list() == []
+    (dsn,) = dsns(tmp_path)
+    assert dsn["To"] == SENDER and dsn["Auto-Submitted"] == "auto-replied"
+    assert report(dsn)[0]["X-Queue-ID"] == msg_id
+    assert report(dsn)[1:] == [{"Final-Recipient": "rfc822; bad@remote.test",
+                                "Action": "failed", "Status": "5.1.1",
+                                "Remote-MTA": "dns; 127.0.0.1",
+                                "Diagnostic-Code": "smtp; 550 5.1.1 no such user"}]
+    assert "Subject: hi" in dsn.get_payload()[2].get_payload()
+
+
+def test_max_age_fails_deferred_recipients(world, tmp_path):
+    spool, clock, delivery = world
+
+    async def main():
+        await queue(spool, f"smtp://127.0.0.1:{free_port()}", received_at=clock.now - 1001)
+        await delivery.run_once()
+        await delivery.run_once()
+
+    asyncio.run(main())
+    assert spool.list() == []
+    (dsn,) = dsns(tmp_path)
+    (status,) = report(dsn)[1:]
+    assert status["Status"] == "4.4.7" and status["Action"] == "failed"
+    assert status["Diagnostic-Code"].startswith("X-vSL; 451 4.4.1 cannot deliver to ")
+    assert "delivery time expired" in dsn.get_payload()[0].get_payload()
+
+
+def test_retries_stop_at_max_age(world):
+    spool, clock, delivery = world
+
+    async def main():
+        msg_id = await queue(spool, f"smtp://127.0.0.1:{free_port()}",
+                             received_at=clock.now - 950)
+        await delivery.run_once()
+        return spool.get(msg_id, "deferred").envelope["next_attempt"]
+
+    assert asyncio.run(main()) == pytest.approx(clock.now + 50)  # not 60: max age first
+
+
+def test_null_sender_never_gets_a_dsn(world):
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", ["bad@remote.test"],
+                                 sender="")
+            await delivery.run_once()
+            return msg_id
+
+    msg_id = asyncio.run(main())
+    assert [e.id for e in spool.list()] == [msg_id]
+    assert spool.get(msg_id).queue == "dead"
+    assert spool.get(msg_id).envelope["recipients"][0]["status"] == "failed"
+
+
+def test_a_bounce_that_bounces_goes_to_dead(tmp_path):
+    spool = Spool(tmp_path / "queue")
+
+    async def main():
+        async with Sink() as sink:
+            delivery = Delivery(spool, replace(FAST, relay=f"smtp://127.0.0.1:{sink.port}"),
+                                "mx.test", ())
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", ["bad@remote.test"],
+                                 sender="bad-sender@remote.test")
+            await delivery.run_once()  # 550: a DSN to bad-sender@, through the relay
+            await delivery.run_once()  # 550 again: nobody left to tell
+            await delivery.stop()
+            return msg_id
+
+    msg_id = asyncio.run(main())
+    (dead,) = spool.list()
+    assert dead.queue == "dead" and dead.envelope["dsn_for"] == msg_id
+    assert dead.envelope["recipients"][0]["address"] == "bad-sender@remote.test"
+
+
+def test_mixed_recipients(world, tmp_path):
+    spool, clock, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["ok@remote.test", "temp@remote.test", "bad@remote.test"])
+            await delivery.run_once()
+            first = Spool(spool.root).get(msg_id)  # as written to disk
+            sink.accept_all = True
+            clock.now = first.envelope["next_attempt"]
+            await delivery.run_once()
+            return first, [m.recipients for m in sink.messages]
+
+    first, received = asyncio.run(main())
+    assert first.queue == "deferred"
+    assert {r["address"]: r["status"] for r in first.envelope["recipients"]} == {
+        "ok@remote.test": "delivered", "temp@remote.test": "deferred",
+        "bad@remote.test": "bounced"}
+    assert received == [["ok@remote.test"], ["temp@remote.test"]]  # ok@ only once
+    assert spool.list() == []
+    (dsn,) = dsns(tmp_path)  # for bad@ only
+    assert [b["Final-Recipient"] for b in report(dsn)[1:]] == ["rfc822; bad@remote.test"]
+
+
+def test_delivered_recipients_are_not_delivered_again(world):
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["done@remote.test", "bob@remote.test"])
+            entry = spool.get(msg_id)  # a crash after done@ was delivered
+            entry.envelope["recipients"][0]["status"] = "delivered"
+            await spool.update(entry)
+            await delivery.run_once()
+            return sink.messages
+
+    (message,) = asyncio.run(main())
+    assert message.recipients == ["bob@remote.test"] and spool.list() == []
+
+
+def test_routes_group_recipients_into_transactions(world, tmp_path):
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            route = f"smtp://127.0.0.1:{sink.port}"
+            await spool.put({"sender": SENDER, "recipients": [
+                {"address": "a@remote.test", "status": "pending", "route": route},
+                {"address": "b@remote.test", "status": "pending", "route": route},
+                {"address": "c@example.test", "status": "pending",
+                 "route": f"maildir:{tmp_path / 'c'}"}]}, MESSAGE, "deliver")
+            await delivery.run_once()
+            return sink.messages
+
+    (message,) = asyncio.run(main())
+    assert message.recipients == ["a@remote.test", "b@remote.test"]
+    assert len(list((tmp_path / "c" / "new").iterdir())) == 1 and spool.list() == []
+
+
+def test_a_bad_stored_route_bounces(world, tmp_path):
+    spool, _, delivery = world
+
+    async def main():
+        await queue(spool, "carrier-pigeon://x")
+        await delivery.run_once()
+        await delivery.run_once()
+
+    asyncio.run(main())
+    (status,) = report(dsns(tmp_path)[0])[1:]
+    assert status["Status"] == "5.3.5" and spool.list() == []
+
+
+def test_one_connection_for_several_messages(world):
+    spool, _, delivery = world
+    delivery = Delivery(spool, replace(FAST, destination_concurrency=1), "mx.test", ())
+
+    async def main():
+        async with Sink() as sink:
+            for n in range(3):
+                await queue(spool, f"smtp://127.0.0.1:{sink.port}", [f"u{n}@remote.test"])
+            assert await delivery.run_once() == 3
+            await delivery.stop()
+            return sink
+
+    sink = asyncio.run(main())
+    assert len(sink.messages) == 3 and sink.connections == 1
+
+
+def test_a_new_worker_resumes_deferred_messages(tmp_path):
+    port, clock = free_port(), Clock()
+
+    async def main():
+        first = Delivery(Spool(tmp_path / "queue"), FAST, "mx.test", (), clock=clock)
+        msg_id = await queue(first.spool, f"smtp://127.0.0.1:{port}")
+        await first.run_once()
+        await first.stop()
+        assert first.spool.locate(msg_id) == "deferred"
+        async with Sink() as sink:
+            await sink.stop()
+            await sink.start(port)
+            clock.now += 60
+            second = Delivery(Spool(tmp_path / "queue"), FAST, "mx.test", (), clock=clock)
+            assert await second.run_once() == 1
+            await second.stop()
+            return second.spool, sink.messages
+
+    spool, messages = asyncio.run(main())
+    assert spool.list() == [] and [m.recipients for m in messages] == [["bob@remote.test"]]
+
+
+def test_the_worker_polls_the_queue(world):
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            delivery.start()
+            await queue(spool, f"smtp://127.0.0.1:{sink.port}")
+            for _ in range(200):
+                if sink.messages and not spool.list():
+                    break
+                await asyncio.sleep(0.02)
+            await delivery.stop()
+            return sink.messages
+
+    assert len(asyncio.run(main())) == 1 and spool.list() == []
+
+
+# ---- the server delivering what it accepts ------------------------------------------------
+
+def with_delivery(config, **settings):
+    """``config`` with a [delivery] section."""
+    return replace(config, delivery=replace(FAST, **settings))
+
+
+ROUTING = """
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.local_part == "fwd" {
+        transport::forward(ctx, "smtp://127.0.0.1:PORT?tls=none");
+    }
+    status::next()
+}
+"""
+
+
+def test_server_routes_and_delivers(tmp_path):
+    with running(config_for(tmp_path / "rx")) as receiver:
+        script = ROUTING.replace("PORT", str(receiver.port()))
+        with running(with_delivery(config_for(tmp_path, script))) as server:
+            with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
+                smtp.sendmail("alice@example.org", ["bob@example.test", "fwd@example.test"],
+                              MESSAGE)
+            box = tmp_path / "mail" / "example.test" / "bob" / "new"
+            assert wait_for(lambda: not server.spool.list() and list(box.iterdir()))
+        assert wait_for(lambda: receiver.spool.list("deliver"))
+        (forwarded,) = receiver.spool.list("deliver")
+    assert [r["address"] for r in forwarded.envelope["recipients"]] == ["fwd@example.test"]
+    (stored,) = box.iterdir()
+    assert stored.read_bytes().startswith(b"Return-Path: <alice@example.org>\n"
+                                          b"Delivered-To: bob@example.test\nReceived: ")
+
+
+def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
+    spool = Spool(tmp_path / "queue")
+    delivery = Delivery(spool, FAST, "mx.test", ("example.test",))
+    script = Engine().load_source(
+        'fn on_post_queue(ctx) { transport::lmtp(ctx, "lmtp://127.0.0.1:24"); '
+        'status::next() }', "pq.vsl")
+    ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.test")
+    ctx.stage = Stage.MAIL_FROM
+    ctx.begin_transaction(Mailbox.parse(SENDER))
+    ctx.add_recipient(Mailbox.parse("bob@example.test"))
+    ctx.message = Message(MESSAGE)
+
+    async def main():
+        msg_id = await spool.put({"sender": SENDER,
+                                  "recipients": delivery.recipients(ctx)}, MESSAGE)
+        before = spool.get(msg_id).envelope["recipients"][0]["route"]
+        ctx.stage = Stage.POST_QUEUE
+        script.call("on_post_queue", ctx)
+        await delivery.reroute(msg_id, "working", ctx, MESSAGE)
+        return before, spool.get(msg_id).envelope["recipients"][0]["route"]
+
+    before, after = asyncio.run(main())
+    assert before == f"maildir:{tmp_path / 'mail' / 'example.test' / 'bob'}"
+    assert after == "lmtp://127.0.0.1:24"

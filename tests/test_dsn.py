@@ -1,0 +1,89 @@
+"""RFC 3464 delivery status notifications, read back with the email package."""
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from server.dsn import build_dsn, status_code
+
+ENVELOPE = {"id": "0123456789ab-0123456789ab", "sender": "alice@example.org",
+            "received_at": 1_700_000_000.0}
+ORIGINAL = (b"From: Alice <alice@example.org>\r\nTo: bob@remote.test\r\n"
+            b"Subject: caf\xc3\xa9\r\n\r\nthe body stays out\r\n")
+FAILED = [{"address": "bob@remote.test", "reply": "550 5.1.1 no such user",
+           "remote_mta": "mx.remote.test"},
+          {"address": "carol@slow.test", "reply": "451 4.4.1 cannot deliver to x: refused",
+           "expired": True},
+          {"address": "dan@local.test", "reply": "554 mailbox disabled"}]
+
+
+def parse(data: bytes):
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+@pytest.fixture(scope="module")
+def dsn():
+    return build_dsn("mx.example.com", ENVELOPE, FAILED, ORIGINAL, now=1_700_000_100.0)
+
+
+def test_structure(dsn):
+    message = parse(dsn)
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    assert [p.get_content_type() for p in message.iter_parts()] == [
+        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+    assert message["From"] == "Mail Delivery System <MAILER-DAEMON@mx.example.com>"
+    assert message["To"] == "alice@example.org"
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["Date"] and message["Message-ID"].endswith("@mx.example.com>")
+
+
+def test_delivery_status_fields(dsn):
+    blocks = [dict(b) for b in email.message_from_bytes(dsn).get_payload()[1].get_payload()]
+    assert blocks[0]["Reporting-MTA"] == "dns; mx.example.com"
+    assert blocks[0]["X-Queue-ID"] == ENVELOPE["id"] and "2023" in blocks[0]["Arrival-Date"]
+    assert blocks[1:] == [
+        {"Final-Recipient": "rfc822; bob@remote.test", "Action": "failed", "Status": "5.1.1",
+         "Remote-MTA": "dns; mx.remote.test",
+         "Diagnostic-Code": "smtp; 550 5.1.1 no such user"},
+        {"Final-Recipient": "rfc822; carol@slow.test", "Action": "failed", "Status": "4.4.7",
+         "Diagnostic-Code": "X-vSL; 451 4.4.1 cannot deliver to x: refused"},
+        {"Final-Recipient": "rfc822; dan@local.test", "Action": "failed", "Status": "5.0.0",
+         "Diagnostic-Code": "X-vSL; 554 mailbox disabled"}]
+
+
+def test_human_part_and_original_header(dsn):
+    human, _, headers = parse(dsn).iter_parts()
+    text = human.get_content()
+    assert "<bob@remote.test>: 550 5.1.1 no such user" in text
+    assert "<carol@slow.test>: delivery time expired; last error: 451" in text
+    original = headers.get_payload(decode=True)
+    assert original == ORIGINAL.split(b"\r\n\r\n")[0] + b"\r\n"
+    assert b"the body stays out" not in dsn
+
+
+def test_wire_format(dsn):
+    assert b"\n" not in dsn.replace(b"\r\n", b"")
+    assert max(len(line) for line in dsn.split(b"\r\n")) <= 998
+    assert dsn.isascii()
+
+
+def test_long_and_utf8_values():
+    failed = [{"address": "jos\u00e9@remote.test", "reply": "550 5.7.1 " + "x" * 2000}]
+    data = build_dsn("mx.example.com", {**ENVELOPE, "sender": "\u00e9lise@example.org"},
+                     failed, ORIGINAL)
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    assert "Final-Recipient: utf-8; jos\u00e9@remote.test\r\n".encode() in data  # RFC 6533
+    assert "To: \u00e9lise@example.org\r\n".encode() in data
+    (block,) = email.message_from_bytes(data).get_payload()[1].get_payload()[1:]
+    assert "=?" not in block["Diagnostic-Code"]
+
+
+@pytest.mark.parametrize("record, code", [
+    ({"reply": "550 5.1.1 no"}, "5.1.1"), ({"reply": "550-5.2.2 full"}, "5.2.2"),
+    ({"reply": "550 no code"}, "5.0.0"), ({"reply": "450 no code"}, "4.0.0"),
+    ({"reply": "451 4.4.1 x", "expired": True}, "4.4.7"), ({}, "5.0.0")])
+def test_status_code(record, code):
+    assert status_code(record) == code

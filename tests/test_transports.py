@@ -1,0 +1,411 @@
+"""Transports against real receivers on 127.0.0.1: an aiosmtpd sink, a second vSL server,
+a tiny LMTP server, the test DNS server (tests/zones/delivery.test.zone), real files.
+Also the transport:: natives that choose the routes."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from server.config import Listener
+from server.config import DeliveryConfig
+from server.transports import Transports, append_mbox, dot_stuffed
+from stdlib.ctx import Context, Stage
+from stdlib.dns import Resolver, parse_nameserver
+from stdlib.mail import Mailbox
+from stdlib.transport import Route, parse_route
+from vsl.engine import Engine
+from vsl.errors import ScriptError
+from vsl.lint import Linter
+from tests.support.mailsink import MESSAGE, LmtpServer, Sink, free_port
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import tls_setup, wait_for
+
+CONFIG = DeliveryConfig(connect_timeout=2, command_timeout=2, idle_timeout=5)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def send(route: str, recipients=("bob@example.test",), config=CONFIG, resolver=None,
+               sender="alice@example.org", data=MESSAGE, transports=None):
+    own = transports is None
+    transports = transports or Transports(config, "out.test", resolver)
+    try:
+        return await transports.deliver(parse_route(route), sender, list(recipients), data)
+    finally:
+        if own:
+            await transports.close()
+
+
+# ---- SMTP forwarding ----------------------------------------------------------------------
+
+def test_forward_to_a_sink():
+    async def main():
+        async with Sink() as sink:
+            outcomes = await send(f"smtp://127.0.0.1:{sink.port}",
+                                  ["bob@example.test", "carol@example.test"])
+            return outcomes, sink.messages
+
+    outcomes, messages = run(main())
+    assert {o.status for o in outcomes.values()} == {"delivered"}
+    assert outcomes["bob@example.test"].reply == "250 2.0.0 Ok: queued"
+    assert outcomes["bob@example.test"].remote_mta == "127.0.0.1"
+    (message,) = messages
+    assert message.sender == "alice@example.org"
+    assert message.recipients == ["bob@example.test", "carol@example.test"]
+    assert message.data == MESSAGE and not message.tls  # dots unstuffed again
+
+
+def test_forward_to_a_vsl_server(tmp_path):
+    with running(config_for(tmp_path)) as receiver:
+        outcomes = run(send(f"smtp://127.0.0.1:{receiver.port()}?tls=none"))
+        assert outcomes["bob@example.test"].status == "delivered"
+        assert wait_for(lambda: receiver.spool.list("deliver"))
+        (entry,) = receiver.spool.list("deliver")
+    assert entry.envelope["sender"] == "alice@example.org"
+    assert entry.envelope["helo"] == "out.test" and entry.envelope["tls"] is False
+    assert receiver.spool.message(entry.id).endswith(MESSAGE)
+
+
+@pytest.mark.parametrize("tls", ["opportunistic", "required"])
+def test_starttls_when_offered(tmp_path, tls):
+    tls_config, _, _ = tls_setup(tmp_path)
+    with running(config_for(tmp_path, tls=tls_config)) as receiver:
+        outcomes = run(send(f"smtp://127.0.0.1:{receiver.port()}?tls={tls}"))
+        assert outcomes["bob@example.test"].status == "delivered"
+        assert wait_for(lambda: receiver.spool.list("deliver"))
+        assert receiver.spool.list("deliver")[0].envelope["tls"] is True
+
+
+def test_smtps(tmp_path):
+    tls_config, _, _ = tls_setup(tmp_path)
+    config = config_for(tmp_path, tls=tls_config,
+                        listen=(Listener("127.0.0.1", 0, "smtps"),))
+    with running(config) as receiver:
+        outcomes = run(send(f"smtps://127.0.0.1:{receiver.port('smtps')}"))
+        assert outcomes["bob@example.test"].status == "delivered"
+        assert wait_for(lambda: receiver.spool.list("deliver"))
+        assert receiver.spool.list("deliver")[0].envelope["tls"] is True
+
+
+def test_tls_required_without_starttls_is_a_temporary_failure():
+    async def main():
+        async with Sink() as sink:
+            return await send(f"smtp://127.0.0.1:{sink.port}?tls=required"), sink.messages
+
+    outcomes, messages = run(main())
+    outcome = outcomes["bob@example.test"]
+    assert outcome.status == "deferred" and "STARTTLS" in outcome.reply
+    assert outcome.reply.startswith("451 4.4.1 ") and messages == []
+
+
+def test_connection_refused_is_a_temporary_failure():
+    port = free_port()
+    outcome = run(send(f"smtp://127.0.0.1:{port}"))["bob@example.test"]
+    assert outcome.status == "deferred"
+    assert outcome.reply.startswith(f"451 4.4.1 cannot deliver to 127.0.0.1:{port}: ")
+
+
+def test_each_recipient_gets_its_own_answer():
+    async def main():
+        async with Sink() as sink:
+            outcomes = await send(f"smtp://127.0.0.1:{sink.port}",
+                                  ["ok@example.test", "temp@example.test", "bad@example.test"])
+            return outcomes, sink.messages
+
+    outcomes, messages = run(main())
+    assert {r: (o.status, o.reply) for r, o in outcomes.items()} == {
+        "ok@example.test": ("delivered", "250 2.0.0 Ok: queued"),
+        "temp@example.test": ("deferred", "451 4.2.0 try again later"),
+        "bad@example.test": ("failed", "550 5.1.1 no such user")}
+    assert [m.recipients for m in messages] == [["ok@example.test"]]
+
+
+def test_no_recipient_accepted_sends_no_data():
+    async def main():
+        async with Sink() as sink:
+            return await send(f"smtp://127.0.0.1:{sink.port}", ["bad@example.test"]), sink
+
+    outcomes, sink = run(main())
+    assert outcomes["bad@example.test"].status == "failed" and sink.messages == []
+
+
+@pytest.mark.parametrize("reply, status", [("554 5.6.0 content refused", "failed"),
+                                           ("452 4.3.1 out of space", "deferred")])
+def test_reply_after_data_decides(reply, status):
+    async def main():
+        async with Sink() as sink:
+            sink.data_reply = reply
+            return await send(f"smtp://127.0.0.1:{sink.port}")
+
+    outcome = run(main())["bob@example.test"]
+    assert (outcome.status, outcome.reply) == (status, reply)
+
+
+def test_timeout_mid_data_is_a_temporary_failure():
+    async def main():
+        async with Sink() as sink:
+            sink.data_delay = 5
+            return await send(f"smtp://127.0.0.1:{sink.port}",
+                              config=replace(CONFIG, command_timeout=0.3))
+
+    outcome = run(main())["bob@example.test"]
+    assert outcome.status == "deferred"
+    assert outcome.reply.startswith("451 4.4.2 lost connection with 127.0.0.1: ")
+
+
+def test_connections_are_reused_per_destination():
+    async def main():
+        async with Sink() as sink:
+            transports = Transports(CONFIG, "out.test")
+            route = f"smtp://127.0.0.1:{sink.port}"
+            for n in range(3):
+                await send(route, [f"user{n}@example.test"], transports=transports)
+            reused = sink.connections, transports.pool.opened
+            sink.drop_connections()  # the server closed the idle connection: a new one
+            await asyncio.sleep(0.05)
+            outcome = (await send(route, transports=transports))["bob@example.test"]
+            await transports.close()
+            return reused, outcome, sink
+
+    reused, outcome, sink = run(main())
+    assert reused == (1, 1)
+    assert outcome.status == "delivered" and sink.connections == 2 and len(sink.messages) == 4
+
+
+def test_idle_connections_are_closed():
+    async def main():
+        async with Sink() as sink:
+            transports = Transports(replace(CONFIG, idle_timeout=0.05), "out.test")
+            route = f"smtp://127.0.0.1:{sink.port}"
+            await send(route, transports=transports)
+            await asyncio.sleep(0.3)
+            closed = not transports.pool.idle
+            await send(route, transports=transports)
+            await transports.close()
+            return closed, sink.connections
+
+    assert run(main()) == (True, 2)
+
+
+def test_dot_stuffing():
+    assert dot_stuffed(b"a\n.b\r\n..c") == b"a\r\n..b\r\n...c\r\n.\r\n"
+
+
+# ---- MX ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def resolver(dns_server):
+    dns_server.reset()
+    return Resolver([parse_nameserver(f"127.0.0.1:{dns_server.port}")], timeout=1)
+
+
+def mx_send(resolver, domain: str, sink_port: int | None = None):
+    config = replace(CONFIG, mx_port=sink_port or free_port())
+    return send("mx", [f"bob@{domain}"], config=config, resolver=resolver)
+
+
+@pytest.mark.parametrize("domain, host", [
+    ("pref.delivery.test", "primary.delivery.test"),    # lowest preference first
+    ("fallback.delivery.test", "backup.delivery.test"),  # the best MX has no address
+    ("plain.delivery.test", "plain.delivery.test"),      # no MX: the domain's A record
+])
+def test_mx_delivery(resolver, domain, host):
+    async def main():
+        async with Sink() as sink:
+            return (await mx_send(resolver, domain, sink.port))[f"bob@{domain}"], sink
+
+    outcome, sink = run(main())
+    assert (outcome.status, outcome.remote_mta) == ("delivered", host)
+    assert sink.messages[0].recipients == [f"bob@{domain}"]
+
+
+def test_null_mx_fails_at_once(resolver):
+    outcome = run(mx_send(resolver, "nullmx.delivery.test"))["bob@nullmx.delivery.test"]
+    assert outcome.status == "failed" and outcome.reply.startswith("556 5.1.10 ")
+
+
+def test_a_domain_without_mail_host_fails(resolver):
+    outcome = run(mx_send(resolver, "nowhere.delivery.test"))["bob@nowhere.delivery.test"]
+    assert outcome.status == "failed" and outcome.reply.startswith("550 5.4.4 ")
+
+
+def test_dns_failure_and_unreachable_mx_defer(resolver, dns_server):
+    dns_server.servfail("pref.delivery.test")
+    outcome = run(mx_send(resolver, "pref.delivery.test"))["bob@pref.delivery.test"]
+    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.4.3 ")
+    outcome = run(mx_send(resolver, "plain.delivery.test"))["bob@plain.delivery.test"]
+    assert outcome.status == "deferred" and "Connection refused" in outcome.reply
+
+
+# ---- LMTP ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("unix", [False, True])
+def test_lmtp_answers_per_recipient_after_data(tmp_path, unix):
+    async def main():
+        path = str(tmp_path / "lmtp.sock") if unix else None
+        server = await LmtpServer().start(path)
+        route = f"lmtp://{path}" if unix else f"lmtp://127.0.0.1:{server.port}"
+        try:
+            return await send(route, ["ok@example.test", "temp@example.test",
+                                      "bad@example.test"]), server.messages
+        finally:
+            await server.stop()
+
+    outcomes, messages = run(main())
+    assert {r: o.status for r, o in outcomes.items()} == {
+        "ok@example.test": "delivered", "temp@example.test": "deferred",
+        "bad@example.test": "failed"}
+    assert outcomes["temp@example.test"].reply == "452 4.2.2 mailbox full"
+    (message,) = messages
+    assert message.recipients == ["ok@example.test", "temp@example.test"]
+    assert message.data == MESSAGE
+
+
+def test_lmtp_unreachable_defers():
+    outcome = run(send(f"lmtp://127.0.0.1:{free_port()}"))["bob@example.test"]
+    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.4.1 ")
+
+
+# ---- local files ---------------------------------------------------------------------------
+
+def test_maildir(tmp_path):
+    box = tmp_path / "mail" / "bob"
+    outcomes = run(send(f"maildir:{box}", ["bob@example.test"]))
+    run(send(f"maildir:{box}", ["bob@example.test"]))
+    assert outcomes["bob@example.test"].status == "delivered"
+    files = sorted((box / "new").iterdir())
+    assert len(files) == 2 and files[0].name != files[1].name
+    assert list((box / "tmp").iterdir()) == [] and (box / "cur").is_dir()
+    assert files[0].read_bytes() == (b"Return-Path: <alice@example.org>\n"
+                                     b"Delivered-To: bob@example.test\n" +
+                                     MESSAGE.replace(b"\r\n", b"\n"))
+
+
+def test_mbox(tmp_path):
+    path = tmp_path / "spool" / "bob"
+    run(send(f"mbox:{path}", data=b"Subject: one\r\n\r\nFrom here\r\n>From there\r\n"))
+    run(send(f"mbox:{path}", sender="", data=b"Subject: two\r\n\r\nbye"))
+    text = path.read_text()
+    first, second = text.split("\n\nFrom ")
+    assert first.startswith("From alice@example.org ")
+    assert first.endswith("Subject: one\n\n>From here\n>>From there")
+    assert second.startswith("MAILER-DAEMON ") and second.endswith("Subject: two\n\nbye\n\n")
+
+
+def test_concurrent_mbox_appends_do_not_mix(tmp_path):
+    path = tmp_path / "box"
+    body = b"Subject: x\r\n\r\n" + b"line\r\n" * 5000
+
+    async def main():
+        await asyncio.gather(*(send(f"mbox:{path}", [f"u{n}@example.test"], data=body)
+                               for n in range(20)))
+
+    run(main())
+    messages = path.read_bytes().split(b"\n\nFrom ")
+    assert len(messages) == 20
+    assert all(m.count(b"line") == 5000 for m in messages)
+
+
+def test_mbox_keeps_no_partial_message(tmp_path, monkeypatch):
+    path = tmp_path / "box"
+    append_mbox(str(path), b"Subject: kept\n\nok\n", "a@example.org")
+    size = path.stat().st_size
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("server.transports._write_all", full)
+    outcome = run(send(f"mbox:{path}"))["bob@example.test"]
+    assert outcome.status == "deferred" and "No space left" in outcome.reply
+    assert path.stat().st_size == size
+
+
+def test_unwritable_maildir_defers(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    outcome = run(send(f"maildir:{tmp_path / 'file' / 'box'}"))["bob@example.test"]
+    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.3.0 maildir ")
+
+
+# ---- routes and the transport:: natives ---------------------------------------------------
+
+@pytest.mark.parametrize("text, route", [
+    ("smtp://relay.example", Route("smtp", "relay.example", 25)),
+    ("smtp://relay.example:587?tls=required", Route("smtp", "relay.example", 587, "required")),
+    ("smtp://[::1]:2525?tls=none", Route("smtp", "::1", 2525, "none")),
+    ("smtps://relay.example", Route("smtps", "relay.example", 465)),
+    ("lmtp://10.0.0.5", Route("lmtp", "10.0.0.5", 24)),
+    ("lmtp:///run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp")),
+    ("mx", Route("mx")),
+    ("maildir:/var/mail/bob/", Route("maildir", path="/var/mail/bob")),
+    ("mbox:/var/spool/mail/bob", Route("mbox", path="/var/spool/mail/bob")),
+])
+def test_routes_round_trip(text, route):
+    assert parse_route(text) == route and parse_route(str(route)) == route
+
+
+@pytest.mark.parametrize("text", [
+    "", "ftp://x", "smtp://", "smtp://h:99999", "smtp://h?tls=maybe", "smtps://h?tls=none",
+    "smtp://h?x=1", "smtp://user@h", "smtp://h/path", "maildir:relative", "mx:x", "smtp",
+])
+def test_bad_routes(text):
+    with pytest.raises(ScriptError):
+        parse_route(text)
+
+
+SCRIPT = """
+fn on_mail_from(ctx) { transport::deliver(ctx); status::next() }
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.domain == "lmtp.test" { transport::lmtp(ctx, "lmtp://127.0.0.1:24"); }
+    status::next()
+}
+fn on_post_queue(ctx) {
+    transport::maildir(ctx, "/var/mail/abuse", "abuse@example.test");
+    status::next()
+}
+fn everyone(ctx) { transport::forward(ctx, "smtp://relay.test:587?tls=required") }
+"""
+
+
+def test_natives_route_this_recipient_or_all():
+    script = Engine().load_source(SCRIPT, "routes.vsl")
+    ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.test")
+    ctx.stage = Stage.MAIL_FROM
+    ctx.begin_transaction(Mailbox.parse("alice@example.org"))
+    script.call("on_mail_from", ctx)
+    ctx.stage = Stage.RCPT_TO
+    for address in ("bob@lmtp.test", "carol@remote.test", "abuse@example.test"):
+        ctx.add_recipient(Mailbox.parse(address))
+        script.call("on_rcpt_to", ctx)
+    ctx.stage = Stage.POST_QUEUE
+    script.call("on_post_queue", ctx)
+    routes = {r.address: ctx.route_for(r) for r in ctx.recipients}
+    assert routes == {"bob@lmtp.test": "lmtp://127.0.0.1:24", "carol@remote.test": "mx",
+                      "abuse@example.test": "maildir:/var/mail/abuse"}
+    script.call("everyone", ctx)  # for all: replaces the per-recipient routes
+    assert {ctx.route_for(r) for r in ctx.recipients} == {
+        "smtp://relay.test:587?tls=required"}
+    ctx.reset()
+    assert ctx.route_for(Mailbox.parse("bob@lmtp.test")) is None
+
+
+def test_natives_check_their_arguments():
+    engine = Engine()
+    ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.test")
+    ctx.stage = Stage.HELO
+    script = engine.load_source(
+        'fn early(ctx) { transport::deliver(ctx) }\n'
+        'fn relative(ctx) { transport::mbox(ctx, "box") }\n', "bad.vsl")
+    with pytest.raises(ScriptError, match="not available before on_mail_from"):
+        script.call("early", ctx)
+    ctx.stage = Stage.MAIL_FROM
+    ctx.begin_transaction(Mailbox.parse("alice@example.org"))
+    with pytest.raises(ScriptError, match="must be absolute"):
+        script.call("relative", ctx)
+    findings = Linter(engine).lint_source(
+        'fn on_rcpt_to(ctx) { transport::forward(ctx, "smtp://h?tls=x"); status::next() }',
+        "lint.vsl", None)
+    assert any("tls=none|opportunistic|required" in str(f) for f in findings)
