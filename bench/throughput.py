@@ -216,7 +216,35 @@ class Server:
     def errors(self) -> list[str]: return []
 
 
-class VslServer(Server):
+class ProcessServer(Server):
+    """A server that is one child process logging to ``self.log``."""
+
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def launch(self, command: list[str], cwd: Path | None = None) -> None:
+        with open(self.log, "wb") as out:  # a file, never a pipe: a full pipe stalls it
+            self.proc = subprocess.Popen(command, stdout=out, stderr=out,
+                                         stdin=subprocess.DEVNULL, cwd=cwd)
+        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cpu(self) -> float:
+        return tree_cpu(self.proc.pid)
+
+    def describe(self) -> str:
+        return tail(self.log)
+
+
+class VslServer(ProcessServer):
     name = "vSL"
 
     def __init__(self, work: Path):
@@ -224,7 +252,6 @@ class VslServer(Server):
         self.scripts = self.work / "scripts"
         self.queue = self.work / "queue"
         self.log = self.work / "server.log"
-        self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         return [str(VSL), "serve", "--config", str(self.work / "vsl.toml"),
@@ -237,19 +264,7 @@ class VslServer(Server):
         (self.work / "vsl.toml").write_text(
             "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n")
         self.port = free_port()
-        with open(self.log, "wb") as out:  # a file, never a pipe: a full pipe stalls it
-            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out,
-                                         stdin=subprocess.DEVNULL, cwd=self.work)
-        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.launch(self.command(), cwd=self.work)
 
     def hold_dir(self) -> Path:
         return self.queue / "quarantine" / "hold"
@@ -271,12 +286,6 @@ class VslServer(Server):
         if self.hold_dir().is_dir():
             for name in os.listdir(self.hold_dir()):
                 os.unlink(self.hold_dir() / name)
-
-    def cpu(self) -> float:
-        return tree_cpu(self.proc.pid)
-
-    def describe(self) -> str:
-        return tail(self.log)
 
     def errors(self) -> list[str]:
         return [line for line in self.log.read_text(errors="replace").splitlines()
@@ -368,33 +377,19 @@ class PostfixServer(Server):
                 and "not owned by postfix" not in line]
 
 
-class SinkServer(Server):
+class SinkServer(ProcessServer):
     name = "sink"
 
     def __init__(self, work: Path):
         self.work = work / "sink"
         self.count_file = self.work / "count"
         self.log = self.work / "sink.log"
-        self.proc: subprocess.Popen | None = None
         self.seen = 0
 
     def start(self) -> None:
         self.work.mkdir(parents=True)
         self.port = free_port()
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", SINK, str(self.port), str(self.count_file)],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.launch([sys.executable, "-c", SINK, str(self.port), str(self.count_file)])
 
     def total(self) -> int:
         self.count_file.unlink(missing_ok=True)
@@ -411,12 +406,6 @@ class SinkServer(Server):
 
     def empty(self) -> None:
         self.seen = self.total()
-
-    def cpu(self) -> float:
-        return tree_cpu(self.proc.pid)
-
-    def describe(self) -> str:
-        return tail(self.log)
 
     def errors(self) -> list[str]:
         return [line for line in self.log.read_text(errors="replace").splitlines()

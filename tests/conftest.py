@@ -14,3 +14,11 @@ def dns_server():
     """A real DNS server on 127.0.0.1 serving every tests/zones/*.zone file."""
     with DnsServer(sorted(ZONES.glob("*.zone"))) as server:
         yield server
+
+
+@pytest.fixture
+def server(dns_server):
+    """The session DNS server; faults and the query log are cleared before and after."""
+    dns_server.reset()
+    yield dns_server
+    dns_server.reset()

@@ -36,13 +36,6 @@ fn header(ctx, result) {
 """
 
 
-@pytest.fixture
-def server(dns_server):
-    dns_server.reset()
-    yield dns_server
-    dns_server.reset()
-
-
 @pytest.fixture(scope="module")
 def natives():
     return script(SCRIPT)

@@ -44,13 +44,6 @@ fn key(path) { dkim::key(path) }
 KEYS = {"rsa-sha256": ("rsa2048.pem", "rsa"), "ed25519-sha256": ("ed25519.pem", "ed")}
 
 
-@pytest.fixture
-def server(dns_server):
-    dns_server.reset()
-    yield dns_server
-    dns_server.reset()
-
-
 @pytest.fixture(scope="module")
 def natives():
     return script(SCRIPT)

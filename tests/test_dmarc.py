@@ -30,13 +30,6 @@ fn sign(ctx) {
 """
 
 
-@pytest.fixture
-def server(dns_server):
-    dns_server.reset()
-    yield dns_server
-    dns_server.reset()
-
-
 @pytest.fixture(scope="module")
 def natives():
     return script(SCRIPT)

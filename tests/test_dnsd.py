@@ -19,13 +19,6 @@ ZONE = Path(__file__).parent / "zones" / "example.test.zone"
 
 
 @pytest.fixture
-def server(dns_server):
-    """The session server; faults and the query log are cleared afterwards."""
-    yield dns_server
-    dns_server.reset()
-
-
-@pytest.fixture
 def resolver(server):
     """A stub resolver that asks only the test server."""
     stub = dns.resolver.Resolver(configure=False)

@@ -26,14 +26,6 @@ CLIENT, HELO = "192.0.2.7", "mail.spf.test"
 
 
 @pytest.fixture
-def server(dns_server):
-    """The session server; faults and the query log are cleared afterwards."""
-    dns_server.reset()
-    yield dns_server
-    dns_server.reset()
-
-
-@pytest.fixture
 def check(server):
     """check(ip=..., helo=..., [mail_from=...]): spf::check_host through a script."""
     script = Engine().load_source(SCRIPT, "spf.vsl")
