@@ -4,7 +4,7 @@
     auth::add_header(ctx, #{ auth_serv_id: "mydomain.tld" });   // at on_pre_queue
 
 The header lists every result stored in ``ctx`` (iprev, SPF for HELO and MAIL FROM,
-and later DKIM, DMARC, ARC), in the order they were stored; each SPF result also gets
+DKIM, DMARC, ARC), in the order they were stored; each SPF result also gets
 its own Received-SPF trace header. Headers are built with authres.
 """
 from __future__ import annotations
