@@ -1,0 +1,307 @@
+"""Crash-safety harness: real processes on loopback, killed for real.
+
+- :class:`SinkProcess`: the receiving SMTP server, a process of its own
+  (``python -m tests.support.crash sink --out FILE``, the aiosmtpd sink of
+  ``tests/support/mailsink.py``). It appends each message's Message-ID to FILE, one a line,
+  written and fsync'd before it answers 250; it prints its port on stdout once listening.
+- :class:`VslProcess`: ``vsl serve --config FILE`` on a fixed loopback port, which can be
+  SIGKILLed and started again on the same spool.
+- :class:`Clients`: concurrent smtplib clients, each message with a unique Message-ID; they
+  remember which messages got a 250 to the final dot, and reconnect while the server is
+  down.
+- :func:`spool_message_ids`: the Message-ID of every message still in a spool, by queue.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import select
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from server.queue import Spool
+from tests.support.mailsink import Sink
+
+ROOT = Path(__file__).resolve().parents[2]
+VSL = Path(sys.executable).parent / "vsl"
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.I | re.M)
+
+
+def message_id(data: bytes) -> str | None:
+    """The Message-ID of a message (its header block only), or None."""
+    head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
+    found = _MESSAGE_ID.search(head)
+    return found.group(1).decode() if found else None
+
+
+def spool_message_ids(queue_dir: Path) -> dict[str, list[str]]:
+    """Message-IDs of the messages in the spool, by queue (works beside a running server:
+    a message that moves or leaves meanwhile is skipped)."""
+    spool, found = Spool(queue_dir), {}
+    for entry in spool.list():
+        try:
+            data = spool.message(entry.id, entry.queue)
+        except OSError:
+            continue
+        found.setdefault(entry.queue, []).append(message_id(data) or f"<no id {entry.id}>")
+    return found
+
+
+def queue_counts(queue_dir: Path, queues=("deliver", "deferred")) -> int:
+    """How many envelopes the given queues hold (cheap: a directory listing)."""
+    return sum(1 for q in queues for _ in (Path(queue_dir) / q).glob("*.json"))
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---- the receiving server ------------------------------------------------------------------
+
+class _IdSink(Sink):
+    """mailsink's Sink, recording only Message-IDs, durably, before the 250."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+        self.accept_all = True
+
+    async def handle_DATA(self, server, session, envelope):
+        mid = message_id(envelope.original_content) or "<none>"
+        self.out.write(f"{mid}\n".encode())
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        return "250 2.0.0 Ok: stored"
+
+
+async def _serve_sink(out_path: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with open(out_path, "ab") as out:
+        sink = await _IdSink(out).start(port)
+        print(sink.port, flush=True)
+        await stop.wait()
+        await sink.stop()
+
+
+class SinkProcess:
+    """The receiving SMTP server as a separate process (see the module docstring)."""
+
+    def __init__(self, directory: Path):
+        self.out = directory / "received.txt"
+        self.log = directory / "sink.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self, timeout: float = 15) -> "SinkProcess":
+        self.out.touch()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.crash", "sink", "--out", str(self.out)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the sink did not start: {line!r}\n{_tail(self.log)}")
+        self.port = int(line)
+        return self
+
+    def received(self) -> list[str]:
+        """The Message-ID of every message received so far, in order."""
+        return self.out.read_text().split()
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# ---- the server under test -------------------------------------------------------------
+
+class VslProcess:
+    """``vsl serve --config CONFIG`` listening on 127.0.0.1:``port``; each start logs to
+    its own serve-N.log in ``directory``."""
+
+    def __init__(self, config: Path, port: int, directory: Path):
+        self.config, self.port, self.directory = config, port, directory
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.directory / f"serve-{self.starts}.log"
+
+    def start(self, timeout: float = 15) -> None:
+        self.starts += 1
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([VSL, "serve", "--config", str(self.config)],
+                                         cwd=self.directory, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vsl serve exited ({self.proc.returncode}):\n"
+                                   f"{_tail(self.log)}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"vsl serve did not listen within {timeout} s:\n{_tail(self.log)}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def logs(self) -> str:
+        """The tail of every start's log."""
+        return "\n".join(f"--- serve-{n}.log\n{_tail(self.directory / f'serve-{n}.log', 10)}"
+                         for n in range(1, self.starts + 1))
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# ---- clients ---------------------------------------------------------------------------
+
+class Clients:
+    """``threads`` concurrent clients sending to 127.0.0.1:``port`` until ``target``
+    messages got a 250 to the final dot. A session sends 1 to 8 messages; every message
+    (a retry too) has a new Message-ID. Errors (the server killed, refused connections)
+    only mean that message was not acknowledged; the client reconnects."""
+
+    def __init__(self, port: int, target: int, threads: int = 8, seed: int = 0,
+                 tag: str = "crash", timeout: float = 10):
+        self.port, self.target, self.seed, self.tag = port, target, seed, tag
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.attempted: list[str] = []        # MAIL FROM sent (at least tried)
+        self.acked: dict[str, str] = {}       # Message-ID -> the server's queue id
+        self.outcomes: Counter = Counter()    # what the others got
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True,
+                                         name=f"crash-client-{n}") for n in range(threads)]
+
+    def start(self) -> "Clients":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    @property
+    def acked_count(self) -> int:
+        return len(self.acked)
+
+    def done(self) -> bool:
+        return self.stopping.is_set() or len(self.acked) >= self.target
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(self.timeout + 5)
+
+    def _run(self, n: int) -> None:
+        rng = random.Random(self.seed * 1000 + n)
+        seq = 0
+        while not self.done():
+            try:
+                smtp = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
+                                    timeout=self.timeout)
+            except (smtplib.SMTPException, OSError) as err:
+                self._count(f"connect: {type(err).__name__}")
+                time.sleep(0.02)
+                continue
+            try:
+                if smtp.ehlo()[0] != 250:
+                    self._count("ehlo refused")
+                    continue
+                for _ in range(rng.randint(1, 8)):
+                    if self.done():
+                        break
+                    seq += 1
+                    mid = f"<{self.tag}.{n}.{seq}@clients.test>"
+                    with self.lock:
+                        self.attempted.append(mid)
+                    if not self._send(smtp, mid, n, rng):
+                        break
+                smtp.quit()
+            except Exception as err:  # noqa: BLE001 - the server was killed: a new session
+                self._count(type(err).__name__)
+            finally:
+                smtp.close()
+
+    def _send(self, smtp: smtplib.SMTP, mid: str, n: int, rng: random.Random) -> bool:
+        """One transaction; whether the session can go on."""
+        code, _ = smtp.mail(f"sender{n}@clients.test")
+        if code != 250:
+            self._count(f"MAIL {code}")
+            return False
+        code, _ = smtp.rcpt(f"rcpt{n}@remote.test")
+        if code != 250:
+            self._count(f"RCPT {code}")
+            return False
+        body = b"".join(b"line %d of %s\r\n" % (i, mid.encode())
+                        for i in range(rng.randint(1, 40)))
+        code, text = smtp.data(f"From: <sender{n}@clients.test>\r\nTo: <rcpt{n}@remote.test>"
+                               f"\r\nMessage-ID: {mid}\r\nSubject: crash test\r\n\r\n"
+                               .encode() + body)
+        if code != 250:
+            self._count(f"DATA {code}")
+            return False
+        with self.lock:
+            self.acked[mid] = text.decode().rsplit(" ", 1)[-1]
+        return True
+
+    def _count(self, what: str) -> None:
+        with self.lock:
+            self.outcomes[what] += 1
+
+
+# ---- command line ------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.crash")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sink = commands.add_parser("sink", help="receiving SMTP server recording Message-IDs")
+    sink.add_argument("--out", required=True, help="file to append Message-IDs to")
+    sink.add_argument("--port", type=int, default=0, help="default: a free port (printed)")
+    args = parser.parse_args(argv)
+    if args.command == "sink":
+        asyncio.run(_serve_sink(args.out, args.port))
+
+
+if __name__ == "__main__":
+    main()
