@@ -32,6 +32,7 @@ from vsl.errors import ScriptError
 
 from .config import DeliveryConfig
 from .dsn import build_dsn
+from .journal import Journal
 from .queue import Entry, QueueError, Spool
 from .transports import Outcome, Transports
 
@@ -55,6 +56,7 @@ class Delivery:
         self.relay = str(parse_route(config.relay, ("smtp", "smtps"))) if config.relay \
             else "mx"
         self.transports = Transports(config, self.hostname, resolver)
+        self.journal = Journal(spool.root / "delivered.journal")
         self.active: dict[str, asyncio.Task] = {}
         self.deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
         self._task: asyncio.Task | None = None
@@ -98,6 +100,7 @@ class Delivery:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         await self.transports.close()
+        self.journal.close()
 
     async def run_once(self) -> int:
         """Deliver what is due now and wait for it; returns how many messages."""
@@ -106,12 +109,29 @@ class Delivery:
         return len(tasks)
 
     async def _run(self) -> None:
+        await self.recover()
         while True:
             try:
                 await self._claim()
             except Exception:  # noqa: BLE001 - the worker must outlive one bad poll
                 log.exception("delivery: cannot read the queue")
             await asyncio.sleep(self.config.poll_interval)
+
+    async def recover(self) -> None:
+        """Mark delivered what the journal says a remote accepted before a crash."""
+        for msg_id, addresses in self.journal.read().items():
+            try:
+                entry = self.spool.get(msg_id)
+            except QueueError:
+                continue  # delivered and removed, or removed by the operator
+            undone = [r for r in entry.envelope["recipients"]
+                      if r["address"] in addresses and r["status"] in ("pending", "deferred")]
+            for rcpt in undone:
+                rcpt["status"] = "delivered"
+            if undone:
+                log.info("%s: %d recipient(s) delivered before a restart", msg_id, len(undone))
+                await self.spool.update(entry)
+        self.journal.clear()
 
     async def _claim(self) -> list[asyncio.Task]:
         """Start delivering due messages, up to ``concurrency`` at once."""
@@ -178,6 +198,8 @@ class Delivery:
                                                      entry.envelope["sender"], addresses, data)
         except ScriptError as err:  # a route the spool holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
+        recorded = self.journal.record(
+            entry.id, [a for a in addresses if outcomes[a].status == "delivered"])
         now = self.clock()
         for rcpt in rcpts:
             result = outcomes[rcpt["address"]]
@@ -185,7 +207,11 @@ class Delivery:
                         attempts=rcpt.get("attempts", 0) + 1, updated_at=now)
             log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt["address"], route,
                      result.status, result.reply)
-        await self.spool.update(entry)
+        try:
+            await self.spool.update(entry)
+        finally:
+            if recorded:
+                self.journal.settled()
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""

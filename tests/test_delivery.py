@@ -12,6 +12,7 @@ import pytest
 
 from server.config import DeliveryConfig
 from server.delivery import Delivery, retry_delay
+from server.journal import Journal
 from server.queue import Spool
 from stdlib.ctx import Context, Stage
 from stdlib.mail import Mailbox, Message
@@ -401,3 +402,41 @@ def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
     before, after = asyncio.run(main())
     assert before == f"maildir:{tmp_path / 'mail' / 'example.test' / 'bob'}"
     assert after == "lmtp://127.0.0.1:24"
+
+
+def test_the_journal_keeps_a_crash_from_sending_a_recipient_again(world):
+    """A remote accepted bob, then the process died before the envelope said so: the
+    journal line, written at once, makes the next start send to carol only."""
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["bob@remote.test", "carol@remote.test"])
+            Journal(spool.root / "delivered.journal").record(msg_id, ["bob@remote.test"])
+            await delivery.recover()
+            assert Journal(spool.root / "delivered.journal").read() == {}
+            await delivery.run_once()
+            return sink.messages
+
+    (received,) = asyncio.run(main())
+    assert received.recipients == ["carol@remote.test"] and spool.list() == []
+
+
+def test_journal_lines_torn_by_a_crash_are_skipped(tmp_path):
+    journal = Journal(tmp_path / "j")
+    assert journal.record("A1", ["a@x.test", "b@x.test"]) and not journal.record("A2", [])
+    with open(tmp_path / "j", "a") as torn:
+        torn.write("A3")
+    assert journal.read() == {"A1": {"a@x.test", "b@x.test"}}
+
+
+def test_a_settled_journal_is_emptied_once_large(tmp_path):
+    journal = Journal(tmp_path / "j", compact_at=10)
+    journal.record("A1", ["a@x.test"])
+    journal.record("A2", ["b@x.test"])
+    journal.settled()
+    assert set(journal.read()) == {"A1", "A2"}  # A2's envelope is not written yet
+    journal.settled()
+    assert journal.read() == {}
+    journal.close()

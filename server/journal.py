@@ -1,0 +1,74 @@
+"""The delivery journal: recipients a remote server has accepted, one line each, written
+the moment its reply is read, before the envelope that records it is durable.
+
+An envelope update waits for the spool's group commit (a few milliseconds under load);
+a crash inside that window would send those recipients again at the next start. One
+``write`` to a file opened for appending survives the process being killed (the kernel
+holds it), so the next start reads the journal, marks those recipients delivered, and
+empties it. A power loss can still lose the last lines: then a recipient is delivered
+twice, never lost.
+
+    journal = Journal(spool.root / "delivered.journal")
+    journal.record(msg_id, ["bob@example.test"])   # after the remote's 2xx
+    ... await spool.update(entry) ...              # the envelope now says "delivered"
+    journal.settled()                              # may empty the file
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+
+class Journal:
+    """An append-only file of ``<message id> <address>`` lines (see the module docstring)."""
+
+    def __init__(self, path: Path, compact_at: int = 1 << 20):
+        self.path = path
+        self.compact_at = compact_at
+        self.unsettled = 0  # recorded lines whose envelope update has not finished
+        self._fd: int | None = None
+
+    def read(self) -> dict[str, set[str]]:
+        """What an earlier run recorded: message id -> delivered addresses."""
+        delivered: dict[str, set[str]] = defaultdict(set)
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return {}
+        for line in text.splitlines():
+            msg_id, sep, address = line.partition(" ")
+            if sep and address:  # a line torn by the crash has no address: skipped
+                delivered[msg_id].add(address)
+        return dict(delivered)
+
+    def record(self, msg_id: str, addresses: list[str]) -> bool:
+        """Note ``addresses`` of ``msg_id`` as delivered, in one write; False when there
+        is nothing to note (then :meth:`settled` is not due)."""
+        if not addresses:
+            return False
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(self._fd, "".join(f"{msg_id} {a}\n" for a in addresses).encode())
+        self.unsettled += 1
+        return True
+
+    def settled(self) -> None:
+        """One recorded write is now in its envelope; with none left unsettled, a large
+        journal is emptied."""
+        self.unsettled -= 1
+        if self.unsettled == 0 and self._fd is not None and \
+                os.fstat(self._fd).st_size >= self.compact_at:
+            os.ftruncate(self._fd, 0)
+
+    def clear(self) -> None:
+        """Empty the journal (every line it held is in its envelope)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
