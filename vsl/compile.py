@@ -33,6 +33,11 @@ def native_name(ns: str, name: str) -> str:
     return f"n_{ns or '_'}_{name}"
 
 
+def constant_name(ns: str, name: str) -> str:
+    """The Python global holding a constant: ``global::X`` or ``alias::X``."""
+    return f"g_{name}" if ns == "global" else f"mg_{len(ns)}_{ns}_{name}"
+
+
 def module_fn_name(alias: str, name: str, arity: int) -> str:
     return f"m_{alias}_{name}_{arity}"
 
@@ -221,7 +226,9 @@ class _Fn:
         self.emit(_assign(target, value), s.pos)
         if s.const and self.kind == "top" and self.depth == 0:
             store = py.Subscript(_name("_G"), _const(s.name), py.Store())
-            self.emit(py.Assign([store], _name(target)), s.pos)
+            name = constant_name("global", s.name)
+            self.mc.top_globals.add(name)
+            self.emit(py.Assign([store, _name(name, store=True)], _name(target)), s.pos)
 
     def s_Assign(self, s: A.Assign) -> None:
         t = s.target
@@ -337,14 +344,52 @@ class _Fn:
         value = self.expr(e)
         if _known_bool(e):
             return value
-        return _located(_call("_cond", value), e.pos)
+        if isinstance(value, py.IfExp) and getattr(value, "vsl_bool", False):
+            # an inlined method whose fast branch is a bool: check only the other one
+            value.orelse = _call("_cond", value.orelse)
+            return value
+        # ``_w is True or (_w is not False and _cond(_w))``: no call for a boolean
+        w = self.mc.tmp("_w")
+        test = py.BoolOp(py.Or(), [
+            py.Compare(_walrus(w, value), [py.Is()], [_const(True)]),
+            py.BoolOp(py.And(), [py.Compare(_name(w), [py.IsNot()], [_const(False)]),
+                                 _call("_cond", _name(w))])])
+        return _located(test, e.pos)
 
     def e_Literal(self, e: A.Literal) -> py.expr:
         return _const(e.value)
 
     def e_Template(self, e: A.Template) -> py.expr:
-        parts = [p if not isinstance(p, str) else A.Literal(e.pos, p) for p in e.parts]
-        return _call("_tpl", *self.seq(parts))
+        """An f-string when every interpolated value is a string or an int (whose f-string
+        text is the script's), checked against max_string_size; else the ``_tpl`` helper,
+        which stops printing other values at the size limit."""
+        parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
+        values, tests, args = [], [], []
+        for part, value in zip(parts, self.seq(parts)):
+            if isinstance(part, A.Literal) and type(part.value) is str:
+                values.append(_const(part.value))
+                args.append(_const(part.value))
+                continue
+            w = self.mc.tmp("_w")
+            tests.append(py.Compare(py.Attribute(_walrus(w, value), "__class__", py.Load()),
+                                    [py.In()], [_name("_FMT")]))
+            values.append(py.FormattedValue(_name(w), -1, None))
+            args.append(_name(w))
+        if not tests:  # only literal text: too long is still a run-time error
+            text = "".join(v.value for v in values)
+            if self.mc.max_string and len(text) > self.mc.max_string:
+                return _call("_too_long", _const(len(text)))
+            return _const(text)
+        joined: py.expr = py.JoinedStr(values)
+        if self.mc.max_string:
+            r = self.mc.tmp("_w")
+            size = _call("_len", _walrus(r, joined))
+            joined = py.IfExp(py.Compare(size, [py.LtE()], [_const(self.mc.max_string)]),
+                              _name(r), _call("_too_long", _call("_len", _name(r))))
+        test = tests[0]
+        for more in tests[1:]:  # & evaluates every part, in order
+            test = py.BinOp(test, py.BitAnd(), more)
+        return py.IfExp(test, joined, _call("_tpl", *args))
 
     def e_ArrayLit(self, e: A.ArrayLit) -> py.expr:
         return py.List(self.seq(e.items), py.Load())
@@ -357,16 +402,25 @@ class _Fn:
         return _name(self.mc.res.names[(id(e), "ref")])
 
     def e_NsVar(self, e: A.NsVar) -> py.expr:
-        if e.ns == "global":
-            return _call("_gget", _name("_G"), _const(e.name))
-        return _call("_gget", _name(f"mc_{e.ns}"), _const(e.name))
+        """A constant is also a Python global, ``_UNDEF`` until the top level sets it:
+        ``g_X if g_X is not _UNDEF else _gget(_G, 'X')`` (the helper reports the error)."""
+        table = "_G" if e.ns == "global" else f"mc_{e.ns}"
+        name = constant_name(e.ns, e.name)
+        self.mc.constant_refs[name] = (e.ns, e.name)
+        return py.IfExp(py.Compare(_name(name), [py.IsNot()], [_name("_UNDEF")]), _name(name),
+                        _call("_gget", _name(table), _const(e.name)))
 
     def e_Unary(self, e: A.Unary) -> py.expr:
         operand = self.expr(e.operand)
         if e.op == "!":
             if _known_bool(e.operand):
                 return py.UnaryOp(py.Not(), operand)
-            return _call("_not", operand)
+            # ``_w is False or (_w is not True and _not(_w))``: no call for a boolean
+            w = self.mc.tmp("_w")
+            return py.BoolOp(py.Or(), [
+                py.Compare(_walrus(w, operand), [py.Is()], [_const(False)]),
+                py.BoolOp(py.And(), [py.Compare(_name(w), [py.IsNot()], [_const(True)]),
+                                     _call("_not", _name(w))])])
         return _call("_neg" if e.op == "-" else "_pos", operand)
 
     def e_Binary(self, e: A.Binary) -> py.expr:
@@ -376,9 +430,33 @@ class _Fn:
             return self.coalesce(e)
         left, right = self.seq([e.left, e.right])
         if e.op in ("in", "!in"):  # charged by the size of the container
-            return _call(_BINARY_HELPERS[e.op], _name("_t"), left, right)
+            return self.fast_in(e.op, left, right, isinstance(e.right, A.NsVar))
         fast = self.fast_binary(e, left, right)
         return fast if fast is not None else _call(_BINARY_HELPERS[e.op], left, right)
+
+    def fast_in(self, op: str, left: py.expr, right: py.expr, frozen: bool) -> py.expr:
+        """A string in a small array, a map or a string is Python's ``in`` (Python's ``==``
+        is the script's for a string needle); the helper does the rest and charges work.
+        ``frozen``: the container is a constant (a tuple or a FrozenMap)."""
+        a, b = self.mc.tmp("_w"), self.mc.tmp("_w")
+        kinds = ["tuple", "_FMAP"] if frozen else ["list", "dict", "str", "tuple", "_FMAP"]
+        types = py.BinOp(_is_type(_walrus(a, left), "str"), py.BitAnd(),
+                         self.class_in(_walrus(b, right), kinds))
+        small = py.Compare(_call("_len", _name(b)), [py.Lt()], [_const(64)])
+        fast = py.Compare(_name(a), [py.In() if op == "in" else py.NotIn()], [_name(b)])
+        return py.IfExp(py.BoolOp(py.And(), [types, small]), fast,
+                        _call(_BINARY_HELPERS[op], _name("_t"), _name(a), _name(b)))
+
+    def class_in(self, value: py.expr, kinds: list[str]) -> py.expr:
+        """``value.__class__ is A`` or ``(_c := value.__class__) is A or _c is B ...``
+        (a chain of ``is`` is faster than ``in`` a frozenset)."""
+        if len(kinds) == 1:
+            return _is_type(value, kinds[0])
+        c = self.mc.tmp("_c")
+        cls = py.Attribute(value, "__class__", py.Load())
+        tests = [py.Compare(_walrus(c, cls), [py.Is()], [_name(kinds[0])])]
+        tests += [py.Compare(_name(c), [py.Is()], [_name(k)]) for k in kinds[1:]]
+        return py.BoolOp(py.Or(), tests)
 
     def known_int(self, e) -> bool:
         return is_int_expr(e, self.mc.res.names, self.mc.res.int_vars)
@@ -476,19 +554,35 @@ class _Fn:
         return _name(result)
 
     def e_Prop(self, e: A.Prop) -> py.expr:
-        return self.map_get(self.expr(e.obj), e.name, "_getprop")
+        return self.map_get(self.expr(e.obj), e.name, "_getprop", isinstance(e.obj, A.NsVar))
 
-    def map_get(self, obj: py.expr, key: str, helper: str) -> py.expr:
-        """``obj.get(key)`` when obj is a plain map, else the checked helper."""
+    def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
+        """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
+        else the checked helper."""
         w = self.mc.tmp("_w")
         get = _call(py.Attribute(_name(w), "get", py.Load()), _const(key))
-        return py.IfExp(_is_type(_walrus(w, obj), "dict"), get,
+        return py.IfExp(_is_type(_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
                         _call(helper, _name(w), _const(key)))
 
     def e_Index(self, e: A.Index) -> py.expr:
         if _literal_of(e.index, (str,)):
-            return self.map_get(self.expr(e.obj), e.index.value, "_idx")
-        return _call("_idx", *self.seq([e.obj, e.index]))
+            return self.map_get(self.expr(e.obj), e.index.value, "_idx",
+                                isinstance(e.obj, A.NsVar))
+        obj, index = self.seq([e.obj, e.index])
+        o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
+        # a map and a string key: get(); an array and an int in range: [i]
+        frozen = isinstance(e.obj, A.NsVar)
+        in_map = py.BinOp(_is_type(_walrus(o, obj), "_FMAP" if frozen else "dict"),
+                          py.BitAnd(), _is_type(_walrus(i, index), "str"))
+        size = _call("_len", _name(o))
+        in_seq = py.BoolOp(py.And(), [
+            self.class_in(_name(o), ["tuple"] if frozen else ["list", "tuple"]),
+            _is_type(_name(i), "int"),
+            py.Compare(py.UnaryOp(py.USub(), size), [py.LtE(), py.Lt()],
+                       [_name(i), copy.deepcopy(size)])])
+        get = _call(py.Attribute(_name(o), "get", py.Load()), _name(i))
+        item = py.Subscript(_name(o), _name(i), py.Load())
+        return py.IfExp(in_map, get, py.IfExp(in_seq, item, _call("_idx", _name(o), _name(i))))
 
     def valued_temp(self, e) -> py.expr:
         result = self.tmp()
@@ -572,12 +666,23 @@ class _Fn:
                             [_name(receiver_type)])]
         names = []
         for arg in args:
+            if isinstance(arg, py.Constant) and type(arg.value).__name__ == arg_type:
+                names.append(arg)
+                continue
             a = self.mc.tmp("_w")
             names.append(_name(a))
             tests.append(_is_type(_walrus(a, arg), arg_type))
         test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
+        if name in _SIZE_CHECKED:
+            if not self.mc.max_string:
+                pass
+            else:  # lower()/upper() may grow a string up to 3x
+                test = py.BoolOp(py.And(), [test, py.Compare(
+                    _call("_len", _name(w)), [py.LtE()], [_const(self.mc.max_string // 3)])])
         slow = _call("_meth", _name("_t"), _name(w), _const(name), py.Tuple(names, py.Load()))
-        return py.IfExp(test, make(_name(w), *names), slow)
+        node = py.IfExp(test, make(_name(w), *names), slow)
+        node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
+        return node
 
     def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
         """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
@@ -654,8 +759,20 @@ _INLINE_METHODS = {
     ("ends_with", 1): ("str", "str", _py_method("endswith")),
     ("contains", 1): ("str", "str", lambda w, a: py.Compare(a, [py.In()], [w])),
     ("to_lower", 0): ("str", None, _py_method("lower")),
+    ("to_upper", 0): ("str", None, _py_method("upper")),
     ("trim", 0): ("str", None, _py_method("strip")),
 }
+
+
+_BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
+_SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
+
+
+def _unblock(e):
+    """``${ x }``: the expression of a one-expression block (no scope needed)."""
+    if isinstance(e, A.Block) and len(e.body) == 1 and isinstance(e.body[0], A.ExprStmt):
+        return e.body[0].expr
+    return e
 
 
 def _known_bool(e) -> bool:
@@ -670,15 +787,19 @@ class ModuleCompiler:
     """Compiles a whole module into one Python code object."""
 
     def __init__(self, module: A.Module, res: Resolution, natives: dict, imports: dict,
-                 async_methods: frozenset, max_call_depth: int, max_array: int = 0):
+                 async_methods: frozenset, max_call_depth: int, max_array: int = 0,
+                 max_string: int = 0):
         self.module, self.res = module, res
         self.natives = natives      # (ns, name) -> Native
         self.imports = imports      # alias -> ModuleInfo
         self.async_methods = async_methods
         self.max_call_depth = max_call_depth or 10 ** 9
         self.max_array = max_array or 2 ** 63
+        self.max_string = int(max_string)  # 0: unlimited
         self.counter = itertools.count()
         self.code_names: dict[str, str] = {"__top__": "<top level>"}
+        self.constant_refs: dict[str, tuple[str, str]] = {}  # global name -> (ns, name)
+        self.top_globals: set[str] = set()  # constants the top level defines
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -690,6 +811,8 @@ class ModuleCompiler:
                       [py.Expr(_call("_too_deep", _name("_d")))], [])
         fn.emit([guard, *_tick()], pos)
         fn.body(list(body.body), "return", body.pos)
+        if kind == "top" and self.top_globals:
+            fn.out.insert(0, _located(py.Global(sorted(self.top_globals)), pos))
         args = [py.arg("_t"), py.arg("_d")] + [py.arg(p) for p in params]
         cls = py.AsyncFunctionDef if is_async else py.FunctionDef
         return _located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],

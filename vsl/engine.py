@@ -11,12 +11,12 @@ SMTP sessions. Every error leaves the engine as a :class:`VslError`.
 from __future__ import annotations
 
 import asyncio
-from contextlib import contextmanager
 from contextvars import ContextVar
 import inspect
 import os
 from pathlib import Path
 from time import monotonic
+
 
 from . import values
 from .build import parse
@@ -31,7 +31,10 @@ from .syntax import _line_of
 
 
 _INF = float("inf")
+_UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int arithmetic
 _STATE: ContextVar = ContextVar("vsl_exec_state")
+_NO_ARG = object()  # Script.call() without arguments
+_UNDEF = values.Undefined()  # a constant's global before the top level sets it
 
 
 class ExecState:
@@ -39,7 +42,12 @@ class ExecState:
 
     Compiled code counts operations down in ``n`` and calls :meth:`slow` when a chunk is
     used up; chunks grow while operations are cheap and shrink to one when they are slow,
-    so even O(n) operations cannot run far past the deadline.
+    so even O(n) operations cannot run far past the deadline. Without a deadline the
+    first chunk is the whole budget: :meth:`slow` then only runs when it is spent.
+
+    Every call gets its own state (never shared, so concurrent and nested calls cannot
+    spend each other's budget); :meth:`Script.call` fills a new one inline, which is
+    cheaper than ``__init__``.
     """
 
     __slots__ = ("n", "left", "deadline", "size", "mark")
@@ -47,40 +55,48 @@ class ExecState:
     # Set per engine by for_engine(): the limits, the operators and the first budget.
     limits: Limits
     ops: Ops
-    first: float
+    first: int
     rest: float
     max_time: float
+    timed: bool
 
     @classmethod
     def for_engine(cls, limits: Limits, ops: Ops) -> type["ExecState"]:
         """A subclass bound to one engine's limits, so that a call's set-up is cheap."""
-        total = limits.max_operations or _INF
-        first = min(cls.FIRST, total)
+        total = limits.max_operations or _UNLIMITED
+        timed = bool(limits.max_time)
+        first = min(cls.FIRST, total) if timed else total
         return type("ExecState", (cls,), {
             "__slots__": (), "limits": limits, "ops": ops, "first": first,
-            "rest": total - first, "max_time": limits.max_time or _INF})
+            "rest": total - first, "max_time": limits.max_time or _INF, "timed": timed})
 
     def __init__(self):
         self.n, self.left, self.size = self.first, self.rest, self.FIRST
-        self.mark = now = monotonic()
-        self.deadline = now + self.max_time
+        if self.timed:
+            self.mark = now = monotonic()
+            self.deadline = now + self.max_time
+        else:
+            self.mark, self.deadline = 0.0, _INF
 
     def slow(self) -> None:
         """Called by compiled code when the current chunk of operations is used up."""
-        now = monotonic()
-        if now > self.deadline:
-            raise LimitError(f"script ran longer than {self.limits.max_time} s "
-                             "(limits.max_time)")
         available = self.left + self.n  # n < 0: operations done beyond the chunk
+        if self.timed:
+            now = monotonic()
+            if now > self.deadline:
+                raise LimitError(f"script ran longer than {self.limits.max_time} s "
+                                 "(limits.max_time)")
+            spent, self.mark = now - self.mark, now
+            if spent > 0.01:
+                self.size = 1
+            elif spent < 0.001 and self.size < self.LARGEST:
+                self.size *= 2
+            chunk = min(self.size, available)
+        else:
+            chunk = available
         if available < 0:
             raise LimitError(f"too many operations (limit {self.limits.max_operations}, "
                              "limits.max_operations)")
-        spent, self.mark = now - self.mark, now
-        if spent > 0.01:
-            self.size = 1
-        elif spent < 0.001 and self.size < self.LARGEST:
-            self.size *= 2
-        chunk = min(self.size, available)
         self.left = available - chunk
         self.n = chunk
 
@@ -145,6 +161,15 @@ class Script:
         # Closures read the call's budget from a context variable, set only when needed.
         self.uses_closures = resolution.has_closures or any(
             s.uses_closures for s in imports.values())
+        # Functions call() runs inline: plain (not waiting on I/O), in a script without
+        # closures (those need the call's budget in a context variable).
+        self._direct = {} if self.uses_closures else {
+            key: fn for key, fn in self.functions.items() if key not in self.async_functions}
+        self._direct1 = {name: fn for (name, arity), fn in self._direct.items() if arity == 1}
+        self._pool = engine.state_pool
+        state = engine.State
+        self._State, self._first, self._rest = state, state.first, state.rest
+        self._timed, self._max_time = state.timed, state.max_time
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
@@ -160,23 +185,67 @@ class Script:
             raise VslError(f"{self.file}: no function '{name}' with {len(args)} parameter(s)")
         return fn
 
-    def call(self, name: str, *args):
-        """Run a script function to completion (from synchronous code)."""
-        key = (name, len(args))
-        fn = self.functions.get(key)
-        if fn is None or self.uses_closures or key in self.async_functions:
-            return self.engine.run(self._fn(name, args), args, key in self.async_functions,
-                                   self.uses_closures)
-        try:  # the common case, inlined: a plain function and no closures
-            return fn(self.engine.State(), 0, *args)
+    def call(self, name: str, arg=_NO_ARG, *more):
+        """Run a script function to completion (from synchronous code): ``call(name, *args)``.
+
+        A stage's call, one argument to a plain function of a script without closures, is
+        inlined here: a budget from the engine's pool, refilled, and the error guard.
+        """
+        fn = self._direct1.get(name)
+        if fn is None or more or arg is _NO_ARG:
+            return self._call(name, () if arg is _NO_ARG else (arg, *more))
+        pool = self._pool
+        try:
+            st = pool.pop()  # atomic: a budget is never shared by two calls
+        except IndexError:
+            st = self._State()
+        if self._timed:
+            st.n, st.left, st.size = self._first, self._rest, ExecState.FIRST
+            st.mark = now = monotonic()
+            st.deadline = now + self._max_time
+        else:  # slow() never changes mark, size or deadline then
+            st.n, st.left = self._first, self._rest
+        try:
+            return fn(st, 0, arg)
         except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
             raise self.engine.locate(err) from None
+        finally:
+            pool.append(st)
 
-    async def call_async(self, name: str, *args):
-        """Run a script function inside an event loop (natives may wait on I/O)."""
-        fn = self._fn(name, args)
-        return await self.engine.run_async(fn, args, (name, len(args)) in self.async_functions,
-                                           self.uses_closures)
+    def _call(self, name: str, args: tuple):
+        fn = self._direct.get((name, len(args)))
+        if fn is not None:
+            return self.engine.run(fn, args, False, False)
+        return self.engine.run(self._fn(name, args), args,
+                               (name, len(args)) in self.async_functions, self.uses_closures)
+
+    async def call_async(self, name: str, arg=_NO_ARG, *more):
+        """Run a script function inside an event loop (natives may wait on I/O):
+        ``await call_async(name, *args)``."""
+        fn = self._direct1.get(name)
+        if fn is None or more or arg is _NO_ARG:
+            args = () if arg is _NO_ARG else (arg, *more)
+            fn = self._fn(name, args)
+            return await self.engine.run_async(fn, args,
+                                               (name, len(args)) in self.async_functions,
+                                               self.uses_closures)
+        pool = self._pool  # as in call(): a plain function runs without suspending
+        try:
+            st = pool.pop()
+        except IndexError:
+            st = self._State()
+        if self._timed:
+            st.n, st.left, st.size = self._first, self._rest, ExecState.FIRST
+            st.mark = now = monotonic()
+            st.deadline = now + self._max_time
+        else:
+            st.n, st.left = self._first, self._rest
+        try:
+            return fn(st, 0, arg)
+        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
+            raise self.engine.locate(err) from None
+        finally:
+            pool.append(st)
 
 
 async def _within_deadline(coro, state: ExecState):
@@ -219,6 +288,8 @@ class Engine:
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
         self.State = ExecState.for_engine(self.limits, self.ops)
+        # Budgets of finished one-argument calls, refilled by the next (Script.call).
+        self.state_pool: list[ExecState] = []
         self.namespaces = {}
         self._sources: dict[str, tuple[str, dict]] = {}
         for ns in (default_namespaces() if namespaces is None else namespaces):
@@ -268,7 +339,8 @@ class Engine:
         natives = {(ns.name, n.name): n for ns in self.namespaces.values()
                    for n in ns.functions.values()}
         compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
-                                  self.limits.max_call_depth, self.limits.max_array_size)
+                                  self.limits.max_call_depth, self.limits.max_array_size,
+                                  self.limits.max_string_size)
         tree = compiler.compile()
         try:
             code = compile(tree, file, "exec")
@@ -276,6 +348,8 @@ class Engine:
             raise InternalError(f"{file}: cannot compile script: {err}") from None
         self._sources[file] = (source, compiler.code_names)
         env = self._environment(natives, imports)
+        for name, (ns, const) in compiler.constant_refs.items():  # see e_NsVar
+            env[name] = _UNDEF if ns == "global" else imports[ns].constants.get(const, _UNDEF)
         exec(code, env)  # noqa: S102 - generated from the script AST, empty builtins
         value = self.run(env["__top__"], (), res.top_async)
         return Script(self, file, env, res, module, value, imports)
@@ -329,9 +403,11 @@ class Engine:
             "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
             "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
-            "_Catch": ScriptError, "_too_deep": self._too_deep, "_state": self.current_state,
+            "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep, "_state": self.current_state,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
+            "tuple": tuple, "_FMAP": values.FrozenMap,
+            "_FMT": frozenset({str, int}), "_too_long": ops.too_large,
         }
         for (ns, name), native in natives.items():
             env[native_name(ns, name)] = native.func
@@ -352,25 +428,26 @@ class Engine:
         ``closures``: the code may run closures, which find the call's budget in a
         context variable (set only then: it costs a little on every call).
         """
-        with self._call(closures) as state:
-            if waits:
-                return _run_sync(lambda: _within_deadline(fn(state, 0, *args), state))
-            return fn(state, 0, *args)
-
-    async def run_async(self, fn, args: tuple, waits: bool, closures: bool = True):
-        """Like :meth:`run`, awaiting ``fn`` when it waits on I/O (bounded by max_time)."""
-        with self._call(closures) as state:
-            if waits:
-                return await _within_deadline(fn(state, 0, *args), state)
-            return fn(state, 0, *args)
-
-    @contextmanager
-    def _call(self, closures: bool):
-        """A fresh budget for one call; every exception leaves as a located VslError."""
         state = self.State()
         token = _STATE.set(state) if closures else None
         try:
-            yield state
+            if waits:
+                return _run_sync(lambda: _within_deadline(fn(state, 0, *args), state))
+            return fn(state, 0, *args)
+        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
+            raise self.locate(err) from None
+        finally:
+            if token is not None:
+                _STATE.reset(token)
+
+    async def run_async(self, fn, args: tuple, waits: bool, closures: bool = True):
+        """Like :meth:`run`, awaiting ``fn`` when it waits on I/O (bounded by max_time)."""
+        state = self.State()
+        token = _STATE.set(state) if closures else None
+        try:
+            if waits:
+                return await _within_deadline(fn(state, 0, *args), state)
+            return fn(state, 0, *args)
         except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
             raise self.locate(err) from None
         finally:

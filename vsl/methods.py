@@ -141,7 +141,7 @@ def _ends_with(ops, s, suffix):
 
 @_register("string", "to_lower", 0, 0)
 def _to_lower(ops, s):
-    return s.lower()
+    return ops.string(s.lower())  # can grow: 'İ' is two characters in lower case
 
 
 @_register("string", "to_upper", 0, 0)

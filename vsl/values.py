@@ -25,6 +25,12 @@ class FrozenMap(dict):
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _frozen
 
 
+class Undefined:
+    """The value of a constant's Python global before the top level defines it."""
+
+    __slots__ = ()
+
+
 class Closure:
     """A script closure (``|x| x + 1``) as a value."""
 
