@@ -1,6 +1,9 @@
 """The ``Received:`` trace header every accepted message gets (RFC 5321 §4.4, RFC 3848)."""
 from __future__ import annotations
 
+import functools
+import time
+from datetime import datetime
 from email.utils import format_datetime, localtime
 
 
@@ -21,8 +24,14 @@ def received(helo: str | None, client_ip: str, reverse_name: str | None, server_
              f"with {proto}", f"id {msg_id}"]
     if len(recipients) == 1:
         parts.append(f"for <{_clean(recipients[0])}>")
-    text = "Received: " + "\r\n\t".join(parts) + ";\r\n\t" + format_datetime(localtime())
+    text = "Received: " + "\r\n\t".join(parts) + ";\r\n\t" + _date(int(time.time()))
     return text.encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+@functools.lru_cache(maxsize=1)
+def _date(second: int) -> str:
+    """The RFC 5322 date of a second, in local time (once per second, not per message)."""
+    return format_datetime(localtime(datetime.fromtimestamp(second)))
 
 
 def _clean(text: str | None) -> str:

@@ -1,7 +1,8 @@
 """One SMTP connection: aiosmtpd's protocol, plus the policy stages at every command.
 
-:class:`Protocol` subclasses aiosmtpd's ``SMTP`` where hooks are missing (connect,
-replies with enhanced status codes, error limits, AUTH with asynchronous checks);
+:class:`Protocol` subclasses aiosmtpd's ``SMTP`` (through :class:`~server.smtp.FastSMTP`)
+where hooks are missing (connect, replies with enhanced status codes, error limits, AUTH
+with asynchronous checks);
 :class:`Session` is its handler and runs the stage functions of the policy.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import socket
 from base64 import b64decode
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import MISSING, SMTP
+from aiosmtpd.smtp import MISSING
 
 from stdlib.ctx import Context, Stage
 from stdlib.mail import AddressError, Mailbox, Message
@@ -21,6 +22,7 @@ from vsl.values import FrozenMap
 
 from .queue import QueueError
 from .received import protocol, received
+from .smtp import FastSMTP
 from .stages import StageRunner
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from .config import Listener
 
 log = logging.getLogger("vsl.smtp")
+mail_log = logging.getLogger("mail.log")  # aiosmtpd's: the SMTP dialogue (vsl serve -vv)
 
 # Enhanced status codes (RFC 3463) for aiosmtpd's own replies, which carry none.
 _ENHANCED = {"221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "252": "2.0.0",
@@ -62,10 +65,10 @@ def _bound_replies(transport) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
 
 
-class Protocol(SMTP):
+class Protocol(FastSMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
 
-    def __init__(self, server: "Server", listener: "Listener", tls_context=None, **kwargs):
+    def __init__(self, server: "Server", listener: "Listener", tls_context=None):
         self.server, self.listener = server, listener
         self.errors = 0
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
@@ -75,13 +78,13 @@ class Protocol(SMTP):
         implicit_tls = listener.kind == "smtps"
         super().__init__(
             handler, hostname=config.hostname, ident="ESMTP vSL",
-            data_size_limit=config.limits.message_size, enable_SMTPUTF8=True,
+            data_size_limit=config.limits.message_size,
             tls_context=None if implicit_tls else tls_context,
             timeout=config.limits.command_timeout,
             auth_require_tls=not (config.auth.allow_plaintext or implicit_tls),
             auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN")
                                     if m not in config.auth.mechanisms or
-                                    not server.offers_auth()], **kwargs)
+                                    not server.offers_auth()])
         handler.protocol = self
 
     def connection_made(self, transport) -> None:
@@ -108,11 +111,14 @@ class Protocol(SMTP):
         raw = self.in_helo
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
-        lines = reply.replace(b"\r\n", b"\n").split(b"\n")
-        for i, line in enumerate(lines):
-            if len(lines) > 1 and line[:3].isdigit():
-                line = line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
-            await super().push(line if raw else enhance(line))
+        lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
+        if len(lines) > 1:
+            lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
+                     if line[:3].isdigit() else line for i, line in enumerate(lines)]
+        self._writer.write(b"".join((line if raw else enhance(line)) + b"\r\n"
+                                    for line in lines))
+        mail_log.debug("%r << %r", self.session.peer, reply)
+        await self._writer.drain()
         if reply[:1] in (b"4", b"5") and not reply.startswith(b"421"):
             self.errors += 1
             if self.errors >= self.server.config.limits.errors:
