@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vsl.engine import Engine  # noqa: E402
 from vsl.limits import Limits  # noqa: E402
+from stdlib import status  # noqa: E402
 
 SCRIPT = r'''
 const BLOCKED = ["spam.example", "junk.example"];
@@ -25,6 +26,14 @@ fn policy(ctx) {
     let score = global::SCORES[ctx.spf] ?? 5;
     if ctx.authenticated && score < 10 { return "accept"; }
     if score >= 5 { "deny-score" } else if ctx.rcpts > 50 { "deny-rcpts" } else { "next" }
+}
+
+fn stage(ctx) {
+    if ctx.helo == "" { return status::deny("550 5.7.1 HELO required"); }
+    if ctx.domain in global::BLOCKED { return status::deny(); }
+    let score = global::SCORES[ctx.spf] ?? 5;
+    if score >= 5 { return status::deny(`550 5.7.23 SPF ${ctx.spf}`); }
+    status::next()
 }
 
 fn sum_loop(n) {
@@ -68,6 +77,17 @@ def py_policy(ctx):
     return "deny-rcpts" if ctx["rcpts"] > 50 else "next"
 
 
+def py_stage(ctx):  # the natives are the same Python functions the script calls
+    if ctx["helo"] == "":
+        return status.deny("550 5.7.1 HELO required")
+    if ctx["domain"] in BLOCKED:
+        return status.deny()
+    score = SCORES.get(ctx["spf"], 5)
+    if score >= 5:
+        return status.deny(f"550 5.7.23 SPF {ctx['spf']}")
+    return status.next_()
+
+
 def py_sum_loop(n):
     s = 0
     for i in range(n):
@@ -106,6 +126,7 @@ def best(fn, repeat=5):
 def main() -> None:
     engine = Engine(limits=Limits(max_operations=0, max_time=0))
     script = engine.load_source(SCRIPT, "bench.vsl")
+    limited = Engine().load_source(SCRIPT, "bench.vsl")  # default limits, as in the server
     ctx = {"helo": "mx.example", "domain": "ok.example", "spf": "softfail",
            "authenticated": False, "rcpts": 3}
     words = [f"x-{i}" if i % 3 == 0 else f"word{i}" for i in range(1000)]
@@ -113,6 +134,11 @@ def main() -> None:
     workloads = [
         ("policy (per call)", calls, lambda: [script.call("policy", ctx) for _ in range(calls)],
          lambda: [py_policy(ctx) for _ in range(calls)]),
+        ("policy, default limits", calls,
+         lambda: [limited.call("policy", ctx) for _ in range(calls)],
+         lambda: [py_policy(ctx) for _ in range(calls)]),
+        ("stage + status::", calls, lambda: [script.call("stage", ctx) for _ in range(calls)],
+         lambda: [py_stage(ctx) for _ in range(calls)]),
         ("for loop 100k", 1, lambda: script.call("sum_loop", 100_000),
          lambda: py_sum_loop(100_000)),
         ("while loop 100k", 1, lambda: script.call("while_loop", 100_000),
@@ -121,13 +147,14 @@ def main() -> None:
         ("fib(20) recursion", 1, lambda: script.call("fib", 20), lambda: py_fib(20)),
     ]
     assert script.call("policy", ctx) == py_policy(ctx)
+    assert script.call("stage", ctx).kind == py_stage(ctx).kind == "next"
     assert script.call("sum_loop", 1000) == py_sum_loop(1000)
     assert script.call("fib", 15) == py_fib(15)
-    print(f"{'workload':22} {'vSL':>12} {'Python':>12} {'ratio':>7}")
+    print(f"{'workload':24} {'vSL':>12} {'Python':>12} {'ratio':>7}")
     for name, n, vsl_fn, py_fn in workloads:
         v, p = best(vsl_fn) / n, best(py_fn) / n
         unit, scale = ("us", 1e6) if n > 1 else ("ms", 1e3)
-        print(f"{name:22} {v * scale:9.2f} {unit} {p * scale:9.2f} {unit} {v / p:6.2f}x")
+        print(f"{name:24} {v * scale:9.2f} {unit} {p * scale:9.2f} {unit} {v / p:6.2f}x")
 
 
 if __name__ == "__main__":

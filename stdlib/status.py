@@ -48,7 +48,10 @@ class Status(NativeObject):
     vsl_props = frozenset({"kind", "reply", "queue"})
 
     def __init__(self, kind: str, reply: str | None = None, queue: str | None = None):
-        self.kind, self.reply, self.queue = kind, reply, queue
+        self.__dict__.update(kind=kind, reply=reply, queue=queue)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a Status cannot change (one status may be shared)")
 
     def vsl_display(self) -> str:
         arg = self.queue or self.reply
@@ -60,6 +63,11 @@ class Status(NativeObject):
 
 
 namespace.register_type(Status)
+
+# Statuses without a reply of their own are shared: nothing changes a Status once made
+# (scripts only read its properties), and a stage returns one on every call.
+_NEXT, _ACCEPT, _FACCEPT = Status("next"), Status("accept"), Status("faccept")
+_DENY = Status("deny", DEFAULT_DENY)
 
 
 def _checked(reply, classes: str) -> str | None:
@@ -82,25 +90,25 @@ def _lint_reply(classes: str):
 @namespace.native(name="next")
 def next_() -> Status:
     """Go on with the default reply."""
-    return Status("next")
+    return _NEXT
 
 
 @namespace.native(check=_lint_reply("2"))
 def accept(reply=None) -> Status:
     """Accept this stage (optionally with a custom 2xx reply)."""
-    return Status("accept", _checked(reply, "2"))
+    return _ACCEPT if reply is None else Status("accept", _checked(reply, "2"))
 
 
 @namespace.native(check=_lint_reply("2"))
 def faccept(reply=None) -> Status:
     """Accept and skip every later stage."""
-    return Status("faccept", _checked(reply, "2"))
+    return _FACCEPT if reply is None else Status("faccept", _checked(reply, "2"))
 
 
 @namespace.native(check=_lint_reply("45"))
 def deny(reply=None) -> Status:
     """Refuse (default 554 5.7.1); a 4xx reply makes it a temporary failure."""
-    return Status("deny", _checked(reply, "45") or DEFAULT_DENY)
+    return _DENY if reply is None else Status("deny", _checked(reply, "45") or DEFAULT_DENY)
 
 
 @namespace.native

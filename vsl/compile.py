@@ -38,6 +38,14 @@ def constant_name(ns: str, name: str) -> str:
     return f"g_{name}" if ns == "global" else f"mg_{len(ns)}_{ns}_{name}"
 
 
+def entry_fn_name(name: str, arity: int) -> str:
+    """The copy of a script function that Script.call() runs (see ModuleCompiler.compile)."""
+    return f"e_{name}_{arity}"
+
+
+_PROLOGUE = 3  # statements: the depth guard and the operation count
+
+
 def module_fn_name(alias: str, name: str, arity: int) -> str:
     return f"m_{alias}_{name}_{arity}"
 
@@ -809,7 +817,9 @@ class ModuleCompiler:
         fn = _Fn(self, is_async, kind)
         guard = py.If(py.Compare(_name("_d"), [py.Gt()], [_const(self.max_call_depth)]),
                       [py.Expr(_call("_too_deep", _name("_d")))], [])
-        fn.emit([guard, *_tick()], pos)
+        prologue = [guard, *_tick()]
+        assert len(prologue) == _PROLOGUE
+        fn.emit(prologue, pos)
         fn.body(list(body.body), "return", body.pos)
         if kind == "top" and self.top_globals:
             fn.out.insert(0, _located(py.Global(sorted(self.top_globals)), pos))
@@ -825,8 +835,17 @@ class ModuleCompiler:
             name = script_fn_name(*key)
             self.code_names[name] = f.name
             params = [self.res.names[(id(f), f"p{i}")] for i in range(len(f.params))]
-            defs.append(self.function(name, params, f.body, key in self.res.async_functions,
-                                      "fn", f.pos))
+            fdef = self.function(name, params, f.body, key in self.res.async_functions, "fn",
+                                 f.pos)
+            defs.append(fdef)
+            if len(params) == 1 and isinstance(fdef, py.FunctionDef) and self.max_call_depth >= 0:
+                # Script.call()'s entry point: depth 0 passes the guard, and the caller
+                # counts the call's operation, so the function starts with its body
+                entry = copy.deepcopy(fdef)
+                entry.name = entry_fn_name(*key)
+                del entry.body[:_PROLOGUE]
+                self.code_names[entry.name] = f.name
+                defs.append(entry)
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
         tree = py.Module(defs, [])

@@ -20,7 +20,8 @@ from time import monotonic
 
 from . import values
 from .build import parse
-from .compile import ModuleCompiler, module_fn_name, native_name, script_fn_name
+from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name,
+                      script_fn_name)
 from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownError, VslError,
                      VslSyntaxError)
 from .limits import Limits
@@ -165,10 +166,13 @@ class Script:
         # closures (those need the call's budget in a context variable).
         self._direct = {} if self.uses_closures else {
             key: fn for key, fn in self.functions.items() if key not in self.async_functions}
-        self._direct1 = {name: fn for (name, arity), fn in self._direct.items() if arity == 1}
+        # ... and their entry copies for one argument, which the caller charges for
+        self._direct1 = {name: env[entry_fn_name(name, arity)]
+                         for name, arity in self._direct if entry_fn_name(name, arity) in env}
         self._pool = engine.state_pool
         state = engine.State
         self._State, self._first, self._rest = state, state.first, state.rest
+        self._entry_n = state.first - 1  # n after counting the call (first >= 1)
         self._timed, self._max_time = state.timed, state.max_time
 
     def info(self) -> ModuleInfo:
@@ -200,11 +204,11 @@ class Script:
         except IndexError:
             st = self._State()
         if self._timed:
-            st.n, st.left, st.size = self._first, self._rest, ExecState.FIRST
+            st.n, st.left, st.size = self._entry_n, self._rest, ExecState.FIRST
             st.mark = now = monotonic()
             st.deadline = now + self._max_time
         else:  # slow() never changes mark, size or deadline then
-            st.n, st.left = self._first, self._rest
+            st.n, st.left = self._entry_n, self._rest
         try:
             return fn(st, 0, arg)
         except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
@@ -235,11 +239,11 @@ class Script:
         except IndexError:
             st = self._State()
         if self._timed:
-            st.n, st.left, st.size = self._first, self._rest, ExecState.FIRST
+            st.n, st.left, st.size = self._entry_n, self._rest, ExecState.FIRST
             st.mark = now = monotonic()
             st.deadline = now + self._max_time
         else:
-            st.n, st.left = self._first, self._rest
+            st.n, st.left = self._entry_n, self._rest
         try:
             return fn(st, 0, arg)
         except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
