@@ -490,9 +490,26 @@ class _Fn:
         w = self.mc.tmp("_w")
         return _name(w), [_is_type(_walrus(w, operand), "int")]
 
+    def named(self, operand: py.expr) -> tuple[py.expr, py.expr]:
+        """(the operand's value for later uses, the expression that evaluates it first)."""
+        if isinstance(operand, (py.Name, py.Constant)):
+            return operand, operand
+        w = self.mc.tmp("_w")
+        return _name(w), _walrus(w, operand)
+
     def fast_int_pair(self, op: str, left, right) -> py.expr:
         """Two ints: compare or add/subtract inline. Operands are evaluated once, in order
         (the non-short-circuit ``&``); those known to be ints are not tested."""
+        if left[1] and right[1]:  # both known: no tests, each evaluated where first used
+            if op in _PY_CMP:
+                return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
+            (a, a_first), (b, b_first) = self.named(left[0]), self.named(right[0])
+            r = self.mc.tmp("_w")
+            pyop = py.Add() if op == "+" else py.Sub()
+            in_range = py.Compare(_const(I64_MIN), [py.LtE(), py.LtE()],
+                                  [_walrus(r, py.BinOp(a_first, pyop, b_first)),
+                                   _const(I64_MAX)])
+            return py.IfExp(in_range, _name(r), _call(_BINARY_HELPERS[op], a, b))
         a, tests = self.int_operand(*left)
         b, more = self.int_operand(*right)
         tests += more
@@ -527,10 +544,17 @@ class _Fn:
             lo, hi = I64_MIN, I64_MAX - abs(k)
         else:
             lo, hi = I64_MIN + abs(k), I64_MAX
+        pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
+        if known:  # no type test: evaluated in the bounds test (or the operation)
+            w, first = self.named(left)
+            if (lo, hi) == (I64_MIN, I64_MAX):
+                return py.BinOp(first, pyop, _const(k))
+            return py.IfExp(py.Compare(_const(lo), [py.LtE(), py.LtE()], [first, _const(hi)]),
+                            py.BinOp(w, pyop, _const(k)),
+                            _call(_BINARY_HELPERS[op], w, _const(k)))
         w, tests = self.int_operand(left, known)
         bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
             [py.Compare(_const(lo), [py.LtE(), py.LtE()], [w, _const(hi)])]
-        pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
         fast = py.BinOp(w, pyop, _const(k))
         test = tests + bounds
         if not test:
@@ -566,7 +590,14 @@ class _Fn:
 
     def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
         """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
-        else the checked helper."""
+        else the checked helper. A parameter that is never assigned is tested once, when
+        the function starts (``_k0 = v_ctx.__class__ is dict``)."""
+        if isinstance(obj, py.Name) and obj.id in self.mc.fixed_params:
+            flag = self.mc.param_flags.get(obj.id)
+            if flag is None:
+                flag = self.mc.param_flags[obj.id] = self.mc.tmp("_k")
+            get = _call(py.Attribute(_name(obj.id), "get", py.Load()), _const(key))
+            return py.IfExp(_name(flag), get, _call(helper, _name(obj.id), _const(key)))
         w = self.mc.tmp("_w")
         get = _call(py.Attribute(_name(w), "get", py.Load()), _const(key))
         return py.IfExp(_is_type(_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
@@ -808,6 +839,8 @@ class ModuleCompiler:
         self.code_names: dict[str, str] = {"__top__": "<top level>"}
         self.constant_refs: dict[str, tuple[str, str]] = {}  # global name -> (ns, name)
         self.top_globals: set[str] = set()  # constants the top level defines
+        self.fixed_params: set[str] = set()  # of the function being compiled
+        self.param_flags: dict[str, str] = {}  # parameter -> local: "it is a dict"
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -820,7 +853,13 @@ class ModuleCompiler:
         prologue = [guard, *_tick()]
         assert len(prologue) == _PROLOGUE
         fn.emit(prologue, pos)
+        # parameters never assigned (by the function or its closures): see map_get
+        self.fixed_params = {p for p in params if len(self.res.sources.get(p, ())) == 1}
+        self.param_flags = {}
         fn.body(list(body.body), "return", body.pos)
+        flags = [_assign(flag, _is_type(_name(p), "dict")) for p, flag in self.param_flags.items()]
+        fn.out[_PROLOGUE:_PROLOGUE] = _located(flags, pos)
+        self.fixed_params, self.param_flags = set(), {}
         if kind == "top" and self.top_globals:
             fn.out.insert(0, _located(py.Global(sorted(self.top_globals)), pos))
         args = [py.arg("_t"), py.arg("_d")] + [py.arg(p) for p in params]

@@ -195,9 +195,12 @@ class Script:
         A stage's call, one argument to a plain function of a script without closures, is
         inlined here: a budget from the engine's pool, refilled, and the error guard.
         """
-        fn = self._direct1.get(name)
-        if fn is None or more or arg is _NO_ARG:
+        if more or arg is _NO_ARG:
             return self._call(name, () if arg is _NO_ARG else (arg, *more))
+        try:
+            fn = self._direct1[name]
+        except KeyError:
+            return self._call(name, (arg,))
         pool = self._pool
         try:
             st = pool.pop()  # atomic: a budget is never shared by two calls
