@@ -487,6 +487,9 @@ class _Fn:
         """The operand to use and the type tests it needs (none for a known-int name)."""
         if known and isinstance(operand, (py.Name, py.Constant)):
             return operand, []
+        flag = self.mc.param_flag(operand, "int")
+        if flag is not None:
+            return operand, [flag]
         w = self.mc.tmp("_w")
         return _name(w), [_is_type(_walrus(w, operand), "int")]
 
@@ -592,12 +595,10 @@ class _Fn:
         """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
         else the checked helper. A parameter that is never assigned is tested once, when
         the function starts (``_k0 = v_ctx.__class__ is dict``)."""
-        if isinstance(obj, py.Name) and obj.id in self.mc.fixed_params:
-            flag = self.mc.param_flags.get(obj.id)
-            if flag is None:
-                flag = self.mc.param_flags[obj.id] = self.mc.tmp("_k")
+        flag = self.mc.param_flag(obj, "dict")
+        if flag is not None:
             get = _call(py.Attribute(_name(obj.id), "get", py.Load()), _const(key))
-            return py.IfExp(_name(flag), get, _call(helper, _name(obj.id), _const(key)))
+            return py.IfExp(flag, get, _call(helper, _name(obj.id), _const(key)))
         w = self.mc.tmp("_w")
         get = _call(py.Attribute(_name(w), "get", py.Load()), _const(key))
         return py.IfExp(_is_type(_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
@@ -840,7 +841,17 @@ class ModuleCompiler:
         self.constant_refs: dict[str, tuple[str, str]] = {}  # global name -> (ns, name)
         self.top_globals: set[str] = set()  # constants the top level defines
         self.fixed_params: set[str] = set()  # of the function being compiled
-        self.param_flags: dict[str, str] = {}  # parameter -> local: "it is a dict"
+        self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
+
+    def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
+        """For a parameter never assigned, a local set when the function starts:
+        ``_k0 = v_ctx.__class__ is dict`` (``kind``); None for any other value."""
+        if not (isinstance(value, py.Name) and value.id in self.fixed_params):
+            return None
+        flag = self.param_flags.get((value.id, kind))
+        if flag is None:
+            flag = self.param_flags[(value.id, kind)] = self.tmp("_k")
+        return _name(flag)
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -857,7 +868,8 @@ class ModuleCompiler:
         self.fixed_params = {p for p in params if len(self.res.sources.get(p, ())) == 1}
         self.param_flags = {}
         fn.body(list(body.body), "return", body.pos)
-        flags = [_assign(flag, _is_type(_name(p), "dict")) for p, flag in self.param_flags.items()]
+        flags = [_assign(flag, _is_type(_name(p), kind))
+                 for (p, kind), flag in self.param_flags.items()]
         fn.out[_PROLOGUE:_PROLOGUE] = _located(flags, pos)
         self.fixed_params, self.param_flags = set(), {}
         if kind == "top" and self.top_globals:

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from time import monotonic
 
-
 from . import values
 from .build import parse
 from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name,
@@ -46,9 +45,9 @@ class ExecState:
     so even O(n) operations cannot run far past the deadline. Without a deadline the
     first chunk is the whole budget: :meth:`slow` then only runs when it is spent.
 
-    Every call gets its own state (never shared, so concurrent and nested calls cannot
-    spend each other's budget); :meth:`Script.call` fills a new one inline, which is
-    cheaper than ``__init__``.
+    Every call has its own state while it runs (never shared, so concurrent and nested
+    calls cannot spend each other's budget). :meth:`Script.call` takes one from the
+    engine's pool (``list.pop``, atomic) and refills it inline, cheaper than a new one.
     """
 
     __slots__ = ("n", "left", "deadline", "size", "mark")
@@ -236,7 +235,8 @@ class Script:
             return await self.engine.run_async(fn, args,
                                                (name, len(args)) in self.async_functions,
                                                self.uses_closures)
-        pool = self._pool  # as in call(): a plain function runs without suspending
+        pool = self._pool  # as in call(): a plain function runs without suspending, so
+        # its budget is back in the pool before any other task runs
         try:
             st = pool.pop()
         except IndexError:
@@ -410,7 +410,8 @@ class Engine:
             "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
             "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
-            "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep, "_state": self.current_state,
+            "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
+            "_state": self.current_state,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
             "tuple": tuple, "_FMAP": values.FrozenMap,
