@@ -114,13 +114,16 @@ def py_fib(n):
     return n if n < 2 else py_fib(n - 1) + py_fib(n - 2)
 
 
-def best(fn, repeat=5):
-    times = []
+def best(fns, repeat=5):
+    """Best time of each function; the repeats alternate between them, so that a change
+    of machine load during the run hurts both sides alike."""
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [min(t) for t in times]
 
 
 def main() -> None:
@@ -152,7 +155,7 @@ def main() -> None:
     assert script.call("fib", 15) == py_fib(15)
     print(f"{'workload':24} {'vSL':>12} {'Python':>12} {'ratio':>7}")
     for name, n, vsl_fn, py_fn in workloads:
-        v, p = best(vsl_fn) / n, best(py_fn) / n
+        v, p = (t / n for t in best([vsl_fn, py_fn]))
         unit, scale = ("us", 1e6) if n > 1 else ("ms", 1e3)
         print(f"{name:24} {v * scale:9.2f} {unit} {p * scale:9.2f} {unit} {v / p:6.2f}x")
 

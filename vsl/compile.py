@@ -889,9 +889,11 @@ class ModuleCompiler:
             fdef = self.function(name, params, f.body, key in self.res.async_functions, "fn",
                                  f.pos)
             defs.append(fdef)
-            if len(params) == 1 and isinstance(fdef, py.FunctionDef) and self.max_call_depth >= 0:
+            if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
+                    self.max_call_depth >= 0 and not self.res.has_closures:
                 # Script.call()'s entry point: depth 0 passes the guard, and the caller
                 # counts the call's operation, so the function starts with its body
+                # (scripts with closures take the slower path, see Script.__init__)
                 entry = copy.deepcopy(fdef)
                 entry.name = entry_fn_name(*key)
                 del entry.body[:_PROLOGUE]
