@@ -109,11 +109,22 @@ class Server:
         await self.spool.move(msg_id, target, queue)
 
     # -- life cycle ------------------------------------------------------------------
+    async def hold_unacknowledged(self) -> None:
+        """At start-up: a message still in ``working`` was on disk when the server stopped,
+        but its 250 (sent after on_post_queue) was not: its client will send it again.
+        It goes to ``hold``: neither lost nor delivered twice; an operator may release it."""
+        for entry in self.spool.list("working"):
+            log.warning("%s: never acknowledged to its client (stopped before on_post_queue "
+                        "ended): moved to hold; `vsl queue release %s` delivers it",
+                        entry.id, entry.id)
+            await self.spool.move(entry.id, "hold", "working")
+
     async def start(self) -> None:
         """Recover the spool and bind every listener."""
         dropped = self.spool.recover()
         if dropped:
             log.info("spool: dropped %d unacknowledged file(s)", dropped)
+        await self.hold_unacknowledged()
         self.delivery.start()
         loop = asyncio.get_running_loop()
         for listener in self.config.listen:
