@@ -1,10 +1,12 @@
 """The SMTP server, end to end: real clients against a real server on loopback."""
 from __future__ import annotations
 
+import asyncio
 import smtplib
 
 import pytest
 
+from server.queue import Spool
 from tests.support.servers import config_for, running
 
 
@@ -117,3 +119,13 @@ def test_serve_names_a_bad_config_key(tmp_path):
                             text=True, timeout=30)
     assert result.returncode == 1
     assert "limits.recipients: must be an integer >= 1, not 'many'" in result.stderr
+
+
+def test_a_message_never_acknowledged_is_held_at_start(tmp_path):
+    """A message still in 'working' when the server stopped never got its 250: the next
+    start moves it to 'hold' (its client sends it again; an operator may release it)."""
+    config = config_for(tmp_path)
+    msg_id = asyncio.run(Spool(config.queue_dir).put(
+        {"sender": "a@example.org", "recipients": []}, b"Subject: hi\r\n\r\nhi\r\n"))
+    with running(config) as server:
+        assert server.spool.get(msg_id).queue == "hold"
