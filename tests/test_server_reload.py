@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.crash import stop_process
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client, wait_for
 
@@ -188,11 +189,6 @@ def test_sighup_reloads_a_running_vsl_serve(tmp_path):
         assert verdict(port, "b@example.test") == (550, b"5.7.1 refused by v2")
         assert proc.poll() is None  # SIGHUP did not stop the server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         proc.stdout.close()
         proc.stderr.close()

@@ -235,24 +235,9 @@ class Script:
             return await self.engine.run_async(fn, args,
                                                (name, len(args)) in self.async_functions,
                                                self.uses_closures)
-        pool = self._pool  # as in call(): a plain function runs without suspending, so
-        # its budget is back in the pool before any other task runs
-        try:
-            st = pool.pop()
-        except IndexError:
-            st = self._State()
-        if self._timed:
-            st.n, st.left, st.size = self._entry_n, self._rest, ExecState.FIRST
-            st.mark = now = monotonic()
-            st.deadline = now + self._max_time
-        else:
-            st.n, st.left = self._entry_n, self._rest
-        try:
-            return fn(st, 0, arg)
-        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
-            raise self.engine.locate(err) from None
-        finally:
-            pool.append(st)
+        # a plain function runs without suspending: call() runs it, and its pooled budget
+        # is back in the pool before any other task runs
+        return self.call(name, arg)
 
 
 async def _within_deadline(coro, state: ExecState):

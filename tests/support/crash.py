@@ -128,7 +128,7 @@ class SinkProcess:
         return self.out.read_text().split()
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -172,7 +172,7 @@ class VslProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def logs(self) -> str:
         """The tail of every start's log."""
@@ -180,7 +180,8 @@ class VslProcess:
                          for n in range(1, self.starts + 1))
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s; returns once the process is gone."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
