@@ -4,6 +4,7 @@ aiosmtpd sink that discards them, in the same run.
 
     python bench/throughput.py [--messages 10000] [--sessions 4,16] [--sizes 10k,100k]
     python bench/throughput.py --quick          # 1,000 messages: a try-out in a minute or two
+    python bench/throughput.py --workers 1,2    # a vSL column per [server] workers value
 
 * vSL: `vsl serve` with a one-line policy, `fn on_connect(ctx) { status::quarantine("hold") }`:
   every accepted message is written durably to `quarantine/hold` of its spool.
@@ -247,8 +248,11 @@ class ProcessServer(Server):
 class VslServer(ProcessServer):
     name = "vSL"
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, workers: int = 1):
         self.work = work / "vsl"
+        self.workers = workers
+        if workers > 1:
+            self.name = f"vSL x{workers}"
         self.scripts = self.work / "scripts"
         self.queue = self.work / "queue"
         self.log = self.work / "server.log"
@@ -262,6 +266,7 @@ class VslServer(ProcessServer):
         self.scripts.mkdir(parents=True)
         (self.scripts / "main.vsl").write_text(HOLD_POLICY)
         (self.work / "vsl.toml").write_text(
+            f"[server]\nworkers = {self.workers}\n\n"
             "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n")
         self.port = free_port()
         self.launch(self.command(), cwd=self.work)
@@ -571,20 +576,23 @@ def report(results: list[Result], args) -> None:
         print(f"(!) other processes used more than {args.noisy} CPU during the run: "
               "the machine was not quiet, that rate is low")
     by = {(r.server, r.sessions, r.size): r.rate for r in results}
-    print(f"\n{'sessions':>8} {'size':>7} {'vSL':>7} {'Postfix':>8} {'sink':>7} "
-          f"{'vSL/Postfix':>12} {'vSL/sink':>9}")
+    vsls = list(dict.fromkeys(r.server for r in results if r.server.startswith("vSL")))
+    ratios = [f"{name}/Postfix" for name in vsls] + [f"{name}/sink" for name in vsls]
+    print(f"\n{'sessions':>8} {'size':>7} " + " ".join(f"{n:>7}" for n in vsls) +
+          f" {'Postfix':>8} {'sink':>7} " + " ".join(f"{n:>12}" for n in ratios))
+
+    def cell(v, width, fmt="{:.0f}"):
+        return (fmt.format(v) if v else "-").rjust(width)
+
     for sessions in args.sessions:
         for size in args.sizes:
-            vsl, postfix, sink = (by.get((name, sessions, size))
-                                  for name in ("vSL", "Postfix", "sink"))
-
-            def cell(v, width, fmt="{:.0f}"):
-                return (fmt.format(v) if v else "-").rjust(width)
-
-            print(f"{sessions:8d} {human(size):>7} {cell(vsl, 7)} {cell(postfix, 8)} "
-                  f"{cell(sink, 7)} "
-                  f"{cell(vsl / postfix if vsl and postfix else None, 12, '{:.2f}')} "
-                  f"{cell(vsl / sink if vsl and sink else None, 9, '{:.2f}')}")
+            postfix, sink = (by.get((name, sessions, size)) for name in ("Postfix", "sink"))
+            rates = [by.get((name, sessions, size)) for name in vsls]
+            print(f"{sessions:8d} {human(size):>7} " + " ".join(cell(v, 7) for v in rates) +
+                  f" {cell(postfix, 8)} {cell(sink, 7)} " + " ".join(
+                      [cell(v / postfix if v and postfix else None, 12, "{:.2f}")
+                       for v in rates] +
+                      [cell(v / sink if v and sink else None, 12, "{:.2f}") for v in rates]))
 
 
 def postfix_version() -> str:
@@ -626,6 +634,9 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=120,
                         help="before every run, wait up to this many seconds for the "
                              "machine's other load to fall under --noisy (default 120)")
+    parser.add_argument("--workers", type=int_list, default=[1],
+                        help="vSL's [server] workers, comma-separated: one vSL column each "
+                             "(default 1)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -641,7 +652,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vsl-throughput-", dir="/tmp"))
     work.chmod(0o755)  # Postfix's daemons (user postfix) reach their queue through it
-    servers = [kinds[k](work) for k in wanted]
+    servers = [VslServer(work / f"w{n}" if len(args.workers) > 1 else work, n)
+               for n in args.workers] if "vsl" in wanted else []
+    servers += [kinds[k](work) for k in wanted if k != "vsl"]
 
     def stop_all() -> None:
         for server in servers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 from collections import Counter
 
@@ -39,8 +40,28 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+async def recover_spool(spool: Spool) -> None:
+    """At start-up, before anything writes to the spool: finish or drop what a stop cut
+    short (:meth:`Spool.recover`), then hold what was never acknowledged."""
+    dropped = spool.recover()
+    if dropped:
+        log.info("spool: dropped %d unacknowledged file(s)", dropped)
+    await hold_unacknowledged(spool)
+
+
+async def hold_unacknowledged(spool: Spool) -> None:
+    """A message still in ``working`` was on disk when the server stopped, but its 250
+    (sent after on_post_queue) was not: its client will send it again. It goes to
+    ``hold``: neither lost nor delivered twice; an operator may release it."""
+    for entry in spool.list("working"):
+        log.warning("%s: never acknowledged to its client (stopped before on_post_queue "
+                    "ended): moved to hold; `vsl queue release %s` delivers it",
+                    entry.id, entry.id)
+        await spool.move(entry.id, "hold", "working")
+
+
 class Server:
-    """Everything one ``vsl serve`` process runs."""
+    """Everything one ``vsl serve`` process (or one worker of it) runs."""
 
     def __init__(self, config: Config, engine: Engine | None = None, forced_dns: bool = False):
         """``forced_dns``: every dns::resolver() of the scripts uses the configured
@@ -110,32 +131,35 @@ class Server:
 
     # -- life cycle ------------------------------------------------------------------
     async def hold_unacknowledged(self) -> None:
-        """At start-up: a message still in ``working`` was on disk when the server stopped,
-        but its 250 (sent after on_post_queue) was not: its client will send it again.
-        It goes to ``hold``: neither lost nor delivered twice; an operator may release it."""
-        for entry in self.spool.list("working"):
-            log.warning("%s: never acknowledged to its client (stopped before on_post_queue "
-                        "ended): moved to hold; `vsl queue release %s` delivers it",
-                        entry.id, entry.id)
-            await self.spool.move(entry.id, "hold", "working")
+        """At start-up: see :func:`hold_unacknowledged`."""
+        await hold_unacknowledged(self.spool)
 
-    async def start(self) -> None:
-        """Recover the spool and bind every listener."""
-        dropped = self.spool.recover()
-        if dropped:
-            log.info("spool: dropped %d unacknowledged file(s)", dropped)
-        await self.hold_unacknowledged()
+    async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
+        """Recover the spool and bind every listener. ``sockets``: (listener, socket) pairs
+        already bound and listening, by the parent of several workers (server/workers.py),
+        which recovered the spool before starting them: then the spool is not recovered
+        here (that would drop another worker's files being written)."""
+        if sockets is None:
+            await recover_spool(self.spool)
         self.delivery.start()
         loop = asyncio.get_running_loop()
-        for listener in self.config.listen:
-            server = await loop.create_server(
-                lambda listener=listener: self.protocol(listener), listener.host,
-                listener.port, ssl=self.tls if listener.kind == "smtps" else None,
-                reuse_address=True)
-            self.servers.append(server)
-            for sock in server.sockets:
-                self.bound.append((listener, sock.getsockname()))
-                log.info("listening: %s on %s", listener.kind, sock.getsockname()[:2])
+        if sockets is None:
+            for listener in self.config.listen:
+                self._serving(listener, await loop.create_server(
+                    lambda listener=listener: self.protocol(listener), listener.host,
+                    listener.port, ssl=self.tls if listener.kind == "smtps" else None,
+                    reuse_address=True))
+        else:
+            for listener, sock in sockets:
+                self._serving(listener, await loop.create_server(
+                    lambda listener=listener: self.protocol(listener), sock=sock,
+                    ssl=self.tls if listener.kind == "smtps" else None))
+
+    def _serving(self, listener: Listener, server: asyncio.base_events.Server) -> None:
+        self.servers.append(server)
+        for sock in server.sockets:
+            self.bound.append((listener, sock.getsockname()))
+            log.info("listening: %s on %s", listener.kind, sock.getsockname()[:2])
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""

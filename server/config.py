@@ -98,6 +98,7 @@ class Config:
     scripts: Path | None = None          # directory holding main.vsl; None: no policy script
     queue_dir: Path = Path("queue")
     fallback_reply: str = DEFAULT_FALLBACK
+    workers: int = 1                     # server processes (server/workers.py)
     listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
@@ -156,6 +157,8 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
             kwargs[key] = base / _string(value, f"server.{key}")
         elif key == "fallback_reply":
             kwargs[key] = _reply(value, "server.fallback_reply")
+        elif key == "workers":
+            kwargs[key] = _convert(value, "int", "server.workers", base)
         else:
             raise ConfigError(f"server.{key}: unknown key")
     if "listen" in data:
@@ -261,7 +264,8 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {**{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
+_MINIMUM = {"server.workers": 1,
+            **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
                                            "errors")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port")}}

@@ -83,6 +83,7 @@ class _Committer:
         self.thread: threading.Thread | None = None
         self.batches = 0  # for tests and benchmarks
         self.tmp_prefix, self.tmp_serial = secrets.token_hex(4), itertools.count()
+        self.closing = False
 
     def submit(self, files: list[tuple[Path, bytes]],
                renames: list[tuple[Path, Path]] = ()) -> asyncio.Future:
@@ -97,10 +98,22 @@ class _Committer:
             self.cond.notify()
         return future
 
+    def close(self) -> None:
+        """Stop the writer thread once every submitted write is done."""
+        with self.cond:
+            thread, self.thread = self.thread, None
+            self.closing = True
+            self.cond.notify()
+        if thread is not None:
+            thread.join()
+        self.closing = False
+
     def _run(self) -> None:
         while True:
             with self.cond:
                 while not self.pending:
+                    if self.closing:
+                        return
                     self.cond.wait()
                 batch, self.pending = self.pending, []
             self.batches += 1
@@ -213,6 +226,10 @@ class Spool:
             (self.root / queue).mkdir(parents=True, exist_ok=True)
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
+
+    def close(self) -> None:
+        """Stop the writer thread (a later write starts it again)."""
+        self._committer.close()
 
     # -- paths -----------------------------------------------------------
     def _paths(self, queue: str, msg_id: str) -> tuple[Path, Path]:

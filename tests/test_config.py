@@ -25,6 +25,7 @@ local_domains = ["example.test", "Example.ORG"]
 scripts = "policy"
 queue_dir = "/var/spool/vsl"
 fallback_reply = "421 4.3.0 Come back later"
+workers = 3
 
 [tls]
 certificate = "certs/cert.pem"
@@ -98,6 +99,7 @@ def test_no_file_gives_the_defaults():
     assert config.domains == (config.hostname.lower(),)
     assert config.scripts is None
     assert config.queue_dir == Path("queue")
+    assert config.workers == 1
     assert config.fallback_reply == DEFAULT_FALLBACK == \
         "451 4.3.0 Temporary local problem, try again later"
     assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),)
@@ -126,6 +128,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.scripts == tmp_path / "policy"  # relative to the file
     assert config.queue_dir == Path("/var/spool/vsl")  # absolute stays absolute
     assert config.fallback_reply == "421 4.3.0 Come back later"
+    assert config.workers == 3
     assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),
                              Listener("::1", 587, "submission"),
                              Listener("0.0.0.0", 465, "smtps"))
@@ -213,6 +216,10 @@ BAD_VALUES = [
     ({"server": {"fallback_reply": "250 2.0.0 fine"}}, "server.fallback_reply"),
     ({"server": {"fallback_reply": "451 5.3.0 class mismatch"}}, "server.fallback_reply"),
     ({"server": {"fallback_reply": "try later"}}, "server.fallback_reply"),
+    ({"server": {"workers": 0}}, "server.workers"),
+    ({"server": {"workers": "2"}}, "server.workers"),
+    ({"server": {"workers": 1.5}}, "server.workers"),
+    ({"server": {"workers": True}}, "server.workers"),
     ({"server": "mx.test"}, "server"),
     # listen
     ({"listen": "127.0.0.1:25"}, "listen"),

@@ -72,8 +72,11 @@ def run(file, fn, args, as_json) -> None:
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="Spool directory.")
 @click.option("--dns", "dns_server", metavar="HOST:PORT", help="DNS server for dns::resolver().")
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Server processes accepting on the same listeners.")
 @click.option("-v", "--verbose", count=True, help="Debug log output (-vv: the SMTP dialogue too).")
-def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose) -> None:
+def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, workers,
+          verbose) -> None:
     """Run the SMTP server on a directory of scripts."""
     import asyncio
     from dataclasses import replace
@@ -101,6 +104,8 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose
             changes["hostname"] = hostname
         if dns_server:
             changes["dns"] = replace(config.dns, nameservers=(dns_server,))
+        if workers:
+            changes["workers"] = workers
         config = replace(config, **changes)
         server = Server(config)
     except (config_module.ConfigError, ValueError) as err:
@@ -108,6 +113,9 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose
     except PolicyError as err:
         click.echo(f"the scripts do not lint:\n{err}", err=True)
         sys.exit(1)
+    if config.workers > 1:
+        _serve_workers(config)
+        return
 
     async def run():
         await server.start()
@@ -121,6 +129,25 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, verbose
         pass
     except OSError as err:
         raise click.ClickException(f"cannot listen: {err}") from None
+
+
+def _serve_workers(config) -> None:
+    """`vsl serve` with [server] workers > 1 (server/workers.py)."""
+    from server.workers import Workers
+
+    for handler in logging.getLogger().handlers:  # whose line is it
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    workers = Workers(config)
+    try:
+        workers.prepare()
+    except OSError as err:
+        raise click.ClickException(f"cannot listen: {err}") from None
+    for listener, sock in workers.sockets:
+        address = sock.getsockname()
+        click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
+    click.echo(f"vsl: {config.workers} workers")
+    sys.exit(workers.run())
 
 
 @main.command("test")

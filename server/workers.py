@@ -1,0 +1,200 @@
+"""``[server] workers = N`` (N > 1): N server processes accepting on the same sockets.
+
+One Python process is held to about one core by the GIL; N workers are not. The parent
+(``vsl serve`` itself) never serves a connection:
+
+- it recovers the spool once, before any worker runs (a worker never does: it would drop
+  the temporary files another worker is writing);
+- it binds every listener, then forks the workers, which inherit the listening sockets and
+  accept on them; the kernel hands each connection to one of them;
+- only worker 0 runs the delivery worker;
+- SIGTERM or SIGINT stops every worker, then the parent exits 0; SIGHUP reloads the
+  scripts in every worker; a worker that dies otherwise is logged and started again
+  (as Postfix's master does), at most once a second.
+
+Connection limits (``limits.connections``, ``limits.connections_per_ip``) count per worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import replace
+
+from .app import Server, recover_spool
+from .config import Config, Listener
+from .queue import Spool
+
+log = logging.getLogger("vsl.workers")
+
+BACKLOG = 100           # as asyncio's create_server
+RESTART_INTERVAL = 1.0  # a worker that keeps dying is started again at most this often
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def bind(listener: Listener) -> list[socket.socket]:
+    """Listening sockets for ``listener``, one per address its host resolves to, bound as
+    asyncio's create_server would (SO_REUSEADDR, IPv6 sockets IPv6-only)."""
+    infos = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    sockets = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise OSError(err.errno, f"error while attempting to bind on address "
+                                         f"{address!r}: {err.strerror}") from None
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def _recover(config: Config) -> None:
+    spool = Spool(config.queue_dir)
+    try:
+        await recover_spool(spool)
+    finally:
+        spool.close()  # no thread may run in the parent when it forks
+
+
+class Workers:
+    """The parent of ``config.workers`` worker processes (see the module docstring)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.sockets: list[tuple[Listener, socket.socket]] = []
+        self.children: dict[int, int] = {}   # pid -> worker index
+        self.started: dict[int, float] = {}  # worker index -> when it last started
+        self.stopping = False
+
+    def prepare(self) -> None:
+        """Bind every listener, then recover the spool (OSError if a listener cannot
+        bind)."""
+        try:
+            for listener in self.config.listen:
+                self.sockets += [(listener, sock) for sock in bind(listener)]
+        except BaseException:
+            self.close()
+            raise
+        asyncio.run(_recover(self.config))
+
+    def run(self) -> int:
+        """Start the workers and look after them until SIGTERM or SIGINT; returns the exit
+        status (0)."""
+        handlers = {sig: signal.signal(sig, self._signal) for sig in _SIGNALS}
+        try:
+            for index in range(self.config.workers):
+                self._start(index)
+            self._supervise()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        for _, sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
+
+    # -- the parent ----------------------------------------------------------------------
+    def _signal(self, signum: int, _frame) -> None:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: reloading the scripts in %d worker(s)", len(self.children))
+            self._send(signal.SIGHUP)
+            return
+        if not self.stopping:
+            log.info("%s: stopping %d worker(s)", signal.Signals(signum).name,
+                     len(self.children))
+        self.stopping = True
+        self._send(signal.SIGTERM)
+
+    def _send(self, signum: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass  # exited; waitpid will say so
+
+    def _supervise(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            if self.stopping:
+                continue
+            log.error("worker %d (pid %d) %s: starting it again", index, pid,
+                      _describe(status))
+            wait = self.started.get(index, 0.0) + RESTART_INTERVAL - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # a SIGTERM meanwhile still stops everything
+            if not self.stopping:
+                self._start(index)
+
+    def _start(self, index: int) -> None:
+        if threading.active_count() > 1:  # fork copies only this thread: locks could hang
+            raise RuntimeError("workers: a thread is running in the parent; cannot fork")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # none handled half-way
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(index)  # never returns
+            self.children[pid] = index
+            self.started[index] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        log.info("worker %d started (pid %d)", index, pid)
+
+    # -- a worker ------------------------------------------------------------------------
+    def _child(self, index: int) -> None:
+        status = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as one `vsl serve` process
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
+            config = self.config
+            if index > 0:
+                config = replace(config, delivery=replace(config.delivery, enabled=False))
+            asyncio.run(_serve(Server(config), self.sockets))
+            status = 0
+        except BaseException:  # noqa: BLE001 - logged; the parent starts it again
+            log.exception("worker %d failed", index)
+        finally:
+            logging.shutdown()
+            os._exit(status)
+
+
+async def _serve(server: Server, sockets: list[tuple[Listener, socket.socket]]) -> None:
+    await server.start(sockets)
+    # SIGHUP stayed blocked since the fork: one sent meanwhile reloads once serve_forever
+    # handles it (it does before its first suspension, so before this callback runs)
+    asyncio.get_running_loop().call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK,
+                                         {signal.SIGHUP})
+    await server.serve_forever()
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"
