@@ -39,4 +39,4 @@ lint: $(STAMP)
 	$(BIN)/vsl lint examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis queue
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis queue mail
