@@ -109,7 +109,10 @@ class Delivery:
         return len(tasks)
 
     async def _run(self) -> None:
-        await self.recover()
+        try:
+            await self.recover()
+        except Exception:  # noqa: BLE001 - a journal problem must not stop delivery
+            log.exception("delivery: cannot replay %s", self.journal.path)
         while True:
             try:
                 await self._claim()
@@ -118,20 +121,31 @@ class Delivery:
             await asyncio.sleep(self.config.poll_interval)
 
     async def recover(self) -> None:
-        """Mark delivered what the journal says a remote accepted before a crash."""
+        """Mark delivered what the journal says a remote accepted before a crash. An
+        entry that cannot be applied is logged and kept (the journal is then not emptied:
+        the next start tries again; at worst that recipient is sent twice, never lost)."""
+        complete = True
         for msg_id, addresses in self.journal.read().items():
             try:
-                entry = self.spool.get(msg_id)
-            except QueueError:
-                continue  # delivered and removed, or removed by the operator
-            undone = [r for r in entry.envelope["recipients"]
-                      if r["address"] in addresses and r["status"] in ("pending", "deferred")]
-            for rcpt in undone:
-                rcpt["status"] = "delivered"
-            if undone:
-                log.info("%s: %d recipient(s) delivered before a restart", msg_id, len(undone))
-                await self.spool.update(entry)
-        self.journal.clear()
+                await self._mark_delivered(msg_id, addresses)
+            except Exception as err:  # noqa: BLE001 - one bad envelope must not stop the rest
+                log.error("%s: cannot record deliveries from the journal: %s", msg_id, err)
+                complete = False
+        if complete:
+            self.journal.clear()
+
+    async def _mark_delivered(self, msg_id: str, addresses: set[str]) -> None:
+        try:
+            entry = self.spool.get(msg_id)
+        except QueueError:
+            return  # delivered and removed, or removed by the operator
+        undone = [r for r in entry.envelope["recipients"]
+                  if r["address"] in addresses and r["status"] in ("pending", "deferred")]
+        for rcpt in undone:
+            rcpt["status"] = "delivered"
+        if undone:
+            log.info("%s: %d recipient(s) delivered before a restart", msg_id, len(undone))
+            await self.spool.update(entry)
 
     async def _claim(self) -> list[asyncio.Task]:
         """Start delivering due messages, up to ``concurrency`` at once."""

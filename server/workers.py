@@ -99,6 +99,8 @@ class Workers:
         handlers = {sig: signal.signal(sig, self._signal) for sig in _SIGNALS}
         try:
             for index in range(self.config.workers):
+                if self.stopping:
+                    break  # SIGTERM while starting: the rest are never started
                 self._start(index)
             self._supervise()
         finally:
@@ -162,6 +164,8 @@ class Workers:
                 self._child(index)  # never returns
             self.children[pid] = index
             self.started[index] = time.monotonic()
+            if self.stopping:  # a SIGTERM handled between the caller's check and the fork
+                os.kill(pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         log.info("worker %d started (pid %d)", index, pid)

@@ -440,3 +440,20 @@ def test_a_settled_journal_is_emptied_once_large(tmp_path):
     journal.settled()
     assert journal.read() == {}
     journal.close()
+
+
+def test_a_journal_entry_that_cannot_be_applied_does_not_stop_delivery(world, tmp_path):
+    spool, _, delivery = world
+    (spool.root / "hold").mkdir(parents=True, exist_ok=True)
+    (spool.root / "hold" / "0123456789ab-0123456789ab.json").write_text("{not json")
+    Journal(spool.root / "delivered.journal").record("0123456789ab-0123456789ab", ["a@x.test"])
+
+    async def main():
+        async with Sink() as sink:
+            await queue(spool, f"smtp://127.0.0.1:{sink.port}")
+            delivery.start()
+            assert await asyncio.to_thread(wait_for, lambda: sink.messages)
+            await delivery.stop()
+
+    asyncio.run(main())
+    assert Journal(spool.root / "delivered.journal").read()  # kept for the next start
