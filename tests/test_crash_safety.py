@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from tests.support.crash import (Clients, SinkProcess, VslProcess, queue_counts,
+from tests.support.crash import (Clients, SinkProcess, VslProcess, queue_counts, write_config,
                                  spool_message_ids)
 from tests.support.mailsink import free_port
 from tests.support.smtp_tools import wait_for
@@ -31,24 +31,10 @@ SCENARIOS = {
 }
 
 
-def write_config(tmp_path, port: int, sink_port: int):
-    """vsl.toml: every recipient accepted (a script) and relayed to the sink; deliveries
-    polled often and retried after 1 s."""
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    (scripts / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
-    config = tmp_path / "vsl.toml"
-    config.write_text(f"""\
-listen = ["127.0.0.1:{port}"]
-
-[server]
-hostname = "mx.crash.test"
-scripts = "scripts"
-queue_dir = "queue"
-
-[limits]
-connections_per_ip = 50
-
+def crash_config(tmp_path, port: int, sink_port: int):
+    """Every recipient accepted and relayed to the sink; deliveries polled often and
+    retried after 1 s."""
+    return write_config(tmp_path, port, "mx.crash.test", f"""\
 [delivery]
 relay = "smtp://127.0.0.1:{sink_port}?tls=none"
 poll_interval = 0.05
@@ -59,7 +45,6 @@ connect_timeout = 5
 command_timeout = 10
 idle_timeout = 2
 """)
-    return config
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -84,7 +69,7 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path, scenario):
     try:
         sink.start()
         port = free_port()
-        vsl = VslProcess(write_config(tmp_path, port, sink.port), port, tmp_path)
+        vsl = VslProcess(crash_config(tmp_path, port, sink.port), port, tmp_path)
         vsl.start()
         clients = Clients(port, N, threads=THREADS, seed=seed, tag=scenario).start()
         deadline = time.monotonic() + 60

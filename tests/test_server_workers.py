@@ -9,7 +9,7 @@ import re
 import signal
 import smtplib
 
-from tests.support.crash import Clients, VslProcess, spool_message_ids
+from tests.support.crash import Clients, VslProcess, spool_message_ids, write_config
 from tests.support.mailsink import free_port
 from tests.support.smtp_tools import wait_for
 
@@ -40,25 +40,8 @@ def rcpt_reply(port: int) -> int:
 
 def test_two_workers_share_the_listener(tmp_path):
     port = free_port()
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    (scripts / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
-    config = tmp_path / "vsl.toml"
-    config.write_text(f"""\
-listen = ["127.0.0.1:{port}"]
-
-[server]
-hostname = "mx.workers.test"
-scripts = "scripts"
-queue_dir = "queue"
-workers = 2
-
-[limits]
-connections_per_ip = 50
-
-[delivery]
-enabled = false
-""")
+    config = write_config(tmp_path, port, "mx.workers.test", "[delivery]\nenabled = false\n",
+                          workers=2)
     vsl = VslProcess(config, port, tmp_path)
     vsl.start()
     try:
@@ -82,7 +65,7 @@ enabled = false
         assert now[0] == first[0] and alive(now[1])
 
         # SIGHUP: every worker reloads (the deny is what they all answer then)
-        (scripts / "main.vsl").write_text(
+        (tmp_path / "scripts" / "main.vsl").write_text(
             'fn on_rcpt_to(ctx) { status::deny("550 5.7.1 closed") }\n')
         mark = len(vsl.log.read_text())
         vsl.proc.send_signal(signal.SIGHUP)

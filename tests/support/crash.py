@@ -180,6 +180,30 @@ class VslProcess:
                          for n in range(1, self.starts + 1))
 
 
+def write_config(tmp_path: Path, port: int, hostname: str, sections: str,
+                 workers: int = 1) -> Path:
+    """A vsl.toml for a `vsl serve` subprocess: a script accepting every recipient, a
+    loopback listener on ``port``, the spool in ``tmp_path``, then ``sections`` (TOML)."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
+    config = tmp_path / "vsl.toml"
+    config.write_text(f"""\
+listen = ["127.0.0.1:{port}"]
+
+[server]
+hostname = "{hostname}"
+scripts = "scripts"
+queue_dir = "queue"
+workers = {workers}
+
+[limits]
+connections_per_ip = 50
+
+{sections}""")
+    return config
+
+
 def stop_process(proc: subprocess.Popen | None) -> None:
     """SIGTERM, then SIGKILL after 5 s; returns once the process is gone."""
     if proc is None or proc.poll() is not None:
