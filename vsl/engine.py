@@ -11,6 +11,7 @@ SMTP sessions. Every error leaves the engine as a :class:`VslError`.
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from contextvars import ContextVar
 import inspect
 import os
@@ -170,7 +171,7 @@ class Script:
                          for name, arity in self._direct if entry_fn_name(name, arity) in env}
         self._pool = engine.state_pool
         state = engine.State
-        self._State, self._first, self._rest = state, state.first, state.rest
+        self._State, self._rest = state, state.rest
         self._entry_n = state.first - 1  # n after counting the call (first >= 1)
         self._timed, self._max_time = state.timed, state.max_time
 
@@ -421,26 +422,26 @@ class Engine:
         ``closures``: the code may run closures, which find the call's budget in a
         context variable (set only then: it costs a little on every call).
         """
-        state = self.State()
-        token = _STATE.set(state) if closures else None
-        try:
+        with self._call(closures) as state:
             if waits:
                 return _run_sync(lambda: _within_deadline(fn(state, 0, *args), state))
             return fn(state, 0, *args)
-        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
-            raise self.locate(err) from None
-        finally:
-            if token is not None:
-                _STATE.reset(token)
 
     async def run_async(self, fn, args: tuple, waits: bool, closures: bool = True):
         """Like :meth:`run`, awaiting ``fn`` when it waits on I/O (bounded by max_time)."""
-        state = self.State()
-        token = _STATE.set(state) if closures else None
-        try:
+        with self._call(closures) as state:
             if waits:
                 return await _within_deadline(fn(state, 0, *args), state)
             return fn(state, 0, *args)
+
+    @contextmanager
+    def _call(self, closures: bool):
+        """A fresh budget for one call; every exception leaves as a located VslError.
+        (Script.call inlines the same for its fast path.)"""
+        state = self.State()
+        token = _STATE.set(state) if closures else None
+        try:
+            yield state
         except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
             raise self.locate(err) from None
         finally:
