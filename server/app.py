@@ -113,11 +113,12 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(
             None, self.users.check, user, password)
 
-    async def queued(self, msg_id: str, queue: str, ctx: Context, runner) -> None:
-        """After a message is on disk: on_post_queue decides where it goes next."""
+    async def queued(self, msg_id: str, queue: str, ctx: Context, runner,
+                     data: bytes) -> None:
+        """After a message is on disk (``data``: its bytes there): on_post_queue decides
+        where it goes next."""
         if queue != "working":
             return
-        before = ctx.message.to_bytes()
         status = await runner.run(ctx, Stage.POST_QUEUE)
         if runner.failed:
             target = "hold"  # accepted, but the policy could not route it: an operator looks
@@ -126,14 +127,10 @@ class Server:
         else:
             target = "dead" if status.kind == "deny" else "deliver"
         if target == "deliver":
-            await self.delivery.reroute(msg_id, queue, ctx, before)
+            await self.delivery.reroute(msg_id, queue, ctx, data)
         await self.spool.move(msg_id, target, queue)
 
     # -- life cycle ------------------------------------------------------------------
-    async def hold_unacknowledged(self) -> None:
-        """At start-up: see :func:`hold_unacknowledged`."""
-        await hold_unacknowledged(self.spool)
-
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
         """Recover the spool and bind every listener. ``sockets``: (listener, socket) pairs
         already bound and listening, by the parent of several workers (server/workers.py),
@@ -141,25 +138,19 @@ class Server:
         here (that would drop another worker's files being written)."""
         if sockets is None:
             await recover_spool(self.spool)
+            sockets = [(listener, None) for listener in self.config.listen]
         self.delivery.start()
         loop = asyncio.get_running_loop()
-        if sockets is None:
-            for listener in self.config.listen:
-                self._serving(listener, await loop.create_server(
-                    lambda listener=listener: self.protocol(listener), listener.host,
-                    listener.port, ssl=self.tls if listener.kind == "smtps" else None,
-                    reuse_address=True))
-        else:
-            for listener, sock in sockets:
-                self._serving(listener, await loop.create_server(
-                    lambda listener=listener: self.protocol(listener), sock=sock,
-                    ssl=self.tls if listener.kind == "smtps" else None))
-
-    def _serving(self, listener: Listener, server: asyncio.base_events.Server) -> None:
-        self.servers.append(server)
-        for sock in server.sockets:
-            self.bound.append((listener, sock.getsockname()))
-            log.info("listening: %s on %s", listener.kind, sock.getsockname()[:2])
+        for listener, sock in sockets:
+            where = {"sock": sock} if sock else \
+                {"host": listener.host, "port": listener.port, "reuse_address": True}
+            server = await loop.create_server(
+                lambda listener=listener: self.protocol(listener),
+                ssl=self.tls if listener.kind == "smtps" else None, **where)
+            self.servers.append(server)
+            for bound in server.sockets:
+                self.bound.append((listener, bound.getsockname()))
+                log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""

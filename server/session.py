@@ -356,16 +356,16 @@ class Session:
             self._end_transaction()
             return status.reply
         queue = f"quarantine/{self.stages.quarantine}" if self.stages.quarantine else "working"
+        data = ctx.message.to_bytes()
         try:
-            msg_id = await self.server.spool.put(self._envelope(session), ctx.message.to_bytes(),
-                                                 queue)
+            msg_id = await self.server.spool.put(self._envelope(session), data, queue)
         except QueueError as err:
             log.error("%s: message not queued: %s", self.peer_ip, err)
             self._end_transaction()
             return "451 4.3.0 Cannot queue the message now, try again later"
         log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, msg_id, queue,
                  len(ctx.all_recipients()))
-        await self.server.queued(msg_id, queue, ctx, self.stages)
+        await self.server.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
