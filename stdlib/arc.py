@@ -19,13 +19,13 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import NativeObject
 
 from .mailauth import (UNREADABLE, DkimKey, dns_labels, has_field, key_records, message_of,
                        new_fields, parse_message, short_reason, signing_key)
 from .dns import DnsTempError, Resolver
 from .dnsbridge import Answers
 from .options import options
+from .result import CheckResult
 
 namespace = Namespace("arc", "ARC chains of forwarded mail (RFC 8617)")
 
@@ -33,7 +33,7 @@ MAX_INSTANCES = 50  # RFC 8617 §4.2.1
 _SET = {b"arc-seal", b"arc-message-signature"}  # the signed fields of a set
 
 
-class ArcResult(NativeObject):
+class ArcResult(CheckResult):
     """The outcome of arc::verify; compares equal to its value string."""
 
     vsl_type = "arc_result"
@@ -42,14 +42,6 @@ class ArcResult(NativeObject):
 
     def __init__(self, value: str, instances: int = 0, domain: str = "", reason: str = ""):
         self.value, self.instances, self.domain, self.reason = value, instances, domain, reason
-
-    def vsl_display(self) -> str:
-        return self.value
-
-    def vsl_equals(self, other) -> bool:
-        if isinstance(other, ArcResult):
-            return self.value == other.value
-        return self.value == other
 
     def auth_result(self) -> authres.arc.ARCAuthenticationResult:
         """This result as an RFC 8601 Authentication-Results entry."""

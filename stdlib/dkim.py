@@ -18,7 +18,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import FrozenMap, NativeObject
+from vsl.values import FrozenMap
 
 from .dns import DnsTempError, Resolver
 from .dnsbridge import Answers, Missing
@@ -26,6 +26,7 @@ from .mailauth import (ALGORITHMS, MIN_RSA_BITS, UNREADABLE, DkimKey, dns_labels
                        key_records, load_key, message_of, new_fields, parse_message,
                        script_dir, short_reason, signing_key)
 from .options import options
+from .result import CheckResult
 
 namespace = Namespace("dkim", "DKIM signing and verification (RFC 6376, RFC 8463)")
 
@@ -85,7 +86,7 @@ class _Clauses(authres.core.BaseAuthenticationResult):
         return "; ".join(map(str, self.clauses))
 
 
-class DkimResult(NativeObject):
+class DkimResult(CheckResult):
     """The outcome of dkim::verify; compares equal to its value string."""
 
     vsl_type = "dkim_result"
@@ -100,14 +101,6 @@ class DkimResult(NativeObject):
     def passing_domains(self) -> list[str]:
         """The d= domains of the signatures that pass."""
         return [s.domain.lower() for s in self.checks if s.result == "pass"]
-
-    def vsl_display(self) -> str:
-        return self.value
-
-    def vsl_equals(self, other) -> bool:
-        if isinstance(other, DkimResult):
-            return self.value == other.value
-        return self.value == other
 
     def auth_result(self):
         """This result as RFC 8601 Authentication-Results entries, one per signature."""

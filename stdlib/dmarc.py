@@ -20,13 +20,13 @@ from publicsuffixlist import PublicSuffixList
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import NativeObject
 
 from . import spf as spf_natives
 from .dkim import DkimResult, verify_message
 from .dns import DnsTempError, Resolver
 from .mailauth import message_of
 from .options import options
+from .result import CheckResult
 from .spf import SpfResult
 
 namespace = Namespace("dmarc", "DMARC policy checks (RFC 7489)")
@@ -36,7 +36,7 @@ _RECORD = re.compile(r"v\s*=\s*DMARC1\s*(;|$)")
 _LIST: list[PublicSuffixList] = []  # loaded on first use, off the event loop
 
 
-class DmarcResult(NativeObject):
+class DmarcResult(CheckResult):
     """The outcome of dmarc::check; compares equal to its value string."""
 
     vsl_type = "dmarc_result"
@@ -50,14 +50,6 @@ class DmarcResult(NativeObject):
         self.spf_aligned, self.dkim_aligned = spf_aligned, dkim_aligned
         self.spf: SpfResult | None = None
         self.dkim: DkimResult | None = None
-
-    def vsl_display(self) -> str:
-        return self.value
-
-    def vsl_equals(self, other) -> bool:
-        if isinstance(other, DmarcResult):
-            return self.value == other.value
-        return self.value == other
 
     def auth_result(self) -> authres.dmarc.DMARCAuthenticationResult:
         """This result as an RFC 8601 Authentication-Results entry: the domain's policy as

@@ -15,17 +15,17 @@ import authres
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import NativeObject
 
 from .dns import DnsTempError, Resolver
 from .options import options
+from .result import CheckResult
 
 namespace = Namespace("iprev", "Reverse DNS checks")
 
 MAX_NAMES = 10  # PTR names checked at most (as SPF's ptr mechanism, RFC 7208 §5.5)
 
 
-class IprevResult(NativeObject):
+class IprevResult(CheckResult):
     """The outcome of iprev::check; compares equal to its value string."""
 
     vsl_type = "iprev_result"
@@ -34,9 +34,6 @@ class IprevResult(NativeObject):
 
     def __init__(self, value: str, ip: str, fqdn: str | None):
         self.value, self.ip, self.fqdn = value, ip, fqdn
-
-    def vsl_display(self) -> str:
-        return self.value
 
     def auth_result(self) -> authres.IPRevAuthenticationResult:
         """This result as an RFC 8601 Authentication-Results entry."""

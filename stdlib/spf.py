@@ -24,11 +24,11 @@ import spf as pyspf
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import NativeObject
 
 from .dns import DnsTempError, Resolver
 from .mail import Mailbox
 from .options import options
+from .result import CheckResult
 
 namespace = Namespace("spf", "SPF checks (RFC 7208)")
 
@@ -47,7 +47,7 @@ _COMMENTS = {  # the Received-SPF comment of each result (RFC 7208 §9.1)
 
 
 @dataclass(eq=False)
-class SpfResult(NativeObject):
+class SpfResult(CheckResult):
     """The outcome of spf::check_host; compares equal to its value string."""
 
     vsl_type = "spf_result"
@@ -68,14 +68,6 @@ class SpfResult(NativeObject):
     def auth_key(self) -> str:
         """Where ctx.store keeps this result: one SPF result per identity."""
         return f"spf_{self.identity}"
-
-    def vsl_display(self) -> str:
-        return self.value
-
-    def vsl_equals(self, other) -> bool:
-        if isinstance(other, SpfResult):
-            return self.value == other.value
-        return self.value == other
 
     def received_spf(self, receiver: str) -> str:
         """The value of a Received-SPF header field (RFC 7208 §9.1)."""
