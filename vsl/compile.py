@@ -39,7 +39,7 @@ def constant_name(ns: str, name: str) -> str:
 
 
 def entry_fn_name(name: str, arity: int) -> str:
-    """The copy of a script function that Script.call() runs (see ModuleCompiler.compile)."""
+    """The copy of a script function that Script.call() runs (see ModuleCompiler.entry)."""
     return f"e_{name}_{arity}"
 
 
@@ -823,6 +823,17 @@ def _known_bool(e) -> bool:
     return isinstance(e, A.Unary) and e.op == "!"
 
 
+class _LazyBudget(py.NodeTransformer):
+    """Turns each read of the budget ``_t`` into one that makes it on first use."""
+
+    def visit_Name(self, node: py.Name) -> py.expr:
+        if node.id != "_t":
+            return node
+        made = _walrus("_t", _call("_fresh"))
+        return py.copy_location(py.IfExp(
+            py.Compare(_name("_t"), [py.IsNot()], [_const(None)]), _name("_t"), made), node)
+
+
 class ModuleCompiler:
     """Compiles a whole module into one Python code object."""
 
@@ -879,6 +890,32 @@ class ModuleCompiler:
         return _located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
+    def entry(self, fdef: py.FunctionDef, name: str, param: str) -> py.FunctionDef:
+        """Script.call()'s entry point for a one-argument function: ``e_f_1(arg)`` runs the
+        body at depth 0 and turns any error into a located VslError.
+
+        A body that counts operations (it loops or calls) takes a budget from the engine's
+        pool when it starts and gives it back at the end. Any other body runs without one,
+        making a budget only on a slow path that needs it (``_t`` is then ``None`` until
+        ``(_t if _t is not None else (_t := _fresh()))`` sets it)."""
+        body = copy.deepcopy(fdef.body[_PROLOGUE:])
+        nodes = [n for s in body for n in py.walk(s)]
+        budget = [n for n in nodes if isinstance(n, py.Name) and n.id == "_t"]
+        head, final = [], []
+        if any(isinstance(n, py.Name) and n.id == "_d" for n in nodes):
+            head.append(_assign("_d", _const(0)))
+        if any(isinstance(n, py.Attribute) and n.value in budget for n in nodes):
+            head.append(_assign("_t", _call("_take")))
+            final.append(py.Expr(_call("_give", _name("_t"))))
+        elif budget:
+            head.append(_assign("_t", _const(None)))
+            body = [_LazyBudget().visit(s) for s in body]
+        handler = py.ExceptHandler(_name("_AnyError"), "_err", [
+            py.Raise(_call("_locate", _name("_err")), _const(None))])
+        run = py.Try(body, [handler], [], final)
+        args = py.arguments([], [py.arg(param)], None, [], [], None, [])
+        return py.copy_location(py.FunctionDef(name, args, [*head, run], [], None), fdef)
+
     def compile(self) -> py.Module:
         defs = []
         for f in self.module.functions:
@@ -890,15 +927,9 @@ class ModuleCompiler:
                                  f.pos)
             defs.append(fdef)
             if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
-                    self.max_call_depth >= 0 and not self.res.has_closures:
-                # Script.call()'s entry point: depth 0 passes the guard, and the caller
-                # counts the call's operation, so the function starts with its body
-                # (scripts with closures take the slower path, see Script.__init__)
-                entry = copy.deepcopy(fdef)
-                entry.name = entry_fn_name(*key)
-                del entry.body[:_PROLOGUE]
-                self.code_names[entry.name] = f.name
-                defs.append(entry)
+                    not self.res.has_closures:  # (closures need Engine.run's context)
+                self.code_names[entry_fn_name(*key)] = f.name
+                defs.append(self.entry(fdef, entry_fn_name(*key), params[0]))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
         tree = py.Module(defs, [])

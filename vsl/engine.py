@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
+import functools
 import inspect
 import os
 from pathlib import Path
@@ -47,8 +48,8 @@ class ExecState:
     first chunk is the whole budget: :meth:`slow` then only runs when it is spent.
 
     Every call has its own state while it runs (never shared, so concurrent and nested
-    calls cannot spend each other's budget). :meth:`Script.call` takes one from the
-    engine's pool (``list.pop``, atomic) and refills it inline, cheaper than a new one.
+    calls cannot spend each other's budget). The compiled entry points Script.call runs
+    take one from the engine's pool and refill it, cheaper than a new one (see _budgets).
     """
 
     __slots__ = ("n", "left", "deadline", "size", "mark")
@@ -162,18 +163,13 @@ class Script:
         # Closures read the call's budget from a context variable, set only when needed.
         self.uses_closures = resolution.has_closures or any(
             s.uses_closures for s in imports.values())
-        # Functions call() runs inline: plain (not waiting on I/O), in a script without
-        # closures (those need the call's budget in a context variable).
+        # Functions run without Engine.run: plain (not waiting on I/O), in a script without
+        # closures (those need the call's budget in a context variable) ...
         self._direct = {} if self.uses_closures else {
             key: fn for key, fn in self.functions.items() if key not in self.async_functions}
-        # ... and their entry copies for one argument, which the caller charges for
-        self._direct1 = {name: env[entry_fn_name(name, arity)]
+        # ... and their entry points for one argument, which take their own budget
+        self._entries = {name: env[entry_fn_name(name, arity)]
                          for name, arity in self._direct if entry_fn_name(name, arity) in env}
-        self._pool = engine.state_pool
-        state = engine.State
-        self._State, self._rest = state, state.rest
-        self._entry_n = state.first - 1  # n after counting the call (first >= 1)
-        self._timed, self._max_time = state.timed, state.max_time
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
@@ -192,32 +188,21 @@ class Script:
     def call(self, name: str, arg=_NO_ARG, *more):
         """Run a script function to completion (from synchronous code): ``call(name, *args)``.
 
-        A stage's call, one argument to a plain function of a script without closures, is
-        inlined here: a budget from the engine's pool, refilled, and the error guard.
-        """
-        if more or arg is _NO_ARG:
-            return self._call(name, () if arg is _NO_ARG else (arg, *more))
-        try:
-            fn = self._direct1[name]
-        except KeyError:
+        A stage's call, one argument to a plain function of a script without closures,
+        runs the function's compiled entry point (see ModuleCompiler.entry)."""
+        if not more and arg is not _NO_ARG:
+            fn = self._entries.get(name)
+            if fn is not None:
+                return fn(arg)
             return self._call(name, (arg,))
-        pool = self._pool
-        try:
-            st = pool.pop()  # atomic: a budget is never shared by two calls
-        except IndexError:
-            st = self._State()
-        if self._timed:
-            st.n, st.left, st.size = self._entry_n, self._rest, ExecState.FIRST
-            st.mark = now = monotonic()
-            st.deadline = now + self._max_time
-        else:  # slow() never changes mark, size or deadline then
-            st.n, st.left = self._entry_n, self._rest
-        try:
-            return fn(st, 0, arg)
-        except BaseException as err:  # noqa: BLE001 - every error becomes a VslError
-            raise self.engine.locate(err) from None
-        finally:
-            pool.append(st)
+        return self._call(name, () if arg is _NO_ARG else (arg, *more))
+
+    def function(self, name: str):
+        """``call`` bound to one function: ``f = script.function("on_helo"); f(ctx)``.
+        Look it up once and call it often (a one-argument plain function is then its
+        compiled entry point, with nothing in between)."""
+        entry = self._entries.get(name)
+        return entry if entry is not None else functools.partial(self.call, name)
 
     def _call(self, name: str, args: tuple):
         fn = self._direct.get((name, len(args)))
@@ -229,16 +214,46 @@ class Script:
     async def call_async(self, name: str, arg=_NO_ARG, *more):
         """Run a script function inside an event loop (natives may wait on I/O):
         ``await call_async(name, *args)``."""
-        fn = self._direct1.get(name)
+        fn = self._entries.get(name)
         if fn is None or more or arg is _NO_ARG:
             args = () if arg is _NO_ARG else (arg, *more)
             fn = self._fn(name, args)
             return await self.engine.run_async(fn, args,
                                                (name, len(args)) in self.async_functions,
                                                self.uses_closures)
-        # a plain function runs without suspending: call() runs it, and its pooled budget
-        # is back in the pool before any other task runs
-        return self.call(name, arg)
+        # a plain function runs without suspending: its budget is back in the pool
+        # before any other task runs
+        return fn(arg)
+
+
+def _budgets(State: type[ExecState]):
+    """``take()``, ``give(state)`` and ``fresh()`` for the compiled entry points: a refilled
+    budget from a pool (``list.pop`` is atomic: a budget is never shared by two calls),
+    its return, and a new one. Each has already counted the call's own operation."""
+    pool: list[ExecState] = []
+    pop, give = pool.pop, pool.append
+    entry_n, rest, first_size = State.first - 1, State.rest, ExecState.FIRST
+    timed, max_time = State.timed, State.max_time
+
+    def take() -> ExecState:
+        try:
+            st = pop()
+        except IndexError:
+            st = State()
+        if timed:
+            st.n, st.left, st.size = entry_n, rest, first_size
+            st.mark = now = monotonic()
+            st.deadline = now + max_time
+        else:  # slow() never changes mark, size or deadline then
+            st.n, st.left = entry_n, rest
+        return st
+
+    def fresh() -> ExecState:
+        st = State()
+        st.n -= 1
+        return st
+
+    return take, give, fresh
 
 
 async def _within_deadline(coro, state: ExecState):
@@ -281,8 +296,7 @@ class Engine:
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
         self.State = ExecState.for_engine(self.limits, self.ops)
-        # Budgets of finished one-argument calls, refilled by the next (Script.call).
-        self.state_pool: list[ExecState] = []
+        self._take, self._give, self._fresh = _budgets(self.State)
         self.namespaces = {}
         self._sources: dict[str, tuple[str, dict]] = {}
         for ns in (default_namespaces() if namespaces is None else namespaces):
@@ -397,7 +411,8 @@ class Engine:
             "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
-            "_state": self.current_state,
+            "_state": self.current_state, "_take": self._take, "_give": self._give,
+            "_fresh": self._fresh, "_locate": self.locate, "_AnyError": BaseException,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
             "tuple": tuple, "_FMAP": values.FrozenMap,

@@ -1,0 +1,90 @@
+"""The compiled entry points Script.call runs for a one-argument call (a stage's call):
+the same results, errors, positions and limits as any other call."""
+from __future__ import annotations
+
+import asyncio
+import textwrap
+
+import pytest
+
+from vsl.engine import Engine
+from vsl.errors import LimitError, ScriptError, VslError
+from vsl.limits import Limits
+
+SOURCE = textwrap.dedent("""\
+    fn straight(a) { if "x" in a { "yes" } else { a.len() } }
+    fn three_ins(a) { [5 in a, 6 in a, 7 in a] }
+    fn spin(n) { let i = 0; while i < n { i += 1; } i }
+    fn calls(n) { helper(n) + helper(n) }
+    fn helper(n) { n * 2 }
+    fn down(n) { down(n + 1) }
+    fn divide(x) {
+        let y = x;
+        y / 0
+    }
+    fn two(a, b) { a + b }
+""")
+
+
+def load(limits: Limits = Limits()):
+    return Engine(limits).load_source(SOURCE, "entry.vsl")
+
+
+def test_entry_points_return_what_the_function_returns():
+    script = load()
+    assert script.call("straight", ["x", "y"]) == "yes"
+    assert script.call("straight", ["y"]) == 1
+    assert script.call("spin", 10) == 10
+    assert script.call("calls", 3) == 12
+
+
+def test_function_binds_a_name_once():
+    script = load()
+    straight, two = script.function("straight"), script.function("two")
+    assert straight(["a", "b"]) == 2
+    assert two(1, 2) == 3
+    with pytest.raises(VslError, match="no function 'missing'"):
+        script.function("missing")(1)
+
+
+def test_error_in_an_entry_point_has_its_position_and_stack():
+    with pytest.raises(ScriptError, match="division by zero") as info:
+        load().call("divide", 1)
+    err = info.value
+    assert (err.pos.file, err.pos.line, err.pos.col) == ("entry.vsl", 9, 7)  # the operator
+    assert [f.function for f in err.stack] == ["divide"]
+
+
+def test_straight_line_code_charges_its_work_to_one_budget():
+    """A function without loops runs with no budget until a slow path needs one; then
+    every operation of the call is charged to that one budget."""
+    big = list(range(64 * 40))  # `in` costs 40 operations
+    script = load(Limits(max_operations=100))
+    assert script.call("straight", big) == len(big)
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call("three_ins", big)  # 1 + 3 x 40 > 100
+    assert script.call("straight", big) == len(big)  # the next call starts afresh
+
+
+def test_loops_in_entry_points_have_a_budget_per_call():
+    script = load(Limits(max_operations=1_000))
+    for _ in range(3):
+        assert script.call("spin", 900) == 900
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call("spin", 2_000)
+    assert script.call("spin", 900) == 900
+
+
+def test_time_limit_ends_an_entry_point():
+    script = load(Limits(max_operations=0, max_time=0.2))
+    with pytest.raises(LimitError, match="max_time"):
+        script.call("spin", 10 ** 12)
+
+
+def test_calls_from_an_entry_point_count_depth():
+    with pytest.raises(LimitError, match=r"call depth limit exceeded \(10 nested"):
+        load(Limits(max_call_depth=10)).call("down", 0)
+
+
+def test_call_async_runs_the_entry_point():
+    assert asyncio.run(load().call_async("calls", 5)) == 20
