@@ -88,3 +88,26 @@ def test_calls_from_an_entry_point_count_depth():
 
 def test_call_async_runs_the_entry_point():
     assert asyncio.run(load().call_async("calls", 5)) == 20
+
+
+def test_constants_read_by_entry_points():
+    script = Engine().load_source(textwrap.dedent("""\
+        const HOSTS = ["mx.example"];
+        const LIMITS = #{ "rcpt": 50 };
+        fn f(host) { [host in global::HOSTS, global::LIMITS["rcpt"] ?? 1] }
+    """), "consts.vsl")
+    assert script.call("f", "mx.example") == [True, 50]
+    assert script.call("f", 7) == [False, 50]
+
+
+def test_a_constant_the_top_level_never_defined_is_an_error_when_read():
+    script = Engine().load_source(textwrap.dedent("""\
+        fn f(x) { global::LATE }
+        fn g(x) { try { return global::LATE; } catch (e) { return e; } }
+        if true { return; }
+        const LATE = 1;
+    """), "late.vsl")
+    with pytest.raises(ScriptError, match="constant 'LATE' is not defined yet") as info:
+        script.call("f", 1)
+    assert (info.value.pos.line, info.value.pos.col) == (1, 11)
+    assert "not defined yet" in script.call("g", 1)

@@ -14,7 +14,7 @@ import copy
 import itertools
 
 from . import ast as A
-from .infer import is_int_expr
+from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
 from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
 
 _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
@@ -438,9 +438,27 @@ class _Fn:
             return self.coalesce(e)
         left, right = self.seq([e.left, e.right])
         if e.op in ("in", "!in"):  # charged by the size of the container
-            return self.fast_in(e.op, left, right, isinstance(e.right, A.NsVar))
+            return self.literal_in(e, left, right) or \
+                self.fast_in(e.op, left, right, isinstance(e.right, A.NsVar))
         fast = self.fast_binary(e, left, right)
         return fast if fast is not None else _call(_BINARY_HELPERS[e.op], left, right)
+
+    def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
+        """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
+        64 strings is Python's ``in`` for any x (a string's == is the script's); ``x in
+        global::MAP`` is ``x.__class__ is str and x in MAP``."""
+        value = literal_value(e.right)
+        if value is NOT_LITERAL:
+            value = constant_of(e.right, self.mc.res.literal_constants)
+        negate = e.op == "!in"
+        if type(value) is tuple and len(value) < 64 and all(type(v) is str for v in value):
+            return py.Compare(left, [py.NotIn() if negate else py.In()], [right])
+        if type(value) is dict and isinstance(e.right, A.NsVar):
+            w = self.mc.tmp("_w")
+            found = py.BoolOp(py.And(), [_is_type(_walrus(w, left), "str"),
+                                         py.Compare(_name(w), [py.In()], [right])])
+            return py.UnaryOp(py.Not(), found) if negate else found
+        return None
 
     def fast_in(self, op: str, left: py.expr, right: py.expr, frozen: bool) -> py.expr:
         """A string in a small array, a map or a string is Python's ``in`` (Python's ``==``
@@ -467,16 +485,16 @@ class _Fn:
         return py.BoolOp(py.Or(), tests)
 
     def known_int(self, e) -> bool:
-        return is_int_expr(e, self.mc.res.names, self.mc.res.int_vars)
+        res = self.mc.res
+        return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
 
     def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """Inline the common int/str cases; the helper handles everything else."""
         left_int, right_int = self.known_int(e.left), self.known_int(e.right)
-        if e.op in ("==", "!=") and _literal_of(e.right, (str,)):
-            w = self.mc.tmp("_w")
-            fast = py.Compare(_name(w), [_PY_CMP[e.op]()], [right])
-            return py.IfExp(_is_type(_walrus(w, left), "str"), fast,
-                            _call(_BINARY_HELPERS[e.op], _name(w), right))
+        if e.op in ("==", "!=") and (_literal_of(e.right, (str,)) or
+                                     _literal_of(e.left, (str,))):
+            # Python's == with a string is the script's for any value (NativeObject.__eq__)
+            return py.Compare(left, [_PY_CMP[e.op]()], [right])
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
             return self.fast_int_arith(e.op, left, e.right.value, left_int)
         if e.op in _PY_CMP or e.op in ("+", "-"):
@@ -823,11 +841,23 @@ def _known_bool(e) -> bool:
     return isinstance(e, A.Unary) and e.op == "!"
 
 
-class _LazyBudget(py.NodeTransformer):
-    """Turns each read of the budget ``_t`` into one that makes it on first use."""
+class _EntryBody(py.NodeTransformer):
+    """The body of an entry point (see ModuleCompiler.entry): constants are plain global
+    reads (Script runs entry points only when the top level has defined them all) and,
+    when ``lazy``, each read of the budget ``_t`` makes it on first use."""
+
+    def __init__(self, lazy: bool):
+        self.lazy = lazy
+
+    def visit_IfExp(self, node: py.IfExp) -> py.expr:
+        test = node.test  # ``g_X if g_X is not _UNDEF else _gget(...)``: see e_NsVar
+        if isinstance(test, py.Compare) and isinstance(test.comparators[0], py.Name) and \
+                test.comparators[0].id == "_UNDEF":
+            return node.body
+        return self.generic_visit(node)
 
     def visit_Name(self, node: py.Name) -> py.expr:
-        if node.id != "_t":
+        if node.id != "_t" or not self.lazy:
             return node
         made = _walrus("_t", _call("_fresh"))
         return py.copy_location(py.IfExp(
@@ -897,19 +927,22 @@ class ModuleCompiler:
         A body that counts operations (it loops or calls) takes a budget from the engine's
         pool when it starts and gives it back at the end. Any other body runs without one,
         making a budget only on a slow path that needs it (``_t`` is then ``None`` until
-        ``(_t if _t is not None else (_t := _fresh()))`` sets it)."""
+        ``(_t if _t is not None else (_t := _fresh()))`` sets it). Constants are read
+        without the check for "not defined yet" (see _EntryBody)."""
         body = copy.deepcopy(fdef.body[_PROLOGUE:])
         nodes = [n for s in body for n in py.walk(s)]
         budget = [n for n in nodes if isinstance(n, py.Name) and n.id == "_t"]
         head, final = [], []
         if any(isinstance(n, py.Name) and n.id == "_d" for n in nodes):
             head.append(_assign("_d", _const(0)))
+        lazy = False
         if any(isinstance(n, py.Attribute) and n.value in budget for n in nodes):
             head.append(_assign("_t", _call("_take")))
             final.append(py.Expr(_call("_give", _name("_t"))))
         elif budget:
             head.append(_assign("_t", _const(None)))
-            body = [_LazyBudget().visit(s) for s in body]
+            lazy = True
+        body = [_EntryBody(lazy).visit(s) for s in body]
         handler = py.ExceptHandler(_name("_AnyError"), "_err", [
             py.Raise(_call("_locate", _name("_err")), _const(None))])
         run = py.Try(body, [handler], [], final)

@@ -167,9 +167,13 @@ class Script:
         # closures (those need the call's budget in a context variable) ...
         self._direct = {} if self.uses_closures else {
             key: fn for key, fn in self.functions.items() if key not in self.async_functions}
-        # ... and their entry points for one argument, which take their own budget
-        self._entries = {name: env[entry_fn_name(name, arity)]
-                         for name, arity in self._direct if entry_fn_name(name, arity) in env}
+        # ... and their entry points for one argument, which take their own budget and
+        # read constants unchecked: only if the top level defined every one
+        undefined = any(value is _UNDEF for name, value in env.items()
+                        if name.startswith(("g_", "mg_")))
+        self._entries = {} if undefined else {
+            name: env[entry_fn_name(name, arity)]
+            for name, arity in self._direct if entry_fn_name(name, arity) in env}
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,

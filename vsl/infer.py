@@ -1,10 +1,13 @@
-"""Which variables provably always hold an integer (so compiled code can skip type checks).
+"""Which variables provably always hold an integer (so compiled code can skip type checks),
+and which top-level constants are literals (their value is known when compiling).
 
 The resolver records every value a variable is given; a variable is an integer
 variable when each of those values is an integer expression, assuming the same of
 the other integer variables (the largest such set, found by iteration).
 """
 from __future__ import annotations
+
+from collections import Counter
 
 from . import ast
 
@@ -13,21 +16,75 @@ NOT_INT = "other"  # a source of unknown type (a parameter, a caught error, ...)
 ARITHMETIC = frozenset({"+", "-", "*", "/", "%", "**"})
 
 
-def is_int_expr(e, names: dict, ints: set) -> bool:
-    """Whether ``e`` always evaluates to an integer (or fails)."""
+NOT_LITERAL = object()  # literal_value() of an expression that is not made of literals
+
+
+def literal_value(e):
+    """The value of an expression made of literals only (arrays as tuples, maps as dicts),
+    else NOT_LITERAL."""
+    if isinstance(e, ast.Literal):
+        return e.value
+    if isinstance(e, ast.ArrayLit):
+        items = tuple(literal_value(item) for item in e.items)
+        return NOT_LITERAL if any(item is NOT_LITERAL for item in items) else items
+    if isinstance(e, ast.MapLit):
+        entries = {key: literal_value(value) for key, value in e.entries}
+        return NOT_LITERAL if any(v is NOT_LITERAL for v in entries.values()) else entries
+    return NOT_LITERAL
+
+
+def literal_constants(module: ast.Module) -> dict:
+    """Top-level constants declared once, with a literal value: name -> value."""
+    decls = Counter(s.name for s in module.body if isinstance(s, ast.Let) and s.const)
+    found = {s.name: literal_value(s.value) for s in module.body
+             if isinstance(s, ast.Let) and s.const and decls[s.name] == 1}
+    return {name: value for name, value in found.items() if value is not NOT_LITERAL}
+
+
+def constant_of(e, consts: dict):
+    """The literal value of ``global::NAME`` (NOT_LITERAL for any other expression)."""
+    if isinstance(e, ast.NsVar) and e.ns == "global":
+        return consts.get(e.name, NOT_LITERAL)
+    return NOT_LITERAL
+
+
+def _all_ints(items) -> bool:
+    return all(type(item) is int for item in items)
+
+
+def _int_or_unit(e, names: dict, ints: set, consts: dict) -> bool:
+    """An integer, or ``()`` for a key missing from a constant map of integers."""
+    if isinstance(e, (ast.Index, ast.Prop)):
+        value = constant_of(e.obj, consts)
+        if type(value) is dict and _all_ints(value.values()):
+            return True
+    return is_int_expr(e, names, ints, consts)
+
+
+def is_int_expr(e, names: dict, ints: set, consts: dict) -> bool:
+    """Whether ``e`` always evaluates to an integer (or fails); ``consts``: the
+    literal constants."""
     if isinstance(e, ast.Literal):
         return type(e.value) is int
     if isinstance(e, ast.Var):
         return names.get((id(e), "ref")) in ints
+    if isinstance(e, ast.NsVar):
+        return type(constant_of(e, consts)) is int
+    if isinstance(e, ast.Index):  # an item of a constant array of integers
+        value = constant_of(e.obj, consts)
+        return type(value) is tuple and _all_ints(value)
     if isinstance(e, ast.Unary):
-        return e.op == "-" and is_int_expr(e.operand, names, ints)
+        return e.op == "-" and is_int_expr(e.operand, names, ints, consts)
     if isinstance(e, ast.Binary):
-        return e.op in ARITHMETIC and is_int_expr(e.left, names, ints) and \
-            is_int_expr(e.right, names, ints)
+        if e.op == "??":
+            return is_int_expr(e.right, names, ints, consts) and \
+                _int_or_unit(e.left, names, ints, consts)
+        return e.op in ARITHMETIC and is_int_expr(e.left, names, ints, consts) and \
+            is_int_expr(e.right, names, ints, consts)
     return False
 
 
-def int_variables(sources: dict[str, list], names: dict) -> set[str]:
+def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[str]:
     """Python names of the integer variables; ``sources`` maps each name to what it is given:
     INT, NOT_INT, an expression, or ``(op, expr)`` for ``x op= expr``."""
     ints = set(sources)
@@ -39,8 +96,8 @@ def int_variables(sources: dict[str, list], names: dict) -> set[str]:
             return False
         if isinstance(source, tuple):
             op, value = source
-            return op in ARITHMETIC and is_int_expr(value, names, ints)
-        return is_int_expr(source, names, ints)
+            return op in ARITHMETIC and is_int_expr(value, names, ints, consts)
+        return is_int_expr(source, names, ints, consts)
 
     changed = True
     while changed:
