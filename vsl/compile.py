@@ -410,11 +410,15 @@ class _Fn:
         return _name(self.mc.res.names[(id(e), "ref")])
 
     def e_NsVar(self, e: A.NsVar) -> py.expr:
-        """A constant is also a Python global, ``_UNDEF`` until the top level sets it:
-        ``g_X if g_X is not _UNDEF else _gget(_G, 'X')`` (the helper reports the error)."""
+        """A constant is also a Python global. One of this module may be read before the
+        top level sets it, unless the top level defines every constant first: it is then
+        ``_UNDEF`` until set, ``g_X if g_X is not _UNDEF else _gget(_G, 'X')`` (the helper
+        reports the error). An imported module's constants are all set."""
         table = "_G" if e.ns == "global" else f"mc_{e.ns}"
         name = constant_name(e.ns, e.name)
         self.mc.constant_refs[name] = (e.ns, e.name)
+        if e.ns != "global" or self.mc.res.constants_first:
+            return _name(name)
         return py.IfExp(py.Compare(_name(name), [py.IsNot()], [_name("_UNDEF")]), _name(name),
                         _call("_gget", _name(table), _const(e.name)))
 
@@ -599,6 +603,10 @@ class _Fn:
         return _name(result)
 
     def coalesce(self, e: A.Binary) -> py.expr:
+        if isinstance(e.left, A.Index) and _literal_of(e.right, (str, int, float, bool)):
+            values = self.constant_map(e.left.obj)  # ``global::MAP[k] ?? 5``: one get()
+            if values is not None and all(v is not None for v in values.values()):
+                return self.constant_map_get(e.left, _const(e.right.value))
         left = self.expr(e.left)
         result = self.tmp()
         self.emit(_assign(result, left), e.pos)
@@ -607,6 +615,8 @@ class _Fn:
         return _name(result)
 
     def e_Prop(self, e: A.Prop) -> py.expr:
+        if self.constant_map(e.obj) is not None:
+            return _call(py.Attribute(self.expr(e.obj), "get", py.Load()), _const(e.name))
         return self.map_get(self.expr(e.obj), e.name, "_getprop", isinstance(e.obj, A.NsVar))
 
     def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
@@ -622,7 +632,24 @@ class _Fn:
         return py.IfExp(_is_type(_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
                         _call(helper, _name(w), _const(key)))
 
+    def constant_map(self, e) -> dict | None:
+        """The value of ``e`` if it is a literal constant map read as a plain global."""
+        value = constant_of(e, self.mc.res.literal_constants)
+        return value if type(value) is dict and self.mc.res.constants_first else None
+
+    def constant_map_get(self, e: A.Index, *default: py.expr) -> py.expr:
+        """``global::MAP[key]`` of a constant_map(): ``MAP.get(key[, default])`` for a
+        string key; the helper reports the error for any other key."""
+        obj, index = self.seq([e.obj, e.index])
+        if isinstance(index, py.Constant) and type(index.value) is str:
+            return _call(py.Attribute(obj, "get", py.Load()), index, *default)
+        i = self.mc.tmp("_w")
+        get = _call(py.Attribute(obj, "get", py.Load()), _name(i), *default)
+        return py.IfExp(_is_type(_walrus(i, index), "str"), get, _call("_idx", obj, _name(i)))
+
     def e_Index(self, e: A.Index) -> py.expr:
+        if self.constant_map(e.obj) is not None:
+            return self.constant_map_get(e)
         if _literal_of(e.index, (str,)):
             return self.map_get(self.expr(e.obj), e.index.value, "_idx",
                                 isinstance(e.obj, A.NsVar))
@@ -841,23 +868,11 @@ def _known_bool(e) -> bool:
     return isinstance(e, A.Unary) and e.op == "!"
 
 
-class _EntryBody(py.NodeTransformer):
-    """The body of an entry point (see ModuleCompiler.entry): constants are plain global
-    reads (Script runs entry points only when the top level has defined them all) and,
-    when ``lazy``, each read of the budget ``_t`` makes it on first use."""
-
-    def __init__(self, lazy: bool):
-        self.lazy = lazy
-
-    def visit_IfExp(self, node: py.IfExp) -> py.expr:
-        test = node.test  # ``g_X if g_X is not _UNDEF else _gget(...)``: see e_NsVar
-        if isinstance(test, py.Compare) and isinstance(test.comparators[0], py.Name) and \
-                test.comparators[0].id == "_UNDEF":
-            return node.body
-        return self.generic_visit(node)
+class _LazyBudget(py.NodeTransformer):
+    """Turns each read of the budget ``_t`` into one that makes it on first use."""
 
     def visit_Name(self, node: py.Name) -> py.expr:
-        if node.id != "_t" or not self.lazy:
+        if node.id != "_t":
             return node
         made = _walrus("_t", _call("_fresh"))
         return py.copy_location(py.IfExp(
@@ -927,22 +942,19 @@ class ModuleCompiler:
         A body that counts operations (it loops or calls) takes a budget from the engine's
         pool when it starts and gives it back at the end. Any other body runs without one,
         making a budget only on a slow path that needs it (``_t`` is then ``None`` until
-        ``(_t if _t is not None else (_t := _fresh()))`` sets it). Constants are read
-        without the check for "not defined yet" (see _EntryBody)."""
+        ``(_t if _t is not None else (_t := _fresh()))`` sets it)."""
         body = copy.deepcopy(fdef.body[_PROLOGUE:])
         nodes = [n for s in body for n in py.walk(s)]
         budget = [n for n in nodes if isinstance(n, py.Name) and n.id == "_t"]
         head, final = [], []
         if any(isinstance(n, py.Name) and n.id == "_d" for n in nodes):
             head.append(_assign("_d", _const(0)))
-        lazy = False
         if any(isinstance(n, py.Attribute) and n.value in budget for n in nodes):
             head.append(_assign("_t", _call("_take")))
             final.append(py.Expr(_call("_give", _name("_t"))))
         elif budget:
             head.append(_assign("_t", _const(None)))
-            lazy = True
-        body = [_EntryBody(lazy).visit(s) for s in body]
+            body = [_LazyBudget().visit(s) for s in body]
         handler = py.ExceptHandler(_name("_AnyError"), "_err", [
             py.Raise(_call("_locate", _name("_err")), _const(None))])
         run = py.Try(body, [handler], [], final)

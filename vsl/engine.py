@@ -167,13 +167,9 @@ class Script:
         # closures (those need the call's budget in a context variable) ...
         self._direct = {} if self.uses_closures else {
             key: fn for key, fn in self.functions.items() if key not in self.async_functions}
-        # ... and their entry points for one argument, which take their own budget and
-        # read constants unchecked: only if the top level defined every one
-        undefined = any(value is _UNDEF for name, value in env.items()
-                        if name.startswith(("g_", "mg_")))
-        self._entries = {} if undefined else {
-            name: env[entry_fn_name(name, arity)]
-            for name, arity in self._direct if entry_fn_name(name, arity) in env}
+        # ... and their entry points for one argument, which take their own budget
+        self._entries = {name: env[entry_fn_name(name, arity)]
+                         for name, arity in self._direct if entry_fn_name(name, arity) in env}
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
@@ -360,7 +356,7 @@ class Engine:
         self._sources[file] = (source, compiler.code_names)
         env = self._environment(natives, imports)
         for name, (ns, const) in compiler.constant_refs.items():  # see e_NsVar
-            env[name] = _UNDEF if ns == "global" else imports[ns].constants.get(const, _UNDEF)
+            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
         exec(code, env)  # noqa: S102 - generated from the script AST, empty builtins
         value = self.run(env["__top__"], (), res.top_async)
         return Script(self, file, env, res, module, value, imports)

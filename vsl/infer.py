@@ -8,6 +8,7 @@ the other integer variables (the largest such set, found by iteration).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields
 
 from . import ast
 
@@ -39,6 +40,31 @@ def literal_constants(module: ast.Module) -> dict:
     found = {s.name: literal_value(s.value) for s in module.body
              if isinstance(s, ast.Let) and s.const and decls[s.name] == 1}
     return {name: value for name, value in found.items() if value is not NOT_LITERAL}
+
+
+_PURE = (ast.Literal, ast.Var, ast.Unary, ast.Binary, ast.Prop, ast.Index, ast.ArrayLit,
+         ast.MapLit, ast.Template)
+
+
+def _runs_no_code(e) -> bool:
+    """Whether evaluating ``e`` cannot run a function or read a constant."""
+    if isinstance(e, (tuple, list)):
+        return all(_runs_no_code(item) for item in e)
+    if isinstance(e, ast.Node):
+        return isinstance(e, _PURE) and all(_runs_no_code(getattr(e, f.name))
+                                             for f in fields(e))
+    return True  # a position, an operator, a name, a literal's value
+
+
+def constants_first(module: ast.Module) -> bool:
+    """Whether the top level defines every constant before any function can run: only
+    imports and lets that call nothing come before its last constant. Code can then read
+    ``global::X`` without checking that it is defined yet."""
+    body = module.body
+    last = max((i for i, s in enumerate(body) if isinstance(s, ast.Let) and s.const),
+               default=-1)
+    return all(isinstance(s, ast.Import) or (isinstance(s, ast.Let) and _runs_no_code(s.value))
+               for s in body[:last + 1])
 
 
 def constant_of(e, consts: dict):

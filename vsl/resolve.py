@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from . import ast
-from .infer import INT, NOT_INT, int_variables, literal_constants
+from .infer import INT, NOT_INT, constants_first, int_variables, literal_constants
 from .methods import METHOD_NAMES
 
 STAGES = ("on_connect", "on_helo", "on_auth", "on_mail_from", "on_rcpt_to", "on_pre_queue",
@@ -112,6 +112,7 @@ class Resolution:
     int_vars: set = field(default_factory=set)     # python names that always hold an int
     constants: set = field(default_factory=set)    # top-level const names
     literal_constants: dict = field(default_factory=dict)  # ... with a known value
+    constants_first: bool = False  # ... all defined before any function runs
     diagnostics: list = field(default_factory=list)
 
     @property
@@ -232,6 +233,7 @@ class Resolver:
         self.fn = None
         self.propagate_async()
         self.out.literal_constants = literal_constants(self.module)
+        self.out.constants_first = constants_first(self.module)
         self.out.int_vars = int_variables(self.out.sources, self.out.names,
                                           self.out.literal_constants)
         return self.out
