@@ -38,13 +38,24 @@ def test_entry_points_return_what_the_function_returns():
     assert script.call("calls", 3) == 12
 
 
-def test_function_binds_a_name_once():
+def test_function_binds_a_name_and_arity_once():
     script = load()
-    straight, two = script.function("straight"), script.function("two")
+    straight, two = script.function("straight"), script.function("two", 2)
     assert straight(["a", "b"]) == 2
     assert two(1, 2) == 3
-    with pytest.raises(VslError, match="no function 'missing'"):
-        script.function("missing")(1)
+    with pytest.raises(VslError, match="no function 'missing' with 1 parameter"):
+        script.function("missing")
+    with pytest.raises(VslError, match="no function 'two' with 1 parameter"):
+        script.function("two")
+
+
+def test_function_of_a_name_with_several_arities():
+    script = Engine().load_source("fn f(x) { x }\nfn f(x, y) { x + y }\n", "arity.vsl")
+    assert script.function("f")(1) == 1
+    assert script.function("f", 2)(1, 2) == 3
+    for f, args in [(script.function("f"), (1, 2)), (script.function("f", 2), (1,))]:
+        with pytest.raises(TypeError):  # a host's mistake, as with any Python function
+            f(*args)
 
 
 def test_error_in_an_entry_point_has_its_position_and_stack():
@@ -111,3 +122,29 @@ def test_a_constant_the_top_level_never_defined_is_an_error_when_read():
         script.call("f", 1)
     assert (info.value.pos.line, info.value.pos.col) == (1, 11)
     assert "not defined yet" in script.call("g", 1)
+
+
+LATE_MAP = textwrap.dedent("""\
+    fn f(x) { x in global::M }
+    fn g(x) { x !in global::M }
+    if true { return; }
+    const M = #{ "a": 1 };
+""")
+
+
+@pytest.mark.parametrize("needle", ["a", 1, None, [], {"a": 1}])
+@pytest.mark.parametrize("name", ["f", "g"])
+def test_in_a_constant_map_not_defined_yet_is_an_error_for_any_needle(name, needle):
+    script = Engine().load_source(LATE_MAP, "late_map.vsl")
+    with pytest.raises(ScriptError, match="constant 'M' is not defined yet"):
+        script.call(name, needle)
+
+
+@pytest.mark.parametrize("source", [
+    'let early = 1 in global::M;\nconst M = #{ "a": 1 };\n',
+    'let early = 1 !in global::M;\nconst M = #{ "a": 1 };\n',
+    'fn f(x) { x in global::M }\nlet early = f(1);\nconst M = #{ "a": 1 };\n',
+])
+def test_in_a_constant_map_read_before_the_top_level_defines_it(source):
+    with pytest.raises(ScriptError, match="constant 'M' is not defined yet"):
+        Engine().load_source(source, "early.vsl")

@@ -450,14 +450,14 @@ class _Fn:
     def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
         64 strings is Python's ``in`` for any x (a string's == is the script's); ``x in
-        global::MAP`` is ``x.__class__ is str and x in MAP``."""
+        global::MAP`` of a constant_map() is ``x.__class__ is str and x in MAP``."""
         value = literal_value(e.right)
         if value is NOT_LITERAL:
             value = constant_of(e.right, self.mc.res.literal_constants)
         negate = e.op == "!in"
         if type(value) is tuple and len(value) < 64 and all(type(v) is str for v in value):
             return py.Compare(left, [py.NotIn() if negate else py.In()], [right])
-        if type(value) is dict and isinstance(e.right, A.NsVar):
+        if self.constant_map(e.right) is not None:  # (a plain read: safe to skip)
             w = self.mc.tmp("_w")
             found = py.BoolOp(py.And(), [_is_type(_walrus(w, left), "str"),
                                          py.Compare(_name(w), [py.In()], [right])])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
-import functools
 import inspect
 import os
 from pathlib import Path
@@ -197,12 +196,24 @@ class Script:
             return self._call(name, (arg,))
         return self._call(name, () if arg is _NO_ARG else (arg, *more))
 
-    def function(self, name: str):
-        """``call`` bound to one function: ``f = script.function("on_helo"); f(ctx)``.
-        Look it up once and call it often (a one-argument plain function is then its
-        compiled entry point, with nothing in between)."""
-        entry = self._entries.get(name)
-        return entry if entry is not None else functools.partial(self.call, name)
+    def function(self, name: str, arity: int = 1):
+        """The script function ``name`` with ``arity`` parameters as a Python callable of
+        that many arguments, for a host that looks it up once and calls it often
+        (``on_helo = script.function("on_helo"); on_helo(ctx)``). A one-argument plain
+        function is its compiled entry point, with nothing in between. A missing function
+        is a VslError here; a call with another number of arguments is a TypeError, as
+        for any Python function."""
+        if (name, arity) not in self.functions:
+            raise VslError(f"{self.file}: no function '{name}' with {arity} parameter(s)")
+        entry = self._entries.get(name) if arity == 1 else None
+        if entry is not None:
+            return entry
+
+        def call(*args):
+            if len(args) != arity:
+                raise TypeError(f"{name}() takes {arity} argument(s), not {len(args)}")
+            return self._call(name, args)
+        return call
 
     def _call(self, name: str, args: tuple):
         fn = self._direct.get((name, len(args)))
