@@ -31,6 +31,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/interp.py
+	$(BIN)/python bench/load.py
 	$(BIN)/python bench/dns_cache.py
 	$(BIN)/python bench/smtp_session.py
 	$(BIN)/python bench/throughput.py

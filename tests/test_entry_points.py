@@ -23,6 +23,7 @@ SOURCE = textwrap.dedent("""\
         y / 0
     }
     fn two(a, b) { a + b }
+    fn via_two(a, b) { three_ins(a) }
 """)
 
 
@@ -75,6 +76,8 @@ def test_straight_line_code_charges_its_work_to_one_budget():
     with pytest.raises(LimitError, match="too many operations"):
         script.call("three_ins", big)  # 1 + 3 x 40 > 100
     assert script.call("straight", big) == len(big)  # the next call starts afresh
+    with pytest.raises(LimitError, match="too many operations"):  # the same code, called
+        script.call("via_two", big, 0)                            # with the caller's budget
 
 
 def test_loops_in_entry_points_have_a_budget_per_call():

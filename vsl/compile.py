@@ -76,13 +76,30 @@ def _tick() -> list[py.stmt]:
 
 
 def _located(nodes, pos: A.Loc):
-    """Give every node without a position the script position ``pos``."""
+    """Give every node without a position the script position ``pos``. A node that has
+    one was located with everything below it, so the walk stops there: each node is
+    visited about once however deep the code nests."""
     line, col = pos
-    for root in nodes if isinstance(nodes, list) else [nodes]:
-        for node in py.walk(root):
-            if "lineno" in node._attributes and getattr(node, "lineno", None) is None:
-                node.lineno, node.end_lineno = line, line
-                node.col_offset, node.end_col_offset = col - 1, col
+    todo = list(nodes) if isinstance(nodes, list) else [nodes]
+    for node in todo:
+        if "lineno" in node._attributes and getattr(node, "lineno", None) is None:
+            node.lineno, node.end_lineno = line, line
+            node.col_offset, node.end_col_offset = col - 1, col
+    while todo:
+        node = todo.pop()
+        for field in node._fields:
+            value = getattr(node, field, None)
+            for child in value if isinstance(value, list) else (value,):
+                if not isinstance(child, py.AST):
+                    continue
+                if "lineno" in child._attributes:
+                    if getattr(child, "lineno", None) is not None:
+                        continue  # located, with everything below it
+                    child.lineno, child.end_lineno = line, line
+                    child.col_offset, child.end_col_offset = col - 1, col
+                elif not child._fields:
+                    continue  # Load, Add, ...: nothing below
+                todo.append(child)
     return nodes
 
 
@@ -104,6 +121,15 @@ class _Fn:
 
     def tmp(self) -> str:
         return self.mc.tmp()
+
+    def budget(self) -> py.Name:
+        """The call's budget ``_t`` (an entry point makes it only when used: see entry)."""
+        self.mc.uses.add("budget")
+        return _name("_t")
+
+    def tick(self) -> list[py.stmt]:
+        self.mc.uses.add("tick")
+        return _tick()
 
     def wait(self, call: py.expr) -> py.expr:
         return py.Await(call)
@@ -281,7 +307,7 @@ class _Fn:
 
     def loop_suite(self, body: A.Block, pos: A.Loc, head=()) -> list[py.stmt]:
         def build():
-            self.emit(_tick(), pos)
+            self.emit(self.tick(), pos)
             self.out.extend(head)
             self.block(body, None)
         return self.nested(build)
@@ -354,7 +380,7 @@ class _Fn:
             return value
         if isinstance(value, py.IfExp) and getattr(value, "vsl_bool", False):
             # an inlined method whose fast branch is a bool: check only the other one
-            value.orelse = _call("_cond", value.orelse)
+            value.orelse = _located(_call("_cond", value.orelse), e.pos)
             return value
         # ``_w is True or (_w is not False and _cond(_w))``: no call for a boolean
         w = self.mc.tmp("_w")
@@ -475,7 +501,7 @@ class _Fn:
         small = py.Compare(_call("_len", _name(b)), [py.Lt()], [_const(64)])
         fast = py.Compare(_name(a), [py.In() if op == "in" else py.NotIn()], [_name(b)])
         return py.IfExp(py.BoolOp(py.And(), [types, small]), fast,
-                        _call(_BINARY_HELPERS[op], _name("_t"), _name(a), _name(b)))
+                        _call(_BINARY_HELPERS[op], self.budget(), _name(a), _name(b)))
 
     def class_in(self, value: py.expr, kinds: list[str]) -> py.expr:
         """``value.__class__ is A`` or ``(_c := value.__class__) is A or _c is B ...``
@@ -723,18 +749,19 @@ class _Fn:
         return _call("_closure", _name(name), _const(len(e.params)))
 
     def call_script(self, fn_name: str, args, is_async: bool) -> py.expr:
+        self.mc.uses.add("depth")
         depth = py.BinOp(_name("_d"), py.Add(), _const(1))
-        call = _call(fn_name, _name("_t"), depth, *args)
+        call = _call(fn_name, self.budget(), depth, *args)
         return self.wait(call) if is_async else call
 
     def method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr:
         if name == "call":
             return _call("_callv", obj, py.Tuple(args, py.Load()))
         if name in self.mc.async_methods:
-            return self.wait(_call("_ameth", _name("_t"), obj, _const(name),
+            return self.wait(_call("_ameth", self.budget(), obj, _const(name),
                                    py.Tuple(args, py.Load())))
         return self.inline_method(name, obj, args) or \
-            _call("_meth", _name("_t"), obj, _const(name), py.Tuple(args, py.Load()))
+            _call("_meth", self.budget(), obj, _const(name), py.Tuple(args, py.Load()))
 
     def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
         """A few hot methods run inline when the receiver (and argument) have the expected
@@ -764,7 +791,7 @@ class _Fn:
             else:  # lower()/upper() may grow a string up to 3x
                 test = py.BoolOp(py.And(), [test, py.Compare(
                     _call("_len", _name(w)), [py.LtE()], [_const(self.mc.max_string // 3)])])
-        slow = _call("_meth", _name("_t"), _name(w), _const(name), py.Tuple(names, py.Load()))
+        slow = _call("_meth", self.budget(), _name(w), _const(name), py.Tuple(names, py.Load()))
         node = py.IfExp(test, make(_name(w), *names), slow)
         node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
         return node
@@ -776,7 +803,7 @@ class _Fn:
                                     py.Compare(_call("_len", _name(w)), [py.Lt()],
                                                [_const(self.mc.max_array)])])
         fast = _call(py.Attribute(_name(w), "append", py.Load()), arg)
-        slow = _call("_meth", _name("_t"), _name(w), _const("push"),
+        slow = _call("_meth", self.budget(), _name(w), _const("push"),
                      py.Tuple([copy.deepcopy(arg)], py.Load()))
         return py.IfExp(test, fast, slow)
 
@@ -868,15 +895,32 @@ def _known_bool(e) -> bool:
     return isinstance(e, A.Unary) and e.op == "!"
 
 
-class _LazyBudget(py.NodeTransformer):
-    """Turns each read of the budget ``_t`` into one that makes it on first use."""
-
-    def visit_Name(self, node: py.Name) -> py.expr:
+def _with_lazy_budget(node: py.AST) -> py.AST:
+    """A copy of ``node`` in which each read of the budget ``_t`` makes it on first use,
+    ``(_t if _t is not None else (_t := _fresh()))``; subtrees without one are shared."""
+    if isinstance(node, py.Name):
         if node.id != "_t":
             return node
         made = _walrus("_t", _call("_fresh"))
-        return py.copy_location(py.IfExp(
-            py.Compare(_name("_t"), [py.IsNot()], [_const(None)]), _name("_t"), made), node)
+        lazy = py.IfExp(py.Compare(_name("_t"), [py.IsNot()], [_const(None)]), _name("_t"),
+                        made)
+        return _located(lazy, (node.lineno, node.col_offset + 1))
+    changed = {}
+    for field, value in py.iter_fields(node):
+        if isinstance(value, list):
+            new = [_with_lazy_budget(v) if isinstance(v, py.AST) else v for v in value]
+            if any(a is not b for a, b in zip(new, value)):
+                changed[field] = new
+        elif isinstance(value, py.AST):
+            new = _with_lazy_budget(value)
+            if new is not value:
+                changed[field] = new
+    if not changed:
+        return node
+    node = copy.copy(node)
+    for field, value in changed.items():
+        setattr(node, field, value)
+    return node
 
 
 class ModuleCompiler:
@@ -898,6 +942,7 @@ class ModuleCompiler:
         self.top_globals: set[str] = set()  # constants the top level defines
         self.fixed_params: set[str] = set()  # of the function being compiled
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
+        self.uses: set[str] = set()  # what the function being compiled uses (see entry)
 
     def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
         """For a parameter never assigned, a local set when the function starts:
@@ -920,6 +965,7 @@ class ModuleCompiler:
         prologue = [guard, *_tick()]
         assert len(prologue) == _PROLOGUE
         fn.emit(prologue, pos)
+        self.uses = set()  # of the body: "tick", "budget" and "depth" (see entry)
         # parameters never assigned (by the function or its closures): see map_get
         self.fixed_params = {p for p in params if len(self.res.sources.get(p, ())) == 1}
         self.param_flags = {}
@@ -935,7 +981,7 @@ class ModuleCompiler:
         return _located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
-    def entry(self, fdef: py.FunctionDef, name: str, param: str) -> py.FunctionDef:
+    def entry(self, fdef: py.FunctionDef, name: str, param: str, uses: set) -> py.FunctionDef:
         """Script.call()'s entry point for a one-argument function: ``e_f_1(arg)`` runs the
         body at depth 0 and turns any error into a located VslError.
 
@@ -943,23 +989,22 @@ class ModuleCompiler:
         pool when it starts and gives it back at the end. Any other body runs without one,
         making a budget only on a slow path that needs it (``_t`` is then ``None`` until
         ``(_t if _t is not None else (_t := _fresh()))`` sets it)."""
-        body = copy.deepcopy(fdef.body[_PROLOGUE:])
-        nodes = [n for s in body for n in py.walk(s)]
-        budget = [n for n in nodes if isinstance(n, py.Name) and n.id == "_t"]
+        body = fdef.body[_PROLOGUE:]  # shared with fdef: compile() does not change nodes
         head, final = [], []
-        if any(isinstance(n, py.Name) and n.id == "_d" for n in nodes):
+        if "depth" in uses:
             head.append(_assign("_d", _const(0)))
-        if any(isinstance(n, py.Attribute) and n.value in budget for n in nodes):
+        if "tick" in uses:
             head.append(_assign("_t", _call("_take")))
             final.append(py.Expr(_call("_give", _name("_t"))))
-        elif budget:
+        elif "budget" in uses:
             head.append(_assign("_t", _const(None)))
-            body = [_LazyBudget().visit(s) for s in body]
+            body = [_with_lazy_budget(s) for s in body]
         handler = py.ExceptHandler(_name("_AnyError"), "_err", [
             py.Raise(_call("_locate", _name("_err")), _const(None))])
         run = py.Try(body, [handler], [], final)
         args = py.arguments([], [py.arg(param)], None, [], [], None, [])
-        return py.copy_location(py.FunctionDef(name, args, [*head, run], [], None), fdef)
+        return _located(py.FunctionDef(name, args, [*head, run], [], None),
+                        (fdef.lineno, fdef.col_offset + 1))
 
     def compile(self) -> py.Module:
         defs = []
@@ -974,8 +1019,7 @@ class ModuleCompiler:
             if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
                     not self.res.has_closures:  # (closures need Engine.run's context)
                 self.code_names[entry_fn_name(*key)] = f.name
-                defs.append(self.entry(fdef, entry_fn_name(*key), params[0]))
+                defs.append(self.entry(fdef, entry_fn_name(*key), params[0], self.uses))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
-        tree = py.Module(defs, [])
-        return py.fix_missing_locations(tree)
+        return py.Module(defs, [])  # every node has its position (see _located)

@@ -10,6 +10,7 @@ SMTP sessions. Every error leaves the engine as a :class:`VslError`.
 """
 from __future__ import annotations
 
+import ast
 import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,7 +20,7 @@ from pathlib import Path
 from time import monotonic
 
 from . import values
-from .build import parse
+from .build import gc_paused, parse
 from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name,
                       script_fn_name)
 from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownError, VslError,
@@ -237,6 +238,15 @@ class Script:
         return fn(arg)
 
 
+def _python_code(tree: ast.Module, file: str):
+    """Compile the generated tree. Every node has a position; should one ever lack it,
+    it takes its parent's rather than failing the load."""
+    try:
+        return compile(tree, file, "exec")
+    except TypeError:  # 'required field "lineno" missing'
+        return compile(ast.fix_missing_locations(tree), file, "exec")
+
+
 def _budgets(State: type[ExecState]):
     """``take()``, ``give(state)`` and ``fresh()`` for the compiled entry points: a refilled
     budget from a pool (``list.pop`` is atomic: a budget is never shared by two calls),
@@ -348,7 +358,9 @@ class Engine:
             if imp.alias is not None:
                 imports[imp.alias] = script
         infos = {alias: s.info() for alias, s in imports.items()}
-        res = resolve(module, self.namespaces, infos, self.async_methods, self.native_methods)
+        with gc_paused():
+            res = resolve(module, self.namespaces, infos, self.async_methods,
+                          self.native_methods)
         if res.errors:
             first = res.errors[0]
             more = f" (and {len(res.errors) - 1} more)" if len(res.errors) > 1 else ""
@@ -359,10 +371,10 @@ class Engine:
         compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
                                   self.limits.max_call_depth, self.limits.max_array_size,
                                   self.limits.max_string_size)
-        tree = compiler.compile()
         try:
-            code = compile(tree, file, "exec")
-        except (SyntaxError, ValueError, RecursionError) as err:
+            with gc_paused():
+                code = _python_code(compiler.compile(), file)
+        except (SyntaxError, ValueError, TypeError, RecursionError) as err:
             raise InternalError(f"{file}: cannot compile script: {err}") from None
         self._sources[file] = (source, compiler.code_names)
         env = self._environment(natives, imports)
