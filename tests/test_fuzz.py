@@ -6,6 +6,7 @@ never a hang: every example runs under an alarm.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import signal
@@ -485,6 +486,29 @@ def test_call_edge_cases(key, args):
 @given(st.sampled_from(NAMES), st.lists(json_args, min_size=3, max_size=3))
 def test_call_with_random_arguments(key, args):
     _check_call(key, args)
+
+
+# The same one-argument functions in a script without closures run through their compiled
+# entry points (SCRIPT has closures, so it calls every function the general way).
+ENTRY_SCRIPT = Engine(LIMITS).load_source(
+    "\n".join("" if "|" in line else line for line in FUNCTIONS.splitlines()),
+    "fuzz_calls.vsl")  # (the same line numbers)
+ENTRY_NAMES = sorted(name for name, arity in ENTRY_SCRIPT.functions if arity == 1)
+
+
+def _summary(kind, value):
+    if kind == "ok":
+        return kind, debug(value)
+    return kind, type(value).__name__, value.message, value.pos, [f.function for f in value.stack]
+
+
+@fuzz_settings(300)
+@given(st.sampled_from(ENTRY_NAMES), json_args)
+def test_entry_points_agree_with_the_general_path(name, arg):
+    assert ENTRY_SCRIPT._entries.get(name) is not None
+    entry = outcome(lambda: ENTRY_SCRIPT.call(name, copy.deepcopy(arg)))
+    general = outcome(lambda: SCRIPT.call(name, copy.deepcopy(arg)))
+    assert _summary(*entry) == _summary(*general)
 
 
 def _check_result(v, depth: int = 0):
