@@ -89,6 +89,7 @@ class DeliveryConfig:
     idle_timeout: float = 5.0          # an unused SMTP connection is kept this long
     poll_interval: float = 1.0         # how often the deliver queue is looked at
     mx_port: int = 25
+    credentials: Path | None = None    # logins for relays that want AUTH (server/credentials.py)
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,8 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "retry_first": "float", "retry_max": "float", "max_age": "float",
                     "concurrency": "int", "destination_concurrency": "int", "hostname": str,
                     "connect_timeout": "float", "command_timeout": "float",
-                    "idle_timeout": "float", "poll_interval": "float", "mx_port": "int"}
+                    "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",
+                    "credentials": "path"}
 
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",

@@ -33,6 +33,8 @@ from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
 from stdlib import dns as dns_natives
 from stdlib.transport import Route
+
+from .credentials import RelayCredentials
 from vsl.errors import ScriptError
 
 if TYPE_CHECKING:
@@ -86,7 +88,7 @@ class Transports:
         self.config, self.hostname = config, hostname
         if resolver is not None:
             self.resolver = resolver
-        self.pool = _Pool(config, hostname)
+        self.pool = _Pool(config, hostname, RelayCredentials.load(config.credentials))
 
     @functools.cached_property
     def resolver(self) -> "Resolver":
@@ -238,8 +240,9 @@ class _Pool:
     """SMTP connections by destination (host, port, TLS mode): at most
     ``destination_concurrency`` at once, kept ``idle_timeout`` seconds for reuse."""
 
-    def __init__(self, config: "DeliveryConfig", hostname: str):
-        self.config, self.hostname = config, hostname
+    def __init__(self, config: "DeliveryConfig", hostname: str,
+                 credentials: RelayCredentials):
+        self.config, self.hostname, self.credentials = config, hostname, credentials
         self.slots: dict[tuple, list] = {}  # key -> [semaphore, users]
         self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
         self.closing: set[asyncio.Task] = set()
@@ -284,7 +287,8 @@ class _Pool:
         return None
 
     async def _open(self, host: str, port: int, mode: str) -> aiosmtplib.SMTP:
-        """Connect, EHLO (else HELO) and STARTTLS as ``mode`` says."""
+        """Connect, EHLO (else HELO), STARTTLS as ``mode`` says, and AUTH when the
+        credentials file has a login for ``host:port``."""
         config = self.config
         smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
                                timeout=config.command_timeout, use_tls=mode == "smtps",
@@ -298,6 +302,9 @@ class _Pool:
                     await smtp.ehlo()
                 except SMTPHeloError:
                     await smtp.helo()
+            login = self.credentials.get(host, port)
+            if login is not None:
+                await _log_in(smtp, *login)
         except (SMTPException, OSError) as err:
             smtp.close()
             raise _Unreachable(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -334,6 +341,16 @@ class _Pool:
                 self._quit(smtp)
         self.idle.clear()
         await asyncio.gather(*self.closing, return_exceptions=True)
+
+
+async def _log_in(smtp: aiosmtplib.SMTP, user: str, password: str) -> None:
+    """AUTH as ``user``: over TLS only, else the connection fails (and the mail waits)."""
+    if smtp.get_transport_info("sslcontext") is None:
+        raise SMTPException(f"not sending the password of {user} without TLS")
+    try:
+        await smtp.login(user, password)
+    except SMTPResponseException as err:
+        raise SMTPException(f"login as {user} refused: {err.code} {err.message}") from None
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

@@ -75,6 +75,7 @@ command_timeout = 60
 idle_timeout = 2
 poll_interval = 0.5
 mx_port = 2525
+credentials = "relay-credentials"
 """
 
 
@@ -140,7 +141,8 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
-        86400.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525)
+        86400.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
+        tmp_path / "relay-credentials")
 
 
 def test_the_full_example_covers_every_key():
@@ -256,6 +258,7 @@ BAD_VALUES = [
     ({"delivery": {"concurrency": 0}}, "delivery.concurrency"),
     ({"delivery": {"retry_first": 0}}, "delivery.retry_first"),
     ({"delivery": {"enabled": "no"}}, "delivery.enabled"),
+    ({"delivery": {"credentials": ""}}, "delivery.credentials"),
     ({"delivery": {"mx_port": 0}}, "delivery.mx_port"),
     ({"limits": {"data_timeout": False}}, "limits.data_timeout"),
     ({"limits": {"errors": 1.5}}, "limits.errors"),

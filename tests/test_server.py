@@ -121,6 +121,22 @@ def test_serve_names_a_bad_config_key(tmp_path):
     assert "limits.recipients: must be an integer >= 1, not 'many'" in result.stderr
 
 
+def test_serve_names_a_bad_line_of_the_relay_credentials(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "relay-credentials").write_text("smtp.provider.example:587 alice\n")
+    config = tmp_path / "vsl.toml"
+    config.write_text('[server]\nqueue_dir = "q"\n'
+                      '[delivery]\ncredentials = "relay-credentials"\n')
+    vsl = Path(sys.executable).parent / "vsl"
+    result = subprocess.run([vsl, "serve", "--config", str(config)], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1
+    assert "relay-credentials:1: expected 'host:port user password'" in result.stderr
+
+
 def test_a_message_never_acknowledged_is_held_at_start(tmp_path):
     """A message still in 'working' when the server stopped never got its 250: the next
     start moves it to 'hold' (its client sends it again; an operator may release it)."""

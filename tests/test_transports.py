@@ -4,12 +4,14 @@ Also the transport:: natives that choose the routes."""
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from dataclasses import replace
 
 import pytest
 
-from server.config import Listener
-from server.config import DeliveryConfig
+from server.config import ConfigError, DeliveryConfig, Listener
+from server.credentials import RelayCredentials
 from server.transports import Transports, append_mbox, dot_stuffed
 from stdlib.ctx import Context, Stage
 from stdlib.dns import Resolver, parse_nameserver
@@ -193,6 +195,108 @@ def test_idle_connections_are_closed():
 
 def test_dot_stuffing():
     assert dot_stuffed(b"a\n.b\r\n..c") == b"a\r\n..b\r\n...c\r\n.\r\n"
+
+
+# ---- AUTH towards a relay ------------------------------------------------------------------
+
+def relay_sink(tmp_path, **kwargs) -> Sink:
+    """A sink offering STARTTLS (a throw-away certificate) and AUTH for alice."""
+    tls_config, _, _ = tls_setup(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_config.certificate, tls_config.key)
+    return Sink(tls=context, users={"alice@example.org": "right pass"}, **kwargs)
+
+
+async def send_logged_in(tmp_path, sink: Sink, password="right pass",
+                         route="smtp://127.0.0.1:{port}"):
+    """Send one message with a credentials file that has a login for the sink."""
+    path = tmp_path / "relay-credentials"
+    path.write_text(f"# relay\n\n127.0.0.1:{sink.port}  alice@example.org  {password}\n")
+    path.chmod(0o600)
+    return await send(route.format(port=sink.port), config=replace(CONFIG, credentials=path))
+
+
+def test_relay_login_over_starttls(tmp_path):
+    async def main():
+        async with relay_sink(tmp_path) as sink:
+            outcomes = await send_logged_in(tmp_path, sink)
+            return outcomes["bob@example.test"], sink
+
+    outcome, sink = run(main())
+    assert outcome.status == "delivered"
+    assert sink.logins == [("alice@example.org", True)]
+    assert [m.tls for m in sink.messages] == [True]
+
+
+def test_relay_login_with_a_password_with_spaces(tmp_path):
+    async def main():
+        async with relay_sink(tmp_path) as sink:
+            sink.users["alice@example.org"] = "correct horse battery"
+            outcomes = await send_logged_in(tmp_path, sink, "correct horse battery",
+                                            "smtp://127.0.0.1:{port}?tls=required")
+            return outcomes["bob@example.test"], sink.logins
+
+    outcome, logins = run(main())
+    assert outcome.status == "delivered" and logins == [("alice@example.org", True)]
+
+
+def test_relay_login_refused_defers(tmp_path):
+    async def main():
+        async with relay_sink(tmp_path) as sink:
+            outcomes = await send_logged_in(tmp_path, sink, "wrong")
+            return outcomes["bob@example.test"], sink
+
+    outcome, sink = run(main())
+    assert outcome.status == "deferred"  # our configuration is wrong: keep the mail
+    assert "login as alice@example.org refused: 535" in outcome.reply
+    assert sink.messages == []
+
+
+def test_no_password_without_tls(tmp_path):
+    async def main():
+        async with Sink(users={"alice@example.org": "right pass"},
+                        auth_in_clear=True) as sink:
+            outcomes = await send_logged_in(tmp_path, sink)
+            return outcomes["bob@example.test"], sink
+
+    outcome, sink = run(main())
+    assert outcome.status == "deferred" and "without TLS" in outcome.reply
+    assert sink.logins == [] and sink.messages == []
+
+
+def test_no_login_for_a_relay_without_credentials(tmp_path):
+    async def main():
+        async with relay_sink(tmp_path) as sink:
+            outcomes = await send(f"smtp://127.0.0.1:{sink.port}")
+            return outcomes["bob@example.test"], sink
+
+    outcome, sink = run(main())
+    assert outcome.status == "delivered" and sink.logins == []
+
+
+def test_credentials_file(tmp_path, caplog):
+    path = tmp_path / "credentials"
+    path.write_text("# comment\n\nRelay.Example:587 alice  two words \n[::1]:25 bob pw\n")
+    path.chmod(0o644)
+    credentials = RelayCredentials.load(path)
+    assert credentials.get("relay.example", 587) == ("alice", "two words")
+    assert credentials.get("::1", 25) == ("bob", "pw")
+    assert credentials.get("relay.example", 25) is None
+    assert "other users can read it" in caplog.text
+    assert RelayCredentials.load(None).get("relay.example", 587) is None
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("relay.example:587 alice\n", ":1: expected 'host:port user password'"),
+    ("# ok\nrelay.example alice pw\n", ":2: 'relay.example' is not host:port"),
+])
+def test_bad_credentials_files(tmp_path, text, problem):
+    path = tmp_path / "credentials"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        RelayCredentials.load(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        RelayCredentials.load(tmp_path / "missing")
 
 
 # ---- MX ------------------------------------------------------------------------------------

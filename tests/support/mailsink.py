@@ -10,7 +10,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult
 
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nline one\r\n.starts with a dot\r\n"
@@ -58,8 +58,13 @@ class Sink:
     ``data_reply``: the answer to every message instead of 250; ``data_delay``: seconds
     to wait before answering (a hang mid-DATA); ``accept_all``: no recipient refused."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None, implicit_tls: bool = False):
+    def __init__(self, tls: ssl.SSLContext | None = None, implicit_tls: bool = False,
+                 users: dict[str, str] | None = None, auth_in_clear: bool = False):
         self.tls, self.implicit_tls = tls, implicit_tls
+        # AUTH: user -> password; offered only over TLS unless auth_in_clear (aiosmtpd takes
+        # the handler's attributes named auth_* for mechanisms: none may be named so)
+        self.users, self.offer_auth_in_clear = users, auth_in_clear
+        self.logins: list[tuple[str, bool]] = []  # every AUTH attempt: (user, accepted)
         self.messages: list[Received] = []
         self.connections = 0
         self.protocols: list[_Protocol] = []
@@ -73,7 +78,10 @@ class Sink:
         loop = asyncio.get_running_loop()
         starttls = None if self.implicit_tls else self.tls
         self.server = await loop.create_server(
-            lambda: _Protocol(self, tls_context=starttls, loop=loop), "127.0.0.1", port,
+            lambda: _Protocol(self, tls_context=starttls, loop=loop,
+                              authenticator=self._authenticate if self.users else None,
+                              auth_require_tls=not self.offer_auth_in_clear),
+            "127.0.0.1", port,
             ssl=self.tls if self.implicit_tls else None)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -94,6 +102,12 @@ class Sink:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+    def _authenticate(self, server, session, envelope, mechanism, login) -> AuthResult:
+        user, password = login.login.decode(), login.password.decode()
+        accepted = self.users.get(user) == password
+        self.logins.append((user, accepted))
+        return AuthResult(success=accepted, handled=False)  # aiosmtpd sends the reply
 
     # -- aiosmtpd handler hooks ------------------------------------------------------------
     async def handle_RCPT(self, server, session, envelope, address, options):
