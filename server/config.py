@@ -90,6 +90,7 @@ class DeliveryConfig:
     poll_interval: float = 1.0         # how often the deliver queue is looked at
     mx_port: int = 25
     credentials: Path | None = None    # logins for relays that want AUTH (server/credentials.py)
+    ca_file: Path | None = None        # CAs trusted by tls=verify routes, besides the system's
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "concurrency": "int", "destination_concurrency": "int", "hostname": str,
                     "connect_timeout": "float", "command_timeout": "float",
                     "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",
-                    "credentials": "path"}
+                    "credentials": "path", "ca_file": "path"}
 
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",

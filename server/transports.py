@@ -34,6 +34,7 @@ from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 from stdlib import dns as dns_natives
 from stdlib.transport import Route
 
+from .config import ConfigError
 from .credentials import RelayCredentials
 from vsl.errors import ScriptError
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .config import DeliveryConfig
 
 _STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,11 @@ def _detail(err: BaseException | str) -> str:
     """An error's text on one line (aiosmtplib errors: the server's code and reply)."""
     code = getattr(err, "code", None)
     cause = getattr(err, "__cause__", None)  # aiosmtplib wraps the OSError
+    if isinstance(cause, ssl.SSLError):  # its errno says nothing ("Operation not permitted")
+        err, cause = cause, None
     text = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else \
         " ".join(str(getattr(err, "message", "") or err).split()) or type(err).__name__
+    text = _SSL_SOURCE.sub("", text)  # "... (_ssl.c:1006)": where in CPython, not why
     return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
 
 
@@ -104,7 +109,8 @@ class Transports:
             return await self._lmtp(route, sender, recipients, data)
         if route.kind == "mx":
             return await self._mx(sender, recipients, data)
-        mode = "smtps" if route.kind == "smtps" else route.tls
+        mode = ("smtps-verify" if route.tls == "verify" else "smtps") \
+            if route.kind == "smtps" else route.tls
         try:
             return await self._smtp(route.host, route.port, mode, route.host, sender,
                                     recipients, data)
@@ -250,6 +256,13 @@ class _Pool:
         self.tls = ssl.create_default_context()
         self.tls.check_hostname = False  # like Postfix's "may" and "encrypt": no verification
         self.tls.verify_mode = ssl.CERT_NONE
+        self.verifying = ssl.create_default_context()  # tls=verify: the system's CAs ...
+        if config.ca_file is not None:                  # ... and the configured ones
+            try:
+                self.verifying.load_verify_locations(config.ca_file)
+            except OSError as err:  # ssl.SSLError included
+                raise ConfigError(f"delivery.ca_file: cannot load {config.ca_file}: "
+                                  f"{err.strerror or err}") from None
 
     @asynccontextmanager
     async def session(self, host: str, port: int, mode: str):
@@ -290,10 +303,13 @@ class _Pool:
         """Connect, EHLO (else HELO), STARTTLS as ``mode`` says, and AUTH when the
         credentials file has a login for ``host:port``."""
         config = self.config
+        verify = mode in ("verify", "smtps-verify")
         smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
-                               timeout=config.command_timeout, use_tls=mode == "smtps",
-                               start_tls={"none": False, "required": True}.get(mode),
-                               tls_context=self.tls)
+                               timeout=config.command_timeout,
+                               use_tls=mode.startswith("smtps"),
+                               start_tls={"none": False, "required": True,
+                                          "verify": True}.get(mode),
+                               tls_context=self.verifying if verify else self.tls)
         try:
             await smtp.connect(timeout=config.connect_timeout)
             self.opened += 1

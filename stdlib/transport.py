@@ -13,9 +13,10 @@
 Without a recipient argument a call applies to ``ctx.rcpt`` in ``on_rcpt_to`` and to
 every recipient at the other stages (``on_mail_from`` to ``on_post_queue``); the last
 call for a recipient wins. A route is a string stored with each recipient in the spool
-(:func:`parse_route` reads it back): ``smtp://host:port[?tls=none|opportunistic|required]``,
-``smtps://host:port``, ``lmtp://host:port`` or ``lmtp:///socket/path``, ``mx``,
-``maildir:/dir`` and ``mbox:/file``.
+(:func:`parse_route` reads it back):
+``smtp://host:port[?tls=none|opportunistic|required|verify]``, ``smtps://host:port[?tls=verify]``,
+``lmtp://host:port`` or ``lmtp:///socket/path``, ``mx``, ``maildir:/dir`` and ``mbox:/file``.
+``tls=verify``: TLS with a certificate valid for ``host``, else the mail waits.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .ctx import Context
 
 namespace = Namespace("transport", "Delivery routes")
 
-TLS_MODES = ("none", "opportunistic", "required")
+TLS_MODES = ("none", "opportunistic", "required", "verify")
 _PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
 
 
@@ -41,7 +42,7 @@ class Route:
     kind: str
     host: str = ""
     port: int = 0
-    tls: str = "opportunistic"  # smtp only; smtps is always TLS
+    tls: str = "opportunistic"  # smtps is always TLS: opportunistic (unchecked) or verify
     path: str = ""              # maildir, mbox, LMTP over a Unix socket
 
     def __str__(self) -> str:
@@ -52,7 +53,7 @@ class Route:
         if self.path:
             return f"lmtp://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        tls = f"?tls={self.tls}" if self.kind == "smtp" and self.tls != "opportunistic" else ""
+        tls = f"?tls={self.tls}" if self.tls != "opportunistic" else ""
         return f"{self.kind}://{host}:{self.port}{tls}"
 
 
@@ -88,9 +89,10 @@ def _url_route(kind: str, text: str) -> Route:
     if not host or url.path not in ("", "/") or url.username or url.fragment:
         raise ScriptError(f"'{text}': expected {kind}://host[:port]")
     tls = query.pop("tls", "opportunistic")
-    if query or (tls != "opportunistic" and kind != "smtp") or tls not in TLS_MODES:
-        raise ScriptError(f"'{text}': the only option is tls=none|opportunistic|required "
-                          "(smtp:// only)")
+    allowed = {"smtp": TLS_MODES, "smtps": ("opportunistic", "verify")}.get(kind, ())
+    if query or (tls != "opportunistic" and tls not in allowed):
+        raise ScriptError(f"'{text}': the only option is tls=none|opportunistic|required|"
+                          "verify (smtp://) or tls=verify (smtps://)")
     return Route(kind, host, port or _PORTS[kind], tls)
 
 

@@ -76,6 +76,7 @@ idle_timeout = 2
 poll_interval = 0.5
 mx_port = 2525
 credentials = "relay-credentials"
+ca_file = "certs/ca.pem"
 """
 
 
@@ -142,7 +143,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
         86400.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
-        tmp_path / "relay-credentials")
+        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem")
 
 
 def test_the_full_example_covers_every_key():

@@ -201,10 +201,8 @@ def test_dot_stuffing():
 
 def relay_sink(tmp_path, **kwargs) -> Sink:
     """A sink offering STARTTLS (a throw-away certificate) and AUTH for alice."""
-    tls_config, _, _ = tls_setup(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls_config.certificate, tls_config.key)
-    return Sink(tls=context, users={"alice@example.org": "right pass"}, **kwargs)
+    return Sink(tls=server_context(tmp_path), users={"alice@example.org": "right pass"},
+                **kwargs)
 
 
 async def send_logged_in(tmp_path, sink: Sink, password="right pass",
@@ -272,6 +270,43 @@ def test_no_login_for_a_relay_without_credentials(tmp_path):
 
     outcome, sink = run(main())
     assert outcome.status == "delivered" and sink.logins == []
+
+
+def server_context(tmp_path) -> ssl.SSLContext:
+    """A server-side TLS context with a certificate for mx.test and 127.0.0.1, signed by
+    the throw-away CA at tmp_path/certs/ca.pem."""
+    tls_config, _, _ = tls_setup(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_config.certificate, tls_config.key)
+    return context
+
+
+@pytest.mark.parametrize("scheme, implicit", [("smtp", False), ("smtps", True)])
+@pytest.mark.parametrize("host, trusted, problem", [
+    ("127.0.0.1", False, "certificate verify failed: unable to get local issuer certificate"),
+    ("localhost", True, "Hostname mismatch, certificate is not valid for 'localhost'"),
+    ("127.0.0.1", True, None),
+])
+def test_tls_verify(tmp_path, scheme, implicit, host, trusted, problem):
+    async def main():
+        async with Sink(tls=server_context(tmp_path), implicit_tls=implicit) as sink:
+            config = replace(CONFIG, ca_file=tmp_path / "certs/ca.pem") if trusted else CONFIG
+            outcomes = await send(f"{scheme}://{host}:{sink.port}?tls=verify", config=config)
+            return outcomes["bob@example.test"], sink.messages
+
+    outcome, messages = run(main())
+    if problem is None:
+        assert outcome.status == "delivered" and [m.tls for m in messages] == [True]
+    else:
+        assert outcome.status == "deferred" and messages == []
+        assert problem in outcome.reply and "_ssl.c" not in outcome.reply
+
+
+def test_an_unreadable_ca_file_is_a_config_error(tmp_path):
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    for path in (tmp_path / "ca.pem", tmp_path / "missing.pem"):
+        with pytest.raises(ConfigError, match="delivery.ca_file: cannot load"):
+            Transports(replace(CONFIG, ca_file=path), "out.test")
 
 
 def test_credentials_file(tmp_path, caplog):
@@ -441,6 +476,8 @@ def test_unwritable_maildir_defers(tmp_path):
     ("smtp://relay.example:587?tls=required", Route("smtp", "relay.example", 587, "required")),
     ("smtp://[::1]:2525?tls=none", Route("smtp", "::1", 2525, "none")),
     ("smtps://relay.example", Route("smtps", "relay.example", 465)),
+    ("smtp://relay.example:587?tls=verify", Route("smtp", "relay.example", 587, "verify")),
+    ("smtps://relay.example?tls=verify", Route("smtps", "relay.example", 465, "verify")),
     ("lmtp://10.0.0.5", Route("lmtp", "10.0.0.5", 24)),
     ("lmtp:///run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp")),
     ("mx", Route("mx")),
@@ -453,6 +490,7 @@ def test_routes_round_trip(text, route):
 
 @pytest.mark.parametrize("text", [
     "", "ftp://x", "smtp://", "smtp://h:99999", "smtp://h?tls=maybe", "smtps://h?tls=none",
+    "smtps://h?tls=required", "lmtp://h?tls=verify",
     "smtp://h?x=1", "smtp://user@h", "smtp://h/path", "maildir:relative", "mx:x", "smtp",
 ])
 def test_bad_routes(text):

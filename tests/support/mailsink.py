@@ -122,7 +122,8 @@ class Sink:
         if self.data_reply:
             return self.data_reply
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                      envelope.original_content, session.ssl is not None))
+                                      envelope.original_content,
+                                      self.implicit_tls or session.ssl is not None))
         return "250 2.0.0 Ok: queued"
 
 
