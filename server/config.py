@@ -81,6 +81,7 @@ class DeliveryConfig:
     retry_first: float = 300.0         # first retry after 5 min, doubling ...
     retry_max: float = 3600.0          # ... up to 1 h
     max_age: float = 5 * 86400.0       # then fail and bounce after 5 days
+    delay_warning: float = 4 * 3600.0  # warn the sender once after 4 h of waiting; 0: never
     concurrency: int = 20              # messages being delivered at once
     destination_concurrency: int = 20  # SMTP connections to one host:port at once
     hostname: str | None = None        # EHLO/LHLO name; None: server.hostname
@@ -259,6 +260,7 @@ def _convert(value, kind, key: str, base: Path):
 
 _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "retry_first": "float", "retry_max": "float", "max_age": "float",
+                    "delay_warning": "float",
                     "concurrency": "int", "destination_concurrency": "int", "hostname": str,
                     "connect_timeout": "float", "command_timeout": "float",
                     "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",

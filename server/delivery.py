@@ -10,8 +10,8 @@ A recipient goes ``pending`` -> ``delivered`` | ``deferred`` | ``failed``, and `
 -> ``bounced`` once its DSN is queued. After each attempt: failures are reported at
 once in one DSN to the sender (queued durably, null sender, before anything else
 changes); a message with deferred recipients waits in ``deferred`` until its
-``next_attempt`` (exponential backoff); past ``max_age`` those recipients fail too
-(4.4.7). A message leaves the spool only when every recipient is delivered or
+``next_attempt`` (exponential backoff), and its sender is warned once when it has waited
+``delay_warning``; past ``max_age`` those recipients fail too (4.4.7). A message leaves the spool only when every recipient is delivered or
 bounced; a failure nobody can be told about (null sender) sends it to ``dead``.
 A crash may deliver a recipient twice (at least once), never lose one.
 """
@@ -240,7 +240,12 @@ class Delivery:
             await self._bounce(entry, failed, data)
             for rcpt in failed:
                 rcpt["status"] = "bounced"
-        if any(r["status"] == "deferred" for r in recipients):
+        deferred = [r for r in recipients if r["status"] == "deferred"]
+        if deferred:
+            if self._delay_warning_due(envelope, now):
+                await self._bounce(entry, deferred, data,
+                                   retry_until=envelope["received_at"] + self.config.max_age)
+                envelope["delay_warned_at"] = now  # made durable by _defer
             await self._defer(entry, now)
         elif any(r["status"] == "failed" for r in recipients):
             log.warning("%s: undeliverable and nobody to tell (null sender): dead", entry.id)
@@ -258,15 +263,24 @@ class Delivery:
         await self.spool.move(entry.id, "deferred", entry.queue)
         heapq.heappush(self.deferred, (envelope["next_attempt"], entry.id))
 
-    async def _bounce(self, entry: Entry, failed: list[dict], data: bytes) -> None:
-        """Queue the DSN for ``failed`` (durably, before the caller marks them bounced)."""
+    def _delay_warning_due(self, envelope: dict, now: float) -> bool:
+        """One warning per message, once it has waited ``delay_warning`` (0: never)."""
+        wait = self.config.delay_warning
+        return bool(wait and envelope["sender"] and "delay_warned_at" not in envelope and
+                    now - envelope["received_at"] >= wait)
+
+    async def _bounce(self, entry: Entry, failed: list[dict], data: bytes,
+                      retry_until: float | None = None) -> None:
+        """Queue the DSN for ``failed`` (durably, before the caller marks them bounced),
+        or with ``retry_until`` the warning that they are delayed."""
         sender = Mailbox.parse(entry.envelope["sender"])
-        dsn = build_dsn(self.hostname, entry.envelope, failed, data, self.clock())
+        dsn = build_dsn(self.hostname, entry.envelope, failed, data, self.clock(), retry_until)
         envelope = {"sender": "", "dsn_for": entry.id, "received_at": self.clock(),
                     "recipients": [{"address": sender.address, "status": "pending",
                                     "attempts": 0, "route": self.default_route(sender)}]}
         dsn_id = await self.spool.put(envelope, dsn, "deliver")
-        log.info("%s: DSN %s to <%s> for %d recipient(s)", entry.id, dsn_id, sender.address,
+        log.info("%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
+                 "failure" if retry_until is None else "delay", dsn_id, sender.address,
                  len(failed))
 
 

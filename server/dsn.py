@@ -1,11 +1,15 @@
-"""Delivery status notifications (RFC 3464): the bounce sent back to a message's sender.
+"""Delivery status notifications (RFC 3464): the bounce sent back to a message's sender,
+and the warning that a message is delayed.
 
     data = build_dsn("mx.example.com", envelope, failed_recipients, original_bytes)
+    data = build_dsn("mx.example.com", envelope, deferred_recipients, original_bytes,
+                     retry_until=envelope["received_at"] + max_age)
 
 The result is a ``multipart/report; report-type=delivery-status`` message: a
 human-readable part, the ``message/delivery-status`` fields (one block for the message,
-one per failed recipient: Final-Recipient, Action, Status, Diagnostic-Code,
-Remote-MTA), and the original message's header (``text/rfc822-headers``).
+one per recipient: Final-Recipient, Action (failed or delayed), Status, Diagnostic-Code,
+Remote-MTA, and Will-Retry-Until for a delay), and the original message's header
+(``text/rfc822-headers``).
 """
 from __future__ import annotations
 
@@ -34,21 +38,23 @@ def status_code(recipient: dict) -> str:
 
 
 def build_dsn(hostname: str, envelope: dict, failed: list[dict], original: bytes,
-              now: float | None = None) -> bytes:
+              now: float | None = None, retry_until: float | None = None) -> bytes:
     """The DSN (CRLF line ends) telling ``envelope["sender"]`` that ``failed`` (recipient
-    records of the envelope) could not be delivered."""
+    records of the envelope) could not be delivered; with ``retry_until``, that they are
+    delayed and will be tried until then."""
     now = time.time() if now is None else now
     sender = envelope["sender"]
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     report["To"] = sender
-    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Subject"] = "Undelivered Mail Returned to Sender" if retry_until is None else \
+        "Delayed Mail (still being retried)"
     report["Date"] = formatdate(now, localtime=True)
     report["Message-ID"] = make_msgid("dsn", hostname)
     report["Auto-Submitted"] = "auto-replied"
     header = original.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    for part in (_text(_explanation(hostname, failed), "plain"),
-                 _status_part(hostname, envelope, failed),
+    for part in (_text(_explanation(hostname, failed, retry_until), "plain"),
+                 _status_part(hostname, envelope, failed, retry_until),
                  _text(header + "\r\n", "rfc822-headers")):
         del part["MIME-Version"]
         report.attach(part)
@@ -65,9 +71,13 @@ def _text(text: str, subtype: str) -> MIMEText:
     return MIMEText(text, subtype, charset)
 
 
-def _explanation(hostname: str, failed: list[dict]) -> str:
-    lines = [f"This is the mail system at {hostname}.", "",
-             "Your message could not be delivered to the following recipients.", ""]
+def _explanation(hostname: str, failed: list[dict], retry_until: float | None) -> str:
+    what = "Your message could not be delivered to the following recipients." \
+        if retry_until is None else \
+        ("Your message could not be delivered yet to the following recipients. It will be "
+         f"tried again until {formatdate(retry_until, localtime=True)}; you need not send "
+         "it again.")
+    lines = [f"This is the mail system at {hostname}.", "", what, ""]
     for rcpt in failed:
         why = rcpt.get("reply") or "unknown error"
         if rcpt.get("expired"):
@@ -77,7 +87,8 @@ def _explanation(hostname: str, failed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _status_part(hostname: str, envelope: dict, failed: list[dict]) -> MIMEBase:
+def _status_part(hostname: str, envelope: dict, failed: list[dict],
+                 retry_until: float | None) -> MIMEBase:
     per_message = _fields({"Reporting-MTA": f"dns; {hostname}",
                            "X-Queue-ID": envelope.get("id"),
                            "Arrival-Date": formatdate(envelope["received_at"], localtime=True)
@@ -89,14 +100,22 @@ def _status_part(hostname: str, envelope: dict, failed: list[dict]) -> MIMEBase:
         reply, remote = rcpt.get("reply"), rcpt.get("remote_mta")
         blocks.append(_fields({
             "Final-Recipient": f"{kind}; {address}",
-            "Action": "failed",
-            "Status": status_code(rcpt),
+            "Action": "failed" if retry_until is None else "delayed",
+            "Status": status_code(rcpt) if retry_until is None else
+            _transient(status_code(rcpt)),
             "Remote-MTA": f"dns; {remote}" if remote else None,
             "Diagnostic-Code": f"{'smtp' if remote else 'X-vSL'}; {reply}" if reply else None,
+            "Will-Retry-Until": None if retry_until is None else
+            formatdate(retry_until, localtime=True),
         }))
     part = MIMEBase("message", "delivery-status")
     part.set_payload(blocks)
     return part
+
+
+def _transient(status: str) -> str:
+    """A delayed recipient's status is a 4.x.x one (RFC 3464 2.3.4)."""
+    return status if status.startswith("4") else "4.0.0"
 
 
 def _fields(values: dict) -> Message:

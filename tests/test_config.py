@@ -67,6 +67,7 @@ relay = "smtp://relay.example.test:587?tls=required"
 retry_first = 60
 retry_max = 600.0
 max_age = 86400
+delay_warning = 7200
 concurrency = 5
 destination_concurrency = 2
 hostname = "out.example.test"
@@ -142,7 +143,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
-        86400.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
+        86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
         tmp_path / "relay-credentials", tmp_path / "certs/ca.pem")
 
 

@@ -179,6 +179,44 @@ def test_retries_stop_at_max_age(world):
     assert asyncio.run(main()) == pytest.approx(clock.now + 50)  # not 60: max age first
 
 
+@pytest.mark.parametrize("warning, sender, warned", [
+    (100, SENDER, True), (0, SENDER, False), (100, "", False), (5000, SENDER, False)])
+def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warned):
+    """Attempts at +0, +60, +180, +330 s: the first past ``delay_warning`` warns (never
+    with 0, never to the null sender, never past max_age); no later one warns again."""
+    spool, clock = Spool(tmp_path / "queue"), Clock()
+    delivery = Delivery(spool, replace(FAST, delay_warning=warning), "mx.test",
+                        ("example.test",), clock=clock)
+    start = clock.now
+
+    async def main():
+        msg_id = await queue(spool, f"smtp://127.0.0.1:{free_port()}",
+                             ["bob@remote.test", "carol@remote.test"], sender=sender,
+                             received_at=clock.now)
+        await delivery.run_once()
+        for _ in range(3):
+            clock.now = spool.get(msg_id, "deferred").envelope["next_attempt"]
+            await delivery.run_once()  # the attempt (and a DSN it queues) ...
+            await delivery.run_once()  # ... the DSN delivered to alice's Maildir
+        return spool.get(msg_id, "deferred")
+
+    entry = asyncio.run(main())
+    assert entry.envelope["attempts"] == 4  # still waiting: a warning is not a bounce
+    if not warned:
+        assert dsns(tmp_path) == [] and "delay_warned_at" not in entry.envelope
+        return
+    (dsn,) = dsns(tmp_path)
+    assert dsn["Subject"] == "Delayed Mail (still being retried)"
+    assert entry.envelope["delay_warned_at"] == pytest.approx(start + 180)
+    blocks = report(dsn)[1:]
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bob@remote.test",
+                                                      "rfc822; carol@remote.test"]
+    assert {b["Action"] for b in blocks} == {"delayed"}
+    assert {b["Status"] for b in blocks} == {"4.4.1"}
+    assert all(b["Will-Retry-Until"] for b in blocks)
+    assert "you need not send it again" in " ".join(dsn.get_payload()[0].get_payload().split())
+
+
 def test_null_sender_never_gets_a_dsn(world):
     spool, _, delivery = world
 

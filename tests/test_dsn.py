@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 
 import pytest
 
@@ -87,3 +88,18 @@ def test_long_and_utf8_values():
     ({"reply": "451 4.4.1 x", "expired": True}, "4.4.7"), ({}, "5.0.0")])
 def test_status_code(record, code):
     assert status_code(record) == code
+
+
+def test_delay_warning():
+    deferred = [{"address": "carol@slow.test", "reply": "451 4.4.1 cannot deliver to x"},
+                {"address": "erin@slow.test", "reply": None}]
+    message = parse(build_dsn("mx.example.com", ENVELOPE, deferred, ORIGINAL,
+                              now=1_700_000_100.0, retry_until=1_700_432_000.0))
+    assert message["Subject"] == "Delayed Mail (still being retried)"
+    human, status, _ = message.iter_parts()
+    assert "could not be delivered yet" in human.get_content()
+    blocks = [dict(b) for b in status.get_payload()[1:]]
+    assert [b["Action"] for b in blocks] == ["delayed", "delayed"]
+    assert [b["Status"] for b in blocks] == ["4.4.1", "4.0.0"]  # always a transient code
+    until = email.utils.parsedate_to_datetime(blocks[0]["Will-Retry-Until"]).timestamp()
+    assert until == 1_700_432_000.0
