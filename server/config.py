@@ -123,9 +123,11 @@ def parse_listen(text: str, kind: str = "smtp", key: str = "listen") -> Listener
     if not isinstance(text, str):
         raise ConfigError(f"{key}: must be \"host:port\", not {text!r}")
     host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: '{text}' is not host:port")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if not sep or not host or not (port.isascii() and port.isdigit()) or \
+            not 0 < int(port) < 65536 or (":" in host and not bracketed):
+        raise ConfigError(f"{key}: '{text}' is not host:port (an IPv6 address in [ ])")
     if kind not in LISTENER_KINDS:
         raise ConfigError(f"{key}: kind '{kind}' is not one of {', '.join(LISTENER_KINDS)}")
     return Listener(host, int(port), kind)

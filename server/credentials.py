@@ -5,7 +5,8 @@
     [2001:db8::25]:25           relay               s3cret
 
 Named by ``[delivery] credentials``. Lines starting with ``#`` and blank lines are
-ignored. The credentials are only ever sent over TLS (see server/transports.py).
+ignored; a ``host:port`` may have one login. A login is used only by ``smtp://`` and
+``smtps://`` routes with ``tls=verify``, never by MX delivery (see server/transports.py).
 Keep the file readable by the server's user only: it holds passwords in clear.
 """
 from __future__ import annotations
@@ -31,24 +32,37 @@ class RelayCredentials:
         if path is None:
             return cls()
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark is skipped)
             mode = path.stat().st_mode
         except OSError as err:
             raise ConfigError(f"delivery.credentials: cannot read {path}: "
                               f"{err.strerror}") from None
+        except UnicodeDecodeError as err:  # (no byte of the file in the message)
+            raise ConfigError(f"delivery.credentials: {path} is not UTF-8 text "
+                              f"(line {_line_of(err)})") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s holds passwords but other users can read it (chmod 600 it)", path)
-        logins = {}
-        for number, line in enumerate(text.splitlines(), 1):
+        logins, lines = {}, {}
+        for number, line in enumerate(text.split("\n"), 1):
             fields = line.split(None, 2)
             if not fields or fields[0].startswith("#"):
                 continue
             if len(fields) != 3:
                 raise ConfigError(f"{path}:{number}: expected 'host:port user password'")
             where = parse_listen(fields[0], key=f"{path}:{number}")
-            logins[(where.host.lower(), where.port)] = (fields[1], fields[2].strip())
+            key = (where.host.lower(), where.port)
+            if key in lines:
+                raise ConfigError(f"{path}:{number}: {fields[0]} has a login at line "
+                                  f"{lines[key]} already")
+            lines[key] = number
+            logins[key] = (fields[1], fields[2].strip())
         return cls(logins)
 
     def get(self, host: str, port: int) -> tuple[str, str] | None:
         """(user, password) for ``host:port``, or None."""
         return self.logins.get((host.lower(), port))
+
+
+def _line_of(err: UnicodeDecodeError) -> int:
+    """The line of the byte that is not UTF-8."""
+    return err.object[:err.start].count(b"\n") + 1

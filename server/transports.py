@@ -113,15 +113,15 @@ class Transports:
             if route.kind == "smtps" else route.tls
         try:
             return await self._smtp(route.host, route.port, mode, route.host, sender,
-                                    recipients, data)
+                                    recipients, data, relay=True)
         except _Unreachable as err:
             return dict.fromkeys(recipients, err.outcome)
 
     async def close(self) -> None:
         await self.pool.close()
 
-    async def _smtp(self, host, port, mode, remote, sender, recipients, data):
-        async with self.pool.session(host, port, mode) as client:
+    async def _smtp(self, host, port, mode, remote, sender, recipients, data, relay=False):
+        async with self.pool.session(host, port, mode, relay) as client:
             return await _transaction(client, sender, recipients, data, remote)
 
     # -- MX ------------------------------------------------------------------------------
@@ -265,15 +265,16 @@ class _Pool:
                                   f"{err.strerror or err}") from None
 
     @asynccontextmanager
-    async def session(self, host: str, port: int, mode: str):
-        """A connected, greeted client; _Unreachable when none can be opened."""
-        key = (host, port, mode)
+    async def session(self, host: str, port: int, mode: str, relay: bool = False):
+        """A connected, greeted client (logged in when it is a ``relay`` route that the
+        credentials file has a login for); _Unreachable when none can be opened."""
+        key = (host, port, mode, relay)
         slot = self.slots.setdefault(key, [asyncio.Semaphore(
             self.config.destination_concurrency), 0])
         slot[1] += 1
         try:
             async with slot[0]:
-                smtp = await self._reuse(key) or await self._open(host, port, mode)
+                smtp = await self._reuse(key) or await self._open(host, port, mode, relay)
                 try:
                     yield _Smtp(smtp)
                 except BaseException:
@@ -299,9 +300,9 @@ class _Pool:
         self._forget(key)
         return None
 
-    async def _open(self, host: str, port: int, mode: str) -> aiosmtplib.SMTP:
-        """Connect, EHLO (else HELO), STARTTLS as ``mode`` says, and AUTH when the
-        credentials file has a login for ``host:port``."""
+    async def _open(self, host: str, port: int, mode: str, relay: bool) -> aiosmtplib.SMTP:
+        """Connect, EHLO (else HELO), STARTTLS as ``mode`` says, and AUTH when this is a
+        ``relay`` route (never MX) and the credentials file has a login for it."""
         config = self.config
         verify = mode in ("verify", "smtps-verify")
         smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
@@ -318,9 +319,9 @@ class _Pool:
                     await smtp.ehlo()
                 except SMTPHeloError:
                     await smtp.helo()
-            login = self.credentials.get(host, port)
+            login = self.credentials.get(host, port) if relay else None
             if login is not None:
-                await _log_in(smtp, *login)
+                await _log_in(smtp, verify, *login)
         except (SMTPException, OSError) as err:
             smtp.close()
             raise _Unreachable(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -359,10 +360,12 @@ class _Pool:
         await asyncio.gather(*self.closing, return_exceptions=True)
 
 
-async def _log_in(smtp: aiosmtplib.SMTP, user: str, password: str) -> None:
-    """AUTH as ``user``: over TLS only, else the connection fails (and the mail waits)."""
-    if smtp.get_transport_info("sslcontext") is None:
-        raise SMTPException(f"not sending the password of {user} without TLS")
+async def _log_in(smtp: aiosmtplib.SMTP, verified: bool, user: str, password: str) -> None:
+    """AUTH as ``user``: only over TLS whose certificate was verified (a tls=verify route),
+    else the connection fails (and the mail waits)."""
+    if smtp.get_transport_info("sslcontext") is None or not verified:
+        raise SMTPException(f"not sending the password of {user} without verified TLS "
+                            "(route option tls=verify)")
     try:
         await smtp.login(user, password)
     except SMTPResponseException as err:

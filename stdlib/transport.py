@@ -79,14 +79,19 @@ def _absolute(path: str, text: str) -> str:
 
 def _url_route(kind: str, text: str) -> Route:
     url = urlsplit(text)
+    if "@" in url.netloc:  # said without the URL: it may hold a password
+        raise ScriptError(f"a {kind}:// route takes no user or password (logins go in the "
+                          "file [delivery] credentials names)")
     try:
-        query, port, host = dict(parse_qsl(url.query, strict_parsing=bool(url.query))), \
-            url.port, url.hostname
+        pairs = parse_qsl(url.query, strict_parsing=bool(url.query))
+        query, port, host = dict(pairs), url.port, url.hostname
     except ValueError as err:
         raise ScriptError(f"'{text}' is not a valid URL: {err}") from None
+    if len(query) != len(pairs):
+        raise ScriptError(f"'{text}': an option is given twice")
     if kind == "lmtp" and not url.netloc:
         return Route("lmtp", path=_absolute(url.path, text))
-    if not host or url.path not in ("", "/") or url.username or url.fragment:
+    if not host or url.path not in ("", "/") or url.fragment:
         raise ScriptError(f"'{text}': expected {kind}://host[:port]")
     tls = query.pop("tls", "opportunistic")
     allowed = {"smtp": TLS_MODES, "smtps": ("opportunistic", "verify")}.get(kind, ())

@@ -206,12 +206,15 @@ def relay_sink(tmp_path, **kwargs) -> Sink:
 
 
 async def send_logged_in(tmp_path, sink: Sink, password="right pass",
-                         route="smtp://127.0.0.1:{port}"):
-    """Send one message with a credentials file that has a login for the sink."""
+                         route="smtp://127.0.0.1:{port}?tls=verify",
+                         recipients=("bob@example.test",), **config):
+    """Send one message with a credentials file that has a login for the sink (whose
+    certificate's CA is trusted)."""
     path = tmp_path / "relay-credentials"
     path.write_text(f"# relay\n\n127.0.0.1:{sink.port}  alice@example.org  {password}\n")
     path.chmod(0o600)
-    return await send(route.format(port=sink.port), config=replace(CONFIG, credentials=path))
+    config = replace(CONFIG, credentials=path, ca_file=tmp_path / "certs/ca.pem", **config)
+    return await send(route.format(port=sink.port), recipients, config=config)
 
 
 def test_relay_login_over_starttls(tmp_path):
@@ -230,8 +233,7 @@ def test_relay_login_with_a_password_with_spaces(tmp_path):
     async def main():
         async with relay_sink(tmp_path) as sink:
             sink.users["alice@example.org"] = "correct horse battery"
-            outcomes = await send_logged_in(tmp_path, sink, "correct horse battery",
-                                            "smtp://127.0.0.1:{port}?tls=required")
+            outcomes = await send_logged_in(tmp_path, sink, "correct horse battery")
             return outcomes["bob@example.test"], sink.logins
 
     outcome, logins = run(main())
@@ -250,16 +252,37 @@ def test_relay_login_refused_defers(tmp_path):
     assert sink.messages == []
 
 
-def test_no_password_without_tls(tmp_path):
+@pytest.mark.parametrize("tls", ["none", "opportunistic", "required"])
+@pytest.mark.parametrize("offers_tls", [True, False])
+def test_no_password_without_verified_tls(tmp_path, tls, offers_tls):
+    """Only a tls=verify route logs in: over unchecked TLS anyone in between could take
+    the password (and over none, anyone on the path)."""
     async def main():
-        async with Sink(users={"alice@example.org": "right pass"},
-                        auth_in_clear=True) as sink:
-            outcomes = await send_logged_in(tmp_path, sink)
+        context = server_context(tmp_path)  # (and the CA file send_logged_in trusts)
+        async with Sink(tls=context if offers_tls else None, auth_in_clear=True,
+                        users={"alice@example.org": "right pass"}) as sink:
+            outcomes = await send_logged_in(tmp_path, sink,
+                                            route=f"smtp://127.0.0.1:{{port}}?tls={tls}")
             return outcomes["bob@example.test"], sink
 
     outcome, sink = run(main())
-    assert outcome.status == "deferred" and "without TLS" in outcome.reply
-    assert sink.logins == [] and sink.messages == []
+    assert outcome.status == "deferred" and sink.logins == [] and sink.messages == []
+    if offers_tls or tls != "required":
+        assert "not sending the password of alice@example.org without verified TLS " \
+            "(route option tls=verify)" in outcome.reply
+
+
+def test_mx_delivery_never_logs_in(tmp_path):
+    """A login is for relay routes: MX delivery to the same host:port goes without one
+    (and so without a password over TLS whose certificate nobody checks)."""
+    async def main():
+        async with relay_sink(tmp_path) as sink:
+            outcomes = await send_logged_in(tmp_path, sink, route="mx", mx_port=sink.port,
+                                            recipients=["bob@[127.0.0.1]"])
+            return outcomes["bob@[127.0.0.1]"], sink.logins
+
+    outcome, logins = run(main())
+    assert outcome.status == "delivered" and logins == []
 
 
 def test_no_login_for_a_relay_without_credentials(tmp_path):
@@ -321,15 +344,28 @@ def test_credentials_file(tmp_path, caplog):
     assert RelayCredentials.load(None).get("relay.example", 587) is None
 
 
+def test_credentials_file_with_a_byte_order_mark_and_crlf(tmp_path):
+    path = tmp_path / "credentials"
+    path.write_bytes("\ufeffrelay.example:587 alice pw\r\n[::1]:25\tbob\tp w\r\n".encode())
+    credentials = RelayCredentials.load(path)
+    assert credentials.get("relay.example", 587) == ("alice", "pw")
+    assert credentials.get("::1", 25) == ("bob", "p w")
+
+
 @pytest.mark.parametrize("text, problem", [
-    ("relay.example:587 alice\n", ":1: expected 'host:port user password'"),
-    ("# ok\nrelay.example alice pw\n", ":2: 'relay.example' is not host:port"),
+    (b"relay.example:587 alice\n", ":1: expected 'host:port user password'"),
+    (b"# ok\nrelay.example alice pw\n", ":2: 'relay.example' is not host:port"),
+    ("relay.example:2\u00b2 alice pw\n".encode(), ":1: 'relay.example:2\u00b2' is not"),
+    (b"2001:db8::25 alice pw\n", ":1: '2001:db8::25' is not host:port (an IPv6 address in"),
+    (b"a.example:25 x y\n\nA.Example:25 z w\n", ":3: A.Example:25 has a login at line 1"),
+    ("relay.example:587 alice p\u00e4ss\n".encode("latin-1"), "is not UTF-8 text (line 1)"),
 ])
 def test_bad_credentials_files(tmp_path, text, problem):
-    path = tmp_path / "credentials"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=re.escape(problem)):
+    path = tmp_path / "relay-credentials"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
         RelayCredentials.load(path)
+    assert "p\u00e4ss" not in str(caught.value) and "0xe4" not in str(caught.value)
     with pytest.raises(ConfigError, match="cannot read"):
         RelayCredentials.load(tmp_path / "missing")
 
@@ -490,12 +526,14 @@ def test_routes_round_trip(text, route):
 
 @pytest.mark.parametrize("text", [
     "", "ftp://x", "smtp://", "smtp://h:99999", "smtp://h?tls=maybe", "smtps://h?tls=none",
-    "smtps://h?tls=required", "lmtp://h?tls=verify",
+    "smtps://h?tls=required", "lmtp://h?tls=verify", "smtp://h?tls=verify&tls=none",
+    "smtps://h?tls=verify&tls=opportunistic", "smtp://:secret@h", "smtp://u:secret@h:25",
     "smtp://h?x=1", "smtp://user@h", "smtp://h/path", "maildir:relative", "mx:x", "smtp",
 ])
 def test_bad_routes(text):
-    with pytest.raises(ScriptError):
+    with pytest.raises(ScriptError) as caught:
         parse_route(text)
+    assert "secret" not in caught.value.message  # a password is never repeated
 
 
 SCRIPT = """
