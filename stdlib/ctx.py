@@ -66,9 +66,11 @@ _NO_VALUE = object()
 def _during(stages: tuple[Stage, Stage]):
     """A script method of Context that only works from ``stages[0]`` to ``stages[1]``."""
     def mark(fn):
+        label = f"ctx.{fn.__name__}()"
+
         @functools.wraps(fn)
         def checked(self, *args):
-            self._check_stage(f"ctx.{fn.__name__}()", stages)
+            self._check_stage(label, stages)
             return fn(self, *args)
         return method()(checked)
     return mark
@@ -159,9 +161,11 @@ class Context(NativeObject):
 
     # -- what scripts see ----------------------------------------------------------
     def vsl_get(self, name: str):
-        if name not in _PROPS:
+        stages = _PROPS.get(name)
+        if stages is None:
             return super().vsl_get(name)
-        self._check_stage(f"ctx.{name}", _PROPS[name])
+        if not stages[0] <= self.stage <= stages[1]:
+            self._check_stage(f"ctx.{name}", stages)  # raises
         value = getattr(self, name)
         return tuple(value) if type(value) is list else value  # scripts cannot push into it
 
