@@ -6,6 +6,7 @@ twin has the same functions, statement for statement. Best of 3 runs each.
 """
 from __future__ import annotations
 
+import builtins
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import vsl.engine as engine_module  # noqa: E402
 from vsl.compile import ModuleCompiler  # noqa: E402
 from vsl.engine import Engine  # noqa: E402
 
-FUNCTIONS, LINES = 100, 46
+FUNCTIONS, CONDITIONS = 100, 46  # 46 if-lines + 4 make 50 lines a function
 
 
 def vsl_source() -> str:
@@ -24,7 +25,7 @@ def vsl_source() -> str:
     for f in range(FUNCTIONS):
         out += [f"fn on_f{f}(ctx) {{", "    let s = 0;"]
         out += [f'    if ctx.helo == "k{i}" && ctx.rcpts > {i} {{ s += {i}; }} '
-                f'else if ctx.domain in ["a", "b"] {{ s -= 1; }}' for i in range(LINES)]
+                f'else if ctx.domain in ["a", "b"] {{ s -= 1; }}' for i in range(CONDITIONS)]
         out += ["    s", "}", ""]
     return "\n".join(out)
 
@@ -33,7 +34,7 @@ def python_source() -> str:
     out = []
     for f in range(FUNCTIONS):
         out += [f"def on_f{f}(ctx):", "    s = 0"]
-        for i in range(LINES):
+        for i in range(CONDITIONS):
             out += [f'    if ctx.get("helo") == "k{i}" and ctx.get("rcpts") > {i}:',
                     f"        s += {i}",
                     '    elif ctx.get("domain") in ("a", "b"):', "        s -= 1"]
@@ -46,7 +47,7 @@ def timed_phases() -> dict[str, float]:
     phases: dict[str, float] = {}
 
     def wrap(owner, name, label):
-        original = getattr(owner, name)
+        original = getattr(owner, name, None) or getattr(builtins, name)
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
@@ -59,7 +60,7 @@ def timed_phases() -> dict[str, float]:
     wrap(engine_module, "parse", "parse")
     wrap(engine_module, "resolve", "resolve")
     wrap(ModuleCompiler, "compile", "generate")
-    wrap(engine_module, "_python_code", "CPython compile")
+    wrap(engine_module, "compile", "CPython compile")  # (shadows the builtin there)
     return phases
 
 

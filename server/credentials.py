@@ -5,8 +5,10 @@
     [2001:db8::25]:25           relay               s3cret
 
 Named by ``[delivery] credentials``. Lines starting with ``#`` and blank lines are
-ignored; a ``host:port`` may have one login. A login is used only by ``smtp://`` and
-``smtps://`` routes with ``tls=verify``, never by MX delivery (see server/transports.py).
+ignored; a ``host:port`` may have one login, the password trimmed. A login is sent only
+over ``smtp://`` and ``smtps://`` routes with ``tls=verify``: another route to that
+host:port defers (no password without a checked certificate), and MX delivery never
+logs in (see server/transports.py).
 Keep the file readable by the server's user only: it holds passwords in clear.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ class RelayCredentials:
                               f"(line {_line_of(err)})") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s holds passwords but other users can read it (chmod 600 it)", path)
-        logins, lines = {}, {}
+        logins, first_line = {}, {}
         for number, line in enumerate(text.split("\n"), 1):
             fields = line.split(None, 2)
             if not fields or fields[0].startswith("#"):
@@ -51,10 +53,10 @@ class RelayCredentials:
                 raise ConfigError(f"{path}:{number}: expected 'host:port user password'")
             where = parse_listen(fields[0], key=f"{path}:{number}")
             key = (where.host.lower(), where.port)
-            if key in lines:
+            if key in first_line:
                 raise ConfigError(f"{path}:{number}: {fields[0]} has a login at line "
-                                  f"{lines[key]} already")
-            lines[key] = number
+                                  f"{first_line[key]} already")
+            first_line[key] = number
             logins[key] = (fields[1], fields[2].strip())
         return cls(logins)
 

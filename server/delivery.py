@@ -11,8 +11,9 @@ A recipient goes ``pending`` -> ``delivered`` | ``deferred`` | ``failed``, and `
 once in one DSN to the sender (queued durably, null sender, before anything else
 changes); a message with deferred recipients waits in ``deferred`` until its
 ``next_attempt`` (exponential backoff), and its sender is warned once when it has waited
-``delay_warning``; past ``max_age`` those recipients fail too (4.4.7). A message leaves the spool only when every recipient is delivered or
-bounced; a failure nobody can be told about (null sender) sends it to ``dead``.
+``delay_warning``; past ``max_age`` those recipients fail too (4.4.7). A message
+leaves the spool only when every recipient is delivered or bounced; a failure nobody
+can be told about (null sender) sends it to ``dead``.
 A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
@@ -237,13 +238,13 @@ class Delivery:
                     rcpt.update(status="failed", expired=True)
         failed = [r for r in recipients if r["status"] == "failed"]
         if failed and envelope["sender"]:
-            await self._bounce(entry, failed, data)
+            await self._queue_dsn(entry, failed, data)
             for rcpt in failed:
                 rcpt["status"] = "bounced"
         deferred = [r for r in recipients if r["status"] == "deferred"]
         if deferred:
             if self._delay_warning_due(envelope, now):
-                await self._bounce(entry, deferred, data,
+                await self._queue_dsn(entry, deferred, data,
                                    retry_until=envelope["received_at"] + self.config.max_age)
                 envelope["delay_warned_at"] = now  # made durable by _defer
             await self._defer(entry, now)
@@ -269,19 +270,20 @@ class Delivery:
         return bool(wait and envelope["sender"] and "delay_warned_at" not in envelope and
                     now - envelope["received_at"] >= wait)
 
-    async def _bounce(self, entry: Entry, failed: list[dict], data: bytes,
+    async def _queue_dsn(self, entry: Entry, recipients: list[dict], data: bytes,
                       retry_until: float | None = None) -> None:
-        """Queue the DSN for ``failed`` (durably, before the caller marks them bounced),
-        or with ``retry_until`` the warning that they are delayed."""
+        """Queue the DSN for failed ``recipients`` (durably, before the caller marks them
+        bounced), or with ``retry_until`` the warning that they are delayed."""
         sender = Mailbox.parse(entry.envelope["sender"])
-        dsn = build_dsn(self.hostname, entry.envelope, failed, data, self.clock(), retry_until)
+        dsn = build_dsn(self.hostname, entry.envelope, recipients, data, self.clock(),
+                        retry_until)
         envelope = {"sender": "", "dsn_for": entry.id, "received_at": self.clock(),
                     "recipients": [{"address": sender.address, "status": "pending",
                                     "attempts": 0, "route": self.default_route(sender)}]}
         dsn_id = await self.spool.put(envelope, dsn, "deliver")
         log.info("%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
                  "failure" if retry_until is None else "delay", dsn_id, sender.address,
-                 len(failed))
+                 len(recipients))
 
 
 def _safe(name: str) -> str:

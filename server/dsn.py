@@ -37,10 +37,10 @@ def status_code(recipient: dict) -> str:
     return found.group(1) if found else f"{'4' if reply[:1] == '4' else '5'}.0.0"
 
 
-def build_dsn(hostname: str, envelope: dict, failed: list[dict], original: bytes,
+def build_dsn(hostname: str, envelope: dict, recipients: list[dict], original: bytes,
               now: float | None = None, retry_until: float | None = None) -> bytes:
-    """The DSN (CRLF line ends) telling ``envelope["sender"]`` that ``failed`` (recipient
-    records of the envelope) could not be delivered; with ``retry_until``, that they are
+    """The DSN (CRLF line ends) telling ``envelope["sender"]`` that ``recipients``
+    (records of the envelope) could not be delivered; with ``retry_until``, that they are
     delayed and will be tried until then."""
     now = time.time() if now is None else now
     sender = envelope["sender"]
@@ -53,8 +53,8 @@ def build_dsn(hostname: str, envelope: dict, failed: list[dict], original: bytes
     report["Message-ID"] = make_msgid("dsn", hostname)
     report["Auto-Submitted"] = "auto-replied"
     header = original.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    for part in (_text(_explanation(hostname, failed, retry_until), "plain"),
-                 _status_part(hostname, envelope, failed, retry_until),
+    for part in (_text(_explanation(hostname, recipients, retry_until), "plain"),
+                 _status_part(hostname, envelope, recipients, retry_until),
                  _text(header + "\r\n", "rfc822-headers")):
         del part["MIME-Version"]
         report.attach(part)
@@ -71,14 +71,14 @@ def _text(text: str, subtype: str) -> MIMEText:
     return MIMEText(text, subtype, charset)
 
 
-def _explanation(hostname: str, failed: list[dict], retry_until: float | None) -> str:
+def _explanation(hostname: str, recipients: list[dict], retry_until: float | None) -> str:
     what = "Your message could not be delivered to the following recipients." \
         if retry_until is None else \
         ("Your message could not be delivered yet to the following recipients. It will be "
          f"tried again until {formatdate(retry_until, localtime=True)}; you need not send "
          "it again.")
     lines = [f"This is the mail system at {hostname}.", "", what, ""]
-    for rcpt in failed:
+    for rcpt in recipients:
         why = rcpt.get("reply") or "unknown error"
         if rcpt.get("expired"):
             why = f"delivery time expired; last error: {why}"
@@ -87,14 +87,14 @@ def _explanation(hostname: str, failed: list[dict], retry_until: float | None) -
     return "\n".join(lines) + "\n"
 
 
-def _status_part(hostname: str, envelope: dict, failed: list[dict],
+def _status_part(hostname: str, envelope: dict, recipients: list[dict],
                  retry_until: float | None) -> MIMEBase:
     per_message = _fields({"Reporting-MTA": f"dns; {hostname}",
                            "X-Queue-ID": envelope.get("id"),
                            "Arrival-Date": formatdate(envelope["received_at"], localtime=True)
                            if "received_at" in envelope else None})
     blocks = [per_message]
-    for rcpt in failed:
+    for rcpt in recipients:
         address = rcpt["address"]
         kind = "rfc822" if address.isascii() else "utf-8"  # RFC 6533
         reply, remote = rcpt.get("reply"), rcpt.get("remote_mta")

@@ -76,8 +76,8 @@ def _detail(err: BaseException | str) -> str:
 
 
 class _Unreachable(Exception):
-    """No session could be opened (connection, greeting, EHLO, TLS): try the next host.
-    Deferred, like Postfix, whatever the server said."""
+    """No session could be opened (connection, greeting, EHLO, TLS, AUTH): try the next
+    host. Deferred, like Postfix, whatever the server said."""
 
     def __init__(self, where: str, err: BaseException | str):
         super().__init__(where)
@@ -113,15 +113,16 @@ class Transports:
             if route.kind == "smtps" else route.tls
         try:
             return await self._smtp(route.host, route.port, mode, route.host, sender,
-                                    recipients, data, relay=True)
+                                    recipients, data, may_log_in=True)
         except _Unreachable as err:
             return dict.fromkeys(recipients, err.outcome)
 
     async def close(self) -> None:
         await self.pool.close()
 
-    async def _smtp(self, host, port, mode, remote, sender, recipients, data, relay=False):
-        async with self.pool.session(host, port, mode, relay) as client:
+    async def _smtp(self, host, port, mode, remote, sender, recipients, data,
+                    may_log_in=False):
+        async with self.pool.session(host, port, mode, may_log_in) as client:
             return await _transaction(client, sender, recipients, data, remote)
 
     # -- MX ------------------------------------------------------------------------------
@@ -243,13 +244,14 @@ class _Smtp:
 
 
 class _Pool:
-    """SMTP connections by destination (host, port, TLS mode): at most
-    ``destination_concurrency`` at once, kept ``idle_timeout`` seconds for reuse."""
+    """SMTP connections: at most ``destination_concurrency`` at once to one host:port,
+    kept ``idle_timeout`` seconds for reuse by a session of the same kind (host, port, TLS
+    mode, and whether it may log in)."""
 
     def __init__(self, config: "DeliveryConfig", hostname: str,
                  credentials: RelayCredentials):
         self.config, self.hostname, self.credentials = config, hostname, credentials
-        self.slots: dict[tuple, list] = {}  # key -> [semaphore, users]
+        self.slots: dict[tuple, list] = {}  # (host, port) -> [semaphore, users]
         self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
         self.closing: set[asyncio.Task] = set()
         self.opened = 0  # connections made (tests check reuse with it)
@@ -265,16 +267,18 @@ class _Pool:
                                   f"{err.strerror or err}") from None
 
     @asynccontextmanager
-    async def session(self, host: str, port: int, mode: str, relay: bool = False):
-        """A connected, greeted client (logged in when it is a ``relay`` route that the
-        credentials file has a login for); _Unreachable when none can be opened."""
-        key = (host, port, mode, relay)
-        slot = self.slots.setdefault(key, [asyncio.Semaphore(
+    async def session(self, host: str, port: int, mode: str, may_log_in: bool):
+        """A connected, greeted client (logged in when it ``may_log_in``, a route rather
+        than MX, and the credentials file has a login for it); _Unreachable when none can
+        be opened."""
+        key = (host, port, mode, may_log_in)
+        slot = self.slots.setdefault((host, port), [asyncio.Semaphore(
             self.config.destination_concurrency), 0])
         slot[1] += 1
         try:
             async with slot[0]:
-                smtp = await self._reuse(key) or await self._open(host, port, mode, relay)
+                smtp = await self._reuse(key) or \
+                    await self._open(host, port, mode, may_log_in)
                 try:
                     yield _Smtp(smtp)
                 except BaseException:
@@ -284,7 +288,7 @@ class _Pool:
         finally:
             slot[1] -= 1
             if not slot[1]:
-                del self.slots[key]
+                del self.slots[(host, port)]
 
     async def _reuse(self, key: tuple) -> aiosmtplib.SMTP | None:
         idle = self.idle[key]
@@ -300,9 +304,10 @@ class _Pool:
         self._forget(key)
         return None
 
-    async def _open(self, host: str, port: int, mode: str, relay: bool) -> aiosmtplib.SMTP:
+    async def _open(self, host: str, port: int, mode: str,
+                    may_log_in: bool) -> aiosmtplib.SMTP:
         """Connect, EHLO (else HELO), STARTTLS as ``mode`` says, and AUTH when this is a
-        ``relay`` route (never MX) and the credentials file has a login for it."""
+        route that ``may_log_in`` (never MX) and the credentials file has a login for."""
         config = self.config
         verify = mode in ("verify", "smtps-verify")
         smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
@@ -319,7 +324,7 @@ class _Pool:
                     await smtp.ehlo()
                 except SMTPHeloError:
                     await smtp.helo()
-            login = self.credentials.get(host, port) if relay else None
+            login = self.credentials.get(host, port) if may_log_in else None
             if login is not None:
                 await _log_in(smtp, verify, *login)
         except (SMTPException, OSError) as err:

@@ -83,7 +83,7 @@ def _url_route(kind: str, text: str) -> Route:
         raise ScriptError(f"a {kind}:// route takes no user or password (logins go in the "
                           "file [delivery] credentials names)")
     try:
-        pairs = parse_qsl(url.query, strict_parsing=bool(url.query))
+        pairs = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
         query, port, host = dict(pairs), url.port, url.hostname
     except ValueError as err:
         raise ScriptError(f"'{text}' is not a valid URL: {err}") from None
@@ -93,12 +93,11 @@ def _url_route(kind: str, text: str) -> Route:
         return Route("lmtp", path=_absolute(url.path, text))
     if not host or url.path not in ("", "/") or url.fragment:
         raise ScriptError(f"'{text}': expected {kind}://host[:port]")
-    tls = query.pop("tls", "opportunistic")
-    allowed = {"smtp": TLS_MODES, "smtps": ("opportunistic", "verify")}.get(kind, ())
-    if query or (tls != "opportunistic" and tls not in allowed):
+    allowed = {"smtp": TLS_MODES, "smtps": ("verify",)}.get(kind, ())
+    if query and query.get("tls") not in allowed or len(query) > 1:
         raise ScriptError(f"'{text}': the only option is tls=none|opportunistic|required|"
                           "verify (smtp://) or tls=verify (smtps://)")
-    return Route(kind, host, port or _PORTS[kind], tls)
+    return Route(kind, host, port or _PORTS[kind], query.get("tls", "opportunistic"))
 
 
 def _set(ctx, route: Route, rcpt) -> None:

@@ -180,10 +180,10 @@ def test_retries_stop_at_max_age(world):
 
 
 @pytest.mark.parametrize("warning, sender, warned", [
-    (100, SENDER, True), (0, SENDER, False), (100, "", False), (5000, SENDER, False)])
+    (100, SENDER, True), (0, SENDER, False), (100, "", False)])
 def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warned):
     """Attempts at +0, +60, +180, +330 s: the first past ``delay_warning`` warns (never
-    with 0, never to the null sender, never past max_age); no later one warns again."""
+    with 0, never to the null sender); no later one warns again."""
     spool, clock = Spool(tmp_path / "queue"), Clock()
     delivery = Delivery(spool, replace(FAST, delay_warning=warning), "mx.test",
                         ("example.test",), clock=clock)
@@ -215,6 +215,22 @@ def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warn
     assert {b["Status"] for b in blocks} == {"4.4.1"}
     assert all(b["Will-Retry-Until"] for b in blocks)
     assert "you need not send it again" in " ".join(dsn.get_payload()[0].get_payload().split())
+
+
+def test_an_expired_message_gets_its_failure_report_not_a_delay_warning(tmp_path):
+    spool, clock = Spool(tmp_path / "queue"), Clock()
+    delivery = Delivery(spool, replace(FAST, delay_warning=100), "mx.test",
+                        ("example.test",), clock=clock)
+
+    async def main():
+        await queue(spool, f"smtp://127.0.0.1:{free_port()}", received_at=clock.now - 1001)
+        await delivery.run_once()
+        await delivery.run_once()
+
+    asyncio.run(main())
+    (dsn,) = dsns(tmp_path)
+    assert dsn["Subject"] == "Undelivered Mail Returned to Sender"
+    assert [b["Action"] for b in report(dsn)[1:]] == ["failed"]
 
 
 def test_null_sender_never_gets_a_dsn(world):

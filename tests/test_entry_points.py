@@ -31,6 +31,16 @@ def load(limits: Limits = Limits()):
     return Engine(limits).load_source(SOURCE, "entry.vsl")
 
 
+def test_one_argument_plain_functions_have_entry_points():
+    """What every other test here relies on: the calls below go through e_<name>_1."""
+    script = load()
+    for name in ("straight", "three_ins", "spin", "calls", "down", "divide"):
+        assert script.function(name).__name__ == f"e_{name}_1"
+    assert script.function("two", 2).__name__ == "call"  # two arguments: the general path
+    closures = Engine().load_source("fn f(x) { [x].map(|v| v) }", "closures.vsl")
+    assert closures.function("f").__name__ == "call"  # closures need Engine.run
+
+
 def test_entry_points_return_what_the_function_returns():
     script = load()
     assert script.call("straight", ["x", "y"]) == "yes"

@@ -39,7 +39,7 @@ def constant_name(ns: str, name: str) -> str:
 
 
 def entry_fn_name(name: str, arity: int) -> str:
-    """The copy of a script function that Script.call() runs (see ModuleCompiler.entry)."""
+    """The entry point of a one-argument script function (see ModuleCompiler.entry)."""
     return f"e_{name}_{arity}"
 
 
@@ -79,12 +79,18 @@ def _located(nodes, pos: A.Loc):
     """Give every node without a position the script position ``pos``. A node that has
     one was located with everything below it, so the walk stops there: each node is
     visited about once however deep the code nests."""
-    line, col = pos
+    def place(node) -> bool:
+        """Give ``node`` the position if it has none; whether it had one."""
+        if getattr(node, "lineno", None) is not None:
+            return True
+        node.lineno, node.end_lineno = pos[0], pos[0]
+        node.col_offset, node.end_col_offset = pos[1] - 1, pos[1]
+        return False
+
     todo = list(nodes) if isinstance(nodes, list) else [nodes]
     for node in todo:
-        if "lineno" in node._attributes and getattr(node, "lineno", None) is None:
-            node.lineno, node.end_lineno = line, line
-            node.col_offset, node.end_col_offset = col - 1, col
+        if "lineno" in node._attributes:
+            place(node)
     while todo:
         node = todo.pop()
         for field in node._fields:
@@ -93,10 +99,8 @@ def _located(nodes, pos: A.Loc):
                 if not isinstance(child, py.AST):
                     continue
                 if "lineno" in child._attributes:
-                    if getattr(child, "lineno", None) is not None:
+                    if place(child):
                         continue  # located, with everything below it
-                    child.lineno, child.end_lineno = line, line
-                    child.col_offset, child.end_col_offset = col - 1, col
                 elif not child._fields:
                     continue  # Load, Add, ...: nothing below
                 todo.append(child)
@@ -436,17 +440,16 @@ class _Fn:
         return _name(self.mc.res.names[(id(e), "ref")])
 
     def e_NsVar(self, e: A.NsVar) -> py.expr:
-        """A constant is also a Python global. One of this module may be read before the
-        top level sets it, unless the top level defines every constant first: it is then
-        ``_UNDEF`` until set, ``g_X if g_X is not _UNDEF else _gget(_G, 'X')`` (the helper
-        reports the error). An imported module's constants are all set."""
-        table = "_G" if e.ns == "global" else f"mc_{e.ns}"
+        """A constant is also a Python global, read as it is when the top level defines
+        every constant before any code can run (and for an imported module, whose
+        constants are all set). Otherwise it is ``_UNDEF`` until set, and read as
+        ``g_X if g_X is not _UNDEF else _gget(_G, 'X')`` (the helper reports the error)."""
         name = constant_name(e.ns, e.name)
         self.mc.constant_refs[name] = (e.ns, e.name)
         if e.ns != "global" or self.mc.res.constants_first:
             return _name(name)
         return py.IfExp(py.Compare(_name(name), [py.IsNot()], [_name("_UNDEF")]), _name(name),
-                        _call("_gget", _name(table), _const(e.name)))
+                        _call("_gget", _name("_G"), _const(e.name)))
 
     def e_Unary(self, e: A.Unary) -> py.expr:
         operand = self.expr(e.operand)
@@ -981,25 +984,27 @@ class ModuleCompiler:
         return _located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
-    def entry(self, fdef: py.FunctionDef, name: str, param: str, uses: set) -> py.FunctionDef:
-        """Script.call()'s entry point for a one-argument function: ``e_f_1(arg)`` runs the
-        body at depth 0 and turns any error into a located VslError.
+    def entry(self, fdef: py.FunctionDef, name: str, param: str) -> py.FunctionDef:
+        """The entry point of a one-argument function (Script.call, call_async and
+        function run it): ``e_f_1(arg)`` runs the body at depth 0 and turns any error into
+        a located VslError.
 
-        A body that counts operations (it loops or calls) takes a budget from the engine's
-        pool when it starts and gives it back at the end. Any other body runs without one,
-        making a budget only on a slow path that needs it (``_t`` is then ``None`` until
-        ``(_t if _t is not None else (_t := _fresh()))`` sets it)."""
+        A body that counts operations or calls a script function (which counts them) takes
+        a budget from the engine's pool when it starts and gives it back at the end. Any
+        other body runs without one, making a budget only on a slow path that needs it
+        (``_t`` is then ``None`` until ``(_t if _t is not None else (_t := _fresh()))``
+        sets it). ``self.uses`` says which (see _Fn.budget and _Fn.tick)."""
         body = fdef.body[_PROLOGUE:]  # shared with fdef: compile() does not change nodes
-        head, final = [], []
+        uses, head, final = self.uses, [], []
         if "depth" in uses:
             head.append(_assign("_d", _const(0)))
-        if "tick" in uses:
+        if "tick" in uses or "depth" in uses:
             head.append(_assign("_t", _call("_take")))
             final.append(py.Expr(_call("_give", _name("_t"))))
         elif "budget" in uses:
             head.append(_assign("_t", _const(None)))
             body = [_with_lazy_budget(s) for s in body]
-        handler = py.ExceptHandler(_name("_AnyError"), "_err", [
+        handler = py.ExceptHandler(_name("_BaseException"), "_err", [
             py.Raise(_call("_locate", _name("_err")), _const(None))])
         run = py.Try(body, [handler], [], final)
         args = py.arguments([], [py.arg(param)], None, [], [], None, [])
@@ -1019,7 +1024,7 @@ class ModuleCompiler:
             if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
                     not self.res.has_closures:  # (closures need Engine.run's context)
                 self.code_names[entry_fn_name(*key)] = f.name
-                defs.append(self.entry(fdef, entry_fn_name(*key), params[0], self.uses))
+                defs.append(self.entry(fdef, entry_fn_name(*key), params[0]))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
         return py.Module(defs, [])  # every node has its position (see _located)

@@ -10,7 +10,6 @@ SMTP sessions. Every error leaves the engine as a :class:`VslError`.
 """
 from __future__ import annotations
 
-import ast
 import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,8 +47,9 @@ class ExecState:
     first chunk is the whole budget: :meth:`slow` then only runs when it is spent.
 
     Every call has its own state while it runs (never shared, so concurrent and nested
-    calls cannot spend each other's budget). The compiled entry points Script.call runs
-    take one from the engine's pool and refill it, cheaper than a new one (see _budgets).
+    calls cannot spend each other's budget). A compiled entry point whose body loops or
+    calls takes one from the engine's pool and refills it, cheaper than a new one (see
+    _budgets and ModuleCompiler.entry).
     """
 
     __slots__ = ("n", "left", "deadline", "size", "mark")
@@ -238,19 +238,11 @@ class Script:
         return fn(arg)
 
 
-def _python_code(tree: ast.Module, file: str):
-    """Compile the generated tree. Every node has a position; should one ever lack it,
-    it takes its parent's rather than failing the load."""
-    try:
-        return compile(tree, file, "exec")
-    except TypeError:  # 'required field "lineno" missing'
-        return compile(ast.fix_missing_locations(tree), file, "exec")
-
-
 def _budgets(State: type[ExecState]):
     """``take()``, ``give(state)`` and ``fresh()`` for the compiled entry points: a refilled
     budget from a pool (``list.pop`` is atomic: a budget is never shared by two calls),
-    its return, and a new one. Each has already counted the call's own operation."""
+    its return, and a new one. A budget from take() or fresh() has already counted the
+    call's own operation."""
     pool: list[ExecState] = []
     pop, give = pool.pop, pool.append
     entry_n, rest, first_size = State.first - 1, State.rest, ExecState.FIRST
@@ -373,7 +365,7 @@ class Engine:
                                   self.limits.max_string_size)
         try:
             with gc_paused():
-                code = _python_code(compiler.compile(), file)
+                code = compile(compiler.compile(), file, "exec")
         except (SyntaxError, ValueError, TypeError, RecursionError) as err:
             raise InternalError(f"{file}: cannot compile script: {err}") from None
         self._sources[file] = (source, compiler.code_names)
@@ -435,7 +427,7 @@ class Engine:
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
             "_state": self.current_state, "_take": self._take, "_give": self._give,
-            "_fresh": self._fresh, "_locate": self.locate, "_AnyError": BaseException,
+            "_fresh": self._fresh, "_locate": self.locate, "_BaseException": BaseException,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
             "tuple": tuple, "_FMAP": values.FrozenMap,
@@ -444,7 +436,6 @@ class Engine:
         for (ns, name), native in natives.items():
             env[native_name(ns, name)] = native.func
         for alias, script in imports.items():
-            env[f"mc_{alias}"] = script.constants
             for (name, arity), fn in script.functions.items():
                 env[module_fn_name(alias, name, arity)] = fn
         return env
