@@ -59,6 +59,11 @@ def _call(fn: str | py.expr, *args: py.expr) -> py.Call:
     return py.Call(func, list(args), [])
 
 
+def _dict_get(obj: py.expr, *args: py.expr) -> py.Call:
+    """``obj.get(*args)``: generated only where ``obj`` is known to be a dict."""
+    return _call(py.Attribute(obj, "get", py.Load()), *args)
+
+
 def _const(v) -> py.Constant:
     return py.Constant(v)
 
@@ -645,7 +650,7 @@ class _Fn:
 
     def e_Prop(self, e: A.Prop) -> py.expr:
         if self.constant_map(e.obj) is not None:
-            return _call(py.Attribute(self.expr(e.obj), "get", py.Load()), _const(e.name))
+            return _dict_get(self.expr(e.obj), _const(e.name))
         return self.map_get(self.expr(e.obj), e.name, "_getprop", isinstance(e.obj, A.NsVar))
 
     def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
@@ -654,10 +659,10 @@ class _Fn:
         the function starts (``_k0 = v_ctx.__class__ is dict``)."""
         flag = self.mc.param_flag(obj, "dict")
         if flag is not None:
-            get = _call(py.Attribute(_name(obj.id), "get", py.Load()), _const(key))
+            get = _dict_get(_name(obj.id), _const(key))
             return py.IfExp(flag, get, _call(helper, _name(obj.id), _const(key)))
         w = self.mc.tmp("_w")
-        get = _call(py.Attribute(_name(w), "get", py.Load()), _const(key))
+        get = _dict_get(_name(w), _const(key))
         return py.IfExp(_is_type(_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
                         _call(helper, _name(w), _const(key)))
 
@@ -671,9 +676,9 @@ class _Fn:
         string key; the helper reports the error for any other key."""
         obj, index = self.seq([e.obj, e.index])
         if isinstance(index, py.Constant) and type(index.value) is str:
-            return _call(py.Attribute(obj, "get", py.Load()), index, *default)
+            return _dict_get(obj, index, *default)
         i = self.mc.tmp("_w")
-        get = _call(py.Attribute(obj, "get", py.Load()), _name(i), *default)
+        get = _dict_get(obj, _name(i), *default)
         return py.IfExp(_is_type(_walrus(i, index), "str"), get, _call("_idx", obj, _name(i)))
 
     def e_Index(self, e: A.Index) -> py.expr:
@@ -694,7 +699,7 @@ class _Fn:
             _is_type(_name(i), "int"),
             py.Compare(py.UnaryOp(py.USub(), size), [py.LtE(), py.Lt()],
                        [_name(i), copy.deepcopy(size)])])
-        get = _call(py.Attribute(_name(o), "get", py.Load()), _name(i))
+        get = _dict_get(_name(o), _name(i))
         item = py.Subscript(_name(o), _name(i), py.Load())
         return py.IfExp(in_map, get, py.IfExp(in_seq, item, _call("_idx", _name(o), _name(i))))
 

@@ -179,10 +179,10 @@ class Script:
         """Whether the script defines ``name`` with ``arity`` parameters."""
         return (name, arity) in self.functions
 
-    def _fn(self, name: str, args: tuple):
-        fn = self.functions.get((name, len(args)))
+    def _fn(self, name: str, arity: int):
+        fn = self.functions.get((name, arity))
         if fn is None:
-            raise VslError(f"{self.file}: no function '{name}' with {len(args)} parameter(s)")
+            raise VslError(f"{self.file}: no function '{name}' with {arity} parameter(s)")
         return fn
 
     def call(self, name: str, arg=_NO_ARG, *more):
@@ -194,8 +194,7 @@ class Script:
             fn = self._entries.get(name)
             if fn is not None:
                 return fn(arg)
-            return self._call(name, (arg,))
-        return self._call(name, () if arg is _NO_ARG else (arg, *more))
+        return self._call(name, _args(arg, more))
 
     def function(self, name: str, arity: int = 1):
         """The script function ``name`` with ``arity`` parameters as a Python callable of
@@ -204,8 +203,7 @@ class Script:
         function is its compiled entry point, with nothing in between. A missing function
         is a VslError here; a call with another number of arguments is a TypeError, as
         for any Python function."""
-        if (name, arity) not in self.functions:
-            raise VslError(f"{self.file}: no function '{name}' with {arity} parameter(s)")
+        self._fn(name, arity)  # (it exists)
         entry = self._entries.get(name) if arity == 1 else None
         if entry is not None:
             return entry
@@ -220,7 +218,7 @@ class Script:
         fn = self._direct.get((name, len(args)))
         if fn is not None:
             return self.engine.run(fn, args, False, False)
-        return self.engine.run(self._fn(name, args), args,
+        return self.engine.run(self._fn(name, len(args)), args,
                                (name, len(args)) in self.async_functions, self.uses_closures)
 
     async def call_async(self, name: str, arg=_NO_ARG, *more):
@@ -228,8 +226,8 @@ class Script:
         ``await call_async(name, *args)``."""
         fn = self._entries.get(name)
         if fn is None or more or arg is _NO_ARG:
-            args = () if arg is _NO_ARG else (arg, *more)
-            fn = self._fn(name, args)
+            args = _args(arg, more)
+            fn = self._fn(name, len(args))
             return await self.engine.run_async(fn, args,
                                                (name, len(args)) in self.async_functions,
                                                self.uses_closures)
@@ -267,6 +265,11 @@ def _budgets(State: type[ExecState]):
         return st
 
     return take, give, fresh
+
+
+def _args(arg, more: tuple) -> tuple:
+    """The arguments of ``call(name, arg, *more)`` as one tuple."""
+    return () if arg is _NO_ARG else (arg, *more)
 
 
 async def _within_deadline(coro, state: ExecState):

@@ -34,11 +34,15 @@ def literal_value(e):
     return NOT_LITERAL
 
 
+def _is_const(stmt) -> bool:
+    return isinstance(stmt, ast.Let) and stmt.const
+
+
 def literal_constants(module: ast.Module) -> dict:
     """Top-level constants declared once, with a literal value: name -> value."""
-    decls = Counter(s.name for s in module.body if isinstance(s, ast.Let) and s.const)
+    decls = Counter(s.name for s in module.body if _is_const(s))
     found = {s.name: literal_value(s.value) for s in module.body
-             if isinstance(s, ast.Let) and s.const and decls[s.name] == 1}
+             if _is_const(s) and decls[s.name] == 1}
     return {name: value for name, value in found.items() if value is not NOT_LITERAL}
 
 
@@ -61,7 +65,7 @@ def constants_first(module: ast.Module) -> bool:
     imports and lets that call nothing come before its last constant. Code can then read
     ``global::X`` without checking that it is defined yet."""
     body = module.body
-    last = max((i for i, s in enumerate(body) if isinstance(s, ast.Let) and s.const),
+    last = max((i for i, s in enumerate(body) if _is_const(s)),
                default=-1)
     return all(isinstance(s, ast.Import) or (isinstance(s, ast.Let) and _runs_no_code(s.value))
                for s in body[:last + 1])
