@@ -161,3 +161,12 @@ def test_in_a_constant_map_not_defined_yet_is_an_error_for_any_needle(name, need
 def test_in_a_constant_map_read_before_the_top_level_defines_it(source):
     with pytest.raises(ScriptError, match="constant 'M' is not defined yet"):
         Engine().load_source(source, "early.vsl")
+
+
+def test_no_entry_points_when_an_imported_module_makes_closures(tmp_path):
+    (tmp_path / "helpers.vsl").write_text("fn doubled(a) { a.map(|x| x * 2) }\n")
+    (tmp_path / "main.vsl").write_text('import "helpers" as h;\nfn f(a) { h::doubled(a) }\n')
+    script = Engine().load(tmp_path / "main.vsl")
+    assert script.call("f", [1, 2]) == [2, 4]
+    assert script.function("f").__name__ == "call"
+    assert not any(name.startswith("e_") for name in script._env)  # none compiled either

@@ -1018,6 +1018,7 @@ class ModuleCompiler:
 
     def compile(self) -> py.Module:
         defs = []
+        closures = self.res.has_closures or any(i.uses_closures for i in self.imports.values())
         for f in self.module.functions:
             key = (f.name, len(f.params))
             name = script_fn_name(*key)
@@ -1027,7 +1028,7 @@ class ModuleCompiler:
                                  f.pos)
             defs.append(fdef)
             if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
-                    not self.res.has_closures:  # (closures need Engine.run's context)
+                    not closures:  # (closures need Engine.run's context)
                 self.code_names[entry_fn_name(*key)] = f.name
                 defs.append(self.entry(fdef, entry_fn_name(*key), params[0]))
         top = A.Block((1, 1), self.module.body)

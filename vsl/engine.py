@@ -173,7 +173,7 @@ class Script:
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
-                          frozenset(self.constants))
+                          frozenset(self.constants), self.uses_closures)
 
     def has(self, name: str, arity: int = 1) -> bool:
         """Whether the script defines ``name`` with ``arity`` parameters."""

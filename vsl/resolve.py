@@ -40,6 +40,7 @@ class ModuleInfo:
     functions: frozenset  # of (name, arity)
     async_functions: frozenset
     constants: frozenset
+    uses_closures: bool = False  # it or a module it imports makes closures
 
 
 # Call targets recorded per call node.
