@@ -245,7 +245,7 @@ class Delivery:
         if deferred:
             if self._delay_warning_due(envelope, now):
                 await self._queue_dsn(entry, deferred, data,
-                                   retry_until=envelope["received_at"] + self.config.max_age)
+                                      retry_until=envelope["received_at"] + self.config.max_age)
                 envelope["delay_warned_at"] = now  # made durable by _defer
             await self._defer(entry, now)
         elif any(r["status"] == "failed" for r in recipients):
@@ -271,7 +271,7 @@ class Delivery:
                     now - envelope["received_at"] >= wait)
 
     async def _queue_dsn(self, entry: Entry, recipients: list[dict], data: bytes,
-                      retry_until: float | None = None) -> None:
+                         retry_until: float | None = None) -> None:
         """Queue the DSN for failed ``recipients`` (durably, before the caller marks them
         bounced), or with ``retry_until`` the warning that they are delayed."""
         sender = Mailbox.parse(entry.envelope["sender"])

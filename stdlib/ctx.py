@@ -70,7 +70,7 @@ def _during(stages: tuple[Stage, Stage]):
 
         @functools.wraps(fn)
         def checked(self, *args):
-            self._check_stage(label, stages)
+            self._check_stage(stages, label)
             return fn(self, *args)
         return method()(checked)
     return mark
@@ -141,7 +141,7 @@ class Context(NativeObject):
     def set_route(self, route: str, rcpt=None) -> None:
         """transport::: route ``rcpt``; without one, ctx.rcpt in on_rcpt_to, else every
         recipient (forgetting earlier per-recipient routes). The last call wins."""
-        self._check_stage("transport::", _TRANSACTION)
+        self._check_stage(_TRANSACTION, "transport::")
         if rcpt is None and self.stage == Stage.RCPT_TO:
             rcpt = self.rcpt
         if rcpt is None:
@@ -164,17 +164,18 @@ class Context(NativeObject):
         stages = _PROPS.get(name)
         if stages is None:
             return super().vsl_get(name)
-        if not stages[0] <= self.stage <= stages[1]:
-            self._check_stage(f"ctx.{name}", stages)  # raises
+        self._check_stage(stages, "ctx.", name)
         value = getattr(self, name)
         return tuple(value) if type(value) is list else value  # scripts cannot push into it
 
-    def _check_stage(self, what: str, stages: tuple[Stage, Stage]) -> None:
+    def _check_stage(self, stages: tuple[Stage, Stage], what: str, name: str = "") -> None:
+        """A ScriptError naming ``what`` + ``name`` unless the current stage is within
+        ``stages`` (the text is only built then: property reads call this every time)."""
         first, last = stages
         if self.stage < first:
-            raise ScriptError(f"{what} is not available before {first.function}")
+            raise ScriptError(f"{what}{name} is not available before {first.function}")
         if self.stage > last:
-            raise ScriptError(f"{what} is not available after {last.function}")
+            raise ScriptError(f"{what}{name} is not available after {last.function}")
 
     def _message(self) -> Message:
         if self.message is None:

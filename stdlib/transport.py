@@ -33,6 +33,7 @@ namespace = Namespace("transport", "Delivery routes")
 
 TLS_MODES = ("none", "opportunistic", "required", "verify")
 _PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
+_TLS_OPTIONS = {"smtp": TLS_MODES, "smtps": ("verify",)}  # what tls= may say, by scheme
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,11 @@ def _url_route(kind: str, text: str) -> Route:
         return Route("lmtp", path=_absolute(url.path, text))
     if not host or url.path not in ("", "/") or url.fragment:
         raise ScriptError(f"'{text}': expected {kind}://host[:port]")
-    allowed = {"smtp": TLS_MODES, "smtps": ("verify",)}.get(kind, ())
-    if query and query.get("tls") not in allowed or len(query) > 1:
+    tls = query.pop("tls", None)  # None: not given (opportunistic)
+    if query or (tls is not None and tls not in _TLS_OPTIONS.get(kind, ())):
         raise ScriptError(f"'{text}': the only option is tls=none|opportunistic|required|"
                           "verify (smtp://) or tls=verify (smtps://)")
-    return Route(kind, host, port or _PORTS[kind], query.get("tls", "opportunistic"))
+    return Route(kind, host, port or _PORTS[kind], tls or "opportunistic")
 
 
 def _set(ctx, route: Route, rcpt) -> None:

@@ -65,8 +65,7 @@ def constants_first(module: ast.Module) -> bool:
     imports and lets that call nothing come before its last constant. Code can then read
     ``global::X`` without checking that it is defined yet."""
     body = module.body
-    last = max((i for i, s in enumerate(body) if _is_const(s)),
-               default=-1)
+    last = max((i for i, s in enumerate(body) if _is_const(s)), default=-1)
     return all(isinstance(s, ast.Import) or (isinstance(s, ast.Let) and _runs_no_code(s.value))
                for s in body[:last + 1])
 
