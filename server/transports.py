@@ -33,10 +33,10 @@ from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
 from stdlib import dns as dns_natives
 from stdlib.transport import Route
+from vsl.errors import ScriptError
 
 from .config import ConfigError
 from .credentials import RelayCredentials
-from vsl.errors import ScriptError
 
 if TYPE_CHECKING:
     from stdlib.dns import Resolver
@@ -75,6 +75,20 @@ def _detail(err: BaseException | str) -> str:
     return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """What an SMTP session is, beyond its host:port: TLS from the start (smtps), the
+    route's ``tls=`` mode, and whether it may log in (a route; MX delivery never does)."""
+
+    implicit_tls: bool = False
+    tls: str = "opportunistic"
+    may_log_in: bool = False
+
+
+_MX = _Kind()  # opportunistic STARTTLS, no login
+_STARTTLS = {"none": False, "opportunistic": None, "required": True, "verify": True}
+
+
 class _Unreachable(Exception):
     """No session could be opened (connection, greeting, EHLO, TLS, AUTH): try the next
     host. Deferred, like Postfix, whatever the server said."""
@@ -109,20 +123,18 @@ class Transports:
             return await self._lmtp(route, sender, recipients, data)
         if route.kind == "mx":
             return await self._mx(sender, recipients, data)
-        mode = ("smtps-verify" if route.tls == "verify" else "smtps") \
-            if route.kind == "smtps" else route.tls
+        kind = _Kind(route.kind == "smtps", route.tls, may_log_in=True)
         try:
-            return await self._smtp(route.host, route.port, mode, route.host, sender,
-                                    recipients, data, may_log_in=True)
+            return await self._smtp(route.host, route.port, kind, route.host, sender,
+                                    recipients, data)
         except _Unreachable as err:
             return dict.fromkeys(recipients, err.outcome)
 
     async def close(self) -> None:
         await self.pool.close()
 
-    async def _smtp(self, host, port, mode, remote, sender, recipients, data,
-                    may_log_in=False):
-        async with self.pool.session(host, port, mode, may_log_in) as client:
+    async def _smtp(self, host, port, kind, remote, sender, recipients, data):
+        async with self.pool.session(host, port, kind) as client:
             return await _transaction(client, sender, recipients, data, remote)
 
     # -- MX ------------------------------------------------------------------------------
@@ -145,8 +157,8 @@ class Transports:
                 continue
             for address in addresses:
                 try:
-                    return await self._smtp(address, self.config.mx_port, "opportunistic",
-                                            name, sender, recipients, data)
+                    return await self._smtp(address, self.config.mx_port, _MX, name, sender,
+                                            recipients, data)
                 except _Unreachable as err:
                     last = err.outcome
         return dict.fromkeys(recipients, last or Outcome(
@@ -245,8 +257,8 @@ class _Smtp:
 
 class _Pool:
     """SMTP connections: at most ``destination_concurrency`` at once to one host:port,
-    kept ``idle_timeout`` seconds for reuse by a session of the same kind (host, port, TLS
-    mode, and whether it may log in)."""
+    kept ``idle_timeout`` seconds for reuse by a session to the same host:port of the same
+    :class:`_Kind`."""
 
     def __init__(self, config: "DeliveryConfig", hostname: str,
                  credentials: RelayCredentials):
@@ -267,18 +279,17 @@ class _Pool:
                                   f"{err.strerror or err}") from None
 
     @asynccontextmanager
-    async def session(self, host: str, port: int, mode: str, may_log_in: bool):
-        """A connected, greeted client (logged in when it ``may_log_in``, a route rather
-        than MX, and the credentials file has a login for it); _Unreachable when none can
-        be opened."""
-        key = (host, port, mode, may_log_in)
+    async def session(self, host: str, port: int, kind: "_Kind"):
+        """A connected, greeted client (logged in when the ``kind`` may, and the
+        credentials file has a login for host:port); _Unreachable when none can be
+        opened."""
+        key = (host, port, kind)
         slot = self.slots.setdefault((host, port), [asyncio.Semaphore(
             self.config.destination_concurrency), 0])
         slot[1] += 1
         try:
             async with slot[0]:
-                smtp = await self._reuse(key) or \
-                    await self._open(host, port, mode, may_log_in)
+                smtp = await self._reuse(key) or await self._open(host, port, kind)
                 try:
                     yield _Smtp(smtp)
                 except BaseException:
@@ -304,17 +315,14 @@ class _Pool:
         self._forget(key)
         return None
 
-    async def _open(self, host: str, port: int, mode: str,
-                    may_log_in: bool) -> aiosmtplib.SMTP:
-        """Connect, EHLO (else HELO), STARTTLS as ``mode`` says, and AUTH when this is a
-        route that ``may_log_in`` (never MX) and the credentials file has a login for."""
+    async def _open(self, host: str, port: int, kind: "_Kind") -> aiosmtplib.SMTP:
+        """Connect (with TLS for smtps), EHLO (else HELO), STARTTLS as ``kind.tls`` says,
+        and AUTH when the ``kind`` may and the credentials file has a login."""
         config = self.config
-        verify = mode in ("verify", "smtps-verify")
+        verify = kind.tls == "verify"
         smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
-                               timeout=config.command_timeout,
-                               use_tls=mode.startswith("smtps"),
-                               start_tls={"none": False, "required": True,
-                                          "verify": True}.get(mode),
+                               timeout=config.command_timeout, use_tls=kind.implicit_tls,
+                               start_tls=None if kind.implicit_tls else _STARTTLS[kind.tls],
                                tls_context=self.verifying if verify else self.tls)
         try:
             await smtp.connect(timeout=config.connect_timeout)
@@ -324,7 +332,7 @@ class _Pool:
                     await smtp.ehlo()
                 except SMTPHeloError:
                     await smtp.helo()
-            login = self.credentials.get(host, port) if may_log_in else None
+            login = self.credentials.get(host, port) if kind.may_log_in else None
             if login is not None:
                 await _log_in(smtp, verify, *login)
         except (SMTPException, OSError) as err:
