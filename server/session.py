@@ -106,7 +106,12 @@ class Protocol(FastSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if await self.event_handler.connect():
+        try:
+            admitted = await self.event_handler.connect()
+        except Exception as error:  # noqa: BLE001 - as aiosmtpd treats a failing command
+            self.hang_up((await self.event_handler.handle_exception(error)).encode())
+            return
+        if admitted:
             self.greeting = self.greeting or f"220 {self.hostname} {self.__ident__}".encode()
             await super()._handle_client()
 

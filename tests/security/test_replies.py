@@ -90,3 +90,17 @@ def test_an_unexpected_exception_answers_a_fixed_421_and_logs_the_details(tmp_pa
             assert raw.closed(2), "421 closes the connection"
         assert all_messages(server) == []
     assert "secret detail" in caplog.text and "RuntimeError" in caplog.text
+
+
+def test_an_exception_before_the_greeting_answers_421(tmp_path, caplog):
+    with running(config_for(tmp_path)) as server:
+        class Broken:
+            def has(self, name, arity=1):
+                if name == "on_connect":
+                    raise RuntimeError(f"secret detail {server.spool.root}")
+                return False
+        server.policy.script = Broken()
+        with Raw(server) as raw:
+            assert raw.greeting == (421, b"4.3.0 Error: internal error")
+            assert raw.closed(2)
+    assert "secret detail" in caplog.text
