@@ -48,7 +48,8 @@ INTERNAL_ERROR = "421 4.3.0 Error: internal error"
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 NO_STORAGE = "452 4.3.1 Insufficient system storage"
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_REFUSAL_CODE = re.compile(r"^([45])\d\d", re.M)
+_REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
+_GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
 
 
 def enhance(reply: bytes) -> bytes:
@@ -211,11 +212,11 @@ class Session:
             return False
         status = await self.stages.run(self.ctx, Stage.CONNECT)
         if status.kind == "deny":
-            reply = self._reject("CONNECT", refusal_greeting(status.reply), Stage.CONNECT)
+            reply = self._reject("CONNECT", as_greeting(status.reply), Stage.CONNECT)
             protocol.hang_up(reply.encode("utf-8", "surrogateescape"))
             return False
         if status.kind in ("accept", "faccept") and status.reply:
-            protocol.greeting = status.reply.encode("utf-8", "surrogateescape")
+            protocol.greeting = as_greeting(status.reply).encode("utf-8", "surrogateescape")
         return True
 
     # -- HELO / EHLO ---------------------------------------------------------------
@@ -333,10 +334,9 @@ class Session:
         return status.reply or "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        refusal = self._bad_recipient(envelope, address)
-        if isinstance(refusal, str):
-            return self._reject("RCPT", refusal, to=address)
-        rcpt = refusal
+        rcpt = self._recipient(envelope, address)
+        if isinstance(rcpt, str):
+            return self._reject("RCPT", rcpt, to=address)
         self.ctx.add_recipient(rcpt)
         status = await self.stages.run(self.ctx, Stage.RCPT_TO)
         decided_by = Stage.RCPT_TO
@@ -349,7 +349,7 @@ class Session:
         envelope.rcpt_options.extend(rcpt_options)
         return status.reply or "250 2.1.5 Recipient ok"
 
-    def _bad_recipient(self, envelope, address: str) -> Mailbox | str:
+    def _recipient(self, envelope, address: str) -> Mailbox | str:
         """The recipient of a RCPT TO, or the reply refusing it before any policy."""
         if len(envelope.rcpt_tos) >= self.server.config.limits.recipients:
             return "452 4.5.3 Too many recipients"
@@ -444,10 +444,10 @@ class Session:
         }
 
 
-def refusal_greeting(reply: str) -> str:
-    """A refused connection's reply: before the session only 421 (temporary) and 554
-    (permanent) are allowed (RFC 5321 §3.1, §4.2), whatever code the policy gave."""
-    return _REFUSAL_CODE.sub(lambda code: "421" if code[1] == "4" else "554", reply)
+def as_greeting(reply: str) -> str:
+    """A policy's reply made a greeting: 220, 421 (temporary refusal) or 554 (permanent),
+    the only codes RFC 5321 (§3.1, §4.2) allows there, whatever code the policy gave."""
+    return _REPLY_CODE.sub(lambda code: _GREETING_CODES[code[1]], reply)
 
 
 def not_queued_reply(error: Exception) -> str:

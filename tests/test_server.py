@@ -9,6 +9,7 @@ import pytest
 
 from server.queue import Spool
 from tests.support.servers import config_for, running
+from tests.support.smtp_tools import Raw
 
 
 def client(server) -> smtplib.SMTP:
@@ -159,6 +160,13 @@ def test_a_refused_greeting_is_421_or_554(tmp_path, policy, greeting):
         with pytest.raises(smtplib.SMTPConnectError) as err:
             client(server)
         assert (err.value.smtp_code, err.value.smtp_error) == greeting
+
+
+def test_an_accepted_greeting_is_220(tmp_path):
+    with running(config_for(tmp_path, 'fn on_connect(ctx) { status::accept("250 hello") }')) \
+            as server:
+        with Raw(server) as raw:
+            assert raw.greeting == (220, b"hello")
 
 
 def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplog):
