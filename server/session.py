@@ -64,6 +64,16 @@ def enhance(reply: bytes) -> bytes:
     return code + sep + enhanced + (b" " + text if text else b"")
 
 
+def wire(reply: bytes, raw: bool) -> bytes:
+    """A reply as sent: lines ending with CRLF, continuation marks on all but the last,
+    and (unless ``raw``) enhanced status codes."""
+    lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
+    if len(lines) > 1:
+        lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
+                 if line[:3].isdigit() else line for i, line in enumerate(lines)]
+    return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
+
+
 def _bound_replies(transport) -> None:
     """Keep little of a client's unread replies buffered: one that pipelines commands but
     never reads stalls soon, so the command timeout can drop it."""
@@ -124,12 +134,7 @@ class Protocol(FastSMTP):
         raw = self.in_helo
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
-        lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
-        if len(lines) > 1:
-            lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
-                     if line[:3].isdigit() else line for i, line in enumerate(lines)]
-        self._writer.write(b"".join((line if raw else enhance(line)) + b"\r\n"
-                                    for line in lines))
+        self._writer.write(wire(reply, raw))
         mail_log.debug("%r << %r", self.session.peer, reply)
         await self._writer.drain()
         if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
@@ -146,7 +151,7 @@ class Protocol(FastSMTP):
         """Say a last reply and close, without waiting on a client that does not read."""
         if self.transport is None:
             return
-        self.transport.write(reply + b"\r\n")
+        self.transport.write(wire(reply, raw=True))
         self.transport.abort()
 
     def _timeout_cb(self) -> None:
