@@ -190,12 +190,15 @@ def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplo
 
 def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
     policy = ('fn on_helo(ctx) {\n    if ctx.helo == "bad.test" { return status::deny('
-              '"550 5.7.1 go away"); }\n    status::next()\n}\n')
+              '"550 5.7.1 go away"); }\n    status::next()\n}\n'
+              'fn on_mail_from(ctx) { if ctx.sender.local_part == "fail" { throw "no"; } '
+              'status::next() }\n')
     caplog.set_level("INFO")
     with running(config_for(tmp_path, policy)) as server:
         with client(server) as smtp:
             assert smtp.helo("bad.test")[0] == 550
             smtp.ehlo("good.test")
+            assert smtp.mail("fail@example.org")[0] == 451
             smtp.mail("a@example.org")
             assert smtp.rcpt("victim@elsewhere.test")[0] == 554
         script = server.policy.script.file
@@ -203,6 +206,9 @@ def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
     assert rejects == [
         f"NOQUEUE: reject: HELO from unknown[127.0.0.1]: 550 5.7.1 go away; proto=SMTP "
         f"helo=<bad.test> decided_by=on_helo@{script}:1:4",
+        "NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 451 4.3.0 Temporary local problem, "
+        "try again later; from=<fail@example.org> proto=ESMTP helo=<good.test> "
+        "decided_by=fallback_reply@on_mail_from",
         "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 554 5.7.1 Relay access denied; "
         "from=<a@example.org> to=<victim@elsewhere.test> proto=ESMTP helo=<good.test> "
         "decided_by=server"]
