@@ -21,7 +21,7 @@ from .config import Config, Listener
 from .delivery import Delivery
 from .passwords import UsersFile
 from .policy import Policy
-from .queue import Spool
+from .queue import QueueError, Spool
 from .session import Protocol
 
 log = logging.getLogger("vsl.server")
@@ -71,6 +71,9 @@ class Server:
                                        config.dns.timeout, forced=forced_dns)
         self.engine = engine or Engine(limits=config.script_limits)
         self.policy = Policy(self.engine, config.scripts)
+        if config.scripts is not None and self.policy.script is None:
+            log.warning("%s: no main.vsl, serving with the built-in rules only",
+                        config.scripts)
         self.spool = Spool(config.queue_dir)
         self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
         self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
@@ -116,9 +119,19 @@ class Server:
     async def queued(self, msg_id: str, queue: str, ctx: Context, runner,
                      data: bytes) -> None:
         """After a message is on disk (``data``: its bytes there): on_post_queue decides
-        where it goes next."""
+        where it goes next. The message is kept whatever fails here (the client gets its
+        250): a spool that cannot route it holds it for an operator."""
         if queue != "working":
             return
+        try:
+            await self._post_queue(msg_id, queue, ctx, runner, data)
+        except (QueueError, OSError) as err:
+            log.error("%s: accepted but not routed (%s): moving it to hold", msg_id, err)
+            await self._hold(msg_id, queue)
+
+    async def _post_queue(self, msg_id: str, queue: str, ctx: Context, runner,
+                          data: bytes) -> None:
+        """Run on_post_queue and move the message where it decided."""
         status = await runner.run(ctx, Stage.POST_QUEUE)
         if runner.failed:
             target = "hold"  # accepted, but the policy could not route it: an operator looks
@@ -129,6 +142,15 @@ class Server:
         if target == "deliver":
             await self.delivery.reroute(msg_id, queue, ctx, data)
         await self.spool.move(msg_id, target, queue)
+
+    async def _hold(self, msg_id: str, queue: str) -> None:
+        """Put a message in hold; if even that fails, it stays where it is until the next
+        start moves it to hold (hold_unacknowledged)."""
+        try:
+            await self.spool.move(msg_id, "hold", queue)
+        except (QueueError, OSError) as err:
+            log.error("%s: cannot move it to hold (%s): it stays in %s until the next start",
+                      msg_id, err, queue)
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
@@ -151,6 +173,8 @@ class Server:
             for bound in server.sockets:
                 self.bound.append((listener, bound.getsockname()))
                 log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
+        log.info("started: %s, scripts %s, queue %s", self.config.hostname,
+                 self.config.scripts or "(none)", self.spool.root)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
@@ -166,6 +190,7 @@ class Server:
             await self.stop()
 
     async def stop(self) -> None:
+        log.info("stopping")
         await self.delivery.stop()
         for task in self._tasks:
             task.cancel()
@@ -174,3 +199,4 @@ class Server:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        log.info("stopped")

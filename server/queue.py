@@ -122,8 +122,7 @@ class _Committer:
             except Exception as err:  # noqa: BLE001 - the writer thread must never die
                 outcomes = [(write, OSError(str(err))) for write in batch]
             for write, error in outcomes:
-                outcome = None if error is None else \
-                    QueueError(f"cannot write the queue: {error.strerror or error}")
+                outcome = None if error is None else _write_error(error)
                 write.loop.call_soon_threadsafe(_settle, write.future, outcome)
 
     def _commit(self, batch: list[_Write]) -> list[tuple[_Write, OSError | None]]:
@@ -195,6 +194,13 @@ def _discard(moves: list[tuple[Path, Path]]) -> None:
             pass  # the directory itself is what failed: nothing was left there
 
 
+def _write_error(error: OSError) -> QueueError:
+    """A failed write as the spool reports it; the OSError (its errno) stays its cause."""
+    failure = QueueError(f"cannot write the queue: {error.strerror or error}")
+    failure.__cause__ = error
+    return failure
+
+
 def _settle(future: asyncio.Future, error: Exception | None) -> None:
     if future.done():
         return
@@ -252,9 +258,11 @@ class Spool:
         return [*QUEUES, *quarantines]
 
     # -- operations ------------------------------------------------------
-    async def put(self, envelope: dict, data: bytes, queue: str = "working") -> str:
-        """Store a new message durably; returns its id once it is on disk."""
-        msg_id = new_id()
+    async def put(self, envelope: dict, data: bytes, queue: str = "working",
+                  msg_id: str | None = None) -> str:
+        """Store a new message durably, under ``msg_id`` (from :func:`new_id`) or a new
+        id; returns the id once the message is on disk."""
+        msg_id = msg_id or new_id()
         eml, meta = self._paths(queue, msg_id)
         if eml.parent not in self._made:
             eml.parent.mkdir(parents=True, exist_ok=True)

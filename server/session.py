@@ -7,6 +7,7 @@ with asynchronous checks);
 """
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import socket
@@ -20,7 +21,7 @@ from stdlib.mail import AddressError, Mailbox, Message
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
-from .queue import QueueError
+from .queue import QueueError, new_id
 from .received import protocol, received
 from .smtp import FastSMTP
 from .stages import StageRunner
@@ -42,6 +43,13 @@ _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 AUTH_OK = "235 2.7.0 Authentication succeeded"
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+INTERNAL_ERROR = "421 4.3.0 Error: internal error"
+# Postfix's replies when a message cannot be written to the queue
+QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
+NO_STORAGE = "452 4.3.1 Insufficient system storage"
+_STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
+_GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
 
 
 def enhance(reply: bytes) -> bytes:
@@ -54,6 +62,16 @@ def enhance(reply: bytes) -> bytes:
     enhanced = _ENHANCED.get(code.decode(), f"{code.decode()[0]}.0.0").encode()
     sep, text = reply[3:4] or b" ", reply[4:]
     return code + sep + enhanced + (b" " + text if text else b"")
+
+
+def wire(reply: bytes, raw: bool) -> bytes:
+    """A reply as sent: lines ending with CRLF, continuation marks on all but the last,
+    and (unless ``raw``) enhanced status codes."""
+    lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
+    if len(lines) > 1:
+        lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
+                 if line[:3].isdigit() else line for i, line in enumerate(lines)]
+    return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
 
 
 def _bound_replies(transport) -> None:
@@ -99,7 +117,12 @@ class Protocol(FastSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if await self.event_handler.connect():
+        try:
+            admitted = await self.event_handler.connect()
+        except Exception as error:  # noqa: BLE001 - as aiosmtpd treats a failing command
+            self.hang_up((await self.event_handler.handle_exception(error)).encode())
+            return
+        if admitted:
             self.greeting = self.greeting or f"220 {self.hostname} {self.__ident__}".encode()
             await super()._handle_client()
 
@@ -111,15 +134,13 @@ class Protocol(FastSMTP):
         raw = self.in_helo
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
-        lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
-        if len(lines) > 1:
-            lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
-                     if line[:3].isdigit() else line for i, line in enumerate(lines)]
-        self._writer.write(b"".join((line if raw else enhance(line)) + b"\r\n"
-                                    for line in lines))
+        self._writer.write(wire(reply, raw))
         mail_log.debug("%r << %r", self.session.peer, reply)
         await self._writer.drain()
-        if reply[:1] in (b"4", b"5") and not reply.startswith(b"421"):
+        if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
+            if self.transport is not None:
+                self.transport.close()
+        elif reply[:1] in (b"4", b"5"):
             self.errors += 1
             if self.errors >= self.server.config.limits.errors:
                 log.warning("%s: %d errors, disconnecting", self.session.peer[0],
@@ -130,7 +151,7 @@ class Protocol(FastSMTP):
         """Say a last reply and close, without waiting on a client that does not read."""
         if self.transport is None:
             return
-        self.transport.write(reply + b"\r\n")
+        self.transport.write(wire(reply, raw=True))
         self.transport.abort()
 
     def _timeout_cb(self) -> None:
@@ -196,10 +217,11 @@ class Session:
             return False
         status = await self.stages.run(self.ctx, Stage.CONNECT)
         if status.kind == "deny":
-            protocol.hang_up(status.reply.encode("utf-8", "surrogateescape"))
+            reply = self._reject("CONNECT", as_greeting(status.reply), Stage.CONNECT)
+            protocol.hang_up(reply.encode("utf-8", "surrogateescape"))
             return False
         if status.kind in ("accept", "faccept") and status.reply:
-            protocol.greeting = status.reply.encode("utf-8", "surrogateescape")
+            protocol.greeting = as_greeting(status.reply).encode("utf-8", "surrogateescape")
         return True
 
     # -- HELO / EHLO ---------------------------------------------------------------
@@ -215,14 +237,15 @@ class Session:
 
     async def handle_HELO(self, server, session, envelope, hostname):
         status = await self._helo(session, hostname)
-        return status.reply if status.kind == "deny" or status.reply else \
-            f"250 {server.hostname}"
+        if status.kind == "deny":
+            return self._reject("HELO", status.reply, Stage.HELO)
+        return status.reply or f"250 {server.hostname}"
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         status = await self._helo(session, hostname)
         if status.kind == "deny":
             session.extended_smtp = False
-            return [status.reply]
+            return [self._reject("EHLO", status.reply, Stage.HELO)]
         extensions = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
         if "8BITMIME" in extensions:
             extensions[extensions.index("8BITMIME"):0] = ["PIPELINING"]
@@ -270,7 +293,9 @@ class Session:
             return status.reply if status.kind in ("accept", "faccept") and status.reply \
                 else AUTH_OK
         self.ctx.auth = None
-        return status.reply if status.kind == "deny" else AUTH_FAILED
+        if status.kind == "deny":
+            return self._reject("AUTH", status.reply, Stage.AUTH)
+        return AUTH_FAILED
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
         """(user, password) from a PLAIN or LOGIN exchange, or None after an error reply."""
@@ -299,20 +324,38 @@ class Session:
         try:
             sender = Mailbox.parse(address)
         except AddressError as err:
-            return f"553 5.1.7 Bad sender address: {err.message}"
+            return self._reject("MAIL", f"553 5.1.7 Bad sender address: {err.message}")
         if not sender.address.isascii() and "SMTPUTF8" not in mail_options:
-            return "553 5.6.7 Non-ASCII address without SMTPUTF8"
+            return self._reject("MAIL", "553 5.6.7 Non-ASCII address without SMTPUTF8")
         self.stages.end_transaction()
-        self.ctx.begin_transaction(sender)
+        self.ctx.begin_transaction(sender, new_id())  # the queue id, from here on
         status = await self.stages.run(self.ctx, Stage.MAIL_FROM)
         if status.kind == "deny":
+            reply = self._reject("MAIL", status.reply, Stage.MAIL_FROM)
             self.ctx.reset()
-            return status.reply
+            return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return status.reply or "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        rcpt = self._recipient(envelope, address)
+        if isinstance(rcpt, str):
+            return self._reject("RCPT", rcpt, to=address)
+        self.ctx.add_recipient(rcpt)
+        status = await self.stages.run(self.ctx, Stage.RCPT_TO)
+        decided_by = Stage.RCPT_TO
+        if status.kind == "next" and not self._may_receive(rcpt, session):
+            status, decided_by = Status("deny", "554 5.7.1 Relay access denied"), None
+        if status.kind == "deny":
+            self.ctx.drop_recipient()
+            return self._reject("RCPT", status.reply, decided_by, to=rcpt.address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return status.reply or "250 2.1.5 Recipient ok"
+
+    def _recipient(self, envelope, address: str) -> Mailbox | str:
+        """The recipient of a RCPT TO, or the reply refusing it before any policy."""
         if len(envelope.rcpt_tos) >= self.server.config.limits.recipients:
             return "452 4.5.3 Too many recipients"
         try:
@@ -324,16 +367,7 @@ class Session:
             return "553 5.1.3 The null address is not a recipient"
         if not rcpt.address.isascii() and not envelope.smtp_utf8:
             return "553 5.6.7 Non-ASCII address without SMTPUTF8"
-        self.ctx.add_recipient(rcpt)
-        status = await self.stages.run(self.ctx, Stage.RCPT_TO)
-        if status.kind == "next" and not self._may_receive(rcpt, session):
-            status = Status("deny", "554 5.7.1 Relay access denied")
-        if status.kind == "deny":
-            self.ctx.drop_recipient()
-            return status.reply
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return status.reply or "250 2.1.5 Recipient ok"
+        return rcpt
 
     def _may_receive(self, rcpt: Mailbox, session) -> bool:
         """The default rule: local domains (and postmaster) only, unless authenticated."""
@@ -353,22 +387,55 @@ class Session:
         ctx.message = Message(trace + envelope.original_content)
         status = await self.stages.run(ctx, Stage.PRE_QUEUE)
         if status.kind == "deny":
+            reply = self._reject("DATA", status.reply, Stage.PRE_QUEUE)
             self._end_transaction()
-            return status.reply
+            return reply
         queue = f"quarantine/{self.stages.quarantine}" if self.stages.quarantine else "working"
         data = ctx.message.to_bytes()
         try:
-            msg_id = await self.server.spool.put(self._envelope(session), data, queue)
-        except QueueError as err:
+            msg_id = await self.server.spool.put(self._envelope(session), data, queue,
+                                                 ctx.message_id)
+        except (QueueError, OSError) as err:
             log.error("%s: message not queued: %s", self.peer_ip, err)
+            reply = self._reject("DATA", not_queued_reply(err))
             self._end_transaction()
-            return "451 4.3.0 Cannot queue the message now, try again later"
+            return reply
         log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, msg_id, queue,
                  len(ctx.all_recipients()))
         await self.server.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's last resort for an exception in a command: the details go to the
+        log only; the client gets a fixed temporary reply, and the connection closes."""
+        log.error("%s: internal error, closing the connection", self.peer_ip,
+                  exc_info=error)
+        return INTERNAL_ERROR
+
+    def _reject(self, command: str, reply: str, stage: Stage | None = None,
+                to: str | None = None) -> str:
+        """Log a refusal as Postfix does (``NOQUEUE: reject: RCPT from host[ip]: reply;
+        from=<> to=<> proto=ESMTP helo=<>``) and who decided it; returns the reply."""
+        ctx, session = self.ctx, self.protocol.session
+        fields = [f"from=<{ctx.sender.address}>"] if ctx.sender is not None else []
+        fields += [f"to=<{_printable(to)}>"] if to is not None else []
+        fields.append(f"proto={'ESMTP' if session.extended_smtp else 'SMTP'}")
+        fields += [f"helo=<{_printable(ctx.helo)}>"] if ctx.helo is not None else []
+        fields.append(f"decided_by={self._decider(stage)}")
+        log.info("NOQUEUE: reject: %s from unknown[%s]: %s; %s", command, self.peer_ip,
+                 _printable(reply.replace("\n", " ")), " ".join(fields))
+        return reply
+
+    def _decider(self, stage: Stage | None) -> str:
+        """Who refused: the server's own rule, the fallback reply of a failed stage, or
+        the stage function (``on_rcpt_to@main.vsl:3:1``, where it is defined)."""
+        if stage is None:
+            return "server"
+        if self.stages.failed:
+            return f"fallback_reply@{stage.function}"
+        return f"{stage.function}@{_defined_at(self.server.policy.script, stage.function)}"
 
     def _envelope(self, session) -> dict:
         ctx = self.ctx
@@ -380,6 +447,33 @@ class Session:
             "authenticated_as": session.auth_data if session.authenticated else None,
             "tls": ctx.tls,
         }
+
+
+def as_greeting(reply: str) -> str:
+    """A policy's reply made a greeting: 220, 421 (temporary refusal) or 554 (permanent),
+    the only codes RFC 5321 (§3.1, §4.2) allows there, whatever code the policy gave."""
+    return _REPLY_CODE.sub(lambda code: _GREETING_CODES[code[1]], reply)
+
+
+def not_queued_reply(error: Exception) -> str:
+    """Postfix's reply for a message that could not be written to the queue: 452 when the
+    disk (or quota) is full, else 451; never the error's text (it may hold a path)."""
+    cause = error if isinstance(error, OSError) else error.__cause__
+    full = isinstance(cause, OSError) and cause.errno in _STORAGE_FULL
+    return NO_STORAGE if full else QUEUE_WRITE_ERROR
+
+
+def _defined_at(script, function: str) -> str:
+    """Where a script function is defined: ``file:line:column``."""
+    for definition in script.module.functions:
+        if definition.name == function:
+            return f"{script.file}:{definition.pos[0]}:{definition.pos[1]}"
+    return str(script.file)
+
+
+def _printable(text: str) -> str:
+    """Client-supplied text for a log line: no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _auth_verdict(status: Status, password_ok: bool, has_users_file: bool) -> bool:

@@ -100,11 +100,12 @@ class Context(NativeObject):
         """The client authenticated (before on_auth); ``ctx.auth = None`` forgets it."""
         self.auth = FrozenMap(mechanism=mechanism, authid=authid)
 
-    def begin_transaction(self, sender: Mailbox) -> None:
-        """MAIL FROM: a new transaction (ending any open one) with a new ``message_id``."""
+    def begin_transaction(self, sender: Mailbox, message_id: str | None = None) -> None:
+        """MAIL FROM: a new transaction (ending any open one) with a new ``message_id``
+        (the server gives its queue id; a random one otherwise)."""
         self.reset()
         self._session_data = dict(self._data)
-        self.sender, self.message_id = sender, uuid.uuid4().hex
+        self.sender, self.message_id = sender, message_id or uuid.uuid4().hex
 
     def add_recipient(self, mailbox: Mailbox) -> None:
         """RCPT TO, before on_rcpt_to: the current ``rcpt``, added to the recipients once."""

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+from dataclasses import replace
 
 import pytest
 
 from server.queue import Spool
 from tests.support.servers import config_for, running
+from tests.support.smtp_tools import Raw
 
 
 def client(server) -> smtplib.SMTP:
@@ -145,3 +147,99 @@ def test_a_message_never_acknowledged_is_held_at_start(tmp_path):
         {"sender": "a@example.org", "recipients": []}, b"Subject: hi\r\n\r\nhi\r\n"))
     with running(config) as server:
         assert server.spool.get(msg_id).queue == "hold"
+
+
+@pytest.mark.parametrize("policy, greeting", [
+    ('fn on_connect(ctx) { 1 / 0 }', (421, b"4.3.0 Temporary local problem, try again later")),
+    ('fn on_connect(ctx) { status::deny("450 4.7.1 later") }', (421, b"4.7.1 later")),
+    ('fn on_connect(ctx) { status::deny("550 5.7.1 go away") }', (554, b"5.7.1 go away")),
+    ('fn on_connect(ctx) { status::deny("550 5.7.1 go\\n550 5.7.1 away") }',
+     (554, b"5.7.1 go\n5.7.1 away")),
+])
+def test_a_refused_greeting_is_421_or_554(tmp_path, policy, greeting):
+    """RFC 5321 §3.1, §4.2: a greeting is 220, 421 or 554, whatever the policy said."""
+    with running(config_for(tmp_path, policy)) as server:
+        with Raw(server) as raw:
+            assert raw.greeting == greeting
+            assert raw.line() == b"", "the connection stays open after a refused greeting"
+
+
+def test_an_accepted_greeting_is_220(tmp_path):
+    with running(config_for(tmp_path, 'fn on_connect(ctx) { status::accept("250 hello") }')) \
+            as server:
+        with Raw(server) as raw:
+            assert raw.greeting == (220, b"hello")
+
+
+def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplog):
+    policy = 'fn on_pre_queue(ctx) { ctx.append_header("X-Id", ctx.message_id); status::next() }'
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            smtp.mail("a@example.org")
+            smtp.rcpt("bob@example.test")
+            code, text = smtp.data(b"Subject: t\r\n\r\nbody\r\n")
+        msg_id = text.decode().rsplit(" ", 1)[1]
+        data = server.spool.message(msg_id)
+        assert f"\tid {msg_id}\r\n".encode() in data
+        assert f"X-Id: {msg_id}\r\n".encode() in data
+        assert server.spool.get(msg_id).envelope["transaction"] == msg_id
+    assert f"queued {msg_id} in working" in caplog.text
+
+
+def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
+    policy = ('fn on_helo(ctx) {\n    if ctx.helo == "bad.test" { return status::deny('
+              '"550 5.7.1 go away"); }\n    status::next()\n}\n'
+              'fn on_mail_from(ctx) { if ctx.sender.local_part == "fail" { throw "no"; } '
+              'status::next() }\n')
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            assert smtp.helo("bad.test")[0] == 550
+            smtp.ehlo("good.test")
+            assert smtp.mail("fail@example.org")[0] == 451
+            smtp.mail("a@example.org")
+            assert smtp.rcpt("victim@elsewhere.test")[0] == 554
+        script = server.policy.script.file
+    rejects = [r.getMessage() for r in caplog.records if "reject:" in r.getMessage()]
+    assert rejects == [
+        f"NOQUEUE: reject: HELO from unknown[127.0.0.1]: 550 5.7.1 go away; proto=SMTP "
+        f"helo=<bad.test> decided_by=on_helo@{script}:1:4",
+        "NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 451 4.3.0 Temporary local problem, "
+        "try again later; from=<fail@example.org> proto=ESMTP helo=<good.test> "
+        "decided_by=fallback_reply@on_mail_from",
+        "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 554 5.7.1 Relay access denied; "
+        "from=<a@example.org> to=<victim@elsewhere.test> proto=ESMTP helo=<good.test> "
+        "decided_by=server"]
+    assert all(r.levelname == "INFO" for r in caplog.records if "reject:" in r.getMessage())
+
+
+def test_start_and_stop_are_logged(tmp_path, caplog):
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path)):
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "vsl.server"]
+    assert any(m.startswith("started: mx.test") for m in messages), messages
+    assert messages[-2:] == ["stopping", "stopped"]
+
+
+def test_a_script_directory_without_main_vsl_is_named_at_start(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    with running(replace(config_for(tmp_path), scripts=tmp_path / "empty")):
+        pass
+    assert "empty: no main.vsl, serving with the built-in rules only" in caplog.text
+
+
+def test_serve_refuses_a_given_script_directory_without_main_vsl(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "scripts").mkdir()
+    vsl = Path(sys.executable).parent / "vsl"
+    result = subprocess.run([vsl, "serve", "--scripts", str(tmp_path / "scripts"), "--listen",
+                             "127.0.0.1:1", "--queue-dir", str(tmp_path / "q")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'scripts'}: no main.vsl" in result.stderr

@@ -686,7 +686,7 @@ def test_failing_stage_answers_the_fallback_and_the_session_goes_on(tmp_path, ca
 def test_failing_on_connect_answers_the_fallback(tmp_path, caplog):
     with running(config_for(tmp_path, "fn on_connect(ctx) { 1 / 0 }")) as server:
         with Raw(server) as raw:
-            assert raw.greeting == FALLBACK
+            assert raw.greeting == (421, FALLBACK[1])  # a greeting is 220, 421 or 554
     assert "on_connect" in caplog.text and "division by zero" in caplog.text
 
 

@@ -47,7 +47,7 @@ def test_full_disk_gives_451(tmp_path):
             except OSError:
                 time.sleep(0.1)
         code, text = send(port, b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 200)
-        assert (code, text) == (451, b"4.3.0 Cannot queue the message now, try again later")
+        assert (code, text) == (451, b"4.3.0 Error: queue file write error")
         assert send(port, b"Subject: small\r\n\r\nhi\r\n")[0] == 250
     finally:
         proc.terminate()

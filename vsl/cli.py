@@ -94,6 +94,8 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, workers
         config = config_module.load(config_path)
         changes = {}
         if scripts:
+            if not (Path(scripts) / "main.vsl").is_file():
+                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there")
             changes["scripts"] = Path(scripts)
         if listen:
             changes["listen"] = tuple(config_module.parse_listen(a, key="--listen")
