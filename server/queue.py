@@ -30,9 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stdlib.status import is_quarantine_name
+
 QUEUES = ("working", "deliver", "deferred", "dead", "hold")
 _ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
-_QUARANTINE = re.compile(r"quarantine/[A-Za-z0-9_.-]+")
 
 
 class QueueError(Exception):
@@ -46,7 +47,8 @@ def new_id() -> str:
 
 def check_queue(name: str) -> str:
     """A valid queue name (one of QUEUES or quarantine/<name>)."""
-    if name in QUEUES or _QUARANTINE.fullmatch(name):
+    if name in QUEUES or (name.startswith("quarantine/") and
+                          is_quarantine_name(name.removeprefix("quarantine/"))):
         return name
     raise QueueError(f"unknown queue '{name}' (queues: {', '.join(QUEUES)}, quarantine/NAME)")
 
@@ -248,7 +250,7 @@ class Spool:
     def queues(self) -> list[str]:
         """Every queue, quarantines included."""
         quarantines = sorted(f"quarantine/{p.name}" for p in (self.root / "quarantine").iterdir()
-                             if p.is_dir())
+                             if p.is_dir() and is_quarantine_name(p.name))
         return [*QUEUES, *quarantines]
 
     # -- operations ------------------------------------------------------
