@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ class _Committer:
 def _write_file(path: Path, content: bytes) -> None:
     """Create ``path`` with ``content`` (fsynced where syncfs is missing); few system calls,
     each of which gives the event loop the GIL."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with memoryview(content) as view:
             while view:
@@ -224,8 +225,9 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        _make_private_dir(self.root)
         for queue in (*QUEUES, "tmp", "quarantine"):
-            (self.root / queue).mkdir(parents=True, exist_ok=True)
+            _make_private_dir(self.root / queue)
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
 
@@ -253,13 +255,23 @@ class Spool:
                              if p.is_dir() and is_quarantine_name(p.name))
         return [*QUEUES, *quarantines]
 
+    def open_to_others(self) -> list[tuple[Path, int]]:
+        """The spool's directories (root and queues) other users may enter or read, with
+        their modes: queued mail holds message bodies and who logged in."""
+        found = []
+        for directory in (self.root, *(self.root / q for q in (*self.queues(), "tmp"))):
+            mode = stat.S_IMODE(directory.stat().st_mode)
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                found.append((directory, mode))
+        return found
+
     # -- operations ------------------------------------------------------
     async def put(self, envelope: dict, data: bytes, queue: str = "working") -> str:
         """Store a new message durably; returns its id once it is on disk."""
         msg_id = new_id()
         eml, meta = self._paths(queue, msg_id)
         if eml.parent not in self._made:
-            eml.parent.mkdir(parents=True, exist_ok=True)
+            _make_private_dir(eml.parent)
             self._made.add(eml.parent)
         envelope = {**envelope, "id": msg_id, "received_at": envelope.get("received_at",
                                                                           time.time())}
@@ -304,7 +316,7 @@ class Spool:
         if source == check_queue(target):
             return entry
         dst_eml, dst_meta = self._paths(target, msg_id)
-        dst_eml.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(dst_eml.parent)
         src_eml, src_meta = self._paths(source, msg_id)
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])
         entry.queue = target
@@ -335,6 +347,11 @@ class Spool:
                 elif meta.parent != eml.parent:  # a move stopped half-way: finish it
                     os.replace(eml, meta.with_suffix(".eml"))
         return dropped
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create a spool directory readable by its owner only (like Postfix's queue)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _json(envelope: dict) -> bytes:

@@ -3,9 +3,13 @@ private, and client-controlled text cannot drive the operator's terminal."""
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
+from server.app import recover_spool
 from server.queue import QueueError, Spool, check_queue
 from stdlib.status import is_quarantine_name
 
@@ -26,3 +30,37 @@ def test_queue_and_script_share_one_quarantine_rule():
         assert is_quarantine_name(name) and check_queue(f"quarantine/{name}")
     for name in ("", ".", "..", ".x", "x" * 65, "a/b", "a b", 1):
         assert not is_quarantine_name(name)
+
+
+@pytest.fixture
+def usual_umask():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def modes(paths) -> set[int]:
+    return {stat.S_IMODE(p.stat().st_mode) for p in paths}
+
+
+def test_queued_mail_is_private(tmp_path, usual_umask):
+    spool = Spool(tmp_path / "queue")
+
+    async def fill():
+        msg_id = await spool.put({"sender": "", "authenticated_as": "alice"}, b"secret")
+        await spool.move(msg_id, "quarantine/review")
+        await spool.put({"sender": ""}, b"x", "quarantine/virus")
+    asyncio.run(fill())
+    files = [p for p in spool.root.rglob("*") if p.is_file()]
+    directories = [spool.root, *(p for p in spool.root.rglob("*") if p.is_dir())]
+    assert len(files) == 4 and modes(files) == {0o600}
+    assert len(directories) == 10 and modes(directories) == {0o700}
+
+
+def test_an_open_spool_is_reported_at_start(tmp_path, caplog):
+    spool = Spool(tmp_path / "queue")
+    asyncio.run(recover_spool(spool))
+    assert "readable" not in caplog.text
+    os.chmod(spool.root, 0o755)
+    asyncio.run(recover_spool(spool))
+    assert f"spool {spool.root} is readable by others (mode 0755)" in caplog.text
