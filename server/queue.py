@@ -1,7 +1,8 @@
 """The durable mail queue: an on-disk spool, one message per file plus its envelope (JSON).
 
     <root>/<queue>/<id>.eml     the message, exactly as received (plus trace headers)
-    <root>/<queue>/<id>.json    the envelope: sender, recipients and their status, history
+    <root>/<queue>/<id>.json    the envelope (server/envelope.py): sender, recipients and
+                                their status, history
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
 ``dead``, ``hold`` and ``quarantine/<name>``. A message exists once its JSON file does:
@@ -21,7 +22,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import itertools
-import json
+import dataclasses
 import os
 import re
 import secrets
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stdlib.status import is_quarantine_name
+
+from .envelope import Envelope
 
 QUEUES = ("working", "deliver", "deferred", "dead", "hold")
 _ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
@@ -213,11 +216,11 @@ class Entry:
 
     id: str
     queue: str
-    envelope: dict
+    envelope: Envelope
 
     @property
     def age(self) -> float:
-        return time.time() - self.envelope.get("received_at", time.time())
+        return time.time() - (self.envelope.received_at or time.time())
 
 
 class Spool:
@@ -266,24 +269,27 @@ class Spool:
         return found
 
     # -- operations ------------------------------------------------------
-    async def put(self, envelope: dict, data: bytes, queue: str = "working") -> str:
-        """Store a new message durably; returns its id once it is on disk."""
+    async def put(self, envelope: Envelope, data: bytes, queue: str = "working") -> str:
+        """Store a new message durably; returns its id once it is on disk (``envelope``
+        itself is not changed: the stored one has the id and, when missing, the time)."""
         msg_id = new_id()
         eml, meta = self._paths(queue, msg_id)
         if eml.parent not in self._made:
             _make_private_dir(eml.parent)
             self._made.add(eml.parent)
-        envelope = {**envelope, "id": msg_id, "received_at": envelope.get("received_at",
-                                                                          time.time())}
-        await self._committer.submit([(eml, data), (meta, _json(envelope))])
+        envelope = dataclasses.replace(envelope, id=msg_id,
+                                       received_at=envelope.received_at or time.time())
+        await self._committer.submit([(eml, data), (meta, envelope.to_json())])
         return msg_id
 
     def get(self, msg_id: str, queue: str | None = None) -> Entry:
         queue = queue or self.locate(msg_id)
         try:
-            envelope = json.loads(self._paths(queue, msg_id)[1].read_text(encoding="utf-8"))
+            envelope = Envelope.from_json(self._paths(queue, msg_id)[1].read_bytes())
         except FileNotFoundError:
             raise QueueError(f"no message {msg_id} in queue {queue}") from None
+        except ValueError as err:  # not JSON, or not an envelope
+            raise QueueError(f"{msg_id}: unreadable envelope: {err}") from None
         return Entry(msg_id, queue, envelope)
 
     def message(self, msg_id: str, queue: str | None = None) -> bytes:
@@ -297,7 +303,7 @@ class Spool:
             for meta in sorted((self.root / name).glob("*.json")):
                 try:
                     entries.append(self.get(meta.stem, name))
-                except (QueueError, ValueError):
+                except QueueError:
                     continue  # removed meanwhile, or unreadable: skipped, not fatal
         return entries
 
@@ -306,7 +312,7 @@ class Spool:
         current queue; the message file is replaced before the envelope."""
         eml, meta = self._paths(entry.queue, entry.id)
         files = [(eml, data)] if data is not None else []
-        await self._committer.submit([*files, (meta, _json(entry.envelope))])
+        await self._committer.submit([*files, (meta, entry.envelope.to_json())])
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> Entry:
         """Move a message to another queue, durably (message file first, envelope last:
@@ -352,7 +358,3 @@ class Spool:
 def _make_private_dir(path: Path) -> None:
     """Create a spool directory readable by its owner only (like Postfix's queue)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _json(envelope: dict) -> bytes:
-    return json.dumps(envelope, sort_keys=True).encode()  # no indent: the C encoder

@@ -20,6 +20,7 @@ from stdlib.mail import AddressError, Mailbox, Message
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
+from .envelope import Envelope
 from .queue import QueueError
 from .received import protocol, received
 from .smtp import FastSMTP
@@ -370,16 +371,16 @@ class Session:
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
 
-    def _envelope(self, session) -> dict:
+    def _envelope(self, session) -> Envelope:
         ctx = self.ctx
-        return {
-            "sender": ctx.sender.address,
-            "recipients": self.server.delivery.recipients(ctx),
-            "helo": ctx.helo, "client_ip": ctx.client_ip, "client_port": ctx.client_port,
-            "server_name": ctx.server_name, "transaction": ctx.message_id,
-            "authenticated_as": session.auth_data if session.authenticated else None,
-            "tls": ctx.tls,
-        }
+        return Envelope(
+            sender=ctx.sender.address,
+            recipients=self.server.delivery.recipients(ctx),
+            helo=ctx.helo, client_ip=ctx.client_ip, client_port=ctx.client_port,
+            server_name=ctx.server_name, transaction=ctx.message_id,
+            authenticated_as=session.auth_data if session.authenticated else None,
+            tls=ctx.tls,
+        )
 
 
 def _auth_verdict(status: Status, password_ok: bool, has_users_file: bool) -> bool:
