@@ -100,11 +100,13 @@ def _typed(cls, stored):
     know are ignored); ValueError when a field is missing or of the wrong type."""
     if not isinstance(stored, dict):
         raise ValueError(f"a {cls.__name__} is a JSON object")
-    hints = _hints(cls)
-    known = {f.name: stored[f.name] for f in fields(cls) if f.name in stored}
-    for name, value in known.items():
-        if not _fits(value, hints[name]):
-            raise ValueError(f"{cls.__name__}.{name}: {value!r} is not {hints[name]}")
+    accepts = _json_types(cls)
+    known = {}
+    for name, value in stored.items():
+        if name in accepts:
+            if type(value) not in accepts[name]:
+                raise ValueError(f"{cls.__name__}.{name}: {value!r} is not of the right type")
+            known[name] = value
     try:
         return cls(**known)
     except TypeError as err:  # a required field is missing
@@ -112,18 +114,16 @@ def _typed(cls, stored):
 
 
 @functools.cache
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
+def _json_types(cls) -> dict[str, frozenset[type]]:
+    """For each field of dataclass ``cls``, the types of the JSON values that may stand
+    for it (exact types: JSON's true is no int)."""
+    return {name: frozenset(json_type for arm in _arms(hint) for json_type in _json_of(arm))
+            for name, hint in typing.get_type_hints(cls).items()}
 
 
-def _fits(value, hint) -> bool:
-    """Whether a JSON value can stand for a field annotated ``hint``."""
-    if isinstance(hint, types.UnionType):
-        return any(_fits(value, arm) for arm in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, typing.get_origin(hint) or hint)
+def _arms(hint) -> tuple:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _json_of(hint) -> tuple[type, ...]:
+    return (int, float) if hint is float else (typing.get_origin(hint) or hint,)
