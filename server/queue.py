@@ -22,14 +22,13 @@ import asyncio
 import ctypes
 import ctypes.util
 import itertools
-import dataclasses
 import os
 import re
 import secrets
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stdlib.status import is_quarantine_name
@@ -277,8 +276,7 @@ class Spool:
         if eml.parent not in self._made:
             _make_private_dir(eml.parent)
             self._made.add(eml.parent)
-        envelope = dataclasses.replace(envelope, id=msg_id,
-                                       received_at=envelope.received_at or time.time())
+        envelope = replace(envelope, id=msg_id, received_at=envelope.received_at or time.time())
         await self._committer.submit([(eml, data), (meta, envelope.to_json())])
         return msg_id
 

@@ -85,7 +85,8 @@ def table(entries: list[Entry]) -> str:
 
 def as_json(entries: list[Entry]) -> str:
     """Every message's envelope, as JSON (ASCII: control characters come out escaped)."""
-    return json.dumps([{"queue": e.queue, "age": round(e.age, 1), **e.envelope.stored()}
+    return json.dumps([{**e.envelope.stored(), "id": e.id, "queue": e.queue,
+                        "age": round(e.age, 1)}
                        for e in entries], indent=2, sort_keys=True)
 
 
