@@ -139,7 +139,7 @@ def test_show_gives_the_error_real_delivery_wrote(tmp_path):
         with running(config_for(tmp_path, forward, delivery=delivery)) as server:
             with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
                 smtp.sendmail("", ["busy@example.test", "bad@example.test"], MESSAGE)
-            assert wait_for(lambda: server.spool.list("deferred"))
+            assert wait_for(lambda: server.spool.list("deferred"), timeout=30)
             (entry,) = server.spool.list("deferred")
     out = vsl_queue(tmp_path / "queue", "show", entry.id).stdout
     assert "<busy@example.test> deferred" in out and "<bad@example.test> failed" in out
