@@ -33,6 +33,7 @@ from vsl.errors import ScriptError
 
 from .config import DeliveryConfig
 from .dsn import build_dsn
+from .envelope import Envelope, RecipientState
 from .journal import Journal
 from .queue import Entry, QueueError, Spool
 from .transports import Outcome, Transports
@@ -70,10 +71,9 @@ class Delivery:
             return self.relay
         return f"maildir:{self.maildir_root / _safe(domain) / _safe(mailbox.local_part.lower())}"
 
-    def recipients(self, ctx) -> list[dict]:
+    def recipients(self, ctx) -> list[RecipientState]:
         """The envelope's recipient records for ``ctx``'s recipients, with their routes."""
-        return [{"address": r.address, "status": "pending", "attempts": 0,
-                 "route": ctx.route_for(r) or self.default_route(r)}
+        return [RecipientState(r.address, ctx.route_for(r) or self.default_route(r))
                 for r in ctx.all_recipients()]
 
     async def reroute(self, msg_id: str, queue: str, ctx, queued: bytes) -> None:
@@ -83,8 +83,8 @@ class Delivery:
         recipients = self.recipients(ctx)
         data = ctx.message.to_bytes()
         data = None if data == queued else data
-        if recipients != entry.envelope["recipients"] or data is not None:
-            entry.envelope["recipients"] = recipients
+        if recipients != entry.envelope.recipients or data is not None:
+            entry.envelope.recipients = recipients
             await self.spool.update(entry, data)
 
     # -- life cycle ----------------------------------------------------------------------
@@ -140,10 +140,10 @@ class Delivery:
             entry = self.spool.get(msg_id)
         except QueueError:
             return  # delivered and removed, or removed by the operator
-        undone = [r for r in entry.envelope["recipients"]
-                  if r["address"] in addresses and r["status"] in ("pending", "deferred")]
+        undone = [r for r in entry.envelope.recipients
+                  if r.address in addresses and r.status in ("pending", "deferred")]
         for rcpt in undone:
-            rcpt["status"] = "delivered"
+            rcpt.status = "delivered"
         if undone:
             log.info("%s: %d recipient(s) delivered before a restart", msg_id, len(undone))
             await self.spool.update(entry)
@@ -151,7 +151,7 @@ class Delivery:
     async def _claim(self) -> list[asyncio.Task]:
         """Start delivering due messages, up to ``concurrency`` at once."""
         if self.deferred is None:
-            self.deferred = [(e.envelope.get("next_attempt", 0), e.id) for e in
+            self.deferred = [(e.envelope.next_attempt or 0, e.id) for e in
                              await asyncio.to_thread(self.spool.list, "deferred")]
             heapq.heapify(self.deferred)
         free = self.config.concurrency - len(self.active)
@@ -167,7 +167,7 @@ class Delivery:
                 entry = self.spool.get(msg_id, "deferred")
             except QueueError:
                 continue  # delivered, moved or removed meanwhile
-            if msg_id not in self.active and entry.envelope.get("next_attempt", 0) <= now:
+            if msg_id not in self.active and (entry.envelope.next_attempt or 0) <= now:
                 due.append(entry)  # (a later next_attempt has its own heap item)
         return [self._spawn(entry) for entry in due]
 
@@ -193,10 +193,10 @@ class Delivery:
     async def _deliver(self, entry: Entry) -> None:
         data = await asyncio.to_thread(self.spool.message, entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
-        for rcpt in entry.envelope["recipients"]:
-            if rcpt["status"] in ("pending", "deferred"):
-                domain = rcpt["address"].rpartition("@")[2].lower()
-                groups[rcpt["route"], domain if rcpt["route"] == "mx" else ""].append(rcpt)
+        for rcpt in entry.envelope.recipients:
+            if rcpt.status in ("pending", "deferred"):
+                domain = rcpt.address.rpartition("@")[2].lower()
+                groups[rcpt.route, domain if rcpt.route == "mx" else ""].append(rcpt)
         results = await asyncio.gather(*(self._deliver_group(entry, route, rcpts, data)
                                          for (route, _), rcpts in groups.items()),
                                        return_exceptions=True)
@@ -205,22 +205,21 @@ class Delivery:
                 raise result
         await self._settle(entry, data)
 
-    async def _deliver_group(self, entry: Entry, route: str, rcpts: list[dict],
+    async def _deliver_group(self, entry: Entry, route: str, rcpts: list[RecipientState],
                              data: bytes) -> None:
-        addresses = [r["address"] for r in rcpts]
+        addresses = [r.address for r in rcpts]
         try:
             outcomes = await self.transports.deliver(parse_route(route),
-                                                     entry.envelope["sender"], addresses, data)
+                                                     entry.envelope.sender, addresses, data)
         except ScriptError as err:  # a route the spool holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
         recorded = self.journal.record(
             entry.id, [a for a in addresses if outcomes[a].status == "delivered"])
         now = self.clock()
         for rcpt in rcpts:
-            result = outcomes[rcpt["address"]]
-            rcpt.update(status=result.status, reply=result.reply, remote_mta=result.remote_mta,
-                        attempts=rcpt.get("attempts", 0) + 1, updated_at=now)
-            log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt["address"], route,
+            result = outcomes[rcpt.address]
+            rcpt.record_attempt(result.status, result.reply, result.remote_mta, now)
+            log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt.address, route,
                      result.status, result.reply)
         try:
             await self.spool.update(entry)
@@ -231,24 +230,24 @@ class Delivery:
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""
         envelope, now = entry.envelope, self.clock()
-        recipients = envelope["recipients"]
-        if now - envelope["received_at"] >= self.config.max_age:
+        recipients = envelope.recipients
+        if now - envelope.received_at >= self.config.max_age:
             for rcpt in recipients:
-                if rcpt["status"] == "deferred":
-                    rcpt.update(status="failed", expired=True)
-        failed = [r for r in recipients if r["status"] == "failed"]
-        if failed and envelope["sender"]:
+                if rcpt.status == "deferred":
+                    rcpt.status, rcpt.expired = "failed", True
+        failed = [r for r in recipients if r.status == "failed"]
+        if failed and envelope.sender:
             await self._queue_dsn(entry, failed, data)
             for rcpt in failed:
-                rcpt["status"] = "bounced"
-        deferred = [r for r in recipients if r["status"] == "deferred"]
+                rcpt.status = "bounced"
+        deferred = [r for r in recipients if r.status == "deferred"]
         if deferred:
             if self._delay_warning_due(envelope, now):
                 await self._queue_dsn(entry, deferred, data,
-                                      retry_until=envelope["received_at"] + self.config.max_age)
-                envelope["delay_warned_at"] = now  # made durable by _defer
+                                      retry_until=envelope.received_at + self.config.max_age)
+                envelope.delay_warned_at = now  # made durable by _defer
             await self._defer(entry, now)
-        elif any(r["status"] == "failed" for r in recipients):
+        elif any(r.status == "failed" for r in recipients):
             log.warning("%s: undeliverable and nobody to tell (null sender): dead", entry.id)
             await self.spool.update(entry)
             await self.spool.move(entry.id, "dead", entry.queue)
@@ -257,29 +256,28 @@ class Delivery:
 
     async def _defer(self, entry: Entry, now: float) -> None:
         envelope = entry.envelope
-        envelope["attempts"] = envelope.get("attempts", 0) + 1
-        envelope["next_attempt"] = min(now + retry_delay(self.config, envelope["attempts"]),
-                                       envelope["received_at"] + self.config.max_age)
+        envelope.attempts += 1
+        envelope.next_attempt = min(now + retry_delay(self.config, envelope.attempts),
+                                    envelope.received_at + self.config.max_age)
         await self.spool.update(entry)
         await self.spool.move(entry.id, "deferred", entry.queue)
-        heapq.heappush(self.deferred, (envelope["next_attempt"], entry.id))
+        heapq.heappush(self.deferred, (envelope.next_attempt, entry.id))
 
-    def _delay_warning_due(self, envelope: dict, now: float) -> bool:
+    def _delay_warning_due(self, envelope: Envelope, now: float) -> bool:
         """One warning per message, once it has waited ``delay_warning`` (0: never)."""
         wait = self.config.delay_warning
-        return bool(wait and envelope["sender"] and "delay_warned_at" not in envelope and
-                    now - envelope["received_at"] >= wait)
+        return bool(wait and envelope.sender and envelope.delay_warned_at is None and
+                    now - envelope.received_at >= wait)
 
-    async def _queue_dsn(self, entry: Entry, recipients: list[dict], data: bytes,
+    async def _queue_dsn(self, entry: Entry, recipients: list[RecipientState], data: bytes,
                          retry_until: float | None = None) -> None:
         """Queue the DSN for failed ``recipients`` (durably, before the caller marks them
         bounced), or with ``retry_until`` the warning that they are delayed."""
-        sender = Mailbox.parse(entry.envelope["sender"])
+        sender = Mailbox.parse(entry.envelope.sender)
         dsn = build_dsn(self.hostname, entry.envelope, recipients, data, self.clock(),
                         retry_until)
-        envelope = {"sender": "", "dsn_for": entry.id, "received_at": self.clock(),
-                    "recipients": [{"address": sender.address, "status": "pending",
-                                    "attempts": 0, "route": self.default_route(sender)}]}
+        envelope = Envelope("", [RecipientState(sender.address, self.default_route(sender))],
+                            dsn_for=entry.id, received_at=self.clock())
         dsn_id = await self.spool.put(envelope, dsn, "deliver")
         log.info("%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
                  "failure" if retry_until is None else "delay", dsn_id, sender.address,

@@ -3,7 +3,7 @@ and the warning that a message is delayed.
 
     data = build_dsn("mx.example.com", envelope, failed_recipients, original_bytes)
     data = build_dsn("mx.example.com", envelope, deferred_recipients, original_bytes,
-                     retry_until=envelope["received_at"] + max_age)
+                     retry_until=envelope.received_at + max_age)
 
 The result is a ``multipart/report; report-type=delivery-status`` message: a
 human-readable part, the ``message/delivery-status`` fields (one block for the message,
@@ -23,27 +23,30 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid
 
+from .envelope import Envelope, RecipientState
+
 _ENHANCED = re.compile(r"^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 _FIELD_LIMIT = 900  # characters of a delivery-status field (lines stay under 998)
 
 
-def status_code(recipient: dict) -> str:
+def status_code(recipient: RecipientState) -> str:
     """The RFC 3463 status of a failed recipient: 4.4.7 when it expired, else the
     enhanced code of its last reply (or X.0.0 from the reply code)."""
-    if recipient.get("expired"):
+    if recipient.expired:
         return "4.4.7"
-    reply = recipient.get("reply") or "554"
+    reply = recipient.reply or "554"
     found = _ENHANCED.match(reply)
     return found.group(1) if found else f"{'4' if reply[:1] == '4' else '5'}.0.0"
 
 
-def build_dsn(hostname: str, envelope: dict, recipients: list[dict], original: bytes,
+def build_dsn(hostname: str, envelope: Envelope, recipients: list[RecipientState],
+              original: bytes,
               now: float | None = None, retry_until: float | None = None) -> bytes:
-    """The DSN (CRLF line ends) telling ``envelope["sender"]`` that ``recipients``
+    """The DSN (CRLF line ends) telling ``envelope.sender`` that ``recipients``
     (records of the envelope) could not be delivered; with ``retry_until``, that they are
     delayed and will be tried until then."""
     now = time.time() if now is None else now
-    sender = envelope["sender"]
+    sender = envelope.sender
     report = MIMEMultipart("report", report_type="delivery-status")
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     report["To"] = sender
@@ -71,7 +74,8 @@ def _text(text: str, subtype: str) -> MIMEText:
     return MIMEText(text, subtype, charset)
 
 
-def _explanation(hostname: str, recipients: list[dict], retry_until: float | None) -> str:
+def _explanation(hostname: str, recipients: list[RecipientState],
+                 retry_until: float | None) -> str:
     what = "Your message could not be delivered to the following recipients." \
         if retry_until is None else \
         ("Your message could not be delivered yet to the following recipients. It will be "
@@ -79,25 +83,25 @@ def _explanation(hostname: str, recipients: list[dict], retry_until: float | Non
          "it again.")
     lines = [f"This is the mail system at {hostname}.", "", what, ""]
     for rcpt in recipients:
-        why = rcpt.get("reply") or "unknown error"
-        if rcpt.get("expired"):
+        why = rcpt.reply or "unknown error"
+        if rcpt.expired:
             why = f"delivery time expired; last error: {why}"
-        lines.append(f"<{rcpt['address']}>: {why}"[:_FIELD_LIMIT])
+        lines.append(f"<{rcpt.address}>: {why}"[:_FIELD_LIMIT])
     lines += ["", "The header of your message is attached."]
     return "\n".join(lines) + "\n"
 
 
-def _status_part(hostname: str, envelope: dict, recipients: list[dict],
+def _status_part(hostname: str, envelope: Envelope, recipients: list[RecipientState],
                  retry_until: float | None) -> MIMEBase:
     per_message = _fields({"Reporting-MTA": f"dns; {hostname}",
-                           "X-Queue-ID": envelope.get("id"),
-                           "Arrival-Date": formatdate(envelope["received_at"], localtime=True)
-                           if "received_at" in envelope else None})
+                           "X-Queue-ID": envelope.id,
+                           "Arrival-Date": formatdate(envelope.received_at, localtime=True)
+                           if envelope.received_at is not None else None})
     blocks = [per_message]
     for rcpt in recipients:
-        address = rcpt["address"]
+        address = rcpt.address
         kind = "rfc822" if address.isascii() else "utf-8"  # RFC 6533
-        reply, remote = rcpt.get("reply"), rcpt.get("remote_mta")
+        reply, remote = rcpt.reply, rcpt.remote_mta
         blocks.append(_fields({
             "Final-Recipient": f"{kind}; {address}",
             "Action": "failed" if retry_until is None else "delayed",

@@ -1,7 +1,8 @@
 """The durable mail queue: an on-disk spool, one message per file plus its envelope (JSON).
 
     <root>/<queue>/<id>.eml     the message, exactly as received (plus trace headers)
-    <root>/<queue>/<id>.json    the envelope: sender, recipients and their status, history
+    <root>/<queue>/<id>.json    the envelope (server/envelope.py): sender, recipients and
+                                their status, history
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
 ``dead``, ``hold`` and ``quarantine/<name>``. A message exists once its JSON file does:
@@ -21,18 +22,21 @@ import asyncio
 import ctypes
 import ctypes.util
 import itertools
-import json
 import os
 import re
 import secrets
+import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from stdlib.status import is_quarantine_name
+
+from .envelope import Envelope
 
 QUEUES = ("working", "deliver", "deferred", "dead", "hold")
 _ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
-_QUARANTINE = re.compile(r"quarantine/[A-Za-z0-9_.-]+")
 
 
 class QueueError(Exception):
@@ -46,7 +50,8 @@ def new_id() -> str:
 
 def check_queue(name: str) -> str:
     """A valid queue name (one of QUEUES or quarantine/<name>)."""
-    if name in QUEUES or _QUARANTINE.fullmatch(name):
+    if name in QUEUES or (name.startswith("quarantine/") and
+                          is_quarantine_name(name.removeprefix("quarantine/"))):
         return name
     raise QueueError(f"unknown queue '{name}' (queues: {', '.join(QUEUES)}, quarantine/NAME)")
 
@@ -175,7 +180,7 @@ class _Committer:
 def _write_file(path: Path, content: bytes) -> None:
     """Create ``path`` with ``content`` (fsynced where syncfs is missing); few system calls,
     each of which gives the event loop the GIL."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with memoryview(content) as view:
             while view:
@@ -216,11 +221,11 @@ class Entry:
 
     id: str
     queue: str
-    envelope: dict
+    envelope: Envelope
 
     @property
     def age(self) -> float:
-        return time.time() - self.envelope.get("received_at", time.time())
+        return time.time() - (self.envelope.received_at or time.time())
 
 
 class Spool:
@@ -228,8 +233,9 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        _make_private_dir(self.root)
         for queue in (*QUEUES, "tmp", "quarantine"):
-            (self.root / queue).mkdir(parents=True, exist_ok=True)
+            _make_private_dir(self.root / queue)
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
 
@@ -254,30 +260,42 @@ class Spool:
     def queues(self) -> list[str]:
         """Every queue, quarantines included."""
         quarantines = sorted(f"quarantine/{p.name}" for p in (self.root / "quarantine").iterdir()
-                             if p.is_dir())
+                             if p.is_dir() and is_quarantine_name(p.name))
         return [*QUEUES, *quarantines]
 
+    def open_to_others(self) -> list[tuple[Path, int]]:
+        """The spool's directories (root and queues) other users may enter or read, with
+        their modes: queued mail holds message bodies and who logged in."""
+        found = []
+        for directory in (self.root, *(self.root / q for q in (*self.queues(), "tmp"))):
+            mode = stat.S_IMODE(directory.stat().st_mode)
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                found.append((directory, mode))
+        return found
+
     # -- operations ------------------------------------------------------
-    async def put(self, envelope: dict, data: bytes, queue: str = "working",
+    async def put(self, envelope: Envelope, data: bytes, queue: str = "working",
                   msg_id: str | None = None) -> str:
         """Store a new message durably, under ``msg_id`` (from :func:`new_id`) or a new
-        id; returns the id once the message is on disk."""
+        id; returns the id once it is on disk (``envelope`` itself is not changed: the
+        stored one has the id and, when missing, the time)."""
         msg_id = msg_id or new_id()
         eml, meta = self._paths(queue, msg_id)
         if eml.parent not in self._made:
-            eml.parent.mkdir(parents=True, exist_ok=True)
+            _make_private_dir(eml.parent)
             self._made.add(eml.parent)
-        envelope = {**envelope, "id": msg_id, "received_at": envelope.get("received_at",
-                                                                          time.time())}
-        await self._committer.submit([(eml, data), (meta, _json(envelope))])
+        envelope = replace(envelope, id=msg_id, received_at=envelope.received_at or time.time())
+        await self._committer.submit([(eml, data), (meta, envelope.to_json())])
         return msg_id
 
     def get(self, msg_id: str, queue: str | None = None) -> Entry:
         queue = queue or self.locate(msg_id)
         try:
-            envelope = json.loads(self._paths(queue, msg_id)[1].read_text(encoding="utf-8"))
+            envelope = Envelope.from_json(self._paths(queue, msg_id)[1].read_bytes())
         except FileNotFoundError:
             raise QueueError(f"no message {msg_id} in queue {queue}") from None
+        except ValueError as err:  # not JSON, or not an envelope
+            raise QueueError(f"{msg_id}: unreadable envelope: {err}") from None
         return Entry(msg_id, queue, envelope)
 
     def message(self, msg_id: str, queue: str | None = None) -> bytes:
@@ -291,7 +309,7 @@ class Spool:
             for meta in sorted((self.root / name).glob("*.json")):
                 try:
                     entries.append(self.get(meta.stem, name))
-                except (QueueError, ValueError):
+                except QueueError:
                     continue  # removed meanwhile, or unreadable: skipped, not fatal
         return entries
 
@@ -300,7 +318,7 @@ class Spool:
         current queue; the message file is replaced before the envelope."""
         eml, meta = self._paths(entry.queue, entry.id)
         files = [(eml, data)] if data is not None else []
-        await self._committer.submit([*files, (meta, _json(entry.envelope))])
+        await self._committer.submit([*files, (meta, entry.envelope.to_json())])
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> Entry:
         """Move a message to another queue, durably (message file first, envelope last:
@@ -310,7 +328,7 @@ class Spool:
         if source == check_queue(target):
             return entry
         dst_eml, dst_meta = self._paths(target, msg_id)
-        dst_eml.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dir(dst_eml.parent)
         src_eml, src_meta = self._paths(source, msg_id)
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])
         entry.queue = target
@@ -343,5 +361,6 @@ class Spool:
         return dropped
 
 
-def _json(envelope: dict) -> bytes:
-    return json.dumps(envelope, sort_keys=True).encode()  # no indent: the C encoder
+def _make_private_dir(path: Path) -> None:
+    """Create a spool directory readable by its owner only (like Postfix's queue)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -2,26 +2,58 @@
 
 Works on the spool's files directly, so it runs beside a live server: moves are
 atomic renames, and a message the server moved meanwhile is reported, not lost.
+
+Envelopes hold text that clients and remote servers chose (HELO, addresses, replies):
+every printer here passes it through :func:`printable`, so no control character (a
+terminal escape sequence, a carriage return that overwrites a line) reaches the
+operator's terminal.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 from .queue import Entry, QueueError, Spool
 
-AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # minutes, like vqueue's table
+AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # minutes, like qshape's table
+
+# DEL, C1 controls and the Unicode format characters that reorder or hide text
+_OTHER_CONTROLS = r"\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+_UNPRINTABLE = re.compile(rf"[\x00-\x1f{_OTHER_CONTROLS}]")
+_UNPRINTABLE_BUT_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER_CONTROLS}]")  # keeps \t \n
 
 
-def domains(entry: Entry) -> list[str]:
-    """The recipient domains of a message, each once."""
-    seen = []
-    for rcpt in entry.envelope.get("recipients", []):
-        domain = rcpt.get("address", "").rpartition("@")[2].lower() or "(none)"
-        if domain not in seen:
-            seen.append(domain)
-    return seen
+def printable(value, lines: bool = False) -> str:
+    """``value`` as text with every control character escaped (``\\x1b``, ``\\u202e``);
+    with ``lines``, line feeds and tabs stay."""
+    pattern = _UNPRINTABLE_BUT_LINES if lines else _UNPRINTABLE
+    return pattern.sub(_escape, str(value))
+
+
+def _escape(found: re.Match) -> str:
+    return found.group().encode("unicode_escape").decode("ascii")
+
+
+def pending(entry: Entry) -> list[str]:
+    """The addresses of a message's recipients still to be delivered (or bounced)."""
+    return [rcpt.address for rcpt in entry.envelope.recipients if not rcpt.done]
+
+
+def listing(entries: list[Entry]) -> str:
+    """One line per message, oldest first (like ``mailq``): id, queue, age in minutes,
+    recipients still pending, sender; then the totals."""
+    if not entries:
+        return "the queue is empty"
+    width = max(len(e.queue) for e in entries) + 2
+    lines = [f"{'ID':27}{'QUEUE':{width}}{'AGE':>5}{'PENDING':>9}  SENDER"]
+    for entry in entries:
+        lines.append(f"{entry.id:27}{entry.queue:{width}}{entry.age / 60:>5.0f}"
+                     f"{len(pending(entry)):>9}  <{printable(entry.envelope.sender)}>")
+    total = sum(len(pending(e)) for e in entries)
+    lines.append(f"-- {len(entries)} message(s), {total} recipient(s) pending")
+    return "\n".join(lines)
 
 
 def _bucket(age_seconds: float) -> int:
@@ -33,15 +65,15 @@ def _bucket(age_seconds: float) -> int:
 
 
 def table(entries: list[Entry]) -> str:
-    """Counts by queue and recipient domain, in age columns (minutes)."""
+    """Recipients still pending, by queue and domain, in age columns (minutes)."""
     heads = [f"<{m}" for m in AGE_BUCKETS] + [f">={AGE_BUCKETS[-1]}"]
     rows: dict[tuple[str, str], list[int]] = {}
     for entry in entries:
-        for domain in domains(entry):
-            row = rows.setdefault((entry.queue, domain), [0] * len(heads))
-            row[_bucket(entry.age)] += 1
+        for address in pending(entry):
+            domain = printable(address.rpartition("@")[2].lower() or "(none)")
+            rows.setdefault((entry.queue, domain), [0] * len(heads))[_bucket(entry.age)] += 1
     if not rows:
-        return "the queue is empty"
+        return "no recipient pending"
     width = max(len(q) for q, _ in rows) + 2, max(len(d) for _, d in rows) + 2
     lines = [f"{'QUEUE':{width[0]}}{'DOMAIN':{width[1]}}{'TOTAL':>6}" +
              "".join(f"{h:>7}" for h in heads)]
@@ -52,27 +84,31 @@ def table(entries: list[Entry]) -> str:
 
 
 def as_json(entries: list[Entry]) -> str:
-    return json.dumps([{"id": e.id, "queue": e.queue, "age": round(e.age, 1), **e.envelope}
+    """Every message's envelope, as JSON (ASCII: control characters come out escaped)."""
+    return json.dumps([{**e.envelope.stored(), "id": e.id, "queue": e.queue,
+                        "age": round(e.age, 1)}
                        for e in entries], indent=2, sort_keys=True)
 
 
 def describe(entry: Entry) -> str:
     """A readable view of one message's envelope."""
     env = entry.envelope
-    received = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.get("received_at", 0)))
+    received = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(env.received_at or 0))
     lines = [f"id:        {entry.id}", f"queue:     {entry.queue}",
              f"received:  {received} ({entry.age / 60:.0f} min ago) from "
-             f"{env.get('client_ip', '?')} ({env.get('helo') or '?'})",
-             f"sender:    <{env.get('sender', '')}>"]
-    if env.get("next_attempt"):
+             f"{env.client_ip or '?'} ({env.helo or '?'})",
+             f"sender:    <{env.sender}>"]
+    if env.authenticated_as:
+        lines.append(f"login:     {env.authenticated_as}")
+    if entry.queue == "deferred" and env.next_attempt:
         lines.append("next try:  " + time.strftime("%Y-%m-%d %H:%M:%S",
-                                                   time.localtime(env["next_attempt"])))
-    for rcpt in env.get("recipients", []):
-        extra = "".join(f" {key}={rcpt[key]}" for key in ("route", "attempts") if rcpt.get(key))
-        lines.append(f"rcpt:      <{rcpt.get('address')}> {rcpt.get('status', '?')}{extra}")
-        if rcpt.get("error"):
-            lines.append(f"           last error: {rcpt['error']}")
-    return "\n".join(lines)
+                                                   time.localtime(env.next_attempt)))
+    for rcpt in env.recipients:
+        lines.append(f"rcpt:      <{rcpt.address}> {rcpt.status} route={rcpt.route} "
+                     f"attempts={rcpt.attempts}")
+        if rcpt.reply and rcpt.status != "delivered":
+            lines.append(f"           last error: {rcpt.reply}")
+    return "\n".join(printable(line) for line in lines)
 
 
 def act(spool: Spool, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
@@ -84,10 +120,10 @@ async def _act(spool: Spool, action: str, msg_ids: list[str]) -> list[tuple[bool
     done = []
     for msg_id in msg_ids:
         try:
-            done.append((True, await _one(spool, action, msg_id)))
+            done.append((True, printable(await _one(spool, action, msg_id))))
         except (QueueError, FileNotFoundError) as err:
             why = err if isinstance(err, QueueError) else "moved meanwhile"
-            done.append((False, f"{msg_id}: {why}"))
+            done.append((False, printable(f"{msg_id}: {why}")))
     return done
 
 
@@ -100,10 +136,12 @@ async def _one(spool: Spool, action: str, msg_id: str) -> str:
         if queue not in ("deferred", "deliver"):
             raise QueueError(f"in {queue}, nothing to retry")
         entry = spool.get(msg_id, queue)
-        entry.envelope.pop("next_attempt", None)
+        entry.envelope.next_attempt = None
         await spool.update(entry)
         target = "deliver"
     elif action == "hold":
+        if queue == "hold":
+            raise QueueError("already held")
         target = "hold"
     elif action == "release":
         if queue != "hold":

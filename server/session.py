@@ -21,6 +21,7 @@ from stdlib.mail import AddressError, Mailbox, Message
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
+from .envelope import Envelope
 from .queue import QueueError, new_id
 from .received import protocol, received
 from .smtp import FastSMTP
@@ -437,16 +438,16 @@ class Session:
             return f"fallback_reply@{stage.function}"
         return f"{stage.function}@{_defined_at(self.server.policy.script, stage.function)}"
 
-    def _envelope(self, session) -> dict:
+    def _envelope(self, session) -> Envelope:
         ctx = self.ctx
-        return {
-            "sender": ctx.sender.address,
-            "recipients": self.server.delivery.recipients(ctx),
-            "helo": ctx.helo, "client_ip": ctx.client_ip, "client_port": ctx.client_port,
-            "server_name": ctx.server_name, "transaction": ctx.message_id,
-            "authenticated_as": session.auth_data if session.authenticated else None,
-            "tls": ctx.tls,
-        }
+        return Envelope(
+            sender=ctx.sender.address,
+            recipients=self.server.delivery.recipients(ctx),
+            helo=ctx.helo, client_ip=ctx.client_ip, client_port=ctx.client_port,
+            server_name=ctx.server_name, transaction=ctx.message_id,
+            authenticated_as=session.auth_data if session.authenticated else None,
+            tls=ctx.tls,
+        )
 
 
 def as_greeting(reply: str) -> str:

@@ -17,6 +17,14 @@ namespace = Namespace("status", "Stage results")
 
 _LINE = re.compile(r"^([2-5])(\d\d)(?:([ -])(?:([245])\.(\d{1,3})\.(\d{1,3})(?: |$))?(.*))?$")
 DEFAULT_DENY = "554 5.7.1 Transaction rejected by policy"
+# A quarantine's name is one directory of the spool (quarantine/<name>): never '.' or '..',
+# never hidden, within any file system's name limit. The spool checks names with this too.
+_QUARANTINE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def is_quarantine_name(name) -> bool:
+    """Whether ``name`` may name a quarantine (status::quarantine, `vsl queue move`)."""
+    return isinstance(name, str) and _QUARANTINE_NAME.fullmatch(name) is not None
 
 
 def reply_problem(text, classes: str) -> str | None:
@@ -114,7 +122,7 @@ def deny(reply=None) -> Status:
 @namespace.native
 def quarantine(queue) -> Status:
     """Answer success but keep the message in quarantine/<queue>."""
-    if not isinstance(queue, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", queue) or \
-            queue.startswith("."):
-        raise ScriptError("quarantine needs a queue name of letters, digits, '_', '-' or '.'")
+    if not is_quarantine_name(queue):
+        raise ScriptError("quarantine needs a queue name of 1 to 64 letters, digits, '_', '-' "
+                          "or '.' (not first)")
     return Status("quarantine", queue=queue)

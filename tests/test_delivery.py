@@ -12,6 +12,7 @@ import pytest
 
 from server.config import DeliveryConfig
 from server.delivery import Delivery, retry_delay
+from server.envelope import Envelope, RecipientState
 from server.journal import Journal
 from server.queue import Spool
 from stdlib.ctx import Context, Stage
@@ -42,9 +43,8 @@ def world(tmp_path):
 
 
 async def queue(spool, route, rcpts=("bob@remote.test",), sender=SENDER, **envelope):
-    return await spool.put({"sender": sender, **envelope, "recipients": [
-        {"address": r, "status": "pending", "attempts": 0, "route": route} for r in rcpts]},
-        MESSAGE, "deliver")
+    return await spool.put(Envelope(sender, [RecipientState(r, route) for r in rcpts],
+                                    **envelope), MESSAGE, "deliver")
 
 
 def dsns(tmp_path, local="alice") -> list[email.message.Message]:
@@ -92,15 +92,15 @@ def test_connection_refused_defers_with_backoff(world):
             assert await delivery.run_once() == 1
             assert await delivery.run_once() == 0  # not due yet
             entry = spool.get(msg_id, "deferred")
-            delays.append(entry.envelope["next_attempt"] - clock.now)
-            clock.now = entry.envelope["next_attempt"]
+            delays.append(entry.envelope.next_attempt - clock.now)
+            clock.now = entry.envelope.next_attempt
         return entry, delays
 
     entry, delays = asyncio.run(main())
     assert delays == [60, 120, 150]
-    (rcpt,) = entry.envelope["recipients"]
-    assert rcpt["status"] == "deferred" and rcpt["attempts"] == 3
-    assert rcpt["reply"].startswith(f"451 4.4.1 cannot deliver to 127.0.0.1:{port}: ")
+    (rcpt,) = entry.envelope.recipients
+    assert rcpt.status == "deferred" and rcpt.attempts == 3
+    assert rcpt.reply.startswith(f"451 4.4.1 cannot deliver to 127.0.0.1:{port}: ")
 
 
 @pytest.mark.parametrize("setup", ["rcpt_4xx", "data_4xx", "timeout_mid_data"])
@@ -119,9 +119,9 @@ def test_temporary_failures_defer(world, setup):
             return spool.get(msg_id)
 
     entry = asyncio.run(main())
-    (rcpt,) = entry.envelope["recipients"]
-    assert entry.queue == "deferred" and rcpt["status"] == "deferred"
-    assert rcpt["reply"][:1] == "4" and spool.list("deliver") == []
+    (rcpt,) = entry.envelope.recipients
+    assert entry.queue == "deferred" and rcpt.status == "deferred"
+    assert rcpt.reply[:1] == "4" and spool.list("deliver") == []
 
 
 def test_permanent_failure_bounces_at_once(world, tmp_path):
@@ -132,9 +132,9 @@ def test_permanent_failure_bounces_at_once(world, tmp_path):
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", ["bad@remote.test"])
             await delivery.run_once()
             (dsn,) = spool.list("deliver")
-            assert spool.list("deferred") == [] and dsn.envelope["dsn_for"] == msg_id
-            assert dsn.envelope["sender"] == ""
-            assert [r["address"] for r in dsn.envelope["recipients"]] == [SENDER]
+            assert spool.list("deferred") == [] and dsn.envelope.dsn_for == msg_id
+            assert dsn.envelope.sender == ""
+            assert [r.address for r in dsn.envelope.recipients] == [SENDER]
             await delivery.run_once()  # the DSN itself, to the sender's Maildir
             return msg_id
 
@@ -174,7 +174,7 @@ def test_retries_stop_at_max_age(world):
         msg_id = await queue(spool, f"smtp://127.0.0.1:{free_port()}",
                              received_at=clock.now - 950)
         await delivery.run_once()
-        return spool.get(msg_id, "deferred").envelope["next_attempt"]
+        return spool.get(msg_id, "deferred").envelope.next_attempt
 
     assert asyncio.run(main()) == pytest.approx(clock.now + 50)  # not 60: max age first
 
@@ -195,19 +195,19 @@ def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warn
                              received_at=clock.now)
         await delivery.run_once()
         for _ in range(3):
-            clock.now = spool.get(msg_id, "deferred").envelope["next_attempt"]
+            clock.now = spool.get(msg_id, "deferred").envelope.next_attempt
             await delivery.run_once()  # the attempt (and a DSN it queues) ...
             await delivery.run_once()  # ... the DSN delivered to alice's Maildir
         return spool.get(msg_id, "deferred")
 
     entry = asyncio.run(main())
-    assert entry.envelope["attempts"] == 4  # still waiting: a warning is not a bounce
+    assert entry.envelope.attempts == 4  # still waiting: a warning is not a bounce
     if not warned:
-        assert dsns(tmp_path) == [] and "delay_warned_at" not in entry.envelope
+        assert dsns(tmp_path) == [] and entry.envelope.delay_warned_at is None
         return
     (dsn,) = dsns(tmp_path)
     assert dsn["Subject"] == "Delayed Mail (still being retried)"
-    assert entry.envelope["delay_warned_at"] == pytest.approx(start + 180)
+    assert entry.envelope.delay_warned_at == pytest.approx(start + 180)
     blocks = report(dsn)[1:]
     assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bob@remote.test",
                                                       "rfc822; carol@remote.test"]
@@ -246,7 +246,7 @@ def test_null_sender_never_gets_a_dsn(world):
     msg_id = asyncio.run(main())
     assert [e.id for e in spool.list()] == [msg_id]
     assert spool.get(msg_id).queue == "dead"
-    assert spool.get(msg_id).envelope["recipients"][0]["status"] == "failed"
+    assert spool.get(msg_id).envelope.recipients[0].status == "failed"
 
 
 def test_a_bounce_that_bounces_goes_to_dead(tmp_path):
@@ -265,8 +265,8 @@ def test_a_bounce_that_bounces_goes_to_dead(tmp_path):
 
     msg_id = asyncio.run(main())
     (dead,) = spool.list()
-    assert dead.queue == "dead" and dead.envelope["dsn_for"] == msg_id
-    assert dead.envelope["recipients"][0]["address"] == "bad-sender@remote.test"
+    assert dead.queue == "dead" and dead.envelope.dsn_for == msg_id
+    assert dead.envelope.recipients[0].address == "bad-sender@remote.test"
 
 
 def test_mixed_recipients(world, tmp_path):
@@ -279,13 +279,13 @@ def test_mixed_recipients(world, tmp_path):
             await delivery.run_once()
             first = Spool(spool.root).get(msg_id)  # as written to disk
             sink.accept_all = True
-            clock.now = first.envelope["next_attempt"]
+            clock.now = first.envelope.next_attempt
             await delivery.run_once()
             return first, [m.recipients for m in sink.messages]
 
     first, received = asyncio.run(main())
     assert first.queue == "deferred"
-    assert {r["address"]: r["status"] for r in first.envelope["recipients"]} == {
+    assert {r.address: r.status for r in first.envelope.recipients} == {
         "ok@remote.test": "delivered", "temp@remote.test": "deferred",
         "bad@remote.test": "bounced"}
     assert received == [["ok@remote.test"], ["temp@remote.test"]]  # ok@ only once
@@ -302,7 +302,7 @@ def test_delivered_recipients_are_not_delivered_again(world):
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
                                  ["done@remote.test", "bob@remote.test"])
             entry = spool.get(msg_id)  # a crash after done@ was delivered
-            entry.envelope["recipients"][0]["status"] = "delivered"
+            entry.envelope.recipients[0].status = "delivered"
             await spool.update(entry)
             await delivery.run_once()
             return sink.messages
@@ -317,11 +317,10 @@ def test_routes_group_recipients_into_transactions(world, tmp_path):
     async def main():
         async with Sink() as sink:
             route = f"smtp://127.0.0.1:{sink.port}"
-            await spool.put({"sender": SENDER, "recipients": [
-                {"address": "a@remote.test", "status": "pending", "route": route},
-                {"address": "b@remote.test", "status": "pending", "route": route},
-                {"address": "c@example.test", "status": "pending",
-                 "route": f"maildir:{tmp_path / 'c'}"}]}, MESSAGE, "deliver")
+            await spool.put(Envelope(SENDER, [
+                RecipientState("a@remote.test", route), RecipientState("b@remote.test", route),
+                RecipientState("c@example.test", f"maildir:{tmp_path / 'c'}")]),
+                MESSAGE, "deliver")
             await delivery.run_once()
             return sink.messages
 
@@ -426,7 +425,7 @@ def test_server_routes_and_delivers(tmp_path):
             assert wait_for(lambda: not server.spool.list() and list(box.iterdir()))
         assert wait_for(lambda: receiver.spool.list("deliver"))
         (forwarded,) = receiver.spool.list("deliver")
-    assert [r["address"] for r in forwarded.envelope["recipients"]] == ["fwd@example.test"]
+    assert [r.address for r in forwarded.envelope.recipients] == ["fwd@example.test"]
     (stored,) = box.iterdir()
     assert stored.read_bytes().startswith(b"Return-Path: <alice@example.org>\n"
                                           b"Delivered-To: bob@example.test\nReceived: ")
@@ -445,13 +444,12 @@ def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
     ctx.message = Message(MESSAGE)
 
     async def main():
-        msg_id = await spool.put({"sender": SENDER,
-                                  "recipients": delivery.recipients(ctx)}, MESSAGE)
-        before = spool.get(msg_id).envelope["recipients"][0]["route"]
+        msg_id = await spool.put(Envelope(SENDER, delivery.recipients(ctx)), MESSAGE)
+        before = spool.get(msg_id).envelope.recipients[0].route
         ctx.stage = Stage.POST_QUEUE
         script.call("on_post_queue", ctx)
         await delivery.reroute(msg_id, "working", ctx, MESSAGE)
-        return before, spool.get(msg_id).envelope["recipients"][0]["route"]
+        return before, spool.get(msg_id).envelope.recipients[0].route
 
     before, after = asyncio.run(main())
     assert before == f"maildir:{tmp_path / 'mail' / 'example.test' / 'bob'}"

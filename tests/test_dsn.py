@@ -4,20 +4,22 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+from dataclasses import replace
 
 import pytest
 
 from server.dsn import build_dsn, status_code
+from server.envelope import Envelope, RecipientState
 
-ENVELOPE = {"id": "0123456789ab-0123456789ab", "sender": "alice@example.org",
-            "received_at": 1_700_000_000.0}
+ENVELOPE = Envelope("alice@example.org", id="0123456789ab-0123456789ab",
+                    received_at=1_700_000_000.0)
 ORIGINAL = (b"From: Alice <alice@example.org>\r\nTo: bob@remote.test\r\n"
             b"Subject: caf\xc3\xa9\r\n\r\nthe body stays out\r\n")
-FAILED = [{"address": "bob@remote.test", "reply": "550 5.1.1 no such user",
-           "remote_mta": "mx.remote.test"},
-          {"address": "carol@slow.test", "reply": "451 4.4.1 cannot deliver to x: refused",
-           "expired": True},
-          {"address": "dan@local.test", "reply": "554 mailbox disabled"}]
+FAILED = [RecipientState("bob@remote.test", reply="550 5.1.1 no such user",
+                         remote_mta="mx.remote.test"),
+          RecipientState("carol@slow.test", reply="451 4.4.1 cannot deliver to x: refused",
+                         expired=True),
+          RecipientState("dan@local.test", reply="554 mailbox disabled")]
 
 
 def parse(data: bytes):
@@ -44,7 +46,7 @@ def test_structure(dsn):
 def test_delivery_status_fields(dsn):
     blocks = [dict(b) for b in email.message_from_bytes(dsn).get_payload()[1].get_payload()]
     assert blocks[0]["Reporting-MTA"] == "dns; mx.example.com"
-    assert blocks[0]["X-Queue-ID"] == ENVELOPE["id"] and "2023" in blocks[0]["Arrival-Date"]
+    assert blocks[0]["X-Queue-ID"] == ENVELOPE.id and "2023" in blocks[0]["Arrival-Date"]
     assert blocks[1:] == [
         {"Final-Recipient": "rfc822; bob@remote.test", "Action": "failed", "Status": "5.1.1",
          "Remote-MTA": "dns; mx.remote.test",
@@ -72,8 +74,8 @@ def test_wire_format(dsn):
 
 
 def test_long_and_utf8_values():
-    failed = [{"address": "jos\u00e9@remote.test", "reply": "550 5.7.1 " + "x" * 2000}]
-    data = build_dsn("mx.example.com", {**ENVELOPE, "sender": "\u00e9lise@example.org"},
+    failed = [RecipientState("jos\u00e9@remote.test", reply="550 5.7.1 " + "x" * 2000)]
+    data = build_dsn("mx.example.com", replace(ENVELOPE, sender="\u00e9lise@example.org"),
                      failed, ORIGINAL)
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
     assert "Final-Recipient: utf-8; jos\u00e9@remote.test\r\n".encode() in data  # RFC 6533
@@ -87,12 +89,12 @@ def test_long_and_utf8_values():
     ({"reply": "550 no code"}, "5.0.0"), ({"reply": "450 no code"}, "4.0.0"),
     ({"reply": "451 4.4.1 x", "expired": True}, "4.4.7"), ({}, "5.0.0")])
 def test_status_code(record, code):
-    assert status_code(record) == code
+    assert status_code(RecipientState("x@y.test", **record)) == code
 
 
 def test_delay_warning():
-    deferred = [{"address": "carol@slow.test", "reply": "451 4.4.1 cannot deliver to x"},
-                {"address": "erin@slow.test", "reply": None}]
+    deferred = [RecipientState("carol@slow.test", reply="451 4.4.1 cannot deliver to x"),
+                RecipientState("erin@slow.test")]
     message = parse(build_dsn("mx.example.com", ENVELOPE, deferred, ORIGINAL,
                               now=1_700_000_100.0, retry_until=1_700_432_000.0))
     assert message["Subject"] == "Delayed Mail (still being retried)"

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from server.envelope import VERSION, Envelope, RecipientState
 from server.queue import QueueError, Spool, check_queue
 
 
@@ -16,11 +17,11 @@ def run(coro):
 
 def test_put_get_and_message(tmp_path):
     spool = Spool(tmp_path)
-    msg_id = run(spool.put({"sender": "a@example.test", "recipients": ["b@example.test"]},
+    msg_id = run(spool.put(Envelope("a@example.test", [RecipientState("b@example.test")]),
                            b"Subject: hi\r\n\r\nbody\r\n"))
     entry = spool.get(msg_id)
-    assert entry.queue == "working" and entry.envelope["sender"] == "a@example.test"
-    assert entry.envelope["id"] == msg_id and entry.age >= 0
+    assert entry.queue == "working" and entry.envelope.sender == "a@example.test"
+    assert entry.envelope.id == msg_id and entry.age >= 0
     assert spool.message(msg_id) == b"Subject: hi\r\n\r\nbody\r\n"
     assert sorted(os.listdir(tmp_path / "working")) == [f"{msg_id}.eml", f"{msg_id}.json"]
     assert os.listdir(tmp_path / "tmp") == []
@@ -30,7 +31,8 @@ def test_concurrent_puts_share_commits(tmp_path):
     spool = Spool(tmp_path)
 
     async def many():
-        return await asyncio.gather(*(spool.put({"n": i}, b"x" * 100) for i in range(200)))
+        return await asyncio.gather(*(spool.put(Envelope(f"s{i}@x.test"), b"x" * 100)
+                                      for i in range(200)))
 
     ids = run(many())
     assert len(set(ids)) == 200 and len(spool.list("working")) == 200
@@ -39,7 +41,7 @@ def test_concurrent_puts_share_commits(tmp_path):
 
 def test_move_list_remove(tmp_path):
     spool = Spool(tmp_path)
-    msg_id = run(spool.put({}, b"data"))
+    msg_id = run(spool.put(Envelope(""), b"data"))
     run(spool.move(msg_id, "quarantine/virus"))
     assert spool.locate(msg_id) == "quarantine/virus"
     assert [e.id for e in spool.list("quarantine/virus")] == [msg_id]
@@ -47,9 +49,9 @@ def test_move_list_remove(tmp_path):
     assert spool.message(msg_id) == b"data"
     run(spool.move(msg_id, "hold"))
     entry = spool.get(msg_id)
-    entry.envelope["note"] = "held"
+    entry.envelope.attempts = 7
     run(spool.update(entry))
-    assert spool.get(msg_id, "hold").envelope["note"] == "held"
+    assert spool.get(msg_id, "hold").envelope.attempts == 7
     spool.remove(msg_id)
     with pytest.raises(QueueError, match="no message"):
         spool.locate(msg_id)
@@ -66,7 +68,7 @@ def test_bad_names_are_refused(tmp_path):
 
 def test_recover_finishes_an_interrupted_move(tmp_path):
     spool = Spool(tmp_path)
-    msg_id = run(spool.put({}, b"data"))
+    msg_id = run(spool.put(Envelope(""), b"data"))
     # a crash after the message file moved but before its envelope did
     os.replace(tmp_path / "working" / f"{msg_id}.eml", tmp_path / "hold" / f"{msg_id}.eml")
     assert Spool(tmp_path).recover() == 0
@@ -75,7 +77,7 @@ def test_recover_finishes_an_interrupted_move(tmp_path):
 
 def test_recover_drops_what_was_never_acknowledged(tmp_path):
     spool = Spool(tmp_path)
-    kept = run(spool.put({}, b"kept"))
+    kept = run(spool.put(Envelope(""), b"kept"))
     (tmp_path / "tmp" / "half-written").write_bytes(b"x")
     (tmp_path / "deliver" / "0123456789ab-0123456789ab.eml").write_bytes(b"orphan")
     assert spool.recover() == 2
@@ -92,13 +94,59 @@ def test_unwritable_queue_is_an_error_not_a_success(tmp_path):
         spool = Spool(tmp_path)
         os.chmod(tmp_path / "tmp", 0o500)
     with pytest.raises(QueueError, match="cannot write the queue"):
-        run(spool.put({}, b"data"))
+        run(spool.put(Envelope(""), b"data"))
     assert spool.list() == []
 
 
 def test_envelopes_are_json(tmp_path):
     spool = Spool(tmp_path)
-    msg_id = run(spool.put({"recipients": [{"address": "b@x.test", "status": "pending"}]},
-                           b"d"))
+    msg_id = run(spool.put(Envelope("a@x.test", [RecipientState("b@x.test")]), b"d"))
     data = json.loads((tmp_path / "working" / f"{msg_id}.json").read_text())
-    assert data["recipients"][0]["status"] == "pending"
+    assert data["recipients"][0]["status"] == "pending" and data["version"] == VERSION
+
+
+# An envelope as vSL wrote it before envelopes were typed (no "version"): a deferred
+# message after one attempt, with the fields session.py and delivery.py wrote then.
+UNVERSIONED = (
+    '{"attempts": 1, "authenticated_as": null, "client_ip": "192.0.2.7", "client_port": 40000,'
+    ' "helo": "client.test", "id": "0123456789ab-0123456789ab", "next_attempt": 1700000300.0,'
+    ' "received_at": 1700000000.0, "recipients": [{"address": "bob@remote.test",'
+    ' "attempts": 1, "remote_mta": "mx.remote.test", "reply": "451 4.2.0 try again later",'
+    ' "route": "mx", "status": "deferred", "updated_at": 1700000001.5}], "sender":'
+    ' "alice@example.test", "server_name": "mx.test", "tls": false, "transaction":'
+    ' "<abc@mx.test>"}')
+
+
+def test_unversioned_envelopes_still_read(tmp_path):
+    spool = Spool(tmp_path)
+    (tmp_path / "deferred" / "0123456789ab-0123456789ab.json").write_text(UNVERSIONED)
+    (tmp_path / "deferred" / "0123456789ab-0123456789ab.eml").write_bytes(b"x")
+    entry = spool.get("0123456789ab-0123456789ab")
+    assert entry.envelope == Envelope(
+        "alice@example.test", [RecipientState(
+            "bob@remote.test", "mx", "deferred", 1, "451 4.2.0 try again later",
+            "mx.remote.test", 1700000001.5)],
+        id="0123456789ab-0123456789ab", received_at=1700000000.0, helo="client.test",
+        client_ip="192.0.2.7", client_port=40000, server_name="mx.test",
+        transaction="<abc@mx.test>", attempts=1, next_attempt=1700000300.0)
+    run(spool.update(entry))
+    assert json.loads((tmp_path / "deferred" / f"{entry.id}.json").read_text()) == \
+        {**json.loads(UNVERSIONED), "version": VERSION, "dsn_for": None,
+         "delay_warned_at": None, "recipients": [
+             {**json.loads(UNVERSIONED)["recipients"][0], "expired": False}]}
+
+
+@pytest.mark.parametrize("stored, problem", [
+    ('{"version": 99, "sender": ""}', "version 99"),
+    ('{"recipients": []}', "sender"),
+    ('{"sender": 5}', "sender"),
+    ('{"sender": "", "recipients": ["b@x.test"]}', "RecipientState is a JSON object"),
+    ('{"sender": "", "recipients": [{"address": "b@x.test", "attempts": "2"}]}', "attempts"),
+    ('[1]', "JSON object"), ("{", "Expecting"),
+])
+def test_what_is_not_an_envelope_is_reported_not_misread(tmp_path, stored, problem):
+    spool = Spool(tmp_path)
+    (tmp_path / "hold" / "0123456789ab-0123456789ab.json").write_text(stored)
+    with pytest.raises(QueueError, match=f"unreadable envelope: .*{problem}"):
+        spool.get("0123456789ab-0123456789ab")
+    assert spool.list() == []  # skipped by listings and by delivery

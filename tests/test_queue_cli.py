@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import smtplib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from server.config import DeliveryConfig
+from server.envelope import Envelope, RecipientState
 from server.queue import Spool
+from tests.support.mailsink import MESSAGE
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
 
 VSL = Path(sys.executable).parent / "vsl"
 
@@ -26,12 +32,12 @@ def spool(tmp_path):
     async def fill():
         ids = []
         for rcpts in (["a@one.test"], ["b@two.test", "c@one.test"]):
-            ids.append(await spool.put({"sender": "s@x.test", "client_ip": "192.0.2.1",
-                                        "recipients": [{"address": r, "status": "pending"}
-                                                       for r in rcpts]}, b"Subject: q\r\n\r\n"))
-        deferred = await spool.put({"sender": "s@x.test", "next_attempt": 4e9, "recipients": [
-            {"address": "d@three.test", "status": "deferred", "attempts": 2,
-             "error": "451 4.4.1 try later"}]}, b"x", "deferred")
+            ids.append(await spool.put(
+                Envelope("s@x.test", [RecipientState(r) for r in rcpts], client_ip="192.0.2.1"),
+                b"Subject: q\r\n\r\n"))
+        deferred = await spool.put(Envelope("s@x.test", [
+            RecipientState("d@three.test", status="deferred", attempts=2,
+                           reply="451 4.4.1 try later")], next_attempt=4e9), b"x", "deferred")
         return ids + [deferred]
 
     spool.ids = asyncio.run(fill())
@@ -39,19 +45,52 @@ def spool(tmp_path):
 
 
 def test_list_table_and_json(spool):
-    out = vsl_queue(spool.root, "list").stdout
+    out = vsl_queue(spool.root, "list", "--by-domain").stdout
     assert out.splitlines()[0].split()[:4] == ["QUEUE", "DOMAIN", "TOTAL", "<5"]
     rows = {tuple(line.split()[:3]) for line in out.splitlines()[1:]}
     assert rows == {("working", "one.test", "2"), ("working", "two.test", "1"),
                     ("deferred", "three.test", "1")}
     data = json.loads(vsl_queue(spool.root, "list", "--json").stdout)
     assert {d["id"] for d in data} == set(spool.ids)
-    assert vsl_queue(spool.root, "list", "deferred").stdout.count("three.test") == 1
+    assert vsl_queue(spool.root, "list", "--by-domain", "deferred").stdout.count(
+        "three.test") == 1
+
+
+def test_list_shows_ids_and_counts_only_pending_recipients(spool):
+    first, second, deferred = spool.ids
+    entry = spool.get(second)
+    entry.envelope.recipients[0].status = "delivered"
+    asyncio.run(spool.update(entry))
+    out = vsl_queue(spool.root, "list").stdout.splitlines()
+    assert out[0].split() == ["ID", "QUEUE", "AGE", "PENDING", "SENDER"]
+    rows = {line.split()[0]: line.split()[1:] for line in out[1:-1]}
+    assert rows == {first: ["working", "0", "1", "<s@x.test>"],
+                    second: ["working", "0", "1", "<s@x.test>"],
+                    deferred: ["deferred", "0", "1", "<s@x.test>"]}
+    assert out[-1] == "-- 3 message(s), 3 recipient(s) pending"
+    table = vsl_queue(spool.root, "list", "--by-domain").stdout
+    assert "two.test" not in table  # its only recipient was delivered
+
+
+def test_the_queue_of_vsl_toml_in_the_working_directory(spool, tmp_path):
+    (tmp_path / "vsl.toml").write_text(f'[server]\nqueue_dir = "{spool.root.name}"\n')
+    result = subprocess.run([VSL, "queue", "list"], capture_output=True, text=True,
+                            timeout=30, cwd=tmp_path)
+    assert result.returncode == 0 and spool.ids[0] in result.stdout
+
+
+def test_hold_twice_and_show_held(spool):
+    deferred = spool.ids[2]
+    assert vsl_queue(spool.root, "hold", deferred).returncode == 0
+    result = vsl_queue(spool.root, "hold", deferred)
+    assert result.returncode == 1 and f"{deferred}: already held" in result.stdout
+    out = vsl_queue(spool.root, "show", deferred).stdout
+    assert "queue:     hold" in out and "next try" not in out
 
 
 def test_show_and_eml(spool):
     out = vsl_queue(spool.root, "show", spool.ids[2]).stdout
-    assert "queue:     deferred" in out and "<d@three.test> deferred attempts=2" in out
+    assert "queue:     deferred" in out and "<d@three.test> deferred route=mx attempts=2" in out
     assert "last error: 451 4.4.1 try later" in out and "next try:" in out
     assert vsl_queue(spool.root, "show", spool.ids[0], "--eml").stdout == "Subject: q\n\n"
 
@@ -64,7 +103,7 @@ def test_hold_release_retry_move_remove(spool):
     assert spool.locate(first) == "deliver"
     result = vsl_queue(spool.root, "retry", "--all")
     assert result.returncode == 0 and f"{deferred}: deferred -> deliver" in result.stdout
-    assert "next_attempt" not in spool.get(deferred).envelope
+    assert spool.get(deferred).envelope.next_attempt is None
     assert vsl_queue(spool.root, "move", first, "quarantine/review").returncode == 0
     assert spool.locate(first) == "quarantine/review"
     assert vsl_queue(spool.root, "remove", first).returncode == 0
@@ -85,3 +124,24 @@ def test_empty_queue(tmp_path):
     Spool(tmp_path / "q")
     assert vsl_queue(tmp_path / "q", "list").stdout.strip() == "the queue is empty"
     assert vsl_queue(tmp_path / "q", "retry", "--all").stdout.strip() == "no deferred message"
+
+
+def test_show_gives_the_error_real_delivery_wrote(tmp_path):
+    """The envelope's last error, as delivery records it: a remote's 450 and 550."""
+    refusing = 'fn on_rcpt_to(ctx) { if ctx.rcpt.local_part == "bad" { ' \
+        'return status::deny("550 5.1.1 no such user"); } ' \
+        'status::deny("450 4.2.1 mailbox busy") }'
+    (tmp_path / "remote").mkdir()
+    with running(config_for(tmp_path / "remote", refusing)) as remote:
+        forward = 'fn on_rcpt_to(ctx) { transport::forward(ctx, ' \
+            f'"smtp://127.0.0.1:{remote.port()}?tls=none"); status::next() }}'
+        delivery = DeliveryConfig(poll_interval=0.02, retry_first=3600, delay_warning=0)
+        with running(config_for(tmp_path, forward, delivery=delivery)) as server:
+            with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
+                smtp.sendmail("", ["busy@example.test", "bad@example.test"], MESSAGE)
+            assert wait_for(lambda: server.spool.list("deferred"), timeout=30)
+            (entry,) = server.spool.list("deferred")
+    out = vsl_queue(tmp_path / "queue", "show", entry.id).stdout
+    assert "<busy@example.test> deferred" in out and "<bad@example.test> failed" in out
+    assert "last error: 450 4.2.1 mailbox busy" in out
+    assert "last error: 550 5.1.1 no such user" in out

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from server.envelope import Envelope
 from server.queue import Spool
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw
@@ -31,7 +32,7 @@ def test_no_script_accepts_local_domains_only(tmp_path):
         msg_id = text.decode().rsplit(" ", 1)[1]
         entry = server.spool.get(msg_id)
         assert entry.queue == "deliver"
-        assert [r["address"] for r in entry.envelope["recipients"]] == \
+        assert [r.address for r in entry.envelope.recipients] == \
             ["bob@example.test", "postmaster@mx.test"]
         data = server.spool.message(msg_id)
         assert data.startswith(b"Received: from client.example.test ([127.0.0.1])\r\n\tby mx.test")
@@ -66,7 +67,7 @@ fn on_pre_queue(ctx) { ctx.append_header("X-Policy", "seen"); status::next() }
             assert code == 250
         msg_id = text.decode().rsplit(" ", 1)[1]
         assert b"X-Policy: seen\r\n" in server.spool.message(msg_id)
-        assert [r["address"] for r in server.spool.get(msg_id).envelope["recipients"]] == \
+        assert [r.address for r in server.spool.get(msg_id).envelope.recipients] == \
             ["bob@example.test"]
 
 
@@ -144,7 +145,7 @@ def test_a_message_never_acknowledged_is_held_at_start(tmp_path):
     start moves it to 'hold' (its client sends it again; an operator may release it)."""
     config = config_for(tmp_path)
     msg_id = asyncio.run(Spool(config.queue_dir).put(
-        {"sender": "a@example.org", "recipients": []}, b"Subject: hi\r\n\r\nhi\r\n"))
+        Envelope("a@example.org"), b"Subject: hi\r\n\r\nhi\r\n"))
     with running(config) as server:
         assert server.spool.get(msg_id).queue == "hold"
 
@@ -184,7 +185,7 @@ def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplo
         data = server.spool.message(msg_id)
         assert f"\tid {msg_id}\r\n".encode() in data
         assert f"X-Id: {msg_id}\r\n".encode() in data
-        assert server.spool.get(msg_id).envelope["transaction"] == msg_id
+        assert server.spool.get(msg_id).envelope.transaction == msg_id
     assert f"queued {msg_id} in working" in caplog.text
 
 

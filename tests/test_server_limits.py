@@ -72,7 +72,7 @@ def test_recipients_limit(tmp_path):
                 assert smtp.rcpt(f"s{i}@example.test")[0] == 250
             assert smtp.rcpt("s3@example.test")[0] == 452
         entry = server.spool.get(queued_id(text))
-        assert [r["address"] for r in entry.envelope["recipients"]] == \
+        assert [r.address for r in entry.envelope.recipients] == \
             ["r0@example.test", "r1@example.test", "r2@example.test"]
 
 

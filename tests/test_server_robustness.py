@@ -51,7 +51,7 @@ def test_binary_garbage(tmp_path, caplog):
             normal_session(server)  # served while the garbage client is connected
             assert bad.closed(5), "the garbage client is never disconnected"
         assert wait_for(lambda: not server.per_ip, 2)
-        assert [e.envelope["sender"] for e in all_messages(server)] == ["alice@example.org"]
+        assert [e.envelope.sender for e in all_messages(server)] == ["alice@example.org"]
         normal_session(server)
     assert "errors, disconnecting" in caplog.text
 
@@ -110,7 +110,7 @@ def test_many_concurrent_bad_clients(tmp_path):
         asyncio.run(storm(server.port()))
         normal_session(server)
         assert wait_for(lambda: not server.per_ip, 3), server.per_ip
-        assert [e.envelope["recipients"][0]["address"] for e in all_messages(server)] == \
+        assert [e.envelope.recipients[0].address for e in all_messages(server)] == \
             ["bob@example.test"]
         assert not list((server.spool.root / "tmp").iterdir())
 
@@ -173,7 +173,7 @@ def test_bare_line_ends_never_end_data(tmp_path, ending):
             raw.send(b"Subject: outer\r\n\r\nbefore" + ending + smuggled + b".\r\n")
             code, text = raw.reply()
             assert raw.cmd("NOOP")[0] == 250  # exactly one reply came for the whole DATA
-        senders = [e.envelope["sender"] for e in all_messages(server)]
+        senders = [e.envelope.sender for e in all_messages(server)]
         assert senders in ([], ["alice@example.org"]), senders
         if senders:
             assert code == 250
@@ -269,9 +269,9 @@ def test_pipelined_commands(tmp_path):
             assert raw.reply()[0] == 221
             assert raw.closed(2)
         one, two = server.spool.get(queued_id(first[1])), server.spool.get(queued_id(second[1]))
-        assert [r["address"] for r in one.envelope["recipients"]] == \
+        assert [r.address for r in one.envelope.recipients] == \
             ["a@example.test", "b@mx.test"]
-        assert two.envelope["sender"] == "carol@example.org"
+        assert two.envelope.sender == "carol@example.org"
         assert server.spool.message(two.id).endswith(b"Subject: two\r\n\r\nsecond\r\n")
 
 

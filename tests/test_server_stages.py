@@ -152,7 +152,7 @@ fn on_mail_from(ctx) {
             assert smtp.mail("x@plain.test") == (554, b"5.7.1 Transaction rejected by policy")
             assert smtp.docmd("DATA")[0] == 503
             msg_id = queued_id(deliver(smtp, sender="ok@fine.test"))
-        assert server.spool.get(msg_id).envelope["sender"] == "ok@fine.test"
+        assert server.spool.get(msg_id).envelope.sender == "ok@fine.test"
         assert len(all_messages(server)) == 1
 
 
@@ -187,7 +187,7 @@ fn on_pre_queue(ctx) {
         assert header(data, "X-Seen") == \
             "one@example.test,nobody@example.test,full@example.test,two@mx.test,"
         assert header(data, "X-Recipients") == "one@example.test two@mx.test"
-        assert [r["address"] for r in server.spool.get(msg_id).envelope["recipients"]] == \
+        assert [r.address for r in server.spool.get(msg_id).envelope.recipients] == \
             ["one@example.test", "two@mx.test"]
 
 
@@ -244,8 +244,8 @@ fn on_pre_queue(ctx) {
                                                     "kept@example.test")))
         entry = server.spool.get(msg_id)
         data = server.spool.message(msg_id)
-    assert entry.envelope["sender"] == "bounces@example.test"
-    assert [r["address"] for r in entry.envelope["recipients"]] == \
+    assert entry.envelope.sender == "bounces@example.test"
+    assert [r.address for r in entry.envelope.recipients] == \
         ["real@example.test", "kept@example.test", "added@example.test", "archive@example.test"]
     assert header(data, "X-Recipients") == "real@example.test kept@example.test added@example.test"
     assert b"archive" not in data  # bcc is hidden
@@ -295,7 +295,7 @@ fn on_post_queue(ctx) {
         assert {local: server.spool.locate(i) for local, i in ids.items()} == {
             "keep": "deliver", "hold": "quarantine/pq", "drop": "dead", "ok": "deliver"}
         assert server.spool.list("working") == []
-        assert server.spool.get(ids["hold"]).envelope["sender"] == "hold@example.org"
+        assert server.spool.get(ids["hold"]).envelope.sender == "hold@example.org"
 
 
 # ---- accept ---------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ fn on_post_queue(ctx) {
             assert smtp.data(b"Subject: a\r\n\r\nbody\r\n") == (250, b"2.0.0 thanks, got it")
         [entry] = all_messages(server)
         assert entry.queue == "quarantine/post"  # on_post_queue ran after the accepts
-        assert [r["address"] for r in entry.envelope["recipients"]] == \
+        assert [r.address for r in entry.envelope.recipients] == \
             ["bob@partner.test", "carol@example.test"]
         # the script's HELO reply goes out as written (no enhanced code on HELO replies)
         assert helo_reply == (250, b"mx.test pleased to meet you")
@@ -450,7 +450,7 @@ fn on_pre_queue(ctx) { status::deny("550 5.7.1 on_pre_queue ran") }
             assert smtp.mail("alice@example.org")[0] == 250
             assert smtp.rcpt("no@example.test") == (550, b"5.1.1 on_rcpt_to ran")
         entry = server.spool.get(queued_id(text))
-        assert [r["address"] for r in entry.envelope["recipients"]] == \
+        assert [r.address for r in entry.envelope.recipients] == \
             ["vip@example.test", "no@example.test"]
 
 

@@ -79,7 +79,7 @@ def test_starttls_secures_the_session(tmp_path, tls, kind):
     assert received_with(secured) == "ESMTPS"
     assert header(plain_msg, "X-Secured") == "false false"
     assert received_with(plain_msg) == "ESMTP"
-    entries = {e.envelope["tls"] for e in all_messages(server)}
+    entries = {e.envelope.tls for e in all_messages(server)}
     assert entries == {True, False}
 
 
@@ -199,7 +199,7 @@ def test_auth_success_and_failure(auth_server, mechanism, initial_response):
     # later stages see who authenticated, never the password
     assert header(data, "X-Rcpt-Auth") == f"alice {mechanism} ()"
     [entry] = all_messages(auth_server)
-    assert entry.envelope["authenticated_as"] == "alice"
+    assert entry.envelope.authenticated_as == "alice"
 
 
 def test_on_auth_can_deny_a_correct_password(auth_server):

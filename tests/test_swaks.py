@@ -45,8 +45,8 @@ def test_plain_delivery(tmp_path):
         [msg_id] = queued_ids(output)
         entry = server.spool.get(msg_id)
         assert entry.queue == "deliver"
-        assert entry.envelope["sender"] == "alice@example.org"
-        assert entry.envelope["helo"] == "swaks.client.test"
+        assert entry.envelope.sender == "alice@example.org"
+        assert entry.envelope.helo == "swaks.client.test"
         data = server.spool.message(msg_id)
         assert b"Subject: from swaks" in data and b"hello from swaks" in data
         assert b"with ESMTP\r\n" in data
@@ -81,7 +81,7 @@ def test_starttls(tmp_path):
         assert "-> STARTTLS" in output and "<-  220 " in output
         assert "TLS started" in output
         [msg_id] = queued_ids(output)
-        assert server.spool.get(msg_id).envelope["tls"] is True
+        assert server.spool.get(msg_id).envelope.tls is True
         assert b"with ESMTPS\r\n" in server.spool.message(msg_id)
 
 
@@ -115,7 +115,7 @@ def test_auth_plain(tmp_path):
         assert "<~  235 2.7.0 Authentication succeeded" in output
         [msg_id] = queued_ids(output)
         entry = server.spool.get(msg_id)
-        assert entry.envelope["authenticated_as"] == "alice"
+        assert entry.envelope.authenticated_as == "alice"
         assert b"with ESMTPSA\r\n" in server.spool.message(msg_id)
         assert len(all_messages(server)) == 1
 
@@ -127,5 +127,5 @@ def test_pipelining(tmp_path):
                              to="bob@example.test,carol@mx.test")
         assert code == OK, output
         [msg_id] = queued_ids(output)
-        assert [r["address"] for r in server.spool.get(msg_id).envelope["recipients"]] == \
+        assert [r.address for r in server.spool.get(msg_id).envelope.recipients] == \
             ["bob@example.test", "carol@mx.test"]

@@ -67,8 +67,8 @@ def test_forward_to_a_vsl_server(tmp_path):
         assert outcomes["bob@example.test"].status == "delivered"
         assert wait_for(lambda: receiver.spool.list("deliver"))
         (entry,) = receiver.spool.list("deliver")
-    assert entry.envelope["sender"] == "alice@example.org"
-    assert entry.envelope["helo"] == "out.test" and entry.envelope["tls"] is False
+    assert entry.envelope.sender == "alice@example.org"
+    assert entry.envelope.helo == "out.test" and entry.envelope.tls is False
     assert receiver.spool.message(entry.id).endswith(MESSAGE)
 
 
@@ -79,7 +79,7 @@ def test_starttls_when_offered(tmp_path, tls):
         outcomes = run(send(f"smtp://127.0.0.1:{receiver.port()}?tls={tls}"))
         assert outcomes["bob@example.test"].status == "delivered"
         assert wait_for(lambda: receiver.spool.list("deliver"))
-        assert receiver.spool.list("deliver")[0].envelope["tls"] is True
+        assert receiver.spool.list("deliver")[0].envelope.tls is True
 
 
 def test_smtps(tmp_path):
@@ -90,7 +90,7 @@ def test_smtps(tmp_path):
         outcomes = run(send(f"smtps://127.0.0.1:{receiver.port('smtps')}"))
         assert outcomes["bob@example.test"].status == "delivered"
         assert wait_for(lambda: receiver.spool.list("deliver"))
-        assert receiver.spool.list("deliver")[0].envelope["tls"] is True
+        assert receiver.spool.list("deliver")[0].envelope.tls is True
 
 
 def test_tls_required_without_starttls_is_a_temporary_failure():

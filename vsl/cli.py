@@ -199,7 +199,7 @@ def passwd(user, password) -> None:
 @main.group()
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="vsl.toml (its server.queue_dir).")
+              help="vsl.toml (its server.queue_dir); default: ./vsl.toml when present.")
 @click.pass_context
 def queue(ctx, queue_dir, config_path) -> None:
     """Look at and act on the mail queue (safe while the server runs)."""
@@ -208,6 +208,8 @@ def queue(ctx, queue_dir, config_path) -> None:
     from server import config as config_module
     from server.queue import Spool
 
+    if not queue_dir and not config_path and Path("vsl.toml").is_file():
+        config_path = "vsl.toml"
     try:
         directory = Path(queue_dir) if queue_dir else config_module.load(config_path).queue_dir
     except config_module.ConfigError as err:
@@ -218,15 +220,19 @@ def queue(ctx, queue_dir, config_path) -> None:
 
 
 def _queue_error(err) -> click.ClickException:
-    return click.ClickException(str(err))
+    from server.queue_admin import printable
+
+    return click.ClickException(printable(err))
 
 
 @queue.command("list")
 @click.argument("name", required=False)
+@click.option("--by-domain", is_flag=True,
+              help="Pending recipients by queue, domain and age (minutes), like qshape.")
 @click.option("--json", "as_json", is_flag=True, help="Every message, as JSON.")
 @click.pass_obj
-def queue_list(spool, name, as_json) -> None:
-    """Messages by queue, recipient domain and age (minutes)."""
+def queue_list(spool, name, by_domain, as_json) -> None:
+    """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
     from server import queue_admin
     from server.queue import QueueError
 
@@ -234,7 +240,9 @@ def queue_list(spool, name, as_json) -> None:
         entries = spool.list(name)
     except QueueError as err:
         raise _queue_error(err) from None
-    click.echo(queue_admin.as_json(entries) if as_json else queue_admin.table(entries))
+    show = queue_admin.as_json if as_json else \
+        queue_admin.table if by_domain else queue_admin.listing
+    click.echo(show(entries))
 
 
 @queue.command("show")
@@ -248,7 +256,8 @@ def queue_show(spool, msg_id, eml) -> None:
 
     try:
         if eml:
-            click.echo(spool.message(msg_id).decode("utf-8", "replace"), nl=False)
+            text = spool.message(msg_id).decode("utf-8", "replace").replace("\r\n", "\n")
+            click.echo(queue_admin.printable(text, lines=True), nl=False)
         else:
             click.echo(queue_admin.describe(spool.get(msg_id)))
     except QueueError as err:

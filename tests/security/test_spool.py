@@ -1,0 +1,101 @@
+"""The spool and `vsl queue`: quarantine names cannot leave the spool, queued mail is
+private, and client-controlled text cannot drive the operator's terminal."""
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.app import recover_spool
+from server.envelope import Envelope
+from server.queue import QueueError, Spool, check_queue
+from server.queue_admin import printable
+from stdlib.status import is_quarantine_name
+from tests.support.servers import config_for, running
+
+VSL = Path(sys.executable).parent / "vsl"
+
+
+@pytest.mark.parametrize("name", ["quarantine/..", "quarantine/.", "quarantine/.hidden",
+                                  "quarantine/" + "x" * 65, "quarantine/a/b"])
+def test_quarantine_names_stay_inside_the_spool(tmp_path, name):
+    spool = Spool(tmp_path)
+    msg_id = asyncio.run(spool.put(Envelope(""), b"x"))
+    with pytest.raises(QueueError, match="unknown queue"):
+        asyncio.run(spool.move(msg_id, name))
+    assert spool.locate(msg_id) == "working"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []
+
+
+def test_queue_and_script_share_one_quarantine_rule():
+    for name in ("spam", "virus-2", "a.b_c", "x" * 64):
+        assert is_quarantine_name(name) and check_queue(f"quarantine/{name}")
+    for name in ("", ".", "..", ".x", "x" * 65, "a/b", "a b", 1):
+        assert not is_quarantine_name(name)
+
+
+@pytest.fixture
+def usual_umask():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def modes(paths) -> set[int]:
+    return {stat.S_IMODE(p.stat().st_mode) for p in paths}
+
+
+def test_queued_mail_is_private(tmp_path, usual_umask):
+    spool = Spool(tmp_path / "queue")
+
+    async def fill():
+        msg_id = await spool.put(Envelope("", authenticated_as="alice"), b"secret")
+        await spool.move(msg_id, "quarantine/review")
+        await spool.put(Envelope(""), b"x", "quarantine/virus")
+    asyncio.run(fill())
+    files = [p for p in spool.root.rglob("*") if p.is_file()]
+    directories = [spool.root, *(p for p in spool.root.rglob("*") if p.is_dir())]
+    assert len(files) == 4 and modes(files) == {0o600}
+    assert len(directories) == 10 and modes(directories) == {0o700}
+
+
+def test_an_open_spool_is_reported_at_start(tmp_path, caplog):
+    spool = Spool(tmp_path / "queue")
+    asyncio.run(recover_spool(spool))
+    assert "readable" not in caplog.text
+    os.chmod(spool.root, 0o755)
+    asyncio.run(recover_spool(spool))
+    assert f"spool {spool.root} is readable by others (mode 0755)" in caplog.text
+
+
+TITLE = "\x1b]0;owned\x07"  # sets the terminal's title, then rings its bell
+
+
+def test_client_text_cannot_drive_the_operators_terminal(tmp_path):
+    with running(config_for(tmp_path)) as server:
+        with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
+            smtp.ehlo(f"evil{TITLE}.test")
+            smtp.sendmail("alice@example.org", ["bob@example.test"],
+                          f"Subject: hi{TITLE}\r\n\r\nbody\x1b[2J\r\n".encode())
+        (entry,) = server.spool.list()
+    assert TITLE in entry.envelope.helo  # stored as sent: only printing escapes it
+    for command in (["show", entry.id], ["show", "--eml", entry.id], ["list"],
+                    ["list", "--by-domain"], ["list", "--json"], ["hold", entry.id]):
+        result = subprocess.run([VSL, "queue", "--queue-dir", str(server.spool.root), *command],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert not set(result.stdout) & {"\x1b", "\x07"}, (command, result.stdout)
+    shown = subprocess.run([VSL, "queue", "--queue-dir", str(server.spool.root), "show",
+                            entry.id], capture_output=True, text=True, timeout=30).stdout
+    assert r"(evil\x1b]0;owned\x07.test)" in shown
+
+
+def test_one_escaping_helper():
+    assert printable("a\x1b[2Jb\r\u202ec\x9b") == r"a\x1b[2Jb\r\u202ec\x9b"
+    assert printable("line\tone\nline two\r", lines=True) == "line\tone\nline two\\r"
