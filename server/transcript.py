@@ -5,6 +5,7 @@ A transcript is a text file::
     # client-ip: 192.0.2.7
     # zone: example.zone          (DNS answers, from zone files beside the transcript)
     # config: vsl.toml            (optional)
+    # Any other comment.          (a comment's first word may not end in ':')
     S: 220 *
     C: EHLO mail.example.test
     S: 250-*
@@ -18,7 +19,9 @@ from the transcript's zones.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import ipaddress
+import re
 import socket
 import tempfile
 from contextlib import ExitStack
@@ -33,6 +36,7 @@ from .dnsd import DnsServer
 
 REPLY_TIMEOUT = 10.0
 _HEADERS = ("client-ip", "zone", "config")
+_DIRECTIVE = re.compile(r"#\s*([\w-]+)\s*:(.*)")  # "# word: value"; other comments are free
 
 
 class TranscriptError(ValueError):
@@ -57,20 +61,10 @@ def parse(path: Path) -> Transcript:
         raise TranscriptError(f"{path}: cannot read: {err}") from None
     for number, line in enumerate(lines, 1):
         if line.startswith("#"):
-            key, sep, value = line[1:].partition(":")
-            key, value = key.strip().lower(), value.strip()
-            if not sep or key not in _HEADERS:
-                continue  # a comment
-            if key == "client-ip":
-                try:
-                    transcript.client_ip = str(ipaddress.ip_address(value))
-                except ValueError:
-                    raise TranscriptError(f"{path}:{number}: '{value}' is not an IP address") \
-                        from None
-            elif key == "zone":
-                transcript.zones.append(path.parent / value)
-            else:
-                transcript.config = path.parent / value
+            directive = _DIRECTIVE.fullmatch(line)
+            if directive:
+                _apply(transcript, f"{path}:{number}", directive[1].lower(),
+                       directive[2].strip())
         elif line[:3] in ("C: ", "S: ") or line in ("C:", "S:"):
             transcript.steps.append((number, line[0], line[3:]))
         elif line.strip():
@@ -79,6 +73,30 @@ def parse(path: Path) -> Transcript:
     if not any(kind == "S" for _, kind, _ in transcript.steps):
         raise TranscriptError(f"{path}: no 'S:' line to check")
     return transcript
+
+
+def _apply(transcript: Transcript, where: str, key: str, value: str) -> None:
+    """One ``# key: value`` directive (``where`` is file:line for errors)."""
+    if key == "client-ip":
+        try:
+            transcript.client_ip = str(ipaddress.ip_address(value))
+        except ValueError:
+            raise TranscriptError(f"{where}: '{value}' is not an IP address") from None
+    elif key == "zone":
+        transcript.zones.append(transcript.path.parent / value)
+    elif key == "config":
+        transcript.config = transcript.path.parent / value
+    else:
+        raise TranscriptError(f"{where}: unknown directive '# {key}:'{_suggestion(key)}")
+
+
+def _suggestion(key: str) -> str:
+    """The nearest directive, or the list of them."""
+    near = difflib.get_close_matches(key.replace("_", "-"), _HEADERS, n=1)
+    if near:
+        return f", did you mean '# {near[0]}:'?"
+    return (f" (known: {', '.join(_HEADERS)}; a comment's first word may not end "
+            "in ':')")
 
 
 def matches(pattern: str, reply: str) -> bool:

@@ -66,3 +66,24 @@ def test_bad_transcripts(tmp_path, text, message):
 def test_matching():
     assert matches("250 *", "250 2.0.0 ok") and not matches("250 *", "550 no")
     assert matches("221 Bye", "221 Bye") and not matches("221 Bye", "221 Byeee")
+
+
+@pytest.mark.parametrize("line, suggestion", [
+    ("# zones: example.zone", "did you mean '# zone:'"),
+    ("# client_ip: 192.0.2.9", "did you mean '# client-ip:'"),
+    ("# Note: the server must refuse", "known: client-ip, zone, config"),
+])
+def test_an_unknown_directive_is_an_error(tmp_path, line, suggestion):
+    path = tmp_path / "t.transcript"
+    path.write_text(f"{line}\nS: 220 *\n")
+    with pytest.raises(TranscriptError, match=r"t.transcript:1: unknown directive") as caught:
+        parse(path)
+    assert suggestion in str(caught.value)
+
+
+def test_comments_are_not_directives(tmp_path):
+    path = tmp_path / "t.transcript"
+    path.write_text("# The server greets: then we quit.\n#zone without colon\n"
+                    "# Config: vsl.toml\nS: 220 *\n")
+    transcript = parse(path)
+    assert transcript.zones == [] and transcript.config == tmp_path / "vsl.toml"
