@@ -87,3 +87,31 @@ def test_comments_are_not_directives(tmp_path):
                     "# Config: vsl.toml\nS: 220 *\n")
     transcript = parse(path)
     assert transcript.zones == [] and transcript.config == tmp_path / "vsl.toml"
+
+
+def test_a_domain_outside_the_zones_does_not_exist(tmp_path):
+    (tmp_path / "main.vsl").write_text(
+        'fn on_mail_from(ctx) {\n'
+        '    if dns::resolver().lookup(ctx.sender.domain, "MX") == [] {\n'
+        '        return status::deny("550 5.1.8 unknown sender domain");\n'
+        '    }\n'
+        '    status::next()\n'
+        '}\n')
+    (tmp_path / "known.zone").write_text("$ORIGIN known.test.\n$TTL 300\n@ MX 10 mx\n")
+    path = tmp_path / "t.transcript"
+    path.write_text("# zone: known.zone\nS: 220 *\nC: HELO x.test\nS: 250 *\n"
+                    "C: MAIL FROM:<a@known.test>\nS: 250 *\nC: RSET\nS: 250 *\n"
+                    "C: MAIL FROM:<a@nowhere.example>\nS: 550 5.1.8 unknown sender domain\n")
+    outcome = replay(parse(path), None)
+    assert outcome.passed, outcome.problems
+
+
+def test_a_bad_zone_file_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "main.vsl").write_text("fn on_helo(ctx) { status::next() }\n")
+    (tmp_path / "nosoa.zone").write_text("$ORIGIN known.test.\n$TTL 300\n@ MX 10 mx\n")
+    path = tmp_path / "t.transcript"
+    path.write_text("# zone: nosoa.zone\n# zone: missing.zone\nS: 220 *\n")
+    result = subprocess.run([VSL, "test", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "missing.zone: cannot read: No such file or directory" in result.stdout
