@@ -166,5 +166,14 @@ async def _session(server: Server, transcript: Transcript) -> list[str]:
                 problems.append(f"line {number}: expected 'S: {text}', got 'S: {reply}'")
     finally:
         writer.close()
-        await asyncio.sleep(0)
+        await _settle(server)
     return problems
+
+
+async def _settle(server: Server) -> None:
+    """Let the session finish what it started (a message being spooled) before the
+    loop closes: the spool's writer thread reports back to this loop."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=REPLY_TIMEOUT)
+    await asyncio.to_thread(server.spool.close)

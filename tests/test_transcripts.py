@@ -115,3 +115,16 @@ def test_a_bad_zone_file_is_an_error_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "missing.zone: cannot read: No such file or directory" in result.stdout
+
+
+def test_a_transcript_ending_while_the_message_is_spooled_ends_cleanly(tmp_path):
+    (tmp_path / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
+    paths = []
+    for n in range(3):
+        paths.append(tmp_path / f"t{n}.transcript")
+        paths[-1].write_text("S: 220 *\nC: HELO x.test\nS: 250 *\nC: MAIL FROM:<a@b.test>\n"
+                             "S: 250 *\nC: RCPT TO:<bob@x.test>\nS: 250 *\nC: DATA\nS: 354 *\n"
+                             "C: Subject: x\nC:\nC: body\nC: .\n")
+    result = subprocess.run([VSL, "test", *map(str, paths)], capture_output=True, text=True)
+    assert "3 passed, 0 failed" in result.stdout
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
