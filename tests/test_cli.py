@@ -384,3 +384,34 @@ def test_run_missing_file_is_a_usage_error(tmp_path):
 def test_run_directory_is_a_usage_error(tmp_path):
     proc = vsl("run", tmp_path)
     assert proc.returncode == 2
+
+
+# -- operator hints --------------------------------------------------------------------
+
+def test_version():
+    proc = vsl("--version")
+    assert proc.returncode == 0
+    assert re.fullmatch(r"vsl, version \d+\.\d+\S*\n", proc.stdout)
+
+
+def test_run_call_without_its_args_hints_at_arg(tmp_path):
+    f = write(tmp_path, "f.vsl", "fn on_helo(ctx) { ctx.helo }\n")
+    proc = vsl("run", f, "--call", "on_helo")
+    assert proc.returncode == 1
+    assert "on_helo takes 1 argument(s): give each with --arg JSON" in proc.stderr
+
+
+def test_lint_of_a_directory_of_rhai_scripts_says_so(tmp_path):
+    write(tmp_path, "main.rhai", "#{}\n")
+    write(tmp_path, "sub/other.rhai", "#{}\n")
+    proc = vsl("lint", tmp_path)
+    assert proc.returncode == 1
+    assert f"{tmp_path}: no .vsl file (2 .rhai file(s): vSL scripts end in .vsl)" in proc.stderr
+
+
+def test_test_with_rhai_scripts_is_an_error(tmp_path):
+    write(tmp_path, "main.rhai", "#{}\n")
+    t = write(tmp_path, "t.transcript", "S: 220 *\n")
+    proc = vsl("test", "--scripts", tmp_path, t)
+    assert proc.returncode == 1
+    assert "no .vsl file (1 .rhai file(s)" in proc.stdout

@@ -4,16 +4,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import click
 
 from . import values
 from .engine import Engine
 from .errors import VslError
-from .lint import Linter, format_json, format_text, script_files
+from .lint import Linter, format_json, format_text, no_scripts, script_files
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(metadata.version("vsl-mta"), prog_name="vsl")
 def main() -> None:
     """vSL: a mail server whose behaviour is written as policy scripts."""
 
@@ -25,14 +28,19 @@ def main() -> None:
 def lint(paths, fmt) -> None:
     """Check .vsl files (or directories of them) without running them.
 
-    Exit status 1 if any error was found, 0 otherwise (warnings only).
+    Exit status 1 if any error was found, or a directory holds no .vsl file; 0
+    otherwise (warnings only).
     """
+    empty = [message for path in map(Path, paths) if path.is_dir()
+             and (message := no_scripts(path))]
+    for message in empty:
+        click.echo(message, err=True)
     linter = Linter(Engine())
     findings = [d for f in script_files(paths) for d in linter.lint_file(f)]
     text = format_json(findings) if fmt == "json" else format_text(findings)
     if text:
         click.echo(text)
-    sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
+    sys.exit(1 if empty or any(d.severity == "error" for d in findings) else 0)
 
 
 @main.command()
@@ -51,16 +59,29 @@ def run(file, fn, args, as_json) -> None:
         raise click.UsageError("--arg needs --call FN")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     engine = Engine()
+    script = None
     try:
         script = engine.load(file)
         result = script.call(fn, *parsed) if fn else script.top_value
     except VslError as err:
         click.echo(str(err), err=True)
+        hint = script and fn and _arguments_hint(script, fn, len(parsed))
+        if hint:
+            click.echo(hint, err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(values.to_python(result)))
     else:
         click.echo(values.display(result))
+
+
+def _arguments_hint(script, fn: str, given: int) -> str | None:
+    """For --call FN with the wrong number of --arg: how many FN takes."""
+    arities = sorted(arity for name, arity in script.functions if name == fn)
+    if not arities or given in arities:
+        return None
+    return (f"hint: {fn} takes {' or '.join(map(str, arities))} argument(s): give each with "
+            "--arg JSON (a JSON object stands in for ctx: --arg '{\"helo\": \"x.test\"}')")
 
 
 @main.command()

@@ -92,6 +92,16 @@ def script_files(paths) -> list[Path]:
     return files
 
 
+def no_scripts(directory: Path) -> str | None:
+    """Why a directory holds nothing to lint or run (naming vSMTP's .rhai files if it
+    has some), or None when it has .vsl files."""
+    if any(directory.rglob("*.vsl")):
+        return None
+    rhai = sum(1 for _ in directory.rglob("*.rhai"))
+    found = f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
+    return f"{directory}: no .vsl file{found}"
+
+
 def format_text(findings: list[Diagnostic]) -> str:
     return "\n".join(str(d) for d in findings)
 
