@@ -65,8 +65,9 @@ class SmtpLimits:
 @dataclass(frozen=True)
 class DnsConfig:
     config: str = "system"
-    nameservers: tuple[str, ...] = ()
+    nameservers: tuple[str, ...] = ()  # for resolvers whose script names no servers
     timeout: float = 5.0
+    override: tuple[str, ...] = ()     # for every resolver, whatever its script says (staging)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
                 "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
                                       "allow_plaintext": bool}),
                 "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
-                "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float"}),
+                "dns": (DnsConfig, {"config": str, "nameservers": "nameservers", "timeout": "float",
+                                    "override": "nameservers"}),
                 "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
                 "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
     for name, (cls, schema) in sections.items():
@@ -249,6 +251,8 @@ def _convert(value, kind, key: str, base: Path):
         return float(value)
     if kind in (str, "str"):
         return _string(value, key)
+    if kind == "nameservers":
+        return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "route":
         from stdlib.transport import parse_route
 
@@ -298,6 +302,17 @@ def _string(value, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, not {value!r}")
     return value
+
+
+def nameserver(text: str, key: str) -> str:
+    """A nameserver as dns::resolver() takes it: "ip", "ip:port" or "[v6]:port"."""
+    from stdlib.dns import parse_nameserver
+
+    try:
+        parse_nameserver(text)
+    except ScriptError as err:
+        raise ConfigError(f"{key}: {err.message}") from None
+    return text
 
 
 def _reply(value, key: str) -> str:

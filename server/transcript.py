@@ -126,8 +126,8 @@ def replay(transcript: Transcript, scripts: Path | None) -> Outcome:
         if transcript.zones:
             dns_server = stack.enter_context(DnsServer(transcript.zones))
             nameserver = f"127.0.0.1:{dns_server.port}"
-            config = replace(config, dns=replace(config.dns, nameservers=(nameserver,)))
-        server = Server(config, forced_dns=bool(transcript.zones))
+            config = replace(config, dns=replace(config.dns, override=(nameserver,)))
+        server = Server(config)
         try:
             problems = asyncio.run(_session(server, transcript))
         finally:
