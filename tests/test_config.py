@@ -332,10 +332,44 @@ def test_invalid_toml_is_an_error(tmp_path):
     assert "vsl.toml" in str(err.value)
 
 
-def test_a_file_error_names_the_key(tmp_path):
+def test_a_file_error_names_the_file_and_the_key(tmp_path):
+    path = write(tmp_path, '[limits]\nrecipients = "many"\n')
     with pytest.raises(ConfigError) as err:
-        load(write(tmp_path, '[limits]\nrecipients = "many"\n'))
-    assert str(err.value).startswith("limits.recipients: ")
+        load(path)
+    assert str(err.value).startswith(f"{path}: limits.recipients: ")
+
+
+def test_every_error_is_reported(tmp_path):
+    path = write(tmp_path, '[server]\nhostname = ""\nworkers = 0\n[limits]\nrecipients = "many"\n'
+                           'errors = 0\n[bogus]\n')
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "server.hostname", "server.workers", "limits.recipients", "limits.errors", "bogus"]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+@pytest.mark.parametrize("data, hint", [
+    ({"hostname": "mx.test"}, "did you mean server.hostname or delivery.hostname?"),
+    ({"recipients": 5}, "did you mean limits.recipients?"),
+    ({"server": {"hostnam": "x"}}, "did you mean server.hostname?"),
+    ({"server": {"max": 1}}, "known: hostname, local_domains, scripts, queue_dir"),
+    ({"limits": {"recipient": 5}}, "did you mean limits.recipients?"),
+    ({"limit": {}}, "did you mean limits?"),
+    ({"queue": {}}, "known: server, listen, tls, auth, limits, dns, script_limits, delivery"),
+    ({"listen": [{"adress": "127.0.0.1:25"}]}, "did you mean listen[0].address?"),
+    ({"listen": [{"port": 25, "address": "127.0.0.1:25"}]}, "known: address, kind"),
+    ({"server": {"listen": ["127.0.0.1:25"]}}, "'listen' goes above the first [section]"),
+])
+def test_unknown_keys_suggest_the_nearest_and_list_the_known(data, hint):
+    assert hint in error_for(data)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:99999", "127.0.0.1:0", "[::1]:65536"])
+def test_a_port_out_of_range_says_so(text):
+    with pytest.raises(ConfigError, match=r"port \d+ is out of range \(1-65535\)"):
+        parse_listen(text)
 
 
 def test_relative_paths_follow_the_file(tmp_path):
