@@ -32,7 +32,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import dns.tokenizer
 import dns.zone
+import dns.zonefile
 
 UDP_LIMIT = 512  # answer size limit for UDP queries without EDNS
 TCP_LIMIT = 65535
@@ -52,18 +54,46 @@ class ZoneError(ValueError):
 def load_zone(path: Path) -> dns.zone.Zone:
     """Read a zone file; SOA and NS are made up when its origin has none."""
     try:
-        zone = dns.zone.from_file(str(path), relativize=False, check_origin=False)
+        zone = _read_zone(path)
     except OSError as err:
         raise ZoneError(f"{path}: cannot read: {err.strerror}") from None
     except UnicodeDecodeError:
         raise ZoneError(f"{path}: cannot read: not UTF-8 text") from None
-    except dns.zone.UnknownOrigin:
+    except dns.zonefile.UnknownOrigin:
         raise ZoneError(f"{path}: no $ORIGIN line: write one, such as "
                         "'$ORIGIN example.test.', before the records") from None
     except dns.exception.DNSException as err:
         raise ZoneError(_located(path, str(err))) from None
     _fill_apex(zone)
     return zone
+
+
+def _read_zone(path: Path) -> dns.zone.Zone:
+    """dns.zone.from_file without its SOA/NS check, whose errors name the line of the
+    record at fault."""
+    zone = dns.zone.Zone(None, relativize=False)
+    with path.open(encoding="utf-8") as file, zone.writer(replacement=True) as txn:
+        dns.zonefile.Reader(_LineTokenizer(file, str(path)), IN, txn,
+                            allow_include=True).read()
+    return zone
+
+
+class _LineTokenizer(dns.tokenizer.Tokenizer):
+    """Says where the last token was read: dnspython's tokenizer names the next line
+    when a record ends too early (its error comes after the newline)."""
+
+    token_line = 1
+
+    def get(self, want_leading: bool = False, want_comment: bool = False):
+        line = self.line_number  # read past the token, line_number may count its newline
+        fresh = self.ungotten_token is None  # an ungotten token keeps its line
+        token = super().get(want_leading, want_comment)
+        if fresh and not (token.is_eol_or_eof() or token.is_whitespace() or token.is_comment()):
+            self.token_line = line
+        return token
+
+    def where(self) -> tuple[str, int]:
+        return self.filename, self.token_line
 
 
 def _located(path: Path, message: str) -> str:

@@ -230,9 +230,11 @@ def test_a_zone_needs_no_soa_or_ns(tmp_path):
 @pytest.mark.parametrize("text, message", [
     (None, r"missing.zone: cannot read: No such file or directory"),
     ("mail 300 A 192.0.2.5\n", r"bad.zone: no \$ORIGIN line"),
-    ("$ORIGIN bad.test.\nmail A 192.0.2.5\n", r"bad.zone:\d+: .*TTL.* \(write '\$TTL 300'"),
-    ("$ORIGIN bad.test.\n$TTL 300\nmail A 192.0.2.500\n",
-     r"bad.zone:\d+: Text input is malformed"),
+    ("$ORIGIN bad.test.\nmail A 192.0.2.5\n", r"bad.zone:2: .*TTL.* \(write '\$TTL 300'"),
+    ("$ORIGIN bad.test.\n$TTL 300\nmail A 192.0.2.500\nok A 192.0.2.1\n",
+     r"bad.zone:3: Text input is malformed"),
+    ("$ORIGIN bad.test.\n$TTL 300\n; a comment\n\nmail MX 10\nok A 192.0.2.1\n",
+     r"bad.zone:5: expecting an identifier"),
 ])
 def test_a_bad_zone_file_is_reported_by_file_and_line(tmp_path, text, message):
     path = tmp_path / ("missing.zone" if text is None else "bad.zone")
