@@ -56,7 +56,7 @@ def load_zone(path: Path) -> dns.zone.Zone:
     try:
         zone = _read_zone(path)
     except OSError as err:
-        raise ZoneError(f"{path}: cannot read: {err.strerror}") from None
+        raise ZoneError(f"{err.filename or path}: cannot read: {err.strerror}") from None
     except UnicodeDecodeError:
         raise ZoneError(f"{path}: cannot read: not UTF-8 text") from None
     except dns.zonefile.UnknownOrigin:
