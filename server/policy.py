@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
-from vsl.lint import Linter, format_text, no_scripts, script_files
+from vsl.lint import Linter, format_text, rhai_note, script_files
 
 log = logging.getLogger("vsl.policy")
 
@@ -29,12 +29,11 @@ def load_policy(engine: Engine, directory: Path | None) -> Script | None:
         raise PolicyError(f"{directory}: not a directory")
     main = directory / "main.vsl"
     if not main.exists():
-        missing = no_scripts(directory)
-        if missing is None:
+        if any(directory.rglob("*.vsl")):
             raise PolicyError(f"{directory}: has scripts but no main.vsl")
-        if any(directory.rglob("*.rhai")):
-            raise PolicyError(missing)
-        log.warning("%s: no policy script runs", missing)
+        vsmtp = rhai_note(directory)
+        if vsmtp:
+            raise PolicyError(f"{directory}: no main.vsl{vsmtp}")
         return None
     linter = Linter(engine)
     findings = [d for f in script_files([directory]) for d in linter.lint_file(f)]

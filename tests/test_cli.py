@@ -416,7 +416,15 @@ def test_test_with_rhai_scripts_is_an_error(tmp_path):
     t = write(tmp_path, "t.transcript", "S: 220 *\n")
     proc = vsl("test", "--scripts", tmp_path, t)
     assert proc.returncode == 1
-    assert "no .vsl file (1 .rhai file(s)" in proc.stdout
+    assert "no main.vsl (1 .rhai file(s): vSL scripts end in .vsl)" in proc.stdout
+
+
+def test_serve_with_rhai_scripts_says_so(tmp_path):
+    write(tmp_path, "scripts/main.rhai", "#{}\n")
+    proc = vsl("serve", "--scripts", tmp_path / "scripts", "--listen", "127.0.0.1:1",
+               "--queue-dir", tmp_path / "q")
+    assert proc.returncode == 1
+    assert "no main.vsl (the policy) there (1 .rhai file(s)" in proc.stderr
 
 
 # -- local DNS: --zone, --dns-override -------------------------------------------------

@@ -13,7 +13,7 @@ import click
 from . import values
 from .engine import Engine
 from .errors import VslError
-from .lint import Linter, format_json, format_text, no_scripts, script_files
+from .lint import Linter, format_json, format_text, rhai_note, script_files
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,10 +32,10 @@ def lint(paths, fmt) -> None:
     Exit status 1 if any error was found, or a directory holds no .vsl file; 0
     otherwise (warnings only).
     """
-    empty = [message for path in map(Path, paths) if path.is_dir()
-             and (message := no_scripts(path))]
-    for message in empty:
-        click.echo(message, err=True)
+    empty = [path for path in map(Path, paths)
+             if path.is_dir() and not any(path.rglob("*.vsl"))]
+    for path in empty:
+        click.echo(f"{path}: no .vsl file{rhai_note(path)}", err=True)
     linter = Linter(Engine())
     findings = [d for f in script_files(paths) for d in linter.lint_file(f)]
     text = format_json(findings) if fmt == "json" else format_text(findings)
@@ -164,6 +164,9 @@ def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overr
         config = config_module.load(config_path)
         changes = {}
         if scripts:
+            if not (Path(scripts) / "main.vsl").is_file():
+                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there"
+                                           f"{rhai_note(Path(scripts))}")
             changes["scripts"] = Path(scripts)
         if listen:
             changes["listen"] = tuple(config_module.parse_listen(a, key="--listen")

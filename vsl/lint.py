@@ -92,14 +92,10 @@ def script_files(paths) -> list[Path]:
     return files
 
 
-def no_scripts(directory: Path) -> str | None:
-    """Why a directory holds nothing to lint or run (naming vSMTP's .rhai files if it
-    has some), or None when it has .vsl files."""
-    if any(directory.rglob("*.vsl")):
-        return None
+def rhai_note(directory: Path) -> str:
+    """" (N .rhai file(s): ...)" for a directory of vSMTP scripts, else ""."""
     rhai = sum(1 for _ in directory.rglob("*.rhai"))
-    found = f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
-    return f"{directory}: no .vsl file{found}"
+    return f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
 
 
 def format_text(findings: list[Diagnostic]) -> str:
