@@ -12,7 +12,8 @@ A transcript is a text file::
     ...
 
 ``C:`` lines are sent by the client, ``S:`` lines are the replies the server must
-give, in order; a ``*`` stands for the rest of the reply text. The session runs over
+give, in order; a ``*`` stands for the rest of the reply text. The last line is an
+``S:`` line, so that no reply goes unchecked. The session runs over
 a socket pair into the server's own protocol code, with every DNS look-up answered
 from the transcript's zones.
 """
@@ -72,6 +73,10 @@ def parse(path: Path) -> Transcript:
                                   f"{line[:40]!r}")
     if not any(kind == "S" for _, kind, _ in transcript.steps):
         raise TranscriptError(f"{path}: no 'S:' line to check")
+    number, kind, text = transcript.steps[-1]
+    if kind == "C":
+        raise TranscriptError(f"{path}:{number}: 'C: {text}' is the last line, so its reply is "
+                              "never checked: end with the S: line that answers it")
     return transcript
 
 

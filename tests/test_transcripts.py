@@ -108,14 +108,33 @@ def test_a_bad_zone_file_is_an_error_not_a_traceback(tmp_path):
     assert "missing.zone: cannot read: No such file or directory" in result.stdout
 
 
-def test_a_transcript_ending_while_the_message_is_spooled_ends_cleanly(tmp_path):
+MESSAGE = ("S: 220 *\nC: HELO x.test\nS: 250 *\nC: MAIL FROM:<a@b.test>\nS: 250 *\n"
+           "C: RCPT TO:<bob@x.test>\nS: 250 *\nC: DATA\nS: 354 *\nC: Subject: x\nC:\nC: body\n"
+           "C: .\n")
+
+
+def test_a_transcript_must_check_the_reply_to_its_last_client_line(tmp_path):
     (tmp_path / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
-    paths = []
-    for n in range(3):
-        paths.append(tmp_path / f"t{n}.transcript")
-        paths[-1].write_text("S: 220 *\nC: HELO x.test\nS: 250 *\nC: MAIL FROM:<a@b.test>\n"
-                             "S: 250 *\nC: RCPT TO:<bob@x.test>\nS: 250 *\nC: DATA\nS: 354 *\n"
-                             "C: Subject: x\nC:\nC: body\nC: .\n")
-    result = subprocess.run([VSL, "test", *map(str, paths)], capture_output=True, text=True)
-    assert "3 passed, 0 failed" in result.stdout
+    path = tmp_path / "t.transcript"
+    path.write_text(MESSAGE)
+    result = subprocess.run([VSL, "test", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert (f"ERROR {path}: {path}:13: 'C: .' is the last line, so its reply is never "
+            "checked: end with the S: line that answers it") in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_session_ending_while_the_message_is_spooled_ends_cleanly(tmp_path):
+    """replay() waits for the spool's writer: it reports to the session's event loop."""
+    (tmp_path / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
+    path = tmp_path / "t.transcript"
+    path.write_text(MESSAGE + "S: 250 *\n")
+    code = ("import sys; from pathlib import Path; from server.transcript import parse, replay\n"
+            "for _ in range(3):\n"
+            "    transcript = parse(Path(sys.argv[1]))\n"
+            "    del transcript.steps[-1]  # the session ends before the 250 of '.'\n"
+            "    assert replay(transcript, None).passed\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
