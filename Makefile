@@ -27,6 +27,8 @@ TOOLS := swaks smtp-source
 test: $(STAMP)
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || \
 	    echo "missing: $$tool (its tests are skipped; apt-get install swaks postfix)"; done
+	@perl -MNet::SSLeay -e1 2>/dev/null || echo "missing: Net::SSLeay (swaks --tls tests" \
+	    "are skipped; apt-get install libnet-ssleay-perl)"
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

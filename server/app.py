@@ -66,12 +66,11 @@ async def hold_unacknowledged(spool: Spool) -> None:
 class Server:
     """Everything one ``vsl serve`` process (or one worker of it) runs."""
 
-    def __init__(self, config: Config, engine: Engine | None = None, forced_dns: bool = False):
-        """``forced_dns``: every dns::resolver() of the scripts uses the configured
-        nameservers, whatever the script says (`vsl test` with zone files)."""
+    def __init__(self, config: Config, engine: Engine | None = None):
         self.config = config
-        dns_natives.configure_defaults(config.dns.config, config.dns.nameservers,
-                                       config.dns.timeout, forced=forced_dns)
+        dns = config.dns  # [dns] override: every resolver asks those servers (staging)
+        dns_natives.configure_defaults(dns.config, dns.override or dns.nameservers,
+                                       dns.timeout, forced=bool(dns.override))
         self.engine = engine or Engine(limits=config.script_limits)
         self.policy = Policy(self.engine, config.scripts)
         if config.scripts is not None and self.policy.script is None:

@@ -1,13 +1,17 @@
 """Server configuration: one TOML file (``vsl.toml``), checked key by key.
 
 Every key has a safe default, so the server runs with no file at all. Unknown keys
-and bad values are errors that name the key (``limits.recipients: must be an
-integer >= 1, not 'many'``).
+and bad values are errors that name the file and the key (``vsl.toml:
+limits.recipients: must be an integer >= 1, not 'many'``); every problem of a file is
+reported at once, one a line, an unknown key with the nearest known one and the list.
 """
 from __future__ import annotations
 
+import difflib
 import socket
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -65,8 +69,9 @@ class SmtpLimits:
 @dataclass(frozen=True)
 class DnsConfig:
     config: str = "system"
-    nameservers: tuple[str, ...] = ()
+    nameservers: tuple[str, ...] = ()  # for resolvers whose script names no servers
     timeout: float = 5.0
+    override: tuple[str, ...] = ()     # for every resolver, whatever its script says (staging)
 
 
 @dataclass(frozen=True)
@@ -126,15 +131,18 @@ def parse_listen(text: str, kind: str = "smtp", key: str = "listen") -> Listener
     bracketed = host.startswith("[") and host.endswith("]")
     host = host[1:-1] if bracketed else host
     if not sep or not host or not (port.isascii() and port.isdigit()) or \
-            not 0 < int(port) < 65536 or (":" in host and not bracketed):
+            (":" in host and not bracketed):
         raise ConfigError(f"{key}: '{text}' is not host:port (an IPv6 address in [ ])")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: '{text}': port {int(port)} is out of range (1-65535)")
     if kind not in LISTENER_KINDS:
         raise ConfigError(f"{key}: kind '{kind}' is not one of {', '.join(LISTENER_KINDS)}")
     return Listener(host, int(port), kind)
 
 
 def load(path: str | Path | None) -> Config:
-    """Read a config file (None: the embedded defaults)."""
+    """Read a config file (None: the embedded defaults); every problem of the file is
+    one line of the ConfigError, starting with the file's name."""
     if path is None:
         return Config()
     path = Path(path)
@@ -144,56 +152,72 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
-    return from_dict(data, base=path.parent)
+    try:
+        return from_dict(data, base=path.parent)
+    except ConfigError as err:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(err).splitlines())) \
+            from None
+
+
+class _Problems:
+    """Collects the ConfigErrors of a whole file instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    @contextmanager
+    def check(self):
+        try:
+            yield
+        except ConfigError as err:
+            self.messages.append(str(err))
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise ConfigError("\n".join(self.messages))
 
 
 def from_dict(data: dict, base: Path = Path(".")) -> Config:
-    """Build a Config from parsed TOML; relative paths are relative to ``base``."""
-    data = dict(data)
-    server = _table(data.pop("server", {}), "server")
-    kwargs: dict = {}
-    for key, value in server.items():
-        if key == "hostname":
-            kwargs[key] = _string(value, "server.hostname")
-        elif key == "local_domains":
-            kwargs[key] = tuple(_string(v, "server.local_domains") for v in
-                                _array(value, "server.local_domains"))
-        elif key in ("scripts", "queue_dir"):
-            kwargs[key] = base / _string(value, f"server.{key}")
-        elif key == "fallback_reply":
-            kwargs[key] = _reply(value, "server.fallback_reply")
-        elif key == "workers":
-            kwargs[key] = _convert(value, "int", "server.workers", base)
-        else:
-            raise ConfigError(f"server.{key}: unknown key")
+    """Build a Config from parsed TOML; relative paths are relative to ``base``.
+    The ConfigError names every problem, one a line."""
+    data, problems, kwargs = dict(data), _Problems(), {}
+    with problems.check():
+        server = _table(data.pop("server", {}), "server")
+        kwargs.update(_section(server, "server", _SERVER_SCHEMA, base, problems))
     if "listen" in data:
-        kwargs["listen"] = tuple(_listener(item, i) for i, item in
-                                 enumerate(_array(data.pop("listen"), "listen")))
-    sections = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
-                "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
-                                      "allow_plaintext": bool}),
-                "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
-                "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float"}),
-                "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
-                "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
-    for name, (cls, schema) in sections.items():
+        kwargs["listen"] = _listeners(data.pop("listen"), problems)
+    for name, (cls, schema) in _SECTIONS.items():
         if name in data:
-            kwargs[name] = cls(**_section(_table(data.pop(name), name), name, schema, base))
-    for key in data:
-        raise ConfigError(f"{key}: unknown section")
+            with problems.check():
+                table = _table(data.pop(name), name)
+                kwargs[name] = cls(**_section(table, name, schema, base, problems))
+    for key, value in data.items():
+        problems.messages.append(_unknown_top_level(key, value))
+    problems.raise_any()
     config = Config(**kwargs)
-    _check(config)
+    problems.messages.extend(_conflicts(config))
+    problems.raise_any()
     return config
 
 
-def _check(config: Config) -> None:
+def _conflicts(config: Config) -> Iterator[str]:
+    """Messages for values that do not go together."""
     if any(l.kind == "smtps" for l in config.listen) and not config.tls.enabled:
-        raise ConfigError("listen: an smtps listener needs tls.certificate and tls.key")
+        yield "listen: an smtps listener needs tls.certificate and tls.key"
     if config.tls.enabled != (config.tls.key is not None):
-        raise ConfigError("tls: certificate and key go together")
+        yield "tls: certificate and key go together"
     if config.dns.config not in ("system", "google", "cloudflare", "quad9", "google_tls",
                                  "cloudflare_tls", "quad9_tls"):
-        raise ConfigError(f"dns.config: unknown resolver config '{config.dns.config}'")
+        yield f"dns.config: unknown resolver config '{config.dns.config}'"
+
+
+def _listeners(value, problems: _Problems) -> tuple[Listener, ...]:
+    listeners = []
+    with problems.check():
+        for i, item in enumerate(_array(value, "listen")):
+            with problems.check():
+                listeners.append(_listener(item, i))
+    return tuple(listeners)
 
 
 def _listener(item, i: int) -> Listener:
@@ -201,23 +225,42 @@ def _listener(item, i: int) -> Listener:
     if isinstance(item, str):
         return parse_listen(item, key=key)
     table = _table(item, key)
-    unknown = set(table) - {"address", "kind"}
+    unknown = sorted(set(table) - {"address", "kind"})
     if unknown:
-        raise ConfigError(f"{key}.{sorted(unknown)[0]}: unknown key")
+        raise _unknown_key(key, unknown[0], ("address", "kind"))
     if "address" not in table:
         raise ConfigError(f"{key}.address: required")
     return parse_listen(table["address"], _string(table.get("kind", "smtp"), f"{key}.kind"), key)
 
 
-def _section(table: dict, name: str, schema: dict, base: Path) -> dict:
+def _section(table: dict, name: str, schema: dict, base: Path, problems: _Problems) -> dict:
+    """The section's values by key; each bad key is a problem of its own."""
     out = {}
     for key, value in table.items():
-        full = f"{name}.{key}"
-        kind = schema.get(key)
-        if kind is None:
-            raise ConfigError(f"{full}: unknown key (known: {', '.join(schema)})")
-        out[key] = _convert(value, kind, full, base)
+        with problems.check():
+            if key not in schema:
+                raise _unknown_key(name, key, schema)
+            out[key] = _convert(value, schema[key], f"{name}.{key}", base)
     return out
+
+
+def _unknown_key(section: str, key: str, known) -> ConfigError:
+    """section.key is not a key: the nearest one, and every one."""
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f", did you mean {section}.{near[0]}?" if near else ""
+    if key in _SECTION_NAMES:  # TOML put it in the table above it
+        hint = f": '{key}' goes above the first [section] of the file"
+    return ConfigError(f"{section}.{key}: unknown key{hint} (known: {', '.join(known)})")
+
+
+def _unknown_top_level(key: str, value) -> str:
+    """A top-level name that is no section: the section holding such a key, or the
+    nearest section."""
+    owners = [f"{name}.{key}" for name, schema in _schemas() if key in schema]
+    near = owners or difflib.get_close_matches(key, _SECTION_NAMES, n=1)
+    hint = f", did you mean {' or '.join(near)}?" if near else ""
+    what = "section" if isinstance(value, dict) else "key"
+    return f"{key}: unknown {what}{hint} (known: {', '.join(_SECTION_NAMES)})"
 
 
 def _convert(value, kind, key: str, base: Path):
@@ -249,6 +292,10 @@ def _convert(value, kind, key: str, base: Path):
         return float(value)
     if kind in (str, "str"):
         return _string(value, key)
+    if kind == "reply":
+        return _reply(value, key)
+    if kind == "nameservers":
+        return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "route":
         from stdlib.transport import parse_route
 
@@ -260,6 +307,8 @@ def _convert(value, kind, key: str, base: Path):
     raise AssertionError(f"schema kind {kind!r}")  # pragma: no cover - schema typo
 
 
+_SERVER_SCHEMA = {"hostname": str, "local_domains": "strings", "scripts": "path",
+                  "queue_dir": "path", "fallback_reply": "reply", "workers": "int"}
 _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "retry_first": "float", "retry_max": "float", "max_age": "float",
                     "delay_warning": "float",
@@ -267,6 +316,23 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "connect_timeout": "float", "command_timeout": "float",
                     "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",
                     "credentials": "path", "ca_file": "path"}
+
+_SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
+             "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
+                                   "allow_plaintext": bool}),
+             "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
+             "dns": (DnsConfig, {"config": str, "nameservers": "nameservers",
+                                 "timeout": "float", "override": "nameservers"}),
+             "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
+             "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
+_SECTION_NAMES = ("server", "listen", *_SECTIONS)
+
+
+def _schemas() -> Iterator[tuple[str, dict]]:
+    """(section, schema) for every section of keys."""
+    yield "server", _SERVER_SCHEMA
+    for name, (_, schema) in _SECTIONS.items():
+        yield name, schema
 
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
@@ -298,6 +364,17 @@ def _string(value, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, not {value!r}")
     return value
+
+
+def nameserver(text: str, key: str) -> str:
+    """A nameserver as dns::resolver() takes it: "ip", "ip:port" or "[v6]:port"."""
+    from stdlib.dns import parse_nameserver
+
+    try:
+        parse_nameserver(text)
+    except ScriptError as err:
+        raise ConfigError(f"{key}: {err.message}") from None
+    return text
 
 
 def _reply(value, key: str) -> str:

@@ -5,6 +5,11 @@ Serves zone files, or records given in memory (:meth:`DnsServer.from_records`),
 over UDP and TCP on one port from a background thread, with fault injection
 (SERVFAIL, silence, forced truncation) and a log of queries.
 Run by hand with ``python -m server.dnsd ZONEFILE... --port 5353``.
+
+It acts as the root of a world that holds only its zones: a name outside every
+zone does not exist (NXDOMAIN, with a made-up root SOA), so an unknown domain or a
+missing PTR needs no zone of its own. A zone file needs ``$ORIGIN`` and TTLs
+(``$TTL``); its SOA and NS are made up when it has none.
 """
 
 from __future__ import annotations
@@ -27,15 +32,86 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import dns.tokenizer
 import dns.zone
+import dns.zonefile
 
 UDP_LIMIT = 512  # answer size limit for UDP queries without EDNS
 TCP_LIMIT = 65535
 MAX_CNAME_CHAIN = 8
 BIND_ATTEMPTS = 5
 RECORD_TTL = 300  # of records given in memory
+APEX = {dns.rdatatype.SOA: "ns hostmaster 1 3600 600 86400 60",  # made up when missing
+        dns.rdatatype.NS: "ns"}
 IN = dns.rdataclass.IN
 STRING_TYPES = (dns.rdatatype.TXT, dns.rdatatype.SPF)  # rdata made of character-strings
+
+
+class ZoneError(ValueError):
+    """A zone file that cannot be served; the message says file[:line] and why."""
+
+
+def load_zone(path: Path) -> dns.zone.Zone:
+    """Read a zone file; SOA and NS are made up when its origin has none."""
+    try:
+        zone = _read_zone(path)
+    except OSError as err:
+        raise ZoneError(f"{err.filename or path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ZoneError(f"{path}: cannot read: not UTF-8 text") from None
+    except dns.zonefile.UnknownOrigin:
+        raise ZoneError(f"{path}: no $ORIGIN line: write one, such as "
+                        "'$ORIGIN example.test.', before the records") from None
+    except dns.exception.DNSException as err:
+        raise ZoneError(_located(path, str(err))) from None
+    _fill_apex(zone)
+    return zone
+
+
+def _read_zone(path: Path) -> dns.zone.Zone:
+    """dns.zone.from_file without its SOA/NS check, whose errors name the line of the
+    record at fault."""
+    zone = dns.zone.Zone(None, relativize=False)
+    with path.open(encoding="utf-8") as file, zone.writer(replacement=True) as txn:
+        dns.zonefile.Reader(_LineTokenizer(file, str(path)), IN, txn,
+                            allow_include=True).read()
+    return zone
+
+
+class _LineTokenizer(dns.tokenizer.Tokenizer):
+    """Says where the last token was read: dnspython's tokenizer names the next line
+    when a record ends too early (its error comes after the newline)."""
+
+    token_line = 1
+
+    def get(self, want_leading: bool = False, want_comment: bool = False):
+        line = self.line_number  # read past the token, line_number may count its newline
+        fresh = self.ungotten_token is None  # an ungotten token keeps its line
+        token = super().get(want_leading, want_comment)
+        if fresh and not (token.is_eol_or_eof() or token.is_whitespace() or token.is_comment()):
+            self.token_line = line
+        return token
+
+    def where(self) -> tuple[str, int]:
+        return self.filename, self.token_line
+
+
+def _located(path: Path, message: str) -> str:
+    """A zone file error as file:line: text, with a hint for the common one."""
+    if not message.startswith(str(path)):
+        message = f"{path}: {message}"
+    if "default TTL" in message:
+        message += " (write '$TTL 300' at the top, or a TTL on each record)"
+    return message
+
+
+def _fill_apex(zone: dns.zone.Zone) -> None:
+    """Give the zone's origin an SOA and an NS record if it has none."""
+    for rdtype, text in APEX.items():
+        rdataset = zone.find_rdataset(zone.origin, rdtype, create=True)
+        if not rdataset:
+            rdataset.add(dns.rdata.from_text(IN, rdtype, text, origin=zone.origin,
+                                             relativize=False), RECORD_TTL)
 
 
 class _Zone:
@@ -66,10 +142,7 @@ class _Zone:
 def _root_zone(records: Mapping[str, Iterable[tuple[str, object]]]) -> dns.zone.Zone:
     """A zone at the root holding records (see DnsServer.from_records)."""
     zone = dns.zone.Zone(dns.name.root, relativize=False)
-    soa = "ns.test. hostmaster.test. 1 3600 600 86400 60"
-    zone.find_rdataset(dns.name.root, dns.rdatatype.SOA, create=True).add(
-        dns.rdata.from_text(IN, dns.rdatatype.SOA, soa), RECORD_TTL
-    )
+    _fill_apex(zone)
     for name, entries in records.items():
         owner = dns.name.from_text(name)
         for rdtype_text, value in entries:
@@ -108,10 +181,9 @@ class DnsServer:
     def __init__(
         self, zone_files: Iterable[Path], host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self._zones = [
-            _Zone(dns.zone.from_file(str(path), relativize=False))
-            for path in zone_files
-        ]
+        """Raises ZoneError for a zone file that cannot be served."""
+        self._zones = [_Zone(load_zone(path)) for path in zone_files]
+        self._outside = _Zone(_root_zone({}))  # answers names outside every zone
         self.host = host
         self.port = port
         self.queries: list[tuple[str, str, str]] = []  # (qname, qtype, transport)
@@ -273,8 +345,8 @@ class DnsServer:
     def _answer(self, question: dns.rrset.RRset, response: dns.message.Message) -> None:
         """Fill response from the zones, chasing CNAMEs through served zones."""
         name = question.name
-        zone = self._zone_for(name)
-        if zone is None or question.rdclass != IN:
+        zone = self._zone_for(name) or self._outside
+        if question.rdclass != IN:
             response.set_rcode(dns.rcode.REFUSED)
             return
         response.flags |= dns.flags.AA
@@ -371,7 +443,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5353)
     args = parser.parse_args(argv)
-    with DnsServer(args.zones, args.host, args.port) as server:
+    try:
+        server = DnsServer(args.zones, args.host, args.port)
+    except ZoneError as err:
+        parser.exit(1, f"{err}\n")
+    with server:
         print(f"serving on {server.host} port {server.port} (UDP+TCP)", flush=True)
         try:
             threading.Event().wait()

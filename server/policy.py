@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
-from vsl.lint import Linter, format_text, script_files
+from vsl.lint import Linter, format_text, rhai_note, script_files
 
 log = logging.getLogger("vsl.policy")
 
@@ -31,6 +31,9 @@ def load_policy(engine: Engine, directory: Path | None) -> Script | None:
     if not main.exists():
         if any(directory.rglob("*.vsl")):
             raise PolicyError(f"{directory}: has scripts but no main.vsl")
+        vsmtp = rhai_note(directory)
+        if vsmtp:
+            raise PolicyError(f"{directory}: no main.vsl{vsmtp}")
         return None
     linter = Linter(engine)
     findings = [d for f in script_files([directory]) for d in linter.lint_file(f)]

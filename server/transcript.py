@@ -5,20 +5,24 @@ A transcript is a text file::
     # client-ip: 192.0.2.7
     # zone: example.zone          (DNS answers, from zone files beside the transcript)
     # config: vsl.toml            (optional)
+    # Any other comment.          (a comment's first word may not end in ':')
     S: 220 *
     C: EHLO mail.example.test
     S: 250-*
     ...
 
 ``C:`` lines are sent by the client, ``S:`` lines are the replies the server must
-give, in order; a ``*`` stands for the rest of the reply text. The session runs over
+give, in order; a ``*`` stands for the rest of the reply text. The last line is an
+``S:`` line, so that no reply goes unchecked. The session runs over
 a socket pair into the server's own protocol code, with every DNS look-up answered
 from the transcript's zones.
 """
 from __future__ import annotations
 
 import asyncio
+import difflib
 import ipaddress
+import re
 import socket
 import tempfile
 from contextlib import ExitStack
@@ -33,6 +37,7 @@ from .dnsd import DnsServer
 
 REPLY_TIMEOUT = 10.0
 _HEADERS = ("client-ip", "zone", "config")
+_DIRECTIVE = re.compile(r"#\s*([\w-]+)\s*:(.*)")  # "# word: value"; other comments are free
 
 
 class TranscriptError(ValueError):
@@ -57,20 +62,10 @@ def parse(path: Path) -> Transcript:
         raise TranscriptError(f"{path}: cannot read: {err}") from None
     for number, line in enumerate(lines, 1):
         if line.startswith("#"):
-            key, sep, value = line[1:].partition(":")
-            key, value = key.strip().lower(), value.strip()
-            if not sep or key not in _HEADERS:
-                continue  # a comment
-            if key == "client-ip":
-                try:
-                    transcript.client_ip = str(ipaddress.ip_address(value))
-                except ValueError:
-                    raise TranscriptError(f"{path}:{number}: '{value}' is not an IP address") \
-                        from None
-            elif key == "zone":
-                transcript.zones.append(path.parent / value)
-            else:
-                transcript.config = path.parent / value
+            directive = _DIRECTIVE.fullmatch(line)
+            if directive:
+                _apply(transcript, f"{path}:{number}", directive[1].lower(),
+                       directive[2].strip())
         elif line[:3] in ("C: ", "S: ") or line in ("C:", "S:"):
             transcript.steps.append((number, line[0], line[3:]))
         elif line.strip():
@@ -78,7 +73,35 @@ def parse(path: Path) -> Transcript:
                                   f"{line[:40]!r}")
     if not any(kind == "S" for _, kind, _ in transcript.steps):
         raise TranscriptError(f"{path}: no 'S:' line to check")
+    number, kind, text = transcript.steps[-1]
+    if kind == "C":
+        raise TranscriptError(f"{path}:{number}: 'C: {text}' is the last line, so its reply is "
+                              "never checked: end with the S: line that answers it")
     return transcript
+
+
+def _apply(transcript: Transcript, where: str, key: str, value: str) -> None:
+    """One ``# key: value`` directive (``where`` is file:line for errors)."""
+    if key == "client-ip":
+        try:
+            transcript.client_ip = str(ipaddress.ip_address(value))
+        except ValueError:
+            raise TranscriptError(f"{where}: '{value}' is not an IP address") from None
+    elif key == "zone":
+        transcript.zones.append(transcript.path.parent / value)
+    elif key == "config":
+        transcript.config = transcript.path.parent / value
+    else:
+        raise TranscriptError(f"{where}: unknown directive '# {key}:'{_suggestion(key)}")
+
+
+def _suggestion(key: str) -> str:
+    """The nearest directive, or the list of them."""
+    near = difflib.get_close_matches(key.replace("_", "-"), _HEADERS, n=1)
+    if near:
+        return f", did you mean '# {near[0]}:'?"
+    return (f" (known: {', '.join(_HEADERS)}; a comment's first word may not end "
+            "in ':')")
 
 
 def matches(pattern: str, reply: str) -> bool:
@@ -108,8 +131,8 @@ def replay(transcript: Transcript, scripts: Path | None) -> Outcome:
         if transcript.zones:
             dns_server = stack.enter_context(DnsServer(transcript.zones))
             nameserver = f"127.0.0.1:{dns_server.port}"
-            config = replace(config, dns=replace(config.dns, nameservers=(nameserver,)))
-        server = Server(config, forced_dns=bool(transcript.zones))
+            config = replace(config, dns=replace(config.dns, override=(nameserver,)))
+        server = Server(config)
         try:
             problems = asyncio.run(_session(server, transcript))
         finally:
@@ -148,5 +171,14 @@ async def _session(server: Server, transcript: Transcript) -> list[str]:
                 problems.append(f"line {number}: expected 'S: {text}', got 'S: {reply}'")
     finally:
         writer.close()
-        await asyncio.sleep(0)
+        await _settle(server)
     return problems
+
+
+async def _settle(server: Server) -> None:
+    """Let the session finish what it started (a message being spooled) before the
+    loop closes: the spool's writer thread reports back to this loop."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=REPLY_TIMEOUT)
+    await asyncio.to_thread(server.spool.close)

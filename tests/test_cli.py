@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import smtplib
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -384,3 +386,90 @@ def test_run_missing_file_is_a_usage_error(tmp_path):
 def test_run_directory_is_a_usage_error(tmp_path):
     proc = vsl("run", tmp_path)
     assert proc.returncode == 2
+
+
+# -- operator hints --------------------------------------------------------------------
+
+def test_version():
+    proc = vsl("--version")
+    assert proc.returncode == 0
+    assert re.fullmatch(r"vsl, version \d+\.\d+\S*\n", proc.stdout)
+
+
+def test_run_call_without_its_args_hints_at_arg(tmp_path):
+    f = write(tmp_path, "f.vsl", "fn on_helo(ctx) { ctx.helo }\n")
+    proc = vsl("run", f, "--call", "on_helo")
+    assert proc.returncode == 1
+    assert "on_helo takes 1 argument(s): give each with --arg JSON" in proc.stderr
+
+
+def test_lint_of_a_directory_of_rhai_scripts_says_so(tmp_path):
+    write(tmp_path, "main.rhai", "#{}\n")
+    write(tmp_path, "sub/other.rhai", "#{}\n")
+    proc = vsl("lint", tmp_path)
+    assert proc.returncode == 1
+    assert f"{tmp_path}: no .vsl file (2 .rhai file(s): vSL scripts end in .vsl)" in proc.stderr
+
+
+def test_test_with_rhai_scripts_is_an_error(tmp_path):
+    write(tmp_path, "main.rhai", "#{}\n")
+    t = write(tmp_path, "t.transcript", "S: 220 *\n")
+    proc = vsl("test", "--scripts", tmp_path, t)
+    assert proc.returncode == 1
+    assert "no main.vsl (1 .rhai file(s): vSL scripts end in .vsl)" in proc.stdout
+
+
+def test_serve_with_rhai_scripts_says_so(tmp_path):
+    write(tmp_path, "scripts/main.rhai", "#{}\n")
+    proc = vsl("serve", "--scripts", tmp_path / "scripts", "--listen", "127.0.0.1:1",
+               "--queue-dir", tmp_path / "q")
+    assert proc.returncode == 1
+    assert "no main.vsl (the policy) there (1 .rhai file(s)" in proc.stderr
+
+
+# -- local DNS: --zone, --dns-override -------------------------------------------------
+
+ZONE = "$ORIGIN example.test.\n$TTL 300\nmail A 192.0.2.7\n"
+GOOGLE = 'dns::resolver(#{ config: "google_tls", timeout: 2 })'
+
+
+def test_run_zone_answers_every_resolver(tmp_path):
+    zone = write(tmp_path, "z.zone", ZONE)
+    f = write(tmp_path, "f.vsl", f'[{GOOGLE}.lookup("mail.example.test", "A"), '
+                                 f'{GOOGLE}.lookup("none.example.test", "A")]\n')
+    proc = vsl("run", "--zone", zone, f, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [["192.0.2.7"], []]
+
+
+def test_run_zone_error_is_reported(tmp_path):
+    proc = vsl("run", "--zone", tmp_path / "none.zone", write(tmp_path, "a.vsl", "1\n"))
+    assert proc.returncode != 0
+    assert "none.zone: cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_zone_answers_the_scripts_resolvers(tmp_path):
+    zone = write(tmp_path, "z.zone", ZONE)
+    write(tmp_path, "scripts/main.vsl",
+          f'fn on_helo(ctx) {{\n    if {GOOGLE}.lookup(ctx.helo, "A") == [] {{\n'
+          '        return status::deny("550 5.7.1 who?");\n    }\n    status::next()\n}\n')
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VSL), "serve", "--zone", str(zone), "--scripts", str(tmp_path / "scripts"),
+         "--listen", f"127.0.0.1:{port}", "--queue-dir", str(tmp_path / "queue"),
+         "--hostname", "mx.test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert any("zones served on 127.0.0.1:" in line for line in lines), lines
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            assert client.helo("mail.example.test")[0] == 250
+            assert client.helo("none.example.test")[0] == 550
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

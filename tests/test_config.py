@@ -49,6 +49,7 @@ errors = 4
 config = "cloudflare"
 nameservers = ["127.0.0.1:5353", "[::1]:53"]
 timeout = 2
+override = ["127.0.0.1:5300"]
 
 [script_limits]
 max_operations = 5000
@@ -139,7 +140,8 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True)
     assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4)
     assert isinstance(config.limits.command_timeout, float)
-    assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0)
+    assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0,
+                                   ("127.0.0.1:5300",))
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
@@ -271,6 +273,9 @@ BAD_VALUES = [
     ({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers"),
     ({"dns": {"timeout": -1}}, "dns.timeout"),
     ({"dns": {"timeout": "1s"}}, "dns.timeout"),
+    ({"dns": {"override": "127.0.0.1"}}, "dns.override"),
+    ({"dns": {"override": ["ns.example.test"]}}, "dns.override"),
+    ({"dns": {"nameservers": ["127.0.0.1:99999"]}}, "dns.nameservers"),
     # script_limits
     ({"script_limits": {"max_operations": -1}}, "script_limits.max_operations"),
     ({"script_limits": {"max_time": "1s"}}, "script_limits.max_time"),
@@ -327,10 +332,44 @@ def test_invalid_toml_is_an_error(tmp_path):
     assert "vsl.toml" in str(err.value)
 
 
-def test_a_file_error_names_the_key(tmp_path):
+def test_a_file_error_names_the_file_and_the_key(tmp_path):
+    path = write(tmp_path, '[limits]\nrecipients = "many"\n')
     with pytest.raises(ConfigError) as err:
-        load(write(tmp_path, '[limits]\nrecipients = "many"\n'))
-    assert str(err.value).startswith("limits.recipients: ")
+        load(path)
+    assert str(err.value).startswith(f"{path}: limits.recipients: ")
+
+
+def test_every_error_is_reported(tmp_path):
+    path = write(tmp_path, '[server]\nhostname = ""\nworkers = 0\n[limits]\nrecipients = "many"\n'
+                           'errors = 0\n[bogus]\n')
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    lines = str(err.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "server.hostname", "server.workers", "limits.recipients", "limits.errors", "bogus"]
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+@pytest.mark.parametrize("data, hint", [
+    ({"hostname": "mx.test"}, "did you mean server.hostname or delivery.hostname?"),
+    ({"recipients": 5}, "did you mean limits.recipients?"),
+    ({"server": {"hostnam": "x"}}, "did you mean server.hostname?"),
+    ({"server": {"max": 1}}, "known: hostname, local_domains, scripts, queue_dir"),
+    ({"limits": {"recipient": 5}}, "did you mean limits.recipients?"),
+    ({"limit": {}}, "did you mean limits?"),
+    ({"queue": {}}, "known: server, listen, tls, auth, limits, dns, script_limits, delivery"),
+    ({"listen": [{"adress": "127.0.0.1:25"}]}, "did you mean listen[0].address?"),
+    ({"listen": [{"port": 25, "address": "127.0.0.1:25"}]}, "known: address, kind"),
+    ({"server": {"listen": ["127.0.0.1:25"]}}, "'listen' goes above the first [section]"),
+])
+def test_unknown_keys_suggest_the_nearest_and_list_the_known(data, hint):
+    assert hint in error_for(data)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:99999", "127.0.0.1:0", "[::1]:65536"])
+def test_a_port_out_of_range_says_so(text):
+    with pytest.raises(ConfigError, match=r"port \d+ is out of range \(1-65535\)"):
+        parse_listen(text)
 
 
 def test_relative_paths_follow_the_file(tmp_path):
@@ -362,3 +401,20 @@ def test_vsl_serve_reports_a_config_error(tmp_path):
             logger.setLevel(level)
     assert result.exit_code != 0
     assert "limits.recipients" in result.output
+
+
+def test_dns_override_reaches_a_resolver_the_script_configures(tmp_path, dns_server):
+    """vSMTP scripts name their resolver (config: "google_tls"): [dns] override wins."""
+    import smtplib
+
+    from tests.support.servers import config_for, running
+    policy = ('fn on_helo(ctx) {\n'
+              '    let resolver = dns::resolver(#{ config: "google_tls" });\n'
+              '    if resolver.lookup(ctx.helo, "A") == [] { return status::deny("550 5.7.1 who?"); }\n'
+              '    status::next()\n'
+              '}\n')
+    override = DnsConfig(override=(f"127.0.0.1:{dns_server.port}",), timeout=2)
+    with running(config_for(tmp_path, policy, dns=override)) as server:
+        with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as client:
+            assert client.helo("mail.example.test")[0] == 250
+            assert client.helo("nothing.example.test")[0] == 550

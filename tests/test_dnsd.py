@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.query
 import dns.rcode
@@ -12,7 +13,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from server.dnsd import DnsServer
+from server.dnsd import DnsServer, ZoneError
 
 HOST = "127.0.0.1"
 ZONE = Path(__file__).parent / "zones" / "example.test.zone"
@@ -119,10 +120,19 @@ def test_negative_answers_carry_the_zone_soa(server, name, rdtype, rcode, zone):
 
 
 @pytest.mark.parametrize("name", ["example.com", "test", "other.test"])
-def test_names_outside_served_zones_are_refused(server, name):
+def test_names_outside_served_zones_do_not_exist(server, name):
     response = ask(server, name)
-    assert response.rcode() == dns.rcode.REFUSED
-    assert not response.flags & dns.flags.AA
+    assert response.rcode() == dns.rcode.NXDOMAIN
+    assert response.flags & dns.flags.AA
+    (soa,) = response.authority
+    assert (soa.name, soa.rdtype) == (dns.name.root, dns.rdatatype.SOA)
+
+
+def test_an_unknown_domain_and_a_missing_ptr_are_nxdomain(resolver):
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        resolver.resolve("no-such-domain.example", "MX")
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        resolver.resolve_address("203.0.113.200")
 
 
 def test_large_answer_is_truncated_over_udp_and_whole_over_tcp(server, resolver):
@@ -204,3 +214,31 @@ def test_restarts_on_the_same_port():
         assert ask(first, "mail.example.test", tcp=True).answer
     with DnsServer([ZONE], port=port) as second:
         assert ask(second, "mail.example.test").answer
+
+
+def test_a_zone_needs_no_soa_or_ns(tmp_path):
+    zone = tmp_path / "bare.zone"
+    zone.write_text("$ORIGIN bare.test.\n$TTL 300\nmail A 192.0.2.5\n")
+    with DnsServer([zone]) as bare:
+        assert texts(ask(bare, "mail.bare.test").answer[0]) == {"192.0.2.5"}
+        missing = ask(bare, "none.bare.test")
+        assert missing.rcode() == dns.rcode.NXDOMAIN
+        assert missing.authority[0].name.to_text() == "bare.test."
+        assert ask(bare, "bare.test", "NS").answer
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"missing.zone: cannot read: No such file or directory"),
+    ("mail 300 A 192.0.2.5\n", r"bad.zone: no \$ORIGIN line"),
+    ("$ORIGIN bad.test.\nmail A 192.0.2.5\n", r"bad.zone:2: .*TTL.* \(write '\$TTL 300'"),
+    ("$ORIGIN bad.test.\n$TTL 300\nmail A 192.0.2.500\nok A 192.0.2.1\n",
+     r"bad.zone:3: Text input is malformed"),
+    ("$ORIGIN bad.test.\n$TTL 300\n; a comment\n\nmail MX 10\nok A 192.0.2.1\n",
+     r"bad.zone:5: expecting an identifier"),
+])
+def test_a_bad_zone_file_is_reported_by_file_and_line(tmp_path, text, message):
+    path = tmp_path / ("missing.zone" if text is None else "bad.zone")
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ZoneError, match=message):
+        DnsServer([path])

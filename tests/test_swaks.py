@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from server.config import AuthConfig, Listener
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import all_messages, tls_setup, users_file
-from tests.support.tools import require
+from tests.support.tools import require, require_perl_module
 
 # swaks exit codes (man swaks, EXIT CODES)
 OK, NO_RCPT_ACCEPTED, AUTH_ERROR = 0, 24, 28
 
 
-def swaks_binary() -> str:
-    return require("swaks", "swaks")
+def swaks_binary(tls: bool = False) -> str:
+    """swaks; with tls, also the Perl module its --tls options need (only a Recommends)."""
+    binary = require("swaks", "swaks")
+    if tls:
+        require_perl_module("Net::SSLeay", "libnet-ssleay-perl")
+    return binary
 
 
 def swaks(binary, port, *args, to="bob@example.test"):
@@ -71,7 +76,7 @@ fn on_rcpt_to(ctx) {
 
 
 def test_starttls(tmp_path):
-    swaks_bin = swaks_binary()
+    swaks_bin = swaks_binary(tls=True)
     tls_config, _, _ = tls_setup(tmp_path)
     config = config_for(tmp_path, tls=tls_config,
                         listen=(Listener("127.0.0.1", 0, "submission"),))
@@ -86,7 +91,7 @@ def test_starttls(tmp_path):
 
 
 def test_implicit_tls(tmp_path):
-    swaks_bin = swaks_binary()
+    swaks_bin = swaks_binary(tls=True)
     tls_config, _, _ = tls_setup(tmp_path)
     config = config_for(tmp_path, tls=tls_config, listen=(Listener("127.0.0.1", 0, "smtps"),))
     with running(config) as server:
@@ -97,7 +102,7 @@ def test_implicit_tls(tmp_path):
 
 
 def test_auth_plain(tmp_path):
-    swaks_bin = swaks_binary()
+    swaks_bin = swaks_binary(tls=True)
     tls_config, _, _ = tls_setup(tmp_path)
     config = config_for(tmp_path, tls=tls_config,
                         auth=AuthConfig(users_file=users_file(tmp_path, alice="s3cret")),
@@ -129,3 +134,17 @@ def test_pipelining(tmp_path):
         [msg_id] = queued_ids(output)
         assert [r.address for r in server.spool.get(msg_id).envelope.recipients] == \
             ["bob@example.test", "carol@mx.test"]
+
+
+def test_a_missing_perl_module_skips_or_fails_under_ci(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"No::Such\S* is not installed .*libno-perl"):
+        require_perl_module("No::Such", "libno-perl")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true requires it"):
+        require_perl_module("No::Such", "libno-perl")
+
+
+def test_ci_installs_what_swaks_tls_needs():
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "perl -MNet::SSLeay -e1" in ci and "libnet-ssleay-perl" in ci

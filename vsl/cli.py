@@ -4,16 +4,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
 
 import click
 
 from . import values
 from .engine import Engine
 from .errors import VslError
-from .lint import Linter, format_json, format_text, script_files
+from .lint import Linter, format_json, format_text, rhai_note, script_files
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(metadata.version("vsl-mta"), prog_name="vsl")
 def main() -> None:
     """vSL: a mail server whose behaviour is written as policy scripts."""
 
@@ -25,14 +29,41 @@ def main() -> None:
 def lint(paths, fmt) -> None:
     """Check .vsl files (or directories of them) without running them.
 
-    Exit status 1 if any error was found, 0 otherwise (warnings only).
+    Exit status 1 if any error was found, or a directory holds no .vsl file; 0
+    otherwise (warnings only).
     """
+    empty = [path for path in map(Path, paths)
+             if path.is_dir() and not any(path.rglob("*.vsl"))]
+    for path in empty:
+        click.echo(f"{path}: no .vsl file{rhai_note(path)}", err=True)
     linter = Linter(Engine())
     findings = [d for f in script_files(paths) for d in linter.lint_file(f)]
     text = format_json(findings) if fmt == "json" else format_text(findings)
     if text:
         click.echo(text)
-    sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
+    sys.exit(1 if empty or any(d.severity == "error" for d in findings) else 0)
+
+
+_ZONE_OPTION = click.option(
+    "--zone", "zones", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+    help="Serve this zone file on 127.0.0.1 and send every DNS look-up there (repeat).")
+
+
+@contextmanager
+def _zones_served(zone_files):
+    """Serve zone files on 127.0.0.1 while the block runs: yields "host:port", or None
+    without zone files."""
+    if not zone_files:
+        yield None
+        return
+    from server.dnsd import DnsServer, ZoneError
+
+    try:
+        server = DnsServer([Path(f) for f in zone_files])
+    except ZoneError as err:
+        raise click.ClickException(str(err)) from None
+    with server:
+        yield f"{server.host}:{server.port}"
 
 
 @main.command()
@@ -41,7 +72,8 @@ def lint(paths, fmt) -> None:
 @click.option("--arg", "args", metavar="JSON", multiple=True,
               help="A JSON argument for --call (repeat for more).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(file, fn, args, as_json) -> None:
+@_ZONE_OPTION
+def run(file, fn, args, as_json, zones) -> None:
     """Run a script's top level (or one function) and print the result."""
     try:
         parsed = [values.from_python(json.loads(a), "--arg") for a in args]
@@ -50,17 +82,40 @@ def run(file, fn, args, as_json) -> None:
     if args and not fn:
         raise click.UsageError("--arg needs --call FN")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _zones_served(zones) as nameserver:
+        if nameserver:
+            from stdlib import dns as dns_natives
+
+            dns_natives.configure_defaults(nameservers=(nameserver,), forced=True)
+        _run_script(file, fn, parsed, as_json)
+
+
+def _run_script(file, fn, parsed, as_json) -> None:
+    """`vsl run` once its options are read."""
     engine = Engine()
+    script = None
     try:
         script = engine.load(file)
         result = script.call(fn, *parsed) if fn else script.top_value
     except VslError as err:
         click.echo(str(err), err=True)
+        hint = script and fn and _arguments_hint(script, fn, len(parsed))
+        if hint:
+            click.echo(hint, err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(values.to_python(result)))
     else:
         click.echo(values.display(result))
+
+
+def _arguments_hint(script, fn: str, given: int) -> str | None:
+    """For --call FN with the wrong number of --arg: how many FN takes."""
+    arities = sorted(arity for name, arity in script.functions if name == fn)
+    if not arities or given in arities:
+        return None
+    return (f"hint: {fn} takes {' or '.join(map(str, arities))} argument(s): give each with "
+            "--arg JSON (a JSON object stands in for ctx: --arg '{\"helo\": \"x.test\"}')")
 
 
 @main.command()
@@ -70,32 +125,48 @@ def run(file, fn, args, as_json) -> None:
 @click.option("--listen", multiple=True, metavar="HOST:PORT",
               help="Listen here (repeat; replaces the configured listeners).")
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="Spool directory.")
-@click.option("--dns", "dns_server", metavar="HOST:PORT", help="DNS server for dns::resolver().")
+@click.option("--dns", "dns_server", metavar="HOST:PORT",
+              help="DNS server for a dns::resolver() that names none.")
+@click.option("--dns-override", multiple=True, metavar="HOST:PORT",
+              help="DNS server for every resolver, whatever the script says (repeat).")
+@_ZONE_OPTION
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help="Server processes accepting on the same listeners.")
 @click.option("-v", "--verbose", count=True, help="Debug log output (-vv: the SMTP dialogue too).")
-def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, workers,
-          verbose) -> None:
+def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zones, hostname,
+          workers, verbose) -> None:
     """Run the SMTP server on a directory of scripts."""
-    import asyncio
-    from dataclasses import replace
-    from pathlib import Path
-
-    from server import config as config_module
-    from server.app import Server
-    from server.policy import PolicyError
-
+    if zones and dns_override:
+        raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
+                               "give one")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
+                   dns_override=dns_override, hostname=hostname, workers=workers)
+    with _zones_served(zones) as nameserver:
+        if nameserver:
+            click.echo(f"vsl: zones served on {nameserver}")
+            options["dns_override"] = (nameserver,)
+        _serve(_serve_config(config_path, **options))
+
+
+def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_override, hostname,
+                  workers):
+    """The configuration `vsl serve` runs: the file's, changed by the options."""
+    from dataclasses import replace
+
+    from server import config as config_module
+
     try:
         config = config_module.load(config_path)
         changes = {}
         if scripts:
             if not (Path(scripts) / "main.vsl").is_file():
-                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there")
+                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there"
+                                           f"{rhai_note(Path(scripts))}")
             changes["scripts"] = Path(scripts)
         if listen:
             changes["listen"] = tuple(config_module.parse_listen(a, key="--listen")
@@ -106,11 +177,26 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, hostname, workers
             changes["hostname"] = hostname
         if dns_server:
             changes["dns"] = replace(config.dns, nameservers=(dns_server,))
+        if dns_override:
+            changes["dns"] = replace(changes.get("dns", config.dns), override=tuple(
+                config_module.nameserver(a, "--dns-override") for a in dns_override))
         if workers:
             changes["workers"] = workers
-        config = replace(config, **changes)
+        return replace(config, **changes)
+    except config_module.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _serve(config) -> None:
+    """Run the server (or its workers) until interrupted."""
+    import asyncio
+
+    from server.app import Server
+    from server.policy import PolicyError
+
+    try:
         server = Server(config)
-    except (config_module.ConfigError, ValueError) as err:
+    except ValueError as err:
         raise click.ClickException(str(err)) from None
     except PolicyError as err:
         click.echo(f"the scripts do not lint:\n{err}", err=True)
@@ -162,8 +248,6 @@ def test_command(transcripts, scripts) -> None:
 
     Exit status 1 if any transcript fails.
     """
-    from pathlib import Path
-
     from server.policy import PolicyError
     from server.transcript import TranscriptError, parse, replay
 

@@ -92,6 +92,12 @@ def script_files(paths) -> list[Path]:
     return files
 
 
+def rhai_note(directory: Path) -> str:
+    """" (N .rhai file(s): ...)" for a directory of vSMTP scripts, else ""."""
+    rhai = sum(1 for _ in directory.rglob("*.rhai"))
+    return f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
+
+
 def format_text(findings: list[Diagnostic]) -> str:
     return "\n".join(str(d) for d in findings)
 
