@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from stdlib.mail import HeaderLimits
 from vsl.errors import ScriptError
 from vsl.limits import Limits
 
@@ -60,6 +61,16 @@ class SmtpLimits:
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     errors: int = 10
+    header_fields: int = 1000                # header fields of a message
+    header_section_size: int = 1024 * 1024   # bytes of a message's whole header
+    header_field_size: int = 102400          # bytes of one header field (Postfix's default)
+    received_headers: int = 50               # Received: fields (Postfix's hopcount_limit)
+
+    @property
+    def header(self) -> HeaderLimits:
+        """The bounds on a received message's header."""
+        return HeaderLimits(self.header_fields, self.header_section_size,
+                            self.header_field_size, self.received_headers)
 
 
 @dataclass(frozen=True)
@@ -273,7 +284,8 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
 # and 0 means "unlimited" for the script limits, as in Rhai).
 _MINIMUM = {"server.workers": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
-                                           "errors")},
+                                           "errors", "header_fields", "header_section_size",
+                                           "header_field_size", "received_headers")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",

@@ -7,6 +7,7 @@ with asynchronous checks);
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING
 
 from stdlib.ctx import Context, Stage
-from stdlib.mail import AddressError, Mailbox, Message
+from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
@@ -42,6 +43,7 @@ _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 AUTH_OK = "235 2.7.0 Authentication succeeded"
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 
 
 def enhance(reply: bytes) -> bytes:
@@ -350,7 +352,12 @@ class Session:
                          protocol(session.extended_smtp, ctx.tls, session.authenticated,
                                   envelope.smtp_utf8), ctx.message_id,
                          [r.address for r in ctx.recipients])
-        ctx.message = Message(trace + envelope.original_content)
+        try:
+            ctx.message = await self._parse(trace + envelope.original_content)
+        except HeaderLimitError as err:
+            log.warning("%s: message rejected: %s", self.peer_ip, err)
+            self._end_transaction()
+            return _header_limit_reply(err)
         status = await self.stages.run(ctx, Stage.PRE_QUEUE)
         if status.kind == "deny":
             self._end_transaction()
@@ -370,6 +377,13 @@ class Session:
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
 
+    async def _parse(self, data: bytes) -> Message:
+        """The message within the header limits; a big one is parsed in a thread."""
+        limits = self.server.config.limits.header
+        if len(data) <= PARSE_INLINE:
+            return Message(data, limits)
+        return await asyncio.to_thread(Message, data, limits)
+
     def _envelope(self, session) -> dict:
         ctx = self.ctx
         return {
@@ -380,6 +394,12 @@ class Session:
             "authenticated_as": session.auth_data if session.authenticated else None,
             "tls": ctx.tls,
         }
+
+
+def _header_limit_reply(err: HeaderLimitError) -> str:
+    """Postfix's reply to a message it will not take: too many hops, or too big."""
+    code = "554 5.4.0" if isinstance(err, HopLimitError) else "552 5.3.4"
+    return f"{code} Error: {err}"
 
 
 def _auth_verdict(status: Status, password_ok: bool, has_users_file: bool) -> bool:

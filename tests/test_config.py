@@ -10,6 +10,7 @@ import pytest
 
 from server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
                            DnsConfig, Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
+from stdlib.mail import HeaderLimits
 from vsl.limits import Limits
 
 FULL = """
@@ -44,6 +45,10 @@ connections_per_ip = 5
 command_timeout = 30
 data_timeout = 60.5
 errors = 4
+header_fields = 300
+header_section_size = 65536
+header_field_size = 8192
+received_headers = 30
 
 [dns]
 config = "cloudflare"
@@ -137,7 +142,8 @@ def test_every_section_and_key_parses(tmp_path):
                              Listener("0.0.0.0", 465, "smtps"))
     assert config.tls == TlsConfig(tmp_path / "certs/cert.pem", tmp_path / "certs/key.pem")
     assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True)
-    assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4)
+    assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4, 300, 65536, 8192, 30)
+    assert config.limits.header == HeaderLimits(300, 65536, 8192, 30)
     assert isinstance(config.limits.command_timeout, float)
     assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0)
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
@@ -291,7 +297,9 @@ def test_bad_value_message_shows_the_value():
 
 
 @pytest.mark.parametrize("key", ["recipients", "connections", "connections_per_ip", "errors",
-                                 "command_timeout", "data_timeout"])
+                                 "command_timeout", "data_timeout", "header_fields",
+                                 "header_section_size", "header_field_size",
+                                 "received_headers"])
 def test_limits_that_cannot_be_zero(key):
     """0 recipients/connections/errors would refuse everything, a 0 s timeout drops every
     client at once: the module's own example says ``must be an integer >= 1``."""

@@ -4,13 +4,15 @@ runs the attack over a real SMTP connection to a server started here."""
 from __future__ import annotations
 
 import base64
+import resource
 import statistics
+import threading
 import time
 from dataclasses import replace
 
 from server.config import AuthConfig, SmtpLimits
 from tests.support.servers import config_for, running
-from tests.support.smtp_tools import Raw, users_file
+from tests.support.smtp_tools import Raw, spool_files, users_file
 
 
 def plain(user: str, password: str) -> str:
@@ -42,3 +44,69 @@ def test_a_failed_auth_takes_as_long_for_an_unknown_user(tmp_path):
             unknown.append(timed_auth(raw, "nobody"))
     ratio = statistics.median(known) / statistics.median(unknown)
     assert 0.7 <= ratio <= 1.4, (ratio, statistics.median(known), statistics.median(unknown))
+
+
+# ---- DATA: a header of 5 million fields -------------------------------------------------
+
+HEADER_BOMB = b"Subject: bomb\r\n" + b"a:b\r\n" * 5_000_000 + b"\r\nbody\r\n"  # 25 MB
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def send_message(server, data: bytes, replies: list) -> None:
+    """One transaction over a raw connection; its reply to the data goes to ``replies``."""
+    with Raw(server, timeout=120) as raw:
+        for command in ("EHLO c.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@mx.test>",
+                        "DATA"):
+            raw.cmd(command)
+        raw.send(data + b".\r\n")
+        replies.append(raw.reply(timeout=120))
+
+
+def probe(server) -> float:
+    """How long a new client waits for its greeting and a NOOP."""
+    start = time.perf_counter()
+    with Raw(server, timeout=60, greet=False) as raw:
+        assert raw.reply(timeout=60)[0] == 220
+        assert raw.cmd("NOOP", timeout=60)[0] == 250
+    return time.perf_counter() - start
+
+
+def test_a_header_bomb_is_refused_quickly_while_others_are_served(tmp_path):
+    peak_before = peak_rss_mb()
+    with running(config_for(tmp_path)) as server:
+        replies: list = []
+        sender = threading.Thread(target=send_message, args=(server, HEADER_BOMB, replies))
+        start = time.monotonic()
+        sender.start()
+        waits = []
+        while sender.is_alive():
+            waits.append(probe(server))
+        sender.join()
+        took = time.monotonic() - start
+        assert replies == [(552, b"5.3.4 Error: too many header fields")]
+        assert spool_files(server) == []
+    assert took < 10, took  # it took 25 s, and the other clients waited 15 s of it
+    assert max(waits) < 2, waits
+    assert peak_rss_mb() - peak_before < 400  # it was 1.1 GB more
+
+
+def header_of(count: int, name: str = "X-Field") -> bytes:
+    return b"".join(b"%s: %d\r\n" % (name.encode(), i) for i in range(count))
+
+
+def test_header_limits_count_our_received_field_and_hold_exactly(tmp_path):
+    """1000 fields and 50 Received: fields by default, the one vSL adds included."""
+    with running(config_for(tmp_path)) as server:
+        for data, reply in [
+                (header_of(999) + b"\r\nbody\r\n", 250),
+                (header_of(1000) + b"\r\nbody\r\n",
+                 (552, b"5.3.4 Error: too many header fields")),
+                (header_of(49, "Received") + b"\r\nbody\r\n", 250),
+                (header_of(50, "Received") + b"\r\nbody\r\n",
+                 (554, b"5.4.0 Error: too many hops"))]:
+            replies: list = []
+            send_message(server, data, replies)
+            assert replies[0][0] == reply if reply == 250 else replies == [reply]
