@@ -50,6 +50,11 @@ class AuthConfig:
     mechanisms: tuple[str, ...] = AUTH_MECHANISMS
     users_file: Path | None = None   # "user:hash" lines (hashlib.scrypt, see server/passwords.py)
     allow_plaintext: bool = False    # offer AUTH on connections without TLS
+    failure_limit: int = 5           # failed logins of one client address or user name ...
+    failure_window: float = 600.0    # ... within these seconds lock it out (as fail2ban's)
+    lockout: float = 600.0           # seconds of the first lockout (fail2ban's bantime);
+    lockout_max: float = 3600.0      # each next one lasts twice as long, up to this
+    throttle_entries: int = 10000    # clients and users remembered (server/auth_throttle.py)
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,9 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
                                  enumerate(_array(data.pop("listen"), "listen")))
     sections = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
                 "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
-                                      "allow_plaintext": bool}),
+                                      "allow_plaintext": bool, "failure_limit": "int",
+                                      "failure_window": "float", "lockout": "float",
+                                      "lockout_max": "float", "throttle_entries": "int"}),
                 "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
                 "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float"}),
                 "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
@@ -202,6 +209,8 @@ def _check(config: Config) -> None:
         raise ConfigError("listen: an smtps listener needs tls.certificate and tls.key")
     if config.tls.enabled != (config.tls.key is not None):
         raise ConfigError("tls: certificate and key go together")
+    if config.auth.lockout_max < config.auth.lockout:
+        raise ConfigError("auth.lockout_max: must be >= auth.lockout")
     if config.dns.config not in ("system", "google", "cloudflare", "quad9", "google_tls",
                                  "cloudflare_tls", "quad9_tls"):
         raise ConfigError(f"dns.config: unknown resolver config '{config.dns.config}'")
@@ -282,13 +291,14 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {"server.workers": 1,
+_MINIMUM = {"server.workers": 1, "auth.failure_limit": 1, "auth.throttle_entries": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
                                            "errors", "header_fields", "header_section_size",
                                            "header_field_size", "received_headers")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
+             "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",
                                          "idle_timeout", "poll_interval"))}

@@ -21,6 +21,7 @@ from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, 
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
+from .auth_throttle import client_key, user_key
 from .queue import QueueError
 from .received import protocol, received
 from .smtp import FastSMTP
@@ -43,6 +44,7 @@ _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 AUTH_OK = "235 2.7.0 Authentication succeeded"
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
 PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 
 
@@ -258,6 +260,11 @@ class Session:
         if credentials is None:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
+        throttle = self.server.auth_throttle
+        if throttle.locked(self.peer_ip, user):
+            log.info("%s: AUTH refused, locked out (%s)", client_key(self.peer_ip),
+                     user_key(user))
+            return AUTH_LOCKED
         ok = await self.server.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
@@ -265,7 +272,10 @@ class Session:
         verdict = _auth_verdict(status, ok, self.server.users is not None)
         if not verdict:
             self.stages.restore(decisions)  # a failed login decides nothing
+        if not verdict and not ok:
+            self._login_failed(mechanism, user)
         if verdict:
+            throttle.succeeded(user)
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
             session.auth_data = user
@@ -273,6 +283,13 @@ class Session:
                 else AUTH_OK
         self.ctx.auth = None
         return status.reply if status.kind == "deny" else AUTH_FAILED
+
+    def _login_failed(self, mechanism: str, user: str) -> None:
+        """Log a failed login as Postfix does (what fail2ban reads), and count it."""
+        log.warning("%s: SASL %s authentication failed: authentication failure, %s",
+                    client_key(self.peer_ip), mechanism, user_key(user))
+        for key, seconds in self.server.auth_throttle.failed(self.peer_ip, user):
+            log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
         """(user, password) from a PLAIN or LOGIN exchange, or None after an error reply."""

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import replace
 
+from server.auth_throttle import AuthThrottle
 from server.config import AuthConfig, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, spool_files, users_file
@@ -34,7 +35,7 @@ def timed_auth(raw: Raw, user: str) -> float:
 
 
 def test_a_failed_auth_takes_as_long_for_an_unknown_user(tmp_path):
-    config = config_for(tmp_path, auth=auth_config(tmp_path),
+    config = config_for(tmp_path, auth=auth_config(tmp_path, failure_limit=1000),
                         limits=replace(SmtpLimits(), errors=1000))
     with running(config) as server, Raw(server) as raw:
         raw.cmd("EHLO c.test")
@@ -44,6 +45,54 @@ def test_a_failed_auth_takes_as_long_for_an_unknown_user(tmp_path):
             unknown.append(timed_auth(raw, "nobody"))
     ratio = statistics.median(known) / statistics.median(unknown)
     assert 0.7 <= ratio <= 1.4, (ratio, statistics.median(known), statistics.median(unknown))
+
+
+# ---- password guessing across connections ------------------------------------------------
+
+def login(server, user: str, password: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
+    """AUTH PLAIN on a new connection (from ``source``): the reply."""
+    with Raw(server, source=source) as raw:
+        raw.cmd("EHLO c.test")
+        return raw.cmd(f"AUTH PLAIN {plain(user, password)}")
+
+
+LOCKED = (454, b"4.7.0 Error: too many failed logins, try again later")
+
+
+def test_guesses_across_connections_are_throttled_per_ip_and_per_user(tmp_path, caplog):
+    auth = auth_config(tmp_path, failure_limit=3, failure_window=60.0, lockout=1.0,
+                       lockout_max=4.0)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        for guess in ("a", "b", "c"):  # one connection each, as a guesser reconnects
+            assert login(server, "alice", guess)[0] == 535
+        assert login(server, "alice", "secret") == LOCKED  # the right one, but too late
+        assert login(server, "alice", "secret", source="127.0.0.2") == LOCKED  # the user too
+        time.sleep(1.2)
+        assert login(server, "alice", "secret")[0] == 235  # the lock expired
+        for user in ("bob", "carol", "dave"):  # guessing users from one address
+            assert login(server, user, "x", source="127.0.0.3")[0] == 535
+        assert login(server, "alice", "secret", source="127.0.0.3") == LOCKED
+        assert login(server, "alice", "secret", source="127.0.0.4")[0] == 235
+        time.sleep(1.2)
+        for user in ("erin", "frank", "grace"):  # locked again: for twice as long
+            assert login(server, user, "x", source="127.0.0.3")[0] == 535
+        time.sleep(1.2)
+        assert login(server, "alice", "secret", source="127.0.0.3") == LOCKED
+        time.sleep(1.0)
+        assert login(server, "alice", "secret", source="127.0.0.3")[0] == 235
+    assert "unknown[127.0.0.1]: SASL PLAIN authentication failed: authentication failure, " \
+        "sasl_username=alice" in caplog.text
+    assert "sasl_username=alice: too many failed logins, AUTH refused for 1 s" in caplog.text
+    assert "unknown[127.0.0.3]: too many failed logins, AUTH refused for 2 s" in caplog.text
+
+
+def test_the_throttle_remembers_a_bounded_number_of_clients_and_users():
+    throttle = AuthThrottle(AuthConfig(failure_limit=1, throttle_entries=3))
+    for i in range(100):
+        throttle.failed(f"192.0.2.{i}", f"user{i}")
+    assert len(throttle) == 3
+    assert throttle.locked("192.0.2.99", "nobody") and throttle.locked("192.0.2.1", "user99")
+    assert not throttle.locked("192.0.2.1", "user1")  # forgotten first: the oldest
 
 
 # ---- DATA: a header of 5 million fields -------------------------------------------------
