@@ -66,6 +66,7 @@ class SmtpLimits:
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     errors: int = 10
+    junk_commands: int = 100                 # NOOP, RSET, ... before each is an error too
     header_fields: int = 1000                # header fields of a message
     header_section_size: int = 1024 * 1024   # bytes of a message's whole header
     header_field_size: int = 102400          # bytes of one header field (Postfix's default)

@@ -14,7 +14,7 @@ import socket
 from base64 import b64decode
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import MISSING
+from aiosmtpd.smtp import MISSING, syntax
 
 from stdlib.ctx import Context, Stage
 from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
@@ -75,6 +75,7 @@ class Protocol(FastSMTP):
     def __init__(self, server: "Server", listener: "Listener", tls_context=None):
         self.server, self.listener = server, listener
         self.errors = 0
+        self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -124,11 +125,24 @@ class Protocol(FastSMTP):
         mail_log.debug("%r << %r", self.session.peer, reply)
         await self._writer.drain()
         if reply[:1] in (b"4", b"5") and not reply.startswith(b"421"):
-            self.errors += 1
-            if self.errors >= self.server.config.limits.errors:
-                log.warning("%s: %d errors, disconnecting", self.session.peer[0],
-                            self.errors)
-                self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+            self._count_error()
+
+    def _count_error(self) -> None:
+        """One more error: at the error limit, say 421 and hang up."""
+        self.errors += 1
+        if self.errors >= self.server.config.limits.errors:
+            log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
+            self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+
+    async def _junk(self, command) -> None:
+        """Run a command that keeps the connection alive but moves no mail: past
+        ``limits.junk_commands`` of them since the last accepted message, each counts as an
+        error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
+        into the error limit."""
+        await command
+        self.junk += 1
+        if self.junk > self.server.config.limits.junk_commands:
+            self._count_error()
 
     def hang_up(self, reply: bytes) -> None:
         """Say a last reply and close, without waiting on a client that does not read."""
@@ -143,10 +157,22 @@ class Protocol(FastSMTP):
         self.hang_up(b"421 4.4.2 Timeout, closing the connection")
 
     async def smtp_HELO(self, hostname: str):
-        await self._greeting_reply(super().smtp_HELO(hostname))
+        await self._junk(self._greeting_reply(super().smtp_HELO(hostname)))
 
     async def smtp_EHLO(self, hostname: str):
-        await self._greeting_reply(super().smtp_EHLO(hostname))
+        await self._junk(self._greeting_reply(super().smtp_EHLO(hostname)))
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str):
+        await self._junk(super().smtp_NOOP(arg))
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str):
+        await self._junk(super().smtp_RSET(arg))
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str):
+        await self._junk(super().smtp_VRFY(arg))
 
     async def _greeting_reply(self, command) -> None:
         """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
@@ -391,6 +417,7 @@ class Session:
                  len(ctx.all_recipients()))
         await self.server.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
+        self.protocol.junk = 0  # as Postfix, after an accepted message
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
 

@@ -159,3 +159,36 @@ def test_header_limits_count_our_received_field_and_hold_exactly(tmp_path):
             replies: list = []
             send_message(server, data, replies)
             assert replies[0][0] == reply if reply == 250 else replies == [reply]
+
+
+# ---- keep-alives: NOOP and its kin --------------------------------------------------------
+
+TOO_MANY_ERRORS = (421, b"4.7.0 Too many errors, closing the connection")
+
+
+def test_a_client_that_only_sends_noop_is_dropped(tmp_path, caplog):
+    """Postfix's smtpd_junk_command_limit: past 100 NOOP, RSET, VRFY, HELO or EHLO
+    commands, each counts as an error, so the error limit (10) ends the connection."""
+    with running(config_for(tmp_path)) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        for _ in range(108):
+            assert raw.cmd("NOOP") == (250, b"2.0.0 OK")
+        assert raw.cmd("NOOP") == (250, b"2.0.0 OK")  # the 110th command
+        assert raw.reply() == TOO_MANY_ERRORS
+        assert raw.closed()
+    assert "10 errors, disconnecting" in caplog.text
+
+
+def test_an_accepted_message_starts_the_count_again(tmp_path):
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), junk_commands=3, errors=2))
+    with running(config) as server, Raw(server) as raw:
+        for command in ("EHLO c.test", "RSET", "NOOP", "MAIL FROM:<a@example.org>",
+                        "RCPT TO:<b@mx.test>", "DATA"):
+            assert raw.cmd(command)[0] in (250, 354)
+        assert raw.cmd("Subject: x\r\n\r\nbody\r\n.")[0] == 250
+        for command in ("RSET", "VRFY <b@mx.test>", "HELO c.test"):  # free again
+            assert raw.cmd(command)[0] in (250, 252)
+        assert raw.cmd("NOOP")[0] == 250  # one error
+        assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # still served
+        assert raw.cmd("RSET")[0] == 250  # the second error
+        assert raw.reply() == TOO_MANY_ERRORS
