@@ -2,12 +2,12 @@
 name, across connections (like Postfix's anvil, or fail2ban on its log lines).
 
 Design: each key (``unknown[192.0.2.1]`` for an address, ``sasl_username=alice`` for a
-user) keeps the times of its recent failures. When ``auth.failure_limit`` of them fall
-within ``auth.failure_window`` seconds, the key is locked out for ``auth.lockout``
-seconds and its failures are forgotten; each further lockout lasts twice as long as the
-one before, up to ``auth.lockout_max``, until the key has been quiet (no failure, no
-lockout) for ``auth.lockout_max`` seconds. While either key of an attempt is locked, AUTH is refused
-without looking at the password. A successful login forgets its user's failures (not
+user, as Postfix logs them: a name's unprintable characters are ``?`` there) keeps the
+times of its recent failures. When ``auth.failure_limit`` of them fall within
+``auth.failure_window`` seconds, the key is locked out for ``auth.lockout`` seconds and its
+failures are forgotten; each further lockout lasts twice as long as the one before, up to
+``auth.lockout_max``, until the key has been quiet (no failure, no lockout) that long.
+While either key of an attempt is locked, AUTH is refused without looking at the password. A successful login forgets its user's failures (not
 its address's: one good account must not clear the guesses at others). The state is in
 memory, per process, and bounded: past ``auth.throttle_entries`` keys, the one used
 least recently is forgotten.
@@ -45,8 +45,8 @@ def user_key(user: str) -> str:
 class AuthThrottle:
     """Failed logins per client address and per user name, and who is locked out."""
 
-    def __init__(self, config: AuthConfig, clock=time.monotonic):
-        self.config, self.clock = config, clock
+    def __init__(self, config: AuthConfig):
+        self.config = config
         self._records: OrderedDict[str, _Record] = OrderedDict()
 
     def __len__(self) -> int:
@@ -54,13 +54,13 @@ class AuthThrottle:
 
     def locked(self, ip: str, user: str) -> bool:
         """Whether a login from ``ip`` as ``user`` must be refused now."""
-        now = self.clock()
+        now = time.monotonic()
         return any(self._records[key].locked_until > now
                    for key in (client_key(ip), user_key(user)) if key in self._records)
 
     def failed(self, ip: str, user: str) -> list[tuple[str, float]]:
         """Count a failed login: the (key, seconds) lockouts it starts."""
-        now = self.clock()
+        now = time.monotonic()
         started = []
         for key in (client_key(ip), user_key(user)):
             seconds = self._count(self._touch(key), now)
