@@ -7,10 +7,10 @@ times of its recent failures. When ``auth.failure_limit`` of them fall within
 ``auth.failure_window`` seconds, the key is locked out for ``auth.lockout`` seconds and its
 failures are forgotten; each further lockout lasts twice as long as the one before, up to
 ``auth.lockout_max``, until the key has been quiet (no failure, no lockout) that long.
-While either key of an attempt is locked, AUTH is refused without looking at the password. A successful login forgets its user's failures (not
-its address's: one good account must not clear the guesses at others). The state is in
-memory, per process, and bounded: past ``auth.throttle_entries`` keys, the one used
-least recently is forgotten.
+While either key of an attempt is locked, AUTH is refused without looking at the password.
+A successful login forgets its user's failures (not its address's: one good account must
+not clear the guesses at others). The state is in memory, per process, and bounded: past
+``auth.throttle_entries`` keys, the one used least recently is forgotten.
 """
 from __future__ import annotations
 
