@@ -17,6 +17,7 @@ from stdlib import dns as dns_natives
 from stdlib.ctx import Context, Stage
 from vsl.engine import Engine
 
+from .auth_throttle import AuthThrottle
 from .config import Config, Listener
 from .delivery import Delivery
 from .passwords import UsersFile
@@ -79,6 +80,7 @@ class Server:
         self.spool = Spool(config.queue_dir)
         self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
         self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
+        self.auth_throttle = AuthThrottle(config.auth)
         self.tls = tls_context(config)
         self.per_ip: Counter = Counter()
         self.replay_peer: tuple[str, int] | None = None  # the client address in `vsl test`

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from stdlib.mail import HeaderLimits
 from vsl.errors import ScriptError
 from vsl.limits import Limits
 
@@ -53,6 +54,11 @@ class AuthConfig:
     mechanisms: tuple[str, ...] = AUTH_MECHANISMS
     users_file: Path | None = None   # "user:hash" lines (hashlib.scrypt, see server/passwords.py)
     allow_plaintext: bool = False    # offer AUTH on connections without TLS
+    failure_limit: int = 5           # failed logins of one client address or user name ...
+    failure_window: float = 600.0    # ... within these seconds lock it out (as fail2ban's)
+    lockout: float = 600.0           # seconds of the first lockout (fail2ban's bantime);
+    lockout_max: float = 3600.0      # each next one lasts twice as long, up to this
+    throttle_entries: int = 10000    # clients and users remembered (server/auth_throttle.py)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,17 @@ class SmtpLimits:
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     errors: int = 10
+    junk_commands: int = 100                 # NOOP, RSET, ... before each is an error too
+    header_fields: int = 1000                # header fields of a message
+    header_section_size: int = 1024 * 1024   # bytes of a message's whole header
+    header_field_size: int = 102400          # bytes of one header field (Postfix's default)
+    received_headers: int = 50               # Received: fields (Postfix's hopcount_limit)
+
+    @property
+    def header(self) -> HeaderLimits:
+        """The bounds on a received message's header."""
+        return HeaderLimits(self.header_fields, self.header_section_size,
+                            self.header_field_size, self.received_headers)
 
 
 @dataclass(frozen=True)
@@ -206,6 +223,8 @@ def _conflicts(config: Config) -> Iterator[str]:
         yield "listen: an smtps listener needs tls.certificate and tls.key"
     if config.tls.enabled != (config.tls.key is not None):
         yield "tls: certificate and key go together"
+    if config.auth.lockout_max < config.auth.lockout:
+        yield "auth.lockout_max: must be >= auth.lockout"
     if config.dns.config not in ("system", "google", "cloudflare", "quad9", "google_tls",
                                  "cloudflare_tls", "quad9_tls"):
         yield f"dns.config: unknown resolver config '{config.dns.config}'"
@@ -337,12 +356,14 @@ def _schemas() -> Iterator[tuple[str, dict]]:
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {"server.workers": 1,
+_MINIMUM = {"server.workers": 1, "auth.failure_limit": 1, "auth.throttle_entries": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
-                                           "errors")},
+                                           "errors", "header_fields", "header_section_size",
+                                           "header_field_size", "received_headers")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
+             "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",
                                          "idle_timeout", "poll_interval"))}

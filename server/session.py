@@ -7,6 +7,7 @@ with asynchronous checks);
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import re
@@ -14,13 +15,14 @@ import socket
 from base64 import b64decode
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import MISSING
+from aiosmtpd.smtp import MISSING, syntax
 
 from stdlib.ctx import Context, Stage
-from stdlib.mail import AddressError, Mailbox, Message
+from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
+from .auth_throttle import client_key, user_key
 from .envelope import Envelope
 from .queue import QueueError, new_id
 from .received import protocol, received
@@ -44,6 +46,8 @@ _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 AUTH_OK = "235 2.7.0 Authentication succeeded"
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
+PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 INTERNAL_ERROR = "421 4.3.0 Error: internal error"
 # Postfix's replies when a message cannot be written to the queue
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
@@ -90,6 +94,7 @@ class Protocol(FastSMTP):
     def __init__(self, server: "Server", listener: "Listener", tls_context=None):
         self.server, self.listener = server, listener
         self.errors = 0
+        self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -142,11 +147,24 @@ class Protocol(FastSMTP):
             if self.transport is not None:
                 self.transport.close()
         elif reply[:1] in (b"4", b"5"):
-            self.errors += 1
-            if self.errors >= self.server.config.limits.errors:
-                log.warning("%s: %d errors, disconnecting", self.session.peer[0],
-                            self.errors)
-                self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+            self._count_error()
+
+    def _count_error(self) -> None:
+        """One more error: at the error limit, say 421 and hang up."""
+        self.errors += 1
+        if self.errors >= self.server.config.limits.errors:
+            log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
+            self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+
+    async def _junk(self, command) -> None:
+        """Run a command that keeps the connection alive but moves no mail: past
+        ``limits.junk_commands`` of them since the last accepted message, each counts as an
+        error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
+        into the error limit."""
+        await command
+        self.junk += 1
+        if self.junk > self.server.config.limits.junk_commands:
+            self._count_error()
 
     def hang_up(self, reply: bytes) -> None:
         """Say a last reply and close, without waiting on a client that does not read."""
@@ -161,10 +179,22 @@ class Protocol(FastSMTP):
         self.hang_up(b"421 4.4.2 Timeout, closing the connection")
 
     async def smtp_HELO(self, hostname: str):
-        await self._greeting_reply(super().smtp_HELO(hostname))
+        await self._junk(self._greeting_reply(super().smtp_HELO(hostname)))
 
     async def smtp_EHLO(self, hostname: str):
-        await self._greeting_reply(super().smtp_EHLO(hostname))
+        await self._junk(self._greeting_reply(super().smtp_EHLO(hostname)))
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str):
+        await self._junk(super().smtp_NOOP(arg))
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str):
+        await self._junk(super().smtp_RSET(arg))
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str):
+        await self._junk(super().smtp_VRFY(arg))
 
     async def _greeting_reply(self, command) -> None:
         """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
@@ -280,6 +310,9 @@ class Session:
         if credentials is None:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
+        throttle = self.server.auth_throttle
+        if throttle.locked(self.peer_ip, user):
+            return self._reject("AUTH", AUTH_LOCKED)
         ok = await self.server.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
@@ -287,7 +320,10 @@ class Session:
         verdict = _auth_verdict(status, ok, self.server.users is not None)
         if not verdict:
             self.stages.restore(decisions)  # a failed login decides nothing
+        if not verdict and not ok:
+            self._login_failed(mechanism, user)
         if verdict:
+            throttle.succeeded(user)
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
             session.auth_data = user
@@ -297,6 +333,13 @@ class Session:
         if status.kind == "deny":
             return self._reject("AUTH", status.reply, Stage.AUTH)
         return AUTH_FAILED
+
+    def _login_failed(self, mechanism: str, user: str) -> None:
+        """Log a failed login as Postfix does (what fail2ban reads), and count it."""
+        log.warning("%s: SASL %s authentication failed: authentication failure, %s",
+                    client_key(self.peer_ip), mechanism, user_key(user))
+        for key, seconds in self.server.auth_throttle.failed(self.peer_ip, user):
+            log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
         """(user, password) from a PLAIN or LOGIN exchange, or None after an error reply."""
@@ -385,7 +428,12 @@ class Session:
                          protocol(session.extended_smtp, ctx.tls, session.authenticated,
                                   envelope.smtp_utf8), ctx.message_id,
                          [r.address for r in ctx.recipients])
-        ctx.message = Message(trace + envelope.original_content)
+        try:
+            ctx.message = await self._parse(trace + envelope.original_content)
+        except HeaderLimitError as err:
+            reply = self._reject("DATA", _header_limit_reply(err))
+            self._end_transaction()
+            return reply
         status = await self.stages.run(ctx, Stage.PRE_QUEUE)
         if status.kind == "deny":
             reply = self._reject("DATA", status.reply, Stage.PRE_QUEUE)
@@ -405,6 +453,7 @@ class Session:
                  len(ctx.all_recipients()))
         await self.server.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
+        self.protocol.junk = 0  # as Postfix, after an accepted message
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
 
@@ -437,6 +486,13 @@ class Session:
         if self.stages.failed:
             return f"fallback_reply@{stage.function}"
         return f"{stage.function}@{_defined_at(self.server.policy.script, stage.function)}"
+
+    async def _parse(self, data: bytes) -> Message:
+        """The message within the header limits; a big one is parsed in a thread."""
+        limits = self.server.config.limits.header
+        if len(data) <= PARSE_INLINE:
+            return Message(data, limits)
+        return await asyncio.to_thread(Message, data, limits)
 
     def _envelope(self, session) -> Envelope:
         ctx = self.ctx
@@ -475,6 +531,12 @@ def _defined_at(script, function: str) -> str:
 def _printable(text: str) -> str:
     """Client-supplied text for a log line: no control characters."""
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _header_limit_reply(err: HeaderLimitError) -> str:
+    """Postfix's reply to a message it will not take: too many hops, or too big."""
+    code = "554 5.4.0" if isinstance(err, HopLimitError) else "552 5.3.4"
+    return f"{code} Error: {err}"
 
 
 def _auth_verdict(status: Status, password_ok: bool, has_users_file: bool) -> bool:

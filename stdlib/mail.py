@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from dataclasses import dataclass
 from functools import cached_property
 
 from vsl.errors import ScriptError
@@ -148,7 +149,10 @@ NULL = Mailbox("", "")
 
 # ---- messages --------------------------------------------------------------------------
 
-_FIELD_LINE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # obsolete WSP before ':' too
+_NAME_COLON = rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:"  # obsolete WSP before ':' too
+_FIELD_START = re.compile(_NAME_COLON)
+# One header field: a name line, then its folded lines; the last may lack its line end.
+_FIELD = re.compile(_NAME_COLON + rb"[^\n]*(?:\n[ \t][^\n]*)*\n?")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")  # controls, CR/LF, surrogates
@@ -156,13 +160,32 @@ _FOLD_AT = re.compile(r"(?<=[^ \t])(?=[ \t])")  # before each run of WSP
 FOLD_WIDTH, MAX_LINE = 78, 998  # octets per line, RFC 5322 2.1.1 (SHOULD, MUST)
 
 
+class HeaderLimitError(ValueError):
+    """A received header over a :class:`HeaderLimits` bound (the text says which)."""
+
+
+class HopLimitError(HeaderLimitError):
+    """More ``Received:`` fields than allowed: the message is probably looping."""
+
+
+@dataclass(frozen=True)
+class HeaderLimits:
+    """Bounds on the header of a message being parsed: they also bound the parse's time
+    and memory, whatever the message's size."""
+
+    fields: int = 1000                # header fields
+    section_size: int = 1024 * 1024   # bytes of the whole header (the blank line excluded)
+    field_size: int = 102400          # bytes of one field, folded lines included
+    received: int = 50                # Received: fields (trace hops)
+
+
 class _Field:
     """One header field: its name and its exact bytes (folding and line ending included)."""
 
-    __slots__ = ("name", "raw")
+    __slots__ = ("name", "key", "raw")
 
     def __init__(self, name: str, raw: bytes):
-        self.name, self.raw = name, raw
+        self.name, self.key, self.raw = name, name.lower(), raw
 
     @property
     def value(self) -> str:
@@ -171,31 +194,44 @@ class _Field:
         return _FOLD.sub("", raw).strip(" \t\r\n")
 
 
-class Message:
-    """A message as received by DATA: header fields and body, kept byte-exact."""
+def _parse_fields(data: bytes, limits: HeaderLimits) -> tuple[list[_Field], int]:
+    """The header fields at the start of ``data`` and where they end; a line that is
+    neither a field nor the folded part of one ends them. Linear, and it stops at the
+    first bound ``limits`` sets (:class:`HeaderLimitError`)."""
+    fields: list[_Field] = []
+    received = pos = 0
+    end = min(len(data), limits.section_size + 1)  # enough to tell the section is too big
+    while match := _FIELD.match(data, pos, end):
+        if len(fields) == limits.fields:
+            raise HeaderLimitError("too many header fields")
+        if match.end() - pos > limits.field_size:
+            raise HeaderLimitError("a header field is too long")
+        if match.end() > limits.section_size:
+            raise HeaderLimitError("message header too big")
+        field = _Field(match.group(1).decode("ascii"), match.group(0))
+        received += field.key == "received"
+        if received > limits.received:
+            raise HopLimitError("too many hops")
+        fields.append(field)
+        pos = match.end()
+    if end < len(data) and _FIELD_START.match(data, pos):  # a field goes on past ``end``
+        raise HeaderLimitError("message header too big")
+    return fields, pos
 
-    def __init__(self, data: bytes):
+
+class Message:
+    """A message as received by DATA: header fields and body, kept byte-exact. The fields
+    are indexed by name, so a look-up costs what it finds, not the size of the header."""
+
+    def __init__(self, data: bytes, limits: HeaderLimits = HeaderLimits()):
         first_end = data.find(b"\n")
         bare_lf = first_end >= 0 and data[first_end - 1:first_end] != b"\r"
         self._eol = b"\n" if bare_lf else b"\r\n"  # for the fields we add
-        self._separator = b""  # the empty line after the header, if there is one
-        starts: list[tuple[str, int]] = []  # (name, offset) of each field
-        pos = 0
-        while pos < len(data):
-            end = data.find(b"\n", pos) + 1 or len(data)
-            line = data[pos:end]
-            if line in (b"\r\n", b"\n"):
-                self._separator = line
-                break
-            if not (line[:1] in (b" ", b"\t") and starts):  # else: a folded line
-                match = _FIELD_LINE.match(line)
-                if match is None:  # not a header field: the body starts here
-                    break
-                starts.append((match.group(1).decode("ascii"), pos))
-            pos = end
-        ends = [offset for _, offset in starts[1:]] + [pos]
-        self._fields = [_Field(name, data[start:stop])
-                        for (name, start), stop in zip(starts, ends)]
+        self._fields, pos = _parse_fields(data, limits)
+        self._index()
+        # the empty line after the header, if there is one
+        self._separator = next((eol for eol in (b"\r\n", b"\n") if data.startswith(eol, pos)),
+                               b"")
         self.body_bytes = data[pos + len(self._separator):]
 
     def to_bytes(self) -> bytes:
@@ -211,8 +247,7 @@ class Message:
     def _matching(self, name) -> list[_Field]:
         if type(name) is not str:
             raise HeaderError(f"a header name must be a string, not {preview(name)}")
-        key = name.lower()
-        return [f for f in self._fields if f.name.lower() == key]
+        return self._by_name.get(name.lower(), [])
 
     def get(self, name: str) -> str | None:
         """The first value of a field, or None."""
@@ -230,11 +265,11 @@ class Message:
     # -- editing -----------------------------------------------------------------
     def append(self, name: str, value: str) -> None:
         """Add a field at the end of the header."""
-        self._insert(len(self._fields), self._new(name, value))
+        self._add(self._new(name, value), top=False)
 
     def prepend(self, name: str, value: str) -> None:
         """Add a field at the top of the header (where trace fields go)."""
-        self._insert(0, self._new(name, value))
+        self._add(self._new(name, value), top=True)
 
     def set(self, name: str, value: str) -> None:
         """Replace the first field of that name (keeping its spelling), or append one."""
@@ -242,8 +277,9 @@ class Message:
         if not found:
             self.append(name, value)
             return
-        index = self._fields.index(found[0])
-        self._fields[index] = self._new(found[0].name, value)
+        field = self._new(found[0].name, value)
+        self._fields[self._fields.index(found[0])] = field
+        found[0] = field  # in the index too
 
     def rename(self, old: str, new: str) -> bool:
         """Rename every field called ``old``; their values stay byte-exact."""
@@ -251,14 +287,23 @@ class Message:
         found = self._matching(old)
         for f in found:
             f.raw = new.encode("ascii") + f.raw[len(f.name):]
-            f.name = new
+            f.name, f.key = new, new.lower()
+        self._index()
         return bool(found)
 
     def remove(self, name: str) -> bool:
         """Remove every field of that name; whether there was one."""
         found = self._matching(name)
-        self._fields = [f for f in self._fields if f not in found]
+        if found:
+            self._fields = [f for f in self._fields if f.key != found[0].key]
+            del self._by_name[found[0].key]
         return bool(found)
+
+    def _index(self) -> None:
+        """Index the fields by lower-cased name, in header order."""
+        self._by_name: dict[str, list[_Field]] = {}
+        for f in self._fields:
+            self._by_name.setdefault(f.key, []).append(f)
 
     def _new(self, name, value) -> _Field:
         """A field of a checked name and value, folded to FOLD_WIDTH where it can be."""
@@ -280,13 +325,19 @@ class Message:
             raise HeaderError(f"header {name}: a line is longer than {MAX_LINE} octets")
         return _Field(name, self._eol.join(encoded) + self._eol)
 
-    def _insert(self, index: int, field: _Field) -> None:
-        """Insert a field without merging it with its neighbours."""
-        if index and not self._fields[index - 1].raw.endswith(b"\n"):
-            self._fields[index - 1].raw += self._eol  # the data ended inside this field
+    def _add(self, field: _Field, top: bool) -> None:
+        """Add a field at the top or the end, without merging it with its neighbours."""
+        if not top and self._fields and not self._fields[-1].raw.endswith(b"\n"):
+            self._fields[-1].raw += self._eol  # the data ended inside this field
         if not self._separator and self.body_bytes:
             self._separator = self._eol  # the header had no end: give it one
-        self._fields.insert(index, field)
+        same_name = self._by_name.setdefault(field.key, [])
+        if top:
+            self._fields.insert(0, field)
+            same_name.insert(0, field)
+        else:
+            self._fields.append(field)
+            same_name.append(field)
 
 
 def _checked_name(name) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
                            DnsConfig, Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
+from stdlib.mail import HeaderLimits
 from vsl.limits import Limits
 
 FULL = """
@@ -35,6 +36,11 @@ key = "certs/key.pem"
 mechanisms = ["plain", "LOGIN"]
 users_file = "users"
 allow_plaintext = true
+failure_limit = 3
+failure_window = 60
+lockout = 30
+lockout_max = 120.5
+throttle_entries = 100
 
 [limits]
 message_size = 1000000
@@ -44,6 +50,11 @@ connections_per_ip = 5
 command_timeout = 30
 data_timeout = 60.5
 errors = 4
+junk_commands = 20
+header_fields = 300
+header_section_size = 65536
+header_field_size = 8192
+received_headers = 30
 
 [dns]
 config = "cloudflare"
@@ -137,8 +148,11 @@ def test_every_section_and_key_parses(tmp_path):
                              Listener("::1", 587, "submission"),
                              Listener("0.0.0.0", 465, "smtps"))
     assert config.tls == TlsConfig(tmp_path / "certs/cert.pem", tmp_path / "certs/key.pem")
-    assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True)
-    assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4)
+    assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True, 3, 60.0,
+                                     30.0, 120.5, 100)
+    assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4, 20, 300, 65536, 8192,
+                                       30)
+    assert config.limits.header == HeaderLimits(300, 65536, 8192, 30)
     assert isinstance(config.limits.command_timeout, float)
     assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0,
                                    ("127.0.0.1:5300",))
@@ -296,12 +310,26 @@ def test_bad_value_message_shows_the_value():
 
 
 @pytest.mark.parametrize("key", ["recipients", "connections", "connections_per_ip", "errors",
-                                 "command_timeout", "data_timeout"])
+                                 "command_timeout", "data_timeout", "header_fields",
+                                 "header_section_size", "header_field_size",
+                                 "received_headers"])
 def test_limits_that_cannot_be_zero(key):
     """0 recipients/connections/errors would refuse everything, a 0 s timeout drops every
     client at once: the module's own example says ``must be an integer >= 1``."""
     message = error_for({"limits": {key: 0}})
     assert message.startswith(f"limits.{key}: "), message
+
+
+@pytest.mark.parametrize("key", ["failure_limit", "failure_window", "lockout", "lockout_max",
+                                 "throttle_entries"])
+def test_auth_throttle_values_that_cannot_be_zero(key):
+    message = error_for({"auth": {key: 0}})
+    assert message.startswith(f"auth.{key}: "), message
+
+
+def test_a_lockout_cannot_grow_past_a_smaller_maximum():
+    assert error_for({"auth": {"lockout": 60, "lockout_max": 30}}) == \
+        "auth.lockout_max: must be >= auth.lockout"
 
 
 def test_smtps_listener_needs_tls():

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stdlib.mail import NULL, AddressError, HeaderError, Mailbox, Message
+from stdlib.mail import (NULL, AddressError, HeaderError, HeaderLimitError, HeaderLimits,
+                         HopLimitError, Mailbox, Message)
 from vsl.errors import ScriptError
 
 FUZZ = settings(max_examples=300, deadline=None, database=None)
@@ -209,6 +211,65 @@ def test_robust_parse(data, names, body):
     message = Message(data)
     assert [name for name, _ in message.fields()] == names
     assert message.body_bytes == body
+
+
+@pytest.mark.parametrize("limit, at_limit, error", [
+    ({"fields": 3}, b"A: 1\r\nB: 2\r\nC: 3\r\n", "too many header fields"),
+    ({"field_size": 20}, b"A: 1\r\nB: 456789012345\r\n \r\n", "a header field is too long"),
+    ({"section_size": 30}, b"A: 1\r\nB: 4567890123456789012\r\n", "message header too big"),
+    ({"received": 2}, b"Received: 1\r\nA: 2\r\nreceived: 3\r\n", "too many hops"),
+])
+def test_header_limits_hold_exactly(limit, at_limit, error):
+    limits = HeaderLimits(**limit)
+    over = at_limit + (b"Received: 4\r\n" if "received" in limit else b"X: y\r\n")
+    if "field_size" in limit:
+        over = at_limit + b" \r\n"  # one more folded line makes the field too long
+    assert Message(at_limit + b"\r\nbody", limits).body_bytes == b"body"
+    with pytest.raises(HeaderLimitError) as err:
+        Message(over + b"\r\nbody", limits)
+    assert str(err.value) == error
+    assert isinstance(err.value, HopLimitError) == ("received" in limit)
+
+
+def test_a_huge_header_is_refused_at_its_limit_without_reading_on():
+    bomb = b"a:b\r\n" * 2_000_000
+    with pytest.raises(HeaderLimitError, match="too many header fields"):
+        Message(bomb)
+    with pytest.raises(HeaderLimitError, match="a header field is too long"):
+        Message(b"A: x\r\n" + b" folded\r\n" * 2_000_000)
+
+
+def fastest_lookup(message: Message) -> float:
+    timings = []
+    for _ in range(50):
+        start = time.perf_counter()
+        message.get("Subject")
+        timings.append(time.perf_counter() - start)
+    return min(timings)
+
+
+def test_lookups_cost_what_they_find_not_the_header_size():
+    many = HeaderLimits(fields=100_000, section_size=10**7)
+    big = Message(b"".join(b"X-%d: v\r\n" % i for i in range(50_000)) + b"Subject: s\r\n",
+                  many)
+    small = Message(b"X-1: v\r\nSubject: s\r\n")
+    assert big.get("subject") == small.get("subject") == "s"
+    assert fastest_lookup(big) < 10 * fastest_lookup(small) + 1e-5  # a scan: 1000 times
+
+
+def test_the_name_index_follows_every_edit():
+    message = Message(SAMPLE)
+    message.prepend("X-Dup", "zero")
+    message.append("x-DUP", "three")
+    message.set("X-DUP", "ZERO")
+    message.rename("From", "x-dup")
+    message.remove("to")
+    message.rename("x-dup", "X-Renamed")
+    message.append("To", "new")
+    for name in ("x-dup", "x-renamed", "from", "to", "received", "subject"):
+        assert message.get_all(name) == [v for n, v in message.fields() if n.lower() == name]
+    assert message.get_all("x-renamed") == ["ZERO", "Alice <alice@a.example>", "one", "two",
+                                            "three"]
 
 
 def test_body_decodes_with_replacement():

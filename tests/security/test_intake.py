@@ -1,0 +1,194 @@
+"""The SMTP intake against hostile clients: header bombs in DATA, AUTH timing that tells
+which users exist, password guessing across connections, NOOP keep-alives. Each test
+runs the attack over a real SMTP connection to a server started here."""
+from __future__ import annotations
+
+import base64
+import resource
+import statistics
+import threading
+import time
+from dataclasses import replace
+
+from server.auth_throttle import AuthThrottle
+from server.config import AuthConfig, SmtpLimits
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import Raw, spool_files, users_file
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def auth_config(tmp_path, **auth) -> AuthConfig:
+    return AuthConfig(users_file=users_file(tmp_path, alice="secret"), allow_plaintext=True,
+                      **auth)
+
+
+# ---- AUTH timing: unknown users cost what known users cost ----------------------------
+
+def timed_auth(raw: Raw, user: str) -> float:
+    start = time.perf_counter()
+    code, _ = raw.cmd(f"AUTH PLAIN {plain(user, 'wrong')}")
+    assert code == 535
+    return time.perf_counter() - start
+
+
+def test_a_failed_auth_takes_as_long_for_an_unknown_user(tmp_path):
+    config = config_for(tmp_path, auth=auth_config(tmp_path, failure_limit=1000),
+                        limits=replace(SmtpLimits(), errors=1000))
+    with running(config) as server, Raw(server) as raw:
+        raw.cmd("EHLO c.test")
+        known, unknown = [], []
+        for _ in range(25):  # interleaved, so a load change hits both alike
+            known.append(timed_auth(raw, "alice"))
+            unknown.append(timed_auth(raw, "nobody"))
+    ratio = statistics.median(known) / statistics.median(unknown)
+    assert 0.7 <= ratio <= 1.4, (ratio, statistics.median(known), statistics.median(unknown))
+
+
+# ---- password guessing across connections ------------------------------------------------
+
+def login(server, user: str, password: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
+    """AUTH PLAIN on a new connection (from ``source``): the reply."""
+    with Raw(server, source=source) as raw:
+        raw.cmd("EHLO c.test")
+        return raw.cmd(f"AUTH PLAIN {plain(user, password)}")
+
+
+LOCKED = (454, b"4.7.0 Error: too many failed logins, try again later")
+
+
+def test_guesses_across_connections_are_throttled_per_ip_and_per_user(tmp_path, caplog):
+    auth = auth_config(tmp_path, failure_limit=3, failure_window=60.0, lockout=1.0,
+                       lockout_max=4.0)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        for guess in ("a", "b", "c"):  # one connection each, as a guesser reconnects
+            assert login(server, "alice", guess)[0] == 535
+        assert login(server, "alice", "secret") == LOCKED  # the right one, but too late
+        assert login(server, "alice", "secret", source="127.0.0.2") == LOCKED  # the user too
+        time.sleep(1.2)
+        assert login(server, "alice", "secret")[0] == 235  # the lock expired
+        for user in ("bob", "carol", "dave"):  # guessing users from one address
+            assert login(server, user, "x", source="127.0.0.3")[0] == 535
+        assert login(server, "alice", "secret", source="127.0.0.3") == LOCKED
+        assert login(server, "alice", "secret", source="127.0.0.4")[0] == 235
+        time.sleep(1.2)
+        for user in ("erin", "frank", "grace"):  # locked again: for twice as long
+            assert login(server, user, "x", source="127.0.0.3")[0] == 535
+        time.sleep(1.2)
+        assert login(server, "alice", "secret", source="127.0.0.3") == LOCKED
+        time.sleep(1.0)
+        assert login(server, "alice", "secret", source="127.0.0.3")[0] == 235
+    assert "unknown[127.0.0.1]: SASL PLAIN authentication failed: authentication failure, " \
+        "sasl_username=alice" in caplog.text
+    assert "sasl_username=alice: too many failed logins, AUTH refused for 1 s" in caplog.text
+    assert "unknown[127.0.0.3]: too many failed logins, AUTH refused for 2 s" in caplog.text
+
+
+def test_the_throttle_remembers_a_bounded_number_of_clients_and_users():
+    throttle = AuthThrottle(AuthConfig(failure_limit=1, throttle_entries=3))
+    for i in range(100):
+        throttle.failed(f"192.0.2.{i}", f"user{i}")
+    assert len(throttle) == 3
+    assert throttle.locked("192.0.2.99", "nobody") and throttle.locked("192.0.2.1", "user99")
+    assert not throttle.locked("192.0.2.1", "user1")  # forgotten first: the oldest
+
+
+# ---- DATA: a header of 5 million fields -------------------------------------------------
+
+HEADER_BOMB = b"Subject: bomb\r\n" + b"a:b\r\n" * 5_000_000 + b"\r\nbody\r\n"  # 25 MB
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def send_message(server, data: bytes, replies: list) -> None:
+    """One transaction over a raw connection; its reply to the data goes to ``replies``."""
+    with Raw(server, timeout=120) as raw:
+        for command in ("EHLO c.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@mx.test>",
+                        "DATA"):
+            raw.cmd(command)
+        raw.send(data + b".\r\n")
+        replies.append(raw.reply(timeout=120))
+
+
+def probe(server) -> float:
+    """How long a new client waits for its greeting and a NOOP."""
+    start = time.perf_counter()
+    with Raw(server, timeout=60, greet=False) as raw:
+        assert raw.reply(timeout=60)[0] == 220
+        assert raw.cmd("NOOP", timeout=60)[0] == 250
+    return time.perf_counter() - start
+
+
+def test_a_header_bomb_is_refused_quickly_while_others_are_served(tmp_path):
+    peak_before = peak_rss_mb()
+    with running(config_for(tmp_path)) as server:
+        replies: list = []
+        sender = threading.Thread(target=send_message, args=(server, HEADER_BOMB, replies))
+        start = time.monotonic()
+        sender.start()
+        waits = []
+        while sender.is_alive():
+            waits.append(probe(server))
+        sender.join()
+        took = time.monotonic() - start
+        assert replies == [(552, b"5.3.4 Error: too many header fields")]
+        assert spool_files(server) == []
+    assert took < 10, took  # it took 25 s, and the other clients waited 15 s of it
+    assert max(waits) < 2, waits
+    assert peak_rss_mb() - peak_before < 400  # it was 1.1 GB more
+
+
+def header_of(count: int, name: str = "X-Field") -> bytes:
+    return b"".join(b"%s: %d\r\n" % (name.encode(), i) for i in range(count))
+
+
+def test_header_limits_count_our_received_field_and_hold_exactly(tmp_path):
+    """1000 fields and 50 Received: fields by default, the one vSL adds included."""
+    with running(config_for(tmp_path)) as server:
+        for data, reply in [
+                (header_of(999) + b"\r\nbody\r\n", 250),
+                (header_of(1000) + b"\r\nbody\r\n",
+                 (552, b"5.3.4 Error: too many header fields")),
+                (header_of(49, "Received") + b"\r\nbody\r\n", 250),
+                (header_of(50, "Received") + b"\r\nbody\r\n",
+                 (554, b"5.4.0 Error: too many hops"))]:
+            replies: list = []
+            send_message(server, data, replies)
+            assert replies[0][0] == reply if reply == 250 else replies == [reply]
+
+
+# ---- keep-alives: NOOP and its kin --------------------------------------------------------
+
+TOO_MANY_ERRORS = (421, b"4.7.0 Too many errors, closing the connection")
+
+
+def test_a_client_that_only_sends_noop_is_dropped(tmp_path, caplog):
+    """Postfix's smtpd_junk_command_limit: past 100 NOOP, RSET, VRFY, HELO or EHLO
+    commands, each counts as an error, so the error limit (10) ends the connection."""
+    with running(config_for(tmp_path)) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        for _ in range(108):
+            assert raw.cmd("NOOP") == (250, b"2.0.0 OK")
+        assert raw.cmd("NOOP") == (250, b"2.0.0 OK")  # the 110th command
+        assert raw.reply() == TOO_MANY_ERRORS
+        assert raw.closed()
+    assert "10 errors, disconnecting" in caplog.text
+
+
+def test_an_accepted_message_starts_the_count_again(tmp_path):
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), junk_commands=3, errors=2))
+    with running(config) as server, Raw(server) as raw:
+        for command in ("EHLO c.test", "RSET", "NOOP", "MAIL FROM:<a@example.org>",
+                        "RCPT TO:<b@mx.test>", "DATA"):
+            assert raw.cmd(command)[0] in (250, 354)
+        assert raw.cmd("Subject: x\r\n\r\nbody\r\n.")[0] == 250
+        for command in ("RSET", "VRFY <b@mx.test>", "HELO c.test"):  # free again
+            assert raw.cmd(command)[0] in (250, 252)
+        assert raw.cmd("NOOP")[0] == 250  # one error
+        assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # still served
+        assert raw.cmd("RSET")[0] == 250  # the second error
+        assert raw.reply() == TOO_MANY_ERRORS
