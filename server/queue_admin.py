@@ -12,29 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 
+from .printable import printable
 from .queue import Entry, QueueError, Spool
 
 AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # minutes, like qshape's table
-
-# DEL, C1 controls and the Unicode format characters that reorder or hide text
-_OTHER_CONTROLS = r"\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
-_UNPRINTABLE = re.compile(rf"[\x00-\x1f{_OTHER_CONTROLS}]")
-_UNPRINTABLE_BUT_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER_CONTROLS}]")  # keeps \t \n
-
-
-def printable(value, lines: bool = False) -> str:
-    """``value`` as text with every control character escaped (``\\x1b``, ``\\u202e``);
-    with ``lines``, line feeds and tabs stay."""
-    pattern = _UNPRINTABLE_BUT_LINES if lines else _UNPRINTABLE
-    return pattern.sub(_escape, str(value))
-
-
-def _escape(found: re.Match) -> str:
-    return found.group().encode("unicode_escape").decode("ascii")
-
 
 def pending(entry: Entry) -> list[str]:
     """The addresses of a message's recipients still to be delivered (or bounced)."""

@@ -24,6 +24,7 @@ from vsl.values import FrozenMap
 
 from .auth_throttle import client_key, user_key
 from .envelope import Envelope
+from .printable import printable
 from .queue import QueueError, new_id
 from .received import protocol, received
 from .smtp import FastSMTP
@@ -470,12 +471,12 @@ class Session:
         from=<> to=<> proto=ESMTP helo=<>``) and who decided it; returns the reply."""
         ctx, session = self.ctx, self.protocol.session
         fields = [f"from=<{ctx.sender.address}>"] if ctx.sender is not None else []
-        fields += [f"to=<{_printable(to)}>"] if to is not None else []
+        fields += [f"to=<{printable(to)}>"] if to is not None else []
         fields.append(f"proto={'ESMTP' if session.extended_smtp else 'SMTP'}")
-        fields += [f"helo=<{_printable(ctx.helo)}>"] if ctx.helo is not None else []
+        fields += [f"helo=<{printable(ctx.helo)}>"] if ctx.helo is not None else []
         fields.append(f"decided_by={self._decider(stage)}")
         log.info("NOQUEUE: reject: %s from unknown[%s]: %s; %s", command, self.peer_ip,
-                 _printable(reply.replace("\n", " ")), " ".join(fields))
+                 printable(reply.replace("\n", " ")), " ".join(fields))
         return reply
 
     def _decider(self, stage: Stage | None) -> str:
@@ -526,11 +527,6 @@ def _defined_at(script, function: str) -> str:
         if definition.name == function:
             return f"{script.file}:{definition.pos[0]}:{definition.pos[1]}"
     return str(script.file)
-
-
-def _printable(text: str) -> str:
-    """Client-supplied text for a log line: no control characters."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _header_limit_reply(err: HeaderLimitError) -> str:

@@ -304,7 +304,7 @@ def queue(ctx, queue_dir, config_path) -> None:
 
 
 def _queue_error(err) -> click.ClickException:
-    from server.queue_admin import printable
+    from server.printable import printable
 
     return click.ClickException(printable(err))
 

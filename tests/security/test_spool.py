@@ -15,7 +15,7 @@ import pytest
 from server.app import recover_spool
 from server.envelope import Envelope
 from server.queue import QueueError, Spool, check_queue
-from server.queue_admin import printable
+from server.printable import printable
 from stdlib.status import is_quarantine_name
 from tests.support.servers import config_for, running
 

@@ -1,0 +1,23 @@
+"""Text that clients and remote servers chose (HELO, addresses, replies), made safe to
+show an operator: in a terminal (``vsl queue``) or a log line. No control character (a
+terminal escape sequence, a carriage return that overwrites a line, a bidi override)
+passes through; each is escaped as Python writes it (``\\x1b``, ``\\u202e``)."""
+from __future__ import annotations
+
+import re
+
+# DEL, C1 controls and the Unicode format characters that reorder or hide text
+_OTHER_CONTROLS = r"\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+_UNPRINTABLE = re.compile(rf"[\x00-\x1f{_OTHER_CONTROLS}]")
+_UNPRINTABLE_BUT_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER_CONTROLS}]")  # keeps \t \n
+
+
+def printable(value, lines: bool = False) -> str:
+    """``value`` as text with every control character escaped (``\\x1b``, ``\\u202e``);
+    with ``lines``, line feeds and tabs stay."""
+    pattern = _UNPRINTABLE_BUT_LINES if lines else _UNPRINTABLE
+    return pattern.sub(_escape, str(value))
+
+
+def _escape(found: re.Match) -> str:
+    return found.group().encode("unicode_escape").decode("ascii")
