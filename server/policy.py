@@ -12,7 +12,8 @@ from pathlib import Path
 
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
-from vsl.lint import Linter, format_text, script_files
+from stdlib.ctx import entry_points
+from vsl.lint import Linter, format_full, script_files
 
 log = logging.getLogger("vsl.policy")
 
@@ -32,13 +33,13 @@ def load_policy(engine: Engine, directory: Path | None) -> Script | None:
         if any(directory.rglob("*.vsl")):
             raise PolicyError(f"{directory}: has scripts but no main.vsl")
         return None
-    linter = Linter(engine)
+    linter = Linter(engine, entry_points())
     findings = [d for f in script_files([directory]) for d in linter.lint_file(f)]
     errors = [d for d in findings if d.severity == "error"]
     for warning in (d for d in findings if d.severity == "warning"):
         log.warning("%s", warning)
     if errors:
-        raise PolicyError(format_text(errors))
+        raise PolicyError(format_full(errors, linter.sources))
     try:
         return engine.load(main)
     except VslError as err:

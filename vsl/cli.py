@@ -10,7 +10,8 @@ import click
 from . import values
 from .engine import Engine
 from .errors import VslError
-from .lint import Linter, format_json, format_text, script_files
+from .lint import (Linter, empty_paths, format_concise, format_full, format_json, script_files,
+                   summary)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,18 +21,27 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["full", "concise", "json"]), default="full",
+              show_default=True,
+              help="full: each finding with its source line and a caret; concise: one line "
+                   "each (path:line:col: level: message [code]); json: an array.")
 def lint(paths, fmt) -> None:
     """Check .vsl files (or directories of them) without running them.
 
     Exit status 1 if any error was found, 0 otherwise (warnings only).
     """
-    linter = Linter(Engine())
-    findings = [d for f in script_files(paths) for d in linter.lint_file(f)]
-    text = format_json(findings) if fmt == "json" else format_text(findings)
-    if text:
-        click.echo(text)
+    from stdlib.ctx import entry_points
+
+    files = script_files(paths)
+    linter = Linter(Engine(), entry_points())
+    findings = empty_paths(paths) + [d for f in files for d in linter.lint_file(f)]
+    if fmt == "json":
+        click.echo(format_json(findings))
+    else:
+        if findings:
+            click.echo(format_full(findings, linter.sources) if fmt == "full"
+                       else format_concise(findings))
+        click.echo(summary(findings, len(files)), err=True)
     sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
 
 
