@@ -46,22 +46,22 @@ def _context(ctx, where: str) -> Context:
     return ctx
 
 
-_SERV_ID = Options({"auth_serv_id": str})
+_OPTIONS = Options({"auth_serv_id": str})
 
 
-@namespace.native(options=_SERV_ID.keys)
+@namespace.native(options=_OPTIONS.keys)
 def create_header(ctx, config):
     """create_header(ctx, #{ auth_serv_id }): the Authentication-Results value (not added)."""
     where = "auth::create_header"
-    opts = _SERV_ID.parse(config, where)
+    opts = _OPTIONS.parse(config, where)
     return results_header(_context(ctx, where), _serv_id(opts, where))
 
 
-@namespace.native(options=_SERV_ID.keys)
+@namespace.native(options=_OPTIONS.keys)
 def add_header(ctx, config):
     """add_header(ctx, #{ auth_serv_id }): prepend Authentication-Results and Received-SPF."""
     where = "auth::add_header"
-    opts = _SERV_ID.parse(config, where)
+    opts = _OPTIONS.parse(config, where)
     ctx = _context(ctx, where)
     serv_id = _serv_id(opts, where)
     value = results_header(ctx, serv_id)
