@@ -350,6 +350,17 @@ def test_run_runtime_error_at_top_level(tmp_path):
     assert lines[3] == f"  in <top level> at {f}:2:{col}"
 
 
+def test_run_call_of_a_stage_that_returns_no_status_exits_1(tmp_path):
+    f = write(tmp_path, "stage.vsl", 'fn on_helo(ctx) {\n    if ctx.helo == "x" {\n'
+                                     '        let reply = "550 go away";\n'
+                                     '        return reply;\n    }\n    status::next()\n}\n')
+    proc = vsl("run", f, "--call", "on_helo", "--arg", '{"helo": "x"}')
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"{f}:4:9: on_helo returned a string, not a status (use ")
+    proc = vsl("run", f, "--call", "on_helo", "--arg", '{"helo": "y"}')
+    assert (proc.returncode, proc.stdout) == (0, "next()\n")
+
+
 def test_run_thrown_value(tmp_path):
     f = write(tmp_path, "th.vsl", 'fn fail(why) {\n    throw `nope: ${why}`;\n}\nfail("x")\n')
     proc = vsl("run", f)

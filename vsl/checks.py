@@ -254,48 +254,77 @@ class Checker:
 
     # -- what entry points return ---------------------------------------------
     def check_returns(self, fn: ast.FnDef) -> None:
-        returned = [(s.value, s.pos) for s in _own_nodes(fn.body)
-                    if isinstance(s, ast.Return)]
-        returned += [(e, e.pos) for e in self._tails(fn.body)]
-        want = self.entries.returns
-        for value, pos in returned:
-            found = self._value_type(value)
-            if found is not None and found != want.vsl_type:
-                hint = f" (use {self.entries.return_hint})" if self.entries.return_hint else ""
-                self.error("stage-return", f"{fn.name} returns {_article(found)}, not "
-                           f"{_article(want.vsl_type)}{hint}", pos)
+        for value, pos in returned_values(fn):
+            found = value_type(value, self.type_of)
+            if found is not None and found != self.entries.returns.vsl_type:
+                self.error("stage-return", _return_message(fn.name, found, self.entries), pos)
 
-    def _tails(self, block: ast.Block):
-        """The expressions whose value is the value of ``block`` (through if/switch)."""
-        if not block.body or not isinstance(block.body[-1], ast.ExprStmt):
-            return
-        e = block.body[-1].expr
-        if isinstance(e, ast.Block):
-            yield from self._tails(e)
-        elif isinstance(e, ast.If):
-            for _, body in e.branches:
-                yield from self._tails(body)
-            if e.orelse is not None:
-                yield from self._tails(e.orelse)
-        elif isinstance(e, ast.Switch):
-            for arm in e.arms:
-                yield from self._tails(arm.body) if isinstance(arm.body, ast.Block) \
-                    else (arm.body,)
-        else:
-            yield e
 
-    def _value_type(self, e) -> str | None:
-        """The vSL type name of a returned value, when it is certain."""
-        if e is None:
-            return "()"
-        if isinstance(e, ast.Literal):
-            return type_name(e.value)
-        if isinstance(e, ast.Template):
-            return "string"
-        if isinstance(e, (ast.ArrayLit, ast.MapLit)):
-            return "array" if isinstance(e, ast.ArrayLit) else "map"
-        cls = self.type_of(e)
-        return cls.vsl_type if cls is not None else None
+def _return_message(name: str, found: str, entries: EntryPoints) -> str:
+    hint = f" (use {entries.return_hint})" if entries.return_hint else ""
+    return f"{name} returns {_article(found)}, not {_article(entries.returns.vsl_type)}{hint}"
+
+
+def returned_values(fn: ast.FnDef) -> list[tuple]:
+    """(expression, position) of every value ``fn`` can return (None: ``return;``)."""
+    found = [(s.value, s.pos) for s in _own_nodes(fn.body) if isinstance(s, ast.Return)]
+    return found + [(e, e.pos) for e in _tails(fn.body)]
+
+
+def _tails(block: ast.Block):
+    """The expressions whose value is the value of ``block`` (through if/switch)."""
+    if not block.body or not isinstance(block.body[-1], ast.ExprStmt):
+        return
+    e = block.body[-1].expr
+    if isinstance(e, ast.Block):
+        yield from _tails(e)
+    elif isinstance(e, ast.If):
+        for _, body in e.branches:
+            yield from _tails(body)
+        if e.orelse is not None:
+            yield from _tails(e.orelse)
+    elif isinstance(e, ast.Switch):
+        for arm in e.arms:
+            yield from _tails(arm.body) if isinstance(arm.body, ast.Block) else (arm.body,)
+    else:
+        yield e
+
+
+def value_type(e, type_of) -> str | None:
+    """The vSL type name of a returned value when it is certain (``type_of``: the native
+    object class of an expression, or None)."""
+    if e is None:
+        return "()"
+    if isinstance(e, ast.Literal):
+        return type_name(e.value)
+    if isinstance(e, ast.Template):
+        return "string"
+    if isinstance(e, (ast.ArrayLit, ast.MapLit)):
+        return "array" if isinstance(e, ast.ArrayLit) else "map"
+    cls = type_of(e)
+    return cls.vsl_type if cls is not None else None
+
+
+def wrong_return(script, entries: EntryPoints, name: str, value) -> str | None:
+    """At run time: None if ``value``, returned by the entry point ``name`` of ``script``,
+    is of the type entry points return; else the error, at the one return that can have
+    given such a value (``main.vsl:4:9: on_rcpt_to returned a string, ...``), or at the
+    function when several can."""
+    if isinstance(value, entries.returns):
+        return None
+    fn = next(f for f in script.module.functions if f.name == name and len(f.params) == 1)
+    found = type_name(value)
+
+    def native_class(e):
+        native = script.engine.namespaces.get(e.ns) if isinstance(e, ast.NsCall) else None
+        function = native.functions.get(e.name) if native else None
+        return function.returns if function else None
+
+    sites = [pos for e, pos in returned_values(fn)
+             if value_type(e, native_class) in (None, found)]
+    line, col = sites[0] if len(sites) == 1 else fn.pos
+    return f"{script.file}:{line}:{col}: " + \
+        _return_message(name, found, entries).replace(" returns ", " returned ", 1)
 
 
 def check(module: ast.Module, res: Resolution, namespaces: dict,

@@ -67,10 +67,26 @@ def run(file, fn, args, as_json) -> None:
     except VslError as err:
         click.echo(str(err), err=True)
         sys.exit(1)
+    problem = _stage_result_problem(script, fn, len(parsed), result)
+    if problem:
+        click.echo(problem, err=True)
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps(values.to_python(result)))
     else:
         click.echo(values.display(result))
+
+
+def _stage_result_problem(script, fn: str | None, arity: int, result) -> str | None:
+    """What is wrong with a stage function's result (it must be a status), if anything."""
+    from stdlib.ctx import entry_points
+
+    from .checks import wrong_return
+
+    entries = entry_points()
+    if fn not in entries.names or arity != 1:
+        return None
+    return wrong_return(script, entries, fn, result)
 
 
 @main.command()
