@@ -43,31 +43,18 @@ class EntryPoints:
     return_hint: str = ""  # how to make a value of ``returns``, for messages
 
 
-_ENTRY = object()  # the caller of an entry point: the host
-
-
-def nodes(node):
-    """Every AST node in ``node`` (itself included), depth first."""
-    if isinstance(node, ast.Node):
-        yield node
-        for f in fields(node):
-            yield from nodes(getattr(node, f.name))
-    elif isinstance(node, (tuple, list)):
-        for item in node:
-            yield from nodes(item)
-
-
-def _own_nodes(node):
-    """Like :func:`nodes`, without entering closures (their ``return`` is their own)."""
-    if isinstance(node, ast.Closure):
+def nodes(node, closures: bool = True):
+    """Every AST node in ``node`` (itself included), depth first; without what is inside
+    closures if not ``closures`` (a ``return`` there is the closure's own)."""
+    if isinstance(node, ast.Closure) and not closures:
         return
     if isinstance(node, ast.Node):
         yield node
         for f in fields(node):
-            yield from _own_nodes(getattr(node, f.name))
+            yield from nodes(getattr(node, f.name), closures)
     elif isinstance(node, (tuple, list)):
         for item in node:
-            yield from _own_nodes(item)
+            yield from nodes(item, closures)
 
 
 def _article(type_text: str) -> str:
@@ -128,6 +115,10 @@ class Checker:
     def _param(self, key, i: int) -> str:
         return self.res.names[(id(self.fns[key]), f"p{i}")]
 
+    def _reassigned(self, py: str) -> bool:
+        """Whether a parameter is given another value in its function (``ctx = x``)."""
+        return len(self.res.sources.get(py, ())) > 1
+
     def _call_sites(self) -> dict[tuple, list]:
         """(function key, parameter index) -> [(calling function key | None, argument)]."""
         sites: dict[tuple, list] = {}
@@ -173,7 +164,8 @@ class Checker:
                 if reached != candidates[py]:
                     candidates[py] = reached
                     changed = True
-        self.reached = {**params, **{py: r for py, r in candidates.items() if r}}
+        reached = {**params, **{py: r for py, r in candidates.items() if r}}
+        self.reached = {py: r for py, r in reached.items() if not self._reassigned(py)}
         self.helper_of = {py: helpers[py][0] for py in candidates}
 
     # -- types --------------------------------------------------------------
@@ -267,7 +259,8 @@ def _return_message(name: str, found: str, entries: EntryPoints) -> str:
 
 def returned_values(fn: ast.FnDef) -> list[tuple]:
     """(expression, position) of every value ``fn`` can return (None: ``return;``)."""
-    found = [(s.value, s.pos) for s in _own_nodes(fn.body) if isinstance(s, ast.Return)]
+    found = [(s.value, s.pos) for s in nodes(fn.body, closures=False)
+             if isinstance(s, ast.Return)]
     return found + [(e, e.pos) for e in _tails(fn.body)]
 
 
