@@ -24,7 +24,7 @@ from typing import Mapping
 
 from . import ast
 from .methods import ANY_METHODS
-from .resolve import Diagnostic, NativeFn, Resolution, ScriptFn, suggest
+from .resolve import Diagnostic, NativeFn, Resolution, ScriptFn, closest, suggest
 from .values import type_name
 
 
@@ -105,11 +105,8 @@ class Checker:
                            fn.pos)
 
     def hint(self, name: str, candidates) -> str:
-        """" (did you mean 'x'?)": the host's own name for ``name`` if it is one of
-        ``candidates`` (on_data: on_pre_queue), else the closest of them."""
-        alias = self.entries.aliases.get(name) if self.entries else None
-        return f" (did you mean '{alias}'?)" if alias in candidates else \
-            suggest(name, candidates)
+        """" (did you mean 'x'?)" among ``candidates``, the host's aliases first."""
+        return suggest(name, candidates, self.entries.aliases if self.entries else None)
 
     # -- which parameters hold the entry's argument, reached in which entries --
     def _param(self, key, i: int) -> str:
@@ -239,10 +236,10 @@ class Checker:
         full = f"{target.ns}::{target.name}" if target.ns else target.name
         for key, value in node.args[-1].entries:
             if key not in known:
-                hint = suggest(key, known)[2:-1]  # "did you mean 'x'?" without brackets
-                self.error("unknown-option", f"{full}: unknown option '{key}' ("
-                           + (f"{hint}; " if hint else "") + f"known: {', '.join(known)})",
-                           value.pos)
+                close = closest(key, known)
+                hint = f"did you mean '{close}'?; " if close else ""
+                self.error("unknown-option", f"{full}: unknown option '{key}' ({hint}known: "
+                           f"{', '.join(known)})", value.pos)
 
     # -- what entry points return ---------------------------------------------
     def check_returns(self, fn: ast.FnDef) -> None:

@@ -119,11 +119,22 @@ class Resolution:
         return [d for d in self.diagnostics if d.severity == "error"]
 
 
-def suggest(name: str, candidates) -> str:
-    """" (did you mean 'x'?)" for the closest candidate, or ""."""
+def closest(name: str, candidates, aliases=None) -> str | None:
+    """The candidate ``name`` most likely stands for: its alias if that is a candidate
+    (another server's name for ours), else the closest spelling, else None. Every "did you
+    mean" hint comes from here, with candidates of the same kind as ``name`` only."""
+    alias = aliases.get(name) if aliases else None
+    if alias in candidates:
+        return alias
     close = difflib.get_close_matches(name, [c for c in candidates if c != name], n=1,
                                       cutoff=0.7)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def suggest(name: str, candidates, aliases=None) -> str:
+    """" (did you mean 'x'?)" for :func:`closest`, or ""."""
+    close = closest(name, candidates, aliases)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 class Resolver:
