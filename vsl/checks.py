@@ -43,15 +43,20 @@ class EntryPoints:
     return_hint: str = ""  # how to make a value of ``returns``, for messages
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> its field names
+
+
 def nodes(node, closures: bool = True):
     """Every AST node in ``node`` (itself included), depth first; without what is inside
     closures if not ``closures`` (a ``return`` there is the closure's own)."""
-    if isinstance(node, ast.Closure) and not closures:
-        return
     if isinstance(node, ast.Node):
+        if isinstance(node, ast.Closure) and not closures:
+            return
         yield node
-        for f in fields(node):
-            yield from nodes(getattr(node, f.name), closures)
+        cls = type(node)
+        names = _FIELDS.get(cls) or _FIELDS.setdefault(cls, tuple(f.name for f in fields(cls)))
+        for name in names:
+            yield from nodes(getattr(node, name), closures)
     elif isinstance(node, (tuple, list)):
         for item in node:
             yield from nodes(item, closures)
