@@ -316,6 +316,7 @@ def entry_points() -> EntryPoints:
         names=names, prefix="on_", param=Context, returns=Status,
         available={member: (first - 1, last - 1)
                    for member, (first, last) in {**_PROPS, **_METHODS}.items()},
+        member_types={"sender": Mailbox, "rcpt": Mailbox},
         aliases={"on_data": "on_pre_queue", "on_ehlo": "on_helo", "on_rcpt": "on_rcpt_to",
                  "on_mail": "on_mail_from", "on_queue": "on_pre_queue",
                  "client_addr": "client_ip", "server_addr": "server_ip",

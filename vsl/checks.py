@@ -11,6 +11,7 @@ are known in three cases only, so that every finding is certain:
   entries it is reached in, so a helper called from ``on_helo`` is checked as ``on_helo``;
 - a variable given one value only, by a native whose Python return annotation is a
   native object class (``iprev::check`` gives an ``iprev_result``);
+- a property of the entries' argument that the host types (``ctx.sender``: a mailbox);
 - a literal (the values an entry point returns).
 
 Members of a typed value are checked against its class (``vsl_props``, ``vsl_methods``);
@@ -38,6 +39,8 @@ class EntryPoints:
     returns: type  # the NativeObject class each must return
     available: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     # ^ member of param -> first and last index in names where it can be used
+    member_types: Mapping[str, type] = field(default_factory=dict)
+    # ^ property of param -> the NativeObject class it holds (sender: mailbox)
     aliases: Mapping[str, str] = field(default_factory=dict)
     # ^ names other servers use for entries and members -> ours (the first hint)
     return_hint: str = ""  # how to make a value of ``returns``, for messages
@@ -178,6 +181,9 @@ class Checker:
             if py in self.reached:
                 return self.entries.param
             return self._let_type(py)
+        if isinstance(e, ast.Prop):
+            held = self.type_of(e.obj) is self.entries.param if self.entries else False
+            return self.entries.member_types.get(e.name) if held else None
         target = self.res.targets.get(id(e))
         if isinstance(target, NativeFn):
             return self.namespaces[target.ns].functions[target.name].returns
