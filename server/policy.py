@@ -10,9 +10,9 @@ import asyncio
 import logging
 from pathlib import Path
 
+from stdlib.ctx import entry_points
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
-from stdlib.ctx import entry_points
 from vsl.lint import Linter, format_full, script_files
 
 log = logging.getLogger("vsl.policy")

@@ -10,7 +10,6 @@ the result, and ``options`` the keys of the option map it takes last.
 from __future__ import annotations
 
 import inspect
-import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -79,9 +78,12 @@ class Namespace:
 
 
 def _native_class(fn: Callable) -> type | None:
-    """The NativeObject class ``fn`` is annotated to return, else None."""
+    """The NativeObject class ``fn`` is annotated to return (``-> IprevResult``, a class of
+    its module), else None (no annotation, or another one such as ``X | None``)."""
     from .values import NativeObject
 
-    annotation = typing.get_type_hints(fn).get("return")
+    annotation = inspect.signature(fn).return_annotation
+    if isinstance(annotation, str):  # from __future__ import annotations
+        annotation = fn.__globals__.get(annotation)
     return annotation if isinstance(annotation, type) and \
         issubclass(annotation, NativeObject) else None
