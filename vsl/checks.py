@@ -213,7 +213,8 @@ class Checker:
             return
         members = cls.vsl_props if kind == "property" else cls.vsl_methods
         if name not in members and (kind == "property" or name not in ANY_METHODS):
-            self.error(f"unknown-{kind}", f"{cls.vsl_type} has no {kind} '{name}'"
+            code = "unknown-property" if kind == "property" else "unknown-method"
+            self.error(code, f"{cls.vsl_type} has no {kind} '{name}'"
                        + self.hint(name, members), node.pos)
             return
         py = self.res.names.get((id(node.obj), "ref"))
