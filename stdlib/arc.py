@@ -56,7 +56,7 @@ namespace.register_type(ArcResult)
 _VERIFY = Options({"dns_resolver": Resolver})
 
 
-@namespace.native(options=_VERIFY.keys)
+@namespace.native(options=_VERIFY.keys, uses="body")
 async def verify(ctx, config) -> ArcResult:
     """verify(ctx, #{ dns_resolver }): none | pass | fail, with .instances (the sets in the
     chain), .domain (d= of the newest ARC-Seal) and .reason."""
@@ -105,7 +105,7 @@ _SEAL = Options({"sdid": str, "selector": str, "private_key": (str, DkimKey),
                  "auth_serv_id": str})
 
 
-@namespace.native(options=_SEAL.keys)
+@namespace.native(options=_SEAL.keys, uses="body")
 async def seal(ctx, config):
     """seal(ctx, #{ sdid, selector, private_key, auth_serv_id }): prepend an ARC set over
     the Authentication-Results header of auth_serv_id (its arc= result gives cv=)."""

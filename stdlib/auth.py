@@ -57,7 +57,7 @@ def create_header(ctx, config):
     return results_header(_context(ctx, where), _serv_id(opts, where))
 
 
-@namespace.native(options=_OPTIONS.keys)
+@namespace.native(options=_OPTIONS.keys, uses="set_header")
 def add_header(ctx, config):
     """add_header(ctx, #{ auth_serv_id }): prepend Authentication-Results and Received-SPF."""
     where = "auth::add_header"

@@ -187,7 +187,7 @@ def _key_problem(name: bytes, record: bytes | None, algorithm: str) -> tuple[str
 _VERIFY = Options({"dns_resolver": Resolver}, {"max_signatures": int})
 
 
-@namespace.native(options=_VERIFY.keys)
+@namespace.native(options=_VERIFY.keys, uses="body")
 async def verify(ctx, config) -> DkimResult:
     """verify(ctx, #{ dns_resolver, max_signatures? }): the DKIM result of the message
     (none pass fail neutral policy temperror permerror), with .signatures."""
@@ -205,7 +205,7 @@ _SIGN = Options({"sdid": str, "selector": str, "private_key": (str, DkimKey)},
                 {"headers": (list, tuple), "canonicalization": str})
 
 
-@namespace.native(options=_SIGN.keys)
+@namespace.native(options=_SIGN.keys, uses="body")
 async def sign(ctx, config):
     """sign(ctx, #{ sdid, selector, private_key, headers?, canonicalization? }): prepend a
     DKIM-Signature (a= from the key; default relaxed/relaxed, dkimpy's header list)."""

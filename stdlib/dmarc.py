@@ -67,7 +67,7 @@ namespace.register_type(DmarcResult)
 _CHECK = Options({"dns_resolver": Resolver})
 
 
-@namespace.native(options=_CHECK.keys)
+@namespace.native(options=_CHECK.keys, uses="body")
 async def check(ctx, config) -> DmarcResult:
     """check(ctx, #{ dns_resolver }): pass | fail | none | temperror | permerror, with
     .policy (none quarantine reject, after sp= and pct=), .domain and the results used."""

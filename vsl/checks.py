@@ -206,6 +206,7 @@ class Checker:
             self.check_member(node, node.name, "method")
         elif isinstance(node, (ast.Call, ast.NsCall)):
             self.check_options(node)
+            self.check_native_use(node)
 
     def check_member(self, node, name: str, kind: str) -> None:
         cls = self.type_of(node.obj)
@@ -236,6 +237,18 @@ class Checker:
             self.error("stage-availability",
                        f"{label} is not available in {names[entry]}{via}: {when}", pos)
             return
+
+    def check_native_use(self, node) -> None:
+        """A native given the entries' argument, where the member it needs is not there."""
+        target = self.res.targets.get(id(node))
+        if not isinstance(target, NativeFn) or not node.args or self.entries is None:
+            return
+        uses = self.namespaces[target.ns].functions[target.name].uses
+        py = self.res.names.get((id(node.args[0]), "ref")) \
+            if isinstance(node.args[0], ast.Var) else None
+        if uses in self.entries.available and py in self.reached:
+            full = f"{target.ns}::{target.name}" if target.ns else target.name
+            self.check_available(f"{full}()", self.entries.available[uses], py, node.pos)
 
     def check_options(self, node) -> None:
         target = self.res.targets.get(id(node))

@@ -5,7 +5,8 @@ namespace named ``""`` holds global functions such as ``log(...)``. The
 signature of each native comes from its Python signature, so the linter and
 the compiler can check names and arity without running anything; its return
 annotation, when it is a native object class, tells the linter the type of
-the result, and ``options`` the keys of the option map it takes last.
+the result, ``options`` the keys of the option map it takes last, and ``uses``
+the member of its first argument that it needs.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Native:
     check: Callable | None = None  # lint hook: check(literal_args) -> error message | None
     returns: type | None = None  # the NativeObject class it returns, when it always does
     options: tuple[str, ...] = ()  # the keys its last argument, an option map, may have
+    uses: str | None = None  # the member of its first argument it needs (lint: where it is)
 
     def signature(self) -> str:
         names = [p if i < self.min_args else f"{p}?" for i, p in enumerate(self.params)]
@@ -49,9 +51,10 @@ class Namespace:
     types: list[type] = field(default_factory=list)
 
     def native(self, fn: Callable | None = None, *, name: str | None = None,
-               check: Callable | None = None, options=()):
+               check: Callable | None = None, options=(), uses: str | None = None):
         """Decorator registering ``fn`` as ``namespace::name``; ``options``: the keys of
-        the option map it takes as its last argument."""
+        the option map it takes as its last argument; ``uses``: the member of its first
+        argument it needs, so that the linter can tell where it works (``"body"``)."""
 
         def register(fn: Callable) -> Callable:
             params = list(inspect.signature(fn).parameters.values())
@@ -65,7 +68,7 @@ class Namespace:
                 max_args=None if variadic else len(positional),
                 doc=(inspect.getdoc(fn) or "").split("\n")[0],
                 is_async=inspect.iscoroutinefunction(fn), check=check,
-                returns=_native_class(fn), options=tuple(options))
+                returns=_native_class(fn), options=tuple(options), uses=uses)
             self.functions[native.name] = native
             return fn
 
