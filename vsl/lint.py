@@ -130,16 +130,16 @@ def script_files(paths) -> list[Path]:
     return files
 
 
+def rhai_note(directory: Path) -> str:
+    """" (N .rhai file(s): ...)" for a directory of vSMTP scripts, else ""."""
+    rhai = sum(1 for _ in directory.rglob("*.rhai"))
+    return f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
+
+
 def empty_paths(paths) -> list[Diagnostic]:
     """A warning for each directory that holds no ``.vsl`` file (naming ``.rhai`` ones)."""
-    findings = []
-    for p in map(Path, paths):
-        if p.is_dir() and not any(p.rglob("*.vsl")):
-            rhai = sum(1 for _ in p.rglob("*.rhai"))
-            also = f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
-            findings.append(Diagnostic(str(p), 0, 0, "warning", "no-scripts",
-                                       f"no .vsl file here{also}"))
-    return findings
+    return [Diagnostic(str(p), 0, 0, "warning", "no-scripts", f"no .vsl file here{rhai_note(p)}")
+            for p in map(Path, paths) if p.is_dir() and not any(p.rglob("*.vsl"))]
 
 
 def format_concise(findings: list[Diagnostic]) -> str:
