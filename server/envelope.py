@@ -16,7 +16,7 @@ import functools
 import json
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 VERSION = 1
 

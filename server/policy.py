@@ -10,9 +10,10 @@ import asyncio
 import logging
 from pathlib import Path
 
+from stdlib.ctx import entry_points
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
-from vsl.lint import Linter, format_text, rhai_note, script_files
+from vsl.lint import Linter, format_full, rhai_note, script_files
 
 log = logging.getLogger("vsl.policy")
 
@@ -35,13 +36,13 @@ def load_policy(engine: Engine, directory: Path | None) -> Script | None:
         if vsmtp:
             raise PolicyError(f"{directory}: no main.vsl{vsmtp}")
         return None
-    linter = Linter(engine)
+    linter = Linter(engine, entry_points())
     findings = [d for f in script_files([directory]) for d in linter.lint_file(f)]
     errors = [d for d in findings if d.severity == "error"]
     for warning in (d for d in findings if d.severity == "warning"):
         log.warning("%s", warning)
     if errors:
-        raise PolicyError(format_text(errors))
+        raise PolicyError(format_full(errors, linter.sources))
     try:
         return engine.load(main)
     except VslError as err:

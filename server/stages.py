@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from stdlib.ctx import Context, Stage
+from stdlib.ctx import Context, Stage, entry_points
 from stdlib.status import Status
+from vsl.checks import wrong_return
 from vsl.errors import VslError
 
 if TYPE_CHECKING:
     from .app import Server
 
 log = logging.getLogger("vsl.stages")
+_ENTRIES = entry_points()
 
 
 class StageRunner:
@@ -55,8 +57,7 @@ class StageRunner:
             log.error("%s failed for %s: %s", stage.function, ctx.client_ip, err)
             return self._fallback()
         if not isinstance(result, Status):
-            log.error("%s returned %s for %s, not a status (use status::next() ...)",
-                      stage.function, type(result).__name__ if result is not None else "()",
+            log.error("%s (for %s)", wrong_return(script, _ENTRIES, stage.function, result),
                       ctx.client_ip)
             return self._fallback()
         if result.kind in ("faccept", "quarantine"):

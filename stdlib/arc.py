@@ -24,7 +24,7 @@ from .mailauth import (UNREADABLE, DkimKey, dns_labels, has_field, key_records, 
                        new_fields, parse_message, short_reason, signing_key)
 from .dns import DnsTempError, Resolver
 from .dnsbridge import Answers
-from .options import options
+from .options import Options
 from .result import CheckResult
 
 namespace = Namespace("arc", "ARC chains of forwarded mail (RFC 8617)")
@@ -53,12 +53,15 @@ class ArcResult(CheckResult):
 namespace.register_type(ArcResult)
 
 
-@namespace.native
-async def verify(ctx, config):
+_VERIFY = Options({"dns_resolver": Resolver})
+
+
+@namespace.native(options=_VERIFY.keys, uses="body")
+async def verify(ctx, config) -> ArcResult:
     """verify(ctx, #{ dns_resolver }): none | pass | fail, with .instances (the sets in the
     chain), .domain (d= of the newest ARC-Seal) and .reason."""
     where = "arc::verify"
-    opts = options(config, where, {"dns_resolver": Resolver})
+    opts = _VERIFY.parse(config, where)
     data = message_of(ctx, where).to_bytes()
     try:
         chain = await asyncio.to_thread(parse_message, dkim.ARC, data, where)
@@ -98,13 +101,16 @@ def _key_names(fields) -> list[bytes]:
     return names
 
 
-@namespace.native
+_SEAL = Options({"sdid": str, "selector": str, "private_key": (str, DkimKey),
+                 "auth_serv_id": str})
+
+
+@namespace.native(options=_SEAL.keys, uses="body")
 async def seal(ctx, config):
     """seal(ctx, #{ sdid, selector, private_key, auth_serv_id }): prepend an ARC set over
     the Authentication-Results header of auth_serv_id (its arc= result gives cv=)."""
     where = "arc::seal"
-    opts = options(config, where, {"sdid": str, "selector": str, "private_key": (str, DkimKey),
-                                   "auth_serv_id": str})
+    opts = _SEAL.parse(config, where)
     signer = signing_key(opts["private_key"], where)
     if signer.algorithm != "rsa-sha256":
         raise ScriptError(f"{where}: option 'private_key': ARC seals with RSA keys only, "

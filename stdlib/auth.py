@@ -17,7 +17,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .ctx import Context
-from .options import options
+from .options import Options
 
 namespace = Namespace("auth", "Authentication-Results headers")
 
@@ -46,19 +46,22 @@ def _context(ctx, where: str) -> Context:
     return ctx
 
 
-@namespace.native
+_OPTIONS = Options({"auth_serv_id": str})
+
+
+@namespace.native(options=_OPTIONS.keys)
 def create_header(ctx, config):
     """create_header(ctx, #{ auth_serv_id }): the Authentication-Results value (not added)."""
     where = "auth::create_header"
-    opts = options(config, where, {"auth_serv_id": str})
+    opts = _OPTIONS.parse(config, where)
     return results_header(_context(ctx, where), _serv_id(opts, where))
 
 
-@namespace.native
+@namespace.native(options=_OPTIONS.keys, uses="set_header")
 def add_header(ctx, config):
     """add_header(ctx, #{ auth_serv_id }): prepend Authentication-Results and Received-SPF."""
     where = "auth::add_header"
-    opts = options(config, where, {"auth_serv_id": str})
+    opts = _OPTIONS.parse(config, where)
     ctx = _context(ctx, where)
     serv_id = _serv_id(opts, where)
     value = results_header(ctx, serv_id)

@@ -20,6 +20,7 @@ import functools
 import uuid
 from enum import IntEnum
 
+from vsl.checks import EntryPoints
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.values import FrozenMap, NativeObject, method, preview
@@ -60,6 +61,7 @@ _PROPS = {  # property -> the first and last stage where scripts can read it
     "rcpt": (Stage.RCPT_TO, Stage.RCPT_TO),
     "body": _MESSAGE,
 }
+_METHODS: dict[str, tuple[Stage, Stage]] = {}  # method -> its stages (filled by @_during)
 _NO_VALUE = object()
 
 
@@ -67,6 +69,7 @@ def _during(stages: tuple[Stage, Stage]):
     """A script method of Context that only works from ``stages[0]`` to ``stages[1]``."""
     def mark(fn):
         label = f"ctx.{fn.__name__}()"
+        _METHODS[fn.__name__] = stages
 
         @functools.wraps(fn)
         def checked(self, *args):
@@ -302,6 +305,25 @@ class Context(NativeObject):
 
 namespace.register_type(Context)
 namespace.register_type(Mailbox)
+
+
+def entry_points() -> EntryPoints:
+    """The stages as ``vsl lint`` checks them: names, what ctx offers when, what they return
+    (the language knows no SMTP; the CLI and the server pass this to the linter)."""
+    from .status import Status
+
+    names = tuple(stage.function for stage in Stage)
+    return EntryPoints(
+        names=names, prefix="on_", param=Context, returns=Status,
+        available={member: (first - 1, last - 1)
+                   for member, (first, last) in {**_PROPS, **_METHODS}.items()},
+        member_types={"sender": Mailbox, "rcpt": Mailbox},
+        aliases={"on_data": "on_pre_queue", "on_ehlo": "on_helo", "on_rcpt": "on_rcpt_to",
+                 "on_mail": "on_mail_from", "on_queue": "on_pre_queue",
+                 "client_addr": "client_ip", "server_addr": "server_ip",
+                 "mail_from": "sender", "rcpt_to": "rcpt", "rcpt_list": "recipients"},
+        return_hint="status::next(), status::accept(), status::deny(\"550 ...\") or "
+                    "status::quarantine(name)")
 
 
 def _mailbox(address) -> Mailbox:

@@ -25,7 +25,7 @@ from .dnsbridge import Answers, Missing
 from .mailauth import (ALGORITHMS, MIN_RSA_BITS, UNREADABLE, DkimKey, dns_labels, has_field,
                        key_records, load_key, message_of, new_fields, parse_message,
                        script_dir, short_reason, signing_key)
-from .options import options
+from .options import Options
 from .result import CheckResult
 
 namespace = Namespace("dkim", "DKIM signing and verification (RFC 6376, RFC 8463)")
@@ -184,12 +184,15 @@ def _key_problem(name: bytes, record: bytes | None, algorithm: str) -> tuple[str
     return None
 
 
-@namespace.native
-async def verify(ctx, config):
+_VERIFY = Options({"dns_resolver": Resolver}, {"max_signatures": int})
+
+
+@namespace.native(options=_VERIFY.keys, uses="body")
+async def verify(ctx, config) -> DkimResult:
     """verify(ctx, #{ dns_resolver, max_signatures? }): the DKIM result of the message
     (none pass fail neutral policy temperror permerror), with .signatures."""
     where = "dkim::verify"
-    opts = options(config, where, {"dns_resolver": Resolver}, {"max_signatures": int})
+    opts = _VERIFY.parse(config, where)
     limit = opts.get("max_signatures", MAX_SIGNATURES)
     if limit < 1:
         raise ScriptError(f"{where}: option 'max_signatures' must be 1 or more, not {limit}")
@@ -198,13 +201,16 @@ async def verify(ctx, config):
 
 # ---- signing -------------------------------------------------------------------------
 
-@namespace.native
+_SIGN = Options({"sdid": str, "selector": str, "private_key": (str, DkimKey)},
+                {"headers": (list, tuple), "canonicalization": str})
+
+
+@namespace.native(options=_SIGN.keys, uses="body")
 async def sign(ctx, config):
     """sign(ctx, #{ sdid, selector, private_key, headers?, canonicalization? }): prepend a
     DKIM-Signature (a= from the key; default relaxed/relaxed, dkimpy's header list)."""
     where = "dkim::sign"
-    opts = options(config, where, {"sdid": str, "selector": str, "private_key": (str, DkimKey)},
-                   {"headers": (list, tuple), "canonicalization": str})
+    opts = _SIGN.parse(config, where)
     signer = signing_key(opts["private_key"], where)
     message = message_of(ctx, where)
     sdid = dns_labels(opts["sdid"], where, "sdid")

@@ -25,7 +25,7 @@ from . import spf as spf_natives
 from .dkim import DkimResult, verify_message
 from .dns import DnsTempError, Resolver
 from .mailauth import message_of
-from .options import options
+from .options import Options
 from .result import CheckResult
 from .spf import SpfResult
 
@@ -64,12 +64,15 @@ class DmarcResult(CheckResult):
 namespace.register_type(DmarcResult)
 
 
-@namespace.native
-async def check(ctx, config):
+_CHECK = Options({"dns_resolver": Resolver})
+
+
+@namespace.native(options=_CHECK.keys, uses="body")
+async def check(ctx, config) -> DmarcResult:
     """check(ctx, #{ dns_resolver }): pass | fail | none | temperror | permerror, with
     .policy (none quarantine reject, after sp= and pct=), .domain and the results used."""
     where = "dmarc::check"
-    opts = options(config, where, {"dns_resolver": Resolver})
+    opts = _CHECK.parse(config, where)
     message, resolver = message_of(ctx, where), opts["dns_resolver"]
     domains, problem = author_domains(message.get_all("From"))
     spf = _stored(ctx, SpfResult, lambda r: r.identity == "mailfrom") or \

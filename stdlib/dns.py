@@ -29,7 +29,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.values import NativeObject, method
 
-from .options import options
+from .options import Options
 
 namespace = Namespace("dns", "DNS look-ups")
 
@@ -279,13 +279,15 @@ def configure_defaults(config: str = "system", nameservers=(), timeout: float = 
                      forced=forced)
 
 
-@namespace.native
-def resolver(config=None):
+_RESOLVER = Options({}, {"config": str, "nameservers": (list, tuple), "timeout": (int, float),
+                         "cache": bool, "cache_size": int})
+
+
+@namespace.native(options=_RESOLVER.keys)
+def resolver(config=None) -> Resolver:
     """resolver(#{ config?, nameservers?, timeout?, cache? }): a resolver with its own cache;
     options left out come from the server's [dns] configuration."""
-    opts = options(config or {}, "dns::resolver", {}, {
-        "config": str, "nameservers": (list, tuple), "timeout": (int, float),
-        "cache": bool, "cache_size": int})
+    opts = _RESOLVER.parse(config or {}, "dns::resolver")
     if "config" not in opts and "nameservers" not in opts or _defaults["forced"]:
         opts["config"], opts["nameservers"] = _defaults["config"], _defaults["nameservers"]
     timeout = float(opts.get("timeout", _defaults["timeout"]))
@@ -295,16 +297,21 @@ def resolver(config=None):
     return Resolver(_nameservers(opts.get("config"), opts.get("nameservers")), timeout, size)
 
 
-@namespace.native
+_LOOKUP = Options({"dns_resolver": Resolver, "name": str}, {"type": str})
+
+
+@namespace.native(options=_LOOKUP.keys)
 async def lookup(query):
     """lookup(#{ dns_resolver, name, type? }): the records as strings ([] if none)."""
-    opts = options(query, "dns::lookup", {"dns_resolver": Resolver, "name": str},
-                   {"type": str})
+    opts = _LOOKUP.parse(query, "dns::lookup")
     return await opts["dns_resolver"].lookup(opts["name"], opts.get("type"))
 
 
-@namespace.native
+_RLOOKUP = Options({"dns_resolver": Resolver, "ip": str})
+
+
+@namespace.native(options=_RLOOKUP.keys)
 async def rlookup(query):
     """rlookup(#{ dns_resolver, ip }): the PTR names of an address."""
-    opts = options(query, "dns::rlookup", {"dns_resolver": Resolver, "ip": str})
+    opts = _RLOOKUP.parse(query, "dns::rlookup")
     return await opts["dns_resolver"].rlookup(opts["ip"])

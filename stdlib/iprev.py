@@ -17,7 +17,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .dns import DnsTempError, Resolver
-from .options import options
+from .options import Options
 from .result import CheckResult
 
 namespace = Namespace("iprev", "Reverse DNS checks")
@@ -73,8 +73,11 @@ async def iprev(resolver: Resolver, ip: str) -> IprevResult:
     return IprevResult("temperror" if temporary else "fail", str(address), names[0])
 
 
-@namespace.native
-async def check(query):
+_CHECK = Options({"ip": str, "dns_resolver": Resolver})
+
+
+@namespace.native(options=_CHECK.keys)
+async def check(query) -> IprevResult:
     """check(#{ ip, dns_resolver }): pass | fail | temperror | permerror, with .ip and .fqdn."""
-    opts = options(query, "iprev::check", {"ip": str, "dns_resolver": Resolver})
+    opts = _CHECK.parse(query, "iprev::check")
     return await iprev(opts["dns_resolver"], opts["ip"])

@@ -1,6 +1,8 @@
 """Checking the ``#{ key: value }`` option maps that natives take."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from vsl.errors import ScriptError
 from vsl.values import FrozenMap, type_name
 
@@ -34,3 +36,19 @@ def options(arg, where: str, required: dict, optional: dict | None = None) -> di
 
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
           list: "an array", tuple: "an array", dict: "a map"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The option map one native takes, declared beside it so that the linter knows its keys
+    (``@namespace.native(options=X.keys)``) and the native checks it (``X.parse``)."""
+
+    required: dict
+    optional: dict = field(default_factory=dict)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (*self.required, *self.optional)
+
+    def parse(self, arg, where: str) -> dict:
+        return options(arg, where, self.required, self.optional)

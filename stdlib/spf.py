@@ -27,7 +27,7 @@ from vsl.natives import Namespace
 
 from .dns import DnsTempError, Resolver
 from .mail import Mailbox
-from .options import options
+from .options import Options
 from .result import CheckResult
 
 namespace = Namespace("spf", "SPF checks (RFC 7208)")
@@ -99,13 +99,16 @@ def _ctext(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
-@namespace.native
-async def check_host(query):
+_CHECK_HOST = Options({"ip": str, "helo": str, "dns_resolver": Resolver},
+                      {"mail_from": (str, Mailbox)})
+
+
+@namespace.native(options=_CHECK_HOST.keys)
+async def check_host(query) -> SpfResult:
     """check_host(#{ ip, helo, mail_from?, dns_resolver }): the SPF result of MAIL FROM
     (of HELO without mail_from; "" or "<>" is the null sender, checked as postmaster@helo)."""
     where = "spf::check_host"
-    opts = options(query, where, {"ip": str, "helo": str, "dns_resolver": Resolver},
-                   {"mail_from": (str, Mailbox)})
+    opts = _CHECK_HOST.parse(query, where)
     try:
         address = ipaddress.ip_address(opts["ip"])
     except ValueError:

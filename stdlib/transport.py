@@ -118,31 +118,31 @@ def _lint_url(kinds):
     return check
 
 
-@namespace.native(check=_lint_url(("smtp", "smtps")))
+@namespace.native(check=_lint_url(("smtp", "smtps")), uses="sender")
 def forward(ctx, url, rcpt=None) -> None:
     """forward(ctx, "smtp://host:port[?tls=...]" or "smtps://host:port" [, rcpt])."""
     _set(ctx, parse_route(url, ("smtp", "smtps")), rcpt)
 
 
-@namespace.native
+@namespace.native(uses="sender")  # a route is set from MAIL FROM on
 def deliver(ctx, rcpt=None) -> None:
     """deliver(ctx [, rcpt]): to the recipient domain's MX hosts (or its A/AAAA)."""
     _set(ctx, Route("mx"), rcpt)
 
 
-@namespace.native
+@namespace.native(uses="sender")
 def maildir(ctx, directory, rcpt=None) -> None:
     """maildir(ctx, "/abs/dir" [, rcpt]): into a Maildir (created if missing)."""
     _set(ctx, parse_route(f"maildir:{_path(directory)}", ("maildir",)), rcpt)
 
 
-@namespace.native
+@namespace.native(uses="sender")
 def mbox(ctx, file, rcpt=None) -> None:
     """mbox(ctx, "/abs/file" [, rcpt]): appended to an mbox file."""
     _set(ctx, parse_route(f"mbox:{_path(file)}", ("mbox",)), rcpt)
 
 
-@namespace.native(check=_lint_url(("lmtp",)))
+@namespace.native(check=_lint_url(("lmtp",)), uses="sender")
 def lmtp(ctx, url, rcpt=None) -> None:
     """lmtp(ctx, "lmtp://host:port" or "lmtp:///socket" [, rcpt])."""
     _set(ctx, parse_route(url, ("lmtp",)), rcpt)

@@ -69,7 +69,7 @@ CLEAN = """\
 const BLOCKED = ["spam.example"];
 
 fn on_mail_from(ctx) {
-    if ctx.mail_from.ends_with("@spam.example") {
+    if ctx.sender.domain in global::BLOCKED {
         return status::deny("550 5.7.1 Sender blocked");
     }
     status::next()
@@ -77,15 +77,15 @@ fn on_mail_from(ctx) {
 """
 
 
-def test_lint_clean_file_exits_0_silently(tmp_path):
+def test_lint_clean_file_exits_0_with_only_the_summary(tmp_path):
     f = write(tmp_path, "clean.vsl", CLEAN)
     proc = vsl("lint", f)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "0 errors, 0 warnings in 1 file\n")
 
 
 def test_lint_error_exits_1_with_location(tmp_path):
     f = write(tmp_path, "bad.vsl", "fn on_helo(ctx) {\n    status::dny()\n}\n")
-    proc = vsl("lint", f)
+    proc = vsl("lint", "--format", "concise", f)
     assert proc.returncode == 1
     lines = proc.stdout.strip().splitlines()
     assert lines == [f"{f}:2:5: error: unknown function 'status::dny' (did you mean 'deny'?) "
@@ -94,27 +94,28 @@ def test_lint_error_exits_1_with_location(tmp_path):
 
 def test_lint_syntax_error_format(tmp_path):
     f = write(tmp_path, "syntax.vsl", "let x = 1 +;\n")
-    proc = vsl("lint", f)
+    proc = vsl("lint", "--format=concise", f)
     assert proc.returncode == 1
     assert re.fullmatch(re.escape(str(f)) + r":1:12: error: unexpected ';', expected .+ \[syntax\]\n",
                         proc.stdout)
 
 
 def test_lint_warnings_only_exit_0(tmp_path):
-    f = write(tmp_path, "warn.vsl", "fn on_hello(ctx) {\n    let unused = 1;\n    status::next()\n}\n")
-    proc = vsl("lint", f)
+    f = write(tmp_path, "warn.vsl", "fn len(x) {\n    let unused = 1;\n    3\n}\n")
+    proc = vsl("lint", "--format", "concise", f)
     assert proc.returncode == 0
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith(f"{f}:1:4: warning: 'on_hello' is not a stage function")
-    assert lines[0].endswith("[unknown-stage]")
+    assert lines[0].startswith(f"{f}:1:4: warning: function 'len' replaces the built-in method")
+    assert lines[0].endswith("[shadows-method]")
     assert lines[1] == f"{f}:2:9: warning: variable 'unused' is never used [unused-variable]"
+    assert proc.stderr == "0 errors, 2 warnings in 1 file\n"
 
 
 def test_lint_every_line_has_the_documented_shape(tmp_path):
     f = write(tmp_path, "many.vsl", "let a = 1;\nnope;\nloop { break; }\ncontinue;\n"
                                     "status::deny(\"250 ok\");\n")
-    proc = vsl("lint", f)
+    proc = vsl("lint", "--format", "concise", f)
     assert proc.returncode == 1
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 5
@@ -166,7 +167,7 @@ def test_lint_directory_recurses_in_sorted_order(tmp_path):
     write(tmp_path, "b/inner.vsl", "nope1;\n")
     write(tmp_path, "a.vsl", "nope2;\n")
     write(tmp_path, "b/ignored.txt", "this is not a script {{{\n")
-    proc = vsl("lint", tmp_path)
+    proc = vsl("lint", "--format", "concise", tmp_path)
     assert proc.returncode == 1
     files = [line.split(":")[0] for line in proc.stdout.strip().splitlines()]
     assert files == [str(tmp_path / "a.vsl"), str(tmp_path / "b" / "inner.vsl")]
@@ -176,10 +177,40 @@ def test_lint_resolves_imports_from_the_files_directory(tmp_path):
     write(tmp_path, "lib.vsl", "fn twice(x) { x * 2 }\n")
     main = write(tmp_path, "main.vsl", 'import "lib" as lib;\nprint(lib::twice(2));\n'
                  'print(lib::thrice(2));\n')
-    proc = vsl("lint", main, cwd=tmp_path.parent)
+    proc = vsl("lint", "--format", "concise", main, cwd=tmp_path.parent)
     assert proc.returncode == 1
     assert proc.stdout.strip() == (f"{main}:3:7: error: module 'lib' has no function 'thrice' "
                                    "(did you mean 'twice'?) [unknown-function]")
+
+
+def test_lint_full_format_shows_the_line_a_caret_and_a_summary(tmp_path):
+    a = write(tmp_path, "a.vsl", "fn f() {\n\tlet unused = 1;\n    status::dny()\n}\n")
+    write(tmp_path, "b.vsl", "let x = 1\nlet y = x;\nprint(y);\n")
+    write(tmp_path, "c.vsl", "print(1);\n")
+    proc = vsl("lint", tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout == (
+        f"{a}:2:6: warning: variable 'unused' is never used [unused-variable]\n"
+        "   let unused = 1;\n"
+        "       ^\n\n"
+        f"{a}:3:5: error: unknown function 'status::dny' (did you mean 'deny'?) "
+        "[unknown-function]\n"
+        "      status::dny()\n"
+        "      ^\n\n"
+        f"{tmp_path / 'b.vsl'}:1:10: error: missing ';' (add `;` here: the next line starts "
+        "with 'let') [syntax]\n"
+        "  let x = 1\n"
+        "           ^\n")
+    assert proc.stderr == "2 errors, 1 warning in 3 files\n"
+
+
+def test_lint_warns_about_a_directory_without_scripts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write(tmp_path, "ok.vsl", "print(1);\n")
+    proc = vsl("lint", "--format", "concise", tmp_path / "empty", tmp_path / "ok.vsl")
+    assert proc.returncode == 0
+    assert proc.stdout == f"{tmp_path / 'empty'}: warning: no .vsl file here [no-scripts]\n"
+    assert proc.stderr == "0 errors, 1 warning in 1 file\n"
 
 
 def test_lint_missing_path_is_a_usage_error(tmp_path):
@@ -320,6 +351,17 @@ def test_run_runtime_error_at_top_level(tmp_path):
     assert lines[3] == f"  in <top level> at {f}:2:{col}"
 
 
+def test_run_call_of_a_stage_that_returns_no_status_exits_1(tmp_path):
+    f = write(tmp_path, "stage.vsl", 'fn on_helo(ctx) {\n    if ctx.helo == "x" {\n'
+                                     '        let reply = "550 go away";\n'
+                                     '        return reply;\n    }\n    status::next()\n}\n')
+    proc = vsl("run", f, "--call", "on_helo", "--arg", '{"helo": "x"}')
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"{f}:4:9: on_helo returned a string, not a status (use ")
+    proc = vsl("run", f, "--call", "on_helo", "--arg", '{"helo": "y"}')
+    assert (proc.returncode, proc.stdout) == (0, "next()\n")
+
+
 def test_run_thrown_value(tmp_path):
     f = write(tmp_path, "th.vsl", 'fn fail(why) {\n    throw `nope: ${why}`;\n}\nfail("x")\n')
     proc = vsl("run", f)
@@ -408,7 +450,8 @@ def test_lint_of_a_directory_of_rhai_scripts_says_so(tmp_path):
     write(tmp_path, "sub/other.rhai", "#{}\n")
     proc = vsl("lint", tmp_path)
     assert proc.returncode == 1
-    assert f"{tmp_path}: no .vsl file (2 .rhai file(s): vSL scripts end in .vsl)" in proc.stderr
+    assert (f"{tmp_path}: error: no .vsl file here (2 .rhai file(s): vSL scripts end in .vsl)"
+            " [no-scripts]") in proc.stdout
 
 
 def test_test_with_rhai_scripts_is_an_error(tmp_path):

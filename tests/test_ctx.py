@@ -6,12 +6,11 @@ import textwrap
 
 import pytest
 
-from stdlib.ctx import Context, Stage
+from stdlib.ctx import Context, Stage, entry_points
 from stdlib.mail import Mailbox, Message
 from vsl.engine import Engine
 from vsl.errors import ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits
-from vsl.resolve import STAGES
 from vsl.values import NativeObject
 
 ENGINE = Engine(Limits(max_operations=100_000, max_time=5.0))
@@ -58,7 +57,7 @@ def error(body: str, ctx: Context) -> str:
 
 
 def test_stages_are_the_linters_stage_functions():
-    assert [stage.function for stage in Stage] == list(STAGES)
+    assert [stage.function for stage in Stage] == list(entry_points().names)
     assert Stage.CONNECT < Stage.HELO < Stage.AUTH < Stage.MAIL_FROM < Stage.RCPT_TO \
         < Stage.PRE_QUEUE < Stage.POST_QUEUE
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,9 +21,12 @@ import pytest
 from tests.chunks import collect
 
 ROOT = Path(__file__).resolve().parent.parent
+from stdlib.ctx import entry_points
 from vsl.engine import Engine
 from vsl.lint import Linter, script_files
-from vsl.resolve import STAGES
+
+STAGE_ENTRIES = entry_points()
+STAGES = STAGE_ENTRIES.names
 
 LINT = Path(__file__).parent / "lint"
 CHUNKS = collect(LINT)
@@ -40,9 +44,11 @@ def test_enough_chunks():
 def test_every_rule_is_covered():
     """Each diagnostic code the resolver and linter can emit has at least one expectation."""
     expected = " ".join(p for c in CHUNKS for p in c.expected.values())
-    sources = "".join((ROOT / f).read_text() for f in ("vsl/resolve.py", "vsl/lint.py"))
+    sources = "".join((ROOT / f).read_text()
+                      for f in ("vsl/resolve.py", "vsl/lint.py", "vsl/checks.py"))
     codes = set(re.findall(r'self\.(?:error|warn)\(\s*"([a-z-]+)"', sources))
     codes |= {"syntax", "import"}  # reported by the linter itself
+    codes |= {"unknown-property"}  # checks.py chooses it or unknown-method by member kind
     codes -= {"wait-in-closure"}  # needs an async native: test_wait_in_closure_needs_...
     missing = [c for c in codes if f"[{c}]" not in expected.replace("\\[", "[").replace("\\]", "]")]
     assert not missing, f"no chunk expects {missing}"
@@ -50,7 +56,8 @@ def test_every_rule_is_covered():
 
 @pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
 def test_chunk(chunk):
-    findings = Linter(Engine()).lint_source(chunk.source, str(chunk.path), chunk.path.parent)
+    findings = Linter(Engine(), entry_points()).lint_source(chunk.source, str(chunk.path),
+                                                            chunk.path.parent)
     problems = []
     matched = set()
     for d in findings:
@@ -79,7 +86,49 @@ def test_findings_are_sorted_and_positioned():
 
 def test_every_stage_name_is_accepted():
     src = "\n".join(f"fn {s}(ctx) {{ status::next() }}" for s in STAGES)
-    assert Linter(Engine()).lint_source(src, "stages.vsl", None) == []
+    assert Linter(Engine(), entry_points()).lint_source(src, "stages.vsl", None) == []
+
+
+# -- the stage-availability mistakes the example policies could have had -----------------
+
+EXAMPLE_MISTAKES = [  # (example, text of its main.vsl, the mistake, the finding)
+    ("inbound", "reverse DNS for ${ctx.client_ip}", "reverse DNS for ${ctx.helo}",
+     "ctx.helo is not available in on_connect: it is available from on_helo on"),
+    ("inbound", "mail_from: ctx.sender,", "mail_from: ctx.rcpt,",
+     "ctx.rcpt is not available in on_mail_from: it is available from on_rcpt_to on"),
+    ("inbound-full", 'if iprev != "pass" {', 'if iprev != "pass" && ctx.sender.domain != "x" {',
+     "ctx.sender is not available in on_connect: it is available from on_mail_from on"),
+    ("inbound-full", "dkim ${dkim}, spf", "dkim ${dkim}, to ${ctx.rcpt}, spf",
+     "ctx.rcpt is not available in on_pre_queue: only up to on_rcpt_to"),
+    ("outbound-signing", 'if ctx.sender.domain != "example.test" {',
+     'if !ctx.get_header("From").contains("@example.test") {',
+     "ctx.get_header() is not available in on_mail_from: it is available from on_pre_queue on"),
+    ("outbound-signing", 'dkim::sign(ctx, #{ sdid: "example.test"',
+     'dkim::sign(ctx, #{ sdid: ctx.sever_name',
+     "ctx has no property 'sever_name' (did you mean 'server_name'?)"),
+]
+
+
+@pytest.mark.parametrize("example, text, mistake, finding", EXAMPLE_MISTAKES,
+                         ids=[f"{m[0]}-{i}" for i, m in enumerate(EXAMPLE_MISTAKES)])
+def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text, mistake,
+                                                        finding):
+    """A copy of examples/<example>/ with one mistake: exactly one error, at the member."""
+    shutil.copytree(ROOT / "examples" / example, tmp_path / example)
+    main = tmp_path / example / "main.vsl"
+    source = main.read_text()
+    assert Linter(Engine(), STAGE_ENTRIES).lint_file(main) == []
+    assert source.count(text) == 1
+    source = source.replace(text, mistake)
+    main.write_text(source)
+    member = re.match(r"(ctx)\.(\w+)|ctx has no property '(\w+)'", finding)
+    name = member[2] or member[3]
+    offset = source.index(mistake) + mistake.index(f"ctx.{name}") + len("ctx.")
+    line = source.count("\n", 0, offset) + 1
+    col = offset - source.rfind("\n", 0, offset)
+    [error] = Linter(Engine(), STAGE_ENTRIES).lint_file(main)
+    assert (error.severity, error.line, error.col, error.message) == ("error", line, col,
+                                                                      finding)
 
 
 def test_import_without_script_directory():
@@ -142,7 +191,7 @@ def _policy_function(rng: random.Random, i: int) -> str:
                 }}
                 seen[host] = score;
             }}
-            let sender = ctx.mail_from ?? "";
+            let sender = `${{ctx.sender}}`;
             if sender.contains("@{domain}") && score > {limit} {{
                 log("info", `rule {i} matched ${{sender}} with score ${{score}}`);
                 return status::deny("{code} {cls}.7.{i % 30} rule {i}: rejected");

@@ -92,22 +92,30 @@ def test_deny_at_connect_closes(tmp_path, policy):
         assert err.value.smtp_code == 554
 
 
-def test_serve_refuses_to_start_on_scripts_that_do_not_lint(tmp_path):
+@pytest.mark.parametrize("script, error", [
+    ("fn on_helo(ctx) { status::nxt() }\n",
+     "main.vsl:1:19: error: unknown function 'status::nxt' (did you mean 'next'?)"),
+    # a misspelled stage would never run: its deny rule would be silently off
+    ("fn on_mailfrom(ctx) { status::deny() }\n",
+     "main.vsl:1:4: error: 'on_mailfrom' is not a stage function (did you mean 'on_mail_from'?)"),
+    ("fn on_helo(ctx) { if ctx.sender.domain == \"x\" { status::deny() } else { status::next() } }\n",
+     "main.vsl:1:26: error: ctx.sender is not available in on_helo"),
+])
+def test_serve_refuses_to_start_on_scripts_that_do_not_lint(tmp_path, script, error):
     import subprocess
     import sys
     from pathlib import Path
 
     scripts = tmp_path / "scripts"
     scripts.mkdir()
-    (scripts / "main.vsl").write_text("fn on_helo(ctx) { status::nxt() }\n")
+    (scripts / "main.vsl").write_text(script)
     vsl = Path(sys.executable).parent / "vsl"
     result = subprocess.run([vsl, "serve", "--scripts", str(scripts), "--listen",
                              "127.0.0.1:1", "--queue-dir", str(tmp_path / "q")],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "the scripts do not lint" in result.stderr
-    assert "main.vsl:1:19: error: unknown function 'status::nxt' (did you mean 'next'?)" \
-        in result.stderr
+    assert error in result.stderr
 
 
 def test_serve_names_a_bad_config_key(tmp_path):

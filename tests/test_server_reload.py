@@ -105,6 +105,9 @@ BROKEN = {
     "syntax": ("fn on_rcpt_to(ctx) { status::deny( }", "main.vsl:1:"),
     "unknown-function": ("fn on_rcpt_to(ctx) { status::refuse() }", "refuse"),
     "stage-arity": ("fn on_rcpt_to(ctx, extra) { status::next() }", "on_rcpt_to"),
+    "unknown-stage": ("fn on_rcpt(ctx) { status::deny() }", "did you mean 'on_rcpt_to'?"),
+    "stage-availability": ("fn on_rcpt_to(ctx) { ctx.get_header(\"X\"); status::next() }",
+                           "ctx.get_header() is not available in on_rcpt_to"),
 }
 
 

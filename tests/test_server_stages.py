@@ -631,7 +631,8 @@ def test_transaction_decision_ends_with_a_new_ehlo(tmp_path, sender):
 # ---- failures: non-status, error, limit -> the fallback reply -------------------------------
 
 FAILURES = {
-    "not-a-status": ("42", "not a status"),
+    # (a literal would not lint): the log names the return and the vSL type, not Python's
+    "not-a-status": ('let reply = "550 go away"; reply', "returned a string, not a status"),
     "throw": ('throw "policy exploded"', "policy exploded"),
     "runtime-error": ("1 / 0", "division by zero"),
     "limit": ("loop {} status::next()", "too many operations"),
@@ -681,6 +682,9 @@ def test_failing_stage_answers_the_fallback_and_the_session_goes_on(tmp_path, ca
         [entry] = all_messages(server)
         assert entry.queue == "deliver"
     assert stage in caplog.text and logged in caplog.text, caplog.text
+    if failure == "not-a-status":
+        column = policy.index("reply }") + 1
+        assert f"main.vsl:1:{column}: {stage} returned a string" in caplog.text, caplog.text
 
 
 def test_failing_on_connect_answers_the_fallback(tmp_path, caplog):

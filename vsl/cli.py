@@ -13,7 +13,8 @@ import click
 from . import values
 from .engine import Engine
 from .errors import VslError
-from .lint import Linter, format_json, format_text, rhai_note, script_files
+from .lint import (Linter, empty_paths, format_concise, format_full, format_json, rhai_note,
+                   script_files, summary)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,24 +25,29 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["full", "concise", "json"]), default="full",
+              show_default=True,
+              help="full: each finding with its source line and a caret; concise: one line "
+                   "each (path:line:col: level: message [code]); json: an array.")
 def lint(paths, fmt) -> None:
     """Check .vsl files (or directories of them) without running them.
 
-    Exit status 1 if any error was found, or a directory holds no .vsl file; 0
-    otherwise (warnings only).
+    Exit status 1 if any error was found (a directory of vSMTP .rhai scripts and no .vsl
+    file is one), 0 otherwise (warnings only, such as a directory without scripts).
     """
-    empty = [path for path in map(Path, paths)
-             if path.is_dir() and not any(path.rglob("*.vsl"))]
-    for path in empty:
-        click.echo(f"{path}: no .vsl file{rhai_note(path)}", err=True)
-    linter = Linter(Engine())
-    findings = [d for f in script_files(paths) for d in linter.lint_file(f)]
-    text = format_json(findings) if fmt == "json" else format_text(findings)
-    if text:
-        click.echo(text)
-    sys.exit(1 if empty or any(d.severity == "error" for d in findings) else 0)
+    from stdlib.ctx import entry_points
+
+    files = script_files(paths)
+    linter = Linter(Engine(), entry_points())
+    findings = empty_paths(paths) + [d for f in files for d in linter.lint_file(f)]
+    if fmt == "json":
+        click.echo(format_json(findings))
+    else:
+        if findings:
+            click.echo(format_full(findings, linter.sources) if fmt == "full"
+                       else format_concise(findings))
+        click.echo(summary(findings, len(files)), err=True)
+    sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
 
 
 _ZONE_OPTION = click.option(
@@ -103,6 +109,10 @@ def _run_script(file, fn, parsed, as_json) -> None:
         if hint:
             click.echo(hint, err=True)
         sys.exit(1)
+    problem = _stage_result_problem(script, fn, len(parsed), result)
+    if problem:
+        click.echo(problem, err=True)
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps(values.to_python(result)))
     else:
@@ -116,6 +126,18 @@ def _arguments_hint(script, fn: str, given: int) -> str | None:
         return None
     return (f"hint: {fn} takes {' or '.join(map(str, arities))} argument(s): give each with "
             "--arg JSON (a JSON object stands in for ctx: --arg '{\"helo\": \"x.test\"}')")
+
+
+def _stage_result_problem(script, fn: str | None, arity: int, result) -> str | None:
+    """What is wrong with a stage function's result (it must be a status), if anything."""
+    from stdlib.ctx import entry_points
+
+    from .checks import wrong_return
+
+    entries = entry_points()
+    if fn not in entries.names or arity != 1:
+        return None
+    return wrong_return(script, entries, fn, result)
 
 
 @main.command()

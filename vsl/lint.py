@@ -1,25 +1,33 @@
 """``vsl lint``: static checks of script files, without running them.
 
-Reports syntax errors and everything :mod:`vsl.resolve` finds (undefined
-names, unknown functions with "did you mean", arity, stage names, assignment
-to constants, unreachable code, unused variables, suspicious strings and bad
-SMTP replies). Imports are resolved statically from their files.
+Reports syntax errors (a missing ``;`` at the end of the line that lacks it),
+everything :mod:`vsl.resolve` finds (undefined names, unknown functions with
+"did you mean", arity, assignment to constants, unreachable code, unused
+variables, suspicious strings and bad SMTP replies) and what :mod:`vsl.checks`
+finds with types (entry points given by the caller, members, option maps).
+Imports are resolved statically from their files. Findings print like rustc
+or ruff: the source line with a caret, then a summary.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .build import parse
+from .checks import EntryPoints, check
 from .errors import VslError
 from .resolve import Diagnostic, ModuleInfo, resolve
 
 
 class Linter:
-    """Lints files with one engine's namespaces and limits."""
+    """Lints files with one engine's namespaces and limits, and the host's entry points
+    (a mail server's stages: ``stdlib.ctx.entry_points()``), if any."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, entries: EntryPoints | None = None):
         self.engine = engine
+        self.entries = entries
+        self.sources: dict[str, str] = {}  # file -> its text, to show lines in findings
         self._infos: dict[Path, ModuleInfo | None] = {}
 
     def lint_file(self, path: Path) -> list[Diagnostic]:
@@ -31,12 +39,13 @@ class Linter:
         return self.lint_source(source, str(path), path.parent)
 
     def lint_source(self, source: str, file: str, script_dir: Path | None) -> list[Diagnostic]:
+        self.sources[file] = source
         try:
             module = parse(source, file, self.engine.limits)
         except VslError as err:
             pos = err.pos
-            return [Diagnostic(file, pos.line if pos else 1, pos.col if pos else 1, "error",
-                               "syntax", err.message)]
+            return [_syntax_finding(source, file, pos.line if pos else 1, pos.col if pos else 1,
+                                    err.message)]
         findings: list[Diagnostic] = []
         imports = {}
         for imp in module.imports:
@@ -47,7 +56,10 @@ class Linter:
                 imports[imp.alias] = info
         res = resolve(module, self.engine.namespaces, imports, self.engine.async_methods,
                       self.engine.native_methods)
-        findings.extend(res.diagnostics)
+        typed = check(module, res, self.engine.namespaces, self.entries)
+        known = {(d.line, d.col, d.code) for d in typed}  # a typed finding says it better
+        findings += [d for d in res.diagnostics if (d.line, d.col, d.code) not in known]
+        findings += typed
         return sorted(findings, key=lambda d: (d.line, d.col))
 
     def _import_info(self, rel: str, script_dir: Path | None, chain: list[Path]):
@@ -84,6 +96,32 @@ class Linter:
         return info, None
 
 
+_MISSING_SEMICOLON = re.compile(r"^unexpected (.+?), expected ';'")
+
+
+def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -> Diagnostic:
+    """A syntax error; one that wants a ';' before the first token of a line points at the
+    end of the previous line of code instead ("add `;` here")."""
+    lines = source.split("\n")
+    missing = _MISSING_SEMICOLON.match(message)
+    if missing and 0 < line <= len(lines) and not lines[line - 1][:col - 1].strip():
+        for before in range(line - 1, 0, -1):
+            code = _without_comment(lines[before - 1]).rstrip()
+            if code:
+                return Diagnostic(file, before, len(code) + 1, "error", "syntax",
+                                  f"missing ';' (add `;` here: the next line starts with "
+                                  f"{missing.group(1)})")
+    return Diagnostic(file, line, col, "error", "syntax", message)
+
+
+def _without_comment(line: str) -> str:
+    """``line`` without a trailing ``// comment`` (not one inside a string)."""
+    cut = line.find("//")
+    while cut >= 0 and line[:cut].count('"') % 2:
+        cut = line.find("//", cut + 2)
+    return line if cut < 0 else line[:cut]
+
+
 def script_files(paths) -> list[Path]:
     """Expand files and directories (recursively, ``*.vsl``) into a sorted file list."""
     files: list[Path] = []
@@ -98,8 +136,41 @@ def rhai_note(directory: Path) -> str:
     return f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
 
 
-def format_text(findings: list[Diagnostic]) -> str:
+def empty_paths(paths) -> list[Diagnostic]:
+    """A finding for each directory that holds no ``.vsl`` file: a warning, or an error
+    when it holds vSMTP ``.rhai`` scripts (they would silently go unchecked)."""
+    return [Diagnostic(str(p), 0, 0, "error" if note else "warning", "no-scripts",
+                       f"no .vsl file here{note}")
+            for p in map(Path, paths) if p.is_dir() and not any(p.rglob("*.vsl"))
+            for note in [rhai_note(p)]]
+
+
+def format_concise(findings: list[Diagnostic]) -> str:
+    """One line a finding: ``path:line:col: severity: message [code]``."""
     return "\n".join(str(d) for d in findings)
+
+
+def format_full(findings: list[Diagnostic], sources: dict[str, str]) -> str:
+    """Each finding with its source line and a caret under the column, like rustc."""
+    blocks = []
+    for d in findings:
+        lines = sources.get(d.file, "").split("\n")
+        block = [str(d)]
+        if 0 < d.line <= len(lines):
+            text = lines[d.line - 1].expandtabs(1)
+            block += [f"  {text}", "  " + " " * (d.col - 1) + "^"]
+        blocks.append("\n".join(block))
+    return "\n\n".join(blocks)
+
+
+def summary(findings: list[Diagnostic], files: int) -> str:
+    """``2 errors, 1 warning in 3 files``."""
+    def count(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    errors = sum(d.severity == "error" for d in findings)
+    return (f"{count(errors, 'error')}, {count(len(findings) - errors, 'warning')} "
+            f"in {count(files, 'file')}")
 
 
 def format_json(findings: list[Diagnostic]) -> str:

@@ -423,6 +423,7 @@ def _range_contains(ops, r, x):
 
 
 METHOD_NAMES = frozenset(name for table in _TABLES.values() for name in table)
+ANY_METHODS = frozenset(_TABLES["any"])  # the methods every value has (type_of, ...)
 
 _PY_TYPES = {"string": (str,), "array": (list, tuple), "map": (dict, FrozenMap), "i64": (int,),
              "f64": (float,), "range": (range,)}

@@ -3,7 +3,10 @@
 A :class:`Namespace` groups natives called as ``ns::name(...)``; the
 namespace named ``""`` holds global functions such as ``log(...)``. The
 signature of each native comes from its Python signature, so the linter and
-the compiler can check names and arity without running anything.
+the compiler can check names and arity without running anything; its return
+annotation, when it is a native object class, tells the linter the type of
+the result, ``options`` the keys of the option map it takes last, and ``uses``
+the member of its first argument that it needs.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ class Native:
     doc: str
     is_async: bool
     check: Callable | None = None  # lint hook: check(literal_args) -> error message | None
+    returns: type | None = None  # the NativeObject class it returns, when it always does
+    options: tuple[str, ...] = ()  # the keys its last argument, an option map, may have
+    uses: str | None = None  # the member of its first argument it needs (lint: where it is)
 
     def signature(self) -> str:
         names = [p if i < self.min_args else f"{p}?" for i, p in enumerate(self.params)]
@@ -45,8 +51,10 @@ class Namespace:
     types: list[type] = field(default_factory=list)
 
     def native(self, fn: Callable | None = None, *, name: str | None = None,
-               check: Callable | None = None):
-        """Decorator registering ``fn`` as ``namespace::name``."""
+               check: Callable | None = None, options=(), uses: str | None = None):
+        """Decorator registering ``fn`` as ``namespace::name``; ``options``: the keys of
+        the option map it takes as its last argument; ``uses``: the member of its first
+        argument it needs, so that the linter can tell where it works (``"body"``)."""
 
         def register(fn: Callable) -> Callable:
             params = list(inspect.signature(fn).parameters.values())
@@ -59,7 +67,8 @@ class Namespace:
                 params=tuple(p.name for p in positional), min_args=required,
                 max_args=None if variadic else len(positional),
                 doc=(inspect.getdoc(fn) or "").split("\n")[0],
-                is_async=inspect.iscoroutinefunction(fn), check=check)
+                is_async=inspect.iscoroutinefunction(fn), check=check,
+                returns=_native_class(fn), options=tuple(options), uses=uses)
             self.functions[native.name] = native
             return fn
 
@@ -69,3 +78,15 @@ class Namespace:
         """Declare a NativeObject class this namespace hands to scripts."""
         self.types.append(cls)
         return cls
+
+
+def _native_class(fn: Callable) -> type | None:
+    """The NativeObject class ``fn`` is annotated to return (``-> IprevResult``, a class of
+    its module), else None (no annotation, or another one such as ``X | None``)."""
+    from .values import NativeObject
+
+    annotation = inspect.signature(fn).return_annotation
+    if isinstance(annotation, str):  # from __future__ import annotations
+        annotation = fn.__globals__.get(annotation)
+    return annotation if isinstance(annotation, type) and \
+        issubclass(annotation, NativeObject) else None

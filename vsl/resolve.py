@@ -14,9 +14,6 @@ from . import ast
 from .infer import INT, NOT_INT, constants_first, int_variables, literal_constants
 from .methods import METHOD_NAMES
 
-STAGES = ("on_connect", "on_helo", "on_auth", "on_mail_from", "on_rcpt_to", "on_pre_queue",
-          "on_post_queue")
-
 
 @dataclass(frozen=True)
 class Diagnostic:
@@ -30,7 +27,8 @@ class Diagnostic:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.severity}: {self.message} [{self.code}]"
+        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file  # 0: a path
+        return f"{where}: {self.severity}: {self.message} [{self.code}]"
 
 
 @dataclass(frozen=True)
@@ -121,11 +119,22 @@ class Resolution:
         return [d for d in self.diagnostics if d.severity == "error"]
 
 
-def suggest(name: str, candidates) -> str:
-    """" (did you mean 'x'?)" for the closest candidate, or ""."""
+def closest(name: str, candidates, aliases=None) -> str | None:
+    """The candidate ``name`` most likely stands for: its alias if that is a candidate
+    (another server's name for ours), else the closest spelling, else None. Every "did you
+    mean" hint comes from here, with candidates of the same kind as ``name`` only."""
+    alias = aliases.get(name) if aliases else None
+    if alias in candidates:
+        return alias
     close = difflib.get_close_matches(name, [c for c in candidates if c != name], n=1,
                                       cutoff=0.7)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return close[0] if close else None
+
+
+def suggest(name: str, candidates, aliases=None) -> str:
+    """" (did you mean 'x'?)" for :func:`closest`, or ""."""
+    close = closest(name, candidates, aliases)
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 class Resolver:
@@ -218,7 +227,7 @@ class Resolver:
             if isinstance(stmt, ast.Let) and stmt.const:
                 self.out.constants.add(stmt.name)
         for fn in self.module.functions:
-            self.check_stage(fn)
+            self.check_shadows(fn)
             self.enter_fn(fn.name, (fn.name, len(fn.params)))
             for i, (p, pos) in enumerate(zip(fn.params, fn.param_pos)):
                 self.declare(fn, f"p{i}", p, pos, "param")
@@ -239,18 +248,10 @@ class Resolver:
                                           self.out.literal_constants)
         return self.out
 
-    def check_stage(self, fn: ast.FnDef) -> None:
+    def check_shadows(self, fn: ast.FnDef) -> None:
         if fn.name in METHOD_NAMES and fn.params:
             self.warn("shadows-method", f"function '{fn.name}' replaces the built-in method "
                       f"'{fn.name}' for every x.{fn.name}() call in this script", fn.pos)
-        if fn.name in STAGES:
-            if len(fn.params) != 1:
-                self.error("stage-arity", f"stage function '{fn.name}' must take exactly one "
-                           f"parameter (ctx), not {len(fn.params)}", fn.pos)
-        elif fn.name.startswith("on_"):
-            self.warn("unknown-stage", f"'{fn.name}' is not a stage function"
-                      + (suggest(fn.name, STAGES) or
-                         f" (stages: {', '.join(STAGES)})"), fn.pos)
 
     def propagate_async(self) -> None:
         waiting = {k for k, s in self.graph.items() if s.waits}

@@ -1,0 +1,348 @@
+"""Static checks that need types: the entry points a host calls, members of native
+objects, and the option maps of natives. Runs after :mod:`vsl.resolve`, on its bindings.
+
+Design. The language knows nothing of its host: a mail server describes its stage
+functions as data (:class:`EntryPoints`) and the linter's caller passes them in. Types
+are known in three cases only, so that every finding is certain:
+
+- the one parameter of an entry point has the host's type, and is reached "in" that
+  entry; a script function whose parameter only ever receives such a parameter (directly
+  or through other such functions, as the call graph shows) inherits its type and the
+  entries it is reached in, so a helper called from ``on_helo`` is checked as ``on_helo``;
+- a variable given one value only, by a native whose Python return annotation is a
+  native object class (``iprev::check`` gives an ``iprev_result``);
+- a property of the entries' argument that the host types (``ctx.sender``: a mailbox);
+- a literal (the values an entry point returns).
+
+Members of a typed value are checked against its class (``vsl_props``, ``vsl_methods``);
+members the host restricts to some entries (``EntryPoints.available``) against the
+entries they are reached in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+from . import ast
+from .methods import ANY_METHODS
+from .resolve import Diagnostic, NativeFn, Resolution, ScriptFn, closest, suggest
+from .values import type_name
+
+
+@dataclass(frozen=True)
+class EntryPoints:
+    """The functions a host calls with one argument, in the order it calls them."""
+
+    names: tuple[str, ...]
+    prefix: str    # every function whose name starts so must be one of them ("on_")
+    param: type    # the NativeObject class of their argument
+    returns: type  # the NativeObject class each must return
+    available: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # ^ member of param -> first and last index in names where it can be used
+    member_types: Mapping[str, type] = field(default_factory=dict)
+    # ^ property of param -> the NativeObject class it holds (sender: mailbox)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    # ^ names other servers use for entries and members -> ours (the first hint)
+    return_hint: str = ""  # how to make a value of ``returns``, for messages
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> its field names
+
+
+def nodes(node, closures: bool = True):
+    """Every AST node in ``node`` (itself included), depth first; without what is inside
+    closures if not ``closures`` (a ``return`` there is the closure's own)."""
+    if isinstance(node, ast.Node):
+        if isinstance(node, ast.Closure) and not closures:
+            return
+        yield node
+        cls = type(node)
+        names = _FIELDS.get(cls) or _FIELDS.setdefault(cls, tuple(f.name for f in fields(cls)))
+        for name in names:
+            yield from nodes(getattr(node, name), closures)
+    elif isinstance(node, (tuple, list)):
+        for item in node:
+            yield from nodes(item, closures)
+
+
+def _article(type_text: str) -> str:
+    if type_text == "()":
+        return type_text
+    return ("an " if type_text[0] in "aeiou" else "a ") + type_text
+
+
+class Checker:
+    """Checks one resolved module; :meth:`run` returns the findings."""
+
+    def __init__(self, module: ast.Module, res: Resolution, namespaces: dict,
+                 entries: EntryPoints | None):
+        self.module, self.res, self.namespaces, self.entries = module, res, namespaces, entries
+        self.out: list[Diagnostic] = []
+        self.fns = {(f.name, len(f.params)): f for f in module.functions}
+        self.reached: dict[str, frozenset[int]] = {}  # python name of a param -> entries
+        self.helper_of: dict[str, str] = {}  # ... of a helper function -> its name
+        self._let_types: dict[str, type | None] = {}
+
+    def error(self, code: str, message: str, pos: ast.Loc) -> None:
+        self.out.append(Diagnostic(self.module.file, pos[0], pos[1], "error", code, message))
+
+    def run(self) -> list[Diagnostic]:
+        if self.entries is not None:
+            self.check_entry_names()
+            self.track_entry_params()
+        for node in nodes((self.module.body, self.module.functions)):
+            self.check_node(node)
+        if self.entries is not None:
+            for fn in self.module.functions:
+                if fn.name in self.entries.names and len(fn.params) == 1:
+                    self.check_returns(fn)
+        return self.out
+
+    # -- entry point names --------------------------------------------------
+    def check_entry_names(self) -> None:
+        names = self.entries.names
+        for fn in self.module.functions:
+            if fn.name in names:
+                if len(fn.params) != 1:
+                    self.error("stage-arity", f"stage function '{fn.name}' must take exactly "
+                               f"one parameter ({self.entries.param.vsl_type}), not "
+                               f"{len(fn.params)}", fn.pos)
+            elif fn.name.startswith(self.entries.prefix):
+                self.error("unknown-stage", f"'{fn.name}' is not a stage function"
+                           + (self.hint(fn.name, names) or f" (stages: {', '.join(names)})"),
+                           fn.pos)
+
+    def hint(self, name: str, candidates) -> str:
+        """" (did you mean 'x'?)" among ``candidates``, the host's aliases first."""
+        return suggest(name, candidates, self.entries.aliases if self.entries else None)
+
+    # -- which parameters hold the entry's argument, reached in which entries --
+    def _param(self, key, i: int) -> str:
+        return self.res.names[(id(self.fns[key]), f"p{i}")]
+
+    def _reassigned(self, py: str) -> bool:
+        """Whether a parameter is given another value in its function (``ctx = x``)."""
+        return len(self.res.sources.get(py, ())) > 1
+
+    def _call_sites(self) -> dict[tuple, list]:
+        """(function key, parameter index) -> [(calling function key | None, argument)]."""
+        sites: dict[tuple, list] = {}
+        callers = [(None, self.module.body)] + [(k, f.body) for k, f in self.fns.items()]
+        for caller, body in callers:
+            for node in nodes(body):
+                target = self.res.targets.get(id(node))
+                if not isinstance(target, ScriptFn):
+                    continue
+                args = ((node.obj,) if isinstance(node, ast.MethodCall) else ()) + node.args
+                key = (target.name, target.arity)
+                for i, arg in enumerate(args):
+                    sites.setdefault((key, i), []).append((caller, arg))
+        return sites
+
+    def _passed_param(self, caller, arg, params: dict) -> str | None:
+        """The python name of ``caller``'s parameter that ``arg`` is, if one of ``params``."""
+        if caller is None or not isinstance(arg, ast.Var):
+            return None
+        py = self.res.names.get((id(arg), "ref"))
+        return py if py in params else None
+
+    def track_entry_params(self) -> None:
+        params = {self._param(k, 0): frozenset({self.entries.names.index(k[0])})
+                  for k in self.fns if k[0] in self.entries.names and k[1] == 1}
+        helpers = {self._param(key, i): (key[0], calls)
+                   for (key, i), calls in self._call_sites().items()
+                   if key[0] not in self.entries.names}
+        candidates = dict.fromkeys(helpers, frozenset())
+        changed = True
+        while changed:  # drop helpers given anything else; widen the entries reached
+            changed = False
+            for py, (_, calls) in helpers.items():
+                if py not in candidates:
+                    continue
+                known = {**params, **candidates}
+                passed = [self._passed_param(caller, arg, known) for caller, arg in calls]
+                if None in passed:
+                    del candidates[py]
+                    changed = True
+                    continue
+                reached = frozenset().union(*(known[p] for p in passed))
+                if reached != candidates[py]:
+                    candidates[py] = reached
+                    changed = True
+        reached = {**params, **{py: r for py, r in candidates.items() if r}}
+        self.reached = {py: r for py, r in reached.items() if not self._reassigned(py)}
+        self.helper_of = {py: helpers[py][0] for py in candidates}
+
+    # -- types --------------------------------------------------------------
+    def type_of(self, e) -> type | None:
+        """The native object class ``e`` always evaluates to, when that is certain."""
+        if isinstance(e, ast.Var):
+            py = self.res.names.get((id(e), "ref"))
+            if py in self.reached:
+                return self.entries.param
+            return self._let_type(py)
+        if isinstance(e, ast.Prop):
+            held = self.type_of(e.obj) is self.entries.param if self.entries else False
+            return self.entries.member_types.get(e.name) if held else None
+        target = self.res.targets.get(id(e))
+        if isinstance(target, NativeFn):
+            return self.namespaces[target.ns].functions[target.name].returns
+        return None
+
+    def _let_type(self, py: str | None) -> type | None:
+        if py not in self._let_types:
+            self._let_types[py] = None  # a variable given itself: unknown
+            given = self.res.sources.get(py, ())
+            if len(given) == 1 and isinstance(given[0], ast.Node):
+                self._let_types[py] = self.type_of(given[0])
+        return self._let_types[py]
+
+    # -- members and options --------------------------------------------------
+    def check_node(self, node) -> None:
+        if isinstance(node, ast.Prop):
+            self.check_member(node, node.name, "property")
+        elif isinstance(node, ast.MethodCall) and \
+                not isinstance(self.res.targets.get(id(node)), ScriptFn):
+            self.check_member(node, node.name, "method")
+        elif isinstance(node, (ast.Call, ast.NsCall)):
+            self.check_options(node)
+            self.check_native_use(node)
+
+    def check_member(self, node, name: str, kind: str) -> None:
+        cls = self.type_of(node.obj)
+        if cls is None:
+            return
+        members = cls.vsl_props if kind == "property" else cls.vsl_methods
+        if name not in members and (kind == "property" or name not in ANY_METHODS):
+            code = "unknown-property" if kind == "property" else "unknown-method"
+            self.error(code, f"{cls.vsl_type} has no {kind} '{name}'"
+                       + self.hint(name, members), node.pos)
+            return
+        py = self.res.names.get((id(node.obj), "ref"))
+        if py in self.reached and name in self.entries.available:
+            label = f"{cls.vsl_type}.{name}" + ("()" if kind == "method" else "")
+            self.check_available(label, self.entries.available[name], py, node.pos)
+
+    def check_available(self, label: str, span: tuple[int, int], py: str,
+                        pos: ast.Loc) -> None:
+        first, last = span
+        names = self.entries.names
+        for entry in sorted(self.reached[py]):
+            if first <= entry <= last:
+                continue
+            via = f" ({self.helper_of[py]} is called from {names[entry]})" \
+                if py in self.helper_of else ""
+            when = f"it is available from {names[first]} on" if entry < first else \
+                f"only up to {names[last]}"
+            self.error("stage-availability",
+                       f"{label} is not available in {names[entry]}{via}: {when}", pos)
+            return
+
+    def check_native_use(self, node) -> None:
+        """A native given the entries' argument, where the member it needs is not there."""
+        target = self.res.targets.get(id(node))
+        if not isinstance(target, NativeFn) or not node.args or self.entries is None:
+            return
+        uses = self.namespaces[target.ns].functions[target.name].uses
+        py = self.res.names.get((id(node.args[0]), "ref")) \
+            if isinstance(node.args[0], ast.Var) else None
+        if uses in self.entries.available and py in self.reached:
+            full = f"{target.ns}::{target.name}" if target.ns else target.name
+            self.check_available(f"{full}()", self.entries.available[uses], py, node.pos)
+
+    def check_options(self, node) -> None:
+        target = self.res.targets.get(id(node))
+        if not isinstance(target, NativeFn) or not node.args or \
+                not isinstance(node.args[-1], ast.MapLit):
+            return
+        known = self.namespaces[target.ns].functions[target.name].options
+        if not known:
+            return
+        full = f"{target.ns}::{target.name}" if target.ns else target.name
+        for key, value in node.args[-1].entries:
+            if key not in known:
+                close = closest(key, known)
+                hint = f"did you mean '{close}'?; " if close else ""
+                self.error("unknown-option", f"{full}: unknown option '{key}' ({hint}known: "
+                           f"{', '.join(known)})", value.pos)
+
+    # -- what entry points return ---------------------------------------------
+    def check_returns(self, fn: ast.FnDef) -> None:
+        for value, pos in returned_values(fn):
+            found = value_type(value, self.type_of)
+            if found is not None and found != self.entries.returns.vsl_type:
+                self.error("stage-return", _return_message(fn.name, found, self.entries), pos)
+
+
+def _return_message(name: str, found: str, entries: EntryPoints) -> str:
+    hint = f" (use {entries.return_hint})" if entries.return_hint else ""
+    return f"{name} returns {_article(found)}, not {_article(entries.returns.vsl_type)}{hint}"
+
+
+def returned_values(fn: ast.FnDef) -> list[tuple]:
+    """(expression, position) of every value ``fn`` can return (None: ``return;``)."""
+    found = [(s.value, s.pos) for s in nodes(fn.body, closures=False)
+             if isinstance(s, ast.Return)]
+    return found + [(e, e.pos) for e in _tails(fn.body)]
+
+
+def _tails(block: ast.Block):
+    """The expressions whose value is the value of ``block`` (through if/switch)."""
+    if not block.body or not isinstance(block.body[-1], ast.ExprStmt):
+        return
+    e = block.body[-1].expr
+    if isinstance(e, ast.Block):
+        yield from _tails(e)
+    elif isinstance(e, ast.If):
+        for _, body in e.branches:
+            yield from _tails(body)
+        if e.orelse is not None:
+            yield from _tails(e.orelse)
+    elif isinstance(e, ast.Switch):
+        for arm in e.arms:
+            yield from _tails(arm.body) if isinstance(arm.body, ast.Block) else (arm.body,)
+    else:
+        yield e
+
+
+def value_type(e, type_of) -> str | None:
+    """The vSL type name of a returned value when it is certain (``type_of``: the native
+    object class of an expression, or None)."""
+    if e is None:
+        return "()"
+    if isinstance(e, ast.Literal):
+        return type_name(e.value)
+    if isinstance(e, ast.Template):
+        return "string"
+    if isinstance(e, (ast.ArrayLit, ast.MapLit)):
+        return "array" if isinstance(e, ast.ArrayLit) else "map"
+    cls = type_of(e)
+    return cls.vsl_type if cls is not None else None
+
+
+def wrong_return(script, entries: EntryPoints, name: str, value) -> str | None:
+    """At run time: None if ``value``, returned by the entry point ``name`` of ``script``,
+    is of the type entry points return; else the error, at the one return that can have
+    given such a value (``main.vsl:4:9: on_rcpt_to returned a string, ...``), or at the
+    function when several can."""
+    if isinstance(value, entries.returns):
+        return None
+    fn = next(f for f in script.module.functions if f.name == name and len(f.params) == 1)
+    found = type_name(value)
+
+    def native_class(e):
+        native = script.engine.namespaces.get(e.ns) if isinstance(e, ast.NsCall) else None
+        function = native.functions.get(e.name) if native else None
+        return function.returns if function else None
+
+    sites = [pos for e, pos in returned_values(fn)
+             if value_type(e, native_class) in (None, found)]
+    line, col = sites[0] if len(sites) == 1 else fn.pos
+    return f"{script.file}:{line}:{col}: " + \
+        _return_message(name, found, entries).replace(" returns ", " returned ", 1)
+
+
+def check(module: ast.Module, res: Resolution, namespaces: dict,
+          entries: EntryPoints | None = None) -> list[Diagnostic]:
+    """The findings of :class:`Checker` for one resolved module."""
+    return Checker(module, res, namespaces, entries).run()
