@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .errors import LimitError, ScriptError
+from .names import script_name
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 
@@ -284,7 +285,7 @@ def freeze(v):
 def _freeze(v, done: dict, path: set):
     t = type(v)
     if t is Closure:
-        captured = [n[2:] for n in v.fn.__code__.co_freevars if n.startswith("v_")]
+        captured = [n for n in map(script_name, v.fn.__code__.co_freevars) if n]
         if captured or v.fn.__kwdefaults__:
             names = ", ".join(captured) or "loop variables"
             raise ScriptError(f"a constant cannot hold a closure that captures variables "
