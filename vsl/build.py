@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import gc
+import math
 import re
 
 from lark import Token, Transformer, v_args
@@ -236,8 +237,12 @@ class _Builder(Transformer):
         return ast.Literal(lit.pos, -lit.value)
 
     def float_lit(self, items):
+        """A float literal; one too large for an f64 is an error, not infinity."""
         (tok,) = items
-        return ast.Literal(_loc(tok), float(str(tok).replace("_", "")))
+        value = float(str(tok).replace("_", ""))
+        if math.isinf(value):
+            raise self._err(f"float literal '{tok}' out of range for f64", _loc(tok))
+        return ast.Literal(_loc(tok), value)
 
     def string_lit(self, items):
         (tok,) = items

@@ -9,8 +9,9 @@ import click
 
 from . import values
 from .engine import Engine
-from .errors import VslError
+from .errors import Pos, VslError
 from .lint import Linter, format_json, format_text, script_files
+from .syntax import _line_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +46,7 @@ def run(file, fn, args, as_json) -> None:
     """Run a script's top level (or one function) and print the result."""
     try:
         parsed = [values.from_python(json.loads(a), "--arg") for a in args]
-    except (ValueError, VslError) as err:
+    except (ValueError, RecursionError, VslError) as err:
         raise click.BadParameter(str(err), param_hint="--arg") from None
     if args and not fn:
         raise click.UsageError("--arg needs --call FN")
@@ -54,13 +55,24 @@ def run(file, fn, args, as_json) -> None:
     try:
         script = engine.load(file)
         result = script.call(fn, *parsed) if fn else script.top_value
+        text = _result_text(script, fn, result, as_json)
     except VslError as err:
         click.echo(str(err), err=True)
         sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(values.to_python(result)))
-    else:
-        click.echo(values.display(result))
+    click.echo(text)
+
+
+def _result_text(script, fn: str | None, result, as_json: bool) -> str:
+    """The result as ``vsl run`` prints it; a value that cannot be printed is an error
+    located where it was made (the function, or the top level's last statement)."""
+    try:
+        return json.dumps(values.to_python(result)) if as_json else values.display(result)
+    except VslError as err:
+        made = next((f for f in script.module.functions if f.name == fn), None) if fn else \
+            (script.module.body[-1] if script.module.body else None)
+        line, col = made.pos if made is not None else (1, 1)
+        raise err.located(Pos(script.file, line, col),
+                          _line_of(script.module.source, line)) from None
 
 
 @main.command()

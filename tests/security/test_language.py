@@ -3,12 +3,21 @@ every import problem, bounded and linear loading, and engine slips that were int
 errors."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+import re
+import subprocess
+import sys
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
 from vsl.engine import Engine
-from vsl.errors import ScriptError, VslError
+from vsl.errors import LimitError, VslError, VslSyntaxError
+from vsl.limits import Limits
+
+VSL = Path(sys.executable).with_name("vsl")
 
 
 def value(source: str, script_dir=None):
@@ -63,3 +72,75 @@ def _programs(draw):
 def test_random_redeclarations_agree_with_python_scoping(program):
     source, expected = program
     assert value(source) == expected
+
+
+# ---- engine slips: script errors with positions, limits that hold exactly ----------
+def load_error(source: str, engine: Engine | None = None) -> VslError:
+    with pytest.raises(VslError) as info:
+        (engine or Engine()).load_source(source, "t.vsl")
+    assert info.value.pos is not None, "every error has a position"
+    assert "internal error" not in info.value.message
+    return info.value
+
+
+def caught(expression: str):
+    """A script whose ``f(x)`` is ``expression``, or "caught: <message>" if it throws."""
+    return Engine().load_source(
+        f"fn f(x) {{ let r = (); try {{ r = {expression}; }} catch (e) {{ r = `caught: ${{e}}`; }} r }}",
+        "t.vsl")
+
+
+@pytest.mark.parametrize("index", [200_000, 100_000, -1, 0])
+def test_insert_into_a_full_array_changes_nothing(index):
+    script = Engine(Limits(max_array_size=5)).load_source(
+        f"fn f(a) {{ a.insert({index}, 9) }}", "t.vsl")
+    full = [1, 2, 3, 4, 5]
+    with pytest.raises(LimitError, match="array too large") as info:
+        script.call("f", full)
+    assert info.value.pos.line == 1
+    assert full == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("literal", ["1e999999", "-1e999999", "1.5e309"])
+def test_a_float_literal_that_overflows_is_a_syntax_error(literal):
+    err = load_error(f"let x = {literal};")
+    assert isinstance(err, VslSyntaxError)
+    assert re.search("float literal .* out of range", err.message)
+    assert (err.pos.line, err.pos.col) == (1, 9 + literal.startswith("-"))
+
+
+@pytest.mark.parametrize("call", ["x % 2.0", "x.floor()", "x.round()", "x.ceiling()",
+                                  "x.to_int()", "2.0 % x"])
+@pytest.mark.parametrize("x", [math.inf, -math.inf, math.nan])
+def test_non_finite_floats_from_the_host_are_script_errors(call, x):
+    result = caught(call).call("f", x)
+    assert type(result) is float or re.fullmatch(r"caught: .*(inf|nan).*", result)
+    assert "Error" not in str(result)
+
+
+@pytest.mark.parametrize("digits, expected", [
+    ("1" * 5000, "caught: .* out of range for an integer"), ("0" * 5000 + "7", 7), ("-" + "0" * 5000, 0)])
+def test_parse_int_of_thousands_of_digits(digits, expected):
+    result = caught("x.parse_int()").call("f", digits)
+    assert result == expected if type(expected) is int else re.fullmatch(expected, result)
+
+
+@pytest.mark.parametrize("flag", [[], ["--json"]])
+def test_vsl_run_of_a_deeply_nested_value_is_an_error_not_a_traceback(tmp_path, flag):
+    script = tmp_path / "deep.vsl"
+    script.write_text("let a = []; for i in 0..1000 { a = [a]; } a")
+    done = subprocess.run([VSL, "run", *flag, script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert re.match(r".*deep.vsl:\d+:\d+: value nested more than \d+ levels", done.stderr)
+
+
+@pytest.mark.parametrize("arg", ["[" * 1000 + "]" * 1000, "1e999", "NaN"])
+def test_vsl_run_refuses_arguments_a_script_cannot_hold(tmp_path, arg):
+    script = tmp_path / "f.vsl"
+    script.write_text("fn f(x) { x }")
+    done = subprocess.run([VSL, "run", script, "--call", "f", "--arg", arg],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--arg" in done.stderr
