@@ -8,11 +8,16 @@ from pathlib import Path
 import re
 import subprocess
 import sys
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
+from server import policy as policy_module
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
+from tests.test_server_reload import policy, verdict, write
 from vsl.engine import Engine
 from vsl.errors import LimitError, VslError, VslSyntaxError
 from vsl.limits import Limits
@@ -144,3 +149,105 @@ def test_vsl_run_refuses_arguments_a_script_cannot_hold(tmp_path, arg):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--arg" in done.stderr
+
+
+# ---- every import problem is a VslError with a position; the watcher never dies -------
+def chain_of_imports(directory: Path, depth: int) -> Path:
+    """main.vsl imports m0, which imports m1, ... ``depth`` modules deep."""
+    for i in range(depth):
+        text = f'import "m{i + 1}" as n;\nfn f(x) {{ n::f(x) }}\n' if i < depth - 1 else \
+            "fn f(x) { x }\n"
+        (directory / f"m{i}.vsl").write_text(text)
+    main = directory / "main.vsl"
+    main.write_text('import "m0" as n;\nfn on_helo(ctx) { status::next() }\n')
+    return main
+
+
+BAD_IMPORTS = {
+    "nul byte": 'import "a\\0b" as x;\nfn on_helo(ctx) { status::next() }\n',
+    "directory": 'import "sub" as x;\nfn on_helo(ctx) { status::next() }\n',
+    "long name": f'import "{"a" * 5000}" as x;\nfn on_helo(ctx) {{ status::next() }}\n',
+}
+
+
+def bad_import(directory: Path, kind: str) -> Path:
+    (directory / "sub.vsl").mkdir()
+    main = directory / "main.vsl"
+    if kind == "deep chain":
+        return chain_of_imports(directory, 1500)
+    main.write_text(BAD_IMPORTS[kind])
+    return main
+
+
+@pytest.mark.parametrize("kind", [*BAD_IMPORTS, "deep chain"])
+@pytest.mark.parametrize("max_modules", [64, 0])
+def test_a_bad_import_is_a_located_error_when_loading(tmp_path, kind, max_modules):
+    main = bad_import(tmp_path, kind)
+    with pytest.raises(VslError) as info:
+        Engine(Limits(max_modules=max_modules)).load(main)
+    assert info.value.pos is not None and info.value.pos.line == 1
+    assert "internal error" not in info.value.message
+
+
+@pytest.mark.parametrize("kind", [*BAD_IMPORTS, "deep chain"])
+@pytest.mark.parametrize("command", ["lint", "run"])
+def test_a_bad_import_is_reported_by_the_cli_without_a_traceback(tmp_path, kind, command):
+    main = bad_import(tmp_path, kind)
+    done = subprocess.run([VSL, command, main], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert re.search(r"main\.vsl:1:\d+", done.stderr + done.stdout)
+
+
+@pytest.mark.parametrize("bad", ["nul import", "deep chain", "unexpected error"])
+def test_the_watcher_survives_a_bad_edit_and_loads_a_later_good_one(tmp_path, caplog,
+                                                                    monkeypatch, bad):
+    with running(config_for(tmp_path, policy("v1", "a"))) as server:
+        port, main = server.port(), server.config.scripts / "main.vsl"
+        if bad == "unexpected error":
+            monkeypatch.setattr(policy_module, "load_policy", _fails_once(monkeypatch))
+            write(main, policy("v1b", "a"))
+        elif bad == "deep chain":
+            chain_of_imports(server.config.scripts, 100)
+            write(main, 'import "m0" as n;\n' + policy("v1b", "a"))
+        else:
+            write(main, 'import "a\\0b" as x;\n' + policy("v1b", "a"))
+        assert wait_for(lambda: "reload failed" in caplog.text, 15, 0.1), caplog.text
+        assert verdict(port, "a@example.test") == (550, b"5.7.1 refused by v1")
+        for module in server.config.scripts.glob("m*.vsl"):
+            module.unlink()
+        write(main, policy("v2", "b"))
+        assert wait_for(lambda: verdict(port, "b@example.test")[0] == 550, 15, 0.2), \
+            "a good edit after the bad one was not loaded"
+
+
+def _fails_once(monkeypatch):
+    original = policy_module.load_policy
+
+    def fails(engine, directory):
+        monkeypatch.setattr(policy_module, "load_policy", original)
+        raise RuntimeError("a bug in the loader")
+    return fails
+
+
+def test_sessions_are_answered_while_a_slow_reload_runs(tmp_path, monkeypatch):
+    """The watcher's reload runs off the event loop: a CPU-bound load of 3 s (Python code
+    that holds the GIL between switches) does not hold up the sessions meanwhile."""
+    started, original = [], policy_module.load_policy
+
+    def slow(engine, directory):
+        started.append(time.monotonic())
+        while time.monotonic() < started[0] + 3:
+            pass
+        return original(engine, directory)
+
+    with running(config_for(tmp_path, policy("v1", "a"))) as server:
+        port = server.port()
+        monkeypatch.setattr(policy_module, "load_policy", slow)
+        write(server.config.scripts / "main.vsl", policy("v2", "b"))
+        assert wait_for(lambda: started, 15, 0.05)
+        begin = time.monotonic()
+        assert verdict(port, "a@example.test") == (550, b"5.7.1 refused by v1")
+        assert time.monotonic() - begin < 1.5
+        assert time.monotonic() < started[0] + 3, "the reload ended before the session"
+        assert wait_for(lambda: verdict(port, "b@example.test")[0] == 550, 20, 0.2)
