@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 import pytest
 
 from server import policy as policy_module
+from server.config import from_dict
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import wait_for
 from tests.test_server_reload import policy, verdict, write
 from vsl.engine import Engine
 from vsl.errors import LimitError, VslError, VslSyntaxError
 from vsl.limits import Limits
+from vsl.lint import Linter
 
 VSL = Path(sys.executable).with_name("vsl")
 
@@ -251,3 +253,35 @@ def test_sessions_are_answered_while_a_slow_reload_runs(tmp_path, monkeypatch):
         assert time.monotonic() - begin < 1.5
         assert time.monotonic() < started[0] + 3, "the reload ended before the session"
         assert wait_for(lambda: verdict(port, "b@example.test")[0] == 550, 20, 0.2)
+
+
+# ---- bounded loading -------------------------------------------------------------------
+@pytest.mark.parametrize("size, loads", [(1000, True), (1001, False)])
+def test_a_script_longer_than_max_script_size_is_refused_before_parsing(size, loads):
+    source = "let x = 1;" + " " * (size - len("let x = 1;"))
+    engine = Engine(Limits(max_script_size=1000))
+    if loads:
+        engine.load_source(source, "t.vsl")
+        return
+    with pytest.raises(LimitError, match=r"script too large \(1001 characters > limit 1000, "
+                                         r"limits.max_script_size\)") as info:
+        engine.load_source(source, "t.vsl")
+    assert (info.value.pos.line, info.value.pos.col) == (1, 1)
+
+
+def test_an_imported_module_and_the_linter_obey_max_script_size(tmp_path):
+    (tmp_path / "big.vsl").write_text("const X = 1;" + " " * 2000)
+    main = tmp_path / "main.vsl"
+    main.write_text('import "big" as big;\nbig::X\n')
+    engine = Engine(Limits(max_script_size=1000))
+    with pytest.raises(LimitError, match="script too large") as info:
+        engine.load(main)
+    assert info.value.stack[0].pos.file == str(main)
+    findings = Linter(engine).lint_file(main)
+    assert any("script too large" in d.message and d.line == 1 for d in findings)
+
+
+def test_max_script_size_is_a_vsl_toml_key(tmp_path):
+    config = from_dict({"script_limits": {"max_script_size": 5000}}, tmp_path)
+    assert config.script_limits.max_script_size == 5000
+    assert from_dict({}, tmp_path).script_limits.max_script_size == 1_000_000
