@@ -184,7 +184,7 @@ class Server:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, self.policy.reload)
+            loop.add_signal_handler(signal.SIGHUP, self.policy.request_reload)
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread, or no signals here
         self._tasks.append(asyncio.ensure_future(self.policy.watch()))

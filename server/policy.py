@@ -2,7 +2,9 @@
 
 A reload (SIGHUP, or a changed ``*.vsl`` file) builds the new script completely
 before swapping it in; if linting or loading fails, the old script keeps running
-and the errors are logged.
+and the errors are logged. Linting and loading run in a worker thread, one reload at
+a time, so the event loop keeps serving sessions (with the old script) meanwhile.
+The file watcher survives every failure: a later good edit is loaded.
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class Policy:
         self.script = load_policy(engine, directory)
         self.generation = 0
         self._stamp = self._files_stamp()
+        self._one_at_a_time = asyncio.Lock()
+        self._pending: set[asyncio.Task] = set()  # reloads asked for by SIGHUP
 
     def reload(self) -> bool:
         """Load the scripts again; on failure keep the running ones. True if swapped."""
@@ -68,20 +72,47 @@ class Policy:
             log.error("reload failed, keeping the running scripts:\n%s", err)
             self._stamp = stamp
             return False
+        except Exception:  # noqa: BLE001 - a bug must not stop the watcher or the server
+            log.exception("reload failed, keeping the running scripts")
+            self._stamp = stamp
+            return False
         self.script, self._stamp = script, stamp
         self.generation += 1
         log.info("scripts reloaded from %s (generation %d)", self.directory, self.generation)
         return True
 
+    async def reload_in_thread(self) -> bool:
+        """:meth:`reload` in a worker thread (one at a time): sessions go on with the
+        running script until the new one is ready."""
+        async with self._one_at_a_time:
+            return await asyncio.to_thread(self.reload)
+
+    def request_reload(self) -> None:
+        """Start a reload in the background (the SIGHUP handler; needs a running loop)."""
+        task = asyncio.ensure_future(self.reload_in_thread())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     def _files_stamp(self) -> tuple:
+        """(path, mtime, size) of every script; one removed meanwhile is left out."""
         if self.directory is None or not self.directory.is_dir():
             return ()
-        return tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size)
-                            for p in self.directory.rglob("*.vsl")))
+        stamps = []
+        try:
+            paths = sorted(self.directory.rglob("*.vsl"))
+        except OSError:  # a folder removed while it was listed: look again next time
+            return ()
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(stamps)
 
     async def watch(self, interval: float = 1.0) -> None:
         """Reload whenever a script file changes (polling; runs until cancelled)."""
         while True:
             await asyncio.sleep(interval)
             if self._files_stamp() != self._stamp:
-                self.reload()
+                await self.reload_in_thread()

@@ -71,6 +71,7 @@ max_string_size = 1000
 max_array_size = 100
 max_map_size = 50
 max_modules = 3
+max_script_size = 2000
 
 [delivery]
 enabled = false
@@ -156,7 +157,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert isinstance(config.limits.command_timeout, float)
     assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0,
                                    ("127.0.0.1:5300",))
-    assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
+    assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3, 2000)
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
         86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import gc
+import math
 import re
 
 from lark import Token, Transformer, v_args
 from lark.exceptions import VisitError
 
 from . import ast
-from .errors import Pos, VslSyntaxError
+from .errors import LimitError, Pos, VslSyntaxError
 from .syntax import I64_MAX, I64_MIN, _line_of, check_depth, parse_tree
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0",
@@ -223,7 +224,7 @@ class _Builder(Transformer):
                 value = int(text, 10)
         except ValueError:
             raise self._err(f"invalid number '{tok}'", _loc(tok)) from None
-        negated = self.text[:tok.start_pos].rstrip().endswith("-")
+        negated = _after_minus(self.text, tok.start_pos)
         if value > I64_MAX + (1 if negated else 0):
             raise self._err(f"integer literal '{tok}' out of range for i64", _loc(tok))
         return ast.Literal(_loc(tok), value)
@@ -236,8 +237,12 @@ class _Builder(Transformer):
         return ast.Literal(lit.pos, -lit.value)
 
     def float_lit(self, items):
+        """A float literal; one too large for an f64 is an error, not infinity."""
         (tok,) = items
-        return ast.Literal(_loc(tok), float(str(tok).replace("_", "")))
+        value = float(str(tok).replace("_", ""))
+        if math.isinf(value):
+            raise self._err(f"float literal '{tok}' out of range for f64", _loc(tok))
+        return ast.Literal(_loc(tok), value)
 
     def string_lit(self, items):
         (tok,) = items
@@ -405,9 +410,7 @@ class Parser:
                 break
             parts.append(raw[text_start:m.start()].replace("``", "`"))
             end = _interp_end(raw, m.end())
-            inner_start = tok.start_pos + offset + m.end()
-            line = self.source.count("\n", 0, inner_start) + 1
-            col = inner_start - (self.source.rfind("\n", 0, inner_start) + 1) + 1
+            line, col = _position_in(tok, offset + m.end())
             padded = "\n" * (line - 1) + " " * (col - 1) + raw[m.end():end]
             body = self.statements(padded)
             parts.append(ast.Block((line, col), tuple(body)))
@@ -416,6 +419,24 @@ class Parser:
         parts = [p for p in parts if p != ""]
         self.check_size(sum(len(p) for p in parts if isinstance(p, str)), "string", _loc(tok))
         return ast.Template(_loc(tok), tuple(parts))
+
+
+def _position_in(tok: Token, offset: int) -> ast.Loc:
+    """The line and column of ``str(tok)[offset]``, counted within the token only."""
+    text = str(tok)
+    newline = text.rfind("\n", 0, offset)
+    if newline < 0:
+        return tok.line, tok.column + offset
+    return tok.line + text.count("\n", 0, offset), offset - newline
+
+
+def _after_minus(text: str, start: int) -> bool:
+    """Whether ``text[start]`` follows a '-' (blanks between). Looks back only over the
+    blanks: slicing the text before each literal made loading quadratic."""
+    i = start - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return i >= 0 and text[i] == "-"
 
 
 def _interp_end(raw: str, start: int) -> int:
@@ -457,6 +478,10 @@ def gc_paused():
 def parse(source: str, file: str, limits) -> ast.Module:
     """Parse a whole script into an :class:`ast.Module`."""
     parser = Parser(source, file, limits)
+    if limits.max_script_size and len(source) > limits.max_script_size:
+        raise LimitError(f"script too large ({len(source)} characters > limit "
+                         f"{limits.max_script_size}, limits.max_script_size)", Pos(file, 1, 1),
+                         _line_of(source, 1))
     with gc_paused():
         body = parser.statements(source)
     functions, seen = [], {}

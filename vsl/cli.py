@@ -12,9 +12,10 @@ import click
 
 from . import values
 from .engine import Engine
-from .errors import VslError
+from .errors import Pos, VslError
 from .lint import (Linter, empty_paths, format_concise, format_full, format_json, rhai_note,
                    script_files, summary)
+from .syntax import _line_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,7 +84,7 @@ def run(file, fn, args, as_json, zones) -> None:
     """Run a script's top level (or one function) and print the result."""
     try:
         parsed = [values.from_python(json.loads(a), "--arg") for a in args]
-    except (ValueError, VslError) as err:
+    except (ValueError, RecursionError, VslError) as err:
         raise click.BadParameter(str(err), param_hint="--arg") from None
     if args and not fn:
         raise click.UsageError("--arg needs --call FN")
@@ -103,6 +104,7 @@ def _run_script(file, fn, parsed, as_json) -> None:
     try:
         script = engine.load(file)
         result = script.call(fn, *parsed) if fn else script.top_value
+        text = _result_text(script, fn, result, as_json)
     except VslError as err:
         click.echo(str(err), err=True)
         hint = script and fn and _arguments_hint(script, fn, len(parsed))
@@ -113,10 +115,20 @@ def _run_script(file, fn, parsed, as_json) -> None:
     if problem:
         click.echo(problem, err=True)
         sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(values.to_python(result)))
-    else:
-        click.echo(values.display(result))
+    click.echo(text)
+
+
+def _result_text(script, fn: str | None, result, as_json: bool) -> str:
+    """The result as ``vsl run`` prints it; a value that cannot be printed is an error
+    located where it was made (the function, or the top level's last statement)."""
+    try:
+        return json.dumps(values.to_python(result)) if as_json else values.display(result)
+    except VslError as err:
+        made = next((f for f in script.module.functions if f.name == fn), None) if fn else \
+            (script.module.body[-1] if script.module.body else None)
+        line, col = made.pos if made is not None else (1, 1)
+        raise err.located(Pos(script.file, line, col),
+                          _line_of(script.module.source, line)) from None
 
 
 def _arguments_hint(script, fn: str, given: int) -> str | None:

@@ -30,7 +30,8 @@ def script_fn_name(name: str, arity: int) -> str:
 
 
 def native_name(ns: str, name: str) -> str:
-    return f"n_{ns or '_'}_{name}"
+    """The Python global of a native; the length of ``ns`` keeps it injective."""
+    return f"n_{len(ns)}_{ns}_{name}"
 
 
 def constant_name(ns: str, name: str) -> str:
@@ -47,7 +48,8 @@ _PROLOGUE = 3  # statements: the depth guard and the operation count
 
 
 def module_fn_name(alias: str, name: str, arity: int) -> str:
-    return f"m_{alias}_{name}_{arity}"
+    """The Python global of ``alias::name`` (injective, as constant_name)."""
+    return f"m_{len(alias)}_{alias}_{name}_{arity}"
 
 
 def _name(id_: str, store: bool = False) -> py.Name:

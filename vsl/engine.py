@@ -24,6 +24,7 @@ from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name
                       script_fn_name)
 from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownError, VslError,
                      VslSyntaxError)
+from .imports import check_nesting, import_target
 from .limits import Limits
 from .methods import call_method
 from .ops import Ops
@@ -385,10 +386,11 @@ class Engine:
         if load.root is None:
             raise VslError("import needs a script directory (load the script from a file)",
                            where, line)
-        rel = imp.path if imp.path.endswith(".vsl") else imp.path + ".vsl"
-        target = (load.root / rel).resolve()
-        if load.root not in target.parents:
-            raise VslError(f"import '{imp.path}' is outside the script directory", where, line)
+        try:
+            target = import_target(load.root, imp.path)
+            check_nesting(len(load.loading))
+        except VslError as err:
+            raise err.located(where, line) from None
         key = str(target)
         if key in load.loading:
             chain = " -> ".join(Path(p).name for p in load.loading[load.loading.index(key):])

@@ -17,6 +17,7 @@ class Limits:
     max_array_size: int = 100_000     # items
     max_map_size: int = 100_000       # entries
     max_modules: int = 64             # imported modules per loaded script
+    max_script_size: int = 1_000_000  # characters of one script file, checked before parsing
 
     def with_changes(self, **changes) -> "Limits":
         """A copy with some limits changed; unknown names are an error."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from .build import parse
 from .checks import EntryPoints, check
 from .errors import VslError
+from .imports import check_nesting, import_target
 from .resolve import Diagnostic, ModuleInfo, resolve
 
 
@@ -66,9 +67,11 @@ class Linter:
         if script_dir is None:
             return None, "import needs a script directory"
         root = script_dir.resolve()
-        target = (root / (rel if rel.endswith(".vsl") else rel + ".vsl")).resolve()
-        if root not in target.parents:
-            return None, f"import '{rel}' is outside the script directory"
+        try:
+            target = import_target(root, rel)
+            check_nesting(len(chain) - 1)
+        except VslError as err:
+            return None, err.message
         if target in chain:
             return None, f"import cycle through '{target.name}'"
         if target in self._infos:

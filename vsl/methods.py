@@ -220,7 +220,10 @@ def _parse_int(ops, s, radix=10):
     allowed = _DIGITS[:radix]
     if not digits or any(c.lower() not in allowed for c in digits) or not digits.isascii():
         raise ScriptError(f"cannot parse {preview(s)} as an integer")
-    value = int(text, radix)
+    significant = digits.lstrip("0")
+    if len(significant) > 64:  # more than any i64 has, even in base 2
+        raise ScriptError(f"{preview(s)} is out of range for an integer")
+    value = int(text[:len(text) - len(digits)] + (significant or "0"), radix)
     if not I64_MIN <= value <= I64_MAX:
         raise ScriptError(f"{preview(s)} is out of range for an integer")
     return value
@@ -255,10 +258,9 @@ def _pop(ops, a):
 @_register("array", "insert", 2, 2)
 def _insert(ops, a, i, x):
     i = _int_arg(i, "index")
-    _mutable(a).insert(i if i >= 0 else max(len(a) + i, 0), x)
-    if len(a) > ops.max_array:
-        a.pop(i)
-        ops.array(a + [x])
+    if len(_mutable(a)) >= ops.max_array:
+        ops.array(a + [x])  # the limit error, before the array changes
+    a.insert(i if i >= 0 else max(len(a) + i, 0), x)
 
 
 @_register("array", "remove", 1, 1)
@@ -394,18 +396,26 @@ def _int_to_int(ops, n):
     return n
 
 
+def _finite(f: float, method: str) -> float:
+    """``f`` if it is a number, else a script error (inf and nan only come from a host)."""
+    if not math.isfinite(f):
+        raise ScriptError(f"cannot {method} {display(f)}: not a finite number")
+    return f
+
+
 @_register("f64", "floor", 0, 0)
 def _floor(ops, f):
-    return float(math.floor(f))
+    return float(math.floor(_finite(f, "floor")))
 
 
 @_register("f64", "ceiling", 0, 0)
 def _ceil(ops, f):
-    return float(math.ceil(f))
+    return float(math.ceil(_finite(f, "ceiling")))
 
 
 @_register("f64", "round", 0, 0)
 def _round(ops, f):
+    f = _finite(f, "round")
     return float(math.floor(f + 0.5)) if f >= 0 else -float(math.floor(-f + 0.5))
 
 

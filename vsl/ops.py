@@ -122,7 +122,10 @@ class Ops:
         if _both_num(a, b):
             if b == 0:
                 raise ScriptError("division by zero")
-            return math.fmod(a, b)
+            try:
+                return math.fmod(a, b)
+            except ValueError:  # inf % b: inf only comes from a host
+                raise ScriptError(f"cannot apply '%' to {display(a)} and {display(b)}") from None
         _type_error("%", a, b)
 
     def pow(self, a, b):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from . import ast
 from .infer import INT, NOT_INT, constants_first, int_variables, literal_constants
 from .methods import METHOD_NAMES
+from .names import local_name
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class Resolver:
     def py_name(self, name: str) -> str:
         n = self.counter.get(name, 0)
         self.counter[name] = n + 1
-        return f"v_{name}" if n == 0 else f"v_{name}_{n}"
+        return local_name(name, n)
 
     def declare(self, node, slot: str, name: str, pos: ast.Loc, kind: str,
                 const: bool = False) -> None:

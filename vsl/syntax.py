@@ -178,17 +178,37 @@ def parse_tree(source: str, file: str) -> Tree:
                             tok.column) from None
 
 
+# Left-associative operators and postfix chains: ``a + b + c`` and ``s.trim().len()``
+# parse as a left child of the same rule, which is one level of nesting, not one per term.
+_LEFT_CHAINS = frozenset({"or_op", "and_op", "binop", "in_op", "coalesce_op", "prop", "method",
+                          "index"})
+# A chain still nests in the compiled code, and CPython's compiler refuses about 1,000
+# levels: counting each operator of a chain as a level, no path of the tree may be longer
+# than this, whatever max_expr_depth says.
+MAX_LEVELS = 200
+
+
 def check_depth(tree: Tree, limit: int, source: str, file: str) -> None:
-    """Reject trees nested deeper than ``limit`` (iteratively: no recursion)."""
-    if not limit:
-        return
-    stack = [(tree, 1)]
+    """Reject trees nested deeper than ``limit`` (iteratively: no recursion). The left
+    operand of a chain of the same operator kind is at the chain's level (see _LEFT_CHAINS);
+    ``levels`` counts every level, chains included (see MAX_LEVELS)."""
+    stack = [(tree, 1, 1)]
     while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            meta = node.meta
-            raise _syntax_error(source, file,
-                                f"expression nested too deeply (more than {limit} levels; "
-                                "raise limits.max_expr_depth)", getattr(meta, "line", 1),
-                                getattr(meta, "column", 1))
-        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+        node, depth, levels = stack.pop()
+        if limit and depth > limit:
+            raise _node_error(node, source, file, f"expression nested too deeply (more than "
+                              f"{limit} levels; raise limits.max_expr_depth)")
+        if levels > MAX_LEVELS:
+            raise _node_error(node, source, file, f"expression too long (more than "
+                              f"{MAX_LEVELS} levels, counting each operator of a chain; "
+                              "split it with let)")
+        for i, child in enumerate(node.children):
+            if isinstance(child, Tree):
+                chained = i == 0 and child.data == node.data and node.data in _LEFT_CHAINS
+                stack.append((child, depth if chained else depth + 1, levels + 1))
+
+
+def _node_error(node: Tree, source: str, file: str, message: str) -> VslSyntaxError:
+    meta = node.meta
+    return _syntax_error(source, file, message, getattr(meta, "line", 1),
+                         getattr(meta, "column", 1))

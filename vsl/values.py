@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .errors import LimitError, ScriptError
+from .names import script_name
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 
@@ -284,7 +285,7 @@ def freeze(v):
 def _freeze(v, done: dict, path: set):
     t = type(v)
     if t is Closure:
-        captured = [n[2:] for n in v.fn.__code__.co_freevars if n.startswith("v_")]
+        captured = [n for n in map(script_name, v.fn.__code__.co_freevars) if n]
         if captured or v.fn.__kwdefaults__:
             names = ", ".join(captured) or "loop variables"
             raise ScriptError(f"a constant cannot hold a closure that captures variables "
@@ -309,29 +310,39 @@ def _freeze(v, done: dict, path: set):
     return frozen
 
 
-def from_python(v, where: str = "value"):
+def from_python(v, where: str = "value", depth: int = 0):
     """Check/convert a host (JSON-like) value into a script value."""
     t = type(v)
+    if t is float and not math.isfinite(v):
+        raise ScriptError(f"{where}: {v} is not a finite number")
     if v is None or t in (bool, str, float) or isinstance(v, (NativeObject, Closure)):
         return v
     if t is int:
         if not I64_MIN <= v <= I64_MAX:
             raise ScriptError(f"{where}: integer {v} out of range for i64")
         return v
+    _check_nesting(depth)
     if t in (list, tuple):
-        return [from_python(x, where) for x in v]
+        return [from_python(x, where, depth + 1) for x in v]
     if t in (dict, FrozenMap):
-        return {str(k): from_python(x, where) for k, x in v.items()}
+        return {str(k): from_python(x, where, depth + 1) for k, x in v.items()}
     raise ScriptError(f"{where}: a {t.__name__} cannot be passed to a script")
 
 
-def to_python(v):
+def _check_nesting(depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise LimitError(f"value nested more than {MAX_NESTING} levels deep")
+
+
+def to_python(v, depth: int = 0):
     """A script value as plain JSON-like Python (for `vsl run` output and tests)."""
     t = type(v)
     if t is list or t is tuple:
-        return [to_python(x) for x in v]
+        _check_nesting(depth)
+        return [to_python(x, depth + 1) for x in v]
     if t is dict or t is FrozenMap:
-        return {k: to_python(x) for k, x in v.items()}
+        _check_nesting(depth)
+        return {k: to_python(x, depth + 1) for k, x in v.items()}
     if t is range:
         return list(v)
     if t is Closure or isinstance(v, NativeObject):
