@@ -92,6 +92,10 @@ class DeliveryConfig:
     mx_port: int = 25
     credentials: Path | None = None    # logins for relays that want AUTH (server/credentials.py)
     ca_file: Path | None = None        # CAs trusted by tls=verify routes, besides the system's
+    mx_address_limit: int = 5          # MX addresses tried in one attempt (Postfix's
+                                       # smtp_mx_address_limit) ...
+    mx_session_limit: int = 2          # ... and sessions opened (smtp_mx_session_limit)
+    mx_attempt_timeout: float = 600.0  # one MX attempt, DNS look-ups included, then defer
 
 
 @dataclass(frozen=True)
@@ -266,7 +270,8 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "concurrency": "int", "destination_concurrency": "int", "hostname": str,
                     "connect_timeout": "float", "command_timeout": "float",
                     "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",
-                    "credentials": "path", "ca_file": "path"}
+                    "mx_address_limit": "int", "mx_session_limit": "int",
+                    "mx_attempt_timeout": "float", "credentials": "path", "ca_file": "path"}
 
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
@@ -275,11 +280,13 @@ _MINIMUM = {"server.workers": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
                                            "errors")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
-                                            "mx_port")}}
+                                            "mx_port", "mx_address_limit",
+                                            "mx_session_limit")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",
-                                         "idle_timeout", "poll_interval"))}
+                                         "idle_timeout", "poll_interval",
+                                         "mx_attempt_timeout"))}
 
 
 def _table(value, key: str) -> dict:

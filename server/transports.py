@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from collections import defaultdict
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -139,7 +139,28 @@ class Transports:
 
     # -- MX ------------------------------------------------------------------------------
     async def _mx(self, sender: str, recipients: list[str], data: bytes) -> dict:
+        """One attempt at the domain's mail exchangers, within ``mx_attempt_timeout``:
+        recipients no server has answered for by then are deferred."""
         domain = recipients[0].rpartition("@")[2]
+        answered: dict[str, Outcome] = {}
+        limit = asyncio.timeout(self.config.mx_attempt_timeout)
+        try:
+            async with limit:
+                return await self._mx_attempt(domain, sender, recipients, data, answered)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+        late = Outcome("deferred", f"451 4.4.2 delivery to {domain} took longer than "
+                                   f"{self.config.mx_attempt_timeout:g} s "
+                                   "(delivery.mx_attempt_timeout)")
+        return {r: answered.get(r, late) for r in recipients}
+
+    async def _mx_attempt(self, domain: str, sender: str, recipients: list[str],
+                          data: bytes, answered: dict[str, Outcome]) -> dict:
+        """Addresses of the exchangers in turn, at most ``mx_address_limit``; the
+        recipients a session defers go on to the next one, for at most
+        ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit). ``answered`` gets
+        each server's replies as they come."""
         try:
             hosts = await self._exchangers(domain)
         except ScriptError as err:  # DnsTempError, or no usable resolver
@@ -147,22 +168,42 @@ class Transports:
         if not hosts:
             return dict.fromkeys(recipients, Outcome(
                 "failed", f"556 5.1.10 {domain} accepts no mail (null MX)"))
-        last = None
+        problems: list[Outcome] = []  # no session: a DNS failure, an unreachable address
+        pending, sessions = list(recipients), 0
+        async with aclosing(self._mx_addresses(hosts, problems)) as addresses:
+            async for name, address in addresses:
+                try:
+                    replies = await self._smtp(address, self.config.mx_port, _MX, name,
+                                               sender, pending, data)
+                except _Unreachable as err:
+                    problems.append(err.outcome)
+                    continue
+                answered.update(replies)
+                pending = [r for r in pending if replies[r].status == "deferred"]
+                sessions += 1
+                if not pending or sessions == self.config.mx_session_limit:
+                    break
+        last = problems[-1] if problems else Outcome(
+            "failed", f"550 5.4.4 no address for {domain} or its mail exchangers")
+        return {r: answered.get(r, last) for r in recipients}
+
+    async def _mx_addresses(self, hosts: list[str], problems: list[Outcome]):
+        """(host, address) pairs, by preference and A before AAAA, at most
+        ``mx_address_limit``; a host whose look-up fails is skipped, its error appended
+        to ``problems``."""
+        left = self.config.mx_address_limit
         for name in hosts:
             try:
                 addresses = [name[1:-1].removeprefix("IPv6:")] if name.startswith("[") \
                     else await self.resolver.addresses(name)
             except ScriptError as err:
-                last = Outcome("deferred", f"451 4.4.3 {err}")
+                problems.append(Outcome("deferred", f"451 4.4.3 {err}"))
                 continue
-            for address in addresses:
-                try:
-                    return await self._smtp(address, self.config.mx_port, _MX, name, sender,
-                                            recipients, data)
-                except _Unreachable as err:
-                    last = err.outcome
-        return dict.fromkeys(recipients, last or Outcome(
-            "failed", f"550 5.4.4 no address for {domain} or its mail exchangers"))
+            for address in addresses[:left]:
+                yield name, address
+            left -= min(left, len(addresses))
+            if not left:
+                return
 
     async def _exchangers(self, domain: str) -> list[str]:
         """Mail exchangers by preference (equal ones shuffled); the domain itself when it

@@ -1,0 +1,129 @@
+"""Delivery against hostile domains: MX hosts and addresses capped per attempt (Postfix's
+smtp_mx_address_limit and smtp_mx_session_limit), one attempt bounded in time.
+
+A domain with 300 MX hosts of 20 addresses each is served by the real test DNS server;
+every address is on loopback (127.0.0.2 to 127.0.0.21), where counting mail servers
+listen on one port."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+
+from server.config import DeliveryConfig
+from server.dnsd import DnsServer
+from server.transports import Transports
+from stdlib.dns import Resolver, parse_nameserver
+from stdlib.transport import Route
+from tests.support.mailsink import MESSAGE, free_port
+
+ADDRESSES = [f"127.0.0.{n}" for n in range(2, 22)]
+HOSTILE = {
+    "many.hostile.test.": [("MX", f"10 mx{i}.hosts.hostile.test.") for i in range(300)],
+    "*.hosts.hostile.test.": [("A", address) for address in ADDRESSES],
+}
+CONFIG = DeliveryConfig(connect_timeout=2, command_timeout=2, idle_timeout=0)
+
+
+@pytest.fixture(scope="module")
+def hostile_dns():
+    with DnsServer.from_records(HOSTILE) as server:
+        yield server
+
+
+class CountingMta:
+    """A mail server on every address of ADDRESSES, one port: counts connections and
+    sessions (MAIL commands). ``greeting`` None: never says anything; else its greeting,
+    and every MAIL gets ``mail_reply``."""
+
+    def __init__(self, greeting: str | None = "220 mta.test ESMTP",
+                 mail_reply: str = "451 4.3.0 busy"):
+        self.greeting, self.mail_reply = greeting, mail_reply
+        self.connections = self.sessions = 0
+        self.servers: list[asyncio.base_events.Server] = []
+        self.clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self.port = free_port()
+
+    async def __aenter__(self) -> "CountingMta":
+        for address in ADDRESSES:
+            self.servers.append(await asyncio.start_server(self._client, address, self.port))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for server in self.servers:
+            server.close()
+        for writer in self.clients.values():
+            writer.close()  # the clients' read ends: they return
+        if self.clients:
+            await asyncio.wait(self.clients)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.connections += 1
+        self.clients[asyncio.current_task()] = writer
+        try:
+            await self._converse(reader, writer)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if self.greeting is None:
+            await reader.read()
+            return
+        writer.write(f"{self.greeting}\r\n".encode())
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"MAIL":
+                self.sessions += 1
+            writer.write({b"MAIL": f"{self.mail_reply}\r\n".encode(),
+                          b"QUIT": b"221 2.0.0 bye\r\n"}.get(verb, b"250 ok\r\n"))
+
+
+def attempt(dns: DnsServer, mta: CountingMta, **limits):
+    """One MX delivery attempt to bob@many.hostile.test: (outcome, seconds)."""
+    config = replace(CONFIG, mx_port=mta.port, **limits)
+    resolver = Resolver([parse_nameserver(f"127.0.0.1:{dns.port}")], timeout=2)
+
+    async def main():
+        transports = Transports(config, "out.test", resolver)
+        start = time.monotonic()
+        try:
+            async with mta:
+                outcomes = await transports.deliver(Route("mx"), "alice@example.org",
+                                                    ["bob@many.hostile.test"], MESSAGE)
+        finally:
+            await transports.close()
+        return outcomes["bob@many.hostile.test"], time.monotonic() - start
+
+    return asyncio.run(main())
+
+
+def test_one_attempt_tries_at_most_the_address_limit(hostile_dns):
+    mta = CountingMta(greeting="421 4.3.2 not now")  # no session: the next address
+    outcome, _ = attempt(hostile_dns, mta)
+    assert mta.connections == 5  # smtp_mx_address_limit, not 300 x 20
+    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.4.1 ")
+
+
+def test_a_smaller_address_limit_holds_exactly(hostile_dns):
+    mta = CountingMta(greeting="421 4.3.2 not now")
+    attempt(hostile_dns, mta, mx_address_limit=3)
+    assert mta.connections == 3
+
+
+def test_sessions_that_defer_go_to_the_next_host_up_to_the_session_limit(hostile_dns):
+    mta = CountingMta()  # a session, then 451 to MAIL
+    outcome, _ = attempt(hostile_dns, mta)
+    assert (mta.connections, mta.sessions) == (2, 2)  # smtp_mx_session_limit
+    assert outcome.status == "deferred" and outcome.reply == "451 4.3.0 busy"
+
+
+def test_one_attempt_is_bounded_in_time(hostile_dns):
+    mta = CountingMta(greeting=None)  # every address hangs until connect_timeout
+    outcome, seconds = attempt(hostile_dns, mta, mx_attempt_timeout=1)
+    assert outcome.status == "deferred"
+    assert outcome.reply == ("451 4.4.2 delivery to many.hostile.test took longer than "
+                             "1 s (delivery.mx_attempt_timeout)")
+    assert seconds < 1.9  # one connect_timeout (2 s) not even reached
