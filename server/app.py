@@ -68,7 +68,8 @@ class Server:
         nameservers, whatever the script says (`vsl test` with zone files)."""
         self.config = config
         dns_natives.configure_defaults(config.dns.config, config.dns.nameservers,
-                                       config.dns.timeout, forced=forced_dns)
+                                       config.dns.timeout, forced=forced_dns,
+                                       cache_bytes=config.dns.cache_bytes)
         self.engine = engine or Engine(limits=config.script_limits)
         self.policy = Policy(self.engine, config.scripts)
         self.spool = Spool(config.queue_dir)

@@ -67,6 +67,7 @@ class DnsConfig:
     config: str = "system"
     nameservers: tuple[str, ...] = ()
     timeout: float = 5.0
+    cache_bytes: int = 4 * 1024 * 1024  # each resolver's cache, estimated from wire sizes
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
                 "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
                                       "allow_plaintext": bool}),
                 "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
-                "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float"}),
+                "dns": (DnsConfig, {"config": str, "nameservers": "strings", "timeout": "float",
+                                    "cache_bytes": "int"}),
                 "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
                 "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
     for name, (cls, schema) in sections.items():

@@ -49,6 +49,7 @@ errors = 4
 config = "cloudflare"
 nameservers = ["127.0.0.1:5353", "[::1]:53"]
 timeout = 2
+cache_bytes = 65536
 
 [script_limits]
 max_operations = 5000
@@ -142,7 +143,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True)
     assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4)
     assert isinstance(config.limits.command_timeout, float)
-    assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0)
+    assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0, 65536)
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3)
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
@@ -276,6 +277,7 @@ BAD_VALUES = [
     ({"dns": {"config": 1}}, "dns.config"),
     ({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers"),
     ({"dns": {"timeout": -1}}, "dns.timeout"),
+    ({"dns": {"cache_bytes": -1}}, "dns.cache_bytes"),
     ({"dns": {"timeout": "1s"}}, "dns.timeout"),
     # script_limits
     ({"script_limits": {"max_operations": -1}}, "script_limits.max_operations"),

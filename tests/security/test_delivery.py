@@ -1,5 +1,6 @@
 """Delivery against hostile domains: MX hosts and addresses capped per attempt (Postfix's
-smtp_mx_address_limit and smtp_mx_session_limit), one attempt bounded in time.
+smtp_mx_address_limit and smtp_mx_session_limit), one attempt bounded in time; a DNS
+cache bounded by bytes against large answers.
 
 A domain with 300 MX hosts of 20 addresses each is served by the real test DNS server;
 every address is on loopback (127.0.0.2 to 127.0.0.21), where counting mail servers
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from dataclasses import replace
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from server.config import DeliveryConfig
 from server.dnsd import DnsServer
 from server.transports import Transports
+from stdlib import dns as dns_natives
 from stdlib.dns import Resolver, parse_nameserver
 from stdlib.transport import Route
 from tests.support.mailsink import MESSAGE, free_port
@@ -23,6 +26,7 @@ ADDRESSES = [f"127.0.0.{n}" for n in range(2, 22)]
 HOSTILE = {
     "many.hostile.test.": [("MX", f"10 mx{i}.hosts.hostile.test.") for i in range(300)],
     "*.hosts.hostile.test.": [("A", address) for address in ADDRESSES],
+    "*.big.hostile.test.": [("TXT", ["x" * 250] * 248)],  # 62 KB answers
 }
 CONFIG = DeliveryConfig(connect_timeout=2, command_timeout=2, idle_timeout=0)
 
@@ -81,10 +85,14 @@ class CountingMta:
                           b"QUIT": b"221 2.0.0 bye\r\n"}.get(verb, b"250 ok\r\n"))
 
 
+def resolver_for(dns: DnsServer, **options) -> Resolver:
+    return Resolver([parse_nameserver(f"127.0.0.1:{dns.port}")], timeout=2, **options)
+
+
 def attempt(dns: DnsServer, mta: CountingMta, **limits):
     """One MX delivery attempt to bob@many.hostile.test: (outcome, seconds)."""
     config = replace(CONFIG, mx_port=mta.port, **limits)
-    resolver = Resolver([parse_nameserver(f"127.0.0.1:{dns.port}")], timeout=2)
+    resolver = resolver_for(dns)
 
     async def main():
         transports = Transports(config, "out.test", resolver)
@@ -127,3 +135,49 @@ def test_one_attempt_is_bounded_in_time(hostile_dns):
     assert outcome.reply == ("451 4.4.2 delivery to many.hostile.test took longer than "
                              "1 s (delivery.mx_attempt_timeout)")
     assert seconds < 1.9  # one connect_timeout (2 s) not even reached
+
+
+# ---- the DNS cache, bounded by bytes --------------------------------------------------------
+
+def big_answers(resolver: Resolver, names: range) -> list[int]:
+    """Look up the 62 KB TXT of d<n>.big.hostile.test for each n: the cache's bytes after
+    each look-up."""
+    async def main():
+        sizes = []
+        for n in names:
+            await resolver.query(f"d{n}.big.hostile.test", "TXT")
+            sizes.append(resolver.cached_bytes)
+        return sizes
+
+    return asyncio.run(main())
+
+
+def test_the_dns_cache_stays_under_its_bytes(hostile_dns):
+    resolver = resolver_for(hostile_dns, cache_bytes=1_000_000)
+    tracemalloc.start()
+    try:
+        sizes = big_answers(resolver, range(200))  # 15 MB in a cache bounded by entries
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert max(sizes) <= 1_000_000 and sizes[-1] > 900_000
+    assert grown < 2_000_000
+    sent = resolver.sent
+    big_answers(resolver, range(199, 200))  # the latest answers are still cached
+    assert resolver.sent == sent
+
+
+def test_an_answer_larger_than_the_whole_cache_is_not_kept(hostile_dns):
+    resolver = resolver_for(hostile_dns, cache_bytes=50_000)
+    assert big_answers(resolver, range(1)) == [0]
+
+
+def test_dns_cache_bytes_reaches_the_scripts_resolvers(hostile_dns):
+    dns_natives.configure_defaults(nameservers=[f"127.0.0.1:{hostile_dns.port}"],
+                                   cache_bytes=50_000)  # [dns] cache_bytes
+    try:
+        resolver = dns_natives.resolver()
+    finally:
+        dns_natives.configure_defaults()
+    assert big_answers(resolver, range(1)) == [0]
+    assert big_answers(resolver_for(hostile_dns), range(1))[0] > 62_000  # 4 MiB default
