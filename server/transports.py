@@ -13,6 +13,7 @@ here; Maildir and mbox writes run in a thread, each made durable with fsync.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import functools
 import itertools
@@ -539,12 +540,13 @@ _sequence = itertools.count()
 def write_maildir(directory: str, content: bytes) -> str:
     """Write into ``directory``/tmp, fsync, rename into new/ and sync that directory;
     returns the file name (time.MusecPpidQn.host, unique on this host)."""
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+    tmp_dir, new_dir, cur_dir = (confined(directory, sub) for sub in ("tmp", "new", "cur"))
+    for sub in (tmp_dir, new_dir, cur_dir):
+        os.makedirs(sub, mode=0o700, exist_ok=True)
     now = time.time()
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
     name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_sequence)}.{host}"
-    tmp = os.path.join(directory, "tmp", name)
+    tmp = os.path.join(tmp_dir, name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         _write_all(fd, content)
@@ -553,20 +555,22 @@ def write_maildir(directory: str, content: bytes) -> str:
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.rename(tmp, os.path.join(directory, "new", name))
-    _sync_directory(os.path.join(directory, "new"))
+    os.rename(tmp, os.path.join(new_dir, name))
+    _sync_directory(new_dir)
     return name
 
 
 def append_mbox(path: str, content: bytes, sender: str) -> None:
     """Append a From_ line and the message (``>From `` quoting, mboxrd) under an fcntl
     lock; a failed write is cut off again, so the file never keeps half a message."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    directory, name = os.path.split(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     stamp = time.asctime(time.gmtime())
     body = re.sub(rb"(?m)^(>*From )", rb">\1", content)
     blob = f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode() + body + \
         (b"\n" if body.endswith(b"\n") else b"\n\n")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(confined(directory, name),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
@@ -577,6 +581,15 @@ def append_mbox(path: str, content: bytes, sender: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def confined(directory: str, name: str) -> str:
+    """``directory``/``name``, checked to stay there once symbolic links are resolved
+    (Maildir's tmp, new and cur; an mbox file): OSError when it leads elsewhere."""
+    path = os.path.join(directory, name)
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(directory):
+        raise OSError(errno.EPERM, f"{name} leaves its directory (a symbolic link)")
+    return path
 
 
 def _write_all(fd: int, content: bytes) -> None:

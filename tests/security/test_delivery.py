@@ -1,6 +1,7 @@
 """Delivery against hostile domains: MX hosts and addresses capped per attempt (Postfix's
 smtp_mx_address_limit and smtp_mx_session_limit), one attempt bounded in time; a DNS
-cache bounded by bytes against large answers.
+cache bounded by bytes against large answers; Maildir and mbox paths built from hostile
+local parts ("../../etc"@example.test) confined below their root.
 
 A domain with 300 MX hosts of 20 addresses each is served by the real test DNS server;
 every address is on loopback (127.0.0.2 to 127.0.0.21), where counting mail servers
@@ -8,9 +9,12 @@ listen on one port."""
 from __future__ import annotations
 
 import asyncio
+import os
+import smtplib
 import time
 import tracemalloc
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +23,11 @@ from server.dnsd import DnsServer
 from server.transports import Transports
 from stdlib import dns as dns_natives
 from stdlib.dns import Resolver, parse_nameserver
-from stdlib.transport import Route
+from stdlib.transport import Route, parse_route
+from vsl.errors import ScriptError
 from tests.support.mailsink import MESSAGE, free_port
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
 
 ADDRESSES = [f"127.0.0.{n}" for n in range(2, 22)]
 HOSTILE = {
@@ -181,3 +188,87 @@ def test_dns_cache_bytes_reaches_the_scripts_resolvers(hostile_dns):
         dns_natives.configure_defaults()
     assert big_answers(resolver, range(1)) == [0]
     assert big_answers(resolver_for(hostile_dns), range(1))[0] > 62_000  # 4 MiB default
+
+
+# ---- local paths from hostile local parts ---------------------------------------------------
+
+BOXES = """
+fn on_rcpt_to(ctx) {
+    if ctx.rcpt.domain == "example.test" {
+        transport::maildir(ctx, "ROOT/boxes/" + ctx.rcpt.local_part);
+    } else if ctx.rcpt.domain == "mbox.test" {
+        transport::mbox(ctx, "ROOT/boxes/" + ctx.rcpt.local_part);
+    }
+    status::next()
+}
+"""
+HOSTILE_RCPTS = ['"../../escaped here"@example.test', '"a/../../../escaped,too"@example.test',
+                 '"x\\"/../../../escaped"@example.test', '"../../escaped mbox"@mbox.test']
+BENIGN_RCPTS = ['"a/b"@example.test', 'bob@mbox.test', '"../../escaped here"@mx.test']
+
+
+def files_under(path: Path) -> set[str]:
+    return {str(Path(d, f).relative_to(path)) for d, _, names in os.walk(path) for f in names}
+
+
+def test_hostile_local_parts_write_nothing_outside_the_root(tmp_path):
+    """Real SMTP, then delivery: a script's maildir/mbox route built from the local part,
+    and the default route of a local domain (mx.test)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    config = config_for(root, BOXES.replace("ROOT", str(root)),
+                        local_domains=("mx.test", "example.test", "mbox.test"),
+                        delivery=DeliveryConfig(poll_interval=0.02))
+    with running(config) as server:
+        with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("alice@example.org")
+            refused = {r: smtp.docmd(f"RCPT TO:<{r}>")[0] for r in HOSTILE_RCPTS}
+            accepted = {r: smtp.docmd(f"RCPT TO:<{r}>")[0] for r in BENIGN_RCPTS}
+            assert smtp.data(MESSAGE)[0] == 250
+        assert wait_for(lambda: not server.spool.list())
+    assert os.listdir(tmp_path) == ["root"]
+    assert refused == dict.fromkeys(HOSTILE_RCPTS, 451)  # the script's error: fallback reply
+    assert accepted == dict.fromkeys(BENIGN_RCPTS, 250)
+    delivered = {name.rsplit("/new/", 1)[0] for name in files_under(root / "boxes")}
+    assert delivered == {"a/b", "bob"}
+    assert [p.parent.parent.name for p in (root / "mail").glob("mx.test/*/new/*")] == \
+        ["%2E.%2F..%2Fescaped%20here"]
+
+
+@pytest.mark.parametrize("path", ["/var/mail/../../etc/passwd", "/var/mail/./bob",
+                                  "/var/mail/..", "/var/mail/bob\x01", "/var/mail/\x00x"])
+@pytest.mark.parametrize("kind", ["maildir", "mbox"])
+def test_a_route_path_may_not_climb_or_hold_control_characters(kind, path):
+    with pytest.raises(ScriptError, match="'.' or '..' parts or control characters"):
+        parse_route(f"{kind}:{path}")
+
+
+def deliver_locally(route: str) -> "Outcome":
+    async def main():
+        transports = Transports(CONFIG, "out.test")
+        return (await transports.deliver(parse_route(route), "alice@example.org",
+                                         ["bob@example.test"], MESSAGE))["bob@example.test"]
+
+    return asyncio.run(main())
+
+
+def test_an_mbox_that_is_a_symbolic_link_out_of_its_directory_is_not_written(tmp_path):
+    (tmp_path / "boxes").mkdir()
+    outside = tmp_path / "outside"
+    outside.write_text("kept\n")
+    (tmp_path / "boxes" / "bob").symlink_to(outside)
+    outcome = deliver_locally(f"mbox:{tmp_path}/boxes/bob")
+    assert outcome.status == "deferred" and "leaves its directory" in outcome.reply
+    assert outside.read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("linked", ["tmp", "new"])
+def test_a_maildir_whose_folders_lead_elsewhere_is_not_written(tmp_path, linked):
+    box, outside = tmp_path / "box", tmp_path / "outside"
+    outside.mkdir()
+    box.mkdir()
+    (box / linked).symlink_to(outside)
+    outcome = deliver_locally(f"maildir:{box}")
+    assert outcome.status == "deferred" and "leaves its directory" in outcome.reply
+    assert list(outside.iterdir()) == []
