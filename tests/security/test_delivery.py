@@ -138,11 +138,11 @@ def test_sessions_that_defer_go_to_the_next_host_up_to_the_session_limit(hostile
 
 def test_one_attempt_is_bounded_in_time(hostile_dns):
     mta = CountingMta(greeting=None)  # every address hangs until connect_timeout
-    outcome, seconds = attempt(hostile_dns, mta, mx_attempt_timeout=1)
+    outcome, seconds = attempt(hostile_dns, mta, connect_timeout=10, mx_attempt_timeout=1)
     assert outcome.status == "deferred"
     assert outcome.reply == ("451 4.4.2 delivery to many.hostile.test took longer than "
                              "1 s (delivery.mx_attempt_timeout)")
-    assert seconds < 1.9  # one connect_timeout (2 s) not even reached
+    assert seconds < 5  # not even one connect_timeout
 
 
 # ---- the DNS cache, bounded by bytes --------------------------------------------------------
