@@ -27,7 +27,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import preview
 
 from .ctx import Context
 
@@ -83,8 +82,8 @@ def _absolute(path: str, text: str) -> str:
     if not os.path.isabs(path):
         raise ScriptError(f"'{text}': the path must be absolute")
     if _CONTROL.search(path) or not _CLIMBING.isdisjoint(path.split("/")):
-        raise ScriptError(f"{preview(text)}: a path may not have '.' or '..' parts or "
-                          "control characters")
+        raise ScriptError(f"{text!r}: a path may not have '.' or '..' parts or control "
+                          "characters")  # !r: the control characters escaped
     return os.path.normpath(path)
 
 
