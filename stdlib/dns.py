@@ -311,12 +311,11 @@ def configure_defaults(config: str = "system", nameservers=(), timeout: float = 
 
 @namespace.native
 def resolver(config=None):
-    """resolver(#{ config?, nameservers?, timeout?, cache?, cache_size?, cache_bytes? }):
-    a resolver with its own cache; options left out come from the server's [dns]
-    configuration."""
+    """resolver(#{ config?, nameservers?, timeout?, cache? }): a resolver with its own cache;
+    options left out come from the server's [dns] configuration."""
     opts = options(config or {}, "dns::resolver", {}, {
         "config": str, "nameservers": (list, tuple), "timeout": (int, float),
-        "cache": bool, "cache_size": int, "cache_bytes": int})
+        "cache": bool, "cache_size": int})
     if "config" not in opts and "nameservers" not in opts or _defaults["forced"]:
         opts["config"], opts["nameservers"] = _defaults["config"], _defaults["nameservers"]
     timeout = float(opts.get("timeout", _defaults["timeout"]))
@@ -324,7 +323,7 @@ def resolver(config=None):
         raise ScriptError("dns::resolver: timeout must be between 0 and 60 seconds")
     size = opts.get("cache_size", DEFAULT_CACHE_SIZE) if opts.get("cache", True) else 0
     return Resolver(_nameservers(opts.get("config"), opts.get("nameservers")), timeout, size,
-                    opts.get("cache_bytes", _defaults["cache_bytes"]))
+                    _defaults["cache_bytes"])
 
 
 @namespace.native
