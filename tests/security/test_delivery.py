@@ -48,11 +48,10 @@ def hostile_dns():
 class CountingMta:
     """A mail server on every address of ADDRESSES, one port: counts connections and
     sessions (MAIL commands). ``greeting`` None: never says anything; else its greeting,
-    and every MAIL gets ``mail_reply``."""
+    and every MAIL gets 451."""
 
-    def __init__(self, greeting: str | None = "220 mta.test ESMTP",
-                 mail_reply: str = "451 4.3.0 busy"):
-        self.greeting, self.mail_reply = greeting, mail_reply
+    def __init__(self, greeting: str | None = "220 mta.test ESMTP"):
+        self.greeting = greeting
         self.connections = self.sessions = 0
         self.servers: list[asyncio.base_events.Server] = []
         self.clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
@@ -89,7 +88,7 @@ class CountingMta:
             verb = line[:4].upper()
             if verb == b"MAIL":
                 self.sessions += 1
-            writer.write({b"MAIL": f"{self.mail_reply}\r\n".encode(),
+            writer.write({b"MAIL": b"451 4.3.0 busy\r\n",
                           b"QUIT": b"221 2.0.0 bye\r\n"}.get(verb, b"250 ok\r\n"))
 
 
