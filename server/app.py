@@ -71,7 +71,8 @@ class Server:
         self.config = config
         dns = config.dns  # [dns] override: every resolver asks those servers (staging)
         dns_natives.configure_defaults(dns.config, dns.override or dns.nameservers,
-                                       dns.timeout, forced=bool(dns.override))
+                                       dns.timeout, forced=bool(dns.override),
+                                       cache_bytes=dns.cache_bytes)
         self.engine = engine or Engine(limits=config.script_limits)
         self.policy = Policy(self.engine, config.scripts)
         if config.scripts is not None and self.policy.script is None:

@@ -89,6 +89,7 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()  # for resolvers whose script names no servers
     timeout: float = 5.0
     override: tuple[str, ...] = ()     # for every resolver, whatever its script says (staging)
+    cache_bytes: int = 4 * 1024 * 1024  # each resolver's cache, estimated from wire sizes
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ class DeliveryConfig:
     mx_port: int = 25
     credentials: Path | None = None    # logins for relays that want AUTH (server/credentials.py)
     ca_file: Path | None = None        # CAs trusted by tls=verify routes, besides the system's
+    mx_address_limit: int = 5          # MX addresses tried in one attempt (Postfix's
+                                       # smtp_mx_address_limit) ...
+    mx_session_limit: int = 2          # ... and sessions opened (smtp_mx_session_limit)
+    mx_attempt_timeout: float = 600.0  # one MX attempt, DNS look-ups included, then defer
 
 
 @dataclass(frozen=True)
@@ -334,7 +339,8 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "concurrency": "int", "destination_concurrency": "int", "hostname": str,
                     "connect_timeout": "float", "command_timeout": "float",
                     "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",
-                    "credentials": "path", "ca_file": "path"}
+                    "mx_address_limit": "int", "mx_session_limit": "int",
+                    "mx_attempt_timeout": "float", "credentials": "path", "ca_file": "path"}
 
 _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
              "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
@@ -343,7 +349,8 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
                                    "lockout_max": "float", "throttle_entries": "int"}),
              "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
              "dns": (DnsConfig, {"config": str, "nameservers": "nameservers",
-                                 "timeout": "float", "override": "nameservers"}),
+                                 "timeout": "float", "override": "nameservers",
+                                 "cache_bytes": "int"}),
              "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
              "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
 _SECTION_NAMES = ("server", "listen", *_SECTIONS)
@@ -363,12 +370,14 @@ _MINIMUM = {"server.workers": 1, "auth.failure_limit": 1, "auth.throttle_entries
                                            "errors", "header_fields", "header_section_size",
                                            "header_field_size", "received_headers")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
-                                            "mx_port")}}
+                                            "mx_port", "mx_address_limit",
+                                            "mx_session_limit")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
              "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",
-                                         "idle_timeout", "poll_interval"))}
+                                         "idle_timeout", "poll_interval",
+                                         "mx_attempt_timeout"))}
 
 
 def _table(value, key: str) -> dict:

@@ -13,6 +13,7 @@ here; Maildir and mbox writes run in a thread, each made durable with fsync.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import functools
 import itertools
@@ -23,7 +24,7 @@ import socket
 import ssl
 import time
 from collections import defaultdict
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -139,7 +140,28 @@ class Transports:
 
     # -- MX ------------------------------------------------------------------------------
     async def _mx(self, sender: str, recipients: list[str], data: bytes) -> dict:
+        """One attempt at the domain's mail exchangers, within ``mx_attempt_timeout``:
+        recipients no server has answered for by then are deferred."""
         domain = recipients[0].rpartition("@")[2]
+        answered: dict[str, Outcome] = {}
+        limit = asyncio.timeout(self.config.mx_attempt_timeout)
+        try:
+            async with limit:
+                return await self._mx_attempt(domain, sender, recipients, data, answered)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+        late = Outcome("deferred", f"451 4.4.2 delivery to {domain} took longer than "
+                                   f"{self.config.mx_attempt_timeout:g} s "
+                                   "(delivery.mx_attempt_timeout)")
+        return {r: answered.get(r, late) for r in recipients}
+
+    async def _mx_attempt(self, domain: str, sender: str, recipients: list[str],
+                          data: bytes, answered: dict[str, Outcome]) -> dict:
+        """Addresses of the exchangers in turn, at most ``mx_address_limit``; the
+        recipients a session defers go on to the next one, for at most
+        ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit). ``answered`` gets
+        each server's replies as they come."""
         try:
             hosts = await self._exchangers(domain)
         except ScriptError as err:  # DnsTempError, or no usable resolver
@@ -147,22 +169,42 @@ class Transports:
         if not hosts:
             return dict.fromkeys(recipients, Outcome(
                 "failed", f"556 5.1.10 {domain} accepts no mail (null MX)"))
-        last = None
+        problems: list[Outcome] = []  # no session: a DNS failure, an unreachable address
+        pending, sessions = list(recipients), 0
+        async with aclosing(self._mx_addresses(hosts, problems)) as addresses:
+            async for name, address in addresses:
+                try:
+                    replies = await self._smtp(address, self.config.mx_port, _MX, name,
+                                               sender, pending, data)
+                except _Unreachable as err:
+                    problems.append(err.outcome)
+                    continue
+                answered.update(replies)
+                pending = [r for r in pending if replies[r].status == "deferred"]
+                sessions += 1
+                if not pending or sessions == self.config.mx_session_limit:
+                    break
+        last = problems[-1] if problems else Outcome(
+            "failed", f"550 5.4.4 no address for {domain} or its mail exchangers")
+        return {r: answered.get(r, last) for r in recipients}
+
+    async def _mx_addresses(self, hosts: list[str], problems: list[Outcome]):
+        """(host, address) pairs, by preference and A before AAAA, at most
+        ``mx_address_limit``; a host whose look-up fails is skipped, its error appended
+        to ``problems``."""
+        left = self.config.mx_address_limit
         for name in hosts:
             try:
                 addresses = [name[1:-1].removeprefix("IPv6:")] if name.startswith("[") \
                     else await self.resolver.addresses(name)
             except ScriptError as err:
-                last = Outcome("deferred", f"451 4.4.3 {err}")
+                problems.append(Outcome("deferred", f"451 4.4.3 {err}"))
                 continue
-            for address in addresses:
-                try:
-                    return await self._smtp(address, self.config.mx_port, _MX, name, sender,
-                                            recipients, data)
-                except _Unreachable as err:
-                    last = err.outcome
-        return dict.fromkeys(recipients, last or Outcome(
-            "failed", f"550 5.4.4 no address for {domain} or its mail exchangers"))
+            for address in addresses[:left]:
+                yield name, address
+            left -= min(left, len(addresses))
+            if not left:
+                return
 
     async def _exchangers(self, domain: str) -> list[str]:
         """Mail exchangers by preference (equal ones shuffled); the domain itself when it
@@ -498,12 +540,13 @@ _sequence = itertools.count()
 def write_maildir(directory: str, content: bytes) -> str:
     """Write into ``directory``/tmp, fsync, rename into new/ and sync that directory;
     returns the file name (time.MusecPpidQn.host, unique on this host)."""
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+    tmp_dir, new_dir, cur_dir = (confined(directory, sub) for sub in ("tmp", "new", "cur"))
+    for sub in (tmp_dir, new_dir, cur_dir):
+        os.makedirs(sub, mode=0o700, exist_ok=True)
     now = time.time()
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
     name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_sequence)}.{host}"
-    tmp = os.path.join(directory, "tmp", name)
+    tmp = os.path.join(tmp_dir, name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         _write_all(fd, content)
@@ -512,20 +555,22 @@ def write_maildir(directory: str, content: bytes) -> str:
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.rename(tmp, os.path.join(directory, "new", name))
-    _sync_directory(os.path.join(directory, "new"))
+    os.rename(tmp, os.path.join(new_dir, name))
+    _sync_directory(new_dir)
     return name
 
 
 def append_mbox(path: str, content: bytes, sender: str) -> None:
     """Append a From_ line and the message (``>From `` quoting, mboxrd) under an fcntl
     lock; a failed write is cut off again, so the file never keeps half a message."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    directory, name = os.path.split(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     stamp = time.asctime(time.gmtime())
     body = re.sub(rb"(?m)^(>*From )", rb">\1", content)
     blob = f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode() + body + \
         (b"\n" if body.endswith(b"\n") else b"\n\n")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(confined(directory, name),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
@@ -536,6 +581,15 @@ def append_mbox(path: str, content: bytes, sender: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def confined(directory: str, name: str) -> str:
+    """``directory``/``name``, checked to stay there once symbolic links are resolved
+    (Maildir's tmp, new and cur; an mbox file): OSError when it leads elsewhere."""
+    path = os.path.join(directory, name)
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(directory):
+        raise OSError(errno.EPERM, f"{name} leaves its directory (a symbolic link)")
+    return path
 
 
 def _write_all(fd: int, content: bytes) -> None:

@@ -7,7 +7,8 @@
 A name that does not exist (or has no record of the type) gives an empty
 array. A timeout, SERVFAIL or unreachable server raises :class:`DnsTempError`,
 which scripts can catch. Every resolver caches answers for their TTL (negative
-answers for the zone's SOA minimum), in a bounded LRU, and concurrent look-ups
+answers for the zone's SOA minimum), in an LRU bounded by entries and by bytes
+(estimated from each answer's wire size), and concurrent look-ups
 of the same name share one query, so a flood does not reach the DNS server.
 """
 from __future__ import annotations
@@ -43,6 +44,9 @@ MAX_TTL = 86_400        # never cache longer than a day, whatever the zone says
 NEGATIVE_TTL = 60       # for negative answers without an SOA
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_CACHE_SIZE = 10_000
+DEFAULT_CACHE_BYTES = 4 * 1024 * 1024  # per resolver; [dns] cache_bytes
+_ENTRY_OVERHEAD = 640   # bytes of a cache entry besides its records (key, tuple, list)
+_RECORD_OVERHEAD = 140  # bytes of one parsed record besides its wire size
 
 
 class DnsTempError(ScriptError):
@@ -50,29 +54,47 @@ class DnsTempError(ScriptError):
 
 
 class _Cache:
-    """A bounded LRU of (name, type) -> (expiry, records); expired entries are dropped."""
+    """A bounded LRU of (name, type) -> (expiry, records, size); expired entries are
+    dropped. Bounded twice: ``size`` entries and ``max_bytes`` bytes (each entry's
+    estimate, :func:`answer_size`), so a flood of large answers cannot fill the memory."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.size, self.max_bytes = size, max_bytes
         self.entries: OrderedDict = OrderedDict()
+        self.bytes = 0  # the sum of the entries' sizes
 
     def get(self, key):
         entry = self.entries.get(key)
         if entry is None:
             return None
         if entry[0] <= time.monotonic():
-            del self.entries[key]
+            self._drop(key)
             return None
         self.entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key, records: list, ttl: float) -> None:
-        if self.size <= 0 or ttl <= 0:
+    def put(self, key, records: list, ttl: float, size: int) -> None:
+        """Keep ``records`` for ``ttl`` seconds; an answer over the whole bound is not
+        kept, and the least recently used entries make room for the others."""
+        if self.size <= 0 or ttl <= 0 or size > self.max_bytes:
             return
-        self.entries[key] = (time.monotonic() + min(ttl, MAX_TTL), records)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+        if key in self.entries:
+            self._drop(key)
+        self.entries[key] = (time.monotonic() + min(ttl, MAX_TTL), records, size)
+        self.bytes += size
+        while len(self.entries) > self.size or self.bytes > self.max_bytes:
+            self._drop(next(iter(self.entries)))
+
+    def _drop(self, key) -> None:
+        self.bytes -= self.entries.pop(key)[2]
+
+
+def answer_size(response, records: list) -> int:
+    """What an answer costs in the cache, in bytes, estimated from its wire size: a
+    quarter more for the parsed objects, and Python's overhead per entry and per record
+    (measured with tracemalloc: a 62 KB TXT answer takes 77 KB, one A record 780 bytes)."""
+    wire = len(getattr(response, "wire", None) or b"")
+    return wire * 5 // 4 + _ENTRY_OVERHEAD + _RECORD_OVERHEAD * len(records)
 
 
 def parse_nameserver(text: str) -> dns.nameserver.Nameserver:
@@ -149,14 +171,20 @@ class Resolver(NativeObject):
     vsl_type = "dns_resolver"
 
     def __init__(self, nameservers: list, timeout: float = DEFAULT_TIMEOUT,
-                 cache_size: int = DEFAULT_CACHE_SIZE):
+                 cache_size: int = DEFAULT_CACHE_SIZE,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
         self._resolver = dns.asyncresolver.Resolver(configure=False)
         self._resolver.nameservers = nameservers
         self._resolver.lifetime = timeout
         self._resolver.timeout = max(timeout / 2, 0.1)
-        self._cache = _Cache(cache_size)
+        self._cache = _Cache(cache_size, cache_bytes)
         self._inflight: dict = {}
         self.sent = 0  # queries that reached the network (for tests and benchmarks)
+
+    @property
+    def cached_bytes(self) -> int:
+        """What the cache holds now, in bytes (estimated: :func:`answer_size`)."""
+        return self._cache.bytes
 
     def vsl_display(self) -> str:
         servers = ", ".join(str(n) for n in self._resolver.nameservers)
@@ -182,9 +210,9 @@ class Resolver(NativeObject):
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False,
                                                   search=False)
         except dns.resolver.NXDOMAIN as err:
-            responses = list(err.responses().values())
-            self._cache.put((qname, rdtype), [], _negative_ttl(responses[0]) if responses
-                            else NEGATIVE_TTL)
+            response = next(iter(err.responses().values()), None)
+            self._cache.put((qname, rdtype), [], _negative_ttl(response),
+                            answer_size(response, []))
             return []
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as err:
             raise DnsTempError(f"DNS temporary failure for {qname} {rdtype.name}: "
@@ -192,7 +220,8 @@ class Resolver(NativeObject):
         except dns.exception.DNSException as err:
             raise DnsTempError(f"DNS failure for {qname} {rdtype.name}: {err}") from None
         records = list(answer.rrset) if answer.rrset is not None else []
-        self._cache.put((qname, rdtype), records, answer.chaining_result.minimum_ttl)
+        self._cache.put((qname, rdtype), records, answer.chaining_result.minimum_ttl,
+                        answer_size(answer.response, records))
         return records
 
     async def addresses(self, name: str) -> list[str]:
@@ -267,16 +296,17 @@ def _ip_arg(ip) -> str:
         raise ScriptError(f"'{ip}' is not an IP address") from None
 
 
-_defaults = {"config": "system", "nameservers": (), "timeout": DEFAULT_TIMEOUT, "forced": False}
+_defaults = {"config": "system", "nameservers": (), "timeout": DEFAULT_TIMEOUT,
+             "cache_bytes": DEFAULT_CACHE_BYTES, "forced": False}
 
 
 def configure_defaults(config: str = "system", nameservers=(), timeout: float = DEFAULT_TIMEOUT,
-                       forced: bool = False):
+                       forced: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES):
     """What ``dns::resolver()`` uses for options a script leaves out (the server's config).
     ``forced``: every resolver uses these nameservers whatever the script says (`vsl test`
     answers from a transcript's zone files)."""
     _defaults.update(config=config, nameservers=tuple(nameservers), timeout=timeout,
-                     forced=forced)
+                     forced=forced, cache_bytes=cache_bytes)
 
 
 _RESOLVER = Options({}, {"config": str, "nameservers": (list, tuple), "timeout": (int, float),
@@ -294,7 +324,8 @@ def resolver(config=None) -> Resolver:
     if not 0 < timeout <= 60:
         raise ScriptError("dns::resolver: timeout must be between 0 and 60 seconds")
     size = opts.get("cache_size", DEFAULT_CACHE_SIZE) if opts.get("cache", True) else 0
-    return Resolver(_nameservers(opts.get("config"), opts.get("nameservers")), timeout, size)
+    return Resolver(_nameservers(opts.get("config"), opts.get("nameservers")), timeout, size,
+                    _defaults["cache_bytes"])
 
 
 _LOOKUP = Options({"dns_resolver": Resolver, "name": str}, {"type": str})

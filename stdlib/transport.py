@@ -21,6 +21,7 @@ call for a recipient wins. A route is a string stored with each recipient in the
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
@@ -34,6 +35,8 @@ namespace = Namespace("transport", "Delivery routes")
 TLS_MODES = ("none", "opportunistic", "required", "verify")
 _PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
 _TLS_OPTIONS = {"smtp": TLS_MODES, "smtps": ("verify",)}  # what tls= may say, by scheme
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in a route's path (NUL included)
+_CLIMBING = frozenset({".", ".."})           # path parts that are refused
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,14 @@ def parse_route(text: str, kinds=("smtp", "smtps", "lmtp", "mx", "maildir", "mbo
 
 
 def _absolute(path: str, text: str) -> str:
-    if not os.path.isabs(path) or "\0" in path:
+    """``path`` without repeated or trailing '/'. A '.' or '..' part or a control
+    character is refused, never resolved: a path a script builds from a local part
+    (``"/var/mail/" + ctx.rcpt.local_part``) stays below the directory it names."""
+    if not os.path.isabs(path):
         raise ScriptError(f"'{text}': the path must be absolute")
+    if _CONTROL.search(path) or not _CLIMBING.isdisjoint(path.split("/")):
+        raise ScriptError(f"{text!r}: a path may not have '.' or '..' parts or control "
+                          "characters")  # !r: the control characters escaped
     return os.path.normpath(path)
 
 

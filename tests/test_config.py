@@ -61,6 +61,7 @@ config = "cloudflare"
 nameservers = ["127.0.0.1:5353", "[::1]:53"]
 timeout = 2
 override = ["127.0.0.1:5300"]
+cache_bytes = 65536
 
 [script_limits]
 max_operations = 5000
@@ -91,6 +92,9 @@ poll_interval = 0.5
 mx_port = 2525
 credentials = "relay-credentials"
 ca_file = "certs/ca.pem"
+mx_address_limit = 3
+mx_session_limit = 1
+mx_attempt_timeout = 120
 """
 
 
@@ -156,12 +160,12 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.limits.header == HeaderLimits(300, 65536, 8192, 30)
     assert isinstance(config.limits.command_timeout, float)
     assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0,
-                                   ("127.0.0.1:5300",))
+                                   ("127.0.0.1:5300",), 65536)
     assert config.script_limits == Limits(5000, 0.5, 10, 20, 1000, 100, 50, 3, 2000)
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
         86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
-        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem")
+        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0)
 
 
 def test_the_full_example_covers_every_key():
@@ -279,6 +283,9 @@ BAD_VALUES = [
     ({"delivery": {"enabled": "no"}}, "delivery.enabled"),
     ({"delivery": {"credentials": ""}}, "delivery.credentials"),
     ({"delivery": {"mx_port": 0}}, "delivery.mx_port"),
+    ({"delivery": {"mx_address_limit": 0}}, "delivery.mx_address_limit"),
+    ({"delivery": {"mx_session_limit": 0}}, "delivery.mx_session_limit"),
+    ({"delivery": {"mx_attempt_timeout": 0}}, "delivery.mx_attempt_timeout"),
     ({"limits": {"data_timeout": False}}, "limits.data_timeout"),
     ({"limits": {"errors": 1.5}}, "limits.errors"),
     ({"limits": 5}, "limits"),
@@ -287,6 +294,7 @@ BAD_VALUES = [
     ({"dns": {"config": 1}}, "dns.config"),
     ({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers"),
     ({"dns": {"timeout": -1}}, "dns.timeout"),
+    ({"dns": {"cache_bytes": -1}}, "dns.cache_bytes"),
     ({"dns": {"timeout": "1s"}}, "dns.timeout"),
     ({"dns": {"override": "127.0.0.1"}}, "dns.override"),
     ({"dns": {"override": ["ns.example.test"]}}, "dns.override"),

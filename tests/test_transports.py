@@ -402,6 +402,20 @@ def test_mx_delivery(resolver, domain, host):
     assert sink.messages[0].recipients == [f"bob@{domain}"]
 
 
+def test_recipients_a_session_defers_go_on_to_the_next_mx(resolver):
+    async def main():
+        async with Sink() as sink:
+            config = replace(CONFIG, mx_port=sink.port)
+            return await send("mx", ["bob@pref.delivery.test", "temp@pref.delivery.test"],
+                              config=config, resolver=resolver), sink.messages
+
+    outcomes, messages = run(main())
+    bob, temp = outcomes["bob@pref.delivery.test"], outcomes["temp@pref.delivery.test"]
+    assert (bob.status, bob.remote_mta) == ("delivered", "primary.delivery.test")
+    assert (temp.status, temp.remote_mta) == ("deferred", "backup.delivery.test")
+    assert [m.recipients for m in messages] == [["bob@pref.delivery.test"]]
+
+
 def test_null_mx_fails_at_once(resolver):
     outcome = run(mx_send(resolver, "nullmx.delivery.test"))["bob@nullmx.delivery.test"]
     assert outcome.status == "failed" and outcome.reply.startswith("556 5.1.10 ")
