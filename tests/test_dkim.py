@@ -20,7 +20,7 @@ from stdlib.dkim import DkimResult
 from stdlib.mailauth import DkimKey
 from tests.authdata import HERE, SIGNED_BODY, context, message, script
 from tests.support.servers import config_for, running
-from tests.support.smtp_tools import client, queued_id, wait_for
+from tests.support.smtp_tools import client, wait_for
 from vsl.engine import Engine
 from vsl.errors import VslError
 

@@ -6,14 +6,12 @@ the source line and the expected tokens in words.
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Tree, Transformer, v_args
+from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from . import ast
 from .errors import Pos, VslSyntaxError
 
 # grammar/ sits beside vsl/ in the source tree and in an installed wheel.
