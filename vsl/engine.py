@@ -103,8 +103,10 @@ class ExecState:
         self.n = chunk
 
     def work(self, size: int) -> None:
-        """Count the O(size) work of one operation on a container: 1 per 64 items."""
-        self.n -= size >> 6
+        """Charge the work of one step that grows with a value's size (``size`` items or
+        characters: one operation, plus one per 64), checking the clock when the chunk is
+        used up. Every operation that walks or builds a value by size calls this."""
+        self.n -= 1 + (size >> 6)
         if self.n < 0:
             self.slow()
 
@@ -132,7 +134,7 @@ def _in(st, a, b):
             st.work(len(b))
         if type(a) is str:  # Python's == is the script's for a string needle
             return a in b
-    return st.ops.in_(a, b)
+    return st.ops.in_(st, a, b)
 
 
 def _not_in(st, a, b):
@@ -142,7 +144,7 @@ def _not_in(st, a, b):
 async def _ameth(st, obj, name, args):
     result = call_method(st, obj, name, args)
     if inspect.isawaitable(result):
-        result = await result
+        result = st.ops.from_native(await result, obj, f"{name}()")
     return result
 
 
@@ -422,6 +424,7 @@ class Engine:
             "_add": ops.add, "_sub": ops.sub, "_mul": ops.mul, "_div": ops.div,
             "_mod": ops.mod, "_pow": ops.pow, "_eq": ops.eq, "_ne": ops.ne, "_lt": ops.lt,
             "_le": ops.le, "_gt": ops.gt, "_ge": ops.ge, "_in": _in, "_notin": _not_in,
+            "_eqv": values.equals,
             "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
             "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
             "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,

@@ -23,8 +23,16 @@ def _register(kinds: str, name: str, lo: int, hi: int, linear: bool = True):
     def add(fn):
         for kind in kinds.split():
             _TABLES[kind][name] = (fn, lo, hi, linear and kind in ("string", "array", "map"))
+            if linear and kind != "string":
+                _walking.add(name)
         return fn
     return add
+
+
+# Methods whose work can grow with a value in Python code (walking arrays and maps,
+# printing, calling closures) or that build arrays from a string: a function calling
+# one may run long (see ModuleCompiler.quick). Filled by _register.
+_walking: set[str] = {"split", "chars"}
 
 
 METHOD_NAMES: frozenset[str] = frozenset()  # filled at the end of the module
@@ -40,8 +48,9 @@ def has_method(obj, name: str) -> bool:
 def call_method(st, obj, name: str, args: tuple):
     """Dispatch ``obj.name(*args)`` to a built-in or native method.
 
-    ``st`` is the call's ExecState: a method whose work grows with its receiver
-    is charged operations in proportion to the receiver's size.
+    ``st`` is the call's ExecState, passed on to the method: a method whose work grows
+    with its receiver is charged operations in proportion to the receiver's size (and
+    one that walks nested values, for what it walks).
     """
     entry = _BY_TYPE.get((type(obj), name))
     if entry is not None:
@@ -51,7 +60,7 @@ def call_method(st, obj, name: str, args: tuple):
         if native is not None:
             fn, lo, hi = native
             _arity(name, lo, hi, len(args))
-            return fn(obj, *args)
+            return st.ops.from_native(fn(obj, *args), obj, f"{name}()")
     entry = _TABLES["any"].get(name)
     if entry is None:
         raise ScriptError(f"{type_name(obj)} has no method '{name}'")
@@ -64,7 +73,7 @@ def _call(entry, name, obj, st, args):
         _arity(name, lo, hi, len(args))
     if linear and len(obj) > 63:
         st.work(len(obj))
-    return fn(st.ops, obj, *args)
+    return fn(st, obj, *args)
 
 
 def _arity(name, lo, hi, n):
@@ -99,84 +108,84 @@ def _fn_arg(f):
 
 # ---- any value ------------------------------------------------------------
 @_register("any", "type_of", 0, 0, linear=False)
-def _type_of(ops, v):
+def _type_of(st, v):
     return type_name(v)
 
 
 @_register("any", "to_string", 0, 0)
-def _to_string(ops, v):
-    return display(v, ops.max_string)
+def _to_string(st, v):
+    return display(v, st.ops.max_string, st)
 
 
 @_register("any", "to_debug", 0, 0)
-def _to_debug(ops, v):
-    return debug(v, ops.max_string)
+def _to_debug(st, v):
+    return debug(v, st.ops.max_string, st)
 
 
 # ---- strings --------------------------------------------------------------
 @_register("string array map", "len", 0, 0, linear=False)
-def _len(ops, v):
+def _len(st, v):
     return len(v)
 
 
 @_register("string array map", "is_empty", 0, 0, linear=False)
-def _is_empty(ops, v):
+def _is_empty(st, v):
     return len(v) == 0
 
 
 @_register("string", "contains", 1, 1)
-def _s_contains(ops, s, sub):
+def _s_contains(st, s, sub):
     return _str_arg(sub) in s
 
 
 @_register("string", "starts_with", 1, 1)
-def _starts_with(ops, s, prefix):
+def _starts_with(st, s, prefix):
     return s.startswith(_str_arg(prefix))
 
 
 @_register("string", "ends_with", 1, 1)
-def _ends_with(ops, s, suffix):
+def _ends_with(st, s, suffix):
     return s.endswith(_str_arg(suffix))
 
 
 @_register("string", "to_lower", 0, 0)
-def _to_lower(ops, s):
-    return ops.string(s.lower())  # can grow: 'İ' is two characters in lower case
+def _to_lower(st, s):
+    return st.ops.string(s.lower())  # can grow: 'İ' is two characters in lower case
 
 
 @_register("string", "to_upper", 0, 0)
-def _to_upper(ops, s):
-    return ops.string(s.upper())
+def _to_upper(st, s):
+    return st.ops.string(s.upper())
 
 
 @_register("string", "trim", 0, 0)
-def _trim(ops, s):
+def _trim(st, s):
     return s.strip()
 
 
 @_register("string", "split", 0, 1)
-def _split(ops, s, sep=None):
-    if sep is None:
-        return ops.array(s.split())
-    if _str_arg(sep, "separator") == "":
-        return ops.array(list(s))
-    return ops.array(s.split(sep))
+def _split(st, s, sep=None):
+    """Stops after one part more than max_array_size (an error): never builds more."""
+    if sep is not None and _str_arg(sep, "separator") == "":
+        return _chars(st, s)
+    most = st.ops.max_array
+    return st.ops.array(s.split(sep, -1 if most == math.inf else most))
 
 
 @_register("string", "replace", 2, 2)
-def _replace(ops, s, old, new):
+def _replace(st, s, old, new):
     old, new = _str_arg(old), _str_arg(new)
     if old == "":
         raise ScriptError("replace() needs a non-empty string to find")
     if new and len(new) > len(old):
         size = s.count(old) * (len(new) - len(old)) + len(s)
-        if size > ops.max_string:
-            ops.too_large(size)
+        if size > st.ops.max_string:
+            st.ops.too_large(size)
     return s.replace(old, new)
 
 
 @_register("string", "sub_string", 1, 2)
-def _sub_string(ops, s, start, length=None):
+def _sub_string(st, s, start, length=None):
     start = _int_arg(start, "start")
     if start < 0:
         start = max(len(s) + start, 0)
@@ -188,21 +197,22 @@ def _sub_string(ops, s, start, length=None):
 
 
 @_register("string array", "index_of", 1, 2)
-def _index_of(ops, v, item, start=0):
+def _index_of(st, v, item, start=0):
     start = _int_arg(start, "start")
     if start < 0:
         start = max(len(v) + start, 0)
     if type(v) is str:
         return v.find(_str_arg(item), start)
     for i in range(start, len(v)):
-        if equals(v[i], item):
+        if equals(v[i], item, st):
             return i
     return -1
 
 
 @_register("string", "chars", 0, 0)
-def _chars(ops, s):
-    return ops.array(list(s))
+def _chars(st, s):
+    st.ops.array_size(len(s))
+    return list(s)
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -210,7 +220,7 @@ _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+
 
 
 @_register("string", "parse_int", 0, 1)
-def _parse_int(ops, s, radix=10):
+def _parse_int(st, s, radix=10):
     """ASCII digits of the radix with an optional sign; nothing else (no 0x, no '_')."""
     radix = _int_arg(radix, "radix")
     if not 2 <= radix <= 36:
@@ -227,7 +237,7 @@ def _parse_int(ops, s, radix=10):
 
 
 @_register("string", "parse_float", 0, 0)
-def _parse_float(ops, s):
+def _parse_float(st, s):
     """Decimal notation only (``1.5``, ``-2``, ``3e8``): no '_', inf, nan or other digits."""
     text = s.strip()
     if not _FLOAT_RE.fullmatch(text):
@@ -240,29 +250,29 @@ def _parse_float(ops, s):
 
 # ---- arrays ---------------------------------------------------------------
 @_register("array", "push", 1, 1, linear=False)
-def _push(ops, a, x):
+def _push(st, a, x):
     _mutable(a).append(x)
-    if len(a) > ops.max_array:
+    if len(a) > st.ops.max_array:
         a.pop()
-        ops.array(a + [x])
+        st.ops.array_size(len(a) + 1)
 
 
 @_register("array", "pop", 0, 0, linear=False)
-def _pop(ops, a):
+def _pop(st, a):
     return _mutable(a).pop() if a else None
 
 
 @_register("array", "insert", 2, 2)
-def _insert(ops, a, i, x):
+def _insert(st, a, i, x):
     i = _int_arg(i, "index")
     _mutable(a).insert(i if i >= 0 else max(len(a) + i, 0), x)
-    if len(a) > ops.max_array:
+    if len(a) > st.ops.max_array:
         a.pop(i)
-        ops.array(a + [x])
+        st.ops.array_size(len(a) + 1)
 
 
 @_register("array", "remove", 1, 1)
-def _remove(ops, a, i):
+def _remove(st, a, i):
     i = _int_arg(i, "index")
     n = len(a)
     j = i + n if i < 0 else i
@@ -272,17 +282,17 @@ def _remove(ops, a, i):
 
 
 @_register("array map", "clear", 0, 0, linear=False)
-def _clear(ops, v):
+def _clear(st, v):
     _mutable(v).clear()
 
 
 @_register("array", "contains", 1, 1)
-def _a_contains(ops, a, x):
-    return any(equals(x, y) for y in a)
+def _a_contains(st, a, x):
+    return any(equals(x, y, st) for y in a)
 
 
 @_register("array", "get", 1, 1, linear=False)
-def _a_get(ops, a, i):
+def _a_get(st, a, i):
     i = _int_arg(i, "index")
     n = len(a)
     j = i + n if i < 0 else i
@@ -290,50 +300,51 @@ def _a_get(ops, a, i):
 
 
 @_register("array", "reverse", 0, 0)
-def _reverse(ops, a):
+def _reverse(st, a):
     _mutable(a).reverse()
 
 
 @_register("array", "sort", 0, 0)
-def _sort(ops, a):
+def _sort(st, a):
     _mutable(a)
     kinds = {type_name(x) for x in a}
     if kinds and not (kinds <= {"i64", "f64"} or kinds == {"string"}):
         raise ScriptError(f"sort() needs numbers or strings, not {', '.join(sorted(kinds))}")
+    st.work(len(a) * len(a).bit_length())  # n log n comparisons (n is charged already)
     a.sort()
 
 
 @_register("array", "join", 0, 1)
-def _join(ops, a, sep=""):
-    return ops.joined(a, _str_arg(sep, "separator"))
+def _join(st, a, sep=""):
+    return st.ops.joined(st, a, _str_arg(sep, "separator"))
 
 
 @_register("array", "filter", 1, 1)
-def _filter(ops, a, f):
+def _filter(st, a, f):
     f = _fn_arg(f)
-    return [x for x in tuple(a) if ops.cond(f.call(x))]
+    return [x for x in tuple(a) if st.ops.cond(f.call(x))]
 
 
 @_register("array", "map", 1, 1)
-def _map(ops, a, f):
+def _map(st, a, f):
     f = _fn_arg(f)
     return [f.call(x) for x in tuple(a)]
 
 
 @_register("array", "any", 1, 1)
-def _any(ops, a, f):
+def _any(st, a, f):
     f = _fn_arg(f)
-    return any(ops.cond(f.call(x)) for x in tuple(a))
+    return any(st.ops.cond(f.call(x)) for x in tuple(a))
 
 
 @_register("array", "all", 1, 1)
-def _all(ops, a, f):
+def _all(st, a, f):
     f = _fn_arg(f)
-    return all(ops.cond(f.call(x)) for x in tuple(a))
+    return all(st.ops.cond(f.call(x)) for x in tuple(a))
 
 
 @_register("array", "reduce", 1, 2)
-def _reduce(ops, a, f, acc=None):
+def _reduce(st, a, f, acc=None):
     f = _fn_arg(f)
     for x in tuple(a):
         acc = f.call(acc, x)
@@ -342,75 +353,75 @@ def _reduce(ops, a, f, acc=None):
 
 # ---- maps -----------------------------------------------------------------
 @_register("map", "keys", 0, 0)
-def _keys(ops, m):
+def _keys(st, m):
     return list(m.keys())
 
 
 @_register("map", "values", 0, 0)
-def _values(ops, m):
+def _values(st, m):
     return list(m.values())
 
 
 @_register("map", "contains", 1, 1, linear=False)
-def _m_contains(ops, m, key):
+def _m_contains(st, m, key):
     return _str_arg(key, "key") in m
 
 
 @_register("map", "get", 1, 1, linear=False)
-def _m_get(ops, m, key):
+def _m_get(st, m, key):
     return m.get(_str_arg(key, "key"))
 
 
 @_register("map", "remove", 1, 1, linear=False)
-def _m_remove(ops, m, key):
+def _m_remove(st, m, key):
     return _mutable(m).pop(_str_arg(key, "key"), None)
 
 
 # ---- numbers --------------------------------------------------------------
 @_register("i64", "abs", 0, 0)
-def _abs(ops, n):
-    return ops.neg(n) if n < 0 else n
+def _abs(st, n):
+    return st.ops.neg(n) if n < 0 else n
 
 
 @_register("f64", "abs", 0, 0)
-def _fabs(ops, n):
+def _fabs(st, n):
     return abs(n)
 
 
 @_register("i64", "to_float", 0, 0)
-def _to_float(ops, n):
+def _to_float(st, n):
     return float(n)
 
 
 @_register("f64", "to_int", 0, 0)
-def _to_int(ops, f):
+def _to_int(st, f):
     if not float(I64_MIN) <= f < float(I64_MAX):
         raise ScriptError(f"{display(f)} is out of range for an integer")
     return int(f)
 
 
 @_register("i64", "to_int", 0, 0)
-def _int_to_int(ops, n):
+def _int_to_int(st, n):
     return n
 
 
 @_register("f64", "floor", 0, 0)
-def _floor(ops, f):
+def _floor(st, f):
     return float(math.floor(f))
 
 
 @_register("f64", "ceiling", 0, 0)
-def _ceil(ops, f):
+def _ceil(st, f):
     return float(math.ceil(f))
 
 
 @_register("f64", "round", 0, 0)
-def _round(ops, f):
+def _round(st, f):
     return float(math.floor(f + 0.5)) if f >= 0 else -float(math.floor(-f + 0.5))
 
 
 @_register("range", "len", 0, 0)
-def _range_len(ops, r):
+def _range_len(st, r):
     n = max(r.stop - r.start, 0)  # len() itself overflows past sys.maxsize
     if n > I64_MAX:
         raise ScriptError(f"the length of {r.start}..{r.stop} is out of range for an integer")
@@ -418,11 +429,12 @@ def _range_len(ops, r):
 
 
 @_register("range", "contains", 1, 1)
-def _range_contains(ops, r, x):
+def _range_contains(st, r, x):
     return type(x) is int and x in r
 
 
 METHOD_NAMES = frozenset(name for table in _TABLES.values() for name in table)
+WALKING_METHODS = frozenset(_walking)
 
 _PY_TYPES = {"string": (str,), "array": (list, tuple), "map": (dict, FrozenMap), "i64": (int,),
              "f64": (float,), "range": (range,)}
