@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from stdlib import dns as dns_natives
 from stdlib.ctx import Context, Stage
@@ -70,6 +71,8 @@ class Server:
         dns_natives.configure_defaults(config.dns.config, config.dns.nameservers,
                                        config.dns.timeout, forced=forced_dns)
         self.engine = engine or Engine(limits=config.script_limits)
+        # stage functions that may run long (Script.call_off_loop)
+        self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)
         self.spool = Spool(config.queue_dir)
         self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
@@ -174,3 +177,4 @@ class Server:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        self.script_pool.shutdown(wait=False)

@@ -102,6 +102,7 @@ class Config:
     queue_dir: Path = Path("queue")
     fallback_reply: str = DEFAULT_FALLBACK
     workers: int = 1                     # server processes (server/workers.py)
+    script_threads: int = 4              # threads running stage functions that may run long
     listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
@@ -162,8 +163,8 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
             kwargs[key] = base / _string(value, f"server.{key}")
         elif key == "fallback_reply":
             kwargs[key] = _reply(value, "server.fallback_reply")
-        elif key == "workers":
-            kwargs[key] = _convert(value, "int", "server.workers", base)
+        elif key in ("workers", "script_threads"):
+            kwargs[key] = _convert(value, "int", f"server.{key}", base)
         else:
             raise ConfigError(f"server.{key}: unknown key")
     if "listen" in data:
@@ -271,7 +272,7 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {"server.workers": 1,
+_MINIMUM = {"server.workers": 1, "server.script_threads": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
                                            "errors")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",

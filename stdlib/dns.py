@@ -26,7 +26,7 @@ import dns.resolver
 import dns.reversename
 
 from vsl.errors import ScriptError
-from vsl.natives import Namespace
+from vsl.natives import Namespace, io_time_left
 from vsl.values import NativeObject, method
 
 from .options import options
@@ -164,7 +164,8 @@ class Resolver(NativeObject):
 
     # -- Python API, used by the other natives -------------------------------
     async def query(self, name: str, rdtype: str = "A") -> list:
-        """The records of ``name`` (dnspython rdata); [] when it does not exist."""
+        """The records of ``name`` (dnspython rdata); [] when it does not exist. The wait
+        ends by the script call's network deadline (io_time_left) with a DnsTempError."""
         key = (_qname(name), _rdtype(rdtype))
         cached = self._cache.get(key)
         if cached is not None:
@@ -174,7 +175,13 @@ class Resolver(NativeObject):
             task = asyncio.ensure_future(self._fetch(*key))
             self._inflight[key] = task
             task.add_done_callback(lambda _, key=key: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        left = io_time_left()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), None if left is None
+                                          else max(left, 0))
+        except TimeoutError:
+            raise DnsTempError(f"DNS temporary failure for {key[0]} {key[1].name}: timed "
+                               "out (the script's time limit is near)") from None
 
     async def _fetch(self, qname: dns.name.Name, rdtype) -> list:
         self.sent += 1

@@ -6,6 +6,7 @@ are as far apart as they get), then repeats one costly operation until max_time.
 """
 from __future__ import annotations
 
+import threading
 import time
 import tracemalloc
 
@@ -13,25 +14,27 @@ import pytest
 
 from stdlib.ctx import Context, Stage
 from stdlib.mail import Message
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import FALLBACK, client
 from vsl.engine import Engine
 from vsl.errors import LimitError, ScriptError, VslError
 from vsl.limits import Limits
 
 MAX_TIME = 0.5
-TIMED = Limits(max_operations=0, max_time=MAX_TIME)
+TIMED = Limits(max_operations=0, max_time=MAX_TIME, max_array_size=1_000_000)
 
 ATTACK = """
 fn attack(n) {{
     let row = []; let a = []; let b = []; let flat = []; let i = 0;
     for k in 0..100 {{ row.push(k); }}
     for k in 0..n {{ a.push(row + []); b.push(row + []); }}
-    for k in 0..49000 {{ flat.push(k); }}
+    for k in 0..400000 {{ flat.push(k); }}
     let needle = row + []; needle[99] = -1;
     loop {{ i += 1; if i > 50000 {{ {op}; }} }}
 }}
 """
 
-COSTLY = {  # a and b: 2,000 equal arrays of 100 numbers; flat: 49,000 numbers
+COSTLY = {  # a and b: 2,000 equal arrays of 100 numbers; flat: 400,000 numbers
     "deep ==": "a == b",
     "to_string": "a.to_string()",
     "to_debug": "a.to_debug()",
@@ -136,3 +139,31 @@ def test_ctx_headers_obey_the_array_limit():
     assert isinstance(info.value, ScriptError)
     small = _message_ctx(b"X-N: 1\r\n\r\nbody\r\n")
     assert script.call("headers", small) == 1
+
+
+SPIN = """
+fn on_helo(ctx) {
+    if ctx.helo == "spin.example.test" { let i = 0; loop { i += 1; } }
+    status::next()
+}
+"""
+
+
+def test_a_slow_script_does_not_stall_other_sessions(tmp_path):
+    """Before the fix the stage ran on the event loop: every session waited 3 s."""
+    config = config_for(tmp_path, SPIN, script_limits=Limits(max_operations=0, max_time=3.0))
+    with running(config) as server:
+        spun = []
+        with client(server, helo="spin.example.test") as spinner:
+            thread = threading.Thread(target=lambda: spun.append(spinner.ehlo()))
+            thread.start()
+            time.sleep(0.3)  # the spinner's on_helo is running
+            start = time.monotonic()
+            with client(server) as smtp:
+                assert smtp.ehlo()[0] == 250
+                assert smtp.sendmail("a@example.org", ["b@example.test"],
+                                     b"Subject: hi\r\n\r\nhi\r\n") == {}
+            took = time.monotonic() - start
+            thread.join(10)
+        assert took < 1.0, f"the other session took {took:.2f} s"
+        assert spun and spun[0][0] == FALLBACK[0]  # the spinner hit max_time
