@@ -150,11 +150,13 @@ class _Fn:
         return self.budget()
 
     def binary(self, op: str, *args: py.expr) -> py.Call:
-        """A call of the helper of ``op`` (or ``op=``), with the budget if it is charged."""
+        """A call of the helper of ``op`` (or ``op=``), with the budget if it is charged
+        (with a number operand it walks nothing: ``x + 1``, ``x == 0``)."""
         helper = _BINARY_HELPERS.get(op) or _ASSIGN_HELPERS[op]
-        if op in _CHARGED:
-            return _call(helper, self.walks(), *args)
-        return _call(helper, *args)
+        if op not in _CHARGED:
+            return _call(helper, *args)
+        number = any(isinstance(a, py.Constant) and type(a.value) in (int, float) for a in args)
+        return _call(helper, self.budget() if number else self.walks(), *args)
 
     def wait(self, call: py.expr) -> py.expr:
         return py.Await(call)
