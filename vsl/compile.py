@@ -283,7 +283,7 @@ class _Fn:
         target = self.names(s, "name")
         value = self.expr(s.value) if s.value is not None else _const(None)
         if s.const:
-            value = _call("_freeze", value)
+            value = _call("_freeze", value, self.walks())
         self.emit(_assign(target, value), s.pos)
         if s.const and self.kind == "top" and self.depth == 0:
             store = py.Subscript(_name("_G"), _const(s.name), py.Store())

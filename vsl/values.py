@@ -280,16 +280,17 @@ _ARRAYS = (list, tuple)
 _MAPS = (dict, FrozenMap)
 
 
-def freeze(v):
+def freeze(v, st=None):
     """Deep-freeze a value so it can be shared by concurrent script calls.
 
     Shared parts are frozen once; a value that contains itself, or a closure that
-    captures variables (state shared between calls), cannot be a constant.
+    captures variables (state shared between calls), cannot be a constant. ``st``: the
+    call's budget, charged for each array or map frozen.
     """
-    return _freeze(v, {}, set())
+    return _freeze(v, {}, set(), st)
 
 
-def _freeze(v, done: dict, path: set):
+def _freeze(v, done: dict, path: set, st):
     t = type(v)
     if t is Closure:
         captured = [n[2:] for n in v.fn.__code__.co_freevars if n.startswith("v_")]
@@ -307,11 +308,13 @@ def _freeze(v, done: dict, path: set):
         raise ScriptError("a constant cannot hold a value that contains itself")
     if len(path) > MAX_NESTING:
         raise LimitError(f"value nested more than {MAX_NESTING} levels deep to freeze")
+    if st is not None:
+        st.work(len(v))
     path.add(key)
     if t is list or t is tuple:
-        frozen = tuple(_freeze(x, done, path) for x in v)
+        frozen = tuple(_freeze(x, done, path, st) for x in v)
     else:
-        frozen = FrozenMap((k, _freeze(x, done, path)) for k, x in v.items())
+        frozen = FrozenMap((k, _freeze(x, done, path, st)) for k, x in v.items())
     path.discard(key)
     done[key] = frozen
     return frozen

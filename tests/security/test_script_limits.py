@@ -45,6 +45,7 @@ COSTLY = {  # a and b: 2,000 equal arrays of 100 numbers; flat: 400,000 numbers
     "index_of": "a.index_of(needle)",
     "in": "needle in a",
     "join": 'a.join(",")',
+    "const": "const c = a",
 }
 
 
