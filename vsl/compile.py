@@ -282,8 +282,9 @@ class _Fn:
     def s_Let(self, s: A.Let) -> None:
         target = self.names(s, "name")
         value = self.expr(s.value) if s.value is not None else _const(None)
-        if s.const:
-            value = _call("_freeze", value, self.walks())
+        if s.const:  # freezing walks the value (a literal is frozen as it is)
+            budget = self.budget() if isinstance(value, py.Constant) else self.walks()
+            value = _call("_freeze", value, budget)
         self.emit(_assign(target, value), s.pos)
         if s.const and self.kind == "top" and self.depth == 0:
             store = py.Subscript(_name("_G"), _const(s.name), py.Store())

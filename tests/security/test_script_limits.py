@@ -168,3 +168,22 @@ def test_a_slow_script_does_not_stall_other_sessions(tmp_path):
             thread.join(10)
         assert took < 1.0, f"the other session took {took:.2f} s"
         assert spun and spun[0][0] == FALLBACK[0]  # the spinner hit max_time
+
+
+QUICK_OR_NOT = """
+fn straight(ctx) { if ctx.helo.ends_with(".test") { status::deny() } else { status::next() } }
+fn arithmetic(n) { n + 1 == 2 }
+fn looping(n) { let i = 0; while i < n { i += 1; } i }
+fn calling(n) { straight(n) }
+fn comparing(a) { a == [1, 2] }
+fn printing(a) { `${a}` }
+fn walking(a) { a.contains(1) }
+fn freezing(a) { const c = a; c }
+"""
+
+
+def test_only_functions_that_cannot_run_long_run_on_the_event_loop():
+    script = Engine().load_source(QUICK_OR_NOT, "quick.vsl")
+    assert {name for name, _ in script.quick} == {"straight", "arithmetic"}
+    with_closure = Engine().load_source(QUICK_OR_NOT + "fn f(x) { |y| y }", "closure.vsl")
+    assert not with_closure.quick  # a closure can loop
