@@ -196,7 +196,9 @@ fn guarded(name) {{
     out
 }}
 fn iprev(ip) {{ iprev::check(#{{ ip: ip, dns_resolver: global::R }}).value }}
-fn spf(helo) {{ spf::check_host(#{{ ip: "192.0.2.7", helo: helo, dns_resolver: global::R }}).value }}
+fn spf(helo) {{
+    spf::check_host(#{{ ip: "192.0.2.7", helo: helo, dns_resolver: global::R }}).value
+}}
 """
 
 
