@@ -174,7 +174,7 @@ class Resolver(NativeObject):
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = asyncio.ensure_future(self._fetch(*key))
             self._inflight[key] = task
-            task.add_done_callback(lambda _, key=key: self._inflight.pop(key, None))
+            task.add_done_callback(lambda done, key=key: self._forget(key, done))
         left = io_time_left()
         try:
             return await asyncio.wait_for(asyncio.shield(task), None if left is None
@@ -182,6 +182,13 @@ class Resolver(NativeObject):
         except TimeoutError:
             raise DnsTempError(f"DNS temporary failure for {key[0]} {key[1].name}: timed "
                                "out (the script's time limit is near)") from None
+
+    def _forget(self, key, task: asyncio.Future) -> None:
+        """A finished look-up leaves the in-flight table, its error retrieved: every
+        caller may have stopped waiting at its deadline."""
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()
 
     async def _fetch(self, qname: dns.name.Name, rdtype) -> list:
         self.sent += 1

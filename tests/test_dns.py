@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -233,3 +234,14 @@ def test_silent_dns_is_a_catchable_error_within_the_time_limit(silent):
     with pytest.raises(ScriptError, match="DNS temporary failure") as info:
         silent.call("lookup", "silent.example.test")
     assert (info.value.pos.line, info.value.pos.col) == (3, 19)
+
+
+def test_a_look_up_given_up_at_the_deadline_logs_nothing(silent, caplog):
+    """The shared query still ends (its resolver timeout) after every caller stopped
+    waiting: its error is not left for asyncio to log as never retrieved."""
+    async def main():
+        assert (await silent.call_async("guarded", "silent.example.test")).startswith("caught")
+        await asyncio.sleep(0.6)  # the query's own 1 s timeout has passed
+        gc.collect()
+    asyncio.run(main())
+    assert "never retrieved" not in caplog.text
