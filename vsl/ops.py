@@ -1,7 +1,10 @@
 """Operators of the language, checked the way Rhai checks them.
 
 One :class:`Ops` instance per engine holds the size limits; the compiled
-code calls its bound methods. Every failure is a catchable ScriptError.
+code calls its bound methods. Those whose work grows with their operands
+(``+``, ``==``, ``in``, templates, join) take the call's budget ``st`` first
+and charge it by size (ExecState.work). Every failure is a catchable
+ScriptError, except a limit (LimitError).
 """
 from __future__ import annotations
 
