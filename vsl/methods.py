@@ -18,11 +18,15 @@ _TABLES: dict[str, dict[str, tuple]] = {"string": {}, "array": {}, "map": {}, "i
                                          "f64": {}, "range": {}, "any": {}}
 
 
-def _register(kinds: str, name: str, lo: int, hi: int, linear: bool = True):
-    """Add a method; ``linear``: its work grows with the receiver's size (it is charged)."""
+def _register(kinds: str, name: str, lo: int, hi: int, linear: bool = True,
+              walks: bool = False):
+    """Add a method; ``linear``: its work grows with the receiver's size (it is charged);
+    ``walks``: it walks nested values, charging what it walks: it is passed the call's
+    budget (an ExecState, whose ``ops`` the others are passed)."""
     def add(fn):
         for kind in kinds.split():
-            _TABLES[kind][name] = (fn, lo, hi, linear and kind in ("string", "array", "map"))
+            _TABLES[kind][name] = (fn, lo, hi, linear and kind in ("string", "array", "map"),
+                                   walks)
             if linear and kind != "string":
                 _walking.add(name)
         return fn
@@ -48,9 +52,9 @@ def has_method(obj, name: str) -> bool:
 def call_method(st, obj, name: str, args: tuple):
     """Dispatch ``obj.name(*args)`` to a built-in or native method.
 
-    ``st`` is the call's ExecState, passed on to the method: a method whose work grows
-    with its receiver is charged operations in proportion to the receiver's size (and
-    one that walks nested values, for what it walks).
+    ``st`` is the call's ExecState: a method whose work grows with its receiver
+    is charged operations in proportion to the receiver's size (and one that walks
+    nested values, for what it walks).
     """
     entry = _BY_TYPE.get((type(obj), name))
     if entry is not None:
@@ -68,12 +72,12 @@ def call_method(st, obj, name: str, args: tuple):
 
 
 def _call(entry, name, obj, st, args):
-    fn, lo, hi, linear = entry
+    fn, lo, hi, linear, walks = entry
     if not lo <= len(args) <= hi:
         _arity(name, lo, hi, len(args))
     if linear and len(obj) > 63:
         st.work(len(obj))
-    return fn(st, obj, *args)
+    return fn(st if walks else st.ops, obj, *args)
 
 
 def _arity(name, lo, hi, n):
@@ -108,84 +112,84 @@ def _fn_arg(f):
 
 # ---- any value ------------------------------------------------------------
 @_register("any", "type_of", 0, 0, linear=False)
-def _type_of(st, v):
+def _type_of(ops, v):
     return type_name(v)
 
 
-@_register("any", "to_string", 0, 0)
+@_register("any", "to_string", 0, 0, walks=True)
 def _to_string(st, v):
     return display(v, st.ops.max_string, st)
 
 
-@_register("any", "to_debug", 0, 0)
+@_register("any", "to_debug", 0, 0, walks=True)
 def _to_debug(st, v):
     return debug(v, st.ops.max_string, st)
 
 
 # ---- strings --------------------------------------------------------------
 @_register("string array map", "len", 0, 0, linear=False)
-def _len(st, v):
+def _len(ops, v):
     return len(v)
 
 
 @_register("string array map", "is_empty", 0, 0, linear=False)
-def _is_empty(st, v):
+def _is_empty(ops, v):
     return len(v) == 0
 
 
 @_register("string", "contains", 1, 1)
-def _s_contains(st, s, sub):
+def _s_contains(ops, s, sub):
     return _str_arg(sub) in s
 
 
 @_register("string", "starts_with", 1, 1)
-def _starts_with(st, s, prefix):
+def _starts_with(ops, s, prefix):
     return s.startswith(_str_arg(prefix))
 
 
 @_register("string", "ends_with", 1, 1)
-def _ends_with(st, s, suffix):
+def _ends_with(ops, s, suffix):
     return s.endswith(_str_arg(suffix))
 
 
 @_register("string", "to_lower", 0, 0)
-def _to_lower(st, s):
-    return st.ops.string(s.lower())  # can grow: 'İ' is two characters in lower case
+def _to_lower(ops, s):
+    return ops.string(s.lower())  # can grow: 'İ' is two characters in lower case
 
 
 @_register("string", "to_upper", 0, 0)
-def _to_upper(st, s):
-    return st.ops.string(s.upper())
+def _to_upper(ops, s):
+    return ops.string(s.upper())
 
 
 @_register("string", "trim", 0, 0)
-def _trim(st, s):
+def _trim(ops, s):
     return s.strip()
 
 
 @_register("string", "split", 0, 1)
-def _split(st, s, sep=None):
+def _split(ops, s, sep=None):
     """Stops after one part more than max_array_size (an error): never builds more."""
     if sep is not None and _str_arg(sep, "separator") == "":
-        return _chars(st, s)
-    most = st.ops.max_array
-    return st.ops.array(s.split(sep, -1 if most == math.inf else most))
+        return _chars(ops, s)
+    most = ops.max_array
+    return ops.array(s.split(sep, -1 if most == math.inf else most))
 
 
 @_register("string", "replace", 2, 2)
-def _replace(st, s, old, new):
+def _replace(ops, s, old, new):
     old, new = _str_arg(old), _str_arg(new)
     if old == "":
         raise ScriptError("replace() needs a non-empty string to find")
     if new and len(new) > len(old):
         size = s.count(old) * (len(new) - len(old)) + len(s)
-        if size > st.ops.max_string:
-            st.ops.too_large(size)
+        if size > ops.max_string:
+            ops.too_large(size)
     return s.replace(old, new)
 
 
 @_register("string", "sub_string", 1, 2)
-def _sub_string(st, s, start, length=None):
+def _sub_string(ops, s, start, length=None):
     start = _int_arg(start, "start")
     if start < 0:
         start = max(len(s) + start, 0)
@@ -196,7 +200,7 @@ def _sub_string(st, s, start, length=None):
     return s[start:start + length]
 
 
-@_register("string array", "index_of", 1, 2)
+@_register("string array", "index_of", 1, 2, walks=True)
 def _index_of(st, v, item, start=0):
     start = _int_arg(start, "start")
     if start < 0:
@@ -210,8 +214,8 @@ def _index_of(st, v, item, start=0):
 
 
 @_register("string", "chars", 0, 0)
-def _chars(st, s):
-    st.ops.array_size(len(s))
+def _chars(ops, s):
+    ops.array_size(len(s))
     return list(s)
 
 
@@ -220,7 +224,7 @@ _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+
 
 
 @_register("string", "parse_int", 0, 1)
-def _parse_int(st, s, radix=10):
+def _parse_int(ops, s, radix=10):
     """ASCII digits of the radix with an optional sign; nothing else (no 0x, no '_')."""
     radix = _int_arg(radix, "radix")
     if not 2 <= radix <= 36:
@@ -237,7 +241,7 @@ def _parse_int(st, s, radix=10):
 
 
 @_register("string", "parse_float", 0, 0)
-def _parse_float(st, s):
+def _parse_float(ops, s):
     """Decimal notation only (``1.5``, ``-2``, ``3e8``): no '_', inf, nan or other digits."""
     text = s.strip()
     if not _FLOAT_RE.fullmatch(text):
@@ -250,29 +254,29 @@ def _parse_float(st, s):
 
 # ---- arrays ---------------------------------------------------------------
 @_register("array", "push", 1, 1, linear=False)
-def _push(st, a, x):
+def _push(ops, a, x):
     _mutable(a).append(x)
-    if len(a) > st.ops.max_array:
+    if len(a) > ops.max_array:
         a.pop()
-        st.ops.array_size(len(a) + 1)
+        ops.array_size(len(a) + 1)
 
 
 @_register("array", "pop", 0, 0, linear=False)
-def _pop(st, a):
+def _pop(ops, a):
     return _mutable(a).pop() if a else None
 
 
 @_register("array", "insert", 2, 2)
-def _insert(st, a, i, x):
+def _insert(ops, a, i, x):
     i = _int_arg(i, "index")
     _mutable(a).insert(i if i >= 0 else max(len(a) + i, 0), x)
-    if len(a) > st.ops.max_array:
+    if len(a) > ops.max_array:
         a.pop(i)
-        st.ops.array_size(len(a) + 1)
+        ops.array(a + [x])
 
 
 @_register("array", "remove", 1, 1)
-def _remove(st, a, i):
+def _remove(ops, a, i):
     i = _int_arg(i, "index")
     n = len(a)
     j = i + n if i < 0 else i
@@ -282,17 +286,17 @@ def _remove(st, a, i):
 
 
 @_register("array map", "clear", 0, 0, linear=False)
-def _clear(st, v):
+def _clear(ops, v):
     _mutable(v).clear()
 
 
-@_register("array", "contains", 1, 1)
+@_register("array", "contains", 1, 1, walks=True)
 def _a_contains(st, a, x):
     return any(equals(x, y, st) for y in a)
 
 
 @_register("array", "get", 1, 1, linear=False)
-def _a_get(st, a, i):
+def _a_get(ops, a, i):
     i = _int_arg(i, "index")
     n = len(a)
     j = i + n if i < 0 else i
@@ -300,11 +304,11 @@ def _a_get(st, a, i):
 
 
 @_register("array", "reverse", 0, 0)
-def _reverse(st, a):
+def _reverse(ops, a):
     _mutable(a).reverse()
 
 
-@_register("array", "sort", 0, 0)
+@_register("array", "sort", 0, 0, walks=True)
 def _sort(st, a):
     _mutable(a)
     kinds = {type_name(x) for x in a}
@@ -314,37 +318,37 @@ def _sort(st, a):
     a.sort()
 
 
-@_register("array", "join", 0, 1)
+@_register("array", "join", 0, 1, walks=True)
 def _join(st, a, sep=""):
     return st.ops.joined(st, a, _str_arg(sep, "separator"))
 
 
 @_register("array", "filter", 1, 1)
-def _filter(st, a, f):
+def _filter(ops, a, f):
     f = _fn_arg(f)
-    return [x for x in tuple(a) if st.ops.cond(f.call(x))]
+    return [x for x in tuple(a) if ops.cond(f.call(x))]
 
 
 @_register("array", "map", 1, 1)
-def _map(st, a, f):
+def _map(ops, a, f):
     f = _fn_arg(f)
     return [f.call(x) for x in tuple(a)]
 
 
 @_register("array", "any", 1, 1)
-def _any(st, a, f):
+def _any(ops, a, f):
     f = _fn_arg(f)
-    return any(st.ops.cond(f.call(x)) for x in tuple(a))
+    return any(ops.cond(f.call(x)) for x in tuple(a))
 
 
 @_register("array", "all", 1, 1)
-def _all(st, a, f):
+def _all(ops, a, f):
     f = _fn_arg(f)
-    return all(st.ops.cond(f.call(x)) for x in tuple(a))
+    return all(ops.cond(f.call(x)) for x in tuple(a))
 
 
 @_register("array", "reduce", 1, 2)
-def _reduce(st, a, f, acc=None):
+def _reduce(ops, a, f, acc=None):
     f = _fn_arg(f)
     for x in tuple(a):
         acc = f.call(acc, x)
@@ -353,75 +357,75 @@ def _reduce(st, a, f, acc=None):
 
 # ---- maps -----------------------------------------------------------------
 @_register("map", "keys", 0, 0)
-def _keys(st, m):
+def _keys(ops, m):
     return list(m.keys())
 
 
 @_register("map", "values", 0, 0)
-def _values(st, m):
+def _values(ops, m):
     return list(m.values())
 
 
 @_register("map", "contains", 1, 1, linear=False)
-def _m_contains(st, m, key):
+def _m_contains(ops, m, key):
     return _str_arg(key, "key") in m
 
 
 @_register("map", "get", 1, 1, linear=False)
-def _m_get(st, m, key):
+def _m_get(ops, m, key):
     return m.get(_str_arg(key, "key"))
 
 
 @_register("map", "remove", 1, 1, linear=False)
-def _m_remove(st, m, key):
+def _m_remove(ops, m, key):
     return _mutable(m).pop(_str_arg(key, "key"), None)
 
 
 # ---- numbers --------------------------------------------------------------
 @_register("i64", "abs", 0, 0)
-def _abs(st, n):
-    return st.ops.neg(n) if n < 0 else n
+def _abs(ops, n):
+    return ops.neg(n) if n < 0 else n
 
 
 @_register("f64", "abs", 0, 0)
-def _fabs(st, n):
+def _fabs(ops, n):
     return abs(n)
 
 
 @_register("i64", "to_float", 0, 0)
-def _to_float(st, n):
+def _to_float(ops, n):
     return float(n)
 
 
 @_register("f64", "to_int", 0, 0)
-def _to_int(st, f):
+def _to_int(ops, f):
     if not float(I64_MIN) <= f < float(I64_MAX):
         raise ScriptError(f"{display(f)} is out of range for an integer")
     return int(f)
 
 
 @_register("i64", "to_int", 0, 0)
-def _int_to_int(st, n):
+def _int_to_int(ops, n):
     return n
 
 
 @_register("f64", "floor", 0, 0)
-def _floor(st, f):
+def _floor(ops, f):
     return float(math.floor(f))
 
 
 @_register("f64", "ceiling", 0, 0)
-def _ceil(st, f):
+def _ceil(ops, f):
     return float(math.ceil(f))
 
 
 @_register("f64", "round", 0, 0)
-def _round(st, f):
+def _round(ops, f):
     return float(math.floor(f + 0.5)) if f >= 0 else -float(math.floor(-f + 0.5))
 
 
 @_register("range", "len", 0, 0)
-def _range_len(st, r):
+def _range_len(ops, r):
     n = max(r.stop - r.start, 0)  # len() itself overflows past sys.maxsize
     if n > I64_MAX:
         raise ScriptError(f"the length of {r.start}..{r.stop} is out of range for an integer")
@@ -429,7 +433,7 @@ def _range_len(st, r):
 
 
 @_register("range", "contains", 1, 1)
-def _range_contains(st, r, x):
+def _range_contains(ops, r, x):
     return type(x) is int and x in r
 
 
