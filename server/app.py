@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from stdlib import dns as dns_natives
 from stdlib.ctx import Context, Stage
@@ -74,6 +75,8 @@ class Server:
                                        dns.timeout, forced=bool(dns.override),
                                        cache_bytes=dns.cache_bytes)
         self.engine = engine or Engine(limits=config.script_limits)
+        # stage functions that may run long (Script.call_off_loop)
+        self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
@@ -204,4 +207,5 @@ class Server:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        self.script_pool.shutdown(wait=False)
         log.info("stopped")

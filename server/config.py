@@ -129,6 +129,7 @@ class Config:
     queue_dir: Path = Path("queue")
     fallback_reply: str = DEFAULT_FALLBACK
     workers: int = 1                     # server processes (server/workers.py)
+    script_threads: int = 4              # threads running stage functions that may run long
     listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
     tls: TlsConfig = TlsConfig()
     auth: AuthConfig = AuthConfig()
@@ -332,7 +333,8 @@ def _convert(value, kind, key: str, base: Path):
 
 
 _SERVER_SCHEMA = {"hostname": str, "local_domains": "strings", "scripts": "path",
-                  "queue_dir": "path", "fallback_reply": "reply", "workers": "int"}
+                  "queue_dir": "path", "fallback_reply": "reply", "workers": "int",
+                  "script_threads": "int"}
 _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "retry_first": "float", "retry_max": "float", "max_age": "float",
                     "delay_warning": "float",
@@ -365,7 +367,8 @@ def _schemas() -> Iterator[tuple[str, dict]]:
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {"server.workers": 1, "auth.failure_limit": 1, "auth.throttle_entries": 1,
+_MINIMUM = {"server.workers": 1, "server.script_threads": 1, "auth.failure_limit": 1,
+            "auth.throttle_entries": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
                                            "errors", "header_fields", "header_section_size",
                                            "header_field_size", "received_headers")},

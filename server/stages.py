@@ -52,7 +52,7 @@ class StageRunner:
             return Status("next")
         ctx.stage = stage
         try:
-            result = await script.call_async(stage.function, ctx)
+            result = await script.call_off_loop(self.server.script_pool, stage.function, ctx)
         except VslError as err:
             log.error("%s failed for %s: %s", stage.function, ctx.client_ip, err)
             return self._fallback()

@@ -27,7 +27,7 @@ import dns.resolver
 import dns.reversename
 
 from vsl.errors import ScriptError
-from vsl.natives import Namespace
+from vsl.natives import Namespace, io_time_left
 from vsl.values import NativeObject, method
 
 from .options import Options
@@ -192,7 +192,8 @@ class Resolver(NativeObject):
 
     # -- Python API, used by the other natives -------------------------------
     async def query(self, name: str, rdtype: str = "A") -> list:
-        """The records of ``name`` (dnspython rdata); [] when it does not exist."""
+        """The records of ``name`` (dnspython rdata); [] when it does not exist. The wait
+        ends by the script call's network deadline (io_time_left) with a DnsTempError."""
         key = (_qname(name), _rdtype(rdtype))
         cached = self._cache.get(key)
         if cached is not None:
@@ -201,8 +202,21 @@ class Resolver(NativeObject):
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = asyncio.ensure_future(self._fetch(*key))
             self._inflight[key] = task
-            task.add_done_callback(lambda _, key=key: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+            task.add_done_callback(lambda done, key=key: self._forget(key, done))
+        left = io_time_left()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), None if left is None
+                                          else max(left, 0))
+        except TimeoutError:
+            raise DnsTempError(f"DNS temporary failure for {key[0]} {key[1].name}: timed "
+                               "out (the script's time limit is near)") from None
+
+    def _forget(self, key, task: asyncio.Future) -> None:
+        """A finished look-up leaves the in-flight table, its error retrieved: every
+        caller may have stopped waiting at its deadline."""
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()
 
     async def _fetch(self, qname: dns.name.Name, rdtype) -> list:
         self.sent += 1

@@ -27,6 +27,7 @@ scripts = "policy"
 queue_dir = "/var/spool/vsl"
 fallback_reply = "421 4.3.0 Come back later"
 workers = 3
+script_threads = 2
 
 [tls]
 certificate = "certs/cert.pem"
@@ -120,6 +121,7 @@ def test_no_file_gives_the_defaults():
     assert config.scripts is None
     assert config.queue_dir == Path("queue")
     assert config.workers == 1
+    assert config.script_threads == 4
     assert config.fallback_reply == DEFAULT_FALLBACK == \
         "451 4.3.0 Temporary local problem, try again later"
     assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),)
@@ -149,6 +151,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.queue_dir == Path("/var/spool/vsl")  # absolute stays absolute
     assert config.fallback_reply == "421 4.3.0 Come back later"
     assert config.workers == 3
+    assert config.script_threads == 2
     assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),
                              Listener("::1", 587, "submission"),
                              Listener("0.0.0.0", 465, "smtps"))
@@ -245,6 +248,7 @@ BAD_VALUES = [
     ({"server": {"workers": "2"}}, "server.workers"),
     ({"server": {"workers": 1.5}}, "server.workers"),
     ({"server": {"workers": True}}, "server.workers"),
+    ({"server": {"script_threads": 0}}, "server.script_threads"),
     ({"server": "mx.test"}, "server"),
     # listen
     ({"listen": "127.0.0.1:25"}, "listen"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from stdlib.dns import parse_nameserver
 from vsl.engine import Engine
 from vsl.errors import ScriptError, VslError
+from vsl.limits import Limits
 
 SCRIPT = """
 const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"], timeout: 0.5 }});
@@ -184,3 +186,62 @@ def test_script_cannot_see_the_python_resolver(script):
     with pytest.raises(VslError, match="has no property"):
         Engine().load_source("let r = dns::resolver(#{ config: \"google\" }); r._resolver",
                              "leak.vsl")
+
+
+SILENT = """
+const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"], timeout: {timeout} }});
+fn lookup(name) {{ dns::lookup(#{{ dns_resolver: global::R, name: name, type: "A" }}) }}
+fn guarded(name) {{
+    let out = ();
+    try {{ out = lookup(name); }} catch (err) {{ out = `caught: ${{err}}`; }}
+    out
+}}
+fn iprev(ip) {{ iprev::check(#{{ ip: ip, dns_resolver: global::R }}).value }}
+fn spf(helo) {{
+    spf::check_host(#{{ ip: "192.0.2.7", helo: helo, dns_resolver: global::R }}).value
+}}
+"""
+
+
+@pytest.fixture
+def silent(dns_server):
+    """A script whose resolver waits as long as max_time (1 s) on a server that does not
+    answer (the defaults: 5 s and 5 s)."""
+    dns_server.reset()
+    for name in ("silent.example.test.", "7.2.0.192.in-addr.arpa."):
+        dns_server.drop(name)
+    yield Engine(Limits(max_time=1.0)).load_source(
+        SILENT.format(port=dns_server.port, timeout=1.0), "silent.vsl")
+    dns_server.reset()
+
+
+def _timed(fn, *args):
+    start = time.monotonic()
+    return fn(*args), time.monotonic() - start
+
+
+@pytest.mark.parametrize("fn, arg", [("iprev", "192.0.2.7"), ("spf", "silent.example.test")])
+def test_silent_dns_is_temperror_within_the_time_limit(silent, fn, arg):
+    value, took = _timed(silent.call, fn, arg)
+    assert value == "temperror"
+    assert took < 1.0
+
+
+def test_silent_dns_is_a_catchable_error_within_the_time_limit(silent):
+    out, took = _timed(silent.call, "guarded", "silent.example.test")
+    assert out.startswith("caught: DNS temporary failure for silent.example.test. A: timed out")
+    assert took < 1.0
+    with pytest.raises(ScriptError, match="DNS temporary failure") as info:
+        silent.call("lookup", "silent.example.test")
+    assert (info.value.pos.line, info.value.pos.col) == (3, 19)
+
+
+def test_a_look_up_given_up_at_the_deadline_logs_nothing(silent, caplog):
+    """The shared query still ends (its resolver timeout) after every caller stopped
+    waiting: its error is not left for asyncio to log as never retrieved."""
+    async def main():
+        assert (await silent.call_async("guarded", "silent.example.test")).startswith("caught")
+        await asyncio.sleep(0.6)  # the query's own 1 s timeout has passed
+        gc.collect()
+    asyncio.run(main())
+    assert "never retrieved" not in caplog.text

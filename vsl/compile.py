@@ -15,6 +15,7 @@ import itertools
 
 from . import ast as A
 from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
+from .methods import WALKING_METHODS
 from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
 
 _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
@@ -23,6 +24,8 @@ _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mo
 _ASSIGN_HELPERS = {"+=": "_add", "-=": "_sub", "*=": "_mul", "/=": "_div", "%=": "_mod",
                    "**=": "_pow"}
 _BOOL_OPS = {"==", "!=", "<", "<=", ">", ">=", "in", "!in", "&&", "||"}
+# Helpers whose work can grow with their operands' size: they are passed the budget.
+_CHARGED = {"+", "==", "!=", "in", "!in", "+="}
 
 
 def script_fn_name(name: str, arity: int) -> str:
@@ -142,6 +145,21 @@ class _Fn:
         self.mc.uses.add("tick")
         return _tick()
 
+    def walks(self) -> py.Name:
+        """The budget, for a step whose work grows with a value's size (the function then
+        may run long: see ModuleCompiler.quick)."""
+        self.mc.uses.add("walks")
+        return self.budget()
+
+    def binary(self, op: str, *args: py.expr) -> py.Call:
+        """A call of the helper of ``op`` (or ``op=``), with the budget if it is charged
+        (with a number operand it walks nothing: ``x + 1``, ``x == 0``)."""
+        helper = _BINARY_HELPERS.get(op) or _ASSIGN_HELPERS[op]
+        if op not in _CHARGED:
+            return _call(helper, *args)
+        number = any(isinstance(a, py.Constant) and type(a.value) in (int, float) for a in args)
+        return _call(helper, self.budget() if number else self.walks(), *args)
+
     def wait(self, call: py.expr) -> py.expr:
         return py.Await(call)
 
@@ -232,7 +250,7 @@ class _Fn:
             if A.WILDCARD in arm.patterns:
                 has_default = has_default or arm.guard is None
             else:
-                matches = [_call("_eq", _name(subject), _const(p)) for p in arm.patterns]
+                matches = [_call("_eqv", _name(subject), _const(p)) for p in arm.patterns]
                 tests.append(matches[0] if len(matches) == 1 else py.BoolOp(py.Or(), matches))
 
             def arm_body(arm=arm):
@@ -266,8 +284,9 @@ class _Fn:
     def s_Let(self, s: A.Let) -> None:
         target = self.names(s, "name")
         value = self.expr(s.value) if s.value is not None else _const(None)
-        if s.const:
-            value = _call("_freeze", value)
+        if s.const:  # freezing walks the value (a literal is frozen as it is)
+            budget = self.budget() if isinstance(value, py.Constant) else self.walks()
+            value = _call("_freeze", value, budget)
         self.emit(_assign(target, value), s.pos)
         if s.const and self.kind == "top" and self.depth == 0:
             store = py.Subscript(_name("_G"), _const(s.name), py.Store())
@@ -296,7 +315,7 @@ class _Fn:
             obj_t, key_t = self.tmp(), self.tmp()
             self.emit([_assign(obj_t, obj), _assign(key_t, key)], s.pos)
             obj, key = _name(obj_t), _name(key_t)
-            value = _call(_ASSIGN_HELPERS[s.op], _call(getter, obj, key), value)
+            value = self.binary(s.op, _call(getter, obj, key), value)
         self.emit(py.Expr(_call(setter, obj, key, value)), s.pos)
 
     def s_Return(self, s: A.Return) -> None:
@@ -405,19 +424,21 @@ class _Fn:
         return _const(e.value)
 
     def e_Template(self, e: A.Template) -> py.expr:
-        """An f-string when every interpolated value is a string or an int (whose f-string
-        text is the script's), checked against max_string_size; else the ``_tpl`` helper,
-        which stops printing other values at the size limit."""
+        """An f-string when every interpolated value is an int (whose f-string text is the
+        script's) or a string of at most its share of max_string_size, so the text never
+        grows far past the limit before it is checked; else the ``_tpl`` helper, which
+        checks the size before it builds the text and stops printing at the limit."""
         parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
+        text_only = [isinstance(p, A.Literal) and type(p.value) is str for p in parts]
+        share = self.mc.max_string // max(text_only.count(False), 1)
         values, tests, args = [], [], []
-        for part, value in zip(parts, self.seq(parts)):
-            if isinstance(part, A.Literal) and type(part.value) is str:
+        for part, value, text in zip(parts, self.seq(parts), text_only):
+            if text:
                 values.append(_const(part.value))
                 args.append(_const(part.value))
                 continue
             w = self.mc.tmp("_w")
-            tests.append(py.Compare(py.Attribute(_walrus(w, value), "__class__", py.Load()),
-                                    [py.In()], [_name("_FMT")]))
+            tests.append(self.formattable(w, value, share))
             values.append(py.FormattedValue(_name(w), -1, None))
             args.append(_name(w))
         if not tests:  # only literal text: too long is still a run-time error
@@ -434,7 +455,19 @@ class _Fn:
         test = tests[0]
         for more in tests[1:]:  # & evaluates every part, in order
             test = py.BinOp(test, py.BitAnd(), more)
-        return py.IfExp(test, joined, _call("_tpl", *args))
+        return py.IfExp(test, joined, _call("_tpl", self.walks(), *args))
+
+    def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
+        """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
+        at most ``share`` characters (any string when there is no size limit)."""
+        cls = py.Attribute(_walrus(w, value), "__class__", py.Load())
+        if not share:
+            return py.Compare(cls, [py.In()], [_name("_FMT")])
+        c = self.mc.tmp("_c")
+        small = py.Compare(_call("_len", _name(w)), [py.LtE()], [_const(share)])
+        return py.BoolOp(py.Or(), [
+            py.Compare(_walrus(c, cls), [py.Is()], [_name("int")]),
+            py.BoolOp(py.And(), [py.Compare(_name(c), [py.Is()], [_name("str")]), small])])
 
     def e_ArrayLit(self, e: A.ArrayLit) -> py.expr:
         return py.List(self.seq(e.items), py.Load())
@@ -481,7 +514,7 @@ class _Fn:
             return self.literal_in(e, left, right) or \
                 self.fast_in(e.op, left, right, isinstance(e.right, A.NsVar))
         fast = self.fast_binary(e, left, right)
-        return fast if fast is not None else _call(_BINARY_HELPERS[e.op], left, right)
+        return fast if fast is not None else self.binary(e.op, left, right)
 
     def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
@@ -511,7 +544,7 @@ class _Fn:
         small = py.Compare(_call("_len", _name(b)), [py.Lt()], [_const(64)])
         fast = py.Compare(_name(a), [py.In() if op == "in" else py.NotIn()], [_name(b)])
         return py.IfExp(py.BoolOp(py.And(), [types, small]), fast,
-                        _call(_BINARY_HELPERS[op], self.budget(), _name(a), _name(b)))
+                        self.binary(op, _name(a), _name(b)))
 
     def class_in(self, value: py.expr, kinds: list[str]) -> py.expr:
         """``value.__class__ is A`` or ``(_c := value.__class__) is A or _c is B ...``
@@ -570,11 +603,11 @@ class _Fn:
             in_range = py.Compare(_const(I64_MIN), [py.LtE(), py.LtE()],
                                   [_walrus(r, py.BinOp(a_first, pyop, b_first)),
                                    _const(I64_MAX)])
-            return py.IfExp(in_range, _name(r), _call(_BINARY_HELPERS[op], a, b))
+            return py.IfExp(in_range, _name(r), self.binary(op, a, b))
         a, tests = self.int_operand(*left)
         b, more = self.int_operand(*right)
         tests += more
-        slow = _call(_BINARY_HELPERS[op], a, b)
+        slow = self.binary(op, a, b)
         if op in _PY_CMP:
             fast = py.Compare(a, [_PY_CMP[op]()], [b])
             if not tests:
@@ -612,7 +645,7 @@ class _Fn:
                 return py.BinOp(first, pyop, _const(k))
             return py.IfExp(py.Compare(_const(lo), [py.LtE(), py.LtE()], [first, _const(hi)]),
                             py.BinOp(w, pyop, _const(k)),
-                            _call(_BINARY_HELPERS[op], w, _const(k)))
+                            self.binary(op, w, _const(k)))
         w, tests = self.int_operand(left, known)
         bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
             [py.Compare(_const(lo), [py.LtE(), py.LtE()], [w, _const(hi)])]
@@ -621,7 +654,7 @@ class _Fn:
         if not test:
             return fast
         return py.IfExp(test[0] if len(test) == 1 else py.BoolOp(py.And(), test), fast,
-                        _call(_BINARY_HELPERS[op], w, _const(k)))
+                        self.binary(op, w, _const(k)))
 
     def logic(self, e: A.Binary) -> py.expr:
         left = self.condition(e.left)
@@ -766,12 +799,22 @@ class _Fn:
 
     def method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr:
         if name == "call":
-            return _call("_callv", obj, py.Tuple(args, py.Load()))
+            return self.call_value(obj, args)
         if name in self.mc.async_methods:
             return self.wait(_call("_ameth", self.budget(), obj, _const(name),
                                    py.Tuple(args, py.Load())))
         return self.inline_method(name, obj, args) or \
-            _call("_meth", self.budget(), obj, _const(name), py.Tuple(args, py.Load()))
+            _call("_meth", self.method_budget(name), obj, _const(name),
+                  py.Tuple(args, py.Load()))
+
+    def method_budget(self, name: str) -> py.Name:
+        """The budget for the generic dispatch of method ``name``."""
+        return self.walks() if name in WALKING_METHODS else self.budget()
+
+    def call_value(self, fn: py.expr, args: list[py.expr]) -> py.Call:
+        """``f.call(...)`` or ``f(...)`` of a closure (which may loop: see walks)."""
+        self.mc.uses.add("walks")
+        return _call("_callv", fn, py.Tuple(args, py.Load()))
 
     def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
         """A few hot methods run inline when the receiver (and argument) have the expected
@@ -801,7 +844,8 @@ class _Fn:
             else:  # lower()/upper() may grow a string up to 3x
                 test = py.BoolOp(py.And(), [test, py.Compare(
                     _call("_len", _name(w)), [py.LtE()], [_const(self.mc.max_string // 3)])])
-        slow = _call("_meth", self.budget(), _name(w), _const(name), py.Tuple(names, py.Load()))
+        slow = _call("_meth", self.method_budget(name), _name(w), _const(name),
+                     py.Tuple(names, py.Load()))
         node = py.IfExp(test, make(_name(w), *names), slow)
         node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
         return node
@@ -833,7 +877,7 @@ class _Fn:
         if isinstance(target, BuiltinMethod):
             return self.method(target.name, args[0], args[1:])
         assert isinstance(target, ValueCall)
-        return _call("_callv", _name(res.names[(id(e), "ref")]), py.Tuple(args, py.Load()))
+        return self.call_value(_name(res.names[(id(e), "ref")]), args)
 
     def e_MethodCall(self, e: A.MethodCall) -> py.expr:
         values = self.seq([e.obj, *e.args])
@@ -953,6 +997,9 @@ class ModuleCompiler:
         self.fixed_params: set[str] = set()  # of the function being compiled
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
+        # (name, arity) of the functions that cannot run long: no loop, no call of a script
+        # function or closure, no step whose work grows with a value (see _Fn.walks)
+        self.quick: set[tuple[str, int]] = set()
 
     def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
         """For a parameter never assigned, a local set when the function starts:
@@ -1029,6 +1076,8 @@ class ModuleCompiler:
             fdef = self.function(name, params, f.body, key in self.res.async_functions, "fn",
                                  f.pos)
             defs.append(fdef)
+            if not self.uses & {"tick", "depth", "walks"}:
+                self.quick.add(key)
             if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
                     not closures:  # (closures need Engine.run's context)
                 self.code_names[entry_fn_name(*key)] = f.name

@@ -7,15 +7,28 @@
 A script is parsed, resolved and compiled once; its top level runs at load
 and its constants are then frozen, so one Script serves many concurrent
 SMTP sessions. Every error leaves the engine as a :class:`VslError`.
+
+Off the event loop. A server calls stage functions with ``call_off_loop``: a
+function the compiler proved quick (no loop, no call of a script function or
+closure, no step whose work grows with a value) runs on the event loop; any
+other runs in a worker thread, so a script burning its max_time does not stall
+the other sessions. Natives that wait on I/O never run in the worker: their
+coroutines are handed back to the server's loop (_on_host), where DNS caches
+and resolvers stay single-threaded as before; the worker's own event loop only
+runs the script's coroutine. Network waits end a fifth of max_time before the
+call's deadline (IO_DEADLINE), so a silent DNS server gives the script a
+catchable error rather than a time-limit error.
 """
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from contextvars import ContextVar
 import inspect
 import os
 from pathlib import Path
+import threading
 from time import monotonic
 
 from . import values
@@ -27,6 +40,7 @@ from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownE
 from .imports import check_nesting, import_target
 from .limits import Limits
 from .methods import call_method
+from .natives import IO_DEADLINE
 from .ops import Ops
 from .resolve import ModuleInfo, Resolution, resolve
 from .syntax import _line_of
@@ -37,6 +51,9 @@ _UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int 
 _STATE: ContextVar = ContextVar("vsl_exec_state")
 _NO_ARG = object()  # Script.call() without arguments
 _UNDEF = values.Undefined()  # a constant's global before the top level sets it
+IO_RESERVE = 0.2  # the part of max_time kept after network waits end (see IO_DEADLINE)
+# In a script worker thread: ``host``, the server's event loop; ``loop``, the thread's own.
+_worker = threading.local()
 
 
 class ExecState:
@@ -104,8 +121,10 @@ class ExecState:
         self.n = chunk
 
     def work(self, size: int) -> None:
-        """Count the O(size) work of one operation on a container: 1 per 64 items."""
-        self.n -= size >> 6
+        """Charge the work of one step that grows with a value's size (``size`` items or
+        characters: one operation, plus one per 64), checking the clock when the chunk is
+        used up. Every operation that walks or builds a value by size calls this."""
+        self.n -= 1 + (size >> 6)
         if self.n < 0:
             self.slow()
 
@@ -133,7 +152,7 @@ def _in(st, a, b):
             st.work(len(b))
         if type(a) is str:  # Python's == is the script's for a string needle
             return a in b
-    return st.ops.in_(a, b)
+    return st.ops.in_(st, a, b)
 
 
 def _not_in(st, a, b):
@@ -143,15 +162,48 @@ def _not_in(st, a, b):
 async def _ameth(st, obj, name, args):
     result = call_method(st, obj, name, args)
     if inspect.isawaitable(result):
-        result = await result
+        result = st.ops.from_native(await _on_host(result), obj, f"{name}()")
     return result
+
+
+def _on_host(awaitable):
+    """A native's coroutine, to await: as it is on the server's loop; in a script worker
+    thread, run on the server's loop (with the call's network deadline) and awaited
+    from the worker's loop through a future."""
+    host = getattr(_worker, "host", None)
+    if host is None:
+        return awaitable
+    hosted = asyncio.run_coroutine_threadsafe(_within_io_deadline(awaitable, IO_DEADLINE.get()),
+                                              host)
+    return asyncio.wrap_future(hosted)
+
+
+async def _within_io_deadline(awaitable, deadline: float | None):
+    """Await ``awaitable`` with IO_DEADLINE set (on the server's loop, in its own task)."""
+    IO_DEADLINE.set(deadline)
+    return await awaitable
+
+
+def _hosted(native):
+    """An async native's function as the compiled code calls it (see _on_host)."""
+    def call(*args):
+        return _on_host(native(*args))
+    return call
+
+
+def _worker_loop() -> asyncio.AbstractEventLoop:
+    """The event loop of this worker thread, made on first use."""
+    loop = getattr(_worker, "loop", None)
+    if loop is None:
+        loop = _worker.loop = asyncio.new_event_loop()
+    return loop
 
 
 class Script:
     """A loaded, compiled script: call its functions with :meth:`call`."""
 
     def __init__(self, engine: "Engine", file: str, env: dict, resolution: Resolution,
-                 module, top_value, imports: dict):
+                 module, top_value, imports: dict, quick: frozenset = frozenset()):
         self.engine = engine
         self.top_value = top_value  # the value of the top level's last statement
         self.file = file
@@ -171,6 +223,9 @@ class Script:
         # ... and their entry points for one argument, which take their own budget
         self._entries = {name: env[entry_fn_name(name, arity)]
                          for name, arity in self._direct if entry_fn_name(name, arity) in env}
+        # Functions that cannot run long (see ModuleCompiler.quick): call_off_loop runs
+        # them on the event loop. A closure can loop: no function of such a script is.
+        self.quick = frozenset() if self.uses_closures else quick
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
@@ -221,6 +276,25 @@ class Script:
             return self.engine.run(fn, args, False, False)
         return self.engine.run(self._fn(name, len(args)), args,
                                (name, len(args)) in self.async_functions, self.uses_closures)
+
+    async def call_off_loop(self, executor: Executor, name: str, arg):
+        """``await call_async(name, arg)`` without stalling the event loop: a function that
+        cannot run long runs here; any other in a thread of ``executor`` (its natives'
+        I/O still runs on this loop: see _on_host)."""
+        if (name, 1) in self.quick:
+            return await self.call_async(name, arg)
+        host = asyncio.get_running_loop()
+        return await host.run_in_executor(executor, self._call_in_worker, host, name, arg)
+
+    def _call_in_worker(self, host: asyncio.AbstractEventLoop, name: str, arg):
+        """Run ``name(arg)`` in a worker thread of call_off_loop."""
+        _worker.host = host
+        try:
+            if (name, 1) not in self.async_functions:
+                return self.call(name, arg)
+            return _worker_loop().run_until_complete(self.call_async(name, arg))
+        finally:
+            _worker.host = None
 
     async def call_async(self, name: str, arg=_NO_ARG, *more):
         """Run a script function inside an event loop (natives may wait on I/O):
@@ -274,9 +348,11 @@ def _args(arg, more: tuple) -> tuple:
 
 
 async def _within_deadline(coro, state: ExecState):
-    """Await a script coroutine, ending it with a LimitError at the call's deadline."""
+    """Await a script coroutine, ending it with a LimitError at the call's deadline; the
+    natives' network waits end IO_RESERVE of max_time before it."""
     if state.deadline == _INF:
         return await coro
+    token = IO_DEADLINE.set(state.deadline - state.max_time * IO_RESERVE)
     try:
         return await asyncio.wait_for(coro, max(state.deadline - monotonic(), 0))
     except TimeoutError:
@@ -284,6 +360,8 @@ async def _within_deadline(coro, state: ExecState):
             raise  # a native's own timeout, not ours
         raise LimitError(f"script ran longer than {state.limits.max_time} s "
                          "(limits.max_time)") from None
+    finally:
+        IO_DEADLINE.reset(token)
 
 
 def _run_sync(make_coro):
@@ -378,7 +456,7 @@ class Engine:
             env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
         exec(code, env)  # noqa: S102 - generated from the script AST, empty builtins
         value = self.run(env["__top__"], (), res.top_async)
-        return Script(self, file, env, res, module, value, imports)
+        return Script(self, file, env, res, module, value, imports, frozenset(compiler.quick))
 
     def _import(self, imp, module, load: _Load) -> Script:
         where = Pos(module.file, *imp.pos)
@@ -424,6 +502,7 @@ class Engine:
             "_add": ops.add, "_sub": ops.sub, "_mul": ops.mul, "_div": ops.div,
             "_mod": ops.mod, "_pow": ops.pow, "_eq": ops.eq, "_ne": ops.ne, "_lt": ops.lt,
             "_le": ops.le, "_gt": ops.gt, "_ge": ops.ge, "_in": _in, "_notin": _not_in,
+            "_eqv": values.equals,
             "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
             "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
             "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,
@@ -439,7 +518,8 @@ class Engine:
             "_FMT": frozenset({str, int}), "_too_long": ops.too_large,
         }
         for (ns, name), native in natives.items():
-            env[native_name(ns, name)] = native.func
+            env[native_name(ns, name)] = _hosted(native.func) if native.is_async else \
+                native.func
         for alias, script in imports.items():
             for (name, arity), fn in script.functions.items():
                 env[module_fn_name(alias, name, arity)] = fn

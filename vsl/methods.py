@@ -18,13 +18,25 @@ _TABLES: dict[str, dict[str, tuple]] = {"string": {}, "array": {}, "map": {}, "i
                                          "f64": {}, "range": {}, "any": {}}
 
 
-def _register(kinds: str, name: str, lo: int, hi: int, linear: bool = True):
-    """Add a method; ``linear``: its work grows with the receiver's size (it is charged)."""
+def _register(kinds: str, name: str, lo: int, hi: int, linear: bool = True,
+              walks: bool = False):
+    """Add a method; ``linear``: its work grows with the receiver's size (it is charged);
+    ``walks``: it walks nested values, charging what it walks: it is passed the call's
+    budget (an ExecState, whose ``ops`` the others are passed)."""
     def add(fn):
         for kind in kinds.split():
-            _TABLES[kind][name] = (fn, lo, hi, linear and kind in ("string", "array", "map"))
+            _TABLES[kind][name] = (fn, lo, hi, linear and kind in ("string", "array", "map"),
+                                   walks)
+            if linear and kind != "string":
+                _walking.add(name)
         return fn
     return add
+
+
+# Methods whose work can grow with a value in Python code (walking arrays and maps,
+# printing, calling closures) or that build arrays from a string: a function calling
+# one may run long (see ModuleCompiler.quick). Filled by _register.
+_walking: set[str] = {"split", "chars"}
 
 
 METHOD_NAMES: frozenset[str] = frozenset()  # filled at the end of the module
@@ -41,7 +53,8 @@ def call_method(st, obj, name: str, args: tuple):
     """Dispatch ``obj.name(*args)`` to a built-in or native method.
 
     ``st`` is the call's ExecState: a method whose work grows with its receiver
-    is charged operations in proportion to the receiver's size.
+    is charged operations in proportion to the receiver's size (and one that walks
+    nested values, for what it walks).
     """
     entry = _BY_TYPE.get((type(obj), name))
     if entry is not None:
@@ -51,7 +64,7 @@ def call_method(st, obj, name: str, args: tuple):
         if native is not None:
             fn, lo, hi = native
             _arity(name, lo, hi, len(args))
-            return fn(obj, *args)
+            return st.ops.from_native(fn(obj, *args), obj, f"{name}()")
     entry = _TABLES["any"].get(name)
     if entry is None:
         raise ScriptError(f"{type_name(obj)} has no method '{name}'")
@@ -59,12 +72,12 @@ def call_method(st, obj, name: str, args: tuple):
 
 
 def _call(entry, name, obj, st, args):
-    fn, lo, hi, linear = entry
+    fn, lo, hi, linear, walks = entry
     if not lo <= len(args) <= hi:
         _arity(name, lo, hi, len(args))
     if linear and len(obj) > 63:
         st.work(len(obj))
-    return fn(st.ops, obj, *args)
+    return fn(st if walks else st.ops, obj, *args)
 
 
 def _arity(name, lo, hi, n):
@@ -103,14 +116,14 @@ def _type_of(ops, v):
     return type_name(v)
 
 
-@_register("any", "to_string", 0, 0)
-def _to_string(ops, v):
-    return display(v, ops.max_string)
+@_register("any", "to_string", 0, 0, walks=True)
+def _to_string(st, v):
+    return display(v, st.ops.max_string, st)
 
 
-@_register("any", "to_debug", 0, 0)
-def _to_debug(ops, v):
-    return debug(v, ops.max_string)
+@_register("any", "to_debug", 0, 0, walks=True)
+def _to_debug(st, v):
+    return debug(v, st.ops.max_string, st)
 
 
 # ---- strings --------------------------------------------------------------
@@ -156,11 +169,11 @@ def _trim(ops, s):
 
 @_register("string", "split", 0, 1)
 def _split(ops, s, sep=None):
-    if sep is None:
-        return ops.array(s.split())
-    if _str_arg(sep, "separator") == "":
-        return ops.array(list(s))
-    return ops.array(s.split(sep))
+    """Stops after one part more than max_array_size (an error): never builds more."""
+    if sep is not None and _str_arg(sep, "separator") == "":
+        return _chars(ops, s)
+    most = ops.max_array
+    return ops.array(s.split(sep, -1 if most == math.inf else most))
 
 
 @_register("string", "replace", 2, 2)
@@ -187,22 +200,23 @@ def _sub_string(ops, s, start, length=None):
     return s[start:start + length]
 
 
-@_register("string array", "index_of", 1, 2)
-def _index_of(ops, v, item, start=0):
+@_register("string array", "index_of", 1, 2, walks=True)
+def _index_of(st, v, item, start=0):
     start = _int_arg(start, "start")
     if start < 0:
         start = max(len(v) + start, 0)
     if type(v) is str:
         return v.find(_str_arg(item), start)
     for i in range(start, len(v)):
-        if equals(v[i], item):
+        if equals(v[i], item, st):
             return i
     return -1
 
 
 @_register("string", "chars", 0, 0)
 def _chars(ops, s):
-    return ops.array(list(s))
+    ops.array_size(len(s))
+    return list(s)
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -247,7 +261,7 @@ def _push(ops, a, x):
     _mutable(a).append(x)
     if len(a) > ops.max_array:
         a.pop()
-        ops.array(a + [x])
+        ops.array_size(len(a) + 1)
 
 
 @_register("array", "pop", 0, 0, linear=False)
@@ -278,9 +292,9 @@ def _clear(ops, v):
     _mutable(v).clear()
 
 
-@_register("array", "contains", 1, 1)
-def _a_contains(ops, a, x):
-    return any(equals(x, y) for y in a)
+@_register("array", "contains", 1, 1, walks=True)
+def _a_contains(st, a, x):
+    return any(equals(x, y, st) for y in a)
 
 
 @_register("array", "get", 1, 1, linear=False)
@@ -296,18 +310,19 @@ def _reverse(ops, a):
     _mutable(a).reverse()
 
 
-@_register("array", "sort", 0, 0)
-def _sort(ops, a):
+@_register("array", "sort", 0, 0, walks=True)
+def _sort(st, a):
     _mutable(a)
     kinds = {type_name(x) for x in a}
     if kinds and not (kinds <= {"i64", "f64"} or kinds == {"string"}):
         raise ScriptError(f"sort() needs numbers or strings, not {', '.join(sorted(kinds))}")
+    st.work(len(a) * len(a).bit_length())  # n log n comparisons (n is charged already)
     a.sort()
 
 
-@_register("array", "join", 0, 1)
-def _join(ops, a, sep=""):
-    return ops.joined(a, _str_arg(sep, "separator"))
+@_register("array", "join", 0, 1, walks=True)
+def _join(st, a, sep=""):
+    return st.ops.joined(st, a, _str_arg(sep, "separator"))
 
 
 @_register("array", "filter", 1, 1)
@@ -434,6 +449,7 @@ def _range_contains(ops, r, x):
 
 METHOD_NAMES = frozenset(name for table in _TABLES.values() for name in table)
 ANY_METHODS = frozenset(_TABLES["any"])  # the methods every value has (type_of, ...)
+WALKING_METHODS = frozenset(_walking)
 
 _PY_TYPES = {"string": (str,), "array": (list, tuple), "map": (dict, FrozenMap), "i64": (int,),
              "f64": (float,), "range": (range,)}

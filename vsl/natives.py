@@ -11,8 +11,22 @@ the member of its first argument that it needs.
 from __future__ import annotations
 
 import inspect
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Callable
+
+# The monotonic time by which a native's network wait must end in the script call in
+# progress (set by the engine for calls that wait on I/O); None: no limit.
+IO_DEADLINE: ContextVar[float | None] = ContextVar("vsl_io_deadline", default=None)
+
+
+def io_time_left() -> float | None:
+    """Seconds a native may still wait on the network in the script call in progress
+    (None: as long as it likes). The engine ends network waits a fifth of max_time
+    before the call's deadline, so the script can still handle the failure."""
+    deadline = IO_DEADLINE.get()
+    return None if deadline is None else deadline - monotonic()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """Operators of the language, checked the way Rhai checks them.
 
 One :class:`Ops` instance per engine holds the size limits; the compiled
-code calls its bound methods. Every failure is a catchable ScriptError.
+code calls its bound methods. Those whose work grows with their operands
+(``+``, ``==``, ``in``, templates, join) take the call's budget ``st`` first
+and charge it by size (ExecState.work). Every failure is a catchable
+ScriptError, except a limit (LimitError).
 """
 from __future__ import annotations
 
@@ -46,17 +49,39 @@ class Ops:
                          "limits.max_string_size)")
 
     def array(self, a: list) -> list:
-        if len(a) > self.max_array:
-            raise LimitError(f"array too large ({len(a)} items > limit {self.max_array})")
+        self.array_size(len(a))
         return a
+
+    def array_size(self, size: int) -> None:
+        """An array of ``size`` items is too large: a LimitError (check before building)."""
+        if size > self.max_array:
+            raise LimitError(f"array too large ({size} items > limit {self.max_array}, "
+                             "limits.max_array_size)")
 
     def map(self, m: dict) -> dict:
         if len(m) > self.max_map:
-            raise LimitError(f"map too large ({len(m)} entries > limit {self.max_map})")
+            raise LimitError(f"map too large ({len(m)} entries > limit {self.max_map}, "
+                             "limits.max_map_size)")
         return m
 
+    def from_native(self, value, obj, name: str):
+        """``value`` of the property or method ``name`` of a native object, held to the
+        limits of values the script builds; too large is a ScriptError the script can
+        catch (it did not build it)."""
+        t = type(value)
+        if t is str:
+            if len(value) > self.max_string:
+                raise ScriptError(f"{obj.vsl_type}.{name} is {len(value)} characters, more "
+                                  f"than limits.max_string_size ({self.max_string})")
+        elif (t is list or t is tuple) and len(value) > self.max_array:
+            raise ScriptError(f"{obj.vsl_type}.{name} has {len(value)} items, more than "
+                              f"limits.max_array_size ({self.max_array})")
+        return value
+
     # -- arithmetic ------------------------------------------------------------
-    def add(self, a, b):
+    def add(self, st, a, b):
+        """``a + b``; joining strings, arrays or maps is charged by size and checked
+        against the limits before anything is built."""
         ta, tb = type(a), type(b)
         if ta is int and tb is int:
             r = a + b
@@ -65,16 +90,20 @@ class Ops:
             _overflow(a, "+", b)
         if ta is str or tb is str:
             if ta is str and tb is str:
-                if len(a) + len(b) > self.max_string:
-                    self.too_large(len(a) + len(b))
+                size = len(a) + len(b)
+                if size > self.max_string:
+                    self.too_large(size)
+                st.work(size)
                 return a + b
-            left = display(a, self.max_string)
-            return self.string(left + display(b, self.max_string - len(left)))
+            return self.joined(st, (a, b), "")
         if _both_num(a, b):
             return self._float(a + b)
         if (ta is list or ta is tuple) and (tb is list or tb is tuple):
-            return self.array([*a, *b])
+            self.array_size(len(a) + len(b))
+            st.work(len(a) + len(b))
+            return [*a, *b]
         if (ta is dict or ta is FrozenMap) and (tb is dict or tb is FrozenMap):
+            st.work(len(a) + len(b))
             return self.map({**a, **b})
         _type_error("+", a, b)
 
@@ -182,11 +211,13 @@ class Ops:
             return True
         raise ScriptError(f"'!' needs a boolean, not {type_name(v)}")
 
-    eq = staticmethod(equals)
+    @staticmethod
+    def eq(st, a, b):
+        return equals(a, b, st)
 
     @staticmethod
-    def ne(a, b):
-        return not equals(a, b)
+    def ne(st, a, b):
+        return not equals(a, b, st)
 
     @staticmethod
     def _ordered(op, a, b):
@@ -212,11 +243,11 @@ class Ops:
         return self._ordered(">=", a, b) and a >= b
 
     @staticmethod
-    def in_(a, b):
+    def in_(st, a, b):
         tb = type(b)
         if tb is list or tb is tuple:
             for x in b:
-                if x is a or equals(a, x):
+                if x is a or equals(a, x, st):
                     return True
             return False
         if tb is dict or tb is FrozenMap:
@@ -293,7 +324,7 @@ class Ops:
         if t is dict or t is FrozenMap:
             return obj.get(name)
         if isinstance(obj, NativeObject):
-            return obj.vsl_get(name)
+            return self.from_native(obj.vsl_get(name), obj, name)
         from .methods import has_method
         hint = f"; did you mean '{name}()'?" if has_method(obj, name) else ""
         raise ScriptError(f"{type_name(obj)} has no property '{name}'{hint}")
@@ -304,23 +335,24 @@ class Ops:
         raise ScriptError(f"cannot set property '{name}' on {type_name(obj)}")
 
     # -- strings and iteration -------------------------------------------------
-    def template(self, *parts):
-        try:
-            text = "".join(parts)  # all strings: the common case
-        except TypeError:
-            return self.joined(parts, "")
-        return text if len(text) <= self.max_string else self.too_large(len(text))
+    def template(self, st, *parts):
+        """A template's text when a part is not a string or an int (see e_Template)."""
+        return self.joined(st, parts, "")
 
-    def joined(self, items, sep: str) -> str:
-        """Join the text of values, stopping as soon as the size limit is passed."""
-        out, left = [], self.max_string
+    def joined(self, st, items, sep: str) -> str:
+        """Join the text of values: the size limit is checked before the text is built
+        (printing stops at the limit) and the work is charged by size."""
+        out, size = [], 0
+        st.work(len(items))
         for i, item in enumerate(items):
             t = type(item)
-            text = item if t is str else str(item) if t is int else display(item, left)
-            left -= len(text) + (len(sep) if i else 0)
-            if left < 0:
+            text = item if t is str else str(item) if t is int else \
+                display(item, self.max_string - size, st)
+            size += len(text) + (len(sep) if i else 0)
+            if size > self.max_string:
                 self.too_large(f"more than {self.max_string}")
             out.append(text)
+        st.work(size)
         return sep.join(out)
 
     @staticmethod

@@ -158,10 +158,11 @@ def _scalar_text(v, t) -> str | None:
 
 
 class _Printer:
-    """Renders nested values within a character budget (shared structure can be huge)."""
+    """Renders nested values within a character budget (shared structure can be huge),
+    charging each array or map it walks to the call's budget ``st`` (if any)."""
 
-    def __init__(self, limit: float):
-        self.limit, self.left, self.out = limit, limit, []
+    def __init__(self, limit: float, st=None):
+        self.limit, self.left, self.out, self.st = limit, limit, [], st
 
     def put(self, text: str) -> None:
         self.left -= len(text)
@@ -178,6 +179,8 @@ class _Printer:
         if depth > MAX_NESTING:
             raise LimitError(f"value nested more than {MAX_NESTING} levels deep "
                              "(does it contain itself?)")
+        if self.st is not None and (t in _ARRAYS or t in _MAPS):
+            self.st.work(len(v))
         if t is list or t is tuple:
             self.put("[")
             for i, x in enumerate(v):
@@ -199,15 +202,17 @@ class _Printer:
             self.put("<?>" if text is None else text)
 
 
-def debug(v, limit: float = _UNLIMITED) -> str:
-    """How a value prints inside an array or map (strings quoted); at most ``limit`` chars."""
-    printer = _Printer(limit)
+def debug(v, limit: float = _UNLIMITED, st=None) -> str:
+    """How a value prints inside an array or map (strings quoted); at most ``limit`` chars.
+    ``st``: the call's budget, charged for the arrays and maps walked."""
+    printer = _Printer(limit, st)
     printer.value(v, True, 0)
     return "".join(printer.out)
 
 
-def display(v, limit: float = _UNLIMITED) -> str:
-    """to_string(): how a value prints in `${}` and string concatenation."""
+def display(v, limit: float = _UNLIMITED, st=None) -> str:
+    """to_string(): how a value prints in `${}` and string concatenation (``st``: as for
+    debug)."""
     t = type(v)
     if t is str:
         if len(v) > limit:
@@ -216,7 +221,7 @@ def display(v, limit: float = _UNLIMITED) -> str:
     text = _scalar_text(v, t)
     if text is not None:
         return text
-    printer = _Printer(limit)
+    printer = _Printer(limit, st)
     printer.value(v, False, 0)
     return "".join(printer.out)
 
@@ -229,16 +234,17 @@ def preview(v, limit: int = 200) -> str:
         return f"<{type_name(v)} too large to print>"
 
 
-def equals(a, b) -> bool:
+def equals(a, b, st=None) -> bool:
     """Script ``==``: values of different types are unequal (ints and floats compare by value).
 
     Container pairs already being compared count as equal, so shared and self-containing
-    structures compare in linear time.
+    structures compare in linear time. ``st``: the call's budget, charged for each pair
+    of arrays or maps compared (ExecState.work), so a deep comparison stops at max_time.
     """
-    return _equals(a, b, None, 0)
+    return _equals(a, b, None, 0, st)
 
 
-def _equals(a, b, seen, depth) -> bool:
+def _equals(a, b, seen, depth, st) -> bool:
     if a is b:
         return True
     ta, tb = type(a), type(b)
@@ -249,13 +255,15 @@ def _equals(a, b, seen, depth) -> bool:
             return False
         if depth > MAX_NESTING:
             raise LimitError(f"values nested more than {MAX_NESTING} levels deep to compare")
+        if st is not None:
+            st.work(len(a))
         seen = set() if seen is None else seen
         key = (id(a), id(b))
         if key in seen:
             return True
         seen.add(key)
         pairs = zip(a, b) if arrays else ((x, b[k]) for k, x in a.items())
-        return all(_equals(x, y, seen, depth + 1) for x, y in pairs)
+        return all(_equals(x, y, seen, depth + 1, st) for x, y in pairs)
     if ta is tb:
         if isinstance(a, NativeObject):
             return a.vsl_equals(b)
@@ -273,16 +281,17 @@ _ARRAYS = (list, tuple)
 _MAPS = (dict, FrozenMap)
 
 
-def freeze(v):
+def freeze(v, st=None):
     """Deep-freeze a value so it can be shared by concurrent script calls.
 
     Shared parts are frozen once; a value that contains itself, or a closure that
-    captures variables (state shared between calls), cannot be a constant.
+    captures variables (state shared between calls), cannot be a constant. ``st``: the
+    call's budget, charged for each array or map frozen.
     """
-    return _freeze(v, {}, set())
+    return _freeze(v, {}, set(), st)
 
 
-def _freeze(v, done: dict, path: set):
+def _freeze(v, done: dict, path: set, st):
     t = type(v)
     if t is Closure:
         captured = [n for n in map(script_name, v.fn.__code__.co_freevars) if n]
@@ -300,11 +309,13 @@ def _freeze(v, done: dict, path: set):
         raise ScriptError("a constant cannot hold a value that contains itself")
     if len(path) > MAX_NESTING:
         raise LimitError(f"value nested more than {MAX_NESTING} levels deep to freeze")
+    if st is not None:
+        st.work(len(v))
     path.add(key)
     if t is list or t is tuple:
-        frozen = tuple(_freeze(x, done, path) for x in v)
+        frozen = tuple(_freeze(x, done, path, st) for x in v)
     else:
-        frozen = FrozenMap((k, _freeze(x, done, path)) for k, x in v.items())
+        frozen = FrozenMap((k, _freeze(x, done, path, st)) for k, x in v.items())
     path.discard(key)
     done[key] = frozen
     return frozen
