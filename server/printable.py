@@ -1,13 +1,17 @@
 """Text that clients and remote servers chose (HELO, addresses, replies), made safe to
 show an operator: in a terminal (``vsl queue``) or a log line. No control character (a
 terminal escape sequence, a carriage return that overwrites a line, a bidi override)
-passes through; each is escaped as Python writes it (``\\x1b``, ``\\u202e``)."""
+passes through; each is escaped as Python writes it (``\\x1b``, ``\\u202e``). Bytes that
+were not UTF-8 (kept as lone surrogates, ``\\udc9b``) are escaped too: some terminals read
+0x9b as a control."""
 from __future__ import annotations
 
+import logging
 import re
 
 # DEL, C1 controls and the Unicode format characters that reorder or hide text
-_OTHER_CONTROLS = r"\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+_OTHER_CONTROLS = (r"\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+                   r"\ud800-\udfff")
 _UNPRINTABLE = re.compile(rf"[\x00-\x1f{_OTHER_CONTROLS}]")
 _UNPRINTABLE_BUT_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER_CONTROLS}]")  # keeps \t \n
 
@@ -21,3 +25,13 @@ def printable(value, lines: bool = False) -> str:
 
 def _escape(found: re.Match) -> str:
     return found.group().encode("unicode_escape").decode("ascii")
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines that client text cannot forge or use to drive a terminal: controls are
+    escaped, and the lines after the first of a message (lint output, a traceback) are
+    indented, so no text a client sent starts a line of its own (what fail2ban reads)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message, lines=True).replace("\n", "\n  ")
+        return super().formatMessage(record)

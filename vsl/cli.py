@@ -174,8 +174,8 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
     if zones and dns_override:
         raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
                                "give one")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
@@ -253,13 +253,19 @@ def _serve(config) -> None:
         raise click.ClickException(f"cannot listen: {err}") from None
 
 
+def _log_format(fmt: str) -> None:
+    """Every log line of `vsl serve` in ``fmt``, with client text escaped."""
+    from server.printable import SafeFormatter
+
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(SafeFormatter(fmt))
+
+
 def _serve_workers(config) -> None:
     """`vsl serve` with [server] workers > 1 (server/workers.py)."""
     from server.workers import Workers
 
-    for handler in logging.getLogger().handlers:  # whose line is it
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    _log_format("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # whose line
     workers = Workers(config)
     try:
         workers.prepare()

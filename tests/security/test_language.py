@@ -4,6 +4,7 @@ errors."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 import re
 import subprocess
@@ -169,11 +170,13 @@ BAD_IMPORTS = {
     "nul byte": 'import "a\\0b" as x;\nfn on_helo(ctx) { status::next() }\n',
     "directory": 'import "sub" as x;\nfn on_helo(ctx) { status::next() }\n',
     "long name": f'import "{"a" * 5000}" as x;\nfn on_helo(ctx) {{ status::next() }}\n',
+    "fifo": 'import "fifo" as x;\nfn on_helo(ctx) { status::next() }\n',  # reading it blocks
 }
 
 
 def bad_import(directory: Path, kind: str) -> Path:
     (directory / "sub.vsl").mkdir()
+    os.mkfifo(directory / "fifo.vsl")
     main = directory / "main.vsl"
     if kind == "deep chain":
         return chain_of_imports(directory, 1500)

@@ -1,0 +1,31 @@
+"""Client text in log lines and operator output: a terminal escape, a forged log line or a
+byte that was not UTF-8 never passes through raw."""
+from __future__ import annotations
+
+import logging
+
+from server.printable import SafeFormatter, printable
+from vsl import cli
+
+
+def record(msg: str, *args) -> logging.LogRecord:
+    return logging.LogRecord("mail.log", logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_a_log_line_escapes_controls_and_cannot_start_a_forged_line():
+    line = SafeFormatter("%(levelname)s %(message)s").format(
+        record("unrecognised: %s", "FOO\x1b]0;PWNED\x07\nJan 1 sshd: Failed password"))
+    assert line == ("WARNING unrecognised: FOO\\x1b]0;PWNED\\x07\n"
+                    "  Jan 1 sshd: Failed password")
+
+
+def test_bytes_that_were_not_utf8_are_escaped():
+    helo = b"a\xff\x9b31mb".decode("utf-8", "surrogateescape")  # as the session keeps it
+    assert printable(helo) == "a\\udcff\\udc9b31mb"
+
+
+def test_vsl_serve_formats_every_log_line_safely(monkeypatch):
+    handler = logging.StreamHandler()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    cli._log_format("%(message)s")
+    assert isinstance(handler.formatter, SafeFormatter)
