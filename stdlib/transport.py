@@ -36,7 +36,7 @@ TLS_MODES = ("none", "opportunistic", "required", "verify")
 _PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
 _TLS_OPTIONS = {"smtp": TLS_MODES, "smtps": ("verify",)}  # what tls= may say, by scheme
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in a route's path (NUL included)
-_CLIMBING = frozenset({".", ".."})           # path parts that are refused
+_REFUSED_PARTS = frozenset({"", ".", ".."})  # path parts that are refused
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,17 @@ def parse_route(text: str, kinds=("smtp", "smtps", "lmtp", "mx", "maildir", "mbo
 
 
 def _absolute(path: str, text: str) -> str:
-    """``path`` without repeated or trailing '/'. A '.' or '..' part or a control
-    character is refused, never resolved: a path a script builds from a local part
-    (``"/var/mail/" + ctx.rcpt.local_part``) stays below the directory it names."""
+    """``path`` as given. An empty part (``//``, a trailing ``/``), a '.' or '..' part or
+    a control character is refused, never tidied: a path a script builds from a local
+    part (``"/var/mail/" + ctx.rcpt.local_part``) names a mailbox strictly below the
+    directory it names, never that directory itself (an empty local part)."""
     if not os.path.isabs(path):
         raise ScriptError(f"'{text}': the path must be absolute")
-    if _CONTROL.search(path) or not _CLIMBING.isdisjoint(path.split("/")):
-        raise ScriptError(f"{text!r}: a path may not have '.' or '..' parts or control "
-                          "characters")  # !r: the control characters escaped
-    return os.path.normpath(path)
+    parts = path.split("/")[1:]
+    if _CONTROL.search(path) or not _REFUSED_PARTS.isdisjoint(parts):
+        raise ScriptError(f"{text!r}: a path may not have empty, '.' or '..' parts or "
+                          "control characters")  # !r: the control characters escaped
+    return path
 
 
 def _url_route(kind: str, text: str) -> Route:

@@ -535,7 +535,7 @@ def test_unwritable_maildir_defers(tmp_path):
     ("lmtp://10.0.0.5", Route("lmtp", "10.0.0.5", 24)),
     ("lmtp:///run/dovecot/lmtp", Route("lmtp", path="/run/dovecot/lmtp")),
     ("mx", Route("mx")),
-    ("maildir:/var/mail/bob/", Route("maildir", path="/var/mail/bob")),
+    ("maildir:/var/mail/bob", Route("maildir", path="/var/mail/bob")),
     ("mbox:/var/spool/mail/bob", Route("mbox", path="/var/spool/mail/bob")),
 ])
 def test_routes_round_trip(text, route):

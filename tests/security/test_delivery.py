@@ -213,7 +213,8 @@ fn on_rcpt_to(ctx) {
 }
 """
 HOSTILE_RCPTS = ['"../../escaped here"@example.test', '"a/../../../escaped,too"@example.test',
-                 '"x\\"/../../../escaped"@example.test', '"../../escaped mbox"@mbox.test']
+                 '"x\\"/../../../escaped"@example.test', '"../../escaped mbox"@mbox.test',
+                 '""@mbox.test', '"/"@mbox.test', '""@example.test']  # the root itself
 BENIGN_RCPTS = ['"a/b"@example.test', 'bob@mbox.test', '"../../escaped here"@mx.test']
 
 
@@ -247,7 +248,8 @@ def test_hostile_local_parts_write_nothing_outside_the_root(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["/var/mail/../../etc/passwd", "/var/mail/./bob",
-                                  "/var/mail/..", "/var/mail/bob\x01", "/var/mail/\x00x"])
+                                  "/var/mail/..", "/var/mail/bob\x01", "/var/mail/\x00x",
+                                  "/var/mail/", "/var/mail//bob", "/"])
 @pytest.mark.parametrize("kind", ["maildir", "mbox"])
 def test_a_route_path_may_not_climb_or_hold_control_characters(kind, path):
     with pytest.raises(ScriptError, match="'.' or '..' parts or control characters"):
