@@ -7,29 +7,41 @@ times of its recent failures. When ``auth.failure_limit`` of them fall within
 ``auth.failure_window`` seconds, the key is locked out for ``auth.lockout`` seconds and its
 failures are forgotten; each further lockout lasts twice as long as the one before, up to
 ``auth.lockout_max``, until the key has been quiet (no failure, no lockout) that long.
-While either key of an attempt is locked, AUTH is refused without looking at the password.
-A successful login forgets its user's failures (not its address's: one good account must
-not clear the guesses at others). The state is in memory, per process, and bounded: past
-``auth.throttle_entries`` keys, the one used least recently is forgotten.
+
+A locked address may not AUTH at all. A locked user may still AUTH from the addresses it
+last logged in from (at most ``auth.known_addresses`` of them): guesses spread over many
+addresses are stopped, but they cannot lock the owner out of her usual address. A login
+forgets no failures (that would let guesses slip in between the owner's logins).
+
+The state is in memory, per process, and bounded by ``auth.throttle_entries`` in each of
+three tables: failure counts (the least recently used key goes first: losing a count costs
+the guesser a flood far larger than the guesses it gains), lockouts (never dropped before
+they expire: while the table is full, it fails safe and refuses AUTH to everyone but users
+at their known addresses; filling it takes ``failure_limit`` failures per two lockouts,
+from as many addresses as lockouts) and known addresses (written by logins only).
 """
 from __future__ import annotations
 
+import heapq
+import logging
 import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import AuthConfig
 
+log = logging.getLogger("vsl.smtp")
+
 
 @dataclass
 class _Record:
-    """What is known of one key."""
+    """The recent failures of one key."""
 
     failures: deque = field(default_factory=deque)  # times of the recent failures
-    locked_until: float = 0.0
     last_lockout: float = 0.0  # seconds; 0: none lately
-    last_failure: float = 0.0
+    last_failure: float = 0.0  # or end of the last lockout, whichever is later
 
 
 def client_key(ip: str) -> str:
@@ -42,59 +54,101 @@ def user_key(user: str) -> str:
     return "sasl_username=" + re.sub(r"[^\x21-\x7e]", "?", user)
 
 
+def _recent(table: OrderedDict, key: str, make: Callable, limit: int):
+    """``table[key]`` (made if missing), now the most recently used; the least recently
+    used entries past ``limit`` go."""
+    value = table.pop(key, None)
+    table[key] = make() if value is None else value
+    while len(table) > limit:
+        table.popitem(last=False)
+    return table[key]
+
+
 class AuthThrottle:
     """Failed logins per client address and per user name, and who is locked out."""
 
-    def __init__(self, config: AuthConfig):
+    def __init__(self, config: AuthConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
+        self._clock = clock
         self._records: OrderedDict[str, _Record] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._records)
+        self._lockouts: dict[str, float] = {}  # key: locked until
+        self._expiries: list[tuple[float, str]] = []  # heap of the lockouts' ends
+        self._known: OrderedDict[str, deque] = OrderedDict()  # user: addresses logged in from
+        self._full_logged = False
 
     def locked(self, ip: str, user: str) -> bool:
         """Whether a login from ``ip`` as ``user`` must be refused now."""
-        now = time.monotonic()
-        return any(self._records[key].locked_until > now
-                   for key in (client_key(ip), user_key(user)) if key in self._records)
+        self._expire(self._clock())
+        if client_key(ip) in self._lockouts:
+            return True
+        if ip in self._known.get(user, ()):
+            return False
+        return user_key(user) in self._lockouts or self._full()
 
     def failed(self, ip: str, user: str) -> list[tuple[str, float]]:
         """Count a failed login: the (key, seconds) lockouts it starts."""
-        now = time.monotonic()
+        now = self._clock()
+        self._expire(now)
         started = []
         for key in (client_key(ip), user_key(user)):
-            seconds = self._count(self._touch(key), now)
-            if seconds:
-                started.append((key, seconds))
+            record = _recent(self._records, key, _Record, self.config.throttle_entries)
+            if self._count(record, now):
+                seconds = self._lock(key, record, now)
+                if seconds:
+                    started.append((key, seconds))
         return started
 
-    def succeeded(self, user: str) -> None:
-        """Forget the failures of a user who logged in."""
-        self._records.pop(user_key(user), None)
-
-    def _touch(self, key: str) -> _Record:
-        """The record of ``key``, now the most recently used; the least recently used
-        one goes when there are too many."""
-        record = self._records.pop(key, None) or _Record()
-        self._records[key] = record
-        if len(self._records) > self.config.throttle_entries:
-            self._records.popitem(last=False)
-        return record
-
-    def _count(self, record: _Record, now: float) -> float:
-        """Add a failure to ``record``: the seconds of the lockout it starts, or 0."""
+    def succeeded(self, ip: str, user: str) -> None:
+        """Remember ``ip`` as an address ``user`` logged in from."""
         config = self.config
-        if now - max(record.last_failure, record.locked_until) > config.lockout_max:
+        addresses = _recent(self._known, user, lambda: deque(maxlen=config.known_addresses),
+                            config.throttle_entries)
+        if ip in addresses:
+            addresses.remove(ip)
+        addresses.append(ip)
+
+    def _count(self, record: _Record, now: float) -> bool:
+        """Add a failure to ``record``: whether it reached the limit within the window."""
+        config = self.config
+        if now - record.last_failure > config.lockout_max:
             record.last_lockout = 0.0  # quiet long enough: start over
-        record.last_failure = now
+        record.last_failure = max(record.last_failure, now)
         failures = record.failures
         failures.append(now)
         while failures[0] <= now - config.failure_window:
             failures.popleft()
-        if len(failures) < config.failure_limit:
+        return len(failures) >= config.failure_limit
+
+    def _lock(self, key: str, record: _Record, now: float) -> float:
+        """Lock ``key`` out: the seconds, or 0 when the table of lockouts is full (its
+        failures are then kept, so that its next one tries again)."""
+        if self._full() and key not in self._lockouts:
             return 0.0
-        failures.clear()
-        seconds = min(2 * record.last_lockout, config.lockout_max) if record.last_lockout \
-            else config.lockout
-        record.last_lockout, record.locked_until = seconds, now + seconds
+        seconds = min(2 * record.last_lockout, self.config.lockout_max) \
+            if record.last_lockout else self.config.lockout
+        record.failures.clear()
+        record.last_lockout, record.last_failure = seconds, now + seconds
+        self._lockouts[key] = now + seconds
+        heapq.heappush(self._expiries, (now + seconds, key))
+        if self._full():
+            self._log_full()
         return seconds
+
+    def _expire(self, now: float) -> None:
+        """Forget the lockouts that have ended."""
+        while self._expiries and self._expiries[0][0] <= now:
+            until, key = heapq.heappop(self._expiries)
+            if self._lockouts.get(key) == until:  # not locked again since
+                del self._lockouts[key]
+                self._full_logged = False
+
+    def _full(self) -> bool:
+        return len(self._lockouts) >= self.config.throttle_entries
+
+    def _log_full(self) -> None:
+        """Say once, until a lockout ends, that the throttle fails safe."""
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning("the AUTH throttle is full (%d lockouts, auth.throttle_entries): "
+                        "AUTH refused to everyone but users at their known addresses until "
+                        "a lockout ends", len(self._lockouts))

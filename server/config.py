@@ -58,7 +58,8 @@ class AuthConfig:
     failure_window: float = 600.0    # ... within these seconds lock it out (as fail2ban's)
     lockout: float = 600.0           # seconds of the first lockout (fail2ban's bantime);
     lockout_max: float = 3600.0      # each next one lasts twice as long, up to this
-    throttle_entries: int = 10000    # clients and users remembered (server/auth_throttle.py)
+    throttle_entries: int = 10000    # failure counts, lockouts, users (server/auth_throttle.py)
+    known_addresses: int = 10        # per user: the last addresses it logged in from
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,8 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
              "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
                                    "allow_plaintext": bool, "failure_limit": "int",
                                    "failure_window": "float", "lockout": "float",
-                                   "lockout_max": "float", "throttle_entries": "int"}),
+                                   "lockout_max": "float", "throttle_entries": "int",
+                                   "known_addresses": "int"}),
              "limits": (SmtpLimits, {f.name: f.type for f in fields(SmtpLimits)}),
              "dns": (DnsConfig, {"config": str, "nameservers": "nameservers",
                                  "timeout": "float", "override": "nameservers",

@@ -324,7 +324,7 @@ class Session:
         if not verdict and not ok:
             self._login_failed(mechanism, user)
         if verdict:
-            throttle.succeeded(user)
+            throttle.succeeded(self.peer_ip, user)
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
             session.auth_data = user

@@ -42,6 +42,7 @@ failure_window = 60
 lockout = 30
 lockout_max = 120.5
 throttle_entries = 100
+known_addresses = 3
 
 [limits]
 message_size = 1000000
@@ -157,7 +158,7 @@ def test_every_section_and_key_parses(tmp_path):
                              Listener("0.0.0.0", 465, "smtps"))
     assert config.tls == TlsConfig(tmp_path / "certs/cert.pem", tmp_path / "certs/key.pem")
     assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True, 3, 60.0,
-                                     30.0, 120.5, 100)
+                                     30.0, 120.5, 100, 3)
     assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4, 20, 300, 65536, 8192,
                                        30)
     assert config.limits.header == HeaderLimits(300, 65536, 8192, 30)
@@ -269,6 +270,7 @@ BAD_VALUES = [
     ({"auth": {"allow_plaintext": "yes"}}, "auth.allow_plaintext"),
     ({"auth": {"allow_plaintext": 1}}, "auth.allow_plaintext"),
     ({"auth": {"users_file": ""}}, "auth.users_file"),
+    ({"auth": {"known_addresses": -1}}, "auth.known_addresses"),
     # limits
     ({"limits": {"recipients": "many"}}, "limits.recipients"),
     ({"limits": {"recipients": -1}}, "limits.recipients"),

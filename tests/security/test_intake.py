@@ -86,13 +86,81 @@ def test_guesses_across_connections_are_throttled_per_ip_and_per_user(tmp_path, 
     assert "unknown[127.0.0.3]: too many failed logins, AUTH refused for 2 s" in caplog.text
 
 
-def test_the_throttle_remembers_a_bounded_number_of_clients_and_users():
-    throttle = AuthThrottle(AuthConfig(failure_limit=1, throttle_entries=3))
-    for i in range(100):
+def test_a_flood_of_new_names_does_not_push_a_lockout_out(tmp_path):
+    """Each failure from a new address as a new user adds two keys to the throttle: a flood
+    of them used to evict the victim's lockout, and the next guess was let in."""
+    auth = auth_config(tmp_path, throttle_entries=20)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        for i in range(1, 6):
+            assert login(server, "alice", "wrong", source=f"127.0.5.{i}")[0] == 535
+        assert login(server, "alice", "wrong", source="127.0.5.6") == LOCKED
+        for i in range(12):
+            assert login(server, f"junk{i}", "x", source=f"127.0.6.{i + 1}")[0] == 535
+        assert login(server, "alice", "secret", source="127.0.5.51") == LOCKED
+
+
+def test_guessing_one_user_from_many_addresses_does_not_lock_its_owner_out(tmp_path, caplog):
+    auth = auth_config(tmp_path, failure_limit=3)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        assert login(server, "alice", "secret", source="127.0.7.1")[0] == 235  # her address
+        for i in range(1, 4):  # a guesser spread over addresses, one guess each
+            assert login(server, "alice", "wrong", source=f"127.0.8.{i}")[0] == 535
+        assert login(server, "alice", "secret", source="127.0.8.4") == LOCKED  # still throttled
+        assert login(server, "alice", "secret", source="127.0.7.1")[0] == 235  # the owner
+        for _ in range(3):  # guesses from her address lock that address, as before
+            assert login(server, "alice", "wrong", source="127.0.7.1")[0] == 535
+        assert login(server, "alice", "secret", source="127.0.7.1") == LOCKED
+    assert "sasl_username=alice: too many failed logins, AUTH refused for 600 s" \
+        in caplog.text
+
+
+def test_the_owners_logins_do_not_reset_the_guesses_at_her_name():
+    throttle = AuthThrottle(AuthConfig(failure_limit=3))
+    throttle.failed("192.0.2.1", "alice")
+    throttle.failed("192.0.2.2", "alice")
+    throttle.succeeded("198.51.100.1", "alice")  # else a guesser gets 2 tries per login of hers
+    assert throttle.failed("192.0.2.3", "alice") == [("sasl_username=alice", 600.0)]
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_throttle_full_of_lockouts_refuses_new_clients_until_one_expires(caplog):
+    clock = Clock()
+    throttle = AuthThrottle(AuthConfig(failure_limit=1, lockout=10, lockout_max=10,
+                                       throttle_entries=3, known_addresses=2), clock=clock)
+    throttle.succeeded("192.0.2.50", "carol")
+    for i in range(100):  # 200 lockouts for a table of 3
         throttle.failed(f"192.0.2.{i}", f"user{i}")
-    assert len(throttle) == 3
-    assert throttle.locked("192.0.2.99", "nobody") and throttle.locked("192.0.2.1", "user99")
-    assert not throttle.locked("192.0.2.1", "user1")  # forgotten first: the oldest
+    assert throttle.locked("192.0.2.0", "user0")  # the first are kept, and the table is full:
+    assert throttle.locked("192.0.2.200", "nobody")  # a new client waits
+    assert throttle.locked("192.0.2.200", "carol")  # a known user from a new address too
+    assert not throttle.locked("192.0.2.50", "carol")  # but not from her own address
+    assert caplog.text.count("the AUTH throttle is full") == 1
+    clock.now += 10
+    assert not throttle.locked("192.0.2.0", "user0") and not throttle.locked("192.0.2.200", "x")
+
+
+def test_the_throttle_remembers_a_bounded_number_of_keys_and_good_addresses():
+    clock = Clock()
+    throttle = AuthThrottle(AuthConfig(failure_limit=2, throttle_entries=3,
+                                       known_addresses=2), clock=clock)
+    throttle.failed("192.0.2.1", "alice")
+    for i in range(10):  # pushes alice's first failure out
+        throttle.failed(f"192.0.2.{i + 10}", f"user{i}")
+    assert throttle.failed("192.0.2.2", "alice") == []
+    for i in range(3):  # she logged in from three addresses: the first is forgotten
+        throttle.succeeded(f"198.51.100.{i}", "alice")
+    assert throttle.failed("192.0.2.3", "alice") == [("sasl_username=alice", 600.0)]
+    assert throttle.locked("198.51.100.0", "alice")
+    assert not throttle.locked("198.51.100.2", "alice")
 
 
 # ---- DATA: a header of 5 million fields -------------------------------------------------
