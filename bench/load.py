@@ -3,9 +3,10 @@ CPython compiling the same logic written in Python (measured in the same run).
 
 The policy has 100 stage-like functions of 50 lines each (5,100 lines); the Python
 twin has the same functions, statement for statement. Best of 3 runs each. Then the
-growth: the same policy with a quarter of the functions, against the whole, in CPU time
-(wall clock on a busy machine says more about the other processes); loading is linear
-when 4x the source takes about 4x the time.
+growth, in CPU time (wall clock on a busy machine says more about the other processes):
+the same policy with a quarter of the functions against the whole, and a one-line script
+of 2,500 backtick templates against one of 20,000 (interpolations far along a long line);
+loading is linear when Nx the source takes about Nx the time.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from vsl.compile import ModuleCompiler  # noqa: E402
 from vsl.engine import Engine  # noqa: E402
 
 FUNCTIONS, CONDITIONS = 100, 46  # 46 if-lines + 4 make 50 lines a function
+TEMPLATES = 2_500  # backtick templates of the smaller one-line script
 
 
 def vsl_source(functions: int = FUNCTIONS) -> str:
@@ -31,6 +33,11 @@ def vsl_source(functions: int = FUNCTIONS) -> str:
                 f'else if ctx.domain in ["a", "b"] {{ s -= 1; }}' for i in range(CONDITIONS)]
         out += ["    s", "}", ""]
     return "\n".join(out)
+
+
+def template_source(templates: int) -> str:
+    """One line of ``let s = `${a}`;`` statements."""
+    return "let a = 1; " + "let s = `${a}`; " * templates
 
 
 def python_source() -> str:
@@ -90,11 +97,17 @@ def main() -> None:
           f"ratio {v / p:.1f}x")
     for label, seconds in best_phases.items():
         print(f"  {label:16} {seconds:6.2f} s")
-    quarter = vsl_source(FUNCTIONS // 4)
-    small = min(_cpu_load_time(quarter) for _ in range(3))
-    whole = min(_cpu_load_time(vsl_text) for _ in range(3))
-    print(f"growth: {len(vsl_text) / len(quarter):.1f}x the source loads in "
-          f"{whole / small:.1f}x the CPU time ({small:.2f} s -> {whole:.2f} s)")
+    _print_growth("policy", vsl_source(FUNCTIONS // 4), vsl_text)
+    _print_growth("one-line templates", template_source(TEMPLATES),
+                  template_source(8 * TEMPLATES))
+
+
+def _print_growth(label: str, small_text: str, large_text: str) -> None:
+    """How many times the CPU time of loading ``small_text`` it takes to load ``large_text``."""
+    small = min(_cpu_load_time(small_text) for _ in range(3))
+    large = min(_cpu_load_time(large_text) for _ in range(3))
+    print(f"growth, {label}: {len(large_text) / len(small_text):.1f}x the source loads in "
+          f"{large / small:.1f}x the CPU time ({small:.2f} s -> {large:.2f} s)")
 
 
 def _cpu_load_time(text: str) -> float:

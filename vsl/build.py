@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import gc
 import math
 import re
+import threading
 
 from lark import Token, Transformer, v_args
 from lark.exceptions import VisitError
@@ -386,8 +387,9 @@ class Parser:
         if limit and size > limit:
             raise self.error(f"{what} literal too large ({size} > {limit})", loc)
 
-    def statements(self, text: str) -> list:
-        tree = parse_tree(text, self.file)
+    def statements(self, text: str, origin: ast.Loc = (1, 1)) -> list:
+        """The statements of ``text``, a piece of the script that starts at ``origin``."""
+        tree = parse_tree(text, self.file, origin, self.source)
         check_depth(tree, self.limits.max_expr_depth, self.source, self.file)
         try:
             return _Builder(self, text).transform(tree)
@@ -395,12 +397,14 @@ class Parser:
             raise err.orig_exc from None
 
     def template(self, tok: Token) -> ast.Template:
-        """Split a backtick string into text and ``${ }`` blocks, parsed in place."""
+        """Split a backtick string into text and ``${ }`` blocks, each parsed as it is and
+        placed where it stands in the file."""
         raw = str(tok)[1:-1]
         offset = 1
         if raw.startswith("\n") or raw.startswith("\r\n"):
             cut = raw.index("\n") + 1
             raw, offset = raw[cut:], offset + cut
+        positions = _TokenPositions(tok)
         parts: list = []
         text_start = 0
         i = 0
@@ -410,10 +414,9 @@ class Parser:
                 break
             parts.append(raw[text_start:m.start()].replace("``", "`"))
             end = _interp_end(raw, m.end())
-            line, col = _position_in(tok, offset + m.end())
-            padded = "\n" * (line - 1) + " " * (col - 1) + raw[m.end():end]
-            body = self.statements(padded)
-            parts.append(ast.Block((line, col), tuple(body)))
+            origin = positions.at(offset + m.end())
+            body = self.statements(raw[m.end():end], origin)
+            parts.append(ast.Block(origin, tuple(body)))
             i = text_start = end + 1
         parts.append(raw[text_start:].replace("``", "`"))
         parts = [p for p in parts if p != ""]
@@ -421,13 +424,23 @@ class Parser:
         return ast.Template(_loc(tok), tuple(parts))
 
 
-def _position_in(tok: Token, offset: int) -> ast.Loc:
-    """The line and column of ``str(tok)[offset]``, counted within the token only."""
-    text = str(tok)
-    newline = text.rfind("\n", 0, offset)
-    if newline < 0:
-        return tok.line, tok.column + offset
-    return tok.line + text.count("\n", 0, offset), offset - newline
+class _TokenPositions:
+    """Line and column of offsets into a token's text, asked for in increasing order: each
+    is counted from the one before, so the token is walked once however many are asked."""
+
+    def __init__(self, tok: Token):
+        self.text, self.offset, self.line, self.column = str(tok), 0, tok.line, tok.column
+
+    def at(self, offset: int) -> ast.Loc:
+        """The line and column of ``str(tok)[offset]``."""
+        newlines = self.text.count("\n", self.offset, offset)
+        if newlines:
+            self.line += newlines
+            self.column = offset - self.text.rfind("\n", self.offset, offset)
+        else:
+            self.column += offset - self.offset
+        self.offset = offset
+        return self.line, self.column
 
 
 def _after_minus(text: str, start: int) -> bool:
@@ -464,8 +477,10 @@ def _interp_end(raw: str, start: int) -> int:
 def gc_paused():
     """Run the block with the cyclic garbage collector off. Parsing and compiling make
     millions of young objects that it would walk again and again (for a 5,000-line
-    script, more than half of the time to load); it collects them once back on."""
-    if not gc.isenabled():
+    script, more than half of the time to load); it collects them once back on.
+    Only on the main thread (the load at start): the collector is the whole process's,
+    and a reload runs in a worker thread while sessions go on."""
+    if not gc.isenabled() or threading.current_thread() is not threading.main_thread():
         yield
         return
     gc.disable()

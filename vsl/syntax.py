@@ -96,9 +96,10 @@ def _describe_token(tok: Token) -> str:
     return f"'{tok}'"
 
 
-def _translate(err: UnexpectedInput, source: str, file: str) -> VslSyntaxError:
+def _translate(err: UnexpectedInput, text: str) -> tuple[str, tuple[int, int]]:
+    """The message and the position (in ``text``) of a Lark error."""
     if isinstance(err, UnexpectedCharacters):
-        rest = source[err.pos_in_stream:]
+        rest = text[err.pos_in_stream:]
         if rest.startswith('"'):
             msg = "unterminated string"
         elif rest.startswith("`"):
@@ -107,30 +108,29 @@ def _translate(err: UnexpectedInput, source: str, file: str) -> VslSyntaxError:
             msg = "unterminated block comment"
         else:
             msg = f"unexpected character {rest[:1]!r}"
-        return _syntax_error(source, file, msg, err.line, err.column)
+        return msg, (err.line, err.column)
     if isinstance(err, UnexpectedEOF):
-        line = source.count("\n") + 1
-        col = len(source) - source.rfind("\n")
-        return _syntax_error(source, file, "unexpected end of file, expected "
-                             + expected_words(set(err.expected)), line, col)
+        return ("unexpected end of file, expected " + expected_words(set(err.expected)),
+                _end_of(text))
     assert isinstance(err, UnexpectedToken)
     tok = err.token
-    if tok.type == "$END":
-        line = source.count("\n") + 1
-        col = len(source) - source.rfind("\n")
-    else:
-        line, col = tok.line, tok.column
+    loc = _end_of(text) if tok.type == "$END" else (tok.line, tok.column)
     expected = set(err.expected)
     if err.interactive_parser is not None:
         expected = err.interactive_parser.accepts() or expected  # exact, not LALR-merged
     msg = f"unexpected {_describe_token(tok)}, expected {expected_words(expected)}"
-    if tok.type != "$END" and source.startswith("/*", tok.start_pos):
+    if tok.type != "$END" and text.startswith("/*", tok.start_pos):
         msg = "unterminated block comment"
     elif tok.type == "NAME" and str(tok) in RESERVED:
         msg = f"'{tok}' is a reserved word"
     elif tok.type == "RBRACE" and "SEMICOLON" in err.expected:
         msg = "expected ';' before '}'"
-    return _syntax_error(source, file, msg, line, col)
+    return msg, loc
+
+
+def _end_of(text: str) -> tuple[int, int]:
+    """The line and column just past the end of ``text``."""
+    return text.count("\n") + 1, len(text) - text.rfind("\n")
 
 
 class _ReservedWord(Exception):
@@ -162,18 +162,49 @@ def _reject_reserved(tok: Token) -> Token:
     return tok
 
 
-def parse_tree(source: str, file: str) -> Tree:
-    """Parse script text into a Lark tree, raising VslSyntaxError on error."""
+def parse_tree(text: str, file: str, origin: tuple[int, int] = (1, 1),
+               source: str | None = None) -> Tree:
+    """Parse script text into a Lark tree, raising VslSyntaxError on error. ``text`` may be
+    a piece of the file's ``source`` that starts at ``origin`` (an interpolation, parsed as
+    it is): the positions in the tree and in the error are the file's all the same."""
     try:
-        return _parser().parse(source)
+        tree = _parser().parse(text)
     except UnexpectedInput as err:
-        raise _translate(err, source, file) from None
+        msg, loc = _translate(err, text)
     except _ReservedWord as err:
         tok = err.token
         hint = {"null": " (use () for nothing)", "nil": " (use () for nothing)",
                 "var": " (use let)", "match": " (use switch)"}.get(str(tok), "")
-        raise _syntax_error(source, file, f"'{tok}' is a reserved word{hint}", tok.line,
-                            tok.column) from None
+        msg, loc = f"'{tok}' is a reserved word{hint}", (tok.line, tok.column)
+    else:
+        if origin != (1, 1):
+            _shift_positions(tree, origin)
+        return tree
+    line, col = _shifted(loc, origin)
+    raise _syntax_error(text if source is None else source, file, msg, line, col)
+
+
+def _shifted(loc: tuple[int, int], origin: tuple[int, int]) -> tuple[int, int]:
+    """Where ``loc``, a position in a piece of text that starts at ``origin``, is in the
+    whole text."""
+    line, col = loc
+    if line == 1:
+        return origin[0], origin[1] + col - 1
+    return origin[0] + line - 1, col
+
+
+def _shift_positions(tree: Tree, origin: tuple[int, int]) -> None:
+    """Move every position in ``tree``, parsed from a piece of text that starts at
+    ``origin``, to its place in the whole text (offsets such as start_pos stay the piece's)."""
+    for node in tree.iter_subtrees():
+        meta = node.meta
+        if not meta.empty:
+            meta.line, meta.column = _shifted((meta.line, meta.column), origin)
+            meta.end_line, meta.end_column = _shifted((meta.end_line, meta.end_column), origin)
+        for tok in node.children:
+            if isinstance(tok, Token):
+                tok.line, tok.column = _shifted((tok.line, tok.column), origin)
+                tok.end_line, tok.end_column = _shifted((tok.end_line, tok.end_column), origin)
 
 
 # Left-associative operators and postfix chains: ``a + b + c`` and ``s.trim().len()``
