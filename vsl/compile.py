@@ -48,6 +48,7 @@ def entry_fn_name(name: str, arity: int) -> str:
 
 
 _PROLOGUE = 3  # statements: the depth guard and the operation count
+_FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
 
 
 def module_fn_name(alias: str, name: str, arity: int) -> str:
@@ -452,10 +453,7 @@ class _Fn:
             size = _call("_len", _walrus(r, joined))
             joined = py.IfExp(py.Compare(size, [py.LtE()], [_const(self.mc.max_string)]),
                               _name(r), _call("_too_long", _call("_len", _name(r))))
-        test = tests[0]
-        for more in tests[1:]:  # & evaluates every part, in order
-            test = py.BinOp(test, py.BitAnd(), more)
-        return py.IfExp(test, joined, _call("_tpl", self.walks(), *args))
+        return py.IfExp(_every(tests), joined, _call("_tpl", self.walks(), *args))
 
     def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
         """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
@@ -933,6 +931,17 @@ _INLINE_METHODS = {
 _BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
 _SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
 
+
+def _every(tests: list[py.expr]) -> py.expr:
+    """Whether every test (a bool) is true, evaluating each in order (they assign the
+    parts' values): ``t1 & t2 & ...``, or for many parts the flat ``False not in (t1,
+    t2, ...)``, as CPython refuses a chain of ``&`` nested a thousand deep."""
+    if len(tests) > _FLAT_FROM:
+        return py.Compare(_const(False), [py.NotIn()], [py.Tuple(tests, py.Load())])
+    test = tests[0]
+    for more in tests[1:]:
+        test = py.BinOp(test, py.BitAnd(), more)
+    return test
 
 def _unblock(e):
     """``${ x }``: the expression of a one-expression block (no scope needed)."""

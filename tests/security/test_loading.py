@@ -12,6 +12,7 @@ from vsl import engine as engine_module
 from vsl.compile import ModuleCompiler
 from vsl.engine import Engine
 from vsl.errors import VslError
+from vsl.limits import Limits
 
 
 def _one_line_of_templates(count: int) -> str:
@@ -90,3 +91,18 @@ def _observing(function, phase: str, seen: set):
         seen.add((threading.current_thread().name, phase, gc.isenabled()))
         return function(*args, **kwargs)
     return observed
+
+
+@pytest.mark.parametrize("count", [1, 16, 17, 2000])
+def test_a_template_of_thousands_of_interpolations_loads_and_runs(count):
+    """Their checks were a chain of `&` nested as deep as there are parts, which CPython
+    refused to compile from about a thousand ("maximum recursion depth exceeded")."""
+    parts = "".join(f"${{a}}{i % 10}" for i in range(count))
+    script = Engine().load_source(f"let a = \"x\"; `{parts}`", "t.vsl")
+    assert script.top_value == "".join(f"x{i % 10}" for i in range(count))
+
+
+def test_a_template_over_the_size_limit_still_fails_with_many_parts():
+    with pytest.raises(VslError, match="string"):
+        Engine(Limits(max_string_size=100)).load_source(
+            "let a = \"xy\"; `" + "${a}" * 60 + "`", "t.vsl")
