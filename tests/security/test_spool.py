@@ -18,6 +18,7 @@ from server.queue import QueueError, Spool, check_queue
 from server.printable import printable
 from stdlib.status import is_quarantine_name
 from tests.support.servers import config_for, running
+from tests.support.terminal import on_terminal
 
 VSL = Path(sys.executable).parent / "vsl"
 
@@ -85,12 +86,15 @@ def test_client_text_cannot_drive_the_operators_terminal(tmp_path):
                           f"Subject: hi{TITLE}\r\n\r\nbody\x1b[2J\r\n".encode())
         (entry,) = server.spool.list()
     assert TITLE in entry.envelope.helo  # stored as sent: only printing escapes it
-    for command in (["show", entry.id], ["show", "--eml", entry.id], ["list"],
-                    ["list", "--by-domain"], ["list", "--json"], ["hold", entry.id]):
+    for command in (["show", entry.id], ["list"], ["list", "--by-domain"], ["list", "--json"],
+                    ["hold", entry.id]):
         result = subprocess.run([VSL, "queue", "--queue-dir", str(server.spool.root), *command],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         assert not set(result.stdout) & {"\x1b", "\x07"}, (command, result.stdout)
+    message = on_terminal([VSL, "queue", "--queue-dir", str(server.spool.root), "show",
+                           "--eml", entry.id])  # into a file, the bytes are kept as stored
+    assert not set(message) & {"\x1b", "\x07"} and r"body\x1b[2J" in message
     shown = subprocess.run([VSL, "queue", "--queue-dir", str(server.spool.root), "show",
                             entry.id], capture_output=True, text=True, timeout=30).stdout
     assert r"(evil\x1b]0;owned\x07.test)" in shown
