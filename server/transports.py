@@ -17,6 +17,7 @@ import errno
 import fcntl
 import functools
 import itertools
+import logging
 import os
 import random
 import re
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from stdlib.dns import Resolver
 
     from .config import DeliveryConfig
+
+log = logging.getLogger("vsl.delivery")
 
 _STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
@@ -515,7 +518,8 @@ def dot_stuffed(data: bytes) -> bytes:
 # ---- local files -----------------------------------------------------------------------------
 
 async def _local(route: Route, sender: str, rcpt: str, data: bytes) -> Outcome:
-    """One copy into a Maildir or an mbox (in a thread); a file error defers."""
+    """One copy into a Maildir or an mbox (in a thread); a file error defers. The reply
+    (which a DSN to an outside sender quotes) names no local path: the log does."""
     content = local_copy(sender, rcpt, data)
     try:
         if route.kind == "maildir":
@@ -523,9 +527,10 @@ async def _local(route: Route, sender: str, rcpt: str, data: bytes) -> Outcome:
         else:
             await asyncio.to_thread(append_mbox, route.path, content, sender)
     except OSError as err:
-        return Outcome("deferred", f"451 4.3.0 {route.kind} {route.path}: "
-                                   f"{err.strerror or err}")
-    return Outcome("delivered", f"250 2.0.0 delivered to {route.kind} {route.path}")
+        log.warning("%s %s: %s", route.kind, route.path, err)
+        why = os.strerror(err.errno) if err.errno else "I/O error"
+        return Outcome("deferred", f"451 4.3.0 mailbox unavailable: {why}")
+    return Outcome("delivered", f"250 2.0.0 delivered to {route.kind}")
 
 
 def local_copy(sender: str, rcpt: str, data: bytes) -> bytes:

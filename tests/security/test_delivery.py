@@ -21,6 +21,8 @@ import pytest
 
 from server.config import DeliveryConfig
 from server.dnsd import DnsServer
+from server.dsn import build_dsn
+from server.envelope import Envelope, RecipientState
 from server.transports import Outcome, Transports
 from stdlib import dns as dns_natives
 from stdlib.dns import Resolver, parse_nameserver
@@ -263,22 +265,41 @@ def deliver_locally(route: str) -> Outcome:
     return asyncio.run(main())
 
 
-def test_an_mbox_that_is_a_symbolic_link_out_of_its_directory_is_not_written(tmp_path):
+def test_an_mbox_that_is_a_symbolic_link_out_of_its_directory_is_not_written(tmp_path, caplog):
     (tmp_path / "boxes").mkdir()
     outside = tmp_path / "outside"
     outside.write_text("kept\n")
     (tmp_path / "boxes" / "bob").symlink_to(outside)
     outcome = deliver_locally(f"mbox:{tmp_path}/boxes/bob")
-    assert outcome.status == "deferred" and "leaves its directory" in outcome.reply
+    assert outcome == Outcome("deferred", "451 4.3.0 mailbox unavailable: "
+                                          "Operation not permitted")
+    assert f"mbox {tmp_path}/boxes/bob: " in caplog.text and "leaves its directory" in caplog.text
     assert outside.read_text() == "kept\n"
 
 
 @pytest.mark.parametrize("linked", ["tmp", "new"])
-def test_a_maildir_whose_folders_lead_elsewhere_is_not_written(tmp_path, linked):
+def test_a_maildir_whose_folders_lead_elsewhere_is_not_written(tmp_path, linked, caplog):
     box, outside = tmp_path / "box", tmp_path / "outside"
     outside.mkdir()
     box.mkdir()
     (box / linked).symlink_to(outside)
     outcome = deliver_locally(f"maildir:{box}")
-    assert outcome.status == "deferred" and "leaves its directory" in outcome.reply
+    assert outcome.status == "deferred" and str(tmp_path) not in outcome.reply
+    assert "leaves its directory" in caplog.text
     assert list(outside.iterdir()) == []
+
+
+def test_local_replies_and_their_dsns_name_no_local_path(tmp_path, caplog):
+    """A Maildir that cannot be made (a file where a directory should be), and one written:
+    the replies, which go into DSNs to outside senders, say what happened, not where; the
+    log keeps the path."""
+    (tmp_path / "file").write_text("not a directory")
+    failed = deliver_locally(f"maildir:{tmp_path}/file/bob")
+    assert failed == Outcome("deferred", "451 4.3.0 mailbox unavailable: Not a directory")
+    assert f"maildir {tmp_path}/file/bob: " in caplog.text
+    dsn = build_dsn("out.test", Envelope("alice@example.org", id="0" * 12 + "-" + "1" * 12),
+                    [RecipientState("bob@example.test", status="failed", reply=failed.reply)],
+                    MESSAGE)
+    assert b"mailbox unavailable: Not a directory" in dsn and str(tmp_path).encode() not in dsn
+    delivered = deliver_locally(f"maildir:{tmp_path}/box")
+    assert delivered == Outcome("delivered", "250 2.0.0 delivered to maildir")
