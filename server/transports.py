@@ -161,10 +161,10 @@ class Transports:
 
     async def _mx_attempt(self, domain: str, sender: str, recipients: list[str],
                           data: bytes, answered: dict[str, Outcome]) -> dict:
-        """Addresses of the exchangers in turn, at most ``mx_address_limit``; the
-        recipients a session defers go on to the next one, for at most
-        ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit). ``answered`` gets
-        each server's replies as they come."""
+        """Addresses of the exchangers in turn, at most ``mx_address_limit`` from at most
+        ``mx_host_limit`` hosts; the recipients a session defers go on to the next one,
+        for at most ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit).
+        ``answered`` gets each server's replies as they come."""
         try:
             hosts = await self._exchangers(domain)
         except ScriptError as err:  # DnsTempError, or no usable resolver
@@ -210,8 +210,9 @@ class Transports:
                 return
 
     async def _exchangers(self, domain: str) -> list[str]:
-        """Mail exchangers by preference (equal ones shuffled); the domain itself when it
-        has no MX; [] for a null MX."""
+        """Mail exchangers by preference (equal ones shuffled), the first
+        ``mx_host_limit`` of them: each costs look-ups even when it has no address; the
+        domain itself when it has no MX; [] for a null MX."""
         if domain.startswith("["):
             return [domain]
         records = await self.resolver.query(domain, "MX")
@@ -219,7 +220,11 @@ class Transports:
             return [domain]
         usable = [r for r in records if r.exchange != dns.name.root]
         usable.sort(key=lambda r: (r.preference, random.random()))
-        return [r.exchange.to_text(omit_final_dot=True) for r in usable]
+        limit = self.config.mx_host_limit
+        if len(usable) > limit:
+            log.info("%s: %d mail exchangers, the first %d looked up "
+                     "(delivery.mx_host_limit)", domain, len(usable), limit)
+        return [r.exchange.to_text(omit_final_dot=True) for r in usable[:limit]]
 
     # -- LMTP ------------------------------------------------------------------------------
     async def _lmtp(self, route: Route, sender: str, recipients: list[str], data: bytes):

@@ -36,6 +36,7 @@ ADDRESSES = [f"127.0.0.{n}" for n in range(2, 22)]
 HOSTILE = {
     "many.hostile.test.": [("MX", f"10 mx{i}.hosts.hostile.test.") for i in range(300)],
     "*.hosts.hostile.test.": [("A", address) for address in ADDRESSES],
+    "nowhere.hostile.test.": [("MX", f"10 mx{i}.nowhere.hostile.test.") for i in range(300)],
     "*.big.hostile.test.": [("TXT", ["x" * 250] * 248)],  # 62 KB answers
 }
 CONFIG = DeliveryConfig(connect_timeout=2, command_timeout=2, idle_timeout=0)
@@ -98,10 +99,11 @@ def resolver_for(dns: DnsServer, **options) -> Resolver:
     return Resolver([parse_nameserver(f"127.0.0.1:{dns.port}")], timeout=2, **options)
 
 
-def attempt(dns: DnsServer, mta: CountingMta, **limits):
-    """One MX delivery attempt to bob@many.hostile.test: (outcome, seconds)."""
+def attempt(dns: DnsServer, mta: CountingMta, rcpt: str = "bob@many.hostile.test",
+            resolver: Resolver | None = None, **limits):
+    """One MX delivery attempt to ``rcpt``: (outcome, seconds)."""
     config = replace(CONFIG, mx_port=mta.port, **limits)
-    resolver = resolver_for(dns)
+    resolver = resolver or resolver_for(dns)
 
     async def main():
         transports = Transports(config, "out.test", resolver)
@@ -109,10 +111,10 @@ def attempt(dns: DnsServer, mta: CountingMta, **limits):
         try:
             async with mta:
                 outcomes = await transports.deliver(Route("mx"), "alice@example.org",
-                                                    ["bob@many.hostile.test"], MESSAGE)
+                                                    [rcpt], MESSAGE)
         finally:
             await transports.close()
-        return outcomes["bob@many.hostile.test"], time.monotonic() - start
+        return outcomes[rcpt], time.monotonic() - start
 
     return asyncio.run(main())
 
@@ -135,6 +137,18 @@ def test_sessions_that_defer_go_to_the_next_host_up_to_the_session_limit(hostile
     outcome, _ = attempt(hostile_dns, mta)
     assert (mta.connections, mta.sessions) == (2, 2)  # smtp_mx_session_limit
     assert outcome.status == "deferred" and outcome.reply == "451 4.3.0 busy"
+
+
+@pytest.mark.parametrize("limits, hosts", [({}, 10), ({"mx_host_limit": 4}, 4)])
+def test_mail_exchangers_without_addresses_cost_at_most_the_host_limit(hostile_dns, limits,
+                                                                       hosts):
+    """300 MX hosts, none with an address: each host looked up costs two queries (A and
+    AAAA); without a cap on hosts, one attempt sent 601 queries."""
+    resolver = resolver_for(hostile_dns)
+    outcome, _ = attempt(hostile_dns, CountingMta(), "bob@nowhere.hostile.test", resolver,
+                         **limits)
+    assert resolver.sent == 1 + 2 * hosts  # the MX query, then A and AAAA of each host
+    assert outcome.status == "failed" and outcome.reply.startswith("550 5.4.4 no address")
 
 
 def test_one_attempt_is_bounded_in_time(hostile_dns):
