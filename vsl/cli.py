@@ -356,12 +356,18 @@ def queue_list(spool, name, by_domain, as_json) -> None:
     from server.queue import QueueError
 
     try:
-        entries = spool.list(name)
+        entries, unreadable = spool.scan(name)
     except QueueError as err:
         raise _queue_error(err) from None
-    show = queue_admin.as_json if as_json else \
-        queue_admin.table if by_domain else queue_admin.listing
-    click.echo(show(entries))
+    for warning in spool.quarantine_warnings():
+        click.echo(f"vsl: warning: {warning}", err=True)
+    if as_json or by_domain:
+        click.echo((queue_admin.as_json if as_json else queue_admin.table)(entries))
+        if unreadable:
+            click.echo(f"vsl: warning: {len(unreadable)} unreadable envelope(s) left out "
+                       "(vsl queue list shows them)", err=True)
+    else:
+        click.echo(queue_admin.listing(entries, unreadable))
 
 
 @queue.command("show")
