@@ -44,13 +44,15 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 async def recover_spool(spool: Spool) -> None:
     """At start-up, before anything writes to the spool: finish or drop what a stop cut
-    short (:meth:`Spool.recover`), warn of directories open to other users, then hold
-    what was never acknowledged."""
+    short (:meth:`Spool.recover`), warn of directories open to other users and of
+    misnamed quarantines, then hold what was never acknowledged."""
     dropped = spool.recover()
     if dropped:
         log.info("spool: dropped %d unacknowledged file(s)", dropped)
     for directory, mode in spool.open_to_others():
         log.warning("spool %s is readable by others (mode %04o): chmod 700 it", directory, mode)
+    for warning in spool.quarantine_warnings():
+        log.warning("spool: %s", warning)
     await hold_unacknowledged(spool)
 
 

@@ -120,6 +120,8 @@ class DeliveryConfig:
                                        # smtp_mx_address_limit) ...
     mx_session_limit: int = 2          # ... and sessions opened (smtp_mx_session_limit)
     mx_attempt_timeout: float = 600.0  # one MX attempt, DNS look-ups included, then defer
+    mx_host_limit: int = 10            # MX hosts looked up in one attempt (twice the
+                                       # address limit's default: hosts without addresses)
 
 
 @dataclass(frozen=True)
@@ -343,7 +345,8 @@ _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
                     "connect_timeout": "float", "command_timeout": "float",
                     "idle_timeout": "float", "poll_interval": "float", "mx_port": "int",
                     "mx_address_limit": "int", "mx_session_limit": "int",
-                    "mx_attempt_timeout": "float", "credentials": "path", "ca_file": "path"}
+                    "mx_host_limit": "int", "mx_attempt_timeout": "float",
+                    "credentials": "path", "ca_file": "path"}
 
 _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
              "auth": (AuthConfig, {"mechanisms": "mechanisms", "users_file": "path",
@@ -376,7 +379,7 @@ _MINIMUM = {"server.workers": 1, "server.script_threads": 1, "auth.failure_limit
                                            "header_field_size", "received_headers")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port", "mx_address_limit",
-                                            "mx_session_limit")}}
+                                            "mx_session_limit", "mx_host_limit")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
              "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",

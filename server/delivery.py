@@ -35,7 +35,7 @@ from .config import DeliveryConfig
 from .dsn import build_dsn
 from .envelope import Envelope, RecipientState
 from .journal import Journal
-from .queue import Entry, QueueError, Spool
+from .queue import Entry, QueueError, Spool, UnreadableEnvelope
 from .transports import Outcome, Transports
 
 log = logging.getLogger("vsl.delivery")
@@ -138,6 +138,8 @@ class Delivery:
     async def _mark_delivered(self, msg_id: str, addresses: set[str]) -> None:
         try:
             entry = self.spool.get(msg_id)
+        except UnreadableEnvelope:
+            raise  # not removed: the journal keeps it until the envelope is fixed
         except QueueError:
             return  # delivered and removed, or removed by the operator
         undone = [r for r in entry.envelope.recipients

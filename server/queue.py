@@ -5,13 +5,19 @@
                                 their status, history
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
-``dead``, ``hold`` and ``quarantine/<name>``. A message exists once its JSON file does:
+``dead``, ``hold`` and ``quarantine/<name>`` (<name> as status::quarantine allows; a longer
+one an older vSL made is listed and emptied, never filled). A message exists once its JSON
+file does:
 both files are written to ``tmp/``, made durable, then renamed into place (JSON last)
 and the renames made durable, before :meth:`Spool.put` returns. Many sessions
 finishing together share that work: a single writer thread commits them in batches,
 with one ``syncfs`` (or one fsync per file where syncfs is missing) per batch, so
 throughput grows with concurrency while no caller is answered before its own data is
 on disk.
+
+An envelope that cannot be read (a newer version, a field of the wrong type, an I/O
+error) is never misread: :meth:`Spool.scan` reports it, :meth:`Spool.list` skips it with a
+warning in the log.
 
 Every operation is behind :class:`Spool` (put, claim, complete, defer, move, list,
 get), so a broker-backed queue can replace the spool without touching its users.
@@ -22,6 +28,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import os
 import re
 import secrets
@@ -34,13 +41,29 @@ from pathlib import Path
 from stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
+from .printable import printable
+
+log = logging.getLogger("vsl.spool")
 
 QUEUES = ("working", "deliver", "deferred", "dead", "hold")
 _ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
+# A quarantine directory that is listed: today's names (is_quarantine_name), and the longer
+# ones an older vSL allowed. Never hidden, so never '.' or '..'.
+_LISTED_QUARANTINE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_WHY_LIMIT = 200  # characters of why an envelope is unreadable (it may quote a long value)
 
 
 class QueueError(Exception):
     """The spool cannot do what was asked (unknown message or queue, disk full, ...)."""
+
+
+class UnreadableEnvelope(QueueError):
+    """A message whose envelope cannot be read: not JSON, a newer version, a field of the
+    wrong type, or an I/O error. It stays in place for an operator."""
+
+    def __init__(self, msg_id: str, queue: str, path: Path, why: str):
+        super().__init__(f"{msg_id}: unreadable envelope: {why}")
+        self.msg_id, self.queue, self.path, self.why = msg_id, queue, path, why
 
 
 def new_id() -> str:
@@ -54,6 +77,12 @@ def check_queue(name: str) -> str:
                           is_quarantine_name(name.removeprefix("quarantine/"))):
         return name
     raise QueueError(f"unknown queue '{name}' (queues: {', '.join(QUEUES)}, quarantine/NAME)")
+
+
+def is_older_quarantine(name: str) -> bool:
+    """Whether quarantine/``name`` breaks today's rule but an older vSL made it (a name
+    over 64 characters): listed and emptied, never filled."""
+    return _LISTED_QUARANTINE.fullmatch(name) is not None and not is_quarantine_name(name)
 
 
 def _syncfs_function():
@@ -238,17 +267,28 @@ class Spool:
             _make_private_dir(self.root / queue)
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
+        self._warned: dict[str | None, set[Path]] = {}  # unreadable envelopes logged, by list()
 
     def close(self) -> None:
         """Stop the writer thread (a later write starts it again)."""
         self._committer.close()
 
     # -- paths -----------------------------------------------------------
-    def _paths(self, queue: str, msg_id: str) -> tuple[Path, Path]:
+    def _paths(self, queue: str, msg_id: str, new: bool = False) -> tuple[Path, Path]:
+        """A message's files in ``queue``: one a message may be in, or (``new``) one it
+        may go to."""
         if not _ID.fullmatch(msg_id):
             raise QueueError(f"'{msg_id}' is not a message id")
-        directory = self.root / check_queue(queue)
+        directory = self.root / (check_queue(queue) if new else self._existing_queue(queue))
         return directory / f"{msg_id}.eml", directory / f"{msg_id}.json"
+
+    def _existing_queue(self, name: str) -> str:
+        """A queue messages may be read or taken from: a valid name, or an older
+        quarantine that exists."""
+        older = name.removeprefix("quarantine/")
+        if older != name and is_older_quarantine(older) and (self.root / name).is_dir():
+            return name
+        return check_queue(name)
 
     def locate(self, msg_id: str) -> str:
         """The queue currently holding a message."""
@@ -258,10 +298,28 @@ class Spool:
         raise QueueError(f"no message {msg_id} in the queue")
 
     def queues(self) -> list[str]:
-        """Every queue, quarantines included."""
-        quarantines = sorted(f"quarantine/{p.name}" for p in (self.root / "quarantine").iterdir()
-                             if p.is_dir() and is_quarantine_name(p.name))
+        """Every queue, quarantines included (older ones too)."""
+        quarantines = sorted(f"quarantine/{p.name}" for p in self._quarantine_directories()
+                             if _LISTED_QUARANTINE.fullmatch(p.name))
         return [*QUEUES, *quarantines]
+
+    def _quarantine_directories(self) -> list[Path]:
+        return [p for p in (self.root / "quarantine").iterdir() if p.is_dir()]
+
+    def quarantine_warnings(self) -> list[str]:
+        """What an operator should know of quarantine directories whose names break the
+        rule: an older one (listed, can be emptied), or one that is no queue (ignored)."""
+        warnings = []
+        for directory in sorted(self._quarantine_directories()):
+            name = printable(directory.name)
+            if is_older_quarantine(directory.name):
+                warnings.append(f"quarantine/{name}: name longer than 64 characters (an "
+                                "older vSL's): listed, and its messages can be moved out "
+                                "(vsl queue move ID QUEUE); nothing new goes in")
+            elif not is_quarantine_name(directory.name):
+                warnings.append(f"quarantine/{name}: not a quarantine name: ignored, the "
+                                "files there are in no queue")
+        return warnings
 
     def open_to_others(self) -> list[tuple[Path, int]]:
         """The spool's directories (root and queues) other users may enter or read, with
@@ -280,7 +338,7 @@ class Spool:
         id; returns the id once it is on disk (``envelope`` itself is not changed: the
         stored one has the id and, when missing, the time)."""
         msg_id = msg_id or new_id()
-        eml, meta = self._paths(queue, msg_id)
+        eml, meta = self._paths(queue, msg_id, new=True)
         if eml.parent not in self._made:
             _make_private_dir(eml.parent)
             self._made.add(eml.parent)
@@ -289,13 +347,17 @@ class Spool:
         return msg_id
 
     def get(self, msg_id: str, queue: str | None = None) -> Entry:
+        """A message's envelope (UnreadableEnvelope when it cannot be read)."""
         queue = queue or self.locate(msg_id)
+        meta = self._paths(queue, msg_id)[1]
         try:
-            envelope = Envelope.from_json(self._paths(queue, msg_id)[1].read_bytes())
+            envelope = Envelope.from_json(meta.read_bytes())
         except FileNotFoundError:
             raise QueueError(f"no message {msg_id} in queue {queue}") from None
-        except ValueError as err:  # not JSON, or not an envelope
-            raise QueueError(f"{msg_id}: unreadable envelope: {err}") from None
+        except OSError as err:
+            raise UnreadableEnvelope(msg_id, queue, meta, err.strerror or str(err)) from None
+        except (ValueError, RecursionError) as err:  # not JSON, or not an envelope
+            raise UnreadableEnvelope(msg_id, queue, meta, str(err)[:_WHY_LIMIT]) from None
         return Entry(msg_id, queue, envelope)
 
     def message(self, msg_id: str, queue: str | None = None) -> bytes:
@@ -303,15 +365,34 @@ class Spool:
         return self._paths(queue or self.locate(msg_id), msg_id)[0].read_bytes()
 
     def list(self, queue: str | None = None) -> list[Entry]:
-        """Messages of one queue (or all), oldest first."""
-        entries = []
-        for name in ([check_queue(queue)] if queue else self.queues()):
+        """Messages of one queue (or all), oldest first. An unreadable envelope is skipped
+        with a warning in the log, once while it stays unreadable."""
+        entries, unreadable = self.scan(queue)
+        self._warn_unreadable(queue, unreadable)
+        return entries
+
+    def scan(self, queue: str | None = None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+        """Messages of one queue (or all), oldest first, and those whose envelope cannot
+        be read."""
+        entries, unreadable = [], []
+        for name in ([self._existing_queue(queue)] if queue else self.queues()):
             for meta in sorted((self.root / name).glob("*.json")):
                 try:
                     entries.append(self.get(meta.stem, name))
+                except UnreadableEnvelope as err:
+                    unreadable.append(err)
                 except QueueError:
-                    continue  # removed meanwhile, or unreadable: skipped, not fatal
-        return entries
+                    continue  # removed or moved meanwhile
+        return entries, unreadable
+
+    def _warn_unreadable(self, queue: str | None, unreadable: list[UnreadableEnvelope]) -> None:
+        """Log each unreadable envelope the last listing of ``queue`` did not find."""
+        warned = self._warned.get(queue, set())
+        for err in unreadable:
+            if err.path not in warned:
+                log.warning("%s: unreadable envelope %s: %s (skipped: fix or remove it)",
+                            err.msg_id, err.path, printable(err.why))
+        self._warned[queue] = {err.path for err in unreadable}
 
     async def update(self, entry: Entry, data: bytes | None = None) -> None:
         """Rewrite a message's envelope (and its bytes, when given) durably, in its
@@ -327,7 +408,7 @@ class Spool:
         entry = self.get(msg_id, source)
         if source == check_queue(target):
             return entry
-        dst_eml, dst_meta = self._paths(target, msg_id)
+        dst_eml, dst_meta = self._paths(target, msg_id, new=True)
         _make_private_dir(dst_eml.parent)
         src_eml, src_meta = self._paths(source, msg_id)
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])

@@ -15,7 +15,7 @@ import json
 import time
 
 from .printable import printable
-from .queue import Entry, QueueError, Spool
+from .queue import Entry, QueueError, Spool, UnreadableEnvelope
 
 AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # minutes, like qshape's table
 
@@ -24,18 +24,23 @@ def pending(entry: Entry) -> list[str]:
     return [rcpt.address for rcpt in entry.envelope.recipients if not rcpt.done]
 
 
-def listing(entries: list[Entry]) -> str:
+def listing(entries: list[Entry], unreadable: list[UnreadableEnvelope] = ()) -> str:
     """One line per message, oldest first (like ``mailq``): id, queue, age in minutes,
-    recipients still pending, sender; then the totals."""
-    if not entries:
+    recipients still pending, sender; then one per unreadable envelope; then the totals."""
+    if not entries and not unreadable:
         return "the queue is empty"
-    width = max(len(e.queue) for e in entries) + 2
+    width = max(len(e.queue) for e in (*entries, *unreadable)) + 2
     lines = [f"{'ID':27}{'QUEUE':{width}}{'AGE':>5}{'PENDING':>9}  SENDER"]
     for entry in entries:
         lines.append(f"{entry.id:27}{entry.queue:{width}}{entry.age / 60:>5.0f}"
                      f"{len(pending(entry)):>9}  <{printable(entry.envelope.sender)}>")
+    for err in unreadable:
+        lines.append(f"{err.msg_id:27}{err.queue:{width}}"
+                     f"(unreadable envelope: {printable(err.why)})")
     total = sum(len(pending(e)) for e in entries)
     lines.append(f"-- {len(entries)} message(s), {total} recipient(s) pending")
+    if unreadable:
+        lines[-1] += f", {len(unreadable)} unreadable envelope(s) (skipped: fix or remove each)"
     return "\n".join(lines)
 
 

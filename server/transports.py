@@ -17,6 +17,7 @@ import errno
 import fcntl
 import functools
 import itertools
+import logging
 import os
 import random
 import re
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from stdlib.dns import Resolver
 
     from .config import DeliveryConfig
+
+log = logging.getLogger("vsl.delivery")
 
 _STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
@@ -158,10 +161,10 @@ class Transports:
 
     async def _mx_attempt(self, domain: str, sender: str, recipients: list[str],
                           data: bytes, answered: dict[str, Outcome]) -> dict:
-        """Addresses of the exchangers in turn, at most ``mx_address_limit``; the
-        recipients a session defers go on to the next one, for at most
-        ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit). ``answered`` gets
-        each server's replies as they come."""
+        """Addresses of the exchangers in turn, at most ``mx_address_limit`` from at most
+        ``mx_host_limit`` hosts; the recipients a session defers go on to the next one,
+        for at most ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit).
+        ``answered`` gets each server's replies as they come."""
         try:
             hosts = await self._exchangers(domain)
         except ScriptError as err:  # DnsTempError, or no usable resolver
@@ -207,8 +210,9 @@ class Transports:
                 return
 
     async def _exchangers(self, domain: str) -> list[str]:
-        """Mail exchangers by preference (equal ones shuffled); the domain itself when it
-        has no MX; [] for a null MX."""
+        """Mail exchangers by preference (equal ones shuffled), the first
+        ``mx_host_limit`` of them: each costs look-ups even when it has no address; the
+        domain itself when it has no MX; [] for a null MX."""
         if domain.startswith("["):
             return [domain]
         records = await self.resolver.query(domain, "MX")
@@ -216,7 +220,11 @@ class Transports:
             return [domain]
         usable = [r for r in records if r.exchange != dns.name.root]
         usable.sort(key=lambda r: (r.preference, random.random()))
-        return [r.exchange.to_text(omit_final_dot=True) for r in usable]
+        limit = self.config.mx_host_limit
+        if len(usable) > limit:
+            log.info("%s: %d mail exchangers, the first %d looked up "
+                     "(delivery.mx_host_limit)", domain, len(usable), limit)
+        return [r.exchange.to_text(omit_final_dot=True) for r in usable[:limit]]
 
     # -- LMTP ------------------------------------------------------------------------------
     async def _lmtp(self, route: Route, sender: str, recipients: list[str], data: bytes):
@@ -515,7 +523,8 @@ def dot_stuffed(data: bytes) -> bytes:
 # ---- local files -----------------------------------------------------------------------------
 
 async def _local(route: Route, sender: str, rcpt: str, data: bytes) -> Outcome:
-    """One copy into a Maildir or an mbox (in a thread); a file error defers."""
+    """One copy into a Maildir or an mbox (in a thread); a file error defers. The reply
+    (which a DSN to an outside sender quotes) names no local path: the log does."""
     content = local_copy(sender, rcpt, data)
     try:
         if route.kind == "maildir":
@@ -523,9 +532,10 @@ async def _local(route: Route, sender: str, rcpt: str, data: bytes) -> Outcome:
         else:
             await asyncio.to_thread(append_mbox, route.path, content, sender)
     except OSError as err:
-        return Outcome("deferred", f"451 4.3.0 {route.kind} {route.path}: "
-                                   f"{err.strerror or err}")
-    return Outcome("delivered", f"250 2.0.0 delivered to {route.kind} {route.path}")
+        log.warning("%s %s: %s", route.kind, route.path, err)
+        why = os.strerror(err.errno) if err.errno else "I/O error"
+        return Outcome("deferred", f"451 4.3.0 mailbox unavailable: {why}")
+    return Outcome("delivered", f"250 2.0.0 delivered to {route.kind}")
 
 
 def local_copy(sender: str, rcpt: str, data: bytes) -> bytes:

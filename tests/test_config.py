@@ -97,6 +97,7 @@ ca_file = "certs/ca.pem"
 mx_address_limit = 3
 mx_session_limit = 1
 mx_attempt_timeout = 120
+mx_host_limit = 8
 """
 
 
@@ -169,7 +170,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
         86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
-        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0)
+        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0, 8)
 
 
 def test_the_full_example_covers_every_key():
@@ -291,6 +292,7 @@ BAD_VALUES = [
     ({"delivery": {"mx_port": 0}}, "delivery.mx_port"),
     ({"delivery": {"mx_address_limit": 0}}, "delivery.mx_address_limit"),
     ({"delivery": {"mx_session_limit": 0}}, "delivery.mx_session_limit"),
+    ({"delivery": {"mx_host_limit": 0}}, "delivery.mx_host_limit"),
     ({"delivery": {"mx_attempt_timeout": 0}}, "delivery.mx_attempt_timeout"),
     ({"limits": {"data_timeout": False}}, "limits.data_timeout"),
     ({"limits": {"errors": 1.5}}, "limits.errors"),

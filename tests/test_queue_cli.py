@@ -16,6 +16,7 @@ from server.queue import Spool
 from tests.support.mailsink import MESSAGE
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import wait_for
+from tests.support.terminal import on_terminal
 
 VSL = Path(sys.executable).parent / "vsl"
 
@@ -93,6 +94,29 @@ def test_show_and_eml(spool):
     assert "queue:     deferred" in out and "<d@three.test> deferred route=mx attempts=2" in out
     assert "last error: 451 4.4.1 try later" in out and "next try:" in out
     assert vsl_queue(spool.root, "show", spool.ids[0], "--eml").stdout == "Subject: q\n\n"
+
+
+RAW = b"Subject: caf\xc3\xa9 \xff\x1b[2J\r\n\r\nline\r\x00\r\n"  # bad UTF-8, controls
+
+
+def stored_raw(spool) -> str:
+    return asyncio.run(spool.put(Envelope("s@x.test"), RAW))
+
+
+def test_eml_into_a_file_or_pipe_is_the_message_itself(spool):
+    """`vsl queue show --eml ID > msg.eml` writes the stored bytes, unchanged."""
+    msg_id = stored_raw(spool)
+    result = subprocess.run([VSL, "queue", "--queue-dir", str(spool.root), "show", "--eml",
+                             msg_id], capture_output=True, timeout=30)
+    assert result.returncode == 0 and result.stdout == RAW
+
+
+def test_eml_on_a_terminal_is_escaped(spool):
+    msg_id = stored_raw(spool)
+    shown = on_terminal([VSL, "queue", "--queue-dir", str(spool.root), "show", "--eml", msg_id])
+    assert "\x1b" not in shown and "\x00" not in shown
+    assert "Subject: caf\u00e9 \ufffd\\x1b[2J" in shown and "line\\r\\x00" in shown
+
 
 
 def test_hold_release_retry_move_remove(spool):

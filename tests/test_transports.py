@@ -520,7 +520,7 @@ def test_mbox_keeps_no_partial_message(tmp_path, monkeypatch):
 def test_unwritable_maildir_defers(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     outcome = run(send(f"maildir:{tmp_path / 'file' / 'box'}"))["bob@example.test"]
-    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.3.0 maildir ")
+    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.3.0 mailbox ")
 
 
 # ---- routes and the transport:: natives ---------------------------------------------------

@@ -210,7 +210,8 @@ def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overr
         if hostname:
             changes["hostname"] = hostname
         if dns_server:
-            changes["dns"] = replace(config.dns, nameservers=(dns_server,))
+            changes["dns"] = replace(config.dns, nameservers=(
+                config_module.nameserver(dns_server, "--dns"),))
         if dns_override:
             changes["dns"] = replace(changes.get("dns", config.dns), override=tuple(
                 config_module.nameserver(a, "--dns-override") for a in dns_override))
@@ -361,17 +362,25 @@ def queue_list(spool, name, by_domain, as_json) -> None:
     from server.queue import QueueError
 
     try:
-        entries = spool.list(name)
+        entries, unreadable = spool.scan(name)
     except QueueError as err:
         raise _queue_error(err) from None
-    show = queue_admin.as_json if as_json else \
-        queue_admin.table if by_domain else queue_admin.listing
-    click.echo(show(entries))
+    for warning in spool.quarantine_warnings():
+        click.echo(f"vsl: warning: {warning}", err=True)
+    if as_json or by_domain:
+        click.echo((queue_admin.as_json if as_json else queue_admin.table)(entries))
+        if unreadable:
+            click.echo(f"vsl: warning: {len(unreadable)} unreadable envelope(s) left out "
+                       "(vsl queue list shows them)", err=True)
+    else:
+        click.echo(queue_admin.listing(entries, unreadable))
 
 
 @queue.command("show")
 @click.argument("msg_id")
-@click.option("--eml", is_flag=True, help="Print the message itself.")
+@click.option("--eml", is_flag=True,
+              help="Print the message itself: its bytes as stored into a file or pipe, "
+                   "control characters escaped on a terminal.")
 @click.pass_obj
 def queue_show(spool, msg_id, eml) -> None:
     """One message: envelope, status per recipient, last error."""
@@ -380,12 +389,25 @@ def queue_show(spool, msg_id, eml) -> None:
 
     try:
         if eml:
-            text = spool.message(msg_id).decode("utf-8", "replace").replace("\r\n", "\n")
-            click.echo(queue_admin.printable(text, lines=True), nl=False)
+            _write_message(spool.message(msg_id))
         else:
             click.echo(queue_admin.describe(spool.get(msg_id)))
     except QueueError as err:
         raise _queue_error(err) from None
+
+
+def _write_message(data: bytes) -> None:
+    """A queued message on standard output: unchanged into a file or a pipe (``--eml >
+    msg.eml`` is the message), escaped on a terminal (no escape sequence reaches it)."""
+    from server.printable import printable
+
+    out = click.get_binary_stream("stdout")
+    if not out.isatty():
+        out.write(data)
+        out.flush()
+        return
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    click.echo(printable(text, lines=True), nl=False)
 
 
 def _queue_action(action: str, help_text: str, all_flag: bool = False):

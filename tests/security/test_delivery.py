@@ -21,6 +21,8 @@ import pytest
 
 from server.config import DeliveryConfig
 from server.dnsd import DnsServer
+from server.dsn import build_dsn
+from server.envelope import Envelope, RecipientState
 from server.transports import Outcome, Transports
 from stdlib import dns as dns_natives
 from stdlib.dns import Resolver, parse_nameserver
@@ -34,6 +36,7 @@ ADDRESSES = [f"127.0.0.{n}" for n in range(2, 22)]
 HOSTILE = {
     "many.hostile.test.": [("MX", f"10 mx{i}.hosts.hostile.test.") for i in range(300)],
     "*.hosts.hostile.test.": [("A", address) for address in ADDRESSES],
+    "nowhere.hostile.test.": [("MX", f"10 mx{i}.nowhere.hostile.test.") for i in range(300)],
     "*.big.hostile.test.": [("TXT", ["x" * 250] * 248)],  # 62 KB answers
 }
 CONFIG = DeliveryConfig(connect_timeout=2, command_timeout=2, idle_timeout=0)
@@ -96,10 +99,11 @@ def resolver_for(dns: DnsServer, **options) -> Resolver:
     return Resolver([parse_nameserver(f"127.0.0.1:{dns.port}")], timeout=2, **options)
 
 
-def attempt(dns: DnsServer, mta: CountingMta, **limits):
-    """One MX delivery attempt to bob@many.hostile.test: (outcome, seconds)."""
+def attempt(dns: DnsServer, mta: CountingMta, rcpt: str = "bob@many.hostile.test",
+            resolver: Resolver | None = None, **limits):
+    """One MX delivery attempt to ``rcpt``: (outcome, seconds)."""
     config = replace(CONFIG, mx_port=mta.port, **limits)
-    resolver = resolver_for(dns)
+    resolver = resolver or resolver_for(dns)
 
     async def main():
         transports = Transports(config, "out.test", resolver)
@@ -107,10 +111,10 @@ def attempt(dns: DnsServer, mta: CountingMta, **limits):
         try:
             async with mta:
                 outcomes = await transports.deliver(Route("mx"), "alice@example.org",
-                                                    ["bob@many.hostile.test"], MESSAGE)
+                                                    [rcpt], MESSAGE)
         finally:
             await transports.close()
-        return outcomes["bob@many.hostile.test"], time.monotonic() - start
+        return outcomes[rcpt], time.monotonic() - start
 
     return asyncio.run(main())
 
@@ -133,6 +137,18 @@ def test_sessions_that_defer_go_to_the_next_host_up_to_the_session_limit(hostile
     outcome, _ = attempt(hostile_dns, mta)
     assert (mta.connections, mta.sessions) == (2, 2)  # smtp_mx_session_limit
     assert outcome.status == "deferred" and outcome.reply == "451 4.3.0 busy"
+
+
+@pytest.mark.parametrize("limits, hosts", [({}, 10), ({"mx_host_limit": 4}, 4)])
+def test_mail_exchangers_without_addresses_cost_at_most_the_host_limit(hostile_dns, limits,
+                                                                       hosts):
+    """300 MX hosts, none with an address: each host looked up costs two queries (A and
+    AAAA); without a cap on hosts, one attempt sent 601 queries."""
+    resolver = resolver_for(hostile_dns)
+    outcome, _ = attempt(hostile_dns, CountingMta(), "bob@nowhere.hostile.test", resolver,
+                         **limits)
+    assert resolver.sent == 1 + 2 * hosts  # the MX query, then A and AAAA of each host
+    assert outcome.status == "failed" and outcome.reply.startswith("550 5.4.4 no address")
 
 
 def test_one_attempt_is_bounded_in_time(hostile_dns):
@@ -265,22 +281,41 @@ def deliver_locally(route: str) -> Outcome:
     return asyncio.run(main())
 
 
-def test_an_mbox_that_is_a_symbolic_link_out_of_its_directory_is_not_written(tmp_path):
+def test_an_mbox_that_is_a_symbolic_link_out_of_its_directory_is_not_written(tmp_path, caplog):
     (tmp_path / "boxes").mkdir()
     outside = tmp_path / "outside"
     outside.write_text("kept\n")
     (tmp_path / "boxes" / "bob").symlink_to(outside)
     outcome = deliver_locally(f"mbox:{tmp_path}/boxes/bob")
-    assert outcome.status == "deferred" and "leaves its directory" in outcome.reply
+    assert outcome == Outcome("deferred", "451 4.3.0 mailbox unavailable: "
+                                          "Operation not permitted")
+    assert f"mbox {tmp_path}/boxes/bob: " in caplog.text and "leaves its directory" in caplog.text
     assert outside.read_text() == "kept\n"
 
 
 @pytest.mark.parametrize("linked", ["tmp", "new"])
-def test_a_maildir_whose_folders_lead_elsewhere_is_not_written(tmp_path, linked):
+def test_a_maildir_whose_folders_lead_elsewhere_is_not_written(tmp_path, linked, caplog):
     box, outside = tmp_path / "box", tmp_path / "outside"
     outside.mkdir()
     box.mkdir()
     (box / linked).symlink_to(outside)
     outcome = deliver_locally(f"maildir:{box}")
-    assert outcome.status == "deferred" and "leaves its directory" in outcome.reply
+    assert outcome.status == "deferred" and str(tmp_path) not in outcome.reply
+    assert "leaves its directory" in caplog.text
     assert list(outside.iterdir()) == []
+
+
+def test_local_replies_and_their_dsns_name_no_local_path(tmp_path, caplog):
+    """A Maildir that cannot be made (a file where a directory should be), and one written:
+    the replies, which go into DSNs to outside senders, say what happened, not where; the
+    log keeps the path."""
+    (tmp_path / "file").write_text("not a directory")
+    failed = deliver_locally(f"maildir:{tmp_path}/file/bob")
+    assert failed == Outcome("deferred", "451 4.3.0 mailbox unavailable: Not a directory")
+    assert f"maildir {tmp_path}/file/bob: " in caplog.text
+    dsn = build_dsn("out.test", Envelope("alice@example.org", id="0" * 12 + "-" + "1" * 12),
+                    [RecipientState("bob@example.test", status="failed", reply=failed.reply)],
+                    MESSAGE)
+    assert b"mailbox unavailable: Not a directory" in dsn and str(tmp_path).encode() not in dsn
+    delivered = deliver_locally(f"maildir:{tmp_path}/box")
+    assert delivered == Outcome("delivered", "250 2.0.0 delivered to maildir")
