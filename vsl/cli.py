@@ -15,7 +15,7 @@ from .engine import Engine
 from .errors import Pos, VslError
 from .lint import (Linter, empty_paths, format_concise, format_full, format_json, rhai_note,
                    script_files, summary)
-from .syntax import _line_of
+from .syntax import line_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,7 +128,7 @@ def _result_text(script, fn: str | None, result, as_json: bool) -> str:
             (script.module.body[-1] if script.module.body else None)
         line, col = made.pos if made is not None else (1, 1)
         raise err.located(Pos(script.file, line, col),
-                          _line_of(script.module.source, line)) from None
+                          line_of(script.module.source, line)) from None
 
 
 def _arguments_hint(script, fn: str, given: int) -> str | None:
