@@ -23,7 +23,7 @@ from tests.chunks import collect
 ROOT = Path(__file__).resolve().parent.parent
 from stdlib.ctx import entry_points
 from vsl.engine import Engine
-from vsl.lint import Linter, script_files
+from vsl.lint import Linter, empty_paths, script_files
 
 STAGE_ENTRIES = entry_points()
 STAGES = STAGE_ENTRIES.names
@@ -130,6 +130,18 @@ def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text,
     [error] = Linter(Engine(), STAGE_ENTRIES).lint_file(main)
     assert (error.severity, error.line, error.col, error.message) == ("error", line, col,
                                                                       finding)
+
+
+def test_other_servers_scripts_are_named_by_the_host(tmp_path):
+    """The language core knows no other server: the host passes the extensions of other
+    servers' scripts (vSMTP's ``.rhai``) as it passes its entry points."""
+    (tmp_path / "main.rhai").write_text("#{}\n")
+    [plain] = empty_paths([tmp_path])
+    assert (plain.severity, plain.message) == ("warning", "no .vsl file here")
+    [named] = empty_paths([tmp_path], STAGE_ENTRIES.foreign_scripts)
+    assert (named.severity, named.message) == (
+        "error", "no .vsl file here (1 .rhai file(s): vSL scripts end in .vsl)")
+    assert "rhai" not in (ROOT / "vsl" / "lint.py").read_text()
 
 
 def test_import_without_script_directory():

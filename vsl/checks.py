@@ -47,6 +47,8 @@ class EntryPoints:
     aliases: Mapping[str, str] = field(default_factory=dict)
     # ^ names other servers use for entries and members -> ours (the first hint)
     return_hint: str = ""  # how to make a value of ``returns``, for messages
+    foreign_scripts: tuple[str, ...] = ()
+    # ^ extensions of other servers' scripts (".rhai"), named when a directory has none of ours
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> its field names
