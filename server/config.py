@@ -190,12 +190,14 @@ class _Problems:
 
     @contextmanager
     def check(self):
+        """A block whose ConfigError is noted, and the file's checking goes on after it."""
         try:
             yield
         except ConfigError as err:
             self.messages.append(str(err))
 
     def raise_any(self) -> None:
+        """One ConfigError with every problem noted so far, one a line (if any)."""
         if self.messages:
             raise ConfigError("\n".join(self.messages))
 

@@ -420,6 +420,13 @@ def test_no_far_fetched_hint(data, known):
     assert known in message and "did you mean" not in message
 
 
+@pytest.mark.parametrize("name", ["check", "raise_any"])
+def test_problem_collector_says_what_it_does(name):
+    from server.config import _Problems
+
+    assert getattr(_Problems, name).__doc__
+
+
 def test_every_hint_comes_from_one_helper():
     """config, transcripts and the linter share vsl.resolve.closest (one cutoff, aliases)."""
     root = Path(__file__).resolve().parent.parent

@@ -144,6 +144,27 @@ def test_other_servers_scripts_are_named_by_the_host(tmp_path):
     assert "rhai" not in (ROOT / "vsl" / "lint.py").read_text()
 
 
+def test_checks_design_note_counts_its_cases():
+    """The module note of vsl.checks says in how many cases types are known: as many as it
+    lists."""
+    import vsl.checks
+
+    note = vsl.checks.__doc__
+    word = re.search(r"known in (\w+) cases only", note)[1]
+    listed = re.search(r"cases only.*?:\n\n(.*?)\n\n", note, re.S)[1]
+    assert ["one", "two", "three", "four", "five"].index(word) + 1 == listed.count("\n- ") + 1
+
+
+@pytest.mark.parametrize("helper", ["vsl.checks.Checker.run", "stdlib.options.Options.keys",
+                                    "stdlib.options.Options.parse"])
+def test_lint_helpers_say_what_they_do(helper):
+    import importlib
+    import inspect
+
+    module, cls, name = helper.rsplit(".", 2)
+    assert inspect.getdoc(getattr(getattr(importlib.import_module(module), cls), name))
+
+
 def test_import_without_script_directory():
     findings = Linter(Engine()).lint_source('import "x" as x;\n', "<stdin>", None)
     assert [(d.code, d.severity) for d in findings] == [("import", "error")]
