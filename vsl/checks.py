@@ -91,8 +91,8 @@ class Checker:
         # ^ python name of a param -> entries it is reached in -> every way in is caught
         self.helper_of: dict[str, str] = {}  # ... of a helper function -> its name
         self._let_types: dict[str, type | None] = {}
-
-        self.where: dict[int, Where] = {}  # id(node) -> how surely it runs when its fn does
+        self.fn_of: dict[str, tuple] = {}  # python name of a tracked param -> its function
+        self._situations: dict[tuple, dict[int, Where]] = {}  # function key -> situations()
 
     def error(self, code: str, message: str, pos: ast.Loc) -> None:
         self.report("error", code, message, pos)
@@ -103,8 +103,6 @@ class Checker:
     def run(self) -> list[Diagnostic]:
         """Every finding of the module, entry points first."""
         if self.entries is not None:
-            for fn in self.module.functions:
-                self.where.update(situations(fn.body))
             self.check_entry_names()
             self.track_entry_params()
         for node in nodes((self.module.body, self.module.functions)):
@@ -143,7 +141,7 @@ class Checker:
 
     def _call_sites(self) -> dict[tuple, list]:
         """(function key, parameter index) -> [(calling function key | None, argument,
-        whether a throw of the call may be caught in the caller)]."""
+        the call)]."""
         sites: dict[tuple, list] = {}
         callers = [(None, self.module.body)] + [(k, f.body) for k, f in self.fns.items()]
         for caller, body in callers:
@@ -153,9 +151,8 @@ class Checker:
                     continue
                 args = ((node.obj,) if isinstance(node, ast.MethodCall) else ()) + node.args
                 key = (target.name, target.arity)
-                caught = self.where.get(id(node), Where()).caught
                 for i, arg in enumerate(args):
-                    sites.setdefault((key, i), []).append((caller, arg, caught))
+                    sites.setdefault((key, i), []).append((caller, arg, node))
         return sites
 
     def _passed_param(self, caller, arg, params: dict) -> str | None:
@@ -187,7 +184,8 @@ class Checker:
                     changed = True
                     continue
                 reached: dict[int, bool] = {}
-                for param, (_, _, caught) in zip(passed, calls):
+                for param, (caller, _, call) in zip(passed, calls):
+                    caught = self.where(caller, call).caught
                     for entry, caught_before in known[param].items():
                         reached[entry] = reached.get(entry, True) and (caught_before or caught)
                 if reached != candidates[py]:
@@ -196,6 +194,13 @@ class Checker:
         reached = {**params, **{py: r for py, r in candidates.items() if r}}
         self.reached = {py: r for py, r in reached.items() if not self._reassigned(py)}
         self.helper_of = {py: helpers[py][0] for py in candidates}
+        self.fn_of = {self._param(key, i): key for key in self.fns for i in range(key[1])}
+
+    def where(self, fn_key: tuple, node) -> Where:
+        """How surely ``node``, in the function ``fn_key``, runs when that function does."""
+        if fn_key not in self._situations:
+            self._situations[fn_key] = situations(self.fns[fn_key].body)
+        return self._situations[fn_key].get(id(node), Where())
 
     # -- types --------------------------------------------------------------
     def type_of(self, e) -> type | None:
@@ -256,7 +261,7 @@ class Checker:
                          if not first <= entry <= last)
         if not missing:
             return
-        severity = self.availability(self.where.get(id(node), Where()), py,
+        severity = self.availability(self.where(self.fn_of[py], node), py,
                                      all_missing=len(missing) == len(reached),
                                      caught=all(caught for caught, _ in missing))
         if severity is None:
@@ -329,56 +334,51 @@ class Where:
 _SHORT_CIRCUIT = ("&&", "||", "??")
 
 
-def situations(node, where: Where = Where()) -> dict[int, Where]:
-    """id(node) -> :class:`Where`, for every node in a function body ``node``."""
+def situations(body: ast.Block) -> dict[int, Where]:
+    """id(node) -> :class:`Where`, for every node in a function's ``body``."""
     out: dict[int, Where] = {}
-    _situate(node, where, out)
+    _situate(body, Where(), out)
     return out
 
 
-def _situate(node, where: Where, out: dict) -> None:
+def _situate(node, where: Where, out: dict) -> bool:
+    """Note ``where`` for ``node`` and the nodes in it; whether ``node`` holds a ``return``
+    or ``throw`` outside closures (what follows it in its block may not run)."""
     if isinstance(node, (tuple, list)):
-        for item in node:
-            _situate(item, where, out)
-        return
+        return any([_situate(item, where, out) for item in node])  # each item, not the first
     if not isinstance(node, ast.Node):
-        return
+        return False
     out[id(node)] = where
+    leaves = isinstance(node, (ast.Return, ast.Throw))
+    if isinstance(node, ast.Block):
+        for stmt in node.body:
+            leaves |= _situate(stmt, Where(where.caught, True) if leaves else where, out)
+        return leaves
+    for child, place in _places(node, where):
+        leaves |= _situate(child, place, out)
+    return leaves and not isinstance(node, ast.Closure)
+
+
+def _places(node: ast.Node, where: Where) -> list[tuple]:
+    """(child, its :class:`Where`) for each child of ``node`` (not a Block) at ``where``."""
     later = Where(where.caught, True)  # what may not run
     if isinstance(node, ast.Try):
-        _situate(node.body, Where(True, where.conditional), out)
-        _situate(node.handler, later, out)
-    elif isinstance(node, ast.Closure):
-        _situate(node.body, Where(True, True), out)
-    elif isinstance(node, ast.If):
-        for i, (test, body) in enumerate(node.branches):
-            _situate(test, later if i else where, out)
-            _situate(body, later, out)
-        _situate(node.orelse, later, out)
-    elif isinstance(node, ast.Switch):
-        _situate(node.subject, where, out)
-        _situate(node.arms, later, out)
-    elif isinstance(node, ast.Binary) and node.op in _SHORT_CIRCUIT:
-        _situate(node.left, where, out)
-        _situate(node.right, later, out)
-    elif isinstance(node, (ast.While, ast.For)):
-        _situate(node.cond if isinstance(node, ast.While) else node.iterable, where, out)
-        _situate(node.body, later, out)
-    elif isinstance(node, ast.Loop):
-        _situate(node.body, later, out)
-    elif isinstance(node, ast.Block):
-        for stmt in node.body:
-            _situate(stmt, where, out)
-            if _may_leave(stmt):
-                where = later
-    else:
-        for name in _field_names(node):
-            _situate(getattr(node, name), where, out)
-
-
-def _may_leave(stmt) -> bool:
-    """Whether ``stmt`` holds a ``return`` or ``throw`` (statements after it may not run)."""
-    return any(isinstance(n, (ast.Return, ast.Throw)) for n in nodes(stmt, closures=False))
+        return [(node.body, Where(True, where.conditional)), (node.handler, later)]
+    if isinstance(node, ast.Closure):
+        return [(node.body, Where(True, True))]
+    if isinstance(node, ast.If):
+        tests = [(test, later if i else where) for i, (test, _) in enumerate(node.branches)]
+        return tests + [(body, later) for _, body in node.branches] + [(node.orelse, later)]
+    if isinstance(node, ast.Switch):
+        return [(node.subject, where), (node.arms, later)]
+    if isinstance(node, ast.Binary) and node.op in _SHORT_CIRCUIT:
+        return [(node.left, where), (node.right, later)]
+    if isinstance(node, (ast.While, ast.For)):
+        first = node.cond if isinstance(node, ast.While) else node.iterable
+        return [(first, where), (node.body, later)]
+    if isinstance(node, ast.Loop):
+        return [(node.body, later)]
+    return [(getattr(node, name), where) for name in _field_names(node)]
 
 
 def _return_message(name: str, found: str, entries: EntryPoints) -> str:
