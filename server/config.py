@@ -7,7 +7,6 @@ reported at once, one a line, an unknown key with the nearest known one and the 
 """
 from __future__ import annotations
 
-import difflib
 import socket
 import tomllib
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from pathlib import Path
 from stdlib.mail import HeaderLimits
 from vsl.errors import ScriptError
 from vsl.limits import Limits
+from vsl.resolve import closest
 
 LISTENER_KINDS = ("smtp", "submission", "smtps")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
@@ -193,12 +193,14 @@ class _Problems:
 
     @contextmanager
     def check(self):
+        """A block whose ConfigError is noted, and the file's checking goes on after it."""
         try:
             yield
         except ConfigError as err:
             self.messages.append(str(err))
 
     def raise_any(self) -> None:
+        """One ConfigError with every problem noted so far, one a line (if any)."""
         if self.messages:
             raise ConfigError("\n".join(self.messages))
 
@@ -274,8 +276,8 @@ def _section(table: dict, name: str, schema: dict, base: Path, problems: _Proble
 
 def _unknown_key(section: str, key: str, known) -> ConfigError:
     """section.key is not a key: the nearest one, and every one."""
-    near = difflib.get_close_matches(key, known, n=1)
-    hint = f", did you mean {section}.{near[0]}?" if near else ""
+    near = closest(key, known)
+    hint = f", did you mean {section}.{near}?" if near else ""
     if key in _SECTION_NAMES:  # TOML put it in the table above it
         hint = f": '{key}' goes above the first [section] of the file"
     return ConfigError(f"{section}.{key}: unknown key{hint} (known: {', '.join(known)})")
@@ -285,7 +287,7 @@ def _unknown_top_level(key: str, value) -> str:
     """A top-level name that is no section: the section holding such a key, or the
     nearest section."""
     owners = [f"{name}.{key}" for name, schema in _schemas() if key in schema]
-    near = owners or difflib.get_close_matches(key, _SECTION_NAMES, n=1)
+    near = owners or [name for name in [closest(key, _SECTION_NAMES)] if name]
     hint = f", did you mean {' or '.join(near)}?" if near else ""
     what = "section" if isinstance(value, dict) else "key"
     return f"{key}: unknown {what}{hint} (known: {', '.join(_SECTION_NAMES)})"

@@ -15,7 +15,7 @@ from pathlib import Path
 from stdlib.ctx import entry_points
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
-from vsl.lint import Linter, format_full, rhai_note, script_files
+from vsl.lint import Linter, foreign_note, format_full, script_files
 
 log = logging.getLogger("vsl.policy")
 
@@ -34,9 +34,9 @@ def load_policy(engine: Engine, directory: Path | None) -> Script | None:
     if not main.exists():
         if any(directory.rglob("*.vsl")):
             raise PolicyError(f"{directory}: has scripts but no main.vsl")
-        vsmtp = rhai_note(directory)
-        if vsmtp:
-            raise PolicyError(f"{directory}: no main.vsl{vsmtp}")
+        foreign = foreign_note(directory, entry_points().foreign_scripts)
+        if foreign:
+            raise PolicyError(f"{directory}: no main.vsl{foreign}")
         return None
     linter = Linter(engine, entry_points())
     findings = [d for f in script_files([directory]) for d in linter.lint_file(f)]

@@ -20,7 +20,6 @@ from the transcript's zones.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import ipaddress
 import re
 import socket
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stdlib import dns as dns_natives
+from vsl.resolve import closest
 
 from . import config as config_module
 from .app import Server
@@ -97,9 +97,9 @@ def _apply(transcript: Transcript, where: str, key: str, value: str) -> None:
 
 def _suggestion(key: str) -> str:
     """The nearest directive, or the list of them."""
-    near = difflib.get_close_matches(key.replace("_", "-"), _HEADERS, n=1)
+    near = closest(key, _HEADERS)
     if near:
-        return f", did you mean '# {near[0]}:'?"
+        return f", did you mean '# {near}:'?"
     return (f" (known: {', '.join(_HEADERS)}; a comment's first word may not end "
             "in ':')")
 

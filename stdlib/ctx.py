@@ -323,7 +323,8 @@ def entry_points() -> EntryPoints:
                  "client_addr": "client_ip", "server_addr": "server_ip",
                  "mail_from": "sender", "rcpt_to": "rcpt", "rcpt_list": "recipients"},
         return_hint="status::next(), status::accept(), status::deny(\"550 ...\") or "
-                    "status::quarantine(name)")
+                    "status::quarantine(name)",
+        foreign_scripts=(".rhai",))  # vSMTP's
 
 
 def _mailbox(address) -> Mailbox:

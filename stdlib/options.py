@@ -48,7 +48,10 @@ class Options:
 
     @property
     def keys(self) -> tuple[str, ...]:
+        """Every key the map may have, required ones first (what the linter checks)."""
         return (*self.required, *self.optional)
 
     def parse(self, arg, where: str) -> dict:
+        """The checked options of ``arg`` (see :func:`options`); ``where`` names the native
+        in errors."""
         return options(arg, where, self.required, self.optional)

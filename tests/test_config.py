@@ -411,6 +411,35 @@ def test_unknown_keys_suggest_the_nearest_and_list_the_known(data, hint):
     assert hint in error_for(data)
 
 
+@pytest.mark.parametrize("data, known", [  # difflib's default cutoff guessed wrong here
+    ({"delivery": {"message_size_limit": 1}}, "known: enabled, "),  # not mx_session_limit
+    ({"auth": {"retries": 3}}, "unknown key (known: "),  # not throttle_entries
+    ({"limits": {"client": 3}}, "unknown key (known: "),  # not recipients
+    ({"user": {}}, "unknown section (known: server"),  # not server
+])
+def test_no_far_fetched_hint(data, known):
+    """The hints are vsl's "did you mean" (vsl.resolve.closest), as in lint: no guess at all
+    rather than a misleading one."""
+    message = error_for(data)
+    assert known in message and "did you mean" not in message
+
+
+@pytest.mark.parametrize("name", ["check", "raise_any"])
+def test_problem_collector_says_what_it_does(name):
+    from server.config import _Problems
+
+    assert getattr(_Problems, name).__doc__
+
+
+def test_every_hint_comes_from_one_helper():
+    """config, transcripts and the linter share vsl.resolve.closest (one cutoff, aliases)."""
+    root = Path(__file__).resolve().parent.parent
+    direct = [str(p.relative_to(root)) for d in ("vsl", "stdlib", "server")
+              for p in sorted((root / d).rglob("*.py"))
+              if "get_close_matches" in p.read_text() and p.name != "resolve.py"]
+    assert direct == []
+
+
 @pytest.mark.parametrize("text", ["127.0.0.1:99999", "127.0.0.1:0", "[::1]:65536"])
 def test_a_port_out_of_range_says_so(text):
     with pytest.raises(ConfigError, match=r"port \d+ is out of range \(1-65535\)"):

@@ -43,3 +43,10 @@ def test_chunk(chunk):
     if chunk.expected:
         line, pattern = next(iter(chunk.expected.items()))
         pytest.fail(f"expected an error matching {pattern!r} at line {line}, got none")
+
+
+def test_line_of_is_public():
+    """The source line an error shows, for the CLI as for the engine (``vsl.syntax``)."""
+    from vsl.syntax import line_of
+
+    assert [line_of("a\nb\n", n) for n in (0, 1, 2, 3)] == ["", "a", "b", ""]

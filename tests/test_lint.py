@@ -23,7 +23,7 @@ from tests.chunks import collect
 ROOT = Path(__file__).resolve().parent.parent
 from stdlib.ctx import entry_points
 from vsl.engine import Engine
-from vsl.lint import Linter, script_files
+from vsl.lint import Linter, empty_paths, script_files
 
 STAGE_ENTRIES = entry_points()
 STAGES = STAGE_ENTRIES.names
@@ -46,7 +46,8 @@ def test_every_rule_is_covered():
     expected = " ".join(p for c in CHUNKS for p in c.expected.values())
     sources = "".join((ROOT / f).read_text()
                       for f in ("vsl/resolve.py", "vsl/lint.py", "vsl/checks.py"))
-    codes = set(re.findall(r'self\.(?:error|warn)\(\s*"([a-z-]+)"', sources))
+    codes = set(re.findall(r'self\.(?:error\(|warn\(|report\(severity,)\s*"([a-z-]+)"',
+                           sources))
     codes |= {"syntax", "import"}  # reported by the linter itself
     codes |= {"unknown-property"}  # checks.py chooses it or unknown-method by member kind
     codes -= {"wait-in-closure"}  # needs an async native: test_wait_in_closure_needs_...
@@ -129,6 +130,39 @@ def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text,
     [error] = Linter(Engine(), STAGE_ENTRIES).lint_file(main)
     assert (error.severity, error.line, error.col, error.message) == ("error", line, col,
                                                                       finding)
+
+
+def test_other_servers_scripts_are_named_by_the_host(tmp_path):
+    """The language core knows no other server: the host passes the extensions of other
+    servers' scripts (vSMTP's ``.rhai``) as it passes its entry points."""
+    (tmp_path / "main.rhai").write_text("#{}\n")
+    [plain] = empty_paths([tmp_path])
+    assert (plain.severity, plain.message) == ("warning", "no .vsl file here")
+    [named] = empty_paths([tmp_path], STAGE_ENTRIES.foreign_scripts)
+    assert (named.severity, named.message) == (
+        "error", "no .vsl file here (1 .rhai file(s): vSL scripts end in .vsl)")
+    assert "rhai" not in (ROOT / "vsl" / "lint.py").read_text()
+
+
+def test_checks_design_note_counts_its_cases():
+    """The module note of vsl.checks says in how many cases types are known: as many as it
+    lists."""
+    import vsl.checks
+
+    note = vsl.checks.__doc__
+    word = re.search(r"known in (\w+) cases only", note)[1]
+    listed = re.search(r"cases only.*?:\n\n(.*?)\n\n", note, re.S)[1]
+    assert ["one", "two", "three", "four", "five"].index(word) + 1 == listed.count("\n- ") + 1
+
+
+@pytest.mark.parametrize("helper", ["vsl.checks.Checker.run", "stdlib.options.Options.keys",
+                                    "stdlib.options.Options.parse"])
+def test_lint_helpers_say_what_they_do(helper):
+    import importlib
+    import inspect
+
+    module, cls, name = helper.rsplit(".", 2)
+    assert inspect.getdoc(getattr(getattr(importlib.import_module(module), cls), name))
 
 
 def test_import_without_script_directory():

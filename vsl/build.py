@@ -17,7 +17,7 @@ from lark.exceptions import VisitError
 
 from . import ast
 from .errors import LimitError, Pos, VslSyntaxError
-from .syntax import I64_MAX, I64_MIN, _line_of, check_depth, parse_tree
+from .syntax import I64_MAX, I64_MIN, check_depth, line_of, parse_tree
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0",
             "$": "$", "`": "`"}
@@ -379,7 +379,7 @@ class Parser:
         self.plain_interpolations: list[ast.Loc] = []  # "${" inside "..." strings
 
     def error(self, msg: str, loc: ast.Loc) -> VslSyntaxError:
-        return VslSyntaxError(msg, Pos(self.file, *loc), _line_of(self.source, loc[0]))
+        return VslSyntaxError(msg, Pos(self.file, *loc), line_of(self.source, loc[0]))
 
     def check_size(self, size: int, what: str, loc: ast.Loc) -> None:
         limit = {"string": self.limits.max_string_size, "array": self.limits.max_array_size,
@@ -496,7 +496,7 @@ def parse(source: str, file: str, limits) -> ast.Module:
     if limits.max_script_size and len(source) > limits.max_script_size:
         raise LimitError(f"script too large ({len(source)} characters > limit "
                          f"{limits.max_script_size}, limits.max_script_size)", Pos(file, 1, 1),
-                         _line_of(source, 1))
+                         line_of(source, 1))
     with gc_paused():
         body = parser.statements(source)
     functions, seen = [], {}

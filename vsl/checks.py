@@ -3,7 +3,7 @@ objects, and the option maps of natives. Runs after :mod:`vsl.resolve`, on its b
 
 Design. The language knows nothing of its host: a mail server describes its stage
 functions as data (:class:`EntryPoints`) and the linter's caller passes them in. Types
-are known in three cases only, so that every finding is certain:
+are known in four cases only, so that every finding is certain:
 
 - the one parameter of an entry point has the host's type, and is reached "in" that
   entry; a script function whose parameter only ever receives such a parameter (directly
@@ -16,7 +16,10 @@ are known in three cases only, so that every finding is certain:
 
 Members of a typed value are checked against its class (``vsl_props``, ``vsl_methods``);
 members the host restricts to some entries (``EntryPoints.available``) against the
-entries they are reached in.
+entries they are reached in. Such a member used where it is missing is an error only when
+the access is certain to fail whenever it runs (:meth:`Checker.availability`): outside any
+``try`` (and, in a helper, not under a condition, and reached only from entries that lack
+it); otherwise a warning, or nothing when a ``try`` guards it and some entry has it.
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ class EntryPoints:
     aliases: Mapping[str, str] = field(default_factory=dict)
     # ^ names other servers use for entries and members -> ours (the first hint)
     return_hint: str = ""  # how to make a value of ``returns``, for messages
+    foreign_scripts: tuple[str, ...] = ()
+    # ^ extensions of other servers' scripts (".rhai"), named when a directory has none of ours
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> its field names
@@ -56,13 +61,16 @@ def nodes(node, closures: bool = True):
         if isinstance(node, ast.Closure) and not closures:
             return
         yield node
-        cls = type(node)
-        names = _FIELDS.get(cls) or _FIELDS.setdefault(cls, tuple(f.name for f in fields(cls)))
-        for name in names:
+        for name in _field_names(node):
             yield from nodes(getattr(node, name), closures)
     elif isinstance(node, (tuple, list)):
         for item in node:
             yield from nodes(item, closures)
+
+
+def _field_names(node: ast.Node) -> tuple[str, ...]:
+    cls = type(node)
+    return _FIELDS.get(cls) or _FIELDS.setdefault(cls, tuple(f.name for f in fields(cls)))
 
 
 def _article(type_text: str) -> str:
@@ -79,14 +87,21 @@ class Checker:
         self.module, self.res, self.namespaces, self.entries = module, res, namespaces, entries
         self.out: list[Diagnostic] = []
         self.fns = {(f.name, len(f.params)): f for f in module.functions}
-        self.reached: dict[str, frozenset[int]] = {}  # python name of a param -> entries
+        self.reached: dict[str, dict[int, bool]] = {}
+        # ^ python name of a param -> entries it is reached in -> every way in is caught
         self.helper_of: dict[str, str] = {}  # ... of a helper function -> its name
         self._let_types: dict[str, type | None] = {}
+        self.fn_of: dict[str, tuple] = {}  # python name of a tracked param -> its function
+        self._situations: dict[tuple, dict[int, Where]] = {}  # function key -> situations()
 
     def error(self, code: str, message: str, pos: ast.Loc) -> None:
-        self.out.append(Diagnostic(self.module.file, pos[0], pos[1], "error", code, message))
+        self.report("error", code, message, pos)
+
+    def report(self, severity: str, code: str, message: str, pos: ast.Loc) -> None:
+        self.out.append(Diagnostic(self.module.file, pos[0], pos[1], severity, code, message))
 
     def run(self) -> list[Diagnostic]:
+        """Every finding of the module, entry points first."""
         if self.entries is not None:
             self.check_entry_names()
             self.track_entry_params()
@@ -125,7 +140,8 @@ class Checker:
         return len(self.res.sources.get(py, ())) > 1
 
     def _call_sites(self) -> dict[tuple, list]:
-        """(function key, parameter index) -> [(calling function key | None, argument)]."""
+        """(function key, parameter index) -> [(calling function key | None, argument,
+        the call)]."""
         sites: dict[tuple, list] = {}
         callers = [(None, self.module.body)] + [(k, f.body) for k, f in self.fns.items()]
         for caller, body in callers:
@@ -136,7 +152,7 @@ class Checker:
                 args = ((node.obj,) if isinstance(node, ast.MethodCall) else ()) + node.args
                 key = (target.name, target.arity)
                 for i, arg in enumerate(args):
-                    sites.setdefault((key, i), []).append((caller, arg))
+                    sites.setdefault((key, i), []).append((caller, arg, node))
         return sites
 
     def _passed_param(self, caller, arg, params: dict) -> str | None:
@@ -147,12 +163,14 @@ class Checker:
         return py if py in params else None
 
     def track_entry_params(self) -> None:
-        params = {self._param(k, 0): frozenset({self.entries.names.index(k[0])})
+        """Which parameters hold an entry's argument, in which entries, and whether every
+        call chain from that entry passes through a ``try`` (or a closure)."""
+        params = {self._param(k, 0): {self.entries.names.index(k[0]): False}
                   for k in self.fns if k[0] in self.entries.names and k[1] == 1}
         helpers = {self._param(key, i): (key[0], calls)
                    for (key, i), calls in self._call_sites().items()
                    if key[0] not in self.entries.names}
-        candidates = dict.fromkeys(helpers, frozenset())
+        candidates = {py: {} for py in helpers}
         changed = True
         while changed:  # drop helpers given anything else; widen the entries reached
             changed = False
@@ -160,18 +178,29 @@ class Checker:
                 if py not in candidates:
                     continue
                 known = {**params, **candidates}
-                passed = [self._passed_param(caller, arg, known) for caller, arg in calls]
+                passed = [self._passed_param(caller, arg, known) for caller, arg, _ in calls]
                 if None in passed:
                     del candidates[py]
                     changed = True
                     continue
-                reached = frozenset().union(*(known[p] for p in passed))
+                reached: dict[int, bool] = {}
+                for param, (caller, _, call) in zip(passed, calls):
+                    caught = self.where(caller, call).caught
+                    for entry, caught_before in known[param].items():
+                        reached[entry] = reached.get(entry, True) and (caught_before or caught)
                 if reached != candidates[py]:
                     candidates[py] = reached
                     changed = True
         reached = {**params, **{py: r for py, r in candidates.items() if r}}
         self.reached = {py: r for py, r in reached.items() if not self._reassigned(py)}
         self.helper_of = {py: helpers[py][0] for py in candidates}
+        self.fn_of = {self._param(key, i): key for key in self.fns for i in range(key[1])}
+
+    def where(self, fn_key: tuple, node) -> Where:
+        """How surely ``node``, in the function ``fn_key``, runs when that function does."""
+        if fn_key not in self._situations:
+            self._situations[fn_key] = situations(self.fns[fn_key].body)
+        return self._situations[fn_key].get(id(node), Where())
 
     # -- types --------------------------------------------------------------
     def type_of(self, e) -> type | None:
@@ -221,22 +250,41 @@ class Checker:
         py = self.res.names.get((id(node.obj), "ref"))
         if py in self.reached and name in self.entries.available:
             label = f"{cls.vsl_type}.{name}" + ("()" if kind == "method" else "")
-            self.check_available(label, self.entries.available[name], py, node.pos)
+            self.check_available(label, self.entries.available[name], py, node)
 
-    def check_available(self, label: str, span: tuple[int, int], py: str,
-                        pos: ast.Loc) -> None:
+    def check_available(self, label: str, span: tuple[int, int], py: str, node) -> None:
+        """A finding where ``label`` (a member of the entries' argument ``py``, used at
+        ``node``) is missing in an entry ``py`` is reached in; see :meth:`availability`."""
         first, last = span
-        names = self.entries.names
-        for entry in sorted(self.reached[py]):
-            if first <= entry <= last:
-                continue
-            via = f" ({self.helper_of[py]} is called from {names[entry]})" \
-                if py in self.helper_of else ""
-            when = f"it is available from {names[first]} on" if entry < first else \
-                f"only up to {names[last]}"
-            self.error("stage-availability",
-                       f"{label} is not available in {names[entry]}{via}: {when}", pos)
+        reached = self.reached[py]
+        missing = sorted((caught, entry) for entry, caught in reached.items()
+                         if not first <= entry <= last)
+        if not missing:
             return
+        severity = self.availability(self.where(self.fn_of[py], node), py,
+                                     all_missing=len(missing) == len(reached),
+                                     caught=all(caught for caught, _ in missing))
+        if severity is None:
+            return
+        names, entry = self.entries.names, missing[0][1]
+        via = f" ({self.helper_of[py]} is called from {names[entry]})" \
+            if py in self.helper_of else ""
+        when = f"it is available from {names[first]} on" if entry < first else \
+            f"only up to {names[last]}"
+        self.report(severity, "stage-availability",
+                    f"{label} is not available in {names[entry]}{via}: {when}", node.pos)
+
+    def availability(self, where: Where, py: str, all_missing: bool,
+                     caught: bool) -> str | None:
+        """The severity of a member used where some entry lacks it: an error only when the
+        access fails whenever it runs (none of the entries reaching it has the member, no
+        ``try`` may catch the failure, and in a helper no condition may keep it from
+        running); a warning when it may fail; None when a ``try`` guards it and it can
+        succeed (a helper shared by entries, guarding the member for some of them)."""
+        if where.caught or caught:
+            return "warning" if all_missing else None
+        certain = all_missing and not (py in self.helper_of and where.conditional)
+        return "error" if certain else "warning"
 
     def check_native_use(self, node) -> None:
         """A native given the entries' argument, where the member it needs is not there."""
@@ -248,7 +296,7 @@ class Checker:
             if isinstance(node.args[0], ast.Var) else None
         if uses in self.entries.available and py in self.reached:
             full = f"{target.ns}::{target.name}" if target.ns else target.name
-            self.check_available(f"{full}()", self.entries.available[uses], py, node.pos)
+            self.check_available(f"{full}()", self.entries.available[uses], py, node)
 
     def check_options(self, node) -> None:
         target = self.res.targets.get(id(node))
@@ -272,6 +320,65 @@ class Checker:
             found = value_type(value, self.type_of)
             if found is not None and found != self.entries.returns.vsl_type:
                 self.error("stage-return", _return_message(fn.name, found, self.entries), pos)
+
+
+@dataclass(frozen=True)
+class Where:
+    """How surely a node runs when its function does."""
+
+    caught: bool = False       # inside a try body or a closure (it may run inside a try)
+    conditional: bool = False  # under if/switch/loop/catch/&&/||/??, in a closure, or
+    #                            after a statement that may return or throw
+
+
+_SHORT_CIRCUIT = ("&&", "||", "??")
+
+
+def situations(body: ast.Block) -> dict[int, Where]:
+    """id(node) -> :class:`Where`, for every node in a function's ``body``."""
+    out: dict[int, Where] = {}
+    _situate(body, Where(), out)
+    return out
+
+
+def _situate(node, where: Where, out: dict) -> bool:
+    """Note ``where`` for ``node`` and the nodes in it; whether ``node`` holds a ``return``
+    or ``throw`` outside closures (what follows it in its block may not run)."""
+    if isinstance(node, (tuple, list)):
+        return any([_situate(item, where, out) for item in node])  # each item, not the first
+    if not isinstance(node, ast.Node):
+        return False
+    out[id(node)] = where
+    leaves = isinstance(node, (ast.Return, ast.Throw))
+    if isinstance(node, ast.Block):
+        for stmt in node.body:
+            leaves |= _situate(stmt, Where(where.caught, True) if leaves else where, out)
+        return leaves
+    for child, place in _places(node, where):
+        leaves |= _situate(child, place, out)
+    return leaves and not isinstance(node, ast.Closure)
+
+
+def _places(node: ast.Node, where: Where) -> list[tuple]:
+    """(child, its :class:`Where`) for each child of ``node`` (not a Block) at ``where``."""
+    later = Where(where.caught, True)  # what may not run
+    if isinstance(node, ast.Try):
+        return [(node.body, Where(True, where.conditional)), (node.handler, later)]
+    if isinstance(node, ast.Closure):
+        return [(node.body, Where(True, True))]
+    if isinstance(node, ast.If):
+        tests = [(test, later if i else where) for i, (test, _) in enumerate(node.branches)]
+        return tests + [(body, later) for _, body in node.branches] + [(node.orelse, later)]
+    if isinstance(node, ast.Switch):
+        return [(node.subject, where), (node.arms, later)]
+    if isinstance(node, ast.Binary) and node.op in _SHORT_CIRCUIT:
+        return [(node.left, where), (node.right, later)]
+    if isinstance(node, (ast.While, ast.For)):
+        first = node.cond if isinstance(node, ast.While) else node.iterable
+        return [(first, where), (node.body, later)]
+    if isinstance(node, ast.Loop):
+        return [(node.body, later)]
+    return [(getattr(node, name), where) for name in _field_names(node)]
 
 
 def _return_message(name: str, found: str, entries: EntryPoints) -> str:

@@ -13,9 +13,9 @@ import click
 from . import values
 from .engine import Engine
 from .errors import Pos, VslError
-from .lint import (Linter, empty_paths, format_concise, format_full, format_json, rhai_note,
+from .lint import (Linter, empty_paths, foreign_note, format_concise, format_full, format_json,
                    script_files, summary)
-from .syntax import _line_of
+from .syntax import line_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,8 +39,10 @@ def lint(paths, fmt) -> None:
     from stdlib.ctx import entry_points
 
     files = script_files(paths)
-    linter = Linter(Engine(), entry_points())
-    findings = empty_paths(paths) + [d for f in files for d in linter.lint_file(f)]
+    entries = entry_points()
+    linter = Linter(Engine(), entries)
+    findings = empty_paths(paths, entries.foreign_scripts) + \
+        [d for f in files for d in linter.lint_file(f)]
     if fmt == "json":
         click.echo(format_json(findings))
     else:
@@ -128,7 +130,7 @@ def _result_text(script, fn: str | None, result, as_json: bool) -> str:
             (script.module.body[-1] if script.module.body else None)
         line, col = made.pos if made is not None else (1, 1)
         raise err.located(Pos(script.file, line, col),
-                          _line_of(script.module.source, line)) from None
+                          line_of(script.module.source, line)) from None
 
 
 def _arguments_hint(script, fn: str, given: int) -> str | None:
@@ -193,14 +195,15 @@ def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overr
     from dataclasses import replace
 
     from server import config as config_module
+    from stdlib.ctx import entry_points
 
     try:
         config = config_module.load(config_path)
         changes = {}
         if scripts:
             if not (Path(scripts) / "main.vsl").is_file():
-                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there"
-                                           f"{rhai_note(Path(scripts))}")
+                foreign = foreign_note(Path(scripts), entry_points().foreign_scripts)
+                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there{foreign}")
             changes["scripts"] = Path(scripts)
         if listen:
             changes["listen"] = tuple(config_module.parse_listen(a, key="--listen")

@@ -43,7 +43,7 @@ from .methods import call_method
 from .natives import IO_DEADLINE
 from .ops import Ops
 from .resolve import ModuleInfo, Resolution, resolve
-from .syntax import _line_of
+from .syntax import line_of
 
 
 _INF = float("inf")
@@ -439,7 +439,7 @@ class Engine:
             first = res.errors[0]
             more = f" (and {len(res.errors) - 1} more)" if len(res.errors) > 1 else ""
             raise VslSyntaxError(first.message + more, Pos(file, first.line, first.col),
-                                 _line_of(source, first.line))
+                                 line_of(source, first.line))
         natives = {(ns.name, n.name): n for ns in self.namespaces.values()
                    for n in ns.functions.values()}
         compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
@@ -460,7 +460,7 @@ class Engine:
 
     def _import(self, imp, module, load: _Load) -> Script:
         where = Pos(module.file, *imp.pos)
-        line = _line_of(module.source, imp.pos[0])
+        line = line_of(module.source, imp.pos[0])
         if load.root is None:
             raise VslError("import needs a script directory (load the script from a file)",
                            where, line)
@@ -599,7 +599,7 @@ class Engine:
             stack.append(Frame(names[code.co_name], Pos(code.co_filename, *pos)))
         top = stack[-1].pos
         source = self._sources[top.file][0]
-        return located.located(top, _line_of(source, top.line), tuple(stack))
+        return located.located(top, line_of(source, top.line), tuple(stack))
 
 
 def _position(code, lasti: int, lineno: int) -> tuple[int, int]:

@@ -133,19 +133,22 @@ def script_files(paths) -> list[Path]:
     return files
 
 
-def rhai_note(directory: Path) -> str:
-    """" (N .rhai file(s): ...)" for a directory of vSMTP scripts, else ""."""
-    rhai = sum(1 for _ in directory.rglob("*.rhai"))
-    return f" ({rhai} .rhai file(s): vSL scripts end in .vsl)" if rhai else ""
+def foreign_note(directory: Path, extensions) -> str:
+    """" (N .EXT file(s): ...)" for a directory holding other servers' scripts (their
+    ``extensions``, given by the host: ``EntryPoints.foreign_scripts``), else ""."""
+    counts = [(ext, sum(1 for _ in directory.rglob(f"*{ext}"))) for ext in extensions]
+    found = [f"{n} {ext} file(s)" for ext, n in counts if n]
+    return f" ({', '.join(found)}: vSL scripts end in .vsl)" if found else ""
 
 
-def empty_paths(paths) -> list[Diagnostic]:
+def empty_paths(paths, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
     """A finding for each directory that holds no ``.vsl`` file: a warning, or an error
-    when it holds vSMTP ``.rhai`` scripts (they would silently go unchecked)."""
+    when it holds other servers' scripts (``foreign`` extensions: they would silently go
+    unchecked)."""
     return [Diagnostic(str(p), 0, 0, "error" if note else "warning", "no-scripts",
                        f"no .vsl file here{note}")
             for p in map(Path, paths) if p.is_dir() and not any(p.rglob("*.vsl"))
-            for note in [rhai_note(p)]]
+            for note in [foreign_note(p, foreign)]]
 
 
 def format_concise(findings: list[Diagnostic]) -> str:

@@ -75,13 +75,14 @@ def expected_words(expected: set[str]) -> str:
     return ", ".join(ordered[:-1]) + " or " + ordered[-1]
 
 
-def _line_of(source: str, line: int) -> str:
+def line_of(source: str, line: int) -> str:
+    """Line ``line`` (1-based) of ``source``, "" past either end: the line an error shows."""
     lines = source.splitlines()
     return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
 def _syntax_error(source: str, file: str, message: str, line: int, col: int) -> VslSyntaxError:
-    return VslSyntaxError(message, Pos(file, line, col), _line_of(source, line))
+    return VslSyntaxError(message, Pos(file, line, col), line_of(source, line))
 
 
 def _describe_token(tok: Token) -> str:
