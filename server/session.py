@@ -470,7 +470,7 @@ class Session:
         """Log a refusal as Postfix does (``NOQUEUE: reject: RCPT from host[ip]: reply;
         from=<> to=<> proto=ESMTP helo=<>``) and who decided it; returns the reply."""
         ctx, session = self.ctx, self.protocol.session
-        fields = [f"from=<{ctx.sender.address}>"] if ctx.sender is not None else []
+        fields = [f"from=<{printable(ctx.sender.address)}>"] if ctx.sender is not None else []
         fields += [f"to=<{printable(to)}>"] if to is not None else []
         fields.append(f"proto={'ESMTP' if session.extended_smtp else 'SMTP'}")
         fields += [f"helo=<{printable(ctx.helo)}>"] if ctx.helo is not None else []

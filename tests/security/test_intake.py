@@ -192,3 +192,18 @@ def test_an_accepted_message_starts_the_count_again(tmp_path):
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # still served
         assert raw.cmd("RSET")[0] == 250  # the second error
         assert raw.reply() == TOO_MANY_ERRORS
+
+
+# ---- the log: client text is escaped in every field -------------------------------------
+
+def test_a_bidi_sender_is_escaped_in_the_reject_line(tmp_path, caplog):
+    """The sender of a refused recipient is client text too: a right-to-left override in
+    it (allowed under SMTPUTF8) must not reorder the operator's log line."""
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path)) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        assert raw.cmd("MAIL FROM:<evil\u202emoc.elgoog@example.org> SMTPUTF8")[0] == 250
+        assert raw.cmd("RCPT TO:<victim@elsewhere.test>")[0] == 554
+    [line] = [r.getMessage() for r in caplog.records if "reject: RCPT" in r.getMessage()]
+    assert "from=<evil\\u202emoc.elgoog@example.org>" in line
+    assert "\u202e" not in line
