@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 from base64 import b64decode
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, syntax
@@ -95,7 +96,8 @@ class Protocol(FastSMTP):
     def __init__(self, server: "Server", listener: "Listener", tls_context=None):
         self.server, self.listener = server, listener
         self.errors = 0
-        self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
+        self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
+        self.moved_mail_at = monotonic()  # the start, then the last accepted MAIL, RCPT, ...
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -157,15 +159,34 @@ class Protocol(FastSMTP):
             log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
             self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
 
+    def moved_mail(self) -> None:
+        """An accepted MAIL, RCPT, message, AUTH or STARTTLS: the session is not idle."""
+        self.moved_mail_at = monotonic()
+
     async def _junk(self, command) -> None:
         """Run a command that keeps the connection alive but moves no mail: past
         ``limits.junk_commands`` of them since the last accepted message, each counts as an
         error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
-        into the error limit."""
+        into the error limit; after ``limits.idle_session`` without moving mail, the
+        command is not run and the session ends."""
+        if self._idle_too_long():
+            command.close()
+            return
         await command
         self.junk += 1
         if self.junk > self.server.config.limits.junk_commands:
             self._count_error()
+
+    def _idle_too_long(self) -> bool:
+        """Whether the session moved no mail for ``limits.idle_session``: if so, say
+        Postfix's timeout reply and hang up."""
+        idle = monotonic() - self.moved_mail_at
+        if idle < self.server.config.limits.idle_session:
+            return False
+        log.info("%s: no mail moved for %d s (limits.idle_session), disconnected",
+                 self.session.peer[0], idle)
+        self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
+        return True
 
     def hang_up(self, reply: bytes) -> None:
         """Say a last reply and close, without waiting on a client that does not read."""
@@ -196,6 +217,10 @@ class Protocol(FastSMTP):
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str):
         await self._junk(super().smtp_VRFY(arg))
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str):
+        await self._junk(super().smtp_HELP(arg))
 
     async def _greeting_reply(self, command) -> None:
         """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
@@ -288,6 +313,7 @@ class Session:
 
     def handle_STARTTLS(self, server, session, envelope) -> bool:
         self.ctx.tls = True
+        self.protocol.moved_mail()
         return True
 
     async def handle_RSET(self, server, session, envelope):
@@ -325,6 +351,7 @@ class Session:
             self._login_failed(mechanism, user)
         if verdict:
             throttle.succeeded(user)
+            self.protocol.moved_mail()
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
             session.auth_data = user
@@ -381,6 +408,7 @@ class Session:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        self.protocol.moved_mail()
         return status.reply or "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -397,6 +425,7 @@ class Session:
             return self._reject("RCPT", status.reply, decided_by, to=rcpt.address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        self.protocol.moved_mail()
         return status.reply or "250 2.1.5 Recipient ok"
 
     def _recipient(self, envelope, address: str) -> Mailbox | str:
@@ -455,6 +484,7 @@ class Session:
         await self.server.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
         self.protocol.junk = 0  # as Postfix, after an accepted message
+        self.protocol.moved_mail()
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
 

@@ -194,6 +194,67 @@ def test_an_accepted_message_starts_the_count_again(tmp_path):
         assert raw.reply() == TOO_MANY_ERRORS
 
 
+def test_help_is_a_junk_command_too(tmp_path):
+    """HELP moves no mail either: it counts toward limits.junk_commands like NOOP."""
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), junk_commands=2, errors=2))
+    with running(config) as server, Raw(server) as raw:
+        for _ in range(4):  # the third and the fourth are errors
+            assert raw.cmd("HELP")[0] == 250
+        assert raw.reply() == TOO_MANY_ERRORS
+        assert raw.closed()
+
+
+class Clock:
+    """A monotonic clock the test moves (the session's idle check reads it)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+IDLE_TIMEOUT = (421, b"4.4.2 mx.test Error: timeout exceeded")
+
+
+def test_a_keep_alive_session_ends_after_idle_session(tmp_path, monkeypatch, caplog):
+    """A NOOP every 299 s kept a slot for 110 command timeouts (about 9 h): a session
+    that moved no mail for limits.idle_session is closed at its next junk command."""
+    caplog.set_level("INFO")
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        clock.now += 59
+        assert raw.cmd("NOOP")[0] == 250
+        clock.now += 1  # 60 s since the connection began
+        assert raw.cmd("NOOP") == IDLE_TIMEOUT
+        assert raw.closed()
+    assert "no mail moved for 60 s (limits.idle_session), disconnected" in caplog.text
+
+
+def test_moving_mail_restarts_the_idle_clock(tmp_path, monkeypatch):
+    """Each accepted MAIL, RCPT, message or AUTH restarts it; a refused command does not."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, auth=auth_config(tmp_path),
+                        limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        for steps in ([("MAIL FROM:<a@example.org>", 250)], [("RCPT TO:<b@mx.test>", 250)],
+                      [("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
+                      [(f"AUTH PLAIN {plain('alice', 'secret')}", 235)]):
+            clock.now += 59
+            assert raw.cmd("NOOP")[0] == 250
+            for command, code in steps:
+                assert raw.cmd(command)[0] == code
+        clock.now += 59
+        assert raw.cmd("MAIL FROM:<bad address>")[0] == 553  # refused: no progress
+        clock.now += 1
+        assert raw.cmd("RSET") == IDLE_TIMEOUT
+
+
 # ---- the log: client text is escaped in every field -------------------------------------
 
 def test_a_bidi_sender_is_escaped_in_the_reject_line(tmp_path, caplog):
