@@ -51,6 +51,7 @@ AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
 PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 INTERNAL_ERROR = "421 4.3.0 Error: internal error"
+BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 # Postfix's replies when a message cannot be written to the queue
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 NO_STORAGE = "452 4.3.1 Insufficient system storage"
@@ -188,6 +189,31 @@ class Protocol(FastSMTP):
         self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
         return True
 
+    async def refuse(self, greeting: bytes) -> None:
+        """Refuse the session with a 421 or 554 greeting. A 421 hangs up at once; after a
+        554 the client may only QUIT (RFC 5321 §3.1: the server MUST wait for it and SHOULD
+        answer anything else 503), within the command timeout and the error limit."""
+        if greeting.startswith(b"421"):
+            self.hang_up(greeting)
+            return
+        self._writer.write(wire(greeting, raw=True))
+        while self.transport is not None:
+            line = await self._command_line()
+            self._reset_timeout()
+            if line.strip().upper() == b"QUIT":
+                await self.push("221 Bye")
+                self.transport.close()
+                return
+            await self.push(BAD_SEQUENCE)
+
+    async def _command_line(self) -> bytes:
+        """The next line the client sends, without its CRLF; a line longer than the limit
+        comes as several."""
+        try:
+            return (await self._reader.readuntil()).rstrip(b"\r\n")
+        except asyncio.LimitOverrunError as error:
+            return await self._reader.read(error.consumed)
+
     def hang_up(self, reply: bytes) -> None:
         """Say a last reply and close, without waiting on a client that does not read."""
         if self.transport is None:
@@ -275,7 +301,7 @@ class Session:
         status = await self.stages.run(self.ctx, Stage.CONNECT)
         if status.kind == "deny":
             reply = self._reject("CONNECT", as_greeting(status.reply), Stage.CONNECT)
-            protocol.hang_up(reply.encode("utf-8", "surrogateescape"))
+            await protocol.refuse(reply.encode("utf-8", "surrogateescape"))
             return False
         if status.kind in ("accept", "faccept") and status.reply:
             protocol.greeting = as_greeting(status.reply).encode("utf-8", "surrogateescape")

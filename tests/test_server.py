@@ -170,7 +170,42 @@ def test_a_refused_greeting_is_421_or_554(tmp_path, policy, greeting):
     with running(config_for(tmp_path, policy)) as server:
         with Raw(server) as raw:
             assert raw.greeting == greeting
-            assert raw.line() == b"", "the connection stays open after a refused greeting"
+            if greeting[0] == 421:
+                assert raw.closed(), "a 421 greeting closes the connection at once"
+            else:
+                assert raw.cmd("QUIT") == (221, b"2.0.0 Bye")
+                assert raw.closed()
+
+
+BAD_SEQUENCE = (503, b"5.5.1 Error: bad sequence of commands")
+DENY_CONNECT = 'fn on_connect(ctx) { status::deny("554 5.7.1 go away") }'
+
+
+def test_after_a_554_greeting_only_quit_is_served(tmp_path):
+    """RFC 5321 §3.1: after a 554 greeting the server waits for QUIT and answers any other
+    command 503 (it no longer hangs up at once)."""
+    with running(config_for(tmp_path, DENY_CONNECT)) as server:
+        with Raw(server) as raw:
+            assert raw.greeting == (554, b"5.7.1 go away")
+            for command in ("EHLO client.test", "MAIL FROM:<a@example.org>", "NOOP", "",
+                            "NO SUCH COMMAND", "quit now"):
+                assert raw.cmd(command) == BAD_SEQUENCE, command
+            assert raw.cmd("quit") == (221, b"2.0.0 Bye")
+            assert raw.closed()
+
+
+def test_after_a_554_greeting_the_error_limit_and_the_timeout_still_close(tmp_path):
+    limits = replace(config_for(tmp_path).limits, errors=3, command_timeout=0.5)
+    with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server:
+        with Raw(server) as raw:
+            assert raw.cmd("EHLO client.test") == BAD_SEQUENCE
+            assert raw.cmd("HELO client.test") == BAD_SEQUENCE
+            assert raw.cmd("NOOP") == BAD_SEQUENCE
+            assert raw.reply() == (421, b"4.7.0 Too many errors, closing the connection")
+            assert raw.closed()
+        with Raw(server) as raw:
+            assert raw.reply(timeout=10) == (421, b"4.4.2 Timeout, closing the connection")
+            assert raw.closed()
 
 
 def test_an_accepted_greeting_is_220(tmp_path):
