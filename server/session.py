@@ -537,12 +537,13 @@ class Session:
 
     def _decider(self, stage: Stage | None) -> str:
         """Who refused: the server's own rule, the fallback reply of a failed stage, or
-        the stage function (``on_rcpt_to@main.vsl:3:1``, where it is defined)."""
+        the stage function and where its script made the deny
+        (``on_rcpt_to@main.vsl:3:12``, the ``status::deny(...)`` call)."""
         if stage is None:
             return "server"
         if self.stages.failed:
             return f"fallback_reply@{stage.function}"
-        return f"{stage.function}@{_defined_at(self.server.policy.script, stage.function)}"
+        return f"{stage.function}@{self.stages.decided_at}"
 
     async def _parse(self, data: bytes) -> Message:
         """The message within the header limits; a big one is parsed in a thread."""
@@ -575,14 +576,6 @@ def not_queued_reply(error: Exception) -> str:
     cause = error if isinstance(error, OSError) else error.__cause__
     full = isinstance(cause, OSError) and cause.errno in _STORAGE_FULL
     return NO_STORAGE if full else QUEUE_WRITE_ERROR
-
-
-def _defined_at(script, function: str) -> str:
-    """Where a script function is defined: ``file:line:column``."""
-    for definition in script.module.functions:
-        if definition.name == function:
-            return f"{script.file}:{definition.pos[0]}:{definition.pos[1]}"
-    return str(script.file)
 
 
 def _header_limit_reply(err: HeaderLimitError) -> str:

@@ -249,7 +249,7 @@ def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
     rejects = [r.getMessage() for r in caplog.records if "reject:" in r.getMessage()]
     assert rejects == [
         f"NOQUEUE: reject: HELO from unknown[127.0.0.1]: 550 5.7.1 go away; proto=SMTP "
-        f"helo=<bad.test> decided_by=on_helo@{script}:1:4",
+        f"helo=<bad.test> decided_by=on_helo@{script}:2:40",
         "NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 451 4.3.0 Temporary local problem, "
         "try again later; from=<fail@example.org> proto=ESMTP helo=<good.test> "
         "decided_by=fallback_reply@on_mail_from",
@@ -257,6 +257,28 @@ def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
         "from=<a@example.org> to=<victim@elsewhere.test> proto=ESMTP helo=<good.test> "
         "decided_by=server"]
     assert all(r.levelname == "INFO" for r in caplog.records if "reject:" in r.getMessage())
+
+
+def test_each_deny_is_logged_with_its_own_position(tmp_path, caplog):
+    policy = ('fn on_rcpt_to(ctx) {\n'
+              '    if ctx.rcpt.local_part == "a" { return status::deny("550 5.1.1 no a"); }\n'
+              '    if ctx.rcpt.local_part == "b" {\n'
+              '        return status::deny("550 5.1.1 no b");\n'
+              '    }\n'
+              '    status::next()\n'
+              '}\n')
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            smtp.mail("x@example.org")
+            assert smtp.rcpt("a@example.test")[0] == 550
+            assert smtp.rcpt("b@example.test")[0] == 550
+        script = server.policy.script.file
+    deciders = [r.getMessage().rsplit(" ", 1)[1] for r in caplog.records
+                if "reject: RCPT" in r.getMessage()]
+    assert deciders == [f"decided_by=on_rcpt_to@{script}:2:44",
+                        f"decided_by=on_rcpt_to@{script}:4:16"]
 
 
 def test_start_and_stop_are_logged(tmp_path, caplog):
