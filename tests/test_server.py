@@ -232,21 +232,30 @@ def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplo
     assert f"queued {msg_id} in working" in caplog.text
 
 
+def logged_rejects(tmp_path, caplog, policy: str, talk) -> tuple[list[str], str]:
+    """The reject lines logged while ``talk(smtp)`` runs against ``policy``, and the
+    script's file."""
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            talk(smtp)
+        script = server.policy.script.file
+    return [r.getMessage() for r in caplog.records if "reject:" in r.getMessage()], script
+
+
 def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
     policy = ('fn on_helo(ctx) {\n    if ctx.helo == "bad.test" { return status::deny('
               '"550 5.7.1 go away"); }\n    status::next()\n}\n'
               'fn on_mail_from(ctx) { if ctx.sender.local_part == "fail" { throw "no"; } '
               'status::next() }\n')
-    caplog.set_level("INFO")
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            assert smtp.helo("bad.test")[0] == 550
-            smtp.ehlo("good.test")
-            assert smtp.mail("fail@example.org")[0] == 451
-            smtp.mail("a@example.org")
-            assert smtp.rcpt("victim@elsewhere.test")[0] == 554
-        script = server.policy.script.file
-    rejects = [r.getMessage() for r in caplog.records if "reject:" in r.getMessage()]
+
+    def talk(smtp):
+        assert smtp.helo("bad.test")[0] == 550
+        smtp.ehlo("good.test")
+        assert smtp.mail("fail@example.org")[0] == 451
+        smtp.mail("a@example.org")
+        assert smtp.rcpt("victim@elsewhere.test")[0] == 554
+    rejects, script = logged_rejects(tmp_path, caplog, policy, talk)
     assert rejects == [
         f"NOQUEUE: reject: HELO from unknown[127.0.0.1]: 550 5.7.1 go away; proto=SMTP "
         f"helo=<bad.test> decided_by=on_helo@{script}:2:40",
@@ -267,17 +276,14 @@ def test_each_deny_is_logged_with_its_own_position(tmp_path, caplog):
               '    }\n'
               '    status::next()\n'
               '}\n')
-    caplog.set_level("INFO")
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            smtp.ehlo()
-            smtp.mail("x@example.org")
-            assert smtp.rcpt("a@example.test")[0] == 550
-            assert smtp.rcpt("b@example.test")[0] == 550
-        script = server.policy.script.file
-    deciders = [r.getMessage().rsplit(" ", 1)[1] for r in caplog.records
-                if "reject: RCPT" in r.getMessage()]
-    assert deciders == [f"decided_by=on_rcpt_to@{script}:2:44",
+
+    def talk(smtp):
+        smtp.ehlo()
+        smtp.mail("x@example.org")
+        assert smtp.rcpt("a@example.test")[0] == 550
+        assert smtp.rcpt("b@example.test")[0] == 550
+    rejects, script = logged_rejects(tmp_path, caplog, policy, talk)
+    assert [line.rsplit(" ", 1)[1] for line in rejects] == [f"decided_by=on_rcpt_to@{script}:2:44",
                         f"decided_by=on_rcpt_to@{script}:4:16"]
 
 
