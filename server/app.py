@@ -130,13 +130,15 @@ class Server:
                      data: bytes) -> None:
         """After a message is on disk (``data``: its bytes there): on_post_queue decides
         where it goes next. The message is kept whatever fails here (the client gets its
-        250): a spool that cannot route it holds it for an operator."""
+        250, as a 421 would make it send the message again): whatever fails to route it,
+        a full spool or a bug (logged with its traceback), holds it for an operator."""
         if queue != "working":
             return
         try:
             await self._post_queue(msg_id, queue, ctx, runner, data)
-        except (QueueError, OSError) as err:
-            log.error("%s: accepted but not routed (%s): moving it to hold", msg_id, err)
+        except Exception as err:  # noqa: BLE001 - stored: never answered as a failure
+            log.error("%s: accepted but not routed (%s): moving it to hold", msg_id, err,
+                      exc_info=not isinstance(err, (QueueError, OSError)))
             await self._hold(msg_id, queue)
 
     async def _post_queue(self, msg_id: str, queue: str, ctx: Context, runner,

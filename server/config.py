@@ -76,6 +76,8 @@ class SmtpLimits:
     header_section_size: int = 1024 * 1024   # bytes of a message's whole header
     header_field_size: int = 102400          # bytes of one header field (Postfix's default)
     received_headers: int = 50               # Received: fields (Postfix's hopcount_limit)
+    idle_session: float = 300.0              # seconds without moving mail, then the next
+    #                                          junk command ends the session
 
     @property
     def header(self) -> HeaderLimits:
@@ -382,7 +384,8 @@ _MINIMUM = {"server.workers": 1, "server.script_threads": 1, "auth.failure_limit
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port", "mx_address_limit",
                                             "mx_session_limit", "mx_host_limit")}}
-_POSITIVE = {"limits.command_timeout", "limits.data_timeout", "dns.timeout",
+_POSITIVE = {"limits.command_timeout", "limits.data_timeout", "limits.idle_session",
+             "dns.timeout",
              "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",

@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 from base64 import b64decode
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, syntax
@@ -50,6 +51,7 @@ AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
 PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 INTERNAL_ERROR = "421 4.3.0 Error: internal error"
+BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 # Postfix's replies when a message cannot be written to the queue
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 NO_STORAGE = "452 4.3.1 Insufficient system storage"
@@ -95,7 +97,8 @@ class Protocol(FastSMTP):
     def __init__(self, server: "Server", listener: "Listener", tls_context=None):
         self.server, self.listener = server, listener
         self.errors = 0
-        self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
+        self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
+        self.moved_mail_at = monotonic()  # the start, then the last accepted MAIL, RCPT, ...
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -157,15 +160,59 @@ class Protocol(FastSMTP):
             log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
             self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
 
+    def moved_mail(self) -> None:
+        """An accepted MAIL, RCPT, message, AUTH or STARTTLS: the session is not idle."""
+        self.moved_mail_at = monotonic()
+
     async def _junk(self, command) -> None:
         """Run a command that keeps the connection alive but moves no mail: past
         ``limits.junk_commands`` of them since the last accepted message, each counts as an
         error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
-        into the error limit."""
+        into the error limit; after ``limits.idle_session`` without moving mail, the
+        command is not run and the session ends."""
+        if self._idle_too_long():
+            command.close()
+            return
         await command
         self.junk += 1
         if self.junk > self.server.config.limits.junk_commands:
             self._count_error()
+
+    def _idle_too_long(self) -> bool:
+        """Whether the session moved no mail for ``limits.idle_session``: if so, say
+        Postfix's timeout reply and hang up."""
+        idle = monotonic() - self.moved_mail_at
+        if idle < self.server.config.limits.idle_session:
+            return False
+        log.info("%s: no mail moved for %d s (limits.idle_session), disconnected",
+                 self.session.peer[0], idle)
+        self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
+        return True
+
+    async def refuse(self, greeting: bytes) -> None:
+        """Refuse the session with a 421 or 554 greeting. A 421 hangs up at once; after a
+        554 the client may only QUIT (RFC 5321 §3.1: the server MUST wait for it and SHOULD
+        answer anything else 503), within the command timeout and the error limit."""
+        if greeting.startswith(b"421"):
+            self.hang_up(greeting)
+            return
+        self._writer.write(wire(greeting, raw=True))
+        while self.transport is not None:
+            line = await self._command_line()
+            self._reset_timeout()
+            if line.strip().upper() == b"QUIT":
+                await self.push("221 Bye")
+                self.transport.close()
+                return
+            await self.push(BAD_SEQUENCE)
+
+    async def _command_line(self) -> bytes:
+        """The next line the client sends, without its CRLF; a line longer than the limit
+        comes as several."""
+        try:
+            return (await self._reader.readuntil()).rstrip(b"\r\n")
+        except asyncio.LimitOverrunError as error:
+            return await self._reader.read(error.consumed)
 
     def hang_up(self, reply: bytes) -> None:
         """Say a last reply and close, without waiting on a client that does not read."""
@@ -196,6 +243,10 @@ class Protocol(FastSMTP):
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str):
         await self._junk(super().smtp_VRFY(arg))
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str):
+        await self._junk(super().smtp_HELP(arg))
 
     async def _greeting_reply(self, command) -> None:
         """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
@@ -250,7 +301,7 @@ class Session:
         status = await self.stages.run(self.ctx, Stage.CONNECT)
         if status.kind == "deny":
             reply = self._reject("CONNECT", as_greeting(status.reply), Stage.CONNECT)
-            protocol.hang_up(reply.encode("utf-8", "surrogateescape"))
+            await protocol.refuse(reply.encode("utf-8", "surrogateescape"))
             return False
         if status.kind in ("accept", "faccept") and status.reply:
             protocol.greeting = as_greeting(status.reply).encode("utf-8", "surrogateescape")
@@ -288,6 +339,7 @@ class Session:
 
     def handle_STARTTLS(self, server, session, envelope) -> bool:
         self.ctx.tls = True
+        self.protocol.moved_mail()
         return True
 
     async def handle_RSET(self, server, session, envelope):
@@ -325,6 +377,7 @@ class Session:
             self._login_failed(mechanism, user)
         if verdict:
             throttle.succeeded(self.peer_ip, user)
+            self.protocol.moved_mail()
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
             session.auth_data = user
@@ -381,6 +434,7 @@ class Session:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        self.protocol.moved_mail()
         return status.reply or "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -397,6 +451,7 @@ class Session:
             return self._reject("RCPT", status.reply, decided_by, to=rcpt.address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        self.protocol.moved_mail()
         return status.reply or "250 2.1.5 Recipient ok"
 
     def _recipient(self, envelope, address: str) -> Mailbox | str:
@@ -455,6 +510,7 @@ class Session:
         await self.server.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
         self.protocol.junk = 0  # as Postfix, after an accepted message
+        self.protocol.moved_mail()
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
             f"250 2.0.0 Ok: queued as {msg_id}"
 
@@ -470,7 +526,7 @@ class Session:
         """Log a refusal as Postfix does (``NOQUEUE: reject: RCPT from host[ip]: reply;
         from=<> to=<> proto=ESMTP helo=<>``) and who decided it; returns the reply."""
         ctx, session = self.ctx, self.protocol.session
-        fields = [f"from=<{ctx.sender.address}>"] if ctx.sender is not None else []
+        fields = [f"from=<{printable(ctx.sender.address)}>"] if ctx.sender is not None else []
         fields += [f"to=<{printable(to)}>"] if to is not None else []
         fields.append(f"proto={'ESMTP' if session.extended_smtp else 'SMTP'}")
         fields += [f"helo=<{printable(ctx.helo)}>"] if ctx.helo is not None else []
@@ -481,12 +537,13 @@ class Session:
 
     def _decider(self, stage: Stage | None) -> str:
         """Who refused: the server's own rule, the fallback reply of a failed stage, or
-        the stage function (``on_rcpt_to@main.vsl:3:1``, where it is defined)."""
+        the stage function and where its script made the deny
+        (``on_rcpt_to@main.vsl:3:12``, the ``status::deny(...)`` call)."""
         if stage is None:
             return "server"
         if self.stages.failed:
             return f"fallback_reply@{stage.function}"
-        return f"{stage.function}@{_defined_at(self.server.policy.script, stage.function)}"
+        return f"{stage.function}@{self.stages.decided_at}"
 
     async def _parse(self, data: bytes) -> Message:
         """The message within the header limits; a big one is parsed in a thread."""
@@ -519,14 +576,6 @@ def not_queued_reply(error: Exception) -> str:
     cause = error if isinstance(error, OSError) else error.__cause__
     full = isinstance(cause, OSError) and cause.errno in _STORAGE_FULL
     return NO_STORAGE if full else QUEUE_WRITE_ERROR
-
-
-def _defined_at(script, function: str) -> str:
-    """Where a script function is defined: ``file:line:column``."""
-    for definition in script.module.functions:
-        if definition.name == function:
-            return f"{script.file}:{definition.pos[0]}:{definition.pos[1]}"
-    return str(script.file)
 
 
 def _header_limit_reply(err: HeaderLimitError) -> str:

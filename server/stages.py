@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from stdlib.ctx import Context, Stage, entry_points
 from stdlib.status import Status
 from vsl.checks import wrong_return
-from vsl.errors import VslError
+from vsl.errors import Pos, VslError
 
 if TYPE_CHECKING:
     from .app import Server
@@ -35,6 +35,7 @@ class StageRunner:
         self.quarantine: str | None = None  # quarantine(name): the message's queue
         self.session_wide = False           # the decision was made before MAIL FROM
         self.failed = False                 # the last stage's script failed
+        self.decided_at: Pos | None = None  # where the script made the last stage's status
 
     async def run(self, ctx: Context, stage: Stage) -> Status:
         """Call ``on_<stage>(ctx)`` if the policy defines it; return the decision.
@@ -42,7 +43,7 @@ class StageRunner:
         After a faccept every stage is accepted; after a quarantine every stage goes on
         with its default reply. ``self.failed`` tells whether the script failed (the
         decision is then the fallback reply)."""
-        self.failed = False
+        self.failed, self.decided_at = False, None
         if self.forced is not None:
             return Status("accept")
         if self.quarantine is not None:
@@ -60,6 +61,7 @@ class StageRunner:
             log.error("%s (for %s)", wrong_return(script, _ENTRIES, stage.function, result),
                       ctx.client_ip)
             return self._fallback()
+        self.decided_at = result.origin
         if result.kind in ("faccept", "quarantine"):
             self.session_wide = stage < Stage.MAIL_FROM
             if result.kind == "faccept":

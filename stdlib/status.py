@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from vsl.errors import ScriptError
-from vsl.natives import Namespace
+from vsl.errors import Pos, ScriptError
+from vsl.natives import Namespace, caller_position
 from vsl.resolve import DYNAMIC
 from vsl.values import NativeObject
 
@@ -50,13 +50,15 @@ def reply_problem(text, classes: str) -> str | None:
 
 
 class Status(NativeObject):
-    """The result of a stage function."""
+    """The result of a stage function. ``origin``, for the host only: where the script
+    made a deny or quarantine (the server logs it as who decided)."""
 
     vsl_type = "status"
     vsl_props = frozenset({"kind", "reply", "queue"})
 
-    def __init__(self, kind: str, reply: str | None = None, queue: str | None = None):
-        self.__dict__.update(kind=kind, reply=reply, queue=queue)
+    def __init__(self, kind: str, reply: str | None = None, queue: str | None = None,
+                 origin: Pos | None = None):
+        self.__dict__.update(kind=kind, reply=reply, queue=queue, origin=origin)
 
     def __setattr__(self, name, value):
         raise AttributeError("a Status cannot change (one status may be shared)")
@@ -73,9 +75,9 @@ class Status(NativeObject):
 namespace.register_type(Status)
 
 # Statuses without a reply of their own are shared: nothing changes a Status once made
-# (scripts only read its properties), and a stage returns one on every call.
+# (scripts only read its properties), and a stage returns one on every call. A refusal
+# is made anew, with its origin.
 _NEXT, _ACCEPT, _FACCEPT = Status("next"), Status("accept"), Status("faccept")
-_DENY = Status("deny", DEFAULT_DENY)
 
 
 def _checked(reply, classes: str) -> str | None:
@@ -116,7 +118,7 @@ def faccept(reply=None) -> Status:
 @namespace.native(check=_lint_reply("45"))
 def deny(reply=None) -> Status:
     """Refuse (default 554 5.7.1); a 4xx reply makes it a temporary failure."""
-    return _DENY if reply is None else Status("deny", _checked(reply, "45") or DEFAULT_DENY)
+    return Status("deny", _checked(reply, "45") or DEFAULT_DENY, origin=caller_position())
 
 
 @namespace.native
@@ -125,4 +127,4 @@ def quarantine(queue) -> Status:
     if not is_quarantine_name(queue):
         raise ScriptError("quarantine needs a queue name of 1 to 64 letters, digits, '_', '-' "
                           "or '.' (not first)")
-    return Status("quarantine", queue=queue)
+    return Status("quarantine", queue=queue, origin=caller_position())

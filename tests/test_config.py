@@ -57,6 +57,7 @@ header_fields = 300
 header_section_size = 65536
 header_field_size = 8192
 received_headers = 30
+idle_session = 90
 
 [dns]
 config = "cloudflare"
@@ -161,7 +162,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.auth == AuthConfig(("PLAIN", "LOGIN"), tmp_path / "users", True, 3, 60.0,
                                      30.0, 120.5, 100, 3)
     assert config.limits == SmtpLimits(1_000_000, 7, 50, 5, 30.0, 60.5, 4, 20, 300, 65536, 8192,
-                                       30)
+                                       30, 90.0)
     assert config.limits.header == HeaderLimits(300, 65536, 8192, 30)
     assert isinstance(config.limits.command_timeout, float)
     assert config.dns == DnsConfig("cloudflare", ("127.0.0.1:5353", "[::1]:53"), 2.0,

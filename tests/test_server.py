@@ -170,7 +170,42 @@ def test_a_refused_greeting_is_421_or_554(tmp_path, policy, greeting):
     with running(config_for(tmp_path, policy)) as server:
         with Raw(server) as raw:
             assert raw.greeting == greeting
-            assert raw.line() == b"", "the connection stays open after a refused greeting"
+            if greeting[0] == 421:
+                assert raw.closed(), "a 421 greeting closes the connection at once"
+            else:
+                assert raw.cmd("QUIT") == (221, b"2.0.0 Bye")
+                assert raw.closed()
+
+
+BAD_SEQUENCE = (503, b"5.5.1 Error: bad sequence of commands")
+DENY_CONNECT = 'fn on_connect(ctx) { status::deny("554 5.7.1 go away") }'
+
+
+def test_after_a_554_greeting_only_quit_is_served(tmp_path):
+    """RFC 5321 §3.1: after a 554 greeting the server waits for QUIT and answers any other
+    command 503 (it no longer hangs up at once)."""
+    with running(config_for(tmp_path, DENY_CONNECT)) as server:
+        with Raw(server) as raw:
+            assert raw.greeting == (554, b"5.7.1 go away")
+            for command in ("EHLO client.test", "MAIL FROM:<a@example.org>", "NOOP", "",
+                            "NO SUCH COMMAND", "quit now"):
+                assert raw.cmd(command) == BAD_SEQUENCE, command
+            assert raw.cmd("quit") == (221, b"2.0.0 Bye")
+            assert raw.closed()
+
+
+def test_after_a_554_greeting_the_error_limit_and_the_timeout_still_close(tmp_path):
+    limits = replace(config_for(tmp_path).limits, errors=3, command_timeout=0.5)
+    with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server:
+        with Raw(server) as raw:
+            assert raw.cmd("EHLO client.test") == BAD_SEQUENCE
+            assert raw.cmd("HELO client.test") == BAD_SEQUENCE
+            assert raw.cmd("NOOP") == BAD_SEQUENCE
+            assert raw.reply() == (421, b"4.7.0 Too many errors, closing the connection")
+            assert raw.closed()
+        with Raw(server) as raw:
+            assert raw.reply(timeout=10) == (421, b"4.4.2 Timeout, closing the connection")
+            assert raw.closed()
 
 
 def test_an_accepted_greeting_is_220(tmp_path):
@@ -197,24 +232,33 @@ def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplo
     assert f"queued {msg_id} in working" in caplog.text
 
 
+def logged_rejects(tmp_path, caplog, policy: str, talk) -> tuple[list[str], str]:
+    """The reject lines logged while ``talk(smtp)`` runs against ``policy``, and the
+    script's file."""
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            talk(smtp)
+        script = server.policy.script.file
+    return [r.getMessage() for r in caplog.records if "reject:" in r.getMessage()], script
+
+
 def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
     policy = ('fn on_helo(ctx) {\n    if ctx.helo == "bad.test" { return status::deny('
               '"550 5.7.1 go away"); }\n    status::next()\n}\n'
               'fn on_mail_from(ctx) { if ctx.sender.local_part == "fail" { throw "no"; } '
               'status::next() }\n')
-    caplog.set_level("INFO")
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            assert smtp.helo("bad.test")[0] == 550
-            smtp.ehlo("good.test")
-            assert smtp.mail("fail@example.org")[0] == 451
-            smtp.mail("a@example.org")
-            assert smtp.rcpt("victim@elsewhere.test")[0] == 554
-        script = server.policy.script.file
-    rejects = [r.getMessage() for r in caplog.records if "reject:" in r.getMessage()]
+
+    def talk(smtp):
+        assert smtp.helo("bad.test")[0] == 550
+        smtp.ehlo("good.test")
+        assert smtp.mail("fail@example.org")[0] == 451
+        smtp.mail("a@example.org")
+        assert smtp.rcpt("victim@elsewhere.test")[0] == 554
+    rejects, script = logged_rejects(tmp_path, caplog, policy, talk)
     assert rejects == [
         f"NOQUEUE: reject: HELO from unknown[127.0.0.1]: 550 5.7.1 go away; proto=SMTP "
-        f"helo=<bad.test> decided_by=on_helo@{script}:1:4",
+        f"helo=<bad.test> decided_by=on_helo@{script}:2:40",
         "NOQUEUE: reject: MAIL from unknown[127.0.0.1]: 451 4.3.0 Temporary local problem, "
         "try again later; from=<fail@example.org> proto=ESMTP helo=<good.test> "
         "decided_by=fallback_reply@on_mail_from",
@@ -222,6 +266,25 @@ def test_every_reject_is_logged_with_who_decided(tmp_path, caplog):
         "from=<a@example.org> to=<victim@elsewhere.test> proto=ESMTP helo=<good.test> "
         "decided_by=server"]
     assert all(r.levelname == "INFO" for r in caplog.records if "reject:" in r.getMessage())
+
+
+def test_each_deny_is_logged_with_its_own_position(tmp_path, caplog):
+    policy = ('fn on_rcpt_to(ctx) {\n'
+              '    if ctx.rcpt.local_part == "a" { return status::deny("550 5.1.1 no a"); }\n'
+              '    if ctx.rcpt.local_part == "b" {\n'
+              '        return status::deny("550 5.1.1 no b");\n'
+              '    }\n'
+              '    status::next()\n'
+              '}\n')
+
+    def talk(smtp):
+        smtp.ehlo()
+        smtp.mail("x@example.org")
+        assert smtp.rcpt("a@example.test")[0] == 550
+        assert smtp.rcpt("b@example.test")[0] == 550
+    rejects, script = logged_rejects(tmp_path, caplog, policy, talk)
+    assert [line.rsplit(" ", 1)[1] for line in rejects] == [f"decided_by=on_rcpt_to@{script}:2:44",
+                        f"decided_by=on_rcpt_to@{script}:4:16"]
 
 
 def test_start_and_stop_are_logged(tmp_path, caplog):

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from vsl.engine import Engine
-from vsl.errors import ScriptError, VslSyntaxError
+from vsl.errors import Pos, ScriptError, VslSyntaxError
 
 
 def status(expr: str):
@@ -54,6 +54,28 @@ def test_bad_replies_are_catchable_errors(expr, message):
 def test_literal_bad_replies_are_refused_at_load():
     with pytest.raises(VslSyntaxError, match="reply code 250 is not 4xx or 5xx"):
         status('status::deny("250 ok")')
+
+
+ORIGINS = """\
+fn helper() {
+    status::deny("550 5.7.1 b")
+}
+fn f(x) {
+    if x == 1 { return status::deny("550 5.7.1 a"); }
+    if x == 2 { return helper(); }
+    if x == 3 { let s = status::deny(); return s; }
+    status::quarantine("q")
+}
+"""
+
+
+@pytest.mark.parametrize("arg, position", [(1, (5, 24)), (2, (2, 5)), (3, (7, 25)),
+                                           (4, (8, 5))])
+def test_a_refusal_knows_the_call_that_made_it(arg, position):
+    """status::deny and status::quarantine record where the script called them (the
+    server logs it as who decided), not where the stage function is defined."""
+    result = Engine().load_source(ORIGINS, "origins.vsl").call("f", arg)
+    assert result.origin == Pos("origins.vsl", *position)
 
 
 def test_status_prints_and_compares():

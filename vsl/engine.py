@@ -40,7 +40,7 @@ from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownE
 from .imports import check_nesting, import_target
 from .limits import Limits
 from .methods import call_method
-from .natives import IO_DEADLINE
+from .natives import IO_DEADLINE, SCRIPT_POSITION
 from .ops import Ops
 from .resolve import ModuleInfo, Resolution, resolve
 from .syntax import line_of
@@ -512,6 +512,7 @@ class Engine:
             "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
             "_state": self.current_state, "_take": self._take, "_give": self._give,
             "_fresh": self._fresh, "_locate": self.locate, "_BaseException": BaseException,
+            SCRIPT_POSITION: frame_position,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
             "tuple": tuple, "_FMAP": values.FrozenMap,
@@ -600,6 +601,13 @@ class Engine:
         top = stack[-1].pos
         source = self._sources[top.file][0]
         return located.located(top, line_of(source, top.line), tuple(stack))
+
+
+def frame_position(frame) -> Pos:
+    """The script position a frame of compiled script code is executing (its file is
+    the script's: the compiler gives the code its name and every node its position)."""
+    code = frame.f_code
+    return Pos(code.co_filename, *_position(code, frame.f_lasti, frame.f_lineno))
 
 
 def _position(code, lasti: int, lineno: int) -> tuple[int, int]:

@@ -11,14 +11,35 @@ the member of its first argument that it needs.
 from __future__ import annotations
 
 import inspect
+import sys
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Callable
 
+from .errors import Pos
+
 # The monotonic time by which a native's network wait must end in the script call in
 # progress (set by the engine for calls that wait on I/O); None: no limit.
 IO_DEADLINE: ContextVar[float | None] = ContextVar("vsl_io_deadline", default=None)
+
+
+# The global of compiled script code that gives one of its frames' script position (set
+# by the engine): how caller_position() tells script frames from Python ones.
+SCRIPT_POSITION = "_script_position"
+
+
+def caller_position() -> Pos | None:
+    """Where the script called the native in progress: the ``file:line:col`` of the
+    innermost script frame on the stack (None outside any script). It walks the stack:
+    for rare paths (status::deny records where a refusal was decided)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        position = frame.f_globals.get(SCRIPT_POSITION)
+        if position is not None:
+            return position(frame)
+        frame = frame.f_back
+    return None
 
 
 def io_time_left() -> float | None:

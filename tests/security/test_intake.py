@@ -123,7 +123,7 @@ def test_the_owners_logins_do_not_reset_the_guesses_at_her_name():
 
 
 class Clock:
-    """A monotonic clock the test moves."""
+    """A monotonic clock the test moves (the throttle and the session's idle check read it)."""
 
     def __init__(self):
         self.now = 1000.0
@@ -260,3 +260,69 @@ def test_an_accepted_message_starts_the_count_again(tmp_path):
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # still served
         assert raw.cmd("RSET")[0] == 250  # the second error
         assert raw.reply() == TOO_MANY_ERRORS
+
+
+def test_help_is_a_junk_command_too(tmp_path):
+    """HELP moves no mail either: it counts toward limits.junk_commands like NOOP."""
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), junk_commands=2, errors=2))
+    with running(config) as server, Raw(server) as raw:
+        for _ in range(4):  # the third and the fourth are errors
+            assert raw.cmd("HELP")[0] == 250
+        assert raw.reply() == TOO_MANY_ERRORS
+        assert raw.closed()
+
+
+IDLE_TIMEOUT = (421, b"4.4.2 mx.test Error: timeout exceeded")
+
+
+def test_a_keep_alive_session_ends_after_idle_session(tmp_path, monkeypatch, caplog):
+    """A NOOP every 299 s kept a slot for 110 command timeouts (about 9 h): a session
+    that moved no mail for limits.idle_session is closed at its next junk command."""
+    caplog.set_level("INFO")
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        clock.now += 59
+        assert raw.cmd("NOOP")[0] == 250
+        clock.now += 1  # 60 s since the connection began
+        assert raw.cmd("NOOP") == IDLE_TIMEOUT
+        assert raw.closed()
+    assert "no mail moved for 60 s (limits.idle_session), disconnected" in caplog.text
+
+
+def test_moving_mail_restarts_the_idle_clock(tmp_path, monkeypatch):
+    """Each accepted MAIL, RCPT, message or AUTH restarts it; a refused command does not."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, auth=auth_config(tmp_path),
+                        limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        for steps in ([("MAIL FROM:<a@example.org>", 250)], [("RCPT TO:<b@mx.test>", 250)],
+                      [("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
+                      [(f"AUTH PLAIN {plain('alice', 'secret')}", 235)]):
+            clock.now += 59
+            assert raw.cmd("NOOP")[0] == 250
+            for command, code in steps:
+                assert raw.cmd(command)[0] == code
+        clock.now += 59
+        assert raw.cmd("MAIL FROM:<bad address>")[0] == 553  # refused: no progress
+        clock.now += 1
+        assert raw.cmd("RSET") == IDLE_TIMEOUT
+
+
+# ---- the log: client text is escaped in every field -------------------------------------
+
+def test_a_bidi_sender_is_escaped_in_the_reject_line(tmp_path, caplog):
+    """The sender of a refused recipient is client text too: a right-to-left override in
+    it (allowed under SMTPUTF8) must not reorder the operator's log line."""
+    caplog.set_level("INFO")
+    with running(config_for(tmp_path)) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        assert raw.cmd("MAIL FROM:<evil\u202emoc.elgoog@example.org> SMTPUTF8")[0] == 250
+        assert raw.cmd("RCPT TO:<victim@elsewhere.test>")[0] == 554
+    [line] = [r.getMessage() for r in caplog.records if "reject: RCPT" in r.getMessage()]
+    assert "from=<evil\\u202emoc.elgoog@example.org>" in line
+    assert "\u202e" not in line

@@ -46,6 +46,22 @@ def test_a_full_disk_after_the_message_is_stored_still_answers_250(tmp_path, cap
     assert f"{msg_id}: accepted but not routed" in caplog.text, caplog.text
 
 
+def test_an_unexpected_error_after_the_message_is_stored_holds_it(tmp_path, caplog):
+    """Any exception in on_post_queue's routing, not only a spool error: the message is on
+    disk, so the client gets 250 (a 421 would make it send a duplicate) and it is held."""
+    with running(config_for(tmp_path, ROUTING)) as server:
+        async def broken(msg_id, queue, ctx, data):
+            raise ValueError("unexpected routing bug")
+        server.delivery.reroute = broken
+        code, text = send(server)
+        assert code == 250, (code, text)
+        msg_id = queued_id(text)
+        assert wait_for(lambda: server.spool.locate(msg_id) == "hold", 2)
+    [record] = [r for r in caplog.records if "accepted but not routed" in r.getMessage()]
+    assert record.getMessage().startswith(f"{msg_id}: accepted but not routed")
+    assert record.exc_info and "unexpected routing bug" in caplog.text
+
+
 def test_a_full_disk_before_the_message_is_stored_answers_452(tmp_path):
     with running(config_for(tmp_path)) as server:
         async def full(envelope, data, queue="working", msg_id=None):
