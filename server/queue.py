@@ -41,6 +41,7 @@ from pathlib import Path
 from stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
+from .files import make_private_dirs
 from .printable import printable
 
 log = logging.getLogger("vsl.spool")
@@ -262,9 +263,9 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        _make_private_dir(self.root)
+        make_private_dirs(self.root)
         for queue in (*QUEUES, "tmp", "quarantine"):
-            _make_private_dir(self.root / queue)
+            make_private_dirs(self.root / queue)
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
         self._warned: dict[str | None, set[Path]] = {}  # unreadable envelopes logged, by list()
@@ -340,7 +341,7 @@ class Spool:
         msg_id = msg_id or new_id()
         eml, meta = self._paths(queue, msg_id, new=True)
         if eml.parent not in self._made:
-            _make_private_dir(eml.parent)
+            make_private_dirs(eml.parent)
             self._made.add(eml.parent)
         envelope = replace(envelope, id=msg_id, received_at=envelope.received_at or time.time())
         await self._committer.submit([(eml, data), (meta, envelope.to_json())])
@@ -409,7 +410,7 @@ class Spool:
         if source == check_queue(target):
             return entry
         dst_eml, dst_meta = self._paths(target, msg_id, new=True)
-        _make_private_dir(dst_eml.parent)
+        make_private_dirs(dst_eml.parent)
         src_eml, src_meta = self._paths(source, msg_id)
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])
         entry.queue = target
@@ -440,8 +441,3 @@ class Spool:
                 elif meta.parent != eml.parent:  # a move stopped half-way: finish it
                     os.replace(eml, meta.with_suffix(".eml"))
         return dropped
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create a spool directory readable by its owner only (like Postfix's queue)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from vsl.errors import ScriptError
 
 from .config import ConfigError
 from .credentials import RelayCredentials
+from .files import make_private_dirs
 
 if TYPE_CHECKING:
     from stdlib.dns import Resolver
@@ -552,7 +553,7 @@ def write_maildir(directory: str, content: bytes) -> str:
     returns the file name (time.MusecPpidQn.host, unique on this host)."""
     tmp_dir, new_dir, cur_dir = (confined(directory, sub) for sub in ("tmp", "new", "cur"))
     for sub in (tmp_dir, new_dir, cur_dir):
-        os.makedirs(sub, mode=0o700, exist_ok=True)
+        make_private_dirs(sub)
     now = time.time()
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
     name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_sequence)}.{host}"
@@ -574,7 +575,7 @@ def append_mbox(path: str, content: bytes, sender: str) -> None:
     """Append a From_ line and the message (``>From `` quoting, mboxrd) under an fcntl
     lock; a failed write is cut off again, so the file never keeps half a message."""
     directory, name = os.path.split(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    make_private_dirs(directory)
     stamp = time.asctime(time.gmtime())
     body = re.sub(rb"(?m)^(>*From )", rb">\1", content)
     blob = f"From {sender or 'MAILER-DAEMON'} {stamp}\n".encode() + body + \

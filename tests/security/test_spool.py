@@ -14,6 +14,7 @@ import pytest
 
 from server.app import recover_spool
 from server.envelope import Envelope
+from server.transports import append_mbox, write_maildir
 from server.queue import QueueError, Spool, check_queue
 from server.printable import printable
 from stdlib.status import is_quarantine_name
@@ -41,9 +42,9 @@ def test_queue_and_script_share_one_quarantine_rule():
         assert not is_quarantine_name(name)
 
 
-@pytest.fixture
-def usual_umask():
-    old = os.umask(0o022)
+@pytest.fixture(params=[0o022, 0o000])
+def usual_umask(request):
+    old = os.umask(request.param)
     yield
     os.umask(old)
 
@@ -53,7 +54,7 @@ def modes(paths) -> set[int]:
 
 
 def test_queued_mail_is_private(tmp_path, usual_umask):
-    spool = Spool(tmp_path / "queue")
+    spool = Spool(tmp_path / "var" / "queue")  # its missing parent is private too
 
     async def fill():
         msg_id = await spool.put(Envelope("", authenticated_as="alice"), b"secret")
@@ -64,6 +65,14 @@ def test_queued_mail_is_private(tmp_path, usual_umask):
     directories = [spool.root, *(p for p in spool.root.rglob("*") if p.is_dir())]
     assert len(files) == 4 and modes(files) == {0o600}
     assert len(directories) == 10 and modes(directories) == {0o700}
+    assert modes([spool.root.parent]) == {0o700}
+
+
+def test_mailboxes_and_their_missing_parents_are_private(tmp_path, usual_umask):
+    write_maildir(str(tmp_path / "mail" / "example.test" / "bob"), b"secret")
+    append_mbox(str(tmp_path / "mbox" / "example.test" / "alice"), b"secret", "a@b.test")
+    made = [p for p in tmp_path.rglob("*") if p.is_dir()]
+    assert len(made) == 8 and modes(made) == {0o700}
 
 
 def test_an_open_spool_is_reported_at_start(tmp_path, caplog):
