@@ -121,17 +121,17 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "scripts").mkdir()
         (tmp / "scripts" / "main.vsl").write_text(POLICY)
-        (tmp / "empty").mkdir()
         (tmp / "vsl.toml").write_text("[limits]\nconnections = 10000\nconnections_per_ip = 10000\n")
         results = {}
-        for name, scripts in (("vsl, script on every stage", "scripts"),
-                              ("vsl, no script", "empty")):
+        for name, label, scripts in (
+                ("vsl, script on every stage", "script", ["--scripts", str(tmp / "scripts")]),
+                ("vsl, no script", "none", [])):
             port = free_port()
             results[name] = measure(
                 [str(VSL), "serve", "--config", str(tmp / "vsl.toml"),
-                 "--listen", f"127.0.0.1:{port}", "--scripts",
-                 str(tmp / scripts), "--queue-dir", str(tmp / f"queue-{scripts}"),
-                 "--hostname", "example.test"], port, args, tmp / f"{scripts}.log")
+                 "--listen", f"127.0.0.1:{port}", *scripts,
+                 "--queue-dir", str(tmp / f"queue-{label}"),
+                 "--hostname", "example.test"], port, args, tmp / f"{label}.log")
         port = free_port()
         results["bare aiosmtpd"] = measure([sys.executable, "-c", BARE, str(port)], port, args,
                                            tmp / "bare.log")

@@ -453,7 +453,10 @@ class _Fn:
             size = _call("_len", _walrus(r, joined))
             joined = py.IfExp(py.Compare(size, [py.LtE()], [_const(self.mc.max_string)]),
                               _name(r), _call("_too_long", _call("_len", _name(r))))
-        return py.IfExp(_every(tests), joined, _call("_tpl", self.walks(), *args))
+        # its text, and so its work, is bounded by max_string_size (printing stops there):
+        # a template alone never sends a function off the event loop
+        budget = self.budget() if self.mc.max_string else self.walks()
+        return py.IfExp(_every(tests), joined, _call("_tpl", budget, *args))
 
     def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
         """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
