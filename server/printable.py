@@ -29,9 +29,22 @@ def _escape(found: re.Match) -> str:
 
 class SafeFormatter(logging.Formatter):
     """Log lines that client text cannot forge or use to drive a terminal: controls are
-    escaped, and the lines after the first of a message (lint output, a traceback) are
-    indented, so no text a client sent starts a line of its own (what fail2ban reads)."""
+    escaped in the message and in a traceback (whose messages may quote a client), and
+    every line after a record's first is indented, so no text a client sent starts a line
+    of its own (what fail2ban reads)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(record.message, lines=True).replace("\n", "\n  ")
+        record.message = _indented(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    """``text`` escaped, its lines after the first indented (they cannot pass for a line
+    of their own)."""
+    return printable(text, lines=True).replace("\n", "\n  ")

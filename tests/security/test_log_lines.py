@@ -3,6 +3,7 @@ byte that was not UTF-8 never passes through raw."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from server.printable import SafeFormatter, printable
 from vsl import cli
@@ -17,6 +18,17 @@ def test_a_log_line_escapes_controls_and_cannot_start_a_forged_line():
         record("unrecognised: %s", "FOO\x1b]0;PWNED\x07\nJan 1 sshd: Failed password"))
     assert line == ("WARNING unrecognised: FOO\\x1b]0;PWNED\\x07\n"
                     "  Jan 1 sshd: Failed password")
+
+
+def test_a_traceback_cannot_forge_a_line_either():
+    try:
+        raise ValueError("bad helo \x1b]0;pwn\x07\nNOQUEUE: reject: forged line")
+    except ValueError:
+        failure = record("internal error")
+        failure.exc_info = sys.exc_info()
+    text = SafeFormatter("%(message)s").format(failure)
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b]0;pwn\\x07" in text
+    assert all(line.startswith("  ") for line in text.split("\n")[1:])
 
 
 def test_bytes_that_were_not_utf8_are_escaped():
