@@ -38,10 +38,10 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:
-        return _indented(super().formatException(ei))
+        return "  " + _indented(super().formatException(ei))  # it goes on a line of its own
 
     def formatStack(self, stack_info: str) -> str:
-        return _indented(super().formatStack(stack_info))
+        return "  " + _indented(super().formatStack(stack_info))
 
 
 def _indented(text: str) -> str:
