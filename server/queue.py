@@ -391,8 +391,7 @@ class Spool:
         warned = self._warned.get(queue, set())
         for err in unreadable:
             if err.path not in warned:
-                log.warning("%s: unreadable envelope %s: %s (skipped: fix, hold or remove "
-                            "it)",
+                log.warning("%s: unreadable envelope %s: %s (skipped: fix, hold or remove it)",
                             err.msg_id, err.path, printable(err.why))
         self._warned[queue] = {err.path for err in unreadable}
 
