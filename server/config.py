@@ -122,8 +122,8 @@ class DeliveryConfig:
                                        # smtp_mx_address_limit) ...
     mx_session_limit: int = 2          # ... and sessions opened (smtp_mx_session_limit)
     mx_attempt_timeout: float = 600.0  # one MX attempt, DNS look-ups included, then defer
-    mx_host_limit: int = 10            # MX hosts looked up in one attempt (twice the
-                                       # address limit's default: hosts without addresses)
+    mx_host_limit: int = 10            # MX hosts without an address looked up in one
+                                       # attempt (twice the address limit's default)
 
 
 @dataclass(frozen=True)

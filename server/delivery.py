@@ -123,32 +123,42 @@ class Delivery:
 
     async def recover(self) -> None:
         """Mark delivered what the journal says a remote accepted before a crash. An
-        entry that cannot be applied is logged and kept (the journal is then not emptied:
-        the next start tries again; at worst that recipient is sent twice, never lost)."""
-        complete = True
+        entry that cannot be applied (an unreadable envelope) is logged and kept in the
+        journal, through every compaction, until the envelope reads again: then that
+        recipient is not sent twice."""
+        unapplied = {}
         for msg_id, addresses in self.journal.read().items():
             try:
-                await self._mark_delivered(msg_id, addresses)
+                await self._replay(msg_id, addresses)
             except Exception as err:  # noqa: BLE001 - one bad envelope must not stop the rest
                 log.error("%s: cannot record deliveries from the journal: %s", msg_id, err)
-                complete = False
-        if complete:
-            self.journal.clear()
+                unapplied[msg_id] = addresses
+        self.journal.keep(unapplied)
 
-    async def _mark_delivered(self, msg_id: str, addresses: set[str]) -> None:
+    async def _replay(self, msg_id: str, addresses: set[str]) -> None:
         try:
             entry = self.spool.get(msg_id)
         except UnreadableEnvelope:
             raise  # not removed: the journal keeps it until the envelope is fixed
         except QueueError:
             return  # delivered and removed, or removed by the operator
+        await self._mark_delivered(entry, addresses)
+
+    async def _mark_delivered(self, entry: Entry, addresses: set[str]) -> None:
         undone = [r for r in entry.envelope.recipients
                   if r.address in addresses and r.status in ("pending", "deferred")]
         for rcpt in undone:
             rcpt.status = "delivered"
         if undone:
-            log.info("%s: %d recipient(s) delivered before a restart", msg_id, len(undone))
+            log.info("%s: %d recipient(s) delivered before a restart", entry.id, len(undone))
             await self.spool.update(entry)
+
+    async def _apply_kept(self, entry: Entry) -> None:
+        """Journal lines kept while ``entry``'s envelope was unreadable, now applied."""
+        addresses = self.journal.kept.get(entry.id)
+        if addresses:
+            await self._mark_delivered(entry, addresses)
+            self.journal.forget(entry.id)
 
     async def _claim(self) -> list[asyncio.Task]:
         """Start delivering due messages, up to ``concurrency`` at once."""
@@ -193,6 +203,7 @@ class Delivery:
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:
+        await self._apply_kept(entry)
         data = await asyncio.to_thread(self.spool.message, entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:

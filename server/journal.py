@@ -11,7 +11,11 @@ twice, never lost.
     journal = Journal(spool.root / "delivered.journal")
     journal.record(msg_id, ["bob@example.test"])   # after the remote's 2xx
     ... await spool.update(entry) ...              # the envelope now says "delivered"
-    journal.settled()                              # may empty the file
+    journal.settled()                              # may compact the file
+
+A line the next start cannot apply (its envelope is unreadable) is kept: :meth:`keep`
+rewrites the journal with those lines only, every later compaction keeps them, and
+delivery applies them once the envelope reads again (:meth:`forget` then drops them).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ class Journal:
         self.path = path
         self.compact_at = compact_at
         self.unsettled = 0  # recorded lines whose envelope update has not finished
+        self.kept: dict[str, set[str]] = {}  # what the last start could not apply
+        self._kept_size = 0  # bytes of the kept lines at the last rewrite
         self._fd: int | None = None
 
     def read(self) -> dict[str, set[str]]:
@@ -55,18 +61,44 @@ class Journal:
 
     def settled(self) -> None:
         """One recorded write is now in its envelope; with none left unsettled, a large
-        journal is emptied."""
+        journal is compacted to its kept lines."""
         self.unsettled -= 1
         if self.unsettled == 0 and self._fd is not None and \
-                os.fstat(self._fd).st_size >= self.compact_at:
-            os.ftruncate(self._fd, 0)
+                os.fstat(self._fd).st_size >= self.compact_at + self._kept_size:
+            self._rewrite()
 
-    def clear(self) -> None:
-        """Empty the journal (every line it held is in its envelope)."""
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-        else:
-            self.path.unlink(missing_ok=True)
+    def keep(self, entries: dict[str, set[str]]) -> None:
+        """Rewrite the journal with only ``entries`` (every other line is in its
+        envelope); they outlive every compaction until :meth:`forget`."""
+        self.kept = entries
+        self._rewrite()
+
+    def forget(self, msg_id: str) -> None:
+        """``msg_id``'s kept lines are in its envelope now: the next compaction drops
+        them."""
+        self.kept.pop(msg_id, None)
+
+    def _rewrite(self) -> None:
+        """The journal reduced to the kept lines: emptied, or replaced atomically (a
+        crash leaves the old journal or the new one, never a part of either)."""
+        content = "".join(f"{msg_id} {a}\n" for msg_id, addresses in sorted(self.kept.items())
+                          for a in sorted(addresses)).encode()
+        self._kept_size = len(content)
+        if not content:
+            if self._fd is not None:
+                os.ftruncate(self._fd, 0)
+            else:
+                self.path.unlink(missing_ok=True)
+            return
+        fresh = self.path.with_name(self.path.name + ".new")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, self.path)
+        self.close()  # the next record() appends to the new file
 
     def close(self) -> None:
         if self._fd is not None:

@@ -391,7 +391,7 @@ class Spool:
         warned = self._warned.get(queue, set())
         for err in unreadable:
             if err.path not in warned:
-                log.warning("%s: unreadable envelope %s: %s (skipped: fix or remove it)",
+                log.warning("%s: unreadable envelope %s: %s (skipped: fix, hold or remove it)",
                             err.msg_id, err.path, printable(err.why))
         self._warned[queue] = {err.path for err in unreadable}
 
@@ -402,19 +402,19 @@ class Spool:
         files = [(eml, data)] if data is not None else []
         await self._committer.submit([*files, (meta, entry.envelope.to_json())])
 
-    async def move(self, msg_id: str, target: str, queue: str | None = None) -> Entry:
+    async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
         """Move a message to another queue, durably (message file first, envelope last:
-        :meth:`recover` completes a move a crash interrupted)."""
+        :meth:`recover` completes a move a crash interrupted). The envelope is not read:
+        one that cannot be read moves too (an operator sets it aside in hold)."""
         source = queue or self.locate(msg_id)
-        entry = self.get(msg_id, source)
+        src_eml, src_meta = self._paths(source, msg_id)
+        if not src_meta.exists():
+            raise QueueError(f"no message {msg_id} in queue {source}")
         if source == check_queue(target):
-            return entry
+            return
         dst_eml, dst_meta = self._paths(target, msg_id, new=True)
         make_private_dirs(dst_eml.parent)
-        src_eml, src_meta = self._paths(source, msg_id)
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])
-        entry.queue = target
-        return entry
 
     def remove(self, msg_id: str, queue: str | None = None) -> None:
         """Delete a message (delivered, or removed by the operator)."""

@@ -40,7 +40,8 @@ def listing(entries: list[Entry], unreadable: list[UnreadableEnvelope] = ()) -> 
     total = sum(len(pending(e)) for e in entries)
     lines.append(f"-- {len(entries)} message(s), {total} recipient(s) pending")
     if unreadable:
-        lines[-1] += f", {len(unreadable)} unreadable envelope(s) (skipped: fix or remove each)"
+        lines[-1] += (f", {len(unreadable)} unreadable envelope(s) "
+                      "(skipped: fix, hold or remove each)")
     return "\n".join(lines)
 
 

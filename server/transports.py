@@ -26,7 +26,7 @@ import ssl
 import time
 from collections import defaultdict
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiosmtplib
@@ -104,6 +104,30 @@ class _Unreachable(Exception):
                                            f"{_detail(err)}")
 
 
+@dataclass
+class _Lookups:
+    """What one MX attempt met besides addresses: the problems (a failed look-up, an
+    address that gave no session) and how many hosts ``mx_host_limit`` left unlooked
+    up."""
+
+    problems: list[Outcome] = field(default_factory=list)
+    tried: int = 0
+    skipped: int = 0
+
+    def outcome(self, domain: str) -> Outcome:
+        """The result for recipients no server answered: the last problem; when there
+        was none, no host had an address: a failure if every host was looked up, else
+        a deferral (the hosts not looked up may have one)."""
+        if self.problems:
+            return self.problems[-1]
+        if self.skipped:
+            return Outcome("deferred", f"451 4.4.4 none of the first {self.tried} mail "
+                                       f"exchangers of {domain} has an address; "
+                                       f"{self.skipped} more not looked up "
+                                       "(delivery.mx_host_limit)")
+        return Outcome("failed", f"550 5.4.4 no address for {domain} or its mail exchangers")
+
+
 class Transports:
     """Every delivery method, sharing one SMTP connection pool."""
 
@@ -162,10 +186,10 @@ class Transports:
 
     async def _mx_attempt(self, domain: str, sender: str, recipients: list[str],
                           data: bytes, answered: dict[str, Outcome]) -> dict:
-        """Addresses of the exchangers in turn, at most ``mx_address_limit`` from at most
-        ``mx_host_limit`` hosts; the recipients a session defers go on to the next one,
-        for at most ``mx_session_limit`` sessions (Postfix's smtp_mx_*_limit).
-        ``answered`` gets each server's replies as they come."""
+        """Addresses of the exchangers in turn (see :meth:`_mx_addresses`); the
+        recipients a session defers go on to the next one, for at most
+        ``mx_session_limit`` sessions (Postfix's smtp_mx_session_limit). ``answered``
+        gets each server's replies as they come."""
         try:
             hosts = await self._exchangers(domain)
         except ScriptError as err:  # DnsTempError, or no usable resolver
@@ -173,47 +197,62 @@ class Transports:
         if not hosts:
             return dict.fromkeys(recipients, Outcome(
                 "failed", f"556 5.1.10 {domain} accepts no mail (null MX)"))
-        problems: list[Outcome] = []  # no session: a DNS failure, an unreachable address
+        lookups = _Lookups()
         pending, sessions = list(recipients), 0
-        async with aclosing(self._mx_addresses(hosts, problems)) as addresses:
+        async with aclosing(self._mx_addresses(domain, hosts, lookups)) as addresses:
             async for name, address in addresses:
                 try:
                     replies = await self._smtp(address, self.config.mx_port, _MX, name,
                                                sender, pending, data)
                 except _Unreachable as err:
-                    problems.append(err.outcome)
+                    lookups.problems.append(err.outcome)
                     continue
                 answered.update(replies)
                 pending = [r for r in pending if replies[r].status == "deferred"]
                 sessions += 1
                 if not pending or sessions == self.config.mx_session_limit:
                     break
-        last = problems[-1] if problems else Outcome(
-            "failed", f"550 5.4.4 no address for {domain} or its mail exchangers")
+        last = lookups.outcome(domain)
         return {r: answered.get(r, last) for r in recipients}
 
-    async def _mx_addresses(self, hosts: list[str], problems: list[Outcome]):
+    async def _mx_addresses(self, domain: str, hosts: list[str], lookups: "_Lookups"):
         """(host, address) pairs, by preference and A before AAAA, at most
-        ``mx_address_limit``; a host whose look-up fails is skipped, its error appended
-        to ``problems``."""
-        left = self.config.mx_address_limit
-        for name in hosts:
-            try:
-                addresses = [name[1:-1].removeprefix("IPv6:")] if name.startswith("[") \
-                    else await self.resolver.addresses(name)
-            except ScriptError as err:
-                problems.append(Outcome("deferred", f"451 4.4.3 {err}"))
-                continue
-            for address in addresses[:left]:
+        ``mx_address_limit``. A host without an address (its look-up failed, its error
+        added to ``lookups``) costs queries for nothing: after ``mx_host_limit`` of them
+        the rest are not looked up (``lookups.skipped``). So one attempt looks up at most
+        mx_host_limit + mx_address_limit hosts."""
+        addresses_left, misses_left = self.config.mx_address_limit, self.config.mx_host_limit
+        for index, name in enumerate(hosts):
+            if not misses_left:
+                lookups.tried, lookups.skipped = index, len(hosts) - index
+                log.info("%s: %d mail exchangers without an address, %d more not looked "
+                         "up (delivery.mx_host_limit)", domain,
+                         self.config.mx_host_limit, lookups.skipped)
+                return
+            addresses = await self._host_addresses(name, lookups)
+            if not addresses:
+                misses_left -= 1
+            for address in addresses[:addresses_left]:
                 yield name, address
-            left -= min(left, len(addresses))
-            if not left:
+            addresses_left -= min(addresses_left, len(addresses))
+            if not addresses_left:
                 return
 
+    async def _host_addresses(self, name: str, lookups: "_Lookups") -> list[str]:
+        """An exchanger's addresses ([] when its look-up fails: the error goes to
+        ``lookups``); an address literal is its own."""
+        if name.startswith("["):
+            return [name[1:-1].removeprefix("IPv6:")]
+        try:
+            return await self.resolver.addresses(name)
+        except ScriptError as err:
+            lookups.problems.append(Outcome("deferred", f"451 4.4.3 {err}"))
+            return []
+
     async def _exchangers(self, domain: str) -> list[str]:
-        """Mail exchangers by preference (equal ones shuffled), the first
-        ``mx_host_limit`` of them: each costs look-ups even when it has no address; the
-        domain itself when it has no MX; [] for a null MX."""
+        """Mail exchangers by preference (equal ones shuffled, so that a cut by
+        ``mx_host_limit`` falls elsewhere at each attempt); the domain itself when it has
+        no MX; [] for a null MX."""
         if domain.startswith("["):
             return [domain]
         records = await self.resolver.query(domain, "MX")
@@ -221,11 +260,7 @@ class Transports:
             return [domain]
         usable = [r for r in records if r.exchange != dns.name.root]
         usable.sort(key=lambda r: (r.preference, random.random()))
-        limit = self.config.mx_host_limit
-        if len(usable) > limit:
-            log.info("%s: %d mail exchangers, the first %d looked up "
-                     "(delivery.mx_host_limit)", domain, len(usable), limit)
-        return [r.exchange.to_text(omit_final_dot=True) for r in usable[:limit]]
+        return [r.exchange.to_text(omit_final_dot=True) for r in usable]
 
     # -- LMTP ------------------------------------------------------------------------------
     async def _lmtp(self, route: Route, sender: str, recipients: list[str], data: bytes):

@@ -510,3 +510,64 @@ def test_a_journal_entry_that_cannot_be_applied_does_not_stop_delivery(world, tm
     asyncio.run(main())
     assert "0123456789ab-0123456789ab" in Journal(spool.root / "delivered.journal").read()
     # kept for the next start: an unreadable envelope is not a removed message
+
+
+def unreadable_with_journal(spool, route) -> tuple[str, bytes]:
+    """A message to bob and carol whose envelope is made unreadable after a crash left
+    ``<id> bob`` in the journal: (its id, the envelope's good bytes, for the fix)."""
+    msg_id = asyncio.run(queue(spool, route, ["bob@remote.test", "carol@remote.test"]))
+    envelope = spool.root / "deliver" / f"{msg_id}.json"
+    good = envelope.read_bytes()
+    envelope.write_text("{not json")
+    Journal(spool.root / "delivered.journal").record(msg_id, ["bob@remote.test"])
+    return msg_id, good
+
+
+def test_journal_entries_kept_for_an_unreadable_envelope_outlive_compaction(tmp_path):
+    """recover() keeps bob's line; delivering another message then compacted the journal
+    (settled() emptied it) and, once the operator fixed the envelope, bob got the mail
+    again at the next start."""
+    spool, clock = Spool(tmp_path / "queue"), Clock()
+
+    async def start() -> Delivery:
+        delivery = Delivery(spool, FAST, "mx.test", ("example.test",), clock=clock)
+        delivery.journal.compact_at = 1  # every settled write compacts
+        await delivery.recover()
+        return delivery
+
+    async def main():
+        async with Sink() as sink:
+            route = f"smtp://127.0.0.1:{sink.port}"
+            msg_id, good = await asyncio.to_thread(unreadable_with_journal, spool, route)
+            delivery = await start()
+            await queue(spool, route, ["dave@remote.test"])
+            await delivery.run_once()  # dave's journal line settled: a compaction
+            assert Journal(spool.root / "delivered.journal").read() == \
+                {msg_id: {"bob@remote.test"}}
+            await delivery.stop()
+            (spool.root / "deliver" / f"{msg_id}.json").write_bytes(good)  # the fix
+            delivery = await start()
+            await delivery.run_once()
+            await delivery.stop()
+            return [m.recipients for m in sink.messages]
+
+    assert asyncio.run(main()) == [["dave@remote.test"], ["carol@remote.test"]]
+    assert Journal(spool.root / "delivered.journal").read() == {} and spool.list() == []
+
+
+def test_an_envelope_fixed_while_running_gets_its_kept_journal_entries(world):
+    """The fix comes while the worker runs: its next look at the queue marks bob
+    delivered from the kept journal entry before sending to carol."""
+    spool, _, delivery = world
+
+    async def main():
+        async with Sink() as sink:
+            msg_id, good = await asyncio.to_thread(
+                unreadable_with_journal, spool, f"smtp://127.0.0.1:{sink.port}")
+            await delivery.recover()
+            await delivery.run_once()  # unreadable: skipped
+            (spool.root / "deliver" / f"{msg_id}.json").write_bytes(good)
+            await delivery.run_once()
+            return [m.recipients for m in sink.messages]
+
+    assert asyncio.run(main()) == [["carol@remote.test"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import smtplib
 import time
 import tracemalloc
@@ -28,7 +29,7 @@ from stdlib import dns as dns_natives
 from stdlib.dns import Resolver, parse_nameserver
 from stdlib.transport import Route, parse_route
 from vsl.errors import ScriptError
-from tests.support.mailsink import MESSAGE, free_port
+from tests.support.mailsink import MESSAGE, Sink, free_port
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import wait_for
 
@@ -38,6 +39,16 @@ HOSTILE = {
     "*.hosts.hostile.test.": [("A", address) for address in ADDRESSES],
     "nowhere.hostile.test.": [("MX", f"10 mx{i}.nowhere.hostile.test.") for i in range(300)],
     "*.big.hostile.test.": [("TXT", ["x" * 250] * 248)],  # 62 KB answers
+    # A live MX behind ten stale ones; and one behind a refusing host and nine stale ones.
+    "stale.hostile.test.": [*((("MX", f"{i} gone{i}.hostile.test.") for i in range(10))),
+                            ("MX", "99 live.hostile.test.")],
+    "mixed.hostile.test.": [("MX", "0 refusing.hostile.test."), ("MX", "99 live.hostile.test."),
+                            *((("MX", f"{i} gone{i}.hostile.test.") for i in range(1, 10)))],
+    # Thirty MX hosts of equal preference, one of them live.
+    "equal.hostile.test.": [*((("MX", f"10 gone{i}.hostile.test.") for i in range(29))),
+                            ("MX", "10 live.hostile.test.")],
+    "live.hostile.test.": [("A", "127.0.0.1")],
+    "refusing.hostile.test.": [("A", "127.0.0.2")],  # nothing listens on the sink's port
 }
 CONFIG = DeliveryConfig(connect_timeout=2, command_timeout=2, idle_timeout=0)
 
@@ -143,12 +154,62 @@ def test_sessions_that_defer_go_to_the_next_host_up_to_the_session_limit(hostile
 def test_mail_exchangers_without_addresses_cost_at_most_the_host_limit(hostile_dns, limits,
                                                                        hosts):
     """300 MX hosts, none with an address: each host looked up costs two queries (A and
-    AAAA); without a cap on hosts, one attempt sent 601 queries."""
+    AAAA); without a cap on hosts, one attempt sent 601 queries. The hosts left unlooked
+    up might have had one: the mail waits, it does not bounce."""
     resolver = resolver_for(hostile_dns)
     outcome, _ = attempt(hostile_dns, CountingMta(), "bob@nowhere.hostile.test", resolver,
                          **limits)
     assert resolver.sent == 1 + 2 * hosts  # the MX query, then A and AAAA of each host
-    assert outcome.status == "failed" and outcome.reply.startswith("550 5.4.4 no address")
+    assert outcome == Outcome("deferred", (
+        f"451 4.4.4 none of the first {hosts} mail exchangers of nowhere.hostile.test has "
+        f"an address; {300 - hosts} more not looked up (delivery.mx_host_limit)"))
+
+
+def sink_attempt(dns: DnsServer, domain: str, **limits) -> tuple[Outcome, int]:
+    """One MX delivery attempt to bob@``domain``, every address on the port of a sink
+    that accepts: (outcome, the sink's connections)."""
+    async def main():
+        async with Sink() as sink:
+            transports = Transports(replace(CONFIG, mx_port=sink.port, **limits), "out.test",
+                                    resolver_for(dns))
+            try:
+                outcomes = await transports.deliver(Route("mx"), "alice@example.org",
+                                                    [f"bob@{domain}"], MESSAGE)
+            finally:
+                await transports.close()
+        return outcomes[f"bob@{domain}"], sink.connections
+
+    return asyncio.run(main())
+
+
+def test_stale_better_mail_exchangers_never_bounce_the_mail(hostile_dns):
+    """Ten MX hosts without an address (preference 0 to 9) before a live one (99): before
+    the host cap the live one got the mail; with it, the attempt bounced (550 5.4.4) with
+    no connection made. The cut leaves hosts unknown: the mail waits."""
+    outcome, connections = sink_attempt(hostile_dns, "stale.hostile.test")
+    assert outcome.status == "deferred" and outcome.reply.startswith("451 4.4.4 ")
+    assert connections == 0
+    outcome, _ = sink_attempt(hostile_dns, "stale.hostile.test", mx_host_limit=11)
+    assert (outcome.status, outcome.remote_mta) == ("delivered", "live.hostile.test")
+
+
+def test_only_hosts_without_an_address_count_against_the_host_limit(hostile_dns):
+    """A host with an address (that refuses connections) and nine without one come before
+    the live host: ten hosts, but only nine without an address, so the live one is
+    reached (the cut at ten hosts deferred the mail)."""
+    outcome, connections = sink_attempt(hostile_dns, "mixed.hostile.test")
+    assert (outcome.status, outcome.remote_mta) == ("delivered", "live.hostile.test")
+    assert connections == 1
+
+
+def test_many_equal_mail_exchangers_some_stale_never_bounce(hostile_dns):
+    """Thirty MX hosts of one preference, shuffled before the cut, 29 without an address:
+    whichever ten come first, the mail is delivered or waits, never bounced."""
+    outcomes = []
+    for seed in range(12):
+        random.seed(seed)
+        outcomes.append(sink_attempt(hostile_dns, "equal.hostile.test")[0].status)
+    assert "failed" not in outcomes and "delivered" in outcomes, outcomes
 
 
 def test_one_attempt_is_bounded_in_time(hostile_dns):

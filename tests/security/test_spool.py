@@ -166,6 +166,26 @@ def test_vsl_queue_list_reports_unreadable_envelopes(tmp_path):
         assert result.returncode == 0 and "2 unreadable envelope(s)" in result.stderr
 
 
+def test_an_unreadable_envelope_can_be_held_and_moved_aside(tmp_path):
+    """hold and move read no envelope (they refused one that could not be read): the files
+    move as they are, for the operator to fix or remove later."""
+    spool, good, bad = spool_with_unreadable(tmp_path)
+    newer, odd = bad
+    stored = (spool.root / "deliver" / f"{newer}.json").read_bytes()
+    result = vsl_queue(spool, "hold", newer)
+    assert result.returncode == 0 and result.stdout.strip() == f"{newer}: deliver -> hold"
+    result = vsl_queue(spool, "move", odd, "quarantine/broken")
+    assert result.returncode == 0, result.stdout
+    assert (spool.locate(newer), spool.locate(odd)) == ("hold", "quarantine/broken")
+    assert (spool.root / "hold" / f"{newer}.json").read_bytes() == stored
+    assert spool.message(newer) == b"x" and spool.message(odd) == b"x"
+    assert [e.id for e in spool.list("deliver")] == [good]
+    assert vsl_queue(spool, "release", newer).returncode == 0
+    assert spool.locate(newer) == "deliver"
+    result = vsl_queue(spool, "move", "0123456789ab-0123456789ab", "hold")
+    assert result.returncode == 1 and "no message" in result.stdout
+
+
 LONG = "older-" + "x" * 70  # a quarantine name an older vSL allowed (over 64 characters)
 
 
