@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import re
 import socket
@@ -91,6 +92,25 @@ def _bound_replies(transport) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
 
 
+def _unless_idle(command):
+    """The SMTP command method ``command``, not run when the session is idle too long."""
+    @functools.wraps(command)
+    async def run(self: "Protocol", arg):
+        if not self._idle_too_long():
+            await command(self, arg)
+    return run
+
+
+def _idle_checked(cls: type) -> type:
+    """``cls`` with every SMTP command but QUIT checked for idleness before it runs, so an
+    idle session holds its slot at most ``limits.idle_session`` plus one command timeout."""
+    for name in dir(cls):
+        if name.startswith("smtp_") and name != "smtp_QUIT":
+            setattr(cls, name, _unless_idle(getattr(cls, name)))
+    return cls
+
+
+@_idle_checked
 class Protocol(FastSMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
 
@@ -98,7 +118,7 @@ class Protocol(FastSMTP):
         self.server, self.listener = server, listener
         self.errors = 0
         self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
-        self.moved_mail_at = monotonic()  # the start, then the last accepted MAIL, RCPT, ...
+        self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -161,18 +181,15 @@ class Protocol(FastSMTP):
             self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
 
     def moved_mail(self) -> None:
-        """An accepted MAIL, RCPT, message, AUTH or STARTTLS: the session is not idle."""
+        """An accepted message, AUTH or STARTTLS: the session is not idle. (Not an accepted
+        MAIL or RCPT: a client could repeat MAIL and RSET for ever.)"""
         self.moved_mail_at = monotonic()
 
     async def _junk(self, command) -> None:
         """Run a command that keeps the connection alive but moves no mail: past
         ``limits.junk_commands`` of them since the last accepted message, each counts as an
         error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
-        into the error limit; after ``limits.idle_session`` without moving mail, the
-        command is not run and the session ends."""
-        if self._idle_too_long():
-            command.close()
-            return
+        into the error limit."""
         await command
         self.junk += 1
         if self.junk > self.server.config.limits.junk_commands:
@@ -261,8 +278,9 @@ class Protocol(FastSMTP):
         try:
             await super().smtp_DATA(arg)
         finally:
-            self._reset_timeout()
             self.event_handler.data_done()
+            if not self._idle_too_long():  # DATA may last a data timeout: not one more
+                self._reset_timeout()
 
 
 class Session:
@@ -434,7 +452,6 @@ class Session:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        self.protocol.moved_mail()
         return status.reply or "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -451,7 +468,6 @@ class Session:
             return self._reject("RCPT", status.reply, decided_by, to=rcpt.address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        self.protocol.moved_mail()
         return status.reply or "250 2.1.5 Recipient ok"
 
     def _recipient(self, envelope, address: str) -> Mailbox | str:

@@ -4,6 +4,7 @@ runs the attack over a real SMTP connection to a server started here."""
 from __future__ import annotations
 
 import base64
+import gc
 import resource
 import statistics
 import threading
@@ -292,25 +293,97 @@ def test_a_keep_alive_session_ends_after_idle_session(tmp_path, monkeypatch, cap
     assert "no mail moved for 60 s (limits.idle_session), disconnected" in caplog.text
 
 
-def test_moving_mail_restarts_the_idle_clock(tmp_path, monkeypatch):
-    """Each accepted MAIL, RCPT, message or AUTH restarts it; a refused command does not."""
+def test_only_an_accepted_message_or_auth_restarts_the_idle_clock(tmp_path, monkeypatch):
+    """An accepted message or AUTH restarts it; MAIL, RCPT and refused commands do not."""
     clock = Clock()
     monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, auth=auth_config(tmp_path),
                         limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
         assert raw.cmd("EHLO c.test")[0] == 250
-        for steps in ([("MAIL FROM:<a@example.org>", 250)], [("RCPT TO:<b@mx.test>", 250)],
-                      [("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
+        for steps in ([("MAIL FROM:<a@example.org>", 250), ("RCPT TO:<b@mx.test>", 250),
+                       ("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
                       [(f"AUTH PLAIN {plain('alice', 'secret')}", 235)]):
             clock.now += 59
             assert raw.cmd("NOOP")[0] == 250
             for command, code in steps:
                 assert raw.cmd(command)[0] == code
-        clock.now += 59
-        assert raw.cmd("MAIL FROM:<bad address>")[0] == 553  # refused: no progress
+        clock.now += 30
+        assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # no progress yet
+        assert raw.cmd("RCPT TO:<b@mx.test>")[0] == 250
+        clock.now += 29
+        assert raw.cmd("MAIL FROM:<bad address>")[0] == 503  # refused: no progress
         clock.now += 1
         assert raw.cmd("RSET") == IDLE_TIMEOUT
+
+
+def test_a_mail_rset_loop_does_not_hold_a_slot_past_idle_session(tmp_path, monkeypatch):
+    """MAIL FROM then RSET every 0.8 s (idle_session 1 s, command_timeout 2 s) was served
+    for ever: each accepted MAIL restarted the idle clock, and MAIL was never checked.
+    Now the first command after idle_session, whichever it is, ends the session."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        for _ in range(2):
+            clock.now += 25
+            assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
+            assert raw.cmd("RSET")[0] == 250
+        clock.now += 10  # 60 s without a message
+        assert raw.cmd("MAIL FROM:<a@example.org>") == IDLE_TIMEOUT
+        assert raw.closed()
+
+
+def test_a_session_lasts_at_most_idle_session_plus_a_command_timeout(tmp_path):
+    """The reproducer in real time: the README's bound holds."""
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=1,
+                                                 command_timeout=2))
+    with running(config) as server, Raw(server) as raw:
+        start = time.monotonic()
+        raw.cmd("EHLO c.test")
+        reply = None
+        while time.monotonic() - start < 6.4 and reply != IDLE_TIMEOUT:
+            time.sleep(0.4)
+            reply = raw.cmd("MAIL FROM:<a@example.org>")
+            if reply[0] == 250:
+                time.sleep(0.4)
+                reply = raw.cmd("RSET")
+        took = time.monotonic() - start
+        assert reply == IDLE_TIMEOUT and raw.closed()
+    assert took < 1 + 2 + 0.5, took
+
+
+def test_a_refused_data_after_idle_session_ends_the_session(tmp_path, monkeypatch):
+    """DATA is the one long command: past idle_session, the session ends right after it
+    unless its message was accepted (so DATA adds at most one data_timeout)."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60,
+                                                 header_fields=2))
+    with running(config) as server, Raw(server) as raw:
+        for command in ("EHLO c.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@mx.test>",
+                        "DATA"):
+            assert raw.cmd(command)[0] in (250, 354)
+        clock.now += 60  # while the client sends its message
+        assert raw.cmd(header_of(5) + b"\r\nbody\r\n.") == \
+            (552, b"5.3.4 Error: too many header fields")
+        assert raw.reply() == IDLE_TIMEOUT
+        assert raw.closed()
+
+
+def test_a_command_refused_as_idle_leaves_no_coroutine_behind(tmp_path, monkeypatch, recwarn):
+    """An EHLO refused for idleness made its coroutine and never ran it (RuntimeWarning:
+    coroutine 'SMTP.smtp_EHLO' was never awaited)."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        clock.now += 60
+        assert raw.cmd("EHLO c.test") == IDLE_TIMEOUT
+        assert raw.closed()
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
 
 
 # ---- the log: client text is escaped in every field -------------------------------------
