@@ -24,7 +24,7 @@ from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, 
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
-from .auth_throttle import client_key, user_key
+from .auth_throttle import user_key
 from .envelope import Envelope
 from .printable import printable
 from .queue import QueueError, new_id
@@ -382,8 +382,16 @@ class Session:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
         throttle = self.server.auth_throttle
-        if throttle.locked(self.peer_ip, user):
+        if not throttle.begin(self.peer_ip, user):
             return self._reject("AUTH", AUTH_LOCKED)
+        try:
+            return await self._login(session, mechanism, user, password)
+        finally:
+            throttle.end(self.peer_ip, user)
+
+    async def _login(self, session, mechanism: str, user: str, password: str):
+        """Check a login the throttle let through: the AUTH reply."""
+        throttle = self.server.auth_throttle
         ok = await self.server.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
@@ -408,8 +416,8 @@ class Session:
 
     def _login_failed(self, mechanism: str, user: str) -> None:
         """Log a failed login as Postfix does (what fail2ban reads), and count it."""
-        log.warning("%s: SASL %s authentication failed: authentication failure, %s",
-                    client_key(self.peer_ip), mechanism, user_key(user))
+        log.warning("unknown[%s]: SASL %s authentication failed: authentication failure, %s",
+                    self.peer_ip, mechanism, user_key(user))
         for key, seconds in self.server.auth_throttle.failed(self.peer_ip, user):
             log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 

@@ -3,6 +3,7 @@ which users exist, password guessing across connections, NOOP keep-alives. Each 
 runs the attack over a real SMTP connection to a server started here."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import resource
@@ -11,7 +12,7 @@ import threading
 import time
 from dataclasses import replace
 
-from server.auth_throttle import AuthThrottle
+from server.auth_throttle import AuthThrottle, client_key
 from server.config import AuthConfig, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, spool_files, users_file
@@ -121,6 +122,59 @@ def test_the_owners_logins_do_not_reset_the_guesses_at_her_name():
     throttle.failed("192.0.2.2", "alice")
     throttle.succeeded("198.51.100.1", "alice")  # else a guesser gets 2 tries per login of hers
     assert throttle.failed("192.0.2.3", "alice") == [("sasl_username=alice", 600.0)]
+
+
+def test_parallel_guesses_get_no_more_password_checks_than_the_limit(tmp_path):
+    """15 AUTH at once from one address (failure_limit 3) all passed the lockout check
+    before the first failed: 15 password checks. Each pending check now counts."""
+    auth = auth_config(tmp_path, failure_limit=3)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        checks, check = [], server.check_credentials
+
+        async def counted(user: str, password: str) -> bool:
+            checks.append(user)
+            await asyncio.sleep(0.3)  # the other attempts arrive while these are checked
+            return await check(user, password)
+
+        server.check_credentials = counted
+        clients = [Raw(server) for _ in range(15)]
+        for raw in clients:
+            assert raw.cmd("EHLO c.test")[0] == 250
+        for raw in clients:
+            raw.send(f"AUTH PLAIN {plain('alice', 'wrong')}\r\n")
+        replies = [raw.reply(timeout=30) for raw in clients]
+        for raw in clients:
+            raw.close()
+        assert login(server, "alice", "secret") == LOCKED
+    assert len(checks) == 3
+    assert sorted(code for code, _ in replies) == [454] * 12 + [535] * 3
+
+
+def test_a_full_throttle_still_stops_guesses_from_a_known_address(tmp_path):
+    """With the table of lockouts full, no new lockout starts, and a user's known address
+    was exempt from the full table's refusal: guesses from there were unlimited."""
+    auth = auth_config(tmp_path, failure_limit=2, throttle_entries=2)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        assert login(server, "alice", "secret", source="127.0.9.1")[0] == 235  # known
+        for _ in range(2):  # two lockouts (127.0.9.2 and bob) fill the table
+            assert login(server, "bob", "x", source="127.0.9.2")[0] == 535
+        guesses = [login(server, "alice", guess, source="127.0.9.1") for guess in "abcde"]
+    assert [code for code, _ in guesses[:2]] == [535, 535]
+    assert guesses[2:] == [LOCKED] * 3
+
+
+def test_ipv6_clients_are_throttled_by_their_64():
+    """An IPv6 client picks any of the 2**64 addresses of its network: one guess from each
+    was never locked. An IPv4 address mapped into IPv6 is its IPv4 address."""
+    throttle = AuthThrottle(AuthConfig(failure_limit=3))
+    assert throttle.failed("2001:db8:1:2::1", "u1") == []
+    assert throttle.failed("2001:db8:1:2:aaaa::7", "u2") == []
+    assert throttle.failed("2001:db8:1:2:ffff:ffff:ffff:fffe", "u3") == \
+        [("unknown[2001:db8:1:2::/64]", 600.0)]
+    assert throttle.locked("2001:db8:1:2::99", "u4")
+    assert not throttle.locked("2001:db8:1:3::1", "u4")
+    assert client_key("::ffff:192.0.2.1") == client_key("192.0.2.1") == "unknown[192.0.2.1]"
+    assert client_key("?") == "unknown[?]"
 
 
 class Clock:
