@@ -53,6 +53,11 @@ AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
 PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 INTERNAL_ERROR = "421 4.3.0 Error: internal error"
 BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
+# After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
+# seconds the whole session may last (postscreen allows 10 s a command under stress).
+REFUSED_COMMANDS = 20
+REFUSED_SESSION_TIME = 30.0
+TOO_MANY_COMMANDS = b"421 4.7.0 Too many commands, closing the connection"
 # Postfix's replies when a message cannot be written to the queue
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 NO_STORAGE = "452 4.3.1 Insufficient system storage"
@@ -209,12 +214,22 @@ class Protocol(FastSMTP):
     async def refuse(self, greeting: bytes) -> None:
         """Refuse the session with a 421 or 554 greeting. A 421 hangs up at once; after a
         554 the client may only QUIT (RFC 5321 §3.1: the server MUST wait for it and SHOULD
-        answer anything else 503), within the command timeout and the error limit."""
+        answer anything else 503), within ``REFUSED_SESSION_TIME`` in all, the command
+        timeout and the error limit."""
         if greeting.startswith(b"421"):
             self.hang_up(greeting)
             return
         self._writer.write(wire(greeting, raw=True))
-        while self.transport is not None:
+        try:
+            async with asyncio.timeout(REFUSED_SESSION_TIME):
+                await self._wait_for_quit()
+        except TimeoutError:
+            self._timeout_cb()
+
+    async def _wait_for_quit(self) -> None:
+        """After a 554 greeting: QUIT gets 221 and the close, anything else 503; past
+        ``REFUSED_COMMANDS`` of them, 421 and the close."""
+        for _ in range(REFUSED_COMMANDS):
             line = await self._command_line()
             self._reset_timeout()
             if line.strip().upper() == b"QUIT":
@@ -222,6 +237,9 @@ class Protocol(FastSMTP):
                 self.transport.close()
                 return
             await self.push(BAD_SEQUENCE)
+        log.info("%s: %d commands after a 554 greeting, disconnected", self.session.peer[0],
+                 REFUSED_COMMANDS)
+        self.hang_up(TOO_MANY_COMMANDS)
 
     async def _command_line(self) -> bytes:
         """The next line the client sends, without its CRLF; a line longer than the limit

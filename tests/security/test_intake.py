@@ -440,6 +440,45 @@ def test_a_command_refused_as_idle_leaves_no_coroutine_behind(tmp_path, monkeypa
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
 
 
+# ---- a refused session: after a 554 greeting ---------------------------------------------
+
+DENY_CONNECT = 'fn on_connect(ctx) { status::deny("554 5.7.1 go away") }'
+BAD_SEQUENCE = (503, b"5.5.1 Error: bad sequence of commands")
+
+
+def test_a_refused_session_answers_20_commands(tmp_path):
+    """After a 554 greeting, every command but QUIT got 503 until the error limit: with
+    limits.errors at 1000, 1000 commands. Now 20 (postscreen_command_count_limit)."""
+    limits = replace(SmtpLimits(), errors=1000)
+    with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server, \
+            Raw(server) as raw:
+        assert raw.greeting == (554, b"5.7.1 go away")
+        for _ in range(20):
+            assert raw.cmd("NOOP") == BAD_SEQUENCE
+        assert raw.reply() == (421, b"4.7.0 Too many commands, closing the connection")
+        assert raw.closed()
+
+
+def test_a_refused_session_ends_after_a_short_time(tmp_path, monkeypatch):
+    """A refused client sending a line every 0.4 s kept its slot as long as the error limit
+    allowed (each line restarted the command timeout: up to 10 x 300 s with the defaults).
+    Now a refused session lasts REFUSED_SESSION_TIME (30 s; 1 s here) in all."""
+    monkeypatch.setattr("server.session.REFUSED_SESSION_TIME", 1.0, raising=False)
+    limits = replace(SmtpLimits(), command_timeout=2, errors=1000)
+    with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server, \
+            Raw(server) as raw:
+        start, reply = time.monotonic(), None
+        while reply is None and time.monotonic() - start < 5:
+            try:
+                reply = raw.reply(timeout=0.4)  # nothing comes unasked but the end
+            except TimeoutError:
+                assert raw.cmd("NOOP") == BAD_SEQUENCE
+        took = time.monotonic() - start
+        assert reply == (421, b"4.4.2 Timeout, closing the connection")
+        assert raw.closed()
+    assert took < 3, took
+
+
 # ---- the log: client text is escaped in every field -------------------------------------
 
 def test_a_bidi_sender_is_escaped_in_the_reject_line(tmp_path, caplog):
