@@ -5,9 +5,10 @@ Design: each key (``unknown[192.0.2.1]`` for an address, ``unknown[2001:db8:1:2:
 an IPv6 one, whose client may use any address of its /64, ``sasl_username=alice`` for a
 user, as Postfix logs them: a name's unprintable characters are ``?`` there) keeps the
 times of its recent failures. A login being checked counts as a failure until it is
-settled (``begin``, then ``end``): else parallel logins all pass before the first fails. When ``auth.failure_limit`` of them fall within
-``auth.failure_window`` seconds, the key is locked out for ``auth.lockout`` seconds and its
-failures are forgotten; each further lockout lasts twice as long as the one before, up to
+settled (``begin``, then ``end``): else parallel logins all pass before the first fails.
+When ``auth.failure_limit`` of them fall within ``auth.failure_window`` seconds, the key
+is locked out for ``auth.lockout`` seconds and its failures are forgotten; each further
+lockout lasts twice as long as the one before, up to
 ``auth.lockout_max``, until the key has been quiet (no failure, no lockout) that long.
 
 A locked address may not AUTH at all. A locked user may still AUTH from the addresses it
@@ -22,7 +23,8 @@ three tables: failure counts (the least recently used key goes first: losing a c
 the guesser a flood far larger than the guesses it gains), lockouts (never dropped before
 they expire: while the table is full, it fails safe and refuses AUTH to everyone but users
 at their known addresses; filling it takes ``failure_limit`` failures per two lockouts,
-from as many addresses as lockouts) and known addresses (written by logins only).
+from as many addresses as lockouts) and known addresses (written by logins only). The
+logins being checked are bounded by the connections.
 """
 from __future__ import annotations
 

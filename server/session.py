@@ -237,8 +237,8 @@ class Protocol(FastSMTP):
                 self.transport.close()
                 return
             await self.push(BAD_SEQUENCE)
-        log.info("%s: %d commands after a 554 greeting, disconnected", self.session.peer[0],
-                 REFUSED_COMMANDS)
+        log.info("%s: %d commands after a 554 greeting, disconnected",
+                 self.event_handler.peer_ip, REFUSED_COMMANDS)
         self.hang_up(TOO_MANY_COMMANDS)
 
     async def _command_line(self) -> bytes:
