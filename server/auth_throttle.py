@@ -1,32 +1,39 @@
 """Throttling of password guessing: failed logins counted per client address and per user
 name, across connections (like Postfix's anvil, or fail2ban on its log lines).
 
-Design: each key (``unknown[192.0.2.1]`` for an address, ``sasl_username=alice`` for a
+Design: each key (``unknown[192.0.2.1]`` for an address, ``unknown[2001:db8:1:2::/64]`` for
+an IPv6 one, whose client may use any address of its /64, ``sasl_username=alice`` for a
 user, as Postfix logs them: a name's unprintable characters are ``?`` there) keeps the
-times of its recent failures. When ``auth.failure_limit`` of them fall within
-``auth.failure_window`` seconds, the key is locked out for ``auth.lockout`` seconds and its
-failures are forgotten; each further lockout lasts twice as long as the one before, up to
+times of its recent failures. A login being checked counts as a failure until it is
+settled (``begin``, then ``end``): else parallel logins all pass before the first fails.
+When ``auth.failure_limit`` of them fall within ``auth.failure_window`` seconds, the key
+is locked out for ``auth.lockout`` seconds and its failures are forgotten; each further
+lockout lasts twice as long as the one before, up to
 ``auth.lockout_max``, until the key has been quiet (no failure, no lockout) that long.
 
 A locked address may not AUTH at all. A locked user may still AUTH from the addresses it
 last logged in from (at most ``auth.known_addresses`` of them): guesses spread over many
 addresses are stopped, but they cannot lock the owner out of her usual address. A login
-forgets no failures (that would let guesses slip in between the owner's logins).
+forgets no failures (that would let guesses slip in between the owner's logins). A key
+whose failures (and pending logins) reached the limit is refused even without a lockout
+(which a full table cannot record).
 
 The state is in memory, per process, and bounded by ``auth.throttle_entries`` in each of
 three tables: failure counts (the least recently used key goes first: losing a count costs
 the guesser a flood far larger than the guesses it gains), lockouts (never dropped before
 they expire: while the table is full, it fails safe and refuses AUTH to everyone but users
 at their known addresses; filling it takes ``failure_limit`` failures per two lockouts,
-from as many addresses as lockouts) and known addresses (written by logins only).
+from as many addresses as lockouts) and known addresses (written by logins only). The
+logins being checked are bounded by the connections.
 """
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import logging
 import re
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,8 +52,22 @@ class _Record:
 
 
 def client_key(ip: str) -> str:
-    """An address as Postfix names a client without a verified host name."""
-    return f"unknown[{ip}]"
+    """The throttle's key for a client: its address as Postfix names a client without a
+    verified host name, an IPv6 one as its /64 (an IPv4-mapped one as its IPv4 address)."""
+    return f"unknown[{_client_network(ip)}]"
+
+
+def _client_network(ip: str) -> str:
+    """``ip``, or the /64 of an IPv6 address."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 4:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network((address, 64), strict=False))
 
 
 def user_key(user: str) -> str:
@@ -73,17 +94,46 @@ class AuthThrottle:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._lockouts: dict[str, float] = {}  # key: locked until
         self._expiries: list[tuple[float, str]] = []  # heap of the lockouts' ends
-        self._known: OrderedDict[str, deque] = OrderedDict()  # user: addresses logged in from
+        self._known: OrderedDict[str, deque] = OrderedDict()  # user: client keys logged in from
+        self._pending: Counter[str] = Counter()  # key: its logins being checked now
         self._full_logged = False
 
-    def locked(self, ip: str, user: str) -> bool:
-        """Whether a login from ``ip`` as ``user`` must be refused now."""
-        self._expire(self._clock())
-        if client_key(ip) in self._lockouts:
-            return True
-        if ip in self._known.get(user, ()):
+    def begin(self, ip: str, user: str) -> bool:
+        """Whether a login from ``ip`` as ``user`` may be checked now; if so, it counts as
+        a failure until :meth:`end`."""
+        now = self._clock()
+        if self.locked(ip, user) or any(self._at_limit(key, now)
+                                        for key in self._guards(ip, user)):
             return False
-        return user_key(user) in self._lockouts or self._full()
+        self._pending.update((client_key(ip), user_key(user)))
+        return True
+
+    def end(self, ip: str, user: str) -> None:
+        """The login :meth:`begin` allowed is settled (failed, succeeded or abandoned)."""
+        for key in (client_key(ip), user_key(user)):
+            self._pending[key] -= 1
+            if not self._pending[key]:
+                del self._pending[key]
+
+    def locked(self, ip: str, user: str) -> bool:
+        """Whether a lockout refuses a login from ``ip`` as ``user`` now."""
+        self._expire(self._clock())
+        guards = self._guards(ip, user)
+        return any(key in self._lockouts for key in guards) or \
+            (user_key(user) in guards and self._full())
+
+    def _guards(self, ip: str, user: str) -> tuple[str, ...]:
+        """The keys that may refuse a login from ``ip`` as ``user``: the address's, and the
+        user's unless ``ip`` is an address she logged in from."""
+        if client_key(ip) in self._known.get(user, ()):
+            return (client_key(ip),)
+        return client_key(ip), user_key(user)
+
+    def _at_limit(self, key: str, now: float) -> bool:
+        """Whether ``key``'s recent failures and pending logins reached the limit."""
+        record = self._records.get(key)
+        failures = len(self._recent_failures(record, now)) if record else 0
+        return failures + self._pending[key] >= self.config.failure_limit
 
     def failed(self, ip: str, user: str) -> list[tuple[str, float]]:
         """Count a failed login: the (key, seconds) lockouts it starts."""
@@ -103,9 +153,10 @@ class AuthThrottle:
         config = self.config
         addresses = _recent(self._known, user, lambda: deque(maxlen=config.known_addresses),
                             config.throttle_entries)
-        if ip in addresses:
-            addresses.remove(ip)
-        addresses.append(ip)
+        key = client_key(ip)
+        if key in addresses:
+            addresses.remove(key)
+        addresses.append(key)
 
     def _count(self, record: _Record, now: float) -> bool:
         """Add a failure to ``record``: whether it reached the limit within the window."""
@@ -113,11 +164,15 @@ class AuthThrottle:
         if now - record.last_failure > config.lockout_max:
             record.last_lockout = 0.0  # quiet long enough: start over
         record.last_failure = max(record.last_failure, now)
+        record.failures.append(now)
+        return len(self._recent_failures(record, now)) >= config.failure_limit
+
+    def _recent_failures(self, record: _Record, now: float) -> deque:
+        """``record``'s failures within the window (older ones are dropped)."""
         failures = record.failures
-        failures.append(now)
-        while failures[0] <= now - config.failure_window:
+        while failures and failures[0] <= now - self.config.failure_window:
             failures.popleft()
-        return len(failures) >= config.failure_limit
+        return failures
 
     def _lock(self, key: str, record: _Record, now: float) -> float:
         """Lock ``key`` out: the seconds, or 0 when the table of lockouts is full (its

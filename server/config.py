@@ -76,8 +76,8 @@ class SmtpLimits:
     header_section_size: int = 1024 * 1024   # bytes of a message's whole header
     header_field_size: int = 102400          # bytes of one header field (Postfix's default)
     received_headers: int = 50               # Received: fields (Postfix's hopcount_limit)
-    idle_session: float = 300.0              # seconds without moving mail, then the next
-    #                                          junk command ends the session
+    idle_session: float = 300.0              # seconds without an accepted message (or AUTH),
+    #                                          then the next command ends the session
 
     @property
     def header(self) -> HeaderLimits:

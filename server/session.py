@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import re
 import socket
@@ -23,7 +24,7 @@ from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, 
 from stdlib.status import Status
 from vsl.values import FrozenMap
 
-from .auth_throttle import client_key, user_key
+from .auth_throttle import user_key
 from .envelope import Envelope
 from .printable import printable
 from .queue import QueueError, new_id
@@ -52,6 +53,11 @@ AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
 PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 INTERNAL_ERROR = "421 4.3.0 Error: internal error"
 BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
+# After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
+# seconds the whole session may last (postscreen allows 10 s a command under stress).
+REFUSED_COMMANDS = 20
+REFUSED_SESSION_TIME = 30.0
+TOO_MANY_COMMANDS = b"421 4.7.0 Too many commands, closing the connection"
 # Postfix's replies when a message cannot be written to the queue
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 NO_STORAGE = "452 4.3.1 Insufficient system storage"
@@ -91,6 +97,25 @@ def _bound_replies(transport) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
 
 
+def _unless_idle(command):
+    """The SMTP command method ``command``, not run when the session is idle too long."""
+    @functools.wraps(command)
+    async def run(self: "Protocol", arg):
+        if not self._idle_too_long():
+            await command(self, arg)
+    return run
+
+
+def _idle_checked(cls: type) -> type:
+    """``cls`` with every SMTP command but QUIT checked for idleness before it runs, so an
+    idle session holds its slot at most ``limits.idle_session`` plus one command timeout."""
+    for name in dir(cls):
+        if name.startswith("smtp_") and name != "smtp_QUIT":
+            setattr(cls, name, _unless_idle(getattr(cls, name)))
+    return cls
+
+
+@_idle_checked
 class Protocol(FastSMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
 
@@ -98,7 +123,7 @@ class Protocol(FastSMTP):
         self.server, self.listener = server, listener
         self.errors = 0
         self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
-        self.moved_mail_at = monotonic()  # the start, then the last accepted MAIL, RCPT, ...
+        self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -161,18 +186,15 @@ class Protocol(FastSMTP):
             self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
 
     def moved_mail(self) -> None:
-        """An accepted MAIL, RCPT, message, AUTH or STARTTLS: the session is not idle."""
+        """An accepted message, AUTH or STARTTLS: the session is not idle. (Not an accepted
+        MAIL or RCPT: a client could repeat MAIL and RSET for ever.)"""
         self.moved_mail_at = monotonic()
 
     async def _junk(self, command) -> None:
         """Run a command that keeps the connection alive but moves no mail: past
         ``limits.junk_commands`` of them since the last accepted message, each counts as an
         error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
-        into the error limit; after ``limits.idle_session`` without moving mail, the
-        command is not run and the session ends."""
-        if self._idle_too_long():
-            command.close()
-            return
+        into the error limit."""
         await command
         self.junk += 1
         if self.junk > self.server.config.limits.junk_commands:
@@ -192,12 +214,22 @@ class Protocol(FastSMTP):
     async def refuse(self, greeting: bytes) -> None:
         """Refuse the session with a 421 or 554 greeting. A 421 hangs up at once; after a
         554 the client may only QUIT (RFC 5321 §3.1: the server MUST wait for it and SHOULD
-        answer anything else 503), within the command timeout and the error limit."""
+        answer anything else 503), within ``REFUSED_SESSION_TIME`` in all, the command
+        timeout and the error limit."""
         if greeting.startswith(b"421"):
             self.hang_up(greeting)
             return
         self._writer.write(wire(greeting, raw=True))
-        while self.transport is not None:
+        try:
+            async with asyncio.timeout(REFUSED_SESSION_TIME):
+                await self._wait_for_quit()
+        except TimeoutError:
+            self._timeout_cb()
+
+    async def _wait_for_quit(self) -> None:
+        """After a 554 greeting: QUIT gets 221 and the close, anything else 503; past
+        ``REFUSED_COMMANDS`` of them, 421 and the close."""
+        for _ in range(REFUSED_COMMANDS):
             line = await self._command_line()
             self._reset_timeout()
             if line.strip().upper() == b"QUIT":
@@ -205,6 +237,9 @@ class Protocol(FastSMTP):
                 self.transport.close()
                 return
             await self.push(BAD_SEQUENCE)
+        log.info("%s: %d commands after a 554 greeting, disconnected",
+                 self.event_handler.peer_ip, REFUSED_COMMANDS)
+        self.hang_up(TOO_MANY_COMMANDS)
 
     async def _command_line(self) -> bytes:
         """The next line the client sends, without its CRLF; a line longer than the limit
@@ -261,8 +296,9 @@ class Protocol(FastSMTP):
         try:
             await super().smtp_DATA(arg)
         finally:
-            self._reset_timeout()
             self.event_handler.data_done()
+            if not self._idle_too_long():  # DATA may last a data timeout: not one more
+                self._reset_timeout()
 
 
 class Session:
@@ -364,8 +400,16 @@ class Session:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
         throttle = self.server.auth_throttle
-        if throttle.locked(self.peer_ip, user):
+        if not throttle.begin(self.peer_ip, user):
             return self._reject("AUTH", AUTH_LOCKED)
+        try:
+            return await self._login(session, mechanism, user, password)
+        finally:
+            throttle.end(self.peer_ip, user)
+
+    async def _login(self, session, mechanism: str, user: str, password: str):
+        """Check a login the throttle let through: the AUTH reply."""
+        throttle = self.server.auth_throttle
         ok = await self.server.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
@@ -390,8 +434,8 @@ class Session:
 
     def _login_failed(self, mechanism: str, user: str) -> None:
         """Log a failed login as Postfix does (what fail2ban reads), and count it."""
-        log.warning("%s: SASL %s authentication failed: authentication failure, %s",
-                    client_key(self.peer_ip), mechanism, user_key(user))
+        log.warning("unknown[%s]: SASL %s authentication failed: authentication failure, %s",
+                    self.peer_ip, mechanism, user_key(user))
         for key, seconds in self.server.auth_throttle.failed(self.peer_ip, user):
             log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
@@ -434,7 +478,6 @@ class Session:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        self.protocol.moved_mail()
         return status.reply or "250 2.1.0 Sender ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -451,7 +494,6 @@ class Session:
             return self._reject("RCPT", status.reply, decided_by, to=rcpt.address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        self.protocol.moved_mail()
         return status.reply or "250 2.1.5 Recipient ok"
 
     def _recipient(self, envelope, address: str) -> Mailbox | str:

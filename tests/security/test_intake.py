@@ -3,14 +3,16 @@ which users exist, password guessing across connections, NOOP keep-alives. Each 
 runs the attack over a real SMTP connection to a server started here."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import resource
 import statistics
 import threading
 import time
 from dataclasses import replace
 
-from server.auth_throttle import AuthThrottle
+from server.auth_throttle import AuthThrottle, client_key
 from server.config import AuthConfig, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, spool_files, users_file
@@ -120,6 +122,59 @@ def test_the_owners_logins_do_not_reset_the_guesses_at_her_name():
     throttle.failed("192.0.2.2", "alice")
     throttle.succeeded("198.51.100.1", "alice")  # else a guesser gets 2 tries per login of hers
     assert throttle.failed("192.0.2.3", "alice") == [("sasl_username=alice", 600.0)]
+
+
+def test_parallel_guesses_get_no_more_password_checks_than_the_limit(tmp_path):
+    """15 AUTH at once from one address (failure_limit 3) all passed the lockout check
+    before the first failed: 15 password checks. Each pending check now counts."""
+    auth = auth_config(tmp_path, failure_limit=3)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        checks, check = [], server.check_credentials
+
+        async def counted(user: str, password: str) -> bool:
+            checks.append(user)
+            await asyncio.sleep(0.3)  # the other attempts arrive while these are checked
+            return await check(user, password)
+
+        server.check_credentials = counted
+        clients = [Raw(server) for _ in range(15)]
+        for raw in clients:
+            assert raw.cmd("EHLO c.test")[0] == 250
+        for raw in clients:
+            raw.send(f"AUTH PLAIN {plain('alice', 'wrong')}\r\n")
+        replies = [raw.reply(timeout=30) for raw in clients]
+        for raw in clients:
+            raw.close()
+        assert login(server, "alice", "secret") == LOCKED
+    assert len(checks) == 3
+    assert sorted(code for code, _ in replies) == [454] * 12 + [535] * 3
+
+
+def test_a_full_throttle_still_stops_guesses_from_a_known_address(tmp_path):
+    """With the table of lockouts full, no new lockout starts, and a user's known address
+    was exempt from the full table's refusal: guesses from there were unlimited."""
+    auth = auth_config(tmp_path, failure_limit=2, throttle_entries=2)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        assert login(server, "alice", "secret", source="127.0.9.1")[0] == 235  # known
+        for _ in range(2):  # two lockouts (127.0.9.2 and bob) fill the table
+            assert login(server, "bob", "x", source="127.0.9.2")[0] == 535
+        guesses = [login(server, "alice", guess, source="127.0.9.1") for guess in "abcde"]
+    assert [code for code, _ in guesses[:2]] == [535, 535]
+    assert guesses[2:] == [LOCKED] * 3
+
+
+def test_ipv6_clients_are_throttled_by_their_64():
+    """An IPv6 client picks any of the 2**64 addresses of its network: one guess from each
+    was never locked. An IPv4 address mapped into IPv6 is its IPv4 address."""
+    throttle = AuthThrottle(AuthConfig(failure_limit=3))
+    assert throttle.failed("2001:db8:1:2::1", "u1") == []
+    assert throttle.failed("2001:db8:1:2:aaaa::7", "u2") == []
+    assert throttle.failed("2001:db8:1:2:ffff:ffff:ffff:fffe", "u3") == \
+        [("unknown[2001:db8:1:2::/64]", 600.0)]
+    assert throttle.locked("2001:db8:1:2::99", "u4")
+    assert not throttle.locked("2001:db8:1:3::1", "u4")
+    assert client_key("::ffff:192.0.2.1") == client_key("192.0.2.1") == "unknown[192.0.2.1]"
+    assert client_key("?") == "unknown[?]"
 
 
 class Clock:
@@ -292,25 +347,136 @@ def test_a_keep_alive_session_ends_after_idle_session(tmp_path, monkeypatch, cap
     assert "no mail moved for 60 s (limits.idle_session), disconnected" in caplog.text
 
 
-def test_moving_mail_restarts_the_idle_clock(tmp_path, monkeypatch):
-    """Each accepted MAIL, RCPT, message or AUTH restarts it; a refused command does not."""
+def test_only_an_accepted_message_or_auth_restarts_the_idle_clock(tmp_path, monkeypatch):
+    """An accepted message or AUTH restarts it; MAIL, RCPT and refused commands do not."""
     clock = Clock()
     monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, auth=auth_config(tmp_path),
                         limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
         assert raw.cmd("EHLO c.test")[0] == 250
-        for steps in ([("MAIL FROM:<a@example.org>", 250)], [("RCPT TO:<b@mx.test>", 250)],
-                      [("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
+        for steps in ([("MAIL FROM:<a@example.org>", 250), ("RCPT TO:<b@mx.test>", 250),
+                       ("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
                       [(f"AUTH PLAIN {plain('alice', 'secret')}", 235)]):
             clock.now += 59
             assert raw.cmd("NOOP")[0] == 250
             for command, code in steps:
                 assert raw.cmd(command)[0] == code
-        clock.now += 59
-        assert raw.cmd("MAIL FROM:<bad address>")[0] == 553  # refused: no progress
+        clock.now += 30
+        assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # no progress yet
+        assert raw.cmd("RCPT TO:<b@mx.test>")[0] == 250
+        clock.now += 29
+        assert raw.cmd("MAIL FROM:<bad address>")[0] == 503  # refused: no progress
         clock.now += 1
         assert raw.cmd("RSET") == IDLE_TIMEOUT
+
+
+def test_a_mail_rset_loop_does_not_hold_a_slot_past_idle_session(tmp_path, monkeypatch):
+    """MAIL FROM then RSET every 0.8 s (idle_session 1 s, command_timeout 2 s) was served
+    for ever: each accepted MAIL restarted the idle clock, and MAIL was never checked.
+    Now the first command after idle_session, whichever it is, ends the session."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        for _ in range(2):
+            clock.now += 25
+            assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
+            assert raw.cmd("RSET")[0] == 250
+        clock.now += 10  # 60 s without a message
+        assert raw.cmd("MAIL FROM:<a@example.org>") == IDLE_TIMEOUT
+        assert raw.closed()
+
+
+def test_a_session_lasts_at_most_idle_session_plus_a_command_timeout(tmp_path):
+    """The reproducer in real time: the README's bound holds."""
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=1,
+                                                 command_timeout=2))
+    with running(config) as server, Raw(server) as raw:
+        start = time.monotonic()
+        raw.cmd("EHLO c.test")
+        reply = None
+        while time.monotonic() - start < 6.4 and reply != IDLE_TIMEOUT:
+            time.sleep(0.4)
+            reply = raw.cmd("MAIL FROM:<a@example.org>")
+            if reply[0] == 250:
+                time.sleep(0.4)
+                reply = raw.cmd("RSET")
+        took = time.monotonic() - start
+        assert reply == IDLE_TIMEOUT and raw.closed()
+    assert took < 1 + 2 + 0.5, took
+
+
+def test_a_refused_data_after_idle_session_ends_the_session(tmp_path, monkeypatch):
+    """DATA is the one long command: past idle_session, the session ends right after it
+    unless its message was accepted (so DATA adds at most one data_timeout)."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60,
+                                                 header_fields=2))
+    with running(config) as server, Raw(server) as raw:
+        for command in ("EHLO c.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@mx.test>",
+                        "DATA"):
+            assert raw.cmd(command)[0] in (250, 354)
+        clock.now += 60  # while the client sends its message
+        assert raw.cmd(header_of(5) + b"\r\nbody\r\n.") == \
+            (552, b"5.3.4 Error: too many header fields")
+        assert raw.reply() == IDLE_TIMEOUT
+        assert raw.closed()
+
+
+def test_a_command_refused_as_idle_leaves_no_coroutine_behind(tmp_path, monkeypatch, recwarn):
+    """An EHLO refused for idleness made its coroutine and never ran it (RuntimeWarning:
+    coroutine 'SMTP.smtp_EHLO' was never awaited)."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        clock.now += 60
+        assert raw.cmd("EHLO c.test") == IDLE_TIMEOUT
+        assert raw.closed()
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+# ---- a refused session: after a 554 greeting ---------------------------------------------
+
+DENY_CONNECT = 'fn on_connect(ctx) { status::deny("554 5.7.1 go away") }'
+BAD_SEQUENCE = (503, b"5.5.1 Error: bad sequence of commands")
+
+
+def test_a_refused_session_answers_20_commands(tmp_path):
+    """After a 554 greeting, every command but QUIT got 503 until the error limit: with
+    limits.errors at 1000, 1000 commands. Now 20 (postscreen_command_count_limit)."""
+    limits = replace(SmtpLimits(), errors=1000)
+    with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server, \
+            Raw(server) as raw:
+        assert raw.greeting == (554, b"5.7.1 go away")
+        for _ in range(20):
+            assert raw.cmd("NOOP") == BAD_SEQUENCE
+        assert raw.reply() == (421, b"4.7.0 Too many commands, closing the connection")
+        assert raw.closed()
+
+
+def test_a_refused_session_ends_after_a_short_time(tmp_path, monkeypatch):
+    """A refused client sending a line every 0.4 s kept its slot as long as the error limit
+    allowed (each line restarted the command timeout: up to 10 x 300 s with the defaults).
+    Now a refused session lasts REFUSED_SESSION_TIME (30 s; 1 s here) in all."""
+    monkeypatch.setattr("server.session.REFUSED_SESSION_TIME", 1.0, raising=False)
+    limits = replace(SmtpLimits(), command_timeout=2, errors=1000)
+    with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server, \
+            Raw(server) as raw:
+        start, reply = time.monotonic(), None
+        while reply is None and time.monotonic() - start < 5:
+            try:
+                reply = raw.reply(timeout=0.4)  # nothing comes unasked but the end
+            except TimeoutError:
+                assert raw.cmd("NOOP") == BAD_SEQUENCE
+        took = time.monotonic() - start
+        assert reply == (421, b"4.4.2 Timeout, closing the connection")
+        assert raw.closed()
+    assert took < 3, took
 
 
 # ---- the log: client text is escaped in every field -------------------------------------
