@@ -160,10 +160,11 @@ def format_concise(findings: list[Diagnostic]) -> str:
 
 
 def format_full(findings: list[Diagnostic], sources: dict[str, str]) -> str:
-    """Each finding with its source line and a caret under the column, like rustc."""
+    """Each finding with its source line and a caret under the column, like rustc (a file
+    that could not be read has no line to show)."""
     blocks = []
     for d in findings:
-        lines = sources.get(d.file, "").split("\n")
+        lines = sources[d.file].split("\n") if d.file in sources else []
         block = [str(d)]
         if 0 < d.line <= len(lines):
             text = lines[d.line - 1].expandtabs(1)
