@@ -23,7 +23,7 @@ from tests.chunks import collect
 ROOT = Path(__file__).resolve().parent.parent
 from stdlib.ctx import entry_points
 from vsl.engine import Engine
-from vsl.lint import Linter, empty_paths, script_files
+from vsl.lint import Linter, empty_paths, format_full, script_files
 
 STAGE_ENTRIES = entry_points()
 STAGES = STAGE_ENTRIES.names
@@ -174,8 +174,11 @@ def test_import_without_script_directory():
 def test_lint_file_that_cannot_be_read(tmp_path):
     bad = tmp_path / "bad.vsl"
     bad.write_bytes(b"let x = \xff\xfe;\n")
-    findings = Linter(Engine()).lint_file(bad)
+    linter = Linter(Engine())
+    findings = linter.lint_file(bad)
     assert [(d.line, d.severity, d.code) for d in findings] == [(1, "error", "io")]
+    assert findings[0].message == "cannot read: not UTF-8 text (byte 9)"
+    assert format_full(findings, linter.sources) == str(findings[0])  # no empty line, caret
 
 
 def test_script_files_expands_directories(tmp_path):

@@ -16,7 +16,8 @@ from lark import Token, Transformer, v_args
 from lark.exceptions import VisitError
 
 from . import ast
-from .errors import LimitError, Pos, VslSyntaxError
+from .errors import Pos, VslSyntaxError
+from .script_file import script_too_large
 from .syntax import I64_MAX, I64_MIN, check_depth, line_of, parse_tree
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0",
@@ -494,9 +495,8 @@ def parse(source: str, file: str, limits) -> ast.Module:
     """Parse a whole script into an :class:`ast.Module`."""
     parser = Parser(source, file, limits)
     if limits.max_script_size and len(source) > limits.max_script_size:
-        raise LimitError(f"script too large ({len(source)} characters > limit "
-                         f"{limits.max_script_size}, limits.max_script_size)", Pos(file, 1, 1),
-                         line_of(source, 1))
+        raise script_too_large(f"{len(source)} characters > limit {limits.max_script_size}",
+                               file, source)
     with gc_paused():
         body = parser.statements(source)
     functions, seen = [], {}

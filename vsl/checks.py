@@ -18,12 +18,15 @@ Members of a typed value are checked against its class (``vsl_props``, ``vsl_met
 members the host restricts to some entries (``EntryPoints.available``) against the
 entries they are reached in. Such a member used where it is missing is an error only when
 the access is certain to fail whenever it runs (:meth:`Checker.availability`): outside any
-``try`` (and, in a helper, not under a condition, and reached only from entries that lack
-it); otherwise a warning, or nothing when a ``try`` guards it and some entry has it.
+``try`` and any closure (and, in a helper, not under a condition, and reached only from
+entries that lack it); otherwise a warning, or nothing when a ``try`` guards it and some
+entry has it. A closure is not a ``try``: it only caps the finding at a warning, since it
+may be called inside one (:class:`Guard`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from enum import IntEnum
 from typing import Mapping
 
 from . import ast
@@ -87,8 +90,8 @@ class Checker:
         self.module, self.res, self.namespaces, self.entries = module, res, namespaces, entries
         self.out: list[Diagnostic] = []
         self.fns = {(f.name, len(f.params)): f for f in module.functions}
-        self.reached: dict[str, dict[int, bool]] = {}
-        # ^ python name of a param -> entries it is reached in -> every way in is caught
+        self.reached: dict[str, dict[int, Guard]] = {}
+        # ^ python name of a param -> entries it is reached in -> the weakest guard of a way in
         self.helper_of: dict[str, str] = {}  # ... of a helper function -> its name
         self._let_types: dict[str, type | None] = {}
         self.fn_of: dict[str, tuple] = {}  # python name of a tracked param -> its function
@@ -164,8 +167,8 @@ class Checker:
 
     def track_entry_params(self) -> None:
         """Which parameters hold an entry's argument, in which entries, and whether every
-        call chain from that entry passes through a ``try`` (or a closure)."""
-        params = {self._param(k, 0): {self.entries.names.index(k[0]): False}
+        call chain from that entry passes through a ``try`` or a closure (:class:`Guard`)."""
+        params = {self._param(k, 0): {self.entries.names.index(k[0]): Guard.NONE}
                   for k in self.fns if k[0] in self.entries.names and k[1] == 1}
         helpers = {self._param(key, i): (key[0], calls)
                    for (key, i), calls in self._call_sites().items()
@@ -183,11 +186,12 @@ class Checker:
                     del candidates[py]
                     changed = True
                     continue
-                reached: dict[int, bool] = {}
+                reached: dict[int, Guard] = {}
                 for param, (caller, _, call) in zip(passed, calls):
-                    caught = self.where(caller, call).caught
-                    for entry, caught_before in known[param].items():
-                        reached[entry] = reached.get(entry, True) and (caught_before or caught)
+                    guard = self.where(caller, call).guard
+                    for entry, guard_before in known[param].items():
+                        way_in = max(guard_before, guard)
+                        reached[entry] = min(reached.get(entry, Guard.TRY), way_in)
                 if reached != candidates[py]:
                     candidates[py] = reached
                     changed = True
@@ -257,13 +261,13 @@ class Checker:
         ``node``) is missing in an entry ``py`` is reached in; see :meth:`availability`."""
         first, last = span
         reached = self.reached[py]
-        missing = sorted((caught, entry) for entry, caught in reached.items()
+        missing = sorted((guard, entry) for entry, guard in reached.items()
                          if not first <= entry <= last)
         if not missing:
             return
         severity = self.availability(self.where(self.fn_of[py], node), py,
                                      all_missing=len(missing) == len(reached),
-                                     caught=all(caught for caught, _ in missing))
+                                     way_in=missing[0][0])
         if severity is None:
             return
         names, entry = self.entries.names, missing[0][1]
@@ -275,15 +279,18 @@ class Checker:
                     f"{label} is not available in {names[entry]}{via}: {when}", node.pos)
 
     def availability(self, where: Where, py: str, all_missing: bool,
-                     caught: bool) -> str | None:
-        """The severity of a member used where some entry lacks it: an error only when the
-        access fails whenever it runs (none of the entries reaching it has the member, no
-        ``try`` may catch the failure, and in a helper no condition may keep it from
-        running); a warning when it may fail; None when a ``try`` guards it and it can
-        succeed (a helper shared by entries, guarding the member for some of them)."""
-        if where.caught or caught:
+                     way_in: Guard) -> str | None:
+        """The severity of a member used where some entry lacks it (``way_in``: the weakest
+        guard on the ways in from those entries): an error only when the access fails
+        whenever it runs (none of the entries reaching it has the member, no ``try`` may
+        catch the failure, no closure holds it, and in a helper no condition may keep it
+        from running); a warning when it may fail; None when a ``try`` guards it and it
+        can succeed (a helper shared by entries, guarding the member for some of them)."""
+        guard = max(where.guard, way_in)
+        if guard is Guard.TRY:
             return "warning" if all_missing else None
-        certain = all_missing and not (py in self.helper_of and where.conditional)
+        certain = all_missing and guard is Guard.NONE and \
+            not (py in self.helper_of and where.conditional)
         return "error" if certain else "warning"
 
     def check_native_use(self, node) -> None:
@@ -322,13 +329,26 @@ class Checker:
                 self.error("stage-return", _return_message(fn.name, found, self.entries), pos)
 
 
+class Guard(IntEnum):
+    """What may keep a failing access from failing the entry, weakest first."""
+
+    NONE = 0
+    CLOSURE = 1  # a closure may be called inside a try: at most a warning
+    TRY = 2      # a try body: the failure is caught
+
+
 @dataclass(frozen=True)
 class Where:
     """How surely a node runs when its function does."""
 
-    caught: bool = False       # inside a try body or a closure (it may run inside a try)
+    caught: bool = False       # inside a try body
     conditional: bool = False  # under if/switch/loop/catch/&&/||/??, in a closure, or
     #                            after a statement that may return or throw
+    in_closure: bool = False   # inside a closure (it may be called inside a try)
+
+    @property
+    def guard(self) -> Guard:
+        return Guard.TRY if self.caught else Guard.CLOSURE if self.in_closure else Guard.NONE
 
 
 _SHORT_CIRCUIT = ("&&", "||", "??")
@@ -352,7 +372,8 @@ def _situate(node, where: Where, out: dict) -> bool:
     leaves = isinstance(node, (ast.Return, ast.Throw))
     if isinstance(node, ast.Block):
         for stmt in node.body:
-            leaves |= _situate(stmt, Where(where.caught, True) if leaves else where, out)
+            leaves |= _situate(stmt, replace(where, conditional=True) if leaves else where,
+                               out)
         return leaves
     for child, place in _places(node, where):
         leaves |= _situate(child, place, out)
@@ -361,11 +382,11 @@ def _situate(node, where: Where, out: dict) -> bool:
 
 def _places(node: ast.Node, where: Where) -> list[tuple]:
     """(child, its :class:`Where`) for each child of ``node`` (not a Block) at ``where``."""
-    later = Where(where.caught, True)  # what may not run
+    later = replace(where, conditional=True)  # what may not run
     if isinstance(node, ast.Try):
-        return [(node.body, Where(True, where.conditional)), (node.handler, later)]
+        return [(node.body, replace(where, caught=True)), (node.handler, later)]
     if isinstance(node, ast.Closure):
-        return [(node.body, Where(True, True))]
+        return [(node.body, replace(later, in_closure=True))]
     if isinstance(node, ast.If):
         tests = [(test, later if i else where) for i, (test, _) in enumerate(node.branches)]
         return tests + [(body, later) for _, body in node.branches] + [(node.orelse, later)]

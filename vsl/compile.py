@@ -946,6 +946,7 @@ def _every(tests: list[py.expr]) -> py.expr:
         test = py.BinOp(test, py.BitAnd(), more)
     return test
 
+
 def _unblock(e):
     """``${ x }``: the expression of a one-expression block (no scope needed)."""
     if isinstance(e, A.Block) and len(e.body) == 1 and isinstance(e.body[0], A.ExprStmt):

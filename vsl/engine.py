@@ -43,6 +43,7 @@ from .methods import call_method
 from .natives import IO_DEADLINE, SCRIPT_POSITION
 from .ops import Ops
 from .resolve import ModuleInfo, Resolution, resolve
+from .script_file import UnreadableScript, read_script
 from .syntax import line_of
 
 
@@ -413,9 +414,9 @@ class Engine:
         """Load a script file; its directory is where imports are looked up."""
         path = Path(path)
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise VslError(f"{path}: cannot read script: {err}") from None
+            source = read_script(path, self.limits.max_script_size)
+        except UnreadableScript as err:
+            raise VslError(f"{path}: cannot read script: {err.message}") from None
         return self.load_source(source, str(path), path.parent)
 
     def load_source(self, source: str, file: str = "<script>",
@@ -479,14 +480,13 @@ class Engine:
                 len(load.modules) + len(load.loading) >= self.limits.max_modules:
             raise LimitError(f"too many modules (limit {self.limits.max_modules}, "
                              "limits.max_modules)", where, line)
-        try:
-            source = target.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise VslError(f"cannot import '{imp.path}': {err.strerror or err}", where,
-                           line) from None
+        name = os.path.relpath(target)
         load.loading.append(key)
         try:
-            script = self._load_module(source, os.path.relpath(target), load)
+            script = self._load_module(read_script(name, self.limits.max_script_size), name,
+                                       load)
+        except UnreadableScript as err:
+            raise VslError(f"cannot import '{imp.path}': {err.message}", where, line) from None
         except VslError as err:  # show where the failing module was imported from
             err.stack = (Frame("<import>", where), *err.stack)
             raise

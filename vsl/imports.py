@@ -1,8 +1,9 @@
 """Where ``import "path"`` points: one rule for the engine and the linter.
 
 An import names a ``.vsl`` file inside the script directory. Anything else the path
-may hold (a NUL byte, a name too long, a symlink loop, a way out of the directory, a
-FIFO that would block the load) is a :class:`VslError` without a position; the caller adds the import's position.
+may hold (a NUL byte, a name too long, a symlink loop, a way out of the directory) is a
+:class:`VslError` without a position; the caller adds the import's position. Whether
+the file is a regular one is checked when it is read (:func:`vsl.script_file.read_script`).
 """
 from __future__ import annotations
 
@@ -20,13 +21,10 @@ def import_target(root: Path, rel: str) -> Path:
     name = rel if rel.endswith(".vsl") else rel + ".vsl"
     try:
         target = (root / name).resolve()
-        special = target.exists() and not target.is_file()
     except (ValueError, OSError, RuntimeError):  # NUL byte, name too long, symlink loop
         raise VslError(f"cannot import {rel[:80]!r}: not a valid file name") from None
     if root not in target.parents:
         raise VslError(f"import '{rel}' is outside the script directory")
-    if special:  # a directory, or a FIFO or device that would block the load
-        raise VslError(f"import '{rel}' is not a regular file")
     return target
 
 

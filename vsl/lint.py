@@ -16,9 +16,10 @@ from pathlib import Path
 
 from .build import parse
 from .checks import EntryPoints, check
-from .errors import VslError
+from .errors import LimitError, VslError
 from .imports import check_nesting, import_target
 from .resolve import Diagnostic, ModuleInfo, resolve
+from .script_file import UnreadableScript, read_script
 
 
 class Linter:
@@ -34,9 +35,11 @@ class Linter:
     def lint_file(self, path: Path) -> list[Diagnostic]:
         """All findings for one file (a file that cannot be read is one finding)."""
         try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            return [Diagnostic(str(path), 1, 1, "error", "io", f"cannot read: {err}")]
+            source = read_script(path, self.engine.limits.max_script_size)
+        except UnreadableScript as err:
+            return [Diagnostic(str(path), 1, 1, "error", "io", f"cannot read: {err.message}")]
+        except LimitError as err:
+            return [Diagnostic(str(path), 1, 1, "error", "limit", err.message)]
         return self.lint_source(source, str(path), path.parent)
 
     def lint_source(self, source: str, file: str, script_dir: Path | None) -> list[Diagnostic]:
@@ -78,10 +81,10 @@ class Linter:
             info = self._infos[target]
             return info, None if info else f"module '{rel}' has errors"
         try:
-            source = target.read_text(encoding="utf-8")
+            source = read_script(target, self.engine.limits.max_script_size)
             module = parse(source, str(target), self.engine.limits)
-        except (OSError, UnicodeDecodeError) as err:
-            return None, f"cannot import '{rel}': {getattr(err, 'strerror', None) or err}"
+        except UnreadableScript as err:
+            return None, f"cannot import '{rel}': {err.message}"
         except VslError as err:
             return None, f"module '{rel}' does not parse: {err.message}"
         imports = {}
@@ -157,10 +160,11 @@ def format_concise(findings: list[Diagnostic]) -> str:
 
 
 def format_full(findings: list[Diagnostic], sources: dict[str, str]) -> str:
-    """Each finding with its source line and a caret under the column, like rustc."""
+    """Each finding with its source line and a caret under the column, like rustc (a file
+    that could not be read has no line to show)."""
     blocks = []
     for d in findings:
-        lines = sources.get(d.file, "").split("\n")
+        lines = sources[d.file].split("\n") if d.file in sources else []
         block = [str(d)]
         if 0 < d.line <= len(lines):
             text = lines[d.line - 1].expandtabs(1)

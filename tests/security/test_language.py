@@ -9,6 +9,7 @@ from pathlib import Path
 import re
 import subprocess
 import sys
+import threading
 import time
 
 from hypothesis import given, settings
@@ -23,7 +24,7 @@ from tests.test_server_reload import policy, verdict, write
 from vsl.engine import Engine
 from vsl.errors import LimitError, VslError, VslSyntaxError
 from vsl.limits import Limits
-from vsl.lint import Linter
+from vsl.lint import Linter, script_files
 
 VSL = Path(sys.executable).with_name("vsl")
 
@@ -288,3 +289,97 @@ def test_max_script_size_is_a_vsl_toml_key(tmp_path):
     config = from_dict({"script_limits": {"max_script_size": 5000}}, tmp_path)
     assert config.script_limits.max_script_size == 5000
     assert from_dict({}, tmp_path).script_limits.max_script_size == 1_000_000
+
+
+# ---- reading script files: only regular files, never more than the limit --------------
+def finishes(call, timeout: float = 30):
+    """``call()``'s result (or the error it raised), run in a thread: a call that blocks
+    (on a FIFO, say) fails the test instead of hanging the suite."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome.append(err)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"still running after {timeout} s (blocked reading a script?)")
+    return outcome[0]
+
+
+def good_main(directory: Path) -> Path:
+    main = directory / "main.vsl"
+    main.write_text("fn on_helo(ctx) { status::next() }\n")
+    return main
+
+
+def test_a_fifo_in_the_script_directory_neither_hangs_lint_nor_the_policy_load(tmp_path):
+    good_main(tmp_path)
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "pipe.vsl")
+    linter = Linter(Engine())
+    findings = finishes(lambda: [d for f in script_files([tmp_path]) for d in linter.lint_file(f)])
+    assert [(Path(d.file).name, d.severity, d.message) for d in findings] == \
+        [("pipe.vsl", "error", "cannot read: not a regular file")]
+    error = finishes(lambda: policy_module.load_policy(Engine(), tmp_path))
+    assert isinstance(error, policy_module.PolicyError)
+    assert "pipe.vsl:1:1: error: cannot read: not a regular file" in str(error)
+
+
+@pytest.mark.parametrize("command", ["lint", "run"])
+def test_a_fifo_as_main_vsl_is_refused_by_the_cli(tmp_path, command):
+    os.mkfifo(tmp_path / "main.vsl")
+    done = subprocess.run([VSL, command, tmp_path / "main.vsl"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "not a regular file" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_engine_refuses_a_fifo_as_main_script(tmp_path):
+    os.mkfifo(tmp_path / "main.vsl")
+    error = finishes(lambda: Engine().load(tmp_path / "main.vsl"))
+    assert isinstance(error, VslError) and "not a regular file" in error.message
+
+
+def unbounded(directory: Path, kind: str) -> Path:
+    """A main.vsl that reading whole would never end: a link to /dev/zero, or a sparse
+    file of 1 TB."""
+    main = directory / "main.vsl"
+    if kind == "/dev/zero":
+        main.symlink_to("/dev/zero")
+    else:
+        good_main(directory)
+        os.truncate(main, 1 << 40)
+    return main
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("/dev/zero", "cannot read script: not a regular file"),
+    ("sparse 1 TB", "script too large (more than 1000000 characters, "
+                    "limits.max_script_size)"),
+], ids=["dev-zero", "sparse"])
+@pytest.mark.parametrize("command", ["lint", "run"])
+def test_an_endless_main_vsl_is_refused_without_reading_it_all(tmp_path, kind, message,
+                                                               command):
+    """In a process, killed after the timeout: a regression would fill the memory."""
+    main = unbounded(tmp_path, kind)
+    done = subprocess.run([VSL, command, main], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert message.split(": ")[-1] in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_an_endless_import_is_refused_at_the_import(tmp_path):
+    main = tmp_path / "main.vsl"
+    unbounded(tmp_path, "sparse 1 TB").rename(tmp_path / "big.vsl")
+    main.write_text('let x = 1;\nimport "big" as big;\n')
+    done = subprocess.run([VSL, "run", main], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "script too large" in done.stderr and f"in <import> at {main}:2:1" in done.stderr
+    done = subprocess.run([VSL, "lint", main], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"{main}:2:1: error: module 'big' does not parse: script too large" in done.stdout
