@@ -5,7 +5,8 @@ Design: each key (``unknown[192.0.2.1]`` for an address, ``unknown[2001:db8:1:2:
 an IPv6 one, whose client may use any address of its /64, ``sasl_username=alice`` for a
 user, as Postfix logs them: a name's unprintable characters are ``?`` there) keeps the
 times of its recent failures. A login being checked counts as a failure until it is
-settled (``begin``, then ``end``): else parallel logins all pass before the first fails.
+settled (``begin``, then ``end``): else parallel logins all pass before the first fails;
+one that would reach the limit with those pending waits for them instead of being refused.
 When ``auth.failure_limit`` of them fall within ``auth.failure_window`` seconds, the key
 is locked out for ``auth.lockout`` seconds and its failures are forgotten; each further
 lockout lasts twice as long as the one before, up to
@@ -28,6 +29,7 @@ logins being checked are bounded by the connections.
 """
 from __future__ import annotations
 
+import asyncio
 import heapq
 import ipaddress
 import logging
@@ -96,24 +98,35 @@ class AuthThrottle:
         self._expiries: list[tuple[float, str]] = []  # heap of the lockouts' ends
         self._known: OrderedDict[str, deque] = OrderedDict()  # user: client keys logged in from
         self._pending: Counter[str] = Counter()  # key: its logins being checked now
+        self._settled = asyncio.Event()  # set (and replaced) when a pending login ends
         self._full_logged = False
 
-    def begin(self, ip: str, user: str) -> bool:
-        """Whether a login from ``ip`` as ``user`` may be checked now; if so, it counts as
-        a failure until :meth:`end`."""
-        now = self._clock()
-        if self.locked(ip, user) or any(self._at_limit(key, now)
-                                        for key in self._guards(ip, user)):
-            return False
+    async def begin(self, ip: str, user: str) -> bool:
+        """Whether a login from ``ip`` as ``user`` may be checked; if so, it counts as a
+        failure until :meth:`end`. While earlier logins of its keys are being checked and
+        would, should they fail, reach the limit, it waits for them to settle (correct
+        logins in parallel are only delayed; guesses are refused once they failed)."""
+        while True:
+            if self.locked(ip, user):
+                return False
+            now, guards = self._clock(), self._guards(ip, user)
+            if not any(self._at_limit(key, now) for key in guards):
+                break
+            if not any(self._pending[key] for key in guards):
+                return False  # at the limit by failures alone
+            await self._settled.wait()
         self._pending.update((client_key(ip), user_key(user)))
         return True
 
     def end(self, ip: str, user: str) -> None:
-        """The login :meth:`begin` allowed is settled (failed, succeeded or abandoned)."""
+        """The login :meth:`begin` allowed is settled (failed, succeeded or abandoned):
+        the logins waiting for it look again."""
         for key in (client_key(ip), user_key(user)):
             self._pending[key] -= 1
             if not self._pending[key]:
                 del self._pending[key]
+        self._settled.set()
+        self._settled = asyncio.Event()
 
     def locked(self, ip: str, user: str) -> bool:
         """Whether a lockout refuses a login from ``ip`` as ``user`` now."""

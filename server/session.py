@@ -98,11 +98,15 @@ def _bound_replies(transport) -> None:
 
 
 def _unless_idle(command):
-    """The SMTP command method ``command``, not run when the session is idle too long."""
+    """The SMTP command method ``command``, not run when the session is idle too long or
+    already hung up (commands a client pipelined behind the one that ended it). The time
+    from the command to its first reply is the server's, not the client's idling."""
     @functools.wraps(command)
     async def run(self: "Protocol", arg):
-        if not self._idle_too_long():
-            await command(self, arg)
+        if self.transport is None or self.transport.is_closing() or self._idle_too_long():
+            return
+        self.command_started = monotonic()  # until its first reply: see push
+        await command(self, arg)
     return run
 
 
@@ -124,6 +128,8 @@ class Protocol(FastSMTP):
         self.errors = 0
         self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
         self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
+        self.busy = 0.0  # seconds the server spent on commands since then (stages, look-ups)
+        self.command_started: float | None = None
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         config = server.config
@@ -166,6 +172,9 @@ class Protocol(FastSMTP):
         but the greeting and HELO/EHLO's gets an enhanced status code; error replies count
         toward the error limit."""
         reply = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
+        if self.command_started is not None:  # the server's time, not the client's idling
+            self.busy += monotonic() - self.command_started
+            self.command_started = None
         raw = self.in_helo
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
@@ -188,7 +197,7 @@ class Protocol(FastSMTP):
     def moved_mail(self) -> None:
         """An accepted message, AUTH or STARTTLS: the session is not idle. (Not an accepted
         MAIL or RCPT: a client could repeat MAIL and RSET for ever.)"""
-        self.moved_mail_at = monotonic()
+        self.moved_mail_at, self.busy = monotonic(), 0.0
 
     async def _junk(self, command) -> None:
         """Run a command that keeps the connection alive but moves no mail: past
@@ -201,9 +210,10 @@ class Protocol(FastSMTP):
             self._count_error()
 
     def _idle_too_long(self) -> bool:
-        """Whether the session moved no mail for ``limits.idle_session``: if so, say
+        """Whether the client idled ``limits.idle_session`` (the time since the last
+        accepted message, less the time the server spent on its commands): if so, say
         Postfix's timeout reply and hang up."""
-        idle = monotonic() - self.moved_mail_at
+        idle = monotonic() - self.moved_mail_at - self.busy
         if idle < self.server.config.limits.idle_session:
             return False
         log.info("%s: no mail moved for %d s (limits.idle_session), disconnected",
@@ -400,7 +410,7 @@ class Session:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
         throttle = self.server.auth_throttle
-        if not throttle.begin(self.peer_ip, user):
+        if not await throttle.begin(self.peer_ip, user):
             return self._reject("AUTH", AUTH_LOCKED)
         try:
             return await self._login(session, mechanism, user, password)

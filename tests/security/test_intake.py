@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from server.auth_throttle import AuthThrottle, client_key
 from server.config import AuthConfig, SmtpLimits
+from server.stages import StageRunner
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, spool_files, users_file
 
@@ -492,3 +493,63 @@ def test_a_bidi_sender_is_escaped_in_the_reject_line(tmp_path, caplog):
     [line] = [r.getMessage() for r in caplog.records if "reject: RCPT" in r.getMessage()]
     assert "from=<evil\\u202emoc.elgoog@example.org>" in line
     assert "\u202e" not in line
+
+
+def test_parallel_correct_logins_from_one_address_wait_and_succeed(tmp_path):
+    """Pending logins counted against the limit refused the 6th of 12 correct logins at
+    once from one address (a connection pool, a NAT) with 454: they now wait their turn."""
+    with running(config_for(tmp_path, auth=auth_config(tmp_path))) as server:
+        check = server.check_credentials
+
+        async def slow(user: str, password: str) -> bool:
+            await asyncio.sleep(0.2)  # an on_auth with a DNS look-up, say
+            return await check(user, password)
+
+        server.check_credentials = slow
+        clients = [Raw(server) for _ in range(12)]
+        for raw in clients:
+            assert raw.cmd("EHLO c.test")[0] == 250
+        for raw in clients:
+            raw.send(f"AUTH PLAIN {plain('alice', 'secret')}\r\n")
+        replies = [raw.reply(timeout=30)[0] for raw in clients]
+        for raw in clients:
+            raw.close()
+    assert replies == [235] * 12
+
+
+def test_the_servers_own_time_is_not_the_clients_idling(tmp_path, monkeypatch):
+    """Slow checks in on_rcpt_to (a DNS time-out each) made a 5-recipient transaction pass
+    idle_session and cut it off at RCPT 4: the time a command takes is not idling."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        run = StageRunner.run
+
+        async def slow(self, ctx, stage):
+            clock.now += 25  # the server's own checks
+            return await run(self, ctx, stage)
+
+        monkeypatch.setattr(StageRunner, "run", slow)
+        assert raw.cmd("EHLO c.test")[0] == 250
+        assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
+        for i in range(5):
+            assert raw.cmd(f"RCPT TO:<b{i}@mx.test>")[0] == 250
+        assert raw.cmd("DATA")[0] == 354
+        assert raw.cmd(b"Subject: x\r\n\r\nbody\r\n.")[0] == 250
+
+
+def test_commands_pipelined_behind_an_idle_timeout_log_nothing(tmp_path, monkeypatch, caplog):
+    """Each command buffered behind the one refused for idleness logged its own 'no mail
+    moved' line (10,000 lines for 60 KB of NOOP): one line, one reply, the close."""
+    caplog.set_level("INFO")
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
+    with running(config) as server, Raw(server) as raw:
+        assert raw.cmd("EHLO c.test")[0] == 250
+        clock.now += 61
+        raw.send("NOOP\r\n" * 2000)
+        assert raw.reply() == IDLE_TIMEOUT
+        assert raw.closed()
+    assert caplog.text.count("no mail moved") == 1
