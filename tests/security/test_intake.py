@@ -130,25 +130,39 @@ def test_parallel_guesses_get_no_more_password_checks_than_the_limit(tmp_path):
     before the first failed: 15 password checks. Each pending check now counts."""
     auth = auth_config(tmp_path, failure_limit=3)
     with running(config_for(tmp_path, auth=auth)) as server:
-        checks, check = [], server.check_credentials
+        checks = slow_password_checks(server, 0.3)  # the others arrive meanwhile
+        replies = parallel_logins(server, 15, "alice", "wrong")
+        assert login(server, "alice", "secret") == LOCKED
+    assert len(checks) == 3
+    assert sorted(replies) == [454] * 12 + [535] * 3
 
-        async def counted(user: str, password: str) -> bool:
-            checks.append(user)
-            await asyncio.sleep(0.3)  # the other attempts arrive while these are checked
-            return await check(user, password)
 
-        server.check_credentials = counted
-        clients = [Raw(server) for _ in range(15)]
+def slow_password_checks(server, seconds: float) -> list[str]:
+    """Make each password check of ``server`` take ``seconds``; returns the list of the
+    users checked, filled as the checks run."""
+    checks, check = [], server.check_credentials
+
+    async def slow(user: str, password: str) -> bool:
+        checks.append(user)
+        await asyncio.sleep(seconds)
+        return await check(user, password)
+
+    server.check_credentials = slow
+    return checks
+
+
+def parallel_logins(server, count: int, user: str, password: str) -> list[int]:
+    """The reply codes to ``count`` AUTH PLAIN sent at once on as many connections."""
+    clients = [Raw(server) for _ in range(count)]
+    try:
         for raw in clients:
             assert raw.cmd("EHLO c.test")[0] == 250
         for raw in clients:
-            raw.send(f"AUTH PLAIN {plain('alice', 'wrong')}\r\n")
-        replies = [raw.reply(timeout=30) for raw in clients]
+            raw.send(f"AUTH PLAIN {plain(user, password)}\r\n")
+        return [raw.reply(timeout=30)[0] for raw in clients]
+    finally:
         for raw in clients:
             raw.close()
-        assert login(server, "alice", "secret") == LOCKED
-    assert len(checks) == 3
-    assert sorted(code for code, _ in replies) == [454] * 12 + [535] * 3
 
 
 def test_a_full_throttle_still_stops_guesses_from_a_known_address(tmp_path):
@@ -499,21 +513,8 @@ def test_parallel_correct_logins_from_one_address_wait_and_succeed(tmp_path):
     """Pending logins counted against the limit refused the 6th of 12 correct logins at
     once from one address (a connection pool, a NAT) with 454: they now wait their turn."""
     with running(config_for(tmp_path, auth=auth_config(tmp_path))) as server:
-        check = server.check_credentials
-
-        async def slow(user: str, password: str) -> bool:
-            await asyncio.sleep(0.2)  # an on_auth with a DNS look-up, say
-            return await check(user, password)
-
-        server.check_credentials = slow
-        clients = [Raw(server) for _ in range(12)]
-        for raw in clients:
-            assert raw.cmd("EHLO c.test")[0] == 250
-        for raw in clients:
-            raw.send(f"AUTH PLAIN {plain('alice', 'secret')}\r\n")
-        replies = [raw.reply(timeout=30)[0] for raw in clients]
-        for raw in clients:
-            raw.close()
+        slow_password_checks(server, 0.2)  # an on_auth with a DNS look-up, say
+        replies = parallel_logins(server, 12, "alice", "secret")
     assert replies == [235] * 12
 
 
