@@ -65,18 +65,16 @@ class Policy:
 
     def reload(self) -> bool:
         """Load the scripts again; on failure keep the running ones. True if swapped."""
-        stamp = self._files_stamp()
+        self._stamp = self._files_stamp()  # a failed load is not tried again until an edit
         try:
             script = load_policy(self.engine, self.directory)
         except PolicyError as err:
             log.error("reload failed, keeping the running scripts:\n%s", err)
-            self._stamp = stamp
             return False
         except Exception:  # noqa: BLE001 - a bug must not stop the watcher or the server
             log.exception("reload failed, keeping the running scripts")
-            self._stamp = stamp
             return False
-        self.script, self._stamp = script, stamp
+        self.script = script
         self.generation += 1
         log.info("scripts reloaded from %s (generation %d)", self.directory, self.generation)
         return True
