@@ -109,11 +109,12 @@ class AuthThrottle:
         while True:
             if self.locked(ip, user):
                 return False
-            now, guards = self._clock(), self._guards(ip, user)
-            if not any(self._at_limit(key, now) for key in guards):
+            now = self._clock()
+            at_limit = [key for key in self._guards(ip, user) if self._at_limit(key, now)]
+            if not at_limit:
                 break
-            if not any(self._pending[key] for key in guards):
-                return False  # at the limit by failures alone
+            if not all(self._pending[key] for key in at_limit):
+                return False  # a key at the limit by its failures alone
             await self._settled.wait()
         self._pending.update((client_key(ip), user_key(user)))
         return True
