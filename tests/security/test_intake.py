@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import replace
 
+import pytest
+
 from server.auth_throttle import AuthThrottle, client_key
 from server.config import AuthConfig, SmtpLimits
 from server.stages import StageRunner
@@ -345,27 +347,31 @@ def test_help_is_a_junk_command_too(tmp_path):
 IDLE_TIMEOUT = (421, b"4.4.2 mx.test Error: timeout exceeded")
 
 
-def test_a_keep_alive_session_ends_after_idle_session(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def session_clock(monkeypatch) -> Clock:
+    """The clock the sessions' idle checks read, moved by the test."""
+    clock = Clock()
+    monkeypatch.setattr("server.session.monotonic", clock)
+    return clock
+
+
+def test_a_keep_alive_session_ends_after_idle_session(tmp_path, session_clock, caplog):
     """A NOOP every 299 s kept a slot for 110 command timeouts (about 9 h): a session
     that moved no mail for limits.idle_session is closed at its next junk command."""
     caplog.set_level("INFO")
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
         assert raw.cmd("EHLO c.test")[0] == 250
-        clock.now += 59
+        session_clock.now += 59
         assert raw.cmd("NOOP")[0] == 250
-        clock.now += 1  # 60 s since the connection began
+        session_clock.now += 1  # 60 s since the connection began
         assert raw.cmd("NOOP") == IDLE_TIMEOUT
         assert raw.closed()
     assert "no mail moved for 60 s (limits.idle_session), disconnected" in caplog.text
 
 
-def test_only_an_accepted_message_or_auth_restarts_the_idle_clock(tmp_path, monkeypatch):
+def test_only_an_accepted_message_or_auth_restarts_the_idle_clock(tmp_path, session_clock):
     """An accepted message or AUTH restarts it; MAIL, RCPT and refused commands do not."""
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, auth=auth_config(tmp_path),
                         limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
@@ -373,33 +379,31 @@ def test_only_an_accepted_message_or_auth_restarts_the_idle_clock(tmp_path, monk
         for steps in ([("MAIL FROM:<a@example.org>", 250), ("RCPT TO:<b@mx.test>", 250),
                        ("DATA", 354), ("Subject: x\r\n\r\nbody\r\n.", 250)],
                       [(f"AUTH PLAIN {plain('alice', 'secret')}", 235)]):
-            clock.now += 59
+            session_clock.now += 59
             assert raw.cmd("NOOP")[0] == 250
             for command, code in steps:
                 assert raw.cmd(command)[0] == code
-        clock.now += 30
+        session_clock.now += 30
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # no progress yet
         assert raw.cmd("RCPT TO:<b@mx.test>")[0] == 250
-        clock.now += 29
+        session_clock.now += 29
         assert raw.cmd("MAIL FROM:<bad address>")[0] == 503  # refused: no progress
-        clock.now += 1
+        session_clock.now += 1
         assert raw.cmd("RSET") == IDLE_TIMEOUT
 
 
-def test_a_mail_rset_loop_does_not_hold_a_slot_past_idle_session(tmp_path, monkeypatch):
+def test_a_mail_rset_loop_does_not_hold_a_slot_past_idle_session(tmp_path, session_clock):
     """MAIL FROM then RSET every 0.8 s (idle_session 1 s, command_timeout 2 s) was served
     for ever: each accepted MAIL restarted the idle clock, and MAIL was never checked.
     Now the first command after idle_session, whichever it is, ends the session."""
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
         assert raw.cmd("EHLO c.test")[0] == 250
         for _ in range(2):
-            clock.now += 25
+            session_clock.now += 25
             assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
             assert raw.cmd("RSET")[0] == 250
-        clock.now += 10  # 60 s without a message
+        session_clock.now += 10  # 60 s without a message
         assert raw.cmd("MAIL FROM:<a@example.org>") == IDLE_TIMEOUT
         assert raw.closed()
 
@@ -423,32 +427,28 @@ def test_a_session_lasts_at_most_idle_session_plus_a_command_timeout(tmp_path):
     assert took < 1 + 2 + 0.5, took
 
 
-def test_a_refused_data_after_idle_session_ends_the_session(tmp_path, monkeypatch):
+def test_a_refused_data_after_idle_session_ends_the_session(tmp_path, session_clock):
     """DATA is the one long command: past idle_session, the session ends right after it
     unless its message was accepted (so DATA adds at most one data_timeout)."""
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60,
                                                  header_fields=2))
     with running(config) as server, Raw(server) as raw:
         for command in ("EHLO c.test", "MAIL FROM:<a@example.org>", "RCPT TO:<b@mx.test>",
                         "DATA"):
             assert raw.cmd(command)[0] in (250, 354)
-        clock.now += 60  # while the client sends its message
+        session_clock.now += 60  # while the client sends its message
         assert raw.cmd(header_of(5) + b"\r\nbody\r\n.") == \
             (552, b"5.3.4 Error: too many header fields")
         assert raw.reply() == IDLE_TIMEOUT
         assert raw.closed()
 
 
-def test_a_command_refused_as_idle_leaves_no_coroutine_behind(tmp_path, monkeypatch, recwarn):
+def test_a_command_refused_as_idle_leaves_no_coroutine_behind(tmp_path, session_clock, recwarn):
     """An EHLO refused for idleness made its coroutine and never ran it (RuntimeWarning:
     coroutine 'SMTP.smtp_EHLO' was never awaited)."""
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
-        clock.now += 60
+        session_clock.now += 60
         assert raw.cmd("EHLO c.test") == IDLE_TIMEOUT
         assert raw.closed()
     gc.collect()
@@ -518,17 +518,15 @@ def test_parallel_correct_logins_from_one_address_wait_and_succeed(tmp_path):
     assert replies == [235] * 12
 
 
-def test_the_servers_own_time_is_not_the_clients_idling(tmp_path, monkeypatch):
+def test_the_servers_own_time_is_not_the_clients_idling(tmp_path, monkeypatch, session_clock):
     """Slow checks in on_rcpt_to (a DNS time-out each) made a 5-recipient transaction pass
     idle_session and cut it off at RCPT 4: the time a command takes is not idling."""
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
         run = StageRunner.run
 
         async def slow(self, ctx, stage):
-            clock.now += 25  # the server's own checks
+            session_clock.now += 25  # the server's own checks
             return await run(self, ctx, stage)
 
         monkeypatch.setattr(StageRunner, "run", slow)
@@ -540,16 +538,14 @@ def test_the_servers_own_time_is_not_the_clients_idling(tmp_path, monkeypatch):
         assert raw.cmd(b"Subject: x\r\n\r\nbody\r\n.")[0] == 250
 
 
-def test_commands_pipelined_behind_an_idle_timeout_log_nothing(tmp_path, monkeypatch, caplog):
+def test_commands_pipelined_behind_an_idle_timeout_log_nothing(tmp_path, session_clock, caplog):
     """Each command buffered behind the one refused for idleness logged its own 'no mail
     moved' line (10,000 lines for 60 KB of NOOP): one line, one reply, the close."""
     caplog.set_level("INFO")
-    clock = Clock()
-    monkeypatch.setattr("server.session.monotonic", clock)
     config = config_for(tmp_path, limits=replace(SmtpLimits(), idle_session=60))
     with running(config) as server, Raw(server) as raw:
         assert raw.cmd("EHLO c.test")[0] == 250
-        clock.now += 61
+        session_clock.now += 61
         raw.send("NOOP\r\n" * 2000)
         assert raw.reply() == IDLE_TIMEOUT
         assert raw.closed()
