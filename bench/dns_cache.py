@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.dnsd import DnsServer  # noqa: E402
+from vsl.server.dnsd import DnsServer  # noqa: E402
 from vsl.engine import Engine  # noqa: E402
 
 SCRIPT = """

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vsl.engine import Engine  # noqa: E402
 from vsl.limits import Limits  # noqa: E402
-from stdlib import status  # noqa: E402
+from vsl.stdlib import status  # noqa: E402
 
 SCRIPT = r'''
 const BLOCKED = ["spam.example", "junk.example"];

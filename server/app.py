@@ -14,8 +14,8 @@ import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from stdlib import dns as dns_natives
-from stdlib.ctx import Context, Stage
+from vsl.stdlib import dns as dns_natives
+from vsl.stdlib.ctx import Context, Stage
 from vsl.engine import Engine
 
 from .auth_throttle import AuthThrottle

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from stdlib.mail import HeaderLimits
+from vsl.stdlib.mail import HeaderLimits
 from vsl.errors import ScriptError
 from vsl.limits import Limits
 from vsl.resolve import closest
@@ -329,7 +329,7 @@ def _convert(value, kind, key: str, base: Path):
     if kind == "nameservers":
         return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "route":
-        from stdlib.transport import parse_route
+        from vsl.stdlib.transport import parse_route
 
         try:
             parse_route(_string(value, key), ("smtp", "smtps"))
@@ -413,7 +413,7 @@ def _string(value, key: str) -> str:
 
 def nameserver(text: str, key: str) -> str:
     """A nameserver as dns::resolver() takes it: "ip", "ip:port" or "[v6]:port"."""
-    from stdlib.dns import parse_nameserver
+    from vsl.stdlib.dns import parse_nameserver
 
     try:
         parse_nameserver(text)
@@ -423,7 +423,7 @@ def nameserver(text: str, key: str) -> str:
 
 
 def _reply(value, key: str) -> str:
-    from stdlib.status import reply_problem
+    from vsl.stdlib.status import reply_problem
 
     problem = reply_problem(value, "45")
     if problem:

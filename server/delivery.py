@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from stdlib.mail import Mailbox
-from stdlib.transport import parse_route
+from vsl.stdlib.mail import Mailbox
+from vsl.stdlib.transport import parse_route
 from vsl.errors import ScriptError
 
 from .config import DeliveryConfig

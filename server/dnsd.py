@@ -4,7 +4,7 @@ files with it, and the test suite uses it as its real DNS server.
 Serves zone files, or records given in memory (:meth:`DnsServer.from_records`),
 over UDP and TCP on one port from a background thread, with fault injection
 (SERVFAIL, silence, forced truncation) and a log of queries.
-Run by hand with ``python -m server.dnsd ZONEFILE... --port 5353``.
+Run by hand with ``python -m vsl.server.dnsd ZONEFILE... --port 5353``.
 
 It acts as the root of a world that holds only its zones: a name outside every
 zone does not exist (NXDOMAIN, with a made-up root SOA), so an unknown domain or a

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from stdlib.ctx import entry_points
+from vsl.stdlib.ctx import entry_points
 from vsl.engine import Engine, Script
 from vsl.errors import VslError
 from vsl.lint import Linter, foreign_note, format_full, script_files

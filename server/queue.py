@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from stdlib.status import is_quarantine_name
+from vsl.stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
 from .files import make_private_dirs

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, syntax
 
-from stdlib.ctx import Context, Stage
-from stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
-from stdlib.status import Status
+from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
+from vsl.stdlib.status import Status
 from vsl.values import FrozenMap
 
 from .auth_throttle import user_key

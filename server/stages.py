@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from stdlib.ctx import Context, Stage, entry_points
-from stdlib.status import Status
+from vsl.stdlib.ctx import Context, Stage, entry_points
+from vsl.stdlib.status import Status
 from vsl.checks import wrong_return
 from vsl.errors import Pos, VslError
 

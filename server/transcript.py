@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stdlib import dns as dns_natives
+from vsl.stdlib import dns as dns_natives
 from vsl.resolve import closest
 
 from . import config as config_module

@@ -33,8 +33,8 @@ import aiosmtplib
 import dns.name
 from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
-from stdlib import dns as dns_natives
-from stdlib.transport import Route
+from vsl.stdlib import dns as dns_natives
+from vsl.stdlib.transport import Route
 from vsl.errors import ScriptError
 
 from .config import ConfigError
@@ -42,7 +42,7 @@ from .credentials import RelayCredentials
 from .files import make_private_dirs
 
 if TYPE_CHECKING:
-    from stdlib.dns import Resolver
+    from vsl.stdlib.dns import Resolver
 
     from .config import DeliveryConfig
 

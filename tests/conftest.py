@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from server.dnsd import DnsServer
+from vsl.server.dnsd import DnsServer
 
 ZONES = Path(__file__).parent / "zones"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import authres
 import pytest
 
-from stdlib.arc import ArcResult
+from vsl.stdlib.arc import ArcResult
 from tests.authdata import SIGNED_BODY, context, script
 from vsl.errors import VslError
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
+from vsl.server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
                            DnsConfig, Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
-from stdlib.mail import HeaderLimits
+from vsl.stdlib.mail import HeaderLimits
 from vsl.limits import Limits
 
 FULL = """
@@ -427,7 +427,7 @@ def test_no_far_fetched_hint(data, known):
 
 @pytest.mark.parametrize("name", ["check", "raise_any"])
 def test_problem_collector_says_what_it_does(name):
-    from server.config import _Problems
+    from vsl.server.config import _Problems
 
     assert getattr(_Problems, name).__doc__
 

@@ -10,13 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from server.config import DeliveryConfig
-from server.delivery import Delivery, retry_delay
-from server.envelope import Envelope, RecipientState
-from server.journal import Journal
-from server.queue import Spool
-from stdlib.ctx import Context, Stage
-from stdlib.mail import Mailbox, Message
+from vsl.server.config import DeliveryConfig
+from vsl.server.delivery import Delivery, retry_delay
+from vsl.server.envelope import Envelope, RecipientState
+from vsl.server.journal import Journal
+from vsl.server.queue import Spool
+from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.mail import Mailbox, Message
 from vsl.engine import Engine
 from tests.support.mailsink import MESSAGE, Sink, free_port
 from tests.support.servers import config_for, running

@@ -12,12 +12,12 @@ import authres
 import dkim as dkimpy
 import pytest
 
-from server.config import DeliveryConfig, DnsConfig, Listener
-from server.config import load as load_config
-from server.dnsd import DnsServer
-from stdlib.ctx import Stage
-from stdlib.dkim import DkimResult
-from stdlib.mailauth import DkimKey
+from vsl.server.config import DeliveryConfig, DnsConfig, Listener
+from vsl.server.config import load as load_config
+from vsl.server.dnsd import DnsServer
+from vsl.stdlib.ctx import Stage
+from vsl.stdlib.dkim import DkimResult
+from vsl.stdlib.mailauth import DkimKey
 from tests.authdata import HERE, SIGNED_BODY, context, message, script
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client, wait_for

@@ -6,10 +6,10 @@ from __future__ import annotations
 import authres
 import pytest
 
-import stdlib.dmarc
-from stdlib.dkim import DkimResult, Signature
-from stdlib.dmarc import DmarcResult, parse_record
-from stdlib.spf import SpfResult
+import vsl.stdlib.dmarc
+from vsl.stdlib.dkim import DkimResult, Signature
+from vsl.stdlib.dmarc import DmarcResult, parse_record
+from vsl.stdlib.spf import SpfResult
 from tests.authdata import SIGNED_BODY, context, script
 from vsl.errors import VslError
 
@@ -167,9 +167,9 @@ def test_the_result_in_scripts_and_in_authentication_results(natives, server):
 
 def test_pct_samples_failing_messages(natives, server, monkeypatch):
     ctx = stored("From: a@half.dmarc.test")
-    monkeypatch.setattr(stdlib.dmarc.random, "randrange", lambda n: 49)
+    monkeypatch.setattr(vsl.stdlib.dmarc.random, "randrange", lambda n: 49)
     assert natives.call("check", server.port, ctx).policy == "reject"
-    monkeypatch.setattr(stdlib.dmarc.random, "randrange", lambda n: 50)
+    monkeypatch.setattr(vsl.stdlib.dmarc.random, "randrange", lambda n: 50)
     assert natives.call("check", server.port, ctx).policy == "quarantine"
 
 

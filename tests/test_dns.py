@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stdlib.dns import parse_nameserver
+from vsl.stdlib.dns import parse_nameserver
 from vsl.engine import Engine
 from vsl.errors import ScriptError, VslError
 from vsl.limits import Limits

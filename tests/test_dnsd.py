@@ -13,7 +13,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from server.dnsd import DnsServer, ZoneError
+from vsl.server.dnsd import DnsServer, ZoneError
 
 HOST = "127.0.0.1"
 ZONE = Path(__file__).parent / "zones" / "example.test.zone"

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from server.dsn import build_dsn, status_code
-from server.envelope import Envelope, RecipientState
+from vsl.server.dsn import build_dsn, status_code
+from vsl.server.envelope import Envelope, RecipientState
 
 ENVELOPE = Envelope("alice@example.org", id="0123456789ab-0123456789ab",
                     received_at=1_700_000_000.0)

@@ -21,7 +21,7 @@ import pytest
 from tests.chunks import collect
 
 ROOT = Path(__file__).resolve().parent.parent
-from stdlib.ctx import entry_points
+from vsl.stdlib.ctx import entry_points
 from vsl.engine import Engine
 from vsl.lint import Linter, empty_paths, format_full, script_files
 
@@ -155,8 +155,8 @@ def test_checks_design_note_counts_its_cases():
     assert ["one", "two", "three", "four", "five"].index(word) + 1 == listed.count("\n- ") + 1
 
 
-@pytest.mark.parametrize("helper", ["vsl.checks.Checker.run", "stdlib.options.Options.keys",
-                                    "stdlib.options.Options.parse"])
+@pytest.mark.parametrize("helper", ["vsl.checks.Checker.run", "vsl.stdlib.options.Options.keys",
+                                    "vsl.stdlib.options.Options.parse"])
 def test_lint_helpers_say_what_they_do(helper):
     import importlib
     import inspect
@@ -306,7 +306,7 @@ def test_wait_in_closure_needs_an_async_native():
     """wait-in-closure: natives that wait on I/O cannot run inside a closure."""
     import asyncio
 
-    from stdlib import default_namespaces
+    from vsl.stdlib import default_namespaces
     from vsl.natives import Namespace
 
     ns = Namespace("net", "test natives that wait")

@@ -8,8 +8,8 @@ from pathlib import Path
 import authres
 import pytest
 
-from stdlib.ctx import Context, Stage
-from stdlib.mail import Mailbox, Message
+from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.mail import Mailbox, Message
 from vsl.engine import Engine
 
 POLICY = Path(__file__).parent / "natives" / "issue3_policy.vsl"

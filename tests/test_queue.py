@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from server.envelope import VERSION, Envelope, RecipientState
-from server.queue import QueueError, Spool, check_queue
+from vsl.server.envelope import VERSION, Envelope, RecipientState
+from vsl.server.queue import QueueError, Spool, check_queue
 
 
 def run(coro):

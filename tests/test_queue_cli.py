@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from server.config import DeliveryConfig
-from server.envelope import Envelope, RecipientState
-from server.queue import Spool
+from vsl.server.config import DeliveryConfig
+from vsl.server.envelope import Envelope, RecipientState
+from vsl.server.queue import Spool
 from tests.support.mailsink import MESSAGE
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import wait_for

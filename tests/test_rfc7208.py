@@ -16,7 +16,7 @@ import pytest
 import spf as pyspf
 import yaml
 
-from server.dnsd import DnsServer
+from vsl.server.dnsd import DnsServer
 from vsl.engine import Engine
 
 SUITE = Path(__file__).parent / "spf" / "rfc7208-tests.yml"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from stdlib import default_namespaces
+from vsl.stdlib import default_namespaces
 from vsl.engine import Engine
 from vsl.errors import InternalError, LimitError, ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from server.envelope import Envelope
-from server.queue import Spool
+from vsl.server.envelope import Envelope
+from vsl.server.queue import Spool
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw
 

@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import replace
 
-from server.config import SmtpLimits
+from vsl.server.config import SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (Raw, all_messages, client, normal_session, queued_id,
                                       spool_files, wait_for)

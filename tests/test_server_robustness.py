@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from server.config import Listener, SmtpLimits
+from vsl.server.config import Listener, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (Raw, all_messages, normal_session, queued_id, spool_files,
                                       tls_setup, wait_for)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from server.config import Config, Listener
+from vsl.server.config import Config, Listener
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (FALLBACK, Raw, all_messages, client, queued_id,
                                       spool_files, wait_for)

@@ -5,7 +5,7 @@ import base64
 import smtplib
 import pytest
 
-from server.config import AuthConfig, Listener
+from vsl.server.config import AuthConfig, Listener
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (FALLBACK, Raw, all_messages, client, queued_id,
                                       ssl_client, tls_setup, users_file)

@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-import stdlib.spf
-from stdlib.spf import SpfResult
+import vsl.stdlib.spf
+from vsl.stdlib.spf import SpfResult
 from vsl.engine import Engine
 from vsl.errors import VslError
 
@@ -139,7 +139,7 @@ def test_odd_senders_are_none(check, mail_from):
 
 
 def test_too_many_rounds_of_lookups_is_temperror(check, monkeypatch):
-    monkeypatch.setattr(stdlib.spf, "MAX_RUNS", 2)
+    monkeypatch.setattr(vsl.stdlib.spf, "MAX_RUNS", 2)
     assert check(mail_from="u@pass.spf.test") == "pass"  # one round of look-ups
     result = check(mail_from="u@include.spf.test")      # three rounds
     assert result == "temperror" and "more than 2 rounds" in result.explanation

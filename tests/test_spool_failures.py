@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.queue import Spool
+from vsl.server.queue import Spool
 from tests.support.servers import config_for, running
 
 VSL = Path(sys.executable).parent / "vsl"

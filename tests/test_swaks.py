@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import AuthConfig, Listener
+from vsl.server.config import AuthConfig, Listener
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import all_messages, tls_setup, users_file
 from tests.support.tools import require, require_perl_module

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.transcript import TranscriptError, matches, parse, replay
+from vsl.server.transcript import TranscriptError, matches, parse, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").rglob("*.transcript"))

@@ -10,13 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from server.config import ConfigError, DeliveryConfig, Listener
-from server.credentials import RelayCredentials
-from server.transports import Transports, append_mbox, dot_stuffed
-from stdlib.ctx import Context, Stage
-from stdlib.dns import Resolver, parse_nameserver
-from stdlib.mail import Mailbox
-from stdlib.transport import Route, parse_route
+from vsl.server.config import ConfigError, DeliveryConfig, Listener
+from vsl.server.credentials import RelayCredentials
+from vsl.server.transports import Transports, append_mbox, dot_stuffed
+from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.dns import Resolver, parse_nameserver
+from vsl.stdlib.mail import Mailbox
+from vsl.stdlib.transport import Route, parse_route
 from vsl.engine import Engine
 from vsl.errors import ScriptError
 from vsl.lint import Linter
@@ -511,7 +511,7 @@ def test_mbox_keeps_no_partial_message(tmp_path, monkeypatch):
     def full(fd, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("server.transports._write_all", full)
+    monkeypatch.setattr("vsl.server.transports._write_all", full)
     outcome = run(send(f"mbox:{path}"))["bob@example.test"]
     assert outcome.status == "deferred" and "No space left" in outcome.reply
     assert path.stat().st_size == size

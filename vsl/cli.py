@@ -36,7 +36,7 @@ def lint(paths, fmt) -> None:
     Exit status 1 if any error was found (a directory of vSMTP .rhai scripts and no .vsl
     file is one), 0 otherwise (warnings only, such as a directory without scripts).
     """
-    from stdlib.ctx import entry_points
+    from vsl.stdlib.ctx import entry_points
 
     files = script_files(paths)
     entries = entry_points()
@@ -65,7 +65,7 @@ def _zones_served(zone_files):
     if not zone_files:
         yield None
         return
-    from server.dnsd import DnsServer, ZoneError
+    from vsl.server.dnsd import DnsServer, ZoneError
 
     try:
         server = DnsServer([Path(f) for f in zone_files])
@@ -93,7 +93,7 @@ def run(file, fn, args, as_json, zones) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with _zones_served(zones) as nameserver:
         if nameserver:
-            from stdlib import dns as dns_natives
+            from vsl.stdlib import dns as dns_natives
 
             dns_natives.configure_defaults(nameservers=(nameserver,), forced=True)
         _run_script(file, fn, parsed, as_json)
@@ -144,7 +144,7 @@ def _arguments_hint(script, fn: str, given: int) -> str | None:
 
 def _stage_result_problem(script, fn: str | None, arity: int, result) -> str | None:
     """What is wrong with a stage function's result (it must be a status), if anything."""
-    from stdlib.ctx import entry_points
+    from vsl.stdlib.ctx import entry_points
 
     from .checks import wrong_return
 
@@ -194,8 +194,8 @@ def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overr
     """The configuration `vsl serve` runs: the file's, changed by the options."""
     from dataclasses import replace
 
-    from server import config as config_module
-    from stdlib.ctx import entry_points
+    from vsl.server import config as config_module
+    from vsl.stdlib.ctx import entry_points
 
     try:
         config = config_module.load(config_path)
@@ -229,8 +229,8 @@ def _serve(config) -> None:
     """Run the server (or its workers) until interrupted."""
     import asyncio
 
-    from server.app import Server
-    from server.policy import PolicyError
+    from vsl.server.app import Server
+    from vsl.server.policy import PolicyError
 
     try:
         server = Server(config)
@@ -259,7 +259,7 @@ def _serve(config) -> None:
 
 def _log_format(fmt: str) -> None:
     """Every log line of `vsl serve` in ``fmt``, with client text escaped."""
-    from server.printable import SafeFormatter
+    from vsl.server.printable import SafeFormatter
 
     for handler in logging.getLogger().handlers:
         handler.setFormatter(SafeFormatter(fmt))
@@ -267,7 +267,7 @@ def _log_format(fmt: str) -> None:
 
 def _serve_workers(config) -> None:
     """`vsl serve` with [server] workers > 1 (server/workers.py)."""
-    from server.workers import Workers
+    from vsl.server.workers import Workers
 
     _log_format("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # whose line
     workers = Workers(config)
@@ -292,8 +292,8 @@ def test_command(transcripts, scripts) -> None:
 
     Exit status 1 if any transcript fails.
     """
-    from server.policy import PolicyError
-    from server.transcript import TranscriptError, parse, replay
+    from vsl.server.policy import PolicyError
+    from vsl.server.transcript import TranscriptError, parse, replay
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     failed = 0
@@ -317,7 +317,7 @@ def test_command(transcripts, scripts) -> None:
 @click.password_option(help="The password (asked for when not given).")
 def passwd(user, password) -> None:
     """Print a users-file line (user:scrypt$...) for [auth] users_file."""
-    from server.passwords import hash_password
+    from vsl.server.passwords import hash_password
 
     if ":" in user or not user.strip():
         raise click.BadParameter("a user name cannot be empty or contain ':'", param_hint="USER")
@@ -333,8 +333,8 @@ def queue(ctx, queue_dir, config_path) -> None:
     """Look at and act on the mail queue (safe while the server runs)."""
     from pathlib import Path
 
-    from server import config as config_module
-    from server.queue import Spool
+    from vsl.server import config as config_module
+    from vsl.server.queue import Spool
 
     if not queue_dir and not config_path and Path("vsl.toml").is_file():
         config_path = "vsl.toml"
@@ -348,7 +348,7 @@ def queue(ctx, queue_dir, config_path) -> None:
 
 
 def _queue_error(err) -> click.ClickException:
-    from server.printable import printable
+    from vsl.server.printable import printable
 
     return click.ClickException(printable(err))
 
@@ -361,8 +361,8 @@ def _queue_error(err) -> click.ClickException:
 @click.pass_obj
 def queue_list(spool, name, by_domain, as_json) -> None:
     """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
-    from server import queue_admin
-    from server.queue import QueueError
+    from vsl.server import queue_admin
+    from vsl.server.queue import QueueError
 
     try:
         entries, unreadable = spool.scan(name)
@@ -387,8 +387,8 @@ def queue_list(spool, name, by_domain, as_json) -> None:
 @click.pass_obj
 def queue_show(spool, msg_id, eml) -> None:
     """One message: envelope, status per recipient, last error."""
-    from server import queue_admin
-    from server.queue import QueueError
+    from vsl.server import queue_admin
+    from vsl.server.queue import QueueError
 
     try:
         if eml:
@@ -402,7 +402,7 @@ def queue_show(spool, msg_id, eml) -> None:
 def _write_message(data: bytes) -> None:
     """A queued message on standard output: unchanged into a file or a pipe (``--eml >
     msg.eml`` is the message), escaped on a terminal (no escape sequence reaches it)."""
-    from server.printable import printable
+    from vsl.server.printable import printable
 
     out = click.get_binary_stream("stdout")
     if not out.isatty():
@@ -417,7 +417,7 @@ def _queue_action(action: str, help_text: str, all_flag: bool = False):
     @click.argument("msg_ids", nargs=-1)
     @click.pass_obj
     def command(spool, msg_ids, **flags) -> None:
-        from server import queue_admin
+        from vsl.server import queue_admin
 
         if flags.get("every"):
             msg_ids = [e.id for e in spool.list("deferred")]
@@ -451,7 +451,7 @@ queue.command("remove")(_queue_action("remove", "Delete messages."))
 def queue_move(spool, msg_id, target) -> None:
     """Move a message to another queue (working, deliver, deferred, dead, hold,
     quarantine/NAME)."""
-    from server import queue_admin
+    from vsl.server import queue_admin
 
     done, line = queue_admin.act(spool, f"move:{target}", [msg_id])[0]
     click.echo(line)

@@ -387,7 +387,7 @@ class Engine:
     """Compiles and runs scripts with a set of native namespaces and limits."""
 
     def __init__(self, limits: Limits | None = None, namespaces=None):
-        from stdlib import default_namespaces
+        from vsl.stdlib import default_namespaces
 
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)

@@ -7,15 +7,15 @@ the source line and the expected tokens in words.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from .errors import Pos, VslSyntaxError
 
-# grammar/ sits beside vsl/ in the source tree and in an installed wheel.
-GRAMMAR = Path(__file__).resolve().parent.parent / "grammar" / "vsl.lark"
+# grammar/ is installed as the package vsl.grammar (see pyproject.toml).
+GRAMMAR = files("vsl.grammar") / "vsl.lark"
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stdlib.ctx import Context, Stage
-from stdlib.mail import Mailbox, Message
+from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.mail import Mailbox, Message
 from vsl.engine import Engine
 
 HERE = Path(__file__).parent

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from server.config import DeliveryConfig
-from server.dnsd import DnsServer
-from server.dsn import build_dsn
-from server.envelope import Envelope, RecipientState
-from server.transports import Outcome, Transports
-from stdlib import dns as dns_natives
-from stdlib.dns import Resolver, parse_nameserver
-from stdlib.transport import Route, parse_route
+from vsl.server.config import DeliveryConfig
+from vsl.server.dnsd import DnsServer
+from vsl.server.dsn import build_dsn
+from vsl.server.envelope import Envelope, RecipientState
+from vsl.server.transports import Outcome, Transports
+from vsl.stdlib import dns as dns_natives
+from vsl.stdlib.dns import Resolver, parse_nameserver
+from vsl.stdlib.transport import Route, parse_route
 from vsl.errors import ScriptError
 from tests.support.mailsink import MESSAGE, Sink, free_port
 from tests.support.servers import config_for, running

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from server import policy as policy_module
-from server.config import from_dict
+from vsl.server import policy as policy_module
+from vsl.server.config import from_dict
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import wait_for
 from tests.test_server_reload import policy, verdict, write

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from server.printable import SafeFormatter, printable
+from vsl.server.printable import SafeFormatter, printable
 from vsl import cli
 
 

@@ -12,8 +12,8 @@ import tracemalloc
 
 import pytest
 
-from stdlib.ctx import Context, Stage
-from stdlib.mail import Message
+from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.mail import Message
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import FALLBACK, client
 from vsl.engine import Engine

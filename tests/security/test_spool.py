@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from server.app import recover_spool
-from server.envelope import Envelope
-from server.transports import append_mbox, write_maildir
-from server.queue import QueueError, Spool, check_queue
-from server.printable import printable
-from stdlib.status import is_quarantine_name
+from vsl.server.app import recover_spool
+from vsl.server.envelope import Envelope
+from vsl.server.transports import append_mbox, write_maildir
+from vsl.server.queue import QueueError, Spool, check_queue
+from vsl.server.printable import printable
+from vsl.stdlib.status import is_quarantine_name
 from tests.support.servers import config_for, running
 from tests.support.terminal import on_terminal
 

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from server.queue import Spool
+from vsl.server.queue import Spool
 from tests.support.mailsink import Sink
 
 ROOT = Path(__file__).resolve().parents[2]

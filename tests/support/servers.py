@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from server.app import Server
-from server.config import Config, DeliveryConfig, Listener
+from vsl.server.app import Server
+from vsl.server.config import Config, DeliveryConfig, Listener
 
 
 @contextmanager

@@ -8,8 +8,8 @@ import ssl
 import time
 from pathlib import Path
 
-from server.config import TlsConfig
-from server.passwords import hash_password
+from vsl.server.config import TlsConfig
+from vsl.server.passwords import hash_password
 from tests.support.certs import make_certificates
 
 FALLBACK = (451, b"4.3.0 Temporary local problem, try again later")

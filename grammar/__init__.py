@@ -1,0 +1,1 @@
+"""The Lark grammar of vSL (vsl.lark), installed as package data."""
