@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/vsl lint examples
+
+# docs/natives.md is generated from the namespaces (tests/test_docs.py checks it is current).
+docs: $(STAMP)
+	$(BIN)/python -m vsl.stdlib.reference > docs/natives.md.new
+	mv docs/natives.md.new docs/natives.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis queue mail

@@ -212,18 +212,22 @@ class Context(NativeObject):
 
     @_during(_MESSAGE)
     def has_header(self, name) -> bool:
+        """Whether the message has a header of that name (names are case-insensitive)."""
         return self._message().get(name) is not None
 
     @_during(_MESSAGE)
     def count_header(self, name) -> int:
+        """How many headers of that name the message has."""
         return len(self._message().get_all(name))
 
     @_during(_MESSAGE_EDIT)
     def append_header(self, name, value) -> None:
+        """Add a header after the others (a line break must be followed by a space)."""
         self._message().append(name, value)
 
     @_during(_MESSAGE_EDIT)
     def prepend_header(self, name, value) -> None:
+        """Add a header before the others (a line break must be followed by a space)."""
         self._message().prepend(name, value)
 
     @_during(_MESSAGE_EDIT)
