@@ -30,7 +30,10 @@ def _check_log(args) -> str | None:
 
 @namespace.native(name="log", check=_check_log)
 def log(first, second, third=None) -> None:
-    """log(level, message) or log(topic, level, message): write to the server's log."""
+    """log(level, message) or log(topic, level, message): write to the server's log.
+
+    ``level``: ``trace``, ``debug``, ``info``, ``warn`` or ``error``; the topic is ``app``
+    unless given. ``vsl run`` prints the messages on stderr."""
     topic, level, message = ("app", first, second) if third is None else (first, second, third)
     if level not in LEVELS:
         raise ScriptError(f"unknown log level {preview(level)} (use {', '.join(LEVELS)})")

@@ -329,8 +329,14 @@ _RESOLVER = Options({}, {"config": str, "nameservers": (list, tuple), "timeout":
 
 @namespace.native(options=_RESOLVER.keys)
 def resolver(config=None) -> Resolver:
-    """resolver(#{ config?, nameservers?, timeout?, cache? }): a resolver with its own cache;
-    options left out come from the server's [dns] configuration."""
+    """resolver(#{ config?, nameservers?, timeout?, cache?, cache_size? }): a resolver with
+    its own cache; options left out come from the server's [dns] configuration.
+
+    ``config``: ``system`` (the default), ``google``, ``cloudflare``, ``quad9``, or their
+    ``_tls`` forms (DNS over TLS). ``nameservers``: ``"ip"``, ``"ip:port"`` or
+    ``"[v6]:port"`` strings, overriding ``config``. ``timeout``: seconds (at most 60).
+    ``cache``: false for no cache; ``cache_size``: the most entries it keeps (10,000).
+    ``[dns] override`` in vsl.toml overrides both config and nameservers."""
     opts = _RESOLVER.parse(config or {}, "dns::resolver")
     if "config" not in opts and "nameservers" not in opts or _defaults["forced"]:
         opts["config"], opts["nameservers"] = _defaults["config"], _defaults["nameservers"]
