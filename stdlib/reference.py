@@ -18,6 +18,8 @@ import sys
 
 from vsl.natives import Namespace, Native
 
+from . import default_namespaces
+
 HEADER = """\
 # Natives reference
 
@@ -115,7 +117,7 @@ def _type_entry(cls: type) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _method_params(func, low: int, high: int | None) -> str:
+def _method_params(func, low: int, high: int) -> str:
     """The script parameters of a NativeObject method (optional ones marked ``?``)."""
     params = list(inspect.signature(func).parameters)[1:]
     names = [p if i < low else f"{p}?" for i, p in enumerate(params[:high])]
@@ -128,8 +130,6 @@ def _first_paragraph(func) -> str:
 
 
 def main() -> None:
-    from . import default_namespaces
-
     sys.stdout.write(markdown(default_namespaces()))
 
 
