@@ -86,9 +86,9 @@ def _module_doc(ns: Namespace) -> str:
 
 
 def _text(docstring: str) -> str:
-    """A docstring as Markdown: dedented, reST roles and ``::`` code markers made plain."""
+    """A docstring as Markdown: dedented, reST roles, literals and ``::`` markers made plain."""
     text = _LITERAL.sub(r"`\1`", _ROLE.sub(r"`\1`", inspect.cleandoc(docstring)))
-    return re.sub(r"::\n", ":\n", text).strip()
+    return text.replace("::\n\n", ":\n\n").strip()
 
 
 def _native_entry(ns: Namespace, native: Native) -> str:
@@ -100,7 +100,7 @@ def _native_entry(ns: Namespace, native: Native) -> str:
     if native.returns is not None:
         facts.append(f"returns: `{native.returns.vsl_type}`")
     if native.is_async:
-        facts.append("waits on the network")
+        facts.append("waits on I/O, so not callable in a closure")
     if facts:
         lines += ["*" + "; ".join(facts) + "*", ""]
     lines.append(_text(inspect.getdoc(native.func) or "(undocumented)"))
