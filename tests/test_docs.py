@@ -123,8 +123,8 @@ def test_reference_lists_signature_options_return_type_and_doc():
     text = markdown([_demo()])
     assert "- [`demo::`](#demo--things-for-the-test): Things for the test" in text
     assert "## `demo::` — Things for the test" in text
-    assert "### `demo::make(config)`\n\n*options: `size`, `colour`; returns: `thing`; " \
-           "waits on I/O, so not callable in a closure*\n\nmake(#{ size, colour? }): a new thing." in text
+    assert "### `demo::make(config)`\n\n*options: `size`, `colour`; returns: `thing`; waits " \
+           "on I/O, so not callable in a closure*\n\nmake(#{ size, colour? }): a new thing." in text
     assert "### `demo::count(...)`\n\n(undocumented)" in text
     assert "### Type `thing`\n\nA thing made by demo::make.\n\nProperties: `size`" in text
     assert "- `.grow(by, limit?)`: Make it larger; false past the limit.\n" in text
