@@ -106,7 +106,7 @@ _CHECK_HOST = Options({"ip": str, "helo": str, "dns_resolver": Resolver},
 @namespace.native(options=_CHECK_HOST.keys)
 async def check_host(query) -> SpfResult:
     """check_host(#{ ip, helo, mail_from?, dns_resolver }): the SPF result of MAIL FROM
-    (of HELO without mail_from; "" or "<>" is the null sender, checked as postmaster@helo)."""
+    (of HELO without mail_from; ``""`` or ``"<>"`` is the null sender, checked as postmaster@helo)."""
     where = "spf::check_host"
     opts = _CHECK_HOST.parse(query, where)
     try:

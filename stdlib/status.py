@@ -123,7 +123,8 @@ def deny(reply=None) -> Status:
 
 @namespace.native
 def quarantine(queue) -> Status:
-    """Answer success but keep the message in quarantine/<queue>."""
+    """Answer success, skip the later stages and keep the message in ``quarantine/<queue>``
+    of the spool; ``queue``: 1 to 64 letters, digits, ``_``, ``-`` or ``.`` (not first)."""
     if not is_quarantine_name(queue):
         raise ScriptError("quarantine needs a queue name of 1 to 64 letters, digits, '_', '-' "
                           "or '.' (not first)")

@@ -131,7 +131,10 @@ def _lint_url(kinds):
 
 @namespace.native(check=_lint_url(("smtp", "smtps")), uses="sender")
 def forward(ctx, url, rcpt=None) -> None:
-    """forward(ctx, "smtp://host:port[?tls=...]" or "smtps://host:port" [, rcpt])."""
+    """forward(ctx, url [, rcpt]): relay to one SMTP server,
+    ``smtp://host[:port][?tls=none|opportunistic|required|verify]`` (port 25, opportunistic
+    STARTTLS) or ``smtps://host[:port][?tls=verify]`` (465, implicit TLS); a login for
+    host:port comes from ``[delivery] credentials`` and needs ``tls=verify``."""
     _set(ctx, parse_route(url, ("smtp", "smtps")), rcpt)
 
 
@@ -143,19 +146,22 @@ def deliver(ctx, rcpt=None) -> None:
 
 @namespace.native(uses="sender")
 def maildir(ctx, directory, rcpt=None) -> None:
-    """maildir(ctx, "/abs/dir" [, rcpt]): into a Maildir (created if missing)."""
+    """maildir(ctx, "/abs/dir" [, rcpt]): into a Maildir (created if missing); the path
+    must be absolute, without empty, ``.`` or ``..`` parts."""
     _set(ctx, parse_route(f"maildir:{_path(directory)}", ("maildir",)), rcpt)
 
 
 @namespace.native(uses="sender")
 def mbox(ctx, file, rcpt=None) -> None:
-    """mbox(ctx, "/abs/file" [, rcpt]): appended to an mbox file."""
+    """mbox(ctx, "/abs/file" [, rcpt]): appended to an mbox file (mboxrd, under an fcntl
+    lock); the path must be absolute, without empty, ``.`` or ``..`` parts."""
     _set(ctx, parse_route(f"mbox:{_path(file)}", ("mbox",)), rcpt)
 
 
 @namespace.native(check=_lint_url(("lmtp",)), uses="sender")
 def lmtp(ctx, url, rcpt=None) -> None:
-    """lmtp(ctx, "lmtp://host:port" or "lmtp:///socket" [, rcpt])."""
+    """lmtp(ctx, url [, rcpt]): hand over to an LMTP server (RFC 2033),
+    ``lmtp://host[:port]`` (port 24) or ``lmtp:///path/to/socket``."""
     _set(ctx, parse_route(url, ("lmtp",)), rcpt)
 
 
