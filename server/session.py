@@ -311,7 +311,7 @@ class Session:
 
     def __init__(self, services: SessionServices, listener: Listener):
         self.settings, self.listener = services.settings, listener
-        self.admission, self.auth = services.admission, services.authenticator
+        self.admission, self.authenticator = services.admission, services.authenticator
         self.intake = services.intake
         self.protocol: Protocol | None = None
         self.ctx: Context | None = None
@@ -406,7 +406,7 @@ class Session:
         if credentials is None:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
-        throttle = self.auth.throttle
+        throttle = self.authenticator.throttle
         if not await throttle.begin(self.peer_ip, user):
             return self._reject("AUTH", AUTH_LOCKED)
         try:
@@ -416,12 +416,12 @@ class Session:
 
     async def _login(self, session, mechanism: str, user: str, password: str):
         """Check a login the throttle let through: the AUTH reply."""
-        throttle = self.auth.throttle
-        ok = await self.auth.check_credentials(user, password)
+        throttle = self.authenticator.throttle
+        ok = await self.authenticator.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
         status = await self.stages.run(self.ctx, Stage.AUTH)
-        verdict = _auth_verdict(status, ok, self.auth.users is not None)
+        verdict = _auth_verdict(status, ok, self.authenticator.users is not None)
         if not verdict:
             self.stages.restore(decisions)  # a failed login decides nothing
         if not verdict and not ok:
@@ -443,7 +443,7 @@ class Session:
         """Log a failed login as Postfix does (what fail2ban reads), and count it."""
         log.warning("unknown[%s]: SASL %s authentication failed: authentication failure, %s",
                     self.peer_ip, mechanism, user_key(user))
-        for key, seconds in self.auth.throttle.failed(self.peer_ip, user):
+        for key, seconds in self.authenticator.throttle.failed(self.peer_ip, user):
             log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
