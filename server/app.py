@@ -1,4 +1,5 @@
-"""The SMTP server: listeners, connection accounting, the policy, the spool.
+"""The SMTP server: listeners, the policy, the spool, and the collaborators its sessions
+work with (:class:`~server.services.SessionServices`: admission, AUTH, intake).
 
     server = Server(config)          # lints and loads the scripts (PolicyError if bad)
     await server.start()             # binds every listener
@@ -11,20 +12,22 @@ import logging
 import signal
 import socket
 import ssl
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from vsl.stdlib import dns as dns_natives
-from vsl.stdlib.ctx import Context, Stage
 from vsl.engine import Engine
 
-from .auth_throttle import AuthThrottle
+from .admission import Admission
+from .authenticator import Authenticator
 from .config import Config, Listener
 from .delivery import Delivery
-from .passwords import UsersFile
+from .intake import Intake
 from .policy import Policy
-from .queue import QueueError, Spool
+from .queue import Spool
+from .services import SessionServices, SessionSettings
 from .session import Protocol
+from .stages import StageRunner
 
 log = logging.getLogger("vsl.server")
 
@@ -85,84 +88,18 @@ class Server:
                         config.scripts)
         self.spool = Spool(config.queue_dir)
         self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
-        self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
-        self.auth_throttle = AuthThrottle(config.auth)
+        self.services = SessionServices(
+            SessionSettings.of(config), Admission(config.limits),
+            Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),
+            partial(StageRunner, self.policy, self.script_pool, config.fallback_reply))
         self.tls = tls_context(config)
-        self.per_ip: Counter = Counter()
-        self.replay_peer: tuple[str, int] | None = None  # the client address in `vsl test`
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[Listener, tuple]] = []
         self._tasks: list[asyncio.Task] = []
 
     # -- connections -------------------------------------------------------------
     def protocol(self, listener: Listener) -> Protocol:
-        return Protocol(self, listener, self.tls)
-
-    def admit(self, ip: str) -> bool:
-        """Count a new connection; False when a connection limit is reached."""
-        limits = self.config.limits
-        if sum(self.per_ip.values()) >= limits.connections or \
-                self.per_ip[ip] >= limits.connections_per_ip:
-            log.warning("%s: connection refused, limit reached", ip)
-            return False
-        self.per_ip[ip] += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self.per_ip[ip] -= 1
-        if self.per_ip[ip] <= 0:
-            del self.per_ip[ip]
-
-    def offers_auth(self) -> bool:
-        """AUTH is offered when something can check credentials."""
-        script = self.policy.script
-        return bool(self.config.auth.mechanisms) and (
-            self.users is not None or (script is not None and script.has("on_auth")))
-
-    async def check_credentials(self, user: str, password: str) -> bool:
-        """The users file's verdict (scrypt runs off the event loop)."""
-        if self.users is None:
-            return False
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.users.check, user, password)
-
-    async def queued(self, msg_id: str, queue: str, ctx: Context, runner,
-                     data: bytes) -> None:
-        """After a message is on disk (``data``: its bytes there): on_post_queue decides
-        where it goes next. The message is kept whatever fails here (the client gets its
-        250, as a 421 would make it send the message again): whatever fails to route it,
-        a full spool or a bug (logged with its traceback), holds it for an operator."""
-        if queue != "working":
-            return
-        try:
-            await self._post_queue(msg_id, queue, ctx, runner, data)
-        except Exception as err:  # noqa: BLE001 - stored: never answered as a failure
-            log.error("%s: accepted but not routed (%s): moving it to hold", msg_id, err,
-                      exc_info=not isinstance(err, (QueueError, OSError)))
-            await self._hold(msg_id, queue)
-
-    async def _post_queue(self, msg_id: str, queue: str, ctx: Context, runner,
-                          data: bytes) -> None:
-        """Run on_post_queue and move the message where it decided."""
-        status = await runner.run(ctx, Stage.POST_QUEUE)
-        if runner.failed:
-            target = "hold"  # accepted, but the policy could not route it: an operator looks
-        elif runner.quarantine is not None:
-            target = f"quarantine/{runner.quarantine}"
-        else:
-            target = "dead" if status.kind == "deny" else "deliver"
-        if target == "deliver":
-            await self.delivery.reroute(msg_id, queue, ctx, data)
-        await self.spool.move(msg_id, target, queue)
-
-    async def _hold(self, msg_id: str, queue: str) -> None:
-        """Put a message in hold; if even that fails, it stays where it is until the next
-        start moves it to hold (hold_unacknowledged)."""
-        try:
-            await self.spool.move(msg_id, "hold", queue)
-        except (QueueError, OSError) as err:
-            log.error("%s: cannot move it to hold (%s): it stays in %s until the next start",
-                      msg_id, err, queue)
+        return Protocol(self.services, listener, self.tls)
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:

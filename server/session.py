@@ -4,6 +4,8 @@
 where hooks are missing (connect, replies with enhanced status codes, error limits, AUTH
 with asynchronous checks);
 :class:`Session` is its handler and runs the stage functions of the policy.
+Both work with the collaborators in :class:`~server.services.SessionServices` (admission,
+AUTH, intake, settings), never with the server object.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import re
 import socket
 from base64 import b64decode
 from time import monotonic
-from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, syntax
 
@@ -25,16 +26,12 @@ from vsl.stdlib.status import Status
 from vsl.values import FrozenMap
 
 from .auth_throttle import user_key
-from .envelope import Envelope
+from .config import Listener
 from .printable import printable
 from .queue import QueueError, new_id
 from .received import protocol, received
+from .services import SessionServices
 from .smtp import FastSMTP
-from .stages import StageRunner
-
-if TYPE_CHECKING:
-    from .app import Server
-    from .config import Listener
 
 log = logging.getLogger("vsl.smtp")
 mail_log = logging.getLogger("mail.log")  # aiosmtpd's: the SMTP dialogue (vsl serve -vv)
@@ -123,8 +120,8 @@ def _idle_checked(cls: type) -> type:
 class Protocol(FastSMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
 
-    def __init__(self, server: "Server", listener: "Listener", tls_context=None):
-        self.server, self.listener = server, listener
+    def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
+        self.settings, self.listener = services.settings, listener
         self.errors = 0
         self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
         self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
@@ -132,18 +129,16 @@ class Protocol(FastSMTP):
         self.command_started: float | None = None
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
-        config = server.config
-        handler = Session(server, listener)
+        limits, authenticator = self.settings.limits, services.authenticator
+        handler = Session(services, listener)
         implicit_tls = listener.kind == "smtps"
         super().__init__(
-            handler, hostname=config.hostname, ident="ESMTP vSL",
-            data_size_limit=config.limits.message_size,
+            handler, hostname=self.settings.hostname, ident="ESMTP vSL",
+            data_size_limit=limits.message_size,
             tls_context=None if implicit_tls else tls_context,
-            timeout=config.limits.command_timeout,
-            auth_require_tls=not (config.auth.allow_plaintext or implicit_tls),
-            auth_exclude_mechanism=[m for m in ("PLAIN", "LOGIN")
-                                    if m not in config.auth.mechanisms or
-                                    not server.offers_auth()])
+            timeout=limits.command_timeout,
+            auth_require_tls=authenticator.requires_tls(implicit_tls),
+            auth_exclude_mechanism=authenticator.excluded_mechanisms())
         handler.protocol = self
 
     def connection_made(self, transport) -> None:
@@ -190,7 +185,7 @@ class Protocol(FastSMTP):
     def _count_error(self) -> None:
         """One more error: at the error limit, say 421 and hang up."""
         self.errors += 1
-        if self.errors >= self.server.config.limits.errors:
+        if self.errors >= self.settings.limits.errors:
             log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
             self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
 
@@ -206,7 +201,7 @@ class Protocol(FastSMTP):
         into the error limit."""
         await command
         self.junk += 1
-        if self.junk > self.server.config.limits.junk_commands:
+        if self.junk > self.settings.limits.junk_commands:
             self._count_error()
 
     def _idle_too_long(self) -> bool:
@@ -214,7 +209,7 @@ class Protocol(FastSMTP):
         accepted message, less the time the server spent on its commands): if so, say
         Postfix's timeout reply and hang up."""
         idle = monotonic() - self.moved_mail_at - self.busy
-        if idle < self.server.config.limits.idle_session:
+        if idle < self.settings.limits.idle_session:
             return False
         log.info("%s: no mail moved for %d s (limits.idle_session), disconnected",
                  self.session.peer[0], idle)
@@ -302,7 +297,7 @@ class Protocol(FastSMTP):
             self.in_helo = False
 
     async def smtp_DATA(self, arg: str) -> None:
-        self._reset_timeout(self.server.config.limits.data_timeout)
+        self._reset_timeout(self.settings.limits.data_timeout)
         try:
             await super().smtp_DATA(arg)
         finally:
@@ -314,11 +309,13 @@ class Protocol(FastSMTP):
 class Session:
     """The aiosmtpd handler of one connection: every command goes through the policy."""
 
-    def __init__(self, server: "Server", listener: "Listener"):
-        self.server, self.listener = server, listener
+    def __init__(self, services: SessionServices, listener: Listener):
+        self.settings, self.listener = services.settings, listener
+        self.admission, self.authenticator = services.admission, services.authenticator
+        self.intake = services.intake
         self.protocol: Protocol | None = None
         self.ctx: Context | None = None
-        self.stages = StageRunner(server)
+        self.stages = services.stage_runner()
         self.peer_ip = "?"
 
     # -- connection --------------------------------------------------------------
@@ -326,16 +323,16 @@ class Session:
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if not isinstance(peer, tuple):  # a socket pair (vsl test) has no address
-            peer = self.server.replay_peer or ("127.0.0.1", 0)
+            peer = self.admission.replay_peer or ("127.0.0.1", 0)
             local = ("127.0.0.1", 25)
         self.peer_ip = peer[0]
-        self.ctx = Context(peer[0], peer[1], local[0], local[1], self.server.config.hostname)
+        self.ctx = Context(peer[0], peer[1], local[0], local[1], self.settings.hostname)
         self.ctx.tls = self.listener.kind == "smtps"
-        self.admitted = self.server.admit(self.peer_ip)
+        self.admitted = self.admission.admit(self.peer_ip)
 
     def connection_lost(self) -> None:
         if self.admitted:
-            self.server.release(self.peer_ip)
+            self.admission.release(self.peer_ip)
             self.admitted = False
 
     async def connect(self) -> bool:
@@ -409,7 +406,7 @@ class Session:
         if credentials is None:
             return None  # the exchange already replied (cancelled or malformed)
         user, password = credentials
-        throttle = self.server.auth_throttle
+        throttle = self.authenticator.throttle
         if not await throttle.begin(self.peer_ip, user):
             return self._reject("AUTH", AUTH_LOCKED)
         try:
@@ -419,12 +416,12 @@ class Session:
 
     async def _login(self, session, mechanism: str, user: str, password: str):
         """Check a login the throttle let through: the AUTH reply."""
-        throttle = self.server.auth_throttle
-        ok = await self.server.check_credentials(user, password)
+        throttle = self.authenticator.throttle
+        ok = await self.authenticator.check_credentials(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
         status = await self.stages.run(self.ctx, Stage.AUTH)
-        verdict = _auth_verdict(status, ok, self.server.users is not None)
+        verdict = _auth_verdict(status, ok, self.authenticator.users is not None)
         if not verdict:
             self.stages.restore(decisions)  # a failed login decides nothing
         if not verdict and not ok:
@@ -446,7 +443,7 @@ class Session:
         """Log a failed login as Postfix does (what fail2ban reads), and count it."""
         log.warning("unknown[%s]: SASL %s authentication failed: authentication failure, %s",
                     self.peer_ip, mechanism, user_key(user))
-        for key, seconds in self.server.auth_throttle.failed(self.peer_ip, user):
+        for key, seconds in self.authenticator.throttle.failed(self.peer_ip, user):
             log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
@@ -508,10 +505,10 @@ class Session:
 
     def _recipient(self, envelope, address: str) -> Mailbox | str:
         """The recipient of a RCPT TO, or the reply refusing it before any policy."""
-        if len(envelope.rcpt_tos) >= self.server.config.limits.recipients:
+        if len(envelope.rcpt_tos) >= self.settings.limits.recipients:
             return "452 4.5.3 Too many recipients"
         try:
-            rcpt = Mailbox("postmaster", self.server.config.hostname) \
+            rcpt = Mailbox("postmaster", self.settings.hostname) \
                 if address.lower() == "postmaster" else Mailbox.parse(address)
         except AddressError as err:
             return f"553 5.1.3 Bad recipient address: {err.message}"
@@ -526,13 +523,13 @@ class Session:
         if session.authenticated:
             return True
         if rcpt.local_part.lower() == "postmaster" and rcpt.domain.lower() == \
-                self.server.config.hostname.lower():
+                self.settings.hostname.lower():
             return True
-        return rcpt.domain.lower().rstrip(".") in self.server.config.domains
+        return rcpt.domain.lower().rstrip(".") in self.settings.domains
 
     async def handle_DATA(self, server, session, envelope):
         ctx = self.ctx
-        trace = received(session.host_name, ctx.client_ip, None, self.server.config.hostname,
+        trace = received(session.host_name, ctx.client_ip, None, self.settings.hostname,
                          protocol(session.extended_smtp, ctx.tls, session.authenticated,
                                   envelope.smtp_utf8), ctx.message_id,
                          [r.address for r in ctx.recipients])
@@ -549,9 +546,9 @@ class Session:
             return reply
         queue = f"quarantine/{self.stages.quarantine}" if self.stages.quarantine else "working"
         data = ctx.message.to_bytes()
+        authenticated_as = session.auth_data if session.authenticated else None
         try:
-            msg_id = await self.server.spool.put(self._envelope(session), data, queue,
-                                                 ctx.message_id)
+            msg_id = await self.intake.store(ctx, data, queue, authenticated_as)
         except (QueueError, OSError) as err:
             log.error("%s: message not queued: %s", self.peer_ip, err)
             reply = self._reject("DATA", not_queued_reply(err))
@@ -559,7 +556,7 @@ class Session:
             return reply
         log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, msg_id, queue,
                  len(ctx.all_recipients()))
-        await self.server.queued(msg_id, queue, ctx, self.stages, data)
+        await self.intake.queued(msg_id, queue, ctx, self.stages, data)
         self._end_transaction()
         self.protocol.junk = 0  # as Postfix, after an accepted message
         self.protocol.moved_mail()
@@ -599,21 +596,10 @@ class Session:
 
     async def _parse(self, data: bytes) -> Message:
         """The message within the header limits; a big one is parsed in a thread."""
-        limits = self.server.config.limits.header
+        limits = self.settings.limits.header
         if len(data) <= PARSE_INLINE:
             return Message(data, limits)
         return await asyncio.to_thread(Message, data, limits)
-
-    def _envelope(self, session) -> Envelope:
-        ctx = self.ctx
-        return Envelope(
-            sender=ctx.sender.address,
-            recipients=self.server.delivery.recipients(ctx),
-            helo=ctx.helo, client_ip=ctx.client_ip, client_port=ctx.client_port,
-            server_name=ctx.server_name, transaction=ctx.message_id,
-            authenticated_as=session.auth_data if session.authenticated else None,
-            tls=ctx.tls,
-        )
 
 
 def as_greeting(reply: str) -> str:

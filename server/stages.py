@@ -4,19 +4,22 @@ A stage the script does not define, or a connection that a ``faccept`` or
 ``quarantine`` already decided, gives ``next``. A script error or limit never
 reaches the client as a crash: it is logged with its position and the stage
 answers the configured fallback reply (a temporary failure by default).
+
+The runner needs only the policy, the thread pool for its scripts and the fallback reply:
+any front end (the SMTP session, or one that builds a :class:`Context` from another
+protocol's data) runs the same stages through it.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from concurrent.futures import Executor
 
 from vsl.stdlib.ctx import Context, Stage, entry_points
 from vsl.stdlib.status import Status
 from vsl.checks import wrong_return
 from vsl.errors import Pos, VslError
 
-if TYPE_CHECKING:
-    from .app import Server
+from .policy import Policy
 
 log = logging.getLogger("vsl.stages")
 _ENTRIES = entry_points()
@@ -29,8 +32,8 @@ class StageRunner:
     decided before MAIL FROM, else for the current transaction only.
     """
 
-    def __init__(self, server: "Server"):
-        self.server = server
+    def __init__(self, policy: Policy, pool: Executor, fallback_reply: str):
+        self.policy, self.pool, self.fallback_reply = policy, pool, fallback_reply
         self.forced: Status | None = None   # faccept: every later stage accepted
         self.quarantine: str | None = None  # quarantine(name): the message's queue
         self.session_wide = False           # the decision was made before MAIL FROM
@@ -48,12 +51,12 @@ class StageRunner:
             return Status("accept")
         if self.quarantine is not None:
             return Status("next")
-        script = self.server.policy.script
+        script = self.policy.script
         if script is None or not script.has(stage.function):
             return Status("next")
         ctx.stage = stage
         try:
-            result = await script.call_off_loop(self.server.script_pool, stage.function, ctx)
+            result = await script.call_off_loop(self.pool, stage.function, ctx)
         except VslError as err:
             log.error("%s failed for %s: %s", stage.function, ctx.client_ip, err)
             return self._fallback()
@@ -73,7 +76,7 @@ class StageRunner:
 
     def _fallback(self) -> Status:
         self.failed = True
-        return Status("deny", self.server.config.fallback_reply)
+        return Status("deny", self.fallback_reply)
 
     def save(self) -> tuple:
         """The decisions so far (restore() them when a stage's outcome is void)."""

@@ -146,7 +146,7 @@ def _beside(transcript: Transcript) -> Path | None:
 
 
 async def _session(server: Server, transcript: Transcript) -> list[str]:
-    server.replay_peer = (transcript.client_ip, 49152)
+    server.services.admission.replay_peer = (transcript.client_ip, 49152)
     server_sock, client_sock = socket.socketpair()
     loop = asyncio.get_running_loop()
     await loop.connect_accepted_socket(lambda: server.protocol(server.config.listen[0]),

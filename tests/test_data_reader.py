@@ -207,7 +207,7 @@ def test_fast_setup_matches_aiosmtpd(tmp_path):
         async def build():
             ours = server.protocol(server.config.listen[0])
             theirs = Protocol.__new__(Protocol)
-            handler = Session(server, ours.listener)
+            handler = Session(server.services, ours.listener)
             SMTP.__init__(theirs, handler, hostname=ours.hostname, ident=ours.__ident__,
                           data_size_limit=ours.data_size_limit, enable_SMTPUTF8=True,
                           timeout=ours._timeout_duration,
@@ -217,7 +217,7 @@ def test_fast_setup_matches_aiosmtpd(tmp_path):
 
         ours, theirs = asyncio.run_coroutine_threadsafe(build(), server.loop).result(5)
     mine = {k: v for k, v in vars(ours).items()
-            if k not in ("server", "listener", "errors", "junk", "moved_mail_at", "busy",
+            if k not in ("settings", "listener", "errors", "junk", "moved_mail_at", "busy",
                          "command_started", "in_helo", "greeting")}
     assert mine.keys() == vars(theirs).keys()
 

@@ -88,11 +88,11 @@ def test_connections_limit(tmp_path, caplog):
         # the refused connection did not take a slot, a closed one gives its slot back
         assert first.cmd("NOOP")[0] == 250
         first.close()
-        assert wait_for(lambda: sum(server.per_ip.values()) == 1, 2)
+        assert wait_for(lambda: sum(server.services.admission.per_ip.values()) == 1, 2)
         with Raw(server) as fourth:
             assert fourth.greeting[0] == 220
         second.close()
-        assert wait_for(lambda: not server.per_ip, 2)
+        assert wait_for(lambda: not server.services.admission.per_ip, 2)
     assert "limit reached" in caplog.text
 
 
@@ -109,7 +109,7 @@ def test_connections_per_ip_limit(tmp_path):
             assert other.cmd("EHLO other.test")[0] == 250
         for raw in held:
             raw.close()
-        assert wait_for(lambda: not server.per_ip, 2)
+        assert wait_for(lambda: not server.services.admission.per_ip, 2)
         normal_session(server)
 
 
@@ -124,7 +124,7 @@ def test_command_timeout_disconnects_an_idle_client(tmp_path, caplog):
             assert raw.closed(3), "the idle client is still connected"
             assert 0.3 < time.monotonic() - started < 2.5
         # its slot is free again (connections_per_ip=1)
-        assert wait_for(lambda: not server.per_ip, 2)
+        assert wait_for(lambda: not server.services.admission.per_ip, 2)
         normal_session(server)
     # the server's own log says why (vsl serve silences aiosmtpd's "mail.log" below WARNING)
     assert any(r.name.startswith("vsl") and "timeout" in r.getMessage().lower()
@@ -166,7 +166,7 @@ def test_data_timeout_disconnects_a_stalled_transfer(tmp_path):
             started = time.monotonic()
             assert raw.closed(4), "a stalled DATA transfer is not cut off"
             assert time.monotonic() - started < 2.5
-        assert wait_for(lambda: not server.per_ip, 2)
+        assert wait_for(lambda: not server.services.admission.per_ip, 2)
         assert all_messages(server) == []
         normal_session(server)
 
@@ -202,7 +202,7 @@ def test_error_limit_disconnects(tmp_path, caplog):
             assert code >= 500
             assert raw.reply() == (421, b"4.7.0 Too many errors, closing the connection")
             assert raw.closed(2)
-        assert wait_for(lambda: not server.per_ip, 2)
+        assert wait_for(lambda: not server.services.admission.per_ip, 2)
         normal_session(server)
     assert "3 errors, disconnecting" in caplog.text
 

@@ -50,7 +50,7 @@ def test_binary_garbage(tmp_path, caplog):
             send_quietly(bad, garbage)
             normal_session(server)  # served while the garbage client is connected
             assert bad.closed(5), "the garbage client is never disconnected"
-        assert wait_for(lambda: not server.per_ip, 2)
+        assert wait_for(lambda: not server.services.admission.per_ip, 2)
         assert [e.envelope.sender for e in all_messages(server)] == ["alice@example.org"]
         normal_session(server)
     assert "errors, disconnecting" in caplog.text
@@ -72,7 +72,8 @@ def test_garbage_instead_of_a_tls_handshake(tmp_path):
         with Raw(server) as bad:  # STARTTLS, then nothing at all and a hang-up
             bad.cmd("EHLO c.test")
             assert bad.cmd("STARTTLS")[0] == 220
-        assert wait_for(lambda: not server.per_ip, 3), server.per_ip
+        assert wait_for(lambda: not server.services.admission.per_ip, 3), \
+            server.services.admission.per_ip
         normal_session(server)
         assert len(all_messages(server)) == 1
 
@@ -109,7 +110,8 @@ def test_many_concurrent_bad_clients(tmp_path):
     with running(config_for(tmp_path)) as server:
         asyncio.run(storm(server.port()))
         normal_session(server)
-        assert wait_for(lambda: not server.per_ip, 3), server.per_ip
+        assert wait_for(lambda: not server.services.admission.per_ip, 3), \
+            server.services.admission.per_ip
         assert [e.envelope.recipients[0].address for e in all_messages(server)] == \
             ["bob@example.test"]
         assert not list((server.spool.root / "tmp").iterdir())
@@ -244,7 +246,8 @@ def test_disconnect_mid_data(tmp_path, caplog, how):
         if how == "reset":
             raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         raw.close()
-        assert wait_for(lambda: not server.per_ip, 3), server.per_ip
+        assert wait_for(lambda: not server.services.admission.per_ip, 3), \
+            server.services.admission.per_ip
         assert spool_files(server) == []
         normal_session(server)
         assert len(all_messages(server)) == 1
@@ -285,7 +288,8 @@ def test_half_closed_client(tmp_path):
         assert raw.reply()[0] == 250
         assert raw.closed(3)
         raw.close()
-        assert wait_for(lambda: not server.per_ip, 3), server.per_ip
+        assert wait_for(lambda: not server.services.admission.per_ip, 3), \
+            server.services.admission.per_ip
         normal_session(server)
 
 
@@ -295,7 +299,8 @@ def test_silent_half_open_client_does_not_block_others(tmp_path):
     with running(limited(tmp_path, command_timeout=0.5, connections_per_ip=2)) as server:
         silent = socket.create_connection(("127.0.0.1", server.port()))
         normal_session(server)
-        assert wait_for(lambda: not server.per_ip, 3), server.per_ip
+        assert wait_for(lambda: not server.services.admission.per_ip, 3), \
+            server.services.admission.per_ip
         silent.close()
         normal_session(server)
 
@@ -317,8 +322,9 @@ def test_client_that_never_reads_is_dropped(tmp_path):
             except OSError:
                 break
         try:
-            assert wait_for(lambda: not server.per_ip, 3), \
-                f"the non-reading client still holds its slot: {dict(server.per_ip)}"
+            assert wait_for(lambda: not server.services.admission.per_ip, 3), \
+                ("the non-reading client still holds its slot: "
+                 f"{dict(server.services.admission.per_ip)}")
             normal_session(server)
         finally:
             flood.close()

@@ -69,7 +69,8 @@ def test_on_connect_deny_closes_the_connection(tmp_path, deny, reply):
             if reply[0] == 554:  # RFC 5321 §3.1: the server waits for QUIT
                 assert raw.cmd("QUIT") == (221, b"2.0.0 Bye")
             assert raw.closed(2), "the connection stays open after a deny at on_connect"
-        assert wait_for(lambda: not server.per_ip, 2), server.per_ip  # the slot is released
+        assert wait_for(lambda: not server.services.admission.per_ip, 2), \
+            server.services.admission.per_ip  # the slot is released
         assert not all_messages(server)
 
 

@@ -1,0 +1,35 @@
+"""Admission: which connections the server takes (``limits.connections`` in all,
+``limits.connections_per_ip`` from one address), counted while they last."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from .config import SmtpLimits
+
+log = logging.getLogger("vsl.server")
+
+
+class Admission:
+    """The connections open per client address, and the address of a connection that has
+    none (the socket pair of ``vsl test``: ``replay_peer``, set by the replayer)."""
+
+    def __init__(self, limits: SmtpLimits):
+        self.limits = limits
+        self.per_ip: Counter = Counter()
+        self.replay_peer: tuple[str, int] | None = None
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection; False when a connection limit is reached."""
+        if sum(self.per_ip.values()) >= self.limits.connections or \
+                self.per_ip[ip] >= self.limits.connections_per_ip:
+            log.warning("%s: connection refused, limit reached", ip)
+            return False
+        self.per_ip[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """A connection admitted from ``ip`` closed."""
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]

@@ -1,0 +1,76 @@
+"""Intake: an accepted message becomes a queued one. It is written to the spool with its
+envelope (the recipients with the routes the stages chose), then on_post_queue decides
+where it goes next: delivery, a quarantine, hold or dead."""
+from __future__ import annotations
+
+import logging
+
+from vsl.stdlib.ctx import Context, Stage
+
+from .delivery import Delivery
+from .envelope import Envelope
+from .queue import QueueError, Spool
+from .stages import StageRunner
+
+log = logging.getLogger("vsl.server")
+
+
+class Intake:
+    """Puts accepted messages on the spool and hands them to delivery."""
+
+    def __init__(self, spool: Spool, delivery: Delivery):
+        self.spool, self.delivery = spool, delivery
+
+    async def store(self, ctx: Context, data: bytes, queue: str,
+                    authenticated_as: str | None) -> str:
+        """Write the message of ``ctx`` (``data``: its bytes) to ``queue``; its id.
+        Raises QueueError or OSError when it could not be written."""
+        return await self.spool.put(self._envelope(ctx, authenticated_as), data, queue,
+                                    ctx.message_id)
+
+    def _envelope(self, ctx: Context, authenticated_as: str | None) -> Envelope:
+        return Envelope(
+            sender=ctx.sender.address,
+            recipients=self.delivery.recipients(ctx),
+            helo=ctx.helo, client_ip=ctx.client_ip, client_port=ctx.client_port,
+            server_name=ctx.server_name, transaction=ctx.message_id,
+            authenticated_as=authenticated_as, tls=ctx.tls,
+        )
+
+    async def queued(self, msg_id: str, queue: str, ctx: Context, runner: StageRunner,
+                     data: bytes) -> None:
+        """After a message is on disk (``data``: its bytes there): on_post_queue decides
+        where it goes next. The message is kept whatever fails here (the client gets its
+        250, as a 421 would make it send the message again): whatever fails to route it,
+        a full spool or a bug (logged with its traceback), holds it for an operator."""
+        if queue != "working":
+            return
+        try:
+            await self._post_queue(msg_id, queue, ctx, runner, data)
+        except Exception as err:  # noqa: BLE001 - stored: never answered as a failure
+            log.error("%s: accepted but not routed (%s): moving it to hold", msg_id, err,
+                      exc_info=not isinstance(err, (QueueError, OSError)))
+            await self._hold(msg_id, queue)
+
+    async def _post_queue(self, msg_id: str, queue: str, ctx: Context, runner: StageRunner,
+                          data: bytes) -> None:
+        """Run on_post_queue and move the message where it decided."""
+        status = await runner.run(ctx, Stage.POST_QUEUE)
+        if runner.failed:
+            target = "hold"  # accepted, but the policy could not route it: an operator looks
+        elif runner.quarantine is not None:
+            target = f"quarantine/{runner.quarantine}"
+        else:
+            target = "dead" if status.kind == "deny" else "deliver"
+        if target == "deliver":
+            await self.delivery.reroute(msg_id, queue, ctx, data)
+        await self.spool.move(msg_id, target, queue)
+
+    async def _hold(self, msg_id: str, queue: str) -> None:
+        """Put a message in hold; if even that fails, it stays where it is until the next
+        start moves it to hold (hold_unacknowledged)."""
+        try:
+            await self.spool.move(msg_id, "hold", queue)
+        except (QueueError, OSError) as err:
+            log.error("%s: cannot move it to hold (%s): it stays in %s until the next start",
+                      msg_id, err, queue)

@@ -1,0 +1,34 @@
+"""What an SMTP session works with, built once by the :class:`~server.app.Server` and
+shared by all its sessions: the session never sees the server itself."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .admission import Admission
+from .authenticator import Authenticator
+from .config import Config, SmtpLimits
+from .intake import Intake
+from .stages import StageRunner
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The configuration a session reads."""
+    hostname: str
+    domains: tuple[str, ...]  # accepted without a policy (Config.domains)
+    limits: SmtpLimits
+
+    @classmethod
+    def of(cls, config: Config) -> "SessionSettings":
+        return cls(config.hostname, config.domains, config.limits)
+
+
+@dataclass(frozen=True)
+class SessionServices:
+    """A session's collaborators."""
+    settings: SessionSettings
+    admission: Admission
+    authenticator: Authenticator
+    intake: Intake
+    stage_runner: Callable[[], StageRunner]  # a new runner for each connection
