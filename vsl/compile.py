@@ -1,11 +1,63 @@
 """Compile a resolved module to Python code, once, at load time.
 
-Each script function becomes one Python function (``async def`` when it
-waits on I/O); statements map to Python statements and every operator to a
-checked helper from :mod:`vsl.ops`. Generated nodes carry the script's
-line:col, so a runtime error is located from the Python traceback alone.
-Script names are mangled (``v_x``) and the code runs with empty builtins:
-no Python name, attribute or import is reachable from script text.
+Input: the module's AST and its Resolution (vsl/resolve.py: a Python name
+for every binding, a target for every call, which functions wait), the
+natives, the imported modules' ModuleInfo, and three limits used at compile
+time (call depth, array and string size). Output: a Python AST module that
+the engine compiles and runs once with empty builtins and a globals dict of
+helpers (vsl/engine.py ``_environment``); plus ``code_names`` (Python
+function name -> script name, for stack traces), ``constant_refs``, and
+``quick``. Generation is deterministic: the same script gives the same code.
+
+The module holds, for each script function ``f`` of arity n, a Python
+function ``f_f_n(_t, _d, params...)`` (``async def`` when it waits on I/O,
+every call of it awaited), ``__top__()`` for the top level, and for each
+one-argument function an entry point ``e_f_1(arg)``, what Script.call and the
+server run: the same body (not a call of ``f_f_1``) at depth 0, taking a budget
+only when the body uses one, turning any error into a located VslError
+(``ModuleCompiler.entry``). Modules that make closures have no entry points:
+a closure needs Engine.run's context.
+
+The hard decisions, and why:
+
+- Python AST, not source text: nodes are built directly (vsl/pynodes.py), so
+  no script text is ever parsed as Python; a script name is always mangled
+  (``v_x``, ``f_name_1``, ``g_X``) and every generated name starts with ``_`` or
+  a mangling prefix, so no Python name, attribute or import is reachable.
+- Positions: every node gets the line:col of the script node it came from
+  (``located``); the engine maps a traceback frame back to a script position
+  from the code's own line table, so errors need no bookkeeping at run time.
+- Budgets: ``_t`` is the call's ExecState. A "tick" (``_t.n -= 1; if _t.n <
+  0: _t.slow()``) is charged when a function starts and at each loop
+  iteration: ``_t.n`` counts down a chunk of the operation budget and
+  ``slow()`` refills it, checking the operation limit and the deadline, so the
+  common path is one subtraction. ``_d`` is the call depth, checked in each
+  function's prologue.
+  A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
+  walking method, freezing a constant) is passed ``_t`` and charges that
+  work itself. What a function uses is recorded (``uses``): a function with
+  no loop, no script call and no growing step is ``quick`` (the server runs it
+  on the event loop), and an entry point makes its budget lazily.
+- Expressions that need statements (``if``/``switch``/block values, ``??``,
+  ``&&`` with a statement on its right, closures) write them before the
+  expression; ``seq`` spills earlier operands to temporaries first, so
+  operands are always evaluated once, left to right, as the script reads.
+- Operators call their checked helper in vsl/ops.py; the common cases run
+  inline instead, through the fast paths of vsl/fastpaths.py, under one rule:
+  every fast path equals its vsl/ops.py helper (see that module).
+- Constants: a top-level ``const`` is frozen and stored both in ``_G`` and in
+  a Python global, read directly when every constant is set before code can
+  run (``constants_first``), else through a guard that reports a read before
+  the definition. A literal constant's value is known here and used by the
+  fast paths (``x in global::LIST``).
+- Closures are nested Python functions: a captured variable the closure
+  assigns is ``nonlocal``, a loop variable is passed as a default argument
+  (a snapshot, see the resolver); a closure gets its budget from ``_state()``.
+
+Checked at compile time (by the resolver, before this stage): names, call
+targets and arities, waiting in a closure. Checked at run time, by the
+generated tests and the helpers: types, integer overflow, sizes against the
+limits, the budget, call depth and time.
 """
 from __future__ import annotations
 
