@@ -410,17 +410,7 @@ class _Fn(FastPaths):
         value = self.expr(e)
         if _known_bool(e):
             return value
-        if isinstance(value, py.IfExp) and getattr(value, "vsl_bool", False):
-            # an inlined method whose fast branch is a bool: check only the other one
-            value.orelse = located(py_call("_cond", value.orelse), e.pos)
-            return value
-        # ``_w is True or (_w is not False and _cond(_w))``: no call for a boolean
-        w = self.mc.tmp("_w")
-        test = py.BoolOp(py.Or(), [
-            py.Compare(py_walrus(w, value), [py.Is()], [py_const(True)]),
-            py.BoolOp(py.And(), [py.Compare(py_name(w), [py.IsNot()], [py_const(False)]),
-                                 py_call("_cond", py_name(w))])])
-        return located(test, e.pos)
+        return located(self.truth(value), e.pos)
 
     def e_Literal(self, e: A.Literal) -> py.expr:
         return py_const(e.value)
@@ -452,12 +442,7 @@ class _Fn(FastPaths):
         if e.op == "!":
             if _known_bool(e.operand):
                 return py.UnaryOp(py.Not(), operand)
-            # ``_w is False or (_w is not True and _not(_w))``: no call for a boolean
-            w = self.mc.tmp("_w")
-            return py.BoolOp(py.Or(), [
-                py.Compare(py_walrus(w, operand), [py.Is()], [py_const(False)]),
-                py.BoolOp(py.And(), [py.Compare(py_name(w), [py.IsNot()], [py_const(True)]),
-                                     py_call("_not", py_name(w))])])
+            return self.negation(operand)
         return py_call("_neg" if e.op == "-" else "_pos", operand)
 
     def e_Binary(self, e: A.Binary) -> py.expr:

@@ -93,6 +93,27 @@ class FastPaths:
     """Fast-path translations of expressions; each returns a Python expression, or None
     where only the general translation applies."""
 
+    def truth(self, value: py.expr) -> py.expr:
+        """The script truth of a value not known to be a bool (the helper ``_cond`` rejects
+        a non-bool). An inlined method whose fast branch is a bool: only the other branch
+        is checked."""
+        if isinstance(value, py.IfExp) and getattr(value, "vsl_bool", False):
+            value.orelse = py_call("_cond", value.orelse)
+            return value
+        return self.unless_bool(value, True, "_cond")
+
+    def negation(self, operand: py.expr) -> py.expr:
+        """``!x`` of a value not known to be a bool (the helper ``_not`` rejects a non-bool)."""
+        return self.unless_bool(operand, False, "_not")
+
+    def unless_bool(self, value: py.expr, result: bool, helper: str) -> py.expr:
+        """``_w is R or (_w is not (not R) and helper(_w))``: no call for a bool."""
+        w = self.mc.tmp("_w")
+        return py.BoolOp(py.Or(), [
+            py.Compare(py_walrus(w, value), [py.Is()], [py_const(result)]),
+            py.BoolOp(py.And(), [py.Compare(py_name(w), [py.IsNot()], [py_const(not result)]),
+                                 py_call(helper, py_name(w))])])
+
     def e_Template(self, e: A.Template) -> py.expr:
         """An f-string when every interpolated value is an int (whose f-string text is the
         script's) or a string of at most its share of max_string_size, so the text never
