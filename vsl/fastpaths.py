@@ -8,11 +8,12 @@ compared with a literal, ``x in LIST``, ``ctx.field``, ``map["key"]``,
 instead ``fast if <type tests> else helper(...)``:
 
 - The rule: every fast path equals its helper. For every value that passes the
-  tests, the fast expression gives the same result, raises nothing the helper
-  would raise, and does no work the budget would charge; every other value
-  (errors included) goes to the helper, evaluated on the same temporaries, so
-  each operand is evaluated once and in order. tests/lang/fast_paths.vsl holds
-  the cases at each edge (overflow bounds, sizes, wrong types).
+  tests, the fast expression gives the helper's result, cannot raise, and does
+  no work the helper would charge to the budget (``x in arr`` runs inline only
+  below the 64 items from which ``_in`` charges); every other value, so every
+  error, goes to the helper, given the same temporaries: each operand is
+  evaluated once, in order. tests/lang/fast_paths.vsl holds the cases at each
+  edge (overflow bounds, sizes, wrong types); a new fast path adds its own.
 - Tests are ``x.__class__ is int`` (never isinstance: a bool is not an int, a
   subclass is not its base) and bounds such as ``I64_MIN <= r <= I64_MAX``.
   A fact the resolver proved (an int variable, a literal constant map, a
