@@ -11,11 +11,13 @@ from vsl.server.transcript import TranscriptError, matches, parse, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").rglob("*.transcript"))
+TEST_TRANSCRIPTS = sorted((ROOT / "tests" / "transcripts").rglob("*.transcript"))
 VSL = Path(sys.executable).parent / "vsl"
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_every_example_transcript_passes(path):
+@pytest.mark.parametrize("path", EXAMPLES + TEST_TRANSCRIPTS,
+                         ids=[str(p.relative_to(ROOT)) for p in EXAMPLES + TEST_TRANSCRIPTS])
+def test_every_transcript_passes(path):
     outcome = replay(parse(path), None)
     assert outcome.passed, outcome.problems
 

@@ -1,11 +1,63 @@
 """Compile a resolved module to Python code, once, at load time.
 
-Each script function becomes one Python function (``async def`` when it
-waits on I/O); statements map to Python statements and every operator to a
-checked helper from :mod:`vsl.ops`. Generated nodes carry the script's
-line:col, so a runtime error is located from the Python traceback alone.
-Script names are mangled (``v_x``) and the code runs with empty builtins:
-no Python name, attribute or import is reachable from script text.
+Input: the module's AST and its Resolution (vsl/resolve.py: a Python name
+for every binding, a target for every call, which functions wait), the
+natives, the imported modules' ModuleInfo, and three limits used at compile
+time (call depth, array and string size). Output: a Python AST module that
+the engine compiles and runs once with empty builtins and a globals dict of
+helpers (vsl/engine.py ``_environment``); plus ``code_names`` (Python
+function name -> script name, for stack traces), ``constant_refs``, and
+``quick``. Generation is deterministic: the same script gives the same code.
+
+The module holds, for each script function ``f`` of arity n, a Python
+function ``f_f_n(_t, _d, params...)`` (``async def`` when it waits on I/O,
+every call of it awaited), ``__top__()`` for the top level, and for each
+one-argument function an entry point ``e_f_1(arg)``, what Script.call and the
+server run: the same body (not a call of ``f_f_1``) at depth 0, taking a budget
+only when the body uses one, turning any error into a located VslError
+(``ModuleCompiler.entry``). Modules that make closures have no entry points:
+a closure needs Engine.run's context.
+
+The hard decisions, and why:
+
+- Python AST, not source text: nodes are built directly (vsl/pynodes.py), so
+  no script text is ever parsed as Python; a script name is always mangled
+  (``v_x``, ``f_name_1``, ``g_X``) and every generated name starts with ``_`` or
+  a mangling prefix, so no Python name, attribute or import is reachable.
+- Positions: every node gets the line:col of the script node it came from
+  (``located``); the engine maps a traceback frame back to a script position
+  from the code's own line table, so errors need no bookkeeping at run time.
+- Budgets: ``_t`` is the call's ExecState. A "tick" (``_t.n -= 1; if _t.n <
+  0: _t.slow()``) is charged when a function starts and at each loop
+  iteration: ``_t.n`` counts down a chunk of the operation budget and
+  ``slow()`` refills it, checking the operation limit and the deadline, so the
+  common path is one subtraction. ``_d`` is the call depth, checked in each
+  function's prologue.
+  A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
+  walking method, freezing a constant) is passed ``_t`` and charges that
+  work itself. What a function uses is recorded (``uses``): a function with
+  no loop, no script call and no growing step is ``quick`` (the server runs it
+  on the event loop), and an entry point makes its budget lazily.
+- Expressions that need statements (``if``/``switch``/block values, ``??``,
+  ``&&`` with a statement on its right, closures) write them before the
+  expression; ``seq`` spills earlier operands to temporaries first, so
+  operands are always evaluated once, left to right, as the script reads.
+- Operators call their checked helper in vsl/ops.py; the common cases run
+  inline instead, through the fast paths of vsl/fastpaths.py, under one rule:
+  every fast path equals its vsl/ops.py helper (see that module).
+- Constants: a top-level ``const`` is frozen and stored both in ``_G`` and in
+  a Python global, read directly when every constant is set before code can
+  run (``constants_first``), else through a guard that reports a read before
+  the definition. A literal constant's value is known here and used by the
+  fast paths (``x in global::LIST``).
+- Closures are nested Python functions: a captured variable the closure
+  assigns is ``nonlocal``, a loop variable is passed as a default argument
+  (a snapshot, see the resolver); a closure gets its budget from ``_state()``.
+
+Checked at compile time (by the resolver, before this stage): names, call
+targets and arities, waiting in a closure. Checked at run time, by the
+generated tests and the helpers: types, integer overflow, sizes against the
+limits, the budget, call depth and time.
 """
 from __future__ import annotations
 
@@ -14,8 +66,10 @@ import copy
 import itertools
 
 from . import ast as A
-from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
+from .fastpaths import FastPaths
 from .methods import WALKING_METHODS
+from .pynodes import (located, py_assign, py_call, py_const, py_dict_get, py_is_type,
+                      py_name, py_walrus)
 from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
 
 _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
@@ -48,7 +102,6 @@ def entry_fn_name(name: str, arity: int) -> str:
 
 
 _PROLOGUE = 3  # statements: the depth guard and the operation count
-_FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
 
 
 def module_fn_name(alias: str, name: str, arity: int) -> str:
@@ -56,69 +109,16 @@ def module_fn_name(alias: str, name: str, arity: int) -> str:
     return f"m_{len(alias)}_{alias}_{name}_{arity}"
 
 
-def _name(id_: str, store: bool = False) -> py.Name:
-    return py.Name(id_, py.Store() if store else py.Load())
-
-
-def _call(fn: str | py.expr, *args: py.expr) -> py.Call:
-    func = _name(fn) if isinstance(fn, str) else fn
-    return py.Call(func, list(args), [])
-
-
-def _dict_get(obj: py.expr, *args: py.expr) -> py.Call:
-    """``obj.get(*args)``: generated only where ``obj`` is known to be a dict."""
-    return _call(py.Attribute(obj, "get", py.Load()), *args)
-
-
-def _const(v) -> py.Constant:
-    return py.Constant(v)
-
-
-def _assign(target: str, value: py.expr) -> py.Assign:
-    return py.Assign([_name(target, store=True)], value)
-
-
 def _tick() -> list[py.stmt]:
     """``_t.n -= 1; if _t.n < 0: _t.slow()`` -- counts one operation."""
-    counter = py.Attribute(_name("_t"), "n", py.Store())
-    return [py.AugAssign(counter, py.Sub(), _const(1)),
-            py.If(py.Compare(py.Attribute(_name("_t"), "n", py.Load()), [py.Lt()], [_const(0)]),
-                  [py.Expr(_call(py.Attribute(_name("_t"), "slow", py.Load())))], [])]
+    counter = py.Attribute(py_name("_t"), "n", py.Store())
+    return [py.AugAssign(counter, py.Sub(), py_const(1)),
+            py.If(py.Compare(py.Attribute(py_name("_t"), "n", py.Load()), [py.Lt()], [py_const(0)]),
+                  [py.Expr(py_call(py.Attribute(py_name("_t"), "slow", py.Load())))], [])]
 
 
-def _located(nodes, pos: A.Loc):
-    """Give every node without a position the script position ``pos``. A node that has
-    one was located with everything below it, so the walk stops there: each node is
-    visited about once however deep the code nests."""
-    def place(node) -> bool:
-        """Give ``node`` the position if it has none; whether it had one."""
-        if getattr(node, "lineno", None) is not None:
-            return True
-        node.lineno, node.end_lineno = pos[0], pos[0]
-        node.col_offset, node.end_col_offset = pos[1] - 1, pos[1]
-        return False
 
-    todo = list(nodes) if isinstance(nodes, list) else [nodes]
-    for node in todo:
-        if "lineno" in node._attributes:
-            place(node)
-    while todo:
-        node = todo.pop()
-        for field in node._fields:
-            value = getattr(node, field, None)
-            for child in value if isinstance(value, list) else (value,):
-                if not isinstance(child, py.AST):
-                    continue
-                if "lineno" in child._attributes:
-                    if place(child):
-                        continue  # located, with everything below it
-                elif not child._fields:
-                    continue  # Load, Add, ...: nothing below
-                todo.append(child)
-    return nodes
-
-
-class _Fn:
+class _Fn(FastPaths):
     """Compiles the body of one Python function (script fn, top level or closure)."""
 
     def __init__(self, mc: "ModuleCompiler", is_async: bool, kind: str):
@@ -132,7 +132,7 @@ class _Fn:
     def emit(self, stmts, pos: A.Loc) -> None:
         if not isinstance(stmts, list):
             stmts = [stmts]
-        self.out.extend(_located(stmts, pos))
+        self.out.extend(located(stmts, pos))
 
     def tmp(self) -> str:
         return self.mc.tmp()
@@ -140,7 +140,7 @@ class _Fn:
     def budget(self) -> py.Name:
         """The call's budget ``_t`` (an entry point makes it only when used: see entry)."""
         self.mc.uses.add("budget")
-        return _name("_t")
+        return py_name("_t")
 
     def tick(self) -> list[py.stmt]:
         self.mc.uses.add("tick")
@@ -157,9 +157,9 @@ class _Fn:
         (with a number operand it walks nothing: ``x + 1``, ``x == 0``)."""
         helper = _BINARY_HELPERS.get(op) or _ASSIGN_HELPERS[op]
         if op not in _CHARGED:
-            return _call(helper, *args)
+            return py_call(helper, *args)
         number = any(isinstance(a, py.Constant) and type(a.value) in (int, float) for a in args)
-        return _call(helper, self.budget() if number else self.walks(), *args)
+        return py_call(helper, self.budget() if number else self.walks(), *args)
 
     def wait(self, call: py.expr) -> py.expr:
         return py.Await(call)
@@ -180,7 +180,7 @@ class _Fn:
     def body(self, stmts, sink, pos: A.Loc) -> None:
         """Compile statements; the last one's value goes to ``sink``."""
         if not stmts:
-            self.sink(sink, _const(None), pos)
+            self.sink(sink, py_const(None), pos)
             return
         for s in stmts[:-1]:
             self.stmt(s)
@@ -193,7 +193,7 @@ class _Fn:
         elif sink == "return":
             self.emit(py.Return(value), pos)
         else:
-            self.emit(_assign(sink, value), pos)
+            self.emit(py_assign(sink, value), pos)
 
     def last(self, s, sink) -> None:
         if sink is None:
@@ -207,7 +207,7 @@ class _Fn:
             self.stmt(s)
         else:
             self.stmt(s)
-            self.sink(sink, _const(None), s.pos)
+            self.sink(sink, py_const(None), s.pos)
 
     def block(self, block: A.Block, sink) -> None:
         self.depth += 1
@@ -237,26 +237,27 @@ class _Fn:
         elif orelse is not None:
             other = self.nested(lambda: self.block(orelse, sink))
         elif sink is not None:
-            other = self.nested(lambda: self.sink(sink, _const(None), pos))
+            other = self.nested(lambda: self.sink(sink, py_const(None), pos))
         else:
             other = []
         self.emit(py.If(test, then, other), cond.pos)
 
     def switch(self, e: A.Switch, sink) -> None:
         subject, done = self.tmp(), self.tmp()
-        self.emit([_assign(subject, self.expr(e.subject)), _assign(done, _const(False))], e.pos)
+        self.emit([py_assign(subject, self.expr(e.subject)), py_assign(done, py_const(False))],
+                  e.pos)
         has_default = False
         for arm in e.arms:
-            tests = [py.UnaryOp(py.Not(), _name(done))]
+            tests = [py.UnaryOp(py.Not(), py_name(done))]
             if A.WILDCARD in arm.patterns:
                 has_default = has_default or arm.guard is None
             else:
-                matches = [_call("_eqv", _name(subject), _const(p)) for p in arm.patterns]
+                matches = [py_call("_eqv", py_name(subject), py_const(p)) for p in arm.patterns]
                 tests.append(matches[0] if len(matches) == 1 else py.BoolOp(py.Or(), matches))
 
             def arm_body(arm=arm):
                 def taken():
-                    self.emit(_assign(done, _const(True)), arm.pos)
+                    self.emit(py_assign(done, py_const(True)), arm.pos)
                     if isinstance(arm.body, (A.If, A.Switch, A.Block)):
                         self.valued(arm.body, sink)
                     else:
@@ -270,8 +271,8 @@ class _Fn:
             self.emit(py.If(py.BoolOp(py.And(), tests) if len(tests) > 1 else tests[0],
                             self.nested(arm_body), []), arm.pos)
         if sink is not None and not has_default:
-            self.emit(py.If(py.UnaryOp(py.Not(), _name(done)),
-                            self.nested(lambda: self.sink(sink, _const(None), e.pos)), []), e.pos)
+            self.emit(py.If(py.UnaryOp(py.Not(), py_name(done)),
+                            self.nested(lambda: self.sink(sink, py_const(None), e.pos)), []), e.pos)
 
     def stmt(self, s) -> None:
         getattr(self, "s_" + type(s).__name__)(s)
@@ -284,16 +285,16 @@ class _Fn:
 
     def s_Let(self, s: A.Let) -> None:
         target = self.names(s, "name")
-        value = self.expr(s.value) if s.value is not None else _const(None)
+        value = self.expr(s.value) if s.value is not None else py_const(None)
         if s.const:  # freezing walks the value (a literal is frozen as it is)
             budget = self.budget() if isinstance(value, py.Constant) else self.walks()
-            value = _call("_freeze", value, budget)
-        self.emit(_assign(target, value), s.pos)
+            value = py_call("_freeze", value, budget)
+        self.emit(py_assign(target, value), s.pos)
         if s.const and self.kind == "top" and self.depth == 0:
-            store = py.Subscript(_name("_G"), _const(s.name), py.Store())
+            store = py.Subscript(py_name("_G"), py_const(s.name), py.Store())
             name = constant_name("global", s.name)
             self.mc.top_globals.add(name)
-            self.emit(py.Assign([store, _name(name, store=True)], _name(target)), s.pos)
+            self.emit(py.Assign([store, py_name(name, store=True)], py_name(target)), s.pos)
 
     def s_Assign(self, s: A.Assign) -> None:
         t = s.target
@@ -303,29 +304,29 @@ class _Fn:
                 value = self.expr(s.value)
             else:  # x op= v  is  x = x op v
                 value = self.expr(A.Binary(s.pos, s.op[:-1], t, s.value))
-            self.emit(_assign(name, value), s.pos)
+            self.emit(py_assign(name, value), s.pos)
             return
         if isinstance(t, A.Index):
             obj, key, value = self.seq([t.obj, t.index, s.value])
             getter, setter = "_idx", "_setidx"
         else:
             obj, value = self.seq([t.obj, s.value])
-            key = _const(t.name)
+            key = py_const(t.name)
             getter, setter = "_getprop", "_setprop"
         if s.op != "=":
             obj_t, key_t = self.tmp(), self.tmp()
-            self.emit([_assign(obj_t, obj), _assign(key_t, key)], s.pos)
-            obj, key = _name(obj_t), _name(key_t)
-            value = self.binary(s.op, _call(getter, obj, key), value)
-        self.emit(py.Expr(_call(setter, obj, key, value)), s.pos)
+            self.emit([py_assign(obj_t, obj), py_assign(key_t, key)], s.pos)
+            obj, key = py_name(obj_t), py_name(key_t)
+            value = self.binary(s.op, py_call(getter, obj, key), value)
+        self.emit(py.Expr(py_call(setter, obj, key, value)), s.pos)
 
     def s_Return(self, s: A.Return) -> None:
-        value = self.expr(s.value) if s.value is not None else _const(None)
+        value = self.expr(s.value) if s.value is not None else py_const(None)
         self.emit(py.Return(value), s.pos)
 
     def s_Throw(self, s: A.Throw) -> None:
-        value = self.expr(s.value) if s.value is not None else _const(None)
-        self.emit(py.Raise(_call("_throw", value), None), s.pos)
+        value = self.expr(s.value) if s.value is not None else py_const(None)
+        self.emit(py.Raise(py_call("_throw", value), None), s.pos)
 
     def s_Break(self, s) -> None:
         self.emit(py.Break(), s.pos)
@@ -349,25 +350,25 @@ class _Fn:
         if not pre:
             self.emit(py.While(cond, self.loop_suite(s.body, s.pos), []), s.pos)
             return
-        stop = _located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
-        self.emit(py.While(_const(True), self.loop_suite(s.body, s.pos, pre + stop), []), s.pos)
+        stop = located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
+        self.emit(py.While(py_const(True), self.loop_suite(s.body, s.pos, pre + stop), []), s.pos)
 
     def s_Loop(self, s: A.Loop) -> None:
-        self.emit(py.While(_const(True), self.loop_suite(s.body, s.pos), []), s.pos)
+        self.emit(py.While(py_const(True), self.loop_suite(s.body, s.pos), []), s.pos)
 
     def s_For(self, s: A.For) -> None:
         it = s.iterable
         if isinstance(it, A.Binary) and it.op in ("..", "..="):
             source = self.expr(it)
         else:
-            source = _call("_iter", self.expr(it))
+            source = py_call("_iter", self.expr(it))
         var = self.names(s, "var")
         if s.index_var is None:
-            target: py.expr = _name(var, store=True)
+            target: py.expr = py_name(var, store=True)
         else:
-            source = _call("_enumerate", source)
-            target = py.Tuple([_name(self.names(s, "index"), store=True),
-                               _name(var, store=True)], py.Store())
+            source = py_call("_enumerate", source)
+            target = py.Tuple([py_name(self.names(s, "index"), store=True),
+                               py_name(var, store=True)], py.Store())
         self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
 
     def s_Try(self, s: A.Try) -> None:
@@ -375,18 +376,18 @@ class _Fn:
 
         def handler():
             if s.err_name is not None:
-                self.emit(_assign(self.names(s, "err"), _call("_errval", _name("_e"))),
+                self.emit(py_assign(self.names(s, "err"), py_call("_errval", py_name("_e"))),
                           s.handler.pos)
             self.block(s.handler, None)
 
         handler_suite = self.nested(handler)
-        self.emit(py.Try(body, [py.ExceptHandler(_name("_Catch"), "_e", handler_suite)], [], []),
+        self.emit(py.Try(body, [py.ExceptHandler(py_name("_Catch"), "_e", handler_suite)], [], []),
                   s.pos)
 
     # -- expressions -----------------------------------------------------
     def expr(self, e) -> py.expr:
         node = getattr(self, "e_" + type(e).__name__)(e)
-        return _located(node, e.pos)
+        return located(node, e.pos)
 
     def seq(self, exprs) -> list[py.expr]:
         """Compile expressions left to right, spilling earlier ones to temporaries
@@ -399,9 +400,9 @@ class _Fn:
                 for i, prev in enumerate(results):
                     if not isinstance(prev, py.Constant):
                         name = self.tmp()
-                        self.out.insert(mark, _located(_assign(name, prev), e.pos))
+                        self.out.insert(mark, located(py_assign(name, prev), e.pos))
                         mark += 1
-                        results[i] = _name(name)
+                        results[i] = py_name(name)
             results.append(value)
         return results
 
@@ -409,76 +410,20 @@ class _Fn:
         value = self.expr(e)
         if _known_bool(e):
             return value
-        if isinstance(value, py.IfExp) and getattr(value, "vsl_bool", False):
-            # an inlined method whose fast branch is a bool: check only the other one
-            value.orelse = _located(_call("_cond", value.orelse), e.pos)
-            return value
-        # ``_w is True or (_w is not False and _cond(_w))``: no call for a boolean
-        w = self.mc.tmp("_w")
-        test = py.BoolOp(py.Or(), [
-            py.Compare(_walrus(w, value), [py.Is()], [_const(True)]),
-            py.BoolOp(py.And(), [py.Compare(_name(w), [py.IsNot()], [_const(False)]),
-                                 _call("_cond", _name(w))])])
-        return _located(test, e.pos)
+        return located(self.truth(value), e.pos)
 
     def e_Literal(self, e: A.Literal) -> py.expr:
-        return _const(e.value)
-
-    def e_Template(self, e: A.Template) -> py.expr:
-        """An f-string when every interpolated value is an int (whose f-string text is the
-        script's) or a string of at most its share of max_string_size, so the text never
-        grows far past the limit before it is checked; else the ``_tpl`` helper, which
-        checks the size before it builds the text and stops printing at the limit."""
-        parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
-        text_only = [isinstance(p, A.Literal) and type(p.value) is str for p in parts]
-        share = self.mc.max_string // max(text_only.count(False), 1)
-        values, tests, args = [], [], []
-        for part, value, text in zip(parts, self.seq(parts), text_only):
-            if text:
-                values.append(_const(part.value))
-                args.append(_const(part.value))
-                continue
-            w = self.mc.tmp("_w")
-            tests.append(self.formattable(w, value, share))
-            values.append(py.FormattedValue(_name(w), -1, None))
-            args.append(_name(w))
-        if not tests:  # only literal text: too long is still a run-time error
-            text = "".join(v.value for v in values)
-            if self.mc.max_string and len(text) > self.mc.max_string:
-                return _call("_too_long", _const(len(text)))
-            return _const(text)
-        joined: py.expr = py.JoinedStr(values)
-        if self.mc.max_string:
-            r = self.mc.tmp("_w")
-            size = _call("_len", _walrus(r, joined))
-            joined = py.IfExp(py.Compare(size, [py.LtE()], [_const(self.mc.max_string)]),
-                              _name(r), _call("_too_long", _call("_len", _name(r))))
-        # its text, and so its work, is bounded by max_string_size (printing stops there):
-        # a template alone never sends a function off the event loop
-        budget = self.budget() if self.mc.max_string else self.walks()
-        return py.IfExp(_every(tests), joined, _call("_tpl", budget, *args))
-
-    def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
-        """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
-        at most ``share`` characters (any string when there is no size limit)."""
-        cls = py.Attribute(_walrus(w, value), "__class__", py.Load())
-        if not share:
-            return py.Compare(cls, [py.In()], [_name("_FMT")])
-        c = self.mc.tmp("_c")
-        small = py.Compare(_call("_len", _name(w)), [py.LtE()], [_const(share)])
-        return py.BoolOp(py.Or(), [
-            py.Compare(_walrus(c, cls), [py.Is()], [_name("int")]),
-            py.BoolOp(py.And(), [py.Compare(_name(c), [py.Is()], [_name("str")]), small])])
+        return py_const(e.value)
 
     def e_ArrayLit(self, e: A.ArrayLit) -> py.expr:
         return py.List(self.seq(e.items), py.Load())
 
     def e_MapLit(self, e: A.MapLit) -> py.expr:
         values = self.seq([v for _, v in e.entries])
-        return py.Dict([_const(k) for k, _ in e.entries], values)
+        return py.Dict([py_const(k) for k, _ in e.entries], values)
 
     def e_Var(self, e: A.Var) -> py.expr:
-        return _name(self.mc.res.names[(id(e), "ref")])
+        return py_name(self.mc.res.names[(id(e), "ref")])
 
     def e_NsVar(self, e: A.NsVar) -> py.expr:
         """A constant is also a Python global, read as it is when the top level defines
@@ -488,22 +433,17 @@ class _Fn:
         name = constant_name(e.ns, e.name)
         self.mc.constant_refs[name] = (e.ns, e.name)
         if e.ns != "global" or self.mc.res.constants_first:
-            return _name(name)
-        return py.IfExp(py.Compare(_name(name), [py.IsNot()], [_name("_UNDEF")]), _name(name),
-                        _call("_gget", _name("_G"), _const(e.name)))
+            return py_name(name)
+        return py.IfExp(py.Compare(py_name(name), [py.IsNot()], [py_name("_UNDEF")]), py_name(name),
+                        py_call("_gget", py_name("_G"), py_const(e.name)))
 
     def e_Unary(self, e: A.Unary) -> py.expr:
         operand = self.expr(e.operand)
         if e.op == "!":
             if _known_bool(e.operand):
                 return py.UnaryOp(py.Not(), operand)
-            # ``_w is False or (_w is not True and _not(_w))``: no call for a boolean
-            w = self.mc.tmp("_w")
-            return py.BoolOp(py.Or(), [
-                py.Compare(_walrus(w, operand), [py.Is()], [_const(False)]),
-                py.BoolOp(py.And(), [py.Compare(_name(w), [py.IsNot()], [_const(True)]),
-                                     _call("_not", _name(w))])])
-        return _call("_neg" if e.op == "-" else "_pos", operand)
+            return self.negation(operand)
+        return py_call("_neg" if e.op == "-" else "_pos", operand)
 
     def e_Binary(self, e: A.Binary) -> py.expr:
         if e.op in ("&&", "||"):
@@ -517,146 +457,6 @@ class _Fn:
         fast = self.fast_binary(e, left, right)
         return fast if fast is not None else self.binary(e.op, left, right)
 
-    def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
-        """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
-        64 strings is Python's ``in`` for any x (a string's == is the script's); ``x in
-        global::MAP`` of a constant_map() is ``x.__class__ is str and x in MAP``."""
-        value = literal_value(e.right)
-        if value is NOT_LITERAL:
-            value = constant_of(e.right, self.mc.res.literal_constants)
-        negate = e.op == "!in"
-        if type(value) is tuple and len(value) < 64 and all(type(v) is str for v in value):
-            return py.Compare(left, [py.NotIn() if negate else py.In()], [right])
-        if self.constant_map(e.right) is not None:  # (a plain read: safe to skip)
-            w = self.mc.tmp("_w")
-            found = py.BoolOp(py.And(), [_is_type(_walrus(w, left), "str"),
-                                         py.Compare(_name(w), [py.In()], [right])])
-            return py.UnaryOp(py.Not(), found) if negate else found
-        return None
-
-    def fast_in(self, op: str, left: py.expr, right: py.expr, frozen: bool) -> py.expr:
-        """A string in a small array, a map or a string is Python's ``in`` (Python's ``==``
-        is the script's for a string needle); the helper does the rest and charges work.
-        ``frozen``: the container is a constant (a tuple or a FrozenMap)."""
-        a, b = self.mc.tmp("_w"), self.mc.tmp("_w")
-        kinds = ["tuple", "_FMAP"] if frozen else ["list", "dict", "str", "tuple", "_FMAP"]
-        types = py.BinOp(_is_type(_walrus(a, left), "str"), py.BitAnd(),
-                         self.class_in(_walrus(b, right), kinds))
-        small = py.Compare(_call("_len", _name(b)), [py.Lt()], [_const(64)])
-        fast = py.Compare(_name(a), [py.In() if op == "in" else py.NotIn()], [_name(b)])
-        return py.IfExp(py.BoolOp(py.And(), [types, small]), fast,
-                        self.binary(op, _name(a), _name(b)))
-
-    def class_in(self, value: py.expr, kinds: list[str]) -> py.expr:
-        """``value.__class__ is A`` or ``(_c := value.__class__) is A or _c is B ...``
-        (a chain of ``is`` is faster than ``in`` a frozenset)."""
-        if len(kinds) == 1:
-            return _is_type(value, kinds[0])
-        c = self.mc.tmp("_c")
-        cls = py.Attribute(value, "__class__", py.Load())
-        tests = [py.Compare(_walrus(c, cls), [py.Is()], [_name(kinds[0])])]
-        tests += [py.Compare(_name(c), [py.Is()], [_name(k)]) for k in kinds[1:]]
-        return py.BoolOp(py.Or(), tests)
-
-    def known_int(self, e) -> bool:
-        res = self.mc.res
-        return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
-
-    def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
-        """Inline the common int/str cases; the helper handles everything else."""
-        left_int, right_int = self.known_int(e.left), self.known_int(e.right)
-        if e.op in ("==", "!=") and (_literal_of(e.right, (str,)) or
-                                     _literal_of(e.left, (str,))):
-            # Python's == with a string is the script's for any value (NativeObject.__eq__)
-            return py.Compare(left, [_PY_CMP[e.op]()], [right])
-        if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
-            return self.fast_int_arith(e.op, left, e.right.value, left_int)
-        if e.op in _PY_CMP or e.op in ("+", "-"):
-            return self.fast_int_pair(e.op, (left, left_int), (right, right_int))
-        return None
-
-    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list]:
-        """The operand to use and the type tests it needs (none for a known-int name)."""
-        if known and isinstance(operand, (py.Name, py.Constant)):
-            return operand, []
-        flag = self.mc.param_flag(operand, "int")
-        if flag is not None:
-            return operand, [flag]
-        w = self.mc.tmp("_w")
-        return _name(w), [_is_type(_walrus(w, operand), "int")]
-
-    def named(self, operand: py.expr) -> tuple[py.expr, py.expr]:
-        """(the operand's value for later uses, the expression that evaluates it first)."""
-        if isinstance(operand, (py.Name, py.Constant)):
-            return operand, operand
-        w = self.mc.tmp("_w")
-        return _name(w), _walrus(w, operand)
-
-    def fast_int_pair(self, op: str, left, right) -> py.expr:
-        """Two ints: compare or add/subtract inline. Operands are evaluated once, in order
-        (the non-short-circuit ``&``); those known to be ints are not tested."""
-        if left[1] and right[1]:  # both known: no tests, each evaluated where first used
-            if op in _PY_CMP:
-                return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
-            (a, a_first), (b, b_first) = self.named(left[0]), self.named(right[0])
-            r = self.mc.tmp("_w")
-            pyop = py.Add() if op == "+" else py.Sub()
-            in_range = py.Compare(_const(I64_MIN), [py.LtE(), py.LtE()],
-                                  [_walrus(r, py.BinOp(a_first, pyop, b_first)),
-                                   _const(I64_MAX)])
-            return py.IfExp(in_range, _name(r), self.binary(op, a, b))
-        a, tests = self.int_operand(*left)
-        b, more = self.int_operand(*right)
-        tests += more
-        slow = self.binary(op, a, b)
-        if op in _PY_CMP:
-            fast = py.Compare(a, [_PY_CMP[op]()], [b])
-            if not tests:
-                return fast
-            test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
-            return py.IfExp(test, fast, slow)
-        r = self.mc.tmp("_w")
-        pyop = py.Add() if op == "+" else py.Sub()
-        in_range = py.Compare(_const(I64_MIN), [py.LtE(), py.LtE()],
-                              [_walrus(r, py.BinOp(a, pyop, b)), _const(I64_MAX)])
-        if len(tests) == 2:
-            tests = [py.BinOp(tests[0], py.BitAnd(), tests[1])]
-        test = py.BoolOp(py.And(), [*tests, in_range]) if tests else in_range
-        return py.IfExp(test, _name(r), slow)
-
-    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool) -> py.expr | None:
-        """``x + 3`` without a helper call when x is an int and the result cannot overflow."""
-        if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
-            if k <= 0:
-                return None
-            lo, hi = 0, I64_MAX
-        elif op == "*":
-            if k == 0:
-                return None
-            bound = I64_MAX // abs(k)
-            lo, hi = -bound, bound
-        elif (op == "+") == (k >= 0):
-            lo, hi = I64_MIN, I64_MAX - abs(k)
-        else:
-            lo, hi = I64_MIN + abs(k), I64_MAX
-        pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
-        if known:  # no type test: evaluated in the bounds test (or the operation)
-            w, first = self.named(left)
-            if (lo, hi) == (I64_MIN, I64_MAX):
-                return py.BinOp(first, pyop, _const(k))
-            return py.IfExp(py.Compare(_const(lo), [py.LtE(), py.LtE()], [first, _const(hi)]),
-                            py.BinOp(w, pyop, _const(k)),
-                            self.binary(op, w, _const(k)))
-        w, tests = self.int_operand(left, known)
-        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
-            [py.Compare(_const(lo), [py.LtE(), py.LtE()], [w, _const(hi)])]
-        fast = py.BinOp(w, pyop, _const(k))
-        test = tests + bounds
-        if not test:
-            return fast
-        return py.IfExp(test[0] if len(test) == 1 else py.BoolOp(py.And(), test), fast,
-                        self.binary(op, w, _const(k)))
-
     def logic(self, e: A.Binary) -> py.expr:
         left = self.condition(e.left)
         mark = len(self.out)
@@ -667,82 +467,31 @@ class _Fn:
         pre = self.out[mark:]
         del self.out[mark:]
         result = self.tmp()
-        self.emit(_assign(result, left), e.pos)
-        test = _name(result) if e.op == "&&" else py.UnaryOp(py.Not(), _name(result))
-        self.emit(py.If(test, pre + _located([_assign(result, right)], e.pos), []), e.pos)
-        return _name(result)
+        self.emit(py_assign(result, left), e.pos)
+        test = py_name(result) if e.op == "&&" else py.UnaryOp(py.Not(), py_name(result))
+        self.emit(py.If(test, pre + located([py_assign(result, right)], e.pos), []), e.pos)
+        return py_name(result)
 
     def coalesce(self, e: A.Binary) -> py.expr:
-        if isinstance(e.left, A.Index) and _literal_of(e.right, (str, int, float, bool)):
-            values = self.constant_map(e.left.obj)  # ``global::MAP[k] ?? 5``: one get()
-            if values is not None and all(v is not None for v in values.values()):
-                return self.constant_map_get(e.left, _const(e.right.value))
+        fast = self.constant_map_default(e)
+        if fast is not None:
+            return fast
         left = self.expr(e.left)
         result = self.tmp()
-        self.emit(_assign(result, left), e.pos)
-        right = self.nested(lambda: self.emit(_assign(result, self.expr(e.right)), e.pos))
-        self.emit(py.If(py.Compare(_name(result), [py.Is()], [_const(None)]), right, []), e.pos)
-        return _name(result)
+        self.emit(py_assign(result, left), e.pos)
+        right = self.nested(lambda: self.emit(py_assign(result, self.expr(e.right)), e.pos))
+        self.emit(py.If(py.Compare(py_name(result), [py.Is()], [py_const(None)]), right, []), e.pos)
+        return py_name(result)
 
     def e_Prop(self, e: A.Prop) -> py.expr:
         if self.constant_map(e.obj) is not None:
-            return _dict_get(self.expr(e.obj), _const(e.name))
+            return py_dict_get(self.expr(e.obj), py_const(e.name))
         return self.map_get(self.expr(e.obj), e.name, "_getprop", isinstance(e.obj, A.NsVar))
-
-    def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
-        """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
-        else the checked helper. A parameter that is never assigned is tested once, when
-        the function starts (``_k0 = v_ctx.__class__ is dict``)."""
-        flag = self.mc.param_flag(obj, "dict")
-        if flag is not None:
-            get = _dict_get(_name(obj.id), _const(key))
-            return py.IfExp(flag, get, _call(helper, _name(obj.id), _const(key)))
-        w = self.mc.tmp("_w")
-        get = _dict_get(_name(w), _const(key))
-        return py.IfExp(_is_type(_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
-                        _call(helper, _name(w), _const(key)))
-
-    def constant_map(self, e) -> dict | None:
-        """The value of ``e`` if it is a literal constant map read as a plain global."""
-        value = constant_of(e, self.mc.res.literal_constants)
-        return value if type(value) is dict and self.mc.res.constants_first else None
-
-    def constant_map_get(self, e: A.Index, *default: py.expr) -> py.expr:
-        """``global::MAP[key]`` of a constant_map(): ``MAP.get(key[, default])`` for a
-        string key; the helper reports the error for any other key."""
-        obj, index = self.seq([e.obj, e.index])
-        if isinstance(index, py.Constant) and type(index.value) is str:
-            return _dict_get(obj, index, *default)
-        i = self.mc.tmp("_w")
-        get = _dict_get(obj, _name(i), *default)
-        return py.IfExp(_is_type(_walrus(i, index), "str"), get, _call("_idx", obj, _name(i)))
-
-    def e_Index(self, e: A.Index) -> py.expr:
-        if self.constant_map(e.obj) is not None:
-            return self.constant_map_get(e)
-        if _literal_of(e.index, (str,)):
-            return self.map_get(self.expr(e.obj), e.index.value, "_idx",
-                                isinstance(e.obj, A.NsVar))
-        obj, index = self.seq([e.obj, e.index])
-        o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
-        # a map and a string key: get(); an array and an int in range: [i]
-        frozen = isinstance(e.obj, A.NsVar)
-        in_map = py.BinOp(_is_type(_walrus(o, obj), "_FMAP" if frozen else "dict"),
-                          py.BitAnd(), _is_type(_walrus(i, index), "str"))
-        size = _call("_len", _name(o))
-        in_seq = py.BoolOp(py.And(), [
-            self.class_in(_name(o), ["tuple"] if frozen else ["list", "tuple"]),
-            _is_type(_name(i), "int"),
-            py.Compare(py.UnaryOp(py.USub(), size), [py.LtE(), py.Lt()],
-                       [_name(i), copy.deepcopy(size)])])
-        get = _dict_get(_name(o), _name(i))
-        item = py.Subscript(_name(o), _name(i), py.Load())
-        return py.IfExp(in_map, get, py.IfExp(in_seq, item, _call("_idx", _name(o), _name(i))))
 
     def valued_temp(self, e) -> py.expr:
         result = self.tmp()
         self.valued(e, result)
-        return _name(result)
+        return py_name(result)
 
     def e_Block(self, e: A.Block) -> py.expr:
         return self.valued_temp(e)
@@ -777,35 +526,35 @@ class _Fn:
     def e_Closure(self, e: A.Closure) -> py.expr:
         name = self.mc.tmp("_c")
         inner = _Fn(self.mc, False, "closure")
-        inner.emit([_assign("_t", _call("_state")), *_tick()], e.pos)
+        inner.emit([py_assign("_t", py_call("_state")), *_tick()], e.pos)
         body_stmts = inner.capture(lambda: inner.sink("return", inner.expr(e.body), e.pos))
         inner.out.extend(body_stmts)
         nonlocals = sorted(self.mc.res.nonlocals.get(id(e), ()))
         if nonlocals:
-            inner.out.insert(0, _located(py.Nonlocal(nonlocals), e.pos))
+            inner.out.insert(0, located(py.Nonlocal(nonlocals), e.pos))
         params = [py.arg(self.names(e, f"p{i}")) for i in range(len(e.params))]
         snapshots = sorted(self.mc.res.snapshots.get(id(e), ()))
         args = py.arguments([], params, None, [py.arg(n) for n in snapshots],
-                            [_name(n) for n in snapshots], None, [])
+                            [py_name(n) for n in snapshots], None, [])
         fn = py.FunctionDef(name, args, inner.out, [], None)
         self.mc.code_names[name] = "<closure>"
         self.emit(fn, e.pos)
-        return _call("_closure", _name(name), _const(len(e.params)))
+        return py_call("_closure", py_name(name), py_const(len(e.params)))
 
     def call_script(self, fn_name: str, args, is_async: bool) -> py.expr:
         self.mc.uses.add("depth")
-        depth = py.BinOp(_name("_d"), py.Add(), _const(1))
-        call = _call(fn_name, self.budget(), depth, *args)
+        depth = py.BinOp(py_name("_d"), py.Add(), py_const(1))
+        call = py_call(fn_name, self.budget(), depth, *args)
         return self.wait(call) if is_async else call
 
     def method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr:
         if name == "call":
             return self.call_value(obj, args)
         if name in self.mc.async_methods:
-            return self.wait(_call("_ameth", self.budget(), obj, _const(name),
+            return self.wait(py_call("_ameth", self.budget(), obj, py_const(name),
                                    py.Tuple(args, py.Load())))
         return self.inline_method(name, obj, args) or \
-            _call("_meth", self.method_budget(name), obj, _const(name),
+            py_call("_meth", self.method_budget(name), obj, py_const(name),
                   py.Tuple(args, py.Load()))
 
     def method_budget(self, name: str) -> py.Name:
@@ -815,52 +564,7 @@ class _Fn:
     def call_value(self, fn: py.expr, args: list[py.expr]) -> py.Call:
         """``f.call(...)`` or ``f(...)`` of a closure (which may loop: see walks)."""
         self.mc.uses.add("walks")
-        return _call("_callv", fn, py.Tuple(args, py.Load()))
-
-    def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
-        """A few hot methods run inline when the receiver (and argument) have the expected
-        Python type; the generic dispatch handles everything else, errors included."""
-        if name == "push" and len(args) == 1:
-            return self.inline_push(obj, args[0])
-        shape = _INLINE_METHODS.get((name, len(args)))
-        if shape is None:
-            return None
-        receiver_type, arg_type, make = shape
-        w = self.mc.tmp("_w")
-        tests = [py.Compare(py.Attribute(_walrus(w, obj), "__class__", py.Load()),
-                            [py.In() if receiver_type.startswith("_") else py.Is()],
-                            [_name(receiver_type)])]
-        names = []
-        for arg in args:
-            if isinstance(arg, py.Constant) and type(arg.value).__name__ == arg_type:
-                names.append(arg)
-                continue
-            a = self.mc.tmp("_w")
-            names.append(_name(a))
-            tests.append(_is_type(_walrus(a, arg), arg_type))
-        test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
-        if name in _SIZE_CHECKED:
-            if not self.mc.max_string:
-                pass
-            else:  # lower()/upper() may grow a string up to 3x
-                test = py.BoolOp(py.And(), [test, py.Compare(
-                    _call("_len", _name(w)), [py.LtE()], [_const(self.mc.max_string // 3)])])
-        slow = _call("_meth", self.method_budget(name), _name(w), _const(name),
-                     py.Tuple(names, py.Load()))
-        node = py.IfExp(test, make(_name(w), *names), slow)
-        node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
-        return node
-
-    def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
-        """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
-        w = self.mc.tmp("_w")
-        test = py.BoolOp(py.And(), [_is_type(_walrus(w, obj), "list"),
-                                    py.Compare(_call("_len", _name(w)), [py.Lt()],
-                                               [_const(self.mc.max_array)])])
-        fast = _call(py.Attribute(_name(w), "append", py.Load()), arg)
-        slow = _call("_meth", self.budget(), _name(w), _const("push"),
-                     py.Tuple([copy.deepcopy(arg)], py.Load()))
-        return py.IfExp(test, fast, slow)
+        return py_call("_callv", fn, py.Tuple(args, py.Load()))
 
     def target_call(self, e, target, args: list[py.expr]) -> py.expr:
         res = self.mc.res
@@ -869,7 +573,7 @@ class _Fn:
                                     (target.name, target.arity) in res.async_functions)
         if isinstance(target, NativeFn):
             native = self.mc.natives[(target.ns, target.name)]
-            call = _call(native_name(target.ns, target.name), *args)
+            call = py_call(native_name(target.ns, target.name), *args)
             return self.wait(call) if native.is_async else call
         if isinstance(target, ModuleFn):
             info = self.mc.imports[target.alias]
@@ -878,7 +582,7 @@ class _Fn:
         if isinstance(target, BuiltinMethod):
             return self.method(target.name, args[0], args[1:])
         assert isinstance(target, ValueCall)
-        return self.call_value(_name(res.names[(id(e), "ref")]), args)
+        return self.call_value(py_name(res.names[(id(e), "ref")]), args)
 
     def e_MethodCall(self, e: A.MethodCall) -> py.expr:
         values = self.seq([e.obj, *e.args])
@@ -890,68 +594,6 @@ class _Fn:
     def e_NsCall(self, e: A.NsCall) -> py.expr:
         return self.target_call(e, self.mc.res.targets[id(e)], self.seq(e.args))
 
-
-I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
-_PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
-
-
-def _is_type(value: py.expr, type_name: str) -> py.expr:
-    """``value.__class__ is int`` (faster than calling type(); generated, never script text)."""
-    return py.Compare(py.Attribute(value, "__class__", py.Load()), [py.Is()], [_name(type_name)])
-
-
-def _walrus(name: str, value: py.expr) -> py.NamedExpr:
-    return py.NamedExpr(_name(name, store=True), value)
-
-
-def _int_literal(e) -> bool:
-    return isinstance(e, A.Literal) and type(e.value) is int
-
-
-def _literal_of(e, kinds) -> bool:
-    return isinstance(e, A.Literal) and type(e.value) in kinds
-
-
-def _py_method(attr: str):
-    return lambda w, *args: _call(py.Attribute(w, attr, py.Load()), *args)
-
-
-# (method, argument count) -> (receiver type, argument type, fast expression). Generated
-# only after the types are checked, so the Python attribute is the one expected.
-_INLINE_METHODS = {
-    ("len", 0): ("_SIZED", None, lambda w: _call("_len", w)),
-    ("is_empty", 0): ("_SIZED", None,
-                      lambda w: py.Compare(_call("_len", w), [py.Eq()], [_const(0)])),
-    ("starts_with", 1): ("str", "str", _py_method("startswith")),
-    ("ends_with", 1): ("str", "str", _py_method("endswith")),
-    ("contains", 1): ("str", "str", lambda w, a: py.Compare(a, [py.In()], [w])),
-    ("to_lower", 0): ("str", None, _py_method("lower")),
-    ("to_upper", 0): ("str", None, _py_method("upper")),
-    ("trim", 0): ("str", None, _py_method("strip")),
-}
-
-
-_BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
-_SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
-
-
-def _every(tests: list[py.expr]) -> py.expr:
-    """Whether every test (a bool) is true, evaluating each in order (they assign the
-    parts' values): ``t1 & t2 & ...``, or for many parts the flat ``False not in (t1,
-    t2, ...)``, as CPython refuses a chain of ``&`` nested a thousand deep."""
-    if len(tests) > _FLAT_FROM:
-        return py.Compare(_const(False), [py.NotIn()], [py.Tuple(tests, py.Load())])
-    test = tests[0]
-    for more in tests[1:]:
-        test = py.BinOp(test, py.BitAnd(), more)
-    return test
-
-
-def _unblock(e):
-    """``${ x }``: the expression of a one-expression block (no scope needed)."""
-    if isinstance(e, A.Block) and len(e.body) == 1 and isinstance(e.body[0], A.ExprStmt):
-        return e.body[0].expr
-    return e
 
 
 def _known_bool(e) -> bool:
@@ -968,10 +610,10 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     if isinstance(node, py.Name):
         if node.id != "_t":
             return node
-        made = _walrus("_t", _call("_fresh"))
-        lazy = py.IfExp(py.Compare(_name("_t"), [py.IsNot()], [_const(None)]), _name("_t"),
+        made = py_walrus("_t", py_call("_fresh"))
+        lazy = py.IfExp(py.Compare(py_name("_t"), [py.IsNot()], [py_const(None)]), py_name("_t"),
                         made)
-        return _located(lazy, (node.lineno, node.col_offset + 1))
+        return located(lazy, (node.lineno, node.col_offset + 1))
     changed = {}
     for field, value in py.iter_fields(node):
         if isinstance(value, list):
@@ -1022,7 +664,7 @@ class ModuleCompiler:
         flag = self.param_flags.get((value.id, kind))
         if flag is None:
             flag = self.param_flags[(value.id, kind)] = self.tmp("_k")
-        return _name(flag)
+        return py_name(flag)
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -1030,8 +672,8 @@ class ModuleCompiler:
     def function(self, name: str, params: list[str], body: A.Block, is_async: bool,
                  kind: str, pos: A.Loc) -> py.stmt:
         fn = _Fn(self, is_async, kind)
-        guard = py.If(py.Compare(_name("_d"), [py.Gt()], [_const(self.max_call_depth)]),
-                      [py.Expr(_call("_too_deep", _name("_d")))], [])
+        guard = py.If(py.Compare(py_name("_d"), [py.Gt()], [py_const(self.max_call_depth)]),
+                      [py.Expr(py_call("_too_deep", py_name("_d")))], [])
         prologue = [guard, *_tick()]
         assert len(prologue) == _PROLOGUE
         fn.emit(prologue, pos)
@@ -1040,15 +682,15 @@ class ModuleCompiler:
         self.fixed_params = {p for p in params if len(self.res.sources.get(p, ())) == 1}
         self.param_flags = {}
         fn.body(list(body.body), "return", body.pos)
-        flags = [_assign(flag, _is_type(_name(p), kind))
+        flags = [py_assign(flag, py_is_type(py_name(p), kind))
                  for (p, kind), flag in self.param_flags.items()]
-        fn.out[_PROLOGUE:_PROLOGUE] = _located(flags, pos)
+        fn.out[_PROLOGUE:_PROLOGUE] = located(flags, pos)
         self.fixed_params, self.param_flags = set(), {}
         if kind == "top" and self.top_globals:
-            fn.out.insert(0, _located(py.Global(sorted(self.top_globals)), pos))
+            fn.out.insert(0, located(py.Global(sorted(self.top_globals)), pos))
         args = [py.arg("_t"), py.arg("_d")] + [py.arg(p) for p in params]
         cls = py.AsyncFunctionDef if is_async else py.FunctionDef
-        return _located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
+        return located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
     def entry(self, fdef: py.FunctionDef, name: str, param: str) -> py.FunctionDef:
@@ -1064,18 +706,18 @@ class ModuleCompiler:
         body = fdef.body[_PROLOGUE:]  # shared with fdef: compile() does not change nodes
         uses, head, final = self.uses, [], []
         if "depth" in uses:
-            head.append(_assign("_d", _const(0)))
+            head.append(py_assign("_d", py_const(0)))
         if "tick" in uses or "depth" in uses:
-            head.append(_assign("_t", _call("_take")))
-            final.append(py.Expr(_call("_give", _name("_t"))))
+            head.append(py_assign("_t", py_call("_take")))
+            final.append(py.Expr(py_call("_give", py_name("_t"))))
         elif "budget" in uses:
-            head.append(_assign("_t", _const(None)))
+            head.append(py_assign("_t", py_const(None)))
             body = [_with_lazy_budget(s) for s in body]
-        handler = py.ExceptHandler(_name("_BaseException"), "_err", [
-            py.Raise(_call("_locate", _name("_err")), _const(None))])
+        handler = py.ExceptHandler(py_name("_BaseException"), "_err", [
+            py.Raise(py_call("_locate", py_name("_err")), py_const(None))])
         run = py.Try(body, [handler], [], final)
         args = py.arguments([], [py.arg(param)], None, [], [], None, [])
-        return _located(py.FunctionDef(name, args, [*head, run], [], None),
+        return located(py.FunctionDef(name, args, [*head, run], [], None),
                         (fdef.lineno, fdef.col_offset + 1))
 
     def compile(self) -> py.Module:
@@ -1097,4 +739,4 @@ class ModuleCompiler:
                 defs.append(self.entry(fdef, entry_fn_name(*key), params[0]))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
-        return py.Module(defs, [])  # every node has its position (see _located)
+        return py.Module(defs, [])  # every node has its position (see located)

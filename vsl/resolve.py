@@ -1,9 +1,53 @@
 """Static resolution of a parsed module: scopes, calls and diagnostics.
 
-The resolver binds every variable to a unique Python name, decides what each
-call means (script function, native, method, imported module function,
-closure value), finds which functions wait on I/O (async natives), and
-reports everything the linter checks. The compiler trusts its result.
+The resolver walks the AST of one module once, after parsing and before
+compiling (vsl/compile.py). Its inputs are the module, the native namespaces,
+the ModuleInfo of each imported module and the names of the methods that wait
+on I/O; its output is a Resolution, keyed by ``id()`` of AST nodes, so the
+compiler must be given the very nodes that were resolved (never a copy). The
+resolution with no error establishes what the compiler then trusts without
+checking again:
+
+- every variable reference, declaration and parameter has a Python name
+  (``names[(id(node), slot)]``), unique in the module (vsl/names.py:
+  ``v_x``, then ``v1_x`` for the next binding of ``x``);
+- every call has a target (``targets[id(node)]``) whose arity is right;
+- each function is known to wait on I/O or not (``async_functions``).
+
+All names are bound statically. The hard decisions, and why:
+
+- Scopes are lexical blocks. ``let`` makes a new binding once its value is
+  evaluated (``let x = x + 1`` reads the outer ``x``); a second ``let x`` in
+  the same block is a new binding, not an assignment, so each binding keeps
+  one Python name and its type facts stay true. A script function sees only
+  its parameters and its own variables: top-level variables are not visible
+  in it, and top-level constants are read as ``global::NAME`` (so a function
+  never depends on the order in which the top level runs).
+- Functions are called by name and arity, ``f/1`` and ``f/2`` being distinct;
+  all of a module's functions are known before any body is walked, so a call
+  may precede the definition. A call ``f(x)`` tries, in order: a variable
+  holding a closure, a script function, a native of the default namespace,
+  a method called as a function. ``x.f(y)`` is the script function ``f/2`` when
+  there is one (a warning says it hides the method), else the method.
+- Closures capture variables by reference (a captured variable the closure
+  assigns becomes a Python ``nonlocal``), except a variable declared inside a
+  loop body: a closure takes a snapshot of it, so the closures made in
+  different iterations each see their own iteration's value. A closure is a
+  plain function: it may not call anything that waits on I/O.
+- Waiting is decided here, not at run time: a function waits when it calls an
+  async native, method or module function, or a function that waits (a fixed
+  point over the call graph); the compiler makes exactly those ``async def``.
+- Constants: the resolver also records facts the compiler's fast paths rely on
+  (vsl/infer.py): top-level constants whose value is a literal
+  (``literal_constants``), whether every constant is defined before any code
+  can run (``constants_first``: then a read is a plain global), and the
+  variables that always hold an int (``int_vars``, from every value each
+  variable is ever given).
+
+Errors (undefined names, wrong arity, assignment to a constant, ``break``
+outside a loop, waiting in a closure, ...) stop the load; warnings (unused
+variable, unreachable code, ...) are for the linter. Everything else (types,
+overflow, sizes, the budget) is checked at run time by the compiled code.
 """
 from __future__ import annotations
 

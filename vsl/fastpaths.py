@@ -1,0 +1,407 @@
+"""The compiler's fast paths: common cases inlined as plain Python, guarded by type tests.
+
+A script operator or method compiles to a call of its checked helper in
+:mod:`vsl.ops` (or the method dispatch): correct for every value, but a call.
+For the cases policy code hits most (int arithmetic and comparison, a string
+compared with a literal, ``x in LIST``, ``ctx.field``, ``map["key"]``,
+``arr[i]``, templates, a few string and array methods) the compiler emits
+instead ``fast if <type tests> else helper(...)``:
+
+- The rule: every fast path equals its helper. For every value that passes the
+  tests, the fast expression gives the helper's result, cannot raise, and does
+  no work the helper would charge to the budget (``x in arr`` runs inline only
+  below the 64 items from which ``_in`` charges); every other value, so every
+  error, goes to the helper, given the same temporaries: each operand is
+  evaluated once, in order. tests/lang/fast_paths.vsl holds the cases at each
+  edge (overflow bounds, sizes, wrong types); a new fast path adds its own.
+- Tests are ``x.__class__ is int`` (never isinstance: a bool is not an int, a
+  subclass is not its base) and bounds such as ``I64_MIN <= r <= I64_MAX``.
+  A fact the resolver proved (an int variable, a literal constant map, a
+  parameter never assigned) drops a test or moves it to the function's start.
+- Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
+  engine puts in the module's globals; nothing here is reachable from script text.
+
+``FastPaths`` is a mix-in of the compiler's function body translator
+(``compile._Fn``), which supplies ``mc`` (the ModuleCompiler), ``expr``,
+``seq``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
+"""
+from __future__ import annotations
+
+import ast as py
+import copy
+
+from . import ast as A
+from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
+from .pynodes import py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
+
+
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+_FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
+_PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
+
+
+def _int_literal(e) -> bool:
+    return isinstance(e, A.Literal) and type(e.value) is int
+
+
+def _literal_of(e, kinds) -> bool:
+    return isinstance(e, A.Literal) and type(e.value) in kinds
+
+
+def _py_method(attr: str):
+    return lambda w, *args: py_call(py.Attribute(w, attr, py.Load()), *args)
+
+
+# (method, argument count) -> (receiver type, argument type, fast expression). Generated
+# only after the types are checked, so the Python attribute is the one expected.
+_INLINE_METHODS = {
+    ("len", 0): ("_SIZED", None, lambda w: py_call("_len", w)),
+    ("is_empty", 0): ("_SIZED", None,
+                      lambda w: py.Compare(py_call("_len", w), [py.Eq()], [py_const(0)])),
+    ("starts_with", 1): ("str", "str", _py_method("startswith")),
+    ("ends_with", 1): ("str", "str", _py_method("endswith")),
+    ("contains", 1): ("str", "str", lambda w, a: py.Compare(a, [py.In()], [w])),
+    ("to_lower", 0): ("str", None, _py_method("lower")),
+    ("to_upper", 0): ("str", None, _py_method("upper")),
+    ("trim", 0): ("str", None, _py_method("strip")),
+}
+
+
+_BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
+_SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
+
+
+def _every(tests: list[py.expr]) -> py.expr:
+    """Whether every test (a bool) is true, evaluating each in order (they assign the
+    parts' values): ``t1 & t2 & ...``, or for many parts the flat ``False not in (t1,
+    t2, ...)``, as CPython refuses a chain of ``&`` nested a thousand deep."""
+    if len(tests) > _FLAT_FROM:
+        return py.Compare(py_const(False), [py.NotIn()], [py.Tuple(tests, py.Load())])
+    test = tests[0]
+    for more in tests[1:]:
+        test = py.BinOp(test, py.BitAnd(), more)
+    return test
+
+
+def _unblock(e):
+    """``${ x }``: the expression of a one-expression block (no scope needed)."""
+    if isinstance(e, A.Block) and len(e.body) == 1 and isinstance(e.body[0], A.ExprStmt):
+        return e.body[0].expr
+    return e
+
+
+class FastPaths:
+    """Fast-path translations of expressions; each returns a Python expression, or None
+    where only the general translation applies."""
+
+    def truth(self, value: py.expr) -> py.expr:
+        """The script truth of a value not known to be a bool (the helper ``_cond`` rejects
+        a non-bool). An inlined method whose fast branch is a bool: only the other branch
+        is checked."""
+        if isinstance(value, py.IfExp) and getattr(value, "vsl_bool", False):
+            value.orelse = py_call("_cond", value.orelse)
+            return value
+        return self.unless_bool(value, True, "_cond")
+
+    def negation(self, operand: py.expr) -> py.expr:
+        """``!x`` of a value not known to be a bool (the helper ``_not`` rejects a non-bool)."""
+        return self.unless_bool(operand, False, "_not")
+
+    def unless_bool(self, value: py.expr, result: bool, helper: str) -> py.expr:
+        """``_w is R or (_w is not (not R) and helper(_w))``: no call for a bool."""
+        w = self.mc.tmp("_w")
+        return py.BoolOp(py.Or(), [
+            py.Compare(py_walrus(w, value), [py.Is()], [py_const(result)]),
+            py.BoolOp(py.And(), [py.Compare(py_name(w), [py.IsNot()], [py_const(not result)]),
+                                 py_call(helper, py_name(w))])])
+
+    def e_Template(self, e: A.Template) -> py.expr:
+        """An f-string when every interpolated value is an int (whose f-string text is the
+        script's) or a string of at most its share of max_string_size, so the text never
+        grows far past the limit before it is checked; else the ``_tpl`` helper, which
+        checks the size before it builds the text and stops printing at the limit."""
+        parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
+        text_only = [isinstance(p, A.Literal) and type(p.value) is str for p in parts]
+        share = self.mc.max_string // max(text_only.count(False), 1)
+        values, tests, args = [], [], []
+        for part, value, text in zip(parts, self.seq(parts), text_only):
+            if text:
+                values.append(py_const(part.value))
+                args.append(py_const(part.value))
+                continue
+            w = self.mc.tmp("_w")
+            tests.append(self.formattable(w, value, share))
+            values.append(py.FormattedValue(py_name(w), -1, None))
+            args.append(py_name(w))
+        if not tests:  # only literal text: too long is still a run-time error
+            text = "".join(v.value for v in values)
+            if self.mc.max_string and len(text) > self.mc.max_string:
+                return py_call("_too_long", py_const(len(text)))
+            return py_const(text)
+        joined: py.expr = py.JoinedStr(values)
+        if self.mc.max_string:
+            r = self.mc.tmp("_w")
+            size = py_call("_len", py_walrus(r, joined))
+            joined = py.IfExp(py.Compare(size, [py.LtE()], [py_const(self.mc.max_string)]),
+                              py_name(r), py_call("_too_long", py_call("_len", py_name(r))))
+        # its text, and so its work, is bounded by max_string_size (printing stops there):
+        # a template alone never sends a function off the event loop
+        budget = self.budget() if self.mc.max_string else self.walks()
+        return py.IfExp(_every(tests), joined, py_call("_tpl", budget, *args))
+
+    def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
+        """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
+        at most ``share`` characters (any string when there is no size limit)."""
+        cls = py.Attribute(py_walrus(w, value), "__class__", py.Load())
+        if not share:
+            return py.Compare(cls, [py.In()], [py_name("_FMT")])
+        c = self.mc.tmp("_c")
+        small = py.Compare(py_call("_len", py_name(w)), [py.LtE()], [py_const(share)])
+        return py.BoolOp(py.Or(), [
+            py.Compare(py_walrus(c, cls), [py.Is()], [py_name("int")]),
+            py.BoolOp(py.And(), [py.Compare(py_name(c), [py.Is()], [py_name("str")]), small])])
+
+    def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
+        """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
+        64 strings is Python's ``in`` for any x (a string's == is the script's); ``x in
+        global::MAP`` of a constant_map() is ``x.__class__ is str and x in MAP``."""
+        value = literal_value(e.right)
+        if value is NOT_LITERAL:
+            value = constant_of(e.right, self.mc.res.literal_constants)
+        negate = e.op == "!in"
+        if type(value) is tuple and len(value) < 64 and all(type(v) is str for v in value):
+            return py.Compare(left, [py.NotIn() if negate else py.In()], [right])
+        if self.constant_map(e.right) is not None:  # (a plain read: safe to skip)
+            w = self.mc.tmp("_w")
+            found = py.BoolOp(py.And(), [py_is_type(py_walrus(w, left), "str"),
+                                         py.Compare(py_name(w), [py.In()], [right])])
+            return py.UnaryOp(py.Not(), found) if negate else found
+        return None
+
+    def fast_in(self, op: str, left: py.expr, right: py.expr, frozen: bool) -> py.expr:
+        """A string in a small array, a map or a string is Python's ``in`` (Python's ``==``
+        is the script's for a string needle); the helper does the rest and charges work.
+        ``frozen``: the container is a constant (a tuple or a FrozenMap)."""
+        a, b = self.mc.tmp("_w"), self.mc.tmp("_w")
+        kinds = ["tuple", "_FMAP"] if frozen else ["list", "dict", "str", "tuple", "_FMAP"]
+        types = py.BinOp(py_is_type(py_walrus(a, left), "str"), py.BitAnd(),
+                         self.class_in(py_walrus(b, right), kinds))
+        small = py.Compare(py_call("_len", py_name(b)), [py.Lt()], [py_const(64)])
+        fast = py.Compare(py_name(a), [py.In() if op == "in" else py.NotIn()], [py_name(b)])
+        return py.IfExp(py.BoolOp(py.And(), [types, small]), fast,
+                        self.binary(op, py_name(a), py_name(b)))
+
+    def class_in(self, value: py.expr, kinds: list[str]) -> py.expr:
+        """``value.__class__ is A`` or ``(_c := value.__class__) is A or _c is B ...``
+        (a chain of ``is`` is faster than ``in`` a frozenset)."""
+        if len(kinds) == 1:
+            return py_is_type(value, kinds[0])
+        c = self.mc.tmp("_c")
+        cls = py.Attribute(value, "__class__", py.Load())
+        tests = [py.Compare(py_walrus(c, cls), [py.Is()], [py_name(kinds[0])])]
+        tests += [py.Compare(py_name(c), [py.Is()], [py_name(k)]) for k in kinds[1:]]
+        return py.BoolOp(py.Or(), tests)
+
+    def known_int(self, e) -> bool:
+        res = self.mc.res
+        return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
+
+    def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
+        """Inline the common int/str cases; the helper handles everything else."""
+        left_int, right_int = self.known_int(e.left), self.known_int(e.right)
+        if e.op in ("==", "!=") and (_literal_of(e.right, (str,)) or
+                                     _literal_of(e.left, (str,))):
+            # Python's == with a string is the script's for any value (NativeObject.__eq__)
+            return py.Compare(left, [_PY_CMP[e.op]()], [right])
+        if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
+            return self.fast_int_arith(e.op, left, e.right.value, left_int)
+        if e.op in _PY_CMP or e.op in ("+", "-"):
+            return self.fast_int_pair(e.op, (left, left_int), (right, right_int))
+        return None
+
+    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list]:
+        """The operand to use and the type tests it needs (none for a known-int name)."""
+        if known and isinstance(operand, (py.Name, py.Constant)):
+            return operand, []
+        flag = self.mc.param_flag(operand, "int")
+        if flag is not None:
+            return operand, [flag]
+        w = self.mc.tmp("_w")
+        return py_name(w), [py_is_type(py_walrus(w, operand), "int")]
+
+    def named(self, operand: py.expr) -> tuple[py.expr, py.expr]:
+        """(the operand's value for later uses, the expression that evaluates it first)."""
+        if isinstance(operand, (py.Name, py.Constant)):
+            return operand, operand
+        w = self.mc.tmp("_w")
+        return py_name(w), py_walrus(w, operand)
+
+    def fast_int_pair(self, op: str, left, right) -> py.expr:
+        """Two ints: compare or add/subtract inline. Operands are evaluated once, in order
+        (the non-short-circuit ``&``); those known to be ints are not tested."""
+        if left[1] and right[1]:  # both known: no tests, each evaluated where first used
+            if op in _PY_CMP:
+                return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
+            (a, a_first), (b, b_first) = self.named(left[0]), self.named(right[0])
+            r = self.mc.tmp("_w")
+            pyop = py.Add() if op == "+" else py.Sub()
+            in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
+                                  [py_walrus(r, py.BinOp(a_first, pyop, b_first)),
+                                   py_const(I64_MAX)])
+            return py.IfExp(in_range, py_name(r), self.binary(op, a, b))
+        a, tests = self.int_operand(*left)
+        b, more = self.int_operand(*right)
+        tests += more
+        slow = self.binary(op, a, b)
+        if op in _PY_CMP:
+            fast = py.Compare(a, [_PY_CMP[op]()], [b])
+            if not tests:
+                return fast
+            test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
+            return py.IfExp(test, fast, slow)
+        r = self.mc.tmp("_w")
+        pyop = py.Add() if op == "+" else py.Sub()
+        in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
+                              [py_walrus(r, py.BinOp(a, pyop, b)), py_const(I64_MAX)])
+        if len(tests) == 2:
+            tests = [py.BinOp(tests[0], py.BitAnd(), tests[1])]
+        test = py.BoolOp(py.And(), [*tests, in_range]) if tests else in_range
+        return py.IfExp(test, py_name(r), slow)
+
+    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool) -> py.expr | None:
+        """``x + 3`` without a helper call when x is an int and the result cannot overflow."""
+        if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
+            if k <= 0:
+                return None
+            lo, hi = 0, I64_MAX
+        elif op == "*":
+            if k == 0:
+                return None
+            bound = I64_MAX // abs(k)
+            lo, hi = -bound, bound
+        elif (op == "+") == (k >= 0):
+            lo, hi = I64_MIN, I64_MAX - abs(k)
+        else:
+            lo, hi = I64_MIN + abs(k), I64_MAX
+        pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
+        if known:  # no type test: evaluated in the bounds test (or the operation)
+            w, first = self.named(left)
+            if (lo, hi) == (I64_MIN, I64_MAX):
+                return py.BinOp(first, pyop, py_const(k))
+            return py.IfExp(py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)]),
+                            py.BinOp(w, pyop, py_const(k)),
+                            self.binary(op, w, py_const(k)))
+        w, tests = self.int_operand(left, known)
+        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
+            [py.Compare(py_const(lo), [py.LtE(), py.LtE()], [w, py_const(hi)])]
+        fast = py.BinOp(w, pyop, py_const(k))
+        test = tests + bounds
+        if not test:
+            return fast
+        return py.IfExp(test[0] if len(test) == 1 else py.BoolOp(py.And(), test), fast,
+                        self.binary(op, w, py_const(k)))
+
+    def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
+        """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
+        else the checked helper. A parameter that is never assigned is tested once, when
+        the function starts (``_k0 = v_ctx.__class__ is dict``)."""
+        flag = self.mc.param_flag(obj, "dict")
+        if flag is not None:
+            get = py_dict_get(py_name(obj.id), py_const(key))
+            return py.IfExp(flag, get, py_call(helper, py_name(obj.id), py_const(key)))
+        w = self.mc.tmp("_w")
+        get = py_dict_get(py_name(w), py_const(key))
+        return py.IfExp(py_is_type(py_walrus(w, obj), "_FMAP" if frozen else "dict"), get,
+                        py_call(helper, py_name(w), py_const(key)))
+
+    def constant_map(self, e) -> dict | None:
+        """The value of ``e`` if it is a literal constant map read as a plain global."""
+        value = constant_of(e, self.mc.res.literal_constants)
+        return value if type(value) is dict and self.mc.res.constants_first else None
+
+    def constant_map_get(self, e: A.Index, *default: py.expr) -> py.expr:
+        """``global::MAP[key]`` of a constant_map(): ``MAP.get(key[, default])`` for a
+        string key; the helper reports the error for any other key."""
+        obj, index = self.seq([e.obj, e.index])
+        if isinstance(index, py.Constant) and type(index.value) is str:
+            return py_dict_get(obj, index, *default)
+        i = self.mc.tmp("_w")
+        get = py_dict_get(obj, py_name(i), *default)
+        return py.IfExp(py_is_type(py_walrus(i, index), "str"), get,
+                        py_call("_idx", obj, py_name(i)))
+
+    def e_Index(self, e: A.Index) -> py.expr:
+        if self.constant_map(e.obj) is not None:
+            return self.constant_map_get(e)
+        if _literal_of(e.index, (str,)):
+            return self.map_get(self.expr(e.obj), e.index.value, "_idx",
+                                isinstance(e.obj, A.NsVar))
+        obj, index = self.seq([e.obj, e.index])
+        o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
+        # a map and a string key: get(); an array and an int in range: [i]
+        frozen = isinstance(e.obj, A.NsVar)
+        in_map = py.BinOp(py_is_type(py_walrus(o, obj), "_FMAP" if frozen else "dict"),
+                          py.BitAnd(), py_is_type(py_walrus(i, index), "str"))
+        size = py_call("_len", py_name(o))
+        in_seq = py.BoolOp(py.And(), [
+            self.class_in(py_name(o), ["tuple"] if frozen else ["list", "tuple"]),
+            py_is_type(py_name(i), "int"),
+            py.Compare(py.UnaryOp(py.USub(), size), [py.LtE(), py.Lt()],
+                       [py_name(i), copy.deepcopy(size)])])
+        get = py_dict_get(py_name(o), py_name(i))
+        item = py.Subscript(py_name(o), py_name(i), py.Load())
+        return py.IfExp(in_map, get,
+                        py.IfExp(in_seq, item, py_call("_idx", py_name(o), py_name(i))))
+
+    def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
+        """A few hot methods run inline when the receiver (and argument) have the expected
+        Python type; the generic dispatch handles everything else, errors included."""
+        if name == "push" and len(args) == 1:
+            return self.inline_push(obj, args[0])
+        shape = _INLINE_METHODS.get((name, len(args)))
+        if shape is None:
+            return None
+        receiver_type, arg_type, make = shape
+        w = self.mc.tmp("_w")
+        tests = [py.Compare(py.Attribute(py_walrus(w, obj), "__class__", py.Load()),
+                            [py.In() if receiver_type.startswith("_") else py.Is()],
+                            [py_name(receiver_type)])]
+        names = []
+        for arg in args:
+            if isinstance(arg, py.Constant) and type(arg.value).__name__ == arg_type:
+                names.append(arg)
+                continue
+            a = self.mc.tmp("_w")
+            names.append(py_name(a))
+            tests.append(py_is_type(py_walrus(a, arg), arg_type))
+        test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
+        if name in _SIZE_CHECKED:
+            if not self.mc.max_string:
+                pass
+            else:  # lower()/upper() may grow a string up to 3x
+                test = py.BoolOp(py.And(), [test, py.Compare(
+                    py_call("_len", py_name(w)), [py.LtE()], [py_const(self.mc.max_string // 3)])])
+        slow = py_call("_meth", self.method_budget(name), py_name(w), py_const(name),
+                     py.Tuple(names, py.Load()))
+        node = py.IfExp(test, make(py_name(w), *names), slow)
+        node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
+        return node
+
+    def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
+        """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
+        w = self.mc.tmp("_w")
+        test = py.BoolOp(py.And(), [py_is_type(py_walrus(w, obj), "list"),
+                                    py.Compare(py_call("_len", py_name(w)), [py.Lt()],
+                                               [py_const(self.mc.max_array)])])
+        fast = py_call(py.Attribute(py_name(w), "append", py.Load()), arg)
+        slow = py_call("_meth", self.budget(), py_name(w), py_const("push"),
+                     py.Tuple([copy.deepcopy(arg)], py.Load()))
+        return py.IfExp(test, fast, slow)
+
+    def constant_map_default(self, e: A.Binary) -> py.expr | None:
+        """``global::MAP[k] ?? 5`` of a constant_map() without None values: one get()."""
+        if isinstance(e.left, A.Index) and _literal_of(e.right, (str, int, float, bool)):
+            values = self.constant_map(e.left.obj)
+            if values is not None and all(v is not None for v in values.values()):
+                return self.constant_map_get(e.left, py_const(e.right.value))
+        return None
