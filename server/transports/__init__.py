@@ -37,14 +37,14 @@ from vsl.stdlib import dns as dns_natives
 from vsl.stdlib.transport import Route
 from vsl.errors import ScriptError
 
-from .config import ConfigError
-from .credentials import RelayCredentials
-from .files import make_private_dirs
+from ..config import ConfigError
+from ..credentials import RelayCredentials
+from ..files import make_private_dirs
 
 if TYPE_CHECKING:
     from vsl.stdlib.dns import Resolver
 
-    from .config import DeliveryConfig
+    from ..config import DeliveryConfig
 
 log = logging.getLogger("vsl.delivery")
 
