@@ -520,6 +520,16 @@ def test_mbox_keeps_no_partial_message(tmp_path, monkeypatch):
     assert path.stat().st_size == size
 
 
+def test_maildir_keeps_no_partial_file(tmp_path, monkeypatch):
+    def full(fd, data, fsync=True):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vsl.server.files.write_all", full)
+    outcome = run(send(f"maildir:{tmp_path / 'box'}"))["bob@example.test"]
+    assert outcome.status == "deferred" and "No space left" in outcome.reply
+    assert [list((tmp_path / "box" / sub).iterdir()) for sub in ("tmp", "new")] == [[], []]
+
+
 def test_unwritable_maildir_defers(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     outcome = run(send(f"maildir:{tmp_path / 'file' / 'box'}"))["bob@example.test"]

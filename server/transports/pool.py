@@ -4,7 +4,7 @@ delivery) goes through one :class:`Pool`.
 A session is opened as its :class:`SessionKind` says (TLS from the start or STARTTLS,
 whether it may log in), and parked after use for ``idle_timeout`` seconds, to be reused
 (after a RSET) by the next session to the same host:port of the same kind. At most
-``destination_concurrency`` sessions are open at once to one host:port, whatever their
+``destination_concurrency`` sessions are in use at once to one host:port, whatever their
 kind."""
 from __future__ import annotations
 
