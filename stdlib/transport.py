@@ -16,8 +16,7 @@ call for a recipient wins. A route is a string stored with each recipient in the
 (:func:`parse_route` reads it back):
 ``smtp://host:port[?tls=none|opportunistic|required|verify]``, ``smtps://host:port[?tls=verify]``,
 ``lmtp://host:port`` or ``lmtp:///socket/path``, ``mx``, ``maildir:/dir`` and ``mbox:/file``.
-``tls=verify``: TLS with a certificate valid for ``host``, else the mail waits. Each kind
-is declared once, in :data:`ROUTE_KINDS`; the server has a transport for each.
+``tls=verify``: TLS with a certificate valid for ``host``, else the mail waits.
 """
 from __future__ import annotations
 
