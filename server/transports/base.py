@@ -1,8 +1,8 @@
 """The interface every transport module exposes, and what a transport is made from.
 
-A transport class (or any callable) is registered for a route kind in
-server/transports/__init__.py; :class:`~server.transports.Transports` makes one per kind
-as ``factory(setup)`` and calls its ``deliver`` for each group of recipients."""
+A transport class (or any callable) is registered for a route kind in ``TRANSPORTS``
+(server/transports/__init__.py); ``Transports`` there makes one per kind as
+``factory(setup)`` and calls its ``deliver`` for each group of recipients."""
 from __future__ import annotations
 
 from dataclasses import dataclass
