@@ -8,7 +8,7 @@ Named by ``[delivery] credentials``. Lines starting with ``#`` and blank lines a
 ignored; a ``host:port`` may have one login, the password trimmed. A login is sent only
 over ``smtp://`` and ``smtps://`` routes with ``tls=verify``: another route to that
 host:port defers (no password without a checked certificate), and MX delivery never
-logs in (see server/transports.py).
+logs in (see server/transports/pool.py).
 Keep the file readable by the server's user only: it holds passwords in clear.
 """
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from vsl.errors import ScriptError
@@ -33,45 +34,74 @@ from .ctx import Context
 namespace = Namespace("transport", "Delivery routes")
 
 TLS_MODES = ("none", "opportunistic", "required", "verify")
-_PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
-_TLS_OPTIONS = {"smtp": TLS_MODES, "smtps": ("verify",)}  # what tls= may say, by scheme
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never in a route's path (NUL included)
 _REFUSED_PARTS = frozenset({"", ".", ".."})  # path parts that are refused
 
 
 @dataclass(frozen=True)
+class RouteKind:
+    """What a route kind is, declared once for the scripts (here) and the server (whose
+    transport registry, server/transports, must have a transport for each kind).
+
+    ``form`` is how a route of the kind is written: ``name`` (the route is the kind's
+    name alone: ``mx``), ``path`` (``maildir:/absolute/path``) or ``url``
+    (``smtp://host[:port][?tls=...]``, with ``port`` as the default port and ``tls`` the
+    values ``tls=`` may take; ``unix_socket``: ``lmtp:///socket/path`` too)."""
+
+    name: str
+    form: Literal["name", "path", "url"]
+    port: int = 0
+    tls: tuple[str, ...] = ()
+    unix_socket: bool = False
+
+
+ROUTE_KINDS = {kind.name: kind for kind in (
+    RouteKind("smtp", "url", port=25, tls=TLS_MODES),
+    RouteKind("smtps", "url", port=465, tls=("verify",)),
+    RouteKind("lmtp", "url", port=24, unix_socket=True),
+    RouteKind("mx", "name"),
+    RouteKind("maildir", "path"),
+    RouteKind("mbox", "path"),
+)}
+
+
+@dataclass(frozen=True)
 class Route:
-    """Where a recipient's copy goes: ``kind`` is smtp, smtps, lmtp, mx, maildir or mbox."""
+    """Where a recipient's copy goes: ``kind`` names one of :data:`ROUTE_KINDS`."""
 
     kind: str
     host: str = ""
     port: int = 0
     tls: str = "opportunistic"  # smtps is always TLS: opportunistic (unchecked) or verify
-    path: str = ""              # maildir, mbox, LMTP over a Unix socket
+    path: str = ""              # a path kind, or a URL kind over a Unix socket
 
     def __str__(self) -> str:
-        if self.kind == "mx":
-            return "mx"
-        if self.kind in ("maildir", "mbox"):
+        form = ROUTE_KINDS[self.kind].form
+        if form == "name":
+            return self.kind
+        if form == "path":
             return f"{self.kind}:{self.path}"
         if self.path:
-            return f"lmtp://{self.path}"
+            return f"{self.kind}://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         tls = f"?tls={self.tls}" if self.tls != "opportunistic" else ""
         return f"{self.kind}://{host}:{self.port}{tls}"
 
 
-def parse_route(text: str, kinds=("smtp", "smtps", "lmtp", "mx", "maildir", "mbox")) -> Route:
-    """A route from its text; ScriptError names what is wrong."""
+def parse_route(text: str, kinds: tuple[str, ...] | None = None) -> Route:
+    """A route from its text, of one of ``kinds`` (default: every kind of
+    :data:`ROUTE_KINDS`); ScriptError names what is wrong."""
+    kinds = tuple(ROUTE_KINDS) if kinds is None else kinds
     if not isinstance(text, str) or not text:
         raise ScriptError("a route must be a non-empty string such as \"smtp://host:25\"")
-    kind, sep, rest = text.partition(":")
-    if kind not in kinds or (kind == "mx") == bool(sep):
+    name, sep, rest = text.partition(":")
+    kind = ROUTE_KINDS[name] if name in kinds else None
+    if kind is None or (kind.form == "name") == bool(sep):
         raise ScriptError(f"'{text}' is not a route here (expected {', '.join(kinds)})")
-    if kind == "mx":
-        return Route("mx")
-    if kind in ("maildir", "mbox"):
-        return Route(kind, path=_absolute(rest, text))
+    if kind.form == "name":
+        return Route(name)
+    if kind.form == "path":
+        return Route(name, path=_absolute(rest, text))
     return _url_route(kind, text)
 
 
@@ -89,11 +119,11 @@ def _absolute(path: str, text: str) -> str:
     return path
 
 
-def _url_route(kind: str, text: str) -> Route:
+def _url_route(kind: RouteKind, text: str) -> Route:
     url = urlsplit(text)
     if "@" in url.netloc:  # said without the URL: it may hold a password
-        raise ScriptError(f"a {kind}:// route takes no user or password (logins go in the "
-                          "file [delivery] credentials names)")
+        raise ScriptError(f"a {kind.name}:// route takes no user or password (logins go in "
+                          "the file [delivery] credentials names)")
     try:
         pairs = parse_qsl(url.query, keep_blank_values=True, strict_parsing=bool(url.query))
         query, port, host = dict(pairs), url.port, url.hostname
@@ -101,15 +131,16 @@ def _url_route(kind: str, text: str) -> Route:
         raise ScriptError(f"'{text}' is not a valid URL: {err}") from None
     if len(query) != len(pairs):
         raise ScriptError(f"'{text}': an option is given twice")
-    if kind == "lmtp" and not url.netloc:
-        return Route("lmtp", path=_absolute(url.path, text))
+    if kind.unix_socket and not url.netloc:
+        return Route(kind.name, path=_absolute(url.path, text))
     if not host or url.path not in ("", "/") or url.fragment:
-        raise ScriptError(f"'{text}': expected {kind}://host[:port]")
+        raise ScriptError(f"'{text}': expected {kind.name}://host[:port]")
     tls = query.pop("tls", None)  # None: not given (opportunistic)
-    if query or (tls is not None and tls not in _TLS_OPTIONS.get(kind, ())):
-        raise ScriptError(f"'{text}': the only option is tls=none|opportunistic|required|"
-                          "verify (smtp://) or tls=verify (smtps://)")
-    return Route(kind, host, port or _PORTS[kind], tls or "opportunistic")
+    if query or (tls is not None and tls not in kind.tls):
+        choices = " or ".join(f"tls={'|'.join(other.tls)} ({other.name}://)"
+                              for other in ROUTE_KINDS.values() if other.tls)
+        raise ScriptError(f"'{text}': the only option is {choices}")
+    return Route(kind.name, host, port or kind.port, tls or "opportunistic")
 
 
 def _set(ctx, route: Route, rcpt) -> None:

@@ -12,11 +12,14 @@ import pytest
 
 from vsl.server.config import ConfigError, DeliveryConfig, Listener
 from vsl.server.credentials import RelayCredentials
-from vsl.server.transports import Transports, append_mbox, dot_stuffed
+from vsl.server.transports import TRANSPORTS, Transports, check_registry
+from vsl.server.transports.lmtp import dot_stuffed
+from vsl.server.transports.local import append_mbox
+from vsl.server.transports.outcome import Outcome
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.dns import Resolver, parse_nameserver
 from vsl.stdlib.mail import Mailbox
-from vsl.stdlib.transport import Route, parse_route
+from vsl.stdlib.transport import ROUTE_KINDS, Route, RouteKind, parse_route
 from vsl.engine import Engine
 from vsl.errors import ScriptError
 from vsl.lint import Linter
@@ -511,10 +514,20 @@ def test_mbox_keeps_no_partial_message(tmp_path, monkeypatch):
     def full(fd, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("vsl.server.transports._write_all", full)
+    monkeypatch.setattr("vsl.server.transports.local.write_all", full)
     outcome = run(send(f"mbox:{path}"))["bob@example.test"]
     assert outcome.status == "deferred" and "No space left" in outcome.reply
     assert path.stat().st_size == size
+
+
+def test_maildir_keeps_no_partial_file(tmp_path, monkeypatch):
+    def full(fd, data, fsync=True):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vsl.server.files.write_all", full)
+    outcome = run(send(f"maildir:{tmp_path / 'box'}"))["bob@example.test"]
+    assert outcome.status == "deferred" and "No space left" in outcome.reply
+    assert [list((tmp_path / "box" / sub).iterdir()) for sub in ("tmp", "new")] == [[], []]
 
 
 def test_unwritable_maildir_defers(tmp_path):
@@ -554,6 +567,45 @@ def test_bad_routes(text):
     with pytest.raises(ScriptError) as caught:
         parse_route(text)
     assert "secret" not in caught.value.message  # a password is never repeated
+
+
+# ---- the registry of transports ------------------------------------------------------------
+
+def test_every_route_kind_has_a_transport():
+    assert set(TRANSPORTS) == set(ROUTE_KINDS)
+
+
+def test_the_registry_check_names_what_does_not_match():
+    with pytest.raises(RuntimeError, match=r"kinds without a transport: \['toy'\]"):
+        check_registry({**ROUTE_KINDS, "toy": RouteKind("toy", "path")}, TRANSPORTS)
+    with pytest.raises(RuntimeError, match=r"of no declared route kind: \['toy'\]"):
+        check_registry(ROUTE_KINDS, {**TRANSPORTS, "toy": Keeper})
+
+
+class Keeper:
+    """A toy transport: keeps each message in memory, under its route's path."""
+
+    kept: dict[str, list] = {}
+
+    def __init__(self, setup):
+        self.hostname = setup.hostname
+
+    async def deliver(self, route, sender, recipients, data):
+        self.kept.setdefault(route.path, []).append((sender, recipients, data))
+        return dict.fromkeys(recipients, Outcome("delivered", f"250 2.0.0 kept by "
+                                                              f"{self.hostname}"))
+
+
+def test_a_new_transport_is_a_class_a_registry_line_and_a_route_kind(monkeypatch):
+    monkeypatch.setitem(ROUTE_KINDS, "keep", RouteKind("keep", "path"))
+    monkeypatch.setitem(TRANSPORTS, "keep", Keeper)
+    monkeypatch.setattr(Keeper, "kept", {})
+    outcomes = run(send("keep:/shelf", ["bob@example.test", "carol@example.test"]))
+    assert outcomes == dict.fromkeys(["bob@example.test", "carol@example.test"],
+                                     Outcome("delivered", "250 2.0.0 kept by out.test"))
+    assert Keeper.kept == {"/shelf": [("alice@example.org",
+                                       ["bob@example.test", "carol@example.test"], MESSAGE)]}
+    assert str(parse_route("keep:/shelf")) == "keep:/shelf"
 
 
 SCRIPT = """

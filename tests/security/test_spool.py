@@ -14,7 +14,7 @@ import pytest
 
 from vsl.server.app import recover_spool
 from vsl.server.envelope import Envelope
-from vsl.server.transports import append_mbox, write_maildir
+from vsl.server.transports.local import append_mbox, write_maildir
 from vsl.server.queue import QueueError, Spool, check_queue
 from vsl.server.printable import printable
 from vsl.stdlib.status import is_quarantine_name

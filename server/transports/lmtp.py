@@ -1,0 +1,112 @@
+"""LMTP routes (RFC 2033): ``lmtp://host:port`` or ``lmtp:///socket/path``, one
+connection per delivery, one reply per recipient after DATA."""
+from __future__ import annotations
+
+import asyncio
+import re
+
+from vsl.stdlib.transport import Route
+
+from ..config import DeliveryConfig
+from .base import Setup
+from .outcome import Outcome, Unreachable
+from .smtp import transaction
+
+
+class LmtpDelivery:
+    """lmtp:// routes: connect, LHLO, one :func:`~.smtp.transaction`, QUIT; an
+    unreachable server defers."""
+
+    def __init__(self, setup: Setup):
+        self.config, self.hostname = setup.config, setup.hostname
+
+    async def deliver(self, route: Route, sender: str, recipients: list[str],
+                      data: bytes) -> dict[str, Outcome]:
+        remote = route.path or route.host
+        try:
+            client = await LmtpClient.open(route, self.hostname, self.config)
+        except Unreachable as err:
+            return dict.fromkeys(recipients, err.outcome)
+        try:
+            return await transaction(client, sender, recipients, data, remote)
+        finally:
+            await client.close()
+
+
+class LmtpClient:
+    """A small LMTP client (RFC 2033): LHLO, and one reply per recipient after DATA."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float):
+        self.reader, self.writer, self.timeout = reader, writer, timeout
+        self.extensions: set[str] = set()
+
+    @classmethod
+    async def open(cls, route: Route, hostname: str, config: DeliveryConfig) -> "LmtpClient":
+        """A connected client that has said LHLO; Unreachable when none can be opened."""
+        where = route.path or f"{route.host}:{route.port}"
+        try:
+            connect = asyncio.open_unix_connection(route.path) if route.path else \
+                asyncio.open_connection(route.host, route.port)
+            client = cls(*await asyncio.wait_for(connect, config.connect_timeout),
+                         config.command_timeout)
+        except OSError as err:
+            raise Unreachable(where, err) from None
+        try:
+            greeting = await client._reply()
+            hello = await client.command("LHLO", hostname) if greeting[0] == 220 else greeting
+        except OSError as err:
+            await client.close()
+            raise Unreachable(where, err) from None
+        if hello[0] != 250:
+            await client.close()
+            raise Unreachable(where, f"{hello[0]} {hello[1]}")
+        client.extensions = {line.split()[0].lower() for line in hello[1].split("\n")[1:]
+                             if line.strip()}
+        return client
+
+    def supports(self, extension: str) -> bool:
+        return extension.lower() in self.extensions
+
+    async def command(self, *args: str) -> tuple[int, str]:
+        self.writer.write(" ".join(args).encode() + b"\r\n")
+        return await self._reply()
+
+    async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        reply = await self.command("DATA")
+        if reply[0] != 354:
+            return [reply] * count
+        self.writer.write(dot_stuffed(data))
+        return [await self._reply() for _ in range(count)]
+
+    async def _reply(self) -> tuple[int, str]:
+        """One reply: (code, its lines' texts joined by \\n); OSError if none comes."""
+        lines = []
+        while True:
+            try:
+                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            except ValueError:  # a line over the stream limit
+                raise ConnectionError("reply line too long") from None
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if not line.endswith(b"\n") or not text[:3].isdigit() or text[3:4] not in " -":
+                raise ConnectionError(f"bad reply {text!r}" if line else "connection closed")
+            lines.append(text[4:])
+            if text[3:4] != "-":
+                return int(text[:3]), "\n".join(lines)
+
+    async def close(self) -> None:
+        try:
+            self.writer.write(b"QUIT\r\n")
+            await asyncio.wait_for(self.reader.read(), 1)
+        except OSError:
+            pass
+        self.writer.close()
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """Message bytes as sent after DATA: CRLF line ends, leading dots doubled, the final
+    ``.`` line."""
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"

@@ -1,0 +1,49 @@
+"""What delivery to one recipient came to (:class:`Outcome`), and the words for what went
+wrong on the way (:func:`detail`, :class:`Unreachable`)."""
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from dataclasses import dataclass
+
+_STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One recipient's result: status delivered/deferred/failed, the reply (the remote
+    server's, or one made up for a local problem) and the remote MTA that gave it."""
+
+    status: str
+    reply: str
+    remote_mta: str | None = None
+
+
+def outcome(code: int, text: str, remote: str | None = None) -> Outcome:
+    """The Outcome of an SMTP reply (a code outside 2xx/4xx/5xx counts as a failure)."""
+    return Outcome(_STATUS.get(str(code)[:1], "failed"), f"{code} {' '.join(text.split())}",
+                   remote)
+
+
+def detail(err: BaseException | str) -> str:
+    """An error's text on one line (aiosmtplib errors: the server's code and reply)."""
+    code = getattr(err, "code", None)
+    cause = getattr(err, "__cause__", None)  # aiosmtplib wraps the OSError
+    if isinstance(cause, ssl.SSLError):  # its errno says nothing ("Operation not permitted")
+        err, cause = cause, None
+    text = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else \
+        " ".join(str(getattr(err, "message", "") or err).split()) or type(err).__name__
+    text = _SSL_SOURCE.sub("", text)  # "... (_ssl.c:1006)": where in CPython, not why
+    return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
+
+
+class Unreachable(Exception):
+    """No session could be opened (connection, greeting, EHLO, TLS, AUTH): try the next
+    host. Deferred, like Postfix, whatever the server said."""
+
+    def __init__(self, where: str, err: BaseException | str):
+        super().__init__(where)
+        self.outcome = Outcome("deferred", f"451 4.4.1 cannot deliver to {where}: "
+                                           f"{detail(err)}")

@@ -1,0 +1,196 @@
+"""SMTP sessions, opened and kept for reuse: every SMTP session (relay routes and MX
+delivery) goes through one :class:`Pool`.
+
+A session is opened as its :class:`SessionKind` says (TLS from the start or STARTTLS,
+whether it may log in), and parked after use for ``idle_timeout`` seconds, to be reused
+(after a RSET) by the next session to the same host:port of the same kind. At most
+``destination_concurrency`` sessions are in use at once to one host:port, whatever their
+kind."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
+
+from ..config import ConfigError, DeliveryConfig
+from ..credentials import RelayCredentials
+from .outcome import Unreachable
+
+_STARTTLS = {"none": False, "opportunistic": None, "required": True, "verify": True}
+
+
+@dataclass(frozen=True)
+class SessionKind:
+    """What an SMTP session is, beyond its host:port: TLS from the start (smtps), the
+    route's ``tls=`` mode, and whether it may log in (a route; MX delivery never does)."""
+
+    implicit_tls: bool = False
+    tls: str = "opportunistic"
+    may_log_in: bool = False
+
+
+MX_SESSION = SessionKind()  # opportunistic STARTTLS, no login
+
+
+class SmtpClient:
+    """aiosmtplib's client with the interface :func:`~.smtp.transaction` uses."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP):
+        self.smtp = smtp
+
+    def supports(self, extension: str) -> bool:
+        return self.smtp.supports_extension(extension)
+
+    async def command(self, *args: str) -> tuple[int, str]:
+        reply = await self.smtp.execute_command(*(a.encode() for a in args))
+        return reply.code, reply.message
+
+    async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        try:
+            reply = await self.smtp.data(data)
+        except SMTPResponseException as err:
+            return [(err.code, err.message)] * count
+        return [(reply.code, reply.message)] * count
+
+
+class Pool:
+    """SMTP connections: at most ``destination_concurrency`` at once to one host:port,
+    kept ``idle_timeout`` seconds for reuse by a session to the same host:port of the same
+    :class:`SessionKind`."""
+
+    def __init__(self, config: DeliveryConfig, hostname: str,
+                 credentials: RelayCredentials):
+        self.config, self.hostname, self.credentials = config, hostname, credentials
+        self.slots: dict[tuple, list] = {}  # (host, port) -> [semaphore, users]
+        self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
+        self.closing: set[asyncio.Task] = set()
+        self.opened = 0  # connections made (tests check reuse with it)
+        self.tls = ssl.create_default_context()
+        self.tls.check_hostname = False  # like Postfix's "may" and "encrypt": no verification
+        self.tls.verify_mode = ssl.CERT_NONE
+        self.verifying = ssl.create_default_context()  # tls=verify: the system's CAs ...
+        if config.ca_file is not None:                  # ... and the configured ones
+            try:
+                self.verifying.load_verify_locations(config.ca_file)
+            except OSError as err:  # ssl.SSLError included
+                raise ConfigError(f"delivery.ca_file: cannot load {config.ca_file}: "
+                                  f"{err.strerror or err}") from None
+
+    @asynccontextmanager
+    async def session(self, host: str, port: int, kind: SessionKind):
+        """A connected, greeted :class:`SmtpClient` (logged in when the ``kind`` may, and
+        the credentials file has a login for host:port); Unreachable when none can be
+        opened."""
+        key = (host, port, kind)
+        slot = self.slots.setdefault((host, port), [asyncio.Semaphore(
+            self.config.destination_concurrency), 0])
+        slot[1] += 1
+        try:
+            async with slot[0]:
+                smtp = await self._reuse(key) or await self._open(host, port, kind)
+                try:
+                    yield SmtpClient(smtp)
+                except BaseException:
+                    smtp.close()
+                    raise
+                self._park(key, smtp)
+        finally:
+            slot[1] -= 1
+            if not slot[1]:
+                del self.slots[(host, port)]
+
+    async def _reuse(self, key: tuple) -> aiosmtplib.SMTP | None:
+        idle = self.idle[key]
+        while idle:
+            smtp, timer = idle.popitem()
+            timer.cancel()
+            try:
+                if smtp.is_connected and (await smtp.execute_command(b"RSET")).code == 250:
+                    return smtp
+            except SMTPException:
+                pass
+            smtp.close()
+        self._forget(key)
+        return None
+
+    async def _open(self, host: str, port: int, kind: SessionKind) -> aiosmtplib.SMTP:
+        """Connect (with TLS for smtps), EHLO (else HELO), STARTTLS as ``kind.tls`` says,
+        and AUTH when the ``kind`` may and the credentials file has a login."""
+        config = self.config
+        verify = kind.tls == "verify"
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
+                               timeout=config.command_timeout, use_tls=kind.implicit_tls,
+                               start_tls=None if kind.implicit_tls else _STARTTLS[kind.tls],
+                               tls_context=self.verifying if verify else self.tls)
+        try:
+            await smtp.connect(timeout=config.connect_timeout)
+            self.opened += 1
+            if smtp.is_ehlo_or_helo_needed:
+                try:
+                    await smtp.ehlo()
+                except SMTPHeloError:
+                    await smtp.helo()
+            login = self.credentials.get(host, port) if kind.may_log_in else None
+            if login is not None:
+                await _log_in(smtp, verify, *login)
+        except (SMTPException, OSError) as err:
+            smtp.close()
+            raise Unreachable(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                              err) from None
+        return smtp
+
+    def _park(self, key: tuple, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.is_connected:
+            return
+        if self.config.idle_timeout <= 0:
+            self._quit(smtp)
+            return
+        self.idle[key][smtp] = asyncio.get_running_loop().call_later(
+            self.config.idle_timeout, self._expire, key, smtp)
+
+    def _expire(self, key: tuple, smtp: aiosmtplib.SMTP) -> None:
+        if self.idle.get(key, {}).pop(smtp, None) is not None:
+            self._quit(smtp)
+            self._forget(key)
+
+    def _forget(self, key: tuple) -> None:
+        if not self.idle.get(key, True):
+            del self.idle[key]
+
+    def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        task = asyncio.ensure_future(_quit(smtp))
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    async def close(self) -> None:
+        """QUIT every idle session, and wait for those already closing."""
+        for idle in self.idle.values():
+            for smtp, timer in idle.items():
+                timer.cancel()
+                self._quit(smtp)
+        self.idle.clear()
+        await asyncio.gather(*self.closing, return_exceptions=True)
+
+
+async def _log_in(smtp: aiosmtplib.SMTP, verified: bool, user: str, password: str) -> None:
+    """AUTH as ``user``: only over TLS whose certificate was verified (a tls=verify route),
+    else the connection fails (and the mail waits)."""
+    if smtp.get_transport_info("sslcontext") is None or not verified:
+        raise SMTPException(f"not sending the password of {user} without verified TLS "
+                            "(route option tls=verify)")
+    try:
+        await smtp.login(user, password)
+    except SMTPResponseException as err:
+        raise SMTPException(f"login as {user} refused: {err.code} {err.message}") from None
+
+
+async def _quit(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await smtp.quit(timeout=5)
+    except (SMTPException, OSError):
+        smtp.close()
