@@ -21,7 +21,7 @@ from vsl.engine import Engine
 from .auth_throttle import AuthThrottle
 from .config import Config, Listener
 from .delivery import Delivery
-from .passwords import UsersFile
+from .smtp_users import UsersFile
 from .policy import Policy
 from .queue import QueueError, Spool
 from .session import Protocol

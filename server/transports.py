@@ -38,7 +38,7 @@ from vsl.stdlib.transport import Route
 from vsl.errors import ScriptError
 
 from .config import ConfigError
-from .credentials import RelayCredentials
+from .relay_logins import RelayCredentials
 from .files import make_private_dirs
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace, io_time_left
 from vsl.values import NativeObject, method
 
-from .options import Options
+from .support.options import Options
 
 namespace = Namespace("dns", "DNS look-ups")
 

@@ -26,9 +26,9 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .dns import DnsTempError, Resolver
-from .mail import Mailbox
-from .options import Options
-from .result import CheckResult
+from .support.mail import Mailbox
+from .support.options import Options
+from .support.result import CheckResult
 
 namespace = Namespace("spf", "SPF checks (RFC 7208)")
 

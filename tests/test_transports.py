@@ -11,11 +11,11 @@ from dataclasses import replace
 import pytest
 
 from vsl.server.config import ConfigError, DeliveryConfig, Listener
-from vsl.server.credentials import RelayCredentials
+from vsl.server.relay_logins import RelayCredentials
 from vsl.server.transports import Transports, append_mbox, dot_stuffed
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.dns import Resolver, parse_nameserver
-from vsl.stdlib.mail import Mailbox
+from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import Route, parse_route
 from vsl.engine import Engine
 from vsl.errors import ScriptError
