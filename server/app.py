@@ -14,6 +14,7 @@ import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+from vsl.stdlib import default_namespaces
 from vsl.stdlib import dns as dns_natives
 from vsl.stdlib.ctx import Context, Stage
 from vsl.engine import Engine
@@ -21,10 +22,10 @@ from vsl.engine import Engine
 from .auth_throttle import AuthThrottle
 from .config import Config, Listener
 from .delivery import Delivery
-from .smtp_users import UsersFile
 from .policy import Policy
 from .queue import QueueError, Spool
 from .session import Protocol
+from .smtp_users import UsersFile
 
 log = logging.getLogger("vsl.server")
 
@@ -72,11 +73,9 @@ class Server:
 
     def __init__(self, config: Config, engine: Engine | None = None):
         self.config = config
-        dns = config.dns  # [dns] override: every resolver asks those servers (staging)
-        dns_natives.configure_defaults(dns.config, dns.override or dns.nameservers,
-                                       dns.timeout, forced=bool(dns.override),
-                                       cache_bytes=dns.cache_bytes)
-        self.engine = engine or Engine(limits=config.script_limits)
+        dns_defaults = config.dns.resolver_defaults()
+        self.engine = engine or Engine(limits=config.script_limits,
+                                       namespaces=default_namespaces(dns_defaults))
         # stage functions that may run long (Script.call_off_loop)
         self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)
@@ -84,7 +83,8 @@ class Server:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
         self.spool = Spool(config.queue_dir)
-        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
+        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains,
+                                 resolver=dns_natives.resolver(defaults=dns_defaults))
         self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
         self.auth_throttle = AuthThrottle(config.auth)
         self.tls = tls_context(config)

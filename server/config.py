@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vsl.stdlib.support.mail import HeaderLimits
 from vsl.errors import ScriptError
 from vsl.limits import Limits
 from vsl.resolve import closest
+
+if TYPE_CHECKING:
+    from vsl.stdlib.dns import DnsDefaults
 
 LISTENER_KINDS = ("smtp", "submission", "smtps")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
@@ -93,6 +97,14 @@ class DnsConfig:
     timeout: float = 5.0
     override: tuple[str, ...] = ()     # for every resolver, whatever its script says (staging)
     cache_bytes: int = 4 * 1024 * 1024  # each resolver's cache, estimated from wire sizes
+
+    def resolver_defaults(self) -> DnsDefaults:
+        """What the server's resolvers (the scripts' and delivery's) use for what a script
+        leaves out; with ``override``, those servers for every resolver."""
+        from vsl.stdlib.dns import DnsDefaults
+
+        return DnsDefaults(self.config, self.override or self.nameservers, self.timeout,
+                           self.cache_bytes, forced=bool(self.override))
 
 
 @dataclass(frozen=True)
