@@ -10,6 +10,11 @@ which scripts can catch. Every resolver caches answers for their TTL (negative
 answers for the zone's SOA minimum), in an LRU bounded by entries and by bytes
 (estimated from each answer's wire size), and concurrent look-ups
 of the same name share one query, so a flood does not reach the DNS server.
+
+Options a script leaves out come from its engine's :class:`DnsDefaults` (the
+server's [dns]), bound into that engine's own copy of this namespace
+(:func:`namespace_for`, called by ``stdlib.default_namespaces``), never from a
+module global: engines in one process do not share them.
 """
 from __future__ import annotations
 

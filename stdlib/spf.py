@@ -204,6 +204,8 @@ class _Check:
             raise pyspf.TempError(str(err)) from None
 
     async def _fetch(self, key: tuple[str, str]) -> list:
+        """The answer to one look-up as pyspf's dnspython driver gives it; for MX and PTR,
+        the addresses of the names are fetched first, as pyspf asks for them next."""
         name, qtype = key
         try:
             records = await self.resolver.query(name, qtype)
@@ -212,7 +214,7 @@ class _Check:
         except ScriptError:  # a name DNS cannot carry has no records
             records = []
         values = [_value(r) for r in records]
-        if qtype in ("MX", "PTR"):  # pyspf asks next for the addresses of all these names
+        if qtype in ("MX", "PTR"):
             names = {_key(v[1] if qtype == "MX" else v) for v in values[:MAX_NAMES]}
             await self.answers.fetch((n, self.address_type) for n in names if n)
         return [((name, qtype), v) for v in values]
