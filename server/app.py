@@ -15,6 +15,7 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+from vsl.stdlib import default_namespaces
 from vsl.stdlib import dns as dns_natives
 from vsl.engine import Engine
 
@@ -75,11 +76,9 @@ class Server:
 
     def __init__(self, config: Config, engine: Engine | None = None):
         self.config = config
-        dns = config.dns  # [dns] override: every resolver asks those servers (staging)
-        dns_natives.configure_defaults(dns.config, dns.override or dns.nameservers,
-                                       dns.timeout, forced=bool(dns.override),
-                                       cache_bytes=dns.cache_bytes)
-        self.engine = engine or Engine(limits=config.script_limits)
+        dns_defaults = config.dns.resolver_defaults()
+        self.engine = engine or Engine(limits=config.script_limits,
+                                       namespaces=default_namespaces(dns_defaults))
         # stage functions that may run long (Script.call_off_loop)
         self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)
@@ -87,7 +86,8 @@ class Server:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
         self.spool = Spool(config.queue_dir)
-        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
+        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains,
+                                 resolver=dns_natives.resolver(defaults=dns_defaults))
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
             Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),

@@ -6,7 +6,7 @@ import asyncio
 
 from .auth_throttle import AuthThrottle
 from .config import AUTH_MECHANISMS, AuthConfig
-from .passwords import UsersFile
+from .smtp_users import UsersFile
 from .policy import Policy
 
 

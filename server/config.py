@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vsl.stdlib.mail import HeaderLimits
+from vsl.stdlib.support.mail import HeaderLimits
 from vsl.errors import ScriptError
 from vsl.limits import Limits
 from vsl.resolve import closest
+
+if TYPE_CHECKING:
+    from vsl.stdlib.dns import DnsDefaults
 
 LISTENER_KINDS = ("smtp", "submission", "smtps")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
@@ -52,7 +56,7 @@ class TlsConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     mechanisms: tuple[str, ...] = AUTH_MECHANISMS
-    users_file: Path | None = None   # "user:hash" lines (hashlib.scrypt, see server/passwords.py)
+    users_file: Path | None = None   # "user:hash" lines (hashlib.scrypt, see server/smtp_users.py)
     allow_plaintext: bool = False    # offer AUTH on connections without TLS
     failure_limit: int = 5           # failed logins of one client address or user name ...
     failure_window: float = 600.0    # ... within these seconds lock it out (as fail2ban's)
@@ -94,6 +98,14 @@ class DnsConfig:
     override: tuple[str, ...] = ()     # for every resolver, whatever its script says (staging)
     cache_bytes: int = 4 * 1024 * 1024  # each resolver's cache, estimated from wire sizes
 
+    def resolver_defaults(self) -> DnsDefaults:
+        """What the server's resolvers (the scripts' and delivery's) use for what a script
+        leaves out; with ``override``, those servers for every resolver."""
+        from vsl.stdlib.dns import DnsDefaults
+
+        return DnsDefaults(self.config, self.override or self.nameservers, self.timeout,
+                           self.cache_bytes, forced=bool(self.override))
+
 
 @dataclass(frozen=True)
 class DeliveryConfig:
@@ -116,7 +128,7 @@ class DeliveryConfig:
     idle_timeout: float = 5.0          # an unused SMTP connection is kept this long
     poll_interval: float = 1.0         # how often the deliver queue is looked at
     mx_port: int = 25
-    credentials: Path | None = None    # logins for relays that want AUTH (server/credentials.py)
+    credentials: Path | None = None    # logins for relays that want AUTH (server/relay_logins.py)
     ca_file: Path | None = None        # CAs trusted by tls=verify routes, besides the system's
     mx_address_limit: int = 5          # MX addresses tried in one attempt (Postfix's
                                        # smtp_mx_address_limit) ...

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from vsl.stdlib.mail import Mailbox
+from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import parse_route
 from vsl.errors import ScriptError
 

@@ -21,7 +21,7 @@ from time import monotonic
 from aiosmtpd.smtp import MISSING, syntax
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
+from vsl.stdlib.support.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
 from vsl.stdlib.status import Status
 from vsl.values import FrozenMap
 

@@ -28,7 +28,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vsl.stdlib import dns as dns_natives
 from vsl.resolve import closest
 
 from . import config as config_module
@@ -132,11 +131,7 @@ def replay(transcript: Transcript, scripts: Path | None) -> Outcome:
             dns_server = stack.enter_context(DnsServer(transcript.zones))
             nameserver = f"127.0.0.1:{dns_server.port}"
             config = replace(config, dns=replace(config.dns, override=(nameserver,)))
-        server = Server(config)
-        try:
-            problems = asyncio.run(_session(server, transcript))
-        finally:
-            dns_natives.configure_defaults()
+        problems = asyncio.run(_session(Server(config), transcript))
     return Outcome(transcript, problems)
 
 

@@ -20,12 +20,12 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
-from .mailauth import (UNREADABLE, DkimKey, dns_labels, has_field, key_records, message_of,
+from .support.signing import (UNREADABLE, DkimKey, dns_labels, has_field, key_records, message_of,
                        new_fields, parse_message, short_reason, signing_key)
 from .dns import DnsTempError, Resolver
-from .dnsbridge import Answers
-from .options import Options
-from .result import CheckResult
+from .support.dnsbridge import Answers
+from .support.options import Options
+from .support.result import CheckResult
 
 namespace = Namespace("arc", "ARC chains of forwarded mail (RFC 8617)")
 

@@ -25,7 +25,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.values import FrozenMap, NativeObject, method, preview
 
-from .mail import Mailbox, Message
+from .support.mail import Mailbox, Message
 
 namespace = Namespace("ctx", "The SMTP session object passed to stage functions")
 

@@ -6,7 +6,7 @@
     if res == "pass" { ... }   // res.signatures: one map per signature checked
 
 dkimpy does the cryptography; its key look-ups are answered through the ``dns::``
-resolver (:mod:`stdlib.dnsbridge`), and hashing and signing run in a worker thread.
+resolver (:mod:`stdlib.support.dnsbridge`), and hashing and signing run in a worker thread.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from vsl.natives import Namespace
 from vsl.values import FrozenMap
 
 from .dns import DnsTempError, Resolver
-from .dnsbridge import Answers, Missing
-from .mailauth import (ALGORITHMS, MIN_RSA_BITS, UNREADABLE, DkimKey, dns_labels, has_field,
+from .support.dnsbridge import Answers, Missing
+from .support.signing import (ALGORITHMS, MIN_RSA_BITS, UNREADABLE, DkimKey, dns_labels, has_field,
                        key_records, load_key, message_of, new_fields, parse_message,
                        script_dir, short_reason, signing_key)
-from .options import Options
-from .result import CheckResult
+from .support.options import Options
+from .support.result import CheckResult
 
 namespace = Namespace("dkim", "DKIM signing and verification (RFC 6376, RFC 8463)")
 

@@ -24,9 +24,9 @@ from vsl.natives import Namespace
 from . import spf as spf_natives
 from .dkim import DkimResult, verify_message
 from .dns import DnsTempError, Resolver
-from .mailauth import message_of
-from .options import Options
-from .result import CheckResult
+from .support.signing import message_of
+from .support.options import Options
+from .support.result import CheckResult
 from .spf import SpfResult
 
 namespace = Namespace("dmarc", "DMARC policy checks (RFC 7489)")

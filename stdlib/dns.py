@@ -10,10 +10,17 @@ which scripts can catch. Every resolver caches answers for their TTL (negative
 answers for the zone's SOA minimum), in an LRU bounded by entries and by bytes
 (estimated from each answer's wire size), and concurrent look-ups
 of the same name share one query, so a flood does not reach the DNS server.
+
+Options a script leaves out come from its engine's :class:`DnsDefaults` (the
+server's [dns]), bound into that engine's own copy of this namespace
+(:func:`namespace_for`, called by ``stdlib.default_namespaces``), never from a
+module global: engines in one process do not share them.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -30,7 +37,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace, io_time_left
 from vsl.values import NativeObject, method
 
-from .options import Options
+from .support.options import Options
 
 namespace = Namespace("dns", "DNS look-ups")
 
@@ -310,17 +317,29 @@ def _ip_arg(ip) -> str:
         raise ScriptError(f"'{ip}' is not an IP address") from None
 
 
-_defaults = {"config": "system", "nameservers": (), "timeout": DEFAULT_TIMEOUT,
-             "cache_bytes": DEFAULT_CACHE_BYTES, "forced": False}
+@dataclasses.dataclass(frozen=True)
+class DnsDefaults:
+    """What ``dns::resolver()`` uses for options a script leaves out (the server's [dns]
+    configuration), given to one engine's namespaces (:func:`namespace_for`). ``forced``:
+    every resolver uses these nameservers whatever the script says (`vsl test` answers
+    from a transcript's zone files)."""
+
+    config: str = "system"
+    nameservers: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    forced: bool = False
 
 
-def configure_defaults(config: str = "system", nameservers=(), timeout: float = DEFAULT_TIMEOUT,
-                       forced: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES):
-    """What ``dns::resolver()`` uses for options a script leaves out (the server's config).
-    ``forced``: every resolver uses these nameservers whatever the script says (`vsl test`
-    answers from a transcript's zone files)."""
-    _defaults.update(config=config, nameservers=tuple(nameservers), timeout=timeout,
-                     forced=forced, cache_bytes=cache_bytes)
+def namespace_for(defaults: DnsDefaults) -> Namespace:
+    """The ``dns::`` namespace of one engine: its ``dns::resolver()`` fills in ``defaults``,
+    so engines with different defaults do not see each other's."""
+    functions = dict(namespace.functions)
+    native = functions["resolver"]
+    bound = functools.update_wrapper(functools.partial(native.func, defaults=defaults),
+                                     native.func)  # its name, module and docs stay the native's
+    functions["resolver"] = dataclasses.replace(native, func=bound)
+    return dataclasses.replace(namespace, functions=functions, types=list(namespace.types))
 
 
 _RESOLVER = Options({}, {"config": str, "nameservers": (list, tuple), "timeout": (int, float),
@@ -328,7 +347,7 @@ _RESOLVER = Options({}, {"config": str, "nameservers": (list, tuple), "timeout":
 
 
 @namespace.native(options=_RESOLVER.keys)
-def resolver(config=None) -> Resolver:
+def resolver(config=None, *, defaults: DnsDefaults = DnsDefaults()) -> Resolver:
     """resolver(#{ config?, nameservers?, timeout?, cache?, cache_size? }): a resolver with
     its own cache; options left out come from the server's [dns] configuration.
 
@@ -338,14 +357,14 @@ def resolver(config=None) -> Resolver:
     ``cache``: false for no cache; ``cache_size``: the most entries it keeps (10,000).
     ``[dns] override`` in vsl.toml overrides both config and nameservers."""
     opts = _RESOLVER.parse(config or {}, "dns::resolver")
-    if "config" not in opts and "nameservers" not in opts or _defaults["forced"]:
-        opts["config"], opts["nameservers"] = _defaults["config"], _defaults["nameservers"]
-    timeout = float(opts.get("timeout", _defaults["timeout"]))
+    if "config" not in opts and "nameservers" not in opts or defaults.forced:
+        opts["config"], opts["nameservers"] = defaults.config, defaults.nameservers
+    timeout = float(opts.get("timeout", defaults.timeout))
     if not 0 < timeout <= 60:
         raise ScriptError("dns::resolver: timeout must be between 0 and 60 seconds")
     size = opts.get("cache_size", DEFAULT_CACHE_SIZE) if opts.get("cache", True) else 0
     return Resolver(_nameservers(opts.get("config"), opts.get("nameservers")), timeout, size,
-                    _defaults["cache_bytes"])
+                    defaults.cache_bytes)
 
 
 _LOOKUP = Options({"dns_resolver": Resolver, "name": str}, {"type": str})

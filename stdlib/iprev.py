@@ -17,8 +17,8 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .dns import DnsTempError, Resolver
-from .options import Options
-from .result import CheckResult
+from .support.options import Options
+from .support.result import CheckResult
 
 namespace = Namespace("iprev", "Reverse DNS checks")
 

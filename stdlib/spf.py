@@ -9,11 +9,10 @@ check's answers, never from the network. A look-up missing from the table
 stops the evaluation; the check then awaits it on the ``dns::`` resolver (the
 event loop never blocks) and evaluates again from the start. Given the same
 answers the evaluation is the same, so the run that needs nothing more is the
-result.
+result (the loop of :class:`stdlib.support.dnsbridge.Answers`, as for DKIM and ARC).
 """
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import ipaddress
 import time
@@ -26,9 +25,10 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .dns import DnsTempError, Resolver
-from .mail import Mailbox
-from .options import Options
-from .result import CheckResult
+from .support.dnsbridge import Answers
+from .support.mail import Mailbox
+from .support.options import Options
+from .support.result import CheckResult
 
 namespace = Namespace("spf", "SPF checks (RFC 7208)")
 
@@ -164,68 +164,60 @@ class _Query(pyspf.query):
             return False
 
 
-class _Missing(BaseException):
-    """Stops pyspf at a look-up that has no answer yet (not an Exception, which pyspf
-    might catch; a bare ``except:`` still could, hence ``_Check.missing``)."""
-
-
 class _Check:
-    """One SPF check: pyspf runs over the DNS answers fetched so far, until it lacks none."""
+    """One SPF check: pyspf runs over the DNS answers fetched so far (:class:`Answers`),
+    until it lacks none."""
 
     def __init__(self, resolver: Resolver, address, sender: str, helo: str):
         self.resolver = resolver
         self.query_args = {"i": str(address), "s": sender, "h": helo}
         mapped = address.version == 6 and address.ipv4_mapped is not None
         self.address_type = "AAAA" if address.version == 6 and not mapped else "A"
-        # (name, type) -> [((name, type), value)] as pyspf's dnspython driver gives them,
-        # or the text of a DNS error
-        self.table: dict = {}
-        self.missing: set = set()
+        # (name, type) -> [((name, type), value)] as pyspf's dnspython driver gives them
+        self.answers = Answers(self._fetch)
 
     async def run(self) -> tuple[str, str, str | None]:
         """(result, explanation, matched mechanism or None)."""
         timestamp = str(int(time.time()))
-        for _ in range(MAX_RUNS):
+
+        def evaluate() -> tuple[str, str, str | None]:
             query = _Query(**self.query_args)
             query.t = timestamp  # %{t}: the same in every run
             token = _ACTIVE.set(self)
             try:
-                outcome = query.check()
-            except _Missing:
-                pass
+                result, _, explanation = query.check()
             finally:
                 _ACTIVE.reset(token)
-            if not self.missing:
-                result, _, explanation = outcome
-                return result, explanation, query.mechanism
-            missing, self.missing = self.missing, set()
-            await asyncio.gather(*(self._fetch(*key) for key in missing))
-        return "temperror", f"SPF Temporary Error: more than {MAX_RUNS} rounds of look-ups", None
+            return result, explanation, query.mechanism
+
+        try:
+            return await self.answers.run(evaluate, rounds=MAX_RUNS)
+        except DnsTempError:
+            return ("temperror", f"SPF Temporary Error: more than {MAX_RUNS} rounds of look-ups",
+                    None)
 
     def lookup(self, name: str, qtype: str) -> list:
         """pyspf's DNSLookup: the known answer, else note the look-up and stop pyspf."""
-        answer = self.table.get((name, qtype))
-        if answer is None:
-            self.missing.add((name, qtype))
-            raise _Missing
-        if isinstance(answer, str):
-            raise pyspf.TempError(answer)
-        return answer
+        try:
+            return self.answers.get((name, qtype))
+        except DnsTempError as err:
+            raise pyspf.TempError(str(err)) from None
 
-    async def _fetch(self, name: str, qtype: str) -> None:
+    async def _fetch(self, key: tuple[str, str]) -> list:
+        """The answer to one look-up as pyspf's dnspython driver gives it; for MX and PTR,
+        the addresses of the names are fetched first, as pyspf asks for them next."""
+        name, qtype = key
         try:
             records = await self.resolver.query(name, qtype)
-        except DnsTempError as err:
-            self.table[name, qtype] = str(err)
-            return
+        except DnsTempError:  # Answers keeps it as this key's answer
+            raise
         except ScriptError:  # a name DNS cannot carry has no records
             records = []
         values = [_value(r) for r in records]
-        self.table[name, qtype] = [((name, qtype), v) for v in values]
-        if qtype in ("MX", "PTR"):  # pyspf asks next for the addresses of all these names
+        if qtype in ("MX", "PTR"):
             names = {_key(v[1] if qtype == "MX" else v) for v in values[:MAX_NAMES]}
-            await asyncio.gather(*(self._fetch(n, self.address_type) for n in names
-                                   if n and (n, self.address_type) not in self.table))
+            await self.answers.fetch((n, self.address_type) for n in names if n)
+        return [((name, qtype), v) for v in values]
 
 
 def _key(name: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from vsl.server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
                            DnsConfig, Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
-from vsl.stdlib.mail import HeaderLimits
+from vsl.stdlib.support.mail import HeaderLimits
 from vsl.limits import Limits
 
 FULL = """

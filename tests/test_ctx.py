@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from vsl.stdlib.ctx import Context, Stage, entry_points
-from vsl.stdlib.mail import Mailbox, Message
+from vsl.stdlib.support.mail import Mailbox, Message
 from vsl.engine import Engine
 from vsl.errors import ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits

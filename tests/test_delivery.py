@@ -16,7 +16,7 @@ from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.journal import Journal
 from vsl.server.queue import Spool
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.mail import Mailbox, Message
+from vsl.stdlib.support.mail import Mailbox, Message
 from vsl.engine import Engine
 from tests.support.mailsink import MESSAGE, Sink, free_port
 from tests.support.servers import config_for, running

@@ -17,7 +17,7 @@ from vsl.server.config import load as load_config
 from vsl.server.dnsd import DnsServer
 from vsl.stdlib.ctx import Stage
 from vsl.stdlib.dkim import DkimResult
-from vsl.stdlib.mailauth import DkimKey
+from vsl.stdlib.support.signing import DkimKey
 from tests.authdata import HERE, SIGNED_BODY, context, message, script
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client, wait_for

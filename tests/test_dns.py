@@ -5,9 +5,11 @@ import asyncio
 import gc
 import time
 
+import dns.asyncresolver
 import pytest
 
-from vsl.stdlib.dns import parse_nameserver
+from vsl.stdlib import default_namespaces
+from vsl.stdlib.dns import DnsDefaults, parse_nameserver
 from vsl.engine import Engine
 from vsl.errors import ScriptError, VslError
 from vsl.limits import Limits
@@ -164,6 +166,39 @@ def test_public_configs_build_without_network():
         script = Engine().load_source(f'const R = dns::resolver(#{{ config: "{config}" }});',
                                       "public.vsl")
         assert "dns_resolver(" in script.constants["R"].vsl_display()
+
+
+def engine_with(**defaults) -> Engine:
+    """An engine whose dns::resolver() fills in these [dns] defaults."""
+    return Engine(namespaces=default_namespaces(DnsDefaults(**defaults)))
+
+
+def nameserver_of(resolver) -> str:
+    (server,) = resolver._resolver.nameservers
+    return f"{server.address}:{server.port}"
+
+
+def test_each_engine_has_its_own_dns_defaults(dns_server):
+    served = f"127.0.0.1:{dns_server.port}"
+    source = 'const R = dns::resolver();\nfn make() { dns::resolver() }\n' \
+             'fn ips() { dns::resolver().lookup("mail.example.test") }'
+    first = engine_with(nameservers=(served,), timeout=1.5).load_source(source, "a.vsl")
+    second = engine_with(nameservers=("127.0.0.1:9",), timeout=2.5).load_source(source, "b.vsl")
+    built_in = Engine().load_source(source, "c.vsl")  # made last, with no defaults given
+    for script, server, timeout in ((first, served, 1.5), (second, "127.0.0.1:9", 2.5)):
+        for resolver in (script.constants["R"], script.call("make")):
+            assert nameserver_of(resolver) == server and resolver._resolver.lifetime == timeout
+    assert first.call("ips") == ["192.0.2.7", "2001:db8::7"]  # answered by the first engine's servers
+    resolver = built_in.call("make")
+    assert resolver._resolver.lifetime == 5.0
+    assert str(resolver._resolver.nameservers) == str(dns.asyncresolver.Resolver().nameservers)
+
+
+def test_forced_dns_defaults_override_the_script(dns_server):
+    served = f"127.0.0.1:{dns_server.port}"
+    script = engine_with(nameservers=(served,), forced=True).load_source(
+        'const R = dns::resolver(#{ nameservers: ["127.0.0.1:9"] });', "forced.vsl")
+    assert nameserver_of(script.constants["R"]) == served
 
 
 def test_nameserver_forms():

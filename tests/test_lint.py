@@ -155,8 +155,8 @@ def test_checks_design_note_counts_its_cases():
     assert ["one", "two", "three", "four", "five"].index(word) + 1 == listed.count("\n- ") + 1
 
 
-@pytest.mark.parametrize("helper", ["vsl.checks.Checker.run", "vsl.stdlib.options.Options.keys",
-                                    "vsl.stdlib.options.Options.parse"])
+@pytest.mark.parametrize("helper", ["vsl.checks.Checker.run", "vsl.stdlib.support.options.Options.keys",
+                                    "vsl.stdlib.support.options.Options.parse"])
 def test_lint_helpers_say_what_they_do(helper):
     import importlib
     import inspect

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vsl.stdlib.mail import (NULL, AddressError, HeaderError, HeaderLimitError, HeaderLimits,
+from vsl.stdlib.support.mail import (NULL, AddressError, HeaderError, HeaderLimitError, HeaderLimits,
                          HopLimitError, Mailbox, Message)
 from vsl.errors import ScriptError
 

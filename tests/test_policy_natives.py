@@ -9,7 +9,7 @@ import authres
 import pytest
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.mail import Mailbox, Message
+from vsl.stdlib.support.mail import Mailbox, Message
 from vsl.engine import Engine
 
 POLICY = Path(__file__).parent / "natives" / "issue3_policy.vsl"

@@ -10,7 +10,7 @@ from vsl.engine import Engine
 from vsl.server.policy import Policy
 from vsl.server.stages import StageRunner
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.mail import Mailbox
+from vsl.stdlib.support.mail import Mailbox
 
 FALLBACK = "451 4.3.0 Try again later"
 POLICY = """

@@ -11,14 +11,14 @@ from dataclasses import replace
 import pytest
 
 from vsl.server.config import ConfigError, DeliveryConfig, Listener
-from vsl.server.credentials import RelayCredentials
+from vsl.server.relay_logins import RelayCredentials
 from vsl.server.transports import TRANSPORTS, Transports, check_registry
 from vsl.server.transports.lmtp import dot_stuffed
 from vsl.server.transports.local import append_mbox
 from vsl.server.transports.outcome import Outcome
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.dns import Resolver, parse_nameserver
-from vsl.stdlib.mail import Mailbox
+from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import ROUTE_KINDS, Route, RouteKind, parse_route
 from vsl.engine import Engine
 from vsl.errors import ScriptError

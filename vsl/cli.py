@@ -92,16 +92,16 @@ def run(file, fn, args, as_json, zones) -> None:
         raise click.UsageError("--arg needs --call FN")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with _zones_served(zones) as nameserver:
-        if nameserver:
-            from vsl.stdlib import dns as dns_natives
-
-            dns_natives.configure_defaults(nameservers=(nameserver,), forced=True)
-        _run_script(file, fn, parsed, as_json)
+        _run_script(file, fn, parsed, as_json, nameserver)
 
 
-def _run_script(file, fn, parsed, as_json) -> None:
-    """`vsl run` once its options are read."""
-    engine = Engine()
+def _run_script(file, fn, parsed, as_json, nameserver=None) -> None:
+    """`vsl run` once its options are read (``nameserver``: what every resolver asks)."""
+    from vsl.stdlib import default_namespaces
+    from vsl.stdlib.dns import DnsDefaults
+
+    dns = DnsDefaults(nameservers=(nameserver,), forced=True) if nameserver else None
+    engine = Engine(namespaces=default_namespaces(dns))
     script = None
     try:
         script = engine.load(file)
@@ -317,7 +317,7 @@ def test_command(transcripts, scripts) -> None:
 @click.password_option(help="The password (asked for when not given).")
 def passwd(user, password) -> None:
     """Print a users-file line (user:scrypt$...) for [auth] users_file."""
-    from vsl.server.passwords import hash_password
+    from vsl.server.smtp_users import hash_password
 
     if ":" in user or not user.strip():
         raise click.BadParameter("a user name cannot be empty or contain ':'", param_hint="USER")

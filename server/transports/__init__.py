@@ -23,7 +23,7 @@ from vsl.stdlib.dns import Resolver
 from vsl.stdlib.transport import ROUTE_KINDS, Route
 
 from ..config import DeliveryConfig
-from ..credentials import RelayCredentials
+from ..relay_logins import RelayCredentials
 from .base import Setup, Transport
 from .lmtp import LmtpDelivery
 from .local import maildir, mbox

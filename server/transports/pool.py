@@ -18,7 +18,7 @@ import aiosmtplib
 from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
 from ..config import ConfigError, DeliveryConfig
-from ..credentials import RelayCredentials
+from ..relay_logins import RelayCredentials
 from .outcome import Unreachable
 
 _STARTTLS = {"none": False, "opportunistic": None, "required": True, "verify": True}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.mail import Mailbox, Message
+from vsl.stdlib.support.mail import Mailbox, Message
 from vsl.engine import Engine
 
 HERE = Path(__file__).parent

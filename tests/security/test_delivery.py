@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from vsl.server.config import DeliveryConfig
+from vsl.server.config import DeliveryConfig, DnsConfig
 from vsl.server.dnsd import DnsServer
 from vsl.server.dsn import build_dsn
 from vsl.server.envelope import Envelope, RecipientState
@@ -267,12 +267,9 @@ def test_an_answer_larger_than_the_whole_cache_is_not_kept(hostile_dns):
 
 
 def test_dns_cache_bytes_reaches_the_scripts_resolvers(hostile_dns):
-    dns_natives.configure_defaults(nameservers=[f"127.0.0.1:{hostile_dns.port}"],
-                                   cache_bytes=50_000)  # [dns] cache_bytes
-    try:
-        resolver = dns_natives.resolver()
-    finally:
-        dns_natives.configure_defaults()
+    config = DnsConfig(nameservers=(f"127.0.0.1:{hostile_dns.port}",), cache_bytes=50_000)
+    namespace = dns_natives.namespace_for(config.resolver_defaults())
+    resolver = namespace.functions["resolver"].func()
     assert big_answers(resolver, range(1)) == [0]
     assert big_answers(resolver_for(hostile_dns), range(1))[0] > 62_000  # 4 MiB default
 

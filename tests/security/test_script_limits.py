@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.mail import Message
+from vsl.stdlib.support.mail import Message
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import FALLBACK, client
 from vsl.engine import Engine

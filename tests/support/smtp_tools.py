@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from vsl.server.config import TlsConfig
-from vsl.server.passwords import hash_password
+from vsl.server.smtp_users import hash_password
 from tests.support.certs import make_certificates
 
 FALLBACK = (451, b"4.3.0 Temporary local problem, try again later")

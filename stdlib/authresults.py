@@ -17,7 +17,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .ctx import Context
-from .options import Options
+from .support.options import Options
 
 namespace = Namespace("auth", "Authentication-Results headers")
 

@@ -1,4 +1,5 @@
-"""The AUTH users file: one ``user:hash`` line per account, hashed with scrypt.
+"""The SMTP AUTH users file, who may log in to this server: one ``user:hash`` line per
+account, hashed with scrypt.
 
     alice:scrypt$16384$8$1$<salt hex>$<hash hex>
 

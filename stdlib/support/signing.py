@@ -14,8 +14,8 @@ from dkim.crypto import UnparsableKeyError, parse_private_key
 from vsl.errors import ScriptError
 from vsl.values import NativeObject
 
-from .ctx import Context
-from .dns import DnsTempError, Resolver
+from ..ctx import Context
+from ..dns import DnsTempError, Resolver
 from .mail import Message
 
 MIN_RSA_BITS = 1024  # shorter keys neither sign nor verify (RFC 8301)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 
-from .dns import DnsTempError
+from ..dns import DnsTempError
 
 
 class Missing(BaseException):

@@ -1,4 +1,4 @@
-"""The relay credentials file: what to log in as when relaying to a host that wants AUTH.
+"""The relay logins file: what this server logs in as when relaying to a host that wants AUTH.
 
     # host:port      user                password (the rest of the line)
     smtp.provider.example:587   alice@example.org   correct horse battery staple
