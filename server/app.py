@@ -83,8 +83,9 @@ class Server:
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        self.spool = Spool(config.queue_dir)
-        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains)
+        self.spool = Spool(config.queue_dir, config.delivery.journal)
+        self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
+                                 config.domains)
         self.users = UsersFile(config.auth.users_file) if config.auth.users_file else None
         self.auth_throttle = AuthThrottle(config.auth)
         self.tls = tls_context(config)

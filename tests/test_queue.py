@@ -8,7 +8,8 @@ import os
 import pytest
 
 from vsl.server.envelope import VERSION, Envelope, RecipientState
-from vsl.server.queue import QueueError, Spool, check_queue
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import QueueError, check_queue
 
 
 def run(coro):
