@@ -2,7 +2,7 @@
 ``deliver``, and ``deferred`` when they are due), delivers each recipient over its route,
 and writes each result to the envelope as soon as it is known.
 
-    delivery = Delivery(spool, DeliveryConfig(maildir_root=Path("mail")),
+    delivery = Delivery(Spool("queue"), DeliveryConfig(maildir_root=Path("mail")),
                         "mx.example.com", ("example.com",))
     delivery.start()                    # in the server's event loop
     await delivery.stop()
@@ -13,7 +13,7 @@ once in one DSN to the sender (queued durably, null sender, before anything else
 changes); a message with deferred recipients waits in ``deferred`` until its
 ``next_attempt`` (exponential backoff), and its sender is warned once when it has waited
 ``delay_warning``; past ``max_age`` those recipients fail too (4.4.7). A message
-leaves the spool only when every recipient is delivered or bounced; a failure nobody
+leaves the queue only when every recipient is delivered or bounced; a failure nobody
 can be told about (null sender) sends it to ``dead``.
 A crash may deliver a recipient twice (at least once), never lose one.
 """
@@ -47,13 +47,13 @@ def retry_delay(config: DeliveryConfig, attempts: int) -> float:
 
 class Delivery:
     """Delivers the queue's messages (see the module docstring). ``config.maildir_root``
-    is required (server/config.py ``Config.delivery_config`` fills its default)."""
+    is required (server/config.py ``Config.resolved_delivery`` fills in its default)."""
 
-    def __init__(self, spool: QueueBackend, config: DeliveryConfig, hostname: str,
+    def __init__(self, queue: QueueBackend, config: DeliveryConfig, hostname: str,
                  local_domains, resolver=None, clock: Callable[[], float] = time.time):
         if config.maildir_root is None:
             raise ValueError("delivery needs a maildir_root")
-        self.spool, self.config, self.clock = spool, config, clock
+        self.queue, self.config, self.clock = queue, config, clock
         self.hostname = config.hostname or hostname
         self.local_domains = {d.lower().rstrip(".") for d in (*local_domains, hostname)}
         self.maildir_root = Path(config.maildir_root).absolute()
@@ -79,17 +79,17 @@ class Delivery:
     async def reroute(self, msg_id: str, queue: str, ctx, queued: bytes) -> None:
         """After on_post_queue: store the routes it chose and the message it changed
         (``queued``: the bytes on disk; nothing is written when nothing changed)."""
-        entry = self.spool.get(msg_id, queue)
+        entry = self.queue.get(msg_id, queue)
         recipients = self.recipients(ctx)
         data = ctx.message.to_bytes()
         data = None if data == queued else data
         if recipients != entry.envelope.recipients or data is not None:
             entry.envelope.recipients = recipients
-            await self.spool.update(entry, data)
+            await self.queue.update(entry, data)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Start polling the spool (when enabled)."""
+        """Start claiming due messages (when enabled)."""
         if self.config.enabled and self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
@@ -110,7 +110,7 @@ class Delivery:
 
     async def _run(self) -> None:
         try:
-            await self.spool.recover_deliveries()
+            await self.queue.recover_deliveries()
         except Exception:  # noqa: BLE001 - a journal problem must not stop delivery
             log.exception("delivery: cannot recover the deliveries a stop cut short")
         while True:
@@ -123,7 +123,7 @@ class Delivery:
     async def _claim(self) -> list[asyncio.Task]:
         """Start delivering due messages, up to ``concurrency`` at once."""
         free = self.config.concurrency - len(self.active)
-        return [self._spawn(entry) for entry in await self.spool.claim(free, self.clock())]
+        return [self._spawn(entry) for entry in await self.queue.claim(free, self.clock())]
 
     def _spawn(self, entry: Entry) -> asyncio.Task:
         task = asyncio.ensure_future(self._process(entry))
@@ -134,20 +134,20 @@ class Delivery:
     async def _process(self, entry: Entry) -> None:
         try:
             await self._deliver(entry)
-        except QueueError as err:  # the spool cannot be written: the next poll retries
+        except QueueError as err:  # the queue cannot be written: the next poll retries
             log.error("%s: %s", entry.id, err)
         except Exception:  # noqa: BLE001 - a bug must not stop other deliveries
             log.exception("%s: delivery failed; moving it to hold", entry.id)
             try:
-                await self.spool.move(entry.id, "hold", entry.queue)
+                await self.queue.move(entry.id, "hold", entry.queue)
             except QueueError as err:
                 log.error("%s: %s", entry.id, err)
         finally:
-            self.spool.release(entry.id)
+            self.queue.release(entry.id)
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:
-        data = await asyncio.to_thread(self.spool.message, entry.id, entry.queue)
+        data = await asyncio.to_thread(self.queue.message, entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:
             if rcpt.status in ("pending", "deferred"):
@@ -167,7 +167,7 @@ class Delivery:
         try:
             outcomes = await self.transports.deliver(parse_route(route),
                                                      entry.envelope.sender, addresses, data)
-        except ScriptError as err:  # a route the spool holds but that does not parse
+        except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
         now = self.clock()
         for rcpt in rcpts:
@@ -175,7 +175,7 @@ class Delivery:
             rcpt.record_attempt(result.status, result.reply, result.remote_mta, now)
             log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt.address, route,
                      result.status, result.reply)
-        await self.spool.update(entry, delivered=[a for a in addresses
+        await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
@@ -200,15 +200,15 @@ class Delivery:
             await self._defer(entry, now)
         elif any(r.status == "failed" for r in recipients):
             log.warning("%s: undeliverable and nobody to tell (null sender): dead", entry.id)
-            await self.spool.update(entry)
-            await self.spool.move(entry.id, "dead", entry.queue)
+            await self.queue.update(entry)
+            await self.queue.move(entry.id, "dead", entry.queue)
         else:
-            await self.spool.complete(entry)
+            await self.queue.complete(entry)
 
     async def _defer(self, entry: Entry, now: float) -> None:
         envelope = entry.envelope
         envelope.attempts += 1
-        await self.spool.defer(entry, min(now + retry_delay(self.config, envelope.attempts),
+        await self.queue.defer(entry, min(now + retry_delay(self.config, envelope.attempts),
                                           envelope.received_at + self.config.max_age))
 
     def _delay_warning_due(self, envelope: Envelope, now: float) -> bool:
@@ -226,7 +226,7 @@ class Delivery:
                         retry_until)
         envelope = Envelope("", [RecipientState(sender.address, self.default_route(sender))],
                             dsn_for=entry.id, received_at=self.clock())
-        dsn_id = await self.spool.put(envelope, dsn, "deliver")
+        dsn_id = await self.queue.put(envelope, dsn, "deliver")
         log.info("%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
                  "failure" if retry_until is None else "delay", dsn_id, sender.address,
                  len(recipients))

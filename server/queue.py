@@ -142,7 +142,10 @@ class _Committer:
                 outcomes = [(write, OSError(str(err))) for write in batch]
             for write, error in outcomes:
                 outcome = None if error is None else _write_error(error)
-                write.loop.call_soon_threadsafe(_settle, write.future, outcome)
+                try:
+                    write.loop.call_soon_threadsafe(_settle, write.future, outcome)
+                except RuntimeError:  # its event loop has closed: nobody waits for it
+                    pass
 
     def _commit(self, batch: list[_Write]) -> list[tuple[_Write, OSError | None]]:
         """Write every unit's files, sync once, rename, sync once. A unit whose files
@@ -447,8 +450,8 @@ class Spool:
             except QueueError as err:  # the spool cannot be written: a later claim retries
                 log.error("%s: %s", entry.id, err)
                 continue
-            self._claimed.add(entry.id)
             claimed.append(entry)
+        self._claimed.update(entry.id for entry in claimed)  # all or none: one caller at a time
         return claimed
 
     def _due_deferred(self, limit: int, now: float) -> list[Entry]:

@@ -368,19 +368,21 @@ def test_a_new_worker_resumes_deferred_messages(tmp_path):
     port, clock = free_port(), Clock()
 
     async def main():
-        first = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path), "mx.test", (), clock=clock)
-        msg_id = await queue(first.spool, f"smtp://127.0.0.1:{port}")
+        first = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path), "mx.test", (),
+                         clock=clock)
+        msg_id = await queue(first.queue, f"smtp://127.0.0.1:{port}")
         await first.run_once()
         await first.stop()
-        assert first.spool.locate(msg_id) == "deferred"
+        assert first.queue.locate(msg_id) == "deferred"
         async with Sink() as sink:
             await sink.stop()
             await sink.start(port)
             clock.now += 60
-            second = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path), "mx.test", (), clock=clock)
+            second = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path), "mx.test", (),
+                              clock=clock)
             assert await second.run_once() == 1
             await second.stop()
-            return second.spool, sink.messages
+            return second.queue, sink.messages
 
     spool, messages = asyncio.run(main())
     assert spool.list() == [] and [m.recipients for m in messages] == [["bob@remote.test"]]
