@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vsl.stdlib.status import is_quarantine_name
 
@@ -73,6 +73,7 @@ class Entry:
         return time.time() - (self.envelope.received_at or time.time())
 
 
+@runtime_checkable
 class QueueBackend(Protocol):
     """The mail queue (see the module docstring for the contract)."""
 

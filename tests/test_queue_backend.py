@@ -28,6 +28,7 @@ def open_backend(request, tmp_path):
 
     def open_one() -> QueueBackend:
         opened.append(BACKENDS[request.param](tmp_path / "queue"))
+        assert isinstance(opened[-1], QueueBackend)  # every method of the interface
         return opened[-1]
 
     yield open_one
