@@ -85,6 +85,8 @@ def test_default_routes(tmp_path):
     relayed = Delivery(spool, in_tmp(tmp_path, DeliveryConfig(), relay="smtp://relay.test:587"),
                        "mx.test", ())
     assert relayed.default_route(Mailbox.parse("bob@remote.test")) == "smtp://relay.test:587"
+    with pytest.raises(ValueError, match="maildir_root"):  # from configuration, never
+        Delivery(spool, DeliveryConfig(), "mx.test", ())   # guessed from the queue's place
 
 
 def test_connection_refused_defers_with_backoff(world):
