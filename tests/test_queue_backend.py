@@ -14,7 +14,7 @@ import pytest
 
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.queue import Spool
-from vsl.server.queue_backend import QueueBackend, QueueError
+from vsl.server.queue_backend import Entry, QueueBackend, QueueError
 
 BACKENDS = {"spool": Spool}
 DATA = b"Subject: hi\r\n\r\nbody\r\n"
@@ -43,6 +43,14 @@ def envelope(*addresses: str) -> Envelope:
 
 async def queued(backend: QueueBackend, queue: str = "deliver", *addresses: str) -> str:
     return await backend.put(envelope(*addresses), DATA, queue)
+
+
+async def claimed(backend: QueueBackend, *addresses: str) -> Entry:
+    """A new message in ``deliver``, claimed."""
+    msg_id = await queued(backend, "deliver", *addresses)
+    (entry,) = await backend.claim(1, NOW)
+    assert entry.id == msg_id
+    return entry
 
 
 def ids(entries) -> list[str]:
@@ -84,13 +92,12 @@ def test_complete_takes_a_message_out(open_backend):
     backend = open_backend()
 
     async def main():
-        msg_id = await queued(backend)
-        (entry,) = await backend.claim(1, NOW)
+        entry = await claimed(backend)
         await backend.complete(entry)
-        backend.release(msg_id)
+        backend.release(entry.id)
         assert await backend.claim(5, NOW) == []
         with pytest.raises(QueueError):
-            backend.get(msg_id)
+            backend.get(entry.id)
 
     asyncio.run(main())
     assert open_backend().list() == []
@@ -100,14 +107,13 @@ def test_a_deferred_message_is_due_at_its_time(open_backend):
     backend = open_backend()
 
     async def main():
-        msg_id = await queued(backend)
-        (entry,) = await backend.claim(1, NOW)
+        entry = await claimed(backend)
         entry.envelope.attempts = 1
         await backend.defer(entry, NOW + 60)
-        backend.release(msg_id)
+        backend.release(entry.id)
         assert await backend.claim(5, NOW + 59) == []
         (due,) = await backend.claim(5, NOW + 60)
-        assert (due.id, due.queue) == (msg_id, "deferred")
+        assert (due.id, due.queue) == (entry.id, "deferred")
         assert (due.envelope.next_attempt, due.envelope.attempts) == (NOW + 60, 1)
 
     asyncio.run(main())
@@ -116,10 +122,9 @@ def test_a_deferred_message_is_due_at_its_time(open_backend):
 def test_a_restarted_backend_finds_its_deferred_messages(open_backend):
     async def defer_one():
         backend = open_backend()
-        msg_id = await queued(backend)
-        (entry,) = await backend.claim(1, NOW)
+        entry = await claimed(backend)
         await backend.defer(entry, NOW + 60)
-        return msg_id
+        return entry.id
 
     msg_id = asyncio.run(defer_one())
 
@@ -153,11 +158,10 @@ def test_update_stores_the_envelope_and_the_message(open_backend):
     backend = open_backend()
 
     async def main():
-        msg_id = await queued(backend)
-        (entry,) = await backend.claim(1, NOW)
+        entry = await claimed(backend)
         entry.envelope.recipients[0].record_attempt("deferred", "451 later", None, NOW)
         await backend.update(entry, b"Subject: changed\r\n\r\n")
-        return msg_id
+        return entry.id
 
     msg_id = asyncio.run(main())
     backend = open_backend()
@@ -171,10 +175,9 @@ def test_deliveries_a_crash_cut_short_are_recovered(open_backend):
     update stored the recipients as they were): the next start marks bob delivered."""
     async def crash():
         backend = open_backend()
-        msg_id = await queued(backend, "deliver", "bob@remote.test", "carol@remote.test")
-        (entry,) = await backend.claim(1, NOW)
+        entry = await claimed(backend, "bob@remote.test", "carol@remote.test")
         await backend.update(entry, delivered=["bob@remote.test"])
-        return msg_id
+        return entry.id
 
     msg_id = asyncio.run(crash())
 
