@@ -85,8 +85,9 @@ class Server:
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        self.spool = Spool(config.queue_dir)
-        self.delivery = Delivery(self.spool, config.delivery, config.hostname, config.domains,
+        self.spool = Spool(config.queue_dir, config.delivery.journal)
+        self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
+                                 config.domains,
                                  resolver=dns_natives.resolver(defaults=dns_defaults))
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
@@ -141,6 +142,7 @@ class Server:
     async def stop(self) -> None:
         log.info("stopping")
         await self.delivery.stop()
+        await asyncio.to_thread(self.spool.close)  # its writer thread and delivery journal
         for task in self._tasks:
             task.cancel()
         for server in self.servers:

@@ -11,7 +11,7 @@ import socket
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,7 +113,7 @@ class DeliveryConfig:
 
     enabled: bool = True
     maildir_root: Path | None = None   # local mail: <root>/<domain>/<local part>; None: "mail"
-                                       # beside the queue directory
+                                       # beside the queue directory (Config.resolved_delivery)
     relay: str | None = None           # smtp[s]:// for non-local mail no script routed
                                        # (and DSNs); None: MX
     retry_first: float = 300.0         # first retry after 5 min, doubling ...
@@ -136,6 +136,8 @@ class DeliveryConfig:
     mx_attempt_timeout: float = 600.0  # one MX attempt, DNS look-ups included, then defer
     mx_host_limit: int = 10            # MX hosts without an address looked up in one
                                        # attempt (twice the address limit's default)
+    journal: Path | None = None        # the delivery journal (server/journal.py); None:
+                                       # delivered.journal in the queue directory
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,13 @@ class Config:
     def domains(self) -> tuple[str, ...]:
         """The domains this server accepts mail for without a policy script."""
         return tuple(d.lower() for d in (self.local_domains or (self.hostname,)))
+
+    @property
+    def resolved_delivery(self) -> DeliveryConfig:
+        """``[delivery]`` with the default Maildir root filled in: "mail" beside the queue
+        directory."""
+        return replace(self.delivery, maildir_root=self.delivery.maildir_root or
+                       self.queue_dir.parent / "mail")
 
 
 # ---- reading ----------------------------------------------------------------
@@ -354,7 +363,8 @@ def _convert(value, kind, key: str, base: Path):
 _SERVER_SCHEMA = {"hostname": str, "local_domains": "strings", "scripts": "path",
                   "queue_dir": "path", "fallback_reply": "reply", "workers": "int",
                   "script_threads": "int"}
-_DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "relay": "route",
+_DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "journal": "path",
+                    "relay": "route",
                     "retry_first": "float", "retry_max": "float", "max_age": "float",
                     "delay_warning": "float",
                     "concurrency": "int", "destination_concurrency": "int", "hostname": str,

@@ -1,8 +1,9 @@
-"""The delivery worker: takes messages from the spool's ``deliver`` queue (and from
-``deferred`` when they are due), delivers each recipient over its route, and writes
-each result to the envelope as soon as it is known.
+"""The delivery worker: claims due messages from the queue backend (server/queue_backend.py:
+``deliver``, and ``deferred`` when they are due), delivers each recipient over its route,
+and writes each result to the envelope as soon as it is known.
 
-    delivery = Delivery(spool, DeliveryConfig(), "mx.example.com", ("example.com",))
+    delivery = Delivery(Spool("queue"), DeliveryConfig(maildir_root=Path("mail")),
+                        "mx.example.com", ("example.com",))
     delivery.start()                    # in the server's event loop
     await delivery.stop()
 
@@ -12,14 +13,13 @@ once in one DSN to the sender (queued durably, null sender, before anything else
 changes); a message with deferred recipients waits in ``deferred`` until its
 ``next_attempt`` (exponential backoff), and its sender is warned once when it has waited
 ``delay_warning``; past ``max_age`` those recipients fail too (4.4.7). A message
-leaves the spool only when every recipient is delivered or bounced; a failure nobody
+leaves the queue only when every recipient is delivered or bounced; a failure nobody
 can be told about (null sender) sends it to ``dead``.
 A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import defaultdict
@@ -34,8 +34,7 @@ from vsl.errors import ScriptError
 from .config import DeliveryConfig
 from .dsn import build_dsn
 from .envelope import Envelope, RecipientState
-from .journal import Journal
-from .queue import Entry, QueueError, Spool, UnreadableEnvelope
+from .queue_backend import Entry, QueueBackend, QueueError
 from .transports import Outcome, Transports
 
 log = logging.getLogger("vsl.delivery")
@@ -47,20 +46,21 @@ def retry_delay(config: DeliveryConfig, attempts: int) -> float:
 
 
 class Delivery:
-    """Delivers the spool's messages (see the module docstring)."""
+    """Delivers the queue's messages (see the module docstring). ``config.maildir_root``
+    is required (server/config.py ``Config.resolved_delivery`` fills in its default)."""
 
-    def __init__(self, spool: Spool, config: DeliveryConfig, hostname: str,
+    def __init__(self, queue: QueueBackend, config: DeliveryConfig, hostname: str,
                  local_domains, resolver=None, clock: Callable[[], float] = time.time):
-        self.spool, self.config, self.clock = spool, config, clock
+        if config.maildir_root is None:
+            raise ValueError("delivery needs a maildir_root")
+        self.queue, self.config, self.clock = queue, config, clock
         self.hostname = config.hostname or hostname
         self.local_domains = {d.lower().rstrip(".") for d in (*local_domains, hostname)}
-        self.maildir_root = Path(config.maildir_root or spool.root.parent / "mail").absolute()
+        self.maildir_root = Path(config.maildir_root).absolute()
         self.relay = str(parse_route(config.relay, ("smtp", "smtps"))) if config.relay \
             else "mx"
         self.transports = Transports(config, self.hostname, resolver)
-        self.journal = Journal(spool.root / "delivered.journal")
         self.active: dict[str, asyncio.Task] = {}
-        self.deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
         self._task: asyncio.Task | None = None
 
     # -- routes --------------------------------------------------------------------------
@@ -79,17 +79,17 @@ class Delivery:
     async def reroute(self, msg_id: str, queue: str, ctx, queued: bytes) -> None:
         """After on_post_queue: store the routes it chose and the message it changed
         (``queued``: the bytes on disk; nothing is written when nothing changed)."""
-        entry = self.spool.get(msg_id, queue)
+        entry = self.queue.get(msg_id, queue)
         recipients = self.recipients(ctx)
         data = ctx.message.to_bytes()
         data = None if data == queued else data
         if recipients != entry.envelope.recipients or data is not None:
             entry.envelope.recipients = recipients
-            await self.spool.update(entry, data)
+            await self.queue.update(entry, data)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Start polling the spool (when enabled)."""
+        """Start claiming due messages (when enabled)."""
         if self.config.enabled and self._task is None:
             self._task = asyncio.ensure_future(self._run())
 
@@ -101,7 +101,6 @@ class Delivery:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
         await self.transports.close()
-        self.journal.close()
 
     async def run_once(self) -> int:
         """Deliver what is due now and wait for it; returns how many messages."""
@@ -111,9 +110,9 @@ class Delivery:
 
     async def _run(self) -> None:
         try:
-            await self.recover()
+            await self.queue.recover_deliveries()
         except Exception:  # noqa: BLE001 - a journal problem must not stop delivery
-            log.exception("delivery: cannot replay %s", self.journal.path)
+            log.exception("delivery: cannot recover the deliveries a stop cut short")
         while True:
             try:
                 await self._claim()
@@ -121,67 +120,10 @@ class Delivery:
                 log.exception("delivery: cannot read the queue")
             await asyncio.sleep(self.config.poll_interval)
 
-    async def recover(self) -> None:
-        """Mark delivered what the journal says a remote accepted before a crash. An
-        entry that cannot be applied (an unreadable envelope) is logged and kept in the
-        journal, through every compaction, until the envelope reads again: then that
-        recipient is not sent twice."""
-        unapplied = {}
-        for msg_id, addresses in self.journal.read().items():
-            try:
-                await self._replay(msg_id, addresses)
-            except Exception as err:  # noqa: BLE001 - one bad envelope must not stop the rest
-                log.error("%s: cannot record deliveries from the journal: %s", msg_id, err)
-                unapplied[msg_id] = addresses
-        self.journal.keep(unapplied)
-
-    async def _replay(self, msg_id: str, addresses: set[str]) -> None:
-        try:
-            entry = self.spool.get(msg_id)
-        except UnreadableEnvelope:
-            raise  # not removed: the journal keeps it until the envelope is fixed
-        except QueueError:
-            return  # delivered and removed, or removed by the operator
-        await self._mark_delivered(entry, addresses)
-
-    async def _mark_delivered(self, entry: Entry, addresses: set[str]) -> None:
-        undone = [r for r in entry.envelope.recipients
-                  if r.address in addresses and r.status in ("pending", "deferred")]
-        for rcpt in undone:
-            rcpt.status = "delivered"
-        if undone:
-            log.info("%s: %d recipient(s) delivered before a restart", entry.id, len(undone))
-            await self.spool.update(entry)
-
-    async def _apply_kept(self, entry: Entry) -> None:
-        """Journal lines kept while ``entry``'s envelope was unreadable, now applied."""
-        addresses = self.journal.kept.get(entry.id)
-        if addresses:
-            await self._mark_delivered(entry, addresses)
-            self.journal.forget(entry.id)
-
     async def _claim(self) -> list[asyncio.Task]:
         """Start delivering due messages, up to ``concurrency`` at once."""
-        if self.deferred is None:
-            self.deferred = [(e.envelope.next_attempt or 0, e.id) for e in
-                             await asyncio.to_thread(self.spool.list, "deferred")]
-            heapq.heapify(self.deferred)
         free = self.config.concurrency - len(self.active)
-        if free <= 0:
-            return []
-        busy = set(self.active)  # and those that end while the queue is read: stale
-        due = [e for e in await asyncio.to_thread(self.spool.list, "deliver")
-               if e.id not in busy and e.id not in self.active][:free]
-        now = self.clock()
-        while len(due) < free and self.deferred and self.deferred[0][0] <= now:
-            msg_id = heapq.heappop(self.deferred)[1]
-            try:
-                entry = self.spool.get(msg_id, "deferred")
-            except QueueError:
-                continue  # delivered, moved or removed meanwhile
-            if msg_id not in self.active and (entry.envelope.next_attempt or 0) <= now:
-                due.append(entry)  # (a later next_attempt has its own heap item)
-        return [self._spawn(entry) for entry in due]
+        return [self._spawn(entry) for entry in await self.queue.claim(free, self.clock())]
 
     def _spawn(self, entry: Entry) -> asyncio.Task:
         task = asyncio.ensure_future(self._process(entry))
@@ -192,19 +134,20 @@ class Delivery:
     async def _process(self, entry: Entry) -> None:
         try:
             await self._deliver(entry)
-        except QueueError as err:  # the spool cannot be written: the next poll retries
+        except QueueError as err:  # the queue cannot be written: the next poll retries
             log.error("%s: %s", entry.id, err)
         except Exception:  # noqa: BLE001 - a bug must not stop other deliveries
             log.exception("%s: delivery failed; moving it to hold", entry.id)
             try:
-                await self.spool.move(entry.id, "hold", entry.queue)
+                await self.queue.move(entry.id, "hold", entry.queue)
             except QueueError as err:
                 log.error("%s: %s", entry.id, err)
+        finally:
+            self.queue.release(entry.id)
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:
-        await self._apply_kept(entry)
-        data = await asyncio.to_thread(self.spool.message, entry.id, entry.queue)
+        data = await asyncio.to_thread(self.queue.message, entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:
             if rcpt.status in ("pending", "deferred"):
@@ -224,21 +167,16 @@ class Delivery:
         try:
             outcomes = await self.transports.deliver(parse_route(route),
                                                      entry.envelope.sender, addresses, data)
-        except ScriptError as err:  # a route the spool holds but that does not parse
+        except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
-        recorded = self.journal.record(
-            entry.id, [a for a in addresses if outcomes[a].status == "delivered"])
         now = self.clock()
         for rcpt in rcpts:
             result = outcomes[rcpt.address]
             rcpt.record_attempt(result.status, result.reply, result.remote_mta, now)
             log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt.address, route,
                      result.status, result.reply)
-        try:
-            await self.spool.update(entry)
-        finally:
-            if recorded:
-                self.journal.settled()
+        await self.queue.update(entry, delivered=[a for a in addresses
+                                                  if outcomes[a].status == "delivered"])
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""
@@ -262,19 +200,16 @@ class Delivery:
             await self._defer(entry, now)
         elif any(r.status == "failed" for r in recipients):
             log.warning("%s: undeliverable and nobody to tell (null sender): dead", entry.id)
-            await self.spool.update(entry)
-            await self.spool.move(entry.id, "dead", entry.queue)
+            await self.queue.update(entry)
+            await self.queue.move(entry.id, "dead", entry.queue)
         else:
-            self.spool.remove(entry.id, entry.queue)
+            await self.queue.complete(entry)
 
     async def _defer(self, entry: Entry, now: float) -> None:
         envelope = entry.envelope
         envelope.attempts += 1
-        envelope.next_attempt = min(now + retry_delay(self.config, envelope.attempts),
-                                    envelope.received_at + self.config.max_age)
-        await self.spool.update(entry)
-        await self.spool.move(entry.id, "deferred", entry.queue)
-        heapq.heappush(self.deferred, (envelope.next_attempt, entry.id))
+        await self.queue.defer(entry, min(now + retry_delay(self.config, envelope.attempts),
+                                          envelope.received_at + self.config.max_age))
 
     def _delay_warning_due(self, envelope: Envelope, now: float) -> bool:
         """One warning per message, once it has waited ``delay_warning`` (0: never)."""
@@ -291,7 +226,7 @@ class Delivery:
                         retry_until)
         envelope = Envelope("", [RecipientState(sender.address, self.default_route(sender))],
                             dsn_for=entry.id, received_at=self.clock())
-        dsn_id = await self.spool.put(envelope, dsn, "deliver")
+        dsn_id = await self.queue.put(envelope, dsn, "deliver")
         log.info("%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
                  "failure" if retry_until is None else "delay", dsn_id, sender.address,
                  len(recipients))

@@ -9,23 +9,23 @@ from vsl.stdlib.ctx import Context, Stage
 
 from .delivery import Delivery
 from .envelope import Envelope
-from .queue import QueueError, Spool
+from .queue_backend import QueueBackend, QueueError
 from .stages import StageRunner
 
 log = logging.getLogger("vsl.server")
 
 
 class Intake:
-    """Puts accepted messages on the spool and hands them to delivery."""
+    """Puts accepted messages on the queue and hands them to delivery."""
 
-    def __init__(self, spool: Spool, delivery: Delivery):
-        self.spool, self.delivery = spool, delivery
+    def __init__(self, queue: QueueBackend, delivery: Delivery):
+        self.queue, self.delivery = queue, delivery
 
     async def store(self, ctx: Context, data: bytes, queue: str,
                     authenticated_as: str | None) -> str:
         """Write the message of ``ctx`` (``data``: its bytes) to ``queue``; its id.
         Raises QueueError or OSError when it could not be written."""
-        return await self.spool.put(self._envelope(ctx, authenticated_as), data, queue,
+        return await self.queue.put(self._envelope(ctx, authenticated_as), data, queue,
                                     ctx.message_id)
 
     def _envelope(self, ctx: Context, authenticated_as: str | None) -> Envelope:
@@ -64,13 +64,13 @@ class Intake:
             target = "dead" if status.kind == "deny" else "deliver"
         if target == "deliver":
             await self.delivery.reroute(msg_id, queue, ctx, data)
-        await self.spool.move(msg_id, target, queue)
+        await self.queue.move(msg_id, target, queue)
 
     async def _hold(self, msg_id: str, queue: str) -> None:
         """Put a message in hold; if even that fails, it stays where it is until the next
         start moves it to hold (hold_unacknowledged)."""
         try:
-            await self.spool.move(msg_id, "hold", queue)
+            await self.queue.move(msg_id, "hold", queue)
         except (QueueError, OSError) as err:
             log.error("%s: cannot move it to hold (%s): it stays in %s until the next start",
                       msg_id, err, queue)

@@ -8,10 +8,13 @@ holds it), so the next start reads the journal, marks those recipients delivered
 empties it. A power loss can still lose the last lines: then a recipient is delivered
 twice, never lost.
 
-    journal = Journal(spool.root / "delivered.journal")
+The spool (server/queue.py) owns it: ``Spool.update(entry, delivered=[...])`` does
+
     journal.record(msg_id, ["bob@example.test"])   # after the remote's 2xx
-    ... await spool.update(entry) ...              # the envelope now says "delivered"
+    ... the envelope's group commit ...            # the envelope now says "delivered"
     journal.settled()                              # may compact the file
+
+and ``Spool.recover_deliveries`` replays it when delivery starts.
 
 A line the next start cannot apply (its envelope is unreadable) is kept: :meth:`keep`
 rewrites the journal with those lines only, every later compaction keeps them, and

@@ -19,14 +19,16 @@ An envelope that cannot be read (a newer version, a field of the wrong type, an 
 error) is never misread: :meth:`Spool.scan` reports it, :meth:`Spool.list` skips it with a
 warning in the log.
 
-Every operation is behind :class:`Spool` (put, claim, complete, defer, move, list,
-get), so a broker-backed queue can replace the spool without touching its users.
+This is the file backend of :class:`~.queue_backend.QueueBackend` (the contract is
+there). Delivery's claims live in this process: a set of claimed ids, and a heap of
+deferred messages by ``next_attempt``, filled from ``deferred`` at the first claim and
+kept up to date by :meth:`Spool.defer`. Addresses a remote accepted are written to the
+delivery journal (server/journal.py) before the envelope that records them is durable.
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
+import heapq
 import itertools
 import logging
 import os
@@ -41,43 +43,19 @@ from pathlib import Path
 from vsl.stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
-from .files import make_private_dirs
+from .files import (HAS_SYNCFS, make_private_dirs, sync_directory, sync_file_system,
+                    write_new_file)
+from .journal import Journal
 from .printable import printable
+from .queue_backend import (MESSAGE_ID, QUEUES, Entry, QueueError, UnreadableEnvelope,
+                            check_queue, new_id)
 
 log = logging.getLogger("vsl.spool")
 
-QUEUES = ("working", "deliver", "deferred", "dead", "hold")
-_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
 # A quarantine directory that is listed: today's names (is_quarantine_name), and the longer
 # ones an older vSL allowed. Never hidden, so never '.' or '..'.
 _LISTED_QUARANTINE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _WHY_LIMIT = 200  # characters of why an envelope is unreadable (it may quote a long value)
-
-
-class QueueError(Exception):
-    """The spool cannot do what was asked (unknown message or queue, disk full, ...)."""
-
-
-class UnreadableEnvelope(QueueError):
-    """A message whose envelope cannot be read: not JSON, a newer version, a field of the
-    wrong type, or an I/O error. It stays in place for an operator."""
-
-    def __init__(self, msg_id: str, queue: str, path: Path, why: str):
-        super().__init__(f"{msg_id}: unreadable envelope: {why}")
-        self.msg_id, self.queue, self.path, self.why = msg_id, queue, path, why
-
-
-def new_id() -> str:
-    """A unique, time-sortable message id."""
-    return f"{int(time.time() * 1000):012x}-{secrets.token_hex(6)}"
-
-
-def check_queue(name: str) -> str:
-    """A valid queue name (one of QUEUES or quarantine/<name>)."""
-    if name in QUEUES or (name.startswith("quarantine/") and
-                          is_quarantine_name(name.removeprefix("quarantine/"))):
-        return name
-    raise QueueError(f"unknown queue '{name}' (queues: {', '.join(QUEUES)}, quarantine/NAME)")
 
 
 def is_older_quarantine(name: str) -> bool:
@@ -85,16 +63,6 @@ def is_older_quarantine(name: str) -> bool:
     over 64 characters): listed and emptied, never filled."""
     return _LISTED_QUARANTINE.fullmatch(name) is not None and not is_quarantine_name(name)
 
-
-def _syncfs_function():
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return None
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    return getattr(libc, "syncfs", None)
-
-
-_SYNCFS = _syncfs_function()
 
 
 @dataclass
@@ -158,7 +126,10 @@ class _Committer:
                 outcomes = [(write, OSError(str(err))) for write in batch]
             for write, error in outcomes:
                 outcome = None if error is None else _write_error(error)
-                write.loop.call_soon_threadsafe(_settle, write.future, outcome)
+                try:
+                    write.loop.call_soon_threadsafe(_settle, write.future, outcome)
+                except RuntimeError:  # its event loop has closed: nobody waits for it
+                    pass
 
     def _commit(self, batch: list[_Write]) -> list[tuple[_Write, OSError | None]]:
         """Write every unit's files, sync once, rename, sync once. A unit whose files
@@ -171,7 +142,7 @@ class _Committer:
                 for final, content in write.files:
                     tmp = self.tmp / f"{final.name}.{self.tmp_prefix}{next(self.tmp_serial)}"
                     moves.append((tmp, final))
-                    _write_file(tmp, content)
+                    write_new_file(tmp, content, fsync=not HAS_SYNCFS)
                 written.append((write, moves))
             except OSError as err:
                 _discard(moves)
@@ -191,34 +162,11 @@ class _Committer:
 
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
-        if _SYNCFS is not None:
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                if _SYNCFS(fd) != 0:
-                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-            finally:
-                os.close(fd)
+        if HAS_SYNCFS:
+            sync_file_system(self.root)
             return
         for directory in directories:
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    """Create ``path`` with ``content`` (fsynced where syncfs is missing); few system calls,
-    each of which gives the event loop the GIL."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with memoryview(content) as view:
-            while view:
-                view = view[os.write(fd, view):]
-        if _SYNCFS is None:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+            sync_directory(directory)
 
 
 def _discard(moves: list[tuple[Path, Path]]) -> None:
@@ -245,40 +193,32 @@ def _settle(future: asyncio.Future, error: Exception | None) -> None:
         future.set_exception(error)
 
 
-@dataclass
-class Entry:
-    """A queued message's envelope, as stored."""
-
-    id: str
-    queue: str
-    envelope: Envelope
-
-    @property
-    def age(self) -> float:
-        return time.time() - (self.envelope.received_at or time.time())
-
-
 class Spool:
-    """The on-disk queue (see the module docstring)."""
+    """The on-disk queue (see the module docstring). ``journal``: the delivery journal's
+    path (default: ``delivered.journal`` in ``root``)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, journal: str | os.PathLike | None = None):
         self.root = Path(root)
         make_private_dirs(self.root)
         for queue in (*QUEUES, "tmp", "quarantine"):
             make_private_dirs(self.root / queue)
+        self.journal = Journal(Path(journal) if journal else self.root / "delivered.journal")
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
         self._warned: dict[str | None, set[Path]] = {}  # unreadable envelopes logged, by list()
+        self._claimed: set[str] = set()
+        self._deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
 
     def close(self) -> None:
-        """Stop the writer thread (a later write starts it again)."""
+        """Stop the writer thread and close the journal (a later write opens them again)."""
         self._committer.close()
+        self.journal.close()
 
     # -- paths -----------------------------------------------------------
     def _paths(self, queue: str, msg_id: str, new: bool = False) -> tuple[Path, Path]:
         """A message's files in ``queue``: one a message may be in, or (``new``) one it
         may go to."""
-        if not _ID.fullmatch(msg_id):
+        if not MESSAGE_ID.fullmatch(msg_id):
             raise QueueError(f"'{msg_id}' is not a message id")
         directory = self.root / (check_queue(queue) if new else self._existing_queue(queue))
         return directory / f"{msg_id}.eml", directory / f"{msg_id}.json"
@@ -395,12 +335,19 @@ class Spool:
                             err.msg_id, err.path, printable(err.why))
         self._warned[queue] = {err.path for err in unreadable}
 
-    async def update(self, entry: Entry, data: bytes | None = None) -> None:
+    async def update(self, entry: Entry, data: bytes | None = None,
+                     delivered: list[str] = ()) -> None:
         """Rewrite a message's envelope (and its bytes, when given) durably, in its
-        current queue; the message file is replaced before the envelope."""
+        current queue; the message file is replaced before the envelope. ``delivered``
+        goes to the journal at once, before the envelope is durable."""
         eml, meta = self._paths(entry.queue, entry.id)
         files = [(eml, data)] if data is not None else []
-        await self._committer.submit([*files, (meta, entry.envelope.to_json())])
+        recorded = self.journal.record(entry.id, list(delivered))
+        try:
+            await self._committer.submit([*files, (meta, entry.envelope.to_json())])
+        finally:
+            if recorded:
+                self.journal.settled()
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
         """Move a message to another queue, durably (message file first, envelope last:
@@ -441,3 +388,99 @@ class Spool:
                 elif meta.parent != eml.parent:  # a move stopped half-way: finish it
                     os.replace(eml, meta.with_suffix(".eml"))
         return dropped
+
+    # -- delivery's claims ---------------------------------------------------------------
+    async def claim(self, limit: int, now: float) -> list[Entry]:
+        """Up to ``limit`` due messages, none claimed already: ``deliver`` first, then
+        ``deferred`` ones whose ``next_attempt`` is ``now`` or earlier (by the heap).
+        Journal lines kept for a message are applied to it before it is claimed."""
+        if self._deferred is None:
+            self._deferred = [(e.envelope.next_attempt or 0, e.id) for e in
+                              await asyncio.to_thread(self.list, "deferred")]
+            heapq.heapify(self._deferred)
+        if limit <= 0:
+            return []
+        busy = set(self._claimed)  # and those released while the queue is read: stale
+        due = [e for e in await asyncio.to_thread(self.list, "deliver")
+               if e.id not in busy and e.id not in self._claimed][:limit]
+        due += self._due_deferred(limit - len(due), now)
+        claimed = []
+        for entry in due:
+            try:
+                await self._apply_kept(entry)
+            except QueueError as err:  # the spool cannot be written: a later claim retries
+                log.error("%s: %s", entry.id, err)
+                continue
+            claimed.append(entry)
+        self._claimed.update(entry.id for entry in claimed)  # all or none: one caller at a time
+        return claimed
+
+    def _due_deferred(self, limit: int, now: float) -> list[Entry]:
+        """Up to ``limit`` deferred messages whose time has come, off the heap."""
+        due = []
+        while len(due) < limit and self._deferred and self._deferred[0][0] <= now:
+            msg_id = heapq.heappop(self._deferred)[1]
+            try:
+                entry = self.get(msg_id, "deferred")
+            except QueueError:
+                continue  # delivered, moved or removed meanwhile
+            if msg_id not in self._claimed and (entry.envelope.next_attempt or 0) <= now:
+                due.append(entry)  # (a later next_attempt has its own heap item)
+        return due
+
+    def release(self, msg_id: str) -> None:
+        """End a claim (see :meth:`claim`)."""
+        self._claimed.discard(msg_id)
+
+    async def complete(self, entry: Entry) -> None:
+        """Delivered or bounced to the last recipient: the message is deleted."""
+        self.remove(entry.id, entry.queue)
+
+    async def defer(self, entry: Entry, until: float) -> None:
+        """Store the envelope with ``next_attempt = until``, move it to ``deferred``,
+        and remember when it is due."""
+        entry.envelope.next_attempt = until
+        await self.update(entry)
+        await self.move(entry.id, "deferred", entry.queue)
+        if self._deferred is not None:
+            heapq.heappush(self._deferred, (until, entry.id))
+
+    # -- the delivery journal ------------------------------------------------------------
+    async def recover_deliveries(self) -> None:
+        """Mark delivered what the journal says a remote accepted before a crash. An
+        entry that cannot be applied (an unreadable envelope) is logged and kept in the
+        journal, through every compaction, until the envelope reads again: then that
+        recipient is not sent twice."""
+        unapplied = {}
+        for msg_id, addresses in self.journal.read().items():
+            try:
+                await self._replay(msg_id, addresses)
+            except Exception as err:  # noqa: BLE001 - one bad envelope must not stop the rest
+                log.error("%s: cannot record deliveries from the journal: %s", msg_id, err)
+                unapplied[msg_id] = addresses
+        self.journal.keep(unapplied)
+
+    async def _replay(self, msg_id: str, addresses: set[str]) -> None:
+        try:
+            entry = self.get(msg_id)
+        except UnreadableEnvelope:
+            raise  # not removed: the journal keeps it until the envelope is fixed
+        except QueueError:
+            return  # delivered and removed, or removed by the operator
+        await self._mark_delivered(entry, addresses)
+
+    async def _mark_delivered(self, entry: Entry, addresses: set[str]) -> None:
+        undone = [r for r in entry.envelope.recipients
+                  if r.address in addresses and r.status in ("pending", "deferred")]
+        for rcpt in undone:
+            rcpt.status = "delivered"
+        if undone:
+            log.info("%s: %d recipient(s) delivered before a restart", entry.id, len(undone))
+            await self.update(entry)
+
+    async def _apply_kept(self, entry: Entry) -> None:
+        """Journal lines kept while ``entry``'s envelope was unreadable, now applied."""
+        addresses = self.journal.kept.get(entry.id)
+        if addresses:
+            await self._mark_delivered(entry, addresses)
+            self.journal.forget(entry.id)

@@ -1,7 +1,7 @@
-"""``vsl queue``: what an operator sees of the spool, and what they can do to it.
+"""``vsl queue``: what an operator sees of the queue, and what they can do to it.
 
-Works on the spool's files directly, so it runs beside a live server: moves are
-atomic renames, and a message the server moved meanwhile is reported, not lost.
+Works through the queue backend's admin side (server/queue_backend.py), so it runs
+beside a live server: a message the server moved meanwhile is reported, not lost.
 
 Envelopes hold text that clients and remote servers chose (HELO, addresses, replies):
 every printer here passes it through :func:`printable`, so no control character (a
@@ -15,7 +15,7 @@ import json
 import time
 
 from .printable import printable
-from .queue import Entry, QueueError, Spool, UnreadableEnvelope
+from .queue_backend import Entry, QueueBackend, QueueError, UnreadableEnvelope
 
 AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # minutes, like qshape's table
 
@@ -100,12 +100,12 @@ def describe(entry: Entry) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-def act(spool: Spool, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
+def act(spool: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
     """retry | hold | release | remove | move:QUEUE for each id: (done, what happened)."""
     return asyncio.run(_act(spool, action, msg_ids))
 
 
-async def _act(spool: Spool, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
+async def _act(spool: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
     done = []
     for msg_id in msg_ids:
         try:
@@ -116,7 +116,7 @@ async def _act(spool: Spool, action: str, msg_ids: list[str]) -> list[tuple[bool
     return done
 
 
-async def _one(spool: Spool, action: str, msg_id: str) -> str:
+async def _one(spool: QueueBackend, action: str, msg_id: str) -> str:
     queue = spool.locate(msg_id)
     if action == "remove":
         spool.remove(msg_id, queue)

@@ -28,7 +28,7 @@ from vsl.values import FrozenMap
 from .auth_throttle import user_key
 from .config import Listener
 from .printable import printable
-from .queue import QueueError, new_id
+from .queue_backend import QueueError, new_id
 from .received import protocol, received
 from .services import SessionServices
 from .smtp import FastSMTP

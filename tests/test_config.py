@@ -99,6 +99,7 @@ mx_address_limit = 3
 mx_session_limit = 1
 mx_attempt_timeout = 120
 mx_host_limit = 8
+journal = "state/delivered.journal"
 """
 
 
@@ -171,7 +172,8 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.delivery == DeliveryConfig(
         False, tmp_path / "mail", "smtp://relay.example.test:587?tls=required", 60.0, 600.0,
         86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
-        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0, 8)
+        tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0, 8,
+        tmp_path / "state/delivered.journal")
 
 
 def test_the_full_example_covers_every_key():
@@ -457,6 +459,16 @@ def test_relative_paths_follow_the_file(tmp_path):
     assert config.scripts == sub / "scripts"
     assert config.queue_dir == sub / "../spool"
     assert config.auth.users_file == sub / "users"
+
+
+def test_local_mail_defaults_to_mail_beside_the_queue():
+    """The server's Maildir root comes from configuration: [delivery] maildir_root, or
+    "mail" beside queue_dir; the journal stays the spool's own default when unset."""
+    config = Config(queue_dir=Path("/var/spool/vsl/queue"))
+    assert config.resolved_delivery.maildir_root == Path("/var/spool/vsl/mail")
+    assert config.resolved_delivery.journal is None
+    chosen = Config(delivery=DeliveryConfig(maildir_root=Path("/srv/mail")))
+    assert chosen.resolved_delivery.maildir_root == Path("/srv/mail")
 
 
 def test_vsl_serve_reports_a_config_error(tmp_path):

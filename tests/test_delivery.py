@@ -27,6 +27,11 @@ FAST = DeliveryConfig(retry_first=60, retry_max=150, max_age=1000, connect_timeo
 SENDER = "alice@example.test"  # a local address: its DSNs land in a Maildir
 
 
+def in_tmp(tmp_path, config=FAST, **changes) -> DeliveryConfig:
+    """``config`` delivering local mail to ``tmp_path``/mail, beside the test's queue."""
+    return replace(config, maildir_root=tmp_path / "mail", **changes)
+
+
 class Clock:
     def __init__(self):
         self.now = time.time()
@@ -39,7 +44,7 @@ class Clock:
 def world(tmp_path):
     """A spool, a fake clock and a worker on them (local domain: example.test)."""
     spool, clock = Spool(tmp_path / "queue"), Clock()
-    return spool, clock, Delivery(spool, FAST, "mx.test", ("example.test",), clock=clock)
+    return spool, clock, Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",), clock=clock)
 
 
 async def queue(spool, route, rcpts=("bob@remote.test",), sender=SENDER, **envelope):
@@ -68,7 +73,7 @@ def test_retry_schedule():
 
 def test_default_routes(tmp_path):
     spool = Spool(tmp_path / "queue")
-    delivery = Delivery(spool, DeliveryConfig(), "mx.test", ("example.test",))
+    delivery = Delivery(spool, in_tmp(tmp_path, DeliveryConfig()), "mx.test", ("example.test",))
     box = tmp_path / "mail"
     assert delivery.default_route(Mailbox.parse("Bob@Example.TEST")) == \
         f"maildir:{box}/example.test/bob"
@@ -77,8 +82,11 @@ def test_default_routes(tmp_path):
     assert delivery.default_route(Mailbox.parse("postmaster@mx.test")) == \
         f"maildir:{box}/mx.test/postmaster"
     assert delivery.default_route(Mailbox.parse("bob@remote.test")) == "mx"
-    relayed = Delivery(spool, DeliveryConfig(relay="smtp://relay.test:587"), "mx.test", ())
+    relayed = Delivery(spool, in_tmp(tmp_path, DeliveryConfig(), relay="smtp://relay.test:587"),
+                       "mx.test", ())
     assert relayed.default_route(Mailbox.parse("bob@remote.test")) == "smtp://relay.test:587"
+    with pytest.raises(ValueError, match="maildir_root"):  # from configuration, never
+        Delivery(spool, DeliveryConfig(), "mx.test", ())   # guessed from the queue's place
 
 
 def test_connection_refused_defers_with_backoff(world):
@@ -106,7 +114,7 @@ def test_connection_refused_defers_with_backoff(world):
 @pytest.mark.parametrize("setup", ["rcpt_4xx", "data_4xx", "timeout_mid_data"])
 def test_temporary_failures_defer(world, setup):
     spool, _, delivery = world
-    delivery = Delivery(spool, replace(FAST, command_timeout=0.3), "mx.test", (),
+    delivery = Delivery(spool, replace(delivery.config, command_timeout=0.3), "mx.test", (),
                         clock=delivery.clock)
 
     async def main():
@@ -185,7 +193,7 @@ def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warn
     """Attempts at +0, +60, +180, +330 s: the first past ``delay_warning`` warns (never
     with 0, never to the null sender); no later one warns again."""
     spool, clock = Spool(tmp_path / "queue"), Clock()
-    delivery = Delivery(spool, replace(FAST, delay_warning=warning), "mx.test",
+    delivery = Delivery(spool, in_tmp(tmp_path, delay_warning=warning), "mx.test",
                         ("example.test",), clock=clock)
     start = clock.now
 
@@ -219,7 +227,7 @@ def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warn
 
 def test_an_expired_message_gets_its_failure_report_not_a_delay_warning(tmp_path):
     spool, clock = Spool(tmp_path / "queue"), Clock()
-    delivery = Delivery(spool, replace(FAST, delay_warning=100), "mx.test",
+    delivery = Delivery(spool, in_tmp(tmp_path, delay_warning=100), "mx.test",
                         ("example.test",), clock=clock)
 
     async def main():
@@ -254,7 +262,7 @@ def test_a_bounce_that_bounces_goes_to_dead(tmp_path):
 
     async def main():
         async with Sink() as sink:
-            delivery = Delivery(spool, replace(FAST, relay=f"smtp://127.0.0.1:{sink.port}"),
+            delivery = Delivery(spool, in_tmp(tmp_path, relay=f"smtp://127.0.0.1:{sink.port}"),
                                 "mx.test", ())
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", ["bad@remote.test"],
                                  sender="bad-sender@remote.test")
@@ -344,7 +352,7 @@ def test_a_bad_stored_route_bounces(world, tmp_path):
 
 def test_one_connection_for_several_messages(world):
     spool, _, delivery = world
-    delivery = Delivery(spool, replace(FAST, destination_concurrency=1), "mx.test", ())
+    delivery = Delivery(spool, replace(delivery.config, destination_concurrency=1), "mx.test", ())
 
     async def main():
         async with Sink() as sink:
@@ -362,19 +370,21 @@ def test_a_new_worker_resumes_deferred_messages(tmp_path):
     port, clock = free_port(), Clock()
 
     async def main():
-        first = Delivery(Spool(tmp_path / "queue"), FAST, "mx.test", (), clock=clock)
-        msg_id = await queue(first.spool, f"smtp://127.0.0.1:{port}")
+        first = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path), "mx.test", (),
+                         clock=clock)
+        msg_id = await queue(first.queue, f"smtp://127.0.0.1:{port}")
         await first.run_once()
         await first.stop()
-        assert first.spool.locate(msg_id) == "deferred"
+        assert first.queue.locate(msg_id) == "deferred"
         async with Sink() as sink:
             await sink.stop()
             await sink.start(port)
             clock.now += 60
-            second = Delivery(Spool(tmp_path / "queue"), FAST, "mx.test", (), clock=clock)
+            second = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path), "mx.test", (),
+                              clock=clock)
             assert await second.run_once() == 1
             await second.stop()
-            return second.spool, sink.messages
+            return second.queue, sink.messages
 
     spool, messages = asyncio.run(main())
     assert spool.list() == [] and [m.recipients for m in messages] == [["bob@remote.test"]]
@@ -433,7 +443,7 @@ def test_server_routes_and_delivers(tmp_path):
 
 def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
     spool = Spool(tmp_path / "queue")
-    delivery = Delivery(spool, FAST, "mx.test", ("example.test",))
+    delivery = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
     script = Engine().load_source(
         'fn on_post_queue(ctx) { transport::lmtp(ctx, "lmtp://127.0.0.1:24"); '
         'status::next() }', "pq.vsl")
@@ -466,7 +476,7 @@ def test_the_journal_keeps_a_crash_from_sending_a_recipient_again(world):
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
                                  ["bob@remote.test", "carol@remote.test"])
             Journal(spool.root / "delivered.journal").record(msg_id, ["bob@remote.test"])
-            await delivery.recover()
+            await spool.recover_deliveries()
             assert Journal(spool.root / "delivered.journal").read() == {}
             await delivery.run_once()
             return sink.messages
@@ -530,9 +540,10 @@ def test_journal_entries_kept_for_an_unreadable_envelope_outlive_compaction(tmp_
     spool, clock = Spool(tmp_path / "queue"), Clock()
 
     async def start() -> Delivery:
-        delivery = Delivery(spool, FAST, "mx.test", ("example.test",), clock=clock)
-        delivery.journal.compact_at = 1  # every settled write compacts
-        await delivery.recover()
+        delivery = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",),
+                            clock=clock)
+        spool.journal.compact_at = 1  # every settled write compacts
+        await spool.recover_deliveries()
         return delivery
 
     async def main():
@@ -564,7 +575,7 @@ def test_an_envelope_fixed_while_running_gets_its_kept_journal_entries(world):
         async with Sink() as sink:
             msg_id, good = await asyncio.to_thread(
                 unreadable_with_journal, spool, f"smtp://127.0.0.1:{sink.port}")
-            await delivery.recover()
+            await spool.recover_deliveries()
             await delivery.run_once()  # unreadable: skipped
             (spool.root / "deliver" / f"{msg_id}.json").write_bytes(good)
             await delivery.run_once()

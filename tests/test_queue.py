@@ -8,7 +8,8 @@ import os
 import pytest
 
 from vsl.server.envelope import VERSION, Envelope, RecipientState
-from vsl.server.queue import QueueError, Spool, check_queue
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import QueueError, check_queue
 
 
 def run(coro):
@@ -150,3 +151,15 @@ def test_what_is_not_an_envelope_is_reported_not_misread(tmp_path, stored, probl
     with pytest.raises(QueueError, match=f"unreadable envelope: .*{problem}"):
         spool.get("0123456789ab-0123456789ab")
     assert spool.list() == []  # skipped by listings and by delivery
+
+
+def test_the_journal_goes_where_it_is_configured(tmp_path):
+    """Addresses a remote accepted are journalled at the configured path, not in the
+    queue directory."""
+    spool = Spool(tmp_path / "queue", journal=tmp_path / "state" / "delivered.journal")
+    (tmp_path / "state").mkdir()
+    msg_id = run(spool.put(Envelope("a@x.test", [RecipientState("b@x.test")]), b"x", "deliver"))
+    run(spool.update(spool.get(msg_id), delivered=["b@x.test"]))
+    spool.close()
+    assert (tmp_path / "state" / "delivered.journal").read_text() == f"{msg_id} b@x.test\n"
+    assert not (tmp_path / "queue" / "delivered.journal").exists()

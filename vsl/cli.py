@@ -362,7 +362,7 @@ def _queue_error(err) -> click.ClickException:
 def queue_list(spool, name, by_domain, as_json) -> None:
     """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
     from vsl.server import queue_admin
-    from vsl.server.queue import QueueError
+    from vsl.server.queue_backend import QueueError
 
     try:
         entries, unreadable = spool.scan(name)
@@ -388,7 +388,7 @@ def queue_list(spool, name, by_domain, as_json) -> None:
 def queue_show(spool, msg_id, eml) -> None:
     """One message: envelope, status per recipient, last error."""
     from vsl.server import queue_admin
-    from vsl.server.queue import QueueError
+    from vsl.server.queue_backend import QueueError
 
     try:
         if eml:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import pathlib
 
-from vsl.server.queue import QueueError
+from vsl.server.queue_backend import QueueError
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, all_messages, client, queued_id, wait_for
 

@@ -15,7 +15,8 @@ import pytest
 from vsl.server.app import recover_spool
 from vsl.server.envelope import Envelope
 from vsl.server.transports.local import append_mbox, write_maildir
-from vsl.server.queue import QueueError, Spool, check_queue
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import QueueError, check_queue
 from vsl.server.printable import printable
 from vsl.stdlib.status import is_quarantine_name
 from tests.support.servers import config_for, running

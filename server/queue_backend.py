@@ -1,0 +1,149 @@
+"""The queue backend interface: what the SMTP session, delivery and `vsl queue` may ask of
+the mail queue, whatever stores it. The file spool (server/queue.py) is one backend; a
+broker-backed one implements the same :class:`QueueBackend` and nothing else changes.
+
+The contract, for every backend:
+
+- **Durable before acknowledged.** :meth:`~QueueBackend.put`, :meth:`~QueueBackend.update`,
+  :meth:`~QueueBackend.move` and :meth:`~QueueBackend.defer` return only once what they
+  changed survives a crash; a message is never lost once ``put`` has returned.
+- **At least once.** A crash may deliver a recipient twice, never lose one. Addresses a
+  remote accepted are handed to ``update(..., delivered=...)`` the moment they are known:
+  the backend keeps them across a crash from that call on, and
+  :meth:`~QueueBackend.recover_deliveries` marks them delivered at the next start.
+- **Claims.** :meth:`~QueueBackend.claim` hands out due work (``deliver``, and
+  ``deferred`` once its ``next_attempt`` has come), never a message this process has
+  claimed and not yet released. Whoever claims a message ends with
+  :meth:`~QueueBackend.release`, once, after :meth:`~QueueBackend.complete`,
+  :meth:`~QueueBackend.defer`, ``move`` or none of them (then it is due again).
+- **Who calls what.** The session: ``put``, ``move`` (after on_post_queue), ``update``.
+  The delivery worker (one per spool): ``recover_deliveries``, ``claim``, ``update``,
+  ``complete``, ``defer``, ``move``, ``release``, ``put`` (DSNs). Start-up, before anything
+  writes: ``recover``. ``vsl queue`` (beside a live server): ``scan``, ``list``, ``get``,
+  ``message``, ``locate``, ``update``, ``move``, ``remove``, ``quarantine_warnings``.
+
+Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
+``dead``, ``hold`` and ``quarantine/<name>`` (<name> as status::quarantine allows).
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from vsl.stdlib.status import is_quarantine_name
+
+from .envelope import Envelope
+
+QUEUES = ("working", "deliver", "deferred", "dead", "hold")
+MESSAGE_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")  # what new_id() makes
+
+
+def new_id() -> str:
+    """A unique, time-sortable message id (the queue id of the logs), for every backend."""
+    return f"{int(time.time() * 1000):012x}-{secrets.token_hex(6)}"
+
+
+class QueueError(Exception):
+    """The queue cannot do what was asked (unknown message or queue, disk full, ...)."""
+
+
+class UnreadableEnvelope(QueueError):
+    """A message whose envelope cannot be read: not JSON, a newer version, a field of the
+    wrong type, or an I/O error. It stays in place for an operator."""
+
+    def __init__(self, msg_id: str, queue: str, path: Path, why: str):
+        super().__init__(f"{msg_id}: unreadable envelope: {why}")
+        self.msg_id, self.queue, self.path, self.why = msg_id, queue, path, why
+
+
+def check_queue(name: str) -> str:
+    """A valid queue name (one of QUEUES or quarantine/<name>)."""
+    if name in QUEUES or (name.startswith("quarantine/") and
+                          is_quarantine_name(name.removeprefix("quarantine/"))):
+        return name
+    raise QueueError(f"unknown queue '{name}' (queues: {', '.join(QUEUES)}, quarantine/NAME)")
+
+
+@dataclass
+class Entry:
+    """A queued message's envelope, as stored."""
+
+    id: str
+    queue: str
+    envelope: Envelope
+
+    @property
+    def age(self) -> float:
+        return time.time() - (self.envelope.received_at or time.time())
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    """The mail queue (see the module docstring for the contract)."""
+
+    # -- intake and delivery ---------------------------------------------------------
+    async def put(self, envelope: Envelope, data: bytes, queue: str = "working",
+                  msg_id: str | None = None) -> str:
+        """Store a new message durably; returns its id once it is stored."""
+
+    async def claim(self, limit: int, now: float) -> list[Entry]:
+        """Up to ``limit`` due messages (``deliver``, then ``deferred`` whose
+        ``next_attempt`` is ``now`` or earlier: ``now`` on the clock the caller's
+        :meth:`defer` times are on), none already claimed by this process, each now
+        claimed."""
+
+    def release(self, msg_id: str) -> None:
+        """End a claim: a message not completed, deferred or moved is due again."""
+
+    async def complete(self, entry: Entry) -> None:
+        """Every recipient is delivered or bounced: the message leaves the queue."""
+
+    async def defer(self, entry: Entry, until: float) -> None:
+        """Store the envelope with ``next_attempt = until`` and move the message to
+        ``deferred``: :meth:`claim` hands it out again once ``until`` has come."""
+
+    async def update(self, entry: Entry, data: bytes | None = None,
+                     delivered: list[str] = ()) -> None:
+        """Store a message's envelope (and its bytes, when given) durably, in its queue.
+        ``delivered``: addresses a remote has just accepted, kept across a crash from
+        this call on (see :meth:`recover_deliveries`)."""
+
+    async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
+        """Move a message to another queue (hold, dead, quarantine/<name>, ...), durably."""
+
+    async def recover_deliveries(self) -> None:
+        """Before the first claim: mark delivered what remotes accepted before a crash
+        whose envelope update did not finish."""
+
+    def recover(self) -> int:
+        """At start-up, before anything writes: finish or drop what a stop cut short;
+        returns how many unacknowledged items were dropped."""
+
+    def close(self) -> None:
+        """Let go of threads and files (a later call starts them again)."""
+
+    # -- administration ----------------------------------------------------------------
+    def get(self, msg_id: str, queue: str | None = None) -> Entry:
+        """A message's envelope (:class:`UnreadableEnvelope` when it cannot be read)."""
+
+    def message(self, msg_id: str, queue: str | None = None) -> bytes:
+        """A message's bytes."""
+
+    def list(self, queue: str | None = None) -> list[Entry]:
+        """Messages of one queue (or all), oldest first; unreadable ones are skipped."""
+
+    def scan(self, queue: str | None = None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+        """Messages of one queue (or all), oldest first, and the unreadable ones."""
+
+    def locate(self, msg_id: str) -> str:
+        """The queue holding a message."""
+
+    def remove(self, msg_id: str, queue: str | None = None) -> None:
+        """Delete a message (removed by the operator)."""
+
+    def quarantine_warnings(self) -> list[str]:
+        """What an operator should know of quarantines the backend cannot fill."""

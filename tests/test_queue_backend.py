@@ -1,0 +1,201 @@
+"""The queue backend contract (server/queue_backend.py), run against every backend.
+
+Each test speaks only the interface, so a new backend joins by one line in BACKENDS:
+a function opening it on the test's storage (a directory here; a broker backend would
+take a virtual host or a prefix named after it). Opening it again on the same storage
+stands for a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from vsl.server.envelope import Envelope, RecipientState
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import Entry, QueueBackend, QueueError
+
+BACKENDS = {"spool": Spool}
+DATA = b"Subject: hi\r\n\r\nbody\r\n"
+NOW = time.time()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def open_backend(request, tmp_path):
+    """Opens the backend on this test's storage (again: a restart); closes them all."""
+    opened: list[QueueBackend] = []
+
+    def open_one() -> QueueBackend:
+        opened.append(BACKENDS[request.param](tmp_path / "queue"))
+        assert isinstance(opened[-1], QueueBackend)  # every method of the interface
+        return opened[-1]
+
+    yield open_one
+    for backend in opened:
+        backend.close()
+
+
+def envelope(*addresses: str) -> Envelope:
+    return Envelope("alice@example.test",
+                    [RecipientState(a) for a in addresses or ("bob@example.test",)])
+
+
+async def queued(backend: QueueBackend, queue: str = "deliver", *addresses: str) -> str:
+    return await backend.put(envelope(*addresses), DATA, queue)
+
+
+async def claimed(backend: QueueBackend, *addresses: str) -> Entry:
+    """A new message in ``deliver``, claimed."""
+    msg_id = await queued(backend, "deliver", *addresses)
+    (entry,) = await backend.claim(1, NOW)
+    assert entry.id == msg_id
+    return entry
+
+
+def ids(entries) -> list[str]:
+    return [e.id for e in entries]
+
+
+def test_put_is_there_for_the_next_start(open_backend):
+    async def main():
+        return await open_backend().put(envelope(), DATA)
+
+    msg_id = asyncio.run(main())
+    backend = open_backend()
+    backend.recover()
+    entry = backend.get(msg_id)
+    assert (entry.id, entry.queue, entry.envelope.id) == (msg_id, "working", msg_id)
+    assert entry.envelope.received_at and entry.envelope.sender == "alice@example.test"
+    assert backend.message(msg_id) == DATA and backend.locate(msg_id) == "working"
+    assert ids(backend.list()) == [msg_id] and backend.scan() == (backend.list(), [])
+
+
+def test_claim_hands_out_due_work_once(open_backend):
+    backend = open_backend()
+
+    async def main():
+        first, second = await queued(backend), await queued(backend)
+        await queued(backend, "working")
+        await queued(backend, "hold")
+        claimed = await backend.claim(1, NOW)
+        assert ids(claimed) == [first] and claimed[0].queue == "deliver"
+        assert ids(await backend.claim(5, NOW)) == [second]
+        assert await backend.claim(5, NOW) == []  # every due message is claimed
+        backend.release(first)  # neither completed nor moved: due again
+        assert ids(await backend.claim(5, NOW)) == [first]
+
+    asyncio.run(main())
+
+
+def test_complete_takes_a_message_out(open_backend):
+    backend = open_backend()
+
+    async def main():
+        entry = await claimed(backend)
+        await backend.complete(entry)
+        backend.release(entry.id)
+        assert await backend.claim(5, NOW) == []
+        with pytest.raises(QueueError):
+            backend.get(entry.id)
+
+    asyncio.run(main())
+    assert open_backend().list() == []
+
+
+def test_a_deferred_message_is_due_at_its_time(open_backend):
+    backend = open_backend()
+
+    async def main():
+        entry = await claimed(backend)
+        entry.envelope.attempts = 1
+        await backend.defer(entry, NOW + 60)
+        backend.release(entry.id)
+        assert await backend.claim(5, NOW + 59) == []
+        (due,) = await backend.claim(5, NOW + 60)
+        assert (due.id, due.queue) == (entry.id, "deferred")
+        assert (due.envelope.next_attempt, due.envelope.attempts) == (NOW + 60, 1)
+
+    asyncio.run(main())
+
+
+def test_a_restarted_backend_finds_its_deferred_messages(open_backend):
+    async def defer_one():
+        backend = open_backend()
+        entry = await claimed(backend)
+        await backend.defer(entry, NOW + 60)
+        return entry.id
+
+    msg_id = asyncio.run(defer_one())
+
+    async def after_restart():
+        backend = open_backend()
+        assert await backend.claim(5, NOW) == []
+        return ids(await backend.claim(5, NOW + 60))
+
+    assert asyncio.run(after_restart()) == [msg_id]
+
+
+def test_moved_messages_are_not_due(open_backend):
+    backend = open_backend()
+
+    async def main():
+        held, quarantined = await queued(backend), await queued(backend)
+        await backend.move(held, "hold")
+        await backend.move(quarantined, "quarantine/virus", "deliver")
+        assert await backend.claim(5, NOW) == []
+        assert (backend.locate(held), backend.locate(quarantined)) == \
+            ("hold", "quarantine/virus")
+        with pytest.raises(QueueError):
+            await backend.move(held, "nowhere")
+        await backend.move(held, "deliver")
+        assert ids(await backend.claim(5, NOW)) == [held]
+
+    asyncio.run(main())
+
+
+def test_update_stores_the_envelope_and_the_message(open_backend):
+    backend = open_backend()
+
+    async def main():
+        entry = await claimed(backend)
+        entry.envelope.recipients[0].record_attempt("deferred", "451 later", None, NOW)
+        await backend.update(entry, b"Subject: changed\r\n\r\n")
+        return entry.id
+
+    msg_id = asyncio.run(main())
+    backend = open_backend()
+    (rcpt,) = backend.get(msg_id).envelope.recipients
+    assert (rcpt.status, rcpt.reply, rcpt.attempts) == ("deferred", "451 later", 1)
+    assert backend.message(msg_id) == b"Subject: changed\r\n\r\n"
+
+
+def test_deliveries_a_crash_cut_short_are_recovered(open_backend):
+    """A remote accepted bob; the process died before the envelope said so (its
+    update stored the recipients as they were): the next start marks bob delivered."""
+    async def crash():
+        backend = open_backend()
+        entry = await claimed(backend, "bob@remote.test", "carol@remote.test")
+        await backend.update(entry, delivered=["bob@remote.test"])
+        return entry.id
+
+    msg_id = asyncio.run(crash())
+
+    async def restart():
+        backend = open_backend()
+        backend.recover()
+        await backend.recover_deliveries()
+        (entry,) = await backend.claim(5, NOW)
+        return entry.id, {r.address: r.status for r in entry.envelope.recipients}
+
+    assert asyncio.run(restart()) == (msg_id, {"bob@remote.test": "delivered",
+                                               "carol@remote.test": "pending"})
+
+
+def test_admin_removes_and_warns(open_backend):
+    backend = open_backend()
+    msg_id = asyncio.run(queued(backend, "hold"))
+    assert backend.quarantine_warnings() == []
+    backend.remove(msg_id)
+    with pytest.raises(QueueError):
+        backend.locate(msg_id)
