@@ -14,7 +14,7 @@ import ssl
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from vsl.stdlib import dns as dns_natives
+from vsl.stdlib import dns as dns_natives, new_engine
 from vsl.stdlib.ctx import Context, Stage
 from vsl.engine import Engine
 
@@ -76,7 +76,7 @@ class Server:
         dns_natives.configure_defaults(dns.config, dns.override or dns.nameservers,
                                        dns.timeout, forced=bool(dns.override),
                                        cache_bytes=dns.cache_bytes)
-        self.engine = engine or Engine(limits=config.script_limits)
+        self.engine = engine or new_engine(limits=config.script_limits)
         # stage functions that may run long (Script.call_off_loop)
         self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)

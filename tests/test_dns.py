@@ -8,7 +8,7 @@ import time
 import pytest
 
 from vsl.stdlib.dns import parse_nameserver
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import ScriptError, VslError
 from vsl.limits import Limits
 
@@ -28,7 +28,7 @@ fn guarded(name) {{
 @pytest.fixture
 def script(dns_server):
     dns_server.reset()
-    return Engine().load_source(SCRIPT.format(port=dns_server.port), "dns.vsl")
+    return new_engine().load_source(SCRIPT.format(port=dns_server.port), "dns.vsl")
 
 
 def sent(script) -> int:
@@ -126,7 +126,7 @@ def test_lookups_do_not_block_the_event_loop(script, dns_server):
 
 def test_cache_can_be_disabled(dns_server):
     source = SCRIPT.format(port=dns_server.port).replace("timeout: 0.5", "cache: false")
-    script = Engine().load_source(source, "nocache.vsl")
+    script = new_engine().load_source(source, "nocache.vsl")
     script.call("ips", "mail.example.test")
     script.call("ips", "mail.example.test")
     assert sent(script) == 4
@@ -143,7 +143,7 @@ def test_cache_can_be_disabled(dns_server):
 ])
 def test_bad_resolver_options(options, message):
     with pytest.raises(ScriptError, match=message):
-        Engine().load_source(f"dns::resolver({options})", "opts.vsl")
+        new_engine().load_source(f"dns::resolver({options})", "opts.vsl")
 
 
 @pytest.mark.parametrize("call, message", [
@@ -156,13 +156,13 @@ def test_bad_resolver_options(options, message):
 def test_bad_lookups_are_script_errors(call, message):
     source = 'const R = dns::resolver(#{ nameservers: ["127.0.0.1:9"] });\nfn f() { ' + call + " }"
     with pytest.raises(ScriptError, match=message):
-        Engine().load_source(source, "bad.vsl").call("f")
+        new_engine().load_source(source, "bad.vsl").call("f")
 
 
 def test_public_configs_build_without_network():
     for config in ("google", "cloudflare_tls", "quad9"):
-        script = Engine().load_source(f'const R = dns::resolver(#{{ config: "{config}" }});',
-                                      "public.vsl")
+        script = new_engine().load_source(f'const R = dns::resolver(#{{ config: "{config}" }});',
+                                          "public.vsl")
         assert "dns_resolver(" in script.constants["R"].vsl_display()
 
 
@@ -178,14 +178,14 @@ def test_lint_knows_dns_signatures(tmp_path):
 
     path = tmp_path / "p.vsl"
     path.write_text('fn f() { dns::lookup(1, 2) }\nfn g() { dns::lookpu(#{}) }\n')
-    found = [str(d) for d in Linter(Engine()).lint_file(path)]
+    found = [str(d) for d in Linter(new_engine()).lint_file(path)]
     assert any("[arity]" in f for f in found) and any("did you mean 'lookup'" in f for f in found)
 
 
 def test_script_cannot_see_the_python_resolver(script):
     with pytest.raises(VslError, match="has no property"):
-        Engine().load_source("let r = dns::resolver(#{ config: \"google\" }); r._resolver",
-                             "leak.vsl")
+        new_engine().load_source("let r = dns::resolver(#{ config: \"google\" }); r._resolver",
+                                 "leak.vsl")
 
 
 SILENT = """
@@ -210,7 +210,7 @@ def silent(dns_server):
     dns_server.reset()
     for name in ("silent.example.test.", "7.2.0.192.in-addr.arpa."):
         dns_server.drop(name)
-    yield Engine(Limits(max_time=1.0)).load_source(
+    yield new_engine(Limits(max_time=1.0)).load_source(
         SILENT.format(port=dns_server.port, timeout=1.0), "silent.vsl")
     dns_server.reset()
 

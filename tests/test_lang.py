@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.chunks import collect
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import VslError
 from vsl.limits import Limits
 
@@ -29,7 +29,7 @@ def test_enough_chunks():
 
 @pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
 def test_chunk(chunk):
-    engine = Engine(limits=Limits().with_changes(**chunk.options))
+    engine = new_engine(limits=Limits().with_changes(**chunk.options))
     try:
         engine.load_source(chunk.source, str(chunk.path), LANG)
     except VslError as err:

@@ -22,7 +22,7 @@ from tests.chunks import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 from vsl.stdlib.ctx import entry_points
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.lint import Linter, empty_paths, format_full, script_files
 
 STAGE_ENTRIES = entry_points()
@@ -57,8 +57,8 @@ def test_every_rule_is_covered():
 
 @pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
 def test_chunk(chunk):
-    findings = Linter(Engine(), entry_points()).lint_source(chunk.source, str(chunk.path),
-                                                            chunk.path.parent)
+    findings = Linter(new_engine(), entry_points()).lint_source(chunk.source, str(chunk.path),
+                                                                chunk.path.parent)
     problems = []
     matched = set()
     for d in findings:
@@ -79,7 +79,7 @@ def test_chunk(chunk):
 
 def test_findings_are_sorted_and_positioned():
     src = 'fn f() {\n    nope;\n    let unused = 1;\n    status::dny();\n}\n'
-    findings = Linter(Engine()).lint_source(src, "p.vsl", None)
+    findings = Linter(new_engine()).lint_source(src, "p.vsl", None)
     assert [(d.line, d.col, d.code) for d in findings] == [
         (2, 5, "undefined-variable"), (3, 9, "unused-variable"), (4, 5, "unknown-function")]
     assert str(findings[0]) == "p.vsl:2:5: error: undefined variable 'nope' [undefined-variable]"
@@ -87,7 +87,7 @@ def test_findings_are_sorted_and_positioned():
 
 def test_every_stage_name_is_accepted():
     src = "\n".join(f"fn {s}(ctx) {{ status::next() }}" for s in STAGES)
-    assert Linter(Engine(), entry_points()).lint_source(src, "stages.vsl", None) == []
+    assert Linter(new_engine(), entry_points()).lint_source(src, "stages.vsl", None) == []
 
 
 # -- the stage-availability mistakes the example policies could have had -----------------
@@ -118,7 +118,7 @@ def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text,
     shutil.copytree(ROOT / "examples" / example, tmp_path / example)
     main = tmp_path / example / "main.vsl"
     source = main.read_text()
-    assert Linter(Engine(), STAGE_ENTRIES).lint_file(main) == []
+    assert Linter(new_engine(), STAGE_ENTRIES).lint_file(main) == []
     assert source.count(text) == 1
     source = source.replace(text, mistake)
     main.write_text(source)
@@ -127,7 +127,7 @@ def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text,
     offset = source.index(mistake) + mistake.index(f"ctx.{name}") + len("ctx.")
     line = source.count("\n", 0, offset) + 1
     col = offset - source.rfind("\n", 0, offset)
-    [error] = Linter(Engine(), STAGE_ENTRIES).lint_file(main)
+    [error] = Linter(new_engine(), STAGE_ENTRIES).lint_file(main)
     assert (error.severity, error.line, error.col, error.message) == ("error", line, col,
                                                                       finding)
 
@@ -166,7 +166,7 @@ def test_lint_helpers_say_what_they_do(helper):
 
 
 def test_import_without_script_directory():
-    findings = Linter(Engine()).lint_source('import "x" as x;\n', "<stdin>", None)
+    findings = Linter(new_engine()).lint_source('import "x" as x;\n', "<stdin>", None)
     assert [(d.code, d.severity) for d in findings] == [("import", "error")]
     assert "script directory" in findings[0].message
 
@@ -174,7 +174,7 @@ def test_import_without_script_directory():
 def test_lint_file_that_cannot_be_read(tmp_path):
     bad = tmp_path / "bad.vsl"
     bad.write_bytes(b"let x = \xff\xfe;\n")
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = linter.lint_file(bad)
     assert [(d.line, d.severity, d.code) for d in findings] == [(1, "error", "io")]
     assert findings[0].message == "cannot read: not UTF-8 text (byte 9)"
@@ -196,7 +196,7 @@ def test_clean_chunks_also_load():
         if chunk.expected or "import" in chunk.source:
             continue
         try:
-            Engine().load_source(chunk.source, str(chunk.path), chunk.path.parent)
+            new_engine().load_source(chunk.source, str(chunk.path), chunk.path.parent)
         except Exception as err:  # noqa: BLE001 - report every mismatch
             failures.append(f"{chunk.id}: {type(err).__name__}: {err}")
     assert not failures, "\n".join(failures)
@@ -276,11 +276,11 @@ def _write_policy_tree(root: Path, target_lines: int = 5000) -> int:
 
 def test_generated_policy_is_clean_in_process(tmp_path):
     _write_policy_tree(tmp_path, 400)
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = [d for f in script_files([tmp_path]) for d in linter.lint_file(f)]
     assert findings == []
     for f in script_files([tmp_path]):
-        Engine().load(f)  # and it compiles
+        new_engine().load(f)  # and it compiles
 
 
 def test_lint_5000_lines(tmp_path, capsys):
@@ -293,7 +293,7 @@ def test_lint_5000_lines(tmp_path, capsys):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == ""
     start = time.perf_counter()
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = [d for f in script_files([tmp_path]) for d in linter.lint_file(f)]
     in_process = time.perf_counter() - start
     assert findings == []
@@ -306,7 +306,6 @@ def test_wait_in_closure_needs_an_async_native():
     """wait-in-closure: natives that wait on I/O cannot run inside a closure."""
     import asyncio
 
-    from vsl.stdlib import default_namespaces
     from vsl.natives import Namespace
 
     ns = Namespace("net", "test natives that wait")
@@ -316,7 +315,8 @@ def test_wait_in_closure_needs_an_async_native():
         await asyncio.sleep(0)
         return name
 
-    engine = Engine(namespaces=default_namespaces() + [ns])
+    engine = new_engine()
+    engine.register(ns)
     src = ("fn f(names) {\n"
            "    let first = net::lookup(names[0]);\n"
            "    names.map(|n| net::lookup(n)) + [first]\n"

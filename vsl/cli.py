@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import values
-from .engine import Engine
+from vsl.stdlib import new_engine
 from .errors import Pos, VslError
 from .lint import (Linter, empty_paths, foreign_note, format_concise, format_full, format_json,
                    script_files, summary)
@@ -40,7 +40,7 @@ def lint(paths, fmt) -> None:
 
     files = script_files(paths)
     entries = entry_points()
-    linter = Linter(Engine(), entries)
+    linter = Linter(new_engine(), entries)
     findings = empty_paths(paths, entries.foreign_scripts) + \
         [d for f in files for d in linter.lint_file(f)]
     if fmt == "json":
@@ -101,7 +101,7 @@ def run(file, fn, args, as_json, zones) -> None:
 
 def _run_script(file, fn, parsed, as_json) -> None:
     """`vsl run` once its options are read."""
-    engine = Engine()
+    engine = new_engine()
     script = None
     try:
         script = engine.load(file)

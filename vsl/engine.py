@@ -384,18 +384,20 @@ class _Load:
 
 
 class Engine:
-    """Compiles and runs scripts with a set of native namespaces and limits."""
+    """Compiles and runs scripts with a set of native namespaces and limits.
 
-    def __init__(self, limits: Limits | None = None, namespaces=None):
-        from vsl.stdlib import default_namespaces
+    ``namespaces`` come from the host (the language knows none): without them the
+    engine runs the bare language; ``vsl.stdlib.new_engine`` gives one with the
+    mail server's natives."""
 
+    def __init__(self, limits: Limits | None = None, namespaces=()):
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
         self.State = ExecState.for_engine(self.limits, self.ops)
         self._take, self._give, self._fresh = _budgets(self.State)
         self.namespaces = {}
         self._sources: dict[str, tuple[str, dict]] = {}
-        for ns in (default_namespaces() if namespaces is None else namespaces):
+        for ns in namespaces:
             self.register(ns)
 
     def register(self, namespace) -> None:
