@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.chunks import collect
 
 ROOT = Path(__file__).resolve().parent.parent
 from vsl.stdlib.ctx import entry_points
+from vsl.engine import Engine
 from vsl.stdlib import new_engine
 from vsl.lint import Linter, empty_paths, format_full, script_files
 
@@ -48,6 +50,8 @@ def test_every_rule_is_covered():
                       for f in ("vsl/resolve.py", "vsl/lint.py", "vsl/checks.py"))
     codes = set(re.findall(r'self\.(?:error\(|warn\(|report\(severity,)\s*"([a-z-]+)"',
                            sources))
+    codes |= {STAGE_ENTRIES.code(rule)  # about entry points: in the host's word
+              for rule in re.findall(r'code\("([a-z{}-]+)"\)', sources)}
     codes |= {"syntax", "import"}  # reported by the linter itself
     codes |= {"unknown-property"}  # checks.py chooses it or unknown-method by member kind
     codes -= {"wait-in-closure"}  # needs an async native: test_wait_in_closure_needs_...
@@ -88,6 +92,25 @@ def test_findings_are_sorted_and_positioned():
 def test_every_stage_name_is_accepted():
     src = "\n".join(f"fn {s}(ctx) {{ status::next() }}" for s in STAGES)
     assert Linter(new_engine(), entry_points()).lint_source(src, "stages.vsl", None) == []
+
+
+def test_without_a_host_only_the_language_is_checked():
+    """A bare engine and no entry points: no natives, and no rule about entry functions."""
+    src = "fn on_helo(a, b) { a + b }\nfn on_rcpt(x) { x }\n"
+    assert Linter(Engine()).lint_source(src, "bare.vsl", None) == []
+    findings = Linter(Engine()).lint_source("status::next();\n", "bare.vsl", None)
+    assert [d.code for d in findings] == ["unknown-namespace"]
+
+
+def test_entry_point_findings_use_the_hosts_word():
+    entries = replace(STAGE_ENTRIES, kind="hook")
+    findings = Linter(new_engine(), entries).lint_source(
+        "fn on_helo(ctx, more) { status::next() }\nfn on_rcpt(ctx) { status::next() }\n",
+        "hooks.vsl", None)
+    assert [finding_text(d) for d in findings] == [
+        "error: hook function 'on_helo' must take exactly one parameter (ctx), not 2 "
+        "[hook-arity]",
+        "error: 'on_rcpt' is not a hook function (did you mean 'on_rcpt_to'?) [unknown-hook]"]
 
 
 # -- the stage-availability mistakes the example policies could have had -----------------
