@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from . import values
-from vsl.stdlib import new_engine
-from .errors import Pos, VslError
-from .lint import (Linter, empty_paths, foreign_note, format_concise, format_full, format_json,
+from vsl import values
+from vsl.errors import Pos, VslError
+from vsl.lint import (Linter, empty_paths, foreign_note, format_concise, format_full, format_json,
                    script_files, summary)
-from .syntax import line_of
+from vsl.stdlib import new_engine
+from vsl.syntax import line_of
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,7 +146,7 @@ def _stage_result_problem(script, fn: str | None, arity: int, result) -> str | N
     """What is wrong with a stage function's result (it must be a status), if anything."""
     from vsl.stdlib.ctx import entry_points
 
-    from .checks import wrong_return
+    from vsl.checks import wrong_return
 
     entries = entry_points()
     if fn not in entries.names or arity != 1:
