@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vsl.server.dnsd import DnsServer  # noqa: E402
-from vsl.engine import Engine  # noqa: E402
+from vsl.stdlib import new_engine  # noqa: E402
 
 SCRIPT = """
 const WARM = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"] }});
@@ -40,7 +40,7 @@ async def rate(script, fn: str) -> float:
 
 def main() -> None:
     with DnsServer(sorted((ROOT / "tests" / "zones").glob("*.zone"))) as server:
-        script = Engine().load_source(SCRIPT.format(port=server.port), "bench.vsl")
+        script = new_engine().load_source(SCRIPT.format(port=server.port), "bench.vsl")
 
         async def run():
             await rate(script, "warm")  # fill the cache

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vsl.engine import Engine  # noqa: E402
+from vsl.stdlib import new_engine  # noqa: E402
 from vsl.limits import Limits  # noqa: E402
 from vsl.stdlib import status  # noqa: E402
 
@@ -132,9 +132,9 @@ def best(fns, repeat=25):
 
 
 def main() -> None:
-    engine = Engine(limits=Limits(max_operations=0, max_time=0))
+    engine = new_engine(limits=Limits(max_operations=0, max_time=0))
     script = engine.load_source(SCRIPT, "bench.vsl")
-    limited = Engine().load_source(SCRIPT, "bench.vsl")  # default limits, as in the server
+    limited = new_engine().load_source(SCRIPT, "bench.vsl")  # default limits, as in the server
     ctx = {"helo": "mx.example", "domain": "ok.example", "spf": "softfail",
            "authenticated": False, "rcpts": 3}
     words = [f"x-{i}" if i % 3 == 0 else f"word{i}" for i in range(1000)]

@@ -15,8 +15,7 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from vsl.stdlib import default_namespaces
-from vsl.stdlib import dns as dns_natives
+from vsl.stdlib import dns as dns_natives, new_engine
 from vsl.engine import Engine
 
 from .admission import Admission
@@ -77,8 +76,7 @@ class Server:
     def __init__(self, config: Config, engine: Engine | None = None):
         self.config = config
         dns_defaults = config.dns.resolver_defaults()
-        self.engine = engine or Engine(limits=config.script_limits,
-                                       namespaces=default_namespaces(dns_defaults))
+        self.engine = engine or new_engine(config.script_limits, dns_defaults)
         # stage functions that may run long (Script.call_off_loop)
         self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)

@@ -1,19 +1,33 @@
 """Native namespaces available to scripts; each module here declares one namespace (``auth::``
-in ``authresults``), and ``support/`` holds what they share."""
+in ``authresults``), and ``support/`` holds what they share.
+
+The language (:mod:`vsl.engine`) knows none of them: :func:`new_engine` builds an
+engine with the default set registered, which is what a mail server runs.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from vsl.engine import Engine
+from vsl.limits import Limits
 
 if TYPE_CHECKING:
     from .dns import DnsDefaults
 
 
 def default_namespaces(dns_defaults: DnsDefaults | None = None) -> list:
-    """The namespaces one Engine starts with; ``dns_defaults`` (the server's [dns]) are
+    """The namespaces one engine starts with; ``dns_defaults`` (the server's [dns]) are
     that engine's alone."""
     from . import (arc, asserts, authresults, core, ctx, dkim, dmarc, dns, iprev, spf, status,
                    transport)
 
     return [core.namespace, status.namespace, asserts.namespace,
-            dns.namespace_for(dns_defaults or dns.DnsDefaults()), iprev.namespace, spf.namespace, ctx.namespace, authresults.namespace,
-            dkim.namespace, dmarc.namespace, arc.namespace, transport.namespace]
+            dns.namespace_for(dns_defaults or dns.DnsDefaults()), iprev.namespace,
+            spf.namespace, ctx.namespace, authresults.namespace, dkim.namespace,
+            dmarc.namespace, arc.namespace, transport.namespace]
+
+
+def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None) -> Engine:
+    """An engine with ``limits`` and the default namespaces registered (``dns_defaults``:
+    what its ``dns::resolver()`` fills in)."""
+    return Engine(limits, namespaces=default_namespaces(dns_defaults))

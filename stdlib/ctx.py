@@ -328,7 +328,8 @@ def entry_points() -> EntryPoints:
                  "mail_from": "sender", "rcpt_to": "rcpt", "rcpt_list": "recipients"},
         return_hint="status::next(), status::accept(), status::deny(\"550 ...\") or "
                     "status::quarantine(name)",
-        foreign_scripts=(".rhai",))  # vSMTP's
+        foreign_scripts=(".rhai",),  # vSMTP's
+        kind="stage")
 
 
 def _mailbox(address) -> Mailbox:

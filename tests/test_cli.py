@@ -522,14 +522,14 @@ def test_serve_dns_is_checked_like_the_other_nameservers(tmp_path, monkeypatch):
     """`--dns not-an-ip` stops the start, as `[dns] nameservers` and `--dns-override` do."""
     from click.testing import CliRunner
 
-    from vsl import cli
+    from vsl.cli import main, serve
 
     served = []
-    monkeypatch.setattr(cli, "_serve", served.append)
-    result = CliRunner().invoke(cli.main, ["serve", "--dns", "not-an-ip",
-                                           "--queue-dir", str(tmp_path / "q")])
+    monkeypatch.setattr(serve, "_serve", served.append)
+    result = CliRunner().invoke(main, ["serve", "--dns", "not-an-ip",
+                                       "--queue-dir", str(tmp_path / "q")])
     assert result.exit_code == 1 and served == []
     assert "--dns: " in result.output and "not-an-ip" in result.output
-    result = CliRunner().invoke(cli.main, ["serve", "--dns", "127.0.0.1:5353",
-                                           "--queue-dir", str(tmp_path / "q")])
+    result = CliRunner().invoke(main, ["serve", "--dns", "127.0.0.1:5353",
+                                       "--queue-dir", str(tmp_path / "q")])
     assert result.exit_code == 0 and served[0].dns.nameservers == ("127.0.0.1:5353",)

@@ -8,12 +8,12 @@ import pytest
 
 from vsl.stdlib.ctx import Context, Stage, entry_points
 from vsl.stdlib.support.mail import Mailbox, Message
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits
 from vsl.values import NativeObject
 
-ENGINE = Engine(Limits(max_operations=100_000, max_time=5.0))
+ENGINE = new_engine(Limits(max_operations=100_000, max_time=5.0))
 
 MESSAGE = (b"Received: from client.example by mx.example;\r\n"
            b"\tTue, 1 Jan 2030 00:00:00 +0000\r\n"

@@ -17,7 +17,7 @@ from vsl.server.journal import Journal
 from vsl.server.queue import Spool
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.mail import Mailbox, Message
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from tests.support.mailsink import MESSAGE, Sink, free_port
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import wait_for
@@ -444,7 +444,7 @@ def test_server_routes_and_delivers(tmp_path):
 def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
     spool = Spool(tmp_path / "queue")
     delivery = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
-    script = Engine().load_source(
+    script = new_engine().load_source(
         'fn on_post_queue(ctx) { transport::lmtp(ctx, "lmtp://127.0.0.1:24"); '
         'status::next() }', "pq.vsl")
     ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.test")

@@ -21,7 +21,7 @@ from vsl.stdlib.support.signing import DkimKey
 from tests.authdata import HERE, SIGNED_BODY, context, message, script
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client, wait_for
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import VslError
 
 SCRIPT = """
@@ -287,7 +287,7 @@ def test_key_formats(natives, tmp_path):
 def test_a_bad_key_file_fails_at_load(tmp_path):
     (tmp_path / "main.vsl").write_text('const KEY = dkim::key("keys/nothing.pem");\n')
     with pytest.raises(VslError) as err:
-        Engine().load(tmp_path / "main.vsl")
+        new_engine().load(tmp_path / "main.vsl")
     assert "main.vsl:1:13" in str(err.value)
     assert f"dkim::key: cannot read {tmp_path}/keys/nothing.pem: No such file" in str(err.value)
 

@@ -8,7 +8,7 @@ import time
 import dns.asyncresolver
 import pytest
 
-from vsl.stdlib import default_namespaces
+from vsl.stdlib import new_engine
 from vsl.stdlib.dns import DnsDefaults, parse_nameserver
 from vsl.engine import Engine
 from vsl.errors import ScriptError, VslError
@@ -30,7 +30,7 @@ fn guarded(name) {{
 @pytest.fixture
 def script(dns_server):
     dns_server.reset()
-    return Engine().load_source(SCRIPT.format(port=dns_server.port), "dns.vsl")
+    return new_engine().load_source(SCRIPT.format(port=dns_server.port), "dns.vsl")
 
 
 def sent(script) -> int:
@@ -128,7 +128,7 @@ def test_lookups_do_not_block_the_event_loop(script, dns_server):
 
 def test_cache_can_be_disabled(dns_server):
     source = SCRIPT.format(port=dns_server.port).replace("timeout: 0.5", "cache: false")
-    script = Engine().load_source(source, "nocache.vsl")
+    script = new_engine().load_source(source, "nocache.vsl")
     script.call("ips", "mail.example.test")
     script.call("ips", "mail.example.test")
     assert sent(script) == 4
@@ -145,7 +145,7 @@ def test_cache_can_be_disabled(dns_server):
 ])
 def test_bad_resolver_options(options, message):
     with pytest.raises(ScriptError, match=message):
-        Engine().load_source(f"dns::resolver({options})", "opts.vsl")
+        new_engine().load_source(f"dns::resolver({options})", "opts.vsl")
 
 
 @pytest.mark.parametrize("call, message", [
@@ -158,19 +158,19 @@ def test_bad_resolver_options(options, message):
 def test_bad_lookups_are_script_errors(call, message):
     source = 'const R = dns::resolver(#{ nameservers: ["127.0.0.1:9"] });\nfn f() { ' + call + " }"
     with pytest.raises(ScriptError, match=message):
-        Engine().load_source(source, "bad.vsl").call("f")
+        new_engine().load_source(source, "bad.vsl").call("f")
 
 
 def test_public_configs_build_without_network():
     for config in ("google", "cloudflare_tls", "quad9"):
-        script = Engine().load_source(f'const R = dns::resolver(#{{ config: "{config}" }});',
-                                      "public.vsl")
+        script = new_engine().load_source(f'const R = dns::resolver(#{{ config: "{config}" }});',
+                                          "public.vsl")
         assert "dns_resolver(" in script.constants["R"].vsl_display()
 
 
 def engine_with(**defaults) -> Engine:
     """An engine whose dns::resolver() fills in these [dns] defaults."""
-    return Engine(namespaces=default_namespaces(DnsDefaults(**defaults)))
+    return new_engine(dns_defaults=DnsDefaults(**defaults))
 
 
 def nameserver_of(resolver) -> str:
@@ -184,7 +184,7 @@ def test_each_engine_has_its_own_dns_defaults(dns_server):
              'fn ips() { dns::resolver().lookup("mail.example.test") }'
     first = engine_with(nameservers=(served,), timeout=1.5).load_source(source, "a.vsl")
     second = engine_with(nameservers=("127.0.0.1:9",), timeout=2.5).load_source(source, "b.vsl")
-    built_in = Engine().load_source(source, "c.vsl")  # made last, with no defaults given
+    built_in = new_engine().load_source(source, "c.vsl")  # made last, with no defaults given
     for script, server, timeout in ((first, served, 1.5), (second, "127.0.0.1:9", 2.5)):
         for resolver in (script.constants["R"], script.call("make")):
             assert nameserver_of(resolver) == server and resolver._resolver.lifetime == timeout
@@ -213,14 +213,14 @@ def test_lint_knows_dns_signatures(tmp_path):
 
     path = tmp_path / "p.vsl"
     path.write_text('fn f() { dns::lookup(1, 2) }\nfn g() { dns::lookpu(#{}) }\n')
-    found = [str(d) for d in Linter(Engine()).lint_file(path)]
+    found = [str(d) for d in Linter(new_engine()).lint_file(path)]
     assert any("[arity]" in f for f in found) and any("did you mean 'lookup'" in f for f in found)
 
 
 def test_script_cannot_see_the_python_resolver(script):
     with pytest.raises(VslError, match="has no property"):
-        Engine().load_source("let r = dns::resolver(#{ config: \"google\" }); r._resolver",
-                             "leak.vsl")
+        new_engine().load_source("let r = dns::resolver(#{ config: \"google\" }); r._resolver",
+                                 "leak.vsl")
 
 
 SILENT = """
@@ -245,7 +245,7 @@ def silent(dns_server):
     dns_server.reset()
     for name in ("silent.example.test.", "7.2.0.192.in-addr.arpa."):
         dns_server.drop(name)
-    yield Engine(Limits(max_time=1.0)).load_source(
+    yield new_engine(Limits(max_time=1.0)).load_source(
         SILENT.format(port=dns_server.port, timeout=1.0), "silent.vsl")
     dns_server.reset()
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import LimitError, ScriptError, VslError
 from vsl.limits import Limits
 
@@ -28,7 +28,7 @@ SOURCE = textwrap.dedent("""\
 
 
 def load(limits: Limits = Limits()):
-    return Engine(limits).load_source(SOURCE, "entry.vsl")
+    return new_engine(limits).load_source(SOURCE, "entry.vsl")
 
 
 def test_one_argument_plain_functions_have_entry_points():
@@ -37,7 +37,7 @@ def test_one_argument_plain_functions_have_entry_points():
     for name in ("straight", "three_ins", "spin", "calls", "down", "divide"):
         assert script.function(name).__name__ == f"e_{name}_1"
     assert script.function("two", 2).__name__ == "call"  # two arguments: the general path
-    closures = Engine().load_source("fn f(x) { [x].map(|v| v) }", "closures.vsl")
+    closures = new_engine().load_source("fn f(x) { [x].map(|v| v) }", "closures.vsl")
     assert closures.function("f").__name__ == "call"  # closures need Engine.run
 
 
@@ -61,7 +61,7 @@ def test_function_binds_a_name_and_arity_once():
 
 
 def test_function_of_a_name_with_several_arities():
-    script = Engine().load_source("fn f(x) { x }\nfn f(x, y) { x + y }\n", "arity.vsl")
+    script = new_engine().load_source("fn f(x) { x }\nfn f(x, y) { x + y }\n", "arity.vsl")
     assert script.function("f")(1) == 1
     assert script.function("f", 2)(1, 2) == 3
     for f, args in [(script.function("f"), (1, 2)), (script.function("f", 2), (1,))]:
@@ -115,7 +115,7 @@ def test_call_async_runs_the_entry_point():
 
 
 def test_constants_read_by_entry_points():
-    script = Engine().load_source(textwrap.dedent("""\
+    script = new_engine().load_source(textwrap.dedent("""\
         const HOSTS = ["mx.example"];
         const LIMITS = #{ "rcpt": 50 };
         fn f(host) { [host in global::HOSTS, global::LIMITS["rcpt"] ?? 1] }
@@ -125,7 +125,7 @@ def test_constants_read_by_entry_points():
 
 
 def test_a_constant_the_top_level_never_defined_is_an_error_when_read():
-    script = Engine().load_source(textwrap.dedent("""\
+    script = new_engine().load_source(textwrap.dedent("""\
         fn f(x) { global::LATE }
         fn g(x) { try { return global::LATE; } catch (e) { return e; } }
         if true { return; }
@@ -148,7 +148,7 @@ LATE_MAP = textwrap.dedent("""\
 @pytest.mark.parametrize("needle", ["a", 1, None, [], {"a": 1}])
 @pytest.mark.parametrize("name", ["f", "g"])
 def test_in_a_constant_map_not_defined_yet_is_an_error_for_any_needle(name, needle):
-    script = Engine().load_source(LATE_MAP, "late_map.vsl")
+    script = new_engine().load_source(LATE_MAP, "late_map.vsl")
     with pytest.raises(ScriptError, match="constant 'M' is not defined yet"):
         script.call(name, needle)
 
@@ -160,13 +160,13 @@ def test_in_a_constant_map_not_defined_yet_is_an_error_for_any_needle(name, need
 ])
 def test_in_a_constant_map_read_before_the_top_level_defines_it(source):
     with pytest.raises(ScriptError, match="constant 'M' is not defined yet"):
-        Engine().load_source(source, "early.vsl")
+        new_engine().load_source(source, "early.vsl")
 
 
 def test_no_entry_points_when_an_imported_module_makes_closures(tmp_path):
     (tmp_path / "helpers.vsl").write_text("fn doubled(a) { a.map(|x| x * 2) }\n")
     (tmp_path / "main.vsl").write_text('import "helpers" as h;\nfn f(a) { h::doubled(a) }\n')
-    script = Engine().load(tmp_path / "main.vsl")
+    script = new_engine().load(tmp_path / "main.vsl")
     assert script.call("f", [1, 2]) == [2, 4]
     assert script.function("f").__name__ == "call"
     assert not any(name.startswith("e_") for name in script._env)  # none compiled either

@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from vsl.engine import Engine
 from vsl.errors import InternalError, ScriptError, VslError
 from vsl.limits import Limits
+from vsl.stdlib import new_engine
 from vsl.values import FrozenMap, NativeObject, debug, type_name
 
 LIMITS = Limits(max_operations=10_000, max_time=1.0, max_string_size=100_000,
                 max_array_size=10_000, max_map_size=10_000)
-ENGINE = Engine(LIMITS)
+ENGINE = new_engine(LIMITS)
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 HANG_SECONDS = 10
 
@@ -447,7 +448,7 @@ fn t_call_it(x) { x.call(1) }
 fn t_asserts(x, y) { assert::eq(x, y); "equal" }
 """
 
-SCRIPT = Engine(LIMITS).load_source(FUNCTIONS, "fuzz_calls.vsl")
+SCRIPT = new_engine(LIMITS).load_source(FUNCTIONS, "fuzz_calls.vsl")
 NAMES = sorted(SCRIPT.functions)
 
 json_args = st.recursive(
@@ -491,7 +492,7 @@ def test_call_with_random_arguments(key, args):
 
 # The same one-argument functions in a script without closures run through their compiled
 # entry points (SCRIPT has closures, so it calls every function the general way).
-ENTRY_SCRIPT = Engine(LIMITS).load_source(
+ENTRY_SCRIPT = new_engine(LIMITS).load_source(
     "\n".join("" if re.search(r"\|\w*(, *\w+)*\|", line) else line
               for line in FUNCTIONS.splitlines()),
     "fuzz_calls.vsl")  # (the same line numbers)

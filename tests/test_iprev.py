@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 
 SCRIPT = """
 const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"], timeout: 0.5, cache: false }});
@@ -17,7 +17,7 @@ fn check(ip) {{
 @pytest.fixture
 def script(dns_server):
     dns_server.reset()
-    return Engine().load_source(SCRIPT.format(port=dns_server.port), "iprev.vsl")
+    return new_engine().load_source(SCRIPT.format(port=dns_server.port), "iprev.vsl")
 
 
 @pytest.mark.parametrize("ip, expected", [
@@ -47,4 +47,4 @@ def test_bad_address_is_a_catchable_error(script):
     source = SCRIPT.format(port=1) + """
 fn bad() { let r = (); try { iprev::check(#{ ip: "not-an-ip", dns_resolver: global::R }); }
            catch (e) { r = e; } r }"""
-    assert "not an IP address" in Engine().load_source(source, "b.vsl").call("bad")
+    assert "not an IP address" in new_engine().load_source(source, "b.vsl").call("bad")

@@ -8,6 +8,7 @@ import pytest
 
 from tests.chunks import collect
 from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import VslError
 from vsl.limits import Limits
 
@@ -29,7 +30,7 @@ def test_enough_chunks():
 
 @pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
 def test_chunk(chunk):
-    engine = Engine(limits=Limits().with_changes(**chunk.options))
+    engine = new_engine(limits=Limits().with_changes(**chunk.options))
     try:
         engine.load_source(chunk.source, str(chunk.path), LANG)
     except VslError as err:
@@ -50,3 +51,12 @@ def test_line_of_is_public():
     from vsl.syntax import line_of
 
     assert [line_of("a\nb\n", n) for n in (0, 1, 2, 3)] == ["", "a", "b", ""]
+
+
+def test_the_language_runs_without_a_host():
+    """An engine without namespaces runs the bare language; natives are the host's."""
+    engine = Engine()
+    assert engine.namespaces == {}
+    assert engine.load_source("fn f(x) { [x, x * 2] }\nf(21)[1]").top_value == 42
+    with pytest.raises(VslError, match="unknown namespace 'status::'"):
+        engine.load_source("status::next()")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.chunks import collect
 ROOT = Path(__file__).resolve().parent.parent
 from vsl.stdlib.ctx import entry_points
 from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.lint import Linter, empty_paths, format_full, script_files
 
 STAGE_ENTRIES = entry_points()
@@ -48,6 +50,8 @@ def test_every_rule_is_covered():
                       for f in ("vsl/resolve.py", "vsl/lint.py", "vsl/checks.py"))
     codes = set(re.findall(r'self\.(?:error\(|warn\(|report\(severity,)\s*"([a-z-]+)"',
                            sources))
+    codes |= {STAGE_ENTRIES.code(rule)  # about entry points: in the host's word
+              for rule in re.findall(r'code\("([a-z{}-]+)"\)', sources)}
     codes |= {"syntax", "import"}  # reported by the linter itself
     codes |= {"unknown-property"}  # checks.py chooses it or unknown-method by member kind
     codes -= {"wait-in-closure"}  # needs an async native: test_wait_in_closure_needs_...
@@ -57,8 +61,8 @@ def test_every_rule_is_covered():
 
 @pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
 def test_chunk(chunk):
-    findings = Linter(Engine(), entry_points()).lint_source(chunk.source, str(chunk.path),
-                                                            chunk.path.parent)
+    findings = Linter(new_engine(), entry_points()).lint_source(chunk.source, str(chunk.path),
+                                                                chunk.path.parent)
     problems = []
     matched = set()
     for d in findings:
@@ -79,7 +83,7 @@ def test_chunk(chunk):
 
 def test_findings_are_sorted_and_positioned():
     src = 'fn f() {\n    nope;\n    let unused = 1;\n    status::dny();\n}\n'
-    findings = Linter(Engine()).lint_source(src, "p.vsl", None)
+    findings = Linter(new_engine()).lint_source(src, "p.vsl", None)
     assert [(d.line, d.col, d.code) for d in findings] == [
         (2, 5, "undefined-variable"), (3, 9, "unused-variable"), (4, 5, "unknown-function")]
     assert str(findings[0]) == "p.vsl:2:5: error: undefined variable 'nope' [undefined-variable]"
@@ -87,7 +91,26 @@ def test_findings_are_sorted_and_positioned():
 
 def test_every_stage_name_is_accepted():
     src = "\n".join(f"fn {s}(ctx) {{ status::next() }}" for s in STAGES)
-    assert Linter(Engine(), entry_points()).lint_source(src, "stages.vsl", None) == []
+    assert Linter(new_engine(), entry_points()).lint_source(src, "stages.vsl", None) == []
+
+
+def test_without_a_host_only_the_language_is_checked():
+    """A bare engine and no entry points: no natives, and no rule about entry functions."""
+    src = "fn on_helo(a, b) { a + b }\nfn on_rcpt(x) { x }\n"
+    assert Linter(Engine()).lint_source(src, "bare.vsl", None) == []
+    findings = Linter(Engine()).lint_source("status::next();\n", "bare.vsl", None)
+    assert [d.code for d in findings] == ["unknown-namespace"]
+
+
+def test_entry_point_findings_use_the_hosts_word():
+    entries = replace(STAGE_ENTRIES, kind="hook")
+    findings = Linter(new_engine(), entries).lint_source(
+        "fn on_helo(ctx, more) { status::next() }\nfn on_rcpt(ctx) { status::next() }\n",
+        "hooks.vsl", None)
+    assert [finding_text(d) for d in findings] == [
+        "error: hook function 'on_helo' must take exactly one parameter (ctx), not 2 "
+        "[hook-arity]",
+        "error: 'on_rcpt' is not a hook function (did you mean 'on_rcpt_to'?) [unknown-hook]"]
 
 
 # -- the stage-availability mistakes the example policies could have had -----------------
@@ -118,7 +141,7 @@ def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text,
     shutil.copytree(ROOT / "examples" / example, tmp_path / example)
     main = tmp_path / example / "main.vsl"
     source = main.read_text()
-    assert Linter(Engine(), STAGE_ENTRIES).lint_file(main) == []
+    assert Linter(new_engine(), STAGE_ENTRIES).lint_file(main) == []
     assert source.count(text) == 1
     source = source.replace(text, mistake)
     main.write_text(source)
@@ -127,7 +150,7 @@ def test_lint_finds_mistakes_injected_into_the_examples(tmp_path, example, text,
     offset = source.index(mistake) + mistake.index(f"ctx.{name}") + len("ctx.")
     line = source.count("\n", 0, offset) + 1
     col = offset - source.rfind("\n", 0, offset)
-    [error] = Linter(Engine(), STAGE_ENTRIES).lint_file(main)
+    [error] = Linter(new_engine(), STAGE_ENTRIES).lint_file(main)
     assert (error.severity, error.line, error.col, error.message) == ("error", line, col,
                                                                       finding)
 
@@ -166,7 +189,7 @@ def test_lint_helpers_say_what_they_do(helper):
 
 
 def test_import_without_script_directory():
-    findings = Linter(Engine()).lint_source('import "x" as x;\n', "<stdin>", None)
+    findings = Linter(new_engine()).lint_source('import "x" as x;\n', "<stdin>", None)
     assert [(d.code, d.severity) for d in findings] == [("import", "error")]
     assert "script directory" in findings[0].message
 
@@ -174,7 +197,7 @@ def test_import_without_script_directory():
 def test_lint_file_that_cannot_be_read(tmp_path):
     bad = tmp_path / "bad.vsl"
     bad.write_bytes(b"let x = \xff\xfe;\n")
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = linter.lint_file(bad)
     assert [(d.line, d.severity, d.code) for d in findings] == [(1, "error", "io")]
     assert findings[0].message == "cannot read: not UTF-8 text (byte 9)"
@@ -196,7 +219,7 @@ def test_clean_chunks_also_load():
         if chunk.expected or "import" in chunk.source:
             continue
         try:
-            Engine().load_source(chunk.source, str(chunk.path), chunk.path.parent)
+            new_engine().load_source(chunk.source, str(chunk.path), chunk.path.parent)
         except Exception as err:  # noqa: BLE001 - report every mismatch
             failures.append(f"{chunk.id}: {type(err).__name__}: {err}")
     assert not failures, "\n".join(failures)
@@ -276,11 +299,11 @@ def _write_policy_tree(root: Path, target_lines: int = 5000) -> int:
 
 def test_generated_policy_is_clean_in_process(tmp_path):
     _write_policy_tree(tmp_path, 400)
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = [d for f in script_files([tmp_path]) for d in linter.lint_file(f)]
     assert findings == []
     for f in script_files([tmp_path]):
-        Engine().load(f)  # and it compiles
+        new_engine().load(f)  # and it compiles
 
 
 def test_lint_5000_lines(tmp_path, capsys):
@@ -293,7 +316,7 @@ def test_lint_5000_lines(tmp_path, capsys):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == ""
     start = time.perf_counter()
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = [d for f in script_files([tmp_path]) for d in linter.lint_file(f)]
     in_process = time.perf_counter() - start
     assert findings == []
@@ -306,7 +329,6 @@ def test_wait_in_closure_needs_an_async_native():
     """wait-in-closure: natives that wait on I/O cannot run inside a closure."""
     import asyncio
 
-    from vsl.stdlib import default_namespaces
     from vsl.natives import Namespace
 
     ns = Namespace("net", "test natives that wait")
@@ -316,7 +338,8 @@ def test_wait_in_closure_needs_an_async_native():
         await asyncio.sleep(0)
         return name
 
-    engine = Engine(namespaces=default_namespaces() + [ns])
+    engine = new_engine()
+    engine.register(ns)
     src = ("fn f(names) {\n"
            "    let first = net::lookup(names[0]);\n"
            "    names.map(|n| net::lookup(n)) + [first]\n"

@@ -10,7 +10,7 @@ import pytest
 
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.mail import Mailbox, Message
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 
 POLICY = Path(__file__).parent / "natives" / "issue3_policy.vsl"
 
@@ -19,7 +19,7 @@ POLICY = Path(__file__).parent / "natives" / "issue3_policy.vsl"
 def script(dns_server):
     dns_server.reset()
     source = POLICY.read_text().replace("127.0.0.1:5353", f"127.0.0.1:{dns_server.port}")
-    return Engine().load_source(source, str(POLICY))
+    return new_engine().load_source(source, str(POLICY))
 
 
 def run_session(script, client_ip: str, helo: str, sender: str):

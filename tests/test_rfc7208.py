@@ -17,7 +17,7 @@ import spf as pyspf
 import yaml
 
 from vsl.server.dnsd import DnsServer
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 
 SUITE = Path(__file__).parent / "spf" / "rfc7208-tests.yml"
 SCENARIOS = list(yaml.safe_load_all(SUITE.read_text(encoding="ascii")))
@@ -79,7 +79,7 @@ CASES = _cases()
 
 @pytest.fixture(scope="module")
 def script():
-    return Engine().load_source(SCRIPT, "rfc7208.vsl")
+    return new_engine().load_source(SCRIPT, "rfc7208.vsl")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vsl.stdlib import default_namespaces
+from vsl.stdlib import default_namespaces, new_engine
 from vsl.engine import Engine
 from vsl.errors import InternalError, LimitError, ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits
@@ -31,7 +31,7 @@ PYTHON_LEAK = re.compile(r"<class |<function |<built-in|object at 0x|Traceback|_
 
 
 def load(source: str, limits: Limits = SMALL, engine: Engine | None = None):
-    return (engine or Engine(limits)).load_source(source, "sandbox.vsl")
+    return (engine or new_engine(limits)).load_source(source, "sandbox.vsl")
 
 
 def run_error(source: str, limits: Limits = SMALL) -> VslError:
@@ -606,10 +606,10 @@ def _isolated(code: str, timeout: float) -> tuple[str, float]:
     """Run engine code in a child process (so a runaway cannot hang the test run)."""
     prog = textwrap.dedent("""\
         import sys
-        from vsl.engine import Engine
+        from vsl.stdlib import new_engine
         from vsl.errors import VslError
         from vsl.limits import Limits
-        engine = Engine(Limits(max_operations=100_000, max_time=1.0, max_string_size=1_000))
+        engine = new_engine(Limits(max_operations=100_000, max_time=1.0, max_string_size=1_000))
         try:
             engine.load_source(sys.argv[1], "iso.vsl")
             print("ok")

@@ -7,7 +7,7 @@ import pytest
 
 import vsl.stdlib.spf
 from vsl.stdlib.spf import SpfResult
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import VslError
 
 SCRIPT = """
@@ -28,7 +28,7 @@ CLIENT, HELO = "192.0.2.7", "mail.spf.test"
 @pytest.fixture
 def check(server):
     """check(ip=..., helo=..., [mail_from=...]): spf::check_host through a script."""
-    script = Engine().load_source(SCRIPT, "spf.vsl")
+    script = new_engine().load_source(SCRIPT, "spf.vsl")
 
     def run(ip=CLIENT, helo=HELO, **query):
         return script.call("check", server.port, {"ip": ip, "helo": helo, **query})

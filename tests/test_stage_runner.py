@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.server.policy import Policy
 from vsl.server.stages import StageRunner
 from vsl.stdlib.ctx import Context, Stage
@@ -39,7 +39,7 @@ fn on_rcpt_to(ctx) {
 def runner(tmp_path):
     (tmp_path / "main.vsl").write_text(POLICY)
     with ThreadPoolExecutor(1) as pool:
-        yield StageRunner(Policy(Engine(), tmp_path), pool, FALLBACK)
+        yield StageRunner(Policy(new_engine(), tmp_path), pool, FALLBACK)
 
 
 def context(client_ip: str = "192.0.2.1") -> Context:

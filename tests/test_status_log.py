@@ -5,12 +5,12 @@ import logging
 
 import pytest
 
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import Pos, ScriptError, VslSyntaxError
 
 
 def status(expr: str):
-    return Engine().load_source(f"fn f() {{ {expr} }}", "status.vsl").call("f")
+    return new_engine().load_source(f"fn f() {{ {expr} }}", "status.vsl").call("f")
 
 
 @pytest.mark.parametrize("expr, kind, reply", [
@@ -74,12 +74,12 @@ fn f(x) {
 def test_a_refusal_knows_the_call_that_made_it(arg, position):
     """status::deny and status::quarantine record where the script called them (the
     server logs it as who decided), not where the stage function is defined."""
-    result = Engine().load_source(ORIGINS, "origins.vsl").call("f", arg)
+    result = new_engine().load_source(ORIGINS, "origins.vsl").call("f", arg)
     assert result.origin == Pos("origins.vsl", *position)
 
 
 def test_status_prints_and_compares():
-    engine = Engine()
+    engine = new_engine()
     script = engine.load_source('fn f() { [`${status::deny("550 5.7.1 x")}`, '
                                 'status::next() == status::next(), '
                                 'status::next() == status::accept(), type_of(status::next())] }',
@@ -89,8 +89,8 @@ def test_status_prints_and_compares():
 
 def test_log_levels_and_topics(caplog):
     caplog.set_level(5)
-    Engine().load_source('log("info", "hello"); log("smtp", "error", `n=${1 + 1}`); '
-                         'log("debug", [1, 2]);', "log.vsl")
+    new_engine().load_source('log("info", "hello"); log("smtp", "error", `n=${1 + 1}`); '
+                             'log("debug", [1, 2]);', "log.vsl")
     records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records
                if r.name.startswith("vsl.script")]
     assert records == [("vsl.script.app", logging.INFO, "hello"),
@@ -100,9 +100,9 @@ def test_log_levels_and_topics(caplog):
 
 def test_bad_log_level_is_an_error():
     with pytest.raises(ScriptError, match="unknown log level"):
-        Engine().load_source('let level = "loud"; log(level, "x");', "log.vsl")
+        new_engine().load_source('let level = "loud"; log(level, "x");', "log.vsl")
 
 
 def test_print_writes_the_display_form(capsys):
-    Engine().load_source('print(#{a: [1, "b"]}); print("plain");', "print.vsl")
+    new_engine().load_source('print(#{a: [1, "b"]}); print("plain");', "print.vsl")
     assert capsys.readouterr().out == '#{"a": [1, "b"]}\nplain\n'

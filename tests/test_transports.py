@@ -20,7 +20,7 @@ from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.dns import Resolver, parse_nameserver
 from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import ROUTE_KINDS, Route, RouteKind, parse_route
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import ScriptError
 from vsl.lint import Linter
 from tests.support.mailsink import MESSAGE, LmtpServer, Sink, free_port
@@ -623,7 +623,7 @@ fn everyone(ctx) { transport::forward(ctx, "smtp://relay.test:587?tls=required")
 
 
 def test_natives_route_this_recipient_or_all():
-    script = Engine().load_source(SCRIPT, "routes.vsl")
+    script = new_engine().load_source(SCRIPT, "routes.vsl")
     ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.test")
     ctx.stage = Stage.MAIL_FROM
     ctx.begin_transaction(Mailbox.parse("alice@example.org"))
@@ -645,7 +645,7 @@ def test_natives_route_this_recipient_or_all():
 
 
 def test_natives_check_their_arguments():
-    engine = Engine()
+    engine = new_engine()
     ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.test")
     ctx.stage = Stage.HELO
     script = engine.load_source(

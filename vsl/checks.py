@@ -1,17 +1,18 @@
 """Static checks that need types: the entry points a host calls, members of native
 objects, and the option maps of natives. Runs after :mod:`vsl.resolve`, on its bindings.
 
-Design. The language knows nothing of its host: a mail server describes its stage
-functions as data (:class:`EntryPoints`) and the linter's caller passes them in. Types
+Design. The language knows nothing of its host: a host (the mail server) describes the
+functions it calls as data (:class:`EntryPoints`, with its own word for them in messages
+and codes) and the linter's caller passes them in. Types
 are known in four cases only, so that every finding is certain:
 
 - the one parameter of an entry point has the host's type, and is reached "in" that
   entry; a script function whose parameter only ever receives such a parameter (directly
   or through other such functions, as the call graph shows) inherits its type and the
-  entries it is reached in, so a helper called from ``on_helo`` is checked as ``on_helo``;
+  entries it is reached in, so a helper called from an entry is checked as that entry;
 - a variable given one value only, by a native whose Python return annotation is a
   native object class (``iprev::check`` gives an ``iprev_result``);
-- a property of the entries' argument that the host types (``ctx.sender``: a mailbox);
+- a property of the entries' argument that the host types (``EntryPoints.member_types``);
 - a literal (the values an entry point returns).
 
 Members of a typed value are checked against its class (``vsl_props``, ``vsl_methods``);
@@ -46,12 +47,18 @@ class EntryPoints:
     available: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     # ^ member of param -> first and last index in names where it can be used
     member_types: Mapping[str, type] = field(default_factory=dict)
-    # ^ property of param -> the NativeObject class it holds (sender: mailbox)
+    # ^ property of param -> the NativeObject class it holds
     aliases: Mapping[str, str] = field(default_factory=dict)
     # ^ names other servers use for entries and members -> ours (the first hint)
     return_hint: str = ""  # how to make a value of ``returns``, for messages
     foreign_scripts: tuple[str, ...] = ()
-    # ^ extensions of other servers' scripts (".rhai"), named when a directory has none of ours
+    # ^ extensions of other hosts' scripts (".rhai"), named when a directory has none of ours
+    kind: str = "entry"  # the host's word for them, in messages and codes ("stage")
+
+    def code(self, rule: str) -> str:
+        """The code of a finding about entry points: ``rule`` in the host's word
+        (``"{kind}-arity"`` -> ``"stage-arity"``)."""
+        return rule.format(kind=self.kind)
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> its field names
@@ -118,16 +125,17 @@ class Checker:
 
     # -- entry point names --------------------------------------------------
     def check_entry_names(self) -> None:
-        names = self.entries.names
+        entries = self.entries
+        names, kind = entries.names, entries.kind
         for fn in self.module.functions:
             if fn.name in names:
                 if len(fn.params) != 1:
-                    self.error("stage-arity", f"stage function '{fn.name}' must take exactly "
-                               f"one parameter ({self.entries.param.vsl_type}), not "
+                    self.error(entries.code("{kind}-arity"), f"{kind} function '{fn.name}' must "
+                               f"take exactly one parameter ({entries.param.vsl_type}), not "
                                f"{len(fn.params)}", fn.pos)
-            elif fn.name.startswith(self.entries.prefix):
-                self.error("unknown-stage", f"'{fn.name}' is not a stage function"
-                           + (self.hint(fn.name, names) or f" (stages: {', '.join(names)})"),
+            elif fn.name.startswith(entries.prefix):
+                self.error(entries.code("unknown-{kind}"), f"'{fn.name}' is not a {kind} function"
+                           + (self.hint(fn.name, names) or f" ({kind}s: {', '.join(names)})"),
                            fn.pos)
 
     def hint(self, name: str, candidates) -> str:
@@ -275,7 +283,7 @@ class Checker:
             if py in self.helper_of else ""
         when = f"it is available from {names[first]} on" if entry < first else \
             f"only up to {names[last]}"
-        self.report(severity, "stage-availability",
+        self.report(severity, self.entries.code("{kind}-availability"),
                     f"{label} is not available in {names[entry]}{via}: {when}", node.pos)
 
     def availability(self, where: Where, py: str, all_missing: bool,
@@ -326,7 +334,8 @@ class Checker:
         for value, pos in returned_values(fn):
             found = value_type(value, self.type_of)
             if found is not None and found != self.entries.returns.vsl_type:
-                self.error("stage-return", _return_message(fn.name, found, self.entries), pos)
+                self.error(self.entries.code("{kind}-return"),
+                           _return_message(fn.name, found, self.entries), pos)
 
 
 class Guard(IntEnum):
@@ -451,7 +460,7 @@ def value_type(e, type_of) -> str | None:
 def wrong_return(script, entries: EntryPoints, name: str, value) -> str | None:
     """At run time: None if ``value``, returned by the entry point ``name`` of ``script``,
     is of the type entry points return; else the error, at the one return that can have
-    given such a value (``main.vsl:4:9: on_rcpt_to returned a string, ...``), or at the
+    given such a value (``main.vsl:4:9: on_x returned a string, ...``), or at the
     function when several can."""
     if isinstance(value, entries.returns):
         return None

@@ -1,14 +1,14 @@
 """The embedding API: :class:`Engine` loads scripts, :class:`Script` runs their functions.
 
-    engine = Engine()
+    engine = Engine(limits, namespaces)             # the host's natives (none: bare language)
     script = engine.load("policy/main.vsl")
-    status = script.call("on_helo", ctx)            # or: await script.call_async(...)
+    result = script.call("check", value)            # or: await script.call_async(...)
 
 A script is parsed, resolved and compiled once; its top level runs at load
 and its constants are then frozen, so one Script serves many concurrent
-SMTP sessions. Every error leaves the engine as a :class:`VslError`.
+calls (a mail server's sessions). Every error leaves the engine as a :class:`VslError`.
 
-Off the event loop. A server calls stage functions with ``call_off_loop``: a
+Off the event loop. A server calls its entry functions with ``call_off_loop``: a
 function the compiler proved quick (no loop, no call of a script function or
 closure, no step whose work grows with a value) runs on the event loop; any
 other runs in a worker thread, so a script burning its max_time does not stall
@@ -245,7 +245,7 @@ class Script:
     def call(self, name: str, arg=_NO_ARG, *more):
         """Run a script function to completion (from synchronous code): ``call(name, *args)``.
 
-        A stage's call, one argument to a plain function of a script without closures,
+        A host's usual call, one argument to a plain function of a script without closures,
         runs the function's compiled entry point (see ModuleCompiler.entry)."""
         if not more and arg is not _NO_ARG:
             fn = self._entries.get(name)
@@ -256,7 +256,7 @@ class Script:
     def function(self, name: str, arity: int = 1):
         """The script function ``name`` with ``arity`` parameters as a Python callable of
         that many arguments, for a host that looks it up once and calls it often
-        (``on_helo = script.function("on_helo"); on_helo(ctx)``). A one-argument plain
+        (``check = script.function("check"); check(value)``). A one-argument plain
         function is its compiled entry point, with nothing in between. A missing function
         is a VslError here; a call with another number of arguments is a TypeError, as
         for any Python function."""
@@ -384,18 +384,21 @@ class _Load:
 
 
 class Engine:
-    """Compiles and runs scripts with a set of native namespaces and limits."""
+    """Compiles and runs scripts with a set of native namespaces and limits.
 
-    def __init__(self, limits: Limits | None = None, namespaces=None):
-        from vsl.stdlib import default_namespaces
+    ``namespaces`` come from the host (the language knows none): without them the
+    engine runs the bare language; ``vsl.stdlib.new_engine`` gives one with the
+    mail server's natives."""
 
+    def __init__(self, limits: Limits | None = None, namespaces=()):
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
         self.State = ExecState.for_engine(self.limits, self.ops)
         self._take, self._give, self._fresh = _budgets(self.State)
         self.namespaces = {}
+        self.native_methods = self.async_methods = frozenset()  # of the namespaces' types
         self._sources: dict[str, tuple[str, dict]] = {}
-        for ns in (default_namespaces() if namespaces is None else namespaces):
+        for ns in namespaces:
             self.register(ns)
 
     def register(self, namespace) -> None:

@@ -3,7 +3,7 @@
 Reports syntax errors (a missing ``;`` at the end of the line that lacks it),
 everything :mod:`vsl.resolve` finds (undefined names, unknown functions with
 "did you mean", arity, assignment to constants, unreachable code, unused
-variables, suspicious strings and bad SMTP replies) and what :mod:`vsl.checks`
+variables, suspicious strings and arguments a native rejects) and what :mod:`vsl.checks`
 finds with types (entry points given by the caller, members, option maps).
 Imports are resolved statically from their files. Findings print like rustc
 or ruff: the source line with a caret, then a summary.
@@ -23,8 +23,8 @@ from .script_file import UnreadableScript, read_script
 
 
 class Linter:
-    """Lints files with one engine's namespaces and limits, and the host's entry points
-    (a mail server's stages: ``stdlib.ctx.entry_points()``), if any."""
+    """Lints files with one engine's namespaces and limits, and the entry points the
+    caller's host calls (none: the language's checks only)."""
 
     def __init__(self, engine, entries: EntryPoints | None = None):
         self.engine = engine

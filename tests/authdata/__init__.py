@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.mail import Mailbox, Message
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 
 HERE = Path(__file__).parent
 # Scripts of the tests are loaded as if they were a file here: relative key paths name
@@ -23,7 +23,7 @@ SIGNED_BODY = b"From: Alice <alice@dkim.test>\r\nTo: bob@example.test\r\n" \
 
 def script(source: str):
     """Load a test script (with fn resolver(port)) as tests/authdata/test.vsl."""
-    return Engine().load_source(RESOLVER + source, str(HERE / "test.vsl"))
+    return new_engine().load_source(RESOLVER + source, str(HERE / "test.vsl"))
 
 
 def message(name: str) -> bytes:

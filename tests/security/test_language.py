@@ -24,13 +24,14 @@ from tests.test_server_reload import policy, verdict, write
 from vsl.engine import Engine
 from vsl.errors import LimitError, VslError, VslSyntaxError
 from vsl.limits import Limits
+from vsl.stdlib import new_engine
 from vsl.lint import Linter, script_files
 
 VSL = Path(sys.executable).with_name("vsl")
 
 
 def value(source: str, script_dir=None):
-    return Engine().load_source(source, "t.vsl", script_dir).top_value
+    return new_engine().load_source(source, "t.vsl", script_dir).top_value
 
 
 # ---- generated names are injective ----------------------------------------------------
@@ -86,7 +87,7 @@ def test_random_redeclarations_agree_with_python_scoping(program):
 # ---- engine slips: script errors with positions, limits that hold exactly ----------
 def load_error(source: str, engine: Engine | None = None) -> VslError:
     with pytest.raises(VslError) as info:
-        (engine or Engine()).load_source(source, "t.vsl")
+        (engine or new_engine()).load_source(source, "t.vsl")
     assert info.value.pos is not None, "every error has a position"
     assert "internal error" not in info.value.message
     return info.value
@@ -94,14 +95,14 @@ def load_error(source: str, engine: Engine | None = None) -> VslError:
 
 def caught(expression: str):
     """A script whose ``f(x)`` is ``expression``, or "caught: <message>" if it throws."""
-    return Engine().load_source(
+    return new_engine().load_source(
         f"fn f(x) {{ let r = (); try {{ r = {expression}; }} catch (e) {{ r = `caught: ${{e}}`; }} r }}",
         "t.vsl")
 
 
 @pytest.mark.parametrize("index", [200_000, 100_000, -1, 0])
 def test_insert_into_a_full_array_changes_nothing(index):
-    script = Engine(Limits(max_array_size=5)).load_source(
+    script = new_engine(Limits(max_array_size=5)).load_source(
         f"fn f(a) {{ a.insert({index}, 9) }}", "t.vsl")
     full = [1, 2, 3, 4, 5]
     with pytest.raises(LimitError, match="array too large") as info:
@@ -190,7 +191,7 @@ def bad_import(directory: Path, kind: str) -> Path:
 def test_a_bad_import_is_a_located_error_when_loading(tmp_path, kind, max_modules):
     main = bad_import(tmp_path, kind)
     with pytest.raises(VslError) as info:
-        Engine(Limits(max_modules=max_modules)).load(main)
+        new_engine(Limits(max_modules=max_modules)).load(main)
     assert info.value.pos is not None and info.value.pos.line == 1
     assert "internal error" not in info.value.message
 
@@ -263,7 +264,7 @@ def test_sessions_are_answered_while_a_slow_reload_runs(tmp_path, monkeypatch):
 @pytest.mark.parametrize("size, loads", [(1000, True), (1001, False)])
 def test_a_script_longer_than_max_script_size_is_refused_before_parsing(size, loads):
     source = "let x = 1;" + " " * (size - len("let x = 1;"))
-    engine = Engine(Limits(max_script_size=1000))
+    engine = new_engine(Limits(max_script_size=1000))
     if loads:
         engine.load_source(source, "t.vsl")
         return
@@ -277,7 +278,7 @@ def test_an_imported_module_and_the_linter_obey_max_script_size(tmp_path):
     (tmp_path / "big.vsl").write_text("const X = 1;" + " " * 2000)
     main = tmp_path / "main.vsl"
     main.write_text('import "big" as big;\nbig::X\n')
-    engine = Engine(Limits(max_script_size=1000))
+    engine = new_engine(Limits(max_script_size=1000))
     with pytest.raises(LimitError, match="script too large") as info:
         engine.load(main)
     assert info.value.stack[0].pos.file == str(main)
@@ -320,11 +321,11 @@ def test_a_fifo_in_the_script_directory_neither_hangs_lint_nor_the_policy_load(t
     good_main(tmp_path)
     (tmp_path / "sub").mkdir()
     os.mkfifo(tmp_path / "sub" / "pipe.vsl")
-    linter = Linter(Engine())
+    linter = Linter(new_engine())
     findings = finishes(lambda: [d for f in script_files([tmp_path]) for d in linter.lint_file(f)])
     assert [(Path(d.file).name, d.severity, d.message) for d in findings] == \
         [("pipe.vsl", "error", "cannot read: not a regular file")]
-    error = finishes(lambda: policy_module.load_policy(Engine(), tmp_path))
+    error = finishes(lambda: policy_module.load_policy(new_engine(), tmp_path))
     assert isinstance(error, policy_module.PolicyError)
     assert "pipe.vsl:1:1: error: cannot read: not a regular file" in str(error)
 
@@ -341,7 +342,7 @@ def test_a_fifo_as_main_vsl_is_refused_by_the_cli(tmp_path, command):
 
 def test_the_engine_refuses_a_fifo_as_main_script(tmp_path):
     os.mkfifo(tmp_path / "main.vsl")
-    error = finishes(lambda: Engine().load(tmp_path / "main.vsl"))
+    error = finishes(lambda: new_engine().load(tmp_path / "main.vsl"))
     assert isinstance(error, VslError) and "not a regular file" in error.message
 
 

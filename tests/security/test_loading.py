@@ -10,7 +10,7 @@ import pytest
 from vsl import build
 from vsl import engine as engine_module
 from vsl.compile import ModuleCompiler
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import VslError
 from vsl.limits import Limits
 
@@ -29,7 +29,7 @@ def _characters_parsed(monkeypatch, source: str) -> int:
         return original(text, *args, **kwargs)
 
     monkeypatch.setattr(build, "parse_tree", counting)
-    Engine().load_source(source, "t.vsl")
+    new_engine().load_source(source, "t.vsl")
     return sum(handed)
 
 
@@ -60,7 +60,7 @@ def test_interpolations_are_parsed_as_they_are(monkeypatch, source):
 def test_an_error_in_an_interpolation_has_its_place_in_the_file(source, line, col,
                                                                 source_line):
     with pytest.raises(VslError) as info:
-        Engine().load_source(source, "t.vsl")
+        new_engine().load_source(source, "t.vsl")
     assert (info.value.pos.line, info.value.pos.col) == (line, col), info.value
     expected_line = source_line if source_line is not None else source.split("\n")[line - 1]
     assert info.value.source_line == expected_line
@@ -74,11 +74,11 @@ def test_a_load_in_a_worker_thread_leaves_the_collector_on(monkeypatch):
                         (ModuleCompiler, "compile")]:
         monkeypatch.setattr(owner, name, _observing(getattr(owner, name), name, seen))
     assert gc.isenabled()
-    loader = threading.Thread(target=Engine().load_source, args=("let x = 1;", "t.vsl"),
+    loader = threading.Thread(target=new_engine().load_source, args=("let x = 1;", "t.vsl"),
                               name="reload")
     loader.start()
     loader.join()
-    Engine().load_source("let x = 1;", "t.vsl")
+    new_engine().load_source("let x = 1;", "t.vsl")
     main = threading.main_thread().name
     assert seen == {(thread, phase, thread == "reload") for thread in ("reload", main)
                     for phase in ("parse_tree", "resolve", "compile")}
@@ -98,11 +98,11 @@ def test_a_template_of_thousands_of_interpolations_loads_and_runs(count):
     """Their checks were a chain of `&` nested as deep as there are parts, which CPython
     refused to compile from about a thousand ("maximum recursion depth exceeded")."""
     parts = "".join(f"${{a}}{i % 10}" for i in range(count))
-    script = Engine().load_source(f"let a = \"x\"; `{parts}`", "t.vsl")
+    script = new_engine().load_source(f"let a = \"x\"; `{parts}`", "t.vsl")
     assert script.top_value == "".join(f"x{i % 10}" for i in range(count))
 
 
 def test_a_template_over_the_size_limit_still_fails_with_many_parts():
     with pytest.raises(VslError, match="string"):
-        Engine(Limits(max_string_size=100)).load_source(
+        new_engine(Limits(max_string_size=100)).load_source(
             "let a = \"xy\"; `" + "${a}" * 60 + "`", "t.vsl")

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from vsl.server.printable import SafeFormatter, printable
-from vsl import cli
+from vsl.cli import serve
 
 
 def record(msg: str, *args) -> logging.LogRecord:
@@ -39,5 +39,5 @@ def test_bytes_that_were_not_utf8_are_escaped():
 def test_vsl_serve_formats_every_log_line_safely(monkeypatch):
     handler = logging.StreamHandler()
     monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
-    cli._log_format("%(message)s")
+    serve._log_format("%(message)s")
     assert isinstance(handler.formatter, SafeFormatter)

@@ -16,7 +16,7 @@ from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.mail import Message
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import FALLBACK, client
-from vsl.engine import Engine
+from vsl.stdlib import new_engine
 from vsl.errors import LimitError, ScriptError, VslError
 from vsl.limits import Limits
 
@@ -51,7 +51,7 @@ COSTLY = {  # a and b: 2,000 equal arrays of 100 numbers; flat: 400,000 numbers
 
 @pytest.mark.parametrize("op", COSTLY.values(), ids=COSTLY.keys())
 def test_costly_operations_stop_at_max_time(op):
-    script = Engine(TIMED).load_source(ATTACK.format(op=op), "attack.vsl")
+    script = new_engine(TIMED).load_source(ATTACK.format(op=op), "attack.vsl")
     start = time.monotonic()
     with pytest.raises(LimitError, match="max_time"):
         script.call("attack", 2_000)
@@ -84,7 +84,7 @@ fn attack(c) {{ let s = big(c); {op} }}
 def test_string_work_is_checked_while_building(op):
     """Before the fix the template made the whole text before checking it (100 x 1 M
     characters), and chars() made a million strings before checking the array size."""
-    engine = Engine(Limits(max_string_size=1_000_000, max_time=10.0, max_operations=0))
+    engine = new_engine(Limits(max_string_size=1_000_000, max_time=10.0, max_operations=0))
     script = engine.load_source(BIG_STRING.format(least=400_000, op=op), "big.vsl")
 
     def run():
@@ -95,7 +95,7 @@ def test_string_work_is_checked_while_building(op):
 
 @pytest.mark.parametrize("op", ['s.split("\u20ac")', "s.split()"])
 def test_split_checks_the_array_size_while_building(op):
-    engine = Engine(Limits(max_array_size=1000, max_time=10.0, max_operations=0))
+    engine = new_engine(Limits(max_array_size=1000, max_time=10.0, max_operations=0))
     script = engine.load_source(BIG_STRING.format(least=500_000, op=op), "split.vsl")
 
     def run():
@@ -123,7 +123,7 @@ fn guarded(ctx) {
 
 
 def test_ctx_body_obeys_the_string_limit():
-    engine = Engine(Limits(max_string_size=10_000))
+    engine = new_engine(Limits(max_string_size=10_000))
     script = engine.load_source(READ, "read.vsl")
     ctx = _message_ctx(b"Subject: x\r\n\r\n" + b"y" * 20_000 + b"\r\n")
     with pytest.raises(VslError, match="max_string_size"):
@@ -132,7 +132,7 @@ def test_ctx_body_obeys_the_string_limit():
 
 
 def test_ctx_headers_obey_the_array_limit():
-    engine = Engine(Limits(max_array_size=100))
+    engine = new_engine(Limits(max_array_size=100))
     script = engine.load_source(READ, "read.vsl")
     ctx = _message_ctx(b"".join(b"X-N: %d\r\n" % i for i in range(200)) + b"\r\nbody\r\n")
     with pytest.raises(VslError, match="max_array_size") as info:
@@ -183,9 +183,9 @@ fn freezing(a) { const c = a; c }
 
 
 def test_only_functions_that_cannot_run_long_run_on_the_event_loop():
-    script = Engine().load_source(QUICK_OR_NOT, "quick.vsl")
+    script = new_engine().load_source(QUICK_OR_NOT, "quick.vsl")
     assert {name for name, _ in script.quick} == {"straight", "arithmetic", "printing"}
-    unlimited = Engine(Limits(max_string_size=0)).load_source(QUICK_OR_NOT, "quick.vsl")
+    unlimited = new_engine(Limits(max_string_size=0)).load_source(QUICK_OR_NOT, "quick.vsl")
     assert {name for name, _ in unlimited.quick} == {"straight", "arithmetic"}
-    with_closure = Engine().load_source(QUICK_OR_NOT + "fn f(x) { |y| y }", "closure.vsl")
+    with_closure = new_engine().load_source(QUICK_OR_NOT + "fn f(x) { |y| y }", "closure.vsl")
     assert not with_closure.quick  # a closure can loop

@@ -1,0 +1,33 @@
+"""The ``vsl`` command line, on top of every layer: one module per command group.
+
+    language.py  vsl lint, vsl run, vsl test (scripts and recorded sessions)
+    serve.py     vsl serve (the server or its workers)
+    queue.py     vsl queue ... (the spool, safe while the server runs)
+    users.py     vsl passwd (users-file lines)
+    zones.py     --zone FILE, shared by run and serve
+
+A new command is a click command in the module of its group (or a new module) and one
+``main.add_command`` line below. Modules import at their top what is cheap; what would
+slow every ``vsl --help`` (the server, dnspython) is imported by the command that runs it.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+
+import click
+
+from . import language, queue, serve, users
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(metadata.version("vsl-mta"), prog_name="vsl")
+def main() -> None:
+    """vSL: a mail server whose behaviour is written as policy scripts."""
+
+
+main.add_command(language.lint)
+main.add_command(language.run)
+main.add_command(language.test_command)
+main.add_command(serve.serve)
+main.add_command(queue.queue)
+main.add_command(users.passwd)

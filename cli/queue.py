@@ -1,0 +1,130 @@
+"""``vsl queue ...``: look at and act on the mail queue (safe while the server runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+import sys
+
+import click
+
+from vsl.server import queue_admin
+from vsl.server.printable import printable
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import QueueError
+
+
+@click.group()
+@click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="vsl.toml (its server.queue_dir); default: ./vsl.toml when present.")
+@click.pass_context
+def queue(ctx, queue_dir, config_path) -> None:
+    """Look at and act on the mail queue (safe while the server runs)."""
+    from vsl.server import config as config_module  # (the mail model: slow to import)
+
+    if not queue_dir and not config_path and Path("vsl.toml").is_file():
+        config_path = "vsl.toml"
+    try:
+        directory = Path(queue_dir) if queue_dir else config_module.load(config_path).queue_dir
+    except config_module.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    if not directory.is_dir():
+        raise click.ClickException(f"{directory}: no queue here (use --queue-dir)")
+    ctx.obj = Spool(directory)
+
+
+def _queue_error(err) -> click.ClickException:
+    return click.ClickException(printable(err))
+
+
+@queue.command("list")
+@click.argument("name", required=False)
+@click.option("--by-domain", is_flag=True,
+              help="Pending recipients by queue, domain and age (minutes), like qshape.")
+@click.option("--json", "as_json", is_flag=True, help="Every message, as JSON.")
+@click.pass_obj
+def queue_list(spool, name, by_domain, as_json) -> None:
+    """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
+    try:
+        entries, unreadable = spool.scan(name)
+    except QueueError as err:
+        raise _queue_error(err) from None
+    for warning in spool.quarantine_warnings():
+        click.echo(f"vsl: warning: {warning}", err=True)
+    if as_json or by_domain:
+        click.echo((queue_admin.as_json if as_json else queue_admin.table)(entries))
+        if unreadable:
+            click.echo(f"vsl: warning: {len(unreadable)} unreadable envelope(s) left out "
+                       "(vsl queue list shows them)", err=True)
+    else:
+        click.echo(queue_admin.listing(entries, unreadable))
+
+
+@queue.command("show")
+@click.argument("msg_id")
+@click.option("--eml", is_flag=True,
+              help="Print the message itself: its bytes as stored into a file or pipe, "
+                   "control characters escaped on a terminal.")
+@click.pass_obj
+def queue_show(spool, msg_id, eml) -> None:
+    """One message: envelope, status per recipient, last error."""
+    try:
+        if eml:
+            _write_message(spool.message(msg_id))
+        else:
+            click.echo(queue_admin.describe(spool.get(msg_id)))
+    except QueueError as err:
+        raise _queue_error(err) from None
+
+
+def _write_message(data: bytes) -> None:
+    """A queued message on standard output: unchanged into a file or a pipe (``--eml >
+    msg.eml`` is the message), escaped on a terminal (no escape sequence reaches it)."""
+    out = click.get_binary_stream("stdout")
+    if not out.isatty():
+        out.write(data)
+        out.flush()
+        return
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    click.echo(printable(text, lines=True), nl=False)
+
+
+def _queue_action(action: str, help_text: str, all_flag: bool = False):
+    @click.argument("msg_ids", nargs=-1)
+    @click.pass_obj
+    def command(spool, msg_ids, **flags) -> None:
+        if flags.get("every"):
+            msg_ids = [e.id for e in spool.list("deferred")]
+            if not msg_ids:
+                click.echo("no deferred message")
+                return
+        if not msg_ids:
+            raise click.UsageError("give message ids" + (" or --all" if all_flag else ""))
+        outcomes = queue_admin.act(spool, action, list(msg_ids))
+        click.echo("\n".join(line for _, line in outcomes))
+        if not all(done for done, _ in outcomes):
+            sys.exit(1)
+
+    command.__doc__ = help_text
+    if all_flag:
+        command = click.option("--all", "every", is_flag=True,
+                               help="Every deferred message.")(command)
+    return command
+
+
+queue.command("retry")(_queue_action("retry", "Deliver now (deferred messages).", True))
+queue.command("hold")(_queue_action("hold", "Keep messages from delivery."))
+queue.command("release")(_queue_action("release", "Let held messages be delivered."))
+queue.command("remove")(_queue_action("remove", "Delete messages."))
+
+
+@queue.command("move")
+@click.argument("msg_id")
+@click.argument("target")
+@click.pass_obj
+def queue_move(spool, msg_id, target) -> None:
+    """Move a message to another queue (working, deliver, deferred, dead, hold,
+    quarantine/NAME)."""
+    done, line = queue_admin.act(spool, f"move:{target}", [msg_id])[0]
+    click.echo(line)
+    if not done:
+        sys.exit(1)

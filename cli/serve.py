@@ -1,0 +1,142 @@
+"""``vsl serve``: the SMTP server (or its workers) on a directory of scripts.
+
+The server and its configuration are imported when they are used, not with the
+command line: they would slow every ``vsl --help``.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+import logging
+from pathlib import Path
+import sys
+
+import click
+
+from vsl.lint import foreign_note
+from vsl.server.printable import SafeFormatter
+
+from .zones import zone_option, zones_served
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="vsl.toml (without it: safe embedded defaults).")
+@click.option("--scripts", type=click.Path(file_okay=False), help="Script directory (main.vsl).")
+@click.option("--listen", multiple=True, metavar="HOST:PORT",
+              help="Listen here (repeat; replaces the configured listeners).")
+@click.option("--queue-dir", type=click.Path(file_okay=False), help="Spool directory.")
+@click.option("--dns", "dns_server", metavar="HOST:PORT",
+              help="DNS server for a dns::resolver() that names none.")
+@click.option("--dns-override", multiple=True, metavar="HOST:PORT",
+              help="DNS server for every resolver, whatever the script says (repeat).")
+@zone_option
+@click.option("--hostname", help="The server's name (greeting, Received, local domain).")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Server processes accepting on the same listeners.")
+@click.option("-v", "--verbose", count=True, help="Debug log output (-vv: the SMTP dialogue too).")
+def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zones, hostname,
+          workers, verbose) -> None:
+    """Run the SMTP server on a directory of scripts."""
+    if zones and dns_override:
+        raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
+                               "give one")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
+                   dns_override=dns_override, hostname=hostname, workers=workers)
+    with zones_served(zones) as nameserver:
+        if nameserver:
+            click.echo(f"vsl: zones served on {nameserver}")
+            options["dns_override"] = (nameserver,)
+        _serve(_serve_config(config_path, **options))
+
+
+def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_override, hostname,
+                  workers):
+    """The configuration `vsl serve` runs: the file's, changed by the options."""
+    from vsl.server import config as config_module  # (the mail model: slow to import)
+    from vsl.stdlib.ctx import entry_points
+
+    try:
+        config = config_module.load(config_path)
+        changes = {}
+        if scripts:
+            if not (Path(scripts) / "main.vsl").is_file():
+                foreign = foreign_note(Path(scripts), entry_points().foreign_scripts)
+                raise click.ClickException(f"{scripts}: no main.vsl (the policy) there{foreign}")
+            changes["scripts"] = Path(scripts)
+        if listen:
+            changes["listen"] = tuple(config_module.parse_listen(a, key="--listen")
+                                      for a in listen)
+        if queue_dir:
+            changes["queue_dir"] = Path(queue_dir)
+        if hostname:
+            changes["hostname"] = hostname
+        if dns_server:
+            changes["dns"] = replace(config.dns, nameservers=(
+                config_module.nameserver(dns_server, "--dns"),))
+        if dns_override:
+            changes["dns"] = replace(changes.get("dns", config.dns), override=tuple(
+                config_module.nameserver(a, "--dns-override") for a in dns_override))
+        if workers:
+            changes["workers"] = workers
+        return replace(config, **changes)
+    except config_module.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _serve(config) -> None:
+    """Run the server (or its workers) until interrupted."""
+    import asyncio
+
+    from vsl.server.app import Server
+    from vsl.server.policy import PolicyError
+
+    try:
+        server = Server(config)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    except PolicyError as err:
+        click.echo(f"the scripts do not lint:\n{err}", err=True)
+        sys.exit(1)
+    if config.workers > 1:
+        _serve_workers(config)
+        return
+
+    async def run():
+        await server.start()
+        for listener, address in server.bound:
+            click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
+        await server.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        raise click.ClickException(f"cannot listen: {err}") from None
+
+
+def _log_format(fmt: str) -> None:
+    """Every log line of `vsl serve` in ``fmt``, with client text escaped."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(SafeFormatter(fmt))
+
+
+def _serve_workers(config) -> None:
+    """`vsl serve` with [server] workers > 1 (server/workers.py)."""
+    from vsl.server.workers import Workers
+
+    _log_format("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # whose line
+    workers = Workers(config)
+    try:
+        workers.prepare()
+    except OSError as err:
+        raise click.ClickException(f"cannot listen: {err}") from None
+    for listener, sock in workers.sockets:
+        address = sock.getsockname()
+        click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
+    click.echo(f"vsl: {config.workers} workers")
+    sys.exit(workers.run())
