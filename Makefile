@@ -43,7 +43,7 @@ lint: $(STAMP)
 
 # docs/natives.md is generated from the namespaces (tests/test_docs.py checks it is current).
 docs: $(STAMP)
-	$(BIN)/python -m vsl.stdlib.reference > docs/natives.md.new
+	$(BIN)/python -m vsl.stdlib.support.reference > docs/natives.md.new
 	mv docs/natives.md.new docs/natives.md
 
 clean:

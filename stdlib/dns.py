@@ -11,11 +11,12 @@ answers for the zone's SOA minimum), in an LRU bounded by entries and by bytes
 (estimated from each answer's wire size), and concurrent look-ups
 of the same name share one query, so a flood does not reach the DNS server.
 
-Options a script leaves out come from its engine's :class:`DnsDefaults` (the
-server's [dns]), bound into that engine's own copy of this namespace
-(:func:`namespace_for`, called by ``stdlib.default_namespaces``), never from a
-module global: engines in one process do not share them.
+Options a script leaves out (name servers, timeout, cache size) come from the
+server's `[dns]` section in vsl.toml.
 """
+# The [dns] defaults are a frozen DnsDefaults bound into each engine's own copy of this
+# namespace (namespace_for, called by stdlib.default_namespaces), never a module global:
+# engines in one process do not share them.
 from __future__ import annotations
 
 import asyncio

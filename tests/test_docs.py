@@ -11,7 +11,7 @@ import pytest
 
 from vsl.natives import Namespace
 from vsl.stdlib import default_namespaces
-from vsl.stdlib.reference import markdown, slug
+from vsl.stdlib.support.reference import markdown, slug
 from vsl.values import NativeObject, method
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ returns and its docstring; then the methods and properties of the native object 
 namespace hands to scripts. ``make docs`` rewrites the page; tests/test_docs.py fails
 when the committed page differs from what this module generates::
 
-    python -m vsl.stdlib.reference > docs/natives.md
+    python -m vsl.stdlib.support.reference > docs/natives.md
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 
 from vsl.natives import Namespace, Native
 
-from . import default_namespaces
+from vsl.stdlib import default_namespaces
 
 HEADER = """\
 # Natives reference
@@ -26,7 +26,7 @@ HEADER = """\
 Every native function a policy can call, namespace by namespace, with its arguments, the
 keys of its option map, what it returns, and the methods and properties of the objects it
 returns. This page is generated from the code by `make docs` (`python -m
-vsl.stdlib.reference`); do not edit it by hand. How the checks behave, with examples, is
+vsl.stdlib.support.reference`); do not edit it by hand. How the checks behave, with examples, is
 in [the natives guide](natives-guide.md).
 """
 
