@@ -59,7 +59,10 @@ _VERIFY = Options({"dns_resolver": Resolver})
 @namespace.native(options=_VERIFY.keys, uses="body")
 async def verify(ctx, config) -> ArcResult:
     """verify(ctx, #{ dns_resolver }): none | pass | fail, with .instances (the sets in the
-    chain), .domain (d= of the newest ARC-Seal) and .reason."""
+    chain), .domain (d= of the newest ARC-Seal) and .reason.
+
+    More than 50 sets fail without a look-up; a DNS failure on a key gives `fail` too
+    (there is no `temperror`)."""
     where = "arc::verify"
     opts = _VERIFY.parse(config, where)
     data = message_of(ctx, where).to_bytes()
@@ -108,7 +111,11 @@ _SEAL = Options({"sdid": str, "selector": str, "private_key": (str, DkimKey),
 @namespace.native(options=_SEAL.keys, uses="body")
 async def seal(ctx, config):
     """seal(ctx, #{ sdid, selector, private_key, auth_serv_id }): prepend an ARC set over
-    the Authentication-Results header of auth_serv_id (its arc= result gives cv=)."""
+    the Authentication-Results header of auth_serv_id (its arc= result gives cv=).
+
+    The set is ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results; RSA keys
+    only (RFC 8617). `auth::add_header` must come first; with an existing chain, store the
+    `arc::verify` result before it."""
     where = "arc::seal"
     opts = _SEAL.parse(config, where)
     signer = signing_key(opts["private_key"], where)

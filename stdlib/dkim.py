@@ -45,7 +45,11 @@ namespace.register_type(DkimKey)
 def key(path):
     """key(path): a private key for dkim::sign and arc::seal (PEM, RSA of 1024 bits or more,
     or Ed25519), read now (so a top-level constant fails at load); a relative path is
-    relative to the script's directory."""
+    relative to the script's directory.
+
+    RSA keys may be PKCS#1 or PKCS#8, Ed25519 keys PKCS#8 or the bare base64 seed of
+    dkimpy's `dknewkey`; encrypted keys are refused. A key is read again only when its
+    file changes."""
     if type(path) is not str or not path:
         raise ScriptError("dkim::key takes the path of a key file")
     return load_key(script_dir() / path, "dkim::key")
@@ -190,7 +194,22 @@ _VERIFY = Options({"dns_resolver": Resolver}, {"max_signatures": int})
 @namespace.native(options=_VERIFY.keys, uses="body")
 async def verify(ctx, config) -> DkimResult:
     """verify(ctx, #{ dns_resolver, max_signatures? }): the DKIM result of the message
-    (none pass fail neutral policy temperror permerror), with .signatures."""
+    (none pass fail neutral policy temperror permerror), with .signatures.
+
+    From `on_pre_queue`. It checks the first `max_signatures` (default 5) DKIM-Signature
+    fields from the top; `.signatures` holds one map per signature checked, with `domain`,
+    `selector`, `algorithm`, `result` and `reason`. The value is the first of `pass
+    temperror fail policy neutral permerror` that some signature has (one good signature
+    is enough), `none` without any signature:
+
+    | signature result | when |
+    |---|---|
+    | `pass` | the signature verifies |
+    | `fail` | bad signature, body hash mismatch, an RSA key under 1024 bits |
+    | `policy` | `rsa-sha1`, refused by RFC 8301 |
+    | `neutral` | a malformed signature field (an unknown algorithm too), or a header dkimpy cannot read |
+    | `permerror` | no key record, a revoked key (empty `p=`), a bad record, a key of another type or not for email |
+    | `temperror` | a DNS timeout or SERVFAIL on the key record |"""
     where = "dkim::verify"
     opts = _VERIFY.parse(config, where)
     limit = opts.get("max_signatures", MAX_SIGNATURES)
@@ -208,7 +227,14 @@ _SIGN = Options({"sdid": str, "selector": str, "private_key": (str, DkimKey)},
 @namespace.native(options=_SIGN.keys, uses="body")
 async def sign(ctx, config):
     """sign(ctx, #{ sdid, selector, private_key, headers?, canonicalization? }): prepend a
-    DKIM-Signature (a= from the key; default relaxed/relaxed, dkimpy's header list)."""
+    DKIM-Signature (a= from the key; default relaxed/relaxed, dkimpy's header list).
+
+    `a=` is `rsa-sha256` or `ed25519-sha256`, after the key; a bare `"relaxed"`
+    canonicalization means `relaxed/simple`, as in the RFC. dkimpy's header list signs
+    `From:` twice; a given `headers` must include `From` and may not include `Received`.
+    `private_key` is a `dkim::key` or a path (relative to the script's directory). In
+    `on_pre_queue` and `on_post_queue`; a signature added in `on_post_queue` is written to
+    the spool before delivery."""
     where = "dkim::sign"
     opts = _SIGN.parse(config, where)
     signer = signing_key(opts["private_key"], where)

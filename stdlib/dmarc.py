@@ -70,7 +70,15 @@ _CHECK = Options({"dns_resolver": Resolver})
 @namespace.native(options=_CHECK.keys, uses="body")
 async def check(ctx, config) -> DmarcResult:
     """check(ctx, #{ dns_resolver }): pass | fail | none | temperror | permerror, with
-    .policy (none quarantine reject, after sp= and pct=), .domain and the results used."""
+    .policy (none quarantine reject, after sp= and pct=), .domain and the results used.
+
+    From `on_pre_queue`. No record is `none`; several records, or a bad `adkim=`, `aspf=`
+    or `pct=`, are `permerror`; a missing or bad `p=` counts as `none` when the record has
+    `rua=`, else `permerror`. Zero or several From: fields, a From: without an address (a
+    group) or an address without a domain give `permerror` without a look-up; a From: of
+    several addresses gives the worst of its domains' results (`fail`, then `temperror`,
+    `permerror`, `pass`, `none`). Reports (`rua=`, `ruf=`) are never sent; `fo=`, `rf=`
+    and `ri=` are ignored."""
     where = "dmarc::check"
     opts = _CHECK.parse(config, where)
     message, resolver = message_of(ctx, where), opts["dns_resolver"]

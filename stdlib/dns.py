@@ -373,7 +373,12 @@ _LOOKUP = Options({"dns_resolver": Resolver, "name": str}, {"type": str})
 
 @namespace.native(options=_LOOKUP.keys)
 async def lookup(query):
-    """lookup(#{ dns_resolver, name, type? }): the records as strings ([] if none)."""
+    """lookup(#{ dns_resolver, name, type? }): the records as strings ([] if none).
+
+    Names have no final dot, a TXT record's strings are joined, an MX record reads as
+    `"10 mail.example.test"`. A look-up never waits into the last fifth of the script's
+    `max_time`, whatever the resolver's timeout: a server that does not answer is then a
+    DnsTempError the script can catch, with time left to act on it."""
     opts = _LOOKUP.parse(query, "dns::lookup")
     return await opts["dns_resolver"].lookup(opts["name"], opts.get("type"))
 

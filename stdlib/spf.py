@@ -106,7 +106,14 @@ _CHECK_HOST = Options({"ip": str, "helo": str, "dns_resolver": Resolver},
 @namespace.native(options=_CHECK_HOST.keys)
 async def check_host(query) -> SpfResult:
     """check_host(#{ ip, helo, mail_from?, dns_resolver }): the SPF result of MAIL FROM
-    (of HELO without mail_from; ``""`` or ``"<>"`` is the null sender, checked as postmaster@helo)."""
+    (of HELO without mail_from; ``""`` or ``"<>"`` is the null sender, checked as postmaster@helo).
+
+    The value is one of `none neutral pass fail softfail temperror permerror`; `.identity`
+    is `helo` or `mailfrom`, `.mechanism` the matched mechanism or `default`. `mail_from`
+    is a mailbox (`ctx.sender`) or a string. A HELO that is not a multi-label domain (a
+    single label, an IP address) gives `none` without a look-up. Past the RFC's limits (ten
+    DNS-querying mechanisms, two void look-ups, one record per domain) the result is
+    `permerror`; DNS timeouts and SERVFAIL give `temperror`, never an error."""
     where = "spf::check_host"
     opts = _CHECK_HOST.parse(query, where)
     try:
