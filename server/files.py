@@ -40,11 +40,11 @@ def write_new_file(path: str | Path, data: bytes, fsync: bool = True) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         write_all(fd, data, fsync)
-    except OSError:
-        os.close(fd)
+    except BaseException:
         os.unlink(path)
         raise
-    os.close(fd)
+    finally:
+        os.close(fd)
 
 
 def sync_directory(path: str | Path) -> None:
