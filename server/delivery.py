@@ -2,7 +2,7 @@
 ``deliver``, and ``deferred`` when they are due), delivers each recipient over its route,
 and writes each result to the envelope as soon as it is known.
 
-    delivery = Delivery(Spool("queue"), DeliveryConfig(maildir_root=Path("mail")),
+    delivery = Delivery(open_queue(config), DeliveryConfig(maildir_root=Path("mail")),
                         "mx.example.com", ("example.com",))
     delivery.start()                    # in the server's event loop
     await delivery.stop()

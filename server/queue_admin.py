@@ -110,9 +110,8 @@ async def _act(spool: QueueBackend, action: str, msg_ids: list[str]) -> list[tup
     for msg_id in msg_ids:
         try:
             done.append((True, printable(await _one(spool, action, msg_id))))
-        except (QueueError, FileNotFoundError) as err:
-            why = err if isinstance(err, QueueError) else "moved meanwhile"
-            done.append((False, printable(f"{msg_id}: {why}")))
+        except QueueError as err:
+            done.append((False, printable(f"{msg_id}: {err}")))
     return done
 
 
