@@ -417,11 +417,11 @@ class Session:
     async def _login(self, session, mechanism: str, user: str, password: str):
         """Check a login the throttle let through: the AUTH reply."""
         throttle = self.authenticator.throttle
-        ok = await self.authenticator.check_credentials(user, password)
+        ok = await self.authenticator.check_password(user, password)
         self.ctx.auth = FrozenMap(mechanism=mechanism, authid=user, password=password)
         decisions = self.stages.save()
         status = await self.stages.run(self.ctx, Stage.AUTH)
-        verdict = _auth_verdict(status, ok, self.authenticator.users is not None)
+        verdict = _auth_verdict(status, ok, self.authenticator.smtp_users is not None)
         if not verdict:
             self.stages.restore(decisions)  # a failed login decides nothing
         if not verdict and not ok:

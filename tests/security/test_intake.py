@@ -142,14 +142,14 @@ def test_parallel_guesses_get_no_more_password_checks_than_the_limit(tmp_path):
 def slow_password_checks(server, seconds: float) -> list[str]:
     """Make each password check of ``server`` take ``seconds``; returns the list of the
     users checked, filled as the checks run."""
-    checks, check = [], server.services.authenticator.check_credentials
+    checks, check = [], server.services.authenticator.check_password
 
     async def slow(user: str, password: str) -> bool:
         checks.append(user)
         await asyncio.sleep(seconds)
         return await check(user, password)
 
-    server.services.authenticator.check_credentials = slow
+    server.services.authenticator.check_password = slow
     return checks
 
 
