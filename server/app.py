@@ -27,7 +27,7 @@ from .policy import Policy
 from .queue_backend import QueueBackend
 from .queues import open_queue
 from .services import SessionServices, SessionSettings
-from .session import Protocol
+from .protocol import Protocol
 from .stages import StageRunner
 
 log = logging.getLogger("vsl.server")
