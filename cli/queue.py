@@ -8,8 +8,7 @@ import click
 
 from vsl.server import queue_admin
 from vsl.server.printable import printable
-from vsl.server.queue import Spool
-from vsl.server.queue_backend import QueueError
+from vsl.server.queue_backend import QueueBackend, QueueError
 
 
 @click.group()
@@ -20,16 +19,18 @@ from vsl.server.queue_backend import QueueError
 def queue(ctx, queue_dir, config_path) -> None:
     """Look at and act on the mail queue (safe while the server runs)."""
     from vsl.server import config as config_module  # (the mail model: slow to import)
+    from vsl.server.queues import open_queue
 
     if not queue_dir and not config_path and Path("vsl.toml").is_file():
         config_path = "vsl.toml"
     try:
-        directory = Path(queue_dir) if queue_dir else config_module.load(config_path).queue_dir
+        config = config_module.Config(queue_dir=Path(queue_dir)) if queue_dir \
+            else config_module.load(config_path)
     except config_module.ConfigError as err:
         raise click.ClickException(str(err)) from None
-    if not directory.is_dir():
-        raise click.ClickException(f"{directory}: no queue here (use --queue-dir)")
-    ctx.obj = Spool(directory)
+    if not config.queue_dir.is_dir():
+        raise click.ClickException(f"{config.queue_dir}: no queue here (use --queue-dir)")
+    ctx.obj = open_queue(config)
 
 
 def _queue_error(err) -> click.ClickException:
@@ -42,13 +43,13 @@ def _queue_error(err) -> click.ClickException:
               help="Pending recipients by queue, domain and age (minutes), like qshape.")
 @click.option("--json", "as_json", is_flag=True, help="Every message, as JSON.")
 @click.pass_obj
-def queue_list(spool, name, by_domain, as_json) -> None:
+def queue_list(mail_queue: QueueBackend, name, by_domain, as_json) -> None:
     """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
     try:
-        entries, unreadable = spool.scan(name)
+        entries, unreadable = mail_queue.scan(name)
     except QueueError as err:
         raise _queue_error(err) from None
-    for warning in spool.quarantine_warnings():
+    for warning in mail_queue.quarantine_warnings():
         click.echo(f"vsl: warning: {warning}", err=True)
     if as_json or by_domain:
         click.echo((queue_admin.as_json if as_json else queue_admin.table)(entries))
@@ -65,13 +66,13 @@ def queue_list(spool, name, by_domain, as_json) -> None:
               help="Print the message itself: its bytes as stored into a file or pipe, "
                    "control characters escaped on a terminal.")
 @click.pass_obj
-def queue_show(spool, msg_id, eml) -> None:
+def queue_show(mail_queue: QueueBackend, msg_id, eml) -> None:
     """One message: envelope, status per recipient, last error."""
     try:
         if eml:
-            _write_message(spool.message(msg_id))
+            _write_message(mail_queue.message(msg_id))
         else:
-            click.echo(queue_admin.describe(spool.get(msg_id)))
+            click.echo(queue_admin.describe(mail_queue.get(msg_id)))
     except QueueError as err:
         raise _queue_error(err) from None
 
@@ -91,15 +92,15 @@ def _write_message(data: bytes) -> None:
 def _queue_action(action: str, help_text: str, all_flag: bool = False):
     @click.argument("msg_ids", nargs=-1)
     @click.pass_obj
-    def command(spool, msg_ids, **flags) -> None:
+    def command(mail_queue: QueueBackend, msg_ids, **flags) -> None:
         if flags.get("every"):
-            msg_ids = [e.id for e in spool.list("deferred")]
+            msg_ids = [e.id for e in mail_queue.list("deferred")]
             if not msg_ids:
                 click.echo("no deferred message")
                 return
         if not msg_ids:
             raise click.UsageError("give message ids" + (" or --all" if all_flag else ""))
-        outcomes = queue_admin.act(spool, action, list(msg_ids))
+        outcomes = queue_admin.act(mail_queue, action, list(msg_ids))
         click.echo("\n".join(line for _, line in outcomes))
         if not all(done for done, _ in outcomes):
             sys.exit(1)
@@ -121,10 +122,10 @@ queue.command("remove")(_queue_action("remove", "Delete messages."))
 @click.argument("msg_id")
 @click.argument("target")
 @click.pass_obj
-def queue_move(spool, msg_id, target) -> None:
+def queue_move(mail_queue: QueueBackend, msg_id, target) -> None:
     """Move a message to another queue (working, deliver, deferred, dead, hold,
     quarantine/NAME)."""
-    done, line = queue_admin.act(spool, f"move:{target}", [msg_id])[0]
+    done, line = queue_admin.act(mail_queue, f"move:{target}", [msg_id])[0]
     click.echo(line)
     if not done:
         sys.exit(1)

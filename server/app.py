@@ -24,9 +24,10 @@ from .config import Config, Listener
 from .delivery import Delivery
 from .intake import Intake
 from .policy import Policy
-from .queue import Spool
+from .queue_backend import QueueBackend
+from .queues import open_queue
 from .services import SessionServices, SessionSettings
-from .session import Protocol
+from .protocol import Protocol
 from .stages import StageRunner
 
 log = logging.getLogger("vsl.server")
@@ -45,29 +46,27 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def recover_spool(spool: Spool) -> None:
-    """At start-up, before anything writes to the spool: finish or drop what a stop cut
-    short (:meth:`Spool.recover`), warn of directories open to other users and of
-    misnamed quarantines, then hold what was never acknowledged."""
-    dropped = spool.recover()
+async def recover_queue(queue: QueueBackend) -> None:
+    """At start-up, before anything writes to the queue: finish or drop what a stop cut
+    short (:meth:`QueueBackend.recover`), log what an operator should fix, then hold what
+    was never acknowledged."""
+    dropped = queue.recover()
     if dropped:
         log.info("spool: dropped %d unacknowledged file(s)", dropped)
-    for directory, mode in spool.open_to_others():
-        log.warning("spool %s is readable by others (mode %04o): chmod 700 it", directory, mode)
-    for warning in spool.quarantine_warnings():
-        log.warning("spool: %s", warning)
-    await hold_unacknowledged(spool)
+    for warning in queue.startup_warnings():
+        log.warning("%s", warning)
+    await hold_unacknowledged(queue)
 
 
-async def hold_unacknowledged(spool: Spool) -> None:
-    """A message still in ``working`` was on disk when the server stopped, but its 250
+async def hold_unacknowledged(queue: QueueBackend) -> None:
+    """A message still in ``working`` was stored when the server stopped, but its 250
     (sent after on_post_queue) was not: its client will send it again. It goes to
     ``hold``: neither lost nor delivered twice; an operator may release it."""
-    for entry in spool.list("working"):
+    for entry in queue.list("working"):
         log.warning("%s: never acknowledged to its client (stopped before on_post_queue "
                     "ended): moved to hold; `vsl queue release %s` delivers it",
                     entry.id, entry.id)
-        await spool.move(entry.id, "hold", "working")
+        await queue.move(entry.id, "hold", "working")
 
 
 class Server:
@@ -83,7 +82,7 @@ class Server:
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        self.spool = Spool(config.queue_dir, config.delivery.journal)
+        self.spool: QueueBackend = open_queue(config)
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains,
                                  resolver=dns_natives.resolver(defaults=dns_defaults))
@@ -107,7 +106,7 @@ class Server:
         which recovered the spool before starting them: then the spool is not recovered
         here (that would drop another worker's files being written)."""
         if sockets is None:
-            await recover_spool(self.spool)
+            await recover_queue(self.spool)
             sockets = [(listener, None) for listener in self.config.listen]
         self.delivery.start()
         loop = asyncio.get_running_loop()
@@ -122,7 +121,7 @@ class Server:
                 self.bound.append((listener, bound.getsockname()))
                 log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
         log.info("started: %s, scripts %s, queue %s", self.config.hostname,
-                 self.config.scripts or "(none)", self.spool.root)
+                 self.config.scripts or "(none)", self.config.queue_dir)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""

@@ -6,7 +6,7 @@ import asyncio
 
 from .auth_throttle import AuthThrottle
 from .config import AUTH_MECHANISMS, AuthConfig
-from .smtp_users import UsersFile
+from .smtp_users import SmtpUsers
 from .policy import Policy
 
 
@@ -16,14 +16,14 @@ class Authenticator:
 
     def __init__(self, config: AuthConfig, policy: Policy):
         self.config, self.policy = config, policy
-        self.users = UsersFile(config.users_file) if config.users_file else None
+        self.smtp_users = SmtpUsers(config.users_file) if config.users_file else None
         self.throttle = AuthThrottle(config)
 
     def offered(self) -> bool:
         """AUTH is offered when something can check credentials."""
         script = self.policy.script
         return bool(self.config.mechanisms) and (
-            self.users is not None or (script is not None and script.has("on_auth")))
+            self.smtp_users is not None or (script is not None and script.has("on_auth")))
 
     def excluded_mechanisms(self) -> list[str]:
         """The mechanisms a new session does not offer."""
@@ -34,9 +34,9 @@ class Authenticator:
         """Whether AUTH waits for STARTTLS (not on an smtps listener, already encrypted)."""
         return not (self.config.allow_plaintext or implicit_tls)
 
-    async def check_credentials(self, user: str, password: str) -> bool:
+    async def check_password(self, user: str, password: str) -> bool:
         """The users file's verdict (scrypt runs off the event loop)."""
-        if self.users is None:
+        if self.smtp_users is None:
             return False
         return await asyncio.get_running_loop().run_in_executor(
-            None, self.users.check, user, password)
+            None, self.smtp_users.check, user, password)

@@ -350,10 +350,10 @@ def _convert(value, kind, key: str, base: Path):
     if kind == "nameservers":
         return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "route":
-        from vsl.stdlib.transport import parse_route
+        from vsl.stdlib.transport import RELAY_KINDS, parse_route
 
         try:
-            parse_route(_string(value, key), ("smtp", "smtps"))
+            parse_route(_string(value, key), RELAY_KINDS)
         except ScriptError as err:
             raise ConfigError(f"{key}: {err.message}") from None
         return value

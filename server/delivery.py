@@ -2,7 +2,7 @@
 ``deliver``, and ``deferred`` when they are due), delivers each recipient over its route,
 and writes each result to the envelope as soon as it is known.
 
-    delivery = Delivery(Spool("queue"), DeliveryConfig(maildir_root=Path("mail")),
+    delivery = Delivery(open_queue(config), DeliveryConfig(maildir_root=Path("mail")),
                         "mx.example.com", ("example.com",))
     delivery.start()                    # in the server's event loop
     await delivery.stop()
@@ -28,7 +28,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from vsl.stdlib.support.mail import Mailbox
-from vsl.stdlib.transport import parse_route
+from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
 
 from .config import DeliveryConfig
@@ -45,6 +45,12 @@ def retry_delay(config: DeliveryConfig, attempts: int) -> float:
     return min(config.retry_first * 2 ** min(attempts - 1, 64), config.retry_max)
 
 
+def _per_domain(route: str) -> bool:
+    """Whether a route's recipients go in one transaction per domain (MX), not per route."""
+    kind = kind_of(route)
+    return kind is not None and kind.per_domain
+
+
 class Delivery:
     """Delivers the queue's messages (see the module docstring). ``config.maildir_root``
     is required (server/config.py ``Config.resolved_delivery`` fills in its default)."""
@@ -57,7 +63,7 @@ class Delivery:
         self.hostname = config.hostname or hostname
         self.local_domains = {d.lower().rstrip(".") for d in (*local_domains, hostname)}
         self.maildir_root = Path(config.maildir_root).absolute()
-        self.relay = str(parse_route(config.relay, ("smtp", "smtps"))) if config.relay \
+        self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"
         self.transports = Transports(config, self.hostname, resolver)
         self.active: dict[str, asyncio.Task] = {}
@@ -152,7 +158,7 @@ class Delivery:
         for rcpt in entry.envelope.recipients:
             if rcpt.status in ("pending", "deferred"):
                 domain = rcpt.address.rpartition("@")[2].lower()
-                groups[rcpt.route, domain if rcpt.route == "mx" else ""].append(rcpt)
+                groups[rcpt.route, domain if _per_domain(rcpt.route) else ""].append(rcpt)
         results = await asyncio.gather(*(self._deliver_group(entry, route, rcpts, data)
                                          for (route, _), rcpts in groups.items()),
                                        return_exceptions=True)

@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vsl.stdlib.status import is_quarantine_name
 
@@ -49,6 +50,9 @@ from .journal import Journal
 from .printable import printable
 from .queue_backend import (MESSAGE_ID, QUEUES, Entry, QueueError, UnreadableEnvelope,
                             check_queue, new_id)
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("vsl.spool")
 
@@ -209,6 +213,11 @@ class Spool:
         self._claimed: set[str] = set()
         self._deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
 
+    @classmethod
+    def of(cls, config: Config) -> Spool:
+        """The spool of ``config``: its queue directory and delivery journal."""
+        return cls(config.queue_dir, config.delivery.journal)
+
     def close(self) -> None:
         """Stop the writer thread and close the journal (a later write opens them again)."""
         self._committer.close()
@@ -262,6 +271,12 @@ class Spool:
                                 "files there are in no queue")
         return warnings
 
+    def startup_warnings(self) -> list[str]:
+        """Directories open to other users, then misnamed quarantines."""
+        return [*(f"spool {directory} is readable by others (mode {mode:04o}): chmod 700 it"
+                  for directory, mode in self.open_to_others()),
+                *(f"spool: {warning}" for warning in self.quarantine_warnings())]
+
     def open_to_others(self) -> list[tuple[Path, int]]:
         """The spool's directories (root and queues) other users may enter or read, with
         their modes: queued mail holds message bodies and who logged in."""
@@ -303,7 +318,11 @@ class Spool:
 
     def message(self, msg_id: str, queue: str | None = None) -> bytes:
         """The message bytes."""
-        return self._paths(queue or self.locate(msg_id), msg_id)[0].read_bytes()
+        queue = queue or self.locate(msg_id)
+        try:
+            return self._paths(queue, msg_id)[0].read_bytes()
+        except FileNotFoundError:
+            raise QueueError(f"no message {msg_id} in queue {queue}") from None
 
     def list(self, queue: str | None = None) -> list[Entry]:
         """Messages of one queue (or all), oldest first. An unreadable envelope is skipped

@@ -100,33 +100,32 @@ def describe(entry: Entry) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-def act(spool: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
+def act(mail_queue: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
     """retry | hold | release | remove | move:QUEUE for each id: (done, what happened)."""
-    return asyncio.run(_act(spool, action, msg_ids))
+    return asyncio.run(_act(mail_queue, action, msg_ids))
 
 
-async def _act(spool: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
+async def _act(mail_queue: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
     done = []
     for msg_id in msg_ids:
         try:
-            done.append((True, printable(await _one(spool, action, msg_id))))
-        except (QueueError, FileNotFoundError) as err:
-            why = err if isinstance(err, QueueError) else "moved meanwhile"
-            done.append((False, printable(f"{msg_id}: {why}")))
+            done.append((True, printable(await _one(mail_queue, action, msg_id))))
+        except QueueError as err:
+            done.append((False, printable(f"{msg_id}: {err}")))
     return done
 
 
-async def _one(spool: QueueBackend, action: str, msg_id: str) -> str:
-    queue = spool.locate(msg_id)
+async def _one(mail_queue: QueueBackend, action: str, msg_id: str) -> str:
+    queue = mail_queue.locate(msg_id)
     if action == "remove":
-        spool.remove(msg_id, queue)
+        mail_queue.remove(msg_id, queue)
         return f"{msg_id}: removed from {queue}"
     if action == "retry":
         if queue not in ("deferred", "deliver"):
             raise QueueError(f"in {queue}, nothing to retry")
-        entry = spool.get(msg_id, queue)
+        entry = mail_queue.get(msg_id, queue)
         entry.envelope.next_attempt = None
-        await spool.update(entry)
+        await mail_queue.update(entry)
         target = "deliver"
     elif action == "hold":
         if queue == "hold":
@@ -138,5 +137,5 @@ async def _one(spool: QueueBackend, action: str, msg_id: str) -> str:
         target = "deliver"
     else:
         target = action.split(":", 1)[1]
-    await spool.move(msg_id, target, queue)
+    await mail_queue.move(msg_id, target, queue)
     return f"{msg_id}: {queue} -> {target}"

@@ -19,8 +19,9 @@ The contract, for every backend:
 - **Who calls what.** The session: ``put``, ``move`` (after on_post_queue), ``update``.
   The delivery worker (one per spool): ``recover_deliveries``, ``claim``, ``update``,
   ``complete``, ``defer``, ``move``, ``release``, ``put`` (DSNs). Start-up, before anything
-  writes: ``recover``. ``vsl queue`` (beside a live server): ``scan``, ``list``, ``get``,
-  ``message``, ``locate``, ``update``, ``move``, ``remove``, ``quarantine_warnings``.
+  writes: ``recover``, ``startup_warnings``, ``list`` and ``move`` (to hold). ``vsl queue``
+  (beside a live server): ``scan``, ``list``, ``get``, ``message``, ``locate``, ``update``,
+  ``move``, ``remove``, ``quarantine_warnings``.
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
 ``dead``, ``hold`` and ``quarantine/<name>`` (<name> as status::quarantine allows).
@@ -122,6 +123,10 @@ class QueueBackend(Protocol):
     def recover(self) -> int:
         """At start-up, before anything writes: finish or drop what a stop cut short;
         returns how many unacknowledged items were dropped."""
+
+    def startup_warnings(self) -> list[str]:
+        """At start-up, after :meth:`recover`: what an operator should fix (lines for the
+        log)."""
 
     def close(self) -> None:
         """Let go of threads and files (a later call starts them again)."""

@@ -22,14 +22,14 @@ from .config import ConfigError, parse_listen
 log = logging.getLogger("vsl.delivery")
 
 
-class RelayCredentials:
+class RelayLogins:
     """The logins of a credentials file, by destination (host lower-cased, port)."""
 
     def __init__(self, logins: dict[tuple[str, int], tuple[str, str]] | None = None):
         self.logins = logins or {}
 
     @classmethod
-    def load(cls, path: Path | None) -> "RelayCredentials":
+    def load(cls, path: Path | None) -> "RelayLogins":
         """Read ``path`` (None: no credentials); a malformed line is a ConfigError."""
         if path is None:
             return cls()

@@ -38,7 +38,7 @@ def verify(password: str, stored: str) -> bool:
         return False
 
 
-class UsersFile:
+class SmtpUsers:
     """The accounts of a users file, read once (and again on reload)."""
 
     def __init__(self, path: Path):

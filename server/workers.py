@@ -26,9 +26,9 @@ import threading
 import time
 from dataclasses import replace
 
-from .app import Server, recover_spool
+from .app import Server, recover_queue
 from .config import Config, Listener
-from .queue import Spool
+from .queues import open_queue
 
 log = logging.getLogger("vsl.workers")
 
@@ -65,11 +65,11 @@ def bind(listener: Listener) -> list[socket.socket]:
 
 
 async def _recover(config: Config) -> None:
-    spool = Spool(config.queue_dir)
+    queue = open_queue(config)
     try:
-        await recover_spool(spool)
+        await recover_queue(queue)
     finally:
-        spool.close()  # no thread may run in the parent when it forks
+        queue.close()  # no thread may run in the parent when it forks
 
 
 class Workers:

@@ -46,23 +46,36 @@ class RouteKind:
     ``form`` is how a route of the kind is written: ``name`` (the route is the kind's
     name alone: ``mx``), ``path`` (``maildir:/absolute/path``) or ``url``
     (``smtp://host[:port][?tls=...]``, with ``port`` as the default port and ``tls`` the
-    values ``tls=`` may take; ``unix_socket``: ``lmtp:///socket/path`` too)."""
+    values ``tls=`` may take; ``unix_socket``: ``lmtp:///socket/path`` too).
+
+    ``relay``: an SMTP relay (what ``forward`` and ``[delivery] relay`` may name);
+    ``implicit_tls``: its session starts in TLS; ``per_domain``: delivery sends one
+    transaction per recipient domain (MX lookups), not one per route."""
 
     name: str
     form: Literal["name", "path", "url"]
     port: int = 0
     tls: tuple[str, ...] = ()
     unix_socket: bool = False
+    relay: bool = False
+    implicit_tls: bool = False
+    per_domain: bool = False
 
 
 ROUTE_KINDS = {kind.name: kind for kind in (
-    RouteKind("smtp", "url", port=25, tls=TLS_MODES),
-    RouteKind("smtps", "url", port=465, tls=("verify",)),
+    RouteKind("smtp", "url", port=25, tls=TLS_MODES, relay=True),
+    RouteKind("smtps", "url", port=465, tls=("verify",), relay=True, implicit_tls=True),
     RouteKind("lmtp", "url", port=24, unix_socket=True),
-    RouteKind("mx", "name"),
+    RouteKind("mx", "name", per_domain=True),
     RouteKind("maildir", "path"),
     RouteKind("mbox", "path"),
 )}
+RELAY_KINDS = tuple(name for name, kind in ROUTE_KINDS.items() if kind.relay)
+
+
+def kind_of(route: str) -> RouteKind | None:
+    """The kind of a route as written (``smtp://relay:25``), None for an unknown one."""
+    return ROUTE_KINDS.get(route.partition(":")[0])
 
 
 @dataclass(frozen=True)
@@ -160,13 +173,13 @@ def _lint_url(kinds):
     return check
 
 
-@namespace.native(check=_lint_url(("smtp", "smtps")), uses="sender")
+@namespace.native(check=_lint_url(RELAY_KINDS), uses="sender")
 def forward(ctx, url, rcpt=None) -> None:
     """forward(ctx, url [, rcpt]): relay to one SMTP server,
     ``smtp://host[:port][?tls=none|opportunistic|required|verify]`` (port 25, opportunistic
     STARTTLS) or ``smtps://host[:port][?tls=verify]`` (465, implicit TLS); a login for
     host:port comes from ``[delivery] credentials`` and needs ``tls=verify``."""
-    _set(ctx, parse_route(url, ("smtp", "smtps")), rcpt)
+    _set(ctx, parse_route(url, RELAY_KINDS), rcpt)
 
 
 @namespace.native(uses="sender")  # a route is set from MAIL FROM on

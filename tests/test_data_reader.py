@@ -9,7 +9,8 @@ import time
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from vsl.server.session import Protocol, Session
+from vsl.server.protocol import Protocol
+from vsl.server.session import Session
 from vsl.server.smtp import TOO_LONG, TOO_MUCH, FastSMTP, read_data
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, queued_id

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from vsl.server.config import ConfigError, DeliveryConfig, Listener
-from vsl.server.relay_logins import RelayCredentials
+from vsl.server.relay_logins import RelayLogins
 from vsl.server.transports import TRANSPORTS, Transports, check_registry
 from vsl.server.transports.lmtp import dot_stuffed
 from vsl.server.transports.local import append_mbox
@@ -339,18 +339,18 @@ def test_credentials_file(tmp_path, caplog):
     path = tmp_path / "credentials"
     path.write_text("# comment\n\nRelay.Example:587 alice  two words \n[::1]:25 bob pw\n")
     path.chmod(0o644)
-    credentials = RelayCredentials.load(path)
+    credentials = RelayLogins.load(path)
     assert credentials.get("relay.example", 587) == ("alice", "two words")
     assert credentials.get("::1", 25) == ("bob", "pw")
     assert credentials.get("relay.example", 25) is None
     assert "other users can read it" in caplog.text
-    assert RelayCredentials.load(None).get("relay.example", 587) is None
+    assert RelayLogins.load(None).get("relay.example", 587) is None
 
 
 def test_credentials_file_with_a_byte_order_mark_and_crlf(tmp_path):
     path = tmp_path / "credentials"
     path.write_bytes("\ufeffrelay.example:587 alice pw\r\n[::1]:25\tbob\tp w\r\n".encode())
-    credentials = RelayCredentials.load(path)
+    credentials = RelayLogins.load(path)
     assert credentials.get("relay.example", 587) == ("alice", "pw")
     assert credentials.get("::1", 25) == ("bob", "p w")
 
@@ -367,14 +367,14 @@ def test_bad_credentials_files(tmp_path, text, problem):
     path = tmp_path / "relay-credentials"
     path.write_bytes(text)
     with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
-        RelayCredentials.load(path)
+        RelayLogins.load(path)
     assert "p\u00e4ss" not in str(caught.value) and "0xe4" not in str(caught.value) and \
         "\\xe4" not in str(caught.value)  # (the latin-1 case: no byte of the password)
 
 
 def test_a_missing_credentials_file(tmp_path):
     with pytest.raises(ConfigError, match="delivery.credentials: cannot read"):
-        RelayCredentials.load(tmp_path / "missing")
+        RelayLogins.load(tmp_path / "missing")
 
 
 # ---- MX ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from vsl.stdlib.dns import Resolver
 from vsl.stdlib.transport import ROUTE_KINDS, Route
 
 from ..config import DeliveryConfig
-from ..relay_logins import RelayCredentials
+from ..relay_logins import RelayLogins
 from .base import Setup, Transport
 from .lmtp import LmtpDelivery
 from .local import maildir, mbox
@@ -59,7 +59,7 @@ class Transports:
 
     def __init__(self, config: DeliveryConfig, hostname: str,
                  resolver: Resolver | None = None):
-        self.pool = Pool(config, hostname, RelayCredentials.load(config.credentials))
+        self.pool = Pool(config, hostname, RelayLogins.load(config.credentials))
         setup = Setup(config, hostname, self.pool, resolver)
         self.by_kind = {kind: factory(setup) for kind, factory in TRANSPORTS.items()}
 

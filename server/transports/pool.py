@@ -18,7 +18,7 @@ import aiosmtplib
 from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
 from ..config import ConfigError, DeliveryConfig
-from ..relay_logins import RelayCredentials
+from ..relay_logins import RelayLogins
 from .outcome import Unreachable
 
 _STARTTLS = {"none": False, "opportunistic": None, "required": True, "verify": True}
@@ -64,8 +64,8 @@ class Pool:
     :class:`SessionKind`."""
 
     def __init__(self, config: DeliveryConfig, hostname: str,
-                 credentials: RelayCredentials):
-        self.config, self.hostname, self.credentials = config, hostname, credentials
+                 relay_logins: RelayLogins):
+        self.config, self.hostname, self.relay_logins = config, hostname, relay_logins
         self.slots: dict[tuple, list] = {}  # (host, port) -> [semaphore, users]
         self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
         self.closing: set[asyncio.Task] = set()
@@ -135,7 +135,7 @@ class Pool:
                     await smtp.ehlo()
                 except SMTPHeloError:
                     await smtp.helo()
-            login = self.credentials.get(host, port) if kind.may_log_in else None
+            login = self.relay_logins.get(host, port) if kind.may_log_in else None
             if login is not None:
                 await _log_in(smtp, verify, *login)
         except (SMTPException, OSError) as err:

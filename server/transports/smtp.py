@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiosmtplib import SMTPException
 
-from vsl.stdlib.transport import Route
+from vsl.stdlib.transport import ROUTE_KINDS, Route
 
 from .base import Setup
 from .outcome import Outcome, Unreachable, detail, outcome
@@ -20,7 +20,7 @@ class SmtpRelay:
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
                       data: bytes) -> dict[str, Outcome]:
-        kind = SessionKind(route.kind == "smtps", route.tls, may_log_in=True)
+        kind = SessionKind(ROUTE_KINDS[route.kind].implicit_tls, route.tls, may_log_in=True)
         try:
             return await send_over_session(self.pool, route.host, route.port, kind,
                                            route.host, sender, recipients, data)

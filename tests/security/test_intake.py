@@ -142,14 +142,14 @@ def test_parallel_guesses_get_no_more_password_checks_than_the_limit(tmp_path):
 def slow_password_checks(server, seconds: float) -> list[str]:
     """Make each password check of ``server`` take ``seconds``; returns the list of the
     users checked, filled as the checks run."""
-    checks, check = [], server.services.authenticator.check_credentials
+    checks, check = [], server.services.authenticator.check_password
 
     async def slow(user: str, password: str) -> bool:
         checks.append(user)
         await asyncio.sleep(seconds)
         return await check(user, password)
 
-    server.services.authenticator.check_credentials = slow
+    server.services.authenticator.check_password = slow
     return checks
 
 
@@ -351,7 +351,7 @@ IDLE_TIMEOUT = (421, b"4.4.2 mx.test Error: timeout exceeded")
 def session_clock(monkeypatch) -> Clock:
     """The clock the sessions' idle checks read, moved by the test."""
     clock = Clock()
-    monkeypatch.setattr("vsl.server.session.monotonic", clock)
+    monkeypatch.setattr("vsl.server.protocol.monotonic", clock)
     return clock
 
 
@@ -478,7 +478,7 @@ def test_a_refused_session_ends_after_a_short_time(tmp_path, monkeypatch):
     """A refused client sending a line every 0.4 s kept its slot as long as the error limit
     allowed (each line restarted the command timeout: up to 10 x 300 s with the defaults).
     Now a refused session lasts REFUSED_SESSION_TIME (30 s; 1 s here) in all."""
-    monkeypatch.setattr("vsl.server.session.REFUSED_SESSION_TIME", 1.0, raising=False)
+    monkeypatch.setattr("vsl.server.protocol.REFUSED_SESSION_TIME", 1.0, raising=False)
     limits = replace(SmtpLimits(), command_timeout=2, errors=1000)
     with running(config_for(tmp_path, DENY_CONNECT, limits=limits)) as server, \
             Raw(server) as raw:

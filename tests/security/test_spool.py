@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vsl.server.app import recover_spool
+from vsl.server.app import recover_queue
 from vsl.server.envelope import Envelope
 from vsl.server.transports.local import append_mbox, write_maildir
 from vsl.server.queue import Spool
@@ -78,10 +78,10 @@ def test_mailboxes_and_their_missing_parents_are_private(tmp_path, usual_umask):
 
 def test_an_open_spool_is_reported_at_start(tmp_path, caplog):
     spool = Spool(tmp_path / "queue")
-    asyncio.run(recover_spool(spool))
+    asyncio.run(recover_queue(spool))
     assert "readable" not in caplog.text
     os.chmod(spool.root, 0o755)
-    asyncio.run(recover_spool(spool))
+    asyncio.run(recover_queue(spool))
     assert f"spool {spool.root} is readable by others (mode 0755)" in caplog.text
 
 
@@ -233,7 +233,7 @@ def test_nothing_new_goes_into_an_older_quarantine(tmp_path):
 
 def test_an_older_quarantine_is_reported_at_start(tmp_path, caplog):
     spool, msg_id = spool_with_older_quarantine(tmp_path)
-    asyncio.run(recover_spool(spool))
+    asyncio.run(recover_queue(spool))
     assert f"quarantine/{LONG}: name longer than 64 characters" in caplog.text
     assert "quarantine/.hidden: not a quarantine name" in caplog.text
     assert spool.locate(msg_id) == f"quarantine/{LONG}"  # recovery keeps it where it is

@@ -1,0 +1,282 @@
+"""One SMTP connection's protocol: aiosmtpd's ``SMTP`` (through
+:class:`~server.smtp.FastSMTP`) with vSL's connection-level rules where its hooks are
+missing: connect, replies with enhanced status codes, error and junk-command limits, idle
+sessions, a refused session's short life. What each command means (the policy stages,
+AUTH, the queue) is its handler's, :class:`~server.session.Session`.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import socket
+from time import monotonic
+
+from aiosmtpd.smtp import syntax
+
+from .config import Listener
+from .services import SessionServices
+from .session import Session
+from .smtp import FastSMTP
+
+log = logging.getLogger("vsl.smtp")
+mail_log = logging.getLogger("mail.log")  # aiosmtpd's: the SMTP dialogue (vsl serve -vv)
+
+# Enhanced status codes (RFC 3463) for aiosmtpd's own replies, which carry none.
+_ENHANCED = {"221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "252": "2.0.0",
+             "421": "4.3.2", "450": "4.2.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",
+             "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+             "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0", "552": "5.3.4",
+             "553": "5.1.3", "554": "5.0.0", "555": "5.5.4"}
+_HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
+BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
+# After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
+# seconds the whole session may last (postscreen allows 10 s a command under stress).
+REFUSED_COMMANDS = 20
+REFUSED_SESSION_TIME = 30.0
+TOO_MANY_COMMANDS = b"421 4.7.0 Too many commands, closing the connection"
+
+
+def enhance(reply: bytes) -> bytes:
+    """Insert a generic enhanced status code into a reply line that lacks one (RFC 2034:
+    every 2xx, 4xx and 5xx reply but the greeting and the EHLO response)."""
+    code = reply[:3]
+    if not code.isdigit() or code[:1] not in b"245" or code == b"220" or \
+            _HAS_ENHANCED.match(reply):
+        return reply
+    enhanced = _ENHANCED.get(code.decode(), f"{code.decode()[0]}.0.0").encode()
+    sep, text = reply[3:4] or b" ", reply[4:]
+    return code + sep + enhanced + (b" " + text if text else b"")
+
+
+def wire(reply: bytes, raw: bool) -> bytes:
+    """A reply as sent: lines ending with CRLF, continuation marks on all but the last,
+    and (unless ``raw``) enhanced status codes."""
+    lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
+    if len(lines) > 1:
+        lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
+                 if line[:3].isdigit() else line for i, line in enumerate(lines)]
+    return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
+
+
+def _bound_replies(transport) -> None:
+    """Keep little of a client's unread replies buffered: one that pipelines commands but
+    never reads stalls soon, so the command timeout can drop it."""
+    transport.set_write_buffer_limits(high=REPLY_BUFFER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
+
+
+def _unless_idle(command):
+    """The SMTP command method ``command``, not run when the session is idle too long or
+    already hung up (commands a client pipelined behind the one that ended it). The time
+    from the command to its first reply is the server's, not the client's idling."""
+    @functools.wraps(command)
+    async def run(self: "Protocol", arg):
+        if self.transport is None or self.transport.is_closing() or self._idle_too_long():
+            return
+        self.command_started = monotonic()  # until its first reply: see push
+        await command(self, arg)
+    return run
+
+
+def _idle_checked(cls: type) -> type:
+    """``cls`` with every SMTP command but QUIT checked for idleness before it runs, so an
+    idle session holds its slot at most ``limits.idle_session`` plus one command timeout."""
+    for name in dir(cls):
+        if name.startswith("smtp_") and name != "smtp_QUIT":
+            setattr(cls, name, _unless_idle(getattr(cls, name)))
+    return cls
+
+
+@_idle_checked
+class Protocol(FastSMTP):
+    """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
+
+    def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
+        self.settings, self.listener = services.settings, listener
+        self.errors = 0
+        self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
+        self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
+        self.busy = 0.0  # seconds the server spent on commands since then (stages, look-ups)
+        self.command_started: float | None = None
+        self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
+        self.greeting: bytes | None = None  # the greeting still to send (None: sent)
+        limits, authenticator = self.settings.limits, services.authenticator
+        handler = Session(services, listener)
+        implicit_tls = listener.kind == "smtps"
+        super().__init__(
+            handler, hostname=self.settings.hostname, ident="ESMTP vSL",
+            data_size_limit=limits.message_size,
+            tls_context=None if implicit_tls else tls_context,
+            timeout=limits.command_timeout,
+            auth_require_tls=authenticator.requires_tls(implicit_tls),
+            auth_exclude_mechanism=authenticator.excluded_mechanisms())
+        handler.protocol = self
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            _bound_replies(transport)
+            self.event_handler.connection_made(transport)
+
+    def connection_lost(self, error) -> None:
+        self.event_handler.connection_lost()
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        try:
+            admitted = await self.event_handler.connect()
+        except Exception as error:  # noqa: BLE001 - as aiosmtpd treats a failing command
+            self.hang_up((await self.event_handler.handle_exception(error)).encode())
+            return
+        if admitted:
+            self.greeting = self.greeting or f"220 {self.hostname} {self.__ident__}".encode()
+            await super()._handle_client()
+
+    async def push(self, status) -> None:
+        """Send a reply: multi-line replies get continuation marks and CRLF; every line
+        but the greeting and HELO/EHLO's gets an enhanced status code; error replies count
+        toward the error limit."""
+        reply = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
+        if self.command_started is not None:  # the server's time, not the client's idling
+            self.busy += monotonic() - self.command_started
+            self.command_started = None
+        raw = self.in_helo
+        if self.greeting is not None and reply.startswith(b"220 "):
+            reply, self.greeting, raw = self.greeting, None, True
+        self._writer.write(wire(reply, raw))
+        mail_log.debug("%r << %r", self.session.peer, reply)
+        await self._writer.drain()
+        if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
+            if self.transport is not None:
+                self.transport.close()
+        elif reply[:1] in (b"4", b"5"):
+            self._count_error()
+
+    def _count_error(self) -> None:
+        """One more error: at the error limit, say 421 and hang up."""
+        self.errors += 1
+        if self.errors >= self.settings.limits.errors:
+            log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
+            self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+
+    def moved_mail(self) -> None:
+        """An accepted message, AUTH or STARTTLS: the session is not idle. (Not an accepted
+        MAIL or RCPT: a client could repeat MAIL and RSET for ever.)"""
+        self.moved_mail_at, self.busy = monotonic(), 0.0
+
+    async def _junk(self, command) -> None:
+        """Run a command that keeps the connection alive but moves no mail: past
+        ``limits.junk_commands`` of them since the last accepted message, each counts as an
+        error too (Postfix's smtpd_junk_command_limit), so a client that only idles runs
+        into the error limit."""
+        await command
+        self.junk += 1
+        if self.junk > self.settings.limits.junk_commands:
+            self._count_error()
+
+    def _idle_too_long(self) -> bool:
+        """Whether the client idled ``limits.idle_session`` (the time since the last
+        accepted message, less the time the server spent on its commands): if so, say
+        Postfix's timeout reply and hang up."""
+        idle = monotonic() - self.moved_mail_at - self.busy
+        if idle < self.settings.limits.idle_session:
+            return False
+        log.info("%s: no mail moved for %d s (limits.idle_session), disconnected",
+                 self.session.peer[0], idle)
+        self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
+        return True
+
+    async def refuse(self, greeting: bytes) -> None:
+        """Refuse the session with a 421 or 554 greeting. A 421 hangs up at once; after a
+        554 the client may only QUIT (RFC 5321 §3.1: the server MUST wait for it and SHOULD
+        answer anything else 503), within ``REFUSED_SESSION_TIME`` in all, the command
+        timeout and the error limit."""
+        if greeting.startswith(b"421"):
+            self.hang_up(greeting)
+            return
+        self._writer.write(wire(greeting, raw=True))
+        try:
+            async with asyncio.timeout(REFUSED_SESSION_TIME):
+                await self._wait_for_quit()
+        except TimeoutError:
+            self._timeout_cb()
+
+    async def _wait_for_quit(self) -> None:
+        """After a 554 greeting: QUIT gets 221 and the close, anything else 503; past
+        ``REFUSED_COMMANDS`` of them, 421 and the close."""
+        for _ in range(REFUSED_COMMANDS):
+            line = await self._command_line()
+            self._reset_timeout()
+            if line.strip().upper() == b"QUIT":
+                await self.push("221 Bye")
+                self.transport.close()
+                return
+            await self.push(BAD_SEQUENCE)
+        log.info("%s: %d commands after a 554 greeting, disconnected",
+                 self.event_handler.peer_ip, REFUSED_COMMANDS)
+        self.hang_up(TOO_MANY_COMMANDS)
+
+    async def _command_line(self) -> bytes:
+        """The next line the client sends, without its CRLF; a line longer than the limit
+        comes as several."""
+        try:
+            return (await self._reader.readuntil()).rstrip(b"\r\n")
+        except asyncio.LimitOverrunError as error:
+            return await self._reader.read(error.consumed)
+
+    def hang_up(self, reply: bytes) -> None:
+        """Say a last reply and close, without waiting on a client that does not read."""
+        if self.transport is None:
+            return
+        self.transport.write(wire(reply, raw=True))
+        self.transport.abort()
+
+    def _timeout_cb(self) -> None:
+        log.info("%s: command timeout, disconnected", self.session.peer[0] if self.session.peer
+                 else "?")
+        self.hang_up(b"421 4.4.2 Timeout, closing the connection")
+
+    async def smtp_HELO(self, hostname: str):
+        await self._junk(self._greeting_reply(super().smtp_HELO(hostname)))
+
+    async def smtp_EHLO(self, hostname: str):
+        await self._junk(self._greeting_reply(super().smtp_EHLO(hostname)))
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str):
+        await self._junk(super().smtp_NOOP(arg))
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str):
+        await self._junk(super().smtp_RSET(arg))
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str):
+        await self._junk(super().smtp_VRFY(arg))
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str):
+        await self._junk(super().smtp_HELP(arg))
+
+    async def _greeting_reply(self, command) -> None:
+        """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
+        self.in_helo = True
+        try:
+            await command
+        finally:
+            self.in_helo = False
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self.settings.limits.data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.event_handler.data_done()
+            if not self._idle_too_long():  # DATA may last a data timeout: not one more
+                self._reset_timeout()
