@@ -15,7 +15,7 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from vsl.stdlib import dns as dns_natives, new_engine
+from vsl.stdlib import new_engine
 from vsl.engine import Engine
 
 from .admission import Admission
@@ -84,8 +84,7 @@ class Server:
                         config.scripts)
         self.spool: QueueBackend = open_queue(config)
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
-                                 config.domains,
-                                 resolver=dns_natives.resolver(defaults=dns_defaults))
+                                 config.domains, dns_defaults=dns_defaults)
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
             Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),
@@ -139,7 +138,6 @@ class Server:
     async def stop(self) -> None:
         log.info("stopping")
         await self.delivery.stop()
-        await asyncio.to_thread(self.spool.close)  # its writer thread and delivery journal
         for task in self._tasks:
             task.cancel()
         for server in self.servers:
@@ -147,5 +145,6 @@ class Server:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        await asyncio.to_thread(self.spool.close)  # its writer thread and delivery journal
         self.script_pool.shutdown(wait=False)
         log.info("stopped")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
+from vsl.stdlib.dns import DnsDefaults
 from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
@@ -56,7 +57,8 @@ class Delivery:
     is required (server/config.py ``Config.resolved_delivery`` fills in its default)."""
 
     def __init__(self, queue: QueueBackend, config: DeliveryConfig, hostname: str,
-                 local_domains, resolver=None, clock: Callable[[], float] = time.time):
+                 local_domains, resolver=None, clock: Callable[[], float] = time.time,
+                 dns_defaults: DnsDefaults = DnsDefaults()):
         if config.maildir_root is None:
             raise ValueError("delivery needs a maildir_root")
         self.queue, self.config, self.clock = queue, config, clock
@@ -65,7 +67,7 @@ class Delivery:
         self.maildir_root = Path(config.maildir_root).absolute()
         self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"
-        self.transports = Transports(config, self.hostname, resolver)
+        self.transports = Transports(config, self.hostname, resolver, dns_defaults)
         self.active: dict[str, asyncio.Task] = {}
         self._task: asyncio.Task | None = None
 
@@ -134,8 +136,13 @@ class Delivery:
     def _spawn(self, entry: Entry) -> asyncio.Task:
         task = asyncio.ensure_future(self._process(entry))
         self.active[entry.id] = task
-        task.add_done_callback(lambda _: self.active.pop(entry.id, None))
+        task.add_done_callback(lambda _: self._done(entry.id))
         return task
+
+    def _done(self, msg_id: str) -> None:
+        """A delivery task ended, even cancelled before it started: its claim ends too."""
+        self.active.pop(msg_id, None)
+        self.queue.release(msg_id)
 
     async def _process(self, entry: Entry) -> None:
         try:
@@ -148,8 +155,6 @@ class Delivery:
                 await self.queue.move(entry.id, "hold", entry.queue)
             except QueueError as err:
                 log.error("%s: %s", entry.id, err)
-        finally:
-            self.queue.release(entry.id)
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:

@@ -102,24 +102,30 @@ class _Committer:
                 self.thread = threading.Thread(target=self._run, name="vsl-spool",
                                                daemon=True)
                 self.thread.start()
-            self.cond.notify()
+            self.cond.notify_all()  # the writer, not close(), must wake: notify all
         return future
 
     def close(self) -> None:
-        """Stop the writer thread once every submitted write is done."""
+        """Stop the writer thread once every submitted write is done (a write submitted
+        meanwhile too: the thread, or a new one, takes it before this returns)."""
+        last = None
         with self.cond:
-            thread, self.thread = self.thread, None
             self.closing = True
-            self.cond.notify()
-        if thread is not None:
-            thread.join()
-        self.closing = False
+            self.cond.notify_all()
+            while self.thread is not None:
+                last = self.thread
+                self.cond.wait()
+            self.closing = False
+        if last is not None:
+            last.join()  # gone for good (server/workers.py forks after this)
 
     def _run(self) -> None:
         while True:
             with self.cond:
                 while not self.pending:
                     if self.closing:
+                        self.thread = None  # under the lock: the next submit starts one
+                        self.cond.notify_all()  # close() waits for this
                         return
                     self.cond.wait()
                 batch, self.pending = self.pending, []

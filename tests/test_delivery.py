@@ -582,3 +582,25 @@ def test_an_envelope_fixed_while_running_gets_its_kept_journal_entries(world):
             return [m.recipients for m in sink.messages]
 
     assert asyncio.run(main()) == [["carol@remote.test"]]
+
+
+def test_a_stop_right_after_a_claim_ends_the_claim(tmp_path):
+    """Tasks cancelled before their first step still release their message: the next
+    delivery worker of that queue delivers it."""
+    async def scenario():
+        spool = Spool(tmp_path / "queue")
+        route = f"maildir:{tmp_path / 'mail' / 'bob'}"
+        msg_id = await spool.put(Envelope("a@example.test", [RecipientState("bob@example.test",
+                                                                             route)]),
+                                 MESSAGE, "deliver")
+        first = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
+        await first._claim()
+        await first.stop()
+        second = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
+        delivered = await second.run_once()
+        spool.close()
+        return msg_id, delivered
+
+    msg_id, delivered = asyncio.run(scenario())
+    assert delivered == 1
+    assert list((tmp_path / "mail" / "bob" / "new").iterdir())

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -163,3 +165,36 @@ def test_the_journal_goes_where_it_is_configured(tmp_path):
     spool.close()
     assert (tmp_path / "state" / "delivered.journal").read_text() == f"{msg_id} b@x.test\n"
     assert not (tmp_path / "queue" / "delivered.journal").exists()
+
+
+def test_a_write_submitted_while_the_spool_closes_is_done_and_later_writes_too(tmp_path):
+    """close() waits for writes submitted meanwhile; a writer thread started during the
+    close ends, and the next write starts another (none hangs)."""
+    spool = Spool(tmp_path)
+    committer = spool._committer
+    commit, started = committer._commit, threading.Event()
+
+    def slow_commit(batch):  # the first holds its writer while close() and a put come in
+        if not started.is_set():
+            started.set()
+            time.sleep(0.6)
+        return commit(batch)
+
+    committer._commit = slow_commit
+
+    def put(text: bytes):
+        return spool.put(Envelope("a@example.test", [RecipientState("b@example.test")]), text)
+
+    async def scenario():
+        first = asyncio.ensure_future(put(b"one\r\n"))
+        await asyncio.to_thread(started.wait)
+        closing = asyncio.ensure_future(asyncio.to_thread(spool.close))
+        await asyncio.sleep(0.1)  # close() is waiting for the busy writer
+        during = await put(b"two\r\n")
+        await closing
+        after = await asyncio.wait_for(put(b"three\r\n"), timeout=5)
+        spool.close()
+        return await first, during, after
+
+    ids = asyncio.run(scenario())
+    assert [spool.message(msg_id) for msg_id in ids] == [b"one\r\n", b"two\r\n", b"three\r\n"]

@@ -5,10 +5,13 @@ import asyncio
 import smtplib
 from dataclasses import replace
 
+import dns.resolver
 import pytest
 
+from vsl.server.app import Server
 from vsl.server.envelope import Envelope
 from vsl.server.queue import Spool
+from vsl.stdlib.dns import DnsDefaults
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw
 
@@ -315,3 +318,15 @@ def test_serve_refuses_a_given_script_directory_without_main_vsl(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"{tmp_path / 'scripts'}: no main.vsl" in result.stderr
+
+
+def test_a_host_without_a_dns_configuration_still_starts(tmp_path, monkeypatch):
+    """MX delivery's resolver is made at its first look-up, as before the transports
+    became a table: a resolv.conf without nameservers defers MX mail, it does not stop
+    `vsl serve` from starting."""
+    def no_configuration(self, filename):
+        raise dns.resolver.NoResolverConfiguration("no nameservers")
+
+    monkeypatch.setattr(dns.resolver.BaseResolver, "read_resolv_conf", no_configuration)
+    server = Server(config_for(tmp_path))
+    assert server.delivery.transports.by_kind["mx"].dns_defaults == DnsDefaults()

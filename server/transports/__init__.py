@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from vsl.stdlib.dns import Resolver
+from vsl.stdlib.dns import DnsDefaults, Resolver
 from vsl.stdlib.transport import ROUTE_KINDS, Route
 
 from ..config import DeliveryConfig
@@ -58,9 +58,9 @@ class Transports:
     """Every delivery method, sharing one SMTP connection pool."""
 
     def __init__(self, config: DeliveryConfig, hostname: str,
-                 resolver: Resolver | None = None):
+                 resolver: Resolver | None = None, dns_defaults: DnsDefaults = DnsDefaults()):
         self.pool = Pool(config, hostname, RelayLogins.load(config.credentials))
-        setup = Setup(config, hostname, self.pool, resolver)
+        setup = Setup(config, hostname, self.pool, resolver, dns_defaults)
         self.by_kind = {kind: factory(setup) for kind, factory in TRANSPORTS.items()}
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from vsl.stdlib.dns import Resolver
+from vsl.stdlib.dns import DnsDefaults, Resolver
 from vsl.stdlib.transport import Route
 
 from ..config import DeliveryConfig
@@ -19,13 +19,14 @@ from .pool import Pool
 @dataclass(frozen=True)
 class Setup:
     """What transports share: the [delivery] configuration, the name said in EHLO and
-    LHLO, the SMTP connection pool, and the resolver for MX look-ups (None: the server's
-    configured one, taken at the first look-up)."""
+    LHLO, the SMTP connection pool, and the resolver for MX look-ups (None: one made with
+    ``dns_defaults``, the server's [dns], at the first look-up)."""
 
     config: DeliveryConfig
     hostname: str
     pool: Pool
     resolver: Resolver | None = None
+    dns_defaults: DnsDefaults = DnsDefaults()
 
 
 class Transport(Protocol):

@@ -58,14 +58,15 @@ class MxDelivery:
     (the delivery groups recipients by domain for it)."""
 
     def __init__(self, setup: Setup):
-        self.config, self.pool = setup.config, setup.pool
+        self.config, self.pool, self.dns_defaults = setup.config, setup.pool, setup.dns_defaults
         if setup.resolver is not None:
             self.resolver = setup.resolver
 
     @functools.cached_property
     def resolver(self) -> dns_natives.Resolver:
-        """The server's configured resolver ([dns]), made at the first MX look-up."""
-        return dns_natives.resolver()
+        """The server's configured resolver ([dns]), made at the first MX look-up (so a
+        host without a usable DNS configuration still starts; its MX mail defers)."""
+        return dns_natives.resolver(defaults=self.dns_defaults)
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
                       data: bytes) -> dict[str, Outcome]:
