@@ -54,7 +54,7 @@ def test_the_client_ip_header_reaches_the_policy(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("X: nope\n", "expected 'C: ', 'S: ' or '#'"),
+    ("X: nope\n", "expected 'C: ', 'S: ', 'Q: ' or '#'"),
     ("# client-ip: banana\nS: 220 *\n", "not an IP address"),
     ("C: QUIT\n", "no 'S:' line"),
     ("# zones: example.zone\nS: 220 *\n",
