@@ -178,29 +178,6 @@ fn on_post_queue(ctx) { ctx.store("x", 1); status::next() }
 
 # ---- on_post_queue --------------------------------------------------------------------------
 
-def test_on_post_queue_routes_the_message(tmp_path):
-    policy = """
-fn on_post_queue(ctx) {
-    switch ctx.sender.local_part {
-        "hold" => status::quarantine("pq"),
-        "drop" => status::deny(),
-        "ok" => status::accept(),
-        _ => status::next(),
-    }
-}
-"""
-    with running(config_for(tmp_path, policy)) as server:
-        ids = {}
-        with client(server) as smtp:
-            smtp.ehlo()
-            for local in ("keep", "hold", "drop", "ok"):
-                ids[local] = queued_id(deliver(smtp, sender=f"{local}@example.org"))
-        assert {local: server.spool.locate(i) for local, i in ids.items()} == {
-            "keep": "deliver", "hold": "quarantine/pq", "drop": "dead", "ok": "deliver"}
-        assert server.spool.list("working") == []
-        assert server.spool.get(ids["hold"]).envelope.sender == "hold@example.org"
-
-
 # ---- accept ---------------------------------------------------------------------------------
 
 def test_accept_gives_its_reply_and_later_stages_still_run(tmp_path):
@@ -245,19 +222,6 @@ fn on_rcpt_to(ctx) { status::deny("550 5.7.1 on_rcpt_to ran") }
 fn on_pre_queue(ctx) { status::deny("550 5.7.1 on_pre_queue ran") }
 fn on_post_queue(ctx) { status::deny() }
 """
-
-
-def test_faccept_at_connect_skips_every_later_stage_for_the_session(tmp_path):
-    policy = 'fn on_connect(ctx) { status::faccept() }' + DENY_EVERYTHING_LATER
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            assert smtp.ehlo()[0] == 250
-            first = queued_id(deliver(smtp))
-            assert smtp.rset()[0] == 250
-            assert smtp.helo("again.test")[0] == 250
-            second = queued_id(deliver(smtp, rcpts=("a@example.test", "b@mx.test")))
-        # on_post_queue (deny -> dead) did not run either
-        assert server.spool.locate(first) == server.spool.locate(second) == "deliver"
 
 
 def test_faccept_at_mail_from_is_for_the_transaction_only(tmp_path):
@@ -362,52 +326,6 @@ fn on_post_queue(ctx) { status::deny() }
         assert server.spool.locate(msg_id) == "quarantine/suspect"
         assert b"X-Pre-Queue" not in server.spool.message(msg_id)  # later stages skipped
         assert server.spool.list("deliver") == [] and server.spool.list("dead") == []
-
-
-def test_quarantine_at_connect_is_session_wide(tmp_path):
-    policy = 'fn on_connect(ctx) { status::quarantine("conn") }\n' \
-             'fn on_mail_from(ctx) { status::deny("550 5.7.1 on_mail_from ran") }'
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            smtp.ehlo()
-            first = queued_id(deliver(smtp))
-            second = queued_id(deliver(smtp))
-        assert server.spool.locate(first) == server.spool.locate(second) == "quarantine/conn"
-
-
-def test_quarantine_at_mail_from_is_for_the_transaction_only(tmp_path):
-    policy = """
-fn on_mail_from(ctx) {
-    if ctx.sender.local_part == "bad" { return status::quarantine("senders"); }
-    status::next()
-}
-"""
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            smtp.ehlo()
-            first = queued_id(deliver(smtp, sender="bad@example.org"))
-            second = queued_id(deliver(smtp, sender="good@example.org"))
-            assert smtp.mail("bad@example.org")[0] == 250
-            assert smtp.rset()[0] == 250
-            third = queued_id(deliver(smtp, sender="good@example.org"))
-        assert server.spool.locate(first) == "quarantine/senders"
-        assert server.spool.locate(second) == server.spool.locate(third) == "deliver"
-
-
-def test_quarantine_at_pre_queue(tmp_path):
-    policy = """
-fn on_pre_queue(ctx) {
-    if ctx.has_header("X-Suspicious") { return status::quarantine("content"); }
-    status::next()
-}
-"""
-    with running(config_for(tmp_path, policy)) as server:
-        with client(server) as smtp:
-            smtp.ehlo()
-            first = queued_id(deliver(smtp, body=b"X-Suspicious: yes\r\n\r\nbody\r\n"))
-            second = queued_id(deliver(smtp))
-        assert server.spool.locate(first) == "quarantine/content"
-        assert server.spool.locate(second) == "deliver"
 
 
 QUARANTINE_BY_SENDER = """
