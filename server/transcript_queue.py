@@ -82,10 +82,10 @@ def check_queued(spool: QueueBackend, checks: list[QueueCheck]) -> list[str]:
         if check.kind == "message":
             index = int(check.args[0])
             selected = entries[index - 1] if index <= len(entries) else None
-            got = None if selected else f"{len(entries)} messages queued"
+            got = None if selected else _count(entries)
         elif check.kind in ("none", "messages"):
             wanted = 0 if check.kind == "none" else int(check.args[0])
-            got = None if len(entries) == wanted else f"{len(entries)} messages queued"
+            got = None if len(entries) == wanted else _count(entries)
         elif selected is None:
             got = "no message to check"
         else:
@@ -93,6 +93,10 @@ def check_queued(spool: QueueBackend, checks: list[QueueCheck]) -> list[str]:
         if got is not None:
             problems.append(f"line {check.line}: expected 'Q: {check.text}', got {got}")
     return problems
+
+
+def _count(entries: list[Entry]) -> str:
+    return f"{len(entries)} message{'' if len(entries) == 1 else 's'} queued"
 
 
 def _got(spool: QueueBackend, entry: Entry, check: QueueCheck) -> str | None:
