@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from vsl.resolve import closest
 
-from .queue_backend import Entry, QueueBackend, QueueError, check_queue
+from .queue_backend import QUEUES, Entry, QueueBackend, QueueError, check_queue
 
 _FORMS = {  # the first word of a check: its whole form, and how to write it
     "none": (re.compile(r"none"), "Q: none"),
@@ -68,8 +68,9 @@ def parse_check(where: str, number: int, text: str) -> QueueCheck:
     try:
         return QueueCheck(number, text, "queue", (check_queue(text),))
     except QueueError:
-        near = closest(word, tuple(_FORMS))
-        hint = f", did you mean '{_FORMS[near][1]}'?" if near else f" (checks: {_KNOWN})"
+        near = closest(word, (*_FORMS, *QUEUES))
+        usage = _FORMS[near][1] if near in _FORMS else f"Q: {near}"
+        hint = f", did you mean '{usage}'?" if near else f" (checks: {_KNOWN})"
         raise ValueError(f"{where}: unknown check 'Q: {text}'{hint}") from None
 
 
