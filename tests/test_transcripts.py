@@ -224,7 +224,8 @@ def test_nothing_queued(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("S: 220 *\nQ: deliverr\n",
      "bad.transcript:2: unknown check 'Q: deliverr', did you mean 'Q: deliver'"),
-    ("S: 220 *\nQ: sent\n", r"bad.transcript:2: unknown check 'Q: sent' \(checks: a queue \(deliver"),
+    ("S: 220 *\nQ: sent\n",
+     r"bad.transcript:2: unknown check 'Q: sent' \(checks: a queue \(deliver"),
     ("S: 220 *\nQ: headers X: y\n",
      "bad.transcript:2: unknown check 'Q: headers X: y', did you mean 'Q: header NAME: VALUE'"),
     ("S: 220 *\nQ: header X-Policy\n",
