@@ -11,11 +11,19 @@ A transcript is a text file::
     S: 250-*
     ...
 
+    S: 250 2.0.0 *
+    C: QUIT
+    S: 221 *
+    S: <closed>                   (the server closed the connection)
+    Q: deliver                    (what was queued: see transcript_queue.py)
+    Q: header X-Policy: checked*
+
 ``C:`` lines are sent by the client, ``S:`` lines are the replies the server must
-give, in order; a ``*`` stands for the rest of the reply text. The last line is an
-``S:`` line, so that no reply goes unchecked. The session runs over
-a socket pair into the server's own protocol code, with every DNS look-up answered
-from the transcript's zones.
+give, in order; a ``*`` stands for the rest of the reply text. The dialogue ends with
+an ``S:`` line, so that no reply goes unchecked. ``Q:`` lines follow it: they check the
+messages the session queued, once it is over. The session runs over a socket pair
+into the server's own protocol code, with every DNS look-up answered from the
+transcript's zones, and a spool of its own.
 """
 from __future__ import annotations
 
@@ -33,8 +41,10 @@ from vsl.resolve import closest
 from . import config as config_module
 from .app import Server
 from .dnsd import DnsServer
+from .transcript_queue import QueueCheck, check_queued, matches, parse_check
 
 REPLY_TIMEOUT = 10.0
+CLOSED = "<closed>"  # the S: text of a connection the server closed
 _HEADERS = ("client-ip", "zone", "config")
 _DIRECTIVE = re.compile(r"#\s*([\w-]+)\s*:(.*)")  # "# word: value"; other comments are free
 
@@ -50,6 +60,7 @@ class Transcript:
     zones: list[Path] = field(default_factory=list)
     config: Path | None = None
     steps: list[tuple[int, str, str]] = field(default_factory=list)  # (line, "C"|"S", text)
+    checks: list[QueueCheck] = field(default_factory=list)  # the Q: lines
 
 
 def parse(path: Path) -> Transcript:
@@ -66,9 +77,17 @@ def parse(path: Path) -> Transcript:
                 _apply(transcript, f"{path}:{number}", directive[1].lower(),
                        directive[2].strip())
         elif line[:3] in ("C: ", "S: ") or line in ("C:", "S:"):
+            if transcript.checks:
+                raise TranscriptError(f"{path}:{number}: '{line[:40]}' follows a 'Q:' line: "
+                                      "move the Q: lines after the dialogue")
             transcript.steps.append((number, line[0], line[3:]))
+        elif line.startswith("Q: "):
+            try:
+                transcript.checks.append(parse_check(f"{path}:{number}", number, line[3:]))
+            except ValueError as err:
+                raise TranscriptError(str(err)) from None
         elif line.strip():
-            raise TranscriptError(f"{path}:{number}: expected 'C: ', 'S: ' or '#', got "
+            raise TranscriptError(f"{path}:{number}: expected 'C: ', 'S: ', 'Q: ' or '#', got "
                                   f"{line[:40]!r}")
     if not any(kind == "S" for _, kind, _ in transcript.steps):
         raise TranscriptError(f"{path}: no 'S:' line to check")
@@ -101,13 +120,6 @@ def _suggestion(key: str) -> str:
         return f", did you mean '# {near}:'?"
     return (f" (known: {', '.join(_HEADERS)}; a comment's first word may not end "
             "in ':')")
-
-
-def matches(pattern: str, reply: str) -> bool:
-    """An ``S:`` pattern against a reply line (``*`` matches the rest)."""
-    if "*" in pattern:
-        return reply.startswith(pattern[:pattern.index("*")])
-    return reply == pattern
 
 
 @dataclass
@@ -147,33 +159,48 @@ async def _session(server: Server, transcript: Transcript) -> list[str]:
     await loop.connect_accepted_socket(lambda: server.protocol(server.config.listen[0]),
                                        sock=server_sock)
     reader, writer = await asyncio.open_connection(sock=client_sock)
-    problems: list[str] = []
     try:
-        for number, kind, text in transcript.steps:
-            if kind == "C":
-                writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
-                continue
-            try:
-                line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-            except asyncio.TimeoutError:
-                line = b""
-            reply = line.decode("utf-8", "replace").rstrip("\r\n")
-            if not line:
-                problems.append(f"line {number}: expected 'S: {text}', got no reply "
-                                "(connection closed or timed out)")
-                break
-            if not matches(text, reply):
-                problems.append(f"line {number}: expected 'S: {text}', got 'S: {reply}'")
+        problems = await _dialogue(reader, writer, transcript.steps)
     finally:
         writer.close()
-        await _settle(server)
+        await _settle()
+    try:
+        return problems + check_queued(server.spool, transcript.checks)
+    finally:
+        await asyncio.to_thread(server.spool.close)
+
+
+async def _dialogue(reader, writer, steps: list[tuple[int, str, str]]) -> list[str]:
+    """Send the C: lines and compare each reply with its S: line, up to the first
+    missing reply."""
+    problems = []
+    for number, kind, text in steps:
+        if kind == "C":
+            writer.write(text.encode("utf-8", "surrogateescape") + b"\r\n")
+            continue
+        try:
+            line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+        except asyncio.TimeoutError:
+            problems.append(f"line {number}: expected 'S: {text}', got no reply in "
+                            f"{REPLY_TIMEOUT:g} s")
+            break
+        reply = line.decode("utf-8", "replace").rstrip("\r\n")
+        if text == CLOSED:
+            if line:
+                problems.append(f"line {number}: expected 'S: {CLOSED}', got 'S: {reply}'")
+            continue
+        if not line:
+            problems.append(f"line {number}: expected 'S: {text}', got 'S: {CLOSED}'")
+            break
+        if not matches(text, reply):
+            problems.append(f"line {number}: expected 'S: {text}', got 'S: {reply}'")
     return problems
 
 
-async def _settle(server: Server) -> None:
-    """Let the session finish what it started (a message being spooled) before the
-    loop closes: the spool's writer thread reports back to this loop."""
+async def _settle() -> None:
+    """Let the session finish what it started (a message being spooled, on_post_queue)
+    before the queue is checked and the loop closes: the spool's writer thread reports
+    back to this loop."""
     others = asyncio.all_tasks() - {asyncio.current_task()}
     if others:
         await asyncio.wait(others, timeout=REPLY_TIMEOUT)
-    await asyncio.to_thread(server.spool.close)
