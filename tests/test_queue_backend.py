@@ -15,8 +15,9 @@ import pytest
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.queue import Spool
 from vsl.server.queue_backend import Entry, QueueBackend, QueueError
+from tests.support.memory_queue import MemoryQueue
 
-BACKENDS = {"spool": Spool}
+BACKENDS = {"spool": Spool, "memory": MemoryQueue.on}
 DATA = b"Subject: hi\r\n\r\nbody\r\n"
 NOW = time.time()
 
