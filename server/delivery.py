@@ -87,7 +87,7 @@ class Delivery:
     async def reroute(self, msg_id: str, queue: str, ctx, queued: bytes) -> None:
         """After on_post_queue: store the routes it chose and the message it changed
         (``queued``: the bytes on disk; nothing is written when nothing changed)."""
-        entry = self.queue.get(msg_id, queue)
+        entry = await asyncio.to_thread(self.queue.get, msg_id, queue)
         recipients = self.recipients(ctx)
         data = ctx.message.to_bytes()
         data = None if data == queued else data

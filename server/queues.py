@@ -11,6 +11,7 @@ BACKENDS = {"spool": Spool}
 DEFAULT_BACKEND = "spool"
 
 
-def open_queue(config: Config, backend: str = DEFAULT_BACKEND) -> QueueBackend:
-    """The mail queue ``config`` describes, opened by its backend."""
-    return BACKENDS[backend].of(config)
+def open_queue(config: Config, backend: str | None = None) -> QueueBackend:
+    """The mail queue ``config`` describes, opened by ``backend`` (by default, the
+    :data:`DEFAULT_BACKEND` of the moment)."""
+    return BACKENDS[backend or DEFAULT_BACKEND].of(config)

@@ -15,8 +15,9 @@ import pytest
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.queue import Spool
 from vsl.server.queue_backend import Entry, QueueBackend, QueueError
+from tests.support.memory_queue import MemoryQueue
 
-BACKENDS = {"spool": Spool}
+BACKENDS = {"spool": Spool, "memory": MemoryQueue.on}
 DATA = b"Subject: hi\r\n\r\nbody\r\n"
 NOW = time.time()
 
@@ -63,12 +64,21 @@ def test_put_is_there_for_the_next_start(open_backend):
 
     msg_id = asyncio.run(main())
     backend = open_backend()
-    backend.recover()
+    assert backend.recover() == 0 and backend.startup_warnings() == []
     entry = backend.get(msg_id)
     assert (entry.id, entry.queue, entry.envelope.id) == (msg_id, "working", msg_id)
     assert entry.envelope.received_at and entry.envelope.sender == "alice@example.test"
     assert backend.message(msg_id) == DATA and backend.locate(msg_id) == "working"
     assert ids(backend.list()) == [msg_id] and backend.scan() == (backend.list(), [])
+
+
+def test_a_closed_backend_starts_again(open_backend):
+    backend = open_backend()
+    backend.close()
+    msg_id = asyncio.run(queued(backend))
+    backend.close()
+    assert backend.locate(msg_id) == "deliver"
+    assert asyncio.run(queued(backend)) != msg_id
 
 
 def test_claim_hands_out_due_work_once(open_backend):
@@ -196,6 +206,8 @@ def test_admin_removes_and_warns(open_backend):
     backend = open_backend()
     msg_id = asyncio.run(queued(backend, "hold"))
     assert backend.quarantine_warnings() == []
+    with pytest.raises(QueueError):
+        backend.scan("nowhere")
     backend.remove(msg_id)
     with pytest.raises(QueueError):
         backend.locate(msg_id)
