@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 import tomllib
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
