@@ -34,7 +34,7 @@ class Journal:
         self.path = path
         self.compact_at = compact_at
         self.unsettled = 0  # recorded lines whose envelope update has not finished
-        self.kept: dict[str, set[str]] = {}  # what the last start could not apply
+        self.kept: dict[str, set[str]] = {}  # not yet in an envelope (see retain)
         self._kept_size = 0  # bytes of the kept lines at the last rewrite
         self._fd: int | None = None
 
@@ -75,6 +75,11 @@ class Journal:
         envelope); they outlive every compaction until :meth:`forget`."""
         self.kept = entries
         self._rewrite()
+
+    def retain(self, msg_id: str, addresses: set[str]) -> None:
+        """Recorded addresses whose envelope update failed: kept like those a start could
+        not apply, until the message's next claim applies them (or the next start)."""
+        self.kept.setdefault(msg_id, set()).update(addresses)
 
     def forget(self, msg_id: str) -> None:
         """``msg_id``'s kept lines are in its envelope now: the next compaction drops

@@ -24,10 +24,21 @@ there). Delivery's claims live in this process: a set of claimed ids, and a heap
 deferred messages by ``next_attempt``, filled from ``deferred`` at the first claim and
 kept up to date by :meth:`Spool.defer`. Addresses a remote accepted are written to the
 delivery journal (server/journal.py) before the envelope that records them is durable.
+
+`vsl queue` moves and removes messages from another process while the server writes
+them. A write aimed at a message's current queue (update, defer, complete, move, remove)
+names the envelope that must still be there; it is checked and the files renamed under
+an advisory lock (``flock`` on ``<root>/spool.lock``) that every such writer takes: the
+writer thread once per batch, around its renames (a batch of puts only does not need
+it), and :meth:`Spool.remove`. A message moved meanwhile fails that write alone, with
+QueueError ("moved meanwhile"), and nothing of it is changed: the message stays where the
+operator put it, and addresses a remote accepted stay in the journal until they are in
+its envelope.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import heapq
 import itertools
 import logging
@@ -37,6 +48,7 @@ import secrets
 import stat
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +89,25 @@ class _Write:
     renames: list[tuple[Path, Path]]  # existing file -> new place (after the files)
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    present: Path | None = None       # an envelope that must still be there (else: moved)
+
+
+@contextmanager
+def spool_lock(root: Path):
+    """The spool's advisory lock, held by whoever checks a message is still in its queue
+    and then renames or deletes its files (see the module docstring). Opened anew each
+    time: a descriptor shared with a forked process would share its lock too."""
+    fd = os.open(root / "spool.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # lets go of the lock
+
+
+def moved_meanwhile(msg_id: str) -> QueueError:
+    """The error of a write aimed at a message no longer in that queue."""
+    return QueueError(f"{msg_id}: moved meanwhile")
 
 
 class _Committer:
@@ -93,11 +124,14 @@ class _Committer:
         self.closing = False
 
     def submit(self, files: list[tuple[Path, bytes]],
-               renames: list[tuple[Path, Path]] = ()) -> asyncio.Future:
+               renames: list[tuple[Path, Path]] = (),
+               present: Path | None = None) -> asyncio.Future:
+        """Commit ``files`` and ``renames`` as one unit; with ``present``, only if that
+        envelope is still there when the unit is renamed into place."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self.cond:
-            self.pending.append(_Write(files, list(renames), future, loop))
+            self.pending.append(_Write(files, list(renames), future, loop, present))
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="vsl-spool",
                                                daemon=True)
@@ -135,16 +169,17 @@ class _Committer:
             except Exception as err:  # noqa: BLE001 - the writer thread must never die
                 outcomes = [(write, OSError(str(err))) for write in batch]
             for write, error in outcomes:
-                outcome = None if error is None else _write_error(error)
+                outcome = _write_error(error) if isinstance(error, OSError) else error
                 try:
                     write.loop.call_soon_threadsafe(_settle, write.future, outcome)
                 except RuntimeError:  # its event loop has closed: nobody waits for it
                     pass
 
-    def _commit(self, batch: list[_Write]) -> list[tuple[_Write, OSError | None]]:
+    def _commit(self, batch: list[_Write]) -> list[tuple[_Write, Exception | None]]:
         """Write every unit's files, sync once, rename, sync once. A unit whose files
-        cannot be written fails alone (its partial files are removed); a failing sync or
-        rename fails every unit of the batch that got that far."""
+        cannot be written, or whose message was moved meanwhile, fails alone (its
+        files are removed); a failing sync or rename fails every unit of the batch that
+        got that far."""
         written, results = [], []
         for write in batch:
             moves: list[tuple[Path, Path]] = []
@@ -159,16 +194,34 @@ class _Committer:
                 results.append((write, err))
         try:
             self._sync([])
-            renames = [r for _, moves in written for r in moves] + \
-                [r for write, _ in written for r in write.renames]
-            for source, target in renames:
-                os.replace(source, target)
+            checked = any(write.present for write, _ in written)
+            with spool_lock(self.root) if checked else nullcontext():
+                placed, renames = self._place(written, results)
             self._sync({path.parent for pair in renames for path in pair})
         except OSError as err:
             for _, moves in written:
                 _discard(moves)
-            return results + [(write, err) for write, _ in written]
-        return results + [(write, None) for write, _ in written]
+            failed = {id(write) for write, _ in results}
+            return results + [(write, err) for write, _ in written if id(write) not in failed]
+        return results + [(write, None) for write in placed]
+
+    @staticmethod
+    def _place(written: list[tuple[_Write, list[tuple[Path, Path]]]],
+               results: list) -> tuple[list[_Write], list[tuple[Path, Path]]]:
+        """Rename each unit into place, files first, unless its message was moved
+        meanwhile (then it goes to ``results``, its files removed); the units placed and
+        every rename done."""
+        placed, renames = [], []
+        for write, moves in written:
+            if write.present and not write.present.exists():
+                _discard(moves)
+                results.append((write, moved_meanwhile(write.present.stem)))
+                continue
+            for source, target in (*moves, *write.renames):
+                os.replace(source, target)
+                renames.append((source, target))
+            placed.append(write)
+        return placed, renames
 
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
@@ -364,12 +417,19 @@ class Spool:
                      delivered: list[str] = ()) -> None:
         """Rewrite a message's envelope (and its bytes, when given) durably, in its
         current queue; the message file is replaced before the envelope. ``delivered``
-        goes to the journal at once, before the envelope is durable."""
+        goes to the journal at once, before the envelope is durable; when the envelope
+        cannot be written (moved meanwhile, a full disk), the journal keeps them until
+        the message is claimed again, or the next start."""
         eml, meta = self._paths(entry.queue, entry.id)
         files = [(eml, data)] if data is not None else []
         recorded = self.journal.record(entry.id, list(delivered))
         try:
-            await self._committer.submit([*files, (meta, entry.envelope.to_json())])
+            await self._committer.submit([*files, (meta, entry.envelope.to_json())],
+                                         present=meta)
+        except QueueError:
+            if recorded:
+                self.journal.retain(entry.id, set(delivered))
+            raise
         finally:
             if recorded:
                 self.journal.settled()
@@ -381,18 +441,23 @@ class Spool:
         source = queue or self.locate(msg_id)
         src_eml, src_meta = self._paths(source, msg_id)
         if not src_meta.exists():
-            raise QueueError(f"no message {msg_id} in queue {source}")
+            raise moved_meanwhile(msg_id)
         if source == check_queue(target):
             return
         dst_eml, dst_meta = self._paths(target, msg_id, new=True)
         make_private_dirs(dst_eml.parent)
-        await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)])
+        await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)],
+                                     present=src_meta)
 
     def remove(self, msg_id: str, queue: str | None = None) -> None:
-        """Delete a message (delivered, or removed by the operator)."""
+        """Delete a message (delivered, or removed by the operator); QueueError when it
+        is no longer in ``queue``."""
         eml, meta = self._paths(queue or self.locate(msg_id), msg_id)
-        meta.unlink(missing_ok=True)
-        eml.unlink(missing_ok=True)
+        with spool_lock(self.root):
+            if not meta.exists():
+                raise moved_meanwhile(msg_id)
+            meta.unlink()
+            eml.unlink(missing_ok=True)
 
     def recover(self) -> int:
         """At start-up: finish moves a crash interrupted and drop files that were never

@@ -198,3 +198,39 @@ def test_a_write_submitted_while_the_spool_closes_is_done_and_later_writes_too(t
 
     ids = asyncio.run(scenario())
     assert [spool.message(msg_id) for msg_id in ids] == [b"one\r\n", b"two\r\n", b"three\r\n"]
+
+
+def held_meanwhile(tmp_path) -> tuple[Spool, str]:
+    """A message in ``deliver`` that `vsl queue hold` (a second Spool on the same
+    directory) moves while the server (the first) delivers it; the server's Spool."""
+    server, operator = Spool(tmp_path), Spool(tmp_path)
+    msg_id = run(server.put(Envelope("a@example.test", [RecipientState("b@example.test")]),
+                            b"data", "deliver"))
+    run(operator.move(msg_id, "hold", "deliver"))
+    operator.close()
+    return server, msg_id
+
+
+def assert_only_held(spool: Spool, msg_id: str) -> None:
+    assert [(e.id, e.queue) for e in spool.list()] == [(msg_id, "hold")]
+    assert sorted(os.listdir(spool.root / "deliver")) == []
+    assert sorted(os.listdir(spool.root / "hold")) == [f"{msg_id}.eml", f"{msg_id}.json"]
+    assert os.listdir(spool.root / "tmp") == [] and spool.message(msg_id) == b"data"
+
+
+@pytest.mark.parametrize("write", ["update", "update_data", "defer", "complete", "move"])
+def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(tmp_path, write):
+    server, msg_id = held_meanwhile(tmp_path)
+    entry = server.get(msg_id, "hold")
+    entry.queue = "deliver"  # what the server claimed
+    entry.envelope.attempts = 3
+    writes = {"update": lambda: server.update(entry),
+              "update_data": lambda: server.update(entry, b"changed"),
+              "defer": lambda: server.defer(entry, time.time() + 60),
+              "complete": lambda: server.complete(entry),
+              "move": lambda: server.move(msg_id, "dead", "deliver")}
+    with pytest.raises(QueueError, match="moved meanwhile"):
+        run(writes[write]())
+    assert_only_held(server, msg_id)
+    assert server.get(msg_id).envelope.attempts == 0
+    server.close()

@@ -64,7 +64,8 @@ def test_queued_mail_is_private(tmp_path, usual_umask):
     asyncio.run(fill())
     files = [p for p in spool.root.rglob("*") if p.is_file()]
     directories = [spool.root, *(p for p in spool.root.rglob("*") if p.is_dir())]
-    assert len(files) == 4 and modes(files) == {0o600}
+    assert len(files) == 5 and modes(files) == {0o600}  # 2 messages, and the lock
+    assert spool.root / "spool.lock" in files
     assert len(directories) == 10 and modes(directories) == {0o700}
     assert modes([spool.root.parent]) == {0o700}
 
