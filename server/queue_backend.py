@@ -16,6 +16,14 @@ The contract, for every backend:
   claimed and not yet released. Whoever claims a message ends with
   :meth:`~QueueBackend.release`, once, after :meth:`~QueueBackend.complete`,
   :meth:`~QueueBackend.defer`, ``move`` or none of them (then it is due again).
+- **Moved meanwhile.** ``vsl queue`` moves and removes messages from another process,
+  even one delivery holds. :meth:`~QueueBackend.update`, :meth:`~QueueBackend.defer`
+  and :meth:`~QueueBackend.complete` of an entry no longer in ``entry.queue``, and
+  ``move``/``remove`` of a message no longer in the ``queue`` named, raise
+  :class:`QueueError` and change nothing, even when the other process moves it at that
+  very moment: the message stays where the operator put it, listed once. Addresses
+  handed to such a failed ``update(..., delivered=...)`` are still kept: the message's
+  next claim (or the next start's ``recover_deliveries``) marks them delivered.
 - **Who calls what.** The session: ``put``, ``move`` (after on_post_queue), ``update``.
   The delivery worker (one per spool): ``recover_deliveries``, ``claim``, ``update``,
   ``complete``, ``defer``, ``move``, ``release``, ``put`` (DSNs). Start-up, before anything
@@ -95,13 +103,14 @@ class QueueBackend(Protocol):
         """Up to ``limit`` due messages (``deliver``, then ``deferred`` whose
         ``next_attempt`` is ``now`` or earlier: ``now`` on the clock the caller's
         :meth:`defer` times are on), none already claimed by this process, each now
-        claimed."""
+        claimed, with addresses kept from a failed :meth:`update` marked delivered."""
 
     def release(self, msg_id: str) -> None:
         """End a claim: a message not completed, deferred or moved is due again."""
 
     async def complete(self, entry: Entry) -> None:
-        """Every recipient is delivered or bounced: the message leaves the queue."""
+        """Every recipient is delivered or bounced: the message leaves the queue
+        (QueueError when it is no longer in ``entry.queue``)."""
 
     async def defer(self, entry: Entry, until: float) -> None:
         """Store the envelope with ``next_attempt = until`` and move the message to
@@ -109,12 +118,14 @@ class QueueBackend(Protocol):
 
     async def update(self, entry: Entry, data: bytes | None = None,
                      delivered: list[str] = ()) -> None:
-        """Store a message's envelope (and its bytes, when given) durably, in its queue.
-        ``delivered``: addresses a remote has just accepted, kept across a crash from
-        this call on (see :meth:`recover_deliveries`)."""
+        """Store a message's envelope (and its bytes, when given) durably, in its queue
+        (QueueError when it is no longer in ``entry.queue``). ``delivered``: addresses a
+        remote has just accepted, kept across a crash from this call on, even when it
+        fails (see :meth:`recover_deliveries` and :meth:`claim`)."""
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
-        """Move a message to another queue (hold, dead, quarantine/<name>, ...), durably."""
+        """Move a message to another queue (hold, dead, quarantine/<name>, ...), durably
+        (QueueError when it is no longer in ``queue``)."""
 
     async def recover_deliveries(self) -> None:
         """Before the first claim: mark delivered what remotes accepted before a crash
@@ -148,7 +159,8 @@ class QueueBackend(Protocol):
         """The queue holding a message."""
 
     def remove(self, msg_id: str, queue: str | None = None) -> None:
-        """Delete a message (removed by the operator)."""
+        """Delete a message (removed by the operator; QueueError when it is no longer
+        in ``queue``)."""
 
     def quarantine_warnings(self) -> list[str]:
         """What an operator should know of quarantines the backend cannot fill."""

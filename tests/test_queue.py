@@ -4,13 +4,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from vsl.server.envelope import VERSION, Envelope, RecipientState
-from vsl.server.queue import Spool
+from vsl.server.queue import Spool, spool_lock
 from vsl.server.queue_backend import QueueError, check_queue
 
 
@@ -218,7 +220,8 @@ def assert_only_held(spool: Spool, msg_id: str) -> None:
     assert os.listdir(spool.root / "tmp") == [] and spool.message(msg_id) == b"data"
 
 
-@pytest.mark.parametrize("write", ["update", "update_data", "defer", "complete", "move"])
+@pytest.mark.parametrize("write", ["update", "update_data", "defer", "complete", "move",
+                                   "remove"])
 def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(tmp_path, write):
     server, msg_id = held_meanwhile(tmp_path)
     entry = server.get(msg_id, "hold")
@@ -228,9 +231,83 @@ def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(tmp_path
               "update_data": lambda: server.update(entry, b"changed"),
               "defer": lambda: server.defer(entry, time.time() + 60),
               "complete": lambda: server.complete(entry),
-              "move": lambda: server.move(msg_id, "dead", "deliver")}
+              "move": lambda: server.move(msg_id, "dead", "deliver"),
+                  "remove": lambda: asyncio.to_thread(server.remove, msg_id, "deliver")}
     with pytest.raises(QueueError, match="moved meanwhile"):
         run(writes[write]())
     assert_only_held(server, msg_id)
     assert server.get(msg_id).envelope.attempts == 0
     server.close()
+
+
+def test_the_writer_checks_and_renames_under_the_lock_movers_take(tmp_path):
+    """Another process holds the spool's lock while it moves the message to hold: the
+    server's update waits for the lock, then sees the move and fails."""
+    spool = Spool(tmp_path)
+    msg_id = run(spool.put(Envelope("", [RecipientState("b@example.test")]), b"data",
+                           "deliver"))
+    entry = spool.get(msg_id)
+
+    async def main():
+        with spool_lock(tmp_path):
+            update = asyncio.ensure_future(spool.update(entry))
+            await asyncio.sleep(0.3)
+            assert not update.done()  # the writer waits for the lock
+            for suffix in (".eml", ".json"):  # as `vsl queue hold` renames
+                os.replace(tmp_path / "deliver" / f"{msg_id}{suffix}",
+                           tmp_path / "hold" / f"{msg_id}{suffix}")
+        with pytest.raises(QueueError, match="moved meanwhile"):
+            await update
+
+    run(main())
+    assert_only_held(spool, msg_id)
+    spool.close()
+
+
+def test_no_orphan_while_another_process_moves_messages_back_and_forth(tmp_path):
+    """The server updates messages while a `vsl queue` process moves them between
+    deliver and hold: each update lands or fails, and every message stays whole."""
+    spool = Spool(tmp_path)
+    ids = [run(spool.put(Envelope(""), b"x", "deliver")) for _ in range(20)]
+    mover = subprocess.Popen([sys.executable, "-c", MOVER, str(tmp_path), *ids])
+
+    async def update_all():
+        outcomes = {"updated": 0, "moved meanwhile": 0}
+        while mover.poll() is None:
+            for entry in spool.list("deliver"):
+                try:
+                    await spool.update(entry)
+                    outcomes["updated"] += 1
+                except QueueError as err:
+                    assert "moved meanwhile" in str(err)
+                    outcomes["moved meanwhile"] += 1
+        return outcomes
+
+    outcomes = run(update_all())
+    assert all(outcomes.values()), outcomes  # both happened
+    assert mover.returncode == 0
+    assert sorted(e.id for e in spool.list()) == sorted(ids)
+    for queue in ("deliver", "hold"):
+        files = os.listdir(tmp_path / queue)
+        assert sorted(f for f in files if f.endswith(".eml")) == \
+            sorted(f.replace(".json", ".eml") for f in files if f.endswith(".json"))
+    spool.close()
+
+
+MOVER = """
+import asyncio, sys, time
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import QueueError
+spool, ids = Spool(sys.argv[1]), sys.argv[2:]
+async def main():
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        for msg_id in ids:
+            try:
+                queue = spool.locate(msg_id)
+                await spool.move(msg_id, "hold" if queue == "deliver" else "deliver", queue)
+            except QueueError:
+                pass
+asyncio.run(main())
+spool.close()
+"""

@@ -211,3 +211,58 @@ def test_admin_removes_and_warns(open_backend):
     backend.remove(msg_id)
     with pytest.raises(QueueError):
         backend.locate(msg_id)
+
+
+@pytest.mark.parametrize("write", ["update", "update_data", "defer", "complete", "move",
+                                   "remove"])
+def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(open_backend, write):
+    """`vsl queue hold` (a second backend on the same storage) moves a message the
+    server is delivering: the server's write fails, and the message stays held."""
+    server, operator = open_backend(), open_backend()
+
+    async def main():
+        entry = await claimed(server)
+        await operator.move(entry.id, "hold", "deliver")
+        entry.envelope.attempts = 3
+        writes = {"update": lambda: server.update(entry),
+                  "update_data": lambda: server.update(entry, b"changed"),
+                  "defer": lambda: server.defer(entry, NOW + 60),
+                  "complete": lambda: server.complete(entry),
+                  "move": lambda: server.move(entry.id, "dead", "deliver"),
+                  "remove": lambda: asyncio.to_thread(server.remove, entry.id, "deliver")}
+        with pytest.raises(QueueError):
+            await writes[write]()
+        server.release(entry.id)
+        assert await server.claim(5, NOW + 60) == []
+        return entry.id
+
+    msg_id = asyncio.run(main())
+    for backend in (operator, open_backend()):  # and after a restart
+        assert [(e.id, e.queue) for e in backend.list()] == [(msg_id, "hold")]
+        assert backend.get(msg_id).envelope.attempts == 0 and backend.message(msg_id) == DATA
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_deliveries_to_a_message_moved_meanwhile_are_not_sent_again(open_backend, restart):
+    """A remote accepted bob while the message was being held: the update that says so
+    fails, but once released (after a restart, or not) bob is delivered, carol due."""
+    server, operator = open_backend(), open_backend()
+    statuses = {"bob@remote.test": "delivered", "carol@remote.test": "pending"}
+
+    async def main():
+        nonlocal server
+        entry = await claimed(server, *statuses)
+        await operator.move(entry.id, "hold", "deliver")
+        entry.envelope.recipients[0].record_attempt("delivered", "250 ok", None, NOW)
+        with pytest.raises(QueueError):
+            await server.update(entry, delivered=["bob@remote.test"])
+        server.release(entry.id)
+        if restart:
+            server.close()
+            server = open_backend()
+            await server.recover_deliveries()
+        await operator.move(entry.id, "deliver", "hold")
+        (again,) = await server.claim(5, NOW)
+        return {r.address: r.status for r in again.envelope.recipients}
+
+    assert asyncio.run(main()) == statuses

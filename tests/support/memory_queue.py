@@ -80,6 +80,8 @@ class MemoryQueue:
                        and (e.envelope.next_attempt or 0) <= now),
                       key=lambda e: e.envelope.next_attempt or 0)
         self.claimed.update(e.id for e in due[:limit])
+        for entry in due[:limit]:
+            await self._apply_delivered(entry)
         return due[:limit]
 
     def release(self, msg_id: str) -> None:
@@ -98,13 +100,14 @@ class MemoryQueue:
 
     async def update(self, entry: Entry, data: bytes | None = None,
                      delivered: list[str] = ()) -> None:
-        """Store the envelope (and the bytes); keep the ``delivered`` addresses."""
+        """Store the envelope (and the bytes); keep the ``delivered`` addresses (even
+        when the message was moved meanwhile: its next claim applies them)."""
+        if delivered:
+            self.store.delivered.setdefault(entry.id, set()).update(delivered)
         stored = self._find(entry.id, entry.queue)
         stored.envelope = entry.envelope.to_json()
         if data is not None:
             stored.data = data
-        if delivered:
-            self.store.delivered.setdefault(entry.id, set()).update(delivered)
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
         """Move a message to another queue."""
@@ -122,11 +125,16 @@ class MemoryQueue:
             except QueueError:  # completed or removed meanwhile
                 del self.store.delivered[msg_id]
                 continue
-            for rcpt in entry.envelope.recipients:
-                if rcpt.address in addresses and not rcpt.done:
-                    rcpt.status = "delivered"
+            await self._apply_delivered(entry)
+
+    async def _apply_delivered(self, entry: Entry) -> None:
+        """Mark delivered the kept addresses of ``entry``, which then stop being kept."""
+        addresses = self.store.delivered.pop(entry.id, set())
+        for rcpt in entry.envelope.recipients:
+            if rcpt.address in addresses and not rcpt.done:
+                rcpt.status = "delivered"
+        if addresses:
             await self.update(entry)
-            del self.store.delivered[msg_id]
 
     def recover(self) -> int:
         """Nothing in memory is ever half stored: nothing to finish or drop."""
