@@ -105,9 +105,9 @@ def spool_lock(root: Path):
         os.close(fd)  # lets go of the lock
 
 
-def moved_meanwhile(msg_id: str) -> QueueError:
-    """The error of a write aimed at a message no longer in that queue."""
-    return QueueError(f"{msg_id}: moved meanwhile")
+def moved_meanwhile(queue: str) -> QueueError:
+    """The error of a write aimed at a message no longer in ``queue``."""
+    return QueueError(f"moved meanwhile: no longer in {queue}")
 
 
 class _Committer:
@@ -205,8 +205,7 @@ class _Committer:
             return results + [(write, err) for write, _ in written if id(write) not in failed]
         return results + [(write, None) for write in placed]
 
-    @staticmethod
-    def _place(written: list[tuple[_Write, list[tuple[Path, Path]]]],
+    def _place(self, written: list[tuple[_Write, list[tuple[Path, Path]]]],
                results: list) -> tuple[list[_Write], list[tuple[Path, Path]]]:
         """Rename each unit into place, files first, unless its message was moved
         meanwhile (then it goes to ``results``, its files removed); the units placed and
@@ -215,7 +214,8 @@ class _Committer:
         for write, moves in written:
             if write.present and not write.present.exists():
                 _discard(moves)
-                results.append((write, moved_meanwhile(write.present.stem)))
+                queue = write.present.parent.relative_to(self.root).as_posix()
+                results.append((write, moved_meanwhile(queue)))
                 continue
             for source, target in (*moves, *write.renames):
                 os.replace(source, target)
@@ -441,7 +441,7 @@ class Spool:
         source = queue or self.locate(msg_id)
         src_eml, src_meta = self._paths(source, msg_id)
         if not src_meta.exists():
-            raise moved_meanwhile(msg_id)
+            raise moved_meanwhile(source)
         if source == check_queue(target):
             return
         dst_eml, dst_meta = self._paths(target, msg_id, new=True)
@@ -452,10 +452,11 @@ class Spool:
     def remove(self, msg_id: str, queue: str | None = None) -> None:
         """Delete a message (delivered, or removed by the operator); QueueError when it
         is no longer in ``queue``."""
-        eml, meta = self._paths(queue or self.locate(msg_id), msg_id)
+        queue = queue or self.locate(msg_id)
+        eml, meta = self._paths(queue, msg_id)
         with spool_lock(self.root):
             if not meta.exists():
-                raise moved_meanwhile(msg_id)
+                raise moved_meanwhile(queue)
             meta.unlink()
             eml.unlink(missing_ok=True)
 

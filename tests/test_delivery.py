@@ -584,6 +584,39 @@ def test_an_envelope_fixed_while_running_gets_its_kept_journal_entries(world):
     assert asyncio.run(main()) == [["carol@remote.test"]]
 
 
+def test_a_message_held_during_its_delivery_stays_held_and_keeps_what_was_delivered(
+        world, caplog):
+    """`vsl queue hold` moves the message while a remote accepts ok@ and defers temp@:
+    the worker's update fails and is logged, the message stays held (listed once), and
+    once released only temp@ is sent."""
+    spool, clock, delivery = world
+    deliver = delivery.transports.deliver
+
+    async def held_meanwhile(route, *args):
+        await asyncio.to_thread(lambda: asyncio.run(Spool(spool.root).move(msg_id, "hold")))
+        return await deliver(route, *args)
+
+    async def main():
+        nonlocal msg_id
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["ok@remote.test", "temp@remote.test"])
+            delivery.transports.deliver = held_meanwhile
+            await delivery.run_once()
+            held = [(e.id, e.queue) for e in Spool(spool.root).list()]
+            delivery.transports.deliver, sink.accept_all = deliver, True
+            await Spool(spool.root).move(msg_id, "deliver", "hold")  # `vsl queue release`
+            await delivery.run_once()
+            return held, [m.recipients for m in sink.messages]
+
+    msg_id = None
+    held, received = asyncio.run(main())
+    assert held == [(msg_id, "hold")]
+    assert f"{msg_id}: moved meanwhile: no longer in deliver" in caplog.text
+    assert received == [["ok@remote.test"], ["temp@remote.test"]]  # ok@ only once
+    assert spool.list() == []
+
+
 def test_a_stop_right_after_a_claim_ends_the_claim(tmp_path):
     """Tasks cancelled before their first step still release their message: the next
     delivery worker of that queue delivers it."""
