@@ -196,32 +196,30 @@ class _Committer:
             self._sync([])
             checked = any(write.present for write, _ in written)
             with spool_lock(self.root) if checked else nullcontext():
-                placed, renames = self._place(written, results)
+                outcomes, renames = self._place(written)
             self._sync({path.parent for pair in renames for path in pair})
         except OSError as err:
             for _, moves in written:
                 _discard(moves)
-            failed = {id(write) for write, _ in results}
-            return results + [(write, err) for write, _ in written if id(write) not in failed]
-        return results + [(write, None) for write in placed]
+            return results + [(write, err) for write, _ in written]
+        return results + outcomes
 
-    def _place(self, written: list[tuple[_Write, list[tuple[Path, Path]]]],
-               results: list) -> tuple[list[_Write], list[tuple[Path, Path]]]:
+    def _place(self, written: list[tuple[_Write, list[tuple[Path, Path]]]]
+               ) -> tuple[list[tuple[_Write, QueueError | None]], list[tuple[Path, Path]]]:
         """Rename each unit into place, files first, unless its message was moved
-        meanwhile (then it goes to ``results``, its files removed); the units placed and
-        every rename done."""
-        placed, renames = [], []
+        meanwhile (then its files are removed): each unit's outcome, and the renames."""
+        outcomes, renames = [], []
         for write, moves in written:
             if write.present and not write.present.exists():
                 _discard(moves)
                 queue = write.present.parent.relative_to(self.root).as_posix()
-                results.append((write, moved_meanwhile(queue)))
+                outcomes.append((write, moved_meanwhile(queue)))
                 continue
             for source, target in (*moves, *write.renames):
                 os.replace(source, target)
                 renames.append((source, target))
-            placed.append(write)
-        return placed, renames
+            outcomes.append((write, None))
+        return outcomes, renames
 
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
