@@ -29,6 +29,7 @@ MAX_MESSAGE = 256 * 1024
 MAX_PARTS = 64
 MAX_TEXT = 4000
 MAX_RECIPIENTS = 100
+PLAIN_DIAGNOSTIC = 600
 
 REPLY_CODE = re.compile(r"(?<![\d.])([245][0-5]\d)(?=[ \-\t]|$)", re.M)
 ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
@@ -128,8 +129,8 @@ def _readable_text(parts) -> str:
     """The human-readable text parts, up to the returned original message."""
     chunks, size = [], 0
     for part in parts:
-        if part.get_content_type() not in ("text/plain", "text/html") or \
-                part.get_content_disposition() == "attachment":
+        if not (_is_broken_multipart(part) or part.get_content_type() in ("text/plain", "text/html")) \
+                or part.get_content_disposition() == "attachment":
             continue
         text = _decoded_payload(part)
         if part.get_content_type() == "text/html":
@@ -148,13 +149,19 @@ def _dsn_recipients(parts) -> list[Recipient]:
     recipients = []
     for part in parts:
         if part.get_content_type() not in ("message/delivery-status",
-                                           "message/global-delivery-status"):
+                                           "message/global-delivery-status") \
+                and not _is_broken_multipart(part):
             continue
         for block in _status_blocks(part):
             rcpt = _recipient_from_block(block)
             if rcpt and len(recipients) < MAX_RECIPIENTS:
                 recipients.append(rcpt)
     return recipients
+
+
+def _is_broken_multipart(part) -> bool:
+    """A multipart whose boundary the parser could not find: its body is kept as text."""
+    return part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), str)
 
 
 def _status_blocks(part) -> list:
@@ -188,7 +195,8 @@ def _plain_recipients(text: str) -> list[Recipient]:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
-        recipients.append(Recipient(address=address))
+        following = text[match.end():match.end() + PLAIN_DIAGNOSTIC]
+        recipients.append(Recipient(address=address, diagnostic=" ".join(following.split())))
     return recipients
 
 

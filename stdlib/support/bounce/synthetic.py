@@ -352,6 +352,9 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
         return _arf(rcpt, rng)
     if reason == "delivered":
         return _dsn(rcpt, "delivered", "2.0.0", "250 2.0.0 OK queued as 4F1A2B", "", rng)
+    if reason == "expired" and rng.random() < 0.5:
+        reply, status, phase = rng.choice(CODES["networkerror"])
+        return _expiry(rcpt, rng.choice(DIAGNOSTICS["networkerror"]), phase, status, rng)
     reply, status, phase = rng.choice(CODES[reason])
     text = rng.choice(DIAGNOSTICS[reason])
     if rng.random() < 0.4:
@@ -480,4 +483,40 @@ def _arf(rcpt, rng):
             f"Content-Type: message/rfc822\n\n{ORIGINAL.format(rcpt=rcpt)}\n--{boundary}--\n")
 
 
-ENVELOPES = (_postfix, _exim, _opensmtpd, _exchange, _yahoo, _haraka, _bare_dsn, _localised)
+def _mdaemon(rcpt, diagnostic, phase, status, rng):
+    body = ("The attached message had PERMANENT fatal delivery errors!\n\n"
+            "After one or more unsuccessful delivery attempts the attached message has been\n"
+            "removed from the mail queue on this server.\n\n"
+            f"--- Session Transcript ---\n Sending message to {rcpt}\n"
+            f" >> {COMMAND.get(phase, 'DATA')}\n << {diagnostic}\n--- End Transcript ---\n\n")
+    return _headers("Permanent Delivery Failure", rng) + "\n" + body + ORIGINAL.format(rcpt=rcpt)
+
+
+def _provider(rcpt, diagnostic, phase, status, rng):
+    intro = rng.choice([
+        "We're sorry, but your message could not be delivered.",
+        "An error occurred while trying to deliver the mail to the following recipients:",
+        "Your message wasn't delivered because the recipient's server returned an error.",
+        "The following message to <{rcpt}> was undeliverable.",
+        "This is an automatically generated message. Your email could not be delivered."])
+    body = (intro.format(rcpt=rcpt) + f"\n\nRecipient: {rcpt}\nReason: {diagnostic}\n\n"
+            "Original message headers:\n\n")
+    return _headers(rng.choice(["Undelivered Mail", "Message delivery failure", "Failure Notice",
+                                "Delivery Status Notification (Failure)"]), rng) + "\n" + body + \
+        ORIGINAL.format(rcpt=rcpt)
+
+
+def _expiry(rcpt, diagnostic, phase, status, rng):
+    """A queue lifetime ran out: the last temporary error is told with a give-up notice."""
+    notice = rng.choice([
+        "Message could not be delivered for 5 days. Giving up.",
+        "This message has been in the queue too long and was returned.",
+        "retry time not reached for any host after a long failure period",
+        "Delivery attempts will no longer be made; the message expired.",
+        "I'm not going to try again; the maximum queue time was reached."])
+    return _dsn(rcpt, "failed", "4.4.7", f"{diagnostic}", f"{notice}\n\n<{rcpt}>: {diagnostic}\n",
+                rng, "Undelivered Mail Returned to Sender")
+
+
+ENVELOPES = (_postfix, _exim, _opensmtpd, _exchange, _yahoo, _haraka, _bare_dsn, _localised,
+             _mdaemon, _provider)
