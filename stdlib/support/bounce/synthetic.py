@@ -104,6 +104,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Caixa postal cheia", "Почтовый ящик переполнен", "邮箱已满", "メールボックスの容量を超えています",
     ],
     "filtered": [
+        "This recipient has blocked your messages", "message discarded by a user rule", "recipient refuses mail from this address", "The recipient has set a filter that rejects this message",
         "Recipient address rejected: Access denied by recipient's filter",
         "message rejected by the recipient's filter rules", "Delivery not authorized, message refused",
         "The user does not accept mail from this sender", "Sender is in the recipient's blocklist",
@@ -115,6 +116,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "rechazado por el filtro del destinatario", "受信拒否設定により拒否されました",
     ],
     "rejected": [
+        "Sender address rejected: Access denied", "The sender's domain is not allowed", "Mail from this sender is refused", "sender address does not exist", "Return path rejected", "Absender-Domain existiert nicht", "domaine de l'expéditeur inconnue",
         "Sender address rejected: Domain not found", "Sender address rejected: not owned by user",
         "sender rejected", "Envelope sender rejected", "Your address is not allowed to send here",
         "Sender verify failed", "sender domain does not exist", "MAIL FROM address rejected",
@@ -124,6 +126,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Expéditeur refusé", "Absender abgelehnt", "Remitente rechazado", "送信者アドレスが拒否されました",
     ],
     "blocked": [
+        "Client host [192.0.2.1] blocked using bl.spamcop.net", "Service unavailable; client host rejected", "Connection refused: your IP is not allowed to connect", "Mail from your IP address has been rejected", "Sending host is on a blocklist", "access denied for this client, listed at dnsbl", "Too much bad mail from your IP, blocked",
         "Service unavailable; Client host blocked using zen.spamhaus.org",
         "Your IP address is listed in a DNS blocklist", "Connection refused by blacklist",
         "client host rejected: Access denied", "IP address blacklisted", "your host is blocked",
@@ -187,6 +190,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "kein Reverse-DNS-Eintrag", "pas d'enregistrement PTR", "逆引きできません",
     ],
     "suspend": [
+        "mailbox locked by administrator", "user account is suspended",
         "account disabled", "This account has been suspended", "mailbox disabled",
         "The mailbox is inactive", "user account is expired", "Account temporarily frozen",
         "recipient account is locked", "mailbox temporarily disabled", "account is not active",
@@ -194,6 +198,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Cuenta suspendida", "Conta desativada", "アカウントが停止されています", "账户已冻结",
     ],
     "policyviolation": [
+        "blocked by content policy", "banned attachment",
         "Message rejected due to local policy", "rejected for policy reasons",
         "This message violates our email policy", "Message refused by policy",
         "prohibited attachment type", "messages with executable attachments are not accepted",
@@ -209,6 +214,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Authentification requise", "Authentifizierung erforderlich", "Se requiere autenticación",
     ],
     "systemerror": [
+        "local error: unable to process the message", "Requested action aborted: error in processing",
         "Local configuration error", "Internal server error", "temporary system failure",
         "mail forwarding loop", "mail for the domain loops back to myself", "system error, try later",
         "Requested action aborted: local error in processing", "server is misconfigured",
@@ -228,12 +234,14 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "per-user message size limit exceeded",
     ],
     "toomanyconn": [
+        "too many connections per hour from your IP", "connection rate limit exceeded", "Too many sessions open, try later",
         "Too many connections from your IP", "too many concurrent SMTP connections",
         "Too many connections, try again later", "connection limit exceeded for your host",
         "Too many recipients", "Too many simultaneous connections", "Trop de connexions",
         "Zu viele Verbindungen", "Demasiadas conexiones",
     ],
     "speeding": [
+        "daily sending quota exceeded",
         "Rate limit exceeded, try again later", "You are sending too fast",
         "too many messages in a short time", "sending rate exceeded for this sender",
         "Message rate limit reached, please slow down", "Receiving mail at a rate that prevents additional messages",
@@ -307,6 +315,10 @@ VACATION = [
     "Меня нет в офисе до понедельника.", "休暇中のため、返信が遅れます。", "我正在休假，回来后回复您。",
 ]
 
+# How often a reason is drawn, relative to 1: the common ones of any mail system more often.
+PRIOR = {"userunknown": 4, "mailboxfull": 2, "expired": 2, "filtered": 2, "rejected": 2,
+         "blocked": 2, "spamdetected": 1.5, "hostunknown": 1.5, "networkerror": 1.5}
+
 LOCAL, HOSTS = ["kijitora", "neko", "alice", "bob", "sales", "info", "m.tanaka", "contact"], \
     ["example.com", "example.net", "example.org", "mail.example.jp", "example.fr", "example.de"]
 
@@ -335,9 +347,10 @@ def samples(count: int, seed: int = 14) -> list[dict]:
     """``count`` synthetic labelled bounces, ``{"text", "reason", "group"}``, reproducible."""
     rng = random.Random(seed)
     reasons = sorted(DIAGNOSTICS) + ["vacation", "feedback", "delivered"]
+    weights = [PRIOR.get(reason, 1.0) for reason in reasons]
     out = []
     for _ in range(count):
-        reason = rng.choice(reasons)
+        reason = rng.choices(reasons, weights)[0]
         envelope = rng.choice(ENVELOPES)
         out.append({"text": _message(reason, envelope, rng), "reason": reason,
                     "group": "synthetic-" + envelope.__name__.strip("_")})
