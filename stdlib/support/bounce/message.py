@@ -129,8 +129,9 @@ def _readable_text(parts) -> str:
     """The human-readable text parts, up to the returned original message."""
     chunks, size = [], 0
     for part in parts:
-        if not (_is_broken_multipart(part) or part.get_content_type() in ("text/plain", "text/html")) \
-                or part.get_content_disposition() == "attachment":
+        readable = part.get_content_type() in ("text/plain", "text/html")
+        if not (readable or _is_broken_multipart(part)) or \
+                part.get_content_disposition() == "attachment":
             continue
         text = _decoded_payload(part)
         if part.get_content_type() == "text/html":

@@ -27,7 +27,8 @@ CODES: dict[str, list[tuple[str, str, str]]] = {
                  ("550", "5.2.1", "data")],
     "rejected": [("550", "5.7.1", "mail"), ("553", "5.1.8", "mail"), ("550", "5.1.0", "mail"),
                  ("501", "5.1.7", "mail"), ("550", "5.7.1", "")],
-    "blocked": [("554", "5.7.1", "connect"), ("550", "5.7.1", "connect"), ("421", "4.7.0", "connect"),
+    "blocked": [
+        ("554", "5.7.1", "connect"), ("550", "5.7.1", "connect"), ("421", "4.7.0", "connect"),
                 ("554", "", "connect"), ("550", "5.7.606", "rcpt"), ("553", "5.7.1", "helo")],
     "spamdetected": [("550", "5.7.1", "data"), ("554", "5.7.1", "data"), ("550", "5.7.350", "data"),
                      ("554", "", "data")],
@@ -37,18 +38,21 @@ CODES: dict[str, list[tuple[str, str, str]]] = {
                      ("421", "4.4.2", "connect"), ("", "4.4.0", "")],
     "authfailure": [("550", "5.7.26", "data"), ("550", "5.7.23", "data"), ("550", "5.7.25", "data"),
                     ("550", "5.7.1", "data"), ("451", "4.7.26", "data"), ("550", "5.7.20", "data")],
-    "requireptr": [("550", "5.7.25", "connect"), ("450", "4.7.1", "connect"), ("550", "5.7.1", "helo"),
+    "requireptr": [
+        ("550", "5.7.25", "connect"), ("450", "4.7.1", "connect"), ("550", "5.7.1", "helo"),
                    ("421", "4.7.0", "connect")],
     "suspend": [("550", "5.2.1", "rcpt"), ("554", "5.2.1", "rcpt"), ("450", "4.2.1", "rcpt"),
                 ("550", "5.1.1", "rcpt")],
-    "policyviolation": [("550", "5.7.1", "data"), ("554", "5.7.1", "data"), ("550", "5.7.0", "rcpt")],
+    "policyviolation": [
+        ("550", "5.7.1", "data"), ("554", "5.7.1", "data"), ("550", "5.7.0", "rcpt")],
     "securityerror": [("530", "5.7.0", "mail"), ("535", "5.7.8", "auth"), ("550", "5.7.1", "mail"),
                       ("554", "5.7.5", "data")],
     "systemerror": [("451", "4.3.0", "data"), ("554", "5.3.0", "data"), ("550", "5.4.6", "rcpt"),
                     ("451", "4.3.5", "rcpt"), ("", "5.3.5", "")],
     "mesgtoobig": [("552", "5.3.4", "data"), ("552", "5.3.4", "mail"), ("552", "5.2.3", "data")],
     "exceedlimit": [("552", "5.2.3", "data"), ("552", "5.2.2", "data"), ("550", "5.2.3", "data")],
-    "toomanyconn": [("421", "4.7.0", "connect"), ("421", "4.3.2", "connect"), ("452", "4.5.3", "rcpt"),
+    "toomanyconn": [
+        ("421", "4.7.0", "connect"), ("421", "4.3.2", "connect"), ("452", "4.5.3", "rcpt"),
                     ("450", "4.7.1", "connect")],
     "speeding": [("421", "4.7.28", "data"), ("450", "4.7.1", "rcpt"), ("451", "4.7.1", "mail"),
                  ("550", "5.7.1", "rcpt")],
@@ -59,9 +63,11 @@ CODES: dict[str, list[tuple[str, str, str]]] = {
     "onhold": [("", "5.0.0", ""), ("", "", "")],
     "hasmoved": [("551", "5.1.6", "rcpt"), ("550", "5.1.6", "rcpt")],
     "virusdetected": [("554", "5.7.1", "data"), ("550", "5.7.0", "data")],
-    "badreputation": [("421", "4.7.0", "data"), ("550", "5.7.1", "data"), ("554", "5.7.1", "connect")],
+    "badreputation": [
+        ("421", "4.7.0", "data"), ("550", "5.7.1", "data"), ("554", "5.7.1", "connect")],
     "contenterror": [("554", "5.6.0", "data"), ("550", "5.6.0", "data"), ("554", "5.6.1", "data")],
-    "notcompliantrfc": [("550", "5.7.1", "data"), ("554", "5.6.0", "data"), ("550", "5.6.0", "data")],
+    "notcompliantrfc": [
+        ("550", "5.7.1", "data"), ("554", "5.6.0", "data"), ("550", "5.6.0", "data")],
     "syntaxerror": [("501", "5.5.4", "mail"), ("500", "5.5.2", "rcpt"), ("501", "5.5.2", "helo"),
                     ("553", "5.1.3", "rcpt")],
     "mailererror": [("", "5.3.0", ""), ("554", "5.3.0", "data"), ("", "", "")],
@@ -81,7 +87,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "The recipient's address does not exist in the directory",
         "RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
         "The email address you entered couldn't be found",
-        "Sorry, no mailbox here by that name", "account does not exist", "bad destination mailbox address",
+        "Sorry, no mailbox here by that name", "account does not exist",
+        "bad destination mailbox address",
         "This address no longer accepts mail", "Unrouteable address", "unknown local part",
         "Requested action not taken: mailbox unavailable (user does not exist)",
         "no valid recipients", "recipient rejected: address unknown",
@@ -95,28 +102,37 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Mailbox full", "mailbox is full", "Quota exceeded", "user is over quota",
         "The email account that you tried to reach is over quota",
         "Mailbox size limit exceeded", "recipient mailbox full", "Disk quota exceeded",
-        "account storage is full", "Insufficient space in mailbox", "mailbox has exceeded its storage limit",
+        "account storage is full", "Insufficient space in mailbox",
+        "mailbox has exceeded its storage limit",
         "The user's mailbox is full", "over quota: message would exceed the mailbox size",
-        "mail box is full, try again later", "Requested mail action aborted: exceeded storage allocation",
+        "mail box is full, try again later",
+        "Requested mail action aborted: exceeded storage allocation",
         "inbox is full", "recipient has run out of storage space",
         "Boîte aux lettres pleine", "boite pleine, quota dépassé", "Postfach voll",
-        "Speicherplatz des Postfachs ist erschöpft", "Buzón lleno", "la cuota del buzón está excedida",
+        "Speicherplatz des Postfachs ist erschöpft", "Buzón lleno",
+        "la cuota del buzón está excedida",
         "Caixa postal cheia", "Почтовый ящик переполнен", "邮箱已满", "メールボックスの容量を超えています",
     ],
     "filtered": [
-        "This recipient has blocked your messages", "message discarded by a user rule", "recipient refuses mail from this address", "The recipient has set a filter that rejects this message",
+        "This recipient has blocked your messages", "message discarded by a user rule",
+        "recipient refuses mail from this address",
+        "The recipient has set a filter that rejects this message",
         "Recipient address rejected: Access denied by recipient's filter",
-        "message rejected by the recipient's filter rules", "Delivery not authorized, message refused",
+        "message rejected by the recipient's filter rules",
+        "Delivery not authorized, message refused",
         "The user does not accept mail from this sender", "Sender is in the recipient's blocklist",
         "This recipient only accepts mail from approved senders",
         "message refused by recipient's preferences", "rejected by user filter",
         "user has blocked your address", "recipient does not want mail from you",
         "Mail refused by the recipient's content rules",
-        "Nachricht vom Filter des Empfängers abgewiesen", "Message refusée par le filtre du destinataire",
+        "Nachricht vom Filter des Empfängers abgewiesen",
+        "Message refusée par le filtre du destinataire",
         "rechazado por el filtro del destinatario", "受信拒否設定により拒否されました",
     ],
     "rejected": [
-        "Sender address rejected: Access denied", "The sender's domain is not allowed", "Mail from this sender is refused", "sender address does not exist", "Return path rejected", "Absender-Domain existiert nicht", "domaine de l'expéditeur inconnue",
+        "Sender address rejected: Access denied", "The sender's domain is not allowed",
+        "Mail from this sender is refused", "sender address does not exist", "Return path rejected",
+        "Absender-Domain existiert nicht", "domaine de l'expéditeur inconnue",
         "Sender address rejected: Domain not found", "Sender address rejected: not owned by user",
         "sender rejected", "Envelope sender rejected", "Your address is not allowed to send here",
         "Sender verify failed", "sender domain does not exist", "MAIL FROM address rejected",
@@ -126,12 +142,17 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Expéditeur refusé", "Absender abgelehnt", "Remitente rechazado", "送信者アドレスが拒否されました",
     ],
     "blocked": [
-        "Client host [192.0.2.1] blocked using bl.spamcop.net", "Service unavailable; client host rejected", "Connection refused: your IP is not allowed to connect", "Mail from your IP address has been rejected", "Sending host is on a blocklist", "access denied for this client, listed at dnsbl", "Too much bad mail from your IP, blocked",
+        "Client host [192.0.2.1] blocked using bl.spamcop.net",
+        "Service unavailable; client host rejected",
+        "Connection refused: your IP is not allowed to connect",
+        "Mail from your IP address has been rejected", "Sending host is on a blocklist",
+        "access denied for this client, listed at dnsbl", "Too much bad mail from your IP, blocked",
         "Service unavailable; Client host blocked using zen.spamhaus.org",
         "Your IP address is listed in a DNS blocklist", "Connection refused by blacklist",
         "client host rejected: Access denied", "IP address blacklisted", "your host is blocked",
         "Blocked - see https://www.spamcop.net/bl.shtml", "Access denied, banned sending IP",
-        "Connection rejected by policy: IP on blocklist", "Message rejected because the sending IP is listed",
+        "Connection rejected by policy: IP on blocklist",
+        "Message rejected because the sending IP is listed",
         "Our system has blocked connections from your network", "Host refused: listed on RBL",
         "Your mail server has been blocked", "poor IP reputation, connection refused",
         "Votre adresse IP est bloquée", "IP-Adresse gesperrt", "Dirección IP bloqueada",
@@ -139,18 +160,22 @@ DIAGNOSTICS: dict[str, list[str]] = {
     ],
     "spamdetected": [
         "Message rejected as spam", "This message has been classified as spam",
-        "Spam message rejected", "Our system has detected that this message is likely unsolicited mail",
+        "Spam message rejected",
+        "Our system has detected that this message is likely unsolicited mail",
         "content rejected: spam score too high", "message looks like spam",
         "Blocked by spam filter", "Spam detected", "high probability of spam",
         "Message content rejected, UBE", "junk mail rejected by content scanner",
-        "Message identifié comme spam", "Nachricht als Spam eingestuft", "Mensaje detectado como spam",
+        "Message identifié comme spam", "Nachricht als Spam eingestuft",
+        "Mensaje detectado como spam",
         "Сообщение похоже на спам", "邮件被识别为垃圾邮件", "迷惑メールと判定されました",
     ],
     "expired": [
         "retry timeout exceeded", "message expired, gave up after 5 days",
         "Delivery time expired", "The message has been in the queue too long",
-        "could not be delivered within the retry period", "delivery temporarily suspended; message expired",
-        "Message expired after too many delivery attempts", "giving up after repeated temporary failures",
+        "could not be delivered within the retry period",
+        "delivery temporarily suspended; message expired",
+        "Message expired after too many delivery attempts",
+        "giving up after repeated temporary failures",
         "timed out waiting for delivery", "maximum queue lifetime exceeded",
         "Message could not be delivered for 4 days", "Délai de remise expiré",
         "Zustellung nach mehreren Tagen aufgegeben", "Tiempo de entrega expirado",
@@ -159,7 +184,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
     "hostunknown": [
         "Host or domain name not found. Name service error: Host not found",
         "Domain not found", "unknown host", "no such domain", "Domain does not exist",
-        "all relevant MX records point to non-existent hosts", "DNS lookup of the domain failed: NXDOMAIN",
+        "all relevant MX records point to non-existent hosts",
+        "DNS lookup of the domain failed: NXDOMAIN",
         "the recipient domain has no mail servers", "Recipient address rejected: Domain not found",
         "domain name does not resolve", "Hôte ou domaine introuvable", "Domäne existiert nicht",
         "Dominio no encontrado", "ドメインが存在しません", "域名不存在",
@@ -167,7 +193,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
     "networkerror": [
         "connect to mx.example.net: Connection timed out", "Connection refused",
         "No route to host", "lost connection with mx.example.net while sending message body",
-        "Network is unreachable", "conversation timed out while receiving the initial server greeting",
+        "Network is unreachable",
+        "conversation timed out while receiving the initial server greeting",
         "Connection reset by peer", "read error: timeout", "too many hops, mail loop detected",
         "could not connect to the remote host", "temporary network failure",
         "La connexion a expiré", "Verbindung abgelehnt", "Conexión rechazada", "接続がタイムアウトしました",
@@ -178,8 +205,10 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "DKIM signature verification failed", "sender does not pass SPF",
         "Email rejected per DMARC policy for the domain", "SPF: sending host is not permitted",
         "rejected because it failed authentication checks", "SPF fail - not authorized",
-        "DMARC reject: the From domain does not align", "the message failed DKIM and SPF authentication",
-        "Échec de l'authentification SPF", "SPF-Prüfung fehlgeschlagen", "fallo de autenticación DMARC",
+        "DMARC reject: the From domain does not align",
+        "the message failed DKIM and SPF authentication",
+        "Échec de l'authentification SPF", "SPF-Prüfung fehlgeschlagen",
+        "fallo de autenticación DMARC",
         "SPF認証に失敗しました",
     ],
     "requireptr": [
@@ -210,13 +239,16 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Authentication required", "SMTP AUTH required before sending",
         "Client was not authenticated", "authentication failed: invalid credentials",
         "Must issue a STARTTLS command first", "you must authenticate first",
-        "Encryption required for requested authentication mechanism", "insecure connection not allowed",
+        "Encryption required for requested authentication mechanism",
+        "insecure connection not allowed",
         "Authentification requise", "Authentifizierung erforderlich", "Se requiere autenticación",
     ],
     "systemerror": [
-        "local error: unable to process the message", "Requested action aborted: error in processing",
+        "local error: unable to process the message",
+        "Requested action aborted: error in processing",
         "Local configuration error", "Internal server error", "temporary system failure",
-        "mail forwarding loop", "mail for the domain loops back to myself", "system error, try later",
+        "mail forwarding loop", "mail for the domain loops back to myself",
+        "system error, try later",
         "Requested action aborted: local error in processing", "server is misconfigured",
         "delivery failed due to an internal error", "Erreur système", "Systemfehler",
         "Error del sistema", "システムエラーが発生しました", "系统错误",
@@ -229,12 +261,15 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Mensaje demasiado grande", "メッセージサイズが大きすぎます", "邮件太大",
     ],
     "exceedlimit": [
-        "Message exceeds the recipient's size limit", "message size exceeds the limit for this recipient",
-        "Recipient's message size limit exceeded", "the recipient does not accept messages this large",
+        "Message exceeds the recipient's size limit",
+        "message size exceeds the limit for this recipient",
+        "Recipient's message size limit exceeded",
+        "the recipient does not accept messages this large",
         "per-user message size limit exceeded",
     ],
     "toomanyconn": [
-        "too many connections per hour from your IP", "connection rate limit exceeded", "Too many sessions open, try later",
+        "too many connections per hour from your IP", "connection rate limit exceeded",
+        "Too many sessions open, try later",
         "Too many connections from your IP", "too many concurrent SMTP connections",
         "Too many connections, try again later", "connection limit exceeded for your host",
         "Too many recipients", "Too many simultaneous connections", "Trop de connexions",
@@ -244,7 +279,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "daily sending quota exceeded",
         "Rate limit exceeded, try again later", "You are sending too fast",
         "too many messages in a short time", "sending rate exceeded for this sender",
-        "Message rate limit reached, please slow down", "Receiving mail at a rate that prevents additional messages",
+        "Message rate limit reached, please slow down",
+        "Receiving mail at a rate that prevents additional messages",
     ],
     "norelaying": [
         "Relay access denied", "Relaying denied", "we do not relay", "relay not permitted",
@@ -278,10 +314,12 @@ DIAGNOSTICS: dict[str, list[str]] = {
     ],
     "contenterror": [
         "message content invalid", "Invalid message content", "illegal characters in the message",
-        "malformed MIME structure", "message body contains invalid encoding", "header line too long",
+        "malformed MIME structure", "message body contains invalid encoding",
+        "header line too long",
     ],
     "notcompliantrfc": [
-        "Message is not RFC 5322 compliant", "duplicate From header", "message has multiple Date headers",
+        "Message is not RFC 5322 compliant", "duplicate From header",
+        "message has multiple Date headers",
         "missing required header: Date", "message does not conform to RFC 5322",
         "bare LF in message body, not compliant",
     ],
@@ -297,7 +335,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
     ],
     "failedstarttls": [
         "STARTTLS failed", "TLS negotiation failed", "Cannot start TLS: handshake failure",
-        "TLS is required but the server does not support STARTTLS", "certificate verification failed during STARTTLS",
+        "TLS is required but the server does not support STARTTLS",
+        "certificate verification failed during STARTTLS",
     ],
     "systemfull": [
         "Insufficient system storage", "mail system full", "disk full on the mail server",
@@ -385,7 +424,8 @@ def _headers(subject: str, rng: random.Random, extra: str = "") -> str:
 
 
 ORIGINAL = ("Return-Path: <sender@example.jp>\nReceived: from client.example.jp by mx.example.jp\n"
-            "From: sender@example.jp\nTo: {rcpt}\nSubject: hello\nMessage-ID: <1@example.jp>\n\nhi\n")
+            "From: sender@example.jp\nTo: {rcpt}\nSubject: hello\n"
+            "Message-ID: <1@example.jp>\n\nhi\n")
 COMMAND = {"rcpt": "RCPT TO", "mail": "MAIL FROM", "data": "end of DATA", "helo": "EHLO",
            "auth": "AUTH", "starttls": "STARTTLS"}
 
@@ -400,7 +440,8 @@ def _dsn(rcpt, action, status, diagnostic, human, rng, subject="Delivery Status 
             f"Reporting-MTA: dns; mx.example.jp\n\nFinal-Recipient: rfc822; {rcpt}\n"
             f"Action: {action}\nStatus: {status or ('4.0.0' if action == 'delayed' else '5.0.0')}\n"
             f"Remote-MTA: dns; mx.{rcpt.split('@')[1]}\n{diag}\n"
-            f"--{boundary}\nContent-Type: message/rfc822\n\n{ORIGINAL.format(rcpt=rcpt)}\n--{boundary}--\n")
+            f"--{boundary}\nContent-Type: message/rfc822\n\n{ORIGINAL.format(rcpt=rcpt)}\n"
+            f"--{boundary}--\n")
 
 
 def _postfix(rcpt, diagnostic, phase, status, rng):
@@ -424,7 +465,8 @@ def _exim(rcpt, diagnostic, phase, status, rng):
             f"    SMTP error from remote mail server{after}:\n    {diagnostic}\n\n"
             "------ This is a copy of the message, including all the headers. ------\n\n")
     return _headers("Mail delivery failed: returning message to sender", rng,
-                    "X-Failed-Recipients: " + rcpt + "\n") + "\n" + body + ORIGINAL.format(rcpt=rcpt)
+                    "X-Failed-Recipients: " + rcpt + "\n") + "\n" + body + \
+        ORIGINAL.format(rcpt=rcpt)
 
 
 def _opensmtpd(rcpt, diagnostic, phase, status, rng):
@@ -432,7 +474,8 @@ def _opensmtpd(rcpt, diagnostic, phase, status, rng):
             "An error has occurred while attempting to deliver a message for\n"
             f"the following list of recipients:\n\n{rcpt}: {diagnostic}\n\n"
             "Below is a copy of the original message:\n\n")
-    return _headers("Delivery status notification: error", rng) + "\n" + body + ORIGINAL.format(rcpt=rcpt)
+    return _headers("Delivery status notification: error", rng) + "\n" + body + \
+        ORIGINAL.format(rcpt=rcpt)
 
 
 def _exchange(rcpt, diagnostic, phase, status, rng):

@@ -205,7 +205,8 @@ def tfidf_rows(texts: list[str], idf: np.ndarray | None = None):
         words = re.findall(r"[a-z][a-z'-]+", text.lower()[:20000])
         tokens = words + [a + " " + b for a, b in zip(words, words[1:])]
         counts = Counter(hash_token(t) for t in tokens)
-        hashed.append((np.array(list(counts), np.int64), np.array(list(counts.values()), np.float32)))
+        hashed.append((np.array(list(counts), np.int64),
+                       np.array(list(counts.values()), np.float32)))
     if idf is None:
         df = np.zeros(BUCKETS, np.float32)
         for index, _ in hashed:
@@ -261,10 +262,13 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int) -> dict[str
         tfidf_train, idf = tfidf_rows([rows[i]["text"] for i in train])
         tfidf_test, _ = tfidf_rows([rows[i]["text"] for i in test], idf)
         linear = fit(Encoded(tfidf_train, train_reasons), Settings(hidden=0, feature_dropout=0))
-        combined = Encoded([real.rows[i] for i in train] + synth.rows, train_reasons + synth.reasons)
-        network = fit(combined, settings, [settings.real_repeat] * len(train) + [1] * len(synth.rows))
+        combined = Encoded([real.rows[i] for i in train] + synth.rows,
+                           train_reasons + synth.reasons)
+        network = fit(combined, settings,
+                      [settings.real_repeat] * len(train) + [1] * len(synth.rows))
         alone = fit(Encoded([real.rows[i] for i in train], train_reasons), settings)
-        results = {"majority": [(majority, 1.0)] * len(test), "code table": [(t, 1.0) for t in table],
+        results = {"majority": [(majority, 1.0)] * len(test),
+                   "code table": [(t, 1.0) for t in table],
                    "tfidf+logreg": predict(linear, tfidf_test),
                    "network": predict(network, [real.rows[i] for i in test]),
                    "network, no synthetic": predict(alone, [real.rows[i] for i in test]),
