@@ -423,11 +423,29 @@ def _headers(subject: str, rng: random.Random, extra: str = "") -> str:
             f"Subject: {subject}\nDate: Mon, 1 Jun 2026 10:00:00 +0000\n{extra}")
 
 
+LOCALISED_INTROS = [
+    "Votre message n'a pas pu être remis aux destinataires suivants :",
+    "Ihre Nachricht konnte nicht an folgende Empfänger zugestellt werden:",
+    "No se pudo entregar su mensaje a los siguientes destinatarios:",
+    "Não foi possível entregar a sua mensagem aos seguintes destinatários:",
+    "Ваше сообщение не может быть доставлено следующим получателям:",
+    "以下の宛先にメールを配信できませんでした。", "您的邮件无法投递到以下收件人："]
+PROVIDER_INTROS = [
+    "We're sorry, but your message could not be delivered.",
+    "An error occurred while trying to deliver the mail to the following recipients:",
+    "Your message wasn't delivered because the recipient's server returned an error.",
+    "The following message to <{rcpt}> was undeliverable.",
+    "This is an automatically generated message. Your email could not be delivered."]
 ORIGINAL = ("Return-Path: <sender@example.jp>\nReceived: from client.example.jp by mx.example.jp\n"
             "From: sender@example.jp\nTo: {rcpt}\nSubject: hello\n"
             "Message-ID: <1@example.jp>\n\nhi\n")
 COMMAND = {"rcpt": "RCPT TO", "mail": "MAIL FROM", "data": "end of DATA", "helo": "EHLO",
            "auth": "AUTH", "starttls": "STARTTLS"}
+
+
+def _notice(rcpt, subject, body, rng, extra=""):
+    """A bounce that is not a DSN: headers, the notice, then the original message inline."""
+    return _headers(subject, rng, extra) + "\n" + body + ORIGINAL.format(rcpt=rcpt)
 
 
 def _dsn(rcpt, action, status, diagnostic, human, rng, subject="Delivery Status Notification"):
@@ -464,9 +482,8 @@ def _exim(rcpt, diagnostic, phase, status, rng):
             f"  {rcpt}\n    host mx.{rcpt.split('@')[1]} [192.0.2.7]\n"
             f"    SMTP error from remote mail server{after}:\n    {diagnostic}\n\n"
             "------ This is a copy of the message, including all the headers. ------\n\n")
-    return _headers("Mail delivery failed: returning message to sender", rng,
-                    "X-Failed-Recipients: " + rcpt + "\n") + "\n" + body + \
-        ORIGINAL.format(rcpt=rcpt)
+    return _notice(rcpt, "Mail delivery failed: returning message to sender", body, rng,
+                   "X-Failed-Recipients: " + rcpt + "\n")
 
 
 def _opensmtpd(rcpt, diagnostic, phase, status, rng):
@@ -474,8 +491,7 @@ def _opensmtpd(rcpt, diagnostic, phase, status, rng):
             "An error has occurred while attempting to deliver a message for\n"
             f"the following list of recipients:\n\n{rcpt}: {diagnostic}\n\n"
             "Below is a copy of the original message:\n\n")
-    return _headers("Delivery status notification: error", rng) + "\n" + body + \
-        ORIGINAL.format(rcpt=rcpt)
+    return _notice(rcpt, "Delivery status notification: error", body, rng)
 
 
 def _exchange(rcpt, diagnostic, phase, status, rng):
@@ -491,7 +507,7 @@ def _yahoo(rcpt, diagnostic, phase, status, rng):
     body = ("Sorry, we were unable to deliver your message to the following address.\n\n"
             f"<{rcpt}>:\nRemote host said: {diagnostic}{tag}\n\n"
             "--- Below this line is a copy of the message.\n\n")
-    return _headers("Failure Notice", rng) + "\n" + body + ORIGINAL.format(rcpt=rcpt)
+    return _notice(rcpt, "Failure Notice", body, rng)
 
 
 def _haraka(rcpt, diagnostic, phase, status, rng):
@@ -506,16 +522,9 @@ def _bare_dsn(rcpt, diagnostic, phase, status, rng):
 
 
 def _localised(rcpt, diagnostic, phase, status, rng):
-    intro = rng.choice([
-        "Votre message n'a pas pu être remis aux destinataires suivants :",
-        "Ihre Nachricht konnte nicht an folgende Empfänger zugestellt werden:",
-        "No se pudo entregar su mensaje a los siguientes destinatarios:",
-        "Não foi possível entregar a sua mensagem aos seguintes destinatários:",
-        "Ваше сообщение не может быть доставлено следующим получателям:",
-        "以下の宛先にメールを配信できませんでした。", "您的邮件无法投递到以下收件人："])
+    intro = rng.choice(LOCALISED_INTROS)
     body = f"{intro}\n\n{rcpt}\n{diagnostic}\n\n"
-    return _headers("Undeliverable", rng, "Content-Type: text/plain; charset=utf-8\n") + "\n" + \
-        body + ORIGINAL.format(rcpt=rcpt)
+    return _notice(rcpt, "Undeliverable", body, rng, "Content-Type: text/plain; charset=utf-8\n")
 
 
 def _autoreply(rcpt, rng):
@@ -545,21 +554,16 @@ def _mdaemon(rcpt, diagnostic, phase, status, rng):
             "removed from the mail queue on this server.\n\n"
             f"--- Session Transcript ---\n Sending message to {rcpt}\n"
             f" >> {COMMAND.get(phase, 'DATA')}\n << {diagnostic}\n--- End Transcript ---\n\n")
-    return _headers("Permanent Delivery Failure", rng) + "\n" + body + ORIGINAL.format(rcpt=rcpt)
+    return _notice(rcpt, "Permanent Delivery Failure", body, rng)
 
 
 def _provider(rcpt, diagnostic, phase, status, rng):
-    intro = rng.choice([
-        "We're sorry, but your message could not be delivered.",
-        "An error occurred while trying to deliver the mail to the following recipients:",
-        "Your message wasn't delivered because the recipient's server returned an error.",
-        "The following message to <{rcpt}> was undeliverable.",
-        "This is an automatically generated message. Your email could not be delivered."])
+    intro = rng.choice(PROVIDER_INTROS)
     body = (intro.format(rcpt=rcpt) + f"\n\nRecipient: {rcpt}\nReason: {diagnostic}\n\n"
             "Original message headers:\n\n")
-    return _headers(rng.choice(["Undelivered Mail", "Message delivery failure", "Failure Notice",
-                                "Delivery Status Notification (Failure)"]), rng) + "\n" + body + \
-        ORIGINAL.format(rcpt=rcpt)
+    subject = rng.choice(["Undelivered Mail", "Message delivery failure", "Failure Notice",
+                          "Delivery Status Notification (Failure)"])
+    return _notice(rcpt, subject, body, rng)
 
 
 def _expiry(rcpt, diagnostic, phase, status, rng):
