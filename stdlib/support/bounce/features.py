@@ -27,6 +27,7 @@ BUCKETS = 1 << 15
 CHAR_NGRAMS = (3, 4, 5)
 MAX_FOCUS = 1200
 MAX_CONTEXT = 3000
+STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; each text namespace has norm 1
 WORD = re.compile(r"[^\W\d_]+")
 URL = re.compile(r"\w{2,10}://[^\s<>\"']{0,300}")
 _POWERS = np.array([pow(1000003, k, 1 << 64) for k in range(max(CHAR_NGRAMS))], dtype=np.uint64)
@@ -44,7 +45,7 @@ def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     for match in list(ENHANCED_CODE.finditer(focus))[:4]:
         structure += _status_features("seen", ".".join(match.groups()))
     groups.append(np.array([_hash(name) for name in structure], dtype=np.uint64))
-    return _combine(groups)
+    return _combine(groups, [1.0] * (len(groups) - 1) + [STRUCTURE_WEIGHT])
 
 
 def _status_features(prefix: str, status: str) -> list[str]:
@@ -85,15 +86,15 @@ def _hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "replace"))
 
 
-def _combine(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _combine(groups: list[np.ndarray], scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
     indices, values = [], []
-    for hashes in groups:
+    for hashes, scale in zip(groups, scales):
         if not len(hashes):
             continue
         buckets, counts = np.unique(hashes % np.uint64(BUCKETS), return_counts=True)
         weights = np.log1p(counts.astype(np.float32))
         indices.append(buckets.astype(np.int64))
-        values.append(weights / np.sqrt((weights ** 2).sum()))
+        values.append(scale * weights / np.sqrt((weights ** 2).sum()))
     index = np.concatenate(indices)
     value = np.concatenate(values)
     order = np.argsort(index, kind="stable")
