@@ -1,0 +1,101 @@
+"""What the network reads of a parsed bounce: hashed text and structure features.
+
+Design: three texts are read, each in its own namespace so that one cannot drown another:
+the *focus* (the first recipient's Diagnostic-Code, or the readable text when there is
+none), the *context* (the readable text of the bounce) and the subject. Each gives word
+unigrams and bigrams; the focus also gives character 3- to 5-grams of its letters with the
+spaces removed, so "mail box", "mailbox" and a misspelt "mailbx" share most features.
+Addresses, URLs and numbers are dropped from the words, they name no reason.
+The structure the standards give becomes one feature each: message kind, DSN action,
+enhanced status code (whole, class, subject, subject.detail), every enhanced code the
+focus text shows, reply code and its class, SMTP phase.
+
+Every feature is hashed into ``BUCKETS`` slots with a deterministic hash (CRC-32 for words,
+a polynomial hash computed with numpy for character n-grams); each namespace's counts are
+log-scaled and L2-normalised. The output is ``(indices, values)``, sorted by index.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+
+from .message import ADDRESS, ENHANCED_CODE, Bounce
+
+BUCKETS = 1 << 15
+CHAR_NGRAMS = (3, 4, 5)
+MAX_FOCUS = 1200
+MAX_CONTEXT = 3000
+STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; each text namespace has norm 1
+WORD = re.compile(r"[^\W\d_]+")
+URL = re.compile(r"\w{2,10}://[^\s<>\"']{0,300}")
+_POWERS = np.array([pow(1000003, k, 1 << 64) for k in range(max(CHAR_NGRAMS))], dtype=np.uint64)
+
+
+def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
+    """The hashed feature vector of a bounce: (sorted bucket indices, values)."""
+    first = bounce.first
+    focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
+    groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
+              _words("s", bounce.subject)]
+    structure = [f"kind={bounce.kind}", f"action={first.action}", f"phase={first.phase}",
+                 f"reply={first.reply_code}", f"replyclass={first.reply_code[:1]}"]
+    structure += _status_features("status", first.status)
+    for match in list(ENHANCED_CODE.finditer(focus))[:4]:
+        structure += _status_features("seen", ".".join(match.groups()))
+    groups.append(np.array([_hash(name) for name in structure], dtype=np.uint64))
+    return _combine(groups, [1.0] * (len(groups) - 1) + [STRUCTURE_WEIGHT])
+
+
+def _status_features(prefix: str, status: str) -> list[str]:
+    if not status:
+        return [f"{prefix}=none"]
+    cls, subject, detail = (status.split(".") + ["", ""])[:3]
+    return [f"{prefix}={status}", f"{prefix}.class={cls}", f"{prefix}.subject={subject}",
+            f"{prefix}.detail={subject}.{detail}"]
+
+
+def _clean_words(text: str) -> list[str]:
+    text = URL.sub(" ", ADDRESS.sub(" ", text.lower()))
+    return WORD.findall(text)
+
+
+def _words(namespace: str, text: str) -> np.ndarray:
+    words = _clean_words(text)
+    hashes = np.array([_hash(namespace + word) for word in words], dtype=np.uint64)
+    if len(hashes) > 1:
+        bigrams = hashes[:-1] * np.uint64(0x9E3779B97F4A7C15) ^ hashes[1:]
+        hashes = np.concatenate([hashes, bigrams])
+    return hashes
+
+
+def _chars(text: str) -> np.ndarray:
+    letters = "".join(_clean_words(text))
+    codes = np.frombuffer(letters.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    found = []
+    for n in CHAR_NGRAMS:
+        if len(codes) < n:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(codes, n)
+        found.append(windows @ _POWERS[:n] + np.uint64(n * 0x51ED27))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.uint64)
+
+
+def _hash(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8", "replace"))
+
+
+def _combine(groups: list[np.ndarray], scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    indices, values = [], []
+    for hashes, scale in zip(groups, scales):
+        if not len(hashes):
+            continue
+        buckets, counts = np.unique(hashes % np.uint64(BUCKETS), return_counts=True)
+        weights = np.log1p(counts.astype(np.float32))
+        indices.append(buckets.astype(np.int64))
+        values.append(scale * weights / np.sqrt((weights ** 2).sum()))
+    index = np.concatenate(indices)
+    value = np.concatenate(values)
+    order = np.argsort(index, kind="stable")
+    return index[order], value[order].astype(np.float32)

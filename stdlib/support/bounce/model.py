@@ -1,0 +1,101 @@
+"""The bounce classifier's network and its inference, in numpy only.
+
+Design: a fastText-style network. The hashed sparse features of ``features.py`` select rows
+of an embedding table ``W1`` (``BUCKETS`` x ``hidden``) that are summed with their weights
+(an embedding bag), a ReLU hidden layer follows, then a softmax over the reasons. With
+``hidden == 0`` the network is a linear softmax over the same features. Inference is a
+gather, a sum and two small matrix products, deterministic, well under a millisecond.
+
+Weights live in a ``.npz`` (``W1`` as float16 to keep the file small; ``b1``, ``W2``, ``b2``;
+``meta``: a JSON string with the reason labels and, per reason, the hard flag and the
+enhanced status code most often seen with it, used when a message shows none).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .features import featurize
+from .message import Bounce, parse
+
+SHIPPED = Path(__file__).with_name("model.npz")
+
+
+@dataclass
+class Classification:
+    """Why a message bounced, as the model judged it."""
+
+    reason: str
+    confidence: float
+    hard: bool
+    status: str
+    diagnostic: str
+
+
+class Network:
+    """The weights and the forward pass; ``train.py`` updates the arrays in place."""
+
+    def __init__(self, weights: dict[str, np.ndarray], labels: list[str]):
+        self.weights = weights
+        self.labels = labels
+
+    @property
+    def hidden(self) -> bool:
+        return "W2" in self.weights
+
+    def hidden_layer(self, index, value, offsets) -> np.ndarray:
+        """The pre-activation of the first layer for a batch in CSR form."""
+        rows = self.weights["W1"][index] * value[:, None]
+        return np.add.reduceat(rows, offsets[:-1], axis=0) + self.weights["b1"]
+
+    def logits(self, index, value, offsets) -> np.ndarray:
+        first = self.hidden_layer(index, value, offsets)
+        if not self.hidden:
+            return first
+        return np.maximum(first, 0) @ self.weights["W2"] + self.weights["b2"]
+
+    def probabilities(self, index, value, offsets) -> np.ndarray:
+        return softmax(self.logits(index, value, offsets))
+
+
+class Classifier:
+    """A trained network with the per-reason tables; classifies raw messages."""
+
+    def __init__(self, network: Network, meta: dict):
+        self.network = network
+        self.meta = meta
+
+    @classmethod
+    def load(cls, path: str | Path = SHIPPED) -> "Classifier":
+        with np.load(path, allow_pickle=False) as data:
+            weights = {name: data[name].astype(np.float32) for name in data.files if name != "meta"}
+            meta = json.loads(str(data["meta"]))
+        return cls(Network(weights, meta["labels"]), meta)
+
+    def save(self, path: str | Path) -> None:
+        arrays = {name: (array.astype(np.float16) if name == "W1" else array.astype(np.float32))
+                  for name, array in self.network.weights.items()}
+        np.savez_compressed(path, meta=np.array(json.dumps(self.meta)), **arrays)
+
+    def classify(self, raw: bytes | str) -> Classification:
+        """Classifies one raw RFC 5322 message by its first recipient."""
+        return self.classify_bounce(parse(raw))
+
+    def classify_bounce(self, bounce: Bounce) -> Classification:
+        index, value = featurize(bounce)
+        probs = self.network.probabilities(index, value, np.array([0, len(index)]))[0]
+        best = int(np.argmax(probs))
+        reason = self.network.labels[best]
+        first = bounce.first
+        status = first.status or self.meta["status"].get(reason, "")
+        hard = status.startswith("5") if first.status else self.meta["hard"].get(reason, True)
+        return Classification(reason=reason, confidence=float(probs[best]), hard=hard,
+                              status=status, diagnostic=first.diagnostic or bounce.text[:500])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
