@@ -84,10 +84,10 @@ class Delivery:
         return [RecipientState(r.address, ctx.route_for(r) or self.default_route(r))
                 for r in ctx.all_recipients()]
 
-    async def reroute(self, msg_id: str, queue: str, ctx, queued: bytes) -> None:
+    async def reroute(self, entry: Entry, ctx, queued: bytes) -> None:
         """After on_post_queue: store the routes it chose and the message it changed
-        (``queued``: the bytes on disk; nothing is written when nothing changed)."""
-        entry = await asyncio.to_thread(self.queue.get, msg_id, queue)
+        (``entry`` and ``queued``: the envelope and bytes as stored; nothing is written
+        when nothing changed)."""
         recipients = self.recipients(ctx)
         data = ctx.message.to_bytes()
         data = None if data == queued else data

@@ -4,12 +4,14 @@ where it goes next: delivery, a quarantine, hold or dead."""
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import replace
 
 from vsl.stdlib.ctx import Context, Stage
 
 from .delivery import Delivery
 from .envelope import Envelope
-from .queue_backend import QueueBackend, QueueError
+from .queue_backend import Entry, QueueBackend, QueueError
 from .stages import StageRunner
 
 log = logging.getLogger("vsl.server")
@@ -22,11 +24,13 @@ class Intake:
         self.queue, self.delivery = queue, delivery
 
     async def store(self, ctx: Context, data: bytes, queue: str,
-                    authenticated_as: str | None) -> str:
-        """Write the message of ``ctx`` (``data``: its bytes) to ``queue``; its id.
-        Raises QueueError or OSError when it could not be written."""
-        return await self.queue.put(self._envelope(ctx, authenticated_as), data, queue,
-                                    ctx.message_id)
+                    authenticated_as: str | None) -> Entry:
+        """Write the message of ``ctx`` (``data``: its bytes) to ``queue``; the entry as
+        stored (so on_post_queue's routing needs no read back). Raises QueueError or
+        OSError when it could not be written."""
+        envelope = self._envelope(ctx, authenticated_as)
+        msg_id = await self.queue.put(envelope, data, queue, ctx.message_id)
+        return Entry(msg_id, queue, replace(envelope, id=msg_id))
 
     def _envelope(self, ctx: Context, authenticated_as: str | None) -> Envelope:
         return Envelope(
@@ -34,25 +38,26 @@ class Intake:
             recipients=self.delivery.recipients(ctx),
             helo=ctx.helo, client_ip=ctx.client_ip, client_port=ctx.client_port,
             server_name=ctx.server_name, transaction=ctx.message_id,
-            authenticated_as=authenticated_as, tls=ctx.tls,
+            authenticated_as=authenticated_as, tls=ctx.tls, received_at=time.time(),
         )
 
-    async def queued(self, msg_id: str, queue: str, ctx: Context, runner: StageRunner,
+    async def queued(self, entry: Entry, ctx: Context, runner: StageRunner,
                      data: bytes) -> None:
-        """After a message is on disk (``data``: its bytes there): on_post_queue decides
+        """After a message is on disk (``entry`` and ``data``: as :meth:`store` wrote
+        them): on_post_queue decides
         where it goes next. The message is kept whatever fails here (the client gets its
         250, as a 421 would make it send the message again): whatever fails to route it,
         a full spool or a bug (logged with its traceback), holds it for an operator."""
-        if queue != "working":
+        if entry.queue != "working":
             return
         try:
-            await self._post_queue(msg_id, queue, ctx, runner, data)
+            await self._post_queue(entry, ctx, runner, data)
         except Exception as err:  # noqa: BLE001 - stored: never answered as a failure
-            log.error("%s: accepted but not routed (%s): moving it to hold", msg_id, err,
+            log.error("%s: accepted but not routed (%s): moving it to hold", entry.id, err,
                       exc_info=not isinstance(err, (QueueError, OSError)))
-            await self._hold(msg_id, queue)
+            await self._hold(entry.id, entry.queue)
 
-    async def _post_queue(self, msg_id: str, queue: str, ctx: Context, runner: StageRunner,
+    async def _post_queue(self, entry: Entry, ctx: Context, runner: StageRunner,
                           data: bytes) -> None:
         """Run on_post_queue and move the message where it decided."""
         status = await runner.run(ctx, Stage.POST_QUEUE)
@@ -63,8 +68,8 @@ class Intake:
         else:
             target = "dead" if status.kind == "deny" else "deliver"
         if target == "deliver":
-            await self.delivery.reroute(msg_id, queue, ctx, data)
-        await self.queue.move(msg_id, target, queue)
+            await self.delivery.reroute(entry, ctx, data)
+        await self.queue.move(entry.id, target, entry.queue)
 
     async def _hold(self, msg_id: str, queue: str) -> None:
         """Put a message in hold; if even that fails, it stays where it is until the next

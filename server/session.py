@@ -283,20 +283,20 @@ class Session:
         data = ctx.message.to_bytes()
         authenticated_as = session.auth_data if session.authenticated else None
         try:
-            msg_id = await self.intake.store(ctx, data, queue, authenticated_as)
+            entry = await self.intake.store(ctx, data, queue, authenticated_as)
         except (QueueError, OSError) as err:
             log.error("%s: message not queued: %s", self.peer_ip, err)
             reply = self._reject("DATA", not_queued_reply(err))
             self._end_transaction()
             return reply
-        log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, msg_id, queue,
+        log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, entry.id, queue,
                  len(ctx.all_recipients()))
-        await self.intake.queued(msg_id, queue, ctx, self.stages, data)
+        await self.intake.queued(entry, ctx, self.stages, data)
         self._end_transaction()
         self.protocol.junk = 0  # as Postfix, after an accepted message
         self.protocol.moved_mail()
         return status.reply if status.kind in ("accept", "faccept") and status.reply else \
-            f"250 2.0.0 Ok: queued as {msg_id}"
+            f"250 2.0.0 Ok: queued as {entry.id}"
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's last resort for an exception in a command: the details go to the

@@ -458,7 +458,7 @@ def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
         before = spool.get(msg_id).envelope.recipients[0].route
         ctx.stage = Stage.POST_QUEUE
         script.call("on_post_queue", ctx)
-        await delivery.reroute(msg_id, "working", ctx, MESSAGE)
+        await delivery.reroute(spool.get(msg_id), ctx, MESSAGE)
         return before, spool.get(msg_id).envelope.recipients[0].route
 
     before, after = asyncio.run(main())

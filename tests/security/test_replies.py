@@ -50,7 +50,7 @@ def test_an_unexpected_error_after_the_message_is_stored_holds_it(tmp_path, capl
     """Any exception in on_post_queue's routing, not only a spool error: the message is on
     disk, so the client gets 250 (a 421 would make it send a duplicate) and it is held."""
     with running(config_for(tmp_path, ROUTING)) as server:
-        async def broken(msg_id, queue, ctx, data):
+        async def broken(entry, ctx, data):
             raise ValueError("unexpected routing bug")
         server.delivery.reroute = broken
         code, text = send(server)
