@@ -7,8 +7,11 @@ side writes is the field the other reads.
     envelope = Envelope.from_json(data)    # ValueError when it is not an envelope
 
 Versions: an envelope without ``version`` was written before envelopes were typed
-(version 0); it has the same fields, so it reads the same way. A field a reader does not
-know is ignored; a version newer than :data:`VERSION` is refused, not misread.
+(version 0); it has the same fields, so it reads the same way. Version 2 adds each
+recipient's ``reason`` and ``reason_confidence`` (why its last reply refused it, as the
+bounce classifier judged); an envelope of version 0 or 1 reads with both None. A field a
+reader does not know is ignored; a version newer than :data:`VERSION` is refused, not
+misread (so a vSL older than version 2 refuses the envelopes a newer one wrote).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-VERSION = 1
+VERSION = 2
 
 # pending -> delivered | deferred | failed; failed -> bounced once its DSN is queued
 DONE = ("delivered", "bounced")  # nothing is left to do for such a recipient
@@ -36,11 +39,15 @@ class RecipientState:
     remote_mta: str | None = None
     updated_at: float | None = None
     expired: bool = False         # failed because it was still deferred at max_age
+    reason: str | None = None     # why the last reply refused it (bounce classifier), v2
+    reason_confidence: float | None = None  # the classifier's confidence in it (0-1), v2
 
     def record_attempt(self, status: str, reply: str | None, remote_mta: str | None,
-                       at: float) -> None:
-        """Note the outcome of one delivery attempt."""
+                       at: float, reason: str | None = None,
+                       reason_confidence: float | None = None) -> None:
+        """Note the outcome of one delivery attempt (and why it failed, when known)."""
         self.status, self.reply, self.remote_mta, self.updated_at = status, reply, remote_mta, at
+        self.reason, self.reason_confidence = reason, reason_confidence
         self.attempts += 1
 
     @property

@@ -138,7 +138,29 @@ def test_unversioned_envelopes_still_read(tmp_path):
     assert json.loads((tmp_path / "deferred" / f"{entry.id}.json").read_text()) == \
         {**json.loads(UNVERSIONED), "version": VERSION, "dsn_for": None,
          "delay_warned_at": None, "recipients": [
-             {**json.loads(UNVERSIONED)["recipients"][0], "expired": False}]}
+             {**json.loads(UNVERSIONED)["recipients"][0], "expired": False,
+              "reason": None, "reason_confidence": None}]}
+
+
+def test_version_1_envelopes_read_without_reasons(tmp_path):
+    spool = Spool(tmp_path)
+    stored = {**json.loads(UNVERSIONED), "version": 1, "dsn_for": None, "delay_warned_at": None}
+    stored["recipients"][0]["expired"] = False
+    (tmp_path / "deferred" / "0123456789ab-0123456789ab.json").write_text(json.dumps(stored))
+    (tmp_path / "deferred" / "0123456789ab-0123456789ab.eml").write_bytes(b"x")
+    (rcpt,) = spool.get("0123456789ab-0123456789ab").envelope.recipients
+    assert rcpt.status == "deferred" and rcpt.reason is None and rcpt.reason_confidence is None
+
+
+def test_recipient_reasons_round_trip():
+    envelope = Envelope("a@x.test", [RecipientState("b@x.test")])
+    envelope.recipients[0].record_attempt("deferred", "452 4.2.2 Mailbox full", None, 1.0,
+                                          "mailboxfull", 0.93)
+    assert json.loads(envelope.to_json())["version"] == VERSION == 2
+    (rcpt,) = Envelope.from_json(envelope.to_json()).recipients
+    assert (rcpt.reason, rcpt.reason_confidence) == ("mailboxfull", 0.93)
+    rcpt.record_attempt("delivered", "250 ok", None, 2.0)  # a later success forgets it
+    assert rcpt.reason is None and rcpt.reason_confidence is None
 
 
 @pytest.mark.parametrize("stored, problem", [
