@@ -15,6 +15,11 @@ changes); a message with deferred recipients waits in ``deferred`` until its
 ``delay_warning``; past ``max_age`` those recipients fail too (4.4.7). A message
 leaves the queue only when every recipient is delivered or bounced; a failure nobody
 can be told about (null sender) sends it to ``dead``.
+Every refusal (a 4xx/5xx reply, or a connection-level failure with its text) is classified
+by the bounce model (vsl.stdlib.support.bounce.reply), in a worker thread so that the
+model's first load and each classification stay off the event loop; the reason is stored
+with the recipient, logged (``reason=``) and reported in the DSN. Without a usable model
+recipients just have no reason.
 A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Callable
 from urllib.parse import quote
 
 from vsl.stdlib.dns import DnsDefaults
+from vsl.stdlib.support.bounce.model import Classification
+from vsl.stdlib.support.bounce.reply import ReplyClassifier, shipped
 from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
@@ -58,7 +65,8 @@ class Delivery:
 
     def __init__(self, queue: QueueBackend, config: DeliveryConfig, hostname: str,
                  local_domains, resolver=None, clock: Callable[[], float] = time.time,
-                 dns_defaults: DnsDefaults = DnsDefaults()):
+                 dns_defaults: DnsDefaults = DnsDefaults(),
+                 reasons: ReplyClassifier | None = None):
         if config.maildir_root is None:
             raise ValueError("delivery needs a maildir_root")
         self.queue, self.config, self.clock = queue, config, clock
@@ -68,6 +76,7 @@ class Delivery:
         self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"
         self.transports = Transports(config, self.hostname, resolver, dns_defaults)
+        self.reasons = reasons or shipped()
         self.active: dict[str, asyncio.Task] = {}
         self._task: asyncio.Task | None = None
 
@@ -180,14 +189,29 @@ class Delivery:
                                                      entry.envelope.sender, addresses, data)
         except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
+        reasons = await self._classify(outcomes)
         now = self.clock()
         for rcpt in rcpts:
-            result = outcomes[rcpt.address]
-            rcpt.record_attempt(result.status, result.reply, result.remote_mta, now)
-            log.info("%s: to=<%s> via %s: %s (%s)", entry.id, rcpt.address, route,
-                     result.status, result.reply)
+            result, why = outcomes[rcpt.address], reasons.get(rcpt.address)
+            rcpt.record_attempt(result.status, result.reply, result.remote_mta, now,
+                                why and why.reason, why and round(why.confidence, 2))
+            log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
+                     result.status, result.reply, f" reason={why.reason}" if why else "")
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
+
+    async def _classify(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
+        """Why each refused recipient was refused (none for a delivered one, nor when
+        the model cannot be used), classified off the event loop."""
+        refused = {address: (result.reply, "delayed" if result.status == "deferred" else
+                             "failed")
+                   for address, result in outcomes.items()
+                   if result.status in ("deferred", "failed") and result.reply}
+        if not refused:
+            return {}
+        found = await asyncio.to_thread(
+            lambda: {address: self.reasons.classify(*why) for address, why in refused.items()})
+        return {address: why for address, why in found.items() if why is not None}
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""

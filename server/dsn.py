@@ -8,8 +8,10 @@ and the warning that a message is delayed.
 The result is a ``multipart/report; report-type=delivery-status`` message: a
 human-readable part, the ``message/delivery-status`` fields (one block for the message,
 one per recipient: Final-Recipient, Action (failed or delayed), Status, Diagnostic-Code,
-Remote-MTA, and Will-Retry-Until for a delay), and the original message's header
-(``text/rfc822-headers``).
+Remote-MTA, Will-Retry-Until for a delay, and vSL's own ``X-Vsl-Bounce-Reason``: why the
+bounce classifier thinks the reply refused the recipient, e.g.
+``X-Vsl-Bounce-Reason: mailboxfull; confidence=0.93``, when it was classified), and the
+original message's header (``text/rfc822-headers``).
 """
 from __future__ import annotations
 
@@ -111,10 +113,20 @@ def _status_part(hostname: str, envelope: Envelope, recipients: list[RecipientSt
             "Diagnostic-Code": f"{'smtp' if remote else 'X-vSL'}; {reply}" if reply else None,
             "Will-Retry-Until": None if retry_until is None else
             formatdate(retry_until, localtime=True),
+            "X-Vsl-Bounce-Reason": _reason(rcpt),
         }))
     part = MIMEBase("message", "delivery-status")
     part.set_payload(blocks)
     return part
+
+
+def _reason(recipient: RecipientState) -> str | None:
+    """The X-Vsl-Bounce-Reason field's value, when the recipient's reply was classified."""
+    if not recipient.reason:
+        return None
+    if recipient.reason_confidence is None:
+        return recipient.reason
+    return f"{recipient.reason}; confidence={recipient.reason_confidence:.2f}"
 
 
 def _transient(status: str) -> str:

@@ -97,7 +97,14 @@ def describe(entry: Entry) -> str:
                      f"attempts={rcpt.attempts}")
         if rcpt.reply and rcpt.status != "delivered":
             lines.append(f"           last error: {rcpt.reply}")
+        if rcpt.reason and rcpt.status != "delivered":
+            lines.append(f"           reason:     {_reason(rcpt)}")
     return "\n".join(printable(line) for line in lines)
+
+
+def _reason(rcpt) -> str:
+    confidence = rcpt.reason_confidence
+    return rcpt.reason if confidence is None else f"{rcpt.reason} (confidence {confidence:.2f})"
 
 
 def act(mail_queue: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import logging
 import smtplib
 import time
 from dataclasses import replace
@@ -16,6 +17,7 @@ from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.journal import Journal
 from vsl.server.queue import Spool
 from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.support.bounce.reply import ReplyClassifier
 from vsl.stdlib.support.mail import Mailbox, Message
 from vsl.stdlib import new_engine
 from tests.support.mailsink import MESSAGE, Sink, free_port
@@ -154,8 +156,55 @@ def test_permanent_failure_bounces_at_once(world, tmp_path):
     assert report(dsn)[1:] == [{"Final-Recipient": "rfc822; bad@remote.test",
                                 "Action": "failed", "Status": "5.1.1",
                                 "Remote-MTA": "dns; 127.0.0.1",
-                                "Diagnostic-Code": "smtp; 550 5.1.1 no such user"}]
+                                "Diagnostic-Code": "smtp; 550 5.1.1 no such user",
+                                "X-Vsl-Bounce-Reason": "userunknown; confidence=1.00"}]
     assert "Subject: hi" in dsn.get_payload()[2].get_payload()
+
+
+def test_refusals_are_classified_stored_and_logged(world, caplog):
+    spool, _, delivery = world
+    caplog.set_level(logging.INFO, "vsl.delivery")
+
+    async def main():
+        async with Sink() as sink:
+            sink.data_reply = "452 4.2.2 Mailbox full"
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["bob@remote.test", "bad@remote.test"], sender="")
+            await delivery.run_once()
+            return spool.get(msg_id)
+
+    entry = asyncio.run(main())
+    deferred, failed = entry.envelope.recipients
+    assert (deferred.status, deferred.reason) == ("deferred", "mailboxfull")
+    assert (failed.status, failed.reason) == ("failed", "userunknown")
+    assert 0.5 < deferred.reason_confidence <= 1 and 0.5 < failed.reason_confidence <= 1
+    assert "to=<bob@remote.test>" in caplog.text and "reason=mailboxfull" in caplog.text
+    assert "reason=userunknown" in caplog.text
+
+
+def test_a_broken_model_does_not_break_delivery(world, tmp_path, caplog):
+    spool, clock, delivery = world
+    (tmp_path / "model.npz").write_bytes(b"PK\x03\x04 not a model")
+    delivery = Delivery(spool, delivery.config, "mx.test", ("example.test",), clock=clock,
+                        reasons=ReplyClassifier(tmp_path / "model.npz"))
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["temp@remote.test", "bad@remote.test"])
+            await delivery.run_once()
+            clock.now = spool.get(msg_id).envelope.next_attempt
+            await delivery.run_once()
+            return spool.get(msg_id)
+
+    entry = asyncio.run(main())
+    deferred, bounced = entry.envelope.recipients
+    assert (deferred.status, deferred.attempts, deferred.reason) == ("deferred", 2, None)
+    assert (bounced.status, bounced.reason) == ("bounced", None)
+    assert caplog.text.count("cannot load the model") == 1
+    (dsn,) = dsns(tmp_path)  # delivered by the second run
+    assert [block["Status"] for block in report(dsn)[1:]] == ["5.1.1"]
+    assert "X-Vsl-Bounce-Reason" not in report(dsn)[1]
 
 
 def test_max_age_fails_deferred_recipients(world, tmp_path):

@@ -16,7 +16,8 @@ ENVELOPE = Envelope("alice@example.org", id="0123456789ab-0123456789ab",
 ORIGINAL = (b"From: Alice <alice@example.org>\r\nTo: bob@remote.test\r\n"
             b"Subject: caf\xc3\xa9\r\n\r\nthe body stays out\r\n")
 FAILED = [RecipientState("bob@remote.test", reply="550 5.1.1 no such user",
-                         remote_mta="mx.remote.test"),
+                         remote_mta="mx.remote.test", reason="userunknown",
+                         reason_confidence=0.996),
           RecipientState("carol@slow.test", reply="451 4.4.1 cannot deliver to x: refused",
                          expired=True),
           RecipientState("dan@local.test", reply="554 mailbox disabled")]
@@ -50,7 +51,8 @@ def test_delivery_status_fields(dsn):
     assert blocks[1:] == [
         {"Final-Recipient": "rfc822; bob@remote.test", "Action": "failed", "Status": "5.1.1",
          "Remote-MTA": "dns; mx.remote.test",
-         "Diagnostic-Code": "smtp; 550 5.1.1 no such user"},
+         "Diagnostic-Code": "smtp; 550 5.1.1 no such user",
+         "X-Vsl-Bounce-Reason": "userunknown; confidence=1.00"},
         {"Final-Recipient": "rfc822; carol@slow.test", "Action": "failed", "Status": "4.4.7",
          "Diagnostic-Code": "X-vSL; 451 4.4.1 cannot deliver to x: refused"},
         {"Final-Recipient": "rfc822; dan@local.test", "Action": "failed", "Status": "5.0.0",
@@ -93,7 +95,8 @@ def test_status_code(record, code):
 
 
 def test_delay_warning():
-    deferred = [RecipientState("carol@slow.test", reply="451 4.4.1 cannot deliver to x"),
+    deferred = [RecipientState("carol@slow.test", reply="451 4.4.1 cannot deliver to x",
+                               reason="networkerror"),
                 RecipientState("erin@slow.test")]
     message = parse(build_dsn("mx.example.com", ENVELOPE, deferred, ORIGINAL,
                               now=1_700_000_100.0, retry_until=1_700_432_000.0))
@@ -103,5 +106,6 @@ def test_delay_warning():
     blocks = [dict(b) for b in status.get_payload()[1:]]
     assert [b["Action"] for b in blocks] == ["delayed", "delayed"]
     assert [b["Status"] for b in blocks] == ["4.4.1", "4.0.0"]  # always a transient code
+    assert [b.get("X-Vsl-Bounce-Reason") for b in blocks] == ["networkerror", None]
     until = email.utils.parsedate_to_datetime(blocks[0]["Will-Retry-Until"]).timestamp()
     assert until == 1_700_432_000.0

@@ -38,7 +38,8 @@ def spool(tmp_path):
                 b"Subject: q\r\n\r\n"))
         deferred = await spool.put(Envelope("s@x.test", [
             RecipientState("d@three.test", status="deferred", attempts=2,
-                           reply="451 4.4.1 try later")], next_attempt=4e9), b"x", "deferred")
+                           reply="451 4.4.1 try later", reason="networkerror",
+                           reason_confidence=0.9)], next_attempt=4e9), b"x", "deferred")
         return ids + [deferred]
 
     spool.ids = asyncio.run(fill())
@@ -53,6 +54,9 @@ def test_list_table_and_json(spool):
                     ("deferred", "three.test", "1")}
     data = json.loads(vsl_queue(spool.root, "list", "--json").stdout)
     assert {d["id"] for d in data} == set(spool.ids)
+    (deferred,) = [d for d in data if d["queue"] == "deferred"]
+    assert deferred["recipients"][0]["reason"] == "networkerror"
+    assert deferred["recipients"][0]["reason_confidence"] == 0.9
     assert vsl_queue(spool.root, "list", "--by-domain", "deferred").stdout.count(
         "three.test") == 1
 
@@ -93,6 +97,7 @@ def test_show_and_eml(spool):
     out = vsl_queue(spool.root, "show", spool.ids[2]).stdout
     assert "queue:     deferred" in out and "<d@three.test> deferred route=mx attempts=2" in out
     assert "last error: 451 4.4.1 try later" in out and "next try:" in out
+    assert "reason:     networkerror (confidence 0.90)" in out
     assert vsl_queue(spool.root, "show", spool.ids[0], "--eml").stdout == "Subject: q\n\n"
 
 
@@ -169,3 +174,5 @@ def test_show_gives_the_error_real_delivery_wrote(tmp_path):
     assert "<busy@example.test> deferred" in out and "<bad@example.test> failed" in out
     assert "last error: 450 4.2.1 mailbox busy" in out
     assert "last error: 550 5.1.1 no such user" in out
+    assert "reason:     userunknown (confidence " in out  # the 550's, classified
+    assert out.count("reason:") == 2
