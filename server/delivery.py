@@ -189,28 +189,30 @@ class Delivery:
                                                      entry.envelope.sender, addresses, data)
         except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
-        reasons = await self._classify(outcomes)
+        reasons = await self._reasons(outcomes)
         now = self.clock()
         for rcpt in rcpts:
             result, why = outcomes[rcpt.address], reasons.get(rcpt.address)
+            reason, confidence = (why.reason, round(why.confidence, 2)) if why else (None, None)
             rcpt.record_attempt(result.status, result.reply, result.remote_mta, now,
-                                why and why.reason, why and round(why.confidence, 2))
+                                reason, confidence)
             log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
-                     result.status, result.reply, f" reason={why.reason}" if why else "")
+                     result.status, result.reply, f" reason={reason}" if reason else "")
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
 
-    async def _classify(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
+    async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
         """Why each refused recipient was refused (none for a delivered one, nor when
-        the model cannot be used), classified off the event loop."""
+        the model cannot be used), classified in a worker thread."""
         refused = {address: (result.reply, "delayed" if result.status == "deferred" else
                              "failed")
                    for address, result in outcomes.items()
                    if result.status in ("deferred", "failed") and result.reply}
-        if not refused:
-            return {}
-        found = await asyncio.to_thread(
-            lambda: {address: self.reasons.classify(*why) for address, why in refused.items()})
+        return await asyncio.to_thread(self._classify, refused) if refused else {}
+
+    def _classify(self, refused: dict[str, tuple[str, str]]) -> dict[str, Classification]:
+        """``refused``: address -> (reply, RFC 3464 action); the classified ones."""
+        found = {address: self.reasons.classify(*why) for address, why in refused.items()}
         return {address: why for address, why in found.items() if why is not None}
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
