@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -55,3 +56,13 @@ def test_a_failing_classification_gives_no_reason(monkeypatch, caplog):
     monkeypatch.setattr(Classifier, "classify", broken)
     assert replies.classify("550 5.1.1 No such user") is None
     assert "cannot classify the reply" in caplog.text
+
+
+def test_a_hostile_reply_stays_one_diagnostic_and_bounded():
+    """A remote chooses its reply: line breaks and a fake boundary cannot add recipients or
+    parts, and a huge one is classified in bounded time."""
+    reply = "550 5.1.1 no such user\r\n--R\r\nFinal-Recipient: rfc822; x\r\n" + "y " * 500_000
+    start = time.perf_counter()
+    found = classify_reply(Classifier.load(), reply)
+    assert time.perf_counter() - start < 2 and found.status == "5.1.1"
+    assert found.diagnostic.startswith("550 5.1.1 no such user --R Final-Recipient")

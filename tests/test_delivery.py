@@ -111,6 +111,7 @@ def test_connection_refused_defers_with_backoff(world):
     (rcpt,) = entry.envelope.recipients
     assert rcpt.status == "deferred" and rcpt.attempts == 3
     assert rcpt.reply.startswith(f"451 4.4.1 cannot deliver to 127.0.0.1:{port}: ")
+    assert rcpt.reason == "networkerror"  # a connection-level failure is classified too
 
 
 @pytest.mark.parametrize("setup", ["rcpt_4xx", "data_4xx", "timeout_mid_data"])
