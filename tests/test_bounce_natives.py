@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import smtplib
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +118,15 @@ def test_a_bare_line_with_a_colon_is_not_read_as_headers():
 def test_classify_a_whole_message():
     result = bounce.classify(DSN.decode())
     assert result.reason == "userunknown" and result.status == "5.1.1"
+
+
+@pytest.mark.parametrize("text", ["550 5.1.1 " + "mail box " * 1_000_000,
+                                  "Subject: x\n\n" + "552 5.2.2 mailbox full " * 400_000])
+def test_a_huge_text_is_classified_within_bounds(text):
+    bounce.classify("550 5.1.1 warm up")
+    started = time.perf_counter()
+    result = bounce.classify(text)
+    assert time.perf_counter() - started < 0.5 and len(result.diagnostic) <= 4000
 
 
 def test_classify_takes_a_string():
