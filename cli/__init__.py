@@ -4,6 +4,7 @@
     serve.py     vsl serve (the server or its workers)
     queue.py     vsl queue ... (the spool, safe while the server runs)
     users.py     vsl passwd (users-file lines)
+    bounce.py    vsl bounce ... (the bounce classifier)
     zones.py     --zone FILE, shared by run and serve
 
 A new command is a click command in the module of its group (or a new module) and one
@@ -16,7 +17,7 @@ from importlib import metadata
 
 import click
 
-from . import language, queue, serve, users
+from . import bounce, language, queue, serve, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,3 +32,4 @@ main.add_command(language.test_command)
 main.add_command(serve.serve)
 main.add_command(queue.queue)
 main.add_command(users.passwd)
+main.add_command(bounce.bounce)

@@ -47,6 +47,8 @@ ORIGINAL_HEADERS = re.compile(
     r"^(?:Received|Return-Path|DKIM-Signature|Message-I[Dd]|MIME-Version|X-Received"
     r"|Authentication-Results|Delivered-To):[ \t]", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
+# A header field's first line (RFC 5322 §2.2: a name of printable characters but ':').
+HEADER_FIELD = re.compile(r"[!-9;-~]{1,76}:")
 
 
 @dataclass
@@ -93,6 +95,24 @@ def parse(raw: bytes | str) -> Bounce:
     for rcpt in recipients:
         _fill_codes(rcpt, rcpt.diagnostic or text)
     return Bounce(kind=kind, subject=subject, text=text, recipients=recipients)
+
+
+def is_message(text: str) -> bool:
+    """Whether ``text`` starts with a header block ended by a blank line (a message),
+    rather than being a bare reply or diagnostic such as ``550 5.1.1 no such user``."""
+    head, blank, _ = text[:MAX_TEXT].replace("\r\n", "\n").partition("\n\n")
+    lines = head.split("\n")
+    return bool(blank) and all(HEADER_FIELD.match(line) or line[:1] in (" ", "\t")
+                               for line in lines) and bool(HEADER_FIELD.match(lines[0]))
+
+
+def parse_diagnostic(text: str) -> Bounce:
+    """A bare reply or diagnostic text, not a message: a ``plain`` bounce with one
+    recipient (no address) whose diagnostic is the text."""
+    text = text[:MAX_TEXT]
+    rcpt = Recipient(diagnostic=_unfold(text))
+    _fill_codes(rcpt, text)
+    return Bounce(kind="plain", text=text, recipients=[rcpt])
 
 
 def _parts(msg) -> list:

@@ -288,8 +288,8 @@ def report(rows: list[dict], guesses: dict[str, list[str]]) -> None:
     for name, guessed in guesses.items():
         print(f"  {name:24s} accuracy {accuracy(truth, guessed):6.1%}  "
               f"macro-F1 {macro_f1(truth, guessed):.3f}")
-    _table("reason", truth, truth, guesses["network"])
-    _table("family", [r["mta"] for r in rows], truth, guesses["network"])
+    accuracy_table("reason", truth, truth, guesses["network"])
+    accuracy_table("family", [r["mta"] for r in rows], truth, guesses["network"])
 
 
 def accuracy(truth, guessed) -> float:
@@ -306,13 +306,36 @@ def macro_f1(truth, guessed) -> float:
     return sum(scores) / len(scores)
 
 
-def _table(title: str, keys, truth, guessed) -> None:
+def accuracy_table(title: str, keys, truth, guessed) -> None:
+    """Prints the accuracy per value of ``keys`` (a reason, a family), most frequent first."""
     hits, totals = Counter(), Counter(keys)
     for key, t, g in zip(keys, truth, guessed):
         hits[key] += t == g
     print(f"per {title}:")
     for key, total in totals.most_common():
         print(f"  {key:24s} {hits[key]:3d}/{total:<3d} {hits[key] / total:6.1%}")
+
+
+def confusion_pairs(truth, guessed, count: int = 10) -> None:
+    """Prints the ``count`` most frequent (true reason, guessed reason) mistakes."""
+    mistakes = Counter((t, g) for t, g in zip(truth, guessed) if t != g)
+    print("most confused (true -> guessed):")
+    for (t, g), times in mistakes.most_common(count):
+        print(f"  {t:16s} -> {g:16s} {times:3d}")
+
+
+def evaluate(classifier: Classifier, rows: list[dict]) -> None:
+    """Prints how ``classifier`` does on labelled ``rows``: accuracy, macro-F1, accuracy per
+    reason, the most confused pairs and the time per message (parsing included)."""
+    truth = [r["reason"] for r in rows]
+    start = time.perf_counter()
+    guessed = [classifier.classify(r["text"]).reason for r in rows]
+    elapsed = time.perf_counter() - start
+    print(f"{len(rows)} messages: accuracy {accuracy(truth, guessed):6.1%}  "
+          f"macro-F1 {macro_f1(truth, guessed):.3f}  "
+          f"{1000 * elapsed / len(rows):.2f} ms/message")
+    accuracy_table("reason", truth, truth, guessed)
+    confusion_pairs(truth, guessed)
 
 
 def load_jsonl(path: str) -> list[dict]:

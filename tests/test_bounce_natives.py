@@ -1,0 +1,224 @@
+"""bounce::classify and bounce::parse from scripts, their lint, and the fallback to the
+status-code mapping when the model file is missing or corrupt."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import client
+from vsl.lint import Linter
+from vsl.stdlib import bounce, new_engine
+from vsl.stdlib.ctx import Context, Stage, entry_points
+from vsl.stdlib.support.mail import Mailbox, Message
+
+DSN = b"""\
+From: MAILER-DAEMON@mx.example.net\r
+To: alice@example.test\r
+Subject: Undelivered Mail Returned to Sender\r
+MIME-Version: 1.0\r
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r
+\r
+--B\r
+Content-Type: text/plain\r
+\r
+I could not deliver your message to two recipients.\r
+--B\r
+Content-Type: message/delivery-status\r
+\r
+Reporting-MTA: dns; mx.example.net\r
+\r
+Final-Recipient: rfc822; gone@example.net\r
+Action: failed\r
+Status: 5.1.1\r
+Remote-MTA: dns; in.example.net\r
+Diagnostic-Code: smtp; 550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown\r
+\r
+Final-Recipient: rfc822; full@example.net\r
+Action: failed\r
+Status: 5.2.2\r
+Remote-MTA: dns; in.example.net\r
+Diagnostic-Code: smtp; 552 5.2.2 <full@example.net>: mailbox is over quota\r
+--B--\r
+"""
+
+ARF = b"""\
+From: feedback@isp.example\r
+To: abuse@example.test\r
+Subject: complaint\r
+MIME-Version: 1.0\r
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"\r
+\r
+--F\r
+Content-Type: text/plain\r
+\r
+This is an abuse report for a message received from you.\r
+--F\r
+Content-Type: message/feedback-report\r
+\r
+Feedback-Type: abuse\r
+User-Agent: Example-FBL/1.0\r
+Version: 1\r
+--F--\r
+"""
+
+AUTOREPLY = b"""\
+From: carol@example.net\r
+To: alice@example.test\r
+Subject: Out of office\r
+Auto-Submitted: auto-replied\r
+\r
+I am away until Monday and will read your message when I return.\r
+"""
+
+PARSE_POLICY = """
+fn on_pre_queue(ctx) {
+    for entry in bounce::parse(ctx) {
+        ctx.append_header("X-Bounce", `${entry.kind} ${entry.recipient} ${entry.status} ${entry.reason} ${entry.hard}`);
+    }
+    status::next()
+}
+"""
+
+
+def run_script(source: str, fn: str = "check"):
+    return new_engine().load_source(source, "t.vsl").call(fn)
+
+
+def run_pre_queue(source: str, raw: bytes) -> Message:
+    """Runs on_pre_queue of ``source`` on a message; returns the message after it."""
+    script = new_engine().load_source(source, "p.vsl")
+    ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
+    ctx.begin_transaction(Mailbox.parse("<>"))
+    ctx.add_recipient(Mailbox.parse("alice@example.test"))
+    ctx.message, ctx.stage = Message(raw), Stage.PRE_QUEUE
+    asyncio.run(script.call_async("on_pre_queue", ctx))
+    return ctx.message
+
+
+def test_classify_a_reply_line_from_a_script():
+    result = run_script('fn check() { let r = bounce::classify("550 5.1.1 <bob@example.net>: '
+                        'no such user here"); [`${r}`, r.reason, r.confidence, r.hard, '
+                        'r.status, r.diagnostic, r == r.reason] }')
+    printed, reason, confidence, hard, status, diagnostic, equal = result
+    assert printed == reason and equal
+    assert reason == "userunknown" and 0 < confidence <= 1
+    assert hard is True and status == "5.1.1" and "no such user" in diagnostic
+
+
+def test_a_bare_line_with_a_colon_is_not_read_as_headers():
+    result = bounce.classify("Error: 552 5.2.2 mailbox full, quota exceeded")
+    assert result.status == "5.2.2" and result.diagnostic.startswith("Error: 552")
+
+
+def test_classify_a_whole_message():
+    result = bounce.classify(DSN.decode())
+    assert result.reason == "userunknown" and result.status == "5.1.1"
+
+
+@pytest.mark.parametrize("text", ["550 5.1.1 " + "mail box " * 1_000_000,
+                                  "Subject: x\n\n" + "552 5.2.2 mailbox full " * 400_000])
+def test_a_huge_text_is_classified_within_bounds(text):
+    bounce.classify("550 5.1.1 warm up")
+    started = time.perf_counter()
+    result = bounce.classify(text)
+    assert time.perf_counter() - started < 0.5 and len(result.diagnostic) <= 4000
+
+
+def test_classify_takes_a_string():
+    with pytest.raises(Exception, match="takes a string"):
+        run_script("fn check() { bounce::classify(42) }")
+
+
+def test_parse_a_dsn_gives_one_entry_per_failed_recipient():
+    headers = run_pre_queue(PARSE_POLICY, DSN).get_all("X-Bounce")
+    assert headers == ["dsn gone@example.net 5.1.1 userunknown true",
+                       "dsn full@example.net 5.2.2 mailboxfull true"]
+
+
+def test_parse_entries_have_every_field():
+    entries = bounce.parse(_ctx_with(DSN))
+    assert set(entries[0]) == {"recipient", "action", "status", "remote_mta", "diagnostic",
+                               "reason", "confidence", "hard", "kind"}
+    assert entries[0]["action"] == "failed" and entries[0]["remote_mta"] == "in.example.net"
+    assert "User unknown" in entries[0]["diagnostic"]
+
+
+def test_parse_a_feedback_report():
+    [entry] = bounce.parse(_ctx_with(ARF))
+    assert entry["kind"] == "feedback" and entry["reason"] == "feedback"
+
+
+def test_parse_an_autoreply():
+    [entry] = bounce.parse(_ctx_with(AUTOREPLY))
+    assert entry["kind"] == "autoreply" and entry["recipient"] == ""
+
+
+def test_parse_before_the_message_is_an_error():
+    ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
+    with pytest.raises(Exception, match="no message before on_pre_queue"):
+        bounce.parse(ctx)
+
+
+def test_lint_knows_the_natives_and_where_parse_works():
+    linter = Linter(new_engine(), entry_points())
+    assert linter.lint_source(PARSE_POLICY + 'fn on_helo(ctx) { log("bounce", "info", '
+                              'bounce::classify(ctx.helo).reason); status::next() }\n',
+                              "ok.vsl", None) == []
+    findings = linter.lint_source("fn on_rcpt_to(ctx) { bounce::parse(ctx); status::next() }\n",
+                                  "early.vsl", None)
+    assert [d.code for d in findings] and "bounce::parse()" in findings[0].message
+    assert "on_pre_queue" in findings[0].message
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_broken_model_falls_back_to_the_status_codes(tmp_path, caplog, damage):
+    path = tmp_path / "model.npz"
+    if damage == "truncated":
+        path.write_bytes(bounce.SHIPPED_MODEL.read_bytes()[:5000])
+    model = bounce.SharedModel(path)
+    with caplog.at_level(logging.ERROR, logger="vsl.bounce"):
+        first = model.classify(bounce.bounce_of("550 5.1.1 no such user"))
+        second = model.classify(bounce.bounce_of("452 4.2.2 over quota"))
+        third = model.classify(bounce.bounce_of("554 transaction failed"))
+    assert (first.reason, first.confidence, first.hard, first.status) == \
+        ("userunknown", 0.0, True, "5.1.1")
+    assert (second.reason, second.hard) == ("mailboxfull", False)
+    assert (third.reason, third.status) == ("rejected", "5.0.0")
+    [record] = caplog.records
+    assert str(path) in record.getMessage() and "vsl bounce train" in record.getMessage()
+    assert "Reinstall" in record.getMessage()
+
+
+def test_the_model_is_loaded_once_and_shared(monkeypatch):
+    model = bounce.SharedModel(bounce.SHIPPED_MODEL)
+    monkeypatch.setattr(bounce, "MODEL", model)
+    bounce.classify("550 5.1.1 no such user")
+    loaded = model.get()
+    bounce.classify("550 5.1.1 no such user")
+    assert loaded is not None and model.get() is loaded
+
+
+def test_classify_from_a_script_in_a_real_server(tmp_path):
+    policy = """
+fn on_rcpt_to(ctx) {
+    let why = bounce::classify(`550 5.1.1 <${ctx.rcpt}>: no such user`);
+    if why == "userunknown" { return status::deny(`550 5.1.1 ${why.reason} ${why.status}`); }
+    status::next()
+}
+"""
+    with running(config_for(tmp_path, policy)) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("alice@example.org")[0] == 250
+            code, text = smtp.rcpt("bob@example.test")
+    assert code == 550 and text == b"5.1.1 userunknown 5.1.1"
+
+
+def _ctx_with(raw: bytes) -> Context:
+    ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
+    ctx.message = Message(raw)
+    return ctx
