@@ -27,7 +27,7 @@ def bounce() -> None:
 def classify(files, as_json) -> None:
     """Print why each FILE (a raw message, or a reply line; - for stdin) bounced:
     FILE<TAB>reason<TAB>confidence."""
-    from vsl.stdlib.bounce import MODEL, bounce_of
+    from vsl.stdlib.support.bounce.shared import shipped
 
     failed = False
     for name in files:
@@ -37,7 +37,7 @@ def classify(files, as_json) -> None:
             click.echo(f"vsl: {name}: {err.strerror or err}", err=True)
             failed = True
             continue
-        judged = MODEL.classify(bounce_of(text))
+        judged = shipped().classify_text(text)
         if as_json:
             click.echo(json.dumps({"file": name, "reason": judged.reason,
                                    "confidence": round(judged.confidence, 4),

@@ -16,10 +16,10 @@ changes); a message with deferred recipients waits in ``deferred`` until its
 leaves the queue only when every recipient is delivered or bounced; a failure nobody
 can be told about (null sender) sends it to ``dead``.
 Every refusal (a 4xx/5xx reply, or a connection-level failure with its text) is classified
-by the bounce model (vsl.stdlib.support.bounce.reply), in a worker thread so that the
-model's first load and each classification stay off the event loop; the reason is stored
-with the recipient, logged (``reason=``) and reported in the DSN. Without a usable model
-recipients just have no reason.
+by the process's bounce classifier (vsl.stdlib.support.bounce.shared), in a worker thread
+so that the model's first load and each classification stay off the event loop; the reason
+is stored with the recipient, logged (``reason=``) and reported in the DSN. Without a usable
+model the status codes decide (confidence 0).
 A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from vsl.stdlib.dns import DnsDefaults
 from vsl.stdlib.support.bounce.model import Classification
-from vsl.stdlib.support.bounce.reply import ReplyClassifier, shipped
+from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
@@ -66,7 +66,7 @@ class Delivery:
     def __init__(self, queue: QueueBackend, config: DeliveryConfig, hostname: str,
                  local_domains, resolver=None, clock: Callable[[], float] = time.time,
                  dns_defaults: DnsDefaults = DnsDefaults(),
-                 reasons: ReplyClassifier | None = None):
+                 reasons: SharedClassifier | None = None):
         if config.maildir_root is None:
             raise ValueError("delivery needs a maildir_root")
         self.queue, self.config, self.clock = queue, config, clock
@@ -202,8 +202,8 @@ class Delivery:
                                                   if outcomes[a].status == "delivered"])
 
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
-        """Why each refused recipient was refused (none for a delivered one, nor when
-        the model cannot be used), classified in a worker thread."""
+        """Why each refused recipient was refused (none for a delivered one; by the status
+        codes, confidence 0, when the model cannot be used), classified in a worker thread."""
         refused = {address: (result.reply, "delayed" if result.status == "deferred" else
                              "failed")
                    for address, result in outcomes.items()
@@ -211,9 +211,8 @@ class Delivery:
         return await asyncio.to_thread(self._classify, refused) if refused else {}
 
     def _classify(self, refused: dict[str, tuple[str, str]]) -> dict[str, Classification]:
-        """``refused``: address -> (reply, RFC 3464 action); the classified ones."""
-        found = {address: self.reasons.classify(*why) for address, why in refused.items()}
-        return {address: why for address, why in found.items() if why is not None}
+        """``refused``: address -> (reply, RFC 3464 action)."""
+        return {address: self.reasons.classify_text(*why) for address, why in refused.items()}
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""

@@ -9,75 +9,20 @@ is logged once and the status codes decide (confidence 0). See docs/bounces.md.
 """
 from __future__ import annotations
 
-import logging
-import threading
-import zipfile
-from pathlib import Path
-
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.values import NativeObject
 
-from .support.bounce.message import Bounce, is_message, parse as parse_message, \
-    parse_diagnostic
+from .support.bounce.message import Bounce, parse as parse_message
+from .support.bounce.shared import shipped
 from .support.signing import message_of
 
-# Design: the network is loaded once per process, on first use, under a lock, and shared by
-# every engine and thread (MODEL). When it cannot be loaded the error is logged once (which
-# file, what is wrong, how to fix it) and every classification falls back to the
-# status-code mapping of support/bounce/codes.py. numpy and the network are imported only
-# then, so an engine that never classifies a bounce never pays for them. The budget: the
-# work is bounded by the parser's limits (256 KiB, 64 MIME parts, 100 recipients, about
-# 1.3 ms a message).
+# The classifier is the process's shared one (support/bounce/shared.py: loaded on first use,
+# the status codes deciding when its file cannot be read), so a script, `vsl bounce` and
+# delivery give one text one answer. The work is bounded by the parser's limits (256 KiB,
+# 64 MIME parts, 100 recipients: about 1.3 ms a message).
 
 namespace = Namespace("bounce", "Why a message bounced (the bounce classifier)")
-log = logging.getLogger("vsl.bounce")
-SHIPPED_MODEL = Path(__file__).parent / "support" / "bounce" / "model.npz"
-# What np.load and Classifier.load raise on a missing, truncated or foreign file.
-UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
-
-
-class SharedModel:
-    """The classifier of one weights file, loaded on first use (None when it cannot be)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        self._loaded = False
-        self._classifier = None
-
-    def get(self):
-        """The loaded ``Classifier``, or None after logging once why it could not load."""
-        if not self._loaded:
-            with self._lock:
-                if not self._loaded:
-                    self._classifier = self._load()
-                    self._loaded = True
-        return self._classifier
-
-    def _load(self):
-        from .support.bounce.model import Classifier
-
-        try:
-            return Classifier.load(self.path)
-        except UNREADABLE as err:
-            log.error("bounce classifier: cannot load the model %s (%s: %s); classifying "
-                      "by status codes only. Reinstall vsl-mta, or write the file with "
-                      "`vsl bounce train DATA.jsonl --out %s`",
-                      self.path, type(err).__name__, err, self.path)
-            return None
-
-    def classify(self, bounce: Bounce):
-        """The ``Classification`` of a parsed bounce, by the network or the code mapping."""
-        classifier = self.get()
-        if classifier is None:
-            from .support.bounce.codes import classify_by_codes
-
-            return classify_by_codes(bounce)
-        return classifier.classify_bounce(bounce)
-
-
-MODEL = SharedModel(SHIPPED_MODEL)
 
 
 class BounceResult(NativeObject):
@@ -105,11 +50,6 @@ class BounceResult(NativeObject):
 namespace.register_type(BounceResult)
 
 
-def bounce_of(text: str) -> Bounce:
-    """A whole message parsed as one; a bare reply or diagnostic line as itself."""
-    return parse_message(text) if is_message(text) else parse_diagnostic(text)
-
-
 @namespace.native
 def classify(text) -> BounceResult:
     """classify(text): why a message bounced, with .reason .confidence .hard .status
@@ -123,7 +63,7 @@ def classify(text) -> BounceResult:
     docs/bounces.md."""
     if not isinstance(text, str):
         raise ScriptError("bounce::classify takes a string (a message or a reply line)")
-    return BounceResult(MODEL.classify(bounce_of(text)))
+    return BounceResult(shipped().classify_text(text))
 
 
 @namespace.native(uses="body")
@@ -142,7 +82,7 @@ def recipient_entry(bounce: Bounce, index: int) -> dict:
     """The map bounce::parse gives for the recipient at ``index``."""
     single = Bounce(kind=bounce.kind, subject=bounce.subject, text=bounce.text,
                     recipients=bounce.recipients[index:index + 1])
-    rcpt, judged = single.first, MODEL.classify(single)
+    rcpt, judged = single.first, shipped().classify(single)
     return {"recipient": rcpt.address, "action": rcpt.action, "status": judged.status,
             "remote_mta": rcpt.remote_mta, "diagnostic": judged.diagnostic,
             "reason": judged.reason, "confidence": judged.confidence, "hard": judged.hard,

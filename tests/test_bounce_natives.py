@@ -13,6 +13,8 @@ from tests.support.smtp_tools import client
 from vsl.lint import Linter
 from vsl.stdlib import bounce, new_engine
 from vsl.stdlib.ctx import Context, Stage, entry_points
+from vsl.stdlib.support.bounce import SHIPPED
+from vsl.stdlib.support.bounce.shared import SharedClassifier
 from vsl.stdlib.support.mail import Mailbox, Message
 
 DSN = b"""\
@@ -178,12 +180,12 @@ def test_lint_knows_the_natives_and_where_parse_works():
 def test_a_broken_model_falls_back_to_the_status_codes(tmp_path, caplog, damage):
     path = tmp_path / "model.npz"
     if damage == "truncated":
-        path.write_bytes(bounce.SHIPPED_MODEL.read_bytes()[:5000])
-    model = bounce.SharedModel(path)
+        path.write_bytes(SHIPPED.read_bytes()[:5000])
+    model = SharedClassifier(path)
     with caplog.at_level(logging.ERROR, logger="vsl.bounce"):
-        first = model.classify(bounce.bounce_of("550 5.1.1 no such user"))
-        second = model.classify(bounce.bounce_of("452 4.2.2 over quota"))
-        third = model.classify(bounce.bounce_of("554 transaction failed"))
+        first = model.classify_text("550 5.1.1 no such user")
+        second = model.classify_text("452 4.2.2 over quota")
+        third = model.classify_text("554 transaction failed")
     assert (first.reason, first.confidence, first.hard, first.status) == \
         ("userunknown", 0.0, True, "5.1.1")
     assert (second.reason, second.hard) == ("mailboxfull", False)
@@ -194,8 +196,8 @@ def test_a_broken_model_falls_back_to_the_status_codes(tmp_path, caplog, damage)
 
 
 def test_the_model_is_loaded_once_and_shared(monkeypatch):
-    model = bounce.SharedModel(bounce.SHIPPED_MODEL)
-    monkeypatch.setattr(bounce, "MODEL", model)
+    model = SharedClassifier(SHIPPED)
+    monkeypatch.setattr(bounce, "shipped", lambda: model)
     bounce.classify("550 5.1.1 no such user")
     loaded = model.get()
     bounce.classify("550 5.1.1 no such user")

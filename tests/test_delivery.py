@@ -17,7 +17,7 @@ from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.journal import Journal
 from vsl.server.queue import Spool
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.support.bounce.reply import ReplyClassifier
+from vsl.stdlib.support.bounce.shared import SharedClassifier
 from vsl.stdlib.support.mail import Mailbox, Message
 from vsl.stdlib import new_engine
 from tests.support.mailsink import MESSAGE, Sink, free_port
@@ -184,10 +184,11 @@ def test_refusals_are_classified_stored_and_logged(world, caplog):
 
 
 def test_a_broken_model_does_not_break_delivery(world, tmp_path, caplog):
+    """The status codes decide then (confidence 0), and it is logged once."""
     spool, clock, delivery = world
     (tmp_path / "model.npz").write_bytes(b"PK\x03\x04 not a model")
     delivery = Delivery(spool, delivery.config, "mx.test", ("example.test",), clock=clock,
-                        reasons=ReplyClassifier(tmp_path / "model.npz"))
+                        reasons=SharedClassifier(tmp_path / "model.npz"))
 
     async def main():
         async with Sink() as sink:
@@ -200,12 +201,14 @@ def test_a_broken_model_does_not_break_delivery(world, tmp_path, caplog):
 
     entry = asyncio.run(main())
     deferred, bounced = entry.envelope.recipients
-    assert (deferred.status, deferred.attempts, deferred.reason) == ("deferred", 2, None)
-    assert (bounced.status, bounced.reason) == ("bounced", None)
+    assert (deferred.status, deferred.attempts, deferred.reason_confidence) == \
+        ("deferred", 2, 0.0)
+    assert (bounced.status, bounced.reason, bounced.reason_confidence) == \
+        ("bounced", "userunknown", 0.0)
     assert caplog.text.count("cannot load the model") == 1
     (dsn,) = dsns(tmp_path)  # delivered by the second run
     assert [block["Status"] for block in report(dsn)[1:]] == ["5.1.1"]
-    assert "X-Vsl-Bounce-Reason" not in report(dsn)[1]
+    assert report(dsn)[1]["X-Vsl-Bounce-Reason"] == "userunknown; confidence=0.00"
 
 
 def test_max_age_fails_deferred_recipients(world, tmp_path):

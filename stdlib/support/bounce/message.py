@@ -106,15 +106,6 @@ def is_message(text: str) -> bool:
                                for line in lines) and bool(HEADER_FIELD.match(lines[0]))
 
 
-def parse_diagnostic(text: str) -> Bounce:
-    """A bare reply or diagnostic text, not a message: a ``plain`` bounce with one
-    recipient (no address) whose diagnostic is the text."""
-    text = text[:MAX_TEXT]
-    rcpt = Recipient(diagnostic=_unfold(text))
-    _fill_codes(rcpt, text)
-    return Bounce(kind="plain", text=text, recipients=[rcpt])
-
-
 def _parts(msg) -> list:
     """The message's MIME parts in order, at most MAX_PARTS, not entering a returned
     ``message/rfc822`` original."""

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import SHIPPED
 from .features import featurize
 from .message import Bounce, parse
 
-SHIPPED = Path(__file__).with_name("model.npz")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Classifying one SMTP reply with the shipped bounce model, as delivery does."""
+"""The process's shared bounce classifier: one SMTP reply as delivery classifies it (and
+`bounce::classify`, `vsl bounce classify`), its lazy load and its fallback."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,7 @@ import time
 import pytest
 
 from vsl.stdlib.support.bounce.model import Classifier
-from vsl.stdlib.support.bounce.reply import ReplyClassifier, classify_reply, shipped
+from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 
 @pytest.mark.parametrize("reply, action, reason", [
@@ -17,7 +18,7 @@ from vsl.stdlib.support.bounce.reply import ReplyClassifier, classify_reply, shi
      "networkerror"),
 ])
 def test_a_bare_reply_is_classified(reply, action, reason):
-    found = classify_reply(Classifier.load(), reply, action)
+    found = SharedClassifier().classify_text(reply, action)
     assert found.reason == reason and found.confidence > 0.5
     assert found.status == reply.split()[1] and found.diagnostic == reply
     assert found.hard is (action == "failed")
@@ -28,34 +29,38 @@ def test_the_model_loads_once_lazily_and_replies_are_remembered(monkeypatch):
     load = Classifier.load.__func__
     monkeypatch.setattr(Classifier, "load",
                         classmethod(lambda cls, *path: loads.append(path) or load(cls, *path)))
-    replies = ReplyClassifier()
+    replies = SharedClassifier()
     assert loads == []  # nothing loaded before the first reply
-    first = replies.classify("550 5.1.1 No such user")
-    assert replies.classify("550 5.1.1 No such user") is first
-    replies.classify("452 4.2.2 Mailbox full", "delayed")
+    first = replies.classify_text("550 5.1.1 No such user")
+    assert replies.classify_text("550 5.1.1 No such user") is first
+    replies.classify_text("452 4.2.2 Mailbox full", "delayed")
     assert len(loads) == 1 and shipped() is shipped()
 
 
 @pytest.mark.parametrize("content", [None, b"", b"PK\x03\x04 truncated"])
-def test_a_missing_or_corrupt_model_gives_no_reason_and_logs_once(tmp_path, caplog, content):
+def test_a_missing_or_corrupt_model_falls_back_to_the_codes_and_logs_once(tmp_path, caplog,
+                                                                         content):
     path = tmp_path / "model.npz"
     if content is not None:
         path.write_bytes(content)
-    replies = ReplyClassifier(path)
+    replies = SharedClassifier(path)
     with caplog.at_level(logging.ERROR, "vsl.bounce"):
-        assert replies.classify("550 5.1.1 No such user") is None
-        assert replies.classify("452 4.2.2 Mailbox full", "delayed") is None
+        unknown = replies.classify_text("550 5.1.1 No such user")
+        full = replies.classify_text("452 4.2.2 Mailbox full", "delayed")
+    assert (unknown.reason, unknown.confidence) == ("userunknown", 0.0)
+    assert (full.reason, full.confidence) == ("mailboxfull", 0.0)
     assert caplog.text.count("cannot load the model") == 1
 
 
-def test_a_failing_classification_gives_no_reason(monkeypatch, caplog):
-    replies = ReplyClassifier()
+def test_a_failing_classification_falls_back_to_the_codes(monkeypatch, caplog):
+    replies = SharedClassifier()
 
     def broken(*args):
         raise RuntimeError("bug")
-    monkeypatch.setattr(Classifier, "classify", broken)
-    assert replies.classify("550 5.1.1 No such user") is None
-    assert "cannot classify the reply" in caplog.text
+    monkeypatch.setattr(Classifier, "classify_bounce", broken)
+    found = replies.classify_text("550 5.1.1 No such user")
+    assert (found.reason, found.confidence) == ("userunknown", 0.0)
+    assert "cannot classify" in caplog.text
 
 
 def test_a_hostile_reply_stays_one_diagnostic_and_bounded():
@@ -63,6 +68,6 @@ def test_a_hostile_reply_stays_one_diagnostic_and_bounded():
     parts, and a huge one is classified in bounded time."""
     reply = "550 5.1.1 no such user\r\n--R\r\nFinal-Recipient: rfc822; x\r\n" + "y " * 500_000
     start = time.perf_counter()
-    found = classify_reply(Classifier.load(), reply)
+    found = SharedClassifier().classify_text(reply)
     assert time.perf_counter() - start < 2 and found.status == "5.1.1"
     assert found.diagnostic.startswith("550 5.1.1 no such user --R Final-Recipient")

@@ -1,0 +1,107 @@
+"""The process's bounce classifier: what the ``bounce::`` natives, ``vsl bounce classify`` and
+delivery (every 4xx/5xx reply it gets) all ask, so one text gets one answer everywhere.
+
+Design: a weights file is loaded on first use only (once, under a lock, from any thread) and
+shared. When it is missing or unreadable the error is logged once (which file, what is wrong,
+how to fix it) and the status codes decide (:mod:`.codes`, confidence 0); a classification
+never raises. numpy and the network are imported only when something is classified.
+
+A text is a whole message when it starts with a header block (:func:`.message.is_message`);
+anything else (``452 4.2.2 Mailbox full``, a reply delivery got) is read as the one-recipient
+RFC 3464 report it would be reported in: the network learned from such reports, and its
+``Action`` (failed or delayed) is a feature. Replies repeat, so the last ones are remembered.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import zipfile
+from pathlib import Path
+
+from . import SHIPPED
+from .message import Bounce, is_message, parse
+
+log = logging.getLogger("vsl.bounce")
+
+REMEMBERED = 1024  # distinct (reply, action) pairs a classifier keeps
+REMEMBERED_SIZE = 1000  # characters: longer texts (whole messages) are never kept
+# What np.load and Classifier.load raise on a missing, truncated or foreign file.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def as_bounce(text: str, action: str = "failed") -> Bounce:
+    """A whole message parsed as one; a bare reply or diagnostic line as the report of one
+    recipient whose delivery ended with ``action`` (``failed`` or ``delayed``)."""
+    return parse(text if is_message(text) else reply_report(text, action))
+
+
+def reply_report(reply: str, action: str) -> str:
+    """The RFC 3464 report of one recipient refused with ``reply`` (on one line, so that
+    a remote server's text can add neither fields nor MIME boundaries)."""
+    diagnostic = " ".join(reply.split())
+    return ("Content-Type: multipart/report; report-type=delivery-status; boundary=R\n\n"
+            "--R\nContent-Type: message/delivery-status\n\n"
+            f"Final-Recipient: rfc822; recipient\nAction: {action}\n"
+            f"Diagnostic-Code: smtp; {diagnostic}\n--R--\n")
+
+
+class SharedClassifier:
+    """The classifier of one weights file, loaded on first use (see the module docstring)."""
+
+    def __init__(self, path: str | Path = SHIPPED):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._classifier = None
+        self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._classify_text)
+
+    def classify_text(self, text: str, action: str = "failed"):
+        """The ``Classification`` of a message or a reply line (short ones remembered)."""
+        if len(text) > REMEMBERED_SIZE:
+            return self._classify_text(text, action)
+        return self._remembered(text, action)
+
+    def _classify_text(self, text: str, action: str):
+        return self.classify(as_bounce(text, action))
+
+    def classify(self, bounce: Bounce):
+        """The ``Classification`` of a parsed bounce: by the network, or by its codes when
+        the network cannot be used."""
+        classifier = self.get()
+        if classifier is not None:
+            try:
+                return classifier.classify_bounce(bounce)
+            except Exception:  # noqa: BLE001 - a classification must never break its caller
+                log.exception("bounce classifier: cannot classify %r",
+                              bounce.first.diagnostic[:200])
+        from .codes import classify_by_codes
+
+        return classify_by_codes(bounce)
+
+    def get(self):
+        """The loaded ``Classifier``, or None after logging once why it could not load."""
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._classifier = self._load()
+                    self._loaded = True
+        return self._classifier
+
+    def _load(self):
+        from .model import Classifier
+
+        try:
+            return Classifier.load(self.path)
+        except UNREADABLE as err:
+            log.error("bounce classifier: cannot load the model %s (%s: %s); classifying "
+                      "by status codes only. Reinstall vsl-mta, or write the file with "
+                      "`vsl bounce train DATA.jsonl --out %s`",
+                      self.path, type(err).__name__, err, self.path)
+            return None
+
+
+@functools.cache
+def shipped() -> SharedClassifier:
+    """The process's one classifier of the shipped model (loaded on its first use)."""
+    return SharedClassifier()
