@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from vsl.resolve import closest
+from vsl.stdlib.support.mail import Message
 
 from .queue_backend import QUEUES, Entry, QueueBackend, QueueError, check_queue
 
@@ -118,18 +119,9 @@ def _got(spool: QueueBackend, entry: Entry, check: QueueCheck) -> str | None:
             return f"no recipient {address}"
         return None if matches(pattern, routes[0]) else f"'Q: route {address} {routes[0]}'"
     name = check.args[0]
-    values = header_values(spool.message(entry.id, entry.queue), name)
+    values = Message(spool.message(entry.id, entry.queue)).get_all(name)
     if check.kind == "no":
         return f"'Q: header {name}: {values[0]}'" if values else None
     if any(matches(check.args[1], value) for value in values):
         return None
     return f"'Q: header {name}: {values[0]}'" if values else f"no {name} header"
-
-
-def header_values(message: bytes, name: str) -> list[str]:
-    """The unfolded values of every ``name`` header of a message, in order."""
-    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    unfolded = re.sub(r"\r\n(?=[ \t])", "", head)
-    prefix = name.lower() + ":"
-    return [line[len(prefix):].strip() for line in unfolded.split("\r\n")
-            if line.lower().startswith(prefix)]
