@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import click
@@ -54,11 +53,12 @@ def eval_command(data, model) -> None:
     """Accuracy, macro-F1, per-reason accuracy, confused pairs and ms/message of the model
     on DATA.jsonl (one {"text", "reason"} object per line)."""
     from vsl.stdlib.support.bounce import model as model_module, train
+    from vsl.stdlib.support.bounce.shared import UNREADABLE
 
     rows = _labelled(data)
     try:
         classifier = model_module.Classifier.load(model or model_module.SHIPPED)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+    except UNREADABLE as err:
         raise click.ClickException(f"{model or model_module.SHIPPED}: cannot load the model "
                                    f"({err}); write one with vsl bounce train") from None
     train.evaluate(classifier, rows)
