@@ -26,6 +26,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from .files import write_all
+
 
 class Journal:
     """An append-only file of ``<message id> <address>`` lines (see the module docstring)."""
@@ -101,8 +103,7 @@ class Journal:
         fresh = self.path.with_name(self.path.name + ".new")
         fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, content)
-            os.fsync(fd)
+            write_all(fd, content)
         finally:
             os.close(fd)
         os.replace(fresh, self.path)
