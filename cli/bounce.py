@@ -1,4 +1,6 @@
-"""``vsl bounce ...``: classify bounces, evaluate and train the bounce classifier.
+"""``vsl bounce ...``: classify bounces, evaluate and train the bounce classifier, and learn
+from an operator (``learn``, ``learned``, ``forget``: the learned file of the configuration the
+server reads, found as ``vsl queue`` finds it: --config, else ./vsl.toml when present).
 
 numpy and the model are imported by the commands, never here: ``vsl --help`` stays fast.
 """
@@ -10,7 +12,11 @@ from pathlib import Path
 
 import click
 
+from vsl.server.printable import printable
+
 DATA = click.Path(exists=True, dir_okay=False)
+CONFIG = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                      help="vsl.toml (its [bounce] learned); default: ./vsl.toml when present.")
 
 
 @click.group()
@@ -23,11 +29,13 @@ def bounce() -> None:
                 type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: file, reason, confidence, hard, status.")
-def classify(files, as_json) -> None:
+@CONFIG
+def classify(files, as_json, config_path) -> None:
     """Print why each FILE (a raw message, or a reply line; - for stdin) bounced:
-    FILE<TAB>reason<TAB>confidence."""
+    FILE<TAB>reason<TAB>confidence (learned bounces first, as the server does)."""
     from vsl.stdlib.support.bounce.shared import shipped
 
+    shipped().learn_from(_learned_path(config_path))
     failed = False
     for name in files:
         try:
@@ -68,15 +76,90 @@ def eval_command(data, model) -> None:
 @click.argument("data", type=DATA)
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write the model (.npz).")
 @click.option("--cv", is_flag=True, help="First print the leave-group-out evaluation.")
-def train_command(data, out, cv) -> None:
-    """Train the classifier on DATA.jsonl (text, reason; group for --cv) and the synthetic
-    bounces; write it to --out."""
+@click.option("--learned", type=DATA,
+              help="Learned bounces to train on too (default with --config: its file).")
+@CONFIG
+def train_command(data, out, cv, learned, config_path) -> None:
+    """Train the classifier on DATA.jsonl (text, reason; group for --cv), the synthetic
+    bounces and the learned ones; write it to --out."""
     from vsl.stdlib.support.bounce import train
 
     if not out and not cv:
         raise click.UsageError("give --out MODEL, --cv or both")
     _labelled(data)
-    train.main([data] + (["--out", out] if out else []) + (["--cv"] if cv else []))
+    learned = learned or (config_path and _learned_path(config_path))
+    train.main([data] + (["--out", out] if out else []) + (["--cv"] if cv else []) +
+               (["--learned", str(learned)] if learned else []))
+
+
+@bounce.command()
+@click.argument("message", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("reason")
+@CONFIG
+def learn(message, reason, config_path) -> None:
+    """Learn that MESSAGE (a raw message or a reply line; - for stdin) bounced for REASON:
+    a correction, or an example of a reason of your own. The running server applies it
+    within a second; `vsl bounce train` trains on it too."""
+    from vsl.stdlib.support.bounce import learned
+
+    problem = learned.reason_problem(reason)
+    if problem:
+        raise click.BadParameter(problem, param_hint="REASON")
+    try:
+        text = _read(message)
+    except OSError as err:
+        raise click.ClickException(f"{message}: {err.strerror or err}") from None
+    if not text.strip():
+        raise click.ClickException(f"{message}: empty, nothing to learn")
+    path = _learned_path(config_path)
+    try:
+        learned.append(path, learned.example(text, reason))
+    except OSError as err:
+        raise click.ClickException(f"{path}: cannot write: {err.strerror or err}") from None
+    count = sum(e.reason == reason for e in learned.read(path))
+    click.echo(f"learned: {reason} ({count} example(s) in {path})")
+
+
+@bounce.command("learned")
+@CONFIG
+def learned_command(config_path) -> None:
+    """List the learned bounces: number, reason, when, first line of the diagnostic."""
+    from vsl.stdlib.support.bounce import learned
+    from vsl.stdlib.support.bounce.shared import as_bounce
+
+    for number, found in enumerate(learned.read(_learned_path(config_path)), 1):
+        first = as_bounce(found.text).first
+        line = (first.diagnostic or found.text).strip().split("\n")[0][:100]
+        click.echo(f"{number}\t{found.reason}\t{found.learned_at}\t{printable(line)}")
+
+
+@bounce.command()
+@click.argument("numbers", nargs=-1, required=True, type=click.IntRange(min=1))
+@CONFIG
+def forget(numbers, config_path) -> None:
+    """Forget learned bounces by their NUMBERS in `vsl bounce learned`."""
+    from vsl.stdlib.support.bounce import learned
+
+    path = _learned_path(config_path)
+    examples = learned.read(path)
+    missing = sorted(n for n in set(numbers) if n > len(examples))
+    if missing:
+        raise click.ClickException(f"{path}: no learned bounce {missing[0]} "
+                                   f"({len(examples)} learned)")
+    learned.rewrite(path, [e for n, e in enumerate(examples, 1) if n not in numbers])
+    click.echo(f"forgot {len(set(numbers))}, {len(examples) - len(set(numbers))} left")
+
+
+def _learned_path(config_path: str | None) -> Path:
+    """The learned file of ``--config``, else of ./vsl.toml when present, else the default."""
+    from vsl.server import config as config_module  # (the mail model: slow to import)
+
+    if not config_path and Path("vsl.toml").is_file():
+        config_path = "vsl.toml"
+    try:
+        return config_module.load(config_path).learned_bounces
+    except config_module.ConfigError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _read(name: str) -> str:

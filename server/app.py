@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from vsl.stdlib import new_engine
+from vsl.stdlib.support.bounce.shared import shipped
 from vsl.engine import Engine
 
 from .admission import Admission
@@ -83,6 +84,7 @@ class Server:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
         self.spool: QueueBackend = open_queue(config)
+        shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults)
         self.services = SessionServices(

@@ -141,6 +141,14 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class BounceConfig:
+    """``[bounce]`` in vsl.toml: the bounce classifier."""
+
+    learned: Path | None = None  # examples of `vsl bounce learn`; None: learned-bounces.jsonl
+                                 # beside the queue directory (Config.learned_bounces)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     local_domains: tuple[str, ...] = ()  # empty: the hostname only
@@ -156,6 +164,13 @@ class Config:
     dns: DnsConfig = DnsConfig()
     script_limits: Limits = Limits()
     delivery: DeliveryConfig = DeliveryConfig()
+    bounce: BounceConfig = BounceConfig()
+
+    @property
+    def learned_bounces(self) -> Path:
+        """The file of learned bounces: ``[bounce] learned``, else learned-bounces.jsonl
+        beside the queue directory."""
+        return self.bounce.learned or self.queue_dir.parent / "learned-bounces.jsonl"
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -385,7 +400,8 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
                                  "timeout": "float", "override": "nameservers",
                                  "cache_bytes": "int"}),
              "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
-             "delivery": (DeliveryConfig, _DELIVERY_SCHEMA)}
+             "delivery": (DeliveryConfig, _DELIVERY_SCHEMA),
+             "bounce": (BounceConfig, {"learned": "path"})}
 _SECTION_NAMES = ("server", "listen", *_SECTIONS)
 
 

@@ -10,6 +10,11 @@ A text is a whole message when it starts with a header block (:func:`.message.is
 anything else (``452 4.2.2 Mailbox full``, a reply delivery got) is read as the one-recipient
 RFC 3464 report it would be reported in: the network learned from such reports, and its
 ``Action`` (failed or delayed) is a feature. Replies repeat, so the last ones are remembered.
+
+Learned bounces (``vsl bounce learn``: :mod:`.learned`, :mod:`.memory`) are asked before the
+network once :meth:`SharedClassifier.learn_from` named their file (``vsl serve`` does, at
+start-up); when the file changes, its new examples apply and the remembered answers are
+forgotten.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 from . import SHIPPED
+from .learned import LearnedFile
 from .message import Bounce, is_message, parse
 
 log = logging.getLogger("vsl.bounce")
@@ -55,19 +61,32 @@ class SharedClassifier:
         self._loaded = False
         self._classifier = None
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._classify_text)
+        self._learned: LearnedFile | None = None
+
+    def learn_from(self, learned: str | Path | LearnedFile) -> None:
+        """Ask the examples of this learned file (a path, or a ``LearnedFile`` with its own
+        clock) before the network, from the next classification on."""
+        self._learned = learned if isinstance(learned, LearnedFile) else LearnedFile(learned)
+        self._remembered.cache_clear()
 
     def classify_text(self, text: str, action: str = "failed"):
-        """The ``Classification`` of a message or a reply line (short ones remembered)."""
+        """The ``Classification`` of a message or a reply line (short ones remembered, with
+        the learned file's generation: an answer given before it changed is not reused)."""
         if len(text) > REMEMBERED_SIZE:
             return self._classify_text(text, action)
-        return self._remembered(text, action)
+        return self._remembered(text, action, self._learned_generation())
 
-    def _classify_text(self, text: str, action: str):
+    def _classify_text(self, text: str, action: str, generation: int = 0):
+        """(``generation`` only keys the remembered answers.)"""
         return self.classify(as_bounce(text, action))
 
     def classify(self, bounce: Bounce):
-        """The ``Classification`` of a parsed bounce: by the network, or by its codes when
-        the network cannot be used."""
+        """The ``Classification`` of a parsed bounce: by the learned examples when it is
+        like one, else by the network, or by its codes when the network cannot be used."""
+        memory = self._learned.memory() if self._learned is not None else None
+        learned = memory.match(bounce) if memory is not None else None
+        if learned is not None:
+            return learned
         classifier = self.get()
         if classifier is not None:
             try:
@@ -78,6 +97,13 @@ class SharedClassifier:
         from .codes import classify_by_codes
 
         return classify_by_codes(bounce)
+
+    def _learned_generation(self) -> int:
+        """The learned file's generation, after a look at it when one is due (0: none)."""
+        if self._learned is None:
+            return 0
+        self._learned.memory()
+        return self._learned.generation
 
     def get(self):
         """The loaded ``Classifier``, or None after logging once why it could not load."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, featurize
-from .message import parse
+from .message import is_message, parse
 from .model import Classifier, Network, softmax
 
 
@@ -345,6 +345,16 @@ def evaluate(classifier: Classifier, rows: list[dict]) -> None:
     confusion_pairs(truth, guessed)
 
 
+def learned_rows(path: str | None) -> list[dict]:
+    """The examples of a learned file as labelled rows (trained on like the real ones), a
+    reply line as the report the classifier reads it as."""
+    from . import learned
+    from .shared import reply_report
+
+    return [{"text": e.text if is_message(e.text) else reply_report(e.text, "failed"),
+             "reason": e.reason} for e in learned.read(path)] if path else []
+
+
 def load_jsonl(path: str) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -361,13 +371,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=Settings.hidden)
     parser.add_argument("--epochs", type=int, default=Settings.epochs)
     parser.add_argument("--synthetic", type=int, default=Settings.synthetic)
+    parser.add_argument("--learned", help="learned bounces (vsl bounce learn) to train on too")
     args = parser.parse_args(argv)
     settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic)
     rows = load_jsonl(args.data)
     if args.cv:
         report(rows, cross_validate(rows, settings, args.folds, args.quick))
     if args.out:
-        train_classifier(rows, settings).save(args.out)
+        train_classifier(rows + learned_rows(args.learned), settings).save(args.out)
 
 
 if __name__ == "__main__":

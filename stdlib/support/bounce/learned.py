@@ -1,0 +1,169 @@
+"""Learned bounces: an operator's corrections and custom reasons (``vsl bounce learn``), kept
+in one JSONL file that the running server re-reads when it changes.
+
+Design: one ``{"text", "reason", "learned_at"}`` object a line. Learning appends a whole
+line and fsyncs it; forgetting writes the kept lines to a temporary file, fsyncs it and
+renames it over the old one. A crash therefore leaves at most a last line cut short: a line
+that is no such object is skipped with a warning naming file:line, and the next append
+starts on a line of its own. A missing file means nothing learned.
+
+:class:`LearnedFile` is that file as a process sees it: the examples' :class:`.memory.Memory`,
+re-read when the file's (mtime, size, inode) changed, looked at no more than once every
+``RECHECK`` seconds (between looks a call costs one clock reading); one thread re-reads it
+while the others wait, so every classification sees a whole memory. numpy is imported only
+when the file holds examples.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger("vsl.bounce")
+
+REASON_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+RECHECK = 1.0  # seconds between two looks at the learned file
+
+
+@dataclass(frozen=True)
+class Example:
+    """One learned bounce: its text (a message or a reply line), the reason an operator
+    gave it, and when (ISO 8601, UTC)."""
+
+    text: str
+    reason: str
+    learned_at: str
+
+
+def reason_problem(reason: str) -> str | None:
+    """Why ``reason`` cannot name a reason, or None when it can."""
+    if REASON_NAME.fullmatch(reason):
+        return None
+    return (f"'{reason}' is not a reason name: lowercase letters, digits and _, starting with "
+            "a letter, at most 40 characters")
+
+
+def example(text: str, reason: str) -> Example:
+    """A new example learned now."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    return Example(text, reason, now.isoformat().replace("+00:00", "Z"))
+
+
+def read(path: str | Path) -> list[Example]:
+    """The examples of a learned file (none when it is missing); a line that is no
+    example is skipped with a warning naming file:line."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            lines = list(handle)
+    except FileNotFoundError:
+        return []
+    examples = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        found = _parse_line(line)
+        if found is None:
+            log.warning("%s:%d: not a learned bounce (a JSON object with a text and a "
+                        "reason), skipped", path, number)
+        else:
+            examples.append(found)
+    return examples
+
+
+def _parse_line(line: str) -> Example | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str) or \
+            not isinstance(row.get("reason"), str) or reason_problem(row["reason"]):
+        return None
+    return Example(row["text"], row["reason"], str(row.get("learned_at", "")))
+
+
+def append(path: str | Path, learned: Example) -> None:
+    """Add one example to the file (created with its directory when missing), durably."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        cut_short = handle.tell() > 0 and _last_byte(path) != b"\n"
+        handle.write((b"\n" if cut_short else b"") + _line(learned))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def rewrite(path: str | Path, examples: list[Example]) -> None:
+    """Replace the file's examples with ``examples``, atomically."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"".join(_line(kept) for kept in examples))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _line(learned: Example) -> bytes:
+    return json.dumps(asdict(learned), ensure_ascii=False).encode("utf-8", "surrogateescape") \
+        + b"\n"
+
+
+class LearnedFile:
+    """A learned file as the running process sees it (see the module docstring)."""
+
+    def __init__(self, path: str | Path, clock=time.monotonic, recheck: float = RECHECK):
+        self.path = Path(path)
+        self.generation = 0  # counts the re-reads that changed the memory
+        self._clock, self._recheck = clock, recheck
+        self._lock = threading.Lock()
+        self._next_look = float("-inf")
+        self._signature = None
+        self._memory = None
+
+    def memory(self):
+        """The :class:`.memory.Memory` of the file's examples (None: nothing learned)."""
+        if self._clock() >= self._next_look:
+            with self._lock:
+                if self._clock() >= self._next_look:
+                    self._look()
+                    self._next_look = self._clock() + self._recheck
+        return self._memory
+
+    def _look(self) -> None:
+        signature = self._stat()
+        if signature == self._signature:
+            return
+        examples = read(self.path)
+        if examples:
+            from .memory import Memory
+
+            self._memory = Memory(examples)
+        else:
+            self._memory = None
+        self._signature = signature
+        self.generation += 1
+        log.info("bounce classifier: %d learned example(s) from %s", len(examples), self.path)
+
+    def _stat(self) -> tuple | None:
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_size, found.st_ino
