@@ -125,7 +125,7 @@ def learn(message, reason, config_path) -> None:
 def learned_command(config_path) -> None:
     """List the learned bounces: number, reason, when, first line of the diagnostic."""
     from vsl.stdlib.support.bounce import learned
-    from vsl.stdlib.support.bounce.shared import as_bounce
+    from vsl.stdlib.support.bounce.message import as_bounce
 
     for number, found in enumerate(learned.read(_learned_path(config_path)), 1):
         first = as_bounce(found.text).first

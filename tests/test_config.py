@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vsl.server.config import (DEFAULT_FALLBACK, AuthConfig, Config, ConfigError, DeliveryConfig,
-                           DnsConfig, Listener, SmtpLimits, TlsConfig, from_dict, load, parse_listen)
+from vsl.server.config import (DEFAULT_FALLBACK, AuthConfig, BounceConfig, Config, ConfigError,
+                               DeliveryConfig, DnsConfig, Listener, SmtpLimits, TlsConfig,
+                               from_dict, load, parse_listen)
 from vsl.stdlib.support.mail import HeaderLimits
 from vsl.limits import Limits
 
@@ -100,6 +101,9 @@ mx_session_limit = 1
 mx_attempt_timeout = 120
 mx_host_limit = 8
 journal = "state/delivered.journal"
+
+[bounce]
+learned = "state/learned-bounces.jsonl"
 """
 
 
@@ -174,6 +178,8 @@ def test_every_section_and_key_parses(tmp_path):
         86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
         tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0, 8,
         tmp_path / "state/delivered.journal")
+    assert config.bounce == BounceConfig(tmp_path / "state/learned-bounces.jsonl")
+    assert config.learned_bounces == tmp_path / "state/learned-bounces.jsonl"
 
 
 def test_the_full_example_covers_every_key():
@@ -182,10 +188,10 @@ def test_the_full_example_covers_every_key():
     data = tomllib.loads(FULL)
     for section, cls in (("tls", TlsConfig), ("auth", AuthConfig), ("limits", SmtpLimits),
                          ("dns", DnsConfig), ("script_limits", Limits),
-                         ("delivery", DeliveryConfig)):
+                         ("delivery", DeliveryConfig), ("bounce", BounceConfig)):
         assert set(data[section]) == {f.name for f in fields(cls)}, section
     server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
-                                                      "script_limits", "delivery"}
+                                                      "script_limits", "delivery", "bounce"}
     assert set(data["server"]) == server_keys
 
 

@@ -36,7 +36,7 @@ _POWERS = np.array([pow(1000003, k, 1 << 64) for k in range(max(CHAR_NGRAMS))], 
 def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     """The hashed feature vector of a bounce: (sorted bucket indices, values)."""
     first = bounce.first
-    focus = focus_text(bounce)
+    focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
     groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
               _words("s", bounce.subject)]
     structure = [f"kind={bounce.kind}", f"action={first.action}", f"phase={first.phase}",
@@ -46,22 +46,6 @@ def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
         structure += _status_features("seen", ".".join(match.groups()))
     groups.append(np.array([_hash(name) for name in structure], dtype=np.uint64))
     return _combine(groups, [1.0] * (len(groups) - 1) + [STRUCTURE_WEIGHT])
-
-
-def focus_text(bounce: Bounce) -> str:
-    """The text a bounce is mostly judged by: its first recipient's diagnostic, or its
-    readable text when it has none."""
-    return (bounce.first.diagnostic or bounce.text)[:MAX_FOCUS]
-
-
-def focus_features(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
-    """The word and character n-gram features of the focus text alone, without the
-    structure (what learned examples are compared by: ``memory.py``)."""
-    focus = focus_text(bounce)
-    groups = [group for group in (_words("f", focus), _chars(focus)) if len(group)]
-    if not groups:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return _combine(groups, [1.0] * len(groups))
 
 
 def _status_features(prefix: str, status: str) -> list[str]:
@@ -115,3 +99,13 @@ def _combine(groups: list[np.ndarray], scales: list[float]) -> tuple[np.ndarray,
     value = np.concatenate(values)
     order = np.argsort(index, kind="stable")
     return index[order], value[order].astype(np.float32)
+
+
+def focus_features(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
+    """The word and character n-gram features of the focus text alone, without the
+    structure (what learned examples are compared by: ``memory.py``)."""
+    focus = (bounce.first.diagnostic or bounce.text)[:MAX_FOCUS]
+    groups = [group for group in (_words("f", focus), _chars(focus)) if len(group)]
+    if not groups:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return _combine(groups, [1.0] * len(groups))

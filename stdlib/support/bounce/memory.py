@@ -27,9 +27,8 @@ import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, focus_features
-from .message import Bounce, parse
+from .message import Bounce, as_bounce, parse
 from .model import Classification
-from .shared import as_bounce
 
 THRESHOLD = 0.2
 BACKGROUND = 1000  # synthetic bounces the feature weights are counted on

@@ -11,6 +11,9 @@ a reason. A message is one of four kinds:
 - ``plain``: any other bounce; its human-readable text up to the returned original
   message is the diagnostic.
 
+A bare reply line (``452 4.2.2 Mailbox full``, what delivery gets) is read by
+:func:`as_bounce` as the one-recipient RFC 3464 report it would be reported in.
+
 From the diagnostic text the SMTP reply code (RFC 5321), the enhanced status code
 (RFC 3463) and the SMTP phase the error came at are picked with simple anchored patterns.
 Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes, at most ``MAX_PARTS`` MIME parts
@@ -265,3 +268,19 @@ def _strip_tags(html: str) -> str:
         elif not inside:
             out.append(char)
     return "".join(out)
+
+
+def as_bounce(text: str, action: str = "failed") -> Bounce:
+    """A whole message parsed as one; a bare reply or diagnostic line as the report of one
+    recipient whose delivery ended with ``action`` (``failed`` or ``delayed``)."""
+    return parse(text if is_message(text) else reply_report(text, action))
+
+
+def reply_report(reply: str, action: str) -> str:
+    """The RFC 3464 report of one recipient refused with ``reply`` (on one line, so that
+    a remote server's text can add neither fields nor MIME boundaries)."""
+    diagnostic = " ".join(reply.split())
+    return ("Content-Type: multipart/report; report-type=delivery-status; boundary=R\n\n"
+            "--R\nContent-Type: message/delivery-status\n\n"
+            f"Final-Recipient: rfc822; recipient\nAction: {action}\n"
+            f"Diagnostic-Code: smtp; {diagnostic}\n--R--\n")

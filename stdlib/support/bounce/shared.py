@@ -6,7 +6,7 @@ shared. When it is missing or unreadable the error is logged once (which file, w
 how to fix it) and the status codes decide (:mod:`.codes`, confidence 0); a classification
 never raises. numpy and the network are imported only when something is classified.
 
-A text is a whole message when it starts with a header block (:func:`.message.is_message`);
+A text is a whole message when it starts with a header block (:func:`.message.as_bounce`);
 anything else (``452 4.2.2 Mailbox full``, a reply delivery got) is read as the one-recipient
 RFC 3464 report it would be reported in: the network learned from such reports, and its
 ``Action`` (failed or delayed) is a feature. Replies repeat, so the last ones are remembered.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import SHIPPED
 from .learned import LearnedFile
-from .message import Bounce, is_message, parse
+from .message import Bounce, as_bounce
 
 log = logging.getLogger("vsl.bounce")
 
@@ -34,22 +34,6 @@ REMEMBERED = 1024  # distinct (reply, action) pairs a classifier keeps
 REMEMBERED_SIZE = 1000  # characters: longer texts (whole messages) are never kept
 # What np.load and Classifier.load raise on a missing, truncated or foreign file.
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
-
-
-def as_bounce(text: str, action: str = "failed") -> Bounce:
-    """A whole message parsed as one; a bare reply or diagnostic line as the report of one
-    recipient whose delivery ended with ``action`` (``failed`` or ``delayed``)."""
-    return parse(text if is_message(text) else reply_report(text, action))
-
-
-def reply_report(reply: str, action: str) -> str:
-    """The RFC 3464 report of one recipient refused with ``reply`` (on one line, so that
-    a remote server's text can add neither fields nor MIME boundaries)."""
-    diagnostic = " ".join(reply.split())
-    return ("Content-Type: multipart/report; report-type=delivery-status; boundary=R\n\n"
-            "--R\nContent-Type: message/delivery-status\n\n"
-            f"Final-Recipient: rfc822; recipient\nAction: {action}\n"
-            f"Diagnostic-Code: smtp; {diagnostic}\n--R--\n")
 
 
 class SharedClassifier:

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, featurize
-from .message import is_message, parse
+from .message import is_message, parse, reply_report
 from .model import Classifier, Network, softmax
 
 
@@ -349,7 +349,6 @@ def learned_rows(path: str | None) -> list[dict]:
     """The examples of a learned file as labelled rows (trained on like the real ones), a
     reply line as the report the classifier reads it as."""
     from . import learned
-    from .shared import reply_report
 
     return [{"text": e.text if is_message(e.text) else reply_report(e.text, "failed"),
              "reason": e.reason} for e in learned.read(path)] if path else []
