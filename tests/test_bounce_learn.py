@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import smtplib
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from tests.support.servers import config_for, running
-from tests.support.smtp_tools import client
+from tests.support.crash import VSL, stop_process
+from tests.support.smtp_tools import wait_for
 from vsl.cli import main
 from vsl.server import config as config_module
 from vsl.stdlib.support.bounce import learned, train
 from vsl.stdlib.support.bounce.learned import LearnedFile
-from vsl.stdlib.support.bounce.shared import SharedClassifier
+from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
               "450 4.2.0 <bob@example.org>: Recipient address rejected: Greylisted, see the "
@@ -24,6 +28,11 @@ GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
               "451 4.7.1 Greylisting in action, please retry later",
               "421 4.7.0 You have been greylisted by our server; come back in 5 minutes",
               "450 4.7.1 Greylisting in effect, please come back later"]
+DAILY_QUOTA = ["550 5.2.2 The recipient has reached its quota of messages for the day",
+               "452 4.2.2 Daily message quota of this mailbox reached, try tomorrow",
+               "550 5.7.1 Recipient exceeded its daily limit of received messages",
+               "452 Too many messages for this recipient today: daily limit reached",
+               "451 4.2.2 Daily maximum of incoming messages reached for this recipient"]
 PARAPHRASES = ["451 4.7.1 greylisted: try again after 5 minutes",
                "450 Greylisting active for your address, retry in a few minutes",
                "451 4.7.1 <x@y.example>: greylisted, retry in 60 s",
@@ -135,11 +144,25 @@ def test_training_takes_the_learned_examples_as_classes(greylisted):
     assert "greylisted" in model.network.labels
 
 
+def test_a_second_custom_reason_takes_its_own_paraphrases(greylisted):
+    learn_all(greylisted, DAILY_QUOTA, "dailyquota")
+    bounces = classifier_of(greylisted)
+    for text in ("452 4.2.2 This mailbox reached its daily limit of incoming messages",
+                 "550 Daily quota of received mail reached for this user",
+                 "451 the recipient got too many messages today, daily maximum reached"):
+        assert bounces.classify_text(text).reason == "dailyquota", text
+    assert bounces.classify_text(PARAPHRASES[0]).reason == "greylisted"
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_file(), reason="needs ../shared/data")
 def test_learned_examples_leave_the_labelled_messages_alone(greylisted):
-    rows = [json.loads(line) for line in SHARED_DATA.read_text().splitlines()]
-    bounces = classifier_of(greylisted)
-    assert all(bounces.classify_text(row["text"]).reason != "greylisted" for row in rows)
+    """Ten custom examples change the shipped model's answer on none of the labelled file's
+    messages (what THRESHOLD in memory.py was chosen by)."""
+    learn_all(greylisted, DAILY_QUOTA, "dailyquota")
+    texts = [json.loads(line)["text"] for line in SHARED_DATA.read_text().splitlines()]
+    plain, learning = SharedClassifier(), classifier_of(greylisted)
+    assert [learning.classify_text(t).reason for t in texts] == \
+        [plain.classify_text(t).reason for t in texts]
 
 
 # ---- the command line ---------------------------------------------------------------
@@ -170,6 +193,27 @@ def test_learn_list_and_forget(config, tmp_path):
     assert [e.text for e in learned.read(tmp_path / "learned.jsonl")] == [GREYLISTED[1]]
 
 
+@pytest.fixture
+def shipped_learning():
+    """The process's classifier, made to forget the learned file a command gave it."""
+    yield shipped()
+    shipped().learn_from(None)
+
+
+def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, monkeypatch,
+                                                              shipped_learning):
+    learn_all(tmp_path / "learned.jsonl", GREYLISTED, "greylisted")
+    result = run("bounce", "classify", "--config", config, "-", stdin=PARAPHRASES[0])
+    assert result.output.startswith("-\tgreylisted\t")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": "550 5.1.1 no such user", "reason": "userunknown"}))
+    given = []
+    monkeypatch.setattr(train, "main", given.append)
+    assert run("bounce", "train", "--config", config, data, "--out", "m.npz").exit_code == 0
+    assert given == [[str(data), "--out", "m.npz", "--learned",
+                      str(tmp_path / "learned.jsonl")]]
+
+
 def test_the_default_learned_file_is_beside_the_queue(tmp_path):
     assert config_module.load(None).learned_bounces == Path("learned-bounces.jsonl")
     path = tmp_path / "vsl.toml"
@@ -187,28 +231,49 @@ def test_commands_explain_what_is_wrong(config, args, error):
     assert result.exit_code != 0 and error in result.output
 
 
-def test_learning_while_the_server_runs_changes_what_a_script_gets(tmp_path, config):
-    policy = """
+POLICY = """
 fn on_rcpt_to(ctx) {
     let why = bounce::classify("451 4.7.1 greylisted: try again after 5 minutes");
     return status::deny(`550 5.7.1 ${why.reason}`);
 }
 """
-    served = config_for(tmp_path, policy,
-                        bounce=config_module.load(config).bounce)
-    with running(served) as server:
-        assert _reason_given(server) != "greylisted"
+
+
+@pytest.mark.skipif(not VSL.exists(), reason="the vsl command is not installed here")
+def test_learning_while_vsl_serve_runs_changes_what_a_script_gets(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "main.vsl").write_text(POLICY)
+    config = tmp_path / "vsl.toml"
+    config.write_text(f'listen = ["127.0.0.1:{free_port()}"]\n[server]\nhostname = "mx.test"\n'
+                      'scripts = "scripts"\nqueue_dir = "queue"\n')
+    proc = subprocess.Popen([str(VSL), "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert port, (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert reason_given(int(port.group(1))) != "greylisted"
         for text in GREYLISTED:
             assert run("bounce", "learn", "--config", config, "-", "greylisted",
                        stdin=text).exit_code == 0
-        deadline = time.monotonic() + 5
-        while _reason_given(server) != "greylisted":
-            assert time.monotonic() < deadline, "not taken within 5 s"
-            time.sleep(0.2)
+        assert (tmp_path / "learned-bounces.jsonl").is_file()  # beside the queue
+        assert wait_for(lambda: reason_given(int(port.group(1))) == "greylisted", 5, 0.2)
+    finally:
+        stop_process(proc)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
-def _reason_given(server) -> str:
-    with client(server) as smtp:
+def free_port() -> int:
+    """A free port (vsl serve refuses port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def reason_given(port: int) -> str:
+    """The reason the policy's bounce::classify gave, from its reply to RCPT TO."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="c.test", timeout=5) as smtp:
         smtp.ehlo()
         smtp.mail("alice@example.org")
-        return smtp.rcpt("bob@example.test")[1].decode().split()[-1]
+        return smtp.rcpt("bob@mx.test")[1].decode().split()[-1]

@@ -47,10 +47,12 @@ class SharedClassifier:
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._classify_text)
         self._learned: LearnedFile | None = None
 
-    def learn_from(self, learned: str | Path | LearnedFile) -> None:
+    def learn_from(self, learned: str | Path | LearnedFile | None) -> None:
         """Ask the examples of this learned file (a path, or a ``LearnedFile`` with its own
-        clock) before the network, from the next classification on."""
-        self._learned = learned if isinstance(learned, LearnedFile) else LearnedFile(learned)
+        clock; None: none) before the network, from the next classification on."""
+        if learned is not None and not isinstance(learned, LearnedFile):
+            learned = LearnedFile(learned)
+        self._learned = learned
         self._remembered.cache_clear()
 
     def classify_text(self, text: str, action: str = "failed"):
