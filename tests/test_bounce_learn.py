@@ -165,6 +165,14 @@ def test_learned_examples_leave_the_labelled_messages_alone(greylisted):
         [plain.classify_text(t).reason for t in texts]
 
 
+def test_an_unreadable_learned_file_is_logged_and_the_network_decides(tmp_path, caplog):
+    path = tmp_path / "learned.jsonl"
+    path.mkdir()  # reading it fails
+    with caplog.at_level(logging.ERROR, "vsl.bounce"):
+        found = classifier_of(path).classify_text("550 5.1.1 No such user")
+    assert found.reason == "userunknown"
+    assert f"cannot use the learned bounces of {path}" in caplog.text
+
 # ---- the command line ---------------------------------------------------------------
 
 def run(*args, stdin: str | None = None):

@@ -138,7 +138,8 @@ class LearnedFile:
         self._memory = None
 
     def memory(self):
-        """The :class:`.memory.Memory` of the file's examples (None: nothing learned)."""
+        """The :class:`.memory.Memory` of the file's examples (None: nothing learned, or
+        the file cannot be read: logged); never raises."""
         if self._clock() >= self._next_look:
             with self._lock:
                 if self._clock() >= self._next_look:
@@ -150,13 +151,13 @@ class LearnedFile:
         signature = self._stat()
         if signature == self._signature:
             return
-        examples = read(self.path)
-        if examples:
-            from .memory import Memory
-
-            self._memory = Memory(examples)
-        else:
-            self._memory = None
+        try:
+            examples = read(self.path)
+            self._memory = _memory_of(examples)
+        except Exception:  # noqa: BLE001 - a classification must never break its caller
+            log.exception("bounce classifier: cannot use the learned bounces of %s (until it "
+                          "changes)", self.path)
+            examples, self._memory = [], None
         self._signature = signature
         self.generation += 1
         log.info("bounce classifier: %d learned example(s) from %s", len(examples), self.path)
@@ -167,3 +168,12 @@ class LearnedFile:
         except OSError:
             return None
         return found.st_mtime_ns, found.st_size, found.st_ino
+
+
+def _memory_of(examples: list[Example]):
+    """The memory of ``examples`` (None for none: numpy stays unimported)."""
+    if not examples:
+        return None
+    from .memory import Memory
+
+    return Memory(examples)

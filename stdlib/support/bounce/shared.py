@@ -6,8 +6,8 @@ shared. When it is missing or unreadable the error is logged once (which file, w
 how to fix it) and the status codes decide (:mod:`.codes`, confidence 0); a classification
 never raises. numpy and the network are imported only when something is classified.
 
-A text is a whole message when it starts with a header block (:func:`.message.as_bounce`);
-anything else (``452 4.2.2 Mailbox full``, a reply delivery got) is read as the one-recipient
+A text is read by :func:`.message.as_bounce`: a whole message when it starts with a header
+block, anything else (``452 4.2.2 Mailbox full``, a reply delivery got) is read as the one-recipient
 RFC 3464 report it would be reported in: the network learned from such reports, and its
 ``Action`` (failed or delayed) is a feature. Replies repeat, so the last ones are remembered.
 
@@ -69,8 +69,7 @@ class SharedClassifier:
     def classify(self, bounce: Bounce):
         """The ``Classification`` of a parsed bounce: by the learned examples when it is
         like one, else by the network, or by its codes when the network cannot be used."""
-        memory = self._learned.memory() if self._learned is not None else None
-        learned = memory.match(bounce) if memory is not None else None
+        learned = self._learned_match(bounce)
         if learned is not None:
             return learned
         classifier = self.get()
@@ -84,12 +83,28 @@ class SharedClassifier:
 
         return classify_by_codes(bounce)
 
+    def _learned_match(self, bounce: Bounce):
+        """The ``Classification`` the learned examples give ``bounce``, or None."""
+        learned = self._learned
+        if learned is None:
+            return None
+        memory = learned.memory()
+        if memory is None:
+            return None
+        try:
+            return memory.match(bounce)
+        except Exception:  # noqa: BLE001 - a classification must never break its caller
+            log.exception("bounce classifier: cannot compare %r with the learned bounces of %s",
+                          bounce.first.diagnostic[:200], learned.path)
+            return None
+
     def _learned_generation(self) -> int:
         """The learned file's generation, after a look at it when one is due (0: none)."""
-        if self._learned is None:
+        learned = self._learned
+        if learned is None:
             return 0
-        self._learned.memory()
-        return self._learned.generation
+        learned.memory()
+        return learned.generation
 
     def get(self):
         """The loaded ``Classifier``, or None after logging once why it could not load."""
