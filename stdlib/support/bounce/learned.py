@@ -89,10 +89,11 @@ def _parse_line(line: str) -> Example | None:
 
 
 def append(path: str | Path, learned: Example) -> None:
-    """Add one example to the file (created with its directory when missing), durably."""
+    """Add one example to the file, durably; a missing file is created (0600: bounces name
+    addresses), with its directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as handle:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as handle:
         cut_short = handle.tell() > 0 and _last_byte(path) != b"\n"
         handle.write((b"\n" if cut_short else b"") + _line(learned))
         handle.flush()
