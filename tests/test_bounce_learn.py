@@ -8,6 +8,7 @@ import re
 import smtplib
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from vsl.cli import main
 from vsl.server import config as config_module
 from vsl.stdlib.support.bounce import learned, train
 from vsl.stdlib.support.bounce.learned import LearnedFile
+from vsl.stdlib.support.bounce.message import as_bounce
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
@@ -125,6 +127,31 @@ def test_a_running_classifier_takes_what_is_learned_after_the_recheck(tmp_path):
     assert bounces.classify_text(text).reason != "greylisted"
 
 
+def test_classifying_threads_see_a_whole_memory_while_the_file_changes(tmp_path):
+    path, clock = tmp_path / "learned.jsonl", FakeClock()
+    bounces, seen, errors, done = classifier_of(path, clock), set(), [], threading.Event()
+
+    def classify_until_done():
+        try:
+            for _ in range(5000):
+                seen.add(bounces.classify(as_bounce(PARAPHRASES[0])).reason)
+                if done.is_set():
+                    return
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+    threads = [threading.Thread(target=classify_until_done) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for text in GREYLISTED:
+        learn_all(path, [text], "greylisted")
+        clock.now += 1.1
+    assert wait_for(lambda: "greylisted" in seen or errors, 5)
+    done.set()
+    for thread in threads:
+        thread.join()
+    network = SharedClassifier().classify_text(PARAPHRASES[0]).reason
+    assert not errors and seen <= {network, "greylisted"}
+
 def test_a_damaged_line_is_skipped_with_a_warning(greylisted, caplog):
     lines = greylisted.read_text().splitlines(keepends=True)
     greylisted.write_text(lines[0] + "not json\n" + '{"text": 1}\n' + "".join(lines[1:]) +
@@ -208,6 +235,20 @@ def shipped_learning():
     yield shipped()
     shipped().learn_from(None)
 
+
+def test_a_learned_message_is_listed_by_its_diagnostic(config, tmp_path):
+    message = tmp_path / "bounce.eml"
+    message.write_text("From: MAILER-DAEMON@example.org\nSubject: Undelivered\n"
+                       "Content-Type: multipart/report; report-type=delivery-status; "
+                       "boundary=B\n\n--B\nContent-Type: text/plain\n\nSorry.\n\n--B\n"
+                       "Content-Type: message/delivery-status\n\nReporting-MTA: dns; "
+                       "mx.example.org\n\nFinal-Recipient: rfc822; bob@example.org\n"
+                       "Action: delayed\nStatus: 4.7.1\nDiagnostic-Code: smtp; 451 4.7.1 "
+                       "Greylisted, come back later\n\n--B--\n")
+    assert run("bounce", "learn", "--config", config, message, "greylisted").exit_code == 0
+    listed = run("bounce", "learned", "--config", config).output
+    assert listed.startswith("1\tgreylisted\t") and \
+        listed.endswith("\t451 4.7.1 Greylisted, come back later\n")
 
 def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, monkeypatch,
                                                               shipped_learning):
