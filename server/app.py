@@ -22,6 +22,7 @@ from .admission import Admission
 from .authenticator import Authenticator
 from .config import Config, Listener
 from .delivery import Delivery
+from .delivery_hook import FailureHook
 from .intake import Intake
 from .policy import Policy
 from .queue_backend import QueueBackend
@@ -84,7 +85,8 @@ class Server:
                         config.scripts)
         self.spool: QueueBackend = open_queue(config)
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
-                                 config.domains, dns_defaults=dns_defaults)
+                                 config.domains, dns_defaults=dns_defaults,
+                                 hook=FailureHook(self.policy, self.script_pool))
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
             Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),

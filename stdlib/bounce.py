@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import NativeObject
 
 from .ctx import Context
 from .support.bounce.message import MAX_MESSAGE, Bounce, parse as parse_message
 from .support.bounce.shared import shipped
+from .support.result import BounceResult
 from .support.signing import message_of
 
 # The classifier is the process's shared one (support/bounce/shared.py: loaded on first use,
@@ -25,30 +25,6 @@ from .support.signing import message_of
 # operations by the bytes read (``charges=``), as a script step walking them would be.
 
 namespace = Namespace("bounce", "Why a message bounced (the bounce classifier)")
-
-
-class BounceResult(NativeObject):
-    """The outcome of bounce::classify; prints as its reason and compares equal to it."""
-
-    vsl_type = "bounce_result"
-    vsl_props = frozenset({"reason", "confidence", "hard", "status", "diagnostic"})
-
-    def __init__(self, classification):
-        self.reason = classification.reason
-        self.confidence = classification.confidence
-        self.hard = classification.hard
-        self.status = classification.status
-        self.diagnostic = classification.diagnostic
-
-    def vsl_display(self) -> str:
-        return self.reason
-
-    def vsl_equals(self, other) -> bool:
-        if isinstance(other, BounceResult):
-            return self.reason == other.reason
-        return self.reason == other
-
-
 namespace.register_type(BounceResult)
 
 
