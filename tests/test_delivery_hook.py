@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,9 @@ from vsl.stdlib import new_engine
 from vsl.stdlib.support.bounce.model import Classification
 from tests.support.mailsink import MESSAGE, Sink
 from tests.test_delivery import SENDER, Clock, dsns, in_tmp, queue, report
+
+DAY = 86400
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "delivery-failures"
 
 POLICY = """
 fn on_delivery_failure(ctx) {
@@ -34,16 +38,27 @@ fn on_delivery_failure(ctx) {
 
 
 @pytest.fixture
-def world(tmp_path):
-    """A spool, a fake clock and a worker whose policy has POLICY's hook."""
+def pool():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def make_world(tmp_path, scripts: Path, pool, **delivery) -> tuple:
+    """A spool, a fake clock and a worker whose policy is ``scripts``/main.vsl (limits:
+    10,000 operations); ``delivery``: more arguments of Delivery."""
+    policy = Policy(new_engine(Limits(max_operations=10_000, max_time=2.0)), scripts)
+    spool, clock = Spool(tmp_path / "queue"), Clock()
+    config = in_tmp(tmp_path, max_age=10 * DAY)
+    return spool, clock, Delivery(spool, config, "mx.test", ("example.test",), clock=clock,
+                                  hook=FailureHook(policy, pool), **delivery)
+
+
+@pytest.fixture
+def world(tmp_path, pool):
+    """A world whose policy has POLICY's hook."""
     (tmp_path / "policy").mkdir()
     (tmp_path / "policy" / "main.vsl").write_text(POLICY)
-    policy = Policy(new_engine(Limits(max_operations=10_000, max_time=2.0)),
-                    tmp_path / "policy")
-    spool, clock = Spool(tmp_path / "queue"), Clock()
-    with ThreadPoolExecutor(1) as pool:
-        yield spool, clock, Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",),
-                                     clock=clock, hook=FailureHook(policy, pool))
+    return make_world(tmp_path, tmp_path / "policy", pool)
 
 
 def attempt(world, rcpt: str, **envelope):
@@ -93,7 +108,7 @@ def test_decisions_that_fail_the_recipient_send_a_dsn(world, tmp_path, rcpt, cod
 
 
 def test_a_5xx_is_never_retried_beyond_max_age(world, tmp_path):
-    attempt(world, "bad-retry@remote.test", received_at=world[1].now - 1001)
+    attempt(world, "bad-retry@remote.test", received_at=world[1].now - 10 * DAY - 1)
     assert world[0].list() == []
     (block,) = report(dsns(tmp_path)[0])[1:]
     assert block["Status"] == "4.4.7"
@@ -152,3 +167,30 @@ def test_ctx_offers_what_delivery_knows():
     assert script.call("fields", null)[1] == "<>"
     with pytest.raises(Exception, match="set_header.. is not available after on_pre_queue"):
         script.call("tries_to_edit", null)
+
+
+# ---- the example policy ------------------------------------------------------------------
+
+class Verdicts:
+    """A classifier judging every reply ``reason``: the example's decisions by reason,
+    whatever the shipped model makes of the sink's replies."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def classify_text(self, text: str, action: str = "failed") -> Classification:
+        return Classification(self.reason, 0.9, text[:1] == "5", "", text)
+
+
+@pytest.mark.parametrize("rcpt, reason, age, queue_name", [
+    ("temp@remote.test", "userunknown", 0, None),          # 4xx, but it will not exist
+    ("temp@remote.test", "mailboxfull", 0, "deferred"),    # full: retried for a day
+    ("temp@remote.test", "mailboxfull", 2 * DAY, None),
+    ("bad@remote.test", "blocked", 0, "deferred"),         # 5xx, but it will pass later
+    ("bad@remote.test", "filtered", 0, None),              # the default: a 5xx bounces
+])
+def test_the_example_policy(tmp_path, pool, rcpt, reason, age, queue_name):
+    world = make_world(tmp_path, EXAMPLE, pool, reasons=Verdicts(reason))
+    entry = attempt(world, rcpt, received_at=world[1].now - age)
+    assert (entry and entry.queue) == queue_name
+    assert len(dsns(tmp_path)) == (queue_name is None)
