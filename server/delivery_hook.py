@@ -40,6 +40,7 @@ from .policy import Policy
 
 log = logging.getLogger("vsl.delivery")
 HOOK = Stage.DELIVERY_FAILURE.function
+_ENTRIES = entry_points()
 DECISIONS = ("next", "deny", "accept", "quarantine")  # what the hook may return
 _DEFAULT = Status("next")
 
@@ -87,7 +88,7 @@ class FailureHook:
             log.error("%s: %s failed for <%s>: %s", refusal.queue_id, HOOK, refusal.recipient,
                       err)
             return _DEFAULT
-        problem = wrong_return(script, entry_points(), HOOK, result) or \
+        problem = wrong_return(script, _ENTRIES, HOOK, result) or \
             _not_a_decision(result)
         if problem:
             log.error("%s: %s (for <%s>)", refusal.queue_id, problem, refusal.recipient)

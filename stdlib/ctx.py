@@ -236,12 +236,12 @@ class Context(NativeObject):
             raise ScriptError("no message has been received")
         return self.message
 
-    @method()
+    @_during(_SESSION)
     def is_secured(self) -> bool:
         """Whether the connection is encrypted (STARTTLS or implicit TLS)."""
         return self.tls
 
-    @method()
+    @_during(_SESSION)
     def is_authenticated(self) -> bool:
         """Whether the client authenticated (AUTH)."""
         return self.auth is not None

@@ -187,9 +187,10 @@ def test_mailbox_exposes_only_its_props():
 
 READ, EDIT = (Stage.PRE_QUEUE, Stage.DELIVERY_FAILURE), (Stage.PRE_QUEUE, Stage.PRE_QUEUE)
 ENVELOPE, ALWAYS = (Stage.MAIL_FROM, Stage.PRE_QUEUE), (Stage.CONNECT, Stage.DELIVERY_FAILURE)
+SESSION = (Stage.CONNECT, Stage.POST_QUEUE)
 METHODS = {  # call -> the stages where it works
-    "ctx.is_secured()": ALWAYS,
-    "ctx.is_authenticated()": ALWAYS,
+    "ctx.is_secured()": SESSION,
+    "ctx.is_authenticated()": SESSION,
     'ctx.store("k", 1)': ALWAYS,
     'ctx.get("k")': ALWAYS,
     'ctx.get_header("Subject")': READ,
