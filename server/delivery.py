@@ -209,27 +209,29 @@ class Delivery:
                                 reason, confidence)
             log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
                      result.status, result.reply, f" reason={reason}" if reason else "")
-        quarantine = await self._ask_policy(entry, rcpts, reasons, data)
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
-        return quarantine
+        return await self._ask_policy(entry, rcpts, reasons, data)
 
     async def _ask_policy(self, entry: Entry, rcpts: list[RecipientState],
                           verdicts: dict[str, Classification], data: bytes) -> str | None:
         """on_delivery_failure for each refused recipient of ``rcpts`` (those with a
-        verdict), its decision applied to the recipient's state; the quarantine it asked
-        for, if any (the first)."""
+        verdict), its decision applied to the recipient's state and stored; the quarantine
+        it asked for, if any (the first)."""
         refused = [r for r in rcpts if r.address in verdicts]
         if not refused or self.hook is None or not self.hook.wanted():
             return None
-        message, quarantine = queued_header(data), None
+        message, quarantine, changed = queued_header(data), None, False
         age = self.clock() - entry.envelope.received_at
         for rcpt in refused:
             decision = await self.hook.decide(
                 Refusal(entry.id, entry.envelope.sender, rcpt.address, rcpt.reply,
                         verdicts[rcpt.address], rcpt.attempts, age), message)
-            rcpt.status = state_after(decision, rcpt.status)
+            state = state_after(decision, rcpt.status)
+            changed, rcpt.status = changed or state != rcpt.status, state
             quarantine = quarantine or decision.queue
+        if changed:
+            await self.queue.update(entry)
         return quarantine
 
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
