@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import smtplib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from vsl.server.queue import Spool
 from vsl.stdlib import new_engine
 from vsl.stdlib.support.bounce.model import Classification
 from tests.support.mailsink import MESSAGE, Sink
-from tests.test_delivery import SENDER, Clock, dsns, in_tmp, queue, report
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
+from tests.test_delivery import SENDER, Clock, dsns, in_tmp, queue, report, with_delivery
 
 DAY = 86400
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "delivery-failures"
@@ -139,6 +142,34 @@ def test_no_hook_in_the_policy_changes_nothing(world, tmp_path):
     (tmp_path / "policy" / "main.vsl").write_text("fn on_helo(ctx) { status::next() }\n")
     world[2].hook.policy.reload()
     assert attempt(world, "temp-deny@remote.test").queue == "deferred"
+
+
+SENDING = """
+fn on_rcpt_to(ctx) {
+    transport::forward(ctx, "smtp://127.0.0.1:PORT?tls=none");
+    status::next()
+}
+fn on_delivery_failure(ctx) {
+    if ctx.bounce == "userunknown" { return status::deny(); }
+    status::next()
+}
+"""
+
+
+def test_a_real_server_asks_its_policy(tmp_path):
+    """vsl serve's delivery runs the policy's hook: a 4xx "no such user" from the
+    receiving server is given up at once, and the sender gets its DSN."""
+    refusing = 'fn on_rcpt_to(ctx) { status::deny("450 4.1.1 <x@example.test>: Recipient ' \
+               'address rejected: User unknown in local recipient table") }\n'
+    (tmp_path / "rx").mkdir()
+    with running(config_for(tmp_path / "rx", refusing)) as receiver:
+        script = SENDING.replace("PORT", str(receiver.port()))
+        with running(with_delivery(config_for(tmp_path, script))) as server:
+            with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
+                smtp.sendmail(SENDER, ["x@example.test"], MESSAGE)
+            assert wait_for(lambda: not server.spool.list() and dsns(tmp_path))
+    (block,) = report(dsns(tmp_path)[0])[1:]
+    assert (block["Action"], block["Status"]) == ("failed", "4.1.1")
 
 
 # ---- what the hook sees ------------------------------------------------------------------
