@@ -23,6 +23,7 @@ from .admission import Admission
 from .authenticator import Authenticator
 from .config import Config, Listener
 from .delivery import Delivery
+from .delivery_hook import FailureHook
 from .intake import Intake
 from .policy import Policy
 from .queue_backend import QueueBackend
@@ -86,7 +87,8 @@ class Server:
         self.spool: QueueBackend = open_queue(config)
         shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
-                                 config.domains, dns_defaults=dns_defaults)
+                                 config.domains, dns_defaults=dns_defaults,
+                                 hook=FailureHook(self.policy, self.script_pool))
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
             Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),

@@ -19,7 +19,9 @@ Every refusal (a 4xx/5xx reply, or a connection-level failure with its text) is 
 by the process's bounce classifier (vsl.stdlib.support.bounce.shared), in a worker thread
 so that the model's first load and each classification stay off the event loop; the reason
 is stored with the recipient, logged (``reason=``) and reported in the DSN. Without a usable
-model the status codes decide (confidence 0).
+model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
+it has one, may fail a deferred recipient now, retry a failed one, or quarantine the message
+(server/delivery_hook.py).
 A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
 
 from .config import DeliveryConfig
+from .delivery_hook import FailureHook, Refusal, queued_header, state_after
 from .dsn import build_dsn
 from .envelope import Envelope, RecipientState
 from .queue_backend import Entry, QueueBackend, QueueError
@@ -66,7 +69,7 @@ class Delivery:
     def __init__(self, queue: QueueBackend, config: DeliveryConfig, hostname: str,
                  local_domains, resolver=None, clock: Callable[[], float] = time.time,
                  dns_defaults: DnsDefaults = DnsDefaults(),
-                 reasons: SharedClassifier | None = None):
+                 reasons: SharedClassifier | None = None, hook: FailureHook | None = None):
         if config.maildir_root is None:
             raise ValueError("delivery needs a maildir_root")
         self.queue, self.config, self.clock = queue, config, clock
@@ -77,6 +80,7 @@ class Delivery:
             else "mx"
         self.transports = Transports(config, self.hostname, resolver, dns_defaults)
         self.reasons = reasons or shipped()
+        self.hook = hook  # the policy's on_delivery_failure (None: the default decisions)
         self.active: dict[str, asyncio.Task] = {}
         self._task: asyncio.Task | None = None
 
@@ -179,10 +183,17 @@ class Delivery:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        await self._settle(entry, data)
+        quarantine = next((name for name in results if name), None)
+        if quarantine:
+            await self.queue.move(entry.id, f"quarantine/{quarantine}", entry.queue)
+            log.info("%s: moved to quarantine/%s by on_delivery_failure", entry.id, quarantine)
+        else:
+            await self._settle(entry, data)
 
     async def _deliver_group(self, entry: Entry, route: str, rcpts: list[RecipientState],
-                             data: bytes) -> None:
+                             data: bytes) -> str | None:
+        """Deliver ``rcpts`` over ``route`` and store their results; the quarantine
+        on_delivery_failure asked for, if any."""
         addresses = [r.address for r in rcpts]
         try:
             outcomes = await self.transports.deliver(parse_route(route),
@@ -200,6 +211,28 @@ class Delivery:
                      result.status, result.reply, f" reason={reason}" if reason else "")
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
+        return await self._ask_policy(entry, rcpts, reasons, data)
+
+    async def _ask_policy(self, entry: Entry, rcpts: list[RecipientState],
+                          verdicts: dict[str, Classification], data: bytes) -> str | None:
+        """on_delivery_failure for each refused recipient of ``rcpts`` (those with a
+        verdict), its decision applied to the recipient's state and stored; the quarantine
+        it asked for, if any (the first)."""
+        refused = [r for r in rcpts if r.address in verdicts]
+        if not refused or self.hook is None or not self.hook.wanted():
+            return None
+        message, quarantine, changed = queued_header(data), None, False
+        age = self.clock() - entry.envelope.received_at
+        for rcpt in refused:
+            decision = await self.hook.decide(
+                Refusal(entry.id, entry.envelope.sender, rcpt.address, rcpt.reply,
+                        verdicts[rcpt.address], rcpt.attempts, age), message)
+            state = state_after(decision, rcpt.status)
+            changed, rcpt.status = changed or state != rcpt.status, state
+            quarantine = quarantine or decision.queue
+        if changed:
+            await self.queue.update(entry)
+        return quarantine
 
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
         """Why each refused recipient was refused (none for a delivered one; by the status

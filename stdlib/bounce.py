@@ -11,46 +11,35 @@ from __future__ import annotations
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.values import NativeObject
 
-from .support.bounce.message import Bounce, parse as parse_message
+from .ctx import Context
+from .support.bounce.message import MAX_MESSAGE, Bounce, parse as parse_message
 from .support.bounce.shared import shipped
+from .support.result import BounceResult
 from .support.signing import message_of
 
 # The classifier is the process's shared one (support/bounce/shared.py: loaded on first use,
 # the status codes deciding when its file cannot be read), so a script, `vsl bounce` and
 # delivery give one text one answer. The work is bounded by the parser's limits (256 KiB,
-# 64 MIME parts, 100 recipients: about 1.3 ms a message).
+# 64 MIME parts, 100 recipients: about 1.3 ms a message), and charged to the script's
+# operations by the bytes read (``charges=``), as a script step walking them would be.
 
 namespace = Namespace("bounce", "Why a message bounced (the bounce classifier)")
-
-
-class BounceResult(NativeObject):
-    """The outcome of bounce::classify; prints as its reason and compares equal to it."""
-
-    vsl_type = "bounce_result"
-    vsl_props = frozenset({"reason", "confidence", "hard", "status", "diagnostic"})
-
-    def __init__(self, classification):
-        self.reason = classification.reason
-        self.confidence = classification.confidence
-        self.hard = classification.hard
-        self.status = classification.status
-        self.diagnostic = classification.diagnostic
-
-    def vsl_display(self) -> str:
-        return self.reason
-
-    def vsl_equals(self, other) -> bool:
-        if isinstance(other, BounceResult):
-            return self.reason == other.reason
-        return self.reason == other
-
-
 namespace.register_type(BounceResult)
 
 
-@namespace.native
+def text_read(text) -> int:
+    """What bounce::classify reads of ``text``: its characters, up to the parser's cut."""
+    return min(len(text), MAX_MESSAGE) if isinstance(text, str) else 0
+
+
+def message_read(ctx) -> int:
+    """What bounce::parse reads of ``ctx``'s message: its bytes, up to the parser's cut."""
+    message = ctx.message if isinstance(ctx, Context) else None
+    return 0 if message is None else min(message.size, MAX_MESSAGE)
+
+
+@namespace.native(charges=text_read)
 def classify(text) -> BounceResult:
     """classify(text): why a message bounced, with .reason .confidence .hard .status
     .diagnostic; `text` is a whole message or a reply line (`550 5.1.1 no such user`).
@@ -66,7 +55,7 @@ def classify(text) -> BounceResult:
     return BounceResult(shipped().classify_text(text))
 
 
-@namespace.native(uses="body")
+@namespace.native(uses="body", charges=message_read)
 def parse(ctx) -> list:
     """parse(ctx): the message as a bounce, one map per failed recipient: recipient,
     action, status, remote_mta, diagnostic, reason, confidence, hard, kind.

@@ -3,7 +3,9 @@
 The server makes one :class:`Context` per connection and sets ``ctx.stage`` before
 each stage function. Reading a property before its stage (``ctx.sender`` in
 ``on_helo``), or calling a method outside its stages, is a ScriptError scripts can
-catch::
+catch. Delivery makes one per refused recipient for ``on_delivery_failure``
+(:meth:`Context.delivery_failure`): the queued message's sender, queue id and headers,
+the recipient, the remote's reply and the classifier's verdict, read-only::
 
     ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.example")
     ctx.stage, ctx.helo = Stage.HELO, "client.example"
@@ -26,6 +28,7 @@ from vsl.natives import Namespace
 from vsl.values import FrozenMap, NativeObject, method, preview
 
 from .support.mail import Mailbox, Message
+from .support.result import BounceResult
 
 namespace = Namespace("ctx", "The SMTP session object passed to stage functions")
 
@@ -40,6 +43,7 @@ class Stage(IntEnum):
     RCPT_TO = 5
     PRE_QUEUE = 6
     POST_QUEUE = 7
+    DELIVERY_FAILURE = 8  # called by delivery, for a recipient a remote refused
 
     @property
     def function(self) -> str:
@@ -50,6 +54,9 @@ class Stage(IntEnum):
 _SESSION = (Stage.CONNECT, Stage.POST_QUEUE)
 _TRANSACTION = (Stage.MAIL_FROM, Stage.POST_QUEUE)
 _MESSAGE = (Stage.PRE_QUEUE, Stage.POST_QUEUE)
+_HEADERS = (Stage.PRE_QUEUE, Stage.DELIVERY_FAILURE)  # delivery reads the queued message's
+_QUEUED = (Stage.MAIL_FROM, Stage.DELIVERY_FAILURE)   # the envelope delivery knows
+_DELIVERY = (Stage.DELIVERY_FAILURE, Stage.DELIVERY_FAILURE)
 _ENVELOPE_EDIT = (Stage.MAIL_FROM, Stage.PRE_QUEUE)  # after that the message is queued
 _MESSAGE_EDIT = (Stage.PRE_QUEUE, Stage.PRE_QUEUE)
 
@@ -57,9 +64,11 @@ _PROPS = {  # property -> the first and last stage where scripts can read it
     "client_ip": _SESSION, "client_port": _SESSION, "server_ip": _SESSION,
     "server_port": _SESSION, "server_name": _SESSION, "auth": _SESSION,
     "helo": (Stage.HELO, Stage.POST_QUEUE),
-    "sender": _TRANSACTION, "message_id": _TRANSACTION, "recipients": _TRANSACTION,
+    "sender": _QUEUED, "message_id": _QUEUED, "recipients": _TRANSACTION,
     "rcpt": (Stage.RCPT_TO, Stage.RCPT_TO),
     "body": _MESSAGE,
+    "recipient": _DELIVERY, "reply": _DELIVERY, "bounce": _DELIVERY, "attempt": _DELIVERY,
+    "age": _DELIVERY,
 }
 _METHODS: dict[str, tuple[Stage, Stage]] = {}  # method -> its stages (filled by @_during)
 _NO_VALUE = object()
@@ -79,8 +88,29 @@ def _during(stages: tuple[Stage, Stage]):
     return mark
 
 
+class Reply(NativeObject):
+    """A remote's reply as on_delivery_failure sees it (``ctx.reply``): ``.code`` (550),
+    ``.text`` (the rest); prints as the whole line and compares equal to it."""
+
+    vsl_type = "reply"
+    vsl_props = frozenset({"code", "text"})
+
+    def __init__(self, line: str):
+        code, _, text = line.partition(" ")
+        self.line = line
+        self.code = int(code) if len(code) == 3 and code.isdigit() else 0
+        self.text = text if self.code else line
+
+    def vsl_display(self) -> str:
+        return self.line
+
+    def vsl_equals(self, other) -> bool:
+        return self.line == (other.line if isinstance(other, Reply) else other)
+
+
 class Context(NativeObject):
-    """One SMTP session (and its current transaction) as scripts see it."""
+    """One SMTP session (and its current transaction) as scripts see it, or in
+    on_delivery_failure a queued message's refused recipient."""
 
     vsl_type = "ctx"
     vsl_props = frozenset(_PROPS)
@@ -96,7 +126,27 @@ class Context(NativeObject):
         self._data: dict = {}  # store(): the session's values, then the transaction's
         self._session_data: dict = {}  # the session's values, while a transaction is open
         self.message_id: str | None = None
+        # on_delivery_failure's (see delivery_failure())
+        self.recipient: Mailbox | None = None
+        self.reply: Reply | None = None
+        self.bounce: BounceResult | None = None
+        self.attempt = self.age = 0
         self.reset()
+
+    @classmethod
+    def delivery_failure(cls, *, queue_id: str, sender: Mailbox, recipient: Mailbox,
+                         message: Message, reply: str, bounce: BounceResult, attempt: int,
+                         age: int) -> Context:
+        """The ctx of on_delivery_failure: a queued message (``queue_id``, ``sender``, its
+        headers) whose ``recipient`` a remote refused with ``reply``, judged ``bounce``
+        (a bounce::classify result), at its ``attempt``-th try, ``age`` seconds after it
+        was queued."""
+        ctx = cls("", 0, "", 0, "")
+        ctx.stage, ctx.message_id, ctx.sender, ctx.message = \
+            Stage.DELIVERY_FAILURE, queue_id, sender, message
+        ctx.recipient, ctx.reply, ctx.bounce = recipient, Reply(reply), bounce
+        ctx.attempt, ctx.age = attempt, age
+        return ctx
 
     # -- Python API, for the server ------------------------------------------------
     def set_auth(self, mechanism: str, authid: str) -> None:
@@ -186,36 +236,36 @@ class Context(NativeObject):
             raise ScriptError("no message has been received")
         return self.message
 
-    @method()
+    @_during(_SESSION)
     def is_secured(self) -> bool:
         """Whether the connection is encrypted (STARTTLS or implicit TLS)."""
         return self.tls
 
-    @method()
+    @_during(_SESSION)
     def is_authenticated(self) -> bool:
         """Whether the client authenticated (AUTH)."""
         return self.auth is not None
 
     # -- headers ---------------------------------------------------------------------
-    @_during(_MESSAGE)
+    @_during(_HEADERS)
     def get_header(self, name) -> str:
         """The first value of a header, "" when there is none."""
         value = self._message().get(name)
         return "" if value is None else value
 
-    @_during(_MESSAGE)
+    @_during(_HEADERS)
     def get_all_headers(self, name=None) -> list:
         """Without a name, every header as "Name: value"; with one, all its values."""
         if name is None:
             return [f"{field}: {value}" for field, value in self._message().fields()]
         return self._message().get_all(name)
 
-    @_during(_MESSAGE)
+    @_during(_HEADERS)
     def has_header(self, name) -> bool:
         """Whether the message has a header of that name (names are case-insensitive)."""
         return self._message().get(name) is not None
 
-    @_during(_MESSAGE)
+    @_during(_HEADERS)
     def count_header(self, name) -> int:
         """How many headers of that name the message has."""
         return len(self._message().get_all(name))
@@ -309,6 +359,7 @@ class Context(NativeObject):
 
 namespace.register_type(Context)
 namespace.register_type(Mailbox)
+namespace.register_type(Reply)
 
 
 def entry_points() -> EntryPoints:
@@ -321,11 +372,13 @@ def entry_points() -> EntryPoints:
         names=names, prefix="on_", param=Context, returns=Status,
         available={member: (first - 1, last - 1)
                    for member, (first, last) in {**_PROPS, **_METHODS}.items()},
-        member_types={"sender": Mailbox, "rcpt": Mailbox},
+        member_types={"sender": Mailbox, "rcpt": Mailbox, "recipient": Mailbox,
+                      "reply": Reply, "bounce": BounceResult},
         aliases={"on_data": "on_pre_queue", "on_ehlo": "on_helo", "on_rcpt": "on_rcpt_to",
                  "on_mail": "on_mail_from", "on_queue": "on_pre_queue",
                  "client_addr": "client_ip", "server_addr": "server_ip",
-                 "mail_from": "sender", "rcpt_to": "rcpt", "rcpt_list": "recipients"},
+                 "mail_from": "sender", "rcpt_to": "rcpt", "rcpt_list": "recipients",
+                 "on_deferred": "on_delivery_failure", "on_bounce": "on_delivery_failure"},
         return_hint="status::next(), status::accept(), status::deny(\"550 ...\") or "
                     "status::quarantine(name)",
         foreign_scripts=(".rhai",),  # vSMTP's

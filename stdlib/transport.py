@@ -173,7 +173,7 @@ def _lint_url(kinds):
     return check
 
 
-@namespace.native(check=_lint_url(RELAY_KINDS), uses="sender")
+@namespace.native(check=_lint_url(RELAY_KINDS), uses="recipients")
 def forward(ctx, url, rcpt=None) -> None:
     """forward(ctx, url [, rcpt]): relay to one SMTP server,
     ``smtp://host[:port][?tls=none|opportunistic|required|verify]`` (port 25, opportunistic
@@ -182,27 +182,27 @@ def forward(ctx, url, rcpt=None) -> None:
     _set(ctx, parse_route(url, RELAY_KINDS), rcpt)
 
 
-@namespace.native(uses="sender")  # a route is set from MAIL FROM on
+@namespace.native(uses="recipients")  # a route is set from MAIL FROM to on_post_queue
 def deliver(ctx, rcpt=None) -> None:
     """deliver(ctx [, rcpt]): to the recipient domain's MX hosts (or its A/AAAA)."""
     _set(ctx, Route("mx"), rcpt)
 
 
-@namespace.native(uses="sender")
+@namespace.native(uses="recipients")
 def maildir(ctx, directory, rcpt=None) -> None:
     """maildir(ctx, "/abs/dir" [, rcpt]): into a Maildir (created if missing); the path
     must be absolute, without empty, ``.`` or ``..`` parts."""
     _set(ctx, parse_route(f"maildir:{_path(directory)}", ("maildir",)), rcpt)
 
 
-@namespace.native(uses="sender")
+@namespace.native(uses="recipients")
 def mbox(ctx, file, rcpt=None) -> None:
     """mbox(ctx, "/abs/file" [, rcpt]): appended to an mbox file (mboxrd, under an fcntl
     lock); the path must be absolute, without empty, ``.`` or ``..`` parts."""
     _set(ctx, parse_route(f"mbox:{_path(file)}", ("mbox",)), rcpt)
 
 
-@namespace.native(check=_lint_url(("lmtp",)), uses="sender")
+@namespace.native(check=_lint_url(("lmtp",)), uses="recipients")
 def lmtp(ctx, url, rcpt=None) -> None:
     """lmtp(ctx, url [, rcpt]): hand over to an LMTP server (RFC 2033),
     ``lmtp://host[:port]`` (port 24) or ``lmtp:///path/to/socket``."""

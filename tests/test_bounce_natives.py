@@ -10,6 +10,8 @@ import pytest
 
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client
+from vsl.errors import LimitError
+from vsl.limits import Limits
 from vsl.lint import Linter
 from vsl.stdlib import bounce, new_engine
 from vsl.stdlib.ctx import Context, Stage, entry_points
@@ -86,6 +88,12 @@ fn on_pre_queue(ctx) {
 """
 
 
+def _ctx_with(raw: bytes) -> Context:
+    ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
+    ctx.message = Message(raw)
+    return ctx
+
+
 def run_script(source: str, fn: str = "check"):
     return new_engine().load_source(source, "t.vsl").call(fn)
 
@@ -128,6 +136,25 @@ def test_a_huge_text_is_classified_within_bounds(text):
     started = time.perf_counter()
     result = bounce.classify(text)
     assert time.perf_counter() - started < 0.5 and len(result.diagnostic) <= 4000
+
+
+CHARGED = """
+fn classify_ten(text) { for i in 0..10 { bounce::classify(text); } "done" }
+fn parse_ten(ctx) { for i in 0..10 { bounce::parse(ctx); } "done" }
+"""
+BIG = "550 5.1.1 the mailbox is unknown here " * 2_500  # 100 KB: 1,563 operations a read
+
+
+@pytest.mark.parametrize("function, big, small", [
+    ("classify_ten", BIG, "550 5.1.1 no such user"),
+    ("parse_ten", _ctx_with(DSN + BIG.encode()), _ctx_with(DSN))], ids=["classify", "parse"])
+def test_the_natives_are_charged_for_the_bytes_they_read(function, big, small):
+    """Ten reads of 100 KB cost what a script walking them would: over 5,000 operations;
+    ten reads of a short text stay well within them."""
+    script = new_engine(Limits(max_operations=5_000)).load_source(CHARGED, "c.vsl")
+    assert script.call(function, small) == "done"
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call(function, big)
 
 
 def test_classify_takes_a_string():
@@ -218,9 +245,3 @@ fn on_rcpt_to(ctx) {
             assert smtp.mail("alice@example.org")[0] == 250
             code, text = smtp.rcpt("bob@example.test")
     assert code == 550 and text == b"5.1.1 userunknown 5.1.1"
-
-
-def _ctx_with(raw: bytes) -> Context:
-    ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
-    ctx.message = Message(raw)
-    return ctx

@@ -59,7 +59,7 @@ def error(body: str, ctx: Context) -> str:
 def test_stages_are_the_linters_stage_functions():
     assert [stage.function for stage in Stage] == list(entry_points().names)
     assert Stage.CONNECT < Stage.HELO < Stage.AUTH < Stage.MAIL_FROM < Stage.RCPT_TO \
-        < Stage.PRE_QUEUE < Stage.POST_QUEUE
+        < Stage.PRE_QUEUE < Stage.POST_QUEUE < Stage.DELIVERY_FAILURE
 
 
 # ---- properties, stage by stage ----------------------------------------------------------
@@ -73,11 +73,13 @@ PROPERTIES = {
     "server_name": (Stage.CONNECT, Stage.POST_QUEUE),
     "auth": (Stage.CONNECT, Stage.POST_QUEUE),
     "helo": (Stage.HELO, Stage.POST_QUEUE),
-    "sender": (Stage.MAIL_FROM, Stage.POST_QUEUE),
-    "message_id": (Stage.MAIL_FROM, Stage.POST_QUEUE),
+    "sender": (Stage.MAIL_FROM, Stage.DELIVERY_FAILURE),
+    "message_id": (Stage.MAIL_FROM, Stage.DELIVERY_FAILURE),
     "recipients": (Stage.MAIL_FROM, Stage.POST_QUEUE),
     "rcpt": (Stage.RCPT_TO, Stage.RCPT_TO),
     "body": (Stage.PRE_QUEUE, Stage.POST_QUEUE),
+    **dict.fromkeys(("recipient", "reply", "bounce", "attempt", "age"),
+                    (Stage.DELIVERY_FAILURE, Stage.DELIVERY_FAILURE)),
 }
 READER = load("".join(
     f"fn read_{name}(ctx) {{ try {{ return [\"ok\", ctx.{name}]; }} "
@@ -183,11 +185,12 @@ def test_mailbox_exposes_only_its_props():
 
 # ---- methods, stage by stage -------------------------------------------------------------
 
-READ, EDIT = (Stage.PRE_QUEUE, Stage.POST_QUEUE), (Stage.PRE_QUEUE, Stage.PRE_QUEUE)
-ENVELOPE, ALWAYS = (Stage.MAIL_FROM, Stage.PRE_QUEUE), (Stage.CONNECT, Stage.POST_QUEUE)
+READ, EDIT = (Stage.PRE_QUEUE, Stage.DELIVERY_FAILURE), (Stage.PRE_QUEUE, Stage.PRE_QUEUE)
+ENVELOPE, ALWAYS = (Stage.MAIL_FROM, Stage.PRE_QUEUE), (Stage.CONNECT, Stage.DELIVERY_FAILURE)
+SESSION = (Stage.CONNECT, Stage.POST_QUEUE)
 METHODS = {  # call -> the stages where it works
-    "ctx.is_secured()": ALWAYS,
-    "ctx.is_authenticated()": ALWAYS,
+    "ctx.is_secured()": SESSION,
+    "ctx.is_authenticated()": SESSION,
     'ctx.store("k", 1)': ALWAYS,
     'ctx.get("k")': ALWAYS,
     'ctx.get_header("Subject")': READ,

@@ -461,6 +461,32 @@ def test_const_closure_gets_a_fresh_budget_per_call():
     assert script.call("f", 10) == 10  # max_time is per call, not since the load
 
 
+def _charging_engine() -> Engine:
+    ns = Namespace("w", "test natives whose work grows with their input")
+
+    @ns.native(charges=len)
+    def scan(text):
+        return text.count("a")
+
+    @ns.native(charges=len)
+    async def ascan(text):
+        return text.count("a")
+
+    return Engine(Limits(max_operations=5_000, max_time=5.0),
+                  namespaces=default_namespaces() + [ns])
+
+
+@pytest.mark.parametrize("native", ["scan", "ascan"])
+def test_a_native_declaring_charges_spends_operations_by_its_work(native):
+    """charges=len: a call costs what a script step walking its text does (1 + len/64),
+    so ten scans of 64,000 characters exceed 5,000 operations, ten of 100 do not."""
+    script = load(f"fn f(t) {{ let n = 0; for i in 0..10 {{ n += w::{native}(t); }} n }}",
+                  engine=_charging_engine())
+    assert script.call("f", "a" * 100) == 1_000
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call("f", "a" * 64_000)
+
+
 def test_each_call_has_its_own_budget():
     script = load("fn spin(n) { let i = 0; while i < n { i += 1; } i }",
                   Limits(max_operations=5_000, max_time=0.5))

@@ -40,7 +40,7 @@ from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownE
 from .imports import check_nesting, import_target
 from .limits import Limits
 from .methods import call_method
-from .natives import IO_DEADLINE, SCRIPT_POSITION
+from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
 from .ops import Ops
 from .resolve import ModuleInfo, Resolution, resolve
 from .script_file import UnreadableScript, read_script
@@ -165,6 +165,21 @@ async def _ameth(st, obj, name, args):
     if inspect.isawaitable(result):
         result = st.ops.from_native(await _on_host(result), obj, f"{name}()")
     return result
+
+
+def _native_entry(native: Native):
+    """What compiled code calls for ``native``: its function (an async one hosted, see
+    _on_host); for a native with ``charges``, one taking the call's budget first and
+    charging the size of the work before the call."""
+    func = _hosted(native.func) if native.is_async else native.func
+    charges = native.charges
+    if charges is None:
+        return func
+
+    def charged(st, *args):
+        st.work(charges(*args))
+        return func(*args)
+    return charged
 
 
 def _on_host(awaitable):
@@ -522,8 +537,7 @@ class Engine:
             "_FMT": frozenset({str, int}), "_too_long": ops.too_large,
         }
         for (ns, name), native in natives.items():
-            env[native_name(ns, name)] = _hosted(native.func) if native.is_async else \
-                native.func
+            env[native_name(ns, name)] = _native_entry(native)
         for alias, script in imports.items():
             for (name, arity), fn in script.functions.items():
                 env[module_fn_name(alias, name, arity)] = fn

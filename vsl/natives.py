@@ -5,8 +5,9 @@ namespace named ``""`` holds global functions such as ``log(...)``. The
 signature of each native comes from its Python signature, so the linter and
 the compiler can check names and arity without running anything; its return
 annotation, when it is a native object class, tells the linter the type of
-the result, ``options`` the keys of the option map it takes last, and ``uses``
-the member of its first argument that it needs.
+the result, ``options`` the keys of the option map it takes last, ``uses``
+the member of its first argument that it needs, and ``charges`` the size of the work a
+call does (charged to the script's budget like a step of script code of that size).
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ class Native:
     returns: type | None = None  # the NativeObject class it returns, when it always does
     options: tuple[str, ...] = ()  # the keys its last argument, an option map, may have
     uses: str | None = None  # the member of its first argument it needs (lint: where it is)
+    charges: Callable | None = None
+    # ^ charges(*args) -> the size of the work a call does (bytes read, items walked): the
+    # engine charges it as ExecState.work(size) before the call
 
     def signature(self) -> str:
         names = [p if i < self.min_args else f"{p}?" for i, p in enumerate(self.params)]
@@ -86,10 +90,14 @@ class Namespace:
     types: list[type] = field(default_factory=list)
 
     def native(self, fn: Callable | None = None, *, name: str | None = None,
-               check: Callable | None = None, options=(), uses: str | None = None):
+               check: Callable | None = None, options=(), uses: str | None = None,
+               charges: Callable | None = None):
         """Decorator registering ``fn`` as ``namespace::name``; ``options``: the keys of
         the option map it takes as its last argument; ``uses``: the member of its first
-        argument it needs, so that the linter can tell where it works (``"body"``)."""
+        argument it needs, so that the linter can tell where it works (``"body"``);
+        ``charges``: a function of the same arguments giving the size of the work the
+        call does, charged to the script's operations (for natives whose work grows with
+        their input: every limit holds for real work)."""
 
         def register(fn: Callable) -> Callable:
             params = list(inspect.signature(fn).parameters.values())
@@ -103,7 +111,8 @@ class Namespace:
                 max_args=None if variadic else len(positional),
                 doc=(inspect.getdoc(fn) or "").split("\n")[0],
                 is_async=inspect.iscoroutinefunction(fn), check=check,
-                returns=_native_class(fn), options=tuple(options), uses=uses)
+                returns=_native_class(fn), options=tuple(options), uses=uses,
+                charges=charges)
             self.functions[native.name] = native
             return fn
 

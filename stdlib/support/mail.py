@@ -238,6 +238,12 @@ class Message:
         """The message, byte for byte as received except for the edited fields."""
         return b"".join(f.raw for f in self._fields) + self._separator + self.body_bytes
 
+    @property
+    def size(self) -> int:
+        """The message's length in bytes, as to_bytes() would give it (without building it)."""
+        return sum(len(f.raw) for f in self._fields) + len(self._separator) + \
+            len(self.body_bytes)
+
     @cached_property
     def body(self) -> str:
         """The body as text (UTF-8, undecodable bytes replaced)."""

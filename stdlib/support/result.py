@@ -1,4 +1,5 @@
-"""What the results of iprev::, spf::, dkim::, dmarc:: and arc:: have in common."""
+"""What the results of iprev::, spf::, dkim::, dmarc::, arc:: and bounce:: have in common;
+bounce::classify's result, which on_delivery_failure also sees (``ctx.bounce``)."""
 from __future__ import annotations
 
 from vsl.values import NativeObject
@@ -17,3 +18,17 @@ class CheckResult(NativeObject):
         if isinstance(other, type(self)):
             return self.value == other.value
         return self.value == other
+
+
+class BounceResult(CheckResult):
+    """The outcome of bounce::classify; prints as its reason and compares equal to it."""
+
+    vsl_type = "bounce_result"
+    vsl_props = frozenset({"reason", "confidence", "hard", "status", "diagnostic"})
+
+    def __init__(self, classification):
+        self.value = self.reason = classification.reason
+        self.confidence = classification.confidence
+        self.hard = classification.hard
+        self.status = classification.status
+        self.diagnostic = classification.diagnostic
