@@ -76,10 +76,11 @@ def eval_command(data, model) -> None:
 @click.argument("data", type=DATA)
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write the model (.npz).")
 @click.option("--cv", is_flag=True, help="First print the leave-group-out evaluation.")
+@click.option("--quick", is_flag=True, help="With --cv: the network alone, no baselines.")
 @click.option("--learned", type=DATA,
               help="Learned bounces to train on too (default with --config: its file).")
 @CONFIG
-def train_command(data, out, cv, learned, config_path) -> None:
+def train_command(data, out, cv, quick, learned, config_path) -> None:
     """Train the classifier on DATA.jsonl (text, reason; group for --cv), the synthetic
     bounces and the learned ones; write it to --out."""
     from vsl.stdlib.support.bounce import train
@@ -89,7 +90,7 @@ def train_command(data, out, cv, learned, config_path) -> None:
     _labelled(data)
     learned = learned or (config_path and _learned_path(config_path))
     train.main([data] + (["--out", out] if out else []) + (["--cv"] if cv else []) +
-               (["--learned", str(learned)] if learned else []))
+               (["--quick"] if quick else []) + (["--learned", str(learned)] if learned else []))
 
 
 @bounce.command()

@@ -88,8 +88,8 @@ def test_train_passes_its_arguments_to_the_trainer(tiny, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(train, "main", seen.append)
     out = tmp_path / "m.npz"
-    assert run("bounce", "train", tiny, "--out", out, "--cv").exit_code == 0
-    assert seen == [[str(tiny), "--out", str(out), "--cv"]]
+    assert run("bounce", "train", tiny, "--out", out, "--cv", "--quick").exit_code == 0
+    assert seen == [[str(tiny), "--out", str(out), "--cv", "--quick"]]
 
 
 def test_train_needs_out_or_cv(tiny):
