@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import smtplib
-import socket
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.support.mailsink import free_port
 from tests.support.crash import VSL, stop_process
 from tests.support.smtp_tools import wait_for
 from vsl.cli import main
@@ -313,12 +313,6 @@ def test_learning_while_vsl_serve_runs_changes_what_a_script_gets(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
 
-
-def free_port() -> int:
-    """A free port (vsl serve refuses port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def reason_given(port: int) -> str:

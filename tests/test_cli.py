@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import re
 import smtplib
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.mailsink import free_port
 
 VSL = Path(sys.executable).parent / "vsl"
 
@@ -490,11 +491,6 @@ def test_run_zone_error_is_reported(tmp_path):
     assert proc.returncode != 0
     assert "none.zone: cannot read" in proc.stderr and "Traceback" not in proc.stderr
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_serve_zone_answers_the_scripts_resolvers(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from vsl.server.queue import Spool
+from tests.support.mailsink import free_port
 from tests.support.servers import config_for, running
 
 VSL = Path(sys.executable).parent / "vsl"
@@ -23,11 +24,6 @@ def send(port: int, body: bytes) -> tuple[int, bytes]:
         smtp.rcpt("bob@example.test")
         return smtp.data(body)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_full_disk_gives_451(tmp_path):

@@ -12,7 +12,7 @@ def require(name: str, package: str) -> str:
     """The tool's path; without it the test is skipped, unless CI=true (then it fails)."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if path is None:
-        _missing(name, package)
+        missing(name, package)
     return path
 
 
@@ -20,10 +20,10 @@ def require_perl_module(module: str, package: str) -> None:
     """Skip (or under CI=true fail) the test unless perl can load module."""
     perl = require("perl", "perl-base")
     if subprocess.run([perl, f"-M{module}", "-e1"], capture_output=True).returncode:
-        _missing(f"perl's {module}", package)
+        missing(f"perl's {module}", package)
 
 
-def _missing(what: str, package: str) -> None:
+def missing(what: str, package: str) -> None:
     message = f"{what} is not installed (apt-get install {package})"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}, and CI=true requires it")
