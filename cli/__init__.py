@@ -2,6 +2,7 @@
 
     language.py  vsl lint, vsl run, vsl test (scripts and recorded sessions)
     serve.py     vsl serve (the server or its workers)
+    policyd.py   vsl policyd (the scripts as a Postfix policy service)
     queue.py     vsl queue ... (the spool, safe while the server runs)
     users.py     vsl passwd (users-file lines)
     bounce.py    vsl bounce ... (the bounce classifier)
@@ -17,7 +18,7 @@ from importlib import metadata
 
 import click
 
-from . import bounce, language, queue, serve, users
+from . import bounce, language, policyd, queue, serve, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,3 +34,4 @@ main.add_command(serve.serve)
 main.add_command(queue.queue)
 main.add_command(users.passwd)
 main.add_command(bounce.bounce)
+main.add_command(policyd.policyd)

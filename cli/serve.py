@@ -50,11 +50,11 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
         if nameserver:
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
-        _serve(_serve_config(config_path, **options))
+        _serve(serve_config(config_path, **options))
 
 
-def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_override, hostname,
-                  workers):
+def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_override, hostname,
+                 workers):
     """The configuration `vsl serve` runs: the file's, changed by the options."""
     from vsl.server import config as config_module  # (the mail model: slow to import)
     from vsl.stdlib.ctx import entry_points

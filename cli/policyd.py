@@ -1,0 +1,72 @@
+"""``vsl policyd``: the policy's stages as a Postfix policy delegation service
+(``check_policy_service inet:HOST:PORT`` in main.cf).
+
+The service is imported when the command runs, not with the command line.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from vsl.server.printable import SafeFormatter
+
+from .serve import serve_config
+
+DEFAULT_LISTEN = "127.0.0.1:10040"
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="vsl.toml (scripts, [dns], script limits, fallback_reply, hostname).")
+@click.option("--scripts", type=click.Path(file_okay=False), help="Script directory (main.vsl).")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
+              help="Where Postfix connects (check_policy_service inet:HOST:PORT).")
+@click.option("--dns", "dns_server", metavar="HOST:PORT",
+              help="DNS server for a dns::resolver() that names none.")
+@click.option("--hostname", help="The server's name (ctx.server_name).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
+def policyd(config_path, scripts, listen, dns_server, hostname, verbose) -> None:
+    """Answer Postfix's policy requests (check_policy_service) with the scripts' stages."""
+    from vsl.server import config as config_module
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    config = serve_config(config_path, scripts=scripts, listen=(), queue_dir=None,
+                          dns_server=dns_server, dns_override=(), hostname=hostname,
+                          workers=None)
+    try:
+        where = config_module.parse_listen(listen, key="--listen")
+    except config_module.ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    _run(config, (where.host, where.port))
+
+
+def _run(config, listen: tuple[str, int]) -> None:
+    """Serve until interrupted."""
+    import asyncio
+
+    from vsl.server.policy import PolicyError
+    from vsl.server.policyd.service import PolicyService
+
+    try:
+        service = PolicyService(config, listen)
+    except PolicyError as err:
+        click.echo(f"the scripts do not lint:\n{err}", err=True)
+        sys.exit(1)
+
+    async def run():
+        await service.start()
+        host, port = service.address
+        click.echo(f"vsl: policy service listening on {host}:{port}")
+        await service.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        raise click.ClickException(f"cannot listen: {err}") from None
