@@ -332,3 +332,41 @@ def test_a_reload_changes_the_decisions(tmp_path):
         assert await service.policy.reload_in_thread()
         return before, await c.ask(recipient="bob@example.org", instance="6.6.6.6")
     assert serve(tmp_path, body) == ("DUNNO", "550 5.7.1 Reloaded")
+
+
+# ---- the table of conversations ------------------------------------------------------------
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_conversations_are_bounded_in_number_and_age():
+    from vsl.server.policyd.conversation import Conversations
+
+    clock = Clock()
+    table = Conversations(lambda: None, "mx.example.org", limit=2, max_age=60, clock=clock)
+    for n in range(3):
+        table.bind(table.find("", (f"192.0.2.{n}", "1"), None), f"i{n}")
+    assert len(table) == 2  # the least recently used went first
+    assert table.find("i0", ("192.0.2.0", "1"), None).instance == ""  # a new one
+    assert table.find("i2", ("192.0.2.2", "1"), None).instance == "i2"
+    clock.now = 61
+    assert table.find("i2", ("192.0.2.2", "1"), None).instance == ""  # too old: gone
+    assert len(table) == 0
+
+
+def test_the_command_refuses_scripts_that_do_not_lint(tmp_path):
+    from click.testing import CliRunner
+
+    from vsl.cli import main
+
+    (tmp_path / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::nope() }")
+    result = CliRunner().invoke(main, ["policyd", "--scripts", str(tmp_path)])
+    assert result.exit_code == 1 and "do not lint" in result.output
+    result = CliRunner().invoke(main, ["policyd", "--scripts", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no main.vsl" in result.output
+    result = CliRunner().invoke(main, ["policyd", "--listen", "nowhere"])
+    assert result.exit_code == 1 and "--listen" in result.output
