@@ -12,7 +12,7 @@ import click
 
 from vsl.server.printable import SafeFormatter
 
-from .serve import serve_config
+from .serve import run_until_interrupted, serve_config
 
 DEFAULT_LISTEN = "127.0.0.1:10040"
 
@@ -47,8 +47,6 @@ def policyd(config_path, scripts, listen, dns_server, hostname, verbose) -> None
 
 def _run(config, listen: tuple[str, int]) -> None:
     """Serve until interrupted."""
-    import asyncio
-
     from vsl.server.policy import PolicyError
     from vsl.server.policyd.service import PolicyService
 
@@ -64,9 +62,4 @@ def _run(config, listen: tuple[str, int]) -> None:
         click.echo(f"vsl: policy service listening on {host}:{port}")
         await service.serve_forever()
 
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    except OSError as err:
-        raise click.ClickException(f"cannot listen: {err}") from None
+    run_until_interrupted(run)

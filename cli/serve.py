@@ -89,8 +89,6 @@ def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overri
 
 def _serve(config) -> None:
     """Run the server (or its workers) until interrupted."""
-    import asyncio
-
     from vsl.server.app import Server
     from vsl.server.policy import PolicyError
 
@@ -110,6 +108,14 @@ def _serve(config) -> None:
         for listener, address in server.bound:
             click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
         await server.serve_forever()
+
+    run_until_interrupted(run)
+
+
+def run_until_interrupted(run) -> None:
+    """``asyncio.run(run())`` until interrupted; a listener that cannot bind is an error
+    of the command (`vsl serve`, `vsl policyd`)."""
+    import asyncio
 
     try:
         asyncio.run(run())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -128,12 +127,7 @@ class Server:
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
-        loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGHUP, self.policy.request_reload)
-        except (NotImplementedError, RuntimeError):
-            pass  # not the main thread, or no signals here
-        self._tasks.append(asyncio.ensure_future(self.policy.watch()))
+        self._tasks.append(self.policy.follow_changes())
         try:
             await asyncio.gather(*(s.serve_forever() for s in self.servers))
         finally:

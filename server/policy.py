@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 
 from vsl.stdlib.ctx import entry_points
@@ -90,6 +91,15 @@ class Policy:
         task = asyncio.ensure_future(self.reload_in_thread())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def follow_changes(self) -> asyncio.Task:
+        """Reload on SIGHUP (when serving in the main thread) and whenever a script
+        changes: the watcher's task, to cancel when serving ends."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread, or no signals here
+        return asyncio.ensure_future(self.watch())
 
     def _files_stamp(self) -> tuple:
         """(path, mtime, size) of every script; one removed meanwhile is left out."""
