@@ -284,6 +284,7 @@ def test_a_bad_address_is_dunno(tmp_path):
     b"request=smtpd_access_policy\nname=a\0b\n\n",
     b"request=smtpd_access_policy\nname=\xff\xfe\n\n",
     b"".join(b"a%d=1\n" % n for n in range(101)) + b"\n",            # too many attributes
+    b"".join(b"a%d=%s\n" % (n, b"v" * 4000) for n in range(5)) + b"\n",  # too big
     b"request=smtpd_access_policy\nprotocol_state=RCPT",              # closed within a line
 ])
 def test_hostile_input_closes_without_a_reply_and_the_service_goes_on(tmp_path, data):
@@ -370,3 +371,27 @@ def test_the_command_refuses_scripts_that_do_not_lint(tmp_path):
     assert result.exit_code == 1 and "no main.vsl" in result.output
     result = CliRunner().invoke(main, ["policyd", "--listen", "nowhere"])
     assert result.exit_code == 1 and "--listen" in result.output
+
+
+def test_random_requests_always_get_an_action(tmp_path):
+    """Values Postfix would never send (bounded: 300 requests): every one is answered."""
+    import random
+
+    rng = random.Random(15)
+    junk = ["", "<>", "@", "a@", "@b", "x" * 300, "é@é.example", "1.2.3", "-1", "99999",
+            "a b@c", "postmaster", "POSTMASTER", "\t", "=", "::1", "[::1]"]
+    names = ["protocol_state", "client_address", "client_port", "helo_name", "sender",
+             "recipient", "instance", "queue_id", "sasl_username", "sasl_method",
+             "server_port", "encryption_protocol"]
+    states = [*delegation.STAGES, "VRFY", "ETRN", "", "rcpt"]
+
+    async def body(c, service):
+        answers = []
+        for _ in range(300):
+            attributes = {name: rng.choice(junk) for name in rng.sample(names, 4)}
+            attributes["protocol_state"] = rng.choice(states)
+            answers.append(await c.ask(**attributes))
+        return answers
+    answers = serve(tmp_path, body)
+    assert len(answers) == 300 and all(answers)
+    assert "DEFER_IF_PERMIT Service temporarily unavailable" not in answers

@@ -2,6 +2,7 @@
 service (``check_policy_service``) and its SMTP clients get the replies the script
 decides, at each stage; HOLD puts the message in Postfix's hold queue and PREPEND adds
 its header. ``vsl policyd`` is a subprocess, started and stopped by its PID."""
+import itertools
 import json
 import os
 import signal
@@ -51,8 +52,14 @@ fn on_pre_queue(ctx) {
 
 
 @pytest.fixture
-def policyd(tmp_path):
+def policyd(policyd_process):
     """A running `vsl policyd` on the POLICY scripts: its port."""
+    return policyd_process[0]
+
+
+@pytest.fixture
+def policyd_process(tmp_path):
+    """A running `vsl policyd` on the POLICY scripts: (its port, its process, main.vsl)."""
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (scripts / "main.vsl").write_text(POLICY)
@@ -63,7 +70,7 @@ def policyd(tmp_path):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         _wait_listening(port, proc)
-        yield port
+        yield port, proc, scripts / "main.vsl"
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         try:
@@ -122,6 +129,45 @@ def test_postfix_answers_what_the_script_decides_at_rcpt(policyd):
     assert refused(user[2], 550, "5.1.1 No such user here")
     assert refused(later[2], 450, "4.7.1 Greylisted by vSL")
     assert refused(stages[2], 550, "5.7.1 helo=client.test connects=1")
+
+
+def test_swaks_gets_the_scripts_reply(policyd):
+    swaks = require("swaks", "swaks")
+    settings = {"smtpd_recipient_restrictions":
+                f"{check(policyd)}, permit_mynetworks, reject_unauth_destination"}
+    with PrivatePostfix(settings) as postfix:
+        result = subprocess.run(
+            [swaks, "--server", "127.0.0.1", "--port", str(postfix.port), "--helo",
+             "client.test", "--from", "alice@client.test", "--to", "nobody@example.test",
+             "--timeout", "20"], capture_output=True, text=True, timeout=60)
+    assert "<** 550 5.1.1 <nobody@example.test>: Recipient address rejected: " \
+        "No such user here" in result.stdout
+
+
+def test_a_changed_script_is_reloaded(policyd_process):
+    """Without Postfix: a request over the socket; the script changed, SIGHUP (or the file
+    watcher, whichever comes first); the next message gets the new script's decision."""
+    port, proc, main_vsl = policyd_process
+    request = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n"
+               b"helo_name=client.test\nsender=a@client.test\nrecipient=b@example.test\n"
+               b"instance=%d\n\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        replies = sock.makefile("rb")
+        sock.sendall(request % 1)
+        before = replies.readline()
+        replies.readline()
+        main_vsl.write_text('fn on_rcpt_to(ctx) { status::deny("550 5.7.1 Reloaded") }')
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline, after = time.monotonic() + 20, b""
+        for instance in itertools.count(2):  # a new message each time: on_rcpt_to runs
+            if time.monotonic() > deadline or after == b"action=550 5.7.1 Reloaded\n":
+                break
+            time.sleep(0.2)
+            sock.sendall(request % instance)
+            after = replies.readline()
+            replies.readline()
+    assert before == b"action=DUNNO\n"
+    assert after == b"action=550 5.7.1 Reloaded\n"
 
 
 def test_each_restriction_list_asks_at_its_own_command(policyd):

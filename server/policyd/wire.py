@@ -3,7 +3,7 @@ lines ended by an empty line; the reply is ``action=...`` and an empty line. Man
 requests follow one another on the same connection.
 
 Hostile input never gets further than here: a line longer than ``line`` bytes, a request
-of more than ``attributes`` lines, a line without ``=``, a NUL or undecodable bytes, or a
+of more than ``attributes`` lines or ``request_bytes`` bytes, a line without ``=``, a NUL or undecodable bytes, or a
 request not finished ``request_seconds`` after it began, is a :class:`ProtocolError`;
 Postfix's rule for trouble is to log it and close the connection without a reply.
 """
@@ -22,6 +22,7 @@ class WireLimits:
     """What one connection may send (Postfix's own requests stay far below)."""
     line: int = 4096             # bytes of one name=value line
     attributes: int = 100        # lines of one request
+    request_bytes: int = 16384   # bytes of one request (Postfix's are about 1 KiB)
     request_seconds: float = 10.0  # from a request's first byte to its empty line
     idle_seconds: float = 600.0  # between requests (Postfix closes after 300 s idle)
     reply_seconds: float = 10.0  # for a reply to be taken by the peer
@@ -37,10 +38,12 @@ async def read_request(reader: asyncio.StreamReader, limits: WireLimits) -> dict
     attributes: dict[str, str] = {}
     try:
         async with asyncio.timeout(limits.request_seconds):
-            line = first
+            line, size = first, 0
             while line:
-                if len(attributes) >= limits.attributes:
-                    raise ProtocolError(f"more than {limits.attributes} attributes")
+                size += len(line.encode("utf-8")) + 1
+                if len(attributes) >= limits.attributes or size > limits.request_bytes:
+                    raise ProtocolError(f"more than {limits.attributes} attributes or "
+                                        f"{limits.request_bytes} bytes in a request")
                 name, value = _attribute(line)
                 attributes.setdefault(name, value)
                 line = await _line(reader)
