@@ -395,3 +395,21 @@ def test_random_requests_always_get_an_action(tmp_path):
     answers = serve(tmp_path, body)
     assert len(answers) == 300 and all(answers)
     assert "DEFER_IF_PERMIT Service temporarily unavailable" not in answers
+
+
+def test_another_helo_runs_on_helo_again_and_ends_the_message(tmp_path):
+    async def body(c, service):
+        first = await c.ask(recipient="seen@example.org")
+        await c.ask("EHLO", helo_name="other.example", sender="", recipient="", instance="")
+        return first, await c.ask(recipient="seen@example.org", helo_name="other.example",
+                                  instance="8.8.8.8")
+    assert serve(tmp_path, body) == ("550 5.7.1 client.example alice@client.example 1",
+                                     "550 5.7.1 other.example alice@client.example 1")
+
+
+def test_an_ended_message_is_not_found_by_its_instance(tmp_path):
+    async def body(c, service):
+        await c.ask(recipient="bob@example.org", instance="9.9.9.1")
+        await c.ask(recipient="bob@example.org", instance="9.9.9.2")
+        return len(service.delegation.conversations)
+    assert serve(tmp_path, body) == 1

@@ -40,19 +40,13 @@ class Conversation:
         return any((key if isinstance(key, Stage) else key[0]) == stage
                    for key in self.decided)
 
-    def new_message(self) -> None:
-        """A new MAIL FROM: the transaction's decisions and values are forgotten, the
-        session's (connect, helo, values stored before MAIL FROM) stay."""
+    def end_message(self) -> None:
+        """The transaction's decisions and values are forgotten, the session's (connect,
+        helo, values stored before MAIL FROM) stay."""
         self.ctx.reset()
         self.runner.end_transaction()
-        self.instance = ""
         self.decided = {key: action for key, action in self.decided.items()
                         if isinstance(key, Stage) and key < Stage.MAIL_FROM}
-
-    def forget_helo(self) -> None:
-        """A new HELO/EHLO: on_helo runs again, and the transaction ends."""
-        self.new_message()
-        self.decided.pop(Stage.HELO, None)
 
 
 class Conversations:
@@ -85,12 +79,17 @@ class Conversations:
 
     def bind(self, conversation: Conversation, instance: str) -> None:
         """``conversation``'s current message is ``instance`` from now on."""
-        if conversation.instance and conversation.instance != instance:
-            self._by_instance.pop(conversation.instance, None)
         conversation.instance = instance
         self._by_instance[instance] = conversation
         self._by_instance.move_to_end(instance)
         self._evict()
+
+    def new_message(self, conversation: Conversation) -> None:
+        """``conversation``'s message ended (a new MAIL FROM, HELO or instance): its
+        instance no longer finds it."""
+        self._by_instance.pop(conversation.instance, None)
+        conversation.instance = ""
+        conversation.end_message()
 
     def _new(self, client: tuple[str, str]) -> Conversation:
         address, port = client

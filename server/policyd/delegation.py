@@ -76,23 +76,24 @@ class Delegation:
         instance = request.get("instance", "")
         conversation = self.conversations.find(instance, client, link.current)
         link.current = conversation
-        self._follow(conversation, state, request)
+        self._follow(conversation, state, instance, request.get("helo_name", ""))
         if instance:
             self.conversations.bind(conversation, instance)
         describe(conversation.ctx, request)
         return await self._decide(conversation, stages, state, request)
 
-    @staticmethod
-    def _follow(conversation: Conversation, state: str, request: dict) -> None:
-        """Start a new message (MAIL again, another instance) or session part (HELO
-        with another name) when the request says one began."""
-        instance = request.get("instance", "")
-        if state in ("EHLO", "HELO") and conversation.has_run(Stage.HELO) and \
-                request.get("helo_name", "") != (conversation.ctx.helo or ""):
-            conversation.forget_helo()
-        elif state == "MAIL" and conversation.has_run(Stage.MAIL_FROM) or \
-                instance and conversation.instance not in ("", instance):
-            conversation.new_message()
+    def _follow(self, conversation: Conversation, state: str, instance: str,
+                helo: str) -> None:
+        """End the message when the request says another began: MAIL again, another
+        instance, or HELO with another name (then on_helo runs again too)."""
+        new_helo = state in ("EHLO", "HELO") and conversation.has_run(Stage.HELO) and \
+            helo != (conversation.ctx.helo or "")
+        new_mail = state == "MAIL" and conversation.has_run(Stage.MAIL_FROM)
+        new_instance = bool(instance) and conversation.instance not in ("", instance)
+        if new_helo or new_mail or new_instance:
+            self.conversations.new_message(conversation)
+        if new_helo:
+            del conversation.decided[Stage.HELO]
 
     async def _decide(self, conversation: Conversation, stages: tuple[Stage, ...],
                       state: str, request: dict) -> str:
