@@ -38,6 +38,8 @@ def policyd(config_path, scripts, listen, dns_server, hostname, verbose) -> None
     config = serve_config(config_path, scripts=scripts, listen=(), queue_dir=None,
                           dns_server=dns_server, dns_override=(), hostname=hostname,
                           workers=None)
+    if config.scripts is None:
+        raise click.UsageError("no scripts: give --scripts DIR (or scripts in vsl.toml)")
     try:
         where = config_module.parse_listen(listen, key="--listen")
     except config_module.ConfigError as err:

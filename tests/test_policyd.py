@@ -369,8 +369,11 @@ def test_the_command_refuses_scripts_that_do_not_lint(tmp_path):
     assert result.exit_code == 1 and "do not lint" in result.output
     result = CliRunner().invoke(main, ["policyd", "--scripts", str(tmp_path / "none")])
     assert result.exit_code == 1 and "no main.vsl" in result.output
-    result = CliRunner().invoke(main, ["policyd", "--listen", "nowhere"])
+    result = CliRunner().invoke(main, ["policyd", "--scripts", str(tmp_path),
+                                       "--listen", "nowhere"])
     assert result.exit_code == 1 and "--listen" in result.output
+    result = CliRunner().invoke(main, ["policyd"])
+    assert result.exit_code == 2 and "no scripts" in result.output
 
 
 def test_random_requests_always_get_an_action(tmp_path):
@@ -413,3 +416,15 @@ def test_an_ended_message_is_not_found_by_its_instance(tmp_path):
         await c.ask(recipient="bob@example.org", instance="9.9.9.2")
         return len(service.delegation.conversations)
     assert serve(tmp_path, body) == 1
+
+
+def test_a_refusal_is_logged_with_who_decided(tmp_path, caplog):
+    async def body(c, service):
+        return [await c.ask(recipient="plain@example.org"),
+                await c.ask(recipient="crash@example.org")]
+    with caplog.at_level(logging.INFO, "vsl.policyd"):
+        serve(tmp_path, body)
+    line = next(n for n, text in enumerate(POLICY.splitlines(), 1) if '"plain"' in text)
+    assert "RCPT refused: 554 5.7.1 Transaction rejected by policy; " \
+           "decided_by=on_rcpt_to@" in caplog.text and f"main.vsl:{line}:" in caplog.text
+    assert "decided_by=fallback_reply@on_rcpt_to" in caplog.text

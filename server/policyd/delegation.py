@@ -132,9 +132,10 @@ class Delegation:
         if status.kind == "deny":
             if stage == Stage.RCPT_TO:
                 ctx.drop_recipient()
-            decider = "fallback_reply" if runner.failed else runner.decided_at
-            log.info("%s: %s refused by %s@%s: %s", printable(ctx.client_ip), state,
-                     stage.function, decider, printable(status.reply))
+            decider = f"fallback_reply@{stage.function}" if runner.failed else \
+                f"{stage.function}@{runner.decided_at}"  # as vsl serve logs it
+            log.info("%s: %s refused: %s; decided_by=%s", printable(ctx.client_ip), state,
+                     printable(status.reply.replace("\n", " ")), decider)
             return actions.refusal(status.reply)
         if runner.quarantine and runner.quarantine != quarantined:
             action = actions.hold(runner.quarantine)
