@@ -37,6 +37,7 @@ class Conversation:
     last_used: float = 0.0
 
     def has_run(self, stage: Stage) -> bool:
+        """Whether ``stage`` decided for this session or message (for any recipient)."""
         return any((key if isinstance(key, Stage) else key[0]) == stage
                    for key in self.decided)
 
