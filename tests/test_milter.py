@@ -39,6 +39,7 @@ fn on_rcpt_to(ctx) {
         "refused" => status::deny("550 5.7.1 No such user here"),
         "later" => status::deny("451 4.7.1 Try again later"),
         "lines" => status::deny("550-5.7.1 First line\\n550 5.7.1 Second line"),
+        "alias" => { ctx.rewrite_rcpt(ctx.rcpt, "real@example.test"); status::next() }
         _ => status::accept("250 2.1.5 Welcome"),
     }
 }
@@ -188,11 +189,18 @@ def test_on_pre_queue_changes_become_modification_actions(mta):
     assert actions == [
         b"m\x00\x00\x00\x01Subject\x00\x00",         # set: the old field removed ...
         b"m\x00\x00\x00\x01X-Old\x00\x00",
-        b"i\x00\x00\x00\x01Subject\x00 edited\x00",  # ... the new one in its place
-        b"i\x00\x00\x00\x02X-Bottom\x00 last\x00",
+        b"i\x00\x00\x00\x02Subject\x00 edited\x00",  # ... the new one in its place
+        b"i\x00\x00\x00\x03X-Bottom\x00 last\x00",  # (the MTA's Received: counts)
         b"i\x00\x00\x00\x00X-Top\x00 first\x00",
         b"-<bob@example.test>\x00", b"+<carol@example.test>\x00",
         b"e<bounces@example.test>\x00", b"c"]
+
+
+def test_an_envelope_change_before_on_pre_queue_is_applied_at_end_of_message(mta):
+    mta.session()
+    assert mta.envelope("alice@client.example", "alias@example.test") == [b"c", b"c"]
+    assert mta.message([("Subject", "plain")]) == [
+        b"-<alias@example.test>\x00", b"+<real@example.test>\x00", b"c"]
 
 
 def test_quarantine_and_refusal_at_end_of_message(mta):
@@ -265,13 +273,15 @@ def test_a_unix_socket(tmp_path):
 
 def test_header_edits_name_each_field_as_the_mta_still_has_it():
     before = [("Received", "a"), ("X", "1"), ("X", "2"), ("Subject", "s")]
-    after = [("New", "n"), ("Received", "a"), ("X", "1"), ("Subject", "s"), ("End", "e")]
+    after = [("New", "n"), ("Received", "a"), ("X", "1"), ("Mid", "m"), ("Subject", "s"),
+             ("End", "e")]
     actions = [(type(a).__name__, a.headername, a.headertext,
                 getattr(a, "index", getattr(a, "nth_occurrence", None)))
                for a in header_edits(before, after, " ")]
     assert actions == [("AppendHeader", "End", " e", None),
                        ("ChangeHeader", "X", "", 2),
-                       ("InsertHeader", "New", " n", 0)]
+                       ("InsertHeader", "Mid", " m", 3),  # after the MTA's hidden Received:
+                       ("InsertHeader", "New", " n", 0)]  # on top
 
 
 def test_the_command_line_refuses_a_bad_listen_address(tmp_path):

@@ -39,8 +39,9 @@ fn on_pre_queue(ctx) {
     }
     ctx.store(dkim::verify(ctx, #{ dns_resolver: global::resolver }));
     auth::add_header(ctx, #{ auth_serv_id: "mx.example.test" });
-    ctx.set_header("X-Policy", "checked");
+    ctx.set_header("X-Policy", `checked, ${ctx.count_header("Received")} Received`);
     ctx.remove_header("X-Remove-Me");
+    ctx.set_header("To", "Bob <bob@example.test>");
     dkim::sign(ctx, #{ sdid: "dkim.test", selector: "rsa", private_key: global::KEY });
     status::next()
 }
@@ -102,7 +103,9 @@ def test_an_accepted_message_is_signed_and_has_authentication_results(setup, dns
     data = message.data
     assert b"Authentication-Results: mx.example.test;" in data
     assert b"dkim=none" in data
-    assert b"X-Policy: checked" in data
+    assert b"X-Policy: checked, 0 Received" in data  # Postfix's own is not passed on
+    assert b"\r\nFrom: alice@client.example\r\nTo: Bob <bob@example.test>\r\nSubject: signed" \
+        in data  # a changed field keeps its place
     assert b"X-Remove-Me" not in data
     assert dkimpy.verify(data, dnsfunc=public_key(dns_server.port))
 

@@ -9,7 +9,10 @@ MTA's copy into vSL's:
   SMFIR_CHGHEADER with an empty value, added ones SMFIR_INSHEADER at their position
   (SMFIR_ADDHEADER at the end); a changed value is a removal and an addition. The
   actions go from the last field to the first, so every index names a field of the MTA's
-  copy as it still is when the action applies.
+  copy as it still is when the action applies. The MTA's own Received: field is not
+  shown to milters but counts in SMFIR_INSHEADER's index (Postfix 3.7): a field vSL
+  puts first goes on top, above it, as ``vsl serve`` puts its own above its Received:;
+  one after the n-th field the MTA showed goes at n + 1.
 - recipients: SMFIR_DELRCPT / SMFIR_ADDRCPT (bcc() recipients included);
 - the sender: SMFIR_CHGFROM.
 
@@ -27,15 +30,17 @@ from vsl.stdlib.ctx import Context
 log = logging.getLogger("vsl.milter")
 
 Field = tuple[str, str]
+HIDDEN_TRACE = 1  # the MTA's own Received: field, above the fields it shows milters
 
 
 class Snapshot:
-    """The message and envelope of ``ctx`` before on_pre_queue."""
+    """The message before on_pre_queue and the envelope as the MTA has it (``sender``
+    and ``recipients``: the addresses of the MAIL and RCPT commands it accepted; a stage
+    before on_pre_queue may already have changed vSL's)."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, sender: str, recipients: list[str]):
         self.fields: list[Field] = ctx.message.fields()
-        self.recipients = [r.address for r in ctx.all_recipients()]
-        self.sender = ctx.sender.address
+        self.sender, self.recipients = sender, recipients
 
     def edits(self, ctx: Context, space: str) -> list[responses.AbstractManipulation]:
         """The actions turning the snapshot into what ``ctx`` holds now (``space``: what
@@ -69,8 +74,10 @@ def header_edits(before: list[Field], after: list[Field],
             if i1 == len(before):
                 actions.append(responses.AppendHeader(headername=name, headertext=value))
             else:
-                actions.append(responses.InsertHeader(headername=name, headertext=value,
-                                                      index=i1 + offset))
+                position = i1 + offset
+                actions.append(responses.InsertHeader(
+                    headername=name, headertext=value,
+                    index=position + HIDDEN_TRACE if position else 0))
     return actions
 
 

@@ -60,6 +60,7 @@ class MilterSession:
         self.space = ""  # before a header value we add: " " if the MTA wants it given
         self._message = bytearray()
         self._in_body = self._too_big = False
+        self._sender, self._recipients = "", []  # the envelope as the MTA has it
         self.done = False  # the MTA quit
 
     async def handle(self, command: commands.BaseCommand) -> list[responses.AbstractBaseResponse]:
@@ -144,6 +145,7 @@ class MilterSession:
         response = await self._stage(Stage.MAIL_FROM, "MAIL")
         if isinstance(response, SmtpReply):
             ctx.reset()
+        self._sender = sender.address
         return [response]
 
     async def _rcpt_to(self, command: commands.RcptTo) -> list:
@@ -156,6 +158,8 @@ class MilterSession:
         response = await self._stage(Stage.RCPT_TO, "RCPT")
         if isinstance(response, SmtpReply):
             self.ctx.drop_recipient()
+        else:
+            self._recipients.append(rcpt.address)
         return [response]
 
     # -- the message --------------------------------------------------------------------------
@@ -204,7 +208,7 @@ class MilterSession:
             ctx.message = await _parse(bytes(self._message), self.settings)
         except HeaderLimitError as err:
             return [self._refused("END-OF-MESSAGE", header_limit_reply(err), None)]
-        before = Snapshot(ctx)
+        before = Snapshot(ctx, self._sender, self._recipients)
         status = await self.runner.run(ctx, Stage.PRE_QUEUE)
         if status.kind == "deny":
             return [self._refused("END-OF-MESSAGE", status.reply, Stage.PRE_QUEUE)]
@@ -255,6 +259,7 @@ class MilterSession:
         """The message is done (or never was): forget it, keep the session."""
         self._message.clear()
         self._in_body = self._too_big = False
+        self._sender, self._recipients = "", []
         if self.ctx is not None:
             self.ctx.reset()
         self.runner.end_transaction()
