@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .serve import _log_format, _serve_config
+from .serve import _log_format, _serve_config, run_until_interrupted
 
 
 @click.command()
@@ -21,8 +21,6 @@ from .serve import _log_format, _serve_config
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
 def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> None:
     """Run the policy's stages as a milter (Postfix smtpd_milters, Sendmail INPUT_MAIL_FILTER)."""
-    import asyncio
-
     from vsl.server.config import ConfigError
     from vsl.server.milter.server import MilterServer
     from vsl.server.policy import PolicyError
@@ -40,14 +38,4 @@ def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> Non
         click.echo(f"the scripts do not lint:\n{err}", err=True)
         sys.exit(1)
 
-    async def run():
-        await server.start()
-        click.echo(f"vsl: milter listening on {server.address}")
-        await server.serve_forever()
-
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    except OSError as err:
-        raise click.ClickException(f"cannot listen: {err}") from None
+    run_until_interrupted(server, lambda: click.echo(f"vsl: milter listening on {server.address}"))

@@ -89,8 +89,6 @@ def _serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overr
 
 def _serve(config) -> None:
     """Run the server (or its workers) until interrupted."""
-    import asyncio
-
     from vsl.server.app import Server
     from vsl.server.policy import PolicyError
 
@@ -105,10 +103,21 @@ def _serve(config) -> None:
         _serve_workers(config)
         return
 
-    async def run():
-        await server.start()
+    def announce():
         for listener, address in server.bound:
             click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
+
+    run_until_interrupted(server, announce)
+
+
+def run_until_interrupted(server, announce) -> None:
+    """Start ``server``, call ``announce()`` (where it listens), serve until Ctrl-C or
+    SIGTERM; an address that cannot be bound is a ClickException."""
+    import asyncio
+
+    async def run():
+        await server.start()
+        announce()
         await server.serve_forever()
 
     try:

@@ -7,7 +7,6 @@ import asyncio
 import shutil
 import smtplib
 import time
-from dataclasses import replace
 
 import dkim as dkimpy
 import dns.resolver

@@ -19,7 +19,6 @@ from purepythonmilter.api import models
 from purepythonmilter.protocol import commands, definitions, responses
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.status import Status
 from vsl.stdlib.support.mail import AddressError, HeaderLimitError, Mailbox, Message
 
 from ..queue_backend import new_id
