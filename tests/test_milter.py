@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -288,3 +292,50 @@ def test_the_command_line_refuses_a_bad_listen_address(tmp_path):
     result = CliRunner().invoke(main, ["milter", "--listen", "tcp:1.2.3.4"])
     assert result.exit_code == 2
     assert "inet:HOST:PORT or unix:PATH" in result.output
+
+
+def test_an_internal_error_is_a_temporary_failure_naming_nothing(mta, monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("/var/secret/path")
+    monkeypatch.setattr("vsl.server.milter.session.Snapshot", broken)
+    mta.session()
+    mta.envelope("alice@client.example", "bob@example.test")
+    assert mta.message([("Subject", "plain")]) == [b"y451 4.3.0 Error: internal error\x00"]
+    assert "/var/secret/path" in caplog.text  # the log has it, the reply does not
+    mta.envelope("alice@client.example", "bob@example.test")  # the session goes on
+    assert mta.ask(b"B", b"x\r\n") == b"c"
+
+
+def test_a_changed_script_is_used_by_the_next_connection(milter, tmp_path):
+    port = int(milter.address.rpartition(":")[2])
+    (tmp_path / "scripts" / "main.vsl").write_text(
+        'fn on_connect(ctx) { status::deny("554 5.7.1 Reloaded") }\n')
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        client = MtaClient(port)
+        client.negotiate()
+        reply = client.connect()
+        client.close()
+        if reply != b"c":
+            break
+        time.sleep(0.2)
+    assert reply == b"y554 5.7.1 Reloaded\x00"
+
+
+def test_the_command_runs_a_milter(tmp_path):
+    (tmp_path / "main.vsl").write_text(
+        'fn on_helo(ctx) { status::deny("550 5.7.1 Not you") }\n')
+    port = free_port()
+    vsl = Path(sys.executable).parent / "vsl"
+    process = subprocess.Popen([vsl, "milter", "--scripts", tmp_path, "--listen",
+                                f"inet:127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == f"vsl: milter listening on inet:127.0.0.1:{port}\n"
+        client = MtaClient(port)
+        client.negotiate()
+        assert client.connect() == b"c"
+        assert client.ask(b"H", b"client.example\x00") == b"y550 5.7.1 Not you\x00"
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(10)

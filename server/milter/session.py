@@ -37,6 +37,7 @@ MACROS = {
     definitions.MacroStage.HELO: {"{tls_version}"},
     definitions.MacroStage.MAIL_FROM: {"i", "{auth_type}", "{auth_authen}", "{tls_version}"},
 }
+_WANTED = set().union(*MACROS.values())
 # each modification action, and the negotiation flag that allows it
 ACTIONS = {
     responses.AppendHeader: "add_headers", responses.InsertHeader: "add_headers",
@@ -105,7 +106,9 @@ class MilterSession:
             protocol_flags=flags, symbols_for_stage=MACROS if mta.allows_specify_macros else {})]
 
     async def _macro(self, command: commands.DefineMacro) -> list:
-        self.macros.update(command.macros)
+        """Keep the macros vSL reads (an MTA sending others cannot grow the session)."""
+        self.macros.update((name, value) for name, value in command.macros.items()
+                           if name in _WANTED)
         return []
 
     # -- connection and HELO -------------------------------------------------------------
