@@ -121,7 +121,7 @@ class MilterSession:
         port = self.macros.get("{daemon_port}", "")
         self.runner = self.new_runner()
         self.ctx = Context(*client, self.macros.get("{daemon_addr}", "127.0.0.1"),
-                           int(port) if port.isdigit() else 25,
+                           int(port) if port.isascii() and port.isdigit() else 25,
                            self.macros.get("j") or self.settings.hostname)
         return [await self._stage(Stage.CONNECT, "CONNECT")]
 
