@@ -109,6 +109,19 @@ def test_an_accepted_message_is_signed_and_has_authentication_results(setup, dns
     assert dkimpy.verify(data, dnsfunc=public_key(dns_server.port))
 
 
+def test_a_signature_made_before_postfix_verifies_in_the_milter(setup):
+    """The milter sees the header fields and body byte for byte: dkim::verify passes."""
+    postfix, sink = setup
+    data = (MESSAGE.format(subject="presigned").replace(
+        "\r\n\r\n", "\r\nDate: Sun, 6 Dec 2026 12:00:00 +0000\r\n"
+        "Message-ID: <presigned@client.example>\r\n\r\n")).encode()
+    signature = dkimpy.sign(data, b"rsa", b"dkim.test", (HERE / "rsa2048.pem").read_bytes())
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
+        assert client.sendmail("alice@client.example", ["bob@example.test"],
+                               signature + data) == {}
+    assert b"dkim=pass header.d=dkim.test" in delivered(sink, "presigned").data
+
+
 def test_a_refusal_at_rcpt_reaches_the_client(setup):
     postfix, _ = setup
     refused = send(postfix, "some refused", rcpts=("bob@example.test", "refused@example.test"))
