@@ -3,6 +3,7 @@
     language.py  vsl lint, vsl run, vsl test (scripts and recorded sessions)
     serve.py     vsl serve (the server or its workers)
     policyd.py   vsl policyd (the scripts as a Postfix policy service)
+    milter.py    vsl milter (the stages inside Postfix or Sendmail)
     queue.py     vsl queue ... (the spool, safe while the server runs)
     users.py     vsl passwd (users-file lines)
     bounce.py    vsl bounce ... (the bounce classifier)
@@ -18,7 +19,7 @@ from importlib import metadata
 
 import click
 
-from . import bounce, language, policyd, queue, serve, users
+from . import bounce, language, milter, policyd, queue, serve, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +32,7 @@ main.add_command(language.lint)
 main.add_command(language.run)
 main.add_command(language.test_command)
 main.add_command(serve.serve)
+main.add_command(milter.milter)
 main.add_command(queue.queue)
 main.add_command(users.passwd)
 main.add_command(bounce.bounce)

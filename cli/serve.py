@@ -103,10 +103,21 @@ def _serve(config) -> None:
         _serve_workers(config)
         return
 
-    async def run():
-        await server.start()
+    def announce():
         for listener, address in server.bound:
             click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
+
+    serve_until_interrupted(server, announce)
+
+
+def serve_until_interrupted(server, announce) -> None:
+    """Start ``server``, call ``announce()`` (where it listens), serve until Ctrl-C or
+    SIGTERM; an address that cannot be bound is a ClickException."""
+    import asyncio
+
+    async def run():
+        await server.start()
+        announce()
         await server.serve_forever()
 
     run_until_interrupted(run)
@@ -114,7 +125,7 @@ def _serve(config) -> None:
 
 def run_until_interrupted(run) -> None:
     """``asyncio.run(run())`` until interrupted; a listener that cannot bind is an error
-    of the command (`vsl serve`, `vsl policyd`)."""
+    of the command (`vsl serve`, `vsl policyd`, `vsl milter`)."""
     import asyncio
 
     try:

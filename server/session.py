@@ -271,7 +271,7 @@ class Session:
         try:
             ctx.message = await self._parse(trace + envelope.original_content)
         except HeaderLimitError as err:
-            reply = self._reject("DATA", _header_limit_reply(err))
+            reply = self._reject("DATA", header_limit_reply(err))
             self._end_transaction()
             return reply
         status = await self.stages.run(ctx, Stage.PRE_QUEUE)
@@ -351,7 +351,7 @@ def not_queued_reply(error: Exception) -> str:
     return NO_STORAGE if full else QUEUE_WRITE_ERROR
 
 
-def _header_limit_reply(err: HeaderLimitError) -> str:
+def header_limit_reply(err: HeaderLimitError) -> str:
     """Postfix's reply to a message it will not take: too many hops, or too big."""
     code = "554 5.4.0" if isinstance(err, HopLimitError) else "552 5.3.4"
     return f"{code} Error: {err}"

@@ -15,7 +15,15 @@ from vsl.server.config import Config, DeliveryConfig, Listener
 def running(config: Config):
     """Start a Server for ``config`` (listeners on port 0 get a free port) and yield it;
     ``server.port(kind)`` gives a bound port. Stopped on exit."""
-    server = Server(config)
+    with in_thread(Server(config)) as server:
+        server.port = lambda kind="smtp": next(a[1] for l, a in server.bound if l.kind == kind)
+        yield server
+
+
+@contextmanager
+def in_thread(server):
+    """Run ``server`` (its ``start()``, then ``serve_forever()``) in an event loop of its
+    own thread; ``server.loop`` is that loop. Cancelled on exit."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
@@ -39,7 +47,6 @@ def running(config: Config):
     if failure:
         raise failure[0]
     server.loop = loop
-    server.port = lambda kind="smtp": next(a[1] for l, a in server.bound if l.kind == kind)
     try:
         yield server
     finally:

@@ -1,0 +1,41 @@
+"""``vsl milter``: the policy's stages inside Postfix or Sendmail (server/milter/)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .serve import _log_format, serve_config, serve_until_interrupted
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="vsl.toml (hostname, limits, DNS, script threads, fallback reply).")
+@click.option("--scripts", type=click.Path(file_okay=False), help="Script directory (main.vsl).")
+@click.option("--listen", default="inet:127.0.0.1:8891", show_default=True,
+              metavar="inet:HOST:PORT|unix:PATH", help="Where the MTA connects.")
+@click.option("--dns-override", multiple=True, metavar="HOST:PORT",
+              help="DNS server for every resolver, whatever the script says (repeat).")
+@click.option("--hostname", help="The server's name when the MTA does not send it.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
+def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> None:
+    """Run the policy's stages as a milter (Postfix smtpd_milters, Sendmail INPUT_MAIL_FILTER)."""
+    from vsl.server.config import ConfigError
+    from vsl.server.milter.server import MilterServer
+    from vsl.server.policy import PolicyError
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("asyncio", "purepythonmilter"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = serve_config(config_path, scripts, (), None, None, dns_override, hostname, None)
+    try:
+        server = MilterServer(config, listen)
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    except PolicyError as err:
+        click.echo(f"the scripts do not lint:\n{err}", err=True)
+        sys.exit(1)
+
+    serve_until_interrupted(server, lambda: click.echo(f"vsl: milter listening on {server.address}"))

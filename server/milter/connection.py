@@ -1,0 +1,66 @@
+"""One MTA connection: milter packets in, responses out.
+
+Packets are cut and decoded by purepythonmilter (a length over 64 KiB, an unknown
+command or malformed data is a protocol violation); every command goes to the
+connection's :class:`MilterSession` in order, and its responses are written back before
+the next command is read. Anything the MTA sends that cannot be decoded closes the
+connection (logged): the MTA then applies its ``milter_default_action``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from purepythonmilter.api.models import MilterServerConnectionID
+from purepythonmilter.protocol.exceptions import ProtocolViolation
+from purepythonmilter.protocol.packet import PacketDecoder, encode_payload
+from purepythonmilter.protocol.payload import PayloadDecoder
+
+from .session import MilterSession
+
+log = logging.getLogger("vsl.milter")
+
+READ_SIZE = 65536 + 4  # one whole packet of the largest size
+
+
+class Malformed(Exception):
+    """The MTA sent what is not a milter command."""
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           new_session: Callable[[], MilterSession]) -> None:
+    """Answer the MTA's commands until it quits or hangs up."""
+    session = new_session()
+    try:
+        await _commands(reader, writer, session)
+    except Malformed as err:
+        log.warning("closing a milter connection: %s", err)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        session.close()
+        writer.close()
+
+
+async def _commands(reader, writer, session: MilterSession) -> None:
+    connection = MilterServerConnectionID.generate()
+    packets = PacketDecoder(connection_id=connection)
+    payloads = PayloadDecoder(connection_id=connection)
+    while data := await reader.read(READ_SIZE):
+        for command in _decoded(packets, payloads, data):
+            for response in await session.handle(command):
+                writer.write(encode_payload(response.encode()))
+            await writer.drain()
+            if session.done:
+                return
+
+
+def _decoded(packets: PacketDecoder, payloads: PayloadDecoder, data: bytes):
+    """The commands ``data`` completes (raises Malformed)."""
+    try:
+        for payload in list(packets.decode(data)):
+            command_class, raw = payloads.decode(payload)
+            yield command_class(data_raw=raw)
+    except (ProtocolViolation, Exception) as err:  # noqa: BLE001 - whatever the bytes
+        raise Malformed(f"malformed milter data ({type(err).__name__})") from None

@@ -1,0 +1,90 @@
+"""The ``vsl milter`` server: the policy (linted at start, reloaded on SIGHUP or a changed
+script, as in ``vsl serve``), its script threads, and one listener the MTA connects to.
+
+    server = MilterServer(config, "inet:127.0.0.1:8891")   # or "unix:/run/vsl/milter"
+    await server.start()
+    await server.serve_forever()                            # until cancelled
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+from vsl.stdlib import new_engine
+
+from ..config import Config, ConfigError, parse_listen
+from ..policy import Policy
+from ..services import SessionSettings
+from ..stages import StageRunner
+from .connection import serve_connection
+from .session import MilterSession
+
+log = logging.getLogger("vsl.milter")
+
+
+def parse_socket(text: str) -> tuple[str, str | int]:
+    """``inet:HOST:PORT`` -> ("inet", (host, port)); ``unix:PATH`` -> ("unix", path)."""
+    kind, _, where = text.partition(":")
+    if kind == "inet":
+        listener = parse_listen(where, key="--listen")
+        return "inet", (listener.host, listener.port)
+    if kind in ("unix", "local") and where:
+        return "unix", where
+    raise ConfigError(f"--listen: '{text}' is not inet:HOST:PORT or unix:PATH")
+
+
+class MilterServer:
+    """Everything one ``vsl milter`` process runs."""
+
+    def __init__(self, config: Config, listen: str):
+        self.kind, self.where = parse_socket(listen)
+        engine = new_engine(config.script_limits, config.dns.resolver_defaults())
+        self.pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
+        self.policy = Policy(engine, config.scripts)
+        self.settings = SessionSettings.of(config)
+        self.new_runner = partial(StageRunner, self.policy, self.pool, config.fallback_reply)
+        self.server: asyncio.base_events.Server | None = None
+        self.address = ""  # where it listens, once started
+
+    def session(self) -> MilterSession:
+        return MilterSession(self.new_runner, self.settings)
+
+    async def _connection(self, reader, writer) -> None:
+        await serve_connection(reader, writer, self.session)
+
+    async def start(self) -> None:
+        """Bind the listener (a stale Unix socket is replaced)."""
+        if self.kind == "unix":
+            path = Path(self.where)
+            if path.is_socket():
+                path.unlink()
+            self.server = await asyncio.start_unix_server(self._connection, path=path)
+            path.chmod(0o660)  # the MTA's group may connect
+            self.address = f"unix:{path}"
+        else:
+            host, port = self.where
+            self.server = await asyncio.start_server(self._connection, host, port,
+                                                     reuse_address=True)
+            bound = self.server.sockets[0].getsockname()
+            self.address = f"inet:{bound[0]}:{bound[1]}"
+        log.info("milter listening on %s, scripts %s", self.address,
+                 self.policy.directory or "(none)")
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.policy.request_reload)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread
+        watcher = asyncio.ensure_future(self.policy.watch())
+        try:
+            await self.server.serve_forever()
+        finally:
+            watcher.cancel()
+            self.server.close()
+            self.pool.shutdown(wait=False)
