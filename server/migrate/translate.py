@@ -122,7 +122,7 @@ def stage_functions(config: PostfixConfig, at_rcpt: bool,
         for parameter, stage in zip(list(LISTS)[:3], ("on_connect", "on_helo", "on_mail_from")):
             if parameter in early:
                 body = decide(parameter) + ["    status::next()"]
-                stages.append("\n".join([f"fn {stage}(ctx) {{", *body, "}"]))
+                stages.append(stage_function(stage, body))
         early = []
     body = []
     if at_rcpt and early:
@@ -132,8 +132,12 @@ def stage_functions(config: PostfixConfig, at_rcpt: bool,
         body += decide(parameter)
     body += unlisted_recipient(config, restrictions)
     body.append("    status::accept()")
-    stages.append("\n".join(["fn on_rcpt_to(ctx) {", "    let d = \"\";", *body, "}"]))
+    stages.append(stage_function("on_rcpt_to", body))
     return stages
+
+
+def stage_function(stage: str, body: list[str]) -> str:
+    return "\n".join([f"fn {stage}(ctx) {{", '    let d = "";', *body, "}"])
 
 
 def decide(parameter: str) -> list[str]:

@@ -14,7 +14,9 @@ test is skipped, or fails under CI=true (``tests/support/tools.py``).
 
 By default nothing is delivered: mail for ``example.test`` is relayed to the ``discard``
 transport, other domains are refused by Postfix's defaults (``reject_unauth_destination``).
-``settings`` override or add ``main.cf`` lines; ``services`` add ``master.cf`` lines.
+``settings`` override or add ``main.cf`` lines; ``services`` add ``master.cf`` lines;
+``tables`` (name -> (source text, kind)) are written with :meth:`table` before the start,
+so main.cf may name them (``hash:$config_directory/access``).
 """
 from __future__ import annotations
 
@@ -80,11 +82,13 @@ BASE_SETTINGS = {
 class PrivatePostfix:
     """One throw-away Postfix instance (see the module docstring)."""
 
-    def __init__(self, settings: dict[str, str] | None = None, services: str = ""):
+    def __init__(self, settings: dict[str, str] | None = None, services: str = "",
+                 tables: dict[str, tuple[str, str]] | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="vsl-postfix-"))
         self.etc, self.spool = self.dir / "etc", self.dir / "spool"
         self.settings = {**BASE_SETTINGS, **(settings or {})}
         self.services = services
+        self.tables = tables or {}
         self.port = 0
         self._master: int | None = None
 
@@ -100,6 +104,8 @@ class PrivatePostfix:
         self.dir.chmod(0o755)
         shutil.chown(self.dir / "data", "postfix")
         self.write_config()
+        for name, (text, kind) in self.tables.items():
+            self.table(name, text, kind)
         self.run("check")  # creates the queue directories with the owners Postfix wants
         self.run("start")
         self._master = self._master_pid()
