@@ -60,6 +60,7 @@ CONVERSATIONS = [
 class Tally:
     conversations: int = 0
     commands: int = 0
+    refusals: int = 0  # Postfix's 4xx/5xx replies among the commands
     differences: list[str] = field(default_factory=list)
 
 
@@ -92,6 +93,7 @@ def compare(scenario: str, postfix: list, vsl: list, tally: Tally) -> None:
     tally.conversations += 1
     for (command, code_p, text_p), (_, code_v, text_v) in zip(postfix, vsl):
         tally.commands += 1
+        tally.refusals += code_p >= 400
         enhanced_p, enhanced_v = ENHANCED.match(text_p), ENHANCED.match(text_v)
         same = code_p == code_v and (
             command.startswith(("(greeting)", "EHLO", "HELO")) or
@@ -135,8 +137,10 @@ def test_translation_answers_as_postfix(scenario, tmp_path):
                 compare(scenario, expected, got, tally)
     TALLY.conversations += tally.conversations
     TALLY.commands += tally.commands
+    TALLY.refusals += tally.refusals
     TALLY.differences += tally.differences
-    print(f"\n{scenario}: {tally.conversations} conversations, {tally.commands} commands, "
-          f"{len(tally.differences)} differ (so far in all: {TALLY.conversations}, "
-          f"{TALLY.commands}, {len(TALLY.differences)})")
+    print(f"\n{scenario}: {tally.conversations} conversations, {tally.commands} commands "
+          f"({tally.refusals} refused), {len(tally.differences)} differ (so far in all: "
+          f"{TALLY.conversations}, {TALLY.commands} ({TALLY.refusals}), "
+          f"{len(TALLY.differences)})")
     assert not tally.differences, "\n".join(tally.differences)
