@@ -147,7 +147,9 @@ def test_migration_md_lists_every_line_left(postfix_dir, tmp_path):
     assert ("main.cf:10", "check_recipient_access ldap:/etc/postfix/ldap.cf") in left
     assert ("main.cf:7", "disable_vrfy_command = yes") in left
     assert ("main.cf:8", "alias_maps = hash:/etc/aliases") in left
-    assert len(translation.left) == 5
+    assert ("main.cf:2", "local_recipient_maps = the system's users and aliases (Postfix's "
+            "default)") in left
+    assert len(translation.left) == 6
     translation.write(tmp_path / "out")
     text = (tmp_path / "out" / "MIGRATION.md").read_text()
     assert "`check_policy_service inet:127.0.0.1:10040`: a policy service" in text
@@ -159,11 +161,11 @@ def test_command_and_strict(postfix_dir, tmp_path):
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
-    assert "5 item(s) not translated" in result.output
+    assert "6 item(s) not translated" in result.output
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "b"), "--strict"])
     assert result.exit_code == 3
-    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\n")
+    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\nmydestination =\n")
     (postfix_dir / "master.cf").unlink()
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "c"), "--strict"])

@@ -282,6 +282,13 @@ def behaviour_settings(config: PostfixConfig, left: list[Left]) -> list[str]:
                        "configured")):
         if name in config.settings:
             left.append(Left(config.where(name), f"{name} = {config.value(name)}", why))
+    local = config.value("local_recipient_maps") if "local_recipient_maps" in config.settings \
+        else "the system's users and aliases (Postfix's default)"
+    if config.words("mydestination") and config.flag("smtpd_reject_unlisted_recipient") and local:
+        left.append(Left(config.where("mydestination"), f"local_recipient_maps = {local}",
+                         "Postfix refuses unknown users of the local domains (`550 5.1.1 ... "
+                         "User unknown in local recipient table`); vSL's policy accepts them: "
+                         "check recipients in on_rcpt_to"))
     relayhost = config.value("relayhost")
     if relayhost and not relayhost.startswith("["):
         differences.append(f"`{config.where('relayhost')}`: Postfix looks up the MX of an "
@@ -298,7 +305,8 @@ def behaviour_settings(config: PostfixConfig, left: list[Left]) -> list[str]:
 def other_settings(config: PostfixConfig) -> list[Left]:
     """The main.cf settings this translation does not read, each with the reason."""
     left = []
-    done = READ | {"smtpd_helo_required", "strict_rfc821_envelopes", "disable_vrfy_command"}
+    done = READ | {"smtpd_helo_required", "strict_rfc821_envelopes", "disable_vrfy_command",
+                   "local_recipient_maps"}
     for setting in config.settings.values():
         if setting.name in done or setting.name in config.used:
             continue
