@@ -118,7 +118,7 @@ class Restrictions:
         where = self.config.where(parameter)
         lines = [f"// {where}", f"fn {name}(ctx) {{", '    let d = "";']
         for restriction, argument in pairs(words):
-            code = self.restriction(restriction, argument, kind, parameter, where)
+            code = self.restriction(restriction, argument, kind, where)
             if code is None:
                 continue
             item = f"{restriction} {argument}" if argument else restriction
@@ -128,7 +128,7 @@ class Restrictions:
         lines += ["    d", "}"]
         return "\n".join(lines)
 
-    def restriction(self, name: str, argument: str, kind: str, parameter: str,
+    def restriction(self, name: str, argument: str, kind: str,
                     where: str) -> list[str] | None:
         """The lines of one restriction, or None (recorded as left) when untranslated."""
         name = ALIASES.get(name, name)
@@ -138,7 +138,7 @@ class Restrictions:
         if name in NEEDS_SENDER and not (self.at_rcpt or stage >= 2):
             return ["// (no sender before MAIL FROM: Postfix skips it here)"]
         try:
-            expression = self.expression(name, argument, kind)
+            expression = self.expression(name, argument, kind, where)
         except TableError as err:
             self.left.append(Left(where, f"{name} {argument}", str(err)))
             return None
@@ -151,7 +151,7 @@ class Restrictions:
             return [expression]
         return [f"d = {expression};", "if d != \"\" { return d; }"]
 
-    def expression(self, name: str, argument: str, kind: str) -> str | None:
+    def expression(self, name: str, argument: str, kind: str, where: str) -> str | None:
         codes = "global::CODES"
         simple = {
             "permit": 'return "OK";',
@@ -186,7 +186,7 @@ class Restrictions:
         if name in simple:
             return simple[name]
         if name.startswith("check_") and name.endswith("_access") and argument:
-            return self.access(name, argument)
+            return self.access(name, argument, where)
         if name == "reject_rbl_client":
             zone, _, filter_ = argument.partition("=")
             return f"postfix::rbl_client({codes}, ctx, {literal(zone)}, {literal(filter_)})"
@@ -196,7 +196,7 @@ class Restrictions:
             return self.unlisted_recipient()
         return None
 
-    def access(self, name: str, argument: str) -> str | None:
+    def access(self, name: str, argument: str, where: str) -> str | None:
         calls = {
             "check_client_access": "postfix::client_access({c}, {t}, ctx, " + self.client_name
                                    + ")",
@@ -208,7 +208,7 @@ class Restrictions:
         }
         if name not in calls:
             return None
-        table = self.table(argument, check_actions=True)
+        table = self.table(argument, where, check_actions=True)
         return calls[name].format(c="global::CODES", t=f"tables::{table}")
 
     def rhsbl(self, name: str, argument: str) -> str | None:
@@ -231,19 +231,19 @@ class Restrictions:
         maps = self.config.words("relay_recipient_maps")
         if len(maps) != 1:
             return None
-        table = self.table(maps[0], check_actions=False)
+        table = self.table(maps[0], self.config.where("relay_recipient_maps"),
+                           check_actions=False)
         return (f"postfix::unlisted_recipient(global::CODES, ctx, tables::DESTINATIONS, "
                 f"tables::{table})")
 
-    def table(self, spec: str, check_actions: bool) -> str:
-        """The tables.vsl constant for ``spec`` (read once)."""
+    def table(self, spec: str, where: str, check_actions: bool) -> str:
+        """The tables.vsl constant for ``spec`` (read once); ``where``: the line naming it."""
         if spec not in self.tables:
             table = load_table(spec, self.config.directory)
             name = constant_name(spec, {n for n, _ in self.tables.values()})
             self.tables[spec] = (name, table)
-            where = self.config.directory / "main.cf" if self.config.directory else Path()
             for problem in table.problems:
-                self.left.append(Left(str(where.name), spec, problem))
+                self.left.append(Left(where, spec, problem))
             if check_actions:
                 for value in table.values():
                     command = value.split(" ", 1)[0].upper()

@@ -88,7 +88,7 @@ def translate(directory: Path) -> Translation:
     destinations = destination_lists(config, restrictions.left)
     main = "\n\n".join([header(directory), codes_constant(config), *functions, *stages]) + "\n"
     tables = tables_module(config, restrictions, destinations)
-    toml = vsl_toml(config, left)
+    toml = vsl_toml(config, destinations["local"])
     differences = behaviour_settings(config, left)
     left += restrictions.left + other_settings(config)
     return Translation(main, tables, toml, left, differences, directory)
@@ -213,13 +213,13 @@ def tables_module(config: PostfixConfig, restrictions: Restrictions,
     return "\n".join(parts) + "\n"
 
 
-def vsl_toml(config: PostfixConfig, left: list[Left]) -> str:
+def vsl_toml(config: PostfixConfig, local_domains: list[str]) -> str:
     """Listeners, hostname, local domains, limits and relay host."""
     size = int(config.value("message_size_limit"))
     lines = ["# Written by `vsl migrate postfix` (see MIGRATION.md).",
              f"listen = {literal(listeners(config))}", "",
              "[server]", f"hostname = {literal(config.value('myhostname'))}",
-             f"local_domains = {literal(domains(config, 'mydestination', left))}",
+             f"local_domains = {literal(list(dict.fromkeys(local_domains)))}",
              'scripts = "."', "",
              "[limits]", f"message_size = {size}  # {config.where('message_size_limit')}",
              f"recipients = {int(config.value('smtpd_recipient_limit'))}  "
