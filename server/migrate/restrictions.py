@@ -36,6 +36,7 @@ LISTS = {
     "smtpd_sender_restrictions": ("sender_restrictions", "sender"),
     "smtpd_relay_restrictions": ("relay_restrictions", "recipient"),
     "smtpd_recipient_restrictions": ("recipient_restrictions", "recipient"),
+    "smtpd_end_of_data_restrictions": ("end_of_data_restrictions", "end_of_data"),
 }
 # Which restrictions need what (a restriction whose data is not there yet is skipped, as
 # Postfix skips it: reject_unauth_destination in smtpd_client_restrictions without
@@ -65,6 +66,8 @@ WHY = {
                                 "(its SMTP server handles PIPELINING itself)",
     "check_policy_service": "a policy service's decisions are its own code: write them in "
                             "main.vsl, or keep the service and run `vsl policyd` beside Postfix",
+    "end_of_data": "after the message (on_pre_queue) vSL's scripts see the recipients, not one "
+                   "current recipient",
 }
 TABLE_ACTIONS = ("OK", "RELAY", "DUNNO", "REJECT", "DEFER")
 
@@ -133,6 +136,9 @@ class Restrictions:
         """The lines of one restriction, or None (recorded as left) when untranslated."""
         name = ALIASES.get(name, name)
         stage = {"client": 0, "helo": 1, "sender": 2}.get(kind, 3)
+        if kind == "end_of_data" and name in NEEDS_RECIPIENT:
+            self.left.append(Left(where, name, WHY["end_of_data"]))
+            return None
         if name in NEEDS_RECIPIENT and not (self.at_rcpt or stage == 3):
             return ["// (no recipient before RCPT TO: Postfix skips it here)"]
         if name in NEEDS_SENDER and not (self.at_rcpt or stage >= 2):

@@ -116,8 +116,11 @@ def stage_functions(config: PostfixConfig, at_rcpt: bool,
     recipient_lists = [p for p in LISTS if LISTS[p][1] == "recipient" and p in present]
     if not config.flag("smtpd_relay_before_recipient_restrictions"):
         recipient_lists.reverse()
-    early = [p for p in present if p not in recipient_lists]
+    early = [p for p in present if p not in recipient_lists and LISTS[p][1] != "end_of_data"]
     stages = []
+    if "smtpd_end_of_data_restrictions" in present:
+        body = decide("smtpd_end_of_data_restrictions") + ["    status::next()"]
+        stages.append(stage_function("on_pre_queue", body))
     if not at_rcpt:
         for parameter, stage in zip(list(LISTS)[:3], ("on_connect", "on_helo", "on_mail_from")):
             if parameter in early:
@@ -325,7 +328,7 @@ def reason(setting: Setting) -> str:
     if setting.name == "smtpd_banner":
         return "vSL's greeting text is fixed (`220 HOSTNAME ESMTP ...`); only its code is " \
                "Postfix's"
-    if setting.name in ("smtpd_data_restrictions", "smtpd_end_of_data_restrictions"):
+    if setting.name == "smtpd_data_restrictions":
         return "vSL runs no stage at the DATA command; on_pre_queue (after the message) " \
                "would see other data"
     return "no vSL counterpart is translated"
