@@ -111,7 +111,13 @@ def compare(scenario: str, postfix: list, vsl: list, tally: Tally) -> None:
 def scenario_tables(directory: Path) -> dict[str, tuple[str, str]]:
     """The table sources beside a scenario's main.cf: NAME.KIND files."""
     return {path.stem: (path.read_text(), path.suffix[1:])
-            for path in sorted(directory.iterdir()) if path.name != "main.cf"}
+            for path in sorted(directory.iterdir()) if path.suffix != ".cf"}
+
+
+def smtpd_options(directory: Path) -> str:
+    """A scenario's master.cf: the smtpd service's -o options, one a line."""
+    path = directory / "master.cf"
+    return " ".join(path.read_text().split()) if path.exists() else ""
 
 
 TALLY = Tally()
@@ -123,7 +129,8 @@ def test_translation_answers_as_postfix(scenario, tmp_path):
     settings, problems = parse_main_cf((directory / "main.cf").read_text())
     assert not problems
     with PrivatePostfix({s.name: s.value for s in settings},
-                        tables=scenario_tables(directory)) as postfix:
+                        tables=scenario_tables(directory),
+                        smtpd_options=smtpd_options(directory)) as postfix:
         translation = translate(postfix.etc)
         translation.write(tmp_path / "policy")
         config = replace(load(tmp_path / "policy" / "vsl.toml"),
