@@ -252,3 +252,26 @@ def test_dns_restrictions_reply_as_postfix(tmp_path):
                     assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
                     code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
                     assert f"{code} {text.decode()}" == expected, (client, helo, sender)
+
+
+def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(
+        "smtpd_delay_reject = no\nmydestination =\n"
+        "smtpd_client_restrictions = reject_non_fqdn_helo_hostname, reject_non_fqdn_sender\n"
+        "smtpd_sender_restrictions = reject_unauth_destination, reject_non_fqdn_sender\n"
+        "smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, reject_non_fqdn_sender\n")
+    translation = translate(directory)
+    translation.write(tmp_path / "out")
+    assert load_policy(new_engine(), tmp_path / "out") is not None
+    main_vsl = translation.main_vsl
+    assert main_vsl.count("// (Postfix skips it before HELO)") == 1
+    assert main_vsl.count("// (Postfix skips it before MAIL FROM)") == 1
+    assert main_vsl.count("// (Postfix skips it before RCPT TO)") == 1
+    for stage in ("on_connect", "on_mail_from", "on_pre_queue", "on_rcpt_to"):
+        assert f"fn {stage}(ctx)" in main_vsl
+    assert [(item.item, item.where) for item in translation.left] == [
+        ("reject_non_fqdn_recipient",
+         "main.cf:5: smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, "
+         "reject_non_fqdn_sender")]

@@ -38,15 +38,23 @@ LISTS = {
     "smtpd_recipient_restrictions": ("recipient_restrictions", "recipient"),
     "smtpd_end_of_data_restrictions": ("end_of_data_restrictions", "end_of_data"),
 }
-# Which restrictions need what (a restriction whose data is not there yet is skipped, as
-# Postfix skips it: reject_unauth_destination in smtpd_client_restrictions without
-# smtpd_delay_reject, for example).
-NEEDS_SENDER = {"reject_non_fqdn_sender", "reject_unknown_sender_domain", "reject_rhsbl_sender",
-                "check_sender_access"}
-NEEDS_RECIPIENT = {"reject_unauth_destination", "defer_unauth_destination",
-                   "permit_auth_destination", "reject_non_fqdn_recipient",
-                   "reject_unknown_recipient_domain", "reject_rhsbl_recipient",
-                   "check_recipient_access", "reject_unlisted_recipient"}
+# The command from which each restriction's data exists; before it Postfix skips the
+# restriction (reject_unauth_destination in smtpd_client_restrictions without
+# smtpd_delay_reject, for example). Stages: connect 0, HELO 1, MAIL 2, RCPT 3, message 4.
+HELO, MAIL, RCPT = 1, 2, 3
+NEEDS = {
+    **dict.fromkeys(("reject_non_fqdn_helo_hostname", "reject_invalid_helo_hostname",
+                     "reject_unknown_helo_hostname", "reject_rhsbl_helo",
+                     "check_helo_access"), HELO),
+    **dict.fromkeys(("reject_non_fqdn_sender", "reject_unknown_sender_domain",
+                     "reject_rhsbl_sender", "check_sender_access"), MAIL),
+    **dict.fromkeys(("reject_unauth_destination", "defer_unauth_destination",
+                     "permit_auth_destination", "reject_non_fqdn_recipient",
+                     "reject_unknown_recipient_domain", "reject_rhsbl_recipient",
+                     "check_recipient_access", "reject_unlisted_recipient"), RCPT),
+}
+STAGE_OF = {"client": 0, "helo": HELO, "sender": MAIL, "recipient": RCPT, "end_of_data": 4}
+COMMAND = {HELO: "HELO", MAIL: "MAIL FROM", RCPT: "RCPT TO"}
 ALIASES = {"reject_non_fqdn_hostname": "reject_non_fqdn_helo_hostname",
            "reject_invalid_hostname": "reject_invalid_helo_hostname",
            "reject_unknown_hostname": "reject_unknown_helo_hostname",
@@ -135,14 +143,12 @@ class Restrictions:
                     where: str) -> list[str] | None:
         """The lines of one restriction, or None (recorded as left) when untranslated."""
         name = ALIASES.get(name, name)
-        stage = {"client": 0, "helo": 1, "sender": 2}.get(kind, 3)
-        if kind == "end_of_data" and name in NEEDS_RECIPIENT:
+        needs = NEEDS.get(name, 0)
+        if kind == "end_of_data" and needs == RCPT:
             self.left.append(Left(where, name, WHY["end_of_data"]))
             return None
-        if name in NEEDS_RECIPIENT and not (self.at_rcpt or stage == 3):
-            return ["// (no recipient before RCPT TO: Postfix skips it here)"]
-        if name in NEEDS_SENDER and not (self.at_rcpt or stage >= 2):
-            return ["// (no sender before MAIL FROM: Postfix skips it here)"]
+        if not self.at_rcpt and STAGE_OF[kind] < needs:
+            return [f"// (Postfix skips it before {COMMAND[needs]})"]
         try:
             expression = self.expression(name, argument, kind, where)
         except TableError as err:
