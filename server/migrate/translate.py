@@ -34,9 +34,17 @@ POSTFIX_OWN = {"config_directory", "queue_directory", "data_directory", "maillog
                "meta_directory", "shlib_directory", "mail_owner", "setgid_group",
                "sendmail_path", "newaliases_path", "mailq_path", "manpage_directory",
                "sample_directory", "readme_directory", "html_directory", "biff",
-               "inet_protocols", "smtp_host_lookup", "disable_dns_lookups", "myorigin",
-               "alias_maps", "alias_database", "append_dot_mydomain", "recipient_delimiter",
-               "mailbox_size_limit", "smtputf8_enable"}
+               "smtp_host_lookup", "disable_dns_lookups", "alias_maps", "alias_database",
+               "append_dot_mydomain", "recipient_delimiter", "mailbox_size_limit"}
+SPECIFIC = {
+    "myorigin": "only mail submitted on Postfix's host (sendmail, pickup) gets it",
+    "inet_protocols": "vSL listens on the addresses of `listen` in vsl.toml, of any family",
+    "smtputf8_enable": "vSL always offers SMTPUTF8",
+    "smtpd_banner": "vSL's greeting text is fixed (`220 HOSTNAME ESMTP ...`); only its code "
+                    "is Postfix's",
+    "smtpd_data_restrictions": "vSL runs no stage at the DATA command; on_pre_queue (after the "
+                               "message) would answer another command",
+}
 ROUTES = {"default_transport", "relay_transport", "transport_maps", "local_transport",
           "virtual_transport", "mailbox_transport", "mailbox_command"}
 LISTENER_KINDS = {"smtp": ("smtp", 25), "submission": ("submission", 587),
@@ -319,16 +327,12 @@ def other_settings(config: PostfixConfig) -> list[Left]:
 
 
 def reason(setting: Setting) -> str:
+    if setting.name in SPECIFIC:
+        return SPECIFIC[setting.name]
     if setting.name in POSTFIX_OWN:
         return "Postfix's own files, daemons or local delivery: vSL has its own ([server], " \
                "[delivery] in vsl.toml)"
     if setting.name in ROUTES:
         return "a delivery route: vSL routes with transport:: in on_post_queue " \
                "(docs/queue-and-delivery.md)"
-    if setting.name == "smtpd_banner":
-        return "vSL's greeting text is fixed (`220 HOSTNAME ESMTP ...`); only its code is " \
-               "Postfix's"
-    if setting.name == "smtpd_data_restrictions":
-        return "vSL runs no stage at the DATA command; on_pre_queue (after the message) " \
-               "would see other data"
     return "no vSL counterpart is translated"
