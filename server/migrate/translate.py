@@ -277,7 +277,12 @@ def relay_route(relayhost: str) -> str | None:
 
 def behaviour_settings(config: PostfixConfig, left: list[Left]) -> list[str]:
     """smtpd_helo_required, strict_rfc821_envelopes, disable_vrfy_command, relayhost MX."""
-    differences = []
+    differences = [
+        f"`{config.where('message_size_limit')}`: a MAIL FROM whose SIZE is over the limit gets "
+        "vSL's `552 Error: message size exceeds fixed maximum message size` (no enhanced code) "
+        "where Postfix says `552 5.3.4 Message size exceeds fixed limit`.",
+        f"`{config.where('smtpd_recipient_limit')}`: one recipient too many gets `452 4.5.3 Too "
+        "many recipients` where Postfix says `452 4.5.3 Error: too many recipients`."]
     if config.flag("smtpd_helo_required"):
         differences.append(f"`{config.where('smtpd_helo_required')}`: vSL always requires "
                            "HELO/EHLO before MAIL FROM; it answers `503 Error: send HELO "
