@@ -275,3 +275,39 @@ def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_pat
         ("reject_non_fqdn_recipient",
          "main.cf:5: smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, "
          "reject_non_fqdn_sender")]
+
+
+def test_postfix_library_replies(tmp_path):
+    """postfix.vsl's reply texts where the differential test has no case: DSN fixing of
+    address statuses, DNSBL filters left out."""
+    (tmp_path / "postfix.vsl").write_text(
+        (Path(__file__).parent.parent / "server/migrate/postfix.vsl").read_text())
+    (tmp_path / "main.vsl").write_text("""
+import "postfix" as postfix;
+const CODES = #{ access_map_reject: 554, access_map_defer: 450 };
+fn act(found, name, kind) { postfix::action(global::CODES, found, #{ name: name, kind: kind }) }
+""")
+    script = new_engine().load(tmp_path / "main.vsl")
+    assert script.call("act", "REJECT 5.1.1 no such user", "a@b.test", "Recipient address") == \
+        "554 5.1.1 <a@b.test>: Recipient address rejected: no such user"
+    assert script.call("act", "REJECT 5.1.1 no such user", "a@b.test", "Sender address") == \
+        "554 5.1.7 <a@b.test>: Sender address rejected: no such user"
+    assert script.call("act", "DEFER 4.1.2", "h.test", "Helo command") == \
+        "450 4.0.0 <h.test>: Helo command rejected: Access denied"
+    assert script.call("act", "451 5.7.1 later", "x", "Client host") == \
+        "451 4.7.1 <x>: Client host rejected: later"
+    assert script.call("act", "12345", "x", "Client host") == "OK"
+    assert script.call("act", "dunno", "x", "Client host") == ""
+
+
+def test_dnsbl_reply_filter_patterns_are_left(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(
+        "mydestination =\nsmtpd_client_restrictions = reject_rbl_client zen.test=127.0.0.[2..11],"
+        " reject_rbl_client bl.test=127.0.0.2\n")
+    translation = translate(directory)
+    assert [item.item for item in translation.left] == [
+        "reject_rbl_client zen.test=127.0.0.[2..11]"]
+    assert 'postfix::rbl_client(global::CODES, ctx, "bl.test", "127.0.0.2")' in \
+        translation.main_vsl

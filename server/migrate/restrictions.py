@@ -91,6 +91,10 @@ def literal(value) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+class NotTranslated(ValueError):
+    """A restriction this translation cannot express; the message says why."""
+
+
 @dataclass
 class Left:
     """A main.cf item left untranslated: where, what and why."""
@@ -151,7 +155,7 @@ class Restrictions:
             return [f"// (Postfix skips it before {COMMAND[needs]})"]
         try:
             expression = self.expression(name, argument, kind, where)
-        except TableError as err:
+        except (TableError, NotTranslated) as err:
             self.left.append(Left(where, f"{name} {argument}", str(err)))
             return None
         if expression is None:
@@ -199,6 +203,9 @@ class Restrictions:
             return simple[name]
         if name.startswith("check_") and name.endswith("_access") and argument:
             return self.access(name, argument, where)
+        if name.startswith(("reject_rbl_", "reject_rhsbl_")) and "[" in argument:
+            raise NotTranslated("only a DNSBL reply filter of one address (zone=127.0.0.2) "
+                                "is translated")
         if name == "reject_rbl_client":
             zone, _, filter_ = argument.partition("=")
             return f"postfix::rbl_client({codes}, ctx, {literal(zone)}, {literal(filter_)})"
