@@ -53,6 +53,8 @@ def test_expansion_and_defaults():
     assert config_of("x = 1").value("smtpd_relay_before_recipient_restrictions") == "no"
     assert config.where("reject_code") == "default: reject_code = 554"
     assert config.where("myhostname") == "main.cf:1: myhostname = mx.example.test"
+    assert config_of("t = hash:$config_directory/x", Path("/srv/pf")).value("t") == \
+        "hash:/srv/pf/x"
 
 
 def test_list_words_keep_braces_whole():

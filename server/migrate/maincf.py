@@ -153,6 +153,8 @@ class PostfixConfig:
         compat = compat_defaults(level.value if level else "0")
         if name in compat:
             return compat[name]
+        if name == "config_directory" and self.directory is not None:
+            return str(self.directory)  # as `postfix -c DIRECTORY` sets it
         if name == "myhostname":
             return socket.getfqdn()
         if name == "mydomain":
