@@ -22,7 +22,9 @@ def migrate() -> None:
 @click.option("--strict", is_flag=True,
               help="Exit 3 when anything of main.cf is left untranslated.")
 def postfix(config_dir: Path, out: Path, strict: bool) -> None:
-    """Translate a Postfix configuration into a vSL policy (checked with vsl lint)."""
+    """Translate a Postfix configuration into a vSL policy directory.
+
+    The policy is linted and loaded before the command ends."""
     from vsl.server.migrate.translate import translate
     from vsl.server.policy import PolicyError, load_policy
     from vsl.stdlib import new_engine
