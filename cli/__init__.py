@@ -8,6 +8,7 @@
     users.py     vsl passwd (users-file lines)
     bounce.py    vsl bounce ... (the bounce classifier)
     zones.py     --zone FILE, shared by run and serve
+    migrate.py   vsl migrate postfix (translate a Postfix configuration)
 
 A new command is a click command in the module of its group (or a new module) and one
 ``main.add_command`` line below. Modules import at their top what is cheap; what would
@@ -19,7 +20,7 @@ from importlib import metadata
 
 import click
 
-from . import bounce, language, milter, policyd, queue, serve, users
+from . import bounce, language, migrate, milter, policyd, queue, serve, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,3 +38,4 @@ main.add_command(queue.queue)
 main.add_command(users.passwd)
 main.add_command(bounce.bounce)
 main.add_command(policyd.policyd)
+main.add_command(migrate.migrate)

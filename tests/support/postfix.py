@@ -14,7 +14,10 @@ test is skipped, or fails under CI=true (``tests/support/tools.py``).
 
 By default nothing is delivered: mail for ``example.test`` is relayed to the ``discard``
 transport, other domains are refused by Postfix's defaults (``reject_unauth_destination``).
-``settings`` override or add ``main.cf`` lines; ``services`` add ``master.cf`` lines.
+``settings`` override or add ``main.cf`` lines; ``services`` add ``master.cf`` lines;
+``tables`` (name -> (source text, kind)) are written with :meth:`table` before the start,
+so main.cf may name them (``hash:$config_directory/access``); ``smtpd_options`` are the
+smtpd service's ``-o name=value`` overrides in master.cf.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from .mailsink import free_port
 from .tools import missing, require
 
 MASTER_CF = """\
-{listen} inet n - n - - smtpd
+{listen} inet n - n - - smtpd{options}
 pickup     unix  n - n 60    1 pickup
 cleanup    unix  n - n -     0 cleanup
 qmgr       unix  n - n 300   1 qmgr
@@ -80,11 +83,14 @@ BASE_SETTINGS = {
 class PrivatePostfix:
     """One throw-away Postfix instance (see the module docstring)."""
 
-    def __init__(self, settings: dict[str, str] | None = None, services: str = ""):
+    def __init__(self, settings: dict[str, str] | None = None, services: str = "",
+                 tables: dict[str, tuple[str, str]] | None = None, smtpd_options: str = ""):
         self.dir = Path(tempfile.mkdtemp(prefix="vsl-postfix-"))
         self.etc, self.spool = self.dir / "etc", self.dir / "spool"
         self.settings = {**BASE_SETTINGS, **(settings or {})}
         self.services = services
+        self.tables = tables or {}
+        self.smtpd_options = smtpd_options
         self.port = 0
         self._master: int | None = None
 
@@ -100,6 +106,8 @@ class PrivatePostfix:
         self.dir.chmod(0o755)
         shutil.chown(self.dir / "data", "postfix")
         self.write_config()
+        for name, (text, kind) in self.tables.items():
+            self.table(name, text, kind)
         self.run("check")  # creates the queue directories with the owners Postfix wants
         self.run("start")
         self._master = self._master_pid()
@@ -141,7 +149,9 @@ class PrivatePostfix:
         (self.etc / "main.cf").write_text(
             "".join(f"{name} = {value}\n" for name, value in settings.items()))
         (self.etc / "master.cf").write_text(
-            MASTER_CF.format(listen=f"127.0.0.1:{self.port}") + self.services)
+            MASTER_CF.format(listen=f"127.0.0.1:{self.port}",
+                             options=f" {self.smtpd_options}" if self.smtpd_options else "")
+            + self.services)
 
     def table(self, name: str, text: str, kind: str = "hash") -> str:
         """Writes a lookup table's source in etc/ (``postmap`` for indexed kinds) and

@@ -1,0 +1,315 @@
+"""`vsl migrate postfix` without a Postfix: main.cf and master.cf parsing, lookup tables,
+the generated policy (it lints, and loads in the server), MIGRATION.md and --strict, and
+the DNS-based restrictions against vSL's own DNS server (Postfix's resolver cannot be
+pointed at a test server on another port: the expected replies are Postfix's texts from
+src/smtpd/smtpd_check.c, not Postfix's own answers)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vsl.cli import main
+from vsl.server.config import DeliveryConfig, Listener, load
+from vsl.server.dnsd import DnsServer
+from vsl.server.migrate.maincf import PostfixConfig, parse_main_cf, parse_master_cf, split_list
+from vsl.server.migrate.tables import TableError, inline_entries, load_table
+from vsl.server.migrate.translate import relay_route, translate
+from vsl.server.policy import load_policy
+from vsl.stdlib import new_engine
+
+from tests.support.servers import running
+from tests.support.smtp_tools import Raw
+
+
+def config_of(text: str, directory: Path | None = None) -> PostfixConfig:
+    settings, problems = parse_main_cf(text)
+    assert not problems
+    return PostfixConfig(settings, directory)
+
+
+# ---- main.cf and master.cf ------------------------------------------------------------------
+
+def test_main_cf_lines_continuations_and_comments():
+    settings, problems = parse_main_cf(
+        "# comment\nmyhostname = mx.example.test\n\nsmtpd_recipient_restrictions =\n"
+        "    permit_mynetworks,\n  # inside\n\treject_unauth_destination\nnot a setting\n")
+    assert [(s.name, s.value, s.where) for s in settings] == [
+        ("myhostname", "mx.example.test", "main.cf:2"),
+        ("smtpd_recipient_restrictions", "permit_mynetworks, reject_unauth_destination",
+         "main.cf:4")]
+    assert problems == ["main.cf:8: not a setting"]
+
+
+def test_expansion_and_defaults():
+    config = config_of("myhostname = mx.example.test\nbanner = ${myhostname} $(mydomain) "
+                       "${relayhost?relay:} ${relayhost:direct}\ncompatibility_level = 3.6\n")
+    assert config.value("banner") == "mx.example.test example.test  direct"
+    assert config.value("mydestination") == "mx.example.test, localhost.example.test, localhost"
+    assert config.value("smtpd_relay_restrictions").endswith("defer_unauth_destination")
+    assert config.flag("smtpd_relay_before_recipient_restrictions")
+    assert config_of("x = 1").value("smtpd_relay_before_recipient_restrictions") == "no"
+    assert config.where("reject_code") == "default: reject_code = 554"
+    assert config.where("myhostname") == "main.cf:1: myhostname = mx.example.test"
+    assert config_of("t = hash:$config_directory/x", Path("/srv/pf")).value("t") == \
+        "hash:/srv/pf/x"
+
+
+def test_list_words_keep_braces_whole():
+    assert split_list("a, b c,,{ x = y, z }\td") == ["a", "b", "c", "{ x = y, z }", "d"]
+
+
+def test_master_cf_smtpd_overrides():
+    settings = parse_master_cf(
+        "smtp inet n - y - - smtpd\n  -o smtpd_delay_reject=no\n  -o syslog_name=x\n"
+        "pickup unix n - y 60 1 pickup -o foo=bar\n")
+    assert [(s.name, s.value, s.where) for s in settings] == [
+        ("smtpd_delay_reject", "no", "master.cf:1"), ("syslog_name", "x", "master.cf:1")]
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+def test_tables_from_their_source(tmp_path):
+    (tmp_path / "access").write_text("# c\nUser@Example.ORG\tREJECT  go away\nexample.net OK\n"
+                                     "example.net DUNNO\n")
+    (tmp_path / "clients").write_text("192.0.2.0/24 REJECT\n[2001:db8::]/32 OK\nif 1.2.3.4\n")
+    (tmp_path / "patterns").write_text("/^spam/ REJECT\n/Mixed/i OK\n/x/m DUNNO\n")
+    access = load_table(f"hash:{tmp_path}/access", None)
+    assert (access.kind, access.entries) == (
+        "hash", {"user@example.org": "REJECT go away", "example.net": "OK"})
+    cidr = load_table("cidr:clients", tmp_path)
+    assert cidr.entries == [["192.0.2.0/24", "REJECT"], ["2001:db8::/32", "OK"]]
+    assert "if/endif" in cidr.problems[0]
+    patterns = load_table(f"pcre:{tmp_path}/patterns", None)
+    assert patterns.entries == [["^spam", "i", "REJECT"], ["Mixed", "", "OK"]]
+    assert "flags 'm'" in patterns.problems[0]
+    assert inline_entries("{ a=OK, { B = REJECT no way } }") == {"a": "OK",
+                                                                 "b": "REJECT no way"}
+    for spec in ("ldap:/etc/x", f"hash:{tmp_path}/missing", "inline:a=b"):
+        with pytest.raises(TableError):
+            load_table(spec, tmp_path)
+
+
+def test_relayhost_routes():
+    assert relay_route("[smtp.example.test]:587") == "smtp://smtp.example.test:587"
+    assert relay_route("relay.example.test") == "smtp://relay.example.test:25"
+    assert relay_route("") is None
+
+
+# ---- the translated policy ----------------------------------------------------------------
+
+MAIN_CF = """\
+myhostname = mx.example.test
+mydestination = $myhostname
+relay_domains = example.test
+relayhost = [smarthost.example.test]:587
+message_size_limit = 2048000
+smtpd_recipient_limit = 50
+disable_vrfy_command = yes
+alias_maps = hash:/etc/aliases
+smtpd_helo_required = yes
+smtpd_recipient_restrictions = permit_mynetworks, check_policy_service inet:127.0.0.1:10040,
+    reject_unauth_pipelining, check_recipient_access ldap:/etc/postfix/ldap.cf,
+    reject_unauth_destination
+"""
+
+
+@pytest.fixture
+def postfix_dir(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(MAIN_CF)
+    (directory / "master.cf").write_text("127.0.0.1:2525 inet n - n - - smtpd\n"
+                                         "submission inet n - n - - smtpd\n")
+    return directory
+
+
+def test_translation_writes_a_policy_that_lints_and_loads(postfix_dir, tmp_path):
+    out = tmp_path / "out"
+    translate(postfix_dir).write(out)
+    assert load_policy(new_engine(), out) is not None
+    main_vsl = (out / "main.vsl").read_text()
+    assert "// main.cf:10: smtpd_recipient_restrictions = permit_mynetworks" in main_vsl
+    assert "// reject_unauth_destination" in main_vsl
+    config = load(out / "vsl.toml")
+    assert [str(l) for l in config.listen] == ["smtp 127.0.0.1:2525", "smtp 0.0.0.0:587"]
+    assert (config.hostname, config.local_domains) == ("mx.example.test", ("mx.example.test",))
+    assert (config.limits.message_size, config.limits.recipients) == (2048000, 50)
+    assert config.delivery.relay == "smtp://smarthost.example.test:587"
+
+
+def test_migration_md_lists_every_line_left(postfix_dir, tmp_path):
+    translation = translate(postfix_dir)
+    left = {(item.where.partition(":")[0] + ":" + item.where.partition(":")[2].split(":")[0],
+             item.item) for item in translation.left}
+    assert ("main.cf:10", "check_policy_service inet:127.0.0.1:10040") in left
+    assert ("main.cf:10", "reject_unauth_pipelining") in left
+    assert ("main.cf:10", "check_recipient_access ldap:/etc/postfix/ldap.cf") in left
+    assert ("main.cf:7", "disable_vrfy_command = yes") in left
+    assert ("main.cf:8", "alias_maps = hash:/etc/aliases") in left
+    assert ("main.cf:2", "local_recipient_maps = the system's users and aliases (Postfix's "
+            "default)") in left
+    assert len(translation.left) == 6
+    translation.write(tmp_path / "out")
+    text = (tmp_path / "out" / "MIGRATION.md").read_text()
+    assert "`check_policy_service inet:127.0.0.1:10040`: a policy service" in text
+    assert "send HELO/EHLO first" in text  # smtpd_helo_required: translated, with a difference
+
+
+def test_command_and_strict(postfix_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
+                                  "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "6 item(s) not translated" in result.output
+    result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
+                                  "--out", str(tmp_path / "b"), "--strict"])
+    assert result.exit_code == 3
+    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\nmydestination =\n")
+    (postfix_dir / "master.cf").unlink()
+    result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
+                                  "--out", str(tmp_path / "c"), "--strict"])
+    assert result.exit_code == 0, result.output
+
+
+# ---- natives the translation uses ---------------------------------------------------------
+
+def test_net_and_regex_natives():
+    script = new_engine().load_source("""
+fn net(ip, network) { net::in_network(ip, network) }
+fn re(pattern, text, flags) { regex::captures(pattern, text, flags) }
+""", "n.vsl")
+    assert script.call("net", "192.0.2.7", "192.0.2.0/24") is True
+    assert script.call("net", "::ffff:192.0.2.7", "[192.0.2.0]/24") is True
+    assert script.call("net", "2001:db8::1", "192.0.2.0/24") is False
+    assert script.call("net", "not-an-ip", "192.0.2.0/24") is False
+    assert script.call("re", "^(a+)(b)?@", "AAA@x", "i") == ["AAA@", "AAA", ""]
+    assert script.call("re", "^b", "abc", "") is None
+
+
+# ---- DNS-based restrictions, through vSL's DNS server ---------------------------------------
+
+DNS_MAIN_CF = """\
+myhostname = mx.example.test
+mydestination =
+relay_domains = example.test, good.test
+mynetworks = 127.0.0.1/32
+smtpd_client_restrictions = reject_unknown_reverse_client_hostname,
+    reject_unknown_client_hostname, reject_rbl_client rbl.test
+smtpd_helo_restrictions = reject_unknown_helo_hostname
+smtpd_sender_restrictions = reject_rhsbl_sender rhsbl.test, reject_unknown_sender_domain
+smtpd_recipient_restrictions = reject_unknown_recipient_domain, reject_unauth_destination
+"""
+RECORDS = {
+    "1.0.0.127.in-addr.arpa.": [("PTR", "client.good.test.")],
+    "2.0.0.127.in-addr.arpa.": [("PTR", "client.good.test.")],
+    "4.0.0.127.in-addr.arpa.": [("PTR", "forged.good.test.")],
+    "client.good.test.": [("A", "127.0.0.1"), ("A", "127.0.0.2")],
+    "forged.good.test.": [("A", "192.0.2.1")],
+    "good.test.": [("MX", "10 client.good.test."), ("A", "127.0.0.1")],
+    "example.test.": [("MX", "10 client.good.test.")],
+    "2.0.0.127.rbl.test.": [("A", "127.0.0.2"), ("TXT", "listed for tests")],
+    "spammer.good.test.rhsbl.test.": [("A", "127.0.0.2")],
+    "spammer.good.test.": [("A", "127.0.0.1")],
+}
+# (client, HELO, sender, recipient): the RCPT TO reply Postfix gives (smtpd_check.c)
+DNS_CASES = [
+    ("127.0.0.1", "client.good.test", "a@good.test", "b@example.test", "250 2.1.5 Recipient ok"),
+    ("127.0.0.3", "client.good.test", "a@good.test", "b@example.test",
+     "450 4.7.1 Client host rejected: cannot find your reverse hostname, [127.0.0.3]"),
+    ("127.0.0.4", "client.good.test", "a@good.test", "b@example.test",
+     "450 4.7.25 Client host rejected: cannot find your hostname, [127.0.0.4]"),
+    ("127.0.0.2", "client.good.test", "a@good.test", "b@example.test",
+     "554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using rbl.test; "
+     "listed for tests"),
+    ("127.0.0.1", "nowhere.test", "a@good.test", "b@example.test",
+     "450 4.7.1 <nowhere.test>: Helo command rejected: Host not found"),
+    ("127.0.0.1", "client.good.test", "a@spammer.good.test", "b@example.test",
+     "554 5.7.1 Service unavailable; Sender address [spammer.good.test] blocked using "
+     "rhsbl.test"),
+    ("127.0.0.1", "client.good.test", "a@nowhere.test", "b@example.test",
+     "450 4.1.8 <a@nowhere.test>: Sender address rejected: Domain not found"),
+    ("127.0.0.1", "client.good.test", "a@good.test", "b@nowhere.test",
+     "450 4.1.2 <b@nowhere.test>: Recipient address rejected: Domain not found"),
+]
+
+
+def test_dns_restrictions_reply_as_postfix(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(DNS_MAIN_CF)
+    translate(directory).write(tmp_path / "policy")
+    with DnsServer.from_records(RECORDS) as dns_server:
+        config = load(tmp_path / "policy" / "vsl.toml")
+        config = replace(config, listen=(Listener("127.0.0.1", 0),),
+                         queue_dir=tmp_path / "queue", delivery=DeliveryConfig(enabled=False),
+                         dns=replace(config.dns, override=(f"127.0.0.1:{dns_server.port}",),
+                                     timeout=2.0))
+        with running(config) as server:
+            for client, helo, sender, recipient, expected in DNS_CASES:
+                with Raw(server.port(), source=client) as smtp:
+                    assert smtp.cmd(f"EHLO {helo}")[0] == 250
+                    assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+                    code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
+                    assert f"{code} {text.decode()}" == expected, (client, helo, sender)
+
+
+def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(
+        "smtpd_delay_reject = no\nmydestination =\n"
+        "smtpd_client_restrictions = reject_non_fqdn_helo_hostname, reject_non_fqdn_sender\n"
+        "smtpd_sender_restrictions = reject_unauth_destination, reject_non_fqdn_sender\n"
+        "smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, reject_non_fqdn_sender\n")
+    translation = translate(directory)
+    translation.write(tmp_path / "out")
+    assert load_policy(new_engine(), tmp_path / "out") is not None
+    main_vsl = translation.main_vsl
+    assert main_vsl.count("// (Postfix skips it before HELO)") == 1
+    assert main_vsl.count("// (Postfix skips it before MAIL FROM)") == 1
+    assert main_vsl.count("// (Postfix skips it before RCPT TO)") == 1
+    for stage in ("on_connect", "on_mail_from", "on_pre_queue", "on_rcpt_to"):
+        assert f"fn {stage}(ctx)" in main_vsl
+    assert [(item.item, item.where) for item in translation.left] == [
+        ("reject_non_fqdn_recipient",
+         "main.cf:5: smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, "
+         "reject_non_fqdn_sender")]
+
+
+def test_postfix_library_replies(tmp_path):
+    """postfix.vsl's reply texts where the differential test has no case: DSN fixing of
+    address statuses, DNSBL filters left out."""
+    (tmp_path / "postfix.vsl").write_text(
+        (Path(__file__).parent.parent / "server/migrate/postfix.vsl").read_text())
+    (tmp_path / "main.vsl").write_text("""
+import "postfix" as postfix;
+const CODES = #{ access_map_reject: 554, access_map_defer: 450 };
+fn act(found, name, kind) { postfix::action(global::CODES, found, #{ name: name, kind: kind }) }
+""")
+    script = new_engine().load(tmp_path / "main.vsl")
+    assert script.call("act", "REJECT 5.1.1 no such user", "a@b.test", "Recipient address") == \
+        "554 5.1.1 <a@b.test>: Recipient address rejected: no such user"
+    assert script.call("act", "REJECT 5.1.1 no such user", "a@b.test", "Sender address") == \
+        "554 5.1.7 <a@b.test>: Sender address rejected: no such user"
+    assert script.call("act", "DEFER 4.1.2", "h.test", "Helo command") == \
+        "450 4.0.0 <h.test>: Helo command rejected: Access denied"
+    assert script.call("act", "451 5.7.1 later", "x", "Client host") == \
+        "451 4.7.1 <x>: Client host rejected: later"
+    assert script.call("act", "12345", "x", "Client host") == "OK"
+    assert script.call("act", "dunno", "x", "Client host") == ""
+
+
+def test_dnsbl_reply_filter_patterns_are_left(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(
+        "mydestination =\nsmtpd_client_restrictions = reject_rbl_client zen.test=127.0.0.[2..11],"
+        " reject_rbl_client bl.test=127.0.0.2\n")
+    translation = translate(directory)
+    assert [item.item for item in translation.left] == [
+        "reject_rbl_client zen.test=127.0.0.[2..11]"]
+    assert 'postfix::rbl_client(global::CODES, ctx, "bl.test", "127.0.0.2")' in \
+        translation.main_vsl
