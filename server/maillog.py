@@ -17,7 +17,9 @@ messages it queued, whose sender and recipients come from the queue manager's an
 delivery agents' lines for that queue id. Each session becomes a conversation: greeting,
 EHLO (HELO for ``proto=SMTP``) with the logged HELO name (else the client's name, or its
 address literal), per transaction MAIL FROM, each RCPT TO, then DATA and a stand-in
-message when a recipient was accepted (else RSET before the next transaction), QUIT.
+message when a recipient was accepted (else RSET before the next transaction), QUIT
+when the client sent one (the disconnect line's counts; a client that said nothing gets
+the greeting alone).
 Every turn expects the reply Postfix gave: the logged one for a rejection, the code of
 success otherwise. Rejections at VRFY and ETRN are not turned into turns; rejection
 warnings (``reject_warning``) changed nothing and are ignored.
@@ -55,6 +57,7 @@ class _Session:
     helo: str | None = None
     esmtp: bool = True
     helo_refusal: str | None = None
+    counts: dict[str, str] | None = None  # the disconnect line's: ehlo=1 quit=1 ...
     transactions: list[_Transaction] = field(default_factory=list)
 
 
@@ -81,8 +84,8 @@ class _Reader:
             session = _Session(f"{self.source}:{number}", connect["name"], connect["ip"])
             self.sessions.append(session)
             self.open[pid] = session
-        elif text.startswith("disconnect from "):
-            self.open.pop(pid, None)
+        elif text.startswith("disconnect from ") and pid in self.open:
+            self.open.pop(pid).counts = _fields(text)
         elif pid in self.open:
             self._session_line(self.open[pid], text)
 
@@ -137,8 +140,8 @@ class _Reader:
 
 def _fields(text: str) -> dict[str, str]:
     """``from=<a> to=<b> proto=ESMTP`` (or comma-separated) as a dict."""
-    return {name: bracketed if bracketed is not None else bare.rstrip(",")
-            for name, bracketed, bare in _FIELD.findall(text)}
+    return {found[1]: found[2] if found[2] is not None else found[3].rstrip(",")
+            for found in _FIELD.finditer(text)}
 
 
 def scenarios(path: Path) -> list[Scenario]:
@@ -151,16 +154,25 @@ def scenarios(path: Path) -> list[Scenario]:
 
 
 def _conversation(session: _Session) -> Scenario:
+    """The session's turns; its disconnect line (when logged) says whether the client
+    greeted with EHLO or HELO, or said nothing at all, and whether it sent QUIT."""
+    counts = session.counts
+    scenario = Scenario(f"{session.name} {session.client}[{session.client_ip}]",
+                        [Turn((), ("220 *",))], session.client_ip)
+    if counts is not None and counts.get("commands", "").startswith("0/"):
+        return scenario
+    greeted = counts is not None and ("ehlo" in counts or "helo" in counts)
+    esmtp = "ehlo" in counts if greeted else session.esmtp
     helo = session.helo or (session.client if session.client != "unknown"
                             else f"[{session.client_ip}]")
-    greeting = ("EHLO " if session.esmtp else "HELO ") + helo
-    turns = [Turn((), ("220 *",)), Turn((greeting,), (session.helo_refusal or "250*",))]
+    scenario.turns.append(Turn((("EHLO " if esmtp else "HELO ") + helo,),
+                               (session.helo_refusal or "250*",)))
     for index, transaction in enumerate(session.transactions):
         last = index == len(session.transactions) - 1
-        turns += _transaction_turns(transaction, last)
-    turns.append(Turn(("QUIT",), ("221 *",)))
-    return Scenario(f"{session.name} {session.client}[{session.client_ip}]", turns,
-                    session.client_ip)
+        scenario.turns += _transaction_turns(transaction, last)
+    if counts is None or "quit" in counts:
+        scenario.turns.append(Turn(("QUIT",), ("221 *",)))
+    return scenario
 
 
 def _transaction_turns(transaction: _Transaction, last: bool) -> list[Turn]:

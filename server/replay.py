@@ -168,13 +168,14 @@ def load(paths: list[Path]) -> list[Scenario]:
 
 
 def to_transcript(scenario: Scenario) -> str:
-    """The scenario in the transcript format (read back by :func:`load`)."""
+    """The scenario in the transcript format (read back by :func:`load`); a turn that
+    expects no particular reply gets ``S: *``, any reply."""
     out = [f"# Replay scenario {scenario.name}"]
     if scenario.client_ip:
         out.append(f"# client-ip: {scenario.client_ip}")
     for turn in scenario.turns:
         out += [f"C: {line}".rstrip() for line in turn.lines]
-        out += [f"S: {line}" for line in turn.expected]
+        out += [f"S: {line}" for line in turn.expected or ("*",)]
     return "\n".join(out) + "\n"
 
 
