@@ -14,7 +14,7 @@ from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 
 from vsl.cli.migrate_verify import verify
-from vsl.server import replay, replay_report
+from vsl.server import maillog, replay, replay_report
 from vsl.server.replay import Scenario, Turn
 from vsl.server.transcript import parse
 
@@ -290,3 +290,61 @@ def test_the_command_needs_scenarios_and_two_servers(tmp_path):
     assert runner.invoke(verify, ["--scenarios", str(tmp_path), "--a", "h:1"]).exit_code == 2
     bad = runner.invoke(verify, ["--scenarios", str(tmp_path), "--a", "h", "--b", "h:2"])
     assert bad.exit_code == 1 and "not HOST:PORT" in bad.output
+
+
+# ---- scenarios from a mail log (a real Postfix's: tests/test_migrate_verify_postfix.py) --
+
+MAILLOG = """\
+Dec  6 10:00:00 mx postfix/smtpd[100]: connect from a.example[192.0.2.5]
+Dec  6 10:00:00 mx postfix-out/submission/smtpd[200]: connect from unknown[192.0.2.9]
+Dec  6 10:00:01 mx postfix/smtpd[100]: NOQUEUE: reject: MAIL from a.example[192.0.2.5]: \
+553 5.7.1 <x@bad.test>: Sender address rejected: Access denied; from=<x@bad.test> \
+proto=SMTP helo=<a.example>
+Dec  6 10:00:01 mx postfix-out/submission/smtpd[200]: 4AB: client=unknown[192.0.2.9]
+Dec  6 10:00:02 mx postfix/smtpd[100]: NOQUEUE: reject: RCPT from a.example[192.0.2.5]: \
+550 5.1.1 <no@example.test>: Recipient address rejected: User unknown; from=<> \
+to=<no@example.test> proto=SMTP helo=<a.example>
+Dec  6 10:00:02 mx postfix/smtpd[100]: disconnect from a.example[192.0.2.5] helo=1 mail=2/2 \
+rcpt=0/1 quit=1 commands=4/5
+Dec  6 10:00:03 mx postfix-out/qmgr[300]: 4AB: from=<me@example.test>, size=300, nrcpt=1 \
+(queue active)
+Dec  6 10:00:03 mx postfix-out/smtp[400]: 4AB: to=<list@example.org>, \
+orig_to=<friends@example.test>, relay=mx.example.org[198.51.100.1]:25, delay=1, dsn=2.0.0, \
+status=sent (250 ok)
+Dec  6 10:00:04 mx postfix-out/submission/smtpd[200]: 4AB: reject: END-OF-MESSAGE from \
+unknown[192.0.2.9]: 550 5.7.1 too big for them; from=<me@example.test> proto=ESMTP helo=<pc>
+"""
+
+
+def test_a_mail_log_becomes_one_scenario_per_connection(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(MAILLOG)
+    refused, submitted = maillog.scenarios(log)
+    assert (refused.client_ip, submitted.client_ip) == ("192.0.2.5", "192.0.2.9")
+    assert refused.name == f"{log}:1 a.example[192.0.2.5]"
+    assert [(turn.label(), turn.expected[0]) for turn in refused.turns] == [
+        ("(connect)", "220 *"), ("HELO a.example", "250*"),
+        ("MAIL FROM:<x@bad.test>",
+         "553 5.7.1 <x@bad.test>: Sender address rejected: Access denied"),
+        ("MAIL FROM:<>", "250 *"),
+        ("RCPT TO:<no@example.test>",
+         "550 5.1.1 <no@example.test>: Recipient address rejected: User unknown"),
+        ("QUIT", "221 *")]
+    assert [(turn.label(), turn.expected[0]) for turn in submitted.turns] == [
+        ("(connect)", "220 *"), ("EHLO pc", "250*"), ("MAIL FROM:<me@example.test>", "250 *"),
+        ("RCPT TO:<friends@example.test>", "250 *"), ("DATA", "354 *"),
+        ("(message, 4 lines)", "550 5.7.1 too big for them"),
+        ("QUIT", "221 *")]  # the log ends before its disconnect line
+
+
+def test_the_command_writes_the_log_scenarios_as_transcripts(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(MAILLOG)
+    result = CliRunner().invoke(verify, ["--from-maillog", str(log),
+                                         "--write", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    written = sorted((tmp_path / "out").iterdir())
+    assert [path.name for path in written] == ["0001-192.0.2.5.transcript",
+                                               "0002-192.0.2.9.transcript"]
+    assert [scenario.turns for scenario in replay.load(written)] == [
+        scenario.turns for scenario in maillog.scenarios(log)]
