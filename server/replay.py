@@ -73,14 +73,18 @@ class Reply:
 
     @property
     def code(self) -> int | None:
-        found = _REPLY_LINE.match(self.lines[-1]) if self.lines else None
+        found = self._last_line()
         return int(found[1]) if found else None
 
     @property
     def enhanced(self) -> str | None:
-        found = _REPLY_LINE.match(self.lines[-1]) if self.lines else None
+        found = self._last_line()
         enhanced = _ENHANCED.match(found[3]) if found else None
         return enhanced[0] if enhanced else None
+
+    def _last_line(self) -> re.Match | None:
+        """The last line (the one a reply's code is read from) as code, mark, text."""
+        return _REPLY_LINE.match(self.lines[-1]) if self.lines else None
 
     def key(self, text: bool = False) -> tuple:
         """What two replies are compared on: code and enhanced code (and the text)."""
@@ -209,11 +213,10 @@ class _Client:
         if self.gone:
             return self.gone
         if not self._would_send(turn):
-            self.data_accepted = False
             return NOT_SENT
         reply = self.connection.exchange(turn.lines)
         if reply in (CLOSED_REPLY, TIMEOUT):
-            self.gone = CLOSED_REPLY if reply is CLOSED_REPLY else NOT_SENT
+            self.gone = CLOSED_REPLY if reply == CLOSED_REPLY else NOT_SENT
             return reply
         self._note(turn, reply.code or 0)
         return reply
