@@ -1,8 +1,12 @@
 """vsl migrate verify against a real Postfix (a private instance, tests/support/postfix.py):
 scenarios from the mail log it writes, and Postfix against vSL with a policy written to
-give the same replies (no difference), then one deliberate difference."""
+give the same replies, served by ``vsl serve`` (no difference), then one deliberate
+difference."""
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,8 +18,12 @@ from vsl.server import maillog, replay, replay_report
 from vsl.server.replay import Scenario, Turn
 from vsl.server.transcript_queue import matches
 
+from tests.support.crash import stop_process
+from tests.support.mailsink import free_port
 from tests.support.postfix import PrivatePostfix
-from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
+
+VSL = Path(sys.executable).with_name("vsl")
 
 ACCESS = """\
 nobody@example.test   550 5.1.1 User unknown
@@ -57,10 +65,32 @@ def postfix():
 
 
 @pytest.fixture(scope="module")
-def vsl_server(tmp_path_factory):
-    config = config_for(tmp_path_factory.mktemp("vsl"), POLICY, hostname="mx.example.test")
-    with running(config) as server:
-        yield server
+def vsl_port(tmp_path_factory):
+    """``vsl serve`` with POLICY (delivery off: nothing leaves), stopped by its PID."""
+    directory = tmp_path_factory.mktemp("vsl")
+    (directory / "main.vsl").write_text(POLICY)
+    (directory / "vsl.toml").write_text("[delivery]\nenabled = false\n")
+    port, log = free_port(), directory / "serve.log"
+    with log.open("w") as output:
+        proc = subprocess.Popen(
+            [str(VSL), "serve", "--config", str(directory / "vsl.toml"), "--scripts",
+             str(directory), "--listen", f"127.0.0.1:{port}", "--queue-dir",
+             str(directory / "queue"), "--hostname", "mx.example.test"],
+            stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+    try:
+        assert wait_for(lambda: _listening(port) or proc.poll() is not None, 30)
+        assert proc.poll() is None, log.read_text()
+        yield port
+    finally:
+        stop_process(proc)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def conversation(client_ip: str, *recipients: str, sender: str = "a@sender.test") -> Scenario:
@@ -133,20 +163,20 @@ def test_scenarios_from_the_mail_log_replay_what_postfix_answered(postfix, tmp_p
             assert matches(turn.expected[0], reply.lines[0]), (turn, reply)
 
 
-def test_postfix_and_vsl_with_the_same_policy_give_the_same_replies(postfix, vsl_server):
+def test_postfix_and_vsl_with_the_same_policy_give_the_same_replies(postfix, vsl_port):
     report = replay_report.compare(SCENARIOS, ("127.0.0.1", postfix.port),
-                                   ("127.0.0.1", vsl_server.port()), names=("postfix", "vsl"))
+                                   ("127.0.0.1", vsl_port), names=("postfix", "vsl"))
     assert (report.conversations, report.commands, len(report.differences)) == (4, 33, 0), \
         replay_report.render(report)
 
 
-def test_a_deliberate_difference_is_the_only_one_found(postfix, vsl_server, tmp_path):
+def test_a_deliberate_difference_is_the_only_one_found(postfix, vsl_port, tmp_path):
     scenarios = SCENARIOS + [conversation("127.0.0.2", "bob@example.test", "spam@example.test")]
     for number, scenario in enumerate(scenarios):
         (tmp_path / f"{number}.transcript").write_text(replay.to_transcript(scenario))
     result = CliRunner().invoke(verify, [
         "--scenarios", str(tmp_path), "--a", f"127.0.0.1:{postfix.port}",
-        "--b", f"127.0.0.1:{vsl_server.port()}"])
+        "--b", f"127.0.0.1:{vsl_port}"])
     assert result.exit_code == 1, result.output
     assert result.output.splitlines()[-1] == "5 conversations, 41 commands, 1 differ"
     difference = result.output.splitlines()[2]
