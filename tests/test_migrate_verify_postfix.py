@@ -122,7 +122,7 @@ def _log_after(postfix: PrivatePostfix, sessions: int, messages: int) -> str:
     return postfix.maillog()
 
 
-def test_scenarios_from_the_mail_log_replay_what_postfix_answered(postfix, tmp_path):
+def test_scenarios_from_the_mail_log_replay_what_postfix_answered(postfix, vsl_port, tmp_path):
     target = ("127.0.0.1", postfix.port)
     for scenario in SCENARIOS:
         replay.replay(scenario, target)
@@ -161,6 +161,10 @@ def test_scenarios_from_the_mail_log_replay_what_postfix_answered(postfix, tmp_p
         replies = replay.replay(scenario, target)
         for turn, reply in zip(scenario.turns, replies):
             assert matches(turn.expected[0], reply.lines[0]), (turn, reply)
+    report = replay_report.compare(from_log, target, ("127.0.0.1", vsl_port),
+                                   names=("postfix", "vsl"))
+    assert (report.conversations, report.commands, len(report.differences)) == (4, 31, 0), \
+        replay_report.render(report)  # (no DATA in the log's conversation to full@, nobody@)
 
 
 def test_postfix_and_vsl_with_the_same_policy_give_the_same_replies(postfix, vsl_port):
