@@ -79,8 +79,8 @@ class _Reader:
             self._queue_line(text)
             return
         pid = found["pid"]
-        if text.startswith("connect from "):
-            connect = _CONNECT.match(text)
+        connect = _CONNECT.match(text)
+        if connect:
             session = _Session(f"{self.source}:{number}", connect["name"], connect["ip"])
             self.sessions.append(session)
             self.open[pid] = session
@@ -98,7 +98,7 @@ class _Reader:
         elif reject:
             fields = _fields(reject["fields"])
             session.helo = fields.get("helo", session.helo)
-            session.esmtp = fields.get("proto", "ESMTP") == "ESMTP"
+            session.esmtp = fields.get("proto", "ESMTP").startswith("ESMTP")  # ESMTPSA...
             self._rejected(session, reject["qid"], reject["stage"], reject["reply"], fields)
 
     def _rejected(self, session: _Session, qid: str, stage: str, reply: str,

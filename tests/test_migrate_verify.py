@@ -312,7 +312,7 @@ Dec  6 10:00:03 mx postfix-out/smtp[400]: 4AB: to=<list@example.org>, \
 orig_to=<friends@example.test>, relay=mx.example.org[198.51.100.1]:25, delay=1, dsn=2.0.0, \
 status=sent (250 ok)
 Dec  6 10:00:04 mx postfix-out/submission/smtpd[200]: 4AB: reject: END-OF-MESSAGE from \
-unknown[192.0.2.9]: 550 5.7.1 too big for them; from=<me@example.test> proto=ESMTP helo=<pc>
+unknown[192.0.2.9]: 550 5.7.1 too big for them; from=<me@example.test> proto=ESMTPSA helo=<pc>
 """
 
 
