@@ -8,7 +8,8 @@
     users.py     vsl passwd (users-file lines)
     bounce.py    vsl bounce ... (the bounce classifier)
     zones.py     --zone FILE, shared by run and serve
-    migrate.py   vsl migrate postfix (translate a Postfix configuration)
+    migrate.py   vsl migrate postfix (translate a Postfix configuration), and
+    migrate_verify.py  vsl migrate verify (replay conversations against two servers)
 
 A new command is a click command in the module of its group (or a new module) and one
 ``main.add_command`` line below. Modules import at their top what is cheap; what would

@@ -1,4 +1,5 @@
-"""``vsl migrate ...``: moving a site to vSL (``postfix``: translate a Postfix configuration)."""
+"""``vsl migrate ...``: moving a site to vSL (``postfix``: translate a Postfix configuration;
+``verify``, in migrate_verify.py: replay conversations against two servers)."""
 from __future__ import annotations
 
 import sys
@@ -6,10 +7,15 @@ from pathlib import Path
 
 import click
 
+from . import migrate_verify
+
 
 @click.group()
 def migrate() -> None:
     """Move a site from another mail server to vSL."""
+
+
+migrate.add_command(migrate_verify.verify)
 
 
 @migrate.command()
