@@ -25,8 +25,12 @@ from __future__ import annotations
 import random
 
 from . import envelopes
-from .diagnostics import CODES, DIAGNOSTICS, LIST_REFUSALS, PRIOR, VACATION
+from .diagnostics import CODES, DIAGNOSTICS, LIST_HINTS, LIST_REFUSALS, PRIOR, VACATION
 
+# Last temporary errors told in a give-up notice, besides the network errors.
+TEMPORARY = ["temporary failure, try again later", "Resources temporarily unavailable",
+             "Service not available, closing transmission channel", "try again later",
+             "deferred: remote server did not answer"]
 REASONS = sorted(DIAGNOSTICS) + ["vacation", "feedback", "delivered"]
 REFERENCES = [" - see https://postmaster.{host}/errors#{n}", " [{id}]", " ({id})",
               " https://support.{host}/mail/answer/{n}", " (mx.{host}: {id})", " - {id}",
@@ -74,13 +78,15 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
         return envelopes.feedback(rcpt, rng)
     if reason == "delivered":
         return envelopes.delivered(rcpt, rng)
-    if reason == "rejected" and rng.random() < 0.25:
-        return envelopes.list_refusal(rcpt, rng.choice(LIST_REFUSALS), rng)
+    if reason == "rejected" and rng.random() < 0.4:
+        hints = rng.sample(LIST_HINTS, rng.randrange(0, 4))
+        return envelopes.list_refusal(rcpt, rng.choice(LIST_REFUSALS), hints, rng)
     if reason == "expired" and rng.random() < 0.5:
         reply, status, phase = rng.choice(CODES["networkerror"])
-        last = rng.choice(DIAGNOSTICS[rng.choice(["networkerror", "networkerror", "systemerror",
-                                                  "mailboxfull", "toomanyconn"])])
+        last = rng.choice(DIAGNOSTICS["networkerror"] + TEMPORARY)
         return envelopes.expiry(rcpt, _reply(reply, status, last, rcpt, rng), phase, status, rng)
+    if reason == "mailererror" and rng.random() < 0.4:
+        return envelopes.local_mailer(rcpt, rng.choice([1, 64, 67, 69, 71, 75, 77, 127, 255]), rng)
     if reason == "filtered" and rng.random() < 0.4:
         return _unknown_after_data(rcpt, envelope, rng)
     reply, status, phase = rng.choice(CODES[reason])
@@ -90,9 +96,10 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
 
 def _unknown_after_data(rcpt: str, envelope, rng: random.Random) -> str:
     """The labeler's convention: "user unknown" answered to DATA is ``filtered``."""
-    status = rng.choice(["5.0.0", "5.2.0", "5.7.1", "5.1.1", ""])
+    status = rng.choice(["5.0.0", "5.0.0", "5.2.0", "5.2.0", "", "5.7.1"])
+    said = status if rng.random() < 0.4 else ""
     text = rng.choice(DIAGNOSTICS["userunknown"])
-    return envelope(rcpt, _reply("550", status, text, rcpt, rng), "data", status, rng)
+    return envelope(rcpt, _reply("550", said, text, rcpt, rng), "data", status, rng)
 
 
 def _reply(reply: str, status: str, text: str, rcpt: str, rng: random.Random) -> str:

@@ -4,6 +4,7 @@
 usually come with a reason; ``DIAGNOSTICS`` short diagnostics in several phrasings and
 languages; ``VACATION`` the bodies of out-of-office replies (RFC 3834); ``LIST_REFUSALS``
 mailing-list and group servers refusing a sender's post (labelled ``rejected``).
+``onhold`` follows the labeler's meaning: a bounce too vague to name a reason.
 """
 from __future__ import annotations
 
@@ -388,6 +389,9 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Requested action aborted: local error in processing", "server is misconfigured",
         "delivery failed due to an internal error", "Erreur système", "Systemfehler",
         "Error del sistema", "システムエラーが発生しました", "系统错误", "Local error in processing",
+        "Service temporarily unavailable", "mail service unavailable at the moment",
+        "the server is unavailable, retry later",
+        "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)",
         "qq temporary problem (#4.3.0)", "Server configuration error",
         "error writing message to disk: try again", "mail system error, please retry",
         "internal database error", "backend unavailable, try again later",
@@ -450,14 +454,16 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "This domain does not accept mail", "Domain does not accept email (null MX)",
         "Host does not accept mail", "we do not accept mail for this domain",
         "This server does not receive email", "mail not accepted for this domain",
+        "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)",
         "Null MX: this domain accepts no mail", "No mail service at this domain",
         "domain does not receive mail, null MX published",
     ],
     "onhold": [
-        "message held for review", "the message is on hold", "delivery deferred, message held",
-        "message quarantined pending administrator review",
-        "message is held in the moderation queue", "message kept for manual release",
-        "delivery paused by administrator",
+        "the message is on hold", "Delivery failed", "Unable to deliver the message",
+        "Message not delivered", "delivery error", "Permanent failure", "Undeliverable",
+        "An error occurred during delivery", "unknown error", "Delivery to this recipient failed",
+        "delivery status unknown", "Zustellung fehlgeschlagen", "Échec de la remise",
+        "配信できませんでした", "投递失败",
     ],
     "hasmoved": [
         "User has moved; please try the new address", "this user has moved to another address",
@@ -549,6 +555,9 @@ VACATION = [
 # A list or group server refusing the sender's post (labelled ``rejected``).
 LIST_REFUSALS = [
     "The group you wrote to may not exist, or you may not be allowed to post to it.",
+    "We could not deliver your post: the group may not exist or you lack permission to post.",
+    "Your message was not posted. Either the group does not exist or you are not allowed "
+    "to post messages to it.",
     "You are not allowed to post to this mailing list, and your message has been rejected.",
     "Your message to the list was rejected: posting is restricted to members.",
     "Post by non-member to a members-only list.", "The moderators rejected your message.",
@@ -563,10 +572,24 @@ LIST_REFUSALS = [
     "Группа может не существовать, или у вас нет прав на публикацию в ней.",
     "グループが存在しないか、このグループに投稿する権限がありません。", "该群组可能不存在，或者您没有在该群组发帖的权限。",
     "그룹이 존재하지 않거나 게시 권한이 없습니다.",
+    "Skupina možná neexistuje nebo do ní nemáte oprávnění posílat zprávy.",
+    "Η ομάδα ίσως δεν υπάρχει ή δεν έχετε άδεια να δημοσιεύετε σε αυτήν.",
+    "قد لا تكون المجموعة موجودة، أو ليس لديك إذن بالنشر فيها.",
+    "ייתכן שהקבוצה אינה קיימת, או שאין לך הרשאה לפרסם בה.",
+    "Група може не існувати, або у вас немає дозволу на публікацію в ній.",
+    "Grup mevcut olmayabilir veya gruba ileti gönderme izniniz olmayabilir.",
+    "De groep bestaat mogelijk niet of je hebt geen toestemming om erin te posten.",
+    "Grupa może nie istnieć lub nie masz uprawnień do publikowania w niej.",
+]
+# Why a post may have been refused, as list servers explain it under the refusal.
+LIST_HINTS = [
+    "* the group name may be misspelt", "* the owner may have deleted the group",
+    "* you may need to join the group before posting", "* the group may not accept posts",
+    "* posts from non-members are held or refused", "* your address is not subscribed",
 ]
 
 # How often a reason is drawn, relative to 1: the common ones of any mail system more often.
-PRIOR = {"userunknown": 4, "mailboxfull": 2, "expired": 2.5, "filtered": 2.5, "rejected": 2.5,
+PRIOR = {"userunknown": 4, "mailboxfull": 2, "expired": 2, "filtered": 2.5, "rejected": 2.5,
          "blocked": 2, "spamdetected": 1.5, "hostunknown": 1.5, "networkerror": 1.5,
          "vacation": 1.5, "feedback": 1.5, "toomanyconn": 1.2, "systemerror": 1.2,
          "policyviolation": 1.2, "securityerror": 1.2, "requireptr": 1.2}

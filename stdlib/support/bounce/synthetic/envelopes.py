@@ -20,6 +20,9 @@ ORIGINAL = ("Return-Path: <sender@example.jp>\nReceived: from client.example.jp 
 COMMAND = {"rcpt": "RCPT TO", "mail": "MAIL FROM", "data": "end of DATA", "helo": "EHLO",
            "auth": "AUTH", "starttls": "STARTTLS"}
 DATE = "Mon, 1 Jun 2026 10:00:00 +0000"
+# qmail-send's permanent-failure apology (qmail-send.c), which Apache James reuses.
+GIVEN_UP = ("I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+            "This is a permanent error; I've given up. Sorry it didn't work out.")
 
 
 def _domain(rcpt: str) -> str:
@@ -42,18 +45,41 @@ def _notice(rcpt, subject, body, rng, extra="", sender=""):
 
 
 def _dsn(rcpt, action, status, diagnostic, human, rng, subject="Delivery Status Notification",
-         sender=""):
+         sender="", diagnostic_type="smtp"):
     """An RFC 3464 report: the human part, one per-recipient block, the original."""
     boundary = f"b{rng.randrange(10**8)}"
-    diag = f"Diagnostic-Code: smtp; {diagnostic}\n" if diagnostic else ""
+    diag = f"Diagnostic-Code: {diagnostic_type}; {diagnostic}\n" if diagnostic else ""
     return (_headers(subject, rng, f'MIME-Version: 1.0\nContent-Type: multipart/report; '
                      f'report-type=delivery-status; boundary="{boundary}"\n', sender) +
             f"\n--{boundary}\nContent-Type: text/plain; charset=utf-8\n\n{human}\n"
             f"--{boundary}\nContent-Type: message/delivery-status\n\n"
-            f"Reporting-MTA: dns; mx.example.jp\n\nFinal-Recipient: rfc822; {rcpt}\n"
+            f"Reporting-MTA: dns; mx.example.jp\n{_message_fields(rng)}\n"
+            f"{_recipient_fields(rcpt, rng)}Final-Recipient: rfc822; {rcpt}\n"
             f"Action: {action}\nStatus: {status or ('4.0.0' if action == 'delayed' else '5.0.0')}\n"
-            f"Remote-MTA: dns; mx.{_domain(rcpt)}\n{diag}\n"
-            f"--{boundary}\nContent-Type: message/rfc822\n\n{ORIGINAL.format(rcpt=rcpt)}\n"
+            f"Remote-MTA: dns; mx.{_domain(rcpt)}\n{diag}\n" + _returned(rcpt, boundary, rng))
+
+
+def _message_fields(rng):
+    """Optional per-message DSN fields (RFC 3464 §2.2)."""
+    fields = ["X-Postfix-Queue-ID: 4F1A2B3C4D", f"Arrival-Date: {DATE}",
+              "Received-From-MTA: dns; client.example.jp", "X-Original-Message-ID: <1@example.jp>"]
+    return "".join(field + "\n" for field in rng.sample(fields, rng.randrange(0, 3)))
+
+
+def _recipient_fields(rcpt, rng):
+    return f"Original-Recipient: rfc822; {rcpt}\n" if rng.random() < 0.3 else ""
+
+
+def _returned(rcpt, boundary, rng):
+    """The returned original: whole, its header only, or left out."""
+    roll = rng.random()
+    if roll < 0.2:
+        return f"--{boundary}--\n"
+    if roll < 0.45:
+        head = ORIGINAL.format(rcpt=rcpt).split("\n\n")[0]
+        return (f"--{boundary}\nContent-Type: text/rfc822-headers\n\n{head}\n\n"
+                f"--{boundary}--\n")
+    return (f"--{boundary}\nContent-Type: message/rfc822\n\n{ORIGINAL.format(rcpt=rcpt)}\n"
             f"--{boundary}--\n")
 
 
@@ -81,10 +107,13 @@ def exim(rcpt, diagnostic, phase, status, rng):
                    "X-Failed-Recipients: " + rcpt + "\n")
 
 
-def _transcript(rcpt, diagnostic, phase):
-    """Sendmail's "Transcript of session follows": the command sent and the reply."""
+def _transcript(rcpt, diagnostic, phase, rng):
+    """Sendmail's "Transcript of session follows": the command sent and the reply; with
+    PIPELINING a refused RCPT is told after the DATA sent with it."""
     command = {"rcpt": f"RCPT To:<{rcpt}>", "mail": "MAIL From:<sender@example.jp>",
                "data": "DATA", "helo": "EHLO mx.example.jp"}.get(phase, "DATA")
+    if phase == "rcpt" and rng.random() < 0.5:
+        command += "\n>>> DATA"
     return ("   ----- Transcript of session follows -----\n"
             f"... while talking to mx.{_domain(rcpt)}.:\n>>> {command}\n<<< {diagnostic}\n")
 
@@ -95,15 +124,28 @@ def sendmail(rcpt, diagnostic, phase, status, rng):
              "from localhost [127.0.0.1]\n\n"
              "   ----- The following addresses had permanent fatal errors -----\n"
              f"<{rcpt}>\n    (reason: {diagnostic})\n\n" +
-             _transcript(rcpt, diagnostic, phase))
+             _transcript(rcpt, diagnostic, phase, rng))
     subject = rng.choice(["Returned mail: see transcript for details",
                           "Postmaster notify: see transcript for details"])
     return _dsn(rcpt, "failed", status, diagnostic, human, rng, subject)
 
 
+def local_mailer(rcpt, exit_code, rng):
+    """Sendmail's DSN when the local delivery program failed: an X-Unix exit status."""
+    program = rng.choice(["/usr/bin/procmail", "/usr/lib/dovecot/deliver",
+                          "|/usr/local/bin/filter"])
+    human = ("   ----- The following addresses had permanent fatal errors -----\n"
+             f"{program}\n    (reason: {exit_code})\n    (expanded from: <{rcpt}>)\n\n"
+             f"   ----- Transcript of session follows -----\n{program}: exited with {exit_code}\n"
+             f"{rng.choice(['554 5.3.0 unknown mailer error', '451 4.3.0 mailer failed'])} "
+             f"{exit_code}\n")
+    return _dsn(rcpt, "failed", rng.choice(["5.0.0", "4.5.0", "5.3.0"]), str(exit_code), human,
+                rng, "Returned mail: see transcript for details", diagnostic_type="X-Unix")
+
+
 def old_sendmail(rcpt, diagnostic, phase, status, rng):
     """An old sendmail bounce without DSN: transcript, then the unsent message."""
-    body = (_transcript(rcpt, diagnostic, phase) +
+    body = (_transcript(rcpt, diagnostic, phase, rng) +
             f"{rcpt}... {diagnostic.split(' ', 1)[-1]}\n\n   ----- Unsent message follows -----\n")
     return _notice(rcpt, "Returned mail: " + rng.choice(["User unknown", "Service unavailable",
                                                           "Cannot send message"]), body, rng)
@@ -116,9 +158,7 @@ def qmail(rcpt, diagnostic, phase, status, rng):
             "mail": f"Connected to {ip} but sender was rejected.\nRemote host said: {diagnostic}",
             "data": f"{ip} failed after I sent the message.\nRemote host said: {diagnostic}",
             }.get(phase, diagnostic)
-    body = ("Hi. This is the qmail-send program at mx.example.jp.\n"
-            "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
-            "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+    body = (f"Hi. This is the qmail-send program at mx.example.jp.\n{GIVEN_UP}\n\n"
             f"<{rcpt}>:\n{said}\n\n--- Below this line is a copy of the message.\n\n")
     return _notice(rcpt, "failure notice", body, rng)
 
@@ -135,9 +175,7 @@ def courier(rcpt, diagnostic, phase, status, rng):
 
 
 def james(rcpt, diagnostic, phase, status, rng):
-    body = ("Hi. This is the James mail server at mx.example.jp.\n"
-            "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
-            "This is a permanent error; I've given up. Sorry it didn't work out. Below\n"
+    body = (f"Hi. This is the James mail server at mx.example.jp.\n{GIVEN_UP} Below\n"
             "I include the list of recipients and the reason why I was unable to deliver\n"
             f"your message.\n\nFailed recipient(s):\n{rcpt}\n\nError message:\n{diagnostic}\n\n")
     return _notice(rcpt, "Re: hello", body, rng)
@@ -222,6 +260,65 @@ def imail(rcpt, diagnostic, phase, status, rng):
     return _notice(rcpt, "Undeliverable Mail", body, rng)
 
 
+def messaging_server(rcpt, diagnostic, phase, status, rng):
+    """Sun / Oracle Communications Messaging Server: a field-like report per recipient."""
+    human = ("This report relates to a message you sent with the following header fields:\n\n"
+             "  Message-id: <1@example.jp>\n  Date: " + DATE + "\n  From: sender@example.jp\n"
+             f"  To: {rcpt}\n  Subject: hello\n\nYour message cannot be delivered to the "
+             f"following recipients:\n\n  Recipient address: {rcpt}\n"
+             "  Reason: Remote SMTP server has rejected address\n"
+             f"  Diagnostic code: smtp;{diagnostic}\n  Remote system: dns;mx.{_domain(rcpt)}\n")
+    return _dsn(rcpt, "failed", status, diagnostic, human, rng, "Delivery Notification: "
+                "Delivery has failed")
+
+
+def scanner_transcript(rcpt, diagnostic, phase, status, rng):
+    """A mail-security appliance that quotes the SMTP exchange it had with the next hop."""
+    sent = {"rcpt": f"RCPT TO:<{rcpt}>", "mail": "MAIL FROM:<sender@example.jp>"}.get(
+        phase, "DATA")
+    body = (f"Mail could not be delivered to <{rcpt}>.\n\nTranscript of the session:\n"
+            f"Sent <<< {sent}\nReceived >>> {diagnostic}\n\n"
+            "Unable to deliver message to the recipient above.\n\n")
+    return _notice(rcpt, rng.choice(["Mail could not be delivered", "Delivery failure"]), body,
+                   rng)
+
+
+def policy_gateway(rcpt, diagnostic, phase, status, rng):
+    """A gateway quoting the message's header fields before the reason (MailMarshal-like)."""
+    body = ("Your message:\n\n   From:    sender@example.jp\n   Subject: hello\n\n"
+            f"Could not be delivered because of\n\n{diagnostic}\n\n"
+            f"The following recipients were affected:\n\n   {rcpt}\n\n")
+    return _notice(rcpt, rng.choice(["Undeliverable Mail", "Message Undeliverable"]), body, rng)
+
+
+RUSSIAN_INTROS = ["Это сообщение создано автоматически почтовым сервером.",
+                  "К сожалению, ваше письмо не было доставлено.",
+                  "Письмо не удалось доставить получателю."]
+
+
+def russian_provider(rcpt, diagnostic, phase, status, rng):
+    """A Russian webmail provider's notice (Mail.ru / Yandex-like), reply quoted."""
+    body = (f"{rng.choice(RUSSIAN_INTROS)}\n\nПолучатель: {rcpt}\n"
+            f"Ответ сервера получателя: {diagnostic}\n\nИсходное письмо:\n\n")
+    return _notice(rcpt, rng.choice(["Недоставленное сообщение", "Письмо не доставлено",
+                                     "Mail delivery failed"]), body, rng,
+                   "Content-Type: text/plain; charset=utf-8\n")
+
+
+JAPANESE_INTROS = ["送信されたメールは、以下の理由により相手に届きませんでした。",
+                   "このメールは送信サーバから自動的に送られています。宛先への配送に失敗しました。",
+                   "お客様が送信されたメールは、宛先に配信できませんでした。"]
+
+
+def japanese_carrier(rcpt, diagnostic, phase, status, rng):
+    """A Japanese mobile carrier or ISP notice: Japanese introduction, then the reply."""
+    body = (f"{rng.choice(JAPANESE_INTROS)}\n\n宛先: {rcpt}\n理由: {diagnostic}\n\n"
+            "------ 元のメッセージ ------\n")
+    return _notice(rcpt, rng.choice(["Mail System Error - Returned Mail",
+                                     "配送エラー", "Returned mail: Undeliverable"]), body, rng,
+                   "Content-Type: text/plain; charset=utf-8\n")
+
+
 GATEWAY_BANNERS = [
     "The message was not delivered due to the following reason(s):",
     "Your message could not be delivered by the mail security gateway.",
@@ -232,15 +329,26 @@ GATEWAY_BANNERS = [
 ]
 
 
+GATEWAY_SUBJECTS = ["Mail Delivery Failure", "Message delivery has failed", "Delivery Status",
+                    "Undeliverable message", "FAILURE NOTICE"]
+
+
 def gateway(rcpt, diagnostic, phase, status, rng):
     """A filtering gateway or appliance (virus / spam scanner in front of a mail server)."""
-    body = (f"{rng.choice(GATEWAY_BANNERS)}\n\n<{rcpt}>\n  Reason: {diagnostic}\n\n"
-            "Included is a copy of the message header:\n-----------------------------------\n")
-    subject = rng.choice(["Mail Delivery Failure", "Message delivery has failed",
-                          "Delivery Status", "Undeliverable message", "FAILURE NOTICE"])
-    if rng.random() < 0.4:
-        return _dsn(rcpt, "failed", status, diagnostic, body, rng, subject)
-    return _notice(rcpt, subject, body, rng)
+    return _reason_notice(rcpt, diagnostic, status, rng.choice(GATEWAY_BANNERS),
+                          "Included is a copy of the message header:\n-------------------------\n",
+                          GATEWAY_SUBJECTS, 0.4, rng)
+
+
+def _reason_notice(rcpt, diagnostic, status, intro, footer, subjects, dsn_share, rng):
+    """A notice naming the recipient and the reason on lines of their own; a DSN part
+    follows in ``dsn_share`` of them."""
+    lines = rng.choice([f"<{rcpt}>\n  Reason: {diagnostic}",
+                        f"Recipient: {rcpt}\nReason: {diagnostic}"])
+    body = f"{intro}\n\n{lines}\n\n{footer}"
+    if rng.random() < dsn_share:
+        return _dsn(rcpt, "failed", status, diagnostic, body, rng, rng.choice(subjects))
+    return _notice(rcpt, rng.choice(subjects), body, rng)
 
 
 def sending_service(rcpt, diagnostic, phase, status, rng):
@@ -291,13 +399,15 @@ PROVIDER_INTROS = [
     "Unfortunately, we could not deliver your message to one or more recipients."]
 
 
+PROVIDER_SUBJECTS = ["Undelivered Mail", "Message delivery failure", "Failure Notice",
+                     "Delivery Status Notification (Failure)", "Returned mail"]
+
+
 def provider(rcpt, diagnostic, phase, status, rng):
-    intro = rng.choice(PROVIDER_INTROS)
-    body = (intro.format(rcpt=rcpt) + f"\n\nRecipient: {rcpt}\nReason: {diagnostic}\n\n"
-            "Original message headers:\n\n")
-    subject = rng.choice(["Undelivered Mail", "Message delivery failure", "Failure Notice",
-                          "Delivery Status Notification (Failure)", "Returned mail"])
-    return _notice(rcpt, subject, body, rng)
+    """A mailbox provider's own wording of a failed delivery."""
+    intro = rng.choice(PROVIDER_INTROS).format(rcpt=rcpt)
+    return _reason_notice(rcpt, diagnostic, status, intro, "Original message headers:\n\n",
+                          PROVIDER_SUBJECTS, 0.0, rng)
 
 
 def expiry(rcpt, diagnostic, phase, status, rng):
@@ -310,24 +420,27 @@ def expiry(rcpt, diagnostic, phase, status, rng):
         "I'm not going to try again; this message has been in the queue too long.",
         "The message could not be delivered within the configured time and was returned.",
         "Delivery to the following recipient has been abandoned after repeated failures."])
-    if rng.random() < 0.4:
+    if rng.random() < 0.25:
         body = (f"Hi. This is the qmail-send program at mx.example.jp.\n<{rcpt}>:\n"
                 f"{diagnostic}\n{notice}\n\n--- Below this line is a copy of the message.\n\n")
         return _notice(rcpt, "failure notice", body, rng)
     return _dsn(rcpt, "failed", rng.choice(["4.4.7", "5.4.7", ""]), diagnostic,
-                f"{notice}\n\n<{rcpt}>: {diagnostic}\n", rng, "Undelivered Mail Returned to Sender")
+                f"{notice}\n\n<{rcpt}>: {diagnostic}\n", rng,
+                "Undelivered Mail Returned to Sender")
 
 
 ENVELOPES = (postfix, exim, sendmail, old_sendmail, qmail, courier, james, domino,
              exchange2003, exchange, gmail, yahoo, opensmtpd, haraka, mdaemon, imail, gateway,
-             sending_service, bare_dsn, localised, provider)
+             sending_service, messaging_server, scanner_transcript, policy_gateway,
+             russian_provider, japanese_carrier, bare_dsn, localised, provider)
 
 AUTOREPLY_MARKS = ["Auto-Submitted: auto-replied\n", "X-Autoreply: yes\n", "",
                    "Precedence: auto_reply\n", "Auto-Submitted: auto-replied (vacation)\n",
                    "Auto-Submitted: auto-generated\nX-Auto-Response-Suppress: All\n",
                    "Precedence: bulk\n", "X-Autorespond: yes\n"]
 AUTOREPLY_SUBJECTS = ["Out of Office", "Auto: hello", "Automatic reply: hello", "Absence",
-                      "Abwesenheitsnotiz", "Re: hello", "Out of office: hello", "Auto reply: hello",
+                      "Abwesenheitsnotiz", "Re: hello", "Out of office: hello",
+                      "Auto reply: hello",
                       "Away until Monday", "[Auto-Reply] hello", "Absence du bureau",
                       "Fuera de la oficina", "Risposta automatica: hello", "不在通知",
                       "自動応答: hello", "自动回复: hello", "On vacation"]
@@ -346,14 +459,16 @@ def autoreply(rcpt, body, rng):
     return head + f"Content-Type: text/plain; charset=utf-8\n\n{body}\n"
 
 
-def list_refusal(rcpt, text, rng):
+def list_refusal(rcpt, text, hints, rng):
     """A group or mailing-list server refusing a post, sent as an automatic reply."""
     group = rng.choice(["announce", "users", "dev-team", "staff", "news"])
-    mark = rng.choice(["Auto-Submitted: auto-replied\n", "Precedence: bulk\n", ""])
-    body = (f"Hello sender@example.jp,\n\n{text}\n\nGroup: {group}@{_domain(rcpt)}\n"
+    mark = rng.choice(["Auto-Submitted: auto-replied\n"] * 4 + ["Precedence: bulk\n"])
+    text = text.replace("group", f"group ({group})", 1)
+    body = (f"Hello sender@example.jp,\n\n{text}\n" + "\n".join(hints) +
+            f"\n\nGroup: {group}@{_domain(rcpt)}\n"
             "If you think this is a mistake, contact the group owner.\n")
-    return _headers(rng.choice(["Delivery Status Notification (Failure)",
-                                f"Your message to {group} was rejected",
+    return _headers(rng.choice(["Delivery Status Notification (Failure)"] * 2 +
+                               [f"Your message to {group} was rejected",
                                 "Message not delivered"]), rng, mark,
                     f"{group}+owner@{_domain(rcpt)}") + "\n" + body
 
