@@ -159,6 +159,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "指定されたメールアドレスは存在しません", "收件人不存在", "Адресат не существует", "Cette adresse n'existe pas",
         "Le compte de messagerie n'existe pas", "La cuenta de correo no existe",
         "O endereço de e-mail não existe",
+        "RESOLVER.ADR.RecipientNotFound; Recipient not found by Exchange address lookup",
+        "Requested mail action aborted, mailbox not found",
     ],
     "mailboxfull": [
         "Mailbox full", "mailbox is full", "Quota exceeded", "user is over quota",
@@ -201,6 +203,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "delivery refused by the recipient's settings",
         "Mail from your address is blocked by the recipient",
         "Messaggio rifiutato dal filtro del destinatario", "被收件人拒收", "受信者の設定により受信が拒否されました",
+        "RESOLVER.RST.RestrictedToRecipientsPermission; not authorized to send to this recipient",
     ],
     "rejected": [
         "Sender address rejected: Access denied", "The sender's domain is not allowed",
@@ -249,6 +252,9 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Your IP has been blocked due to abuse", "IP temporarily blocked", "host blacklisted",
         "Message from this IP rejected: see blocklist", "IP bloccato", "IP geblokkeerd",
         "IP已被列入黑名单", "IPアドレスが拒否リストに登録されています",
+        "part of their network is on our block list",
+        "Access denied, traffic not accepted from this IP",
+        "The IP you're using to send mail is not authorized to send email directly to our servers",
     ],
     "spamdetected": [
         "Message rejected as spam", "This message has been classified as spam",
@@ -308,6 +314,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Unable to connect to the remote server", "Temporary lookup failure",
         "connection dropped by remote host", "impossibile connettersi al server remoto",
         "Verbindung zum Server fehlgeschlagen", "无法连接到对方服务器",
+        "Hop count exceeded - possible mail loop",
+        "Maximum hop count exceeded",
     ],
     "authfailure": [
         "SPF check failed", "Message rejected due to SPF failure",
@@ -322,6 +330,9 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "DKIM: signature did not verify",
         "message rejected: DMARC policy of the sender domain is reject",
         "Verifica SPF non superata",
+        "This message does not have authentication information or fails to pass authentication "
+        "checks",
+        "Access denied, sending domain does not pass DMARC verification",
     ],
     "requireptr": [
         "Client host rejected: cannot find your reverse hostname",
@@ -350,6 +361,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "mailbox is suspended due to inactivity", "user account disabled, mail not accepted",
         "account closed", "inactive account", "Account inattivo",
         "Account gesperrt wegen Inaktivität", "该账户已停用", "アカウントは無効です",
+        "The email account that you tried to reach is disabled",
+        "This mailbox is disabled (554.30)",
     ],
     "policyviolation": [
         "blocked by content policy", "banned attachment", "Message rejected due to local policy",
@@ -417,6 +430,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "per-user message size limit exceeded",
         "the message exceeds the size this mailbox accepts",
         "message larger than the recipient allows",
+        "RESOLVER.RST.RecipSizeLimit; message too large for this recipient",
     ],
     "toomanyconn": [
         "too many connections per hour from your IP", "connection rate limit exceeded",
@@ -441,6 +455,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "too many recipients this hour from your IP",
         "hourly message limit reached for this sender", "outgoing rate limit exceeded",
         "Message throttled: sender exceeded allowed rate", "送信数の上限を超えました",
+        "Messages temporarily deferred due to unexpected volume or user complaints",
+        "Submission quota exceeded",
     ],
     "norelaying": [
         "Relay access denied", "Relaying denied", "we do not relay", "relay not permitted",
@@ -484,6 +500,9 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Your IP has been temporarily rate limited due to reputation",
         "IP reputation too low to accept mail", "sender reputation too poor, message refused",
         "domain reputation check failed",
+        "temporarily rate limited due to IP reputation",
+        "this message is likely suspicious due to the very low reputation of the sending IP "
+        "address",
     ],
     "contenterror": [
         "message content invalid", "Invalid message content", "illegal characters in the message",
@@ -497,6 +516,7 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "message does not conform to RFC 5322", "bare LF in message body, not compliant",
         "message not compliant with RFC 5322: missing Message-ID",
         "invalid header syntax, not RFC compliant",
+        "Messages missing a valid Message-ID header are not accepted",
     ],
     "syntaxerror": [
         "Syntax error in parameters or arguments", "Command unrecognized", "syntax error",

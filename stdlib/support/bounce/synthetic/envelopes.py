@@ -157,6 +157,9 @@ def qmail(rcpt, diagnostic, phase, status, rng):
                     f"Giving up on {ip}.",
             "mail": f"Connected to {ip} but sender was rejected.\nRemote host said: {diagnostic}",
             "data": f"{ip} failed after I sent the message.\nRemote host said: {diagnostic}",
+            "connect": f"Connected to {ip} but greeting failed.\nRemote host said: {diagnostic}",
+            "helo": f"Connected to {ip} but my name was rejected.\n"
+                    f"Remote host said: {diagnostic}",
             }.get(phase, diagnostic)
     body = (f"Hi. This is the qmail-send program at mx.example.jp.\n{GIVEN_UP}\n\n"
             f"<{rcpt}>:\n{said}\n\n--- Below this line is a copy of the message.\n\n")
@@ -255,8 +258,12 @@ def mdaemon(rcpt, diagnostic, phase, status, rng):
 
 
 def imail(rcpt, diagnostic, phase, status, rng):
-    body = (f"Unable to deliver message to {rcpt}\n\nBody of message generated response:\n\n"
-            f"{diagnostic}\n\n----- Original message follows -----\n")
+    """IMail: the remote response quoted, or the reason written before the address."""
+    if rng.random() < 0.5:
+        body = f"{diagnostic.split(' ', 1)[-1]}: {rcpt}\n\nOriginal message follows.\n\n"
+    else:
+        body = (f"Unable to deliver message to {rcpt}\n\nBody of message generated response:"
+                f"\n\n{diagnostic}\n\n----- Original message follows -----\n")
     return _notice(rcpt, "Undeliverable Mail", body, rng)
 
 
