@@ -11,14 +11,19 @@ are followed: "user unknown" answered after DATA is ``filtered``; a sender refus
 including a list refusing a post, is ``rejected``; an out-of-office reply is
 ``vacation``; an ARF report is ``feedback``; a queue lifetime ending after temporary
 network errors is ``expired``. Every sample is drawn from a seeded ``random.Random``, so
-the set is reproducible; nothing here is derived from the labelled training file.
+the set is reproducible. No text comes from the labelled training file: it was read only
+for aggregate error analysis (which reasons and formats fail, which enhanced codes come
+with the "filtered after DATA" convention).
 
 Sources of the knowledge: RFC 3463 / 5248 (enhanced codes), RFC 3464 (DSN), RFC 3834
 (auto-replies), RFC 5965 (ARF), RFC 5321 (replies, phases); the public source of
-qmail (qmail-send, qmail-remote: notice and reply texts), the documented bounce layouts
-of Postfix, Exim, Sendmail, Courier, Apache James, OpenSMTPD, Haraka, MDaemon, IMail,
-Lotus Domino, Exchange 2003 and 2010+ / Office 365, Gmail and Yahoo. The diagnostics are
-this project's own writing of what those systems and providers say.
+qmail (notqmail's qmail-send.c and qmail-remote.c: notice and reply texts); general
+knowledge of the bounce layouts of Postfix, Exim, Sendmail, Courier, Apache James, OpenSMTPD, Haraka,
+MDaemon, IMail, Lotus Domino, Oracle Messaging Server, Exchange 2003 and 2010+ /
+Office 365 (with the enhanced codes Microsoft documents for its NDRs), Gmail, Yahoo, mail-security gateways and
+bulk-sending services. The diagnostics, notices and translations are this project's own
+writing of what those systems and providers say; no bounce corpus or classifier phrase
+list was used.
 """
 from __future__ import annotations
 
