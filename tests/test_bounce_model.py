@@ -140,9 +140,75 @@ def test_arf_autoreply_and_plain_kinds():
     assert "Received:" not in plain.text
 
 
+def test_a_mail_systems_auto_submitted_notice_is_a_bounce_with_its_failed_recipients():
+    notice = """\
+From: Mail Delivery Subsystem <mailer-daemon@mx.example.org>
+To: alice@example.org
+Subject: Delivery Status Notification (Failure)
+Auto-Submitted: auto-replied
+X-Failed-Recipients: list@groups.remote.test
+
+The group you wrote to may not exist, or you may not post to it.
+"""
+    bounce = parse(notice)
+    assert bounce.kind == "plain"
+    assert bounce.first.address == "list@groups.remote.test"
+    assert bounce.marks == ["auto-submitted=auto-replied", "x-failed-recipients",
+                            "from=mailer-daemon"]
+
+
+def test_auto_reply_marks_are_kept():
+    outlook = AUTOREPLY.replace("Auto-Submitted: auto-replied", "X-Auto-Response-Suppress: All")
+    assert parse(outlook).marks == ["x-auto-response-suppress"]
+    assert parse(AUTOREPLY).marks == ["auto-submitted=auto-replied"]
+
+
 def test_phase_comes_from_the_smtp_command_named():
     text = PLAIN.replace("does not like recipient.", "said after RCPT TO command:")
     assert parse(text).first.phase == "rcpt"
+
+
+SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two recipients.", """   ----- Transcript of session follows -----
+... while talking to mx.remote.test.:
+>>> MAIL From:<alice@example.org> SIZE=120
+<<< 250 2.1.0 Ok
+>>> DATA
+<<< 550 Unknown user bob@remote.test
+554 5.0.0 Service unavailable""").replace(
+    "Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+    " User unknown in local recipient table", "Diagnostic-Code: smtp; 550 Unknown user")
+
+
+@pytest.mark.parametrize("layout, phase", [
+    ("(in reply to RCPT TO command)", "rcpt"),              # Postfix
+    ("(in reply to end of DATA command)", "data"),          # Postfix
+    ("SMTP error from remote mail server after MAIL FROM:<alice@example.org>:", "mail"),  # Exim
+    ("SMTP error from remote mail server after end of data:", "data"),  # Exim
+    ("mx.remote.test [192.0.2.7] did not like our RCPT TO:", "rcpt"),   # DragonFly
+    ("Technical details: SMTP:RCPT host 192.0.2.7:", "rcpt"),           # X3
+    ("Connected to 192.0.2.7 but sender was rejected.", "mail"),        # qmail
+    ("192.0.2.7 failed after I sent the message.", "data"),             # qmail
+    ("Connected to 192.0.2.7 but my name was rejected.", "helo"),       # qmail
+])
+def test_phase_in_the_layouts_mtas_write(layout, phase):
+    text = PLAIN.replace("192.0.2.7 does not like recipient.", layout)
+    assert parse(text).first.phase == phase
+
+
+def test_phase_of_a_dsn_comes_from_its_session_transcript():
+    """The Diagnostic-Code names no command: the transcript's last command before the
+    reply does; the earlier MAIL FROM, answered with 250, is not the phase."""
+    bounce = parse(SENDMAIL_TRANSCRIPT)
+    assert bounce.kind == "dsn" and bounce.first.phase == "data"
+    assert parse(DSN).first.phase == ""
+
+
+def test_a_pipelined_rcpt_reply_printed_after_data_answered_the_rcpt():
+    """RFC 2920: RCPT TO and DATA went in one batch; the 550 is followed by the DATA
+    command's own reply, so it answered the RCPT TO."""
+    pipelined = SENDMAIL_TRANSCRIPT.replace(
+        "554 5.0.0 Service unavailable", "<<< 554 5.5.1 Error: no valid recipients")
+    assert parse(pipelined).first.phase == "rcpt"
 
 
 def test_shipped_model_reads_the_formats(classifier):

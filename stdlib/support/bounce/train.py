@@ -48,6 +48,8 @@ class Settings:
     real_repeat: int = 3
     synthetic: int = 3000
     seed: int = 14
+    balance: float = 0.0  # a row's loss weight is its reason's count ** -balance (macro-F1)
+    smoothing: float = 0.0  # label smoothing: this much of the target spread over all reasons
 
 
 @dataclass
@@ -92,15 +94,26 @@ def fit(data: Encoded, settings: Settings, repeat: list[int] | None = None) -> N
     network = Network(weights, labels)
     optimizer = Adam(weights, settings.rate, settings.decay)
     order = np.repeat(np.arange(len(target)), repeat or [1] * len(target))
+    loss_weight = _loss_weights(target, order, settings.balance)
     for _ in range(settings.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch):
             chosen = order[start:start + settings.batch]
-            _step(network, optimizer, [data.rows[i] for i in chosen], target[chosen], settings, rng)
+            _step(network, optimizer, [data.rows[i] for i in chosen], target[chosen],
+                  loss_weight[target[chosen]], settings, rng)
     return network
 
 
-def _step(network: Network, optimizer: "Adam", rows, target, settings: Settings, rng) -> None:
+def _loss_weights(target: np.ndarray, order: np.ndarray, balance: float) -> np.ndarray:
+    """Per reason, the loss weight ``count ** -balance`` (counted as drawn in an epoch),
+    scaled so that a drawn row weighs 1 on average."""
+    counts = np.bincount(target[order]).astype(np.float64)  # every reason is drawn
+    weights = counts ** -balance
+    return (weights * len(order) / (weights * counts).sum()).astype(np.float32)
+
+
+def _step(network: Network, optimizer: "Adam", rows, target, loss_weight, settings: Settings,
+          rng) -> None:
     index, value, offsets = batch_csr(rows)
     keep = rng.random(len(value)) >= settings.feature_dropout
     value = np.where(keep, value / (1 - settings.feature_dropout), 0).astype(np.float32)
@@ -112,9 +125,9 @@ def _step(network: Network, optimizer: "Adam", rows, target, settings: Settings,
         logits = active @ weights["W2"] + weights["b2"]
     else:
         logits = first
-    grad = softmax(logits)
-    grad[np.arange(len(target)), target] -= 1
-    grad /= len(target)
+    grad = softmax(logits) - settings.smoothing / logits.shape[1]
+    grad[np.arange(len(target)), target] -= 1 - settings.smoothing
+    grad *= loss_weight[:, None] / len(target)
     grads = {}
     if network.hidden:
         grads["W2"], grads["b2"] = active.T @ grad, grad.sum(axis=0)
@@ -361,8 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=Settings.hidden)
     parser.add_argument("--epochs", type=int, default=Settings.epochs)
     parser.add_argument("--synthetic", type=int, default=Settings.synthetic)
+    parser.add_argument("--balance", type=float, default=Settings.balance)
+    parser.add_argument("--smoothing", type=float, default=Settings.smoothing)
     args = parser.parse_args(argv)
-    settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic)
+    settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic,
+                        balance=args.balance, smoothing=args.smoothing)
     rows = load_jsonl(args.data)
     if args.cv:
         report(rows, cross_validate(rows, settings, args.folds, args.quick))
