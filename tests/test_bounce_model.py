@@ -275,3 +275,36 @@ def test_held_out_family_accuracy_floor():
     classifier = train.train_classifier(seen, train.Settings(epochs=6, synthetic=1500))
     hits = sum(classifier.classify(r["text"]).reason == r["reason"] for r in unseen)
     assert hits / len(unseen) >= 0.5
+
+
+def test_an_ensemble_saves_and_loads_with_its_members(tmp_path):
+    rows = [{"text": DSN, "reason": "userunknown"}, {"text": PLAIN, "reason": "userunknown"},
+            {"text": AUTOREPLY, "reason": "vacation"}]
+    settings = train.Settings(epochs=1, synthetic=40, members=2)
+    trained = train.train_classifier(rows, settings)
+    trained.save(tmp_path / "model.npz")
+    loaded = Classifier.load(tmp_path / "model.npz")
+    assert len(loaded.networks) == 2
+    assert loaded.classify(DSN).reason == trained.classify(DSN).reason
+    assert abs(loaded.classify(DSN).confidence - trained.classify(DSN).confidence) < 0.01
+
+
+def plain_bounce(body: str) -> str:
+    return "From: postmaster@mx.example.org\nTo: alice@example.org\nSubject: Undeliverable\n\n" \
+        + body
+
+
+@pytest.mark.parametrize("body, address, diagnostic", [
+    ("Unknown user: bob@remote.test\n\nOriginal message follows.\n",       # reason before
+     "bob@remote.test", "Unknown user: Original message follows."),
+    ("Failure reasons:\n\nNot listed in the directory\nbob@remote.test\n\n",  # line above
+     "bob@remote.test", "Not listed in the directory"),
+    ("To: alice@remote.test\n\nFailed recipients:\n<bob@remote.test>:\nQuota exceeded\n"
+     "<carol@remote.test>:\nNo such user\n",                             # blocks, not a To:
+     "bob@remote.test", "Failed recipients: <>: Quota exceeded"),
+])
+def test_the_diagnostic_of_a_non_dsn_bounce_is_the_text_around_its_address(
+        body, address, diagnostic):
+    bounce = parse(plain_bounce(body))
+    assert (bounce.first.address, bounce.first.diagnostic) == (address, diagnostic)
+    assert [r.address for r in bounce.recipients][:1] == [address]

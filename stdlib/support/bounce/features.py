@@ -7,12 +7,15 @@ and the subject. Each gives word unigrams and bigrams; the focus also gives char
 5-grams of its letters with the spaces removed, so "mail box", "mailbox" and a misspelt
 "mailbx" share most features, and its words once more crossed with the SMTP phase (a
 "user unknown" answered after DATA is a filter's verdict, after RCPT TO an address's).
+The remote server's reply (the focus from the reply code on) has a namespace of its own:
+it is worded alike whichever MTA reports it, where the text around it is that MTA's.
 Addresses, URLs and numbers are dropped from the words, they name no reason.
 The structure the standards give becomes one feature each: message kind, DSN action,
 enhanced status code (whole, class, subject, subject.detail), every enhanced code the
 focus text shows, reply code and its class, SMTP phase, the header's marks of an
 automatic message, and the phase crossed with the kind, the reply code and the status
-code's class and subject.
+code's class and subject, and the DSN action crossed with the status class (a 4.x.x
+that "failed" is a message the MTA gave up retrying).
 
 Every feature is hashed into ``BUCKETS`` slots with a deterministic hash (CRC-32 for words,
 a polynomial hash computed with numpy for character n-grams); each namespace's counts are
@@ -31,6 +34,7 @@ BUCKETS = 1 << 15
 CHAR_NGRAMS = (3, 4, 5)
 MAX_FOCUS = 1200
 MAX_CONTEXT = 3000
+MAX_REPLY = 300
 STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; the focus' namespaces have norm 1
 CONTEXT_WEIGHT = 0.5  # the whole readable text: mostly boilerplate around the diagnostic
 PHASE_WORDS_WEIGHT = 1.0  # the focus words crossed with the SMTP phase
@@ -44,22 +48,31 @@ def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     first = bounce.first
     focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
     groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
-              _words("s", bounce.subject), _words(f"p{first.phase}:", focus, bigrams=False)]
+              _words("s", bounce.subject), _words(f"p{first.phase}:", focus, bigrams=False),
+              _words("r", _reply_text(first.reply_code, focus))]
     groups.append(np.array([_hash(name) for name in _structure(bounce, focus)],
                            dtype=np.uint64))
-    return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT,
+    return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT, 1.0,
                              STRUCTURE_WEIGHT])
+
+
+def _reply_text(reply_code: str, focus: str) -> str:
+    """The remote server's own words: the focus from its reply code on. The text around
+    it is the reporting MTA's template, which names the family more than the reason."""
+    at = focus.find(reply_code) if reply_code else -1
+    return focus[at:at + MAX_REPLY] if at >= 0 else ""
 
 
 def _structure(bounce: Bounce, focus: str) -> list[str]:
     """The standards' structure as named features, with the SMTP phase crossed with the
-    codes: the same 550 means another thing after RCPT TO than after DATA."""
+    codes (the same 550 means another thing after RCPT TO than after DATA) and the DSN
+    action with the status class."""
     first = bounce.first
     phase, status = first.phase, first.status
     names = [f"kind={bounce.kind}", f"action={first.action}", f"phase={phase}",
              f"reply={first.reply_code}", f"replyclass={first.reply_code[:1]}",
              f"kind.phase={bounce.kind}.{phase}", f"phase.reply={phase}.{first.reply_code}",
-             f"phase.status={phase}.{status[:3]}"]
+             f"phase.status={phase}.{status[:3]}", f"action.status={first.action}.{status[:1]}"]
     names += [f"mark={mark}" for mark in bounce.marks]
     names += _status_features("status", status)
     for match in list(ENHANCED_CODE.finditer(focus))[:4]:

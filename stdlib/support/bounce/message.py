@@ -68,6 +68,8 @@ COMMAND_PHASES = {"rcpt": "rcpt", "mail": "mail", "data": "data", "end of data":
 ORIGINAL_HEADERS = re.compile(
     r"^(?:Received|Return-Path|DKIM-Signature|Message-I[Dd]|MIME-Version|X-Received"
     r"|Authentication-Results|Delivered-To):[ \t]", re.M)
+# A line that opens with an address: the next recipient's block in a non-DSN bounce.
+RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # Header fields that tell what an automatic message is: RFC 3834 Auto-Submitted, Precedence
 # (RFC 2076), the older X-Autoreply / X-Autorespond, Microsoft's X-Auto-Response-Suppress,
@@ -253,19 +255,37 @@ def _recipient_from_block(block) -> Recipient | None:
 
 
 def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
-    """The ``failed`` addresses (X-Failed-Recipients) and those the text of a non-DSN bounce
-    names, each with the text that follows its first mention as diagnostic."""
+    """The ``failed`` addresses (X-Failed-Recipients), then those that open a line of the
+    text of a non-DSN bounce (a recipient's block), then those it names elsewhere; each
+    with the text around its first mention as diagnostic."""
     recipients, seen = [], set()
-    mentions = [(m.group(0), m.end()) for m in ADDRESS.finditer(text)]
-    for address in failed + [address for address, _ in mentions]:
-        address = address.strip(".").lower()
+    mentions = [(m.group(0).strip(".").lower(), m) for m in ADDRESS.finditer(text)]
+    openers = [m.group(0).strip(" \t><").strip(".").lower()
+               for m in RECIPIENT_BLOCK.finditer(text)]
+    for address in [a.strip(".").lower() for a in failed] + openers + [a for a, _ in mentions]:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
-        end = next((end for named, end in mentions if named.strip(".").lower() == address), None)
-        following = text[end:end + PLAIN_DIAGNOSTIC] if end is not None else ""
-        recipients.append(Recipient(address=address, diagnostic=" ".join(following.split())))
+        mention = next((m for named, m in mentions if named == address), None)
+        diagnostic = _text_around(text, mention) if mention else ""
+        recipients.append(Recipient(address=address, diagnostic=" ".join(diagnostic.split())))
     return recipients
+
+
+def _text_around(text: str, mention: re.Match) -> str:
+    """What a non-DSN bounce says of the address ``mention`` names: its line (IMail's
+    "Unknown user: <address>"), the line above when the address stands alone on its own
+    (Lotus Notes writes the reason there), and the text below up to the next recipient's
+    block (a line that opens with another address)."""
+    line_start = text.rfind("\n", 0, mention.start()) + 1
+    start = line_start
+    if not text[line_start:mention.start()].strip(" \t<>\"'"):
+        start = text.rfind("\n", 0, max(text.rstrip("\n ").rfind("\n", 0, line_start), 0)) + 1
+    following = text[mention.end():mention.end() + PLAIN_DIAGNOSTIC]
+    block_end = RECIPIENT_BLOCK.search(following)
+    while block_end and mention.group(0).lower() in block_end.group(0).lower():
+        block_end = RECIPIENT_BLOCK.search(following, block_end.end())
+    return text[start:mention.start()] + following[:block_end.start() if block_end else None]
 
 
 def _fill_codes(rcpt: Recipient, context: str, text: str) -> None:

@@ -24,14 +24,14 @@ import re
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, featurize
 from .message import parse
-from .model import Classifier, Network, softmax
+from .model import Classifier, Network, average_probabilities, softmax
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Settings:
     real_repeat: int = 3
     synthetic: int = 3000
     seed: int = 14
+    members: int = 1  # networks in the ensemble, each trained from seed + its number
     balance: float = 0.0  # a row's loss weight is its reason's count ** -balance (macro-F1)
     smoothing: float = 0.0  # label smoothing: this much of the target spread over all reasons
 
@@ -102,6 +103,13 @@ def fit(data: Encoded, settings: Settings, repeat: list[int] | None = None) -> N
             _step(network, optimizer, [data.rows[i] for i in chosen], target[chosen],
                   loss_weight[target[chosen]], settings, rng)
     return network
+
+
+def fit_ensemble(data: Encoded, settings: Settings, repeat: list[int] | None = None
+                 ) -> list[Network]:
+    """``settings.members`` networks trained alike on ``data``, each from its own seed."""
+    return [fit(data, replace(settings, seed=settings.seed + number), repeat)
+            for number in range(settings.members)]
 
 
 def _loss_weights(target: np.ndarray, order: np.ndarray, balance: float) -> np.ndarray:
@@ -163,10 +171,10 @@ class Adam:
             self.rate * self.decay * weight[where]
 
 
-def predict(network: Network, rows) -> list[tuple[str, float]]:
-    probs = network.probabilities(*batch_csr(rows))
+def predict(networks: list[Network], rows) -> list[tuple[str, float]]:
+    probs = average_probabilities(networks, *batch_csr(rows))
     best = probs.argmax(axis=1)
-    return [(network.labels[i], float(probs[n, i])) for n, i in enumerate(best)]
+    return [(networks[0].labels[i], float(probs[n, i])) for n, i in enumerate(best)]
 
 
 def tables(rows: list[dict]) -> dict:
@@ -184,8 +192,8 @@ def train_classifier(rows: list[dict], settings: Settings) -> Classifier:
     extra = synthetic.samples(settings.synthetic, settings.seed)
     data = encode([r["text"] for r in rows + extra], [r["reason"] for r in rows + extra])
     repeat = [settings.real_repeat] * len(rows) + [1] * len(extra)
-    network = fit(data, settings, repeat)
-    return Classifier(network, {"labels": network.labels, **tables(rows)})
+    networks = fit_ensemble(data, settings, repeat)
+    return Classifier(networks, {"labels": networks[0].labels, **tables(rows)})
 
 
 # ---- leave-group-out evaluation -------------------------------------------------------
@@ -273,10 +281,10 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int,
         train_reasons = [truth[i] for i in train]
         combined = Encoded([real.rows[i] for i in train] + synth.rows,
                            train_reasons + synth.reasons)
-        network = fit(combined, settings,
-                      [settings.real_repeat] * len(train) + [1] * len(synth.rows))
+        networks = fit_ensemble(combined, settings,
+                               [settings.real_repeat] * len(train) + [1] * len(synth.rows))
         if quick:
-            for i, (reason, _) in zip(test, predict(network, [real.rows[i] for i in test])):
+            for i, (reason, _) in zip(test, predict(networks, [real.rows[i] for i in test])):
                 guesses["network"][i] = reason
             continue
         majority = Counter(train_reasons).most_common(1)[0][0]
@@ -285,13 +293,13 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int,
         tfidf_train, idf = tfidf_rows([rows[i]["text"] for i in train])
         tfidf_test, _ = tfidf_rows([rows[i]["text"] for i in test], idf)
         linear = fit(Encoded(tfidf_train, train_reasons), Settings(hidden=0, feature_dropout=0))
-        alone = fit(Encoded([real.rows[i] for i in train], train_reasons), settings)
+        alone = fit_ensemble(Encoded([real.rows[i] for i in train], train_reasons), settings)
         results = {"majority": [(majority, 1.0)] * len(test),
                    "code table": [(t, 1.0) for t in table],
-                   "tfidf+logreg": predict(linear, tfidf_test),
-                   "network": predict(network, [real.rows[i] for i in test]),
+                   "tfidf+logreg": predict([linear], tfidf_test),
+                   "network": predict(networks, [real.rows[i] for i in test]),
                    "network, no synthetic": predict(alone, [real.rows[i] for i in test]),
-                   "network, reworded": predict(network, [reworded.rows[i] for i in test])}
+                   "network, reworded": predict(networks, [reworded.rows[i] for i in test])}
         for name, predicted in results.items():
             for i, (reason, _) in zip(test, predicted):
                 guesses[name][i] = reason
