@@ -7,8 +7,6 @@ and the subject. Each gives word unigrams and bigrams; the focus also gives char
 5-grams of its letters with the spaces removed, so "mail box", "mailbox" and a misspelt
 "mailbx" share most features, and its words once more crossed with the SMTP phase (a
 "user unknown" answered after DATA is a filter's verdict, after RCPT TO an address's).
-The remote server's reply (the focus from the reply code on) has a namespace of its own:
-it is worded alike whichever MTA reports it, where the text around it is that MTA's.
 Addresses, URLs and numbers are dropped from the words, they name no reason.
 The structure the standards give becomes one feature each: message kind, DSN action,
 enhanced status code (whole, class, subject, subject.detail), every enhanced code the
@@ -34,7 +32,6 @@ BUCKETS = 1 << 15
 CHAR_NGRAMS = (3, 4, 5)
 MAX_FOCUS = 1200
 MAX_CONTEXT = 3000
-MAX_REPLY = 300
 STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; the focus' namespaces have norm 1
 CONTEXT_WEIGHT = 0.5  # the whole readable text: mostly boilerplate around the diagnostic
 PHASE_WORDS_WEIGHT = 1.0  # the focus words crossed with the SMTP phase
@@ -48,19 +45,11 @@ def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     first = bounce.first
     focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
     groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
-              _words("s", bounce.subject), _words(f"p{first.phase}:", focus, bigrams=False),
-              _words("r", _reply_text(first.reply_code, focus))]
+              _words("s", bounce.subject), _words(f"p{first.phase}:", focus, bigrams=False)]
     groups.append(np.array([_hash(name) for name in _structure(bounce, focus)],
                            dtype=np.uint64))
-    return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT, 1.0,
+    return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT,
                              STRUCTURE_WEIGHT])
-
-
-def _reply_text(reply_code: str, focus: str) -> str:
-    """The remote server's own words: the focus from its reply code on. The text around
-    it is the reporting MTA's template, which names the family more than the reason."""
-    at = focus.find(reply_code) if reply_code else -1
-    return focus[at:at + MAX_REPLY] if at >= 0 else ""
 
 
 def _structure(bounce: Bounce, focus: str) -> list[str]:

@@ -11,7 +11,7 @@ a reason. A message is one of four kinds:
   or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
 - ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients`` and the
   addresses its human-readable text names (up to the returned original message), each
-  with the text that follows it as diagnostic.
+  with the text around it as diagnostic.
 
 The header's marks of an automatic message (the fields of ``MARK_FIELDS``, the system
 sender) are kept for the features, whatever the kind.
@@ -277,10 +277,10 @@ def _text_around(text: str, mention: re.Match) -> str:
     "Unknown user: <address>"), the line above when the address stands alone on its own
     (Lotus Notes writes the reason there), and the text below up to the next recipient's
     block (a line that opens with another address)."""
-    line_start = text.rfind("\n", 0, mention.start()) + 1
-    start = line_start
-    if not text[line_start:mention.start()].strip(" \t<>\"'"):
-        start = text.rfind("\n", 0, max(text.rstrip("\n ").rfind("\n", 0, line_start), 0)) + 1
+    start = text.rfind("\n", 0, mention.start()) + 1
+    if not text[start:mention.start()].strip(" \t<>\"'"):
+        above = text[:start].rstrip()
+        start = above.rfind("\n") + 1
     following = text[mention.end():mention.end() + PLAIN_DIAGNOSTIC]
     block_end = RECIPIENT_BLOCK.search(following)
     while block_end and mention.group(0).lower() in block_end.group(0).lower():

@@ -48,9 +48,8 @@ class Settings:
     real_repeat: int = 3
     synthetic: int = 3000
     seed: int = 14
-    members: int = 1  # networks in the ensemble, each trained from seed + its number
-    balance: float = 0.0  # a row's loss weight is its reason's count ** -balance (macro-F1)
-    smoothing: float = 0.0  # label smoothing: this much of the target spread over all reasons
+    members: int = 3  # networks in the ensemble, each trained from seed + its number
+    balance: float = 0.5  # a row's loss weight is its reason's count ** -balance (macro-F1)
 
 
 @dataclass
@@ -133,8 +132,8 @@ def _step(network: Network, optimizer: "Adam", rows, target, loss_weight, settin
         logits = active @ weights["W2"] + weights["b2"]
     else:
         logits = first
-    grad = softmax(logits) - settings.smoothing / logits.shape[1]
-    grad[np.arange(len(target)), target] -= 1 - settings.smoothing
+    grad = softmax(logits)
+    grad[np.arange(len(target)), target] -= 1
     grad *= loss_weight[:, None] / len(target)
     grads = {}
     if network.hidden:
@@ -382,11 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=Settings.hidden)
     parser.add_argument("--epochs", type=int, default=Settings.epochs)
     parser.add_argument("--synthetic", type=int, default=Settings.synthetic)
-    parser.add_argument("--balance", type=float, default=Settings.balance)
-    parser.add_argument("--smoothing", type=float, default=Settings.smoothing)
     args = parser.parse_args(argv)
-    settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic,
-                        balance=args.balance, smoothing=args.smoothing)
+    settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic)
     rows = load_jsonl(args.data)
     if args.cv:
         report(rows, cross_validate(rows, settings, args.folds, args.quick))
