@@ -168,7 +168,7 @@ def test_training_takes_the_learned_examples_as_classes(greylisted):
     rows = [{"text": "550 5.1.1 <bob@example.net>: no such user here",
              "reason": "userunknown"}] + train.learned_rows(str(greylisted))
     model = train.train_classifier(rows, train.Settings(synthetic=50, epochs=2))
-    assert "greylisted" in model.network.labels
+    assert "greylisted" in model.labels
 
 
 def test_a_second_custom_reason_takes_its_own_paraphrases(greylisted):

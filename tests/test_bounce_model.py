@@ -140,9 +140,75 @@ def test_arf_autoreply_and_plain_kinds():
     assert "Received:" not in plain.text
 
 
+def test_a_mail_systems_auto_submitted_notice_is_a_bounce_with_its_failed_recipients():
+    notice = """\
+From: Mail Delivery Subsystem <mailer-daemon@mx.example.org>
+To: alice@example.org
+Subject: Delivery Status Notification (Failure)
+Auto-Submitted: auto-replied
+X-Failed-Recipients: list@groups.remote.test
+
+The group you wrote to may not exist, or you may not post to it.
+"""
+    bounce = parse(notice)
+    assert bounce.kind == "plain"
+    assert bounce.first.address == "list@groups.remote.test"
+    assert bounce.marks == ["auto-submitted=auto-replied", "x-failed-recipients",
+                            "from=mailer-daemon"]
+
+
+def test_auto_reply_marks_are_kept():
+    outlook = AUTOREPLY.replace("Auto-Submitted: auto-replied", "X-Auto-Response-Suppress: All")
+    assert parse(outlook).marks == ["x-auto-response-suppress"]
+    assert parse(AUTOREPLY).marks == ["auto-submitted=auto-replied"]
+
+
 def test_phase_comes_from_the_smtp_command_named():
     text = PLAIN.replace("does not like recipient.", "said after RCPT TO command:")
     assert parse(text).first.phase == "rcpt"
+
+
+SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two recipients.", """   ----- Transcript of session follows -----
+... while talking to mx.remote.test.:
+>>> MAIL From:<alice@example.org> SIZE=120
+<<< 250 2.1.0 Ok
+>>> DATA
+<<< 550 Unknown user bob@remote.test
+554 5.0.0 Service unavailable""").replace(
+    "Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+    " User unknown in local recipient table", "Diagnostic-Code: smtp; 550 Unknown user")
+
+
+@pytest.mark.parametrize("layout, phase", [
+    ("(in reply to RCPT TO command)", "rcpt"),              # Postfix
+    ("(in reply to end of DATA command)", "data"),          # Postfix
+    ("SMTP error from remote mail server after MAIL FROM:<alice@example.org>:", "mail"),  # Exim
+    ("SMTP error from remote mail server after end of data:", "data"),  # Exim
+    ("mx.remote.test [192.0.2.7] did not like our RCPT TO:", "rcpt"),   # DragonFly
+    ("Technical details: SMTP:RCPT host 192.0.2.7:", "rcpt"),           # X3
+    ("Connected to 192.0.2.7 but sender was rejected.", "mail"),        # qmail
+    ("192.0.2.7 failed after I sent the message.", "data"),             # qmail
+    ("Connected to 192.0.2.7 but my name was rejected.", "helo"),       # qmail
+])
+def test_phase_in_the_layouts_mtas_write(layout, phase):
+    text = PLAIN.replace("192.0.2.7 does not like recipient.", layout)
+    assert parse(text).first.phase == phase
+
+
+def test_phase_of_a_dsn_comes_from_its_session_transcript():
+    """The Diagnostic-Code names no command: the transcript's last command before the
+    reply does; the earlier MAIL FROM, answered with 250, is not the phase."""
+    bounce = parse(SENDMAIL_TRANSCRIPT)
+    assert bounce.kind == "dsn" and bounce.first.phase == "data"
+    assert parse(DSN).first.phase == ""
+
+
+def test_a_pipelined_rcpt_reply_printed_after_data_answered_the_rcpt():
+    """RFC 2920: RCPT TO and DATA went in one batch; the 550 is followed by the DATA
+    command's own reply, so it answered the RCPT TO."""
+    pipelined = SENDMAIL_TRANSCRIPT.replace(
+        "554 5.0.0 Service unavailable", "<<< 554 5.5.1 Error: no valid recipients")
+    assert parse(pipelined).first.phase == "rcpt"
 
 
 def test_shipped_model_reads_the_formats(classifier):
@@ -206,6 +272,39 @@ def test_held_out_family_accuracy_floor():
     fold_of = train.group_folds([r["group"] for r in rows], 4)
     seen = [r for r, fold in zip(rows, fold_of) if fold != 1]
     unseen = [r for r, fold in zip(rows, fold_of) if fold == 1]
-    classifier = train.train_classifier(seen, train.Settings(epochs=6, synthetic=1500))
+    classifier = train.train_classifier(seen, train.Settings(epochs=6, synthetic=1500, members=1))
     hits = sum(classifier.classify(r["text"]).reason == r["reason"] for r in unseen)
     assert hits / len(unseen) >= 0.5
+
+
+def test_an_ensemble_saves_and_loads_with_its_members(tmp_path):
+    rows = [{"text": DSN, "reason": "userunknown"}, {"text": PLAIN, "reason": "userunknown"},
+            {"text": AUTOREPLY, "reason": "vacation"}]
+    settings = train.Settings(epochs=1, synthetic=40, members=2)
+    trained = train.train_classifier(rows, settings)
+    trained.save(tmp_path / "model.npz")
+    loaded = Classifier.load(tmp_path / "model.npz")
+    assert len(loaded.networks) == 2
+    assert loaded.classify(DSN).reason == trained.classify(DSN).reason
+    assert abs(loaded.classify(DSN).confidence - trained.classify(DSN).confidence) < 0.01
+
+
+def plain_bounce(body: str) -> str:
+    return "From: postmaster@mx.example.org\nTo: alice@example.org\nSubject: Undeliverable\n\n" \
+        + body
+
+
+@pytest.mark.parametrize("body, address, diagnostic", [
+    ("Unknown user: bob@remote.test\n\nOriginal message follows.\n",       # reason before
+     "bob@remote.test", "Unknown user: Original message follows."),
+    ("Failure reasons:\n\nNot listed in the directory\nbob@remote.test\n\n",  # line above
+     "bob@remote.test", "Not listed in the directory"),
+    ("To: alice@remote.test\n\nFailed recipients:\n<bob@remote.test>:\nQuota exceeded\n"
+     "<carol@remote.test>:\nNo such user\n",                             # blocks, not a To:
+     "bob@remote.test", "Failed recipients: <>: Quota exceeded"),
+])
+def test_the_diagnostic_of_a_non_dsn_bounce_is_the_text_around_its_address(
+        body, address, diagnostic):
+    bounce = parse(plain_bounce(body))
+    assert (bounce.first.address, bounce.first.diagnostic) == (address, diagnostic)
+    assert [r.address for r in bounce.recipients][:1] == [address]

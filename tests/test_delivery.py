@@ -154,11 +154,12 @@ def test_permanent_failure_bounces_at_once(world, tmp_path):
     (dsn,) = dsns(tmp_path)
     assert dsn["To"] == SENDER and dsn["Auto-Submitted"] == "auto-replied"
     assert report(dsn)[0]["X-Queue-ID"] == msg_id
-    assert report(dsn)[1:] == [{"Final-Recipient": "rfc822; bad@remote.test",
-                                "Action": "failed", "Status": "5.1.1",
-                                "Remote-MTA": "dns; 127.0.0.1",
-                                "Diagnostic-Code": "smtp; 550 5.1.1 no such user",
-                                "X-Vsl-Bounce-Reason": "userunknown; confidence=1.00"}]
+    (fields,) = report(dsn)[1:]
+    assert fields.pop("X-Vsl-Bounce-Reason").startswith("userunknown; confidence=")  # the model's
+    assert fields == {"Final-Recipient": "rfc822; bad@remote.test",
+                      "Action": "failed", "Status": "5.1.1",
+                      "Remote-MTA": "dns; 127.0.0.1",
+                      "Diagnostic-Code": "smtp; 550 5.1.1 no such user"}
     assert "Subject: hi" in dsn.get_payload()[2].get_payload()
 
 

@@ -2,13 +2,18 @@
 
 Design: three texts are read, each in its own namespace so that one cannot drown another:
 the *focus* (the first recipient's Diagnostic-Code, or the readable text when there is
-none), the *context* (the readable text of the bounce) and the subject. Each gives word
-unigrams and bigrams; the focus also gives character 3- to 5-grams of its letters with the
-spaces removed, so "mail box", "mailbox" and a misspelt "mailbx" share most features.
+none), the *context* (the readable text of the bounce, weighed down: mostly boilerplate)
+and the subject. Each gives word unigrams and bigrams; the focus also gives character 3- to
+5-grams of its letters with the spaces removed, so "mail box", "mailbox" and a misspelt
+"mailbx" share most features, and its words once more crossed with the SMTP phase (a
+"user unknown" answered after DATA is a filter's verdict, after RCPT TO an address's).
 Addresses, URLs and numbers are dropped from the words, they name no reason.
 The structure the standards give becomes one feature each: message kind, DSN action,
 enhanced status code (whole, class, subject, subject.detail), every enhanced code the
-focus text shows, reply code and its class, SMTP phase.
+focus text shows, reply code and its class, SMTP phase, the header's marks of an
+automatic message, and the phase crossed with the kind, the reply code and the status
+code's class and subject, and the DSN action crossed with the status class (a 4.x.x
+that "failed" is a message the MTA gave up retrying).
 
 Every feature is hashed into ``BUCKETS`` slots with a deterministic hash (CRC-32 for words,
 a polynomial hash computed with numpy for character n-grams); each namespace's counts are
@@ -27,7 +32,9 @@ BUCKETS = 1 << 15
 CHAR_NGRAMS = (3, 4, 5)
 MAX_FOCUS = 1200
 MAX_CONTEXT = 3000
-STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; each text namespace has norm 1
+STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; the focus' namespaces have norm 1
+CONTEXT_WEIGHT = 0.5  # the whole readable text: mostly boilerplate around the diagnostic
+PHASE_WORDS_WEIGHT = 1.0  # the focus words crossed with the SMTP phase
 WORD = re.compile(r"[^\W\d_]+")
 URL = re.compile(r"\w{2,10}://[^\s<>\"']{0,300}")
 _POWERS = np.array([pow(1000003, k, 1 << 64) for k in range(max(CHAR_NGRAMS))], dtype=np.uint64)
@@ -38,14 +45,28 @@ def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     first = bounce.first
     focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
     groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
-              _words("s", bounce.subject)]
-    structure = [f"kind={bounce.kind}", f"action={first.action}", f"phase={first.phase}",
-                 f"reply={first.reply_code}", f"replyclass={first.reply_code[:1]}"]
-    structure += _status_features("status", first.status)
+              _words("s", bounce.subject), _words(f"p{first.phase}:", focus, bigrams=False)]
+    groups.append(np.array([_hash(name) for name in _structure(bounce, focus)],
+                           dtype=np.uint64))
+    return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT,
+                             STRUCTURE_WEIGHT])
+
+
+def _structure(bounce: Bounce, focus: str) -> list[str]:
+    """The standards' structure as named features, with the SMTP phase crossed with the
+    codes (the same 550 means another thing after RCPT TO than after DATA) and the DSN
+    action with the status class."""
+    first = bounce.first
+    phase, status = first.phase, first.status
+    names = [f"kind={bounce.kind}", f"action={first.action}", f"phase={phase}",
+             f"reply={first.reply_code}", f"replyclass={first.reply_code[:1]}",
+             f"kind.phase={bounce.kind}.{phase}", f"phase.reply={phase}.{first.reply_code}",
+             f"phase.status={phase}.{status[:3]}", f"action.status={first.action}.{status[:1]}"]
+    names += [f"mark={mark}" for mark in bounce.marks]
+    names += _status_features("status", status)
     for match in list(ENHANCED_CODE.finditer(focus))[:4]:
-        structure += _status_features("seen", ".".join(match.groups()))
-    groups.append(np.array([_hash(name) for name in structure], dtype=np.uint64))
-    return _combine(groups, [1.0] * (len(groups) - 1) + [STRUCTURE_WEIGHT])
+        names += _status_features("seen", ".".join(match.groups()))
+    return names
 
 
 def _status_features(prefix: str, status: str) -> list[str]:
@@ -61,10 +82,10 @@ def _clean_words(text: str) -> list[str]:
     return WORD.findall(text)
 
 
-def _words(namespace: str, text: str) -> np.ndarray:
+def _words(namespace: str, text: str, bigrams: bool = True) -> np.ndarray:
     words = _clean_words(text)
     hashes = np.array([_hash(namespace + word) for word in words], dtype=np.uint64)
-    if len(hashes) > 1:
+    if bigrams and len(hashes) > 1:
         bigrams = hashes[:-1] * np.uint64(0x9E3779B97F4A7C15) ^ hashes[1:]
         hashes = np.concatenate([hashes, bigrams])
     return hashes

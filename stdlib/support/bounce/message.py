@@ -7,15 +7,23 @@ a reason. A message is one of four kinds:
   per per-recipient block (Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code);
 - ``feedback``: an RFC 5965 ARF report (a ``message/feedback-report`` part);
 - ``autoreply``: RFC 3834 ``Auto-Submitted: auto-replied`` (or the older ``X-Autoreply`` /
-  ``Precedence: auto_reply`` marks);
-- ``plain``: any other bounce; its human-readable text up to the returned original
-  message is the diagnostic.
+  ``Precedence: auto_reply`` marks), unless a mail system sent it (From ``MAILER-DAEMON``
+  or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
+- ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients`` and the
+  addresses its human-readable text names (up to the returned original message), each
+  with the text around it as diagnostic.
+
+The header's marks of an automatic message (the fields of ``MARK_FIELDS``, the system
+sender) are kept for the features, whatever the kind.
 
 A bare reply line (``452 4.2.2 Mailbox full``, what delivery gets) is read by
 :func:`as_bounce` as the one-recipient RFC 3464 report it would be reported in.
 
 From the diagnostic text the SMTP reply code (RFC 5321), the enhanced status code
 (RFC 3463) and the SMTP phase the error came at are picked with simple anchored patterns.
+The phase is the SMTP command named where MTAs write it (``COMMAND_MARKER``, qmail's
+fixed sentences), the last one before the first 4xx/5xx reply; when the diagnostic names
+none, the whole readable text (e.g. Sendmail's session transcript) is read.
 Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes, at most ``MAX_PARTS`` MIME parts
 are walked and each text kept is cut at ``MAX_TEXT`` characters; the patterns have no nested
 quantifiers, so they run in linear time.
@@ -25,6 +33,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -37,19 +46,42 @@ PLAIN_DIAGNOSTIC = 600
 REPLY_CODE = re.compile(r"(?<![\d.])([245][0-5]\d)(?=[ \-\t]|$)", re.M)
 ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 ADDRESS = re.compile(r"[\w.+=\-]{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){0,8}")
-# The SMTP commands of RFC 5321 (and RFC 3207 / 4954), and the two moments with no command.
-PHASES = (("rcpt", re.compile(r"\bRCPT\b", re.I)),
-          ("mail", re.compile(r"\bMAIL\s{0,3}FROM\b", re.I)),
-          ("data", re.compile(r"\b(?:DATA|end of data|message body)\b", re.I)),
-          ("helo", re.compile(r"\b(?:HELO|EHLO|LHLO|greeting)\b", re.I)),
-          ("starttls", re.compile(r"\bSTARTTLS\b", re.I)),
-          ("auth", re.compile(r"\bAUTH\b")),
-          ("connect", re.compile(r"\bconnect(?:ion|ed|ing)?\b", re.I)))
+# Where a bounce names the SMTP command a reply answered, in the layouts MTAs write it:
+# Postfix "(in reply to RCPT TO command)", Exim "SMTP error from remote mail server after
+# end of data", Sendmail's transcript ">>> DATA" / "<<< 550 ...", DragonFly "did not like
+# our RCPT TO", X3 "SMTP:RCPT", "... for TEXT command". The command is group 1.
+COMMAND_MARKER = re.compile(
+    r"(?:in reply to|after|for|during|response to|did not like our|^[ \t>]{0,4}>>>|SMTP:)"
+    r"[ \t]{0,3}(?:the[ \t]|our[ \t]|final[ \t]|initial[ \t])?"
+    r"(RCPT|MAIL|DATA|end[ \t]of[ \t]data|TEXT|BDAT|HELO|EHLO|LHLO|STARTTLS|AUTH|"
+    r"connection|connect|greeting|banner)\b", re.I | re.M)
+TRANSCRIPT_COMMAND = re.compile(r"^[ \t>]{0,4}>>>", re.M)
+TRANSCRIPT_REPLY = re.compile(r"^[ \t>]{0,4}<<<", re.M)
+# qmail-remote's fixed sentences, one per SMTP step (its source, qmail-remote.c).
+QMAIL_STEPS = (("does not like recipient", "rcpt"), ("sender was rejected", "mail"),
+               ("my name was rejected", "helo"), ("failed on DATA command", "data"),
+               ("failed after I sent the message", "data"),
+               ("establish an SMTP connection", "connect"))
+COMMAND_PHASES = {"rcpt": "rcpt", "mail": "mail", "data": "data", "end of data": "data",
+                  "text": "data", "bdat": "data", "helo": "helo", "ehlo": "helo",
+                  "lhlo": "helo", "starttls": "starttls", "auth": "auth",
+                  "connection": "connect", "connect": "connect", "greeting": "connect",
+                  "banner": "connect"}
 # A line that starts the returned original message's header block (RFC 5322 fields).
 ORIGINAL_HEADERS = re.compile(
     r"^(?:Received|Return-Path|DKIM-Signature|Message-I[Dd]|MIME-Version|X-Received"
     r"|Authentication-Results|Delivered-To):[ \t]", re.M)
+# A line that opens with an address: the next recipient's block in a non-DSN bounce.
+RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
+# Header fields that tell what an automatic message is: RFC 3834 Auto-Submitted, Precedence
+# (RFC 2076), the older X-Autoreply / X-Autorespond, Microsoft's X-Auto-Response-Suppress,
+# and X-Failed-Recipients (Exim, Gmail), which only a bounce carries.
+MARK_FIELDS = ("Auto-Submitted", "Precedence", "X-Autoreply", "X-Autorespond",
+               "X-Auto-Response-Suppress", "X-Failed-Recipients")
+VALUED_MARKS = ("auto-submitted", "precedence")
+# The local parts a mail system sends its notices from (RFC 5321 §4.5.1, RFC 2142).
+SYSTEM_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon", "maildaemon")
 # A header field's first line (RFC 5322 §2.2: a name of printable characters but ':').
 HEADER_FIELD = re.compile(r"[!-9;-~]{1,76}:")
 
@@ -69,12 +101,15 @@ class Recipient:
 
 @dataclass
 class Bounce:
-    """What a bounce message says: its kind, subject, readable text and recipients."""
+    """What a bounce message says: its kind, subject, readable text, recipients and the
+    marks its header carries (``auto-submitted=auto-replied``, ``x-failed-recipients``,
+    ``from=mailer-daemon``...)."""
 
     kind: str
     subject: str = ""
     text: str = ""
     recipients: list[Recipient] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)
 
     @property
     def first(self) -> Recipient:
@@ -91,13 +126,15 @@ def parse(raw: bytes | str) -> Bounce:
     parts = _parts(msg)
     subject = _unfold(_decoded_header(msg.get("Subject", "")))[:300]
     text = _readable_text(parts)
+    marks = _marks(msg)
     recipients = _dsn_recipients(parts)
-    kind = _kind(msg, parts, bool(recipients))
+    kind = _kind(parts, marks, bool(recipients))
     if not recipients:
-        recipients = _plain_recipients(text)
+        failed = ADDRESS.findall(msg.get("X-Failed-Recipients", "")[:2000])
+        recipients = _plain_recipients(text, failed)
     for rcpt in recipients:
-        _fill_codes(rcpt, rcpt.diagnostic or text)
-    return Bounce(kind=kind, subject=subject, text=text, recipients=recipients)
+        _fill_codes(rcpt, rcpt.diagnostic or text, text)
+    return Bounce(kind=kind, subject=subject, text=text, recipients=recipients, marks=marks)
 
 
 def is_message(text: str) -> bool:
@@ -125,16 +162,34 @@ def _parts(msg) -> list:
     return found
 
 
-def _kind(msg, parts, has_dsn: bool) -> str:
+def _marks(msg) -> list[str]:
+    """The header's marks of an automatic message (MARK_FIELDS, with the value of those
+    that have one) and ``from=<local part>`` when a mail system sent it."""
+    marks = []
+    for name in MARK_FIELDS:
+        value = msg.get(name)
+        if value is None:
+            continue
+        words = _unfold(value).lower().split()
+        valued = name.lower() in VALUED_MARKS and words
+        marks.append(f"{name.lower()}={words[0].strip(';')}" if valued else name.lower())
+    sender = ADDRESS.search(_unfold(msg.get("From", ""))[:500])
+    local = sender.group(0).split("@")[0].lower() if sender else ""
+    if local in SYSTEM_SENDERS:
+        marks.append(f"from={local}")
+    return marks
+
+
+def _kind(parts, marks: list[str], has_dsn: bool) -> str:
     types = {part.get_content_type() for part in parts}
     if "message/feedback-report" in types:
         return "feedback"
     if has_dsn:
         return "dsn"
-    auto = msg.get("Auto-Submitted", "").strip().lower()
-    precedence = msg.get("Precedence", "").strip().lower()
-    if auto.startswith("auto-replied") or msg.get("X-Autoreply") or \
-            precedence in AUTOREPLY_PRECEDENCE:
+    automatic = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond"} | \
+        {f"precedence={value}" for value in AUTOREPLY_PRECEDENCE}
+    from_system = any(mark.startswith("from=") for mark in marks)
+    if automatic & set(marks) and not from_system and "x-failed-recipients" not in marks:
         return "autoreply"
     return "plain"
 
@@ -202,27 +257,88 @@ def _recipient_from_block(block) -> Recipient | None:
                      diagnostic=_after_type(block.get("Diagnostic-Code", ""))[:MAX_TEXT])
 
 
-def _plain_recipients(text: str) -> list[Recipient]:
-    """Addresses a non-DSN bounce names, each with the text that follows it as diagnostic."""
+def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
+    """The ``failed`` addresses (X-Failed-Recipients), then those that open a line of the
+    text of a non-DSN bounce (a recipient's block), then those it names elsewhere; each
+    with the text around its first mention as diagnostic."""
     recipients, seen = [], set()
-    for match in ADDRESS.finditer(text):
-        address = match.group(0).strip(".").lower()
+    mentions = [(m.group(0).strip(".").lower(), m) for m in ADDRESS.finditer(text)]
+    openers = [m.group(0).strip(" \t><").strip(".").lower()
+               for m in RECIPIENT_BLOCK.finditer(text)]
+    for address in [a.strip(".").lower() for a in failed] + openers + [a for a, _ in mentions]:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
-        following = text[match.end():match.end() + PLAIN_DIAGNOSTIC]
-        recipients.append(Recipient(address=address, diagnostic=" ".join(following.split())))
+        mention = next((m for named, m in mentions if named == address), None)
+        diagnostic = _text_around(text, mention) if mention else ""
+        recipients.append(Recipient(address=address, diagnostic=" ".join(diagnostic.split())))
     return recipients
 
 
-def _fill_codes(rcpt: Recipient, context: str) -> None:
-    """Sets the reply code, the missing enhanced code and the phase from the text."""
+def _text_around(text: str, mention: re.Match) -> str:
+    """What a non-DSN bounce says of the address ``mention`` names: its line (IMail's
+    "Unknown user: <address>"), the line above when the address stands alone on its own
+    (Lotus Notes writes the reason there), and the text below up to the next recipient's
+    block (a line that opens with another address)."""
+    start = text.rfind("\n", 0, mention.start()) + 1
+    if not text[start:mention.start()].strip(" \t<>\"'"):
+        above = text[:start].rstrip()
+        start = above.rfind("\n") + 1
+    following = text[mention.end():mention.end() + PLAIN_DIAGNOSTIC]
+    block_end = RECIPIENT_BLOCK.search(following)
+    while block_end and mention.group(0).lower() in block_end.group(0).lower():
+        block_end = RECIPIENT_BLOCK.search(following, block_end.end())
+    return text[start:mention.start()] + following[:block_end.start() if block_end else None]
+
+
+def _fill_codes(rcpt: Recipient, context: str, text: str) -> None:
+    """Sets the reply code, the missing enhanced code and the phase from the recipient's
+    ``context`` (its diagnostic); the phase from the whole ``text`` when that names none."""
     context = context[:MAX_TEXT]
-    reply = REPLY_CODE.search(context)
+    reply = _failure_reply(context)
     rcpt.reply_code = reply.group(1) if reply else ""
     if not rcpt.status:
         rcpt.status = _enhanced(context)
-    rcpt.phase = next((name for name, pattern in PHASES if pattern.search(context)), "")
+    rcpt.phase = phase_of(context, reply.start() if reply else len(context))
+    if not rcpt.phase:
+        in_text = _failure_reply(text)
+        rcpt.phase = phase_of(text, in_text.start() if in_text else len(text))
+
+
+def _failure_reply(text: str):
+    """The first 4xx/5xx reply code in ``text`` (a session transcript shows the 2xx
+    replies before it), else the first reply code."""
+    replies = list(itertools.islice(REPLY_CODE.finditer(text), 20))
+    return next((m for m in replies if m.group(1)[0] in "45"), replies[0] if replies else None)
+
+
+def phase_of(text: str, reply_at: int) -> str:
+    """The SMTP phase the reply at ``reply_at`` answered: the last command marker before it,
+    else the first one after (the reply was quoted above the transcript); ``""`` when the
+    text names none."""
+    found = [(m.start(), COMMAND_PHASES[" ".join(m.group(1).lower().split())])
+             for m in COMMAND_MARKER.finditer(text)]
+    lowered = text.lower()
+    found += [(lowered.find(sentence.lower()), phase) for sentence, phase in QMAIL_STEPS
+              if sentence.lower() in lowered]
+    if not found:
+        return ""
+    before = [item for item in found if item[0] < reply_at]
+    at, phase = max(before) if before else min(found)
+    if phase == "data":
+        reply = _failure_reply(text[at:at + MAX_TEXT])
+        if reply and _answered_pipelined_rcpt(text, at + reply.start()):
+            return "rcpt"
+    return phase
+
+
+def _answered_pipelined_rcpt(text: str, reply_at: int) -> bool:
+    """Whether the transcript reply at ``reply_at`` answered a RCPT TO sent in one batch
+    with DATA (RFC 2920 pipelining: Sendmail prints ``>>> DATA`` and then one ``<<<`` reply
+    per command sent, in order): another reply follows it before the next command."""
+    rest = text[reply_at:reply_at + MAX_TEXT]
+    next_command = TRANSCRIPT_COMMAND.search(rest)
+    return bool(TRANSCRIPT_REPLY.search(rest[:next_command.start() if next_command else None]))
 
 
 def _enhanced(text: str) -> str:

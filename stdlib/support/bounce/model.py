@@ -6,9 +6,13 @@ of an embedding table ``W1`` (``BUCKETS`` x ``hidden``) that are summed with the
 ``hidden == 0`` the network is a linear softmax over the same features. Inference is a
 gather, a sum and two small matrix products, deterministic, well under a millisecond.
 
-Weights live in a ``.npz`` (``W1`` as float16 to keep the file small; ``b1``, ``W2``, ``b2``;
+Weights live in a ``.npz`` (``W1`` as int8 with a float32 scale per row, ``W1.scale``, to
+keep the file small; a float16 ``W1`` without scale is read too; ``b1``, ``W2``, ``b2``;
 ``meta``: a JSON string with the reason labels and, per reason, the hard flag and the
-enhanced status code most often seen with it, used when a message shows none).
+enhanced status code most often seen with it, used when a message shows none). A classifier
+may be an ensemble of a few networks trained from different seeds, their probabilities
+averaged: the second member's arrays are ``W1@1``, ``b1@1``..., and a file of one network
+is the plain names alone.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from . import SHIPPED
 from .features import featurize
 from .message import Bounce, parse
 
+MEMBER = "@"  # between an array's name and its ensemble member's number in the .npz
+SCALE = ".scale"  # after W1's name: the per-row scale of its int8 values
 
 
 @dataclass
@@ -62,22 +68,38 @@ class Network:
 
 
 class Classifier:
-    """A trained network with the per-reason tables; classifies raw messages."""
+    """Trained networks (an ensemble of one or more, trained alike from other seeds, whose
+    probabilities are averaged) with the per-reason tables; classifies raw messages."""
 
-    def __init__(self, network: Network, meta: dict):
-        self.network = network
+    def __init__(self, networks: list[Network], meta: dict):
+        self.networks = networks
         self.meta = meta
+
+    @property
+    def labels(self) -> list[str]:
+        """The reasons the networks tell apart, in their output order."""
+        return self.networks[0].labels
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED) -> "Classifier":
+        members: dict[str, dict[str, np.ndarray]] = {}
         with np.load(path, allow_pickle=False) as data:
-            weights = {name: data[name].astype(np.float32) for name in data.files if name != "meta"}
+            for name in data.files:
+                if name != "meta":
+                    array, _, member = name.partition(MEMBER)
+                    members.setdefault(member, {})[array] = data[name]
             meta = json.loads(str(data["meta"]))
-        return cls(Network(weights, meta["labels"]), meta)
+        return cls([Network(_restored(members[key]), meta["labels"]) for key in sorted(members)],
+                   meta)
 
     def save(self, path: str | Path) -> None:
-        arrays = {name: (array.astype(np.float16) if name == "W1" else array.astype(np.float32))
-                  for name, array in self.network.weights.items()}
+        """Writes the weights (``W1`` quantized); the first member's arrays keep their plain
+        names, member k's are suffixed ``@k``."""
+        arrays = {}
+        for number, network in enumerate(self.networks):
+            suffix = f"{MEMBER}{number}" if number else ""
+            for name, array in network.weights.items():
+                arrays.update({stored + suffix: value for stored, value in _stored(name, array)})
         np.savez_compressed(path, meta=np.array(json.dumps(self.meta)), **arrays)
 
     def classify(self, raw: bytes | str) -> Classification:
@@ -86,14 +108,41 @@ class Classifier:
 
     def classify_bounce(self, bounce: Bounce) -> Classification:
         index, value = featurize(bounce)
-        probs = self.network.probabilities(index, value, np.array([0, len(index)]))[0]
+        probs = average_probabilities(self.networks, index, value, np.array([0, len(index)]))[0]
         best = int(np.argmax(probs))
-        reason = self.network.labels[best]
+        reason = self.labels[best]
         first = bounce.first
         status = first.status or self.meta["status"].get(reason, "")
         hard = status.startswith("5") if first.status else self.meta["hard"].get(reason, True)
         return Classification(reason=reason, confidence=float(probs[best]), hard=hard,
                               status=status, diagnostic=first.diagnostic or bounce.text[:500])
+
+
+def _stored(name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """An array as written: ``W1`` as int8 rows with a float32 scale per row (``W1.scale``),
+    a quarter of its float32 size; the others as float32."""
+    if name != "W1":
+        return [(name, array.astype(np.float32))]
+    scale = np.abs(array).max(axis=1) / 127
+    scale[scale == 0] = 1
+    return [(name, np.round(array / scale[:, None]).astype(np.int8)),
+            (name + SCALE, scale.astype(np.float32))]
+
+
+def _restored(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float32 weights of one network from its stored arrays (a float16 ``W1`` without
+    scale, as files before quantization hold, is read as it is)."""
+    weights = {name: array.astype(np.float32) for name, array in arrays.items()
+               if not name.endswith(SCALE)}
+    if "W1" + SCALE in arrays:
+        weights["W1"] *= arrays["W1" + SCALE][:, None]
+    return weights
+
+
+def average_probabilities(networks: list[Network], index, value, offsets) -> np.ndarray:
+    """The ensemble's reason probabilities for a batch in CSR form: the members' mean."""
+    return sum(network.probabilities(index, value, offsets) for network in networks) / \
+        len(networks)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -24,14 +24,14 @@ import re
 import time
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, featurize
 from .message import is_message, parse, reply_report
-from .model import Classifier, Network, softmax
+from .model import Classifier, Network, average_probabilities, softmax
 
 
 @dataclass
@@ -48,6 +48,8 @@ class Settings:
     real_repeat: int = 3
     synthetic: int = 3000
     seed: int = 14
+    members: int = 3  # networks in the ensemble, each trained from seed + its number
+    balance: float = 0.5  # a row's loss weight is its reason's count ** -balance (macro-F1)
 
 
 @dataclass
@@ -92,15 +94,33 @@ def fit(data: Encoded, settings: Settings, repeat: list[int] | None = None) -> N
     network = Network(weights, labels)
     optimizer = Adam(weights, settings.rate, settings.decay)
     order = np.repeat(np.arange(len(target)), repeat or [1] * len(target))
+    loss_weight = _loss_weights(target, order, settings.balance)
     for _ in range(settings.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch):
             chosen = order[start:start + settings.batch]
-            _step(network, optimizer, [data.rows[i] for i in chosen], target[chosen], settings, rng)
+            _step(network, optimizer, [data.rows[i] for i in chosen], target[chosen],
+                  loss_weight[target[chosen]], settings, rng)
     return network
 
 
-def _step(network: Network, optimizer: "Adam", rows, target, settings: Settings, rng) -> None:
+def fit_ensemble(data: Encoded, settings: Settings, repeat: list[int] | None = None
+                 ) -> list[Network]:
+    """``settings.members`` networks trained alike on ``data``, each from its own seed."""
+    return [fit(data, replace(settings, seed=settings.seed + number), repeat)
+            for number in range(settings.members)]
+
+
+def _loss_weights(target: np.ndarray, order: np.ndarray, balance: float) -> np.ndarray:
+    """Per reason, the loss weight ``count ** -balance`` (counted as drawn in an epoch),
+    scaled so that a drawn row weighs 1 on average."""
+    counts = np.bincount(target[order]).astype(np.float64)  # every reason is drawn
+    weights = counts ** -balance
+    return (weights * len(order) / (weights * counts).sum()).astype(np.float32)
+
+
+def _step(network: Network, optimizer: "Adam", rows, target, loss_weight, settings: Settings,
+          rng) -> None:
     index, value, offsets = batch_csr(rows)
     keep = rng.random(len(value)) >= settings.feature_dropout
     value = np.where(keep, value / (1 - settings.feature_dropout), 0).astype(np.float32)
@@ -114,7 +134,7 @@ def _step(network: Network, optimizer: "Adam", rows, target, settings: Settings,
         logits = first
     grad = softmax(logits)
     grad[np.arange(len(target)), target] -= 1
-    grad /= len(target)
+    grad *= loss_weight[:, None] / len(target)
     grads = {}
     if network.hidden:
         grads["W2"], grads["b2"] = active.T @ grad, grad.sum(axis=0)
@@ -150,10 +170,10 @@ class Adam:
             self.rate * self.decay * weight[where]
 
 
-def predict(network: Network, rows) -> list[tuple[str, float]]:
-    probs = network.probabilities(*batch_csr(rows))
+def predict(networks: list[Network], rows) -> list[tuple[str, float]]:
+    probs = average_probabilities(networks, *batch_csr(rows))
     best = probs.argmax(axis=1)
-    return [(network.labels[i], float(probs[n, i])) for n, i in enumerate(best)]
+    return [(networks[0].labels[i], float(probs[n, i])) for n, i in enumerate(best)]
 
 
 def tables(rows: list[dict]) -> dict:
@@ -171,8 +191,8 @@ def train_classifier(rows: list[dict], settings: Settings) -> Classifier:
     extra = synthetic.samples(settings.synthetic, settings.seed)
     data = encode([r["text"] for r in rows + extra], [r["reason"] for r in rows + extra])
     repeat = [settings.real_repeat] * len(rows) + [1] * len(extra)
-    network = fit(data, settings, repeat)
-    return Classifier(network, {"labels": network.labels, **tables(rows)})
+    networks = fit_ensemble(data, settings, repeat)
+    return Classifier(networks, {"labels": networks[0].labels, **tables(rows)})
 
 
 # ---- leave-group-out evaluation -------------------------------------------------------
@@ -260,10 +280,10 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int,
         train_reasons = [truth[i] for i in train]
         combined = Encoded([real.rows[i] for i in train] + synth.rows,
                            train_reasons + synth.reasons)
-        network = fit(combined, settings,
-                      [settings.real_repeat] * len(train) + [1] * len(synth.rows))
+        networks = fit_ensemble(combined, settings,
+                               [settings.real_repeat] * len(train) + [1] * len(synth.rows))
         if quick:
-            for i, (reason, _) in zip(test, predict(network, [real.rows[i] for i in test])):
+            for i, (reason, _) in zip(test, predict(networks, [real.rows[i] for i in test])):
                 guesses["network"][i] = reason
             continue
         majority = Counter(train_reasons).most_common(1)[0][0]
@@ -272,13 +292,13 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int,
         tfidf_train, idf = tfidf_rows([rows[i]["text"] for i in train])
         tfidf_test, _ = tfidf_rows([rows[i]["text"] for i in test], idf)
         linear = fit(Encoded(tfidf_train, train_reasons), Settings(hidden=0, feature_dropout=0))
-        alone = fit(Encoded([real.rows[i] for i in train], train_reasons), settings)
+        alone = fit_ensemble(Encoded([real.rows[i] for i in train], train_reasons), settings)
         results = {"majority": [(majority, 1.0)] * len(test),
                    "code table": [(t, 1.0) for t in table],
-                   "tfidf+logreg": predict(linear, tfidf_test),
-                   "network": predict(network, [real.rows[i] for i in test]),
+                   "tfidf+logreg": predict([linear], tfidf_test),
+                   "network": predict(networks, [real.rows[i] for i in test]),
                    "network, no synthetic": predict(alone, [real.rows[i] for i in test]),
-                   "network, reworded": predict(network, [reworded.rows[i] for i in test])}
+                   "network, reworded": predict(networks, [reworded.rows[i] for i in test])}
         for name, predicted in results.items():
             for i, (reason, _) in zip(test, predicted):
                 guesses[name][i] = reason
