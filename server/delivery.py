@@ -237,15 +237,13 @@ class Delivery:
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
         """Why each refused recipient was refused (none for a delivered one; by the status
         codes, confidence 0, when the model cannot be used), classified in a worker thread."""
-        refused = {address: (result.reply, "delayed" if result.status == "deferred" else
-                             "failed")
-                   for address, result in outcomes.items()
+        refused = {address: result.reply for address, result in outcomes.items()
                    if result.status in ("deferred", "failed") and result.reply}
         return await asyncio.to_thread(self._classify, refused) if refused else {}
 
-    def _classify(self, refused: dict[str, tuple[str, str]]) -> dict[str, Classification]:
-        """``refused``: address -> (reply, RFC 3464 action)."""
-        return {address: self.reasons.classify_text(*why) for address, why in refused.items()}
+    def _classify(self, refused: dict[str, str]) -> dict[str, Classification]:
+        """``refused``: address -> the reply that refused it."""
+        return {address: self.reasons.classify_text(reply) for address, reply in refused.items()}
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""

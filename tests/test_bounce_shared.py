@@ -11,17 +11,24 @@ from vsl.stdlib.support.bounce.model import Classifier
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 
-@pytest.mark.parametrize("reply, action, reason", [
-    ("452 4.2.2 Mailbox full", "delayed", "mailboxfull"),
-    ("550 5.1.1 No such user", "failed", "userunknown"),
-    ("451 4.4.1 cannot deliver to 192.0.2.1:25: Connection refused", "delayed",
-     "networkerror"),
+@pytest.mark.parametrize("reply, reason", [
+    ("452 4.2.2 Mailbox full", "mailboxfull"),
+    ("550 5.1.1 No such user", "userunknown"),
+    ("451 4.4.1 cannot deliver to 192.0.2.1:25: Connection refused", "networkerror"),
+    ("421 4.4.2 Timeout exceeded", "networkerror"),
 ])
-def test_a_bare_reply_is_classified(reply, action, reason):
-    found = SharedClassifier().classify_text(reply, action)
+def test_a_bare_reply_is_classified(reply, reason):
+    found = SharedClassifier().classify_text(reply)
     assert found.reason == reason and found.confidence > 0.5
     assert found.status == reply.split()[1] and found.diagnostic == reply
-    assert found.hard is (action == "failed")
+    assert found.hard is reply.startswith("5")
+
+
+@pytest.mark.parametrize("reply", ["450 mailbox unavailable", "421 Too many connections",
+                                   "550 mailbox unavailable"])
+def test_a_reply_without_an_enhanced_code_keeps_its_class(reply):
+    found = SharedClassifier().classify_text(reply)
+    assert found.status[:1] == reply[:1] and found.hard is reply.startswith("5")
 
 
 def test_the_model_loads_once_lazily_and_replies_are_remembered(monkeypatch):
@@ -33,7 +40,7 @@ def test_the_model_loads_once_lazily_and_replies_are_remembered(monkeypatch):
     assert loads == []  # nothing loaded before the first reply
     first = replies.classify_text("550 5.1.1 No such user")
     assert replies.classify_text("550 5.1.1 No such user") is first
-    replies.classify_text("452 4.2.2 Mailbox full", "delayed")
+    replies.classify_text("452 4.2.2 Mailbox full")
     assert len(loads) == 1 and shipped() is shipped()
 
 
@@ -46,7 +53,7 @@ def test_a_missing_or_corrupt_model_falls_back_to_the_codes_and_logs_once(tmp_pa
     replies = SharedClassifier(path)
     with caplog.at_level(logging.ERROR, "vsl.bounce"):
         unknown = replies.classify_text("550 5.1.1 No such user")
-        full = replies.classify_text("452 4.2.2 Mailbox full", "delayed")
+        full = replies.classify_text("452 4.2.2 Mailbox full")
     assert (unknown.reason, unknown.confidence) == ("userunknown", 0.0)
     assert (full.reason, full.confidence) == ("mailboxfull", 0.0)
     assert caplog.text.count("cannot load the model") == 1

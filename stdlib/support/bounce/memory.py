@@ -18,9 +18,9 @@ changes. Examples worded close to an existing reason can reach further (a mailbo
 wording scored 0.24 against an example about a mailbox's daily maximum): give a custom
 reason the words that set it apart.
 
-The status and hard flag are the text's own code when it shows one, else the code most
-seen in the reason's examples, else ``5.0.0`` (hard) for a failed delivery and ``4.0.0``
-(soft) for a delayed one.
+The status and hard flag are the text's own enhanced code when it shows one, else the code
+most seen in the reason's examples (in the class of the text's reply code, if any), else
+``X.0.0`` of the reply code, else ``5.0.0`` (hard).
 """
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ import numpy as np
 from . import synthetic
 from .features import BUCKETS, focus_features
 from .message import Bounce, as_bounce, parse
-from .model import Classification
+from .model import Classification, inferred_status
 
 THRESHOLD = 0.2
 BACKGROUND = 1000  # synthetic bounces the feature weights are counted on
-DEFAULT_STATUS = {"failed": "5.0.0", "delayed": "4.0.0"}
 
 
 class Memory:
@@ -60,8 +59,7 @@ class Memory:
         if similarity[best] < THRESHOLD:
             return None
         reason, first = self.reasons[best], bounce.first
-        status = first.status or self.statuses[reason] or \
-            DEFAULT_STATUS.get(first.action, "5.0.0")
+        status = first.status or inferred_status(first, self.statuses[reason]) or "5.0.0"
         confidence = 0.5 + 0.5 * (float(similarity[best]) - THRESHOLD) / (1 - THRESHOLD)
         return Classification(reason=reason, confidence=min(confidence, 1.0),
                               hard=status.startswith("5"), status=status,

@@ -386,17 +386,20 @@ def _strip_tags(html: str) -> str:
     return "".join(out)
 
 
-def as_bounce(text: str, action: str = "failed") -> Bounce:
+def as_bounce(text: str) -> Bounce:
     """A whole message parsed as one; a bare reply or diagnostic line as the report of one
-    recipient whose delivery ended with ``action`` (``failed`` or ``delayed``)."""
-    return parse(text if is_message(text) else reply_report(text, action))
+    recipient refused with it."""
+    return parse(text if is_message(text) else reply_report(text))
 
 
-def reply_report(reply: str, action: str) -> str:
+def reply_report(reply: str) -> str:
     """The RFC 3464 report of one recipient refused with ``reply`` (on one line, so that
-    a remote server's text can add neither fields nor MIME boundaries)."""
+    a remote server's text can add neither fields nor MIME boundaries). It has no
+    ``Action``: one reply says why an attempt failed, not whether the message is given up
+    or still retried (the network learned ``Action: delayed`` from delay notices, whose
+    reason is often ``expired``); the reply code says whether the failure is permanent."""
     diagnostic = " ".join(reply.split())
     return ("Content-Type: multipart/report; report-type=delivery-status; boundary=R\n\n"
             "--R\nContent-Type: message/delivery-status\n\n"
-            f"Final-Recipient: rfc822; recipient\nAction: {action}\n"
+            "Final-Recipient: rfc822; recipient\n"
             f"Diagnostic-Code: smtp; {diagnostic}\n--R--\n")

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import SHIPPED
 from .features import featurize
-from .message import Bounce, parse
+from .message import Bounce, Recipient, parse
 
 MEMBER = "@"  # between an array's name and its ensemble member's number in the .npz
 SCALE = ".scale"  # after W1's name: the per-row scale of its int8 values
@@ -112,10 +112,20 @@ class Classifier:
         best = int(np.argmax(probs))
         reason = self.labels[best]
         first = bounce.first
-        status = first.status or self.meta["status"].get(reason, "")
-        hard = status.startswith("5") if first.status else self.meta["hard"].get(reason, True)
+        status = first.status or inferred_status(first, self.meta["status"].get(reason, ""))
+        hard = status.startswith("5") if status[:1] in ("4", "5") else \
+            self.meta["hard"].get(reason, True)
         return Classification(reason=reason, confidence=float(probs[best]), hard=hard,
                               status=status, diagnostic=first.diagnostic or bounce.text[:500])
+
+
+def inferred_status(first: Recipient, usual: str) -> str:
+    """The enhanced code of a recipient that shows none: the reason's ``usual`` one, in the
+    class of the reply code when there is one (a 450 is never ``5.x.x``), else ``X.0.0``."""
+    cls = first.reply_code[:1] if first.reply_code[:1] in ("2", "4", "5") else ""
+    if usual and cls:
+        return cls + usual[1:]
+    return usual or (f"{cls}.0.0" if cls else "")
 
 
 def _stored(name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -55,16 +55,16 @@ class SharedClassifier:
         self._learned = learned
         self._remembered.cache_clear()
 
-    def classify_text(self, text: str, action: str = "failed"):
+    def classify_text(self, text: str):
         """The ``Classification`` of a message or a reply line (short ones remembered, with
         the learned file's generation: an answer given before it changed is not reused)."""
         if len(text) > REMEMBERED_SIZE:
-            return self._classify_text(text, action)
-        return self._remembered(text, action, self._learned_generation())
+            return self._classify_text(text)
+        return self._remembered(text, self._learned_generation())
 
-    def _classify_text(self, text: str, action: str, generation: int = 0):
+    def _classify_text(self, text: str, generation: int = 0):
         """(``generation`` only keys the remembered answers.)"""
-        return self.classify(as_bounce(text, action))
+        return self.classify(as_bounce(text))
 
     def classify(self, bounce: Bounce):
         """The ``Classification`` of a parsed bounce: by the learned examples when it is

@@ -370,7 +370,7 @@ def learned_rows(path: str | None) -> list[dict]:
     reply line as the report the classifier reads it as."""
     from . import learned
 
-    return [{"text": e.text if is_message(e.text) else reply_report(e.text, "failed"),
+    return [{"text": e.text if is_message(e.text) else reply_report(e.text),
              "reason": e.reason} for e in learned.read(path)] if path else []
 
 
