@@ -47,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.support.postfix import MASTER_CF  # noqa: E402 - the tests' throw-away master.cf
+
 VSL = Path(sys.executable).parent / "vsl"
 POSTFIX = Path("/usr/sbin/postfix")
 POSTSUPER = Path("/usr/sbin/postsuper")
@@ -83,29 +86,6 @@ async def main():
     await server.serve_forever()
 
 asyncio.run(main())
-"""
-
-POSTFIX_MASTER_CF = """\
-# A throw-away instance for bench/throughput.py: smtpd on {port}, no chroot, no delivery agent.
-127.0.0.1:{port} inet n - n - - smtpd
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-proxywrite unix  - - n -     1 proxymap
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
 """
 
 POSTFIX_MAIN_CF = """\
@@ -324,7 +304,7 @@ class PostfixServer(Server):
             sub.mkdir(parents=True)
         shutil.chown(self.dir / "data", "postfix")
         (self.etc / "main.cf").write_text(POSTFIX_MAIN_CF.format(dir=self.dir))
-        (self.etc / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=self.port))
+        (self.etc / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
         self.run("check")  # creates the queue directories, owned as Postfix wants them
         self.started = True  # from here on, stop() must run
         self.run("start")
