@@ -216,7 +216,7 @@ RECORDS = {
 }
 # (client, HELO, sender, recipient): the RCPT TO reply Postfix gives (smtpd_check.c)
 DNS_CASES = [
-    ("127.0.0.1", "client.good.test", "a@good.test", "b@example.test", "250 2.1.5 Recipient ok"),
+    ("127.0.0.1", "client.good.test", "a@good.test", "b@example.test", "250 2.1.5 Ok"),
     ("127.0.0.3", "client.good.test", "a@good.test", "b@example.test",
      "450 4.7.1 Client host rejected: cannot find your reverse hostname, [127.0.0.3]"),
     ("127.0.0.4", "client.good.test", "a@good.test", "b@example.test",

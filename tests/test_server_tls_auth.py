@@ -105,7 +105,7 @@ def test_starttls_forgets_the_plaintext_session(tmp_path, tls):
         raw.sock = context.wrap_socket(raw.sock, server_hostname="127.0.0.1")
         raw.buffer = b""
         # the first reply inside TLS answers our command, not the injected MAIL FROM
-        assert raw.cmd("NOOP") == (250, b"2.0.0 OK")
+        assert raw.cmd("NOOP") == (250, b"2.0.0 Ok")
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 503  # EHLO first
         assert raw.cmd("EHLO c.test")[0] == 250
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
@@ -191,7 +191,7 @@ def test_auth_success_and_failure(auth_server, mechanism, initial_response):
             assert err.value.smtp_code == 535 and err.value.smtp_error.startswith(b"5.7.8")
         smtp.user, smtp.password = "alice", "secret"
         code, text = smtp.auth(mechanism, method, initial_response_ok=initial_response)
-        assert (code, text) == (235, b"2.7.0 Authentication succeeded")
+        assert (code, text) == (235, b"2.7.0 Authentication successful")
         assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret')}")[0] == 503  # once only
         data = auth_server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test")))
     assert received_with(data) == "ESMTPSA"
