@@ -103,7 +103,7 @@ class Protocol(FastSMTP):
     def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
         self.settings, self.listener = services.settings, listener
         self.errors = 0
-        self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
+        self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
         self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
         self.busy = 0.0  # seconds the server spent on commands since then (stages, look-ups)
         self.command_started: float | None = None

@@ -57,6 +57,7 @@ CONVERSATIONS = [
     ["EHLO client.example.test", "VRFY", "VRFY bob@example.test", "HELP", "HELP MAIL",
      "QUIT now"],
     ["EHLO client.example.test", "STARTTLS", "QUIT"],
+    ["EHLO client.example.test", "MAIL FROM:<>", "RCPT TO:<>", "RSET", "QUIT"],
     ["EHLO client.example.test"] + ["RCPT TO:<bob@example.test>"] * 10 + ["NOOP"],
     ["EHLO client.example.test", WAIT],
 ]
