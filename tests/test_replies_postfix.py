@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-import pytest
-
 from vsl.server.config import DeliveryConfig, Listener, load
 from vsl.server.migrate.translate import translate
 
@@ -34,7 +32,10 @@ WAIT = ""  # in a conversation: send nothing, wait for the server's reply
 MESSAGE = "Subject: replies\r\n\r\nhello\r\n."
 BIG_MESSAGE = "Subject: big\r\n\r\n" + ("x" * 70 + "\r\n") * 400 + "."
 
-# Each conversation: the commands sent after the greeting, one reply each.
+# Each conversation: the commands sent after the greeting, one reply each (until the
+# server closes). In turn: unknown and malformed commands; no HELO; commands out of order;
+# MAIL's syntax and parameters; RCPT's; the recipient limit and DATA's syntax; a message too
+# big; VRFY, HELP, QUIT; STARTTLS without TLS; null addresses; the error limit; the timeout.
 CONVERSATIONS = [
     ["FOO bar", "HELO", "EHLO", "HELO client.example.test", "NOOP", "NOOP ignored",
      "RSET", "RSET now", "QUIT"],
