@@ -4,8 +4,9 @@ sees the same replies (docs/migrate.md, "Differences", lists what still differs)
 
 aiosmtpd has no hook for these replies, so :func:`postfix_words` rewords them on their
 way out, knowing the command and argument they answer (a malformed address is the
-sender's at MAIL, the recipient's at RCPT; Postfix names the option it does not support). Replies not listed keep their text and get a generic enhanced
-code (``server.protocol.enhance``).
+sender's at MAIL, the recipient's at RCPT; Postfix names the option it does not
+support). Replies not listed keep their text and get a generic enhanced code
+(``server.protocol.enhance``).
 """
 from __future__ import annotations
 

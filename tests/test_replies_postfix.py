@@ -11,8 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import pytest
+
 from vsl.server.config import DeliveryConfig, Listener, load
 from vsl.server.migrate.translate import translate
+from vsl.server.replies import postfix_words
 
 from tests.support.postfix import PrivatePostfix
 from tests.support.servers import running
@@ -113,3 +116,25 @@ def test_protocol_replies_are_postfix_s(tmp_path):
     print(f"\nprotocol replies: {len(CONVERSATIONS)} conversations, {commands} commands, "
           f"{len(found)} differ")
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("reply, command, argument, postfix", [
+    ('500 Error: command "FOO" not recognized', None, None,
+     "500 5.5.2 Error: command not recognized"),
+    ("553 5.1.3 Error: malformed address", "MAIL", "FROM:<a",
+     "501 5.1.7 Bad sender address syntax"),
+    ("553 5.1.3 Error: malformed address", "RCPT", "TO:<a",
+     "501 5.1.3 Bad recipient address syntax"),
+    ("555 MAIL FROM parameters not recognized or not implemented", "MAIL",
+     "FROM:<a@b.test> SIZE=10 RET=HDRS", "555 5.5.4 Unsupported option: RET=HDRS"),
+    ("555 RCPT TO parameters not recognized or not implemented", "RCPT",
+     "TO:<a@b.test> NOTIFY=NEVER", "555 5.5.4 Unsupported option: NOTIFY=NEVER"),
+    ("501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]", "MAIL", "FROM:<a@b.test> SIZE=x",
+     "501 5.5.4 Bad message size syntax"),
+    ("501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]", "MAIL", None,
+     "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("250 2.1.0 welcome", "MAIL", "FROM:<a@b.test>", "250 2.1.0 welcome"),  # a policy's
+])
+def test_aiosmtpd_replies_in_postfix_words(reply, command, argument, postfix):
+    """Without a Postfix at hand: the rewording the test above checks against one."""
+    assert postfix_words(reply, command, argument) == postfix
