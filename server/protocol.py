@@ -275,6 +275,13 @@ class Protocol(FastSMTP):
         else:
             await self.push(f"252 2.0.0 {arg.split()[0]}")
 
+    async def smtp_STARTTLS(self, arg: str):
+        """STARTTLS; inside TLS already, Postfix's refusal."""
+        if not arg and (self._tls_protocol is not None or self.listener.kind == "smtps"):
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_HELP(self, arg: str):
         """Postfix has no HELP command."""
         await self.push(UNKNOWN_COMMAND)

@@ -106,6 +106,7 @@ def test_starttls_forgets_the_plaintext_session(tmp_path, tls):
         raw.buffer = b""
         # the first reply inside TLS answers our command, not the injected MAIL FROM
         assert raw.cmd("NOOP") == (250, b"2.0.0 Ok")
+        assert raw.cmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")  # Postfix's
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 503  # EHLO first
         assert raw.cmd("EHLO c.test")[0] == 250
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
@@ -122,6 +123,7 @@ def test_implicit_tls_on_smtps(tmp_path, tls):
         with ssl_client(server, context) as smtp:
             smtp.ehlo()
             assert not smtp.has_extn("starttls")
+            assert smtp.docmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")
             data = server.spool.message(queued_id(send(smtp)))
     assert header(data, "X-Secured") == "true true"
     assert received_with(data) == "ESMTPS"
