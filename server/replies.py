@@ -36,6 +36,7 @@ _ANY_COMMAND = {
     "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
     "503 Already authenticated": "503 5.5.1 Error: already authenticated",
     "501 Not enough value": "501 5.5.4 Syntax: AUTH mechanism",
+    "501 Too many values": "501 5.5.4 Syntax: AUTH mechanism",
     "501 5.7.0 Auth aborted": "501 5.7.0 Authentication aborted",
 }
 _UNSUPPORTED = ("555 MAIL FROM parameters not recognized or not implemented",

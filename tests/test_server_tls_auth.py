@@ -225,7 +225,9 @@ def test_auth_is_not_offered_before_tls(auth_server):
 def test_auth_exchange_errors(auth_server):
     with tls_client(auth_server) as smtp:
         assert smtp.docmd("AUTH", "PLAIN")[0] == 334
-        assert smtp.docmd("*")[0] == 501  # cancelled
+        assert smtp.docmd("*") == (501, b"5.7.0 Authentication aborted")  # Postfix's
+        assert smtp.docmd("AUTH") == (501, b"5.5.4 Syntax: AUTH mechanism")
+        assert smtp.docmd("AUTH", "PLAIN a b") == (501, b"5.5.4 Syntax: AUTH mechanism")
         assert smtp.docmd("AUTH", "PLAIN not-base64!")[0] == 501
         assert smtp.docmd("AUTH", f"PLAIN {b64('no separators')}")[0] == 501
         assert smtp.docmd("AUTH", "LOGIN")[0] == 334
@@ -234,6 +236,7 @@ def test_auth_exchange_errors(auth_server):
         assert smtp.docmd("AUTH", "CRAM-MD5")[0] == 504
         assert smtp.noop()[0] == 250
         assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret')}")[0] == 235
+        assert smtp.docmd("AUTH", "PLAIN") == (503, b"5.5.1 Error: already authenticated")
 
 
 def test_authenticated_client_may_relay(auth_server):
