@@ -16,6 +16,7 @@ from time import monotonic
 from aiosmtpd.smtp import syntax
 
 from .config import Listener
+from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
 from .session import Session
 from .smtp import FastSMTP
@@ -74,11 +75,14 @@ def _unless_idle(command):
     """The SMTP command method ``command``, not run when the session is idle too long or
     already hung up (commands a client pipelined behind the one that ended it). The time
     from the command to its first reply is the server's, not the client's idling."""
+    name = command.__name__.removeprefix("smtp_")
+
     @functools.wraps(command)
     async def run(self: "Protocol", arg):
         if self.transport is None or self.transport.is_closing() or self._idle_too_long():
             return
         self.command_started = monotonic()  # until its first reply: see push
+        self.command, self.argument = name, arg  # what its replies answer: see push
         await command(self, arg)
     return run
 
@@ -99,10 +103,12 @@ class Protocol(FastSMTP):
     def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
         self.settings, self.listener = services.settings, listener
         self.errors = 0
-        self.junk = 0  # NOOP, RSET, VRFY, HELP, HELO, EHLO since the last accepted message
+        self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
         self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
         self.busy = 0.0  # seconds the server spent on commands since then (stages, look-ups)
         self.command_started: float | None = None
+        self.command: str | None = None  # the SMTP command being answered (MAIL, ...)
+        self.argument: str | None = None  # and its argument
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         limits, authenticator = self.settings.limits, services.authenticator
@@ -139,9 +145,11 @@ class Protocol(FastSMTP):
             await super()._handle_client()
 
     async def push(self, status) -> None:
-        """Send a reply: multi-line replies get continuation marks and CRLF; every line
-        but the greeting and HELO/EHLO's gets an enhanced status code; error replies count
-        toward the error limit."""
+        """Send a reply: aiosmtpd's own in Postfix's words; multi-line replies get
+        continuation marks and CRLF; every line but the greeting and HELO/EHLO's gets an
+        enhanced status code; error replies count toward the error limit."""
+        if isinstance(status, str):
+            status = postfix_words(status, self.command, self.argument)
         reply = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
         if self.command_started is not None:  # the server's time, not the client's idling
             self.busy += monotonic() - self.command_started
@@ -163,7 +171,7 @@ class Protocol(FastSMTP):
         self.errors += 1
         if self.errors >= self.settings.limits.errors:
             log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
-            self.hang_up(b"421 4.7.0 Too many errors, closing the connection")
+            self.hang_up(f"421 4.7.0 {self.hostname} Error: too many errors".encode())
 
     def moved_mail(self) -> None:
         """An accepted message, AUTH or STARTTLS: the session is not idle. (Not an accepted
@@ -240,7 +248,7 @@ class Protocol(FastSMTP):
     def _timeout_cb(self) -> None:
         log.info("%s: command timeout, disconnected", self.session.peer[0] if self.session.peer
                  else "?")
-        self.hang_up(b"421 4.4.2 Timeout, closing the connection")
+        self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
 
     async def smtp_HELO(self, hostname: str):
         await self._junk(self._greeting_reply(super().smtp_HELO(hostname)))
@@ -258,11 +266,36 @@ class Protocol(FastSMTP):
 
     @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str):
-        await self._junk(super().smtp_VRFY(arg))
+        await self._junk(self._vrfy(arg))
 
-    @syntax("HELP [command]")
+    async def _vrfy(self, arg: str | None) -> None:
+        """Postfix's answer to VRFY: 252 and the address as given, nothing verified."""
+        if not arg:
+            await self.push("501 5.5.4 Syntax: VRFY address [SMTPUTF8]")
+        else:
+            await self.push(f"252 2.0.0 {arg.split()[0]}")
+
+    async def smtp_STARTTLS(self, arg: str):
+        """STARTTLS; inside TLS already, Postfix's refusal."""
+        if not arg and (self._tls_protocol is not None or self.listener.kind == "smtps"):
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_HELP(self, arg: str):
-        await self._junk(super().smtp_HELP(arg))
+        """Postfix has no HELP command."""
+        await self.push(UNKNOWN_COMMAND)
+
+    async def smtp_QUIT(self, arg: str):
+        """QUIT, its arguments ignored (as Postfix does)."""
+        await super().smtp_QUIT(None)
+
+    async def smtp_RCPT(self, arg: str):
+        """RCPT: before MAIL (even before HELO), Postfix's "need MAIL command"."""
+        if not self.envelope.mail_from:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        await super().smtp_RCPT(arg)
 
     async def _greeting_reply(self, command) -> None:
         """Run HELO/EHLO: their replies carry no enhanced status code (RFC 2034)."""
@@ -273,10 +306,15 @@ class Protocol(FastSMTP):
             self.in_helo = False
 
     async def smtp_DATA(self, arg: str) -> None:
+        if not self.envelope.rcpt_tos:  # Postfix's replies (no HELO: no MAIL either)
+            await self.push("554 5.5.1 Error: no valid recipients" if self.envelope.mail_from
+                            else "503 5.5.1 Error: need RCPT command")
+            return
         self._reset_timeout(self.settings.limits.data_timeout)
         try:
             await super().smtp_DATA(arg)
         finally:
-            self.event_handler.data_done()
+            if self.envelope.mail_from is None:  # the message phase ran and reset it
+                self.event_handler.data_done()
             if not self._idle_too_long():  # DATA may last a data timeout: not one more
                 self._reset_timeout()

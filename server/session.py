@@ -28,14 +28,17 @@ from .services import SessionServices
 
 log = logging.getLogger("vsl.smtp")
 
-AUTH_OK = "235 2.7.0 Authentication succeeded"
-AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Error: authentication failed: authentication failure"
 AUTH_LOCKED = "454 4.7.0 Error: too many failed logins, try again later"
 PARSE_INLINE = 256 * 1024  # bytes of message parsed on the event loop; more: in a thread
 INTERNAL_ERROR = "421 4.3.0 Error: internal error"
 # Postfix's replies when a message cannot be written to the queue
 QUEUE_WRITE_ERROR = "451 4.3.0 Error: queue file write error"
 NO_STORAGE = "452 4.3.1 Insufficient system storage"
+# Postfix's replies to an address it cannot take
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
 _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
@@ -208,9 +211,10 @@ class Session:
         try:
             sender = Mailbox.parse(address)
         except AddressError as err:
-            return self._reject("MAIL", f"553 5.1.7 Bad sender address: {err.message}")
+            log.info("%s: bad sender address: %s", self.peer_ip, printable(err.message))
+            return self._reject("MAIL", "501 5.1.7 Bad sender address syntax")
         if not sender.address.isascii() and "SMTPUTF8" not in mail_options:
-            return self._reject("MAIL", "553 5.6.7 Non-ASCII address without SMTPUTF8")
+            return self._reject("MAIL", NEEDS_SMTPUTF8)
         self.stages.end_transaction()
         self.ctx.begin_transaction(sender, new_id())  # the queue id, from here on
         status = await self.stages.run(self.ctx, Stage.MAIL_FROM)
@@ -220,7 +224,7 @@ class Session:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return status.reply or "250 2.1.0 Sender ok"
+        return status.reply or "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         rcpt = self._recipient(envelope, address)
@@ -236,21 +240,22 @@ class Session:
             return self._reject("RCPT", status.reply, decided_by, to=rcpt.address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return status.reply or "250 2.1.5 Recipient ok"
+        return status.reply or "250 2.1.5 Ok"
 
     def _recipient(self, envelope, address: str) -> Mailbox | str:
         """The recipient of a RCPT TO, or the reply refusing it before any policy."""
         if len(envelope.rcpt_tos) >= self.settings.limits.recipients:
-            return "452 4.5.3 Too many recipients"
+            return "452 4.5.3 Error: too many recipients"
         try:
             rcpt = Mailbox("postmaster", self.settings.hostname) \
                 if address.lower() == "postmaster" else Mailbox.parse(address)
         except AddressError as err:
-            return f"553 5.1.3 Bad recipient address: {err.message}"
+            log.info("%s: bad recipient address: %s", self.peer_ip, printable(err.message))
+            return BAD_RECIPIENT
         if rcpt.is_null():
-            return "553 5.1.3 The null address is not a recipient"
+            return BAD_RECIPIENT
         if not rcpt.address.isascii() and not envelope.smtp_utf8:
-            return "553 5.6.7 Non-ASCII address without SMTPUTF8"
+            return NEEDS_SMTPUTF8
         return rcpt
 
     def _may_receive(self, rcpt: Mailbox, session) -> bool:

@@ -90,7 +90,10 @@ class FastSMTP(SMTP):
 
     def _getaddr(self, arg: str):
         """aiosmtpd's, without its email parser for a plain ``<local@domain>`` (same
-        result: the address and the parameters after it)."""
+        result: the address and the parameters after it); an unclosed ``<`` is malformed,
+        as Postfix has it (aiosmtpd would take the address)."""
+        if arg.startswith("<") and ">" not in arg:
+            return None, None
         match = _SIMPLE_PATH.fullmatch(arg)
         if match is None or match[2].startswith("(") or self.local_part_limit:
             return super()._getaddr(arg)

@@ -155,7 +155,7 @@ def test_migration_md_lists_every_line_left(postfix_dir, tmp_path):
     translation.write(tmp_path / "out")
     text = (tmp_path / "out" / "MIGRATION.md").read_text()
     assert "`check_policy_service inet:127.0.0.1:10040`: a policy service" in text
-    assert "send HELO/EHLO first" in text  # smtpd_helo_required: translated, with a difference
+    assert "offers no ETRN" in text  # vSL's protocol: translated, with a difference
 
 
 def test_command_and_strict(postfix_dir, tmp_path):
@@ -216,7 +216,7 @@ RECORDS = {
 }
 # (client, HELO, sender, recipient): the RCPT TO reply Postfix gives (smtpd_check.c)
 DNS_CASES = [
-    ("127.0.0.1", "client.good.test", "a@good.test", "b@example.test", "250 2.1.5 Recipient ok"),
+    ("127.0.0.1", "client.good.test", "a@good.test", "b@example.test", "250 2.1.5 Ok"),
     ("127.0.0.3", "client.good.test", "a@good.test", "b@example.test",
      "450 4.7.1 Client host rejected: cannot find your reverse hostname, [127.0.0.3]"),
     ("127.0.0.4", "client.good.test", "a@good.test", "b@example.test",

@@ -200,7 +200,7 @@ def test_error_limit_disconnects(tmp_path, caplog):
             assert raw.cmd("NOOP")[0] == 250  # successes do not count
             code, text = raw.cmd("MAIL FROM:<not an address>")
             assert code >= 500
-            assert raw.reply() == (421, b"4.7.0 Too many errors, closing the connection")
+            assert raw.reply() == (421, b"4.7.0 mx.test Error: too many errors")
             assert raw.closed(2)
         assert wait_for(lambda: not server.services.admission.per_ip, 2)
         normal_session(server)

@@ -219,8 +219,9 @@ def test_commands_out_of_order(tmp_path):
             assert raw.cmd("RCPT TO:<bob@example.test>")[0] == 503  # before MAIL
             assert raw.cmd("MAIL FROM:<alice@example.org>")[0] == 250
             assert raw.cmd("MAIL FROM:<alice@example.org>")[0] == 503  # MAIL twice
-            assert raw.cmd("DATA")[0] == 503  # before RCPT
+            assert raw.cmd("DATA") == (554, b"5.5.1 Error: no valid recipients")  # before RCPT
             assert raw.cmd("RCPT TO:<bob@example.test>")[0] == 250
+            assert raw.cmd("DATA now")[0] == 501  # the transaction stays, as in Postfix
             code, text = raw.cmd("DATA")
             assert code == 354
             code, text = raw.cmd(b"Subject: ok\r\n\r\nbody\r\n.")

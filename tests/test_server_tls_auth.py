@@ -105,7 +105,8 @@ def test_starttls_forgets_the_plaintext_session(tmp_path, tls):
         raw.sock = context.wrap_socket(raw.sock, server_hostname="127.0.0.1")
         raw.buffer = b""
         # the first reply inside TLS answers our command, not the injected MAIL FROM
-        assert raw.cmd("NOOP") == (250, b"2.0.0 OK")
+        assert raw.cmd("NOOP") == (250, b"2.0.0 Ok")
+        assert raw.cmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")  # Postfix's
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 503  # EHLO first
         assert raw.cmd("EHLO c.test")[0] == 250
         assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250
@@ -122,6 +123,7 @@ def test_implicit_tls_on_smtps(tmp_path, tls):
         with ssl_client(server, context) as smtp:
             smtp.ehlo()
             assert not smtp.has_extn("starttls")
+            assert smtp.docmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")
             data = server.spool.message(queued_id(send(smtp)))
     assert header(data, "X-Secured") == "true true"
     assert received_with(data) == "ESMTPS"
@@ -191,7 +193,7 @@ def test_auth_success_and_failure(auth_server, mechanism, initial_response):
             assert err.value.smtp_code == 535 and err.value.smtp_error.startswith(b"5.7.8")
         smtp.user, smtp.password = "alice", "secret"
         code, text = smtp.auth(mechanism, method, initial_response_ok=initial_response)
-        assert (code, text) == (235, b"2.7.0 Authentication succeeded")
+        assert (code, text) == (235, b"2.7.0 Authentication successful")
         assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret')}")[0] == 503  # once only
         data = auth_server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test")))
     assert received_with(data) == "ESMTPSA"
@@ -223,7 +225,9 @@ def test_auth_is_not_offered_before_tls(auth_server):
 def test_auth_exchange_errors(auth_server):
     with tls_client(auth_server) as smtp:
         assert smtp.docmd("AUTH", "PLAIN")[0] == 334
-        assert smtp.docmd("*")[0] == 501  # cancelled
+        assert smtp.docmd("*") == (501, b"5.7.0 Authentication aborted")  # Postfix's
+        assert smtp.docmd("AUTH") == (501, b"5.5.4 Syntax: AUTH mechanism")
+        assert smtp.docmd("AUTH", "PLAIN a b") == (501, b"5.5.4 Syntax: AUTH mechanism")
         assert smtp.docmd("AUTH", "PLAIN not-base64!")[0] == 501
         assert smtp.docmd("AUTH", f"PLAIN {b64('no separators')}")[0] == 501
         assert smtp.docmd("AUTH", "LOGIN")[0] == 334
@@ -232,6 +236,7 @@ def test_auth_exchange_errors(auth_server):
         assert smtp.docmd("AUTH", "CRAM-MD5")[0] == 504
         assert smtp.noop()[0] == 250
         assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret')}")[0] == 235
+        assert smtp.docmd("AUTH", "PLAIN") == (503, b"5.5.1 Error: already authenticated")
 
 
 def test_authenticated_client_may_relay(auth_server):

@@ -117,7 +117,7 @@ def test_auth_plain(tmp_path):
         code, output = swaks(swaks_bin, port, *auth, "--auth-password", "s3cret",
                              to="far@elsewhere.test")
         assert code == OK, output
-        assert "<~  235 2.7.0 Authentication succeeded" in output
+        assert "<~  235 2.7.0 Authentication successful" in output
         [msg_id] = queued_ids(output)
         entry = server.spool.get(msg_id)
         assert entry.envelope.authenticated_as == "alice"

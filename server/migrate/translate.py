@@ -275,27 +275,35 @@ def relay_route(relayhost: str) -> str | None:
     return f"smtp://{host}:{port}"
 
 
+# vSL's protocol replies are Postfix's (tests/test_replies_postfix.py) but for these.
+PROTOCOL_DIFFERENCES = (
+    "vSL's server, whatever main.cf says: it offers no ETRN (`500 5.5.2 Error: command not "
+    "recognized`), CHUNKING (BDAT) or DSN (`RET=`, `ENVID=`, `NOTIFY=`, `ORCPT=` get `555 "
+    "5.5.4 Unsupported option: ...`); VRFY gets `252 2.0.0 ADDRESS` without the recipient "
+    "restrictions; a non-ASCII address without SMTPUTF8 gets `553 5.6.7 Must declare "
+    "SMTPUTF8 to send unicode address` (Postfix only with `strict_smtputf8 = yes`); AUTH "
+    "before a STARTTLS that AUTH requires gets `538 5.7.11 Encryption "
+    "required for requested authentication mechanism` (Postfix: `503 5.5.1 Error: "
+    "authentication not enabled`), an unknown mechanism `504 5.5.4 Unrecognized "
+    "authentication type` (Postfix's words come from its SASL backend); a command line over 512 bytes gets `500 5.5.2 Command "
+    "line too long` and a message line over 1000 bytes `500 5.5.2 Line too long (see "
+    "RFC5321 4.5.3.1.6)` (Postfix cuts long lines); every 4xx/5xx reply counts toward "
+    "`limits.errors` (10; Postfix's `smtpd_hard_error_limit` is 20) and the fifth unknown "
+    "command closes the connection (`502 5.5.1 Too many unrecognized commands, goodbye.`).")
+
+
 def behaviour_settings(config: PostfixConfig, left: list[Left]) -> list[str]:
-    """smtpd_helo_required, strict_rfc821_envelopes, disable_vrfy_command, relayhost MX."""
-    differences = [
-        f"`{config.where('message_size_limit')}`: a MAIL FROM whose SIZE is over the limit gets "
-        "vSL's `552 Error: message size exceeds fixed maximum message size` (no enhanced code) "
-        "where Postfix says `552 5.3.4 Message size exceeds fixed limit`.",
-        f"`{config.where('smtpd_recipient_limit')}`: one recipient too many gets `452 4.5.3 Too "
-        "many recipients` where Postfix says `452 4.5.3 Error: too many recipients`."]
-    if config.flag("smtpd_helo_required"):
-        differences.append(f"`{config.where('smtpd_helo_required')}`: vSL always requires "
-                           "HELO/EHLO before MAIL FROM; it answers `503 Error: send HELO "
-                           "first` (no enhanced code) where Postfix says `503 5.5.1 Error: "
-                           "send HELO/EHLO first`.")
-    elif "smtpd_helo_required" in config.settings:
+    """smtpd_helo_required, strict_rfc821_envelopes, disable_vrfy_command, relayhost MX,
+    and what vSL's server answers unlike Postfix whatever main.cf says."""
+    differences = [PROTOCOL_DIFFERENCES]
+    if not config.flag("smtpd_helo_required") and "smtpd_helo_required" in config.settings:
         left.append(Left(config.where("smtpd_helo_required"), "smtpd_helo_required = no",
                          "vSL always requires HELO/EHLO before MAIL FROM"))
     for name, why in (("strict_rfc821_envelopes", "vSL's address syntax is its own (aiosmtpd "
                        "with vSL's checks): it accepts what RFC 5321 allows"),
-                      ("disable_vrfy_command", "vSL's answer to VRFY is fixed (252, as "
-                       "aiosmtpd); Postfix's `502 5.5.1 VRFY command is disabled` cannot be "
-                       "configured")):
+                      ("disable_vrfy_command", "vSL's answer to VRFY is fixed (Postfix's "
+                       "`252 2.0.0 ADDRESS`); Postfix's `502 5.5.1 VRFY command is disabled` "
+                       "cannot be configured")):
         if name in config.settings:
             left.append(Left(config.where(name), f"{name} = {config.value(name)}", why))
     local = config.value("local_recipient_maps") if "local_recipient_maps" in config.settings \
