@@ -44,6 +44,7 @@ fn on_rcpt_to(ctx) {
         "later" => status::deny("451 4.7.1 Try again later"),
         "lines" => status::deny("550-5.7.1 First line\\n550 5.7.1 Second line"),
         "alias" => { ctx.rewrite_rcpt(ctx.rcpt, "real@example.test"); status::next() }
+        "whoami" => status::deny(`550 5.7.1 ${ctx.sender} ${ctx.rcpt}`),
         _ => status::accept("250 2.1.5 Welcome"),
     }
 }
@@ -172,6 +173,19 @@ def test_each_stage_answers_the_scripts_verdict(mta):
                         "later@example.test", "lines@example.test") == [
         b"c", b"c", b"y550 5.7.1 No such user here\x00", b"y451 4.7.1 Try again later\x00",
         b"y550-5.7.1 First line\r\n550 5.7.1 Second line\x00"]
+
+
+def test_an_unqualified_address_is_qualified_as_postfix_does(mta):
+    """Postfix accepts MAIL FROM:<root> (permit_mynetworks) and qualifies it with
+    $myorigin; the milter qualifies it with the j macro and runs the stages."""
+    mta.session()
+    assert mta.envelope("root", "whoami") == [
+        b"c", b"y550 5.7.1 root@mx.example.test whoami@mx.example.test\x00"]
+
+
+def test_an_address_that_is_none_is_refused(mta):
+    mta.session()
+    assert mta.envelope("a b@client.example")[0].startswith(b"y553 5.1.7 ")
 
 
 def test_a_refusal_at_connect(mta):
