@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from vsl.cli import main
 from vsl.server.config import DEFAULT_FALLBACK, SmtpLimits
+from vsl.server.milter.connection import MilterLimits
 from vsl.server.milter.edits import header_edits
 from vsl.server.milter.server import MilterServer
 from tests.support.mailsink import free_port
@@ -44,6 +45,7 @@ fn on_rcpt_to(ctx) {
         "later" => status::deny("451 4.7.1 Try again later"),
         "lines" => status::deny("550-5.7.1 First line\\n550 5.7.1 Second line"),
         "alias" => { ctx.rewrite_rcpt(ctx.rcpt, "real@example.test"); status::next() }
+        "whoami" => status::deny(`550 5.7.1 ${ctx.sender} ${ctx.rcpt}`),
         _ => status::accept("250 2.1.5 Welcome"),
     }
 }
@@ -174,6 +176,19 @@ def test_each_stage_answers_the_scripts_verdict(mta):
         b"y550-5.7.1 First line\r\n550 5.7.1 Second line\x00"]
 
 
+def test_an_unqualified_address_is_qualified_as_postfix_does(mta):
+    """Postfix accepts MAIL FROM:<root> (permit_mynetworks) and qualifies it with
+    $myorigin; the milter qualifies it with the j macro and runs the stages."""
+    mta.session()
+    assert mta.envelope("root", "whoami") == [
+        b"c", b"y550 5.7.1 root@mx.example.test whoami@mx.example.test\x00"]
+
+
+def test_an_address_that_is_none_is_refused(mta):
+    mta.session()
+    assert mta.envelope("a b@client.example")[0].startswith(b"y553 5.1.7 ")
+
+
 def test_a_refusal_at_connect(mta):
     mta.negotiate()
     assert mta.connect("192.0.2.66") == b"y554 5.7.1 Go away\x00"
@@ -264,6 +279,38 @@ def test_malformed_packets_close_the_connection_and_nothing_else(milter, mta, pa
 def test_commands_before_connect_are_refused_for_now(mta):
     mta.negotiate()
     assert mta.ask(b"M", b"<a@b.example>\x00") == b"y451 4.3.0 Error: internal error\x00"
+
+
+def limited_milter(tmp_path, **limits):
+    """A milter server with ``limits``, to run in a thread."""
+    server = MilterServer(config_for(tmp_path, POLICY), f"inet:127.0.0.1:{free_port()}",
+                          MilterLimits(**limits))
+    return in_thread(server)
+
+
+def test_an_idle_connection_is_closed(tmp_path):
+    with limited_milter(tmp_path, idle_seconds=0.3) as server:
+        client = MtaClient(int(server.address.rpartition(":")[2]))
+        assert client.negotiate()[:1] == b"O"
+        assert client.read() == b""  # nothing sent for 0.3 s: closed
+        client.close()
+
+
+def test_a_connection_beyond_the_limit_is_closed(tmp_path):
+    with limited_milter(tmp_path, connections=1) as server:
+        port = int(server.address.rpartition(":")[2])
+        first, second = MtaClient(port), MtaClient(port)
+        assert first.negotiate()[:1] == b"O" and second.read() == b""
+        first.close()
+        second.close()
+        for _ in range(100):  # the first's place is free once the server saw it close
+            third = MtaClient(port)
+            served = third.negotiate()[:1] == b"O"
+            third.close()
+            if served:
+                break
+            time.sleep(0.05)
+        assert served
 
 
 def test_a_unix_socket(tmp_path):

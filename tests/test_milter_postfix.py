@@ -128,6 +128,17 @@ def test_a_refusal_at_rcpt_reaches_the_client(setup):
     assert refused == {"refused@example.test": (550, b"5.7.1 No mail for refused here, says vSL")}
 
 
+def test_an_unqualified_sender_is_accepted_as_postfix_accepts_it(setup):
+    """MAIL FROM:<root> (a host of mynetworks): Postfix takes it, so does the milter, and
+    the script still decides on its recipients."""
+    postfix, _ = setup
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
+        client.ehlo("client.example")
+        replies = [client.mail("root"), client.rcpt("refused@example.test")]
+    assert [code for code, _ in replies] == [250, 550]
+    assert replies[1][1].endswith(b"No mail for refused here, says vSL")
+
+
 def test_a_temporary_refusal_at_rcpt(setup):
     postfix, _ = setup
     with pytest.raises(smtplib.SMTPRecipientsRefused) as caught:

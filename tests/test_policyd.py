@@ -10,7 +10,7 @@ import pytest
 
 from vsl.server.config import Config
 from vsl.server.policy import PolicyError
-from vsl.server.policyd import delegation
+from vsl.server.policyd import actions, delegation
 from vsl.server.policyd.service import PolicyService
 from vsl.server.policyd.wire import WireLimits
 
@@ -269,10 +269,23 @@ def test_an_internal_error_defers_without_details(tmp_path, monkeypatch, caplog)
     assert "/var/secret/path" in caplog.text  # logged, not answered
 
 
-def test_a_bad_address_is_dunno(tmp_path):
+def test_an_unqualified_address_is_qualified_with_the_server_name(tmp_path):
+    """Postfix accepts MAIL FROM:<spammer> and qualifies it ($myorigin): the stages run."""
     async def body(c, service):
-        return await c.ask(sender="no-at-sign")
-    assert serve(tmp_path, body) == "DUNNO"
+        sender = await c.ask(sender="spammer", recipient="seen@example.org")
+        rcpt = await c.ask(sender="alice@client.example", recipient="plain",
+                           instance="1a2b.5f3c.9d.1")
+        return sender, rcpt
+    assert serve(tmp_path, body) == ("550 5.7.1 client.example spammer@mx.example.org 1",
+                                     "554 5.7.1 Transaction rejected by policy")
+
+
+@pytest.mark.parametrize("attributes", [{"sender": "a b@client.example"},
+                                        {"recipient": "bob@exa mple.org"}])
+def test_an_address_that_is_none_defers_never_skips_the_policy(tmp_path, attributes):
+    async def body(c, service):
+        return await c.ask(**attributes), await c.ask(**attributes)
+    assert serve(tmp_path, body) == (actions.BAD_ADDRESS,) * 2
 
 
 # ---- hostile input -----------------------------------------------------------------------

@@ -131,6 +131,16 @@ def test_postfix_answers_what_the_script_decides_at_rcpt(policyd):
     assert refused(stages[2], 550, "5.7.1 helo=client.test connects=1")
 
 
+def test_an_unqualified_sender_is_checked(policyd):
+    """Postfix accepts MAIL FROM:<spammer> and asks with sender=spammer: the script still
+    decides (on the address qualified with the server's name)."""
+    settings = {"smtpd_recipient_restrictions":
+                f"{check(policyd)}, permit_mynetworks, reject_unauth_destination"}
+    with PrivatePostfix(settings) as postfix:
+        replies = transaction(postfix, "client.test", "spammer", "bob@example.test")
+    assert replies[1][0] == 250 and refused(replies[2], 553, "5.7.1 Sender refused by vSL")
+
+
 def test_swaks_gets_the_scripts_reply(policyd):
     swaks = require("swaks", "swaks")
     settings = {"smtpd_recipient_restrictions":

@@ -4,13 +4,16 @@ Packets are cut and decoded by purepythonmilter (a length over 64 KiB, an unknow
 command or malformed data is a protocol violation); every command goes to the
 connection's :class:`MilterSession` in order, and its responses are written back before
 the next command is read. Anything the MTA sends that cannot be decoded closes the
-connection (logged): the MTA then applies its ``milter_default_action``.
+connection (logged): the MTA then applies its ``milter_default_action``. So does a
+connection that sends nothing, or takes no response, for
+:attr:`MilterLimits.idle_seconds`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from purepythonmilter.api.models import MilterServerConnectionID
 from purepythonmilter.protocol.exceptions import ProtocolViolation
@@ -24,18 +27,29 @@ log = logging.getLogger("vsl.milter")
 READ_SIZE = 65536 + 4  # one whole packet of the largest size
 
 
+@dataclass(frozen=True)
+class MilterLimits:
+    """What the MTA's connections may take (as ``vsl policyd``'s)."""
+    idle_seconds: float = 600.0  # between commands: Postfix waits up to smtpd_timeout
+    #                              (300 s) for its client, and keeps the connection meanwhile
+    connections: int = 500       # served at once: Postfix opens one per smtpd process
+
+
 class Malformed(Exception):
     """The MTA sent what is not a milter command."""
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           new_session: Callable[[], MilterSession]) -> None:
-    """Answer the MTA's commands until it quits or hangs up."""
+                           new_session: Callable[[], MilterSession],
+                           idle_seconds: float) -> None:
+    """Answer the MTA's commands until it quits, hangs up or stays idle too long."""
     session = new_session()
     try:
-        await _commands(reader, writer, session)
+        await _commands(reader, writer, session, idle_seconds)
     except Malformed as err:
         log.warning("closing a milter connection: %s", err)
+    except TimeoutError:
+        log.info("closing a milter connection: idle or not reading for %g s", idle_seconds)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
@@ -43,15 +57,22 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-async def _commands(reader, writer, session: MilterSession) -> None:
+async def _commands(reader, writer, session: MilterSession, idle_seconds: float) -> None:
+    """Commands in, responses out; TimeoutError when the MTA sends nothing, or takes
+    nothing, for ``idle_seconds``."""
     connection = MilterServerConnectionID.generate()
     packets = PacketDecoder(connection_id=connection)
     payloads = PayloadDecoder(connection_id=connection)
-    while data := await reader.read(READ_SIZE):
+    while True:
+        async with asyncio.timeout(idle_seconds):
+            data = await reader.read(READ_SIZE)
+        if not data:
+            return
         for command in _decoded(packets, payloads, data):
             for response in await session.handle(command):
                 writer.write(encode_payload(response.encode()))
-            await writer.drain()
+            async with asyncio.timeout(idle_seconds):
+                await writer.drain()
             if session.done:
                 return
 

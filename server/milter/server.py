@@ -20,7 +20,7 @@ from ..config import Config, ConfigError, parse_listen
 from ..policy import Policy
 from ..services import SessionSettings
 from ..stages import StageRunner
-from .connection import serve_connection
+from .connection import MilterLimits, serve_connection
 from .session import MilterSession
 
 log = logging.getLogger("vsl.milter")
@@ -40,8 +40,10 @@ def parse_socket(text: str) -> tuple[str, str | int]:
 class MilterServer:
     """Everything one ``vsl milter`` process runs."""
 
-    def __init__(self, config: Config, listen: str):
+    def __init__(self, config: Config, listen: str, limits: MilterLimits = MilterLimits()):
         self.kind, self.where = parse_socket(listen)
+        self.limits = limits
+        self.connections = 0  # being served
         engine = new_engine(config.script_limits, config.dns.resolver_defaults())
         self.pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(engine, config.scripts)
@@ -54,7 +56,17 @@ class MilterServer:
         return MilterSession(self.new_runner, self.settings)
 
     async def _connection(self, reader, writer) -> None:
-        await serve_connection(reader, writer, self.session)
+        """Serve one MTA connection; one beyond the limit is closed at once (the MTA
+        applies its ``milter_default_action``)."""
+        if self.connections >= self.limits.connections:
+            log.warning("more than %d milter connections: one closed", self.limits.connections)
+            writer.close()
+            return
+        self.connections += 1
+        try:
+            await serve_connection(reader, writer, self.session, self.limits.idle_seconds)
+        finally:
+            self.connections -= 1
 
     async def start(self) -> None:
         """Bind the listener (a stale Unix socket is replaced)."""

@@ -6,7 +6,9 @@ the SMTP server does (``ctx.store`` values per connection and per message, the
 transaction forgotten at HELO, MAIL, abort and after each message), runs the matching
 stage through its :class:`StageRunner` and answers the verdict. At end of message the
 whole message is known: on_pre_queue runs on it, and what the script changed goes back
-as modification actions (edits.py). Any exception of vSL's own is logged and answered
+as modification actions (edits.py). An address without a domain is qualified with
+``ctx.server_name`` (the MTA's ``j`` macro), as Postfix does (unqualified.py); one that
+is still no address is refused with 553. Any exception of vSL's own is logged and answered
 with a temporary failure that names nothing of it.
 """
 from __future__ import annotations
@@ -19,12 +21,13 @@ from purepythonmilter.api import models
 from purepythonmilter.protocol import commands, definitions, responses
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.support.mail import AddressError, HeaderLimitError, Mailbox, Message
+from vsl.stdlib.support.mail import AddressError, HeaderLimitError, Message
 
 from ..queue_backend import new_id
 from ..services import SessionSettings
 from ..session import PARSE_INLINE, header_limit_reply
 from ..stages import StageRunner
+from ..unqualified import qualified
 from .edits import Snapshot, offered
 from .verdicts import INTERNAL_ERROR, Quarantine, SmtpReply, verdict
 
@@ -134,7 +137,7 @@ class MilterSession:
     # -- envelope ---------------------------------------------------------------------------
     async def _mail_from(self, command: commands.MailFrom) -> list:
         try:
-            sender = Mailbox.parse(command.address)
+            sender = qualified(command.address, self.ctx.server_name)
         except AddressError as err:
             return [SmtpReply(reply=f"553 5.1.7 Bad sender address: {err.message}")]
         self._end_transaction()
@@ -152,8 +155,7 @@ class MilterSession:
 
     async def _rcpt_to(self, command: commands.RcptTo) -> list:
         try:
-            rcpt = Mailbox("postmaster", self.settings.hostname) \
-                if command.address.lower() == "postmaster" else Mailbox.parse(command.address)
+            rcpt = qualified(command.address, self.ctx.server_name)
         except AddressError as err:
             return [SmtpReply(reply=f"553 5.1.3 Bad recipient address: {err.message}")]
         self.ctx.add_recipient(rcpt)

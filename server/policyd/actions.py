@@ -16,6 +16,8 @@ import re
 DUNNO, OK = "DUNNO", "OK"
 # what an internal error answers: Postfix defers, unless something else rejects for good
 TEMPORARY_FAILURE = "DEFER_IF_PERMIT Service temporarily unavailable"
+# what a sender or recipient that is no address answers: its stages cannot run
+BAD_ADDRESS = "DEFER_IF_PERMIT Address not understood by the policy service"
 _REPLY_LINE = re.compile(r"^(\d{3})[ -]?(?:([245]\.\d{1,3}\.\d{1,3})(?: |$))?(.*)$")
 _BREAKS = re.compile(r"[\r\n]+[ \t]*")
 

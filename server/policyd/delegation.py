@@ -13,7 +13,9 @@ often comes at RCPT, with everything before it still to run):
     VRFY, ETRN           nothing: DUNNO
 
 on_pre_queue sees the envelope and an empty message: a policy request carries neither
-headers nor body. The first stage refusing gives the action; a stage that already
+headers nor body. An address without a domain is qualified with ``ctx.server_name``, as
+Postfix does (unqualified.py); one that is still no address answers DEFER_IF_PERMIT:
+the stages cannot run, and the request never lets it through unchecked. The first stage refusing gives the action; a stage that already
 decided answers its decision again (a HOLD or PREPEND only once: Postfix applied it).
 """
 from __future__ import annotations
@@ -22,10 +24,11 @@ import logging
 from dataclasses import dataclass
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.support.mail import AddressError, Mailbox, Message
+from vsl.stdlib.support.mail import AddressError, Message
 from vsl.values import FrozenMap
 
 from ..printable import printable
+from ..unqualified import qualified
 from . import actions
 from .conversation import Conversation, Conversations
 
@@ -57,12 +60,14 @@ class Delegation:
         self.conversations = conversations
 
     async def answer(self, request: dict, link: Link) -> str:
-        """The action for ``request``; an internal error answers a temporary failure."""
+        """The action for ``request``; an internal error or an address that is none
+        answers a temporary failure."""
         try:
             return await self._answer(request, link)
         except AddressError as err:
-            log.warning("not an address in a request (%s): DUNNO", printable(str(err)))
-            return actions.DUNNO
+            log.warning("not an address in a request (%s): %s", printable(str(err)),
+                        actions.BAD_ADDRESS)
+            return actions.BAD_ADDRESS
         except Exception:  # noqa: BLE001 - a bug answers a deferral, never a crash
             log.exception("internal error answering a policy request")
             return actions.TEMPORARY_FAILURE
@@ -121,10 +126,10 @@ class Delegation:
         """Run one stage on the request's data: its action."""
         ctx, runner = conversation.ctx, conversation.runner
         if stage == Stage.MAIL_FROM:
-            ctx.begin_transaction(Mailbox.parse(request.get("sender", "")),
+            ctx.begin_transaction(qualified(request.get("sender", ""), ctx.server_name),
                                   request.get("queue_id") or request.get("instance") or None)
         elif stage == Stage.RCPT_TO:
-            ctx.add_recipient(recipient(request.get("recipient", ""), ctx.server_name))
+            ctx.add_recipient(qualified(request.get("recipient", ""), ctx.server_name))
         elif stage == Stage.PRE_QUEUE:
             ctx.message = Message(b"")
         quarantined = runner.quarantine
@@ -160,13 +165,6 @@ def describe(ctx: Context, request: dict) -> None:
     if ctx.message_id is not None and request.get("queue_id"):
         ctx.message_id = request["queue_id"]
     ctx.store(REQUEST_KEY, FrozenMap(request))
-
-
-def recipient(address: str, server_name: str) -> Mailbox:
-    """A request's recipient; a bare ``postmaster`` is the server's (as in vsl serve)."""
-    if address.lower() == "postmaster":
-        return Mailbox("postmaster", server_name)
-    return Mailbox.parse(address)
 
 
 def header_action(message: Message, action: str, state: str) -> str:
