@@ -53,7 +53,7 @@ def _compile(pattern: str, flags: str) -> regex.Pattern:
 
 
 def _unrolled_size(pattern: str) -> int:
-    """An upper bound on the size of ``pattern`` with its counted repeats unrolled: an
+    """The size of ``pattern`` with its counted repeats unrolled, erring high: an
     item counts 1, a group the sum of its items, ``{n,m}`` multiplies what it repeats by
     its largest number. Escapes and character classes are single items."""
     groups = [0]  # the size so far of each group open at this point
@@ -84,8 +84,9 @@ def _unrolled_size(pattern: str) -> int:
 
 def _class_end(pattern: str, at: int) -> int:
     """The index of the ``]`` closing the character class opening at ``at`` (the end of
-    the pattern if none)."""
-    at += 2 if pattern[at + 1:at + 2] == "]" else 1
+    the pattern if none); a ``]`` first, after any ``^``, is a member."""
+    at += 2 if pattern[at + 1:at + 2] == "^" else 1
+    at += pattern[at:at + 1] == "]"
     while at < len(pattern) and pattern[at] != "]":
         at += 2 if pattern[at] == "\\" else 1
     return min(at, len(pattern) - 1)

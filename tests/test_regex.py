@@ -70,6 +70,7 @@ def test_counted_repeats_of_ordinary_patterns_compile():
 @pytest.mark.parametrize("pattern, text, expected", [
     ("a{}", "a{}", ["a{}"]), ("a{,2}b", "aab", ["aab"]), ("x{2,}", "xxx", ["xxx"]),
     (r"\p{Lu}{2}", "aBC", ["BC"]), ("[]{9}]+", "]{", ["]{"]),
+    ("[^](]{3}", "a(b]cde", ["cde"]),
 ])
 def test_braces_that_are_not_large_repeats(pattern, text, expected):
     assert SCRIPT.call("re", pattern, text, "") == expected
