@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from vsl.cli import main
 from vsl.server.config import DeliveryConfig, Listener, load
 from vsl.server.dnsd import DnsServer
-from vsl.server.migrate.maincf import PostfixConfig, parse_main_cf, parse_master_cf, split_list
+from vsl.server.migrate.maincf import (PostfixConfig, parse_main_cf, parse_master_cf,
+                                       port_25_service, split_list)
 from vsl.server.migrate.tables import TableError, inline_entries, load_table
 from vsl.server.migrate.translate import relay_route, translate
 from vsl.server.policy import load_policy
@@ -62,11 +63,45 @@ def test_list_words_keep_braces_whole():
 
 
 def test_master_cf_smtpd_overrides():
-    settings = parse_master_cf(
+    services = parse_master_cf(
         "smtp inet n - y - - smtpd\n  -o smtpd_delay_reject=no\n  -o syslog_name=x\n"
         "pickup unix n - y 60 1 pickup -o foo=bar\n")
-    assert [(s.name, s.value, s.where) for s in settings] == [
+    assert [(s.name, s.value, s.where) for s in services[0].options] == [
         ("smtpd_delay_reject", "no", "master.cf:1"), ("syslog_name", "x", "master.cf:1")]
+    assert port_25_service(services) is services[0]
+
+
+SERVICES_MASTER_CF = """\
+smtp      inet  n - y - - smtpd
+submission inet n - y - - smtpd
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+127.0.0.1:10025 inet n - n - - smtpd -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o mynetworks=0.0.0.0/0
+"""
+
+
+def test_only_the_port_25_service_overrides_main_cf(tmp_path):
+    (tmp_path / "main.cf").write_text("mydestination =\nmynetworks = 127.0.0.1/32\n"
+                                      "smtpd_relay_restrictions = reject_unauth_destination\n")
+    (tmp_path / "master.cf").write_text(SERVICES_MASTER_CF)
+    translation = translate(tmp_path)
+    assert "client_restrictions" not in translation.main_vsl
+    assert 'MYNETWORKS = ["127.0.0.1/32"]' in translation.tables_vsl
+    assert 'listen = ["0.0.0.0:25"]' in translation.vsl_toml
+    assert [item.where for item in translation.left] == ["master.cf:2", "master.cf:4"]
+    assert translation.left[1].item.startswith("127.0.0.1:10025 inet")
+
+
+def test_postscreen_gets_the_port_25_listener(tmp_path):
+    (tmp_path / "main.cf").write_text("mydestination =\nmynetworks = 127.0.0.1/32\n"
+                                      "smtpd_relay_restrictions = reject_unauth_destination\n")
+    (tmp_path / "master.cf").write_text(
+        "smtp inet n - y - 1 postscreen\nsmtpd pass - - y - - smtpd -o mynetworks=127.0.0.9/32\n"
+        "submission inet n - y - - smtpd\n")
+    translation = translate(tmp_path)
+    assert 'listen = ["0.0.0.0:25"]' in translation.vsl_toml
+    assert 'MYNETWORKS = ["127.0.0.9/32"]' in translation.tables_vsl
+    assert [item.where for item in translation.left] == ["master.cf:1", "master.cf:3"]
 
 
 # ---- tables ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .maincf import PostfixConfig, Setting, logical_lines
+from .maincf import PostfixConfig, Service, Setting, port_25_service
 from .restrictions import CODES, LISTS, Left, Restrictions, literal
 from .tables import TableError, load_table
 
@@ -96,7 +96,7 @@ def translate(directory: Path) -> Translation:
     destinations = destination_lists(config, restrictions.left)
     main = "\n\n".join([header(directory), codes_constant(config), *functions, *stages]) + "\n"
     tables = tables_module(config, restrictions, destinations)
-    toml = vsl_toml(config, destinations["local"])
+    toml = vsl_toml(config, destinations["local"], left)
     differences = behaviour_settings(config, left)
     left += restrictions.left + other_settings(config)
     return Translation(main, tables, toml, left, differences, directory)
@@ -224,11 +224,11 @@ def tables_module(config: PostfixConfig, restrictions: Restrictions,
     return "\n".join(parts) + "\n"
 
 
-def vsl_toml(config: PostfixConfig, local_domains: list[str]) -> str:
+def vsl_toml(config: PostfixConfig, local_domains: list[str], left: list[Left]) -> str:
     """Listeners, hostname, local domains, limits and relay host."""
     size = int(config.value("message_size_limit"))
     lines = ["# Written by `vsl migrate postfix` (see MIGRATION.md).",
-             f"listen = {literal(listeners(config))}", "",
+             f"listen = {literal(listeners(config, left))}", "",
              "[server]", f"hostname = {literal(config.value('myhostname'))}",
              f"local_domains = {literal(list(dict.fromkeys(local_domains)))}",
              'scripts = "."', "",
@@ -241,15 +241,15 @@ def vsl_toml(config: PostfixConfig, local_domains: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def listeners(config: PostfixConfig) -> list[str]:
-    """The smtpd inet services of master.cf on inet_interfaces, as "host:port"."""
+def listeners(config: PostfixConfig, left: list[Left]) -> list[str]:
+    """master.cf's SMTP sockets on inet_interfaces, as "host:port": the port-25 smtpd
+    service's (a postscreen's, for its ``smtpd pass`` service) and those of the other inet
+    smtpd services with the same ``-o`` overrides (one policy serves every listener); the
+    services left out are listed with their lines."""
     hosts = [{"all": "0.0.0.0", "loopback-only": "127.0.0.1"}.get(word, word)
              for word in config.words("inet_interfaces")] or ["0.0.0.0"]
-    master = config.directory / "master.cf" if config.directory else None
-    services = smtpd_services(master.read_text(errors="replace")) if master and \
-        master.is_file() else ["smtp"]
     result = []
-    for service in services:
+    for service in served_services(config, left):
         host, colon, port = service.rpartition(":")
         if not colon:
             port = str(LISTENER_KINDS.get(service, ("smtp", 25))[1])
@@ -259,11 +259,33 @@ def listeners(config: PostfixConfig) -> list[str]:
     return result
 
 
-def smtpd_services(text: str) -> list[str]:
-    """The service names (``smtp``, ``127.0.0.1:2525``) of master.cf's inet smtpd lines."""
-    return [line.split()[0] for _, line in logical_lines(text)
-            if len(line.split()) >= 8 and line.split()[1] == "inet"
-            and line.split()[7] == "smtpd"]
+def served_services(config: PostfixConfig, left: list[Left]) -> list[str]:
+    """The names of the master.cf services vSL listens for (``smtp`` without master.cf)."""
+    if not config.services:
+        return ["smtp"]
+    translated = port_25_service(config.services)
+    names = []
+    for service in config.services:
+        if service.type != "inet" or service.command not in ("smtpd", "postscreen"):
+            continue
+        if service.command == "postscreen":
+            if translated is not None and translated.type == "pass":
+                names.append(service.name)
+                left.append(Left(service.where, service.text, "postscreen's own checks are "
+                                 "not translated: its socket gets the policy of the `smtpd "
+                                 "pass` service"))
+        elif service.overrides == translated.overrides:
+            names.append(service.name)
+        else:
+            left.append(Left(service.where, service.text, other_service_reason(translated)))
+    return names
+
+
+def other_service_reason(translated: Service) -> str:
+    return (f"its `-o` overrides differ from those of the SMTP service translated "
+            f"(`{translated.where}`), and the translation is one policy for every listener: "
+            "it gets no listener (write its policy with ctx.server_port, or a second "
+            "translation)")
 
 
 def relay_route(relayhost: str) -> str | None:
