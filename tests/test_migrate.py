@@ -202,11 +202,45 @@ def test_command_and_strict(postfix_dir, tmp_path):
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "b"), "--strict"])
     assert result.exit_code == 3
-    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\nmydestination =\n")
+    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\nmydestination =\n"
+                                         "compatibility_level = 2\n")
     (postfix_dir / "master.cf").unlink()
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "c"), "--strict"])
     assert result.exit_code == 0, result.output
+
+
+def test_no_relay_check_is_refused_as_postfix_refuses_to_start(tmp_path):
+    (tmp_path / "main.cf").write_text("myhostname = mx.example.test\n"
+                                      "mydestination = $myhostname\n")
+    result = CliRunner().invoke(main, ["migrate", "postfix", "--config-dir", str(tmp_path),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert ("Postfix would not start: in parameter smtpd_relay_restrictions or "
+            "smtpd_recipient_restrictions, specify at least one working instance of: "
+            "reject_unauth_destination, defer_unauth_destination, reject, defer, "
+            "defer_if_permit or check_relay_domains") in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_untranslated_relay_check_leaves_vsl_relay_rule(tmp_path):
+    """A recipient no list permitted gets status::next(): vSL's no-open-relay rule."""
+    (tmp_path / "main.cf").write_text(
+        "myhostname = mx.example.test\nmydestination = $myhostname\nmynetworks = 127.0.0.1\n"
+        "relay_domains = relayed.test\n"
+        "smtpd_recipient_restrictions = permit_mynetworks, check_relay_domains\n")
+    translate(tmp_path).write(tmp_path / "policy")
+    config = replace(load(tmp_path / "policy" / "vsl.toml"), listen=(Listener("127.0.0.1", 0),),
+                     queue_dir=tmp_path / "queue", delivery=DeliveryConfig(enabled=False))
+    with running(config) as server:
+        for client, recipient, expected in (("127.0.0.2", "a@elsewhere.test", 554),
+                                            ("127.0.0.2", "a@relayed.test", 250),
+                                            ("127.0.0.2", "a@mx.example.test", 250),
+                                            ("127.0.0.1", "a@elsewhere.test", 250)):
+            with Raw(server.port(), source=client) as smtp:
+                assert smtp.cmd("EHLO client.test")[0] == 250
+                assert smtp.cmd("MAIL FROM:<a@client.test>")[0] == 250
+                assert smtp.cmd(f"RCPT TO:<{recipient}>")[0] == expected, (client, recipient)
 
 
 # ---- natives the translation uses ---------------------------------------------------------
@@ -298,7 +332,8 @@ def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_pat
         "smtpd_delay_reject = no\nmydestination =\n"
         "smtpd_client_restrictions = reject_non_fqdn_helo_hostname, reject_non_fqdn_sender\n"
         "smtpd_sender_restrictions = reject_unauth_destination, reject_non_fqdn_sender\n"
-        "smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, reject_non_fqdn_sender\n")
+        "smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, reject_non_fqdn_sender\n"
+        "compatibility_level = 3.6\n")
     translation = translate(directory)
     translation.write(tmp_path / "out")
     assert load_policy(new_engine(), tmp_path / "out") is not None
@@ -342,7 +377,7 @@ def test_dnsbl_reply_filter_patterns_are_left(tmp_path):
     directory.mkdir()
     (directory / "main.cf").write_text(
         "mydestination =\nsmtpd_client_restrictions = reject_rbl_client zen.test=127.0.0.[2..11],"
-        " reject_rbl_client bl.test=127.0.0.2\n")
+        " reject_rbl_client bl.test=127.0.0.2\ncompatibility_level = 3.6\n")
     translation = translate(directory)
     assert [item.item for item in translation.left] == [
         "reject_rbl_client zen.test=127.0.0.[2..11]"]

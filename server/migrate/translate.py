@@ -47,8 +47,16 @@ SPECIFIC = {
 }
 ROUTES = {"default_transport", "relay_transport", "transport_maps", "local_transport",
           "virtual_transport", "mailbox_transport", "mailbox_command"}
+# smtpd_check_init: Postfix's smtpd will not start unless the relay or recipient
+# restrictions name one of these.
+RELAY_REQUIRED = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
+                  "defer_if_permit", "check_relay_domains")
 LISTENER_KINDS = {"smtp": ("smtp", 25), "submission": ("submission", 587),
                   "smtps": ("smtps", 465), "submissions": ("smtps", 465)}
+
+
+class PostfixWouldNotStart(ValueError):
+    """A configuration Postfix's smtpd refuses to run with; the message is Postfix's."""
 
 
 @dataclass
@@ -87,6 +95,7 @@ class Translation:
 def translate(directory: Path) -> Translation:
     """Translates the Postfix configuration in ``directory`` (main.cf, master.cf, tables)."""
     config, unreadable = PostfixConfig.load(directory)
+    check_relay_restrictions(config)
     at_rcpt = config.flag("smtpd_delay_reject")
     restrictions = Restrictions(config, at_rcpt)
     left = [Left(line.partition(": ")[0], line.partition(": ")[2], "not a 'name = value' "
@@ -100,6 +109,15 @@ def translate(directory: Path) -> Translation:
     differences = behaviour_settings(config, left)
     left += restrictions.left + other_settings(config)
     return Translation(main, tables, toml, left, differences, directory)
+
+
+def check_relay_restrictions(config: PostfixConfig) -> None:
+    """Postfix's start-up check against an open relay (smtpd_check_init)."""
+    lists = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+    if not any(word.lower() in RELAY_REQUIRED for name in lists for word in config.words(name)):
+        raise PostfixWouldNotStart(
+            f"in parameter {' or '.join(lists)}, specify at least one working instance of: "
+            f"{', '.join(RELAY_REQUIRED[:-1])} or {RELAY_REQUIRED[-1]}")
 
 
 def header(directory: Path) -> str:
@@ -139,10 +157,16 @@ def stage_functions(config: PostfixConfig, at_rcpt: bool,
     if at_rcpt and early:
         body.append(f"    // {config.where('smtpd_delay_reject')}: the client, HELO and sender "
                     "restrictions decide at RCPT TO")
-    for parameter in early + recipient_lists:
+    for parameter in early:
         body += decide(parameter)
+    body.append("    let permitted = false;  // by the relay or recipient restrictions")
+    for parameter in recipient_lists:
+        body += decide(parameter) + ['    if d == "OK" { permitted = true; }']
     body += unlisted_recipient(config, restrictions)
-    body.append("    status::accept()")
+    body += ["    // Postfix accepts what no list refused; where no list permitted (a relay check",
+             "    // left untranslated), vSL's own relay rule decides.",
+             "    if permitted || postfix::auth_destination(ctx, tables::DESTINATIONS) {",
+             "        return status::accept();", "    }", "    status::next()"]
     stages.append(stage_function("on_rcpt_to", body))
     return stages
 
