@@ -229,18 +229,38 @@ def test_an_untranslated_relay_check_leaves_vsl_relay_rule(tmp_path):
         "myhostname = mx.example.test\nmydestination = $myhostname\nmynetworks = 127.0.0.1\n"
         "relay_domains = relayed.test\n"
         "smtpd_recipient_restrictions = permit_mynetworks, check_relay_domains\n")
-    translate(tmp_path).write(tmp_path / "policy")
-    config = replace(load(tmp_path / "policy" / "vsl.toml"), listen=(Listener("127.0.0.1", 0),),
-                     queue_dir=tmp_path / "queue", delivery=DeliveryConfig(enabled=False))
+    assert rcpt_replies(tmp_path, [("127.0.0.2", "a@elsewhere.test"),
+                                   ("127.0.0.2", "a@relayed.test"),
+                                   ("127.0.0.2", "a@mx.example.test"),
+                                   ("127.0.0.1", "a@elsewhere.test")]) == [554, 250, 250, 250]
+
+
+@pytest.mark.parametrize("allow, expected", [("no", 554), ("yes", 250)])
+def test_routing_operators_need_allow_untrusted_routing(tmp_path, allow, expected):
+    (tmp_path / "main.cf").write_text(
+        f"mydestination = mx.example.test\nrelay_domains = relayed.test\n"
+        f"allow_untrusted_routing = {allow}\n"
+        "smtpd_recipient_restrictions = permit_auth_destination, reject\n")
+    assert rcpt_replies(tmp_path, [("127.0.0.2", "v%evil.test@relayed.test"),
+                                   ("127.0.0.2", "evil.test!v@relayed.test"),
+                                   ("127.0.0.2", "v%evil.test@mx.example.test"),
+                                   ("127.0.0.2", "v@relayed.test")]) == \
+        [expected, expected, 554, 250]
+
+
+def rcpt_replies(directory: Path, cases: list[tuple[str, str]]) -> list[int]:
+    """The RCPT TO reply codes of the translation of ``directory`` (client, recipient)."""
+    translate(directory).write(directory / "policy")
+    config = replace(load(directory / "policy" / "vsl.toml"), listen=(Listener("127.0.0.1", 0),),
+                     queue_dir=directory / "queue", delivery=DeliveryConfig(enabled=False))
+    codes = []
     with running(config) as server:
-        for client, recipient, expected in (("127.0.0.2", "a@elsewhere.test", 554),
-                                            ("127.0.0.2", "a@relayed.test", 250),
-                                            ("127.0.0.2", "a@mx.example.test", 250),
-                                            ("127.0.0.1", "a@elsewhere.test", 250)):
+        for client, recipient in cases:
             with Raw(server.port(), source=client) as smtp:
                 assert smtp.cmd("EHLO client.test")[0] == 250
                 assert smtp.cmd("MAIL FROM:<a@client.test>")[0] == 250
-                assert smtp.cmd(f"RCPT TO:<{recipient}>")[0] == expected, (client, recipient)
+                codes.append(smtp.cmd(f"RCPT TO:<{recipient}>")[0])
+    return codes
 
 
 # ---- natives the translation uses ---------------------------------------------------------

@@ -27,6 +27,7 @@ DEFAULTS = {
     "relay_domains": "",
     "relayhost": "",
     "relay_recipient_maps": "",
+    "allow_untrusted_routing": "no",
     "inet_interfaces": "all",
     "message_size_limit": "10240000",
     "smtpd_recipient_limit": "1000",

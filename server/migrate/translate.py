@@ -28,6 +28,7 @@ READ = {"myhostname", "mydomain", "mydestination", "mynetworks", "relay_domains"
         "compatibility_level", "smtpd_relay_before_recipient_restrictions",
         "smtpd_null_access_lookup_key", "smtpd_peername_lookup", "relay_recipient_maps",
         "smtpd_reject_unlisted_recipient", "inet_interfaces", "mail_name",
+        "allow_untrusted_routing",
         *LISTS, *CODES.values()}
 POSTFIX_OWN = {"config_directory", "queue_directory", "data_directory", "maillog_file",
                "maillog_file_prefixes", "command_directory", "daemon_directory",
@@ -203,10 +204,12 @@ def unlisted_recipient(config: PostfixConfig, restrictions: Restrictions) -> lis
             f"    d = {expression};", "    if postfix::refused(d) { return status::deny(d); }"]
 
 
-def destination_lists(config: PostfixConfig, left: list[Left]) -> dict[str, list[str]]:
-    """mydestination (local) and relay_domains (relay, with subdomains) as domain lists."""
+def destination_lists(config: PostfixConfig, left: list[Left]) -> dict:
+    """mydestination (local) and relay_domains (relay, with subdomains) as domain lists;
+    whether relay domains' recipients may hold routing operators (allow_untrusted_routing)."""
     return {"local": domains(config, "mydestination", left),
-            "relay": domains(config, "relay_domains", left)}
+            "relay": domains(config, "relay_domains", left),
+            "untrusted_routing": config.flag("allow_untrusted_routing")}
 
 
 def domains(config: PostfixConfig, parameter: str, left: list[Left]) -> list[str]:
@@ -229,7 +232,7 @@ def domains(config: PostfixConfig, parameter: str, left: list[Left]) -> list[str
 
 
 def tables_module(config: PostfixConfig, restrictions: Restrictions,
-                  destinations: dict[str, list[str]]) -> str:
+                  destinations: dict) -> str:
     networks = []
     for word in config.words("mynetworks"):
         if ":" in word and not word.startswith("["):
