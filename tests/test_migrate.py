@@ -127,6 +127,34 @@ def test_tables_from_their_source(tmp_path):
             load_table(spec, tmp_path)
 
 
+def test_networks_and_patterns_vsl_cannot_use_are_left(tmp_path):
+    (tmp_path / "clients").write_text("192.0.2.0/24 OK\n192.0.2.300/24 REJECT\n")
+    (tmp_path / "patterns").write_text(
+        "/^a\\z/ REJECT\n/^(?<user>[^@]+)@(?<=x@)/ OK\n/a\\Kb/ DUNNO\n/(?<!\\\\)\\\\z/ OK\n")
+    assert load_table("cidr:clients", tmp_path).entries == [["192.0.2.0/24", "OK"]]
+    patterns = load_table("pcre:patterns", tmp_path)
+    assert [entry[0] for entry in patterns.entries] == [
+        "^a\\Z", "^(?P<user>[^@]+)@(?<=x@)", "(?<!\\\\)\\\\z"]
+    assert [problem.split(" (")[0] for problem in patterns.problems] == [
+        "pcre:patterns line 3: '/a\\Kb/ DUNNO'"]
+    (tmp_path / "main.cf").write_text(
+        "mydestination =\nrelay_domains = example.test\n"
+        "mynetworks = 127.0.0.0/8, [::1]/128, ::2 /etc/postfix/network_table,\n"
+        "    office.example.com, !192.0.2.1, hash:/etc/postfix/nets, 10.0.0.1\n"
+        "smtpd_recipient_restrictions = permit_mynetworks,\n"
+        "    check_client_access cidr:clients, reject_unauth_destination\n")
+    translation = translate(tmp_path)
+    assert 'MYNETWORKS = ["127.0.0.0/8", "::1/128", "::2", "10.0.0.1"]' in \
+        translation.tables_vsl
+    assert [(item.where, item.item) for item in translation.left] == [
+        ("main.cf:5: smtpd_recipient_restrictions = permit_mynetworks, check_client_access "
+         "cidr:clients, reject_unauth_destination", "cidr:clients")] + [
+        ("main.cf:3: mynetworks = 127.0.0.0/8, [::1]/128, ::2 /etc/postfix/network_table, "
+         "office.example.com, !192.0.2.1, hash:/etc/postfix/nets, 10.0.0.1", word)
+        for word in ("/etc/postfix/network_table", "office.example.com", "!192.0.2.1",
+                     "hash:/etc/postfix/nets")]
+
+
 def test_relayhost_routes():
     assert relay_route("[smtp.example.test]:587") == "smtp://smtp.example.test:587"
     assert relay_route("relay.example.test") == "smtp://relay.example.test:25"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .maincf import PostfixConfig, Service, Setting, port_25_service
 from .restrictions import CODES, LISTS, Left, Restrictions, literal
-from .tables import TableError, load_table
+from .tables import TableError, is_network, load_table, network_text
 
 LIBRARY = Path(__file__).with_name("postfix.vsl")
 
@@ -233,22 +233,31 @@ def domains(config: PostfixConfig, parameter: str, left: list[Left]) -> list[str
 
 def tables_module(config: PostfixConfig, restrictions: Restrictions,
                   destinations: dict) -> str:
-    networks = []
-    for word in config.words("mynetworks"):
-        if ":" in word and not word.startswith("["):
-            restrictions.left.append(Left(config.where("mynetworks"), word,
-                                          "tables in mynetworks are not translated"))
-        else:
-            networks.append(word.strip("[]").replace("]/", "/"))
     parts = ["// Lookup tables and lists of main.cf, written by `vsl migrate postfix`.",
              f"// {config.where('mynetworks')}",
-             f"const MYNETWORKS = {literal(networks)};",
+             f"const MYNETWORKS = {literal(my_networks(config, restrictions.left))};",
              f"// {config.where('mydestination')}\n// {config.where('relay_domains')}",
              f"const DESTINATIONS = {literal(destinations)};"]
     for spec, (name, table) in restrictions.tables.items():
         parts.append(f"// {spec}\nconst {name} = "
                      f"{literal({'kind': table.kind, 'entries': table.entries})};")
     return "\n".join(parts) + "\n"
+
+
+def my_networks(config: PostfixConfig, left: list[Left]) -> list[str]:
+    """mynetworks' addresses and networks; tables, files, host names and negations are left."""
+    networks = []
+    for word in config.words("mynetworks"):
+        network = network_text(word)
+        if is_network(network):
+            networks.append(network)
+        elif ":" in word and not word.startswith("["):
+            left.append(Left(config.where("mynetworks"), word,
+                             "tables in mynetworks are not translated"))
+        else:
+            left.append(Left(config.where("mynetworks"), word, "only addresses and networks "
+                             "of mynetworks are translated (not files, host names or !)"))
+    return networks
 
 
 def vsl_toml(config: PostfixConfig, local_domains: list[str], left: list[Left]) -> str:
