@@ -155,6 +155,18 @@ def test_networks_and_patterns_vsl_cannot_use_are_left(tmp_path):
                      "hash:/etc/postfix/nets")]
 
 
+@pytest.mark.parametrize("main_cf, left", [
+    ("", ["default: mynetworks_style = subnet"]),
+    ("mynetworks_style = class\n", ["main.cf:3: mynetworks_style = class"]),
+    ("mynetworks_style = host\n", []),
+    ("compatibility_level = 2\n", []),
+    ("mynetworks = 127.0.0.0/8\n", [])])
+def test_a_default_mynetworks_of_subnets_is_left(tmp_path, main_cf, left):
+    (tmp_path / "main.cf").write_text("mydestination =\nsmtpd_relay_restrictions = "
+                                      f"permit_mynetworks, reject_unauth_destination\n{main_cf}")
+    assert [item.where for item in translate(tmp_path).left] == left
+
+
 def test_relayhost_routes():
     assert relay_route("[smtp.example.test]:587") == "smtp://smtp.example.test:587"
     assert relay_route("relay.example.test") == "smtp://relay.example.test:25"
@@ -176,6 +188,7 @@ smtpd_helo_required = yes
 smtpd_recipient_restrictions = permit_mynetworks, check_policy_service inet:127.0.0.1:10040,
     reject_unauth_pipelining, check_recipient_access ldap:/etc/postfix/ldap.cf,
     reject_unauth_destination
+mynetworks = 127.0.0.0/8
 """
 
 

@@ -72,6 +72,7 @@ def compat_defaults(level: str) -> dict[str, str]:
         "permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination",
         "smtpd_relay_before_recipient_restrictions": "no" if numbers < (3, 6) else "yes",
         "relay_domains": "$mydestination" if numbers < (2,) else "",
+        "mynetworks_style": "subnet" if numbers < (2,) else "host",
     }
 
 

@@ -245,7 +245,14 @@ def tables_module(config: PostfixConfig, restrictions: Restrictions,
 
 
 def my_networks(config: PostfixConfig, left: list[Left]) -> list[str]:
-    """mynetworks' addresses and networks; tables, files, host names and negations are left."""
+    """mynetworks' addresses and networks; tables, files, host names and negations are left,
+    and so is a default mynetworks that Postfix derives from the machine's subnets."""
+    style = config.value("mynetworks_style")
+    if "mynetworks" not in config.settings and style != "host":
+        left.append(Left(config.where("mynetworks_style"), f"mynetworks_style = {style}",
+                         f"Postfix's default mynetworks is then every {style} this machine "
+                         "is attached to; the translation has only 127.0.0.0/8 and ::1: "
+                         "set mynetworks"))
     networks = []
     for word in config.words("mynetworks"):
         network = network_text(word)
