@@ -31,13 +31,17 @@ def postfix(config_dir: Path, out: Path, strict: bool) -> None:
     """Translate a Postfix configuration into a vSL policy directory.
 
     The policy is linted and loaded before the command ends."""
-    from vsl.server.migrate.translate import translate
+    from vsl.server.migrate.translate import PostfixWouldNotStart, translate
     from vsl.server.policy import PolicyError, load_policy
     from vsl.stdlib import new_engine
 
     if not (config_dir / "main.cf").is_file():
         raise click.UsageError(f"{config_dir}: no main.cf")
-    translation = translate(config_dir)
+    try:
+        translation = translate(config_dir)
+    except PostfixWouldNotStart as err:
+        click.echo(f"{config_dir}: Postfix would not start: {err}", err=True)
+        sys.exit(1)
     translation.write(out)
     try:
         load_policy(new_engine(), out)

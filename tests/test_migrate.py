@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from vsl.cli import main
 from vsl.server.config import DeliveryConfig, Listener, load
 from vsl.server.dnsd import DnsServer
-from vsl.server.migrate.maincf import PostfixConfig, parse_main_cf, parse_master_cf, split_list
+from vsl.server.migrate.maincf import (PostfixConfig, parse_main_cf, parse_master_cf,
+                                       port_25_service, split_list)
 from vsl.server.migrate.tables import TableError, inline_entries, load_table
 from vsl.server.migrate.translate import relay_route, translate
 from vsl.server.policy import load_policy
@@ -62,11 +63,45 @@ def test_list_words_keep_braces_whole():
 
 
 def test_master_cf_smtpd_overrides():
-    settings = parse_master_cf(
+    services = parse_master_cf(
         "smtp inet n - y - - smtpd\n  -o smtpd_delay_reject=no\n  -o syslog_name=x\n"
         "pickup unix n - y 60 1 pickup -o foo=bar\n")
-    assert [(s.name, s.value, s.where) for s in settings] == [
+    assert [(s.name, s.value, s.where) for s in services[0].options] == [
         ("smtpd_delay_reject", "no", "master.cf:1"), ("syslog_name", "x", "master.cf:1")]
+    assert port_25_service(services) is services[0]
+
+
+SERVICES_MASTER_CF = """\
+smtp      inet  n - y - - smtpd
+submission inet n - y - - smtpd
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+127.0.0.1:10025 inet n - n - - smtpd -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o mynetworks=0.0.0.0/0
+"""
+
+
+def test_only_the_port_25_service_overrides_main_cf(tmp_path):
+    (tmp_path / "main.cf").write_text("mydestination =\nmynetworks = 127.0.0.1/32\n"
+                                      "smtpd_relay_restrictions = reject_unauth_destination\n")
+    (tmp_path / "master.cf").write_text(SERVICES_MASTER_CF)
+    translation = translate(tmp_path)
+    assert "client_restrictions" not in translation.main_vsl
+    assert 'MYNETWORKS = ["127.0.0.1/32"]' in translation.tables_vsl
+    assert 'listen = ["0.0.0.0:25"]' in translation.vsl_toml
+    assert [item.where for item in translation.left] == ["master.cf:2", "master.cf:4"]
+    assert translation.left[1].item.startswith("127.0.0.1:10025 inet")
+
+
+def test_postscreen_gets_the_port_25_listener(tmp_path):
+    (tmp_path / "main.cf").write_text("mydestination =\nmynetworks = 127.0.0.1/32\n"
+                                      "smtpd_relay_restrictions = reject_unauth_destination\n")
+    (tmp_path / "master.cf").write_text(
+        "smtp inet n - y - 1 postscreen\nsmtpd pass - - y - - smtpd -o mynetworks=127.0.0.9/32\n"
+        "submission inet n - y - - smtpd\n")
+    translation = translate(tmp_path)
+    assert 'listen = ["0.0.0.0:25"]' in translation.vsl_toml
+    assert 'MYNETWORKS = ["127.0.0.9/32"]' in translation.tables_vsl
+    assert [item.where for item in translation.left] == ["master.cf:1", "master.cf:3"]
 
 
 # ---- tables ---------------------------------------------------------------------------------
@@ -92,6 +127,46 @@ def test_tables_from_their_source(tmp_path):
             load_table(spec, tmp_path)
 
 
+def test_networks_and_patterns_vsl_cannot_use_are_left(tmp_path):
+    (tmp_path / "clients").write_text("192.0.2.0/24 OK\n192.0.2.300/24 REJECT\n")
+    (tmp_path / "patterns").write_text(
+        "/^a\\z/ REJECT\n/^(?<user>[^@]+)@(?<=x@)/ OK\n/a\\Kb/ DUNNO\n/(?<!\\\\)\\\\z/ OK\n")
+    assert load_table("cidr:clients", tmp_path).entries == [["192.0.2.0/24", "OK"]]
+    patterns = load_table("pcre:patterns", tmp_path)
+    assert [entry[0] for entry in patterns.entries] == [
+        "^a\\Z", "^(?P<user>[^@]+)@(?<=x@)", "(?<!\\\\)\\\\z"]
+    assert [problem.split(" (")[0] for problem in patterns.problems] == [
+        "pcre:patterns line 3: '/a\\Kb/ DUNNO'"]
+    (tmp_path / "main.cf").write_text(
+        "mydestination =\nrelay_domains = example.test\n"
+        "mynetworks = 127.0.0.0/8, [::1]/128, ::2 /etc/postfix/network_table,\n"
+        "    office.example.com, !192.0.2.1, hash:/etc/postfix/nets, 10.0.0.1\n"
+        "smtpd_recipient_restrictions = permit_mynetworks,\n"
+        "    check_client_access cidr:clients, reject_unauth_destination\n")
+    translation = translate(tmp_path)
+    assert 'MYNETWORKS = ["127.0.0.0/8", "::1/128", "::2", "10.0.0.1"]' in \
+        translation.tables_vsl
+    assert [(item.where, item.item) for item in translation.left] == [
+        ("main.cf:5: smtpd_recipient_restrictions = permit_mynetworks, check_client_access "
+         "cidr:clients, reject_unauth_destination", "cidr:clients")] + [
+        ("main.cf:3: mynetworks = 127.0.0.0/8, [::1]/128, ::2 /etc/postfix/network_table, "
+         "office.example.com, !192.0.2.1, hash:/etc/postfix/nets, 10.0.0.1", word)
+        for word in ("/etc/postfix/network_table", "office.example.com", "!192.0.2.1",
+                     "hash:/etc/postfix/nets")]
+
+
+@pytest.mark.parametrize("main_cf, left", [
+    ("", ["default: mynetworks_style = subnet"]),
+    ("mynetworks_style = class\n", ["main.cf:3: mynetworks_style = class"]),
+    ("mynetworks_style = host\n", []),
+    ("compatibility_level = 2\n", []),
+    ("mynetworks = 127.0.0.0/8\n", [])])
+def test_a_default_mynetworks_of_subnets_is_left(tmp_path, main_cf, left):
+    (tmp_path / "main.cf").write_text("mydestination =\nsmtpd_relay_restrictions = "
+                                      f"permit_mynetworks, reject_unauth_destination\n{main_cf}")
+    assert [item.where for item in translate(tmp_path).left] == left
+
+
 def test_relayhost_routes():
     assert relay_route("[smtp.example.test]:587") == "smtp://smtp.example.test:587"
     assert relay_route("relay.example.test") == "smtp://relay.example.test:25"
@@ -113,6 +188,7 @@ smtpd_helo_required = yes
 smtpd_recipient_restrictions = permit_mynetworks, check_policy_service inet:127.0.0.1:10040,
     reject_unauth_pipelining, check_recipient_access ldap:/etc/postfix/ldap.cf,
     reject_unauth_destination
+mynetworks = 127.0.0.0/8
 """
 
 
@@ -167,11 +243,65 @@ def test_command_and_strict(postfix_dir, tmp_path):
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "b"), "--strict"])
     assert result.exit_code == 3
-    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\nmydestination =\n")
+    (postfix_dir / "main.cf").write_text("myhostname = mx.example.test\nmydestination =\n"
+                                         "compatibility_level = 2\n")
     (postfix_dir / "master.cf").unlink()
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "c"), "--strict"])
     assert result.exit_code == 0, result.output
+
+
+def test_no_relay_check_is_refused_as_postfix_refuses_to_start(tmp_path):
+    (tmp_path / "main.cf").write_text("myhostname = mx.example.test\n"
+                                      "mydestination = $myhostname\n")
+    result = CliRunner().invoke(main, ["migrate", "postfix", "--config-dir", str(tmp_path),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert ("Postfix would not start: in parameter smtpd_relay_restrictions or "
+            "smtpd_recipient_restrictions, specify at least one working instance of: "
+            "reject_unauth_destination, defer_unauth_destination, reject, defer, "
+            "defer_if_permit or check_relay_domains") in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_untranslated_relay_check_leaves_vsl_relay_rule(tmp_path):
+    """A recipient no list permitted gets status::next(): vSL's no-open-relay rule."""
+    (tmp_path / "main.cf").write_text(
+        "myhostname = mx.example.test\nmydestination = $myhostname\nmynetworks = 127.0.0.1\n"
+        "relay_domains = relayed.test\n"
+        "smtpd_recipient_restrictions = permit_mynetworks, check_relay_domains\n")
+    assert rcpt_replies(tmp_path, [("127.0.0.2", "a@elsewhere.test"),
+                                   ("127.0.0.2", "a@relayed.test"),
+                                   ("127.0.0.2", "a@mx.example.test"),
+                                   ("127.0.0.1", "a@elsewhere.test")]) == [554, 250, 250, 250]
+
+
+@pytest.mark.parametrize("allow, expected", [("no", 554), ("yes", 250)])
+def test_routing_operators_need_allow_untrusted_routing(tmp_path, allow, expected):
+    (tmp_path / "main.cf").write_text(
+        f"mydestination = mx.example.test\nrelay_domains = relayed.test\n"
+        f"allow_untrusted_routing = {allow}\n"
+        "smtpd_recipient_restrictions = permit_auth_destination, reject\n")
+    assert rcpt_replies(tmp_path, [("127.0.0.2", "v%evil.test@relayed.test"),
+                                   ("127.0.0.2", "evil.test!v@relayed.test"),
+                                   ("127.0.0.2", "v%evil.test@mx.example.test"),
+                                   ("127.0.0.2", "v@relayed.test")]) == \
+        [expected, expected, 554, 250]
+
+
+def rcpt_replies(directory: Path, cases: list[tuple[str, str]]) -> list[int]:
+    """The RCPT TO reply codes of the translation of ``directory`` (client, recipient)."""
+    translate(directory).write(directory / "policy")
+    config = replace(load(directory / "policy" / "vsl.toml"), listen=(Listener("127.0.0.1", 0),),
+                     queue_dir=directory / "queue", delivery=DeliveryConfig(enabled=False))
+    codes = []
+    with running(config) as server:
+        for client, recipient in cases:
+            with Raw(server.port(), source=client) as smtp:
+                assert smtp.cmd("EHLO client.test")[0] == 250
+                assert smtp.cmd("MAIL FROM:<a@client.test>")[0] == 250
+                codes.append(smtp.cmd(f"RCPT TO:<{recipient}>")[0])
+    return codes
 
 
 # ---- natives the translation uses ---------------------------------------------------------
@@ -263,7 +393,8 @@ def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_pat
         "smtpd_delay_reject = no\nmydestination =\n"
         "smtpd_client_restrictions = reject_non_fqdn_helo_hostname, reject_non_fqdn_sender\n"
         "smtpd_sender_restrictions = reject_unauth_destination, reject_non_fqdn_sender\n"
-        "smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, reject_non_fqdn_sender\n")
+        "smtpd_end_of_data_restrictions = reject_non_fqdn_recipient, reject_non_fqdn_sender\n"
+        "compatibility_level = 3.6\n")
     translation = translate(directory)
     translation.write(tmp_path / "out")
     assert load_policy(new_engine(), tmp_path / "out") is not None
@@ -307,7 +438,7 @@ def test_dnsbl_reply_filter_patterns_are_left(tmp_path):
     directory.mkdir()
     (directory / "main.cf").write_text(
         "mydestination =\nsmtpd_client_restrictions = reject_rbl_client zen.test=127.0.0.[2..11],"
-        " reject_rbl_client bl.test=127.0.0.2\n")
+        " reject_rbl_client bl.test=127.0.0.2\ncompatibility_level = 3.6\n")
     translation = translate(directory)
     assert [item.item for item in translation.left] == [
         "reject_rbl_client zen.test=127.0.0.[2..11]"]

@@ -53,6 +53,9 @@ CONVERSATIONS = [
     ("127.0.0.4", "client.example.test", "alice@example.org",
      ["bob@example.test", "carol@elsewhere.test"]),
     ("127.0.0.1", "nodots", "spam@example.org", ["blocked-ann@example.test"]),
+    ("127.0.0.2", "client.example.test", "alice@example.org",  # routing operators
+     ["victim%evil.example@example.test", "evil.example!victim@example.test",
+      "bob@example.test"]),
 ]
 
 

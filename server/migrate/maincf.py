@@ -4,8 +4,9 @@ line is, and their values with ``$name`` expanded over Postfix's defaults.
 Postfix syntax: ``name = value``; a line starting with whitespace continues the one before;
 ``#`` starts a comment line. ``$name``, ``${name}`` and ``$(name)`` expand (as late as
 ``postconf`` does), and ``${name?text}`` / ``${name:text}`` give ``text`` when ``name`` is
-set / empty. The smtpd service's ``-o name=value`` options in ``master.cf`` override
-``main.cf`` for the SMTP server, as Postfix applies them.
+set / empty. A master.cf service's ``-o name=value`` options override ``main.cf`` for
+that service alone: the translation takes those of the port-25 SMTP server only
+(:func:`port_25_service`), never another service's.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ DEFAULTS = {
     "relay_domains": "",
     "relayhost": "",
     "relay_recipient_maps": "",
+    "allow_untrusted_routing": "no",
     "inet_interfaces": "all",
     "message_size_limit": "10240000",
     "smtpd_recipient_limit": "1000",
@@ -70,6 +72,7 @@ def compat_defaults(level: str) -> dict[str, str]:
         "permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination",
         "smtpd_relay_before_recipient_restrictions": "no" if numbers < (3, 6) else "yes",
         "relay_domains": "$mydestination" if numbers < (2,) else "",
+        "mynetworks_style": "subnet" if numbers < (2,) else "host",
     }
 
 
@@ -112,37 +115,81 @@ def parse_main_cf(text: str, name: str = "main.cf") -> tuple[list[Setting], list
     return settings, problems
 
 
-def parse_master_cf(text: str) -> list[Setting]:
-    """The ``-o name=value`` options of master.cf's smtpd services on an inet socket."""
-    settings = []
+@dataclass(frozen=True)
+class Service:
+    """One master.cf service: ``name type ... command`` and its ``-o`` overrides."""
+
+    name: str     # "smtp", "submission", "127.0.0.1:2525"
+    type: str     # "inet", "pass", "unix", ...
+    command: str  # "smtpd", "postscreen", ...
+    options: tuple[Setting, ...]
+    where: str    # "master.cf:3"
+    text: str     # the line: "smtp inet n - y - - smtpd -o ..."
+
+    @property
+    def is_smtpd(self) -> bool:
+        return self.command == "smtpd" and self.type in ("inet", "pass")
+
+    @property
+    def port(self) -> str:
+        return self.name.rpartition(":")[2]
+
+    @property
+    def overrides(self) -> set[tuple[str, str]]:
+        return {(s.name, s.value) for s in self.options}
+
+
+def parse_master_cf(text: str) -> list[Service]:
+    """The services of a master.cf with their ``-o name=value`` options."""
+    services = []
     for number, line in logical_lines(text):
         fields = line.split()
-        if len(fields) < 8 or fields[1] != "inet" or fields[7] != "smtpd":
+        if len(fields) < 8:
             continue
         options = fields[8:]
-        for flag, option in zip(options, options[1:]):
-            if flag == "-o" and "=" in option:
-                key, _, value = option.partition("=")
-                settings.append(Setting(key, value, f"master.cf:{number}"))
-    return settings
+        overrides = tuple(Setting(*option.partition("=")[::2], f"master.cf:{number}")
+                          for flag, option in zip(options, options[1:])
+                          if flag == "-o" and "=" in option)
+        services.append(Service(fields[0], fields[1], fields[7], overrides,
+                                f"master.cf:{number}", line))
+    return services
+
+
+def port_25_service(services: list[Service]) -> Service | None:
+    """The smtpd service whose settings the translation takes: the ``smtpd pass`` service
+    behind a port-25 postscreen, else the port-25 ``inet smtpd`` service, else the first
+    ``inet smtpd`` service."""
+    smtpd = [s for s in services if s.is_smtpd]
+    if any(s.command == "postscreen" and s.port in ("smtp", "25") for s in services):
+        passed = [s for s in smtpd if s.type == "pass"]
+        if passed:
+            return passed[0]
+    inet = [s for s in smtpd if s.type == "inet"]
+    return next((s for s in inet if s.port in ("smtp", "25")), inet[0] if inet else None)
 
 
 class PostfixConfig:
     """The parameters of one configuration directory, set or default."""
 
-    def __init__(self, settings: list[Setting], directory: Path | None = None):
+    def __init__(self, settings: list[Setting], directory: Path | None = None,
+                 services: list[Service] | None = None):
         self.settings = {s.name: s for s in settings}
         self.directory = directory
+        self.services = services or []  # master.cf's, when there is one
         self.used: set[str] = set()
 
     @classmethod
     def load(cls, directory: Path) -> tuple["PostfixConfig", list[str]]:
-        """main.cf and master.cf of ``directory``; also the main.cf lines it cannot read."""
+        """main.cf of ``directory`` with the port-25 smtpd service's overrides of master.cf;
+        also the main.cf lines it cannot read."""
         settings, problems = parse_main_cf((directory / "main.cf").read_text(errors="replace"))
         master = directory / "master.cf"
-        if master.is_file():
-            settings += parse_master_cf(master.read_text(errors="replace"))
-        return cls(settings, directory), problems
+        services = parse_master_cf(master.read_text(errors="replace")) if master.is_file() \
+            else []
+        smtpd = port_25_service(services)
+        if smtpd is not None:
+            settings += smtpd.options
+        return cls(settings, directory, services), problems
 
     def raw(self, name: str) -> str:
         """The value as written (or Postfix's default), before expansion; marks it used."""

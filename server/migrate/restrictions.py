@@ -86,6 +86,8 @@ def literal(value) -> str:
         return "#{ " + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list):
         return "[" + ", ".join(literal(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     return json.dumps(value, ensure_ascii=False)

@@ -1,4 +1,4 @@
-"""Postfix lookup tables read from their source text, as vSL data.
+r"""Postfix lookup tables read from their source text, as vSL data.
 
 ``hash:``, ``btree:``, ``texthash:`` (and ``lmdb:``, ``cdb:``) read the text file the
 indexed file is made from (``postmap``): ``key value`` lines, keys in lower case.
@@ -6,10 +6,13 @@ indexed file is made from (``postmap``): ``key value`` lines, keys in lower case
 ``cidr:`` is ``network action`` lines, ``pcre:``/``regexp:`` ``/pattern/flags action``
 lines (Postfix matches them case-insensitively unless the ``i`` flag turns that off).
 Every table becomes a vSL map ``#{ kind: "hash" | "cidr" | "regexp", entries: ... }``
-that postfix.vsl's ``find`` reads.
+that postfix.vsl's ``find`` reads. Every network is checked with ``ipaddress`` and every
+pattern compiled with ``re`` (after PCRE's ``\z`` and ``(?<name>`` become Python's): a
+line vSL could not use is left out and listed, never kept to fail at run time.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +106,36 @@ def read_cidr(table: Table, text: str) -> None:
             table.problems.append(f"{table.spec} line {number}: '{line}' (if/endif and "
                                   "negation are not translated)")
             continue
-        entries.append([network.strip("[]").replace("]/", "/"), normalize_action(action)])
+        network = network_text(network)
+        if not is_network(network):
+            table.problems.append(f"{table.spec} line {number}: '{line}' (not an address "
+                                  "or network)")
+            continue
+        entries.append([network, normalize_action(action)])
     table.entries = entries
+
+
+def network_text(word: str) -> str:
+    """A Postfix network (``192.0.2.0/24``, ``[2001:db8::]/32``) without its brackets."""
+    return word.strip("[]").replace("]/", "/")
+
+
+def is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def python_pattern(pattern: str) -> str:
+    """A PCRE pattern in Python's syntax where the two differ only in spelling."""
+    spelled = {"\\z": "\\Z", "(?<": "(?P<"}
+    return PCRE_SPELLINGS.sub(lambda m: spelled.get(m.group(), m.group()), pattern)
+
+
+# Escapes match whole (an escaped backslash before z stays); (?<name> but not (?<= (?<!.
+PCRE_SPELLINGS = re.compile(r"\\.|\(\?<(?=[A-Za-z_])")
 
 
 def read_patterns(table: Table, text: str) -> None:
@@ -121,7 +152,14 @@ def read_patterns(table: Table, text: str) -> None:
             table.problems.append(f"{table.spec} line {number}: flags '{flags}' other than i "
                                   "are not translated")
             continue
-        entries.append([match.group("pattern"), case, normalize_action(match.group("action"))])
+        pattern = python_pattern(match.group("pattern"))
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            table.problems.append(f"{table.spec} line {number}: '{line}' (Python's re cannot "
+                                  f"compile it: {err})")
+            continue
+        entries.append([pattern, case, normalize_action(match.group("action"))])
     table.entries = entries
 
 

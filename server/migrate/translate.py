@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .maincf import PostfixConfig, Setting, logical_lines
+from .maincf import PostfixConfig, Service, Setting, port_25_service
 from .restrictions import CODES, LISTS, Left, Restrictions, literal
-from .tables import TableError, load_table
+from .tables import TableError, is_network, load_table, network_text
 
 LIBRARY = Path(__file__).with_name("postfix.vsl")
 
@@ -28,6 +28,7 @@ READ = {"myhostname", "mydomain", "mydestination", "mynetworks", "relay_domains"
         "compatibility_level", "smtpd_relay_before_recipient_restrictions",
         "smtpd_null_access_lookup_key", "smtpd_peername_lookup", "relay_recipient_maps",
         "smtpd_reject_unlisted_recipient", "inet_interfaces", "mail_name",
+        "allow_untrusted_routing",
         *LISTS, *CODES.values()}
 POSTFIX_OWN = {"config_directory", "queue_directory", "data_directory", "maillog_file",
                "maillog_file_prefixes", "command_directory", "daemon_directory",
@@ -47,8 +48,16 @@ SPECIFIC = {
 }
 ROUTES = {"default_transport", "relay_transport", "transport_maps", "local_transport",
           "virtual_transport", "mailbox_transport", "mailbox_command"}
+# smtpd_check_init: Postfix's smtpd will not start unless the relay or recipient
+# restrictions name one of these.
+RELAY_REQUIRED = ("reject_unauth_destination", "defer_unauth_destination", "reject", "defer",
+                  "defer_if_permit", "check_relay_domains")
 LISTENER_KINDS = {"smtp": ("smtp", 25), "submission": ("submission", 587),
                   "smtps": ("smtps", 465), "submissions": ("smtps", 465)}
+
+
+class PostfixWouldNotStart(ValueError):
+    """A configuration Postfix's smtpd refuses to run with; the message is Postfix's."""
 
 
 @dataclass
@@ -87,6 +96,7 @@ class Translation:
 def translate(directory: Path) -> Translation:
     """Translates the Postfix configuration in ``directory`` (main.cf, master.cf, tables)."""
     config, unreadable = PostfixConfig.load(directory)
+    check_relay_restrictions(config)
     at_rcpt = config.flag("smtpd_delay_reject")
     restrictions = Restrictions(config, at_rcpt)
     left = [Left(line.partition(": ")[0], line.partition(": ")[2], "not a 'name = value' "
@@ -96,10 +106,19 @@ def translate(directory: Path) -> Translation:
     destinations = destination_lists(config, restrictions.left)
     main = "\n\n".join([header(directory), codes_constant(config), *functions, *stages]) + "\n"
     tables = tables_module(config, restrictions, destinations)
-    toml = vsl_toml(config, destinations["local"])
+    toml = vsl_toml(config, destinations["local"], left)
     differences = behaviour_settings(config, left)
     left += restrictions.left + other_settings(config)
     return Translation(main, tables, toml, left, differences, directory)
+
+
+def check_relay_restrictions(config: PostfixConfig) -> None:
+    """Postfix's start-up check against an open relay (smtpd_check_init)."""
+    lists = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+    if not any(word.lower() in RELAY_REQUIRED for name in lists for word in config.words(name)):
+        raise PostfixWouldNotStart(
+            f"in parameter {' or '.join(lists)}, specify at least one working instance of: "
+            f"{', '.join(RELAY_REQUIRED[:-1])} or {RELAY_REQUIRED[-1]}")
 
 
 def header(directory: Path) -> str:
@@ -139,10 +158,16 @@ def stage_functions(config: PostfixConfig, at_rcpt: bool,
     if at_rcpt and early:
         body.append(f"    // {config.where('smtpd_delay_reject')}: the client, HELO and sender "
                     "restrictions decide at RCPT TO")
-    for parameter in early + recipient_lists:
+    for parameter in early:
         body += decide(parameter)
+    body.append("    let permitted = false;  // by the relay or recipient restrictions")
+    for parameter in recipient_lists:
+        body += decide(parameter) + ['    if d == "OK" { permitted = true; }']
     body += unlisted_recipient(config, restrictions)
-    body.append("    status::accept()")
+    body += ["    // Postfix accepts what no list refused; where no list permitted (a relay check",
+             "    // left untranslated), vSL's own relay rule decides.",
+             "    if permitted || postfix::auth_destination(ctx, tables::DESTINATIONS) {",
+             "        return status::accept();", "    }", "    status::next()"]
     stages.append(stage_function("on_rcpt_to", body))
     return stages
 
@@ -179,10 +204,12 @@ def unlisted_recipient(config: PostfixConfig, restrictions: Restrictions) -> lis
             f"    d = {expression};", "    if postfix::refused(d) { return status::deny(d); }"]
 
 
-def destination_lists(config: PostfixConfig, left: list[Left]) -> dict[str, list[str]]:
-    """mydestination (local) and relay_domains (relay, with subdomains) as domain lists."""
+def destination_lists(config: PostfixConfig, left: list[Left]) -> dict:
+    """mydestination (local) and relay_domains (relay, with subdomains) as domain lists;
+    whether relay domains' recipients may hold routing operators (allow_untrusted_routing)."""
     return {"local": domains(config, "mydestination", left),
-            "relay": domains(config, "relay_domains", left)}
+            "relay": domains(config, "relay_domains", left),
+            "untrusted_routing": config.flag("allow_untrusted_routing")}
 
 
 def domains(config: PostfixConfig, parameter: str, left: list[Left]) -> list[str]:
@@ -205,17 +232,10 @@ def domains(config: PostfixConfig, parameter: str, left: list[Left]) -> list[str
 
 
 def tables_module(config: PostfixConfig, restrictions: Restrictions,
-                  destinations: dict[str, list[str]]) -> str:
-    networks = []
-    for word in config.words("mynetworks"):
-        if ":" in word and not word.startswith("["):
-            restrictions.left.append(Left(config.where("mynetworks"), word,
-                                          "tables in mynetworks are not translated"))
-        else:
-            networks.append(word.strip("[]").replace("]/", "/"))
+                  destinations: dict) -> str:
     parts = ["// Lookup tables and lists of main.cf, written by `vsl migrate postfix`.",
              f"// {config.where('mynetworks')}",
-             f"const MYNETWORKS = {literal(networks)};",
+             f"const MYNETWORKS = {literal(my_networks(config, restrictions.left))};",
              f"// {config.where('mydestination')}\n// {config.where('relay_domains')}",
              f"const DESTINATIONS = {literal(destinations)};"]
     for spec, (name, table) in restrictions.tables.items():
@@ -224,11 +244,34 @@ def tables_module(config: PostfixConfig, restrictions: Restrictions,
     return "\n".join(parts) + "\n"
 
 
-def vsl_toml(config: PostfixConfig, local_domains: list[str]) -> str:
+def my_networks(config: PostfixConfig, left: list[Left]) -> list[str]:
+    """mynetworks' addresses and networks; tables, files, host names and negations are left,
+    and so is a default mynetworks that Postfix derives from the machine's subnets."""
+    style = config.value("mynetworks_style")
+    if "mynetworks" not in config.settings and style != "host":
+        left.append(Left(config.where("mynetworks_style"), f"mynetworks_style = {style}",
+                         f"Postfix's default mynetworks is then every {style} this machine "
+                         "is attached to; the translation has only 127.0.0.0/8 and ::1: "
+                         "set mynetworks"))
+    networks = []
+    for word in config.words("mynetworks"):
+        network = network_text(word)
+        if is_network(network):
+            networks.append(network)
+        elif ":" in word and not word.startswith("["):
+            left.append(Left(config.where("mynetworks"), word,
+                             "tables in mynetworks are not translated"))
+        else:
+            left.append(Left(config.where("mynetworks"), word, "only addresses and networks "
+                             "of mynetworks are translated (not files, host names or !)"))
+    return networks
+
+
+def vsl_toml(config: PostfixConfig, local_domains: list[str], left: list[Left]) -> str:
     """Listeners, hostname, local domains, limits and relay host."""
     size = int(config.value("message_size_limit"))
     lines = ["# Written by `vsl migrate postfix` (see MIGRATION.md).",
-             f"listen = {literal(listeners(config))}", "",
+             f"listen = {literal(listeners(config, left))}", "",
              "[server]", f"hostname = {literal(config.value('myhostname'))}",
              f"local_domains = {literal(list(dict.fromkeys(local_domains)))}",
              'scripts = "."', "",
@@ -241,15 +284,15 @@ def vsl_toml(config: PostfixConfig, local_domains: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def listeners(config: PostfixConfig) -> list[str]:
-    """The smtpd inet services of master.cf on inet_interfaces, as "host:port"."""
+def listeners(config: PostfixConfig, left: list[Left]) -> list[str]:
+    """master.cf's SMTP sockets on inet_interfaces, as "host:port": the port-25 smtpd
+    service's (a postscreen's, for its ``smtpd pass`` service) and those of the other inet
+    smtpd services with the same ``-o`` overrides (one policy serves every listener); the
+    services left out are listed with their lines."""
     hosts = [{"all": "0.0.0.0", "loopback-only": "127.0.0.1"}.get(word, word)
              for word in config.words("inet_interfaces")] or ["0.0.0.0"]
-    master = config.directory / "master.cf" if config.directory else None
-    services = smtpd_services(master.read_text(errors="replace")) if master and \
-        master.is_file() else ["smtp"]
     result = []
-    for service in services:
+    for service in served_services(config, left):
         host, colon, port = service.rpartition(":")
         if not colon:
             port = str(LISTENER_KINDS.get(service, ("smtp", 25))[1])
@@ -259,11 +302,33 @@ def listeners(config: PostfixConfig) -> list[str]:
     return result
 
 
-def smtpd_services(text: str) -> list[str]:
-    """The service names (``smtp``, ``127.0.0.1:2525``) of master.cf's inet smtpd lines."""
-    return [line.split()[0] for _, line in logical_lines(text)
-            if len(line.split()) >= 8 and line.split()[1] == "inet"
-            and line.split()[7] == "smtpd"]
+def served_services(config: PostfixConfig, left: list[Left]) -> list[str]:
+    """The names of the master.cf services vSL listens for (``smtp`` without master.cf)."""
+    if not config.services:
+        return ["smtp"]
+    translated = port_25_service(config.services)
+    names = []
+    for service in config.services:
+        if service.type != "inet" or service.command not in ("smtpd", "postscreen"):
+            continue
+        if service.command == "postscreen":
+            if translated is not None and translated.type == "pass":
+                names.append(service.name)
+                left.append(Left(service.where, service.text, "postscreen's own checks are "
+                                 "not translated: its socket gets the policy of the `smtpd "
+                                 "pass` service"))
+        elif service.overrides == translated.overrides:
+            names.append(service.name)
+        else:
+            left.append(Left(service.where, service.text, other_service_reason(translated)))
+    return names
+
+
+def other_service_reason(translated: Service) -> str:
+    return (f"its `-o` overrides differ from those of the SMTP service translated "
+            f"(`{translated.where}`), and the translation is one policy for every listener: "
+            "it gets no listener (write its policy with ctx.server_port, or a second "
+            "translation)")
 
 
 def relay_route(relayhost: str) -> str | None:
