@@ -23,12 +23,17 @@ import click
               "codes and enhanced codes.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for each reply.")
+@click.option("--send-messages", is_flag=True, help="Send each message whole, up to its "
+              "final dot (only against test instances: the servers queue and deliver "
+              "them). By default the connection is dropped at the message, so nothing is "
+              "queued.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify(scenario_paths, maillogs, write_dir, server_a, server_b, text, timeout,
-           as_json) -> None:
+           send_messages, as_json) -> None:
     """Replay each conversation against the servers --a and --b, compare every reply
     (code and enhanced code), print the commands whose replies differ side by side and
-    a summary. The exit code is 1 when a reply differs.
+    a summary. The exit code is 1 when a reply differs. No message is completed unless
+    --send-messages: point that only at test instances.
 
     With --write, the scenarios (from --from-maillog, say) are written as transcripts
     to edit and replay later; --a and --b are then optional."""
@@ -50,7 +55,8 @@ def verify(scenario_paths, maillogs, write_dir, server_a, server_b, text, timeou
     if len(targets) < 2:
         return
     report = replay_report.compare(scenarios, *targets, names=(server_a, server_b),
-                                   text=text, timeout=timeout)
+                                   text=text, timeout=timeout,
+                                   send_messages=send_messages)
     if as_json:
         click.echo(json.dumps(replay_report.as_json(report), indent=2))
     else:

@@ -14,13 +14,23 @@ has closed the connection, "(timeout)" for a reply that did not come in time (th
 connection is then given up), "(not sent)" for what a real client would not send after a
 refusal: no RCPT or DATA after a refused MAIL, no DATA once every RCPT was refused, no
 message unless DATA got 354, nothing but QUIT after a refused greeting.
+
+Replaying must not deliver mail: scenarios from a mail log name real recipients, and a
+server that relays for the replaying address would send them the stand-in message. So by
+default no message is completed: on 354 the client closes the connection without the
+final dot (a server discards a message whose connection is lost in DATA), the message's
+turn is "(message withheld)" for both servers, and the conversation goes on over a new
+connection, greeted again with the last HELO or EHLO, so that every later command is
+still compared. ``send_messages`` sends whole messages, for test instances only.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .transcript import CLOSED, Transcript, TranscriptError, parse
@@ -102,6 +112,7 @@ class Reply:
 TIMEOUT = Reply(event="(timeout)")
 CLOSED_REPLY = Reply(event="(closed)")
 NOT_SENT = Reply(event="(not sent)")
+WITHHELD = Reply(event="(message withheld)")
 
 
 class ScenarioError(ValueError):
@@ -185,26 +196,35 @@ def to_transcript(scenario: Scenario) -> str:
 
 # ---- one scenario against one server --------------------------------------------------
 
-def replay(scenario: Scenario, target: tuple[str, int], timeout: float = 10.0) -> list[Reply]:
-    """Play ``scenario`` against the server at ``target``: one reply per turn."""
+def replay(scenario: Scenario, target: tuple[str, int], timeout: float = 10.0,
+           send_messages: bool = False) -> list[Reply]:
+    """Play ``scenario`` against the server at ``target``: one reply per turn. Messages
+    are withheld unless ``send_messages`` (see the module's docstring)."""
+    connect = partial(_Connection, target, scenario.client_ip, timeout)
     try:
-        connection = _Connection(target, scenario.client_ip, timeout)
+        connection = connect()
     except OSError as err:
         failed = Reply(event=f"(cannot connect: {err.strerror or err})")
         return [failed] + [NOT_SENT] * (len(scenario.turns) - 1)
-    with connection:
-        client = _Client(connection)
+    client = _Client(connection, connect, send_messages)
+    try:
         return [client.play(turn) for turn in scenario.turns]
+    finally:
+        client.connection.close()
 
 
 class _Client:
     """A client's judgement along one conversation: what it would not send after a
-    refusal, and what it cannot send once the connection is gone."""
+    refusal, what it cannot send once the connection is gone, and the messages it
+    withholds."""
 
-    def __init__(self, connection: "_Connection"):
-        self.connection = connection
+    def __init__(self, connection: "_Connection", connect: Callable[[], "_Connection"],
+                 send_messages: bool):
+        self.connection, self.connect = connection, connect
+        self.send_messages = send_messages
         self.gone: Reply | None = None  # CLOSED_REPLY or NOT_SENT once the link is lost
         self.greeted = True
+        self.hello: tuple[str, ...] = ()  # the last HELO or EHLO, to greet a new connection
         self.mail_refused = False
         self.rcpts = self.accepted = 0
         self.data_accepted = False
@@ -214,12 +234,35 @@ class _Client:
             return self.gone
         if not self._would_send(turn):
             return NOT_SENT
+        if turn.message and not self.send_messages:
+            return self._withhold()
         reply = self.connection.exchange(turn.lines)
         if reply in (CLOSED_REPLY, TIMEOUT):
             self.gone = CLOSED_REPLY if reply == CLOSED_REPLY else NOT_SENT
             return reply
         self._note(turn, reply.code or 0)
         return reply
+
+    def _withhold(self) -> Reply:
+        """Leave the message out: drop the connection in the middle of DATA (the server
+        discards the message) and go on over a new one."""
+        self.connection.close()
+        self.data_accepted = False
+        self.rcpts = self.accepted = 0
+        if not self._greet_again():
+            self.gone = NOT_SENT
+        return WITHHELD
+
+    def _greet_again(self) -> bool:
+        """Open a new connection, read its greeting and send the last HELO or EHLO again:
+        whether both got a 2xx reply."""
+        try:
+            self.connection = self.connect()
+        except OSError:
+            return False
+        exchanges = [()] + ([self.hello] if self.hello else [])
+        return all(200 <= (self.connection.exchange(lines).code or 0) < 300
+                   for lines in exchanges)
 
     def _would_send(self, turn: Turn) -> bool:
         verb = turn.verb
@@ -238,6 +281,8 @@ class _Client:
         if not turn.lines:
             self.greeted = ok
         elif verb in ("MAIL", "RSET", "HELO", "EHLO", "."):
+            if verb in ("HELO", "EHLO") and ok:
+                self.hello = turn.lines
             self.mail_refused = verb == "MAIL" and not ok
             self.rcpts = self.accepted = 0
         elif verb == "RCPT":
@@ -286,10 +331,7 @@ class _Connection:
             if line[3:4] != "-":
                 return Reply(tuple(lines))
 
-    def __enter__(self) -> "_Connection":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self.file.close()
         self.sock.close()
 

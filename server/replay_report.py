@@ -30,12 +30,15 @@ class Report:
 
 
 def compare(scenarios: list[Scenario], a: tuple[str, int], b: tuple[str, int], *,
-            names: tuple[str, str], text: bool = False, timeout: float = 10.0) -> Report:
-    """Replay every scenario against ``a`` and ``b``; a turn differs when its replies'
-    codes or enhanced codes differ (or their text, with ``text``)."""
+            names: tuple[str, str], text: bool = False, timeout: float = 10.0,
+            send_messages: bool = False) -> Report:
+    """Replay every scenario against ``a`` and ``b`` (messages withheld unless
+    ``send_messages``); a turn differs when its replies' codes or enhanced codes differ
+    (or their text, with ``text``)."""
     report = Report(*names)
     for scenario in scenarios:
-        replies_a, replies_b = replay(scenario, a, timeout), replay(scenario, b, timeout)
+        replies_a, replies_b = (replay(scenario, server, timeout, send_messages)
+                                for server in (a, b))
         report.conversations += 1
         report.commands += len(scenario.turns)
         report.differences += [

@@ -55,6 +55,7 @@ class _Handler:
 
     def __init__(self, bad_reply: str, strict: bool = False):
         self.bad_reply, self.strict, self.peers = bad_reply, strict, []
+        self.messages: list[bytes] = []
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         self.peers.append(session.peer[0])
@@ -65,6 +66,7 @@ class _Handler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope.content)
         return "250 2.0.0 Ok: queued"
 
 
@@ -156,10 +158,34 @@ def test_the_replay_comes_from_the_scenarios_client_address(tmp_path):
     handler = _Handler("550 5.1.1 no such user")
     with smtp_server(handler) as target:
         replies = replay.replay(_scenario(tmp_path), _target(target))
-    assert [reply.code for reply in replies] == [220, 250, 250, 250, 550, 250, 354, 250, 250,
+    assert [reply.code for reply in replies] == [220, 250, 250, 250, 550, 250, 354, None, 250,
                                                  221]
     assert replies[4].enhanced == "5.1.1"
     assert set(handler.peers) == {"127.0.0.3"}
+
+
+def test_the_message_is_withheld_unless_sending_is_asked_for(tmp_path):
+    handler = _Handler("550 5.1.1 no such user")
+    with smtp_server(handler) as target:
+        withheld = replay.replay(_scenario(tmp_path), _target(target))
+        assert handler.messages == []  # the connection was dropped in DATA
+        sent = replay.replay(_scenario(tmp_path), _target(target), send_messages=True)
+    assert [str(reply) for reply in withheld[6:]] == [
+        "354 End data with <CR><LF>.<CR><LF>", "(message withheld)", "250 OK", "221 Bye"]
+    assert [reply.code for reply in sent[6:]] == [354, 250, 250, 221]
+    assert handler.messages == [b"Subject: hi\r\n\r\nbody\r\n"]
+
+
+def test_after_a_withheld_message_the_next_transaction_is_played_on_a_new_connection(
+        tmp_path):
+    handler = _Handler("550 5.1.1 no such user")
+    second = CONVERSATION.split("C: NOOP")[0].split("C: MAIL")[1]
+    text = CONVERSATION.replace("C: NOOP", f"C: MAIL{second}C: NOOP")
+    with smtp_server(handler) as target:
+        replies = replay.replay(_scenario(tmp_path, text), _target(target))
+    assert [reply.code for reply in replies[8:]] == [250, 250, 550, 250, 354, None, 250, 221]
+    assert handler.messages == []
+    assert len(handler.peers) == 6  # three RCPTs in each of the two transactions
 
 
 def test_a_refused_mail_from_skips_its_recipients_and_data(tmp_path):
@@ -281,6 +307,18 @@ def test_the_command_reports_as_json_and_succeeds_when_nothing_differs(tmp_path)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert (report["conversations"], report["commands"], report["differ"]) == (1, 10, 0)
+
+
+def test_the_command_sends_the_messages_only_with_send_messages(tmp_path):
+    (tmp_path / "one.transcript").write_text(CONVERSATION)
+    handler = _Handler("550 5.1.1 no such user")
+    arguments = ["--scenarios", str(tmp_path)]
+    with smtp_server(handler) as a:
+        withheld = CliRunner().invoke(verify, arguments + ["--a", a, "--b", a])
+        assert (withheld.exit_code, handler.messages) == (0, [])
+        sent = CliRunner().invoke(verify, arguments + ["--a", a, "--b", a, "--send-messages"])
+    assert sent.exit_code == 0, sent.output
+    assert len(handler.messages) == 2
 
 
 def test_the_command_needs_scenarios_and_two_servers(tmp_path):
