@@ -19,13 +19,13 @@ def default_namespaces(dns_defaults: DnsDefaults | None = None) -> list:
     """The namespaces one engine starts with; ``dns_defaults`` (the server's [dns]) are
     that engine's alone."""
     from . import (arc, asserts, authresults, bounce, core, ctx, dkim, dmarc, dns, iprev, net,
-                   regex, spf, status, transport)
+                   policy, regex, spf, status, transport)
 
     return [core.namespace, status.namespace, asserts.namespace,
             dns.namespace_for(dns_defaults or dns.DnsDefaults()), iprev.namespace,
             spf.namespace, ctx.namespace, authresults.namespace, dkim.namespace,
             dmarc.namespace, arc.namespace, transport.namespace, bounce.namespace,
-            net.namespace, regex.namespace]
+            net.namespace, regex.namespace, policy.namespace]
 
 
 def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None) -> Engine:
