@@ -220,17 +220,15 @@ def test_migration_md_lists_every_line_left(postfix_dir, tmp_path):
     translation = translate(postfix_dir)
     left = {(item.where.partition(":")[0] + ":" + item.where.partition(":")[2].split(":")[0],
              item.item) for item in translation.left}
-    assert ("main.cf:10", "check_policy_service inet:127.0.0.1:10040") in left
     assert ("main.cf:10", "reject_unauth_pipelining") in left
     assert ("main.cf:10", "check_recipient_access ldap:/etc/postfix/ldap.cf") in left
     assert ("main.cf:7", "disable_vrfy_command = yes") in left
     assert ("main.cf:8", "alias_maps = hash:/etc/aliases") in left
     assert ("main.cf:2", "local_recipient_maps = the system's users and aliases (Postfix's "
             "default)") in left
-    assert len(translation.left) == 6
+    assert len(translation.left) == 5
     translation.write(tmp_path / "out")
     text = (tmp_path / "out" / "MIGRATION.md").read_text()
-    assert "`check_policy_service inet:127.0.0.1:10040`: a policy service" in text
     assert "offers no ETRN" in text  # vSL's protocol: translated, with a difference
 
 
@@ -239,7 +237,7 @@ def test_command_and_strict(postfix_dir, tmp_path):
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
-    assert "6 item(s) not translated" in result.output
+    assert "5 item(s) not translated" in result.output
     result = runner.invoke(main, ["migrate", "postfix", "--config-dir", str(postfix_dir),
                                   "--out", str(tmp_path / "b"), "--strict"])
     assert result.exit_code == 3
@@ -444,3 +442,36 @@ def test_dnsbl_reply_filter_patterns_are_left(tmp_path):
         "reject_rbl_client zen.test=127.0.0.[2..11]"]
     assert 'postfix::rbl_client(global::CODES, ctx, "bl.test", "127.0.0.2")' in \
         translation.main_vsl
+
+
+RELAY = "smtpd_relay_restrictions = reject_unauth_destination\n"
+
+
+def test_check_policy_service_asks_the_service(postfix_dir, tmp_path):
+    main_vsl = translate(postfix_dir).main_vsl
+    assert ('postfix::policy_service(global::CODES, ctx, "inet:127.0.0.1:10040", '
+            '#{ "timeout": 100, "default_action": "451 4.3.5 Server configuration problem" }, '
+            'postfix::recipient(ctx))') in main_vsl
+
+
+@pytest.mark.parametrize("argument, options", [
+    ("{ unix:private/policy, timeout=2m, default_action=DUNNO }",
+     '"unix:/var/spool/postfix/private/policy", #{ "timeout": 120, "default_action": "DUNNO" }'),
+    ("{inet:[::1]:9998,timeout=10}",
+     '"inet:[::1]:9998", #{ "timeout": 10, "default_action": "451 4.3.5 Server'),
+])
+def test_check_policy_service_settings(postfix_dir, argument, options):
+    (postfix_dir / "main.cf").write_text(
+        f"smtpd_sender_restrictions = check_policy_service {argument}\n{RELAY}")
+    translation = translate(postfix_dir)
+    assert f"postfix::policy_service(global::CODES, ctx, {options}" in translation.main_vsl
+    assert not [l for l in translation.left if "policy" in l.item]
+
+
+@pytest.mark.parametrize("argument", ["{ inet:127.0.0.1:1, max_idle=10s }",
+                                      "{ inet:127.0.0.1:1, timeout=soon }", "ldap:x.cf"])
+def test_check_policy_service_forms_left(postfix_dir, argument):
+    (postfix_dir / "main.cf").write_text(
+        f"smtpd_sender_restrictions = check_policy_service {argument}\n{RELAY}")
+    left = [l.item for l in translate(postfix_dir).left]
+    assert f"check_policy_service {argument}" in left

@@ -61,6 +61,9 @@ DEFAULTS = {
     "default_rbl_reply": "$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked "
                          "using $rbl_domain${rbl_reason?; $rbl_reason}",
     "rbl_reply_maps": "",
+    "queue_directory": "/var/spool/postfix",  # where unix:private/... sockets are
+    "smtpd_policy_service_timeout": "100s",
+    "smtpd_policy_service_default_action": "451 4.3.5 Server configuration problem",
 }
 
 

@@ -72,8 +72,6 @@ WITH_ARGUMENT = {"check_client_access", "check_helo_access", "check_sender_acces
 WHY = {
     "reject_unauth_pipelining": "vSL's stages are not told whether the client pipelined "
                                 "(its SMTP server handles PIPELINING itself)",
-    "check_policy_service": "a policy service's decisions are its own code: write them in "
-                            "main.vsl, or keep the service and run `vsl policyd` beside Postfix",
     "end_of_data": "after the message (on_pre_queue) vSL's scripts see the recipients, not one "
                    "current recipient",
 }
@@ -215,7 +213,27 @@ class Restrictions:
             return self.rhsbl(name, argument)
         if name == "reject_unlisted_recipient":
             return self.unlisted_recipient()
+        if name == "check_policy_service":
+            return self.policy_service(argument, kind)
         return None
+
+    def policy_service(self, argument: str, kind: str) -> str:
+        """policy::ask at ``inet:host:port`` or ``unix:/path`` (also in the ``{ server,
+        timeout=..., default_action=... }`` form; a relative unix: path is in
+        queue_directory), its action read as an access table's."""
+        server, settings = policy_argument(argument)
+        unknown = set(settings) - {"timeout", "default_action"}
+        if unknown or not server.startswith(("inet:", "unix:")):
+            raise NotTranslated("only inet:host:port or unix:/path, with timeout= and "
+                                "default_action=, is translated")
+        if server.startswith("unix:") and not server.startswith("unix:/"):
+            server = f"unix:{self.config.value('queue_directory')}/{server[5:]}"
+        timeout = settings.get("timeout", self.config.value("smtpd_policy_service_timeout"))
+        default = settings.get("default_action",
+                               self.config.value("smtpd_policy_service_default_action"))
+        options = {"timeout": seconds(timeout), "default_action": default}
+        return (f"postfix::policy_service(global::CODES, ctx, {literal(server)}, "
+                f"{literal(options)}, {self.who(kind)})")
 
     def access(self, name: str, argument: str, where: str) -> str | None:
         calls = {
@@ -284,6 +302,28 @@ def pairs(words: list[str]) -> list[tuple[str, str]]:
         result.append((name, words[index + 1] if takes else ""))
         index += 2 if takes else 1
     return result
+
+
+def policy_argument(argument: str) -> tuple[str, dict[str, str]]:
+    """``inet:host:port``, or ``{ inet:host:port, name=value, ... }``: the server and the
+    settings."""
+    if not argument.startswith("{"):
+        return argument, {}
+    words = [w.strip() for w in argument.strip("{} ").split(",") if w.strip()]
+    settings = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+    if not words or len(settings) != len(words) - 1:
+        raise NotTranslated("a { ... } policy service names its server first, then "
+                            "name=value settings")
+    return words[0], {k.strip(): v.strip() for k, v in settings.items()}
+
+
+def seconds(value: str) -> int:
+    """A Postfix time value (``100s``, ``2m``, ``1h``, ``30``: seconds) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = (value[:-1], value[-1]) if value[-1:].isalpha() else (value, "s")
+    if not number.isdigit() or unit not in units:
+        raise NotTranslated(f"'{value}' is not a Postfix time value")
+    return int(number) * units[unit]
 
 
 def constant_name(spec: str, taken: set[str]) -> str:
