@@ -12,8 +12,8 @@ knows it (vSL's own ``vsl policyd`` reads the same attributes back, docs/policyd
 Trouble never fails the script: a connection refused, a timeout, a reply without
 ``action=``, a garbage or oversized reply answer ``default_action``, Postfix's
 ``smtpd_policy_service_default_action`` (``451 4.3.5 Server configuration problem``),
-after one retry as Postfix's attr_clnt makes (both within ``timeout``). The reply is read up to
-:data:`MAX_REPLY` bytes, and the call is charged for what it reads.
+after one retry as Postfix's attr_clnt makes (both within ``timeout``, 10 s unless given).
+A reply is read up to 4096 bytes, and the call is charged for them.
 """
 from __future__ import annotations
 
