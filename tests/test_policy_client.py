@@ -13,6 +13,9 @@ from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.policy import DEFAULT_ACTION, MAX_REPLY
 
 SCRIPT = """
+fn on_connect(ctx) { policy::ask(ctx, global::SERVER) }
+fn on_helo(ctx) { policy::ask(ctx, global::SERVER) }
+fn on_pre_queue(ctx) { policy::ask(ctx, global::SERVER) }
 fn on_rcpt_to(ctx) { policy::ask(ctx, global::SERVER, #{ timeout: 0.5 }) }
 fn on_mail_from(ctx) { policy::ask(ctx, global::SERVER, #{ timeout: 0.5,
                                                           default_action: "DUNNO" }) }
@@ -40,19 +43,26 @@ class Service:
         writer.close()
 
 
-def ask(reply, stage=Stage.RCPT_TO, server=None):
-    """(the script's result, the requests the service saw)."""
+def ask(reply, stage=Stage.RCPT_TO, server=None, unix=None):
+    """(the script's result, the requests the service saw); ``unix``: the service's
+    socket path, else it listens on a loopback port."""
     service = Service(reply)
 
     async def run():
-        listener = await asyncio.start_server(service.handle, "127.0.0.1", 0)
-        port = listener.sockets[0].getsockname()[1]
-        address = server or f"inet:127.0.0.1:{port}"
+        if unix:
+            listener = await asyncio.start_unix_server(service.handle, unix)
+            address = server or f"unix:{unix}"
+        else:
+            listener = await asyncio.start_server(service.handle, "127.0.0.1", 0)
+            port = listener.sockets[0].getsockname()[1]
+            address = server or f"inet:127.0.0.1:{port}"
         script = new_engine().load_source(f'const SERVER = "{address}";\n{SCRIPT}', "t.vsl")
         ctx = Context("192.0.2.1", 40000, "192.0.2.25", 25, "mx.example.test")
-        ctx.helo = "client.example.test"
-        ctx.begin_transaction(Mailbox.parse("alice@example.org"))
-        if stage is Stage.RCPT_TO:
+        if stage >= Stage.HELO:
+            ctx.helo = "client.example.test"
+        if stage >= Stage.MAIL_FROM:
+            ctx.begin_transaction(Mailbox.parse("alice@example.org"))
+        if stage >= Stage.RCPT_TO:
             ctx.add_recipient(Mailbox.parse("bob@example.test"))
         ctx.stage = stage
         async with listener:
@@ -74,10 +84,29 @@ def test_the_request_carries_the_rcpt_stage():
     assert request["instance"] and request["recipient_count"] == "0"
 
 
+@pytest.mark.parametrize("stage, state, helo, sender, count", [
+    (Stage.CONNECT, "CONNECT", "", "", "0"),
+    (Stage.HELO, "EHLO", "client.example.test", "", "0"),
+    (Stage.PRE_QUEUE, "END-OF-MESSAGE", "client.example.test", "alice@example.org", "1"),
+])
+def test_each_stage_sends_its_state(stage, state, helo, sender, count):
+    result, requests = ask(lambda a: b"action=OK\n\n", stage=stage)
+    request = requests[0]
+    assert result == "OK"
+    assert (request["protocol_state"], request["helo_name"], request["sender"],
+            request["recipient"], request["recipient_count"]) == (state, helo, sender, "",
+                                                                  count)
+
+
 def test_mail_from_has_no_recipient():
     result, requests = ask(lambda a: b"action=DUNNO\n\n", stage=Stage.MAIL_FROM)
     assert result == "DUNNO"
     assert requests[0]["protocol_state"] == "MAIL" and requests[0]["recipient"] == ""
+
+
+def test_a_unix_socket_service(tmp_path):
+    result, requests = ask(lambda a: b"action=DUNNO\n\n", unix=str(tmp_path / "policy"))
+    assert result == "DUNNO" and requests[0]["protocol_state"] == "RCPT"
 
 
 def test_other_attributes_in_the_reply_are_ignored():
