@@ -54,7 +54,8 @@ def request(ctx: Context) -> dict[str, str]:
         "client_port": str(ctx.client_port), "client_name": "unknown",
         "reverse_client_name": "unknown", "server_address": ctx.server_ip,
         "server_port": str(ctx.server_port), "helo_name": ctx.helo or "",
-        "sender": _address(ctx.sender), "recipient": _address(ctx.rcpt) if state == "RCPT" else "",
+        "sender": _address(ctx.sender),
+        "recipient": _address(ctx.rcpt) if state == "RCPT" else "",
         "recipient_count": str(recipients), "queue_id": "",
         "instance": ctx.message_id or "", "size": "0",
         "sasl_method": auth.get("mechanism", ""), "sasl_username": auth.get("authid", ""),
@@ -132,6 +133,7 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
 
 
 def _reply_size(ctx, server, options=None) -> int:
+    """What ask charges: the most it reads."""
     return MAX_REPLY
 
 
