@@ -153,14 +153,14 @@ class Protocol(FastSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        self._note_early_input("CONNECT")
+        self._check_greeting_pipelining()
         try:
             admitted = await self.event_handler.connect()
         except Exception as error:  # noqa: BLE001 - as aiosmtpd treats a failing command
             self.hang_up((await self.event_handler.handle_exception(error)).encode())
             return
         if admitted:
-            self._note_early_input("CONNECT")  # the client spoke during on_connect
+            self._check_greeting_pipelining()  # the client may have spoken during on_connect
             self.greeting = self.greeting or f"220 {self.hostname} {self.__ident__}".encode()
             await super()._handle_client()
 
@@ -257,6 +257,13 @@ class Protocol(FastSMTP):
             return (await self._reader.readuntil()).rstrip(b"\r\n")
         except asyncio.LimitOverrunError as error:
             return await self._reader.read(error.consumed)
+
+    def _check_greeting_pipelining(self) -> None:
+        """Flag improper pipelining if the client spoke before the greeting; not on an
+        implicit-TLS listener, whose client may speak once the handshake is done (as
+        Postfix spares smtpd_tls_wrappermode)."""
+        if self.listener.kind != "smtps":
+            self._note_early_input("CONNECT")
 
     def _check_pipelining(self, command: str) -> None:
         """Before ``command`` runs: flag improper pipelining (ctx.improper_pipelining, as
