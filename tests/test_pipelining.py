@@ -8,11 +8,15 @@ command.
 """
 from __future__ import annotations
 
+import socket
+
 import pytest
+
+from vsl.server.config import Listener
 
 from tests.support.postfix import PrivatePostfix
 from tests.support.servers import config_for, running
-from tests.support.smtp_tools import Raw
+from tests.support.smtp_tools import Raw, tls_setup
 
 DENY_WHEN_PIPELINED = """
 fn on_rcpt_to(ctx) {
@@ -117,6 +121,30 @@ def test_unflagged_message_is_accepted(vsl_server):
         smtp.send(f"{MAIL}\r\n{RCPT}\r\nDATA\r\n")
         assert [smtp.reply()[0] for _ in range(3)] == [250, 250, 354]
         assert smtp.cmd("Subject: on time\r\n\r\nhello\r\n.")[0] == 250
+
+
+def test_implicit_tls_client_may_speak_before_the_greeting(tmp_path):
+    """On smtps the client may talk once the handshake is done (Postfix spares
+    smtpd_tls_wrappermode): EHLO sent with no wait for the greeting is not flagged."""
+    tls_config, context, _ = tls_setup(tmp_path)
+    config = config_for(tmp_path, DENY_WHEN_PIPELINED, tls=tls_config,
+                        listen=(Listener("127.0.0.1", 0, "smtps"),))
+    with running(config) as server:
+        plain = socket.create_connection(("127.0.0.1", server.port("smtps")), timeout=5)
+        with context.wrap_socket(plain, server_hostname="mx.test") as tls:
+            replies = tls.makefile("rb")
+            tls.sendall(f"{EHLO}\r\n".encode())
+            assert [reply_code(replies) for _ in range(2)] == [220, 250]
+            for command in (MAIL, RCPT):
+                tls.sendall(f"{command}\r\n".encode())
+                assert reply_code(replies) == 250
+
+
+def reply_code(replies) -> int:
+    """The code of the next whole reply read from the file ``replies``."""
+    while (line := replies.readline())[3:4] == b"-":
+        pass
+    return int(line[:3])
 
 
 def test_same_decisions_as_postfix(vsl_server):
