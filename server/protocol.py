@@ -1,7 +1,7 @@
 """One SMTP connection's protocol: aiosmtpd's ``SMTP`` (through
 :class:`~server.smtp.FastSMTP`) with vSL's connection-level rules where its hooks are
 missing: connect, replies with enhanced status codes, error and junk-command limits, idle
-sessions, a refused session's short life. What each command means (the policy stages,
+sessions, a refused session's short life, improper pipelining (ctx.improper_pipelining). What each command means (the policy stages,
 AUTH, the queue) is its handler's, :class:`~server.session.Session`.
 """
 from __future__ import annotations
