@@ -1,16 +1,19 @@
 """One SMTP connection's protocol: aiosmtpd's ``SMTP`` (through
 :class:`~server.smtp.FastSMTP`) with vSL's connection-level rules where its hooks are
 missing: connect, replies with enhanced status codes, error and junk-command limits, idle
-sessions, a refused session's short life. What each command means (the policy stages,
+sessions, a refused session's short life, improper pipelining (ctx.improper_pipelining). What each command means (the policy stages,
 AUTH, the queue) is its handler's, :class:`~server.session.Session`.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import logging
 import re
 import socket
+import struct
+import termios
 from time import monotonic
 
 from aiosmtpd.smtp import syntax
@@ -38,6 +41,9 @@ BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 REFUSED_COMMANDS = 20
 REFUSED_SESSION_TIME = 30.0
 TOO_MANY_COMMANDS = b"421 4.7.0 Too many commands, closing the connection"
+# The commands that end an RFC 2920 command group (Postfix's SMTPD_CMD_FLAG_LAST): after
+# EHLO a client may send others ahead of their replies, never anything behind these.
+GROUP_ENDERS = frozenset({"HELO", "EHLO", "DATA", "NOOP", "VRFY"})
 
 
 def enhance(reply: bytes) -> bytes:
@@ -71,6 +77,17 @@ def _bound_replies(transport) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
 
 
+def _unread_bytes(transport) -> int:
+    """How many bytes the client sent that the kernel holds unread (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
+
 def _unless_idle(command):
     """The SMTP command method ``command``, not run when the session is idle too long or
     already hung up (commands a client pipelined behind the one that ended it). The time
@@ -83,6 +100,7 @@ def _unless_idle(command):
             return
         self.command_started = monotonic()  # until its first reply: see push
         self.command, self.argument = name, arg  # what its replies answer: see push
+        self._check_pipelining(name)
         await command(self, arg)
     return run
 
@@ -135,12 +153,14 @@ class Protocol(FastSMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
+        self._check_greeting_pipelining()
         try:
             admitted = await self.event_handler.connect()
         except Exception as error:  # noqa: BLE001 - as aiosmtpd treats a failing command
             self.hang_up((await self.event_handler.handle_exception(error)).encode())
             return
         if admitted:
+            self._check_greeting_pipelining()  # the client may have spoken during on_connect
             self.greeting = self.greeting or f"220 {self.hostname} {self.__ident__}".encode()
             await super()._handle_client()
 
@@ -237,6 +257,32 @@ class Protocol(FastSMTP):
             return (await self._reader.readuntil()).rstrip(b"\r\n")
         except asyncio.LimitOverrunError as error:
             return await self._reader.read(error.consumed)
+
+    def _check_greeting_pipelining(self) -> None:
+        """Flag improper pipelining if the client spoke before the greeting; not on an
+        implicit-TLS listener, whose client may speak once the handshake is done (as
+        Postfix spares smtpd_tls_wrappermode)."""
+        if self.listener.kind != "smtps":
+            self._note_early_input("CONNECT")
+
+    def _check_pipelining(self, command: str) -> None:
+        """Before ``command`` runs: flag improper pipelining (ctx.improper_pipelining, as
+        Postfix's reject_unauth_pipelining sees it) if the client sent more behind it while
+        it did not say EHLO (so was never offered PIPELINING) or ``command`` ends a group."""
+        if not self.session.extended_smtp or command in GROUP_ENDERS:
+            self._note_early_input(command)
+
+    def _note_early_input(self, where: str) -> None:
+        """Flag improper pipelining if client input is waiting unread: in the reader's
+        buffer or the socket's (Postfix's vstream_peek and peekfd). The flag stays set."""
+        ctx = self.event_handler.ctx
+        if ctx.improper_pipelining or self.transport is None:
+            return
+        pending = len(self._reader._buffer) or _unread_bytes(self.transport)  # noqa: SLF001
+        if pending:
+            log.info("%s: improper command pipelining after %s", self.event_handler.peer_ip,
+                     where)
+            ctx.improper_pipelining = True
 
     def hang_up(self, reply: bytes) -> None:
         """Say a last reply and close, without waiting on a client that does not read."""

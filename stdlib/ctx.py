@@ -64,6 +64,7 @@ _PROPS = {  # property -> the first and last stage where scripts can read it
     "client_ip": _SESSION, "client_port": _SESSION, "server_ip": _SESSION,
     "server_port": _SESSION, "server_name": _SESSION, "auth": _SESSION,
     "helo": (Stage.HELO, Stage.POST_QUEUE),
+    "improper_pipelining": (Stage.CONNECT, Stage.PRE_QUEUE),
     "sender": _QUEUED, "message_id": _QUEUED, "recipients": _TRANSACTION,
     "rcpt": (Stage.RCPT_TO, Stage.RCPT_TO),
     "body": _MESSAGE,
@@ -122,6 +123,9 @@ class Context(NativeObject):
         self.stage = Stage.CONNECT
         self.helo: str | None = None
         self.tls = False  # set once STARTTLS succeeded
+        # set for the rest of the session once the client sent commands ahead of their
+        # replies where RFC 2920 forbids it (Postfix's reject_unauth_pipelining)
+        self.improper_pipelining = False
         self.auth: FrozenMap | None = None
         self._data: dict = {}  # store(): the session's values, then the transaction's
         self._session_data: dict = {}  # the session's values, while a transaction is open

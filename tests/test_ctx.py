@@ -73,6 +73,7 @@ PROPERTIES = {
     "server_name": (Stage.CONNECT, Stage.POST_QUEUE),
     "auth": (Stage.CONNECT, Stage.POST_QUEUE),
     "helo": (Stage.HELO, Stage.POST_QUEUE),
+    "improper_pipelining": (Stage.CONNECT, Stage.PRE_QUEUE),
     "sender": (Stage.MAIL_FROM, Stage.DELIVERY_FAILURE),
     "message_id": (Stage.MAIL_FROM, Stage.DELIVERY_FAILURE),
     "recipients": (Stage.MAIL_FROM, Stage.POST_QUEUE),
