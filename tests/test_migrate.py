@@ -220,13 +220,12 @@ def test_migration_md_lists_every_line_left(postfix_dir, tmp_path):
     translation = translate(postfix_dir)
     left = {(item.where.partition(":")[0] + ":" + item.where.partition(":")[2].split(":")[0],
              item.item) for item in translation.left}
-    assert ("main.cf:10", "reject_unauth_pipelining") in left
     assert ("main.cf:10", "check_recipient_access ldap:/etc/postfix/ldap.cf") in left
     assert ("main.cf:7", "disable_vrfy_command = yes") in left
     assert ("main.cf:8", "alias_maps = hash:/etc/aliases") in left
     assert ("main.cf:2", "local_recipient_maps = the system's users and aliases (Postfix's "
             "default)") in left
-    assert len(translation.left) == 5
+    assert len(translation.left) == 4
     translation.write(tmp_path / "out")
     text = (tmp_path / "out" / "MIGRATION.md").read_text()
     assert "offers no ETRN" in text  # vSL's protocol: translated, with a difference
@@ -285,6 +284,33 @@ def test_routing_operators_need_allow_untrusted_routing(tmp_path, allow, expecte
                                    ("127.0.0.2", "v%evil.test@mx.example.test"),
                                    ("127.0.0.2", "v@relayed.test")]) == \
         [expected, expected, 554, 250]
+
+
+def test_unauth_pipelining_refuses_commands_sent_ahead_after_helo(tmp_path):
+    """reject_unauth_pipelining: Postfix's 503 5.5.0 once a client pipelined without EHLO;
+    the same commands one at a time, or pipelined after EHLO, pass."""
+    (tmp_path / "main.cf").write_text(
+        "compatibility_level = 3.6\nmydestination = mx.example.test\n"
+        "smtpd_recipient_restrictions = reject_unauth_pipelining, permit_auth_destination, "
+        "reject\n")
+    translate(tmp_path).write(tmp_path / "policy")
+    config = replace(load(tmp_path / "policy" / "vsl.toml"), listen=(Listener("127.0.0.1", 0),),
+                     queue_dir=tmp_path / "queue", delivery=DeliveryConfig(enabled=False))
+    with running(config) as server:
+        with Raw(server.port()) as smtp:
+            smtp.send("HELO client.test\r\nMAIL FROM:<a@client.test>\r\n"
+                      "RCPT TO:<b@mx.example.test>\r\n")
+            replies = [smtp.reply() for _ in range(3)]
+        with Raw(server.port()) as smtp:
+            smtp.send("EHLO client.test\r\n")
+            assert smtp.reply()[0] == 250
+            smtp.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<b@mx.example.test>\r\n")
+            allowed = [smtp.reply()[0] for _ in range(2)]
+    assert [code for code, _ in replies] == [250, 250, 503]
+    assert replies[2][1].decode().endswith(
+        "5.5.0 <b@mx.example.test>: Recipient address rejected: "
+        "Improper use of SMTP command pipelining")
+    assert allowed == [250, 250]
 
 
 def rcpt_replies(directory: Path, cases: list[tuple[str, str]]) -> list[int]:

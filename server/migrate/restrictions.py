@@ -70,8 +70,6 @@ WITH_ARGUMENT = {"check_client_access", "check_helo_access", "check_sender_acces
                  "check_helo_a_access", "check_sasl_access", "check_ccert_access",
                  "reject_dnsbl_client"}
 WHY = {
-    "reject_unauth_pipelining": "vSL's stages are not told whether the client pipelined "
-                                "(its SMTP server handles PIPELINING itself)",
     "end_of_data": "after the message (on_pre_queue) vSL's scripts see the recipients, not one "
                    "current recipient",
 }
@@ -198,6 +196,7 @@ class Restrictions:
             "reject_unknown_client_hostname": f"postfix::unknown_client({codes}, ctx)",
             "reject_unknown_reverse_client_hostname":
                 f"postfix::unknown_reverse_client({codes}, ctx)",
+            "reject_unauth_pipelining": f"postfix::unauth_pipelining(ctx, {self.who(kind)})",
         }
         if name in simple:
             return simple[name]
