@@ -113,7 +113,6 @@ def _serve(config) -> None:
 def serve_until_interrupted(server, announce) -> None:
     """Start ``server``, call ``announce()`` (where it listens), serve until Ctrl-C or
     SIGTERM; an address that cannot be bound is a ClickException."""
-    import asyncio
 
     async def run():
         await server.start()

@@ -7,42 +7,22 @@ import textwrap
 import pytest
 
 from vsl.stdlib.ctx import Context, Stage, entry_points
-from vsl.stdlib.support.mail import Mailbox, Message
+from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib import new_engine
 from vsl.errors import ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits
 from vsl.values import NativeObject
 
+from tests.support.contexts import MESSAGE, session
+
 ENGINE = new_engine(Limits(max_operations=100_000, max_time=5.0))
 
-MESSAGE = (b"Received: from client.example by mx.example;\r\n"
-           b"\tTue, 1 Jan 2030 00:00:00 +0000\r\n"
-           b"From: Alice <alice@a.example>\r\n"
-           b"To: bob@b.example\r\n"
-           b"Subject: hello\r\n"
-           b"X-Tag: one\r\n"
-           b"x-tag: two\r\n"
-           b"\r\n"
-           b"Hi Bob,\r\ncaf\xc3\xa9\r\n")
 
 
 def load(source: str):
     return ENGINE.load_source(textwrap.dedent(source), "ctx_test.vsl")
 
 
-def session(stage: Stage = Stage.PRE_QUEUE, data: bytes = MESSAGE) -> Context:
-    """A context as the server would have built it by ``stage``."""
-    ctx = Context("192.0.2.1", 4242, "192.0.2.25", 25, "mx.example")
-    ctx.stage = stage
-    if stage >= Stage.HELO:
-        ctx.helo = "client.example"
-    if stage >= Stage.MAIL_FROM:
-        ctx.begin_transaction(Mailbox.parse("alice@a.example"))
-    if stage >= Stage.RCPT_TO:
-        ctx.add_recipient(Mailbox.parse("bob@b.example"))
-    if stage >= Stage.PRE_QUEUE:
-        ctx.message = Message(data)
-    return ctx
 
 
 def run(body: str, ctx: Context):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from vsl.cli.migrate_verify import verify
 from vsl.server import maillog, replay, replay_report
-from vsl.server.replay import Scenario, Turn
+from vsl.server.replay import Scenario
 from vsl.server.transcript import parse
 
 from tests.support.mailsink import free_port

@@ -8,9 +8,10 @@ import asyncio
 import pytest
 
 from vsl.stdlib import new_engine
-from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.support.mail import Mailbox
+from vsl.stdlib.ctx import Stage
 from vsl.stdlib.policy import DEFAULT_ACTION, MAX_REPLY
+
+from tests.support.contexts import session
 
 SCRIPT = """
 fn on_connect(ctx) { policy::ask(ctx, global::SERVER) }
@@ -57,14 +58,7 @@ def ask(reply, stage=Stage.RCPT_TO, server=None, unix=None):
             port = listener.sockets[0].getsockname()[1]
             address = server or f"inet:127.0.0.1:{port}"
         script = new_engine().load_source(f'const SERVER = "{address}";\n{SCRIPT}', "t.vsl")
-        ctx = Context("192.0.2.1", 40000, "192.0.2.25", 25, "mx.example.test")
-        if stage >= Stage.HELO:
-            ctx.helo = "client.example.test"
-        if stage >= Stage.MAIL_FROM:
-            ctx.begin_transaction(Mailbox.parse("alice@example.org"))
-        if stage >= Stage.RCPT_TO:
-            ctx.add_recipient(Mailbox.parse("bob@example.test"))
-        ctx.stage = stage
+        ctx = session(stage)
         async with listener:
             return await script.call_async(stage.function, ctx)
 
@@ -78,16 +72,16 @@ def test_the_request_carries_the_rcpt_stage():
     assert request["request"] == "smtpd_access_policy"
     assert request["protocol_state"] == "RCPT"
     assert (request["client_address"], request["helo_name"]) == ("192.0.2.1",
-                                                                "client.example.test")
-    assert (request["sender"], request["recipient"]) == ("alice@example.org",
-                                                         "bob@example.test")
+                                                                "client.example")
+    assert (request["sender"], request["recipient"]) == ("alice@a.example",
+                                                         "bob@b.example")
     assert request["instance"] and request["recipient_count"] == "0"
 
 
 @pytest.mark.parametrize("stage, state, helo, sender, count", [
     (Stage.CONNECT, "CONNECT", "", "", "0"),
-    (Stage.HELO, "EHLO", "client.example.test", "", "0"),
-    (Stage.PRE_QUEUE, "END-OF-MESSAGE", "client.example.test", "alice@example.org", "1"),
+    (Stage.HELO, "EHLO", "client.example", "", "0"),
+    (Stage.PRE_QUEUE, "END-OF-MESSAGE", "client.example", "alice@a.example", "1"),
 ])
 def test_each_stage_sends_its_state(stage, state, helo, sender, count):
     result, requests = ask(lambda a: b"action=OK\n\n", stage=stage)

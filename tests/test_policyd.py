@@ -4,7 +4,6 @@ input closes the connection without a reply and never stops the service."""
 import asyncio
 import contextlib
 import logging
-from dataclasses import replace
 
 import pytest
 
