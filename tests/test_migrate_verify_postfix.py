@@ -4,7 +4,6 @@ give the same replies, served by ``vsl serve`` (no difference), then one deliber
 difference."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from vsl.server.replay import Scenario, Turn
 from vsl.server.transcript_queue import matches
 
 from tests.support.crash import stop_process
-from tests.support.mailsink import free_port
+from tests.support.mailsink import free_port, listening
 from tests.support.postfix import PrivatePostfix
 from tests.support.smtp_tools import wait_for
 from tests.support.tools import require
@@ -79,19 +78,12 @@ def vsl_port(tmp_path_factory):
              str(directory / "queue"), "--hostname", "mx.example.test"],
             stdin=subprocess.DEVNULL, stdout=output, stderr=output)
     try:
-        assert wait_for(lambda: _listening(port) or proc.poll() is not None, 30)
+        assert wait_for(lambda: listening(port) or proc.poll() is not None, 30)
         assert proc.poll() is None, log.read_text()
         yield port
     finally:
         stop_process(proc)
 
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def conversation(client_ip: str, *recipients: str, sender: str = "a@sender.test") -> Scenario:

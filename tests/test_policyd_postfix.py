@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mailsink import free_port
+from tests.support.mailsink import free_port, listening
 from tests.support.postfix import PrivatePostfix
+from tests.support.smtp_tools import wait_for
 from tests.support.tools import require
 
 POLICY = """
@@ -82,13 +83,9 @@ def policyd_process(tmp_path):
 
 
 def _wait_listening(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
+    if wait_for(lambda: proc.poll() is not None or listening(port), 30, 0.05) and \
+            proc.poll() is None:
+        return
     pytest.fail(f"vsl policyd does not listen: {proc.stdout.read1().decode()}")
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 import resource
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from vsl.server.queue import Spool
-from tests.support.mailsink import free_port
+from tests.support.mailsink import free_port, listening
 from tests.support.servers import config_for, running
+from tests.support.smtp_tools import wait_for
 
 VSL = Path(sys.executable).parent / "vsl"
 
@@ -36,12 +35,7 @@ def test_full_disk_gives_451(tmp_path):
          "--hostname", "example.test"], stdout=log, stderr=log,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)))
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for(lambda: listening(port), 10, 0.1)
         code, text = send(port, b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 200)
         assert (code, text) == (451, b"4.3.0 Error: queue file write error")
         assert send(port, b"Subject: small\r\n\r\nhi\r\n")[0] == 250

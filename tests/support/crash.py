@@ -21,7 +21,6 @@ import re
 import select
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 from vsl.server.queue import Spool
-from tests.support.mailsink import Sink
+from tests.support.mailsink import Sink, listening
+from tests.support.smtp_tools import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VSL = Path(sys.executable).parent / "vsl"
@@ -153,16 +153,12 @@ class VslProcess:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([VSL, "serve", "--config", str(self.config)],
                                          cwd=self.directory, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vsl serve exited ({self.proc.returncode}):\n"
-                                   f"{_tail(self.log)}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
+        up = wait_for(lambda: self.proc.poll() is not None or listening(self.port), timeout)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"vsl serve exited ({self.proc.returncode}):\n"
+                               f"{_tail(self.log)}")
+        if up:
+            return
         self.stop()
         raise RuntimeError(f"vsl serve did not listen within {timeout} s:\n{_tail(self.log)}")
 

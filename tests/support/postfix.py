@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from .mailsink import free_port
+from .mailsink import free_port, listening
+from .smtp_tools import wait_for
 from .tools import missing, require
 
 MASTER_CF = """\
@@ -187,13 +187,8 @@ class PrivatePostfix:
         return None
 
     def _wait_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+        if wait_for(lambda: listening(self.port), timeout, 0.05):
+            return
         self.stop()
         pytest.fail(f"Postfix does not listen on {self.port}:\n{self.maillog()[-2000:]}")
 
