@@ -9,6 +9,8 @@ is logged once and the status codes decide (confidence 0). See docs/bounces.md.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
@@ -69,8 +71,7 @@ def parse(ctx) -> list:
 
 def recipient_entry(bounce: Bounce, index: int) -> dict:
     """The map bounce::parse gives for the recipient at ``index``."""
-    single = Bounce(kind=bounce.kind, subject=bounce.subject, text=bounce.text,
-                    recipients=bounce.recipients[index:index + 1])
+    single = dataclasses.replace(bounce, recipients=bounce.recipients[index:index + 1])
     rcpt, judged = single.first, shipped().classify(single)
     return {"recipient": rcpt.address, "action": rcpt.action, "status": judged.status,
             "remote_mta": rcpt.remote_mta, "diagnostic": judged.diagnostic,

@@ -245,3 +245,18 @@ fn on_rcpt_to(ctx) {
             assert smtp.mail("alice@example.org")[0] == 250
             code, text = smtp.rcpt("bob@example.test")
     assert code == 550 and text == b"5.1.1 userunknown 5.1.1"
+
+
+def test_a_parsed_recipient_is_judged_with_the_whole_bounce_marks_included():
+    """bounce::parse's entry for the one recipient of a bounce says what bounce::classify
+    says of the whole message: the header marks (X-Failed-Recipients, MAILER-DAEMON) count."""
+    raw = ("From: Mail Delivery System <MAILER-DAEMON@mx.example>\n"
+           "X-Failed-Recipients: bob@example.org\nAuto-Submitted: auto-replied\n"
+           "Subject: Mail delivery failed\n\n"
+           "This message was created automatically by mail delivery software.\n\n"
+           "  bob@example.org\n    mailbox is full: retry timeout exceeded\n")
+    parsed = bounce.parse_message(raw.encode())
+    assert parsed.marks
+    whole = bounce.shipped().classify(parsed)
+    entry = bounce.recipient_entry(parsed, 0)
+    assert (entry["reason"], entry["confidence"]) == (whole.reason, whole.confidence)
