@@ -28,7 +28,7 @@ from vsl.natives import Namespace
 from vsl.values import FrozenMap, NativeObject, method, preview
 
 from .support.mail import Mailbox, Message
-from .support.result import BounceResult
+from .support.result import BounceResult, CheckResult
 
 namespace = Namespace("ctx", "The SMTP session object passed to stage functions")
 
@@ -89,7 +89,7 @@ def _during(stages: tuple[Stage, Stage]):
     return mark
 
 
-class Reply(NativeObject):
+class Reply(CheckResult):
     """A remote's reply as on_delivery_failure sees it (``ctx.reply``): ``.code`` (550),
     ``.text`` (the rest); prints as the whole line and compares equal to it."""
 
@@ -98,15 +98,9 @@ class Reply(NativeObject):
 
     def __init__(self, line: str):
         code, _, text = line.partition(" ")
-        self.line = line
+        self.value = line
         self.code = int(code) if len(code) == 3 and code.isdigit() else 0
         self.text = text if self.code else line
-
-    def vsl_display(self) -> str:
-        return self.line
-
-    def vsl_equals(self, other) -> bool:
-        return self.line == (other.line if isinstance(other, Reply) else other)
 
 
 class Context(NativeObject):

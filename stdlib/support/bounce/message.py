@@ -389,7 +389,13 @@ def _strip_tags(html: str) -> str:
 def as_bounce(text: str) -> Bounce:
     """A whole message parsed as one; a bare reply or diagnostic line as the report of one
     recipient refused with it."""
-    return parse(text if is_message(text) else reply_report(text))
+    return parse(report_text(text))
+
+
+def report_text(text: str) -> str:
+    """The message the classifier reads for ``text``: itself when it is a whole message,
+    else the report of one recipient refused with it."""
+    return text if is_message(text) else reply_report(text)
 
 
 def reply_report(reply: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, featurize
-from .message import is_message, parse, reply_report
+from .message import parse, report_text
 from .model import Classifier, Network, average_probabilities, softmax
 
 
@@ -370,8 +370,8 @@ def learned_rows(path: str | None) -> list[dict]:
     reply line as the report the classifier reads it as."""
     from . import learned
 
-    return [{"text": e.text if is_message(e.text) else reply_report(e.text),
-             "reason": e.reason} for e in learned.read(path)] if path else []
+    return [{"text": report_text(e.text), "reason": e.reason}
+            for e in learned.read(path)] if path else []
 
 
 def load_jsonl(path: str) -> list[dict]:
