@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from .serve import local_config
+
 from vsl.server.printable import printable
 
 DATA = click.Path(exists=True, dir_okay=False)
@@ -153,14 +155,7 @@ def forget(numbers, config_path) -> None:
 
 def _learned_path(config_path: str | None) -> Path:
     """The learned file of ``--config``, else of ./vsl.toml when present, else the default."""
-    from vsl.server import config as config_module  # (the mail model: slow to import)
-
-    if not config_path and Path("vsl.toml").is_file():
-        config_path = "vsl.toml"
-    try:
-        return config_module.load(config_path).learned_bounces
-    except config_module.ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    return local_config(config_path).learned_bounces
 
 
 def _read(name: str) -> str:

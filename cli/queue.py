@@ -10,6 +10,8 @@ from vsl.server import queue_admin
 from vsl.server.printable import printable
 from vsl.server.queue_backend import QueueBackend, QueueError
 
+from .serve import local_config
+
 
 @click.group()
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
@@ -18,16 +20,10 @@ from vsl.server.queue_backend import QueueBackend, QueueError
 @click.pass_context
 def queue(ctx, queue_dir, config_path) -> None:
     """Look at and act on the mail queue (safe while the server runs)."""
-    from vsl.server import config as config_module  # (the mail model: slow to import)
+    from vsl.server.config import Config  # (the mail model: slow to import)
     from vsl.server.queues import open_queue
 
-    if not queue_dir and not config_path and Path("vsl.toml").is_file():
-        config_path = "vsl.toml"
-    try:
-        config = config_module.Config(queue_dir=Path(queue_dir)) if queue_dir \
-            else config_module.load(config_path)
-    except config_module.ConfigError as err:
-        raise click.ClickException(str(err)) from None
+    config = Config(queue_dir=Path(queue_dir)) if queue_dir else local_config(config_path)
     if not config.queue_dir.is_dir():
         raise click.ClickException(f"{config.queue_dir}: no queue here (use --queue-dir)")
     ctx.obj = open_queue(config)
