@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from .serve import local_config
-
 from vsl.server.printable import printable
+
+from .serve import local_config
 
 DATA = click.Path(exists=True, dir_okay=False)
 CONFIG = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
