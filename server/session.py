@@ -274,7 +274,8 @@ class Session:
                                   envelope.smtp_utf8), ctx.message_id,
                          [r.address for r in ctx.recipients])
         try:
-            ctx.message = await self._parse(trace + envelope.original_content)
+            ctx.message = await parse_message(trace + envelope.original_content,
+                                              self.settings.limits.header)
         except HeaderLimitError as err:
             reply = self._reject("DATA", header_limit_reply(err))
             self._end_transaction()
@@ -334,12 +335,14 @@ class Session:
             return f"fallback_reply@{stage.function}"
         return f"{stage.function}@{self.stages.decided_at}"
 
-    async def _parse(self, data: bytes) -> Message:
-        """The message within the header limits; a big one is parsed in a thread."""
-        limits = self.settings.limits.header
-        if len(data) <= PARSE_INLINE:
-            return Message(data, limits)
-        return await asyncio.to_thread(Message, data, limits)
+
+
+async def parse_message(data: bytes, limits) -> Message:
+    """The message within the header ``limits``; a big one is parsed in a thread, so the
+    event loop keeps serving (the SMTP session and the milter)."""
+    if len(data) <= PARSE_INLINE:
+        return Message(data, limits)
+    return await asyncio.to_thread(Message, data, limits)
 
 
 def as_greeting(reply: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -88,12 +87,7 @@ class MilterServer:
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
-        loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGHUP, self.policy.request_reload)
-        except (NotImplementedError, RuntimeError):
-            pass  # not the main thread
-        watcher = asyncio.ensure_future(self.policy.watch())
+        watcher = self.policy.follow_changes()
         try:
             await self.server.serve_forever()
         finally:

@@ -13,7 +13,6 @@ with a temporary failure that names nothing of it.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -21,11 +20,11 @@ from purepythonmilter.api import models
 from purepythonmilter.protocol import commands, definitions, responses
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.support.mail import AddressError, HeaderLimitError, Message
+from vsl.stdlib.support.mail import AddressError, HeaderLimitError
 
 from ..queue_backend import new_id
 from ..services import SessionSettings
-from ..session import PARSE_INLINE, header_limit_reply
+from ..session import header_limit_reply, parse_message
 from ..stages import StageRunner
 from ..unqualified import qualified
 from .edits import Snapshot, offered
@@ -209,7 +208,7 @@ class MilterSession:
             return [self._refused("END-OF-MESSAGE", TOO_BIG, None)]
         self._end_header()  # a message without a body
         try:
-            ctx.message = await _parse(bytes(self._message), self.settings)
+            ctx.message = await parse_message(bytes(self._message), self.settings.limits.header)
         except HeaderLimitError as err:
             return [self._refused("END-OF-MESSAGE", header_limit_reply(err), None)]
         before = Snapshot(ctx, self._sender, self._recipients)
@@ -282,8 +281,3 @@ _IN_SESSION = {commands.Helo, commands.MailFrom, commands.RcptTo, commands.Heade
                commands.BodyChunk, commands.EndOfMessage}
 
 
-async def _parse(data: bytes, settings: SessionSettings) -> Message:
-    """The message within the header limits; a big one is parsed in a thread."""
-    if len(data) <= PARSE_INLINE:
-        return Message(data, settings.limits.header)
-    return await asyncio.to_thread(Message, data, settings.limits.header)

@@ -36,11 +36,6 @@ class Conversation:
     decided: dict = field(default_factory=dict)  # Stage, or (RCPT_TO, address) -> action
     last_used: float = 0.0
 
-    def has_run(self, stage: Stage) -> bool:
-        """Whether ``stage`` decided for this session or message (for any recipient)."""
-        return any((key if isinstance(key, Stage) else key[0]) == stage
-                   for key in self.decided)
-
     def end_message(self) -> None:
         """The transaction's decisions and values are forgotten, the session's (connect,
         helo, values stored before MAIL FROM) stay."""

@@ -91,9 +91,9 @@ class Delegation:
                 helo: str) -> None:
         """End the message when the request says another began: MAIL again, another
         instance, or HELO with another name (then on_helo runs again too)."""
-        new_helo = state in ("EHLO", "HELO") and conversation.has_run(Stage.HELO) and \
+        new_helo = state in ("EHLO", "HELO") and Stage.HELO in conversation.decided and \
             helo != (conversation.ctx.helo or "")
-        new_mail = state == "MAIL" and conversation.has_run(Stage.MAIL_FROM)
+        new_mail = state == "MAIL" and Stage.MAIL_FROM in conversation.decided
         new_instance = bool(instance) and conversation.instance not in ("", instance)
         if new_helo or new_mail or new_instance:
             self.conversations.new_message(conversation)
