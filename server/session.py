@@ -320,20 +320,10 @@ class Session:
         fields += [f"to=<{printable(to)}>"] if to is not None else []
         fields.append(f"proto={'ESMTP' if session.extended_smtp else 'SMTP'}")
         fields += [f"helo=<{printable(ctx.helo)}>"] if ctx.helo is not None else []
-        fields.append(f"decided_by={self._decider(stage)}")
+        fields.append(f"decided_by={'server' if stage is None else self.stages.decider(stage)}")
         log.info("NOQUEUE: reject: %s from unknown[%s]: %s; %s", command, self.peer_ip,
                  printable(reply.replace("\n", " ")), " ".join(fields))
         return reply
-
-    def _decider(self, stage: Stage | None) -> str:
-        """Who refused: the server's own rule, the fallback reply of a failed stage, or
-        the stage function and where its script made the deny
-        (``on_rcpt_to@main.vsl:3:12``, the ``status::deny(...)`` call)."""
-        if stage is None:
-            return "server"
-        if self.stages.failed:
-            return f"fallback_reply@{stage.function}"
-        return f"{stage.function}@{self.stages.decided_at}"
 
 
 

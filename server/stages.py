@@ -74,6 +74,14 @@ class StageRunner:
                 return Status("next")
         return result
 
+    def decider(self, stage: Stage) -> str:
+        """Who made ``stage``'s last decision, for the log's ``decided_by``: the fallback
+        reply of a failed stage, or the stage function and where its script made the
+        status (``on_rcpt_to@main.vsl:3:12``, the ``status::deny(...)`` call)."""
+        if self.failed:
+            return f"fallback_reply@{stage.function}"
+        return f"{stage.function}@{self.decided_at}"
+
     def _fallback(self) -> Status:
         self.failed = True
         return Status("deny", self.fallback_reply)

@@ -244,12 +244,7 @@ class MilterSession:
 
     def _refused(self, command: str, reply: str, stage: Stage | None) -> SmtpReply:
         """The refusal of ``command``, logged with who decided it."""
-        if stage is None:
-            decider = "milter"
-        elif self.runner.failed:
-            decider = f"fallback_reply@{stage.function}"
-        else:
-            decider = f"{stage.function}@{self.runner.decided_at}"
+        decider = "milter" if stage is None else self.runner.decider(stage)
         log.info("reject: %s from %s: %s; decided_by=%s", command, self.ctx.client_ip,
                  reply.replace("\n", " "), decider)
         return SmtpReply(reply=reply)

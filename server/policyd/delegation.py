@@ -137,10 +137,8 @@ class Delegation:
         if status.kind == "deny":
             if stage == Stage.RCPT_TO:
                 ctx.drop_recipient()
-            decider = f"fallback_reply@{stage.function}" if runner.failed else \
-                f"{stage.function}@{runner.decided_at}"  # as vsl serve logs it
             log.info("%s: %s refused: %s; decided_by=%s", printable(ctx.client_ip), state,
-                     printable(status.reply.replace("\n", " ")), decider)
+                     printable(status.reply.replace("\n", " ")), runner.decider(stage))
             return actions.refusal(status.reply)
         if runner.quarantine and runner.quarantine != quarantined:
             action = actions.hold(runner.quarantine)
