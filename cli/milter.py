@@ -1,12 +1,11 @@
 """``vsl milter``: the policy's stages inside Postfix or Sendmail (server/milter/)."""
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
-from .serve import _log_format, serve_config, serve_until_interrupted
+from .serve import serve_config, serve_until_interrupted, setup_logging
 
 
 @click.command()
@@ -25,10 +24,7 @@ def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> Non
     from vsl.server.milter.server import MilterServer
     from vsl.server.policy import PolicyError
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("asyncio", "purepythonmilter"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose, "purepythonmilter")
     config = serve_config(config_path, scripts, (), None, None, dns_override, hostname, None)
     try:
         server = MilterServer(config, listen)

@@ -5,14 +5,11 @@ The service is imported when the command runs, not with the command line.
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
-from vsl.server.printable import SafeFormatter
-
-from .serve import run_until_interrupted, serve_config
+from .serve import serve_config, serve_until_interrupted, setup_logging
 
 DEFAULT_LISTEN = "127.0.0.1:10040"
 
@@ -31,10 +28,7 @@ def policyd(config_path, scripts, listen, dns_server, hostname, verbose) -> None
     """Answer Postfix's policy requests (check_policy_service) with the scripts' stages."""
     from vsl.server import config as config_module
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    setup_logging(verbose)
     config = serve_config(config_path, scripts=scripts, listen=(), queue_dir=None,
                           dns_server=dns_server, dns_override=(), hostname=hostname,
                           workers=None)
@@ -58,10 +52,5 @@ def _run(config, listen: tuple[str, int]) -> None:
         click.echo(f"the scripts do not lint:\n{err}", err=True)
         sys.exit(1)
 
-    async def run():
-        await service.start()
-        host, port = service.address
-        click.echo(f"vsl: policy service listening on {host}:{port}")
-        await service.serve_forever()
-
-    run_until_interrupted(run)
+    serve_until_interrupted(service, lambda: click.echo(
+        "vsl: policy service listening on {}:{}".format(*service.address)))

@@ -40,9 +40,7 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
     if zones and dns_override:
         raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
                                "give one")
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    setup_logging(verbose)
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
                    dns_override=dns_override, hostname=hostname, workers=workers)
@@ -125,20 +123,14 @@ def _serve(config) -> None:
 
 def serve_until_interrupted(server, announce) -> None:
     """Start ``server``, call ``announce()`` (where it listens), serve until Ctrl-C or
-    SIGTERM; an address that cannot be bound is a ClickException."""
+    SIGTERM (`vsl serve`, `vsl policyd`, `vsl milter`); an address that cannot be bound is
+    a ClickException."""
+    import asyncio
 
     async def run():
         await server.start()
         announce()
         await server.serve_forever()
-
-    run_until_interrupted(run)
-
-
-def run_until_interrupted(run) -> None:
-    """``asyncio.run(run())`` until interrupted; a listener that cannot bind is an error
-    of the command (`vsl serve`, `vsl policyd`, `vsl milter`)."""
-    import asyncio
 
     try:
         asyncio.run(run())
@@ -146,6 +138,15 @@ def run_until_interrupted(run) -> None:
         pass
     except OSError as err:
         raise click.ClickException(f"cannot listen: {err}") from None
+
+
+def setup_logging(verbose: bool, *quiet: str) -> None:
+    """Log lines with time, level and logger, client text escaped, at debug level when
+    ``verbose``; the loggers ``quiet`` (and asyncio) only from warnings on."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
+    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("asyncio", *quiet):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _log_format(fmt: str) -> None:
