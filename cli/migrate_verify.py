@@ -38,13 +38,16 @@ def verify(scenario_paths, maillogs, write_dir, server_a, server_b, text, timeou
     With --write, the scenarios (from --from-maillog, say) are written as transcripts
     to edit and replay later; --a and --b are then optional."""
     from vsl.server import maillog, replay, replay_report
+    from vsl.server.config import parse_listen
 
     if not scenario_paths and not maillogs:
         raise click.UsageError("give scenarios: --scenarios FILE|DIR or --from-maillog LOG")
     if not write_dir and not (server_a and server_b):
         raise click.UsageError("give the two servers to compare: --a HOST:PORT --b HOST:PORT")
     try:
-        targets = [replay.parse_target(server) for server in (server_a, server_b) if server]
+        targets = [(where.host, where.port) for where in
+                   (parse_listen(server, key=option) for server, option in
+                    ((server_a, "--a"), (server_b, "--b")) if server)]
         scenarios = replay.load(list(scenario_paths))
     except ValueError as err:
         raise click.ClickException(str(err)) from None

@@ -119,14 +119,6 @@ class ScenarioError(ValueError):
     """A scenario that cannot be read (the message names the file)."""
 
 
-def parse_target(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) as a (host, port) pair."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"'{text}' is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 # ---- scenarios from transcripts -------------------------------------------------------
 
 def from_transcript(transcript: Transcript) -> Scenario:

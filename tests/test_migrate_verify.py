@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from vsl.cli.migrate_verify import verify
 from vsl.server import maillog, replay, replay_report
+from vsl.server.config import parse_listen
 from vsl.server.replay import Scenario
 from vsl.server.transcript import parse
 
@@ -105,7 +106,8 @@ def _scenario(tmp_path: Path, text: str = CONVERSATION) -> Scenario:
 
 
 def _target(text: str) -> tuple[str, int]:
-    return replay.parse_target(text)
+    where = parse_listen(text)
+    return where.host, where.port
 
 
 # ---- scenarios -------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def test_every_shipped_transcript_is_a_scenario():
 
 def test_a_bad_target_or_scenario_is_an_error(tmp_path):
     with pytest.raises(ValueError):
-        replay.parse_target("localhost")
+        parse_listen("localhost")
     (tmp_path / "bad.transcript").write_text("C: HELO x\n")
     with pytest.raises(replay.ScenarioError, match="bad.transcript"):
         replay.load([tmp_path / "bad.transcript"])
@@ -327,7 +329,7 @@ def test_the_command_needs_scenarios_and_two_servers(tmp_path):
     assert runner.invoke(verify, ["--a", "h:1", "--b", "h:2"]).exit_code == 2
     assert runner.invoke(verify, ["--scenarios", str(tmp_path), "--a", "h:1"]).exit_code == 2
     bad = runner.invoke(verify, ["--scenarios", str(tmp_path), "--a", "h", "--b", "h:2"])
-    assert bad.exit_code == 1 and "not HOST:PORT" in bad.output
+    assert bad.exit_code == 1 and "--a: 'h' is not host:port" in bad.output
 
 
 # ---- scenarios from a mail log (a real Postfix's: tests/test_migrate_verify_postfix.py) --
