@@ -14,10 +14,25 @@ from vsl.natives import Namespace
 namespace = Namespace("net", "IP networks")
 
 
+def bare_network(text: str) -> str:
+    """A network as Postfix writes one (``192.0.2.0/24``, ``[2001:db8::]/32``) without its
+    brackets."""
+    return text.strip("[]").replace("]/", "/")
+
+
+def is_network(text: str) -> bool:
+    """Whether ``text`` is an address or network as Postfix writes one."""
+    try:
+        ipaddress.ip_network(bare_network(text), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 @lru_cache(maxsize=1024)
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
-        return ipaddress.ip_network(text.strip("[]").replace("]/", "/"), strict=False)
+        return ipaddress.ip_network(bare_network(text), strict=False)
     except ValueError:
         raise ScriptError(f"net::in_network: '{text}' is not an IP network") from None
 

@@ -12,10 +12,11 @@ line vSL could not use is left out and listed, never kept to fail at run time.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vsl.stdlib.net import bare_network, is_network
 
 from .maincf import logical_lines, split_list
 
@@ -106,26 +107,13 @@ def read_cidr(table: Table, text: str) -> None:
             table.problems.append(f"{table.spec} line {number}: '{line}' (if/endif and "
                                   "negation are not translated)")
             continue
-        network = network_text(network)
+        network = bare_network(network)
         if not is_network(network):
             table.problems.append(f"{table.spec} line {number}: '{line}' (not an address "
                                   "or network)")
             continue
         entries.append([network, normalize_action(action)])
     table.entries = entries
-
-
-def network_text(word: str) -> str:
-    """A Postfix network (``192.0.2.0/24``, ``[2001:db8::]/32``) without its brackets."""
-    return word.strip("[]").replace("]/", "/")
-
-
-def is_network(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def python_pattern(pattern: str) -> str:

@@ -16,9 +16,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vsl.stdlib.net import bare_network, is_network
+
 from .maincf import PostfixConfig, Service, Setting, port_25_service
 from .restrictions import CODES, LISTS, Left, Restrictions, literal
-from .tables import TableError, is_network, load_table, network_text
+from .tables import TableError, load_table
 
 LIBRARY = Path(__file__).with_name("postfix.vsl")
 
@@ -255,7 +257,7 @@ def my_networks(config: PostfixConfig, left: list[Left]) -> list[str]:
                          "set mynetworks"))
     networks = []
     for word in config.words("mynetworks"):
-        network = network_text(word)
+        network = bare_network(word)
         if is_network(network):
             networks.append(network)
         elif ":" in word and not word.startswith("["):
