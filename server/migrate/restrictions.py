@@ -69,10 +69,8 @@ WITH_ARGUMENT = {"check_client_access", "check_helo_access", "check_sender_acces
                  "check_recipient_a_access", "check_helo_mx_access", "check_helo_ns_access",
                  "check_helo_a_access", "check_sasl_access", "check_ccert_access",
                  "reject_dnsbl_client"}
-WHY = {
-    "end_of_data": "after the message (on_pre_queue) vSL's scripts see the recipients, not one "
-                   "current recipient",
-}
+END_OF_DATA_WHY = ("after the message (on_pre_queue) vSL's scripts see the recipients, not "
+                   "one current recipient")
 TABLE_ACTIONS = ("OK", "RELAY", "DUNNO", "REJECT", "DEFER")
 
 
@@ -147,7 +145,7 @@ class Restrictions:
         name = ALIASES.get(name, name)
         needs = NEEDS.get(name, 0)
         if kind == "end_of_data" and needs == RCPT:
-            self.left.append(Left(where, name, WHY["end_of_data"]))
+            self.left.append(Left(where, name, END_OF_DATA_WHY))
             return None
         if not self.at_rcpt and STAGE_OF[kind] < needs:
             return [f"// (Postfix skips it before {COMMAND[needs]})"]
@@ -158,8 +156,7 @@ class Restrictions:
             return None
         if expression is None:
             item = f"{name} {argument}".strip()
-            why = WHY.get(name, "this restriction is not translated")
-            self.left.append(Left(where, item, why))
+            self.left.append(Left(where, item, "this restriction is not translated"))
             return None
         if expression.startswith("return ") or expression.startswith("if "):
             return [expression]
