@@ -225,8 +225,7 @@ class MilterSession:
         return []
 
     async def _quit(self, command: commands.Quit) -> list:
-        self.close()
-        self.done = True
+        self.done = True  # the connection closes, and closes the session
         return []
 
     async def _new_session(self, command: commands.QuitNoClose) -> list:

@@ -42,10 +42,9 @@ class Quarantine(responses.AbstractManipulation):
 
 
 def verdict(status: Status) -> responses.AbstractResponse:
-    """``deny`` rejects or defers with its reply, ``faccept`` accepts the message (or the
-    connection, before MAIL) without asking again; anything else goes on."""
-    if status.kind == "deny":
-        return SmtpReply(reply=status.reply)
+    """The answer to a stage that did not deny (a deny is refused with its reply by the
+    session, which logs it): ``faccept`` accepts the message (or the connection, before
+    MAIL) without asking again; anything else goes on."""
     if status.kind == "faccept":
         return responses.Accept()
     return responses.Continue()
