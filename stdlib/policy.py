@@ -102,9 +102,10 @@ def decode(reply: bytes) -> str:
     raise PolicyError("a reply without action=")
 
 
-async def exchange(server: str, attributes: dict[str, str]) -> str:
-    """One request on a new connection; the reply's action."""
-    kind, where, port = endpoint(server)
+async def exchange(target: tuple[str, str, int], attributes: dict[str, str]) -> str:
+    """One request on a new connection to ``target`` (:func:`endpoint`); the reply's
+    action."""
+    kind, where, port = target
     try:
         if kind == "unix":
             reader, writer = await asyncio.open_unix_connection(where, limit=MAX_REPLY)
@@ -145,19 +146,20 @@ async def ask(ctx, server, options=None) -> str:
     opts = _ASK.parse(options or {}, "policy::ask")
     timeout, default = opts.get("timeout", 10), opts.get("default_action", DEFAULT_ACTION)
     attributes = request(ctx)
-    endpoint(server)  # a malformed server is the script's error, not the service's
+    target = endpoint(server)  # a malformed server is the script's error, not the service's
     try:
         async with asyncio.timeout(timeout):
-            return await _with_retry(server, attributes)
+            return await _with_retry(server, target, attributes)
     except (PolicyError, TimeoutError) as err:
         log.warning("policy service %s: %s: %s", server, str(err) or "timed out", default)
     return default
 
 
-async def _with_retry(server: str, attributes: dict[str, str]) -> str:
+async def _with_retry(server: str, target: tuple[str, str, int],
+                      attributes: dict[str, str]) -> str:
     """:func:`exchange`, once more after a failure (as attr_clnt does)."""
     try:
-        return await exchange(server, attributes)
+        return await exchange(target, attributes)
     except PolicyError as err:
         log.info("policy service %s: %s: retrying", server, err)
-    return await exchange(server, attributes)
+    return await exchange(target, attributes)
