@@ -13,11 +13,14 @@ from vsl.limits import Limits
 
 if TYPE_CHECKING:
     from .dns import DnsDefaults
+    from .support.state import StateStore
 
 
-def default_namespaces(dns_defaults: DnsDefaults | None = None) -> list:
+def default_namespaces(dns_defaults: DnsDefaults | None = None,
+                       state: StateStore | None = None) -> list:
     """The namespaces one engine starts with; ``dns_defaults`` (the server's [dns]) are
-    that engine's alone."""
+    that engine's alone, and so is ``state``, where ``limit::`` and ``greylist::`` keep
+    their counts (the server's [state]; None: in this process's memory)."""
     from . import (arc, asserts, authresults, bounce, core, ctx, dkim, dmarc, dns, iprev, net,
                    policy, regex, spf, status, transport)
 
@@ -28,7 +31,9 @@ def default_namespaces(dns_defaults: DnsDefaults | None = None) -> list:
             net.namespace, regex.namespace, policy.namespace]
 
 
-def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None) -> Engine:
+def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None,
+               state: StateStore | None = None) -> Engine:
     """An engine with ``limits`` and the default namespaces registered (``dns_defaults``:
-    what its ``dns::resolver()`` fills in)."""
-    return Engine(limits, namespaces=default_namespaces(dns_defaults))
+    what its ``dns::resolver()`` fills in; ``state``: where its limits and greylisting
+    keep their counts)."""
+    return Engine(limits, namespaces=default_namespaces(dns_defaults, state))

@@ -1,4 +1,5 @@
 """What the native namespaces share and are not namespaces themselves: the mail model
 (``mail``), option maps (``options``), check results (``result``), the bridge from
 synchronous libraries to the ``dns::`` resolver (``dnsbridge``), and the signing keys,
-key records and message form of ``dkim::``, ``dmarc::`` and ``arc::`` (``signing``)."""
+key records and message form of ``dkim::``, ``dmarc::`` and ``arc::`` (``signing``), and
+the store where ``limit::`` and ``greylist::`` keep their counts (``state``)."""
