@@ -98,13 +98,16 @@ class DnsblResult(CheckResult):
             self.zone, self.codes, self.reason = None, (), None
 
     def header_value(self) -> str:
-        """What :data:`HEADER` says of this result."""
-        text = f"{self.value} {self.subject}"
-        if self.listed:
-            text += f" zone={self.zone} codes={','.join(self.codes)}"
+        """What :data:`HEADER` says of this result: its value, subject and fields, and the
+        reason as a comment."""
+        text = " ".join([self.value, self.subject, *self.header_fields()])
         if self.reason:
             text += " (" + re.sub(r"([()\\])", r"\\\1", self.reason) + ")"
         return text
+
+    def header_fields(self) -> list[str]:
+        """The ``name=value`` fields of :meth:`header_value`."""
+        return [f"zone={self.zone}", f"codes={','.join(self.codes)}"] if self.listed else []
 
 
 class DnsblScore(DnsblResult):
@@ -119,8 +122,8 @@ class DnsblScore(DnsblResult):
         self.score = sum(a.zone.weight for a in answers if a.value == "listed")
         self.results = tuple(a.as_map() for a in answers)
 
-    def header_value(self) -> str:
-        return f"{super().header_value()} score={self.score}"
+    def header_fields(self) -> list[str]:
+        return [*super().header_fields(), f"score={self.score}"]
 
 
 namespace.register_type(DnsblResult)
@@ -205,8 +208,8 @@ def query_name(prefix: str, zone_name: str) -> str:
 # -- asking the lists ---------------------------------------------------------------------
 
 def listing_codes(records) -> tuple[list[str], bool]:
-    """The listing codes among A records, and whether the list refused to answer."""
-    addresses = [ipaddress.IPv4Address(r.address) for r in records]
+    """The listing codes among A records, in order, and whether the list refused to answer."""
+    addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
     refused = any(a in REFUSED for a in addresses)
     return [str(a) for a in addresses if a in LISTED and a not in REFUSED], refused
 
@@ -287,7 +290,7 @@ def _spelled_out(value) -> bool:
 def _lint_score(args):
     opts = args[0] if args and isinstance(args[0], dict) else {}
     if "ip" in opts and "domain" in opts:
-        return "score takes ip or domain, not both"
+        return "takes ip or domain, not both"
     key, checker = ("domain", domain_name) if "domain" in opts else ("ip", reversed_ip)
     return _lint_with(key, checker)(args)
 
