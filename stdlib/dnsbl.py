@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.resolve import DYNAMIC
-from vsl.values import FrozenMap, NativeObject, type_name
+from vsl.values import FrozenMap, type_name
 
 from .ctx import Context
 from .dns import DnsTempError, Resolver, record_text
@@ -48,6 +48,7 @@ MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
 MAX_REASON = 300  # characters of a TXT reason kept
 LISTED = ipaddress.ip_network("127.0.0.0/8")
 REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers
+ONE_SUBJECT = "takes ip or domain: one of them, not both"
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -237,15 +238,14 @@ async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> Zone
     return ZoneAnswer(answer.zone, answer.value, answer.codes, reason or None)
 
 
-async def lookup(resolver: Resolver, prefix: str, zone_list: list[Zone],
-                 reasons: str) -> list[ZoneAnswer]:
-    """Every zone's answer for ``prefix``, asked at once; the reasons of the first zone
-    that lists (``reasons="first"``) or of all that do (``"all"``)."""
-    names = [query_name(prefix, z.name) for z in zone_list]
+async def lookup(resolver: Resolver, names: list[str], zone_list: list[Zone],
+                 all_reasons: bool) -> list[ZoneAnswer]:
+    """Every zone's answer for its query name, asked at once, with the reason of the first
+    zone that lists (or of every one that lists, with ``all_reasons``)."""
     answers = list(await asyncio.gather(*(ask(resolver, n, z)
                                           for n, z in zip(names, zone_list))))
     listed = [i for i, a in enumerate(answers) if a.value == "listed"]
-    wanted = listed[:1] if reasons == "first" else listed
+    wanted = listed if all_reasons else listed[:1]
     found = await asyncio.gather(*(with_reason(resolver, names[i], answers[i]) for i in wanted))
     for i, answer in zip(wanted, found):
         answers[i] = answer
@@ -254,21 +254,46 @@ async def lookup(resolver: Resolver, prefix: str, zone_list: list[Zone],
 
 # -- natives ------------------------------------------------------------------------------
 
-def _lint_with(subject_key: str, check_subject):
-    """A lint hook for an option map: checks what the script spells out of
-    ``subject_key`` (a string) and of ``zones`` (an array)."""
-    def check(args):
-        opts = args[0] if args and isinstance(args[0], dict) else {}
-        subject, specs = opts.get(subject_key), opts.get("zones")
-        try:
-            if isinstance(subject, str):
-                check_subject(subject)
-            if isinstance(specs, list):
-                _lint_zones(specs)
-        except ScriptError as err:
-            return err.message
-        return None
-    return check
+def subject(opts: dict) -> tuple[str, str]:
+    """What a query names (its ``ip`` or ``domain``, one of them) and its query prefix."""
+    if ("ip" in opts) == ("domain" in opts):
+        raise ScriptError(ONE_SUBJECT)
+    if "ip" in opts:
+        return opts["ip"], reversed_ip(opts["ip"])
+    domain = domain_name(opts["domain"])
+    return domain, domain
+
+
+async def run(query, options: Options, where: str, result: type[DnsblResult]) -> DnsblResult:
+    """One native's check: its options checked (errors named after ``where``), every zone
+    asked, the answers made into ``result`` (a score gets every listing zone's reason)."""
+    opts = options.parse(query, where)
+    try:
+        name, prefix = subject(opts)
+        zone_list = zones(opts["zones"])
+        names = [query_name(prefix, z.name) for z in zone_list]
+    except ScriptError as err:
+        raise ScriptError(f"{where}: {err.message}") from None
+    answers = await lookup(opts["dns_resolver"], names, zone_list,
+                           all_reasons=result is DnsblScore)
+    return result(name, answers)
+
+
+def _lint(args) -> str | None:
+    """The lint hook of the checks: what the option map spells out of ip, domain and zones."""
+    opts = args[0] if args and isinstance(args[0], dict) else {}
+    try:
+        if "ip" in opts and "domain" in opts:
+            raise ScriptError(ONE_SUBJECT)
+        if isinstance(opts.get("ip"), str):
+            reversed_ip(opts["ip"])
+        if isinstance(opts.get("domain"), str):
+            domain_name(opts["domain"])
+        if isinstance(opts.get("zones"), list):
+            _lint_zones(opts["zones"])
+    except ScriptError as err:
+        return err.message
+    return None
 
 
 def _lint_zones(specs: list) -> None:
@@ -287,52 +312,30 @@ def _spelled_out(value) -> bool:
     return value is not DYNAMIC
 
 
-def _lint_score(args):
-    opts = args[0] if args and isinstance(args[0], dict) else {}
-    if "ip" in opts and "domain" in opts:
-        return "takes ip or domain, not both"
-    key, checker = ("domain", domain_name) if "domain" in opts else ("ip", reversed_ip)
-    return _lint_with(key, checker)(args)
-
-
 _CHECK = Options({"ip": str, "zones": (list, tuple), "dns_resolver": Resolver})
 _CHECK_DOMAIN = Options({"domain": str, "zones": (list, tuple), "dns_resolver": Resolver})
 _SCORE = Options({"zones": (list, tuple), "dns_resolver": Resolver}, {"ip": str, "domain": str})
 
 
-@namespace.native(options=_CHECK.keys, check=_lint_with("ip", reversed_ip))
+@namespace.native(options=_CHECK.keys, check=_lint)
 async def check(query) -> DnsblResult:
     """check(#{ ip, zones, dns_resolver }): listed | pass | temperror, with .zone (the
     first that lists), .codes, .reason (its TXT) and .listed. IPv4 and IPv6."""
-    opts = _CHECK.parse(query, "dnsbl::check")
-    answers = await lookup(opts["dns_resolver"], reversed_ip(opts["ip"]),
-                           zones(opts["zones"]), "first")
-    return DnsblResult(opts["ip"], answers)
+    return await run(query, _CHECK, "dnsbl::check", DnsblResult)
 
 
-@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint_with("domain", domain_name))
+@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint)
 async def check_domain(query) -> DnsblResult:
     """check_domain(#{ domain, zones, dns_resolver }): as check, for a domain (RHSBL:
     HELO, sender or URI domains)."""
-    opts = _CHECK_DOMAIN.parse(query, "dnsbl::check_domain")
-    domain = domain_name(opts["domain"])
-    answers = await lookup(opts["dns_resolver"], domain, zones(opts["zones"]), "first")
-    return DnsblResult(domain, answers)
+    return await run(query, _CHECK_DOMAIN, "dnsbl::check_domain", DnsblResult)
 
 
-@namespace.native(options=_SCORE.keys, check=_lint_score)
+@namespace.native(options=_SCORE.keys, check=_lint)
 async def score(query) -> DnsblScore:
     """score(#{ ip or domain, zones, dns_resolver }): a check's result with .score, the sum
     of the weights of the zones that list it, and .results, one map per zone."""
-    opts = _SCORE.parse(query, "dnsbl::score")
-    if ("ip" in opts) == ("domain" in opts):
-        raise ScriptError("dnsbl::score takes ip or domain (one of them)")
-    if "ip" in opts:
-        subject, prefix = opts["ip"], reversed_ip(opts["ip"])
-    else:
-        subject = prefix = domain_name(opts["domain"])
-    answers = await lookup(opts["dns_resolver"], prefix, zones(opts["zones"]), "all")
-    return DnsblScore(subject, answers)
+    return await run(query, _SCORE, "dnsbl::score", DnsblScore)
 
 
 @namespace.native(uses="prepend_header")

@@ -144,7 +144,7 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
 # ---- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fn, args, message", [
-    ("check", ("not-an-ip", [BL]), "ip 'not-an-ip' is not an IP address"),
+    ("check", ("not-an-ip", [BL]), "dnsbl::check: ip 'not-an-ip' is not an IP address"),
     ("check", ("192.0.2.7", []), "zones must be a non-empty array"),
     ("check", ("192.0.2.7", ["bad zone"]), "zone 'bad zone' is not a DNS name"),
     ("check", ("192.0.2.7", [""]), "zone '' is not a DNS name"),
@@ -162,9 +162,9 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
     ("check", ("192.0.2.7", [{"name": BL}]), "unknown option 'name'"),
     ("domain", ("localhost", [DBL]), "domain 'localhost' is not a domain"),
     ("domain", ("[192.0.2.7]", [DBL]), r"domain '\[192.0.2.7\]' is not a DNS name"),
-    ("score", ({"zones": [BL]},), "dnsbl::score takes ip or domain"),
+    ("score", ({"zones": [BL]},), "dnsbl::score: takes ip or domain"),
     ("score", ({"ip": "192.0.2.7", "domain": "a.test", "zones": [BL]},),
-     "dnsbl::score takes ip or domain"),
+     "dnsbl::score: takes ip or domain"),
 ])
 def test_bad_input_is_an_error_at_the_call(script, fn, args, message):
     with pytest.raises(ScriptError, match=message) as info:
