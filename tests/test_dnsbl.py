@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from vsl.errors import ScriptError
 from vsl.limits import Limits
+from vsl.lint import Linter
 from vsl.server.config import DnsConfig
 from vsl.stdlib import new_engine
+from vsl.stdlib.ctx import entry_points
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, wait_for
 
@@ -224,3 +227,9 @@ def test_a_tagging_policy_records_the_listing_in_x_dnsbl(server, tmp_path):
     assert message.replace(b"\r\n ", b" ").startswith(
         b"X-DNSBL: listed 127.0.0.2 zone=bl.dnsbl.test codes=127.0.0.2 score=2 "
         b"(Listed: the RFC 5782 test entry)\r\n")
+
+
+def test_the_documented_policy_lints_clean():
+    page = (Path(__file__).parent.parent / "docs" / "anti-abuse-dnsbl.md").read_text()
+    policy = page.split("```rust\n", 1)[1].split("```", 1)[0]
+    assert Linter(new_engine(), entry_points()).lint_source(policy, "doc.vsl", None) == []
