@@ -13,6 +13,7 @@ from vsl.lint import Linter
 from vsl.server.config import DnsConfig
 from vsl.stdlib import new_engine
 from vsl.stdlib.ctx import entry_points
+from tests.support.contexts import session
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import Raw, wait_for
 
@@ -28,6 +29,13 @@ fn check(ip, zones) {{
 fn domain(d, zones) {{
     let r = dnsbl::check_domain(#{{ domain: d, zones: zones, dns_resolver: global::R }});
     [r.value, r.zone, r.codes, r.reason, r.subject]
+}}
+fn tag(ctx, ip) {{
+    let r = if ip == "" {{ "listed" }} else {{
+        dnsbl::check(#{{ ip: ip, zones: ["bl.dnsbl.test"], dns_resolver: global::R }})
+    }};
+    dnsbl::add_header(ctx, r);
+    ctx.get_header("X-DNSBL")
 }}
 fn score(query) {{
     query.dns_resolver = global::R;
@@ -173,6 +181,15 @@ def test_bad_input_is_an_error_at_the_call(script, fn, args, message):
     with pytest.raises(ScriptError, match=message) as info:
         script.call(fn, *args)
     assert info.value.pos is not None and info.value.pos.file == "dnsbl.vsl"
+
+
+def test_add_header_records_a_result_and_refuses_anything_else(script):
+    assert script.call("tag", session(), "192.0.2.8") == \
+        "listed 192.0.2.8 zone=bl.dnsbl.test codes=127.0.0.3"
+    assert script.call("tag", session(), "127.0.0.1") == "pass 127.0.0.1"
+    with pytest.raises(ScriptError, match="add_header takes a dnsbl:: result as its second "
+                                          "argument, not string"):
+        script.call("tag", session(), "")
 
 
 # ---- a real server ------------------------------------------------------------------------
