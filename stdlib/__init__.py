@@ -23,12 +23,14 @@ def default_namespaces(dns_defaults: DnsDefaults | None = None,
     their counts (the server's [state]; None: in this process's memory)."""
     from . import (arc, asserts, authresults, bounce, core, ctx, dkim, dmarc, dns, iprev, net,
                    policy, regex, spf, status, transport)
+    from . import dnsbl
 
     return [core.namespace, status.namespace, asserts.namespace,
             dns.namespace_for(dns_defaults or dns.DnsDefaults()), iprev.namespace,
             spf.namespace, ctx.namespace, authresults.namespace, dkim.namespace,
             dmarc.namespace, arc.namespace, transport.namespace, bounce.namespace,
-            net.namespace, regex.namespace, policy.namespace]
+            net.namespace, regex.namespace, policy.namespace,
+            dnsbl.namespace]
 
 
 def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None,

@@ -606,8 +606,7 @@ class Resolver:
         if native.is_async:
             self.mark_waits(e.pos, f"'{full}'")
         if native.check is not None:
-            message = native.check([a.value if isinstance(a, ast.Literal) else _DYNAMIC
-                                    for a in e.args])
+            message = native.check([_literal(a) for a in e.args])
             if message:
                 self.error("native-argument", f"{full}: {message}", e.args[0].pos
                            if e.args else e.pos)
@@ -650,6 +649,18 @@ class _Dynamic:
 
 _DYNAMIC = _Dynamic()
 DYNAMIC = _DYNAMIC
+
+
+def _literal(e):
+    """An argument as a native's lint check sees it: its value when the script spells it
+    out (arrays and maps as lists and dicts, their other parts DYNAMIC), else DYNAMIC."""
+    if isinstance(e, ast.Literal):
+        return e.value
+    if isinstance(e, ast.ArrayLit):
+        return [_literal(item) for item in e.items]
+    if isinstance(e, ast.MapLit):
+        return {key: _literal(value) for key, value in e.entries}
+    return _DYNAMIC
 
 
 def _arity_text(native) -> str:

@@ -1,0 +1,350 @@
+"""``dnsbl::`` -- DNS block lists (RFC 5782): client addresses (DNSBL) and domains (RHSBL).
+
+    let r = dnsbl::check(#{ ip: ctx.client_ip, zones: ["zen.example"], dns_resolver: R });
+    if r.listed { return status::deny(`554 5.7.1 Listed by ${r.zone}: ${r.reason}`); }
+    let s = dnsbl::score(#{ ip: ctx.client_ip, dns_resolver: R, zones: [
+        #{ zone: "zen.example", codes: ["127.0.0.2", "127.0.0.3"], weight: 3 }, "bl.example"] });
+
+What an A answer for ``<reversed ip or domain>.<zone>`` means, per zone:
+
+- NXDOMAIN, or no A record: not listed.
+- ``127.0.0.0/8`` but ``127.255.255.0/24``: listed, with those codes -- unless the zone
+  has a ``codes`` filter and none of them is in it (then not listed).
+- ``127.255.255.x``: the list refuses to answer (Spamhaus: public resolver, rate limit,
+  bad query): ``temperror``, never listed.
+- outside ``127.0.0.0/8``: not a list's answer (a resolver that turns NXDOMAIN into the
+  address of a web page): ignored, so not listed.
+- a timeout or SERVFAIL: ``temperror``.
+
+A check's value is ``listed`` when a zone lists it (the first in the order given is
+``.zone``), else ``temperror`` when a zone could not answer, else ``pass``. Every zone is
+asked at once through the script's resolver and its cache; the TXT reason is asked only
+of a zone that lists.
+"""
+# Zones, their filters and the queried subject are checked when the script calls (and by
+# `vsl lint` when it spells them out: _lint); the look-ups themselves never raise, a DNS
+# failure being one zone's temperror.
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from vsl.errors import ScriptError
+from vsl.natives import Namespace
+from vsl.resolve import DYNAMIC
+from vsl.values import FrozenMap, type_name
+
+from .ctx import Context
+from .dns import DnsTempError, Resolver, record_text
+from .support.options import Options
+from .support.result import CheckResult
+
+namespace = Namespace("dnsbl", "DNS block lists of addresses (DNSBL) and domains (RHSBL)")
+
+HEADER = "X-DNSBL"  # RFC 8601's registry has no DNSBL method (RFC 8904's dnswl is for allow lists)
+MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
+MAX_REASON = 300  # characters of a TXT reason kept
+LISTED = ipaddress.ip_network("127.0.0.0/8")
+REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers
+ONE_SUBJECT = "takes ip or domain: one of them, not both"
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+# -- results ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Zone:
+    """One list to ask: its name, the codes that count as listed (empty: any), its weight."""
+
+    name: str
+    codes: frozenset = frozenset()
+    weight: int | float = 1
+
+
+@dataclass(frozen=True)
+class ZoneAnswer:
+    """What one zone said: pass, listed (with its codes) or temperror."""
+
+    zone: Zone
+    value: str
+    codes: tuple = ()
+    reason: str | None = None
+
+    def as_map(self) -> FrozenMap:
+        """This answer as a script sees it in ``score(...).results``."""
+        return FrozenMap(zone=self.zone.name, value=self.value, codes=self.codes,
+                         reason=self.reason, weight=self.zone.weight)
+
+
+class DnsblResult(CheckResult):
+    """The outcome of dnsbl::check and check_domain; compares equal to its value string."""
+
+    vsl_type = "dnsbl_result"
+    vsl_props = frozenset({"value", "listed", "zone", "codes", "reason", "subject"})
+    mechanism_name = "dnsbl"
+
+    def __init__(self, subject: str, answers: list[ZoneAnswer]):
+        self.subject = subject
+        first = next((a for a in answers if a.value == "listed"), None)
+        self.listed = first is not None
+        if first is not None:
+            self.value, self.zone, self.codes, self.reason = \
+                "listed", first.zone.name, first.codes, first.reason
+        else:
+            temporary = any(a.value == "temperror" for a in answers)
+            self.value = "temperror" if temporary else "pass"
+            self.zone, self.codes, self.reason = None, (), None
+
+    def header_value(self) -> str:
+        """What :data:`HEADER` says of this result: its value, subject and fields, and the
+        reason as a comment."""
+        text = " ".join([self.value, self.subject, *self.header_fields()])
+        if self.reason:
+            text += " (" + re.sub(r"([()\\])", r"\\\1", self.reason) + ")"
+        return text
+
+    def header_fields(self) -> list[str]:
+        """The ``name=value`` fields of :meth:`header_value`."""
+        return [f"zone={self.zone}", f"codes={','.join(self.codes)}"] if self.listed else []
+
+
+class DnsblScore(DnsblResult):
+    """The outcome of dnsbl::score: a check's result, plus ``.score`` (the sum of the
+    weights of the zones that list it) and ``.results`` (one map per zone, in order)."""
+
+    vsl_type = "dnsbl_score"
+    vsl_props = DnsblResult.vsl_props | {"score", "results"}
+
+    def __init__(self, subject: str, answers: list[ZoneAnswer]):
+        super().__init__(subject, answers)
+        self.score = sum(a.zone.weight for a in answers if a.value == "listed")
+        self.results = tuple(a.as_map() for a in answers)
+
+    def header_fields(self) -> list[str]:
+        return [*super().header_fields(), f"score={self.score}"]
+
+
+namespace.register_type(DnsblResult)
+namespace.register_type(DnsblScore)
+
+
+# -- checking what scripts give ----------------------------------------------------------
+
+def dns_name(text, what: str) -> str:
+    """``text`` as a lower-case DNS name without the final dot, or a ScriptError."""
+    if not isinstance(text, str):
+        raise ScriptError(f"{what} must be a string, not {type_name(text)}")
+    name = text[:-1] if text.endswith(".") else text
+    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ScriptError(f"{what} '{text}' is not a DNS name (labels of 1 to 63 letters, "
+                          "digits, '-' or '_', separated by dots)")
+    if len(name) > MAX_NAME:
+        raise ScriptError(f"{what} '{text[:40]}...' is over {MAX_NAME} bytes")
+    return name.lower()
+
+
+def reversed_ip(ip) -> str:
+    """The query prefix of an address: reversed octets (IPv4) or nibbles (IPv6)."""
+    try:
+        address = ipaddress.ip_address(ip) if isinstance(ip, str) else None
+    except ValueError:
+        address = None
+    if address is None:
+        raise ScriptError(f"ip '{ip}' is not an IP address")
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa / .ip6.arpa
+
+
+def domain_name(domain) -> str:
+    """A domain to look up: a DNS name of at least two labels."""
+    name = dns_name(domain, "domain")
+    if "." not in name:
+        raise ScriptError(f"domain '{domain}' is not a domain (it has a single label)")
+    return name
+
+
+def _code(code) -> str:
+    try:
+        address = ipaddress.IPv4Address(code) if isinstance(code, str) else None
+    except ValueError:
+        address = None
+    if address is None or address not in LISTED or address in REFUSED:
+        raise ScriptError(f"code {code!r} is not a listing answer (an address in 127.0.0.0/8, "
+                          "not 127.255.255.x)")
+    return str(address)
+
+
+_ZONE = Options({"zone": str}, {"codes": (list, tuple), "weight": (int, float)})
+
+
+def zone(spec) -> Zone:
+    """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, weight? }``."""
+    if isinstance(spec, str):
+        return Zone(dns_name(spec, "zone"))
+    opts = _ZONE.parse(spec, "a zone map")
+    return Zone(dns_name(opts["zone"], "zone"),
+                frozenset(_code(c) for c in opts.get("codes", ())), opts.get("weight", 1))
+
+
+def zones(specs) -> list[Zone]:
+    """The zones option: a non-empty array of zones."""
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ScriptError("zones must be a non-empty array of zone names or maps")
+    return [zone(spec) for spec in specs]
+
+
+def query_name(prefix: str, zone_name: str) -> str:
+    """``prefix.zone``, within the DNS's length."""
+    name = f"{prefix}.{zone_name}"
+    if len(name) > MAX_NAME:
+        raise ScriptError(f"the query '{name[:40]}...' is over {MAX_NAME} bytes: "
+                          f"zone '{zone_name}' is too long for it")
+    return name
+
+
+# -- asking the lists ---------------------------------------------------------------------
+
+def listing_codes(records) -> tuple[list[str], bool]:
+    """The listing codes among A records, in order, and whether the list refused to answer."""
+    addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
+    refused = any(a in REFUSED for a in addresses)
+    return [str(a) for a in addresses if a in LISTED and a not in REFUSED], refused
+
+
+async def ask(resolver: Resolver, name: str, zone_: Zone) -> ZoneAnswer:
+    """What ``zone_`` says of ``name`` (the whole query name), without its reason."""
+    try:
+        codes, refused = listing_codes(await resolver.query(name, "A"))
+    except DnsTempError:
+        return ZoneAnswer(zone_, "temperror")
+    if refused:
+        return ZoneAnswer(zone_, "temperror")
+    counted = tuple(c for c in codes if not zone_.codes or c in zone_.codes)
+    return ZoneAnswer(zone_, "listed", counted) if counted else ZoneAnswer(zone_, "pass")
+
+
+async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> ZoneAnswer:
+    """``answer`` with the zone's TXT text for ``name`` (kept without control characters
+    and cut to MAX_REASON, for SMTP replies and headers); unchanged if there is none."""
+    try:
+        texts = [record_text(r) for r in await resolver.query(name, "TXT")]
+    except DnsTempError:
+        return answer
+    reason = _CONTROL.sub(" ", " ".join(texts)).strip()[:MAX_REASON]
+    return ZoneAnswer(answer.zone, answer.value, answer.codes, reason or None)
+
+
+async def lookup(resolver: Resolver, names: list[str], zone_list: list[Zone],
+                 all_reasons: bool) -> list[ZoneAnswer]:
+    """Every zone's answer for its query name, asked at once, with the reason of the first
+    zone that lists (or of every one that lists, with ``all_reasons``)."""
+    answers = list(await asyncio.gather(*(ask(resolver, n, z)
+                                          for n, z in zip(names, zone_list))))
+    listed = [i for i, a in enumerate(answers) if a.value == "listed"]
+    wanted = listed if all_reasons else listed[:1]
+    found = await asyncio.gather(*(with_reason(resolver, names[i], answers[i]) for i in wanted))
+    for i, answer in zip(wanted, found):
+        answers[i] = answer
+    return answers
+
+
+# -- natives ------------------------------------------------------------------------------
+
+def subject(opts: dict) -> tuple[str, str]:
+    """What a query names (its ``ip`` or ``domain``, one of them) and its query prefix."""
+    if ("ip" in opts) == ("domain" in opts):
+        raise ScriptError(ONE_SUBJECT)
+    if "ip" in opts:
+        return opts["ip"], reversed_ip(opts["ip"])
+    domain = domain_name(opts["domain"])
+    return domain, domain
+
+
+async def run(query, options: Options, where: str, result: type[DnsblResult]) -> DnsblResult:
+    """One native's check: its options checked (errors named after ``where``), every zone
+    asked, the answers made into ``result`` (a score gets every listing zone's reason)."""
+    opts = options.parse(query, where)
+    try:
+        name, prefix = subject(opts)
+        zone_list = zones(opts["zones"])
+        names = [query_name(prefix, z.name) for z in zone_list]
+    except ScriptError as err:
+        raise ScriptError(f"{where}: {err.message}") from None
+    answers = await lookup(opts["dns_resolver"], names, zone_list,
+                           all_reasons=result is DnsblScore)
+    return result(name, answers)
+
+
+def _lint(args) -> str | None:
+    """The lint hook of the checks: what the option map spells out of ip, domain and zones."""
+    opts = args[0] if args and isinstance(args[0], dict) else {}
+    try:
+        if "ip" in opts and "domain" in opts:
+            raise ScriptError(ONE_SUBJECT)
+        if isinstance(opts.get("ip"), str):
+            reversed_ip(opts["ip"])
+        if isinstance(opts.get("domain"), str):
+            domain_name(opts["domain"])
+        if isinstance(opts.get("zones"), list):
+            _lint_zones(opts["zones"])
+    except ScriptError as err:
+        return err.message
+    return None
+
+
+def _lint_zones(specs: list) -> None:
+    """Check the zones a script spells out (an empty array is an error too)."""
+    spelled = [spec for spec in specs if _spelled_out(spec)]
+    if spelled or not specs:
+        zones(spelled)
+
+
+def _spelled_out(value) -> bool:
+    """Whether a lint argument holds no dynamic part."""
+    if isinstance(value, dict):
+        return all(_spelled_out(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_spelled_out(v) for v in value)
+    return value is not DYNAMIC
+
+
+_CHECK = Options({"ip": str, "zones": (list, tuple), "dns_resolver": Resolver})
+_CHECK_DOMAIN = Options({"domain": str, "zones": (list, tuple), "dns_resolver": Resolver})
+_SCORE = Options({"zones": (list, tuple), "dns_resolver": Resolver}, {"ip": str, "domain": str})
+
+
+@namespace.native(options=_CHECK.keys, check=_lint)
+async def check(query) -> DnsblResult:
+    """check(#{ ip, zones, dns_resolver }): listed | pass | temperror, with .zone (the
+    first that lists), .codes, .reason (its TXT) and .listed. IPv4 and IPv6."""
+    return await run(query, _CHECK, "dnsbl::check", DnsblResult)
+
+
+@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint)
+async def check_domain(query) -> DnsblResult:
+    """check_domain(#{ domain, zones, dns_resolver }): as check, for a domain (RHSBL:
+    HELO, sender or URI domains)."""
+    return await run(query, _CHECK_DOMAIN, "dnsbl::check_domain", DnsblResult)
+
+
+@namespace.native(options=_SCORE.keys, check=_lint)
+async def score(query) -> DnsblScore:
+    """score(#{ ip or domain, zones, dns_resolver }): a check's result with .score, the sum
+    of the weights of the zones that list it, and .results, one map per zone."""
+    return await run(query, _SCORE, "dnsbl::score", DnsblScore)
+
+
+@namespace.native(uses="prepend_header")
+def add_header(ctx, result) -> None:
+    """add_header(ctx, result): prepend an X-DNSBL field recording a check's result, such as
+    `X-DNSBL: listed 192.0.2.1 zone=zen.example codes=127.0.0.2 (reason)`."""
+    if not isinstance(ctx, Context):
+        raise ScriptError("dnsbl::add_header takes ctx as its first argument")
+    if not isinstance(result, DnsblResult):
+        raise ScriptError("dnsbl::add_header takes a dnsbl:: result as its second argument, "
+                          f"not {type_name(result)}")
+    ctx.prepend_header(HEADER, result.header_value())

@@ -1,0 +1,252 @@
+"""dnsbl:: against the real test DNS server (tests/zones/dnsbl.test.zone), and in a real
+`vsl serve` session."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from vsl.errors import ScriptError
+from vsl.limits import Limits
+from vsl.lint import Linter
+from vsl.server.config import DnsConfig
+from vsl.stdlib import new_engine
+from vsl.stdlib.ctx import entry_points
+from tests.support.contexts import session
+from tests.support.servers import config_for, running
+from tests.support.smtp_tools import Raw, wait_for
+
+BL, SECOND, DBL = "bl.dnsbl.test", "second.dnsbl.test", "dbl.dnsbl.test"
+SILENT = "silent.dnsbl.test"  # no such zone: its queries are dropped by the tests
+
+SCRIPT = """
+const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"], timeout: 5 }});
+fn check(ip, zones) {{
+    let r = dnsbl::check(#{{ ip: ip, zones: zones, dns_resolver: global::R }});
+    [r.value, r.zone, r.codes, r.reason, r.listed, r == r.value, `${{r}}`]
+}}
+fn domain(d, zones) {{
+    let r = dnsbl::check_domain(#{{ domain: d, zones: zones, dns_resolver: global::R }});
+    [r.value, r.zone, r.codes, r.reason, r.subject]
+}}
+fn tag(ctx, ip) {{
+    let r = if ip == "" {{ "listed" }} else {{
+        dnsbl::check(#{{ ip: ip, zones: ["bl.dnsbl.test"], dns_resolver: global::R }})
+    }};
+    dnsbl::add_header(ctx, r);
+    ctx.get_header("X-DNSBL")
+}}
+fn score(query) {{
+    query.dns_resolver = global::R;
+    let s = dnsbl::score(query);
+    [s.value, s.score, s.zone, s.results]
+}}
+"""
+
+
+@pytest.fixture
+def script(server):
+    """A script whose resolver asks the test DNS server; each test starts anew (a new
+    resolver, so a new cache) with no faults and an empty query log."""
+    return new_engine(Limits(max_time=1.0)).load_source(SCRIPT.format(port=server.port),
+                                                        "dnsbl.vsl")
+
+
+def asked(server, rdtype: str) -> list[str]:
+    return [name for name, qtype, _ in server.queries if qtype == rdtype]
+
+
+# ---- answers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip, expected", [
+    ("127.0.0.2", ["listed", BL, ("127.0.0.2",), "Listed: the RFC 5782 test entry"]),
+    ("192.0.2.7", ["listed", BL, ("127.0.0.2", "127.0.0.4"),
+                   "Spam source, see https://bl.dnsbl.test/q?192.0.2.7"]),
+    ("192.0.2.8", ["listed", BL, ("127.0.0.3",), None]),             # no TXT published
+    ("2001:db8::7", ["listed", BL, ("127.0.0.2",), "IPv6 spam source"]),  # nibbles
+    ("::ffff:192.0.2.8", ["listed", BL, ("127.0.0.3",), None]),       # IPv4-mapped
+    ("127.0.0.1", ["pass", None, (), None]),                          # NXDOMAIN
+    ("2001:db8::8", ["pass", None, (), None]),
+    ("192.0.2.9", ["temperror", None, (), None]),     # 127.255.255.254: the list refuses
+    ("192.0.2.10", ["pass", None, (), None]),         # 192.0.2.99: a hijacking resolver's page
+])
+def test_an_address_is_listed_or_not(script, ip, expected):
+    value = script.call("check", ip, [BL])
+    assert value[:4] == expected
+    assert value[4:] == [expected[0] == "listed", True, expected[0]]
+
+
+def test_the_reason_is_asked_only_of_a_zone_that_lists(script, server):
+    script.call("check", "127.0.0.1", [BL])
+    script.call("check", "192.0.2.9", [BL])
+    assert asked(server, "TXT") == []
+    script.call("check", "192.0.2.7", [BL])
+    assert asked(server, "TXT") == ["7.2.0.192.bl.dnsbl.test."]
+
+
+def test_a_reason_keeps_no_line_break(script):
+    assert script.call("check", "192.0.2.11", [BL])[3] == "two lines"
+
+
+def test_a_domain_is_listed_or_not(script):
+    assert script.call("domain", "Spammer.Example.", [DBL]) == [
+        "listed", DBL, ("127.0.1.2",), "Spam domain", "spammer.example"]
+    assert script.call("domain", "example.test", [DBL])[0] == "pass"
+
+
+# ---- zones, filters, scores ----------------------------------------------------------------
+
+def test_a_code_filter_counts_only_its_codes(script):
+    only_4 = [{"zone": BL, "codes": ["127.0.0.4"]}]
+    assert script.call("check", "192.0.2.7", only_4)[:3] == ["listed", BL, ("127.0.0.4",)]
+    assert script.call("check", "192.0.2.8", only_4)[:3] == ["pass", None, ()]
+
+
+def test_the_first_zone_in_order_that_lists_is_the_one(script, server):
+    assert script.call("check", "192.0.2.7", [SECOND, BL])[:4] == [
+        "listed", SECOND, ("127.0.0.10",), None]
+    assert asked(server, "TXT") == ["7.2.0.192.second.dnsbl.test."]  # only the first's
+    assert script.call("check", "192.0.2.8", [DBL, BL])[1] == BL
+
+
+def test_a_listing_outweighs_a_zone_that_failed(script, server):
+    server.servfail("7.2.0.192.second.dnsbl.test.")
+    assert script.call("check", "192.0.2.7", [SECOND, BL])[:2] == ["listed", BL]
+    assert script.call("check", "192.0.2.7", [SECOND, DBL])[:2] == ["temperror", None]
+
+
+def test_score_sums_the_weights_of_the_zones_that_list(script):
+    zones = [{"zone": BL, "weight": 3}, {"zone": SECOND, "weight": 1.5}, DBL]
+    value, total, zone, results = script.call("score", {"ip": "192.0.2.8", "zones": zones})
+    assert (value, total, zone) == ("listed", 4.5, BL)
+    assert [dict(r) for r in results] == [
+        {"zone": BL, "value": "listed", "codes": ("127.0.0.3",), "reason": None, "weight": 3},
+        {"zone": SECOND, "value": "listed", "codes": ("127.0.0.10",), "reason": "Second list",
+         "weight": 1.5},
+        {"zone": DBL, "value": "pass", "codes": (), "reason": None, "weight": 1}]
+    assert script.call("score", {"ip": "127.0.0.1", "zones": zones})[:2] == ["pass", 0]
+    assert script.call("score", {"domain": "spammer.example", "zones": [DBL]})[:2] == [
+        "listed", 1]
+
+
+# ---- failures and time ----------------------------------------------------------------------
+
+def test_a_silent_zone_is_temperror_with_time_left(script, server):
+    """The resolver would wait 5 s: the check ends by the call's network deadline
+    (four fifths of max_time, 1 s) and the other zones' answers still count."""
+    server.drop(f"7.2.0.192.{SILENT}.")
+    start = time.monotonic()
+    assert script.call("check", "192.0.2.7", [SILENT])[0] == "temperror"
+    assert time.monotonic() - start < 1.0
+    start = time.monotonic()
+    assert script.call("check", "192.0.2.7", [SILENT, BL])[:2] == ["listed", BL]
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_second_check_is_answered_from_the_cache(script, server):
+    for ip in ("192.0.2.7", "127.0.0.1"):
+        first = script.call("check", ip, [BL, SECOND])
+        sent = len(server.queries)
+        assert script.call("check", ip, [BL, SECOND]) == first
+        assert len(server.queries) == sent
+
+
+# ---- bad input ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn, args, message", [
+    ("check", ("not-an-ip", [BL]), "dnsbl::check: ip 'not-an-ip' is not an IP address"),
+    ("check", ("192.0.2.7", []), "zones must be a non-empty array"),
+    ("check", ("192.0.2.7", ["bad zone"]), "zone 'bad zone' is not a DNS name"),
+    ("check", ("192.0.2.7", [""]), "zone '' is not a DNS name"),
+    ("check", ("192.0.2.7", ["a..b"]), "zone 'a..b' is not a DNS name"),
+    ("check", ("192.0.2.7", ["x" * 64 + ".test"]), "is not a DNS name"),
+    ("check", ("192.0.2.7", [".".join(["x" * 60] * 4) + ".tst"]), "is over 253 bytes"),
+    ("check", ("2001:db8::7", [".".join(["x" * 50] * 4)]), "the query .* is over 253 bytes"),
+    ("check", ("192.0.2.7", [7]), "a zone map takes a map of options"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.x"]}]),
+     "code '127.0.0.x' is not a listing answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["10.0.0.2"]}]), "not a listing answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.255.255.254"]}]),
+     "not a listing answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "weight": "2"}]), "option 'weight' must be"),
+    ("check", ("192.0.2.7", [{"name": BL}]), "unknown option 'name'"),
+    ("domain", ("localhost", [DBL]), "domain 'localhost' is not a domain"),
+    ("domain", ("[192.0.2.7]", [DBL]), r"domain '\[192.0.2.7\]' is not a DNS name"),
+    ("score", ({"zones": [BL]},), "dnsbl::score: takes ip or domain"),
+    ("score", ({"ip": "192.0.2.7", "domain": "a.test", "zones": [BL]},),
+     "dnsbl::score: takes ip or domain"),
+])
+def test_bad_input_is_an_error_at_the_call(script, fn, args, message):
+    with pytest.raises(ScriptError, match=message) as info:
+        script.call(fn, *args)
+    assert info.value.pos is not None and info.value.pos.file == "dnsbl.vsl"
+
+
+def test_add_header_records_a_result_and_refuses_anything_else(script):
+    assert script.call("tag", session(), "192.0.2.8") == \
+        "listed 192.0.2.8 zone=bl.dnsbl.test codes=127.0.0.3"
+    assert script.call("tag", session(), "127.0.0.1") == "pass 127.0.0.1"
+    with pytest.raises(ScriptError, match="add_header takes a dnsbl:: result as its second "
+                                          "argument, not string"):
+        script.call("tag", session(), "")
+
+
+# ---- a real server ------------------------------------------------------------------------
+
+POLICY = """
+const R = dns::resolver();
+const ZONES = ["bl.dnsbl.test"];
+fn on_connect(ctx) {
+    let r = dnsbl::check(#{ ip: ctx.client_ip, zones: global::ZONES, dns_resolver: global::R });
+    if r.listed { return status::deny(`554 5.7.1 ${r.reason}`); }
+    status::next()
+}
+"""
+TAGGING = """
+const R = dns::resolver();
+fn on_mail_from(ctx) {
+    let r = dnsbl::score(#{ ip: ctx.client_ip, zones: [#{ zone: "bl.dnsbl.test", weight: 2 }],
+                           dns_resolver: global::R });
+    ctx.store("dnsbl", r);
+    status::next()
+}
+fn on_pre_queue(ctx) {
+    dnsbl::add_header(ctx, ctx.get("dnsbl"));
+    status::next()
+}
+"""
+
+
+def _config(tmp_path, dns_server, script: str):
+    dns = DnsConfig(nameservers=(f"127.0.0.1:{dns_server.port}",), timeout=2)
+    return config_for(tmp_path, script, dns=dns)
+
+
+def test_a_listed_client_is_refused_with_the_zone_reason(server, tmp_path):
+    with running(_config(tmp_path, server, POLICY)) as smtp_server:
+        listed = Raw(smtp_server, source="127.0.0.2")
+        assert listed.greeting == (554, b"5.7.1 Listed: the RFC 5782 test entry")
+        clean = Raw(smtp_server, source="127.0.0.1")
+        assert clean.greeting[0] == 220
+
+
+def test_a_tagging_policy_records_the_listing_in_x_dnsbl(server, tmp_path):
+    with running(_config(tmp_path, server, TAGGING)) as smtp_server:
+        smtp = Raw(smtp_server, source="127.0.0.2")
+        for line in ("EHLO client.test", "MAIL FROM:<a@client.test>",
+                     "RCPT TO:<bob@example.test>", "DATA"):
+            assert smtp.cmd(line)[0] in (250, 354)
+        assert smtp.cmd("Subject: hi\r\n\r\nhello\r\n.")[0] == 250
+        assert wait_for(lambda: smtp_server.spool.list(), 5)
+        [entry] = smtp_server.spool.list()
+        message = smtp_server.spool.message(entry.id)
+    assert message.replace(b"\r\n ", b" ").startswith(
+        b"X-DNSBL: listed 127.0.0.2 zone=bl.dnsbl.test codes=127.0.0.2 score=2 "
+        b"(Listed: the RFC 5782 test entry)\r\n")
+
+
+def test_the_documented_policy_lints_clean():
+    page = (Path(__file__).parent.parent / "docs" / "anti-abuse-dnsbl.md").read_text()
+    policy = page.split("```rust\n", 1)[1].split("```", 1)[0]
+    assert Linter(new_engine(), entry_points()).lint_source(policy, "doc.vsl", None) == []
