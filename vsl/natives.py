@@ -65,6 +65,8 @@ class Native:
     doc: str
     is_async: bool
     check: Callable | None = None  # lint hook: check(literal_args) -> error message | None
+    # ^ literal_args: each argument's value if a literal (map and array literals as dicts and
+    # tuples of theirs), else resolve.DYNAMIC
     returns: type | None = None  # the NativeObject class it returns, when it always does
     options: tuple[str, ...] = ()  # the keys its last argument, an option map, may have
     uses: str | None = None  # the member of its first argument it needs (lint: where it is)
