@@ -20,16 +20,6 @@ fn check(ctx, options) {
 DAY = 86400
 
 
-class Clock:
-    """The store's clock, moved by the tests."""
-
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Unavailable(StateStore):
     """A store that never answers (a Redis server that is down)."""
 
@@ -40,11 +30,12 @@ class Unavailable(StateStore):
 
 
 class Greylist:
-    """One engine and its store; ``check(...)`` runs greylist::check for one recipient."""
+    """One engine and its store, whose clock ``later()`` moves; ``check(...)`` runs
+    greylist::check for one recipient."""
 
     def __init__(self, store: StateStore | None = None):
-        self.clock = Clock()
-        self.store = store or MemoryStore(clock=self.clock)
+        self.now = 1_000_000.0
+        self.store = store or MemoryStore(clock=lambda: self.now)
         self.script = new_engine(state=self.store).load_source(SCRIPT, "greylist.vsl")
 
     def check(self, ip="192.0.2.1", sender="alice@a.example", rcpt="bob@b.example",
@@ -61,7 +52,7 @@ class Greylist:
         return self.check(**kwargs)[0]
 
     def later(self, seconds: float) -> None:
-        self.clock.now += seconds
+        self.now += seconds
 
 
 @pytest.fixture
