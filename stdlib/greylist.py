@@ -185,6 +185,7 @@ def _lint(args) -> str | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The client's address (an IPv4-mapped IPv6 address counts as IPv4)."""
     try:
@@ -197,10 +198,10 @@ def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return address
 
 
-def client_network(address, found: Settings) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The network a client address is greylisted by (/24 and /64 by default)."""
-    prefix = found.ipv4_prefix if address.version == 4 else found.ipv6_prefix
-    return ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+@lru_cache(maxsize=4096)
+def client_network(address, prefix: int) -> str:
+    """The network a client address is greylisted by, as text (``192.0.2.0/24``)."""
+    return str(ipaddress.ip_network((address, prefix), strict=False))
 
 
 def triplet_key(network, ctx: Context, kind: str) -> str:
@@ -218,7 +219,8 @@ async def greylist(store: StateStore, ctx: Context, found: Settings) -> Greylist
     address = client_address(ctx.client_ip)
     if found.whitelist.covers(address, ctx.rcpt):
         return GreylistResult("whitelisted")
-    network = client_network(address, found)
+    network = client_network(address, found.ipv4_prefix if address.version == 4
+                             else found.ipv6_prefix)
     try:
         if found.auto_whitelist and await _auto_whitelisted(store, network, found):
             return GreylistResult("whitelisted")
