@@ -204,7 +204,7 @@ def client_network(address, prefix: int) -> str:
     return str(ipaddress.ip_network((address, prefix), strict=False))
 
 
-def triplet_key(network, ctx: Context, kind: str) -> str:
+def triplet_key(network: str, ctx: Context, kind: str) -> str:
     """The store key of the client network, the sender (``<>`` for the null sender) and,
     for ``triplet``, the recipient; the addresses lower-cased and digested."""
     parts = [ctx.sender.address.lower() or "<>"]
@@ -229,10 +229,10 @@ async def greylist(store: StateStore, ctx: Context, found: Settings) -> Greylist
         return GreylistResult("temperror")
 
 
-async def _auto_whitelisted(store: StateStore, network, found: Settings) -> bool:
+async def _auto_whitelisted(store: StateStore, network: str, found: Settings) -> bool:
     """Whether the network has retried successfully ``auto_whitelist`` times (then its
     entry lives ``expire`` seconds more)."""
-    key = f"greylist:awl:{network}"
+    key = _awl_key(network)
     count = await store.get(key)
     if count is None or int(count) < found.auto_whitelist:
         return False
@@ -240,7 +240,11 @@ async def _auto_whitelisted(store: StateStore, network, found: Settings) -> bool
     return True
 
 
-async def _triplet(store: StateStore, key: str, network, found: Settings) -> GreylistResult:
+def _awl_key(network: str) -> str:
+    return f"greylist:awl:{network}"
+
+
+async def _triplet(store: StateStore, key: str, network: str, found: Settings) -> GreylistResult:
     """Greylisted until ``delay`` seconds after the first attempt, then passed (a retry
     after ``retry_window`` finds the first attempt expired, and starts over)."""
     now = store.clock()
@@ -254,7 +258,7 @@ async def _triplet(store: StateStore, key: str, network, found: Settings) -> Gre
         if waited < found.delay:
             return GreylistResult("greylisted", math.ceil(found.delay - waited))
         if found.auto_whitelist:
-            await store.incr(f"greylist:awl:{network}", 1, found.expire)
+            await store.incr(_awl_key(network), 1, found.expire)
     await store.set(key, PASSED, found.expire)
     return GreylistResult("pass")
 

@@ -255,3 +255,8 @@ def test_bad_options_are_errors_at_the_call(grey, options, message):
 def test_a_client_without_an_ip_address_is_an_error(grey):
     with pytest.raises(ScriptError, match="the client address 'unix' is not an IP address"):
         grey.check(ip="unix")
+
+
+def test_the_first_argument_must_be_ctx(grey):
+    with pytest.raises(ScriptError, match="greylist::check takes ctx as its first argument"):
+        grey.script.call("check", "192.0.2.1", {})
