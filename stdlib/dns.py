@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -335,12 +334,7 @@ class DnsDefaults:
 def namespace_for(defaults: DnsDefaults) -> Namespace:
     """The ``dns::`` namespace of one engine: its ``dns::resolver()`` fills in ``defaults``,
     so engines with different defaults do not see each other's."""
-    functions = dict(namespace.functions)
-    native = functions["resolver"]
-    bound = functools.update_wrapper(functools.partial(native.func, defaults=defaults),
-                                     native.func)  # its name, module and docs stay the native's
-    functions["resolver"] = dataclasses.replace(native, func=bound)
-    return dataclasses.replace(namespace, functions=functions, types=list(namespace.types))
+    return namespace.binding("resolver", defaults=defaults)
 
 
 _RESOLVER = Options({}, {"config": str, "nameservers": (list, tuple), "timeout": (int, float),

@@ -289,14 +289,14 @@ def _lint(args) -> str | None:
             reversed_ip(opts["ip"])
         if isinstance(opts.get("domain"), str):
             domain_name(opts["domain"])
-        if isinstance(opts.get("zones"), list):
+        if isinstance(opts.get("zones"), tuple):
             _lint_zones(opts["zones"])
     except ScriptError as err:
         return err.message
     return None
 
 
-def _lint_zones(specs: list) -> None:
+def _lint_zones(specs: tuple) -> None:
     """Check the zones a script spells out (an empty array is an error too)."""
     spelled = [spec for spec in specs if _spelled_out(spec)]
     if spelled or not specs:
@@ -307,7 +307,7 @@ def _spelled_out(value) -> bool:
     """Whether a lint argument holds no dynamic part."""
     if isinstance(value, dict):
         return all(_spelled_out(v) for v in value.values())
-    if isinstance(value, list):
+    if isinstance(value, tuple):
         return all(_spelled_out(v) for v in value)
     return value is not DYNAMIC
 

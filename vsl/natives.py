@@ -11,6 +11,8 @@ call does (charged to the script's budget like a step of script code of that siz
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import sys
 from contextvars import ContextVar
@@ -63,6 +65,8 @@ class Native:
     doc: str
     is_async: bool
     check: Callable | None = None  # lint hook: check(literal_args) -> error message | None
+    # ^ literal_args: each argument's value if a literal (map and array literals as dicts and
+    # tuples of theirs), else resolve.DYNAMIC
     returns: type | None = None  # the NativeObject class it returns, when it always does
     options: tuple[str, ...] = ()  # the keys its last argument, an option map, may have
     uses: str | None = None  # the member of its first argument it needs (lint: where it is)
@@ -117,6 +121,16 @@ class Namespace:
             return fn
 
         return register(fn) if fn is not None else register
+
+    def binding(self, name: str, **values) -> Namespace:
+        """A copy of this namespace whose native ``name`` gets ``values`` as keyword
+        arguments besides the script's: what one engine's copy holds (its DNS defaults,
+        its state store), so that engines in one process do not share them."""
+        native = self.functions[name]
+        bound = functools.update_wrapper(functools.partial(native.func, **values),
+                                         native.func)  # its name, module and docs stay
+        functions = {**self.functions, name: dataclasses.replace(native, func=bound)}
+        return dataclasses.replace(self, functions=functions, types=list(self.types))
 
     def register_type(self, cls: type) -> type:
         """Declare a NativeObject class this namespace hands to scripts."""

@@ -606,10 +606,11 @@ class Resolver:
         if native.is_async:
             self.mark_waits(e.pos, f"'{full}'")
         if native.check is not None:
-            message = native.check([_literal(a) for a in e.args])
-            if message:
-                self.error("native-argument", f"{full}: {message}", e.args[0].pos
-                           if e.args else e.pos)
+            values = [_lint_value(a) for a in e.args]
+            message = native.check(values)
+            if message:  # at the first argument it could see
+                self.error("native-argument", f"{full}: {message}", next(
+                    (a.pos for a, v in zip(e.args, values) if v is not _DYNAMIC), e.pos))
 
     def e_NsCall(self, e: ast.NsCall) -> None:
         self.exprs(e.args)
@@ -651,15 +652,15 @@ _DYNAMIC = _Dynamic()
 DYNAMIC = _DYNAMIC
 
 
-def _literal(e):
-    """An argument as a native's lint check sees it: its value when the script spells it
-    out (arrays and maps as lists and dicts, their other parts DYNAMIC), else DYNAMIC."""
-    if isinstance(e, ast.Literal):
-        return e.value
-    if isinstance(e, ast.ArrayLit):
-        return [_literal(item) for item in e.items]
-    if isinstance(e, ast.MapLit):
-        return {key: _literal(value) for key, value in e.entries}
+def _lint_value(node):
+    """What a native's lint hook sees of an argument: a literal's value, a map or array
+    literal as a dict or tuple of what it sees of their items, else DYNAMIC."""
+    if isinstance(node, ast.Literal):
+        return node.value
+    if isinstance(node, ast.MapLit):
+        return {key: _lint_value(value) for key, value in node.entries}
+    if isinstance(node, ast.ArrayLit):
+        return tuple(_lint_value(item) for item in node.items)
     return _DYNAMIC
 
 

@@ -1,0 +1,288 @@
+"""``greylist::`` -- greylisting as postgrey does it, in ``on_rcpt_to``::
+
+    fn on_rcpt_to(ctx) {
+        let g = greylist::check(ctx, #{ delay: 300, auto_whitelist: 5 });
+        if g.value == "greylisted" { return status::deny("451 4.7.1 Greylisted, try again later") }
+        if g.value == "temperror" { return status::deny("451 4.3.0 Try again later") }
+        status::next()
+    }
+
+The first attempt of a triplet (client network, sender, recipient) is ``greylisted``
+for ``delay`` seconds; a retry after the delay and within ``retry_window`` of the first
+attempt passes, and the triplet then passes for ``expire`` seconds, renewed by each
+pass; a retry after the window starts over. A client network with ``auto_whitelist``
+successful retries is ``whitelisted`` for ``expire`` seconds (renewed by each use);
+the ``whitelist`` option's networks (the client) and domains and addresses (the
+recipient) are ``whitelisted`` without asking the store. A store that cannot answer
+gives ``temperror``.
+"""
+# The state, in the engine's StateStore (bound by namespace_for), every key expiring:
+#   greylist:<key kind>:<network>:<digest> -> the first attempt's time, for retry_window;
+#       then "passed", for expire (set again by each pass)
+#   greylist:awl:<network> -> the network's successful retries, for expire (set again
+#       by each whitelisted pass once it reached auto_whitelist)
+# The digest (of the lower-cased sender and recipient) keeps every key short whatever the
+# addresses, and keeps the addresses out of the store (postgrey's --privacy).
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from vsl.errors import ScriptError
+from vsl.natives import Namespace
+from vsl.resolve import DYNAMIC
+
+from .ctx import Context, Stage
+from .support.mail import AddressError, Mailbox
+from .support.options import Options
+from .support.result import CheckResult
+from .support.state import MemoryStore, StateStore, StateUnavailable
+
+namespace = Namespace("greylist", "Greylisting (postgrey's triplets) in on_rcpt_to")
+
+KEY_KINDS = {"triplet": True, "client_sender": False}  # kind -> whether the recipient counts
+PASSED = "passed"
+_NUMBER = (int, float)
+
+
+class GreylistResult(CheckResult):
+    """The outcome of greylist::check: ``.value`` (pass, greylisted, whitelisted,
+    temperror) and ``.retry_in`` (seconds until a retry passes; 0 unless greylisted)."""
+
+    vsl_type = "greylist_result"
+    vsl_props = frozenset({"value", "retry_in"})
+    mechanism_name = "greylist"
+
+    def __init__(self, value: str, retry_in: int = 0):
+        self.value, self.retry_in = value, retry_in
+
+
+namespace.register_type(GreylistResult)
+
+
+@dataclass(frozen=True)
+class Whitelist:
+    """Who is never greylisted: client networks, and recipient domains (with their
+    subdomains), addresses and local parts (``postmaster@``), as postgrey's
+    whitelist_clients and whitelist_recipients."""
+
+    networks: tuple = ()
+    domains: frozenset = frozenset()
+    addresses: frozenset = frozenset()
+    local_parts: frozenset = frozenset()
+
+    def covers(self, client: ipaddress.IPv4Address | ipaddress.IPv6Address, rcpt) -> bool:
+        """Whether the client address or the recipient (a Mailbox) is whitelisted."""
+        if any(client in network for network in self.networks):
+            return True
+        domain = rcpt.domain.lower()
+        return (rcpt.address.lower() in self.addresses
+                or rcpt.local_part.lower() in self.local_parts
+                or any(domain == d or domain.endswith("." + d) for d in self.domains))
+
+
+@lru_cache(maxsize=256)
+def parse_whitelist(entries: tuple) -> Whitelist:
+    """The whitelist of ``entries``: ``"192.0.2.0/24"`` or an address (the client),
+    ``"example.com"`` (a recipient domain and its subdomains), ``"user@example.com"``
+    (a recipient), ``"postmaster@"`` (that local part at any domain)."""
+    networks, domains, addresses, local_parts = [], set(), set(), set()
+    for entry in entries:
+        if not isinstance(entry, str) or not entry:
+            raise ScriptError(f"greylist::check: whitelist entries are strings, not {entry!r}")
+        if entry.endswith("@") and entry.count("@") == 1 and len(entry) > 1:
+            local_parts.add(entry[:-1].lower())
+        elif "@" in entry:
+            addresses.add(_whitelisted(entry, entry).address.lower())
+        elif "/" in entry or ":" in entry or entry.replace(".", "").isdigit():
+            networks.append(_network(entry))
+        else:
+            domains.add(_whitelisted(f"postmaster@{entry}", entry).domain.lower())
+    return Whitelist(tuple(networks), frozenset(domains), frozenset(addresses),
+                     frozenset(local_parts))
+
+
+def _whitelisted(address: str, entry: str) -> Mailbox:
+    try:
+        return Mailbox.parse(address)
+    except AddressError:
+        raise ScriptError(f"greylist::check: whitelist entry '{entry}' is not a network, "
+                          "a domain or an address") from None
+
+
+def _network(entry: str):
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ScriptError(f"greylist::check: whitelist entry '{entry}' is not an IP network "
+                          "(CIDR)") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """greylist::check's options, checked (the defaults are postgrey's)."""
+
+    delay: float = 300
+    retry_window: float = 2 * 86400
+    expire: float = 35 * 86400
+    key: str = "triplet"
+    auto_whitelist: int = 5
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+    whitelist: Whitelist = Whitelist()
+
+
+_CHECK = Options({}, {"delay": _NUMBER, "retry_window": _NUMBER, "expire": _NUMBER,
+                      "key": str, "auto_whitelist": int, "ipv4_prefix": int,
+                      "ipv6_prefix": int, "whitelist": (list, tuple)})
+_RULES = {  # option -> (whether a value is right, what it must be)
+    "delay": (lambda v: v >= 0, "0 or more seconds"),
+    "expire": (lambda v: v > 0, "more than 0 seconds"),
+    "key": (lambda v: v in KEY_KINDS, " or ".join(f"'{kind}'" for kind in KEY_KINDS)),
+    "auto_whitelist": (lambda v: v >= 0, "0 (off) or more"),
+    "ipv4_prefix": (lambda v: 0 <= v <= 32, "0 to 32"),
+    "ipv6_prefix": (lambda v: 0 <= v <= 128, "0 to 128"),
+}
+
+
+def settings(options) -> Settings:
+    """The checked settings of an option map (a ScriptError for a bad one)."""
+    found = Settings(**_checked(options or {}))
+    if found.retry_window <= found.delay:
+        raise ScriptError("greylist::check: retry_window must be longer than delay")
+    return found
+
+
+def _checked(options) -> dict:
+    """The options with their types and values checked, the whitelist parsed."""
+    opts = _CHECK.parse(options, "greylist::check")
+    for name, value in opts.items():
+        right, wanted = _RULES.get(name, (None, ""))
+        if right is not None and not right(value):
+            raise ScriptError(f"greylist::check: {name} must be {wanted}, not {value!r}")
+    if "whitelist" in opts:
+        opts["whitelist"] = parse_whitelist(tuple(opts["whitelist"]))
+    return opts
+
+
+def _lint(args) -> str | None:
+    """What is wrong with the literal options of a call (vsl lint), or None."""
+    if len(args) < 2 or not isinstance(args[1], dict):
+        return None
+    literal = {k: v for k, v in args[1].items() if k in _CHECK.keys and v is not DYNAMIC}
+    if isinstance(literal.get("whitelist"), tuple):
+        literal["whitelist"] = tuple(e for e in literal["whitelist"] if e is not DYNAMIC)
+    try:
+        if len(literal) == len(args[1]):
+            settings(literal)
+        else:  # a value known only when it runs: no check across options
+            _checked(literal)
+    except ScriptError as err:
+        return err.message.removeprefix("greylist::check: ")
+    return None
+
+
+@lru_cache(maxsize=4096)
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The client's address (an IPv4-mapped IPv6 address counts as IPv4)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise ScriptError(f"greylist::check: the client address '{ip}' is not an IP "
+                          "address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+@lru_cache(maxsize=4096)
+def client_network(address, prefix: int) -> str:
+    """The network a client address is greylisted by, as text (``192.0.2.0/24``)."""
+    return str(ipaddress.ip_network((address, prefix), strict=False))
+
+
+def triplet_key(network: str, ctx: Context, kind: str) -> str:
+    """The store key of the client network, the sender (``<>`` for the null sender) and,
+    for ``triplet``, the recipient; the addresses lower-cased and digested."""
+    parts = [ctx.sender.address.lower() or "<>"]
+    if KEY_KINDS[kind]:
+        parts.append(ctx.rcpt.address.lower())
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+    return f"greylist:{kind}:{network}:{digest}"
+
+
+async def greylist(store: StateStore, ctx: Context, found: Settings) -> GreylistResult:
+    """The check of the current recipient (a Python API for the server and tests)."""
+    address = client_address(ctx.client_ip)
+    if found.whitelist.covers(address, ctx.rcpt):
+        return GreylistResult("whitelisted")
+    network = client_network(address, found.ipv4_prefix if address.version == 4
+                             else found.ipv6_prefix)
+    try:
+        if found.auto_whitelist and await _auto_whitelisted(store, network, found):
+            return GreylistResult("whitelisted")
+        return await _triplet(store, triplet_key(network, ctx, found.key), network, found)
+    except StateUnavailable:
+        return GreylistResult("temperror")
+
+
+async def _auto_whitelisted(store: StateStore, network: str, found: Settings) -> bool:
+    """Whether the network has retried successfully ``auto_whitelist`` times (then its
+    entry lives ``expire`` seconds more)."""
+    key = _awl_key(network)
+    count = await store.get(key)
+    if count is None or int(count) < found.auto_whitelist:
+        return False
+    await store.set(key, count, found.expire)
+    return True
+
+
+def _awl_key(network: str) -> str:
+    return f"greylist:awl:{network}"
+
+
+async def _triplet(store: StateStore, key: str, network: str, found: Settings) -> GreylistResult:
+    """Greylisted until ``delay`` seconds after the first attempt, then passed (a retry
+    after ``retry_window`` finds the first attempt expired, and starts over)."""
+    now = store.clock()
+    seen = await store.get(key)
+    if seen is None:
+        if await store.set(key, repr(now), found.retry_window, only_if_absent=True):
+            return GreylistResult("greylisted", math.ceil(found.delay))
+        seen = await store.get(key) or repr(now)  # another process's first attempt
+    if seen != PASSED:
+        waited = now - float(seen)
+        if waited < found.delay:
+            return GreylistResult("greylisted", math.ceil(found.delay - waited))
+        if found.auto_whitelist:
+            await store.incr(_awl_key(network), 1, found.expire)
+    await store.set(key, PASSED, found.expire)
+    return GreylistResult("pass")
+
+
+@namespace.native(options=_CHECK.keys, uses="rcpt", check=_lint)
+async def check(ctx, options=None, *, store: StateStore) -> GreylistResult:
+    """check(ctx [, #{ delay, retry_window, expire, key, auto_whitelist, whitelist,
+    ipv4_prefix, ipv6_prefix }]): greylist the current recipient (on_rcpt_to only).
+
+    ``.value``: ``greylisted`` (``.retry_in``: seconds until a retry passes), ``pass``,
+    ``whitelisted`` or ``temperror`` (the state store did not answer: temp-fail then).
+    Defaults: ``delay`` 300 s, ``retry_window`` 2 days, ``expire`` 35 days, ``key``
+    ``"triplet"`` (or ``"client_sender"``), ``auto_whitelist`` 5 retries (0: off),
+    prefixes /24 and /64; ``whitelist``: client networks, recipient domains and
+    addresses (``"postmaster@"``). See docs/anti-abuse-greylist.md."""
+    if not isinstance(ctx, Context):
+        raise ScriptError("greylist::check takes ctx as its first argument")
+    if ctx.stage != Stage.RCPT_TO:
+        raise ScriptError(f"greylist::check works in on_rcpt_to only, not in "
+                          f"{ctx.stage.function}")
+    return await greylist(store, ctx, settings(options))
+
+
+def namespace_for(store: StateStore | None) -> Namespace:
+    """The ``greylist::`` namespace of one engine, keeping its state in ``store`` (None: a
+    MemoryStore of its own)."""
+    return namespace.binding("check", store=store or MemoryStore())
