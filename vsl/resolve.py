@@ -55,7 +55,8 @@ import difflib
 from dataclasses import dataclass, field
 
 from . import ast
-from .infer import INT, NOT_INT, constants_first, int_variables, literal_constants
+from .infer import (INT, NOT_INT, NOT_LITERAL, constants_first, int_variables,
+                    literal_constants, literal_value)
 from .methods import METHOD_NAMES
 from .names import local_name
 
@@ -606,8 +607,8 @@ class Resolver:
         if native.is_async:
             self.mark_waits(e.pos, f"'{full}'")
         if native.check is not None:
-            message = native.check([a.value if isinstance(a, ast.Literal) else _DYNAMIC
-                                    for a in e.args])
+            values = [literal_value(a) for a in e.args]  # maps of literals too (options)
+            message = native.check([_DYNAMIC if v is NOT_LITERAL else v for v in values])
             if message:
                 self.error("native-argument", f"{full}: {message}", e.args[0].pos
                            if e.args else e.pos)
