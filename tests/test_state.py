@@ -14,8 +14,9 @@ import pytest
 
 from vsl.natives import IO_DEADLINE
 from vsl.stdlib.support.state import MemoryStore, StateUnavailable
-from vsl.stdlib.support.state.redis_store import RedisStore, redacted, url_problem
+from vsl.stdlib.support.state.redis_store import RedisStore
 from vsl.stdlib.support.state.sqlite_store import SqliteStore
+from vsl.stdlib.support.state.urls import redacted, url_problem
 from tests.support.redis import PrivateRedis
 
 TTL = 0.3  # seconds: long enough for a loaded machine to do a few calls, short to wait out

@@ -12,7 +12,6 @@ into a message (:func:`redacted`).
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.exceptions
@@ -20,8 +19,8 @@ import redis.exceptions
 from vsl.natives import io_time_left
 
 from . import StateStore, StateUnavailable
+from .urls import redacted
 
-SCHEMES = ("redis", "rediss")
 MAX_CONNECTIONS = 32  # per store (one process); more callers wait for one, within timeout
 
 _INCR = """
@@ -30,33 +29,6 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) 
 return value
 """
 _INCR_AND_GET = _INCR.replace("return value", "return {value, redis.call('GET', KEYS[2])}")
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password (``redis://user:***@host``), for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` is not a Redis URL this store takes, or None (the URL is not quoted:
-    it may hold a password)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return "is not a URL (redis://host:port/db)"
-    if parts.scheme not in SCHEMES:
-        return f"must start with {' or '.join(s + '://' for s in SCHEMES)}"
-    if not parts.hostname:
-        return "has no host"
-    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        return "has a database that is not a number (redis://host:port/0)"
-    return None
 
 
 def _milliseconds(seconds: float) -> int:
