@@ -108,15 +108,15 @@ def test_many_tasks_give_the_exact_total(store_factory):
     assert run(store_factory, scenario) == "200"
 
 
-def _increment(factory_args, k: str, times: int) -> None:
-    kind, where = factory_args
+def _shared(kind: str, where) -> SqliteStore | RedisStore:
+    return SqliteStore(where) if kind == "sqlite" else RedisStore(where)
 
-    async def main():
-        store = SqliteStore(where) if kind == "sqlite" else RedisStore(where)
+
+def _increment(kind: str, where, k: str, times: int) -> None:
+    async def increments(store):
         for _ in range(times):
             await store.incr(k, 1, 60)
-        await store.close()
-    asyncio.run(main())
+    run(lambda: _shared(kind, where), increments)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
@@ -125,35 +125,19 @@ def test_two_processes_give_the_exact_total(kind, tmp_path, request):
         request.getfixturevalue("redis_server").url
     k = key()
     spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=_increment, args=((kind, where), k, 150)) for _ in range(2)]
+    procs = [spawn.Process(target=_increment, args=(kind, where, k, 150)) for _ in range(2)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
-    store = SqliteStore(where) if kind == "sqlite" else RedisStore(where)
-
-    async def total():
-        try:
-            return await store.get(k)
-        finally:
-            await store.close()
-    assert asyncio.run(total()) == "300"
+    assert run(lambda: _shared(kind, where), lambda store: store.get(k)) == "300"
 
 
 def test_sqlite_state_survives_a_new_store(tmp_path):
-    k = key()
-
-    async def scenario():
-        first = SqliteStore(tmp_path / "state.sqlite")
-        await first.incr(k, 4, 60)
-        await first.close()
-        second = SqliteStore(tmp_path / "state.sqlite")
-        try:
-            return await second.get(k)
-        finally:
-            await second.close()
-    assert asyncio.run(scenario()) == "4"
+    k, path = key(), tmp_path / "state.sqlite"
+    run(lambda: SqliteStore(path), lambda store: store.incr(k, 4, 60))
+    assert run(lambda: SqliteStore(path), lambda store: store.get(k)) == "4"
 
 
 def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
