@@ -127,8 +127,8 @@ class Server:
             for bound in server.sockets:
                 self.bound.append((listener, bound.getsockname()))
                 log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
-        log.info("started: %s, scripts %s, queue %s", self.config.hostname,
-                 self.config.scripts or "(none)", self.config.queue_dir)
+        log.info("started: %s, scripts %s, queue %s, state %s", self.config.hostname,
+                 self.config.scripts or "(none)", self.config.queue_dir, self.state)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""

@@ -19,7 +19,7 @@ from vsl.stdlib.support.state.sqlite_store import SqliteStore
 from vsl.stdlib.support.state.urls import redacted, url_problem
 from tests.support.redis import PrivateRedis
 
-TTL = 0.3  # seconds: long enough for a loaded machine to do a few calls, short to wait out
+TTL = 1.0  # seconds: long enough for a loaded machine to do a few calls, short to wait out
 
 
 @pytest.fixture(scope="module")

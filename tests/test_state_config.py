@@ -55,7 +55,8 @@ def test_open_state_opens_the_configured_store(tmp_path):
     (tmp_path / "url").write_text("redis://u:secret@127.0.0.1:1/0\n")
     redis = open_state(from_dict({"state": {"backend": "redis", "url_file": "url"}},
                                  base=tmp_path))
-    assert isinstance(redis, RedisStore) and redis.where == "redis://u:***@127.0.0.1:1/0"
+    assert isinstance(redis, RedisStore) and str(redis) == "redis redis://u:***@127.0.0.1:1/0"
+    assert str(sqlite) == f"sqlite {tmp_path / 'state.sqlite'}"  # as the server logs them
     for store in (sqlite, redis):
         asyncio.run(store.close())
 

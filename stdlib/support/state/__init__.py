@@ -55,6 +55,10 @@ class StateStore(ABC):
     async def close(self) -> None:
         """Release connections and files (the server calls this when it stops)."""
 
+    def __str__(self) -> str:
+        """What the server's log says of the store (never a password)."""
+        return type(self).__name__
+
 
 class MemoryStore(StateStore):
     """State in this process only, gone when it ends: what ``vsl run`` and ``vsl test``

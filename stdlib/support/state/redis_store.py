@@ -48,6 +48,9 @@ class RedisStore(StateStore):
         self._incr = self._client.register_script(_INCR)
         self._incr_and_get = self._client.register_script(_INCR_AND_GET)
 
+    def __str__(self) -> str:
+        return f"redis {self.where}"
+
     async def _call(self, command):
         """Await ``command`` within the store's and the script call's time;
         StateUnavailable when Redis fails or is slower."""

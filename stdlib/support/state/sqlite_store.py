@@ -72,6 +72,9 @@ class SqliteStore(StateStore):
         self._thread = ThreadPoolExecutor(1, "vsl-state")  # its thread starts on first use
         self._db: sqlite3.Connection | None = None  # opened in that thread
 
+    def __str__(self) -> str:
+        return f"sqlite {self.path}"
+
     async def _run(self, work: Callable[[sqlite3.Connection], object]):
         """``work(connection)`` on the store's thread, within the script call's network
         time (io_time_left); StateUnavailable when it fails or takes longer."""
