@@ -156,10 +156,17 @@ def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
     assert asyncio.run(scenario()) == 40 - 2 * 16 + 2  # each write purged 16 expired rows
 
 
-def test_sqlite_unopenable_path_is_an_error(tmp_path):
-    with pytest.raises(sqlite3.Error) as err:
+def test_sqlite_unopenable_path_is_an_error_and_a_file_is_made_on_first_use(tmp_path):
+    with pytest.raises(OSError, match="cannot make files in .*missing-directory"):
         SqliteStore(tmp_path / "missing-directory" / "state.sqlite")
-    assert "unable to open" in str(err.value)
+    (tmp_path / "not-a-database").write_text("x" * 4096)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        SqliteStore(tmp_path / "not-a-database")
+    path = tmp_path / "state.sqlite"
+    run(lambda: SqliteStore(path), lambda store: asyncio.sleep(0))
+    assert not path.exists()  # nothing counted, no file
+    run(lambda: SqliteStore(path), lambda store: store.get("k"))
+    assert path.exists()
 
 
 def test_redis_unreachable_is_state_unavailable_within_the_timeout():

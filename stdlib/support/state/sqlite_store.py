@@ -7,12 +7,15 @@ timeout, so concurrent writers queue instead of failing) in WAL mode (readers ne
 wait for writers). sqlite3 blocks, so a store runs its statements on one thread of its
 own, with one connection opened there on first use: the event loop never waits on the
 disk, and a store made before ``fork()`` (the parent of the workers) holds neither a
-thread nor a connection. Expired rows are purged as writes go, at most
+thread nor a connection. The file is made on first use (a server whose scripts count
+nothing leaves none behind); making the store only checks that it could be. Expired rows are purged as writes go, at most
 ``PURGE_BATCH`` a write, so no call does unbounded work; the file survives restarts.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,15 +63,25 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def check_openable(path: Path) -> None:
+    """sqlite3.Error or OSError unless ``path`` is a state file that opens, or could be
+    made: an existing file is opened (and closed at once), else its directory must be
+    writable."""
+    if path.exists():
+        connect(path).close()
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"cannot make files in {path.parent}")
+
+
 class SqliteStore(StateStore):
     """The state in the SQLite file at ``path``; sqlite3.Error or OSError when it cannot
-    be opened (checked here, with a connection closed at once)."""
+    be opened or made (:func:`check_openable`)."""
 
     def __init__(self, path: Path, clock: Callable[[], float] | None = None):
         self.path = path
         if clock is not None:
             self.clock = clock
-        connect(path).close()
+        check_openable(path)
         self._thread = ThreadPoolExecutor(1, "vsl-state")  # its thread starts on first use
         self._db: sqlite3.Connection | None = None  # opened in that thread
 
