@@ -22,11 +22,12 @@ run: $(STAMP)
 
 # Debian tools some tests drive; missing ones are named and their tests skipped
 # (with CI=true a missing tool fails those tests: .ci/run installs them).
-TOOLS := swaks smtp-source
+TOOLS := swaks smtp-source redis-server
 
 test: $(STAMP)
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || \
-	    echo "missing: $$tool (its tests are skipped; apt-get install swaks postfix)"; done
+	    echo "missing: $$tool (its tests are skipped; apt-get install swaks postfix" \
+	    "redis-server)"; done
 	@perl -MNet::SSLeay -e1 2>/dev/null || echo "missing: Net::SSLeay (swaks --tls tests" \
 	    "are skipped; apt-get install libnet-ssleay-perl)"
 	$(BIN)/python -m pytest -q

@@ -48,6 +48,8 @@ def _run(config, listen: tuple[str, int]) -> None:
 
     try:
         service = PolicyService(config, listen)
+    except ValueError as err:  # a ConfigError ([state] cannot be opened)
+        raise click.ClickException(str(err)) from None
     except PolicyError as err:
         click.echo(f"the scripts do not lint:\n{err}", err=True)
         sys.exit(1)

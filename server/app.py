@@ -16,6 +16,7 @@ from functools import partial
 
 from vsl.stdlib import new_engine
 from vsl.stdlib.support.bounce.shared import shipped
+from vsl.stdlib.support.state import StateStore
 from vsl.engine import Engine
 
 from .admission import Admission
@@ -28,6 +29,7 @@ from .policy import Policy
 from .queue_backend import QueueBackend
 from .queues import open_queue
 from .services import SessionServices, SessionSettings
+from .state_store import open_state
 from .protocol import Protocol
 from .stages import StageRunner
 
@@ -71,12 +73,15 @@ async def hold_unacknowledged(queue: QueueBackend) -> None:
 
 
 class Server:
-    """Everything one ``vsl serve`` process (or one worker of it) runs."""
+    """Everything one ``vsl serve`` process (or one worker of it) runs. ``state``: where
+    its limits and greylisting count (None: the configured ``[state]``)."""
 
-    def __init__(self, config: Config, engine: Engine | None = None):
+    def __init__(self, config: Config, engine: Engine | None = None,
+                 state: StateStore | None = None):
         self.config = config
         dns_defaults = config.dns.resolver_defaults()
-        self.engine = engine or new_engine(config.script_limits, dns_defaults)
+        self.state = state if state is not None else open_state(config)
+        self.engine = engine or new_engine(config.script_limits, dns_defaults, self.state)
         # stage functions that may run long (Script.call_off_loop)
         self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(self.engine, config.scripts)
@@ -122,8 +127,8 @@ class Server:
             for bound in server.sockets:
                 self.bound.append((listener, bound.getsockname()))
                 log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
-        log.info("started: %s, scripts %s, queue %s", self.config.hostname,
-                 self.config.scripts or "(none)", self.config.queue_dir)
+        log.info("started: %s, scripts %s, queue %s, state %s", self.config.hostname,
+                 self.config.scripts or "(none)", self.config.queue_dir, self.state)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
@@ -144,5 +149,6 @@ class Server:
             await server.wait_closed()
         self.servers.clear()
         await asyncio.to_thread(self.spool.close)  # its writer thread and delivery journal
+        await self.state.close()
         self.script_pool.shutdown(wait=False)
         log.info("stopped")

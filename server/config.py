@@ -148,6 +148,23 @@ class BounceConfig:
                                  # beside the queue directory (Config.learned_bounces)
 
 
+STATE_BACKENDS = ("sqlite", "redis")
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """``[state]`` in vsl.toml: where limit:: and greylist:: keep their counts
+    (server/state_store.py opens it)."""
+
+    backend: str = "sqlite"        # sqlite: one machine's processes; redis: several servers
+    path: Path | None = None       # sqlite: None: state.sqlite beside the queue directory
+                                   # (Config.state_path)
+    url: str | None = None         # redis: redis[s]://[user:password@]host:port/db
+    url_file: Path | None = None   # redis: a file holding the url (its password out of
+                                   # vsl.toml); give url or url_file
+    timeout: float = 1.0           # redis: seconds an operation may take, then temperror
+
+
 @dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
@@ -165,6 +182,13 @@ class Config:
     script_limits: Limits = Limits()
     delivery: DeliveryConfig = DeliveryConfig()
     bounce: BounceConfig = BounceConfig()
+    state: StateConfig = StateConfig()
+
+    @property
+    def state_path(self) -> Path:
+        """The SQLite file of ``[state]``: ``path``, else state.sqlite beside the queue
+        directory."""
+        return self.state.path or self.queue_dir.parent / "state.sqlite"
 
     @property
     def learned_bounces(self) -> Path:
@@ -277,6 +301,17 @@ def _conflicts(config: Config) -> Iterator[str]:
     if config.dns.config not in ("system", "google", "cloudflare", "quad9", "google_tls",
                                  "cloudflare_tls", "quad9_tls"):
         yield f"dns.config: unknown resolver config '{config.dns.config}'"
+    yield from _state_conflicts(config.state)
+
+
+def _state_conflicts(state: StateConfig) -> Iterator[str]:
+    if state.backend not in STATE_BACKENDS:
+        yield f"state.backend: unknown backend '{state.backend}' (use sqlite or redis)"
+    redis_keys = [key for key in ("url", "url_file") if getattr(state, key) is not None]
+    if state.backend == "redis" and len(redis_keys) != 1:
+        yield "state.url: backend \"redis\" needs one of state.url and state.url_file"
+    if state.backend == "sqlite" and redis_keys:
+        yield f"state.{redis_keys[0]}: only for backend = \"redis\""
 
 
 def _listeners(value, problems: _Problems) -> tuple[Listener, ...]:
@@ -364,6 +399,8 @@ def _convert(value, kind, key: str, base: Path):
         return _reply(value, key)
     if kind == "nameservers":
         return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
+    if kind == "redis_url":
+        return redis_url(_string(value, key), key)
     if kind == "route":
         from vsl.stdlib.transport import RELAY_KINDS, parse_route
 
@@ -401,7 +438,9 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
                                  "cache_bytes": "int"}),
              "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
              "delivery": (DeliveryConfig, _DELIVERY_SCHEMA),
-             "bounce": (BounceConfig, {"learned": "path"})}
+             "bounce": (BounceConfig, {"learned": "path"}),
+             "state": (StateConfig, {"backend": str, "path": "path", "url": "redis_url",
+                                     "url_file": "path", "timeout": "float"})}
 _SECTION_NAMES = ("server", "listen", *_SECTIONS)
 
 
@@ -423,7 +462,7 @@ _MINIMUM = {"server.workers": 1, "server.script_threads": 1, "auth.failure_limit
                                             "mx_port", "mx_address_limit",
                                             "mx_session_limit", "mx_host_limit")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "limits.idle_session",
-             "dns.timeout",
+             "dns.timeout", "state.timeout",
              "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",
@@ -457,6 +496,16 @@ def nameserver(text: str, key: str) -> str:
         parse_nameserver(text)
     except ScriptError as err:
         raise ConfigError(f"{key}: {err.message}") from None
+    return text
+
+
+def redis_url(text: str, key: str) -> str:
+    """A Redis URL for [state] (never quoted in the error: it may hold a password)."""
+    from vsl.stdlib.support.state.urls import url_problem
+
+    problem = url_problem(text)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
     return text
 
 

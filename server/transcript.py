@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vsl.resolve import closest
+from vsl.stdlib.support.state import MemoryStore
 
 from . import config as config_module
 from .app import Server
@@ -143,7 +144,7 @@ def replay(transcript: Transcript, scripts: Path | None) -> Outcome:
             dns_server = stack.enter_context(DnsServer(transcript.zones))
             nameserver = f"127.0.0.1:{dns_server.port}"
             config = replace(config, dns=replace(config.dns, override=(nameserver,)))
-        problems = asyncio.run(_session(Server(config), transcript))
+        problems = asyncio.run(_session(Server(config, state=MemoryStore()), transcript))
     return Outcome(transcript, problems)
 
 

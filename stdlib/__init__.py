@@ -22,14 +22,17 @@ def default_namespaces(dns_defaults: DnsDefaults | None = None,
     that engine's alone, and so is ``state``, where ``limit::`` and ``greylist::`` keep
     their counts (the server's [state]; None: in this process's memory)."""
     from . import (arc, asserts, authresults, bounce, core, ctx, dkim, dmarc, dns, dnsbl,
-                   greylist, iprev, net, policy, regex, spf, status, transport)
+                   greylist, iprev, limit, net, policy, regex, spf, status, transport)
+    from .support.state import MemoryStore
+
+    state = MemoryStore() if state is None else state
 
     return [core.namespace, status.namespace, asserts.namespace,
             dns.namespace_for(dns_defaults or dns.DnsDefaults()), iprev.namespace,
             spf.namespace, ctx.namespace, authresults.namespace, dkim.namespace,
             dmarc.namespace, arc.namespace, transport.namespace, bounce.namespace,
             net.namespace, regex.namespace, policy.namespace, dnsbl.namespace,
-            greylist.namespace_for(state)]
+            greylist.namespace_for(state), limit.namespace_for(state)]
 
 
 def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None,

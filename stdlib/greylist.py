@@ -39,7 +39,7 @@ from .ctx import Context, Stage
 from .support.mail import AddressError, Mailbox
 from .support.options import Options
 from .support.result import CheckResult
-from .support.state import MemoryStore, StateStore, StateUnavailable
+from .support.state import StateStore, StateUnavailable
 
 namespace = Namespace("greylist", "Greylisting (postgrey's triplets) in on_rcpt_to")
 
@@ -282,7 +282,6 @@ async def check(ctx, options=None, *, store: StateStore) -> GreylistResult:
     return await greylist(store, ctx, settings(options))
 
 
-def namespace_for(store: StateStore | None) -> Namespace:
-    """The ``greylist::`` namespace of one engine, keeping its state in ``store`` (None: a
-    MemoryStore of its own)."""
-    return namespace.binding("check", store=store or MemoryStore())
+def namespace_for(store: StateStore) -> Namespace:
+    """The ``greylist::`` namespace of one engine, keeping its state in ``store``."""
+    return namespace.binding("check", store=store)

@@ -191,7 +191,8 @@ def test_the_full_example_covers_every_key():
                          ("delivery", DeliveryConfig), ("bounce", BounceConfig)):
         assert set(data[section]) == {f.name for f in fields(cls)}, section
     server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
-                                                      "script_limits", "delivery", "bounce"}
+                                                      "script_limits", "delivery", "bounce",
+                                                      "state"}  # tests/test_state_config.py
     assert set(data["server"]) == server_keys
 
 

@@ -19,6 +19,7 @@ from ..config import Config, ConfigError, parse_listen
 from ..policy import Policy
 from ..services import SessionSettings
 from ..stages import StageRunner
+from ..state_store import open_state
 from .connection import MilterLimits, serve_connection
 from .session import MilterSession
 
@@ -43,7 +44,8 @@ class MilterServer:
         self.kind, self.where = parse_socket(listen)
         self.limits = limits
         self.connections = 0  # being served
-        engine = new_engine(config.script_limits, config.dns.resolver_defaults())
+        self.state = open_state(config)
+        engine = new_engine(config.script_limits, config.dns.resolver_defaults(), self.state)
         self.pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(engine, config.scripts)
         self.settings = SessionSettings.of(config)
@@ -93,4 +95,5 @@ class MilterServer:
         finally:
             watcher.cancel()
             self.server.close()
+            await self.state.close()
             self.pool.shutdown(wait=False)

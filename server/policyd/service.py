@@ -18,6 +18,7 @@ from vsl.stdlib import new_engine
 from ..config import Config
 from ..policy import Policy
 from ..stages import StageRunner
+from ..state_store import open_state
 from .conversation import Conversations
 from .delegation import Delegation, Link
 from .wire import ProtocolError, WireLimits, read_request, reply
@@ -32,7 +33,8 @@ class PolicyService:
     def __init__(self, config: Config, listen: tuple[str, int],
                  limits: WireLimits = WireLimits()):
         self.config, self.listen, self.limits = config, listen, limits
-        engine = new_engine(config.script_limits, config.dns.resolver_defaults())
+        self.state = open_state(config)
+        engine = new_engine(config.script_limits, config.dns.resolver_defaults(), self.state)
         self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(engine, config.scripts)
         runner = partial(StageRunner, self.policy, self.script_pool, config.fallback_reply)
@@ -70,6 +72,7 @@ class PolicyService:
         for link in self.links:
             link.cancel()
         await asyncio.gather(*self.links, return_exceptions=True)
+        await self.state.close()
         self.script_pool.shutdown(wait=False)
 
     async def _serve_link(self, reader: asyncio.StreamReader,

@@ -1,6 +1,6 @@
 """The state that ``limit::`` and ``greylist::`` keep between sessions: one small
 interface, :class:`StateStore`, that every backend implements (the embedded one in
-memory here; SQLite and Redis for the server's ``[state]``).
+memory here; :mod:`.sqlite_store` and :mod:`.redis_store` for the server's ``[state]``).
 
 Keys are strings the natives build (a namespace prefix, then the script's key); values
 are strings or integers. Every key has an expiry, so nothing grows without bound, and
@@ -32,6 +32,13 @@ class StateStore(ABC):
         the new value. A key this call creates expires in ``ttl`` seconds; an existing
         key keeps its expiry."""
 
+    async def incr_and_get(self, key: str, amount: int, ttl: float, other: str) -> tuple[int, int]:
+        """:meth:`incr` of ``key``, and the integer at ``other`` (0 when absent): what a
+        sliding window counts (this window, the previous one). The backends on the network
+        do both in one round trip; this default takes two."""
+        value = await self.incr(key, amount, ttl)
+        return value, int(await self.get(other) or 0)
+
     @abstractmethod
     async def get(self, key: str) -> str | None:
         """The value at ``key`` as a string, or None when absent or expired."""
@@ -47,6 +54,10 @@ class StateStore(ABC):
 
     async def close(self) -> None:
         """Release connections and files (the server calls this when it stops)."""
+
+    def __str__(self) -> str:
+        """What the server's log says of the store (never a password)."""
+        return type(self).__name__
 
 
 class MemoryStore(StateStore):

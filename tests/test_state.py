@@ -1,0 +1,232 @@
+"""The StateStore contract, run alike against MemoryStore, SqliteStore and RedisStore (a
+private redis-server): increments with expiry, get/set (only_if_absent), delete, and
+exact totals from many tasks and from two processes incrementing one key."""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import socket
+import sqlite3
+import time
+import uuid
+
+import pytest
+
+from vsl.natives import IO_DEADLINE
+from vsl.stdlib.support.state import MemoryStore, StateUnavailable
+from vsl.stdlib.support.state.redis_store import RedisStore
+from vsl.stdlib.support.state.sqlite_store import SqliteStore
+from vsl.stdlib.support.state.urls import redacted, url_problem
+from tests.support.redis import PrivateRedis
+
+TTL = 1.0  # seconds: long enough for a loaded machine to do a few calls, short to wait out
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with PrivateRedis() as server:
+        yield server
+
+
+def open_store(kind: str, tmp_path, redis_server_factory):
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / "state.sqlite")
+    return RedisStore(redis_server_factory().url)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_factory(request, tmp_path):
+    """A function making the store of this run's kind (each call a new store object over
+    the same file or server)."""
+    return lambda: open_store(request.param, tmp_path,
+                              lambda: request.getfixturevalue("redis_server"))
+
+
+def run(store_factory, scenario):
+    async def main():
+        store = store_factory()
+        try:
+            return await scenario(store)
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+def key() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+def test_incr_counts_and_expires(store_factory):
+    k = key()
+
+    async def scenario(store):
+        assert await store.incr(k, 1, TTL) == 1
+        assert await store.incr(k, 2, 60) == 3  # an existing key keeps its expiry
+        assert await store.get(k) == "3"
+        await asyncio.sleep(TTL + 0.1)
+        assert await store.get(k) is None
+        assert await store.incr(k, 5, 60) == 5  # counted again from 0
+    run(store_factory, scenario)
+
+
+def test_incr_and_get_reads_the_other_key(store_factory):
+    k, other = key(), key()
+
+    async def scenario(store):
+        assert await store.incr_and_get(k, 1, 60, other) == (1, 0)
+        await store.incr(other, 7, 60)
+        assert await store.incr_and_get(k, 1, 60, other) == (2, 7)
+    run(store_factory, scenario)
+
+
+def test_set_get_only_if_absent_and_delete(store_factory):
+    k = key()
+
+    async def scenario(store):
+        assert await store.get(k) is None
+        assert await store.set(k, "first", TTL, only_if_absent=True)
+        assert not await store.set(k, "second", 60, only_if_absent=True)
+        assert await store.get(k) == "first"
+        await asyncio.sleep(TTL + 0.1)
+        assert await store.set(k, "third", 60, only_if_absent=True)  # the old one expired
+        assert await store.set(k, "fourth", 60)
+        assert await store.get(k) == "fourth"
+        await store.delete(k)
+        await store.delete(k)  # absent: nothing happens
+        assert await store.get(k) is None
+    run(store_factory, scenario)
+
+
+def test_many_tasks_give_the_exact_total(store_factory):
+    k = key()
+
+    async def scenario(store):
+        await asyncio.gather(*(store.incr(k, 1, 60) for _ in range(200)))
+        return await store.get(k)
+    assert run(store_factory, scenario) == "200"
+
+
+def _shared(kind: str, where) -> SqliteStore | RedisStore:
+    return SqliteStore(where) if kind == "sqlite" else RedisStore(where)
+
+
+def _increment(kind: str, where, k: str, times: int) -> None:
+    async def increments(store):
+        for _ in range(times):
+            await store.incr(k, 1, 60)
+    run(lambda: _shared(kind, where), increments)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_two_processes_give_the_exact_total(kind, tmp_path, request):
+    where = tmp_path / "state.sqlite" if kind == "sqlite" else \
+        request.getfixturevalue("redis_server").url
+    k = key()
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_increment, args=(kind, where, k, 150)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert run(lambda: _shared(kind, where), lambda store: store.get(k)) == "300"
+
+
+def test_sqlite_state_survives_a_new_store(tmp_path):
+    k, path = key(), tmp_path / "state.sqlite"
+    run(lambda: SqliteStore(path), lambda store: store.incr(k, 4, 60))
+    assert run(lambda: SqliteStore(path), lambda store: store.get(k)) == "4"
+
+
+def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
+    now = [1000.0]
+    store = SqliteStore(tmp_path / "state.sqlite", clock=lambda: now[0])
+
+    async def scenario():
+        for i in range(40):
+            await store.incr(f"old:{i}", 1, 10)
+        now[0] += 20
+        for i in range(2):
+            await store.incr(f"new:{i}", 1, 10)
+        rows = await store._run(lambda db: db.execute("SELECT count(*) FROM state").fetchone())
+        await store.close()
+        return rows[0]
+    assert asyncio.run(scenario()) == 40 - 2 * 16 + 2  # each write purged 16 expired rows
+
+
+def test_sqlite_unopenable_path_is_an_error_and_a_file_is_made_on_first_use(tmp_path):
+    with pytest.raises(OSError, match="cannot make files in .*missing-directory"):
+        SqliteStore(tmp_path / "missing-directory" / "state.sqlite")
+    (tmp_path / "not-a-database").write_text("x" * 4096)
+    with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+        SqliteStore(tmp_path / "not-a-database")
+    path = tmp_path / "state.sqlite"
+    run(lambda: SqliteStore(path), lambda store: asyncio.sleep(0))
+    assert not path.exists()  # nothing counted, no file
+    run(lambda: SqliteStore(path), lambda store: store.get("k"))
+    assert path.exists()
+
+
+def test_redis_unreachable_is_state_unavailable_within_the_timeout():
+    from tests.support.mailsink import free_port
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+
+    async def scenario():
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable) as err:
+            await store.incr("k", 1, 60)
+        await store.close()
+        return time.monotonic() - started, str(err.value)
+    took, message = asyncio.run(scenario())
+    assert took < 1.5 and message.startswith("redis redis://127.0.0.1:")
+
+
+def test_redis_reconnects_when_it_is_back(redis_server):
+    store = RedisStore(redis_server.url, timeout=0.5)
+    k = key()
+
+    async def scenario():
+        assert await store.incr(k, 1, 60) == 1
+        await asyncio.to_thread(redis_server.stop)
+        with pytest.raises(StateUnavailable):
+            await store.incr(k, 1, 60)
+        await asyncio.to_thread(redis_server.start)
+        value = await store.incr(k, 1, 60)  # nothing persisted: counted from 0 again
+        await store.close()
+        return value
+    assert asyncio.run(scenario()) == 1
+
+
+def test_redis_urls_are_checked_and_their_passwords_never_shown():
+    assert url_problem("redis://localhost:6379/0") is None
+    assert url_problem("rediss://user:secret@cache.example:6380/2") is None
+    assert url_problem("http://localhost") == "must start with redis:// or rediss://"
+    assert url_problem("redis://:secret@localhost:99999/0") == \
+        "is not a URL (redis://host:port/db)"
+    assert url_problem("redis:///0") == "has no host"
+    assert url_problem("redis://localhost/zero") is not None
+    assert redacted("redis://user:secret@host:1/0") == "redis://user:***@host:1/0"
+    assert redacted("redis://host:1/0") == "redis://host:1/0"
+
+
+@pytest.mark.parametrize("timeout, deadline", [(0.3, None), (5.0, 0.2)])
+def test_silent_redis_is_state_unavailable_within_timeout_and_deadline(timeout, deadline):
+    """A server that accepts and never answers: the wait ends by the store's timeout, or
+    by the script call's network deadline when that comes first."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        store = RedisStore(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout)
+
+        async def scenario():
+            if deadline is not None:
+                IO_DEADLINE.set(time.monotonic() + deadline)
+            started = time.monotonic()
+            with pytest.raises(StateUnavailable):
+                await store.get("k")
+            await store.close()
+            return time.monotonic() - started
+        assert asyncio.run(scenario()) < (deadline or timeout) + 0.5
