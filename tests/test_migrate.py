@@ -5,6 +5,7 @@ pointed at a test server on another port: the expected replies are Postfix's tex
 src/smtpd/smtpd_check.c, not Postfix's own answers)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from vsl.server.config import DeliveryConfig, Listener, load
 from vsl.server.dnsd import DnsServer
 from vsl.server.migrate.maincf import (PostfixConfig, parse_main_cf, parse_master_cf,
                                        port_25_service, split_list)
+from vsl.server.migrate.restrictions import is_access_action
 from vsl.server.migrate.tables import TableError, inline_entries, load_table
 from vsl.server.migrate.translate import relay_route, translate
 from vsl.server.policy import load_policy
@@ -130,13 +132,20 @@ def test_tables_from_their_source(tmp_path):
 def test_networks_and_patterns_vsl_cannot_use_are_left(tmp_path):
     (tmp_path / "clients").write_text("192.0.2.0/24 OK\n192.0.2.300/24 REJECT\n")
     (tmp_path / "patterns").write_text(
-        "/^a\\z/ REJECT\n/^(?<user>[^@]+)@(?<=x@)/ OK\n/a\\Kb/ DUNNO\n/(?<!\\\\)\\\\z/ OK\n")
+        "/^a\\z/ REJECT\n/^(?<user>[^@]+)@(?<=x@)/ OK\n/a\\Kb/ DUNNO\n/(?<!\\\\)\\\\z/ OK\n"
+        "/(a{1000}){1000}/ REJECT\n/\\p{Lu}+/ OK\n/(a/ OK\n")
     assert load_table("cidr:clients", tmp_path).entries == [["192.0.2.0/24", "OK"]]
     patterns = load_table("pcre:patterns", tmp_path)
+    # checked as regex:: compiles them: PCRE's spellings stay, its size bounds hold
     assert [entry[0] for entry in patterns.entries] == [
-        "^a\\Z", "^(?P<user>[^@]+)@(?<=x@)", "(?<!\\\\)\\\\z"]
+        "^a\\z", "^(?<user>[^@]+)@(?<=x@)", "a\\Kb", "(?<!\\\\)\\\\z", "\\p{Lu}+"]
     assert [problem.split(" (")[0] for problem in patterns.problems] == [
-        "pcre:patterns line 3: '/a\\Kb/ DUNNO'"]
+        "pcre:patterns line 5: '/(a{1000}){1000}/ REJECT'", "pcre:patterns line 7: '/(a/ OK'"]
+    assert "pattern too large" in patterns.problems[0]
+    script = new_engine().load_source(
+        "fn found(pattern, text, flags) { regex::captures(pattern, text, flags) }", "r.vsl")
+    assert [script.call("found", pattern, "xa\nAB", case) is not None
+            for pattern, case, _ in patterns.entries] == [False, False, True, False, True]
     (tmp_path / "main.cf").write_text(
         "mydestination =\nrelay_domains = example.test\n"
         "mynetworks = 127.0.0.0/8, [::1]/128, ::2 /etc/postfix/network_table,\n"
@@ -455,6 +464,38 @@ fn act(found, name, kind) { postfix::action(global::CODES, found, #{ name: name,
         "451 4.7.1 <x>: Client host rejected: later"
     assert script.call("act", "12345", "x", "Client host") == "OK"
     assert script.call("act", "dunno", "x", "Client host") == ""
+
+
+ACTIONS = ["OK", "ok text", "RELAY", "DUNNO", "REJECT", "defer 4.7.1 later", "0", "12345",
+           "450", "550 no", "450 4.7.1 later", "250 fine", "1234 text", "4AB text", "45 x",
+           "\u0663\u0663", "\u00b2", "PREPEND X-A: b", "DISCARD", "HOLD", ""]
+
+
+@pytest.mark.parametrize("value", ACTIONS)
+def test_the_access_action_check_is_postfix_vsl_s_rule(tmp_path, caplog, value):
+    """A table action the translation keeps is one postfix.vsl's action() reads, and
+    one it lists as not translated is one action() reads as no decision."""
+    (tmp_path / "postfix.vsl").write_text(
+        (Path(__file__).parent.parent / "server/migrate/postfix.vsl").read_text())
+    (tmp_path / "main.vsl").write_text("""
+import "postfix" as postfix;
+fn act(found) { postfix::action(#{ access_map_reject: 554, access_map_defer: 450 }, found,
+                                #{ name: "x", kind: "Client host" }) }
+""")
+    script = new_engine().load(tmp_path / "main.vsl")
+    with caplog.at_level(logging.WARNING, "vsl.script"):
+        script.call("act", value)
+    assert is_access_action(value) == ("is not known here" not in caplog.text)
+
+
+def test_table_actions_postfix_vsl_does_not_read_are_left(tmp_path):
+    (tmp_path / "access").write_text("a.test 250 fine\nb.test 1234 text\nc.test 4AB text\n"
+                                     "d.test 450 4.7.1 later\ne.test 12345\n")
+    (tmp_path / "main.cf").write_text(f"mydestination =\nmynetworks_style = host\n{RELAY}"
+                                      "smtpd_sender_restrictions = check_sender_access "
+                                      "hash:access\n")
+    assert [(item.where, item.item) for item in translate(tmp_path).left] == [
+        ("hash:access", value) for value in ("250 fine", "1234 text", "4AB text")]
 
 
 def test_dnsbl_reply_filter_patterns_are_left(tmp_path):
