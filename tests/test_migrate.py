@@ -21,6 +21,7 @@ from vsl.server.migrate.restrictions import is_access_action
 from vsl.server.migrate.tables import TableError, inline_entries, load_table
 from vsl.server.migrate.translate import relay_route, translate
 from vsl.server.policy import load_policy
+from vsl.stdlib import iprev as iprev_module
 from vsl.stdlib import new_engine
 
 from tests.support.servers import running
@@ -417,6 +418,40 @@ def test_dns_restrictions_reply_as_postfix(tmp_path):
                     assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
                     code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
                     assert f"{code} {text.decode()}" == expected, (client, helo, sender)
+
+
+def test_the_client_name_is_looked_up_once_a_transaction(tmp_path, monkeypatch):
+    """Three restrictions need the client's name (iprev) at each of two RCPT TOs: one
+    look-up, as Postfix looks the name up once."""
+    lookups = []
+    real_iprev = iprev_module.iprev
+
+    async def counted(resolver, ip):
+        lookups.append(ip)
+        return await real_iprev(resolver, ip)
+
+    monkeypatch.setattr(iprev_module, "iprev", counted)
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "clients").write_text("client.good.test OK\n")
+    (directory / "main.cf").write_text(
+        "mydestination =\nrelay_domains = example.test\nmynetworks = 127.0.0.9/32\n"
+        "smtpd_client_restrictions = reject_unknown_client_hostname,\n"
+        "    reject_rhsbl_client rhsbl.test, check_client_access hash:clients\n"
+        "smtpd_recipient_restrictions = reject_unauth_destination\n")
+    translate(directory).write(tmp_path / "policy")
+    with DnsServer.from_records(RECORDS) as dns_server:
+        config = load(tmp_path / "policy" / "vsl.toml")
+        config = replace(config, listen=(Listener("127.0.0.1", 0),),
+                         queue_dir=tmp_path / "queue", delivery=DeliveryConfig(enabled=False),
+                         dns=replace(config.dns, override=(f"127.0.0.1:{dns_server.port}",),
+                                     timeout=2.0))
+        with running(config) as server, Raw(server.port(), source="127.0.0.1") as smtp:
+            assert smtp.cmd("EHLO client.good.test")[0] == 250
+            assert smtp.cmd("MAIL FROM:<a@good.test>")[0] == 250
+            assert smtp.cmd("RCPT TO:<b@example.test>")[0] == 250
+            assert smtp.cmd("RCPT TO:<c@example.test>")[0] == 250
+    assert lookups == ["127.0.0.1"]
 
 
 def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_path):
