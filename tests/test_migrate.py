@@ -6,6 +6,7 @@ src/smtpd/smtpd_check.c, not Postfix's own answers)."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -400,10 +401,10 @@ DNS_CASES = [
 ]
 
 
-def test_dns_restrictions_reply_as_postfix(tmp_path):
-    directory = tmp_path / "postfix"
-    directory.mkdir()
-    (directory / "main.cf").write_text(DNS_MAIN_CF)
+@contextmanager
+def running_translation(directory: Path, tmp_path: Path):
+    """The server running the translation of ``directory``, its DNS look-ups answered
+    from RECORDS."""
     translate(directory).write(tmp_path / "policy")
     with DnsServer.from_records(RECORDS) as dns_server:
         config = load(tmp_path / "policy" / "vsl.toml")
@@ -412,12 +413,20 @@ def test_dns_restrictions_reply_as_postfix(tmp_path):
                          dns=replace(config.dns, override=(f"127.0.0.1:{dns_server.port}",),
                                      timeout=2.0))
         with running(config) as server:
-            for client, helo, sender, recipient, expected in DNS_CASES:
-                with Raw(server.port(), source=client) as smtp:
-                    assert smtp.cmd(f"EHLO {helo}")[0] == 250
-                    assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
-                    code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
-                    assert f"{code} {text.decode()}" == expected, (client, helo, sender)
+            yield server
+
+
+def test_dns_restrictions_reply_as_postfix(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(DNS_MAIN_CF)
+    with running_translation(directory, tmp_path) as server:
+        for client, helo, sender, recipient, expected in DNS_CASES:
+            with Raw(server.port(), source=client) as smtp:
+                assert smtp.cmd(f"EHLO {helo}")[0] == 250
+                assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+                code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
+                assert f"{code} {text.decode()}" == expected, (client, helo, sender)
 
 
 def test_the_client_name_is_looked_up_once_a_transaction(tmp_path, monkeypatch):
@@ -439,18 +448,12 @@ def test_the_client_name_is_looked_up_once_a_transaction(tmp_path, monkeypatch):
         "smtpd_client_restrictions = reject_unknown_client_hostname,\n"
         "    reject_rhsbl_client rhsbl.test, check_client_access hash:clients\n"
         "smtpd_recipient_restrictions = reject_unauth_destination\n")
-    translate(directory).write(tmp_path / "policy")
-    with DnsServer.from_records(RECORDS) as dns_server:
-        config = load(tmp_path / "policy" / "vsl.toml")
-        config = replace(config, listen=(Listener("127.0.0.1", 0),),
-                         queue_dir=tmp_path / "queue", delivery=DeliveryConfig(enabled=False),
-                         dns=replace(config.dns, override=(f"127.0.0.1:{dns_server.port}",),
-                                     timeout=2.0))
-        with running(config) as server, Raw(server.port(), source="127.0.0.1") as smtp:
-            assert smtp.cmd("EHLO client.good.test")[0] == 250
-            assert smtp.cmd("MAIL FROM:<a@good.test>")[0] == 250
-            assert smtp.cmd("RCPT TO:<b@example.test>")[0] == 250
-            assert smtp.cmd("RCPT TO:<c@example.test>")[0] == 250
+    with running_translation(directory, tmp_path) as server, \
+            Raw(server.port(), source="127.0.0.1") as smtp:
+        assert smtp.cmd("EHLO client.good.test")[0] == 250
+        assert smtp.cmd("MAIL FROM:<a@good.test>")[0] == 250
+        assert smtp.cmd("RCPT TO:<b@example.test>")[0] == 250
+        assert smtp.cmd("RCPT TO:<c@example.test>")[0] == 250
     assert lookups == ["127.0.0.1"]
 
 
