@@ -89,10 +89,9 @@ def train_command(data, out, cv, quick, learned, config_path) -> None:
 
     if not out and not cv:
         raise click.UsageError("give --out MODEL, --cv or both")
-    _labelled(data)
+    rows = _labelled(data)
     learned = learned or (config_path and _learned_path(config_path))
-    train.main([data] + (["--out", out] if out else []) + (["--cv"] if cv else []) +
-               (["--quick"] if quick else []) + (["--learned", str(learned)] if learned else []))
+    train.run(rows, train.Settings(), out, cv, quick, learned=str(learned) if learned else None)
 
 
 @bounce.command()

@@ -6,6 +6,7 @@ import sys
 import click
 
 from .serve import serve_config, serve_until_interrupted, setup_logging
+from .zones import dns_override_option
 
 
 @click.command()
@@ -14,8 +15,7 @@ from .serve import serve_config, serve_until_interrupted, setup_logging
 @click.option("--scripts", type=click.Path(file_okay=False), help="Script directory (main.vsl).")
 @click.option("--listen", default="inet:127.0.0.1:8891", show_default=True,
               metavar="inet:HOST:PORT|unix:PATH", help="Where the MTA connects.")
-@click.option("--dns-override", multiple=True, metavar="HOST:PORT",
-              help="DNS server for every resolver, whatever the script says (repeat).")
+@dns_override_option
 @click.option("--hostname", help="The server's name when the MTA does not send it.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
 def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> None:

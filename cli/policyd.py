@@ -10,6 +10,7 @@ import sys
 import click
 
 from .serve import serve_config, serve_until_interrupted, setup_logging
+from .zones import dns_override_option
 
 DEFAULT_LISTEN = "127.0.0.1:10040"
 
@@ -20,17 +21,16 @@ DEFAULT_LISTEN = "127.0.0.1:10040"
 @click.option("--scripts", type=click.Path(file_okay=False), help="Script directory (main.vsl).")
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
               help="Where Postfix connects (check_policy_service inet:HOST:PORT).")
-@click.option("--dns", "dns_server", metavar="HOST:PORT",
-              help="DNS server for a dns::resolver() that names none.")
+@dns_override_option
 @click.option("--hostname", help="The server's name (ctx.server_name).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug log output.")
-def policyd(config_path, scripts, listen, dns_server, hostname, verbose) -> None:
+def policyd(config_path, scripts, listen, dns_override, hostname, verbose) -> None:
     """Answer Postfix's policy requests (check_policy_service) with the scripts' stages."""
     from vsl.server import config as config_module
 
     setup_logging(verbose)
     config = serve_config(config_path, scripts=scripts, listen=(), queue_dir=None,
-                          dns_server=dns_server, dns_override=(), hostname=hostname,
+                          dns_server=None, dns_override=dns_override, hostname=hostname,
                           workers=None)
     if config.scripts is None:
         raise click.UsageError("no scripts: give --scripts DIR (or scripts in vsl.toml)")

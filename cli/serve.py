@@ -15,7 +15,7 @@ import click
 from vsl.lint import foreign_note
 from vsl.server.printable import SafeFormatter
 
-from .zones import zone_option, zones_served
+from .zones import dns_override_option, zone_option, zones_served
 
 
 @click.command()
@@ -27,8 +27,7 @@ from .zones import zone_option, zones_served
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="Spool directory.")
 @click.option("--dns", "dns_server", metavar="HOST:PORT",
               help="DNS server for a dns::resolver() that names none.")
-@click.option("--dns-override", multiple=True, metavar="HOST:PORT",
-              help="DNS server for every resolver, whatever the script says (repeat).")
+@dns_override_option
 @zone_option
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",

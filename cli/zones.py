@@ -1,4 +1,6 @@
-"""``--zone FILE``: zone files served on 127.0.0.1 while a command runs (run, serve)."""
+"""Where a command's DNS look-ups go: ``--zone FILE``, zone files served on 127.0.0.1
+while it runs (run, serve); ``--dns-override HOST:PORT``, servers every resolver asks
+(serve, milter, policyd)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -9,6 +11,10 @@ import click
 zone_option = click.option(
     "--zone", "zones", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
     help="Serve this zone file on 127.0.0.1 and send every DNS look-up there (repeat).")
+
+dns_override_option = click.option(
+    "--dns-override", multiple=True, metavar="HOST:PORT",
+    help="DNS server for every resolver, whatever the script says (repeat).")
 
 
 @contextmanager

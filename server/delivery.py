@@ -1,6 +1,7 @@
 """The delivery worker: claims due messages from the queue backend (server/queue_backend.py:
 ``deliver``, and ``deferred`` when they are due), delivers each recipient over its route,
-and writes each result to the envelope as soon as it is known.
+and writes each attempt's results to the envelope as soon as they are known (with what
+the policy's ``on_delivery_failure`` decided on them: one write).
 
     delivery = Delivery(open_queue(config), DeliveryConfig(maildir_root=Path("mail")),
                         "mx.example.com", ("example.com",))
@@ -22,7 +23,8 @@ is stored with the recipient, logged (``reason=``) and reported in the DSN. With
 model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
 it has one, may fail a deferred recipient now, retry a failed one, or quarantine the message
 (server/delivery_hook.py).
-A crash may deliver a recipient twice (at least once), never lose one.
+A crash may deliver a recipient twice (at least once), never lose one: a crash before an
+attempt's write (while the hook runs) leaves its recipients as they were, tried again.
 """
 from __future__ import annotations
 
@@ -192,8 +194,9 @@ class Delivery:
 
     async def _deliver_group(self, entry: Entry, route: str, rcpts: list[RecipientState],
                              data: bytes) -> str | None:
-        """Deliver ``rcpts`` over ``route`` and store their results; the quarantine
-        on_delivery_failure asked for, if any."""
+        """Deliver ``rcpts`` over ``route`` and store their results with the policy's
+        decisions on them (one envelope write); the quarantine on_delivery_failure asked
+        for, if any."""
         addresses = [r.address for r in rcpts]
         try:
             outcomes = await self.transports.deliver(parse_route(route),
@@ -209,29 +212,28 @@ class Delivery:
                                 reason, confidence)
             log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
                      result.status, result.reply, f" reason={reason}" if reason else "")
-        await self.queue.update(entry, delivered=[a for a in addresses
-                                                  if outcomes[a].status == "delivered"])
-        return await self._ask_policy(entry, rcpts, reasons, data)
+        try:
+            return await self._ask_policy(entry, rcpts, reasons, data)
+        finally:  # also when the hook breaks or a stop cancels it: deliveries stay recorded
+            await self.queue.update(entry, delivered=[a for a in addresses
+                                                      if outcomes[a].status == "delivered"])
 
     async def _ask_policy(self, entry: Entry, rcpts: list[RecipientState],
                           verdicts: dict[str, Classification], data: bytes) -> str | None:
         """on_delivery_failure for each refused recipient of ``rcpts`` (those with a
-        verdict), its decision applied to the recipient's state and stored; the quarantine
-        it asked for, if any (the first)."""
+        verdict), its decision applied to the recipient's state (the caller stores it);
+        the quarantine it asked for, if any (the first)."""
         refused = [r for r in rcpts if r.address in verdicts]
         if not refused or self.hook is None or not self.hook.wanted():
             return None
-        message, quarantine, changed = queued_header(data), None, False
+        message, quarantine = queued_header(data), None
         age = self.clock() - entry.envelope.received_at
         for rcpt in refused:
             decision = await self.hook.decide(
                 Refusal(entry.id, entry.envelope.sender, rcpt.address, rcpt.reply,
                         verdicts[rcpt.address], rcpt.attempts, age), message)
-            state = state_after(decision, rcpt.status)
-            changed, rcpt.status = changed or state != rcpt.status, state
+            rcpt.status = state_after(decision, rcpt.status)
             quarantine = quarantine or decision.queue
-        if changed:
-            await self.queue.update(entry)
         return quarantine
 
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:

@@ -16,8 +16,6 @@ import struct
 import termios
 from time import monotonic
 
-from aiosmtpd.smtp import syntax
-
 from .config import Listener
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
@@ -302,15 +300,12 @@ class Protocol(FastSMTP):
     async def smtp_EHLO(self, hostname: str):
         await self._junk(self._greeting_reply(super().smtp_EHLO(hostname)))
 
-    @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str):
         await self._junk(super().smtp_NOOP(arg))
 
-    @syntax("RSET")
     async def smtp_RSET(self, arg: str):
         await self._junk(super().smtp_RSET(arg))
 
-    @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str):
         await self._junk(self._vrfy(arg))
 

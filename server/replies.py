@@ -28,7 +28,6 @@ _ANY_COMMAND = {
         "501 5.5.4 Syntax: RCPT TO:<address>",
     "552 Error: message size exceeds fixed maximum message size":
         "552 5.3.4 Message size exceeds fixed limit",
-    "501 Syntax: VRFY <address>": "501 5.5.4 Syntax: VRFY address [SMTPUTF8]",
     "552 Error: Too much mail data": "552 5.3.4 Error: message file too big",
     "250 OK": "250 2.0.0 Ok",
     "221 Bye": "221 2.0.0 Bye",

@@ -16,7 +16,7 @@ import functools
 import inspect
 import re
 
-from aiosmtpd.smtp import MISSING, SMTP, _AuthMechAttr, login_always_fail, syntax
+from aiosmtpd.smtp import MISSING, SMTP, _AuthMechAttr, login_always_fail
 
 END = b".\r\n"  # the lone dot's line ends with this; the CRLF before it ends the message
 TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
@@ -99,7 +99,6 @@ class FastSMTP(SMTP):
             return super()._getaddr(arg)
         return match[1], match[2]
 
-    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return

@@ -37,7 +37,9 @@ _COUNTED_REPEAT = regex.compile(r"\{(\d*)(?:,(\d*))?\}")
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _compile(pattern: str, flags: str) -> regex.Pattern:
+def compile_pattern(pattern: str, flags: str) -> regex.Pattern:
+    """``pattern`` compiled as ``regex::`` runs it (``flags``: any of i, m, s, x): a
+    ScriptError for a bad flag or pattern, or one too large to compile."""
     bits = 0
     for flag in flags:
         if flag not in FLAGS:
@@ -95,7 +97,7 @@ def _class_end(pattern: str, at: int) -> int:
 def _check(args) -> str | None:
     if len(args) >= 1 and all(isinstance(a, str) for a in args[:1] + args[2:3]):
         try:
-            _compile(args[0], args[2] if len(args) > 2 else "")
+            compile_pattern(args[0], args[2] if len(args) > 2 else "")
         except ScriptError as err:
             return str(err)
     return None
@@ -116,7 +118,8 @@ def captures(pattern, text, flags="") -> list | None:
     if not all(isinstance(v, str) for v in (pattern, text, flags)):
         raise ScriptError("regex::captures takes strings")
     try:
-        found = _compile(pattern, flags).search(text, timeout=SEARCH_TIMEOUT, concurrent=True)
+        found = compile_pattern(pattern, flags).search(text, timeout=SEARCH_TIMEOUT,
+                                                       concurrent=True)
     except TimeoutError:
         raise ScriptError(f"regex::captures: '{pattern[:60]}' took longer than "
                           f"{SEARCH_TIMEOUT * 1000:.0f} ms on a text of {len(text)} characters "

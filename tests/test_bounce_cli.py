@@ -86,10 +86,20 @@ def test_eval_on_the_labelled_file():
 
 def test_train_passes_its_arguments_to_the_trainer(tiny, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(train, "main", seen.append)
+    monkeypatch.setattr(train, "run", lambda *args, **options: seen.append((args, options)))
     out = tmp_path / "m.npz"
     assert run("bounce", "train", tiny, "--out", out, "--cv", "--quick").exit_code == 0
-    assert seen == [[str(tiny), "--out", str(out), "--cv", "--quick"]]
+    assert seen == [((TINY, train.Settings(), str(out), True, True), {"learned": None})]
+
+
+def test_train_reads_its_data_once(tiny, tmp_path, monkeypatch):
+    opened = []
+    load_jsonl = train.load_jsonl
+    monkeypatch.setattr(train, "load_jsonl", lambda path: opened.append(path) or load_jsonl(path))
+    monkeypatch.setattr(train, "report", lambda rows, guesses: None)
+    monkeypatch.setattr(train, "cross_validate", lambda *args: None)
+    assert run("bounce", "train", tiny, "--cv").exit_code == 0
+    assert opened == [str(tiny)]
 
 
 def test_train_needs_out_or_cv(tiny):

@@ -258,10 +258,9 @@ def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, m
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"text": "550 5.1.1 no such user", "reason": "userunknown"}))
     given = []
-    monkeypatch.setattr(train, "main", given.append)
+    monkeypatch.setattr(train, "run", lambda *args, learned: given.append(learned))
     assert run("bounce", "train", "--config", config, data, "--out", "m.npz").exit_code == 0
-    assert given == [[str(data), "--out", "m.npz", "--learned",
-                      str(tmp_path / "learned.jsonl")]]
+    assert given == [str(tmp_path / "learned.jsonl")]
 
 
 def test_the_default_learned_file_is_beside_the_queue(tmp_path):

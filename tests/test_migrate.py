@@ -5,6 +5,8 @@ pointed at a test server on another port: the expected replies are Postfix's tex
 src/smtpd/smtpd_check.c, not Postfix's own answers)."""
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,9 +18,11 @@ from vsl.server.config import DeliveryConfig, Listener, load
 from vsl.server.dnsd import DnsServer
 from vsl.server.migrate.maincf import (PostfixConfig, parse_main_cf, parse_master_cf,
                                        port_25_service, split_list)
+from vsl.server.migrate.restrictions import is_access_action
 from vsl.server.migrate.tables import TableError, inline_entries, load_table
 from vsl.server.migrate.translate import relay_route, translate
 from vsl.server.policy import load_policy
+from vsl.stdlib import iprev as iprev_module
 from vsl.stdlib import new_engine
 
 from tests.support.servers import running
@@ -130,13 +134,20 @@ def test_tables_from_their_source(tmp_path):
 def test_networks_and_patterns_vsl_cannot_use_are_left(tmp_path):
     (tmp_path / "clients").write_text("192.0.2.0/24 OK\n192.0.2.300/24 REJECT\n")
     (tmp_path / "patterns").write_text(
-        "/^a\\z/ REJECT\n/^(?<user>[^@]+)@(?<=x@)/ OK\n/a\\Kb/ DUNNO\n/(?<!\\\\)\\\\z/ OK\n")
+        "/^a\\z/ REJECT\n/^(?<user>[^@]+)@(?<=x@)/ OK\n/a\\Kb/ DUNNO\n/(?<!\\\\)\\\\z/ OK\n"
+        "/(a{1000}){1000}/ REJECT\n/\\p{Lu}+/ OK\n/(a/ OK\n")
     assert load_table("cidr:clients", tmp_path).entries == [["192.0.2.0/24", "OK"]]
     patterns = load_table("pcre:patterns", tmp_path)
+    # checked as regex:: compiles them: PCRE's spellings stay, its size bounds hold
     assert [entry[0] for entry in patterns.entries] == [
-        "^a\\Z", "^(?P<user>[^@]+)@(?<=x@)", "(?<!\\\\)\\\\z"]
+        "^a\\z", "^(?<user>[^@]+)@(?<=x@)", "a\\Kb", "(?<!\\\\)\\\\z", "\\p{Lu}+"]
     assert [problem.split(" (")[0] for problem in patterns.problems] == [
-        "pcre:patterns line 3: '/a\\Kb/ DUNNO'"]
+        "pcre:patterns line 5: '/(a{1000}){1000}/ REJECT'", "pcre:patterns line 7: '/(a/ OK'"]
+    assert "pattern too large" in patterns.problems[0]
+    script = new_engine().load_source(
+        "fn found(pattern, text, flags) { regex::captures(pattern, text, flags) }", "r.vsl")
+    assert [script.call("found", pattern, "xa\nAB", case) is not None
+            for pattern, case, _ in patterns.entries] == [False, False, True, False, True]
     (tmp_path / "main.cf").write_text(
         "mydestination =\nrelay_domains = example.test\n"
         "mynetworks = 127.0.0.0/8, [::1]/128, ::2 /etc/postfix/network_table,\n"
@@ -390,10 +401,10 @@ DNS_CASES = [
 ]
 
 
-def test_dns_restrictions_reply_as_postfix(tmp_path):
-    directory = tmp_path / "postfix"
-    directory.mkdir()
-    (directory / "main.cf").write_text(DNS_MAIN_CF)
+@contextmanager
+def running_translation(directory: Path, tmp_path: Path):
+    """The server running the translation of ``directory``, its DNS look-ups answered
+    from RECORDS."""
     translate(directory).write(tmp_path / "policy")
     with DnsServer.from_records(RECORDS) as dns_server:
         config = load(tmp_path / "policy" / "vsl.toml")
@@ -402,12 +413,48 @@ def test_dns_restrictions_reply_as_postfix(tmp_path):
                          dns=replace(config.dns, override=(f"127.0.0.1:{dns_server.port}",),
                                      timeout=2.0))
         with running(config) as server:
-            for client, helo, sender, recipient, expected in DNS_CASES:
-                with Raw(server.port(), source=client) as smtp:
-                    assert smtp.cmd(f"EHLO {helo}")[0] == 250
-                    assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
-                    code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
-                    assert f"{code} {text.decode()}" == expected, (client, helo, sender)
+            yield server
+
+
+def test_dns_restrictions_reply_as_postfix(tmp_path):
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "main.cf").write_text(DNS_MAIN_CF)
+    with running_translation(directory, tmp_path) as server:
+        for client, helo, sender, recipient, expected in DNS_CASES:
+            with Raw(server.port(), source=client) as smtp:
+                assert smtp.cmd(f"EHLO {helo}")[0] == 250
+                assert smtp.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+                code, text = smtp.cmd(f"RCPT TO:<{recipient}>")
+                assert f"{code} {text.decode()}" == expected, (client, helo, sender)
+
+
+def test_the_client_name_is_looked_up_once_a_transaction(tmp_path, monkeypatch):
+    """Three restrictions need the client's name (iprev) at each of two RCPT TOs: one
+    look-up, as Postfix looks the name up once."""
+    lookups = []
+    real_iprev = iprev_module.iprev
+
+    async def counted(resolver, ip):
+        lookups.append(ip)
+        return await real_iprev(resolver, ip)
+
+    monkeypatch.setattr(iprev_module, "iprev", counted)
+    directory = tmp_path / "postfix"
+    directory.mkdir()
+    (directory / "clients").write_text("client.good.test OK\n")
+    (directory / "main.cf").write_text(
+        "mydestination =\nrelay_domains = example.test\nmynetworks = 127.0.0.9/32\n"
+        "smtpd_client_restrictions = reject_unknown_client_hostname,\n"
+        "    reject_rhsbl_client rhsbl.test, check_client_access hash:clients\n"
+        "smtpd_recipient_restrictions = reject_unauth_destination\n")
+    with running_translation(directory, tmp_path) as server, \
+            Raw(server.port(), source="127.0.0.1") as smtp:
+        assert smtp.cmd("EHLO client.good.test")[0] == 250
+        assert smtp.cmd("MAIL FROM:<a@good.test>")[0] == 250
+        assert smtp.cmd("RCPT TO:<b@example.test>")[0] == 250
+        assert smtp.cmd("RCPT TO:<c@example.test>")[0] == 250
+    assert lookups == ["127.0.0.1"]
 
 
 def test_restrictions_before_their_data_are_skipped_without_delay_reject(tmp_path):
@@ -455,6 +502,38 @@ fn act(found, name, kind) { postfix::action(global::CODES, found, #{ name: name,
         "451 4.7.1 <x>: Client host rejected: later"
     assert script.call("act", "12345", "x", "Client host") == "OK"
     assert script.call("act", "dunno", "x", "Client host") == ""
+
+
+ACTIONS = ["OK", "ok text", "RELAY", "DUNNO", "REJECT", "defer 4.7.1 later", "0", "12345",
+           "450", "550 no", "450 4.7.1 later", "250 fine", "1234 text", "4AB text", "45 x",
+           "\u0663\u0663", "\u00b2", "PREPEND X-A: b", "DISCARD", "HOLD", ""]
+
+
+@pytest.mark.parametrize("value", ACTIONS)
+def test_the_access_action_check_is_postfix_vsl_s_rule(tmp_path, caplog, value):
+    """A table action the translation keeps is one postfix.vsl's action() reads, and
+    one it lists as not translated is one action() reads as no decision."""
+    (tmp_path / "postfix.vsl").write_text(
+        (Path(__file__).parent.parent / "server/migrate/postfix.vsl").read_text())
+    (tmp_path / "main.vsl").write_text("""
+import "postfix" as postfix;
+fn act(found) { postfix::action(#{ access_map_reject: 554, access_map_defer: 450 }, found,
+                                #{ name: "x", kind: "Client host" }) }
+""")
+    script = new_engine().load(tmp_path / "main.vsl")
+    with caplog.at_level(logging.WARNING, "vsl.script"):
+        script.call("act", value)
+    assert is_access_action(value) == ("is not known here" not in caplog.text)
+
+
+def test_table_actions_postfix_vsl_does_not_read_are_left(tmp_path):
+    (tmp_path / "access").write_text("a.test 250 fine\nb.test 1234 text\nc.test 4AB text\n"
+                                     "d.test 450 4.7.1 later\ne.test 12345\n")
+    (tmp_path / "main.cf").write_text(f"mydestination =\nmynetworks_style = host\n{RELAY}"
+                                      "smtpd_sender_restrictions = check_sender_access "
+                                      "hash:access\n")
+    assert [(item.where, item.item) for item in translate(tmp_path).left] == [
+        ("hash:access", value) for value in ("250 fine", "1234 text", "4AB text")]
 
 
 def test_dnsbl_reply_filter_patterns_are_left(tmp_path):

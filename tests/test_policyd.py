@@ -388,6 +388,25 @@ def test_the_command_refuses_scripts_that_do_not_lint(tmp_path):
     assert result.exit_code == 2 and "no scripts" in result.output
 
 
+def test_the_command_sends_every_look_up_to_dns_override(tmp_path, monkeypatch):
+    """--dns-override, as vsl serve and vsl milter spell it (no --dns)."""
+    from click.testing import CliRunner
+
+    from vsl.cli import main, policyd
+
+    (tmp_path / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::next() }")
+    served = []
+    monkeypatch.setattr(policyd, "_run", lambda config, listen: served.append(config))
+    result = CliRunner().invoke(main, ["policyd", "--scripts", str(tmp_path),
+                                       "--dns-override", "127.0.0.1:5353",
+                                       "--dns-override", "127.0.0.2"])
+    assert result.exit_code == 0, result.output
+    assert served[0].dns.override == ("127.0.0.1:5353", "127.0.0.2")
+    result = CliRunner().invoke(main, ["policyd", "--scripts", str(tmp_path),
+                                       "--dns", "127.0.0.1:5353"])
+    assert result.exit_code == 2 and "No such option '--dns'" in result.output
+
+
 def test_random_requests_always_get_an_action(tmp_path):
     """Values Postfix would never send (bounded: 300 requests): every one is answered."""
     import random

@@ -84,16 +84,16 @@ class NativeObject:
     __hash__ = object.__hash__
 
 
-def method(name: str | None = None, min_args: int | None = None, max_args: int | None = None):
-    """Mark a NativeObject method as callable from scripts (``obj.name(...)``)."""
+def method(name: str | None = None):
+    """Mark a NativeObject method as callable from scripts (``obj.name(...)``, ``name``
+    its Python name without a trailing ``_`` unless given), taking the arguments its
+    signature takes."""
     import inspect
 
     def mark(fn):
         params = list(inspect.signature(fn).parameters.values())[1:]
         required = sum(1 for p in params if p.default is p.empty)
-        lo = required if min_args is None else min_args
-        hi = len(params) if max_args is None else max_args
-        fn._vsl_method = (name or fn.__name__.rstrip("_"), lo, hi)
+        fn._vsl_method = (name or fn.__name__.rstrip("_"), required, len(params))
         return fn
 
     return mark

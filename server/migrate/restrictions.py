@@ -10,6 +10,7 @@ recorded with the line and the reason (MIGRATION.md lists them), never dropped s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,8 @@ WITH_ARGUMENT = {"check_client_access", "check_helo_access", "check_sender_acces
 END_OF_DATA_WHY = ("after the message (on_pre_queue) vSL's scripts see the recipients, not "
                    "one current recipient")
 TABLE_ACTIONS = ("OK", "RELAY", "DUNNO", "REJECT", "DEFER")
+ALL_DIGITS = re.compile(r"[0-9]+")
+REPLY_CODE = re.compile(r"[45][0-9][0-9]")
 
 
 def literal(value) -> str:
@@ -281,12 +284,19 @@ class Restrictions:
                 self.left.append(Left(where, spec, problem))
             if check_actions:
                 for value in table.values():
-                    command = value.split(" ", 1)[0].upper()
-                    if not (command in TABLE_ACTIONS or command.isdigit()
-                            or (len(command) == 3 and command[0] in "45" and " " in value)):
+                    if not is_access_action(value):
                         self.left.append(Left(spec, value, "this access action is not "
                                               "translated: the entry decides nothing in vSL"))
         return self.tables[spec][0]
+
+
+def is_access_action(action: str) -> bool:
+    """Whether postfix.vsl's ``action`` reads ``action`` (one space after its command, as
+    tables.normalize_action writes it), by access(5)'s rule: OK, RELAY, DUNNO, REJECT or
+    DEFER in any case (text may follow), all digits (permits), or a 4xx/5xx code and text."""
+    command, _, text = action.partition(" ")
+    return (command.upper() in TABLE_ACTIONS or ALL_DIGITS.fullmatch(action) is not None
+            or (REPLY_CODE.fullmatch(command) is not None and text != ""))
 
 
 def pairs(words: list[str]) -> list[tuple[str, str]]:

@@ -7,8 +7,9 @@ indexed file is made from (``postmap``): ``key value`` lines, keys in lower case
 lines (Postfix matches them case-insensitively unless the ``i`` flag turns that off).
 Every table becomes a vSL map ``#{ kind: "hash" | "cidr" | "regexp", entries: ... }``
 that postfix.vsl's ``find`` reads. Every network is checked with ``ipaddress`` and every
-pattern compiled with ``re`` (after PCRE's ``\z`` and ``(?<name>`` become Python's): a
-line vSL could not use is left out and listed, never kept to fail at run time.
+pattern compiled as ``regex::captures`` compiles it (the ``regex`` module, which reads
+PCRE's ``\z`` and ``(?<name>`` as they are, within regex::'s size bounds): a line vSL
+could not use is left out and listed, never kept to fail at run time.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vsl.errors import ScriptError
 from vsl.stdlib.net import bare_network, is_network
+from vsl.stdlib.regex import compile_pattern
 
 from .maincf import logical_lines, split_list
 
@@ -116,16 +119,6 @@ def read_cidr(table: Table, text: str) -> None:
     table.entries = entries
 
 
-def python_pattern(pattern: str) -> str:
-    """A PCRE pattern in Python's syntax where the two differ only in spelling."""
-    spelled = {"\\z": "\\Z", "(?<": "(?P<"}
-    return PCRE_SPELLINGS.sub(lambda m: spelled.get(m.group(), m.group()), pattern)
-
-
-# Escapes match whole (an escaped backslash before z stays); (?<name> but not (?<= (?<!.
-PCRE_SPELLINGS = re.compile(r"\\.|\(\?<(?=[A-Za-z_])")
-
-
 def read_patterns(table: Table, text: str) -> None:
     entries = []
     for number, line in logical_lines(text):
@@ -140,12 +133,11 @@ def read_patterns(table: Table, text: str) -> None:
             table.problems.append(f"{table.spec} line {number}: flags '{flags}' other than i "
                                   "are not translated")
             continue
-        pattern = python_pattern(match.group("pattern"))
+        pattern = match.group("pattern")
         try:
-            re.compile(pattern)
-        except re.error as err:
-            table.problems.append(f"{table.spec} line {number}: '{line}' (Python's re cannot "
-                                  f"compile it: {err})")
+            compile_pattern(pattern, case)
+        except ScriptError as err:
+            table.problems.append(f"{table.spec} line {number}: '{line}' ({err})")
             continue
         entries.append([pattern, case, normalize_action(match.group("action"))])
     table.entries = entries

@@ -379,6 +379,19 @@ def load_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+FOLDS = 8  # --cv's folds
+
+
+def run(rows: list[dict], settings: Settings, out: str | None = None, cv: bool = False,
+        quick: bool = False, folds: int = FOLDS, learned: str | None = None) -> None:
+    """With ``cv``, print the leave-group-out evaluation on ``rows``; with ``out``, write
+    the classifier trained on them (and on the ``learned`` file's examples) there."""
+    if cv:
+        report(rows, cross_validate(rows, settings, folds, quick))
+    if out:
+        train_classifier(rows + learned_rows(learned), settings).save(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data")
@@ -386,18 +399,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cv", action="store_true", help="leave-group-out evaluation")
     parser.add_argument("--quick", action="store_true",
                         help="with --cv: the network only (no baselines, no reworded run)")
-    parser.add_argument("--folds", type=int, default=8)
+    parser.add_argument("--folds", type=int, default=FOLDS)
     parser.add_argument("--hidden", type=int, default=Settings.hidden)
     parser.add_argument("--epochs", type=int, default=Settings.epochs)
     parser.add_argument("--synthetic", type=int, default=Settings.synthetic)
     parser.add_argument("--learned", help="learned bounces (vsl bounce learn) to train on too")
     args = parser.parse_args(argv)
     settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic)
-    rows = load_jsonl(args.data)
-    if args.cv:
-        report(rows, cross_validate(rows, settings, args.folds, args.quick))
-    if args.out:
-        train_classifier(rows + learned_rows(args.learned), settings).save(args.out)
+    run(load_jsonl(args.data), settings, args.out, args.cv, args.quick, args.folds,
+        args.learned)
 
 
 if __name__ == "__main__":
