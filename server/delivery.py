@@ -212,11 +212,10 @@ class Delivery:
                                 reason, confidence)
             log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
                      result.status, result.reply, f" reason={reason}" if reason else "")
-        try:
-            return await self._ask_policy(entry, rcpts, reasons, data)
-        finally:  # also when the hook breaks or a stop cancels it: deliveries stay recorded
-            await self.queue.update(entry, delivered=[a for a in addresses
-                                                      if outcomes[a].status == "delivered"])
+        quarantine = await self._ask_policy(entry, rcpts, reasons, data)
+        await self.queue.update(entry, delivered=[a for a in addresses
+                                                  if outcomes[a].status == "delivered"])
+        return quarantine
 
     async def _ask_policy(self, entry: Entry, rcpts: list[RecipientState],
                           verdicts: dict[str, Classification], data: bytes) -> str | None:

@@ -111,27 +111,6 @@ def test_the_decision_is_written_with_the_attempt(world, monkeypatch):
     assert written == [["failed"]]  # then bounced, and the message removed
 
 
-def test_what_was_delivered_is_written_when_the_hook_breaks(world, monkeypatch):
-    """A hook cut short (a bug, a stop) still leaves the attempt's deliveries written."""
-    spool, _, delivery = world
-
-    async def broken(refusal, message):
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(delivery.hook, "decide", broken)
-
-    async def main():
-        async with Sink() as sink:
-            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
-                                 ["bob@remote.test", "bad-next@remote.test"])
-            await delivery.run_once()
-            return spool.get(msg_id)
-
-    entry = asyncio.run(main())
-    assert entry.queue == "hold"
-    assert [r.status for r in entry.envelope.recipients] == ["delivered", "failed"]
-
-
 @pytest.mark.parametrize("rcpt, code", [
     ("temp-deny@remote.test", "4.2.0"),   # 4xx: given up at once
     ("bad-deny@remote.test", "5.1.1"),
