@@ -1,7 +1,6 @@
 """The delivery worker: claims due messages from the queue backend (server/queue_backend.py:
 ``deliver``, and ``deferred`` when they are due), delivers each recipient over its route,
-and writes each attempt's results to the envelope as soon as they are known (with what
-the policy's ``on_delivery_failure`` decided on them: one write).
+and writes each result to the envelope as soon as it is known.
 
     delivery = Delivery(open_queue(config), DeliveryConfig(maildir_root=Path("mail")),
                         "mx.example.com", ("example.com",))
@@ -23,8 +22,7 @@ is stored with the recipient, logged (``reason=``) and reported in the DSN. With
 model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
 it has one, may fail a deferred recipient now, retry a failed one, or quarantine the message
 (server/delivery_hook.py).
-A crash may deliver a recipient twice (at least once), never lose one: a crash before an
-attempt's write (while the hook runs) leaves its recipients as they were, tried again.
+A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
 
@@ -194,9 +192,8 @@ class Delivery:
 
     async def _deliver_group(self, entry: Entry, route: str, rcpts: list[RecipientState],
                              data: bytes) -> str | None:
-        """Deliver ``rcpts`` over ``route`` and store their results with the policy's
-        decisions on them (one envelope write); the quarantine on_delivery_failure asked
-        for, if any."""
+        """Deliver ``rcpts`` over ``route`` and store their results; the quarantine
+        on_delivery_failure asked for, if any."""
         addresses = [r.address for r in rcpts]
         try:
             outcomes = await self.transports.deliver(parse_route(route),
@@ -212,27 +209,29 @@ class Delivery:
                                 reason, confidence)
             log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
                      result.status, result.reply, f" reason={reason}" if reason else "")
-        quarantine = await self._ask_policy(entry, rcpts, reasons, data)
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
-        return quarantine
+        return await self._ask_policy(entry, rcpts, reasons, data)
 
     async def _ask_policy(self, entry: Entry, rcpts: list[RecipientState],
                           verdicts: dict[str, Classification], data: bytes) -> str | None:
         """on_delivery_failure for each refused recipient of ``rcpts`` (those with a
-        verdict), its decision applied to the recipient's state (the caller stores it);
-        the quarantine it asked for, if any (the first)."""
+        verdict), its decision applied to the recipient's state and stored; the quarantine
+        it asked for, if any (the first)."""
         refused = [r for r in rcpts if r.address in verdicts]
         if not refused or self.hook is None or not self.hook.wanted():
             return None
-        message, quarantine = queued_header(data), None
+        message, quarantine, changed = queued_header(data), None, False
         age = self.clock() - entry.envelope.received_at
         for rcpt in refused:
             decision = await self.hook.decide(
                 Refusal(entry.id, entry.envelope.sender, rcpt.address, rcpt.reply,
                         verdicts[rcpt.address], rcpt.attempts, age), message)
-            rcpt.status = state_after(decision, rcpt.status)
+            state = state_after(decision, rcpt.status)
+            changed, rcpt.status = changed or state != rcpt.status, state
             quarantine = quarantine or decision.queue
+        if changed:
+            await self.queue.update(entry)
         return quarantine
 
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:

@@ -96,21 +96,6 @@ def test_decisions_that_keep_the_message(world, tmp_path, rcpt, queue_name, stat
         assert entry.envelope.next_attempt == pytest.approx(world[1].now + 60)
 
 
-def test_the_decision_is_written_with_the_attempt(world, monkeypatch):
-    """One envelope write for an attempt and the state on_delivery_failure gave it."""
-    spool, written = world[0], []
-    update = spool.update
-
-    async def counted(entry, data=None, delivered=()):
-        if entry.envelope.dsn_for is None:  # the message, not its DSN
-            written.append([r.status for r in entry.envelope.recipients])
-        await update(entry, data, delivered)
-
-    monkeypatch.setattr(spool, "update", counted)
-    attempt(world, "temp-deny@remote.test")
-    assert written == [["failed"]]  # then bounced, and the message removed
-
-
 @pytest.mark.parametrize("rcpt, code", [
     ("temp-deny@remote.test", "4.2.0"),   # 4xx: given up at once
     ("bad-deny@remote.test", "5.1.1"),
