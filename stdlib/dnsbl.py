@@ -146,17 +146,17 @@ def dns_name(text, what: str) -> str:
     return name.lower()
 
 
-def reversed_ip(ip) -> str:
-    """The query prefix of an address: reversed octets (IPv4) or nibbles (IPv6)."""
+def ip_subject(ip: str) -> tuple[str, str]:
+    """An address as results show it (canonical, without a scope such as ``%eth0``; an
+    IPv4-mapped IPv6 address as its IPv4 address) and its query prefix: the reversed
+    octets (IPv4) or nibbles (IPv6)."""
     try:
-        address = ipaddress.ip_address(ip) if isinstance(ip, str) else None
+        address = ipaddress.ip_address(ip)
     except ValueError:
-        address = None
-    if address is None:
-        raise ScriptError(f"ip '{ip}' is not an IP address")
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa / .ip6.arpa
+        raise ScriptError(f"ip '{ip}' is not an IP address") from None
+    if address.version == 6:
+        address = address.ipv4_mapped or ipaddress.IPv6Address(int(address))  # no scope
+    return str(address), address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa etc.
 
 
 def domain_name(domain) -> str:
@@ -259,7 +259,7 @@ def subject(opts: dict) -> tuple[str, str]:
     if ("ip" in opts) == ("domain" in opts):
         raise ScriptError(ONE_SUBJECT)
     if "ip" in opts:
-        return opts["ip"], reversed_ip(opts["ip"])
+        return ip_subject(opts["ip"])
     domain = domain_name(opts["domain"])
     return domain, domain
 
@@ -286,7 +286,7 @@ def _lint(args) -> str | None:
         if "ip" in opts and "domain" in opts:
             raise ScriptError(ONE_SUBJECT)
         if isinstance(opts.get("ip"), str):
-            reversed_ip(opts["ip"])
+            ip_subject(opts["ip"])
         if isinstance(opts.get("domain"), str):
             domain_name(opts["domain"])
         if isinstance(opts.get("zones"), tuple):

@@ -37,6 +37,9 @@ fn tag(ctx, ip) {{
     dnsbl::add_header(ctx, r);
     ctx.get_header("X-DNSBL")
 }}
+fn subject(ip) {{
+    dnsbl::check(#{{ ip: ip, zones: ["bl.dnsbl.test"], dns_resolver: global::R }}).subject
+}}
 fn score(query) {{
     query.dns_resolver = global::R;
     let s = dnsbl::score(query);
@@ -75,6 +78,15 @@ def test_an_address_is_listed_or_not(script, ip, expected):
     value = script.call("check", ip, [BL])
     assert value[:4] == expected
     assert value[4:] == [expected[0] == "listed", True, expected[0]]
+
+
+@pytest.mark.parametrize("ip, subject", [
+    ("2001:DB8:0::7", "2001:db8::7"),
+    ("fe80::1%eth0", "fe80::1"),                      # a scope is not part of the address
+    ("::ffff:192.0.2.8%x", "192.0.2.8"),              # looked up as its IPv4 address
+])
+def test_the_subject_is_the_address_looked_up(script, ip, subject):
+    assert script.call("subject", ip) == subject
 
 
 def test_the_reason_is_asked_only_of_a_zone_that_lists(script, server):
@@ -156,6 +168,7 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
 
 @pytest.mark.parametrize("fn, args, message", [
     ("check", ("not-an-ip", [BL]), "dnsbl::check: ip 'not-an-ip' is not an IP address"),
+    ("check", ("fe80::1%", [BL]), "ip 'fe80::1%' is not an IP address"),
     ("check", ("192.0.2.7", []), "zones must be a non-empty array"),
     ("check", ("192.0.2.7", ["bad zone"]), "zone 'bad zone' is not a DNS name"),
     ("check", ("192.0.2.7", [""]), "zone '' is not a DNS name"),
@@ -187,6 +200,8 @@ def test_add_header_records_a_result_and_refuses_anything_else(script):
     assert script.call("tag", session(), "192.0.2.8") == \
         "listed 192.0.2.8 zone=bl.dnsbl.test codes=127.0.0.3"
     assert script.call("tag", session(), "127.0.0.1") == "pass 127.0.0.1"
+    assert script.call("tag", session(), "::ffff:192.0.2.8%x\r\nBcc: a@b.example") == \
+        "listed 192.0.2.8 zone=bl.dnsbl.test codes=127.0.0.3"  # the scope is dropped
     with pytest.raises(ScriptError, match="add_header takes a dnsbl:: result as its second "
                                           "argument, not string"):
         script.call("tag", session(), "")
