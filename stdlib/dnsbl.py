@@ -51,6 +51,7 @@ REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers
 ONE_SUBJECT = "takes ip or domain: one of them, not both"
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
 # -- results ---------------------------------------------------------------------------
@@ -131,6 +132,30 @@ namespace.register_type(DnsblResult)
 namespace.register_type(DnsblScore)
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What a check looks up: ``text`` as results show it, ``prefix`` its part of the
+    query names (None: nothing a list can list), ``is_domain`` whether it is a domain."""
+
+    text: str
+    prefix: str | None
+    is_domain: bool
+
+    def query_name(self, zone_name: str) -> str | None:
+        """``prefix.zone``; None when there is nothing to ask (no prefix, or a domain too
+        long to look up in this zone, which therefore cannot list it)."""
+        if self.prefix is None:
+            return None
+        name = f"{self.prefix}.{zone_name}"
+        if len(name) <= MAX_NAME:
+            return name
+        if self.is_domain:
+            return None
+        raise ScriptError(f"zone '{zone_name[:40]}...' is too long to look up {self.text} in: "
+                          f"a query name is at most {MAX_NAME} bytes and the address's "
+                          f"reversed form takes {len(self.prefix) + 1} of them")
+
+
 # -- checking what scripts give ----------------------------------------------------------
 
 def dns_name(text, what: str) -> str:
@@ -146,25 +171,56 @@ def dns_name(text, what: str) -> str:
     return name.lower()
 
 
-def ip_subject(ip: str) -> tuple[str, str]:
+def ip_subject(ip: str) -> Subject:
     """An address as results show it (canonical, without a scope such as ``%eth0``; an
-    IPv4-mapped IPv6 address as its IPv4 address) and its query prefix: the reversed
-    octets (IPv4) or nibbles (IPv6)."""
+    IPv4-mapped IPv6 address as its IPv4 address), queried by its reversed octets (IPv4)
+    or nibbles (IPv6)."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         raise ScriptError(f"ip '{ip}' is not an IP address") from None
     if address.version == 6:
         address = address.ipv4_mapped or ipaddress.IPv6Address(int(address))  # no scope
-    return str(address), address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa etc.
+    prefix = address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa / .ip6.arpa
+    return Subject(str(address), prefix, is_domain=False)
 
 
-def domain_name(domain) -> str:
-    """A domain to look up: a DNS name of at least two labels."""
-    name = dns_name(domain, "domain")
-    if "." not in name:
-        raise ScriptError(f"domain '{domain}' is not a domain (it has a single label)")
-    return name
+def domain_subject(domain: str) -> Subject:
+    """A domain to look up: in lower case, in its ASCII form (IDNA: ``xn--`` labels) and
+    without the final dot. What no list can list by name is not looked up: an address
+    literal or an IP address (a last label of digits, RFC 3696 §2), a single label, what
+    is not a DNS name or is too long for one (client input, such as a HELO name)."""
+    name = ascii_name(domain)
+    if name is None or not _listable(name):
+        return Subject(printable_ascii(name or domain, MAX_NAME), None, is_domain=True)
+    return Subject(name, name, is_domain=True)
+
+
+def ascii_name(domain: str) -> str | None:
+    """``domain`` in lower case without its final dot, internationalised labels in their
+    ``xn--`` form; None if it has no such form."""
+    name = domain.lower().removesuffix(".")
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def _listable(name: str) -> bool:
+    """Whether an ASCII name can be in a domain list: a DNS name of two labels or more
+    whose last label is not all digits."""
+    labels = name.split(".")
+    return (len(labels) > 1 and len(name) <= MAX_NAME and not labels[-1].isdigit()
+            and all(_LABEL.fullmatch(label) for label in labels))
+
+
+def printable_ascii(text: str, limit: int) -> str:
+    """``text`` with each run of anything but printable ASCII (controls, line and
+    paragraph separators, bidi and zero-width characters, any non-ASCII) replaced by one
+    space, cut to ``limit`` bytes: safe in an SMTP reply and a header field."""
+    return _NOT_PRINTABLE.sub(" ", text).strip()[:limit].rstrip()
 
 
 def _code(code) -> str:
@@ -197,15 +253,6 @@ def zones(specs) -> list[Zone]:
     return [zone(spec) for spec in specs]
 
 
-def query_name(prefix: str, zone_name: str) -> str:
-    """``prefix.zone``, within the DNS's length."""
-    name = f"{prefix}.{zone_name}"
-    if len(name) > MAX_NAME:
-        raise ScriptError(f"the query '{name[:40]}...' is over {MAX_NAME} bytes: "
-                          f"zone '{zone_name}' is too long for it")
-    return name
-
-
 # -- asking the lists ---------------------------------------------------------------------
 
 def listing_codes(records) -> tuple[list[str], bool]:
@@ -215,8 +262,11 @@ def listing_codes(records) -> tuple[list[str], bool]:
     return [str(a) for a in addresses if a in LISTED and a not in REFUSED], refused
 
 
-async def ask(resolver: Resolver, name: str, zone_: Zone) -> ZoneAnswer:
-    """What ``zone_`` says of ``name`` (the whole query name), without its reason."""
+async def ask(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer:
+    """What ``zone_`` says of ``name`` (the whole query name; None: nothing to ask, not
+    listed), without its reason."""
+    if name is None:
+        return ZoneAnswer(zone_, "pass")
     try:
         codes, refused = listing_codes(await resolver.query(name, "A"))
     except DnsTempError:
@@ -238,7 +288,7 @@ async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> Zone
     return ZoneAnswer(answer.zone, answer.value, answer.codes, reason or None)
 
 
-async def lookup(resolver: Resolver, names: list[str], zone_list: list[Zone],
+async def lookup(resolver: Resolver, names: list[str | None], zone_list: list[Zone],
                  all_reasons: bool) -> list[ZoneAnswer]:
     """Every zone's answer for its query name, asked at once, with the reason of the first
     zone that lists (or of every one that lists, with ``all_reasons``)."""
@@ -254,14 +304,11 @@ async def lookup(resolver: Resolver, names: list[str], zone_list: list[Zone],
 
 # -- natives ------------------------------------------------------------------------------
 
-def subject(opts: dict) -> tuple[str, str]:
-    """What a query names (its ``ip`` or ``domain``, one of them) and its query prefix."""
+def subject(opts: dict) -> Subject:
+    """What a check looks up: its ``ip`` or its ``domain``, one of them."""
     if ("ip" in opts) == ("domain" in opts):
         raise ScriptError(ONE_SUBJECT)
-    if "ip" in opts:
-        return ip_subject(opts["ip"])
-    domain = domain_name(opts["domain"])
-    return domain, domain
+    return ip_subject(opts["ip"]) if "ip" in opts else domain_subject(opts["domain"])
 
 
 async def run(query, options: Options, where: str, result: type[DnsblResult]) -> DnsblResult:
@@ -269,14 +316,14 @@ async def run(query, options: Options, where: str, result: type[DnsblResult]) ->
     asked, the answers made into ``result`` (a score gets every listing zone's reason)."""
     opts = options.parse(query, where)
     try:
-        name, prefix = subject(opts)
+        subject_ = subject(opts)
         zone_list = zones(opts["zones"])
-        names = [query_name(prefix, z.name) for z in zone_list]
+        names = [subject_.query_name(z.name) for z in zone_list]
     except ScriptError as err:
         raise ScriptError(f"{where}: {err.message}") from None
     answers = await lookup(opts["dns_resolver"], names, zone_list,
                            all_reasons=result is DnsblScore)
-    return result(name, answers)
+    return result(subject_.text, answers)
 
 
 def _lint(args) -> str | None:
@@ -287,8 +334,6 @@ def _lint(args) -> str | None:
             raise ScriptError(ONE_SUBJECT)
         if isinstance(opts.get("ip"), str):
             ip_subject(opts["ip"])
-        if isinstance(opts.get("domain"), str):
-            domain_name(opts["domain"])
         if isinstance(opts.get("zones"), tuple):
             _lint_zones(opts["zones"])
     except ScriptError as err:
