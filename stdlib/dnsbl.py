@@ -8,10 +8,12 @@
 What an A answer for ``<reversed ip or domain>.<zone>`` means, per zone:
 
 - NXDOMAIN, or no A record: not listed.
-- ``127.0.0.0/8`` but ``127.255.255.0/24``: listed, with those codes -- unless the zone
+- ``127.0.0.0/8`` but its error answers: listed, with those codes -- unless the zone
   has a ``codes`` filter and none of them is in it (then not listed).
-- ``127.255.255.x``: the list refuses to answer (Spamhaus: public resolver, rate limit,
-  bad query): ``temperror``, never listed.
+- an error answer: ``127.255.255.x``, the list refuses to answer (Spamhaus: public
+  resolver, rate limit, bad query); ``127.0.0.1``, which RFC 5782 §2.1 reserves (URIBL
+  answers it when it refuses); a code of the zone's ``errors`` (a DBL's ``127.0.1.255``,
+  an IP address queried as a domain): ``temperror``, never listed.
 - outside ``127.0.0.0/8``: not a list's answer (a resolver that turns NXDOMAIN into the
   address of a web page): ignored, so not listed.
 - a timeout or SERVFAIL: ``temperror``.
@@ -47,7 +49,8 @@ HEADER = "X-DNSBL"  # RFC 8601's registry has no DNSBL method (RFC 8904's dnswl 
 MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
 MAX_REASON = 300  # characters of a TXT reason kept
 LISTED = ipaddress.ip_network("127.0.0.0/8")
-REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers
+REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers, with:
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")  # never a listing (RFC 5782 §2.1)
 ONE_SUBJECT = "takes ip or domain: one of them, not both"
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -56,13 +59,34 @@ _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 # -- results ---------------------------------------------------------------------------
 
+def error_answer(address: ipaddress.IPv4Address) -> bool:
+    """Whether an A answer is an error answer of every list (127.255.255.x, 127.0.0.1)."""
+    return address in REFUSED or address == LOOPBACK
+
+
 @dataclass(frozen=True)
 class Zone:
-    """One list to ask: its name, the codes that count as listed (empty: any), its weight."""
+    """One list to ask: its name, the codes that count as listed (empty: any), the codes
+    that are its own error answers, its weight."""
 
     name: str
     codes: frozenset = frozenset()
+    errors: frozenset = frozenset()
     weight: int | float = 1
+
+    def refuses(self, address: ipaddress.IPv4Address) -> bool:
+        """Whether an A answer is an error answer of this zone, not a listing."""
+        return error_answer(address) or str(address) in self.errors
+
+    def answer(self, records) -> ZoneAnswer:
+        """What this zone's A records say: temperror if one is an error answer, else
+        listed with the codes its filter counts (sorted by address), else pass."""
+        addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
+        if any(self.refuses(a) for a in addresses):
+            return ZoneAnswer(self, "temperror")
+        codes = tuple(str(a) for a in addresses
+                      if a in LISTED and (not self.codes or str(a) in self.codes))
+        return ZoneAnswer(self, "listed", codes) if codes else ZoneAnswer(self, "pass")
 
 
 @dataclass(frozen=True)
@@ -223,27 +247,42 @@ def printable_ascii(text: str, limit: int) -> str:
     return _NOT_PRINTABLE.sub(" ", text).strip()[:limit].rstrip()
 
 
-def _code(code) -> str:
+def _answer_code(code) -> ipaddress.IPv4Address:
+    """A code a list may answer: an address in ``127.0.0.0/8``."""
     try:
         address = ipaddress.IPv4Address(code) if isinstance(code, str) else None
     except ValueError:
         address = None
-    if address is None or address not in LISTED or address in REFUSED:
-        raise ScriptError(f"code {code!r} is not a listing answer (an address in 127.0.0.0/8, "
-                          "not 127.255.255.x)")
+    if address is None or address not in LISTED:
+        raise ScriptError(f"code {code!r} is not a list's answer (an address in 127.0.0.0/8)")
+    return address
+
+
+def _listing_code(code) -> str:
+    """A code of a ``codes`` filter: a list's answer that is not always an error."""
+    address = _answer_code(code)
+    if error_answer(address):
+        raise ScriptError(f"code {code!r} is not a listing answer (127.0.0.1 and "
+                          "127.255.255.x are error answers)")
     return str(address)
 
 
-_ZONE = Options({"zone": str}, {"codes": (list, tuple), "weight": (int, float)})
+_ZONE = Options({"zone": str},
+                {"codes": (list, tuple), "errors": (list, tuple), "weight": (int, float)})
 
 
 def zone(spec) -> Zone:
-    """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, weight? }``."""
+    """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, errors?, weight? }``."""
     if isinstance(spec, str):
         return Zone(dns_name(spec, "zone"))
     opts = _ZONE.parse(spec, "a zone map")
-    return Zone(dns_name(opts["zone"], "zone"),
-                frozenset(_code(c) for c in opts.get("codes", ())), opts.get("weight", 1))
+    name = dns_name(opts["zone"], "zone")
+    codes = frozenset(_listing_code(c) for c in opts.get("codes", ()))
+    errors = frozenset(str(_answer_code(c)) for c in opts.get("errors", ()))
+    if codes & errors:
+        raise ScriptError(f"zone '{name}': code '{min(codes & errors)}' is in both its "
+                          "codes and its errors")
+    return Zone(name, codes, errors, opts.get("weight", 1))
 
 
 def zones(specs) -> list[Zone]:
@@ -255,26 +294,16 @@ def zones(specs) -> list[Zone]:
 
 # -- asking the lists ---------------------------------------------------------------------
 
-def listing_codes(records) -> tuple[list[str], bool]:
-    """The listing codes among A records, in order, and whether the list refused to answer."""
-    addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
-    refused = any(a in REFUSED for a in addresses)
-    return [str(a) for a in addresses if a in LISTED and a not in REFUSED], refused
-
-
 async def ask(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer:
     """What ``zone_`` says of ``name`` (the whole query name; None: nothing to ask, not
     listed), without its reason."""
     if name is None:
         return ZoneAnswer(zone_, "pass")
     try:
-        codes, refused = listing_codes(await resolver.query(name, "A"))
+        records = await resolver.query(name, "A")
     except DnsTempError:
         return ZoneAnswer(zone_, "temperror")
-    if refused:
-        return ZoneAnswer(zone_, "temperror")
-    counted = tuple(c for c in codes if not zone_.codes or c in zone_.codes)
-    return ZoneAnswer(zone_, "listed", counted) if counted else ZoneAnswer(zone_, "pass")
+    return zone_.answer(records)
 
 
 async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> ZoneAnswer:

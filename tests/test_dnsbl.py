@@ -72,6 +72,7 @@ def asked(server, rdtype: str) -> list[str]:
     ("127.0.0.1", ["pass", None, (), None]),                          # NXDOMAIN
     ("2001:db8::8", ["pass", None, (), None]),
     ("192.0.2.9", ["temperror", None, (), None]),     # 127.255.255.254: the list refuses
+    ("192.0.2.12", ["temperror", None, (), None]),    # 127.0.0.1 (and .2): it refuses too
     ("192.0.2.10", ["pass", None, (), None]),         # 192.0.2.99: a hijacking resolver's page
 ])
 def test_an_address_is_listed_or_not(script, ip, expected):
@@ -133,6 +134,15 @@ def test_a_code_filter_counts_only_its_codes(script):
     only_4 = [{"zone": BL, "codes": ["127.0.0.4"]}]
     assert script.call("check", "192.0.2.7", only_4)[:3] == ["listed", BL, ("127.0.0.4",)]
     assert script.call("check", "192.0.2.8", only_4)[:3] == ["pass", None, ()]
+
+
+def test_a_zone_s_errors_are_temperror_never_listed(script, server):
+    """A DBL answers 127.0.1.255 to an IP address queried as a domain (here by check, which
+    asks 192.0.2.1 for 1.2.0.192): an error."""
+    dbl = [{"zone": DBL, "errors": ["127.0.1.255"]}]
+    assert script.call("check", "1.2.0.192", [DBL])[:3] == ["listed", DBL, ("127.0.1.255",)]
+    assert script.call("check", "1.2.0.192", dbl)[:3] == ["temperror", None, ()]
+    assert script.call("domain", "spammer.example", dbl)[:3] == ["listed", DBL, ("127.0.1.2",)]
 
 
 def test_the_first_zone_in_order_that_lists_is_the_one(script, server):
@@ -201,10 +211,17 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
      "and the address's reversed form takes 64 of them"),
     ("check", ("192.0.2.7", [7]), "a zone map takes a map of options"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.x"]}]),
-     "code '127.0.0.x' is not a listing answer"),
-    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["10.0.0.2"]}]), "not a listing answer"),
+     "code '127.0.0.x' is not a list's answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["10.0.0.2"]}]), "not a list's answer"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.255.255.254"]}]),
      "not a listing answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.1"]}]),
+     r"code '127.0.0.1' is not a listing answer \(127.0.0.1 and 127.255.255.x are error"),
+    ("check", ("192.0.2.7", [{"zone": BL, "errors": ["10.0.0.1"]}]),
+     r"code '10.0.0.1' is not a list's answer \(an address in 127.0.0.0/8\)"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.1.255", "127.0.0.2"],
+                              "errors": ["127.0.1.255"]}]),
+     "zone 'bl.dnsbl.test': code '127.0.1.255' is in both its codes and its errors"),
     ("check", ("192.0.2.7", [{"zone": BL, "weight": "2"}]), "option 'weight' must be"),
     ("check", ("192.0.2.7", [{"name": BL}]), "unknown option 'name'"),
     ("domain", (7, [DBL]), "option 'domain' must be a string"),
