@@ -47,6 +47,8 @@ namespace = Namespace("dnsbl", "DNS block lists of addresses (DNSBL) and domains
 
 HEADER = "X-DNSBL"  # RFC 8601's registry has no DNSBL method (RFC 8904's dnswl is for allow lists)
 MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
+MAX_ZONES = 32  # zones asked by one call
+ZONE_WORK = 512  # what a zone's look-up is charged: a UDP DNS answer's bytes (RFC 1035 §2.3.4)
 MAX_REASON = 300  # characters of a TXT reason kept
 LISTED = ipaddress.ip_network("127.0.0.0/8")
 REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers, with:
@@ -286,10 +288,24 @@ def zone(spec) -> Zone:
 
 
 def zones(specs) -> list[Zone]:
-    """The zones option: a non-empty array of zones."""
+    """The zones option: an array of 1 to MAX_ZONES zones."""
+    check_zone_count(specs)
+    return [zone(spec) for spec in specs]
+
+
+def check_zone_count(specs) -> None:
+    """Refuse a zones option that is not an array of 1 to MAX_ZONES items: each zone is a
+    query, and all of them must be answered within the stage's time."""
     if not isinstance(specs, (list, tuple)) or not specs:
         raise ScriptError("zones must be a non-empty array of zone names or maps")
-    return [zone(spec) for spec in specs]
+    if len(specs) > MAX_ZONES:
+        raise ScriptError(f"zones has {len(specs)} zones: a call asks at most {MAX_ZONES}")
+
+
+def zone_work(query) -> int:
+    """What a check charges to the script's operations: a DNS answer read per zone."""
+    specs = query.get("zones") if isinstance(query, (dict, FrozenMap)) else None
+    return ZONE_WORK * len(specs) if isinstance(specs, (list, tuple)) else 0
 
 
 # -- asking the lists ---------------------------------------------------------------------
@@ -371,10 +387,11 @@ def _lint(args) -> str | None:
 
 
 def _lint_zones(specs: tuple) -> None:
-    """Check the zones a script spells out (an empty array is an error too)."""
-    spelled = [spec for spec in specs if _spelled_out(spec)]
-    if spelled or not specs:
-        zones(spelled)
+    """Check the number of zones, and the zones a script spells out."""
+    check_zone_count(specs)
+    for spec in specs:
+        if _spelled_out(spec):
+            zone(spec)
 
 
 def _spelled_out(value) -> bool:
@@ -391,21 +408,21 @@ _CHECK_DOMAIN = Options({"domain": str, "zones": (list, tuple), "dns_resolver": 
 _SCORE = Options({"zones": (list, tuple), "dns_resolver": Resolver}, {"ip": str, "domain": str})
 
 
-@namespace.native(options=_CHECK.keys, check=_lint)
+@namespace.native(options=_CHECK.keys, check=_lint, charges=zone_work)
 async def check(query) -> DnsblResult:
     """check(#{ ip, zones, dns_resolver }): listed | pass | temperror, with .zone (the
     first that lists), .codes, .reason (its TXT) and .listed. IPv4 and IPv6."""
     return await run(query, _CHECK, "dnsbl::check", DnsblResult)
 
 
-@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint)
+@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint, charges=zone_work)
 async def check_domain(query) -> DnsblResult:
     """check_domain(#{ domain, zones, dns_resolver }): as check, for a domain (RHSBL:
     HELO, sender or URI domains)."""
     return await run(query, _CHECK_DOMAIN, "dnsbl::check_domain", DnsblResult)
 
 
-@namespace.native(options=_SCORE.keys, check=_lint)
+@namespace.native(options=_SCORE.keys, check=_lint, charges=zone_work)
 async def score(query) -> DnsblScore:
     """score(#{ ip or domain, zones, dns_resolver }): a check's result with .score, the sum
     of the weights of the zones that list it, and .results, one map per zone."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vsl.errors import ScriptError
+from vsl.errors import LimitError, ScriptError
 from vsl.limits import Limits
 from vsl.lint import Linter
 from vsl.server.config import DnsConfig
@@ -186,6 +186,24 @@ def test_a_silent_zone_is_temperror_with_time_left(script, server):
     assert time.monotonic() - start < 1.0
 
 
+def test_the_most_zones_that_are_silent_end_in_temperror_with_time_left(script, server):
+    silent = [f"z{i}.{SILENT}" for i in range(32)]
+    for zone in silent:
+        server.drop(f"7.2.0.192.{zone}.")
+    start = time.monotonic()
+    assert script.call("check", "192.0.2.7", silent)[0] == "temperror"
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_check_is_charged_per_zone(server):
+    """A zone's look-up costs 8 operations, so a script cannot ask a list without bound."""
+    engine = new_engine(Limits(max_operations=200))
+    script = engine.load_source(SCRIPT.format(port=server.port), "dnsbl.vsl")
+    assert script.call("check", "127.0.0.1", [BL] * 20)[0] == "pass"
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call("check", "127.0.0.1", [BL] * 30)
+
+
 def test_a_second_check_is_answered_from_the_cache(script, server):
     for ip in ("192.0.2.7", "127.0.0.1"):
         first = script.call("check", ip, [BL, SECOND])
@@ -200,6 +218,7 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
     ("check", ("not-an-ip", [BL]), "dnsbl::check: ip 'not-an-ip' is not an IP address"),
     ("check", ("fe80::1%", [BL]), "ip 'fe80::1%' is not an IP address"),
     ("check", ("192.0.2.7", []), "zones must be a non-empty array"),
+    ("check", ("192.0.2.7", [BL] * 33), "zones has 33 zones: a call asks at most 32"),
     ("check", ("192.0.2.7", ["bad zone"]), "zone 'bad zone' is not a DNS name"),
     ("check", ("192.0.2.7", [""]), "zone '' is not a DNS name"),
     ("check", ("192.0.2.7", ["a..b"]), "zone 'a..b' is not a DNS name"),
