@@ -49,13 +49,12 @@ HEADER = "X-DNSBL"  # RFC 8601's registry has no DNSBL method (RFC 8904's dnswl 
 MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
 MAX_ZONES = 32  # zones asked by one call
 ZONE_WORK = 512  # what a zone's look-up is charged: a UDP DNS answer's bytes (RFC 1035 §2.3.4)
-MAX_REASON = 300  # characters of a TXT reason kept
+MAX_REASON = 300  # bytes of a TXT reason kept
 LISTED = ipaddress.ip_network("127.0.0.0/8")
 REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers, with:
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")  # never a listing (RFC 5782 §2.1)
 ONE_SUBJECT = "takes ip or domain: one of them, not both"
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
@@ -323,13 +322,13 @@ async def ask(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer:
 
 
 async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> ZoneAnswer:
-    """``answer`` with the zone's TXT text for ``name`` (kept without control characters
-    and cut to MAX_REASON, for SMTP replies and headers); unchanged if there is none."""
+    """``answer`` with the zone's TXT text for ``name`` (printable ASCII only, at most
+    MAX_REASON bytes, for SMTP replies and headers); unchanged if there is none."""
     try:
         texts = [record_text(r) for r in await resolver.query(name, "TXT")]
     except DnsTempError:
         return answer
-    reason = _CONTROL.sub(" ", " ".join(texts)).strip()[:MAX_REASON]
+    reason = printable_ascii(" ".join(texts), MAX_REASON)
     return ZoneAnswer(answer.zone, answer.value, answer.codes, reason or None)
 
 

@@ -98,8 +98,13 @@ def test_the_reason_is_asked_only_of_a_zone_that_lists(script, server):
     assert asked(server, "TXT") == ["7.2.0.192.bl.dnsbl.test."]
 
 
-def test_a_reason_keeps_no_line_break(script):
-    assert script.call("check", "192.0.2.11", [BL])[3] == "two lines"
+@pytest.mark.parametrize("ip, reason", [
+    ("192.0.2.11", "two lines"),
+    ("192.0.2.13", "caf  spam line two evil x"),  # a space for each run of non-ASCII
+    ("192.0.2.14", "x" * 250 + "y" * 50),        # 300 bytes
+])
+def test_a_reason_keeps_printable_ascii_only(script, ip, reason):
+    assert script.call("check", ip, [BL])[3] == reason
 
 
 def test_a_domain_is_listed_or_not(script):
