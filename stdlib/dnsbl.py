@@ -374,7 +374,7 @@ def _lint(args) -> str | None:
     """The lint hook of the checks: what the option map spells out of ip, domain and zones."""
     opts = args[0] if args and isinstance(args[0], dict) else {}
     try:
-        if "ip" in opts and "domain" in opts:
+        if all(_given(opts.get(key)) for key in ("ip", "domain")):
             raise ScriptError(ONE_SUBJECT)
         if isinstance(opts.get("ip"), str):
             ip_subject(opts["ip"])
@@ -391,6 +391,12 @@ def _lint_zones(specs: tuple) -> None:
     for spec in specs:
         if _spelled_out(spec):
             zone(spec)
+
+
+def _given(value) -> bool:
+    """Whether a lint argument is surely given: spelled out, and not ``()`` (which, as at
+    run time, is as if the key were absent)."""
+    return value is not None and _spelled_out(value)
 
 
 def _spelled_out(value) -> bool:

@@ -175,6 +175,8 @@ def test_score_sums_the_weights_of_the_zones_that_list(script):
     assert script.call("score", {"ip": "127.0.0.1", "zones": zones})[:2] == ["pass", 0]
     assert script.call("score", {"domain": "spammer.example", "zones": [DBL]})[:2] == [
         "listed", 1]
+    assert script.call("score", {"ip": None, "domain": "spammer.example", "zones": [DBL]})[:2] \
+        == ["listed", 1]  # () is no value
 
 
 # ---- failures and time ----------------------------------------------------------------------
