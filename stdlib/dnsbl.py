@@ -18,10 +18,10 @@ What an A answer for ``<reversed ip or domain>.<zone>`` means, per zone:
   address of a web page): ignored, so not listed.
 - a timeout or SERVFAIL: ``temperror``.
 
-A check's value is ``listed`` when a zone lists it (the first in the order given is
-``.zone``), else ``temperror`` when a zone could not answer, else ``pass``. Every zone is
-asked at once through the script's resolver and its cache; the TXT reason is asked only
-of a zone that lists.
+A check's value is ``listed`` when a zone of positive weight lists it (the first in the
+order given is ``.zone``), else ``temperror`` when a zone could not answer, else ``pass``.
+Every zone is asked at once through the script's resolver and its cache; the TXT reason
+is asked only of a zone that lists.
 """
 # Zones, their filters and the queried subject are checked when the script calls (and by
 # `vsl lint` when it spells them out: _lint); the look-ups themselves never raise, a DNS
@@ -99,6 +99,13 @@ class ZoneAnswer:
     codes: tuple = ()
     reason: str | None = None
 
+    @property
+    def makes_listed(self) -> bool:
+        """Whether this answer makes a check's result listed: a listing by a zone of
+        positive weight (one of weight 0 or less, such as an allow list, only counts in a
+        score)."""
+        return self.value == "listed" and self.zone.weight > 0
+
     def as_map(self) -> FrozenMap:
         """This answer as a script sees it in ``score(...).results``."""
         return FrozenMap(zone=self.zone.name, value=self.value, codes=self.codes,
@@ -114,7 +121,7 @@ class DnsblResult(CheckResult):
 
     def __init__(self, subject: str, answers: list[ZoneAnswer]):
         self.subject = subject
-        first = next((a for a in answers if a.value == "listed"), None)
+        first = next((a for a in answers if a.makes_listed), None)
         self.listed = first is not None
         if first is not None:
             self.value, self.zone, self.codes, self.reason = \
@@ -335,11 +342,13 @@ async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> Zone
 async def lookup(resolver: Resolver, names: list[str | None], zone_list: list[Zone],
                  all_reasons: bool) -> list[ZoneAnswer]:
     """Every zone's answer for its query name, asked at once, with the reason of the first
-    zone that lists (or of every one that lists, with ``all_reasons``)."""
+    answer that makes the result listed (or of every listing, with ``all_reasons``)."""
     answers = list(await asyncio.gather(*(ask(resolver, n, z)
                                           for n, z in zip(names, zone_list))))
-    listed = [i for i, a in enumerate(answers) if a.value == "listed"]
-    wanted = listed if all_reasons else listed[:1]
+    if all_reasons:
+        wanted = [i for i, a in enumerate(answers) if a.value == "listed"]
+    else:
+        wanted = [i for i, a in enumerate(answers) if a.makes_listed][:1]
     found = await asyncio.gather(*(with_reason(resolver, names[i], answers[i]) for i in wanted))
     for i, answer in zip(wanted, found):
         answers[i] = answer

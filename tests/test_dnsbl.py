@@ -179,6 +179,18 @@ def test_score_sums_the_weights_of_the_zones_that_list(script):
         == ["listed", 1]  # () is no value
 
 
+def test_a_zone_without_positive_weight_only_counts_in_the_score(script):
+    """An allow list (a DNSWL) lowers the score; it does not make the result listed."""
+    allow = {"zone": SECOND, "weight": -5}
+    assert script.call("score", {"ip": "192.0.2.8", "zones": [allow]})[:3] == ["pass", -5, None]
+    assert script.call("score", {"ip": "192.0.2.8", "zones": [allow, {"zone": BL, "weight": 3}]}
+                       )[:3] == ["listed", -2, BL]
+    assert script.call("check", "192.0.2.8", [{"zone": BL, "weight": 0}])[:2] == ["pass", None]
+    assert script.call("check", "192.0.2.7", [{"zone": SECOND, "weight": -1}, BL])[:4] == [
+        "listed", BL, ("127.0.0.2", "127.0.0.4"),
+        "Spam source, see https://bl.dnsbl.test/q?192.0.2.7"]
+
+
 # ---- failures and time ----------------------------------------------------------------------
 
 def test_a_silent_zone_is_temperror_with_time_left(script, server):
