@@ -285,6 +285,9 @@ def zone(spec) -> Zone:
         return Zone(dns_name(spec, "zone"))
     opts = _ZONE.parse(spec, "a zone map")
     name = dns_name(opts["zone"], "zone")
+    if "codes" in opts and not opts["codes"]:
+        raise ScriptError(f"zone '{name}': codes is empty (without codes, every listing "
+                          "code counts)")
     codes = frozenset(_listing_code(c) for c in opts.get("codes", ()))
     errors = frozenset(str(_answer_code(c)) for c in opts.get("errors", ()))
     if codes & errors:

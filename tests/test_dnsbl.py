@@ -260,6 +260,8 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.1.255", "127.0.0.2"],
                               "errors": ["127.0.1.255"]}]),
      "zone 'bl.dnsbl.test': code '127.0.1.255' is in both its codes and its errors"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": []}]),
+     r"zone 'bl.dnsbl.test': codes is empty \(without codes, every listing code counts\)"),
     ("check", ("192.0.2.7", [{"zone": BL, "weight": "2"}]), "option 'weight' must be"),
     ("check", ("192.0.2.7", [{"name": BL}]), "unknown option 'name'"),
     ("domain", (7, [DBL]), "option 'domain' must be a string"),
