@@ -257,8 +257,10 @@ def printable_ascii(text: str, limit: int) -> str:
 
 def _answer_code(code) -> ipaddress.IPv4Address:
     """A code a list may answer: an address in ``127.0.0.0/8``."""
+    if not isinstance(code, str):
+        raise ScriptError(f"a code must be a string such as '127.0.0.2', not {type_name(code)}")
     try:
-        address = ipaddress.IPv4Address(code) if isinstance(code, str) else None
+        address = ipaddress.IPv4Address(code)
     except ValueError:
         address = None
     if address is None or address not in LISTED:

@@ -251,6 +251,8 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.x"]}]),
      "code '127.0.0.x' is not a list's answer"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["10.0.0.2"]}]), "not a list's answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": [{"x": 1}]}]),
+     "a code must be a string such as '127.0.0.2', not map"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.255.255.254"]}]),
      "not a listing answer"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.1"]}]),
