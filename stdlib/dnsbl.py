@@ -8,18 +8,20 @@
 What an A answer for ``<reversed ip or domain>.<zone>`` means, per zone:
 
 - NXDOMAIN, or no A record: not listed.
-- ``127.0.0.0/8`` but ``127.255.255.0/24``: listed, with those codes -- unless the zone
+- ``127.0.0.0/8`` but its error answers: listed, with those codes -- unless the zone
   has a ``codes`` filter and none of them is in it (then not listed).
-- ``127.255.255.x``: the list refuses to answer (Spamhaus: public resolver, rate limit,
-  bad query): ``temperror``, never listed.
+- an error answer: ``127.255.255.x``, the list refuses to answer (Spamhaus: public
+  resolver, rate limit, bad query); ``127.0.0.1``, which RFC 5782 §2.1 reserves (URIBL
+  answers it when it refuses); a code of the zone's ``errors`` (a DBL's ``127.0.1.255``,
+  an IP address queried as a domain): ``temperror``, never listed.
 - outside ``127.0.0.0/8``: not a list's answer (a resolver that turns NXDOMAIN into the
   address of a web page): ignored, so not listed.
 - a timeout or SERVFAIL: ``temperror``.
 
-A check's value is ``listed`` when a zone lists it (the first in the order given is
-``.zone``), else ``temperror`` when a zone could not answer, else ``pass``. Every zone is
-asked at once through the script's resolver and its cache; the TXT reason is asked only
-of a zone that lists.
+A check's value is ``listed`` when a zone of positive weight lists it (the first in the
+order given is ``.zone``), else ``temperror`` when a zone could not answer, else ``pass``.
+Every zone is asked at once through the script's resolver and its cache; the TXT reason
+is asked only of a zone that lists.
 """
 # Zones, their filters and the queried subject are checked when the script calls (and by
 # `vsl lint` when it spells them out: _lint); the look-ups themselves never raise, a DNS
@@ -45,23 +47,47 @@ namespace = Namespace("dnsbl", "DNS block lists of addresses (DNSBL) and domains
 
 HEADER = "X-DNSBL"  # RFC 8601's registry has no DNSBL method (RFC 8904's dnswl is for allow lists)
 MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
-MAX_REASON = 300  # characters of a TXT reason kept
+MAX_ZONES = 32  # zones asked by one call
+ZONE_WORK = 512  # what a zone's look-up is charged: a UDP DNS answer's bytes (RFC 1035 §2.3.4)
+MAX_REASON = 300  # bytes of a TXT reason kept
 LISTED = ipaddress.ip_network("127.0.0.0/8")
-REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers
+REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers, with:
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")  # never a listing (RFC 5782 §2.1)
 ONE_SUBJECT = "takes ip or domain: one of them, not both"
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 
 # -- results ---------------------------------------------------------------------------
 
+def error_answer(address: ipaddress.IPv4Address) -> bool:
+    """Whether an A answer is an error answer of every list (127.255.255.x, 127.0.0.1)."""
+    return address in REFUSED or address == LOOPBACK
+
+
 @dataclass(frozen=True)
 class Zone:
-    """One list to ask: its name, the codes that count as listed (empty: any), its weight."""
+    """One list to ask: its name, the codes that count as listed (empty: any), the codes
+    that are its own error answers, its weight."""
 
     name: str
     codes: frozenset = frozenset()
+    errors: frozenset = frozenset()
     weight: int | float = 1
+
+    def refuses(self, address: ipaddress.IPv4Address) -> bool:
+        """Whether an A answer is an error answer of this zone, not a listing."""
+        return error_answer(address) or str(address) in self.errors
+
+    def answer(self, records) -> ZoneAnswer:
+        """What this zone's A records say: temperror if one is an error answer, else
+        listed with the codes its filter counts (sorted by address), else pass."""
+        addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
+        if any(self.refuses(a) for a in addresses):
+            return ZoneAnswer(self, "temperror")
+        codes = tuple(str(a) for a in addresses
+                      if a in LISTED and (not self.codes or str(a) in self.codes))
+        return ZoneAnswer(self, "listed", codes) if codes else ZoneAnswer(self, "pass")
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,13 @@ class ZoneAnswer:
     value: str
     codes: tuple = ()
     reason: str | None = None
+
+    @property
+    def makes_listed(self) -> bool:
+        """Whether this answer makes a check's result listed: a listing by a zone of
+        positive weight (one of weight 0 or less, such as an allow list, only counts in a
+        score)."""
+        return self.value == "listed" and self.zone.weight > 0
 
     def as_map(self) -> FrozenMap:
         """This answer as a script sees it in ``score(...).results``."""
@@ -88,7 +121,7 @@ class DnsblResult(CheckResult):
 
     def __init__(self, subject: str, answers: list[ZoneAnswer]):
         self.subject = subject
-        first = next((a for a in answers if a.value == "listed"), None)
+        first = next((a for a in answers if a.makes_listed), None)
         self.listed = first is not None
         if first is not None:
             self.value, self.zone, self.codes, self.reason = \
@@ -131,6 +164,30 @@ namespace.register_type(DnsblResult)
 namespace.register_type(DnsblScore)
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What a check looks up: ``text`` as results show it, ``prefix`` its part of the
+    query names (None: nothing a list can list), ``is_domain`` whether it is a domain."""
+
+    text: str
+    prefix: str | None
+    is_domain: bool
+
+    def query_name(self, zone_name: str) -> str | None:
+        """``prefix.zone``; None when there is nothing to ask (no prefix, or a domain too
+        long to look up in this zone, which therefore cannot list it)."""
+        if self.prefix is None:
+            return None
+        name = f"{self.prefix}.{zone_name}"
+        if len(name) <= MAX_NAME:
+            return name
+        if self.is_domain:
+            return None
+        raise ScriptError(f"zone '{zone_name[:40]}...' is too long to look up {self.text} in: "
+                          f"a query name is at most {MAX_NAME} bytes and the address's "
+                          f"reversed form takes {len(self.prefix) + 1} of them")
+
+
 # -- checking what scripts give ----------------------------------------------------------
 
 def dns_name(text, what: str) -> str:
@@ -146,106 +203,157 @@ def dns_name(text, what: str) -> str:
     return name.lower()
 
 
-def reversed_ip(ip) -> str:
-    """The query prefix of an address: reversed octets (IPv4) or nibbles (IPv6)."""
+def ip_subject(ip: str) -> Subject:
+    """An address as results show it (canonical, without a scope such as ``%eth0``; an
+    IPv4-mapped IPv6 address as its IPv4 address), queried by its reversed octets (IPv4)
+    or nibbles (IPv6)."""
     try:
-        address = ipaddress.ip_address(ip) if isinstance(ip, str) else None
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise ScriptError(f"ip '{ip}' is not an IP address") from None
+    if address.version == 6:
+        address = address.ipv4_mapped or ipaddress.IPv6Address(int(address))  # no scope
+    prefix = address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa / .ip6.arpa
+    return Subject(str(address), prefix, is_domain=False)
+
+
+def domain_subject(domain: str) -> Subject:
+    """A domain to look up: in lower case, in its ASCII form (IDNA: ``xn--`` labels) and
+    without the final dot. What no list can list by name is not looked up: an address
+    literal or an IP address (a last label of digits, RFC 3696 §2), a single label, what
+    is not a DNS name or is too long for one (client input, such as a HELO name)."""
+    name = ascii_name(domain)
+    if name is None or not _listable(name):
+        return Subject(printable_ascii(name or domain, MAX_NAME), None, is_domain=True)
+    return Subject(name, name, is_domain=True)
+
+
+def ascii_name(domain: str) -> str | None:
+    """``domain`` in lower case without its final dot, internationalised labels in their
+    ``xn--`` form; None if it has no such form."""
+    name = domain.lower().removesuffix(".")
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def _listable(name: str) -> bool:
+    """Whether an ASCII name can be in a domain list: a DNS name of two labels or more
+    whose last label is not all digits."""
+    labels = name.split(".")
+    return (len(labels) > 1 and len(name) <= MAX_NAME and not labels[-1].isdigit()
+            and all(_LABEL.fullmatch(label) for label in labels))
+
+
+def printable_ascii(text: str, limit: int) -> str:
+    """``text`` with each run of anything but printable ASCII (controls, line and
+    paragraph separators, bidi and zero-width characters, any non-ASCII) replaced by one
+    space, cut to ``limit`` bytes: safe in an SMTP reply and a header field."""
+    return _NOT_PRINTABLE.sub(" ", text).strip()[:limit].rstrip()
+
+
+def _answer_code(code) -> ipaddress.IPv4Address:
+    """A code a list may answer: an address in ``127.0.0.0/8``."""
+    if not isinstance(code, str):
+        raise ScriptError(f"a code must be a string such as '127.0.0.2', not {type_name(code)}")
+    try:
+        address = ipaddress.IPv4Address(code)
     except ValueError:
         address = None
-    if address is None:
-        raise ScriptError(f"ip '{ip}' is not an IP address")
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa / .ip6.arpa
+    if address is None or address not in LISTED:
+        raise ScriptError(f"code {code!r} is not a list's answer (an address in 127.0.0.0/8)")
+    return address
 
 
-def domain_name(domain) -> str:
-    """A domain to look up: a DNS name of at least two labels."""
-    name = dns_name(domain, "domain")
-    if "." not in name:
-        raise ScriptError(f"domain '{domain}' is not a domain (it has a single label)")
-    return name
-
-
-def _code(code) -> str:
-    try:
-        address = ipaddress.IPv4Address(code) if isinstance(code, str) else None
-    except ValueError:
-        address = None
-    if address is None or address not in LISTED or address in REFUSED:
-        raise ScriptError(f"code {code!r} is not a listing answer (an address in 127.0.0.0/8, "
-                          "not 127.255.255.x)")
+def _listing_code(code) -> str:
+    """A code of a ``codes`` filter: a list's answer that is not always an error."""
+    address = _answer_code(code)
+    if error_answer(address):
+        raise ScriptError(f"code {code!r} is not a listing answer (127.0.0.1 and "
+                          "127.255.255.x are error answers)")
     return str(address)
 
 
-_ZONE = Options({"zone": str}, {"codes": (list, tuple), "weight": (int, float)})
+_ZONE = Options({"zone": str},
+                {"codes": (list, tuple), "errors": (list, tuple), "weight": (int, float)})
 
 
 def zone(spec) -> Zone:
-    """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, weight? }``."""
+    """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, errors?, weight? }``."""
     if isinstance(spec, str):
         return Zone(dns_name(spec, "zone"))
     opts = _ZONE.parse(spec, "a zone map")
-    return Zone(dns_name(opts["zone"], "zone"),
-                frozenset(_code(c) for c in opts.get("codes", ())), opts.get("weight", 1))
+    name = dns_name(opts["zone"], "zone")
+    if "codes" in opts and not opts["codes"]:
+        raise ScriptError(f"zone '{name}': codes is empty (without codes, every listing "
+                          "code counts)")
+    codes = frozenset(_listing_code(c) for c in opts.get("codes", ()))
+    errors = frozenset(str(_answer_code(c)) for c in opts.get("errors", ()))
+    if codes & errors:
+        raise ScriptError(f"zone '{name}': code '{min(codes & errors)}' is in both its "
+                          "codes and its errors")
+    return Zone(name, codes, errors, opts.get("weight", 1))
 
 
 def zones(specs) -> list[Zone]:
-    """The zones option: a non-empty array of zones."""
-    if not isinstance(specs, (list, tuple)) or not specs:
-        raise ScriptError("zones must be a non-empty array of zone names or maps")
+    """The zones option: an array of 1 to MAX_ZONES zones."""
+    check_zone_count(specs)
     return [zone(spec) for spec in specs]
 
 
-def query_name(prefix: str, zone_name: str) -> str:
-    """``prefix.zone``, within the DNS's length."""
-    name = f"{prefix}.{zone_name}"
-    if len(name) > MAX_NAME:
-        raise ScriptError(f"the query '{name[:40]}...' is over {MAX_NAME} bytes: "
-                          f"zone '{zone_name}' is too long for it")
-    return name
+def check_zone_count(specs) -> None:
+    """Refuse a zones option that is not an array of 1 to MAX_ZONES items: each zone is a
+    query, and all of them must be answered within the stage's time."""
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ScriptError("zones must be a non-empty array of zone names or maps")
+    if len(specs) > MAX_ZONES:
+        raise ScriptError(f"zones has {len(specs)} zones: a call asks at most {MAX_ZONES}")
+
+
+def zone_work(query) -> int:
+    """What a check charges to the script's operations: a DNS answer read per zone."""
+    specs = query.get("zones") if isinstance(query, (dict, FrozenMap)) else None
+    return ZONE_WORK * len(specs) if isinstance(specs, (list, tuple)) else 0
 
 
 # -- asking the lists ---------------------------------------------------------------------
 
-def listing_codes(records) -> tuple[list[str], bool]:
-    """The listing codes among A records, in order, and whether the list refused to answer."""
-    addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
-    refused = any(a in REFUSED for a in addresses)
-    return [str(a) for a in addresses if a in LISTED and a not in REFUSED], refused
-
-
-async def ask(resolver: Resolver, name: str, zone_: Zone) -> ZoneAnswer:
-    """What ``zone_`` says of ``name`` (the whole query name), without its reason."""
+async def ask(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer:
+    """What ``zone_`` says of ``name`` (the whole query name; None: nothing to ask, not
+    listed), without its reason."""
+    if name is None:
+        return ZoneAnswer(zone_, "pass")
     try:
-        codes, refused = listing_codes(await resolver.query(name, "A"))
+        records = await resolver.query(name, "A")
     except DnsTempError:
         return ZoneAnswer(zone_, "temperror")
-    if refused:
-        return ZoneAnswer(zone_, "temperror")
-    counted = tuple(c for c in codes if not zone_.codes or c in zone_.codes)
-    return ZoneAnswer(zone_, "listed", counted) if counted else ZoneAnswer(zone_, "pass")
+    return zone_.answer(records)
 
 
 async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> ZoneAnswer:
-    """``answer`` with the zone's TXT text for ``name`` (kept without control characters
-    and cut to MAX_REASON, for SMTP replies and headers); unchanged if there is none."""
+    """``answer`` with the zone's TXT text for ``name`` (printable ASCII only, at most
+    MAX_REASON bytes, for SMTP replies and headers); unchanged if there is none."""
     try:
         texts = [record_text(r) for r in await resolver.query(name, "TXT")]
     except DnsTempError:
         return answer
-    reason = _CONTROL.sub(" ", " ".join(texts)).strip()[:MAX_REASON]
+    reason = printable_ascii(" ".join(texts), MAX_REASON)
     return ZoneAnswer(answer.zone, answer.value, answer.codes, reason or None)
 
 
-async def lookup(resolver: Resolver, names: list[str], zone_list: list[Zone],
+async def lookup(resolver: Resolver, names: list[str | None], zone_list: list[Zone],
                  all_reasons: bool) -> list[ZoneAnswer]:
     """Every zone's answer for its query name, asked at once, with the reason of the first
-    zone that lists (or of every one that lists, with ``all_reasons``)."""
+    answer that makes the result listed (or of every listing, with ``all_reasons``)."""
     answers = list(await asyncio.gather(*(ask(resolver, n, z)
                                           for n, z in zip(names, zone_list))))
-    listed = [i for i, a in enumerate(answers) if a.value == "listed"]
-    wanted = listed if all_reasons else listed[:1]
+    if all_reasons:
+        wanted = [i for i, a in enumerate(answers) if a.value == "listed"]
+    else:
+        wanted = [i for i, a in enumerate(answers) if a.makes_listed][:1]
     found = await asyncio.gather(*(with_reason(resolver, names[i], answers[i]) for i in wanted))
     for i, answer in zip(wanted, found):
         answers[i] = answer
@@ -254,14 +362,11 @@ async def lookup(resolver: Resolver, names: list[str], zone_list: list[Zone],
 
 # -- natives ------------------------------------------------------------------------------
 
-def subject(opts: dict) -> tuple[str, str]:
-    """What a query names (its ``ip`` or ``domain``, one of them) and its query prefix."""
+def subject(opts: dict) -> Subject:
+    """What a check looks up: its ``ip`` or its ``domain``, one of them."""
     if ("ip" in opts) == ("domain" in opts):
         raise ScriptError(ONE_SUBJECT)
-    if "ip" in opts:
-        return opts["ip"], reversed_ip(opts["ip"])
-    domain = domain_name(opts["domain"])
-    return domain, domain
+    return ip_subject(opts["ip"]) if "ip" in opts else domain_subject(opts["domain"])
 
 
 async def run(query, options: Options, where: str, result: type[DnsblResult]) -> DnsblResult:
@@ -269,26 +374,24 @@ async def run(query, options: Options, where: str, result: type[DnsblResult]) ->
     asked, the answers made into ``result`` (a score gets every listing zone's reason)."""
     opts = options.parse(query, where)
     try:
-        name, prefix = subject(opts)
+        subject_ = subject(opts)
         zone_list = zones(opts["zones"])
-        names = [query_name(prefix, z.name) for z in zone_list]
+        names = [subject_.query_name(z.name) for z in zone_list]
     except ScriptError as err:
         raise ScriptError(f"{where}: {err.message}") from None
     answers = await lookup(opts["dns_resolver"], names, zone_list,
                            all_reasons=result is DnsblScore)
-    return result(name, answers)
+    return result(subject_.text, answers)
 
 
 def _lint(args) -> str | None:
     """The lint hook of the checks: what the option map spells out of ip, domain and zones."""
     opts = args[0] if args and isinstance(args[0], dict) else {}
     try:
-        if "ip" in opts and "domain" in opts:
+        if all(_given(opts.get(key)) for key in ("ip", "domain")):
             raise ScriptError(ONE_SUBJECT)
         if isinstance(opts.get("ip"), str):
-            reversed_ip(opts["ip"])
-        if isinstance(opts.get("domain"), str):
-            domain_name(opts["domain"])
+            ip_subject(opts["ip"])
         if isinstance(opts.get("zones"), tuple):
             _lint_zones(opts["zones"])
     except ScriptError as err:
@@ -297,10 +400,17 @@ def _lint(args) -> str | None:
 
 
 def _lint_zones(specs: tuple) -> None:
-    """Check the zones a script spells out (an empty array is an error too)."""
-    spelled = [spec for spec in specs if _spelled_out(spec)]
-    if spelled or not specs:
-        zones(spelled)
+    """Check the number of zones, and the zones a script spells out."""
+    check_zone_count(specs)
+    for spec in specs:
+        if _spelled_out(spec):
+            zone(spec)
+
+
+def _given(value) -> bool:
+    """Whether a lint argument is surely given: spelled out, and not ``()`` (which, as at
+    run time, is as if the key were absent)."""
+    return value is not None and _spelled_out(value)
 
 
 def _spelled_out(value) -> bool:
@@ -317,21 +427,21 @@ _CHECK_DOMAIN = Options({"domain": str, "zones": (list, tuple), "dns_resolver": 
 _SCORE = Options({"zones": (list, tuple), "dns_resolver": Resolver}, {"ip": str, "domain": str})
 
 
-@namespace.native(options=_CHECK.keys, check=_lint)
+@namespace.native(options=_CHECK.keys, check=_lint, charges=zone_work)
 async def check(query) -> DnsblResult:
     """check(#{ ip, zones, dns_resolver }): listed | pass | temperror, with .zone (the
     first that lists), .codes, .reason (its TXT) and .listed. IPv4 and IPv6."""
     return await run(query, _CHECK, "dnsbl::check", DnsblResult)
 
 
-@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint)
+@namespace.native(options=_CHECK_DOMAIN.keys, check=_lint, charges=zone_work)
 async def check_domain(query) -> DnsblResult:
     """check_domain(#{ domain, zones, dns_resolver }): as check, for a domain (RHSBL:
     HELO, sender or URI domains)."""
     return await run(query, _CHECK_DOMAIN, "dnsbl::check_domain", DnsblResult)
 
 
-@namespace.native(options=_SCORE.keys, check=_lint)
+@namespace.native(options=_SCORE.keys, check=_lint, charges=zone_work)
 async def score(query) -> DnsblScore:
     """score(#{ ip or domain, zones, dns_resolver }): a check's result with .score, the sum
     of the weights of the zones that list it, and .results, one map per zone."""

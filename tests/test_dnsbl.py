@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vsl.errors import ScriptError
+from vsl.errors import LimitError, ScriptError
 from vsl.limits import Limits
 from vsl.lint import Linter
 from vsl.server.config import DnsConfig
@@ -36,6 +36,9 @@ fn tag(ctx, ip) {{
     }};
     dnsbl::add_header(ctx, r);
     ctx.get_header("X-DNSBL")
+}}
+fn subject(ip) {{
+    dnsbl::check(#{{ ip: ip, zones: ["bl.dnsbl.test"], dns_resolver: global::R }}).subject
 }}
 fn score(query) {{
     query.dns_resolver = global::R;
@@ -69,12 +72,22 @@ def asked(server, rdtype: str) -> list[str]:
     ("127.0.0.1", ["pass", None, (), None]),                          # NXDOMAIN
     ("2001:db8::8", ["pass", None, (), None]),
     ("192.0.2.9", ["temperror", None, (), None]),     # 127.255.255.254: the list refuses
+    ("192.0.2.12", ["temperror", None, (), None]),    # 127.0.0.1 (and .2): it refuses too
     ("192.0.2.10", ["pass", None, (), None]),         # 192.0.2.99: a hijacking resolver's page
 ])
 def test_an_address_is_listed_or_not(script, ip, expected):
     value = script.call("check", ip, [BL])
     assert value[:4] == expected
     assert value[4:] == [expected[0] == "listed", True, expected[0]]
+
+
+@pytest.mark.parametrize("ip, subject", [
+    ("2001:DB8:0::7", "2001:db8::7"),
+    ("fe80::1%eth0", "fe80::1"),                      # a scope is not part of the address
+    ("::ffff:192.0.2.8%x", "192.0.2.8"),              # looked up as its IPv4 address
+])
+def test_the_subject_is_the_address_looked_up(script, ip, subject):
+    assert script.call("subject", ip) == subject
 
 
 def test_the_reason_is_asked_only_of_a_zone_that_lists(script, server):
@@ -85,14 +98,39 @@ def test_the_reason_is_asked_only_of_a_zone_that_lists(script, server):
     assert asked(server, "TXT") == ["7.2.0.192.bl.dnsbl.test."]
 
 
-def test_a_reason_keeps_no_line_break(script):
-    assert script.call("check", "192.0.2.11", [BL])[3] == "two lines"
+@pytest.mark.parametrize("ip, reason", [
+    ("192.0.2.11", "two lines"),
+    ("192.0.2.13", "caf  spam line two evil x"),  # a space for each run of non-ASCII
+    ("192.0.2.14", "x" * 250 + "y" * 50),        # 300 bytes
+])
+def test_a_reason_keeps_printable_ascii_only(script, ip, reason):
+    assert script.call("check", ip, [BL])[3] == reason
 
 
 def test_a_domain_is_listed_or_not(script):
     assert script.call("domain", "Spammer.Example.", [DBL]) == [
         "listed", DBL, ("127.0.1.2",), "Spam domain", "spammer.example"]
     assert script.call("domain", "example.test", [DBL])[0] == "pass"
+    assert script.call("domain", "München.Example", [DBL]) == [  # IDNA
+        "listed", DBL, ("127.0.1.2",), None, "xn--mnchen-3ya.example"]
+
+
+LONG_NAME = ".".join(["a" * 60] * 4)  # 243 bytes: too long with a zone after it
+
+
+@pytest.mark.parametrize("domain, subject", [
+    ("[127.0.0.1]", "[127.0.0.1]"), ("[IPv6:2001:db8::1]", "[ipv6:2001:db8::1]"),
+    ("192.0.2.1", "192.0.2.1"), ("2001:db8::1", "2001:db8::1"),   # addresses
+    ("a.b.1", "a.b.1"),                                            # a last label of digits
+    ("LocalHost.", "localhost"),                                   # a single label
+    (LONG_NAME, LONG_NAME), (LONG_NAME + ".example", LONG_NAME + ".example"),
+    ("not a\r\nname!", "not a name!"), ("a..b", "a..b"), ("-a.example", "-a.example"),
+    ("\u2028.example", ".example"),                               # no IDNA form
+])
+def test_what_no_list_can_list_is_not_looked_up(script, server, domain, subject):
+    """Client input such as a HELO name: what a domain list cannot hold is not listed."""
+    assert script.call("domain", domain, [DBL]) == ["pass", None, (), None, subject]
+    assert server.queries == []
 
 
 # ---- zones, filters, scores ----------------------------------------------------------------
@@ -101,6 +139,15 @@ def test_a_code_filter_counts_only_its_codes(script):
     only_4 = [{"zone": BL, "codes": ["127.0.0.4"]}]
     assert script.call("check", "192.0.2.7", only_4)[:3] == ["listed", BL, ("127.0.0.4",)]
     assert script.call("check", "192.0.2.8", only_4)[:3] == ["pass", None, ()]
+
+
+def test_a_zone_s_errors_are_temperror_never_listed(script, server):
+    """A DBL answers 127.0.1.255 to an IP address queried as a domain (here by check, which
+    asks 192.0.2.1 for 1.2.0.192): an error."""
+    dbl = [{"zone": DBL, "errors": ["127.0.1.255"]}]
+    assert script.call("check", "1.2.0.192", [DBL])[:3] == ["listed", DBL, ("127.0.1.255",)]
+    assert script.call("check", "1.2.0.192", dbl)[:3] == ["temperror", None, ()]
+    assert script.call("domain", "spammer.example", dbl)[:3] == ["listed", DBL, ("127.0.1.2",)]
 
 
 def test_the_first_zone_in_order_that_lists_is_the_one(script, server):
@@ -128,6 +175,20 @@ def test_score_sums_the_weights_of_the_zones_that_list(script):
     assert script.call("score", {"ip": "127.0.0.1", "zones": zones})[:2] == ["pass", 0]
     assert script.call("score", {"domain": "spammer.example", "zones": [DBL]})[:2] == [
         "listed", 1]
+    assert script.call("score", {"ip": None, "domain": "spammer.example", "zones": [DBL]})[:2] \
+        == ["listed", 1]  # () is no value
+
+
+def test_a_zone_without_positive_weight_only_counts_in_the_score(script):
+    """An allow list (a DNSWL) lowers the score; it does not make the result listed."""
+    allow = {"zone": SECOND, "weight": -5}
+    assert script.call("score", {"ip": "192.0.2.8", "zones": [allow]})[:3] == ["pass", -5, None]
+    assert script.call("score", {"ip": "192.0.2.8", "zones": [allow, {"zone": BL, "weight": 3}]}
+                       )[:3] == ["listed", -2, BL]
+    assert script.call("check", "192.0.2.8", [{"zone": BL, "weight": 0}])[:2] == ["pass", None]
+    assert script.call("check", "192.0.2.7", [{"zone": SECOND, "weight": -1}, BL])[:4] == [
+        "listed", BL, ("127.0.0.2", "127.0.0.4"),
+        "Spam source, see https://bl.dnsbl.test/q?192.0.2.7"]
 
 
 # ---- failures and time ----------------------------------------------------------------------
@@ -144,6 +205,24 @@ def test_a_silent_zone_is_temperror_with_time_left(script, server):
     assert time.monotonic() - start < 1.0
 
 
+def test_the_most_zones_that_are_silent_end_in_temperror_with_time_left(script, server):
+    silent = [f"z{i}.{SILENT}" for i in range(32)]
+    for zone in silent:
+        server.drop(f"7.2.0.192.{zone}.")
+    start = time.monotonic()
+    assert script.call("check", "192.0.2.7", silent)[0] == "temperror"
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_check_is_charged_per_zone(server):
+    """A zone's look-up costs 8 operations, so a script cannot ask a list without bound."""
+    engine = new_engine(Limits(max_operations=200))
+    script = engine.load_source(SCRIPT.format(port=server.port), "dnsbl.vsl")
+    assert script.call("check", "127.0.0.1", [BL] * 20)[0] == "pass"
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call("check", "127.0.0.1", [BL] * 30)
+
+
 def test_a_second_check_is_answered_from_the_cache(script, server):
     for ip in ("192.0.2.7", "127.0.0.1"):
         first = script.call("check", ip, [BL, SECOND])
@@ -156,23 +235,38 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
 
 @pytest.mark.parametrize("fn, args, message", [
     ("check", ("not-an-ip", [BL]), "dnsbl::check: ip 'not-an-ip' is not an IP address"),
+    ("check", ("fe80::1%", [BL]), "ip 'fe80::1%' is not an IP address"),
     ("check", ("192.0.2.7", []), "zones must be a non-empty array"),
+    ("check", ("192.0.2.7", [BL] * 33), "zones has 33 zones: a call asks at most 32"),
     ("check", ("192.0.2.7", ["bad zone"]), "zone 'bad zone' is not a DNS name"),
     ("check", ("192.0.2.7", [""]), "zone '' is not a DNS name"),
     ("check", ("192.0.2.7", ["a..b"]), "zone 'a..b' is not a DNS name"),
     ("check", ("192.0.2.7", ["x" * 64 + ".test"]), "is not a DNS name"),
-    ("check", ("192.0.2.7", [".".join(["x" * 60] * 4) + ".tst"]), "is over 253 bytes"),
-    ("check", ("2001:db8::7", [".".join(["x" * 50] * 4)]), "the query .* is over 253 bytes"),
+    ("check", ("192.0.2.7", [".".join(["x" * 60] * 4) + ".test.example"]),
+     "zone 'x+...' is over 253 bytes"),
+    ("check", ("2001:db8::7", [".".join(["x" * 50] * 4)]),
+     "zone 'x+...' is too long to look up 2001:db8::7 in: a query name is at most 253 bytes "
+     "and the address's reversed form takes 64 of them"),
     ("check", ("192.0.2.7", [7]), "a zone map takes a map of options"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.x"]}]),
-     "code '127.0.0.x' is not a listing answer"),
-    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["10.0.0.2"]}]), "not a listing answer"),
+     "code '127.0.0.x' is not a list's answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["10.0.0.2"]}]), "not a list's answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": [{"x": 1}]}]),
+     "a code must be a string such as '127.0.0.2', not map"),
     ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.255.255.254"]}]),
      "not a listing answer"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.1"]}]),
+     r"code '127.0.0.1' is not a listing answer \(127.0.0.1 and 127.255.255.x are error"),
+    ("check", ("192.0.2.7", [{"zone": BL, "errors": ["10.0.0.1"]}]),
+     r"code '10.0.0.1' is not a list's answer \(an address in 127.0.0.0/8\)"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.1.255", "127.0.0.2"],
+                              "errors": ["127.0.1.255"]}]),
+     "zone 'bl.dnsbl.test': code '127.0.1.255' is in both its codes and its errors"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": []}]),
+     r"zone 'bl.dnsbl.test': codes is empty \(without codes, every listing code counts\)"),
     ("check", ("192.0.2.7", [{"zone": BL, "weight": "2"}]), "option 'weight' must be"),
     ("check", ("192.0.2.7", [{"name": BL}]), "unknown option 'name'"),
-    ("domain", ("localhost", [DBL]), "domain 'localhost' is not a domain"),
-    ("domain", ("[192.0.2.7]", [DBL]), r"domain '\[192.0.2.7\]' is not a DNS name"),
+    ("domain", (7, [DBL]), "option 'domain' must be a string"),
     ("score", ({"zones": [BL]},), "dnsbl::score: takes ip or domain"),
     ("score", ({"ip": "192.0.2.7", "domain": "a.test", "zones": [BL]},),
      "dnsbl::score: takes ip or domain"),
@@ -187,6 +281,8 @@ def test_add_header_records_a_result_and_refuses_anything_else(script):
     assert script.call("tag", session(), "192.0.2.8") == \
         "listed 192.0.2.8 zone=bl.dnsbl.test codes=127.0.0.3"
     assert script.call("tag", session(), "127.0.0.1") == "pass 127.0.0.1"
+    assert script.call("tag", session(), "::ffff:192.0.2.8%x\r\nBcc: a@b.example") == \
+        "listed 192.0.2.8 zone=bl.dnsbl.test codes=127.0.0.3"  # the scope is dropped
     with pytest.raises(ScriptError, match="add_header takes a dnsbl:: result as its second "
                                           "argument, not string"):
         script.call("tag", session(), "")
@@ -246,7 +342,20 @@ def test_a_tagging_policy_records_the_listing_in_x_dnsbl(server, tmp_path):
         b"(Listed: the RFC 5782 test entry)\r\n")
 
 
-def test_the_documented_policy_lints_clean():
+def documented_policy() -> str:
     page = (Path(__file__).parent.parent / "docs" / "anti-abuse-dnsbl.md").read_text()
-    policy = page.split("```rust\n", 1)[1].split("```", 1)[0]
-    assert Linter(new_engine(), entry_points()).lint_source(policy, "doc.vsl", None) == []
+    return page.split("```rust\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_policy_lints_clean():
+    assert Linter(new_engine(), entry_points()).lint_source(documented_policy(), "doc.vsl",
+                                                            None) == []
+
+
+@pytest.mark.parametrize("helo, code", [
+    ("client.example", 250), ("[127.0.0.1]", 250), ("[IPv6:::1]", 250), ("192.0.2.1", 250),
+    ("localhost", 250), ("spammer.example", 550)])
+def test_the_documented_policy_refuses_only_a_listed_helo(server, tmp_path, helo, code):
+    policy = documented_policy().replace('"dbl.example"', f'"{DBL}"')
+    with running(_config(tmp_path, server, policy)) as smtp_server:
+        assert Raw(smtp_server, source="127.0.0.1").cmd(f"EHLO {helo}")[0] == code
