@@ -105,7 +105,7 @@ def _suffixes(domain: str):
     return (".".join(labels[start:]) for start in range(len(labels)))
 
 
-def whitelist(entries) -> Whitelist:
+def whitelist_of(entries) -> Whitelist:
     """The whitelist of a script's ``whitelist`` option, its entries checked to be strings."""
     for entry in entries:
         if not isinstance(entry, str):
@@ -201,7 +201,7 @@ def _checked(options) -> dict:
         if right is not None and not right(value):
             raise ScriptError(f"greylist::check: {name} must be {wanted}, not {value!r}")
     if "whitelist" in opts:
-        opts["whitelist"] = whitelist(opts["whitelist"])
+        opts["whitelist"] = whitelist_of(opts["whitelist"])
     return opts
 
 
