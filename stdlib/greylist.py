@@ -10,19 +10,30 @@
 The first attempt of a triplet (client network, sender, recipient) is ``greylisted``
 for ``delay`` seconds; a retry after the delay and within ``retry_window`` of the first
 attempt passes, and the triplet then passes for ``expire`` seconds, renewed by each
-pass; a retry after the window starts over. A client network with ``auto_whitelist``
-successful retries is ``whitelisted`` for ``expire`` seconds (renewed by each use);
-the ``whitelist`` option's networks (the client) and domains and addresses (the
-recipient) are ``whitelisted`` without asking the store. A store that cannot answer
-gives ``temperror``.
+pass; a retry after the window starts over. A client network whose triplets passed
+after a retry ``auto_whitelist`` times, counted at most once an
+``auto_whitelist_interval``, is ``whitelisted`` for ``expire`` seconds (renewed by its
+mail, at most once an hour); the ``whitelist`` option's networks (the client) and
+domains and addresses (the recipient) are ``whitelisted`` without asking the store. A
+store that cannot answer gives ``temperror``.
 """
-# The state, in the engine's StateStore (bound by namespace_for), every key expiring:
-#   greylist:<key kind>:<network>:<digest> -> the first attempt's time, for retry_window;
-#       then "passed", for expire (set again by each pass)
-#   greylist:awl:<network> -> the network's successful retries, for expire (set again
-#       by each whitelisted pass once it reached auto_whitelist)
-# The digest (of the lower-cased sender and recipient) keeps every key short whatever the
-# addresses, and keeps the addresses out of the store (postgrey's --privacy).
+# Design: the state, in the engine's StateStore (bound by namespace_for), every key
+# expiring; <triplet> is <key kind>:<network>:<digest>:
+#   greylist:seen:<triplet> -> the first attempt's time, for retry_window (deleted by the
+#       first pass, so that a triplet whose pass expired starts over)
+#   greylist:passed:<triplet> -> "passed", for expire (set again by each pass)
+#   greylist:counted:<network> -> a retry of the network was counted, for
+#       auto_whitelist_interval
+#   greylist:retries:<network> -> the network's counted retries, for expire
+#   greylist:whitelisted:<network> -> when it was auto-whitelisted or last renewed, for
+#       expire
+# Processes share the store and interleave, so each decision that must happen once is one
+# atomic set-if-absent: the first attempt's time, the triplet's first pass (only the
+# process that makes the passed key counts the retry), and the network's count of an
+# interval. The digest (of the lower-cased sender and recipient) keeps every key short
+# whatever the addresses, and keeps the addresses out of the store (postgrey's --privacy).
+# A store that hangs or fails raises StateUnavailable within the script's network time
+# (the stores' own io_time_left bound), which is temperror here.
 from __future__ import annotations
 
 import hashlib
@@ -34,17 +45,20 @@ from functools import lru_cache
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.resolve import DYNAMIC
+from vsl.values import type_name
 
 from .ctx import Context, Stage
-from .support.mail import AddressError, Mailbox
+from .support.mail import AddressError, Mailbox, domain_key
 from .support.options import Options
 from .support.result import CheckResult
 from .support.state import StateStore, StateUnavailable
 
 namespace = Namespace("greylist", "Greylisting (postgrey's triplets) in on_rcpt_to")
 
-KEY_KINDS = {"triplet": True, "client_sender": False}  # kind -> whether the recipient counts
+KEY_KINDS = ("triplet", "client_sender")
 PASSED = "passed"
+RENEW_INTERVAL = 3600  # seconds: an auto-whitelisted network's entry is written at most this often
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _NUMBER = (int, float)
 
 
@@ -67,40 +81,55 @@ namespace.register_type(GreylistResult)
 class Whitelist:
     """Who is never greylisted: client networks, and recipient domains (with their
     subdomains), addresses and local parts (``postmaster@``), as postgrey's
-    whitelist_clients and whitelist_recipients."""
+    whitelist_clients and whitelist_recipients. Domains are kept as lower-cased A-labels
+    (:func:`domain_key`), addresses as (lower-cased local part, domain)."""
 
     networks: tuple = ()
     domains: frozenset = frozenset()
     addresses: frozenset = frozenset()
     local_parts: frozenset = frozenset()
 
-    def covers(self, client: ipaddress.IPv4Address | ipaddress.IPv6Address, rcpt) -> bool:
-        """Whether the client address or the recipient (a Mailbox) is whitelisted."""
+    def covers(self, client: ipaddress.IPv4Address | ipaddress.IPv6Address,
+               rcpt: Mailbox) -> bool:
+        """Whether the client address or the recipient is whitelisted."""
         if any(client in network for network in self.networks):
             return True
-        domain = rcpt.domain.lower()
-        return (rcpt.address.lower() in self.addresses
-                or rcpt.local_part.lower() in self.local_parts
-                or any(domain == d or domain.endswith("." + d) for d in self.domains))
+        local, domain = rcpt.local_part.lower(), domain_key(rcpt.domain)
+        return ((local, domain) in self.addresses or local in self.local_parts
+                or any(suffix in self.domains for suffix in _suffixes(domain)))
+
+
+def _suffixes(domain: str):
+    """The domain and each domain it is under (``a.b.example``, ``b.example``, ``example``)."""
+    labels = domain.split(".")
+    return (".".join(labels[start:]) for start in range(len(labels)))
+
+
+def whitelist_of(entries) -> Whitelist:
+    """The whitelist of a script's ``whitelist`` option, its entries checked to be strings."""
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ScriptError("greylist::check: whitelist entries are strings, not "
+                              f"{type_name(entry)}")
+    return parse_whitelist(tuple(entries))
 
 
 @lru_cache(maxsize=256)
-def parse_whitelist(entries: tuple) -> Whitelist:
+def parse_whitelist(entries: tuple[str, ...]) -> Whitelist:
     """The whitelist of ``entries``: ``"192.0.2.0/24"`` or an address (the client),
     ``"example.com"`` (a recipient domain and its subdomains), ``"user@example.com"``
     (a recipient), ``"postmaster@"`` (that local part at any domain)."""
     networks, domains, addresses, local_parts = [], set(), set(), set()
     for entry in entries:
-        if not isinstance(entry, str) or not entry:
-            raise ScriptError(f"greylist::check: whitelist entries are strings, not {entry!r}")
         if entry.endswith("@") and entry.count("@") == 1 and len(entry) > 1:
             local_parts.add(entry[:-1].lower())
         elif "@" in entry:
-            addresses.add(_whitelisted(entry, entry).address.lower())
+            mailbox = _whitelisted(entry, entry)
+            addresses.add((mailbox.local_part.lower(), domain_key(mailbox.domain)))
         elif "/" in entry or ":" in entry or entry.replace(".", "").isdigit():
             networks.append(_network(entry))
         else:
-            domains.add(_whitelisted(f"postmaster@{entry}", entry).domain.lower())
+            domains.add(domain_key(_whitelisted(f"postmaster@{entry}", entry).domain))
     return Whitelist(tuple(networks), frozenset(domains), frozenset(addresses),
                      frozenset(local_parts))
 
@@ -113,12 +142,18 @@ def _whitelisted(address: str, entry: str) -> Mailbox:
                           "a domain or an address") from None
 
 
-def _network(entry: str):
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network of an entry; IPv4-mapped IPv6 (``::ffff:192.0.2.0/120``) as the IPv4
+    network it maps, since clients are compared as IPv4 (:func:`client_address`)."""
     try:
-        return ipaddress.ip_network(entry, strict=False)
+        network = ipaddress.ip_network(entry, strict=False)
     except ValueError:
         raise ScriptError(f"greylist::check: whitelist entry '{entry}' is not an IP network "
                           "(CIDR)") from None
+    if network.version == 6 and network.subnet_of(IPV4_MAPPED):
+        return ipaddress.IPv4Network((network.network_address.ipv4_mapped,
+                                      network.prefixlen - IPV4_MAPPED.prefixlen))
+    return network
 
 
 @dataclass(frozen=True)
@@ -130,19 +165,21 @@ class Settings:
     expire: float = 35 * 86400
     key: str = "triplet"
     auto_whitelist: int = 5
+    auto_whitelist_interval: float = 3600
     ipv4_prefix: int = 24
     ipv6_prefix: int = 64
     whitelist: Whitelist = Whitelist()
 
 
 _CHECK = Options({}, {"delay": _NUMBER, "retry_window": _NUMBER, "expire": _NUMBER,
-                      "key": str, "auto_whitelist": int, "ipv4_prefix": int,
-                      "ipv6_prefix": int, "whitelist": (list, tuple)})
+                      "key": str, "auto_whitelist": int, "auto_whitelist_interval": _NUMBER,
+                      "ipv4_prefix": int, "ipv6_prefix": int, "whitelist": (list, tuple)})
 _RULES = {  # option -> (whether a value is right, what it must be)
     "delay": (lambda v: v >= 0, "0 or more seconds"),
     "expire": (lambda v: v > 0, "more than 0 seconds"),
     "key": (lambda v: v in KEY_KINDS, " or ".join(f"'{kind}'" for kind in KEY_KINDS)),
     "auto_whitelist": (lambda v: v >= 0, "0 (off) or more"),
+    "auto_whitelist_interval": (lambda v: v > 0, "more than 0 seconds"),
     "ipv4_prefix": (lambda v: 0 <= v <= 32, "0 to 32"),
     "ipv6_prefix": (lambda v: 0 <= v <= 128, "0 to 128"),
 }
@@ -164,7 +201,7 @@ def _checked(options) -> dict:
         if right is not None and not right(value):
             raise ScriptError(f"greylist::check: {name} must be {wanted}, not {value!r}")
     if "whitelist" in opts:
-        opts["whitelist"] = parse_whitelist(tuple(opts["whitelist"]))
+        opts["whitelist"] = whitelist_of(opts["whitelist"])
     return opts
 
 
@@ -205,13 +242,13 @@ def client_network(address, prefix: int) -> str:
 
 
 def triplet_key(network: str, ctx: Context, kind: str) -> str:
-    """The store key of the client network, the sender (``<>`` for the null sender) and,
-    for ``triplet``, the recipient; the addresses lower-cased and digested."""
+    """``<kind>:<network>:<digest>``: the client network, and the digest of the sender
+    (``<>`` for the null sender) and, for ``triplet``, the recipient, lower-cased."""
     parts = [ctx.sender.address.lower() or "<>"]
-    if KEY_KINDS[kind]:
+    if kind == "triplet":
         parts.append(ctx.rcpt.address.lower())
     digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
-    return f"greylist:{kind}:{network}:{digest}"
+    return f"{kind}:{network}:{digest}"
 
 
 async def greylist(store: StateStore, ctx: Context, found: Settings) -> GreylistResult:
@@ -230,48 +267,68 @@ async def greylist(store: StateStore, ctx: Context, found: Settings) -> Greylist
 
 
 async def _auto_whitelisted(store: StateStore, network: str, found: Settings) -> bool:
-    """Whether the network has retried successfully ``auto_whitelist`` times (then its
-    entry lives ``expire`` seconds more)."""
-    key = _awl_key(network)
-    count = await store.get(key)
-    if count is None or int(count) < found.auto_whitelist:
+    """Whether the network is auto-whitelisted; its entry then lives ``expire`` seconds
+    more, written again at most once a RENEW_INTERVAL."""
+    key = f"greylist:whitelisted:{network}"
+    renewed = await store.get(key)
+    if renewed is None:
         return False
-    await store.set(key, count, found.expire)
+    now = store.clock()
+    if now - float(renewed) >= RENEW_INTERVAL:
+        await store.set(key, repr(now), found.expire)
     return True
 
 
-def _awl_key(network: str) -> str:
-    return f"greylist:awl:{network}"
-
-
-async def _triplet(store: StateStore, key: str, network: str, found: Settings) -> GreylistResult:
+async def _triplet(store: StateStore, triplet: str, network: str,
+                   found: Settings) -> GreylistResult:
     """Greylisted until ``delay`` seconds after the first attempt, then passed (a retry
     after ``retry_window`` finds the first attempt expired, and starts over)."""
+    passed, seen = f"greylist:passed:{triplet}", f"greylist:seen:{triplet}"
+    if await store.get(passed) is not None:
+        await store.set(passed, PASSED, found.expire)
+        return GreylistResult("pass")
+    waited = await _since_first_attempt(store, seen, found)
+    if waited is None or waited < found.delay:
+        return GreylistResult("greylisted", math.ceil(found.delay - (waited or 0)))
+    if await store.set(passed, PASSED, found.expire, only_if_absent=True):
+        await store.delete(seen)  # the first pass: once, however many processes retry
+        if found.auto_whitelist:
+            await _count_retry(store, network, found)
+    return GreylistResult("pass")
+
+
+async def _since_first_attempt(store: StateStore, key: str, found: Settings) -> float | None:
+    """Seconds since the triplet's first attempt, or None when this is it (then stored)."""
     now = store.clock()
     seen = await store.get(key)
     if seen is None:
         if await store.set(key, repr(now), found.retry_window, only_if_absent=True):
-            return GreylistResult("greylisted", math.ceil(found.delay))
+            return None
         seen = await store.get(key) or repr(now)  # another process's first attempt
-    if seen != PASSED:
-        waited = now - float(seen)
-        if waited < found.delay:
-            return GreylistResult("greylisted", math.ceil(found.delay - waited))
-        if found.auto_whitelist:
-            await store.incr(_awl_key(network), 1, found.expire)
-    await store.set(key, PASSED, found.expire)
-    return GreylistResult("pass")
+    return now - float(seen)
+
+
+async def _count_retry(store: StateStore, network: str, found: Settings) -> None:
+    """Count a successful retry of the network, at most one an
+    ``auto_whitelist_interval``; the ``auto_whitelist``-th whitelists it."""
+    if not await store.set(f"greylist:counted:{network}", "1",
+                           found.auto_whitelist_interval, only_if_absent=True):
+        return
+    if await store.incr(f"greylist:retries:{network}", 1, found.expire) >= found.auto_whitelist:
+        await store.set(f"greylist:whitelisted:{network}", repr(store.clock()), found.expire)
 
 
 @namespace.native(options=_CHECK.keys, uses="rcpt", check=_lint)
 async def check(ctx, options=None, *, store: StateStore) -> GreylistResult:
-    """check(ctx [, #{ delay, retry_window, expire, key, auto_whitelist, whitelist,
-    ipv4_prefix, ipv6_prefix }]): greylist the current recipient (on_rcpt_to only).
+    """check(ctx [, #{ delay, retry_window, expire, key, auto_whitelist,
+    auto_whitelist_interval, whitelist, ipv4_prefix, ipv6_prefix }]): greylist the current
+    recipient (on_rcpt_to only).
 
     ``.value``: ``greylisted`` (``.retry_in``: seconds until a retry passes), ``pass``,
     ``whitelisted`` or ``temperror`` (the state store did not answer: temp-fail then).
     Defaults: ``delay`` 300 s, ``retry_window`` 2 days, ``expire`` 35 days, ``key``
     ``"triplet"`` (or ``"client_sender"``), ``auto_whitelist`` 5 retries (0: off),
+    counted at most once an ``auto_whitelist_interval`` (3600 s) per client network,
     prefixes /24 and /64; ``whitelist``: client networks, recipient domains and
     addresses (``"postmaster@"``). See docs/anti-abuse-greylist.md."""
     if not isinstance(ctx, Context):

@@ -2,14 +2,21 @@
 (tests/test_greylist_server.py runs it through a real `vsl serve`)."""
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 import pytest
 
 from tests.support.contexts import session
 from vsl.errors import ScriptError
-from vsl.stdlib import new_engine
+from vsl.limits import Limits
+from vsl.stdlib import greylist, new_engine
 from vsl.stdlib.ctx import Stage
 from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.support.state import MAX_KEY_BYTES, MemoryStore, StateStore, StateUnavailable
+from vsl.stdlib.support.state.redis_store import RedisStore
+from vsl.stdlib.support.state.sqlite_store import SqliteStore, connect
 
 SCRIPT = """
 fn check(ctx, options) {
@@ -29,14 +36,54 @@ class Unavailable(StateStore):
     get = set = delete = incr
 
 
+class Yielding(MemoryStore):
+    """A MemoryStore whose operations yield to the event loop, as the stores on a thread
+    or the network do, and whose clock moves ``tick`` seconds at each."""
+
+    def __init__(self, tick: float = 0.0):
+        super().__init__(clock=lambda: self.now)
+        self.now, self.tick = 1_000_000.0, tick
+
+    async def _yield(self):
+        await asyncio.sleep(0)
+        self.now += self.tick
+
+    async def incr(self, key, amount, ttl):
+        await self._yield()
+        return await super().incr(key, amount, ttl)
+
+    async def get(self, key):
+        await self._yield()
+        return await super().get(key)
+
+    async def set(self, key, value, ttl, *, only_if_absent=False):
+        await self._yield()
+        return await super().set(key, value, ttl, only_if_absent=only_if_absent)
+
+
+class Writes(MemoryStore):
+    """A MemoryStore that counts the writes (set and incr) it is asked for."""
+
+    writes = 0
+
+    async def incr(self, key, amount, ttl):
+        self.writes += 1
+        return await super().incr(key, amount, ttl)
+
+    async def set(self, key, value, ttl, *, only_if_absent=False):
+        self.writes += 1
+        return await super().set(key, value, ttl, only_if_absent=only_if_absent)
+
+
 class Greylist:
     """One engine and its store, whose clock ``later()`` moves; ``check(...)`` runs
     greylist::check for one recipient."""
 
-    def __init__(self, store: StateStore | None = None):
+    def __init__(self, store: StateStore | None = None, limits: Limits | None = None,
+                 store_class: type[MemoryStore] = MemoryStore):
         self.now = 1_000_000.0
-        self.store = store or MemoryStore(clock=lambda: self.now)
-        self.script = new_engine(state=self.store).load_source(SCRIPT, "greylist.vsl")
+        self.store = store or store_class(clock=lambda: self.now)
+        self.script = new_engine(limits, state=self.store).load_source(SCRIPT, "greylist.vsl")
 
     def check(self, ip="192.0.2.1", sender="alice@a.example", rcpt="bob@b.example",
               stage=Stage.RCPT_TO, **options) -> list:
@@ -138,21 +185,106 @@ def test_client_sender_key_ignores_the_recipient(grey):
     assert grey.value(delay=60, key="triplet", rcpt="dave@d.example") == "greylisted"
 
 
-def test_auto_whitelist_after_n_successful_retries(grey):
-    options = {"delay": 60, "auto_whitelist": 3, "expire": 5000}
+def test_auto_whitelist_after_n_successful_retries_an_interval_apart(grey):
+    options = {"delay": 60, "auto_whitelist": 3, "auto_whitelist_interval": 600,
+               "expire": 5000}
     for n in range(3):
         grey.check(rcpt=f"r{n}@b.example", **options)
         grey.later(60)
         assert grey.value(rcpt=f"r{n}@b.example", **options) == "pass"
         assert grey.value(rcpt=f"new{n}@b.example", ip="192.0.2.77", **options) == \
             ("whitelisted" if n == 2 else "greylisted")
+        grey.later(600)
     assert grey.value(ip="192.0.3.1", rcpt="new@b.example", **options) == "greylisted"
-    grey.later(4999)
+    grey.later(4999 - 600)
     assert grey.value(rcpt="other@b.example", **options) == "whitelisted"  # renews it
     grey.later(4999)
     assert grey.value(rcpt="other@b.example", **options) == "whitelisted"
     grey.later(5000)
     assert grey.value(rcpt="other@b.example", **options) == "greylisted"
+
+
+@pytest.mark.parametrize("rcpts", [
+    [f"u{n}@victim.example" for n in range(5)],
+    [f"bob+{n}@victim.example" for n in range(5)],
+])
+def test_one_message_to_many_recipients_retried_counts_one_retry(grey, rcpts):
+    options = {"delay": 300, "auto_whitelist": 5}
+    for _ in range(2):  # the first attempt, then its retry after the delay
+        assert {grey.value(ip="203.0.113.9", rcpt=rcpt, **options) for rcpt in rcpts} <= \
+            {"greylisted", "pass"}
+        grey.later(300)
+    assert grey.value(ip="203.0.113.200", rcpt="anyone@victim.example", **options) == \
+        "greylisted"
+    assert grey.store._entries["greylist:retries:203.0.113.0/24"][0] == "1"
+
+
+def test_the_retries_of_an_interval_count_once_whatever_the_recipients(grey):
+    options = {"delay": 60, "auto_whitelist": 2, "auto_whitelist_interval": 3600}
+    for rcpt in ("one@b.example", "two@b.example"):
+        grey.check(rcpt=rcpt, **options)
+    grey.later(60)
+    assert grey.value(rcpt="one@b.example", **options) == "pass"
+    grey.later(3599 - 60)
+    assert grey.value(rcpt="two@b.example", **options) == "pass"  # the same interval
+    assert grey.value(rcpt="three@b.example", **options) == "greylisted"
+    grey.later(61)
+    assert grey.value(rcpt="three@b.example", **options) == "pass"  # the next one: counts
+    assert grey.value(rcpt="four@b.example", **options) == "whitelisted"
+
+
+@pytest.mark.parametrize("tick, interval", [(0.0, 3600), (1.0, 0.5)])
+def test_concurrent_retries_of_one_triplet_count_once(tick, interval):
+    """Retries seen at once by several tasks of a store whose calls yield: one first pass.
+    With the clock ticking past the interval at each call, only the triplet's own
+    set-if-absent keeps the count at one."""
+    store = Yielding(tick)
+    found = greylist.settings({"delay": 60, "auto_whitelist": 5,
+                               "auto_whitelist_interval": interval})
+
+    async def retries():
+        ctx = session(Stage.RCPT_TO)
+        assert (await greylist.greylist(store, ctx, found)).value == "greylisted"
+        store.now += 60
+        results = await asyncio.gather(*(greylist.greylist(store, ctx, found)
+                                         for _ in range(5)))
+        return [result.value for result in results], await store.get(
+            "greylist:retries:192.0.2.0/24")
+    assert asyncio.run(retries()) == (["pass"] * 5, "1")
+
+
+def test_concurrent_retries_of_one_triplet_count_once_in_sqlite(tmp_path):
+    now = [1_000_000.0]
+    found = greylist.settings({"delay": 60, "auto_whitelist": 5})
+
+    async def retries():
+        store = SqliteStore(tmp_path / "state.sqlite", clock=lambda: now[0])
+        try:
+            ctx = session(Stage.RCPT_TO)
+            await greylist.greylist(store, ctx, found)
+            now[0] += 60
+            results = await asyncio.gather(*(greylist.greylist(store, ctx, found)
+                                             for _ in range(2)))
+            return [r.value for r in results], await store.get("greylist:retries:192.0.2.0/24")
+        finally:
+            await store.close()
+    assert asyncio.run(retries()) == (["pass", "pass"], "1")
+
+
+def test_an_auto_whitelisted_network_is_written_at_most_once_an_hour():
+    grey = Greylist(store_class=Writes)
+    options = {"delay": 60, "auto_whitelist": 1}
+    grey.check(**options)
+    grey.later(60)
+    assert grey.value(**options) == "pass"
+    writes = grey.store.writes
+    for n in range(10):
+        assert grey.value(rcpt=f"r{n}@b.example", **options) == "whitelisted"
+        grey.later(300)  # 3000 s in all
+    assert grey.store.writes == writes
+    grey.later(600)
+    assert grey.value(**options) == "whitelisted"
+    assert grey.store.writes == writes + 1  # renewed: an hour since it was whitelisted
 
 
 def test_passes_of_a_passed_triplet_are_not_retries(grey):
@@ -171,7 +303,7 @@ def test_auto_whitelist_zero_is_off(grey):
         grey.later(60)
         grey.check(rcpt=f"r{n}@b.example", **options)
     assert grey.value(rcpt="new@b.example", **options) == "greylisted"
-    assert not any(key.startswith("greylist:awl:") for key in grey.store._entries)
+    assert {key.split(":")[1] for key in grey.store._entries} == {"passed", "seen"}
 
 
 @pytest.mark.parametrize("whitelist, listed, unlisted", [
@@ -183,6 +315,13 @@ def test_auto_whitelist_zero_is_off(grey):
     (["Postmaster@"], dict(rcpt="postmaster@any.example"), dict(rcpt="abuse@any.example")),
     (["bob@b.example"], dict(rcpt="Bob@b.example"), dict(rcpt="bobby@b.example")),
     (["a.example"], dict(rcpt="x@a.example"), dict(sender="x@a.example")),  # not the sender
+    (["::ffff:192.0.2.0/120"], dict(ip="192.0.2.9"), dict(ip="192.0.3.9")),  # IPv4-mapped
+    (["::ffff:192.0.2.0/120"], dict(ip="::ffff:192.0.2.9"), dict(ip="::ffff:192.0.3.9")),
+    (["::ffff:192.0.2.7"], dict(ip="192.0.2.7"), dict(ip="192.0.2.8")),
+    (["bücher.example"], dict(rcpt="x@xn--bcher-kva.example"), dict(rcpt="x@bucher.example")),
+    (["xn--bcher-kva.example"], dict(rcpt="x@sub.Bücher.example"), dict(rcpt="x@b.example")),
+    (["bob@bücher.example"], dict(rcpt="Bob@XN--BCHER-KVA.example"),
+     dict(rcpt="bob@b.example")),
 ])
 def test_whitelist(whitelist, listed, unlisted):
     grey = Greylist(Unavailable())  # a whitelisted client or recipient never asks the store
@@ -196,6 +335,35 @@ def test_a_store_that_does_not_answer_gives_temperror():
     assert Greylist(Unavailable()).value(auto_whitelist=0) == "temperror"
 
 
+def test_a_locked_sqlite_file_is_temperror_before_the_scripts_deadline(tmp_path):
+    """Another process holds the write lock past the script's time: the store's wait
+    ends by the script call's network deadline, and the script handles temperror."""
+    path = tmp_path / "state.sqlite"
+    holder = connect(path)
+    holder.execute("BEGIN IMMEDIATE")
+    store = SqliteStore(path)
+    try:
+        grey = Greylist(store, Limits(max_time=1.0))
+        started = time.monotonic()
+        assert grey.value() == "temperror"
+        assert time.monotonic() - started < 1.0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        asyncio.run(store.close())
+
+
+def test_a_silent_redis_is_temperror_before_the_scripts_deadline():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        store = RedisStore(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout=30)
+        grey = Greylist(store, Limits(max_time=1.0))
+        started = time.monotonic()
+        assert grey.value() == "temperror"
+        assert time.monotonic() - started < 1.0
+
+
 def test_every_key_is_short_and_expires(grey):
     long_local = "x" * 64
     long_domain = ".".join(["d" * 63] * 3) + ".example"
@@ -205,7 +373,8 @@ def test_every_key_is_short_and_expires(grey):
     grey.check(sender=f"{long_local}@{long_domain}", rcpt=f"{long_local}@{long_domain}",
                delay=60, auto_whitelist=1)
     entries = grey.store._entries
-    assert {key.split(":")[1] for key in entries} == {"triplet", "awl"}
+    assert {key.split(":")[1] for key in entries} == \
+        {"passed", "counted", "retries", "whitelisted"}
     assert all(len(key.encode()) <= MAX_KEY_BYTES for key in entries)
     assert all(expires < float("inf") for _, expires in entries.values())
     assert not any(long_local in key for key in entries)  # addresses are digested
@@ -243,7 +412,11 @@ def test_other_stages_are_refused(grey, stage):
     ({"ipv6_prefix": 129}, "ipv6_prefix must be 0 to 128"),
     ({"whitelist": ["10.0.0.0/8", "10.0.0.0/40"]}, "'10.0.0.0/40' is not an IP network"),
     ({"whitelist": ["bad_domain!"]}, "'bad_domain!' is not a network, a domain or an address"),
-    ({"whitelist": [3]}, "whitelist entries are strings, not 3"),
+    ({"whitelist": [3]}, "whitelist entries are strings, not i64"),
+    ({"whitelist": [["192.0.2.0/24"]]}, "whitelist entries are strings, not array"),
+    ({"whitelist": [{"x": 1}]}, "whitelist entries are strings, not map"),
+    ({"whitelist": [""]}, "whitelist entry '' is not a network, a domain or an address"),
+    ({"auto_whitelist_interval": 0}, "auto_whitelist_interval must be more than 0 seconds"),
     ({"delay": "5"}, "option 'delay' must be"),
     ({"dely": 5}, "unknown option 'dely'"),
 ])

@@ -1,6 +1,7 @@
-"""greylist:: end to end: a real `vsl serve` on loopback (its engine keeps one MemoryStore
-for its life) and smtplib as the client, with delays of a second so that no test waits
-long (tests/test_greylist.py checks every rule with a fake clock)."""
+"""greylist:: end to end: a real `vsl serve` on loopback (its state in the default
+`[state]`, an SQLite file beside the spool) and smtplib as the client, with delays of a
+second so that no test waits long (tests/test_greylist.py checks every rule with a fake
+clock)."""
 from __future__ import annotations
 
 import time
@@ -13,7 +14,8 @@ from tests.support.smtp_tools import client
 POLICY = """
 fn on_rcpt_to(ctx) {
     let g = greylist::check(ctx, #{ delay: 1, retry_window: 30, expire: 1.5,
-                                    auto_whitelist: %d, whitelist: ["postmaster@"] });
+                                    auto_whitelist: %d, auto_whitelist_interval: 0.2,
+                                    whitelist: ["postmaster@"] });
     if g.value == "greylisted" {
         return status::deny(`451 4.7.1 Greylisted, try again in ${g.retry_in} s`)
     }
@@ -23,6 +25,7 @@ fn on_rcpt_to(ctx) {
 """
 DELAY = 1.0
 EXPIRE = 1.5
+INTERVAL = 0.2  # auto_whitelist_interval
 
 
 @pytest.fixture
@@ -60,6 +63,15 @@ def test_greylisted_then_passed_after_the_delay_then_expired(serve):
         assert attempt(server)[0] == 451  # the triplet expired: greylisted again
 
 
+def test_the_state_survives_a_restart(serve):
+    with serve() as server:
+        first = time.monotonic()
+        assert attempt(server)[0] == 451
+    time.sleep(max(0.0, first + DELAY + 0.1 - time.monotonic()))
+    with serve() as server:
+        assert attempt(server)[0] == 250
+
+
 def test_each_recipient_is_its_own_triplet(serve):
     with serve() as server:
         start = time.monotonic()
@@ -77,8 +89,10 @@ def test_the_client_is_whitelisted_after_n_successful_retries(serve):
         assert attempt(server, rcpt="two@example.test")[0] == 451
         time.sleep(max(0.0, start + DELAY + 0.1 - time.monotonic()))
         assert attempt(server, rcpt="one@example.test")[0] == 250
+        counted = time.monotonic()
         assert attempt(server, rcpt="brand-new@example.test")[0] == 451  # one retry only
-        assert attempt(server, rcpt="two@example.test")[0] == 250
+        time.sleep(max(0.0, counted + INTERVAL + 0.1 - time.monotonic()))
+        assert attempt(server, rcpt="two@example.test")[0] == 250  # the next interval
         assert attempt(server, rcpt="never-seen@example.test")[0] == 250  # whitelisted
 
 

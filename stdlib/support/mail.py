@@ -46,7 +46,7 @@ class Mailbox(NativeObject):
         self.local_part, self.domain = local_part, domain  # local part unquoted
         local = local_part if _DOT_STRING.fullmatch(local_part) else _quote(local_part)
         self.address = f"{local}@{domain}" if domain else ""  # canonical; "" for null
-        self._key = (local_part, _domain_key(domain))
+        self._key = (local_part, domain_key(domain))
 
     @classmethod
     def parse(cls, text: str) -> "Mailbox":
@@ -136,7 +136,7 @@ def _a_label(label: str) -> str:
     return label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
 
 
-def _domain_key(domain: str) -> str:
+def domain_key(domain: str) -> str:
     """What domains compare by: case-insensitive, U-label = A-label, IPs normalised."""
     if domain.startswith("["):
         ip = _ip_literal(domain, domain)
