@@ -19,7 +19,7 @@ from vsl.stdlib.support.state.sqlite_store import SqliteStore
 from vsl.stdlib.support.state.urls import redacted, url_problem
 from tests.support.redis import PrivateRedis
 
-TTL = 1.0  # seconds: long enough for a loaded machine to do a few calls, short to wait out
+TTL = 0.3  # seconds: a key that must expire (no test needs a call done within it)
 
 
 @pytest.fixture(scope="module")
@@ -59,43 +59,72 @@ def key() -> str:
 
 
 def test_incr_counts_and_expires(store_factory):
-    k = key()
+    k, short = key(), key()
 
     async def scenario(store):
-        assert await store.incr(k, 1, TTL) == 1
-        assert await store.incr(k, 2, 60) == 3  # an existing key keeps its expiry
+        assert await store.incr(k, 1, 60) == 1
+        assert await store.incr(k, 2, 60) == 3
         assert await store.get(k) == "3"
+        assert await store.incr(short, 1, TTL) == 1
+        assert await store.incr(short, 1, 60) >= 1  # an existing key keeps its expiry
         await asyncio.sleep(TTL + 0.1)
-        assert await store.get(k) is None
-        assert await store.incr(k, 5, 60) == 5  # counted again from 0
+        assert await store.get(short) is None
+        assert await store.incr(short, 5, 60) == 5  # counted again from 0
     run(store_factory, scenario)
 
 
-def test_incr_and_get_reads_the_other_key(store_factory):
-    k, other = key(), key()
+def test_count_in_window_counts_only_what_fits_and_reads_the_previous(store_factory):
+    prefix = key() + ":"
 
     async def scenario(store):
-        assert await store.incr_and_get(k, 1, 60, other) == (1, 0)
-        await store.incr(other, 7, 60)
-        assert await store.incr_and_get(k, 1, 60, other) == (2, 7)
-    run(store_factory, scenario)
+        first = await store.count_in_window(prefix, 60, 1, 2)
+        index = int(first.now // 60)
+        await store.incr(f"{prefix}{index - 1}", 1, 60)
+        second = await store.count_in_window(prefix, 60, 1, 3)
+        refused = await store.count_in_window(prefix, 60, 1, 2)
+        return first, second, refused, await store.get(f"{prefix}{index}")
+    first, second, refused, stored = run(store_factory, scenario)
+    assert (first.current, first.previous, first.counted) == (1, 0, True)
+    assert (second.current, second.previous) == (2, 1)  # (the test may cross a minute)
+    assert not refused.counted and refused.current == 2 and stored == "2"
+
+
+def test_count_in_window_with_amount_0_only_reads(store_factory):
+    prefix = key() + ":"
+
+    async def scenario(store):
+        seen = await store.count_in_window(prefix, 60, 0, 5)
+        return seen, await store.get(f"{prefix}{int(seen.now // 60)}")
+    seen, stored = run(store_factory, scenario)
+    assert (seen.current, seen.previous, seen.counted, stored) == (0, 0, False, None)
+
+
+def test_the_keys_of_count_in_window_expire(store_factory):
+    prefix = key() + ":"
+
+    async def scenario(store):
+        seen = await store.count_in_window(prefix, 1, 1, 5)
+        await asyncio.sleep(2.2)  # kept 2 windows
+        return await store.get(f"{prefix}{int(seen.now)}")
+    assert run(store_factory, scenario) is None
 
 
 def test_set_get_only_if_absent_and_delete(store_factory):
-    k = key()
+    k, short = key(), key()
 
     async def scenario(store):
         assert await store.get(k) is None
-        assert await store.set(k, "first", TTL, only_if_absent=True)
+        assert await store.set(k, "first", 60, only_if_absent=True)
         assert not await store.set(k, "second", 60, only_if_absent=True)
         assert await store.get(k) == "first"
-        await asyncio.sleep(TTL + 0.1)
-        assert await store.set(k, "third", 60, only_if_absent=True)  # the old one expired
         assert await store.set(k, "fourth", 60)
         assert await store.get(k) == "fourth"
         await store.delete(k)
         await store.delete(k)  # absent: nothing happens
         assert await store.get(k) is None
+        assert await store.set(short, "first", TTL, only_if_absent=True)
+        await asyncio.sleep(TTL + 0.1)
+        assert await store.set(short, "third", 60, only_if_absent=True)  # the old one expired
     run(store_factory, scenario)
 
 
