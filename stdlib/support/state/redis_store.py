@@ -25,6 +25,7 @@ from . import FailureLog, StateStore, StateUnavailable, WindowCount
 from .urls import redacted
 
 MAX_CONNECTIONS = 32  # per store (one process); more callers wait for one, within timeout
+DEFAULT_TIMEOUT = 1.0  # seconds an operation may take
 
 _INCR = """
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -67,7 +68,7 @@ class RedisStore(StateStore):
     """The state in the Redis server at ``url``; each operation waits ``timeout`` seconds
     at most. Connects on first use."""
 
-    def __init__(self, url: str, timeout: float = 1.0):
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT):
         self.where, self.timeout = redacted(url), timeout
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
