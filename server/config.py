@@ -162,7 +162,8 @@ class StateConfig:
     url: str | None = None         # redis: redis[s]://[user:password@]host:port/db
     url_file: Path | None = None   # redis: a file holding the url (its password out of
                                    # vsl.toml); give url or url_file
-    timeout: float = 1.0           # redis: seconds an operation may take, then temperror
+    timeout: float | None = None   # redis: seconds an operation may take, then temperror
+                                   # (None: the store's default, 1 s)
 
 
 @dataclass(frozen=True)
@@ -307,11 +308,17 @@ def _conflicts(config: Config) -> Iterator[str]:
 def _state_conflicts(state: StateConfig) -> Iterator[str]:
     if state.backend not in STATE_BACKENDS:
         yield f"state.backend: unknown backend '{state.backend}' (use sqlite or redis)"
-    redis_keys = [key for key in ("url", "url_file") if getattr(state, key) is not None]
-    if state.backend == "redis" and len(redis_keys) != 1:
-        yield "state.url: backend \"redis\" needs one of state.url and state.url_file"
-    if state.backend == "sqlite" and redis_keys:
-        yield f"state.{redis_keys[0]}: only for backend = \"redis\""
+    redis_keys = [key for key in ("url", "url_file", "timeout")
+                  if getattr(state, key) is not None]
+    if state.backend == "redis":
+        if "url" not in redis_keys and "url_file" not in redis_keys:
+            yield "state.url: backend \"redis\" needs one of state.url and state.url_file"
+        if "url" in redis_keys and "url_file" in redis_keys:
+            yield "state.url_file: give only one of state.url and state.url_file"
+        if state.path is not None:
+            yield "state.path: only for backend = \"sqlite\""
+    if state.backend == "sqlite":
+        yield from (f"state.{key}: only for backend = \"redis\"" for key in redis_keys)
 
 
 def _listeners(value, problems: _Problems) -> tuple[Listener, ...]:

@@ -3,12 +3,16 @@ and ``greylist::`` keep their counts (each ``vsl serve`` worker, ``vsl policyd``
 ``vsl milter`` opens its own, once, and closes it when it stops)."""
 from __future__ import annotations
 
+import logging
 import sqlite3
+import stat
 
 from vsl.stdlib.support.state import StateStore
 from vsl.stdlib.support.state.sqlite_store import SqliteStore
 
 from .config import Config, ConfigError, StateConfig, redis_url
+
+log = logging.getLogger("vsl.server")
 
 
 def open_state(config: Config) -> StateStore:
@@ -16,9 +20,9 @@ def open_state(config: Config) -> StateStore:
     opened (the SQLite file) or read (``url_file``). Redis is reached on first use: an
     unreachable one is the natives' ``temperror``, not a start-up error."""
     if config.state.backend == "redis":
-        from vsl.stdlib.support.state.redis_store import RedisStore  # (imports the client)
+        from vsl.stdlib.support.state.redis_store import DEFAULT_TIMEOUT, RedisStore  # (the client)
 
-        return RedisStore(_url(config.state), config.state.timeout)
+        return RedisStore(_url(config.state), config.state.timeout or DEFAULT_TIMEOUT)
     try:
         return SqliteStore(config.state_path)
     except (sqlite3.Error, OSError) as err:
@@ -30,7 +34,11 @@ def _url(state: StateConfig) -> str:
         return state.url
     try:
         text = state.url_file.read_text(encoding="utf-8").strip()
+        mode = state.url_file.stat().st_mode
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"state.url_file: cannot read {state.url_file}: "
                           f"{getattr(err, 'strerror', None) or err}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("state.url_file: %s can be read by others than its owner (it may hold "
+                    "the Redis password): chmod 600 it", state.url_file)
     return redis_url(text, f"state.url_file ({state.url_file})")

@@ -14,9 +14,10 @@ reached (then ``allowed`` is true: limits fail open, mail keeps flowing).
 # store counts hits per (key, window) with increments that expire (2 W: a window is
 # read as "the previous one" during the next). A hit at fraction f of window i sees
 #     estimate = count(i) + count(i - 1) * (1 - f)
-# and is allowed when that (itself included) is at most N. A refused hit is taken back,
-# so clients that keep knocking do not lengthen their own wait. One round trip a hit
-# (incr_and_get), a second only when refused.
+# and is allowed when that (itself included) is at most N. A refused hit is never counted
+# (clients that keep knocking do not lengthen their own wait): the store checks and
+# counts in one atomic step at its own time (StateStore.count_in_window: one Lua script
+# on Redis's clock, one SQLite transaction), so no process sees a refused hit counted.
 from __future__ import annotations
 
 import math
@@ -29,14 +30,14 @@ from vsl.resolve import DYNAMIC
 
 from .support.options import Options
 from .support.result import CheckResult
-from .support.state import MAX_KEY_BYTES, StateStore, StateUnavailable
+from .support.state import MAX_KEY_BYTES, StateStore, StateUnavailable, fits, window_at
 
 namespace = Namespace("limit", "Rate limits counted in the server's [state]")
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_COUNT = 1_000_000_000
 MAX_WINDOW = 366 * 86400
-_RATE = re.compile(r"([0-9]+)/([0-9]*)([smhd])")
+_RATE = re.compile(r"([0-9]{1,10})/([0-9]{0,10})([smhd])")  # digits bounded: int() is cheap
 
 
 @dataclass(frozen=True)
@@ -47,28 +48,33 @@ class Rate:
     window: int
 
 
-def rate_problem(text) -> str | None:
-    """Why ``text`` is not a rate such as "100/1h", or None."""
+def _rate_or_problem(text) -> Rate | str:
+    """The Rate of ``text`` ("100/1h"), or why it is not one."""
     if not isinstance(text, str):
         return "the rate must be a string such as \"100/1h\""
     m = _RATE.fullmatch(text)
     if m is None:
         return f"rate '{text}' is not \"N/unit\" or \"N/Kunit\" (units s, m, h, d: \"100/1h\")"
-    count, multiple = int(m.group(1)), int(m.group(2) or 1)
+    count, window = int(m.group(1)), int(m.group(2) or 1) * UNITS[m.group(3)]
     if not 1 <= count <= MAX_COUNT:
         return f"rate '{text}': the count must be between 1 and {MAX_COUNT}"
-    if not 1 <= multiple * UNITS[m.group(3)] <= MAX_WINDOW:
+    if not 1 <= window <= MAX_WINDOW:
         return f"rate '{text}': the window must be between 1 s and 366 days"
-    return None
+    return Rate(count, window)
+
+
+def rate_problem(text) -> str | None:
+    """Why ``text`` is not a rate such as "100/1h", or None."""
+    found = _rate_or_problem(text)
+    return found if isinstance(found, str) else None
 
 
 def parse_rate(text) -> Rate:
     """The Rate of ``text`` ("100/1h"); ScriptError when malformed."""
-    problem = rate_problem(text)
-    if problem:
-        raise ScriptError(problem)
-    m = _RATE.fullmatch(text)
-    return Rate(int(m.group(1)), int(m.group(2) or 1) * UNITS[m.group(3)])
+    found = _rate_or_problem(text)
+    if isinstance(found, str):
+        raise ScriptError(found)
+    return found
 
 
 def key_problem(key) -> str | None:
@@ -104,8 +110,7 @@ class Window:
 
     @classmethod
     def at(cls, rate: Rate, now: float) -> "Window":
-        index, rest = divmod(now, rate.window)
-        return cls(rate, int(index), rest / rate.window)
+        return cls(rate, *window_at(rate.window, now))
 
     def estimate(self, current: int, previous: int) -> float:
         return current + previous * (1 - self.elapsed)
@@ -122,43 +127,33 @@ class Window:
             wait = (1 - self.elapsed + fraction) * w
         return max(math.ceil(wait - 1e-9), 1)
 
-    def result(self, current: int, previous: int, counted: bool) -> LimitResult:
-        """The result for these counts (``counted``: this hit among them)."""
-        n = self.rate.count
-        before = current - 1 if counted else current
-        estimate = self.estimate(before, previous)
-        if estimate + 1 > n:
-            return LimitResult("limited", False, 0, self.retry_in(before, previous))
-        after = estimate + 1 if counted else estimate
-        return LimitResult("pass", True, max(math.floor(n - after + 1e-9), 0), 0)
-
-
-def _keys(key: str, window: Window) -> tuple[str, str]:
-    """The store's keys of this window's count and of the previous window's."""
-    prefix = f"limit:{window.rate.window}:{key}:"
-    return f"{prefix}{window.index}", f"{prefix}{window.index - 1}"
+    def result(self, current: int, previous: int, allowed: bool) -> LimitResult:
+        """The result for these counts (an allowed hit among them)."""
+        if allowed:
+            remaining = self.rate.count - self.estimate(current, previous)
+            return LimitResult("pass", True, max(math.floor(remaining + 1e-9), 0), 0)
+        return LimitResult("limited", False, 0, self.retry_in(current, previous))
 
 
 async def count(store: StateStore, key: str, rate: Rate, amount: int) -> LimitResult:
-    """Count ``amount`` hits (0: peek) of ``key`` against ``rate`` in ``store`` (the Python
-    API); a refused hit is taken back. The store unavailable: ``temperror``, allowed."""
-    window = Window.at(rate, store.clock())
-    current_key, previous_key = _keys(key, window)
+    """Count ``amount`` hits (0: peek, which only reads) of ``key`` against ``rate`` in
+    ``store`` (the Python API); a refused hit is not counted. The store unavailable:
+    ``temperror``, allowed."""
     try:
-        current, previous = await store.incr_and_get(current_key, amount, 2 * rate.window,
-                                                     previous_key)
-        result = window.result(current, previous, counted=amount > 0)
-        if amount and not result.allowed:
-            await store.incr(current_key, -amount, 2 * rate.window)
+        seen = await store.count_in_window(f"limit:{rate.window}:{key}:", rate.window,
+                                           amount, rate.count)
     except StateUnavailable:
         return LimitResult("temperror", True, rate.count, 0)
-    return result
+    window = Window.at(rate, seen.now)
+    allowed = seen.counted if amount else \
+        fits(seen.current, seen.previous, window.elapsed, 1, rate.count)
+    return window.result(seen.current, seen.previous, allowed)
 
 
 def _lint(args) -> str | None:
     """vsl lint: a literal key and a literal rate are checked before the script runs."""
-    if args and args[0] is not DYNAMIC and key_problem(args[0]):
-        return key_problem(args[0])
+    if args and args[0] is not DYNAMIC and (problem := key_problem(args[0])):
+        return problem
     options = args[1] if len(args) > 1 else DYNAMIC
     if isinstance(options, dict) and options.get("rate", DYNAMIC) is not DYNAMIC:
         return rate_problem(options["rate"])
@@ -176,7 +171,7 @@ def _arguments(key, options, where: str) -> Rate:
 
 
 @namespace.native(options=_OPTIONS.keys, check=_lint)
-async def hit(key, options, *, store: StateStore | None = None) -> LimitResult:
+async def hit(key, options, *, store: StateStore) -> LimitResult:
     """hit(key, #{ rate }): count one hit of ``key``; .allowed, .remaining, .retry_in
     (seconds, 0 when allowed), .value (pass, limited, temperror: the store unreachable,
     then allowed). ``rate``: "N/unit" or "N/Kunit", units s, m, h, d ("100/1h")."""
@@ -185,7 +180,7 @@ async def hit(key, options, *, store: StateStore | None = None) -> LimitResult:
 
 
 @namespace.native(options=_OPTIONS.keys, check=_lint)
-async def peek(key, options, *, store: StateStore | None = None) -> LimitResult:
+async def peek(key, options, *, store: StateStore) -> LimitResult:
     """peek(key, #{ rate }): what hit would answer, counting nothing."""
     rate = _arguments(key, options, "limit::peek")
     return await count(store, key, rate, 0)

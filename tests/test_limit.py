@@ -125,3 +125,31 @@ def test_retry_in_is_when_one_more_hit_fits():
     window = Window.at(Rate(10, 100), 1050.0)  # halfway through a window
     assert window.retry_in(10, 0) == 60   # the rest of this window, and 0.1 of the next
     assert window.retry_in(5, 10) == 10   # the previous must weigh 4: f = 0.6
+
+
+class FailsToTakeBack(MemoryStore):
+    """A store whose negative increments fail: a refused hit must not need one."""
+
+    async def incr(self, key, amount, ttl):
+        if amount < 0:
+            raise StateUnavailable("down on the second round trip")
+        return await super().incr(key, amount, ttl)
+
+
+def test_a_refused_hit_needs_no_take_back(clock):
+    script = new_engine(state=FailsToTakeBack(clock=clock)).load_source(SOURCE, "limits.vsl")
+    assert [call(script, "summary", "k", "2/1m") for _ in range(4)] == [
+        "pass true 1 0", "pass true 0 0", "limited false 0 90", "limited false 0 90"]
+
+
+def test_peek_makes_no_key(clock):
+    store = MemoryStore(clock=clock)
+    script = new_engine(state=store).load_source(SOURCE, "limits.vsl")
+    call(script, "peek", "k", "2/1h")
+    assert store._entries == {}
+
+
+@pytest.mark.parametrize("rate", ["1" * 5000 + "/1s", "1/" + "1" * 5000 + "s"])
+def test_a_rate_with_thousands_of_digits_is_a_script_error(script, rate):
+    with pytest.raises(VslError, match="is not \"N/unit\""):
+        call(script, "hit", "k", rate)

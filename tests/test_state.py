@@ -19,7 +19,7 @@ from vsl.stdlib.support.state.sqlite_store import SqliteStore
 from vsl.stdlib.support.state.urls import redacted, url_problem
 from tests.support.redis import PrivateRedis
 
-TTL = 1.0  # seconds: long enough for a loaded machine to do a few calls, short to wait out
+TTL = 0.3  # seconds: a key that must expire (no test needs a call done within it)
 
 
 @pytest.fixture(scope="module")
@@ -59,43 +59,72 @@ def key() -> str:
 
 
 def test_incr_counts_and_expires(store_factory):
-    k = key()
+    k, short = key(), key()
 
     async def scenario(store):
-        assert await store.incr(k, 1, TTL) == 1
-        assert await store.incr(k, 2, 60) == 3  # an existing key keeps its expiry
+        assert await store.incr(k, 1, 60) == 1
+        assert await store.incr(k, 2, 60) == 3
         assert await store.get(k) == "3"
+        assert await store.incr(short, 1, TTL) == 1
+        assert await store.incr(short, 1, 60) >= 1  # an existing key keeps its expiry
         await asyncio.sleep(TTL + 0.1)
-        assert await store.get(k) is None
-        assert await store.incr(k, 5, 60) == 5  # counted again from 0
+        assert await store.get(short) is None
+        assert await store.incr(short, 5, 60) == 5  # counted again from 0
     run(store_factory, scenario)
 
 
-def test_incr_and_get_reads_the_other_key(store_factory):
-    k, other = key(), key()
+def test_count_in_window_counts_only_what_fits_and_reads_the_previous(store_factory):
+    prefix = key() + ":"
 
     async def scenario(store):
-        assert await store.incr_and_get(k, 1, 60, other) == (1, 0)
-        await store.incr(other, 7, 60)
-        assert await store.incr_and_get(k, 1, 60, other) == (2, 7)
-    run(store_factory, scenario)
+        first = await store.count_in_window(prefix, 60, 1, 2)
+        index = int(first.now // 60)
+        await store.incr(f"{prefix}{index - 1}", 1, 60)
+        second = await store.count_in_window(prefix, 60, 1, 3)
+        refused = await store.count_in_window(prefix, 60, 1, 2)
+        return first, second, refused, await store.get(f"{prefix}{index}")
+    first, second, refused, stored = run(store_factory, scenario)
+    assert (first.current, first.previous, first.counted) == (1, 0, True)
+    assert (second.current, second.previous) == (2, 1)  # (the test may cross a minute)
+    assert not refused.counted and refused.current == 2 and stored == "2"
+
+
+def test_count_in_window_with_amount_0_only_reads(store_factory):
+    prefix = key() + ":"
+
+    async def scenario(store):
+        seen = await store.count_in_window(prefix, 60, 0, 5)
+        return seen, await store.get(f"{prefix}{int(seen.now // 60)}")
+    seen, stored = run(store_factory, scenario)
+    assert (seen.current, seen.previous, seen.counted, stored) == (0, 0, False, None)
+
+
+def test_the_keys_of_count_in_window_expire(store_factory):
+    prefix = key() + ":"
+
+    async def scenario(store):
+        seen = await store.count_in_window(prefix, 1, 1, 5)
+        await asyncio.sleep(2.2)  # kept 2 windows
+        return await store.get(f"{prefix}{int(seen.now)}")
+    assert run(store_factory, scenario) is None
 
 
 def test_set_get_only_if_absent_and_delete(store_factory):
-    k = key()
+    k, short = key(), key()
 
     async def scenario(store):
         assert await store.get(k) is None
-        assert await store.set(k, "first", TTL, only_if_absent=True)
+        assert await store.set(k, "first", 60, only_if_absent=True)
         assert not await store.set(k, "second", 60, only_if_absent=True)
         assert await store.get(k) == "first"
-        await asyncio.sleep(TTL + 0.1)
-        assert await store.set(k, "third", 60, only_if_absent=True)  # the old one expired
         assert await store.set(k, "fourth", 60)
         assert await store.get(k) == "fourth"
         await store.delete(k)
         await store.delete(k)  # absent: nothing happens
         assert await store.get(k) is None
+        assert await store.set(short, "first", TTL, only_if_absent=True)
+        await asyncio.sleep(TTL + 0.1)
+        assert await store.set(short, "third", 60, only_if_absent=True)  # the old one expired
     run(store_factory, scenario)
 
 
@@ -210,6 +239,11 @@ def test_redis_urls_are_checked_and_their_passwords_never_shown():
     assert url_problem("redis://localhost/zero") is not None
     assert redacted("redis://user:secret@host:1/0") == "redis://user:***@host:1/0"
     assert redacted("redis://host:1/0") == "redis://host:1/0"
+    assert redacted("redis://host:1/0?password=secret&db=1") == "redis://host:1/0?***"
+    assert url_problem("redis://host/0?db=zz") == "has a database that is not a number (?db=0)"
+    assert url_problem("redis://host/0?password=p&db=2") is None
+    assert url_problem("redis://host/0?socket_timeout=9") == \
+        "has a query key it does not take (only db, username, password)"
 
 
 @pytest.mark.parametrize("timeout, deadline", [(0.3, None), (5.0, 0.2)])
@@ -230,3 +264,138 @@ def test_silent_redis_is_state_unavailable_within_timeout_and_deadline(timeout, 
             await store.close()
             return time.monotonic() - started
         assert asyncio.run(scenario()) < (deadline or timeout) + 0.5
+
+
+def test_redis_windows_follow_the_redis_clock_not_the_servers(redis_server):
+    """Two servers whose clocks are 15 s apart, across a minute boundary for one of them:
+    they still count in the same window, so together they pass N, not 2 N."""
+    from vsl.stdlib.limit import Rate, count
+
+    async def scenario():
+        ahead, behind = RedisStore(redis_server.url), RedisStore(redis_server.url)
+        base = (time.time() // 60) * 60 + 50
+        behind.clock, ahead.clock = (lambda: base), (lambda: base + 15)
+        key_ = key()
+        passed = [(await count(store, key_, Rate(10, 60), 1)).allowed
+                  for store in (ahead, behind) for _ in range(12)]
+        await ahead.close()
+        await behind.close()
+        return sum(passed)
+    assert asyncio.run(scenario()) == 10
+
+
+def test_redis_counts_that_are_not_integers_are_state_unavailable(redis_server):
+    import redis
+
+    prefix = key() + ":"
+
+    async def scenario():
+        store = RedisStore(redis_server.url)
+        try:
+            index = int(time.time() // 86400)
+            for k in (f"{prefix}{index - 1}", f"{prefix}{index}"):
+                await store.set(k, "garbage", 60)
+                with pytest.raises(StateUnavailable, match="not an integer"):
+                    await store.count_in_window(prefix, 86400, 1, 5)
+                await store.delete(k)
+        finally:
+            await store.close()
+    asyncio.run(scenario())
+    assert redis.Redis(port=redis_server.port).get(f"{prefix}x") is None
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_calls_after_close_are_state_unavailable(kind, tmp_path, request):
+    where = tmp_path / "state.sqlite" if kind == "sqlite" else \
+        request.getfixturevalue("redis_server").url
+
+    async def scenario():
+        store = _shared(kind, where)
+        await store.incr("k", 1, 60)
+        await store.close()
+        await store.close()  # a second close does nothing
+        for call in (store.incr("k", 1, 60), store.get("k"),
+                     store.count_in_window("w:", 60, 1, 5)):
+            with pytest.raises(StateUnavailable, match="closed"):
+                await call
+    asyncio.run(scenario())
+
+
+def test_redis_close_closes_its_connections(redis_server):
+    import redis
+
+    watcher = redis.Redis(port=redis_server.port)
+
+    async def scenario():
+        store = RedisStore(redis_server.url)
+        await asyncio.gather(*(store.incr(f"k{i}", 1, 60) for i in range(10)))
+        opened = len(watcher.client_list())
+        await store.close()
+        await asyncio.sleep(0.2)
+        return opened, len(watcher.client_list())
+    opened, after = asyncio.run(scenario())
+    assert opened > 1 and after == 1  # the watcher's own
+
+
+def test_why_a_store_failed_is_logged_once_a_minute_without_its_password(caplog):
+    from tests.support.mailsink import free_port
+
+    store = RedisStore(f"redis://u:secret@127.0.0.1:{free_port()}/0?password=secret",
+                       timeout=0.5)
+
+    async def scenario():
+        for _ in range(3):
+            with pytest.raises(StateUnavailable):
+                await store.get("k")
+        await store.close()
+    with caplog.at_level("WARNING", logger="vsl.state"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vsl.state"]
+    assert len(warnings) == 1 and "unavailable" in warnings[0]
+    assert "secret" not in warnings[0] and "127.0.0.1" in warnings[0]
+
+
+def test_a_locked_sqlite_file_waits_no_longer_than_the_call_and_never_writes_late(tmp_path):
+    """Another process holds the write lock: a call gives up by the script call's network
+    deadline, and the increment it gave up on is not written once the lock is gone."""
+    path = tmp_path / "state.sqlite"
+    store = SqliteStore(path)
+
+    async def scenario():
+        await store.get("k")  # the file made
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        IO_DEADLINE.set(time.monotonic() + 0.3)
+        started = time.monotonic()
+        results = await asyncio.gather(*(store.incr("k", 1, 60) for _ in range(3)),
+                                       return_exceptions=True)
+        took = time.monotonic() - started
+        locker.execute("COMMIT")
+        locker.close()
+        IO_DEADLINE.set(None)
+        await asyncio.sleep(0.5)
+        value = await store.get("k")
+        await store.close()
+        return results, took, value
+    results, took, value = asyncio.run(scenario())
+    assert all(isinstance(r, StateUnavailable) for r in results)
+    assert took < 1.5 and value is None
+
+
+def test_a_full_memory_store_costs_no_more_a_write_than_a_small_one():
+    """Past max_keys, a write drops the key that expires first without a scan of all."""
+    def seconds_per_write(max_keys: int) -> float:
+        store = MemoryStore(max_keys=max_keys, clock=lambda: 1000.0)
+
+        async def fill_then_time():
+            for i in range(max_keys):
+                await store.set(f"fill:{i}", "x", 60 + i % 100)
+            started = time.perf_counter()
+            for i in range(2000):
+                await store.set(f"more:{i}", "x", 30)
+            return (time.perf_counter() - started) / 2000
+        took = asyncio.run(fill_then_time())
+        assert len(store._entries) == max_keys
+        return took
+    small, large = min(seconds_per_write(100) for _ in range(3)), seconds_per_write(50_000)
+    assert large < 20 * small + 20e-6

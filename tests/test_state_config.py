@@ -18,15 +18,16 @@ from tests.support.crash import VSL
 
 def test_defaults_are_sqlite_beside_the_queue():
     config = from_dict({"server": {"queue_dir": "/var/spool/vsl/queue"}})
-    assert config.state == StateConfig("sqlite", None, None, None, 1.0)
+    assert config.state == StateConfig("sqlite", None, None, None, None)
     assert config.state_path == Path("/var/spool/vsl/state.sqlite")
 
 
 def test_every_key_parses(tmp_path):
     config = from_dict({"state": {"backend": "redis", "url": "rediss://u:pw@cache:6380/1",
-                                  "timeout": 0.5, "path": "s.db"}}, base=tmp_path)
-    assert config.state == StateConfig("redis", tmp_path / "s.db", "rediss://u:pw@cache:6380/1",
-                                       None, 0.5)
+                                  "timeout": 0.5}}, base=tmp_path)
+    assert config.state == StateConfig("redis", None, "rediss://u:pw@cache:6380/1", None, 0.5)
+    config = from_dict({"state": {"path": "s.db"}}, base=tmp_path)
+    assert config.state_path == tmp_path / "s.db"
     config = from_dict({"state": {"backend": "redis", "url_file": "redis-url"}}, base=tmp_path)
     assert config.state.url_file == tmp_path / "redis-url"
 
@@ -35,12 +36,20 @@ def test_every_key_parses(tmp_path):
     ({"backend": "memcached"}, "state.backend: unknown backend 'memcached' (use sqlite or redis)"),
     ({"backend": "redis"}, "state.url: backend \"redis\" needs one of state.url and "
                            "state.url_file"),
-    ({"backend": "redis", "url": "redis://h/0", "url_file": "f"}, "state.url: backend"),
+    ({"backend": "redis", "url": "redis://h/0", "url_file": "f"},
+     "state.url_file: give only one of state.url and state.url_file"),
     ({"url": "redis://h/0"}, "state.url: only for backend = \"redis\""),
+    ({"url_file": "f"}, "state.url_file: only for backend = \"redis\""),
+    ({"timeout": 2}, "state.timeout: only for backend = \"redis\""),
+    ({"backend": "redis", "url": "redis://h/0", "path": "s.db"},
+     "state.path: only for backend = \"sqlite\""),
+    ({"backend": "redis", "url": "redis://h/0?db=zz&password=secret"},
+     "state.url: has a database that is not a number"),
     ({"backend": "redis", "url": "http://u:secret@h/0"},
      "state.url: must start with redis:// or rediss://"),
     ({"backend": "redis", "url": "redis://u:secret@h:70000/0"}, "state.url: is not a URL"),
-    ({"timeout": 0}, "state.timeout: must be a number > 0"),
+    ({"backend": "redis", "url": "redis://h/0", "timeout": 0},
+     "state.timeout: must be a number > 0"),
     ({"size": 1}, "state.size: unknown key"),
 ])
 def test_bad_values_are_errors_naming_the_key(state, message):
@@ -59,6 +68,20 @@ def test_open_state_opens_the_configured_store(tmp_path):
     assert str(sqlite) == f"sqlite {tmp_path / 'state.sqlite'}"  # as the server logs them
     for store in (sqlite, redis):
         asyncio.run(store.close())
+
+
+def test_a_url_file_others_may_read_is_a_warning(tmp_path, caplog):
+    url_file = tmp_path / "url"
+    url_file.write_text("redis://u:secret@127.0.0.1:1/0?password=secret\n")
+    config = from_dict({"state": {"backend": "redis", "url_file": "url"}}, base=tmp_path)
+    for mode, warned in ((0o600, False), (0o640, True)):
+        url_file.chmod(mode)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            store = open_state(config)
+        asyncio.run(store.close())
+        assert ("can be read by others" in caplog.text) == warned
+        assert "secret" not in caplog.text and "secret" not in str(store)
 
 
 def test_an_unreadable_or_bad_url_file_is_an_error(tmp_path):

@@ -5,20 +5,67 @@ memory here; :mod:`.sqlite_store` and :mod:`.redis_store` for the server's ``[st
 Keys are strings the natives build (a namespace prefix, then the script's key); values
 are strings or integers. Every key has an expiry, so nothing grows without bound, and
 each operation is atomic across every process that shares the store. Time is the
-store's ``clock`` (wall-clock seconds, as Redis counts), which tests may replace.
+store's ``clock`` (wall-clock seconds, as Redis counts), which tests may replace; the
+sliding windows of :meth:`StateStore.count_in_window` use the store's own time (Redis's
+clock, shared by every server).
 """
 from __future__ import annotations
 
+import heapq
+import logging
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable
 
-MAX_KEY_BYTES = 1024  # the natives refuse longer keys (a script's error, with its position)
+MAX_KEY_BYTES = 1024  # the longest key limit:: takes (longer: a script's error, with its position)
+FAILURE_LOG_INTERVAL = 60.0  # seconds: a store logs why it failed at most once in this time
+
+logger = logging.getLogger("vsl.state")
 
 
 class StateUnavailable(Exception):
     """The store could not be reached or did not answer in time: the natives turn this
     into a result a script can act on (``temperror``), never into a stage failure."""
+
+
+@dataclass(frozen=True)
+class WindowCount:
+    """What :meth:`StateStore.count_in_window` saw: the store's time, the counts of the
+    window it falls in (this call's included when ``counted``) and of the previous one."""
+
+    now: float
+    current: int
+    previous: int
+    counted: bool
+
+
+def window_at(window: int, now: float) -> tuple[int, float]:
+    """The index of the ``window``-second window ``now`` falls in, and the elapsed
+    fraction of it (0 <= fraction < 1)."""
+    index, rest = divmod(now, window)
+    return int(index), rest / window
+
+
+def fits(current: int, previous: int, elapsed: float, amount: int, limit: int) -> bool:
+    """Whether ``amount`` more hits keep the sliding-window estimate (this window's count,
+    plus the previous one's weighed by what remains of it) within ``limit``. The Redis
+    store computes the same in Lua."""
+    return current + previous * (1 - elapsed) + amount <= limit
+
+
+class FailureLog:
+    """Why a store failed, logged at warning level at most once per
+    FAILURE_LOG_INTERVAL (a store that is down fails every call)."""
+
+    def __init__(self, store: str):
+        self.store, self._last = store, None
+
+    def report(self, reason: str) -> None:
+        now = time.monotonic()
+        if self._last is None or now - self._last >= FAILURE_LOG_INTERVAL:
+            self._last = now
+            logger.warning("state %s unavailable: %s", self.store, reason)
 
 
 class StateStore(ABC):
@@ -32,12 +79,23 @@ class StateStore(ABC):
         the new value. A key this call creates expires in ``ttl`` seconds; an existing
         key keeps its expiry."""
 
-    async def incr_and_get(self, key: str, amount: int, ttl: float, other: str) -> tuple[int, int]:
-        """:meth:`incr` of ``key``, and the integer at ``other`` (0 when absent): what a
-        sliding window counts (this window, the previous one). The backends on the network
-        do both in one round trip; this default takes two."""
-        value = await self.incr(key, amount, ttl)
-        return value, int(await self.get(other) or 0)
+    async def count_in_window(self, prefix: str, window: int, amount: int,
+                              limit: int) -> WindowCount:
+        """One atomic step of a sliding-window counter at the store's time: the counts at
+        ``prefix`` + the index of this ``window``-second window and of the previous one
+        (integers, 0 when absent); when ``amount`` more :func:`fits` in ``limit``, they are
+        added to this window's count (kept 2 windows). ``amount`` 0 only reads.
+
+        This default is atomic only for a store whose calls never wait (MemoryStore):
+        the stores shared between processes do it in one step of their own."""
+        now = self.clock()
+        index, elapsed = window_at(window, now)
+        current = int(await self.get(f"{prefix}{index}") or 0)
+        previous = int(await self.get(f"{prefix}{index - 1}") or 0)
+        counted = amount > 0 and fits(current, previous, elapsed, amount, limit)
+        if counted:
+            current = await self.incr(f"{prefix}{index}", amount, 2 * window)
+        return WindowCount(now, current, previous, counted)
 
     @abstractmethod
     async def get(self, key: str) -> str | None:
@@ -53,7 +111,8 @@ class StateStore(ABC):
         """Forget ``key`` (nothing happens when it is absent)."""
 
     async def close(self) -> None:
-        """Release connections and files (the server calls this when it stops)."""
+        """Release connections and files (the server calls this when it stops); later
+        calls raise StateUnavailable."""
 
     def __str__(self) -> str:
         """What the server's log says of the store (never a password)."""
@@ -62,14 +121,16 @@ class StateStore(ABC):
 
 class MemoryStore(StateStore):
     """State in this process only, gone when it ends: what ``vsl run`` and ``vsl test``
-    use, and engines built without a store. At most ``max_keys`` keys: past that,
-    expired keys are dropped, then the oldest."""
+    use, and engines built without a store. At most ``max_keys`` keys: past that, the
+    keys that expire first are dropped (the expired ones among them), found in a heap by
+    expiry, so a full store costs O(log n) a write, not a scan."""
 
     def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] | None = None):
         self.max_keys = max_keys
         if clock is not None:
             self.clock = clock
         self._entries: dict[str, tuple[str, float]] = {}  # key -> (value, expires at)
+        self._expiries: list[tuple[float, str]] = []  # a heap; stale when the entry changed
 
     def _live(self, key: str) -> str | None:
         entry = self._entries.get(key)
@@ -81,14 +142,26 @@ class MemoryStore(StateStore):
         return entry[0]
 
     def _put(self, key: str, value: str, expires: float) -> None:
-        self._entries.pop(key, None)
-        if len(self._entries) >= self.max_keys:
-            now = self.clock()
-            for old in [k for k, (_, at) in self._entries.items() if at <= now]:
-                del self._entries[old]
-            while len(self._entries) >= self.max_keys:
-                del self._entries[next(iter(self._entries))]
+        old = self._entries.pop(key, None)
+        while len(self._entries) >= self.max_keys:
+            self._evict_first()
         self._entries[key] = (value, expires)
+        if old is None or old[1] != expires:
+            heapq.heappush(self._expiries, (expires, key))
+            if len(self._expiries) > 2 * self.max_keys:
+                self._compact()
+
+    def _evict_first(self) -> None:
+        """Drop the key that expires first (heap entries of changed keys are skipped)."""
+        expires, key = heapq.heappop(self._expiries)
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] == expires:
+            del self._entries[key]
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the live entries (amortised over max_keys writes)."""
+        self._expiries = [(expires, key) for key, (_, expires) in self._entries.items()]
+        heapq.heapify(self._expiries)
 
     async def incr(self, key: str, amount: int, ttl: float) -> int:
         current = self._live(key)

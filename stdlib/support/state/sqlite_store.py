@@ -8,8 +8,16 @@ wait for writers). sqlite3 blocks, so a store runs its statements on one thread 
 own, with one connection opened there on first use: the event loop never waits on the
 disk, and a store made before ``fork()`` (the parent of the workers) holds neither a
 thread nor a connection. The file is made on first use (a server whose scripts count
-nothing leaves none behind); making the store only checks that it could be. Expired rows are purged as writes go, at most
-``PURGE_BATCH`` a write, so no call does unbounded work; the file survives restarts.
+nothing leaves none behind); making the store only checks that it could be. Expired
+rows are purged as writes go, at most ``PURGE_BATCH`` a write, so no call does
+unbounded work; the file survives restarts.
+
+A file another process keeps locked makes a call wait BUSY_TIMEOUT at most, and never
+past the script call's network time (io_time_left): each call carries its deadline to
+the store's thread, sets the busy timeout to what is left of it, and gives up unrun when
+it is already past, so calls that queued behind a lock neither stall the ones after
+them nor write after their caller was told the store was unavailable. Time is the
+machine's clock (``clock``): one machine shares one file.
 """
 from __future__ import annotations
 
@@ -17,15 +25,17 @@ import asyncio
 import errno
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from vsl.natives import io_time_left
 
-from . import StateStore, StateUnavailable
+from . import FailureLog, StateStore, StateUnavailable, WindowCount, fits, window_at
 
-BUSY_TIMEOUT = 5.0  # seconds a statement waits for another process's write lock
+BUSY_TIMEOUT = 1.0  # seconds a call waits at most for another process's write lock
 PURGE_BATCH = 16    # expired rows deleted at most by one write
 
 _SCHEMA = """
@@ -42,6 +52,7 @@ ON CONFLICT (key) DO UPDATE SET
 RETURNING value
 """
 _GET = "SELECT value FROM state WHERE key = ? AND expires > ?"
+_GET_INTEGER = "SELECT CAST(value AS INTEGER) FROM state WHERE key = ? AND expires > ?"
 _SET = """
 INSERT INTO state (key, value, expires) VALUES (:key, :value, :now + :ttl)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires
@@ -73,6 +84,20 @@ def check_openable(path: Path) -> None:
         raise OSError(errno.EACCES, f"cannot make files in {path.parent}")
 
 
+@contextmanager
+def _transaction(db: sqlite3.Connection, now: float):
+    """A write transaction (the write lock taken at once), after purging a few rows
+    expired at ``now``; rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(_PURGE, (now, PURGE_BATCH))
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class SqliteStore(StateStore):
     """The state in the SQLite file at ``path``; sqlite3.Error or OSError when it cannot
     be opened or made (:func:`check_openable`)."""
@@ -84,41 +109,50 @@ class SqliteStore(StateStore):
         check_openable(path)
         self._thread = ThreadPoolExecutor(1, "vsl-state")  # its thread starts on first use
         self._db: sqlite3.Connection | None = None  # opened in that thread
+        self._closed = False
+        self._failures = FailureLog(str(self))
 
     def __str__(self) -> str:
         return f"sqlite {self.path}"
 
     async def _run(self, work: Callable[[sqlite3.Connection], object]):
-        """``work(connection)`` on the store's thread, within the script call's network
-        time (io_time_left); StateUnavailable when it fails or takes longer."""
+        """``work(connection)`` on the store's thread, within BUSY_TIMEOUT and the script
+        call's network time (io_time_left); StateUnavailable when it fails or takes
+        longer, or the store is closed."""
         left = io_time_left()
-        future = asyncio.get_running_loop().run_in_executor(self._thread, self._call, work)
+        wait = BUSY_TIMEOUT if left is None else max(min(BUSY_TIMEOUT, left), 0)
+        deadline = time.monotonic() + wait
         try:
-            return await asyncio.wait_for(future, None if left is None else max(left, 0))
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            future = asyncio.get_running_loop().run_in_executor(
+                self._thread, self._call, work, deadline)
+            return await asyncio.wait_for(future, wait + 0.1)  # the thread's own end, a margin
         except TimeoutError:
-            raise StateUnavailable(f"state file {self.path}: no answer in time") from None
-        except (sqlite3.Error, OSError) as err:
-            raise StateUnavailable(f"state file {self.path}: {err}") from None
+            reason = f"no answer within {wait:.3g} s"
+        except (sqlite3.Error, OSError, RuntimeError) as err:  # RuntimeError: closed
+            reason = str(err)
+        self._failures.report(reason)
+        raise StateUnavailable(f"state file {self.path}: {reason}")
 
-    def _call(self, work):
+    def _call(self, work, deadline: float):
+        """On the store's thread: ``work`` with a busy timeout of what is left until
+        ``deadline``; not run at all when nothing is left."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise sqlite3.OperationalError("gave up waiting for the store's thread")
         if self._db is None:
             self._db = connect(self.path)
+        self._db.execute(f"PRAGMA busy_timeout = {max(int(left * 1000), 1)}")
         return work(self._db)
 
     def _write(self, db: sqlite3.Connection, statement: str, params: dict):
-        """One write transaction: the statement (its cursor's first row and row count),
-        after purging a few expired rows."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(_PURGE, (params["now"], PURGE_BATCH))
+        """One write transaction: the statement (its cursor's first row and row count)."""
+        with _transaction(db, params["now"]):
             cursor = db.execute(statement, params)
             row = cursor.fetchone()
             changed = cursor.rowcount
             cursor.close()
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return row, changed
 
     async def incr(self, key: str, amount: int, ttl: float) -> int:
@@ -126,15 +160,28 @@ class SqliteStore(StateStore):
         row, _ = await self._run(lambda db: self._write(db, _INCR, params))
         return int(row[0])
 
-    async def incr_and_get(self, key: str, amount: int, ttl: float, other: str) -> tuple[int, int]:
-        params = {"key": key, "amount": amount, "ttl": ttl, "now": self.clock()}
+    async def count_in_window(self, prefix: str, window: int, amount: int,
+                              limit: int) -> WindowCount:
+        now = self.clock()
+        index, elapsed = window_at(window, now)
+        keys = f"{prefix}{index}", f"{prefix}{index - 1}"
 
-        def both(db):
-            row, _ = self._write(db, _INCR, params)
-            found = db.execute(_GET, (other, params["now"])).fetchone()
-            return int(row[0]), int(found[0]) if found else 0
+        def counts(db) -> tuple[int, int]:
+            found = [db.execute(_GET_INTEGER, (key, now)).fetchone() for key in keys]
+            return tuple(row[0] if row else 0 for row in found)
 
-        return await self._run(both)
+        def step(db) -> WindowCount:
+            if not amount:  # a read only: no transaction, no row made
+                return WindowCount(now, *counts(db), counted=False)
+            params = {"key": keys[0], "amount": amount, "ttl": 2 * window, "now": now}
+            with _transaction(db, now):  # checked and counted in one transaction
+                current, previous = counts(db)
+                counted = fits(current, previous, elapsed, amount, limit)
+                if counted:
+                    current = int(db.execute(_INCR, params).fetchone()[0])
+            return WindowCount(now, current, previous, counted)
+
+        return await self._run(step)
 
     async def get(self, key: str) -> str | None:
         now = self.clock()
@@ -151,6 +198,9 @@ class SqliteStore(StateStore):
         await self._run(lambda db: db.execute("DELETE FROM state WHERE key = ?", (key,)))
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._thread, self._disconnect)
         self._thread.shutdown(wait=True)
 
