@@ -27,7 +27,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from smtp_session import VSL, free_port, load, reply, wait_port
+from smtp_session import VSL, free_port, load, reply, wait_port  # (bench/, beside this)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -99,6 +99,7 @@ backend = "{backend}"
 
 
 def median_and_range(values: list[float]) -> str:
+    """A row's median and its range over the rounds."""
     return f"{statistics.median(values):8.1f}   {min(values):.1f}–{max(values):.1f}"
 
 
