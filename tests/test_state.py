@@ -186,8 +186,12 @@ def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
 
 
 def test_sqlite_unopenable_path_is_an_error_and_a_file_is_made_on_first_use(tmp_path):
-    with pytest.raises(OSError, match="cannot make files in .*missing-directory"):
-        SqliteStore(tmp_path / "missing-directory" / "state.sqlite")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OSError, match="a-file is not a directory"):
+        SqliteStore(tmp_path / "a-file" / "below" / "state.sqlite")
+    deep = tmp_path / "missing" / "directories" / "state.sqlite"  # made, as the spool's are
+    run(lambda: SqliteStore(deep), lambda store: store.get("k"))
+    assert deep.exists()
     (tmp_path / "not-a-database").write_text("x" * 4096)
     with pytest.raises(sqlite3.DatabaseError, match="not a database"):
         SqliteStore(tmp_path / "not-a-database")

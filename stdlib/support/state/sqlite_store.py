@@ -61,8 +61,9 @@ _SET_IF_ABSENT = _SET + " WHERE expires <= :now"
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection to the state file at ``path`` (made with its table when new), in WAL
-    mode, in autocommit mode (each operation opens its own transaction)."""
+    """A connection to the state file at ``path`` (made with its table, and its directory,
+    when new), in WAL mode, in autocommit mode (each operation opens its own transaction)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = WAL")
@@ -76,12 +77,19 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def check_openable(path: Path) -> None:
     """sqlite3.Error or OSError unless ``path`` is a state file that opens, or could be
-    made: an existing file is opened (and closed at once), else its directory must be
-    writable."""
+    made: an existing file is opened (and closed at once), else the nearest directory
+    above it that exists must be writable (the missing ones are made on first use, as
+    the spool makes its own)."""
     if path.exists():
         connect(path).close()
-    elif not os.access(path.parent, os.W_OK | os.X_OK):
-        raise OSError(errno.EACCES, f"cannot make files in {path.parent}")
+        return
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise OSError(errno.ENOTDIR, f"{directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"cannot make files in {directory}")
 
 
 @contextmanager
