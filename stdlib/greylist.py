@@ -330,7 +330,7 @@ async def check(ctx, options=None, *, store: StateStore) -> GreylistResult:
     ``"triplet"`` (or ``"client_sender"``), ``auto_whitelist`` 5 retries (0: off),
     counted at most once an ``auto_whitelist_interval`` (3600 s) per client network,
     prefixes /24 and /64; ``whitelist``: client networks, recipient domains and
-    addresses (``"postmaster@"``). See docs/anti-abuse-greylist.md."""
+    addresses (``"postmaster@"``). See docs/anti-abuse.md."""
     if not isinstance(ctx, Context):
         raise ScriptError("greylist::check takes ctx as its first argument")
     if ctx.stage != Stage.RCPT_TO:

@@ -343,7 +343,7 @@ def test_a_tagging_policy_records_the_listing_in_x_dnsbl(server, tmp_path):
 
 
 def documented_policy() -> str:
-    page = (Path(__file__).parent.parent / "docs" / "anti-abuse-dnsbl.md").read_text()
+    page = (Path(__file__).parent.parent / "docs" / "anti-abuse.md").read_text()
     return page.split("```rust\n", 1)[1].split("```", 1)[0]
 
 
