@@ -95,15 +95,17 @@ def test_an_unreadable_or_bad_url_file_is_an_error(tmp_path):
 
 
 def test_a_file_that_cannot_be_opened_is_an_error_naming_the_key(tmp_path):
-    config = from_dict({"state": {"path": "no/such/dir/state.sqlite"}}, base=tmp_path)
-    with pytest.raises(ConfigError, match="state.path: cannot open .*no/such/dir"):
+    (tmp_path / "a-file").write_text("")  # missing directories are made; a file's are not
+    config = from_dict({"state": {"path": "a-file/dir/state.sqlite"}}, base=tmp_path)
+    with pytest.raises(ConfigError, match="state.path: cannot open .*a-file is not a directory"):
         open_state(config)
 
 
 @pytest.mark.parametrize("command", [["serve"], ["policyd", "--scripts", "."]])
 def test_vsl_refuses_to_start_without_its_state(tmp_path, command):
     (tmp_path / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
-    (tmp_path / "vsl.toml").write_text('[state]\npath = "no/such/dir/state.sqlite"\n')
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "vsl.toml").write_text('[state]\npath = "a-file/state.sqlite"\n')
     result = subprocess.run([VSL, *command, "--config", "vsl.toml"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "state.path: cannot open" in result.stderr, result.stderr
