@@ -573,8 +573,10 @@ class _Fn(FastPaths):
                                     (target.name, target.arity) in res.async_functions)
         if isinstance(target, NativeFn):
             native = self.mc.natives[(target.ns, target.name)]
-            if native.charges is not None:  # the budget first (see Engine._environment)
-                args = [self.walks(), *args]
+            if native.charges is not None:  # the budget first (see Engine._environment);
+                # a native that waits does its work on the event loop wherever its caller
+                # runs (see Engine's _on_host), so only one that computes may run long
+                args = [self.budget() if native.is_async else self.walks(), *args]
             call = py_call(native_name(target.ns, target.name), *args)
             return self.wait(call) if native.is_async else call
         if isinstance(target, ModuleFn):
