@@ -27,10 +27,12 @@ store that cannot answer gives ``temperror``.
 #   greylist:retries:<network> -> the network's counted retries, for expire
 #   greylist:whitelisted:<network> -> when it was auto-whitelisted or last renewed, for
 #       expire
-# Processes share the store and interleave, so each decision that must happen once is one
-# atomic set-if-absent: the first attempt's time, the triplet's first pass (only the
-# process that makes the passed key counts the retry), and the network's count of an
-# interval. The digest (of the lower-cased sender and recipient) keeps every key short
+# The common calls, an auto-whitelisted network and a triplet that passed before, take one
+# store step (StateStore.first_present: reads and the renewal of the passed entry in one
+# SQLite call, one Lua script on Redis). Processes share the store and interleave, so
+# each decision that must happen once is one atomic set-if-absent: the first attempt's
+# time, the triplet's first pass (only the process that makes the passed key counts the
+# retry), and the network's count of an interval. The digest (of the lower-cased sender and recipient) keeps every key short
 # whatever the addresses, and keeps the addresses out of the store (postgrey's --privacy).
 # A store that hangs or fails raises StateUnavailable within the script's network time
 # (the stores' own io_time_left bound), which is temperror here.
@@ -258,35 +260,41 @@ async def greylist(store: StateStore, ctx: Context, found: Settings) -> Greylist
         return GreylistResult("whitelisted")
     network = client_network(address, found.ipv4_prefix if address.version == 4
                              else found.ipv6_prefix)
+    triplet = triplet_key(network, ctx, found.key)
     try:
-        if found.auto_whitelist and await _auto_whitelisted(store, network, found):
-            return GreylistResult("whitelisted")
-        return await _triplet(store, triplet_key(network, ctx, found.key), network, found)
+        known = await _known(store, network, triplet, found)
+        return known or await _attempt(store, triplet, network, found)
     except StateUnavailable:
         return GreylistResult("temperror")
 
 
-async def _auto_whitelisted(store: StateStore, network: str, found: Settings) -> bool:
-    """Whether the network is auto-whitelisted; its entry then lives ``expire`` seconds
-    more, written again at most once a RENEW_INTERVAL."""
-    key = f"greylist:whitelisted:{network}"
-    renewed = await store.get(key)
-    if renewed is None:
-        return False
-    now = store.clock()
-    if now - float(renewed) >= RENEW_INTERVAL:
-        await store.set(key, repr(now), found.expire)
-    return True
-
-
-async def _triplet(store: StateStore, triplet: str, network: str,
-                   found: Settings) -> GreylistResult:
-    """Greylisted until ``delay`` seconds after the first attempt, then passed (a retry
-    after ``retry_window`` finds the first attempt expired, and starts over)."""
-    passed, seen = f"greylist:passed:{triplet}", f"greylist:seen:{triplet}"
-    if await store.get(passed) is not None:
-        await store.set(passed, PASSED, found.expire)
+async def _known(store: StateStore, network: str, triplet: str,
+                 found: Settings) -> GreylistResult | None:
+    """In one store step: ``whitelisted`` when the network is auto-whitelisted, else
+    ``pass`` when the triplet passed before (its entry renewed for ``expire``); None when
+    neither."""
+    keys, renew = [f"greylist:passed:{triplet}"], [found.expire]
+    if found.auto_whitelist:
+        keys.insert(0, f"greylist:whitelisted:{network}")
+        renew.insert(0, None)  # renewed at most once a RENEW_INTERVAL, below
+    present = await store.first_present(keys, renew)
+    if present is None:
+        return None
+    position, value = present
+    if position == len(keys) - 1:
         return GreylistResult("pass")
+    now = store.clock()
+    if now - float(value) >= RENEW_INTERVAL:
+        await store.set(keys[0], repr(now), found.expire)
+    return GreylistResult("whitelisted")
+
+
+async def _attempt(store: StateStore, triplet: str, network: str,
+                   found: Settings) -> GreylistResult:
+    """An attempt of a triplet that has not passed: greylisted until ``delay`` seconds
+    after the first attempt, then passed (a retry after ``retry_window`` finds the first
+    attempt expired, and starts over)."""
+    passed, seen = f"greylist:passed:{triplet}", f"greylist:seen:{triplet}"
     waited = await _since_first_attempt(store, seen, found)
     if waited is None or waited < found.delay:
         return GreylistResult("greylisted", math.ceil(found.delay - (waited or 0)))

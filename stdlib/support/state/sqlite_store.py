@@ -29,8 +29,9 @@ before ``fork()``, the parent of the workers, holds neither a thread nor a conne
   CHECKPOINT_WRITES of them (it never waits, and writers go on beside it); one that
   leaves more than WAL_FRAMES in the WAL (writers kept it from catching up) is followed
   by a TRUNCATE, which holds the write lock while it runs (the loop's writes meanwhile
-  meet SQLITE_BUSY and queue on the thread) and empties the file. So the WAL stays
-  bounded, and the disk's syncs happen on the thread.
+  meet SQLITE_BUSY and queue on the thread) and empties the file. While a checkpoint
+  lags CHECKPOINT_WRITES writes behind (a slow sync), every call queues behind it on the
+  thread. So the WAL stays bounded, and the disk's syncs happen on the thread.
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ class SqliteStore(StateStore):
         try:
             if self._closed:
                 raise RuntimeError("the store is closed")
-            if wait > 0 and self._serves_this_thread():
+            if wait > 0 and self._serves_this_thread() and not self._checkpoint_lags():
                 try:
                     return self._on_loop(work)
                 except sqlite3.OperationalError as err:
@@ -191,6 +192,13 @@ class SqliteStore(StateStore):
         if self._loop_thread is None:
             self._loop_thread = threading.get_ident()
         return self._loop_db is not None and self._loop_thread == threading.get_ident()
+
+    def _checkpoint_lags(self) -> bool:
+        """Whether the loop wrote CHECKPOINT_WRITES more while a checkpoint is still under
+        way: calls then queue behind it on the store's thread, so the WAL stays bounded
+        however slow the disk's syncs."""
+        return self._loop_writes >= CHECKPOINT_WRITES and self._checkpoint is not None \
+            and not self._checkpoint.done()
 
     def _on_loop(self, work):
         """``work`` on the loop's connection (SQLITE_BUSY at once when the file is locked);
