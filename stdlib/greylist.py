@@ -47,7 +47,7 @@ from functools import lru_cache
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.resolve import DYNAMIC
-from vsl.values import type_name
+from vsl.values import FrozenMap, type_name
 
 from .ctx import Context, Stage
 from .support.mail import AddressError, Mailbox, domain_key
@@ -188,8 +188,43 @@ _RULES = {  # option -> (whether a value is right, what it must be)
 
 
 def settings(options) -> Settings:
-    """The checked settings of an option map (a ScriptError for a bad one)."""
-    found = Settings(**_checked(options or {}))
+    """The checked settings of an option map (a ScriptError for a bad one). A script
+    passes the same options call after call: settings are cached by their values."""
+    options = options or {}
+    frozen = _frozen(options)
+    return _settings(options) if frozen is None else _cached_settings(frozen)
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def _frozen(options) -> tuple | None:
+    """An option map as a hashable key that keeps what checking tells apart (each value
+    with its type: ``1``, ``1.0`` and ``true`` differ; the keys in their order), or None
+    when it cannot be one (not a map, a value neither a scalar nor an array of them)."""
+    if type(options) is not dict and type(options) is not FrozenMap:
+        return None
+    items = []
+    for name, value in options.items():
+        if type(value) in (list, tuple) and all(type(e) in _SCALARS for e in value):
+            items.append((name, type(value), tuple((type(e), e) for e in value)))
+        elif type(value) in _SCALARS:
+            items.append((name, type(value), value))
+        else:
+            return None
+    return tuple(items)
+
+
+@lru_cache(maxsize=256)
+def _cached_settings(frozen: tuple) -> Settings:
+    """The settings of the option map that :func:`_frozen` made ``frozen``."""
+    return _settings({name: kind(e for _, e in value) if kind in (list, tuple) else value
+                      for name, kind, value in frozen})
+
+
+def _settings(options) -> Settings:
+    """The checked settings of an option map, not cached."""
+    found = Settings(**_checked(options))
     if found.retry_window <= found.delay:
         raise ScriptError("greylist::check: retry_window must be longer than delay")
     return found
