@@ -61,9 +61,23 @@ fn limit_hit(ctx) {{ limit::hit(`ip:${{ctx.client_ip}}`, #{{ rate: "1000000000/1
 EXPECTED = {"dnsbl_check": "listed", "greylist_check": "pass", "limit_hit": "pass"}
 
 # The throughput policies: the example policy's checks (examples/anti-abuse), with rates
-# no bench reaches, and the same stages without them. The bench client (127.0.0.1, one
-# sender, one recipient) is not whitelisted: its triplet is greylisted once and passed
-# once before the load (delay 0), so each session's check reads and renews a passed one.
+# no bench reaches; issue 17's case, "a policy that uses all three", one check of each
+# (one zone); and the same stages without them. Both policies check MAIL and RCPT alike.
+# The bench client (127.0.0.1, one sender, one recipient) is not whitelisted: its triplet
+# is greylisted once and passed once before the load (delay 0), so each session's check
+# reads and renews a passed one.
+MAIL_AND_RCPT_CHECKS = """
+fn on_mail_from(ctx) {{
+    let quota = limit::hit(`sender:${{ctx.sender}}`, #{{ rate: "1000000000/1h" }});
+    if !quota.allowed {{ return status::deny("450 4.7.1 Sending rate exceeded") }}
+    status::next()
+}}
+fn on_rcpt_to(ctx) {{
+    let grey = greylist::check(ctx, #{{ delay: 0 }});
+    if grey != "pass" {{ return status::deny(`451 4.7.1 ${{grey}}`) }}
+    status::next()
+}}
+"""
 CHECKS = """
 const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"] }});
 const LISTS = ["bl.dnsbl.test", "second.dnsbl.test"];
@@ -75,18 +89,7 @@ fn on_connect(ctx) {{
     if lists.listed {{ return status::deny(`554 5.7.1 Listed by ${{lists.zone}}`) }}
     status::next()
 }}
-fn on_mail_from(ctx) {{
-    let quota = limit::hit(`sender:${{ctx.sender}}`, #{{ rate: "1000000000/1h" }});
-    if !quota.allowed {{ return status::deny("450 4.7.1 Sending rate exceeded") }}
-    status::next()
-}}
-fn on_rcpt_to(ctx) {{
-    let grey = greylist::check(ctx, #{{ delay: 0 }});
-    if grey != "pass" {{ return status::deny(`451 4.7.1 ${{grey}}`) }}
-    status::next()
-}}
-"""
-# Issue 17's case, "a policy that uses all three": one check of each, one zone.
+""" + MAIL_AND_RCPT_CHECKS
 ONE_OF_EACH = """
 const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{port}"] }});
 fn on_connect(ctx) {{
@@ -95,17 +98,7 @@ fn on_connect(ctx) {{
     if lists.listed {{ return status::deny(`554 5.7.1 Listed by ${{lists.zone}}`) }}
     status::next()
 }}
-fn on_mail_from(ctx) {{
-    let quota = limit::hit(`sender:${{ctx.sender}}`, #{{ rate: "1000000000/1h" }});
-    if !quota.allowed {{ return status::deny("450 4.7.1 Sending rate exceeded") }}
-    status::next()
-}}
-fn on_rcpt_to(ctx) {{
-    let grey = greylist::check(ctx, #{{ delay: 0 }});
-    if grey != "pass" {{ return status::deny(`451 4.7.1 ${{grey}}`) }}
-    status::next()
-}}
-"""
+""" + MAIL_AND_RCPT_CHECKS
 NO_CHECKS = """
 fn on_connect(ctx) { status::next() }
 fn on_mail_from(ctx) { status::next() }
