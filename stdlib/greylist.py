@@ -29,11 +29,14 @@ store that cannot answer gives ``temperror``.
 #       expire
 # The common calls, an auto-whitelisted network and a triplet that passed before, take one
 # store step (StateStore.first_present: reads and the renewal of the passed entry in one
-# SQLite call, one Lua script on Redis). Processes share the store and interleave, so
-# each decision that must happen once is one atomic set-if-absent: the first attempt's
-# time, the triplet's first pass (only the process that makes the passed key counts the
-# retry), and the network's count of an interval. The digest (of the lower-cased sender and recipient) keeps every key short
-# whatever the addresses, and keeps the addresses out of the store (postgrey's --privacy).
+# SQLite call, one Lua script on Redis); an attempt of an unknown triplet one more (its
+# first attempt's time, read or stored: StateStore.get_or_add). Processes share the store
+# and interleave, so each decision that must happen once is one atomic step: the first
+# attempt's time (get_or_add), the triplet's first pass (a set-if-absent: only the process
+# that makes the passed key counts the retry), and the network's count of an interval (a
+# set-if-absent). The digest (of the lower-cased sender and recipient) keeps every key
+# short whatever the addresses, and keeps the addresses out of the store (postgrey's
+# --privacy).
 # A store that hangs or fails raises StateUnavailable within the script's network time
 # (the stores' own io_time_left bound), which is temperror here.
 from __future__ import annotations
@@ -341,14 +344,11 @@ async def _attempt(store: StateStore, triplet: str, network: str,
 
 
 async def _since_first_attempt(store: StateStore, key: str, found: Settings) -> float | None:
-    """Seconds since the triplet's first attempt, or None when this is it (then stored)."""
+    """Seconds since the triplet's first attempt, or None when this is it (then stored,
+    in the same step: of processes that see it at once, one stores its time)."""
     now = store.clock()
-    seen = await store.get(key)
-    if seen is None:
-        if await store.set(key, repr(now), found.retry_window, only_if_absent=True):
-            return None
-        seen = await store.get(key) or repr(now)  # another process's first attempt
-    return now - float(seen)
+    seen = await store.get_or_add(key, repr(now), found.retry_window)
+    return None if seen is None else now - float(seen)
 
 
 async def _count_retry(store: StateStore, network: str, found: Settings) -> None:

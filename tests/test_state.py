@@ -518,3 +518,17 @@ def test_the_sqlite_wal_stays_bounded_over_many_writes(tmp_path):
     largest, rows = asyncio.run(scenario())
     assert rows == 10_000
     assert largest < 3 * WAL_FRAMES * 4200  # pages of 4 KB and their frame headers
+
+
+def test_get_or_add_stores_once_and_then_reads(store_factory):
+    k, short = key(), key()
+
+    async def scenario(store):
+        answers = await asyncio.gather(*(store.get_or_add(k, str(n), 60) for n in range(20)))
+        stored = [n for n, answer in enumerate(answers) if answer is None]
+        assert len(stored) == 1 and await store.get(k) == str(stored[0])
+        assert set(answers) == {None, str(stored[0])}
+        assert await store.get_or_add(short, "first", TTL) is None
+        await asyncio.sleep(TTL + 0.1)
+        return await store.get_or_add(short, "again", 60), await store.get(short)
+    assert run(store_factory, scenario) == (None, "again")  # the first one expired

@@ -118,6 +118,17 @@ class StateStore(ABC):
                 return position, value
         return None
 
+    async def get_or_add(self, key: str, value: str, ttl: float) -> str | None:
+        """The value at ``key``; when it is absent, ``value`` is stored there for ``ttl``
+        seconds and None returned. One step in the shared stores: of processes that
+        call it at once, one stores its value and the others get it."""
+        found = await self.get(key)
+        if found is not None:
+            return found
+        if await self.set(key, value, ttl, only_if_absent=True):
+            return None
+        return await self.get(key) or value  # stored by another process (and gone again)
+
     @abstractmethod
     async def get(self, key: str) -> str | None:
         """The value at ``key`` as a string, or None when absent or expired."""

@@ -8,7 +8,8 @@ and syncs nothing). The file is made on first use (a server whose scripts count 
 leaves none behind); making the store only checks that it could be. Expired rows are
 purged as writes go, at most ``PURGE_BATCH`` a write, so no call does unbounded work;
 the file survives restarts. Time is the machine's clock (``clock``): one machine shares
-one file.
+one file. (A file system that refuses WAL mode gets no loop connection: every call runs
+on the store's thread.)
 
 Two connections, both opened on the store's own thread at the first call (a store made
 before ``fork()``, the parent of the workers, holds neither a thread nor a connection):
@@ -231,11 +232,13 @@ class SqliteStore(StateStore):
         return work(self._db)
 
     def _connect(self) -> None:
-        """On the store's thread: open both connections, the first time."""
+        """On the store's thread: open both connections, the first time (the loop's only
+        in WAL mode, which a file system without shared memory refuses: a commit of
+        another mode syncs the disk)."""
         if self._db is None:
             self._db = connect(self.path)
-        if self._loop_db is None:
-            self._loop_db = connect_for_loop(self.path)
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                self._loop_db = connect_for_loop(self.path)
 
     def _checkpoint_wal(self) -> None:
         """On the store's thread: copy the WAL into the file without waiting (PASSIVE);
@@ -312,6 +315,20 @@ class SqliteStore(StateStore):
             return None
 
         return await self._run(lookup)
+
+    async def get_or_add(self, key: str, value: str, ttl: float) -> str | None:
+        now = self.clock()
+
+        def get_or_add(db) -> str | None:  # a read; a transaction only when it is absent
+            row = db.execute(_GET, (key, now)).fetchone()
+            if row is None:
+                with _transaction(db, now):
+                    row = db.execute(_GET, (key, now)).fetchone()
+                    if row is None:
+                        db.execute(_SET, {"key": key, "value": value, "ttl": ttl, "now": now})
+            return None if row is None else str(row[0])
+
+        return await self._run(get_or_add)
 
     async def delete(self, key: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM state WHERE key = ?", (key,)))
