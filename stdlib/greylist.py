@@ -27,11 +27,16 @@ store that cannot answer gives ``temperror``.
 #   greylist:retries:<network> -> the network's counted retries, for expire
 #   greylist:whitelisted:<network> -> when it was auto-whitelisted or last renewed, for
 #       expire
-# Processes share the store and interleave, so each decision that must happen once is one
-# atomic set-if-absent: the first attempt's time, the triplet's first pass (only the
-# process that makes the passed key counts the retry), and the network's count of an
-# interval. The digest (of the lower-cased sender and recipient) keeps every key short
-# whatever the addresses, and keeps the addresses out of the store (postgrey's --privacy).
+# The common calls, an auto-whitelisted network and a triplet that passed before, take one
+# store step (StateStore.first_present: reads and the renewal of the passed entry in one
+# SQLite call, one Lua script on Redis); an attempt of an unknown triplet one more (its
+# first attempt's time, read or stored: StateStore.get_or_add). Processes share the store
+# and interleave, so each decision that must happen once is one atomic step: the first
+# attempt's time (get_or_add), the triplet's first pass (a set-if-absent: only the process
+# that makes the passed key counts the retry), and the network's count of an interval (a
+# set-if-absent). The digest (of the lower-cased sender and recipient) keeps every key
+# short whatever the addresses, and keeps the addresses out of the store (postgrey's
+# --privacy).
 # A store that hangs or fails raises StateUnavailable within the script's network time
 # (the stores' own io_time_left bound), which is temperror here.
 from __future__ import annotations
@@ -45,7 +50,7 @@ from functools import lru_cache
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 from vsl.resolve import DYNAMIC
-from vsl.values import type_name
+from vsl.values import FrozenMap, type_name
 
 from .ctx import Context, Stage
 from .support.mail import AddressError, Mailbox, domain_key
@@ -186,8 +191,43 @@ _RULES = {  # option -> (whether a value is right, what it must be)
 
 
 def settings(options) -> Settings:
-    """The checked settings of an option map (a ScriptError for a bad one)."""
-    found = Settings(**_checked(options or {}))
+    """The checked settings of an option map (a ScriptError for a bad one). A script
+    passes the same options call after call: settings are cached by their values."""
+    options = options or {}
+    frozen = _frozen(options)
+    return _settings(options) if frozen is None else _cached_settings(frozen)
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def _frozen(options) -> tuple | None:
+    """An option map as a hashable key that keeps what checking tells apart (each value
+    with its type: ``1``, ``1.0`` and ``true`` differ; the keys in their order), or None
+    when it cannot be one (not a map, a value neither a scalar nor an array of them)."""
+    if type(options) is not dict and type(options) is not FrozenMap:
+        return None
+    items = []
+    for name, value in options.items():
+        if type(value) in (list, tuple) and all(type(e) in _SCALARS for e in value):
+            items.append((name, type(value), tuple((type(e), e) for e in value)))
+        elif type(value) in _SCALARS:
+            items.append((name, type(value), value))
+        else:
+            return None
+    return tuple(items)
+
+
+@lru_cache(maxsize=256)
+def _cached_settings(frozen: tuple) -> Settings:
+    """The settings of the option map that :func:`_frozen` made ``frozen``."""
+    return _settings({name: kind(e for _, e in value) if kind in (list, tuple) else value
+                      for name, kind, value in frozen})
+
+
+def _settings(options) -> Settings:
+    """The checked settings of an option map, not cached."""
+    found = Settings(**_checked(options))
     if found.retry_window <= found.delay:
         raise ScriptError("greylist::check: retry_window must be longer than delay")
     return found
@@ -258,35 +298,41 @@ async def greylist(store: StateStore, ctx: Context, found: Settings) -> Greylist
         return GreylistResult("whitelisted")
     network = client_network(address, found.ipv4_prefix if address.version == 4
                              else found.ipv6_prefix)
+    triplet = triplet_key(network, ctx, found.key)
     try:
-        if found.auto_whitelist and await _auto_whitelisted(store, network, found):
-            return GreylistResult("whitelisted")
-        return await _triplet(store, triplet_key(network, ctx, found.key), network, found)
+        known = await _known(store, network, triplet, found)
+        return known or await _attempt(store, triplet, network, found)
     except StateUnavailable:
         return GreylistResult("temperror")
 
 
-async def _auto_whitelisted(store: StateStore, network: str, found: Settings) -> bool:
-    """Whether the network is auto-whitelisted; its entry then lives ``expire`` seconds
-    more, written again at most once a RENEW_INTERVAL."""
-    key = f"greylist:whitelisted:{network}"
-    renewed = await store.get(key)
-    if renewed is None:
-        return False
-    now = store.clock()
-    if now - float(renewed) >= RENEW_INTERVAL:
-        await store.set(key, repr(now), found.expire)
-    return True
-
-
-async def _triplet(store: StateStore, triplet: str, network: str,
-                   found: Settings) -> GreylistResult:
-    """Greylisted until ``delay`` seconds after the first attempt, then passed (a retry
-    after ``retry_window`` finds the first attempt expired, and starts over)."""
-    passed, seen = f"greylist:passed:{triplet}", f"greylist:seen:{triplet}"
-    if await store.get(passed) is not None:
-        await store.set(passed, PASSED, found.expire)
+async def _known(store: StateStore, network: str, triplet: str,
+                 found: Settings) -> GreylistResult | None:
+    """In one store step: ``whitelisted`` when the network is auto-whitelisted, else
+    ``pass`` when the triplet passed before (its entry renewed for ``expire``); None when
+    neither."""
+    keys, renew = [f"greylist:passed:{triplet}"], [found.expire]
+    if found.auto_whitelist:
+        keys.insert(0, f"greylist:whitelisted:{network}")
+        renew.insert(0, None)  # renewed at most once a RENEW_INTERVAL, below
+    present = await store.first_present(keys, renew)
+    if present is None:
+        return None
+    position, value = present
+    if position == len(keys) - 1:
         return GreylistResult("pass")
+    now = store.clock()
+    if now - float(value) >= RENEW_INTERVAL:
+        await store.set(keys[0], repr(now), found.expire)
+    return GreylistResult("whitelisted")
+
+
+async def _attempt(store: StateStore, triplet: str, network: str,
+                   found: Settings) -> GreylistResult:
+    """An attempt of a triplet that has not passed: greylisted until ``delay`` seconds
+    after the first attempt, then passed (a retry after ``retry_window`` finds the first
+    attempt expired, and starts over)."""
+    passed, seen = f"greylist:passed:{triplet}", f"greylist:seen:{triplet}"
     waited = await _since_first_attempt(store, seen, found)
     if waited is None or waited < found.delay:
         return GreylistResult("greylisted", math.ceil(found.delay - (waited or 0)))
@@ -298,14 +344,11 @@ async def _triplet(store: StateStore, triplet: str, network: str,
 
 
 async def _since_first_attempt(store: StateStore, key: str, found: Settings) -> float | None:
-    """Seconds since the triplet's first attempt, or None when this is it (then stored)."""
+    """Seconds since the triplet's first attempt, or None when this is it (then stored,
+    in the same step: of processes that see it at once, one stores its time)."""
     now = store.clock()
-    seen = await store.get(key)
-    if seen is None:
-        if await store.set(key, repr(now), found.retry_window, only_if_absent=True):
-            return None
-        seen = await store.get(key) or repr(now)  # another process's first attempt
-    return now - float(seen)
+    seen = await store.get_or_add(key, repr(now), found.retry_window)
+    return None if seen is None else now - float(seen)
 
 
 async def _count_retry(store: StateStore, network: str, found: Settings) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -52,6 +53,13 @@ def _rate_or_problem(text) -> Rate | str:
     """The Rate of ``text`` ("100/1h"), or why it is not one."""
     if not isinstance(text, str):
         return "the rate must be a string such as \"100/1h\""
+    return _parsed_rate(text)
+
+
+@lru_cache(maxsize=1024)
+def _parsed_rate(text: str) -> Rate | str:
+    """What :func:`_rate_or_problem` says of a string (scripts use a few rates, call after
+    call: each is parsed once)."""
     m = _RATE.fullmatch(text)
     if m is None:
         return f"rate '{text}' is not \"N/unit\" or \"N/Kunit\" (units s, m, h, d: \"100/1h\")"

@@ -425,6 +425,20 @@ def test_bad_options_are_errors_at_the_call(grey, options, message):
         grey.check(**options)
 
 
+def test_settings_are_cached_by_their_values_and_types():
+    entries = ["192.0.2.0/24"]
+    assert greylist.settings({"delay": 1}) is greylist.settings({"delay": 1})
+    assert greylist.settings({"delay": 1.5}).delay == 1.5
+    with pytest.raises(ScriptError, match="option 'delay' must be"):
+        greylist.settings({"delay": True})  # equal to 1 in Python, not to the check
+    assert greylist.settings({"whitelist": entries}).whitelist.networks
+    entries[0] = "example.com"
+    assert not greylist.settings({"whitelist": entries}).whitelist.networks
+    for _ in range(2):  # a bad value is an error at every call, and never cached
+        with pytest.raises(ScriptError, match="whitelist entries are strings, not map"):
+            greylist.settings({"whitelist": [{"x": 1}]})
+
+
 def test_a_client_without_an_ip_address_is_an_error(grey):
     with pytest.raises(ScriptError, match="the client address 'unix' is not an IP address"):
         grey.check(ip="unix")

@@ -121,6 +121,13 @@ def test_rates():
     assert parse_rate("10/15m") == Rate(10, 900)
 
 
+def test_a_bad_rate_is_an_error_at_every_call_though_rates_are_cached(script):
+    for _ in range(2):
+        assert parse_rate("100/1h") == Rate(100, 3600)
+        with pytest.raises(VslError, match="the count must be between 1 and"):
+            call(script, "hit", "k", "0/1m")
+
+
 def test_retry_in_is_when_one_more_hit_fits():
     window = Window.at(Rate(10, 100), 1050.0)  # halfway through a window
     assert window.retry_in(10, 0) == 60   # the rest of this window, and 0.1 of the next

@@ -403,3 +403,132 @@ def test_a_full_memory_store_costs_no_more_a_write_than_a_small_one():
         return took
     small, large = min(seconds_per_write(100) for _ in range(3)), seconds_per_write(50_000)
     assert large < 20 * small + 20e-6
+
+
+def test_first_present_finds_the_first_key_there_and_renews_it(store_factory):
+    absent, short, other = key(), key(), key()
+
+    async def scenario(store):
+        assert await store.first_present([absent], [None]) is None
+        await store.set(short, "passed", TTL)
+        await store.set(other, "7", 60)
+        found = await store.first_present([absent, short, other], [None, 60, None])
+        await asyncio.sleep(TTL + 0.1)
+        renewed = await store.get(short)  # lives 60 s now, with its value
+        unrenewed = await store.first_present([other], [None])
+        return found, renewed, unrenewed
+    assert run(store_factory, scenario) == ((1, "passed"), "passed", (0, "7"))
+
+
+def _hold_the_write_lock(path, locked, seconds: float) -> None:
+    """In another process: hold the state file's write lock for ``seconds``."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    locked.set()
+    time.sleep(seconds)
+    db.execute("ROLLBACK")
+    db.close()
+
+
+def test_a_file_locked_by_another_process_never_stalls_the_event_loop(tmp_path):
+    """While another process holds the write lock, writes give up by the call's deadline
+    (on the store's thread), reads still answer, and the loop keeps turning: its
+    longest stall, seen by a ticker task, stays far below the waits."""
+    path = tmp_path / "state.sqlite"
+    spawn = multiprocessing.get_context("spawn")
+    locked = spawn.Event()
+    holder = spawn.Process(target=_hold_the_write_lock, args=(path, locked, 3.0))
+
+    async def ticker(stalls: list) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.002)
+            now = time.monotonic()
+            stalls.append(now - last)
+            last = now
+
+    async def scenario():
+        store = SqliteStore(path)
+        await store.incr("k", 1, 60)  # the file and both connections made
+        holder.start()
+        assert await asyncio.to_thread(locked.wait, 30)
+        stalls = []
+        ticking = asyncio.create_task(ticker(stalls))
+        outcomes, took = [], []
+        for _ in range(4):
+            IO_DEADLINE.set(time.monotonic() + 0.3)
+            started = time.monotonic()
+            try:
+                await store.incr("k", 1, 60)
+            except StateUnavailable:
+                outcomes.append("temperror")
+            took.append(time.monotonic() - started)
+            IO_DEADLINE.set(None)
+            outcomes.append(await store.get("k"))
+        ticking.cancel()
+        await store.close()
+        return outcomes, took, max(stalls)
+    try:
+        outcomes, took, stall = asyncio.run(scenario())
+    finally:
+        holder.join(30)
+    assert outcomes == ["temperror", "1"] * 4
+    assert max(took) < 0.8 and stall < 0.1
+
+
+def test_a_write_that_met_the_lock_is_written_once_it_is_released(tmp_path):
+    """The loop's connection does not wait: its write goes to the store's thread, which
+    waits for the lock (here released 0.2 s later) and writes it once."""
+    path = tmp_path / "state.sqlite"
+
+    async def scenario():
+        store = SqliteStore(path)
+        await store.get("k")
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.2, locker.execute, "ROLLBACK")
+        value = await store.incr("k", 1, 60)
+        locker.close()
+        value = await store.incr("k", 1, 60)
+        await store.close()
+        return value
+    assert asyncio.run(scenario()) == 2
+
+
+def test_the_sqlite_wal_stays_bounded_over_many_writes(tmp_path):
+    """Writes on the loop never checkpoint: the store's thread does, so the WAL does not
+    grow with the writes (here some 40 MB of pages without checkpoints)."""
+    from vsl.stdlib.support.state.sqlite_store import WAL_FRAMES
+
+    path = tmp_path / "state.sqlite"
+    wal = tmp_path / "state.sqlite-wal"
+
+    async def scenario():
+        store = SqliteStore(path)
+        largest = 0
+        for i in range(10_000):
+            await store.incr(f"k{i}", 1, 60)
+            if i % 500 == 0:
+                await asyncio.sleep(0)
+                largest = max(largest, wal.stat().st_size)
+        largest = max(largest, wal.stat().st_size)
+        rows = await store._run(lambda db: db.execute("SELECT count(*) FROM state").fetchone())
+        await store.close()
+        return largest, rows[0]
+    largest, rows = asyncio.run(scenario())
+    assert rows == 10_000
+    assert largest < 3 * WAL_FRAMES * 4200  # pages of 4 KB and their frame headers
+
+
+def test_get_or_add_stores_once_and_then_reads(store_factory):
+    k, short = key(), key()
+
+    async def scenario(store):
+        answers = await asyncio.gather(*(store.get_or_add(k, str(n), 60) for n in range(20)))
+        stored = [n for n, answer in enumerate(answers) if answer is None]
+        assert len(stored) == 1 and await store.get(k) == str(stored[0])
+        assert set(answers) == {None, str(stored[0])}
+        assert await store.get_or_add(short, "first", TTL) is None
+        await asyncio.sleep(TTL + 0.1)
+        return await store.get_or_add(short, "again", 60), await store.get(short)
+    assert run(store_factory, scenario) == (None, "again")  # the first one expired

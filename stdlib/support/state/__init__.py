@@ -16,7 +16,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 MAX_KEY_BYTES = 1024  # the longest key limit:: takes (longer: a script's error, with its position)
 FAILURE_LOG_INTERVAL = 60.0  # seconds: a store logs why it failed at most once in this time
@@ -52,6 +52,12 @@ def fits(current: int, previous: int, elapsed: float, amount: int, limit: int) -
     plus the previous one's weighed by what remains of it) within ``limit``. The Redis
     store computes the same in Lua."""
     return current + previous * (1 - elapsed) + amount <= limit
+
+
+def _unrenewed(keys: Sequence[str], renew: Sequence[float | None]) -> None:
+    """ValueError unless ``renew`` has one entry a key (a store's precondition)."""
+    if len(keys) != len(renew):
+        raise ValueError("first_present takes one renew entry a key")
 
 
 class FailureLog:
@@ -96,6 +102,32 @@ class StateStore(ABC):
         if counted:
             current = await self.incr(f"{prefix}{index}", amount, 2 * window)
         return WindowCount(now, current, previous, counted)
+
+    async def first_present(self, keys: Sequence[str],
+                            renew: Sequence[float | None]) -> tuple[int, str] | None:
+        """The first of ``keys`` that is present, as its position and value (None when
+        none is), looked up in one step: one transaction or script in the shared stores.
+        When ``renew`` (one entry a key) has a number at that position, the key is stored
+        again with its value for that many seconds, as :meth:`set` would."""
+        _unrenewed(keys, renew)
+        for position, (key, ttl) in enumerate(zip(keys, renew)):
+            value = await self.get(key)
+            if value is not None:
+                if ttl is not None:
+                    await self.set(key, value, ttl)
+                return position, value
+        return None
+
+    async def get_or_add(self, key: str, value: str, ttl: float) -> str | None:
+        """The value at ``key``; when it is absent, ``value`` is stored there for ``ttl``
+        seconds and None returned. One step in the shared stores: of processes that
+        call it at once, one stores its value and the others get it."""
+        found = await self.get(key)
+        if found is not None:
+            return found
+        if await self.set(key, value, ttl, only_if_absent=True):
+            return None
+        return await self.get(key) or value  # stored by another process (and gone again)
 
     @abstractmethod
     async def get(self, key: str) -> str | None:

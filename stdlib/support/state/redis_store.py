@@ -8,13 +8,16 @@ expiry yet, i.e. this call created it), so that no key is ever left without an e
 A sliding window (:meth:`count_in_window`) is one script too: it takes the time from
 Redis (``TIME``), so every server counts in the same windows whatever its own clock
 says, reads both counts, and increments only when the hit fits, so no process ever sees
-a refused hit counted. Each wait ends within ``timeout`` and within the script call's
+a refused hit counted. :meth:`first_present` and :meth:`get_or_add` are one script each
+as well (``GET`` each key until one is there, ``PEXPIRE`` it when renewed; ``GET``, then
+``SET PX`` when absent). Each wait ends within ``timeout`` and within the script call's
 network time (io_time_left), with StateUnavailable. The URL may hold a password: it is
 never put into a message (:func:`redacted`).
 """
 from __future__ import annotations
 
 import asyncio
+from typing import Sequence
 
 import redis.asyncio
 import redis.exceptions
@@ -59,6 +62,32 @@ end
 return {time[1], time[2], current, previous, counted}
 """
 
+# KEYS: the keys in order; ARGV: each one's renewal in ms (0: none). Returns {position
+# (from 0), value} of the first present key, or nil.
+_FIRST_PRESENT = """
+for i, key in ipairs(KEYS) do
+    local value = redis.call('GET', key)
+    if value then
+        local ttl = tonumber(ARGV[i])
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+        return {i - 1, value}
+    end
+end
+return nil
+"""
+# KEYS[1]: the key; ARGV: the value, its time to live in ms. Returns the value there, or
+# nil when there was none and ARGV[1] is stored.
+_GET_OR_ADD = """
+local value = redis.call('GET', KEYS[1])
+if value then return value end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return nil
+"""
+
+
+def _decoded(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
 
 def _milliseconds(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
@@ -76,6 +105,8 @@ class RedisStore(StateStore):
         self._client = redis.asyncio.Redis(connection_pool=pool)
         self._incr = self._client.register_script(_INCR)
         self._count_in_window = self._client.register_script(_COUNT_IN_WINDOW)
+        self._first_present = self._client.register_script(_FIRST_PRESENT)
+        self._get_or_add = self._client.register_script(_GET_OR_ADD)
         self._closed = False
         self._failures = FailureLog(str(self))
 
@@ -113,9 +144,23 @@ class RedisStore(StateStore):
         return await self._call(
             lambda: self._count_in_window(keys=[prefix], args=[window, amount, limit]), window_count)
 
+    async def first_present(self, keys: Sequence[str],
+                            renew: Sequence[float | None]) -> tuple[int, str] | None:
+        renewals = [0 if ttl is None else _milliseconds(ttl)
+                    for _, ttl in zip(keys, renew, strict=True)]
+
+        def found(answer) -> tuple[int, str] | None:
+            return None if answer is None else (int(answer[0]), answer[1].decode())
+
+        return await self._call(
+            lambda: self._first_present(keys=list(keys), args=renewals), found)
+
     async def get(self, key: str) -> str | None:
-        return await self._call(lambda: self._client.get(key),
-                                lambda value: None if value is None else value.decode())
+        return await self._call(lambda: self._client.get(key), _decoded)
+
+    async def get_or_add(self, key: str, value: str, ttl: float) -> str | None:
+        return await self._call(
+            lambda: self._get_or_add(keys=[key], args=[value, _milliseconds(ttl)]), _decoded)
 
     async def set(self, key: str, value: str, ttl: float, *, only_if_absent: bool = False) -> bool:
         return await self._call(lambda: self._client.set(

@@ -2,22 +2,37 @@
 
 Design: the file is shared by every process of one machine that opens it (the workers
 of ``vsl serve``, ``vsl policyd``, a second ``vsl serve``), so each operation is one
-short transaction (``BEGIN IMMEDIATE``, which takes the write lock at once, and a busy
-timeout, so concurrent writers queue instead of failing) in WAL mode (readers never
-wait for writers). sqlite3 blocks, so a store runs its statements on one thread of its
-own, with one connection opened there on first use: the event loop never waits on the
-disk, and a store made before ``fork()`` (the parent of the workers) holds neither a
-thread nor a connection. The file is made on first use (a server whose scripts count
-nothing leaves none behind); making the store only checks that it could be. Expired
-rows are purged as writes go, at most ``PURGE_BATCH`` a write, so no call does
-unbounded work; the file survives restarts.
+short transaction (``BEGIN IMMEDIATE``, which takes the write lock at once) in WAL mode
+(readers never wait for writers), ``synchronous = NORMAL`` (a commit appends to the WAL
+and syncs nothing). The file is made on first use (a server whose scripts count nothing
+leaves none behind); making the store only checks that it could be. Expired rows are
+purged as writes go, at most ``PURGE_BATCH`` a write, so no call does unbounded work;
+the file survives restarts. Time is the machine's clock (``clock``): one machine shares
+one file. (A file system that refuses WAL mode gets no loop connection: every call runs
+on the store's thread.)
 
-A file another process keeps locked makes a call wait BUSY_TIMEOUT at most, and never
-past the script call's network time (io_time_left): each call carries its deadline to
-the store's thread, sets the busy timeout to what is left of it, and gives up unrun when
-it is already past, so calls that queued behind a lock neither stall the ones after
-them nor write after their caller was told the store was unavailable. Time is the
-machine's clock (``clock``): one machine shares one file.
+Two connections, both opened on the store's own thread at the first call (a store made
+before ``fork()``, the parent of the workers, holds neither a thread nor a connection):
+
+- The loop's connection runs an operation on the event loop when it cannot block: its
+  busy timeout is 0, so a lock held elsewhere is ``SQLITE_BUSY`` at once, never a wait,
+  and it never checkpoints (``wal_autocheckpoint = 0``), so a commit costs tens of µs
+  and no sync. It serves the thread (the event loop) that made the first call; calls
+  from any other thread take the store's thread.
+- The store's thread runs what the loop could not: an operation that met
+  ``SQLITE_BUSY`` runs again there (nothing of it was written: its transaction was
+  never begun or was rolled back), waiting for the lock as a busy timeout, at most
+  BUSY_TIMEOUT and never past the script call's network time (io_time_left): each call
+  carries its deadline to the thread, sets the busy timeout to what is left of it, and
+  gives up unrun when it is already past, so calls that queued behind a lock neither
+  stall the ones after them nor write after their caller was told the store was
+  unavailable. The thread also checkpoints the loop's writes: a PASSIVE checkpoint every
+  CHECKPOINT_WRITES of them (it never waits, and writers go on beside it); one that
+  leaves more than WAL_FRAMES in the WAL (writers kept it from catching up) is followed
+  by a TRUNCATE, which holds the write lock while it runs (the loop's writes meanwhile
+  meet SQLITE_BUSY and queue on the thread) and empties the file. While a checkpoint
+  lags CHECKPOINT_WRITES writes behind (a slow sync), every call queues behind it on the
+  thread. So the WAL stays bounded, and the disk's syncs happen on the thread.
 """
 from __future__ import annotations
 
@@ -25,11 +40,12 @@ import asyncio
 import errno
 import os
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from vsl.natives import io_time_left
 
@@ -37,6 +53,8 @@ from . import FailureLog, StateStore, StateUnavailable, WindowCount, fits, windo
 
 BUSY_TIMEOUT = 1.0  # seconds a call waits at most for another process's write lock
 PURGE_BATCH = 16    # expired rows deleted at most by one write
+CHECKPOINT_WRITES = 100  # writes on the loop between two checkpoints on the store's thread
+WAL_FRAMES = 1000   # pages in the WAL past which a checkpoint empties it (TRUNCATE)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value NOT NULL, expires REAL NOT NULL);
@@ -73,6 +91,24 @@ def connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def connect_for_loop(path: Path) -> sqlite3.Connection:
+    """A connection to the state file (made by :func:`connect`) that never waits: busy
+    timeout 0, no automatic checkpoint. Opened on the store's thread, used on the loop."""
+    db = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def is_busy(err: sqlite3.Error) -> bool:
+    """Whether ``err`` is SQLITE_BUSY (of any kind): the file is locked elsewhere."""
+    return (getattr(err, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
 
 
 def check_openable(path: Path) -> None:
@@ -116,7 +152,11 @@ class SqliteStore(StateStore):
             self.clock = clock
         check_openable(path)
         self._thread = ThreadPoolExecutor(1, "vsl-state")  # its thread starts on first use
-        self._db: sqlite3.Connection | None = None  # opened in that thread
+        self._db: sqlite3.Connection | None = None  # the thread's, opened there
+        self._loop_db: sqlite3.Connection | None = None  # the loop's, opened there too
+        self._loop_thread: int | None = None  # the thread the loop's connection serves
+        self._loop_writes = 0  # since the last checkpoint
+        self._checkpoint = None  # the Future of the checkpoint under way, if any
         self._closed = False
         self._failures = FailureLog(str(self))
 
@@ -124,18 +164,22 @@ class SqliteStore(StateStore):
         return f"sqlite {self.path}"
 
     async def _run(self, work: Callable[[sqlite3.Connection], object]):
-        """``work(connection)`` on the store's thread, within BUSY_TIMEOUT and the script
-        call's network time (io_time_left); StateUnavailable when it fails or takes
-        longer, or the store is closed."""
+        """``work(connection)``, on the loop when the file is not locked, else on the
+        store's thread within BUSY_TIMEOUT and the script call's network time
+        (io_time_left); StateUnavailable when it fails or takes longer, or the store is
+        closed."""
         left = io_time_left()
         wait = BUSY_TIMEOUT if left is None else max(min(BUSY_TIMEOUT, left), 0)
-        deadline = time.monotonic() + wait
         try:
             if self._closed:
                 raise RuntimeError("the store is closed")
-            future = asyncio.get_running_loop().run_in_executor(
-                self._thread, self._call, work, deadline)
-            return await asyncio.wait_for(future, wait + 0.1)  # the thread's own end, a margin
+            if wait > 0 and self._serves_this_thread() and not self._checkpoint_lags():
+                try:
+                    return self._on_loop(work)
+                except sqlite3.OperationalError as err:
+                    if not is_busy(err):
+                        raise
+            return await self._on_thread(work, wait)
         except TimeoutError:
             reason = f"no answer within {wait:.3g} s"
         except (sqlite3.Error, OSError, RuntimeError) as err:  # RuntimeError: closed
@@ -143,16 +187,70 @@ class SqliteStore(StateStore):
         self._failures.report(reason)
         raise StateUnavailable(f"state file {self.path}: {reason}")
 
+    def _serves_this_thread(self) -> bool:
+        """Whether the loop's connection is open and serves the calling thread (the one
+        that made the first call)."""
+        if self._loop_thread is None:
+            self._loop_thread = threading.get_ident()
+        return self._loop_db is not None and self._loop_thread == threading.get_ident()
+
+    def _checkpoint_lags(self) -> bool:
+        """Whether the loop wrote CHECKPOINT_WRITES more while a checkpoint is still under
+        way: calls then queue behind it on the store's thread, so the WAL stays bounded
+        however slow the disk's syncs."""
+        return self._loop_writes >= CHECKPOINT_WRITES and self._checkpoint is not None \
+            and not self._checkpoint.done()
+
+    def _on_loop(self, work):
+        """``work`` on the loop's connection (SQLITE_BUSY at once when the file is locked);
+        every CHECKPOINT_WRITES writes, a checkpoint is handed to the store's thread."""
+        db = self._loop_db
+        changes = db.total_changes
+        result = work(db)
+        if db.total_changes != changes:
+            self._loop_writes += 1
+            if self._loop_writes >= CHECKPOINT_WRITES and \
+                    (self._checkpoint is None or self._checkpoint.done()):
+                self._loop_writes = 0
+                self._checkpoint = self._thread.submit(self._checkpoint_wal)
+        return result
+
+    async def _on_thread(self, work, wait: float):
+        """``work`` on the store's thread, within ``wait`` seconds."""
+        future = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._call, work, time.monotonic() + wait)
+        return await asyncio.wait_for(future, wait + 0.1)  # the thread's own end, a margin
+
     def _call(self, work, deadline: float):
         """On the store's thread: ``work`` with a busy timeout of what is left until
         ``deadline``; not run at all when nothing is left."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise sqlite3.OperationalError("gave up waiting for the store's thread")
-        if self._db is None:
-            self._db = connect(self.path)
+        self._connect()
         self._db.execute(f"PRAGMA busy_timeout = {max(int(left * 1000), 1)}")
         return work(self._db)
+
+    def _connect(self) -> None:
+        """On the store's thread: open both connections, the first time (the loop's only
+        in WAL mode, which a file system without shared memory refuses: a commit of
+        another mode syncs the disk)."""
+        if self._db is None:
+            self._db = connect(self.path)
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                self._loop_db = connect_for_loop(self.path)
+
+    def _checkpoint_wal(self) -> None:
+        """On the store's thread: copy the WAL into the file without waiting (PASSIVE);
+        when writers kept more than WAL_FRAMES in it, empty it (TRUNCATE, waiting for the
+        write lock BUSY_TIMEOUT at most). A failure waits for the next one."""
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            _, frames, _ = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames > WAL_FRAMES:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as err:
+            self._failures.report(f"checkpoint: {err}")
 
     def _write(self, db: sqlite3.Connection, statement: str, params: dict):
         """One write transaction: the statement (its cursor's first row and row count)."""
@@ -202,6 +300,36 @@ class SqliteStore(StateStore):
         _, changed = await self._run(lambda db: self._write(db, statement, params))
         return changed > 0
 
+    async def first_present(self, keys: Sequence[str],
+                            renew: Sequence[float | None]) -> tuple[int, str] | None:
+        now = self.clock()
+
+        def lookup(db) -> tuple[int, str] | None:  # reads, then one write transaction
+            for position, (key, ttl) in enumerate(zip(keys, renew, strict=True)):
+                row = db.execute(_GET, (key, now)).fetchone()
+                if row is not None:
+                    if ttl is not None:
+                        self._write(db, _SET, {"key": key, "value": row[0], "ttl": ttl,
+                                               "now": now})
+                    return position, str(row[0])
+            return None
+
+        return await self._run(lookup)
+
+    async def get_or_add(self, key: str, value: str, ttl: float) -> str | None:
+        now = self.clock()
+
+        def get_or_add(db) -> str | None:  # a read; a transaction only when it is absent
+            row = db.execute(_GET, (key, now)).fetchone()
+            if row is None:
+                with _transaction(db, now):
+                    row = db.execute(_GET, (key, now)).fetchone()
+                    if row is None:
+                        db.execute(_SET, {"key": key, "value": value, "ttl": ttl, "now": now})
+            return None if row is None else str(row[0])
+
+        return await self._run(get_or_add)
+
     async def delete(self, key: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM state WHERE key = ?", (key,)))
 
@@ -213,6 +341,9 @@ class SqliteStore(StateStore):
         self._thread.shutdown(wait=True)
 
     def _disconnect(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """On the store's thread: close both connections (the last one to close
+        checkpoints the WAL into the file)."""
+        for db in (self._loop_db, self._db):
+            if db is not None:
+                db.close()
+        self._db = self._loop_db = None
