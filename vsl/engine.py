@@ -30,6 +30,7 @@ import os
 from pathlib import Path
 import threading
 from time import monotonic
+import types
 
 from . import values
 from .build import gc_paused, parse
@@ -365,12 +366,22 @@ def _args(arg, more: tuple) -> tuple:
 
 async def _within_deadline(coro, state: ExecState):
     """Await a script coroutine, ending it with a LimitError at the call's deadline; the
-    natives' network waits end IO_RESERVE of max_time before it."""
+    natives' network waits end IO_RESERVE of max_time before it.
+
+    The coroutine takes its first step here, in the caller's task: a call whose natives
+    answer at once (a cached look-up, an in-memory count) never suspends, and needs no
+    timer. Only one that suspends is resumed under ``asyncio.timeout`` (see _resumed): the
+    deadline can only pass while it waits, since its own steps count against max_time."""
     if state.deadline == _INF:
         return await coro
     token = IO_DEADLINE.set(state.deadline - state.max_time * IO_RESERVE)
     try:
-        return await asyncio.wait_for(coro, max(state.deadline - monotonic(), 0))
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            return done.value
+        async with asyncio.timeout(max(state.deadline - monotonic(), 0)):
+            return await _resumed(coro, waiting_on)
     except TimeoutError:
         if monotonic() < state.deadline:
             raise  # a native's own timeout, not ours
@@ -378,6 +389,25 @@ async def _within_deadline(coro, state: ExecState):
                          "(limits.max_time)") from None
     finally:
         IO_DEADLINE.reset(token)
+
+
+@types.coroutine
+def _resumed(coro, waiting_on):
+    """The rest of ``coro``, which suspended on ``waiting_on`` in its first step: what
+    ``await coro`` would do from there (PEP 380's ``yield from``), for _within_deadline."""
+    while True:
+        try:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as err:  # noqa: BLE001 - the task's cancellation, passed on
+                waiting_on = coro.throw(err)
+            else:
+                waiting_on = coro.send(sent)
+        except StopIteration as done:
+            return done.value
 
 
 def _run_sync(make_coro):
