@@ -55,7 +55,7 @@ DEFAULT_CACHE_SIZE = 10_000
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024  # per resolver; [dns] cache_bytes
 _ENTRY_OVERHEAD = 640   # bytes of a cache entry besides its records (key, tuple, list)
 _RECORD_OVERHEAD = 140  # bytes of one parsed record besides its wire size
-QUERY_NAMES = 2048      # parsed query names kept (process-wide: _query)
+QUERY_NAMES = 2048      # parsed query names kept (process-wide: _parse_query)
 
 
 class DnsTempError(ScriptError):
@@ -203,13 +203,13 @@ class Resolver(NativeObject):
     def cached(self, name: str, rdtype: str = "A") -> list | None:
         """The records of ``name`` if the cache holds them (see :meth:`query`), else None:
         for callers that answer what is cached at once and ask only for the rest."""
-        return self._cache.get(_query(name, rdtype)[0])
+        return self._cache.get(_parse_query(name, rdtype)[0])
 
     async def query(self, name: str, rdtype: str = "A") -> list:
         """The records of ``name`` (dnspython rdata); [] when it does not exist. The wait
         ends by the script call's network deadline (io_time_left) with a DnsTempError.
         A cached answer returns without suspending."""
-        key, qname, rdtype_ = _query(name, rdtype)
+        key, qname, rdtype_ = _parse_query(name, rdtype)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -297,7 +297,8 @@ def _check_name(name) -> None:
 
 
 @functools.lru_cache(maxsize=QUERY_NAMES)
-def _query(name: str, rdtype) -> tuple[tuple[str, int], dns.name.Name, dns.rdatatype.RdataType]:
+def _parse_query(name: str, rdtype) -> tuple[tuple[str, int], dns.name.Name,
+                                              dns.rdatatype.RdataType]:
     """A query's cache key (its name in canonical text, its type's number), its name and
     its type, parsed once for a name asked often (dnspython's parsing is slow)."""
     qname, rdtype_ = _qname(name), _rdtype(rdtype)

@@ -302,7 +302,7 @@ _ZONE = Options({"zone": str},
 def zone(spec) -> Zone:
     """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, errors?, weight? }``."""
     if isinstance(spec, str):
-        return Zone(dns_name(spec, "zone"))
+        return named_zone(spec)
     opts = _ZONE.parse(spec, "a zone map")
     name = dns_name(opts["zone"], "zone")
     if "codes" in opts and not opts["codes"]:
@@ -314,6 +314,12 @@ def zone(spec) -> Zone:
         raise ScriptError(f"zone '{name}': code '{min(codes & errors)}' is in both its "
                           "codes and its errors")
     return Zone(name, codes, errors, opts.get("weight", 1))
+
+
+@lru_cache(maxsize=256)
+def named_zone(name: str) -> Zone:
+    """A zone given by its name alone, checked once for a name given call after call."""
+    return Zone(dns_name(name, "zone"))
 
 
 def zones(specs) -> list[Zone]:
