@@ -726,6 +726,11 @@ def _io_engine() -> Engine:
         return io_time_left()
 
     @ns.native
+    async def thread_name(pause):
+        await asyncio.sleep(pause)
+        return threading.current_thread().name
+
+    @ns.native
     async def times_out(pause):
         await asyncio.sleep(pause)
         raise TimeoutError("the native's own")
@@ -737,6 +742,8 @@ IO_SCRIPT = """
 fn task(pause) { io::task_name(pause) }
 fn left(pause) { io::time_left(pause) }
 fn times_out(pause) { io::times_out(pause) }
+fn looping(pause) { for i in 0..2 { } io::thread_name(pause) }
+fn slow(pause) { for i in 0..100 { io::time_left(pause); } }
 """
 
 
@@ -772,3 +779,28 @@ def test_a_native_s_own_timeout_is_not_the_time_limit(pause):
     with pytest.raises(VslError, match="TimeoutError: the native's own") as info:
         asyncio.run(script.call_async("times_out", pause))
     assert not isinstance(info.value, LimitError)
+
+
+@pytest.mark.parametrize("pause", [0, 0.01])
+def test_a_waiting_call_off_the_loop_runs_its_natives_on_the_server_s_loop(pause):
+    script = load(IO_SCRIPT, engine=_io_engine())
+    assert ("looping", 1) not in script.quick  # (it loops: a worker thread runs it)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            return await script.call_off_loop(pool, "looping", pause)
+
+    assert asyncio.run(main()) == threading.main_thread().name
+
+
+def test_max_time_bounds_a_waiting_call_off_the_loop():
+    script = load(IO_SCRIPT, engine=_io_engine())
+
+    async def main():
+        start = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            with pytest.raises(LimitError, match="max_time"):
+                await script.call_off_loop(pool, "slow", 0.05)  # 100 x 0.05 s = 5 s
+        return time.monotonic() - start
+
+    assert asyncio.run(main()) < 1.5  # max_time is 1 s
