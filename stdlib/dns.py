@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -54,6 +55,7 @@ DEFAULT_CACHE_SIZE = 10_000
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024  # per resolver; [dns] cache_bytes
 _ENTRY_OVERHEAD = 640   # bytes of a cache entry besides its records (key, tuple, list)
 _RECORD_OVERHEAD = 140  # bytes of one parsed record besides its wire size
+QUERY_NAMES = 2048      # parsed query names kept (process-wide: _parse_query)
 
 
 class DnsTempError(ScriptError):
@@ -198,16 +200,22 @@ class Resolver(NativeObject):
         return f"dns_resolver({servers})"
 
     # -- Python API, used by the other natives -------------------------------
+    def cached(self, name: str, rdtype: str = "A") -> list | None:
+        """The records of ``name`` if the cache holds them (see :meth:`query`), else None:
+        for callers that answer what is cached at once and ask only for the rest."""
+        return self._cache.get(_parse_query(name, rdtype)[0])
+
     async def query(self, name: str, rdtype: str = "A") -> list:
         """The records of ``name`` (dnspython rdata); [] when it does not exist. The wait
-        ends by the script call's network deadline (io_time_left) with a DnsTempError."""
-        key = (_qname(name), _rdtype(rdtype))
+        ends by the script call's network deadline (io_time_left) with a DnsTempError.
+        A cached answer returns without suspending."""
+        key, qname, rdtype_ = _parse_query(name, rdtype)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         task = self._inflight.get(key)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.ensure_future(self._fetch(*key))
+            task = asyncio.ensure_future(self._fetch(key, qname, rdtype_))
             self._inflight[key] = task
             task.add_done_callback(lambda done, key=key: self._forget(key, done))
         left = io_time_left()
@@ -215,7 +223,7 @@ class Resolver(NativeObject):
             return await asyncio.wait_for(asyncio.shield(task), None if left is None
                                           else max(left, 0))
         except TimeoutError:
-            raise DnsTempError(f"DNS temporary failure for {key[0]} {key[1].name}: timed "
+            raise DnsTempError(f"DNS temporary failure for {qname} {rdtype_.name}: timed "
                                "out (the script's time limit is near)") from None
 
     def _forget(self, key, task: asyncio.Future) -> None:
@@ -225,14 +233,15 @@ class Resolver(NativeObject):
         if not task.cancelled():
             task.exception()
 
-    async def _fetch(self, qname: dns.name.Name, rdtype) -> list:
+    async def _fetch(self, key: tuple, qname: dns.name.Name, rdtype) -> list:
+        """Ask the network for ``qname`` and cache the answer under ``key``."""
         self.sent += 1
         try:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False,
                                                   search=False)
         except dns.resolver.NXDOMAIN as err:
             response = next(iter(err.responses().values()), None)
-            self._cache.put((qname, rdtype), [], _negative_ttl(response),
+            self._cache.put(key, [], _negative_ttl(response),
                             answer_size(response, []))
             return []
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as err:
@@ -241,7 +250,7 @@ class Resolver(NativeObject):
         except dns.exception.DNSException as err:
             raise DnsTempError(f"DNS failure for {qname} {rdtype.name}: {err}") from None
         records = list(answer.rrset) if answer.rrset is not None else []
-        self._cache.put((qname, rdtype), records, answer.chaining_result.minimum_ttl,
+        self._cache.put(key, records, answer.chaining_result.minimum_ttl,
                         answer_size(answer.response, records))
         return records
 
@@ -285,6 +294,15 @@ def _why(err) -> str:
 def _check_name(name) -> None:
     if not isinstance(name, str) or not name:
         raise ScriptError("a DNS name must be a non-empty string")
+
+
+@functools.lru_cache(maxsize=QUERY_NAMES)
+def _parse_query(name: str, rdtype) -> tuple[tuple[str, int], dns.name.Name,
+                                              dns.rdatatype.RdataType]:
+    """A query's cache key (its name in canonical text, its type's number), its name and
+    its type, parsed once for a name asked often (dnspython's parsing is slow)."""
+    qname, rdtype_ = _qname(name), _rdtype(rdtype)
+    return (qname.canonicalize().to_text(), int(rdtype_)), qname, rdtype_
 
 
 def _qname(name: str) -> dns.name.Name:

@@ -32,6 +32,7 @@ import asyncio
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -50,6 +51,7 @@ MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
 MAX_ZONES = 32  # zones asked by one call
 ZONE_WORK = 512  # what a zone's look-up is charged: a UDP DNS answer's bytes (RFC 1035 §2.3.4)
 MAX_REASON = 300  # bytes of a TXT reason kept
+MEMO_IP_TEXT = 64  # characters of an ip kept parsed: any address, with a scope of up to 18
 LISTED = ipaddress.ip_network("127.0.0.0/8")
 REFUSED = ipaddress.ip_network("127.255.255.0/24")  # the list's error answers, with:
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")  # never a listing (RFC 5782 §2.1)
@@ -75,19 +77,26 @@ class Zone:
     errors: frozenset = frozenset()
     weight: int | float = 1
 
-    def refuses(self, address: ipaddress.IPv4Address) -> bool:
-        """Whether an A answer is an error answer of this zone, not a listing."""
-        return error_answer(address) or str(address) in self.errors
+    def refuses(self, code: str) -> bool:
+        """Whether an A answer (an address as dnspython writes it) is an error answer of
+        this zone, not a listing."""
+        return error_answer(answer_address(code)) or code in self.errors
 
     def answer(self, records) -> ZoneAnswer:
         """What this zone's A records say: temperror if one is an error answer, else
         listed with the codes its filter counts (sorted by address), else pass."""
-        addresses = sorted(ipaddress.IPv4Address(r.address) for r in records)
-        if any(self.refuses(a) for a in addresses):
+        answered = sorted((r.address for r in records), key=answer_address)
+        if any(self.refuses(code) for code in answered):
             return ZoneAnswer(self, "temperror")
-        codes = tuple(str(a) for a in addresses
-                      if a in LISTED and (not self.codes or str(a) in self.codes))
+        codes = tuple(code for code in answered if answer_address(code) in LISTED
+                      and (not self.codes or code in self.codes))
         return ZoneAnswer(self, "listed", codes) if codes else ZoneAnswer(self, "pass")
+
+
+@lru_cache(maxsize=256)
+def answer_address(code: str) -> ipaddress.IPv4Address:
+    """An A answer's address, parsed once: lists answer a few codes, over and over."""
+    return ipaddress.IPv4Address(code)
 
 
 @dataclass(frozen=True)
@@ -206,7 +215,16 @@ def dns_name(text, what: str) -> str:
 def ip_subject(ip: str) -> Subject:
     """An address as results show it (canonical, without a scope such as ``%eth0``; an
     IPv4-mapped IPv6 address as its IPv4 address), queried by its reversed octets (IPv4)
-    or nibbles (IPv6)."""
+    or nibbles (IPv6). Parsed once for an address asked often (a client's, stage after
+    stage), unless its text is longer than any address with a short scope."""
+    if len(ip) > MEMO_IP_TEXT:
+        return parse_ip_subject.__wrapped__(ip)
+    return parse_ip_subject(ip)
+
+
+@lru_cache(maxsize=1024)
+def parse_ip_subject(ip: str) -> Subject:
+    """:func:`ip_subject`, kept for the addresses asked last."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
@@ -284,7 +302,7 @@ _ZONE = Options({"zone": str},
 def zone(spec) -> Zone:
     """A zone as scripts give it: ``"name"`` or ``#{ zone, codes?, errors?, weight? }``."""
     if isinstance(spec, str):
-        return Zone(dns_name(spec, "zone"))
+        return named_zone(spec)
     opts = _ZONE.parse(spec, "a zone map")
     name = dns_name(opts["zone"], "zone")
     if "codes" in opts and not opts["codes"]:
@@ -296,6 +314,12 @@ def zone(spec) -> Zone:
         raise ScriptError(f"zone '{name}': code '{min(codes & errors)}' is in both its "
                           "codes and its errors")
     return Zone(name, codes, errors, opts.get("weight", 1))
+
+
+@lru_cache(maxsize=256)
+def named_zone(name: str) -> Zone:
+    """A zone given by its name alone, checked once for a name given call after call."""
+    return Zone(dns_name(name, "zone"))
 
 
 def zones(specs) -> list[Zone]:
@@ -320,12 +344,20 @@ def zone_work(query) -> int:
 
 
 # -- asking the lists ---------------------------------------------------------------------
+# What the resolver's cache holds is answered at once; only the rest is asked, all at once
+# (a task each): a check whose answers are all cached never waits.
 
-async def ask(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer:
+def known_answer(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer | None:
     """What ``zone_`` says of ``name`` (the whole query name; None: nothing to ask, not
-    listed), without its reason."""
+    listed) if that needs no query: None when its A records are not cached."""
     if name is None:
         return ZoneAnswer(zone_, "pass")
+    records = resolver.cached(name, "A")
+    return None if records is None else zone_.answer(records)
+
+
+async def ask(resolver: Resolver, name: str, zone_: Zone) -> ZoneAnswer:
+    """What ``zone_`` says of ``name``, asked of the resolver, without its reason."""
     try:
         records = await resolver.query(name, "A")
     except DnsTempError:
@@ -333,28 +365,52 @@ async def ask(resolver: Resolver, name: str | None, zone_: Zone) -> ZoneAnswer:
     return zone_.answer(records)
 
 
+def known_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> ZoneAnswer | None:
+    """``answer`` with its reason (see with_reason) if the zone's TXT records are cached,
+    else None."""
+    records = resolver.cached(name, "TXT")
+    return None if records is None else reasoned(answer, records)
+
+
 async def with_reason(resolver: Resolver, name: str, answer: ZoneAnswer) -> ZoneAnswer:
-    """``answer`` with the zone's TXT text for ``name`` (printable ASCII only, at most
-    MAX_REASON bytes, for SMTP replies and headers); unchanged if there is none."""
+    """``answer`` with the zone's TXT text for ``name``, asked of the resolver; unchanged
+    if there is none."""
     try:
-        texts = [record_text(r) for r in await resolver.query(name, "TXT")]
+        records = await resolver.query(name, "TXT")
     except DnsTempError:
         return answer
-    reason = printable_ascii(" ".join(texts), MAX_REASON)
+    return reasoned(answer, records)
+
+
+def reasoned(answer: ZoneAnswer, records: list) -> ZoneAnswer:
+    """``answer`` with the text of TXT ``records`` as its reason (printable ASCII only, at
+    most MAX_REASON bytes, for SMTP replies and headers; none if they say nothing)."""
+    reason = printable_ascii(" ".join(record_text(r) for r in records), MAX_REASON)
     return ZoneAnswer(answer.zone, answer.value, answer.codes, reason or None)
+
+
+async def settle(known: list, ask_for) -> list:
+    """``known`` with each None replaced by what ``ask_for(i)`` (a coroutine) gives for
+    its index ``i``: those asked all at once, and nothing awaited when none is None."""
+    missing = [i for i, item in enumerate(known) if item is None]
+    if missing:
+        for i, item in zip(missing, await asyncio.gather(*(ask_for(i) for i in missing))):
+            known[i] = item
+    return known
 
 
 async def lookup(resolver: Resolver, names: list[str | None], zone_list: list[Zone],
                  all_reasons: bool) -> list[ZoneAnswer]:
-    """Every zone's answer for its query name, asked at once, with the reason of the first
-    answer that makes the result listed (or of every listing, with ``all_reasons``)."""
-    answers = list(await asyncio.gather(*(ask(resolver, n, z)
-                                          for n, z in zip(names, zone_list))))
+    """Every zone's answer for its query name, with the reason of the first answer that
+    makes the result listed (or of every listing, with ``all_reasons``)."""
+    answers = await settle([known_answer(resolver, n, z) for n, z in zip(names, zone_list)],
+                           lambda i: ask(resolver, names[i], zone_list[i]))
     if all_reasons:
         wanted = [i for i, a in enumerate(answers) if a.value == "listed"]
     else:
         wanted = [i for i, a in enumerate(answers) if a.makes_listed][:1]
-    found = await asyncio.gather(*(with_reason(resolver, names[i], answers[i]) for i in wanted))
+    found = await settle([known_reason(resolver, names[i], answers[i]) for i in wanted],
+                         lambda j: with_reason(resolver, names[wanted[j]], answers[wanted[j]]))
     for i, answer in zip(wanted, found):
         answers[i] = answer
     return answers

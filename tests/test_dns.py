@@ -81,6 +81,26 @@ def test_cache_answers_repeated_lookups(script, dns_server):
     assert (sent(script), len(dns_server.queries)) == before
 
 
+def test_the_spellings_of_a_name_share_one_cache_entry(script):
+    assert script.call("records", "mail.example.test", "A") == ["192.0.2.7"]
+    for name, rtype in (("MAIL.Example.TEST", "a"), ("mail.example.test.", "A")):
+        assert script.call("records", name, rtype) == ["192.0.2.7"]
+    assert sent(script) == 1
+
+
+def test_a_cached_answer_is_given_without_waiting(script):
+    """A cache hit completes the script call in its first step: no task, no turn of an
+    event loop (none runs here); Resolver.cached tells what the cache holds."""
+    script.call("records", "mail.example.test", "A")
+    call = script.call_async("records", "mail.example.test", "A")
+    with pytest.raises(StopIteration) as done:
+        call.send(None)
+    assert done.value.value == ["192.0.2.7"]
+    resolver = script.constants["R"]
+    assert [r.address for r in resolver.cached("Mail.example.test.", "A")] == ["192.0.2.7"]
+    assert resolver.cached("mail.example.test", "AAAA") is None
+
+
 def test_negative_answers_are_cached(script, dns_server):
     script.call("ips", "nope.example.test")
     before = len(dns_server.queries)

@@ -231,6 +231,27 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
         assert len(server.queries) == sent
 
 
+@pytest.mark.parametrize("fn, args", [
+    ("check", ("192.0.2.7", [BL, SECOND])),
+    ("score", ({"ip": "192.0.2.8", "zones": [BL, SECOND]},)),  # every listing's reason
+])
+def test_a_check_answered_from_the_cache_never_waits(script, fn, args):
+    """With every answer cached, the call completes in its first step: no task per zone,
+    no turn of an event loop (none runs here)."""
+    first = script.call(fn, *args)
+    call = script.call_async(fn, *args)
+    with pytest.raises(StopIteration) as done:
+        call.send(None)
+    assert done.value.value == first
+
+
+def test_only_what_the_cache_lacks_is_asked(script, server):
+    script.call("check", "192.0.2.8", [BL])
+    server.reset()
+    assert script.call("score", {"ip": "192.0.2.8", "zones": [BL, SECOND]})[:2] == ["listed", 2]
+    assert asked(server, "A") == asked(server, "TXT") == ["8.2.0.192.second.dnsbl.test."]
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fn, args, message", [

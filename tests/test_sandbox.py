@@ -20,7 +20,7 @@ from vsl.stdlib import default_namespaces, new_engine
 from vsl.engine import Engine
 from vsl.errors import InternalError, LimitError, ScriptError, VslError, VslSyntaxError
 from vsl.limits import Limits
-from vsl.natives import Namespace
+from vsl.natives import IO_DEADLINE, Namespace, io_time_left
 from vsl.values import NativeObject, method
 
 SMALL = Limits(max_operations=10_000, max_time=1.0)
@@ -709,3 +709,98 @@ def test_max_time_bounds_awaits():
 
     elapsed = asyncio.run(main())
     assert elapsed < 1.5
+
+
+def _io_engine() -> Engine:
+    """An engine (max_time 1 s) with natives that tell how they were awaited."""
+    ns = Namespace("io", "test natives that report on their await")
+
+    @ns.native
+    async def task_name(pause):
+        await asyncio.sleep(pause)
+        return asyncio.current_task().get_name()
+
+    @ns.native
+    async def time_left(pause):
+        await asyncio.sleep(pause)
+        return io_time_left()
+
+    @ns.native
+    async def thread_name(pause):
+        await asyncio.sleep(pause)
+        return threading.current_thread().name
+
+    @ns.native
+    async def times_out(pause):
+        await asyncio.sleep(pause)
+        raise TimeoutError("the native's own")
+
+    return Engine(Limits(max_operations=0, max_time=1.0), namespaces=[ns])
+
+
+IO_SCRIPT = """
+fn task(pause) { io::task_name(pause) }
+fn left(pause) { io::time_left(pause) }
+fn times_out(pause) { io::times_out(pause) }
+fn looping(pause) { for i in 0..2 { } io::thread_name(pause) }
+fn slow(pause) { for i in 0..100 { io::time_left(pause); } }
+"""
+
+
+@pytest.mark.parametrize("pause", [0, 0.01])
+def test_a_waiting_call_runs_in_the_caller_s_task(pause):
+    """Bounding a call by max_time makes no task: natives that answer at once (pause 0)
+    cost no turn of the event loop, and those that wait run in the caller's task too."""
+    script = load(IO_SCRIPT, engine=_io_engine())
+
+    async def main():
+        asyncio.current_task().set_name("caller")
+        return await script.call_async("task", pause)
+
+    assert asyncio.run(main()) == "caller"
+
+
+@pytest.mark.parametrize("pause", [0, 0.01])
+def test_natives_wait_on_the_network_until_a_fifth_of_max_time_is_left(pause):
+    script = load(IO_SCRIPT, engine=_io_engine())
+
+    async def main():
+        left = await script.call_async("left", pause)
+        return left, IO_DEADLINE.get()
+
+    left, after = asyncio.run(main())
+    assert 0.5 < left <= 0.8  # max_time is 1 s
+    assert after is None  # set for the call only
+
+
+@pytest.mark.parametrize("pause", [0, 0.01])
+def test_a_native_s_own_timeout_is_not_the_time_limit(pause):
+    script = load(IO_SCRIPT, engine=_io_engine())
+    with pytest.raises(VslError, match="TimeoutError: the native's own") as info:
+        asyncio.run(script.call_async("times_out", pause))
+    assert not isinstance(info.value, LimitError)
+
+
+@pytest.mark.parametrize("pause", [0, 0.01])
+def test_a_waiting_call_off_the_loop_runs_its_natives_on_the_server_s_loop(pause):
+    script = load(IO_SCRIPT, engine=_io_engine())
+    assert ("looping", 1) not in script.quick  # (it loops: a worker thread runs it)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            return await script.call_off_loop(pool, "looping", pause)
+
+    assert asyncio.run(main()) == threading.main_thread().name
+
+
+def test_max_time_bounds_a_waiting_call_off_the_loop():
+    script = load(IO_SCRIPT, engine=_io_engine())
+
+    async def main():
+        start = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            with pytest.raises(LimitError, match="max_time"):
+                await script.call_off_loop(pool, "slow", 0.05)  # 100 x 0.05 s = 5 s
+        return time.monotonic() - start
+
+    assert asyncio.run(main()) < 1.5  # max_time is 1 s

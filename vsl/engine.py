@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from contextvars import ContextVar
 import inspect
 import os
 from pathlib import Path
 import threading
 from time import monotonic
+import types
 
 from . import values
 from .build import gc_paused, parse
@@ -239,6 +239,9 @@ class Script:
         # ... and their entry points for one argument, which take their own budget
         self._entries = {name: env[entry_fn_name(name, arity)]
                          for name, arity in self._direct if entry_fn_name(name, arity) in env}
+        # One-argument functions that wait on I/O (a server's stages that call natives)
+        self._waiting = {name: fn for (name, arity), fn in self.functions.items()
+                         if arity == 1 and (name, arity) in self.async_functions}
         # Functions that cannot run long (see ModuleCompiler.quick): call_off_loop runs
         # them on the event loop. A closure can loop: no function of such a script is.
         self.quick = frozenset() if self.uses_closures else quick
@@ -315,16 +318,19 @@ class Script:
     async def call_async(self, name: str, arg=_NO_ARG, *more):
         """Run a script function inside an event loop (natives may wait on I/O):
         ``await call_async(name, *args)``."""
-        fn = self._entries.get(name)
-        if fn is None or more or arg is _NO_ARG:
-            args = _args(arg, more)
-            fn = self._fn(name, len(args))
-            return await self.engine.run_async(fn, args,
-                                               (name, len(args)) in self.async_functions,
-                                               self.uses_closures)
-        # a plain function runs without suspending: its budget is back in the pool
-        # before any other task runs
-        return fn(arg)
+        if not more and arg is not _NO_ARG:  # a host's usual call, as in call()
+            fn = self._entries.get(name)
+            if fn is not None:
+                # a plain function runs without suspending: its budget is back in the
+                # pool before any other task runs
+                return fn(arg)
+            fn = self._waiting.get(name)
+            if fn is not None:
+                return await self.engine.run_async(fn, (arg,), True, self.uses_closures)
+        args = _args(arg, more)
+        return await self.engine.run_async(self._fn(name, len(args)), args,
+                                           (name, len(args)) in self.async_functions,
+                                           self.uses_closures)
 
 
 def _budgets(State: type[ExecState]):
@@ -365,12 +371,22 @@ def _args(arg, more: tuple) -> tuple:
 
 async def _within_deadline(coro, state: ExecState):
     """Await a script coroutine, ending it with a LimitError at the call's deadline; the
-    natives' network waits end IO_RESERVE of max_time before it."""
+    natives' network waits end IO_RESERVE of max_time before it.
+
+    The coroutine takes its first step here, in the caller's task: a call whose natives
+    answer at once (a cached look-up, an in-memory count) never suspends, and needs no
+    timer. Only one that suspends is resumed under ``asyncio.timeout`` (see _resumed): the
+    deadline can only pass while it waits, since its own steps count against max_time."""
     if state.deadline == _INF:
         return await coro
     token = IO_DEADLINE.set(state.deadline - state.max_time * IO_RESERVE)
     try:
-        return await asyncio.wait_for(coro, max(state.deadline - monotonic(), 0))
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            return done.value
+        async with asyncio.timeout(max(state.deadline - monotonic(), 0)):
+            return await _resumed(coro, waiting_on)
     except TimeoutError:
         if monotonic() < state.deadline:
             raise  # a native's own timeout, not ours
@@ -378,6 +394,48 @@ async def _within_deadline(coro, state: ExecState):
                          "(limits.max_time)") from None
     finally:
         IO_DEADLINE.reset(token)
+
+
+@types.coroutine
+def _resumed(coro, waiting_on):
+    """The rest of ``coro``, which suspended on ``waiting_on`` in its first step: what
+    ``await coro`` would do from there (PEP 380's ``yield from``), for _within_deadline."""
+    while True:
+        try:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as err:  # noqa: BLE001 - the task's cancellation, passed on
+                waiting_on = coro.throw(err)
+            else:
+                waiting_on = coro.send(sent)
+        except StopIteration as done:
+            return done.value
+
+
+class _Call:
+    """One call of Engine.run or run_async: ``with _Call(engine, closures) as state`` gives
+    a fresh budget (in _STATE too when the code may run closures), and every exception
+    leaves as a located VslError. A class: cheaper than a generator's context manager.
+    (Script.call inlines the same for its fast path.)"""
+
+    __slots__ = ("engine", "closures", "token")
+
+    def __init__(self, engine: "Engine", closures: bool):
+        self.engine, self.closures = engine, closures
+
+    def __enter__(self) -> ExecState:
+        state = self.engine.State()
+        self.token = _STATE.set(state) if self.closures else None
+        return state
+
+    def __exit__(self, kind, err, traceback) -> None:
+        if self.token is not None:
+            _STATE.reset(self.token)
+        if err is not None:
+            raise self.engine.locate(err) from None
 
 
 def _run_sync(make_coro):
@@ -554,31 +612,17 @@ class Engine:
         ``closures``: the code may run closures, which find the call's budget in a
         context variable (set only then: it costs a little on every call).
         """
-        with self._call(closures) as state:
+        with _Call(self, closures) as state:
             if waits:
                 return _run_sync(lambda: _within_deadline(fn(state, 0, *args), state))
             return fn(state, 0, *args)
 
     async def run_async(self, fn, args: tuple, waits: bool, closures: bool = True):
         """Like :meth:`run`, awaiting ``fn`` when it waits on I/O (bounded by max_time)."""
-        with self._call(closures) as state:
+        with _Call(self, closures) as state:
             if waits:
                 return await _within_deadline(fn(state, 0, *args), state)
             return fn(state, 0, *args)
-
-    @contextmanager
-    def _call(self, closures: bool):
-        """A fresh budget for one call; every exception leaves as a located VslError.
-        (Script.call inlines the same for its fast path.)"""
-        state = self.State()
-        token = _STATE.set(state) if closures else None
-        try:
-            yield state
-        except BaseException as err:  # noqa: BLE001 - the engine's single exit for errors
-            raise self.locate(err) from None
-        finally:
-            if token is not None:
-                _STATE.reset(token)
 
     def current_state(self) -> ExecState:
         """The budget of the script call in progress (a fresh one outside any call)."""
