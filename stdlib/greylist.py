@@ -9,9 +9,9 @@
 
 The first attempt of a triplet (client network, sender, recipient) is ``greylisted``
 for ``delay`` seconds; a retry after the delay and within ``retry_window`` of the first
-attempt passes, and the triplet then passes for ``expire`` seconds, renewed by each
-pass; a retry after the window starts over. A client network whose triplets passed
-after a retry ``auto_whitelist`` times, counted at most once an
+attempt passes, and the triplet then passes for ``expire`` seconds, renewed by its
+passes (at most once an hour); a retry after the window starts over. A client network
+whose triplets passed after a retry ``auto_whitelist`` times, counted at most once an
 ``auto_whitelist_interval``, is ``whitelisted`` for ``expire`` seconds (renewed by its
 mail, at most once an hour); the ``whitelist`` option's networks (the client) and
 domains and addresses (the recipient) are ``whitelisted`` without asking the store. A
@@ -21,15 +21,16 @@ store that cannot answer gives ``temperror``.
 # expiring; <triplet> is <key kind>:<network>:<digest>:
 #   greylist:seen:<triplet> -> the first attempt's time, for retry_window (deleted by the
 #       first pass, so that a triplet whose pass expired starts over)
-#   greylist:passed:<triplet> -> "passed", for expire (set again by each pass)
+#   greylist:passed:<triplet> -> when it first passed or was last renewed, for expire
+#       (a pass renews it, at most once a RENEW_INTERVAL)
 #   greylist:counted:<network> -> a retry of the network was counted, for
 #       auto_whitelist_interval
 #   greylist:retries:<network> -> the network's counted retries, for expire
 #   greylist:whitelisted:<network> -> when it was auto-whitelisted or last renewed, for
 #       expire
 # The common calls, an auto-whitelisted network and a triplet that passed before, take one
-# store step (StateStore.first_present: reads and the renewal of the passed entry in one
-# SQLite call, one Lua script on Redis); an attempt of an unknown triplet one more (its
+# store step, a read (StateStore.first_present: one SQLite call, one Lua script on Redis;
+# their entries are written again at most once a RENEW_INTERVAL); an attempt of an unknown triplet one more (its
 # first attempt's time, read or stored: StateStore.get_or_add). Processes share the store
 # and interleave, so each decision that must happen once is one atomic step: the first
 # attempt's time (get_or_add), the triplet's first pass (a set-if-absent: only the process
@@ -61,8 +62,9 @@ from .support.state import StateStore, StateUnavailable
 namespace = Namespace("greylist", "Greylisting (postgrey's triplets) in on_rcpt_to")
 
 KEY_KINDS = ("triplet", "client_sender")
-PASSED = "passed"
-RENEW_INTERVAL = 3600  # seconds: an auto-whitelisted network's entry is written at most this often
+RENEW_INTERVAL = 3600  # seconds: a passed triplet's or a whitelisted network's entry is
+                       # written again at most this often, or a tenth of expire when that
+                       # is shorter (its expiry counts from then)
 IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _NUMBER = (int, float)
 
@@ -309,22 +311,28 @@ async def greylist(store: StateStore, ctx: Context, found: Settings) -> Greylist
 async def _known(store: StateStore, network: str, triplet: str,
                  found: Settings) -> GreylistResult | None:
     """In one store step: ``whitelisted`` when the network is auto-whitelisted, else
-    ``pass`` when the triplet passed before (its entry renewed for ``expire``); None when
-    neither."""
-    keys, renew = [f"greylist:passed:{triplet}"], [found.expire]
+    ``pass`` when the triplet passed before; None when neither. The entry found is
+    renewed for ``expire`` when it was last written a RENEW_INTERVAL (or a tenth of
+    ``expire``, when shorter) ago or more."""
+    keys = [f"greylist:passed:{triplet}"]
     if found.auto_whitelist:
         keys.insert(0, f"greylist:whitelisted:{network}")
-        renew.insert(0, None)  # renewed at most once a RENEW_INTERVAL, below
-    present = await store.first_present(keys, renew)
+    present = await store.first_present(keys)
     if present is None:
         return None
-    position, value = present
-    if position == len(keys) - 1:
-        return GreylistResult("pass")
+    position, written = present
     now = store.clock()
-    if now - float(value) >= RENEW_INTERVAL:
-        await store.set(keys[0], repr(now), found.expire)
-    return GreylistResult("whitelisted")
+    if now - _time_of(written) >= min(RENEW_INTERVAL, found.expire / 10):
+        await store.set(keys[position], repr(now), found.expire)
+    return GreylistResult("pass" if position == len(keys) - 1 else "whitelisted")
+
+
+def _time_of(written: str) -> float:
+    """When an entry's value says it was written (an entry of another form: long ago)."""
+    try:
+        return float(written)
+    except ValueError:
+        return -math.inf
 
 
 async def _attempt(store: StateStore, triplet: str, network: str,
@@ -336,7 +344,7 @@ async def _attempt(store: StateStore, triplet: str, network: str,
     waited = await _since_first_attempt(store, seen, found)
     if waited is None or waited < found.delay:
         return GreylistResult("greylisted", math.ceil(found.delay - (waited or 0)))
-    if await store.set(passed, PASSED, found.expire, only_if_absent=True):
+    if await store.set(passed, repr(store.clock()), found.expire, only_if_absent=True):
         await store.delete(seen)  # the first pass: once, however many processes retry
         if found.auto_whitelist:
             await _count_retry(store, network, found)

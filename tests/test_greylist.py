@@ -287,6 +287,22 @@ def test_an_auto_whitelisted_network_is_written_at_most_once_an_hour():
     assert grey.store.writes == writes + 1  # renewed: an hour since it was whitelisted
 
 
+def test_a_passed_triplet_is_written_at_most_once_an_hour():
+    grey = Greylist(store_class=Writes)
+    options = {"delay": 60}
+    grey.check(**options)
+    grey.later(60)
+    assert grey.value(**options) == "pass"
+    writes = grey.store.writes
+    for _ in range(10):
+        assert grey.value(**options) == "pass"  # a read each, no write
+        grey.later(300)
+    assert grey.store.writes == writes
+    grey.later(600)
+    assert grey.value(**options) == "pass"
+    assert grey.store.writes == writes + 1  # renewed: an hour since it passed
+
+
 def test_passes_of_a_passed_triplet_are_not_retries(grey):
     options = {"delay": 60, "auto_whitelist": 2}
     grey.check(**options)

@@ -54,12 +54,6 @@ def fits(current: int, previous: int, elapsed: float, amount: int, limit: int) -
     return current + previous * (1 - elapsed) + amount <= limit
 
 
-def _unrenewed(keys: Sequence[str], renew: Sequence[float | None]) -> None:
-    """ValueError unless ``renew`` has one entry a key (a store's precondition)."""
-    if len(keys) != len(renew):
-        raise ValueError("first_present takes one renew entry a key")
-
-
 class FailureLog:
     """Why a store failed, logged at warning level at most once per
     FAILURE_LOG_INTERVAL (a store that is down fails every call)."""
@@ -103,18 +97,12 @@ class StateStore(ABC):
             current = await self.incr(f"{prefix}{index}", amount, 2 * window)
         return WindowCount(now, current, previous, counted)
 
-    async def first_present(self, keys: Sequence[str],
-                            renew: Sequence[float | None]) -> tuple[int, str] | None:
+    async def first_present(self, keys: Sequence[str]) -> tuple[int, str] | None:
         """The first of ``keys`` that is present, as its position and value (None when
-        none is), looked up in one step: one transaction or script in the shared stores.
-        When ``renew`` (one entry a key) has a number at that position, the key is stored
-        again with its value for that many seconds, as :meth:`set` would."""
-        _unrenewed(keys, renew)
-        for position, (key, ttl) in enumerate(zip(keys, renew)):
+        none is), looked up in one step: one call or script in the shared stores."""
+        for position, key in enumerate(keys):
             value = await self.get(key)
             if value is not None:
-                if ttl is not None:
-                    await self.set(key, value, ttl)
                 return position, value
         return None
 

@@ -9,7 +9,7 @@ A sliding window (:meth:`count_in_window`) is one script too: it takes the time 
 Redis (``TIME``), so every server counts in the same windows whatever its own clock
 says, reads both counts, and increments only when the hit fits, so no process ever sees
 a refused hit counted. :meth:`first_present` and :meth:`get_or_add` are one script each
-as well (``GET`` each key until one is there, ``PEXPIRE`` it when renewed; ``GET``, then
+as well (``GET`` each key until one is there; ``GET``, then
 ``SET PX`` when absent). Each wait ends within ``timeout`` and within the script call's
 network time (io_time_left), with StateUnavailable. The URL may hold a password: it is
 never put into a message (:func:`redacted`).
@@ -62,16 +62,12 @@ end
 return {time[1], time[2], current, previous, counted}
 """
 
-# KEYS: the keys in order; ARGV: each one's renewal in ms (0: none). Returns {position
+# KEYS: the keys in order. Returns {position
 # (from 0), value} of the first present key, or nil.
 _FIRST_PRESENT = """
 for i, key in ipairs(KEYS) do
     local value = redis.call('GET', key)
-    if value then
-        local ttl = tonumber(ARGV[i])
-        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-        return {i - 1, value}
-    end
+    if value then return {i - 1, value} end
 end
 return nil
 """
@@ -144,16 +140,12 @@ class RedisStore(StateStore):
         return await self._call(
             lambda: self._count_in_window(keys=[prefix], args=[window, amount, limit]), window_count)
 
-    async def first_present(self, keys: Sequence[str],
-                            renew: Sequence[float | None]) -> tuple[int, str] | None:
-        renewals = [0 if ttl is None else _milliseconds(ttl)
-                    for _, ttl in zip(keys, renew, strict=True)]
-
+    async def first_present(self, keys: Sequence[str]) -> tuple[int, str] | None:
         def found(answer) -> tuple[int, str] | None:
             return None if answer is None else (int(answer[0]), answer[1].decode())
 
         return await self._call(
-            lambda: self._first_present(keys=list(keys), args=renewals), found)
+            lambda: self._first_present(keys=list(keys)), found)
 
     async def get(self, key: str) -> str | None:
         return await self._call(lambda: self._client.get(key), _decoded)

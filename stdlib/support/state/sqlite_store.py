@@ -300,17 +300,13 @@ class SqliteStore(StateStore):
         _, changed = await self._run(lambda db: self._write(db, statement, params))
         return changed > 0
 
-    async def first_present(self, keys: Sequence[str],
-                            renew: Sequence[float | None]) -> tuple[int, str] | None:
+    async def first_present(self, keys: Sequence[str]) -> tuple[int, str] | None:
         now = self.clock()
 
-        def lookup(db) -> tuple[int, str] | None:  # reads, then one write transaction
-            for position, (key, ttl) in enumerate(zip(keys, renew, strict=True)):
+        def lookup(db) -> tuple[int, str] | None:  # reads only
+            for position, key in enumerate(keys):
                 row = db.execute(_GET, (key, now)).fetchone()
                 if row is not None:
-                    if ttl is not None:
-                        self._write(db, _SET, {"key": key, "value": row[0], "ttl": ttl,
-                                               "now": now})
                     return position, str(row[0])
             return None
 
