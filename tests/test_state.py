@@ -163,6 +163,30 @@ def test_two_processes_give_the_exact_total(kind, tmp_path, request):
     assert run(lambda: _shared(kind, where), lambda store: store.get(k)) == "300"
 
 
+def _hit(kind: str, where, prefix: str, times: int, out) -> None:
+    async def hits(store):
+        return sum([(await store.count_in_window(prefix, 10**9, 1, 100)).counted
+                    for _ in range(times)])
+    out.put(run(lambda: _shared(kind, where), hits))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_two_processes_count_no_hit_past_the_limit(kind, tmp_path, request):
+    where = tmp_path / "state.sqlite" if kind == "sqlite" else \
+        request.getfixturevalue("redis_server").url
+    prefix, spawn = key(), multiprocessing.get_context("spawn")
+    out = spawn.Queue()
+    procs = [spawn.Process(target=_hit, args=(kind, where, prefix, 150, out)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    counted = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    final = run(lambda: _shared(kind, where),
+                lambda store: store.count_in_window(prefix, 10**9, 0, 100))
+    assert sum(counted) == final.current == 100  # checked and counted in one step
+
+
 def test_sqlite_state_survives_a_new_store(tmp_path):
     k, path = key(), tmp_path / "state.sqlite"
     run(lambda: SqliteStore(path), lambda store: store.incr(k, 4, 60))

@@ -6,7 +6,8 @@ short transaction (``BEGIN IMMEDIATE``, which takes the write lock at once) in W
 (readers never wait for writers), ``synchronous = NORMAL`` (a commit appends to the WAL
 and syncs nothing). The file is made on first use (a server whose scripts count nothing
 leaves none behind); making the store only checks that it could be. Expired rows are
-purged as writes go, at most ``PURGE_BATCH`` a write, so no call does unbounded work;
+purged as writes go, at most ``PURGE_BATCH`` a write (a sliding window's hit, one
+statement, purges one time in ``PURGE_EVERY``), so no call does unbounded work;
 the file survives restarts. Time is the machine's clock (``clock``): one machine shares
 one file. (A file system that refuses WAL mode gets no loop connection: every call runs
 on the store's thread.)
@@ -49,10 +50,11 @@ from typing import Callable, Sequence
 
 from vsl.natives import io_time_left
 
-from . import FailureLog, StateStore, StateUnavailable, WindowCount, fits, window_at
+from . import FailureLog, StateStore, StateUnavailable, WindowCount, window_at
 
 BUSY_TIMEOUT = 1.0  # seconds a call waits at most for another process's write lock
-PURGE_BATCH = 16    # expired rows deleted at most by one write
+PURGE_BATCH = 16    # expired rows deleted at most by one write (a window's hit: one in
+PURGE_EVERY = 8     # PURGE_EVERY, which makes one row at most, deletes PURGE_BATCH)
 CHECKPOINT_WRITES = 100  # writes on the loop between two checkpoints on the store's thread
 WAL_FRAMES = 1000   # pages in the WAL past which a checkpoint empties it (TRUNCATE)
 
@@ -64,6 +66,21 @@ _PURGE = ("DELETE FROM state WHERE rowid IN "
           "(SELECT rowid FROM state WHERE expires <= ? LIMIT ?)")
 _INCR = """
 INSERT INTO state (key, value, expires) VALUES (:key, :amount, :now + :ttl)
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN expires <= :now THEN :amount ELSE value + :amount END,
+    expires = CASE WHEN expires <= :now THEN excluded.expires ELSE expires END
+RETURNING value
+"""
+# A sliding window's hit, counted only when it fits (StateStore's ``fits``: this window's
+# count, plus ``weighted`` = the previous one's weighed, plus ``amount``, within ``limit``,
+# the same floating-point steps in the same order): one statement, so one write
+# transaction that reads the count it changes (a write statement takes the write lock
+# before it reads). No row back: refused, nothing written.
+_COUNT_IF_FITS = """
+INSERT INTO state (key, value, expires)
+SELECT :key, :amount, :now + :ttl
+WHERE coalesce((SELECT CAST(value AS INTEGER) FROM state WHERE key = :key AND expires > :now), 0)
+      + :weighted + :amount <= :limit
 ON CONFLICT (key) DO UPDATE SET
     value = CASE WHEN expires <= :now THEN :amount ELSE value + :amount END,
     expires = CASE WHEN expires <= :now THEN excluded.expires ELSE expires END
@@ -159,6 +176,7 @@ class SqliteStore(StateStore):
         self._loop_writes = 0  # since the last checkpoint
         self._checkpoint = None  # the Future of the checkpoint under way, if any
         self._closed = False
+        self._hits = 0  # windows' hits since the last purge of theirs
         self._failures = FailureLog(str(self))
 
     def __str__(self) -> str:
@@ -253,6 +271,13 @@ class SqliteStore(StateStore):
         except sqlite3.Error as err:
             self._failures.report(f"checkpoint: {err}")
 
+    def _purge_now_and_then(self, db: sqlite3.Connection, now: float) -> None:
+        """Before one window's hit in PURGE_EVERY: delete PURGE_BATCH expired rows at most
+        (more than the hits in between can have made)."""
+        self._hits = (self._hits + 1) % PURGE_EVERY
+        if self._hits == 0:
+            db.execute(_PURGE, (now, PURGE_BATCH))
+
     def _write(self, db: sqlite3.Connection, statement: str, params: dict):
         """One write transaction: the statement (its cursor's first row and row count)."""
         with _transaction(db, params["now"]):
@@ -278,15 +303,16 @@ class SqliteStore(StateStore):
             return found.get(keys[0], 0), found.get(keys[1], 0)
 
         def step(db) -> WindowCount:
+            current, previous = counts(db)  # the previous window's count no longer grows
             if not amount:  # a read only: no transaction, no row made
+                return WindowCount(now, current, previous, counted=False)
+            self._purge_now_and_then(db, now)
+            rows = db.execute(_COUNT_IF_FITS, {
+                "key": keys[0], "amount": amount, "ttl": 2 * window, "now": now,
+                "weighted": previous * (1 - elapsed), "limit": limit}).fetchall()
+            if not rows:  # refused: the counts as they are now
                 return WindowCount(now, *counts(db), counted=False)
-            params = {"key": keys[0], "amount": amount, "ttl": 2 * window, "now": now}
-            with _transaction(db, now):  # checked and counted in one transaction
-                current, previous = counts(db)
-                counted = fits(current, previous, elapsed, amount, limit)
-                if counted:
-                    current = int(db.execute(_INCR, params).fetchone()[0])
-            return WindowCount(now, current, previous, counted)
+            return WindowCount(now, int(rows[0][0]), previous, counted=True)
 
         return await self._run(step)
 
