@@ -209,6 +209,22 @@ def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
     assert asyncio.run(scenario()) == 40 - 2 * 16 + 2  # each write purged 16 expired rows
 
 
+def test_sqlite_window_hits_purge_expired_rows_one_in_eight(tmp_path):
+    now = [1000.0]
+    store = SqliteStore(tmp_path / "state.sqlite", clock=lambda: now[0])
+
+    async def scenario():
+        for i in range(40):
+            await store.incr(f"old:{i}", 1, 10)
+        now[0] += 20
+        for _ in range(16):
+            await store.count_in_window("hits:", 3600, 1, 10**6)
+        rows = await store._run(lambda db: db.execute("SELECT count(*) FROM state").fetchone())
+        await store.close()
+        return rows[0]
+    assert asyncio.run(scenario()) == 40 - 2 * 16 + 1  # two purges of 16; one window row
+
+
 def test_sqlite_unopenable_path_is_an_error_and_a_file_is_made_on_first_use(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(OSError, match="a-file is not a directory"):
