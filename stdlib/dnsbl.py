@@ -49,6 +49,7 @@ namespace = Namespace("dnsbl", "DNS block lists of addresses (DNSBL) and domains
 HEADER = "X-DNSBL"  # RFC 8601's registry has no DNSBL method (RFC 8904's dnswl is for allow lists)
 MAX_NAME = 253  # bytes of a DNS name, without the final dot (RFC 1035 §2.3.4)
 MAX_ZONES = 32  # zones asked by one call
+MAX_CODES = 64  # codes (and errors) a zone map lists
 ZONE_WORK = 512  # what a zone's look-up is charged: a UDP DNS answer's bytes (RFC 1035 §2.3.4)
 MAX_REASON = 300  # bytes of a TXT reason kept
 MEMO_IP_TEXT = 64  # characters of an ip kept parsed: any address, with a scope of up to 18
@@ -240,7 +241,8 @@ def domain_subject(domain: str) -> Subject:
     without the final dot. What no list can list by name is not looked up: an address
     literal or an IP address (a last label of digits, RFC 3696 §2), a single label, what
     is not a DNS name or is too long for one (client input, such as a HELO name)."""
-    name = ascii_name(domain)
+    # a name longer than a DNS name is not converted (IDNA's ASCII form is never shorter)
+    name = ascii_name(domain) if len(domain) <= MAX_NAME + 1 else None
     if name is None or not _listable(name):
         return Subject(printable_ascii(name or domain, MAX_NAME), None, is_domain=True)
     return Subject(name, name, is_domain=True)
@@ -308,6 +310,10 @@ def zone(spec) -> Zone:
     if "codes" in opts and not opts["codes"]:
         raise ScriptError(f"zone '{name}': codes is empty (without codes, every listing "
                           "code counts)")
+    for key in ("codes", "errors"):
+        if len(opts.get(key, ())) > MAX_CODES:
+            raise ScriptError(f"zone '{name}': {key} has {len(opts[key])} codes: a zone "
+                              f"lists at most {MAX_CODES}")
     codes = frozenset(_listing_code(c) for c in opts.get("codes", ()))
     errors = frozenset(str(_answer_code(c)) for c in opts.get("errors", ()))
     if codes & errors:
@@ -338,9 +344,23 @@ def check_zone_count(specs) -> None:
 
 
 def zone_work(query) -> int:
-    """What a check charges to the script's operations: a DNS answer read per zone."""
-    specs = query.get("zones") if isinstance(query, (dict, FrozenMap)) else None
-    return ZONE_WORK * len(specs) if isinstance(specs, (list, tuple)) else 0
+    """What a check charges to the script's operations: a DNS answer read per zone, the
+    codes its map lists, and the domain read."""
+    if not isinstance(query, (dict, FrozenMap)):
+        return 0
+    specs, domain = query.get("zones"), query.get("domain")
+    work = len(domain) if isinstance(domain, str) else 0
+    if isinstance(specs, (list, tuple)):
+        work += sum(ZONE_WORK + _codes_work(spec) for spec in specs)
+    return work
+
+
+def _codes_work(spec) -> int:
+    """What a zone map's codes and errors cost to read: an address's bytes each."""
+    if not isinstance(spec, (dict, FrozenMap)):
+        return 0
+    return 16 * sum(len(spec.get(key)) for key in ("codes", "errors")
+                    if isinstance(spec.get(key), (list, tuple)))
 
 
 # -- asking the lists ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 `vsl serve` session."""
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -235,14 +236,61 @@ def test_a_second_check_is_answered_from_the_cache(script, server):
     ("check", ("192.0.2.7", [BL, SECOND])),
     ("score", ({"ip": "192.0.2.8", "zones": [BL, SECOND]},)),  # every listing's reason
 ])
-def test_a_check_answered_from_the_cache_never_waits(script, fn, args):
-    """With every answer cached, the call completes in its first step: no task per zone,
-    no turn of an event loop (none runs here)."""
+def test_a_check_answered_from_the_cache_makes_no_task(script, fn, args):
+    """With every answer cached, the call asks nothing and gathers nothing: no task per
+    zone (it only hands the event loop over once, after the check)."""
     first = script.call(fn, *args)
-    call = script.call_async(fn, *args)
-    with pytest.raises(StopIteration) as done:
-        call.send(None)
-    assert done.value.value == first
+    tasks = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: tasks.append(coro) or
+                              asyncio.Task(coro, loop=loop, **kw))
+        try:
+            return await script.call_async(fn, *args)
+        finally:
+            loop.set_task_factory(None)
+    assert asyncio.run(main()) == first
+    assert tasks == []
+
+
+def test_a_huge_domain_is_not_converted(script):
+    """A name longer than any DNS name is no name to look up, found without running IDNA
+    on it (seconds for a megabyte)."""
+    started = time.monotonic()
+    assert script.call("domain", "é" * 1_000_000 + ".example", [DBL])[0] == "pass"
+    assert time.monotonic() - started < 0.5
+
+
+def test_checks_answered_from_the_cache_hand_the_loop_over_between_them(server):
+    """A stage that cannot run long runs on the event loop; its checks answered from the
+    cache, one after another, must still let other sessions run between them."""
+    zone = '#{ zone: "bl.dnsbl.test", codes: ["127.0.0.2", "127.0.0.3", "127.0.0.4"] }'
+    line = f"    dnsbl::check(#{{ ip: ip, zones: [{', '.join([zone] * 32)}], dns_resolver: global::R }});\n"
+    source = (f'const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{server.port}"] }});\n'
+              f"fn checks(ip) {{\n{line * 60}    status::next()\n}}\n")
+    script = new_engine().load_source(source, "many.vsl")
+    assert ("checks", 1) in script.quick
+
+    async def main():
+        await script.call_async("checks", "192.0.2.7")  # fills the cache
+        gaps, running = [], True
+
+        async def ticker():
+            last = time.monotonic()
+            while running:
+                await asyncio.sleep(0)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+        ticking = asyncio.create_task(ticker())
+        started = time.monotonic()
+        await script.call_async("checks", "192.0.2.7")
+        took, running = time.monotonic() - started, False
+        await ticking
+        return took, max(gaps)
+    took, longest = asyncio.run(main())
+    assert longest < took / 10, (took, longest)  # 60 checks: turns between them
 
 
 def test_only_what_the_cache_lacks_is_asked(script, server):
@@ -258,6 +306,8 @@ def test_only_what_the_cache_lacks_is_asked(script, server):
     ("check", ("not-an-ip", [BL]), "dnsbl::check: ip 'not-an-ip' is not an IP address"),
     ("check", ("fe80::1%", [BL]), "ip 'fe80::1%' is not an IP address"),
     ("check", ("192.0.2.7", []), "zones must be a non-empty array"),
+    ("check", ("192.0.2.7", [{"zone": BL, "codes": ["127.0.0.2"] * 65}]),
+     "codes has 65 codes: a zone lists at most 64"),
     ("check", ("192.0.2.7", [BL] * 33), "zones has 33 zones: a call asks at most 32"),
     ("check", ("192.0.2.7", ["bad zone"]), "zone 'bad zone' is not a DNS name"),
     ("check", ("192.0.2.7", [""]), "zone '' is not a DNS name"),

@@ -735,6 +735,11 @@ def _io_engine() -> Engine:
         await asyncio.sleep(pause)
         raise TimeoutError("the native's own")
 
+    @ns.native
+    async def busy(seconds):  # work on the loop, answered without waiting
+        time.sleep(seconds)
+        return seconds
+
     return Engine(Limits(max_operations=0, max_time=1.0), namespaces=[ns])
 
 
@@ -744,6 +749,7 @@ fn left(pause) { io::time_left(pause) }
 fn times_out(pause) { io::times_out(pause) }
 fn looping(pause) { for i in 0..2 { } io::thread_name(pause) }
 fn slow(pause) { for i in 0..100 { io::time_left(pause); } }
+fn busy(seconds) { io::busy(seconds) }
 """
 
 
@@ -771,6 +777,15 @@ def test_natives_wait_on_the_network_until_a_fifth_of_max_time_is_left(pause):
     left, after = asyncio.run(main())
     assert 0.5 < left <= 0.8  # max_time is 1 s
     assert after is None  # set for the call only
+
+
+def test_a_call_answered_at_once_past_its_deadline_is_over_the_time_limit():
+    """A native's work after the script last looked at the clock: its result is not
+    returned as if the call had kept to max_time."""
+    script = load(IO_SCRIPT, engine=_io_engine())
+    assert asyncio.run(script.call_async("busy", 0.01)) == 0.01
+    with pytest.raises(LimitError, match="max_time"):
+        asyncio.run(script.call_async("busy", 1.2))  # max_time is 1 s
 
 
 @pytest.mark.parametrize("pause", [0, 0.01])

@@ -57,6 +57,11 @@ IO_RESERVE = 0.2  # the part of max_time kept after network waits end (see IO_DE
 _worker = threading.local()
 
 
+def overran(limits: Limits) -> LimitError:
+    """The error of a call that ran past ``limits.max_time``."""
+    return LimitError(f"script ran longer than {limits.max_time} s (limits.max_time)")
+
+
 class ExecState:
     """Per-call budget: operations left and the wall-clock deadline.
 
@@ -105,8 +110,7 @@ class ExecState:
         if self.timed:
             now = monotonic()
             if now > self.deadline:
-                raise LimitError(f"script ran longer than {self.limits.max_time} s "
-                                 "(limits.max_time)")
+                raise overran(self.limits)
             spent, self.mark = now - self.mark, now
             if spent > 0.01:
                 self.size = 1
@@ -175,10 +179,25 @@ def _native_entry(native: Native):
     charges = native.charges
     if charges is None:
         return func
+    if native.is_async:
+        return _charged_wait(func, charges)
 
     def charged(st, *args):
         st.work(charges(*args))
         return func(*args)
+    return charged
+
+
+def _charged_wait(func, charges):
+    """A charged native that waits: its work runs on the event loop, where a function
+    that cannot run long (see ModuleCompiler.quick) calls it too; so after each call the
+    loop is handed over (one turn), and calls answered at once (from a cache) one after
+    another cannot hold it for longer than one call's charged work."""
+    async def charged(st, *args):
+        st.work(charges(*args))
+        result = await func(*args)
+        await asyncio.sleep(0)
+        return result
     return charged
 
 
@@ -384,14 +403,15 @@ async def _within_deadline(coro, state: ExecState):
         try:
             waiting_on = coro.send(None)
         except StopIteration as done:
+            if monotonic() > state.deadline:  # a native's work after the last check
+                raise overran(state.limits) from None
             return done.value
         async with asyncio.timeout(max(state.deadline - monotonic(), 0)):
             return await _resumed(coro, waiting_on)
     except TimeoutError:
         if monotonic() < state.deadline:
             raise  # a native's own timeout, not ours
-        raise LimitError(f"script ran longer than {state.limits.max_time} s "
-                         "(limits.max_time)") from None
+        raise overran(state.limits) from None
     finally:
         IO_DEADLINE.reset(token)
 
