@@ -575,8 +575,9 @@ class _Fn(FastPaths):
             native = self.mc.natives[(target.ns, target.name)]
             if native.charges is not None:  # the budget first (see Engine._environment);
                 # a native that waits does its work on the event loop wherever its caller
-                # runs (see Engine's _on_host) and hands the loop over after each call
-                # (_charged_wait), so only one that computes makes its caller run long
+                # runs (see Engine's _on_host) and hands the loop over as its charges
+                # add up (_charged_wait), so only one that computes makes its caller
+                # run long
                 args = [self.budget() if native.is_async else self.walks(), *args]
             call = py_call(native_name(target.ns, target.name), *args)
             return self.wait(call) if native.is_async else call

@@ -76,7 +76,7 @@ class ExecState:
     _budgets and ModuleCompiler.entry).
     """
 
-    __slots__ = ("n", "left", "deadline", "size", "mark")
+    __slots__ = ("n", "left", "deadline", "size", "mark", "unyielded")
     FIRST, LARGEST = 16, 1024
     # Set per engine by for_engine(): the limits, the operators and the first budget.
     limits: Limits
@@ -98,6 +98,7 @@ class ExecState:
 
     def __init__(self):
         self.n, self.left, self.size = self.first, self.rest, self.FIRST
+        self.unyielded = 0  # charged work of natives that waited, since the loop last turned
         if self.timed:
             self.mark = now = monotonic()
             self.deadline = now + self.max_time
@@ -188,15 +189,23 @@ def _native_entry(native: Native):
     return charged
 
 
+HANDOVER_WORK = 8192  # charged work of natives that wait, after which the loop turns
+
+
 def _charged_wait(func, charges):
     """A charged native that waits: its work runs on the event loop, where a function
-    that cannot run long (see ModuleCompiler.quick) calls it too; so after each call the
-    loop is handed over (one turn), and calls answered at once (from a cache) one after
-    another cannot hold it for longer than one call's charged work."""
+    that cannot run long (see ModuleCompiler.quick) calls it too; so once such calls
+    have charged HANDOVER_WORK since the loop last turned (a call answered at once, from a
+    cache, does not turn it), the loop is handed over: calls one after another cannot
+    hold it for longer than that much work (and one call's)."""
     async def charged(st, *args):
-        st.work(charges(*args))
+        size = charges(*args)
+        st.work(size)
         result = await func(*args)
-        await asyncio.sleep(0)
+        st.unyielded += size
+        if st.unyielded >= HANDOVER_WORK:
+            st.unyielded = 0
+            await asyncio.sleep(0)
         return result
     return charged
 
