@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/dns_cache.py
 	$(BIN)/python bench/smtp_session.py
+	$(BIN)/python bench/native_await.py
 	$(BIN)/python bench/anti_abuse.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/bounce.py
