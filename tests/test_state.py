@@ -17,6 +17,7 @@ from vsl.stdlib.support.state import MemoryStore, StateUnavailable
 from vsl.stdlib.support.state.redis_store import RedisStore
 from vsl.stdlib.support.state.sqlite_store import SqliteStore
 from vsl.stdlib.support.state.urls import redacted, url_problem
+from tests.support.loop_gaps import LoopGaps
 from tests.support.redis import PrivateRedis
 
 TTL = 0.3  # seconds: a key that must expire (no test needs a call done within it)
@@ -193,7 +194,12 @@ def test_sqlite_state_survives_a_new_store(tmp_path):
     assert run(lambda: SqliteStore(path), lambda store: store.get(k)) == "4"
 
 
-def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
+@pytest.mark.parametrize("write, times, left", [
+    (lambda store, i: store.incr(f"new:{i}", 1, 10), 2, 40 - 2 * 16 + 2),  # 16 each
+    (lambda store, i: store.count_in_window("hits:", 3600, 1, 10**6), 16,  # 16 one hit
+     40 - 2 * 16 + 1),                                          # in eight, into one row
+], ids=["writes", "window hits"])
+def test_sqlite_purges_expired_rows_as_it_writes(tmp_path, write, times, left):
     now = [1000.0]
     store = SqliteStore(tmp_path / "state.sqlite", clock=lambda: now[0])
 
@@ -201,28 +207,12 @@ def test_sqlite_purges_expired_rows_as_it_writes(tmp_path):
         for i in range(40):
             await store.incr(f"old:{i}", 1, 10)
         now[0] += 20
-        for i in range(2):
-            await store.incr(f"new:{i}", 1, 10)
+        for i in range(times):
+            await write(store, i)
         rows = await store._run(lambda db: db.execute("SELECT count(*) FROM state").fetchone())
         await store.close()
         return rows[0]
-    assert asyncio.run(scenario()) == 40 - 2 * 16 + 2  # each write purged 16 expired rows
-
-
-def test_sqlite_window_hits_purge_expired_rows_one_in_eight(tmp_path):
-    now = [1000.0]
-    store = SqliteStore(tmp_path / "state.sqlite", clock=lambda: now[0])
-
-    async def scenario():
-        for i in range(40):
-            await store.incr(f"old:{i}", 1, 10)
-        now[0] += 20
-        for _ in range(16):
-            await store.count_in_window("hits:", 3600, 1, 10**6)
-        rows = await store._run(lambda db: db.execute("SELECT count(*) FROM state").fetchone())
-        await store.close()
-        return rows[0]
-    assert asyncio.run(scenario()) == 40 - 2 * 16 + 1  # two purges of 16; one window row
+    assert asyncio.run(scenario()) == left
 
 
 def test_sqlite_unopenable_path_is_an_error_and_a_file_is_made_on_first_use(tmp_path):
@@ -478,35 +468,25 @@ def test_a_file_locked_by_another_process_never_stalls_the_event_loop(tmp_path):
     locked = spawn.Event()
     holder = spawn.Process(target=_hold_the_write_lock, args=(path, locked, 3.0))
 
-    async def ticker(stalls: list) -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.002)
-            now = time.monotonic()
-            stalls.append(now - last)
-            last = now
-
     async def scenario():
         store = SqliteStore(path)
         await store.incr("k", 1, 60)  # the file and both connections made
         holder.start()
         assert await asyncio.to_thread(locked.wait, 30)
-        stalls = []
-        ticking = asyncio.create_task(ticker(stalls))
         outcomes, took = [], []
-        for _ in range(4):
-            IO_DEADLINE.set(time.monotonic() + 0.3)
-            started = time.monotonic()
-            try:
-                await store.incr("k", 1, 60)
-            except StateUnavailable:
-                outcomes.append("temperror")
-            took.append(time.monotonic() - started)
-            IO_DEADLINE.set(None)
-            outcomes.append(await store.get("k"))
-        ticking.cancel()
+        async with LoopGaps(0.002) as gaps:
+            for _ in range(4):
+                IO_DEADLINE.set(time.monotonic() + 0.3)
+                started = time.monotonic()
+                try:
+                    await store.incr("k", 1, 60)
+                except StateUnavailable:
+                    outcomes.append("temperror")
+                took.append(time.monotonic() - started)
+                IO_DEADLINE.set(None)
+                outcomes.append(await store.get("k"))
         await store.close()
-        return outcomes, took, max(stalls)
+        return outcomes, took, gaps.longest
     try:
         outcomes, took, stall = asyncio.run(scenario())
     finally:
