@@ -11,10 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
-from vsl.stdlib import new_engine
 from vsl.stdlib.support.bounce.shared import shipped
 from vsl.stdlib.support.state import StateStore
 from vsl.engine import Engine
@@ -25,13 +22,11 @@ from .config import Config, Listener
 from .delivery import Delivery
 from .delivery_hook import FailureHook
 from .intake import Intake
-from .policy import Policy
 from .queue_backend import QueueBackend
 from .queues import open_queue
+from .scripting import Scripting
 from .services import SessionServices, SessionSettings
-from .state_store import open_state
 from .protocol import Protocol
-from .stages import StageRunner
 
 log = logging.getLogger("vsl.server")
 
@@ -80,11 +75,8 @@ class Server:
                  state: StateStore | None = None):
         self.config = config
         dns_defaults = config.dns.resolver_defaults()
-        self.state = state if state is not None else open_state(config)
-        self.engine = engine or new_engine(config.script_limits, dns_defaults, self.state)
-        # stage functions that may run long (Script.call_off_loop)
-        self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
-        self.policy = Policy(self.engine, config.scripts)
+        self.scripting = Scripting(config, engine, state)
+        self.policy = self.scripting.policy
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
@@ -92,11 +84,11 @@ class Server:
         shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults,
-                                 hook=FailureHook(self.policy, self.script_pool))
+                                 hook=FailureHook(self.policy, self.scripting.pool))
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
             Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),
-            partial(StageRunner, self.policy, self.script_pool, config.fallback_reply))
+            self.scripting.new_runner)
         self.tls = tls_context(config)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[Listener, tuple]] = []
@@ -128,7 +120,7 @@ class Server:
                 self.bound.append((listener, bound.getsockname()))
                 log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
         log.info("started: %s, scripts %s, queue %s, state %s", self.config.hostname,
-                 self.config.scripts or "(none)", self.config.queue_dir, self.state)
+                 self.config.scripts or "(none)", self.config.queue_dir, self.scripting.state)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
@@ -149,6 +141,5 @@ class Server:
             await server.wait_closed()
         self.servers.clear()
         await asyncio.to_thread(self.spool.close)  # its writer thread and delivery journal
-        await self.state.close()
-        self.script_pool.shutdown(wait=False)
+        await self.scripting.close()
         log.info("stopped")

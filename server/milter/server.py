@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
-from vsl.stdlib import new_engine
-
 from ..config import Config, ConfigError, parse_listen
-from ..policy import Policy
+from ..scripting import Scripting
 from ..services import SessionSettings
-from ..stages import StageRunner
-from ..state_store import open_state
 from .connection import MilterLimits, serve_connection
 from .session import MilterSession
 
@@ -44,17 +38,14 @@ class MilterServer:
         self.kind, self.where = parse_socket(listen)
         self.limits = limits
         self.connections = 0  # being served
-        self.state = open_state(config)
-        engine = new_engine(config.script_limits, config.dns.resolver_defaults(), self.state)
-        self.pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
-        self.policy = Policy(engine, config.scripts)
+        self.scripting = Scripting(config)
+        self.policy = self.scripting.policy
         self.settings = SessionSettings.of(config)
-        self.new_runner = partial(StageRunner, self.policy, self.pool, config.fallback_reply)
         self.server: asyncio.base_events.Server | None = None
         self.address = ""  # where it listens, once started
 
     def session(self) -> MilterSession:
-        return MilterSession(self.new_runner, self.settings)
+        return MilterSession(self.scripting.new_runner, self.settings)
 
     async def _connection(self, reader, writer) -> None:
         """Serve one MTA connection; one beyond the limit is closed at once (the MTA
@@ -95,5 +86,4 @@ class MilterServer:
         finally:
             watcher.cancel()
             self.server.close()
-            await self.state.close()
-            self.pool.shutdown(wait=False)
+            await self.scripting.close()

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-
-from vsl.stdlib import new_engine
 
 from ..config import Config
-from ..policy import Policy
-from ..stages import StageRunner
-from ..state_store import open_state
+from ..scripting import Scripting
 from .conversation import Conversations
 from .delegation import Delegation, Link
 from .wire import ProtocolError, WireLimits, read_request, reply
@@ -33,12 +27,9 @@ class PolicyService:
     def __init__(self, config: Config, listen: tuple[str, int],
                  limits: WireLimits = WireLimits()):
         self.config, self.listen, self.limits = config, listen, limits
-        self.state = open_state(config)
-        engine = new_engine(config.script_limits, config.dns.resolver_defaults(), self.state)
-        self.script_pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
-        self.policy = Policy(engine, config.scripts)
-        runner = partial(StageRunner, self.policy, self.script_pool, config.fallback_reply)
-        self.delegation = Delegation(Conversations(runner, config.hostname))
+        self.scripting = Scripting(config)
+        self.policy = self.scripting.policy
+        self.delegation = Delegation(Conversations(self.scripting.new_runner, config.hostname))
         self.server: asyncio.base_events.Server | None = None
         self.links: set[asyncio.Task] = set()  # the connections being served
         self._watcher: asyncio.Task | None = None
@@ -72,8 +63,7 @@ class PolicyService:
         for link in self.links:
             link.cancel()
         await asyncio.gather(*self.links, return_exceptions=True)
-        await self.state.close()
-        self.script_pool.shutdown(wait=False)
+        await self.scripting.close()
 
     async def _serve_link(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
