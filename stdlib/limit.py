@@ -17,7 +17,7 @@ reached (then ``allowed`` is true: limits fail open, mail keeps flowing).
 # and is allowed when that (itself included) is at most N. A refused hit is never counted
 # (clients that keep knocking do not lengthen their own wait): the store checks and
 # counts in one atomic step at its own time (StateStore.count_in_window: one Lua script
-# on Redis's clock, one SQLite transaction), so no process sees a refused hit counted.
+# on Redis's clock, one SQLite statement), so no process sees a refused hit counted.
 from __future__ import annotations
 
 import math
@@ -31,7 +31,8 @@ from vsl.resolve import DYNAMIC
 
 from .support.options import Options
 from .support.result import CheckResult
-from .support.state import MAX_KEY_BYTES, StateStore, StateUnavailable, fits, window_at
+from .support.state import (MAX_KEY_BYTES, StateStore, StateUnavailable, estimate, fits,
+                            window_at)
 
 namespace = Namespace("limit", "Rate limits counted in the server's [state]")
 
@@ -120,9 +121,6 @@ class Window:
     def at(cls, rate: Rate, now: float) -> "Window":
         return cls(rate, *window_at(rate.window, now))
 
-    def estimate(self, current: int, previous: int) -> float:
-        return current + previous * (1 - self.elapsed)
-
     def retry_in(self, current: int, previous: int) -> int:
         """Seconds until one more hit fits, with ``current`` and ``previous`` counted (at
         least 1)."""
@@ -138,7 +136,7 @@ class Window:
     def result(self, current: int, previous: int, allowed: bool) -> LimitResult:
         """The result for these counts (an allowed hit among them)."""
         if allowed:
-            remaining = self.rate.count - self.estimate(current, previous)
+            remaining = self.rate.count - estimate(current, previous, self.elapsed)
             return LimitResult("pass", True, max(math.floor(remaining + 1e-9), 0), 0)
         return LimitResult("limited", False, 0, self.retry_in(current, previous))
 

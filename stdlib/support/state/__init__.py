@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from vsl.natives import io_time_left
+
 MAX_KEY_BYTES = 1024  # the longest key limit:: takes (longer: a script's error, with its position)
 FAILURE_LOG_INTERVAL = 60.0  # seconds: a store logs why it failed at most once in this time
 
@@ -47,11 +49,23 @@ def window_at(window: int, now: float) -> tuple[int, float]:
     return int(index), rest / window
 
 
+def estimate(current: int, previous: int, elapsed: float) -> float:
+    """The sliding-window estimate: this window's count, plus the previous one's weighed
+    by what remains of it."""
+    return current + previous * (1 - elapsed)
+
+
 def fits(current: int, previous: int, elapsed: float, amount: int, limit: int) -> bool:
-    """Whether ``amount`` more hits keep the sliding-window estimate (this window's count,
-    plus the previous one's weighed by what remains of it) within ``limit``. The Redis
-    store computes the same in Lua."""
-    return current + previous * (1 - elapsed) + amount <= limit
+    """Whether ``amount`` more hits keep the :func:`estimate` within ``limit``. The Redis
+    store computes the same in Lua, SQLite in SQL (the same steps in the same order)."""
+    return estimate(current, previous, elapsed) + amount <= limit
+
+
+def call_wait(most: float) -> float:
+    """Seconds a store call may wait: ``most``, and never past the script call's network
+    time (io_time_left)."""
+    left = io_time_left()
+    return most if left is None else max(min(most, left), 0)
 
 
 class FailureLog:
@@ -66,6 +80,11 @@ class FailureLog:
         if self._last is None or now - self._last >= FAILURE_LOG_INTERVAL:
             self._last = now
             logger.warning("state %s unavailable: %s", self.store, reason)
+
+    def unavailable(self, reason: str) -> StateUnavailable:
+        """The error of a call that failed for ``reason``, reported first."""
+        self.report(reason)
+        return StateUnavailable(f"{self.store}: {reason}")
 
 
 class StateStore(ABC):

@@ -22,9 +22,7 @@ from typing import Sequence
 import redis.asyncio
 import redis.exceptions
 
-from vsl.natives import io_time_left
-
-from . import FailureLog, StateStore, StateUnavailable, WindowCount
+from . import FailureLog, StateStore, WindowCount, call_wait
 from .urls import redacted
 
 MAX_CONNECTIONS = 32  # per store (one process); more callers wait for one, within timeout
@@ -113,8 +111,7 @@ class RedisStore(StateStore):
         """``convert`` of what ``command()`` answers, within the store's and the script
         call's time; StateUnavailable when Redis fails, is slower, answers what does not
         convert, or the store is closed."""
-        left = io_time_left()
-        wait = self.timeout if left is None else max(min(self.timeout, left), 0)
+        wait = call_wait(self.timeout)
         try:
             if self._closed:
                 raise redis.exceptions.ConnectionError("the store is closed")
@@ -123,8 +120,7 @@ class RedisStore(StateStore):
             reason = f"no answer within {wait:.3g} s"
         except (redis.exceptions.RedisError, OSError, ValueError, TypeError) as err:
             reason = str(err)  # ValueError, TypeError: an answer that does not convert
-        self._failures.report(reason)
-        raise StateUnavailable(f"redis {self.where}: {reason}")
+        raise self._failures.unavailable(reason)
 
     async def incr(self, key: str, amount: int, ttl: float) -> int:
         return await self._call(

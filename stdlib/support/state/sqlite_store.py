@@ -48,9 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vsl.natives import io_time_left
-
-from . import FailureLog, StateStore, StateUnavailable, WindowCount, window_at
+from . import FailureLog, StateStore, WindowCount, call_wait, window_at
 
 BUSY_TIMEOUT = 1.0  # seconds a call waits at most for another process's write lock
 PURGE_BATCH = 16    # expired rows deleted at most by one write (a window's hit: one in
@@ -187,8 +185,7 @@ class SqliteStore(StateStore):
         store's thread within BUSY_TIMEOUT and the script call's network time
         (io_time_left); StateUnavailable when it fails or takes longer, or the store is
         closed."""
-        left = io_time_left()
-        wait = BUSY_TIMEOUT if left is None else max(min(BUSY_TIMEOUT, left), 0)
+        wait = call_wait(BUSY_TIMEOUT)
         try:
             if self._closed:
                 raise RuntimeError("the store is closed")
@@ -203,8 +200,7 @@ class SqliteStore(StateStore):
             reason = f"no answer within {wait:.3g} s"
         except (sqlite3.Error, OSError, RuntimeError) as err:  # RuntimeError: closed
             reason = str(err)
-        self._failures.report(reason)
-        raise StateUnavailable(f"state file {self.path}: {reason}")
+        raise self._failures.unavailable(reason)
 
     def _serves_this_thread(self) -> bool:
         """Whether the loop's connection is open and serves the calling thread (the one
