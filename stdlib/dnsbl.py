@@ -41,6 +41,7 @@ from vsl.values import FrozenMap, type_name
 
 from .ctx import Context
 from .dns import DnsTempError, Resolver, record_text
+from .net import plain_address
 from .support.options import Options
 from .support.result import CheckResult
 
@@ -227,11 +228,9 @@ def ip_subject(ip: str) -> Subject:
 def parse_ip_subject(ip: str) -> Subject:
     """:func:`ip_subject`, kept for the addresses asked last."""
     try:
-        address = ipaddress.ip_address(ip)
+        address = plain_address(ipaddress.ip_address(ip))
     except ValueError:
         raise ScriptError(f"ip '{ip}' is not an IP address") from None
-    if address.version == 6:
-        address = address.ipv4_mapped or ipaddress.IPv6Address(int(address))  # no scope
     prefix = address.reverse_pointer.rsplit(".", 2)[0]  # less .in-addr.arpa / .ip6.arpa
     return Subject(str(address), prefix, is_domain=False)
 

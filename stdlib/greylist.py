@@ -54,6 +54,7 @@ from vsl.resolve import DYNAMIC
 from vsl.values import FrozenMap, type_name
 
 from .ctx import Context, Stage
+from .net import plain_address
 from .support.mail import AddressError, Mailbox, domain_key
 from .support.options import Options
 from .support.result import CheckResult
@@ -266,15 +267,13 @@ def _lint(args) -> str | None:
 
 @lru_cache(maxsize=4096)
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The client's address (an IPv4-mapped IPv6 address counts as IPv4)."""
+    """The client's address (an IPv4-mapped IPv6 address counts as IPv4: net's
+    plain_address)."""
     try:
-        address = ipaddress.ip_address(ip)
+        return plain_address(ipaddress.ip_address(ip))
     except ValueError:
         raise ScriptError(f"greylist::check: the client address '{ip}' is not an IP "
                           "address") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
 
 
 @lru_cache(maxsize=4096)

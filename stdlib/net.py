@@ -20,6 +20,15 @@ def bare_network(text: str) -> str:
     return text.strip("[]").replace("]/", "/")
 
 
+def plain_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                  ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``address`` as a client is compared and looked up: an IPv4-mapped IPv6 address as
+    its IPv4 address, an IPv6 address without its scope (``%eth0``)."""
+    if address.version == 6:
+        return address.ipv4_mapped or ipaddress.IPv6Address(int(address))
+    return address
+
+
 def is_network(text: str) -> bool:
     """Whether ``text`` is an address or network as Postfix writes one."""
     try:
@@ -58,6 +67,5 @@ def in_network(ip, network) -> bool:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    address = plain_address(address)
     return address.version == net.version and address in net
