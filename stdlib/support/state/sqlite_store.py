@@ -62,13 +62,14 @@ CREATE INDEX IF NOT EXISTS state_expires ON state (expires);
 """
 _PURGE = ("DELETE FROM state WHERE rowid IN "
           "(SELECT rowid FROM state WHERE expires <= ? LIMIT ?)")
-_INCR = """
-INSERT INTO state (key, value, expires) VALUES (:key, :amount, :now + :ttl)
+# Adding :amount to a key's count: an expired key starts again from it, with a new expiry.
+_ADDED = """
 ON CONFLICT (key) DO UPDATE SET
     value = CASE WHEN expires <= :now THEN :amount ELSE value + :amount END,
     expires = CASE WHEN expires <= :now THEN excluded.expires ELSE expires END
 RETURNING value
 """
+_INCR = "INSERT INTO state (key, value, expires) VALUES (:key, :amount, :now + :ttl)" + _ADDED
 # A sliding window's hit, counted only when it fits (StateStore's ``fits``: this window's
 # count, plus ``weighted`` = the previous one's weighed, plus ``amount``, within ``limit``,
 # the same floating-point steps in the same order): one statement, so one write
@@ -78,12 +79,7 @@ _COUNT_IF_FITS = """
 INSERT INTO state (key, value, expires)
 SELECT :key, :amount, :now + :ttl
 WHERE coalesce((SELECT CAST(value AS INTEGER) FROM state WHERE key = :key AND expires > :now), 0)
-      + :weighted + :amount <= :limit
-ON CONFLICT (key) DO UPDATE SET
-    value = CASE WHEN expires <= :now THEN :amount ELSE value + :amount END,
-    expires = CASE WHEN expires <= :now THEN excluded.expires ELSE expires END
-RETURNING value
-"""
+      + :weighted + :amount <= :limit""" + _ADDED
 _GET = "SELECT value FROM state WHERE key = ? AND expires > ?"
 _GET_INTEGERS = ("SELECT key, CAST(value AS INTEGER) FROM state "
                  "WHERE key IN (?, ?) AND expires > ?")
