@@ -19,7 +19,6 @@ _ANY_COMMAND = {
     "503 Error: send HELO first": "503 5.5.1 Error: send HELO/EHLO first",
     "503 Error: send EHLO first": "503 5.5.1 Error: send HELO/EHLO first",
     "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
-    "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
     "501 Syntax: MAIL FROM: <address>": "501 5.5.4 Syntax: MAIL FROM:<address>",
     "501 Syntax: MAIL FROM: <address> [SP <mail-parameters>]":
         "501 5.5.4 Syntax: MAIL FROM:<address>",
