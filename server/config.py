@@ -7,15 +7,21 @@ reported at once, one a line, an unknown key with the nearest known one and the 
 """
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 import socket
+import stat
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vsl.stdlib.support.mail import HeaderLimits
+from vsl.stdlib.support.urls import amqp_url_problem, redis_url_problem
 from vsl.errors import ScriptError
 from vsl.limits import Limits
 from vsl.resolve import closest
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
 LISTENER_KINDS = ("smtp", "submission", "smtps")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 DEFAULT_FALLBACK = "451 4.3.0 Temporary local problem, try again later"
+
+log = logging.getLogger("vsl.server")
 
 
 class ConfigError(ValueError):
@@ -159,11 +167,53 @@ class StateConfig:
     backend: str = "sqlite"        # sqlite: one machine's processes; redis: several servers
     path: Path | None = None       # sqlite: None: state.sqlite beside the queue directory
                                    # (Config.state_path)
-    url: str | None = None         # redis: redis[s]://[user:password@]host:port/db
+    url: str | None = field(default=None, repr=False)  # redis: redis[s]://[user:password@]
+                                   # host:port/db (not in repr: it may hold a password)
     url_file: Path | None = None   # redis: a file holding the url (its password out of
                                    # vsl.toml); give url or url_file
     timeout: float | None = None   # redis: seconds an operation may take, then temperror
                                    # (None: the store's default, 1 s)
+
+
+QUEUE_BACKENDS = ("spool", "rabbitmq")
+QUEUE_TYPES = ("quorum", "classic")
+QUEUE_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+QUEUE_URL_KEYS = ("url", "url_file", "url_env")
+QUEUE_URL_MISSING = ("queue.url: backend \"rabbitmq\" needs one of queue.url, "
+                     "queue.url_file and queue.url_env")
+AMQP_MAX_MESSAGE_SIZE = 127 * 1024 * 1024  # the broker's max_message_size (128 MiB by
+#                                            default) less room for the envelope
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """``[queue]`` in vsl.toml: where accepted mail waits, the spool (``queue_dir``) or a
+    RabbitMQ broker shared by receivers, workers and deliveries (docs/configuration.md)."""
+
+    backend: str = "spool"          # "spool" | "rabbitmq"
+    url: str | None = field(default=None, repr=False)  # amqp[s]://user:pass@host:port/vhost
+    url_file: Path | None = None    # or a file holding it (the password out of vsl.toml)
+    url_env: str | None = None      # or an environment variable's name holding it
+    prefix: str = "vsl"             # [A-Za-z0-9_.-]{1,64}, before every queue name
+    queue_type: str = "quorum"      # or "classic" (dead-letters at most once)
+    confirm_timeout: float = 30.0   # s a publish may wait for the broker's confirm
+    connect_timeout: float = 5.0    # s a connection attempt may take
+
+    def resolved_url(self) -> str:
+        """The broker's URL from ``url``, ``url_file`` (its content, stripped; a warning
+        when others may read the file) or ``url_env``; a ConfigError naming the source,
+        never the URL, when it is missing or not an AMQP URL."""
+        if self.url is not None:
+            return checked_url(self.url, "queue.url", amqp_url_problem)
+        if self.url_file is not None:
+            text = read_secret(self.url_file, "queue.url_file", "the broker's password")
+            return checked_url(text, f"queue.url_file ({self.url_file})", amqp_url_problem)
+        if self.url_env is not None:
+            text = os.environ.get(self.url_env, "").strip()
+            if not text:
+                raise ConfigError(f"queue.url_env {self.url_env} is not set")
+            return checked_url(text, f"queue.url_env ({self.url_env})", amqp_url_problem)
+        raise ConfigError(QUEUE_URL_MISSING)
 
 
 @dataclass(frozen=True)
@@ -184,6 +234,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     bounce: BounceConfig = BounceConfig()
     state: StateConfig = StateConfig()
+    queue: QueueConfig = QueueConfig()
 
     @property
     def state_path(self) -> Path:
@@ -303,6 +354,7 @@ def _conflicts(config: Config) -> Iterator[str]:
                                  "cloudflare_tls", "quad9_tls"):
         yield f"dns.config: unknown resolver config '{config.dns.config}'"
     yield from _state_conflicts(config.state)
+    yield from _queue_conflicts(config)
 
 
 def _state_conflicts(state: StateConfig) -> Iterator[str]:
@@ -319,6 +371,56 @@ def _state_conflicts(state: StateConfig) -> Iterator[str]:
             yield "state.path: only for backend = \"sqlite\""
     if state.backend == "sqlite":
         yield from (f"state.{key}: only for backend = \"redis\"" for key in redis_keys)
+
+
+def _queue_conflicts(config: Config) -> Iterator[str]:
+    queue = config.queue
+    if queue.backend not in QUEUE_BACKENDS:
+        yield f"queue.backend: unknown backend '{queue.backend}' (use spool or rabbitmq)"
+    if queue.backend == "spool":
+        yield from (f"queue.{f.name}: only for backend = \"rabbitmq\"" for f in fields(queue)
+                    if f.name != "backend" and getattr(queue, f.name) != f.default)
+    if queue.backend == "rabbitmq":
+        yield from _broker_settings(queue)
+        yield from _broker_url(queue)
+        yield from _broker_message_size(config.limits.message_size)
+
+
+def _broker_settings(queue: QueueConfig) -> Iterator[str]:
+    if not QUEUE_PREFIX.fullmatch(queue.prefix):
+        yield (f"queue.prefix: '{queue.prefix}' must be 1 to 64 letters, digits, '_', '.' "
+               "or '-'")
+    if queue.queue_type not in QUEUE_TYPES:
+        yield f"queue.queue_type: unknown type '{queue.queue_type}' (use quorum or classic)"
+    for key in ("confirm_timeout", "connect_timeout"):
+        if not math.isfinite(getattr(queue, key)):
+            yield f"queue.{key}: must be a finite number > 0, not {getattr(queue, key)!r}"
+
+
+def _broker_url(queue: QueueConfig) -> Iterator[str]:
+    """The problem of the broker's URL, resolved at once so that a missing secret stops
+    the start, not the first message."""
+    given = [key for key in QUEUE_URL_KEYS if getattr(queue, key) is not None]
+    if len(given) > 1:
+        yield (f"queue.{given[1]}: give only one of queue.url, queue.url_file and "
+               "queue.url_env")
+    else:
+        try:
+            queue.resolved_url()
+        except ConfigError as err:
+            yield str(err)
+
+
+def _broker_message_size(size: int) -> Iterator[str]:
+    """The message size limit a broker carries: 1 to AMQP_MAX_MESSAGE_SIZE bytes."""
+    if size == 0:
+        yield ("limits.message_size: 0 (no limit) cannot go with queue.backend = "
+               "\"rabbitmq\": the broker refuses messages over its max_message_size "
+               f"(128 MiB); give at most {AMQP_MAX_MESSAGE_SIZE} (127 MiB)")
+    elif size > AMQP_MAX_MESSAGE_SIZE:
+        yield (f"limits.message_size: must be at most {AMQP_MAX_MESSAGE_SIZE} (127 MiB) "
+               "with queue.backend = \"rabbitmq\": the broker refuses messages over its "
+               f"max_message_size (128 MiB, the envelope included), not {size}")
 
 
 def _listeners(value, problems: _Problems) -> tuple[Listener, ...]:
@@ -407,7 +509,7 @@ def _convert(value, kind, key: str, base: Path):
     if kind == "nameservers":
         return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "redis_url":
-        return redis_url(_string(value, key), key)
+        return checked_url(_string(value, key), key, redis_url_problem)
     if kind == "route":
         from vsl.stdlib.transport import RELAY_KINDS, parse_route
 
@@ -447,7 +549,11 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
              "delivery": (DeliveryConfig, _DELIVERY_SCHEMA),
              "bounce": (BounceConfig, {"learned": "path"}),
              "state": (StateConfig, {"backend": str, "path": "path", "url": "redis_url",
-                                     "url_file": "path", "timeout": "float"})}
+                                     "url_file": "path", "timeout": "float"}),
+             "queue": (QueueConfig, {"backend": str, "url": str, "url_file": "path",
+                                     "url_env": str, "prefix": str, "queue_type": str,
+                                     "confirm_timeout": "float",
+                                     "connect_timeout": "float"})}
 _SECTION_NAMES = ("server", "listen", *_SECTIONS)
 
 
@@ -469,7 +575,8 @@ _MINIMUM = {"server.workers": 1, "server.script_threads": 1, "auth.failure_limit
                                             "mx_port", "mx_address_limit",
                                             "mx_session_limit", "mx_host_limit")}}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "limits.idle_session",
-             "dns.timeout", "state.timeout",
+             "dns.timeout", "state.timeout", "queue.confirm_timeout",
+             "queue.connect_timeout",
              "auth.failure_window", "auth.lockout", "auth.lockout_max",
              *(f"delivery.{k}" for k in ("retry_first", "retry_max", "max_age",
                                          "connect_timeout", "command_timeout",
@@ -506,13 +613,27 @@ def nameserver(text: str, key: str) -> str:
     return text
 
 
-def redis_url(text: str, key: str) -> str:
-    """A Redis URL for [state] (never quoted in the error: it may hold a password)."""
-    from vsl.stdlib.support.state.urls import url_problem
-
-    problem = url_problem(text)
+def checked_url(text: str, key: str, problem_of: Callable[[str], str | None]) -> str:
+    """``text`` if ``problem_of`` finds no problem with it, else a ConfigError naming the
+    key and the problem (never the URL: it may hold a password)."""
+    problem = problem_of(text)
     if problem:
         raise ConfigError(f"{key}: {problem}")
+    return text
+
+
+def read_secret(path: Path, key: str, secret: str) -> str:
+    """The stripped text of the file ``key`` names; a ConfigError when it cannot be read,
+    a warning when its group or others may read it (it holds ``secret``)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{key}: cannot read {path}: "
+                          f"{getattr(err, 'strerror', None) or err}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s: %s can be read by others than its owner (it may hold %s): "
+                    "chmod 600 it", key, path, secret)
     return text
 
 

@@ -3,16 +3,13 @@ and ``greylist::`` keep their counts (each ``vsl serve`` worker, ``vsl policyd``
 ``vsl milter`` opens its own, once, and closes it when it stops)."""
 from __future__ import annotations
 
-import logging
 import sqlite3
-import stat
 
 from vsl.stdlib.support.state import StateStore
 from vsl.stdlib.support.state.sqlite_store import SqliteStore
+from vsl.stdlib.support.urls import redis_url_problem
 
-from .config import Config, ConfigError, StateConfig, redis_url
-
-log = logging.getLogger("vsl.server")
+from .config import Config, ConfigError, StateConfig, checked_url, read_secret
 
 
 def open_state(config: Config) -> StateStore:
@@ -32,13 +29,5 @@ def open_state(config: Config) -> StateStore:
 def _url(state: StateConfig) -> str:
     if state.url_file is None:
         return state.url
-    try:
-        text = state.url_file.read_text(encoding="utf-8").strip()
-        mode = state.url_file.stat().st_mode
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"state.url_file: cannot read {state.url_file}: "
-                          f"{getattr(err, 'strerror', None) or err}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("state.url_file: %s can be read by others than its owner (it may hold "
-                    "the Redis password): chmod 600 it", state.url_file)
-    return redis_url(text, f"state.url_file ({state.url_file})")
+    text = read_secret(state.url_file, "state.url_file", "the Redis password")
+    return checked_url(text, f"state.url_file ({state.url_file})", redis_url_problem)

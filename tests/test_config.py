@@ -192,7 +192,8 @@ def test_the_full_example_covers_every_key():
         assert set(data[section]) == {f.name for f in fields(cls)}, section
     server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
                                                       "script_limits", "delivery", "bounce",
-                                                      "state"}  # tests/test_state_config.py
+                                                      "state", "queue"}
+    # ([state] and [queue]: tests/test_state_config.py, tests/test_config_queue.py)
     assert set(data["server"]) == server_keys
 
 
@@ -230,7 +231,7 @@ def test_parse_listen_refuses(text):
     ({"script_limits": {"max_ops": 1}}, "script_limits.max_ops"),
     ({"listen": [{"address": "127.0.0.1:25", "type": "smtp"}]}, "listen[0].type"),
     ({"limit": {}}, "limit"),
-    ({"queue": {"dir": "x"}}, "queue"),
+    ({"queue": {"dir": "x"}}, "queue.dir"),
 ])
 def test_unknown_keys_and_sections_are_errors(data, key):
     message = error_for(data)
@@ -412,7 +413,7 @@ def test_every_error_is_reported(tmp_path):
     ({"server": {"max": 1}}, "known: hostname, local_domains, scripts, queue_dir"),
     ({"limits": {"recipient": 5}}, "did you mean limits.recipients?"),
     ({"limit": {}}, "did you mean limits?"),
-    ({"queue": {}}, "known: server, listen, tls, auth, limits, dns, script_limits, delivery"),
+    ({"spool": {}}, "known: server, listen, tls, auth, limits, dns, script_limits, delivery"),
     ({"listen": [{"adress": "127.0.0.1:25"}]}, "did you mean listen[0].address?"),
     ({"listen": [{"port": 25, "address": "127.0.0.1:25"}]}, "known: address, kind"),
     ({"server": {"listen": ["127.0.0.1:25"]}}, "'listen' goes above the first [section]"),

@@ -16,7 +16,7 @@ from vsl.natives import IO_DEADLINE
 from vsl.stdlib.support.state import MemoryStore, StateUnavailable
 from vsl.stdlib.support.state.redis_store import RedisStore
 from vsl.stdlib.support.state.sqlite_store import SqliteStore
-from vsl.stdlib.support.state.urls import redacted, url_problem
+from vsl.stdlib.support.urls import redacted, redis_url_problem
 from tests.support.loop_gaps import LoopGaps
 from tests.support.redis import PrivateRedis
 
@@ -264,19 +264,20 @@ def test_redis_reconnects_when_it_is_back(redis_server):
 
 
 def test_redis_urls_are_checked_and_their_passwords_never_shown():
-    assert url_problem("redis://localhost:6379/0") is None
-    assert url_problem("rediss://user:secret@cache.example:6380/2") is None
-    assert url_problem("http://localhost") == "must start with redis:// or rediss://"
-    assert url_problem("redis://:secret@localhost:99999/0") == \
+    assert redis_url_problem("redis://localhost:6379/0") is None
+    assert redis_url_problem("rediss://user:secret@cache.example:6380/2") is None
+    assert redis_url_problem("http://localhost") == "must start with redis:// or rediss://"
+    assert redis_url_problem("redis://:secret@localhost:99999/0") == \
         "is not a URL (redis://host:port/db)"
-    assert url_problem("redis:///0") == "has no host"
-    assert url_problem("redis://localhost/zero") is not None
+    assert redis_url_problem("redis:///0") == "has no host"
+    assert redis_url_problem("redis://localhost/zero") is not None
     assert redacted("redis://user:secret@host:1/0") == "redis://user:***@host:1/0"
     assert redacted("redis://host:1/0") == "redis://host:1/0"
     assert redacted("redis://host:1/0?password=secret&db=1") == "redis://host:1/0?***"
-    assert url_problem("redis://host/0?db=zz") == "has a database that is not a number (?db=0)"
-    assert url_problem("redis://host/0?password=p&db=2") is None
-    assert url_problem("redis://host/0?socket_timeout=9") == \
+    assert redis_url_problem("redis://host/0?db=zz") == \
+        "has a database that is not a number (?db=0)"
+    assert redis_url_problem("redis://host/0?password=p&db=2") is None
+    assert redis_url_problem("redis://host/0?socket_timeout=9") == \
         "has a query key it does not take (only db, username, password)"
 
 

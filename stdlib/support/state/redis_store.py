@@ -23,7 +23,7 @@ import redis.asyncio
 import redis.exceptions
 
 from . import FailureLog, StateStore, WindowCount, call_wait
-from .urls import redacted
+from ..urls import redacted
 
 MAX_CONNECTIONS = 32  # per store (one process); more callers wait for one, within timeout
 DEFAULT_TIMEOUT = 1.0  # seconds an operation may take
