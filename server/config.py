@@ -179,6 +179,7 @@ QUEUE_BACKENDS = ("spool", "rabbitmq")
 QUEUE_TYPES = ("quorum", "classic")
 QUEUE_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 QUEUE_URL_KEYS = ("url", "url_file", "url_env")
+ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 QUEUE_URL_MISSING = ("queue.url: backend \"rabbitmq\" needs one of queue.url, "
                      "queue.url_file and queue.url_env")
 AMQP_MAX_MESSAGE_SIZE = 127 * 1024 * 1024  # the broker's max_message_size (128 MiB by
@@ -209,11 +210,21 @@ class QueueConfig:
             text = read_secret(self.url_file, "queue.url_file", "the broker's password")
             return checked_url(text, f"queue.url_file ({self.url_file})", amqp_url_problem)
         if self.url_env is not None:
-            text = os.environ.get(self.url_env, "").strip()
-            if not text:
-                raise ConfigError(f"queue.url_env {self.url_env} is not set")
+            text = _environment_url(self.url_env)
             return checked_url(text, f"queue.url_env ({self.url_env})", amqp_url_problem)
         raise ConfigError(QUEUE_URL_MISSING)
+
+
+def _environment_url(name: str) -> str:
+    """The URL the environment variable ``name`` holds (``name`` is never quoted unless it
+    is a variable's name: it may be a URL given by mistake)."""
+    if not ENVIRONMENT_NAME.fullmatch(name):
+        raise ConfigError("queue.url_env: must be the name of an environment variable "
+                          "(letters, digits and '_'), not the URL itself")
+    text = os.environ.get(name, "").strip()
+    if not text:
+        raise ConfigError(f"queue.url_env {name} is not set")
+    return text
 
 
 @dataclass(frozen=True)

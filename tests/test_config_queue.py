@@ -82,6 +82,9 @@ def test_explicit_defaults_go_with_the_spool():
      "queue.url: is not a URL (amqp://user:password@host:port/vhost)"),
     ({"backend": "rabbitmq", "url_env": "VSL_TEST_NO_SUCH_VARIABLE"},
      "queue.url_env VSL_TEST_NO_SUCH_VARIABLE is not set"),
+    ({"backend": "rabbitmq", "url_env": URL},
+     "queue.url_env: must be the name of an environment variable (letters, digits and '_'), "
+     "not the URL itself"),
     ({"backend": "rabbitmq", "url_file": "/nonexistent/amqp-url"},
      "queue.url_file: cannot read /nonexistent/amqp-url: No such file or directory"),
     ({"exchange": "x"}, "queue.exchange: unknown key (known: backend, url, url_file, "
