@@ -21,7 +21,7 @@ from vsl.stdlib.limit import LimitResult
 from vsl.stdlib.spf import SpfResult
 from vsl.stdlib.status import Status
 from vsl.stdlib.support.bounce.model import Classification
-from vsl.stdlib.support.handoff import _OBJECTS, HandoffError, dump, load
+from vsl.stdlib.support.handoff import _KNOWN, HandoffError, dump, load
 from vsl.stdlib.support.mail import NULL, HeaderLimits, Mailbox
 from vsl.stdlib.support.result import BounceResult
 from vsl.errors import LimitError
@@ -113,9 +113,9 @@ def test_every_storable_type_comes_back_the_same(name):
     assert same(VALUES[name], handed_over(ctx).get(name))
 
 
-@pytest.mark.parametrize("tag", list(_OBJECTS))
+@pytest.mark.parametrize("tag", list(_KNOWN))
 def test_the_table_holds_every_attribute_of_its_objects(tag):
-    cls, fields = _OBJECTS[tag]
+    cls, fields = _KNOWN[tag]
     examples = [v for v in [*VALUES.values(), *DKIM.checks] if type(v) is cls]
     assert examples and all(set(vars(v)) == set(fields) for v in examples)
 
@@ -285,6 +285,7 @@ GARBAGE = [
      r"store\['k'\]: a spf_result's helo cannot be i64"),
     (_store({"t": "dkim_result", "v": {"value": "pass", "checks": [1], "signatures": []}}),
      "a dkim_result's checks cannot be array"),
+    (_store({"t": "dkim_signature", "v": {}}), r"not a value \(tag 'dkim_signature'\)"),
     (_store(json.loads("[" * 300 + "]" * 300)), "nested more than 200 levels deep"),
 ]
 

@@ -30,7 +30,7 @@ import math
 from typing import Callable
 
 from vsl.errors import ScriptError
-from vsl.values import I64_MAX, I64_MIN, MAX_NESTING, FrozenMap, NativeObject, type_name
+from vsl.values import I64_MAX, I64_MIN, MAX_NESTING, FrozenMap, type_name
 
 from ..arc import ArcResult
 from ..ctx import Context, Stage
@@ -78,9 +78,6 @@ _OBJECTS: dict[str, tuple[type, dict[str, Check]]] = {
         **_RESULT_FIELDS, "identity": _STR, "domain": _STR, "client_ip": _STR, "helo": _STR,
         "sender": _STR, "explanation": _STR, "mechanism": _STR}),
     "iprev_result": (IprevResult, {**_RESULT_FIELDS, "ip": _STR, "fqdn": _OPTIONAL_STR}),
-    "dkim_signature": (Signature, {
-        "domain": _STR, "selector": _STR, "algorithm": _STR, "identity": _STR,
-        "result": _STR, "reason": _STR}),
     "dkim_result": (DkimResult, {
         **_RESULT_FIELDS, "checks": _all(list, Signature), "signatures": _MAPS}),
     "dmarc_result": (DmarcResult, {
@@ -102,7 +99,13 @@ _OBJECTS: dict[str, tuple[type, dict[str, Check]]] = {
         **_RESULT_FIELDS, "reason": _STR, "confidence": _NUMBER, "hard": _BOOL,
         "status": _STR, "diagnostic": _STR}),
 }
-_TAGS = {cls: tag for tag, (cls, _) in _OBJECTS.items()}
+_PARTS = {  # the same, for what only stands inside a result (not a script value)
+    "dkim_signature": (Signature, {
+        "domain": _STR, "selector": _STR, "algorithm": _STR, "identity": _STR,
+        "result": _STR, "reason": _STR}),
+}
+_KNOWN = {**_OBJECTS, **_PARTS}
+_TAGS = {cls: tag for tag, (cls, _) in _KNOWN.items()}
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
@@ -139,7 +142,7 @@ class _Encoder:
             name = type_name(v)
             raise _Uncarriable(t.__name__ if name == "unknown" else name)
         return {"t": tag, "v": {name: self.value(getattr(v, name), depth + 1)
-                                for name in _OBJECTS[tag][1]}}
+                                for name in _KNOWN[tag][1]}}
 
     def _container(self, v, depth: int):
         number = self.seen.get(id(v))
@@ -199,6 +202,7 @@ class _Decoder:
 
     def __init__(self):
         self.containers: list = []  # by number; None while a constant is being built
+        self.inside = 0  # how many results are being decoded (a _PARTS tag needs one)
 
     def value(self, v, where: str, depth: int = 0):
         if depth > MAX_NESTING:
@@ -233,7 +237,7 @@ class _Decoder:
             return _mailbox(v, where)
         if tag == "range" and _all(list, int)(v) and len(v) == 3 and v[2]:
             return range(*v)
-        if tag in _OBJECTS and type(v) is dict:
+        if (tag in _OBJECTS or (tag in _PARTS and self.inside)) and type(v) is dict:
             return self._object(tag, v, where, depth)
         raise HandoffError(f"{where}: not a value (tag {str(tag)[:40]!r})")
 
@@ -262,15 +266,17 @@ class _Decoder:
         return ((k, self.value(x, f"{where}[{k!r}]", depth + 1)) for k, x in v.items())
 
     def _object(self, tag: str, v: dict, where: str, depth: int):
-        cls, fields = _OBJECTS[tag]
+        cls, fields = _KNOWN[tag]
         if set(v) != set(fields):
             raise HandoffError(f"{where}: a {tag} needs exactly {', '.join(fields)}")
         obj = cls.__new__(cls)  # as pickle does: the attributes are the object's state
+        self.inside += 1
         for name, check in fields.items():
             value = self.value(v[name], f"{where}.{name}", depth + 1)
             if not check(value):
                 raise HandoffError(f"{where}: a {tag}'s {name} cannot be {type_name(value)}")
             setattr(obj, name, value)
+        self.inside -= 1
         return obj
 
 
