@@ -167,8 +167,8 @@ def test_shared_arrays_stay_shared_and_small():
 
 def test_a_value_nested_as_deep_as_scripts_can_print_comes_back():
     ctx, deep = session(Stage.POST_QUEUE), 1
-    for _ in range(MAX_NESTING):
-        deep = [deep]
+    for level in range(MAX_NESTING):  # each kind of container in turn
+        deep = [[deep], (deep,), {"a": deep}, FrozenMap(a=deep)][level % 4]
     display(deep)
     ctx.store("deep", deep)
     assert same(deep, handed_over(ctx).get("deep"))
@@ -270,6 +270,8 @@ GARBAGE = [
     (_dumped(store=[]), "a hand-off's store cannot be list"),
     (_dumped(store={"": 1}), "store: a store key must be a non-empty string"),
     (_store({"t": "closure", "v": 1}), r"store\['k'\]: not a value \(tag 'closure'\)"),
+    (_store({"t": ["map"], "v": {}}), r"store\['k'\]: not a value \(dict\)"),
+    (_store({"t": "f64", "v": ["inf"]}), r"not a value \(tag 'f64'\)"),
     (_store({"t": "map"}), r"store\['k'\]: not a value \(dict\)"),
     (_store({"t": "map", "v": []}), r"store\['k'\]: a map of the wrong form"),
     (_store({"t": "f64", "v": "1e999"}), r"not a value \(tag 'f64'\)"),

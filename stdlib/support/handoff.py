@@ -107,6 +107,7 @@ _PARTS = {  # the same, for what only stands inside a result (not a script value
 _KNOWN = {**_OBJECTS, **_PARTS}
 _TAGS = {cls: tag for tag, (cls, _) in _KNOWN.items()}
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+_CONTAINERS = {"array": list, "const_array": list, "map": dict, "const_map": dict}  # JSON
 
 
 # ---- dump ------------------------------------------------------------------------------
@@ -145,16 +146,21 @@ class _Encoder:
                                 for name in _KNOWN[tag][1]}}
 
     def _container(self, v, depth: int):
+        """An array or map, or its number if it was met before (loops, not comprehensions:
+        one Python frame less per level)."""
         number = self.seen.get(id(v))
         if number is not None:
             return {"t": "ref", "v": number}
         self.seen[id(v)] = len(self.seen)
-        if type(v) is list:
-            return [self.value(x, depth + 1) for x in v]
-        if type(v) is tuple:
-            return {"t": "const_array", "v": [self.value(x, depth + 1) for x in v]}
-        tag = "map" if type(v) is dict else "const_map"
-        return {"t": tag, "v": {k: self.value(x, depth + 1) for k, x in v.items()}}
+        if type(v) in (list, tuple):
+            items = []
+            for x in v:
+                items.append(self.value(x, depth + 1))
+            return items if type(v) is list else {"t": "const_array", "v": items}
+        entries = {}
+        for k, x in v.items():
+            entries[k] = self.value(x, depth + 1)
+        return {"t": "map" if type(v) is dict else "const_map", "v": entries}
 
 
 def dump(ctx: Context) -> dict:
@@ -215,23 +221,15 @@ class _Decoder:
                 raise HandoffError(f"{where}: integer {v} out of range for i64")
             return v
         if t is list:
-            return self._list(v, where, depth)
-        if t is not dict or set(v) != {"t", "v"}:
+            return self._container("array", v, where, depth)
+        if t is not dict or set(v) != {"t", "v"} or type(v["t"]) is not str:
             raise HandoffError(f"{where}: not a value ({type(v).__name__})")
-        return self._tagged(v["t"], v["v"], where, depth)
-
-    def _list(self, items: list, where: str, depth: int) -> list:
-        array: list = []
-        self.containers.append(array)
-        array.extend(self.value(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(items))
-        return array
-
-    def _tagged(self, tag, v, where: str, depth: int):
+        tag, v = v["t"], v["v"]
+        if tag in _CONTAINERS:
+            return self._container(tag, v, where, depth)
         if tag == "ref":
             return self._ref(v, where)
-        if tag in ("map", "const_map", "const_array"):
-            return self._container(tag, v, where, depth)
-        if tag == "f64" and v in _NONFINITE:
+        if tag == "f64" and type(v) is str and v in _NONFINITE:
             return _NONFINITE[v]
         if tag == "mailbox" and type(v) is str:
             return _mailbox(v, where)
@@ -239,7 +237,7 @@ class _Decoder:
             return range(*v)
         if (tag in _OBJECTS or (tag in _PARTS and self.inside)) and type(v) is dict:
             return self._object(tag, v, where, depth)
-        raise HandoffError(f"{where}: not a value (tag {str(tag)[:40]!r})")
+        raise HandoffError(f"{where}: not a value (tag {tag[:40]!r})")
 
     def _ref(self, number, where: str):
         if type(number) is not int or not 0 <= number < len(self.containers) \
@@ -248,22 +246,24 @@ class _Decoder:
         return self.containers[number]
 
     def _container(self, tag: str, v, where: str, depth: int):
-        if type(v) is not (list if tag == "const_array" else dict):
+        """An array or map; a mutable one is numbered before its items are read (it may
+        contain itself), a constant one after (its number means nothing meanwhile)."""
+        if type(v) is not _CONTAINERS[tag]:
             raise HandoffError(f"{where}: a {tag} of the wrong form")
         number = len(self.containers)
-        if tag == "map":  # registered first: it may contain itself
-            built: dict = {}
-            self.containers.append(built)
-            built.update(self._entries(v, where, depth))
-            return built
-        self.containers.append(None)
-        built = tuple(self.value(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)) \
-            if tag == "const_array" else FrozenMap(self._entries(v, where, depth))
-        self.containers[number] = built
-        return built
-
-    def _entries(self, v: dict, where: str, depth: int):
-        return ((k, self.value(x, f"{where}[{k!r}]", depth + 1)) for k, x in v.items())
+        mutable = tag in ("array", "map")
+        items: list | dict = [] if type(v) is list else {}
+        self.containers.append(items if mutable else None)
+        if type(v) is list:
+            for i, x in enumerate(v):
+                items.append(self.value(x, f"{where}[{i}]", depth + 1))
+        else:
+            for k, x in v.items():
+                items[k] = self.value(x, f"{where}[{k!r}]", depth + 1)
+        if not mutable:
+            items = tuple(items) if tag == "const_array" else FrozenMap(items)
+            self.containers[number] = items
+        return items
 
     def _object(self, tag: str, v: dict, where: str, depth: int):
         cls, fields = _KNOWN[tag]
@@ -314,12 +314,13 @@ def _fields(data) -> dict:
     """``data`` checked: its version, its keys, and the types of the plain fields."""
     if type(data) is not dict:
         raise HandoffError(f"a hand-off is a JSON object, not {type(data).__name__}")
-    if data.get("v") != FORMAT:
-        raise HandoffError(f"hand-off format {str(data.get('v'))[:20]!r} is not {FORMAT} "
+    version = data.get("v")
+    if type(version) is not int or version != FORMAT:
+        raise HandoffError(f"hand-off format {str(version)[:20]!r} is not {FORMAT} "
                            "(written by another vSL version?)")
     if set(data) != _KEYS:
-        odd = sorted(set(data) ^ _KEYS)
-        raise HandoffError(f"a hand-off with the wrong keys: {', '.join(map(str, odd))[:200]}")
+        odd = sorted(map(str, set(data) ^ _KEYS))
+        raise HandoffError(f"a hand-off with the wrong keys: {', '.join(odd)[:200]}")
     wrong = next((key for key, check in _SESSION.items() if not check(data[key])), None)
     if wrong is not None:
         raise HandoffError(f"a hand-off's {wrong} cannot be {type(data[wrong]).__name__}")
