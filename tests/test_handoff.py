@@ -195,6 +195,42 @@ def test_a_value_that_cannot_be_carried_is_an_error(value, kind):
     assert str(caught.value) == f"store key 'k': a {kind} cannot be handed to a worker"
 
 
+KEEPER = """
+const C = #{ list: [1, 2], name: "c" };
+fn keep(ctx) {
+    let a = [1, "two", 3.0, ()];
+    ctx.store("values", [a, a, #{ z: 1, a: true }, global::C, 1..4, ctx.sender]);
+}
+fn read(ctx) {
+    let v = ctx.get("values");
+    v[0].push("more");  // the same array as v[1]
+    let errors = [];
+    try { v[3].name = "x" } catch (e) { errors.push(e) }
+    [v, type_of(v[2]), type_of(v[4]), errors]
+}
+fn keep_closure(ctx) { ctx.store("f", |x| x + 1) }
+fn keep_resolver(ctx) { ctx.store("r", dns::resolver(#{ nameservers: ["127.0.0.1:53"] })) }
+"""
+
+
+def test_what_a_script_stored_reads_the_same_in_the_worker():
+    keeper = new_engine().load_source(KEEPER, "keeper.vsl")
+    ctx = session(Stage.PRE_QUEUE)
+    keeper.call("keep", ctx)
+    ctx.stage = Stage.POST_QUEUE
+    loaded = handed_over(ctx)
+    assert same(keeper.call("read", ctx), keeper.call("read", loaded))
+
+
+@pytest.mark.parametrize("function, kind", [("keep_closure", "Fn"),
+                                            ("keep_resolver", "dns_resolver")])
+def test_what_a_script_cannot_hand_over(function, kind):
+    ctx = session(Stage.PRE_QUEUE)
+    new_engine().load_source(KEEPER, "keeper.vsl").call(function, ctx)
+    with pytest.raises(HandoffError, match=f"store key '.': a {kind} cannot be handed"):
+        dump(ctx)
+
+
 NATIVES = """
 fn check(port, ctx) {
     let r = resolver(port);
