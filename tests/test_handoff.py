@@ -21,7 +21,7 @@ from vsl.stdlib.limit import LimitResult
 from vsl.stdlib.spf import SpfResult
 from vsl.stdlib.status import Status
 from vsl.stdlib.support.bounce.model import Classification
-from vsl.stdlib.support.handoff import _KNOWN, HandoffError, dump, load
+from vsl.stdlib.support.handoff import _KNOWN, MAX_TEXT, HandoffError, dump, load
 from vsl.stdlib.support.mail import NULL, HeaderLimits, Mailbox
 from vsl.stdlib.support.result import BounceResult
 from vsl.errors import LimitError
@@ -46,7 +46,8 @@ VALUES = {
     "float": 1.5, "whole float": 1.0, "negative zero": -0.0, "inf": math.inf,
     "-inf": -math.inf, "nan": math.nan, "string": "café\n\"x\"", "empty string": "",
     "array": [1, "a", [2.0, None]], "constant array": (1, ("x",)),
-    "map": {"b": 1, "a": {"t": "ref", "v": 0}}, "constant map": FrozenMap(z=1, a=(2,)),
+    "map": {"b": 1, "a": {"t": "ref", "v": 0}},  # keys in order; a map like a tagged value
+    "constant map": FrozenMap(z=1, a=(2,)),
     "range": range(1, 5), "stepped range": range(10, 0, -3),
     "mailbox": Mailbox.parse('"a b"@Example.COM'), "null sender": NULL,
     "spf helo": SpfResult(value="pass", identity="helo", domain="client.example",
@@ -178,6 +179,17 @@ def test_a_value_nested_as_deep_as_scripts_can_print_comes_back():
     ctx.store("deeper", {"a": deep})
     with pytest.raises(HandoffError, match="store key 'deeper': a value nested more than "
                                            f"{MAX_NESTING} levels deep cannot be handed"):
+        dump(ctx)
+
+
+def test_strings_shared_beyond_the_bound_are_an_error():
+    ctx = session(Stage.POST_QUEUE)
+    ctx.store("a", "x" * (MAX_TEXT // 2))
+    ctx.store("b", {"x" * (MAX_TEXT // 4): "y"})
+    assert len(handed_over(ctx).get("a")) == MAX_TEXT // 2
+    ctx.store("c", ["x" * 1_000_000] * 100_000)  # one string, within the script's limits
+    with pytest.raises(HandoffError, match=f"store key 'c': a value whose strings add up "
+                                           f"to more than {MAX_TEXT} characters cannot be"):
         dump(ctx)
 
 

@@ -20,9 +20,16 @@ routes) and every value ``ctx.store()`` holds, each with its type kept exactly:
   few lines of script would make an exponentially large hand-off; with it the size is
   that of what the script stored, and the shared parts stay shared.
 
+Size: what the script stored (each array and map once), plus the session's few fields;
+the message itself is not in it. Strings are written each time they are met, and
+scripts share them too (an array of 100,000 times one string of 1,000,000 characters is
+within the default limits), so their characters, map keys included, add up to at most
+:data:`MAX_TEXT`.
+
 ``load`` trusts nothing: a wrong version, a missing or extra key, a wrong type or an
 unknown tag raises :class:`HandoffError` saying where (a worker dead-letters such a
-message).
+message). It parses the message in the caller's thread: a worker loads a big one in a
+thread of its own, as the session parses it.
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ from .mail import AddressError, HeaderLimitError, HeaderLimits, Mailbox, Message
 from .result import BounceResult
 
 FORMAT = 1
+MAX_TEXT = 32 * 1024 * 1024  # characters of the strings in a hand-off
 
 
 class HandoffError(Exception):
@@ -121,11 +129,12 @@ class _Encoder:
 
     def __init__(self):
         self.seen: dict[int, int] = {}  # id of an array or map -> its number
+        self.text_left = MAX_TEXT
 
     def value(self, v, depth: int = 0):
         t = type(v)
         if t is str:
-            return v
+            return self._text(v)
         if depth > MAX_NESTING:  # as deep as values.display() goes
             raise _Uncarriable(f"value nested more than {MAX_NESTING} levels deep")
         if v is None or t in (bool, int):
@@ -145,6 +154,13 @@ class _Encoder:
         return {"t": tag, "v": {name: self.value(getattr(v, name), depth + 1)
                                 for name in _KNOWN[tag][1]}}
 
+    def _text(self, text: str) -> str:
+        self.text_left -= len(text)
+        if self.text_left < 0:
+            raise _Uncarriable(f"value whose strings add up to more than {MAX_TEXT} "
+                               "characters")
+        return text
+
     def _container(self, v, depth: int):
         """An array or map, or its number if it was met before (loops, not comprehensions:
         one Python frame less per level)."""
@@ -159,7 +175,7 @@ class _Encoder:
             return items if type(v) is list else {"t": "const_array", "v": items}
         entries = {}
         for k, x in v.items():
-            entries[k] = self.value(x, depth + 1)
+            entries[self._text(k)] = self.value(x, depth + 1)
         return {"t": "map" if type(v) is dict else "const_map", "v": entries}
 
 
