@@ -441,7 +441,8 @@ def test_a_new_worker_resumes_deferred_messages(tmp_path):
             return second.queue, sink.messages
 
     spool, messages = asyncio.run(main())
-    assert asyncio.run(spool.list()) == [] and [m.recipients for m in messages] == [["bob@remote.test"]]
+    assert asyncio.run(spool.list()) == []
+    assert [m.recipients for m in messages] == [["bob@remote.test"]]
 
 
 def test_the_worker_polls_the_queue(world):
@@ -617,7 +618,8 @@ def test_journal_entries_kept_for_an_unreadable_envelope_outlive_compaction(tmp_
             return [m.recipients for m in sink.messages]
 
     assert asyncio.run(main()) == [["dave@remote.test"], ["carol@remote.test"]]
-    assert Journal(spool.root / "delivered.journal").read() == {} and asyncio.run(spool.list()) == []
+    assert Journal(spool.root / "delivered.journal").read() == {}
+    assert asyncio.run(spool.list()) == []
 
 
 def test_an_envelope_fixed_while_running_gets_its_kept_journal_entries(world):

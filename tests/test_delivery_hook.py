@@ -73,7 +73,8 @@ def attempt(world, rcpt: str, **envelope):
         async with Sink() as sink:
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", [rcpt], **envelope)
             await delivery.run_once()
-            entry = await spool.get(msg_id) if msg_id in {e.id for e in await spool.list()} else None
+            queued = {e.id: e for e in await spool.list()}
+            entry = queued.get(msg_id)
             await delivery.run_once()
             return entry
 

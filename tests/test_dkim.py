@@ -372,7 +372,8 @@ def test_a_signed_message_relayed_to_a_verifying_server(dns_server, tmp_path, st
         with running(signer_config) as signer:
             with client(signer) as smtp:
                 smtp.sendmail("alice@dkim.test", ["bob@example.test"], SIGNED_BODY)
-            assert wait_for(lambda: not asyncio.run(signer.spool.list()) and asyncio.run(verifier.spool.list()), 10)
+            assert wait_for(lambda: not asyncio.run(signer.spool.list())
+                            and asyncio.run(verifier.spool.list()), 10)
         [entry] = asyncio.run(verifier.spool.list())
         received = asyncio.run(verifier.spool.message(entry.id))
     assert b"Authentication-Results: mx2.test; dkim=pass header.d=dkim.test" in received

@@ -110,6 +110,18 @@ def test_envelopes_are_json(tmp_path):
     assert data["recipients"][0]["status"] == "pending" and data["version"] == VERSION
 
 
+def test_an_envelope_keeps_its_context_and_reads_without_one(tmp_path):
+    spool = Spool(tmp_path)
+    context = {"server_ip": "192.0.2.1", "store": {"seen": [1, "two", None]}}
+    msg_id = run(spool.put(Envelope("a@x.test", context=context), b"d"))
+    assert run(spool.get(msg_id)).envelope.context == context
+    bare = run(spool.put(Envelope("a@x.test"), b"d"))
+    assert "context" not in json.loads((tmp_path / "working" / f"{bare}.json").read_text())
+    assert run(spool.get(bare)).envelope.context is None
+    with pytest.raises(ValueError, match="Envelope.context"):
+        Envelope.from_json(json.dumps({"sender": "a@x.test", "context": ["not", "an object"]}))
+
+
 # An envelope as vSL wrote it before envelopes were typed (no "version"): a deferred
 # message after one attempt, with the fields session.py and delivery.py wrote then.
 UNVERSIONED = (

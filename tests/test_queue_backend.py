@@ -103,6 +103,54 @@ def test_claim_hands_out_due_work_once(open_backend):
     asyncio.run(main())
 
 
+def test_a_worker_claims_working(open_backend):
+    backend = open_backend()
+
+    async def main():
+        waiting = await queued(backend, "working")
+        due = await queued(backend)  # deliver: not the worker's
+        (entry,) = await backend.claim(5, NOW, queues=("working",))
+        assert (entry.id, entry.queue) == (waiting, "working")
+        assert await backend.claim(5, NOW, queues=("working",)) == []
+        await backend.move(entry.id, "deliver", "working")
+        await backend.release(entry.id)
+        assert await backend.claim(5, NOW, queues=("working",)) == []
+        assert set(ids(await backend.claim(5, NOW))) == {due, waiting}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("queues", [("working",), ("deliver", "deferred")])
+def test_a_claim_released_without_a_transition_comes_back_unchanged(open_backend, queues):
+    backend = open_backend()
+
+    async def main():
+        msg_id = await queued(backend, queues[0])
+        (entry,) = await backend.claim(1, NOW, queues)
+        stored = entry.envelope.to_json()
+        entry.envelope.recipients[0].status = "delivered"  # in memory only
+        await backend.release(entry.id)
+        (again,) = await backend.claim(1, NOW, queues)
+        return (again.id, again.queue, again.envelope.to_json(),
+                await backend.message(msg_id)), (msg_id, queues[0], stored, DATA)
+
+    again, before = asyncio.run(main())
+    assert again == before
+
+
+def test_counts_messages_per_queue(open_backend):
+    backend = open_backend()
+
+    async def main():
+        for queue in ("deliver", "deliver", "hold", "working"):
+            await queued(backend, queue)
+        return await backend.counts()
+
+    counts = asyncio.run(main())
+    assert {queue: n for queue, n in counts.items() if n} == \
+        {"deliver": 2, "hold": 1, "working": 1}
+
+
 def test_complete_takes_a_message_out(open_backend):
     backend = open_backend()
 
@@ -244,7 +292,8 @@ def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(open_bac
     msg_id = asyncio.run(main())
     for backend in (operator, open_backend()):  # and after a restart
         assert [(e.id, e.queue) for e in asyncio.run(backend.list())] == [(msg_id, "hold")]
-        assert asyncio.run(backend.get(msg_id)).envelope.attempts == 0 and asyncio.run(backend.message(msg_id)) == DATA
+        assert asyncio.run(backend.get(msg_id)).envelope.attempts == 0
+        assert asyncio.run(backend.message(msg_id)) == DATA
 
 
 @pytest.mark.parametrize("restart", [False, True])

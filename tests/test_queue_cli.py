@@ -77,6 +77,16 @@ def test_list_shows_ids_and_counts_only_pending_recipients(spool):
     assert "two.test" not in table  # its only recipient was delivered
 
 
+def test_counts_per_queue_also_without_a_command(spool):
+    counts = vsl_queue(spool.root, "counts")
+    assert counts.returncode == 0 and counts.stderr == ""
+    lines = counts.stdout.splitlines()
+    assert lines[0].split() == ["QUEUE", "MESSAGES"] and lines[-1] == "-- 3 message(s)"
+    rows = dict(line.split() for line in lines[1:-1])
+    assert rows == {"working": "2", "deliver": "0", "deferred": "1", "dead": "0", "hold": "0"}
+    assert vsl_queue(spool.root).stdout == counts.stdout
+
+
 def test_the_queue_of_vsl_toml_in_the_working_directory(spool, tmp_path):
     (tmp_path / "vsl.toml").write_text(f'[server]\nqueue_dir = "{spool.root.name}"\n')
     result = subprocess.run([VSL, "queue", "list"], capture_output=True, text=True,

@@ -51,7 +51,8 @@ def test_the_server_delivers_to_a_maildir_on_a_memory_queue(tmp_path):
     with running(config_for(tmp_path, script, delivery=QUICK)) as server:
         assert isinstance(server.spool, MemoryQueue)
         send(server, "bob@example.test")
-        assert wait_for(lambda: list((box / "new").glob("*")) and not asyncio.run(server.spool.list()))
+        assert wait_for(lambda: list((box / "new").glob("*"))
+                        and not asyncio.run(server.spool.list()))
     (stored,) = (box / "new").iterdir()
     assert stored.read_bytes().endswith(MESSAGE.replace(b"\r\n", b"\n"))
     assert not (tmp_path / "queue").exists()  # nothing of a file spool was made

@@ -179,7 +179,8 @@ def test_bare_line_ends_never_end_data(tmp_path, ending):
         assert senders in ([], ["alice@example.org"]), senders
         if senders:
             assert code == 250
-            assert b"MAIL FROM:<evil@attacker.test>" in asyncio.run(server.spool.message(queued_id(text)))
+            data = asyncio.run(server.spool.message(queued_id(text)))
+            assert b"MAIL FROM:<evil@attacker.test>" in data
         else:
             assert code >= 500
 
@@ -272,7 +273,8 @@ def test_pipelined_commands(tmp_path):
             assert second[0] == 250
             assert raw.reply()[0] == 221
             assert raw.closed(2)
-        one, two = asyncio.run(server.spool.get(queued_id(first[1]))), asyncio.run(server.spool.get(queued_id(second[1])))
+        one = asyncio.run(server.spool.get(queued_id(first[1])))
+        two = asyncio.run(server.spool.get(queued_id(second[1])))
         assert [r.address for r in one.envelope.recipients] == \
             ["a@example.test", "b@mx.test"]
         assert two.envelope.sender == "carol@example.org"
@@ -350,5 +352,6 @@ def test_concurrent_load_with_smtp_source(tmp_path):
             assert idle.cmd("NOOP")[0] == 250
         entries = all_messages(server)
         assert len(entries) == 100 and {e.queue for e in entries} == {"deliver"}
-        sizes = {len(asyncio.run(server.spool.message(e.id)).split(b"\r\n\r\n", 1)[1]) for e in entries}
+        sizes = {len(asyncio.run(server.spool.message(e.id)).split(b"\r\n\r\n", 1)[1])
+                 for e in entries}
         assert len(sizes) == 1 and sizes.pop() >= 2000

@@ -87,7 +87,8 @@ def test_received_header_names_helo_or_ehlo(tmp_path):
             first = queued_id(deliver(smtp))
             assert smtp.ehlo("extended.test")[0] == 250
             second = queued_id(deliver(smtp))
-        first, second = asyncio.run(server.spool.message(first)), asyncio.run(server.spool.message(second))
+        first = asyncio.run(server.spool.message(first))
+        second = asyncio.run(server.spool.message(second))
         assert first.startswith(b"Received: from plain.test ([127.0.0.1])")
         assert b"with SMTP\r\n" in first  # HELO: plain SMTP
         assert b"with ESMTP\r\n" in second

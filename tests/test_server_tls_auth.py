@@ -141,7 +141,8 @@ def test_smtps_offers_auth(tmp_path, tls):
             smtp.ehlo()
             assert smtp.has_extn("auth"), "no AUTH on an implicit-TLS listener"
             assert smtp.login("alice", "secret")[0] == 235
-            data = asyncio.run(server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test"))))
+            msg_id = queued_id(send(smtp, rcpt="far@elsewhere.test"))
+            data = asyncio.run(server.spool.message(msg_id))
     assert received_with(data) == "ESMTPSA"
 
 
@@ -197,7 +198,8 @@ def test_auth_success_and_failure(auth_server, mechanism, initial_response):
         code, text = smtp.auth(mechanism, method, initial_response_ok=initial_response)
         assert (code, text) == (235, b"2.7.0 Authentication successful")
         assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret')}")[0] == 503  # once only
-        data = asyncio.run(auth_server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test"))))
+        msg_id = queued_id(send(smtp, rcpt="far@elsewhere.test"))
+        data = asyncio.run(auth_server.spool.message(msg_id))
     assert received_with(data) == "ESMTPSA"
     assert header(data, "X-Auth") == "true alice"
     # later stages see who authenticated, never the password
@@ -259,7 +261,8 @@ def test_allow_plaintext_offers_auth_without_tls(tmp_path):
             smtp.ehlo()
             assert smtp.has_extn("auth")
             assert smtp.login("alice", "secret")[0] == 235
-            data = asyncio.run(server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test"))))
+            msg_id = queued_id(send(smtp, rcpt="far@elsewhere.test"))
+            data = asyncio.run(server.spool.message(msg_id))
     assert received_with(data) == "ESMTPA"
 
 
