@@ -87,10 +87,11 @@ class Server:
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
-        """Open and recover the spool, and bind every listener. ``sockets``: (listener, socket) pairs
-        already bound and listening, by the parent of several workers (server/workers.py),
-        which recovered the spool before starting them: then the spool is not recovered
-        here (that would drop another worker's files being written)."""
+        """Open and recover the spool, and bind every listener. ``sockets``: (listener,
+        socket) pairs already bound and listening, by the parent of several workers
+        (server/workers.py), which recovered the spool before starting them: then the
+        spool is not recovered here (that would drop another worker's files being
+        written)."""
         await self.spool.open()
         if sockets is None:
             await recover_queue(self.spool)

@@ -87,7 +87,7 @@ class Intake:
 
     async def _hold(self, msg_id: str, queue: str) -> None:
         """Put a message in hold; if even that fails, it stays where it is until the next
-        start moves it to hold (hold_unacknowledged)."""
+        start moves it to hold (the spool's recover)."""
         try:
             await self.queue.move(msg_id, "hold", queue)
         except (QueueError, OSError) as err:

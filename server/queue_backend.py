@@ -116,7 +116,8 @@ class QueueBackend(Protocol):
 
     async def recover(self) -> int:
         """At start-up, before anything writes: finish or drop what a stop cut short;
-        returns how many unacknowledged items were dropped."""
+        returns how many unacknowledged items were dropped. Where ``working`` means
+        "no 250 yet" (the spool), what is left there goes to ``hold``."""
 
     def startup_warnings(self) -> list[str]:
         """At start-up, after :meth:`recover`: what an operator should fix (lines for the

@@ -77,7 +77,8 @@ def parse_check(where: str, number: int, text: str) -> QueueCheck:
 
 async def check_queued(spool: QueueBackend, checks: list[QueueCheck]) -> list[str]:
     """Every check that the spool's messages fail, as ``line N: expected ..., got ...``."""
-    entries = sorted(await spool.list(), key=lambda entry: (entry.envelope.received_at or 0, entry.id))
+    entries = sorted(await spool.list(),
+                     key=lambda entry: (entry.envelope.received_at or 0, entry.id))
     selected = entries[-1] if entries else None
     problems = []
     for check in checks:
