@@ -20,9 +20,10 @@ error) is never misread: :meth:`Spool.scan` reports it, :meth:`Spool.list` skips
 warning in the log.
 
 This is the file backend of :class:`~.queue_backend.QueueBackend` (the contract is
-there). Delivery's claims live in this process: a set of claimed ids, and a heap of
-deferred messages by ``next_attempt``, filled from ``deferred`` at the first claim and
-kept up to date by :meth:`Spool.defer`. Addresses a remote accepted are written to the
+there). Claims (delivery's, or a post-queue worker's of ``working``) live in this
+process: a set of claimed ids, and a heap of deferred messages by ``next_attempt``, filled
+from ``deferred`` at the first claim and kept up to date by :meth:`Spool.defer`. The reads
+(and ``remove``, ``recover``, ``close``) do their file work in a thread, off the event loop. Addresses a remote accepted are written to the
 delivery journal (server/journal.py) before the envelope that records them is durable.
 
 `vsl queue` moves and removes messages from another process while the server writes
