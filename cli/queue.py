@@ -1,6 +1,10 @@
-"""``vsl queue ...``: look at and act on the mail queue (safe while the server runs)."""
+"""``vsl queue ...``: look at and act on the mail queue (safe while the server runs).
+
+Each command is one event loop (``asyncio.run``): the backend is opened, used and closed
+in it (server/queue_admin.py ``administer``)."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 import sys
 
@@ -13,13 +17,14 @@ from vsl.server.queue_backend import QueueBackend, QueueError
 from .serve import local_config
 
 
-@click.group()
+@click.group(invoke_without_command=True)
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="vsl.toml (its server.queue_dir); default: ./vsl.toml when present.")
 @click.pass_context
 def queue(ctx, queue_dir, config_path) -> None:
-    """Look at and act on the mail queue (safe while the server runs)."""
+    """Look at and act on the mail queue (safe while the server runs). Without a
+    command: messages per queue (as ``vsl queue counts``)."""
     from vsl.server.config import Config  # (the mail model: slow to import)
     from vsl.server.queues import open_queue
 
@@ -27,10 +32,28 @@ def queue(ctx, queue_dir, config_path) -> None:
     if not config.queue_dir.is_dir():
         raise click.ClickException(f"{config.queue_dir}: no queue here (use --queue-dir)")
     ctx.obj = open_queue(config)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(queue_counts)
 
 
 def _queue_error(err) -> click.ClickException:
     return click.ClickException(printable(err))
+
+
+def _run(mail_queue: QueueBackend, work):
+    """``work(mail_queue)`` (a coroutine) in an event loop of its own, the backend open
+    around it; a QueueError becomes the command's error."""
+    try:
+        return asyncio.run(queue_admin.administer(mail_queue, work))
+    except QueueError as err:
+        raise _queue_error(err) from None
+
+
+@queue.command("counts")
+@click.pass_obj
+def queue_counts(mail_queue: QueueBackend) -> None:
+    """Messages per queue (on a broker: not those being worked on)."""
+    click.echo(queue_admin.counts_table(_run(mail_queue, lambda q: q.counts())))
 
 
 @queue.command("list")
@@ -41,10 +64,7 @@ def _queue_error(err) -> click.ClickException:
 @click.pass_obj
 def queue_list(mail_queue: QueueBackend, name, by_domain, as_json) -> None:
     """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
-    try:
-        entries, unreadable = mail_queue.scan(name)
-    except QueueError as err:
-        raise _queue_error(err) from None
+    entries, unreadable = _run(mail_queue, lambda q: q.scan(name))
     for warning in mail_queue.quarantine_warnings():
         click.echo(f"vsl: warning: {warning}", err=True)
     if as_json or by_domain:
@@ -64,13 +84,10 @@ def queue_list(mail_queue: QueueBackend, name, by_domain, as_json) -> None:
 @click.pass_obj
 def queue_show(mail_queue: QueueBackend, msg_id, eml) -> None:
     """One message: envelope, status per recipient, last error."""
-    try:
-        if eml:
-            _write_message(mail_queue.message(msg_id))
-        else:
-            click.echo(queue_admin.describe(mail_queue.get(msg_id)))
-    except QueueError as err:
-        raise _queue_error(err) from None
+    if eml:
+        _write_message(_run(mail_queue, lambda q: q.message(msg_id)))
+    else:
+        click.echo(queue_admin.describe(_run(mail_queue, lambda q: q.get(msg_id))))
 
 
 def _write_message(data: bytes) -> None:
@@ -88,15 +105,13 @@ def _write_message(data: bytes) -> None:
 def _queue_action(action: str, help_text: str, all_flag: bool = False):
     @click.argument("msg_ids", nargs=-1)
     @click.pass_obj
-    def command(mail_queue: QueueBackend, msg_ids, **flags) -> None:
-        if flags.get("every"):
-            msg_ids = [e.id for e in mail_queue.list("deferred")]
-            if not msg_ids:
-                click.echo("no deferred message")
-                return
-        if not msg_ids:
+    def command(mail_queue: QueueBackend, msg_ids, every=False) -> None:
+        if not msg_ids and not every:
             raise click.UsageError("give message ids" + (" or --all" if all_flag else ""))
-        outcomes = queue_admin.act(mail_queue, action, list(msg_ids))
+        outcomes = _run(mail_queue, lambda q: _act(q, action, list(msg_ids), every))
+        if not outcomes:
+            click.echo("no deferred message")
+            return
         click.echo("\n".join(line for _, line in outcomes))
         if not all(done for done, _ in outcomes):
             sys.exit(1)
@@ -106,6 +121,14 @@ def _queue_action(action: str, help_text: str, all_flag: bool = False):
         command = click.option("--all", "every", is_flag=True,
                                help="Every deferred message.")(command)
     return command
+
+
+async def _act(mail_queue: QueueBackend, action: str, msg_ids: list[str],
+               every: bool) -> list[tuple[bool, str]]:
+    """``action`` on each message (``every``: each deferred one instead)."""
+    if every:
+        msg_ids = [e.id for e in await mail_queue.list("deferred")]
+    return await queue_admin.act(mail_queue, action, msg_ids) if msg_ids else []
 
 
 queue.command("retry")(_queue_action("retry", "Deliver now (deferred messages).", True))
@@ -121,7 +144,7 @@ queue.command("remove")(_queue_action("remove", "Delete messages."))
 def queue_move(mail_queue: QueueBackend, msg_id, target) -> None:
     """Move a message to another queue (working, deliver, deferred, dead, hold,
     quarantine/NAME)."""
-    done, line = queue_admin.act(mail_queue, f"move:{target}", [msg_id])[0]
+    done, line = _run(mail_queue, lambda q: queue_admin.act(q, f"move:{target}", [msg_id]))[0]
     click.echo(line)
     if not done:
         sys.exit(1)

@@ -46,25 +46,12 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 async def recover_queue(queue: QueueBackend) -> None:
     """At start-up, before anything writes to the queue: finish or drop what a stop cut
-    short (:meth:`QueueBackend.recover`), log what an operator should fix, then hold what
-    was never acknowledged."""
-    dropped = queue.recover()
+    short (:meth:`QueueBackend.recover`), then log what an operator should fix."""
+    dropped = await queue.recover()
     if dropped:
         log.info("spool: dropped %d unacknowledged file(s)", dropped)
     for warning in queue.startup_warnings():
         log.warning("%s", warning)
-    await hold_unacknowledged(queue)
-
-
-async def hold_unacknowledged(queue: QueueBackend) -> None:
-    """A message still in ``working`` was stored when the server stopped, but its 250
-    (sent after on_post_queue) was not: its client will send it again. It goes to
-    ``hold``: neither lost nor delivered twice; an operator may release it."""
-    for entry in queue.list("working"):
-        log.warning("%s: never acknowledged to its client (stopped before on_post_queue "
-                    "ended): moved to hold; `vsl queue release %s` delivers it",
-                    entry.id, entry.id)
-        await queue.move(entry.id, "hold", "working")
 
 
 class Server:
@@ -100,10 +87,12 @@ class Server:
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
-        """Recover the spool and bind every listener. ``sockets``: (listener, socket) pairs
-        already bound and listening, by the parent of several workers (server/workers.py),
-        which recovered the spool before starting them: then the spool is not recovered
-        here (that would drop another worker's files being written)."""
+        """Open and recover the spool, and bind every listener. ``sockets``: (listener,
+        socket) pairs already bound and listening, by the parent of several workers
+        (server/workers.py), which recovered the spool before starting them: then the
+        spool is not recovered here (that would drop another worker's files being
+        written)."""
+        await self.spool.open()
         if sockets is None:
             await recover_queue(self.spool)
             sockets = [(listener, None) for listener in self.config.listen]
@@ -140,6 +129,6 @@ class Server:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
-        await asyncio.to_thread(self.spool.close)  # its writer thread and delivery journal
+        await self.spool.close()  # its writer thread and delivery journal
         await self.scripting.close()
         log.info("stopped")

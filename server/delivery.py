@@ -82,6 +82,7 @@ class Delivery:
         self.reasons = reasons or shipped()
         self.hook = hook  # the policy's on_delivery_failure (None: the default decisions)
         self.active: dict[str, asyncio.Task] = {}
+        self._releases: set[asyncio.Task] = set()  # claims being ended (see _done)
         self._task: asyncio.Task | None = None
 
     # -- routes --------------------------------------------------------------------------
@@ -120,6 +121,7 @@ class Delivery:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._released()
         self._task = None
         await self.transports.close()
 
@@ -127,6 +129,7 @@ class Delivery:
         """Deliver what is due now and wait for it; returns how many messages."""
         tasks = await self._claim()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._released()
         return len(tasks)
 
     async def _run(self) -> None:
@@ -153,9 +156,21 @@ class Delivery:
         return task
 
     def _done(self, msg_id: str) -> None:
-        """A delivery task ended, even cancelled before it started: its claim ends too."""
+        """A delivery task ended, even cancelled before it started: its claim ends too,
+        in a task of its own (a callback cannot wait)."""
         self.active.pop(msg_id, None)
-        self.queue.release(msg_id)
+        release = asyncio.ensure_future(self.queue.release(msg_id))
+        self._releases.add(release)
+        release.add_done_callback(self._release_ended)
+
+    def _release_ended(self, release: asyncio.Task) -> None:
+        self._releases.discard(release)
+        if not release.cancelled() and release.exception() is not None:
+            log.error("delivery: cannot end a claim: %s", release.exception())
+
+    async def _released(self) -> None:
+        """Wait for the claims being ended."""
+        await asyncio.gather(*self._releases, return_exceptions=True)
 
     async def _process(self, entry: Entry) -> None:
         try:
@@ -171,7 +186,7 @@ class Delivery:
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:
-        data = await asyncio.to_thread(self.queue.message, entry.id, entry.queue)
+        data = await self.queue.message(entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:
             if rcpt.status in ("pending", "deferred"):

@@ -12,6 +12,10 @@ recipient's ``reason`` and ``reason_confidence`` (why its last reply refused it,
 bounce classifier judged); an envelope of version 0 or 1 reads with both None. A field a
 reader does not know is ignored; a version newer than :data:`VERSION` is refused, not
 misread (so a vSL older than version 2 refuses the envelopes a newer one wrote).
+
+``context``: while a message waits in ``working``, what a worker elsewhere needs to run
+on_post_queue for it (a JSON object, vsl.stdlib.support.handoff ``dump``); None
+elsewhere, and in an envelope written before it existed.
 """
 from __future__ import annotations
 
@@ -75,11 +79,16 @@ class Envelope:
     attempts: int = 0                   # delivery attempts that left it deferred
     next_attempt: float | None = None
     delay_warned_at: float | None = None
+    context: dict | None = None         # the session's hand-off, in working only
 
     def stored(self) -> dict:
-        """The stored form, as a JSON object with ``version``."""
-        return dict(vars(self), version=VERSION,
-                    recipients=[dict(vars(rcpt)) for rcpt in self.recipients])
+        """The stored form, as a JSON object with ``version`` (and ``context`` only when
+        there is one)."""
+        stored = dict(vars(self), version=VERSION,
+                      recipients=[dict(vars(rcpt)) for rcpt in self.recipients])
+        if self.context is None:
+            del stored["context"]
+        return stored
 
     def to_json(self) -> bytes:
         """The stored form, as bytes."""

@@ -1,6 +1,7 @@
-"""Intake: an accepted message becomes a queued one. It is written to the spool with its
+"""Intake: an accepted message becomes a queued one. It is written to the queue with its
 envelope (the recipients with the routes the stages chose), then on_post_queue decides
-where it goes next: delivery, a quarantine, hold or dead."""
+where it goes next: delivery, a quarantine, hold or dead (:meth:`Intake.post_queue`: in
+the session that received it, or in a worker that claimed it from ``working``)."""
 from __future__ import annotations
 
 import logging
@@ -43,13 +44,18 @@ class Intake:
 
     async def queued(self, entry: Entry, ctx: Context, runner: StageRunner,
                      data: bytes) -> None:
-        """After a message is on disk (``entry`` and ``data``: as :meth:`store` wrote
-        them): on_post_queue decides
+        """After a message is stored (``entry`` and ``data``: as :meth:`store` wrote
+        them), in the session: :meth:`post_queue`, when it went to ``working``."""
+        if entry.queue == "working":
+            await self.post_queue(entry, ctx, runner, data)
+
+    async def post_queue(self, entry: Entry, ctx: Context, runner: StageRunner,
+                         data: bytes) -> None:
+        """A message in ``working`` (``entry`` and ``data``: as stored; ``ctx``: its
+        session's, or one rebuilt from ``entry.envelope.context``): on_post_queue decides
         where it goes next. The message is kept whatever fails here (the client gets its
         250, as a 421 would make it send the message again): whatever fails to route it,
-        a full spool or a bug (logged with its traceback), holds it for an operator."""
-        if entry.queue != "working":
-            return
+        a full queue or a bug (logged with its traceback), holds it for an operator."""
         try:
             await self._post_queue(entry, ctx, runner, data)
         except Exception as err:  # noqa: BLE001 - stored: never answered as a failure
@@ -69,11 +75,19 @@ class Intake:
             target = "dead" if status.kind == "deny" else "deliver"
         if target == "deliver":
             await self.delivery.reroute(entry, ctx, data)
+        await self._drop_context(entry)
         await self.queue.move(entry.id, target, entry.queue)
+
+    async def _drop_context(self, entry: Entry) -> None:
+        """The session's hand-off serves on_post_queue only: it does not leave
+        ``working`` (on a broker, the update goes with the move)."""
+        if entry.envelope.context is not None:
+            entry.envelope.context = None
+            await self.queue.update(entry)
 
     async def _hold(self, msg_id: str, queue: str) -> None:
         """Put a message in hold; if even that fails, it stays where it is until the next
-        start moves it to hold (hold_unacknowledged)."""
+        start moves it to hold (the spool's recover)."""
         try:
             await self.queue.move(msg_id, "hold", queue)
         except (QueueError, OSError) as err:

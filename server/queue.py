@@ -20,9 +20,10 @@ error) is never misread: :meth:`Spool.scan` reports it, :meth:`Spool.list` skips
 warning in the log.
 
 This is the file backend of :class:`~.queue_backend.QueueBackend` (the contract is
-there). Delivery's claims live in this process: a set of claimed ids, and a heap of
-deferred messages by ``next_attempt``, filled from ``deferred`` at the first claim and
-kept up to date by :meth:`Spool.defer`. Addresses a remote accepted are written to the
+there). Claims (delivery's, or a post-queue worker's of ``working``) live in this
+process: a set of claimed ids, and a heap of deferred messages by ``next_attempt``, filled
+from ``deferred`` at the first claim and kept up to date by :meth:`Spool.defer`. The reads
+(and ``remove``, ``recover``, ``close``) do their file work in a thread, off the event loop. Addresses a remote accepted are written to the
 delivery journal (server/journal.py) before the envelope that records them is durable.
 
 `vsl queue` moves and removes messages from another process while the server writes
@@ -266,7 +267,7 @@ class Spool:
         self.journal = Journal(Path(journal) if journal else self.root / "delivered.journal")
         self._committer = _Committer(self.root)
         self._made: set[Path] = set()  # queue directories put() created (or found)
-        self._warned: dict[str | None, set[Path]] = {}  # unreadable envelopes logged, by list()
+        self._warned: dict[str | None, set[str]] = {}  # unreadable envelopes logged, by list()
         self._claimed: set[str] = set()
         self._deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
 
@@ -275,8 +276,14 @@ class Spool:
         """The spool of ``config``: its queue directory and delivery journal."""
         return cls(config.queue_dir, config.delivery.journal)
 
-    def close(self) -> None:
+    async def open(self) -> None:
+        """Nothing to connect: the directories exist from the constructor on."""
+
+    async def close(self) -> None:
         """Stop the writer thread and close the journal (a later write opens them again)."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
         self._committer.close()
         self.journal.close()
 
@@ -297,8 +304,11 @@ class Spool:
             return name
         return check_queue(name)
 
-    def locate(self, msg_id: str) -> str:
+    async def locate(self, msg_id: str) -> str:
         """The queue currently holding a message."""
+        return await asyncio.to_thread(self._locate, msg_id)
+
+    def _locate(self, msg_id: str) -> str:
         for queue in self.queues():
             if self._paths(queue, msg_id)[1].exists():
                 return queue
@@ -359,57 +369,75 @@ class Spool:
         await self._committer.submit([(eml, data), (meta, envelope.to_json())])
         return msg_id
 
-    def get(self, msg_id: str, queue: str | None = None) -> Entry:
+    async def get(self, msg_id: str, queue: str | None = None) -> Entry:
         """A message's envelope (UnreadableEnvelope when it cannot be read)."""
-        queue = queue or self.locate(msg_id)
+        return await asyncio.to_thread(self._get, msg_id, queue)
+
+    def _get(self, msg_id: str, queue: str | None = None) -> Entry:
+        queue = queue or self._locate(msg_id)
         meta = self._paths(queue, msg_id)[1]
         try:
             envelope = Envelope.from_json(meta.read_bytes())
         except FileNotFoundError:
             raise QueueError(f"no message {msg_id} in queue {queue}") from None
         except OSError as err:
-            raise UnreadableEnvelope(msg_id, queue, meta, err.strerror or str(err)) from None
+            raise UnreadableEnvelope(msg_id, queue, str(meta), err.strerror or str(err)) from None
         except (ValueError, RecursionError) as err:  # not JSON, or not an envelope
-            raise UnreadableEnvelope(msg_id, queue, meta, str(err)[:_WHY_LIMIT]) from None
+            raise UnreadableEnvelope(msg_id, queue, str(meta), str(err)[:_WHY_LIMIT]) from None
         return Entry(msg_id, queue, envelope)
 
-    def message(self, msg_id: str, queue: str | None = None) -> bytes:
+    async def message(self, msg_id: str, queue: str | None = None) -> bytes:
         """The message bytes."""
-        queue = queue or self.locate(msg_id)
+        return await asyncio.to_thread(self._message, msg_id, queue)
+
+    def _message(self, msg_id: str, queue: str | None) -> bytes:
+        queue = queue or self._locate(msg_id)
         try:
             return self._paths(queue, msg_id)[0].read_bytes()
         except FileNotFoundError:
             raise QueueError(f"no message {msg_id} in queue {queue}") from None
 
-    def list(self, queue: str | None = None) -> list[Entry]:
+    async def list(self, queue: str | None = None) -> list[Entry]:
         """Messages of one queue (or all), oldest first. An unreadable envelope is skipped
         with a warning in the log, once while it stays unreadable."""
-        entries, unreadable = self.scan(queue)
+        entries, unreadable = await self.scan(queue)
         self._warn_unreadable(queue, unreadable)
         return entries
 
-    def scan(self, queue: str | None = None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+    async def scan(self, queue: str | None = None
+                   ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         """Messages of one queue (or all), oldest first, and those whose envelope cannot
         be read."""
+        return await asyncio.to_thread(self._scan, queue)
+
+    def _scan(self, queue: str | None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         entries, unreadable = [], []
         for name in ([self._existing_queue(queue)] if queue else self.queues()):
             for meta in sorted((self.root / name).glob("*.json")):
                 try:
-                    entries.append(self.get(meta.stem, name))
+                    entries.append(self._get(meta.stem, name))
                 except UnreadableEnvelope as err:
                     unreadable.append(err)
                 except QueueError:
                     continue  # removed or moved meanwhile
         return entries, unreadable
 
+    async def counts(self) -> dict[str, int]:
+        """Messages (envelopes) per queue, quarantines included."""
+        return await asyncio.to_thread(self._counts)
+
+    def _counts(self) -> dict[str, int]:
+        return {queue: sum(1 for _ in (self.root / queue).glob("*.json"))
+                for queue in self.queues()}
+
     def _warn_unreadable(self, queue: str | None, unreadable: list[UnreadableEnvelope]) -> None:
         """Log each unreadable envelope the last listing of ``queue`` did not find."""
         warned = self._warned.get(queue, set())
         for err in unreadable:
-            if err.path not in warned:
+            if err.where not in warned:
                 log.warning("%s: unreadable envelope %s: %s (skipped: fix, hold or remove it)",
-                            err.msg_id, err.path, printable(err.why))
-        self._warned[queue] = {err.path for err in unreadable}
+                            err.msg_id, err.where, printable(err.why))
+        self._warned[queue] = {err.where for err in unreadable}
 
     async def update(self, entry: Entry, data: bytes | None = None,
                      delivered: list[str] = ()) -> None:
@@ -436,7 +464,7 @@ class Spool:
         """Move a message to another queue, durably (message file first, envelope last:
         :meth:`recover` completes a move a crash interrupted). The envelope is not read:
         one that cannot be read moves too (an operator sets it aside in hold)."""
-        source = queue or self.locate(msg_id)
+        source = queue or await self.locate(msg_id)
         src_eml, src_meta = self._paths(source, msg_id)
         if not src_meta.exists():
             raise moved_meanwhile(source)
@@ -447,10 +475,13 @@ class Spool:
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)],
                                      present=src_meta)
 
-    def remove(self, msg_id: str, queue: str | None = None) -> None:
+    async def remove(self, msg_id: str, queue: str | None = None) -> None:
         """Delete a message (delivered, or removed by the operator); QueueError when it
         is no longer in ``queue``."""
-        queue = queue or self.locate(msg_id)
+        await asyncio.to_thread(self._remove, msg_id, queue)
+
+    def _remove(self, msg_id: str, queue: str | None) -> None:
+        queue = queue or self._locate(msg_id)
         eml, meta = self._paths(queue, msg_id)
         with spool_lock(self.root):
             if not meta.exists():
@@ -458,10 +489,25 @@ class Spool:
             meta.unlink()
             eml.unlink(missing_ok=True)
 
-    def recover(self) -> int:
-        """At start-up: finish moves a crash interrupted and drop files that were never
-        acknowledged (temporary files, a message file without an envelope anywhere).
-        Returns how many files were dropped."""
+    async def recover(self) -> int:
+        """At start-up: finish moves a crash interrupted, drop files that were never
+        acknowledged (temporary files, a message file without an envelope anywhere),
+        then hold what is left in ``working``. Returns how many files were dropped."""
+        dropped = await asyncio.to_thread(self._recover_files)
+        await self._hold_unacknowledged()
+        return dropped
+
+    async def _hold_unacknowledged(self) -> None:
+        """A message still in ``working`` was stored when the server stopped, but its 250
+        (sent after on_post_queue) was not: its client will send it again. It goes to
+        ``hold``: neither lost nor delivered twice; an operator may release it."""
+        for entry in await self.list("working"):
+            log.warning("%s: never acknowledged to its client (stopped before on_post_queue "
+                        "ended): moved to hold; `vsl queue release %s` delivers it",
+                        entry.id, entry.id)
+            await self.move(entry.id, "hold", "working")
+
+    def _recover_files(self) -> int:
         dropped = 0
         for tmp in (self.root / "tmp").iterdir():
             tmp.unlink(missing_ok=True)
@@ -479,20 +525,18 @@ class Spool:
         return dropped
 
     # -- delivery's claims ---------------------------------------------------------------
-    async def claim(self, limit: int, now: float) -> list[Entry]:
-        """Up to ``limit`` due messages, none claimed already: ``deliver`` first, then
-        ``deferred`` ones whose ``next_attempt`` is ``now`` or earlier (by the heap).
-        Journal lines kept for a message are applied to it before it is claimed."""
-        if self._deferred is None:
-            self._deferred = [(e.envelope.next_attempt or 0, e.id) for e in
-                              await asyncio.to_thread(self.list, "deferred")]
-            heapq.heapify(self._deferred)
-        if limit <= 0:
-            return []
-        busy = set(self._claimed)  # and those released while the queue is read: stale
-        due = [e for e in await asyncio.to_thread(self.list, "deliver")
-               if e.id not in busy and e.id not in self._claimed][:limit]
-        due += self._due_deferred(limit - len(due), now)
+    async def claim(self, limit: int, now: float,
+                    queues: tuple[str, ...] = ("deliver", "deferred")) -> list[Entry]:
+        """Up to ``limit`` due messages of ``queues``, none claimed already, in the order
+        named: all of a queue, or for ``deferred`` those whose ``next_attempt`` is
+        ``now`` or earlier (by the heap). Journal lines kept for a message are applied
+        to it before it is claimed."""
+        due: list[Entry] = []
+        for queue in queues:
+            if queue == "deferred":
+                due += await self._due_deferred(limit - len(due), now)
+            elif limit > len(due):
+                due += await self._unclaimed(queue, limit - len(due))
         claimed = []
         for entry in due:
             try:
@@ -504,26 +548,38 @@ class Spool:
         self._claimed.update(entry.id for entry in claimed)  # all or none: one caller at a time
         return claimed
 
-    def _due_deferred(self, limit: int, now: float) -> list[Entry]:
-        """Up to ``limit`` deferred messages whose time has come, off the heap."""
+    async def _unclaimed(self, queue: str, limit: int) -> list[Entry]:
+        """Up to ``limit`` messages of ``queue`` not claimed (before or while it is read:
+        one released meanwhile is stale)."""
+        busy = set(self._claimed)
+        return [e for e in await self.list(queue)
+                if e.id not in busy and e.id not in self._claimed][:limit]
+
+    async def _due_deferred(self, limit: int, now: float) -> list[Entry]:
+        """Up to ``limit`` deferred messages whose time has come, off the heap (filled
+        from the queue at the first claim)."""
+        if self._deferred is None:
+            self._deferred = [(e.envelope.next_attempt or 0, e.id) for e in
+                              await self.list("deferred")]
+            heapq.heapify(self._deferred)
         due = []
         while len(due) < limit and self._deferred and self._deferred[0][0] <= now:
             msg_id = heapq.heappop(self._deferred)[1]
             try:
-                entry = self.get(msg_id, "deferred")
+                entry = self._get(msg_id, "deferred")
             except QueueError:
                 continue  # delivered, moved or removed meanwhile
             if msg_id not in self._claimed and (entry.envelope.next_attempt or 0) <= now:
                 due.append(entry)  # (a later next_attempt has its own heap item)
         return due
 
-    def release(self, msg_id: str) -> None:
+    async def release(self, msg_id: str) -> None:
         """End a claim (see :meth:`claim`)."""
         self._claimed.discard(msg_id)
 
     async def complete(self, entry: Entry) -> None:
         """Delivered or bounced to the last recipient: the message is deleted."""
-        self.remove(entry.id, entry.queue)
+        await self.remove(entry.id, entry.queue)
 
     async def defer(self, entry: Entry, until: float) -> None:
         """Store the envelope with ``next_attempt = until``, move it to ``deferred``,
@@ -551,7 +607,7 @@ class Spool:
 
     async def _replay(self, msg_id: str, addresses: set[str]) -> None:
         try:
-            entry = self.get(msg_id)
+            entry = await self.get(msg_id)
         except UnreadableEnvelope:
             raise  # not removed: the journal keeps it until the envelope is fixed
         except QueueError:

@@ -10,14 +10,27 @@ operator's terminal.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .printable import printable
 from .queue_backend import Entry, QueueBackend, QueueError, UnreadableEnvelope
 
 AGE_BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)  # minutes, like qshape's table
+T = TypeVar("T")
+
+
+async def administer(mail_queue: QueueBackend,
+                     work: Callable[[QueueBackend], Awaitable[T]]) -> T:
+    """``work(mail_queue)`` between the backend's open and its close: one command."""
+    await mail_queue.open()
+    try:
+        return await work(mail_queue)
+    finally:
+        await mail_queue.close()
+
 
 def pending(entry: Entry) -> list[str]:
     """The addresses of a message's recipients still to be delivered (or bounced)."""
@@ -51,6 +64,15 @@ def _bucket(age_seconds: float) -> int:
         if minutes < limit:
             return i
     return len(AGE_BUCKETS)
+
+
+def counts_table(counts: dict[str, int]) -> str:
+    """Messages per queue, one line each, then the total."""
+    width = max(len(queue) for queue in (*counts, "QUEUE")) + 2
+    lines = [f"{'QUEUE':{width}}{'MESSAGES':>8}"]
+    lines += [f"{printable(queue):{width}}{count:>8}" for queue, count in counts.items()]
+    lines.append(f"-- {sum(counts.values())} message(s)")
+    return "\n".join(lines)
 
 
 def table(entries: list[Entry]) -> str:
@@ -107,12 +129,9 @@ def _reason(rcpt) -> str:
     return rcpt.reason if confidence is None else f"{rcpt.reason} (confidence {confidence:.2f})"
 
 
-def act(mail_queue: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
+async def act(mail_queue: QueueBackend, action: str,
+              msg_ids: list[str]) -> list[tuple[bool, str]]:
     """retry | hold | release | remove | move:QUEUE for each id: (done, what happened)."""
-    return asyncio.run(_act(mail_queue, action, msg_ids))
-
-
-async def _act(mail_queue: QueueBackend, action: str, msg_ids: list[str]) -> list[tuple[bool, str]]:
     done = []
     for msg_id in msg_ids:
         try:
@@ -123,14 +142,14 @@ async def _act(mail_queue: QueueBackend, action: str, msg_ids: list[str]) -> lis
 
 
 async def _one(mail_queue: QueueBackend, action: str, msg_id: str) -> str:
-    queue = mail_queue.locate(msg_id)
+    queue = await mail_queue.locate(msg_id)
     if action == "remove":
-        mail_queue.remove(msg_id, queue)
+        await mail_queue.remove(msg_id, queue)
         return f"{msg_id}: removed from {queue}"
     if action == "retry":
         if queue not in ("deferred", "deliver"):
             raise QueueError(f"in {queue}, nothing to retry")
-        entry = mail_queue.get(msg_id, queue)
+        entry = await mail_queue.get(msg_id, queue)
         entry.envelope.next_attempt = None
         await mail_queue.update(entry)
         target = "deliver"

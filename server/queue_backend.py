@@ -1,21 +1,30 @@
-"""The queue backend interface: what the SMTP session, delivery and `vsl queue` may ask of
-the mail queue, whatever stores it. The file spool (server/queue.py) is one backend; a
-broker-backed one implements the same :class:`QueueBackend` and nothing else changes.
+"""The queue backend interface: what the SMTP session, the post-queue worker, delivery and
+`vsl queue` may ask of the mail queue, whatever stores it. The file spool (server/queue.py)
+is one backend; a broker-backed one implements the same :class:`QueueBackend` and nothing
+else changes.
 
 The contract, for every backend:
 
+- **Open, then use.** :meth:`~QueueBackend.open` comes before anything else; it fails only
+  when the configuration can never work. A store that is away meanwhile makes each call
+  raise :class:`QueueError` until it is back. :meth:`~QueueBackend.close` ends the use.
 - **Durable before acknowledged.** :meth:`~QueueBackend.put`, :meth:`~QueueBackend.update`,
   :meth:`~QueueBackend.move` and :meth:`~QueueBackend.defer` return only once what they
   changed survives a crash; a message is never lost once ``put`` has returned.
+  One exception: ``update`` of an entry this process has claimed may be kept with the
+  claim and become durable only at that claim's next ``move``, ``defer`` or ``complete``
+  (a broker's messages cannot be changed in place); a crash before it hands out the
+  envelope as it was. Its ``delivered`` addresses are kept at once all the same.
 - **At least once.** A crash may deliver a recipient twice, never lose one. Addresses a
   remote accepted are handed to ``update(..., delivered=...)`` the moment they are known:
   the backend keeps them across a crash from that call on, and
   :meth:`~QueueBackend.recover_deliveries` marks them delivered at the next start.
-- **Claims.** :meth:`~QueueBackend.claim` hands out due work (``deliver``, and
-  ``deferred`` once its ``next_attempt`` has come), never a message this process has
-  claimed and not yet released. Whoever claims a message ends with
-  :meth:`~QueueBackend.release`, once, after :meth:`~QueueBackend.complete`,
-  :meth:`~QueueBackend.defer`, ``move`` or none of them (then it is due again).
+- **Claims.** :meth:`~QueueBackend.claim` hands out due work from the queues named
+  (``deliver``, and ``deferred`` once its ``next_attempt`` has come; ``working`` for a
+  post-queue worker), never a message this process has claimed and not yet released.
+  Whoever claims a message ends with :meth:`~QueueBackend.release`, once, after
+  :meth:`~QueueBackend.complete`, :meth:`~QueueBackend.defer`, ``move`` or none of them
+  (then it is due again, as it was stored).
 - **Moved meanwhile.** ``vsl queue`` moves and removes messages from another process,
   even one delivery holds. :meth:`~QueueBackend.update`, :meth:`~QueueBackend.defer`
   and :meth:`~QueueBackend.complete` of an entry no longer in ``entry.queue``, and
@@ -24,12 +33,18 @@ The contract, for every backend:
   very moment: the message stays where the operator put it, listed once. Addresses
   handed to such a failed ``update(..., delivered=...)`` are still kept: the message's
   next claim (or the next start's ``recover_deliveries``) marks them delivered.
-- **Who calls what.** The session: ``put``, ``move`` (after on_post_queue), ``update``.
-  The delivery worker (one per spool): ``recover_deliveries``, ``claim``, ``update``,
-  ``complete``, ``defer``, ``move``, ``release``, ``put`` (DSNs). Start-up, before anything
-  writes: ``recover``, ``startup_warnings``, ``list`` and ``move`` (to hold). ``vsl queue``
-  (beside a live server): ``scan``, ``list``, ``get``, ``message``, ``locate``, ``update``,
-  ``move``, ``remove``, ``quarantine_warnings``.
+- **Admin reads** (``get``, ``message``, ``list``, ``scan``, ``locate``, ``counts``) see
+  what is stored. On a broker, a message in flight (claimed by a worker or delivery) is
+  not seen until it is released or moved, and finding one by id reads the queue through.
+- **Who calls what.** The session: ``put``, then (single process) ``move`` after
+  on_post_queue, ``update``. A post-queue worker: ``claim(..., queues=("working",))``,
+  ``update``, ``move``, ``release``. Delivery: ``recover_deliveries``, ``claim``,
+  ``update``, ``complete``, ``defer``, ``move``, ``release``, ``put`` (DSNs). Start-up,
+  before anything writes: ``open``, ``recover`` (the spool holds what is left in
+  ``working``: there it means "never acknowledged"), ``startup_warnings``. ``vsl queue``
+  (beside a live server): ``scan``, ``list``, ``get``, ``message``, ``locate``,
+  ``counts``, ``update``, ``move``, ``remove``, ``quarantine_warnings``. Everyone:
+  ``open`` first, ``close`` last.
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
 ``dead``, ``hold`` and ``quarantine/<name>`` (<name> as status::quarantine allows).
@@ -40,7 +55,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from vsl.stdlib.status import is_quarantine_name
@@ -62,11 +76,12 @@ class QueueError(Exception):
 
 class UnreadableEnvelope(QueueError):
     """A message whose envelope cannot be read: not JSON, a newer version, a field of the
-    wrong type, or an I/O error. It stays in place for an operator."""
+    wrong type, or an I/O error. It stays in place for an operator. ``where``: its file,
+    or ``amqp:<queue>#<id>`` on a broker."""
 
-    def __init__(self, msg_id: str, queue: str, path: Path, why: str):
+    def __init__(self, msg_id: str, queue: str, where: str, why: str):
         super().__init__(f"{msg_id}: unreadable envelope: {why}")
-        self.msg_id, self.queue, self.path, self.why = msg_id, queue, path, why
+        self.msg_id, self.queue, self.where, self.why = msg_id, queue, where, why
 
 
 def check_queue(name: str) -> str:
@@ -94,18 +109,36 @@ class Entry:
 class QueueBackend(Protocol):
     """The mail queue (see the module docstring for the contract)."""
 
+    # -- life cycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect or prepare, before the first use. QueueError only when the
+        configuration can never work; a store that is away is retried meanwhile."""
+
+    async def recover(self) -> int:
+        """At start-up, before anything writes: finish or drop what a stop cut short;
+        returns how many unacknowledged items were dropped. Where ``working`` means
+        "no 250 yet" (the spool), what is left there goes to ``hold``."""
+
+    def startup_warnings(self) -> list[str]:
+        """At start-up, after :meth:`recover`: what an operator should fix (lines for the
+        log)."""
+
+    async def close(self) -> None:
+        """Let go of connections, threads and files (a later call starts them again)."""
+
     # -- intake and delivery ---------------------------------------------------------
     async def put(self, envelope: Envelope, data: bytes, queue: str = "working",
                   msg_id: str | None = None) -> str:
         """Store a new message durably; returns its id once it is stored."""
 
-    async def claim(self, limit: int, now: float) -> list[Entry]:
-        """Up to ``limit`` due messages (``deliver``, then ``deferred`` whose
-        ``next_attempt`` is ``now`` or earlier: ``now`` on the clock the caller's
-        :meth:`defer` times are on), none already claimed by this process, each now
-        claimed, with addresses kept from a failed :meth:`update` marked delivered."""
+    async def claim(self, limit: int, now: float,
+                    queues: tuple[str, ...] = ("deliver", "deferred")) -> list[Entry]:
+        """Up to ``limit`` due messages of ``queues`` (in that order; one of ``deferred``
+        once its ``next_attempt`` is ``now`` or earlier: ``now`` on the clock the
+        caller's :meth:`defer` times are on), none already claimed by this process, each
+        now claimed, with addresses kept from a failed :meth:`update` marked delivered."""
 
-    def release(self, msg_id: str) -> None:
+    async def release(self, msg_id: str) -> None:
         """End a claim: a message not completed, deferred or moved is due again."""
 
     async def complete(self, entry: Entry) -> None:
@@ -119,9 +152,11 @@ class QueueBackend(Protocol):
     async def update(self, entry: Entry, data: bytes | None = None,
                      delivered: list[str] = ()) -> None:
         """Store a message's envelope (and its bytes, when given) durably, in its queue
-        (QueueError when it is no longer in ``entry.queue``). ``delivered``: addresses a
-        remote has just accepted, kept across a crash from this call on, even when it
-        fails (see :meth:`recover_deliveries` and :meth:`claim`)."""
+        (QueueError when it is no longer in ``entry.queue``); of an entry this process
+        has claimed, possibly only at the claim's next transition (see the module
+        docstring). ``delivered``: addresses a remote has just accepted, kept across a
+        crash from this call on, even when it fails (see :meth:`recover_deliveries` and
+        :meth:`claim`)."""
 
     async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
         """Move a message to another queue (hold, dead, quarantine/<name>, ...), durably
@@ -131,36 +166,30 @@ class QueueBackend(Protocol):
         """Before the first claim: mark delivered what remotes accepted before a crash
         whose envelope update did not finish."""
 
-    def recover(self) -> int:
-        """At start-up, before anything writes: finish or drop what a stop cut short;
-        returns how many unacknowledged items were dropped."""
-
-    def startup_warnings(self) -> list[str]:
-        """At start-up, after :meth:`recover`: what an operator should fix (lines for the
-        log)."""
-
-    def close(self) -> None:
-        """Let go of threads and files (a later call starts them again)."""
-
-    # -- administration ----------------------------------------------------------------
-    def get(self, msg_id: str, queue: str | None = None) -> Entry:
+    # -- administration (may not see messages in flight on a broker) -------------------
+    async def get(self, msg_id: str, queue: str | None = None) -> Entry:
         """A message's envelope (:class:`UnreadableEnvelope` when it cannot be read)."""
 
-    def message(self, msg_id: str, queue: str | None = None) -> bytes:
+    async def message(self, msg_id: str, queue: str | None = None) -> bytes:
         """A message's bytes."""
 
-    def list(self, queue: str | None = None) -> list[Entry]:
+    async def list(self, queue: str | None = None) -> list[Entry]:
         """Messages of one queue (or all), oldest first; unreadable ones are skipped."""
 
-    def scan(self, queue: str | None = None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+    async def scan(self, queue: str | None = None
+                   ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         """Messages of one queue (or all), oldest first, and the unreadable ones."""
 
-    def locate(self, msg_id: str) -> str:
+    async def locate(self, msg_id: str) -> str:
         """The queue holding a message."""
 
-    def remove(self, msg_id: str, queue: str | None = None) -> None:
+    async def remove(self, msg_id: str, queue: str | None = None) -> None:
         """Delete a message (removed by the operator; QueueError when it is no longer
         in ``queue``)."""
+
+    async def counts(self) -> dict[str, int]:
+        """Messages per queue name, as the backend can count them (a broker: those not
+        in flight)."""
 
     def quarantine_warnings(self) -> list[str]:
         """What an operator should know of quarantines the backend cannot fill."""

@@ -166,9 +166,9 @@ async def _session(server: Server, transcript: Transcript) -> list[str]:
         writer.close()
         await _settle()
     try:
-        return problems + check_queued(server.spool, transcript.checks)
+        return problems + await check_queued(server.spool, transcript.checks)
     finally:
-        await asyncio.to_thread(server.spool.close)
+        await server.spool.close()
 
 
 async def _dialogue(reader, writer, steps: list[tuple[int, str, str]]) -> list[str]:

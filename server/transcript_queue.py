@@ -75,9 +75,10 @@ def parse_check(where: str, number: int, text: str) -> QueueCheck:
         raise ValueError(f"{where}: unknown check 'Q: {text}'{hint}") from None
 
 
-def check_queued(spool: QueueBackend, checks: list[QueueCheck]) -> list[str]:
+async def check_queued(spool: QueueBackend, checks: list[QueueCheck]) -> list[str]:
     """Every check that the spool's messages fail, as ``line N: expected ..., got ...``."""
-    entries = sorted(spool.list(), key=lambda entry: (entry.envelope.received_at or 0, entry.id))
+    entries = sorted(await spool.list(),
+                     key=lambda entry: (entry.envelope.received_at or 0, entry.id))
     selected = entries[-1] if entries else None
     problems = []
     for check in checks:
@@ -91,7 +92,7 @@ def check_queued(spool: QueueBackend, checks: list[QueueCheck]) -> list[str]:
         elif selected is None:
             got = "no message to check"
         else:
-            got = _got(spool, selected, check)
+            got = await _got(spool, selected, check)
         if got is not None:
             problems.append(f"line {check.line}: expected 'Q: {check.text}', got {got}")
     return problems
@@ -101,7 +102,7 @@ def _count(entries: list[Entry]) -> str:
     return f"{len(entries)} message{'' if len(entries) == 1 else 's'} queued"
 
 
-def _got(spool: QueueBackend, entry: Entry, check: QueueCheck) -> str | None:
+async def _got(spool: QueueBackend, entry: Entry, check: QueueCheck) -> str | None:
     """What the message shows instead of what ``check`` expects; None when it passes."""
     envelope = entry.envelope
     if check.kind == "queue":
@@ -119,7 +120,7 @@ def _got(spool: QueueBackend, entry: Entry, check: QueueCheck) -> str | None:
             return f"no recipient {address}"
         return None if matches(pattern, routes[0]) else f"'Q: route {address} {routes[0]}'"
     name = check.args[0]
-    values = Message(spool.message(entry.id, entry.queue)).get_all(name)
+    values = Message(await spool.message(entry.id, entry.queue)).get_all(name)
     if check.kind == "no":
         return f"'Q: header {name}: {values[0]}'" if values else None
     if any(matches(check.args[1], value) for value in values):

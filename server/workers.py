@@ -67,9 +67,10 @@ def bind(listener: Listener) -> list[socket.socket]:
 async def _recover(config: Config) -> None:
     queue = open_queue(config)
     try:
+        await queue.open()
         await recover_queue(queue)
     finally:
-        queue.close()  # no thread may run in the parent when it forks
+        await queue.close()  # no thread may run in the parent when it forks
 
 
 class Workers:

@@ -196,7 +196,7 @@ def test_the_server_fed_a_byte_at_a_time(tmp_path):
             assert raw.cmd("DATA")[0] == 354
             code, text2 = raw.cmd(".")  # an empty message
             assert code == 250, (code, text2)
-        message = server.spool.message(queued_id(text))
+        message = asyncio.run(server.spool.message(queued_id(text)))
         assert message.startswith(b"Received: ")
         assert message.endswith(b"\r\nSubject: slow\r\n\r\n.dot\r\nend.\r\n\r\n")
 

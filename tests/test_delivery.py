@@ -101,7 +101,7 @@ def test_connection_refused_defers_with_backoff(world):
         for _ in range(3):
             assert await delivery.run_once() == 1
             assert await delivery.run_once() == 0  # not due yet
-            entry = spool.get(msg_id, "deferred")
+            entry = await spool.get(msg_id, "deferred")
             delays.append(entry.envelope.next_attempt - clock.now)
             clock.now = entry.envelope.next_attempt
         return entry, delays
@@ -127,12 +127,12 @@ def test_temporary_failures_defer(world, setup):
             rcpt = "temp@remote.test" if setup == "rcpt_4xx" else "bob@remote.test"
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", [rcpt])
             await delivery.run_once()
-            return spool.get(msg_id)
+            return await spool.get(msg_id)
 
     entry = asyncio.run(main())
     (rcpt,) = entry.envelope.recipients
     assert entry.queue == "deferred" and rcpt.status == "deferred"
-    assert rcpt.reply[:1] == "4" and spool.list("deliver") == []
+    assert rcpt.reply[:1] == "4" and asyncio.run(spool.list("deliver")) == []
 
 
 def test_permanent_failure_bounces_at_once(world, tmp_path):
@@ -142,15 +142,15 @@ def test_permanent_failure_bounces_at_once(world, tmp_path):
         async with Sink() as sink:
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", ["bad@remote.test"])
             await delivery.run_once()
-            (dsn,) = spool.list("deliver")
-            assert spool.list("deferred") == [] and dsn.envelope.dsn_for == msg_id
+            (dsn,) = await spool.list("deliver")
+            assert await spool.list("deferred") == [] and dsn.envelope.dsn_for == msg_id
             assert dsn.envelope.sender == ""
             assert [r.address for r in dsn.envelope.recipients] == [SENDER]
             await delivery.run_once()  # the DSN itself, to the sender's Maildir
             return msg_id
 
     msg_id = asyncio.run(main())
-    assert spool.list() == []
+    assert asyncio.run(spool.list()) == []
     (dsn,) = dsns(tmp_path)
     assert dsn["To"] == SENDER and dsn["Auto-Submitted"] == "auto-replied"
     assert report(dsn)[0]["X-Queue-ID"] == msg_id
@@ -173,7 +173,7 @@ def test_refusals_are_classified_stored_and_logged(world, caplog):
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
                                  ["bob@remote.test", "bad@remote.test"], sender="")
             await delivery.run_once()
-            return spool.get(msg_id)
+            return await spool.get(msg_id)
 
     entry = asyncio.run(main())
     deferred, failed = entry.envelope.recipients
@@ -196,9 +196,9 @@ def test_a_broken_model_does_not_break_delivery(world, tmp_path, caplog):
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
                                  ["temp@remote.test", "bad@remote.test"])
             await delivery.run_once()
-            clock.now = spool.get(msg_id).envelope.next_attempt
+            clock.now = (await spool.get(msg_id)).envelope.next_attempt
             await delivery.run_once()
-            return spool.get(msg_id)
+            return await spool.get(msg_id)
 
     entry = asyncio.run(main())
     deferred, bounced = entry.envelope.recipients
@@ -221,7 +221,7 @@ def test_max_age_fails_deferred_recipients(world, tmp_path):
         await delivery.run_once()
 
     asyncio.run(main())
-    assert spool.list() == []
+    assert asyncio.run(spool.list()) == []
     (dsn,) = dsns(tmp_path)
     (status,) = report(dsn)[1:]
     assert status["Status"] == "4.4.7" and status["Action"] == "failed"
@@ -236,7 +236,7 @@ def test_retries_stop_at_max_age(world):
         msg_id = await queue(spool, f"smtp://127.0.0.1:{free_port()}",
                              received_at=clock.now - 950)
         await delivery.run_once()
-        return spool.get(msg_id, "deferred").envelope.next_attempt
+        return (await spool.get(msg_id, "deferred")).envelope.next_attempt
 
     assert asyncio.run(main()) == pytest.approx(clock.now + 50)  # not 60: max age first
 
@@ -257,10 +257,10 @@ def test_a_delayed_message_warns_its_sender_once(tmp_path, warning, sender, warn
                              received_at=clock.now)
         await delivery.run_once()
         for _ in range(3):
-            clock.now = spool.get(msg_id, "deferred").envelope.next_attempt
+            clock.now = (await spool.get(msg_id, "deferred")).envelope.next_attempt
             await delivery.run_once()  # the attempt (and a DSN it queues) ...
             await delivery.run_once()  # ... the DSN delivered to alice's Maildir
-        return spool.get(msg_id, "deferred")
+        return await spool.get(msg_id, "deferred")
 
     entry = asyncio.run(main())
     assert entry.envelope.attempts == 4  # still waiting: a warning is not a bounce
@@ -306,9 +306,9 @@ def test_null_sender_never_gets_a_dsn(world):
             return msg_id
 
     msg_id = asyncio.run(main())
-    assert [e.id for e in spool.list()] == [msg_id]
-    assert spool.get(msg_id).queue == "dead"
-    assert spool.get(msg_id).envelope.recipients[0].status == "failed"
+    assert [e.id for e in asyncio.run(spool.list())] == [msg_id]
+    assert asyncio.run(spool.get(msg_id)).queue == "dead"
+    assert asyncio.run(spool.get(msg_id)).envelope.recipients[0].status == "failed"
 
 
 def test_a_bounce_that_bounces_goes_to_dead(tmp_path):
@@ -326,7 +326,7 @@ def test_a_bounce_that_bounces_goes_to_dead(tmp_path):
             return msg_id
 
     msg_id = asyncio.run(main())
-    (dead,) = spool.list()
+    (dead,) = asyncio.run(spool.list())
     assert dead.queue == "dead" and dead.envelope.dsn_for == msg_id
     assert dead.envelope.recipients[0].address == "bad-sender@remote.test"
 
@@ -339,7 +339,7 @@ def test_mixed_recipients(world, tmp_path):
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
                                  ["ok@remote.test", "temp@remote.test", "bad@remote.test"])
             await delivery.run_once()
-            first = Spool(spool.root).get(msg_id)  # as written to disk
+            first = await Spool(spool.root).get(msg_id)  # as written to disk
             sink.accept_all = True
             clock.now = first.envelope.next_attempt
             await delivery.run_once()
@@ -351,7 +351,7 @@ def test_mixed_recipients(world, tmp_path):
         "ok@remote.test": "delivered", "temp@remote.test": "deferred",
         "bad@remote.test": "bounced"}
     assert received == [["ok@remote.test"], ["temp@remote.test"]]  # ok@ only once
-    assert spool.list() == []
+    assert asyncio.run(spool.list()) == []
     (dsn,) = dsns(tmp_path)  # for bad@ only
     assert [b["Final-Recipient"] for b in report(dsn)[1:]] == ["rfc822; bad@remote.test"]
 
@@ -363,14 +363,14 @@ def test_delivered_recipients_are_not_delivered_again(world):
         async with Sink() as sink:
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
                                  ["done@remote.test", "bob@remote.test"])
-            entry = spool.get(msg_id)  # a crash after done@ was delivered
+            entry = await spool.get(msg_id)  # a crash after done@ was delivered
             entry.envelope.recipients[0].status = "delivered"
             await spool.update(entry)
             await delivery.run_once()
             return sink.messages
 
     (message,) = asyncio.run(main())
-    assert message.recipients == ["bob@remote.test"] and spool.list() == []
+    assert message.recipients == ["bob@remote.test"] and asyncio.run(spool.list()) == []
 
 
 def test_routes_group_recipients_into_transactions(world, tmp_path):
@@ -388,7 +388,7 @@ def test_routes_group_recipients_into_transactions(world, tmp_path):
 
     (message,) = asyncio.run(main())
     assert message.recipients == ["a@remote.test", "b@remote.test"]
-    assert len(list((tmp_path / "c" / "new").iterdir())) == 1 and spool.list() == []
+    assert len(list((tmp_path / "c" / "new").iterdir())) == 1 and asyncio.run(spool.list()) == []
 
 
 def test_a_bad_stored_route_bounces(world, tmp_path):
@@ -401,7 +401,7 @@ def test_a_bad_stored_route_bounces(world, tmp_path):
 
     asyncio.run(main())
     (status,) = report(dsns(tmp_path)[0])[1:]
-    assert status["Status"] == "5.3.5" and spool.list() == []
+    assert status["Status"] == "5.3.5" and asyncio.run(spool.list()) == []
 
 
 def test_one_connection_for_several_messages(world):
@@ -429,7 +429,7 @@ def test_a_new_worker_resumes_deferred_messages(tmp_path):
         msg_id = await queue(first.queue, f"smtp://127.0.0.1:{port}")
         await first.run_once()
         await first.stop()
-        assert first.queue.locate(msg_id) == "deferred"
+        assert await first.queue.locate(msg_id) == "deferred"
         async with Sink() as sink:
             await sink.stop()
             await sink.start(port)
@@ -441,7 +441,8 @@ def test_a_new_worker_resumes_deferred_messages(tmp_path):
             return second.queue, sink.messages
 
     spool, messages = asyncio.run(main())
-    assert spool.list() == [] and [m.recipients for m in messages] == [["bob@remote.test"]]
+    assert asyncio.run(spool.list()) == []
+    assert [m.recipients for m in messages] == [["bob@remote.test"]]
 
 
 def test_the_worker_polls_the_queue(world):
@@ -452,13 +453,13 @@ def test_the_worker_polls_the_queue(world):
             delivery.start()
             await queue(spool, f"smtp://127.0.0.1:{sink.port}")
             for _ in range(200):
-                if sink.messages and not spool.list():
+                if sink.messages and not await spool.list():
                     break
                 await asyncio.sleep(0.02)
             await delivery.stop()
             return sink.messages
 
-    assert len(asyncio.run(main())) == 1 and spool.list() == []
+    assert len(asyncio.run(main())) == 1 and asyncio.run(spool.list()) == []
 
 
 # ---- the server delivering what it accepts ------------------------------------------------
@@ -486,9 +487,9 @@ def test_server_routes_and_delivers(tmp_path):
                 smtp.sendmail("alice@example.org", ["bob@example.test", "fwd@example.test"],
                               MESSAGE)
             box = tmp_path / "mail" / "example.test" / "bob" / "new"
-            assert wait_for(lambda: not server.spool.list() and list(box.iterdir()))
-        assert wait_for(lambda: receiver.spool.list("deliver"))
-        (forwarded,) = receiver.spool.list("deliver")
+            assert wait_for(lambda: not asyncio.run(server.spool.list()) and list(box.iterdir()))
+        assert wait_for(lambda: asyncio.run(receiver.spool.list("deliver")))
+        (forwarded,) = asyncio.run(receiver.spool.list("deliver"))
     assert [r.address for r in forwarded.envelope.recipients] == ["fwd@example.test"]
     (stored,) = box.iterdir()
     assert stored.read_bytes().startswith(b"Return-Path: <alice@example.org>\n"
@@ -509,11 +510,11 @@ def test_routes_chosen_in_on_post_queue_are_stored(tmp_path):
 
     async def main():
         msg_id = await spool.put(Envelope(SENDER, delivery.recipients(ctx)), MESSAGE)
-        before = spool.get(msg_id).envelope.recipients[0].route
+        before = (await spool.get(msg_id)).envelope.recipients[0].route
         ctx.stage = Stage.POST_QUEUE
         script.call("on_post_queue", ctx)
-        await delivery.reroute(spool.get(msg_id), ctx, MESSAGE)
-        return before, spool.get(msg_id).envelope.recipients[0].route
+        await delivery.reroute(await spool.get(msg_id), ctx, MESSAGE)
+        return before, (await spool.get(msg_id)).envelope.recipients[0].route
 
     before, after = asyncio.run(main())
     assert before == f"maildir:{tmp_path / 'mail' / 'example.test' / 'bob'}"
@@ -536,7 +537,7 @@ def test_the_journal_keeps_a_crash_from_sending_a_recipient_again(world):
             return sink.messages
 
     (received,) = asyncio.run(main())
-    assert received.recipients == ["carol@remote.test"] and spool.list() == []
+    assert received.recipients == ["carol@remote.test"] and asyncio.run(spool.list()) == []
 
 
 def test_journal_lines_torn_by_a_crash_are_skipped(tmp_path):
@@ -617,7 +618,8 @@ def test_journal_entries_kept_for_an_unreadable_envelope_outlive_compaction(tmp_
             return [m.recipients for m in sink.messages]
 
     assert asyncio.run(main()) == [["dave@remote.test"], ["carol@remote.test"]]
-    assert Journal(spool.root / "delivered.journal").read() == {} and spool.list() == []
+    assert Journal(spool.root / "delivered.journal").read() == {}
+    assert asyncio.run(spool.list()) == []
 
 
 def test_an_envelope_fixed_while_running_gets_its_kept_journal_entries(world):
@@ -657,7 +659,7 @@ def test_a_message_held_during_its_delivery_stays_held_and_keeps_what_was_delive
                                  ["ok@remote.test", "temp@remote.test"])
             delivery.transports.deliver = held_meanwhile
             await delivery.run_once()
-            held = [(e.id, e.queue) for e in Spool(spool.root).list()]
+            held = [(e.id, e.queue) for e in await Spool(spool.root).list()]
             delivery.transports.deliver, sink.accept_all = deliver, True
             await Spool(spool.root).move(msg_id, "deliver", "hold")  # `vsl queue release`
             await delivery.run_once()
@@ -668,7 +670,7 @@ def test_a_message_held_during_its_delivery_stays_held_and_keeps_what_was_delive
     assert held == [(msg_id, "hold")]
     assert f"{msg_id}: moved meanwhile: no longer in deliver" in caplog.text
     assert received == [["ok@remote.test"], ["temp@remote.test"]]  # ok@ only once
-    assert spool.list() == []
+    assert asyncio.run(spool.list()) == []
 
 
 def test_a_stop_right_after_a_claim_ends_the_claim(tmp_path):
@@ -685,7 +687,7 @@ def test_a_stop_right_after_a_claim_ends_the_claim(tmp_path):
         await first.stop()
         second = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
         delivered = await second.run_once()
-        spool.close()
+        await spool.close()
         return msg_id, delivered
 
     msg_id, delivered = asyncio.run(scenario())

@@ -73,7 +73,8 @@ def attempt(world, rcpt: str, **envelope):
         async with Sink() as sink:
             msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}", [rcpt], **envelope)
             await delivery.run_once()
-            entry = spool.get(msg_id) if msg_id in {e.id for e in spool.list()} else None
+            queued = {e.id: e for e in await spool.list()}
+            entry = queued.get(msg_id)
             await delivery.run_once()
             return entry
 
@@ -103,7 +104,7 @@ def test_decisions_that_keep_the_message(world, tmp_path, rcpt, queue_name, stat
 ])
 def test_decisions_that_fail_the_recipient_send_a_dsn(world, tmp_path, rcpt, code):
     entry = attempt(world, rcpt)
-    assert entry is None and world[0].list() == []  # no retry: the message is done
+    assert entry is None and asyncio.run(world[0].list()) == []  # no retry: the message is done
     (dsn,) = dsns(tmp_path)
     (block,) = report(dsn)[1:]
     assert block["Final-Recipient"] == f"rfc822; {rcpt}"
@@ -112,7 +113,7 @@ def test_decisions_that_fail_the_recipient_send_a_dsn(world, tmp_path, rcpt, cod
 
 def test_a_5xx_is_never_retried_beyond_max_age(world, tmp_path):
     attempt(world, "bad-retry@remote.test", received_at=world[1].now - 10 * DAY - 1)
-    assert world[0].list() == []
+    assert asyncio.run(world[0].list()) == []
     (block,) = report(dsns(tmp_path)[0])[1:]
     assert block["Status"] == "4.4.7"
 
@@ -167,7 +168,7 @@ def test_a_real_server_asks_its_policy(tmp_path):
         with running(with_delivery(config_for(tmp_path, script))) as server:
             with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
                 smtp.sendmail(SENDER, ["x@example.test"], MESSAGE)
-            assert wait_for(lambda: not server.spool.list() and dsns(tmp_path))
+            assert wait_for(lambda: not asyncio.run(server.spool.list()) and dsns(tmp_path))
     (block,) = report(dsns(tmp_path)[0])[1:]
     assert (block["Action"], block["Status"]) == ("failed", "4.1.1")
 

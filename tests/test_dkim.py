@@ -3,6 +3,8 @@ algorithms, the RFC 6376 and RFC 8463 examples and a dkimpy test message, tamper
 key-record problems, DNS failures, keys, and two servers (one signs, one verifies)."""
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import re
 import shutil
@@ -370,9 +372,10 @@ def test_a_signed_message_relayed_to_a_verifying_server(dns_server, tmp_path, st
         with running(signer_config) as signer:
             with client(signer) as smtp:
                 smtp.sendmail("alice@dkim.test", ["bob@example.test"], SIGNED_BODY)
-            assert wait_for(lambda: not signer.spool.list() and verifier.spool.list(), 10)
-        [entry] = verifier.spool.list()
-        received = verifier.spool.message(entry.id)
+            assert wait_for(lambda: not asyncio.run(signer.spool.list())
+                            and asyncio.run(verifier.spool.list()), 10)
+        [entry] = asyncio.run(verifier.spool.list())
+        received = asyncio.run(verifier.spool.message(entry.id))
     assert b"Authentication-Results: mx2.test; dkim=pass header.d=dkim.test" in received
 
 
@@ -385,8 +388,8 @@ def test_the_outbound_example_signs_what_it_queues(natives, tmp_path):
         smtp.sendmail("alice@example.test", ["carol@elsewhere.test"],
                       b"From: alice@example.test\r\nTo: carol@elsewhere.test\r\n"
                       b"Subject: hello\r\n\r\nHi Carol.\r\n")
-        [entry] = server.spool.list()
-        data = server.spool.message(entry.id)
+        [entry] = asyncio.run(server.spool.list())
+        data = asyncio.run(server.spool.message(entry.id))
     with DnsServer([example / "example.zone"]) as dns:
         result = natives.call("verify", dns.port, context(data))
     assert result == "pass"

@@ -396,9 +396,9 @@ def test_a_tagging_policy_records_the_listing_in_x_dnsbl(server, tmp_path):
                      "RCPT TO:<bob@example.test>", "DATA"):
             assert smtp.cmd(line)[0] in (250, 354)
         assert smtp.cmd("Subject: hi\r\n\r\nhello\r\n.")[0] == 250
-        assert wait_for(lambda: smtp_server.spool.list(), 5)
-        [entry] = smtp_server.spool.list()
-        message = smtp_server.spool.message(entry.id)
+        assert wait_for(lambda: asyncio.run(smtp_server.spool.list()), 5)
+        [entry] = asyncio.run(smtp_server.spool.list())
+        message = asyncio.run(smtp_server.spool.message(entry.id))
     assert message.replace(b"\r\n ", b" ").startswith(
         b"X-DNSBL: listed 127.0.0.2 zone=bl.dnsbl.test codes=127.0.0.2 score=2 "
         b"(Listed: the RFC 5782 test entry)\r\n")

@@ -24,10 +24,10 @@ def test_put_get_and_message(tmp_path):
     spool = Spool(tmp_path)
     msg_id = run(spool.put(Envelope("a@example.test", [RecipientState("b@example.test")]),
                            b"Subject: hi\r\n\r\nbody\r\n"))
-    entry = spool.get(msg_id)
+    entry = run(spool.get(msg_id))
     assert entry.queue == "working" and entry.envelope.sender == "a@example.test"
     assert entry.envelope.id == msg_id and entry.age >= 0
-    assert spool.message(msg_id) == b"Subject: hi\r\n\r\nbody\r\n"
+    assert run(spool.message(msg_id)) == b"Subject: hi\r\n\r\nbody\r\n"
     assert sorted(os.listdir(tmp_path / "working")) == [f"{msg_id}.eml", f"{msg_id}.json"]
     assert os.listdir(tmp_path / "tmp") == []
 
@@ -40,7 +40,7 @@ def test_concurrent_puts_share_commits(tmp_path):
                                       for i in range(200)))
 
     ids = run(many())
-    assert len(set(ids)) == 200 and len(spool.list("working")) == 200
+    assert len(set(ids)) == 200 and len(run(spool.list("working"))) == 200
     assert spool._committer.batches < 200  # batched: fewer syncs than messages
 
 
@@ -48,18 +48,18 @@ def test_move_list_remove(tmp_path):
     spool = Spool(tmp_path)
     msg_id = run(spool.put(Envelope(""), b"data"))
     run(spool.move(msg_id, "quarantine/virus"))
-    assert spool.locate(msg_id) == "quarantine/virus"
-    assert [e.id for e in spool.list("quarantine/virus")] == [msg_id]
+    assert run(spool.locate(msg_id)) == "quarantine/virus"
+    assert [e.id for e in run(spool.list("quarantine/virus"))] == [msg_id]
     assert "quarantine/virus" in spool.queues()
-    assert spool.message(msg_id) == b"data"
+    assert run(spool.message(msg_id)) == b"data"
     run(spool.move(msg_id, "hold"))
-    entry = spool.get(msg_id)
+    entry = run(spool.get(msg_id))
     entry.envelope.attempts = 7
     run(spool.update(entry))
-    assert spool.get(msg_id, "hold").envelope.attempts == 7
-    spool.remove(msg_id)
+    assert run(spool.get(msg_id, "hold")).envelope.attempts == 7
+    run(spool.remove(msg_id))
     with pytest.raises(QueueError, match="no message"):
-        spool.locate(msg_id)
+        run(spool.locate(msg_id))
 
 
 def test_bad_names_are_refused(tmp_path):
@@ -68,25 +68,25 @@ def test_bad_names_are_refused(tmp_path):
         with pytest.raises(QueueError, match="unknown queue"):
             check_queue(bad)
     with pytest.raises(QueueError, match="not a message id"):
-        spool.get("../../etc/passwd", "working")
+        run(spool.get("../../etc/passwd", "working"))
 
 
 def test_recover_finishes_an_interrupted_move(tmp_path):
     spool = Spool(tmp_path)
-    msg_id = run(spool.put(Envelope(""), b"data"))
+    msg_id = run(spool.put(Envelope(""), b"data", "deliver"))
     # a crash after the message file moved but before its envelope did
-    os.replace(tmp_path / "working" / f"{msg_id}.eml", tmp_path / "hold" / f"{msg_id}.eml")
-    assert Spool(tmp_path).recover() == 0
-    assert spool.locate(msg_id) == "working" and spool.message(msg_id) == b"data"
+    os.replace(tmp_path / "deliver" / f"{msg_id}.eml", tmp_path / "hold" / f"{msg_id}.eml")
+    assert run(Spool(tmp_path).recover()) == 0
+    assert run(spool.locate(msg_id)) == "deliver" and run(spool.message(msg_id)) == b"data"
 
 
 def test_recover_drops_what_was_never_acknowledged(tmp_path):
     spool = Spool(tmp_path)
-    kept = run(spool.put(Envelope(""), b"kept"))
+    kept = run(spool.put(Envelope(""), b"kept", "deliver"))
     (tmp_path / "tmp" / "half-written").write_bytes(b"x")
     (tmp_path / "deliver" / "0123456789ab-0123456789ab.eml").write_bytes(b"orphan")
-    assert spool.recover() == 2
-    assert [e.id for e in spool.list()] == [kept]
+    assert run(spool.recover()) == 2
+    assert [e.id for e in run(spool.list())] == [kept]
 
 
 def test_unwritable_queue_is_an_error_not_a_success(tmp_path):
@@ -100,7 +100,7 @@ def test_unwritable_queue_is_an_error_not_a_success(tmp_path):
         os.chmod(tmp_path / "tmp", 0o500)
     with pytest.raises(QueueError, match="cannot write the queue"):
         run(spool.put(Envelope(""), b"data"))
-    assert spool.list() == []
+    assert run(spool.list()) == []
 
 
 def test_envelopes_are_json(tmp_path):
@@ -108,6 +108,18 @@ def test_envelopes_are_json(tmp_path):
     msg_id = run(spool.put(Envelope("a@x.test", [RecipientState("b@x.test")]), b"d"))
     data = json.loads((tmp_path / "working" / f"{msg_id}.json").read_text())
     assert data["recipients"][0]["status"] == "pending" and data["version"] == VERSION
+
+
+def test_an_envelope_keeps_its_context_and_reads_without_one(tmp_path):
+    spool = Spool(tmp_path)
+    context = {"server_ip": "192.0.2.1", "store": {"seen": [1, "two", None]}}
+    msg_id = run(spool.put(Envelope("a@x.test", context=context), b"d"))
+    assert run(spool.get(msg_id)).envelope.context == context
+    bare = run(spool.put(Envelope("a@x.test"), b"d"))
+    assert "context" not in json.loads((tmp_path / "working" / f"{bare}.json").read_text())
+    assert run(spool.get(bare)).envelope.context is None
+    with pytest.raises(ValueError, match="Envelope.context"):
+        Envelope.from_json(json.dumps({"sender": "a@x.test", "context": ["not", "an object"]}))
 
 
 # An envelope as vSL wrote it before envelopes were typed (no "version"): a deferred
@@ -126,7 +138,7 @@ def test_unversioned_envelopes_still_read(tmp_path):
     spool = Spool(tmp_path)
     (tmp_path / "deferred" / "0123456789ab-0123456789ab.json").write_text(UNVERSIONED)
     (tmp_path / "deferred" / "0123456789ab-0123456789ab.eml").write_bytes(b"x")
-    entry = spool.get("0123456789ab-0123456789ab")
+    entry = run(spool.get("0123456789ab-0123456789ab"))
     assert entry.envelope == Envelope(
         "alice@example.test", [RecipientState(
             "bob@remote.test", "mx", "deferred", 1, "451 4.2.0 try again later",
@@ -148,7 +160,7 @@ def test_version_1_envelopes_read_without_reasons(tmp_path):
     stored["recipients"][0]["expired"] = False
     (tmp_path / "deferred" / "0123456789ab-0123456789ab.json").write_text(json.dumps(stored))
     (tmp_path / "deferred" / "0123456789ab-0123456789ab.eml").write_bytes(b"x")
-    (rcpt,) = spool.get("0123456789ab-0123456789ab").envelope.recipients
+    (rcpt,) = run(spool.get("0123456789ab-0123456789ab")).envelope.recipients
     assert rcpt.status == "deferred" and rcpt.reason is None and rcpt.reason_confidence is None
 
 
@@ -175,8 +187,8 @@ def test_what_is_not_an_envelope_is_reported_not_misread(tmp_path, stored, probl
     spool = Spool(tmp_path)
     (tmp_path / "hold" / "0123456789ab-0123456789ab.json").write_text(stored)
     with pytest.raises(QueueError, match=f"unreadable envelope: .*{problem}"):
-        spool.get("0123456789ab-0123456789ab")
-    assert spool.list() == []  # skipped by listings and by delivery
+        run(spool.get("0123456789ab-0123456789ab"))
+    assert run(spool.list()) == []  # skipped by listings and by delivery
 
 
 def test_the_journal_goes_where_it_is_configured(tmp_path):
@@ -185,8 +197,8 @@ def test_the_journal_goes_where_it_is_configured(tmp_path):
     spool = Spool(tmp_path / "queue", journal=tmp_path / "state" / "delivered.journal")
     (tmp_path / "state").mkdir()
     msg_id = run(spool.put(Envelope("a@x.test", [RecipientState("b@x.test")]), b"x", "deliver"))
-    run(spool.update(spool.get(msg_id), delivered=["b@x.test"]))
-    spool.close()
+    run(spool.update(run(spool.get(msg_id)), delivered=["b@x.test"]))
+    run(spool.close())
     assert (tmp_path / "state" / "delivered.journal").read_text() == f"{msg_id} b@x.test\n"
     assert not (tmp_path / "queue" / "delivered.journal").exists()
 
@@ -212,16 +224,16 @@ def test_a_write_submitted_while_the_spool_closes_is_done_and_later_writes_too(t
     async def scenario():
         first = asyncio.ensure_future(put(b"one\r\n"))
         await asyncio.to_thread(started.wait)
-        closing = asyncio.ensure_future(asyncio.to_thread(spool.close))
+        closing = asyncio.ensure_future(spool.close())
         await asyncio.sleep(0.1)  # close() is waiting for the busy writer
         during = await put(b"two\r\n")
         await closing
         after = await asyncio.wait_for(put(b"three\r\n"), timeout=5)
-        spool.close()
+        await spool.close()
         return await first, during, after
 
-    ids = asyncio.run(scenario())
-    assert [spool.message(msg_id) for msg_id in ids] == [b"one\r\n", b"two\r\n", b"three\r\n"]
+    ids = run(scenario())
+    assert [run(spool.message(msg_id)) for msg_id in ids] == [b"one\r\n", b"two\r\n", b"three\r\n"]
 
 
 def held_meanwhile(tmp_path) -> tuple[Spool, str]:
@@ -231,22 +243,22 @@ def held_meanwhile(tmp_path) -> tuple[Spool, str]:
     msg_id = run(server.put(Envelope("a@example.test", [RecipientState("b@example.test")]),
                             b"data", "deliver"))
     run(operator.move(msg_id, "hold", "deliver"))
-    operator.close()
+    run(operator.close())
     return server, msg_id
 
 
 def assert_only_held(spool: Spool, msg_id: str) -> None:
-    assert [(e.id, e.queue) for e in spool.list()] == [(msg_id, "hold")]
+    assert [(e.id, e.queue) for e in run(spool.list())] == [(msg_id, "hold")]
     assert sorted(os.listdir(spool.root / "deliver")) == []
     assert sorted(os.listdir(spool.root / "hold")) == [f"{msg_id}.eml", f"{msg_id}.json"]
-    assert os.listdir(spool.root / "tmp") == [] and spool.message(msg_id) == b"data"
+    assert os.listdir(spool.root / "tmp") == [] and run(spool.message(msg_id)) == b"data"
 
 
 @pytest.mark.parametrize("write", ["update", "update_data", "defer", "complete", "move",
                                    "remove"])
 def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(tmp_path, write):
     server, msg_id = held_meanwhile(tmp_path)
-    entry = server.get(msg_id, "hold")
+    entry = run(server.get(msg_id, "hold"))
     entry.queue = "deliver"  # what the server claimed
     entry.envelope.attempts = 3
     writes = {"update": lambda: server.update(entry),
@@ -254,12 +266,12 @@ def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(tmp_path
               "defer": lambda: server.defer(entry, time.time() + 60),
               "complete": lambda: server.complete(entry),
               "move": lambda: server.move(msg_id, "dead", "deliver"),
-                  "remove": lambda: asyncio.to_thread(server.remove, msg_id, "deliver")}
+                  "remove": lambda: server.remove(msg_id, "deliver")}
     with pytest.raises(QueueError, match="moved meanwhile"):
         run(writes[write]())
     assert_only_held(server, msg_id)
-    assert server.get(msg_id).envelope.attempts == 0
-    server.close()
+    assert run(server.get(msg_id)).envelope.attempts == 0
+    run(server.close())
 
 
 def test_the_writer_checks_and_renames_under_the_lock_movers_take(tmp_path):
@@ -268,7 +280,7 @@ def test_the_writer_checks_and_renames_under_the_lock_movers_take(tmp_path):
     spool = Spool(tmp_path)
     msg_id = run(spool.put(Envelope("", [RecipientState("b@example.test")]), b"data",
                            "deliver"))
-    entry = spool.get(msg_id)
+    entry = run(spool.get(msg_id))
 
     async def main():
         with spool_lock(tmp_path):
@@ -283,7 +295,7 @@ def test_the_writer_checks_and_renames_under_the_lock_movers_take(tmp_path):
 
     run(main())
     assert_only_held(spool, msg_id)
-    spool.close()
+    run(spool.close())
 
 
 def test_no_orphan_while_another_process_moves_messages_back_and_forth(tmp_path):
@@ -296,7 +308,7 @@ def test_no_orphan_while_another_process_moves_messages_back_and_forth(tmp_path)
     async def update_all():
         outcomes = {"updated": 0, "moved meanwhile": 0}
         while mover.poll() is None:
-            for entry in spool.list("deliver"):
+            for entry in await spool.list("deliver"):
                 try:
                     await spool.update(entry)
                     outcomes["updated"] += 1
@@ -308,12 +320,12 @@ def test_no_orphan_while_another_process_moves_messages_back_and_forth(tmp_path)
     outcomes = run(update_all())
     assert all(outcomes.values()), outcomes  # both happened
     assert mover.returncode == 0
-    assert sorted(e.id for e in spool.list()) == sorted(ids)
+    assert sorted(e.id for e in run(spool.list())) == sorted(ids)
     for queue in ("deliver", "hold"):
         files = os.listdir(tmp_path / queue)
         assert sorted(f for f in files if f.endswith(".eml")) == \
             sorted(f.replace(".json", ".eml") for f in files if f.endswith(".json"))
-    spool.close()
+    run(spool.close())
 
 
 MOVER = """
@@ -326,10 +338,10 @@ async def main():
     while time.monotonic() < end:
         for msg_id in ids:
             try:
-                queue = spool.locate(msg_id)
+                queue = await spool.locate(msg_id)
                 await spool.move(msg_id, "hold" if queue == "deliver" else "deliver", queue)
             except QueueError:
                 pass
+    await spool.close()
 asyncio.run(main())
-spool.close()
 """

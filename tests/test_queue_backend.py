@@ -34,7 +34,7 @@ def open_backend(request, tmp_path):
 
     yield open_one
     for backend in opened:
-        backend.close()
+        asyncio.run(backend.close())
 
 
 def envelope(*addresses: str) -> Envelope:
@@ -62,22 +62,27 @@ def test_put_is_there_for_the_next_start(open_backend):
     async def main():
         return await open_backend().put(envelope(), DATA)
 
-    msg_id = asyncio.run(main())
-    backend = open_backend()
-    assert backend.recover() == 0 and backend.startup_warnings() == []
-    entry = backend.get(msg_id)
-    assert (entry.id, entry.queue, entry.envelope.id) == (msg_id, "working", msg_id)
-    assert entry.envelope.received_at and entry.envelope.sender == "alice@example.test"
-    assert backend.message(msg_id) == DATA and backend.locate(msg_id) == "working"
-    assert ids(backend.list()) == [msg_id] and backend.scan() == (backend.list(), [])
+    async def restarted(msg_id):
+        backend = open_backend()
+        await backend.open()
+        entry = await backend.get(msg_id)
+        assert (entry.id, entry.queue, entry.envelope.id) == (msg_id, "working", msg_id)
+        assert entry.envelope.received_at and entry.envelope.sender == "alice@example.test"
+        assert await backend.message(msg_id) == DATA
+        assert await backend.locate(msg_id) == "working"
+        assert ids(await backend.list()) == [msg_id]
+        assert await backend.scan() == (await backend.list(), [])
+        assert await backend.recover() == 0 and backend.startup_warnings() == []
+
+    asyncio.run(restarted(asyncio.run(main())))
 
 
 def test_a_closed_backend_starts_again(open_backend):
     backend = open_backend()
-    backend.close()
+    asyncio.run(backend.close())
     msg_id = asyncio.run(queued(backend))
-    backend.close()
-    assert backend.locate(msg_id) == "deliver"
+    asyncio.run(backend.close())
+    assert asyncio.run(backend.locate(msg_id)) == "deliver"
     assert asyncio.run(queued(backend)) != msg_id
 
 
@@ -92,10 +97,58 @@ def test_claim_hands_out_due_work_once(open_backend):
         assert ids(claimed) == [first] and claimed[0].queue == "deliver"
         assert ids(await backend.claim(5, NOW)) == [second]
         assert await backend.claim(5, NOW) == []  # every due message is claimed
-        backend.release(first)  # neither completed nor moved: due again
+        await backend.release(first)  # neither completed nor moved: due again
         assert ids(await backend.claim(5, NOW)) == [first]
 
     asyncio.run(main())
+
+
+def test_a_worker_claims_working(open_backend):
+    backend = open_backend()
+
+    async def main():
+        waiting = await queued(backend, "working")
+        due = await queued(backend)  # deliver: not the worker's
+        (entry,) = await backend.claim(5, NOW, queues=("working",))
+        assert (entry.id, entry.queue) == (waiting, "working")
+        assert await backend.claim(5, NOW, queues=("working",)) == []
+        await backend.move(entry.id, "deliver", "working")
+        await backend.release(entry.id)
+        assert await backend.claim(5, NOW, queues=("working",)) == []
+        assert set(ids(await backend.claim(5, NOW))) == {due, waiting}
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("queues", [("working",), ("deliver", "deferred")])
+def test_a_claim_released_without_a_transition_comes_back_unchanged(open_backend, queues):
+    backend = open_backend()
+
+    async def main():
+        msg_id = await queued(backend, queues[0])
+        (entry,) = await backend.claim(1, NOW, queues)
+        stored = entry.envelope.to_json()
+        entry.envelope.recipients[0].status = "delivered"  # in memory only
+        await backend.release(entry.id)
+        (again,) = await backend.claim(1, NOW, queues)
+        return (again.id, again.queue, again.envelope.to_json(),
+                await backend.message(msg_id)), (msg_id, queues[0], stored, DATA)
+
+    again, before = asyncio.run(main())
+    assert again == before
+
+
+def test_counts_messages_per_queue(open_backend):
+    backend = open_backend()
+
+    async def main():
+        for queue in ("deliver", "deliver", "hold", "working"):
+            await queued(backend, queue)
+        return await backend.counts()
+
+    counts = asyncio.run(main())
+    assert {queue: n for queue, n in counts.items() if n} == \
+        {"deliver": 2, "hold": 1, "working": 1}
 
 
 def test_complete_takes_a_message_out(open_backend):
@@ -104,13 +157,13 @@ def test_complete_takes_a_message_out(open_backend):
     async def main():
         entry = await claimed(backend)
         await backend.complete(entry)
-        backend.release(entry.id)
+        await backend.release(entry.id)
         assert await backend.claim(5, NOW) == []
         with pytest.raises(QueueError):
-            backend.get(entry.id)
+            await backend.get(entry.id)
 
     asyncio.run(main())
-    assert open_backend().list() == []
+    assert asyncio.run(open_backend().list()) == []
 
 
 def test_a_deferred_message_is_due_at_its_time(open_backend):
@@ -120,7 +173,7 @@ def test_a_deferred_message_is_due_at_its_time(open_backend):
         entry = await claimed(backend)
         entry.envelope.attempts = 1
         await backend.defer(entry, NOW + 60)
-        backend.release(entry.id)
+        await backend.release(entry.id)
         assert await backend.claim(5, NOW + 59) == []
         (due,) = await backend.claim(5, NOW + 60)
         assert (due.id, due.queue) == (entry.id, "deferred")
@@ -154,7 +207,7 @@ def test_moved_messages_are_not_due(open_backend):
         await backend.move(held, "hold")
         await backend.move(quarantined, "quarantine/virus", "deliver")
         assert await backend.claim(5, NOW) == []
-        assert (backend.locate(held), backend.locate(quarantined)) == \
+        assert (await backend.locate(held), await backend.locate(quarantined)) == \
             ("hold", "quarantine/virus")
         with pytest.raises(QueueError):
             await backend.move(held, "nowhere")
@@ -175,9 +228,9 @@ def test_update_stores_the_envelope_and_the_message(open_backend):
 
     msg_id = asyncio.run(main())
     backend = open_backend()
-    (rcpt,) = backend.get(msg_id).envelope.recipients
+    (rcpt,) = asyncio.run(backend.get(msg_id)).envelope.recipients
     assert (rcpt.status, rcpt.reply, rcpt.attempts) == ("deferred", "451 later", 1)
-    assert backend.message(msg_id) == b"Subject: changed\r\n\r\n"
+    assert asyncio.run(backend.message(msg_id)) == b"Subject: changed\r\n\r\n"
 
 
 def test_deliveries_a_crash_cut_short_are_recovered(open_backend):
@@ -193,7 +246,7 @@ def test_deliveries_a_crash_cut_short_are_recovered(open_backend):
 
     async def restart():
         backend = open_backend()
-        backend.recover()
+        await backend.recover()
         await backend.recover_deliveries()
         (entry,) = await backend.claim(5, NOW)
         return entry.id, {r.address: r.status for r in entry.envelope.recipients}
@@ -207,10 +260,10 @@ def test_admin_removes_and_warns(open_backend):
     msg_id = asyncio.run(queued(backend, "hold"))
     assert backend.quarantine_warnings() == []
     with pytest.raises(QueueError):
-        backend.scan("nowhere")
-    backend.remove(msg_id)
+        asyncio.run(backend.scan("nowhere"))
+    asyncio.run(backend.remove(msg_id))
     with pytest.raises(QueueError):
-        backend.locate(msg_id)
+        asyncio.run(backend.locate(msg_id))
 
 
 @pytest.mark.parametrize("write", ["update", "update_data", "defer", "complete", "move",
@@ -229,17 +282,18 @@ def test_a_write_to_a_message_moved_meanwhile_fails_and_changes_nothing(open_bac
                   "defer": lambda: server.defer(entry, NOW + 60),
                   "complete": lambda: server.complete(entry),
                   "move": lambda: server.move(entry.id, "dead", "deliver"),
-                  "remove": lambda: asyncio.to_thread(server.remove, entry.id, "deliver")}
+                  "remove": lambda: server.remove(entry.id, "deliver")}
         with pytest.raises(QueueError):
             await writes[write]()
-        server.release(entry.id)
+        await server.release(entry.id)
         assert await server.claim(5, NOW + 60) == []
         return entry.id
 
     msg_id = asyncio.run(main())
     for backend in (operator, open_backend()):  # and after a restart
-        assert [(e.id, e.queue) for e in backend.list()] == [(msg_id, "hold")]
-        assert backend.get(msg_id).envelope.attempts == 0 and backend.message(msg_id) == DATA
+        assert [(e.id, e.queue) for e in asyncio.run(backend.list())] == [(msg_id, "hold")]
+        assert asyncio.run(backend.get(msg_id)).envelope.attempts == 0
+        assert asyncio.run(backend.message(msg_id)) == DATA
 
 
 @pytest.mark.parametrize("restart", [False, True])
@@ -256,9 +310,9 @@ def test_deliveries_to_a_message_moved_meanwhile_are_not_sent_again(open_backend
         entry.envelope.recipients[0].record_attempt("delivered", "250 ok", None, NOW)
         with pytest.raises(QueueError):
             await server.update(entry, delivered=["bob@remote.test"])
-        server.release(entry.id)
+        await server.release(entry.id)
         if restart:
-            server.close()
+            await server.close()
             server = open_backend()
             await server.recover_deliveries()
         await operator.move(entry.id, "deliver", "hold")

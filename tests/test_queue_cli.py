@@ -63,7 +63,7 @@ def test_list_table_and_json(spool):
 
 def test_list_shows_ids_and_counts_only_pending_recipients(spool):
     first, second, deferred = spool.ids
-    entry = spool.get(second)
+    entry = asyncio.run(spool.get(second))
     entry.envelope.recipients[0].status = "delivered"
     asyncio.run(spool.update(entry))
     out = vsl_queue(spool.root, "list").stdout.splitlines()
@@ -75,6 +75,16 @@ def test_list_shows_ids_and_counts_only_pending_recipients(spool):
     assert out[-1] == "-- 3 message(s), 3 recipient(s) pending"
     table = vsl_queue(spool.root, "list", "--by-domain").stdout
     assert "two.test" not in table  # its only recipient was delivered
+
+
+def test_counts_per_queue_also_without_a_command(spool):
+    counts = vsl_queue(spool.root, "counts")
+    assert counts.returncode == 0 and counts.stderr == ""
+    lines = counts.stdout.splitlines()
+    assert lines[0].split() == ["QUEUE", "MESSAGES"] and lines[-1] == "-- 3 message(s)"
+    rows = dict(line.split() for line in lines[1:-1])
+    assert rows == {"working": "2", "deliver": "0", "deferred": "1", "dead": "0", "hold": "0"}
+    assert vsl_queue(spool.root).stdout == counts.stdout
 
 
 def test_the_queue_of_vsl_toml_in_the_working_directory(spool, tmp_path):
@@ -127,16 +137,16 @@ def test_eml_on_a_terminal_is_escaped(spool):
 def test_hold_release_retry_move_remove(spool):
     first, _, deferred = spool.ids
     assert vsl_queue(spool.root, "hold", first).returncode == 0
-    assert spool.locate(first) == "hold"
+    assert asyncio.run(spool.locate(first)) == "hold"
     assert vsl_queue(spool.root, "release", first).returncode == 0
-    assert spool.locate(first) == "deliver"
+    assert asyncio.run(spool.locate(first)) == "deliver"
     result = vsl_queue(spool.root, "retry", "--all")
     assert result.returncode == 0 and f"{deferred}: deferred -> deliver" in result.stdout
-    assert spool.get(deferred).envelope.next_attempt is None
+    assert asyncio.run(spool.get(deferred)).envelope.next_attempt is None
     assert vsl_queue(spool.root, "move", first, "quarantine/review").returncode == 0
-    assert spool.locate(first) == "quarantine/review"
+    assert asyncio.run(spool.locate(first)) == "quarantine/review"
     assert vsl_queue(spool.root, "remove", first).returncode == 0
-    assert first not in {e.id for e in spool.list()}
+    assert first not in {e.id for e in asyncio.run(spool.list())}
 
 
 def test_errors_are_reported(spool):
@@ -168,8 +178,8 @@ def test_show_gives_the_error_real_delivery_wrote(tmp_path):
         with running(config_for(tmp_path, forward, delivery=delivery)) as server:
             with smtplib.SMTP("127.0.0.1", server.port(), timeout=10) as smtp:
                 smtp.sendmail("", ["busy@example.test", "bad@example.test"], MESSAGE)
-            assert wait_for(lambda: server.spool.list("deferred"), timeout=30)
-            (entry,) = server.spool.list("deferred")
+            assert wait_for(lambda: asyncio.run(server.spool.list("deferred")), timeout=30)
+            (entry,) = asyncio.run(server.spool.list("deferred"))
     out = vsl_queue(tmp_path / "queue", "show", entry.id).stdout
     assert "<busy@example.test> deferred" in out and "<bad@example.test> failed" in out
     assert "last error: 450 4.2.1 mailbox busy" in out

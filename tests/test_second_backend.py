@@ -51,7 +51,8 @@ def test_the_server_delivers_to_a_maildir_on_a_memory_queue(tmp_path):
     with running(config_for(tmp_path, script, delivery=QUICK)) as server:
         assert isinstance(server.spool, MemoryQueue)
         send(server, "bob@example.test")
-        assert wait_for(lambda: list((box / "new").glob("*")) and not server.spool.list())
+        assert wait_for(lambda: list((box / "new").glob("*"))
+                        and not asyncio.run(server.spool.list()))
     (stored,) = (box / "new").iterdir()
     assert stored.read_bytes().endswith(MESSAGE.replace(b"\r\n", b"\n"))
     assert not (tmp_path / "queue").exists()  # nothing of a file spool was made
@@ -62,16 +63,16 @@ def test_a_deferred_message_is_retried_when_due(tmp_path):
     script = post_queue_routing(f'forward(ctx, "smtp://127.0.0.1:{port}?tls=none")')
     with running(config_for(tmp_path, script, delivery=QUICK)) as server:
         send(server, "bob@example.test")
-        assert wait_for(lambda: server.spool.list("deferred"))
-        (deferred,) = server.spool.list("deferred")
+        assert wait_for(lambda: asyncio.run(server.spool.list("deferred")))
+        (deferred,) = asyncio.run(server.spool.list("deferred"))
         (rcpt,) = deferred.envelope.recipients
         assert (rcpt.status, deferred.envelope.attempts) == ("deferred", 1)
         assert deferred.envelope.next_attempt > deferred.envelope.received_at
         receiving = config_for(tmp_path / "rx", listen=(Listener("127.0.0.1", port),))
         with running(receiving) as receiver:
-            assert wait_for(lambda: not server.spool.list())
-            (forwarded,) = receiver.spool.list("deliver")
-    assert receiver.spool.message(forwarded.id).endswith(MESSAGE)
+            assert wait_for(lambda: not asyncio.run(server.spool.list()))
+            (forwarded,) = asyncio.run(receiver.spool.list("deliver"))
+    assert asyncio.run(receiver.spool.message(forwarded.id)).endswith(MESSAGE)
     assert [r.address for r in forwarded.envelope.recipients] == ["bob@example.test"]
 
 
@@ -92,8 +93,8 @@ def test_vsl_queue_lists_shows_and_acts_on_a_memory_queue(tmp_path):
         deferred = await backend.put(envelope, MESSAGE, "deliver")
         (entry,) = [e for e in await backend.claim(5, 0) if e.id == deferred]
         await backend.defer(entry, 2e9)
-        backend.release(waiting)
-        backend.release(deferred)
+        await backend.release(waiting)
+        await backend.release(deferred)
         return waiting, deferred
 
     waiting, deferred = asyncio.run(fill())
@@ -103,12 +104,12 @@ def test_vsl_queue_lists_shows_and_acts_on_a_memory_queue(tmp_path):
     code, shown = vsl_queue_in(tmp_path, "show", deferred)
     assert code == 0 and "queue:     deferred" in shown and "<a@one.test> pending" in shown
     assert vsl_queue_in(tmp_path, "hold", waiting) == (0, f"{waiting}: deliver -> hold\n")
-    assert backend.locate(waiting) == "hold"
+    assert asyncio.run(backend.locate(waiting)) == "hold"
     assert vsl_queue_in(tmp_path, "release", waiting) == (0, f"{waiting}: hold -> deliver\n")
     assert vsl_queue_in(tmp_path, "retry", deferred) == (0, f"{deferred}: deferred -> deliver\n")
-    assert backend.get(deferred, "deliver").envelope.next_attempt is None
+    assert asyncio.run(backend.get(deferred, "deliver")).envelope.next_attempt is None
     assert vsl_queue_in(tmp_path, "remove", waiting) == (0, f"{waiting}: removed from deliver\n")
-    assert [e.id for e in backend.list()] == [deferred]
+    assert [e.id for e in asyncio.run(backend.list())] == [deferred]
     code, _ = vsl_queue_in(tmp_path, "release", waiting)
     assert code == 1
 

@@ -33,11 +33,11 @@ def test_no_script_accepts_local_domains_only(tmp_path):
             code, text = smtp.data(b"Subject: hi\r\n\r\nhello\r\n")
             assert code == 250 and text.startswith(b"2.0.0 Ok: queued as ")
         msg_id = text.decode().rsplit(" ", 1)[1]
-        entry = server.spool.get(msg_id)
+        entry = asyncio.run(server.spool.get(msg_id))
         assert entry.queue == "deliver"
         assert [r.address for r in entry.envelope.recipients] == \
             ["bob@example.test", "postmaster@mx.test"]
-        data = server.spool.message(msg_id)
+        data = asyncio.run(server.spool.message(msg_id))
         assert data.startswith(b"Received: from client.example.test ([127.0.0.1])\r\n\tby mx.test")
         assert data.endswith(b"Subject: hi\r\n\r\nhello\r\n")
 
@@ -69,8 +69,8 @@ fn on_pre_queue(ctx) { ctx.append_header("X-Policy", "seen"); status::next() }
             code, text = smtp.data(b"Subject: t\r\n\r\nbody\r\n")
             assert code == 250
         msg_id = text.decode().rsplit(" ", 1)[1]
-        assert b"X-Policy: seen\r\n" in server.spool.message(msg_id)
-        assert [r.address for r in server.spool.get(msg_id).envelope.recipients] == \
+        assert b"X-Policy: seen\r\n" in asyncio.run(server.spool.message(msg_id))
+        assert [r.address for r in asyncio.run(server.spool.get(msg_id)).envelope.recipients] == \
             ["bob@example.test"]
 
 
@@ -158,7 +158,7 @@ def test_a_message_never_acknowledged_is_held_at_start(tmp_path):
     msg_id = asyncio.run(Spool(config.queue_dir).put(
         Envelope("a@example.org"), b"Subject: hi\r\n\r\nhi\r\n"))
     with running(config) as server:
-        assert server.spool.get(msg_id).queue == "hold"
+        assert asyncio.run(server.spool.get(msg_id)).queue == "hold"
 
 
 @pytest.mark.parametrize("policy, greeting", [
@@ -228,10 +228,10 @@ def test_one_id_in_the_reply_the_received_header_the_log_and_ctx(tmp_path, caplo
             smtp.rcpt("bob@example.test")
             code, text = smtp.data(b"Subject: t\r\n\r\nbody\r\n")
         msg_id = text.decode().rsplit(" ", 1)[1]
-        data = server.spool.message(msg_id)
+        data = asyncio.run(server.spool.message(msg_id))
         assert f"\tid {msg_id}\r\n".encode() in data
         assert f"X-Id: {msg_id}\r\n".encode() in data
-        assert server.spool.get(msg_id).envelope.transaction == msg_id
+        assert asyncio.run(server.spool.get(msg_id)).envelope.transaction == msg_id
     assert f"queued {msg_id} in working" in caplog.text
 
 

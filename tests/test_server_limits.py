@@ -1,6 +1,8 @@
 """Every SMTP limit of ``server/config.py`` ``SmtpLimits``, against the real server."""
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import time
 from dataclasses import replace
@@ -47,7 +49,7 @@ def test_message_size_is_checked_against_the_data(tmp_path):
             assert smtp.rcpt("bob@example.test")[0] == 250
             code, text = smtp.data(exact)
             assert code == 250, (code, text)
-        assert server.spool.message(queued_id(text)).endswith(exact)
+        assert asyncio.run(server.spool.message(queued_id(text))).endswith(exact)
         assert len(all_messages(server)) == 1
 
 
@@ -71,7 +73,7 @@ def test_recipients_limit(tmp_path):
             for i in range(3):
                 assert smtp.rcpt(f"s{i}@example.test")[0] == 250
             assert smtp.rcpt("s3@example.test")[0] == 452
-        entry = server.spool.get(queued_id(text))
+        entry = asyncio.run(server.spool.get(queued_id(text)))
         assert [r.address for r in entry.envelope.recipients] == \
             ["r0@example.test", "r1@example.test", "r2@example.test"]
 

@@ -179,7 +179,8 @@ def test_bare_line_ends_never_end_data(tmp_path, ending):
         assert senders in ([], ["alice@example.org"]), senders
         if senders:
             assert code == 250
-            assert b"MAIL FROM:<evil@attacker.test>" in server.spool.message(queued_id(text))
+            data = asyncio.run(server.spool.message(queued_id(text)))
+            assert b"MAIL FROM:<evil@attacker.test>" in data
         else:
             assert code >= 500
 
@@ -200,7 +201,7 @@ def test_nul_bytes(tmp_path):
             assert raw.cmd("NOOP")[0] == 250
         messages = all_messages(server)
         if code == 250:  # accepted: stored byte for byte
-            data = server.spool.message(queued_id(text))
+            data = asyncio.run(server.spool.message(queued_id(text)))
             assert data.endswith(body)
             assert b"\x00" not in data[:-len(body)]  # the trace header carries no NUL
         else:
@@ -272,11 +273,12 @@ def test_pipelined_commands(tmp_path):
             assert second[0] == 250
             assert raw.reply()[0] == 221
             assert raw.closed(2)
-        one, two = server.spool.get(queued_id(first[1])), server.spool.get(queued_id(second[1]))
+        one = asyncio.run(server.spool.get(queued_id(first[1])))
+        two = asyncio.run(server.spool.get(queued_id(second[1])))
         assert [r.address for r in one.envelope.recipients] == \
             ["a@example.test", "b@mx.test"]
         assert two.envelope.sender == "carol@example.org"
-        assert server.spool.message(two.id).endswith(b"Subject: two\r\n\r\nsecond\r\n")
+        assert asyncio.run(server.spool.message(two.id)).endswith(b"Subject: two\r\n\r\nsecond\r\n")
 
 
 def test_half_closed_client(tmp_path):
@@ -350,5 +352,6 @@ def test_concurrent_load_with_smtp_source(tmp_path):
             assert idle.cmd("NOOP")[0] == 250
         entries = all_messages(server)
         assert len(entries) == 100 and {e.queue for e in entries} == {"deliver"}
-        sizes = {len(server.spool.message(e.id).split(b"\r\n\r\n", 1)[1]) for e in entries}
+        sizes = {len(asyncio.run(server.spool.message(e.id)).split(b"\r\n\r\n", 1)[1])
+                 for e in entries}
         assert len(sizes) == 1 and sizes.pop() >= 2000

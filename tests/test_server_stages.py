@@ -10,6 +10,8 @@ the body, text that must appear nowhere in the message (a hidden bcc), the log o
 failing stage, and a script directory that exists but is empty."""
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import replace
 
 import pytest
@@ -57,7 +59,7 @@ fn on_pre_queue(ctx) {
             smtp.ehlo()
             local_port = smtp.sock.getsockname()[1]
             msg_id = queued_id(deliver(smtp))
-        data = server.spool.message(msg_id)
+        data = asyncio.run(server.spool.message(msg_id))
         assert header(data, "X-Conn") == f"127.0.0.1 127.0.0.1 {server.port()} mx.test"
         assert header(data, "X-Client-Port") == str(local_port)
 
@@ -85,7 +87,8 @@ def test_received_header_names_helo_or_ehlo(tmp_path):
             first = queued_id(deliver(smtp))
             assert smtp.ehlo("extended.test")[0] == 250
             second = queued_id(deliver(smtp))
-        first, second = server.spool.message(first), server.spool.message(second)
+        first = asyncio.run(server.spool.message(first))
+        second = asyncio.run(server.spool.message(second))
         assert first.startswith(b"Received: from plain.test ([127.0.0.1])")
         assert b"with SMTP\r\n" in first  # HELO: plain SMTP
         assert b"with ESMTP\r\n" in second
@@ -112,7 +115,7 @@ fn on_pre_queue(ctx) {
         with client(server) as smtp:
             smtp.ehlo()
             msg_id = queued_id(deliver(smtp, body=body))
-        data = server.spool.message(msg_id)
+        data = asyncio.run(server.spool.message(msg_id))
     head, _, rest = data.partition(b"\r\n\r\n")
     assert rest == b"the body\r\n"
     assert head.startswith(b"X-First: top\r\nReceived: ")
@@ -142,8 +145,8 @@ fn on_pre_queue(ctx) {
             smtp.ehlo()
             msg_id = queued_id(deliver(smtp, rcpts=("alias@example.test", "dropped@example.test",
                                                     "kept@example.test")))
-        entry = server.spool.get(msg_id)
-        data = server.spool.message(msg_id)
+        entry = asyncio.run(server.spool.get(msg_id))
+        data = asyncio.run(server.spool.message(msg_id))
     assert entry.envelope.sender == "bounces@example.test"
     assert [r.address for r in entry.envelope.recipients] == \
         ["real@example.test", "kept@example.test", "added@example.test", "archive@example.test"]

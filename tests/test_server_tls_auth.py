@@ -1,6 +1,8 @@
 """TLS (STARTTLS and implicit TLS) and AUTH (PLAIN, LOGIN, users file, on_auth)."""
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import smtplib
 import pytest
@@ -71,10 +73,10 @@ def test_starttls_secures_the_session(tmp_path, tls, kind):
             assert smtp.starttls(context=context)[0] == 220
             smtp.ehlo()
             assert not smtp.has_extn("starttls")
-            secured = server.spool.message(queued_id(send(smtp)))
+            secured = asyncio.run(server.spool.message(queued_id(send(smtp))))
         with client(server, kind) as smtp:  # the same listener without STARTTLS
             smtp.ehlo()
-            plain_msg = server.spool.message(queued_id(send(smtp)))
+            plain_msg = asyncio.run(server.spool.message(queued_id(send(smtp))))
     assert header(secured, "X-Secured") == "false true"
     assert received_with(secured) == "ESMTPS"
     assert header(plain_msg, "X-Secured") == "false false"
@@ -124,7 +126,7 @@ def test_implicit_tls_on_smtps(tmp_path, tls):
             smtp.ehlo()
             assert not smtp.has_extn("starttls")
             assert smtp.docmd("STARTTLS") == (554, b"5.5.1 Error: TLS already active")
-            data = server.spool.message(queued_id(send(smtp)))
+            data = asyncio.run(server.spool.message(queued_id(send(smtp))))
     assert header(data, "X-Secured") == "true true"
     assert received_with(data) == "ESMTPS"
 
@@ -139,7 +141,8 @@ def test_smtps_offers_auth(tmp_path, tls):
             smtp.ehlo()
             assert smtp.has_extn("auth"), "no AUTH on an implicit-TLS listener"
             assert smtp.login("alice", "secret")[0] == 235
-            data = server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test")))
+            msg_id = queued_id(send(smtp, rcpt="far@elsewhere.test"))
+            data = asyncio.run(server.spool.message(msg_id))
     assert received_with(data) == "ESMTPSA"
 
 
@@ -195,7 +198,8 @@ def test_auth_success_and_failure(auth_server, mechanism, initial_response):
         code, text = smtp.auth(mechanism, method, initial_response_ok=initial_response)
         assert (code, text) == (235, b"2.7.0 Authentication successful")
         assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret')}")[0] == 503  # once only
-        data = auth_server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test")))
+        msg_id = queued_id(send(smtp, rcpt="far@elsewhere.test"))
+        data = asyncio.run(auth_server.spool.message(msg_id))
     assert received_with(data) == "ESMTPSA"
     assert header(data, "X-Auth") == "true alice"
     # later stages see who authenticated, never the password
@@ -257,7 +261,8 @@ def test_allow_plaintext_offers_auth_without_tls(tmp_path):
             smtp.ehlo()
             assert smtp.has_extn("auth")
             assert smtp.login("alice", "secret")[0] == 235
-            data = server.spool.message(queued_id(send(smtp, rcpt="far@elsewhere.test")))
+            msg_id = queued_id(send(smtp, rcpt="far@elsewhere.test"))
+            data = asyncio.run(server.spool.message(msg_id))
     assert received_with(data) == "ESMTPA"
 
 

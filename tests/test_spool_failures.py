@@ -1,6 +1,8 @@
 """A spool that cannot take a message makes the server answer 4xx, never 250."""
 from __future__ import annotations
 
+import asyncio
+
 import resource
 import shutil
 import smtplib
@@ -43,7 +45,7 @@ def test_full_disk_gives_451(tmp_path):
         proc.terminate()
         proc.wait(10)
         log.close()
-    entries = Spool(tmp_path / "q").list()
+    entries = asyncio.run(Spool(tmp_path / "q").list())
     assert len(entries) == 1  # only the small one; nothing of the big one remains
     assert not list((tmp_path / "q" / "tmp").iterdir())
     assert "message not queued" in (tmp_path / "serve.log").read_text()
@@ -58,4 +60,4 @@ def test_unwritable_spool_gives_451_and_recovers(tmp_path):
         spool_tmp.unlink()
         spool_tmp.mkdir()
         assert send(server.port(), b"Subject: t\r\n\r\nx\r\n")[0] == 250
-        assert len(server.spool.list()) == 1
+        assert len(asyncio.run(server.spool.list())) == 1

@@ -4,6 +4,8 @@ STARTTLS, implicit TLS, AUTH PLAIN, pipelining.
 Without swaks the tests are skipped, except under CI=true, where they fail."""
 from __future__ import annotations
 
+import asyncio
+
 import re
 import subprocess
 from pathlib import Path
@@ -48,11 +50,11 @@ def test_plain_delivery(tmp_path):
         assert "<-  220 mx.test ESMTP vSL" in output
         assert "-> RCPT TO:<bob@example.test>" in output
         [msg_id] = queued_ids(output)
-        entry = server.spool.get(msg_id)
+        entry = asyncio.run(server.spool.get(msg_id))
         assert entry.queue == "deliver"
         assert entry.envelope.sender == "alice@example.org"
         assert entry.envelope.helo == "swaks.client.test"
-        data = server.spool.message(msg_id)
+        data = asyncio.run(server.spool.message(msg_id))
         assert b"Subject: from swaks" in data and b"hello from swaks" in data
         assert b"with ESMTP\r\n" in data
 
@@ -86,8 +88,8 @@ def test_starttls(tmp_path):
         assert "-> STARTTLS" in output and "<-  220 " in output
         assert "TLS started" in output
         [msg_id] = queued_ids(output)
-        assert server.spool.get(msg_id).envelope.tls is True
-        assert b"with ESMTPS\r\n" in server.spool.message(msg_id)
+        assert asyncio.run(server.spool.get(msg_id)).envelope.tls is True
+        assert b"with ESMTPS\r\n" in asyncio.run(server.spool.message(msg_id))
 
 
 def test_implicit_tls(tmp_path):
@@ -98,7 +100,7 @@ def test_implicit_tls(tmp_path):
         code, output = swaks(swaks_bin, server.port("smtps"), "--tls-on-connect")
         assert code == OK, output
         [msg_id] = queued_ids(output)
-        assert b"with ESMTPS\r\n" in server.spool.message(msg_id)
+        assert b"with ESMTPS\r\n" in asyncio.run(server.spool.message(msg_id))
 
 
 def test_auth_plain(tmp_path):
@@ -119,9 +121,9 @@ def test_auth_plain(tmp_path):
         assert code == OK, output
         assert "<~  235 2.7.0 Authentication successful" in output
         [msg_id] = queued_ids(output)
-        entry = server.spool.get(msg_id)
+        entry = asyncio.run(server.spool.get(msg_id))
         assert entry.envelope.authenticated_as == "alice"
-        assert b"with ESMTPSA\r\n" in server.spool.message(msg_id)
+        assert b"with ESMTPSA\r\n" in asyncio.run(server.spool.message(msg_id))
         assert len(all_messages(server)) == 1
 
 
@@ -132,7 +134,7 @@ def test_pipelining(tmp_path):
                              to="bob@example.test,carol@mx.test")
         assert code == OK, output
         [msg_id] = queued_ids(output)
-        assert [r.address for r in server.spool.get(msg_id).envelope.recipients] == \
+        assert [r.address for r in asyncio.run(server.spool.get(msg_id)).envelope.recipients] == \
             ["bob@example.test", "carol@mx.test"]
 
 

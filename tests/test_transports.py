@@ -68,11 +68,11 @@ def test_forward_to_a_vsl_server(tmp_path):
     with running(config_for(tmp_path)) as receiver:
         outcomes = run(send(f"smtp://127.0.0.1:{receiver.port()}?tls=none"))
         assert outcomes["bob@example.test"].status == "delivered"
-        assert wait_for(lambda: receiver.spool.list("deliver"))
-        (entry,) = receiver.spool.list("deliver")
+        assert wait_for(lambda: asyncio.run(receiver.spool.list("deliver")))
+        (entry,) = asyncio.run(receiver.spool.list("deliver"))
     assert entry.envelope.sender == "alice@example.org"
     assert entry.envelope.helo == "out.test" and entry.envelope.tls is False
-    assert receiver.spool.message(entry.id).endswith(MESSAGE)
+    assert asyncio.run(receiver.spool.message(entry.id)).endswith(MESSAGE)
 
 
 @pytest.mark.parametrize("tls", ["opportunistic", "required"])
@@ -81,8 +81,8 @@ def test_starttls_when_offered(tmp_path, tls):
     with running(config_for(tmp_path, tls=tls_config)) as receiver:
         outcomes = run(send(f"smtp://127.0.0.1:{receiver.port()}?tls={tls}"))
         assert outcomes["bob@example.test"].status == "delivered"
-        assert wait_for(lambda: receiver.spool.list("deliver"))
-        assert receiver.spool.list("deliver")[0].envelope.tls is True
+        assert wait_for(lambda: asyncio.run(receiver.spool.list("deliver")))
+        assert asyncio.run(receiver.spool.list("deliver"))[0].envelope.tls is True
 
 
 def test_smtps(tmp_path):
@@ -92,8 +92,8 @@ def test_smtps(tmp_path):
     with running(config) as receiver:
         outcomes = run(send(f"smtps://127.0.0.1:{receiver.port('smtps')}"))
         assert outcomes["bob@example.test"].status == "delivered"
-        assert wait_for(lambda: receiver.spool.list("deliver"))
-        assert receiver.spool.list("deliver")[0].envelope.tls is True
+        assert wait_for(lambda: asyncio.run(receiver.spool.list("deliver")))
+        assert asyncio.run(receiver.spool.list("deliver"))[0].envelope.tls is True
 
 
 def test_tls_required_without_starttls_is_a_temporary_failure():

@@ -311,7 +311,7 @@ def test_hostile_local_parts_write_nothing_outside_the_root(tmp_path):
             refused = {r: smtp.docmd(f"RCPT TO:<{r}>")[0] for r in HOSTILE_RCPTS}
             accepted = {r: smtp.docmd(f"RCPT TO:<{r}>")[0] for r in BENIGN_RCPTS}
             assert smtp.data(MESSAGE)[0] == 250
-        assert wait_for(lambda: not server.spool.list())
+        assert wait_for(lambda: not asyncio.run(server.spool.list()))
     assert os.listdir(tmp_path) == ["root"]
     assert refused == dict.fromkeys(HOSTILE_RCPTS, 451)  # the script's error: fallback reply
     assert accepted == dict.fromkeys(BENIGN_RCPTS, 250)

@@ -2,6 +2,8 @@
 or a Python exception name (hardening 15 and 16)."""
 from __future__ import annotations
 
+import asyncio
+
 import errno
 import pathlib
 
@@ -42,7 +44,7 @@ def test_a_full_disk_after_the_message_is_stored_still_answers_250(tmp_path, cap
         code, text = send(server)
         assert code == 250, (code, text)
         msg_id = queued_id(text)
-        assert wait_for(lambda: server.spool.locate(msg_id) == "hold", 2)
+        assert wait_for(lambda: asyncio.run(server.spool.locate(msg_id)) == "hold", 2)
     assert f"{msg_id}: accepted but not routed" in caplog.text, caplog.text
 
 
@@ -56,7 +58,7 @@ def test_an_unexpected_error_after_the_message_is_stored_holds_it(tmp_path, capl
         code, text = send(server)
         assert code == 250, (code, text)
         msg_id = queued_id(text)
-        assert wait_for(lambda: server.spool.locate(msg_id) == "hold", 2)
+        assert wait_for(lambda: asyncio.run(server.spool.locate(msg_id)) == "hold", 2)
     [record] = [r for r in caplog.records if "accepted but not routed" in r.getMessage()]
     assert record.getMessage().startswith(f"{msg_id}: accepted but not routed")
     assert record.exc_info and "unexpected routing bug" in caplog.text

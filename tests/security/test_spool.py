@@ -32,7 +32,7 @@ def test_quarantine_names_stay_inside_the_spool(tmp_path, name):
     msg_id = asyncio.run(spool.put(Envelope(""), b"x"))
     with pytest.raises(QueueError, match="unknown queue"):
         asyncio.run(spool.move(msg_id, name))
-    assert spool.locate(msg_id) == "working"
+    assert asyncio.run(spool.locate(msg_id)) == "working"
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []
 
 
@@ -95,7 +95,7 @@ def test_client_text_cannot_drive_the_operators_terminal(tmp_path):
             smtp.ehlo(f"evil{TITLE}.test")
             smtp.sendmail("alice@example.org", ["bob@example.test"],
                           f"Subject: hi{TITLE}\r\n\r\nbody\x1b[2J\r\n".encode())
-        (entry,) = server.spool.list()
+        (entry,) = asyncio.run(server.spool.list())
     assert TITLE in entry.envelope.helo  # stored as sent: only printing escapes it
     for command in (["show", entry.id], ["list"], ["list", "--by-domain"], ["list", "--json"],
                     ["hold", entry.id]):
@@ -145,7 +145,7 @@ def spool_with_unreadable(tmp_path) -> tuple[Spool, str, dict[str, str]]:
 def test_an_unreadable_envelope_is_logged_once_not_skipped_silently(tmp_path, caplog):
     spool, good, bad = spool_with_unreadable(tmp_path)
     for _ in range(3):  # delivery lists the queue at every poll
-        assert [e.id for e in spool.list("deliver")] == [good]
+        assert [e.id for e in asyncio.run(spool.list("deliver"))] == [good]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2, warnings
     for msg_id, why in bad.items():
@@ -178,12 +178,13 @@ def test_an_unreadable_envelope_can_be_held_and_moved_aside(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == f"{newer}: deliver -> hold"
     result = vsl_queue(spool, "move", odd, "quarantine/broken")
     assert result.returncode == 0, result.stdout
-    assert (spool.locate(newer), spool.locate(odd)) == ("hold", "quarantine/broken")
+    assert asyncio.run(spool.locate(newer)) == "hold"
+    assert asyncio.run(spool.locate(odd)) == "quarantine/broken"
     assert (spool.root / "hold" / f"{newer}.json").read_bytes() == stored
-    assert spool.message(newer) == b"x" and spool.message(odd) == b"x"
-    assert [e.id for e in spool.list("deliver")] == [good]
+    assert asyncio.run(spool.message(newer)) == b"x" and asyncio.run(spool.message(odd)) == b"x"
+    assert [e.id for e in asyncio.run(spool.list("deliver"))] == [good]
     assert vsl_queue(spool, "release", newer).returncode == 0
-    assert spool.locate(newer) == "deliver"
+    assert asyncio.run(spool.locate(newer)) == "deliver"
     result = vsl_queue(spool, "move", "0123456789ab-0123456789ab", "hold")
     assert result.returncode == 1 and "no message" in result.stdout
 
@@ -206,14 +207,15 @@ def spool_with_older_quarantine(tmp_path) -> tuple[Spool, str]:
 def test_an_older_quarantine_is_listed_and_can_be_emptied(tmp_path):
     spool, msg_id = spool_with_older_quarantine(tmp_path)
     assert f"quarantine/{LONG}" in spool.queues() and "quarantine/.hidden" not in spool.queues()
-    assert spool.locate(msg_id) == f"quarantine/{LONG}"
-    assert [e.id for e in spool.list(f"quarantine/{LONG}")] == [msg_id]
+    assert asyncio.run(spool.locate(msg_id)) == f"quarantine/{LONG}"
+    assert [e.id for e in asyncio.run(spool.list(f"quarantine/{LONG}"))] == [msg_id]
     result = vsl_queue(spool, "list")
     assert f"{msg_id}  quarantine/{LONG}" in result.stdout
     assert f"quarantine/{LONG}: name longer than 64 characters" in result.stderr
     result = vsl_queue(spool, "move", msg_id, "hold")
     assert result.returncode == 0, result.stdout
-    assert spool.locate(msg_id) == "hold" and spool.message(msg_id) == b"kept"
+    assert asyncio.run(spool.locate(msg_id)) == "hold"
+    assert asyncio.run(spool.message(msg_id)) == b"kept"
 
 
 def test_nothing_new_goes_into_an_older_quarantine(tmp_path):
@@ -226,10 +228,10 @@ def test_nothing_new_goes_into_an_older_quarantine(tmp_path):
             asyncio.run(spool.move(msg_id, target))
         with pytest.raises(QueueError, match="unknown queue"):
             asyncio.run(spool.put(Envelope(""), b"x", target))
-    assert spool.locate(msg_id) == "hold"
+    assert asyncio.run(spool.locate(msg_id)) == "hold"
     for name in ("quarantine/.hidden", "quarantine/..", "quarantine/../hold"):
         with pytest.raises(QueueError, match="unknown queue"):
-            spool.list(name)
+            asyncio.run(spool.list(name))
 
 
 def test_an_older_quarantine_is_reported_at_start(tmp_path, caplog):
@@ -237,4 +239,5 @@ def test_an_older_quarantine_is_reported_at_start(tmp_path, caplog):
     asyncio.run(recover_queue(spool))
     assert f"quarantine/{LONG}: name longer than 64 characters" in caplog.text
     assert "quarantine/.hidden: not a quarantine name" in caplog.text
-    assert spool.locate(msg_id) == f"quarantine/{LONG}"  # recovery keeps it where it is
+    # recovery keeps it where it is
+    assert asyncio.run(spool.locate(msg_id)) == f"quarantine/{LONG}"

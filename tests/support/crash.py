@@ -48,9 +48,9 @@ def spool_message_ids(queue_dir: Path) -> dict[str, list[str]]:
     """Message-IDs of the messages in the spool, by queue (works beside a running server:
     a message that moves or leaves meanwhile is skipped)."""
     spool, found = Spool(queue_dir), {}
-    for entry in spool.list():
+    for entry in asyncio.run(spool.list()):
         try:
-            data = spool.message(entry.id, entry.queue)
+            data = asyncio.run(spool.message(entry.id, entry.queue))
         except OSError:
             continue
         found.setdefault(entry.queue, []).append(message_id(data) or f"<no id {entry.id}>")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from vsl.server.config import Config
 from vsl.server.envelope import Envelope
-from vsl.server.queue_backend import Entry, QueueError, UnreadableEnvelope, check_queue, new_id
+from vsl.server.queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope,
+                                      check_queue, new_id)
 
 
 @dataclass
@@ -73,18 +74,22 @@ class MemoryQueue:
         self.store.messages[msg_id] = Stored(queue, stored.to_json(), data)
         return msg_id
 
-    async def claim(self, limit: int, now: float) -> list[Entry]:
-        """Up to ``limit`` due messages, unclaimed ones only, now claimed."""
-        due = [e for e in self.list("deliver") if e.id not in self.claimed]
-        due += sorted((e for e in self.list("deferred") if e.id not in self.claimed
-                       and (e.envelope.next_attempt or 0) <= now),
-                      key=lambda e: e.envelope.next_attempt or 0)
+    async def claim(self, limit: int, now: float,
+                    queues: tuple[str, ...] = ("deliver", "deferred")) -> list[Entry]:
+        """Up to ``limit`` due messages of ``queues``, unclaimed ones only, now claimed."""
+        due = []
+        for queue in queues:
+            entries = [e for e in await self.list(queue) if e.id not in self.claimed]
+            if queue == "deferred":
+                entries = sorted((e for e in entries if (e.envelope.next_attempt or 0) <= now),
+                                 key=lambda e: e.envelope.next_attempt or 0)
+            due += entries
         self.claimed.update(e.id for e in due[:limit])
         for entry in due[:limit]:
             await self._apply_delivered(entry)
         return due[:limit]
 
-    def release(self, msg_id: str) -> None:
+    async def release(self, msg_id: str) -> None:
         """End a claim."""
         self.claimed.discard(msg_id)
 
@@ -119,7 +124,7 @@ class MemoryQueue:
         unreadable envelope stay kept until it reads again."""
         for msg_id, addresses in list(self.store.delivered.items()):
             try:
-                entry = self.get(msg_id)
+                entry = await self.get(msg_id)
             except UnreadableEnvelope:
                 continue
             except QueueError:  # completed or removed meanwhile
@@ -136,36 +141,38 @@ class MemoryQueue:
         if addresses:
             await self.update(entry)
 
-    def recover(self) -> int:
-        """Nothing in memory is ever half stored: nothing to finish or drop."""
+    async def open(self) -> None:
+        """Nothing to connect to."""
+
+    async def recover(self) -> int:
+        """Nothing in memory is ever half stored: nothing to finish or drop. What is
+        left in ``working`` was never acknowledged (as in the spool): it goes to hold."""
+        for entry in await self.list("working"):
+            await self.move(entry.id, "hold", "working")
         return 0
 
     def startup_warnings(self) -> list[str]:
         """Only what :meth:`quarantine_warnings` says."""
         return self.quarantine_warnings()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """No thread or file to let go of."""
 
     # -- administration ----------------------------------------------------------------
-    def get(self, msg_id: str, queue: str | None = None) -> Entry:
+    async def get(self, msg_id: str, queue: str | None = None) -> Entry:
         """A message's envelope."""
-        stored = self._find(msg_id, queue)
-        try:
-            return Entry(msg_id, stored.queue, Envelope.from_json(stored.envelope))
-        except ValueError as err:
-            raise UnreadableEnvelope(msg_id, stored.queue, Path(stored.queue, msg_id),
-                                     str(err)) from None
+        return self._entry(msg_id, queue)
 
-    def message(self, msg_id: str, queue: str | None = None) -> bytes:
+    async def message(self, msg_id: str, queue: str | None = None) -> bytes:
         """A message's bytes."""
         return self._find(msg_id, queue).data
 
-    def list(self, queue: str | None = None) -> list[Entry]:
+    async def list(self, queue: str | None = None) -> list[Entry]:
         """Readable messages, oldest first."""
-        return self.scan(queue)[0]
+        return (await self.scan(queue))[0]
 
-    def scan(self, queue: str | None = None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+    async def scan(self, queue: str | None = None
+                   ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         """Messages, oldest first (in the order put when received at once), and the
         unreadable ones."""
         if queue is not None:
@@ -174,25 +181,41 @@ class MemoryQueue:
         for msg_id, stored in list(self.store.messages.items()):
             if queue in (None, stored.queue):
                 try:
-                    entries.append(self.get(msg_id))
+                    entries.append(self._entry(msg_id))
                 except UnreadableEnvelope as err:
                     unreadable.append(err)
         entries.sort(key=lambda e: e.envelope.received_at or 0)
         return entries, unreadable
 
-    def locate(self, msg_id: str) -> str:
+    async def locate(self, msg_id: str) -> str:
         """The queue holding a message."""
         return self._find(msg_id).queue
 
-    def remove(self, msg_id: str, queue: str | None = None) -> None:
+    async def remove(self, msg_id: str, queue: str | None = None) -> None:
         """Delete a message."""
         self._drop(msg_id, queue)
+
+    async def counts(self) -> dict[str, int]:
+        """Messages per queue, each queue of QUEUES listed."""
+        counts = dict.fromkeys(QUEUES, 0)
+        for stored in self.store.messages.values():
+            counts[stored.queue] = counts.get(stored.queue, 0) + 1
+        return counts
 
     def quarantine_warnings(self) -> list[str]:
         """Memory holds every quarantine: nothing to warn of."""
         return []
 
     # -- the store ---------------------------------------------------------------------
+    def _entry(self, msg_id: str, queue: str | None = None) -> Entry:
+        """The stored message's envelope, as an Entry (UnreadableEnvelope, QueueError)."""
+        stored = self._find(msg_id, queue)
+        try:
+            return Entry(msg_id, stored.queue, Envelope.from_json(stored.envelope))
+        except ValueError as err:
+            raise UnreadableEnvelope(msg_id, stored.queue, f"memory:{stored.queue}#{msg_id}",
+                                     str(err)) from None
+
     def _find(self, msg_id: str, queue: str | None = None) -> Stored:
         """The stored message (in ``queue``, when given), or QueueError."""
         stored = self.store.messages.get(msg_id)

@@ -2,6 +2,8 @@
 garbage and timing, TLS and users-file set-up, spool inspection."""
 from __future__ import annotations
 
+import asyncio
+
 import smtplib
 import socket
 import ssl
@@ -131,7 +133,7 @@ def queued_id(reply_text: bytes) -> str:
 
 def all_messages(server) -> list:
     """Every message in every queue (quarantines included)."""
-    return server.spool.list()
+    return asyncio.run(server.spool.list())
 
 
 def spool_files(server) -> list[Path]:
@@ -158,6 +160,6 @@ def normal_session(server, rcpt: str = "bob@example.test", body: bytes = b"hello
         code, text = smtp.data(b"Subject: normal\r\n\r\n" + body)
         assert code == 250, (code, text)
     msg_id = queued_id(text)
-    assert wait_for(lambda: server.spool.locate(msg_id) == "deliver", 2), \
-        server.spool.locate(msg_id)
+    assert wait_for(lambda: asyncio.run(server.spool.locate(msg_id)) == "deliver", 2), \
+        asyncio.run(server.spool.locate(msg_id))
     return msg_id
