@@ -13,6 +13,7 @@ newline), ``\\n``, then the message bytes; its properties carry the id and the f
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -95,7 +96,10 @@ def delay_level(seconds: float) -> int:
 
 
 def encode(envelope: Envelope, data: bytes, queue: str, msg_id: str) -> dict:
-    """The keyword arguments of ``aio_pika.Message`` for one queued message."""
+    """The keyword arguments of ``aio_pika.Message`` for one queued message. The
+    session's hand-off (``context``) is for on_post_queue: it stays only in ``working``."""
+    if queue != "working" and getattr(envelope, "context", None) is not None:
+        envelope = dataclasses.replace(envelope, context=None)
     headers = {"x-vsl-format": FORMAT}
     if queue.startswith(QUARANTINE):
         headers["x-vsl-quarantine"] = queue.removeprefix(QUARANTINE)
