@@ -11,6 +11,7 @@ import aio_pika
 import pytest
 
 from vsl.server.envelope import Envelope, RecipientState
+from vsl.server import queue_amqp_link
 from vsl.server.queue_amqp import AmqpQueue
 from vsl.server.queue_backend import QueueError, UnreadableEnvelope
 
@@ -49,6 +50,13 @@ async def claim_soon(queue: AmqpQueue, queues=("deliver", "deferred"), timeout: 
         await asyncio.sleep(0.05)
 
 
+async def put_and_claim(queue: AmqpQueue, *addresses: str, data: bytes = b"x"):
+    """A message put to ``deliver`` and claimed: its id and entry."""
+    msg_id = await queue.put(envelope(*addresses), data, queue="deliver")
+    [entry] = await claim_soon(queue)
+    return msg_id, entry
+
+
 def test_put_claim_complete(make_queue):
     async def main():
         queue = await opened(make_queue())
@@ -71,8 +79,7 @@ def test_put_claim_complete(make_queue):
 def test_release_requeues_and_a_claim_is_held_once(make_queue):
     async def main():
         queue = await opened(make_queue())
-        msg_id = await queue.put(envelope(), b"x", queue="deliver")
-        [entry] = await claim_soon(queue)
+        msg_id, entry = await put_and_claim(queue)
         assert await claim_soon(queue, timeout=0.3) == []
         await queue.release(entry.id)
         assert [e.id for e in await claim_soon(queue)] == [msg_id]
@@ -83,8 +90,7 @@ def test_release_requeues_and_a_claim_is_held_once(make_queue):
 def test_defer_comes_back_after_its_delay_and_not_before(make_queue):
     async def main():
         queue = await opened(make_queue())
-        await queue.put(envelope(), b"x", queue="deliver")
-        [entry] = await claim_soon(queue)
+        _, entry = await put_and_claim(queue)
         deferred_at = time.time()
         await queue.defer(entry, deferred_at + 1.0)  # level 0: 1 s
         await queue.release(entry.id)
@@ -114,9 +120,8 @@ def test_a_message_back_early_waits_again_without_an_attempt(make_queue):
 def test_update_stays_with_the_claim_and_moves_with_it(make_queue):
     async def main():
         queue = await opened(make_queue())
-        msg_id = await queue.put(envelope("a@example.test", "b@example.test"), b"old",
-                                 queue="deliver")
-        [entry] = await claim_soon(queue)
+        msg_id, entry = await put_and_claim(queue, "a@example.test", "b@example.test",
+                                            data=b"old")
         entry.envelope.recipients[0].status = "failed"
         await queue.update(entry, data=b"new")
         await queue.move(msg_id, "hold", "deliver")
@@ -133,9 +138,7 @@ def test_update_stays_with_the_claim_and_moves_with_it(make_queue):
 def test_delivered_addresses_apply_at_the_next_claim_and_restart(make_queue):
     async def main():
         queue = await opened(make_queue())
-        msg_id = await queue.put(envelope("a@example.test", "b@example.test"), b"x",
-                                 queue="deliver")
-        [entry] = await claim_soon(queue)
+        msg_id, entry = await put_and_claim(queue, "a@example.test", "b@example.test")
         await queue.update(entry, delivered=["a@example.test"])
         await queue.release(msg_id)  # no transition: the broker has the old envelope
         [again] = await claim_soon(queue)
@@ -164,11 +167,14 @@ def test_a_full_queue_nacks_as_a_queue_error(make_queue, rabbitmq):
     asyncio.run(main())
 
 
-def test_broker_down_fails_fast_then_reconnects(private_rabbitmq, tmp_path):
+def test_broker_down_fails_fast_then_reconnects_and_voids_claims(private_rabbitmq, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(queue_amqp_link, "MAX_BACKOFF", 1.0)  # retry every second
+
     async def main():
         queue = await opened(AmqpQueue(private_rabbitmq.url, "down", tmp_path / "journal",
                                        confirm_timeout=5.0, connect_timeout=2.0))
-        await queue.put(envelope(), b"before")
+        held, entry = await put_and_claim(queue, data=b"before")
         await asyncio.to_thread(private_rabbitmq.stop)
         started = time.monotonic()
         with pytest.raises(QueueError) as raised:
@@ -184,7 +190,11 @@ def test_broker_down_fails_fast_then_reconnects(private_rabbitmq, tmp_path):
             except QueueError:
                 assert time.monotonic() < deadline, "no reconnect within 10 s"
                 await asyncio.sleep(0.2)
-        assert (await queue.counts())["working"] == 2
+        assert (await queue.counts())["working"] == 1
+        with pytest.raises(QueueError, match="connection was lost"):
+            await queue.complete(entry)  # the claim died with its connection
+        await queue.release(entry.id)
+        assert [e.id for e in await claim_soon(queue)] == [held]
         await queue.close()
     asyncio.run(main())
 
