@@ -4,6 +4,7 @@ have one of their own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -48,6 +49,14 @@ async def claim_soon(queue: AmqpQueue, queues=("deliver", "deferred"), timeout: 
         if entries or time.monotonic() > deadline:
             return entries
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def raw_channel(url: str):
+    """A channel of the test's own on the broker, to put there what vSL would not."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        yield await connection.channel()
 
 
 async def put_and_claim(queue: AmqpQueue, *addresses: str, data: bytes = b"x"):
@@ -227,9 +236,7 @@ def test_unreachable_broker_at_open_is_retried_not_fatal(tmp_path, caplog):
 def test_poison_in_working_goes_to_dead_with_why(make_queue, rabbitmq):
     async def main():
         queue = await opened(make_queue())
-        connection = await aio_pika.connect(rabbitmq.url)
-        async with connection:
-            channel = await connection.channel()
+        async with raw_channel(rabbitmq.url) as channel:
             for body, headers in ((b"no newline", {"x-vsl-format": 1}),
                                   (b"{not json\nx", {"x-vsl-format": 1}),
                                   (envelope().to_json() + b"\nx", {"x-vsl-format": 9})):
@@ -276,9 +283,7 @@ def test_counts_quarantine_and_admin_reads(make_queue):
 def test_scan_reports_an_unreadable_envelope_where_it_is(make_queue, rabbitmq):
     async def main():
         queue = await opened(make_queue())
-        connection = await aio_pika.connect(rabbitmq.url)
-        async with connection:
-            channel = await connection.channel()
+        async with raw_channel(rabbitmq.url) as channel:
             await channel.default_exchange.publish(
                 aio_pika.Message(b"[]\nx", headers={"x-vsl-format": 1}, message_id="bad"),
                 routing_key=f"{make_queue.prefix}.hold")
@@ -286,5 +291,18 @@ def test_scan_reports_an_unreadable_envelope_where_it_is(make_queue, rabbitmq):
         assert entries == [] and isinstance(unreadable, UnreadableEnvelope)
         # where it is (UnreadableEnvelope's `where`; `path` before the async admin slice)
         assert f"amqp:{make_queue.prefix}.hold#bad" in vars(unreadable).values()
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_queue_declared_with_other_arguments_is_used_with_a_warning(make_queue, rabbitmq):
+    async def main():
+        async with raw_channel(rabbitmq.url) as channel:
+            await channel.declare_queue(f"{make_queue.prefix}.hold", durable=True)  # classic
+        queue = await opened(make_queue())
+        [warning] = queue.startup_warnings()
+        assert f"{make_queue.prefix}.hold" in warning and "other arguments" in warning
+        held = await queue.put(envelope(), b"x", queue="hold")
+        assert await queue.locate(held) == "hold"
         await queue.close()
     asyncio.run(main())
