@@ -133,7 +133,14 @@ class AmqpQueue:
                 continue  # received on a lost connection: the broker has requeued it
             if message.message_id in self.claims:
                 kept.append((generation, message))  # a second copy of one held here
-            elif (entry := await self._claim_one(message, physical, now)) is not None:
+                continue
+            try:
+                entry = await self._claim_one(message, physical, now)
+            except QueueError as err:  # it could not be re-delayed or buried: later
+                log.warning("%s: left in %s for now: %s", message.message_id, physical, err)
+                await self._requeue(message)
+                continue
+            if entry is not None:
                 claimed.append(entry)
         waiting[:0] = kept
         return claimed
@@ -159,9 +166,9 @@ class AmqpQueue:
         log.error("%s: not a queued message in %s (%s): moved to %s", msg_id, physical, why,
                   self.topology.name("dead"))
         headers = dict(message.headers or {}, **{"x-vsl-why": why})
-        await self.link.send(self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
-                                               message_id=message.message_id),
-                         self.topology.name("dead"))
+        copy = self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
+                                          message_id=message.message_id)
+        await self.link.send(copy, self.topology.name("dead"))
         await message.ack()
 
     def _apply_kept(self, entry: Entry) -> None:
@@ -200,10 +207,14 @@ class AmqpQueue:
         """End a claim; a message not completed, deferred or moved is due again."""
         claim = self.claims.pop(msg_id, None)
         if claim is not None and not claim.done and claim.generation == self.link.generation:
-            try:
-                await claim.message.nack(requeue=True)
-            except self.link.lost_errors:
-                pass  # the connection is gone: the broker has requeued it
+            await self._requeue(claim.message)
+
+    async def _requeue(self, message) -> None:
+        """Give a delivery back to its queue (due again at once)."""
+        try:
+            await message.nack(requeue=True)
+        except self.link.lost_errors:
+            pass  # the connection is gone: the broker has requeued it
 
     async def complete(self, entry: Entry) -> None:
         """The message leaves the queue (acked)."""
@@ -268,7 +279,8 @@ class AmqpQueue:
             for queue in ("working", "deliver", "deferred", "hold", "dead", "quarantine"):
                 for physical in self.topology.physical(queue):
                     declared = await channel.declare_queue(physical, passive=True)
-                    counts[queue] = counts.get(queue, 0) + declared.declaration_result.message_count
+                    ready = declared.declaration_result.message_count
+                    counts[queue] = counts.get(queue, 0) + ready
         return counts
 
     async def scan(self, queue: str | None = None
@@ -339,10 +351,12 @@ class AmqpQueue:
         return held
 
     def _read(self, physical: str, message) -> tuple[Entry, bytes]:
+        """The entry and bytes of a message read from ``physical`` (UnreadableEnvelope,
+        with where it is, when it is no queued vSL message)."""
+        queue = self.topology.logical(physical, message.headers or {})
         try:
-            return decode(message.body, message.headers or {}, message.message_id,
-                          self.topology.logical(physical, message.headers or {}))
+            return decode(message.body, message.headers or {}, message.message_id, queue)
         except Poison as why:
-            queue = self.topology.logical(physical, message.headers or {})
-            raise UnreadableEnvelope(message.message_id or "(no id)", queue,
-                                     f"amqp:{physical}#{message.message_id}", str(why)) from None
+            where = f"amqp:{physical}#{message.message_id}"
+            raise UnreadableEnvelope(message.message_id or "(no id)", queue, where,
+                                     str(why)) from None

@@ -41,10 +41,8 @@ class Topology:
     max_in_memory: bool = True  # x-max-in-memory-length 0 (quorum queues before 4.0)
 
     def name(self, queue: str) -> str:
-        """The physical queue holding logical ``queue`` (``deferred``: level 0)."""
-        if queue.startswith(QUARANTINE):
-            queue = "quarantine"
-        return f"{self.prefix}.{'deferred.0' if queue == 'deferred' else queue}"
+        """The physical queue of logical ``queue`` (not ``deferred``: see :meth:`deferred`)."""
+        return f"{self.prefix}.{'quarantine' if queue.startswith(QUARANTINE) else queue}"
 
     def physical(self, queue: str | None) -> list[str]:
         """The physical queues holding logical ``queue`` (None: every queue)."""

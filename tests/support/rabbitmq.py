@@ -165,7 +165,8 @@ class PrivateRabbitMQ:
     def log_tail(self, lines: int = 30) -> str:
         """The end of what the node wrote (script output and the node's log)."""
         texts = []
-        for path in [self.directory / "server.out", *sorted((self.directory / "log").glob("*.log"))]:
+        logs = sorted((self.directory / "log").glob("*.log"))
+        for path in [self.directory / "server.out", *logs]:
             try:
                 texts.append(path.read_text(errors="replace"))
             except OSError:
