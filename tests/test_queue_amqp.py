@@ -14,6 +14,7 @@ import pytest
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server import queue_amqp_link
 from vsl.server.queue_amqp import AmqpQueue
+from vsl.server.queue_amqp_codec import DELIVERY_LIMIT, Topology, decode, delay_level, encode
 from vsl.server.queue_backend import QueueError, UnreadableEnvelope
 
 
@@ -306,3 +307,60 @@ def test_a_queue_declared_with_other_arguments_is_used_with_a_warning(make_queue
         assert await queue.locate(held) == "hold"
         await queue.close()
     asyncio.run(main())
+
+
+def test_a_message_delivered_too_often_goes_to_dead(make_queue):
+    async def main():
+        queue = await opened(make_queue())
+        msg_id = await queue.put(envelope(), b"x", queue="deliver")
+        for _ in range(DELIVERY_LIMIT + 1):  # a crash loop: claimed, never finished
+            [entry] = await claim_soon(queue)
+            await queue.release(entry.id)
+        assert await claim_soon(queue, timeout=0.3) == []
+        assert await queue.locate(msg_id) == "dead"
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_refused_publish_leaves_the_backend_usable(make_queue, rabbitmq):
+    rabbitmq.ctl("eval", "application:set_env(rabbit, max_message_size, 4096).")
+    try:
+        async def main():
+            queue = await opened(make_queue())
+            with pytest.raises(QueueError) as raised:
+                await queue.put(envelope(), b"x" * 8192)
+            assert "Error" not in str(raised.value) and "secret" not in str(raised.value)
+            assert await queue.locate(await queue.put(envelope(), b"small")) == "working"
+            await queue.close()
+        asyncio.run(main())
+    finally:
+        rabbitmq.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+
+
+@pytest.mark.parametrize("seconds, level", [(0, 0), (0.5, 0), (1, 0), (1.9, 0), (2, 1),
+                                            (3.9, 1), (4, 2), (3600, 11), (1e9, 16)])
+def test_delay_level_is_the_largest_power_of_two_not_after(seconds, level):
+    assert delay_level(seconds) == level
+
+
+def test_topology_arguments():
+    declared = Topology("p").declarations()
+    assert len(declared) == 5 + 17
+    assert declared["p.deliver"] | declared["p.working"] == declared["p.deliver"]
+    assert declared["p.deliver"]["x-dead-letter-routing-key"] == "p.dead"
+    assert declared["p.deliver"]["x-delivery-limit"] == DELIVERY_LIMIT
+    assert declared["p.deferred.3"]["x-message-ttl"] == 8000
+    assert declared["p.deferred.3"]["x-dead-letter-routing-key"] == "p.deliver"
+    assert all(args["x-max-in-memory-length"] == 0 and args["x-queue-type"] == "quorum"
+               for args in declared.values())
+    classic = Topology("p", "classic").declarations()
+    assert not any(key in args for args in classic.values() for key in
+                   ("x-delivery-limit", "x-dead-letter-strategy", "x-max-in-memory-length"))
+
+
+def test_a_message_round_trips_through_its_amqp_form():
+    sent = envelope("a@example.test")
+    fields = encode(sent, b"line 1\nline 2\n", "quarantine/virus", "id-1")
+    assert fields["headers"] == {"x-vsl-format": 1, "x-vsl-quarantine": "virus"}
+    entry, data = decode(fields["body"], fields["headers"], "id-1", "quarantine/virus")
+    assert (entry.id, entry.envelope, data) == ("id-1", sent, b"line 1\nline 2\n")
