@@ -43,9 +43,10 @@ class BrokerLink:
 
     def __init__(self, url: str, topology: Topology, confirm_timeout: float = 30.0,
                  connect_timeout: float = 5.0):
-        import aio_pika  # only when the backend is chosen
+        import aio_pika  # only when the backend is chosen: the spool never loads it
         import aiormq.exceptions
-        self.aio_pika, self.errors = aio_pika, aiormq.exceptions
+        from pamqp.commands import Basic
+        self.aio_pika, self.errors, self.ack = aio_pika, aiormq.exceptions, Basic.Ack
         self.url, self.shown_url = url, redacted(url)
         self.topology = topology
         self.confirm_timeout, self.connect_timeout = confirm_timeout, connect_timeout
@@ -107,7 +108,6 @@ class BrokerLink:
     async def send(self, message, routing_key: str) -> None:
         """Publish and wait for the broker's confirm; QueueError with a plain text when
         it does not come (refused, returned, timed out, or no connection)."""
-        from pamqp.commands import Basic
         if self.publisher is None:
             raise QueueError(f"queue broker {self.shown_url}: not connected")
         try:
@@ -123,7 +123,7 @@ class BrokerLink:
                              "(queue full?)") from None
         except self.lost_errors as err:
             raise QueueError(f"queue broker {self.shown_url}: {plain(err)}") from None
-        if not isinstance(confirm, Basic.Ack):  # a Basic.Return: no such queue
+        if not isinstance(confirm, self.ack):  # a Basic.Return: no such queue
             raise QueueError(f"the broker returned the message: no queue {routing_key}")
 
     def admin_channel(self) -> _ClosingChannel:
