@@ -337,6 +337,16 @@ def test_a_refused_publish_leaves_the_backend_usable(make_queue, rabbitmq):
         rabbitmq.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
 
 
+def test_a_returned_message_is_a_queue_error(make_queue, rabbitmq):
+    async def main():
+        queue = await opened(make_queue())
+        rabbitmq.ctl("delete_queue", f"{make_queue.prefix}.hold")  # an operator's mistake
+        with pytest.raises(QueueError, match=f"no queue {make_queue.prefix}.hold"):
+            await queue.put(envelope(), b"x", queue="hold")
+        await queue.close()
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("seconds, level", [(0, 0), (0.5, 0), (1, 0), (1.9, 0), (2, 1),
                                             (3.9, 1), (4, 2), (3600, 11), (1e9, 16)])
 def test_delay_level_is_the_largest_power_of_two_not_after(seconds, level):
