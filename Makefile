@@ -22,12 +22,12 @@ run: $(STAMP)
 
 # Debian tools some tests drive; missing ones are named and their tests skipped
 # (with CI=true a missing tool fails those tests: .ci/run installs them).
-TOOLS := swaks smtp-source redis-server
+TOOLS := swaks smtp-source redis-server rabbitmq-server
 
 test: $(STAMP)
 	@for tool in $(TOOLS); do command -v $$tool >/dev/null || \
 	    echo "missing: $$tool (its tests are skipped; apt-get install swaks postfix" \
-	    "redis-server)"; done
+	    "redis-server rabbitmq-server)"; done
 	@perl -MNet::SSLeay -e1 2>/dev/null || echo "missing: Net::SSLeay (swaks --tls tests" \
 	    "are skipped; apt-get install libnet-ssleay-perl)"
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,362 @@
+"""The mail queue on a RabbitMQ broker: :class:`AmqpQueue` implements
+server/queue_backend.py's :class:`QueueBackend` over AMQP 0-9-1 (aio-pika), so receivers,
+workers and delivery processes on several machines share one queue.
+
+Design (docs: design 16, section 3):
+
+- **Topology and messages** are server/queue_amqp_codec.py's. Every transition publishes
+  the message to its next queue, waits for the broker's confirm, and only then acks the
+  delivery it came from: nothing is acked before the next queue holds it (at least once;
+  a crash in between leaves two copies, never none).
+- **A claim** is a delivery this process holds unacked: id -> :class:`Claim`. Consumers
+  fill a local buffer and :meth:`AmqpQueue.claim` takes from it. Only the holder of a
+  delivery tag can ack it, so "moved meanwhile" holds by construction. An ``update`` of a
+  claimed entry stays with the claim (AMQP messages are immutable) and is published by its
+  transition; addresses a remote accepted go to the local delivery journal at once and
+  are applied when this process claims the message again or restarts.
+- **The connection** is server/queue_amqp_link.py's: reconnected with back-off, while
+  ``put`` and the rest raise QueueError. A claim made on a lost connection is void: the
+  broker has requeued its message.
+- **Admin reads** (``list``, ``get``, ...) ``basic_get`` a queue to its end on a channel of
+  their own, holding every message, then requeue them all (closing the channel would
+  too): O(n), and blind to messages in flight.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .envelope import Envelope
+from .journal import Journal
+from .queue_amqp_codec import Poison, Topology, decode, delay_level, encode
+from .queue_amqp_link import BrokerLink, plain
+from .queue_backend import Entry, QueueError, UnreadableEnvelope, check_queue, new_id
+
+log = logging.getLogger("vsl.queue")
+
+
+@dataclass
+class Claim:
+    """A delivery this process holds: what its transition will publish."""
+
+    entry: Entry
+    message: object        # aio_pika.IncomingMessage
+    envelope: bytes        # the envelope as last updated
+    data: bytes
+    generation: int        # the connection it came on
+    done: bool = False     # completed, deferred or moved: release() has nothing to requeue
+
+
+class AmqpQueue:
+    """The mail queue on a RabbitMQ broker (see the module docstring)."""
+
+    def __init__(self, url: str, prefix: str = "vsl", journal: str | Path | None = None,
+                 queue_type: str = "quorum", confirm_timeout: float = 30.0,
+                 connect_timeout: float = 5.0):
+        self.link = BrokerLink(url, Topology(prefix, queue_type), confirm_timeout,
+                               connect_timeout)
+        self.journal = Journal(Path(journal)) if journal else None
+        self.claims: dict[str, Claim] = {}
+        self.buffer: dict[str, list] = {}  # physical queue -> (generation, message) received
+
+    @classmethod
+    def of(cls, config) -> AmqpQueue:
+        """The backend ``config.queue`` describes, with ``config``'s delivery journal."""
+        queue = config.queue
+        try:
+            url = queue.resolved_url()
+        except ValueError as err:
+            raise QueueError(str(err)) from None
+        return cls(url, queue.prefix, config.delivery.journal or
+                   config.queue_dir / "delivered.journal", queue.queue_type,
+                   queue.confirm_timeout, queue.connect_timeout)
+
+    # -- the connection ------------------------------------------------------------------
+    @property
+    def topology(self) -> Topology:
+        return self.link.topology
+
+    async def open(self) -> None:
+        """Connect and declare the topology (QueueError only when the broker refuses the
+        login or the vhost; an unreachable broker is retried in the background)."""
+        await self.link.open()
+
+    async def close(self) -> None:
+        """Close the connection: the broker requeues what this process holds."""
+        await self.link.close()
+        self.claims.clear()
+        self.buffer.clear()
+        if self.journal is not None:
+            self.journal.close()
+
+    # -- publishing ----------------------------------------------------------------------
+    async def _publish(self, envelope: Envelope, data: bytes, queue: str, msg_id: str
+                       ) -> None:
+        """Publish to ``queue`` and wait for the confirm; ``deferred`` is the level that
+        ends at the envelope's ``next_attempt`` (or just before)."""
+        message = self.link.aio_pika.Message(**encode(envelope, data, queue, msg_id))
+        if queue == "deferred":
+            level = delay_level((envelope.next_attempt or 0) - time.time())
+            await self.link.send(message, self.topology.deferred(level)[0])
+        else:
+            await self.link.send(message, self.topology.name(queue))
+
+    async def put(self, envelope: Envelope, data: bytes, queue: str = "working",
+                  msg_id: str | None = None) -> str:
+        """Publish a new message; its id, once the broker has confirmed it."""
+        check_queue(queue)
+        msg_id = msg_id or new_id()
+        stored = Envelope.from_json(envelope.to_json())
+        stored.id, stored.received_at = msg_id, stored.received_at or time.time()
+        await self._publish(stored, data, queue, msg_id)
+        return msg_id
+
+    # -- claims and transitions ------------------------------------------------------------
+    async def claim(self, limit: int, now: float,
+                    queues: tuple[str, ...] = ("deliver", "deferred")) -> list[Entry]:
+        """Up to ``limit`` messages the consumers have received, now claimed. ``deferred``
+        messages reach ``deliver`` when their delay ends; one back before its
+        ``next_attempt`` waits again for the rest."""
+        physical = self.topology.name("working" if "working" in queues else "deliver")
+        if physical not in self.buffer:
+            waiting = self.buffer[physical] = []
+
+            async def receive(message) -> None:
+                waiting.append((self.link.generation, message))
+            await self.link.consume(physical, receive, limit)
+        claimed, waiting, kept = [], self.buffer[physical], []
+        while waiting and len(claimed) < limit:
+            generation, message = waiting.pop(0)
+            if generation != self.link.generation:
+                continue  # received on a lost connection: the broker has requeued it
+            if message.message_id in self.claims:
+                kept.append((generation, message))  # a second copy of one held here
+                continue
+            try:
+                entry = await self._claim_one(message, physical, now)
+            except QueueError as err:  # it could not be re-delayed or buried: later
+                log.warning("%s: left in %s for now: %s", message.message_id, physical, err)
+                await self._requeue(message)
+                continue
+            if entry is not None:
+                claimed.append(entry)
+        waiting[:0] = kept
+        return claimed
+
+    async def _claim_one(self, message, physical: str, now: float) -> Entry | None:
+        try:
+            entry, data = self._read(physical, message)
+        except UnreadableEnvelope as err:
+            await self._bury(message, physical, err.why)
+            return None
+        if entry.queue == "deliver" and (entry.envelope.next_attempt or 0) > now:
+            await self._publish(entry.envelope, data, "deferred", entry.id)  # wait again
+            await message.ack()
+            return None
+        self._apply_kept(entry)
+        self.claims[entry.id] = Claim(entry, message, entry.envelope.to_json(), data,
+                                      self.link.generation)
+        return entry
+
+    async def _bury(self, message, physical: str, why: str) -> None:
+        """A message that is no queued vSL message: to dead, with why, then acked."""
+        msg_id = message.message_id or "(no id)"
+        log.error("%s: not a queued message in %s (%s): moved to %s", msg_id, physical, why,
+                  self.topology.name("dead"))
+        headers = dict(message.headers or {}, **{"x-vsl-why": why})
+        copy = self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
+                                          message_id=message.message_id)
+        await self.link.send(copy, self.topology.name("dead"))
+        await message.ack()
+
+    def _apply_kept(self, entry: Entry) -> None:
+        """Mark delivered what the journal kept for ``entry``."""
+        addresses = self.journal.kept.get(entry.id, ()) if self.journal else ()
+        for rcpt in entry.envelope.recipients:
+            if rcpt.address in addresses and not rcpt.done:
+                rcpt.status = "delivered"
+
+    def _holding(self, msg_id: str, queue: str | None = None) -> Claim | None:
+        """The live claim of ``msg_id``, None when this process does not hold it."""
+        claim = self.claims.get(msg_id)
+        if claim is None or (queue is not None and claim.entry.queue != queue):
+            return None
+        if claim.done or claim.generation != self.link.generation:
+            raise QueueError(f"{msg_id}: no longer in {claim.entry.queue} "
+                             "(the broker connection was lost, or it was moved)")
+        return claim
+
+    async def _transition(self, claim: Claim, queue: str | None, envelope: bytes) -> None:
+        """Publish the claimed message to ``queue`` (None: nowhere), then ack it."""
+        if queue is not None:
+            await self._publish(Envelope.from_json(envelope), claim.data, queue,
+                                claim.entry.id)
+        try:
+            await claim.message.ack()
+        except self.link.lost_errors as err:
+            raise QueueError(f"{claim.entry.id}: published, but its old copy stays "
+                             f"({plain(err)})") from None
+        finally:
+            claim.done = True
+        if self.journal is not None:
+            self.journal.forget(claim.entry.id)
+
+    async def release(self, msg_id: str) -> None:
+        """End a claim; a message not completed, deferred or moved is due again."""
+        claim = self.claims.pop(msg_id, None)
+        if claim is not None and not claim.done and claim.generation == self.link.generation:
+            await self._requeue(claim.message)
+
+    async def _requeue(self, message) -> None:
+        """Give a delivery back to its queue (due again at once)."""
+        try:
+            await message.nack(requeue=True)
+        except self.link.lost_errors:
+            pass  # the connection is gone: the broker has requeued it
+
+    async def complete(self, entry: Entry) -> None:
+        """The message leaves the queue (acked)."""
+        claim = self._holding(entry.id, entry.queue)
+        if claim is None:
+            raise QueueError(f"{entry.id}: not claimed by this process")
+        await self._transition(claim, None, b"")
+
+    async def defer(self, entry: Entry, until: float) -> None:
+        """To the deferred level that ends at ``until`` (or just before), then acked."""
+        claim = self._holding(entry.id, entry.queue)
+        if claim is None:
+            raise QueueError(f"{entry.id}: not claimed by this process")
+        entry.envelope.next_attempt = until
+        await self._transition(claim, "deferred", entry.envelope.to_json())
+
+    async def update(self, entry: Entry, data: bytes | None = None,
+                     delivered: list[str] = ()) -> None:
+        """Kept with the claim until its transition (an unclaimed message is replaced
+        in its queue); ``delivered`` goes to the journal at once."""
+        if delivered and self.journal is not None and self.journal.record(entry.id,
+                                                                           list(delivered)):
+            self.journal.retain(entry.id, set(delivered))
+            self.journal.settled()
+        claim = self._holding(entry.id, entry.queue)
+        if claim is None:
+            await self._replace(entry.id, entry.queue, entry.queue, entry.envelope, data)
+            return
+        claim.envelope = entry.envelope.to_json()
+        claim.data = claim.data if data is None else data
+
+    async def move(self, msg_id: str, target: str, queue: str | None = None) -> None:
+        """To ``target``, durably (confirmed), then the old copy is acked."""
+        check_queue(target)
+        claim = self._holding(msg_id, queue)
+        if claim is None:
+            await self._replace(msg_id, queue, target)
+            return
+        await self._transition(claim, target, claim.envelope)
+
+    async def recover_deliveries(self) -> None:
+        """Load the journal: its addresses are applied as this process claims them."""
+        if self.journal is not None:
+            self.journal.keep(self.journal.read())
+
+    async def recover(self) -> int:
+        """Nothing is half stored on a broker."""
+        return 0
+
+    def startup_warnings(self) -> list[str]:
+        return list(self.link.warnings)
+
+    def quarantine_warnings(self) -> list[str]:
+        return []
+
+    # -- administration --------------------------------------------------------------------
+    async def counts(self) -> dict[str, int]:
+        """Ready messages per queue (those in flight are not counted; ``deferred`` sums its
+        levels, ``quarantine`` every quarantine)."""
+        counts: dict[str, int] = {}
+        async with self.link.admin_channel() as channel:
+            for queue in ("working", "deliver", "deferred", "hold", "dead", "quarantine"):
+                for physical in self.topology.physical(queue):
+                    declared = await channel.declare_queue(physical, passive=True)
+                    ready = declared.declaration_result.message_count
+                    counts[queue] = counts.get(queue, 0) + ready
+        return counts
+
+    async def scan(self, queue: str | None = None
+                   ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+        """Messages of one queue (or all), and the unreadable ones."""
+        async with self.link.admin_channel() as channel:
+            held = await self._get_all(channel, queue)
+        entries, unreadable = [], []
+        for physical, message in held:
+            try:
+                entries.append(self._read(physical, message)[0])
+            except UnreadableEnvelope as err:
+                unreadable.append(err)
+        entries.sort(key=lambda e: e.envelope.received_at or 0)
+        return [e for e in entries if queue is None or e.queue == queue], unreadable
+
+    async def list(self, queue: str | None = None) -> list[Entry]:
+        return (await self.scan(queue))[0]
+
+    async def get(self, msg_id: str, queue: str | None = None) -> Entry:
+        return (await self._find(msg_id, queue))[0]
+
+    async def message(self, msg_id: str, queue: str | None = None) -> bytes:
+        return (await self._find(msg_id, queue))[1]
+
+    async def locate(self, msg_id: str) -> str:
+        return (await self._find(msg_id, None))[0].queue
+
+    async def remove(self, msg_id: str, queue: str | None = None) -> None:
+        await self._replace(msg_id, queue, None)
+
+    async def _find(self, msg_id: str, queue: str | None) -> tuple[Entry, bytes]:
+        async with self.link.admin_channel() as channel:
+            physical, message = await self._get_one(channel, msg_id, queue)
+            return self._read(physical, message)
+
+    async def _replace(self, msg_id: str, queue: str | None, target: str | None,
+                       envelope: Envelope | None = None, data: bytes | None = None) -> None:
+        """Find an unclaimed message, publish it (or the edited copy) to ``target`` (None:
+        nowhere), then ack the old one."""
+        async with self.link.admin_channel() as channel:
+            physical, message = await self._get_one(channel, msg_id, queue)
+            entry, old_data = self._read(physical, message)
+            if target is not None:
+                await self._publish(envelope or entry.envelope,
+                                    old_data if data is None else data, target, msg_id)
+            await message.ack()
+
+    async def _get_one(self, channel, msg_id: str, queue: str | None):
+        """The held message ``msg_id`` (QueueError when it is not on the broker's shelf)."""
+        for physical, message in await self._get_all(channel, queue):
+            if message.message_id == msg_id and (
+                    queue is None or self.topology.logical(physical, message.headers or {})
+                    == queue):
+                return physical, message
+        where = queue or "any queue"
+        raise QueueError(f"{msg_id}: not in {where} (being delivered, or moved)")
+
+    async def _get_all(self, channel, queue: str | None) -> list[tuple[str, object]]:
+        """Every ready message of ``queue``'s physical queues, held on ``channel``."""
+        if queue is not None:
+            check_queue(queue)
+        held = []
+        for physical in self.topology.physical(queue):
+            declared = await channel.declare_queue(physical, passive=True)
+            while (message := await declared.get(no_ack=False, fail=False)) is not None:
+                held.append((physical, message))
+        return held
+
+    def _read(self, physical: str, message) -> tuple[Entry, bytes]:
+        """The entry and bytes of a message read from ``physical`` (UnreadableEnvelope,
+        with where it is, when it is no queued vSL message)."""
+        queue = self.topology.logical(physical, message.headers or {})
+        try:
+            return decode(message.body, message.headers or {}, message.message_id, queue)
+        except Poison as why:
+            where = f"amqp:{physical}#{message.message_id}"
+            raise UnreadableEnvelope(message.message_id or "(no id)", queue, where,
+                                     str(why)) from None
