@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from vsl.stdlib.support.state.urls import redacted
+from vsl.stdlib.support.urls import redacted
 
 from .queue_amqp_codec import Topology
 from .queue_backend import QueueError

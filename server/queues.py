@@ -3,15 +3,17 @@ is one module implementing :class:`~server.queue_backend.QueueBackend` (with an 
 constructor) plus one line in :data:`BACKENDS`."""
 from __future__ import annotations
 
+import importlib
+
 from .config import Config
-from .queue import Spool
 from .queue_backend import QueueBackend
 
-BACKENDS = {"spool": Spool}
-DEFAULT_BACKEND = "spool"
+# backend name -> "module:class" (imported only when chosen: aio-pika loads for rabbitmq only)
+BACKENDS = {"spool": "vsl.server.queue:Spool", "rabbitmq": "vsl.server.queue_amqp:AmqpQueue"}
 
 
 def open_queue(config: Config, backend: str | None = None) -> QueueBackend:
-    """The mail queue ``config`` describes, opened by ``backend`` (by default, the
-    :data:`DEFAULT_BACKEND` of the moment)."""
-    return BACKENDS[backend or DEFAULT_BACKEND].of(config)
+    """The mail queue ``config`` describes (``[queue] backend``), or the one ``backend``
+    names."""
+    module, _, name = BACKENDS[backend or config.queue.backend].partition(":")
+    return getattr(importlib.import_module(module), name).of(config)

@@ -1,7 +1,7 @@
 """A second queue backend runs the server, delivery and `vsl queue` unchanged.
 
 :class:`~tests.support.memory_queue.MemoryQueue` is registered in
-``vsl.server.queues.BACKENDS`` and made the default (for the test only), so everything
+``vsl.server.queues.BACKENDS`` in the spool's place (for the test only), so everything
 that opens the queue through ``open_queue`` runs on it: nothing else knows.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ QUICK = DeliveryConfig(retry_first=0.5, retry_max=0.5, poll_interval=0.02, conne
 @pytest.fixture(autouse=True)
 def memory_backend(monkeypatch):
     """Every queue opened by ``open_queue`` is a MemoryQueue."""
-    monkeypatch.setitem(queues.BACKENDS, "memory", MemoryQueue)
-    monkeypatch.setattr(queues, "DEFAULT_BACKEND", "memory")
+    monkeypatch.setitem(queues.BACKENDS, "spool",
+                        f"{MemoryQueue.__module__}:{MemoryQueue.__qualname__}")
 
 
 def post_queue_routing(route: str) -> str:
