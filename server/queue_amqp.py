@@ -9,7 +9,10 @@ Design (docs: design 16, section 3):
   delivery it came from: nothing is acked before the next queue holds it (at least once;
   a crash in between leaves two copies, never none).
 - **A claim** is a delivery this process holds unacked: id -> :class:`Claim`. Consumers
-  fill a local buffer and :meth:`AmqpQueue.claim` takes from it. Only the holder of a
+  (prefetch ``prefetch``) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
+  waiting briefly for deliveries when it is empty. A message whose delay ended comes back
+  through ``P.deliver`` with an ``x-death`` header: it is claimed as ``deferred``, as the
+  spool hands it out. Only the holder of a
   delivery tag can ack it, so "moved meanwhile" holds by construction. An ``update`` of a
   claimed entry stays with the claim (AMQP messages are immutable) and is published by its
   transition; addresses a remote accepted go to the local delivery journal at once and
@@ -23,6 +26,7 @@ Design (docs: design 16, section 3):
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -32,9 +36,12 @@ from .envelope import Envelope
 from .journal import Journal
 from .queue_amqp_codec import Poison, Topology, decode, delay_level, encode
 from .queue_amqp_link import BrokerLink, plain
-from .queue_backend import Entry, QueueError, UnreadableEnvelope, check_queue, new_id
+from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, check_queue,
+                            new_id)
 
 log = logging.getLogger("vsl.queue")
+CLAIM_WAIT_READY = 1.0  # s a claim waits for deliveries the broker reports ready for it
+CLAIM_WAIT_IDLE = 0.05  # s it waits otherwise (a message just put or released may be coming)
 
 
 @dataclass
@@ -54,12 +61,14 @@ class AmqpQueue:
 
     def __init__(self, url: str, prefix: str = "vsl", journal: str | Path | None = None,
                  queue_type: str = "quorum", confirm_timeout: float = 30.0,
-                 connect_timeout: float = 5.0):
+                 connect_timeout: float = 5.0, prefetch: int = 20):
         self.link = BrokerLink(url, Topology(prefix, queue_type), confirm_timeout,
                                connect_timeout)
         self.journal = Journal(Path(journal)) if journal else None
+        self.prefetch = max(prefetch, 1)  # deliveries each consumer may hold unacked
         self.claims: dict[str, Claim] = {}
         self.buffer: dict[str, list] = {}  # physical queue -> (generation, message) received
+        self.arrived: dict[str, asyncio.Event] = {}  # physical queue -> set at each delivery
 
     @classmethod
     def of(cls, config) -> AmqpQueue:
@@ -71,7 +80,7 @@ class AmqpQueue:
             raise QueueError(str(err)) from None
         return cls(url, queue.prefix, config.delivery.journal or
                    config.queue_dir / "delivered.journal", queue.queue_type,
-                   queue.confirm_timeout, queue.connect_timeout)
+                   queue.confirm_timeout, queue.connect_timeout, config.delivery.concurrency)
 
     # -- the connection ------------------------------------------------------------------
     @property
@@ -88,6 +97,7 @@ class AmqpQueue:
         await self.link.close()
         self.claims.clear()
         self.buffer.clear()
+        self.arrived.clear()
         if self.journal is not None:
             self.journal.close()
 
@@ -116,17 +126,20 @@ class AmqpQueue:
     # -- claims and transitions ------------------------------------------------------------
     async def claim(self, limit: int, now: float,
                     queues: tuple[str, ...] = ("deliver", "deferred")) -> list[Entry]:
-        """Up to ``limit`` messages the consumers have received, now claimed. ``deferred``
-        messages reach ``deliver`` when their delay ends; one back before its
-        ``next_attempt`` waits again for the rest."""
-        physical = self.topology.name("working" if "working" in queues else "deliver")
-        if physical not in self.buffer:
-            waiting = self.buffer[physical] = []
+        """Up to ``limit`` messages the consumer of ``queues`` has received, now claimed.
 
-            async def receive(message) -> None:
-                waiting.append((self.link.generation, message))
-            await self.link.consume(physical, receive, limit)
-        claimed, waiting, kept = [], self.buffer[physical], []
+        The first claim starts the consumer. A claim finding nothing received waits for
+        deliveries: up to CLAIM_WAIT_READY while the broker reports messages ready and
+        this process may hold more (until it has received what it can take), otherwise
+        CLAIM_WAIT_IDLE, as a message just put or released may be on its way. So an idle
+        claim costs one passive declare and that short wait. ``deferred`` messages reach
+        ``deliver`` when their delay ends; one back before its ``next_attempt`` (after
+        ``now``) waits again for the rest."""
+        physical = self._consumed(queues)
+        waiting = await self._receiving(physical)
+        if not waiting:
+            await self._await_deliveries(physical, limit)
+        claimed, kept = [], []
         while waiting and len(claimed) < limit:
             generation, message = waiting.pop(0)
             if generation != self.link.generation:
@@ -145,20 +158,58 @@ class AmqpQueue:
         waiting[:0] = kept
         return claimed
 
+    def _consumed(self, queues: tuple[str, ...]) -> str:
+        """The physical queue a claim of ``queues`` consumes."""
+        return self.topology.name("working" if "working" in queues else "deliver")
+
+    async def _receiving(self, physical: str) -> list:
+        """The buffer ``physical``'s consumer fills (started on the first call)."""
+        if physical not in self.buffer:
+            waiting = self.buffer[physical] = []
+            arrived = self.arrived[physical] = asyncio.Event()
+
+            async def receive(message) -> None:
+                waiting.append((self.link.generation, message))
+                arrived.set()
+            await self.link.consume(physical, receive, self.prefetch)
+        return self.buffer[physical]
+
+    async def _await_deliveries(self, physical: str, limit: int) -> None:
+        """Wait for the consumer to receive what it can take now (see :meth:`claim`)."""
+        held = sum(1 for claim in self.claims.values()
+                   if not claim.done and self._consumed((claim.entry.queue,)) == physical)
+        wanted = min(limit, await self.link.ready(physical), self.prefetch - held)
+        deadline = time.monotonic() + (CLAIM_WAIT_READY if wanted > 0 else CLAIM_WAIT_IDLE)
+        waiting, arrived = self.buffer[physical], self.arrived[physical]
+        while len(waiting) < max(wanted, 1):
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                return
+
     async def _claim_one(self, message, physical: str, now: float) -> Entry | None:
         try:
             entry, data = self._read(physical, message)
         except UnreadableEnvelope as err:
             await self._bury(message, physical, err.why)
             return None
-        if entry.queue == "deliver" and (entry.envelope.next_attempt or 0) > now:
-            await self._publish(entry.envelope, data, "deferred", entry.id)  # wait again
-            await message.ack()
-            return None
+        if self._delayed(message):
+            entry.queue = "deferred"
+            if (entry.envelope.next_attempt or 0) > now:
+                await self._publish(entry.envelope, data, "deferred", entry.id)  # again
+                await message.ack()
+                return None
         self._apply_kept(entry)
         self.claims[entry.id] = Claim(entry, message, entry.envelope.to_json(), data,
                                       self.link.generation)
         return entry
+
+    def _delayed(self, message) -> bool:
+        """Whether ``message`` came to ``deliver`` from a delay queue (dead-lettered)."""
+        delays = self.topology.prefix + ".deferred."
+        return any(str(death.get("queue", "")).startswith(delays)
+                   for death in (message.headers or {}).get("x-death") or ())
 
     async def _bury(self, message, physical: str, why: str) -> None:
         """A message that is no queued vSL message: to dead, with why, then acked."""
@@ -272,11 +323,13 @@ class AmqpQueue:
 
     # -- administration --------------------------------------------------------------------
     async def counts(self) -> dict[str, int]:
-        """Ready messages per queue (those in flight are not counted; ``deferred`` sums its
-        levels, ``quarantine`` every quarantine)."""
+        """Ready messages per queue, by the names ``vsl queue`` shows (the spool's, in its
+        order). Messages in flight (claimed by a worker or delivery) are not counted;
+        ``deferred`` sums its delay levels, and ``quarantine`` counts every quarantine
+        (one broker queue: telling them apart means reading them, as ``list`` does)."""
         counts: dict[str, int] = {}
         async with self.link.admin_channel() as channel:
-            for queue in ("working", "deliver", "deferred", "hold", "dead", "quarantine"):
+            for queue in (*QUEUES, "quarantine"):
                 for physical in self.topology.physical(queue):
                     declared = await channel.declare_queue(physical, passive=True)
                     ready = declared.declaration_result.message_count

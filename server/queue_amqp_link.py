@@ -105,15 +105,24 @@ class BrokerLink:
             await self.consumer.set_qos(prefetch_count=self.prefetch)
             await self._consume(physical)
 
+    async def ready(self, physical: str) -> int:
+        """How many messages ``physical`` holds ready (0 when that cannot be known now)."""
+        if self.publisher is None:
+            return 0
+        try:
+            declared = await (await self._publisher()).declare_queue(physical, passive=True)
+        except self.lost_errors:
+            return 0
+        return declared.declaration_result.message_count
+
     async def send(self, message, routing_key: str) -> None:
         """Publish and wait for the broker's confirm; QueueError with a plain text when
         it does not come (refused, returned, timed out, or no connection)."""
         if self.publisher is None:
             raise QueueError(f"queue broker {self.shown_url}: not connected")
         try:
-            if self.publisher.is_closed:  # a refused publish (too large) closes it
-                await self.publisher.reopen()
-            confirm = await asyncio.wait_for(self.publisher.default_exchange.publish(
+            publisher = await self._publisher()
+            confirm = await asyncio.wait_for(publisher.default_exchange.publish(
                 message, routing_key=routing_key, mandatory=True), self.confirm_timeout)
         except asyncio.TimeoutError:
             raise QueueError(f"no confirm from the broker within {self.confirm_timeout:g} s "
@@ -125,6 +134,13 @@ class BrokerLink:
             raise QueueError(f"queue broker {self.shown_url}: {plain(err)}") from None
         if not isinstance(confirm, self.ack):  # a Basic.Return: no such queue
             raise QueueError(f"the broker returned the message: no queue {routing_key}")
+
+    async def _publisher(self):
+        """The publishing channel, reopened when a refused publish (too large) or a
+        missing queue closed it."""
+        if self.publisher.is_closed:
+            await self.publisher.reopen()
+        return self.publisher
 
     def admin_channel(self) -> _ClosingChannel:
         """``async with``: a channel of its own; what it holds unacked goes back to the

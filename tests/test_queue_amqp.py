@@ -116,13 +116,26 @@ def test_defer_comes_back_after_its_delay_and_not_before(make_queue):
 def test_a_message_back_early_waits_again_without_an_attempt(make_queue):
     async def main():
         queue = await opened(make_queue())
-        early = envelope()
-        early.next_attempt = time.time() + 1.0
-        await queue.put(early, b"x", queue="deliver")
-        assert await claim_soon(queue, timeout=0.5) == []
-        assert (await queue.counts())["deferred"] == 1
+        _, entry = await put_and_claim(queue)
+        deferred_at = time.time()
+        await queue.defer(entry, deferred_at + 1.5)  # level 0 (1 s), then 0.5 s more
+        await queue.release(entry.id)
+        assert await claim_soon(queue, timeout=1.3) == []  # back at 1 s: delayed again
         [entry] = await claim_soon(queue, timeout=3)
-        assert entry.envelope.attempts == 0
+        assert time.time() - deferred_at >= 1.5
+        assert (entry.queue, entry.envelope.attempts) == ("deferred", 0)
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_message_put_or_moved_to_deliver_is_due_whatever_its_next_attempt(make_queue):
+    async def main():
+        queue = await opened(make_queue())
+        later = envelope()
+        later.next_attempt = time.time() + 3600
+        msg_id = await queue.put(later, b"x", queue="deliver")
+        [entry] = await queue.claim(5, time.time())  # no wait for the consumer to start
+        assert (entry.id, entry.queue) == (msg_id, "deliver")
         await queue.close()
     asyncio.run(main())
 
