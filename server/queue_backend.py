@@ -24,7 +24,10 @@ The contract, for every backend:
   post-queue worker), never a message this process has claimed and not yet released.
   Whoever claims a message ends with :meth:`~QueueBackend.release`, once, after
   :meth:`~QueueBackend.complete`, :meth:`~QueueBackend.defer`, ``move`` or none of them
-  (then it is due again, as it was stored).
+  (then it is due again, as it was stored). A message whose ``next_attempt`` came is
+  claimed with ``entry.queue == "deferred"``; callers pass ``entry.queue`` back to their
+  writes. A broker's delays run on the real clock: a ``now`` ahead of it does not hand
+  a deferred message out sooner.
 - **Moved meanwhile.** ``vsl queue`` moves and removes messages from another process,
   even one delivery holds. :meth:`~QueueBackend.update`, :meth:`~QueueBackend.defer`
   and :meth:`~QueueBackend.complete` of an entry no longer in ``entry.queue``, and
@@ -35,7 +38,10 @@ The contract, for every backend:
   next claim (or the next start's ``recover_deliveries``) marks them delivered.
 - **Admin reads** (``get``, ``message``, ``list``, ``scan``, ``locate``, ``counts``) see
   what is stored. On a broker, a message in flight (claimed by a worker or delivery) is
-  not seen until it is released or moved, and finding one by id reads the queue through.
+  not seen until it is released or moved, and finding one by id reads the queue through;
+  ``move``/``remove`` of one fails (QueueError "not in <queue> (being delivered, or
+  moved)") and the operator tries again later. ``counts`` is keyed by the names
+  ``vsl queue`` shows; a broker counts every quarantine as ``quarantine``.
 - **Who calls what.** The session: ``put``, then (single process) ``move`` after
   on_post_queue, ``update``. A post-queue worker: ``claim(..., queues=("working",))``,
   ``update``, ``move``, ``release``. Delivery: ``recover_deliveries``, ``claim``,
