@@ -1,7 +1,12 @@
 """``vsl queue ...``: look at and act on the mail queue (safe while the server runs).
 
 Each command is one event loop (``asyncio.run``): the backend is opened, used and closed
-in it (server/queue_admin.py ``administer``)."""
+in it (server/queue_admin.py ``administer``).
+
+On a broker (``[queue] backend = "rabbitmq"``) reading a queue means taking each message
+and giving it back: ``list`` stops after ``--limit`` messages, and messages being worked
+on (claimed by a worker or delivery) are neither counted nor listed; the output says so.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +21,11 @@ from vsl.server.queue_backend import QueueBackend, QueueError
 
 from .serve import local_config
 
+BROKER = "vsl.queue.broker"  # ctx.meta: the queue is on a broker (reads skip messages in flight)
+NOT_COUNTED = "(on the broker: messages being worked on are not counted)"
+NOT_LISTED = "vsl: on the broker, messages being worked on are not listed"
+LIST_LIMIT = 1000
+
 
 @click.group(invoke_without_command=True)
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
@@ -29,9 +39,13 @@ def queue(ctx, queue_dir, config_path) -> None:
     from vsl.server.queues import open_queue
 
     config = Config(queue_dir=Path(queue_dir)) if queue_dir else local_config(config_path)
-    if not config.queue_dir.is_dir():
+    ctx.meta[BROKER] = config.queue.backend != "spool"
+    if not ctx.meta[BROKER] and not config.queue_dir.is_dir():
         raise click.ClickException(f"{config.queue_dir}: no queue here (use --queue-dir)")
-    ctx.obj = open_queue(config)
+    try:
+        ctx.obj = open_queue(config)
+    except QueueError as err:
+        raise _queue_error(err) from None
     if ctx.invoked_subcommand is None:
         ctx.invoke(queue_counts)
 
@@ -54,6 +68,12 @@ def _run(mail_queue: QueueBackend, work):
 def queue_counts(mail_queue: QueueBackend) -> None:
     """Messages per queue (on a broker: not those being worked on)."""
     click.echo(queue_admin.counts_table(_run(mail_queue, lambda q: q.counts())))
+    if _on_broker():
+        click.echo(NOT_COUNTED)
+
+
+def _on_broker() -> bool:
+    return click.get_current_context().meta[BROKER]
 
 
 @queue.command("list")
@@ -61,10 +81,20 @@ def queue_counts(mail_queue: QueueBackend) -> None:
 @click.option("--by-domain", is_flag=True,
               help="Pending recipients by queue, domain and age (minutes), like qshape.")
 @click.option("--json", "as_json", is_flag=True, help="Every message, as JSON.")
+@click.option("--limit", type=click.IntRange(min=1), default=LIST_LIMIT, show_default=True,
+              help="On a broker: read at most this many messages (each is taken and "
+                   "given back).")
 @click.pass_obj
-def queue_list(mail_queue: QueueBackend, name, by_domain, as_json) -> None:
+def queue_list(mail_queue: QueueBackend, name, by_domain, as_json, limit) -> None:
     """Messages, oldest first: id, queue, age (minutes), recipients pending, sender."""
-    entries, unreadable = _run(mail_queue, lambda q: q.scan(name))
+    if _on_broker():
+        entries, unreadable = _run(mail_queue, lambda q: q.scan(name, limit=limit))
+        click.echo(NOT_LISTED, err=True)
+        if len(entries) + len(unreadable) >= limit:
+            click.echo(f"vsl: stopped after {limit} messages (--limit): more may not have "
+                       "been read", err=True)
+    else:
+        entries, unreadable = _run(mail_queue, lambda q: q.scan(name))
     for warning in mail_queue.quarantine_warnings():
         click.echo(f"vsl: warning: {warning}", err=True)
     if as_json or by_domain:

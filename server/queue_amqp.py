@@ -336,11 +336,12 @@ class AmqpQueue:
                     counts[queue] = counts.get(queue, 0) + ready
         return counts
 
-    async def scan(self, queue: str | None = None
+    async def scan(self, queue: str | None = None, limit: int | None = None
                    ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
-        """Messages of one queue (or all), and the unreadable ones."""
+        """Messages of one queue (or all), oldest first, and the unreadable ones; at most
+        ``limit`` read (in queue order: each one read costs its whole body)."""
         async with self.link.admin_channel() as channel:
-            held = await self._get_all(channel, queue)
+            held = [item async for item in self._held(channel, queue, limit)]
         entries, unreadable = [], []
         for physical, message in held:
             try:
@@ -383,8 +384,9 @@ class AmqpQueue:
             await message.ack()
 
     async def _get_one(self, channel, msg_id: str, queue: str | None):
-        """The held message ``msg_id`` (QueueError when it is not on the broker's shelf)."""
-        for physical, message in await self._get_all(channel, queue):
+        """The held message ``msg_id``, read up to it (QueueError when it is not on the
+        broker's shelf)."""
+        async for physical, message in self._held(channel, queue):
             if message.message_id == msg_id and (
                     queue is None or self.topology.logical(physical, message.headers or {})
                     == queue):
@@ -392,16 +394,20 @@ class AmqpQueue:
         where = queue or "any queue"
         raise QueueError(f"{msg_id}: not in {where} (being delivered, or moved)")
 
-    async def _get_all(self, channel, queue: str | None) -> list[tuple[str, object]]:
-        """Every ready message of ``queue``'s physical queues, held on ``channel``."""
+    async def _held(self, channel, queue: str | None, limit: int | None = None):
+        """Each ready message of ``queue``'s physical queues (at most ``limit``), held
+        on ``channel``: closing it requeues them all."""
         if queue is not None:
             check_queue(queue)
-        held = []
+        count = 0
         for physical in self.topology.physical(queue):
             declared = await channel.declare_queue(physical, passive=True)
-            while (message := await declared.get(no_ack=False, fail=False)) is not None:
-                held.append((physical, message))
-        return held
+            while limit is None or count < limit:
+                message = await declared.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                count += 1
+                yield physical, message
 
     def _read(self, physical: str, message) -> tuple[Entry, bytes]:
         """The entry and bytes of a message read from ``physical`` (UnreadableEnvelope,
