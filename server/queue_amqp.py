@@ -392,7 +392,7 @@ class AmqpQueue:
                     == queue):
                 return physical, message
         where = queue or "any queue"
-        raise QueueError(f"{msg_id}: not in {where} (being delivered, or moved)")
+        raise QueueError(f"not in {where} (being delivered, or moved)")
 
     async def _held(self, channel, queue: str | None, limit: int | None = None):
         """Each ready message of ``queue``'s physical queues (at most ``limit``), held
