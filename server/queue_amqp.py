@@ -12,21 +12,23 @@ Design (docs: design 16, section 3):
   (prefetch ``prefetch``) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
   waiting briefly for deliveries when it is empty. A message whose delay ended comes back
   through ``P.deliver`` with an ``x-death`` header: it is claimed as ``deferred``, as the
-  spool hands it out. Only the holder of a
-  delivery tag can ack it, so "moved meanwhile" holds by construction. An ``update`` of a
-  claimed entry stays with the claim (AMQP messages are immutable) and is published by its
-  transition; addresses a remote accepted go to the local delivery journal at once and
-  are applied when this process claims the message again or restarts.
+  spool hands it out. Only the holder of a delivery tag can ack it, so "moved meanwhile"
+  holds by construction. An ``update`` of a claimed entry stays with the claim (AMQP
+  messages are immutable) and is published by its transition; addresses a remote
+  accepted go to the local delivery journal at once and are applied when this process
+  claims the message again or restarts.
 - **The connection** is server/queue_amqp_link.py's: reconnected with back-off, while
   ``put`` and the rest raise QueueError. A claim made on a lost connection is void: the
   broker has requeued its message.
-- **Admin reads** (``list``, ``get``, ...) ``basic_get`` a queue to its end on a channel of
-  their own, holding every message, then requeue them all (closing the channel would
-  too): O(n), and blind to messages in flight.
+- **Admin reads** (``list``, ``get``, ...) ``basic_get`` a queue on a channel of their
+  own, holding each message, to its end (``scan``: at most ``limit``; finding an id:
+  up to it), then close the channel, which requeues them all: O(n), and blind to
+  messages in flight.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -386,11 +388,12 @@ class AmqpQueue:
     async def _get_one(self, channel, msg_id: str, queue: str | None):
         """The held message ``msg_id``, read up to it (QueueError when it is not on the
         broker's shelf)."""
-        async for physical, message in self._held(channel, queue):
-            if message.message_id == msg_id and (
-                    queue is None or self.topology.logical(physical, message.headers or {})
-                    == queue):
-                return physical, message
+        async with contextlib.aclosing(self._held(channel, queue)) as held:
+            async for physical, message in held:
+                if message.message_id == msg_id and (
+                        queue is None or
+                        self.topology.logical(physical, message.headers or {}) == queue):
+                    return physical, message
         where = queue or "any queue"
         raise QueueError(f"not in {where} (being delivered, or moved)")
 

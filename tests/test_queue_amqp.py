@@ -136,6 +136,9 @@ def test_a_message_put_or_moved_to_deliver_is_due_whatever_its_next_attempt(make
         msg_id = await queue.put(later, b"x", queue="deliver")
         [entry] = await queue.claim(5, time.time())  # no wait for the consumer to start
         assert (entry.id, entry.queue) == (msg_id, "deliver")
+        started = time.monotonic()
+        assert await queue.claim(5, time.time()) == []
+        assert time.monotonic() - started < 0.5  # an idle claim waits briefly
         await queue.close()
     asyncio.run(main())
 
