@@ -21,7 +21,7 @@ from vsl.server.queue_backend import QueueBackend, QueueError
 
 from .serve import local_config
 
-BROKER = "vsl.queue.broker"  # ctx.meta: the queue is on a broker (reads skip messages in flight)
+BROKER = "vsl.queue.broker"  # ctx.meta: on a broker (reads skip messages in flight)
 NOT_COUNTED = "(on the broker: messages being worked on are not counted)"
 NOT_LISTED = "vsl: on the broker, messages being worked on are not listed"
 LIST_LIMIT = 1000

@@ -11,12 +11,13 @@ Design (docs: design 16, section 3):
 - **A claim** is a delivery this process holds unacked: id -> :class:`Claim`. Consumers
   (prefetch ``prefetch``) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
   waiting briefly for deliveries when it is empty. A message whose delay ended comes back
-  through ``P.deliver`` with an ``x-death`` header: it is claimed as ``deferred``, as the
-  spool hands it out. Only the holder of a delivery tag can ack it, so "moved meanwhile"
-  holds by construction. An ``update`` of a claimed entry stays with the claim (AMQP
-  messages are immutable) and is published by its transition; addresses a remote
-  accepted go to the local delivery journal at once and are applied when this process
-  claims the message again or restarts.
+  through ``P.deliver`` with an ``x-death`` header: it is in ``deferred`` there (claimed,
+  listed, moved as such), as the spool keeps a due message in ``deferred``. Only the
+  holder of a delivery tag can ack it, so "moved meanwhile" holds by construction. An
+  ``update`` of a claimed entry stays with the claim (AMQP messages are immutable) and is
+  published by its transition; addresses a remote accepted go to the local delivery
+  journal at once and are applied when this process claims the message again or
+  restarts.
 - **The connection** is server/queue_amqp_link.py's: reconnected with back-off, while
   ``put`` and the rest raise QueueError. A claim made on a lost connection is void: the
   broker has requeued its message.
@@ -196,22 +197,26 @@ class AmqpQueue:
         except UnreadableEnvelope as err:
             await self._bury(message, physical, err.why)
             return None
-        if self._delayed(message):
-            entry.queue = "deferred"
-            if (entry.envelope.next_attempt or 0) > now:
-                await self._publish(entry.envelope, data, "deferred", entry.id)  # again
-                await message.ack()
-                return None
+        if entry.queue == "deferred" and (entry.envelope.next_attempt or 0) > now:
+            await self._publish(entry.envelope, data, "deferred", entry.id)  # wait again
+            await message.ack()
+            return None
         self._apply_kept(entry)
         self.claims[entry.id] = Claim(entry, message, entry.envelope.to_json(), data,
                                       self.link.generation)
         return entry
 
-    def _delayed(self, message) -> bool:
-        """Whether ``message`` came to ``deliver`` from a delay queue (dead-lettered)."""
+    def _logical(self, physical: str, message) -> str:
+        """The queue a message is in: its physical queue's, but ``deferred`` for one a
+        delay queue dead-lettered to ``deliver`` (due, as the spool's deferred messages
+        are until claimed)."""
+        queue = self.topology.logical(physical, message.headers or {})
         delays = self.topology.prefix + ".deferred."
-        return any(str(death.get("queue", "")).startswith(delays)
-                   for death in (message.headers or {}).get("x-death") or ())
+        deaths = (message.headers or {}).get("x-death") or ()
+        if queue == "deliver" and any(str(death.get("queue", "")).startswith(delays)
+                                      for death in deaths):
+            return "deferred"
+        return queue
 
     async def _bury(self, message, physical: str, why: str) -> None:
         """A message that is no queued vSL message: to dead, with why, then acked."""
@@ -327,8 +332,9 @@ class AmqpQueue:
     async def counts(self) -> dict[str, int]:
         """Ready messages per queue, by the names ``vsl queue`` shows (the spool's, in its
         order). Messages in flight (claimed by a worker or delivery) are not counted;
-        ``deferred`` sums its delay levels, and ``quarantine`` counts every quarantine
-        (one broker queue: telling them apart means reading them, as ``list`` does)."""
+        ``deferred`` sums its delay queues (a due message back in ``P.deliver`` counts in
+        ``deliver``), and ``quarantine`` counts every quarantine (one broker queue);
+        telling those apart means reading them, as ``list`` does."""
         counts: dict[str, int] = {}
         async with self.link.admin_channel() as channel:
             for queue in (*QUEUES, "quarantine"):
@@ -391,19 +397,20 @@ class AmqpQueue:
         async with contextlib.aclosing(self._held(channel, queue)) as held:
             async for physical, message in held:
                 if message.message_id == msg_id and (
-                        queue is None or
-                        self.topology.logical(physical, message.headers or {}) == queue):
+                        queue is None or self._logical(physical, message) == queue):
                     return physical, message
         where = queue or "any queue"
         raise QueueError(f"not in {where} (being delivered, or moved)")
 
     async def _held(self, channel, queue: str | None, limit: int | None = None):
-        """Each ready message of ``queue``'s physical queues (at most ``limit``), held
-        on ``channel``: closing it requeues them all."""
+        """Each ready message of ``queue``'s physical queues (``deferred``: its delay
+        queues and ``deliver``), at most ``limit``, held on ``channel``: closing it
+        requeues them all."""
         if queue is not None:
             check_queue(queue)
         count = 0
-        for physical in self.topology.physical(queue):
+        due = [self.topology.name("deliver")] if queue == "deferred" else []
+        for physical in self.topology.physical(queue) + due:
             declared = await channel.declare_queue(physical, passive=True)
             while limit is None or count < limit:
                 message = await declared.get(no_ack=False, fail=False)
@@ -415,7 +422,7 @@ class AmqpQueue:
     def _read(self, physical: str, message) -> tuple[Entry, bytes]:
         """The entry and bytes of a message read from ``physical`` (UnreadableEnvelope,
         with where it is, when it is no queued vSL message)."""
-        queue = self.topology.logical(physical, message.headers or {})
+        queue = self._logical(physical, message)
         try:
             return decode(message.body, message.headers or {}, message.message_id, queue)
         except Poison as why:

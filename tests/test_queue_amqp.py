@@ -389,3 +389,26 @@ def test_a_message_round_trips_through_its_amqp_form():
     assert fields["headers"] == {"x-vsl-format": 1, "x-vsl-quarantine": "virus"}
     entry, data = decode(fields["body"], fields["headers"], "id-1", "quarantine/virus")
     assert (entry.id, entry.envelope, data) == ("id-1", sent, b"line 1\nline 2\n")
+
+
+def test_a_due_deferred_message_not_yet_claimed_is_in_deferred(make_queue):
+    """Back in P.deliver from its delay queue, it is listed, found and moved as deferred
+    (as the spool keeps it there until claimed): `vsl queue retry` finds it either way."""
+    async def main():
+        queue = await opened(make_queue())
+        _, entry = await put_and_claim(queue)
+        await queue.defer(entry, time.time() + 1.0)  # level 0: 1 s
+        await queue.close()  # no consumer: it stays in P.deliver once due
+        queue = await opened(make_queue())
+        deadline = time.monotonic() + 5
+        while (await queue.counts())["deliver"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert [e.id for e in await queue.list("deferred")] == [entry.id]
+        assert await queue.list("deliver") == []
+        assert await queue.locate(entry.id) == "deferred"
+        await queue.move(entry.id, "deliver", "deferred")
+        assert await queue.locate(entry.id) == "deliver"
+        [again] = await queue.claim(5, time.time())
+        assert (again.id, again.queue) == (entry.id, "deliver")
+        await queue.close()
+    asyncio.run(main())
