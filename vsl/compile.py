@@ -313,11 +313,13 @@ class _Fn(FastPaths):
             obj, value = self.seq([t.obj, s.value])
             key = py_const(t.name)
             getter, setter = "_getprop", "_setprop"
-        if s.op != "=":
-            obj_t, key_t = self.tmp(), self.tmp()
-            self.emit([py_assign(obj_t, obj), py_assign(key_t, key)], s.pos)
-            obj, key = py_name(obj_t), py_name(key_t)
-            value = self.binary(s.op, py_call(getter, obj, key), value)
+        if s.op == "=":
+            self.emit(self.set_item(obj, key, value, setter), s.pos)
+            return
+        obj_t, key_t = self.tmp(), self.tmp()
+        self.emit([py_assign(obj_t, obj), py_assign(key_t, key)], s.pos)
+        obj, key = py_name(obj_t), py_name(key_t)
+        value = self.binary(s.op, py_call(getter, obj, key), value)
         self.emit(py.Expr(py_call(setter, obj, key, value)), s.pos)
 
     def s_Return(self, s: A.Return) -> None:

@@ -50,6 +50,7 @@ from .syntax import line_of
 _INF = float("inf")
 _UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int arithmetic
 _STATE: ContextVar = ContextVar("vsl_exec_state")
+_NO_ARG = object()  # Script.call() without arguments
 _UNDEF = values.Undefined()  # a constant's global before the top level sets it
 IO_RESERVE = 0.2  # the part of max_time kept after network waits end (see IO_DEADLINE)
 # In a script worker thread: ``host``, the server's event loop; ``loop``, the thread's own.
@@ -263,6 +264,9 @@ class Script:
         # budget (see ModuleCompiler.entry): they run without Engine.run
         self._entries = {key: env[entry_fn_name(*key)] for key in self.functions
                          if entry_fn_name(*key) in env}
+        # ... those of one argument by name: the host's usual call (a stage's), looked up
+        # without building a key
+        self._unary = {name: fn for (name, arity), fn in self._entries.items() if arity == 1}
         # Functions that cannot run long (see ModuleCompiler.quick): call_off_loop runs
         # them on the event loop. A closure can loop: no function of such a script is.
         self.quick = frozenset() if self.uses_closures else quick
@@ -281,14 +285,17 @@ class Script:
             raise VslError(f"{self.file}: no function '{name}' with {arity} parameter(s)")
         return fn
 
-    def call(self, name: str, *args):
+    def call(self, name: str, arg=_NO_ARG, *more):
         """Run a script function to completion (from synchronous code): ``call(name, *args)``.
 
         A plain function runs its compiled entry point (see ModuleCompiler.entry)."""
+        if not more and arg is not _NO_ARG:  # the host's usual call: no key, no tuple
+            fn = self._unary.get(name)
+            if fn is not None:
+                return fn(arg)
+        args = _args(arg, more)
         fn = self._entries.get((name, len(args)))
-        if fn is not None:
-            return fn(*args)
-        return self._call(name, args)
+        return fn(*args) if fn is not None else self._call(name, args)
 
     def function(self, name: str, arity: int = 1):
         """The script function ``name`` with ``arity`` parameters as a Python callable of
@@ -331,14 +338,17 @@ class Script:
         finally:
             _worker.host = None
 
-    async def call_async(self, name: str, *args):
+    async def call_async(self, name: str, arg=_NO_ARG, *more):
         """Run a script function inside an event loop (natives may wait on I/O):
-        ``await call_async(name, *args)``."""
-        fn = self._entries.get((name, len(args)))
-        if fn is not None:
-            # a plain function runs without suspending: its budget is back in the pool
-            # before any other task runs
-            return fn(*args)
+        ``await call_async(name, *args)``. A plain function runs without suspending: its
+        budget is back in the pool before any other task runs."""
+        if not more and arg is not _NO_ARG:  # as in call()
+            fn = self._unary.get(name)
+            if fn is not None:
+                return fn(arg)
+        args = _args(arg, more)
+        if (name, len(args)) in self._entries:
+            return self.call(name, *args)
         return await self.engine.run_async(self._fn(name, len(args)), args,
                                            (name, len(args)) in self.async_functions,
                                            self.uses_closures)
@@ -373,6 +383,11 @@ def _budgets(State: type[ExecState]):
         return st
 
     return take, give, fresh
+
+
+def _args(arg, more: tuple) -> tuple:
+    """The arguments of ``call(name, arg, *more)`` as one tuple."""
+    return () if arg is _NO_ARG else (arg, *more)
 
 
 async def _within_deadline(coro, state: ExecState):
@@ -601,6 +616,7 @@ class Engine:
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
             "tuple": tuple, "_FMAP": values.FrozenMap,
             "_FMT": frozenset({str, int}), "_too_long": ops.too_large,
+            "_MAX_MAP": ops.max_map,
         }
         for (ns, name), native in natives.items():
             env[native_name(ns, name)] = _native_entry(native)

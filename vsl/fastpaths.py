@@ -32,10 +32,11 @@ import copy
 
 from . import ast as A
 from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
-from .pynodes import py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
+from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
 
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+_I64_TEXT = len(str(I64_MIN))  # the longest text of an i64
 _FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
 _PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
 
@@ -64,11 +65,14 @@ _INLINE_METHODS = {
     ("to_lower", 0): ("str", None, _py_method("lower")),
     ("to_upper", 0): ("str", None, _py_method("upper")),
     ("trim", 0): ("str", None, _py_method("strip")),
+    ("split", 0): ("str", None, _py_method("split")),
+    ("split", 1): ("str", "str", _py_method("split")),
 }
 
 
 _BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
 _SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
+_UNCHARGED_BELOW = 64  # a string method's receiver from this size is charged (methods._call)
 
 
 def _every(tests: list[py.expr]) -> py.expr:
@@ -119,10 +123,17 @@ class FastPaths:
         """An f-string when every interpolated value is an int (whose f-string text is the
         script's) or a string of at most its share of max_string_size, so the text never
         grows far past the limit before it is checked; else the ``_tpl`` helper, which
-        checks the size before it builds the text and stops printing at the limit."""
+        checks the size before it builds the text and stops printing at the limit. Where
+        the shares, after the literal text, leave room for an i64's text, the f-string
+        cannot pass the limit: an i64 and a string within its share need no later check."""
         parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
         text_only = [isinstance(p, A.Literal) and type(p.value) is str for p in parts]
-        share = self.mc.max_string // max(text_only.count(False), 1)
+        count = max(text_only.count(False), 1)
+        literal = sum(len(p.value) for p, text in zip(parts, text_only) if text)
+        share = (self.mc.max_string - literal) // count
+        bounded = share >= _I64_TEXT
+        if not bounded:
+            share = self.mc.max_string // count
         values, tests, args = [], [], []
         for part, value, text in zip(parts, self.seq(parts), text_only):
             if text:
@@ -130,7 +141,7 @@ class FastPaths:
                 args.append(py_const(part.value))
                 continue
             w = self.mc.tmp("_w")
-            tests.append(self.formattable(w, value, share))
+            tests.append(self.formattable(w, value, share, bounded))
             values.append(py.FormattedValue(py_name(w), -1, None))
             args.append(py_name(w))
         if not tests:  # only literal text: too long is still a run-time error
@@ -139,7 +150,7 @@ class FastPaths:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
         joined: py.expr = py.JoinedStr(values)
-        if self.mc.max_string:
+        if self.mc.max_string and not bounded:
             r = self.mc.tmp("_w")
             size = py_call("_len", py_walrus(r, joined))
             joined = py.IfExp(py.Compare(size, [py.LtE()], [py_const(self.mc.max_string)]),
@@ -149,17 +160,22 @@ class FastPaths:
         budget = self.budget() if self.mc.max_string else self.walks()
         return py.IfExp(_every(tests), joined, py_call("_tpl", budget, *args))
 
-    def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
-        """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
-        at most ``share`` characters (any string when there is no size limit)."""
+    def formattable(self, w: str, value: py.expr, share: int, bounded: bool) -> py.expr:
+        """Whether ``value`` (kept in ``w``) goes into the f-string: a string of at most
+        ``share`` characters (any string when there is no size limit) or an int (an i64
+        when ``bounded``: a host's larger int has a longer text)."""
         cls = py.Attribute(py_walrus(w, value), "__class__", py.Load())
         if not share:
             return py.Compare(cls, [py.In()], [py_name("_FMT")])
         c = self.mc.tmp("_c")
         small = py.Compare(py_call("_len", py_name(w)), [py.LtE()], [py_const(share)])
+        number = py.Compare(py_name(c), [py.Is()], [py_name("int")])
+        if bounded:
+            number = py.BoolOp(py.And(), [number, py.Compare(
+                py_const(I64_MIN), [py.LtE(), py.LtE()], [py_name(w), py_const(I64_MAX)])])
         return py.BoolOp(py.Or(), [
-            py.Compare(py_walrus(c, cls), [py.Is()], [py_name("int")]),
-            py.BoolOp(py.And(), [py.Compare(py_name(c), [py.Is()], [py_name("str")]), small])])
+            py.BoolOp(py.And(), [py.Compare(py_walrus(c, cls), [py.Is()], [py_name("str")]),
+                                 small]), number])
 
     def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
@@ -337,6 +353,8 @@ class FastPaths:
             return self.map_get(self.expr(e.obj), e.index.value, "_idx",
                                 isinstance(e.obj, A.NsVar))
         obj, index = self.seq([e.obj, e.index])
+        if self.known_int(e.index):
+            return self.int_index(obj, index, isinstance(e.obj, A.NsVar))
         o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
         # a map and a string key: get(); an array and an int in range: [i]
         frozen = isinstance(e.obj, A.NsVar)
@@ -353,13 +371,35 @@ class FastPaths:
         return py.IfExp(in_map, get,
                         py.IfExp(in_seq, item, py_call("_idx", py_name(o), py_name(i))))
 
+    def int_index(self, obj: py.expr, index: py.expr, frozen: bool) -> py.expr:
+        """``arr[i]`` of an index known to be an int: ``o[i]`` for an array and ``0 <= i <
+        len``, else the helper (a negative index, a map, an error). The array's test goes
+        first, then the index is evaluated (``&``: whatever the test gave)."""
+        if isinstance(index, py.Constant) and index.value < 0:
+            return py_call("_idx", obj, index)
+        o = self.mc.tmp("_w")
+        is_seq = self.class_in(py_walrus(o, obj), ["tuple"] if frozen else ["list", "tuple"])
+        size = py_call("_len", py_name(o))
+        i, first = self.named(index)
+        if isinstance(first, py.Constant):  # (not negative)
+            test = py.BoolOp(py.And(), [is_seq, py.Compare(i, [py.Lt()], [size])])
+        elif isinstance(first, py.Name):
+            test = py.BoolOp(py.And(), [is_seq, py.Compare(py_const(0), [py.LtE(), py.Lt()],
+                                                           [i, size])])
+        else:
+            evaluated = py.BinOp(is_seq, py.BitAnd(),
+                                 py.Compare(py_const(0), [py.LtE()], [first]))
+            test = py.BoolOp(py.And(), [evaluated, py.Compare(i, [py.Lt()], [size])])
+        item = py.Subscript(py_name(o), i, py.Load())
+        return py.IfExp(test, item, py_call("_idx", py_name(o), i))
+
     def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
         """A few hot methods run inline when the receiver (and argument) have the expected
         Python type; the generic dispatch handles everything else, errors included."""
         if name == "push" and len(args) == 1:
             return self.inline_push(obj, args[0])
         shape = _INLINE_METHODS.get((name, len(args)))
-        if shape is None:
+        if shape is None or (name == "split" and not self.splits_inline(args)):
             return None
         receiver_type, arg_type, make = shape
         w = self.mc.tmp("_w")
@@ -375,17 +415,31 @@ class FastPaths:
             names.append(py_name(a))
             tests.append(py_is_type(py_walrus(a, arg), arg_type))
         test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
-        if name in _SIZE_CHECKED:
-            if not self.mc.max_string:
-                pass
-            else:  # lower()/upper() may grow a string up to 3x
-                test = py.BoolOp(py.And(), [test, py.Compare(
-                    py_call("_len", py_name(w)), [py.LtE()], [py_const(self.mc.max_string // 3)])])
+        size = self.size_guard(name, py_name(w))
+        if size is not None:
+            test = py.BoolOp(py.And(), [test, size])
         slow = py_call("_meth", self.method_budget(name), py_name(w), py_const(name),
                      py.Tuple(names, py.Load()))
         node = py.IfExp(test, make(py_name(w), *names), slow)
         node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
         return node
+
+    def splits_inline(self, args: list[py.expr]) -> bool:
+        """Whether ``s.split(...)`` may run inline: on whitespace or a literal separator
+        (not empty: the helper splits that into characters), where the parts of a string
+        below the charged size (at most one more than its length) fit max_array_size."""
+        literal = not args or (isinstance(args[0], py.Constant) and args[0].value)
+        return bool(literal) and self.mc.max_array > _UNCHARGED_BELOW
+
+    def size_guard(self, name: str, w: py.Name) -> py.expr | None:
+        """The bound on the receiver of an inlined method, if it has one: to_lower() and
+        to_upper() may grow a string up to 3x; split() is charged from 64 characters."""
+        if name in _SIZE_CHECKED and self.mc.max_string:
+            return py.Compare(py_call("_len", w), [py.LtE()],
+                              [py_const(self.mc.max_string // 3)])
+        if name == "split":
+            return py.Compare(py_call("_len", w), [py.Lt()], [py_const(_UNCHARGED_BELOW)])
+        return None
 
     def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
         """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
@@ -397,6 +451,31 @@ class FastPaths:
         slow = py_call("_meth", self.budget(), py_name(w), py_const("push"),
                      py.Tuple([copy.deepcopy(arg)], py.Load()))
         return py.IfExp(test, fast, slow)
+
+    def set_item(self, obj: py.expr, key: py.expr, value: py.expr, helper: str) -> list[py.stmt]:
+        """``m[k] = v`` (or ``m.k = v``): the three values evaluated in order (a script
+        variable read before ``v`` is kept in a temporary), then
+        ``m[k] = v`` for a mutable map, a string key and a map below max_map_size or
+        already holding the key; the helper (``_setidx``, ``_setprop``) does the rest."""
+        spilled, names = [], []
+        plain = isinstance(value, (py.Constant, py.Name))  # reading it changes nothing
+        for part in (obj, key, value):
+            if isinstance(part, py.Constant) or isinstance(part, py.Name) and (
+                    plain or part.id.startswith("_")):  # (a temporary: never reassigned)
+                names.append(part)
+                continue
+            w = self.mc.tmp("_w")
+            spilled.append(py_assign(w, part))
+            names.append(py_name(w))
+        o, k, v = names
+        fits = py.BoolOp(py.Or(), [py.Compare(k, [py.In()], [o]), py.Compare(
+            py_call("_len", o), [py.Lt()], [py_name("_MAX_MAP")])])
+        tests = [py_is_type(o, "dict")]
+        if not (isinstance(k, py.Constant) and type(k.value) is str):
+            tests.append(py_is_type(k, "str"))
+        store = py.Assign([py.Subscript(o, k, py.Store())], v)
+        test = py.BoolOp(py.And(), [*tests, fits])
+        return [*spilled, py.If(test, [store], [py.Expr(py_call(helper, o, k, v))])]
 
     def constant_map_default(self, e: A.Binary) -> py.expr | None:
         """``global::MAP[k] ?? 5`` of a constant_map() without None values: one get()."""
