@@ -135,15 +135,19 @@ class FastPaths:
         if not bounded:
             share = self.mc.max_string // count
         values, tests, args = [], [], []
-        for part, value, text in zip(parts, self.seq(parts), text_only):
+        compiled = self.seq(parts)
+        # parts that are all variables are read where used, their tests joined by ``and``;
+        # any other part is kept in a temporary as its test evaluates it (``&``: in order)
+        names = all(isinstance(v, py.Name) for v, text in zip(compiled, text_only) if not text)
+        for part, value, text in zip(parts, compiled, text_only):
             if text:
                 values.append(py_const(part.value))
                 args.append(py_const(part.value))
                 continue
-            w = self.mc.tmp("_w")
-            tests.append(self.formattable(w, value, share, bounded))
-            values.append(py.FormattedValue(py_name(w), -1, None))
-            args.append(py_name(w))
+            ref, first = (value, value) if names else self.kept(value)
+            tests.append(self.formattable(ref, first, share, bounded))
+            values.append(py.FormattedValue(ref, -1, None))
+            args.append(ref)
         if not tests:  # only literal text: too long is still a run-time error
             text = "".join(v.value for v in values)
             if self.mc.max_string and len(text) > self.mc.max_string:
@@ -158,21 +162,28 @@ class FastPaths:
         # its text, and so its work, is bounded by max_string_size (printing stops there):
         # a template alone never sends a function off the event loop
         budget = self.budget() if self.mc.max_string else self.walks()
-        return py.IfExp(_every(tests), joined, py_call("_tpl", budget, *args))
+        test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
+        return py.IfExp(test, joined, py_call("_tpl", budget, *args))
 
-    def formattable(self, w: str, value: py.expr, share: int, bounded: bool) -> py.expr:
-        """Whether ``value`` (kept in ``w``) goes into the f-string: a string of at most
-        ``share`` characters (any string when there is no size limit) or an int (an i64
-        when ``bounded``: a host's larger int has a longer text)."""
-        cls = py.Attribute(py_walrus(w, value), "__class__", py.Load())
+    def kept(self, value: py.expr) -> tuple[py.Name, py.NamedExpr]:
+        """(a new temporary, the expression evaluating ``value`` into it)."""
+        w = self.mc.tmp("_w")
+        return py_name(w), py_walrus(w, value)
+
+    def formattable(self, ref: py.expr, first: py.expr, share: int, bounded: bool) -> py.expr:
+        """Whether a value (evaluated by ``first``, then read as ``ref``) goes into the
+        f-string: a string of at most ``share`` characters (any string when there is no
+        size limit) or an int (an i64 when ``bounded``: a host's larger int has a longer
+        text)."""
+        cls = py.Attribute(first, "__class__", py.Load())
         if not share:
             return py.Compare(cls, [py.In()], [py_name("_FMT")])
         c = self.mc.tmp("_c")
-        small = py.Compare(py_call("_len", py_name(w)), [py.LtE()], [py_const(share)])
+        small = py.Compare(py_call("_len", ref), [py.LtE()], [py_const(share)])
         number = py.Compare(py_name(c), [py.Is()], [py_name("int")])
         if bounded:
             number = py.BoolOp(py.And(), [number, py.Compare(
-                py_const(I64_MIN), [py.LtE(), py.LtE()], [py_name(w), py_const(I64_MAX)])])
+                py_const(I64_MIN), [py.LtE(), py.LtE()], [ref, py_const(I64_MAX)])])
         return py.BoolOp(py.Or(), [
             py.BoolOp(py.And(), [py.Compare(py_walrus(c, cls), [py.Is()], [py_name("str")]),
                                  small]), number])
