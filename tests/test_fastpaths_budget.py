@@ -73,7 +73,7 @@ def without_fast_paths(monkeypatch):
     def general():
         monkeypatch.setattr(fastpaths, "_INLINE_METHODS", {})
         monkeypatch.setattr(FastPaths, "int_index",
-                            lambda self, obj, index, frozen: py_call("_idx", obj, index))
+                            lambda self, obj, index, *facts: py_call("_idx", obj, index))
         monkeypatch.setattr(FastPaths, "set_item", lambda self, obj, key, value, helper: [
             py.Expr(py_call(helper, obj, key, value))])
     return general

@@ -365,10 +365,13 @@ class _Fn(FastPaths):
         else:
             source = py_call("_iter", self.expr(it))
         var = self.names(s, "var")
+        if isinstance(it, A.Binary) and it.op in ("..", "..=") and self.nonneg(it.left):
+            self.mc.note_nonneg(var)
         if s.index_var is None:
             target: py.expr = py_name(var, store=True)
         else:
             source = py_call("_enumerate", source)
+            self.mc.note_nonneg(self.names(s, "index"))
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
         self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
@@ -660,6 +663,7 @@ class ModuleCompiler:
         self.fixed_params: set[str] = set()  # of the function being compiled
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
+        self.nonneg_vars: set[str] = set()  # ints never below 0 (see note_nonneg)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
         self.quick: set[tuple[str, int]] = set()
@@ -673,6 +677,12 @@ class ModuleCompiler:
         if flag is None:
             flag = self.param_flags[(value.id, kind)] = self.tmp("_k")
         return py_name(flag)
+
+    def note_nonneg(self, var: str) -> None:
+        """Loop variable ``var`` takes only ints >= 0 (the items of a range starting at 0 or
+        more, an index): so does every read of it if nothing else assigns it."""
+        if len(self.res.sources.get(var, ())) == 1:
+            self.nonneg_vars.add(var)
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"

@@ -229,6 +229,16 @@ class FastPaths:
         tests += [py.Compare(py_name(c), [py.Is()], [py_name(k)]) for k in kinds[1:]]
         return py.BoolOp(py.Or(), tests)
 
+    def nonneg(self, e) -> bool:
+        """Whether ``e`` is an int >= 0 whenever it evaluates: a literal, a loop variable
+        (ModuleCompiler.note_nonneg), or such an int ``/`` or ``%`` a positive literal."""
+        if isinstance(e, A.Literal):
+            return type(e.value) is int and e.value >= 0
+        if isinstance(e, A.Var):
+            return self.mc.res.names[(id(e), "ref")] in self.mc.nonneg_vars
+        return isinstance(e, A.Binary) and e.op in ("/", "%") and _int_literal(e.right) and \
+            e.right.value > 0 and self.nonneg(e.left)
+
     def known_int(self, e) -> bool:
         res = self.mc.res
         return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
@@ -240,6 +250,8 @@ class FastPaths:
                                      _literal_of(e.left, (str,))):
             # Python's == with a string is the script's for any value (NativeObject.__eq__)
             return py.Compare(left, [_PY_CMP[e.op]()], [right])
+        if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
+            return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
             return self.fast_int_arith(e.op, left, e.right.value, left_int)
         if e.op in _PY_CMP or e.op in ("+", "-"):
@@ -365,7 +377,7 @@ class FastPaths:
                                 isinstance(e.obj, A.NsVar))
         obj, index = self.seq([e.obj, e.index])
         if self.known_int(e.index):
-            return self.int_index(obj, index, isinstance(e.obj, A.NsVar))
+            return self.int_index(obj, index, isinstance(e.obj, A.NsVar), self.nonneg(e.index))
         o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
         # a map and a string key: get(); an array and an int in range: [i]
         frozen = isinstance(e.obj, A.NsVar)
@@ -382,10 +394,11 @@ class FastPaths:
         return py.IfExp(in_map, get,
                         py.IfExp(in_seq, item, py_call("_idx", py_name(o), py_name(i))))
 
-    def int_index(self, obj: py.expr, index: py.expr, frozen: bool) -> py.expr:
+    def int_index(self, obj: py.expr, index: py.expr, frozen: bool, nonneg: bool) -> py.expr:
         """``arr[i]`` of an index known to be an int: ``o[i]`` for an array and ``0 <= i <
-        len``, else the helper (a negative index, a map, an error). The array's test goes
-        first, then the index is evaluated (``&``: whatever the test gave)."""
+        len`` (``i < len`` when ``nonneg``), else the helper (a negative index, a map, an
+        error). The array's test goes first, then the index is evaluated (``&``: whatever
+        the test gave)."""
         if isinstance(index, py.Constant) and index.value < 0:
             return py_call("_idx", obj, index)
         o = self.mc.tmp("_w")
@@ -395,8 +408,9 @@ class FastPaths:
         if isinstance(first, py.Constant):  # (not negative)
             test = py.BoolOp(py.And(), [is_seq, py.Compare(i, [py.Lt()], [size])])
         elif isinstance(first, py.Name):
-            test = py.BoolOp(py.And(), [is_seq, py.Compare(py_const(0), [py.LtE(), py.Lt()],
-                                                           [i, size])])
+            below = py.Compare(i, [py.Lt()], [size]) if nonneg else \
+                py.Compare(py_const(0), [py.LtE(), py.Lt()], [i, size])
+            test = py.BoolOp(py.And(), [is_seq, below])
         else:
             evaluated = py.BinOp(is_seq, py.BitAnd(),
                                  py.Compare(py_const(0), [py.LtE()], [first]))
