@@ -121,3 +121,15 @@ def test_errors_of_an_entry_point_of_four_arguments_keep_their_positions():
         assert (info.value.pos.file, info.value.pos.line, info.value.pos.col) == \
             ("policy.vsl", 3, 25)
         assert [frame.function for frame in info.value.stack] == ["check"]
+
+
+def test_a_hosts_int_beyond_i64_in_a_template_is_held_to_the_size_limit():
+    """A template without a check of the whole text lets in only i64s, whose text fits the
+    room left; a host's larger int goes to the helper, which checks the size."""
+    source = "fn t(x) { `${x}:${x.len()}` }\nfn u(x) { `<${x}>` }\n"
+    script = new_engine(Limits(max_string_size=45)).load_source(source, "t.vsl")
+    assert script.call("t", "abc") == "abc:3"
+    assert script.call("u", 2 ** 63 - 1) == f"<{2 ** 63 - 1}>"
+    assert script.call("u", 10 ** 42) == f"<{10 ** 42}>"  # 45 characters
+    with pytest.raises(LimitError, match="string too large"):
+        script.call("u", 10 ** 43)

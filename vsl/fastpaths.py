@@ -145,7 +145,7 @@ class FastPaths:
                 args.append(py_const(part.value))
                 continue
             ref, first = (value, value) if names else self.kept(value)
-            tests.append(self.formattable(ref, first, share, bounded))
+            tests.append(self.formattable(ref, first, share, bounded, self.likely_int(part)))
             values.append(py.FormattedValue(ref, -1, None))
             args.append(ref)
         if not tests:  # only literal text: too long is still a run-time error
@@ -170,23 +170,30 @@ class FastPaths:
         w = self.mc.tmp("_w")
         return py_name(w), py_walrus(w, value)
 
-    def formattable(self, ref: py.expr, first: py.expr, share: int, bounded: bool) -> py.expr:
+    def likely_int(self, e) -> bool:
+        """Whether a template part is an int, or most likely one (a size): tested first."""
+        return self.known_int(e) or (isinstance(e, A.MethodCall) and e.name == "len")
+
+    def formattable(self, ref: py.expr, first: py.expr, share: int, bounded: bool,
+                    int_first: bool) -> py.expr:
         """Whether a value (evaluated by ``first``, then read as ``ref``) goes into the
         f-string: a string of at most ``share`` characters (any string when there is no
         size limit) or an int (an i64 when ``bounded``: a host's larger int has a longer
-        text)."""
+        text); ``int_first``: the int test goes first."""
         cls = py.Attribute(first, "__class__", py.Load())
         if not share:
             return py.Compare(cls, [py.In()], [py_name("_FMT")])
         c = self.mc.tmp("_c")
-        small = py.Compare(py_call("_len", ref), [py.LtE()], [py_const(share)])
-        number = py.Compare(py_name(c), [py.Is()], [py_name("int")])
-        if bounded:
-            number = py.BoolOp(py.And(), [number, py.Compare(
-                py_const(I64_MIN), [py.LtE(), py.LtE()], [ref, py_const(I64_MAX)])])
-        return py.BoolOp(py.Or(), [
-            py.BoolOp(py.And(), [py.Compare(py_walrus(c, cls), [py.Is()], [py_name("str")]),
-                                 small]), number])
+        more = {"str": [py.Compare(py_call("_len", ref), [py.LtE()], [py_const(share)])],
+                "int": [py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
+                                   [ref, py_const(I64_MAX)])] if bounded else []}
+
+        def kind_test(kind: str, cls_: py.expr) -> py.expr:
+            test = py.Compare(cls_, [py.Is()], [py_name(kind)])
+            return py.BoolOp(py.And(), [test, *more[kind]]) if more[kind] else test
+        first_kind, then_kind = ("int", "str") if int_first else ("str", "int")
+        return py.BoolOp(py.Or(), [kind_test(first_kind, py_walrus(c, cls)),
+                                   kind_test(then_kind, py_name(c))])
 
     def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
