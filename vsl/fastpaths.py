@@ -4,8 +4,9 @@ A script operator or method compiles to a call of its checked helper in
 :mod:`vsl.ops` (or the method dispatch): correct for every value, but a call.
 For the cases policy code hits most (int arithmetic and comparison, a string
 compared with a literal, ``x in LIST``, ``ctx.field``, ``map["key"]``,
-``arr[i]``, templates, a few string and array methods) the compiler emits
-instead ``fast if <type tests> else helper(...)``:
+``arr[i]``, ``map[k] = v``, templates, a few string and array methods, among
+them ``split`` of a short string) the compiler emits instead ``fast if <type
+tests> else helper(...)``:
 
 - The rule: every fast path equals its helper. For every value that passes the
   tests, the fast expression gives the helper's result, cannot raise, and does
@@ -17,7 +18,8 @@ instead ``fast if <type tests> else helper(...)``:
 - Tests are ``x.__class__ is int`` (never isinstance: a bool is not an int, a
   subclass is not its base) and bounds such as ``I64_MIN <= r <= I64_MAX``.
   A fact the resolver proved (an int variable, a literal constant map, a
-  parameter never assigned) drops a test or moves it to the function's start.
+  parameter never assigned) drops a test or moves it to the function's start;
+  so does one the compiler sees (a loop variable of a range from 0 is >= 0).
 - Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
   engine puts in the module's globals; nothing here is reachable from script text.
 
