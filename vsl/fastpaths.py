@@ -130,12 +130,7 @@ class FastPaths:
         cannot pass the limit: an i64 and a string within its share need no later check."""
         parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
         text_only = [isinstance(p, A.Literal) and type(p.value) is str for p in parts]
-        count = max(text_only.count(False), 1)
-        literal = sum(len(p.value) for p, text in zip(parts, text_only) if text)
-        share = (self.mc.max_string - literal) // count
-        bounded = share >= _I64_TEXT
-        if not bounded:
-            share = self.mc.max_string // count
+        share, bounded = self.share(parts, text_only)
         values, tests, args = [], [], []
         compiled = self.seq(parts)
         # parts that are all variables are read where used, their tests joined by ``and``;
@@ -166,6 +161,17 @@ class FastPaths:
         budget = self.budget() if self.mc.max_string else self.walks()
         test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
         return py.IfExp(test, joined, py_call("_tpl", budget, *args))
+
+    def share(self, parts: list, text_only: list[bool]) -> tuple[int, bool]:
+        """(the characters each interpolated value may have in the f-string, whether the
+        text is then bounded by max_string_size: whether the shares of the room the literal
+        text leaves hold an i64's text)."""
+        count = max(text_only.count(False), 1)
+        literal = sum(len(p.value) for p, text in zip(parts, text_only) if text)
+        share = (self.mc.max_string - literal) // count
+        if share >= _I64_TEXT:
+            return share, True
+        return self.mc.max_string // count, False
 
     def kept(self, value: py.expr) -> tuple[py.Name, py.NamedExpr]:
         """(a new temporary, the expression evaluating ``value`` into it)."""
