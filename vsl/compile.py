@@ -403,13 +403,19 @@ class _Fn(FastPaths):
             value = self.expr(e)
             if len(self.out) > mark:
                 for i, prev in enumerate(results):
-                    if not isinstance(prev, py.Constant):
+                    if not self.unchanging(prev):
                         name = self.tmp()
                         self.out.insert(mark, located(py_assign(name, prev), e.pos))
                         mark += 1
                         results[i] = py_name(name)
             results.append(value)
         return results
+
+    def unchanging(self, value: py.expr) -> bool:
+        """Whether ``value`` reads the same after any statement: a constant, or a parameter
+        never assigned."""
+        return isinstance(value, py.Constant) or \
+            isinstance(value, py.Name) and value.id in self.mc.fixed_params
 
     def condition(self, e) -> py.expr:
         value = self.expr(e)

@@ -25,7 +25,7 @@ tests> else helper(...)``:
 
 ``FastPaths`` is a mix-in of the compiler's function body translator
 (``compile._Fn``), which supplies ``mc`` (the ModuleCompiler), ``expr``,
-``seq``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
+``seq``, ``unchanging``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
 """
 from __future__ import annotations
 
@@ -393,21 +393,26 @@ class FastPaths:
         obj, index = self.seq([e.obj, e.index])
         if self.known_int(e.index):
             return self.int_index(obj, index, isinstance(e.obj, A.NsVar), self.nonneg(e.index))
-        o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
+        i = self.mc.tmp("_w")
         # a map and a string key: get(); an array and an int in range: [i]
         frozen = isinstance(e.obj, A.NsVar)
-        in_map = py.BinOp(py_is_type(py_walrus(o, obj), "_FMAP" if frozen else "dict"),
-                          py.BitAnd(), py_is_type(py_walrus(i, index), "str"))
-        size = py_call("_len", py_name(o))
+        flag = None if frozen else self.mc.param_flag(obj, "dict")
+        if flag is not None:  # a parameter never assigned, tested when the function starts
+            o = obj
+            is_map = flag
+        else:
+            o, first = self.kept(obj)
+            is_map = py_is_type(first, "_FMAP" if frozen else "dict")
+        in_map = py.BinOp(is_map, py.BitAnd(), py_is_type(py_walrus(i, index), "str"))
+        size = py_call("_len", o)
         in_seq = py.BoolOp(py.And(), [
-            self.class_in(py_name(o), ["tuple"] if frozen else ["list", "tuple"]),
+            self.class_in(o, ["tuple"] if frozen else ["list", "tuple"]),
             py_is_type(py_name(i), "int"),
             py.Compare(py.UnaryOp(py.USub(), size), [py.LtE(), py.Lt()],
                        [py_name(i), copy.deepcopy(size)])])
-        get = py_dict_get(py_name(o), py_name(i))
-        item = py.Subscript(py_name(o), py_name(i), py.Load())
-        return py.IfExp(in_map, get,
-                        py.IfExp(in_seq, item, py_call("_idx", py_name(o), py_name(i))))
+        get = py_dict_get(o, py_name(i))
+        item = py.Subscript(o, py_name(i), py.Load())
+        return py.IfExp(in_map, get, py.IfExp(in_seq, item, py_call("_idx", o, py_name(i))))
 
     def int_index(self, obj: py.expr, index: py.expr, frozen: bool, nonneg: bool) -> py.expr:
         """``arr[i]`` of an index known to be an int: ``o[i]`` for an array and ``0 <= i <
@@ -500,7 +505,7 @@ class FastPaths:
         spilled, names = [], []
         plain = isinstance(value, (py.Constant, py.Name))  # reading it changes nothing
         for part in (obj, key, value):
-            if isinstance(part, py.Constant) or isinstance(part, py.Name) and (
+            if self.unchanging(part) or isinstance(part, py.Name) and (
                     plain or part.id.startswith("_")):  # (a temporary: never reassigned)
                 names.append(part)
                 continue
@@ -510,7 +515,7 @@ class FastPaths:
         o, k, v = names
         fits = py.BoolOp(py.Or(), [py.Compare(k, [py.In()], [o]), py.Compare(
             py_call("_len", o), [py.Lt()], [py_name("_MAX_MAP")])])
-        tests = [py_is_type(o, "dict")]
+        tests = [self.mc.param_flag(o, "dict") or py_is_type(o, "dict")]
         if not (isinstance(k, py.Constant) and type(k.value) is str):
             tests.append(py_is_type(k, "str"))
         store = py.Assign([py.Subscript(o, k, py.Store())], v)
