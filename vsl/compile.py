@@ -287,6 +287,7 @@ class _Fn(FastPaths):
         target = self.names(s, "name")
         value = self.expr(s.value) if s.value is not None else py_const(None)
         if s.const:  # freezing walks the value (a literal is frozen as it is)
+            self.mc.frozen_vars.add(target)
             budget = self.budget() if isinstance(value, py.Constant) else self.walks()
             value = py_call("_freeze", value, budget)
         self.emit(py_assign(target, value), s.pos)
@@ -412,10 +413,11 @@ class _Fn(FastPaths):
         return results
 
     def unchanging(self, value: py.expr) -> bool:
-        """Whether ``value`` reads the same after any statement: a constant, or a parameter
-        never assigned."""
+        """Whether ``value`` reads the same after any statement of the expression it is in:
+        a constant, or a variable bound once and never assigned (its let, parameter or
+        loop runs again only in another statement)."""
         return isinstance(value, py.Constant) or \
-            isinstance(value, py.Name) and value.id in self.mc.fixed_params
+            isinstance(value, py.Name) and len(self.mc.res.sources.get(value.id, ())) == 1
 
     def condition(self, e) -> py.expr:
         value = self.expr(e)
@@ -670,6 +672,7 @@ class ModuleCompiler:
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
         self.nonneg_vars: set[str] = set()  # ints never below 0 (see note_nonneg)
+        self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
         self.quick: set[tuple[str, int]] = set()

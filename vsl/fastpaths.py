@@ -358,7 +358,10 @@ class FastPaths:
     def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
         """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
         else the checked helper. A parameter that is never assigned is tested once, when
-        the function starts (``_k0 = v_ctx.__class__ is dict``)."""
+        the function starts (``_k0 = v_ctx.__class__ is dict``); a variable only ever
+        given a map literal is not tested."""
+        if self.literal_container(obj, A.MapLit):
+            return py_dict_get(obj, py_const(key))
         flag = self.mc.param_flag(obj, "dict")
         if flag is not None:
             get = py_dict_get(py_name(obj.id), py_const(key))
@@ -394,6 +397,9 @@ class FastPaths:
         if self.known_int(e.index):
             return self.int_index(obj, index, isinstance(e.obj, A.NsVar), self.nonneg(e.index))
         i = self.mc.tmp("_w")
+        if self.literal_container(obj, A.MapLit):
+            return py.IfExp(py_is_type(py_walrus(i, index), "str"), py_dict_get(obj, py_name(i)),
+                            py_call("_idx", obj, py_name(i)))
         # a map and a string key: get(); an array and an int in range: [i]
         frozen = isinstance(e.obj, A.NsVar)
         flag = None if frozen else self.mc.param_flag(obj, "dict")
@@ -418,25 +424,32 @@ class FastPaths:
         """``arr[i]`` of an index known to be an int: ``o[i]`` for an array and ``0 <= i <
         len`` (``i < len`` when ``nonneg``), else the helper (a negative index, a map, an
         error). The array's test goes first, then the index is evaluated (``&``: whatever
-        the test gave)."""
+        the test gave); a variable only ever given an array literal is not tested."""
         if isinstance(index, py.Constant) and index.value < 0:
             return py_call("_idx", obj, index)
-        o = self.mc.tmp("_w")
-        is_seq = self.class_in(py_walrus(o, obj), ["tuple"] if frozen else ["list", "tuple"])
-        size = py_call("_len", py_name(o))
         i, first = self.named(index)
-        if isinstance(first, py.Constant):  # (not negative)
-            test = py.BoolOp(py.And(), [is_seq, py.Compare(i, [py.Lt()], [size])])
-        elif isinstance(first, py.Name):
-            below = py.Compare(i, [py.Lt()], [size]) if nonneg else \
-                py.Compare(py_const(0), [py.LtE(), py.Lt()], [i, size])
-            test = py.BoolOp(py.And(), [is_seq, below])
+        if self.literal_container(obj, A.ArrayLit):
+            o = obj
+            test = self.index_in_range(first, py_call("_len", o), nonneg)
         else:
-            evaluated = py.BinOp(is_seq, py.BitAnd(),
-                                 py.Compare(py_const(0), [py.LtE()], [first]))
-            test = py.BoolOp(py.And(), [evaluated, py.Compare(i, [py.Lt()], [size])])
-        item = py.Subscript(py_name(o), i, py.Load())
-        return py.IfExp(test, item, py_call("_idx", py_name(o), i))
+            o, first_o = self.kept(obj)
+            is_seq = self.class_in(first_o, ["tuple"] if frozen else ["list", "tuple"])
+            size = py_call("_len", o)
+            if first is i:  # a name or a constant: read after the array's test
+                test = py.BoolOp(py.And(), [is_seq, self.index_in_range(i, size, nonneg)])
+            else:
+                evaluated = py.BinOp(is_seq, py.BitAnd(),
+                                     py.Compare(py_const(0), [py.LtE()], [first]))
+                test = py.BoolOp(py.And(), [evaluated, py.Compare(i, [py.Lt()], [size])])
+        return py.IfExp(test, py.Subscript(o, i, py.Load()), py_call("_idx", o, i))
+
+    @staticmethod
+    def index_in_range(first: py.expr, size: py.expr, nonneg: bool) -> py.expr:
+        """``first < size`` for an index >= 0 (``nonneg`` or a constant), else ``0 <= first
+        < size``."""
+        if nonneg or isinstance(first, py.Constant):
+            return py.Compare(first, [py.Lt()], [size])
+        return py.Compare(py_const(0), [py.LtE(), py.Lt()], [first, size])
 
     def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
         """A few hot methods run inline when the receiver (and argument) have the expected
@@ -487,13 +500,18 @@ class FastPaths:
         return None
 
     def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
-        """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
-        w = self.mc.tmp("_w")
-        test = py.BoolOp(py.And(), [py_is_type(py_walrus(w, obj), "list"),
-                                    py.Compare(py_call("_len", py_name(w)), [py.Lt()],
-                                               [py_const(self.mc.max_array)])])
-        fast = py_call(py.Attribute(py_name(w), "append", py.Load()), arg)
-        slow = py_call("_meth", self.budget(), py_name(w), py_const("push"),
+        """``a.push(x)`` on a mutable array below the size limit is ``list.append`` (a
+        variable only ever given an array literal is not tested for the type)."""
+        below = py.Compare(py_call("_len", obj), [py.Lt()], [py_const(self.mc.max_array)])
+        if self.literal_container(obj, A.ArrayLit):
+            w: py.expr = obj
+            test: py.expr = below
+        else:
+            w, first = self.kept(obj)
+            below.left.args = [w]
+            test = py.BoolOp(py.And(), [py_is_type(first, "list"), below])
+        fast = py_call(py.Attribute(w, "append", py.Load()), arg)
+        slow = py_call("_meth", self.budget(), w, py_const("push"),
                      py.Tuple([copy.deepcopy(arg)], py.Load()))
         return py.IfExp(test, fast, slow)
 
@@ -515,12 +533,22 @@ class FastPaths:
         o, k, v = names
         fits = py.BoolOp(py.Or(), [py.Compare(k, [py.In()], [o]), py.Compare(
             py_call("_len", o), [py.Lt()], [py_name("_MAX_MAP")])])
-        tests = [self.mc.param_flag(o, "dict") or py_is_type(o, "dict")]
+        tests = [] if self.literal_container(o, A.MapLit) else \
+            [self.mc.param_flag(o, "dict") or py_is_type(o, "dict")]
         if not (isinstance(k, py.Constant) and type(k.value) is str):
             tests.append(py_is_type(k, "str"))
         store = py.Assign([py.Subscript(o, k, py.Store())], v)
-        test = py.BoolOp(py.And(), [*tests, fits])
+        test = py.BoolOp(py.And(), [*tests, fits]) if tests else fits
         return [*spilled, py.If(test, [store], [py.Expr(py_call(helper, o, k, v))])]
+
+    def literal_container(self, value: py.expr, literal: type) -> bool:
+        """Whether ``value`` reads a variable (not a constant) only ever given one
+        ``literal`` (an A.ArrayLit or an A.MapLit): a mutable array or map, whatever the
+        script did with it."""
+        if not isinstance(value, py.Name) or value.id in self.mc.frozen_vars:
+            return False
+        sources = self.mc.res.sources.get(value.id, ())
+        return len(sources) == 1 and isinstance(sources[0], literal)
 
     def constant_map_default(self, e: A.Binary) -> py.expr | None:
         """``global::MAP[k] ?? 5`` of a constant_map() without None values: one get()."""
