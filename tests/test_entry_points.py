@@ -1,5 +1,6 @@
-"""The compiled entry points Script.call runs for a one-argument call (a stage's call):
-the same results, errors, positions and limits as any other call."""
+"""The compiled entry points Script.call runs for a plain function of any arity (a stage's
+call, a host's call with several arguments, in a module with or without closures): the
+same results, errors, positions and limits as any other call."""
 from __future__ import annotations
 
 import asyncio
@@ -31,14 +32,15 @@ def load(limits: Limits = Limits()):
     return new_engine(limits).load_source(SOURCE, "entry.vsl")
 
 
-def test_one_argument_plain_functions_have_entry_points():
-    """What every other test here relies on: the calls below go through e_<name>_1."""
+def test_plain_functions_of_any_arity_have_entry_points():
+    """What every other test here relies on: the calls below go through e_<name>_<n>."""
     script = load()
     for name in ("straight", "three_ins", "spin", "calls", "down", "divide"):
         assert script.function(name).__name__ == f"e_{name}_1"
-    assert script.function("two", 2).__name__ == "call"  # two arguments: the general path
+    assert script.function("two", 2).__name__ == "e_two_2"
     closures = new_engine().load_source("fn f(x) { [x].map(|v| v) }", "closures.vsl")
-    assert closures.function("f").__name__ == "call"  # closures need Engine.run
+    assert closures.function("f").__name__ == "e_f_1"
+    assert closures.call("f", 3) == [3]
 
 
 def test_entry_points_return_what_the_function_returns():
@@ -163,10 +165,14 @@ def test_in_a_constant_map_read_before_the_top_level_defines_it(source):
         new_engine().load_source(source, "early.vsl")
 
 
-def test_no_entry_points_when_an_imported_module_makes_closures(tmp_path):
-    (tmp_path / "helpers.vsl").write_text("fn doubled(a) { a.map(|x| x * 2) }\n")
+def test_closures_of_an_imported_module_charge_the_entry_points_budget(tmp_path):
+    """A closure finds the budget of the entry point's call in the call's context."""
+    (tmp_path / "helpers.vsl").write_text(
+        "fn doubled(a) { a.map(|x| { let s = 0; for i in 0..x { s += 2; } s }) }\n")
     (tmp_path / "main.vsl").write_text('import "helpers" as h;\nfn f(a) { h::doubled(a) }\n')
-    script = new_engine().load(tmp_path / "main.vsl")
+    script = new_engine(Limits(max_operations=100)).load(tmp_path / "main.vsl")
+    assert script.function("f").__name__ == "e_f_1"
     assert script.call("f", [1, 2]) == [2, 4]
-    assert script.function("f").__name__ == "call"
-    assert not any(name.startswith("e_") for name in script._env)  # none compiled either
+    with pytest.raises(LimitError, match="too many operations"):
+        script.call("f", [50, 50])  # the closure's loops: 2 x 50 iterations
+    assert script.call("f", [3]) == [6]  # the next call starts afresh

@@ -12,11 +12,11 @@ function name -> script name, for stack traces), ``constant_refs``, and
 The module holds, for each script function ``f`` of arity n, a Python
 function ``f_f_n(_t, _d, params...)`` (``async def`` when it waits on I/O,
 every call of it awaited), ``__top__()`` for the top level, and for each
-one-argument function an entry point ``e_f_1(arg)``, what Script.call and the
-server run: the same body (not a call of ``f_f_1``) at depth 0, taking a budget
-only when the body uses one, turning any error into a located VslError
-(``ModuleCompiler.entry``). Modules that make closures have no entry points:
-a closure needs Engine.run's context.
+plain function an entry point ``e_f_n(params...)``, what Script.call and the
+server run: the same body (not a call of ``f_f_n``) at depth 0, taking a budget
+only when the body uses one (always in a module that makes closures, which
+find it in the call's context), turning any error into a located VslError
+(``ModuleCompiler.entry``).
 
 The hard decisions, and why:
 
@@ -97,7 +97,7 @@ def constant_name(ns: str, name: str) -> str:
 
 
 def entry_fn_name(name: str, arity: int) -> str:
-    """The entry point of a one-argument script function (see ModuleCompiler.entry)."""
+    """The entry point of a plain script function (see ModuleCompiler.entry)."""
     return f"e_{name}_{arity}"
 
 
@@ -287,6 +287,7 @@ class _Fn(FastPaths):
         target = self.names(s, "name")
         value = self.expr(s.value) if s.value is not None else py_const(None)
         if s.const:  # freezing walks the value (a literal is frozen as it is)
+            self.mc.frozen_vars.add(target)
             budget = self.budget() if isinstance(value, py.Constant) else self.walks()
             value = py_call("_freeze", value, budget)
         self.emit(py_assign(target, value), s.pos)
@@ -313,11 +314,13 @@ class _Fn(FastPaths):
             obj, value = self.seq([t.obj, s.value])
             key = py_const(t.name)
             getter, setter = "_getprop", "_setprop"
-        if s.op != "=":
-            obj_t, key_t = self.tmp(), self.tmp()
-            self.emit([py_assign(obj_t, obj), py_assign(key_t, key)], s.pos)
-            obj, key = py_name(obj_t), py_name(key_t)
-            value = self.binary(s.op, py_call(getter, obj, key), value)
+        if s.op == "=":
+            self.emit(self.set_item(obj, key, value, setter), s.pos)
+            return
+        obj_t, key_t = self.tmp(), self.tmp()
+        self.emit([py_assign(obj_t, obj), py_assign(key_t, key)], s.pos)
+        obj, key = py_name(obj_t), py_name(key_t)
+        value = self.binary(s.op, py_call(getter, obj, key), value)
         self.emit(py.Expr(py_call(setter, obj, key, value)), s.pos)
 
     def s_Return(self, s: A.Return) -> None:
@@ -363,10 +366,13 @@ class _Fn(FastPaths):
         else:
             source = py_call("_iter", self.expr(it))
         var = self.names(s, "var")
+        if isinstance(it, A.Binary) and it.op in ("..", "..=") and self.nonneg(it.left):
+            self.mc.note_nonneg(var)
         if s.index_var is None:
             target: py.expr = py_name(var, store=True)
         else:
             source = py_call("_enumerate", source)
+            self.mc.note_nonneg(self.names(s, "index"))
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
         self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
@@ -398,13 +404,20 @@ class _Fn(FastPaths):
             value = self.expr(e)
             if len(self.out) > mark:
                 for i, prev in enumerate(results):
-                    if not isinstance(prev, py.Constant):
+                    if not self.unchanging(prev):
                         name = self.tmp()
                         self.out.insert(mark, located(py_assign(name, prev), e.pos))
                         mark += 1
                         results[i] = py_name(name)
             results.append(value)
         return results
+
+    def unchanging(self, value: py.expr) -> bool:
+        """Whether ``value`` reads the same after any statement of the expression it is in:
+        a constant, or a variable bound once and never assigned (its let, parameter or
+        loop runs again only in another statement)."""
+        return isinstance(value, py.Constant) or \
+            isinstance(value, py.Name) and len(self.mc.res.sources.get(value.id, ())) == 1
 
     def condition(self, e) -> py.expr:
         value = self.expr(e)
@@ -658,6 +671,8 @@ class ModuleCompiler:
         self.fixed_params: set[str] = set()  # of the function being compiled
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
+        self.nonneg_vars: set[str] = set()  # ints never below 0 (see note_nonneg)
+        self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
         self.quick: set[tuple[str, int]] = set()
@@ -671,6 +686,12 @@ class ModuleCompiler:
         if flag is None:
             flag = self.param_flags[(value.id, kind)] = self.tmp("_k")
         return py_name(flag)
+
+    def note_nonneg(self, var: str) -> None:
+        """Loop variable ``var`` takes only ints >= 0 (the items of a range starting at 0 or
+        more, an index): so does every read of it if nothing else assigns it."""
+        if len(self.res.sources.get(var, ())) == 1:
+            self.nonneg_vars.add(var)
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -699,30 +720,36 @@ class ModuleCompiler:
         return located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
-    def entry(self, fdef: py.FunctionDef, name: str, param: str) -> py.FunctionDef:
-        """The entry point of a one-argument function (Script.call, call_async and
-        function run it): ``e_f_1(arg)`` runs the body at depth 0 and turns any error into
-        a located VslError.
+    def entry(self, fdef: py.FunctionDef, name: str, params: list[str],
+              closures: bool) -> py.FunctionDef:
+        """The entry point of a plain (not waiting) function of any arity (Script.call and
+        function run it): ``e_f_n(args...)`` runs the body at depth 0 and turns any error
+        into a located VslError, as Engine.run does.
 
-        A body that counts operations or calls a script function (which counts them) takes
-        a budget from the engine's pool when it starts and gives it back at the end. Any
-        other body runs without one, making a budget only on a slow path that needs it
+        A body that counts operations or calls a script function (which counts them), or
+        any body of a module making closures, takes a budget from the engine's pool when
+        it starts and gives it back at the end; with closures the budget is also the
+        call's context (``_enter``/``_leave``, where a closure's ``_state()`` finds it).
+        Any other body runs without one, making a budget only on a slow path that needs it
         (``_t`` is then ``None`` until ``(_t if _t is not None else (_t := _fresh()))``
         sets it). ``self.uses`` says which (see _Fn.budget and _Fn.tick)."""
         body = fdef.body[_PROLOGUE:]  # shared with fdef: compile() does not change nodes
         uses, head, final = self.uses, [], []
         if "depth" in uses:
             head.append(py_assign("_d", py_const(0)))
-        if "tick" in uses or "depth" in uses:
+        if closures or "tick" in uses or "depth" in uses:
             head.append(py_assign("_t", py_call("_take")))
             final.append(py.Expr(py_call("_give", py_name("_t"))))
+            if closures:
+                head.append(py_assign("_token", py_call("_enter", py_name("_t"))))
+                final.insert(0, py.Expr(py_call("_leave", py_name("_token"))))
         elif "budget" in uses:
             head.append(py_assign("_t", py_const(None)))
             body = [_with_lazy_budget(s) for s in body]
         handler = py.ExceptHandler(py_name("_BaseException"), "_err", [
             py.Raise(py_call("_locate", py_name("_err")), py_const(None))])
         run = py.Try(body, [handler], [], final)
-        args = py.arguments([], [py.arg(param)], None, [], [], None, [])
+        args = py.arguments([], [py.arg(p) for p in params], None, [], [], None, [])
         return located(py.FunctionDef(name, args, [*head, run], [], None),
                         (fdef.lineno, fdef.col_offset + 1))
 
@@ -739,10 +766,9 @@ class ModuleCompiler:
             defs.append(fdef)
             if not self.uses & {"tick", "depth", "walks"}:
                 self.quick.add(key)
-            if len(params) == 1 and isinstance(fdef, py.FunctionDef) and \
-                    not closures:  # (closures need Engine.run's context)
+            if isinstance(fdef, py.FunctionDef):
                 self.code_names[entry_fn_name(*key)] = f.name
-                defs.append(self.entry(fdef, entry_fn_name(*key), params[0]))
+                defs.append(self.entry(fdef, entry_fn_name(*key), params, closures))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
         return py.Module(defs, [])  # every node has its position (see located)

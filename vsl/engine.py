@@ -260,16 +260,13 @@ class Script:
         # Closures read the call's budget from a context variable, set only when needed.
         self.uses_closures = resolution.has_closures or any(
             s.uses_closures for s in imports.values())
-        # Functions run without Engine.run: plain (not waiting on I/O), in a script without
-        # closures (those need the call's budget in a context variable) ...
-        self._direct = {} if self.uses_closures else {
-            key: fn for key, fn in self.functions.items() if key not in self.async_functions}
-        # ... and their entry points for one argument, which take their own budget
-        self._entries = {name: env[entry_fn_name(name, arity)]
-                         for name, arity in self._direct if entry_fn_name(name, arity) in env}
-        # One-argument functions that wait on I/O (a server's stages that call natives)
-        self._waiting = {name: fn for (name, arity), fn in self.functions.items()
-                         if arity == 1 and (name, arity) in self.async_functions}
+        # The entry points of the plain functions (not waiting on I/O), which take their own
+        # budget (see ModuleCompiler.entry): they run without Engine.run
+        self._entries = {key: env[entry_fn_name(*key)] for key in self.functions
+                         if entry_fn_name(*key) in env}
+        # ... those of one argument by name: the host's usual call (a stage's), looked up
+        # without building a key
+        self._unary = {name: fn for (name, arity), fn in self._entries.items() if arity == 1}
         # Functions that cannot run long (see ModuleCompiler.quick): call_off_loop runs
         # them on the event loop. A closure can loop: no function of such a script is.
         self.quick = frozenset() if self.uses_closures else quick
@@ -291,23 +288,24 @@ class Script:
     def call(self, name: str, arg=_NO_ARG, *more):
         """Run a script function to completion (from synchronous code): ``call(name, *args)``.
 
-        A host's usual call, one argument to a plain function of a script without closures,
-        runs the function's compiled entry point (see ModuleCompiler.entry)."""
-        if not more and arg is not _NO_ARG:
-            fn = self._entries.get(name)
+        A plain function runs its compiled entry point (see ModuleCompiler.entry)."""
+        if not more and arg is not _NO_ARG:  # the host's usual call: no key, no tuple
+            fn = self._unary.get(name)
             if fn is not None:
                 return fn(arg)
-        return self._call(name, _args(arg, more))
+        args = _args(arg, more)
+        fn = self._entries.get((name, len(args)))
+        return fn(*args) if fn is not None else self._call(name, args)
 
     def function(self, name: str, arity: int = 1):
         """The script function ``name`` with ``arity`` parameters as a Python callable of
         that many arguments, for a host that looks it up once and calls it often
-        (``check = script.function("check"); check(value)``). A one-argument plain
-        function is its compiled entry point, with nothing in between. A missing function
-        is a VslError here; a call with another number of arguments is a TypeError, as
-        for any Python function."""
+        (``check = script.function("check"); check(value)``). A plain function is its
+        compiled entry point, with nothing in between. A missing function is a VslError
+        here; a call with another number of arguments is a TypeError, as for any Python
+        function."""
         self._fn(name, arity)  # (it exists)
-        entry = self._entries.get(name) if arity == 1 else None
+        entry = self._entries.get((name, arity))
         if entry is not None:
             return entry
 
@@ -318,9 +316,6 @@ class Script:
         return call
 
     def _call(self, name: str, args: tuple):
-        fn = self._direct.get((name, len(args)))
-        if fn is not None:
-            return self.engine.run(fn, args, False, False)
         return self.engine.run(self._fn(name, len(args)), args,
                                (name, len(args)) in self.async_functions, self.uses_closures)
 
@@ -345,17 +340,15 @@ class Script:
 
     async def call_async(self, name: str, arg=_NO_ARG, *more):
         """Run a script function inside an event loop (natives may wait on I/O):
-        ``await call_async(name, *args)``."""
-        if not more and arg is not _NO_ARG:  # a host's usual call, as in call()
-            fn = self._entries.get(name)
+        ``await call_async(name, *args)``. A plain function runs without suspending: its
+        budget is back in the pool before any other task runs."""
+        if not more and arg is not _NO_ARG:  # as in call()
+            fn = self._unary.get(name)
             if fn is not None:
-                # a plain function runs without suspending: its budget is back in the
-                # pool before any other task runs
                 return fn(arg)
-            fn = self._waiting.get(name)
-            if fn is not None:
-                return await self.engine.run_async(fn, (arg,), True, self.uses_closures)
         args = _args(arg, more)
+        if (name, len(args)) in self._entries:
+            return self.call(name, *args)
         return await self.engine.run_async(self._fn(name, len(args)), args,
                                            (name, len(args)) in self.async_functions,
                                            self.uses_closures)
@@ -616,12 +609,14 @@ class Engine:
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
             "_state": self.current_state, "_take": self._take, "_give": self._give,
-            "_fresh": self._fresh, "_locate": self.locate, "_BaseException": BaseException,
+            "_fresh": self._fresh, "_enter": _STATE.set, "_leave": _STATE.reset,
+            "_locate": self.locate, "_BaseException": BaseException,
             SCRIPT_POSITION: frame_position,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
             "_SIZED": frozenset({str, list, tuple, dict, values.FrozenMap}),
             "tuple": tuple, "_FMAP": values.FrozenMap,
             "_FMT": frozenset({str, int}), "_too_long": ops.too_large,
+            "_MAX_MAP": ops.max_map,
         }
         for (ns, name), native in natives.items():
             env[native_name(ns, name)] = _native_entry(native)

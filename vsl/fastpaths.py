@@ -4,8 +4,9 @@ A script operator or method compiles to a call of its checked helper in
 :mod:`vsl.ops` (or the method dispatch): correct for every value, but a call.
 For the cases policy code hits most (int arithmetic and comparison, a string
 compared with a literal, ``x in LIST``, ``ctx.field``, ``map["key"]``,
-``arr[i]``, templates, a few string and array methods) the compiler emits
-instead ``fast if <type tests> else helper(...)``:
+``arr[i]``, ``map[k] = v``, templates, a few string and array methods, among
+them ``split`` of a short string) the compiler emits instead ``fast if <type
+tests> else helper(...)``:
 
 - The rule: every fast path equals its helper. For every value that passes the
   tests, the fast expression gives the helper's result, cannot raise, and does
@@ -17,13 +18,14 @@ instead ``fast if <type tests> else helper(...)``:
 - Tests are ``x.__class__ is int`` (never isinstance: a bool is not an int, a
   subclass is not its base) and bounds such as ``I64_MIN <= r <= I64_MAX``.
   A fact the resolver proved (an int variable, a literal constant map, a
-  parameter never assigned) drops a test or moves it to the function's start.
+  parameter never assigned) drops a test or moves it to the function's start;
+  so does one the compiler sees (a loop variable of a range from 0 is >= 0).
 - Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
   engine puts in the module's globals; nothing here is reachable from script text.
 
 ``FastPaths`` is a mix-in of the compiler's function body translator
 (``compile._Fn``), which supplies ``mc`` (the ModuleCompiler), ``expr``,
-``seq``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
+``seq``, ``unchanging``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ import copy
 
 from . import ast as A
 from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
-from .pynodes import py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
+from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
 
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+_I64_TEXT = len(str(I64_MIN))  # the longest text of an i64
 _FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
 _PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
 
@@ -64,11 +67,14 @@ _INLINE_METHODS = {
     ("to_lower", 0): ("str", None, _py_method("lower")),
     ("to_upper", 0): ("str", None, _py_method("upper")),
     ("trim", 0): ("str", None, _py_method("strip")),
+    ("split", 0): ("str", None, _py_method("split")),
+    ("split", 1): ("str", "str", _py_method("split")),
 }
 
 
 _BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
 _SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
+_UNCHARGED_BELOW = 64  # a string method's receiver from this size is charged (methods._call)
 
 
 def _every(tests: list[py.expr]) -> py.expr:
@@ -119,27 +125,33 @@ class FastPaths:
         """An f-string when every interpolated value is an int (whose f-string text is the
         script's) or a string of at most its share of max_string_size, so the text never
         grows far past the limit before it is checked; else the ``_tpl`` helper, which
-        checks the size before it builds the text and stops printing at the limit."""
+        checks the size before it builds the text and stops printing at the limit. Where
+        the shares, after the literal text, leave room for an i64's text, the f-string
+        cannot pass the limit: an i64 and a string within its share need no later check."""
         parts = [A.Literal(e.pos, p) if isinstance(p, str) else _unblock(p) for p in e.parts]
         text_only = [isinstance(p, A.Literal) and type(p.value) is str for p in parts]
-        share = self.mc.max_string // max(text_only.count(False), 1)
+        share, bounded = self.share(parts, text_only)
         values, tests, args = [], [], []
-        for part, value, text in zip(parts, self.seq(parts), text_only):
+        compiled = self.seq(parts)
+        # parts that are all variables are read where used, their tests joined by ``and``;
+        # any other part is kept in a temporary as its test evaluates it (``&``: in order)
+        names = all(isinstance(v, py.Name) for v, text in zip(compiled, text_only) if not text)
+        for part, value, text in zip(parts, compiled, text_only):
             if text:
                 values.append(py_const(part.value))
                 args.append(py_const(part.value))
                 continue
-            w = self.mc.tmp("_w")
-            tests.append(self.formattable(w, value, share))
-            values.append(py.FormattedValue(py_name(w), -1, None))
-            args.append(py_name(w))
+            ref, first = (value, value) if names else self.kept(value)
+            tests.append(self.formattable(ref, first, share, bounded, self.likely_int(part)))
+            values.append(py.FormattedValue(ref, -1, None))
+            args.append(ref)
         if not tests:  # only literal text: too long is still a run-time error
             text = "".join(v.value for v in values)
             if self.mc.max_string and len(text) > self.mc.max_string:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
         joined: py.expr = py.JoinedStr(values)
-        if self.mc.max_string:
+        if self.mc.max_string and not bounded:
             r = self.mc.tmp("_w")
             size = py_call("_len", py_walrus(r, joined))
             joined = py.IfExp(py.Compare(size, [py.LtE()], [py_const(self.mc.max_string)]),
@@ -147,19 +159,49 @@ class FastPaths:
         # its text, and so its work, is bounded by max_string_size (printing stops there):
         # a template alone never sends a function off the event loop
         budget = self.budget() if self.mc.max_string else self.walks()
-        return py.IfExp(_every(tests), joined, py_call("_tpl", budget, *args))
+        test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
+        return py.IfExp(test, joined, py_call("_tpl", budget, *args))
 
-    def formattable(self, w: str, value: py.expr, share: int) -> py.expr:
-        """Whether ``value`` (kept in ``w``) goes into the f-string: an int, or a string of
-        at most ``share`` characters (any string when there is no size limit)."""
-        cls = py.Attribute(py_walrus(w, value), "__class__", py.Load())
+    def share(self, parts: list, text_only: list[bool]) -> tuple[int, bool]:
+        """(the characters each interpolated value may have in the f-string, whether the
+        text is then bounded by max_string_size: whether the shares of the room the literal
+        text leaves hold an i64's text)."""
+        count = max(text_only.count(False), 1)
+        literal = sum(len(p.value) for p, text in zip(parts, text_only) if text)
+        share = (self.mc.max_string - literal) // count
+        if share >= _I64_TEXT:
+            return share, True
+        return self.mc.max_string // count, False
+
+    def kept(self, value: py.expr) -> tuple[py.Name, py.NamedExpr]:
+        """(a new temporary, the expression evaluating ``value`` into it)."""
+        w = self.mc.tmp("_w")
+        return py_name(w), py_walrus(w, value)
+
+    def likely_int(self, e) -> bool:
+        """Whether a template part is an int, or most likely one (a size): tested first."""
+        return self.known_int(e) or (isinstance(e, A.MethodCall) and e.name == "len")
+
+    def formattable(self, ref: py.expr, first: py.expr, share: int, bounded: bool,
+                    int_first: bool) -> py.expr:
+        """Whether a value (evaluated by ``first``, then read as ``ref``) goes into the
+        f-string: a string of at most ``share`` characters (any string when there is no
+        size limit) or an int (an i64 when ``bounded``: a host's larger int has a longer
+        text); ``int_first``: the int test goes first."""
+        cls = py.Attribute(first, "__class__", py.Load())
         if not share:
             return py.Compare(cls, [py.In()], [py_name("_FMT")])
         c = self.mc.tmp("_c")
-        small = py.Compare(py_call("_len", py_name(w)), [py.LtE()], [py_const(share)])
-        return py.BoolOp(py.Or(), [
-            py.Compare(py_walrus(c, cls), [py.Is()], [py_name("int")]),
-            py.BoolOp(py.And(), [py.Compare(py_name(c), [py.Is()], [py_name("str")]), small])])
+        more = {"str": [py.Compare(py_call("_len", ref), [py.LtE()], [py_const(share)])],
+                "int": [py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
+                                   [ref, py_const(I64_MAX)])] if bounded else []}
+
+        def kind_test(kind: str, cls_: py.expr) -> py.expr:
+            test = py.Compare(cls_, [py.Is()], [py_name(kind)])
+            return py.BoolOp(py.And(), [test, *more[kind]]) if more[kind] else test
+        first_kind, then_kind = ("int", "str") if int_first else ("str", "int")
+        return py.BoolOp(py.Or(), [kind_test(first_kind, py_walrus(c, cls)),
+                                   kind_test(then_kind, py_name(c))])
 
     def literal_in(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """``x in ["a", "b"]`` or ``x in global::LIST`` (a literal constant) of fewer than
@@ -202,6 +244,16 @@ class FastPaths:
         tests += [py.Compare(py_name(c), [py.Is()], [py_name(k)]) for k in kinds[1:]]
         return py.BoolOp(py.Or(), tests)
 
+    def nonneg(self, e) -> bool:
+        """Whether ``e`` is an int >= 0 whenever it evaluates: a literal, a loop variable
+        (ModuleCompiler.note_nonneg), or such an int ``/`` or ``%`` a positive literal."""
+        if isinstance(e, A.Literal):
+            return type(e.value) is int and e.value >= 0
+        if isinstance(e, A.Var):
+            return self.mc.res.names[(id(e), "ref")] in self.mc.nonneg_vars
+        return isinstance(e, A.Binary) and e.op in ("/", "%") and _int_literal(e.right) and \
+            e.right.value > 0 and self.nonneg(e.left)
+
     def known_int(self, e) -> bool:
         res = self.mc.res
         return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
@@ -213,6 +265,8 @@ class FastPaths:
                                      _literal_of(e.left, (str,))):
             # Python's == with a string is the script's for any value (NativeObject.__eq__)
             return py.Compare(left, [_PY_CMP[e.op]()], [right])
+        if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
+            return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
             return self.fast_int_arith(e.op, left, e.right.value, left_int)
         if e.op in _PY_CMP or e.op in ("+", "-"):
@@ -304,7 +358,10 @@ class FastPaths:
     def map_get(self, obj: py.expr, key: str, helper: str, frozen: bool) -> py.expr:
         """``obj.get(key)`` when obj is a map (a constant's FrozenMap when ``frozen``),
         else the checked helper. A parameter that is never assigned is tested once, when
-        the function starts (``_k0 = v_ctx.__class__ is dict``)."""
+        the function starts (``_k0 = v_ctx.__class__ is dict``); a variable only ever
+        given a map literal is not tested."""
+        if self.literal_container(obj, A.MapLit):
+            return py_dict_get(obj, py_const(key))
         flag = self.mc.param_flag(obj, "dict")
         if flag is not None:
             get = py_dict_get(py_name(obj.id), py_const(key))
@@ -337,21 +394,62 @@ class FastPaths:
             return self.map_get(self.expr(e.obj), e.index.value, "_idx",
                                 isinstance(e.obj, A.NsVar))
         obj, index = self.seq([e.obj, e.index])
-        o, i = self.mc.tmp("_w"), self.mc.tmp("_w")
+        if self.known_int(e.index):
+            return self.int_index(obj, index, isinstance(e.obj, A.NsVar), self.nonneg(e.index))
+        i = self.mc.tmp("_w")
+        if self.literal_container(obj, A.MapLit):
+            return py.IfExp(py_is_type(py_walrus(i, index), "str"), py_dict_get(obj, py_name(i)),
+                            py_call("_idx", obj, py_name(i)))
         # a map and a string key: get(); an array and an int in range: [i]
         frozen = isinstance(e.obj, A.NsVar)
-        in_map = py.BinOp(py_is_type(py_walrus(o, obj), "_FMAP" if frozen else "dict"),
-                          py.BitAnd(), py_is_type(py_walrus(i, index), "str"))
-        size = py_call("_len", py_name(o))
+        flag = None if frozen else self.mc.param_flag(obj, "dict")
+        if flag is not None:  # a parameter never assigned, tested when the function starts
+            o = obj
+            is_map = flag
+        else:
+            o, first = self.kept(obj)
+            is_map = py_is_type(first, "_FMAP" if frozen else "dict")
+        in_map = py.BinOp(is_map, py.BitAnd(), py_is_type(py_walrus(i, index), "str"))
+        size = py_call("_len", o)
         in_seq = py.BoolOp(py.And(), [
-            self.class_in(py_name(o), ["tuple"] if frozen else ["list", "tuple"]),
+            self.class_in(o, ["tuple"] if frozen else ["list", "tuple"]),
             py_is_type(py_name(i), "int"),
             py.Compare(py.UnaryOp(py.USub(), size), [py.LtE(), py.Lt()],
                        [py_name(i), copy.deepcopy(size)])])
-        get = py_dict_get(py_name(o), py_name(i))
-        item = py.Subscript(py_name(o), py_name(i), py.Load())
-        return py.IfExp(in_map, get,
-                        py.IfExp(in_seq, item, py_call("_idx", py_name(o), py_name(i))))
+        get = py_dict_get(o, py_name(i))
+        item = py.Subscript(o, py_name(i), py.Load())
+        return py.IfExp(in_map, get, py.IfExp(in_seq, item, py_call("_idx", o, py_name(i))))
+
+    def int_index(self, obj: py.expr, index: py.expr, frozen: bool, nonneg: bool) -> py.expr:
+        """``arr[i]`` of an index known to be an int: ``o[i]`` for an array and ``0 <= i <
+        len`` (``i < len`` when ``nonneg``), else the helper (a negative index, a map, an
+        error). The array's test goes first, then the index is evaluated (``&``: whatever
+        the test gave); a variable only ever given an array literal is not tested."""
+        if isinstance(index, py.Constant) and index.value < 0:
+            return py_call("_idx", obj, index)
+        i, first = self.named(index)
+        if self.literal_container(obj, A.ArrayLit):
+            o = obj
+            test = self.index_in_range(first, py_call("_len", o), nonneg)
+        else:
+            o, first_o = self.kept(obj)
+            is_seq = self.class_in(first_o, ["tuple"] if frozen else ["list", "tuple"])
+            size = py_call("_len", o)
+            if first is i:  # a name or a constant: read after the array's test
+                test = py.BoolOp(py.And(), [is_seq, self.index_in_range(i, size, nonneg)])
+            else:
+                evaluated = py.BinOp(is_seq, py.BitAnd(),
+                                     py.Compare(py_const(0), [py.LtE()], [first]))
+                test = py.BoolOp(py.And(), [evaluated, py.Compare(i, [py.Lt()], [size])])
+        return py.IfExp(test, py.Subscript(o, i, py.Load()), py_call("_idx", o, i))
+
+    @staticmethod
+    def index_in_range(first: py.expr, size: py.expr, nonneg: bool) -> py.expr:
+        """``first < size`` for an index >= 0 (``nonneg`` or a constant), else ``0 <= first
+        < size``."""
+        if nonneg or isinstance(first, py.Constant):
+            return py.Compare(first, [py.Lt()], [size])
+        return py.Compare(py_const(0), [py.LtE(), py.Lt()], [first, size])
 
     def inline_method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr | None:
         """A few hot methods run inline when the receiver (and argument) have the expected
@@ -359,7 +457,7 @@ class FastPaths:
         if name == "push" and len(args) == 1:
             return self.inline_push(obj, args[0])
         shape = _INLINE_METHODS.get((name, len(args)))
-        if shape is None:
+        if shape is None or (name == "split" and not self.splits_inline(args)):
             return None
         receiver_type, arg_type, make = shape
         w = self.mc.tmp("_w")
@@ -375,28 +473,82 @@ class FastPaths:
             names.append(py_name(a))
             tests.append(py_is_type(py_walrus(a, arg), arg_type))
         test = tests[0] if len(tests) == 1 else py.BinOp(tests[0], py.BitAnd(), tests[1])
-        if name in _SIZE_CHECKED:
-            if not self.mc.max_string:
-                pass
-            else:  # lower()/upper() may grow a string up to 3x
-                test = py.BoolOp(py.And(), [test, py.Compare(
-                    py_call("_len", py_name(w)), [py.LtE()], [py_const(self.mc.max_string // 3)])])
+        size = self.size_guard(name, py_name(w))
+        if size is not None:
+            test = py.BoolOp(py.And(), [test, size])
         slow = py_call("_meth", self.method_budget(name), py_name(w), py_const(name),
                      py.Tuple(names, py.Load()))
         node = py.IfExp(test, make(py_name(w), *names), slow)
         node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
         return node
 
+    def splits_inline(self, args: list[py.expr]) -> bool:
+        """Whether ``s.split(...)`` may run inline: on whitespace or a literal separator
+        (not empty: the helper splits that into characters), where the parts of a string
+        below the charged size (at most one more than its length) fit max_array_size."""
+        literal = not args or (isinstance(args[0], py.Constant) and args[0].value)
+        return bool(literal) and self.mc.max_array > _UNCHARGED_BELOW
+
+    def size_guard(self, name: str, w: py.Name) -> py.expr | None:
+        """The bound on the receiver of an inlined method, if it has one: to_lower() and
+        to_upper() may grow a string up to 3x; split() is charged from 64 characters."""
+        if name in _SIZE_CHECKED and self.mc.max_string:
+            return py.Compare(py_call("_len", w), [py.LtE()],
+                              [py_const(self.mc.max_string // 3)])
+        if name == "split":
+            return py.Compare(py_call("_len", w), [py.Lt()], [py_const(_UNCHARGED_BELOW)])
+        return None
+
     def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
-        """``a.push(x)`` on a mutable array below the size limit is ``list.append``."""
-        w = self.mc.tmp("_w")
-        test = py.BoolOp(py.And(), [py_is_type(py_walrus(w, obj), "list"),
-                                    py.Compare(py_call("_len", py_name(w)), [py.Lt()],
-                                               [py_const(self.mc.max_array)])])
-        fast = py_call(py.Attribute(py_name(w), "append", py.Load()), arg)
-        slow = py_call("_meth", self.budget(), py_name(w), py_const("push"),
+        """``a.push(x)`` on a mutable array below the size limit is ``list.append`` (a
+        variable only ever given an array literal is not tested for the type)."""
+        below = py.Compare(py_call("_len", obj), [py.Lt()], [py_const(self.mc.max_array)])
+        if self.literal_container(obj, A.ArrayLit):
+            w: py.expr = obj
+            test: py.expr = below
+        else:
+            w, first = self.kept(obj)
+            below.left.args = [w]
+            test = py.BoolOp(py.And(), [py_is_type(first, "list"), below])
+        fast = py_call(py.Attribute(w, "append", py.Load()), arg)
+        slow = py_call("_meth", self.budget(), w, py_const("push"),
                      py.Tuple([copy.deepcopy(arg)], py.Load()))
         return py.IfExp(test, fast, slow)
+
+    def set_item(self, obj: py.expr, key: py.expr, value: py.expr, helper: str) -> list[py.stmt]:
+        """``m[k] = v`` (or ``m.k = v``): the three values evaluated in order (a script
+        variable read before ``v`` is kept in a temporary), then
+        ``m[k] = v`` for a mutable map, a string key and a map below max_map_size or
+        already holding the key; the helper (``_setidx``, ``_setprop``) does the rest."""
+        spilled, names = [], []
+        plain = isinstance(value, (py.Constant, py.Name))  # reading it changes nothing
+        for part in (obj, key, value):
+            if self.unchanging(part) or isinstance(part, py.Name) and (
+                    plain or part.id.startswith("_")):  # (a temporary: never reassigned)
+                names.append(part)
+                continue
+            w = self.mc.tmp("_w")
+            spilled.append(py_assign(w, part))
+            names.append(py_name(w))
+        o, k, v = names
+        fits = py.BoolOp(py.Or(), [py.Compare(k, [py.In()], [o]), py.Compare(
+            py_call("_len", o), [py.Lt()], [py_name("_MAX_MAP")])])
+        tests = [] if self.literal_container(o, A.MapLit) else \
+            [self.mc.param_flag(o, "dict") or py_is_type(o, "dict")]
+        if not (isinstance(k, py.Constant) and type(k.value) is str):
+            tests.append(py_is_type(k, "str"))
+        store = py.Assign([py.Subscript(o, k, py.Store())], v)
+        test = py.BoolOp(py.And(), [*tests, fits]) if tests else fits
+        return [*spilled, py.If(test, [store], [py.Expr(py_call(helper, o, k, v))])]
+
+    def literal_container(self, value: py.expr, literal: type) -> bool:
+        """Whether ``value`` reads a variable (not a constant) only ever given one
+        ``literal`` (an A.ArrayLit or an A.MapLit): a mutable array or map, whatever the
+        script did with it."""
+        if not isinstance(value, py.Name) or value.id in self.mc.frozen_vars:
+            return False
+        sources = self.mc.res.sources.get(value.id, ())
+        return len(sources) == 1 and isinstance(sources[0], literal)
 
     def constant_map_default(self, e: A.Binary) -> py.expr | None:
         """``global::MAP[k] ?? 5`` of a constant_map() without None values: one get()."""

@@ -1,0 +1,135 @@
+"""The fast paths charge exactly what the general paths charge: the same script needs the
+same number of operations (N passes, N - 1 fails) through a compiled entry point of any
+arity as through Engine.run, at the top level, and with the inlined operations (split(),
+an int index, an assignment into a map) as with their helpers; errors keep their
+positions."""
+from __future__ import annotations
+
+import ast as py
+import textwrap
+
+import pytest
+
+from vsl import fastpaths
+from vsl.errors import LimitError, VslError
+from vsl.fastpaths import FastPaths
+from vsl.limits import Limits
+from vsl.pynodes import py_call
+from vsl.stdlib import new_engine
+
+FUNCTIONS = textwrap.dedent("""\
+    const BLOCKED = ["spam.example"];
+    fn check(sender, rcpt, spf, counts) {
+        let domain = sender.split("@")[1];
+        if domain in global::BLOCKED { return 0; }
+        let key = `${domain}:${rcpt}`;
+        counts[domain] = (counts[domain] ?? 0) + 1;
+        counts.last = key;
+        let words = rcpt.split(",");
+        let n = 0;
+        for i in 0..words.len() { n += words[i].len(); }
+        n + key.len()
+    }
+    fn closing(items, k) { items.map(|x| { let s = 0; for i in 0..k { s += x; } s }) }
+""")
+LONG = ",".join(["word"] * 30)  # 149 characters: split() charges it
+TOP = FUNCTIONS + textwrap.dedent(f"""\
+    let counts = #{{}};
+    let total = 0;
+    for i in 0..5 {{ total += check("a@x.example", "{LONG}", "pass", counts); }}
+    total
+""")
+CALLS = [("check", ("a@x.example", "postmaster,abuse", "pass", {})),
+         ("check", ("a@x.example", LONG, "pass", {})),
+         ("closing", ([1, 2, 3], 20))]
+
+
+def fewest_operations(passes) -> int:
+    """The smallest max_operations with which ``passes(limits)`` is true (it fails with
+    one fewer: the budget is exact)."""
+    low, high = 1, 1
+    while not passes(Limits(max_operations=high, max_time=0)):
+        low, high = high, high * 2
+    while low < high:
+        middle = (low + high) // 2
+        if passes(Limits(max_operations=middle, max_time=0)):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def succeeds(run) -> bool:
+    try:
+        run()
+    except LimitError:
+        return False
+    return True
+
+
+@pytest.fixture
+def without_fast_paths(monkeypatch):
+    """Compile with the helpers in place of the new fast paths."""
+    def general():
+        monkeypatch.setattr(fastpaths, "_INLINE_METHODS", {})
+        monkeypatch.setattr(FastPaths, "int_index",
+                            lambda self, obj, index, *facts: py_call("_idx", obj, index))
+        monkeypatch.setattr(FastPaths, "set_item", lambda self, obj, key, value, helper: [
+            py.Expr(py_call(helper, obj, key, value))])
+    return general
+
+
+@pytest.mark.parametrize("name, args", CALLS)
+def test_an_entry_point_charges_what_engine_run_charges(name, args):
+    def entry(limits):
+        return succeeds(lambda: new_engine(limits).load_source(FUNCTIONS).call(name, *args))
+
+    def general(limits):  # Engine.run of f_<name>_<n>
+        return succeeds(lambda: new_engine(limits).load_source(FUNCTIONS)._call(name, args))
+
+    needed = fewest_operations(general)
+    assert fewest_operations(entry) == needed
+    assert entry(Limits(max_operations=needed, max_time=0))
+    assert not entry(Limits(max_operations=needed - 1, max_time=0))
+
+
+@pytest.mark.parametrize("name, args", CALLS)
+def test_inlined_operations_charge_what_their_helpers_charge(name, args, without_fast_paths):
+    def run(limits):
+        return succeeds(lambda: new_engine(limits).load_source(FUNCTIONS).call(name, *args))
+
+    fast = fewest_operations(run)
+    without_fast_paths()
+    assert fewest_operations(run) == fast
+
+
+def test_the_top_level_charges_what_it_charges_without_fast_paths(without_fast_paths):
+    def load(limits):
+        return succeeds(lambda: new_engine(limits).load_source(TOP))
+
+    fast = fewest_operations(load)
+    without_fast_paths()
+    assert fewest_operations(load) == fast
+
+
+def test_errors_of_an_entry_point_of_four_arguments_keep_their_positions():
+    script = new_engine().load_source(FUNCTIONS, "policy.vsl")
+    for run in (lambda: script.call("check", 5, "r", "pass", {}),
+                lambda: script._call("check", (5, "r", "pass", {}))):
+        with pytest.raises(VslError, match="no method 'split'") as info:
+            run()
+        assert (info.value.pos.file, info.value.pos.line, info.value.pos.col) == \
+            ("policy.vsl", 3, 25)
+        assert [frame.function for frame in info.value.stack] == ["check"]
+
+
+def test_a_hosts_int_beyond_i64_in_a_template_is_held_to_the_size_limit():
+    """A template without a check of the whole text lets in only i64s, whose text fits the
+    room left; a host's larger int goes to the helper, which checks the size."""
+    source = "fn t(x) { `${x}:${x.len()}` }\nfn u(x) { `<${x}>` }\n"
+    script = new_engine(Limits(max_string_size=45)).load_source(source, "t.vsl")
+    assert script.call("t", "abc") == "abc:3"
+    assert script.call("u", 2 ** 63 - 1) == f"<{2 ** 63 - 1}>"
+    assert script.call("u", 10 ** 42) == f"<{10 ** 42}>"  # 45 characters
+    with pytest.raises(LimitError, match="string too large"):
+        script.call("u", 10 ** 43)
