@@ -86,14 +86,14 @@ class Server:
     def __init__(self, config: Config, engine: Engine | None = None,
                  state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES):
         self.config, self.roles = config, roles
+        self.spool: QueueBackend = open_queue(config)
+        check_roles(roles, self.spool)
         dns_defaults = config.dns.resolver_defaults()
         self.scripting = Scripting(config, engine, state)
         self.policy = self.scripting.policy
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        self.spool: QueueBackend = open_queue(config)
-        check_roles(roles, self.spool)
         shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults,
