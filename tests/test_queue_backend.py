@@ -320,3 +320,28 @@ def test_deliveries_to_a_message_moved_meanwhile_are_not_sent_again(open_backend
         return {r.address: r.status for r in again.envelope.recipients}
 
     assert asyncio.run(main()) == statuses
+
+
+def test_a_put_or_move_into_the_queues_waited_for_wakes_the_wait(open_backend):
+    backend = open_backend()
+
+    async def waited(queues, change=None) -> float:
+        """How long wait_for_work(queues, 0.5 s) waited while ``change`` ran."""
+        start = time.monotonic()
+        await asyncio.gather(backend.wait_for_work(queues, 0.5), *[change()] if change else [])
+        return time.monotonic() - start
+
+    async def soon(operation):
+        await asyncio.sleep(0.05)
+        await operation
+
+    async def scenario():
+        held = await queued(backend, "hold")
+        return (await waited(("hold",)),  # put while nobody waited: the next wait returns
+                await waited(("working",)),  # nothing: the timeout
+                await waited(("working",), lambda: soon(queued(backend, "working"))),
+                await waited(("deliver", "deferred"),
+                             lambda: soon(backend.move(held, "deliver", "hold"))))
+
+    put_before, nothing, put, moved = asyncio.run(scenario())
+    assert put_before < 0.4 and nothing >= 0.49 and 0.04 < put < 0.4 and 0.04 < moved < 0.4
