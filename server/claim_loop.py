@@ -9,7 +9,9 @@ concurrency, end every claim once its task ends, and wait for work between polls
     await claims.stop()         # tasks cancelled, their claims released
 
 Between polls the loop waits in :meth:`QueueBackend.wait_for_work`: a message this
-process queues is picked up at once, one from elsewhere within ``poll_interval``.
+process queues is picked up at once, one from elsewhere within ``poll_interval``. While
+every task is busy it waits instead for one to end, then claims again at once (a backlog
+is worked off without waiting for the next poll).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class ClaimLoop:
         self.active: dict[str, asyncio.Task] = {}
         self._releases: set[asyncio.Task] = set()  # claims being ended (see _done)
         self._task: asyncio.Task | None = None
+        self._freed = asyncio.Event()  # a task ended
 
     def start(self) -> None:
         """Start polling (once)."""
@@ -68,7 +71,19 @@ class ClaimLoop:
                 await self._claim()
             except Exception:  # noqa: BLE001 - the loop must outlive one bad poll
                 self.log.exception("cannot read the queue (%s)", ", ".join(self.queues))
+            await self._wait()
+
+    async def _wait(self) -> None:
+        """Until work may be due, or, while every task is busy, until one ends (at most
+        ``poll_interval``)."""
+        if len(self.active) < self.concurrency:
             await self.queue.wait_for_work(self.queues, self.poll_interval)
+            return
+        self._freed.clear()
+        try:
+            await asyncio.wait_for(self._freed.wait(), self.poll_interval)
+        except asyncio.TimeoutError:
+            pass
 
     async def _claim(self) -> list[asyncio.Task]:
         """Start working on due messages, up to ``concurrency`` at once."""
@@ -88,6 +103,7 @@ class ClaimLoop:
         """A task ended, even cancelled before it started: its claim ends too, in a task
         of its own (a callback cannot wait)."""
         self.active.pop(msg_id, None)
+        self._freed.set()
         release = asyncio.ensure_future(self.queue.release(msg_id))
         self._releases.add(release)
         release.add_done_callback(self._release_ended)
