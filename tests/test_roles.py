@@ -20,6 +20,11 @@ from vsl.server import queues
 from vsl.server.app import ALL_ROLES, Server
 from vsl.server.config import DeliveryConfig
 from vsl.server.envelope import Envelope, RecipientState
+from vsl.server.intake import hand_off
+from vsl.server.post_queue_worker import PostQueueWorker
+from vsl.server.workers import Workers
+from vsl.stdlib.ctx import Stage
+from tests.support import contexts
 from tests.support.mailsink import Sink
 from tests.support.memory_queue import MemoryQueue, MemoryStore
 from tests.support.servers import config_for, in_thread
@@ -223,3 +228,35 @@ def test_a_single_role_on_the_spool_is_refused(tmp_path, role):
     assert result.exit_code == 1
     assert f'--role {role} needs [queue] backend = "rabbitmq": the spool serves one ' \
            "machine; use --role all" in result.output
+
+
+def test_a_stopped_worker_releases_its_claims(tmp_path):
+    """Stopped mid on_post_queue, the message stays in working, due again."""
+    queue = MemoryQueue(shared=True)
+    started = asyncio.Event()
+
+    class Stuck:
+        async def post_queue(self, *_):
+            started.set()
+            await asyncio.sleep(60)
+
+    async def scenario():
+        ctx = contexts.session(Stage.PRE_QUEUE)
+        envelope = Envelope("a@example.test", [RecipientState("b@example.test")],
+                            context=hand_off(ctx, SimpleNamespace(forced=None)))
+        msg_id = await queue.put(envelope, contexts.MESSAGE)
+        worker = PostQueueWorker(queue, Stuck(), lambda: SimpleNamespace(forced=None),
+                                 config_for(tmp_path))
+        worker.start()
+        await asyncio.wait_for(started.wait(), 5)
+        await worker.stop()
+        return msg_id
+
+    msg_id = asyncio.run(scenario())
+    assert queue.claimed == set() and queue.store.messages[msg_id].queue == "working"
+
+
+def test_workers_that_receive_nothing_bind_nothing(tmp_path, store, sink):
+    workers = Workers(roles_config(tmp_path, sink), WORKER | DELIVERY)
+    workers.prepare()
+    assert workers.sockets == [] and workers.shared
