@@ -16,13 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from vsl.cli.serve import serve
-from vsl.server import queues
+from vsl.server import app, queues, workers
 from vsl.server.app import ALL_ROLES, Server
 from vsl.server.config import DeliveryConfig
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.intake import hand_off
 from vsl.server.post_queue_worker import PostQueueWorker
-from vsl.server.workers import Workers
 from vsl.stdlib.ctx import Stage
 from tests.support import contexts
 from tests.support.mailsink import Sink
@@ -66,13 +65,17 @@ SIGNED = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=dkim.test;"
 RECEIVER, WORKER, DELIVERY = (frozenset({role}) for role in ("receiver", "worker", "delivery"))
 
 
+def open_on(monkeypatch, opener) -> None:
+    """Servers (and the parent of workers) open their queue with ``opener(config)``."""
+    monkeypatch.setattr(app, "open_queue", opener)
+    monkeypatch.setattr(workers, "open_queue", opener)
+
+
 @pytest.fixture
 def store(monkeypatch) -> MemoryStore:
-    """The broker: every queue opened by ``open_queue`` is a shared MemoryQueue on it."""
+    """The broker: every server's queue is a shared MemoryQueue on it."""
     shared = MemoryStore()
-    backend = SimpleNamespace(of=lambda config: MemoryQueue(shared, shared=True))
-    monkeypatch.setitem(queues.BACKENDS, "memory", backend)
-    monkeypatch.setattr(queues, "DEFAULT_BACKEND", "memory")
+    open_on(monkeypatch, lambda config: MemoryQueue(shared, shared=True))
     return shared
 
 
@@ -172,10 +175,11 @@ def test_authentication_results_are_those_of_the_inline_run(tmp_path, store, sin
             send(port, "checked@example.test")
             assert wait_for(lambda: maildir(config, "checked"))
 
-    monkeypatch.setattr(queues, "DEFAULT_BACKEND", "spool")
+    shared = app.open_queue
+    open_on(monkeypatch, queues.open_queue)  # the spool of the configuration
     (tmp_path / "inline").mkdir()
     run(roles_config(tmp_path / "inline", sink, server.port), ALL_ROLES)
-    monkeypatch.setattr(queues, "DEFAULT_BACKEND", "memory")
+    open_on(monkeypatch, shared)
     run(roles_config(tmp_path, sink, server.port), RECEIVER, WORKER, DELIVERY)
     inline, handed_off = (r.getMessage() for r in caplog.records
                           if r.getMessage().startswith("post-queue: "))
@@ -257,6 +261,6 @@ def test_a_stopped_worker_releases_its_claims(tmp_path):
 
 
 def test_workers_that_receive_nothing_bind_nothing(tmp_path, store, sink):
-    workers = Workers(roles_config(tmp_path, sink), WORKER | DELIVERY)
-    workers.prepare()
-    assert workers.sockets == [] and workers.shared
+    parent = workers.Workers(roles_config(tmp_path, sink), WORKER | DELIVERY)
+    parent.prepare()
+    assert parent.sockets == [] and parent.shared
