@@ -41,12 +41,15 @@ The contract, for every backend:
   claims instead of sleeping (a wake-up may be spurious, or come only at the timeout).
 - **Admin reads** (``get``, ``message``, ``list``, ``scan``, ``locate``, ``counts``) see
   what is stored. On a broker, a message in flight (claimed by a worker or delivery) is
-  not seen until it is released or moved, and finding one by id reads the queue through.
+  not seen until it is released or moved, and finding one by id reads the queue through;
+  but ``message`` of a claim this process holds gives its bytes (delivery and a
+  post-queue worker read what they claimed so).
 - **Who calls what.** The session: ``put``, then (inline post-queue) ``move`` after
   on_post_queue, ``update``. A post-queue worker: ``claim(..., queues=("working",))``,
-  ``update``, ``move``, ``release``, ``wait_for_work``. Delivery:
-  ``recover_deliveries``, ``claim``, ``update``, ``complete``, ``defer``, ``move``,
-  ``release``, ``put`` (DSNs), ``wait_for_work``. Start-up, before anything writes:
+  ``message``, ``update``, ``move``, ``release``, ``wait_for_work``. Delivery:
+  ``recover_deliveries``, ``claim``, ``message``, ``update``, ``complete``, ``defer``,
+  ``move``, ``release``, ``put`` (DSNs), ``wait_for_work``. Start-up, before anything
+  writes:
   ``open``, ``recover`` (the spool holds what is left in ``working``: there it means
   "never acknowledged"), ``startup_warnings``. ``vsl queue`` (beside a live server):
   ``scan``, ``list``, ``get``, ``message``, ``locate``, ``counts``, ``update``,

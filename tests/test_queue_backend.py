@@ -111,6 +111,7 @@ def test_a_worker_claims_working(open_backend):
         due = await queued(backend)  # deliver: not the worker's
         (entry,) = await backend.claim(5, NOW, queues=("working",))
         assert (entry.id, entry.queue) == (waiting, "working")
+        assert await backend.message(entry.id, entry.queue) == DATA  # its claim's bytes
         assert await backend.claim(5, NOW, queues=("working",)) == []
         await backend.move(entry.id, "deliver", "working")
         await backend.release(entry.id)
