@@ -45,9 +45,11 @@ class PostQueueWorker:
                                 config.delivery.poll_interval, log)
 
     def start(self) -> None:
+        """Start claiming ``working`` (in the server's event loop)."""
         self.claims.start()
 
     async def stop(self) -> None:
+        """Stop; the messages cut short are released, due again."""
         await self.claims.stop()
 
     async def _process(self, entry: Entry) -> None:
