@@ -49,11 +49,11 @@ The contract, for every backend:
   ``message``, ``update``, ``move``, ``release``, ``wait_for_work``. Delivery:
   ``recover_deliveries``, ``claim``, ``message``, ``update``, ``complete``, ``defer``,
   ``move``, ``release``, ``put`` (DSNs), ``wait_for_work``. Start-up, before anything
-  writes:
-  ``open``, ``recover`` (the spool holds what is left in ``working``: there it means
-  "never acknowledged"), ``startup_warnings``. ``vsl queue`` (beside a live server):
-  ``scan``, ``list``, ``get``, ``message``, ``locate``, ``counts``, ``update``,
-  ``move``, ``remove``, ``quarantine_warnings``. Everyone: ``open`` first, ``close`` last.
+  writes: ``open``, ``recover`` (the spool holds what is left in ``working``: there it
+  means "never acknowledged"), ``startup_warnings``. ``vsl queue`` (beside a live
+  server): ``scan``, ``list``, ``get``, ``message``, ``locate``, ``counts``, ``update``,
+  ``move``, ``remove``, ``quarantine_warnings``. Everyone: ``open`` first, ``close``
+  last.
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
 ``dead``, ``hold`` and ``quarantine/<name>`` (<name> as status::quarantine allows).
