@@ -32,9 +32,14 @@ from .zones import dns_override_option, zone_option, zones_served
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help="Server processes accepting on the same listeners.")
+@click.option("--role", type=click.Choice(["all", "receiver", "worker", "delivery"]),
+              default="all", show_default=True,
+              help="What this process runs: the listeners up to on_pre_queue (receiver), "
+                   "on_post_queue (worker), delivery, or all three. A single role needs "
+                   "a queue shared between machines ([queue] backend = \"rabbitmq\").")
 @click.option("-v", "--verbose", count=True, help="Debug log output (-vv: the SMTP dialogue too).")
 def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zones, hostname,
-          workers, verbose) -> None:
+          workers, role, verbose) -> None:
     """Run the SMTP server on a directory of scripts."""
     if zones and dns_override:
         raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
@@ -47,7 +52,7 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
         if nameserver:
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
-        _serve(serve_config(config_path, **options))
+        _serve(serve_config(config_path, **options), role)
 
 
 def local_config(config_path: str | None):
@@ -97,20 +102,22 @@ def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overri
         raise click.ClickException(str(err)) from None
 
 
-def _serve(config) -> None:
-    """Run the server (or its workers) until interrupted."""
-    from vsl.server.app import Server
+def _serve(config, role: str) -> None:
+    """Run the server (or its workers) in ``role`` (``all``: every role) until
+    interrupted."""
+    from vsl.server.app import ALL_ROLES, Server
     from vsl.server.policy import PolicyError
 
+    roles = ALL_ROLES if role == "all" else frozenset({role})
     try:
-        server = Server(config)
+        server = Server(config, roles=roles)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     except PolicyError as err:
         click.echo(f"the scripts do not lint:\n{err}", err=True)
         sys.exit(1)
     if config.workers > 1:
-        _serve_workers(config)
+        _serve_workers(config, roles)
         return
 
     def announce():
@@ -154,12 +161,12 @@ def _log_format(fmt: str) -> None:
         handler.setFormatter(SafeFormatter(fmt))
 
 
-def _serve_workers(config) -> None:
+def _serve_workers(config, roles: frozenset[str]) -> None:
     """`vsl serve` with [server] workers > 1 (server/workers.py)."""
     from vsl.server.workers import Workers
 
     _log_format("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # whose line
-    workers = Workers(config)
+    workers = Workers(config, roles)
     try:
         workers.prepare()
     except OSError as err:

@@ -4,6 +4,13 @@ work with (:class:`~server.services.SessionServices`: admission, AUTH, intake).
     server = Server(config)          # lints and loads the scripts (PolicyError if bad)
     await server.start()             # binds every listener
     await server.serve_forever()     # until cancelled; SIGHUP or a changed script reloads
+
+A server runs some of three roles (``vsl serve --role``): ``receiver`` (the listeners
+and the stages up to on_pre_queue), ``worker`` (on_post_queue, server/post_queue_worker.py)
+and ``delivery``. On a queue backend that is not shared between machines (the spool) it
+runs all three, and on_post_queue runs inline, in the session, before the 250. On a
+shared one (a broker) each role may run elsewhere, and even all three in one process
+hand messages over through ``working``: a worker of any machine may run on_post_queue.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from .config import Config, Listener
 from .delivery import Delivery
 from .delivery_hook import FailureHook
 from .intake import Intake
+from .post_queue_worker import PostQueueWorker
 from .queue_backend import QueueBackend
 from .queues import open_queue
 from .scripting import Scripting
@@ -29,6 +37,9 @@ from .services import SessionServices, SessionSettings
 from .protocol import Protocol
 
 log = logging.getLogger("vsl.server")
+
+ROLES = ("receiver", "worker", "delivery")
+ALL_ROLES = frozenset(ROLES)
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -44,6 +55,18 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def check_roles(roles: frozenset[str], queue: QueueBackend) -> None:
+    """ValueError unless ``roles`` (some of :data:`ROLES`) can run on ``queue``: a part
+    of them needs a queue shared between machines."""
+    if not roles or not roles <= ALL_ROLES:
+        raise ValueError(f"roles: {', '.join(sorted(roles)) or 'none'} "
+                         f"(known: {', '.join(ROLES)})")
+    if roles != ALL_ROLES and not queue.shared:
+        named = ",".join(role for role in ROLES if role in roles)
+        raise ValueError(f'--role {named} needs [queue] backend = "rabbitmq": the spool '
+                         f"serves one machine; use --role all")
+
+
 async def recover_queue(queue: QueueBackend) -> None:
     """At start-up, before anything writes to the queue: finish or drop what a stop cut
     short (:meth:`QueueBackend.recover`), then log what an operator should fix."""
@@ -56,26 +79,32 @@ async def recover_queue(queue: QueueBackend) -> None:
 
 class Server:
     """Everything one ``vsl serve`` process (or one worker of it) runs. ``state``: where
-    its limits and greylisting count (None: the configured ``[state]``)."""
+    its limits and greylisting count (None: the configured ``[state]``). ``roles``: the
+    roles it runs (see the module docstring); ValueError when the queue backend cannot
+    serve them."""
 
     def __init__(self, config: Config, engine: Engine | None = None,
-                 state: StateStore | None = None):
-        self.config = config
+                 state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES):
+        self.config, self.roles = config, roles
+        self.spool: QueueBackend = open_queue(config)
+        check_roles(roles, self.spool)
         dns_defaults = config.dns.resolver_defaults()
         self.scripting = Scripting(config, engine, state)
         self.policy = self.scripting.policy
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        self.spool: QueueBackend = open_queue(config)
         shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults,
                                  hook=FailureHook(self.policy, self.scripting.pool))
+        intake = Intake(self.spool, self.delivery, hands_off=self.spool.shared)
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits),
-            Authenticator(config.auth, self.policy), Intake(self.spool, self.delivery),
-            self.scripting.new_runner)
+            Authenticator(config.auth, self.policy), intake, self.scripting.new_runner)
+        self.post_queue = PostQueueWorker(self.spool, intake, self.scripting.new_runner,
+                                          config) \
+            if self.spool.shared and "worker" in roles else None
         self.tls = tls_context(config)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[Listener, tuple]] = []
@@ -87,8 +116,9 @@ class Server:
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
-        """Open and recover the spool, and bind every listener. ``sockets``: (listener,
-        socket) pairs already bound and listening, by the parent of several workers
+        """Open and recover the spool, start the worker and delivery loops of its roles,
+        and bind every listener (a receiver). ``sockets``: (listener, socket) pairs
+        already bound and listening, by the parent of several workers
         (server/workers.py), which recovered the spool before starting them: then the
         spool is not recovered here (that would drop another worker's files being
         written)."""
@@ -96,7 +126,12 @@ class Server:
         if sockets is None:
             await recover_queue(self.spool)
             sockets = [(listener, None) for listener in self.config.listen]
-        self.delivery.start()
+        if "delivery" in self.roles:
+            self.delivery.start()
+        if self.post_queue is not None:
+            self.post_queue.start()
+        if "receiver" not in self.roles:
+            sockets = []
         loop = asyncio.get_running_loop()
         for listener, sock in sockets:
             where = {"sock": sock} if sock else \
@@ -108,19 +143,24 @@ class Server:
             for bound in server.sockets:
                 self.bound.append((listener, bound.getsockname()))
                 log.info("listening: %s on %s", listener.kind, bound.getsockname()[:2])
-        log.info("started: %s, scripts %s, queue %s, state %s", self.config.hostname,
+        log.info("started: %s (%s), scripts %s, queue %s, state %s", self.config.hostname,
+                 ", ".join(role for role in ROLES if role in self.roles),
                  self.config.scripts or "(none)", self.config.queue_dir, self.scripting.state)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
         self._tasks.append(self.policy.follow_changes())
+        serving = [s.serve_forever() for s in self.servers] or \
+            [asyncio.Event().wait()]  # no listener (no receiver): until cancelled
         try:
-            await asyncio.gather(*(s.serve_forever() for s in self.servers))
+            await asyncio.gather(*serving)
         finally:
             await self.stop()
 
     async def stop(self) -> None:
         log.info("stopping")
+        if self.post_queue is not None:
+            await self.post_queue.stop()
         await self.delivery.stop()
         for task in self._tasks:
             task.cancel()

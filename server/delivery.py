@@ -41,6 +41,7 @@ from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
 
+from .claim_loop import ClaimLoop
 from .config import DeliveryConfig
 from .delivery_hook import FailureHook, Refusal, queued_header, state_after
 from .dsn import build_dsn
@@ -81,9 +82,9 @@ class Delivery:
         self.transports = Transports(config, self.hostname, resolver, dns_defaults)
         self.reasons = reasons or shipped()
         self.hook = hook  # the policy's on_delivery_failure (None: the default decisions)
-        self.active: dict[str, asyncio.Task] = {}
-        self._releases: set[asyncio.Task] = set()  # claims being ended (see _done)
-        self._task: asyncio.Task | None = None
+        self.claims = ClaimLoop(queue, ("deliver", "deferred"), self._process,
+                                config.concurrency, config.poll_interval, log, clock,
+                                prepare=self._recover_deliveries)
 
     # -- routes --------------------------------------------------------------------------
     def default_route(self, mailbox: Mailbox) -> str:
@@ -112,65 +113,23 @@ class Delivery:
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Start claiming due messages (when enabled)."""
-        if self.config.enabled and self._task is None:
-            self._task = asyncio.ensure_future(self._run())
+        if self.config.enabled:
+            self.claims.start()
 
     async def stop(self) -> None:
         """Stop; deliveries cut short are tried again by the next worker."""
-        tasks = [t for t in (self._task, *self.active.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._released()
-        self._task = None
+        await self.claims.stop()
         await self.transports.close()
 
     async def run_once(self) -> int:
         """Deliver what is due now and wait for it; returns how many messages."""
-        tasks = await self._claim()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._released()
-        return len(tasks)
+        return await self.claims.run_once()
 
-    async def _run(self) -> None:
+    async def _recover_deliveries(self) -> None:
         try:
             await self.queue.recover_deliveries()
         except Exception:  # noqa: BLE001 - a journal problem must not stop delivery
             log.exception("delivery: cannot recover the deliveries a stop cut short")
-        while True:
-            try:
-                await self._claim()
-            except Exception:  # noqa: BLE001 - the worker must outlive one bad poll
-                log.exception("delivery: cannot read the queue")
-            await asyncio.sleep(self.config.poll_interval)
-
-    async def _claim(self) -> list[asyncio.Task]:
-        """Start delivering due messages, up to ``concurrency`` at once."""
-        free = self.config.concurrency - len(self.active)
-        return [self._spawn(entry) for entry in await self.queue.claim(free, self.clock())]
-
-    def _spawn(self, entry: Entry) -> asyncio.Task:
-        task = asyncio.ensure_future(self._process(entry))
-        self.active[entry.id] = task
-        task.add_done_callback(lambda _: self._done(entry.id))
-        return task
-
-    def _done(self, msg_id: str) -> None:
-        """A delivery task ended, even cancelled before it started: its claim ends too,
-        in a task of its own (a callback cannot wait)."""
-        self.active.pop(msg_id, None)
-        release = asyncio.ensure_future(self.queue.release(msg_id))
-        self._releases.add(release)
-        release.add_done_callback(self._release_ended)
-
-    def _release_ended(self, release: asyncio.Task) -> None:
-        self._releases.discard(release)
-        if not release.cancelled() and release.exception() is not None:
-            log.error("delivery: cannot end a claim: %s", release.exception())
-
-    async def _released(self) -> None:
-        """Wait for the claims being ended."""
-        await asyncio.gather(*self._releases, return_exceptions=True)
 
     async def _process(self, entry: Entry) -> None:
         try:

@@ -85,14 +85,15 @@ class Envelope:
         """The stored form, as a JSON object with ``version`` (and ``context`` only when
         there is one)."""
         stored = dict(vars(self), version=VERSION,
-                      recipients=[dict(vars(rcpt)) for rcpt in self.recipients])
+                      recipients=[dict(sorted(vars(rcpt).items())) for rcpt in self.recipients])
         if self.context is None:
             del stored["context"]
-        return stored
+        return dict(sorted(stored.items()))
 
     def to_json(self) -> bytes:
-        """The stored form, as bytes."""
-        return json.dumps(self.stored(), sort_keys=True).encode()  # no indent: the C encoder
+        """The stored form, as bytes: the keys sorted, but the context's kept in order
+        (the order of a script's maps and of its stored values is theirs)."""
+        return json.dumps(self.stored()).encode()  # no indent: the C encoder
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Envelope:

@@ -1,7 +1,12 @@
 """Intake: an accepted message becomes a queued one. It is written to the queue with its
 envelope (the recipients with the routes the stages chose), then on_post_queue decides
-where it goes next: delivery, a quarantine, hold or dead (:meth:`Intake.post_queue`: in
-the session that received it, or in a worker that claimed it from ``working``)."""
+where it goes next: delivery, a quarantine, hold or dead (:meth:`Intake.post_queue`).
+
+Inline, on_post_queue runs in the session that received the message, before its 250.
+Handed off, the session stores with the envelope what on_post_queue needs of its ctx
+(:func:`hand_off`) and answers 250 once the message is stored; a post-queue worker
+(server/post_queue_worker.py), maybe on another machine, claims it from ``working``,
+rebuilds the ctx (:func:`take_over`) and runs :meth:`Intake.post_queue` there."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +14,10 @@ import time
 from dataclasses import replace
 
 from vsl.stdlib.ctx import Context, Stage
+from vsl.stdlib.status import Status
+from vsl.stdlib.support import handoff
+from vsl.stdlib.support.handoff import HandoffError
+from vsl.stdlib.support.mail import HeaderLimits
 
 from .delivery import Delivery
 from .envelope import Envelope
@@ -18,18 +27,48 @@ from .stages import StageRunner
 log = logging.getLogger("vsl.server")
 
 
+def hand_off(ctx: Context, runner: StageRunner) -> dict:
+    """An envelope's ``context``: what a post-queue worker needs of the session, its ctx
+    and whether a faccept skips on_post_queue. HandoffError names a stored value that
+    cannot be carried."""
+    return {"ctx": handoff.dump(ctx), "forced": runner.forced is not None}
+
+
+def take_over(context, data: bytes, limits: HeaderLimits, runner: StageRunner) -> Context:
+    """The ctx of an envelope's ``context`` (:func:`hand_off`) with its message ``data``
+    parsed within ``limits``, and ``runner`` as the session left it. HandoffError when
+    the context is missing or does not load."""
+    if context is None:
+        raise HandoffError("no hand-off from the session (queued by an inline server?)")
+    if type(context) is not dict or set(context) != {"ctx", "forced"} \
+            or type(context["forced"]) is not bool:
+        raise HandoffError("a hand-off of the wrong form")
+    ctx = handoff.load(context["ctx"], data, limits)
+    if context["forced"]:
+        runner.forced = Status("faccept")
+    return ctx
+
+
 class Intake:
-    """Puts accepted messages on the queue and hands them to delivery."""
+    """Puts accepted messages on the queue and hands them to delivery. ``hands_off``:
+    on_post_queue runs in a post-queue worker, not in the session (see the module
+    docstring)."""
 
-    def __init__(self, queue: QueueBackend, delivery: Delivery):
-        self.queue, self.delivery = queue, delivery
+    def __init__(self, queue: QueueBackend, delivery: Delivery, hands_off: bool = False):
+        self.queue, self.delivery, self.hands_off = queue, delivery, hands_off
 
-    async def store(self, ctx: Context, data: bytes, queue: str,
+    async def store(self, ctx: Context, runner: StageRunner, data: bytes, queue: str,
                     authenticated_as: str | None) -> Entry:
-        """Write the message of ``ctx`` (``data``: its bytes) to ``queue``; the entry as
-        stored (so on_post_queue's routing needs no read back). Raises QueueError or
-        OSError when it could not be written."""
+        """Write the message of ``ctx`` (``data``: its bytes; ``runner``: its session's)
+        to ``queue``; the entry as stored (so on_post_queue's routing needs no read
+        back). Raises QueueError or OSError when it could not be written, QueueError
+        too when its hand-off cannot be made (the HandoffError as its cause)."""
         envelope = self._envelope(ctx, authenticated_as)
+        if self.hands_off and queue == "working":
+            try:
+                envelope.context = hand_off(ctx, runner)
+            except HandoffError as err:
+                raise QueueError(f"cannot hand it to a post-queue worker: {err}") from err
         msg_id = await self.queue.put(envelope, data, queue, ctx.message_id)
         return Entry(msg_id, queue, replace(envelope, id=msg_id))
 
@@ -45,8 +84,9 @@ class Intake:
     async def queued(self, entry: Entry, ctx: Context, runner: StageRunner,
                      data: bytes) -> None:
         """After a message is stored (``entry`` and ``data``: as :meth:`store` wrote
-        them), in the session: :meth:`post_queue`, when it went to ``working``."""
-        if entry.queue == "working":
+        them), in the session: :meth:`post_queue`, when it went to ``working`` and is
+        not handed off."""
+        if entry.queue == "working" and not self.hands_off:
             await self.post_queue(entry, ctx, runner, data)
 
     async def post_queue(self, entry: Entry, ctx: Context, runner: StageRunner,
@@ -75,15 +115,15 @@ class Intake:
             target = "dead" if status.kind == "deny" else "deliver"
         if target == "deliver":
             await self.delivery.reroute(entry, ctx, data)
-        await self._drop_context(entry)
-        await self.queue.move(entry.id, target, entry.queue)
+        await self.leave_working(entry, target)
 
-    async def _drop_context(self, entry: Entry) -> None:
-        """The session's hand-off serves on_post_queue only: it does not leave
-        ``working`` (on a broker, the update goes with the move)."""
+    async def leave_working(self, entry: Entry, target: str) -> None:
+        """Move a message of ``working`` to ``target`` without its hand-off, which
+        serves on_post_queue only (on a broker, the update goes with the move)."""
         if entry.envelope.context is not None:
             entry.envelope.context = None
             await self.queue.update(entry)
+        await self.queue.move(entry.id, target, entry.queue)
 
     async def _hold(self, msg_id: str, queue: str) -> None:
         """Put a message in hold; if even that fails, it stays where it is until the next

@@ -62,6 +62,7 @@ from .files import (HAS_SYNCFS, make_private_dirs, sync_directory, sync_file_sys
 from .journal import Journal
 from .printable import printable
 from .queue_backend import (MESSAGE_ID, QUEUES, Entry, QueueError, UnreadableEnvelope,
+                            WorkSignal,
                             check_queue, new_id)
 
 if TYPE_CHECKING:
@@ -259,6 +260,8 @@ class Spool:
     """The on-disk queue (see the module docstring). ``journal``: the delivery journal's
     path (default: ``delivered.journal`` in ``root``)."""
 
+    shared = False  # one machine's directory
+
     def __init__(self, root: str | os.PathLike, journal: str | os.PathLike | None = None):
         self.root = Path(root)
         make_private_dirs(self.root)
@@ -270,6 +273,7 @@ class Spool:
         self._warned: dict[str | None, set[str]] = {}  # unreadable envelopes logged, by list()
         self._claimed: set[str] = set()
         self._deferred: list[tuple[float, str]] | None = None  # heap of (next_attempt, id)
+        self._work = WorkSignal()  # puts and moves of this process
 
     @classmethod
     def of(cls, config: Config) -> Spool:
@@ -367,6 +371,7 @@ class Spool:
             self._made.add(eml.parent)
         envelope = replace(envelope, id=msg_id, received_at=envelope.received_at or time.time())
         await self._committer.submit([(eml, data), (meta, envelope.to_json())])
+        self._work.notify(queue)
         return msg_id
 
     async def get(self, msg_id: str, queue: str | None = None) -> Entry:
@@ -474,6 +479,7 @@ class Spool:
         make_private_dirs(dst_eml.parent)
         await self._committer.submit([], [(src_eml, dst_eml), (src_meta, dst_meta)],
                                      present=src_meta)
+        self._work.notify(target)
 
     async def remove(self, msg_id: str, queue: str | None = None) -> None:
         """Delete a message (delivered, or removed by the operator); QueueError when it
@@ -576,6 +582,11 @@ class Spool:
     async def release(self, msg_id: str) -> None:
         """End a claim (see :meth:`claim`)."""
         self._claimed.discard(msg_id)
+
+    async def wait_for_work(self, queues: tuple[str, ...], timeout: float) -> None:
+        """Until this process puts or moves a message into ``queues``, or ``timeout``
+        seconds (another process's, such as `vsl queue release`, waits for it)."""
+        await self._work.wait(queues, timeout)
 
     async def complete(self, entry: Entry) -> None:
         """Delivered or bounced to the last recipient: the message is deleted."""

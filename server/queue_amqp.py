@@ -39,8 +39,8 @@ from .envelope import Envelope
 from .journal import Journal
 from .queue_amqp_codec import Poison, Topology, decode, delay_level, encode
 from .queue_amqp_link import BrokerLink, plain
-from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, check_queue,
-                            new_id)
+from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkSignal,
+                            check_queue, new_id)
 
 log = logging.getLogger("vsl.queue")
 CLAIM_WAIT_READY = 1.0  # s a claim waits for deliveries the broker reports ready for it
@@ -62,6 +62,8 @@ class Claim:
 class AmqpQueue:
     """The mail queue on a RabbitMQ broker (see the module docstring)."""
 
+    shared = True
+
     def __init__(self, url: str, prefix: str = "vsl", journal: str | Path | None = None,
                  queue_type: str = "quorum", confirm_timeout: float = 30.0,
                  connect_timeout: float = 5.0, prefetch: int = 20):
@@ -72,6 +74,7 @@ class AmqpQueue:
         self.claims: dict[str, Claim] = {}
         self.buffer: dict[str, list] = {}  # physical queue -> (generation, message) received
         self.arrived: dict[str, asyncio.Event] = {}  # physical queue -> set at each delivery
+        self.work = WorkSignal()  # a consumer received a message
 
     @classmethod
     def of(cls, config) -> AmqpQueue:
@@ -171,9 +174,12 @@ class AmqpQueue:
             waiting = self.buffer[physical] = []
             arrived = self.arrived[physical] = asyncio.Event()
 
+            logical = "working" if physical == self.topology.name("working") else "deliver"
+
             async def receive(message) -> None:
                 waiting.append((self.link.generation, message))
                 arrived.set()
+                self.work.notify(logical)
             await self.link.consume(physical, receive, self.prefetch)
         return self.buffer[physical]
 
@@ -260,6 +266,10 @@ class AmqpQueue:
             claim.done = True
         if self.journal is not None:
             self.journal.forget(claim.entry.id)
+
+    async def wait_for_work(self, queues: tuple[str, ...], timeout: float) -> None:
+        """Until a consumer of ``queues`` receives a message, or ``timeout`` seconds."""
+        await self.work.wait(queues, timeout)
 
     async def release(self, msg_id: str) -> None:
         """End a claim; a message not completed, deferred or moved is due again."""
@@ -366,6 +376,9 @@ class AmqpQueue:
         return (await self._find(msg_id, queue))[0]
 
     async def message(self, msg_id: str, queue: str | None = None) -> bytes:
+        claim = self._holding(msg_id, queue)
+        if claim is not None:
+            return claim.data
         return (await self._find(msg_id, queue))[1]
 
     async def locate(self, msg_id: str) -> str:

@@ -36,27 +36,37 @@ The contract, for every backend:
   very moment: the message stays where the operator put it, listed once. Addresses
   handed to such a failed ``update(..., delivered=...)`` are still kept: the message's
   next claim (or the next start's ``recover_deliveries``) marks them delivered.
+- **Shared or not.** :attr:`~QueueBackend.shared` tells whether processes on other
+  machines use the same queue (a broker): then a receiver, a post-queue worker and
+  delivery may each run elsewhere, and ``working`` holds acknowledged mail.
+- **Waiting for work.** :meth:`~QueueBackend.wait_for_work` returns when a message may
+  have become due in the queues named, or after a timeout: a poll loop calls it between
+  claims instead of sleeping (a wake-up may be spurious, or come only at the timeout).
 - **Admin reads** (``get``, ``message``, ``list``, ``scan``, ``locate``, ``counts``) see
   what is stored. On a broker, a message in flight (claimed by a worker or delivery) is
   not seen until it is released or moved, and finding one by id reads the queue through;
   ``move``/``remove`` of one fails (QueueError "not in <queue> (being delivered, or
   moved)") and the operator tries again later. ``counts`` is keyed by the names
-  ``vsl queue`` shows; a broker counts every quarantine as ``quarantine``.
-- **Who calls what.** The session: ``put``, then (single process) ``move`` after
+  ``vsl queue`` shows; a broker counts every quarantine as ``quarantine``. But
+  ``message`` of a claim this process holds gives its bytes (delivery and a post-queue
+  worker read what they claimed so).
+- **Who calls what.** The session: ``put``, then (inline post-queue) ``move`` after
   on_post_queue, ``update``. A post-queue worker: ``claim(..., queues=("working",))``,
-  ``update``, ``move``, ``release``. Delivery: ``recover_deliveries``, ``claim``,
-  ``update``, ``complete``, ``defer``, ``move``, ``release``, ``put`` (DSNs). Start-up,
-  before anything writes: ``open``, ``recover`` (the spool holds what is left in
-  ``working``: there it means "never acknowledged"), ``startup_warnings``. ``vsl queue``
-  (beside a live server): ``scan``, ``list``, ``get``, ``message``, ``locate``,
-  ``counts``, ``update``, ``move``, ``remove``, ``quarantine_warnings``. Everyone:
-  ``open`` first, ``close`` last.
+  ``message``, ``update``, ``move``, ``release``, ``wait_for_work``. Delivery:
+  ``recover_deliveries``, ``claim``, ``message``, ``update``, ``complete``, ``defer``,
+  ``move``, ``release``, ``put`` (DSNs), ``wait_for_work``. Start-up, before anything
+  writes: ``open``, ``recover`` (the spool holds what is left in ``working``: there it
+  means "never acknowledged"), ``startup_warnings``. ``vsl queue`` (beside a live
+  server): ``scan``, ``list``, ``get``, ``message``, ``locate``, ``counts``, ``update``,
+  ``move``, ``remove``, ``quarantine_warnings``. Everyone: ``open`` first, ``close``
+  last.
 
 Queues: ``working`` (received, waiting for on_post_queue), ``deliver``, ``deferred``,
 ``dead``, ``hold`` and ``quarantine/<name>`` (<name> as status::quarantine allows).
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -111,9 +121,49 @@ class Entry:
         return time.time() - (self.envelope.received_at or time.time())
 
 
+class WorkSignal:
+    """Wakes a backend's :meth:`~QueueBackend.wait_for_work` when this process puts or
+    moves a message into a queue waited for. A queue notified while nobody waited on it
+    wakes the next wait at once: a put while the waiter was claiming is not missed. (Each
+    notification wakes the waits of that moment, or else the next one only.)"""
+
+    def __init__(self):
+        self._waiters: list[tuple[tuple[str, ...], asyncio.Future]] = []
+        self._pending: set[str] = set()  # notified with no wait on them
+
+    def notify(self, queue: str) -> None:
+        """A message may have become due in ``queue`` (from any thread)."""
+        waiting = [future for queues, future in self._waiters if queue in queues]
+        if not waiting:
+            self._pending.add(queue)
+        for future in waiting:
+            future.get_loop().call_soon_threadsafe(_wake, future)
+
+    async def wait(self, queues: tuple[str, ...], timeout: float) -> None:
+        """Until ``queues`` are notified, or ``timeout`` seconds."""
+        if not self._pending.isdisjoint(queues):
+            self._pending.difference_update(queues)
+            return
+        waiter = (tuple(queues), asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiters.remove(waiter)
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @runtime_checkable
 class QueueBackend(Protocol):
     """The mail queue (see the module docstring for the contract)."""
+
+    shared: bool  # used by processes on other machines too (a broker), not only this one
 
     # -- life cycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -171,6 +221,10 @@ class QueueBackend(Protocol):
     async def recover_deliveries(self) -> None:
         """Before the first claim: mark delivered what remotes accepted before a crash
         whose envelope update did not finish."""
+
+    async def wait_for_work(self, queues: tuple[str, ...], timeout: float) -> None:
+        """Return when a message may have become due in ``queues``, or after ``timeout``
+        seconds (a backend that cannot tell: always after the timeout)."""
 
     # -- administration (may not see messages in flight on a broker) -------------------
     async def get(self, msg_id: str, queue: str | None = None) -> Entry:

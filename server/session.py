@@ -289,7 +289,7 @@ class Session:
         data = ctx.message.to_bytes()
         authenticated_as = session.auth_data if session.authenticated else None
         try:
-            entry = await self.intake.store(ctx, data, queue, authenticated_as)
+            entry = await self.intake.store(ctx, self.stages, data, queue, authenticated_as)
         except (QueueError, OSError) as err:
             log.error("%s: message not queued: %s", self.peer_ip, err)
             reply = self._reject("DATA", not_queued_reply(err))

@@ -5,9 +5,11 @@ One Python process is held to about one core by the GIL; N workers are not. The 
 
 - it recovers the spool once, before any worker runs (a worker never does: it would drop
   the temporary files another worker is writing);
-- it binds every listener, then forks the workers, which inherit the listening sockets and
-  accept on them; the kernel hands each connection to one of them;
-- only worker 0 runs the delivery worker;
+- it binds every listener (when the workers are receivers), then forks the workers, which
+  run the same roles, inherit the listening sockets and accept on them; the kernel hands
+  each connection to one of them;
+- on the spool, only worker 0 runs the delivery worker; on a queue shared between
+  machines (a broker) every worker may deliver and run on_post_queue;
 - SIGTERM or SIGINT stops every worker, then the parent exits 0; SIGHUP reloads the
   scripts in every worker; a worker that dies otherwise is logged and started again
   (as Postfix's master does), at most once a second.
@@ -26,7 +28,7 @@ import threading
 import time
 from dataclasses import replace
 
-from .app import Server, recover_queue
+from .app import ALL_ROLES, Server, recover_queue
 from .config import Config, Listener
 from .queues import open_queue
 
@@ -64,35 +66,40 @@ def bind(listener: Listener) -> list[socket.socket]:
     return sockets
 
 
-async def _recover(config: Config) -> None:
+async def _recover(config: Config) -> bool:
+    """Recover the queue; whether it is shared between machines."""
     queue = open_queue(config)
     try:
         await queue.open()
         await recover_queue(queue)
     finally:
         await queue.close()  # no thread may run in the parent when it forks
+    return queue.shared
 
 
 class Workers:
-    """The parent of ``config.workers`` worker processes (see the module docstring)."""
+    """The parent of ``config.workers`` worker processes, each running ``roles`` (see
+    the module docstring)."""
 
-    def __init__(self, config: Config):
-        self.config = config
+    def __init__(self, config: Config, roles: frozenset[str] = ALL_ROLES):
+        self.config, self.roles = config, roles
+        self.shared = False  # the queue is shared between machines (known once prepared)
         self.sockets: list[tuple[Listener, socket.socket]] = []
         self.children: dict[int, int] = {}   # pid -> worker index
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
 
     def prepare(self) -> None:
-        """Bind every listener, then recover the spool (OSError if a listener cannot
-        bind)."""
+        """Bind every listener of a receiver, then recover the spool (OSError if a
+        listener cannot bind)."""
+        listeners = self.config.listen if "receiver" in self.roles else ()
         try:
-            for listener in self.config.listen:
+            for listener in listeners:
                 self.sockets += [(listener, sock) for sock in bind(listener)]
         except BaseException:
             self.close()
             raise
-        asyncio.run(_recover(self.config))
+        self.shared = asyncio.run(_recover(self.config))
 
     def run(self) -> int:
         """Start the workers and look after them until SIGTERM or SIGINT; returns the exit
@@ -179,9 +186,9 @@ class Workers:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
             config = self.config
-            if index > 0:
+            if index > 0 and not self.shared:  # one spool: one delivery worker
                 config = replace(config, delivery=replace(config.delivery, enabled=False))
-            asyncio.run(_serve(Server(config), self.sockets))
+            asyncio.run(_serve(Server(config, roles=self.roles), self.sockets))
             status = 0
         except BaseException:  # noqa: BLE001 - logged; the parent starts it again
             log.exception("worker %d failed", index)

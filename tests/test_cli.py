@@ -521,7 +521,7 @@ def test_serve_dns_is_checked_like_the_other_nameservers(tmp_path, monkeypatch):
     from vsl.cli import main, serve
 
     served = []
-    monkeypatch.setattr(serve, "_serve", served.append)
+    monkeypatch.setattr(serve, "_serve", lambda config, role: served.append(config))
     result = CliRunner().invoke(main, ["serve", "--dns", "not-an-ip",
                                        "--queue-dir", str(tmp_path / "q")])
     assert result.exit_code == 1 and served == []

@@ -683,7 +683,7 @@ def test_a_stop_right_after_a_claim_ends_the_claim(tmp_path):
                                                                              route)]),
                                  MESSAGE, "deliver")
         first = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
-        await first._claim()
+        await first.claims._claim()
         await first.stop()
         second = Delivery(spool, in_tmp(tmp_path), "mx.test", ("example.test",))
         delivered = await second.run_once()

@@ -175,6 +175,16 @@ def test_recipient_reasons_round_trip():
     assert rcpt.reason is None and rcpt.reason_confidence is None
 
 
+def test_an_envelopes_context_keeps_its_key_order():
+    """A script's maps and stored values keep their order through the hand-off."""
+    context = {"store": {"spf": 1, "iprev": 2, "dkim": 3}, "forced": False}
+    envelope = Envelope("a@x.test", [RecipientState("b@x.test")], context=context)
+    stored = Envelope.from_json(envelope.to_json())
+    assert list(stored.context) == ["store", "forced"]
+    assert list(stored.context["store"]) == ["spf", "iprev", "dkim"]
+    assert list(json.loads(envelope.to_json())) == sorted(json.loads(envelope.to_json()))
+
+
 @pytest.mark.parametrize("stored, problem", [
     ('{"version": 99, "sender": ""}', "version 99"),
     ('{"recipients": []}', "sender"),

@@ -19,7 +19,7 @@ from pathlib import Path
 from vsl.server.config import Config
 from vsl.server.envelope import Envelope
 from vsl.server.queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope,
-                                      check_queue, new_id)
+                                      WorkSignal, check_queue, new_id)
 
 
 @dataclass
@@ -43,11 +43,15 @@ STORES: dict[Path, MemoryStore] = {}  # by the storage a backend is opened on
 
 
 class MemoryQueue:
-    """The mail queue, in memory (see the module docstring)."""
+    """The mail queue, in memory (see the module docstring). ``shared``: as a broker,
+    the store stands for one that processes on other machines use too (tests of roles
+    build several servers over one store)."""
 
-    def __init__(self, store: MemoryStore | None = None):
+    def __init__(self, store: MemoryStore | None = None, shared: bool = False):
         self.store = store if store is not None else MemoryStore()
+        self.shared = shared
         self.claimed: set[str] = set()
+        self.work = WorkSignal()  # puts and moves through this MemoryQueue
 
     @classmethod
     def on(cls, storage: Path) -> MemoryQueue:
@@ -72,6 +76,7 @@ class MemoryQueue:
         stored = Envelope.from_json(envelope.to_json())
         stored.id, stored.received_at = msg_id, stored.received_at or time.time()
         self.store.messages[msg_id] = Stored(queue, stored.to_json(), data)
+        self.work.notify(queue)
         return msg_id
 
     async def claim(self, limit: int, now: float,
@@ -101,7 +106,7 @@ class MemoryQueue:
         """Store the envelope with ``next_attempt = until``, in ``deferred``."""
         entry.envelope.next_attempt = until
         await self.update(entry)
-        self._find(entry.id, entry.queue).queue = "deferred"
+        await self.move(entry.id, "deferred", entry.queue)
 
     async def update(self, entry: Entry, data: bytes | None = None,
                      delivered: list[str] = ()) -> None:
@@ -118,6 +123,7 @@ class MemoryQueue:
         """Move a message to another queue."""
         check_queue(target)
         self._find(msg_id, queue).queue = target
+        self.work.notify(target)
 
     async def recover_deliveries(self) -> None:
         """Mark delivered the kept addresses of the messages still queued. Those of an
@@ -141,12 +147,21 @@ class MemoryQueue:
         if addresses:
             await self.update(entry)
 
+    async def wait_for_work(self, queues: tuple[str, ...], timeout: float) -> None:
+        """Until this MemoryQueue puts or moves a message into ``queues``, or
+        ``timeout`` seconds."""
+        await self.work.wait(queues, timeout)
+
     async def open(self) -> None:
         """Nothing to connect to."""
 
     async def recover(self) -> int:
-        """Nothing in memory is ever half stored: nothing to finish or drop. What is
-        left in ``working`` was never acknowledged (as in the spool): it goes to hold."""
+        """Nothing in memory is ever half stored: nothing to finish or drop. Unless the
+        store is shared (there ``working`` holds acknowledged mail, maybe a worker's
+        elsewhere), what is left in ``working`` was never acknowledged (as in the
+        spool): it goes to hold."""
+        if self.shared:
+            return 0
         for entry in await self.list("working"):
             await self.move(entry.id, "hold", "working")
         return 0
