@@ -12,6 +12,7 @@ from importlib.resources import files
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from . import parse_tree as parse_tree_callbacks
 from .errors import Pos, VslSyntaxError
 
 # grammar/ is installed as the package vsl.grammar (see pyproject.toml).
@@ -41,8 +42,10 @@ _PUNCTUATION_ORDER = ["';'", "','", "')'", "']'", "'}'", "'{'", "'=>'", "':'"]
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     text = GRAMMAR.read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                cache=True, lexer_callbacks={"NAME": _reject_reserved})
+    parser = Lark(text, parser="lalr", maybe_placeholders=True, cache=True,
+                  lexer_callbacks={"NAME": _reject_reserved})
+    parse_tree_callbacks.install(parser)
+    return parser
 
 
 def _token_word(name: str) -> str:
@@ -196,16 +199,18 @@ def _shifted(loc: tuple[int, int], origin: tuple[int, int]) -> tuple[int, int]:
 
 def _shift_positions(tree: Tree, origin: tuple[int, int]) -> None:
     """Move every position in ``tree``, parsed from a piece of text that starts at
-    ``origin``, to its place in the whole text (offsets such as start_pos stay the piece's)."""
+    ``origin``, to its place in the whole text (offsets such as start_pos and the ends of
+    tokens stay the piece's). A node shares its start with its first child: each start
+    moves once."""
+    moved = set()
     for node in tree.iter_subtrees():
-        meta = node.meta
-        if not meta.empty:
-            meta.line, meta.column = _shifted((meta.line, meta.column), origin)
-            meta.end_line, meta.end_column = _shifted((meta.end_line, meta.end_column), origin)
+        start = node.meta
+        if not start.empty and id(start) not in moved:
+            moved.add(id(start))
+            start.line, start.column = _shifted((start.line, start.column), origin)
         for tok in node.children:
             if isinstance(tok, Token):
                 tok.line, tok.column = _shifted((tok.line, tok.column), origin)
-                tok.end_line, tok.end_column = _shifted((tok.end_line, tok.end_column), origin)
 
 
 # Left-associative operators and postfix chains: ``a + b + c`` and ``s.trim().len()``
