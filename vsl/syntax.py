@@ -1,6 +1,7 @@
 """Parsing: script text -> Lark parse tree -> typed AST (:mod:`vsl.ast`).
 
-The LALR parser is built once per process (and cached on disk by Lark).
+The LALR parser is built once per process (its tables cached in a private directory, see
+:mod:`vsl.parser_cache`).
 Lark errors are translated into :class:`VslSyntaxError` with the position,
 the source line and the expected tokens in words.
 """
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
+import lark
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import parse_tree as parse_tree_callbacks
 from .errors import Pos, VslSyntaxError
+from .parser_cache import grammar_cache
 
 # grammar/ is installed as the package vsl.grammar (see pyproject.toml).
 GRAMMAR = files("vsl.grammar") / "vsl.lark"
@@ -41,9 +45,14 @@ _PUNCTUATION_ORDER = ["';'", "','", "')'", "']'", "'}'", "'{'", "'=>'", "':'"]
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    text = GRAMMAR.read_text(encoding="utf-8")
-    parser = Lark(text, parser="lalr", maybe_placeholders=True, cache=True,
-                  lexer_callbacks={"NAME": _reject_reserved})
+    grammar = GRAMMAR.read_text(encoding="utf-8")
+    return build_parser(grammar, grammar_cache(grammar, lark.__version__))
+
+
+def build_parser(grammar: str, cache: Path | None) -> Lark:
+    """The parser of ``grammar``, its tables cached in ``cache`` (see :mod:`vsl.parser_cache`)."""
+    parser = Lark(grammar, parser="lalr", maybe_placeholders=True,
+                  cache=str(cache) if cache else False, lexer_callbacks={"NAME": _reject_reserved})
     parse_tree_callbacks.install(parser)
     return parser
 
