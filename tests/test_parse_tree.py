@@ -8,6 +8,7 @@ import pytest
 
 from chunks import collect
 from vsl import syntax
+from vsl.lalr_driver import fast_parser
 
 HERE = Path(__file__).parent
 SOURCES = [c.source for d in ("lang", "lint") for c in collect(HERE / d)]
@@ -48,3 +49,16 @@ def test_an_interpolation_moves_each_start_once():
     index = next(tree.find_data("index"))
     assert (index.meta.line, index.meta.column) == (3, 10)
     assert (index.children[0].meta.line, index.children[0].meta.column) == (3, 10)
+
+
+def test_the_lean_driver_leaves_errors_to_lark():
+    fast = fast_parser(syntax._parser())
+    assert fast is not None and fast.parse("let a = 1;") is not None
+    for text in ("let = 1;", "let a = 1 +;", "let a = @;", "var x = 1;", "let s = \"open",
+                 "fn f( {", "1 ..= 2 ..= 3"):
+        assert fast.parse(text) is None, text
+
+
+def test_a_lark_without_the_parts_gets_no_lean_driver():
+    earley = Lark("start: \"a\"", parser="earley")
+    assert fast_parser(earley) is None

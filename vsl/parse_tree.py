@@ -66,7 +66,7 @@ def _callback(rule, placeholders: bool):
     keeps_all = len(plan) - 1 == len(rule.expansion) and not any(
         splice or nones for _, splice, nones in plan)
     if keeps_all and inline and len(rule.expansion) == 1:
-        return _pass_through
+        return pass_through
     if keeps_all:
         def build(children):
             if inline and len(children) == 1:
@@ -91,7 +91,8 @@ def _callback(rule, placeholders: bool):
     return build_filtered
 
 
-def _pass_through(children):
+def pass_through(children):
+    """The callback of ``?a: b``: the one child is the node."""
     return children[0]
 
 

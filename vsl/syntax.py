@@ -1,7 +1,8 @@
 """Parsing: script text -> Lark parse tree -> typed AST (:mod:`vsl.ast`).
 
 The LALR parser is built once per process (its tables cached in a private directory, see
-:mod:`vsl.parser_cache`).
+:mod:`vsl.parser_cache`); text is parsed by a lean driver over its tables
+(:mod:`vsl.lalr_driver`), and by Lark itself where that one gives up, to report the error.
 Lark errors are translated into :class:`VslSyntaxError` with the position,
 the source line and the expected tokens in words.
 """
@@ -17,6 +18,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import parse_tree as parse_tree_callbacks
 from .errors import Pos, VslSyntaxError
+from .lalr_driver import FastParser, fast_parser
 from .parser_cache import grammar_cache
 
 # grammar/ is installed as the package vsl.grammar (see pyproject.toml).
@@ -55,6 +57,18 @@ def build_parser(grammar: str, cache: Path | None) -> Lark:
                   cache=str(cache) if cache else False, lexer_callbacks={"NAME": _reject_reserved})
     parse_tree_callbacks.install(parser)
     return parser
+
+
+@lru_cache(maxsize=1)
+def _fast_parser() -> FastParser | None:
+    return fast_parser(_parser())
+
+
+def _parse(text: str) -> Tree:
+    """The tree of ``text``: the lean driver's, or Lark's, which raises Lark's errors."""
+    fast = _fast_parser()
+    tree = fast.parse(text) if fast is not None else None
+    return tree if tree is not None else _parser().parse(text)
 
 
 def _token_word(name: str) -> str:
@@ -181,7 +195,7 @@ def parse_tree(text: str, file: str, origin: tuple[int, int] = (1, 1),
     a piece of the file's ``source`` that starts at ``origin`` (an interpolation, parsed as
     it is): the positions in the tree and in the error are the file's all the same."""
     try:
-        tree = _parser().parse(text)
+        tree = _parse(text)
     except UnexpectedInput as err:
         msg, loc = _translate(err, text)
     except _ReservedWord as err:
