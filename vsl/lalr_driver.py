@@ -60,12 +60,11 @@ class FastParser:
                 else:  # a rule: where to go once it is reduced
                     gotos[symbol] = arg
             self.actions[state], self.gotos[state] = actions, gotos
+        self.lark_lexers = parser.parser.lexer.lexers  # state -> Lark's lexer for it
+        # the lexers made so far (a lexer compiles its patterns: only the states text
+        # reaches), by state and by Lark's lexer, which states accepting the same share
         self.lexers: dict[int, _StateLexer] = {}
-        shared: dict[int, _StateLexer] = {}  # states that accept the same terminals
-        for state, lexer in parser.parser.lexer.lexers.items():
-            if id(lexer) not in shared:
-                shared[id(lexer)] = _StateLexer(lexer)
-            self.lexers[state] = shared[id(lexer)]
+        self.by_lark_lexer: dict[int, _StateLexer] = {}
 
     def parse(self, text: str) -> Tree | None:
         """The tree of ``text``, as Lark's parser makes it; None if Lark would raise."""
@@ -74,13 +73,21 @@ class FastParser:
         except _GiveUp:
             return None
 
+    def _lexer(self, state: int) -> _StateLexer:
+        lark_lexer = self.lark_lexers[state]
+        lexer = self.by_lark_lexer.get(id(lark_lexer))
+        if lexer is None:
+            lexer = self.by_lark_lexer[id(lark_lexer)] = _StateLexer(lark_lexer)
+        self.lexers[state] = lexer
+        return lexer
+
     def _parse(self, text: str) -> Tree:
         actions, gotos, lexers, end_state = self.actions, self.gotos, self.lexers, self.end
         states, values = [self.start], []
         state = self.start
         tokens = _Tokens(text)
         while True:
-            token = tokens.next(lexers[state])
+            token = tokens.next(lexers.get(state) or self._lexer(state))
             kind = token.type
             while True:
                 action = actions[state].get(kind)
