@@ -81,7 +81,9 @@ def _callback(rule, placeholders: bool):
                 kept += [None] * nones
             if i < 0:
                 break
-            if splice:
+            if splice and not kept:  # a left-recursive list grows in place, as in Lark
+                kept = children[i].children
+            elif splice:
                 kept += children[i].children
             else:
                 kept.append(children[i])
