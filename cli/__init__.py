@@ -25,12 +25,14 @@ import click
 
 # name: (module in vsl.cli, the click command in it, its help's first sentence)
 COMMANDS = {
-    "bounce": ("bounce", "bounce", "Why messages bounced: the bounce classifier (docs/bounces.md)."),
+    "bounce": ("bounce", "bounce",
+               "Why messages bounced: the bounce classifier (docs/bounces.md)."),
     "lint": ("language", "lint", "Check .vsl files (or directories of them) without running them."),
     "migrate": ("migrate", "migrate", "Move a site from another mail server to vSL."),
     "milter": ("milter", "milter", "Run the policy's stages as a milter (Postfix smtpd_milters, "
                "Sendmail INPUT_MAIL_FILTER)."),
-    "passwd": ("users", "passwd", "Print a users-file line (user:scrypt$...) for [auth] users_file."),
+    "passwd": ("users", "passwd",
+               "Print a users-file line (user:scrypt$...) for [auth] users_file."),
     "policyd": ("policyd", "policyd", "Answer Postfix's policy requests (check_policy_service) "
                 "with the scripts' stages."),
     "queue": ("queue", "queue", "Look at and act on the mail queue (safe while the server runs)."),

@@ -7,10 +7,10 @@ for the first and the last child with a position and copies seven attributes. Lo
 5,000-line policy makes 700,000 reductions. The builder needs only where a node starts, so
 :func:`install` replaces the parser's callbacks, rule by rule, with closures that do the
 same filtering and inlining and give each new node a :class:`Start`: the line and column
-of its first child that has one (a token, or a node that has a start, whose start object it
-then shares), as Lark's ``propagate_positions`` does. A node inlined by ``?rule`` keeps its own start, which is
-its parent's too: no ``?`` alternative of the grammar drops a token before its one child
-(tests/test_parse_tree.py checks the trees against Lark's own on the language tests).
+of its first child that has one (a token, or a node that has a start, whose start object
+it then shares), as Lark's ``propagate_positions`` does. A node inlined by ``?rule`` keeps
+its own start, which is its parent's too: no ``?`` alternative of the grammar drops a
+token before its one child (tests/test_parse_tree.py checks the trees against Lark's own).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ _NO_START.empty = True  # a node without tokens (an empty body): Lark's empty Me
 
 
 def _start_of(children: list) -> Start:
+    """Where the first child that has a position starts."""
     for child in children:
         if type(child) is Tree:
             if not child.meta.empty:
