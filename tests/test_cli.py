@@ -43,6 +43,26 @@ def test_short_help_option():
     assert vsl("-h").stdout == vsl("--help").stdout
 
 
+def test_the_command_list_shows_each_commands_own_help():
+    """`vsl --help` lists the commands from vsl.cli.COMMANDS without importing them: the
+    help there is each command's own."""
+    import click
+
+    from vsl.cli import COMMANDS, main
+
+    ctx = click.Context(main)
+    for name, (_, _, first_sentence) in COMMANDS.items():
+        assert main.get_command(ctx, name).get_short_help_str(1000) == first_sentence, name
+
+
+def test_help_imports_neither_the_language_nor_the_server():
+    code = ("import sys\nfrom vsl.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('lark', 'vsl.'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.rstrip().endswith("['vsl.cli']"), proc.stdout
+
+
 def test_lint_help():
     proc = vsl("lint", "--help")
     assert proc.returncode == 0

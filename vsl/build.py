@@ -12,8 +12,7 @@ import math
 import re
 import threading
 
-from lark import Token, Transformer, v_args
-from lark.exceptions import VisitError
+from lark import Token, Tree
 
 from . import ast
 from .errors import Pos, VslSyntaxError
@@ -31,23 +30,35 @@ def _loc(node) -> ast.Loc:
     return (node.line, node.column)
 
 
-class _Builder(Transformer):
-    """Lark transformer producing ast nodes; one method per grammar rule."""
+def _with_start(method):
+    """Mark a rule method of :class:`_Builder` that is also given where its node starts."""
+    method.with_start = True
+    return method
+
+
+class _Builder:
+    """Builds the AST from a parse tree, bottom-up: one method per grammar rule, given the
+    node's children already built (and its start, see :func:`_with_start`)."""
 
     def __init__(self, parser: "Parser", text: str):
-        super().__init__(visit_tokens=False)
         self.p = parser
         self.text = text  # the text being parsed (an interpolation is parsed on its own)
+
+    def transform(self, tree: Tree):
+        """The AST of ``tree``."""
+        children = [self.transform(c) if type(c) is Tree else c for c in tree.children]
+        method, with_start = _RULES[tree.data]
+        return method(self, tree.meta, children) if with_start else method(self, children)
 
     def _err(self, msg: str, loc: ast.Loc) -> VslSyntaxError:
         return self.p.error(msg, loc)
 
     # -- statements ------------------------------------------------------
-    @v_args(meta=True)
+    @_with_start
     def start(self, meta, items):
         return list(items)
 
-    @v_args(meta=True)
+    @_with_start
     def block(self, meta, items):
         for item in items:
             if isinstance(item, ast.FnDef):
@@ -67,12 +78,12 @@ class _Builder(Transformer):
         (expr,) = items
         return ast.ExprStmt(expr.pos, expr)
 
-    @v_args(meta=True)
+    @_with_start
     def let_stmt(self, meta, items):
         name, value = items
         return ast.Let(_loc(name), str(name), value)
 
-    @v_args(meta=True)
+    @_with_start
     def const_stmt(self, meta, items):
         name, value = items
         return ast.Let(_loc(name), str(name), value, const=True)
@@ -86,29 +97,29 @@ class _Builder(Transformer):
             raise self._err("cannot assign to this expression", target.pos)
         return ast.Assign(_loc(op), target, str(op), value)
 
-    @v_args(meta=True)
+    @_with_start
     def return_stmt(self, meta, items):
         return ast.Return(self._meta_loc(meta), items[0])
 
-    @v_args(meta=True)
+    @_with_start
     def break_stmt(self, meta, items):
         return ast.Break(self._meta_loc(meta))
 
-    @v_args(meta=True)
+    @_with_start
     def continue_stmt(self, meta, items):
         return ast.Continue(self._meta_loc(meta))
 
-    @v_args(meta=True)
+    @_with_start
     def throw_stmt(self, meta, items):
         return ast.Throw(self._meta_loc(meta), items[0])
 
-    @v_args(meta=True)
+    @_with_start
     def import_stmt(self, meta, items):
         path, alias = items
         return ast.Import(self._meta_loc(meta), self._string(path),
                           str(alias) if alias is not None else None)
 
-    @v_args(meta=True)
+    @_with_start
     def fn_def(self, meta, items):
         name, params, body = items
         params = params or []
@@ -126,16 +137,16 @@ class _Builder(Transformer):
     def params(self, items):
         return list(items)
 
-    @v_args(meta=True)
+    @_with_start
     def while_stmt(self, meta, items):
         cond, body = items
         return ast.While(self._meta_loc(meta), cond, body)
 
-    @v_args(meta=True)
+    @_with_start
     def loop_stmt(self, meta, items):
         return ast.Loop(self._meta_loc(meta), items[0])
 
-    @v_args(meta=True)
+    @_with_start
     def for_stmt(self, meta, items):
         (var, index_var), in_tok, iterable, body = items
         if str(in_tok) != "in":
@@ -149,7 +160,7 @@ class _Builder(Transformer):
             raise self._err(f"duplicate loop variable '{items[1]}'", _loc(items[1]))
         return str(items[0]), str(items[1])
 
-    @v_args(meta=True)
+    @_with_start
     def try_stmt(self, meta, items):
         body, name, handler = items
         return ast.Try(self._meta_loc(meta), body, str(name) if name is not None else None,
@@ -200,7 +211,7 @@ class _Builder(Transformer):
         obj, name, args = items
         return ast.MethodCall(_loc(name), obj, str(name), tuple(args or ()))
 
-    @v_args(meta=True)
+    @_with_start
     def index(self, meta, items):
         obj, idx = items
         return ast.Index(self._meta_loc(meta), obj, idx)
@@ -250,26 +261,26 @@ class _Builder(Transformer):
         (tok,) = items
         return ast.Literal(_loc(tok), self._string(tok))
 
-    @v_args(meta=True)
+    @_with_start
     def true_lit(self, meta, items):
         return ast.Literal(self._meta_loc(meta), True)
 
-    @v_args(meta=True)
+    @_with_start
     def false_lit(self, meta, items):
         return ast.Literal(self._meta_loc(meta), False)
 
-    @v_args(meta=True)
+    @_with_start
     def unit_lit(self, meta, items):
         return ast.Literal(self._meta_loc(meta), None)
 
-    @v_args(meta=True)
+    @_with_start
     def array_lit(self, meta, items):
         (args,) = items
         args = tuple(args or ())
         self.p.check_size(len(args), "array", self._meta_loc(meta))
         return ast.ArrayLit(self._meta_loc(meta), args)
 
-    @v_args(meta=True)
+    @_with_start
     def map_lit(self, meta, items):
         (entries,) = items
         entries = tuple(entries or ())
@@ -305,14 +316,14 @@ class _Builder(Transformer):
         ns, name, args = items
         return ast.NsCall(_loc(ns), str(ns), str(name), tuple(args or ()))
 
-    @v_args(meta=True)
+    @_with_start
     def if_expr(self, meta, items):
         orelse = items[-1] if len(items) % 2 else None
         conds = items[:-1] if len(items) % 2 else items
         branches = tuple((conds[i], conds[i + 1]) for i in range(0, len(conds), 2))
         return ast.If(self._meta_loc(meta), branches, orelse)
 
-    @v_args(meta=True)
+    @_with_start
     def switch_expr(self, meta, items):
         subject, *arms = items
         for i, arm in enumerate(arms):
@@ -320,7 +331,7 @@ class _Builder(Transformer):
                 raise self._err("the default arm '_' must be the last one", arm.pos)
         return ast.Switch(self._meta_loc(meta), subject, tuple(arms))
 
-    @v_args(meta=True)
+    @_with_start
     def switch_arm(self, meta, items):
         *patterns, guard, body = items
         values = []
@@ -333,7 +344,7 @@ class _Builder(Transformer):
     def wildcard(self, items):
         return ast.WILDCARD
 
-    @v_args(meta=True)
+    @_with_start
     def closure(self, meta, items):
         if len(items) == 1:
             params, body = [], items[0]
@@ -343,7 +354,7 @@ class _Builder(Transformer):
         self._unique_params(params)
         return ast.Closure(self._meta_loc(meta), tuple(str(p) for p in params), body)
 
-    @v_args(meta=True)
+    @_with_start
     def template_lit(self, meta, items):
         (tok,) = items
         return self.p.template(tok)
@@ -372,6 +383,12 @@ class _Builder(Transformer):
         return value
 
 
+# rule name -> (its method of _Builder, whether the method is given the node's start)
+_RULES = {name: (method, getattr(method, "with_start", False))
+          for name, method in vars(_Builder).items()
+          if callable(method) and not name.startswith("_") and name != "transform"}
+
+
 class Parser:
     """Parses one script (and the interpolations inside its backtick strings)."""
 
@@ -392,10 +409,7 @@ class Parser:
         """The statements of ``text``, a piece of the script that starts at ``origin``."""
         tree = parse_tree(text, self.file, origin, self.source)
         check_depth(tree, self.limits.max_expr_depth, self.source, self.file)
-        try:
-            return _Builder(self, text).transform(tree)
-        except VisitError as err:  # errors raised by the builder arrive wrapped
-            raise err.orig_exc from None
+        return _Builder(self, text).transform(tree)
 
     def template(self, tok: Token) -> ast.Template:
         """Split a backtick string into text and ``${ }`` blocks, each parsed as it is and

@@ -1,6 +1,8 @@
 """Parsing: script text -> Lark parse tree -> typed AST (:mod:`vsl.ast`).
 
-The LALR parser is built once per process (and cached on disk by Lark).
+The LALR parser is built once per process (its tables cached in a private directory, see
+:mod:`vsl.parser_cache`); text is parsed by a lean driver over its tables
+(:mod:`vsl.lalr_driver`), and by Lark itself where that one gives up, to report the error.
 Lark errors are translated into :class:`VslSyntaxError` with the position,
 the source line and the expected tokens in words.
 """
@@ -8,11 +10,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
+import lark
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from . import parse_tree as parse_tree_callbacks
 from .errors import Pos, VslSyntaxError
+from .lalr_driver import FastParser, fast_parser
+from .parser_cache import grammar_cache
 
 # grammar/ is installed as the package vsl.grammar (see pyproject.toml).
 GRAMMAR = files("vsl.grammar") / "vsl.lark"
@@ -40,9 +47,28 @@ _PUNCTUATION_ORDER = ["';'", "','", "')'", "']'", "'}'", "'{'", "'=>'", "':'"]
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    text = GRAMMAR.read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                cache=True, lexer_callbacks={"NAME": _reject_reserved})
+    grammar = GRAMMAR.read_text(encoding="utf-8")
+    return build_parser(grammar, grammar_cache(grammar, lark.__version__))
+
+
+def build_parser(grammar: str, cache: Path | None) -> Lark:
+    """The parser of ``grammar``, its tables cached in ``cache`` (see :mod:`vsl.parser_cache`)."""
+    parser = Lark(grammar, parser="lalr", maybe_placeholders=True,
+                  cache=str(cache) if cache else False, lexer_callbacks={"NAME": _reject_reserved})
+    parse_tree_callbacks.install(parser)
+    return parser
+
+
+@lru_cache(maxsize=1)
+def _fast_parser() -> FastParser | None:
+    return fast_parser(_parser())
+
+
+def _parse(text: str) -> Tree:
+    """The tree of ``text``: the lean driver's, or Lark's, which raises Lark's errors."""
+    fast = _fast_parser()
+    tree = fast.parse(text) if fast is not None else None
+    return tree if tree is not None else _parser().parse(text)
 
 
 def _token_word(name: str) -> str:
@@ -169,7 +195,7 @@ def parse_tree(text: str, file: str, origin: tuple[int, int] = (1, 1),
     a piece of the file's ``source`` that starts at ``origin`` (an interpolation, parsed as
     it is): the positions in the tree and in the error are the file's all the same."""
     try:
-        tree = _parser().parse(text)
+        tree = _parse(text)
     except UnexpectedInput as err:
         msg, loc = _translate(err, text)
     except _ReservedWord as err:
@@ -196,16 +222,18 @@ def _shifted(loc: tuple[int, int], origin: tuple[int, int]) -> tuple[int, int]:
 
 def _shift_positions(tree: Tree, origin: tuple[int, int]) -> None:
     """Move every position in ``tree``, parsed from a piece of text that starts at
-    ``origin``, to its place in the whole text (offsets such as start_pos stay the piece's)."""
+    ``origin``, to its place in the whole text (offsets such as start_pos and the ends of
+    tokens stay the piece's). A node shares its start with its first child: each start
+    moves once."""
+    moved = set()
     for node in tree.iter_subtrees():
-        meta = node.meta
-        if not meta.empty:
-            meta.line, meta.column = _shifted((meta.line, meta.column), origin)
-            meta.end_line, meta.end_column = _shifted((meta.end_line, meta.end_column), origin)
+        start = node.meta
+        if not start.empty and id(start) not in moved:
+            moved.add(id(start))
+            start.line, start.column = _shifted((start.line, start.column), origin)
         for tok in node.children:
             if isinstance(tok, Token):
                 tok.line, tok.column = _shifted((tok.line, tok.column), origin)
-                tok.end_line, tok.end_column = _shifted((tok.end_line, tok.end_column), origin)
 
 
 # Left-associative operators and postfix chains: ``a + b + c`` and ``s.trim().len()``

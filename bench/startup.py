@@ -1,0 +1,73 @@
+"""Start-up: how much longer than a bare ``python3 -c pass`` the ``vsl`` command takes to
+show its help and to lint a 50-line script (measured in the same run).
+
+Each command runs as a fresh process, best of REPEATS; CPU time (user + system, from the
+children's resource usage) says more than the wall clock on a busy machine, and both are
+printed. The targets (issue 19): ``vsl --help`` within 60 ms of bare Python, ``vsl lint``
+of a 50-line file under 150 ms. ``--vsl PATH`` times another installation's command (a
+checkout of main, for a before/after in one run) next to this one.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPEATS = 15
+HERE_VSL = Path(sys.executable).parent / "vsl"
+
+
+def lint_source() -> str:
+    """A 50-line policy: two stages, conditions, templates."""
+    lines = ["fn on_helo(ctx) {"]
+    lines += [f'    if ctx.helo == "h{i}.example" {{ return status::deny("550 no {i}"); }}'
+              for i in range(23)]
+    lines += ["    status::next()", "}", "fn on_rcpt_to(ctx) {", "    let seen = [];"]
+    lines += [f"    seen.push(`rcpt ${{ctx.rcpt}} #{i}`);" for i in range(20)]
+    lines += ["    status::next()", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def best_of(command: list[str]) -> tuple[float, float]:
+    """The least wall-clock and the least CPU time of REPEATS runs of ``command``."""
+    walls, cpus = [], []
+    for _ in range(REPEATS):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return min(walls), min(cpus)
+
+
+def report(label: str, vsl: Path, script: Path, bare: tuple[float, float]) -> None:
+    for what, args in (("--help", ["--help"]), ("lint", ["lint", str(script)])):
+        wall, cpu = best_of([str(vsl), *args])
+        print(f"{label:6} vsl {what:7} wall {wall * 1000:5.0f} ms (+{(wall - bare[0]) * 1000:4.0f})"
+              f"  cpu {cpu * 1000:5.0f} ms (+{(cpu - bare[1]) * 1000:4.0f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vsl", type=Path, help="another vsl command to time (e.g. main's)")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "main.vsl"
+        script.write_text(lint_source(), encoding="utf-8")
+        subprocess.run([str(HERE_VSL), "lint", str(script)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # warms the cache
+        bare = best_of([sys.executable, "-c", "pass"])
+        print(f"bare   python -c pass wall {bare[0] * 1000:5.0f} ms  cpu {bare[1] * 1000:5.0f} ms"
+              f"  (best of {REPEATS}; + is over bare Python)")
+        if options.vsl:
+            report("other", options.vsl, script, bare)
+        report("this", HERE_VSL, script, bare)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The lean tree callbacks (vsl/parse_tree.py) build Lark's own trees, positions included."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lark import Lark, Token, Tree
+import pytest
+
+from chunks import collect
+from vsl import syntax
+from vsl.lalr_driver import fast_parser
+
+HERE = Path(__file__).parent
+SOURCES = [c.source for d in ("lang", "lint") for c in collect(HERE / d)] + [
+    p.read_text(encoding="utf-8") for folder in (HERE / "transcripts", HERE.parent / "examples")
+    for p in sorted(folder.rglob("*.vsl"))]
+
+
+@pytest.fixture(scope="module")
+def lark_own() -> Lark:
+    """The parser as Lark builds its trees: ``propagate_positions`` on, no lean callbacks."""
+    return Lark(syntax.GRAMMAR.read_text(encoding="utf-8"), parser="lalr",
+                propagate_positions=True, maybe_placeholders=True,
+                lexer_callbacks={"NAME": syntax._reject_reserved})
+
+
+def shape(node) -> tuple:
+    """A node and its children, with where each starts."""
+    if isinstance(node, Token):
+        return ("token", node.type, str(node), node.line, node.column)
+    if isinstance(node, Tree):
+        start = None if node.meta.empty else (node.meta.line, node.meta.column)
+        return (node.data, start, tuple(shape(child) for child in node.children))
+    return (node,)
+
+
+def test_trees_match_lark_propagate_positions(lark_own):
+    compared = 0
+    for source in SOURCES:
+        try:
+            expected = lark_own.parse(source)
+        except Exception:  # a syntax error (Lark's or a reserved word): test_lang checks it
+            continue
+        assert shape(syntax.parse_tree(source, "t.vsl")) == shape(expected)
+        compared += 1
+    assert compared > 250
+
+
+def test_an_interpolation_moves_each_start_once():
+    tree = syntax.parse_tree("m[k]", "t.vsl", origin=(3, 10))
+    index = next(tree.find_data("index"))
+    assert (index.meta.line, index.meta.column) == (3, 10)
+    assert (index.children[0].meta.line, index.children[0].meta.column) == (3, 10)
+
+
+def test_the_lean_driver_leaves_errors_to_lark():
+    fast = fast_parser(syntax._parser())
+    assert fast is not None and fast.parse("let a = 1;") is not None
+    for text in ("let = 1;", "let a = 1 +;", "let a = @;", "var x = 1;", "let s = \"open",
+                 "fn f( {", "1 ..= 2 ..= 3"):
+        assert fast.parse(text) is None, text
+
+
+def test_a_lark_without_the_parts_gets_no_lean_driver():
+    earley = Lark("start: \"a\"", parser="earley")
+    assert fast_parser(earley) is None
