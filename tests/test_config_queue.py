@@ -4,6 +4,7 @@ load time, and AMQP URLs checked and redacted."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,23 @@ def test_amqp_urls_the_queue_refuses_without_quoting_them(url, problem):
 ])
 def test_redacted_amqp_urls_hide_the_password(url, shown):
     assert redacted(url) == shown
+
+
+def test_the_scale_out_example_loads(tmp_path):
+    """examples/rabbitmq/vsl.toml, its secrets where compose.yaml mounts them, is a valid
+    broker configuration serving examples/policy."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "rabbitmq"
+    secrets = {"/run/secrets/amqp-url": "amqp://vsl:pw@broker:5672/mail",
+               "/run/secrets/redis-url": "redis://redis:6379/0"}
+    text = (example / "vsl.toml").read_text().replace('"../policy"',
+                                                       f'"{example.parent / "policy"}"')
+    for path, url in secrets.items():
+        secret = tmp_path / Path(path).name
+        secret.write_text(url + "\n")
+        secret.chmod(0o600)
+        text = text.replace(path, str(secret))
+    (tmp_path / "vsl.toml").write_text(text)
+    config = load(tmp_path / "vsl.toml")
+    assert (config.queue.backend, config.queue.resolved_url()) == ("rabbitmq", secrets[
+        "/run/secrets/amqp-url"])
+    assert config.state.backend == "redis" and (config.scripts / "main.vsl").is_file()
