@@ -1,0 +1,106 @@
+"""Faults of the broker, end to end: real `vsl serve` processes on a RabbitMQ queue, real
+SMTP clients (design 16, section 3.10).
+
+- The broker down at start: the server keeps running (one error, no traceback, the URL's
+  password hidden, no CPU spent while it waits) and answers 451 4.3.0 at the end of DATA,
+  as Postfix does for a queue it cannot write; once the broker is up, 250 and delivery.
+- A login refused (password, vhost): exit 1 at once with one line naming the URL without
+  its password.
+- A memory alarm: 451 within ``confirm_timeout``, other sessions go on; 250 once it clears.
+- Poison in ``P.working``: to ``P.dead`` with ``x-vsl-why``; the next message is delivered.
+- A message over the broker's size limit: a clean 451, and the next message gets 250.
+"""
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.crash import VslProcess, write_config
+from tests.support.mailsink import free_port
+from tests.support.smtp_tools import wait_for
+
+MESSAGE = b"From: alice@example.net\r\nSubject: faults\r\n\r\nhello\r\n"
+QUEUE_WRITE_ERROR = (451, b"4.3.0 Error: queue file write error")
+
+
+def serve(tmp_path: Path, url: str, prefix: str | None = None,
+          confirm_timeout: float = 2) -> VslProcess:
+    """`vsl serve` (every role) on the broker at ``url`` (read from a url_file), local mail
+    to ``tmp_path/mail``; started."""
+    (tmp_path / "amqp.url").write_text(url)
+    (tmp_path / "amqp.url").chmod(0o600)
+    port = free_port()
+    config = write_config(tmp_path, port, "mx.test", f"""\
+[delivery]
+maildir_root = "mail"
+poll_interval = 0.1
+
+[queue]
+backend = "rabbitmq"
+url_file = "amqp.url"
+prefix = "{prefix or new_prefix()}"
+confirm_timeout = {confirm_timeout}
+connect_timeout = 2
+""")
+    server = VslProcess(config, port, tmp_path)
+    server.start()
+    return server
+
+
+def new_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+def send(port: int, smtp: smtplib.SMTP | None = None) -> tuple[int, bytes]:
+    """One message to bob@mx.test (on ``smtp``, else a session of its own); the reply to
+    the end of DATA."""
+    if smtp is None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=15) as own:
+            return send(port, own)
+    smtp.ehlo_or_helo_if_needed()
+    assert smtp.mail("alice@example.net")[0] == 250
+    assert smtp.rcpt("bob@mx.test")[0] == 250
+    return smtp.data(MESSAGE)
+
+
+def delivered(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "mail" / "mx.test" / "bob" / "new").glob("*"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks
+
+
+@pytest.fixture
+def unstarted_rabbitmq():
+    """A private broker this test starts itself (closed at its end)."""
+    from tests.support.rabbitmq import PrivateRabbitMQ
+    broker = PrivateRabbitMQ()
+    yield broker
+    broker.close()
+
+
+def test_broker_down_at_start_then_up(tmp_path, unstarted_rabbitmq):
+    broker = unstarted_rabbitmq
+    server = serve(tmp_path, broker.url)
+    try:
+        assert send(server.port) == QUEUE_WRITE_ERROR
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(5)
+        assert cpu_seconds(server.proc.pid) - before < 0.5
+        broker.start()
+        assert wait_for(lambda: send(server.port)[0] == 250, timeout=40, interval=1)
+        assert wait_for(lambda: delivered(tmp_path), timeout=20)
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert log.count("unreachable") == 1, log
+    assert "Traceback" not in log and "secret" not in log
