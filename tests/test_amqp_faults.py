@@ -104,3 +104,17 @@ def test_broker_down_at_start_then_up(tmp_path, unstarted_rabbitmq):
     log = server.log.read_text()
     assert log.count("unreachable") == 1, log
     assert "Traceback" not in log and "secret" not in log
+
+
+@pytest.mark.parametrize("change, why", [
+    (dict(password="wrong"), "login refused"),
+    (dict(vhost="nowhere"), "login refused (vhost unknown or not allowed)"),
+])
+def test_login_refused_exits_at_once(tmp_path, rabbitmq, change, why):
+    with pytest.raises(RuntimeError, match=r"exited \(1\)"):
+        serve(tmp_path, rabbitmq.url_with(**change))
+    output = (tmp_path / "serve-1.log").read_text()
+    shown = rabbitmq.url_with(**change).replace(f":{change.get('password', 'secret')}@",
+                                                ":***@")
+    assert output.strip() == f"Error: queue.url {shown}: {why}"
+    assert "secret" not in output and "wrong" not in output
