@@ -118,3 +118,40 @@ def test_login_refused_exits_at_once(tmp_path, rabbitmq, change, why):
                                                 ":***@")
     assert output.strip() == f"Error: queue.url {shown}: {why}"
     assert "secret" not in output and "wrong" not in output
+
+
+async def publish_raw(url: str, queue: str, body: bytes) -> None:
+    """``body`` straight into ``queue``, as no vSL process would write it."""
+    import aio_pika
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(body, message_id="poison", delivery_mode=2), routing_key=queue)
+
+
+async def take_all(url: str, queue: str) -> list:
+    """Every message of ``queue``, acked (taken off it)."""
+    import aio_pika
+    connection = await aio_pika.connect(url)
+    taken = []
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        while (message := await declared.get(no_ack=True, fail=False)) is not None:
+            taken.append(message)
+    return taken
+
+
+def test_poison_in_working_goes_to_dead(tmp_path, rabbitmq):
+    prefix = new_prefix()
+    server = serve(tmp_path, rabbitmq.url, prefix)
+    try:
+        asyncio.run(publish_raw(rabbitmq.url, f"{prefix}.working", b"\x00garbage"))
+        assert send(server.port)[0] == 250
+        assert wait_for(lambda: delivered(tmp_path), timeout=20)
+    finally:
+        server.stop()
+    (dead,) = asyncio.run(take_all(rabbitmq.url, f"{prefix}.dead"))
+    assert dead.body == b"\x00garbage" and dead.message_id == "poison"
+    assert dead.headers["x-vsl-why"]
