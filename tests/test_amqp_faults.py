@@ -155,3 +155,49 @@ def test_poison_in_working_goes_to_dead(tmp_path, rabbitmq):
     (dead,) = asyncio.run(take_all(rabbitmq.url, f"{prefix}.dead"))
     assert dead.body == b"\x00garbage" and dead.message_id == "poison"
     assert dead.headers["x-vsl-why"]
+
+
+@pytest.fixture(scope="module")
+def altered_rabbitmq():
+    """A private broker for the tests that change its settings (each one restores them)."""
+    from tests.support.rabbitmq import PrivateRabbitMQ
+    with PrivateRabbitMQ() as broker:
+        yield broker
+
+
+def test_memory_alarm_gives_451_within_confirm_timeout(tmp_path, altered_rabbitmq):
+    broker = altered_rabbitmq
+    server = serve(tmp_path, broker.url)
+    try:
+        assert send(server.port)[0] == 250
+        broker.ctl("set_vm_memory_high_watermark", "absolute", "50MB")
+        try:
+            started = time.monotonic()
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=15) as other:
+                other.ehlo()
+                assert send(server.port) == QUEUE_WRITE_ERROR
+                assert time.monotonic() - started < 2 + 2
+                assert other.noop()[0] == 250  # another session is not stalled
+        finally:
+            broker.ctl("set_vm_memory_high_watermark", "0.4")
+        assert wait_for(lambda: send(server.port)[0] == 250, timeout=20, interval=0.5)
+    finally:
+        server.stop()
+
+
+def test_message_over_the_brokers_limit_gives_451(tmp_path, altered_rabbitmq):
+    broker = altered_rabbitmq
+    # a channel reads the limit when it opens: lowered before the server connects
+    broker.ctl("eval", "application:set_env(rabbit, max_message_size, 65536).")
+    server = serve(tmp_path, broker.url)
+    try:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=15) as smtp:
+            smtp.ehlo()
+            smtp.mail("alice@example.net")
+            smtp.rcpt("bob@mx.test")
+            assert smtp.data(MESSAGE + (b"x" * 70 + b"\r\n") * 1500) == QUEUE_WRITE_ERROR
+            assert send(server.port, smtp)[0] == 250
+    finally:
+        broker.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+        server.stop()
+    assert "Traceback" not in server.log.read_text()
