@@ -9,6 +9,8 @@ SMTP clients (design 16, section 3.10).
 - A memory alarm: 451 within ``confirm_timeout``, other sessions go on; 250 once it clears.
 - Poison in ``P.working``: to ``P.dead`` with ``x-vsl-why``; the next message is delivered.
 - A message over the broker's size limit: a clean 451, and the next message gets 250.
+- A message whose post-queue processing fails without a transition: retried after a
+  pause, not at the speed the broker redelivers it.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ QUEUE_WRITE_ERROR = (451, b"4.3.0 Error: queue file write error")
 
 
 def serve(tmp_path: Path, url: str, prefix: str | None = None,
-          confirm_timeout: float = 2) -> VslProcess:
+          confirm_timeout: float = 2, script: str | None = None) -> VslProcess:
     """`vsl serve` (every role) on the broker at ``url`` (read from a url_file), local mail
-    to ``tmp_path/mail``; started."""
+    to ``tmp_path/mail``, with ``script`` as main.vsl if given; started."""
     (tmp_path / "amqp.url").write_text(url)
     (tmp_path / "amqp.url").chmod(0o600)
     port = free_port()
@@ -47,6 +49,8 @@ prefix = "{prefix or new_prefix()}"
 confirm_timeout = {confirm_timeout}
 connect_timeout = 2
 """)
+    if script is not None:
+        (tmp_path / "scripts" / "main.vsl").write_text(script)
     server = VslProcess(config, port, tmp_path)
     server.start()
     return server
@@ -201,3 +205,31 @@ def test_message_over_the_brokers_limit_gives_451(tmp_path, altered_rabbitmq):
         broker.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
         server.stop()
     assert "Traceback" not in server.log.read_text()
+
+
+QUARANTINING = """
+fn on_rcpt_to(ctx) { status::accept() }
+fn on_post_queue(ctx) { status::quarantine("spam") }
+"""
+
+
+async def delete_queues(url: str, *queues: str) -> None:
+    import aio_pika
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+
+
+def test_a_failing_message_is_not_retried_at_full_speed(tmp_path, rabbitmq):
+    prefix = new_prefix()
+    server = serve(tmp_path, rabbitmq.url, prefix, script=QUARANTINING)
+    try:  # with neither queue, on_post_queue's move fails, and so does its move to hold
+        asyncio.run(delete_queues(rabbitmq.url, f"{prefix}.quarantine", f"{prefix}.hold"))
+        assert send(server.port)[0] == 250
+        time.sleep(4)
+    finally:
+        server.stop()
+    failures = server.log.read_text().count("moving it to hold")
+    assert 2 <= failures <= 4  # at 0 s, then after pauses of 1 and 2 s
