@@ -15,6 +15,7 @@ SMTP clients (design 16, section 3.10).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import time
 import uuid
@@ -124,23 +125,27 @@ def test_login_refused_exits_at_once(tmp_path, rabbitmq, change, why):
     assert "secret" not in output and "wrong" not in output
 
 
-async def publish_raw(url: str, queue: str, body: bytes) -> None:
-    """``body`` straight into ``queue``, as no vSL process would write it."""
+@contextlib.asynccontextmanager
+async def channel_on(url: str):
+    """``async with``: a channel of a connection of the test's own to the broker."""
     import aio_pika
     connection = await aio_pika.connect(url)
     async with connection:
-        channel = await connection.channel()
+        yield await connection.channel()
+
+
+async def publish_raw(url: str, queue: str, body: bytes) -> None:
+    """``body`` straight into ``queue``, as no vSL process would write it."""
+    import aio_pika
+    async with channel_on(url) as channel:
         await channel.default_exchange.publish(
             aio_pika.Message(body, message_id="poison", delivery_mode=2), routing_key=queue)
 
 
 async def take_all(url: str, queue: str) -> list:
     """Every message of ``queue``, acked (taken off it)."""
-    import aio_pika
-    connection = await aio_pika.connect(url)
     taken = []
-    async with connection:
-        channel = await connection.channel()
+    async with channel_on(url) as channel:
         declared = await channel.declare_queue(queue, passive=True)
         while (message := await declared.get(no_ack=True, fail=False)) is not None:
             taken.append(message)
@@ -214,10 +219,7 @@ fn on_post_queue(ctx) { status::quarantine("spam") }
 
 
 async def delete_queues(url: str, *queues: str) -> None:
-    import aio_pika
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
+    async with channel_on(url) as channel:
         for queue in queues:
             await channel.queue_delete(queue)
 

@@ -9,21 +9,18 @@ import smtplib
 import socket
 
 from tests.support.smtp_tools import wait_for
-from tests.test_amqp_faults import (MESSAGE, QUEUE_WRITE_ERROR, delivered, new_prefix, send,
-                                    serve)
+from tests.test_amqp_faults import (MESSAGE, QUEUE_WRITE_ERROR, channel_on, delivered,
+                                    new_prefix, send, serve)
 
 
 async def ready_counts(url: str, prefix: str, *queues: str) -> dict[str, int]:
     """Messages ready in each of the broker's ``<prefix>.<queue>``."""
-    import aio_pika
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        counts = {}
+    counts = {}
+    async with channel_on(url) as channel:
         for queue in queues:
             declared = await channel.declare_queue(f"{prefix}.{queue}", passive=True)
             counts[queue] = declared.declaration_result.message_count
-        return counts
+    return counts
 
 
 def test_receiver_killed_mid_data_queues_nothing(tmp_path, rabbitmq):
