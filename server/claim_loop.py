@@ -117,7 +117,7 @@ class ClaimLoop:
         now = time.monotonic()
         released_at, returns = self._released_at.pop(msg_id, (None, 0))
         self._released_at = {i: r for i, r in self._released_at.items()
-                          if now - r[0] < RETRY_WINDOW}
+                             if now - r[0] < RETRY_WINDOW}
         returns = returns + 1 if released_at is not None and \
             now - released_at < RETRY_WINDOW else 0
         self._returns[msg_id] = returns
