@@ -107,6 +107,7 @@ def _serve(config, role: str) -> None:
     interrupted."""
     from vsl.server.app import ALL_ROLES, Server
     from vsl.server.policy import PolicyError
+    from vsl.server.queue_backend import QueueError
 
     roles = ALL_ROLES if role == "all" else frozenset({role})
     try:
@@ -124,7 +125,10 @@ def _serve(config, role: str) -> None:
         for listener, address in server.bound:
             click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
 
-    serve_until_interrupted(server, announce)
+    try:
+        serve_until_interrupted(server, announce)
+    except QueueError as err:  # the broker refused the login: retrying cannot heal it
+        raise click.ClickException(str(err)) from None
 
 
 def serve_until_interrupted(server, announce) -> None:

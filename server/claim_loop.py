@@ -12,6 +12,12 @@ Between polls the loop waits in :meth:`QueueBackend.wait_for_work`: a message th
 process queues is picked up at once, one from elsewhere within ``poll_interval``. While
 every task is busy it waits instead for one to end, then claims again at once (a backlog
 is worked off without waiting for the next poll).
+
+A message claimed again within RETRY_WINDOW of its release was released without a
+transition: its processing failed, and the queue (a broker requeues at once) gave it
+straight back. Its task then pauses before working on it, 1, 2, 4 ... 30 s more at each
+quick return, holding the claim, so a failing message is not retried at full speed (a
+transition takes a message elsewhere; even the shortest delay is longer than the window).
 """
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .queue_backend import Entry, QueueBackend
+
+RETRY_WINDOW = 0.5  # s: back this soon after its release, a message's processing failed
+FIRST_PAUSE, MAX_PAUSE = 1.0, 30.0  # s before working on such a message again
 
 
 class ClaimLoop:
@@ -38,6 +47,8 @@ class ClaimLoop:
         self.log, self.clock, self.prepare = log, clock, prepare
         self.active: dict[str, asyncio.Task] = {}
         self._releases: set[asyncio.Task] = set()  # claims being ended (see _done)
+        self._returns: dict[str, int] = {}  # claimed id -> its quick returns so far
+        self._released_at: dict[str, tuple[float, int]] = {}  # id -> (released at, returns)
         self._task: asyncio.Task | None = None
         self._freed = asyncio.Event()  # a task ended
 
@@ -94,15 +105,33 @@ class ClaimLoop:
         return [self._spawn(entry) for entry in entries]
 
     def _spawn(self, entry: Entry) -> asyncio.Task:
-        task = asyncio.ensure_future(self.process(entry))
+        pause = self._pause(entry.id)
+        work = self.process(entry) if not pause else self._after(pause, entry)
+        task = asyncio.ensure_future(work)
         self.active[entry.id] = task
         task.add_done_callback(lambda _: self._done(entry.id))
         return task
+
+    def _pause(self, msg_id: str) -> float:
+        """How long to wait before working on ``msg_id`` (see the module docstring)."""
+        now = time.monotonic()
+        released_at, returns = self._released_at.pop(msg_id, (None, 0))
+        self._released_at = {i: r for i, r in self._released_at.items()
+                             if now - r[0] < RETRY_WINDOW}
+        returns = returns + 1 if released_at is not None and \
+            now - released_at < RETRY_WINDOW else 0
+        self._returns[msg_id] = returns
+        return min(FIRST_PAUSE * 2 ** (returns - 1), MAX_PAUSE) if returns else 0.0
+
+    async def _after(self, pause: float, entry: Entry) -> None:
+        await asyncio.sleep(pause)
+        await self.process(entry)
 
     def _done(self, msg_id: str) -> None:
         """A task ended, even cancelled before it started: its claim ends too, in a task
         of its own (a callback cannot wait)."""
         self.active.pop(msg_id, None)
+        self._released_at[msg_id] = (time.monotonic(), self._returns.pop(msg_id, 0))
         self._freed.set()
         release = asyncio.ensure_future(self.queue.release(msg_id))
         self._releases.add(release)

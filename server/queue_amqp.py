@@ -96,6 +96,8 @@ class AmqpQueue:
     async def open(self) -> None:
         """Connect and declare the topology (QueueError only when the broker refuses the
         login or the vhost; an unreachable broker is retried in the background)."""
+        if self.journal is not None:
+            self.journal.path.parent.mkdir(parents=True, exist_ok=True)
         await self.link.open()
 
     async def close(self) -> None:

@@ -66,8 +66,9 @@ class BrokerLink:
 
     async def open(self) -> None:
         """Connect (see the module docstring for what fails and what is retried)."""
-        for name in ("aiormq", "aio_pika"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("aio_pika").setLevel(logging.WARNING)
+        # aiormq logs an ERROR at each failed connect: this link says it, once a minute
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
         if self._supervisor is not None:
             return
         errors = self.errors
@@ -155,6 +156,7 @@ class BrokerLink:
         while True:
             if self.connection is not None:
                 await self._lost.wait()
+                log.warning("queue broker %s: connection lost; reconnecting", self.shown_url)
                 self.connection = self.publisher = self.consumer = None
                 backoff = 1.0
             await asyncio.sleep(backoff)

@@ -33,3 +33,23 @@ def test_a_task_ending_while_all_were_busy_claims_the_next_at_once():
         return time.monotonic() - start
 
     assert asyncio.run(scenario()) < 2  # not one poll_interval (5 s) per message
+
+
+def test_a_message_failing_without_a_transition_is_not_retried_at_full_speed():
+    queue = MemoryQueue()
+    attempts: list[float] = []
+
+    async def process(entry):  # fails: neither completed, deferred nor moved
+        attempts.append(time.monotonic())
+
+    async def scenario() -> None:
+        envelope = Envelope("a@example.test", [RecipientState("b@example.test")])
+        await queue.put(envelope, b"x", "deliver")
+        claims = ClaimLoop(queue, ("deliver",), process, concurrency=4, poll_interval=0.01,
+                           log=logging.getLogger("test"))
+        claims.start()
+        await asyncio.sleep(3.5)
+        await claims.stop()
+
+    asyncio.run(scenario())
+    assert 3 <= len(attempts) <= 4  # at 0, then after pauses of 1 and 2 s
