@@ -4,6 +4,8 @@
   (``python -m tests.support.crash sink --out FILE``, the aiosmtpd sink of
   ``tests/support/mailsink.py``). It appends each message's Message-ID to FILE, one a line,
   written and fsync'd before it answers 250; it prints its port on stdout once listening.
+  With ``--tempfail-every K`` it first answers 451 to one Message-ID in K (chosen by a
+  hash: the same in every run), so that delivery defers them.
 - :class:`VslProcess`: ``vsl serve --config FILE [--role ROLE]`` on a fixed loopback port
   (a worker or delivery role listens on none), which can be SIGKILLed and started again
   on the same spool or broker.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import zlib
 import os
 import random
 import re
@@ -107,26 +110,37 @@ def _tail(path: Path, lines: int = 30) -> str:
 class _IdSink(Sink):
     """mailsink's Sink, recording only Message-IDs, durably, before the 250."""
 
-    def __init__(self, out):
+    def __init__(self, out, tempfail_every: int = 0):
         super().__init__()
-        self.out = out
+        self.out, self.tempfail_every = out, tempfail_every
+        self.failed: set[str] = set()  # Message-IDs answered 451 once
         self.accept_all = True
+
+    def tempfails(self, mid: str) -> bool:
+        """Whether ``mid`` gets a 451 now: the first time, for one Message-ID in K."""
+        if not self.tempfail_every or mid in self.failed or \
+                zlib.crc32(mid.encode()) % self.tempfail_every:
+            return False
+        self.failed.add(mid)
+        return True
 
     async def handle_DATA(self, server, session, envelope):
         mid = message_id(envelope.original_content) or "<none>"
+        if self.tempfails(mid):
+            return "451 4.3.0 Try again later"
         self.out.write(f"{mid}\n".encode())
         self.out.flush()
         os.fsync(self.out.fileno())
         return "250 2.0.0 Ok: stored"
 
 
-async def _serve_sink(out_path: str, port: int) -> None:
+async def _serve_sink(out_path: str, port: int, tempfail_every: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with open(out_path, "ab") as out:
-        sink = await _IdSink(out).start(port)
+        sink = await _IdSink(out, tempfail_every).start(port)
         print(sink.port, flush=True)
         await stop.wait()
         await sink.stop()
@@ -135,7 +149,8 @@ async def _serve_sink(out_path: str, port: int) -> None:
 class SinkProcess:
     """The receiving SMTP server as a separate process (see the module docstring)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, tempfail_every: int = 0):
+        self.tempfail_every = tempfail_every
         self.out = directory / "received.txt"
         self.log = directory / "sink.log"
         self.proc: subprocess.Popen | None = None
@@ -145,7 +160,8 @@ class SinkProcess:
         self.out.touch()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.crash", "sink", "--out", str(self.out)],
+                [sys.executable, "-m", "tests.support.crash", "sink", "--out", str(self.out),
+                 "--tempfail-every", str(self.tempfail_every)],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -380,9 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     sink = commands.add_parser("sink", help="receiving SMTP server recording Message-IDs")
     sink.add_argument("--out", required=True, help="file to append Message-IDs to")
     sink.add_argument("--port", type=int, default=0, help="default: a free port (printed)")
+    sink.add_argument("--tempfail-every", type=int, default=0, metavar="K",
+                      help="answer 451 first to one Message-ID in K (0: never)")
     args = parser.parse_args(argv)
     if args.command == "sink":
-        asyncio.run(_serve_sink(args.out, args.port))
+        asyncio.run(_serve_sink(args.out, args.port, args.tempfail_every))
 
 
 if __name__ == "__main__":
