@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from vsl.server.config import Config, load
+from vsl.server.queue_backend import QueueError
 from tests.support.crash import (Clients, SinkProcess, VslProcess, broker_counts,
                                  broker_message_ids, relay_section, write_config)
 from tests.support.mailsink import free_port
@@ -51,8 +52,9 @@ def role_config(directory: Path, port: int, sink_port: int, url: str, prefix: st
     """Every recipient accepted, the queue on the broker under ``prefix``, relayed to the
     sink."""
     directory.mkdir()
-    # Delivery's journal goes to queue_dir, which AmqpQueue does not create (a bug: every
-    # message delivered went to hold); the test makes it until server/ does.
+    # Delivery's journal goes to queue_dir, which AmqpQueue did not create (every message
+    # delivered went to hold): made here until the fix of branch faults16 (AmqpQueue.open
+    # makes it) is merged; then this line goes.
     (directory / "queue").mkdir()
     return write_config(directory, port, "mx.crash.test", f"""\
 [queue]
@@ -138,6 +140,14 @@ def pending(url: str, prefix: str) -> dict[str, int]:
     return {queue: counts[queue] for queue in PENDING if counts[queue]}
 
 
+def backlog(url: str, prefix: str) -> dict[str, int] | str:
+    """What waits on the broker at a kill (for the report)."""
+    try:
+        return pending(url, prefix)
+    except QueueError:  # restarting
+        return "broker down"
+
+
 def logs(processes: dict[str, VslProcess]) -> str:
     return "\n".join(f"=== {name}\n{process.logs()}" for name, process in processes.items())
 
@@ -165,7 +175,7 @@ def test_sigkill_over_a_broker_loses_no_acknowledged_message(tmp_path, private_r
                     time.sleep(0.002)
                 time.sleep(rng.uniform(0, 0.03))  # a random moment, not just after a 250
                 kills.append({"who": who, "acked": clients.acked_count,
-                              "backlog": pending(broker.url, prefix)})
+                              "backlog": backlog(broker.url, prefix)})
                 restarts.kill(who, victims[who], pause=rng.uniform(0, 0.5))
             assert clients.join(90), (clients.acked_count, clients.outcomes)
         finally:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import zlib
 import os
 import random
 import re
@@ -31,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
