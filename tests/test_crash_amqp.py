@@ -149,6 +149,7 @@ def backlog(url: str, prefix: str) -> dict[str, int] | str:
 
 
 def logs(processes: dict[str, VslProcess]) -> str:
+    """The tail of every process's logs, by name."""
     return "\n".join(f"=== {name}\n{process.logs()}" for name, process in processes.items())
 
 
@@ -184,7 +185,7 @@ def test_sigkill_over_a_broker_loses_no_acknowledged_message(tmp_path, private_r
         acked = set(clients.acked)
         wait_for(lambda: acked <= set(sink.received()) and not pending(broker.url, prefix),
                  timeout=60, interval=0.5)
-        worker_config = load(processes["worker"].config)
+        config = load(processes["worker"].config)  # every role's, but for its listener
         process_logs = logs(processes)
 
     # for a post-mortem: which queue id each acknowledged Message-ID got
@@ -195,7 +196,7 @@ def test_sigkill_over_a_broker_loses_no_acknowledged_message(tmp_path, private_r
     lost = sorted(m for m in acked if not received[m] and m not in on_broker)
     duplicates = {m: c for m, c in received.items() if c > 1}
     extra = sum(count - 1 for count in duplicates.values())
-    bound = duplicate_bound(worker_config, kills)
+    bound = duplicate_bound(config, kills)
     print(f"\n[{scenario}] {time.monotonic() - started:.1f} s; sent "
           f"{len(clients.attempted)}, acknowledged {len(acked)}, delivered {len(received)} "
           f"distinct ({sum(received.values())} in all; {len(set(received) - acked)} never "
