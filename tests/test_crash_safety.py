@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from tests.support.crash import (Clients, SinkProcess, VslProcess, queue_counts, write_config,
-                                 spool_message_ids)
+from tests.support.crash import (Clients, SinkProcess, VslProcess, queue_counts, relay_section,
+                                 spool_message_ids, write_config)
 from tests.support.mailsink import free_port
 from tests.support.smtp_tools import wait_for
 
@@ -32,19 +32,8 @@ SCENARIOS = {
 
 
 def crash_config(tmp_path, port: int, sink_port: int):
-    """Every recipient accepted and relayed to the sink; deliveries polled often and
-    retried after 1 s."""
-    return write_config(tmp_path, port, "mx.crash.test", f"""\
-[delivery]
-relay = "smtp://127.0.0.1:{sink_port}?tls=none"
-poll_interval = 0.05
-concurrency = {CONCURRENCY}
-retry_first = 1
-retry_max = 2
-connect_timeout = 5
-command_timeout = 10
-idle_timeout = 2
-""")
+    """Every recipient accepted and relayed to the sink (crash.py's relay_section)."""
+    return write_config(tmp_path, port, "mx.crash.test", relay_section(sink_port, CONCURRENCY))
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

@@ -4,12 +4,17 @@
   (``python -m tests.support.crash sink --out FILE``, the aiosmtpd sink of
   ``tests/support/mailsink.py``). It appends each message's Message-ID to FILE, one a line,
   written and fsync'd before it answers 250; it prints its port on stdout once listening.
-- :class:`VslProcess`: ``vsl serve --config FILE`` on a fixed loopback port, which can be
-  SIGKILLed and started again on the same spool.
+  With ``--tempfail-every K`` it first answers 451 to one Message-ID in K (chosen by a
+  hash: the same in every run), so that delivery defers them.
+- :class:`VslProcess`: ``vsl serve --config FILE [--role ROLE]`` on a fixed loopback port
+  (a worker or delivery role listens on none), which can be SIGKILLed and started again
+  on the same spool or broker.
 - :class:`Clients`: concurrent smtplib clients, each message with a unique Message-ID; they
   remember which messages got a 250 to the final dot, and reconnect while the server is
-  down.
-- :func:`spool_message_ids`: the Message-ID of every message still in a spool, by queue.
+  down (to another server's port, when given several).
+- :func:`spool_message_ids`, :func:`broker_message_ids`: the Message-ID of every message
+  still in a spool, or on a broker, by queue; :func:`queue_counts`, :func:`broker_counts`:
+  how many wait there.
 """
 from __future__ import annotations
 
@@ -25,10 +30,12 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
 from vsl.server.queue import Spool
+from vsl.server.queue_amqp import AmqpQueue
 from tests.support.mailsink import Sink, listening
 from tests.support.smtp_tools import wait_for
 
@@ -62,6 +69,35 @@ def queue_counts(queue_dir: Path, queues=("deliver", "deferred")) -> int:
     return sum(1 for q in queues for _ in (Path(queue_dir) / q).glob("*.json"))
 
 
+async def _read_broker(url: str, prefix: str, read):
+    """``await read(queue)`` with an AmqpQueue on ``url`` under ``prefix``, opened for it."""
+    queue = AmqpQueue(url, prefix)
+    await queue.open()
+    try:
+        return await read(queue)
+    finally:
+        await queue.close()
+
+
+def broker_counts(url: str, prefix: str) -> dict[str, int]:
+    """Ready messages per queue on the broker (messages being worked on are not counted)."""
+    return asyncio.run(_read_broker(url, prefix, AmqpQueue.counts))
+
+
+def broker_message_ids(url: str, prefix: str) -> dict[str, list[str]]:
+    """Message-IDs of the messages ready on the broker, by queue, in one pass: each AMQP
+    body's header block holds the message's (after the envelope's JSON line, and the
+    hand-off's in working, neither of which has a raw newline)."""
+    async def read(queue: AmqpQueue) -> dict[str, list[str]]:
+        found = {}
+        async with queue.link.admin_channel() as channel:
+            async for physical, message in queue._held(channel, None):
+                found.setdefault(queue._logical(physical, message), []).append(
+                    message_id(message.body) or f"<no id {message.message_id}>")
+        return found
+    return asyncio.run(_read_broker(url, prefix, read))
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -74,26 +110,37 @@ def _tail(path: Path, lines: int = 30) -> str:
 class _IdSink(Sink):
     """mailsink's Sink, recording only Message-IDs, durably, before the 250."""
 
-    def __init__(self, out):
+    def __init__(self, out, tempfail_every: int = 0):
         super().__init__()
-        self.out = out
+        self.out, self.tempfail_every = out, tempfail_every
+        self.failed: set[str] = set()  # Message-IDs answered 451 once
         self.accept_all = True
+
+    def tempfails(self, mid: str) -> bool:
+        """Whether ``mid`` gets a 451 now: the first time, for one Message-ID in K."""
+        if not self.tempfail_every or mid in self.failed or \
+                zlib.crc32(mid.encode()) % self.tempfail_every:
+            return False
+        self.failed.add(mid)
+        return True
 
     async def handle_DATA(self, server, session, envelope):
         mid = message_id(envelope.original_content) or "<none>"
+        if self.tempfails(mid):
+            return "451 4.3.0 Try again later"
         self.out.write(f"{mid}\n".encode())
         self.out.flush()
         os.fsync(self.out.fileno())
         return "250 2.0.0 Ok: stored"
 
 
-async def _serve_sink(out_path: str, port: int) -> None:
+async def _serve_sink(out_path: str, port: int, tempfail_every: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with open(out_path, "ab") as out:
-        sink = await _IdSink(out).start(port)
+        sink = await _IdSink(out, tempfail_every).start(port)
         print(sink.port, flush=True)
         await stop.wait()
         await sink.stop()
@@ -102,7 +149,8 @@ async def _serve_sink(out_path: str, port: int) -> None:
 class SinkProcess:
     """The receiving SMTP server as a separate process (see the module docstring)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, tempfail_every: int = 0):
+        self.tempfail_every = tempfail_every
         self.out = directory / "received.txt"
         self.log = directory / "sink.log"
         self.proc: subprocess.Popen | None = None
@@ -112,7 +160,8 @@ class SinkProcess:
         self.out.touch()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.crash", "sink", "--out", str(self.out)],
+                [sys.executable, "-m", "tests.support.crash", "sink", "--out", str(self.out),
+                 "--tempfail-every", str(self.tempfail_every)],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=log,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -136,11 +185,12 @@ class SinkProcess:
 # ---- the server under test -------------------------------------------------------------
 
 class VslProcess:
-    """``vsl serve --config CONFIG`` listening on 127.0.0.1:``port``; each start logs to
-    its own serve-N.log in ``directory``."""
+    """``vsl serve --config CONFIG --role ROLE`` listening on 127.0.0.1:``port``; each start
+    logs to its own serve-N.log in ``directory``. A role that receives nothing (``worker``,
+    ``delivery``) is up once its log says it started."""
 
-    def __init__(self, config: Path, port: int, directory: Path):
-        self.config, self.port, self.directory = config, port, directory
+    def __init__(self, config: Path, port: int, directory: Path, role: str = "all"):
+        self.config, self.port, self.directory, self.role = config, port, directory, role
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -151,9 +201,10 @@ class VslProcess:
     def start(self, timeout: float = 15) -> None:
         self.starts += 1
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([VSL, "serve", "--config", str(self.config)],
-                                         cwd=self.directory, stdout=log, stderr=log)
-        up = wait_for(lambda: self.proc.poll() is not None or listening(self.port), timeout)
+            self.proc = subprocess.Popen(
+                [VSL, "serve", "--config", str(self.config), "--role", self.role],
+                cwd=self.directory, stdout=log, stderr=log)
+        up = wait_for(lambda: self.proc.poll() is not None or self._up(), timeout)
         if self.proc.poll() is not None:
             raise RuntimeError(f"vsl serve exited ({self.proc.returncode}):\n"
                                f"{_tail(self.log)}")
@@ -161,6 +212,11 @@ class VslProcess:
             return
         self.stop()
         raise RuntimeError(f"vsl serve did not listen within {timeout} s:\n{_tail(self.log)}")
+
+    def _up(self) -> bool:
+        if self.role in ("all", "receiver"):
+            return listening(self.port)
+        return b" started: " in self.log.read_bytes()
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind."""
@@ -200,6 +256,22 @@ connections_per_ip = 50
     return config
 
 
+def relay_section(sink_port: int, concurrency: int) -> str:
+    """``[delivery]`` relaying everything to the sink on ``sink_port``, ``concurrency``
+    messages at once; deliveries polled often and retried after 1 s."""
+    return f"""\
+[delivery]
+relay = "smtp://127.0.0.1:{sink_port}?tls=none"
+poll_interval = 0.05
+concurrency = {concurrency}
+retry_first = 1
+retry_max = 2
+connect_timeout = 5
+command_timeout = 10
+idle_timeout = 2
+"""
+
+
 def stop_process(proc: subprocess.Popen | None) -> None:
     """SIGTERM, then SIGKILL after 5 s; returns once the process is gone."""
     if proc is None or proc.poll() is not None:
@@ -215,14 +287,17 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 # ---- clients ---------------------------------------------------------------------------
 
 class Clients:
-    """``threads`` concurrent clients sending to 127.0.0.1:``port`` until ``target``
-    messages got a 250 to the final dot. A session sends 1 to 8 messages; every message
-    (a retry too) has a new Message-ID. Errors (the server killed, refused connections)
-    only mean that message was not acknowledged; the client reconnects."""
+    """``threads`` concurrent clients sending to 127.0.0.1:``ports`` (one port, or several:
+    each session picks one at random) until ``target`` messages got a 250 to the final
+    dot. A session sends 1 to 8 messages; every message (a retry too) has a new
+    Message-ID. Errors (the server killed, refused connections) only mean that message
+    was not acknowledged; the client reconnects, after a refused connection to the next
+    port."""
 
-    def __init__(self, port: int, target: int, threads: int = 8, seed: int = 0,
-                 tag: str = "crash", timeout: float = 10):
-        self.port, self.target, self.seed, self.tag = port, target, seed, tag
+    def __init__(self, ports: int | tuple[int, ...], target: int, threads: int = 8,
+                 seed: int = 0, tag: str = "crash", timeout: float = 10):
+        self.ports = (ports,) if isinstance(ports, int) else tuple(ports)
+        self.target, self.seed, self.tag = target, seed, tag
         self.timeout = timeout
         self.lock = threading.Lock()
         self.attempted: list[str] = []        # MAIL FROM sent (at least tried)
@@ -256,15 +331,17 @@ class Clients:
 
     def _run(self, n: int) -> None:
         rng = random.Random(self.seed * 1000 + n)
-        seq = 0
+        seq, port = 0, rng.randrange(len(self.ports))
         while not self.done():
             try:
-                smtp = smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
+                smtp = smtplib.SMTP("127.0.0.1", self.ports[port], local_hostname="client.test",
                                     timeout=self.timeout)
             except (smtplib.SMTPException, OSError) as err:
                 self._count(f"connect: {type(err).__name__}")
+                port = (port + 1) % len(self.ports)
                 time.sleep(0.02)
                 continue
+            port = rng.randrange(len(self.ports))  # the next session's
             try:
                 if smtp.ehlo()[0] != 250:
                     self._count("ehlo refused")
@@ -319,9 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     sink = commands.add_parser("sink", help="receiving SMTP server recording Message-IDs")
     sink.add_argument("--out", required=True, help="file to append Message-IDs to")
     sink.add_argument("--port", type=int, default=0, help="default: a free port (printed)")
+    sink.add_argument("--tempfail-every", type=int, default=0, metavar="K",
+                      help="answer 451 first to one Message-ID in K (0: never)")
     args = parser.parse_args(argv)
     if args.command == "sink":
-        asyncio.run(_serve_sink(args.out, args.port))
+        asyncio.run(_serve_sink(args.out, args.port, args.tempfail_every))
 
 
 if __name__ == "__main__":
