@@ -52,10 +52,6 @@ def role_config(directory: Path, port: int, sink_port: int, url: str, prefix: st
     """Every recipient accepted, the queue on the broker under ``prefix``, relayed to the
     sink."""
     directory.mkdir()
-    # Delivery's journal goes to queue_dir, which AmqpQueue did not create (every message
-    # delivered went to hold): made here until the fix of branch faults16 (AmqpQueue.open
-    # makes it) is merged; then this line goes.
-    (directory / "queue").mkdir()
     return write_config(directory, port, "mx.crash.test", f"""\
 [queue]
 backend = "rabbitmq"
