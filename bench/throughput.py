@@ -218,10 +218,14 @@ class ProcessServer(Server):
     proc: subprocess.Popen | None = None
 
     def launch(self, command: list[str], cwd: Path | None = None) -> None:
+        """Start the process and wait until it listens on ``self.port``."""
+        self.spawn(command, cwd)
+        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
+
+    def spawn(self, command: list[str], cwd: Path | None = None) -> None:
         with open(self.log, "wb") as out:  # a file, never a pipe: a full pipe stalls it
             self.proc = subprocess.Popen(command, stdout=out, stderr=out,
                                          stdin=subprocess.DEVNULL, cwd=cwd)
-        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -442,7 +446,11 @@ class PostfixServer(Server):
 
 
 class SinkServer(ProcessServer):
+    """An aiosmtpd ``script`` in a process of its own, which writes what it counted to a
+    file on SIGUSR1."""
+
     name = "sink"
+    script = SINK
 
     def __init__(self, work: Path):
         self.work = work / "sink"
@@ -453,9 +461,10 @@ class SinkServer(ProcessServer):
     def start(self) -> None:
         self.work.mkdir(parents=True)
         self.port = free_port()
-        self.launch([sys.executable, "-c", SINK, str(self.port), str(self.count_file)])
+        self.launch([sys.executable, "-c", self.script, str(self.port), str(self.count_file)])
 
-    def total(self) -> int:
+    def dumped(self) -> str:
+        """What the sink writes on SIGUSR1, now."""
         self.count_file.unlink(missing_ok=True)
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 10
@@ -463,7 +472,10 @@ class SinkServer(ProcessServer):
             if time.monotonic() > deadline:
                 raise BenchError("the sink did not report its count")
             time.sleep(0.01)
-        return int(self.count_file.read_text())
+        return self.count_file.read_text()
+
+    def total(self) -> int:
+        return int(self.dumped())
 
     def held(self) -> int:
         return self.total() - self.seen
