@@ -32,7 +32,6 @@ import atexit
 import json
 import os
 import platform
-import shutil
 import signal
 import smtplib
 import statistics
@@ -44,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from throughput import (VSL, BenchError, ProcessServer, SinkServer,  # bench/, beside this
-                        free_port, human, parse_size, say, settle, system_busy,
-                        tree_cpu)
+                        SINK_SERVING, clean_up, free_port, human, parse_size, say, settle,
+                        start_broker, system_busy, tree_cpu)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support.rabbitmq import BIN as RABBITMQ_BIN, PrivateRabbitMQ  # noqa: E402
+from tests.support.rabbitmq import PrivateRabbitMQ  # noqa: E402
 
 SENDER = "bench@example.org"
 RECIPIENT = "rcpt@example.test"
@@ -77,21 +76,9 @@ class Sink:
             arrived.setdefault(match[1].decode(), time.time())
         return "250 2.0.0 Ok"
 
-def dump(path):
-    with open(path + ".tmp", "w") as fh:
-        json.dump({"total": total, "arrived": arrived}, fh)
-    os.replace(path + ".tmp", path)
-
-async def main():
-    loop = asyncio.get_running_loop()
-    port, dump_file = int(sys.argv[1]), sys.argv[2]
-    loop.add_signal_handler(signal.SIGUSR1, dump, dump_file)
-    server = await loop.create_server(lambda: SMTP(Sink(), hostname="sink.example.test"),
-                                      "127.0.0.1", port)
-    await server.serve_forever()
-
-asyncio.run(main())
-"""
+def report():
+    return json.dumps({"total": total, "arrived": arrived})
+""" + SINK_SERVING
 
 
 # ---- the sink and vSL ---------------------------------------------------------------------
@@ -154,20 +141,11 @@ class Deployment:
             POLICY.replace("SINK", str(self.sink_port)))
         config = "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n"
         if self.mode == "rabbitmq":
-            config += f'\n[queue]\nbackend = "rabbitmq"\nurl = "{self.start_broker()}"\n'
+            self.broker = start_broker()
+            config += f'\n[queue]\nbackend = "rabbitmq"\nurl = "{self.broker.url}"\n'
         (self.work / "vsl.toml").write_text(config)
         for process in self.processes:
             process.start()
-
-    def start_broker(self) -> str:
-        if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-            raise BenchError("rabbitmq-server is missing (apt-get install rabbitmq-server)")
-        self.broker = PrivateRabbitMQ()
-        try:
-            self.broker.start()
-        except RuntimeError as err:
-            raise BenchError(str(err)) from None
-        return self.broker.url
 
     def stop(self) -> None:
         for process in self.processes:
@@ -410,10 +388,7 @@ def main() -> int:
             bench_mode(mode, work, sink, args, rounds)
     finally:
         sink.stop()
-        if args.keep:
-            say(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
     report(rounds, args)
     return 1 if any(r.error for r in rounds) else 0
 

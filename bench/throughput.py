@@ -74,21 +74,11 @@ SENDER = "bench@example.org"
 RECIPIENT = "rcpt@example.test"  # example.test: vSL's --hostname, Postfix's relay_domains
 HOLD_POLICY = 'fn on_connect(ctx) { status::quarantine("hold") }\n'
 
-SINK = """
-import asyncio, os, signal, sys
-from aiosmtpd.smtp import SMTP
-
-count = 0
-
-class Sink:
-    async def handle_DATA(self, server, session, envelope):
-        global count
-        count += 1
-        return "250 2.0.0 Ok"
-
+# The end of a sink's script: it serves its class Sink, and writes report() on SIGUSR1.
+SINK_SERVING = """
 def dump(path):
     with open(path + ".tmp", "w") as fh:
-        fh.write(str(count))
+        fh.write(report())
     os.replace(path + ".tmp", path)
 
 async def main():
@@ -101,6 +91,21 @@ async def main():
 
 asyncio.run(main())
 """
+SINK = """
+import asyncio, os, signal, sys
+from aiosmtpd.smtp import SMTP
+
+count = 0
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        global count
+        count += 1
+        return "250 2.0.0 Ok"
+
+def report():
+    return str(count)
+""" + SINK_SERVING
 
 POSTFIX_MAIN_CF = """\
 # A throw-away instance for bench/throughput.py: holds every message, delivers nothing.
@@ -298,6 +303,18 @@ class VslServer(ProcessServer):
                 if " ERROR " in line or "Traceback" in line]
 
 
+def start_broker() -> PrivateRabbitMQ:
+    """A private RabbitMQ node, started (its close() stops it and removes its directory)."""
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        raise BenchError("rabbitmq-server is missing (apt-get install rabbitmq-server)")
+    broker = PrivateRabbitMQ()
+    try:
+        return broker.start()
+    except RuntimeError as err:
+        broker.close()
+        raise BenchError(str(err)) from None
+
+
 class AmqpVslServer(VslServer):
     """`vsl serve --role receiver` on a private RabbitMQ node started with it: every message
     is confirmed in ``bench.quarantine`` before its 250."""
@@ -314,13 +331,7 @@ class AmqpVslServer(VslServer):
                                    f'url = "{self.broker.url}"\nprefix = "{self.prefix}"\n')
 
     def start(self) -> None:
-        if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-            raise BenchError("rabbitmq-server is missing (apt-get install rabbitmq-server)")
-        self.broker = PrivateRabbitMQ()
-        try:
-            self.broker.start()
-        except RuntimeError as err:
-            raise BenchError(str(err)) from None
+        self.broker = start_broker()
         super().start()
 
     def stop(self) -> None:
@@ -387,7 +398,8 @@ class PostfixServer(Server):
             sub.mkdir(parents=True)
         shutil.chown(self.dir / "data", "postfix")
         (self.etc / "main.cf").write_text(POSTFIX_MAIN_CF.format(dir=self.dir))
-        (self.etc / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        (self.etc / "master.cf").write_text(
+            MASTER_CF.format(listen=f"127.0.0.1:{self.port}", options=""))
         self.run("check")  # creates the queue directories, owned as Postfix wants them
         self.started = True  # from here on, stop() must run
         self.run("start")
@@ -634,6 +646,14 @@ def backend_list(text: str) -> list[str]:
     return values
 
 
+def clean_up(work: Path, keep: bool) -> None:
+    """Remove the work directory, or say where it is kept (--keep)."""
+    if keep:
+        say(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -768,10 +788,7 @@ def main() -> int:
             bench_server(server, args, results)
     finally:
         stop_all()
-        if args.keep:
-            say(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
     report(results, args)
     return 1 if any(r.error for r in results) else 0
 
