@@ -177,6 +177,8 @@ class Sent:
 
 @dataclass
 class Round:
+    """One timed round of a mode: what was sent, when it arrived, what it cost."""
+
     mode: str
     number: int
     messages: int
@@ -263,14 +265,15 @@ def wait_arrivals(sink: Sink, ids: list[str], timeout: float) -> tuple[int, dict
 
 def run_round(deployment: Deployment, sink: Sink, result: Round, args) -> None:
     total_before, _ = sink.arrivals()
-    cpu, busy = deployment.cpu(), system_busy()
+    cpu, busy, began = deployment.cpu(), system_busy(), time.monotonic()
     result.sent = send_all(deployment.port, f"{deployment.mode}{result.number}",
                            result.messages, args.clients, args.size, args.timeout)
     total, arrived = wait_arrivals(sink, [s.message_id for s in result.sent], args.timeout)
     result.server_cpu = deployment.cpu() - cpu
     result.arrived = {s.message_id: arrived[s.message_id] for s in result.sent}
     result.duplicates = total - total_before - result.messages
-    result.other_cpu = max(0.0, system_busy() - busy - result.server_cpu) / result.seconds
+    result.other_cpu = (max(0.0, system_busy() - busy - result.server_cpu) /
+                        (time.monotonic() - began))
 
 
 def bench_mode(mode: str, work: Path, sink: Sink, args, rounds: list[Round]) -> None:
