@@ -1,13 +1,24 @@
 """Messages per second under loopback load from Postfix's smtp-source: vSL holding every
-message in its spool, Debian's Postfix holding every message in its hold queue, and a bare
-aiosmtpd sink that discards them, in the same run.
+message in its spool or on a RabbitMQ broker, Debian's Postfix holding every message in its
+hold queue, and a bare aiosmtpd sink that discards them, in the same run.
 
     python bench/throughput.py [--messages 10000] [--sessions 4,16] [--sizes 10k,100k]
     python bench/throughput.py --quick          # 1,000 messages: a try-out in a minute or two
-    python bench/throughput.py --workers 1,2    # a vSL column per [server] workers value
+    python bench/throughput.py --receivers 1,2  # a vSL column per [server] workers value
+    python bench/throughput.py --backend spool,rabbitmq --receivers 1,2 --sessions 16 \
+        --sizes 10k                             # issue 16: the broker against the spool
 
-* vSL: `vsl serve` with a one-line policy, `fn on_connect(ctx) { status::quarantine("hold") }`:
-  every accepted message is written durably to `quarantine/hold` of its spool.
+* vSL: `vsl serve` with a one-line policy, `fn on_connect(ctx) { status::quarantine("hold") }`.
+  - backend spool: every accepted message is written durably to `quarantine/hold` of its
+    spool (role all).
+  - backend rabbitmq: `vsl serve --role receiver` publishes every accepted message to
+    `<prefix>.quarantine` of a private RabbitMQ node (tests/support/rabbitmq.py: its own
+    epmd, ports and temporary directory; one node per vSL column, stopped after it) and
+    waits for the broker's confirm before its 250. Messages held are counted by a passive
+    declare (AmqpQueue.counts()), and the broker's CPU (the Erlang VM) counts as server CPU.
+  - --receivers N: `[server] workers = N`, N processes accepting on one port (the kernel
+    spreads the connections), so smtp-source needs no split. With the spool, child 0 also
+    runs delivery, idle here.
 * Postfix: a throw-away instance in a temporary directory (its own config_directory,
   queue_directory and data_directory, `inet_interfaces = 127.0.0.1`, smtpd on a free port,
   `smtpd_recipient_restrictions = static:hold`, discard transports), started and stopped with
@@ -31,6 +42,7 @@ exceeds --noisy is flagged: its rate is not trustworthy. Each smtp-source run is
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import os
 import platform
@@ -49,6 +61,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.support.postfix import MASTER_CF  # noqa: E402 - the tests' throw-away master.cf
+from tests.support.rabbitmq import BIN as RABBITMQ_BIN, PrivateRabbitMQ  # noqa: E402
+from vsl.server.queue_amqp import AmqpQueue  # noqa: E402
 
 VSL = Path(sys.executable).parent / "vsl"
 POSTFIX = Path("/usr/sbin/postfix")
@@ -60,21 +74,11 @@ SENDER = "bench@example.org"
 RECIPIENT = "rcpt@example.test"  # example.test: vSL's --hostname, Postfix's relay_domains
 HOLD_POLICY = 'fn on_connect(ctx) { status::quarantine("hold") }\n'
 
-SINK = """
-import asyncio, os, signal, sys
-from aiosmtpd.smtp import SMTP
-
-count = 0
-
-class Sink:
-    async def handle_DATA(self, server, session, envelope):
-        global count
-        count += 1
-        return "250 2.0.0 Ok"
-
+# The end of a sink's script: it serves its class Sink, and writes report() on SIGUSR1.
+SINK_SERVING = """
 def dump(path):
     with open(path + ".tmp", "w") as fh:
-        fh.write(str(count))
+        fh.write(report())
     os.replace(path + ".tmp", path)
 
 async def main():
@@ -87,6 +91,21 @@ async def main():
 
 asyncio.run(main())
 """
+SINK = """
+import asyncio, os, signal, sys
+from aiosmtpd.smtp import SMTP
+
+count = 0
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        global count
+        count += 1
+        return "250 2.0.0 Ok"
+
+def report():
+    return str(count)
+""" + SINK_SERVING
 
 POSTFIX_MAIN_CF = """\
 # A throw-away instance for bench/throughput.py: holds every message, delivers nothing.
@@ -204,10 +223,14 @@ class ProcessServer(Server):
     proc: subprocess.Popen | None = None
 
     def launch(self, command: list[str], cwd: Path | None = None) -> None:
+        """Start the process and wait until it listens on ``self.port``."""
+        self.spawn(command, cwd)
+        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
+
+    def spawn(self, command: list[str], cwd: Path | None = None) -> None:
         with open(self.log, "wb") as out:  # a file, never a pipe: a full pipe stalls it
             self.proc = subprocess.Popen(command, stdout=out, stderr=out,
                                          stdin=subprocess.DEVNULL, cwd=cwd)
-        wait_port(self.port, lambda: self.proc.poll() is None, self.describe)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -226,13 +249,14 @@ class ProcessServer(Server):
 
 
 class VslServer(ProcessServer):
-    name = "vSL"
+    """`vsl serve` holding every message in its spool, with ``receivers`` processes."""
 
-    def __init__(self, work: Path, workers: int = 1):
-        self.work = work / "vsl"
-        self.workers = workers
-        if workers > 1:
-            self.name = f"vSL x{workers}"
+    backend = "spool"
+
+    def __init__(self, work: Path, receivers: int = 1):
+        self.receivers = receivers
+        self.name = f"vSL {self.backend}" + (f" x{receivers}" if receivers > 1 else "")
+        self.work = work / f"vsl-{self.backend}-x{receivers}"
         self.scripts = self.work / "scripts"
         self.queue = self.work / "queue"
         self.log = self.work / "server.log"
@@ -242,12 +266,14 @@ class VslServer(ProcessServer):
                 "--listen", f"127.0.0.1:{self.port}", "--scripts", str(self.scripts),
                 "--queue-dir", str(self.queue), "--hostname", "example.test"]
 
+    def config(self) -> str:
+        return (f"[server]\nworkers = {self.receivers}\n\n"
+                "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n")
+
     def start(self) -> None:
         self.scripts.mkdir(parents=True)
         (self.scripts / "main.vsl").write_text(HOLD_POLICY)
-        (self.work / "vsl.toml").write_text(
-            f"[server]\nworkers = {self.workers}\n\n"
-            "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n")
+        (self.work / "vsl.toml").write_text(self.config())
         self.port = free_port()
         self.launch(self.command(), cwd=self.work)
 
@@ -277,6 +303,74 @@ class VslServer(ProcessServer):
                 if " ERROR " in line or "Traceback" in line]
 
 
+def start_broker() -> PrivateRabbitMQ:
+    """A private RabbitMQ node, started (its close() stops it and removes its directory)."""
+    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+        raise BenchError("rabbitmq-server is missing (apt-get install rabbitmq-server)")
+    broker = PrivateRabbitMQ()
+    try:
+        return broker.start()
+    except RuntimeError as err:
+        broker.close()
+        raise BenchError(str(err)) from None
+
+
+class AmqpVslServer(VslServer):
+    """`vsl serve --role receiver` on a private RabbitMQ node started with it: every message
+    is confirmed in ``bench.quarantine`` before its 250."""
+
+    backend = "rabbitmq"
+    prefix = "bench"
+    broker: PrivateRabbitMQ | None = None
+
+    def command(self) -> list[str]:
+        return super().command() + ["--role", "receiver"]
+
+    def config(self) -> str:
+        return super().config() + (f'\n[queue]\nbackend = "rabbitmq"\n'
+                                   f'url = "{self.broker.url}"\nprefix = "{self.prefix}"\n')
+
+    def start(self) -> None:
+        self.broker = start_broker()
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.broker is not None:
+            self.broker.close()
+            self.broker = None
+
+    def held(self) -> int:
+        counts = asyncio.run(self._on_broker(AmqpQueue.counts))
+        stray = [q for q, n in counts.items() if n and q != "quarantine"]
+        if stray:
+            raise BenchError(f"vSL: messages outside {self.prefix}.quarantine: {stray}")
+        return counts["quarantine"]
+
+    def empty(self) -> None:
+        asyncio.run(self._on_broker(self._purge))
+
+    async def _on_broker(self, call):
+        queue = AmqpQueue(self.broker.url, self.prefix)
+        await queue.open()
+        try:
+            return await call(queue)
+        finally:
+            await queue.close()
+
+    async def _purge(self, queue: AmqpQueue) -> None:
+        async with queue.link.admin_channel() as channel:
+            for physical in queue.topology.physical("quarantine"):
+                await (await channel.declare_queue(physical, passive=True)).purge()
+
+    def cpu(self) -> float:
+        return super().cpu() + tree_cpu(self.broker.proc.pid)
+
+    def describe(self) -> str:
+        return super().describe() + (f"\nbroker:\n{self.broker.log_tail()}"
+                                     if self.broker else "")
+
+
 class PostfixServer(Server):
     name = "Postfix"
 
@@ -304,7 +398,8 @@ class PostfixServer(Server):
             sub.mkdir(parents=True)
         shutil.chown(self.dir / "data", "postfix")
         (self.etc / "main.cf").write_text(POSTFIX_MAIN_CF.format(dir=self.dir))
-        (self.etc / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
+        (self.etc / "master.cf").write_text(
+            MASTER_CF.format(listen=f"127.0.0.1:{self.port}", options=""))
         self.run("check")  # creates the queue directories, owned as Postfix wants them
         self.started = True  # from here on, stop() must run
         self.run("start")
@@ -363,7 +458,11 @@ class PostfixServer(Server):
 
 
 class SinkServer(ProcessServer):
+    """An aiosmtpd ``script`` in a process of its own, which writes what it counted to a
+    file on SIGUSR1."""
+
     name = "sink"
+    script = SINK
 
     def __init__(self, work: Path):
         self.work = work / "sink"
@@ -374,9 +473,10 @@ class SinkServer(ProcessServer):
     def start(self) -> None:
         self.work.mkdir(parents=True)
         self.port = free_port()
-        self.launch([sys.executable, "-c", SINK, str(self.port), str(self.count_file)])
+        self.launch([sys.executable, "-c", self.script, str(self.port), str(self.count_file)])
 
-    def total(self) -> int:
+    def dumped(self) -> str:
+        """What the sink writes on SIGUSR1, now."""
         self.count_file.unlink(missing_ok=True)
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 10
@@ -384,7 +484,10 @@ class SinkServer(ProcessServer):
             if time.monotonic() > deadline:
                 raise BenchError("the sink did not report its count")
             time.sleep(0.01)
-        return int(self.count_file.read_text())
+        return self.count_file.read_text()
+
+    def total(self) -> int:
+        return int(self.dumped())
 
     def held(self) -> int:
         return self.total() - self.seen
@@ -395,6 +498,10 @@ class SinkServer(ProcessServer):
     def errors(self) -> list[str]:
         return [line for line in self.log.read_text(errors="replace").splitlines()
                 if "Error" in line or "Traceback" in line]
+
+
+VSL_BACKENDS = {"spool": VslServer, "rabbitmq": AmqpVslServer}
+NAME_WIDTH = len("vSL rabbitmq x2")
 
 
 # ---- load -----------------------------------------------------------------------------------
@@ -532,6 +639,21 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def backend_list(text: str) -> list[str]:
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not values or any(v not in VSL_BACKENDS for v in values):
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(VSL_BACKENDS)}")
+    return values
+
+
+def clean_up(work: Path, keep: bool) -> None:
+    """Remove the work directory, or say where it is kept (--keep)."""
+    if keep:
+        say(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -540,39 +662,49 @@ def report(results: list[Result], args) -> None:
     print(f"\n{args.messages} messages per run, from smtp-source over loopback "
           f"(one connection per message); {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, {postfix_version()}")
-    print(f"{'server':8} {'sessions':>8} {'size':>7} {'msg/s':>7} {'seconds':>8} "
+    print(f"{'server':{NAME_WIDTH}} {'sessions':>8} {'size':>7} {'msg/s':>7} {'seconds':>8} "
           f"{'server CPU':>11} {'client CPU':>11} {'other load':>10}")
     for r in results:
         if r.rate is None:
-            print(f"{r.server:8} {r.sessions:8d} {human(r.size):>7}   failed: {r.error}")
+            print(f"{r.server:{NAME_WIDTH}} {r.sessions:8d} {human(r.size):>7}   "
+                  f"failed: {r.error}")
             continue
         server_cpu = f"{r.server_cpu / r.messages * 1000:6.2f} ms/msg" if r.server_cpu else ""
         client_cpu = f"{r.client_cpu / r.messages * 1000:6.2f} ms/msg" if r.client_cpu else ""
         noisy = "  (!)" if r.other_cpu > args.noisy else ""
-        print(f"{r.server:8} {r.sessions:8d} {human(r.size):>7} {r.rate:7.0f} "
+        print(f"{r.server:{NAME_WIDTH}} {r.sessions:8d} {human(r.size):>7} {r.rate:7.0f} "
               f"{r.seconds:8.1f} {server_cpu:>11} {client_cpu:>11} "
               f"{r.other_cpu:6.2f} CPU{noisy}")
     if any(r.rate and r.other_cpu > args.noisy for r in results):
         print(f"(!) other processes used more than {args.noisy} CPU during the run: "
               "the machine was not quiet, that rate is low")
     by = {(r.server, r.sessions, r.size): r.rate for r in results}
-    vsls = list(dict.fromkeys(r.server for r in results if r.server.startswith("vSL")))
-    ratios = [f"{name}/Postfix" for name in vsls] + [f"{name}/sink" for name in vsls]
-    print(f"\n{'sessions':>8} {'size':>7} " + " ".join(f"{n:>7}" for n in vsls) +
-          f" {'Postfix':>8} {'sink':>7} " + " ".join(f"{n:>12}" for n in ratios))
-
-    def cell(v, width, fmt="{:.0f}"):
-        return (fmt.format(v) if v else "-").rjust(width)
-
+    names = list(dict.fromkeys(r.server for r in results))
+    ratios = ratio_pairs(names)
+    columns = [short(n) for n in names] + [f"{short(a)}/{short(b)}" for a, b in ratios]
+    print(f"\n{'sessions':>8} {'size':>7} " + " ".join(f"{c:>7}" for c in columns))
     for sessions in args.sessions:
         for size in args.sizes:
-            postfix, sink = (by.get((name, sessions, size)) for name in ("Postfix", "sink"))
-            rates = [by.get((name, sessions, size)) for name in vsls]
-            print(f"{sessions:8d} {human(size):>7} " + " ".join(cell(v, 7) for v in rates) +
-                  f" {cell(postfix, 8)} {cell(sink, 7)} " + " ".join(
-                      [cell(v / postfix if v and postfix else None, 12, "{:.2f}")
-                       for v in rates] +
-                      [cell(v / sink if v and sink else None, 12, "{:.2f}") for v in rates]))
+            rates = {name: by.get((name, sessions, size)) for name in names}
+            cells = [f"{rates[n]:.0f}" if rates[n] else "-" for n in names]
+            cells += [f"{rates[a] / rates[b]:.2f}" if rates[a] and rates[b] else "-"
+                      for a, b in ratios]
+            print(f"{sessions:8d} {human(size):>7} " + " ".join(
+                cell.rjust(max(7, len(column))) for cell, column in zip(cells, columns)))
+
+
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(numerator, denominator) of the ratios shown: every vSL column against Postfix and
+    the sink, and each broker column against the spool column with as many receivers."""
+    vsls = [n for n in names if n.startswith("vSL")]
+    pairs = [(n, other) for other in ("Postfix", "sink") if other in names for n in vsls]
+    return pairs + [(n, n.replace("rabbitmq", "spool")) for n in vsls
+                    if "rabbitmq" in n and n.replace("rabbitmq", "spool") in names]
+
+
+def short(name: str) -> str:
+    """A server's name in the ratio table's headings ("vSL rabbitmq x2" -> "rabbitmq x2")."""
+    return name.removeprefix("vSL ")
 
 
 def postfix_version() -> str:
@@ -614,9 +746,12 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=120,
                         help="before every run, wait up to this many seconds for the "
                              "machine's other load to fall under --noisy (default 120)")
-    parser.add_argument("--workers", type=int_list, default=[1],
-                        help="vSL's [server] workers, comma-separated: one vSL column each "
-                             "(default 1)")
+    parser.add_argument("--receivers", type=int_list, default=[1],
+                        help="vSL processes accepting mail ([server] workers), "
+                             "comma-separated: one vSL column each (default 1)")
+    parser.add_argument("--backend", type=backend_list, default=["spool"],
+                        help="vSL's queue, comma-separated: spool, rabbitmq (a private "
+                             "broker per column); one vSL column each (default spool)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -632,8 +767,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vsl-throughput-", dir="/tmp"))
     work.chmod(0o755)  # Postfix's daemons (user postfix) reach their queue through it
-    servers = [VslServer(work / f"w{n}" if len(args.workers) > 1 else work, n)
-               for n in args.workers] if "vsl" in wanted else []
+    servers = [VSL_BACKENDS[backend](work, n) for backend in args.backend
+               for n in args.receivers] if "vsl" in wanted else []
     servers += [kinds[k](work) for k in wanted if k != "vsl"]
 
     def stop_all() -> None:
@@ -653,10 +788,7 @@ def main() -> int:
             bench_server(server, args, results)
     finally:
         stop_all()
-        if args.keep:
-            say(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
     report(results, args)
     return 1 if any(r.error for r in results) else 0
 
