@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast as py
 import textwrap
+import time
 
 import pytest
 
@@ -133,3 +134,31 @@ def test_a_hosts_int_beyond_i64_in_a_template_is_held_to_the_size_limit():
     assert script.call("u", 10 ** 42) == f"<{10 ** 42}>"  # 45 characters
     with pytest.raises(LimitError, match="string too large"):
         script.call("u", 10 ** 43)
+
+
+NESTINGS = {  # each inline path nested in itself: its code must grow linearly
+    "push": lambda x: f"a.push({x})",
+    "index": lambda x: f"a[{x}]",
+    "map index": lambda x: f"m[{x}]",
+    "int pair": lambda x: f"({x} + n)",
+    "int literal": lambda x: f"({x} * 3)",
+    "comparison": lambda x: f"({x} < n)",
+    "method": lambda x: f"s.starts_with({x})",
+    "split": lambda x: f"({x}).split(\",\")",
+    "in": lambda x: f"({x} in a)",
+    "negation": lambda x: f"!({x})",
+}
+
+
+@pytest.mark.parametrize("name", NESTINGS)
+def test_an_inline_path_nested_to_the_depth_limit_loads_at_once(name):
+    """An inline path never copies a sub-expression into both of its branches (nested
+    pushes doubled the code per level: 14 levels took 15 s to load)."""
+    inner = "n"
+    for _ in range(28):  # with their parentheses: near max_expr_depth (64)
+        inner = NESTINGS[name](inner)
+    source = (f"fn f(a, m, s, n) {{ let b = {inner}; b }}\n"
+              f"fn g(a, m, s, n) {{ m[{inner}] = k(); m.x = {inner}; }}\nfn k() {{ 1 }}\n")
+    started = time.process_time()
+    new_engine(Limits(max_time=0)).load_source(source)
+    assert time.process_time() - started < 1

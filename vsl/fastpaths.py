@@ -501,18 +501,25 @@ class FastPaths:
 
     def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
         """``a.push(x)`` on a mutable array below the size limit is ``list.append`` (a
-        variable only ever given an array literal is not tested for the type)."""
-        below = py.Compare(py_call("_len", obj), [py.Lt()], [py_const(self.mc.max_array)])
-        if self.literal_container(obj, A.ArrayLit):
-            w: py.expr = obj
-            test: py.expr = below
-        else:
-            w, first = self.kept(obj)
-            below.left.args = [w]
-            test = py.BoolOp(py.And(), [py_is_type(first, "list"), below])
+        variable only ever given an array literal is not tested for the type). The array,
+        then the argument are evaluated before the size is tested (the argument may push
+        to the array); an argument that is not a name or a constant is kept in a
+        temporary, read by both branches (never copied into them: nested pushes would
+        double the code per level)."""
+        literal = self.literal_container(obj, A.ArrayLit)
+        w, first = (obj, obj) if literal else self.kept(obj)
+        evaluated = []
+        if not literal:
+            evaluated.append(py_is_type(first, "list"))
+        arg, first_arg = self.named(arg)
+        if first_arg is not arg:
+            evaluated.append(py.Compare(first_arg, [py.Is()], [arg]))  # always true
+        below = py.Compare(py_call("_len", w), [py.Lt()], [py_const(self.mc.max_array)])
+        test = below if not evaluated else py.BoolOp(py.And(), [
+            evaluated[0] if len(evaluated) == 1 else
+            py.BinOp(evaluated[0], py.BitAnd(), evaluated[1]), below])
         fast = py_call(py.Attribute(w, "append", py.Load()), arg)
-        slow = py_call("_meth", self.budget(), w, py_const("push"),
-                     py.Tuple([copy.deepcopy(arg)], py.Load()))
+        slow = py_call("_meth", self.budget(), w, py_const("push"), py.Tuple([arg], py.Load()))
         return py.IfExp(test, fast, slow)
 
     def set_item(self, obj: py.expr, key: py.expr, value: py.expr, helper: str) -> list[py.stmt]:
@@ -521,10 +528,13 @@ class FastPaths:
         ``m[k] = v`` for a mutable map, a string key and a map below max_map_size or
         already holding the key; the helper (``_setidx``, ``_setprop``) does the rest."""
         spilled, names = [], []
-        plain = isinstance(value, (py.Constant, py.Name))  # reading it changes nothing
-        for part in (obj, key, value):
+        parts = (obj, key, value)
+        for i, part in enumerate(parts):
+            # a variable may be read late when the parts after it only read (a call there
+            # could assign it); a temporary is never reassigned
+            later_plain = all(isinstance(p, (py.Constant, py.Name)) for p in parts[i + 1:])
             if self.unchanging(part) or isinstance(part, py.Name) and (
-                    plain or part.id.startswith("_")):  # (a temporary: never reassigned)
+                    later_plain or part.id.startswith("_")):
                 names.append(part)
                 continue
             w = self.mc.tmp("_w")
