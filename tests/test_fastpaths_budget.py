@@ -136,6 +136,35 @@ def test_a_hosts_int_beyond_i64_in_a_template_is_held_to_the_size_limit():
         script.call("u", 10 ** 43)
 
 
+TEMPLATES = textwrap.dedent("""\
+    fn short(a, b) { `${a}:${b}` }
+    fn many(a) { `${a}""" + "-${a}" * 70 + """` }
+    fn repeated(n, s) { let t = ""; for i in 0..n { t = `${i}<${s}>`; } t }
+""")
+TEMPLATE_CALLS = [("short", (7, "x")), ("short", ("a" * 300, 2 ** 63 - 1)),
+                  ("many", ("abc",)), ("repeated", (50, "b" * 130)),
+                  ("short", ("a" * 1000, "b"))]  # the last: longer than max_string_size
+
+
+@pytest.mark.parametrize("name, args", TEMPLATE_CALLS)
+@pytest.mark.parametrize("max_string_size", [1000, 0])
+def test_a_template_charges_what_its_helper_charges(name, args, max_string_size,
+                                                    monkeypatch):
+    """The f-string of a template charges the parts and the text's size, as _tpl does."""
+    def run(limits):
+        limits = limits.with_changes(max_string_size=max_string_size)
+        script = new_engine(limits).load_source(TEMPLATES)
+        try:
+            script.call(name, *args)
+        except LimitError as err:  # too long: charged up to the error
+            return "too many operations" not in err.message
+        return True
+
+    fast = fewest_operations(run)
+    monkeypatch.setattr(FastPaths, "formattable", lambda self, *args: py.Constant(False))
+    assert fewest_operations(run) == fast
+
+
 NESTINGS = {  # each inline path nested in itself: its code must grow linearly
     "push": lambda x: f"a.push({x})",
     "index": lambda x: f"a[{x}]",

@@ -150,17 +150,32 @@ class FastPaths:
             if self.mc.max_string and len(text) > self.mc.max_string:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
-        joined: py.expr = py.JoinedStr(values)
-        if self.mc.max_string and not bounded:
-            r = self.mc.tmp("_w")
-            size = py_call("_len", py_walrus(r, joined))
-            joined = py.IfExp(py.Compare(size, [py.LtE()], [py_const(self.mc.max_string)]),
-                              py_name(r), py_call("_too_long", py_call("_len", py_name(r))))
-        # its text, and so its work, is bounded by max_string_size (printing stops there):
-        # a template alone never sends a function off the event loop
-        budget = self.budget() if self.mc.max_string else self.walks()
         test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
-        return py.IfExp(test, joined, py_call("_tpl", budget, *args))
+        return py.IfExp(test, self.charged_text(py.JoinedStr(values), len(args), bounded),
+                        py_call("_tpl", self.text_budget(), *args))
+
+    def text_budget(self) -> py.Name:
+        """The budget of a template: its text, and so its work, is bounded by
+        max_string_size (printing stops there), so a template alone never sends a
+        function off the event loop."""
+        return self.budget() if self.mc.max_string else self.walks()
+
+    def charged_text(self, joined: py.JoinedStr, parts: int, bounded: bool) -> py.expr:
+        """The f-string ``joined`` of a template of ``parts`` parts, charged as ``_tpl``
+        charges it (Ops.joined: ``work(parts)``, then ``work(size)``; only the first when
+        the text is too long) by ``_text`` (engine.charged_text). ``bounded``: the text
+        cannot pass max_string_size (see share), else its size is checked first."""
+        parts_work = 64 * (parts >> 6)  # work(n) counts 1 + n // 64
+        if not self.mc.max_string or bounded:
+            return py_call("_text", self.text_budget(), joined, py_const(parts_work + 64))
+        r = self.mc.tmp("_w")
+        fits = py.Compare(py_call("_len", py_walrus(r, joined)), [py.LtE()],
+                          [py_const(self.mc.max_string)])
+        too_long = py.BoolOp(py.Or(), [
+            py_call(py.Attribute(self.text_budget(), "work", py.Load()), py_const(parts_work)),
+            py_call("_too_long", py_call("_len", py_name(r)))])
+        return py.IfExp(fits, py_call("_text", self.text_budget(), py_name(r),
+                                      py_const(parts_work + 64)), too_long)
 
     def share(self, parts: list, text_only: list[bool]) -> tuple[int, bool]:
         """(the characters each interpolated value may have in the f-string, whether the
