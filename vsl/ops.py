@@ -381,7 +381,12 @@ class Ops:
 
     @staticmethod
     def call_value(st, depth: int, f, args: tuple):
-        """``f.call(*args)`` from code at call depth ``depth``."""
-        if type(f) is Closure:
-            return at_depth(st, depth, f.call, *args)
-        raise ScriptError(f"{type_name(f)} is not a function")
+        """``f.call(*args)`` from code at call depth ``depth`` (at_depth, inlined: one
+        Python frame less per closure call)."""
+        if type(f) is not Closure:
+            raise ScriptError(f"{type_name(f)} is not a function")
+        outer, st.depth = st.depth, depth
+        try:
+            return f.call(*args)
+        finally:
+            st.depth = outer
