@@ -567,13 +567,13 @@ class _Fn(FastPaths):
     def method(self, name: str, obj: py.expr, args: list[py.expr]) -> py.expr:
         if name == "call":
             return self.call_value(obj, args)
+        if name in self.mc.async_methods:
+            return self.wait(py_call("_ameth", self.budget(), obj, py_const(name),
+                                   py.Tuple(args, py.Load())))
         if name in _CALLING_BACK:  # its closures run one level below this code
             self.mc.uses.add("depth")
             return py_call("_cmeth", self.budget(), py_name("_d"), obj, py_const(name),
                            py.Tuple(args, py.Load()))
-        if name in self.mc.async_methods:
-            return self.wait(py_call("_ameth", self.budget(), obj, py_const(name),
-                                   py.Tuple(args, py.Load())))
         return self.inline_method(name, obj, args) or \
             py_call("_meth", self.method_budget(name), obj, py_const(name),
                   py.Tuple(args, py.Load()))
