@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast as py
 import textwrap
+import time
 
 import pytest
 
@@ -133,3 +134,60 @@ def test_a_hosts_int_beyond_i64_in_a_template_is_held_to_the_size_limit():
     assert script.call("u", 10 ** 42) == f"<{10 ** 42}>"  # 45 characters
     with pytest.raises(LimitError, match="string too large"):
         script.call("u", 10 ** 43)
+
+
+TEMPLATES = textwrap.dedent("""\
+    fn short(a, b) { `${a}:${b}` }
+    fn many(a) { `${a}""" + "-${a}" * 70 + """` }
+    fn repeated(n, s) { let t = ""; for i in 0..n { t = `${i}<${s}>`; } t }
+""")
+TEMPLATE_CALLS = [("short", (7, "x")), ("short", ("a" * 300, 2 ** 63 - 1)),
+                  ("many", ("abc",)), ("repeated", (50, "b" * 130)),
+                  ("short", ("a" * 1000, "b"))]  # the last: longer than max_string_size
+
+
+@pytest.mark.parametrize("name, args", TEMPLATE_CALLS)
+@pytest.mark.parametrize("max_string_size", [1000, 0])
+def test_a_template_charges_what_its_helper_charges(name, args, max_string_size,
+                                                    monkeypatch):
+    """The f-string of a template charges the parts and the text's size, as _tpl does."""
+    def run(limits):
+        limits = limits.with_changes(max_string_size=max_string_size)
+        script = new_engine(limits).load_source(TEMPLATES)
+        try:
+            script.call(name, *args)
+        except LimitError as err:  # too long: charged up to the error
+            return "too many operations" not in err.message
+        return True
+
+    fast = fewest_operations(run)
+    monkeypatch.setattr(FastPaths, "formattable", lambda self, *args: py.Constant(False))
+    assert fewest_operations(run) == fast
+
+
+NESTINGS = {  # each inline path nested in itself: its code must grow linearly
+    "push": lambda x: f"a.push({x})",
+    "index": lambda x: f"a[{x}]",
+    "map index": lambda x: f"m[{x}]",
+    "int pair": lambda x: f"({x} + n)",
+    "int literal": lambda x: f"({x} * 3)",
+    "comparison": lambda x: f"({x} < n)",
+    "method": lambda x: f"s.starts_with({x})",
+    "split": lambda x: f"({x}).split(\",\")",
+    "in": lambda x: f"({x} in a)",
+    "negation": lambda x: f"!({x})",
+}
+
+
+@pytest.mark.parametrize("name", NESTINGS)
+def test_an_inline_path_nested_to_the_depth_limit_loads_at_once(name):
+    """An inline path never copies a sub-expression into both of its branches (nested
+    pushes doubled the code per level: 14 levels took 15 s to load)."""
+    inner = "n"
+    for _ in range(28):  # with their parentheses: near max_expr_depth (64)
+        inner = NESTINGS[name](inner)
+    source = (f"fn f(a, m, s, n) {{ let b = {inner}; b }}\n"
+              f"fn g(a, m, s, n) {{ m[{inner}] = k(); m.x = {inner}; }}\nfn k() {{ 1 }}\n")
+    started = time.process_time()
+    new_engine(Limits(max_time=0)).load_source(source)
+    assert time.process_time() - started < 1

@@ -573,6 +573,27 @@ def test_closure_recursion_is_a_limit_error():
     assert isinstance(err, LimitError), f"{type(err).__name__}: {err.message}"
 
 
+THROUGH_CLOSURES = {  # each level is a function and a closure: 2 calls
+    "call": "fn f(n, g) { if n == 0 { 0 } else { g.call(n - 1, g) + 1 } }\n"
+            "fn main(n) { f(n, |k, h| f(k, h)) }",
+    "map": "fn main(n) { if n == 0 { 0 } else { [n - 1].map(|k| main(k))[0] + 1 } }",
+    "reduce": "fn main(n) { if n == 0 { 0 } else { [n].reduce(|a, k| main(k - 1), 0) + 1 } }",
+}
+
+
+@pytest.mark.parametrize("kind", THROUGH_CLOSURES)
+def test_a_call_through_a_closure_counts_one_level_of_call_depth(kind):
+    """A closure runs one level below its caller, not at the depth of the function that
+    made it: recursion through closures stops at max_call_depth as a direct one does."""
+    script = new_engine(Limits(max_call_depth=64)).load_source(THROUGH_CLOSURES[kind])
+    assert script.call("main", 31) == 31  # its deepest call at depth 63 (or 64: map)
+    for levels in (33, 300):
+        with pytest.raises(LimitError, match=r"call depth limit exceeded \(64 nested calls"):
+            script.call("main", levels)
+        with pytest.raises(LimitError, match=r"call depth limit exceeded \(64 nested calls"):
+            script._call("main", (levels,))
+
+
 def test_deep_data_is_a_limit_error():
     src = "let a = [];\nfor i in 0..100000 { a = [a]; }\na.to_string().len()"
     err = run_error(src, Limits(max_operations=0, max_time=5.0))

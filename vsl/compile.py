@@ -80,6 +80,8 @@ _ASSIGN_HELPERS = {"+=": "_add", "-=": "_sub", "*=": "_mul", "/=": "_div", "%=":
 _BOOL_OPS = {"==", "!=", "<", "<=", ">", ">=", "in", "!in", "&&", "||"}
 # Helpers whose work can grow with their operands' size: they are passed the budget.
 _CHARGED = {"+", "==", "!=", "in", "!in", "+="}
+# the methods that call a closure argument (vsl/methods.py): see _Fn.method
+_CALLING_BACK = frozenset({"filter", "map", "any", "all", "reduce"})
 
 
 def script_fn_name(name: str, arity: int) -> str:
@@ -539,7 +541,9 @@ class _Fn(FastPaths):
     def e_Closure(self, e: A.Closure) -> py.expr:
         name = self.mc.tmp("_c")
         inner = _Fn(self.mc, False, "closure")
-        inner.emit([py_assign("_t", py_call("_state")), *_tick()], e.pos)
+        depth = py.BinOp(py.Attribute(py_name("_t"), "depth", py.Load()), py.Add(), py_const(1))
+        inner.emit([py_assign("_t", py_call("_state")), py_assign("_d", depth),
+                    self.mc.depth_guard(), *_tick()], e.pos)
         body_stmts = inner.capture(lambda: inner.sink("return", inner.expr(e.body), e.pos))
         inner.out.extend(body_stmts)
         nonlocals = sorted(self.mc.res.nonlocals.get(id(e), ()))
@@ -566,6 +570,10 @@ class _Fn(FastPaths):
         if name in self.mc.async_methods:
             return self.wait(py_call("_ameth", self.budget(), obj, py_const(name),
                                    py.Tuple(args, py.Load())))
+        if name in _CALLING_BACK:  # its closures run one level below this code
+            self.mc.uses.add("depth")
+            return py_call("_cmeth", self.budget(), py_name("_d"), obj, py_const(name),
+                           py.Tuple(args, py.Load()))
         return self.inline_method(name, obj, args) or \
             py_call("_meth", self.method_budget(name), obj, py_const(name),
                   py.Tuple(args, py.Load()))
@@ -576,8 +584,8 @@ class _Fn(FastPaths):
 
     def call_value(self, fn: py.expr, args: list[py.expr]) -> py.Call:
         """``f.call(...)`` or ``f(...)`` of a closure (which may loop: see walks)."""
-        self.mc.uses.add("walks")
-        return py_call("_callv", fn, py.Tuple(args, py.Load()))
+        self.mc.uses.update(("walks", "depth"))
+        return py_call("_callv", self.budget(), py_name("_d"), fn, py.Tuple(args, py.Load()))
 
     def target_call(self, e, target, args: list[py.expr]) -> py.expr:
         res = self.mc.res
@@ -696,12 +704,15 @@ class ModuleCompiler:
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
 
+    def depth_guard(self) -> py.If:
+        """``if _d > max_call_depth: _too_deep(_d)``, first in a function or closure."""
+        return py.If(py.Compare(py_name("_d"), [py.Gt()], [py_const(self.max_call_depth)]),
+                     [py.Expr(py_call("_too_deep", py_name("_d")))], [])
+
     def function(self, name: str, params: list[str], body: A.Block, is_async: bool,
                  kind: str, pos: A.Loc) -> py.stmt:
         fn = _Fn(self, is_async, kind)
-        guard = py.If(py.Compare(py_name("_d"), [py.Gt()], [py_const(self.max_call_depth)]),
-                      [py.Expr(py_call("_too_deep", py_name("_d")))], [])
-        prologue = [guard, *_tick()]
+        prologue = [self.depth_guard(), *_tick()]
         assert len(prologue) == _PROLOGUE
         fn.emit(prologue, pos)
         self.uses = set()  # of the body: "tick", "budget" and "depth" (see entry)

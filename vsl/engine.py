@@ -41,7 +41,7 @@ from .imports import check_nesting, import_target
 from .limits import Limits
 from .methods import call_method
 from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
-from .ops import Ops
+from .ops import Ops, at_depth
 from .resolve import ModuleInfo, Resolution, resolve
 from .script_file import UnreadableScript, read_script
 from .syntax import line_of
@@ -76,7 +76,7 @@ class ExecState:
     _budgets and ModuleCompiler.entry).
     """
 
-    __slots__ = ("n", "left", "deadline", "size", "mark", "unyielded")
+    __slots__ = ("n", "left", "deadline", "size", "mark", "unyielded", "depth")
     FIRST, LARGEST = 16, 1024
     # Set per engine by for_engine(): the limits, the operators and the first budget.
     limits: Limits
@@ -99,6 +99,7 @@ class ExecState:
     def __init__(self):
         self.n, self.left, self.size = self.first, self.rest, self.FIRST
         self.unyielded = 0  # charged work of natives that waited, since the loop last turned
+        self.depth = 0  # the call depth of the code calling a closure (see ops.at_depth)
         if self.timed:
             self.mark = now = monotonic()
             self.deadline = now + self.max_time
@@ -135,6 +136,15 @@ class ExecState:
             self.slow()
 
 
+def charged_text(st: ExecState, text: str, work: int) -> str:
+    """``text`` once ``st.work(len(text) + work)`` is charged (inlined: a template's
+    f-string, see FastPaths.charged_text)."""
+    st.n -= 1 + ((len(text) + work) >> 6)
+    if st.n < 0:
+        st.slow()
+    return text
+
+
 def _gget(consts, name: str):
     try:
         return consts[name]
@@ -163,6 +173,12 @@ def _in(st, a, b):
 
 def _not_in(st, a, b):
     return not _in(st, a, b)
+
+
+def _calling_back(st, depth: int, obj, name: str, args: tuple):
+    """``obj.name(*args)`` of a method that calls a closure argument (``map``...) from
+    code at call depth ``depth``."""
+    return at_depth(st, depth, call_method, st, obj, name, args)
 
 
 async def _ameth(st, obj, name, args):
@@ -604,8 +620,10 @@ class Engine:
             "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
             "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
             "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,
+            "_text": charged_text,
             "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
-            "_meth": call_method, "_ameth": _ameth, "_closure": values.Closure,
+            "_meth": call_method, "_cmeth": _calling_back, "_ameth": _ameth,
+            "_closure": values.Closure,
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
             "_state": self.current_state, "_take": self._take, "_give": self._give,

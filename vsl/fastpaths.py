@@ -150,17 +150,32 @@ class FastPaths:
             if self.mc.max_string and len(text) > self.mc.max_string:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
-        joined: py.expr = py.JoinedStr(values)
-        if self.mc.max_string and not bounded:
-            r = self.mc.tmp("_w")
-            size = py_call("_len", py_walrus(r, joined))
-            joined = py.IfExp(py.Compare(size, [py.LtE()], [py_const(self.mc.max_string)]),
-                              py_name(r), py_call("_too_long", py_call("_len", py_name(r))))
-        # its text, and so its work, is bounded by max_string_size (printing stops there):
-        # a template alone never sends a function off the event loop
-        budget = self.budget() if self.mc.max_string else self.walks()
         test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
-        return py.IfExp(test, joined, py_call("_tpl", budget, *args))
+        return py.IfExp(test, self.charged_text(py.JoinedStr(values), len(args), bounded),
+                        py_call("_tpl", self.text_budget(), *args))
+
+    def text_budget(self) -> py.Name:
+        """The budget of a template: its text, and so its work, is bounded by
+        max_string_size (printing stops there), so a template alone never sends a
+        function off the event loop."""
+        return self.budget() if self.mc.max_string else self.walks()
+
+    def charged_text(self, joined: py.JoinedStr, parts: int, bounded: bool) -> py.expr:
+        """The f-string ``joined`` of a template of ``parts`` parts, charged as ``_tpl``
+        charges it (Ops.joined: ``work(parts)``, then ``work(size)``; only the first when
+        the text is too long) by ``_text`` (engine.charged_text). ``bounded``: the text
+        cannot pass max_string_size (see share), else its size is checked first."""
+        parts_work = 64 * (parts >> 6)  # work(n) counts 1 + n // 64
+        if not self.mc.max_string or bounded:
+            return py_call("_text", self.text_budget(), joined, py_const(parts_work + 64))
+        r = self.mc.tmp("_w")
+        fits = py.Compare(py_call("_len", py_walrus(r, joined)), [py.LtE()],
+                          [py_const(self.mc.max_string)])
+        too_long = py.BoolOp(py.Or(), [
+            py_call(py.Attribute(self.text_budget(), "work", py.Load()), py_const(parts_work)),
+            py_call("_too_long", py_call("_len", py_name(r)))])
+        return py.IfExp(fits, py_call("_text", self.text_budget(), py_name(r),
+                                      py_const(parts_work + 64)), too_long)
 
     def share(self, parts: list, text_only: list[bool]) -> tuple[int, bool]:
         """(the characters each interpolated value may have in the f-string, whether the
@@ -501,18 +516,25 @@ class FastPaths:
 
     def inline_push(self, obj: py.expr, arg: py.expr) -> py.expr:
         """``a.push(x)`` on a mutable array below the size limit is ``list.append`` (a
-        variable only ever given an array literal is not tested for the type)."""
-        below = py.Compare(py_call("_len", obj), [py.Lt()], [py_const(self.mc.max_array)])
-        if self.literal_container(obj, A.ArrayLit):
-            w: py.expr = obj
-            test: py.expr = below
-        else:
-            w, first = self.kept(obj)
-            below.left.args = [w]
-            test = py.BoolOp(py.And(), [py_is_type(first, "list"), below])
+        variable only ever given an array literal is not tested for the type). The array,
+        then the argument are evaluated before the size is tested (the argument may push
+        to the array); an argument that is not a name or a constant is kept in a
+        temporary, read by both branches (never copied into them: nested pushes would
+        double the code per level)."""
+        literal = self.literal_container(obj, A.ArrayLit)
+        w, first = (obj, obj) if literal else self.kept(obj)
+        evaluated = []
+        if not literal:
+            evaluated.append(py_is_type(first, "list"))
+        arg, first_arg = self.named(arg)
+        if first_arg is not arg:
+            evaluated.append(py.Compare(first_arg, [py.Is()], [arg]))  # always true
+        below = py.Compare(py_call("_len", w), [py.Lt()], [py_const(self.mc.max_array)])
+        test = below if not evaluated else py.BoolOp(py.And(), [
+            evaluated[0] if len(evaluated) == 1 else
+            py.BinOp(evaluated[0], py.BitAnd(), evaluated[1]), below])
         fast = py_call(py.Attribute(w, "append", py.Load()), arg)
-        slow = py_call("_meth", self.budget(), w, py_const("push"),
-                     py.Tuple([copy.deepcopy(arg)], py.Load()))
+        slow = py_call("_meth", self.budget(), w, py_const("push"), py.Tuple([arg], py.Load()))
         return py.IfExp(test, fast, slow)
 
     def set_item(self, obj: py.expr, key: py.expr, value: py.expr, helper: str) -> list[py.stmt]:
@@ -521,10 +543,13 @@ class FastPaths:
         ``m[k] = v`` for a mutable map, a string key and a map below max_map_size or
         already holding the key; the helper (``_setidx``, ``_setprop``) does the rest."""
         spilled, names = [], []
-        plain = isinstance(value, (py.Constant, py.Name))  # reading it changes nothing
-        for part in (obj, key, value):
+        parts = (obj, key, value)
+        for i, part in enumerate(parts):
+            # a variable may be read late when the parts after it only read (a call there
+            # could assign it); a temporary is never reassigned
+            later_plain = all(isinstance(p, (py.Constant, py.Name)) for p in parts[i + 1:])
             if self.unchanging(part) or isinstance(part, py.Name) and (
-                    plain or part.id.startswith("_")):  # (a temporary: never reassigned)
+                    later_plain or part.id.startswith("_")):
                 names.append(part)
                 continue
             w = self.mc.tmp("_w")

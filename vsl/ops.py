@@ -30,6 +30,17 @@ def _type_error(op: str, a, b):
     raise ScriptError(f"cannot apply '{op}' to {type_name(a)} and {type_name(b)}")
 
 
+def at_depth(st, depth: int, fn, *args):
+    """``fn(*args)``, where a closure it calls runs one call level below ``depth``: a
+    closure starts at ``st.depth + 1`` (compile.e_Closure), like any script function one
+    level below its caller, so recursion through closures meets max_call_depth."""
+    outer, st.depth = st.depth, depth
+    try:
+        return fn(*args)
+    finally:
+        st.depth = outer
+
+
 class Ops:
     """Checked operators bound to one engine's limits."""
 
@@ -369,7 +380,13 @@ class Ops:
         raise ScriptError(f"cannot iterate over {type_name(v)}")
 
     @staticmethod
-    def call_value(f, args):
-        if type(f) is Closure:
+    def call_value(st, depth: int, f, args: tuple):
+        """``f.call(*args)`` from code at call depth ``depth`` (at_depth, inlined: one
+        Python frame less per closure call)."""
+        if type(f) is not Closure:
+            raise ScriptError(f"{type_name(f)} is not a function")
+        outer, st.depth = st.depth, depth
+        try:
             return f.call(*args)
-        raise ScriptError(f"{type_name(f)} is not a function")
+        finally:
+            st.depth = outer
