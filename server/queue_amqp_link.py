@@ -6,9 +6,9 @@ confirms) and a consuming one.
   QueueError. An unreachable broker is tried again in the background, and so is a lost
   connection: one attempt a second for the first STEADY_RETRIES (a broker restart takes
   3-4 s), then with back-off (2, 4 ... 30 s). The failures are logged (on ``vsl.queue``,
-  at most once a minute) by the retries, never by the first attempt: a one-shot caller
-  (``vsl queue``) that closes at once gets one QueueError naming the cause, and no
-  "retrying" line. aio-pika's robust connection is not used: its first connect, when it
+  at most once a minute) by the retries (the first one a second after ``open``), never by
+  the first attempt: a one-shot caller (``vsl queue``), done by then, gets one QueueError
+  naming the cause, and no "retrying" line. aio-pika's robust connection is not used: its first connect, when it
   fails, keeps retrying behind the caller's back, and its restored channels would carry
   deliveries the broker has already requeued.
 - **Generations:** every consuming channel has a number. A delivery received on an older
@@ -19,10 +19,12 @@ confirms) and a consuming one.
   default, for a delivery held longer) or cancels a consumer (its queue deleted) while
   the connection stays up. The link then opens a new consuming channel (a new generation)
   and consumes again; should that fail, it reconnects (declaring the topology again).
-  Holding a delivery is bounded well below ``consumer_timeout``: an attempt is bounded by
-  ``mx_attempt_timeout`` (600 s) and a script by its own limits, and a claim is acked,
-  moved or released after its one attempt. Should one outlive it anyway, the broker
-  requeues the message and its transition fails as on a lost connection (at least once).
+  What holds against ``consumer_timeout``: a delivery claim's MX attempts run at once,
+  each within ``mx_attempt_timeout`` (600 s), well under 30 min. Nothing in vSL bounds
+  another transport or an ``on_post_queue`` script that long: should one outlast the
+  broker's limit, the broker requeues the message, its transition fails as on a lost
+  connection, and it is delivered again (at least once). Such a site raises the
+  broker's ``consumer_timeout``.
 - **No call waits without a bound:** a memory or disk alarm blocks the whole connection
   (the broker stops reading it), so every RPC has ``connect_timeout`` (a connect, as a
   whole, CONNECT_STEPS times that), a publish has ``confirm_timeout``, and closing has
@@ -144,8 +146,20 @@ class BrokerLink:
 
     async def _count_ready(self, physical: str) -> int:
         async with self.admin_channel() as channel:
-            declared = await channel.declare_queue(physical, passive=True)
+            declared = await self._passive(channel, physical)
         return declared.declaration_result.message_count
+
+    async def existing(self, channel, physical: str):
+        """``physical``, declared passively on ``channel`` (its ready count in
+        ``declaration_result``); QueueError when the broker does not answer in time."""
+        try:
+            return await self._passive(channel, physical)
+        except asyncio.TimeoutError:
+            raise self._no_answer() from None
+
+    async def _passive(self, channel, physical: str):
+        return await channel.declare_queue(physical, passive=True,
+                                           timeout=self.connect_timeout)
 
     async def send(self, message, routing_key: str) -> None:
         """Publish and wait for the broker's confirm; QueueError with a plain text when
@@ -181,6 +195,10 @@ class BrokerLink:
         if self.connection is None:
             raise self._not_connected()
         return _ClosingChannel(self)
+
+    def _no_answer(self) -> QueueError:
+        return QueueError(f"queue broker {self.shown_url}: no answer within "
+                          f"{self.connect_timeout:g} s (a memory or disk alarm?)")
 
     def _not_connected(self) -> QueueError:
         why = f" ({self._failure})" if self._failure else ""
@@ -279,8 +297,7 @@ class BrokerLink:
             self._broken.set()
 
     async def _consume(self, consumer, physical: str) -> None:
-        queue = await consumer.declare_queue(physical, passive=True,
-                                             timeout=self.connect_timeout)
+        queue = await self._passive(consumer, physical)
         await queue.consume(self.receivers[physical], timeout=self.connect_timeout)
 
     def _check_version(self, connection) -> None:
@@ -296,18 +313,17 @@ class BrokerLink:
     async def _declare(self, channel) -> None:
         """Declare every queue; one whose arguments differ (declared by another version)
         is used as it is, with a warning."""
-        timeout = self.connect_timeout
         for name, arguments in self.topology.declarations().items():
             try:
                 await channel.declare_queue(name, durable=True, arguments=arguments,
-                                            timeout=timeout)
+                                            timeout=self.connect_timeout)
             except self.errors.ChannelPreconditionFailed as err:
                 warning = f"queue {name}: declared with other arguments, used as it is ({err})"
                 if warning not in self.warnings:
                     self.warnings.append(warning)
                     log.warning("%s", warning)
                 await channel.reopen()
-                await channel.declare_queue(name, passive=True, timeout=timeout)
+                await self._passive(channel, name)
 
     def _log_unreachable(self) -> None:
         if time.monotonic() - self._logged_at >= LOG_EVERY:
@@ -323,8 +339,12 @@ class _ClosingChannel:
         self.link, self.channel = link, None
 
     async def __aenter__(self):
-        self.channel = await asyncio.wait_for(
-            self.link.connection.channel(publisher_confirms=False), self.link.connect_timeout)
+        try:
+            self.channel = await asyncio.wait_for(
+                self.link.connection.channel(publisher_confirms=False),
+                self.link.connect_timeout)
+        except asyncio.TimeoutError:
+            raise self.link._no_answer() from None
         return self.channel
 
     async def __aexit__(self, *exc) -> None:

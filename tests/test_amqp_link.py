@@ -9,8 +9,10 @@ import asyncio
 import time
 
 import pytest
+from click.testing import CliRunner
 
 from tests.test_queue_amqp import claim_soon, envelope, make_queue, opened, raw_channel  # noqa: F401
+from vsl.cli import main
 from vsl.server.queue_amqp import AmqpQueue
 from vsl.server.queue_amqp_codec import Topology
 from vsl.server.queue_amqp_link import BrokerLink, retry_delay
@@ -58,7 +60,7 @@ def test_a_consumer_the_broker_cancels_is_restored(make_queue):
     asyncio.run(main())
 
 
-def test_a_blocked_connection_bounds_claim_and_close(private_rabbitmq, tmp_path):
+def test_a_blocked_connection_bounds_claim_counts_and_close(private_rabbitmq, tmp_path):
     async def main():
         queue = await opened(AmqpQueue(private_rabbitmq.url, "alarm", tmp_path / "journal",
                                        confirm_timeout=1.0, connect_timeout=1.0))
@@ -70,6 +72,10 @@ def test_a_blocked_connection_bounds_claim_and_close(private_rabbitmq, tmp_path)
                 await queue.put(envelope(), b"blocked")  # the broker stops reading
             started = time.monotonic()
             assert await asyncio.wait_for(queue.claim(1, time.time()), 10) == []
+            assert time.monotonic() - started < 2.5
+            started = time.monotonic()
+            with pytest.raises(QueueError, match="no answer within 1 s"):
+                await asyncio.wait_for(queue.counts(), 10)
             assert time.monotonic() - started < 2.5
             started = time.monotonic()
             await asyncio.wait_for(queue.close(), 10)
@@ -85,24 +91,31 @@ def test_reconnects_each_second_for_a_restart_then_backs_off():
     assert delays[10:] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
-def test_an_unreachable_broker_fails_a_one_shot_caller_with_no_retry_log(tmp_path, caplog):
+def test_vsl_queue_with_the_broker_down_prints_one_error_and_no_retry(tmp_path, caplog,
+                                                                     monkeypatch):
+    from tests.support.mailsink import free_port
+    monkeypatch.setenv("VSL_TEST_AMQP_URL", f"amqp://vsl:pw@127.0.0.1:{free_port()}/")
+    toml = tmp_path / "vsl.toml"
+    toml.write_text('[queue]\nbackend = "rabbitmq"\nurl_env = "VSL_TEST_AMQP_URL"\n')
+    result = CliRunner().invoke(main, ["queue", "--config", str(toml), "counts"])
+    assert result.exit_code == 1
+    [line] = result.output.splitlines()
+    assert "not connected (" in line and "Connect call failed" in line and ":pw@" not in line
+    assert not [r for r in caplog.records if r.name == "vsl.queue"]
+
+
+def test_a_server_logs_the_retries_of_an_unreachable_broker(tmp_path, caplog):
     from tests.support.mailsink import free_port
 
-    async def main(wait: float) -> None:
+    async def main() -> None:
         queue = AmqpQueue(f"amqp://vsl:pw@127.0.0.1:{free_port()}/", "gone",
                           tmp_path / "journal", connect_timeout=1.0)
         await queue.open()
-        await asyncio.sleep(wait)
-        with pytest.raises(QueueError, match="not connected") as raised:
-            await queue.counts()
-        assert "Connect call failed" in str(raised.value) and ":pw@" not in str(raised.value)
+        await asyncio.sleep(1.5)
         await queue.close()
-
-    asyncio.run(main(0))  # as `vsl queue` does: one error, nothing logged
-    assert not [r for r in caplog.records if r.name == "vsl.queue"]
-    asyncio.run(main(1.5))  # a server: its retries are logged
+    asyncio.run(main())
     [logged] = [r.getMessage() for r in caplog.records if r.name == "vsl.queue"]
-    assert "unreachable" in logged and "retrying" in logged
+    assert "unreachable" in logged and "retrying" in logged and ":pw@" not in logged
 
 
 class _ClosingPublisher:
