@@ -266,8 +266,6 @@ class BrokerLink:
         old, self.consumer = self.consumer, None
         if self.connection is None or self.connection.is_closed:
             return False
-        log.warning("queue broker %s: consumer closed or cancelled by the broker; "
-                    "consuming again", self.shown_url)
         self._broken.clear()
         await self._close_bounded(old)  # requeues what it held: those claims are void
         try:
@@ -275,6 +273,8 @@ class BrokerLink:
                                                    self.connect_timeout * CONNECT_STEPS)
         except Exception:  # noqa: BLE001 - the connection is reset instead
             return False
+        log.warning("queue broker %s: a consumer was closed or cancelled by the broker; "
+                    "consuming again", self.shown_url)
         return True
 
     async def _open_consumer(self):
