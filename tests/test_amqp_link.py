@@ -60,7 +60,7 @@ def test_a_consumer_the_broker_cancels_is_restored(make_queue):
     asyncio.run(main())
 
 
-def test_a_blocked_connection_bounds_claim_counts_and_close(private_rabbitmq, tmp_path):
+def test_a_blocked_connection_bounds_claim_counts_close_and_puts(private_rabbitmq, tmp_path):
     async def main():
         queue = await opened(AmqpQueue(private_rabbitmq.url, "alarm", tmp_path / "journal",
                                        confirm_timeout=1.0, connect_timeout=1.0))
@@ -77,9 +77,13 @@ def test_a_blocked_connection_bounds_claim_counts_and_close(private_rabbitmq, tm
             with pytest.raises(QueueError, match="no answer within 1 s"):
                 await asyncio.wait_for(queue.counts(), 10)
             assert time.monotonic() - started < 2.5
+            put = asyncio.create_task(queue.put(envelope(), b"waiting"))
+            await asyncio.sleep(0.2)  # its publish waits for a confirm
             started = time.monotonic()
             await asyncio.wait_for(queue.close(), 10)
             assert time.monotonic() - started < 2.5
+            with pytest.raises(QueueError):
+                await put
         finally:
             await asyncio.to_thread(private_rabbitmq.ctl, "set_vm_memory_high_watermark", "0.4")
     asyncio.run(main())
