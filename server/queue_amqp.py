@@ -351,7 +351,7 @@ class AmqpQueue:
         async with self.link.admin_channel() as channel:
             for queue in (*QUEUES, "quarantine"):
                 for physical in self.topology.physical(queue):
-                    declared = await channel.declare_queue(physical, passive=True)
+                    declared = await self.link.existing(channel, physical)
                     ready = declared.declaration_result.message_count
                     counts[queue] = counts.get(queue, 0) + ready
         return counts
@@ -426,7 +426,7 @@ class AmqpQueue:
         count = 0
         due = [self.topology.name("deliver")] if queue == "deferred" else []
         for physical in self.topology.physical(queue) + due:
-            declared = await channel.declare_queue(physical, passive=True)
+            declared = await self.link.existing(channel, physical)
             while limit is None or count < limit:
                 message = await declared.get(no_ack=False, fail=False)
                 if message is None:

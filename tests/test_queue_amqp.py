@@ -242,6 +242,7 @@ def test_unreachable_broker_at_open_is_retried_not_fatal(tmp_path, caplog):
         queue = AmqpQueue(f"amqp://vsl:pw@127.0.0.1:{free_port()}/", "gone",
                           tmp_path / "journal", connect_timeout=1.0)
         await queue.open()
+        await asyncio.sleep(1.5)  # the first retry logs the failure
         with pytest.raises(QueueError, match="not connected"):
             await queue.put(envelope(), b"x")
         await queue.close()
