@@ -626,7 +626,7 @@ def _known_bool(e) -> bool:
 def _with_lazy_budget(node: py.AST) -> py.AST:
     """A copy of ``node`` in which each read of the budget ``_t`` makes it on first use,
     ``(_t if _t is not None else (_t := _fresh()))``; subtrees without one are shared."""
-    if isinstance(node, py.Name):
+    if node.__class__ is py.Name:
         if node.id != "_t":
             return node
         made = py_walrus("_t", py_call("_fresh"))
@@ -634,12 +634,13 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
                         made)
         return located(lazy, (node.lineno, node.col_offset + 1))
     changed = {}
-    for field, value in py.iter_fields(node):
-        if isinstance(value, list):
-            new = [_with_lazy_budget(v) if isinstance(v, py.AST) else v for v in value]
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if value.__class__ is list:
+            new = [_with_lazy_budget(v) if v.__class__ in _WALKED else v for v in value]
             if any(a is not b for a, b in zip(new, value)):
                 changed[field] = new
-        elif isinstance(value, py.AST):
+        elif value.__class__ in _WALKED:
             new = _with_lazy_budget(value)
             if new is not value:
                 changed[field] = new
@@ -649,6 +650,11 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field, value in changed.items():
         setattr(node, field, value)
     return node
+
+
+# the node classes with fields (where a Name may be): not Load, Add, ...
+_WALKED = frozenset(cls for cls in vars(py).values()
+                    if isinstance(cls, type) and issubclass(cls, py.AST) and cls._fields)
 
 
 class ModuleCompiler:
