@@ -32,7 +32,15 @@ def _or_non_ascii(ascii_class: str) -> str:
     categories are refused first), written as the ASCII characters it leaves out: `re`
     takes ~15 ms to compile a class with a range up to U+10FFFF, ``vsl lint`` included."""
     kept = re.compile(f"[{ascii_class}]")
-    return "[^" + "".join(f"\\x{c:02x}" for c in range(128) if not kept.fullmatch(chr(c))) + "]"
+    spans: list[list[int]] = []  # [first, last] of each run of left-out characters
+    for c in range(128):
+        if kept.fullmatch(chr(c)):
+            continue
+        if spans and spans[-1][1] == c - 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return "[^" + "".join(f"\\x{a:02x}-\\x{b:02x}" for a, b in spans) + "]"
 
 
 _ATOM = _or_non_ascii(r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-") + "+"
