@@ -11,6 +11,8 @@ event loop never blocks) and evaluates again from the start. Given the same
 answers the evaluation is the same, so the run that needs nothing more is the
 result (the loop of :class:`stdlib.support.dnsbridge.Answers`, as for DKIM and ARC).
 """
+# pyspf (and with it dnspython's resolver) is imported where it is used, its adaptation in
+# support/spf_query.py: ``vsl lint`` needs only this module's declarations.
 from __future__ import annotations
 
 import ipaddress
@@ -168,9 +170,9 @@ class _Check:
 
     async def run(self) -> tuple[str, str, str | None]:
         """(result, explanation, matched mechanism or None)."""
-        timestamp = str(int(time.time()))
-
         from .support.spf_query import ACTIVE, Query  # (pyspf, on first use)
+
+        timestamp = str(int(time.time()))
 
         def evaluate() -> tuple[str, str, str | None]:
             query = Query(**self.query_args)
@@ -191,12 +193,12 @@ class _Check:
 
     def lookup(self, name: str, qtype: str) -> list:
         """pyspf's DNSLookup: the known answer, else note the look-up and stop pyspf."""
-        import spf as pyspf
-
         try:
             return self.answers.get((name, qtype))
         except DnsTempError as err:
-            raise pyspf.TempError(str(err)) from None
+            from spf import TempError
+
+            raise TempError(str(err)) from None
 
     async def _fetch(self, key: tuple[str, str]) -> list:
         """The answer to one look-up as pyspf's dnspython driver gives it; for MX and PTR,

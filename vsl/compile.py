@@ -68,8 +68,8 @@ import itertools
 from . import ast as A
 from .fastpaths import FastPaths
 from .methods import WALKING_METHODS
-from .pynodes import (located, py_assign, py_call, py_const, py_dict_get, py_is_type,
-                      py_name, py_walrus)
+from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
+                      py_is_type, py_name, py_walrus)
 from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
 
 _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
@@ -637,10 +637,10 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field in node._fields:
         value = getattr(node, field, None)
         if value.__class__ is list:
-            new = [_with_lazy_budget(v) if v.__class__ in _WALKED else v for v in value]
+            new = [_with_lazy_budget(v) if v.__class__ in WITH_FIELDS else v for v in value]
             if any(a is not b for a, b in zip(new, value)):
                 changed[field] = new
-        elif value.__class__ in _WALKED:
+        elif value.__class__ in WITH_FIELDS:
             new = _with_lazy_budget(value)
             if new is not value:
                 changed[field] = new
@@ -650,11 +650,6 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field, value in changed.items():
         setattr(node, field, value)
     return node
-
-
-# the node classes with fields (where a Name may be): not Load, Add, ...
-_WALKED = frozenset(cls for cls in vars(py).values()
-                    if isinstance(cls, type) and issubclass(cls, py.AST) and cls._fields)
 
 
 class ModuleCompiler:
