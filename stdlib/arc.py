@@ -9,13 +9,12 @@
 dkimpy checks and makes the sets (rsa-sha256 only, as RFC 8617 says); its key look-ups
 go through the ``dns::`` resolver, fetched before it runs in a worker thread.
 """
+# dkimpy is imported where it is used, as in dkim.py.
 from __future__ import annotations
 
 import asyncio
 
 import authres.arc
-import dkim
-from dkim.util import InvalidTagValueList, parse_tag_value
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -63,6 +62,8 @@ async def verify(ctx, config) -> ArcResult:
 
     More than 50 sets fail without a look-up; a DNS failure on a key gives `fail` too
     (there is no `temperror`)."""
+    import dkim
+
     where = "arc::verify"
     opts = _VERIFY.parse(config, where)
     data = message_of(ctx, where).to_bytes()
@@ -93,6 +94,8 @@ async def verify(ctx, config) -> ArcResult:
 
 def _key_names(fields) -> list[bytes]:
     """The names of the key records the chain's seals and message signatures use."""
+    from dkim.util import InvalidTagValueList, parse_tag_value
+
     names = []
     for _, (name, value) in fields:
         if name.lower() in _SET:
@@ -116,6 +119,8 @@ async def seal(ctx, config):
     The set is ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results; RSA keys
     only (RFC 8617). `auth::add_header` must come first; with an existing chain, store the
     `arc::verify` result before it."""
+    import dkim
+
     where = "arc::seal"
     opts = _SEAL.parse(config, where)
     signer = signing_key(opts["private_key"], where)

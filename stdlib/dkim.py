@@ -8,13 +8,13 @@
 dkimpy does the cryptography; its key look-ups are answered through the ``dns::``
 resolver (:mod:`stdlib.support.dnsbridge`), and hashing and signing run in a worker thread.
 """
+# dkimpy is imported where it is used (with dnspython's resolver, ~100 ms): ``vsl lint``
+# needs only this module's declarations. The same in arc.py and support/signing.py.
 from __future__ import annotations
 
 import asyncio
 
 import authres
-import dkim
-from dkim.util import InvalidTagValueList, parse_tag_value
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -61,6 +61,8 @@ class Signature:
     """One DKIM-Signature field and what checking it gave."""
 
     def __init__(self, value: bytes, result: str, reason: str = ""):
+        from dkim.util import InvalidTagValueList, parse_tag_value
+
         try:
             tags = parse_tag_value(value)
         except InvalidTagValueList:
@@ -124,6 +126,8 @@ async def verify_message(data: bytes, resolver: Resolver,
     answers = Answers(key_records(resolver))
 
     def evaluate() -> list[Signature]:
+        import dkim
+
         try:
             verifier = parse_message(dkim.DKIM, data, "dkim::verify")
         except ScriptError:
@@ -146,6 +150,8 @@ async def verify_message(data: bytes, resolver: Resolver,
 
 
 def _check(verifier: dkim.DKIM, index: int, value: bytes, answers: Answers) -> Signature:
+    import dkim
+
     try:
         tags = verifier.verify_headerprep(index)[0]
     except dkim.DKIMException as err:
@@ -170,6 +176,9 @@ def _check(verifier: dkim.DKIM, index: int, value: bytes, answers: Answers) -> S
 
 def _key_problem(name: bytes, record: bytes | None, algorithm: str) -> tuple[str, str] | None:
     """Why the key record cannot check a signature of ``algorithm``: (result, reason)."""
+    import dkim
+    from dkim.util import parse_tag_value
+
     where = name.decode("ascii", "replace").removesuffix(".")
     if record is None:
         return "permerror", f"no key at {where}"
@@ -235,6 +244,8 @@ async def sign(ctx, config):
     `private_key` is a `dkim::key` or a path (relative to the script's directory). In
     `on_pre_queue` and `on_post_queue`; a signature added in `on_post_queue` is written to
     the spool before delivery."""
+    import dkim
+
     where = "dkim::sign"
     opts = _SIGN.parse(config, where)
     signer = signing_key(opts["private_key"], where)

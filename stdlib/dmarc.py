@@ -11,7 +11,6 @@ found with the Public Suffix List bundled in the ``publicsuffixlist`` package.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import re
 
@@ -101,6 +100,8 @@ async def check(ctx, config) -> DmarcResult:
 def author_domains(fields: list[str]) -> tuple[list[str], str]:
     """The domains of the From: field's addresses, or why there are none to check (RFC 5322
     wants exactly one From: field, with at least one address)."""
+    import email.utils  # (here: the email package is slow to import, for vsl lint too)
+
     if len(fields) != 1:
         return [], f"{'no' if not fields else len(fields)} From: fields"
     domains = []

@@ -17,6 +17,8 @@ server's `[dns]` section in vsl.toml.
 # The [dns] defaults are a frozen DnsDefaults bound into each engine's own copy of this
 # namespace (namespace_for, called by stdlib.default_namespaces), never a module global:
 # engines in one process do not share them.
+# dnspython is imported by the functions that use it: its resolver takes ~50 ms to import,
+# which ``vsl lint`` (reading only the declarations) would pay for nothing.
 from __future__ import annotations
 
 import asyncio
@@ -25,14 +27,6 @@ import functools
 import ipaddress
 import time
 from collections import OrderedDict
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
-import dns.reversename
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace, io_time_left
@@ -108,6 +102,8 @@ def answer_size(response, records: list) -> int:
 
 def parse_nameserver(text: str) -> dns.nameserver.Nameserver:
     """"ip", "ip:port" or "[ipv6]:port" -> a dnspython nameserver."""
+    import dns.nameserver
+
     host, port = text, 53
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -130,6 +126,10 @@ def _port(text: str, whole: str) -> int:
 
 
 def _nameservers(config: str | None, listed) -> list:
+    import dns.asyncresolver
+    import dns.exception
+    import dns.nameserver
+
     if listed:
         return [parse_nameserver(n) if isinstance(n, str) else _bad_nameserver(n)
                 for n in listed]
@@ -154,6 +154,8 @@ def _bad_nameserver(value):
 
 
 def _negative_ttl(response) -> float:
+    import dns.rdatatype
+
     for rrset in getattr(response, "authority", ()):
         if rrset.rdtype == dns.rdatatype.SOA:
             return min(rrset.ttl, rrset[0].minimum)
@@ -162,6 +164,8 @@ def _negative_ttl(response) -> float:
 
 def record_text(rdata) -> str:
     """How one record reads in a script: names without the final dot, TXT strings joined."""
+    import dns.rdatatype
+
     rdtype = rdata.rdtype
     if rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return rdata.address
@@ -182,6 +186,8 @@ class Resolver(NativeObject):
     def __init__(self, nameservers: list, timeout: float = DEFAULT_TIMEOUT,
                  cache_size: int = DEFAULT_CACHE_SIZE,
                  cache_bytes: int = DEFAULT_CACHE_BYTES):
+        import dns.asyncresolver
+
         self._resolver = dns.asyncresolver.Resolver(configure=False)
         self._resolver.nameservers = nameservers
         self._resolver.lifetime = timeout
@@ -235,6 +241,9 @@ class Resolver(NativeObject):
 
     async def _fetch(self, key: tuple, qname: dns.name.Name, rdtype) -> list:
         """Ask the network for ``qname`` and cache the answer under ``key``."""
+        import dns.exception
+        import dns.resolver
+
         self.sent += 1
         try:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False,
@@ -261,6 +270,9 @@ class Resolver(NativeObject):
 
     async def names(self, ip: str) -> list[str]:
         """PTR names of an address (without the final dot)."""
+        import dns.exception
+        import dns.reversename
+
         try:
             reverse = dns.reversename.from_address(str(ip))
         except (ValueError, dns.exception.SyntaxError):
@@ -286,6 +298,8 @@ namespace.register_type(Resolver)
 
 
 def _why(err) -> str:
+    import dns.exception
+
     if isinstance(err, dns.exception.Timeout):
         return "timed out"
     return "no server answered (SERVFAIL or unreachable)"
@@ -306,6 +320,9 @@ def _parse_query(name: str, rdtype) -> tuple[tuple[str, int], dns.name.Name,
 
 
 def _qname(name: str) -> dns.name.Name:
+    import dns.exception
+    import dns.name
+
     _check_name(name)
     try:
         return dns.name.from_text(name)
@@ -314,6 +331,8 @@ def _qname(name: str) -> dns.name.Name:
 
 
 def _rdtype(rdtype):
+    import dns.rdatatype
+
     try:
         return dns.rdatatype.RdataType.make(rdtype.upper() if isinstance(rdtype, str)
                                             else rdtype)

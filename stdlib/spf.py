@@ -11,15 +11,15 @@ event loop never blocks) and evaluates again from the start. Given the same
 answers the evaluation is the same, so the run that needs nothing more is the
 result (the loop of :class:`stdlib.support.dnsbridge.Answers`, as for DKIM and ARC).
 """
+# pyspf (and with it dnspython's resolver) is imported where it is used, its adaptation in
+# support/spf_query.py: ``vsl lint`` needs only this module's declarations.
 from __future__ import annotations
 
-import contextvars
 import ipaddress
 import time
 from dataclasses import dataclass
 
 import authres
-import spf as pyspf
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -81,7 +81,9 @@ class SpfResult(CheckResult):
         if self.mechanism != "default":
             pairs.append(("mechanism", self.mechanism))
         pairs.append(("identity", self.identity))
-        fields = " ".join(f"{key}={pyspf.quote_value(value)};" for key, value in pairs)
+        from spf import quote_value
+
+        fields = " ".join(f"{key}={quote_value(value)};" for key, value in pairs)
         return f"{self.value} ({_ctext(f'{receiver}: {comment}')}) {fields}"
 
     def auth_result(self) -> authres.SPFAuthenticationResult:
@@ -124,7 +126,9 @@ async def check_host(query) -> SpfResult:
     helo, mail_from = opts["helo"], opts.get("mail_from")
     identity = "helo" if mail_from is None else "mailfrom"
     path = "" if mail_from is None else _reverse_path(mail_from)
-    local, domain = pyspf.split_email(path, helo)
+    from spf import split_email
+
+    local, domain = split_email(path, helo)
     result = SpfResult(value="none", identity=identity, domain=domain, client_ip=str(address),
                        helo=helo, sender=f"{local}@{domain}")
     if _checkable(domain):
@@ -152,25 +156,6 @@ def _checkable(domain: str) -> bool:
             and not labels[-1].isdigit() and not domain.startswith("["))
 
 
-class _Query(pyspf.query):
-    """pyspf's query, with RFC 7208 §5.5's rule for the ptr mechanism: a DNS error on the
-    PTR look-up is no match, and a name whose address look-up fails is skipped (pyspf
-    gives temperror for both)."""
-
-    def validated_ptrs(self):
-        try:
-            names = self.dns_ptr(self.i)[:MAX_NAMES]
-        except pyspf.TempError:
-            return []
-        return [name for name in names if self._confirms(name)]
-
-    def _confirms(self, name: str) -> bool:
-        try:
-            return self.cidrmatch(self.dns_a(name, self.A), self.cidrmax)
-        except pyspf.TempError:
-            return False
-
-
 class _Check:
     """One SPF check: pyspf runs over the DNS answers fetched so far (:class:`Answers`),
     until it lacks none."""
@@ -185,16 +170,19 @@ class _Check:
 
     async def run(self) -> tuple[str, str, str | None]:
         """(result, explanation, matched mechanism or None)."""
+        from .support.spf_query import ACTIVE, Query  # (pyspf, on first use)
+
         timestamp = str(int(time.time()))
 
         def evaluate() -> tuple[str, str, str | None]:
-            query = _Query(**self.query_args)
+            query = Query(**self.query_args)
             query.t = timestamp  # %{t}: the same in every run
-            token = _ACTIVE.set(self)
+            query.max_names = MAX_NAMES
+            token = ACTIVE.set(self)
             try:
                 result, _, explanation = query.check()
             finally:
-                _ACTIVE.reset(token)
+                ACTIVE.reset(token)
             return result, explanation, query.mechanism
 
         try:
@@ -208,7 +196,9 @@ class _Check:
         try:
             return self.answers.get((name, qtype))
         except DnsTempError as err:
-            raise pyspf.TempError(str(err)) from None
+            from spf import TempError
+
+            raise TempError(str(err)) from None
 
     async def _fetch(self, key: tuple[str, str]) -> list:
         """The answer to one look-up as pyspf's dnspython driver gives it; for MX and PTR,
@@ -242,18 +232,3 @@ def _value(rdata):
     if rdtype == "PTR":
         return rdata.target.to_text(omit_final_dot=True)
     return rdata.strings
-
-
-_ACTIVE: contextvars.ContextVar[_Check] = contextvars.ContextVar("spf_check")
-_network_lookup = pyspf.DNSLookup
-
-
-def _lookup(name, qtype, strict=True, timeout=None):
-    """pyspf's DNS entry point: inside check_host, the check's answers; elsewhere, pyspf's."""
-    check = _ACTIVE.get(None)
-    if check is None:
-        return _network_lookup(name, qtype, strict, timeout)
-    return check.lookup(name, qtype)
-
-
-pyspf.DNSLookup = _lookup

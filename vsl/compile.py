@@ -68,8 +68,8 @@ import itertools
 from . import ast as A
 from .fastpaths import FastPaths
 from .methods import WALKING_METHODS
-from .pynodes import (located, py_assign, py_call, py_const, py_dict_get, py_is_type,
-                      py_name, py_walrus)
+from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
+                      py_is_type, py_name, py_walrus)
 from .resolve import BuiltinMethod, ModuleFn, NativeFn, Resolution, ScriptFn, ValueCall
 
 _BINARY_HELPERS = {"+": "_add", "-": "_sub", "*": "_mul", "/": "_div", "%": "_mod", "**": "_pow",
@@ -634,7 +634,7 @@ def _known_bool(e) -> bool:
 def _with_lazy_budget(node: py.AST) -> py.AST:
     """A copy of ``node`` in which each read of the budget ``_t`` makes it on first use,
     ``(_t if _t is not None else (_t := _fresh()))``; subtrees without one are shared."""
-    if isinstance(node, py.Name):
+    if node.__class__ is py.Name:
         if node.id != "_t":
             return node
         made = py_walrus("_t", py_call("_fresh"))
@@ -642,12 +642,13 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
                         made)
         return located(lazy, (node.lineno, node.col_offset + 1))
     changed = {}
-    for field, value in py.iter_fields(node):
-        if isinstance(value, list):
-            new = [_with_lazy_budget(v) if isinstance(v, py.AST) else v for v in value]
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if value.__class__ is list:
+            new = [_with_lazy_budget(v) if v.__class__ in WITH_FIELDS else v for v in value]
             if any(a is not b for a, b in zip(new, value)):
                 changed[field] = new
-        elif isinstance(value, py.AST):
+        elif value.__class__ in WITH_FIELDS:
             new = _with_lazy_budget(value)
             if new is not value:
                 changed[field] = new

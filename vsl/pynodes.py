@@ -36,32 +36,35 @@ def located(nodes, pos: A.Loc):
     """Give every node without a position the script position ``pos``. A node that has
     one was located with everything below it, so the walk stops there: each node is
     visited about once however deep the code nests."""
-    def place(node) -> bool:
-        """Give ``node`` the position if it has none; whether it had one."""
-        if getattr(node, "lineno", None) is not None:
-            return True
-        node.lineno, node.end_lineno = pos[0], pos[0]
-        node.col_offset, node.end_col_offset = pos[1] - 1, pos[1]
-        return False
-
+    line, col = pos
     todo = list(nodes) if isinstance(nodes, list) else [nodes]
     for node in todo:
-        if "lineno" in node._attributes:
-            place(node)
+        if node.__class__ in _POSITIONED and getattr(node, "lineno", None) is None:
+            node.lineno = node.end_lineno = line
+            node.col_offset, node.end_col_offset = col - 1, col
     while todo:
         node = todo.pop()
         for field in node._fields:
             value = getattr(node, field, None)
-            for child in value if isinstance(value, list) else (value,):
-                if not isinstance(child, py.AST):
-                    continue
-                if "lineno" in child._attributes:
-                    if place(child):
+            for child in value if value.__class__ is list else (value,):
+                kind = child.__class__
+                if kind in _POSITIONED:
+                    if getattr(child, "lineno", None) is not None:
                         continue  # located, with everything below it
-                elif not child._fields:
-                    continue  # Load, Add, ...: nothing below
+                    child.lineno = child.end_lineno = line
+                    child.col_offset, child.end_col_offset = col - 1, col
+                elif kind not in _HOLDERS:
+                    continue  # not a node, or Load, Add, ...: nothing below
                 todo.append(child)
     return nodes
+
+
+_NODE_CLASSES = [c for c in vars(py).values() if isinstance(c, type) and issubclass(c, py.AST)]
+# the node classes with fields (not Load, Add, ...); those with a position (Pass too); and
+# those without one but with nodes below (arguments, comprehension)
+WITH_FIELDS = frozenset(c for c in _NODE_CLASSES if c._fields)
+_POSITIONED = frozenset(c for c in _NODE_CLASSES if "lineno" in c._attributes)
+_HOLDERS = WITH_FIELDS - _POSITIONED
 
 
 def py_is_type(value: py.expr, type_name: str) -> py.expr:

@@ -27,11 +27,28 @@ class HeaderError(ScriptError):
 
 # ---- addresses -----------------------------------------------------------------------
 
-_U = "\u0080-\U0010ffff"  # RFC 6531: any non-ASCII character (bad categories are refused first)
-_ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{_U}-]+"
+def _or_non_ascii(ascii_class: str) -> str:
+    """A class of the characters in ``ascii_class`` and of any non-ASCII one (RFC 6531; bad
+    categories are refused first), written as the ASCII characters it leaves out: `re`
+    takes ~15 ms to compile a class with a range up to U+10FFFF, ``vsl lint`` included."""
+    kept = re.compile(f"[{ascii_class}]")
+    spans: list[list[int]] = []  # [first, last] of each run of left-out characters
+    for c in range(128):
+        if kept.fullmatch(chr(c)):
+            continue
+        if spans and spans[-1][1] == c - 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return "[^" + "".join(f"\\x{a:02x}-\\x{b:02x}" for a, b in spans) + "]"
+
+
+_ATOM = _or_non_ascii(r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-") + "+"
 _DOT_STRING = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-_QUOTED = re.compile(rf'"((?:[\x20\x21\x23-\x5b\x5d-\x7e{_U}]|\\[\x20-\x7e])*)"')
-_LABEL = re.compile(rf"[A-Za-z0-9{_U}](?:[A-Za-z0-9{_U}-]*[A-Za-z0-9{_U}])?")
+_QTEXT = _or_non_ascii(r"\x20\x21\x23-\x5b\x5d-\x7e")
+_QUOTED = re.compile(rf'"((?:{_QTEXT}|\\[\x20-\x7e])*)"')
+_LABEL_CHAR = _or_non_ascii("A-Za-z0-9")
+_LABEL = re.compile(rf"{_LABEL_CHAR}(?:{_or_non_ascii('A-Za-z0-9-')}*{_LABEL_CHAR})?")
 _BAD_CATEGORIES = {"Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}  # controls, unassigned, spaces
 MAX_LOCAL, MAX_DOMAIN, MAX_LABEL = 64, 255, 63  # octets (RFC 5321 4.5.3.1, RFC 1035)
 

@@ -28,11 +28,10 @@ Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes, at most ``MAX_PARTS`
 are walked and each text kept is cut at ``MAX_TEXT`` characters; the patterns have no nested
 quantifiers, so they run in linear time.
 """
+# The email package is imported by the functions that parse: ``bounce::`` declares its
+# natives' costs with MAX_MESSAGE, and ``vsl lint`` should not wait for email.policy.
 from __future__ import annotations
 
-import email
-import email.header
-import email.policy
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -122,6 +121,8 @@ def parse(raw: bytes | str) -> Bounce:
     malformed input."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
+    import email.policy
+
     msg = email.message_from_bytes(raw[:MAX_MESSAGE], policy=email.policy.compat32)
     parts = _parts(msg)
     subject = _unfold(_decoded_header(msg.get("Subject", "")))[:300]
@@ -236,6 +237,8 @@ def _is_broken_multipart(part) -> bool:
 
 def _status_blocks(part) -> list:
     """The field blocks of a delivery-status part, whether the parser split them or not."""
+    import email.policy
+
     payload = part.get_payload()
     if isinstance(payload, list):
         return payload
@@ -358,6 +361,8 @@ def _unfold(value) -> str:
 
 
 def _decoded_header(value) -> str:
+    import email.header
+
     try:
         return str(email.header.make_header(email.header.decode_header(str(value))))
     except (ValueError, LookupError, UnicodeError):
