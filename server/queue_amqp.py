@@ -13,7 +13,10 @@ Design (docs: design 16, section 3):
   waiting briefly for deliveries when it is empty. A message whose delay ended comes back
   through ``P.deliver`` with an ``x-death`` header: it is in ``deferred`` there (claimed,
   listed, moved as such), as the spool keeps a due message in ``deferred``. Only the
-  holder of a delivery tag can ack it, so "moved meanwhile" holds by construction. An
+  holder of a delivery tag can ack it, so "moved meanwhile" holds by construction. A
+  message delivered CRASH_LOOP_LIMIT times (its ``x-delivery-count``) is buried in
+  ``dead`` rather than claimed: the crash-loop backstop (the queues have no broker
+  delivery limit: admin reads count as deliveries). An
   ``update`` of a claimed entry stays with the claim (AMQP messages are immutable) and is
   published by its transition; addresses a remote accepted go to the local delivery
   journal at once and are applied when this process claims the message again or
@@ -37,7 +40,8 @@ from pathlib import Path
 
 from .envelope import Envelope
 from .journal import Journal
-from .queue_amqp_codec import Poison, Topology, decode, delay_level, encode
+from .queue_amqp_codec import (CRASH_LOOP_LIMIT, REDECLARE, Poison, Topology, decode,
+                               delay_level, delayed, delivery_count, encode)
 from .queue_amqp_link import BrokerLink, plain
 from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkSignal,
                             check_queue, new_id)
@@ -148,23 +152,36 @@ class AmqpQueue:
         if not waiting:
             await self._await_deliveries(physical, limit)
         claimed, kept = [], []
-        while waiting and len(claimed) < limit:
-            generation, message = waiting.pop(0)
-            if generation != self.link.generation:
-                continue  # received on a lost connection: the broker has requeued it
-            if message.message_id in self.claims:
-                kept.append((generation, message))  # a second copy of one held here
-                continue
-            try:
-                entry = await self._claim_one(message, physical, now)
-            except QueueError as err:  # it could not be re-delayed or buried: later
-                log.warning("%s: left in %s for now: %s", message.message_id, physical, err)
-                await self._requeue(message)
-                continue
-            if entry is not None:
-                claimed.append(entry)
-        waiting[:0] = kept
+        try:
+            while waiting and len(claimed) < limit:
+                generation, message = waiting.pop(0)
+                if generation != self.link.generation:
+                    continue  # received on a lost connection: the broker has requeued it
+                if message.message_id in self.claims:
+                    kept.append((generation, message))  # a second copy of one held here
+                    continue
+                entry = await self._claim_safely(message, physical, now)
+                if entry is not None:
+                    claimed.append(entry)
+        finally:
+            waiting[:0] = kept
         return claimed
+
+    async def _claim_safely(self, message, physical: str, now: float) -> Entry | None:
+        """:meth:`_claim_one`, whatever the message holds: one that cannot be re-delayed
+        or buried now is requeued; one that fails otherwise (a header of the wrong form,
+        a bug) is buried, so it never stays unacked on this process's prefetch."""
+        try:
+            return await self._claim_one(message, physical, now)
+        except QueueError as err:
+            log.warning("%s: left in %s for now: %s", message.message_id, physical, err)
+        except Exception as err:  # noqa: BLE001 - the consumer goes on
+            log.exception("%s: cannot be claimed from %s", message.message_id, physical)
+            with contextlib.suppress(Exception):
+                await self._bury(message, physical, f"cannot be claimed: {err!r}")
+                return None
+        await self._requeue(message)
+        return None
 
     def _consumed(self, queues: tuple[str, ...]) -> str:
         """The physical queue a claim of ``queues`` consumes."""
@@ -205,9 +222,14 @@ class AmqpQueue:
         except UnreadableEnvelope as err:
             await self._bury(message, physical, err.why)
             return None
+        deliveries = delivery_count(message.headers or {})
+        if deliveries >= CRASH_LOOP_LIMIT:
+            await self._bury(message, physical, f"delivered {deliveries} times: a crash "
+                             "loop? (move it back once its cause is fixed)")
+            return None
         if entry.queue == "deferred" and (entry.envelope.next_attempt or 0) > now:
             await self._publish(entry.envelope, data, "deferred", entry.id)  # wait again
-            await message.ack()
+            await self._ack(message, entry.id)
             return None
         self._apply_kept(entry)
         self.claims[entry.id] = Claim(entry, message, entry.envelope.to_json(), data,
@@ -218,11 +240,9 @@ class AmqpQueue:
         """The queue a message is in: its physical queue's, but ``deferred`` for one a
         delay queue dead-lettered to ``deliver`` (due, as the spool's deferred messages
         are until claimed)."""
-        queue = self.topology.logical(physical, message.headers or {})
-        delays = self.topology.prefix + ".deferred."
-        deaths = (message.headers or {}).get("x-death") or ()
-        if queue == "deliver" and any(str(death.get("queue", "")).startswith(delays)
-                                      for death in deaths):
+        headers = message.headers or {}
+        queue = self.topology.logical(physical, headers)
+        if queue == "deliver" and delayed(headers, self.topology.prefix):
             return "deferred"
         return queue
 
@@ -235,7 +255,16 @@ class AmqpQueue:
         copy = self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
                                           message_id=message.message_id)
         await self.link.send(copy, self.topology.name("dead"))
-        await message.ack()
+        await self._ack(message, msg_id)
+
+    async def _ack(self, message, msg_id: str) -> None:
+        """Ack a delivery whose message was published onwards (QueueError when the
+        connection is lost: the broker requeues it, so two copies stay)."""
+        try:
+            await message.ack()
+        except self.link.lost_errors as err:
+            raise QueueError(f"{msg_id}: published, but its old copy stays "
+                             f"({plain(err)})") from None
 
     def _apply_kept(self, entry: Entry) -> None:
         """Mark delivered what the journal kept for ``entry``."""
@@ -260,10 +289,7 @@ class AmqpQueue:
             await self._publish(Envelope.from_json(envelope), claim.data, queue,
                                 claim.entry.id)
         try:
-            await claim.message.ack()
-        except self.link.lost_errors as err:
-            raise QueueError(f"{claim.entry.id}: published, but its old copy stays "
-                             f"({plain(err)})") from None
+            await self._ack(claim.message, claim.entry.id)
         finally:
             claim.done = True
         if self.journal is not None:
@@ -335,7 +361,8 @@ class AmqpQueue:
         return 0
 
     def startup_warnings(self) -> list[str]:
-        return list(self.link.warnings)
+        """The link's, each queue declared with other arguments with what to do."""
+        return [f"{warning}; {REDECLARE}" for warning in self.link.warnings]
 
     def quarantine_warnings(self) -> list[str]:
         return []

@@ -14,7 +14,8 @@ import pytest
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server import queue_amqp_link
 from vsl.server.queue_amqp import AmqpQueue
-from vsl.server.queue_amqp_codec import DELIVERY_LIMIT, Topology, decode, delay_level, encode
+from vsl.server import queue_amqp
+from vsl.server.queue_amqp_codec import Topology, decode, delay_level, encode
 from vsl.server.queue_backend import QueueError, UnreadableEnvelope
 
 
@@ -318,23 +319,87 @@ def test_a_queue_declared_with_other_arguments_is_used_with_a_warning(make_queue
         queue = await opened(make_queue())
         [warning] = queue.startup_warnings()
         assert f"{make_queue.prefix}.hold" in warning and "other arguments" in warning
+        assert "delete it" in warning
         held = await queue.put(envelope(), b"x", queue="hold")
         assert await queue.locate(held) == "hold"
         await queue.close()
     asyncio.run(main())
 
 
-def test_a_message_delivered_too_often_goes_to_dead(make_queue):
+def test_admin_reads_and_releases_never_bury_ready_mail(make_queue):
+    """On 3.10 quorum queues each get+requeue and each release counts as a delivery."""
     async def main():
         queue = await opened(make_queue())
         msg_id = await queue.put(envelope(), b"x", queue="deliver")
-        for _ in range(DELIVERY_LIMIT + 1):  # a crash loop: claimed, never finished
+        for _ in range(25):
+            await queue.list("deliver")
+        for _ in range(25):
+            [entry] = await claim_soon(queue)
+            await queue.release(entry.id)
+        await queue.close()  # its consumer would hold the message again
+        queue = await opened(make_queue())
+        assert await queue.locate(msg_id) == "deliver"
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_message_delivered_too_often_goes_to_dead(make_queue, monkeypatch, caplog):
+    monkeypatch.setattr(queue_amqp, "CRASH_LOOP_LIMIT", 3)
+
+    async def main():
+        queue = await opened(make_queue())
+        msg_id = await queue.put(envelope(), b"x", queue="deliver")
+        for _ in range(3):  # a crash loop: claimed, never finished
             [entry] = await claim_soon(queue)
             await queue.release(entry.id)
         assert await claim_soon(queue, timeout=0.3) == []
         assert await queue.locate(msg_id) == "dead"
         await queue.close()
     asyncio.run(main())
+    assert "delivered 3 times" in caplog.text
+
+
+def test_a_header_of_the_wrong_form_is_ignored(make_queue, rabbitmq):
+    async def main():
+        queue = await opened(make_queue())
+        async with raw_channel(rabbitmq.url) as channel:
+            for msg_id, queue_name, headers in (
+                    ("junk-death", "deliver", {"x-death": "junk"}),
+                    ("junk-table", "deliver", {"x-death": ["junk", {"queue": 7}]}),
+                    ("junk-name", "quarantine", {"x-vsl-quarantine": 5})):
+                await channel.default_exchange.publish(
+                    aio_pika.Message(envelope().to_json() + b"\nx", message_id=msg_id,
+                                     headers={"x-vsl-format": 1, **headers}),
+                    routing_key=f"{make_queue.prefix}.{queue_name}")
+        entries, unreadable = await queue.scan()
+        assert sorted((e.id, e.queue) for e in entries) == [
+            ("junk-death", "deliver"), ("junk-name", "quarantine/"),
+            ("junk-table", "deliver")] and unreadable == []
+        assert sorted(e.id for e in await claim_soon(queue)) == ["junk-death", "junk-table"]
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_message_failing_its_claim_is_buried_and_the_consumer_goes_on(
+        make_queue, monkeypatch, caplog):
+    real = queue_amqp.decode
+
+    def failing(body, headers, msg_id, queue):
+        if msg_id == "bad":
+            raise AttributeError("a bug")
+        return real(body, headers, msg_id, queue)
+    monkeypatch.setattr(queue_amqp, "decode", failing)
+
+    async def main():
+        queue = await opened(make_queue(prefetch=1))
+        await queue.put(envelope(), b"x", queue="deliver", msg_id="bad")
+        good = await queue.put(envelope(), b"y", queue="deliver")
+        assert [e.id for e in await claim_soon(queue)] == [good]
+        monkeypatch.setattr(queue_amqp, "decode", real)
+        assert await queue.locate("bad") == "dead"
+        await queue.close()
+    asyncio.run(main())
+    assert "bad: cannot be claimed" in caplog.text
 
 
 def test_a_refused_publish_leaves_the_backend_usable(make_queue, rabbitmq):
@@ -373,7 +438,7 @@ def test_topology_arguments():
     assert len(declared) == 5 + 17
     assert declared["p.deliver"] | declared["p.working"] == declared["p.deliver"]
     assert declared["p.deliver"]["x-dead-letter-routing-key"] == "p.dead"
-    assert declared["p.deliver"]["x-delivery-limit"] == DELIVERY_LIMIT
+    assert "x-delivery-limit" not in declared["p.deliver"]
     assert declared["p.deferred.3"]["x-message-ttl"] == 8000
     assert declared["p.deferred.3"]["x-dead-letter-routing-key"] == "p.deliver"
     assert all(args["x-max-in-memory-length"] == 0 and args["x-queue-type"] == "quorum"
