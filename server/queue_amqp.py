@@ -49,6 +49,8 @@ from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkS
 log = logging.getLogger("vsl.queue")
 CLAIM_WAIT_READY = 1.0  # s a claim waits for deliveries the broker reports ready for it
 CLAIM_WAIT_IDLE = 0.05  # s it waits otherwise (a message just put or released may be coming)
+KEPT_IDS = 10_000  # messages whose journal lines this process keeps: the newest ids (a
+                   # message another process finished is never claimed here again)
 
 
 @dataclass
@@ -334,6 +336,7 @@ class AmqpQueue:
         if delivered and self.journal is not None and self.journal.record(entry.id,
                                                                            list(delivered)):
             self.journal.retain(entry.id, set(delivered))
+            _keep_newest(self.journal.kept)
             self.journal.settled()
         claim = self._holding(entry.id, entry.queue)
         if claim is None:
@@ -354,7 +357,7 @@ class AmqpQueue:
     async def recover_deliveries(self) -> None:
         """Load the journal: its addresses are applied as this process claims them."""
         if self.journal is not None:
-            self.journal.keep(self.journal.read())
+            self.journal.keep(_keep_newest(self.journal.read()))
 
     async def recover(self) -> int:
         """Nothing is half stored on a broker."""
@@ -471,3 +474,11 @@ class AmqpQueue:
             where = f"amqp:{physical}#{message.message_id}"
             raise UnreadableEnvelope(message.message_id or "(no id)", queue, where,
                                      str(why)) from None
+
+
+def _keep_newest(kept: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``kept`` (journal lines by message id) cut to its KEPT_IDS newest ids (vSL's ids
+    sort by time), in place."""
+    for msg_id in sorted(kept)[:max(len(kept) - KEPT_IDS, 0)]:
+        del kept[msg_id]
+    return kept

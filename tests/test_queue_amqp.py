@@ -180,6 +180,25 @@ def test_delivered_addresses_apply_at_the_next_claim_and_restart(make_queue):
     asyncio.run(main())
 
 
+def test_the_kept_journal_lines_are_bounded_to_the_newest_ids(make_queue, tmp_path,
+                                                              monkeypatch):
+    """Lines of messages another process finished are never forgotten by a transition
+    here: only the KEPT_IDS newest ids stay, at a restart and as lines are added."""
+    monkeypatch.setattr(queue_amqp, "KEPT_IDS", 2)
+    (tmp_path / "journal").write_text("".join(f"{n:012x}-old a@example.test\n"
+                                              for n in range(3)))
+
+    async def main():
+        queue = await opened(make_queue())
+        await queue.recover_deliveries()
+        assert sorted(queue.journal.kept) == [f"{n:012x}-old" for n in (1, 2)]
+        _, entry = await put_and_claim(queue, "a@example.test", "b@example.test")
+        await queue.update(entry, delivered=["a@example.test"])
+        assert sorted(queue.journal.kept) == [f"{2:012x}-old", entry.id]
+        await queue.close()
+    asyncio.run(main())
+
+
 def test_a_full_queue_nacks_as_a_queue_error(make_queue, rabbitmq):
     rabbitmq.ctl("set_policy", "--apply-to", "queues", f"{make_queue.prefix}-full",
                  rf"^{make_queue.prefix}\.working$", '{"max-length": 1}')
