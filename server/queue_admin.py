@@ -142,6 +142,10 @@ async def act(mail_queue: QueueBackend, action: str,
 
 
 async def _one(mail_queue: QueueBackend, action: str, msg_id: str) -> str:
+    if action == "move:working" and mail_queue.shared:
+        raise QueueError("not moved: on a shared queue, working holds what receivers hand "
+                         "to post-queue workers, and a message moved there has no hand-off "
+                         "(a worker would send it to dead); move it to deliver or hold")
     queue = await mail_queue.locate(msg_id)
     if action == "remove":
         await mail_queue.remove(msg_id, queue)

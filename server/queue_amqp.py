@@ -414,7 +414,10 @@ class AmqpQueue:
         return (await self._find(msg_id, queue))[1]
 
     async def locate(self, msg_id: str) -> str:
-        return (await self._find(msg_id, None))[0].queue
+        """Its queue (an unreadable message's too: it can be held, moved or removed)."""
+        async with self.link.admin_channel() as channel:
+            physical, message = await self._get_one(channel, msg_id, None)
+            return self._logical(physical, message)
 
     async def remove(self, msg_id: str, queue: str | None = None) -> None:
         await self._replace(msg_id, queue, None)
@@ -427,14 +430,34 @@ class AmqpQueue:
     async def _replace(self, msg_id: str, queue: str | None, target: str | None,
                        envelope: Envelope | None = None, data: bytes | None = None) -> None:
         """Find an unclaimed message, publish it (or the edited copy) to ``target`` (None:
-        nowhere), then ack the old one."""
+        nowhere), then ack the old one. An unreadable message moves as it is."""
         async with self.link.admin_channel() as channel:
             physical, message = await self._get_one(channel, msg_id, queue)
-            entry, old_data = self._read(physical, message)
-            if target is not None:
-                await self._publish(envelope or entry.envelope,
-                                    old_data if data is None else data, target, msg_id)
+            if target is not None and envelope is None:
+                await self._forward(physical, message, target)
+            elif target is not None:
+                old_data = self._read(physical, message)[1]
+                await self._publish(envelope, old_data if data is None else data, target,
+                                    msg_id)
             await message.ack()
+
+    async def _forward(self, physical: str, message, target: str) -> None:
+        """Publish a held message unchanged to ``target`` (an unreadable one as it is: an
+        operator may hold it, or move it where a fixed vSL reads it)."""
+        try:
+            entry, data = self._read(physical, message)
+        except UnreadableEnvelope:
+            if target == "deferred":
+                raise QueueError("an unreadable envelope cannot be deferred") from None
+            headers = {k: v for k, v in (message.headers or {}).items()
+                       if k != "x-vsl-quarantine"}
+            if target.startswith("quarantine/"):
+                headers["x-vsl-quarantine"] = target.removeprefix("quarantine/")
+            copy = self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
+                                              message_id=message.message_id)
+            await self.link.send(copy, self.topology.name(target))
+            return
+        await self._publish(entry.envelope, data, target, entry.id)
 
     async def _get_one(self, channel, msg_id: str, queue: str | None):
         """The held message ``msg_id``, read up to it (QueueError when it is not on the
