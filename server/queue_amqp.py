@@ -9,7 +9,8 @@ Design (docs: design 16, section 3):
   delivery it came from: nothing is acked before the next queue holds it (at least once;
   a crash in between leaves two copies, never none).
 - **A claim** is a delivery this process holds unacked: id -> :class:`Claim`. Consumers
-  (prefetch ``prefetch``) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
+  (prefetch ``prefetch``: ``delivery.concurrency``, fewer when that many messages of
+  ``limits.message_size`` would pass PREFETCH_BYTES) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
   waiting briefly for deliveries when it is empty. A message whose delay ended comes back
   through ``P.deliver`` with an ``x-death`` header: it is in ``deferred`` there (claimed,
   listed, moved as such), as the spool keeps a due message in ``deferred``. Only the
@@ -49,6 +50,7 @@ from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkS
 log = logging.getLogger("vsl.queue")
 CLAIM_WAIT_READY = 1.0  # s a claim waits for deliveries the broker reports ready for it
 CLAIM_WAIT_IDLE = 0.05  # s it waits otherwise (a message just put or released may be coming)
+PREFETCH_BYTES = 512 << 20  # a consumer's unacked deliveries may hold at most this much
 KEPT_IDS = 10_000  # messages whose journal lines this process keeps: the newest ids (a
                    # message another process finished is never claimed here again)
 
@@ -92,7 +94,8 @@ class AmqpQueue:
             raise QueueError(str(err)) from None
         return cls(url, queue.prefix, config.delivery.journal or
                    config.queue_dir / "delivered.journal", queue.queue_type,
-                   queue.confirm_timeout, queue.connect_timeout, config.delivery.concurrency)
+                   queue.confirm_timeout, queue.connect_timeout,
+                   prefetch_for(config.delivery.concurrency, config.limits.message_size))
 
     # -- the connection ------------------------------------------------------------------
     @property
@@ -390,14 +393,13 @@ class AmqpQueue:
                    ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         """Messages of one queue (or all), oldest first, and the unreadable ones; at most
         ``limit`` read (in queue order: each one read costs its whole body)."""
-        async with self.link.admin_channel() as channel:
-            held = [item async for item in self._held(channel, queue, limit)]
         entries, unreadable = [], []
-        for physical, message in held:
-            try:
-                entries.append(self._read(physical, message)[0])
-            except UnreadableEnvelope as err:
-                unreadable.append(err)
+        async with self.link.admin_channel() as channel:
+            async for physical, message in self._held(channel, queue, limit):
+                try:  # the body is dropped once read: the channel holds the delivery
+                    entries.append(self._read(physical, message)[0])
+                except UnreadableEnvelope as err:
+                    unreadable.append(err)
         entries.sort(key=lambda e: e.envelope.received_at or 0)
         return [e for e in entries if queue is None or e.queue == queue], unreadable
 
@@ -497,6 +499,13 @@ class AmqpQueue:
             where = f"amqp:{physical}#{message.message_id}"
             raise UnreadableEnvelope(message.message_id or "(no id)", queue, where,
                                      str(why)) from None
+
+
+def prefetch_for(concurrency: int, message_size: int) -> int:
+    """A consumer's prefetch: ``concurrency`` deliveries, fewer when that many messages
+    of the largest size (``message_size`` bytes) would hold more than PREFETCH_BYTES in
+    this process; at least 1."""
+    return max(min(concurrency, PREFETCH_BYTES // max(message_size, 1)), 1)
 
 
 def _keep_newest(kept: dict[str, set[str]]) -> dict[str, set[str]]:

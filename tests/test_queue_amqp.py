@@ -452,6 +452,14 @@ def test_delay_level_is_the_largest_power_of_two_not_after(seconds, level):
     assert delay_level(seconds) == level
 
 
+@pytest.mark.parametrize("concurrency, size, prefetch", [
+    (20, 25 << 20, 20), (20, 127 << 20, 4), (20, 1 << 30, 1), (0, 1, 1)])
+def test_prefetch_holds_at_most_prefetch_bytes_of_the_largest_messages(concurrency, size,
+                                                                        prefetch):
+    assert queue_amqp.prefetch_for(concurrency, size) == prefetch
+    assert prefetch == 1 or prefetch * size <= queue_amqp.PREFETCH_BYTES
+
+
 def test_topology_arguments():
     declared = Topology("p").declarations()
     assert len(declared) == 5 + 17
