@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .envelope import Envelope
 from .journal import Journal
-from .queue_amqp_codec import (CRASH_LOOP_LIMIT, REDECLARE, Poison, Topology, decode,
+from .queue_amqp_codec import (COPY, CRASH_LOOP_LIMIT, REDECLARE, Poison, Topology, decode,
                                delay_level, delayed, delivery_count, encode)
 from .queue_amqp_link import BrokerLink, plain
 from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkSignal,
@@ -51,6 +51,7 @@ log = logging.getLogger("vsl.queue")
 CLAIM_WAIT_READY = 1.0  # s a claim waits for deliveries the broker reports ready for it
 CLAIM_WAIT_IDLE = 0.05  # s it waits otherwise (a message just put or released may be coming)
 PREFETCH_BYTES = 512 << 20  # a consumer's unacked deliveries may hold at most this much
+FINISHED_IDS = 10_000  # transitions this process remembers, to drop the copies they left
 KEPT_IDS = 10_000  # messages whose journal lines this process keeps: the newest ids (a
                    # message another process finished is never claimed here again)
 
@@ -83,6 +84,7 @@ class AmqpQueue:
         self.buffer: dict[str, list] = {}  # physical queue -> (generation, message) received
         self.arrived: dict[str, asyncio.Event] = {}  # physical queue -> set at each delivery
         self.work = WorkSignal()  # a consumer received a message
+        self.finished: dict[str, str | None] = {}  # see _finish
 
     @classmethod
     def of(cls, config) -> AmqpQueue:
@@ -222,6 +224,11 @@ class AmqpQueue:
                 return
 
     async def _claim_one(self, message, physical: str, now: float) -> Entry | None:
+        if self._left_behind(message):
+            log.warning("%s: a copy left in %s by a transition this process made: dropped",
+                        message.message_id, physical)
+            await self._ack(message, message.message_id)
+            return None
         try:
             entry, data = self._read(physical, message)
         except UnreadableEnvelope as err:
@@ -293,12 +300,34 @@ class AmqpQueue:
         if queue is not None:
             await self._publish(Envelope.from_json(envelope), claim.data, queue,
                                 claim.entry.id)
+        copy = (claim.message.headers or {}).get(COPY)
+        if queue is None or isinstance(copy, str):  # (one without a token: not told apart)
+            self._finish(claim.entry.id, None if queue is None else copy)
         try:
             await self._ack(claim.message, claim.entry.id)
         finally:
             claim.done = True
         if self.journal is not None:
             self.journal.forget(claim.entry.id)
+
+    def _finish(self, msg_id: str, copy: str | None) -> None:
+        """Remember a transition (the last FINISHED_IDS): ``msg_id`` completed (``copy``
+        None), or its copy ``copy`` published onwards. Should its ack be lost (the
+        connection), or a publish that timed out land after all, the copy left behind is
+        dropped when this process claims it. Another process claims it as it is: the
+        window design 16 section 3.7 documents."""
+        self.finished.pop(msg_id, None)
+        self.finished[msg_id] = copy
+        if len(self.finished) > FINISHED_IDS:
+            del self.finished[next(iter(self.finished))]
+
+    def _left_behind(self, message) -> bool:
+        """Whether ``message`` is a copy a transition of this process left (see
+        :meth:`_finish`)."""
+        if message.message_id not in self.finished:
+            return False
+        copy = self.finished[message.message_id]
+        return copy is None or copy == (message.headers or {}).get(COPY)
 
     async def wait_for_work(self, queues: tuple[str, ...], timeout: float) -> None:
         """Until a consumer of ``queues`` receives a message, or ``timeout`` seconds."""

@@ -13,11 +13,14 @@ backstop is vSL's: a claim buries a message delivered :data:`CRASH_LOOP_LIMIT` t
 Every route is the default exchange, routing key = queue name.
 
 A message's body is the envelope's JSON (one line: ``Envelope.to_json`` writes no raw
-newline), ``\\n``, then the message bytes; its properties carry the id and the format.
+newline), ``\\n``, then the message bytes; its properties carry the id and the format,
+and header :data:`COPY` a token new at each publish: the copy a transition left behind
+(its ack lost with the connection) is told from the message published onwards.
 """
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -30,6 +33,7 @@ DELAY_LEVELS = range(17)  # P.deferred.<k> holds a message 2^k s (1 s to 18 h)
 CRASH_LOOP_LIMIT = 1000   # deliveries of one message before a claim buries it in dead
 REDECLARE = ("to use this vSL's arguments, stop the receivers, let the queue drain (or "
              "shovel its messages elsewhere), delete it, then start vSL: it declares it anew")
+COPY = "x-vsl-copy"       # header: a token new at each publish
 QUARANTINE = "quarantine/"
 PLAIN_QUEUES = ("working", "deliver", "hold", "dead", "quarantine")
 
@@ -119,7 +123,7 @@ def encode(envelope: Envelope, data: bytes, queue: str, msg_id: str) -> dict:
     session's hand-off (``context``) is for on_post_queue: it stays only in ``working``."""
     if queue != "working" and getattr(envelope, "context", None) is not None:
         envelope = dataclasses.replace(envelope, context=None)
-    headers = {"x-vsl-format": FORMAT}
+    headers = {"x-vsl-format": FORMAT, COPY: secrets.token_hex(8)}
     if queue.startswith(QUARANTINE):
         headers["x-vsl-quarantine"] = queue.removeprefix(QUARANTINE)
     return dict(body=envelope.to_json() + b"\n" + data, message_id=msg_id, headers=headers,

@@ -199,6 +199,33 @@ def test_the_kept_journal_lines_are_bounded_to_the_newest_ids(make_queue, tmp_pa
     asyncio.run(main())
 
 
+def test_a_copy_a_transition_left_behind_is_dropped_at_claim(make_queue, caplog):
+    """A completed message comes back (its ack lost, or a timed-out publish landed after
+    all): dropped. A moved one's old copy too, but not the copy published onwards."""
+    async def main():
+        queue = await opened(make_queue())
+        done_id, done = await put_and_claim(queue)
+        await queue.complete(done)
+        await queue.release(done_id)
+        await queue.put(envelope(), b"x", queue="deliver", msg_id=done_id)
+        moved_id, moved = await put_and_claim(queue)
+        old = queue.claims[moved_id].message
+        await queue.move(moved_id, "hold", "deliver")
+        await queue.release(moved_id)
+        await queue.link.send(aio_pika.Message(old.body, headers=old.headers,
+                                               message_id=moved_id),
+                              f"{make_queue.prefix}.deliver")
+        assert await claim_soon(queue, timeout=1.0) == []
+        await queue.move(moved_id, "deliver", "hold")  # an operator releases it
+        [released] = await claim_soon(queue)
+        assert released.id == moved_id
+        await queue.complete(released)
+        assert set((await queue.counts()).values()) == {0}
+        await queue.close()
+    asyncio.run(main())
+    assert caplog.text.count("a copy left in") == 2
+
+
 def test_a_full_queue_nacks_as_a_queue_error(make_queue, rabbitmq):
     rabbitmq.ctl("set_policy", "--apply-to", "queues", f"{make_queue.prefix}-full",
                  rf"^{make_queue.prefix}\.working$", '{"max-length": 1}')
@@ -478,7 +505,9 @@ def test_topology_arguments():
 def test_a_message_round_trips_through_its_amqp_form():
     sent = envelope("a@example.test")
     fields = encode(sent, b"line 1\nline 2\n", "quarantine/virus", "id-1")
+    copy = fields["headers"].pop("x-vsl-copy")
     assert fields["headers"] == {"x-vsl-format": 1, "x-vsl-quarantine": "virus"}
+    assert copy != encode(sent, b"", "deliver", "id-1")["headers"]["x-vsl-copy"]
     entry, data = decode(fields["body"], fields["headers"], "id-1", "quarantine/virus")
     assert (entry.id, entry.envelope, data) == ("id-1", sent, b"line 1\nline 2\n")
 
