@@ -141,6 +141,20 @@ def test_hold_release_retry_move_remove(broker):
     assert broker.listed() == [(deferred, "deliver")]
 
 
+def test_retry_all_reads_the_deferred_messages_once(broker, monkeypatch):
+    """Each is retried as listed: no lookup by id (on a broker, a read of the queue)."""
+    deferred = broker.fill("deferred", "deferred")
+
+    async def no_lookup(*_):
+        raise AssertionError("looked up again")
+    monkeypatch.setattr(AmqpQueue, "locate", no_lookup)
+    monkeypatch.setattr(AmqpQueue, "get", no_lookup)
+    retried = broker.vsl_queue("retry", "--all")
+    assert retried.exit_code == 0, retried.output
+    assert sorted(retried.stdout.splitlines()) == sorted(f"{msg_id}: deferred -> deliver"
+                                                         for msg_id in deferred)
+
+
 def test_moving_into_working_is_refused(broker):
     """There it would have no hand-off, and a worker would send it to dead."""
     [msg_id] = broker.fill("hold")
