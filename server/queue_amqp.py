@@ -10,18 +10,21 @@ Design (docs: design 16, section 3):
   a crash in between leaves two copies, never none).
 - **A claim** is a delivery this process holds unacked: id -> :class:`Claim`. Consumers
   (prefetch ``prefetch``: ``delivery.concurrency``, fewer when that many messages of
-  ``limits.message_size`` would pass PREFETCH_BYTES) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
-  waiting briefly for deliveries when it is empty. A message whose delay ended comes back
-  through ``P.deliver`` with an ``x-death`` header: it is in ``deferred`` there (claimed,
-  listed, moved as such), as the spool keeps a due message in ``deferred``. Only the
-  holder of a delivery tag can ack it, so "moved meanwhile" holds by construction. A
-  message delivered CRASH_LOOP_LIMIT times (its ``x-delivery-count``) is buried in
-  ``dead`` rather than claimed: the crash-loop backstop (the queues have no broker
-  delivery limit: admin reads count as deliveries). An
-  ``update`` of a claimed entry stays with the claim (AMQP messages are immutable) and is
-  published by its transition; addresses a remote accepted go to the local delivery
-  journal at once and are applied when this process claims the message again or
-  restarts.
+  ``limits.message_size`` would pass PREFETCH_BYTES) fill a local buffer and
+  :meth:`AmqpQueue.claim` takes from it, waiting briefly for deliveries when it is
+  empty. A message whose delay ended comes back through ``P.deliver`` with an
+  ``x-death`` header: it is in ``deferred`` there (claimed, listed, moved as such), as
+  the spool keeps a due message in ``deferred``. Only the holder of a delivery tag can
+  ack it, so "moved meanwhile" holds by construction. An ``update`` of a claimed entry
+  stays with the claim (AMQP messages are immutable) and is published by its
+  transition; addresses a remote accepted go to the local delivery journal at once and
+  are applied when this process claims the message again or restarts (the lines of the
+  KEPT_IDS newest ids are kept).
+- **What a claim refuses:** a message that fails to be claimed (a header of the wrong
+  form, a bug) is buried in ``dead`` with ``x-vsl-why``, never left unacked; so is one
+  delivered CRASH_LOOP_LIMIT times (its ``x-delivery-count``), the crash-loop backstop,
+  as the queues have no broker delivery limit (admin reads count as deliveries). A copy
+  a transition of this process left behind is dropped (:meth:`AmqpQueue._finish`).
 - **The connection** is server/queue_amqp_link.py's: reconnected with back-off, while
   ``put`` and the rest raise QueueError. A claim made on a lost connection is void: the
   broker has requeued its message.

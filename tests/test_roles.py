@@ -275,7 +275,7 @@ def test_each_worker_on_a_shared_queue_delivers_with_a_journal_of_its_own(tmp_pa
                 for index in range(3)]
     assert all(delivery.enabled for delivery in journals)
     assert [delivery.journal for delivery in journals] == [
-        None, config.queue_dir / "delivered-1.journal", config.queue_dir / "delivered-2.journal"]
+        None, *(config.queue_dir / f"delivered-{n}.journal" for n in (1, 2))]
     named = replace(config, delivery=replace(config.delivery, journal=tmp_path / "d.log"))
     assert workers.child_config(named, 1, shared=True).delivery.journal == tmp_path / "d-1.log"
     assert not workers.child_config(config, 1, shared=False).delivery.enabled
