@@ -155,10 +155,10 @@ def _queue_action(action: str, help_text: str, all_flag: bool = False):
 
 async def _act(mail_queue: QueueBackend, action: str, msg_ids: list[str],
                every: bool) -> list[tuple[bool, str]]:
-    """``action`` on each message (``every``: each deferred one instead)."""
+    """``action`` on each message (``every``: retry each deferred one instead)."""
     if every:
-        msg_ids = [e.id for e in await mail_queue.list("deferred")]
-    return await queue_admin.act(mail_queue, action, msg_ids) if msg_ids else []
+        return await queue_admin.retry_all(mail_queue)
+    return await queue_admin.act(mail_queue, action, msg_ids)
 
 
 queue.command("retry")(_queue_action("retry", "Deliver now (deferred messages).", True))

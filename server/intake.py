@@ -95,12 +95,17 @@ class Intake:
         session's, or one rebuilt from ``entry.envelope.context``): on_post_queue decides
         where it goes next. The message is kept whatever fails here (the client gets its
         250, as a 421 would make it send the message again): whatever fails to route it,
-        a full queue or a bug (logged with its traceback), holds it for an operator."""
+        a full queue or a bug (logged with its traceback), holds it for an operator. On
+        a shared queue a QueueError or OSError (the broker is away for now) is raised:
+        the post-queue worker releases its claim and runs it again later."""
         try:
             await self._post_queue(entry, ctx, runner, data)
         except Exception as err:  # noqa: BLE001 - stored: never answered as a failure
+            transient = isinstance(err, (QueueError, OSError))
+            if transient and self.queue.shared:
+                raise
             log.error("%s: accepted but not routed (%s): moving it to hold", entry.id, err,
-                      exc_info=not isinstance(err, (QueueError, OSError)))
+                      exc_info=not transient)
             await self._hold(entry.id, entry.queue)
 
     async def _post_queue(self, entry: Entry, ctx: Context, runner: StageRunner,
@@ -126,10 +131,12 @@ class Intake:
         await self.queue.move(entry.id, target, entry.queue)
 
     async def _hold(self, msg_id: str, queue: str) -> None:
-        """Put a message in hold; if even that fails, it stays where it is until the next
-        start moves it to hold (the spool's recover)."""
+        """Put a message in hold; if even that fails, it stays where it is: on the spool
+        until the next start moves it to hold (its recover), on a shared queue until
+        the worker's claim ends (then it runs again)."""
         try:
             await self.queue.move(msg_id, "hold", queue)
         except (QueueError, OSError) as err:
-            log.error("%s: cannot move it to hold (%s): it stays in %s until the next start",
-                      msg_id, err, queue)
+            until = "its claim ends" if self.queue.shared else "the next start"
+            log.error("%s: cannot move it to hold (%s): it stays in %s until %s",
+                      msg_id, err, queue, until)

@@ -132,16 +132,28 @@ def _reason(rcpt) -> str:
 async def act(mail_queue: QueueBackend, action: str,
               msg_ids: list[str]) -> list[tuple[bool, str]]:
     """retry | hold | release | remove | move:QUEUE for each id: (done, what happened)."""
-    done = []
-    for msg_id in msg_ids:
-        try:
-            done.append((True, printable(await _one(mail_queue, action, msg_id))))
-        except QueueError as err:
-            done.append((False, printable(f"{msg_id}: {err}")))
-    return done
+    return [await _outcome(msg_id, _one(mail_queue, action, msg_id)) for msg_id in msg_ids]
+
+
+async def retry_all(mail_queue: QueueBackend) -> list[tuple[bool, str]]:
+    """retry for every deferred message, read in one pass: each is retried as listed,
+    not looked up again (on a broker every lookup reads the queue)."""
+    entries = (await mail_queue.scan("deferred"))[0]
+    return [await _outcome(entry.id, _retry(mail_queue, entry)) for entry in entries]
+
+
+async def _outcome(msg_id: str, work: Awaitable[str]) -> tuple[bool, str]:
+    try:
+        return True, printable(await work)
+    except QueueError as err:
+        return False, printable(f"{msg_id}: {err}")
 
 
 async def _one(mail_queue: QueueBackend, action: str, msg_id: str) -> str:
+    if action == "move:working" and mail_queue.shared:
+        raise QueueError("not moved: on a shared queue, working holds what receivers hand "
+                         "to post-queue workers, and a message moved there has no hand-off "
+                         "(a worker would send it to dead); move it to deliver or hold")
     queue = await mail_queue.locate(msg_id)
     if action == "remove":
         await mail_queue.remove(msg_id, queue)
@@ -149,11 +161,8 @@ async def _one(mail_queue: QueueBackend, action: str, msg_id: str) -> str:
     if action == "retry":
         if queue not in ("deferred", "deliver"):
             raise QueueError(f"in {queue}, nothing to retry")
-        entry = await mail_queue.get(msg_id, queue)
-        entry.envelope.next_attempt = None
-        await mail_queue.update(entry)
-        target = "deliver"
-    elif action == "hold":
+        return await _retry(mail_queue, await mail_queue.get(msg_id, queue))
+    if action == "hold":
         if queue == "hold":
             raise QueueError("already held")
         target = "hold"
@@ -165,3 +174,11 @@ async def _one(mail_queue: QueueBackend, action: str, msg_id: str) -> str:
         target = action.split(":", 1)[1]
     await mail_queue.move(msg_id, target, queue)
     return f"{msg_id}: {queue} -> {target}"
+
+
+async def _retry(mail_queue: QueueBackend, entry: Entry) -> str:
+    """A message of ``deferred`` or ``deliver`` (as read) to ``deliver``, due now."""
+    entry.envelope.next_attempt = None
+    await mail_queue.update(entry)
+    await mail_queue.move(entry.id, "deliver", entry.queue)
+    return f"{entry.id}: {entry.queue} -> deliver"

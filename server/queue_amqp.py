@@ -9,15 +9,22 @@ Design (docs: design 16, section 3):
   delivery it came from: nothing is acked before the next queue holds it (at least once;
   a crash in between leaves two copies, never none).
 - **A claim** is a delivery this process holds unacked: id -> :class:`Claim`. Consumers
-  (prefetch ``prefetch``) fill a local buffer and :meth:`AmqpQueue.claim` takes from it,
-  waiting briefly for deliveries when it is empty. A message whose delay ended comes back
-  through ``P.deliver`` with an ``x-death`` header: it is in ``deferred`` there (claimed,
-  listed, moved as such), as the spool keeps a due message in ``deferred``. Only the
-  holder of a delivery tag can ack it, so "moved meanwhile" holds by construction. An
-  ``update`` of a claimed entry stays with the claim (AMQP messages are immutable) and is
-  published by its transition; addresses a remote accepted go to the local delivery
-  journal at once and are applied when this process claims the message again or
-  restarts.
+  (prefetch ``prefetch``: ``delivery.concurrency``, fewer when that many messages of
+  ``limits.message_size`` would pass PREFETCH_BYTES) fill a local buffer and
+  :meth:`AmqpQueue.claim` takes from it, waiting briefly for deliveries when it is
+  empty. A message whose delay ended comes back through ``P.deliver`` with an
+  ``x-death`` header: it is in ``deferred`` there (claimed, listed, moved as such), as
+  the spool keeps a due message in ``deferred``. Only the holder of a delivery tag can
+  ack it, so "moved meanwhile" holds by construction. An ``update`` of a claimed entry
+  stays with the claim (AMQP messages are immutable) and is published by its
+  transition; addresses a remote accepted go to the local delivery journal at once and
+  are applied when this process claims the message again or restarts (the lines of the
+  KEPT_IDS newest ids are kept).
+- **What a claim refuses:** a message that fails to be claimed (a header of the wrong
+  form, a bug) is buried in ``dead`` with ``x-vsl-why``, never left unacked; so is one
+  delivered CRASH_LOOP_LIMIT times (its ``x-delivery-count``), the crash-loop backstop,
+  as the queues have no broker delivery limit (admin reads count as deliveries). A copy
+  a transition of this process left behind is dropped (:meth:`AmqpQueue._finish`).
 - **The connection** is server/queue_amqp_link.py's: reconnected with back-off, while
   ``put`` and the rest raise QueueError. A claim made on a lost connection is void: the
   broker has requeued its message.
@@ -37,7 +44,8 @@ from pathlib import Path
 
 from .envelope import Envelope
 from .journal import Journal
-from .queue_amqp_codec import Poison, Topology, decode, delay_level, encode
+from .queue_amqp_codec import (COPY, CRASH_LOOP_LIMIT, REDECLARE, Poison, Topology, decode,
+                               delay_level, delayed, delivery_count, encode)
 from .queue_amqp_link import BrokerLink, plain
 from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkSignal,
                             check_queue, new_id)
@@ -45,6 +53,10 @@ from .queue_backend import (QUEUES, Entry, QueueError, UnreadableEnvelope, WorkS
 log = logging.getLogger("vsl.queue")
 CLAIM_WAIT_READY = 1.0  # s a claim waits for deliveries the broker reports ready for it
 CLAIM_WAIT_IDLE = 0.05  # s it waits otherwise (a message just put or released may be coming)
+PREFETCH_BYTES = 512 << 20  # a consumer's unacked deliveries may hold at most this much
+FINISHED_IDS = 10_000  # transitions this process remembers, to drop the copies they left
+KEPT_IDS = 10_000  # messages whose journal lines this process keeps: the newest ids (a
+                   # message another process finished is never claimed here again)
 
 
 @dataclass
@@ -75,6 +87,7 @@ class AmqpQueue:
         self.buffer: dict[str, list] = {}  # physical queue -> (generation, message) received
         self.arrived: dict[str, asyncio.Event] = {}  # physical queue -> set at each delivery
         self.work = WorkSignal()  # a consumer received a message
+        self.finished: dict[str, str | None] = {}  # see _finish
 
     @classmethod
     def of(cls, config) -> AmqpQueue:
@@ -86,7 +99,8 @@ class AmqpQueue:
             raise QueueError(str(err)) from None
         return cls(url, queue.prefix, config.delivery.journal or
                    config.queue_dir / "delivered.journal", queue.queue_type,
-                   queue.confirm_timeout, queue.connect_timeout, config.delivery.concurrency)
+                   queue.confirm_timeout, queue.connect_timeout,
+                   prefetch_for(config.delivery.concurrency, config.limits.message_size))
 
     # -- the connection ------------------------------------------------------------------
     @property
@@ -148,23 +162,36 @@ class AmqpQueue:
         if not waiting:
             await self._await_deliveries(physical, limit)
         claimed, kept = [], []
-        while waiting and len(claimed) < limit:
-            generation, message = waiting.pop(0)
-            if generation != self.link.generation:
-                continue  # received on a lost connection: the broker has requeued it
-            if message.message_id in self.claims:
-                kept.append((generation, message))  # a second copy of one held here
-                continue
-            try:
-                entry = await self._claim_one(message, physical, now)
-            except QueueError as err:  # it could not be re-delayed or buried: later
-                log.warning("%s: left in %s for now: %s", message.message_id, physical, err)
-                await self._requeue(message)
-                continue
-            if entry is not None:
-                claimed.append(entry)
-        waiting[:0] = kept
+        try:
+            while waiting and len(claimed) < limit:
+                generation, message = waiting.pop(0)
+                if generation != self.link.generation:
+                    continue  # received on a lost connection: the broker has requeued it
+                if message.message_id in self.claims:
+                    kept.append((generation, message))  # a second copy of one held here
+                    continue
+                entry = await self._claim_safely(message, physical, now)
+                if entry is not None:
+                    claimed.append(entry)
+        finally:
+            waiting[:0] = kept
         return claimed
+
+    async def _claim_safely(self, message, physical: str, now: float) -> Entry | None:
+        """:meth:`_claim_one`, whatever the message holds: one that cannot be re-delayed
+        or buried now is requeued; one that fails otherwise (a header of the wrong form,
+        a bug) is buried, so it never stays unacked on this process's prefetch."""
+        try:
+            return await self._claim_one(message, physical, now)
+        except QueueError as err:
+            log.warning("%s: left in %s for now: %s", message.message_id, physical, err)
+        except Exception as err:  # noqa: BLE001 - the consumer goes on
+            log.exception("%s: cannot be claimed from %s", message.message_id, physical)
+            with contextlib.suppress(Exception):
+                await self._bury(message, physical, f"cannot be claimed: {err!r}")
+                return None
+        await self._requeue(message)
+        return None
 
     def _consumed(self, queues: tuple[str, ...]) -> str:
         """The physical queue a claim of ``queues`` consumes."""
@@ -200,14 +227,24 @@ class AmqpQueue:
                 return
 
     async def _claim_one(self, message, physical: str, now: float) -> Entry | None:
+        if self._left_behind(message):
+            log.warning("%s: a copy left in %s by a transition this process made: dropped",
+                        message.message_id, physical)
+            await self._ack(message, message.message_id)
+            return None
         try:
             entry, data = self._read(physical, message)
         except UnreadableEnvelope as err:
             await self._bury(message, physical, err.why)
             return None
+        deliveries = delivery_count(message.headers or {})
+        if deliveries >= CRASH_LOOP_LIMIT:
+            await self._bury(message, physical, f"delivered {deliveries} times: a crash "
+                             "loop? (move it back once its cause is fixed)")
+            return None
         if entry.queue == "deferred" and (entry.envelope.next_attempt or 0) > now:
             await self._publish(entry.envelope, data, "deferred", entry.id)  # wait again
-            await message.ack()
+            await self._ack(message, entry.id)
             return None
         self._apply_kept(entry)
         self.claims[entry.id] = Claim(entry, message, entry.envelope.to_json(), data,
@@ -218,11 +255,9 @@ class AmqpQueue:
         """The queue a message is in: its physical queue's, but ``deferred`` for one a
         delay queue dead-lettered to ``deliver`` (due, as the spool's deferred messages
         are until claimed)."""
-        queue = self.topology.logical(physical, message.headers or {})
-        delays = self.topology.prefix + ".deferred."
-        deaths = (message.headers or {}).get("x-death") or ()
-        if queue == "deliver" and any(str(death.get("queue", "")).startswith(delays)
-                                      for death in deaths):
+        headers = message.headers or {}
+        queue = self.topology.logical(physical, headers)
+        if queue == "deliver" and delayed(headers, self.topology.prefix):
             return "deferred"
         return queue
 
@@ -235,7 +270,16 @@ class AmqpQueue:
         copy = self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
                                           message_id=message.message_id)
         await self.link.send(copy, self.topology.name("dead"))
-        await message.ack()
+        await self._ack(message, msg_id)
+
+    async def _ack(self, message, msg_id: str) -> None:
+        """Ack a delivery whose message was published onwards (QueueError when the
+        connection is lost: the broker requeues it, so two copies stay)."""
+        try:
+            await message.ack()
+        except self.link.lost_errors as err:
+            raise QueueError(f"{msg_id}: published, but its old copy stays "
+                             f"({plain(err)})") from None
 
     def _apply_kept(self, entry: Entry) -> None:
         """Mark delivered what the journal kept for ``entry``."""
@@ -259,15 +303,34 @@ class AmqpQueue:
         if queue is not None:
             await self._publish(Envelope.from_json(envelope), claim.data, queue,
                                 claim.entry.id)
+        copy = (claim.message.headers or {}).get(COPY)
+        if queue is None or isinstance(copy, str):  # (one without a token: not told apart)
+            self._finish(claim.entry.id, None if queue is None else copy)
         try:
-            await claim.message.ack()
-        except self.link.lost_errors as err:
-            raise QueueError(f"{claim.entry.id}: published, but its old copy stays "
-                             f"({plain(err)})") from None
+            await self._ack(claim.message, claim.entry.id)
         finally:
             claim.done = True
         if self.journal is not None:
             self.journal.forget(claim.entry.id)
+
+    def _finish(self, msg_id: str, copy: str | None) -> None:
+        """Remember a transition (the last FINISHED_IDS): ``msg_id`` completed (``copy``
+        None), or its copy ``copy`` published onwards. Should its ack be lost (the
+        connection), or a publish that timed out land after all, the copy left behind is
+        dropped when this process claims it. Another process claims it as it is: the
+        window design 16 section 3.7 documents."""
+        self.finished.pop(msg_id, None)
+        self.finished[msg_id] = copy
+        if len(self.finished) > FINISHED_IDS:
+            del self.finished[next(iter(self.finished))]
+
+    def _left_behind(self, message) -> bool:
+        """Whether ``message`` is a copy a transition of this process left (see
+        :meth:`_finish`)."""
+        if message.message_id not in self.finished:
+            return False
+        copy = self.finished[message.message_id]
+        return copy is None or copy == (message.headers or {}).get(COPY)
 
     async def wait_for_work(self, queues: tuple[str, ...], timeout: float) -> None:
         """Until a consumer of ``queues`` receives a message, or ``timeout`` seconds."""
@@ -308,6 +371,7 @@ class AmqpQueue:
         if delivered and self.journal is not None and self.journal.record(entry.id,
                                                                            list(delivered)):
             self.journal.retain(entry.id, set(delivered))
+            _keep_newest(self.journal.kept)
             self.journal.settled()
         claim = self._holding(entry.id, entry.queue)
         if claim is None:
@@ -328,14 +392,15 @@ class AmqpQueue:
     async def recover_deliveries(self) -> None:
         """Load the journal: its addresses are applied as this process claims them."""
         if self.journal is not None:
-            self.journal.keep(self.journal.read())
+            self.journal.keep(_keep_newest(self.journal.read()))
 
     async def recover(self) -> int:
         """Nothing is half stored on a broker."""
         return 0
 
     def startup_warnings(self) -> list[str]:
-        return list(self.link.warnings)
+        """The link's, each queue declared with other arguments with what to do."""
+        return [f"{warning}; {REDECLARE}" for warning in self.link.warnings]
 
     def quarantine_warnings(self) -> list[str]:
         return []
@@ -360,14 +425,13 @@ class AmqpQueue:
                    ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         """Messages of one queue (or all), oldest first, and the unreadable ones; at most
         ``limit`` read (in queue order: each one read costs its whole body)."""
-        async with self.link.admin_channel() as channel:
-            held = [item async for item in self._held(channel, queue, limit)]
         entries, unreadable = [], []
-        for physical, message in held:
-            try:
-                entries.append(self._read(physical, message)[0])
-            except UnreadableEnvelope as err:
-                unreadable.append(err)
+        async with self.link.admin_channel() as channel:
+            async for physical, message in self._held(channel, queue, limit):
+                try:  # the body is dropped once read: the channel holds the delivery
+                    entries.append(self._read(physical, message)[0])
+                except UnreadableEnvelope as err:
+                    unreadable.append(err)
         entries.sort(key=lambda e: e.envelope.received_at or 0)
         return [e for e in entries if queue is None or e.queue == queue], unreadable
 
@@ -384,7 +448,10 @@ class AmqpQueue:
         return (await self._find(msg_id, queue))[1]
 
     async def locate(self, msg_id: str) -> str:
-        return (await self._find(msg_id, None))[0].queue
+        """Its queue (an unreadable message's too: it can be held, moved or removed)."""
+        async with self.link.admin_channel() as channel:
+            physical, message = await self._get_one(channel, msg_id, None)
+            return self._logical(physical, message)
 
     async def remove(self, msg_id: str, queue: str | None = None) -> None:
         await self._replace(msg_id, queue, None)
@@ -397,14 +464,34 @@ class AmqpQueue:
     async def _replace(self, msg_id: str, queue: str | None, target: str | None,
                        envelope: Envelope | None = None, data: bytes | None = None) -> None:
         """Find an unclaimed message, publish it (or the edited copy) to ``target`` (None:
-        nowhere), then ack the old one."""
+        nowhere), then ack the old one. An unreadable message moves as it is."""
         async with self.link.admin_channel() as channel:
             physical, message = await self._get_one(channel, msg_id, queue)
-            entry, old_data = self._read(physical, message)
-            if target is not None:
-                await self._publish(envelope or entry.envelope,
-                                    old_data if data is None else data, target, msg_id)
+            if target is not None and envelope is None:
+                await self._forward(physical, message, target)
+            elif target is not None:
+                old_data = self._read(physical, message)[1]
+                await self._publish(envelope, old_data if data is None else data, target,
+                                    msg_id)
             await message.ack()
+
+    async def _forward(self, physical: str, message, target: str) -> None:
+        """Publish a held message unchanged to ``target`` (an unreadable one as it is: an
+        operator may hold it, or move it where a fixed vSL reads it)."""
+        try:
+            entry, data = self._read(physical, message)
+        except UnreadableEnvelope:
+            if target == "deferred":
+                raise QueueError("an unreadable envelope cannot be deferred") from None
+            headers = {k: v for k, v in (message.headers or {}).items()
+                       if k != "x-vsl-quarantine"}
+            if target.startswith("quarantine/"):
+                headers["x-vsl-quarantine"] = target.removeprefix("quarantine/")
+            copy = self.link.aio_pika.Message(message.body, headers=headers, delivery_mode=2,
+                                              message_id=message.message_id)
+            await self.link.send(copy, self.topology.name(target))
+            return
+        await self._publish(entry.envelope, data, target, entry.id)
 
     async def _get_one(self, channel, msg_id: str, queue: str | None):
         """The held message ``msg_id``, read up to it (QueueError when it is not on the
@@ -444,3 +531,18 @@ class AmqpQueue:
             where = f"amqp:{physical}#{message.message_id}"
             raise UnreadableEnvelope(message.message_id or "(no id)", queue, where,
                                      str(why)) from None
+
+
+def prefetch_for(concurrency: int, message_size: int) -> int:
+    """A consumer's prefetch: ``concurrency`` deliveries, fewer when that many messages
+    of the largest size (``message_size`` bytes) would hold more than PREFETCH_BYTES in
+    this process; at least 1."""
+    return max(min(concurrency, PREFETCH_BYTES // max(message_size, 1)), 1)
+
+
+def _keep_newest(kept: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``kept`` (journal lines by message id) cut to its KEPT_IDS newest ids (vSL's ids
+    sort by time), in place."""
+    for msg_id in sorted(kept)[:max(len(kept) - KEPT_IDS, 0)]:
+        del kept[msg_id]
+    return kept

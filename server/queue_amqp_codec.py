@@ -4,16 +4,23 @@ and arguments of one prefix, and one queued message as one AMQP message.
 Topology (prefix ``P``): quorum queues ``P.working``, ``P.deliver``, ``P.hold``,
 ``P.dead``, ``P.quarantine`` (every quarantine, its name in header ``x-vsl-quarantine``)
 and ``P.deferred.<k>`` for k = 0..16, each holding messages ``2^k`` s before
-dead-lettering them to ``P.deliver``. ``P.working`` and ``P.deliver`` dead-letter a
-message delivered :data:`DELIVERY_LIMIT` times to ``P.dead`` (a crash-loop backstop).
+dead-lettering them to ``P.deliver``. ``P.working`` and ``P.deliver`` have no delivery
+limit: on 3.10 quorum queues every admin read (get, then requeue) and every release adds
+one to ``x-delivery-count``, so a broker limit would bury ready mail. The crash-loop
+backstop is vSL's: a claim buries a message delivered :data:`CRASH_LOOP_LIMIT` times
+(server/queue_amqp.py). Queues declared by an older vSL keep their ``x-delivery-limit``
+(the broker never changes a queue's arguments): :data:`REDECLARE` says how to drop it.
 Every route is the default exchange, routing key = queue name.
 
 A message's body is the envelope's JSON (one line: ``Envelope.to_json`` writes no raw
-newline), ``\\n``, then the message bytes; its properties carry the id and the format.
+newline), ``\\n``, then the message bytes; its properties carry the id and the format,
+and header :data:`COPY` a token new at each publish: the copy a transition left behind
+(its ack lost with the connection) is told from the message published onwards.
 """
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -23,7 +30,10 @@ from .queue_backend import Entry
 FORMAT = 1
 CONTENT_TYPE = "application/vnd.vsl.queued"
 DELAY_LEVELS = range(17)  # P.deferred.<k> holds a message 2^k s (1 s to 18 h)
-DELIVERY_LIMIT = 20       # deliveries of one message before P.working/P.deliver drop it to dead
+CRASH_LOOP_LIMIT = 1000   # deliveries of one message before a claim buries it in dead
+REDECLARE = ("to use this vSL's arguments, stop the receivers, let the queue drain (or "
+             "shovel its messages elsewhere), delete it, then start vSL: it declares it anew")
+COPY = "x-vsl-copy"       # header: a token new at each publish
 QUARANTINE = "quarantine/"
 PLAIN_QUEUES = ("working", "deliver", "hold", "dead", "quarantine")
 
@@ -60,16 +70,16 @@ class Topology:
         if queue.startswith("deferred."):
             return "deferred"
         if queue == "quarantine":
-            return QUARANTINE + str(headers.get("x-vsl-quarantine", ""))
+            name = headers.get("x-vsl-quarantine", "")
+            return QUARANTINE + (name if isinstance(name, str) else "")
         return queue
 
     def declarations(self) -> dict[str, dict]:
         """Every physical queue and its arguments."""
         dead = self._dead_letter(self.name("dead"))
         queues = {self.name(q): self._base() for q in ("hold", "dead", "quarantine")}
-        for q in ("working", "deliver"):
-            limit = {"x-delivery-limit": DELIVERY_LIMIT} if self.queue_type == "quorum" else {}
-            queues[self.name(q)] = {**self._base(), **dead, **limit}
+        for q in ("working", "deliver"):  # dead: what a policy's length limit drops
+            queues[self.name(q)] = {**self._base(), **dead}
         for k, name in zip(DELAY_LEVELS, self.deferred()):
             queues[name] = {**self._base(), **self._dead_letter(self.name("deliver")),
                             "x-message-ttl": (1 << k) * 1000}
@@ -88,6 +98,21 @@ class Topology:
         return args
 
 
+def delivery_count(headers: dict) -> int:
+    """How often the broker has delivered a message before (quorum queues count it)."""
+    count = headers.get("x-delivery-count", 0)
+    return count if type(count) is int else 0
+
+
+def delayed(headers: dict, prefix: str) -> bool:
+    """Whether a message was dead-lettered by one of ``prefix``'s delay queues (header
+    ``x-death``: a list of tables; anything else, as a publisher may write, is ignored)."""
+    deaths = headers.get("x-death")
+    return isinstance(deaths, list) and any(
+        isinstance(death, dict) and isinstance(death.get("queue"), str)
+        and death["queue"].startswith(prefix + ".deferred.") for death in deaths)
+
+
 def delay_level(seconds: float) -> int:
     """The deferred level to wait in: the largest k with 2^k <= ``seconds`` (0 below 1 s)."""
     return min(max(int(seconds), 1).bit_length() - 1, DELAY_LEVELS[-1])
@@ -98,7 +123,7 @@ def encode(envelope: Envelope, data: bytes, queue: str, msg_id: str) -> dict:
     session's hand-off (``context``) is for on_post_queue: it stays only in ``working``."""
     if queue != "working" and getattr(envelope, "context", None) is not None:
         envelope = dataclasses.replace(envelope, context=None)
-    headers = {"x-vsl-format": FORMAT}
+    headers = {"x-vsl-format": FORMAT, COPY: secrets.token_hex(8)}
     if queue.startswith(QUARANTINE):
         headers["x-vsl-quarantine"] = queue.removeprefix(QUARANTINE)
     return dict(body=envelope.to_json() + b"\n" + data, message_id=msg_id, headers=headers,

@@ -9,7 +9,8 @@ One Python process is held to about one core by the GIL; N workers are not. The 
   run the same roles, inherit the listening sockets and accept on them; the kernel hands
   each connection to one of them;
 - on the spool, only worker 0 runs the delivery worker; on a queue shared between
-  machines (a broker) every worker may deliver and run on_post_queue;
+  machines (a broker) every worker may deliver (each with its own delivery journal) and
+  run on_post_queue;
 - SIGTERM or SIGINT stops every worker, then the parent exits 0; SIGHUP reloads the
   scripts in every worker; a worker that dies otherwise is logged and started again
   (as Postfix's master does), at most once a second.
@@ -185,9 +186,7 @@ class Workers:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as one `vsl serve` process
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
-            config = self.config
-            if index > 0 and not self.shared:  # one spool: one delivery worker
-                config = replace(config, delivery=replace(config.delivery, enabled=False))
+            config = child_config(self.config, index, self.shared)
             asyncio.run(_serve(Server(config, roles=self.roles), self.sockets))
             status = 0
         except BaseException:  # noqa: BLE001 - logged; the parent starts it again
@@ -195,6 +194,21 @@ class Workers:
         finally:
             logging.shutdown()
             os._exit(status)
+
+
+def child_config(config: Config, index: int, shared: bool) -> Config:
+    """Worker ``index``'s configuration. On the spool only worker 0 delivers. On a shared
+    queue every worker delivers, each with a delivery journal of its own, the same across
+    its restarts (``delivered.journal``, ``delivered-1.journal``, ...): one file
+    compacted by one process only."""
+    delivery = config.delivery
+    if index == 0:
+        return config
+    if not shared:
+        return replace(config, delivery=replace(delivery, enabled=False))
+    journal = delivery.journal or config.queue_dir / "delivered.journal"
+    journal = journal.with_name(f"{journal.stem}-{index}{journal.suffix}")
+    return replace(config, delivery=replace(delivery, journal=journal))
 
 
 async def _serve(server: Server, sockets: list[tuple[Listener, socket.socket]]) -> None:

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aio_pika
 import pytest
 from click.testing import CliRunner
 
@@ -138,6 +139,42 @@ def test_hold_release_retry_move_remove(broker):
     assert broker.vsl_queue("remove", first).stdout == \
         f"{first}: removed from quarantine/review\n"
     assert broker.listed() == [(deferred, "deliver")]
+
+
+def test_retry_all_reads_the_deferred_messages_once(broker, monkeypatch):
+    """Each is retried as listed: no lookup by id (on a broker, a read of the queue)."""
+    deferred = broker.fill("deferred", "deferred")
+
+    async def no_lookup(*_):
+        raise AssertionError("looked up again")
+    monkeypatch.setattr(AmqpQueue, "locate", no_lookup)
+    monkeypatch.setattr(AmqpQueue, "get", no_lookup)
+    retried = broker.vsl_queue("retry", "--all")
+    assert retried.exit_code == 0, retried.output
+    assert sorted(retried.stdout.splitlines()) == sorted(f"{msg_id}: deferred -> deliver"
+                                                         for msg_id in deferred)
+
+
+def test_moving_into_working_is_refused(broker):
+    """There it would have no hand-off, and a worker would send it to dead."""
+    [msg_id] = broker.fill("hold")
+    moved = broker.vsl_queue("move", msg_id, "working")
+    assert moved.exit_code == 1 and "move it to deliver or hold" in moved.stdout
+    assert broker.listed() == [(msg_id, "hold")]
+
+
+def test_an_unreadable_message_can_be_held_moved_and_removed(broker):
+    """As the listing says: fix, hold or remove each."""
+    unreadable = aio_pika.Message(b"{not json\nx", headers={"x-vsl-format": 1},
+                                  message_id="bad")
+    broker.on_broker(lambda q: q.link.send(unreadable, f"{broker.prefix}.working"))
+    assert broker.vsl_queue("hold", "bad").stdout == "bad: working -> hold\n"
+    assert broker.vsl_queue("move", "bad", "quarantine/fix").stdout == \
+        "bad: hold -> quarantine/fix\n"
+    assert "unreadable envelope" in broker.vsl_queue("list", "quarantine/fix").stdout
+    assert broker.vsl_queue("move", "bad", "deferred").exit_code == 1
+    assert broker.vsl_queue("remove", "bad").stdout == "bad: removed from quarantine/fix\n"
+    assert "the queue is empty" in broker.vsl_queue("list").stdout
 
 
 def test_a_message_being_worked_on_is_reported_not_found(broker):

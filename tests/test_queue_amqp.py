@@ -14,7 +14,8 @@ import pytest
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server import queue_amqp_link
 from vsl.server.queue_amqp import AmqpQueue
-from vsl.server.queue_amqp_codec import DELIVERY_LIMIT, Topology, decode, delay_level, encode
+from vsl.server import queue_amqp
+from vsl.server.queue_amqp_codec import Topology, decode, delay_level, encode
 from vsl.server.queue_backend import QueueError, UnreadableEnvelope
 
 
@@ -179,6 +180,52 @@ def test_delivered_addresses_apply_at_the_next_claim_and_restart(make_queue):
     asyncio.run(main())
 
 
+def test_the_kept_journal_lines_are_bounded_to_the_newest_ids(make_queue, tmp_path,
+                                                              monkeypatch):
+    """Lines of messages another process finished are never forgotten by a transition
+    here: only the KEPT_IDS newest ids stay, at a restart and as lines are added."""
+    monkeypatch.setattr(queue_amqp, "KEPT_IDS", 2)
+    (tmp_path / "journal").write_text("".join(f"{n:012x}-old a@example.test\n"
+                                              for n in range(3)))
+
+    async def main():
+        queue = await opened(make_queue())
+        await queue.recover_deliveries()
+        assert sorted(queue.journal.kept) == [f"{n:012x}-old" for n in (1, 2)]
+        _, entry = await put_and_claim(queue, "a@example.test", "b@example.test")
+        await queue.update(entry, delivered=["a@example.test"])
+        assert sorted(queue.journal.kept) == [f"{2:012x}-old", entry.id]
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_copy_a_transition_left_behind_is_dropped_at_claim(make_queue, caplog):
+    """A completed message comes back (its ack lost, or a timed-out publish landed after
+    all): dropped. A moved one's old copy too, but not the copy published onwards."""
+    async def main():
+        queue = await opened(make_queue())
+        done_id, done = await put_and_claim(queue)
+        await queue.complete(done)
+        await queue.release(done_id)
+        await queue.put(envelope(), b"x", queue="deliver", msg_id=done_id)
+        moved_id, moved = await put_and_claim(queue)
+        old = queue.claims[moved_id].message
+        await queue.move(moved_id, "hold", "deliver")
+        await queue.release(moved_id)
+        await queue.link.send(aio_pika.Message(old.body, headers=old.headers,
+                                               message_id=moved_id),
+                              f"{make_queue.prefix}.deliver")
+        assert await claim_soon(queue, timeout=1.0) == []
+        await queue.move(moved_id, "deliver", "hold")  # an operator releases it
+        [released] = await claim_soon(queue)
+        assert released.id == moved_id
+        await queue.complete(released)
+        assert set((await queue.counts()).values()) == {0}
+        await queue.close()
+    asyncio.run(main())
+    assert caplog.text.count("a copy left in") == 2
+
+
 def test_a_full_queue_nacks_as_a_queue_error(make_queue, rabbitmq):
     rabbitmq.ctl("set_policy", "--apply-to", "queues", f"{make_queue.prefix}-full",
                  rf"^{make_queue.prefix}\.working$", '{"max-length": 1}')
@@ -319,23 +366,87 @@ def test_a_queue_declared_with_other_arguments_is_used_with_a_warning(make_queue
         queue = await opened(make_queue())
         [warning] = queue.startup_warnings()
         assert f"{make_queue.prefix}.hold" in warning and "other arguments" in warning
+        assert "delete it" in warning
         held = await queue.put(envelope(), b"x", queue="hold")
         assert await queue.locate(held) == "hold"
         await queue.close()
     asyncio.run(main())
 
 
-def test_a_message_delivered_too_often_goes_to_dead(make_queue):
+def test_admin_reads_and_releases_never_bury_ready_mail(make_queue):
+    """On 3.10 quorum queues each get+requeue and each release counts as a delivery."""
     async def main():
         queue = await opened(make_queue())
         msg_id = await queue.put(envelope(), b"x", queue="deliver")
-        for _ in range(DELIVERY_LIMIT + 1):  # a crash loop: claimed, never finished
+        for _ in range(25):
+            await queue.list("deliver")
+        for _ in range(25):
+            [entry] = await claim_soon(queue)
+            await queue.release(entry.id)
+        await queue.close()  # its consumer would hold the message again
+        queue = await opened(make_queue())
+        assert await queue.locate(msg_id) == "deliver"
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_message_delivered_too_often_goes_to_dead(make_queue, monkeypatch, caplog):
+    monkeypatch.setattr(queue_amqp, "CRASH_LOOP_LIMIT", 3)
+
+    async def main():
+        queue = await opened(make_queue())
+        msg_id = await queue.put(envelope(), b"x", queue="deliver")
+        for _ in range(3):  # a crash loop: claimed, never finished
             [entry] = await claim_soon(queue)
             await queue.release(entry.id)
         assert await claim_soon(queue, timeout=0.3) == []
         assert await queue.locate(msg_id) == "dead"
         await queue.close()
     asyncio.run(main())
+    assert "delivered 3 times" in caplog.text
+
+
+def test_a_header_of_the_wrong_form_is_ignored(make_queue, rabbitmq):
+    async def main():
+        queue = await opened(make_queue())
+        async with raw_channel(rabbitmq.url) as channel:
+            for msg_id, queue_name, headers in (
+                    ("junk-death", "deliver", {"x-death": "junk"}),
+                    ("junk-table", "deliver", {"x-death": ["junk", {"queue": 7}]}),
+                    ("junk-name", "quarantine", {"x-vsl-quarantine": 5})):
+                await channel.default_exchange.publish(
+                    aio_pika.Message(envelope().to_json() + b"\nx", message_id=msg_id,
+                                     headers={"x-vsl-format": 1, **headers}),
+                    routing_key=f"{make_queue.prefix}.{queue_name}")
+        entries, unreadable = await queue.scan()
+        assert sorted((e.id, e.queue) for e in entries) == [
+            ("junk-death", "deliver"), ("junk-name", "quarantine/"),
+            ("junk-table", "deliver")] and unreadable == []
+        assert sorted(e.id for e in await claim_soon(queue)) == ["junk-death", "junk-table"]
+        await queue.close()
+    asyncio.run(main())
+
+
+def test_a_message_failing_its_claim_is_buried_and_the_consumer_goes_on(
+        make_queue, monkeypatch, caplog):
+    real = queue_amqp.decode
+
+    def failing(body, headers, msg_id, queue):
+        if msg_id == "bad":
+            raise AttributeError("a bug")
+        return real(body, headers, msg_id, queue)
+    monkeypatch.setattr(queue_amqp, "decode", failing)
+
+    async def main():
+        queue = await opened(make_queue(prefetch=1))
+        await queue.put(envelope(), b"x", queue="deliver", msg_id="bad")
+        good = await queue.put(envelope(), b"y", queue="deliver")
+        assert [e.id for e in await claim_soon(queue)] == [good]
+        monkeypatch.setattr(queue_amqp, "decode", real)
+        assert await queue.locate("bad") == "dead"
+        await queue.close()
+    asyncio.run(main())
+    assert "bad: cannot be claimed" in caplog.text
 
 
 def test_a_refused_publish_leaves_the_backend_usable(make_queue, rabbitmq):
@@ -369,12 +480,20 @@ def test_delay_level_is_the_largest_power_of_two_not_after(seconds, level):
     assert delay_level(seconds) == level
 
 
+@pytest.mark.parametrize("concurrency, size, prefetch", [
+    (20, 25 << 20, 20), (20, 127 << 20, 4), (20, 1 << 30, 1), (0, 1, 1)])
+def test_prefetch_holds_at_most_prefetch_bytes_of_the_largest_messages(concurrency, size,
+                                                                        prefetch):
+    assert queue_amqp.prefetch_for(concurrency, size) == prefetch
+    assert prefetch == 1 or prefetch * size <= queue_amqp.PREFETCH_BYTES
+
+
 def test_topology_arguments():
     declared = Topology("p").declarations()
     assert len(declared) == 5 + 17
     assert declared["p.deliver"] | declared["p.working"] == declared["p.deliver"]
     assert declared["p.deliver"]["x-dead-letter-routing-key"] == "p.dead"
-    assert declared["p.deliver"]["x-delivery-limit"] == DELIVERY_LIMIT
+    assert "x-delivery-limit" not in declared["p.deliver"]
     assert declared["p.deferred.3"]["x-message-ttl"] == 8000
     assert declared["p.deferred.3"]["x-dead-letter-routing-key"] == "p.deliver"
     assert all(args["x-max-in-memory-length"] == 0 and args["x-queue-type"] == "quorum"
@@ -387,7 +506,9 @@ def test_topology_arguments():
 def test_a_message_round_trips_through_its_amqp_form():
     sent = envelope("a@example.test")
     fields = encode(sent, b"line 1\nline 2\n", "quarantine/virus", "id-1")
+    copy = fields["headers"].pop("x-vsl-copy")
     assert fields["headers"] == {"x-vsl-format": 1, "x-vsl-quarantine": "virus"}
+    assert copy != encode(sent, b"", "deliver", "id-1")["headers"]["x-vsl-copy"]
     entry, data = decode(fields["body"], fields["headers"], "id-1", "quarantine/virus")
     assert (entry.id, entry.envelope, data) == ("id-1", sent, b"line 1\nline 2\n")
 

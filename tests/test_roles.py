@@ -264,3 +264,18 @@ def test_workers_that_receive_nothing_bind_nothing(tmp_path, store, sink):
     parent = workers.Workers(roles_config(tmp_path, sink), WORKER | DELIVERY)
     parent.prepare()
     assert parent.sockets == [] and parent.shared
+
+
+def test_each_worker_on_a_shared_queue_delivers_with_a_journal_of_its_own(tmp_path):
+    """A journal compacted by one process only, the same across the worker's restarts;
+    on the spool only worker 0 delivers."""
+    config = config_for(tmp_path)
+    config = replace(config, delivery=replace(config.delivery, enabled=True))
+    journals = [workers.child_config(config, index, shared=True).delivery
+                for index in range(3)]
+    assert all(delivery.enabled for delivery in journals)
+    assert [delivery.journal for delivery in journals] == [
+        None, *(config.queue_dir / f"delivered-{n}.journal" for n in (1, 2))]
+    named = replace(config, delivery=replace(config.delivery, journal=tmp_path / "d.log"))
+    assert workers.child_config(named, 1, shared=True).delivery.journal == tmp_path / "d-1.log"
+    assert not workers.child_config(config, 1, shared=False).delivery.enabled
