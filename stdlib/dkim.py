@@ -13,6 +13,7 @@ resolver (:mod:`stdlib.support.dnsbridge`), and hashing and signing run in a wor
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import authres
 
@@ -27,6 +28,9 @@ from .support.signing import (ALGORITHMS, MIN_RSA_BITS, UNREADABLE, DkimKey, dns
                        script_dir, short_reason, signing_key)
 from .support.options import Options
 from .support.result import CheckResult
+
+if TYPE_CHECKING:  # for annotations only: imported where used (above)
+    import dkim
 
 namespace = Namespace("dkim", "DKIM signing and verification (RFC 6376, RFC 8463)")
 

@@ -27,12 +27,18 @@ import functools
 import ipaddress
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace, io_time_left
 from vsl.values import NativeObject, method
 
 from .support.options import Options
+
+if TYPE_CHECKING:  # for annotations only: imported where used (above)
+    import dns.name
+    import dns.nameserver
+    import dns.rdatatype
 
 namespace = Namespace("dns", "DNS look-ups")
 

@@ -1,10 +1,14 @@
 """Shared pytest fixtures."""
 
+import asyncio
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
 from vsl.server.dnsd import DnsServer
+from tests.support import mailsink
 
 ZONES = Path(__file__).parent / "zones"
 
@@ -40,3 +44,33 @@ def private_rabbitmq():
     from tests.support.rabbitmq import PrivateRabbitMQ
     with PrivateRabbitMQ() as broker:
         yield broker
+
+
+@pytest.fixture
+def make_queue(rabbitmq, tmp_path):
+    """``make(**options)``: an AmqpQueue on the session broker, on this test's own prefix
+    (``make.prefix``) and journal."""
+    from vsl.server.queue_amqp import AmqpQueue
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+
+    def make(**options) -> AmqpQueue:
+        options = dict(url=rabbitmq.url, prefix=prefix, journal=tmp_path / "journal",
+                       confirm_timeout=5.0, connect_timeout=2.0) | options
+        return AmqpQueue(**options)
+    make.prefix = prefix
+    return make
+
+
+@pytest.fixture
+def sink():
+    """A mail sink (tests/support/mailsink.py) in an event loop of its own thread, for
+    servers running in theirs."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    sink = asyncio.run_coroutine_threadsafe(mailsink.Sink().start(), loop).result(10)
+    yield sink
+    asyncio.run_coroutine_threadsafe(sink.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

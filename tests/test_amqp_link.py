@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from tests.test_queue_amqp import claim_soon, envelope, make_queue, opened, raw_channel  # noqa: F401
+from tests.test_queue_amqp import claim_soon, envelope, opened, raw_channel
 from vsl.cli import main
 from vsl.server.queue_amqp import AmqpQueue
 from vsl.server.queue_amqp_codec import Topology

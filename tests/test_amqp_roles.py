@@ -7,8 +7,8 @@ from dataclasses import replace
 
 from vsl.server.config import QueueConfig
 from tests.support.smtp_tools import wait_for
-from tests.test_roles import (ALL_ROLES, DELIVERY, RECEIVER, SIGNED, WORKER, maildir,  # noqa: F401
-                              roles_config, send, servers, sink)
+from tests.test_roles import (ALL_ROLES, DELIVERY, RECEIVER, SIGNED, WORKER, maildir,
+                              roles_config, send, servers)
 
 
 def amqp(config, rabbitmq):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 
 import aio_pika
 import pytest
@@ -17,19 +16,6 @@ from vsl.server.queue_amqp import AmqpQueue
 from vsl.server import queue_amqp
 from vsl.server.queue_amqp_codec import Topology, decode, delay_level, encode
 from vsl.server.queue_backend import QueueError, UnreadableEnvelope
-
-
-@pytest.fixture
-def make_queue(rabbitmq, tmp_path):
-    """AmqpQueue(**options) on the session broker, on this test's prefix and journal."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-
-    def make(**options) -> AmqpQueue:
-        options = dict(url=rabbitmq.url, prefix=prefix, journal=tmp_path / "journal",
-                       confirm_timeout=5.0, connect_timeout=2.0) | options
-        return AmqpQueue(**options)
-    make.prefix = prefix
-    return make
 
 
 def envelope(*addresses: str) -> Envelope:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -79,18 +78,6 @@ def store(monkeypatch) -> MemoryStore:
     return shared
 
 
-@pytest.fixture
-def sink():
-    """A mail sink in an event loop of its own thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    sink = asyncio.run_coroutine_threadsafe(Sink().start(), loop).result(10)
-    yield sink
-    asyncio.run_coroutine_threadsafe(sink.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
 
 
 def roles_config(tmp_path: Path, sink: Sink, dns_port: int = 1):
