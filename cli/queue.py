@@ -10,8 +10,8 @@ on (claimed by a worker or delivery) are neither counted nor listed; the output 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import click
 
@@ -123,7 +123,7 @@ def queue_show(mail_queue: QueueBackend, msg_id, eml) -> None:
 def _write_message(data: bytes) -> None:
     """A queued message on standard output: unchanged into a file or a pipe (``--eml >
     msg.eml`` is the message), escaped on a terminal (no escape sequence reaches it)."""
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     if not out.isatty():
         out.write(data)
         out.flush()
