@@ -165,6 +165,39 @@ def test_a_template_charges_what_its_helper_charges(name, args, max_string_size,
     assert fewest_operations(run) == fast
 
 
+
+OWED = textwrap.dedent("""\
+    fn one(a, b) { `${a}:${b}` }
+    fn two(a) { let s = `${a}<${a}>`; s.to_upper() + `${s}!` }
+""")
+OWED_CALLS = [("one", (7, "x")), ("one", ("a" * 2000, "b")), ("two", ("abc",)),
+              ("two", ("c" * 1500,))]
+
+
+@pytest.mark.parametrize("name, args", OWED_CALLS)
+@pytest.mark.parametrize("max_time", [0, 60])  # the first chunk: all, or 16 operations
+def test_a_template_without_a_budget_is_held_to_the_limit_at_its_position(name, args,
+                                                                         max_time):
+    """A straight-line entry point counts its templates' work in a local until it needs a
+    budget: N operations pass and N - 1 fail, as through Engine.run, with the error at the
+    template that went over."""
+    def error(limits, general=False):
+        script = new_engine(limits.with_changes(max_time=max_time)).load_source(OWED, "o.vsl")
+        try:
+            script._call(name, args) if general else script.call(name, *args)
+        except LimitError as err:
+            return err
+        return None
+
+    needed = fewest_operations(lambda limits: error(limits, general=True) is None)
+    assert error(Limits(max_operations=needed)) is None
+    for limit in (needed - 1, max(needed - 3, 1)):
+        fast, general = error(Limits(max_operations=limit)), \
+            error(Limits(max_operations=limit), general=True)
+        assert "too many operations" in fast.message
+        assert (fast.pos.line, fast.pos.col) == (general.pos.line, general.pos.col)
+
+
 NESTINGS = {  # each inline path nested in itself: its code must grow linearly
     "push": lambda x: f"a.push({x})",
     "index": lambda x: f"a[{x}]",

@@ -633,14 +633,18 @@ def _known_bool(e) -> bool:
 
 def _with_lazy_budget(node: py.AST) -> py.AST:
     """A copy of ``node`` in which each read of the budget ``_t`` makes it on first use,
-    ``(_t if _t is not None else (_t := _fresh()))``; subtrees without one are shared."""
+    ``(_t if _t is not None else (_t := _fresh(_room)))``, and each charge of a template's
+    text counts down ``_room`` while there is no budget (see _owed_text); subtrees without
+    either are shared."""
     if node.__class__ is py.Name:
         if node.id != "_t":
             return node
-        made = py_walrus("_t", py_call("_fresh"))
+        made = py_walrus("_t", py_call("_fresh", py_name("_room")))
         lazy = py.IfExp(py.Compare(py_name("_t"), [py.IsNot()], [py_const(None)]), py_name("_t"),
                         made)
         return located(lazy, (node.lineno, node.col_offset + 1))
+    if node.__class__ is py.Call and node.func.__class__ is py.Name and node.func.id == "_text":
+        return _owed_text(node, _with_lazy_budget(node.args[1]))
     changed = {}
     for field in node._fields:
         value = getattr(node, field, None)
@@ -658,6 +662,30 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field, value in changed.items():
         setattr(node, field, value)
     return node
+
+
+def _owed_text(charge: py.Call, text: py.expr) -> py.expr:
+    """The charge ``_text(_t, text, work)`` of a template (engine.charged_text) in a body
+    without a budget yet: the same count taken from the local ``_room`` (what a fresh
+    budget's first chunk would have left), a budget made only when it goes below 0, where
+    ``_fresh`` checks the limit as ``_text`` would, at the same position::
+
+        _text(_t, _tx, work) if (_tx := text) is None or _t is not None
+        else _tx if (_room := _room - 1 - ((_len(_tx) + work) >> 6)) >= 0
+        else (_t := _fresh(_room)) and _tx      # a budget is always true
+    """
+    work = charge.args[2]
+    cost = py.BinOp(py_const(1), py.Add(), py.BinOp(
+        py.BinOp(py_call("_len", py_name("_tx")), py.Add(), work), py.RShift(), py_const(6)))
+    counted = py_walrus("_room", py.BinOp(py_name("_room"), py.Sub(), cost))
+    over = py.BoolOp(py.And(), [py_walrus("_t", py_call("_fresh", py_name("_room"))),
+                                py_name("_tx")])
+    owed = py.IfExp(py.Compare(counted, [py.GtE()], [py_const(0)]), py_name("_tx"), over)
+    has_budget = py.BoolOp(py.Or(), [
+        py.Compare(py_walrus("_tx", text), [py.Is()], [py_const(None)]),
+        py.Compare(py_name("_t"), [py.IsNot()], [py_const(None)])])
+    charged = py_call("_text", py_name("_t"), py_name("_tx"), work)
+    return located(py.IfExp(has_budget, charged, owed), (charge.lineno, charge.col_offset + 1))
 
 
 class ModuleCompiler:
@@ -743,8 +771,9 @@ class ModuleCompiler:
         it starts and gives it back at the end; with closures the budget is also the
         call's context (``_enter``/``_leave``, where a closure's ``_state()`` finds it).
         Any other body runs without one, making a budget only on a slow path that needs it
-        (``_t`` is then ``None`` until ``(_t if _t is not None else (_t := _fresh()))``
-        sets it). ``self.uses`` says which (see _Fn.budget and _Fn.tick)."""
+        (``_t`` is then ``None`` until ``(_t if _t is not None else (_t := _fresh(_room)))``
+        sets it), its templates' charges counted down in the local ``_room`` meanwhile
+        (see _owed_text). ``self.uses`` says which (see _Fn.budget and _Fn.tick)."""
         body = fdef.body[_PROLOGUE:]  # shared with fdef: compile() does not change nodes
         uses, head, final = self.uses, [], []
         if "depth" in uses:
@@ -756,7 +785,7 @@ class ModuleCompiler:
                 head.append(py_assign("_token", py_call("_enter", py_name("_t"))))
                 final.insert(0, py.Expr(py_call("_leave", py_name("_token"))))
         elif "budget" in uses:
-            head.append(py_assign("_t", py_const(None)))
+            head += [py_assign("_t", py_const(None)), py_assign("_room", py_name("_ROOM"))]
             body = [_with_lazy_budget(s) for s in body]
         handler = py.ExceptHandler(py_name("_BaseException"), "_err", [
             py.Raise(py_call("_locate", py_name("_err")), py_const(None))])

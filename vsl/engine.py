@@ -373,8 +373,10 @@ class Script:
 def _budgets(State: type[ExecState]):
     """``take()``, ``give(state)`` and ``fresh()`` for the compiled entry points: a refilled
     budget from a pool (``list.pop`` is atomic: a budget is never shared by two calls),
-    its return, and a new one. A budget from take() or fresh() has already counted the
-    call's own operation."""
+    its return, and a new one. A budget from take() has already counted the call's own
+    operation; ``fresh(room)`` is one whose first chunk has ``room`` operations left (an
+    entry point counts down ``_ROOM``, the first chunk less the call's own operation, in a
+    local until it needs a budget: see ModuleCompiler.entry), checked if below 0."""
     pool: list[ExecState] = []
     pop, give = pool.pop, pool.append
     entry_n, rest, first_size = State.first - 1, State.rest, ExecState.FIRST
@@ -393,9 +395,11 @@ def _budgets(State: type[ExecState]):
             st.n, st.left = entry_n, rest
         return st
 
-    def fresh() -> ExecState:
+    def fresh(room: int) -> ExecState:
         st = State()
-        st.n -= 1
+        st.n = room
+        if room < 0:
+            st.slow()
         return st
 
     return take, give, fresh
@@ -627,7 +631,8 @@ class Engine:
             "_freeze": values.freeze, "_gget": _gget, "_throw": _throw, "_errval": _errval,
             "_Catch": ScriptError, "_UNDEF": _UNDEF, "_too_deep": self._too_deep,
             "_state": self.current_state, "_take": self._take, "_give": self._give,
-            "_fresh": self._fresh, "_enter": _STATE.set, "_leave": _STATE.reset,
+            "_fresh": self._fresh, "_ROOM": self.State.first - 1,
+            "_enter": _STATE.set, "_leave": _STATE.reset,
             "_locate": self.locate, "_BaseException": BaseException,
             SCRIPT_POSITION: frame_position,
             "int": int, "str": str, "dict": dict, "list": list, "_len": len,
