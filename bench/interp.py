@@ -245,7 +245,7 @@ def main() -> None:
     words = [f"x-{i}" if i % 3 == 0 else f"word{i}" for i in range(1000)]
     calls = 4000
     loop_code, py_check = py_loop(100_000)
-    check = script.function("check", 4)
+    check, limited_check = script.function("check", 4), limited.function("check", 4)
     senders = ["a@x.example", "b@y.example", "c@spam.example", "d@z.example"]
     # a host looks a stage function up once (Script.function) and calls it per message
     policy, limited_policy, stage = (script.function("policy"), limited.function("policy"),
@@ -268,6 +268,11 @@ def main() -> None:
         ("fib(20) recursion", 1, lambda: script.call("fib", 20), lambda: py_fib(20)),
         ("4 arguments (per call)", calls,
          lambda: [check(senders[i & 3], "postmaster@here", "fail", {}) for i in range(calls)],
+         lambda: [py_check(senders[i & 3], "postmaster@here", "fail", {})
+                  for i in range(calls)]),
+        ("4 args, default limits", calls,
+         lambda: [limited_check(senders[i & 3], "postmaster@here", "fail", {})
+                  for i in range(calls)],
          lambda: [py_check(senders[i & 3], "postmaster@here", "fail", {})
                   for i in range(calls)]),
         ("top-level loop 100k", 1, lambda: engine.load_source(loop_script(100_000), "loop.vsl"),

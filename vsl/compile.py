@@ -37,7 +37,8 @@ The hard decisions, and why:
   walking method, freezing a constant) is passed ``_t`` and charges that
   work itself. What a function uses is recorded (``uses``): a function with
   no loop, no script call and no growing step is ``quick`` (the server runs it
-  on the event loop), and an entry point makes its budget lazily.
+  on the event loop), and an entry point makes its budget lazily, counting its
+  templates' work in a local until then (exactly what the budget would count).
 - Expressions that need statements (``if``/``switch``/block values, ``??``,
   ``&&`` with a statement on its right, closures) write them before the
   expression; ``seq`` spills earlier operands to temporaries first, so
