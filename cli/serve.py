@@ -31,6 +31,7 @@ from .zones import dns_override_option, zone_option, zones_served
 @zone_option
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
 @click.option("--workers", metavar="N|auto",
+              callback=lambda _ctx, _param, option: workers_count(option),
               help="Server processes accepting on the same listeners (auto: one per core).")
 @click.option("--role", type=click.Choice(["all", "receiver", "worker", "delivery"]),
               default="all", show_default=True,
@@ -53,6 +54,20 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
         _serve(serve_config(config_path, **options), role)
+
+
+def workers_count(option: str | None) -> int | None:
+    """The processes ``--workers N|auto`` asks for (None without it); a usage error for
+    anything else."""
+    from vsl.server import config as config_module  # (the mail model: slow to import)
+
+    if option is None:
+        return None
+    try:
+        return config_module.parse_workers(int(option) if option.isdigit() else option,
+                                           "--workers")
+    except config_module.ConfigError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def local_config(config_path: str | None):
@@ -96,8 +111,7 @@ def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overri
             changes["dns"] = replace(changes.get("dns", config.dns), override=tuple(
                 config_module.nameserver(a, "--dns-override") for a in dns_override))
         if workers:
-            changes["workers"] = config_module.parse_workers(
-                int(workers) if workers.isdigit() else workers, "--workers")
+            changes["workers"] = workers
         return replace(config, **changes)
     except config_module.ConfigError as err:
         raise click.ClickException(str(err)) from None

@@ -81,9 +81,11 @@ def test_workers_refuses_other_values(value):
 
 
 def test_the_workers_option_takes_auto_or_a_number():
-    from vsl.cli.serve import serve_config
+    import click
 
-    def workers(option: str) -> int:
-        return serve_config(None, None, (), None, None, (), None, option).workers
-    assert workers("auto") == parse_workers("auto", "server.workers")
-    assert workers("2") == 2
+    from vsl.cli.serve import workers_count
+    assert workers_count("auto") == parse_workers("auto", "server.workers")
+    assert workers_count("2") == 2
+    assert workers_count(None) is None
+    with pytest.raises(click.BadParameter):
+        workers_count("many")
