@@ -5,6 +5,7 @@ hold queue, and a bare aiosmtpd sink that discards them, in the same run.
     python bench/throughput.py [--messages 10000] [--sessions 4,16] [--sizes 10k,100k]
     python bench/throughput.py --quick          # 1,000 messages: a try-out in a minute or two
     python bench/throughput.py --receivers 1,2  # a vSL column per [server] workers value
+    python bench/throughput.py --event-loops asyncio,uvloop  # a vSL column per event loop
     python bench/throughput.py --backend spool,rabbitmq --receivers 1,2 --sessions 16 \
         --sizes 10k                             # issue 16: the broker against the spool
 
@@ -19,6 +20,8 @@ hold queue, and a bare aiosmtpd sink that discards them, in the same run.
   - --receivers N: `[server] workers = N`, N processes accepting on one port (the kernel
     spreads the connections), so smtp-source needs no split. With the spool, child 0 also
     runs delivery, idle here.
+  - --event-loops: `[server] event_loop` of each vSL column (default: the configured
+    default, "auto": uvloop where installed).
 * Postfix: a throw-away instance in a temporary directory (its own config_directory,
   queue_directory and data_directory, `inet_interfaces = 127.0.0.1`, smtpd on a free port,
   `smtpd_recipient_restrictions = static:hold`, discard transports), started and stopped with
@@ -253,10 +256,11 @@ class VslServer(ProcessServer):
 
     backend = "spool"
 
-    def __init__(self, work: Path, receivers: int = 1):
-        self.receivers = receivers
-        self.name = f"vSL {self.backend}" + (f" x{receivers}" if receivers > 1 else "")
-        self.work = work / f"vsl-{self.backend}-x{receivers}"
+    def __init__(self, work: Path, receivers: int = 1, event_loop: str = "auto"):
+        self.receivers, self.event_loop = receivers, event_loop
+        self.name = (f"vSL {self.backend}" + ("" if event_loop == "auto" else f" {event_loop}")
+                     + (f" x{receivers}" if receivers > 1 else ""))
+        self.work = work / f"vsl-{self.backend}-{event_loop}-x{receivers}"
         self.scripts = self.work / "scripts"
         self.queue = self.work / "queue"
         self.log = self.work / "server.log"
@@ -267,7 +271,7 @@ class VslServer(ProcessServer):
                 "--queue-dir", str(self.queue), "--hostname", "example.test"]
 
     def config(self) -> str:
-        return (f"[server]\nworkers = {self.receivers}\n\n"
+        return (f"[server]\nworkers = {self.receivers}\nevent_loop = \"{self.event_loop}\"\n\n"
                 "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n")
 
     def start(self) -> None:
@@ -501,7 +505,7 @@ class SinkServer(ProcessServer):
 
 
 VSL_BACKENDS = {"spool": VslServer, "rabbitmq": AmqpVslServer}
-NAME_WIDTH = len("vSL rabbitmq x2")
+NAME_WIDTH = len("vSL rabbitmq asyncio x2")
 
 
 # ---- load -----------------------------------------------------------------------------------
@@ -749,6 +753,9 @@ def main() -> int:
     parser.add_argument("--receivers", type=int_list, default=[1],
                         help="vSL processes accepting mail ([server] workers), "
                              "comma-separated: one vSL column each (default 1)")
+    parser.add_argument("--event-loops", type=lambda t: t.split(","), default=["auto"],
+                        help="vSL's [server] event_loop, comma-separated: auto, asyncio, "
+                             "uvloop; one vSL column each (default auto)")
     parser.add_argument("--backend", type=backend_list, default=["spool"],
                         help="vSL's queue, comma-separated: spool, rabbitmq (a private "
                              "broker per column); one vSL column each (default spool)")
@@ -767,8 +774,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vsl-throughput-", dir="/tmp"))
     work.chmod(0o755)  # Postfix's daemons (user postfix) reach their queue through it
-    servers = [VSL_BACKENDS[backend](work, n) for backend in args.backend
-               for n in args.receivers] if "vsl" in wanted else []
+    servers = [VSL_BACKENDS[backend](work, n, loop) for backend in args.backend
+               for n in args.receivers for loop in args.event_loops] if "vsl" in wanted else []
     servers += [kinds[k](work) for k in wanted if k != "vsl"]
 
     def stop_all() -> None:

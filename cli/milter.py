@@ -34,4 +34,5 @@ def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> Non
         click.echo(f"the scripts do not lint:\n{err}", err=True)
         sys.exit(1)
 
-    serve_until_interrupted(server, lambda: click.echo(f"vsl: milter listening on {server.address}"))
+    serve_until_interrupted(
+        server, lambda: click.echo(f"vsl: milter listening on {server.address}"), config.event_loop)

@@ -55,4 +55,4 @@ def _run(config, listen: tuple[str, int]) -> None:
         sys.exit(1)
 
     serve_until_interrupted(service, lambda: click.echo(
-        "vsl: policy service listening on {}:{}".format(*service.address)))
+        "vsl: policy service listening on {}:{}".format(*service.address)), config.event_loop)

@@ -30,8 +30,9 @@ from .zones import dns_override_option, zone_option, zones_served
 @dns_override_option
 @zone_option
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="Server processes accepting on the same listeners.")
+@click.option("--workers", metavar="N|auto",
+              callback=lambda _ctx, _param, option: workers_count(option),
+              help="Server processes accepting on the same listeners (auto: one per core).")
 @click.option("--role", type=click.Choice(["all", "receiver", "worker", "delivery"]),
               default="all", show_default=True,
               help="What this process runs: the listeners up to on_pre_queue (receiver), "
@@ -53,6 +54,20 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
         _serve(serve_config(config_path, **options), role)
+
+
+def workers_count(option: str | None) -> int | None:
+    """The processes ``--workers N|auto`` asks for (None without it); a usage error for
+    anything else."""
+    from vsl.server import config as config_module  # (the mail model: slow to import)
+
+    if option is None:
+        return None
+    try:
+        return config_module.parse_workers(int(option) if option.isdigit() else option,
+                                           "--workers")
+    except config_module.ConfigError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def local_config(config_path: str | None):
@@ -126,16 +141,16 @@ def _serve(config, role: str) -> None:
             click.echo(f"vsl: {listener.kind} listening on {address[0]}:{address[1]}")
 
     try:
-        serve_until_interrupted(server, announce)
+        serve_until_interrupted(server, announce, config.event_loop)
     except QueueError as err:  # the broker refused the login: retrying cannot heal it
         raise click.ClickException(str(err)) from None
 
 
-def serve_until_interrupted(server, announce) -> None:
+def serve_until_interrupted(server, announce, loop: str) -> None:
     """Start ``server``, call ``announce()`` (where it listens), serve until Ctrl-C or
-    SIGTERM (`vsl serve`, `vsl policyd`, `vsl milter`); an address that cannot be bound is
-    a ClickException."""
-    import asyncio
+    SIGTERM (`vsl serve`, `vsl policyd`, `vsl milter`) on the event loop ``loop``
+    ([server] event_loop); an address that cannot be bound is a ClickException."""
+    from vsl.server import event_loop
 
     async def run():
         await server.start()
@@ -143,7 +158,7 @@ def serve_until_interrupted(server, announce) -> None:
         await server.serve_forever()
 
     try:
-        asyncio.run(run())
+        event_loop.run(run(), loop)
     except KeyboardInterrupt:
         pass
     except OSError as err:

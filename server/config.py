@@ -26,11 +26,14 @@ from vsl.errors import ScriptError
 from vsl.limits import Limits
 from vsl.resolve import closest
 
+from . import event_loop
+
 if TYPE_CHECKING:
     from vsl.stdlib.dns import DnsDefaults
 
 LISTENER_KINDS = ("smtp", "submission", "smtps")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+AUTO_WORKERS_MAX = 8  # workers = "auto": one process per core, at most this many
 DEFAULT_FALLBACK = "451 4.3.0 Temporary local problem, try again later"
 
 log = logging.getLogger("vsl.server")
@@ -235,6 +238,7 @@ class Config:
     queue_dir: Path = Path("queue")
     fallback_reply: str = DEFAULT_FALLBACK
     workers: int = 1                     # server processes (server/workers.py)
+    event_loop: str = "auto"             # server/event_loop.py: "auto", "asyncio", "uvloop"
     script_threads: int = 4              # threads running stage functions that may run long
     listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
     tls: TlsConfig = TlsConfig()
@@ -517,6 +521,13 @@ def _convert(value, kind, key: str, base: Path):
         return _string(value, key)
     if kind == "reply":
         return _reply(value, key)
+    if kind == "workers":
+        return parse_workers(value, key)
+    if kind == "event_loop":
+        if value not in event_loop.CHOICES:
+            raise ConfigError(f"{key}: must be one of {', '.join(event_loop.CHOICES)}, "
+                              f"not {value!r}")
+        return value
     if kind == "nameservers":
         return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "redis_url":
@@ -533,8 +544,8 @@ def _convert(value, kind, key: str, base: Path):
 
 
 _SERVER_SCHEMA = {"hostname": str, "local_domains": "strings", "scripts": "path",
-                  "queue_dir": "path", "fallback_reply": "reply", "workers": "int",
-                  "script_threads": "int"}
+                  "queue_dir": "path", "fallback_reply": "reply", "workers": "workers",
+                  "script_threads": "int", "event_loop": "event_loop"}
 _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "journal": "path",
                     "relay": "route",
                     "retry_first": "float", "retry_max": "float", "max_age": "float",
@@ -577,7 +588,7 @@ def _schemas() -> Iterator[tuple[str, dict]]:
 
 # Limits where 0 would lock everyone out or mean nothing (message_size 0 is "no limit",
 # and 0 means "unlimited" for the script limits, as in Rhai).
-_MINIMUM = {"server.workers": 1, "server.script_threads": 1, "auth.failure_limit": 1,
+_MINIMUM = {"server.script_threads": 1, "auth.failure_limit": 1,
             "auth.throttle_entries": 1,
             **{f"limits.{k}": 1 for k in ("recipients", "connections", "connections_per_ip",
                                            "errors", "header_fields", "header_section_size",
@@ -610,6 +621,16 @@ def _array(value, key: str) -> list:
 def _string(value, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, not {value!r}")
+    return value
+
+
+def parse_workers(value, key: str) -> int:
+    """``[server] workers`` (or ``--workers``): a number >= 1, or "auto" (one process per
+    core, at most AUTO_WORKERS_MAX)."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}: must be \"auto\" or an integer >= 1, not {value!r}")
     return value
 
 

@@ -97,8 +97,8 @@ class Policy:
         changes: the watcher's task, to cancel when serving ends."""
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
-        except (NotImplementedError, RuntimeError):
-            pass  # not the main thread, or no signals here
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (uvloop: ValueError), or no signals here
         return asyncio.ensure_future(self.watch())
 
     def _files_stamp(self) -> tuple:

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import replace
 
+from . import event_loop
 from .app import ALL_ROLES, Server, recover_queue
 from .config import Config, Listener
 from .queues import open_queue
@@ -100,7 +101,7 @@ class Workers:
         except BaseException:
             self.close()
             raise
-        self.shared = asyncio.run(_recover(self.config))
+        self.shared = event_loop.run(_recover(self.config), self.config.event_loop)
 
     def run(self) -> int:
         """Start the workers and look after them until SIGTERM or SIGINT; returns the exit
@@ -187,7 +188,8 @@ class Workers:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
             config = child_config(self.config, index, self.shared)
-            asyncio.run(_serve(Server(config, roles=self.roles), self.sockets))
+            event_loop.run(_serve(Server(config, roles=self.roles), self.sockets),
+                           config.event_loop, announce=False)
             status = 0
         except BaseException:  # noqa: BLE001 - logged; the parent starts it again
             log.exception("worker %d failed", index)

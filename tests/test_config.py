@@ -29,6 +29,7 @@ queue_dir = "/var/spool/vsl"
 fallback_reply = "421 4.3.0 Come back later"
 workers = 3
 script_threads = 2
+event_loop = "asyncio"
 
 [tls]
 certificate = "certs/cert.pem"
@@ -160,6 +161,7 @@ def test_every_section_and_key_parses(tmp_path):
     assert config.fallback_reply == "421 4.3.0 Come back later"
     assert config.workers == 3
     assert config.script_threads == 2
+    assert config.event_loop == "asyncio"
     assert config.listen == (Listener("127.0.0.1", 2525, "smtp"),
                              Listener("::1", 587, "submission"),
                              Listener("0.0.0.0", 465, "smtps"))
@@ -261,6 +263,8 @@ BAD_VALUES = [
     ({"server": {"workers": "2"}}, "server.workers"),
     ({"server": {"workers": 1.5}}, "server.workers"),
     ({"server": {"workers": True}}, "server.workers"),
+    ({"server": {"workers": "many"}}, "server.workers"),
+    ({"server": {"event_loop": "trio"}}, "server.event_loop"),
     ({"server": {"script_threads": 0}}, "server.script_threads"),
     ({"server": "mx.test"}, "server"),
     # listen

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from vsl.server import event_loop
 from vsl.server.app import Server
 from vsl.server.config import Config, DeliveryConfig, Listener
 
@@ -23,8 +25,9 @@ def running(config: Config):
 @contextmanager
 def in_thread(server):
     """Run ``server`` (its ``start()``, then ``serve_forever()``) in an event loop of its
-    own thread; ``server.loop`` is that loop. Cancelled on exit."""
-    loop = asyncio.new_event_loop()
+    own thread; ``server.loop`` is that loop (asyncio's, or VSL_EVENT_LOOP's: "uvloop"
+    runs the server tests under uvloop). Cancelled on exit."""
+    loop = event_loop.loop_factory(os.environ.get("VSL_EVENT_LOOP", "asyncio"))()
     started = threading.Event()
     failure: list[BaseException] = []
 
