@@ -124,7 +124,9 @@ def test_login_refused_exits_at_once(tmp_path, rabbitmq, change, why):
     output = (tmp_path / "serve-1.log").read_text()
     shown = rabbitmq.url_with(**change).replace(f":{change.get('password', 'secret')}@",
                                                 ":***@")
-    assert output.strip() == f"Error: queue.url {shown}: {why}"
+    *logged, error = output.strip().splitlines()
+    assert error == f"Error: queue.url {shown}: {why}"
+    assert all(" INFO " in line for line in logged), logged  # no error or traceback before it
     assert "secret" not in output and "wrong" not in output
 
 
