@@ -264,6 +264,12 @@ class Config:
         return self.bounce.learned or self.queue_dir.parent / "learned-bounces.jsonl"
 
     @property
+    def journal_path(self) -> Path:
+        """The delivery journal: ``[delivery] journal``, else delivered.journal in the
+        queue directory."""
+        return self.delivery.journal or self.queue_dir / "delivered.journal"
+
+    @property
     def domains(self) -> tuple[str, ...]:
         """The domains this server accepts mail for without a policy script."""
         return tuple(d.lower() for d in (self.local_domains or (self.hostname,)))

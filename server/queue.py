@@ -278,7 +278,7 @@ class Spool:
     @classmethod
     def of(cls, config: Config) -> Spool:
         """The spool of ``config``: its queue directory and delivery journal."""
-        return cls(config.queue_dir, config.delivery.journal)
+        return cls(config.queue_dir, config.journal_path)
 
     async def open(self) -> None:
         """Nothing to connect: the directories exist from the constructor on."""

@@ -97,8 +97,7 @@ class AmqpQueue:
             url = queue.resolved_url()
         except ValueError as err:
             raise QueueError(str(err)) from None
-        return cls(url, queue.prefix, config.delivery.journal or
-                   config.queue_dir / "delivered.journal", queue.queue_type,
+        return cls(url, queue.prefix, config.journal_path, queue.queue_type,
                    queue.confirm_timeout, queue.connect_timeout,
                    prefetch_for(config.delivery.concurrency, config.limits.message_size))
 

@@ -208,8 +208,8 @@ def child_config(config: Config, index: int, shared: bool) -> Config:
         return config
     if not shared:
         return replace(config, delivery=replace(delivery, enabled=False))
-    journal = delivery.journal or config.queue_dir / "delivered.journal"
-    journal = journal.with_name(f"{journal.stem}-{index}{journal.suffix}")
+    journal = config.journal_path.with_name(
+        f"{config.journal_path.stem}-{index}{config.journal_path.suffix}")
     return replace(config, delivery=replace(delivery, journal=journal))
 
 
