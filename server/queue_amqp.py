@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .envelope import Envelope
@@ -139,8 +139,7 @@ class AmqpQueue:
         """Publish a new message; its id, once the broker has confirmed it."""
         check_queue(queue)
         msg_id = msg_id or new_id()
-        stored = Envelope.from_json(envelope.to_json())
-        stored.id, stored.received_at = msg_id, stored.received_at or time.time()
+        stored = replace(envelope, id=msg_id, received_at=envelope.received_at or time.time())
         await self._publish(stored, data, queue, msg_id)
         return msg_id
 

@@ -121,7 +121,7 @@ def delay_level(seconds: float) -> int:
 def encode(envelope: Envelope, data: bytes, queue: str, msg_id: str) -> dict:
     """The keyword arguments of ``aio_pika.Message`` for one queued message. The
     session's hand-off (``context``) is for on_post_queue: it stays only in ``working``."""
-    if queue != "working" and getattr(envelope, "context", None) is not None:
+    if queue != "working" and envelope.context is not None:
         envelope = dataclasses.replace(envelope, context=None)
     headers = {"x-vsl-format": FORMAT, COPY: secrets.token_hex(8)}
     if queue.startswith(QUARANTINE):
