@@ -48,7 +48,8 @@ class ClaimLoop:
         self.active: dict[str, asyncio.Task] = {}
         self._releases: set[asyncio.Task] = set()  # claims being ended (see _done)
         self._returns: dict[str, int] = {}  # claimed id -> its quick returns so far
-        self._released_at: dict[str, tuple[float, int]] = {}  # id -> (released at, returns)
+        # id -> (released at, returns), in release order (a claim pops its id)
+        self._released_at: dict[str, tuple[float, int]] = {}
         self._task: asyncio.Task | None = None
         self._freed = asyncio.Event()  # a task ended
 
@@ -116,12 +117,20 @@ class ClaimLoop:
         """How long to wait before working on ``msg_id`` (see the module docstring)."""
         now = time.monotonic()
         released_at, returns = self._released_at.pop(msg_id, (None, 0))
-        self._released_at = {i: r for i, r in self._released_at.items()
-                             if now - r[0] < RETRY_WINDOW}
+        self._forget_releases(now)
         returns = returns + 1 if released_at is not None and \
             now - released_at < RETRY_WINDOW else 0
         self._returns[msg_id] = returns
         return min(FIRST_PAUSE * 2 ** (returns - 1), MAX_PAUSE) if returns else 0.0
+
+    def _forget_releases(self, now: float) -> None:
+        """Drop the releases older than RETRY_WINDOW: the oldest first (the dict is in
+        release order), stopping at the first recent one."""
+        while self._released_at:
+            oldest = next(iter(self._released_at))
+            if now - self._released_at[oldest][0] < RETRY_WINDOW:
+                return
+            del self._released_at[oldest]
 
     async def _after(self, pause: float, entry: Entry) -> None:
         await asyncio.sleep(pause)
