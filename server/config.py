@@ -27,6 +27,9 @@ from vsl.limits import Limits
 from vsl.resolve import closest
 
 from . import event_loop
+from .observability_config import (LOG_SCHEMA, METRICS_SCHEMA, MINIMUM as _OBSERVE_MINIMUM,
+                                   LogConfig, MetricsConfig, ObservabilityError,
+                                   problems as observability_problems, script_metrics)
 
 if TYPE_CHECKING:
     from vsl.stdlib.dns import DnsDefaults
@@ -250,6 +253,8 @@ class Config:
     bounce: BounceConfig = BounceConfig()
     state: StateConfig = StateConfig()
     queue: QueueConfig = QueueConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
 
     @property
     def state_path(self) -> Path:
@@ -376,6 +381,12 @@ def _conflicts(config: Config) -> Iterator[str]:
         yield f"dns.config: unknown resolver config '{config.dns.config}'"
     yield from _state_conflicts(config.state)
     yield from _queue_conflicts(config)
+    if config.metrics.listen:
+        try:
+            parse_listen(config.metrics.listen, key="metrics.listen")
+        except ConfigError as err:
+            yield str(err)
+    yield from observability_problems(config.metrics, config.log)
 
 
 def _state_conflicts(state: StateConfig) -> Iterator[str]:
@@ -538,6 +549,11 @@ def _convert(value, kind, key: str, base: Path):
         return tuple(nameserver(_string(v, key), key) for v in _array(value, key))
     if kind == "redis_url":
         return checked_url(_string(value, key), key, redis_url_problem)
+    if kind == "script_metrics":
+        try:
+            return script_metrics(value, key)
+        except ObservabilityError as err:
+            raise ConfigError(str(err)) from None
     if kind == "route":
         from vsl.stdlib.transport import RELAY_KINDS, parse_route
 
@@ -581,7 +597,9 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
              "queue": (QueueConfig, {"backend": str, "url": str, "url_file": "path",
                                      "url_env": str, "prefix": str, "queue_type": str,
                                      "confirm_timeout": "float",
-                                     "connect_timeout": "float"})}
+                                     "connect_timeout": "float"}),
+             "metrics": (MetricsConfig, METRICS_SCHEMA),
+             "log": (LogConfig, LOG_SCHEMA)}
 _SECTION_NAMES = ("server", "listen", *_SECTIONS)
 
 
@@ -601,7 +619,8 @@ _MINIMUM = {"server.script_threads": 1, "auth.failure_limit": 1,
                                            "header_field_size", "received_headers")},
             **{f"delivery.{k}": 1 for k in ("concurrency", "destination_concurrency",
                                             "mx_port", "mx_address_limit",
-                                            "mx_session_limit", "mx_host_limit")}}
+                                            "mx_session_limit", "mx_host_limit")},
+            **_OBSERVE_MINIMUM}
 _POSITIVE = {"limits.command_timeout", "limits.data_timeout", "limits.idle_session",
              "dns.timeout", "state.timeout", "queue.confirm_timeout",
              "queue.connect_timeout",

@@ -194,8 +194,9 @@ def test_the_full_example_covers_every_key():
         assert set(data[section]) == {f.name for f in fields(cls)}, section
     server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
                                                       "script_limits", "delivery", "bounce",
-                                                      "state", "queue"}
-    # ([state] and [queue]: tests/test_state_config.py, tests/test_config_queue.py)
+                                                      "state", "queue", "metrics", "log"}
+    # ([state], [queue], [metrics], [log]: tests/test_state_config.py,
+    # tests/test_config_queue.py, tests/test_config_observability.py)
     assert set(data["server"]) == server_keys
 
 
