@@ -7,9 +7,11 @@ server's ``[metrics]`` endpoint as ``vsl_script_<name>_total``.
     help = "messages over the spam threshold"
     labels = { reason = ["rbl", "content"], stage = ["rcpt", "data"] }
 
-A call names a declared metric and gives exactly its declared label keys; a value
-outside a label's declared set is counted as ``other`` (and logged once), so a counter
-never holds more series than its declaration allows.
+A call names a declared metric and gives exactly its declared label keys, both as
+literals (`vsl serve`, and `vsl lint --config vsl.toml`, check them against the
+declarations); a value outside a label's declared set is counted as ``other`` (and
+logged once), so a counter never holds more series than its declaration allows. While
+the server's metrics are off, calls are checked and count nothing.
 """
 # Checked twice: `vsl lint` (so `vsl serve` at start and at each reload) checks literal
 # names, keys and values against the declarations bound by namespace_for; a call checks
