@@ -60,32 +60,35 @@ class Counters:
     def __init__(self, declarations: Iterable[Declaration] | None):
         self.declared = None if declarations is None else \
             {m.name: m for m in declarations}
-        self.allowed = {name: {key: frozenset(values) for key, values in m.labels}
+        # name -> (exported name, {label key: its allowed values}): one look-up a call
+        self.counted = {name: (m.exported_name,
+                               {key: frozenset(values) for key, values in m.labels})
                         for name, m in (self.declared or {}).items()}
-        self.warned: set[tuple[str, str]] = set()
+        self.warned: set[tuple[str, str, str]] = set()
 
     def count(self, where: str, name, labels, amount: int) -> None:
         """Add ``amount`` to the metric ``name`` with ``labels`` (checked; see module)."""
         if self.declared is None:
             return
-        metric = self.declared.get(name) if isinstance(name, str) else None
-        if metric is None:
+        found = self.counted.get(name) if type(name) is str else None
+        if found is None:
             raise ScriptError(f"{where}: {_undeclared(name, labels)}")
-        problem = _keys_problem(metric, labels)
-        if problem:
-            raise ScriptError(f"{where}: {problem}")
-        allowed = self.allowed[name]
-        telemetry.count(metric.exported_name, amount,
-                        **{key: self._bounded(name, key, labels[key], values)
-                           for key, values in allowed.items()})
+        exported, allowed = found
+        if labels is None:
+            labels = {}
+        if not isinstance(labels, dict) or labels.keys() != allowed.keys():
+            raise ScriptError(f"{where}: {_keys_problem(self.declared[name], labels)}")
+        telemetry.count(exported, amount, **{
+            key: value if type(value) is str and value in values
+            else self._other(name, key, value)
+            for key, values in allowed.items() for value in (labels[key],)})
 
-    def _bounded(self, name: str, key: str, value, values: frozenset) -> str:
-        """``value`` if declared for ``key``, else "other" (warned of once)."""
-        if isinstance(value, str) and value in values:
-            return value
+    def _other(self, name: str, key: str, value) -> str:
+        """"other", for ``value`` given to ``key`` outside its declared values (warned of
+        once)."""
         shown = repr(value)[:80]
-        if (name, shown) not in self.warned and len(self.warned) < MAX_WARNED:
-            self.warned.add((name, shown))
+        if (name, key, shown) not in self.warned and len(self.warned) < MAX_WARNED:
+            self.warned.add((name, key, shown))
             log.warning("metrics: %s: label %s=%s is not declared in "
                         "[metrics.script.%s]: counted as \"other\"", name, key, shown, name)
         return OTHER
@@ -95,18 +98,20 @@ UNDECLARED = Counters(None)
 
 
 def _labels_text(labels) -> str:
+    """" labels = { k = [...] }" for the keys of a map ``labels`` (for a fix to copy)."""
     keys = list(labels) if isinstance(labels, dict) else []
     return f" labels = {{ {', '.join(f'{k} = [...]' for k in keys)} }}" if keys else ""
 
 
 def _undeclared(name, labels) -> str:
+    """Why ``name`` names no declared metric, and how to declare it."""
     if not isinstance(name, str):
         return "the metric's name must be a string, e.g. metrics::inc(\"spam_hit\")"
     return f"metric '{name}' is not declared: " + _FIX.format(name=name,
                                                                labels=_labels_text(labels))
 
 
-def _keys_problem(metric: Declaration, labels) -> str | None:
+def _keys_problem(metric: Declaration, labels: dict | None) -> str | None:
     """Why ``labels`` are not a map with exactly ``metric``'s label keys, or None."""
     if labels is None:
         labels = {}
@@ -133,9 +138,9 @@ def _amount_problem(amount) -> str | None:
     return None
 
 
-def _label_count(name, labels=None, amount=1) -> int:
-    """The work of a call: one step per label."""
-    return len(labels) if isinstance(labels, dict) else 0
+def _one_step(*args) -> int:
+    """The work of a call: one operation (its labels are few, bounded by declaration)."""
+    return 0
 
 
 def _lint(counters: Counters, args) -> str | None:
@@ -169,7 +174,7 @@ def _values_problem(metric: Declaration, labels: dict) -> str | None:
     return None
 
 
-@namespace.native(check=partial(_lint, UNDECLARED), charges=_label_count)
+@namespace.native(check=partial(_lint, UNDECLARED), charges=_one_step)
 def inc(name, labels=None, *, counters: Counters = UNDECLARED) -> None:
     """inc(name, labels?): add 1 to the metric ``name`` declared in vsl.toml
     [metrics.script.NAME], with a map of exactly its declared labels (a value outside a
@@ -177,7 +182,7 @@ def inc(name, labels=None, *, counters: Counters = UNDECLARED) -> None:
     counters.count("metrics::inc", name, labels, 1)
 
 
-@namespace.native(check=partial(_lint, UNDECLARED), charges=_label_count)
+@namespace.native(check=partial(_lint, UNDECLARED), charges=_one_step)
 def add(name, labels, amount, *, counters: Counters = UNDECLARED) -> None:
     """add(name, labels, amount): add ``amount`` (an integer from 1 to 1000000) to the
     metric ``name``, as inc adds 1."""
