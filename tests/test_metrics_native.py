@@ -145,6 +145,53 @@ def test_engines_do_not_share_declarations(sink):
         script('fn f() { metrics::inc("seen") }', declared=()).call("f")
 
 
+# -- the server ----------------------------------------------------------------------
+
+TRANSCRIPT = """\
+# config: vsl.toml
+S: 220 *
+C: HELO client.test
+S: 250 *
+C: MAIL FROM:<alice@example.org>
+S: 250 *
+C: RCPT TO:<one@example.test>
+S: 250 *
+C: RCPT TO:<spam@example.test>
+S: 550 *
+C: RCPT TO:<two@example.test>
+S: 250 *
+C: QUIT
+S: 221 *
+"""
+COUNTING_POLICY = """\
+fn on_rcpt_to(ctx) {
+    metrics::inc("seen");
+    if ctx.rcpt.local_part == "spam" {
+        metrics::add("spam_hit", #{ reason: "content", stage: "rcpt" }, 2);
+        return status::deny("550 5.7.1 spam");
+    }
+    status::next()
+}
+"""
+
+
+def test_the_server_counts_declared_metrics_of_its_config(tmp_path, sink):
+    """A session's N recipients move the declared counter by N (server/scripting.py
+    passes config.metrics.script to the engine)."""
+    from vsl.server.transcript import parse, replay
+
+    scripts = policy(tmp_path, COUNTING_POLICY)
+    (tmp_path / "vsl.toml").write_text(CONFIG + '[server]\nlocal_domains = ["example.test"]\n')
+    (tmp_path / "s.transcript").write_text(TRANSCRIPT)
+    outcome = replay(parse(tmp_path / "s.transcript"), scripts)
+    assert outcome.problems == []
+    assert sink.counts == [
+        ("vsl_script_seen_total", 1, {}),
+        ("vsl_script_seen_total", 1, {}),
+        ("vsl_script_spam_hit_total", 2, {"reason": "content", "stage": "rcpt"}),
+        ("vsl_script_seen_total", 1, {})]
+
+
 # -- the command line -----------------------------------------------------------------
 
 def policy(tmp_path: Path, source: str) -> Path:
