@@ -16,6 +16,7 @@ from vsl.lint import (Linter, empty_paths, format_concise, format_full, format_j
 from vsl.stdlib import new_engine
 from vsl.syntax import line_of
 
+from .serve import local_config
 from .zones import zone_option, zones_served
 
 
@@ -25,7 +26,10 @@ from .zones import zone_option, zones_served
               show_default=True,
               help="full: each finding with its source line and a caret; concise: one line "
                    "each (path:line:col: level: message [code]); json: an array.")
-def lint(paths, fmt) -> None:
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="The server's vsl.toml: check metrics:: calls against its "
+                   "[metrics.script.NAME] declarations (without it they are not checked).")
+def lint(paths, fmt, config_path) -> None:
     """Check .vsl files (or directories of them) without running them.
 
     Exit status 1 if any error was found (a directory of vSMTP .rhai scripts and no .vsl
@@ -35,7 +39,8 @@ def lint(paths, fmt) -> None:
 
     files = script_files(paths)
     entries = entry_points()
-    linter = Linter(new_engine(), entries)
+    declared = local_config(config_path).metrics.script if config_path else None
+    linter = Linter(new_engine(script_metrics=declared), entries)
     findings = empty_paths(paths, entries.foreign_scripts) + \
         [d for f in files for d in linter.lint_file(f)]
     if fmt == "json":
@@ -45,7 +50,13 @@ def lint(paths, fmt) -> None:
             click.echo(format_full(findings, linter.sources) if fmt == "full"
                        else format_concise(findings))
         click.echo(summary(findings, len(files)), err=True)
+    if declared is None and any("metrics::" in s for s in linter.sources.values()):
+        click.echo(UNCHECKED_METRICS_NOTE, err=True)
     sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
+
+
+UNCHECKED_METRICS_NOTE = ("note: metrics:: names and labels were not checked: give "
+                          "--config vsl.toml to check them against its [metrics.script.NAME]")
 
 
 @click.command()

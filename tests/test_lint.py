@@ -26,11 +26,15 @@ from vsl.stdlib.ctx import entry_points
 from vsl.engine import Engine
 from vsl.stdlib import new_engine
 from vsl.lint import Linter, empty_paths, format_full, script_files
+from vsl.server.observability_config import ScriptMetric
 
 STAGE_ENTRIES = entry_points()
 STAGES = STAGE_ENTRIES.names
 
 LINT = Path(__file__).parent / "lint"
+CHUNK_METRICS = (  # the [metrics.script.*] declarations tests/lint/metrics.vsl lints against
+    ScriptMetric("spam_hit", "spam", (("reason", ("rbl", "content")), ("stage", ("rcpt", "data")))),
+    ScriptMetric("seen", "seen"))
 CHUNKS = collect(LINT)
 VSL = Path(sys.executable).parent / "vsl"
 
@@ -61,8 +65,8 @@ def test_every_rule_is_covered():
 
 @pytest.mark.parametrize("chunk", CHUNKS, ids=[c.id for c in CHUNKS])
 def test_chunk(chunk):
-    findings = Linter(new_engine(), entry_points()).lint_source(chunk.source, str(chunk.path),
-                                                                chunk.path.parent)
+    findings = Linter(new_engine(script_metrics=CHUNK_METRICS), entry_points()).lint_source(
+        chunk.source, str(chunk.path), chunk.path.parent)
     problems = []
     matched = set()
     for d in findings:
