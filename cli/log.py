@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import sys
 from contextlib import ExitStack
 from typing import BinaryIO, Iterator
 

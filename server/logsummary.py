@@ -1,143 +1,28 @@
 """`vsl log summary`: what a vSL log says happened, as pflogsumm says it for Postfix.
 
-Design: three steps, each usable alone. :func:`read_records` turns lines (text or JSON,
-decided per line, in the formats of server/logformat.py: the log contract) into one
-dict per vSL line and counts the other lines as skipped, whatever their bytes;
-:func:`summarize` folds the records into a :class:`Summary` (plain data, JSON-ready); and
-:func:`render` / :func:`as_json` print it. :func:`summarize_lines` chains the first two,
-for a file or a recorded `vsl serve` log.
+Design: three steps, each usable alone. server/logrecords.py's ``read_records`` turns the
+log's lines into records (one dict per vSL line); :func:`summarize` folds the records into
+a :class:`Summary` (plain data, JSON-ready); :func:`render` / :func:`as_json` print it.
+:func:`summarize_lines` chains the first two, for a file or a recorded `vsl serve` log.
 
 Memory stays bounded on any log: every table, and every distinct count (senders, messages,
 ...), keeps at most ``key_cap`` distinct keys; later new keys are counted as ``(other)``
 and the summary names the tables and counts that reached the cap (those counts are then
 lower bounds). Counts grow with the log; keys do not.
-
-A text line's ``key=value`` tail (server/logfmt.py) is found as the leftmost place where a
-well-formed tail begins with the ids in their order (``session``, ``queue_id``, ``event``)
-and holds no id after them, so ``key=value`` words of client text in the message before
-it (a HELO, an address) are never read as the event's fields.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from datetime import datetime
+from typing import Iterable
 
-from . import logfmt
+from .logrecords import LineTally, read_records
 
 KEY_CAP = 100_000
 OTHER = "(other)"
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-IDS = ("session", "queue_id", "event")
-INTEGERS = frozenset({"pid", "code", "nrcpt", "size", "attempt"})
-FLOATS = frozenset({"delay", "duration"})
-
-_TEXT_LINE = re.compile(
-    r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:,\d{1,6})?) (" + "|".join(LEVELS) +
-    r") ([^\s\[\]:]+)(?:\[(\d+)\])?: (.*)")
-_TAIL_START = re.compile(r" (?=(?:session|queue_id|event)=)")
-_PAIR = r' ([A-Za-z_][A-Za-z0-9_.]*)=(?:"(?:[^"\\]|\\.)*"|[^\s"=\\]+)'
-_TAIL = re.compile(f"(?:{_PAIR})+")
-_TAIL_KEY = re.compile(_PAIR)
-
-
-# -- reading -----------------------------------------------------------------------
-
-@dataclass
-class LineTally:
-    """How many lines were read, and how many of them were no vSL line."""
-
-    read: int = 0
-    skipped: int = 0
-
-
-def read_records(lines: Iterable[str | bytes], tally: LineTally | None = None
-                 ) -> Iterator[dict]:
-    """One dict per vSL line of ``lines`` (text or JSON, with or without ``[pid]``):
-    ``ts`` (a naive datetime, UTC for JSON, the server's time for text, or None), ``level``,
-    ``logger``, ``pid``, ``msg``, then the ids and the event's fields (numbers as numbers).
-    Other lines are counted in ``tally.skipped``; no line raises."""
-    tally = tally if tally is not None else LineTally()
-    for line in lines:
-        tally.read += 1
-        if isinstance(line, bytes):
-            line = line.decode("utf-8", errors="replace")
-        record = _json_record(line) if line.lstrip().startswith("{") else _text_record(line)
-        if record is None:
-            tally.skipped += 1
-        else:
-            yield record
-
-
-def _text_record(line: str) -> dict | None:
-    match = _TEXT_LINE.fullmatch(line.rstrip("\r\n"))
-    if match is None:
-        return None
-    stamp, level, logger, pid, message = match.groups()
-    msg, tail = _split_tail(message)
-    record = {"ts": _parse_time(stamp.replace(",", ".")), "level": level, "logger": logger,
-              "pid": int(pid) if pid else None, "msg": msg}
-    record.update({key: _number(key, value) for key, value in tail.items()})
-    return record
-
-
-def _split_tail(message: str) -> tuple[str, dict[str, str]]:
-    """The message and its logfmt tail's pairs ({} when it has none)."""
-    for start in _TAIL_START.finditer(message):
-        tail = message[start.start():]
-        if _TAIL.fullmatch(tail) and _ids_lead(_TAIL_KEY.findall(tail)):
-            return message[:start.start()], logfmt.parse(tail)
-    return message, {}
-
-
-def _ids_lead(keys: list[str]) -> bool:
-    """Whether the ids come first, each at most once and in their order, and never after."""
-    leading = 0
-    while leading < len(keys) and keys[leading] in IDS:
-        leading += 1
-    ids = keys[:leading]
-    return (ids == sorted(set(ids), key=IDS.index)
-            and not any(key in IDS for key in keys[leading:]))
-
-
-def _json_record(line: str) -> dict | None:
-    try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not (isinstance(data, dict) and data.get("level") in LEVELS
-            and isinstance(data.get("logger"), str) and isinstance(data.get("msg"), str)):
-        return None
-    stamp = data.get("ts")
-    record = {key: _number(key, value) for key, value in data.items()}
-    record["ts"] = _parse_time(stamp) if isinstance(stamp, str) else None
-    record.setdefault("pid", None)
-    return record
-
-
-def _parse_time(stamp: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
-
-
-def _number(key: str, value):
-    """``value`` as the number the contract says ``key`` holds; else as it is."""
-    kind = int if key in INTEGERS else float if key in FLOATS else None
-    if kind is None or not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        return value
-    try:
-        return kind(value)
-    except (ValueError, OverflowError):
-        return value
 
 
 # -- counting ----------------------------------------------------------------------
@@ -160,11 +45,20 @@ class CappedCounter:
     def capped(self) -> bool:
         return self.other > 0
 
+    def ranked(self) -> list[tuple]:
+        """Every kept (key, count), largest first (ties by key)."""
+        return sorted(self.counts.items(), key=lambda item: (-item[1], str(item[0])))
+
     def top(self, n: int) -> list[list]:
-        """The ``n`` largest counts as [key, count] (ties by key), then (other) if any."""
-        rows = sorted(self.counts.items(), key=lambda item: (-item[1], str(item[0])))[:n]
-        return [[key, count] for key, count in rows] + ([[OTHER, self.other]]
-                                                        if self.other else [])
+        """The ``n`` largest counts as [key, count], then [(other), count] if any."""
+        return [[key, count] for key, count in self.ranked()[:n]] + self._other()
+
+    def by_key(self) -> dict:
+        """Every count by key, in key order, then (other) if any."""
+        return dict(sorted(self.counts.items()) + [tuple(row) for row in self._other()])
+
+    def _other(self) -> list[list]:
+        return [[OTHER, self.other]] if self.other else []
 
 
 @dataclass
@@ -188,6 +82,7 @@ class Totals:
     dead: int = 0
     limited: int = 0
     auth_failures: int = 0
+    dsns: int = 0
     senders: int = 0
     recipients: int = 0
     clients: int = 0
@@ -195,7 +90,8 @@ class Totals:
 
 @dataclass
 class Summary:
-    """What a log says happened (plain data: :func:`as_json` dumps it as it is)."""
+    """What a log says happened (plain data: :func:`as_json` dumps it as it is); ``skipped``
+    (lines that were no vSL line) is known to :func:`summarize_lines` only."""
 
     first: str | None
     last: str | None
@@ -217,27 +113,22 @@ class Summary:
 
 
 _TRAFFIC = ("received", "delivered", "deferred", "bounced", "rejected")
+_TABLES_KEPT = (  # every table of keys read from the log: each capped
+    "senders", "sender_domains", "recipients", "recipient_domains", "clients", "rejects",
+    "reject_stages", "deferrals", "bounces", "auth_failures", "limits", "problems", "dsn",
+    "received_by_queue", "traffic", "delivered_messages", "deferred_messages",
+    "bounced_messages", "deferred_recipients", "all_recipients")
 
 
 class _Tally:
     """The counters :func:`summarize` fills, one record at a time."""
 
     def __init__(self, key_cap: int):
-        def capped() -> CappedCounter:
-            return CappedCounter(key_cap)
         self.key_cap = key_cap
         self.records = 0
         self.first = self.last = None
         self.totals = Totals()
-        self.dsn: Counter = Counter()
-        self.received_by_queue: Counter = Counter()
-        self.hours: dict[datetime, Counter] = {}
-        self.reject_stages: Counter = Counter()
-        self.tables = {name: capped() for name in (
-            "senders", "sender_domains", "recipients", "recipient_domains", "clients",
-            "rejects", "deferrals", "bounces", "auth_failures", "limits", "problems",
-            "delivered_messages", "deferred_messages", "bounced_messages",
-            "deferred_recipients", "all_recipients")}
+        self.tables = {name: CappedCounter(key_cap) for name in _TABLES_KEPT}
 
     def add(self, record: dict) -> None:
         self.records += 1
@@ -247,15 +138,22 @@ class _Tally:
             self.last = moment if self.last is None else max(self.last, moment)
         if record["level"] in ("WARNING", "ERROR", "CRITICAL"):
             self.tables["problems"].add((record["level"], record["logger"]))
-        handler = getattr(self, f"_on_{record.get('event')}", None)
-        if handler is not None and isinstance(record.get("event"), str):
+        event = record.get("event")
+        handler = getattr(self, f"_on_{event}", None) if isinstance(event, str) else None
+        if handler is not None:
             handler(record)
 
     def _hour(self, record: dict, what: str) -> None:
         moment = record.get("ts")
         if isinstance(moment, datetime):
-            hour = moment.replace(minute=0, second=0, microsecond=0)
-            self.hours.setdefault(hour, Counter())[what] += 1
+            self.tables["traffic"].add((moment.replace(minute=0, second=0, microsecond=0),
+                                        what))
+
+    def _count_address(self, kind: str, value) -> None:
+        """Count an address in the table of ``kind`` (senders, recipients) and its domain."""
+        address = _address(value)
+        self.tables[f"{kind}s"].add(address)
+        self.tables[f"{kind}_domains"].add(_domain(address))
 
     def _on_connect(self, record: dict) -> None:
         self.totals.connections += 1
@@ -264,31 +162,27 @@ class _Tally:
     def _on_queued(self, record: dict) -> None:
         self.totals.received += 1
         size = record.get("size")
-        self.totals.bytes_received += size if isinstance(size, int) else 0
-        self.received_by_queue[_text(record.get("to_queue"))] += 1
-        sender = _address(record.get("sender"))
-        self.tables["senders"].add(sender)
-        self.tables["sender_domains"].add(_domain(sender))
+        self.totals.bytes_received += size if type(size) is int else 0
+        self.tables["received_by_queue"].add(_text(record.get("to_queue")))
+        self._count_address("sender", record.get("sender"))
         self._hour(record, "received")
 
     def _on_reject(self, record: dict) -> None:
         self.totals.rejected += 1
         stage = _text(record.get("stage"))
-        self.reject_stages[stage] += 1
+        self.tables["reject_stages"].add(stage)
         self.tables["rejects"].add((stage, _text(record.get("reply")),
                                     _text(record.get("decided_by"))))
         self._hour(record, "rejected")
 
     def _on_delivered(self, record: dict) -> None:
         self.totals.delivered += 1
-        recipient = _address(record.get("recipient"))
-        self.tables["recipients"].add(recipient)
-        self.tables["recipient_domains"].add(_domain(recipient))
+        self._count_address("recipient", record.get("recipient"))
         self._delivery(record, "delivered")
 
     def _on_deferred(self, record: dict) -> None:
         self.totals.deferrals += 1
-        self.tables["deferred_recipients"].add((record.get("queue_id"),
+        self.tables["deferred_recipients"].add((_text(record.get("queue_id")),
                                                 _address(record.get("recipient"))))
         self.tables["deferrals"].add((_text(record.get("route")), _text(record.get("class"))))
         self._delivery(record, "deferred")
@@ -299,12 +193,13 @@ class _Tally:
         self._delivery(record, "bounced")
 
     def _delivery(self, record: dict, outcome: str) -> None:
-        self.tables[f"{outcome}_messages"].add(record.get("queue_id"))
+        self.tables[f"{outcome}_messages"].add(_text(record.get("queue_id")))
         self.tables["all_recipients"].add(_address(record.get("recipient")))
         self._hour(record, outcome)
 
     def _on_dsn(self, record: dict) -> None:
-        self.dsn[_text(record.get("kind"))] += 1
+        self.totals.dsns += 1
+        self.tables["dsn"].add(_text(record.get("kind")))
 
     def _on_auth(self, record: dict) -> None:
         if record.get("result") != "success":
@@ -369,9 +264,9 @@ def _summary(tally: _Tally, top: int) -> Summary:
         clients=len(tables["clients"].counts))
     return Summary(
         first=_stamp(tally.first), last=_stamp(tally.last), records=tally.records, skipped=0,
-        totals=totals, dsn=dict(sorted(tally.dsn.items())),
-        received_by_queue=dict(sorted(tally.received_by_queue.items())),
-        traffic=_traffic(tally.hours), rejects=_rejects(tally, top),
+        totals=totals, dsn=tables["dsn"].by_key(),
+        received_by_queue=tables["received_by_queue"].by_key(),
+        traffic=_traffic(tables["traffic"]), rejects=_rejects(tables, top),
         deferrals=_pairs(tables["deferrals"].top(top)), bounces=_pairs(tables["bounces"].top(top)),
         top={name: tables[name].top(top) for name in (
             "senders", "sender_domains", "recipients", "recipient_domains", "clients")},
@@ -395,26 +290,24 @@ def _pairs(rows: list[list]) -> list[list]:
             for key, count in rows]
 
 
-def _traffic(hours: dict[datetime, Counter]) -> list[dict]:
-    """Per hour when the log spans one day, else per day."""
-    days = {hour.date() for hour in hours}
+def _traffic(traffic: CappedCounter) -> list[dict]:
+    """Counts per hour when the log spans one day, else per day."""
+    days = {hour.date() for hour, _ in traffic.counts}
     periods: dict[str, Counter] = {}
-    for hour, counts in sorted(hours.items()):
-        period = hour.strftime("%Y-%m-%d %H:00") if len(days) == 1 else hour.strftime("%Y-%m-%d")
-        periods.setdefault(period, Counter()).update(counts)
+    for (hour, what), count in sorted(traffic.counts.items()):
+        period = hour.strftime("%Y-%m-%d %H:00" if len(days) == 1 else "%Y-%m-%d")
+        periods.setdefault(period, Counter())[what] += count
     return [{"period": period, **{what: counts[what] for what in _TRAFFIC}}
             for period, counts in periods.items()]
 
 
-def _rejects(tally: _Tally, top: int) -> list[dict]:
-    """Per stage (most first): its count and its top replies with who decided them."""
-    replies = tally.tables["rejects"]
-    ranked = replies.top(len(replies.counts))
-    stages = sorted(tally.reject_stages.items(), key=lambda item: (-item[1], item[0]))
-    return [{"stage": stage, "count": count,
-             "replies": [[reply, decided_by, n] for (at, reply, decided_by), n in
-                         (row for row in ranked if row[0] != OTHER) if at == stage][:top]}
-            for stage, count in stages]
+def _rejects(tables: dict[str, CappedCounter], top: int) -> list[dict]:
+    """Per stage (most first): its count and its ``top`` replies with who decided them."""
+    replies: dict[str, list[list]] = {}
+    for (stage, reply, decided_by), count in tables["rejects"].ranked():
+        replies.setdefault(stage, []).append([reply, decided_by, count])
+    return [{"stage": stage, "count": count, "replies": replies.get(stage, [])[:top]}
+            for stage, count in tables["reject_stages"].top(len(tables["reject_stages"].counts))]
 
 
 # -- printing ----------------------------------------------------------------------
@@ -424,21 +317,22 @@ def as_json(summary: Summary) -> str:
     return json.dumps(dataclasses.asdict(summary), indent=2)
 
 
-_TOTALS = (  # (label, field, detail or None)
-    ("received", "received", "received_by_queue"), ("delivered", "delivered", None),
-    ("deferred", "deferred", None), ("bounced", "bounced", None),
-    ("rejected", "rejected", None), ("held", "held", None),
-    ("quarantined", "quarantined", None), ("dead", "dead", None),
+_TOTALS = (  # (label, field of Totals, what follows in parentheses or None)
+    ("received", "received", lambda summary: _breakdown(summary.received_by_queue)),
+    ("delivered", "delivered", lambda summary: _plural(summary.totals.delivered_messages,
+                                                       "message")),
+    ("deferred", "deferred", lambda summary: (
+        f"{_plural(summary.totals.deferrals, 'deferral')}, "
+        f"{_plural(summary.totals.deferred_messages, 'message')}")),
+    ("bounced", "bounced", lambda summary: _plural(summary.totals.bounced_messages, "message")),
+    ("rejected", "rejected",
+     lambda summary: f"{summary.totals.rejected_percent}% of received + rejected"),
+    ("held", "held", None), ("quarantined", "quarantined", None), ("dead", "dead", None),
     ("bytes received", "bytes_received", None), ("senders", "senders", None),
     ("recipients", "recipients", None), ("clients", "clients", None),
     ("connections", "connections", None), ("sessions cut by limits", "limited", None),
-    ("AUTH failures", "auth_failures", None), ("DSNs", None, "dsn"))
-_DETAILS = {  # what follows a total in parentheses
-    "delivered": lambda t: _plural(t["delivered_messages"], "message"),
-    "deferred": lambda t: (f"{_plural(t['deferrals'], 'deferral')}, "
-                           f"{_plural(t['deferred_messages'], 'message')}"),
-    "bounced": lambda t: _plural(t["bounced_messages"], "message"),
-    "rejected": lambda t: f"{t['rejected_percent']}% of received + rejected"}
+    ("AUTH failures", "auth_failures", None),
+    ("DSNs", "dsns", lambda summary: _breakdown(summary.dsn)))
 _TABLES = (("senders", "Senders by message count"),
            ("sender_domains", "Sender domains by message count"),
            ("recipients", "Recipients by delivery count"),
@@ -468,15 +362,16 @@ def _heading(summary: Summary) -> list[str]:
 
 
 def _grand_totals(summary: Summary) -> list[str]:
-    totals = dataclasses.asdict(summary.totals)
     lines = []
     for label, name, detail in _TOTALS:
-        count = totals[name] if name else sum(getattr(summary, detail).values())
-        text = _DETAILS[name](totals) if name in _DETAILS else ""
-        if detail:
-            text = ", ".join(f"{key} {n}" for key, n in getattr(summary, detail).items())
-        lines.append(f"{count:>9}  {label}" + (f" ({text})" if text else ""))
+        text = detail(summary) if detail else ""
+        lines.append(f"{getattr(summary.totals, name):>9}  {label}"
+                     + (f" ({text})" if text else ""))
     return _section("Grand Totals", lines)
+
+
+def _breakdown(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {count}" for key, count in counts.items())
 
 
 def _traffic_table(summary: Summary) -> list[str]:

@@ -1,4 +1,5 @@
-"""`vsl log summary`: the records read from a log, the summary's counts, its text and JSON.
+"""`vsl log summary` (server/logrecords.py, server/logsummary.py, cli/log.py): the records
+read from a log, the summary's counts, its text and JSON.
 
 tests/logs/vsl.log and vsl.jsonl hold the same hand-made traffic in the text and JSON line
 formats (with a few lines of other text and a non-UTF-8 line); vsl.summary.txt is the golden
@@ -16,7 +17,8 @@ from hypothesis import given, strategies as st
 
 from vsl.server import logsummary
 from vsl.server.logfmt import encode
-from vsl.server.logsummary import Totals, read_records, render, summarize, summarize_lines
+from vsl.server.logrecords import LEVELS, LineTally, read_records
+from vsl.server.logsummary import Totals, render, summarize, summarize_lines
 
 LOGS = Path(__file__).parent / "logs"
 FORMATS = ("vsl.log", "vsl.jsonl")
@@ -39,7 +41,7 @@ def test_the_grand_totals_of_the_hand_made_log():
         connections=5, received=3, bytes_received=3560, delivered=2, delivered_messages=1,
         deferred=1, deferrals=2, deferred_messages=1, bounced=1, bounced_messages=1,
         rejected=5, rejected_percent=62.5, held=1, quarantined=0, dead=0, limited=1,
-        auth_failures=1, senders=2, recipients=3, clients=3)
+        auth_failures=1, dsns=1, senders=2, recipients=3, clients=3)
 
 
 def test_both_formats_give_the_same_summary():
@@ -87,7 +89,7 @@ def test_a_text_line_is_split_into_its_message_and_its_tail():
 
 
 def test_lines_of_other_programs_are_skipped():
-    tally = logsummary.LineTally()
+    tally = LineTally()
     lines = [b"\xff\xfe\xc3(", "Traceback (most recent call last):", "", "[1, 2]",
              '{"level": "INFO"}', "2026-12-06 09:00:00,001 NOTICE x: y",
              "2026-12-06 09:00:00,001 INFO vsl.server: started"]
@@ -95,11 +97,24 @@ def test_lines_of_other_programs_are_skipped():
     assert (tally.read, tally.skipped) == (7, 6)
 
 
-@given(st.lists(st.one_of(st.binary(max_size=200), st.text(max_size=200),
-                          st.text(max_size=120).map(
-                              lambda tail: "2026-12-06 09:00:00,001 INFO vsl.session[1]: m " + tail),
-                          st.text(max_size=120).map(lambda text: '{"level": "INFO", ' + text)),
-                max_size=8))
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=5)
+EVENT_LINES = st.fixed_dictionaries(
+    {"level": st.sampled_from(LEVELS), "logger": st.text(max_size=10),
+     "msg": st.text(max_size=20), "event": st.sampled_from(
+         ["connect", "queued", "reject", "delivered", "deferred", "bounced", "dsn", "auth",
+          "limit", "held", "quarantined", "dead", "other"])},
+    optional={key: VALUES for key in ("ts", "pid", "session", "queue_id", "client_ip", "size",
+                                      "sender", "recipient", "stage", "reply", "decided_by",
+                                      "route", "class", "kind", "result", "reason", "to_queue")}
+).map(json.dumps)
+TEXT_LINES = st.text(max_size=120).map(
+    lambda tail: "2026-12-06 09:00:00,001 INFO vsl.session[1]: m " + tail)
+
+
+@given(st.lists(st.one_of(st.binary(max_size=200), st.text(max_size=200), TEXT_LINES,
+                          EVENT_LINES), max_size=8))
 def test_no_line_raises(lines):
     summary = summarize_lines(lines)
     assert summary.records + summary.skipped == len(lines)
