@@ -65,10 +65,9 @@ def _text_record(line: str) -> dict | None:
         return None
     stamp, level, logger, pid, message = match.groups()
     msg, tail = _split_tail(message)
-    record = {"ts": _parse_time(stamp.replace(",", ".")), "level": level, "logger": logger,
-              "pid": int(pid) if pid else None, "msg": msg}
-    record.update({key: _number(key, value) for key, value in tail.items()})
-    return record
+    head = {"ts": _parse_time(stamp.replace(",", ".")), "level": level, "logger": logger,
+            "pid": int(pid) if pid else None, "msg": msg}
+    return head | {key: _number(key, value) for key, value in tail.items() if key not in head}
 
 
 def _split_tail(message: str) -> tuple[str, dict[str, str]]:

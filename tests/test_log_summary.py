@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hypothesis import given, strategies as st
 
-from vsl.server import logsummary
+from vsl.server import logrecords, logsummary
 from vsl.server.logfmt import encode
 from vsl.server.logrecords import LEVELS, LineTally, read_records
 from vsl.server.logsummary import Totals, render, summarize, summarize_lines
@@ -86,6 +86,21 @@ def test_a_text_line_is_split_into_its_message_and_its_tail():
     assert {key: record[key] for key in ("session", "event", "stage", "code", "helo")} == {
         "session": "3f2a9c1b7d03", "event": "reject", "stage": "helo", "code": 550,
         "helo": "x session=1 event=bounced code=2"}
+
+
+FIELD_NAMES = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(
+    lambda key: key not in {"session", "queue_id", "event", "ts", "level", "logger", "pid",
+                            "msg", *logrecords.INTEGERS, *logrecords.FLOATS})
+
+
+@given(message=st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=60),
+       fields=st.dictionaries(FIELD_NAMES, st.text(max_size=20), max_size=4))
+def test_any_message_leaves_the_tail_alone(message, fields):
+    """Client text in the message (a HELO with ``event=x``) never changes the event read."""
+    tail = {"session": "3f2a9c1b7d03", "queue_id": "q1", "event": "reject", **fields}
+    [record] = read_records([f"2026-12-06 09:10:00,500 INFO vsl.session[7]: {message} "
+                             + encode(tail)])
+    assert (record["msg"], {key: record[key] for key in tail}) == (message, tail)
 
 
 def test_lines_of_other_programs_are_skipped():
