@@ -29,7 +29,8 @@ COMMANDS = {
     "bounce": ("bounce", "bounce",
                "Why messages bounced: the bounce classifier (docs/bounces.md)."),
     "lint": ("language", "lint", "Check .vsl files (or directories of them) without running them."),
-    "log": ("log", "log", "Read vSL's own log: totals, rejects, deliveries (docs/observability.md)."),
+    "log": ("log", "log",
+            "Read vSL's own log: totals, rejects, deliveries (docs/observability.md)."),
     "migrate": ("migrate", "migrate", "Move a site from another mail server to vSL."),
     "milter": ("milter", "milter", "Run the policy's stages as a milter (Postfix smtpd_milters, "
                "Sendmail INPUT_MAIL_FILTER)."),

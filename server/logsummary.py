@@ -313,8 +313,8 @@ def _rejects(tables: dict[str, CappedCounter], top: int) -> list[dict]:
 # -- printing ----------------------------------------------------------------------
 
 def as_json(summary: Summary) -> str:
-    """The summary as one JSON document (`vsl log summary --json`)."""
-    return json.dumps(dataclasses.asdict(summary), indent=2)
+    """The summary as one JSON document, ending with a line break (`vsl log summary --json`)."""
+    return json.dumps(dataclasses.asdict(summary), indent=2) + "\n"
 
 
 _TOTALS = (  # (label, field of Totals, what follows in parentheses or None)
