@@ -7,6 +7,7 @@
     queue.py     vsl queue ... (the spool, safe while the server runs)
     users.py     vsl passwd (users-file lines)
     bounce.py    vsl bounce ... (the bounce classifier)
+    log.py       vsl log summary (what a log says happened, like pflogsumm)
     zones.py     --zone FILE, shared by run and serve
     migrate.py   vsl migrate postfix (translate a Postfix configuration), and
     migrate_verify.py  vsl migrate verify (replay conversations against two servers)
@@ -28,6 +29,8 @@ COMMANDS = {
     "bounce": ("bounce", "bounce",
                "Why messages bounced: the bounce classifier (docs/bounces.md)."),
     "lint": ("language", "lint", "Check .vsl files (or directories of them) without running them."),
+    "log": ("log", "log",
+            "Read vSL's own log: totals, rejects, deliveries (docs/observability.md)."),
     "migrate": ("migrate", "migrate", "Move a site from another mail server to vSL."),
     "milter": ("milter", "milter", "Run the policy's stages as a milter (Postfix smtpd_milters, "
                "Sendmail INPUT_MAIL_FILTER)."),
