@@ -113,6 +113,7 @@ class Server:
         self.bound: list[tuple[Listener, tuple]] = []
         self._tasks: list[asyncio.Task] = []
         self.exporter: Exporter | None = None
+        self.metrics_dir = metrics.directory() if config.metrics.enabled else None
 
     # -- connections -------------------------------------------------------------
     def protocol(self, listener: Listener) -> Protocol:
@@ -151,12 +152,12 @@ class Server:
         log.info("started: %s (%s), scripts %s, queue %s, state %s", self.config.hostname,
                  ", ".join(role for role in ROLES if role in self.roles),
                  self.config.scripts or "(none)", self.config.queue_dir, self.scripting.state)
-        if metrics.directory() is not None and self.config.metrics.enabled:
-            readiness.mark_ready(metrics.directory(), self.index)
+        if self.metrics_dir is not None:
+            readiness.mark_ready(self.metrics_dir, self.index)
 
     async def _export(self) -> None:
         """Serve /metrics on this loop (one process, ``[metrics] listen`` set)."""
-        if self.config.metrics.enabled and metrics.directory() is not None:
+        if self.metrics_dir is not None:
             self.exporter = Exporter(self.config, workers=1)
             await self.exporter.start()
 
@@ -172,8 +173,8 @@ class Server:
 
     async def stop(self) -> None:
         log.info("stopping")
-        if metrics.directory() is not None and self.config.metrics.enabled:
-            readiness.unmark_ready(metrics.directory(), self.index)
+        if self.metrics_dir is not None:
+            readiness.unmark_ready(self.metrics_dir, self.index)
         if self.exporter is not None:
             await self.exporter.stop()
         if self.post_queue is not None:

@@ -146,18 +146,20 @@ class Workers:
 
     # -- the parent ----------------------------------------------------------------------
     def _signal(self, signum: int, _frame) -> None:
+        workers = [pid for pid, index in self.children.items() if index != EXPORTER]
         if signum == signal.SIGHUP:
-            log.info("SIGHUP: reloading the scripts in %d worker(s)", len(self.children))
-            self._send(signal.SIGHUP)
+            log.info("SIGHUP: reloading the scripts in %d worker(s)", len(workers))
+            self._send(signal.SIGHUP, workers)
             return
         if not self.stopping:
             log.info("%s: stopping %d worker(s)", signal.Signals(signum).name,
-                     len(self.children))
+                     len(workers))
         self.stopping = True
-        self._send(signal.SIGTERM)
+        self._send(signal.SIGTERM, list(self.children))
 
-    def _send(self, signum: int) -> None:
-        for pid in list(self.children):
+    @staticmethod
+    def _send(signum: int, pids: list[int]) -> None:
+        for pid in pids:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:

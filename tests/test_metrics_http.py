@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,6 +66,11 @@ class Served:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(text) for s in family.samples}
 
+    def metrics_dir(self) -> Path:
+        """The multiprocess directory, from the files the server process maps."""
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        return Path(re.search(r"(/\S+)/counter_\d+\.db", maps).group(1))
+
     def workers(self) -> dict[int, int]:
         return {int(i): int(pid) for i, pid in _STARTED.findall(self.log.read_text())}
 
@@ -112,6 +118,11 @@ def test_one_process_serves_its_endpoint(served, tmp_path):
     assert status == 503 and text.startswith("spool: ") and "tmp is not writable" in text
     (tmp_path / "queue" / "tmp-away").rename(tmp_path / "queue" / "tmp")
     assert server.get("/readyz")[0] == 200
+
+    private = server.metrics_dir()
+    assert (private / "ready" / "0").read_text() == str(server.proc.pid)
+    server.stop()  # SIGTERM
+    assert not private.exists()
 
 
 def test_openmetrics_is_negotiable(served):
@@ -164,6 +175,14 @@ def test_a_killed_worker_is_restarted_and_no_counter_drops(served):
     assert counters and all(after[key] >= before[key] for key in counters)
     assert after[("vsl_queue_messages", (("queue", "deliver"),))] == 1
     assert server.get("/healthz")[0] == 200
+
+    server.proc.send_signal(signal.SIGHUP)  # the workers reload; the exporter goes on
+    assert wait_for(lambda: "SIGHUP: reloading the scripts in 2 worker(s)" in
+                    server.log.read_text(), timeout=5)
+    time.sleep(0.5)
+    assert server.get("/healthz")[0] == 200 and "exporter (pid" not in server.log.read_text()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(10) == 0
 
 
 def test_a_request_head_over_8_kib_is_refused(served):
