@@ -9,12 +9,16 @@ cannot tell without reading every message.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
 import time
 from pathlib import Path
 
 from .metrics_catalogue import CATALOGUE
 from .queue_backend import MESSAGE_ID, QueueBackend
+
+log = logging.getLogger("vsl.metrics")
 
 BROKER_WAIT = 2.0  # seconds a scrape waits for the broker's counts
 _ID_TIME_DIGITS = 12
@@ -56,8 +60,7 @@ class QueueGauges:
 
     def _read(self) -> tuple[dict[str, int], dict[str, float]]:
         if self.queue.shared:
-            future = asyncio.run_coroutine_threadsafe(self.queue.counts(), self.loop)
-            return future.result(BROKER_WAIT), {}
+            return self._broker_counts(), {}
         counts, oldest = {}, {}
         for queue in self.queue.queues():
             try:
@@ -67,3 +70,17 @@ class QueueGauges:
             if arrived is not None:
                 oldest[queue] = arrived
         return counts, oldest
+
+    def _broker_counts(self) -> dict[str, int]:
+        """The broker's counts, or none when it does not answer in time (the scrape
+        goes on without them; /readyz tells why)."""
+        future = asyncio.run_coroutine_threadsafe(self.queue.counts(), self.loop)
+        try:
+            return future.result(BROKER_WAIT)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            log.warning("metrics: the broker did not count its queues within %g s",
+                        BROKER_WAIT)
+        except Exception as err:  # noqa: BLE001 - any failure: no queue gauges this time
+            log.warning("metrics: the broker did not count its queues: %s", err)
+        return {}

@@ -29,10 +29,11 @@ _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 class Served:
     """`vsl serve --metrics-listen 127.0.0.1:<port>` on a spool in ``directory``."""
 
-    def __init__(self, directory, workers: int):
+    def __init__(self, directory, workers: int, sections: str = ""):
         self.directory, self.smtp_port, self.port = directory, free_port(), free_port()
         self.config = write_config(directory, self.smtp_port, "mx.metrics.test",
-                                   "[delivery]\nenabled = false\n", workers=workers)
+                                   f"[delivery]\nenabled = false\n{sections}",
+                                   workers=workers)
         self.log = directory / "serve.log"
         self.proc: subprocess.Popen | None = None
 
@@ -82,8 +83,8 @@ class Served:
 def served(tmp_path):
     made = []
 
-    def start(workers: int) -> Served:
-        server = Served(tmp_path, workers)
+    def start(workers: int, sections: str = "") -> Served:
+        server = Served(tmp_path, workers, sections)
         made.append(server)
         server.start()
         server.wait_ready()
@@ -191,3 +192,15 @@ def test_a_request_head_over_8_kib_is_refused(served):
         sock.sendall(b"GET /metrics HTTP/1.1\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n")
         answer = sock.recv(200)
     assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_on_a_broker_the_queues_are_counted_and_readiness_asks_it(served, private_rabbitmq):
+    server = served(2, f'[queue]\nbackend = "rabbitmq"\nurl = "{private_rabbitmq.url}"\n'
+                       f'prefix = "metrics"\n')
+    found = server.samples()
+    assert ("vsl_queue_messages", (("queue", "deliver"),)) in found
+    assert not [key for key in found if key[0] == "vsl_queue_oldest_age_seconds"]
+    private_rabbitmq.stop()
+    status, text = server.get("/readyz")
+    assert status == 503 and re.search(r"^broker: ", text, re.M), text
+    assert server.get("/metrics")[0] == 200  # without the queue gauges
