@@ -94,7 +94,7 @@ class Workers:
         self.shared = False  # the queue is shared between machines (known once prepared)
         self.sockets: list[tuple[Listener, socket.socket]] = []
         self.metrics_sockets: list[socket.socket] = []
-        self.children: dict[int, int] = {}   # pid -> worker index
+        self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
 
@@ -112,9 +112,11 @@ class Workers:
         self.shared = event_loop.run(_recover(self.config), self.config.event_loop)
 
     def _bind_metrics(self) -> list[socket.socket]:
-        listen = self.config.metrics.listen
+        """The exporter's sockets (none when metrics are off); an OSError naming
+        ``metrics HOST:PORT`` when they cannot bind."""
         if not self.config.metrics.enabled:
             return []
+        listen = self.config.metrics.listen
         try:
             return bind(parse_listen(listen, key="metrics.listen"))
         except OSError as err:
