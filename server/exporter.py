@@ -4,11 +4,13 @@ It runs on the Server's own loop when there is one process (``workers = 1``), an
 supervised child of its own with several (server/workers.py): there a scrape, which
 sums every process's files, blocks no SMTP session. Besides the processes' values it
 computes, at each scrape, the queue gauges (server/queue_gauges.py) and
-``vsl_build_info``; readiness is server/readiness.py's checks.
+``vsl_build_info``; readiness is server/readiness.py's checks, and health that the
+process that started it (the workers' parent) is still there.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from importlib import metadata
 
@@ -35,13 +37,14 @@ class BuildInfo:
 
 
 class Exporter:
-    """Serves the metrics of ``config`` for ``workers`` serving processes."""
+    """Serves the metrics of ``config`` for ``workers`` serving processes; ``parent``:
+    the pid of the workers' parent, for the exporter child (None: in the server)."""
 
-    def __init__(self, config: Config, workers: int):
-        self.config, self.workers = config, workers
+    def __init__(self, config: Config, workers: int, parent: int | None = None):
+        self.config, self.workers, self.parent = config, workers, parent
         self.queue = open_queue(config)
         self.collectors: list = [BuildInfo()]
-        self.http = MetricsHttp(self.scrape, self.problems)
+        self.http = MetricsHttp(self.scrape, self.health, self.problems)
         self.redis = None
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
@@ -73,6 +76,13 @@ class Exporter:
     def scrape(self, accept: str) -> tuple[bytes, str]:
         return metrics.collect(accept, self.collectors)
 
+    async def health(self) -> list[str]:
+        """What is wrong with the exporter itself: its parent is gone (the workers'
+        parent no longer supervises them)."""
+        if self.parent is not None and os.getppid() != self.parent:
+            return [f"parent pid {self.parent} is gone"]
+        return []
+
     async def problems(self) -> list[str]:
         """What keeps this ``vsl serve`` from taking mail, one line each."""
         found = readiness.worker_problems(metrics.directory(), self.workers)
@@ -97,7 +107,7 @@ def _redis_client(config: Config):
 
 async def serve_exporter(config: Config, sockets: list[socket.socket]) -> None:
     """The exporter child of several workers: serve until killed."""
-    exporter = Exporter(config, config.workers)
+    exporter = Exporter(config, config.workers, parent=os.getppid())
     await exporter.start(sockets)
     try:
         await asyncio.Event().wait()

@@ -1,8 +1,8 @@
 """A tiny HTTP/1.1 server for Prometheus and health checks (no framework).
 
 GET or HEAD ``/metrics`` (the scrape runs in a thread: summing the processes' files
-takes tens of milliseconds), ``/healthz`` (200 "ok"), ``/readyz`` (200 "ready", or 503
-with one line per failed check); 404 for other paths, 405 for other methods. Every
+takes tens of milliseconds), ``/healthz`` (200 "ok") and ``/readyz`` (200 "ready"), each
+503 with one line per failed check instead; 404 for other paths, 405 for other methods. Every
 answer closes the connection; a request head longer than :data:`MAX_HEAD` or not
 complete within :data:`HEAD_TIMEOUT` seconds is cut.
 """
@@ -19,14 +19,17 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 Scrape = Callable[[str], tuple[bytes, str]]      # Accept header -> (body, content type)
-Ready = Callable[[], Awaitable[list[str]]]       # -> failed checks, one line each
+Checks = Callable[[], Awaitable[list[str]]]      # -> failed checks, one line each
+_CHECKED = {"/healthz": b"ok\n", "/readyz": b"ready\n"}  # path -> body when all pass
 
 
 class MetricsHttp:
-    """Serves ``scrape`` and ``ready`` (see the module docstring)."""
+    """Serves ``scrape`` and the checks of ``health`` and ``ready`` (see the module
+    docstring)."""
 
-    def __init__(self, scrape: Scrape, ready: Ready):
-        self.scrape, self.ready = scrape, ready
+    def __init__(self, scrape: Scrape, health: Checks, ready: Checks):
+        self.scrape = scrape
+        self.checks = {"/healthz": health, "/readyz": ready}
         self.servers: list[asyncio.Server] = []
 
     async def start(self, sockets: list[socket.socket]) -> None:
@@ -70,12 +73,10 @@ class MetricsHttp:
             return 404, {}, b"not found\n", method
         if method not in ("GET", "HEAD"):
             return 405, {"Allow": "GET, HEAD"}, b"method not allowed\n", method
-        if path == "/healthz":
-            return 200, {}, b"ok\n", method
-        if path == "/readyz":
-            failed = await self.ready()
+        if path in self.checks:
+            failed = await self.checks[path]()
             return (503, {}, "".join(f"{line}\n" for line in failed).encode(), method) \
-                if failed else (200, {}, b"ready\n", method)
+                if failed else (200, {}, _CHECKED[path], method)
         body, content_type = await asyncio.to_thread(self.scrape, _header(lines, "accept"))
         return 200, {"Content-Type": content_type}, body, method
 
