@@ -5,6 +5,7 @@ methods are refused, a client that sends nothing is cut after 5 s; a metrics por
 stops the start before any worker; a killed worker is restarted and no counter drops."""
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -204,3 +205,21 @@ def test_on_a_broker_the_queues_are_counted_and_readiness_asks_it(served, privat
     status, text = server.get("/readyz")
     assert status == 503 and re.search(r"^broker: ", text, re.M), text
     assert server.get("/metrics")[0] == 200  # without the queue gauges
+
+
+def test_the_exporter_child_is_unhealthy_once_its_parent_is_gone(tmp_path):
+    from dataclasses import replace
+
+    from vsl.server.config import load
+    from vsl.server.exporter import Exporter
+
+    config = replace(load(None), queue_dir=tmp_path / "queue")
+    assert asyncio.run(Exporter(config, 1).health()) == []
+    assert asyncio.run(Exporter(config, 1, parent=os.getppid()).health()) == []
+    assert asyncio.run(Exporter(config, 1, parent=-7).health()) == ["parent pid -7 is gone"]
+
+
+def test_a_bad_metrics_address_is_refused(tmp_path):
+    run = subprocess.run([VSL, "serve", "--metrics-listen", "nowhere"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1 and "--metrics-listen" in run.stderr
