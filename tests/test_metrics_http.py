@@ -223,3 +223,15 @@ def test_a_bad_metrics_address_is_refused(tmp_path):
     run = subprocess.run([VSL, "serve", "--metrics-listen", "nowhere"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 1 and "--metrics-listen" in run.stderr
+
+
+def test_readiness_asks_redis(tmp_path):
+    server = Served(tmp_path, 1, f'[state]\nbackend = "redis"\n'
+                                 f'url = "redis://127.0.0.1:{free_port()}/0"\n')
+    server.start()
+    try:
+        assert wait_for(lambda: re.fullmatch(r"redis: .+\n", server.get("/readyz")[1]),
+                        timeout=20), server.log.read_text()
+        assert server.get("/readyz")[0] == 503
+    finally:
+        server.stop()
