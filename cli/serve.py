@@ -5,9 +5,13 @@ command line: they would slow every ``vsl --help``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 import logging
+import os
 from pathlib import Path
+import shutil
+import signal
 import sys
 
 import click
@@ -38,9 +42,11 @@ from .zones import dns_override_option, zone_option, zones_served
               help="What this process runs: the listeners up to on_pre_queue (receiver), "
                    "on_post_queue (worker), delivery, or all three. A single role needs "
                    "a queue shared between machines ([queue] backend = \"rabbitmq\").")
+@click.option("--metrics-listen", metavar="HOST:PORT",
+              help="Serve /metrics, /healthz and /readyz here (overrides [metrics] listen).")
 @click.option("-v", "--verbose", count=True, help="Debug log output (-vv: the SMTP dialogue too).")
 def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zones, hostname,
-          workers, role, verbose) -> None:
+          workers, role, metrics_listen, verbose) -> None:
     """Run the SMTP server on a directory of scripts."""
     if zones and dns_override:
         raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
@@ -48,7 +54,8 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
     setup_logging(verbose)
     logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
-                   dns_override=dns_override, hostname=hostname, workers=workers)
+                   dns_override=dns_override, hostname=hostname, workers=workers,
+                   metrics_listen=metrics_listen)
     with zones_served(zones) as nameserver:
         if nameserver:
             click.echo(f"vsl: zones served on {nameserver}")
@@ -84,7 +91,7 @@ def local_config(config_path: str | None):
 
 
 def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_override, hostname,
-                 workers):
+                 workers, metrics_listen=None):
     """The configuration `vsl serve` runs: the file's, changed by the options."""
     from vsl.server import config as config_module  # (the mail model: slow to import)
     from vsl.stdlib.ctx import entry_points
@@ -112,6 +119,9 @@ def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overri
                 config_module.nameserver(a, "--dns-override") for a in dns_override))
         if workers:
             changes["workers"] = workers
+        if metrics_listen:
+            config_module.parse_listen(metrics_listen, key="--metrics-listen")
+            changes["metrics"] = replace(config.metrics, listen=metrics_listen)
         return replace(config, **changes)
     except config_module.ConfigError as err:
         raise click.ClickException(str(err)) from None
@@ -120,11 +130,46 @@ def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_overri
 def _serve(config, role: str) -> None:
     """Run the server (or its workers) in ``role`` (``all``: every role) until
     interrupted."""
-    from vsl.server.app import ALL_ROLES, Server
+    from vsl.server.app import ALL_ROLES
+
+    roles = ALL_ROLES if role == "all" else frozenset({role})
+    with _metrics_directory(config):
+        _serve_measured(config, roles)
+
+
+@contextmanager
+def _metrics_directory(config):
+    """The metrics' directory prepared before anything imports prometheus_client; a
+    private one is removed when `vsl serve` stops, by SIGTERM too (which still ends the
+    process as it did)."""
+    from vsl.server import metrics
+
+    directory = metrics.prepare(config)
+    if directory is None or config.metrics.dir is not None:
+        yield
+        return
+
+    def terminated(signum, _frame):
+        shutil.rmtree(directory, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _serve_measured(config, roles: frozenset[str]) -> None:
+    """`vsl serve` once the metrics directory is ready."""
+    from vsl.server import metrics
+    from vsl.server.app import Server
     from vsl.server.policy import PolicyError
     from vsl.server.queue_backend import QueueError
 
-    roles = ALL_ROLES if role == "all" else frozenset({role})
+    metrics.enable(config)
     try:
         server = Server(config, roles=roles)
     except ValueError as err:

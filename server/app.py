@@ -28,7 +28,9 @@ from .authenticator import Authenticator
 from .config import Config, Listener
 from .delivery import Delivery
 from .delivery_hook import FailureHook
+from .exporter import Exporter
 from .intake import Intake
+from . import metrics, readiness
 from .post_queue_worker import PostQueueWorker
 from .queue_backend import QueueBackend
 from .queues import open_queue
@@ -81,11 +83,12 @@ class Server:
     """Everything one ``vsl serve`` process (or one worker of it) runs. ``state``: where
     its limits and greylisting count (None: the configured ``[state]``). ``roles``: the
     roles it runs (see the module docstring); ValueError when the queue backend cannot
-    serve them."""
+    serve them. ``index``: which worker it is (server/workers.py), for readiness."""
 
     def __init__(self, config: Config, engine: Engine | None = None,
-                 state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES):
-        self.config, self.roles = config, roles
+                 state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES,
+                 index: int = 0):
+        self.config, self.roles, self.index = config, roles, index
         self.spool: QueueBackend = open_queue(config)
         check_roles(roles, self.spool)
         dns_defaults = config.dns.resolver_defaults()
@@ -109,6 +112,8 @@ class Server:
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: list[tuple[Listener, tuple]] = []
         self._tasks: list[asyncio.Task] = []
+        self.exporter: Exporter | None = None
+        self.metrics_dir = metrics.directory() if config.metrics.enabled else None
 
     # -- connections -------------------------------------------------------------
     def protocol(self, listener: Listener) -> Protocol:
@@ -121,11 +126,12 @@ class Server:
         already bound and listening, by the parent of several workers
         (server/workers.py), which recovered the spool before starting them: then the
         spool is not recovered here (that would drop another worker's files being
-        written)."""
+        written); nor is the metrics endpoint served here then (its own process does)."""
         await self.spool.open()
         if sockets is None:
             await recover_queue(self.spool)
             sockets = [(listener, None) for listener in self.config.listen]
+            await self._export()
         if "delivery" in self.roles:
             self.delivery.start()
         if self.post_queue is not None:
@@ -146,6 +152,14 @@ class Server:
         log.info("started: %s (%s), scripts %s, queue %s, state %s", self.config.hostname,
                  ", ".join(role for role in ROLES if role in self.roles),
                  self.config.scripts or "(none)", self.config.queue_dir, self.scripting.state)
+        if self.metrics_dir is not None:
+            readiness.mark_ready(self.metrics_dir, self.index)
+
+    async def _export(self) -> None:
+        """Serve /metrics on this loop (one process, ``[metrics] listen`` set)."""
+        if self.metrics_dir is not None:
+            self.exporter = Exporter(self.config, workers=1)
+            await self.exporter.start()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
@@ -159,6 +173,10 @@ class Server:
 
     async def stop(self) -> None:
         log.info("stopping")
+        if self.metrics_dir is not None:
+            readiness.unmark_ready(self.metrics_dir, self.index)
+        if self.exporter is not None:
+            await self.exporter.stop()
         if self.post_queue is not None:
             await self.post_queue.stop()
         await self.delivery.stop()

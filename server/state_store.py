@@ -19,14 +19,15 @@ def open_state(config: Config) -> StateStore:
     if config.state.backend == "redis":
         from vsl.stdlib.support.state.redis_store import DEFAULT_TIMEOUT, RedisStore  # (the client)
 
-        return RedisStore(_url(config.state), config.state.timeout or DEFAULT_TIMEOUT)
+        return RedisStore(redis_url(config.state), config.state.timeout or DEFAULT_TIMEOUT)
     try:
         return SqliteStore(config.state_path)
     except (sqlite3.Error, OSError) as err:
         raise ConfigError(f"state.path: cannot open {config.state_path}: {err}") from None
 
 
-def _url(state: StateConfig) -> str:
+def redis_url(state: StateConfig) -> str:
+    """The Redis URL of ``[state]`` (from url or url_file)."""
     if state.url_file is None:
         return state.url
     text = read_secret(state.url_file, "state.url_file", "the Redis password")

@@ -11,6 +11,10 @@ One Python process is held to about one core by the GIL; N workers are not. The 
 - on the spool, only worker 0 runs the delivery worker; on a queue shared between
   machines (a broker) every worker may deliver (each with its own delivery journal) and
   run on_post_queue;
+- with ``[metrics] listen``, it binds the metrics socket with the listeners and forks an
+  exporter child (server/exporter.py), supervised as the workers are; each process that
+  exits is marked dead for the metrics (its live gauges stop counting), and each worker
+  started again counts in ``vsl_worker_restarts_total``;
 - SIGTERM or SIGINT stops every worker, then the parent exits 0; SIGHUP reloads the
   scripts in every worker; a worker that dies otherwise is logged and started again
   (as Postfix's master does), at most once a second.
@@ -29,9 +33,10 @@ import threading
 import time
 from dataclasses import replace
 
-from . import event_loop
+from . import event_loop, metrics
 from .app import ALL_ROLES, Server, recover_queue
-from .config import Config, Listener
+from .config import Config, Listener, parse_listen
+from .exporter import serve_exporter
 from .queues import open_queue
 
 log = logging.getLogger("vsl.workers")
@@ -39,6 +44,7 @@ log = logging.getLogger("vsl.workers")
 BACKLOG = 100           # as asyncio's create_server
 RESTART_INTERVAL = 1.0  # a worker that keeps dying is started again at most this often
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+EXPORTER = -1           # the exporter child's index among the children
 
 
 def bind(listener: Listener) -> list[socket.socket]:
@@ -87,27 +93,42 @@ class Workers:
         self.config, self.roles = config, roles
         self.shared = False  # the queue is shared between machines (known once prepared)
         self.sockets: list[tuple[Listener, socket.socket]] = []
-        self.children: dict[int, int] = {}   # pid -> worker index
+        self.metrics_sockets: list[socket.socket] = []
+        self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
 
     def prepare(self) -> None:
-        """Bind every listener of a receiver, then recover the spool (OSError if a
-        listener cannot bind)."""
+        """Bind every listener of a receiver and the metrics endpoint, then recover the
+        spool (OSError if one cannot bind)."""
         listeners = self.config.listen if "receiver" in self.roles else ()
         try:
             for listener in listeners:
                 self.sockets += [(listener, sock) for sock in bind(listener)]
+            self.metrics_sockets = self._bind_metrics()
         except BaseException:
             self.close()
             raise
         self.shared = event_loop.run(_recover(self.config), self.config.event_loop)
+
+    def _bind_metrics(self) -> list[socket.socket]:
+        """The exporter's sockets (none when metrics are off); an OSError naming
+        ``metrics HOST:PORT`` when they cannot bind."""
+        if not self.config.metrics.enabled:
+            return []
+        listen = self.config.metrics.listen
+        try:
+            return bind(parse_listen(listen, key="metrics.listen"))
+        except OSError as err:
+            raise OSError(f"metrics {listen}: {err}") from None
 
     def run(self) -> int:
         """Start the workers and look after them until SIGTERM or SIGINT; returns the exit
         status (0)."""
         handlers = {sig: signal.signal(sig, self._signal) for sig in _SIGNALS}
         try:
+            if self.metrics_sockets:
+                self._start(EXPORTER)
             for index in range(self.config.workers):
                 if self.stopping:
                     break  # SIGTERM while starting: the rest are never started
@@ -120,24 +141,27 @@ class Workers:
         return 0
 
     def close(self) -> None:
-        for _, sock in self.sockets:
+        for sock in (*(sock for _, sock in self.sockets), *self.metrics_sockets):
             sock.close()
         self.sockets.clear()
+        self.metrics_sockets.clear()
 
     # -- the parent ----------------------------------------------------------------------
     def _signal(self, signum: int, _frame) -> None:
+        workers = [pid for pid, index in self.children.items() if index != EXPORTER]
         if signum == signal.SIGHUP:
-            log.info("SIGHUP: reloading the scripts in %d worker(s)", len(self.children))
-            self._send(signal.SIGHUP)
+            log.info("SIGHUP: reloading the scripts in %d worker(s)", len(workers))
+            self._send(signal.SIGHUP, workers)
             return
         if not self.stopping:
             log.info("%s: stopping %d worker(s)", signal.Signals(signum).name,
-                     len(self.children))
+                     len(workers))
         self.stopping = True
-        self._send(signal.SIGTERM)
+        self._send(signal.SIGTERM, list(self.children))
 
-    def _send(self, signum: int) -> None:
-        for pid in list(self.children):
+    @staticmethod
+    def _send(signum: int, pids: list[int]) -> None:
+        for pid in pids:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
@@ -152,10 +176,13 @@ class Workers:
             index = self.children.pop(pid, None)
             if index is None:
                 continue
+            metrics.mark_dead(pid)
             if self.stopping:
                 continue
-            log.error("worker %d (pid %d) %s: starting it again", index, pid,
+            log.error("%s (pid %d) %s: starting it again", _name(index), pid,
                       _describe(status))
+            if index != EXPORTER:
+                metrics.count("vsl_worker_restarts_total")
             wait = self.started.get(index, 0.0) + RESTART_INTERVAL - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # a SIGTERM meanwhile still stops everything
@@ -178,7 +205,7 @@ class Workers:
                 os.kill(pid, signal.SIGTERM)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        log.info("worker %d started (pid %d)", index, pid)
+        log.info("%s started (pid %d)", _name(index), pid)
 
     # -- a worker ------------------------------------------------------------------------
     def _child(self, index: int) -> None:
@@ -187,15 +214,22 @@ class Workers:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as one `vsl serve` process
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
-            config = child_config(self.config, index, self.shared)
-            event_loop.run(_serve(Server(config, roles=self.roles), self.sockets),
-                           config.event_loop, announce=False)
+            event_loop.run(self._work(index), self.config.event_loop, announce=False)
             status = 0
         except BaseException:  # noqa: BLE001 - logged; the parent starts it again
-            log.exception("worker %d failed", index)
+            log.exception("%s failed", _name(index))
         finally:
             logging.shutdown()
             os._exit(status)
+
+
+    def _work(self, index: int):
+        """What child ``index`` runs: the exporter, or a worker's Server."""
+        if index == EXPORTER:
+            return serve_exporter(self.config, self.metrics_sockets)
+        metrics.enable(self.config)
+        config = child_config(self.config, index, self.shared)
+        return _serve(Server(config, roles=self.roles, index=index), self.sockets)
 
 
 def child_config(config: Config, index: int, shared: bool) -> Config:
@@ -220,6 +254,10 @@ async def _serve(server: Server, sockets: list[tuple[Listener, socket.socket]]) 
     asyncio.get_running_loop().call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK,
                                          {signal.SIGHUP})
     await server.serve_forever()
+
+
+def _name(index: int) -> str:
+    return "exporter" if index == EXPORTER else f"worker {index}"
 
 
 def _describe(status: int) -> str:

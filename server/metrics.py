@@ -1,0 +1,200 @@
+"""The server's Prometheus metrics: what server code and natives count, and a scrape.
+
+Design (docs/observability.md): every process of one ``vsl serve`` writes its values
+to prometheus_client's multiprocess files in one directory, and a scrape sums them.
+prometheus_client picks its value class when it is imported, so the parent calls
+:func:`prepare` (directory, ``PROMETHEUS_MULTIPROC_DIR``) before anything imports it;
+each serving process then calls :func:`enable`, which builds the metric objects of
+``server/metrics_catalogue.py`` and installs this module as the natives' telemetry
+sink. Server code calls :func:`count`, :func:`observe` and :func:`adjust`; while
+metrics are off they cost one call and a test of a global. Label values are guarded
+by the catalogue (a value outside its set counts as the fallback, and past
+``max_series`` label sets a metric counts "other"); the labelled children are cached,
+so a repeated call costs a dictionary look-up and the increment.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vsl.stdlib.support import telemetry
+
+from .metrics_catalogue import CATALOGUE, Label, Metric
+from .observability_config import MetricsConfig, ScriptMetric
+
+log = logging.getLogger("vsl.metrics")
+
+ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
+SHARED_MEMORY = Path("/dev/shm")
+CACHE_PER_SERIES = 4  # raw label sets cached per allowed series (the rest guarded per call)
+
+
+class Recorder:
+    """The metric objects of one process, their guarded, cached children; the natives'
+    telemetry sink while metrics are on."""
+
+    def __init__(self, config: MetricsConfig):
+        self.max_series = config.max_series
+        self.specs: dict[str, Metric] = {name: metric for name, metric in CATALOGUE.items()
+                                         if not metric.exporter}
+        self.specs.update((m.exported_name, script_metric(m)) for m in config.script)
+        self.objects = {name: _build(spec) for name, spec in self.specs.items()}
+        self.children: dict[tuple, object] = {}
+        self.series: dict[str, set[tuple[str, ...]]] = {name: set() for name in self.specs}
+        self.warned: set[str] = set()
+
+    def count(self, name: str, amount: float = 1, **labels: str) -> None:
+        self.child(name, labels).inc(amount)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        self.child(name, labels).observe(value)
+
+    def child(self, name: str, labels: dict[str, str]):
+        """The metric object for ``name`` with ``labels`` (guarded), from the cache."""
+        key = (name, *labels.items())
+        found = self.children.get(key)
+        if found is None:
+            found = self._labelled(name, labels)
+            if len(self.children) < CACHE_PER_SERIES * self.max_series * len(self.specs):
+                self.children[key] = found
+        return found
+
+    def _labelled(self, name: str, labels: dict[str, str]):
+        spec = self.specs.get(name)
+        if spec is None:
+            raise ValueError(f"metrics: unknown metric '{name}' (not in the catalogue)")
+        if set(labels) != set(spec.label_names):
+            raise ValueError(f"metrics: {name} takes the labels "
+                             f"{', '.join(spec.label_names) or 'none'}, not "
+                             f"{', '.join(sorted(labels)) or 'none'}")
+        if not spec.labels:
+            return self.objects[name]
+        values = tuple(label.guard(labels[label.name], labels) for label in spec.labels)
+        return self.objects[name].labels(*self._bounded(name, values))
+
+    def _bounded(self, name: str, values: tuple[str, ...]) -> tuple[str, ...]:
+        """``values``, or "other" for every label once ``name`` holds max_series sets."""
+        known = self.series[name]
+        if values in known:
+            return values
+        if len(known) < self.max_series:
+            known.add(values)
+            return values
+        if name not in self.warned:
+            self.warned.add(name)
+            log.warning("metrics: %s holds %d label sets (metrics.max_series): "
+                        "counting new ones as other", name, self.max_series)
+        return ("other",) * len(values)
+
+
+def script_metric(declared: ScriptMetric) -> Metric:
+    """The counter of a ``[metrics.script.NAME]`` declaration."""
+    labels = tuple(Label(key, values) for key, values in declared.labels)
+    return Metric(declared.exported_name, "counter", declared.help, labels)
+
+
+def _build(spec: Metric):
+    """The prometheus_client object of ``spec`` (registered nowhere: a scrape reads the
+    multiprocess files)."""
+    import prometheus_client
+
+    common = dict(name=spec.name, documentation=spec.help, labelnames=spec.label_names,
+                  registry=None)
+    if spec.kind == "counter":
+        return prometheus_client.Counter(**common)
+    if spec.kind == "gauge":
+        return prometheus_client.Gauge(**common, multiprocess_mode=spec.mode)
+    return prometheus_client.Histogram(**common, buckets=spec.buckets)
+
+
+_recorder: Recorder | None = None
+
+
+def count(name: str, amount: float = 1, **labels: str) -> None:
+    """Add ``amount`` to the counter ``name`` (nothing while metrics are off)."""
+    if _recorder is not None:
+        _recorder.child(name, labels).inc(amount)
+
+
+def observe(name: str, value: float, **labels: str) -> None:
+    """Record ``value`` in the histogram ``name`` (nothing while metrics are off)."""
+    if _recorder is not None:
+        _recorder.child(name, labels).observe(value)
+
+
+def adjust(name: str, delta: float, **labels: str) -> None:
+    """Move the gauge ``name`` by ``delta`` (nothing while metrics are off)."""
+    if _recorder is not None:
+        _recorder.child(name, labels).inc(delta)
+
+
+# -- life cycle ----------------------------------------------------------------------------
+def prepare(config) -> Path | None:
+    """In the parent, before prometheus_client is imported: the multiprocess directory
+    (``[metrics] dir`` with its ``*.db`` files and ready marks removed, else a private
+    one, in /dev/shm when there is one), named in the environment for every process;
+    None when metrics are off."""
+    if not config.metrics.enabled:
+        return None
+    if config.metrics.dir is None:
+        where = SHARED_MEMORY if SHARED_MEMORY.is_dir() else None
+        directory = Path(tempfile.mkdtemp(prefix="vsl-metrics-", dir=where))
+    else:
+        directory = Path(config.metrics.dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        shutil.rmtree(directory / "ready", ignore_errors=True)
+    os.environ[ENVIRONMENT] = str(directory)
+    return directory
+
+
+def directory() -> Path | None:
+    """The multiprocess directory :func:`prepare` chose (None: metrics are off)."""
+    named = os.environ.get(ENVIRONMENT)
+    return Path(named) if named else None
+
+
+def enable(config) -> None:
+    """In a serving process (again after a fork): build the metrics and install the
+    natives' sink. Nothing when metrics are off; RuntimeError without :func:`prepare`."""
+    global _recorder
+    if not config.metrics.enabled:
+        return
+    if directory() is None:
+        raise RuntimeError(f"metrics: enable() before prepare(): {ENVIRONMENT} is not set")
+    _recorder = Recorder(config.metrics)
+    telemetry.install(_recorder)
+
+
+def disable() -> None:
+    """Metrics off again in this process (tests)."""
+    global _recorder
+    _recorder = None
+    telemetry.install(None)
+
+
+def mark_dead(pid: int) -> None:
+    """A process that exited: its live gauges no longer count."""
+    if _recorder is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(directory()))
+
+
+def collect(accept: str = "", collectors=()) -> tuple[bytes, str]:
+    """A scrape: the values of every process plus ``collectors`` (computed now, by the
+    exporter), encoded as ``accept`` (an Accept header) asks; (body, content type)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(directory()))
+    for collector in collectors:
+        registry.register(collector)
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
