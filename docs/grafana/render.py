@@ -26,7 +26,7 @@ CAPTION = ("Drawn by docs/grafana/render.py from /metrics scrapes recorded in a 
            "of vsl serve, with the expressions of docs/grafana/vsl.json; "
            "not a Grafana screenshot.")
 _LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-_ROW_UNITS, _INCH_PER_ROW_UNIT, _FIGURE_INCHES = 24, 0.32, 18
+_COLUMNS, _INCHES_PER_GRID_ROW, _FIGURE_INCHES, _MARGIN_INCHES = 24, 0.32, 18, 0.5
 
 
 @dataclass
@@ -75,13 +75,27 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.3g}" + (" req/s" if unit == "reqps" else "")
 
 
-def _panel_axes(figure, panel: dict, height: int):
-    """An axes in the panel's gridPos cell (rows of the grid counted from the top)."""
-    grid, pad = panel["gridPos"], 0.004
-    left, width = grid["x"] / _ROW_UNITS, grid["w"] / _ROW_UNITS
-    bottom = 1 - (grid["y"] + grid["h"]) / height
-    box = (left + pad * 6, bottom + pad * 2.5, width - pad * 9, grid["h"] / height - pad * 6)
-    return figure.add_axes(box)
+@dataclass
+class _Layout:
+    """Grid cells to figure fractions: ``rows`` grid rows between two margins."""
+
+    rows: int
+
+    @property
+    def inches(self) -> float:
+        return self.rows * _INCHES_PER_GRID_ROW + 2 * _MARGIN_INCHES
+
+    def top(self, grid_row: float) -> float:
+        """The figure fraction of the top of ``grid_row`` (0 is the first)."""
+        return 1 - (_MARGIN_INCHES + grid_row * _INCHES_PER_GRID_ROW) / self.inches
+
+    def box(self, grid: dict) -> tuple[float, float, float, float]:
+        """(left, bottom, width, height) of a panel's axes, room kept for its ticks."""
+        left, width = grid["x"] / _COLUMNS, grid["w"] / _COLUMNS
+        bottom, top = self.top(grid["y"] + grid["h"]), self.top(grid["y"])
+        tick_room, title_room = 0.045, 0.4 / self.inches
+        return (left + tick_room, bottom + title_room, width - tick_room - 0.008,
+                top - bottom - 2 * title_room)
 
 
 def _draw_timeseries(axes, panel: dict, series: list[Series], times: list) -> None:
@@ -96,6 +110,7 @@ def _draw_timeseries(axes, panel: dict, series: list[Series], times: list) -> No
     else:
         for line in series:
             axes.plot(times, line.values, label=line.legend, linewidth=1.2)
+    axes.set_xlim(times[0], times[-1])
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: format_value(value, unit)))
     axes.tick_params(labelsize=7)
     axes.set_ylim(bottom=0)
@@ -121,23 +136,22 @@ def draw(dashboard: dict, recording: Recording, output: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.dates as dates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from datetime import datetime, timezone
 
     plt.style.use("dark_background")
     panels = dashboard["panels"]
-    height = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    figure = plt.figure(figsize=(_FIGURE_INCHES, height * _INCH_PER_ROW_UNIT + 0.6),
-                        facecolor="#111217")
+    layout = _Layout(max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels))
+    figure = plt.figure(figsize=(_FIGURE_INCHES, layout.inches), facecolor="#111217")
     times = [datetime.fromtimestamp(t, timezone.utc) for t in recording.times]
     figure.suptitle(f"{dashboard['title']} (UTC {times[0]:%Y-%m-%d %H:%M:%S} to "
-                    f"{times[-1]:%H:%M:%S})", fontsize=13, y=0.998)
+                    f"{times[-1]:%H:%M:%S})", fontsize=13, y=layout.top(-0.6))
     for panel in panels:
         if panel["type"] == "row":
-            grid = panel["gridPos"]
-            figure.text(0.005, 1 - (grid["y"] + 0.7) / height, panel["title"], fontsize=11,
-                        weight="bold")
+            figure.text(0.005, layout.top(panel["gridPos"]["y"] + 0.8), panel["title"],
+                        fontsize=11, weight="bold")
             continue
-        axes = _panel_axes(figure, panel, height)
+        axes = figure.add_axes(layout.box(panel["gridPos"]))
         axes.set_facecolor("#181b1f")
         axes.set_title(panel["title"], fontsize=9, loc="left")
         series = evaluate_panel(panel, recording)
@@ -145,8 +159,9 @@ def draw(dashboard: dict, recording: Recording, output: Path) -> None:
             _draw_stat(axes, panel, series)
         else:
             _draw_timeseries(axes, panel, series, times)
+            axes.xaxis.set_major_locator(MaxNLocator(max(2, panel["gridPos"]["w"] // 3)))
             axes.xaxis.set_major_formatter(dates.DateFormatter("%H:%M:%S"))
-    figure.text(0.5, 0.002, CAPTION, ha="center", fontsize=8, style="italic", alpha=0.8)
+    figure.text(0.5, 0.3 / layout.inches, CAPTION, ha="center", fontsize=9, style="italic", alpha=0.8)
     figure.savefig(output, dpi=64, facecolor=figure.get_facecolor())
 
 
