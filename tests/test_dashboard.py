@@ -121,43 +121,40 @@ def synthetic():
                              for when, hits, misses, buckets in _SCRAPES])
 
 
-def _values(expr: str, recording) -> dict:
-    return {labels: values for labels, values in
-            promql.evaluate_over(expr, recording).items()}
 
 
 def test_rate_and_increase_over_the_window(synthetic):
-    rates = _values('sum by (result) (rate(vsl_dns_cache_total{instance=~"$instance"}[5m]))',
-                    synthetic)
+    rates = promql.evaluate_over(
+        'sum by (result) (rate(vsl_dns_cache_total{instance=~"$instance"}[5m]))', synthetic)
     hit, miss = rates[(("result", "hit"),)], rates[(("result", "miss"),)]
     assert math.isnan(hit[0])  # one sample: no rate yet
     assert hit[1:] == [2.0, 1.25]  # 20 in 10 s; then 20 + 5 (after the reset) in 20 s
     assert miss[1:] == [0.3, 0.3]
-    short = _values("sum(increase(vsl_dns_cache_total[15s]))", synthetic)[()]
+    short = promql.evaluate_over("sum(increase(vsl_dns_cache_total[15s]))", synthetic)[()]
     assert short[1:] == [23.0, 8.0]  # the window holds the last two scrapes only
 
 
 def test_a_ratio_of_two_sums(synthetic):
     expr = ('sum(rate(vsl_dns_cache_total{result="hit"}[5m])) / '
             'sum(rate(vsl_dns_cache_total[5m])) * 100')
-    ratio = _values(expr, synthetic)[()]
+    ratio = promql.evaluate_over(expr, synthetic)[()]
     assert ratio[1] == pytest.approx(100 * 20 / 23)
 
 
 def test_histogram_quantile_interpolates_in_the_bucket(synthetic):
     expr = ("histogram_quantile(0.5, sum by (le) "
             '(rate(vsl_dns_seconds_bucket{instance=~"$instance"}[5m])))')
-    median = _values(expr, synthetic)[()]
+    median = promql.evaluate_over(expr, synthetic)[()]
     # at 1010: 20 in total, rank 10, the 0.1 bucket holds 10 -> its upper bound
     assert median[1] == pytest.approx(0.1)
     # at 1020: rises 14/30/40, rank 20 lies in (0.1, 1.0]: 0.1 + 0.9 * (20 - 14) / 16
     assert median[2] == pytest.approx(0.1 + 0.9 * 6 / 16)
-    p99 = _values(expr.replace("0.5", "0.99"), synthetic)[()]
+    p99 = promql.evaluate_over(expr.replace("0.5", "0.99"), synthetic)[()]
     assert p99[2] == pytest.approx(1.0)  # rank 39.6 lies in +Inf: the last finite bound
 
 
 def test_topk_and_gauges(synthetic):
-    top = _values("topk(1, sum by (result) (vsl_dns_cache_total))", synthetic)
+    top = promql.evaluate_over("topk(1, sum by (result) (vsl_dns_cache_total))", synthetic)
     assert top[(("result", "hit"),)][1] == 20 and top[(("result", "miss"),)][2] == 6
     assert math.isnan(top[(("result", "miss"),)][1])
 
@@ -168,6 +165,15 @@ def test_values_are_shown_in_their_units():
     assert render.format_value(3 * 1024 * 1024, "Bps") == "3 MiB/s"
     assert render.format_value(2.5, "reqps") == "2.5 req/s"
     assert render.format_value(math.nan, "short") == "no data"
+
+
+def test_the_picture_is_drawn_from_a_recording(tmp_path):
+    pytest.importorskip("matplotlib")
+    scrapes = tmp_path / "scrapes.jsonl"
+    scrapes.write_text("".join(json.dumps({"time": when, "text": _scrape(h, m, b)}) + "\n"
+                               for when, h, m, b in _SCRAPES))
+    assert render.main([str(scrapes), "-o", str(tmp_path / "vsl.png")]) == 0
+    assert (tmp_path / "vsl.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_every_panel_evaluates_over_scrapes_of_a_real_server(tmp_path):

@@ -93,14 +93,11 @@ class Aggregation:
 
 
 @dataclass(frozen=True)
-class TopK:
-    k: int
-    argument: object
+class WithParameter:
+    """``topk(k, argument)`` or ``histogram_quantile(q, argument)``."""
 
-
-@dataclass(frozen=True)
-class Quantile:
-    q: float
+    function: str
+    parameter: float
     argument: object
 
 
@@ -180,10 +177,8 @@ class _Parser:
         if function in _AGGREGATIONS:
             by = self.by() if self.peek() == ("name", "by") else None
             return Aggregation(function, by, self.parenthesised(self.expression))
-        if function == "topk":
-            return TopK(*self.parenthesised(self.number_and_expression))
-        if function == "histogram_quantile":
-            return Quantile(*self.parenthesised(self.number_and_expression))
+        if function in ("topk", "histogram_quantile"):
+            return WithParameter(function, *self.parenthesised(self.number_and_expression))
         raise PromqlError(f"{function}() is outside the subset")
 
     def range_function(self, function: str) -> RangeFunction:
@@ -237,7 +232,7 @@ def metric_names(tree) -> set[str]:
         return {tree.selector.name}
     if isinstance(tree, Binary):
         return metric_names(tree.left) | metric_names(tree.right)
-    if isinstance(tree, (Aggregation, TopK, Quantile)):
+    if isinstance(tree, (Aggregation, WithParameter)):
         return metric_names(tree.argument)
     return set()
 
@@ -353,12 +348,11 @@ def evaluate(tree, recording: Recording, when: float) -> Vector | float:
         return found
     if isinstance(tree, Aggregation):
         return _aggregate(tree, evaluate(tree.argument, recording, when))
-    if isinstance(tree, TopK):
+    if isinstance(tree, WithParameter):
         vector = evaluate(tree.argument, recording, when)
-        kept = sorted(vector.items(), key=lambda item: -item[1])[:int(tree.k)]
-        return dict(kept)
-    if isinstance(tree, Quantile):
-        return _quantile(tree.q, evaluate(tree.argument, recording, when))
+        if tree.function == "histogram_quantile":
+            return _quantile(tree.parameter, vector)
+        return dict(sorted(vector.items(), key=lambda item: -item[1])[:int(tree.parameter)])
     if isinstance(tree, Binary):
         return _binary(tree.op, evaluate(tree.left, recording, when),
                        evaluate(tree.right, recording, when))

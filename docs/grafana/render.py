@@ -17,6 +17,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from promql_lite import PromqlError, Recording, evaluate_over
@@ -99,7 +100,9 @@ class _Layout:
 
 
 def _draw_timeseries(axes, panel: dict, series: list[Series], times: list) -> None:
-    from matplotlib.ticker import FuncFormatter
+    """Lines (or stacked areas) over the scrape times, the y axis in the panel's unit."""
+    from matplotlib.dates import DateFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     unit = panel["fieldConfig"]["defaults"].get("unit", "short")
     stacked = panel["fieldConfig"]["defaults"].get("custom", {}).get(
@@ -111,6 +114,8 @@ def _draw_timeseries(axes, panel: dict, series: list[Series], times: list) -> No
         for line in series:
             axes.plot(times, line.values, label=line.legend, linewidth=1.2)
     axes.set_xlim(times[0], times[-1])
+    axes.xaxis.set_major_locator(MaxNLocator(max(2, panel["gridPos"]["w"] // 3)))
+    axes.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: format_value(value, unit)))
     axes.tick_params(labelsize=7)
     axes.set_ylim(bottom=0)
@@ -123,6 +128,7 @@ def _draw_timeseries(axes, panel: dict, series: list[Series], times: list) -> No
 
 
 def _draw_stat(axes, panel: dict, series: list[Series]) -> None:
+    """The last value of the first series, large, as Grafana's stat panel shows it."""
     unit = panel["fieldConfig"]["defaults"].get("unit", "short")
     seen = [v for line in series[:1] for v in line.values if not math.isnan(v)]
     axes.axis("off")
@@ -134,13 +140,11 @@ def draw(dashboard: dict, recording: Recording, output: Path) -> None:
     """Lays the dashboard's panels out by gridPos and writes the picture to ``output``."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.dates as dates
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    from datetime import datetime, timezone
 
-    plt.style.use("dark_background")
     panels = dashboard["panels"]
+    evaluated = {panel["id"]: evaluate_panel(panel, recording) for panel in panels}
+    plt.style.use("dark_background")
     layout = _Layout(max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels))
     figure = plt.figure(figsize=(_FIGURE_INCHES, layout.inches), facecolor="#111217")
     times = [datetime.fromtimestamp(t, timezone.utc) for t in recording.times]
@@ -154,14 +158,12 @@ def draw(dashboard: dict, recording: Recording, output: Path) -> None:
         axes = figure.add_axes(layout.box(panel["gridPos"]))
         axes.set_facecolor("#181b1f")
         axes.set_title(panel["title"], fontsize=9, loc="left")
-        series = evaluate_panel(panel, recording)
         if panel["type"] == "stat":
-            _draw_stat(axes, panel, series)
+            _draw_stat(axes, panel, evaluated[panel["id"]])
         else:
-            _draw_timeseries(axes, panel, series, times)
-            axes.xaxis.set_major_locator(MaxNLocator(max(2, panel["gridPos"]["w"] // 3)))
-            axes.xaxis.set_major_formatter(dates.DateFormatter("%H:%M:%S"))
-    figure.text(0.5, 0.3 / layout.inches, CAPTION, ha="center", fontsize=9, style="italic", alpha=0.8)
+            _draw_timeseries(axes, panel, evaluated[panel["id"]], times)
+    figure.text(0.5, 0.3 / layout.inches, CAPTION, ha="center", fontsize=9, style="italic",
+                alpha=0.8)
     figure.savefig(output, dpi=64, facecolor=figure.get_facecolor())
 
 
