@@ -86,19 +86,14 @@ class RangeFunction:
 
 
 @dataclass(frozen=True)
-class Aggregation:
-    function: str  # sum | max | min
-    by: tuple[str, ...] | None
-    argument: object
-
-
-@dataclass(frozen=True)
-class WithParameter:
-    """``topk(k, argument)`` or ``histogram_quantile(q, argument)``."""
+class Call:
+    """A function of an instant vector: ``sum``/``max``/``min`` (grouped ``by``),
+    ``topk`` and ``histogram_quantile`` (their number is ``parameter``)."""
 
     function: str
-    parameter: float
     argument: object
+    by: tuple[str, ...] | None = None
+    parameter: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +120,7 @@ class _Parser:
     """Recursive descent over the tokens: expr := term (('/'|'*') term)*."""
 
     def __init__(self, text: str):
-        self.text, self.tokens, self.at = text, _tokens(text), 0
+        self.tokens, self.at = _tokens(text), 0
 
     def parse(self):
         tree = self.expression()
@@ -176,9 +171,10 @@ class _Parser:
             return self.parenthesised(lambda: self.range_function(function))
         if function in _AGGREGATIONS:
             by = self.by() if self.peek() == ("name", "by") else None
-            return Aggregation(function, by, self.parenthesised(self.expression))
+            return Call(function, self.parenthesised(self.expression), by=by)
         if function in ("topk", "histogram_quantile"):
-            return WithParameter(function, *self.parenthesised(self.number_and_expression))
+            parameter, argument = self.parenthesised(self.number_and_expression)
+            return Call(function, argument, parameter=parameter)
         raise PromqlError(f"{function}() is outside the subset")
 
     def range_function(self, function: str) -> RangeFunction:
@@ -232,7 +228,7 @@ def metric_names(tree) -> set[str]:
         return {tree.selector.name}
     if isinstance(tree, Binary):
         return metric_names(tree.left) | metric_names(tree.right)
-    if isinstance(tree, (Aggregation, WithParameter)):
+    if isinstance(tree, Call):
         return metric_names(tree.argument)
     return set()
 
@@ -277,7 +273,7 @@ def _range_value(node: RangeFunction, points: list[tuple[float, float]]) -> floa
     return rise if node.function == "increase" else rise / (points[-1][0] - points[0][0])
 
 
-def _aggregate(node: Aggregation, vector: Vector) -> Vector:
+def _aggregate(node: Call, vector: Vector) -> Vector:
     groups: dict[Labels, list[float]] = {}
     for labels, value in vector.items():
         kept = tuple((k, v) for k, v in labels if node.by is not None and k in node.by)
@@ -327,36 +323,46 @@ def _binary(op: str, left, right) -> Vector | float:
             if labels in right}
 
 
+def _latest(selector: Selector, recording: Recording, when: float) -> Vector:
+    """Each matching series' last value scraped at or before ``when``."""
+    found = {}
+    for labels, points in recording.select(selector).items():
+        seen = [value for at, value in points if at <= when]
+        if seen:
+            found[labels] = seen[-1]
+    return found
+
+
+def _over_window(node: RangeFunction, recording: Recording, when: float) -> Vector:
+    """``rate`` or ``increase`` of each matching series over the window ending at ``when``."""
+    found = {}
+    for labels, points in recording.select(node.selector).items():
+        value = _range_value(node, [p for p in points if when - node.window < p[0] <= when])
+        if value is not None:
+            found[labels] = value
+    return found
+
+
+def _call(node: Call, vector: Vector) -> Vector:
+    if node.function in _AGGREGATIONS:
+        return _aggregate(node, vector)
+    if node.function == "histogram_quantile":
+        return _quantile(node.parameter, vector)
+    return dict(sorted(vector.items(), key=lambda item: -item[1])[:int(node.parameter)])
+
+
 def evaluate(tree, recording: Recording, when: float) -> Vector | float:
     """The value of ``tree`` at time ``when``: an instant vector, or a float for numbers."""
     if isinstance(tree, Number):
         return tree.value
     if isinstance(tree, Selector):
-        found = {}
-        for labels, points in recording.select(tree).items():
-            seen = [value for at, value in points if at <= when]
-            if seen:
-                found[labels] = seen[-1]
-        return found
+        return _latest(tree, recording, when)
     if isinstance(tree, RangeFunction):
-        found = {}
-        for labels, points in recording.select(tree.selector).items():
-            inside = [p for p in points if when - tree.window < p[0] <= when]
-            value = _range_value(tree, inside)
-            if value is not None:
-                found[labels] = value
-        return found
-    if isinstance(tree, Aggregation):
-        return _aggregate(tree, evaluate(tree.argument, recording, when))
-    if isinstance(tree, WithParameter):
-        vector = evaluate(tree.argument, recording, when)
-        if tree.function == "histogram_quantile":
-            return _quantile(tree.parameter, vector)
-        return dict(sorted(vector.items(), key=lambda item: -item[1])[:int(tree.parameter)])
-    if isinstance(tree, Binary):
-        return _binary(tree.op, evaluate(tree.left, recording, when),
-                       evaluate(tree.right, recording, when))
-    raise PromqlError(f"cannot evaluate {tree!r}")
+        return _over_window(tree, recording, when)
+    if isinstance(tree, Call):
+        return _call(tree, evaluate(tree.argument, recording, when))
+    return _binary(tree.op, evaluate(tree.left, recording, when),
+                   evaluate(tree.right, recording, when))
 
 
 def evaluate_over(text: str, recording: Recording) -> dict[Labels, list[float]]:
