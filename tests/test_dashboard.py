@@ -168,7 +168,6 @@ def test_values_are_shown_in_their_units():
 
 
 def test_the_picture_is_drawn_from_a_recording(tmp_path):
-    pytest.importorskip("matplotlib")
     scrapes = tmp_path / "scrapes.jsonl"
     scrapes.write_text("".join(json.dumps({"time": when, "text": _scrape(h, m, b)}) + "\n"
                                for when, h, m, b in _SCRAPES))
