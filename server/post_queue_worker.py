@@ -24,6 +24,7 @@ from collections.abc import Callable
 from vsl.stdlib.ctx import Context
 from vsl.stdlib.support.handoff import HandoffError
 
+from . import logids
 from .claim_loop import ClaimLoop
 from .config import Config
 from .intake import Intake, take_over
@@ -53,6 +54,10 @@ class PostQueueWorker:
         await self.claims.stop()
 
     async def _process(self, entry: Entry) -> None:
+        with logids.bound(entry.envelope.session, entry.id):
+            await self._post_queue(entry)
+
+    async def _post_queue(self, entry: Entry) -> None:
         try:
             data = await self.queue.message(entry.id, entry.queue)
             runner = self.new_runner()
