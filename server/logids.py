@@ -47,10 +47,16 @@ def start_session() -> Ids:
     return ids
 
 
-@contextmanager
 def bound(session: str, queue_id: str | None = None):
-    """Log with these ids inside the block."""
-    token = _current.set(Ids(session, queue_id))
+    """Log with these ids inside the block (a context manager)."""
+    return using(Ids(session, queue_id))
+
+
+@contextmanager
+def using(ids: Ids):
+    """Log with ``ids`` inside the block: for code a session's task does not run (the
+    transport's callbacks)."""
+    token = _current.set(ids)
     try:
         yield
     finally:

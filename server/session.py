@@ -73,10 +73,20 @@ class Session:
         self.admitted = self.admission.admit(self.peer_ip)
         event(log, logging.INFO, "connect", "connect from unknown[%s]", self.peer_ip,
               client_ip=self.peer_ip, listener=self.listener.kind)
+        if self.ctx.tls:
+            self._log_tls(transport.get_extra_info("ssl_object"))
+
+    def _log_tls(self, ssl_object) -> None:
+        """The event of a TLS session set up (at STARTTLS, or at connect on smtps)."""
+        if ssl_object is None:
+            return
+        version, cipher = ssl_object.version(), (ssl_object.cipher() or ("?",))[0]
+        event(log, logging.INFO, "tls", "%s: %s with cipher %s", self.peer_ip, version,
+              cipher, client_ip=self.peer_ip, version=version, cipher=cipher)
 
     def connection_lost(self, commands: str, duration: float) -> None:
         """Log the disconnect (``commands``: Postfix's counts) and free the slot."""
-        with logids.bound(self.ids.session):
+        with logids.using(self.ids):
             event(log, logging.INFO, "disconnect", "disconnect from unknown[%s] %s",
                   self.peer_ip, commands, client_ip=self.peer_ip, commands=commands,
                   duration=round(duration, 3))
@@ -133,6 +143,8 @@ class Session:
 
     def handle_STARTTLS(self, server, session, envelope) -> bool:
         self.ctx.tls = True
+        with logids.using(self.ids):
+            self._log_tls(session.ssl.get("ssl_object"))
         self.protocol.moved_mail()
         return True
 
