@@ -1,14 +1,20 @@
 """One id per SMTP session in a real `vsl serve`'s log: with ``[log] format = "json"``
 every line is a JSON object, and the session's id finds its connect, rejects, queued
 message, the message's delivery and the disconnect, with one process and with two
-workers; text lines end with a logfmt tail that reads the ids back."""
+workers; text lines end with a logfmt tail that reads the ids back; over a broker, the
+receiver's session id is on the delivery role's lines."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 from vsl.server import logfmt
+from vsl.server.logformat import JsonFormatter
+from vsl.server.logids import IdsFilter
+from tests.test_amqp_roles import amqp
+from tests.test_roles import DELIVERY, RECEIVER, WORKER, maildir, roles_config, send, servers
 from tests.support.logserve import delivered, serving, session
 from tests.support.smtp_tools import wait_for
 
@@ -66,3 +72,37 @@ def test_text_lines_end_with_the_ids(tmp_path):
         {line.get("event") for line in ours}
     assert all(line.startswith("20") and "]: " in line.split(" ", 3)[3] for line in lines
                if " vsl." in line)  # TIME LEVEL LOGGER[PID]: ...
+
+
+class Stamped(logging.Handler):
+    """The lines of in-process servers, as JSON with their ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.addFilter(IdsFilter())
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(json.loads(self.format(record)))
+
+
+def test_the_session_id_crosses_the_broker_to_the_worker_and_delivery(tmp_path, rabbitmq,
+                                                                       sink, caplog):
+    caplog.set_level("INFO")
+    config = amqp(roles_config(tmp_path, sink), rabbitmq)
+    handler, root = Stamped(), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with servers(config, RECEIVER, WORKER, DELIVERY) as port:
+            send(port, "bob@example.test")
+            assert wait_for(lambda: maildir(config, "bob") and any(
+                line.get("event") == "delivered" for line in handler.lines), timeout=20)
+    finally:
+        root.removeHandler(handler)
+    [queued] = [line for line in handler.lines if line.get("event") == "queued"]
+    ours = [line for line in handler.lines if line.get("session") == queued["session"]]
+    assert {"connect", "queued", "delivered", "disconnect"} <= {line.get("event")
+                                                               for line in ours}
+    assert all(line["queue_id"] == queued["queue_id"] for line in ours
+               if line.get("event") == "delivered")
