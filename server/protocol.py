@@ -281,8 +281,9 @@ class Protocol(FastSMTP):
                 self.transport.close()
                 return
             await self.push(BAD_SEQUENCE)
-        log.info("%s: %d commands after a 554 greeting, disconnected",
-                 self.event_handler.peer_ip, REFUSED_COMMANDS)
+        event(log, logging.WARNING, "limit", "%s: %d commands after a 554 greeting, "
+              "disconnected", self.event_handler.peer_ip, REFUSED_COMMANDS,
+              client_ip=self.event_handler.peer_ip, reason="junk_commands")
         self.hang_up(TOO_MANY_COMMANDS)
 
     async def _command_line(self) -> bytes:
@@ -315,7 +316,7 @@ class Protocol(FastSMTP):
             return
         pending = len(self._reader._buffer) or _unread_bytes(self.transport)  # noqa: SLF001
         if pending:
-            event(log, logging.INFO, "limit", "%s: improper command pipelining after %s",
+            event(log, logging.WARNING, "limit", "%s: improper command pipelining after %s",
                   self.event_handler.peer_ip, where, client_ip=self.event_handler.peer_ip,
                   reason="pipelining")
             ctx.improper_pipelining = True

@@ -98,8 +98,6 @@ class Session:
         """Before the greeting: connection limits, then on_connect. False: closed."""
         protocol = self.protocol
         if not self.admitted:
-            event(log, logging.WARNING, "limit", "%s: too many connections, refused",
-                  self.peer_ip, client_ip=self.peer_ip, reason="connections")
             protocol.hang_up(b"421 4.7.0 Too many connections, try again later")
             return False
         status = await self.stages.run(self.ctx, Stage.CONNECT)

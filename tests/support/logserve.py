@@ -8,6 +8,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support import crash
 from tests.support.crash import VSL, stop_process
 from tests.support.mailsink import free_port, listening
 from tests.support.smtp_tools import wait_for
@@ -23,25 +24,15 @@ SCRIPT = '''fn on_rcpt_to(ctx) {
 
 
 def write_config(tmp_path: Path, port: int, log_section: str, workers: int = 1) -> Path:
-    """vsl.toml: a loopback listener, local domain mx.test delivered to Maildirs under
-    ``tmp_path``/mail, then ``log_section`` (TOML)."""
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "main.vsl").write_text(SCRIPT)
-    config = tmp_path / "vsl.toml"
-    config.write_text(f"""\
-listen = ["127.0.0.1:{port}"]
-
-[server]
-hostname = "mx.test"
-scripts = "scripts"
-queue_dir = "queue"
-workers = {workers}
-
+    """vsl.toml (tests/support/crash.py's) with :data:`SCRIPT`: local domain mx.test
+    delivered to Maildirs under ``tmp_path``/mail, then ``log_section`` (TOML)."""
+    config = crash.write_config(tmp_path, port, "mx.test", f"""\
 [delivery]
 maildir_root = "{tmp_path / 'mail'}"
 poll_interval = 0.05
 
-{log_section}""")
+{log_section}""", workers)
+    (tmp_path / "scripts" / "main.vsl").write_text(SCRIPT)
     return config
 
 
