@@ -109,13 +109,19 @@ class Syslog5424Handler(logging.handlers.SysLogHandler):
         self.max_bytes = config.syslog_max_bytes
         self.setFormatter(Rfc5424Formatter(config))
 
+    def createSocket(self) -> None:  # noqa: N802 - SysLogHandler's name
+        """The handler's socket, non-blocking (a unix one is connected when its listener
+        is there; else it stays closed until a later line)."""
+        super().createSocket()
+        if self.socket.fileno() >= 0:
+            self.socket.setblocking(False)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             datagram = self.datagram(record)
             if self.unixsocket:
                 self._send_unix(datagram)
             else:
-                self.socket.setblocking(False)
                 self.socket.sendto(datagram, self.address)
         except Exception:  # noqa: BLE001 - a log line never fails the server
             _drop()
@@ -130,7 +136,6 @@ class Syslog5424Handler(logging.handlers.SysLogHandler):
         """Send on the unix socket, connecting it again when the last send failed."""
         if self.socket.fileno() < 0:
             self.createSocket()
-        self.socket.setblocking(False)
         try:
             self.socket.send(datagram)
         except OSError:

@@ -175,11 +175,16 @@ def test_without_a_listener_the_server_serves_on(tmp_path):
         session(port)
 
 
-def test_a_failed_send_is_dropped_and_counted(tmp_path):
-    handler = syslog5424.Syslog5424Handler(LogConfig(syslog=f"unix:{tmp_path / 'none'}"))
+def test_a_failed_send_is_dropped_and_counted_and_a_late_listener_gets_the_next(tmp_path):
+    handler = syslog5424.Syslog5424Handler(LogConfig(syslog=f"unix:{tmp_path / 'log.sock'}"))
     before = syslog5424.dropped
     handler.emit(logging.LogRecord("vsl.smtp", logging.INFO, __file__, 1, "lost", (), None))
     assert syslog5424.dropped == before + 1
+    sock, _ = unix_listener(tmp_path)
+    with sock:
+        handler.emit(logging.LogRecord("vsl.smtp", logging.INFO, __file__, 1, "got", (), None))
+        [datagram] = received(sock)
+    assert rfc5424.parse(datagram).msg == b"got" and syslog5424.dropped == before + 1
 
 
 def test_a_long_line_is_cut_at_a_utf8_boundary(tmp_path):
