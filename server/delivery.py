@@ -143,7 +143,8 @@ class Delivery:
         except QueueError as err:  # the queue cannot be written: the next poll retries
             log.error("%s: %s", entry.id, err)
         except Exception:  # noqa: BLE001 - a bug must not stop other deliveries
-            log.exception("%s: delivery failed; moving it to hold", entry.id)
+            event(log, logging.ERROR, "held", "%s: delivery failed; moving it to hold",
+                  entry.id, to_queue="hold", by="server", exc_info=True)
             try:
                 await self.queue.move(entry.id, "hold", entry.queue)
             except QueueError as err:

@@ -107,8 +107,9 @@ class Intake:
             transient = isinstance(err, (QueueError, OSError))
             if transient and self.queue.shared:
                 raise
-            log.error("%s: accepted but not routed (%s): moving it to hold", entry.id, err,
-                      exc_info=not transient)
+            event(log, logging.ERROR, "held",
+                  "%s: accepted but not routed (%s): moving it to hold", entry.id, err,
+                  to_queue="hold", by="server", exc_info=not transient)
             await self._hold(entry.id, entry.queue)
 
     async def _post_queue(self, entry: Entry, ctx: Context, runner: StageRunner,

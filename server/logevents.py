@@ -14,11 +14,12 @@ _CODES = re.compile(r"(\d{3})(?:[ -]([245]\.\d{1,3}\.\d{1,3}))?")
 
 
 def event(logger: logging.Logger, level: int, name: str, msg_fmt: str, *args,
-          **fields) -> None:
+          exc_info=None, **fields) -> None:
     """Log ``msg_fmt % args`` at ``level`` as the event ``name`` with ``fields`` (in
-    their order; None values are left out by the formatters)."""
+    their order; None values are left out by the formatters), and ``exc_info`` as
+    logging takes it."""
     if logger.isEnabledFor(level):
-        logger.log(level, msg_fmt, *args, stacklevel=2,
+        logger.log(level, msg_fmt, *args, exc_info=exc_info, stacklevel=2,
                    extra={"vsl_event": name, "vsl_fields": fields})
 
 

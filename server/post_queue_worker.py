@@ -28,6 +28,7 @@ from . import logids
 from .claim_loop import ClaimLoop
 from .config import Config
 from .intake import Intake, take_over
+from .logevents import event
 from .queue_backend import Entry, QueueBackend, QueueError
 from .session import PARSE_INLINE
 from .stages import StageRunner
@@ -64,8 +65,9 @@ class PostQueueWorker:
             try:
                 ctx = await self._take_over(entry, data, runner)
             except HandoffError as err:
-                log.error("%s: cannot run on_post_queue (%s): moving it to dead",
-                          entry.id, err)
+                event(log, logging.ERROR, "dead",
+                      "%s: cannot run on_post_queue (%s): moving it to dead", entry.id, err,
+                      reason=f"no hand-off: {err}")
                 await self.intake.leave_working(entry, "dead")
                 return
             await self.intake.post_queue(entry, ctx, runner, data)
