@@ -5,7 +5,10 @@ import sys
 
 import click
 
-from .serve import serve_config, serve_until_interrupted, setup_logging
+from vsl.server.logsetup import configure as configure_logging
+from vsl.server.observability_config import LogConfig
+
+from .serve import serve_config, serve_until_interrupted
 from .zones import dns_override_option
 
 
@@ -24,7 +27,7 @@ def milter(config_path, scripts, listen, dns_override, hostname, verbose) -> Non
     from vsl.server.milter.server import MilterServer
     from vsl.server.policy import PolicyError
 
-    setup_logging(verbose, "purepythonmilter")
+    configure_logging(LogConfig(), verbose, "purepythonmilter")  # text on stderr
     config = serve_config(config_path, scripts, (), None, None, dns_override, hostname, None)
     try:
         server = MilterServer(config, listen)

@@ -9,7 +9,10 @@ import sys
 
 import click
 
-from .serve import serve_config, serve_until_interrupted, setup_logging
+from vsl.server.logsetup import configure as configure_logging
+from vsl.server.observability_config import LogConfig
+
+from .serve import serve_config, serve_until_interrupted
 from .zones import dns_override_option
 
 DEFAULT_LISTEN = "127.0.0.1:10040"
@@ -28,7 +31,7 @@ def policyd(config_path, scripts, listen, dns_override, hostname, verbose) -> No
     """Answer Postfix's policy requests (check_policy_service) with the scripts' stages."""
     from vsl.server import config as config_module
 
-    setup_logging(verbose)
+    configure_logging(LogConfig(), verbose)  # text on stderr, whatever [log] says
     config = serve_config(config_path, scripts=scripts, listen=(), queue_dir=None,
                           dns_server=None, dns_override=dns_override, hostname=hostname,
                           workers=None)

@@ -17,7 +17,7 @@ import sys
 import click
 
 from vsl.lint import foreign_note
-from vsl.server.printable import SafeFormatter
+from vsl.server.logsetup import configure as configure_logging
 
 from .zones import dns_override_option, zone_option, zones_served
 
@@ -51,8 +51,6 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
     if zones and dns_override:
         raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
                                "give one")
-    setup_logging(verbose)
-    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
                    dns_override=dns_override, hostname=hostname, workers=workers,
                    metrics_listen=metrics_listen)
@@ -60,7 +58,10 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
         if nameserver:
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
-        _serve(serve_config(config_path, **options), role)
+        config = serve_config(config_path, **options)
+        configure_logging(config.log, verbose)
+        logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+        _serve(config, role)
 
 
 def workers_count(option: str | None) -> int | None:
@@ -210,26 +211,10 @@ def serve_until_interrupted(server, announce, loop: str) -> None:
         raise click.ClickException(f"cannot listen: {err}") from None
 
 
-def setup_logging(verbose: bool, *quiet: str) -> None:
-    """Log lines with time, level and logger, client text escaped, at debug level when
-    ``verbose``; the loggers ``quiet`` (and asyncio) only from warnings on."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO)
-    _log_format("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("asyncio", *quiet):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _log_format(fmt: str) -> None:
-    """Every log line of `vsl serve` in ``fmt``, with client text escaped."""
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(SafeFormatter(fmt))
-
-
 def _serve_workers(config, roles: frozenset[str]) -> None:
     """`vsl serve` with [server] workers > 1 (server/workers.py)."""
     from vsl.server.workers import Workers
 
-    _log_format("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # whose line
     workers = Workers(config, roles)
     try:
         workers.prepare()

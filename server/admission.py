@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 
 from .config import SmtpLimits
+from .logevents import event
 
 log = logging.getLogger("vsl.server")
 
@@ -21,9 +22,11 @@ class Admission:
 
     def admit(self, ip: str) -> bool:
         """Count a new connection; False when a connection limit is reached."""
-        if sum(self.per_ip.values()) >= self.limits.connections or \
-                self.per_ip[ip] >= self.limits.connections_per_ip:
-            log.warning("%s: connection refused, limit reached", ip)
+        reason = "connections" if sum(self.per_ip.values()) >= self.limits.connections else \
+            "connections_per_ip" if self.per_ip[ip] >= self.limits.connections_per_ip else None
+        if reason:
+            event(log, logging.WARNING, "limit", "%s: connection refused, limit reached", ip,
+                  client_ip=ip, reason=reason)
             return False
         self.per_ip[ip] += 1
         return True

@@ -41,11 +41,13 @@ from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
 
+from . import logids
 from .claim_loop import ClaimLoop
 from .config import DeliveryConfig
 from .delivery_hook import FailureHook, Refusal, queued_header, state_after
 from .dsn import build_dsn
 from .envelope import Envelope, RecipientState
+from .logevents import event, reply_codes
 from .queue_backend import Entry, QueueBackend, QueueError
 from .transports import Outcome, Transports
 
@@ -132,12 +134,17 @@ class Delivery:
             log.exception("delivery: cannot recover the deliveries a stop cut short")
 
     async def _process(self, entry: Entry) -> None:
+        with logids.bound(entry.envelope.session, entry.id):
+            await self._deliver_logged(entry)
+
+    async def _deliver_logged(self, entry: Entry) -> None:
         try:
             await self._deliver(entry)
         except QueueError as err:  # the queue cannot be written: the next poll retries
             log.error("%s: %s", entry.id, err)
         except Exception:  # noqa: BLE001 - a bug must not stop other deliveries
-            log.exception("%s: delivery failed; moving it to hold", entry.id)
+            event(log, logging.ERROR, "held", "%s: delivery failed; moving it to hold",
+                  entry.id, to_queue="hold", by="server", exc_info=True)
             try:
                 await self.queue.move(entry.id, "hold", entry.queue)
             except QueueError as err:
@@ -160,7 +167,9 @@ class Delivery:
         quarantine = next((name for name in results if name), None)
         if quarantine:
             await self.queue.move(entry.id, f"quarantine/{quarantine}", entry.queue)
-            log.info("%s: moved to quarantine/%s by on_delivery_failure", entry.id, quarantine)
+            event(log, logging.INFO, "quarantined",
+                  "%s: moved to quarantine/%s by on_delivery_failure", entry.id, quarantine,
+                  to_queue=f"quarantine/{quarantine}", by="script")
         else:
             await self._settle(entry, data)
 
@@ -181,8 +190,7 @@ class Delivery:
             reason, confidence = (why.reason, round(why.confidence, 2)) if why else (None, None)
             rcpt.record_attempt(result.status, result.reply, result.remote_mta, now,
                                 reason, confidence)
-            log.info("%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route,
-                     result.status, result.reply, f" reason={reason}" if reason else "")
+            _log_attempt(entry, rcpt, route, result, reason, now)
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
         return await self._ask_policy(entry, rcpts, reasons, data)
@@ -240,7 +248,9 @@ class Delivery:
                 envelope.delay_warned_at = now  # made durable by _defer
             await self._defer(entry, now)
         elif any(r.status == "failed" for r in recipients):
-            log.warning("%s: undeliverable and nobody to tell (null sender): dead", entry.id)
+            event(log, logging.WARNING, "dead",
+                  "%s: undeliverable and nobody to tell (null sender): dead", entry.id,
+                  reason="null sender")
             await self.queue.update(entry)
             await self.queue.move(entry.id, "dead", entry.queue)
         else:
@@ -266,11 +276,29 @@ class Delivery:
         dsn = build_dsn(self.hostname, entry.envelope, recipients, data, self.clock(),
                         retry_until)
         envelope = Envelope("", [RecipientState(sender.address, self.default_route(sender))],
-                            dsn_for=entry.id, received_at=self.clock())
+                            dsn_for=entry.id, received_at=self.clock(),
+                            session=entry.envelope.session)
         dsn_id = await self.queue.put(envelope, dsn, "deliver")
-        log.info("%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
-                 "failure" if retry_until is None else "delay", dsn_id, sender.address,
-                 len(recipients))
+        kind = "failure" if retry_until is None else "delay"
+        event(log, logging.INFO, "dsn", "%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
+              kind, dsn_id, sender.address, len(recipients), kind=kind, to=sender.address,
+              nrcpt=len(recipients))
+
+
+_EVENTS = {"delivered": "delivered", "deferred": "deferred", "failed": "bounced"}
+
+
+def _log_attempt(entry: Entry, rcpt: RecipientState, route: str, result: Outcome,
+                 reason: str | None, now: float) -> None:
+    """One recipient's delivery attempt: the event delivered, deferred or bounced."""
+    code, enhanced = reply_codes(result.reply or "")
+    event(log, logging.INFO, _EVENTS.get(result.status, result.status),
+          "%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route, result.status,
+          result.reply, f" reason={reason}" if reason else "",
+          recipient=rcpt.address, route=route.partition(":")[0], relay=result.remote_mta,
+          code=code, enhanced=enhanced, reply=result.reply, **{"class": reason},
+          delay=round(now - entry.envelope.received_at, 3)
+          if entry.envelope.received_at is not None else None, attempt=rcpt.attempts)
 
 
 def _safe(name: str) -> str:

@@ -16,6 +16,10 @@ misread (so a vSL older than version 2 refuses the envelopes a newer one wrote).
 ``context``: while a message waits in ``working``, what a worker elsewhere needs to run
 on_post_queue for it (a JSON object, vsl.stdlib.support.handoff ``dump``); None
 elsewhere, and in an envelope written before it existed.
+
+``session``: the log id of the SMTP session that received the message (server/logids.py),
+so delivery and DSN lines on any process carry it; "" in an envelope written before it
+existed, and not stored when "" (older readers ignore it: the version stays).
 """
 from __future__ import annotations
 
@@ -80,14 +84,17 @@ class Envelope:
     next_attempt: float | None = None
     delay_warned_at: float | None = None
     context: dict | None = None         # the session's hand-off, in working only
+    session: str = ""                   # the log id of the SMTP session that received it
 
     def stored(self) -> dict:
-        """The stored form, as a JSON object with ``version`` (and ``context`` only when
-        there is one)."""
+        """The stored form, as a JSON object with ``version`` (and ``context`` and
+        ``session`` only when there is one)."""
         stored = dict(vars(self), version=VERSION,
                       recipients=[dict(sorted(vars(rcpt).items())) for rcpt in self.recipients])
         if self.context is None:
             del stored["context"]
+        if not self.session:
+            del stored["session"]
         return dict(sorted(stored.items()))
 
     def to_json(self) -> bytes:

@@ -19,8 +19,10 @@ from vsl.stdlib.support import handoff
 from vsl.stdlib.support.handoff import HandoffError
 from vsl.stdlib.support.mail import HeaderLimits
 
+from . import logids
 from .delivery import Delivery
 from .envelope import Envelope
+from .logevents import event
 from .queue_backend import Entry, QueueBackend, QueueError
 from .stages import StageRunner
 
@@ -79,6 +81,7 @@ class Intake:
             helo=ctx.helo, client_ip=ctx.client_ip, client_port=ctx.client_port,
             server_name=ctx.server_name, transaction=ctx.message_id,
             authenticated_as=authenticated_as, tls=ctx.tls, received_at=time.time(),
+            session=_session_id(),
         )
 
     async def queued(self, entry: Entry, ctx: Context, runner: StageRunner,
@@ -104,8 +107,9 @@ class Intake:
             transient = isinstance(err, (QueueError, OSError))
             if transient and self.queue.shared:
                 raise
-            log.error("%s: accepted but not routed (%s): moving it to hold", entry.id, err,
-                      exc_info=not transient)
+            event(log, logging.ERROR, "held",
+                  "%s: accepted but not routed (%s): moving it to hold", entry.id, err,
+                  to_queue="hold", by="server", exc_info=not transient)
             await self._hold(entry.id, entry.queue)
 
     async def _post_queue(self, entry: Entry, ctx: Context, runner: StageRunner,
@@ -121,6 +125,7 @@ class Intake:
         if target == "deliver":
             await self.delivery.reroute(entry, ctx, data)
         await self.leave_working(entry, target)
+        _log_routed(entry.id, target)
 
     async def leave_working(self, entry: Entry, target: str) -> None:
         """Move a message of ``working`` to ``target`` without its hand-off, which
@@ -140,3 +145,22 @@ class Intake:
             until = "its claim ends" if self.queue.shared else "the next start"
             log.error("%s: cannot move it to hold (%s): it stays in %s until %s",
                       msg_id, err, queue, until)
+
+
+def _session_id() -> str:
+    """The log id of the session storing the message ("" outside one)."""
+    ids = logids.current()
+    return ids.session if ids else ""
+
+
+def _log_routed(msg_id: str, target: str) -> None:
+    """The event of a message on_post_queue sent elsewhere than to delivery."""
+    if target.startswith("quarantine/"):
+        event(log, logging.INFO, "quarantined", "%s: moved to %s by on_post_queue", msg_id,
+              target, to_queue=target, by="script")
+    elif target == "hold":
+        event(log, logging.INFO, "held", "%s: moved to hold (on_post_queue failed)", msg_id,
+              to_queue=target, by="script")
+    elif target == "dead":
+        event(log, logging.WARNING, "dead", "%s: denied by on_post_queue: dead", msg_id,
+              reason="on_post_queue denied")

@@ -24,9 +24,11 @@ from collections.abc import Callable
 from vsl.stdlib.ctx import Context
 from vsl.stdlib.support.handoff import HandoffError
 
+from . import logids
 from .claim_loop import ClaimLoop
 from .config import Config
 from .intake import Intake, take_over
+from .logevents import event
 from .queue_backend import Entry, QueueBackend, QueueError
 from .session import PARSE_INLINE
 from .stages import StageRunner
@@ -53,14 +55,19 @@ class PostQueueWorker:
         await self.claims.stop()
 
     async def _process(self, entry: Entry) -> None:
+        with logids.bound(entry.envelope.session, entry.id):
+            await self._post_queue(entry)
+
+    async def _post_queue(self, entry: Entry) -> None:
         try:
             data = await self.queue.message(entry.id, entry.queue)
             runner = self.new_runner()
             try:
                 ctx = await self._take_over(entry, data, runner)
             except HandoffError as err:
-                log.error("%s: cannot run on_post_queue (%s): moving it to dead",
-                          entry.id, err)
+                event(log, logging.ERROR, "dead",
+                      "%s: cannot run on_post_queue (%s): moving it to dead", entry.id, err,
+                      reason=f"no hand-off: {err}")
                 await self.intake.leave_working(entry, "dead")
                 return
             await self.intake.post_queue(entry, ctx, runner, data)

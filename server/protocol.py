@@ -16,7 +16,9 @@ import struct
 import termios
 from time import monotonic
 
+from . import logids
 from .config import Listener
+from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
 from .session import Session
@@ -98,6 +100,7 @@ def _unless_idle(command):
             return
         self.command_started = monotonic()  # until its first reply: see push
         self.command, self.argument = name, arg  # what its replies answer: see push
+        self.counts.issued(name)
         self._check_pipelining(name)
         await command(self, arg)
     return run
@@ -110,6 +113,30 @@ def _idle_checked(cls: type) -> type:
         if name.startswith("smtp_") and name != "smtp_QUIT":
             setattr(cls, name, _unless_idle(getattr(cls, name)))
     return cls
+
+
+class CommandCounts:
+    """The commands of a session, issued and accepted (a 2xx or 3xx first reply), as
+    Postfix's disconnect line shows them: ``ehlo=1 mail=1 rcpt=1/2 quit=1 commands=4/5``."""
+
+    def __init__(self):
+        self.counts: dict[str, list[int]] = {}  # command: [accepted, issued]
+
+    def issued(self, command: str) -> None:
+        self.counts.setdefault(command.lower(), [0, 0])[1] += 1
+
+    def answered(self, command: str | None, accepted: bool) -> None:
+        if accepted and command is not None and command.lower() in self.counts:
+            self.counts[command.lower()][0] += 1
+
+    def __str__(self) -> str:
+        total = [sum(c[0] for c in self.counts.values()), sum(c[1] for c in self.counts.values())]
+        return " ".join(f"{name}={_ratio(*counts)}"
+                        for name, counts in [*self.counts.items(), ("commands", total)])
+
+
+def _ratio(accepted: int, issued: int) -> str:
+    return str(issued) if accepted == issued else f"{accepted}/{issued}"
 
 
 @_idle_checked
@@ -127,6 +154,8 @@ class Protocol(FastSMTP):
         self.argument: str | None = None  # and its argument
         self.in_helo = False  # HELO/EHLO replies (and the greeting) get no enhanced code
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
+        self.counts = CommandCounts()
+        self.connected_at = monotonic()
         limits, authenticator = self.settings.limits, services.authenticator
         handler = Session(services, listener)
         implicit_tls = listener.kind == "smtps"
@@ -141,13 +170,16 @@ class Protocol(FastSMTP):
 
     def connection_made(self, transport) -> None:
         first = self.transport is None
+        if first:  # before aiosmtpd creates the handler task, which copies the context
+            ids = logids.start_session()
         super().connection_made(transport)
         if first:
             _bound_replies(transport)
-            self.event_handler.connection_made(transport)
+            self.event_handler.connection_made(transport, ids)
 
     def connection_lost(self, error) -> None:
-        self.event_handler.connection_lost()
+        self.event_handler.connection_lost(str(self.counts),
+                                           monotonic() - self.connected_at)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -170,6 +202,7 @@ class Protocol(FastSMTP):
             status = postfix_words(status, self.command, self.argument)
         reply = status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status
         if self.command_started is not None:  # the server's time, not the client's idling
+            self.counts.answered(self.command, reply[:1] in (b"2", b"3"))
             self.busy += monotonic() - self.command_started
             self.command_started = None
         raw = self.in_helo
@@ -188,7 +221,9 @@ class Protocol(FastSMTP):
         """One more error: at the error limit, say 421 and hang up."""
         self.errors += 1
         if self.errors >= self.settings.limits.errors:
-            log.warning("%s: %d errors, disconnecting", self.session.peer[0], self.errors)
+            event(log, logging.WARNING, "limit", "%s: %d errors, disconnecting",
+                  self.session.peer[0], self.errors, client_ip=self.session.peer[0],
+                  reason="errors")
             self.hang_up(f"421 4.7.0 {self.hostname} Error: too many errors".encode())
 
     def moved_mail(self) -> None:
@@ -213,8 +248,10 @@ class Protocol(FastSMTP):
         idle = monotonic() - self.moved_mail_at - self.busy
         if idle < self.settings.limits.idle_session:
             return False
-        log.info("%s: no mail moved for %d s (limits.idle_session), disconnected",
-                 self.session.peer[0], idle)
+        event(log, logging.WARNING, "limit",
+              "%s: no mail moved for %d s (limits.idle_session), disconnected",
+              self.session.peer[0], idle, client_ip=self.session.peer[0],
+              reason="idle_session")
         self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
         return True
 
@@ -244,8 +281,9 @@ class Protocol(FastSMTP):
                 self.transport.close()
                 return
             await self.push(BAD_SEQUENCE)
-        log.info("%s: %d commands after a 554 greeting, disconnected",
-                 self.event_handler.peer_ip, REFUSED_COMMANDS)
+        event(log, logging.WARNING, "limit", "%s: %d commands after a 554 greeting, "
+              "disconnected", self.event_handler.peer_ip, REFUSED_COMMANDS,
+              client_ip=self.event_handler.peer_ip, reason="junk_commands")
         self.hang_up(TOO_MANY_COMMANDS)
 
     async def _command_line(self) -> bytes:
@@ -278,8 +316,9 @@ class Protocol(FastSMTP):
             return
         pending = len(self._reader._buffer) or _unread_bytes(self.transport)  # noqa: SLF001
         if pending:
-            log.info("%s: improper command pipelining after %s", self.event_handler.peer_ip,
-                     where)
+            event(log, logging.WARNING, "limit", "%s: improper command pipelining after %s",
+                  self.event_handler.peer_ip, where, client_ip=self.event_handler.peer_ip,
+                  reason="pipelining")
             ctx.improper_pipelining = True
 
     def hang_up(self, reply: bytes) -> None:
@@ -290,8 +329,9 @@ class Protocol(FastSMTP):
         self.transport.abort()
 
     def _timeout_cb(self) -> None:
-        log.info("%s: command timeout, disconnected", self.session.peer[0] if self.session.peer
-                 else "?")
+        peer = self.session.peer[0] if self.session.peer else "?"
+        event(log, logging.WARNING, "limit", "%s: command timeout, disconnected", peer,
+              client_ip=peer, reason="command_timeout")
         self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded".encode())
 
     async def smtp_HELO(self, hostname: str):
@@ -329,6 +369,8 @@ class Protocol(FastSMTP):
 
     async def smtp_QUIT(self, arg: str):
         """QUIT, its arguments ignored (as Postfix does)."""
+        self.counts.issued("QUIT")
+        self.counts.answered("QUIT", True)
         await super().smtp_QUIT(None)
 
     async def smtp_RCPT(self, arg: str):

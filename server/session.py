@@ -19,8 +19,10 @@ from vsl.stdlib.support.mail import AddressError, HeaderLimitError, HopLimitErro
 from vsl.stdlib.status import Status
 from vsl.values import FrozenMap
 
+from . import logids
 from .auth_throttle import user_key
 from .config import Listener
+from .logevents import event, reply_codes
 from .printable import printable
 from .queue_backend import QueueError, new_id
 from .received import protocol, received
@@ -55,9 +57,11 @@ class Session:
         self.ctx: Context | None = None
         self.stages = services.stage_runner()
         self.peer_ip = "?"
+        self.ids = logids.Ids()  # the session's log ids (protocol.py binds them)
 
     # -- connection --------------------------------------------------------------
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport, ids: logids.Ids) -> None:
+        self.ids = ids
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if not isinstance(peer, tuple):  # a socket pair (vsl test) has no address
@@ -67,8 +71,25 @@ class Session:
         self.ctx = Context(peer[0], peer[1], local[0], local[1], self.settings.hostname)
         self.ctx.tls = self.listener.kind == "smtps"
         self.admitted = self.admission.admit(self.peer_ip)
+        event(log, logging.INFO, "connect", "connect from unknown[%s]", self.peer_ip,
+              client_ip=self.peer_ip, listener=self.listener.kind)
+        if self.ctx.tls:
+            self._log_tls(transport.get_extra_info("ssl_object"))
 
-    def connection_lost(self) -> None:
+    def _log_tls(self, ssl_object) -> None:
+        """The event of a TLS session set up (at STARTTLS, or at connect on smtps)."""
+        if ssl_object is None:
+            return
+        version, cipher = ssl_object.version(), (ssl_object.cipher() or ("?",))[0]
+        event(log, logging.INFO, "tls", "%s: %s with cipher %s", self.peer_ip, version,
+              cipher, client_ip=self.peer_ip, version=version, cipher=cipher)
+
+    def connection_lost(self, commands: str, duration: float) -> None:
+        """Log the disconnect (``commands``: Postfix's counts) and free the slot."""
+        with logids.using(self.ids):
+            event(log, logging.INFO, "disconnect", "disconnect from unknown[%s] %s",
+                  self.peer_ip, commands, client_ip=self.peer_ip, commands=commands,
+                  duration=round(duration, 3))
         if self.admitted:
             self.admission.release(self.peer_ip)
             self.admitted = False
@@ -120,6 +141,8 @@ class Session:
 
     def handle_STARTTLS(self, server, session, envelope) -> bool:
         self.ctx.tls = True
+        with logids.using(self.ids):
+            self._log_tls(session.ssl.get("ssl_object"))
         self.protocol.moved_mail()
         return True
 
@@ -133,6 +156,7 @@ class Session:
             self._end_transaction()
 
     def _end_transaction(self) -> None:
+        self.ids.queue_id = None
         self.ctx.reset()
         self.stages.end_transaction()
 
@@ -146,6 +170,9 @@ class Session:
         user, password = credentials
         throttle = self.authenticator.throttle
         if not await throttle.begin(self.peer_ip, user):
+            event(log, logging.WARNING, "auth", "unknown[%s]: SASL %s login locked out",
+                  self.peer_ip, mechanism, client_ip=self.peer_ip, mechanism=mechanism,
+                  result="locked")
             return self._reject("AUTH", AUTH_LOCKED)
         try:
             return await self._login(session, mechanism, user, password)
@@ -166,6 +193,9 @@ class Session:
             self._login_failed(mechanism, user)
         if verdict:
             throttle.succeeded(self.peer_ip, user)
+            event(log, logging.INFO, "auth", "unknown[%s]: SASL %s login as %s",
+                  self.peer_ip, mechanism, printable(user), client_ip=self.peer_ip,
+                  mechanism=mechanism, result="success", user=user)
             self.protocol.moved_mail()
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
@@ -179,8 +209,10 @@ class Session:
 
     def _login_failed(self, mechanism: str, user: str) -> None:
         """Log a failed login as Postfix does (what fail2ban reads), and count it."""
-        log.warning("unknown[%s]: SASL %s authentication failed: authentication failure, %s",
-                    self.peer_ip, mechanism, user_key(user))
+        event(log, logging.WARNING, "auth",
+              "unknown[%s]: SASL %s authentication failed: authentication failure, %s",
+              self.peer_ip, mechanism, user_key(user), client_ip=self.peer_ip,
+              mechanism=mechanism, result="failure")
         for key, seconds in self.authenticator.throttle.failed(self.peer_ip, user):
             log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
@@ -217,9 +249,11 @@ class Session:
             return self._reject("MAIL", NEEDS_SMTPUTF8)
         self.stages.end_transaction()
         self.ctx.begin_transaction(sender, new_id())  # the queue id, from here on
+        self.ids.queue_id = self.ctx.message_id
         status = await self.stages.run(self.ctx, Stage.MAIL_FROM)
         if status.kind == "deny":
             reply = self._reject("MAIL", status.reply, Stage.MAIL_FROM)
+            self.ids.queue_id = None
             self.ctx.reset()
             return reply
         envelope.mail_from = address
@@ -295,8 +329,10 @@ class Session:
             reply = self._reject("DATA", not_queued_reply(err))
             self._end_transaction()
             return reply
-        log.info("%s: queued %s in %s (%d recipients)", self.peer_ip, entry.id, queue,
-                 len(ctx.all_recipients()))
+        nrcpt = len(ctx.all_recipients())
+        event(log, logging.INFO, "queued", "%s: queued %s in %s (%d recipients)",
+              self.peer_ip, entry.id, queue, nrcpt, client_ip=self.peer_ip,
+              sender=ctx.sender.address, nrcpt=nrcpt, size=len(data), to_queue=queue)
         await self.intake.queued(entry, ctx, self.stages, data)
         self._end_transaction()
         self.protocol.junk = 0  # as Postfix, after an accepted message
@@ -321,12 +357,26 @@ class Session:
         fields.append(f"proto={'ESMTP' if session.extended_smtp else 'SMTP'}")
         fields += [f"helo=<{printable(ctx.helo)}>"] if ctx.helo is not None else []
         fields.append(f"decided_by={'server' if stage is None else self.stages.decider(stage)}")
-        log.info("NOQUEUE: reject: %s from unknown[%s]: %s; %s", command, self.peer_ip,
-                 printable(reply.replace("\n", " ")), " ".join(fields))
+        one_line = reply.replace("\n", " ")
+        code, enhanced = reply_codes(one_line)
+        event(log, logging.INFO, "reject", "NOQUEUE: reject: %s from unknown[%s]: %s; %s",
+              command, self.peer_ip, printable(one_line), " ".join(fields),
+              stage=_REJECT_STAGES.get(command, "command"), command=command, code=code,
+              enhanced=enhanced, reply=one_line, client_ip=self.peer_ip, helo=ctx.helo,
+              sender=ctx.sender.address if ctx.sender is not None else None, recipient=to,
+              decided_by=self._decided_by(stage))
         return reply
 
+    def _decided_by(self, stage: Stage | None) -> str:
+        """The reject event's ``decided_by``: ``server``, ``fallback`` or the script
+        position of the status that decided."""
+        if stage is None:
+            return "server"
+        return "fallback" if self.stages.failed else str(self.stages.decided_at)
 
 
+_REJECT_STAGES = {"CONNECT": "connect", "HELO": "helo", "EHLO": "helo", "AUTH": "auth",
+                  "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
 async def parse_message(data: bytes, limits) -> Message:
     """The message within the header ``limits``; a big one is parsed in a thread, so the
     event loop keeps serving (the SMTP session and the milter)."""

@@ -19,6 +19,7 @@ from vsl.stdlib.status import Status
 from vsl.checks import wrong_return
 from vsl.errors import Pos, VslError
 
+from .logevents import event
 from .policy import Policy
 
 log = logging.getLogger("vsl.stages")
@@ -58,11 +59,14 @@ class StageRunner:
         try:
             result = await script.call_off_loop(self.pool, stage.function, ctx)
         except VslError as err:
-            log.error("%s failed for %s: %s", stage.function, ctx.client_ip, err)
+            event(log, logging.ERROR, "script_error", "%s failed for %s: %s", stage.function,
+                  ctx.client_ip, err, stage=stage.function,
+                  position=str(err.pos) if err.pos else None, error=err.message)
             return self._fallback()
         if not isinstance(result, Status):
-            log.error("%s (for %s)", wrong_return(script, _ENTRIES, stage.function, result),
-                      ctx.client_ip)
+            wrong = wrong_return(script, _ENTRIES, stage.function, result)
+            event(log, logging.ERROR, "script_error", "%s (for %s)", wrong, ctx.client_ip,
+                  stage=stage.function, error=wrong)
             return self._fallback()
         self.decided_at = result.origin
         if result.kind in ("faccept", "quarantine"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 import inspect
 import os
 from pathlib import Path
@@ -342,7 +342,8 @@ class Script:
         if (name, 1) in self.quick:
             return await self.call_async(name, arg)
         host = asyncio.get_running_loop()
-        return await host.run_in_executor(executor, self._call_in_worker, host, name, arg)
+        return await host.run_in_executor(executor, copy_context().run,  # the caller's context vars
+                                          self._call_in_worker, host, name, arg)
 
     def _call_in_worker(self, host: asyncio.AbstractEventLoop, name: str, arg):
         """Run ``name(arg)`` in a worker thread of call_off_loop."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from vsl.server.logsetup import configure
+from vsl.server.observability_config import LogConfig
 from vsl.server.printable import SafeFormatter, printable
-from vsl.cli import serve
 
 
 def record(msg: str, *args) -> logging.LogRecord:
@@ -37,7 +38,7 @@ def test_bytes_that_were_not_utf8_are_escaped():
 
 
 def test_vsl_serve_formats_every_log_line_safely(monkeypatch):
-    handler = logging.StreamHandler()
-    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
-    serve._log_format("%(message)s")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    configure(LogConfig())
+    [handler] = logging.getLogger().handlers
     assert isinstance(handler.formatter, SafeFormatter)

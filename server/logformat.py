@@ -1,0 +1,72 @@
+"""The formats of the server's log lines (the contract is /work/notes/events-18.md):
+
+- text: ``TIME LEVEL LOGGER[PID]: MESSAGE`` (client text escaped: SafeFormatter), then
+  a logfmt tail (server/logfmt.py) of the ids and the event's fields when there are any:
+  ``... session=3f2a9c1b7d0e queue_id=... event=reject stage=rcpt code=554``;
+- json: one object a line, keys in a stable order: ``ts`` (RFC 3339 UTC, µs), ``level``,
+  ``logger``, ``pid``, ``msg``, the ids and the event's fields, ``sd`` (a script's
+  structured data) and ``exc`` (a traceback) when present.
+
+A record's ids come from server/logids.py's filter, its event and fields from
+server/logevents.py, a script's structured data from server/logsetup.py's filter.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from .logfmt import encode
+from .printable import SafeFormatter, printable
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+def record_fields(record: logging.LogRecord) -> dict:
+    """The ids, the event and its fields of ``record``, in order, None values left out;
+    text values escaped as the message is (they may be a client's)."""
+    pairs = {"session": getattr(record, "session", None),
+             "queue_id": getattr(record, "queue_id", None),
+             "event": getattr(record, "vsl_event", None),
+             **getattr(record, "vsl_fields", {})}
+    return {key: printable(value) if isinstance(value, str) else value
+            for key, value in pairs.items() if value is not None}
+
+
+def script_sd(record: logging.LogRecord) -> tuple[list, str | None]:
+    """A script line's structured data (a list of (SD-ID, [(name, value)])) and its text
+    without it (None: the record has none)."""
+    return getattr(record, "vsl_sd", []), getattr(record, "vsl_sd_rest", None)
+
+
+class TextFormatter(SafeFormatter):
+    """Postfix-like lines, with the logfmt tail of the ids and the event."""
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        tail = encode(record_fields(record))
+        return f"{line} {tail}" if tail else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line (see the module docstring)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        sd, rest = script_sd(record)
+        line = {"ts": rfc3339(record.created), "level": record.levelname,
+                "logger": record.name, "pid": record.process,
+                "msg": printable(record.getMessage() if rest is None else rest),
+                **record_fields(record)}
+        if sd:
+            line["sd"] = [{"id": sd_id, "params": dict(params)} for sd_id, params in sd]
+        if record.exc_info:
+            line["exc"] = printable(self.formatException(record.exc_info), lines=True)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def rfc3339(created: float) -> str:
+    """A record's time as RFC 3339 in UTC with microseconds: 2026-12-06T21:06:05.123456Z."""
+    return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
