@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from contextlib import ExitStack
 from typing import BinaryIO, Iterator
 
 import click
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_LINE = 64 * 1024  # longer lines are cut here (no vSL line is that long): bounded memory
 
 
 @click.group()
@@ -44,10 +46,19 @@ def _open(name: str, stack: ExitStack) -> BinaryIO:
 
 
 def _lines(handles: list[tuple[str, BinaryIO]]) -> Iterator[bytes]:
-    """Every line of every handle, in order; a read error names its file."""
+    """Every line of every handle, in order, at most MAX_LINE bytes of each (the rest of a
+    longer line is read and dropped); a read error names its file."""
     for name, handle in handles:
         try:
-            yield from handle
-        except (OSError, EOFError) as err:
+            yield from _bounded_lines(handle)
+        except (OSError, EOFError, zlib.error) as err:
             raise click.ClickException(f"{name}: {getattr(err, 'strerror', None) or err}"
                                        ) from None
+
+
+def _bounded_lines(handle: BinaryIO) -> Iterator[bytes]:
+    cut = False
+    while line := handle.readline(MAX_LINE):
+        if not cut:
+            yield line
+        cut = not line.endswith(b"\n")

@@ -23,6 +23,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 IDS = ("session", "queue_id", "event")
 INTEGERS = frozenset({"pid", "code", "nrcpt", "size", "attempt"})
 FLOATS = frozenset({"delay", "duration"})
+TAIL_CANDIDATES = 8
 
 _TEXT_LINE = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:,\d{1,6})?) (" + "|".join(LEVELS) +
@@ -71,11 +72,14 @@ def _text_record(line: str) -> dict | None:
 
 
 def _split_tail(message: str) -> tuple[str, dict[str, str]]:
-    """The message and its logfmt tail's pairs ({} when it has none)."""
-    for start in _TAIL_START.finditer(message):
-        tail = message[start.start():]
+    """The message and its logfmt tail's pairs ({} when it has none). Only the last
+    TAIL_CANDIDATES places where a tail may begin are tried (a real tail has at most three
+    ids), so a line holding many ``event=`` words costs linear time, not quadratic."""
+    starts = [m.start() for m in _TAIL_START.finditer(message)][-TAIL_CANDIDATES:]
+    for start in starts:
+        tail = message[start:]
         if _TAIL.fullmatch(tail) and _ids_lead(_TAIL_KEY.findall(tail)):
-            return message[:start.start()], logfmt.parse(tail)
+            return message[:start], logfmt.parse(tail)
     return message, {}
 
 
@@ -92,7 +96,7 @@ def _ids_lead(keys: list[str]) -> bool:
 def _json_record(line: str) -> dict | None:
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested past the stack
         return None
     if not (isinstance(data, dict) and data.get("level") in LEVELS
             and isinstance(data.get("logger"), str) and isinstance(data.get("msg"), str)):
@@ -107,10 +111,10 @@ def _json_record(line: str) -> dict | None:
 def _parse_time(stamp: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(stamp)
-    except ValueError:
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00
         return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment
 
 

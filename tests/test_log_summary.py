@@ -193,3 +193,32 @@ def test_a_missing_file_is_one_line_naming_it(tmp_path):
     assert proc.returncode == 1 and proc.stdout == b""
     assert proc.stderr.decode().splitlines() == [
         f"Error: {tmp_path / 'nothere.log'}: No such file or directory"]
+
+
+# -- hostile input (review findings) -------------------------------------------------
+
+def test_hostile_json_and_times_are_skipped_not_raised():
+    lines = ['{"level":"INFO","logger":"x","msg":"m","a":' + "[" * 100_000 + "}",
+             '{"level":"INFO","logger":"x","msg":"m","ts":"0001-01-01T00:00:00+01:00"}',
+             '{"level":"INFO","logger":"x","msg":"m","ts":"9999-12-31T23:59:59-01:00"}']
+    records = list(read_records(lines))
+    assert [r["ts"] for r in records] == [None, None]
+
+
+def test_many_tail_words_cost_linear_time():
+    import time
+    line = "2026-12-06 09:00:00,001 INFO vsl.smtp[1]: m" + " event=x" * 8000 + " session=s"
+    start = time.process_time()
+    list(read_records([line]))
+    assert time.process_time() - start < 0.5  # it took 3.8 s at 32 KB when quadratic
+
+
+def test_a_corrupt_gzip_and_an_endless_line_are_handled(tmp_path):
+    corrupt = tmp_path / "bad.gz"
+    corrupt.write_bytes(gzip.compress(b"x\n" * 1000)[:10] + b"\x00" * 100)
+    proc = vsl_log_summary(corrupt)
+    assert proc.returncode == 1 and proc.stderr.decode().startswith(f"Error: {corrupt}:")
+    long = tmp_path / "long.log"
+    long.write_bytes(b"y" * 5_000_000 + b"\n" + (LOGS / "vsl.log").read_bytes())
+    proc = vsl_log_summary("--json", long)
+    assert json.loads(proc.stdout)["totals"]["received"] == 3  # as without the long line
