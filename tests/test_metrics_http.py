@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from vsl.server.metrics_http import FRESH
+
 from tests.support.crash import VSL, stop_process, write_config
 from tests.support.mailsink import free_port, listening
 from tests.support.smtp_tools import wait_for
@@ -170,6 +172,7 @@ def test_a_killed_worker_is_restarted_and_no_counter_drops(served):
     os.kill(first[1], signal.SIGKILL)
     assert wait_for(lambda: server.workers()[1] != first[1], timeout=10)
     assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=10)
+    time.sleep(FRESH)  # a scrape is served again for this long
     after = server.samples()
     assert after[("vsl_worker_restarts_total", ())] == 1
     counters = [key for key in before if key[0].endswith(("_total", "_count", "_sum",
