@@ -95,7 +95,7 @@ class MetricsHttp:
         self.scrapes = Scrapes()
         self.checks = {"/healthz": health, "/readyz": ready}
         self.servers: list[asyncio.Server] = []
-        self.open: set[asyncio.StreamWriter] = set()
+        self.open: dict[asyncio.StreamWriter, asyncio.Task] = {}  # -> its handler
         self.error_logged = -ERROR_LOG_INTERVAL
 
     async def start(self, sockets: list[socket.socket]) -> None:
@@ -110,11 +110,14 @@ class MetricsHttp:
                                                        limit=MAX_HEAD, reuse_address=True))
 
     async def stop(self) -> None:
-        """Stop listening, abort the open connections, stop the scrape thread."""
+        """Stop listening, abort the open connections and let their handlers end (at
+        once, or when the scrape they wait for does), stop the scrape thread."""
         for server in self.servers:
             server.close()
+        handlers = list(self.open.values())
         for writer in self.open:
             writer.transport.abort()
+        await asyncio.gather(*handlers, return_exceptions=True)
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
@@ -125,14 +128,14 @@ class MetricsHttp:
         if len(self.open) >= MAX_CONNECTIONS:
             writer.transport.abort()
             return
-        self.open.add(writer)
+        self.open[writer] = asyncio.current_task()
         try:
             await asyncio.wait_for(self._exchange(reader, writer),
                                    HEAD_TIMEOUT + WRITE_TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.transport.abort()  # too slow, or gone: cut without an answer
         finally:
-            self.open.discard(writer)
+            del self.open[writer]
             writer.close()
 
     async def _exchange(self, reader: asyncio.StreamReader,
