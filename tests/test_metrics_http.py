@@ -151,6 +151,9 @@ def test_a_silent_client_is_cut_after_five_seconds(served):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_metrics_port_in_use_stops_the_start(tmp_path, workers):
     server = Served(tmp_path, workers)
+    stale = tmp_path / "queue" / "tmp" / "unacknowledged"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a message half written")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", server.port))
         holder.listen(1)
@@ -162,6 +165,35 @@ def test_a_metrics_port_in_use_stops_the_start(tmp_path, workers):
     log = server.log.read_text()
     assert f"cannot listen: metrics 127.0.0.1:{server.port}: " in log
     assert "started" not in log and not listening(server.smtp_port)
+    assert stale.exists()  # the start stopped before the spool's recovery
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the socket listening on the loopback ``port`` (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            found.add(target[len("socket:["):-1])
+    return found
+
+
+def test_each_child_holds_only_the_sockets_it_serves(served):
+    server = served(2)
+    exporter = int(re.search(r"exporter started \(pid (\d+)\)",
+                             server.log.read_text()).group(1))
+    smtp, metrics_socket = _listening_inode(server.smtp_port), _listening_inode(server.port)
+    assert _socket_inodes(exporter) & {smtp, metrics_socket} == {metrics_socket}
+    for pid in server.workers().values():
+        assert _socket_inodes(pid) & {smtp, metrics_socket} == {smtp}
 
 
 def test_a_killed_worker_is_restarted_and_no_counter_drops(served):
@@ -398,3 +430,30 @@ def test_a_well_formed_accept_header_gets_openmetrics():
     _, content_type = metrics.encoding("application/openmetrics-text; version=1.0.0,"
                                        "text/plain;q=0.5")
     assert content_type.startswith("application/openmetrics-text; version=1.0.0;")
+
+
+def test_queue_labels_are_bounded_the_rest_summed_as_other():
+    from vsl.server.queue_gauges import bounded
+
+    counts = {"deliver": 1, "hold": 2, "quarantine/a": 3, "quarantine/b": 4, "BAD NAME": 5}
+    oldest = {"hold": 20.0, "quarantine/b": 10.0, "BAD NAME": 5.0}
+    assert bounded(counts, oldest, 10) == (
+        {"deliver": 1, "hold": 2, "quarantine/a": 3, "quarantine/b": 4, "other": 5},
+        {"hold": 20.0, "quarantine/b": 10.0, "other": 5.0})
+    assert bounded(counts, oldest, 3) == ({"deliver": 1, "hold": 2, "other": 12},
+                                          {"hold": 20.0, "other": 5.0})
+
+
+def test_the_build_version_is_unknown_without_package_metadata(monkeypatch):
+    from importlib import metadata
+
+    from vsl.server import exporter
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    assert exporter.BuildInfo().version == "0.1.0"
+    monkeypatch.setattr(exporter.metadata, "version", missing)
+    info = exporter.BuildInfo()
+    assert info.version == "unknown"
+    assert info.collect()[0].samples[0].labels == {"version": "unknown"}
