@@ -9,7 +9,8 @@ each serving process then calls :func:`enable`, which builds the metric objects 
 sink. Server code calls :func:`count`, :func:`observe` and :func:`adjust`; while
 metrics are off they cost one call and a test of a global. Label values are guarded
 by the catalogue (a value outside its set counts as the fallback, and past
-``max_series`` label sets a metric counts "other"); the labelled children are cached,
+``max_series`` label sets in one process a metric counts each label's fallback); a
+configured directory is locked for one ``vsl serve``; the labelled children are cached,
 so a repeated call costs a dictionary look-up and the increment.
 """
 from __future__ import annotations

@@ -2,7 +2,9 @@
 loopback port): /metrics parses as Prometheus text and counts the spool's queues,
 /healthz and /readyz answer (503 naming the spool when its tmp/ is gone), other paths and
 methods are refused, a client that sends nothing is cut after 5 s; a metrics port in use
-stops the start before any worker; a killed worker is restarted and no counter drops."""
+stops the start before any worker and before the spool's recovery; a killed worker is
+restarted and no counter drops. Then the HTTP server on its own: single-flight scrapes on
+a thread of their own, the connection cap, the deadline, stop, a 500, hostile Accept."""
 from __future__ import annotations
 
 import asyncio
