@@ -50,7 +50,7 @@ def lint(paths, fmt, config_path) -> None:
             click.echo(format_full(findings, linter.sources) if fmt == "full"
                        else format_concise(findings))
         click.echo(summary(findings, len(files)), err=True)
-    if declared is None and any("metrics::" in s for s in linter.sources.values()):
+    if declared is None and "metrics" in linter.namespaces_called:
         click.echo(UNCHECKED_METRICS_NOTE, err=True)
     sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
 

@@ -145,7 +145,10 @@ def _metrics_directory(config):
     process as it did)."""
     from vsl.server import metrics
 
-    directory = metrics.prepare(config)
+    try:
+        directory = metrics.prepare(config)
+    except metrics.DirectoryInUse as err:
+        raise click.ClickException(str(err)) from None
     if directory is None or config.metrics.dir is not None:
         yield
         return

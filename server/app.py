@@ -129,9 +129,9 @@ class Server:
         written); nor is the metrics endpoint served here then (its own process does)."""
         await self.spool.open()
         if sockets is None:
+            await self._export()  # a metrics port in use stops the start before recovery
             await recover_queue(self.spool)
             sockets = [(listener, None) for listener in self.config.listen]
-            await self._export()
         if "delivery" in self.roles:
             self.delivery.start()
         if self.post_queue is not None:

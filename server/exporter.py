@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from functools import partial
 from importlib import metadata
 
 from . import metrics, readiness
@@ -24,15 +25,31 @@ from .queues import open_queue
 PACKAGE = "vsl-mta"
 
 
+UNKNOWN_VERSION = "unknown"
+
+
+def installed_version() -> str:
+    """The installed package's version (guarded as the label's values are), "unknown"
+    when the package metadata cannot tell (not installed)."""
+    try:
+        version = metadata.version(PACKAGE)
+    except Exception:  # noqa: BLE001 - metadata fails in several ways; this is a label
+        return UNKNOWN_VERSION
+    return CATALOGUE["vsl_build_info"].labels[0].guard(version, {})
+
+
 class BuildInfo:
-    """The collector of ``vsl_build_info{version}`` (always 1)."""
+    """The collector of ``vsl_build_info{version}`` (always 1), its version read once."""
+
+    def __init__(self):
+        self.version = installed_version()
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
         family = GaugeMetricFamily("vsl_build_info", CATALOGUE["vsl_build_info"].help,
                                    labels=["version"])
-        family.add_metric([metadata.version(PACKAGE)], 1)
+        family.add_metric([self.version], 1)
         return [family]
 
 
@@ -53,7 +70,8 @@ class Exporter:
         if self.queue.shared:
             await self.queue.open()
         if self.config.metrics.queue_gauges:
-            self.collectors.append(QueueGauges(self.queue, asyncio.get_running_loop()))
+            self.collectors.append(QueueGauges(self.queue, asyncio.get_running_loop(),
+                                               self.config.metrics.max_series))
         if self.config.state.backend == "redis":
             self.redis = _redis_client(self.config)
         if sockets is not None:
@@ -73,8 +91,10 @@ class Exporter:
         if self.redis is not None:
             await self.redis.aclose()
 
-    def scrape(self, accept: str) -> tuple[bytes, str]:
-        return metrics.collect(accept, self.collectors)
+    def scrape(self, accept: str):
+        """(the content type ``accept`` gets, what makes the body: in a thread)."""
+        encoder, content_type = metrics.encoding(accept)
+        return content_type, partial(metrics.render, encoder, self.collectors)
 
     async def health(self) -> list[str]:
         """What is wrong with the exporter itself: its parent is gone (the workers'

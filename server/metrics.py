@@ -9,16 +9,20 @@ each serving process then calls :func:`enable`, which builds the metric objects 
 sink. Server code calls :func:`count`, :func:`observe` and :func:`adjust`; while
 metrics are off they cost one call and a test of a global. Label values are guarded
 by the catalogue (a value outside its set counts as the fallback, and past
-``max_series`` label sets a metric counts "other"); the labelled children are cached,
+``max_series`` label sets in one process a metric counts each label's fallback); a
+configured directory is locked for one ``vsl serve``; the labelled children are cached,
 so a repeated call costs a dictionary look-up and the increment.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from vsl.stdlib.support import telemetry
 
@@ -30,6 +34,13 @@ log = logging.getLogger("vsl.metrics")
 ENVIRONMENT = "PROMETHEUS_MULTIPROC_DIR"
 SHARED_MEMORY = Path("/dev/shm")
 CACHE_PER_SERIES = 4  # raw label sets cached per allowed series (the rest guarded per call)
+LOCK = ".lock"        # in a configured directory: held by the `vsl serve` using it
+_VERSION_PARAMETER = re.compile(r"\bversion=([^;,]*)")
+_VERSION = re.compile(r"\d+(\.\d+)*")
+
+
+class DirectoryInUse(RuntimeError):
+    """``[metrics] dir`` is the directory of another running ``vsl serve``."""
 
 
 class Recorder:
@@ -76,7 +87,8 @@ class Recorder:
         return self.objects[name].labels(*self._bounded(name, values))
 
     def _bounded(self, name: str, values: tuple[str, ...]) -> tuple[str, ...]:
-        """``values``, or "other" for every label once ``name`` holds max_series sets."""
+        """``values``, or each label's fallback ("other", "none") once ``name`` holds
+        max_series sets in this process."""
         known = self.series[name]
         if values in known:
             return values
@@ -87,7 +99,7 @@ class Recorder:
             self.warned.add(name)
             log.warning("metrics: %s holds %d label sets (metrics.max_series): "
                         "counting new ones as other", name, self.max_series)
-        return ("other",) * len(values)
+        return tuple(label.fallback for label in self.specs[name].labels)
 
 
 def script_metric(declared: ScriptMetric) -> Metric:
@@ -126,17 +138,17 @@ def observe(name: str, value: float, **labels: str) -> None:
 
 
 def adjust(name: str, delta: float, **labels: str) -> None:
-    """Move the gauge ``name`` by ``delta`` (nothing while metrics are off)."""
-    if _recorder is not None:
-        _recorder.child(name, labels).inc(delta)
+    """Move the gauge ``name`` by ``delta``, up or down (nothing while metrics are off):
+    a gauge's inc takes any sign, so this is :func:`count` under a gauge's name."""
+    count(name, delta, **labels)
 
 
 # -- life cycle ----------------------------------------------------------------------------
 def prepare(config) -> Path | None:
     """In the parent, before prometheus_client is imported: the multiprocess directory
-    (``[metrics] dir`` with its ``*.db`` files and ready marks removed, else a private
-    one, in /dev/shm when there is one), named in the environment for every process;
-    None when metrics are off."""
+    (``[metrics] dir``, locked against another ``vsl serve`` (DirectoryInUse), with its
+    ``*.db`` files and ready marks removed; else a private one, in /dev/shm when there
+    is one), named in the environment for every process; None when metrics are off."""
     if not config.metrics.enabled:
         return None
     if config.metrics.dir is None:
@@ -145,11 +157,33 @@ def prepare(config) -> Path | None:
     else:
         directory = Path(config.metrics.dir)
         directory.mkdir(parents=True, exist_ok=True)
+        _hold(directory)
         for stale in directory.glob("*.db"):
             stale.unlink()
         shutil.rmtree(directory / "ready", ignore_errors=True)
     os.environ[ENVIRONMENT] = str(directory)
     return directory
+
+
+_held: dict[Path, int] = {}  # directory -> the descriptor of its lock (never closed)
+
+
+def _hold(directory: Path) -> None:
+    """Lock ``directory`` for this process's life (its children inherit the lock), or
+    DirectoryInUse naming the ``vsl serve`` holding it."""
+    if directory in _held:
+        return
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DirectoryInUse(f"metrics.dir {directory} is in use by another vsl serve "
+                             f"(pid {holder}): give each instance its own") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _held[directory] = fd
 
 
 def directory() -> Path | None:
@@ -185,16 +219,32 @@ def mark_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(directory()))
 
 
-def collect(accept: str = "", collectors=()) -> tuple[bytes, str]:
-    """A scrape: the values of every process plus ``collectors`` (computed now, by the
-    exporter), encoded as ``accept`` (an Accept header) asks; (body, content type)."""
-    from prometheus_client import CollectorRegistry
+def encoding(accept: str) -> tuple[Callable, str]:
+    """prometheus_client's encoder and content type for ``accept`` (an Accept header):
+    OpenMetrics when asked for, but the text format when a ``version=`` is not digits
+    and dots (prometheus_client would fail on it, or echo it in the content type)."""
     from prometheus_client.exposition import choose_encoder
+
+    versions = _VERSION_PARAMETER.findall(accept)
+    if not all(_VERSION.fullmatch(version.strip()) for version in versions):
+        accept = ""
+    return choose_encoder(accept)
+
+
+def render(encoder: Callable, collectors=()) -> bytes:
+    """The values of every process plus ``collectors`` (computed now, by the exporter),
+    encoded by ``encoder`` (see :func:`encoding`)."""
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, str(directory()))
     for collector in collectors:
         registry.register(collector)
-    encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
+    return encoder(registry)
+
+
+def collect(accept: str = "", collectors=()) -> tuple[bytes, str]:
+    """A scrape encoded as ``accept`` asks: (body, content type)."""
+    encoder, content_type = encoding(accept)
+    return render(encoder, collectors), content_type

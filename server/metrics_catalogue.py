@@ -34,6 +34,18 @@ DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 _TOKEN = re.compile(r"[a-z0-9_.-]{1,32}")
 
 
+# what a scrape shows of a metric of each kind: its family's name plus these suffixes
+_SAMPLE_SUFFIXES = {"counter": ("_total", "_created"), "gauge": (),
+                    "histogram": ("_bucket", "_sum", "_count", "_created")}
+
+
+def exposed_names(name: str, kind: str) -> set[str]:
+    """The family and sample names a scrape shows for the metric ``name`` of ``kind``
+    (a counter's family drops its ``_total``)."""
+    family = name.removesuffix("_total") if kind == "counter" else name
+    return {family, *(family + suffix for suffix in _SAMPLE_SUFFIXES[kind])}
+
+
 @dataclass(frozen=True)
 class Label:
     """A label and the values it may hold: ``values`` (a set), else ``pattern`` (a whole

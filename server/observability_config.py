@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .metrics_catalogue import CATALOGUE, exposed_names
+
 LOG_FORMATS = ("text", "json")
 SYSLOG_FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4,
                      "syslog": 5, "lpr": 6, "news": 7, "uucp": 8, "cron": 9,
@@ -17,7 +19,15 @@ SYSLOG_FACILITIES = {"kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4,
                      **{f"local{i}": 16 + i for i in range(8)}}
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
 LABEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-RESERVED_LABELS = ("le", "quantile", "instance", "job")
+# label names a script metric may not declare, and why (the config error says it)
+RESERVED_LABELS = {
+    "le": "Prometheus's histogram bucket label", "quantile": "Prometheus's summary label",
+    "instance": "a label Prometheus adds to every target",
+    "job": "a label Prometheus adds to every target",
+    "name": "an argument of the server's counting call",
+    "amount": "an argument of the server's counting call",
+    "self": "an argument of the server's counting call",
+}
 MAX_LABELS = 8           # label keys a script metric may declare
 MAX_LABEL_VALUES = 64    # values a label may take
 MAX_LABEL_VALUE_LEN = 64
@@ -59,7 +69,8 @@ class MetricsConfig:
                                # temporary directory removed at stop; given: its *.db
                                # files are removed at start
     queue_gauges: bool = True  # count the queues at each scrape (off for huge spools)
-    max_series: int = 1000     # label sets a metric may hold; more are counted as "other"
+    max_series: int = 1000     # label sets a metric may hold in each process; more are
+                               # counted with each label's fallback ("other")
     script: tuple[ScriptMetric, ...] = ()  # [metrics.script.NAME] tables
 
     @property
@@ -116,8 +127,25 @@ def script_metrics(value, key: str) -> tuple[ScriptMetric, ...]:
     """The ``[metrics.script.NAME]`` tables: ``help`` and ``labels = { key = [values] }``."""
     if not isinstance(value, dict):
         raise ObservabilityError(f"{key}: must be a table of [{key}.NAME] tables")
-    return tuple(_script_metric(name, table, f"{key}.{name}")
-                 for name, table in value.items())
+    declared = tuple(_script_metric(name, table, f"{key}.{name}")
+                     for name, table in value.items())
+    _refuse_clashes(declared, key)
+    return declared
+
+
+def _refuse_clashes(declared: tuple[ScriptMetric, ...], key: str) -> None:
+    """An error for a script metric whose family or sample names in a scrape are also
+    those of a catalogue metric or of another script metric (one would hide the other)."""
+    taken = {exposed: f"the server's {name}" for name, metric in CATALOGUE.items()
+             for exposed in exposed_names(name, metric.kind)}
+    for metric in declared:
+        exposed = exposed_names(metric.exported_name, "counter")
+        clash = next((taken[name] for name in sorted(exposed) if name in taken), None)
+        if clash:
+            raise ObservabilityError(
+                f"{key}.{metric.name}: exported as {metric.exported_name}, which clashes "
+                f"with {clash} in a scrape: choose another name")
+        taken.update((name, f"[{key}.{metric.name}]") for name in exposed)
 
 
 def _script_metric(name: str, table, key: str) -> ScriptMetric:
@@ -147,10 +175,13 @@ def _labels(value, key: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 def _label_name(label: str, key: str) -> bool:
-    if not LABEL_NAME.fullmatch(label) or label in RESERVED_LABELS:
+    if not LABEL_NAME.fullmatch(label):
         raise ObservabilityError(f"{key}.{label}: a label is 1 to 32 lowercase letters, "
-                                 "digits and '_', starting with a letter, and not one of "
-                                 f"{', '.join(RESERVED_LABELS)}")
+                                 "digits and '_', starting with a letter")
+    if label in RESERVED_LABELS:
+        raise ObservabilityError(f"{key}.{label}: '{label}' is reserved "
+                                 f"({RESERVED_LABELS[label]}): choose another label name "
+                                 f"(reserved: {', '.join(RESERVED_LABELS)})")
     return True
 
 

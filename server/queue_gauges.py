@@ -4,7 +4,9 @@
 files per queue directory, by scandir; a broker: ``AmqpQueue.counts()`` on the
 exporter's own connection). ``vsl_queue_oldest_age_seconds{queue}``: the spool only,
 from the oldest id (spool ids begin with the time in milliseconds, in hex); a broker
-cannot tell without reading every message.
+cannot tell without reading every message. The queue label is bounded as the serving
+processes' labels are: a name outside the catalogue's pattern, and every queue past the
+first ``max_series``, count together as "other".
 """
 from __future__ import annotations
 
@@ -38,17 +40,39 @@ def spool_queue(directory: Path) -> tuple[int, float | None]:
     return found, oldest
 
 
+def bounded(counts: dict[str, int], oldest: dict[str, float], max_series: int
+            ) -> tuple[dict[str, int], dict[str, float]]:
+    """``counts`` and ``oldest`` by queue with at most ``max_series`` queue labels: a
+    name the label does not take, and the queues past the first ``max_series - 1`` when
+    there are more, are summed (the earliest arrival kept) as "other"."""
+    label = CATALOGUE["vsl_queue_messages"].labels[0]
+    named = {queue: label.guard(queue, {}) for queue in counts}
+    kept = [queue for queue in sorted(counts) if named[queue] != label.fallback]
+    if len(kept) + (len(kept) < len(counts)) > max_series:  # "other" is one more
+        kept = kept[:max_series - 1]
+    out_counts: dict[str, int] = {}
+    out_oldest: dict[str, float] = {}
+    for queue, number in counts.items():
+        key = queue if queue in kept else label.fallback
+        out_counts[key] = out_counts.get(key, 0) + number
+        if queue in oldest:
+            out_oldest[key] = min(out_oldest.get(key, oldest[queue]), oldest[queue])
+    return out_counts, out_oldest
+
+
 class QueueGauges:
     """A prometheus_client collector of the queue gauges of ``queue``; ``loop``: the
-    event loop where a broker's queue is open (a scrape runs in another thread)."""
+    event loop where a broker's queue is open (a scrape runs in another thread);
+    ``max_series``: the most queue labels it shows."""
 
-    def __init__(self, queue: QueueBackend, loop: asyncio.AbstractEventLoop):
-        self.queue, self.loop = queue, loop
+    def __init__(self, queue: QueueBackend, loop: asyncio.AbstractEventLoop,
+                 max_series: int):
+        self.queue, self.loop, self.max_series = queue, loop, max_series
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        counts, oldest = self._read()
+        counts, oldest = bounded(*self._read(), self.max_series)
         families = [GaugeMetricFamily(name, CATALOGUE[name].help, labels=["queue"])
                     for name in ("vsl_queue_messages", "vsl_queue_oldest_age_seconds")]
         now = time.time()

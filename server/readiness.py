@@ -1,9 +1,11 @@
 """Readiness of one ``vsl serve`` (``/readyz``): what must hold for it to take mail.
 
 Each serving process marks itself ready with ``<metrics dir>/ready/<index>`` (its pid)
-once its Server started and removes the mark when it stops. :func:`problems` lists what
-fails, one line each: a worker index with no mark or a dead pid, a spool whose ``tmp/``
-cannot take a file, a broker or Redis that does not answer within :data:`WAIT` seconds.
+once its Server started and removes the mark when it stops (:func:`mark_ready`,
+:func:`unmark_ready`). Each check gives what fails, one line each:
+:func:`worker_problems` a worker index with no mark or a dead pid, :func:`spool_problem`
+a spool whose ``tmp/`` cannot take a file, :func:`answer_problem` a broker or Redis that
+does not answer within :data:`WAIT` seconds (server/exporter.py's ``problems`` runs them).
 """
 from __future__ import annotations
 

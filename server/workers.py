@@ -224,9 +224,12 @@ class Workers:
 
 
     def _work(self, index: int):
-        """What child ``index`` runs: the exporter, or a worker's Server."""
+        """What child ``index`` runs: the exporter, or a worker's Server (each closes
+        the sockets the other serves)."""
         if index == EXPORTER:
+            _close(sock for _, sock in self.sockets)
             return serve_exporter(self.config, self.metrics_sockets)
+        _close(self.metrics_sockets)
         metrics.enable(self.config)
         config = child_config(self.config, index, self.shared)
         return _serve(Server(config, roles=self.roles, index=index), self.sockets)
@@ -254,6 +257,11 @@ async def _serve(server: Server, sockets: list[tuple[Listener, socket.socket]]) 
     asyncio.get_running_loop().call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK,
                                          {signal.SIGHUP})
     await server.serve_forever()
+
+
+def _close(sockets) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def _name(index: int) -> str:

@@ -29,7 +29,7 @@ from typing import Iterable, Protocol
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
-from vsl.resolve import DYNAMIC
+from vsl.resolve import DYNAMIC, ArgumentProblem
 
 from .support import telemetry
 
@@ -78,10 +78,12 @@ class Counters:
             labels = {}
         if not isinstance(labels, dict) or labels.keys() != allowed.keys():
             raise ScriptError(f"{where}: {_keys_problem(self.declared[name], labels)}")
-        telemetry.count(exported, amount, **{
-            key: value if type(value) is str and value in values
-            else self._other(name, key, value)
-            for key, values in allowed.items() for value in (labels[key],)})
+        counted = {}
+        for key, values in allowed.items():
+            value = labels[key]
+            counted[key] = value if type(value) is str and value in values \
+                else self._other(name, key, value)
+        telemetry.count(exported, amount, **counted)
 
     def _other(self, name: str, key: str, value) -> str:
         """"other", for ``value`` given to ``key`` outside its declared values (warned of
@@ -139,7 +141,8 @@ def _amount_problem(amount) -> str | None:
 
 
 def _one_step(*args) -> int:
-    """The work of a call: one operation (its labels are few, bounded by declaration)."""
+    """The size of a call's work: 0, so the engine charges it one operation, as a step
+    of the script (its labels are few, bounded by declaration)."""
     return 0
 
 
@@ -149,17 +152,20 @@ def _lint(counters: Counters, args) -> str | None:
     name = args[0]
     labels = args[1] if len(args) > 1 else None
     if not isinstance(name, str):
-        return "the metric's name must be a literal string, e.g. metrics::inc(\"spam_hit\")"
+        return ArgumentProblem("the metric's name must be a literal string, e.g. "
+                               "metrics::inc(\"spam_hit\")", 0)
     if labels is DYNAMIC or not (labels is None or isinstance(labels, dict)):
-        return "the labels must be a literal map, e.g. #{ reason: \"rbl\" }"
+        return ArgumentProblem("the labels must be a literal map, e.g. "
+                               "#{ reason: \"rbl\" }", 1)
     if len(args) > 2 and args[2] is not DYNAMIC and (problem := _amount_problem(args[2])):
-        return problem
+        return ArgumentProblem(problem, 2)
     if counters.declared is None:
         return None
     metric = counters.declared.get(name)
     if metric is None:
         return _undeclared(name, labels)
-    return _keys_problem(metric, labels) or _values_problem(metric, labels or {})
+    problem = _keys_problem(metric, labels)
+    return ArgumentProblem(problem, 1) if problem else _values_problem(metric, labels or {})
 
 
 def _values_problem(metric: Declaration, labels: dict) -> str | None:
@@ -168,9 +174,10 @@ def _values_problem(metric: Declaration, labels: dict) -> str | None:
         value = labels[key]
         if value is not DYNAMIC and value not in values:
             shown = f'"{value}"' if isinstance(value, str) else repr(value)
-            return (f"label {key} = {shown} is not one of {', '.join(values)}: add it to "
-                    f"[metrics.script.{metric.name}] labels in vsl.toml (a value outside "
-                    "them is counted as \"other\")")
+            return ArgumentProblem(
+                f"label {key} = {shown} is not one of {', '.join(values)}: add it to "
+                f"[metrics.script.{metric.name}] labels in vsl.toml (a value outside them "
+                "is counted as \"other\")", 1, key)
     return None
 
 

@@ -35,6 +35,22 @@ def test_script_metric_declared(tmp_path: Path):
     ({"metrics": {"script": {"s": {"labels": {"ip": []}}}}}, "must be a non-empty array"),
     ({"metrics": {"script": {"s": {"labels": {"r": ["a", "a"]}}}}}, "a value is listed twice"),
     ({"metrics": {"script": {"s": {"labels": {"r": [1]}}}}}, "values are strings"),
+    ({"metrics": {"script": {"s": {"labels": {"name": ["a"]}}}}},
+     "metrics.script.s.labels.name: 'name' is reserved (an argument of the server's "
+     "counting call)"),
+    ({"metrics": {"script": {"s": {"labels": {"amount": ["a"]}}}}}, "'amount' is reserved"),
+    ({"metrics": {"script": {"s": {"labels": {"self": ["a"]}}}}}, "'self' is reserved"),
+    ({"metrics": {"script": {"errors": {}}}},
+     "metrics.script.errors: exported as vsl_script_errors_total, which clashes with the "
+     "server's vsl_script_errors_total in a scrape: choose another name"),
+    ({"metrics": {"script": {"seconds": {}}}}, "clashes with the server's vsl_script_seconds"),
+    ({"metrics": {"script": {"seconds_count": {}}}}, "clashes with the server's "
+                                                       "vsl_script_seconds"),
+    ({"metrics": {"script": {"errors_created": {}}}}, "clashes with the server's "
+                                                        "vsl_script_errors_total"),
+    ({"metrics": {"script": {"hits": {}, "hits_total": {}}}},
+     "metrics.script.hits_total: exported as vsl_script_hits_total_total, which clashes "
+     "with [metrics.script.hits]"),
     ({"log": {"format": "xml"}}, "log.format: must be one of text, json"),
     ({"log": {"syslog": "tcp://h:1"}}, "log.syslog: 'tcp://h:1' is not udp://host:port"),
     ({"log": {"syslog": "unix:dev/log"}}, "needs an absolute path"),

@@ -77,6 +77,24 @@ def test_past_max_series_a_metric_counts_other_and_warns_once(caplog):
     assert len(warnings) == 1 and "vsl_delivery_failures_total holds 10" in warnings[0]
 
 
+def test_past_max_series_each_label_records_its_own_fallback():
+    rec = recorder(max_series=10)
+    for n in range(11):
+        rec.count("vsl_smtp_replies_total", stage="rcpt", code=f"{200 + n}",
+                  enhanced="2.0.0")
+    assert value(rec, "vsl_smtp_replies_total", "other", "other", "none") == 1
+
+
+def test_adjust_moves_a_gauge_both_ways(tmp_path, monkeypatch):
+    monkeypatch.setenv(metrics.ENVIRONMENT, str(tmp_path))
+    rec = recorder()
+    monkeypatch.setattr(metrics, "_recorder", rec)
+    metrics.adjust("vsl_connections_current", 1)
+    metrics.adjust("vsl_connections_current", 1)
+    metrics.adjust("vsl_connections_current", -1)
+    assert value(rec, "vsl_connections_current") == 1
+
+
 def test_labelled_children_are_cached():
     rec = recorder()
     first = rec.child("vsl_auth_total", {"mechanism": "PLAIN", "result": "success"})
@@ -164,3 +182,39 @@ def test_forked_processes_are_summed(tmp_path):
     assert alive[("vsl_connections_current", ())] == 2
     assert dead[("vsl_connections_current", ())] == 0  # livesum: dead processes leave
     assert dead[("vsl_messages_received_total", ())] == 2000  # counters never drop
+
+
+class _Configured:
+    def __init__(self, directory):
+        self.metrics = MetricsConfig(listen="127.0.0.1:9187", dir=directory)
+
+
+_HOLD = """
+import sys, time
+from vsl.server import metrics
+from tests.test_metrics_catalogue import _Configured
+metrics.prepare(_Configured(sys.argv[1]))
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_configured_directory_is_held_by_one_vsl_serve(tmp_path, monkeypatch):
+    directory = tmp_path / "metrics"
+    monkeypatch.setenv(metrics.ENVIRONMENT, "")  # prepare() sets it: restored after
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(directory)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        (directory / "counter_1.db").write_bytes(b"")
+        with pytest.raises(metrics.DirectoryInUse) as err:
+            metrics.prepare(_Configured(directory))
+        assert str(err.value) == (f"metrics.dir {directory} is in use by another vsl serve "
+                                  f"(pid {holder.pid}): give each instance its own")
+        assert (directory / "counter_1.db").exists()  # not wiped
+    finally:
+        holder.kill()
+        holder.wait()
+    assert metrics.prepare(_Configured(directory)) == directory  # free again
+    assert metrics.prepare(_Configured(directory)) == directory  # this process holds it
+    assert not (directory / "counter_1.db").exists()

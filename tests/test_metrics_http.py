@@ -2,7 +2,9 @@
 loopback port): /metrics parses as Prometheus text and counts the spool's queues,
 /healthz and /readyz answer (503 naming the spool when its tmp/ is gone), other paths and
 methods are refused, a client that sends nothing is cut after 5 s; a metrics port in use
-stops the start before any worker; a killed worker is restarted and no counter drops."""
+stops the start before any worker and before the spool's recovery; a killed worker is
+restarted and no counter drops. Then the HTTP server on its own: single-flight scrapes on
+a thread of their own, the connection cap, the deadline, stop, a 500, hostile Accept."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from vsl.server.metrics_http import FRESH
 
 from tests.support.crash import VSL, stop_process, write_config
 from tests.support.mailsink import free_port, listening
@@ -149,6 +153,9 @@ def test_a_silent_client_is_cut_after_five_seconds(served):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_metrics_port_in_use_stops_the_start(tmp_path, workers):
     server = Served(tmp_path, workers)
+    stale = tmp_path / "queue" / "tmp" / "unacknowledged"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a message half written")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", server.port))
         holder.listen(1)
@@ -160,6 +167,35 @@ def test_a_metrics_port_in_use_stops_the_start(tmp_path, workers):
     log = server.log.read_text()
     assert f"cannot listen: metrics 127.0.0.1:{server.port}: " in log
     assert "started" not in log and not listening(server.smtp_port)
+    assert stale.exists()  # the start stopped before the spool's recovery
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the socket listening on the loopback ``port`` (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            found.add(target[len("socket:["):-1])
+    return found
+
+
+def test_each_child_holds_only_the_sockets_it_serves(served):
+    server = served(2)
+    exporter = int(re.search(r"exporter started \(pid (\d+)\)",
+                             server.log.read_text()).group(1))
+    smtp, metrics_socket = _listening_inode(server.smtp_port), _listening_inode(server.port)
+    assert _socket_inodes(exporter) & {smtp, metrics_socket} == {metrics_socket}
+    for pid in server.workers().values():
+        assert _socket_inodes(pid) & {smtp, metrics_socket} == {smtp}
 
 
 def test_a_killed_worker_is_restarted_and_no_counter_drops(served):
@@ -170,6 +206,7 @@ def test_a_killed_worker_is_restarted_and_no_counter_drops(served):
     os.kill(first[1], signal.SIGKILL)
     assert wait_for(lambda: server.workers()[1] != first[1], timeout=10)
     assert wait_for(lambda: server.get("/readyz")[0] == 200, timeout=10)
+    time.sleep(FRESH)  # a scrape is served again for this long
     after = server.samples()
     assert after[("vsl_worker_restarts_total", ())] == 1
     counters = [key for key in before if key[0].endswith(("_total", "_count", "_sum",
@@ -235,3 +272,190 @@ def test_readiness_asks_redis(tmp_path):
         assert server.get("/readyz")[0] == 503
     finally:
         server.stop()
+
+
+# -- the HTTP server on its own (workers = 1 shares the SMTP loop with it) ---------------
+async def _ok() -> list[str]:
+    return []
+
+
+class Endpoint:
+    """A MetricsHttp on a loopback port, serving ``body`` (made by ``make``) and
+    counting the scrapes and the threads they ran on."""
+
+    def __init__(self, body: bytes = b"x 1\n", make=None):
+        from vsl.server.metrics_http import MetricsHttp
+
+        self.body, self.scrapes, self.threads = body, 0, set()
+        self.make = make or self._make
+        self.http = MetricsHttp(lambda accept: ("text/plain", self.make), _ok, _ok)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(100)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+
+    def _make(self) -> bytes:
+        import threading
+
+        self.scrapes += 1
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.2)
+        return self.body
+
+    async def __aenter__(self):
+        await self.http.start([self.sock])
+        return self
+
+    async def __aexit__(self, *exc):
+        await asyncio.wait_for(self.http.stop(), 5)
+
+    async def request(self, head: bytes = b"GET /metrics HTTP/1.1\r\n\r\n") -> bytes:
+        """The answer to ``head`` (b"" when the connection is closed or reset)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(head)
+            return await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+
+def test_concurrent_scrapes_share_one_collect_on_a_thread_of_their_own():
+    async def main():
+        async with Endpoint() as endpoint:
+            answers = await asyncio.gather(*(endpoint.request() for _ in range(8)))
+            assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"x 1\n")
+                       for a in answers)
+            assert endpoint.scrapes == 1
+            await endpoint.request()  # within a second: the same result
+            assert endpoint.scrapes == 1
+            head = await endpoint.request(b"HEAD /metrics HTTP/1.1\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+            assert b"Content-Length" not in head and endpoint.scrapes == 1
+            await asyncio.sleep(1.1)
+            await endpoint.request()
+            assert endpoint.scrapes == 2
+            assert [name.startswith("vsl-metrics") for name in endpoint.threads] == [True]
+    asyncio.run(main())
+
+
+def test_connections_past_the_cap_are_closed_at_once():
+    from vsl.server.metrics_http import MAX_CONNECTIONS
+
+    async def main():
+        async with Endpoint() as endpoint:
+            held = [await asyncio.open_connection("127.0.0.1", endpoint.port)
+                    for _ in range(MAX_CONNECTIONS)]
+            await asyncio.sleep(0.2)
+            start = time.monotonic()
+            assert await endpoint.request() == b""
+            assert time.monotonic() - start < 1
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0.2)
+            assert (await endpoint.request()).startswith(b"HTTP/1.1 200 ")
+    asyncio.run(main())
+
+
+def _reader_that_never_reads(port: int) -> socket.socket:
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+    return client
+
+
+def test_a_client_that_never_reads_is_aborted_at_the_deadline(monkeypatch):
+    from vsl.server import metrics_http
+
+    monkeypatch.setattr(metrics_http, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(metrics_http, "WRITE_TIMEOUT", 0.5)
+
+    async def main():
+        async with Endpoint(body=b"x" * (8 * 1024 * 1024)) as endpoint:
+            client = _reader_that_never_reads(endpoint.port)
+            await asyncio.sleep(0.5)
+            assert len(endpoint.http.open) == 1
+            await asyncio.sleep(1.0)
+            assert not endpoint.http.open
+            client.close()
+    asyncio.run(main())
+
+
+def test_stop_aborts_a_client_that_never_reads():
+    async def main():
+        endpoint = Endpoint(body=b"x" * (8 * 1024 * 1024))
+        async with endpoint:
+            client = _reader_that_never_reads(endpoint.port)
+            await asyncio.sleep(0.5)
+            assert endpoint.http.open
+            start = time.monotonic()
+        assert time.monotonic() - start < 1
+        assert not [task for task in asyncio.all_tasks()  # (3.12 waits for them in stop)
+                    if "_handle" in repr(task.get_coro())]
+        client.close()
+    asyncio.run(main())
+
+
+def test_a_failing_answer_is_a_500_logged_once_a_minute(caplog):
+    def broken() -> bytes:
+        raise ValueError("no files")
+
+    async def main():
+        async with Endpoint(make=broken) as endpoint:
+            for _ in range(3):
+                answer = await endpoint.request()
+                assert answer.startswith(b"HTTP/1.1 500 ")
+    asyncio.run(main())
+    logged = [r for r in caplog.records if "answering a request failed" in r.getMessage()]
+    assert len(logged) == 1 and "no files" in caplog.text
+
+
+@pytest.mark.parametrize("accept", [
+    "application/openmetrics-text; version=abc",
+    "application/openmetrics-text; version=1.0.0\nX-Injected: 1",
+    "application/openmetrics-text; version=",
+    "text/plain; version=0.0.4x",
+])
+def test_a_hostile_accept_header_gets_the_text_format(accept):
+    from vsl.server import metrics
+
+    encoder, content_type = metrics.encoding(accept)
+    assert content_type.startswith("text/plain; version=0.0.4")
+
+
+def test_a_well_formed_accept_header_gets_openmetrics():
+    from vsl.server import metrics
+
+    _, content_type = metrics.encoding("application/openmetrics-text; version=1.0.0,"
+                                       "text/plain;q=0.5")
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0;")
+
+
+def test_queue_labels_are_bounded_the_rest_summed_as_other():
+    from vsl.server.queue_gauges import bounded
+
+    counts = {"deliver": 1, "hold": 2, "quarantine/a": 3, "quarantine/b": 4, "BAD NAME": 5}
+    oldest = {"hold": 20.0, "quarantine/b": 10.0, "BAD NAME": 5.0}
+    assert bounded(counts, oldest, 10) == (
+        {"deliver": 1, "hold": 2, "quarantine/a": 3, "quarantine/b": 4, "other": 5},
+        {"hold": 20.0, "quarantine/b": 10.0, "other": 5.0})
+    assert bounded(counts, oldest, 3) == ({"deliver": 1, "hold": 2, "other": 12},
+                                          {"hold": 20.0, "other": 5.0})
+
+
+def test_the_build_version_is_unknown_without_package_metadata(monkeypatch):
+    from importlib import metadata
+
+    from vsl.server import exporter
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    assert exporter.BuildInfo().version == "0.1.0"
+    monkeypatch.setattr(exporter.metadata, "version", missing)
+    info = exporter.BuildInfo()
+    assert info.version == "unknown"
+    assert info.collect()[0].samples[0].labels == {"version": "unknown"}

@@ -216,6 +216,23 @@ def test_lint_with_config_checks_the_declarations(tmp_path):
     assert "note:" not in result.stderr
 
 
+def test_lint_points_at_the_wrong_argument(tmp_path):
+    scripts = policy(tmp_path, """\
+fn on_rcpt_to(ctx) {
+    metrics::inc(
+        "spam_hit",
+        #{ stage: "rcpt", reason: "dns" });
+    metrics::add("seen", #{}, -1);
+    metrics::inc("seen", #{ why: "x" });
+    status::next()
+}
+""")
+    result = vsl("lint", "--format", "concise", "--config", "vsl.toml", scripts, cwd=tmp_path)
+    found = [line.split(": error: ")[0].rpartition("/")[2]
+             for line in result.stdout.splitlines()]
+    assert found == ["main.vsl:4:35", "main.vsl:5:31", "main.vsl:6:26"], result.stdout
+
+
 def test_lint_with_config_passes_declared_calls(tmp_path):
     scripts = policy(tmp_path, POLICY)
     result = vsl("lint", "--config", "vsl.toml", scripts, cwd=tmp_path)
@@ -232,7 +249,9 @@ def test_lint_without_config_says_once_that_names_are_unchecked(tmp_path):
 
 
 def test_lint_without_metrics_calls_says_nothing_of_them(tmp_path):
-    scripts = policy(tmp_path, "fn on_helo(ctx) { status::next() }\n")
+    scripts = policy(tmp_path, "// metrics::inc(\"x\") is for later\n"
+                               "fn on_helo(ctx) { log(\"info\", \"metrics::inc\"); "
+                               "status::next() }\n")
     assert "note:" not in vsl("lint", scripts, cwd=tmp_path).stderr
 
 

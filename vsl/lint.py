@@ -18,7 +18,7 @@ from .build import parse
 from .checks import EntryPoints, check
 from .errors import LimitError, VslError
 from .imports import check_nesting, import_target
-from .resolve import Diagnostic, ModuleInfo, resolve
+from .resolve import Diagnostic, ModuleInfo, NativeFn, resolve
 from .script_file import UnreadableScript, read_script
 
 
@@ -30,6 +30,7 @@ class Linter:
         self.engine = engine
         self.entries = entries
         self.sources: dict[str, str] = {}  # file -> its text, to show lines in findings
+        self.namespaces_called: set[str] = set()  # of the natives the linted files call
         self._infos: dict[Path, ModuleInfo | None] = {}
 
     def lint_file(self, path: Path) -> list[Diagnostic]:
@@ -60,6 +61,8 @@ class Linter:
                 imports[imp.alias] = info
         res = resolve(module, self.engine.namespaces, imports, self.engine.async_methods,
                       self.engine.native_methods)
+        self.namespaces_called.update(target.ns for target in res.targets.values()
+                                      if isinstance(target, NativeFn))
         typed = check(module, res, self.engine.namespaces, self.entries)
         known = {(d.line, d.col, d.code) for d in typed}  # a typed finding says it better
         findings += [d for d in res.diagnostics if (d.line, d.col, d.code) not in known]

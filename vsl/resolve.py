@@ -608,9 +608,9 @@ class Resolver:
         if native.check is not None:
             values = [_lint_value(a) for a in e.args]
             message = native.check(values)
-            if message:  # at the first argument it could see
-                self.error("native-argument", f"{full}: {message}", next(
-                    (a.pos for a, v in zip(e.args, values) if v is not _DYNAMIC), e.pos))
+            if message:
+                self.error("native-argument", f"{full}: {message}",
+                           _problem_pos(e, values, message))
 
     def e_NsCall(self, e: ast.NsCall) -> None:
         self.exprs(e.args)
@@ -650,6 +650,33 @@ class _Dynamic:
 
 _DYNAMIC = _Dynamic()
 DYNAMIC = _DYNAMIC
+
+
+class ArgumentProblem(str):
+    """A lint hook's message that says where the problem is: ``at`` = the argument's
+    index, then the keys of map literals inside it (``(1, "reason")``: the value of
+    ``reason`` in the second argument, a map)."""
+
+    at: tuple = ()
+
+    def __new__(cls, message: str, *at):
+        problem = super().__new__(cls, message)
+        problem.at = at
+        return problem
+
+
+def _problem_pos(call, values: list, message: str):
+    """Where a lint hook's ``message`` points: the node its ``at`` names (as far as the
+    literals go), else the first argument the hook could see, else the call."""
+    at = getattr(message, "at", ())
+    if at and at[0] < len(call.args):
+        node = call.args[at[0]]
+        for key in at[1:]:
+            if not isinstance(node, ast.MapLit):
+                break
+            node = dict(node.entries).get(key, node)
+        return node.pos
+    return next((a.pos for a, v in zip(call.args, values) if v is not _DYNAMIC), call.pos)
 
 
 def _lint_value(node):
