@@ -61,6 +61,8 @@ class SyslogTargetError(ValueError):
 
 def escape_param(value: str) -> str:
     """A PARAM-VALUE as written between its quotes (see the module docstring)."""
+    if '"' not in value and "]" not in value and "\\" not in value:
+        return value  # the common case, at a fraction of the substitution's cost
     return _TO_ESCAPE.sub(r"\\\1", value)
 
 
