@@ -18,6 +18,7 @@ import click
 
 from vsl.lint import foreign_note
 from vsl.server.logsetup import configure as configure_logging
+from vsl.server.syslog5424 import SyslogTargetError
 
 from .zones import dns_override_option, zone_option, zones_served
 
@@ -59,7 +60,10 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
         config = serve_config(config_path, **options)
-        configure_logging(config.log, verbose)
+        try:
+            configure_logging(config.log, verbose)
+        except SyslogTargetError as err:
+            raise click.ClickException(str(err)) from None
         logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
         _serve(config, role)
 

@@ -18,6 +18,7 @@ import re
 _BARE = re.compile(r'[^\s"=\\]+')
 _PAIR = re.compile(r'(?:^|\s)([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^\s"=\\]+)')
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_TO_ESCAPE = re.compile(r'[\\"\x00-\x1f\x7f]')
 _UNESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)")
 _NAMED = {"n": "\n", "r": "\r", "t": "\t"}
 
@@ -27,8 +28,12 @@ def encode_value(value) -> str:
     text = str(value)
     if _BARE.fullmatch(text):
         return text
-    return '"' + "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or
-                                             ord(c) == 127 else c) for c in text) + '"'
+    return '"' + _TO_ESCAPE.sub(_escape, text) + '"'
+
+
+def _escape(found: re.Match) -> str:
+    char = found.group()
+    return _ESCAPES.get(char) or f"\\x{ord(char):02x}"
 
 
 def encode(pairs: dict) -> str:

@@ -1,7 +1,9 @@
 """The formats of the server's log lines (the contract is /work/notes/events-18.md):
 
-- text: ``TIME LEVEL LOGGER[PID]: MESSAGE`` (client text escaped: SafeFormatter), then
-  a logfmt tail (server/logfmt.py) of the ids and the event's fields when there are any:
+- text: ``TIME LEVEL LOGGER[PID]: MESSAGE`` (TIME in UTC, ``2026-12-06 21:06:05,123``;
+  client text escaped: SafeFormatter), then a logfmt tail (server/logfmt.py) of the ids
+  and the event's fields when there are any, at the end of the message's first line (so
+  a multi-line message's event line keeps them):
   ``... session=3f2a9c1b7d0e queue_id=... event=reject stage=rcpt code=554``;
 - json: one object a line, keys in a stable order: ``ts`` (RFC 3339 UTC, µs), ``level``,
   ``logger``, ``pid``, ``msg``, the ids and the event's fields, ``sd`` (a script's
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 
 from .logfmt import encode
@@ -24,7 +27,15 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 def record_fields(record: logging.LogRecord) -> dict:
     """The ids, the event and its fields of ``record``, in order, None values left out;
-    text values escaped as the message is (they may be a client's)."""
+    text values escaped as the message is (they may be a client's). Computed once per
+    record (kept on it), however many handlers format it."""
+    fields = getattr(record, "vsl_formatted_fields", None)
+    if fields is None:
+        fields = record.vsl_formatted_fields = _fields(record)
+    return fields
+
+
+def _fields(record: logging.LogRecord) -> dict:
     pairs = {"session": getattr(record, "session", None),
              "queue_id": getattr(record, "queue_id", None),
              "event": getattr(record, "vsl_event", None),
@@ -40,7 +51,10 @@ def script_sd(record: logging.LogRecord) -> tuple[list, str | None]:
 
 
 class TextFormatter(SafeFormatter):
-    """Postfix-like lines, with the logfmt tail of the ids and the event."""
+    """Postfix-like lines in UTC, with the logfmt tail of the ids and the event at the
+    end of the first line."""
+
+    converter = time.gmtime
 
     def __init__(self):
         super().__init__(TEXT_FORMAT)
@@ -48,7 +62,10 @@ class TextFormatter(SafeFormatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         tail = encode(record_fields(record))
-        return f"{line} {tail}" if tail else line
+        if not tail:
+            return line
+        first, newline, rest = line.partition("\n")
+        return f"{first} {tail}{newline}{rest}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,7 +78,9 @@ class JsonFormatter(logging.Formatter):
                 "msg": printable(record.getMessage() if rest is None else rest),
                 **record_fields(record)}
         if sd:
-            line["sd"] = [{"id": sd_id, "params": dict(params)} for sd_id, params in sd]
+            line["sd"] = [{"id": sd_id, "params": {name: printable(value)
+                                                   for name, value in params}}
+                          for sd_id, params in sd]
         if record.exc_info:
             line["exc"] = printable(self.formatException(record.exc_info), lines=True)
         return json.dumps(line, ensure_ascii=False)

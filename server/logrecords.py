@@ -45,7 +45,7 @@ class LineTally:
 def read_records(lines: Iterable[str | bytes], tally: LineTally | None = None
                  ) -> Iterator[dict]:
     """One dict per vSL line of ``lines`` (text or JSON, with or without ``[pid]``):
-    ``ts`` (a naive datetime, UTC for JSON, the server's time for text, or None), ``level``,
+    ``ts`` (a naive datetime in UTC, as both formats write it, or None), ``level``,
     ``logger``, ``pid``, ``msg``, then the ids and the event's fields (numbers as numbers).
     Other lines are counted in ``tally.skipped``; no line raises."""
     tally = tally if tally is not None else LineTally()

@@ -19,12 +19,17 @@ SCRIPT_LOGGERS = "vsl.script."  # stdlib's log() native: vsl.script.<topic>
 
 class ScriptLines(logging.Filter):
     """A script's ``log()`` line is the event ``script_log``; the RFC 5424 SD elements
-    its text begins with (when valid) become its structured data."""
+    its text begins with (when valid, and not claiming the server's own SD-ID
+    ``own_sd_id``) become its structured data."""
+
+    def __init__(self, own_sd_id: str):
+        super().__init__()
+        self.own_sd_id = own_sd_id
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith(SCRIPT_LOGGERS) and not hasattr(record, "vsl_event"):
             record.vsl_event = "script_log"
-            sd, rest = split_sd(record.getMessage())
+            sd, rest = split_sd(record.getMessage(), (self.own_sd_id,))
             if sd:
                 record.vsl_sd, record.vsl_sd_rest = sd, rest
         return True
@@ -41,7 +46,7 @@ def configure(log: LogConfig, verbose: int = 0, *quiet: str) -> None:
     for handler in handlers(log):
         handler.vsl_configured = True
         handler.addFilter(IdsFilter())
-        handler.addFilter(ScriptLines())
+        handler.addFilter(ScriptLines(log.syslog_sd_id))
         root.addHandler(handler)
     for noisy in ("asyncio", *quiet):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -81,6 +81,7 @@ class Totals:
     quarantined: int = 0
     dead: int = 0
     limited: int = 0
+    improper_pipelining: int = 0
     auth_failures: int = 0
     dsns: int = 0
     senders: int = 0
@@ -107,6 +108,7 @@ class Summary:
     top: dict[str, list[list]]
     auth_failures: list[list]
     limits: list[list]
+    improper_pipelining: list[list]
     problems: list[list]
     capped: list[str] = field(default_factory=list)
     key_cap: int = KEY_CAP
@@ -115,7 +117,7 @@ class Summary:
 _TRAFFIC = ("received", "delivered", "deferred", "bounced", "rejected")
 _TABLES_KEPT = (  # every table of keys read from the log: each capped
     "senders", "sender_domains", "recipients", "recipient_domains", "clients", "rejects",
-    "reject_stages", "deferrals", "bounces", "auth_failures", "limits", "problems", "dsn",
+    "reject_stages", "deferrals", "bounces", "auth_failures", "limits", "pipelining", "problems", "dsn",
     "received_by_queue", "traffic", "delivered_messages", "deferred_messages",
     "bounced_messages", "deferred_recipients", "all_recipients")
 
@@ -207,6 +209,12 @@ class _Tally:
             self.tables["auth_failures"].add(_text(record.get("client_ip")))
 
     def _on_limit(self, record: dict) -> None:
+        """A session cut by a limit; a client that pipelined without PIPELINING is only
+        warned (the session goes on): counted apart, by client."""
+        if record.get("reason") == "pipelining":
+            self.totals.improper_pipelining += 1
+            self.tables["pipelining"].add(_text(record.get("client_ip")))
+            return
         self.totals.limited += 1
         self.tables["limits"].add(_text(record.get("reason")))
 
@@ -271,6 +279,7 @@ def _summary(tally: _Tally, top: int) -> Summary:
         top={name: tables[name].top(top) for name in (
             "senders", "sender_domains", "recipients", "recipient_domains", "clients")},
         auth_failures=tables["auth_failures"].top(top), limits=tables["limits"].top(top),
+        improper_pipelining=tables["pipelining"].top(top),
         problems=_pairs(tables["problems"].top(top)),
         capped=sorted(name for name, table in tables.items() if table.capped),
         key_cap=tally.key_cap)
@@ -331,6 +340,7 @@ _TOTALS = (  # (label, field of Totals, what follows in parentheses or None)
     ("bytes received", "bytes_received", None), ("senders", "senders", None),
     ("recipients", "recipients", None), ("clients", "clients", None),
     ("connections", "connections", None), ("sessions cut by limits", "limited", None),
+    ("improper pipelining", "improper_pipelining", None),
     ("AUTH failures", "auth_failures", None),
     ("DSNs", "dsns", lambda summary: _breakdown(summary.dsn)))
 _TABLES = (("senders", "Senders by message count"),
@@ -350,6 +360,8 @@ def render(summary: Summary) -> str:
                         for line in _section(title, _rows(summary.top[name]))]
                      + _section("AUTH failures by client", _rows(summary.auth_failures))
                      + _section("Sessions cut by limits by reason", _rows(summary.limits))
+                     + _section("Improper pipelining by client",
+                                _rows(summary.improper_pipelining))
                      + _section("Warnings and errors by logger", _rows(summary.problems))
                      + _cap_note(summary)) + "\n"
 

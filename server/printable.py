@@ -19,8 +19,11 @@ _UNPRINTABLE_BUT_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{_OTHER_CONTROLS}]")  
 def printable(value, lines: bool = False) -> str:
     """``value`` as text with every control character escaped (``\\x1b``, ``\\u202e``);
     with ``lines``, line feeds and tabs stay."""
+    text = str(value)
+    if text.isascii() and text.isprintable():  # the common case: nothing to escape
+        return text
     pattern = _UNPRINTABLE_BUT_LINES if lines else _UNPRINTABLE
-    return pattern.sub(_escape, str(value))
+    return pattern.sub(_escape, text)
 
 
 def _escape(found: re.Match) -> str:

@@ -8,10 +8,12 @@ import json
 import logging
 import re
 import socket
+import time
 
 from vsl.server import logfmt, logids
 from vsl.server.logevents import event
 from vsl.server.logformat import JsonFormatter, TextFormatter, rfc3339
+from vsl.server.logrecords import read_records
 from tests.support.logserve import serving
 from tests.support.smtp_tools import wait_for
 
@@ -70,10 +72,46 @@ def test_text_lines_end_with_the_logfmt_tail_in_order():
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO vsl\.test\.format\[\d+\]: "
                     r"NOQUEUE: reject: HELO from unknown\[192\.0\.2\.1\]: ", line)
     assert "\x1b" not in line and "\n  NOQUEUE: forged" in line  # continuation indented
-    tail = line.rsplit("\n", 1)[1]
+    tail = line.split("\n", 1)[0]  # the tail ends the first line
     assert list(logfmt.parse(tail)) == ["session", "queue_id", "event", "stage", "code",
                                         "helo", "decided_by"]
     assert logfmt.parse(tail)["helo"] == 'a"b]\\c\\nNOQUEUE: forged\\x1b[31m\\udcff\\udc9b'
+
+
+def test_a_multi_line_event_keeps_its_ids_and_event_on_its_first_line():
+    def script_error(logger):
+        with logids.bound("0123456789ab"):
+            event(logger, logging.ERROR, "script_error", "main.vsl:3:5: boom\n  x = 1\n  ^",
+                  stage="rcpt")
+    [line] = logged(TextFormatter(), script_error)
+    [record] = read_records(line.splitlines()[:1])
+    assert (record["session"], record["event"], record["stage"]) == (
+        "0123456789ab", "script_error", "rcpt")
+    assert line.endswith("\n    x = 1\n    ^")  # the continuation lines stay indented
+
+
+def test_text_times_are_utc_and_read_back_as_such(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        record = logging.LogRecord("vsl.x", logging.INFO, __file__, 1, "m", (), None)
+        record.created, record.msecs = 86400.25, 250.0
+        text = TextFormatter().format(record)
+        json_line = JsonFormatter().format(record)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert text.startswith("1970-01-02 00:00:00,250 INFO")
+    [from_text, from_json] = read_records([text, json_line])
+    assert from_text["ts"] == from_json["ts"].replace(microsecond=250000)
+
+
+def test_json_makes_a_scripts_sd_values_printable():
+    record = logging.LogRecord("vsl.script.x", logging.INFO, __file__, 1, "m", (), None)
+    record.vsl_sd, record.vsl_sd_rest = [("a@1", [("p", "x\x1b[31m\udcff")])], "m"
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["sd"] == [{"id": "a@1", "params": {"p": "x\\x1b[31m\\udcff"}}]
+    line.encode("utf-8")
 
 
 def test_a_plain_line_has_no_tail():

@@ -40,8 +40,20 @@ def test_the_grand_totals_of_the_hand_made_log():
     assert summary_of("vsl.log").totals == Totals(
         connections=5, received=3, bytes_received=3560, delivered=2, delivered_messages=1,
         deferred=1, deferrals=2, deferred_messages=1, bounced=1, bounced_messages=1,
-        rejected=5, rejected_percent=62.5, held=1, quarantined=0, dead=0, limited=1,
+        rejected=5, rejected_percent=62.5, held=1, quarantined=0, dead=0, limited=1, improper_pipelining=0,
         auth_failures=1, dsns=1, senders=2, recipients=3, clients=3)
+
+
+def test_improper_pipelining_is_no_session_cut():
+    def limit(reason, ip):
+        return {"level": "WARNING", "logger": "vsl.session", "event": "limit",
+                "client_ip": ip, "reason": reason}
+    summary = summarize([limit("pipelining", "192.0.2.1"), limit("pipelining", "192.0.2.1"),
+                         limit("errors", "192.0.2.2")])
+    assert (summary.totals.limited, summary.totals.improper_pipelining) == (1, 2)
+    assert summary.limits == [["errors", 1]]
+    assert summary.improper_pipelining == [["192.0.2.1", 2]]
+    assert "Improper pipelining by client" in render(summary)
 
 
 def test_both_formats_give_the_same_summary():

@@ -9,15 +9,19 @@ from __future__ import annotations
 import logging
 import smtplib
 import socket
+import subprocess
 import threading
 
 import pytest
 from hypothesis import given, strategies as st
 
-from vsl.server import syslog5424
+from vsl.server import logids, syslog5424
+from vsl.server.logevents import event
+from vsl.server.logsetup import ScriptLines
 from vsl.server.observability_config import LogConfig
 from tests.support import rfc5424
-from tests.support.logserve import delivered, serving, session
+from tests.support.crash import VSL
+from tests.support.logserve import delivered, serving, session, write_config
 from tests.support.mailsink import free_port
 from tests.support.smtp_tools import wait_for
 
@@ -62,18 +66,37 @@ def test_the_parser_is_strict(bad):
 UTF8_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))  # no lone surrogate
 
 
+def sd_element(sd_id: str, params) -> str:
+    return f"[{sd_id}" + "".join(f' {name}="{syslog5424.escape_param(value)}"'
+                                 for name, value in params) + "]"
+
+
 @given(UTF8_TEXT)
 def test_escaping_then_parsing_a_param_value_is_identity(value):
-    element = syslog5424.sd_element("x@32473", [("v", value)]).encode()
+    element = sd_element("x@32473", [("v", value)]).encode()
     parsed = rfc5424.parse(b"<14>1 - - - - - " + element)
     assert parsed.sd == [("x@32473", [("v", value)])]
+
+
+def test_a_printable_escape_is_not_escaped_again():
+    assert syslog5424.escape_param("\\x01 a\\") == "\\x01 a\\\\"  # only the last one reads
+    assert syslog5424.escape_param('"]') == '\\"\\]'
+
+
+@given(UTF8_TEXT)
+def test_a_capped_value_ends_between_escapes(value):
+    written, cut = syslog5424.capped_param(value * 20)
+    assert len(written) <= syslog5424.SD_VALUE_MAX
+    assert cut == (len(syslog5424.escape_param(value * 20)) > syslog5424.SD_VALUE_MAX)
+    [(_, [(_, read)])] = rfc5424.parse(f'<14>1 - - - - - [x@1 v="{written}"]'.encode()).sd
+    assert (value * 20).startswith(read)
 
 
 @given(st.lists(st.tuples(st.from_regex(r"[a-z]{1,8}@[0-9]{1,5}", fullmatch=True),
                           UTF8_TEXT),
                 min_size=1, max_size=3, unique_by=lambda t: t[0]), st.text(max_size=20))
 def test_split_sd_reads_back_what_was_written(elements, rest):
-    text = "".join(syslog5424.sd_element(sd_id, [("p", value)]) for sd_id, value in elements)
+    text = "".join(sd_element(sd_id, [("p", value)]) for sd_id, value in elements)
     sd, after = syslog5424.split_sd(f"{text} {rest}")
     assert sd == [(sd_id, [("p", value)]) for sd_id, value in elements] and after == rest
 
@@ -177,6 +200,7 @@ def test_without_a_listener_the_server_serves_on(tmp_path):
 
 def test_a_failed_send_is_dropped_and_counted_and_a_late_listener_gets_the_next(tmp_path):
     handler = syslog5424.Syslog5424Handler(LogConfig(syslog=f"unix:{tmp_path / 'log.sock'}"))
+    handler.reconnect_every = 0.0
     before = syslog5424.dropped
     handler.emit(logging.LogRecord("vsl.smtp", logging.INFO, __file__, 1, "lost", (), None))
     assert syslog5424.dropped == before + 1
@@ -195,3 +219,116 @@ def test_a_long_line_is_cut_at_a_utf8_boundary(tmp_path):
                                        (), None))
         [datagram] = received(sock)
     assert len(datagram) <= 480 and rfc5424.parse(datagram).msg.startswith("éé")
+
+
+def line_record(msg, *args, level=logging.INFO, name="vsl.session"):
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def a_reject_datagram(helo: str, max_bytes: int = 2048, reply: str = "554 5.7.1 denied"):
+    """The datagram of a relay-denied RCPT after ``helo`` (finding 1's reproduction)."""
+    sock, target = udp_listener()
+    with sock:
+        handler = syslog5424.Syslog5424Handler(LogConfig(syslog=target,
+                                                         syslog_max_bytes=max_bytes))
+        handler.addFilter(logids.IdsFilter())
+        logger = logging.getLogger("vsl.test.syslog")
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        try:
+            with logids.bound("0123456789ab", "QID1"):
+                event(logger, logging.INFO, "reject", "NOQUEUE: reject: RCPT helo=<%s>: %s",
+                      helo, reply, stage="rcpt", code=554, reply=reply, helo=helo,
+                      decided_by="server")
+            [datagram] = received(sock)
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+    return datagram
+
+
+def test_a_long_control_byte_helo_gives_a_datagram_that_parses():
+    datagram = a_reject_datagram("\x01" * 480)
+    parsed = rfc5424.parse(datagram)  # it failed: cut inside STRUCTURED-DATA
+    params = dict(parsed.sd[0][1])
+    assert params["session"] == "0123456789ab" and params["truncated"] == "1"
+    assert params["helo"] == "\\x01" * 64  # 256 characters, each byte escaped once
+    assert b"\\\\x01" not in datagram and len(datagram) <= 2048
+
+
+HOSTILE = st.text(alphabet=st.sampled_from(['"', "]", "\\", "\x01", "\n", "é", "\udcff", "a",
+                                            " ", "=", "\u202e", "[", "\U0001f600"]),
+                  min_size=200, max_size=3000)
+
+
+@given(HOSTILE, HOSTILE, st.integers(480, 1200))
+def test_every_datagram_parses_within_its_budget(helo, reply, max_bytes):
+    datagram = a_reject_datagram(helo, max_bytes, reply)
+    parsed = rfc5424.parse(datagram)
+    assert len(datagram) <= max_bytes and parsed.msgid == "reject"
+    assert dict(parsed.sd[0][1])["session"] == "0123456789ab"
+
+
+def test_a_script_cannot_forge_the_servers_sd_element():
+    record = line_record('[vsl@32473 session="forged0000aa"][a@1 b="c"] hi', name="vsl.script.x")
+    ScriptLines("vsl@32473").filter(record)
+    formatter = syslog5424.Rfc5424Formatter(LogConfig(), "host")
+    with logids.bound("0123456789ab"):
+        logids.IdsFilter().filter(record)
+        parsed = rfc5424.parse(b"<14>" + formatter.format(record).encode())
+    assert parsed.sd == [("vsl@32473", [("session", "0123456789ab")])]
+    assert parsed.msg == b'[vsl@32473 session="forged0000aa"][a@1 b="c"] hi'
+
+
+def test_the_syslog_host_is_resolved_once_at_start():
+    handler = syslog5424.Syslog5424Handler(LogConfig(syslog="udp://localhost:514"))
+    assert handler.address in (("127.0.0.1", 514), ("::1", 514))
+    handler.close()
+    with pytest.raises(syslog5424.SyslogTargetError, match="log.syslog: cannot resolve"):
+        syslog5424.Syslog5424Handler(LogConfig(syslog="udp://nonexistent.invalid:514"))
+
+
+def test_a_syslog_host_that_does_not_resolve_is_a_one_line_start_up_error(tmp_path):
+    config = write_config(tmp_path, free_port(), '[log]\nsyslog = "udp://nonexistent.invalid:514"\n')
+    proc = subprocess.run([VSL, "serve", "--config", str(config)], cwd=tmp_path,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("Error: log.syslog: cannot resolve 'nonexistent.invalid'")
+
+
+def test_a_drop_is_exported_and_warned_at_most_once_a_minute(monkeypatch, caplog):
+    counted = []
+    monkeypatch.setattr("vsl.server.metrics.count", lambda name, *a, **k: counted.append(name))
+    monkeypatch.setattr(syslog5424, "_warned_at", None)
+    handler = syslog5424.Syslog5424Handler(LogConfig(syslog=f"udp://127.0.0.1:{free_port()}"))
+    handler.socket.close()  # every send fails
+    with caplog.at_level(logging.WARNING, logger="vsl.log"):
+        for _ in range(3):
+            handler.emit(line_record("lost"))
+        monkeypatch.setattr(syslog5424, "_warned_at", syslog5424._warned_at - 61)
+        handler.emit(line_record("lost"))
+    assert counted == ["vsl_log_dropped_total"] * 4
+    assert len([r for r in caplog.records if r.name == "vsl.log"]) == 2
+
+
+def test_a_full_unix_buffer_keeps_the_socket_and_reconnects_are_rate_limited(tmp_path):
+    sock, target = unix_listener(tmp_path)
+    with sock:
+        handler = syslog5424.Syslog5424Handler(LogConfig(syslog=target))
+        connected = handler.socket
+        before = syslog5424.dropped
+        for _ in range(2000):  # nobody reads: the buffer fills (EAGAIN)
+            handler.emit(line_record("x" * 1000))
+        assert syslog5424.dropped > before and handler.socket is connected
+        assert connected.fileno() >= 0
+    handler.socket.close()
+    connects = []
+    handler.createSocket = lambda: connects.append(1)
+    for _ in range(5):
+        handler.emit(line_record("lost"))
+    assert connects == []  # connected less than a second ago
+    handler.connected_at -= 1.0
+    handler.emit(line_record("lost"))
+    assert connects == [1]
