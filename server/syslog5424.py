@@ -19,6 +19,7 @@ import logging.handlers
 import re
 import socket
 
+from . import metrics
 from .logformat import record_fields, rfc3339, script_sd
 from .observability_config import SD_NAME, SYSLOG_FACILITIES, LogConfig
 from .printable import printable
@@ -146,3 +147,4 @@ class Syslog5424Handler(logging.handlers.SysLogHandler):
 def _drop() -> None:
     global dropped  # noqa: PLW0603 - a module counter the metrics export
     dropped += 1
+    metrics.count("vsl_log_dropped_total")
