@@ -1,10 +1,10 @@
 """The server's own metrics, moved by real traffic: a `vsl serve` subprocess (workers 1
 and 2, --metrics-listen) with a policy that has every SMTP stage and lets the default
 rule relay-deny other domains; smtplib clients send K accepted messages with J refused
-recipients among them, and one STARTTLS session fails its AUTH on the submission
-listener. Scrapes before and after must differ by exactly what the traffic did, the
-connections gauge must be back to 0, delivery to the Maildir must be counted, and no
-label value may hold an IP address or an address."""
+recipients among them, one STARTTLS session fails its AUTH on the submission listener,
+and another's client refuses the certificate. Scrapes before and after must differ by
+exactly what the traffic did, the connections gauge must be back to 0, delivery to the
+Maildir must be counted, and no label value may hold an IP address or an address."""
 from __future__ import annotations
 
 import re
@@ -103,6 +103,13 @@ def fail_auth(port: int, ca: Path) -> None:
         assert refused.value.smtp_code == 535
 
 
+def fail_tls(port: int) -> None:
+    """STARTTLS with a client that does not trust the server's certificate."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=10) as smtp:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            smtp.starttls(context=ssl.create_default_context())
+
+
 def delta(before: dict, after: dict, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
     return after.get(key, 0) - before.get(key, 0)
@@ -112,9 +119,11 @@ def test_traffic_moves_exactly_its_metrics(served):
     before = served.samples()
     send_messages(served.smtp_port)
     fail_auth(served.submission_port, served.ca)
+    fail_tls(served.smtp_port)
     assert wait_for(lambda: delta(before, served.samples(), "vsl_delivery_attempts_total",
                                   route="maildir", result="delivered") == K, timeout=20)
-    assert wait_for(lambda: served.samples()[("vsl_connections_current", ())] == 0)
+    assert wait_for(lambda: served.samples()[("vsl_connections_current", ())] == 0 and
+                    delta(before, served.samples(), "vsl_tls_failures_total") == 1)
     after = served.samples()
 
     def moved(name: str, **labels: str) -> float:
@@ -124,18 +133,19 @@ def test_traffic_moves_exactly_its_metrics(served):
     assert moved("vsl_smtp_replies_total", stage="rcpt", code="250", enhanced="2.1.5") == K
     assert moved("vsl_smtp_replies_total", stage="data", code="250", enhanced="2.0.0") == K
     assert moved("vsl_smtp_replies_total", stage="connect", code="220", enhanced="none") == \
-        K + 1
+        K + 2
     assert moved("vsl_smtp_replies_total", stage="auth", code="535", enhanced="5.7.8") == 1
     assert moved("vsl_smtp_rejects_total", stage="rcpt", decider="server") == J
-    assert moved("vsl_connections_opened_total", listener="smtp") == K
+    assert moved("vsl_connections_opened_total", listener="smtp") == K + 1
     assert moved("vsl_connections_opened_total", listener="submission") == 1
     assert moved("vsl_tls_sessions_total", version="TLSv1.3") == 1
+    assert moved("vsl_tls_failures_total") == 1
     assert moved("vsl_auth_total", mechanism="PLAIN", result="failure") == 1
     assert moved("vsl_messages_received_total") == K
     assert moved("vsl_messages_queued_total", queue="working") == K
     assert moved("vsl_message_size_bytes_count") == K
     assert moved("vsl_message_size_bytes_sum") > K * len(b"Subject: metrics\r\n")
-    runs = {"connect": K + 1, "helo": K + 2, "auth": 1, "mail_from": K, "rcpt_to": K + J,
+    runs = {"connect": K + 2, "helo": K + 3, "auth": 1, "mail_from": K, "rcpt_to": K + J,
             "pre_queue": K, "post_queue": K}
     assert {stage: moved("vsl_script_seconds_count", stage=stage) for stage in STAGES} == runs
     assert moved("vsl_delivery_seconds_count", route="maildir") == K
