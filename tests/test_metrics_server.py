@@ -2,14 +2,16 @@
 and 2, --metrics-listen) with a policy that has every SMTP stage and lets the default
 rule relay-deny other domains; smtplib clients send K accepted messages with J refused
 recipients among them, one STARTTLS session fails its AUTH on the submission listener,
-and another's client refuses the certificate. Scrapes before and after must differ by
+another's client refuses the certificate, one client resets and one is timed out. Scrapes before and after must differ by
 exactly what the traffic did, the connections gauge must be back to 0, delivery to the
 Maildir must be counted, and no label value may hold an IP address or an address."""
 from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import ssl
+import struct
 import subprocess
 from pathlib import Path
 
@@ -48,6 +50,9 @@ local_domains = ["local.test"]
 scripts = "scripts"
 queue_dir = "queue"
 workers = {workers}
+
+[limits]
+command_timeout = 1
 
 [tls]
 certificate = "{cert}"
@@ -110,6 +115,16 @@ def fail_tls(port: int) -> None:
             smtp.starttls(context=ssl.create_default_context())
 
 
+def cut_short(port: int) -> None:
+    """One client resets the connection after the greeting; another says nothing and is
+    timed out (421)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as reset:
+        assert reset.recv(100).startswith(b"220 ")
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+        assert b"421 4.4.2" in silent.recv(200) + silent.recv(200)
+
+
 def delta(before: dict, after: dict, name: str, **labels: str) -> float:
     key = (name, tuple(sorted(labels.items())))
     return after.get(key, 0) - before.get(key, 0)
@@ -120,6 +135,7 @@ def test_traffic_moves_exactly_its_metrics(served):
     send_messages(served.smtp_port)
     fail_auth(served.submission_port, served.ca)
     fail_tls(served.smtp_port)
+    cut_short(served.smtp_port)
     assert wait_for(lambda: delta(before, served.samples(), "vsl_delivery_attempts_total",
                                   route="maildir", result="delivered") == K, timeout=20)
     assert wait_for(lambda: served.samples()[("vsl_connections_current", ())] == 0 and
@@ -133,10 +149,11 @@ def test_traffic_moves_exactly_its_metrics(served):
     assert moved("vsl_smtp_replies_total", stage="rcpt", code="250", enhanced="2.1.5") == K
     assert moved("vsl_smtp_replies_total", stage="data", code="250", enhanced="2.0.0") == K
     assert moved("vsl_smtp_replies_total", stage="connect", code="220", enhanced="none") == \
-        K + 2
+        K + 4
+    assert moved("vsl_smtp_replies_total", stage="connect", code="421", enhanced="4.4.2") == 1
     assert moved("vsl_smtp_replies_total", stage="auth", code="535", enhanced="5.7.8") == 1
     assert moved("vsl_smtp_rejects_total", stage="rcpt", decider="server") == J
-    assert moved("vsl_connections_opened_total", listener="smtp") == K + 1
+    assert moved("vsl_connections_opened_total", listener="smtp") == K + 3
     assert moved("vsl_connections_opened_total", listener="submission") == 1
     assert moved("vsl_tls_sessions_total", version="TLSv1.3") == 1
     assert moved("vsl_tls_failures_total") == 1
@@ -145,7 +162,7 @@ def test_traffic_moves_exactly_its_metrics(served):
     assert moved("vsl_messages_queued_total", queue="working") == K
     assert moved("vsl_message_size_bytes_count") == K
     assert moved("vsl_message_size_bytes_sum") > K * len(b"Subject: metrics\r\n")
-    runs = {"connect": K + 2, "helo": K + 3, "auth": 1, "mail_from": K, "rcpt_to": K + J,
+    runs = {"connect": K + 4, "helo": K + 3, "auth": 1, "mail_from": K, "rcpt_to": K + J,
             "pre_queue": K, "post_queue": K}
     assert {stage: moved("vsl_script_seconds_count", stage=stage) for stage in STAGES} == runs
     assert moved("vsl_delivery_seconds_count", route="maildir") == K
