@@ -4,10 +4,12 @@ rule relay-deny other domains; smtplib clients send K accepted messages with J r
 recipients among them, one STARTTLS session fails its AUTH on the submission listener,
 another's client refuses the certificate, one client resets and one is timed out. Scrapes before and after must differ by
 exactly what the traffic did, the connections gauge must be back to 0, delivery to the
-Maildir must be counted, and no label value may hold an IP address or an address."""
+Maildir must be counted, and no label value may hold an IP address or an address.
+A SIGHUP reloads the scripts once in every worker."""
 from __future__ import annotations
 
 import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -34,7 +36,7 @@ class Served:
     local domain local.test delivered to Maildirs, and its metrics on ``port``."""
 
     def __init__(self, directory: Path, workers: int):
-        self.directory = directory
+        self.directory, self.workers = directory, workers
         self.smtp_port, self.submission_port, self.port = free_port(), free_port(), free_port()
         (directory / "scripts").mkdir()
         (directory / "scripts" / "main.vsl").write_text(POLICY)
@@ -171,3 +173,10 @@ def test_traffic_moves_exactly_its_metrics(served):
                    for name, _ in after)
     values = [value for _, labels in after for _, value in labels]
     assert values and not [v for v in values if "@" in v or _IP.fullmatch(v)]
+
+
+def test_a_reload_is_counted_in_every_worker(served):
+    before = served.samples()
+    served.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: delta(before, served.samples(), "vsl_script_reloads_total",
+                                  result="ok") == served.workers, timeout=10)
