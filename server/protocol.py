@@ -19,7 +19,7 @@ from time import monotonic
 from aiosmtpd.smtp import TLSSetupException
 
 from . import logids, metrics
-from .config import Listener
+from .config import LISTENER_KINDS, Listener
 from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
@@ -40,6 +40,10 @@ _WIRED_ENHANCED = re.compile(rb"\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})[ \r]")
 # The stage of vsl_smtp_replies_total: the command a reply answers (none: the greeting)
 _REPLY_STAGES = {None: "connect", "HELO": "helo", "EHLO": "helo", "AUTH": "auth",
                  "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
+_OPENED = {kind: metrics.Series("vsl_connections_opened_total", listener=kind)
+           for kind in LISTENER_KINDS}
+_CURRENT = metrics.Series("vsl_connections_current")
+_TLS_FAILED = metrics.Series("vsl_tls_failures_total")
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 # After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
@@ -193,14 +197,14 @@ class Protocol(FastSMTP):
         if first:
             _bound_replies(transport)
             self.open = True
-            metrics.count("vsl_connections_opened_total", listener=self.listener.kind)
-            metrics.adjust("vsl_connections_current", 1)
+            _OPENED[self.listener.kind].inc()
+            _CURRENT.inc()
             self.event_handler.connection_made(transport, ids)
 
     def connection_lost(self, error) -> None:
         if self.open:
             self.open = False
-            metrics.adjust("vsl_connections_current", -1)
+            _CURRENT.inc(-1)
         self.event_handler.connection_lost(str(self.counts),
                                            monotonic() - self.connected_at)
         super().connection_lost(error)
@@ -393,7 +397,7 @@ class Protocol(FastSMTP):
         try:
             await super().smtp_STARTTLS(arg)
         except TLSSetupException:
-            metrics.count("vsl_tls_failures_total")
+            _TLS_FAILED.inc()
             raise
 
     async def smtp_HELP(self, arg: str):

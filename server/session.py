@@ -42,6 +42,8 @@ NO_STORAGE = "452 4.3.1 Insufficient system storage"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_RECEIVED = metrics.Series("vsl_messages_received_total")
+_SIZE = metrics.Series("vsl_message_size_bytes")
 _REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
 _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
 
@@ -311,8 +313,8 @@ class Session:
 
     async def handle_DATA(self, server, session, envelope):
         ctx = self.ctx
-        metrics.count("vsl_messages_received_total")
-        metrics.observe("vsl_message_size_bytes", len(envelope.original_content))
+        _RECEIVED.inc()
+        _SIZE.observe(len(envelope.original_content))
         trace = received(session.host_name, ctx.client_ip, None, self.settings.hostname,
                          protocol(session.extended_smtp, ctx.tls, session.authenticated,
                                   envelope.smtp_utf8), ctx.message_id,
