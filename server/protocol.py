@@ -44,6 +44,9 @@ _OPENED = {kind: metrics.Series("vsl_connections_opened_total", listener=kind)
            for kind in LISTENER_KINDS}
 _CURRENT = metrics.Series("vsl_connections_current")
 _TLS_FAILED = metrics.Series("vsl_tls_failures_total")
+REPLY_HEAD = 16  # bytes of a reply that hold its code and enhanced code ("550 5.7.255 ")
+REPLY_SERIES = 512  # replies' series remembered by their first bytes (count_reply)
+_reply_series: dict[tuple, metrics.Series] = {}
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 # After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
@@ -81,11 +84,19 @@ def wire(reply: bytes, raw: bool) -> bytes:
 def count_reply(command: str | None, wired: bytes) -> None:
     """Count a reply as sent (``wired``: its lines as on the wire) in
     vsl_smtp_replies_total: the stage of the ``command`` it answers, its code and the
-    enhanced code of its first line."""
-    enhanced = _WIRED_ENHANCED.match(wired)
-    metrics.count("vsl_smtp_replies_total", stage=_REPLY_STAGES.get(command, "other"),
-                  code=wired[:3].decode("ascii", "replace"),
-                  enhanced=enhanced[1].decode() if enhanced else "none")
+    enhanced code of its first line. The series is remembered by the command and the
+    reply's first bytes (which hold both codes), up to REPLY_SERIES of them."""
+    key = (command, wired[:REPLY_HEAD])
+    series = _reply_series.get(key)
+    if series is None:
+        enhanced = _WIRED_ENHANCED.match(wired)
+        series = metrics.Series("vsl_smtp_replies_total",
+                                stage=_REPLY_STAGES.get(command, "other"),
+                                code=wired[:3].decode("ascii", "replace"),
+                                enhanced=enhanced[1].decode() if enhanced else "none")
+        if len(_reply_series) < REPLY_SERIES:
+            _reply_series[key] = series
+    series.inc()
 
 
 def _bound_replies(transport) -> None:
