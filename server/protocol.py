@@ -1,8 +1,10 @@
 """One SMTP connection's protocol: aiosmtpd's ``SMTP`` (through
 :class:`~server.smtp.FastSMTP`) with vSL's connection-level rules where its hooks are
 missing: connect, replies with enhanced status codes, error and junk-command limits, idle
-sessions, a refused session's short life, improper pipelining (ctx.improper_pipelining). What each command means (the policy stages,
-AUTH, the queue) is its handler's, :class:`~server.session.Session`.
+sessions, a refused session's short life, improper pipelining (ctx.improper_pipelining),
+and the connection and reply metrics (every reply sent is counted: :func:`count_reply`).
+What each command means (the policy stages, AUTH, the queue) is its handler's,
+:class:`~server.session.Session`.
 """
 from __future__ import annotations
 

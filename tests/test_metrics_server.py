@@ -2,10 +2,10 @@
 and 2, --metrics-listen) with a policy that has every SMTP stage and lets the default
 rule relay-deny other domains; smtplib clients send K accepted messages with J refused
 recipients among them, one STARTTLS session fails its AUTH on the submission listener,
-another's client refuses the certificate, one client resets and one is timed out. Scrapes before and after must differ by
-exactly what the traffic did, the connections gauge must be back to 0, delivery to the
-Maildir must be counted, and no label value may hold an IP address or an address.
-A SIGHUP reloads the scripts once in every worker."""
+another's client refuses the certificate, one client resets and one is timed out.
+Scrapes before and after must differ by exactly what the traffic did, the connections
+gauge must be back to 0, delivery to the Maildir must be counted, and no label value may
+hold an IP address or an address. A SIGHUP reloads the scripts once in every worker."""
 from __future__ import annotations
 
 import re
