@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from . import metrics
 from .config import SmtpLimits
 from .logevents import event
 
 log = logging.getLogger("vsl.server")
+_REFUSED = {"connections": "limit_total", "connections_per_ip": "limit_per_ip"}
 
 
 class Admission:
@@ -25,6 +27,7 @@ class Admission:
         reason = "connections" if sum(self.per_ip.values()) >= self.limits.connections else \
             "connections_per_ip" if self.per_ip[ip] >= self.limits.connections_per_ip else None
         if reason:
+            metrics.count("vsl_connections_refused_total", reason=_REFUSED[reason])
             event(log, logging.WARNING, "limit", "%s: connection refused, limit reached", ip,
                   client_ip=ip, reason=reason)
             return False

@@ -41,7 +41,7 @@ from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
 
-from . import logids
+from . import logids, metrics
 from .claim_loop import ClaimLoop
 from .config import DeliveryConfig
 from .delivery_hook import FailureHook, Refusal, queued_header, state_after
@@ -52,6 +52,9 @@ from .queue_backend import Entry, QueueBackend, QueueError
 from .transports import Outcome, Transports
 
 log = logging.getLogger("vsl.delivery")
+# The route label of the delivery metrics: direct SMTP (MX), a relay, LMTP, a Maildir
+_ROUTE_LABELS = {"mx": "smtp", "smtp": "relay", "smtps": "relay", "lmtp": "lmtp",
+                 "maildir": "maildir"}
 
 
 def retry_delay(config: DeliveryConfig, attempts: int) -> float:
@@ -152,6 +155,8 @@ class Delivery:
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:
+        if entry.queue == "deferred":
+            metrics.count("vsl_delivery_retries_total")
         data = await self.queue.message(entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:
@@ -178,11 +183,14 @@ class Delivery:
         """Deliver ``rcpts`` over ``route`` and store their results; the quarantine
         on_delivery_failure asked for, if any."""
         addresses = [r.address for r in rcpts]
+        started = time.perf_counter()
         try:
             outcomes = await self.transports.deliver(parse_route(route),
                                                      entry.envelope.sender, addresses, data)
         except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
+        metrics.observe("vsl_delivery_seconds", time.perf_counter() - started,
+                        route=route_label(route))
         reasons = await self._reasons(outcomes)
         now = self.clock()
         for rcpt in rcpts:
@@ -248,6 +256,7 @@ class Delivery:
                 envelope.delay_warned_at = now  # made durable by _defer
             await self._defer(entry, now)
         elif any(r.status == "failed" for r in recipients):
+            metrics.count("vsl_messages_dead_total")
             event(log, logging.WARNING, "dead",
                   "%s: undeliverable and nobody to tell (null sender): dead", entry.id,
                   reason="null sender")
@@ -280,6 +289,7 @@ class Delivery:
                             session=entry.envelope.session)
         dsn_id = await self.queue.put(envelope, dsn, "deliver")
         kind = "failure" if retry_until is None else "delay"
+        metrics.count("vsl_dsn_sent_total", kind=kind)
         event(log, logging.INFO, "dsn", "%s: %s DSN %s to <%s> for %d recipient(s)", entry.id,
               kind, dsn_id, sender.address, len(recipients), kind=kind, to=sender.address,
               nrcpt=len(recipients))
@@ -292,6 +302,7 @@ def _log_attempt(entry: Entry, rcpt: RecipientState, route: str, result: Outcome
                  reason: str | None, now: float) -> None:
     """One recipient's delivery attempt: the event delivered, deferred or bounced."""
     code, enhanced = reply_codes(result.reply or "")
+    _count_attempt(route_label(route), result.status, reason)
     event(log, logging.INFO, _EVENTS.get(result.status, result.status),
           "%s: to=<%s> via %s: %s (%s)%s", entry.id, rcpt.address, route, result.status,
           result.reply, f" reason={reason}" if reason else "",
@@ -299,6 +310,19 @@ def _log_attempt(entry: Entry, rcpt: RecipientState, route: str, result: Outcome
           code=code, enhanced=enhanced, reply=result.reply, **{"class": reason},
           delay=round(now - entry.envelope.received_at, 3)
           if entry.envelope.received_at is not None else None, attempt=rcpt.attempts)
+
+
+def route_label(route: str) -> str:
+    """A route's label in the delivery metrics (never its host or path)."""
+    return _ROUTE_LABELS.get(route.partition(":")[0], "other")
+
+
+def _count_attempt(route: str, status: str, reason: str | None) -> None:
+    """One recipient's attempt in vsl_delivery_attempts_total (and, refused, in
+    vsl_delivery_failures_total by its bounce class)."""
+    metrics.count("vsl_delivery_attempts_total", route=route, result=status)
+    if status != "delivered":
+        metrics.count("vsl_delivery_failures_total", route=route, **{"class": reason or "none"})
 
 
 def _safe(name: str) -> str:

@@ -36,7 +36,9 @@ from vsl.stdlib.support.bounce.model import Classification
 from vsl.stdlib.support.mail import HeaderLimitError, Mailbox, Message
 from vsl.stdlib.support.result import BounceResult
 
+from . import metrics
 from .policy import Policy
+from .stages import timed_call
 
 log = logging.getLogger("vsl.delivery")
 HOOK = Stage.DELIVERY_FAILURE.function
@@ -82,18 +84,24 @@ class FailureHook:
         if script is None or not script.has(HOOK):
             return _DEFAULT
         try:
-            result = await script.call_off_loop(self.pool, HOOK, failure_context(refusal,
-                                                                                 message))
+            result = await timed_call(script, self.pool, Stage.DELIVERY_FAILURE,
+                                      failure_context(refusal, message))
         except VslError as err:
+            _count_error("error")
             log.error("%s: %s failed for <%s>: %s", refusal.queue_id, HOOK, refusal.recipient,
                       err)
             return _DEFAULT
         problem = wrong_return(script, _ENTRIES, HOOK, result) or \
             _not_a_decision(result)
         if problem:
+            _count_error("wrong_return")
             log.error("%s: %s (for <%s>)", refusal.queue_id, problem, refusal.recipient)
             return _DEFAULT
         return result
+
+
+def _count_error(kind: str) -> None:
+    metrics.count("vsl_script_errors_total", stage="delivery_failure", kind=kind)
 
 
 _STATE_AFTER = {"deny": "failed", "accept": "deferred"}  # decision -> the recipient's state

@@ -19,7 +19,7 @@ from vsl.stdlib.support import handoff
 from vsl.stdlib.support.handoff import HandoffError
 from vsl.stdlib.support.mail import HeaderLimits
 
-from . import logids
+from . import logids, metrics
 from .delivery import Delivery
 from .envelope import Envelope
 from .logevents import event
@@ -130,6 +130,8 @@ class Intake:
     async def leave_working(self, entry: Entry, target: str) -> None:
         """Move a message of ``working`` to ``target`` without its hand-off, which
         serves on_post_queue only (on a broker, the update goes with the move)."""
+        if target == "dead":
+            metrics.count("vsl_messages_dead_total")
         if entry.envelope.context is not None:
             entry.envelope.context = None
             await self.queue.update(entry)

@@ -18,6 +18,8 @@ from vsl.engine import Engine, Script
 from vsl.errors import VslError
 from vsl.lint import Linter, foreign_note, format_full, script_files
 
+from . import metrics
+
 log = logging.getLogger("vsl.policy")
 
 
@@ -65,7 +67,13 @@ class Policy:
         self._pending: set[asyncio.Task] = set()  # reloads asked for by SIGHUP
 
     def reload(self) -> bool:
-        """Load the scripts again; on failure keep the running ones. True if swapped."""
+        """Load the scripts again; on failure keep the running ones. True if swapped;
+        counted in vsl_script_reloads_total."""
+        swapped = self._load_again()
+        metrics.count("vsl_script_reloads_total", result="ok" if swapped else "failed")
+        return swapped
+
+    def _load_again(self) -> bool:
         self._stamp = self._files_stamp()  # a failed load is not tried again until an edit
         try:
             script = load_policy(self.engine, self.directory)

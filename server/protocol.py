@@ -1,8 +1,10 @@
 """One SMTP connection's protocol: aiosmtpd's ``SMTP`` (through
 :class:`~server.smtp.FastSMTP`) with vSL's connection-level rules where its hooks are
 missing: connect, replies with enhanced status codes, error and junk-command limits, idle
-sessions, a refused session's short life, improper pipelining (ctx.improper_pipelining). What each command means (the policy stages,
-AUTH, the queue) is its handler's, :class:`~server.session.Session`.
+sessions, a refused session's short life, improper pipelining (ctx.improper_pipelining),
+and the connection and reply metrics (every reply sent is counted: :func:`count_reply`).
+What each command means (the policy stages, AUTH, the queue) is its handler's,
+:class:`~server.session.Session`.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import struct
 import termios
 from time import monotonic
 
-from . import logids
-from .config import Listener
+from aiosmtpd.smtp import TLSSetupException
+
+from . import logids, metrics
+from .config import LISTENER_KINDS, Listener
 from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
@@ -34,6 +38,17 @@ _ENHANCED = {"221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "25
              "530": "5.7.0", "535": "5.7.8", "538": "5.7.11", "550": "5.0.0", "552": "5.3.4",
              "553": "5.1.3", "554": "5.0.0", "555": "5.5.4"}
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_WIRED_ENHANCED = re.compile(rb"\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})[ \r]")
+# The stage of vsl_smtp_replies_total: the command a reply answers (none: the greeting)
+_REPLY_STAGES = {None: "connect", "HELO": "helo", "EHLO": "helo", "AUTH": "auth",
+                 "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
+_OPENED = {kind: metrics.Series("vsl_connections_opened_total", listener=kind)
+           for kind in LISTENER_KINDS}
+_CURRENT = metrics.Series("vsl_connections_current")
+_TLS_FAILED = metrics.Series("vsl_tls_failures_total")
+REPLY_HEAD = 16  # bytes of a reply that hold its code and enhanced code ("550 5.7.255 ")
+REPLY_SERIES = 512  # replies' series remembered by their first bytes (count_reply)
+_reply_series: dict[tuple, metrics.Series] = {}
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
 BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 # After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
@@ -66,6 +81,24 @@ def wire(reply: bytes, raw: bool) -> bytes:
         lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
                  if line[:3].isdigit() else line for i, line in enumerate(lines)]
     return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
+
+
+def count_reply(command: str | None, wired: bytes) -> None:
+    """Count a reply as sent (``wired``: its lines as on the wire) in
+    vsl_smtp_replies_total: the stage of the ``command`` it answers, its code and the
+    enhanced code of its first line. The series is remembered by the command and the
+    reply's first bytes (which hold both codes), up to REPLY_SERIES of them."""
+    key = (command, wired[:REPLY_HEAD])
+    series = _reply_series.get(key)
+    if series is None:
+        enhanced = _WIRED_ENHANCED.match(wired)
+        series = metrics.Series("vsl_smtp_replies_total",
+                                stage=_REPLY_STAGES.get(command, "other"),
+                                code=wired[:3].decode("ascii", "replace"),
+                                enhanced=enhanced[1].decode() if enhanced else "none")
+        if len(_reply_series) < REPLY_SERIES:
+            _reply_series[key] = series
+    series.inc()
 
 
 def _bound_replies(transport) -> None:
@@ -156,6 +189,7 @@ class Protocol(FastSMTP):
         self.greeting: bytes | None = None  # the greeting still to send (None: sent)
         self.counts = CommandCounts()
         self.connected_at = monotonic()
+        self.open = False  # counted in vsl_connections_current (until connection_lost)
         limits, authenticator = self.settings.limits, services.authenticator
         handler = Session(services, listener)
         implicit_tls = listener.kind == "smtps"
@@ -175,9 +209,15 @@ class Protocol(FastSMTP):
         super().connection_made(transport)
         if first:
             _bound_replies(transport)
+            self.open = True
+            _OPENED[self.listener.kind].inc()
+            _CURRENT.inc()
             self.event_handler.connection_made(transport, ids)
 
     def connection_lost(self, error) -> None:
+        if self.open:
+            self.open = False
+            _CURRENT.inc(-1)
         self.event_handler.connection_lost(str(self.counts),
                                            monotonic() - self.connected_at)
         super().connection_lost(error)
@@ -208,7 +248,9 @@ class Protocol(FastSMTP):
         raw = self.in_helo
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
-        self._writer.write(wire(reply, raw))
+        wired = wire(reply, raw)
+        count_reply(self.command, wired)
+        self._writer.write(wired)
         mail_log.debug("%r << %r", self.session.peer, reply)
         await self._writer.drain()
         if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
@@ -263,7 +305,9 @@ class Protocol(FastSMTP):
         if greeting.startswith(b"421"):
             self.hang_up(greeting)
             return
-        self._writer.write(wire(greeting, raw=True))
+        wired = wire(greeting, raw=True)
+        count_reply(None, wired)
+        self._writer.write(wired)
         try:
             async with asyncio.timeout(REFUSED_SESSION_TIME):
                 await self._wait_for_quit()
@@ -325,7 +369,9 @@ class Protocol(FastSMTP):
         """Say a last reply and close, without waiting on a client that does not read."""
         if self.transport is None:
             return
-        self.transport.write(wire(reply, raw=True))
+        wired = wire(reply, raw=True)
+        count_reply(self.command, wired)
+        self.transport.write(wired)
         self.transport.abort()
 
     def _timeout_cb(self) -> None:
@@ -361,7 +407,11 @@ class Protocol(FastSMTP):
         if not arg and (self._tls_protocol is not None or self.listener.kind == "smtps"):
             await self.push("554 5.5.1 Error: TLS already active")
             return
-        await super().smtp_STARTTLS(arg)
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException:
+            _TLS_FAILED.inc()
+            raise
 
     async def smtp_HELP(self, arg: str):
         """Postfix has no HELP command."""

@@ -19,7 +19,7 @@ from vsl.stdlib.support.mail import AddressError, HeaderLimitError, HopLimitErro
 from vsl.stdlib.status import Status
 from vsl.values import FrozenMap
 
-from . import logids
+from . import logids, metrics
 from .auth_throttle import user_key
 from .config import Listener
 from .logevents import event, reply_codes
@@ -42,6 +42,8 @@ NO_STORAGE = "452 4.3.1 Insufficient system storage"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 NEEDS_SMTPUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 _STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_RECEIVED = metrics.Series("vsl_messages_received_total")
+_SIZE = metrics.Series("vsl_message_size_bytes")
 _REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
 _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
 
@@ -81,6 +83,7 @@ class Session:
         if ssl_object is None:
             return
         version, cipher = ssl_object.version(), (ssl_object.cipher() or ("?",))[0]
+        metrics.count("vsl_tls_sessions_total", version=version)
         event(log, logging.INFO, "tls", "%s: %s with cipher %s", self.peer_ip, version,
               cipher, client_ip=self.peer_ip, version=version, cipher=cipher)
 
@@ -102,6 +105,7 @@ class Session:
             return False
         status = await self.stages.run(self.ctx, Stage.CONNECT)
         if status.kind == "deny":
+            metrics.count("vsl_connections_refused_total", reason="on_connect")
             reply = self._reject("CONNECT", as_greeting(status.reply), Stage.CONNECT)
             await protocol.refuse(reply.encode("utf-8", "surrogateescape"))
             return False
@@ -170,9 +174,8 @@ class Session:
         user, password = credentials
         throttle = self.authenticator.throttle
         if not await throttle.begin(self.peer_ip, user):
-            event(log, logging.WARNING, "auth", "unknown[%s]: SASL %s login locked out",
-                  self.peer_ip, mechanism, client_ip=self.peer_ip, mechanism=mechanism,
-                  result="locked")
+            self._auth_event(logging.WARNING, "locked", "unknown[%s]: SASL %s login locked out",
+                             self.peer_ip, mechanism, mechanism=mechanism)
             return self._reject("AUTH", AUTH_LOCKED)
         try:
             return await self._login(session, mechanism, user, password)
@@ -193,9 +196,9 @@ class Session:
             self._login_failed(mechanism, user)
         if verdict:
             throttle.succeeded(self.peer_ip, user)
-            event(log, logging.INFO, "auth", "unknown[%s]: SASL %s login as %s",
-                  self.peer_ip, mechanism, printable(user), client_ip=self.peer_ip,
-                  mechanism=mechanism, result="success", user=user)
+            self._auth_event(logging.INFO, "success", "unknown[%s]: SASL %s login as %s",
+                             self.peer_ip, mechanism, printable(user), mechanism=mechanism,
+                             user=user)
             self.protocol.moved_mail()
             self.ctx.set_auth(mechanism, user)
             session.authenticated = True
@@ -209,12 +212,19 @@ class Session:
 
     def _login_failed(self, mechanism: str, user: str) -> None:
         """Log a failed login as Postfix does (what fail2ban reads), and count it."""
-        event(log, logging.WARNING, "auth",
-              "unknown[%s]: SASL %s authentication failed: authentication failure, %s",
-              self.peer_ip, mechanism, user_key(user), client_ip=self.peer_ip,
-              mechanism=mechanism, result="failure")
+        self._auth_event(logging.WARNING, "failure",
+                         "unknown[%s]: SASL %s authentication failed: authentication "
+                         "failure, %s", self.peer_ip, mechanism, user_key(user),
+                         mechanism=mechanism)
         for key, seconds in self.authenticator.throttle.failed(self.peer_ip, user):
             log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
+
+    def _auth_event(self, level: int, result: str, fmt: str, *args, mechanism: str,
+                    **fields) -> None:
+        """The ``auth`` event of a login's ``result``, counted in vsl_auth_total."""
+        metrics.count("vsl_auth_total", mechanism=mechanism, result=result)
+        event(log, level, "auth", fmt, *args, client_ip=self.peer_ip, mechanism=mechanism,
+              result=result, **fields)
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
         """(user, password) from a PLAIN or LOGIN exchange, or None after an error reply."""
@@ -303,6 +313,8 @@ class Session:
 
     async def handle_DATA(self, server, session, envelope):
         ctx = self.ctx
+        _RECEIVED.inc()
+        _SIZE.observe(len(envelope.original_content))
         trace = received(session.host_name, ctx.client_ip, None, self.settings.hostname,
                          protocol(session.extended_smtp, ctx.tls, session.authenticated,
                                   envelope.smtp_utf8), ctx.message_id,
@@ -327,9 +339,12 @@ class Session:
         except (QueueError, OSError) as err:
             log.error("%s: message not queued: %s", self.peer_ip, err)
             reply = self._reject("DATA", not_queued_reply(err))
+            metrics.count("vsl_messages_not_queued_total",
+                          reason="disk_full" if reply == NO_STORAGE else "error")
             self._end_transaction()
             return reply
         nrcpt = len(ctx.all_recipients())
+        metrics.count("vsl_messages_queued_total", queue=queue.partition("/")[0])
         event(log, logging.INFO, "queued", "%s: queued %s in %s (%d recipients)",
               self.peer_ip, entry.id, queue, nrcpt, client_ip=self.peer_ip,
               sender=ctx.sender.address, nrcpt=nrcpt, size=len(data), to_queue=queue)
@@ -359,6 +374,8 @@ class Session:
         fields.append(f"decided_by={'server' if stage is None else self.stages.decider(stage)}")
         one_line = reply.replace("\n", " ")
         code, enhanced = reply_codes(one_line)
+        metrics.count("vsl_smtp_rejects_total", stage=_REJECT_STAGES.get(command, "other"),
+                      decider=_decider_kind(stage, self.stages.failed))
         event(log, logging.INFO, "reject", "NOQUEUE: reject: %s from unknown[%s]: %s; %s",
               command, self.peer_ip, printable(one_line), " ".join(fields),
               stage=_REJECT_STAGES.get(command, "command"), command=command, code=code,
@@ -377,6 +394,13 @@ class Session:
 
 _REJECT_STAGES = {"CONNECT": "connect", "HELO": "helo", "EHLO": "helo", "AUTH": "auth",
                   "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
+
+
+def _decider_kind(stage: Stage | None, failed: bool) -> str:
+    """Who refused, as vsl_smtp_rejects_total counts it: server, fallback or script."""
+    if stage is None:
+        return "server"
+    return "fallback" if failed else "script"
 async def parse_message(data: bytes, limits) -> Message:
     """The message within the header ``limits``; a big one is parsed in a thread, so the
     event loop keeps serving (the SMTP session and the milter)."""

@@ -13,17 +13,31 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Executor
+from time import perf_counter
 
 from vsl.stdlib.ctx import Context, Stage, entry_points
 from vsl.stdlib.status import Status
 from vsl.checks import wrong_return
 from vsl.errors import Pos, VslError
 
+from . import metrics
 from .logevents import event
 from .policy import Policy
 
 log = logging.getLogger("vsl.stages")
 _ENTRIES = entry_points()
+_SECONDS = {stage: metrics.Series("vsl_script_seconds", stage=stage.name.lower())
+            for stage in Stage}
+
+
+async def timed_call(script, pool: Executor, stage: Stage, ctx: Context):
+    """``script``'s function of ``stage`` called with ``ctx`` off the event loop, its
+    time (failed or not) in vsl_script_seconds."""
+    started = perf_counter()
+    try:
+        return await script.call_off_loop(pool, stage.function, ctx)
+    finally:
+        _SECONDS[stage].observe(perf_counter() - started)
 
 
 class StageRunner:
@@ -57,14 +71,17 @@ class StageRunner:
             return Status("next")
         ctx.stage = stage
         try:
-            result = await script.call_off_loop(self.pool, stage.function, ctx)
+            result = await timed_call(script, self.pool, stage, ctx)
         except VslError as err:
+            metrics.count("vsl_script_errors_total", stage=stage.name.lower(), kind="error")
             event(log, logging.ERROR, "script_error", "%s failed for %s: %s", stage.function,
                   ctx.client_ip, err, stage=stage.function,
                   position=str(err.pos) if err.pos else None, error=err.message)
             return self._fallback()
         if not isinstance(result, Status):
             wrong = wrong_return(script, _ENTRIES, stage.function, result)
+            metrics.count("vsl_script_errors_total", stage=stage.name.lower(),
+                          kind="wrong_return")
             event(log, logging.ERROR, "script_error", "%s (for %s)", wrong, ctx.client_ip,
                   stage=stage.function, error=wrong)
             return self._fallback()

@@ -23,6 +23,7 @@ from .support.signing import (UNREADABLE, DkimKey, dns_labels, has_field, key_re
                        new_fields, parse_message, short_reason, signing_key)
 from .dns import DnsTempError, Resolver
 from .support.dnsbridge import Answers
+from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 
@@ -56,6 +57,7 @@ _VERIFY = Options({"dns_resolver": Resolver})
 
 
 @namespace.native(options=_VERIFY.keys, uses="body")
+@telemetry.counted_check("arc")
 async def verify(ctx, config) -> ArcResult:
     """verify(ctx, #{ dns_resolver }): none | pass | fail, with .instances (the sets in the
     chain), .domain (d= of the newest ARC-Seal) and .reason.

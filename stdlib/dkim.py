@@ -26,6 +26,7 @@ from .support.dnsbridge import Answers, Missing
 from .support.signing import (ALGORITHMS, MIN_RSA_BITS, UNREADABLE, DkimKey, dns_labels, has_field,
                        key_records, load_key, message_of, new_fields, parse_message,
                        script_dir, short_reason, signing_key)
+from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 
@@ -205,6 +206,7 @@ _VERIFY = Options({"dns_resolver": Resolver}, {"max_signatures": int})
 
 
 @namespace.native(options=_VERIFY.keys, uses="body")
+@telemetry.counted_check("dkim")
 async def verify(ctx, config) -> DkimResult:
     """verify(ctx, #{ dns_resolver, max_signatures? }): the DKIM result of the message
     (none pass fail neutral policy temperror permerror), with .signatures.

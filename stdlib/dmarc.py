@@ -24,6 +24,7 @@ from . import spf as spf_natives
 from .dkim import DkimResult, verify_message
 from .dns import DnsTempError, Resolver
 from .support.signing import message_of
+from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 from .spf import SpfResult
@@ -67,6 +68,7 @@ _CHECK = Options({"dns_resolver": Resolver})
 
 
 @namespace.native(options=_CHECK.keys, uses="body")
+@telemetry.counted_check("dmarc")
 async def check(ctx, config) -> DmarcResult:
     """check(ctx, #{ dns_resolver }): pass | fail | none | temperror | permerror, with
     .policy (none quarantine reject, after sp= and pct=), .domain and the results used.

@@ -33,6 +33,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace, io_time_left
 from vsl.values import NativeObject, method
 
+from .support import telemetry
 from .support.options import Options
 
 if TYPE_CHECKING:  # for annotations only: imported where used (above)
@@ -223,6 +224,7 @@ class Resolver(NativeObject):
         A cached answer returns without suspending."""
         key, qname, rdtype_ = _parse_query(name, rdtype)
         cached = self._cache.get(key)
+        telemetry.count("vsl_dns_cache_total", result="miss" if cached is None else "hit")
         if cached is not None:
             return cached
         task = self._inflight.get(key)
@@ -251,19 +253,26 @@ class Resolver(NativeObject):
         import dns.resolver
 
         self.sent += 1
+        started, result = time.perf_counter(), "error"
         try:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False,
                                                   search=False)
+            result = "ok" if answer.rrset is not None else "nodata"
         except dns.resolver.NXDOMAIN as err:
+            result = "nxdomain"
             response = next(iter(err.responses().values()), None)
             self._cache.put(key, [], _negative_ttl(response),
                             answer_size(response, []))
             return []
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as err:
+            result = "timeout" if isinstance(err, dns.exception.Timeout) else "servfail"
             raise DnsTempError(f"DNS temporary failure for {qname} {rdtype.name}: "
                                f"{_why(err)}") from None
         except dns.exception.DNSException as err:
             raise DnsTempError(f"DNS failure for {qname} {rdtype.name}: {err}") from None
+        finally:
+            telemetry.count("vsl_dns_queries_total", rdtype=rdtype.name, result=result)
+            telemetry.observe("vsl_dns_seconds", time.perf_counter() - started)
         records = list(answer.rrset) if answer.rrset is not None else []
         self._cache.put(key, records, answer.chaining_result.minimum_ttl,
                         answer_size(answer.response, records))

@@ -42,6 +42,7 @@ from vsl.values import FrozenMap, type_name
 from .ctx import Context
 from .dns import DnsTempError, Resolver, record_text
 from .net import plain_address
+from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 
@@ -498,11 +499,13 @@ def _spelled_out(value) -> bool:
 
 
 _CHECK = Options({"ip": str, "zones": (list, tuple), "dns_resolver": Resolver})
+_counted = telemetry.counted_check("dnsbl", {"pass": "not_listed"})
 _CHECK_DOMAIN = Options({"domain": str, "zones": (list, tuple), "dns_resolver": Resolver})
 _SCORE = Options({"zones": (list, tuple), "dns_resolver": Resolver}, {"ip": str, "domain": str})
 
 
 @namespace.native(options=_CHECK.keys, check=_lint, charges=zone_work)
+@_counted
 async def check(query) -> DnsblResult:
     """check(#{ ip, zones, dns_resolver }): listed | pass | temperror, with .zone (the
     first that lists), .codes, .reason (its TXT) and .listed. IPv4 and IPv6."""
@@ -510,6 +513,7 @@ async def check(query) -> DnsblResult:
 
 
 @namespace.native(options=_CHECK_DOMAIN.keys, check=_lint, charges=zone_work)
+@_counted
 async def check_domain(query) -> DnsblResult:
     """check_domain(#{ domain, zones, dns_resolver }): as check, for a domain (RHSBL:
     HELO, sender or URI domains)."""
@@ -517,6 +521,7 @@ async def check_domain(query) -> DnsblResult:
 
 
 @namespace.native(options=_SCORE.keys, check=_lint, charges=zone_work)
+@_counted
 async def score(query) -> DnsblScore:
     """score(#{ ip or domain, zones, dns_resolver }): a check's result with .score, the sum
     of the weights of the zones that list it, and .results, one map per zone."""

@@ -17,6 +17,7 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .dns import DnsTempError, Resolver
+from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 
@@ -77,6 +78,7 @@ _CHECK = Options({"ip": str, "dns_resolver": Resolver})
 
 
 @namespace.native(options=_CHECK.keys)
+@telemetry.counted_check("iprev")
 async def check(query) -> IprevResult:
     """check(#{ ip, dns_resolver }): pass | fail | temperror | permerror, with .ip and .fqdn."""
     opts = _CHECK.parse(query, "iprev::check")

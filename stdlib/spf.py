@@ -27,6 +27,7 @@ from vsl.natives import Namespace
 from .dns import DnsTempError, Resolver
 from .support.dnsbridge import Answers
 from .support.mail import Mailbox
+from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 
@@ -106,6 +107,7 @@ _CHECK_HOST = Options({"ip": str, "helo": str, "dns_resolver": Resolver},
 
 
 @namespace.native(options=_CHECK_HOST.keys)
+@telemetry.counted_check("spf")
 async def check_host(query) -> SpfResult:
     """check_host(#{ ip, helo, mail_from?, dns_resolver }): the SPF result of MAIL FROM
     (of HELO without mail_from; ``""`` or ``"<>"`` is the null sender, checked as postmaster@helo).

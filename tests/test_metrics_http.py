@@ -15,15 +15,13 @@ import smtplib
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import scrape
 from vsl.server.metrics_http import FRESH
-
 from tests.support.crash import VSL, stop_process, write_config
 from tests.support.mailsink import free_port, listening
 from tests.support.smtp_tools import wait_for
@@ -56,21 +54,10 @@ class Served:
         assert self.proc.poll() is None, self.log.read_text()
 
     def get(self, path: str, method: str = "GET") -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
-                                         method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                return answer.status, answer.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-        except OSError:
-            return 0, ""
+        return scrape.get(self.port, path, method)
 
     def samples(self) -> dict[tuple, float]:
-        status, text = self.get("/metrics")
-        assert status == 200
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return scrape.samples(self.port)
 
     def metrics_dir(self) -> Path:
         """The multiprocess directory, from the files the server process maps."""

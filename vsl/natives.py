@@ -144,7 +144,7 @@ def _native_class(fn: Callable) -> type | None:
     from .values import NativeObject
 
     annotation = inspect.signature(fn).return_annotation
-    if isinstance(annotation, str):  # from __future__ import annotations
-        annotation = fn.__globals__.get(annotation)
+    if isinstance(annotation, str):  # from __future__ import annotations: a name of the
+        annotation = inspect.unwrap(fn).__globals__.get(annotation)  # undecorated fn's module
     return annotation if isinstance(annotation, type) and \
         issubclass(annotation, NativeObject) else None

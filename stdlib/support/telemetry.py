@@ -8,6 +8,7 @@ bounds them.
 """
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 
@@ -47,3 +48,19 @@ def count(name: str, amount: float = 1, **labels: str) -> None:
 def observe(name: str, value: float, **labels: str) -> None:
     """Report to the installed sink (see Sink.observe)."""
     sink.observe(name, value, **labels)
+
+
+def counted_check(check: str, names: dict[str, str] | None = None):
+    """Decorate an async native returning a check result: count its ``.value`` (renamed
+    by ``names``) in ``vsl_check_results_total{check}``."""
+    names = names or {}
+
+    def decorate(native):
+        @functools.wraps(native)
+        async def counted(*args):
+            result = await native(*args)
+            sink.count("vsl_check_results_total", check=check,
+                       result=names.get(result.value, result.value))
+            return result
+        return counted
+    return decorate
