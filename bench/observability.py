@@ -14,6 +14,7 @@ per message, 10 KB messages):
   every 15 s by default; a scrape parses every process's files).
 * C, B + syslog: also `[log] syslog` to a UDP socket of this script that reads and counts
   the datagrams.
+* M, metrics only, and J, JSON logs only (`--configs A,M,J`): where B's cost comes from.
 
 Rounds alternate A, B, C, A, B, C... so that a drift of the machine hits all three alike;
 the report gives per (workers, sessions) the median msg/s of each and the ratios B/A and
@@ -38,7 +39,7 @@ from throughput import (BenchError, VslServer, count_held, free_port, say,  # be
                         settle, smtp_source)
 
 SIZE = 10_000
-CONFIGS = ("A off", "B metrics+json", "C B+syslog")
+CONFIGS = ("A off", "B metrics+json", "C B+syslog", "M metrics", "J json")
 
 
 class ObservedVsl(VslServer):
@@ -52,9 +53,10 @@ class ObservedVsl(VslServer):
 
     def config(self) -> str:
         text = super().config()
-        if self.variant.startswith(("B", "C")):
+        if self.variant.startswith(("B", "C", "M")):
             self.metrics_port = free_port()
             text += f'\n[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
+        if self.variant.startswith(("B", "C", "J")):
             text += '\n[log]\nformat = "json"\n'
         if self.variant.startswith("C"):
             text += f'syslog = "udp://127.0.0.1:{self.syslog_port}"\n'
@@ -125,7 +127,7 @@ def one_run(server: ObservedVsl, sessions: int, args, record: list | None) -> tu
 
 def bench(work: Path, workers: int, args, sink: SyslogSink, record: list | None) -> dict:
     """{(config, sessions): [(rate, cpu per message) per round]} for one workers value."""
-    servers = [ObservedVsl(work / f"x{workers}", workers, c, sink.port) for c in CONFIGS]
+    servers = [ObservedVsl(work / f"x{workers}", workers, c, sink.port) for c in args.configs]
     results: dict = {}
     try:
         for server in servers:
@@ -154,19 +156,28 @@ def report(workers: int, results: dict, args) -> None:
     say(f"\n== workers = {workers}: median msg/s (server CPU ms/message); ratio to A "
         "[range over rounds]")
     for sessions in args.sessions:
-        base = results[(CONFIGS[0], sessions)]
+        base = results[(args.configs[0], sessions)]
         cells = []
-        for config in CONFIGS:
+        for config in args.configs:
             runs = results[(config, sessions)]
             rate = statistics.median(r for r, _ in runs)
             cpu = statistics.median(c for _, c in runs) * 1000
             cell = f"{config.split()[0]} {rate:6.0f} ({cpu:.2f} ms)"
-            if config != CONFIGS[0]:
+            if config != args.configs[0]:
                 ratios = [r / b for (r, _), (b, _) in zip(runs, base)]
                 cell += (f" {statistics.median(ratios):.3f}x "
                          f"[{min(ratios):.3f}-{max(ratios):.3f}]")
             cells.append(cell)
         say(f"   {sessions:2d} sessions: " + " | ".join(cells))
+
+
+def configs(text: str) -> list[str]:
+    """"A,B,C" -> the configurations named by those letters, in that order."""
+    named = {config[0]: config for config in CONFIGS}
+    try:
+        return [named[letter.strip()] for letter in text.split(",")]
+    except KeyError as err:
+        raise argparse.ArgumentTypeError(f"unknown configuration {err} (A, B, C, M, J)")
 
 
 def main() -> int:
@@ -177,6 +188,8 @@ def main() -> int:
     parser.add_argument("--workers", type=lambda t: [int(x) for x in t.split(",")],
                         default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", default="A,B,C", type=configs,
+                        help="letters of the configurations, the baseline first (A,B,C,M,J)")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--scrape-interval", type=float, default=1.0)
     parser.add_argument("--settle", type=float, default=1.0)

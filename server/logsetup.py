@@ -40,6 +40,7 @@ def configure(log: LogConfig, verbose: int = 0, *quiet: str) -> None:
     level when ``verbose``; the loggers ``quiet`` (and asyncio) from warnings on."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    _skip_unused_record_attributes()
     for handler in [h for h in root.handlers if getattr(h, "vsl_configured", False)]:
         root.removeHandler(handler)
         handler.close()
@@ -50,6 +51,15 @@ def configure(log: LogConfig, verbose: int = 0, *quiet: str) -> None:
         root.addHandler(handler)
     for noisy in ("asyncio", *quiet):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _skip_unused_record_attributes() -> None:
+    """No line of the server shows the caller's file and line, the thread or the
+    multiprocessing process name, so records do not look them up (the logging HOWTO's
+    "Optimization": a third of a record's cost, a few µs per line)."""
+    logging._srcfile = None  # noqa: SLF001 - the documented switch
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def handlers(log: LogConfig) -> list[logging.Handler]:
