@@ -18,14 +18,19 @@ per message, 10 KB messages):
 
 Rounds alternate A, B, C, A, B, C... so that a drift of the machine hits all three alike;
 the report gives per (workers, sessions) the median msg/s of each and the ratios B/A and
-C/A with their range over the rounds, and the server CPU per message. `--record FILE`
-saves every scrape of B (one JSON object a line: time and the text) for
-docs/grafana/render.py.
+C/A with their range over the rounds, and the server CPU per message.
+
+`--record FILE` then runs a minute of mixed traffic against one more B server (a policy
+with a function per stage, Maildir delivery, a quarter of the sessions also asking for a
+recipient it refuses as a relay) and saves a scrape every 2 s (one JSON object a line:
+time and the text) for docs/grafana/render.py, which draws the dashboard from them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import smtplib
 import socket
 import statistics
 import sys
@@ -35,8 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from throughput import (BenchError, VslServer, count_held, free_port, say,  # bench/
-                        settle, smtp_source)
+from throughput import (SENDER, BenchError, VslServer, count_held,  # bench/
+                        free_port, say, settle, smtp_source)
 
 SIZE = 10_000
 CONFIGS = ("A off", "B metrics+json", "C B+syslog", "M metrics", "J json")
@@ -103,11 +108,60 @@ class SyslogSink(threading.Thread):
             self.received += 1
 
 
-def one_run(server: ObservedVsl, sessions: int, args, record: list | None) -> tuple[float, float]:
+MIXED_POLICY = """
+fn on_helo(ctx) { status::next() }
+fn on_mail_from(ctx) { status::next() }
+fn on_rcpt_to(ctx) { status::next() }
+fn on_pre_queue(ctx) { status::next() }
+"""
+
+
+class MixedVsl(ObservedVsl):
+    """A B server delivering to Maildirs, with a function at each stage."""
+
+    policy = MIXED_POLICY
+
+
+def mixed_traffic(port: int, until: float) -> None:
+    """Sessions until ``until``: a message (0.5, 5 or 50 KB) to a local recipient, a
+    quarter of them also asking for a remote one (refused: 554 5.7.1 relay access
+    denied)."""
+    line = "x" * 76 + "\r\n"
+    while time.monotonic() < until:
+        body = "Subject: mixed\r\n\r\n" + line * (random.choice((500, 5000, 50000)) // 78)
+        recipients = ["user@example.test"] + (["someone@elsewhere.example"]
+                                              if random.random() < 0.25 else [])
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example.org",
+                          timeout=30) as client:
+            client.sendmail(SENDER, recipients, body)
+
+
+def record_mixed(work: Path, seconds: float, record: list) -> None:
+    """``seconds`` of mixed_traffic from 4 clients against a MixedVsl, scraped every 2 s."""
+    server = MixedVsl(work / "mixed", 1, CONFIGS[1], 0)
+    server.start()
+    try:
+        scraper = Scraper(server.metrics_port, 2.0, record)
+        scraper.start()
+        until = time.monotonic() + seconds
+        clients = [threading.Thread(target=mixed_traffic, args=(server.port, until))
+                   for _ in range(4)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+        time.sleep(4)  # the last deliveries, and two more scrapes
+        scraper.done.set()
+        scraper.join()
+    finally:
+        server.stop()
+
+
+def one_run(server: ObservedVsl, sessions: int, args) -> tuple[float, float]:
     """(msg/s, server CPU seconds per message) of one smtp-source run."""
     server.empty()
     settle(args.settle, args.quiet_wait, args.noisy)
-    scraper = Scraper(server.metrics_port, args.scrape_interval, record) \
+    scraper = Scraper(server.metrics_port, args.scrape_interval, None) \
         if server.metrics_port else None
     if scraper:
         scraper.start()
@@ -125,7 +179,7 @@ def one_run(server: ObservedVsl, sessions: int, args, record: list | None) -> tu
     return args.messages / seconds, used / args.messages
 
 
-def bench(work: Path, workers: int, args, sink: SyslogSink, record: list | None) -> dict:
+def bench(work: Path, workers: int, args, sink: SyslogSink) -> dict:
     """{(config, sessions): [(rate, cpu per message) per round]} for one workers value."""
     servers = [ObservedVsl(work / f"x{workers}", workers, c, sink.port) for c in args.configs]
     results: dict = {}
@@ -137,9 +191,8 @@ def bench(work: Path, workers: int, args, sink: SyslogSink, record: list | None)
         for round_ in range(args.rounds):
             for sessions in args.sessions:
                 for server in servers:
-                    keep = record if server.variant.startswith("B") and round_ == 0 else None
                     results.setdefault((server.variant, sessions), []).append(
-                        one_run(server, sessions, args, keep))
+                        one_run(server, sessions, args))
                     rate = results[(server.variant, sessions)][-1][0]
                     say(f"   round {round_ + 1} x{workers} {sessions:2d} sessions "
                         f"{server.variant:16s} {rate:6.0f} msg/s")
@@ -196,22 +249,25 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=20.0)
     parser.add_argument("--noisy", type=float, default=0.3)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--record", type=Path, help="save B's scrapes (JSONL) here")
+    parser.add_argument("--record", type=Path,
+                        help="then record a minute of mixed traffic's scrapes (JSONL) here")
+    parser.add_argument("--record-seconds", type=float, default=60.0)
     args = parser.parse_args()
     sink = SyslogSink()
     sink.start()
-    record: list | None = [] if args.record else None
     with tempfile.TemporaryDirectory(prefix="vsl-observability-") as tmp:
         for workers in args.workers:
             try:
-                report(workers, bench(Path(tmp), workers, args, sink, record), args)
+                report(workers, bench(Path(tmp), workers, args, sink), args)
             except BenchError as err:
                 say(f"   workers = {workers} not measured: {err}")
                 return 1
-    say(f"\nsyslog datagrams received by the sink: {sink.received}")
-    if args.record:
-        args.record.write_text("".join(json.dumps(s) + "\n" for s in record))
-        say(f"{len(record)} scrapes saved to {args.record}")
+        say(f"\nsyslog datagrams received by the sink: {sink.received}")
+        if args.record:
+            record: list = []
+            record_mixed(Path(tmp), args.record_seconds, record)
+            args.record.write_text("".join(json.dumps(s) + "\n" for s in record))
+            say(f"{len(record)} scrapes of mixed traffic saved to {args.record}")
     return 0
 
 

@@ -255,6 +255,7 @@ class VslServer(ProcessServer):
     """`vsl serve` holding every message in its spool, with ``receivers`` processes."""
 
     backend = "spool"
+    policy = HOLD_POLICY
 
     def __init__(self, work: Path, receivers: int = 1, event_loop: str = "auto"):
         self.receivers, self.event_loop = receivers, event_loop
@@ -276,7 +277,7 @@ class VslServer(ProcessServer):
 
     def start(self) -> None:
         self.scripts.mkdir(parents=True)
-        (self.scripts / "main.vsl").write_text(HOLD_POLICY)
+        (self.scripts / "main.vsl").write_text(self.policy)
         (self.work / "vsl.toml").write_text(self.config())
         self.port = free_port()
         self.launch(self.command(), cwd=self.work)

@@ -114,7 +114,7 @@ CATALOGUE: dict[str, Metric] = {m.name: m for m in (
     Metric("vsl_connections_current", "gauge", "connections open now"),
     # SMTP
     _counter("vsl_smtp_replies_total", "replies sent, by stage and code", _STAGE,
-             Label("code", pattern=re.compile(r"[245]\d\d")),
+             Label("code", pattern=re.compile(r"[2-5]\d\d")),
              Label("enhanced", pattern=re.compile(r"[245]\.\d{1,3}\.\d{1,3}"),
                    fallback="none")),
     _counter("vsl_smtp_rejects_total", "commands refused, by stage and who decided",

@@ -86,8 +86,12 @@ def wire(reply: bytes, raw: bool) -> bytes:
 def count_reply(command: str | None, wired: bytes) -> None:
     """Count a reply as sent (``wired``: its lines as on the wire) in
     vsl_smtp_replies_total: the stage of the ``command`` it answers, its code and the
-    enhanced code of its first line. The series is remembered by the command and the
-    reply's first bytes (which hold both codes), up to REPLY_SERIES of them."""
+    enhanced code of its first line. A line pushed on its own that continues a reply
+    (``250-SIZE ...`` of EHLO) is not a reply: the reply is counted at its last line. The
+    series is remembered by the command and the reply's first bytes (which hold both
+    codes), up to REPLY_SERIES of them."""
+    if wired[3:4] == b"-" and wired.find(b"\r\n") == len(wired) - 2:
+        return
     key = (command, wired[:REPLY_HEAD])
     series = _reply_series.get(key)
     if series is None:
@@ -419,6 +423,7 @@ class Protocol(FastSMTP):
 
     async def smtp_QUIT(self, arg: str):
         """QUIT, its arguments ignored (as Postfix does)."""
+        self.command, self.argument = "QUIT", None  # its 221 answers QUIT, not the last one
         self.counts.issued("QUIT")
         self.counts.answered("QUIT", True)
         await super().smtp_QUIT(None)

@@ -150,6 +150,12 @@ def test_traffic_moves_exactly_its_metrics(served):
     assert moved("vsl_smtp_replies_total", stage="rcpt", code="554", enhanced="5.7.1") == J
     assert moved("vsl_smtp_replies_total", stage="rcpt", code="250", enhanced="2.1.5") == K
     assert moved("vsl_smtp_replies_total", stage="data", code="250", enhanced="2.0.0") == K
+    assert moved("vsl_smtp_replies_total", stage="data", code="354", enhanced="none") == K
+    # EHLO's reply is counted once, not once per line; QUIT's 221 answers no stage
+    assert moved("vsl_smtp_replies_total", stage="helo", code="250", enhanced="none") == \
+        K + 3
+    assert moved("vsl_smtp_replies_total", stage="other", code="221", enhanced="2.0.0") >= K
+    assert moved("vsl_smtp_replies_total", stage="data", code="221", enhanced="2.0.0") == 0
     assert moved("vsl_smtp_replies_total", stage="connect", code="220", enhanced="none") == \
         K + 4
     assert moved("vsl_smtp_replies_total", stage="connect", code="421", enhanced="4.4.2") == 1
