@@ -21,7 +21,8 @@ the report gives per (workers, sessions) the median msg/s of each and the ratios
 C/A with their range over the rounds, and the server CPU per message.
 
 `--record FILE` then runs a minute of mixed traffic against one more B server (a policy
-with a function per stage, Maildir delivery, a quarter of the sessions also asking for a
+with a function per stage running iprev, DNSBL and SPF checks against the project's DNS
+server and tests/zones, Maildir delivery, a quarter of the sessions also asking for a
 recipient it refuses as a relay) and saves a scrape every 2 s (one JSON object a line:
 time and the text) for docs/grafana/render.py, which draws the dashboard from them.
 """
@@ -40,8 +41,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from throughput import (SENDER, BenchError, VslServer, count_held,  # bench/
+from throughput import (ROOT, BenchError, VslServer, count_held,  # bench/
                         free_port, say, settle, smtp_source)
+from vsl.server.dnsd import DnsServer  # noqa: E402 - throughput put the tree on the path
 
 SIZE = 10_000
 CONFIGS = ("A off", "B metrics+json", "C B+syslog", "M metrics", "J json")
@@ -109,17 +111,32 @@ class SyslogSink(threading.Thread):
 
 
 MIXED_POLICY = """
-fn on_helo(ctx) { status::next() }
-fn on_mail_from(ctx) { status::next() }
-fn on_rcpt_to(ctx) { status::next() }
-fn on_pre_queue(ctx) { status::next() }
+const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{dns_port}"] }});
+fn on_connect(ctx) {{
+    iprev::check(#{{ ip: ctx.client_ip, dns_resolver: global::R }});
+    dnsbl::check(#{{ ip: ctx.client_ip, zones: ["bl.dnsbl.test"], dns_resolver: global::R }});
+    status::next()
+}}
+fn on_helo(ctx) {{ status::next() }}
+fn on_mail_from(ctx) {{
+    spf::check_host(#{{ ip: ctx.client_ip, helo: ctx.helo, mail_from: ctx.sender,
+                       dns_resolver: global::R }});
+    status::next()
+}}
+fn on_rcpt_to(ctx) {{ status::next() }}
+fn on_pre_queue(ctx) {{ status::next() }}
 """
+SENDERS = ("a@pass.spf.test", "b@softfail.spf.test", "c@neutral.spf.test", "d@fail.spf.test")
+ZONES = sorted((ROOT / "tests" / "zones").glob("*.zone"))
 
 
 class MixedVsl(ObservedVsl):
-    """A B server delivering to Maildirs, with a function at each stage."""
+    """A B server delivering to Maildirs, with a function at each stage and checks
+    (iprev, DNSBL, SPF) asking the project's DNS server (tests/zones)."""
 
-    policy = MIXED_POLICY
+    def __init__(self, work: Path, dns_port: int):
+        super().__init__(work, 1, CONFIGS[1], 0)
+        self.policy = MIXED_POLICY.format(dns_port=dns_port)
 
 
 def mixed_traffic(port: int, until: float) -> None:
@@ -133,12 +150,14 @@ def mixed_traffic(port: int, until: float) -> None:
                                               if random.random() < 0.25 else [])
         with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example.org",
                           timeout=30) as client:
-            client.sendmail(SENDER, recipients, body)
+            client.sendmail(random.choice(SENDERS), recipients, body)
 
 
 def record_mixed(work: Path, seconds: float, record: list) -> None:
     """``seconds`` of mixed_traffic from 4 clients against a MixedVsl, scraped every 2 s."""
-    server = MixedVsl(work / "mixed", 1, CONFIGS[1], 0)
+    dns = DnsServer(ZONES)
+    dns.start()
+    server = MixedVsl(work / "mixed", dns.port)
     server.start()
     try:
         scraper = Scraper(server.metrics_port, 2.0, record)
@@ -155,6 +174,7 @@ def record_mixed(work: Path, seconds: float, record: list) -> None:
         scraper.join()
     finally:
         server.stop()
+        dns.stop()
 
 
 def one_run(server: ObservedVsl, sessions: int, args) -> tuple[float, float]:
