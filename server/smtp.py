@@ -1,4 +1,5 @@
-"""aiosmtpd's SMTP protocol, faster where a busy server spends its time.
+"""aiosmtpd's SMTP protocol, faster where a busy server spends its time, and sure to end
+every connection.
 
 * Set-up: aiosmtpd's ``__init__`` introspects the protocol and its handler
   (``inspect.getmembers``, ``dir``, ``inspect.signature``) on every connection;
@@ -8,6 +9,14 @@
 * DATA: aiosmtpd reads the message a line at a time; :func:`read_data` reads it a
   chunk at a time, with the same rules (the lone dot, dot-unstuffing, line and size
   limits, the replies).
+* End of input: aiosmtpd cancels the session task on the client's EOF and keeps the
+  transport half-open, closing it only from inside the task's command loop. Replies to
+  commands the client sent before its FIN were lost, and a task cancelled before it
+  reached that loop (under uvloop the EOF of a client that closed at once comes before
+  the task's first step) left the connection, and its admission slot, open for ever.
+  Here the EOF only ends the input: the session answers what it read, a read past the
+  end (:class:`ClientReader`) ends the session as a lost connection, and the session
+  task's end, however it comes, closes the transport.
 """
 from __future__ import annotations
 
@@ -24,6 +33,17 @@ TOO_MUCH = "552 Error: Too much mail data"
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
                           r"[ \t]*(.*)", re.S)
+
+
+class ClientReader(asyncio.StreamReader):
+    """The client's input: a line or message cut short by the end of the input is a lost
+    connection (CancelledError, as aiosmtpd treats one), not an error to answer."""
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        try:
+            return await super().readuntil(separator)
+        except asyncio.IncompleteReadError:
+            raise asyncio.CancelledError from None
 
 
 @functools.cache
@@ -55,7 +75,7 @@ class FastSMTP(SMTP):
         self.__ident__ = ident
         self.loop = asyncio.get_running_loop()
         asyncio.StreamReaderProtocol.__init__(
-            self, asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            self, ClientReader(loop=self.loop, limit=self.line_length_limit),
             client_connected_cb=self._cb_client_connected, loop=self.loop)
         self.event_handler = handler
         self.data_size_limit = data_size_limit
@@ -87,6 +107,24 @@ class FastSMTP(SMTP):
         self._smtp_methods = {name[5:]: getattr(self, name)
                               for name in _names(type(self), "smtp_")}
         self._enforce_call_limit = False
+
+    def connection_made(self, transport) -> None:
+        starting = self._handler_coroutine is None  # not the TLS transport of STARTTLS
+        super().connection_made(transport)
+        if starting:
+            self._handler_coroutine.add_done_callback(self._session_ended)
+
+    def _session_ended(self, _task) -> None:
+        """The session task ended (returned, failed, or was cancelled, perhaps before its
+        first step): close the connection."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        """The client sends no more: its input ends, the session goes on (see the module
+        notes). A plain transport stays half-open for the replies; a TLS one cannot."""
+        keep_open = asyncio.StreamReaderProtocol.eof_received(self)
+        return keep_open and self.session.ssl is None
 
     def _getaddr(self, arg: str):
         """aiosmtpd's, without its email parser for a plain ``<local@domain>`` (same
@@ -121,7 +159,7 @@ class FastSMTP(SMTP):
         await self.push("250 OK" if status is MISSING else status)
 
 
-async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
+async def read_data(reader: ClientReader, size_limit: int | None,
                     line_limit: int) -> tuple[bytes, str | None]:
     """Read a message up to the lone dot, as aiosmtpd does a line at a time: (content,
     None) with every line's leading dot removed, or (b"", aiosmtpd's error reply) when a
@@ -136,8 +174,6 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
             chunk, ended = await reader.readuntil(END), True
         except asyncio.LimitOverrunError as err:  # no END within the reader's limit
             chunk, ended = await reader.read(err.consumed), False
-        except asyncio.IncompleteReadError:
-            raise asyncio.CancelledError from None  # the client left (as aiosmtpd reacts)
         data += chunk
         size += len(chunk)
         if ended and (size == len(END) or data[-5:-3] == b"\r\n"):
