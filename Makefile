@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/native_await.py
 	$(BIN)/python bench/anti_abuse.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/bounce.py
 
 lint: $(STAMP)
