@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, strategies as st
 
 from vsl.server import logrecords, logsummary
@@ -234,3 +235,31 @@ def test_a_corrupt_gzip_and_an_endless_line_are_handled(tmp_path):
     long.write_bytes(b"y" * 5_000_000 + b"\n" + (LOGS / "vsl.log").read_bytes())
     proc = vsl_log_summary("--json", long)
     assert json.loads(proc.stdout)["totals"]["received"] == 3  # as without the long line
+
+
+# -- a log recorded from a real vsl serve --------------------------------------------
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_summary_of_a_real_servers_log_counts_its_traffic(tmp_path, log_format):
+    """Three sessions of tests/support/logserve.py (each: a RCPT refused by the script, one
+    relay-denied, a message queued and delivered to a Maildir): the summary of the
+    server's own log counts exactly that traffic, in either format."""
+    from tests.support.logserve import delivered, serving, session
+    from tests.support.smtp_tools import wait_for
+
+    with serving(tmp_path, f'[log]\nformat = "{log_format}"\n') as (port, stderr):
+        for _ in range(3):
+            session(port)
+        assert wait_for(lambda: len(list((tmp_path / "mail").glob("mx.test/bob/new/*"))) == 3,
+                        15) and delivered(tmp_path)
+        assert wait_for(lambda: stderr.read_text().count("event=delivered") +
+                        stderr.read_text().count('"event": "delivered"') == 3, 15)
+    summary = summarize_lines(stderr.open("rb"))
+    totals = summary.totals
+    # + 1 connection: serving()'s probe that the port listens
+    assert (totals.connections, totals.received, totals.delivered, totals.rejected) == \
+        (4, 3, 3, 6)
+    assert (totals.senders, totals.recipients, totals.bounced, totals.deferred) == (1, 1, 0, 0)
+    assert summary.skipped == 0
+    stages = {row["stage"]: row["count"] for row in summary.rejects}
+    assert stages == {"rcpt": 6}
