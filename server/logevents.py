@@ -1,4 +1,4 @@
-"""Log lines that are events of /work/notes/events-18.md: the text an operator reads,
+"""Log lines that are events (docs/observability.md#logs): the text an operator reads,
 plus the event's name and fields for the JSON and syslog formats and the text line's
 logfmt tail (``vsl log summary`` reads them).
 

@@ -1,4 +1,4 @@
-"""The formats of the server's log lines (the contract is /work/notes/events-18.md):
+"""The formats of the server's log lines (described in docs/observability.md#logs):
 
 - text: ``TIME LEVEL LOGGER[PID]: MESSAGE`` (TIME in UTC, ``2026-12-06 21:06:05,123``;
   client text escaped: SafeFormatter), then a logfmt tail (server/logfmt.py) of the ids

@@ -6,8 +6,9 @@ prometheus_client picks its value class when it is imported, so the parent calls
 :func:`prepare` (directory, ``PROMETHEUS_MULTIPROC_DIR``) before anything imports it;
 each serving process then calls :func:`enable`, which builds the metric objects of
 ``server/metrics_catalogue.py`` and installs this module as the natives' telemetry
-sink. Server code calls :func:`count`, :func:`observe` and :func:`adjust`; while
-metrics are off they cost one call and a test of a global. Label values are guarded
+sink. Server code calls :func:`count` and :func:`observe`, or a :class:`Series` (a
+gauge moves by a negative count); while metrics are off they cost one call and a test
+of a global. Label values are guarded
 by the catalogue (a value outside its set counts as the fallback, and past
 ``max_series`` label sets in one process a metric counts each label's fallback); a
 configured directory is locked for one ``vsl serve``; the labelled children are cached,
@@ -135,12 +136,6 @@ def observe(name: str, value: float, **labels: str) -> None:
     """Record ``value`` in the histogram ``name`` (nothing while metrics are off)."""
     if _recorder is not None:
         _recorder.child(name, labels).observe(value)
-
-
-def adjust(name: str, delta: float, **labels: str) -> None:
-    """Move the gauge ``name`` by ``delta``, up or down (nothing while metrics are off):
-    a gauge's inc takes any sign, so this is :func:`count` under a gauge's name."""
-    count(name, delta, **labels)
 
 
 class Series:

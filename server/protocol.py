@@ -25,7 +25,7 @@ from .config import LISTENER_KINDS, Listener
 from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
-from .session import Session
+from .session import COMMAND_STAGES, Session
 from .smtp import FastSMTP
 
 log = logging.getLogger("vsl.smtp")
@@ -39,9 +39,6 @@ _ENHANCED = {"221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "25
              "553": "5.1.3", "554": "5.0.0", "555": "5.5.4"}
 _HAS_ENHANCED = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
 _WIRED_ENHANCED = re.compile(rb"\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})[ \r]")
-# The stage of vsl_smtp_replies_total: the command a reply answers (none: the greeting)
-_REPLY_STAGES = {None: "connect", "HELO": "helo", "EHLO": "helo", "AUTH": "auth",
-                 "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
 _OPENED = {kind: metrics.Series("vsl_connections_opened_total", listener=kind)
            for kind in LISTENER_KINDS}
 _CURRENT = metrics.Series("vsl_connections_current")
@@ -97,7 +94,7 @@ def count_reply(command: str | None, wired: bytes) -> None:
     if series is None:
         enhanced = _WIRED_ENHANCED.match(wired)
         series = metrics.Series("vsl_smtp_replies_total",
-                                stage=_REPLY_STAGES.get(command, "other"),
+                                stage=COMMAND_STAGES.get(command, "other"),
                                 code=wired[:3].decode("ascii", "replace"),
                                 enhanced=enhanced[1].decode() if enhanced else "none")
         if len(_reply_series) < REPLY_SERIES:

@@ -374,14 +374,16 @@ class Session:
         fields.append(f"decided_by={'server' if stage is None else self.stages.decider(stage)}")
         one_line = reply.replace("\n", " ")
         code, enhanced = reply_codes(one_line)
-        metrics.count("vsl_smtp_rejects_total", stage=_REJECT_STAGES.get(command, "other"),
-                      decider=_decider_kind(stage, self.stages.failed))
+        stage_name = COMMAND_STAGES.get(command, "command")  # the metric's "other"
+        decided_by = self._decided_by(stage)
+        metrics.count("vsl_smtp_rejects_total", stage=stage_name,
+                      decider=decided_by if decided_by in ("server", "fallback") else "script")
         event(log, logging.INFO, "reject", "NOQUEUE: reject: %s from unknown[%s]: %s; %s",
               command, self.peer_ip, printable(one_line), " ".join(fields),
-              stage=_REJECT_STAGES.get(command, "command"), command=command, code=code,
+              stage=stage_name, command=command, code=code,
               enhanced=enhanced, reply=one_line, client_ip=self.peer_ip, helo=ctx.helo,
               sender=ctx.sender.address if ctx.sender is not None else None, recipient=to,
-              decided_by=self._decided_by(stage))
+              decided_by=decided_by)
         return reply
 
     def _decided_by(self, stage: Stage | None) -> str:
@@ -392,15 +394,12 @@ class Session:
         return "fallback" if self.stages.failed else str(self.stages.decided_at)
 
 
-_REJECT_STAGES = {"CONNECT": "connect", "HELO": "helo", "EHLO": "helo", "AUTH": "auth",
-                  "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
+# The stage a command is part of, in the metrics and the reject events (None: the
+# greeting, which answers no command)
+COMMAND_STAGES = {None: "connect", "CONNECT": "connect", "HELO": "helo", "EHLO": "helo",
+                  "AUTH": "auth", "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}
 
 
-def _decider_kind(stage: Stage | None, failed: bool) -> str:
-    """Who refused, as vsl_smtp_rejects_total counts it: server, fallback or script."""
-    if stage is None:
-        return "server"
-    return "fallback" if failed else "script"
 async def parse_message(data: bytes, limits) -> Message:
     """The message within the header ``limits``; a big one is parsed in a thread, so the
     event loop keeps serving (the SMTP session and the milter)."""

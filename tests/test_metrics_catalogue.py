@@ -85,13 +85,14 @@ def test_past_max_series_each_label_records_its_own_fallback():
     assert value(rec, "vsl_smtp_replies_total", "other", "other", "none") == 1
 
 
-def test_adjust_moves_a_gauge_both_ways(tmp_path, monkeypatch):
+def test_a_gauge_series_moves_both_ways(tmp_path, monkeypatch):
     monkeypatch.setenv(metrics.ENVIRONMENT, str(tmp_path))
     rec = recorder()
     monkeypatch.setattr(metrics, "_recorder", rec)
-    metrics.adjust("vsl_connections_current", 1)
-    metrics.adjust("vsl_connections_current", 1)
-    metrics.adjust("vsl_connections_current", -1)
+    current = metrics.Series("vsl_connections_current")
+    current.inc()
+    current.inc()
+    current.inc(-1)
     assert value(rec, "vsl_connections_current") == 1
 
 
@@ -151,7 +152,7 @@ CHILDREN = textwrap.dedent("""\
                 metrics.count("vsl_messages_received_total")
             telemetry.count("vsl_dns_cache_total", result="hit")
             metrics.observe("vsl_message_size_bytes", 2000)
-            metrics.adjust("vsl_connections_current", 1)
+            metrics.Series("vsl_connections_current").inc()
             os._exit(0)
         pids.append(pid)
     for pid in pids:
