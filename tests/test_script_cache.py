@@ -46,7 +46,7 @@ def load_without_compiling(engine, source: str, file: str, monkeypatch):
     def refused(*args, **kwargs):
         raise AssertionError("parsed or compiled on a cache hit")
     with monkeypatch.context() as patch:
-        patch.setattr("vsl.engine.parse", refused)
+        patch.setattr("vsl.build.parse", refused)
         patch.setattr(type(engine), "_compile", refused)
         return engine.load_source(source, file)
 
@@ -157,3 +157,62 @@ def test_a_lint_check_holding_an_unknown_object_turns_the_cache_off():
     assert script_cache.describe({"a": (1, frozenset({"x"}))}) == "{'a': [1, {'x'}]}"
     with pytest.raises(script_cache.Unknown):
         script_cache.describe(Opaque())
+
+
+# -- the linter's findings --------------------------------------------------------------
+
+LINTED = """fn on_helo(ctx) {
+    let unused = 1;
+    status::next()
+}
+fn on_rcpt_to(ctx) { lib::f(1); status::nope() }
+import "lib" as lib;
+"""
+
+
+def linted(store: Store, main, deferred=False, hit=None):
+    """The findings of ``main``, with the cache in ``store`` (``deferred``: from a linter
+    made as ``vsl lint`` makes it); with ``hit`` (a monkeypatch), parsing or making the
+    engine fails the test."""
+    from vsl.lint import Linter
+    from vsl.stdlib.ctx import entry_points
+
+    make_engine, make_entries = (refuse, refuse) if hit else (new_engine, entry_points)
+    if deferred:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Store, "default", classmethod(lambda cls: store))
+            linter = Linter.deferred(make_engine, make_entries, Limits(), "test")
+    else:
+        linter = Linter(engine_with(store), entry_points())
+    if hit is None:
+        return linter.lint_file(main)
+    with hit.context() as patch:
+        patch.setattr("vsl.build.parse", refuse)
+        return linter.lint_file(main)
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("parsed, or the engine made, on a cache hit")
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_lint_findings_from_the_cache_are_the_fresh_ones(store, tmp_path, monkeypatch,
+                                                          deferred):
+    (tmp_path / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text(LINTED, encoding="utf-8")
+    fresh = linted(store, main, deferred)
+    assert {d.code for d in fresh} >= {"unused-variable", "unknown-function"}
+    assert linted(store, main, deferred, hit=monkeypatch) == fresh
+
+
+def test_lint_of_a_file_whose_import_changed_is_done_again(store, tmp_path):
+    (tmp_path / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    assert linted(store, main) == []
+    (tmp_path / "lib.vsl").write_text("fn g(x) { x }\n", encoding="utf-8")
+    [finding] = linted(store, main)
+    assert "module 'lib' has no function 'f'" in finding.message
+    (tmp_path / "lib.vsl").unlink()
+    assert any("cannot import 'lib'" in d.message for d in linted(store, main))

@@ -32,7 +32,6 @@ from time import monotonic
 import types
 
 from . import values
-from .build import gc_paused, parse
 from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name,
                       script_fn_name)
 from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownError, VslError,
@@ -44,8 +43,7 @@ from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
 from .ops import Ops, at_depth
 from .resolve import ModuleInfo, resolve
 from .script_cache import Compiled, ScriptCache
-from .script_file import UnreadableScript, read_script
-from .syntax import line_of
+from .script_file import UnreadableScript, line_of, read_script
 
 
 _INF = float("inf")
@@ -491,6 +489,13 @@ def _run_sync(make_coro):
     raise VslError("this function waits on I/O: use call_async() inside an event loop")
 
 
+def _parsed(source: str, file: str, limits: Limits):
+    """The typed AST of ``source``; the parser (Lark) is imported only now: a script
+    loaded from the cache needs none."""
+    from .build import parse
+    return parse(source, file, limits)
+
+
 class _Load:
     """State of one engine.load(): module cache, cycle detection, module count."""
 
@@ -550,7 +555,7 @@ class Engine:
     def _load_module(self, source: str, file: str, load: _Load) -> Script:
         key = self.cache.key(self, source, file) if self.cache else None
         compiled = self.cache.get(key, source, file, self.limits) if key else None
-        module = compiled.module if compiled else parse(source, file, self.limits)
+        module = compiled.module if compiled else _parsed(source, file, self.limits)
         imports = {}
         for imp in module.imports:
             script = self._import(imp, module, load)
@@ -574,6 +579,7 @@ class Engine:
 
     def _compile(self, module, infos: dict, natives: dict) -> Compiled:
         """Resolve and compile a parsed module (imported modules: ``infos``)."""
+        from .build import gc_paused
         file, source = module.file, module.source
         with gc_paused():
             res = resolve(module, self.namespaces, infos, self.async_methods,

@@ -48,10 +48,11 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def toolchain_hash() -> str:
-    """A hash of what turns a script into code: the sources of the language, its natives
-    and its grammar, Lark's version and Python's."""
+    """A hash of what turns a script into code or findings: the sources of the language,
+    its natives, its grammar and the command line (how ``vsl lint`` makes its engine),
+    Lark's version and Python's."""
     digest = hashlib.sha256(sys.version.encode())
-    for package in ("vsl", "vsl.grammar", "vsl.stdlib"):
+    for package in ("vsl", "vsl.grammar", "vsl.stdlib", "vsl.cli"):
         for root in find_spec(package).submodule_search_locations:
             for path in sorted(Path(root).rglob("*")):
                 if path.suffix in (".py", ".lark"):
