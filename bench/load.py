@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lark import Lark  # noqa: E402
 
 from vsl import syntax  # noqa: E402
+import vsl.build as build_module  # noqa: E402
 import vsl.engine as engine_module  # noqa: E402
 from vsl.compile import ModuleCompiler  # noqa: E402
 from vsl.script_cache import ScriptCache, Store  # noqa: E402
@@ -75,7 +76,7 @@ def timed_phases() -> dict[str, float]:
                 phases[label] = phases.get(label, 0.0) + time.process_time() - start
         setattr(owner, name, timed)
 
-    wrap(engine_module, "parse", "parse")
+    wrap(build_module, "parse", "parse")
     wrap(engine_module, "resolve", "resolve")
     wrap(ModuleCompiler, "compile", "generate")
     wrap(engine_module, "compile", "CPython compile")  # (shadows the builtin there)

@@ -140,6 +140,8 @@ def test_entries_are_private_and_written_whole(store):
     assert entry.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in store.directory.iterdir()] == ["k"]  # no temporary left
     assert store.get("k") == {"a": 1} and store.get("missing") is None
+    store.put("unpicklable", lambda: 1)  # is not kept, and is no error
+    assert store.get("unpicklable") is None
 
 
 def test_the_store_evicts_the_least_recently_used(store):

@@ -104,21 +104,32 @@ class Store:
     def put(self, key: str, value) -> None:
         """Store ``value`` under ``key`` (atomically: readers see the old file or the new);
         a failure to write only means no cache."""
-        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return  # something in it cannot be kept
         try:
             fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        except OSError:
+            return
+        try:
             with open(fd, "wb") as file:
                 file.write(MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(temporary, self.directory / key)
         except OSError:
+            _remove(temporary)
             return
         self.evict(MAX_BYTES)
 
     def evict(self, limit: int) -> None:
         """If the entries take more than ``limit`` bytes, remove the least recently used
         until they take 3/4 of it."""
+        try:
+            listing = list(os.scandir(self.directory))
+        except OSError:
+            return
         entries = []
-        for entry in os.scandir(self.directory):
+        for entry in listing:
             try:
                 info = entry.stat(follow_symlinks=False)
             except OSError:
@@ -130,11 +141,17 @@ class Store:
         for _, size, path in sorted(entries):
             if total <= limit * 3 // 4:
                 break
-            try:
-                os.unlink(path)
-            except OSError:
-                continue
-            total -= size
+            if _remove(path):
+                total -= size
+
+
+def _remove(path) -> bool:
+    """Remove a file; whether it was removed (another process may have been first)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
 
 
 def _touch(path: Path) -> None:
@@ -168,7 +185,10 @@ def describe(value, depth: int = 0) -> str:
     if isinstance(value, functools.partial):
         return f"partial({deeper(value.func)}, {deeper(value.args)}, {deeper(value.keywords)})"
     if isinstance(value, types.FunctionType):
-        cells = [cell.cell_contents for cell in value.__closure__ or ()]
+        try:
+            cells = [cell.cell_contents for cell in value.__closure__ or ()]
+        except ValueError:  # an empty cell
+            raise Unknown from None
         return (f"{value.__module__}.{value.__qualname__}({deeper(cells)}, "
                 f"{deeper(value.__defaults__)})")
     if hasattr(value, "__dict__"):
