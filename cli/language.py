@@ -55,10 +55,11 @@ def lint(paths, fmt, config_path) -> None:
 
 
 def _new_engine(**options):
-    """``vsl.stdlib.new_engine(**options)``, the natives imported only now (slow)."""
+    """``vsl.stdlib.new_engine(**options)`` with the compiled-script cache, the natives
+    imported only now (slow)."""
     from vsl.stdlib import new_engine
 
-    return new_engine(**options)
+    return new_engine(**options, use_cache=True)
 
 
 def _entry_points():

@@ -121,9 +121,10 @@ def test_an_import_that_changed_is_compiled_against_again(store, tmp_path):
 def test_no_cache_when_turned_off(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("VSL_NO_CACHE", "1")
-    assert new_engine().cache is None
+    assert new_engine(use_cache=True).cache is None
     monkeypatch.setenv("VSL_NO_CACHE", "0")
-    assert new_engine().cache is not None
+    assert new_engine(use_cache=True).cache is not None
+    assert new_engine().cache is None  # (an embedder's engine, unless it asks)
     assert (tmp_path / "vsl" / "scripts").stat().st_mode & 0o777 == 0o700
 
 
@@ -131,7 +132,7 @@ def test_no_cache_in_a_directory_others_may_write_to(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "vsl" / "scripts").mkdir(parents=True)
     (tmp_path / "vsl" / "scripts").chmod(0o777)
-    assert new_engine().cache is None
+    assert new_engine(use_cache=True).cache is None
 
 
 def test_entries_are_private_and_written_whole(store):

@@ -511,9 +511,10 @@ class Engine:
     ``namespaces`` come from the host (the language knows none): without them the
     engine runs the bare language; ``vsl.stdlib.new_engine`` gives one with the
     mail server's natives. ``use_cache``: keep compiled scripts in the user's cache and
-    load them from it when their text has not changed (vsl/script_cache.py)."""
+    load them from it while their text has not changed (vsl/script_cache.py), as the
+    command line and the server do."""
 
-    def __init__(self, limits: Limits | None = None, namespaces=(), use_cache: bool = True):
+    def __init__(self, limits: Limits | None = None, namespaces=(), use_cache: bool = False):
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
         self.State = ExecState.for_engine(self.limits, self.ops)

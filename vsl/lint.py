@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from .diagnostics import Diagnostic
 from .errors import LimitError, VslError
 from .imports import check_nesting, import_target
-from .script_cache import Store, cache_key, describe, engine_fingerprint
+from .script_cache import Store, Unknown, cache_key, describe, engine_fingerprint
 from .script_file import UnreadableScript, read_script
 
 if TYPE_CHECKING:
@@ -73,7 +73,10 @@ class Linter:
         """What the keys of the cache say of the engine and the entry points ("": they
         cannot be told, no cache)."""
         engine = engine_fingerprint(self.engine)
-        return "" if engine is None else engine + describe(self.entries)
+        try:
+            return "" if engine is None else engine + describe(self.entries)
+        except Unknown:
+            return ""
 
     def lint_file(self, path: Path) -> list[Diagnostic]:
         """All findings for one file (a file that cannot be read is one finding)."""

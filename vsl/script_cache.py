@@ -53,7 +53,8 @@ def toolchain_hash() -> str:
     Lark's version and Python's."""
     digest = hashlib.sha256(sys.version.encode())
     for package in ("vsl", "vsl.grammar", "vsl.stdlib", "vsl.cli"):
-        for root in find_spec(package).submodule_search_locations:
+        spec = find_spec(package)
+        for root in spec.submodule_search_locations if spec else ():
             for path in sorted(Path(root).rglob("*")):
                 if path.suffix in (".py", ".lark"):
                     digest.update(f"\0{path.relative_to(root)}\0".encode())
