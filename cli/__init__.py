@@ -9,6 +9,7 @@
     bounce.py    vsl bounce ... (the bounce classifier)
     log.py       vsl log summary (what a log says happened, like pflogsumm)
     zones.py     --zone FILE, shared by run and serve
+    local_config.py  --config FILE (or ./vsl.toml), shared by lint, queue and bounce
     migrate.py   vsl migrate postfix (translate a Postfix configuration), and
     migrate_verify.py  vsl migrate verify (replay conversations against two servers)
 

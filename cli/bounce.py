@@ -14,7 +14,7 @@ import click
 
 from vsl.server.printable import printable
 
-from .serve import local_config
+from .local_config import local_config
 
 DATA = click.Path(exists=True, dir_okay=False)
 CONFIG = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),

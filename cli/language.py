@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 
 from vsl import values
-from vsl.checks import wrong_return
 from vsl.errors import Pos, VslError
-from vsl.lint import (Linter, empty_paths, format_concise, format_full, format_json, script_files,
-                      summary)
-from vsl.stdlib import new_engine
-from vsl.syntax import line_of
+from vsl.limits import Limits
+from vsl.lint import (Linter, empty_dirs, empty_paths, format_concise, format_full, format_json,
+                      script_files, summary)
+from vsl.script_cache import describe
+from vsl.script_file import line_of
 
-from .serve import local_config
+from .local_config import local_config
 from .zones import zone_option, zones_served
 
 
@@ -35,13 +35,12 @@ def lint(paths, fmt, config_path) -> None:
     Exit status 1 if any error was found (a directory of vSMTP .rhai scripts and no .vsl
     file is one), 0 otherwise (warnings only, such as a directory without scripts).
     """
-    from vsl.stdlib.ctx import entry_points  # (the mail model: slow to import)
-
     files = script_files(paths)
-    entries = entry_points()
     declared = local_config(config_path).metrics.script if config_path else None
-    linter = Linter(new_engine(script_metrics=declared), entries)
-    findings = empty_paths(paths, entries.foreign_scripts) + \
+    linter = Linter.deferred(lambda: _new_engine(script_metrics=declared), _entry_points,
+                             Limits(), f"vsl lint, metrics {describe(declared)}")
+    empty = empty_dirs(paths)  # (the entry points say what other servers' scripts are)
+    findings = (empty_paths(empty, linter.entries.foreign_scripts) if empty else []) + \
         [d for f in files for d in linter.lint_file(f)]
     if fmt == "json":
         click.echo(format_json(findings))
@@ -53,6 +52,21 @@ def lint(paths, fmt, config_path) -> None:
     if declared is None and "metrics" in linter.namespaces_called:
         click.echo(UNCHECKED_METRICS_NOTE, err=True)
     sys.exit(1 if any(d.severity == "error" for d in findings) else 0)
+
+
+def _new_engine(**options):
+    """``vsl.stdlib.new_engine(**options)`` with the compiled-script cache, the natives
+    imported only now (slow)."""
+    from vsl.stdlib import new_engine
+
+    return new_engine(**options, use_cache=True)
+
+
+def _entry_points():
+    """The server's stages (the mail model imported only now: slow)."""
+    from vsl.stdlib.ctx import entry_points
+
+    return entry_points()
 
 
 UNCHECKED_METRICS_NOTE = ("note: metrics:: names and labels were not checked: give "
@@ -83,7 +97,7 @@ def _run_script(file, fn, parsed, as_json, nameserver=None) -> None:
     """`vsl run` once its options are read (``nameserver``: what every resolver asks)."""
     from vsl.stdlib.dns import DnsDefaults  # (dnspython: slow)
 
-    engine = new_engine(dns_defaults=DnsDefaults(nameservers=(nameserver,), forced=True)
+    engine = _new_engine(dns_defaults=DnsDefaults(nameservers=(nameserver,), forced=True)
                         if nameserver else None)
     script = None
     try:
@@ -127,9 +141,9 @@ def _arguments_hint(script, fn: str, given: int) -> str | None:
 
 def _stage_result_problem(script, fn: str | None, arity: int, result) -> str | None:
     """What is wrong with a stage function's result (it must be a status), if anything."""
-    from vsl.stdlib.ctx import entry_points  # (the mail model: slow to import)
+    from vsl.checks import wrong_return
 
-    entries = entry_points()
+    entries = _entry_points()
     if fn not in entries.names or arity != 1:
         return None
     return wrong_return(script, entries, fn, result)

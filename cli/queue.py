@@ -19,7 +19,7 @@ from vsl.server import queue_admin
 from vsl.server.printable import printable
 from vsl.server.queue_backend import QueueBackend, QueueError
 
-from .serve import local_config
+from .local_config import local_config
 
 BROKER = "vsl.queue.broker"  # ctx.meta: on a broker (reads skip messages in flight)
 NOT_COUNTED = "(on the broker: messages being worked on are not counted)"

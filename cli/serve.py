@@ -82,19 +82,6 @@ def workers_count(option: str | None) -> int | None:
         raise click.BadParameter(str(err)) from None
 
 
-def local_config(config_path: str | None):
-    """The Config of ``--config``, else of ./vsl.toml when present, else the defaults (the
-    file `vsl queue` and `vsl bounce` act on); a bad file is a ClickException."""
-    from vsl.server import config as config_module  # (the mail model: slow to import)
-
-    if not config_path and Path("vsl.toml").is_file():
-        config_path = "vsl.toml"
-    try:
-        return config_module.load(config_path)
-    except config_module.ConfigError as err:
-        raise click.ClickException(str(err)) from None
-
-
 def serve_config(config_path, scripts, listen, queue_dir, dns_server, dns_override, hostname,
                  workers, metrics_listen=None):
     """The configuration `vsl serve` runs: the file's, changed by the options."""

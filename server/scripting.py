@@ -29,7 +29,7 @@ class Scripting:
                  state: StateStore | None = None):
         self.state = state if state is not None else open_state(config)
         engine = engine or new_engine(config.script_limits, config.dns.resolver_defaults(),
-                                      self.state, config.metrics.script)
+                                      self.state, config.metrics.script, use_cache=True)
         # stage functions that may run long (Script.call_off_loop)
         self.pool = ThreadPoolExecutor(config.script_threads, "vsl-script")
         self.policy = Policy(engine, config.scripts)

@@ -43,9 +43,11 @@ def default_namespaces(dns_defaults: DnsDefaults | None = None,
 
 def new_engine(limits: Limits | None = None, dns_defaults: DnsDefaults | None = None,
                state: StateStore | None = None,
-               script_metrics: tuple[Declaration, ...] | None = None) -> Engine:
+               script_metrics: tuple[Declaration, ...] | None = None,
+               use_cache: bool = False) -> Engine:
     """An engine with ``limits`` and the default namespaces registered (``dns_defaults``:
     what its ``dns::resolver()`` fills in; ``state``: where its limits and greylisting
-    keep their counts; ``script_metrics``: the counters its ``metrics::`` moves)."""
+    keep their counts; ``script_metrics``: the counters its ``metrics::`` moves;
+    ``use_cache``: see :class:`Engine`)."""
     return Engine(limits, namespaces=default_namespaces(dns_defaults, state,
-                                                        script_metrics))
+                                                        script_metrics), use_cache=use_cache)

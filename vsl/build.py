@@ -16,8 +16,8 @@ from lark import Token, Tree
 
 from . import ast
 from .errors import Pos, VslSyntaxError
-from .script_file import script_too_large
-from .syntax import I64_MAX, I64_MIN, check_depth, line_of, parse_tree
+from .script_file import line_of, script_too_large
+from .syntax import I64_MAX, I64_MIN, check_depth, parse_tree
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0",
             "$": "$", "`": "`"}

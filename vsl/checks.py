@@ -32,7 +32,8 @@ from typing import Mapping
 
 from . import ast
 from .methods import ANY_METHODS
-from .resolve import Diagnostic, NativeFn, Resolution, ScriptFn, closest, suggest
+from .diagnostics import Diagnostic
+from .resolve import NativeFn, Resolution, ScriptFn, closest, suggest
 from .values import type_name
 
 

@@ -32,7 +32,6 @@ from time import monotonic
 import types
 
 from . import values
-from .build import gc_paused, parse
 from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name,
                       script_fn_name)
 from .errors import (Frame, InternalError, LimitError, Pos, ScriptError, ThrownError, VslError,
@@ -42,9 +41,9 @@ from .limits import Limits
 from .methods import call_method
 from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
 from .ops import Ops, at_depth
-from .resolve import ModuleInfo, Resolution, resolve
-from .script_file import UnreadableScript, read_script
-from .syntax import line_of
+from .resolve import ModuleInfo, resolve
+from .script_cache import Compiled, ScriptCache
+from .script_file import UnreadableScript, line_of, read_script
 
 
 _INF = float("inf")
@@ -262,7 +261,7 @@ def _worker_loop() -> asyncio.AbstractEventLoop:
 class Script:
     """A loaded, compiled script: call its functions with :meth:`call`."""
 
-    def __init__(self, engine: "Engine", file: str, env: dict, resolution: Resolution,
+    def __init__(self, engine: "Engine", file: str, env: dict, compiled: Compiled,
                  module, top_value, imports: dict, quick: frozenset = frozenset()):
         self.engine = engine
         self.top_value = top_value  # the value of the top level's last statement
@@ -272,9 +271,9 @@ class Script:
         self.module = module
         self.functions = {(f.name, len(f.params)): env[script_fn_name(f.name, len(f.params))]
                           for f in module.functions}
-        self.async_functions = frozenset(resolution.async_functions)
+        self.async_functions = compiled.async_functions
         # Closures read the call's budget from a context variable, set only when needed.
-        self.uses_closures = resolution.has_closures or any(
+        self.uses_closures = compiled.has_closures or any(
             s.uses_closures for s in imports.values())
         # The entry points of the plain functions (not waiting on I/O), which take their own
         # budget (see ModuleCompiler.entry): they run without Engine.run
@@ -490,6 +489,13 @@ def _run_sync(make_coro):
     raise VslError("this function waits on I/O: use call_async() inside an event loop")
 
 
+def _parsed(source: str, file: str, limits: Limits):
+    """The typed AST of ``source``; the parser (Lark) is imported only now: a script
+    loaded from the cache needs none."""
+    from .build import parse
+    return parse(source, file, limits)
+
+
 class _Load:
     """State of one engine.load(): module cache, cycle detection, module count."""
 
@@ -504,9 +510,11 @@ class Engine:
 
     ``namespaces`` come from the host (the language knows none): without them the
     engine runs the bare language; ``vsl.stdlib.new_engine`` gives one with the
-    mail server's natives."""
+    mail server's natives. ``use_cache``: keep compiled scripts in the user's cache and
+    load them from it while their text has not changed (vsl/script_cache.py), as the
+    command line and the server do."""
 
-    def __init__(self, limits: Limits | None = None, namespaces=()):
+    def __init__(self, limits: Limits | None = None, namespaces=(), use_cache: bool = False):
         self.limits = limits or Limits()
         self.ops = Ops(self.limits)
         self.State = ExecState.for_engine(self.limits, self.ops)
@@ -514,6 +522,7 @@ class Engine:
         self.namespaces = {}
         self.native_methods = self.async_methods = frozenset()  # of the namespaces' types
         self._sources: dict[str, tuple[str, dict]] = {}
+        self.cache = ScriptCache.default() if use_cache else None  # see vsl/script_cache.py
         for ns in namespaces:
             self.register(ns)
 
@@ -545,13 +554,34 @@ class Engine:
         return self._load_module(source, file, load)
 
     def _load_module(self, source: str, file: str, load: _Load) -> Script:
-        module = parse(source, file, self.limits)
+        key = self.cache.key(self, source, file) if self.cache else None
+        compiled = self.cache.get(key, source, file, self.limits) if key else None
+        module = compiled.module if compiled else _parsed(source, file, self.limits)
         imports = {}
         for imp in module.imports:
             script = self._import(imp, module, load)
             if imp.alias is not None:
                 imports[imp.alias] = script
         infos = {alias: s.info() for alias, s in imports.items()}
+        natives = {(ns.name, n.name): n for ns in self.namespaces.values()
+                   for n in ns.functions.values()}
+        if compiled is None or compiled.infos != infos:
+            compiled = self._compile(module, infos, natives)
+            if self.cache:
+                self.cache.put(key, compiled)
+        self._sources[file] = (source, compiled.code_names)
+        env = self._environment(natives, imports)
+        for name, (ns, const) in compiled.constant_refs.items():  # see e_NsVar
+            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
+        exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
+        value = self.run(env["__top__"], (), compiled.top_async)
+        return Script(self, file, env, compiled, compiled.module, value, imports,
+                      compiled.quick)
+
+    def _compile(self, module, infos: dict, natives: dict) -> Compiled:
+        """Resolve and compile a parsed module (imported modules: ``infos``)."""
+        from .build import gc_paused
+        file, source = module.file, module.source
         with gc_paused():
             res = resolve(module, self.namespaces, infos, self.async_methods,
                           self.native_methods)
@@ -560,8 +590,6 @@ class Engine:
             more = f" (and {len(res.errors) - 1} more)" if len(res.errors) > 1 else ""
             raise VslSyntaxError(first.message + more, Pos(file, first.line, first.col),
                                  line_of(source, first.line))
-        natives = {(ns.name, n.name): n for ns in self.namespaces.values()
-                   for n in ns.functions.values()}
         compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
                                   self.limits.max_call_depth, self.limits.max_array_size,
                                   self.limits.max_string_size)
@@ -570,13 +598,9 @@ class Engine:
                 code = compile(compiler.compile(), file, "exec")
         except (SyntaxError, ValueError, TypeError, RecursionError) as err:
             raise InternalError(f"{file}: cannot compile script: {err}") from None
-        self._sources[file] = (source, compiler.code_names)
-        env = self._environment(natives, imports)
-        for name, (ns, const) in compiler.constant_refs.items():  # see e_NsVar
-            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
-        exec(code, env)  # noqa: S102 - generated from the script AST, empty builtins
-        value = self.run(env["__top__"], (), res.top_async)
-        return Script(self, file, env, res, module, value, imports, frozenset(compiler.quick))
+        return Compiled(module, infos, code, compiler.code_names, compiler.constant_refs,
+                        frozenset(compiler.quick), frozenset(res.async_functions),
+                        res.has_closures, res.top_async)
 
     def _import(self, imp, module, load: _Load) -> Script:
         where = Pos(module.file, *imp.pos)

@@ -10,33 +10,78 @@ or ruff: the source line with a caret, then a summary.
 """
 from __future__ import annotations
 
+from functools import cached_property
+import hashlib
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from .build import parse
-from .checks import EntryPoints, check
+from .diagnostics import Diagnostic
 from .errors import LimitError, VslError
 from .imports import check_nesting, import_target
-from .resolve import Diagnostic, ModuleInfo, NativeFn, resolve
+from .script_cache import Store, Unknown, cache_key, describe, engine_fingerprint
 from .script_file import UnreadableScript, read_script
+
+if TYPE_CHECKING:
+    from .checks import EntryPoints
+    from .engine import Engine
+    from .limits import Limits
+    from .resolve import ModuleInfo
 
 
 class Linter:
     """Lints files with one engine's namespaces and limits, and the entry points the
-    caller's host calls (none: the language's checks only)."""
+    caller's host calls (none: the language's checks only). The findings of a file whose
+    text, imports, engine and entry points are unchanged come from the engine's cache
+    (see vsl/script_cache.py), without parsing."""
 
-    def __init__(self, engine, entries: EntryPoints | None = None):
-        self.engine = engine
-        self.entries = entries
+    def __init__(self, engine: Engine, entries: EntryPoints | None = None):
+        self.engine, self.entries = engine, entries
+        self._start(engine.limits, engine.cache and engine.cache.store)
+
+    def _start(self, limits: Limits, store: Store | None) -> None:
+        self.limits, self.store = limits, store
         self.sources: dict[str, str] = {}  # file -> its text, to show lines in findings
         self.namespaces_called: set[str] = set()  # of the natives the linted files call
         self._infos: dict[Path, ModuleInfo | None] = {}
+        self._deps: dict[Path, dict[str, str | None]] = {}  # of each module's info
+
+    @classmethod
+    def deferred(cls, make_engine: Callable[[], Engine],
+                 make_entries: Callable[[], EntryPoints], limits: Limits,
+                 context: str) -> Linter:
+        """A linter whose engine and entry points are made only for a file that is not in
+        the cache (importing the natives takes longer than linting); ``context`` says all
+        that makes them what they are, besides the sources of vSL (it is part of the keys)."""
+        linter = cls.__new__(cls)
+        linter._start(limits, Store.default())
+        linter._make = (make_engine, make_entries)
+        linter._context = f"{context}\0{limits!r}"
+        return linter
+
+    @cached_property
+    def engine(self) -> Engine:  # (a deferred linter's)
+        return self._make[0]()
+
+    @cached_property
+    def entries(self) -> EntryPoints:  # (a deferred linter's)
+        return self._make[1]()
+
+    @cached_property
+    def _context(self) -> str:
+        """What the keys of the cache say of the engine and the entry points ("": they
+        cannot be told, no cache)."""
+        engine = engine_fingerprint(self.engine)
+        try:
+            return "" if engine is None else engine + describe(self.entries)
+        except Unknown:
+            return ""
 
     def lint_file(self, path: Path) -> list[Diagnostic]:
         """All findings for one file (a file that cannot be read is one finding)."""
         try:
-            source = read_script(path, self.engine.limits.max_script_size)
+            source = read_script(path, self.limits.max_script_size)
         except UnreadableScript as err:
             return [Diagnostic(str(path), 1, 1, "error", "io", f"cannot read: {err.message}")]
         except LimitError as err:
@@ -45,64 +90,112 @@ class Linter:
 
     def lint_source(self, source: str, file: str, script_dir: Path | None) -> list[Diagnostic]:
         self.sources[file] = source
+        key = self._cache_key(source, file, script_dir)
+        cached = self.store.get(key) if key else None
+        if cached is not None and all(_digest_of(Path(path)) == digest
+                                      for path, digest in cached[2].items()):
+            findings, called, _ = cached
+        else:
+            findings, called, deps = self._lint(source, file, script_dir)
+            if key:
+                self.store.put(key, (findings, called, deps))
+        self.namespaces_called.update(called)
+        return findings
+
+    def _cache_key(self, source: str, file: str, script_dir: Path | None) -> str | None:
+        if self.store is None:
+            return None
+        where = str(script_dir.resolve()) if script_dir is not None else ""
+        return cache_key("lint", self._context, file, where, source) if self._context \
+            else None
+
+    def _lint(self, source: str, file: str, script_dir: Path | None):
+        """The findings, the namespaces of the natives called and the files read (path ->
+        digest) of a file's lint."""
+        from .build import parse  # (Lark and the checks: only for text not in the cache)
+        from .checks import check
+        from .resolve import NativeFn, resolve
+
         try:
             module = parse(source, file, self.engine.limits)
         except VslError as err:
             pos = err.pos
             return [_syntax_finding(source, file, pos.line if pos else 1, pos.col if pos else 1,
-                                    err.message)]
+                                    err.message)], set(), {}
         findings: list[Diagnostic] = []
-        imports = {}
+        imports, deps = {}, {}
         for imp in module.imports:
-            info, problem = self._import_info(imp.path, script_dir, [Path(file).resolve()])
+            info, problem, read = self._import_info(imp.path, script_dir,
+                                                    [Path(file).resolve()])
+            deps.update(read)
             if problem:
                 findings.append(Diagnostic(file, *imp.pos, "error", "import", problem))
             elif imp.alias is not None:
                 imports[imp.alias] = info
         res = resolve(module, self.engine.namespaces, imports, self.engine.async_methods,
                       self.engine.native_methods)
-        self.namespaces_called.update(target.ns for target in res.targets.values()
-                                      if isinstance(target, NativeFn))
+        called = {target.ns for target in res.targets.values() if isinstance(target, NativeFn)}
         typed = check(module, res, self.engine.namespaces, self.entries)
         known = {(d.line, d.col, d.code) for d in typed}  # a typed finding says it better
         findings += [d for d in res.diagnostics if (d.line, d.col, d.code) not in known]
         findings += typed
-        return sorted(findings, key=lambda d: (d.line, d.col))
+        return sorted(findings, key=lambda d: (d.line, d.col)), called, deps
 
     def _import_info(self, rel: str, script_dir: Path | None, chain: list[Path]):
+        """The info of an imported module, or the problem; and the files read for it
+        (path -> digest, None: unreadable)."""
+        from .build import parse
+        from .resolve import ModuleInfo, resolve
+
         if script_dir is None:
-            return None, "import needs a script directory"
+            return None, "import needs a script directory", {}
         root = script_dir.resolve()
         try:
             target = import_target(root, rel)
             check_nesting(len(chain) - 1)
         except VslError as err:
-            return None, err.message
+            return None, err.message, {}
         if target in chain:
-            return None, f"import cycle through '{target.name}'"
+            return None, f"import cycle through '{target.name}'", {}
         if target in self._infos:
             info = self._infos[target]
-            return info, None if info else f"module '{rel}' has errors"
+            return info, None if info else f"module '{rel}' has errors", self._deps[target]
+        read = {str(target): None}
         try:
             source = read_script(target, self.engine.limits.max_script_size)
+            read[str(target)] = _digest(source)
             module = parse(source, str(target), self.engine.limits)
         except UnreadableScript as err:
-            return None, f"cannot import '{rel}': {err.message}"
+            return None, f"cannot import '{rel}': {err.message}", read
         except VslError as err:
-            return None, f"module '{rel}' does not parse: {err.message}"
+            return None, f"module '{rel}' does not parse: {err.message}", read
         imports = {}
         for imp in module.imports:
-            info, problem = self._import_info(imp.path, root, chain + [target])
+            info, problem, more = self._import_info(imp.path, root, chain + [target])
+            read.update(more)
             if problem:
-                return None, problem
+                return None, problem, read
             if imp.alias is not None:
                 imports[imp.alias] = info
         res = resolve(module, self.engine.namespaces, imports, self.engine.async_methods,
                       self.engine.native_methods)
         info = ModuleInfo(frozenset((f.name, len(f.params)) for f in module.functions),
                           frozenset(res.async_functions), frozenset(res.constants))
-        self._infos[target] = info
-        return info, None
+        self._infos[target], self._deps[target] = info, read
+        return info, None, read
+
+
+def _digest(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _digest_of(path: Path) -> str | None:
+    """The digest of the script file ``path`` as :meth:`Linter._lint` read it (None: it
+    cannot be read)."""
+    try:
+        return _digest(read_script(path, 0))
+    except UnreadableScript:
+        return None
 
 
 _MISSING_SEMICOLON = re.compile(r"^unexpected (.+?), expected ';'")
@@ -153,8 +246,12 @@ def empty_paths(paths, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
     unchecked)."""
     return [Diagnostic(str(p), 0, 0, "error" if note else "warning", "no-scripts",
                        f"no .vsl file here{note}")
-            for p in map(Path, paths) if p.is_dir() and not any(p.rglob("*.vsl"))
-            for note in [foreign_note(p, foreign)]]
+            for p in empty_dirs(paths) for note in [foreign_note(p, foreign)]]
+
+
+def empty_dirs(paths) -> list[Path]:
+    """The directories among ``paths`` that hold no ``.vsl`` file."""
+    return [p for p in map(Path, paths) if p.is_dir() and not any(p.rglob("*.vsl"))]
 
 
 def format_concise(findings: list[Diagnostic]) -> str:

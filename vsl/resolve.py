@@ -55,25 +55,10 @@ import difflib
 from dataclasses import dataclass, field
 
 from . import ast
+from .diagnostics import Diagnostic
 from .infer import INT, NOT_INT, constants_first, int_variables, literal_constants
 from .methods import METHOD_NAMES
 from .names import local_name
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    """One finding: ``path:line:col: severity: message [code]``."""
-
-    file: str
-    line: int
-    col: int
-    severity: str  # "error" | "warning"
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.col}" if self.line else self.file  # 0: a path
-        return f"{where}: {self.severity}: {self.message} [{self.code}]"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import os
 import stat
 
 from .errors import LimitError, Pos, VslError
-from .syntax import line_of
 
 _UTF8_MAX = 4  # bytes of one character in UTF-8, at most
 
@@ -46,6 +45,12 @@ def read_script(path: str | os.PathLike, limit: int) -> str:
             f"more than {limit} characters"
         raise script_too_large(size, str(path), text)
     return text
+
+
+def line_of(source: str, line: int) -> str:
+    """Line ``line`` (1-based) of ``source``, "" past either end: the line an error shows."""
+    lines = source.splitlines()
+    return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
 def script_too_large(size: str, file: str, source: str) -> LimitError:

@@ -20,6 +20,7 @@ from . import parse_tree as parse_tree_callbacks
 from .errors import Pos, VslSyntaxError
 from .lalr_driver import FastParser, fast_parser
 from .parser_cache import grammar_cache
+from .script_file import line_of
 
 # grammar/ is installed as the package vsl.grammar (see pyproject.toml).
 GRAMMAR = files("vsl.grammar") / "vsl.lark"
@@ -99,12 +100,6 @@ def expected_words(expected: set[str]) -> str:
     if len(ordered) == 1:
         return ordered[0]
     return ", ".join(ordered[:-1]) + " or " + ordered[-1]
-
-
-def line_of(source: str, line: int) -> str:
-    """Line ``line`` (1-based) of ``source``, "" past either end: the line an error shows."""
-    lines = source.splitlines()
-    return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
 def _syntax_error(source: str, file: str, message: str, line: int, col: int) -> VslSyntaxError:
