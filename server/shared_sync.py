@@ -12,9 +12,9 @@ of every process pile up behind the lock and the next sync covers them all.
 
 Both are ``flock`` locks: the kernel lets go of them when their holder dies, so a
 process killed during its sync stalls nobody (its generation never completes; the next
-holder starts a newer one). The counters are read and written only under the state
-file's own lock (short holds, never across a sync): no torn read can claim a sync that
-did not happen. A state file lost meanwhile (read as zeros) costs extra syncs, never a
+holder starts a newer one). Only a holder of the sync lock writes the counters, under
+the state file's own lock, which a writer reading ``started`` takes too (short holds,
+never across a sync): no torn read can claim a sync that did not happen. A state file lost meanwhile (read as zeros) costs extra syncs, never a
 skipped one: a waiter whose generation has not completed runs a sync itself.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-from contextlib import contextmanager
 from pathlib import Path
 
 from .files import sync_file_system
@@ -42,9 +41,14 @@ class SharedSync:
         self._pid = 0
 
     def after_writes(self) -> int:
-        """The generation of sync that covers what this process wrote so far."""
-        with self._counters() as (started, _completed):
-            return started + 1
+        """The generation of sync that covers what this process wrote so far (read
+        under the state file's lock: never half of a write made by a sync's holder)."""
+        state_fd = self._files()[1]
+        fcntl.flock(state_fd, fcntl.LOCK_SH)
+        try:
+            return self._read()[0] + 1
+        finally:
+            fcntl.flock(state_fd, fcntl.LOCK_UN)
 
     def wait(self, needed: int) -> None:
         """Return once a sync of generation ``needed`` or later has completed, running it
@@ -52,15 +56,13 @@ class SharedSync:
         sync_fd = self._files()[0]
         fcntl.flock(sync_fd, fcntl.LOCK_EX)
         try:
-            with self._counters() as (started, completed):
-                if completed >= needed:
-                    return
-                generation = started + 1
-                self._store(generation, completed)
+            started, completed = self._read()  # only holders of the sync lock write them
+            if completed >= needed:
+                return
+            self._store(started + 1, completed)
             sync_file_system(self.root)
             self.syncs += 1
-            with self._counters() as (_started, completed):
-                self._store(generation, max(completed, generation))
+            self._store(started + 1, started + 1)
         finally:
             fcntl.flock(sync_fd, fcntl.LOCK_UN)
 
@@ -71,20 +73,19 @@ class SharedSync:
                 os.close(fd)
         self._fds = None
 
-    @contextmanager
-    def _counters(self):
-        """(started, completed), under the state file's lock."""
+    def _read(self) -> tuple[int, int]:
+        """(started, completed); zeros for a state file lost or cut short."""
+        data = os.pread(self._files()[1], _COUNTERS.size, 0)
+        return _COUNTERS.unpack(data) if len(data) == _COUNTERS.size else (0, 0)
+
+    def _store(self, started: int, completed: int) -> None:
+        """Write the counters, under the state file's lock (see after_writes)."""
         state_fd = self._files()[1]
         fcntl.flock(state_fd, fcntl.LOCK_EX)
         try:
-            data = os.pread(state_fd, _COUNTERS.size, 0)
-            yield _COUNTERS.unpack(data) if len(data) == _COUNTERS.size else (0, 0)
+            os.pwrite(state_fd, _COUNTERS.pack(started, completed), 0)
         finally:
             fcntl.flock(state_fd, fcntl.LOCK_UN)
-
-    def _store(self, started: int, completed: int) -> None:
-        """Write the counters (the caller holds the state file's lock)."""
-        os.pwrite(self._files()[1], _COUNTERS.pack(started, completed), 0)
 
     def _files(self) -> tuple[int, int]:
         """(sync lock, state file), opened by this process."""
