@@ -6,6 +6,8 @@ hold queue, and a bare aiosmtpd sink that discards them, in the same run.
     python bench/throughput.py --quick          # 1,000 messages: a try-out in a minute or two
     python bench/throughput.py --receivers 1,2  # a vSL column per [server] workers value
     python bench/throughput.py --event-loops asyncio,uvloop  # a vSL column per event loop
+    python bench/throughput.py --baseline /tmp/base  # each vSL column again, run by the
+                                            # checkout /tmp/base's .venv (before/after)
     python bench/throughput.py --backend spool,rabbitmq --receivers 1,2 --sessions 16 \
         --sizes 10k                             # issue 16: the broker against the spool
 
@@ -22,6 +24,9 @@ hold queue, and a bare aiosmtpd sink that discards them, in the same run.
     runs delivery, idle here.
   - --event-loops: `[server] event_loop` of each vSL column (default: the configured
     default, "auto": uvloop where installed).
+  - --baseline DIR: each vSL column is followed by the same one served by DIR's
+    `.venv/bin/vsl` (another checkout, e.g. main before a change), named "... (base)", and
+    the ratio of the two is shown.
 * Postfix: a throw-away instance in a temporary directory (its own config_directory,
   queue_directory and data_directory, `inet_interfaces = 127.0.0.1`, smtpd on a free port,
   `smtpd_recipient_restrictions = static:hold`, discard transports), started and stopped with
@@ -257,17 +262,21 @@ class VslServer(ProcessServer):
     backend = "spool"
     policy = HOLD_POLICY
 
-    def __init__(self, work: Path, receivers: int = 1, event_loop: str = "auto"):
+    def __init__(self, work: Path, receivers: int = 1, event_loop: str = "auto",
+                 baseline: Path | None = None):
         self.receivers, self.event_loop = receivers, event_loop
+        self.vsl = baseline / ".venv" / "bin" / "vsl" if baseline else VSL
         self.name = (f"vSL {self.backend}" + ("" if event_loop == "auto" else f" {event_loop}")
-                     + (f" x{receivers}" if receivers > 1 else ""))
-        self.work = work / f"vsl-{self.backend}-{event_loop}-x{receivers}"
+                     + (f" x{receivers}" if receivers > 1 else "")
+                     + (BASE_SUFFIX if baseline else ""))
+        self.work = work / (f"vsl-{self.backend}-{event_loop}-x{receivers}"
+                            + ("-base" if baseline else ""))
         self.scripts = self.work / "scripts"
         self.queue = self.work / "queue"
         self.log = self.work / "server.log"
 
     def command(self) -> list[str]:
-        return [str(VSL), "serve", "--config", str(self.work / "vsl.toml"),
+        return [str(self.vsl), "serve", "--config", str(self.work / "vsl.toml"),
                 "--listen", f"127.0.0.1:{self.port}", "--scripts", str(self.scripts),
                 "--queue-dir", str(self.queue), "--hostname", "example.test"]
 
@@ -506,7 +515,8 @@ class SinkServer(ProcessServer):
 
 
 VSL_BACKENDS = {"spool": VslServer, "rabbitmq": AmqpVslServer}
-NAME_WIDTH = len("vSL rabbitmq asyncio x2")
+BASE_SUFFIX = " (base)"  # a column of --baseline's checkout
+NAME_WIDTH = len("vSL rabbitmq asyncio x2" + BASE_SUFFIX)
 
 
 # ---- load -----------------------------------------------------------------------------------
@@ -700,9 +710,11 @@ def report(results: list[Result], args) -> None:
 
 def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
     """(numerator, denominator) of the ratios shown: every vSL column against Postfix and
-    the sink, and each broker column against the spool column with as many receivers."""
+    the sink, each broker column against the spool column with as many receivers, and
+    each column against its --baseline twin."""
     vsls = [n for n in names if n.startswith("vSL")]
     pairs = [(n, other) for other in ("Postfix", "sink") if other in names for n in vsls]
+    pairs += [(n, n + BASE_SUFFIX) for n in vsls if n + BASE_SUFFIX in names]
     return pairs + [(n, n.replace("rabbitmq", "spool")) for n in vsls
                     if "rabbitmq" in n and n.replace("rabbitmq", "spool") in names]
 
@@ -760,6 +772,9 @@ def main() -> int:
     parser.add_argument("--backend", type=backend_list, default=["spool"],
                         help="vSL's queue, comma-separated: spool, rabbitmq (a private "
                              "broker per column); one vSL column each (default spool)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (with its .venv) serving a twin of each "
+                             "vSL column, run just before it: before/after in one run")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -775,8 +790,12 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="vsl-throughput-", dir="/tmp"))
     work.chmod(0o755)  # Postfix's daemons (user postfix) reach their queue through it
-    servers = [VSL_BACKENDS[backend](work, n, loop) for backend in args.backend
-               for n in args.receivers for loop in args.event_loops] if "vsl" in wanted else []
+    if args.baseline and not (args.baseline / ".venv" / "bin" / "vsl").exists():
+        parser.error(f"--baseline: no {args.baseline / '.venv/bin/vsl'}")
+    builds = [args.baseline, None] if args.baseline else [None]
+    servers = [VSL_BACKENDS[backend](work, n, loop, build) for backend in args.backend
+               for n in args.receivers for loop in args.event_loops
+               for build in builds] if "vsl" in wanted else []
     servers += [kinds[k](work) for k in wanted if k != "vsl"]
 
     def stop_all() -> None:

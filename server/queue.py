@@ -11,9 +11,10 @@ file does:
 both files are written to ``tmp/``, made durable, then renamed into place (JSON last)
 and the renames made durable, before :meth:`Spool.put` returns. Many sessions
 finishing together share that work: a single writer thread commits them in batches,
-with one ``syncfs`` (or one fsync per file where syncfs is missing) per batch, so
-throughput grows with concurrency while no caller is answered before its own data is
-on disk.
+with one ``syncfs`` (or one fsync per file where syncfs is missing) per batch, itself
+shared with the other processes writing the spool (server/shared_sync.py: one sync
+covers every worker's batch), so throughput grows with concurrency while no caller is
+answered before its own data is on disk.
 
 An envelope that cannot be read (a newer version, a field of the wrong type, an I/O
 error) is never misread: :meth:`Spool.scan` reports it, :meth:`Spool.list` skips it with a
@@ -57,9 +58,9 @@ from typing import TYPE_CHECKING
 from vsl.stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
-from .files import (HAS_SYNCFS, make_private_dirs, sync_directory, sync_file_system,
-                    write_new_file)
+from .files import HAS_SYNCFS, make_private_dirs, sync_directory, write_new_file
 from .journal import Journal
+from .shared_sync import SharedSync
 from .printable import printable
 from .queue_backend import (MESSAGE_ID, QUEUES, Entry, QueueError, UnreadableEnvelope,
                             WorkSignal,
@@ -113,11 +114,13 @@ def moved_meanwhile(queue: str) -> QueueError:
 
 
 class _Committer:
-    """One writer thread committing batches of writes with a single sync each."""
+    """One writer thread committing batches of writes with a single sync each, shared
+    with the other processes writing the spool (server/shared_sync.py)."""
 
     def __init__(self, root: Path):
         self.root = root
         self.tmp = root / "tmp"
+        self.shared_sync = SharedSync(root)
         self.pending: list[_Write] = []
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -160,6 +163,7 @@ class _Committer:
             with self.cond:
                 while not self.pending:
                     if self.closing:
+                        self.shared_sync.close()  # the next thread opens its files again
                         self.thread = None  # under the lock: the next submit starts one
                         self.cond.notify_all()  # close() waits for this
                         return
@@ -226,7 +230,7 @@ class _Committer:
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
         if HAS_SYNCFS:
-            sync_file_system(self.root)
+            self.shared_sync.wait(self.shared_sync.after_writes())
             return
         for directory in directories:
             sync_directory(directory)
