@@ -68,6 +68,7 @@ import itertools
 
 from . import ast as A
 from .fastpaths import FastPaths
+from .infer import nonneg_variables, range_starts
 from .methods import WALKING_METHODS
 from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
                       py_is_type, py_name, py_walrus)
@@ -163,6 +164,13 @@ class _Fn(FastPaths):
             return py_call(helper, *args)
         number = any(isinstance(a, py.Constant) and type(a.value) in (int, float) for a in args)
         return py_call(helper, self.budget() if number else self.walks(), *args)
+
+    def int_binary(self, op: str, *args: py.expr) -> py.Call:
+        """The helper of ``op`` for operands known to be ints, reached only to report an
+        overflow: an int's work does not grow, so a charged helper gets no budget."""
+        helper = _BINARY_HELPERS[op]
+        return py_call(helper, py_const(None), *args) if op in _CHARGED else \
+            py_call(helper, *args)
 
     def wait(self, call: py.expr) -> py.expr:
         return py.Await(call)
@@ -369,13 +377,10 @@ class _Fn(FastPaths):
         else:
             source = py_call("_iter", self.expr(it))
         var = self.names(s, "var")
-        if isinstance(it, A.Binary) and it.op in ("..", "..=") and self.nonneg(it.left):
-            self.mc.note_nonneg(var)
         if s.index_var is None:
             target: py.expr = py_name(var, store=True)
         else:
             source = py_call("_enumerate", source)
-            self.mc.note_nonneg(self.names(s, "index"))
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
         self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
@@ -709,7 +714,8 @@ class ModuleCompiler:
         self.fixed_params: set[str] = set()  # of the function being compiled
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
-        self.nonneg_vars: set[str] = set()  # ints never below 0 (see note_nonneg)
+        self.nonneg_vars = nonneg_variables(res.sources, res.names, res.int_vars,
+                                            range_starts(module, res.names))
         self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
@@ -724,12 +730,6 @@ class ModuleCompiler:
         if flag is None:
             flag = self.param_flags[(value.id, kind)] = self.tmp("_k")
         return py_name(flag)
-
-    def note_nonneg(self, var: str) -> None:
-        """Loop variable ``var`` takes only ints >= 0 (the items of a range starting at 0 or
-        more, an index): so does every read of it if nothing else assigns it."""
-        if len(self.res.sources.get(var, ())) == 1:
-            self.nonneg_vars.add(var)
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"

@@ -49,6 +49,9 @@ from .syntax import line_of
 
 _INF = float("inf")
 _UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int arithmetic
+# The largest chunk of an untimed budget: below 2**30 the count is a one-digit int, which
+# CPython subtracts and compares without allocating (a larger one made every tick slower)
+_ONE_DIGIT = (1 << 30) - 1
 _STATE: ContextVar = ContextVar("vsl_exec_state")
 _NO_ARG = object()  # Script.call() without arguments
 _UNDEF = values.Undefined()  # a constant's global before the top level sets it
@@ -67,8 +70,8 @@ class ExecState:
 
     Compiled code counts operations down in ``n`` and calls :meth:`slow` when a chunk is
     used up; chunks grow while operations are cheap and shrink to one when they are slow,
-    so even O(n) operations cannot run far past the deadline. Without a deadline the
-    first chunk is the whole budget: :meth:`slow` then only runs when it is spent.
+    so even O(n) operations cannot run far past the deadline. Without a deadline a chunk
+    is the whole budget, up to _ONE_DIGIT operations.
 
     Every call has its own state while it runs (never shared, so concurrent and nested
     calls cannot spend each other's budget). A compiled entry point whose body loops or
@@ -91,7 +94,7 @@ class ExecState:
         """A subclass bound to one engine's limits, so that a call's set-up is cheap."""
         total = limits.max_operations or _UNLIMITED
         timed = bool(limits.max_time)
-        first = min(cls.FIRST, total) if timed else total
+        first = min(cls.FIRST if timed else _ONE_DIGIT, total)
         return type("ExecState", (cls,), {
             "__slots__": (), "limits": limits, "ops": ops, "first": first,
             "rest": total - first, "max_time": limits.max_time or _INF, "timed": timed})
@@ -120,7 +123,7 @@ class ExecState:
                 self.size *= 2
             chunk = min(self.size, available)
         else:
-            chunk = available
+            chunk = min(available, _ONE_DIGIT)
         if available < 0:
             raise LimitError(f"too many operations (limit {self.limits.max_operations}, "
                              "limits.max_operations)")

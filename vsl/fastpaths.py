@@ -33,7 +33,7 @@ import ast as py
 import copy
 
 from . import ast as A
-from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
+from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value, nonneg_expr
 from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
 
 
@@ -260,14 +260,9 @@ class FastPaths:
         return py.BoolOp(py.Or(), tests)
 
     def nonneg(self, e) -> bool:
-        """Whether ``e`` is an int >= 0 whenever it evaluates: a literal, a loop variable
-        (ModuleCompiler.note_nonneg), or such an int ``/`` or ``%`` a positive literal."""
-        if isinstance(e, A.Literal):
-            return type(e.value) is int and e.value >= 0
-        if isinstance(e, A.Var):
-            return self.mc.res.names[(id(e), "ref")] in self.mc.nonneg_vars
-        return isinstance(e, A.Binary) and e.op in ("/", "%") and _int_literal(e.right) and \
-            e.right.value > 0 and self.nonneg(e.left)
+        """Whether ``e`` is an int >= 0 whenever it evaluates (infer.nonneg_expr: a literal,
+        a variable never below 0, sums, products, ``/`` or ``%`` a positive literal)."""
+        return nonneg_expr(e, self.mc.res.names, self.mc.nonneg_vars)
 
     def known_int(self, e) -> bool:
         res = self.mc.res
@@ -283,10 +278,31 @@ class FastPaths:
         if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
             return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
-            return self.fast_int_arith(e.op, left, e.right.value, left_int)
+            return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left))
+        if e.op in ("+", "-") and left_int and right_int:
+            return self.known_int_sum(e.op, left, right, self.nonneg(e.left),
+                                      self.nonneg(e.right))
         if e.op in _PY_CMP or e.op in ("+", "-"):
             return self.fast_int_pair(e.op, (left, left_int), (right, right_int))
         return None
+
+    def known_int_sum(self, op: str, left: py.expr, right: py.expr, left_nonneg: bool,
+                      right_nonneg: bool) -> py.expr:
+        """``a + b`` or ``a - b`` of two known ints, each evaluated where first used: the
+        result tested against the i64 bounds it can pass (none for a difference of two
+        ints >= 0, the upper one for their sum); the helper reports an overflow."""
+        (a, a_first), (b, b_first) = self.named(left), self.named(right)
+        pyop = py.Add() if op == "+" else py.Sub()
+        if left_nonneg and right_nonneg and op == "-":
+            return py.BinOp(a_first, pyop, b_first)
+        r = self.mc.tmp("_w")
+        result = py_walrus(r, py.BinOp(a_first, pyop, b_first))
+        if left_nonneg and right_nonneg:
+            in_range = py.Compare(result, [py.LtE()], [py_const(I64_MAX)])
+        else:
+            in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
+                                  [result, py_const(I64_MAX)])
+        return py.IfExp(in_range, py_name(r), self.int_binary(op, a, b))
 
     def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list]:
         """The operand to use and the type tests it needs (none for a known-int name)."""
@@ -308,16 +324,8 @@ class FastPaths:
     def fast_int_pair(self, op: str, left, right) -> py.expr:
         """Two ints: compare or add/subtract inline. Operands are evaluated once, in order
         (the non-short-circuit ``&``); those known to be ints are not tested."""
-        if left[1] and right[1]:  # both known: no tests, each evaluated where first used
-            if op in _PY_CMP:
-                return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
-            (a, a_first), (b, b_first) = self.named(left[0]), self.named(right[0])
-            r = self.mc.tmp("_w")
-            pyop = py.Add() if op == "+" else py.Sub()
-            in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
-                                  [py_walrus(r, py.BinOp(a_first, pyop, b_first)),
-                                   py_const(I64_MAX)])
-            return py.IfExp(in_range, py_name(r), self.binary(op, a, b))
+        if left[1] and right[1] and op in _PY_CMP:  # both known: no tests
+            return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
         a, tests = self.int_operand(*left)
         b, more = self.int_operand(*right)
         tests += more
@@ -337,8 +345,10 @@ class FastPaths:
         test = py.BoolOp(py.And(), [*tests, in_range]) if tests else in_range
         return py.IfExp(test, py_name(r), slow)
 
-    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool) -> py.expr | None:
-        """``x + 3`` without a helper call when x is an int and the result cannot overflow."""
+    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool,
+                       nonneg: bool) -> py.expr | None:
+        """``x + 3`` without a helper call when x is an int and the result cannot overflow
+        (x known to be an int: not tested; known to be >= 0: only its upper bound)."""
         if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
             if k <= 0:
                 return None
@@ -355,11 +365,12 @@ class FastPaths:
         pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
         if known:  # no type test: evaluated in the bounds test (or the operation)
             w, first = self.named(left)
-            if (lo, hi) == (I64_MIN, I64_MAX):
+            if (lo, hi) == (I64_MIN, I64_MAX) or nonneg and hi == I64_MAX:  # (lo <= 0)
                 return py.BinOp(first, pyop, py_const(k))
-            return py.IfExp(py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)]),
-                            py.BinOp(w, pyop, py_const(k)),
-                            self.binary(op, w, py_const(k)))
+            bounds = py.Compare(first, [py.LtE()], [py_const(hi)]) if nonneg else \
+                py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)])
+            return py.IfExp(bounds, py.BinOp(w, pyop, py_const(k)),
+                            self.int_binary(op, w, py_const(k)))
         w, tests = self.int_operand(left, known)
         bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
             [py.Compare(py_const(lo), [py.LtE(), py.LtE()], [w, py_const(hi)])]
