@@ -372,10 +372,8 @@ class _Fn(FastPaths):
 
     def s_For(self, s: A.For) -> None:
         it = s.iterable
-        if isinstance(it, A.Binary) and it.op in ("..", "..="):
-            source = self.expr(it)
-        else:
-            source = py_call("_iter", self.expr(it))
+        over_range = isinstance(it, A.Binary) and it.op in ("..", "..=")
+        source = self.expr(it) if over_range else py_call("_iter", self.expr(it))
         var = self.names(s, "var")
         if s.index_var is None:
             target: py.expr = py_name(var, store=True)
@@ -383,7 +381,46 @@ class _Fn(FastPaths):
             source = py_call("_enumerate", source)
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
-        self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
+        body = self.nested(lambda: self.block(s.body, None))
+        if over_range and s.index_var is None and self.unchanging(py_name(var)) and \
+                _budget_free(body):
+            self.range_chunks(var, source, body, s.pos)
+            return
+        suite = located(self.tick(), s.pos) + body
+        self.emit(py.For(target, source, suite, []), s.pos)
+
+    def range_chunks(self, var: str, source: py.expr, body: list[py.stmt],
+                     pos: A.Loc) -> None:
+        """``for var in a..b`` whose body uses no budget (see _budget_free): the range runs
+        in chunks, each iteration's tick counted for a whole chunk at once (ExecState.grant)
+        and what the chunk did not run (it ended, or a ``break``, ``return`` or error
+        left it) given back, so the count is
+        the one of a tick per iteration (``var`` is not assigned in the body: its value
+        tells how many iterations started)::
+
+            _r = range(a, b)
+            while _r:
+                _k = _t.grant(); _s = _r[0] - 1
+                try:
+                    for var in _r[:_k]: body
+                    else: _r = _r[_k:]; continue
+                finally: _t.n += _k - (var - _s)
+                break
+        """
+        self.mc.uses.add("tick")
+        r, k, s = self.tmp(), self.tmp(), self.tmp()
+        t = self.budget()
+        grant = py_call(py.Attribute(t, "grant", py.Load()))
+        first = py.BinOp(py.Subscript(py_name(r), py_const(0), py.Load()), py.Sub(), py_const(1))
+        chunk = py.Subscript(py_name(r), py.Slice(None, py_name(k), None), py.Load())
+        rest = py.Subscript(py_name(r), py.Slice(py_name(k), None, None), py.Load())
+        run = py.For(py_name(var, store=True), chunk, body,
+                     [py_assign(r, rest), py.Continue()])
+        unrun = py.BinOp(py_name(k), py.Sub(), py.BinOp(py_name(var), py.Sub(), py_name(s)))
+        give_back = py.AugAssign(py.Attribute(py_name("_t"), "n", py.Store()), py.Add(), unrun)
+        self.emit([py_assign(r, source), py.While(py_name(r), [
+            py_assign(k, grant), py_assign(s, first),
+            py.Try([run], [], [], [give_back]), py.Break()], [])], pos)
 
     def s_Try(self, s: A.Try) -> None:
         body = self.nested(lambda: self.block(s.body, None))
@@ -627,6 +664,36 @@ class _Fn(FastPaths):
     def e_NsCall(self, e: A.NsCall) -> py.expr:
         return self.target_call(e, self.mc.res.targets[id(e)], self.seq(e.args))
 
+
+
+# The helpers compiled code calls that run no script code and use no budget unless given
+# one (see _budget_free), and the methods of Python's str, list and dict that fast paths
+# call once the types are checked.
+_BUDGET_FREE_CALLS = frozenset({
+    "_add", "_sub", "_mul", "_div", "_mod", "_pow", "_eq", "_ne", "_lt", "_le", "_gt", "_ge",
+    "_in", "_notin", "_eqv", "_range", "_rangei", "_neg", "_pos", "_not", "_cond", "_idx",
+    "_setidx", "_getprop", "_setprop", "_iter", "_enumerate", "_len", "_throw", "_errval",
+    "_too_long", "_gget"})
+_BUDGET_FREE_METHODS = frozenset({"append", "get", "startswith", "endswith", "lower", "upper",
+                                  "strip", "split"})
+
+
+def _budget_free(stmts: list[py.stmt]) -> bool:
+    """Whether compiled statements never touch the budget: no ``_t``, no call but of the
+    helpers and methods above (a script function, a closure, a native or a generic method
+    may count operations), no nested function, no waiting."""
+    for stmt in stmts:
+        for node in py.walk(stmt):
+            cls = node.__class__
+            if cls is py.Name and node.id == "_t" or cls in (
+                    py.FunctionDef, py.AsyncFunctionDef, py.Lambda, py.Await):
+                return False
+            if cls is py.Call and not (
+                    node.func.__class__ is py.Name and node.func.id in _BUDGET_FREE_CALLS or
+                    node.func.__class__ is py.Attribute and
+                    node.func.attr in _BUDGET_FREE_METHODS):
+                return False
+    return True
 
 
 def _known_bool(e) -> bool:

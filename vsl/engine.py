@@ -130,6 +130,19 @@ class ExecState:
         self.left = available - chunk
         self.n = chunk
 
+    def grant(self) -> int:
+        """Count the ticks of as many loop iterations as the chunk holds, at once (at
+        least one: the first tick calls slow() as compiled code would, so an error comes
+        at the same iteration); how many were counted. The loop gives back those it did
+        not run (compile._Fn.range_chunks)."""
+        n = self.n - 1
+        if n < 0:
+            self.n = n
+            self.slow()
+            n = self.n
+        self.n = 0
+        return n + 1
+
     def work(self, size: int) -> None:
         """Charge the work of one step that grows with a value's size (``size`` items or
         characters: one operation, plus one per 64), checking the clock when the chunk is

@@ -1,0 +1,132 @@
+"""Loops and integer steps on their fast paths run the semantics of the general ones: a
+range loop counted a chunk at once (compile._Fn.range_chunks) needs the same operations
+as one ticking every iteration, stops at the same iteration with the same error and
+position, and gives back what a break, return or caught error left unrun; integers
+proved never below 0 still overflow at the i64 bounds."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.test_fastpaths_budget import fewest_operations, succeeds
+from vsl import compile as compiler
+from vsl.errors import LimitError, ScriptError, VslError
+from vsl.limits import Limits
+from vsl.stdlib import new_engine
+
+LOOPS = textwrap.dedent("""\
+    fn sum(n) { let s = 0; for i in 0..n { s += i * 2; } s }
+    fn early(n) { let s = 0; for i in 0..n { if i == 5 { break; } s += i; } s }
+    fn found(n) { for i in 1..=n { if i % 7 == 6 { return i; } } -1 }
+    fn caught(n) {
+        let s = 0;
+        try { for i in 0..n { if i == 3 { throw "stop"; } s += i; } } catch { s += 100; }
+        for j in 0..n { s += j; }
+        s
+    }
+    fn nested(n) { let s = 0; for i in 0..n { for j in i..n { s += j - i; } } s }
+    fn fill(arr, n) { for i in 0..n { arr[i] = i; } }
+    fn skip(n) { let s = 0; for i in 0..n { if i % 2 == 0 { continue; } s += i; } s }
+""")
+CALLS = [("sum", (50,)), ("early", (50,)), ("found", (30,)), ("caught", (20,)),
+         ("nested", (12,)), ("skip", (40,)), ("sum", (0,))]
+
+
+@pytest.fixture
+def ticking(monkeypatch):
+    """Compile every range loop with a tick per iteration (no chunks)."""
+    return lambda: monkeypatch.setattr(compiler, "_budget_free", lambda stmts: False)
+
+
+def chunked(source: str) -> bool:
+    """Whether the compiled code of ``source`` counts a range loop by chunks."""
+    script = new_engine().load_source(source)
+    return any("grant" in fn.__code__.co_names for fn in script.functions.values())
+
+
+def test_the_loops_of_these_tests_run_by_chunks():
+    assert chunked(LOOPS)
+
+
+@pytest.mark.parametrize("name, args", CALLS)
+@pytest.mark.parametrize("timed", [False, True])
+def test_a_chunked_range_loop_needs_the_operations_of_a_ticking_one(name, args, timed,
+                                                                     ticking):
+    def run(limits):
+        if timed:  # chunks of 16 to 1024 operations, the clock read between them
+            limits = limits.with_changes(max_time=60)
+        return succeeds(lambda: new_engine(limits).load_source(LOOPS).call(name, *args))
+
+    chunks = fewest_operations(run)
+    expected = new_engine().load_source(LOOPS).call(name, *args)
+    ticking()
+    assert fewest_operations(run) == chunks
+    assert new_engine().load_source(LOOPS).call(name, *args) == expected
+
+
+@pytest.mark.parametrize("max_time", [0, 60])
+def test_a_chunked_loop_stops_at_the_exact_iteration_and_position(max_time):
+    script = new_engine(Limits(max_operations=100, max_time=max_time)).load_source(
+        LOOPS, "loops.vsl")
+    arr = [-1] * 1000
+    with pytest.raises(LimitError, match="too many operations") as info:
+        script.call("fill", arr, 1000)
+    # the call's own operation and 99 iterations: the 100th iteration's tick fails
+    assert arr[:99] == list(range(99)) and arr[99:] == [-1] * 901
+    assert (info.value.pos.line, info.value.pos.col) == (11, 19)  # the loop's `for`
+    assert [frame.function for frame in info.value.stack] == ["fill"]
+
+
+def test_what_a_break_left_unrun_is_given_back_exactly():
+    source = "fn f(arr) { for i in 0..1000 { if i == 10 { break; } } " \
+             "for j in 0..1000 { arr[j] = j; } }"
+    script = new_engine(Limits(max_operations=100, max_time=0)).load_source(source)
+    arr = [-1] * 1000
+    with pytest.raises(LimitError):
+        script.call("f", arr)
+    # 1 for the call, 11 ticks of the first loop (its break comes after i == 10's tick)
+    assert arr[87] == 87 and arr[88] == -1
+
+
+def test_a_range_over_the_whole_i64_runs_by_chunks():
+    script = new_engine(Limits(max_operations=0, max_time=0)).load_source(
+        "fn f() { let s = 0; for i in -9223372036854775808..9223372036854775807 { "
+        "if i > -9223372036854775800 { return s; } s += 1; } s }")
+    assert script.call("f") == 9
+
+
+def test_a_loop_calling_a_function_still_ticks_every_iteration():
+    source = "fn g(x) { x } fn f(n) { let s = 0; for i in 0..n { s += g(i); } s }"
+    assert not chunked(source)
+    assert chunked("fn f(n) { let s = 0; for i in 0..n { s += i; } s }")
+    assert not chunked("fn f(n) { for i in 0..n { i = 1; } }")  # the variable counts
+
+
+@pytest.mark.parametrize("body, message", [
+    ("let s = 9223372036854775800; for i in 0..20 { s += i; } s",
+     "integer overflow: 9223372036854775806 + 4"),
+    ("let i = 9223372036854775806; i += 1; i += 1; i", "integer overflow: 9223372036854775807 + 1"),
+    ("let x = 4611686018427387904; for i in 0..1 { x = x * 2; } x",
+     "integer overflow: 4611686018427387904 * 2"),
+    ("let a = 5; let b = 9223372036854775807; let c = a + b; c",
+     "integer overflow: 5 + 9223372036854775807"),
+])
+def test_ints_never_below_zero_still_overflow_at_the_i64_bounds(body, message):
+    with pytest.raises(ScriptError, match=message.replace("+", r"\+").replace("*", r"\*")):
+        new_engine().load_source(f"fn f() {{ {body} }}").call("f")
+
+
+def test_a_difference_of_ints_never_below_zero_needs_no_check():
+    script = new_engine().load_source(
+        "fn f() { let a = 0; let b = 9223372036854775807; let c = a - b; let d = b - a; "
+        "[c, d] }")
+    assert script.call("f") == [-9223372036854775807, 9223372036854775807]
+
+
+def test_a_variable_given_a_negative_value_is_not_taken_for_nonnegative():
+    script = new_engine().load_source(
+        "fn f(n) { let s = 0; for i in 0..n { s += i; s -= 2 * i; } let j = s - 1; "
+        "let k = -9223372036854775807 + s; k }")
+    with pytest.raises(VslError, match="integer overflow"):
+        script.call("f", 3)
