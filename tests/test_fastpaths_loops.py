@@ -1,6 +1,6 @@
 """Loops and integer steps on their fast paths run the semantics of the general ones: a
-range loop counted a chunk at once (compile._Fn.range_chunks) needs the same operations
-as one ticking every iteration, stops at the same iteration with the same error and
+loop counted a chunk at once (compile._Fn.range_chunks and counted_chunks) needs the same
+operations as one ticking every iteration, stops at the same iteration with the same error and
 position, and gives back what a break, return or caught error left unrun; integers
 proved never below 0 still overflow at the i64 bounds."""
 from __future__ import annotations
@@ -28,14 +28,33 @@ LOOPS = textwrap.dedent("""\
     fn nested(n) { let s = 0; for i in 0..n { for j in i..n { s += j - i; } } s }
     fn fill(arr, n) { for i in 0..n { arr[i] = i; } }
     fn skip(n) { let s = 0; for i in 0..n { if i % 2 == 0 { continue; } s += i; } s }
+    fn count(n) { let i = 0; while i < n { i += 1; } i }
+    fn halt(n) { let i = 0; while true { if i == n { break; } i += 1; } i }
+    fn forever(n) { let i = 0; loop { i += 1; if i >= n { return i; } } }
+    fn thrown(n) {
+        let i = 0;
+        try { while i < n { i += 1; if i == 4 { throw "x"; } } } catch { }
+        while i < n { i += 1; }
+        i
+    }
+    fn bad_test(n) {
+        let x = 0;
+        try { while x < n { x += 1; if x == 3 { x = "a"; } } } catch { }
+        let j = 0;
+        while j < n { j += 1; }
+        j
+    }
+    fn skipping(n) { let i = 0; let s = 0; while i < n { i += 1; if i % 2 == 0 { continue; } s += i; } s }
 """)
 CALLS = [("sum", (50,)), ("early", (50,)), ("found", (30,)), ("caught", (20,)),
-         ("nested", (12,)), ("skip", (40,)), ("sum", (0,))]
+         ("nested", (12,)), ("skip", (40,)), ("sum", (0,)), ("count", (30,)), ("count", (0,)),
+         ("halt", (9,)), ("forever", (25,)), ("thrown", (20,)), ("bad_test", (20,)),
+         ("skipping", (30,))]
 
 
 @pytest.fixture
 def ticking(monkeypatch):
-    """Compile every range loop with a tick per iteration (no chunks)."""
+    """Compile every loop with a tick per iteration (no chunks)."""
     return lambda: monkeypatch.setattr(compiler, "_budget_free", lambda stmts: False)
 
 
@@ -101,6 +120,8 @@ def test_a_loop_calling_a_function_still_ticks_every_iteration():
     assert not chunked(source)
     assert chunked("fn f(n) { let s = 0; for i in 0..n { s += i; } s }")
     assert not chunked("fn f(n) { for i in 0..n { i = 1; } }")  # the variable counts
+    assert chunked("fn f(n) { let i = 0; while i < n { i += 1; } i }")
+    assert not chunked("fn f(n) { let i = 0; while i < n { i += 1; if i > 2 { continue; } } }")
 
 
 @pytest.mark.parametrize("body, message", [

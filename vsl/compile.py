@@ -351,24 +351,57 @@ class _Fn(FastPaths):
     def s_Import(self, s) -> None:
         """Imports are loaded when the script is compiled; nothing runs here."""
 
-    def loop_suite(self, body: A.Block, pos: A.Loc, head=()) -> list[py.stmt]:
-        def build():
-            self.emit(self.tick(), pos)
-            self.out.extend(head)
-            self.block(body, None)
-        return self.nested(build)
-
     def s_While(self, s: A.While) -> None:
         pre = self.capture(lambda: setattr(self, "_cond", self.condition(s.cond)))
         cond = self._cond
-        if not pre:
-            self.emit(py.While(cond, self.loop_suite(s.body, s.pos), []), s.pos)
-            return
-        stop = located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
-        self.emit(py.While(py_const(True), self.loop_suite(s.body, s.pos, pre + stop), []), s.pos)
+        body = self.nested(lambda: self.block(s.body, None))
+        tick = located(self.tick(), s.pos)
+        if not pre and _chunkable([py.Expr(cond), *body]):
+            self.counted_chunks(body, s.pos, cond, self.condition(s.cond))
+        elif not pre:
+            self.emit(py.While(cond, tick + body, []), s.pos)
+        else:  # the tick comes before the condition's statements
+            stop = located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
+            self.emit(py.While(py_const(True), tick + pre + stop + body, []), s.pos)
 
     def s_Loop(self, s: A.Loop) -> None:
-        self.emit(py.While(py_const(True), self.loop_suite(s.body, s.pos), []), s.pos)
+        body = self.nested(lambda: self.block(s.body, None))
+        if _chunkable(body):
+            self.counted_chunks(body, s.pos)
+        else:
+            self.emit(py.While(py_const(True), located(self.tick(), s.pos) + body, []), s.pos)
+
+    def counted_chunks(self, body: list[py.stmt], pos: A.Loc, cond: py.expr | None = None,
+                       again: py.expr | None = None) -> None:
+        """``while cond`` (or ``loop``) whose body and condition use no budget and whose
+        body has no ``continue`` (see _chunkable): the iterations run in chunks, their
+        ticks counted a chunk at once (ExecState.grant), the condition tested first and
+        then at the end of each iteration (``again``: the same, compiled again), and
+        what the chunk did not run given back (``_j`` iterations ended, the last one's
+        tick counted however it left)::
+
+            if cond:
+                while True:
+                    _k = _t.grant()
+                    try:
+                        for _j in range(_k):
+                            body
+                            if not again: break
+                        else: continue
+                    finally: _t.n += _k - _j - 1
+                    break
+        """
+        self.mc.uses.add("tick")
+        k, j = self.tmp(), self.tmp()
+        grant = py_call(py.Attribute(self.budget(), "grant", py.Load()))
+        if again is not None:
+            body = body + [py.If(py.UnaryOp(py.Not(), again), [py.Break()], [])]
+        run = py.For(py_name(j, store=True), py_call("_upto", py_name(k)), body, [py.Continue()])
+        unrun = py.BinOp(py.BinOp(py_name(k), py.Sub(), py_name(j)), py.Sub(), py_const(1))
+        give_back = py.AugAssign(py.Attribute(py_name("_t"), "n", py.Store()), py.Add(), unrun)
+        loop = py.While(py_const(True), [py_assign(k, grant), py.Try([run], [], [], [give_back]),
+                                         py.Break()], [])
+        self.emit(loop if cond is None else py.If(cond, [loop], []), pos)
 
     def s_For(self, s: A.For) -> None:
         it = s.iterable
@@ -385,9 +418,8 @@ class _Fn(FastPaths):
         if over_range and s.index_var is None and self.unchanging(py_name(var)) and \
                 _budget_free(body):
             self.range_chunks(var, source, body, s.pos)
-            return
-        suite = located(self.tick(), s.pos) + body
-        self.emit(py.For(target, source, suite, []), s.pos)
+        else:
+            self.emit(py.For(target, source, located(self.tick(), s.pos) + body, []), s.pos)
 
     def range_chunks(self, var: str, source: py.expr, body: list[py.stmt],
                      pos: A.Loc) -> None:
@@ -694,6 +726,14 @@ def _budget_free(stmts: list[py.stmt]) -> bool:
                     node.func.attr in _BUDGET_FREE_METHODS):
                 return False
     return True
+
+
+def _chunkable(stmts: list[py.stmt]) -> bool:
+    """Whether a loop's compiled body (and condition) may run by counted_chunks: it
+    uses no budget and has no ``continue`` (which would skip the condition at the end
+    of the iteration; a budget-free body holds no inner loop, whose would be its own)."""
+    return _budget_free(stmts) and not any(
+        node.__class__ is py.Continue for stmt in stmts for node in py.walk(stmt))
 
 
 def _known_bool(e) -> bool:
