@@ -151,3 +151,35 @@ def test_a_variable_given_a_negative_value_is_not_taken_for_nonnegative():
         "let k = -9223372036854775807 + s; k }")
     with pytest.raises(VslError, match="integer overflow"):
         script.call("f", 3)
+
+
+PARAMETERS = "fn less(n) { n - 1 } fn sum(a, b) { a + b } fn triple(x) { x * 3 } " \
+             "fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }"
+SMALL = 2 ** 61  # fastpaths.SMALL: a parameter's int flag bounds it by this
+
+
+@pytest.mark.parametrize("name, args, result", [
+    ("less", (-SMALL,), -SMALL - 1), ("less", (-SMALL - 1,), -SMALL - 2),
+    ("less", (-2 ** 63 + 1,), -2 ** 63), ("less", (-2 ** 63,), None), ("less", (2 ** 64,), None),
+    ("sum", (SMALL, SMALL), 2 ** 62), ("sum", (2 ** 62, 2 ** 62), None),
+    ("sum", (2 ** 62, 2 ** 62 - 1), 2 ** 63 - 1), ("sum", (-2 ** 62, -2 ** 62), -2 ** 63),
+    ("sum", (-2 ** 62, -2 ** 62 - 1), None), ("triple", (SMALL,), 3 * SMALL),
+    ("triple", (2 ** 62,), None), ("triple", (-(2 ** 63 // 3) - 1,), None),
+    ("fib", (15,), 610), ("fib", (True,), None),
+])
+def test_parameters_within_the_small_bound_skip_only_the_checks_they_cannot_fail(name, args,
+                                                                               result):
+    script = new_engine().load_source(PARAMETERS)
+    if result is None:
+        with pytest.raises(ScriptError):
+            script.call(name, *args)
+    else:
+        assert script.call(name, *args) == result
+
+
+def test_recursion_still_meets_the_call_depth_limit_exactly():
+    script = new_engine(Limits(max_call_depth=10)).load_source(
+        "fn down(n) { if n == 0 { 0 } else { down(n - 1) + 1 } }")
+    assert script.call("down", 10) == 10
+    with pytest.raises(LimitError, match="call depth"):
+        script.call("down", 11)

@@ -67,7 +67,7 @@ import copy
 import itertools
 
 from . import ast as A
-from .fastpaths import FastPaths
+from .fastpaths import FastPaths, flag_test
 from .infer import nonneg_variables, range_starts
 from .methods import WALKING_METHODS
 from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
@@ -830,7 +830,8 @@ class ModuleCompiler:
 
     def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
         """For a parameter never assigned, a local set when the function starts:
-        ``_k0 = v_ctx.__class__ is dict`` (``kind``); None for any other value."""
+        ``_k0 = v_ctx.__class__ is dict`` (``kind``: see fastpaths.flag_test); None for
+        any other value."""
         if not (isinstance(value, py.Name) and value.id in self.fixed_params):
             return None
         flag = self.param_flags.get((value.id, kind))
@@ -857,7 +858,7 @@ class ModuleCompiler:
         self.fixed_params = {p for p in params if len(self.res.sources.get(p, ())) == 1}
         self.param_flags = {}
         fn.body(list(body.body), "return", body.pos)
-        flags = [py_assign(flag, py_is_type(py_name(p), kind))
+        flags = [py_assign(flag, flag_test(p, kind))
                  for (p, kind), flag in self.param_flags.items()]
         fn.out[_PROLOGUE:_PROLOGUE] = located(flags, pos)
         self.fixed_params, self.param_flags = set(), {}

@@ -39,6 +39,9 @@ from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_n
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 _I64_TEXT = len(str(I64_MIN))  # the longest text of an i64
+# A parameter's int flag also says |x| <= SMALL (flag_test): then x + y, x - y of two
+# such, x + k, x - k (|k| < 2**62) and x * k (|k| <= 3) are i64s, with no bounds test.
+SMALL = 2 ** 61
 _FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
 _PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
 
@@ -75,6 +78,15 @@ _INLINE_METHODS = {
 _BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
 _SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
 _UNCHARGED_BELOW = 64  # a string method's receiver from this size is charged (methods._call)
+
+
+def flag_test(param: str, kind: str) -> py.expr:
+    """The test of a parameter's flag (ModuleCompiler.param_flag), once per call:
+    ``p.__class__ is T``; for ``small``, an int of at most SMALL either way."""
+    if kind != "small":
+        return py_is_type(py_name(param), kind)
+    return py.BoolOp(py.And(), [py_is_type(py_name(param), "int"), py.Compare(
+        py_const(-SMALL), [py.LtE(), py.LtE()], [py_name(param), py_const(SMALL)])])
 
 
 def _every(tests: list[py.expr]) -> py.expr:
@@ -304,15 +316,16 @@ class FastPaths:
                                   [result, py_const(I64_MAX)])
         return py.IfExp(in_range, py_name(r), self.int_binary(op, a, b))
 
-    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list]:
-        """The operand to use and the type tests it needs (none for a known-int name)."""
+    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list, bool]:
+        """The operand to use, the type tests it needs (none for a known-int name) and
+        whether they also bound it by SMALL (a parameter's flag: see flag_test)."""
         if known and isinstance(operand, (py.Name, py.Constant)):
-            return operand, []
-        flag = self.mc.param_flag(operand, "int")
+            return operand, [], False
+        flag = self.mc.param_flag(operand, "small")
         if flag is not None:
-            return operand, [flag]
+            return operand, [flag], True
         w = self.mc.tmp("_w")
-        return py_name(w), [py_is_type(py_walrus(w, operand), "int")]
+        return py_name(w), [py_is_type(py_walrus(w, operand), "int")], False
 
     def named(self, operand: py.expr) -> tuple[py.expr, py.expr]:
         """(the operand's value for later uses, the expression that evaluates it first)."""
@@ -326,8 +339,8 @@ class FastPaths:
         (the non-short-circuit ``&``); those known to be ints are not tested."""
         if left[1] and right[1] and op in _PY_CMP:  # both known: no tests
             return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
-        a, tests = self.int_operand(*left)
-        b, more = self.int_operand(*right)
+        a, tests, a_small = self.int_operand(*left)
+        b, more, b_small = self.int_operand(*right)
         tests += more
         slow = self.binary(op, a, b)
         if op in _PY_CMP:
@@ -338,6 +351,8 @@ class FastPaths:
             return py.IfExp(test, fast, slow)
         r = self.mc.tmp("_w")
         pyop = py.Add() if op == "+" else py.Sub()
+        if a_small and b_small:  # two ints of at most SMALL: the result is an i64
+            return py.IfExp(py.BinOp(tests[0], py.BitAnd(), tests[1]), py.BinOp(a, pyop, b), slow)
         in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
                               [py_walrus(r, py.BinOp(a, pyop, b)), py_const(I64_MAX)])
         if len(tests) == 2:
@@ -371,8 +386,9 @@ class FastPaths:
                 py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)])
             return py.IfExp(bounds, py.BinOp(w, pyop, py_const(k)),
                             self.int_binary(op, w, py_const(k)))
-        w, tests = self.int_operand(left, known)
-        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
+        w, tests, small = self.int_operand(left, known)
+        in_range = small and lo <= -SMALL and SMALL <= hi  # the flag bounds x
+        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) or in_range else \
             [py.Compare(py_const(lo), [py.LtE(), py.LtE()], [w, py_const(hi)])]
         fast = py.BinOp(w, pyop, py_const(k))
         test = tests + bounds
