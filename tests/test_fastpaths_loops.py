@@ -183,3 +183,13 @@ def test_recursion_still_meets_the_call_depth_limit_exactly():
     assert script.call("down", 10) == 10
     with pytest.raises(LimitError, match="call depth"):
         script.call("down", 11)
+
+
+@pytest.mark.parametrize("loop", ["loop { i += 1; }", "while i >= 0 { i += 1; }",
+                                  "for j in 0..9223372036854775807 { i += j % 2; }"])
+def test_a_chunked_loop_still_ends_at_max_time(loop):
+    assert chunked(f"fn spin() {{ let i = 0; {loop} i }}")
+    script = new_engine(Limits(max_operations=0, max_time=0.2)).load_source(
+        f"fn spin() {{ let i = 0; {loop} i }}")
+    with pytest.raises(LimitError, match="longer than 0.2 s"):
+        script.call("spin")

@@ -49,9 +49,10 @@ from .syntax import line_of
 
 _INF = float("inf")
 _UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int arithmetic
-# The largest chunk of an untimed budget: below 2**30 the count is a one-digit int, which
-# CPython subtracts and compares without allocating (a larger one made every tick slower)
-_ONE_DIGIT = (1 << 30) - 1
+# The largest chunk of an untimed budget: a count up to 256 is one of CPython's cached
+# small ints, so a tick allocates nothing (a count of 2**62 made every tick much slower)
+_CACHED_INT = 256
+_LONG_GRANT = 1 << 20  # loop iterations ExecState.grant counts at once without a deadline
 _STATE: ContextVar = ContextVar("vsl_exec_state")
 _NO_ARG = object()  # Script.call() without arguments
 _UNDEF = values.Undefined()  # a constant's global before the top level sets it
@@ -71,7 +72,7 @@ class ExecState:
     Compiled code counts operations down in ``n`` and calls :meth:`slow` when a chunk is
     used up; chunks grow while operations are cheap and shrink to one when they are slow,
     so even O(n) operations cannot run far past the deadline. Without a deadline a chunk
-    is the whole budget, up to _ONE_DIGIT operations.
+    is the whole budget, _CACHED_INT operations at a time.
 
     Every call has its own state while it runs (never shared, so concurrent and nested
     calls cannot spend each other's budget). A compiled entry point whose body loops or
@@ -94,7 +95,7 @@ class ExecState:
         """A subclass bound to one engine's limits, so that a call's set-up is cheap."""
         total = limits.max_operations or _UNLIMITED
         timed = bool(limits.max_time)
-        first = min(cls.FIRST if timed else _ONE_DIGIT, total)
+        first = min(cls.FIRST if timed else _CACHED_INT, total)
         return type("ExecState", (cls,), {
             "__slots__": (), "limits": limits, "ops": ops, "first": first,
             "rest": total - first, "max_time": limits.max_time or _INF, "timed": timed})
@@ -123,7 +124,7 @@ class ExecState:
                 self.size *= 2
             chunk = min(self.size, available)
         else:
-            chunk = min(available, _ONE_DIGIT)
+            chunk = min(available, _CACHED_INT)
         if available < 0:
             raise LimitError(f"too many operations (limit {self.limits.max_operations}, "
                              "limits.max_operations)")
@@ -131,15 +132,19 @@ class ExecState:
         self.n = chunk
 
     def grant(self) -> int:
-        """Count the ticks of as many loop iterations as the chunk holds, at once (at
-        least one: the first tick calls slow() as compiled code would, so an error comes
-        at the same iteration); how many were counted. The loop gives back those it did
+        """Count the ticks of as many loop iterations as the chunk holds (without a
+        deadline, up to _LONG_GRANT more), at once (at least one: the first tick calls
+        slow() as compiled code would, so an error comes at the same iteration); how many
+        were counted. The loop gives back those it did
         not run (compile._Fn.range_chunks)."""
         n = self.n - 1
         if n < 0:
             self.n = n
             self.slow()
             n = self.n
+        if not self.timed:  # no clock to read between chunks: take many at once
+            more = min(self.left, _LONG_GRANT)
+            n, self.left = n + more, self.left - more
         self.n = 0
         return n + 1
 
