@@ -49,7 +49,7 @@ from .syntax import line_of
 
 _INF = float("inf")
 _UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int arithmetic
-# The largest chunk of an untimed budget: a count up to 256 is one of CPython's cached
+# The largest chunk of a budget: a count up to 256 is one of CPython's cached
 # small ints, so a tick allocates nothing (a count of 2**62 made every tick much slower)
 _CACHED_INT = 256
 _LONG_GRANT = 1 << 20  # loop iterations ExecState.grant counts at once without a deadline
@@ -81,7 +81,7 @@ class ExecState:
     """
 
     __slots__ = ("n", "left", "deadline", "size", "mark", "unyielded", "depth")
-    FIRST, LARGEST = 16, 1024
+    FIRST, LARGEST = 16, _CACHED_INT
     # Set per engine by for_engine(): the limits, the operators and the first budget.
     limits: Limits
     ops: Ops
