@@ -377,30 +377,31 @@ class _Fn(FastPaths):
         body has no ``continue`` (see _chunkable): the iterations run in chunks, their
         ticks counted a chunk at once (ExecState.grant), the condition tested first and
         then at the end of each iteration (``again``: the same, compiled again), and
-        what the chunk did not run given back (``_j`` iterations ended, the last one's
-        tick counted however it left)::
+        what the chunk did not run given back (what is left of the chunk's iterator,
+        a ``repeat``, whose items are not ints to make)::
 
             if cond:
                 while True:
-                    _k = _t.grant()
+                    _i = repeat(None, _t.grant())
                     try:
-                        for _j in range(_k):
+                        for _ in _i:
                             body
                             if not again: break
                         else: continue
-                    finally: _t.n += _k - _j - 1
+                    finally: _t.n += length_hint(_i)
                     break
         """
         self.mc.uses.add("tick")
-        k, j = self.tmp(), self.tmp()
+        i = self.tmp()
         grant = py_call(py.Attribute(self.budget(), "grant", py.Load()))
         if again is not None:
             body = body + [py.If(py.UnaryOp(py.Not(), again), [py.Break()], [])]
-        run = py.For(py_name(j, store=True), py_call("_upto", py_name(k)), body, [py.Continue()])
-        unrun = py.BinOp(py.BinOp(py_name(k), py.Sub(), py_name(j)), py.Sub(), py_const(1))
-        give_back = py.AugAssign(py.Attribute(py_name("_t"), "n", py.Store()), py.Add(), unrun)
-        loop = py.While(py_const(True), [py_assign(k, grant), py.Try([run], [], [], [give_back]),
-                                         py.Break()], [])
+        run = py.For(py_name(self.tmp(), store=True), py_name(i), body, [py.Continue()])
+        give_back = py.AugAssign(py.Attribute(py_name("_t"), "n", py.Store()), py.Add(),
+                                 py_call("_unrun", py_name(i)))
+        loop = py.While(py_const(True), [
+            py_assign(i, py_call("_repeat", py_const(None), grant)),
+            py.Try([run], [], [], [give_back]), py.Break()], [])
         self.emit(loop if cond is None else py.If(cond, [loop], []), pos)
 
     def s_For(self, s: A.For) -> None:

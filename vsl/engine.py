@@ -25,6 +25,8 @@ import asyncio
 from concurrent.futures import Executor
 from contextvars import ContextVar, copy_context
 import inspect
+from itertools import repeat
+from operator import length_hint
 import os
 from pathlib import Path
 import threading
@@ -646,7 +648,7 @@ class Engine:
             "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
             "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
             "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,
-            "_text": charged_text, "_upto": range,
+            "_text": charged_text, "_repeat": repeat, "_unrun": length_hint,
             "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
             "_meth": call_method, "_cmeth": _calling_back, "_ameth": _ameth,
             "_closure": values.Closure,
