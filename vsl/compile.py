@@ -32,7 +32,11 @@ The hard decisions, and why:
   iteration: ``_t.n`` counts down a chunk of the operation budget and
   ``slow()`` refills it, checking the operation limit and the deadline, so the
   common path is one subtraction. ``_d`` is the call depth, checked in each
-  function's prologue.
+  function's prologue. A loop whose body (and test) uses no budget at all
+  (``_budget_free``: no call but of pure helpers, no ``_t``) counts its ticks a
+  chunk at once instead (``ExecState.grant``) and gives back in a ``finally``
+  what the chunk did not run: the same count, the same failing iteration and
+  position, without a tick per iteration (range_chunks, counted_chunks).
   A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
   walking method, freezing a constant) is passed ``_t`` and charges that
   work itself. What a function uses is recorded (``uses``): a function with

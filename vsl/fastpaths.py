@@ -19,7 +19,9 @@ tests> else helper(...)``:
   subclass is not its base) and bounds such as ``I64_MIN <= r <= I64_MAX``.
   A fact the resolver proved (an int variable, a literal constant map, a
   parameter never assigned) drops a test or moves it to the function's start;
-  so does one the compiler sees (a loop variable of a range from 0 is >= 0).
+  so does one inferred (vsl/infer.py: an int variable never below 0 needs only
+  its upper i64 bound tested) or tested once (a parameter's int flag also
+  bounds it by SMALL, so its sums need no bounds test).
 - Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
   engine puts in the module's globals; nothing here is reachable from script text.
 
