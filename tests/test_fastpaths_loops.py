@@ -138,11 +138,19 @@ def test_ints_never_below_zero_still_overflow_at_the_i64_bounds(body, message):
         new_engine().load_source(f"fn f() {{ {body} }}").call("f")
 
 
-def test_a_difference_of_ints_never_below_zero_needs_no_check():
+def test_a_difference_of_ints_never_below_zero_stays_within_i64():
     script = new_engine().load_source(
         "fn f() { let a = 0; let b = 9223372036854775807; let c = a - b; let d = b - a; "
         "[c, d] }")
     assert script.call("f") == [-9223372036854775807, 9223372036854775807]
+
+
+@pytest.mark.parametrize("body", ["i - 1", "i - j", "j - i", "i + 1", "i + j", "i * 2"])
+def test_a_range_variable_past_i64_from_a_hosts_bounds_still_overflows(body):
+    script = new_engine().load_source(
+        f"fn f(a, b) {{ let j = 0; for i in a..b {{ return {body}; }} }}")
+    with pytest.raises(ScriptError, match="integer overflow"):
+        script.call("f", 2 ** 64, 2 ** 64 + 1)
 
 
 def test_a_variable_given_a_negative_value_is_not_taken_for_nonnegative():

@@ -303,15 +303,14 @@ class FastPaths:
     def known_int_sum(self, op: str, left: py.expr, right: py.expr, left_nonneg: bool,
                       right_nonneg: bool) -> py.expr:
         """``a + b`` or ``a - b`` of two known ints, each evaluated where first used: the
-        result tested against the i64 bounds it can pass (none for a difference of two
-        ints >= 0, the upper one for their sum); the helper reports an overflow."""
+        result tested against the i64 bounds (only the upper one for a sum of two ints
+        >= 0); the helper reports an overflow. (An int >= 0 may still be past I64_MAX: a
+        range's variable, from a host's bounds.)"""
         (a, a_first), (b, b_first) = self.named(left), self.named(right)
         pyop = py.Add() if op == "+" else py.Sub()
-        if left_nonneg and right_nonneg and op == "-":
-            return py.BinOp(a_first, pyop, b_first)
         r = self.mc.tmp("_w")
         result = py_walrus(r, py.BinOp(a_first, pyop, b_first))
-        if left_nonneg and right_nonneg:
+        if left_nonneg and right_nonneg and op == "+":
             in_range = py.Compare(result, [py.LtE()], [py_const(I64_MAX)])
         else:
             in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
@@ -365,7 +364,8 @@ class FastPaths:
     def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool,
                        nonneg: bool) -> py.expr | None:
         """``x + 3`` without a helper call when x is an int and the result cannot overflow
-        (x known to be an int: not tested; known to be >= 0: only its upper bound)."""
+        (x known to be an int: not tested; known to be >= 0: only against its upper bound,
+        as lo <= 0 here)."""
         if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
             if k <= 0:
                 return None
@@ -382,7 +382,7 @@ class FastPaths:
         pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
         if known:  # no type test: evaluated in the bounds test (or the operation)
             w, first = self.named(left)
-            if (lo, hi) == (I64_MIN, I64_MAX) or nonneg and hi == I64_MAX:  # (lo <= 0)
+            if (lo, hi) == (I64_MIN, I64_MAX):
                 return py.BinOp(first, pyop, py_const(k))
             bounds = py.Compare(first, [py.LtE()], [py_const(hi)]) if nonneg else \
                 py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)])
