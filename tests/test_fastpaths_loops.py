@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from tests.test_fastpaths_budget import fewest_operations, succeeds
-from vsl import compile as compiler
+from vsl import compile as compiler, fastpaths
 from vsl.errors import LimitError, ScriptError, VslError
 from vsl.limits import Limits
 from vsl.stdlib import new_engine
@@ -201,3 +201,34 @@ def test_a_chunked_loop_still_ends_at_max_time(loop):
         f"fn spin() {{ let i = 0; {loop} i }}")
     with pytest.raises(LimitError, match="longer than 0.2 s"):
         script.call("spin")
+
+
+SIZES = "fn sized(x) { `${x}:${x.len()}` } fn words(list) { let out = []; " \
+        "for w in list { out.push(`${w}=${w.len()}`); } out }"
+
+
+@pytest.mark.parametrize("name, arg", [
+    ("sized", "abc"), ("sized", [1, 2]), ("sized", {"a": 1}), ("sized", ""),
+    ("sized", "x" * 70), ("words", ["a", "bb", [1, 2, 3], {"k": 1}]), ("sized", 5),
+])
+@pytest.mark.parametrize("max_string_size", [1_000_000, 12])
+def test_a_size_in_a_template_is_what_the_helper_makes(name, arg, max_string_size,
+                                                       monkeypatch):
+    def outcome(limits):
+        try:
+            return new_engine(limits).load_source(SIZES).call(name, arg)
+        except VslError as err:
+            return type(err), err.message
+
+    def within(limits) -> bool:  # any outcome but running out of operations
+        result = outcome(limits.with_changes(max_string_size=max_string_size))
+        return "too many operations" not in str(result)
+
+    def needed():
+        return fewest_operations(within)
+
+    limits = Limits(max_string_size=max_string_size)
+    fast, fast_ops = outcome(limits), needed()
+    monkeypatch.setattr(fastpaths, "_INLINE_METHODS", {})  # len() through its helper
+    assert outcome(limits) == fast
+    assert needed() == fast_ops

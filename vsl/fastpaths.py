@@ -155,8 +155,12 @@ class FastPaths:
                 values.append(py_const(part.value))
                 args.append(py_const(part.value))
                 continue
-            ref, first = (value, value) if names else self.kept(value)
-            tests.append(self.formattable(ref, first, share, bounded, self.likely_int(part)))
+            if getattr(value, "vsl_size", False):
+                ref, test = self.formattable_size(value, share, bounded)
+                tests.append(test)
+            else:
+                ref, first = (value, value) if names else self.kept(value)
+                tests.append(self.formattable(ref, first, share, bounded, self.likely_int(part)))
             values.append(py.FormattedValue(ref, -1, None))
             args.append(ref)
         if not tests:  # only literal text: too long is still a run-time error
@@ -210,6 +214,16 @@ class FastPaths:
     def likely_int(self, e) -> bool:
         """Whether a template part is an int, or most likely one (a size): tested first."""
         return self.known_int(e) or (isinstance(e, A.MethodCall) and e.name == "len")
+
+    def formattable_size(self, value: py.IfExp, share: int,
+                         bounded: bool) -> tuple[py.Name, py.expr]:
+        """(a new temporary, the test evaluating into it) for an inlined ``x.len()``: its
+        fast branch gives an int below 2**63, which goes into the f-string untested; only
+        the other branch's value is tested (formattable)."""
+        w = self.mc.tmp("_w")
+        size = py.Compare(py_walrus(w, value.body), [py.Is()], [py_name(w)])  # (true)
+        other = self.formattable(py_name(w), py_walrus(w, value.orelse), share, bounded, True)
+        return py_name(w), py.IfExp(value.test, size, other)
 
     def formattable(self, ref: py.expr, first: py.expr, share: int, bounded: bool,
                     int_first: bool) -> py.expr:
@@ -524,6 +538,7 @@ class FastPaths:
                      py.Tuple(names, py.Load()))
         node = py.IfExp(test, make(py_name(w), *names), slow)
         node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
+        node.vsl_size = name == "len"  # ... a size (see formattable_size)
         return node
 
     def splits_inline(self, args: list[py.expr]) -> bool:
