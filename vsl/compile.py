@@ -32,7 +32,11 @@ The hard decisions, and why:
   iteration: ``_t.n`` counts down a chunk of the operation budget and
   ``slow()`` refills it, checking the operation limit and the deadline, so the
   common path is one subtraction. ``_d`` is the call depth, checked in each
-  function's prologue.
+  function's prologue. A loop whose body (and test) uses no budget at all
+  (``_budget_free``: no call but of pure helpers, no ``_t``) counts its ticks a
+  chunk at once instead (``ExecState.grant``) and gives back in a ``finally``
+  what the chunk did not run: the same count, the same failing iteration and
+  position, without a tick per iteration (range_chunks, counted_chunks).
   A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
   walking method, freezing a constant) is passed ``_t`` and charges that
   work itself. What a function uses is recorded (``uses``): a function with
@@ -67,7 +71,8 @@ import copy
 import itertools
 
 from . import ast as A
-from .fastpaths import FastPaths
+from .fastpaths import FastPaths, flag_test
+from .infer import nonneg_variables, range_starts
 from .methods import WALKING_METHODS
 from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
                       py_is_type, py_name, py_walrus)
@@ -163,6 +168,13 @@ class _Fn(FastPaths):
             return py_call(helper, *args)
         number = any(isinstance(a, py.Constant) and type(a.value) in (int, float) for a in args)
         return py_call(helper, self.budget() if number else self.walks(), *args)
+
+    def int_binary(self, op: str, *args: py.expr) -> py.Call:
+        """The helper of ``op`` for operands known to be ints, reached only to report an
+        overflow: an int's work does not grow, so a charged helper gets no budget."""
+        helper = _BINARY_HELPERS[op]
+        return py_call(helper, py_const(None), *args) if op in _CHARGED else \
+            py_call(helper, *args)
 
     def wait(self, call: py.expr) -> py.expr:
         return py.Await(call)
@@ -343,42 +355,109 @@ class _Fn(FastPaths):
     def s_Import(self, s) -> None:
         """Imports are loaded when the script is compiled; nothing runs here."""
 
-    def loop_suite(self, body: A.Block, pos: A.Loc, head=()) -> list[py.stmt]:
-        def build():
-            self.emit(self.tick(), pos)
-            self.out.extend(head)
-            self.block(body, None)
-        return self.nested(build)
-
     def s_While(self, s: A.While) -> None:
         pre = self.capture(lambda: setattr(self, "_cond", self.condition(s.cond)))
         cond = self._cond
-        if not pre:
-            self.emit(py.While(cond, self.loop_suite(s.body, s.pos), []), s.pos)
-            return
-        stop = located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
-        self.emit(py.While(py_const(True), self.loop_suite(s.body, s.pos, pre + stop), []), s.pos)
+        body = self.nested(lambda: self.block(s.body, None))
+        tick = located(self.tick(), s.pos)
+        if not pre and _chunkable([py.Expr(cond), *body]):
+            self.counted_chunks(body, s.pos, cond, self.condition(s.cond))
+        elif not pre:
+            self.emit(py.While(cond, tick + body, []), s.pos)
+        else:  # the tick comes before the condition's statements
+            stop = located([py.If(py.UnaryOp(py.Not(), cond), [py.Break()], [])], s.cond.pos)
+            self.emit(py.While(py_const(True), tick + pre + stop + body, []), s.pos)
 
     def s_Loop(self, s: A.Loop) -> None:
-        self.emit(py.While(py_const(True), self.loop_suite(s.body, s.pos), []), s.pos)
+        body = self.nested(lambda: self.block(s.body, None))
+        if _chunkable(body):
+            self.counted_chunks(body, s.pos)
+        else:
+            self.emit(py.While(py_const(True), located(self.tick(), s.pos) + body, []), s.pos)
+
+    def counted_chunks(self, body: list[py.stmt], pos: A.Loc, cond: py.expr | None = None,
+                       again: py.expr | None = None) -> None:
+        """``while cond`` (or ``loop``) whose body and condition use no budget and whose
+        body has no ``continue`` (see _chunkable): the iterations run in chunks, their
+        ticks counted a chunk at once (ExecState.grant), the condition tested first and
+        then at the end of each iteration (``again``: the same, compiled again), and
+        what the chunk did not run given back (what is left of the chunk's iterator,
+        a ``repeat``, whose items are not ints to make)::
+
+            if cond:
+                while True:
+                    _i = repeat(None, _t.grant())
+                    try:
+                        for _ in _i:
+                            body
+                            if not again: break
+                        else: continue
+                    finally: _t.n += length_hint(_i)
+                    break
+        """
+        self.mc.uses.add("tick")
+        i = self.tmp()
+        grant = py_call(py.Attribute(self.budget(), "grant", py.Load()))
+        if again is not None:
+            body = body + [py.If(py.UnaryOp(py.Not(), again), [py.Break()], [])]
+        run = py.For(py_name(self.tmp(), store=True), py_name(i), body, [py.Continue()])
+        give_back = py.AugAssign(py.Attribute(py_name("_t"), "n", py.Store()), py.Add(),
+                                 py_call("_unrun", py_name(i)))
+        loop = py.While(py_const(True), [
+            py_assign(i, py_call("_repeat", py_const(None), grant)),
+            py.Try([run], [], [], [give_back]), py.Break()], [])
+        self.emit(loop if cond is None else py.If(cond, [loop], []), pos)
 
     def s_For(self, s: A.For) -> None:
         it = s.iterable
-        if isinstance(it, A.Binary) and it.op in ("..", "..="):
-            source = self.expr(it)
-        else:
-            source = py_call("_iter", self.expr(it))
+        over_range = isinstance(it, A.Binary) and it.op in ("..", "..=")
+        source = self.expr(it) if over_range else py_call("_iter", self.expr(it))
         var = self.names(s, "var")
-        if isinstance(it, A.Binary) and it.op in ("..", "..=") and self.nonneg(it.left):
-            self.mc.note_nonneg(var)
         if s.index_var is None:
             target: py.expr = py_name(var, store=True)
         else:
             source = py_call("_enumerate", source)
-            self.mc.note_nonneg(self.names(s, "index"))
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
-        self.emit(py.For(target, source, self.loop_suite(s.body, s.pos), []), s.pos)
+        body = self.nested(lambda: self.block(s.body, None))
+        if over_range and s.index_var is None and self.unchanging(py_name(var)) and \
+                _budget_free(body):
+            self.range_chunks(var, source, body, s.pos)
+        else:
+            self.emit(py.For(target, source, located(self.tick(), s.pos) + body, []), s.pos)
+
+    def range_chunks(self, var: str, source: py.expr, body: list[py.stmt],
+                     pos: A.Loc) -> None:
+        """``for var in a..b`` whose body uses no budget (see _budget_free): the range runs
+        in chunks, each iteration's tick counted for a whole chunk at once (ExecState.grant)
+        and what the chunk did not run (it ended, or a ``break``, ``return`` or error
+        left it) given back, so the count is
+        the one of a tick per iteration (``var`` is not assigned in the body: its value
+        tells how many iterations started)::
+
+            _r = range(a, b)
+            while _r:
+                _k = _t.grant(); _s = _r[0] - 1
+                try:
+                    for var in _r[:_k]: body
+                    else: _r = _r[_k:]; continue
+                finally: _t.n += _k - (var - _s)
+                break
+        """
+        self.mc.uses.add("tick")
+        r, k, s = self.tmp(), self.tmp(), self.tmp()
+        t = self.budget()
+        grant = py_call(py.Attribute(t, "grant", py.Load()))
+        first = py.BinOp(py.Subscript(py_name(r), py_const(0), py.Load()), py.Sub(), py_const(1))
+        chunk = py.Subscript(py_name(r), py.Slice(None, py_name(k), None), py.Load())
+        rest = py.Subscript(py_name(r), py.Slice(py_name(k), None, None), py.Load())
+        run = py.For(py_name(var, store=True), chunk, body,
+                     [py_assign(r, rest), py.Continue()])
+        unrun = py.BinOp(py_name(k), py.Sub(), py.BinOp(py_name(var), py.Sub(), py_name(s)))
+        give_back = py.AugAssign(py.Attribute(py_name("_t"), "n", py.Store()), py.Add(), unrun)
+        self.emit([py_assign(r, source), py.While(py_name(r), [
+            py_assign(k, grant), py_assign(s, first),
+            py.Try([run], [], [], [give_back]), py.Break()], [])], pos)
 
     def s_Try(self, s: A.Try) -> None:
         body = self.nested(lambda: self.block(s.body, None))
@@ -624,6 +703,44 @@ class _Fn(FastPaths):
 
 
 
+# The helpers compiled code calls that run no script code and use no budget unless given
+# one (see _budget_free), and the methods of Python's str, list and dict that fast paths
+# call once the types are checked.
+_BUDGET_FREE_CALLS = frozenset({
+    "_add", "_sub", "_mul", "_div", "_mod", "_pow", "_eq", "_ne", "_lt", "_le", "_gt", "_ge",
+    "_in", "_notin", "_eqv", "_range", "_rangei", "_neg", "_pos", "_not", "_cond", "_idx",
+    "_setidx", "_getprop", "_setprop", "_iter", "_enumerate", "_len", "_throw", "_errval",
+    "_too_long", "_gget"})
+_BUDGET_FREE_METHODS = frozenset({"append", "get", "startswith", "endswith", "lower", "upper",
+                                  "strip", "split"})
+
+
+def _budget_free(stmts: list[py.stmt]) -> bool:
+    """Whether compiled statements never touch the budget: no ``_t``, no call but of the
+    helpers and methods above (a script function, a closure, a native or a generic method
+    may count operations), no nested function, no waiting."""
+    for stmt in stmts:
+        for node in py.walk(stmt):
+            cls = node.__class__
+            if cls is py.Name and node.id == "_t" or cls in (
+                    py.FunctionDef, py.AsyncFunctionDef, py.Lambda, py.Await):
+                return False
+            if cls is py.Call and not (
+                    node.func.__class__ is py.Name and node.func.id in _BUDGET_FREE_CALLS or
+                    node.func.__class__ is py.Attribute and
+                    node.func.attr in _BUDGET_FREE_METHODS):
+                return False
+    return True
+
+
+def _chunkable(stmts: list[py.stmt]) -> bool:
+    """Whether a loop's compiled body (and condition) may run by counted_chunks: it
+    uses no budget and has no ``continue`` (which would skip the condition at the end
+    of the iteration; a budget-free body holds no inner loop, whose would be its own)."""
+    return _budget_free(stmts) and not any(
+        node.__class__ is py.Continue for stmt in stmts for node in py.walk(stmt))
+
+
 def _known_bool(e) -> bool:
     if isinstance(e, A.Literal):
         return type(e.value) is bool
@@ -709,7 +826,8 @@ class ModuleCompiler:
         self.fixed_params: set[str] = set()  # of the function being compiled
         self.param_flags: dict[tuple, str] = {}  # (parameter, type) -> local: "it is one"
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
-        self.nonneg_vars: set[str] = set()  # ints never below 0 (see note_nonneg)
+        self.nonneg_vars = nonneg_variables(res.sources, res.names, res.int_vars,
+                                            range_starts(module, res.names))
         self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
@@ -717,19 +835,14 @@ class ModuleCompiler:
 
     def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
         """For a parameter never assigned, a local set when the function starts:
-        ``_k0 = v_ctx.__class__ is dict`` (``kind``); None for any other value."""
+        ``_k0 = v_ctx.__class__ is dict`` (``kind``: see fastpaths.flag_test); None for
+        any other value."""
         if not (isinstance(value, py.Name) and value.id in self.fixed_params):
             return None
         flag = self.param_flags.get((value.id, kind))
         if flag is None:
             flag = self.param_flags[(value.id, kind)] = self.tmp("_k")
         return py_name(flag)
-
-    def note_nonneg(self, var: str) -> None:
-        """Loop variable ``var`` takes only ints >= 0 (the items of a range starting at 0 or
-        more, an index): so does every read of it if nothing else assigns it."""
-        if len(self.res.sources.get(var, ())) == 1:
-            self.nonneg_vars.add(var)
 
     def tmp(self, prefix: str = "_r") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -750,7 +863,7 @@ class ModuleCompiler:
         self.fixed_params = {p for p in params if len(self.res.sources.get(p, ())) == 1}
         self.param_flags = {}
         fn.body(list(body.body), "return", body.pos)
-        flags = [py_assign(flag, py_is_type(py_name(p), kind))
+        flags = [py_assign(flag, flag_test(p, kind))
                  for (p, kind), flag in self.param_flags.items()]
         fn.out[_PROLOGUE:_PROLOGUE] = located(flags, pos)
         self.fixed_params, self.param_flags = set(), {}

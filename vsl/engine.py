@@ -25,6 +25,8 @@ import asyncio
 from concurrent.futures import Executor
 from contextvars import ContextVar, copy_context
 import inspect
+from itertools import repeat
+from operator import length_hint
 import os
 from pathlib import Path
 import threading
@@ -48,6 +50,10 @@ from .script_file import UnreadableScript, line_of, read_script
 
 _INF = float("inf")
 _UNLIMITED = 1 << 62  # operations: "no limit" as an int, so counting stays int arithmetic
+# The largest chunk of a budget: a count up to 256 is one of CPython's cached
+# small ints, so a tick allocates nothing (a count of 2**62 made every tick much slower)
+_CACHED_INT = 256
+_LONG_GRANT = 1 << 20  # loop iterations ExecState.grant counts at once without a deadline
 _STATE: ContextVar = ContextVar("vsl_exec_state")
 _NO_ARG = object()  # Script.call() without arguments
 _UNDEF = values.Undefined()  # a constant's global before the top level sets it
@@ -66,8 +72,8 @@ class ExecState:
 
     Compiled code counts operations down in ``n`` and calls :meth:`slow` when a chunk is
     used up; chunks grow while operations are cheap and shrink to one when they are slow,
-    so even O(n) operations cannot run far past the deadline. Without a deadline the
-    first chunk is the whole budget: :meth:`slow` then only runs when it is spent.
+    so even O(n) operations cannot run far past the deadline. Without a deadline a chunk
+    is the whole budget, _CACHED_INT operations at a time.
 
     Every call has its own state while it runs (never shared, so concurrent and nested
     calls cannot spend each other's budget). A compiled entry point whose body loops or
@@ -76,7 +82,7 @@ class ExecState:
     """
 
     __slots__ = ("n", "left", "deadline", "size", "mark", "unyielded", "depth")
-    FIRST, LARGEST = 16, 1024
+    FIRST, LARGEST = 16, _CACHED_INT
     # Set per engine by for_engine(): the limits, the operators and the first budget.
     limits: Limits
     ops: Ops
@@ -90,7 +96,7 @@ class ExecState:
         """A subclass bound to one engine's limits, so that a call's set-up is cheap."""
         total = limits.max_operations or _UNLIMITED
         timed = bool(limits.max_time)
-        first = min(cls.FIRST, total) if timed else total
+        first = min(cls.FIRST if timed else _CACHED_INT, total)
         return type("ExecState", (cls,), {
             "__slots__": (), "limits": limits, "ops": ops, "first": first,
             "rest": total - first, "max_time": limits.max_time or _INF, "timed": timed})
@@ -119,12 +125,29 @@ class ExecState:
                 self.size *= 2
             chunk = min(self.size, available)
         else:
-            chunk = available
+            chunk = min(available, _CACHED_INT)
         if available < 0:
             raise LimitError(f"too many operations (limit {self.limits.max_operations}, "
                              "limits.max_operations)")
         self.left = available - chunk
         self.n = chunk
+
+    def grant(self) -> int:
+        """Count the ticks of as many loop iterations as the chunk holds (without a
+        deadline, up to _LONG_GRANT more), at once (at least one: the first tick calls
+        slow() as compiled code would, so an error comes at the same iteration); how many
+        were counted. The loop gives back those it did
+        not run (compile._Fn.range_chunks)."""
+        n = self.n - 1
+        if n < 0:
+            self.n = n
+            self.slow()
+            n = self.n
+        if not self.timed:  # no clock to read between chunks: take many at once
+            more = min(self.left, _LONG_GRANT)
+            n, self.left = n + more, self.left - more
+        self.n = 0
+        return n + 1
 
     def work(self, size: int) -> None:
         """Charge the work of one step that grows with a value's size (``size`` items or
@@ -649,7 +672,7 @@ class Engine:
             "_range": ops.range_, "_rangei": ops.range_incl, "_neg": ops.neg, "_pos": ops.pos,
             "_not": ops.not_, "_cond": ops.cond, "_idx": ops.index, "_setidx": ops.set_index,
             "_getprop": ops.getprop, "_setprop": ops.setprop, "_tpl": ops.template,
-            "_text": charged_text,
+            "_text": charged_text, "_repeat": repeat, "_unrun": length_hint,
             "_iter": ops.iterate, "_callv": ops.call_value, "_enumerate": enumerate,
             "_meth": call_method, "_cmeth": _calling_back, "_ameth": _ameth,
             "_closure": values.Closure,

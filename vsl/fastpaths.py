@@ -19,7 +19,9 @@ tests> else helper(...)``:
   subclass is not its base) and bounds such as ``I64_MIN <= r <= I64_MAX``.
   A fact the resolver proved (an int variable, a literal constant map, a
   parameter never assigned) drops a test or moves it to the function's start;
-  so does one the compiler sees (a loop variable of a range from 0 is >= 0).
+  so does one inferred (vsl/infer.py: an int variable never below 0 needs only
+  its upper i64 bound tested) or tested once (a parameter's int flag also
+  bounds it by SMALL, so its sums need no bounds test).
 - Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
   engine puts in the module's globals; nothing here is reachable from script text.
 
@@ -33,12 +35,15 @@ import ast as py
 import copy
 
 from . import ast as A
-from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value
+from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value, nonneg_expr
 from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
 
 
 I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 _I64_TEXT = len(str(I64_MIN))  # the longest text of an i64
+# A parameter's int flag also says |x| <= SMALL (flag_test): then x + y, x - y of two
+# such, x + k, x - k (|k| < 2**62) and x * k (|k| <= 3) are i64s, with no bounds test.
+SMALL = 2 ** 61
 _FLAT_FROM = 16  # a template with more interpolations tests them in one flat tuple
 _PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
 
@@ -75,6 +80,15 @@ _INLINE_METHODS = {
 _BOOL_METHODS = frozenset({"is_empty", "starts_with", "ends_with", "contains"})
 _SIZE_CHECKED = frozenset({"to_lower", "to_upper"})
 _UNCHARGED_BELOW = 64  # a string method's receiver from this size is charged (methods._call)
+
+
+def flag_test(param: str, kind: str) -> py.expr:
+    """The test of a parameter's flag (ModuleCompiler.param_flag), once per call:
+    ``p.__class__ is T``; for ``small``, an int of at most SMALL either way."""
+    if kind != "small":
+        return py_is_type(py_name(param), kind)
+    return py.BoolOp(py.And(), [py_is_type(py_name(param), "int"), py.Compare(
+        py_const(-SMALL), [py.LtE(), py.LtE()], [py_name(param), py_const(SMALL)])])
 
 
 def _every(tests: list[py.expr]) -> py.expr:
@@ -141,8 +155,12 @@ class FastPaths:
                 values.append(py_const(part.value))
                 args.append(py_const(part.value))
                 continue
-            ref, first = (value, value) if names else self.kept(value)
-            tests.append(self.formattable(ref, first, share, bounded, self.likely_int(part)))
+            if getattr(value, "vsl_size", False):
+                ref, test = self.formattable_size(value, share, bounded)
+                tests.append(test)
+            else:
+                ref, first = (value, value) if names else self.kept(value)
+                tests.append(self.formattable(ref, first, share, bounded, self.likely_int(part)))
             values.append(py.FormattedValue(ref, -1, None))
             args.append(ref)
         if not tests:  # only literal text: too long is still a run-time error
@@ -196,6 +214,16 @@ class FastPaths:
     def likely_int(self, e) -> bool:
         """Whether a template part is an int, or most likely one (a size): tested first."""
         return self.known_int(e) or (isinstance(e, A.MethodCall) and e.name == "len")
+
+    def formattable_size(self, value: py.IfExp, share: int,
+                         bounded: bool) -> tuple[py.Name, py.expr]:
+        """(a new temporary, the test evaluating into it) for an inlined ``x.len()``: its
+        fast branch gives an int below 2**63, which goes into the f-string untested; only
+        the other branch's value is tested (formattable)."""
+        w = self.mc.tmp("_w")
+        size = py.Compare(py_walrus(w, value.body), [py.Is()], [py_name(w)])  # (true)
+        other = self.formattable(py_name(w), py_walrus(w, value.orelse), share, bounded, True)
+        return py_name(w), py.IfExp(value.test, size, other)
 
     def formattable(self, ref: py.expr, first: py.expr, share: int, bounded: bool,
                     int_first: bool) -> py.expr:
@@ -260,14 +288,9 @@ class FastPaths:
         return py.BoolOp(py.Or(), tests)
 
     def nonneg(self, e) -> bool:
-        """Whether ``e`` is an int >= 0 whenever it evaluates: a literal, a loop variable
-        (ModuleCompiler.note_nonneg), or such an int ``/`` or ``%`` a positive literal."""
-        if isinstance(e, A.Literal):
-            return type(e.value) is int and e.value >= 0
-        if isinstance(e, A.Var):
-            return self.mc.res.names[(id(e), "ref")] in self.mc.nonneg_vars
-        return isinstance(e, A.Binary) and e.op in ("/", "%") and _int_literal(e.right) and \
-            e.right.value > 0 and self.nonneg(e.left)
+        """Whether ``e`` is an int >= 0 whenever it evaluates (infer.nonneg_expr: a literal,
+        a variable never below 0, sums, products, ``/`` or ``%`` a positive literal)."""
+        return nonneg_expr(e, self.mc.res.names, self.mc.nonneg_vars)
 
     def known_int(self, e) -> bool:
         res = self.mc.res
@@ -283,20 +306,41 @@ class FastPaths:
         if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
             return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
-            return self.fast_int_arith(e.op, left, e.right.value, left_int)
+            return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left))
+        if e.op in ("+", "-") and left_int and right_int:
+            return self.known_int_sum(e.op, left, right, self.nonneg(e.left),
+                                      self.nonneg(e.right))
         if e.op in _PY_CMP or e.op in ("+", "-"):
             return self.fast_int_pair(e.op, (left, left_int), (right, right_int))
         return None
 
-    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list]:
-        """The operand to use and the type tests it needs (none for a known-int name)."""
+    def known_int_sum(self, op: str, left: py.expr, right: py.expr, left_nonneg: bool,
+                      right_nonneg: bool) -> py.expr:
+        """``a + b`` or ``a - b`` of two known ints, each evaluated where first used: the
+        result tested against the i64 bounds (only the upper one for a sum of two ints
+        >= 0); the helper reports an overflow. (An int >= 0 may still be past I64_MAX: a
+        range's variable, from a host's bounds.)"""
+        (a, a_first), (b, b_first) = self.named(left), self.named(right)
+        pyop = py.Add() if op == "+" else py.Sub()
+        r = self.mc.tmp("_w")
+        result = py_walrus(r, py.BinOp(a_first, pyop, b_first))
+        if left_nonneg and right_nonneg and op == "+":
+            in_range = py.Compare(result, [py.LtE()], [py_const(I64_MAX)])
+        else:
+            in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
+                                  [result, py_const(I64_MAX)])
+        return py.IfExp(in_range, py_name(r), self.int_binary(op, a, b))
+
+    def int_operand(self, operand: py.expr, known: bool) -> tuple[py.expr, list, bool]:
+        """The operand to use, the type tests it needs (none for a known-int name) and
+        whether they also bound it by SMALL (a parameter's flag: see flag_test)."""
         if known and isinstance(operand, (py.Name, py.Constant)):
-            return operand, []
-        flag = self.mc.param_flag(operand, "int")
+            return operand, [], False
+        flag = self.mc.param_flag(operand, "small")
         if flag is not None:
-            return operand, [flag]
+            return operand, [flag], True
         w = self.mc.tmp("_w")
-        return py_name(w), [py_is_type(py_walrus(w, operand), "int")]
+        return py_name(w), [py_is_type(py_walrus(w, operand), "int")], False
 
     def named(self, operand: py.expr) -> tuple[py.expr, py.expr]:
         """(the operand's value for later uses, the expression that evaluates it first)."""
@@ -308,18 +352,10 @@ class FastPaths:
     def fast_int_pair(self, op: str, left, right) -> py.expr:
         """Two ints: compare or add/subtract inline. Operands are evaluated once, in order
         (the non-short-circuit ``&``); those known to be ints are not tested."""
-        if left[1] and right[1]:  # both known: no tests, each evaluated where first used
-            if op in _PY_CMP:
-                return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
-            (a, a_first), (b, b_first) = self.named(left[0]), self.named(right[0])
-            r = self.mc.tmp("_w")
-            pyop = py.Add() if op == "+" else py.Sub()
-            in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
-                                  [py_walrus(r, py.BinOp(a_first, pyop, b_first)),
-                                   py_const(I64_MAX)])
-            return py.IfExp(in_range, py_name(r), self.binary(op, a, b))
-        a, tests = self.int_operand(*left)
-        b, more = self.int_operand(*right)
+        if left[1] and right[1] and op in _PY_CMP:  # both known: no tests
+            return py.Compare(left[0], [_PY_CMP[op]()], [right[0]])
+        a, tests, a_small = self.int_operand(*left)
+        b, more, b_small = self.int_operand(*right)
         tests += more
         slow = self.binary(op, a, b)
         if op in _PY_CMP:
@@ -330,6 +366,8 @@ class FastPaths:
             return py.IfExp(test, fast, slow)
         r = self.mc.tmp("_w")
         pyop = py.Add() if op == "+" else py.Sub()
+        if a_small and b_small:  # two ints of at most SMALL: the result is an i64
+            return py.IfExp(py.BinOp(tests[0], py.BitAnd(), tests[1]), py.BinOp(a, pyop, b), slow)
         in_range = py.Compare(py_const(I64_MIN), [py.LtE(), py.LtE()],
                               [py_walrus(r, py.BinOp(a, pyop, b)), py_const(I64_MAX)])
         if len(tests) == 2:
@@ -337,8 +375,11 @@ class FastPaths:
         test = py.BoolOp(py.And(), [*tests, in_range]) if tests else in_range
         return py.IfExp(test, py_name(r), slow)
 
-    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool) -> py.expr | None:
-        """``x + 3`` without a helper call when x is an int and the result cannot overflow."""
+    def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool,
+                       nonneg: bool) -> py.expr | None:
+        """``x + 3`` without a helper call when x is an int and the result cannot overflow
+        (x known to be an int: not tested; known to be >= 0: only against its upper bound,
+        as lo <= 0 here)."""
         if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
             if k <= 0:
                 return None
@@ -357,11 +398,13 @@ class FastPaths:
             w, first = self.named(left)
             if (lo, hi) == (I64_MIN, I64_MAX):
                 return py.BinOp(first, pyop, py_const(k))
-            return py.IfExp(py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)]),
-                            py.BinOp(w, pyop, py_const(k)),
-                            self.binary(op, w, py_const(k)))
-        w, tests = self.int_operand(left, known)
-        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) else \
+            bounds = py.Compare(first, [py.LtE()], [py_const(hi)]) if nonneg else \
+                py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)])
+            return py.IfExp(bounds, py.BinOp(w, pyop, py_const(k)),
+                            self.int_binary(op, w, py_const(k)))
+        w, tests, small = self.int_operand(left, known)
+        in_range = small and lo <= -SMALL and SMALL <= hi  # the flag bounds x
+        bounds = [] if (lo, hi) == (I64_MIN, I64_MAX) or in_range else \
             [py.Compare(py_const(lo), [py.LtE(), py.LtE()], [w, py_const(hi)])]
         fast = py.BinOp(w, pyop, py_const(k))
         test = tests + bounds
@@ -495,6 +538,7 @@ class FastPaths:
                      py.Tuple(names, py.Load()))
         node = py.IfExp(test, make(py_name(w), *names), slow)
         node.vsl_bool = name in _BOOL_METHODS  # the fast branch is a bool
+        node.vsl_size = name == "len"  # ... a size (see formattable_size)
         return node
 
     def splits_inline(self, args: list[py.expr]) -> bool:

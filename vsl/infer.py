@@ -136,3 +136,71 @@ def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[st
                 ints.discard(name)
                 changed = True
     return ints
+
+
+
+def _nodes(value):
+    """Every node in ``value`` (a node, or a tuple or list of them), depth first."""
+    if isinstance(value, ast.Node):
+        yield value
+        for f in fields(value):
+            yield from _nodes(getattr(value, f.name))
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _nodes(item)
+
+
+def range_starts(module: ast.Module, names: dict) -> dict:
+    """Python name of each range loop's variable -> the range's start expression."""
+    return {names[(id(node), "var")]: node.iterable.left
+            for node in _nodes((module.functions, module.body))
+            if isinstance(node, ast.For) and node.index_var is None and
+            isinstance(node.iterable, ast.Binary) and node.iterable.op in ("..", "..=")}
+
+
+def _positive_literal(e) -> bool:
+    return isinstance(e, ast.Literal) and type(e.value) is int and e.value > 0
+
+
+def nonneg_expr(e, names: dict, nonneg: set) -> bool:
+    """Whether ``e`` is an int >= 0 whenever it evaluates (or fails): a literal, a variable
+    of ``nonneg``, such ints added or multiplied, or one ``/`` or ``%`` a positive literal."""
+    if isinstance(e, ast.Literal):
+        return type(e.value) is int and e.value >= 0
+    if isinstance(e, ast.Var):
+        return names.get((id(e), "ref")) in nonneg
+    if not isinstance(e, ast.Binary):
+        return False
+    if e.op in ("+", "*"):
+        return nonneg_expr(e.left, names, nonneg) and nonneg_expr(e.right, names, nonneg)
+    return e.op in ("/", "%") and _positive_literal(e.right) and \
+        nonneg_expr(e.left, names, nonneg)
+
+
+def nonneg_variables(sources: dict[str, list], names: dict, ints: set,
+                     range_starts: dict) -> set[str]:
+    """Python names of the integer variables never below 0: each value given is a
+    nonneg_expr, assuming the same of the others (the largest such set, as
+    int_variables). An INT source is a loop's: a range's variable (its start in
+    ``range_starts``) or an index (always >= 0)."""
+    found = set(ints)
+
+    def is_nonneg(name: str, source) -> bool:
+        if source is INT:
+            start = range_starts.get(name)
+            return start is None or nonneg_expr(start, names, found)
+        if isinstance(source, tuple):  # x op= value, x >= 0
+            op, value = source
+            return op in ("+", "*") and nonneg_expr(value, names, found) or \
+                op in ("/", "%") and _positive_literal(value)
+        return source is not None and source is not NOT_INT and \
+            nonneg_expr(source, names, found)
+
+    changed = True
+    while changed:
+        changed = False
+        for name in list(found):
+            if not all(is_nonneg(name, s) for s in sources[name]):
+                found.discard(name)
+                changed = True
+    return found
