@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import datetime, timezone
 
@@ -23,6 +24,7 @@ from .logfmt import encode
 from .printable import SafeFormatter, printable
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+_PLAIN = re.compile(r"[!-~]+")  # printable ASCII, no space: a value printable() keeps
 
 
 def record_fields(record: logging.LogRecord) -> dict:
@@ -36,12 +38,12 @@ def record_fields(record: logging.LogRecord) -> dict:
 
 
 def _fields(record: logging.LogRecord) -> dict:
-    pairs = {"session": getattr(record, "session", None),
-             "queue_id": getattr(record, "queue_id", None),
-             "event": getattr(record, "vsl_event", None),
-             **getattr(record, "vsl_fields", {})}
-    return {key: printable(value) if isinstance(value, str) else value
-            for key, value in pairs.items() if value is not None}
+    fields = {"session": getattr(record, "session", None),
+              "queue_id": getattr(record, "queue_id", None),
+              "event": getattr(record, "vsl_event", None)}
+    fields.update(getattr(record, "vsl_fields", ()))
+    return {key: printable(value) if isinstance(value, str) and not _PLAIN.fullmatch(value)
+            else value for key, value in fields.items() if value is not None}
 
 
 def script_sd(record: logging.LogRecord) -> tuple[list, str | None]:
@@ -58,6 +60,17 @@ class TextFormatter(SafeFormatter):
 
     def __init__(self):
         super().__init__(TEXT_FORMAT)
+        self.second: int | None = None  # the second of the last line's time, and its text
+        self.second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
+        """The time as logging writes it (``2026-12-06 21:06:05,123``), the second's text
+        made once a second."""
+        second = int(record.created)
+        if second != self.second:
+            self.second_text = time.strftime(self.default_time_format, self.converter(second))
+            self.second = second
+        return self.default_msec_format % (self.second_text, record.msecs)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
