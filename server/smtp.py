@@ -196,10 +196,12 @@ async def read_data(reader: ClientReader, size_limit: int | None,
     size, head = 0, None  # bytes read, the lone dot's line too; what is kept of a big one
     keep = size_limit + line_limit + len(END) if size_limit else None  # enough to judge
     while True:
-        try:
-            chunk, ended = await reader.readuntil(END), True
+        try:  # StreamReader's own: a chunk costs no coroutine of ClientReader's
+            chunk, ended = await asyncio.StreamReader.readuntil(reader, END), True
         except asyncio.LimitOverrunError as err:  # no END within the reader's limit
             chunk, ended = await reader.read(err.consumed), False
+        except asyncio.IncompleteReadError:
+            raise asyncio.CancelledError from None  # the client left: as ClientReader
         data += chunk
         size += len(chunk)
         if ended and (size == len(END) or data[-5:-3] == b"\r\n"):
