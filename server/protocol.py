@@ -115,19 +115,17 @@ def _bound_replies(transport, sock) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
 
 
-_UNREAD = array.array("i", [0])  # FIONREAD's answer (the event loop's thread only)
-
-
 def _unread_bytes(fd: int) -> int:
     """How many bytes the client sent that the kernel holds unread on the socket ``fd``
-    (FIONREAD; 0 without a socket)."""
+    (FIONREAD, answered in place; 0 without a socket)."""
     if fd < 0:
         return 0
+    unread = array.array("i", [0])  # not shared: servers of one process run in threads
     try:
-        fcntl.ioctl(fd, termios.FIONREAD, _UNREAD)
+        fcntl.ioctl(fd, termios.FIONREAD, unread)
     except OSError:
         return 0
-    return _UNREAD[0]
+    return unread[0]
 
 
 def _unless_idle(command):
