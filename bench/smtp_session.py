@@ -1,9 +1,14 @@
-"""SMTP sessions per second: vSL with a script on every stage, against vSL without a
-script and a bare aiosmtpd server that does nothing, under the same client load in the
-same run. Each server runs in its own process; the client pipelines nothing and waits
-for every reply, like a real MTA.
+"""SMTP sessions per second and the server's CPU time per session: vSL with a script on
+every stage, against vSL without a script and a bare aiosmtpd server that does nothing,
+under the same client load in the same run. Each server runs in its own process; the
+client pipelines nothing and waits for every reply, like a real MTA.
 
     python bench/smtp_session.py [--sessions 600] [--concurrency 20]
+    python bench/smtp_session.py --vsl before=/tmp/base/.venv/bin/vsl  # another vSL too
+
+``--vsl NAME=PATH`` adds a column for another vSL (say, a checkout of main), without a
+script, so a change is measured against it in one run; the machine's other load skews
+rates more than CPU times.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from throughput import tree_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 VSL = Path(sys.executable).parent / "vsl"
@@ -98,17 +105,29 @@ def wait_port(port: int, proc, log: Path) -> None:
     raise RuntimeError("server did not start")
 
 
-def measure(command: list[str], port: int, args, log: Path) -> float:
+def measure(command: list[str], port: int, args, log: Path) -> tuple[float, float]:
+    """The best rate (sessions/s) and the least server CPU time per session (µs) of
+    ``args.repeat`` loads."""
     with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(command, stdout=out, stderr=out)
     try:
         wait_port(port, proc, log)
         asyncio.run(load(port, args.sessions // 10, args.concurrency))  # warm up
-        return max(asyncio.run(load(port, args.sessions, args.concurrency))
-                   for _ in range(args.repeat))
+        runs = []
+        for _ in range(args.repeat):
+            cpu = tree_cpu(proc.pid)
+            rate = asyncio.run(load(port, args.sessions, args.concurrency))
+            runs.append((rate, (tree_cpu(proc.pid) - cpu) / args.sessions * 1e6))
+        return max(rate for rate, _ in runs), min(cpu for _, cpu in runs)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def vsl_serve(vsl: Path, tmp: Path, label: str, port: int, scripts: list[str]) -> list[str]:
+    return [str(vsl), "serve", "--config", str(tmp / "vsl.toml"),
+            "--listen", f"127.0.0.1:{port}", *scripts,
+            "--queue-dir", str(tmp / f"queue-{label}"), "--hostname", "example.test"]
 
 
 def main() -> None:
@@ -116,6 +135,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--vsl", action="append", default=[], metavar="NAME=PATH",
+                        help="another vsl command to measure, without a script")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -123,25 +144,25 @@ def main() -> None:
         (tmp / "scripts" / "main.vsl").write_text(POLICY)
         (tmp / "vsl.toml").write_text("[limits]\nconnections = 10000\nconnections_per_ip = 10000\n")
         results = {}
-        for name, label, scripts in (
-                ("vsl, script on every stage", "script", ["--scripts", str(tmp / "scripts")]),
-                ("vsl, no script", "none", [])):
+        others = [(f"{name}, no script", f"other{i}", Path(path), [])
+                  for i, (name, _, path) in enumerate(v.partition("=") for v in args.vsl)]
+        for name, label, vsl, scripts in (
+                ("vsl, script on every stage", "script", VSL,
+                 ["--scripts", str(tmp / "scripts")]),
+                ("vsl, no script", "none", VSL, []), *others):
             port = free_port()
-            results[name] = measure(
-                [str(VSL), "serve", "--config", str(tmp / "vsl.toml"),
-                 "--listen", f"127.0.0.1:{port}", *scripts,
-                 "--queue-dir", str(tmp / f"queue-{label}"),
-                 "--hostname", "example.test"], port, args, tmp / f"{label}.log")
+            results[name] = measure(vsl_serve(vsl, tmp, label, port, scripts), port, args,
+                                    tmp / f"{label}.log")
         port = free_port()
         results["bare aiosmtpd"] = measure([sys.executable, "-c", BARE, str(port)], port, args,
                                            tmp / "bare.log")
-    base = results["bare aiosmtpd"]
+    base = results["bare aiosmtpd"][0]
     print(f"{args.sessions} sessions, {args.concurrency} at a time, best of {args.repeat} "
           f"(2 KB message, queued durably by vSL)")
-    print(f"{'server':30} {'sessions/s':>10} {'vs bare':>8}")
-    for name, rate in results.items():
-        print(f"{name:30} {rate:10.0f} {rate / base:8.2f}")
-    script, plain = results["vsl, script on every stage"], results["vsl, no script"]
+    print(f"{'server':30} {'sessions/s':>10} {'vs bare':>8} {'CPU µs/session':>15}")
+    for name, (rate, cpu) in results.items():
+        print(f"{name:30} {rate:10.0f} {rate / base:8.2f} {cpu:15.0f}")
+    script, plain = results["vsl, script on every stage"][0], results["vsl, no script"][0]
     print(f"policy engine cost (script vs no script): {(1 - script / plain) * 100:.0f}%")
 
 

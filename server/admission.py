@@ -20,11 +20,12 @@ class Admission:
     def __init__(self, limits: SmtpLimits):
         self.limits = limits
         self.per_ip: Counter = Counter()
+        self.total = 0  # connections admitted and open, all addresses
         self.replay_peer: tuple[str, int] | None = None
 
     def admit(self, ip: str) -> bool:
         """Count a new connection; False when a connection limit is reached."""
-        reason = "connections" if sum(self.per_ip.values()) >= self.limits.connections else \
+        reason = "connections" if self.total >= self.limits.connections else \
             "connections_per_ip" if self.per_ip[ip] >= self.limits.connections_per_ip else None
         if reason:
             metrics.count("vsl_connections_refused_total", reason=_REFUSED[reason])
@@ -32,10 +33,12 @@ class Admission:
                   client_ip=ip, reason=reason)
             return False
         self.per_ip[ip] += 1
+        self.total += 1
         return True
 
     def release(self, ip: str) -> None:
         """A connection admitted from ``ip`` closed."""
         self.per_ip[ip] -= 1
+        self.total -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]

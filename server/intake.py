@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.status import Status
@@ -72,7 +71,8 @@ class Intake:
             except HandoffError as err:
                 raise QueueError(f"cannot hand it to a post-queue worker: {err}") from err
         msg_id = await self.queue.put(envelope, data, queue, ctx.message_id)
-        return Entry(msg_id, queue, replace(envelope, id=msg_id))
+        envelope.id = msg_id  # the queue keeps a copy: this one is the entry's
+        return Entry(msg_id, queue, envelope)
 
     def _envelope(self, ctx: Context, authenticated_as: str | None) -> Envelope:
         return Envelope(

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import datetime, timezone
 
-from .logfmt import encode
-from .printable import SafeFormatter, printable
+from .logfmt import encode_value
+from .printable import SafeFormatter, indented, printable
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+# printable ASCII but space, '"', '=' and '\\': a value printable() keeps, logfmt writes bare
+_PLAIN = re.compile(r'[!#-<>-\[\]-~]+')
 
 
 def record_fields(record: logging.LogRecord) -> dict:
@@ -36,12 +39,29 @@ def record_fields(record: logging.LogRecord) -> dict:
 
 
 def _fields(record: logging.LogRecord) -> dict:
-    pairs = {"session": getattr(record, "session", None),
-             "queue_id": getattr(record, "queue_id", None),
-             "event": getattr(record, "vsl_event", None),
-             **getattr(record, "vsl_fields", {})}
-    return {key: printable(value) if isinstance(value, str) else value
-            for key, value in pairs.items() if value is not None}
+    return {key: printable(value) if isinstance(value, str) and not _PLAIN.fullmatch(value)
+            else value for key, value in _raw_fields(record).items() if value is not None}
+
+
+def _raw_fields(record: logging.LogRecord) -> dict:
+    """The ids, the event and its fields of ``record``, as given (None values too)."""
+    fields = {"session": getattr(record, "session", None),
+              "queue_id": getattr(record, "queue_id", None),
+              "event": getattr(record, "vsl_event", None)}
+    fields.update(getattr(record, "vsl_fields", ()))
+    return fields
+
+
+def text_tail(record: logging.LogRecord) -> str:
+    """``encode(record_fields(record))`` in one pass: a plain value is written as it is."""
+    return " ".join([f"{key}={value}" if isinstance(value, str) and _PLAIN.fullmatch(value)
+                     else f"{key}={_escaped(value)}"
+                     for key, value in _raw_fields(record).items() if value is not None])
+
+
+def _escaped(value) -> str:
+    """A field's value as the tail writes it: escaped by printable(), then logfmt."""
+    return encode_value(printable(value) if isinstance(value, str) else value)
 
 
 def script_sd(record: logging.LogRecord) -> tuple[list, str | None]:
@@ -58,10 +78,34 @@ class TextFormatter(SafeFormatter):
 
     def __init__(self):
         super().__init__(TEXT_FORMAT)
+        self.second: int | None = None  # the second of the last line's time, and its text
+        self.second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
+        """The time as logging writes it (``2026-12-06 21:06:05,123``), the second's text
+        made once a second."""
+        second = int(record.created)
+        if second != self.second:
+            self.second_text = time.strftime(self.default_time_format, self.converter(second))
+            self.second = second
+        return self.default_msec_format % (self.second_text, record.msecs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """logging's line; made here, without its general steps, when there is no
+        traceback or stack to add (every event line)."""
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = indented(record.getMessage())
+        record.asctime = self.formatTime(record)
+        return self._tailed(TEXT_FORMAT % record.__dict__, record)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
-        tail = encode(record_fields(record))
+        return self._tailed(super().formatMessage(record), record)
+
+    @staticmethod
+    def _tailed(line: str, record: logging.LogRecord) -> str:
+        """``line`` with the logfmt tail of ``record`` at the end of its first line."""
+        tail = text_tail(record)
         if not tail:
             return line
         first, newline, rest = line.partition("\n")

@@ -13,10 +13,9 @@ context (the script threads run in a copy of it).
 from __future__ import annotations
 
 import logging
-import secrets
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from random import getrandbits
 
 
 @dataclass
@@ -31,8 +30,9 @@ _current: ContextVar[Ids | None] = ContextVar("vsl_log_ids", default=None)
 
 
 def new_session_id() -> str:
-    """A fresh session id: 12 lowercase hex digits."""
-    return secrets.token_hex(6)
+    """A fresh session id: 12 lowercase hex digits (random, not secret: the random
+    module is seeded anew in a forked worker)."""
+    return f"{getrandbits(48):012x}"
 
 
 def current() -> Ids | None:
@@ -52,15 +52,20 @@ def bound(session: str, queue_id: str | None = None):
     return using(Ids(session, queue_id))
 
 
-@contextmanager
-def using(ids: Ids):
+class using:  # noqa: N801 - a context manager used as a function
     """Log with ``ids`` inside the block: for code a session's task does not run (the
-    transport's callbacks)."""
-    token = _current.set(ids)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    transport's callbacks). A class: cheaper than a generator's context manager."""
+
+    __slots__ = ("ids", "token")
+
+    def __init__(self, ids: Ids):
+        self.ids = ids
+
+    def __enter__(self) -> None:
+        self.token = _current.set(self.ids)
+
+    def __exit__(self, *exc) -> None:
+        _current.reset(self.token)
 
 
 class IdsFilter(logging.Filter):

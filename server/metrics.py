@@ -126,6 +126,11 @@ def _build(spec: Metric):
 _recorder: Recorder | None = None
 
 
+def recording() -> bool:
+    """Whether metrics are on in this process: a hot path tests it before any label work."""
+    return _recorder is not None
+
+
 def count(name: str, amount: float = 1, **labels: str) -> None:
     """Add ``amount`` to the counter ``name`` (nothing while metrics are off)."""
     if _recorder is not None:

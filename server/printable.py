@@ -37,17 +37,17 @@ class SafeFormatter(logging.Formatter):
     of its own (what fail2ban reads)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _indented(record.message)
+        record.message = indented(record.message)
         return super().formatMessage(record)
 
     def formatException(self, ei) -> str:
-        return "  " + _indented(super().formatException(ei))  # it goes on a line of its own
+        return "  " + indented(super().formatException(ei))  # it goes on a line of its own
 
     def formatStack(self, stack_info: str) -> str:
-        return "  " + _indented(super().formatStack(stack_info))
+        return "  " + indented(super().formatStack(stack_info))
 
 
-def _indented(text: str) -> str:
+def indented(text: str) -> str:
     """``text`` escaped, its lines after the first indented (they cannot pass for a line
     of their own)."""
     return printable(text, lines=True).replace("\n", "\n  ")

@@ -8,13 +8,13 @@ What each command means (the policy stages, AUTH, the queue) is its handler's,
 """
 from __future__ import annotations
 
+import array
 import asyncio
 import fcntl
 import functools
 import logging
 import re
 import socket
-import struct
 import termios
 from time import monotonic
 
@@ -80,14 +80,19 @@ def wire(reply: bytes, raw: bool) -> bytes:
     return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
 
 
+def continues(wired: bytes) -> bool:
+    """Whether ``wired`` is a line pushed on its own that continues a reply (``250-SIZE
+    ...`` of EHLO): it goes out, and is counted, with the reply's last line."""
+    return wired[3:4] == b"-" and wired.find(b"\r\n") == len(wired) - 2
+
+
 def count_reply(command: str | None, wired: bytes) -> None:
     """Count a reply as sent (``wired``: its lines as on the wire) in
     vsl_smtp_replies_total: the stage of the ``command`` it answers, its code and the
-    enhanced code of its first line. A line pushed on its own that continues a reply
-    (``250-SIZE ...`` of EHLO) is not a reply: the reply is counted at its last line. The
-    series is remembered by the command and the reply's first bytes (which hold both
-    codes), up to REPLY_SERIES of them."""
-    if wired[3:4] == b"-" and wired.find(b"\r\n") == len(wired) - 2:
+    enhanced code of its first line; nothing while metrics are off. The series is
+    remembered by the command and the reply's first bytes (which hold both codes), up to
+    REPLY_SERIES of them."""
+    if not metrics.recording():
         return
     key = (command, wired[:REPLY_HEAD])
     series = _reply_series.get(key)
@@ -102,24 +107,25 @@ def count_reply(command: str | None, wired: bytes) -> None:
     series.inc()
 
 
-def _bound_replies(transport) -> None:
+def _bound_replies(transport, sock) -> None:
     """Keep little of a client's unread replies buffered: one that pipelines commands but
     never reads stalls soon, so the command timeout can drop it."""
     transport.set_write_buffer_limits(high=REPLY_BUFFER)
-    sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REPLY_BUFFER)
 
 
-def _unread_bytes(transport) -> int:
-    """How many bytes the client sent that the kernel holds unread (FIONREAD)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
+def _unread_bytes(fd: int) -> int:
+    """How many bytes the client sent that the kernel holds unread on the socket ``fd``
+    (FIONREAD, answered in place; 0 without a socket)."""
+    if fd < 0:
         return 0
+    unread = array.array("i", [0])  # not shared: servers of one process run in threads
     try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        fcntl.ioctl(fd, termios.FIONREAD, unread)
     except OSError:
         return 0
+    return unread[0]
 
 
 def _unless_idle(command):
@@ -151,22 +157,28 @@ def _idle_checked(cls: type) -> type:
 
 class CommandCounts:
     """The commands of a session, issued and accepted (a 2xx or 3xx first reply), as
-    Postfix's disconnect line shows them: ``ehlo=1 mail=1 rcpt=1/2 quit=1 commands=4/5``."""
+    Postfix's disconnect line shows them: ``ehlo=1 mail=1 rcpt=1/2 quit=1 commands=4/5``.
+    Counted by the names aiosmtpd gives (upper case), in the order first issued."""
 
     def __init__(self):
-        self.counts: dict[str, list[int]] = {}  # command: [accepted, issued]
+        self.issued_by_name: dict[str, int] = {}
+        self.accepted_by_name: dict[str, int] = {}
 
     def issued(self, command: str) -> None:
-        self.counts.setdefault(command.lower(), [0, 0])[1] += 1
+        issued = self.issued_by_name
+        issued[command] = issued.get(command, 0) + 1
 
     def answered(self, command: str | None, accepted: bool) -> None:
-        if accepted and command is not None and command.lower() in self.counts:
-            self.counts[command.lower()][0] += 1
+        if accepted and command in self.issued_by_name:
+            accepted_by_name = self.accepted_by_name
+            accepted_by_name[command] = accepted_by_name.get(command, 0) + 1
 
     def __str__(self) -> str:
-        total = [sum(c[0] for c in self.counts.values()), sum(c[1] for c in self.counts.values())]
-        return " ".join(f"{name}={_ratio(*counts)}"
-                        for name, counts in [*self.counts.items(), ("commands", total)])
+        accepted = self.accepted_by_name
+        parts = [f"{name.lower()}={_ratio(accepted.get(name, 0), issued)}"
+                 for name, issued in self.issued_by_name.items()]
+        total = _ratio(sum(accepted.values()), sum(self.issued_by_name.values()))
+        return " ".join([*parts, f"commands={total}"])
 
 
 def _ratio(accepted: int, issued: int) -> str:
@@ -176,6 +188,9 @@ def _ratio(accepted: int, issued: int) -> str:
 @_idle_checked
 class Protocol(FastSMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
+
+    client_fd = -1  # the client's socket (connection_made), for FIONREAD
+    unsent = b""    # the lines of a reply pushed line by line, until its last (push)
 
     def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
         self.settings, self.listener = services.settings, listener
@@ -209,7 +224,9 @@ class Protocol(FastSMTP):
             ids = logids.start_session()
         super().connection_made(transport)
         if first:
-            _bound_replies(transport)
+            sock = transport.get_extra_info("socket")
+            self.client_fd = sock.fileno() if sock is not None else -1
+            _bound_replies(transport, sock)
             self.open = True
             _OPENED[self.listener.kind].inc()
             _CURRENT.inc()
@@ -249,10 +266,15 @@ class Protocol(FastSMTP):
         raw = self.in_helo
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
+        mail_log.debug("%r << %r", self.session.peer, reply)
         wired = wire(reply, raw)
+        if continues(wired):  # one write, one count for the reply's lines (EHLO's)
+            self.unsent += wired
+            return
+        if self.unsent:
+            wired, self.unsent = self.unsent + wired, b""
         count_reply(self.command, wired)
         self._writer.write(wired)
-        mail_log.debug("%r << %r", self.session.peer, reply)
         await self._writer.drain()
         if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
             if self.transport is not None:
@@ -359,7 +381,7 @@ class Protocol(FastSMTP):
         ctx = self.event_handler.ctx
         if ctx.improper_pipelining or self.transport is None:
             return
-        pending = len(self._reader._buffer) or _unread_bytes(self.transport)  # noqa: SLF001
+        pending = len(self._reader._buffer) or _unread_bytes(self.client_fd)  # noqa: SLF001
         if pending:
             event(log, logging.WARNING, "limit", "%s: improper command pipelining after %s",
                   self.event_handler.peer_ip, where, client_ip=self.event_handler.peer_ip,

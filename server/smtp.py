@@ -9,6 +9,9 @@ every connection.
 * DATA: aiosmtpd reads the message a line at a time; :func:`read_data` reads it a
   chunk at a time, with the same rules (the lone dot, dot-unstuffing, line and size
   limits, the replies).
+* Timeout: aiosmtpd cancels its timer and starts a new one at every command; here a
+  command only moves the deadline, and the one timer, when it fires early, waits for
+  the rest (:meth:`FastSMTP._reset_timeout`).
 * End of input: aiosmtpd cancels the session task on the client's EOF and keeps the
   transport half-open, closing it only from inside the task's command loop. Replies to
   commands the client sent before its FIN were lost, and a task cancelled before it
@@ -67,7 +70,10 @@ def _ehlo_hook_version(handler_cls: type) -> str | None:
 class FastSMTP(SMTP):
     """aiosmtpd's ``SMTP`` (SMTPUTF8 on, data never decoded) with per-class set-up and a
     chunked DATA reader. ``tests/test_data_reader.py`` checks that its state matches
-    aiosmtpd's own ``__init__``."""
+    aiosmtpd's own ``__init__`` (so what it adds is set later, over class defaults)."""
+
+    _deadline = 0.0  # when the session times out (loop time)
+    _timer_at = 0.0  # when its timer fires
 
     def __init__(self, handler, *, hostname: str, ident: str, data_size_limit: int | None,
                  tls_context=None, timeout: float = 300, auth_require_tls: bool = True,
@@ -120,6 +126,26 @@ class FastSMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
 
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The session times out ``duration`` (default: the command timeout) from now. The
+        timer is started again only when it would fire too late."""
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        if self._timeout_handle is None or self._timer_at > self._deadline:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._start_timer()
+
+    def _start_timer(self) -> None:
+        self._timer_at = self._deadline
+        self._timeout_handle = self.loop.call_at(self._deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        """The timer's time: the session timed out, unless its deadline moved since."""
+        if self.loop.time() < self._deadline:
+            self._start_timer()
+        else:
+            self._timeout_cb()
+
     def eof_received(self) -> bool:
         """The client sends no more: its input ends, the session goes on (see the module
         notes). A plain transport stays half-open for the replies; a TLS one cannot."""
@@ -170,10 +196,12 @@ async def read_data(reader: ClientReader, size_limit: int | None,
     size, head = 0, None  # bytes read, the lone dot's line too; what is kept of a big one
     keep = size_limit + line_limit + len(END) if size_limit else None  # enough to judge
     while True:
-        try:
-            chunk, ended = await reader.readuntil(END), True
+        try:  # StreamReader's own: a chunk costs no coroutine of ClientReader's
+            chunk, ended = await asyncio.StreamReader.readuntil(reader, END), True
         except asyncio.LimitOverrunError as err:  # no END within the reader's limit
             chunk, ended = await reader.read(err.consumed), False
+        except asyncio.IncompleteReadError:
+            raise asyncio.CancelledError from None  # the client left: as ClientReader
         data += chunk
         size += len(chunk)
         if ended and (size == len(END) or data[-5:-3] == b"\r\n"):
