@@ -36,6 +36,7 @@ from .queue_backend import QueueBackend
 from .queues import open_queue
 from .scripting import Scripting
 from .services import SessionServices, SessionSettings
+from .shared_counters import SharedCounters
 from .protocol import Protocol
 
 log = logging.getLogger("vsl.server")
@@ -83,11 +84,12 @@ class Server:
     """Everything one ``vsl serve`` process (or one worker of it) runs. ``state``: where
     its limits and greylisting count (None: the configured ``[state]``). ``roles``: the
     roles it runs (see the module docstring); ValueError when the queue backend cannot
-    serve them. ``index``: which worker it is (server/workers.py), for readiness."""
+    serve them. ``index``: which worker it is (server/workers.py), for readiness;
+    ``counters``: the connections counted by every worker (None: by this process)."""
 
     def __init__(self, config: Config, engine: Engine | None = None,
                  state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES,
-                 index: int = 0):
+                 index: int = 0, counters: SharedCounters | None = None):
         self.config, self.roles, self.index = config, roles, index
         self.spool: QueueBackend = open_queue(config)
         check_roles(roles, self.spool)
@@ -103,7 +105,7 @@ class Server:
                                  hook=FailureHook(self.policy, self.scripting.pool))
         intake = Intake(self.spool, self.delivery, hands_off=self.spool.shared)
         self.services = SessionServices(
-            SessionSettings.of(config), Admission(config.limits),
+            SessionSettings.of(config), Admission(config.limits, counters),
             Authenticator(config.auth, self.policy), intake, self.scripting.new_runner)
         self.post_queue = PostQueueWorker(self.spool, intake, self.scripting.new_runner,
                                           config) \

@@ -19,7 +19,9 @@ One Python process is held to about one core by the GIL; N workers are not. The 
   scripts in every worker; a worker that dies otherwise is logged and started again
   (as Postfix's master does), at most once a second.
 
-Connection limits (``limits.connections``, ``limits.connections_per_ip``) count per worker.
+The connection limits (``limits.connections``, ``limits.connections_per_ip``) hold across
+the workers: the parent makes their shared counts (server/shared_counters.py) before it
+forks, and clears a dead worker's count before starting it again.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from .app import ALL_ROLES, Server, recover_queue
 from .config import Config, Listener, parse_listen
 from .exporter import serve_exporter
 from .queues import open_queue
+from .shared_counters import SharedCounters
 
 log = logging.getLogger("vsl.workers")
 
@@ -97,6 +100,7 @@ class Workers:
         self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
+        self.counters = SharedCounters(config.workers)
 
     def prepare(self) -> None:
         """Bind every listener of a receiver and the metrics endpoint, then recover the
@@ -177,6 +181,8 @@ class Workers:
             if index is None:
                 continue
             metrics.mark_dead(pid)
+            if index != EXPORTER:
+                self.counters.clear(index)  # its connections died with it
             if self.stopping:
                 continue
             log.error("%s (pid %d) %s: starting it again", _name(index), pid,
@@ -232,7 +238,9 @@ class Workers:
         _close(self.metrics_sockets)
         metrics.enable(self.config)
         config = child_config(self.config, index, self.shared)
-        return _serve(Server(config, roles=self.roles, index=index), self.sockets)
+        self.counters.use(index)
+        return _serve(Server(config, roles=self.roles, index=index, counters=self.counters),
+                      self.sockets)
 
 
 def child_config(config: Config, index: int, shared: bool) -> Config:
