@@ -37,6 +37,7 @@ from .queues import open_queue
 from .scripting import Scripting
 from .services import SessionServices, SessionSettings
 from .shared_counters import SharedCounters
+from .throttle_service import RemoteThrottle
 from .protocol import Protocol
 
 log = logging.getLogger("vsl.server")
@@ -85,11 +86,13 @@ class Server:
     its limits and greylisting count (None: the configured ``[state]``). ``roles``: the
     roles it runs (see the module docstring); ValueError when the queue backend cannot
     serve them. ``index``: which worker it is (server/workers.py), for readiness;
-    ``counters``: the connections counted by every worker (None: by this process)."""
+    ``counters``, ``throttle``: the connections counted and the AUTH throttle of every
+    worker (None: this process's own)."""
 
     def __init__(self, config: Config, engine: Engine | None = None,
                  state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES,
-                 index: int = 0, counters: SharedCounters | None = None):
+                 index: int = 0, counters: SharedCounters | None = None,
+                 throttle: RemoteThrottle | None = None):
         self.config, self.roles, self.index = config, roles, index
         self.spool: QueueBackend = open_queue(config)
         check_roles(roles, self.spool)
@@ -106,7 +109,7 @@ class Server:
         intake = Intake(self.spool, self.delivery, hands_off=self.spool.shared)
         self.services = SessionServices(
             SessionSettings.of(config), Admission(config.limits, counters),
-            Authenticator(config.auth, self.policy), intake, self.scripting.new_runner)
+            Authenticator(config.auth, self.policy, throttle), intake, self.scripting.new_runner)
         self.post_queue = PostQueueWorker(self.spool, intake, self.scripting.new_runner,
                                           config) \
             if self.spool.shared and "worker" in roles else None

@@ -5,46 +5,33 @@ when it is started again."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 
-from tests.support.crash import VslProcess, write_config
-from tests.support.mailsink import free_port
-from tests.support.smtp_tools import Raw, wait_for
+from tests.support.smtp_tools import wait_for
+from tests.support.workers import connect, serve_two, worker_pids
 
-_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
-_CONNECT = re.compile(r"vsl\.smtp\[(\d+)\]: connect from unknown\[127\.0\.0\.1\]")
+TOO_MANY = 421
 
 
-def serve(tmp_path, connections: int, per_ip: int) -> tuple[VslProcess, int]:
-    """Two workers with these limits, started."""
-    port = free_port()
-    config = write_config(tmp_path, port, "mx.admission.test", "", workers=2)
-    config.write_text(config.read_text().replace(
-        "connections_per_ip = 50", f"connections = {connections}\n"
-                                   f"connections_per_ip = {per_ip}"))
-    vsl = VslProcess(config, port, tmp_path)
-    vsl.start()
-    assert wait_for(lambda: len(_STARTED.findall(vsl.log.read_text())) == 2, timeout=10)
-    return vsl, port
-
-
-def refused(port: int, source: str | None = None) -> bool:
-    with Raw(port, source=source) as raw:
-        return raw.greeting[0] == 421
+def admitted(vsl, port: int, index: int, source: str | None = None) -> bool:
+    """Whether worker ``index`` takes a new connection (closed again)."""
+    with connect(vsl, port, index, source) as raw:
+        return raw.greeting[0] == 220
 
 
 def test_the_limits_count_the_connections_of_every_worker(tmp_path):
-    vsl, port = serve(tmp_path, connections=4, per_ip=3)
+    vsl, port = serve_two(tmp_path, "connections = 4\nconnections_per_ip = 3\n")
     try:
-        held = [Raw(port) for _ in range(3)]
+        held = [connect(vsl, port, index) for index in (0, 1, 0)]
         assert all(raw.greeting[0] == 220 for raw in held)
-        assert all(refused(port) for _ in range(6))  # whichever worker accepts them
-        other = Raw(port, source="127.0.0.2")  # another address: the 4th of all
+        # the 4th from one address, whichever worker accepts it
+        assert not admitted(vsl, port, 0) and not admitted(vsl, port, 1)
+        other = connect(vsl, port, 1, source="127.0.0.2")  # the 4th of all
         assert other.greeting[0] == 220
-        assert refused(port, source="127.0.0.3")  # connections = 4
+        assert not admitted(vsl, port, 0, "127.0.0.3")
+        assert not admitted(vsl, port, 1, "127.0.0.3")
         held.pop().close()
-        assert wait_for(lambda: not refused(port), timeout=5)
+        assert wait_for(lambda: admitted(vsl, port, 1), timeout=5)
         for raw in (*held, other):
             raw.close()
     finally:
@@ -52,20 +39,21 @@ def test_the_limits_count_the_connections_of_every_worker(tmp_path):
 
 
 def test_a_killed_worker_gives_its_connections_back(tmp_path):
-    vsl, port = serve(tmp_path, connections=10, per_ip=3)
+    vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
     try:
-        held = [Raw(port)]
-        assert wait_for(lambda: _CONNECT.search(vsl.log.read_text()), timeout=5)
-        victim = int(_CONNECT.search(vsl.log.read_text())[1])  # serves held[0]
-        held += [Raw(port), Raw(port)]
-        assert all(raw.greeting[0] == 220 for raw in held) and refused(port)
+        held = [connect(vsl, port, index) for index in (0, 1, 1)]
+        assert all(raw.greeting[0] == 220 for raw in held)
+        assert not admitted(vsl, port, 0)
+        victim = worker_pids(vsl)[1]
         os.kill(victim, signal.SIGKILL)
-        closed = [raw for raw in held if raw.closed(2)]
-        assert held[0] in closed
-        assert wait_for(lambda: len(_STARTED.findall(vsl.log.read_text())) == 3, timeout=5)
-        again = [Raw(port) for _ in closed]  # exactly the connections that died
-        assert all(raw.greeting[0] == 220 for raw in again) and refused(port)
-        for raw in (*held, *again):
+        assert held[1].closed(2) and held[2].closed(2)
+        assert wait_for(lambda: worker_pids(vsl)[1] != victim and
+                        f"vsl.server[{worker_pids(vsl)[1]}]: started: " in vsl.log.read_text(),
+                        timeout=10)
+        again = [connect(vsl, port, index) for index in (1, 0)]  # the two that died
+        assert all(raw.greeting[0] == 220 for raw in again)
+        assert not admitted(vsl, port, 0) and not admitted(vsl, port, 1)
+        for raw in (held[0], *again):
             raw.close()
     finally:
         vsl.stop()
