@@ -1,16 +1,17 @@
 """Connection counts shared by the workers of one ``vsl serve`` (server/workers.py), so
 that ``limits.connections`` and ``limits.connections_per_ip`` hold across all of them.
 
-Design: the parent makes one shared memory file (``memfd``) before it forks, mapped by
-every worker. It holds one slot per worker index: that worker's open connections in all,
+Design: the parent maps shared anonymous memory before it forks, which every worker
+inherits. It holds one slot per worker index: that worker's open connections in all,
 and per client address hashed into ``BUCKETS`` buckets (addresses that share a bucket
 count together: a collision can only refuse earlier, never admit more). Only a worker
 writes its own slot, so a count is the sum over the slots, and the slot of a worker that
 died is cleared by the parent (its connections died with it) before another takes it.
 
 Admitting reads every slot and adds one to its own under an exclusive ``lockf`` lock on
-the file: a POSIX lock, not inherited by a fork, released by the kernel if its holder
-dies (a semaphore held by a killed worker would stall every other one). Releasing needs
+an empty ``memfd`` (a file only to lock): a POSIX lock, not inherited by a fork, released
+by the kernel if its holder dies (a semaphore held by a killed worker would stall every
+other one). Releasing needs
 no lock: a worker lowers its own count, and a reader that sees the old value only
 over-counts for that instant.
 """
@@ -36,10 +37,8 @@ class SharedCounters:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._fd = os.memfd_create("vsl-admission", os.MFD_CLOEXEC)
-        size = workers * _SLOT * _INT
-        os.ftruncate(self._fd, size)
-        self._map = mmap.mmap(self._fd, size)
+        self._fd = os.memfd_create("vsl-admission", os.MFD_CLOEXEC)  # locked only
+        self._map = mmap.mmap(-1, workers * _SLOT * _INT)  # MAP_SHARED: the forks see it
         self._counts = memoryview(self._map).cast("I")
         self.index = 0  # the worker this process is (set in the worker by :meth:`use`)
 
