@@ -40,6 +40,7 @@ class SharedCounters:
         self._fd = os.memfd_create("vsl-admission", os.MFD_CLOEXEC)  # locked only
         self._map = mmap.mmap(-1, workers * _SLOT * _INT)  # MAP_SHARED: the forks see it
         self._counts = memoryview(self._map).cast("I")
+        self._slots = range(0, workers * _SLOT, _SLOT)  # where each slot starts
         self.index = 0  # the worker this process is (set in the worker by :meth:`use`)
 
     def use(self, index: int) -> None:
@@ -52,9 +53,9 @@ class SharedCounters:
         counts, offset, at = self._counts, self.index * _SLOT, bucket(ip)
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
-            if sum(counts[slot] for slot in range(0, len(counts), _SLOT)) >= total_limit:
+            if sum(counts[slot] for slot in self._slots) >= total_limit:
                 return "connections"
-            if sum(counts[slot + at] for slot in range(0, len(counts), _SLOT)) >= ip_limit:
+            if sum(counts[slot + at] for slot in self._slots) >= ip_limit:
                 return "connections_per_ip"
             counts[offset] += 1
             counts[offset + at] += 1
