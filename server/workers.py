@@ -101,7 +101,7 @@ class Workers:
         self.shared = False  # the queue is shared between machines (known once prepared)
         self.sockets: list[tuple[Listener, socket.socket]] = []
         self.metrics_sockets: list[socket.socket] = []
-        self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER)
+        self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER, THROTTLE)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
         self.counters = SharedCounters(config.workers)
