@@ -16,8 +16,12 @@ stay pending for ever), and the worker ignores the answers before the service's
 ``welcome`` (they were for the one that died). A service started again says
 ``restarted``: a worker refuses the logins it was waiting for (the answers died with the
 old service) and says ``hello`` again. A worker ends any login the service lets through
-that no one waits for any more (its session closed meanwhile). The throttle's counts are lost with a service that dies, as they are
-with one ``vsl serve`` process that restarts.
+that no one waits for any more (its session closed meanwhile). The throttle's counts are
+lost with a service that dies, as they are with one ``vsl serve`` process that restarts.
+
+A channel's buffer holds a few hundred messages: while the service is down (up to a
+second, until the parent starts it again) a worker under an AUTH flood could fill it, and
+its sends then block until the new service reads them.
 """
 from __future__ import annotations
 
