@@ -52,6 +52,9 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
     if zones and dns_override:
         raise click.UsageError("--zone and --dns-override both say where every look-up goes: "
                                "give one")
+    if zones and (workers or 1) > 1:
+        raise click.UsageError("--zone serves the zones from a thread of this process, "
+                               "which cannot fork workers: give --workers 1")
     options = dict(scripts=scripts, listen=listen, queue_dir=queue_dir, dns_server=dns_server,
                    dns_override=dns_override, hostname=hostname, workers=workers,
                    metrics_listen=metrics_listen)
@@ -59,6 +62,7 @@ def serve(config_path, scripts, listen, queue_dir, dns_server, dns_override, zon
         if nameserver:
             click.echo(f"vsl: zones served on {nameserver}")
             options["dns_override"] = (nameserver,)
+            options["workers"] = 1  # (see above)
         config = serve_config(config_path, **options)
         try:
             configure_logging(config.log, verbose)

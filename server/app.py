@@ -36,6 +36,8 @@ from .queue_backend import QueueBackend
 from .queues import open_queue
 from .scripting import Scripting
 from .services import SessionServices, SessionSettings
+from .shared_counters import SharedCounters
+from .throttle_service import RemoteThrottle
 from .protocol import Protocol
 
 log = logging.getLogger("vsl.server")
@@ -83,11 +85,14 @@ class Server:
     """Everything one ``vsl serve`` process (or one worker of it) runs. ``state``: where
     its limits and greylisting count (None: the configured ``[state]``). ``roles``: the
     roles it runs (see the module docstring); ValueError when the queue backend cannot
-    serve them. ``index``: which worker it is (server/workers.py), for readiness."""
+    serve them. ``index``: which worker it is (server/workers.py), for readiness;
+    ``counters``, ``throttle``: the connections counted and the AUTH throttle of every
+    worker (None: this process's own)."""
 
     def __init__(self, config: Config, engine: Engine | None = None,
                  state: StateStore | None = None, roles: frozenset[str] = ALL_ROLES,
-                 index: int = 0):
+                 index: int = 0, counters: SharedCounters | None = None,
+                 throttle: RemoteThrottle | None = None):
         self.config, self.roles, self.index = config, roles, index
         self.spool: QueueBackend = open_queue(config)
         check_roles(roles, self.spool)
@@ -103,8 +108,8 @@ class Server:
                                  hook=FailureHook(self.policy, self.scripting.pool))
         intake = Intake(self.spool, self.delivery, hands_off=self.spool.shared)
         self.services = SessionServices(
-            SessionSettings.of(config), Admission(config.limits),
-            Authenticator(config.auth, self.policy), intake, self.scripting.new_runner)
+            SessionSettings.of(config), Admission(config.limits, counters),
+            Authenticator(config.auth, self.policy, throttle), intake, self.scripting.new_runner)
         self.post_queue = PostQueueWorker(self.spool, intake, self.scripting.new_runner,
                                           config) \
             if self.spool.shared and "worker" in roles else None

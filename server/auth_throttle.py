@@ -19,13 +19,14 @@ forgets no failures (that would let guesses slip in between the owner's logins).
 whose failures (and pending logins) reached the limit is refused even without a lockout
 (which a full table cannot record).
 
-The state is in memory, per process, and bounded by ``auth.throttle_entries`` in each of
-three tables: failure counts (the least recently used key goes first: losing a count costs
-the guesser a flood far larger than the guesses it gains), lockouts (never dropped before
-they expire: while the table is full, it fails safe and refuses AUTH to everyone but users
-at their known addresses; filling it takes ``failure_limit`` failures per two lockouts,
-from as many addresses as lockouts) and known addresses (written by logins only). The
-logins being checked are bounded by the connections.
+The state is in memory, in one process (the workers of one ``vsl serve`` ask one in a
+child of its own: server/throttle_service.py), and bounded by ``auth.throttle_entries`` in
+each of three tables: failure counts (the least recently used key goes first: losing a
+count costs the guesser a flood far larger than the guesses it gains), lockouts (never
+dropped before they expire: while the table is full, it fails safe and refuses AUTH to
+everyone but users at their known addresses; filling it takes ``failure_limit`` failures
+per two lockouts, from as many addresses as lockouts) and known addresses (written by
+logins only). The logins being checked are bounded by the connections.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import asyncio
 from .auth_throttle import AuthThrottle
 from .config import AUTH_MECHANISMS, AuthConfig
 from .smtp_users import SmtpUsers
+from .throttle_service import RemoteThrottle
 from .policy import Policy
 
 
@@ -14,10 +15,12 @@ class Authenticator:
     """What AUTH is offered and how a login is checked: the users file (``auth.users_file``,
     if any) and the policy's ``on_auth`` are the two things that can check credentials."""
 
-    def __init__(self, config: AuthConfig, policy: Policy):
+    def __init__(self, config: AuthConfig, policy: Policy,
+                 throttle: RemoteThrottle | None = None):
+        """``throttle``: the one every worker shares (None: this process's own)."""
         self.config, self.policy = config, policy
         self.smtp_users = SmtpUsers(config.users_file) if config.users_file else None
-        self.throttle = AuthThrottle(config)
+        self.throttle = throttle or AuthThrottle(config)
 
     def offered(self) -> bool:
         """AUTH is offered when something can check credentials."""

@@ -240,7 +240,7 @@ class Config:
     scripts: Path | None = None          # directory holding main.vsl; None: no policy script
     queue_dir: Path = Path("queue")
     fallback_reply: str = DEFAULT_FALLBACK
-    workers: int = 1                     # server processes (server/workers.py)
+    workers: int = field(default_factory=lambda: auto_workers())  # processes (workers.py)
     event_loop: str = "auto"             # server/event_loop.py: "auto", "asyncio", "uvloop"
     script_threads: int = 4              # threads running stage functions that may run long
     listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525),)
@@ -649,11 +649,17 @@ def _string(value, key: str) -> str:
     return value
 
 
+def auto_workers() -> int:
+    """``workers = "auto"`` (the default): one server process per core, at most
+    AUTO_WORKERS_MAX."""
+    return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+
+
 def parse_workers(value, key: str) -> int:
     """``[server] workers`` (or ``--workers``): a number >= 1, or "auto" (one process per
     core, at most AUTO_WORKERS_MAX)."""
     if value == "auto":
-        return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+        return auto_workers()
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key}: must be \"auto\" or an integer >= 1, not {value!r}")
     return value

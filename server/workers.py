@@ -19,7 +19,11 @@ One Python process is held to about one core by the GIL; N workers are not. The 
   scripts in every worker; a worker that dies otherwise is logged and started again
   (as Postfix's master does), at most once a second.
 
-Connection limits (``limits.connections``, ``limits.connections_per_ip``) count per worker.
+The connection limits (``limits.connections``, ``limits.connections_per_ip``) hold across
+the workers: the parent makes their shared counts (server/shared_counters.py) before it
+forks, and clears a dead worker's count before starting it again. So does the AUTH
+throttle: it runs in a supervised child of its own, which every worker asks over a socket
+pair (server/throttle_service.py).
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ from .app import ALL_ROLES, Server, recover_queue
 from .config import Config, Listener, parse_listen
 from .exporter import serve_exporter
 from .queues import open_queue
+from .shared_counters import SharedCounters
+from .throttle_service import RemoteThrottle, channels, serve_throttle
 
 log = logging.getLogger("vsl.workers")
 
@@ -45,6 +51,7 @@ BACKLOG = 100           # as asyncio's create_server
 RESTART_INTERVAL = 1.0  # a worker that keeps dying is started again at most this often
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 EXPORTER = -1           # the exporter child's index among the children
+THROTTLE = -2           # the AUTH throttle's
 
 
 def bind(listener: Listener) -> list[socket.socket]:
@@ -94,9 +101,11 @@ class Workers:
         self.shared = False  # the queue is shared between machines (known once prepared)
         self.sockets: list[tuple[Listener, socket.socket]] = []
         self.metrics_sockets: list[socket.socket] = []
-        self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER)
+        self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER, THROTTLE)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
+        self.counters = SharedCounters(config.workers)
+        self.channels = channels(config.workers)  # the throttle's: (worker's, its) ends
 
     def prepare(self) -> None:
         """Bind every listener of a receiver and the metrics endpoint, then recover the
@@ -129,6 +138,7 @@ class Workers:
         try:
             if self.metrics_sockets:
                 self._start(EXPORTER)
+            self._start(THROTTLE)
             for index in range(self.config.workers):
                 if self.stopping:
                     break  # SIGTERM while starting: the rest are never started
@@ -141,14 +151,16 @@ class Workers:
         return 0
 
     def close(self) -> None:
-        for sock in (*(sock for _, sock in self.sockets), *self.metrics_sockets):
+        for sock in (*(sock for _, sock in self.sockets), *self.metrics_sockets,
+                     *(sock for pair in self.channels for sock in pair)):
             sock.close()
+        self.channels.clear()
         self.sockets.clear()
         self.metrics_sockets.clear()
 
     # -- the parent ----------------------------------------------------------------------
     def _signal(self, signum: int, _frame) -> None:
-        workers = [pid for pid, index in self.children.items() if index != EXPORTER]
+        workers = [pid for pid, index in self.children.items() if index >= 0]
         if signum == signal.SIGHUP:
             log.info("SIGHUP: reloading the scripts in %d worker(s)", len(workers))
             self._send(signal.SIGHUP, workers)
@@ -177,11 +189,13 @@ class Workers:
             if index is None:
                 continue
             metrics.mark_dead(pid)
+            if index >= 0:
+                self.counters.clear(index)  # its connections died with it
             if self.stopping:
                 continue
             log.error("%s (pid %d) %s: starting it again", _name(index), pid,
                       _describe(status))
-            if index != EXPORTER:
+            if index >= 0:
                 metrics.count("vsl_worker_restarts_total")
             wait = self.started.get(index, 0.0) + RESTART_INTERVAL - time.monotonic()
             if wait > 0:
@@ -224,15 +238,22 @@ class Workers:
 
 
     def _work(self, index: int):
-        """What child ``index`` runs: the exporter, or a worker's Server (each closes
-        the sockets the other serves)."""
+        """What child ``index`` runs: the exporter, the AUTH throttle, or a worker's
+        Server (each closes the listening sockets it does not serve)."""
         if index == EXPORTER:
             _close(sock for _, sock in self.sockets)
             return serve_exporter(self.config, self.metrics_sockets)
         _close(self.metrics_sockets)
+        if index == THROTTLE:
+            _close(sock for _, sock in self.sockets)
+            return serve_throttle(self.config.auth, [theirs for _, theirs in self.channels],
+                                  restarted=THROTTLE in self.started)
         metrics.enable(self.config)
         config = child_config(self.config, index, self.shared)
-        return _serve(Server(config, roles=self.roles, index=index), self.sockets)
+        self.counters.use(index)
+        server = Server(config, roles=self.roles, index=index, counters=self.counters,
+                        throttle=RemoteThrottle(self.channels[index][0]))
+        return _serve(server, self.sockets)
 
 
 def child_config(config: Config, index: int, shared: bool) -> Config:
@@ -265,7 +286,7 @@ def _close(sockets) -> None:
 
 
 def _name(index: int) -> str:
-    return "exporter" if index == EXPORTER else f"worker {index}"
+    return {EXPORTER: "exporter", THROTTLE: "AUTH throttle"}.get(index, f"worker {index}")
 
 
 def _describe(status: int) -> str:

@@ -2,15 +2,16 @@
 ConfigErrors that name the key; no file gives the defaults."""
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from vsl.server.config import (DEFAULT_FALLBACK, AuthConfig, BounceConfig, Config, ConfigError,
-                               DeliveryConfig, DnsConfig, Listener, SmtpLimits, TlsConfig,
-                               from_dict, load, parse_listen)
+from vsl.server.config import (AUTO_WORKERS_MAX, DEFAULT_FALLBACK, AuthConfig, BounceConfig,
+                               Config, ConfigError, DeliveryConfig, DnsConfig, Listener,
+                               SmtpLimits, TlsConfig, from_dict, load, parse_listen)
 from vsl.stdlib.support.mail import HeaderLimits
 from vsl.limits import Limits
 
@@ -129,7 +130,7 @@ def test_no_file_gives_the_defaults():
     assert config.domains == (config.hostname.lower(),)
     assert config.scripts is None
     assert config.queue_dir == Path("queue")
-    assert config.workers == 1
+    assert config.workers == min(os.cpu_count(), AUTO_WORKERS_MAX)  # one per core
     assert config.script_threads == 4
     assert config.fallback_reply == DEFAULT_FALLBACK == \
         "451 4.3.0 Temporary local problem, try again later"

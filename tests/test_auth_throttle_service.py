@@ -1,0 +1,67 @@
+"""server/throttle_service.py in one process: a worker's RemoteThrottle and the service
+on a socket pair, and what happens when either side is replaced."""
+from __future__ import annotations
+
+import asyncio
+
+from vsl.server.config import AuthConfig
+from vsl.server.throttle_service import RemoteThrottle, channels, serve_throttle
+
+CONFIG = AuthConfig(failure_limit=2)
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+
+
+async def started(socks, restarted: bool = False) -> asyncio.Task:
+    service = asyncio.ensure_future(serve_throttle(CONFIG, socks, restarted))
+    await settle()
+    return service
+
+
+def test_failures_reported_by_two_workers_lock_the_address_out():
+    async def main():
+        (first_end, first), (second_end, second) = channels(2)
+        service = await started([first, second])
+        workers = RemoteThrottle(first_end), RemoteThrottle(second_end)
+        for worker in workers:
+            assert await worker.begin("192.0.2.1", "alice")
+            worker.failed("192.0.2.1", "alice")
+            worker.end("192.0.2.1", "alice")
+        await settle()
+        assert [await worker.begin("192.0.2.1", "bob") for worker in workers] == [False] * 2
+        service.cancel()
+    asyncio.run(main())
+
+
+def test_a_replaced_worker_ends_the_logins_of_the_one_that_died():
+    async def main():
+        [(worker_end, theirs)] = channels(1)
+        service = await started([theirs])
+        dead = RemoteThrottle(worker_end)
+        assert await dead.begin("192.0.2.1", "alice")
+        assert await dead.begin("192.0.2.1", "alice")  # two pending: at the limit
+        waiting = asyncio.ensure_future(dead.begin("192.0.2.1", "alice"))
+        await settle()
+        assert not waiting.done()  # it waits for them to settle
+        replacement = RemoteThrottle(worker_end)  # hello: the dead worker's logins end
+        waiting.cancel()
+        assert await asyncio.wait_for(replacement.begin("192.0.2.1", "alice"), 2)
+        service.cancel()
+    asyncio.run(main())
+
+
+def test_a_restarted_service_refuses_the_logins_waiting_for_the_old_one():
+    async def main():
+        [(worker_end, theirs)] = channels(1)
+        worker = RemoteThrottle(worker_end)
+        waiting = asyncio.ensure_future(worker.begin("192.0.2.1", "alice"))
+        await settle()  # the request waits in the channel: no service reads it yet
+        service = await started([theirs], restarted=True)
+        assert await asyncio.wait_for(waiting, 2) is False
+        assert await asyncio.wait_for(worker.begin("192.0.2.1", "alice"), 2)
+        service.cancel()
+    asyncio.run(main())
