@@ -23,10 +23,14 @@ vSL is configured as an operator raising its limits would: `[limits] connections
 (the default, 200, refuses the rest with 421); `connections_per_ip` stays at its
 default, 20, so the clients come from N / 20 addresses of 127.1.0.0/16 (Linux answers
 all of 127/8 on lo; the fresh sessions from 127.0.0.1); `command_timeout` and
-`idle_session` stay at 300 s, longer than a run. Every process of this bench (the
-servers are its children) gets RLIMIT_NOFILE raised to at least 2 N + 1000 (root may
-raise the hard limit; otherwise the soft one is raised to the hard one): a server needs
-a descriptor per connection, and the usual soft limit of 1,024 stops it near 1,000.
+`idle_session` stay at 300 s, longer than a run. This bench raises its RLIMIT_NOFILE,
+which its servers inherit, to at least 2 N + 1000 (root may raise the hard limit;
+otherwise the soft one goes up to the hard one): each side needs a descriptor per
+connection, and the usual soft limit of 1,024 would stop the client and the sink near
+1,000 (`vsl serve` raises its own soft limit to the hard one: server/open_files.py).
+
+vSL runs with its default event loop (uvloop where installed) and, as "vSL asyncio",
+with asyncio's, the sink's.
 
 A last run of vSL with its default `[limits]` shows what the defaults do with N
 connections: how many got 220 and how many 421, and the RSS.
@@ -195,19 +199,21 @@ async def hold(port: int, count: int, in_flight: int, held: Held) -> float:
 
 class LimitedVsl(VslServer):
     """vSL with ``[limits] connections`` for ``connections`` (None: the default
-    ``[limits]``), one process."""
+    ``[limits]``), one process, on ``event_loop``."""
 
     policy = HOLD_POLICY
 
-    def __init__(self, work: Path, connections: int | None):
-        super().__init__(work / ("defaults" if connections is None else "raised"))
+    def __init__(self, work: Path, connections: int | None, event_loop: str = "auto"):
+        super().__init__(work / ("defaults" if connections is None else "raised"),
+                         event_loop=event_loop)
         self.connections = connections
-        self.name = "vSL defaults" if connections is None else "vSL"
+        self.name = "vSL defaults" if connections is None else \
+            "vSL" + ("" if event_loop == "auto" else f" {event_loop}")
 
     def config(self) -> str:
         limits = "" if self.connections is None else \
             f"\n[limits]\nconnections = {self.connections}\n"
-        return "[server]\nworkers = 1\n" + limits
+        return f'[server]\nworkers = 1\nevent_loop = "{self.event_loop}"\n' + limits
 
 
 @dataclass
@@ -280,32 +286,45 @@ def run_server(server, args) -> Measure:
 
 def report(rounds: dict[str, list[Measure]], args, nofile: int) -> None:
     print(f"\n{args.connections} idle connections (greeting + EHLO each), {args.in_flight} "
-          f"handshakes in flight, RLIMIT_NOFILE {nofile}; best of {args.rounds} round(s), "
+          f"handshakes in flight, RLIMIT_NOFILE {nofile}; {args.rounds} round(s), "
           "RSS per connection = (RSS loaded - RSS idle) / N")
     print(f"{'server':14} {'idle RSS':>9} {'loaded':>9} {'closed':>9} {'KiB/conn':>9} "
           f"{'accept s':>9} {'greet p50':>10} {'max':>7} {'CPU/conn':>9} "
           f"{'fresh idle':>11} {'loaded':>8} {'fds':>6}")
-    best = {}
     for name, measures in rounds.items():
-        m = min(measures, key=Measure.per_connection_kib)
-        best[name] = (m.per_connection_kib(), min(x.accept_seconds for x in measures),
-                      min(x.fresh_loaded for x in measures), min(x.fresh_idle for x in measures))
         for m in measures:
             print(f"{name:14} {m.idle_rss:7.1f}MB {m.loaded_rss:7.1f}MB {m.closed_rss:7.1f}MB "
                   f"{m.per_connection_kib():9.1f} {m.accept_seconds:9.2f} "
                   f"{m.greet_p50 * 1000:8.1f}ms {m.greet_max * 1000:5.0f}ms "
                   f"{m.cpu_per_connection * 1e6:7.0f}us {m.fresh_idle * 1000:9.1f}ms "
                   f"{m.fresh_loaded * 1000:6.1f}ms {m.fds:6d}")
-    if "vSL" in best and "sink" in best:
-        vsl, sink = best["vSL"], best["sink"]
-        print(f"\nvSL / aiosmtpd sink: RSS per connection {vsl[0] / sink[0]:.2f}x, accept "
-              f"time {vsl[1] / sink[1]:.2f}x, fresh session while loaded "
-              f"{vsl[2] / sink[2]:.2f}x; vSL's fresh session loaded / idle "
-              f"{vsl[2] / vsl[3]:.2f}x")
+    print()
+    report_ratios(rounds)
     for m in rounds.get("vSL defaults", []):
         print(f"vSL with its default [limits] (connections = 200, connections_per_ip = 20): "
               f"{m.greeted} greeted, {m.refused} refused with a 421, RSS "
               f"{m.loaded_rss:.1f} MB")
+
+
+def report_ratios(rounds: dict[str, list[Measure]]) -> None:
+    """Each vSL against the sink, the best of the rounds of each."""
+    if "sink" not in rounds:
+        return
+    sink = best(rounds["sink"])
+    for name in ("vSL", "vSL asyncio"):
+        if name in rounds:
+            vsl = best(rounds[name])
+            print(f"{name} / aiosmtpd sink: RSS per connection {vsl[0] / sink[0]:.2f}x, "
+                  f"accept time {vsl[1] / sink[1]:.2f}x, fresh session while loaded "
+                  f"{vsl[2] / sink[2]:.2f}x; {name}'s fresh session loaded / idle "
+                  f"{vsl[2] / vsl[3]:.2f}x")
+
+
+def best(measures: list[Measure]) -> tuple[float, float, float, float]:
+    """The least KiB per connection, accept time, fresh session loaded and idle."""
+    return (min(m.per_connection_kib() for m in measures),
+            min(m.accept_seconds for m in measures),
+            min(m.fresh_loaded for m in measures), min(m.fresh_idle for m in measures))
 
 
 def main() -> int:
@@ -318,8 +337,9 @@ def main() -> int:
                         help="connection handshakes at a time (default 100, the backlog)")
     parser.add_argument("--fresh", type=int, default=5,
                         help="fresh sessions per measurement, the best counts (default 5)")
-    parser.add_argument("--servers", default="vsl,sink,defaults",
-                        help="which, comma-separated (default vsl,sink,defaults)")
+    parser.add_argument("--servers", default="vsl,vsl-asyncio,sink,defaults",
+                        help="which, comma-separated (default vsl,vsl-asyncio,sink,"
+                             "defaults)")
     parser.add_argument("--quick", action="store_true", help="500 connections, one round")
     args = parser.parse_args()
     args.connections = args.connections or (500 if args.quick else 5000)
@@ -333,8 +353,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vsl-connections-") as tmp:
         try:
             for round_ in range(args.rounds):
-                servers = ([LimitedVsl(Path(tmp) / str(round_), args.connections + 10)]
-                           if "vsl" in wanted else [])
+                servers = [LimitedVsl(Path(tmp) / str(round_), args.connections + 10, loop)
+                           for loop, key in (("auto", "vsl"), ("asyncio", "vsl-asyncio"))
+                           if key in wanted]
                 servers += [SinkServer(Path(tmp) / str(round_))] if "sink" in wanted else []
                 if "defaults" in wanted and round_ == args.rounds - 1:
                     servers.append(LimitedVsl(Path(tmp) / str(round_), None))
