@@ -7,8 +7,9 @@ threads sampled as they go; exits 1 when RSS grows past a bound after the warm-u
 The server (one process, `[server] workers = 1`) runs a policy that exercises its bounded
 memories on every message, and delivers every message to a Maildir:
 
-* on_connect runs iprev::check and dnsbl::check, on_mail_from spf::check_host, through a
-  resolver asking tests/zones served by vSL's DNS server in a process of this bench
+* bench/observability.py's mixed policy: on_connect runs iprev::check and dnsbl::check,
+  on_mail_from spf::check_host, through a resolver asking tests/zones served by vSL's
+  DNS server in a process of this bench
   (names outside those zones are NXDOMAIN). `[dns] cache_bytes` is 256 KiB, so the
   resolver's cache is full within the warm-up and evicts from then on;
 * every message comes from a new client address (127.2.0.1, 127.2.0.2, ...: Linux answers
@@ -37,29 +38,14 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from connections import open_fds, proc_status, raise_nofile, rss_mib, send_message  # bench/
+from observability import MIXED_POLICY, SENDERS, Scraper
 from throughput import ROOT, BenchError, VslServer, free_port, say, tree_cpu
 
-POLICY = """
-const R = dns::resolver(#{{ nameservers: ["127.0.0.1:{dns_port}"] }});
-fn on_connect(ctx) {{
-    iprev::check(#{{ ip: ctx.client_ip, dns_resolver: global::R }});
-    dnsbl::check(#{{ ip: ctx.client_ip, zones: ["bl.dnsbl.test"], dns_resolver: global::R }});
-    status::next()
-}}
-fn on_mail_from(ctx) {{
-    spf::check_host(#{{ ip: ctx.client_ip, helo: ctx.helo, mail_from: ctx.sender,
-                       dns_resolver: global::R }});
-    status::next()
-}}
-"""
-SENDERS = ("a@pass.spf.test", "b@softfail.spf.test", "c@neutral.spf.test", "d@fail.spf.test")
 MAILBOXES = 200
 CACHE_BYTES = 256 * 1024
 BODY = b"Subject: soak\r\n\r\n" + b"A small message of the soak, a line of text.\r\n" * 20
@@ -84,7 +70,7 @@ class SoakVsl(VslServer):
     def __init__(self, work: Path, dns_port: int):
         super().__init__(work)
         self.name = "vSL soak"
-        self.policy = POLICY.format(dns_port=dns_port)
+        self.policy = MIXED_POLICY.format(dns_port=dns_port)
         self.metrics_port = 0
         self.maildirs = self.work / "mail" / "example.test"
 
@@ -119,23 +105,6 @@ class DnsProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
-
-
-class Scraper(threading.Thread):
-    """GET /metrics every ``interval`` seconds until ``done`` is set."""
-
-    def __init__(self, port: int, interval: float = 5.0):
-        super().__init__(daemon=True)
-        self.url, self.interval = f"http://127.0.0.1:{port}/metrics", interval
-        self.done, self.failures = threading.Event(), 0
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval):
-            try:
-                with urllib.request.urlopen(self.url, timeout=10) as reply:
-                    reply.read()
-            except OSError:
-                self.failures += 1
 
 
 @dataclass
@@ -259,7 +228,7 @@ def main() -> int:
         server = SoakVsl(Path(tmp), dns.port)
         try:
             server.start()
-            scraper = Scraper(server.metrics_port)
+            scraper = Scraper(server.metrics_port, 5.0, None)
             scraper.start()
             say(f"{'messages':>8} {'seconds':>8} {'RSS MiB':>8} {'fds':>5} {'threads':>7} "
                 f"{'CPU s':>8}")
