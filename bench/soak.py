@@ -205,8 +205,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=None,
                         help="messages in all (default 100000; 5000 with --quick)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="messages before the reference sample (default 10000; 1000 "
-                             "with --quick)")
+                        help="messages before the reference sample (default 20000; 1000 "
+                             "with --quick): the allocator's RSS settles within them")
     parser.add_argument("--sample-every", type=int, default=None,
                         help="messages between samples (default 5000; 500 with --quick)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (4)")
@@ -217,7 +217,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="5,000 messages")
     args = parser.parse_args()
     args.messages = args.messages or (5000 if args.quick else 100_000)
-    args.warmup = args.warmup or (1000 if args.quick else 10_000)
+    args.warmup = args.warmup or (1000 if args.quick else 20_000)
     args.sample_every = args.sample_every or (500 if args.quick else 5000)
     if args.warmup % args.sample_every or args.warmup >= args.messages:
         parser.error("--warmup must be a multiple of --sample-every, under --messages")
