@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/bounce.py
+	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/soak.py
 
 lint: $(STAMP)
 	$(BIN)/vsl lint examples

@@ -30,6 +30,7 @@ from .delivery import Delivery
 from .delivery_hook import FailureHook
 from .exporter import Exporter
 from .intake import Intake
+from .open_files import raise_open_files_limit
 from . import metrics, readiness
 from .post_queue_worker import PostQueueWorker
 from .queue_backend import QueueBackend
@@ -126,12 +127,14 @@ class Server:
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
-        """Open and recover the spool, start the worker and delivery loops of its roles,
+        """Raise the open-files limit for ``limits.connections`` (server/open_files.py),
+        open and recover the spool, start the worker and delivery loops of its roles,
         and bind every listener (a receiver). ``sockets``: (listener, socket) pairs
         already bound and listening, by the parent of several workers
         (server/workers.py), which recovered the spool before starting them: then the
         spool is not recovered here (that would drop another worker's files being
         written); nor is the metrics endpoint served here then (its own process does)."""
+        raise_open_files_limit(self.config.limits.connections)
         await self.spool.open()
         if sockets is None:
             await self._export()  # a metrics port in use stops the start before recovery
