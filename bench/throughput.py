@@ -21,7 +21,8 @@ hold queue, and a bare aiosmtpd sink that discards them, in the same run.
     declare (AmqpQueue.counts()), and the broker's CPU (the Erlang VM) counts as server CPU.
   - --receivers N: `[server] workers = N`, N processes accepting on one port (the kernel
     spreads the connections), so smtp-source needs no split. With the spool, child 0 also
-    runs delivery, idle here.
+    runs delivery, idle here. `--receivers default` (the default) leaves `workers` out of
+    the configuration: what `vsl serve` does untuned ("auto", one process per core).
   - --event-loops: `[server] event_loop` of each vSL column (default: the configured
     default, "auto": uvloop where installed).
   - --baseline DIR: each vSL column is followed by the same one served by DIR's
@@ -73,6 +74,7 @@ from tests.support.rabbitmq import BIN as RABBITMQ_BIN, PrivateRabbitMQ  # noqa:
 from vsl.server.queue_amqp import AmqpQueue  # noqa: E402
 
 VSL = Path(sys.executable).parent / "vsl"
+DEFAULT = "default"  # --receivers: leave [server] workers to its default
 POSTFIX = Path("/usr/sbin/postfix")
 POSTSUPER = Path("/usr/sbin/postsuper")
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -262,12 +264,12 @@ class VslServer(ProcessServer):
     backend = "spool"
     policy = HOLD_POLICY
 
-    def __init__(self, work: Path, receivers: int = 1, event_loop: str = "auto",
+    def __init__(self, work: Path, receivers: int | str = DEFAULT, event_loop: str = "auto",
                  baseline: Path | None = None):
         self.receivers, self.event_loop = receivers, event_loop
         self.vsl = baseline / ".venv" / "bin" / "vsl" if baseline else VSL
         self.name = (f"vSL {self.backend}" + ("" if event_loop == "auto" else f" {event_loop}")
-                     + (f" x{receivers}" if receivers > 1 else "")
+                     + ("" if receivers == DEFAULT else f" x{receivers}")
                      + (BASE_SUFFIX if baseline else ""))
         self.work = work / (f"vsl-{self.backend}-{event_loop}-x{receivers}"
                             + ("-base" if baseline else ""))
@@ -281,7 +283,8 @@ class VslServer(ProcessServer):
                 "--queue-dir", str(self.queue), "--hostname", "example.test"]
 
     def config(self) -> str:
-        return (f"[server]\nworkers = {self.receivers}\nevent_loop = \"{self.event_loop}\"\n\n"
+        workers = "" if self.receivers == DEFAULT else f"workers = {self.receivers}\n"
+        return (f"[server]\n{workers}event_loop = \"{self.event_loop}\"\n\n"
                 "[limits]\nconnections = 1000\nconnections_per_ip = 1000\n")
 
     def start(self) -> None:
@@ -654,6 +657,18 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def receivers_list(text: str) -> list[int | str]:
+    """--receivers: numbers >= 1, or "default" (the configuration says no ``workers``)."""
+    try:
+        values = [v if v == DEFAULT else int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers or {DEFAULT!r}: "
+                                         f"{text!r}") from None
+    if any(v != DEFAULT and v < 1 for v in values):
+        raise argparse.ArgumentTypeError("values must be >= 1")
+    return values
+
+
 def backend_list(text: str) -> list[str]:
     values = [v.strip().lower() for v in text.split(",") if v.strip()]
     if not values or any(v not in VSL_BACKENDS for v in values):
@@ -763,9 +778,10 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=120,
                         help="before every run, wait up to this many seconds for the "
                              "machine's other load to fall under --noisy (default 120)")
-    parser.add_argument("--receivers", type=int_list, default=[1],
+    parser.add_argument("--receivers", type=receivers_list, default=[DEFAULT],
                         help="vSL processes accepting mail ([server] workers), "
-                             "comma-separated: one vSL column each (default 1)")
+                             "comma-separated numbers or 'default' (no workers key: what "
+                             "vsl serve does untuned): one vSL column each (default: default)")
     parser.add_argument("--event-loops", type=lambda t: t.split(","), default=["auto"],
                         help="vSL's [server] event_loop, comma-separated: auto, asyncio, "
                              "uvloop; one vSL column each (default auto)")
