@@ -10,7 +10,6 @@ found with the Public Suffix List bundled in the ``publicsuffixlist`` package.
 """
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 
@@ -80,6 +79,7 @@ async def check(ctx, config) -> DmarcResult:
     several addresses gives the worst of its domains' results (`fail`, then `temperror`,
     `permerror`, `pass`, `none`). Reports (`rua=`, `ruf=`) are never sent; `fo=`, `rf=`
     and `ri=` are ignored."""
+    import asyncio
     where = "dmarc::check"
     opts = _CHECK.parse(config, where)
     message, resolver = message_of(ctx, where), opts["dns_resolver"]
@@ -133,6 +133,7 @@ def _stored(ctx, kind: type, accept=lambda result: True):
 
 
 async def _load_list() -> PublicSuffixList:
+    import asyncio
     _LIST[:] = [await asyncio.to_thread(PublicSuffixList)]
     return _LIST[0]
 
