@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 
+import lark.lexer
 from lark import Lark, Token, Tree
 
 from .parse_tree import pass_through
@@ -53,15 +54,14 @@ class _StateLexer:
     __slots__ = ("pattern", "callbacks", "kinds", "newlines")
 
     def __init__(self, basic_lexer):
-        scanner = basic_lexer.scanner  # built on first use, with the callbacks
+        terminals, self.callbacks = _terminals_and_callbacks(basic_lexer)
         ignore = basic_lexer.ignore_types
-        skipped = "|".join(t.pattern.to_regexp() for t in scanner.terminals if t.name in ignore)
+        skipped = "|".join(t.pattern.to_regexp() for t in terminals if t.name in ignore)
         tokens = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})"
-                          for t in scanner.terminals if t.name not in ignore)
+                          for t in terminals if t.name not in ignore)
         self.pattern = re.compile(f"(?>(?:{skipped})*)(?:{tokens}|(?P<{_END}>\\Z))"
                                   if skipped else f"(?:{tokens}|(?P<{_END}>\\Z))",
                                   basic_lexer.g_regex_flags)
-        self.callbacks = dict(basic_lexer.callback)
         # terminal -> {text: its kind once the terminal's callback has seen it}
         self.kinds: dict[str, dict[str, str | None]] = {name: {} for name in self.callbacks}
         self.newlines = frozenset(basic_lexer.newline_types)
@@ -83,11 +83,26 @@ class _StateLexer:
         return kind
 
 
+def _terminals_and_callbacks(basic_lexer) -> tuple[list, dict]:
+    """What Lark's lexer of a state matches, in its order, and the callbacks on them, as
+    ``BasicLexer._build_scanner`` makes them but without compiling Lark's own scanner (half
+    the work of a first parse): the keywords that ``NAME`` matches are left to its
+    callback, and a user's callback on a terminal runs after that one."""
+    terminals, callbacks = lark.lexer._create_unless(
+        basic_lexer.terminals, basic_lexer.g_regex_flags, basic_lexer.re, basic_lexer.use_bytes)
+    for kind, user in basic_lexer.user_callbacks.items():
+        callbacks[kind] = lark.lexer.CallChain(callbacks[kind], user,
+                                               lambda t, kind=kind: t.type == kind) \
+            if kind in callbacks else user
+    return terminals, callbacks
+
+
 class FastParser:
     """Parses text with a Lark LALR parser's tables, or gives up (None) where Lark would
     raise."""
 
     def __init__(self, parser: Lark):
+        lark.lexer._create_unless, lark.lexer.CallChain  # noqa: B018 - this Lark has them
         lalr = parser.parser.parser.parser
         table, callbacks = lalr.parse_table, lalr.callbacks
         self.start = table.start_states["start"]
