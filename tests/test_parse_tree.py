@@ -78,6 +78,23 @@ def test_no_terminal_lark_tries_first_matches_where_an_ignored_one_does():
                 before.append(terminal)
 
 
+def test_the_whole_pattern_matches_as_each_state_would():
+    """Where the one pattern of every terminal matches one a state accepts, that state's
+    own pattern matches the same (see vsl/lalr_driver.py)."""
+    fast = fast_parser(syntax._parser())
+    words = {t.pattern.value for t in syntax._parser().terminals if t.pattern.type == "str"}
+    samples = sorted(words) + ["elsewhere", "in x", "!in x", "!x", "1.5", "1..2", "0x1f", "_",
+                               '"s"', "`t ${a}`", "|| x", "|a|", "  x", "/* c */ x", "// c\nx", ""]
+    for state in range(len(fast.lexers)):
+        lexer = fast._lexer(state)
+        for text in samples:
+            whole = fast.scan(text, 0)
+            if whole is not None and whole.lastgroup in lexer.accepts:
+                own = lexer.match(text, 0)
+                assert (own.lastgroup, own.span()) == (whole.lastgroup, whole.span()), \
+                    (state, text)
+
+
 def test_an_interpolation_moves_each_start_once():
     tree = syntax.parse_tree("m[k]", "t.vsl", origin=(3, 10))
     index = next(tree.find_data("index"))

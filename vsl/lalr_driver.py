@@ -11,13 +11,19 @@ unexpected character or token, a lexer callback that raises) it gives up and ret
 and the caller has Lark parse the text, which raises the error with Lark's own
 description. Three things make it fast:
 
-- One match a token. A state's lexer (:class:`_StateLexer`) is one regular expression: the
-  ignored terminals (blanks, comments), any number of them, in an atomic group that never
-  gives back what it matched, then the state's other terminals as Lark orders them, or the
-  end of the text. Lark matched each blank and comment on its own, two thirds of all its
-  matches. This skips exactly what Lark skips as long as no terminal that Lark tries before
-  an ignored one can match where the ignored one does (none can in vsl's grammar: no token
-  starts with a blank, and ``/`` and ``/=`` come after the comments, being shorter;
+- One match a token, one pattern compiled. Lark compiles a pattern for each parser
+  state (the terminals it accepts, in Lark's order) and matches each blank and comment on
+  its own, two thirds of its matches. Here one pattern holds every terminal in Lark's
+  order (:func:`_scanner`): the ignored ones (blanks, comments), any number of them, in an
+  atomic group that never gives back what it matched, then one of the others, or the end
+  of the text. A state's own alternatives come in the same order, so where the whole
+  pattern matches a terminal the state accepts, the state's pattern would have matched the
+  same; elsewhere (``else`` where no name may stand, ``|`` ``|`` where ``||`` may not) the
+  state's own pattern decides, compiled on first need (:class:`_StateLexer`): compiling a
+  pattern per state was most of a first parse. Skipping the ignored terminals first skips
+  exactly what Lark skips as long as no terminal that Lark tries before an ignored one can
+  match where the ignored one does (none can in vsl's grammar: no token starts with a
+  blank, and ``/`` and ``/=`` come after the comments, being shorter;
   tests/test_parse_tree.py checks it state by state).
 - One step for a chain of ``?rule``\\ s. A reduction by ``?a: b`` only changes the state
   on top of the stack, from the state below it: ``x + 1`` passes ``1`` up through a dozen
@@ -47,24 +53,38 @@ class _GiveUp(Exception):
     """Something Lark would report: let it parse the text."""
 
 
-class _StateLexer:
-    """The terminals one parser state accepts, as one pattern that skips the ignored ones
-    first; the callbacks' answers by text; which terminals may hold a newline."""
+def _scanner(basic_lexer, terminals: list):
+    """One pattern for ``terminals`` (in that order) of ``basic_lexer``: any number of
+    ignored ones, never given back, then one of the others or the end of the text."""
+    ignore = basic_lexer.ignore_types
+    skipped = "|".join(t.pattern.to_regexp() for t in terminals if t.name in ignore)
+    tokens = "|".join([*(f"(?P<{t.name}>{t.pattern.to_regexp()})"
+                         for t in terminals if t.name not in ignore), f"(?P<{_END}>\\Z)"])
+    return re.compile(f"(?>(?:{skipped})*)(?:{tokens})" if skipped else tokens,
+                      basic_lexer.g_regex_flags)
 
-    __slots__ = ("pattern", "callbacks", "kinds", "newlines")
+
+class _StateLexer:
+    """The terminals one parser state accepts; its own pattern, compiled when first needed;
+    the callbacks' answers by text; which terminals may hold a newline."""
+
+    __slots__ = ("accepts", "terminals", "basic_lexer", "pattern", "callbacks", "kinds",
+                 "newlines")
 
     def __init__(self, basic_lexer):
-        terminals, self.callbacks = _terminals_and_callbacks(basic_lexer)
-        ignore = basic_lexer.ignore_types
-        skipped = "|".join(t.pattern.to_regexp() for t in terminals if t.name in ignore)
-        tokens = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})"
-                          for t in terminals if t.name not in ignore)
-        self.pattern = re.compile(f"(?>(?:{skipped})*)(?:{tokens}|(?P<{_END}>\\Z))"
-                                  if skipped else f"(?:{tokens}|(?P<{_END}>\\Z))",
-                                  basic_lexer.g_regex_flags)
+        self.basic_lexer = basic_lexer
+        self.terminals, self.callbacks = _terminals_and_callbacks(basic_lexer)
+        self.accepts = frozenset(t.name for t in self.terminals) | {_END}
+        self.pattern = None
         # terminal -> {text: its kind once the terminal's callback has seen it}
         self.kinds: dict[str, dict[str, str | None]] = {name: {} for name in self.callbacks}
         self.newlines = frozenset(basic_lexer.newline_types)
+
+    def match(self, text: str, pos: int):
+        """This state's own match at ``pos`` (None: nothing it accepts is there)."""
+        if self.pattern is None:
+            self.pattern = _scanner(self.basic_lexer, self.terminals)
+        return self.pattern.match(text, pos)
 
     def retype(self, token: Token, text: str) -> str:
         """The kind of ``token`` (whose text is ``text``) once its terminal's callback has
@@ -122,6 +142,8 @@ class FastParser:
                 else:  # a rule: where to go once it is reduced
                     gotos[symbol] = arg
         self.lark_lexers = parser.parser.lexer.lexers  # state -> Lark's lexer for it
+        root = parser.parser.lexer.root_lexer  # every terminal, in Lark's order
+        self.scan = _scanner(root, _terminals_and_callbacks(root)[0]).match
         # the lexers made so far (a lexer compiles its pattern: only the states text
         # reaches), by state and by Lark's lexer, which states accepting the same share
         self.lexers: list[_StateLexer | None] = [None] * size
@@ -157,16 +179,21 @@ class FastParser:
 
     def _parse(self, text: str) -> Tree:
         actions, gotos, lexers, end_state = self.actions, self.gotos, self.lexers, self.end
-        chains = self.chains
+        chains, scan = self.chains, self.scan
         states, values = [self.start], []
         state = self.start
         pos, line, line_start = 0, 1, 0
         while True:
             lexer = lexers[state] or self._lexer(state)
-            match = lexer.pattern.match(text, pos)
+            match = scan(text, pos)
             if match is None:
                 raise _GiveUp
             kind = match.lastgroup
+            if kind not in lexer.accepts:  # this state matches less: see the design note
+                match = lexer.match(text, pos)
+                if match is None:
+                    raise _GiveUp
+                kind = match.lastgroup
             start, end = match.span(kind)
             if start != pos:  # blanks or comments skipped: count their lines
                 newlines = text.count("\n", pos, start)
