@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 import re
+from typing import TYPE_CHECKING
 
 import authres.dmarc
-from publicsuffixlist import PublicSuffixList
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -27,6 +27,9 @@ from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 from .spf import SpfResult
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList  # loaded by _load_list, on first use
 
 namespace = Namespace("dmarc", "DMARC policy checks (RFC 7489)")
 
@@ -134,6 +137,8 @@ def _stored(ctx, kind: type, accept=lambda result: True):
 
 async def _load_list() -> PublicSuffixList:
     import asyncio
+
+    from publicsuffixlist import PublicSuffixList
     _LIST[:] = [await asyncio.to_thread(PublicSuffixList)]
     return _LIST[0]
 
