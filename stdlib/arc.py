@@ -12,8 +12,6 @@ go through the ``dns::`` resolver, fetched before it runs in a worker thread.
 # dkimpy is imported where it is used, as in dkim.py.
 from __future__ import annotations
 
-import asyncio
-
 import authres.arc
 
 from vsl.errors import ScriptError
@@ -64,6 +62,7 @@ async def verify(ctx, config) -> ArcResult:
 
     More than 50 sets fail without a look-up; a DNS failure on a key gives `fail` too
     (there is no `temperror`)."""
+    import asyncio
     import dkim
 
     where = "arc::verify"
@@ -121,6 +120,7 @@ async def seal(ctx, config):
     The set is ARC-Seal, ARC-Message-Signature and ARC-Authentication-Results; RSA keys
     only (RFC 8617). `auth::add_header` must come first; with an existing chain, store the
     `arc::verify` result before it."""
+    import asyncio
     import dkim
 
     where = "arc::seal"

@@ -12,7 +12,6 @@ resolver (:mod:`stdlib.support.dnsbridge`), and hashing and signing run in a wor
 # needs only this module's declarations. The same in arc.py and support/signing.py.
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import authres
@@ -250,6 +249,7 @@ async def sign(ctx, config):
     `private_key` is a `dkim::key` or a path (relative to the script's directory). In
     `on_pre_queue` and `on_post_queue`; a signature added in `on_post_queue` is written to
     the spool before delivery."""
+    import asyncio
     import dkim
 
     where = "dkim::sign"

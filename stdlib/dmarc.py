@@ -10,12 +10,11 @@ found with the Public Suffix List bundled in the ``publicsuffixlist`` package.
 """
 from __future__ import annotations
 
-import asyncio
 import random
 import re
+from typing import TYPE_CHECKING
 
 import authres.dmarc
-from publicsuffixlist import PublicSuffixList
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
@@ -28,6 +27,9 @@ from .support import telemetry
 from .support.options import Options
 from .support.result import CheckResult
 from .spf import SpfResult
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList  # loaded by _load_list, on first use
 
 namespace = Namespace("dmarc", "DMARC policy checks (RFC 7489)")
 
@@ -80,6 +82,7 @@ async def check(ctx, config) -> DmarcResult:
     several addresses gives the worst of its domains' results (`fail`, then `temperror`,
     `permerror`, `pass`, `none`). Reports (`rua=`, `ruf=`) are never sent; `fo=`, `rf=`
     and `ri=` are ignored."""
+    import asyncio
     where = "dmarc::check"
     opts = _CHECK.parse(config, where)
     message, resolver = message_of(ctx, where), opts["dns_resolver"]
@@ -133,6 +136,9 @@ def _stored(ctx, kind: type, accept=lambda result: True):
 
 
 async def _load_list() -> PublicSuffixList:
+    import asyncio
+
+    from publicsuffixlist import PublicSuffixList
     _LIST[:] = [await asyncio.to_thread(PublicSuffixList)]
     return _LIST[0]
 

@@ -21,7 +21,6 @@ server's `[dns]` section in vsl.toml.
 # which ``vsl lint`` (reading only the declarations) would pay for nothing.
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import ipaddress
@@ -222,6 +221,7 @@ class Resolver(NativeObject):
         """The records of ``name`` (dnspython rdata); [] when it does not exist. The wait
         ends by the script call's network deadline (io_time_left) with a DnsTempError.
         A cached answer returns without suspending."""
+        import asyncio
         key, qname, rdtype_ = _parse_query(name, rdtype)
         cached = self._cache.get(key)
         telemetry.count("vsl_dns_cache_total", result="miss" if cached is None else "hit")
@@ -280,6 +280,7 @@ class Resolver(NativeObject):
 
     async def addresses(self, name: str) -> list[str]:
         """A then AAAA addresses of ``name``."""
+        import asyncio
         v4, v6 = await asyncio.gather(self.query(name, "A"), self.query(name, "AAAA"))
         return [r.address for r in (*v4, *v6)]
 

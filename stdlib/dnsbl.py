@@ -28,7 +28,6 @@ is asked only of a zone that lists.
 # failure being one zone's temperror.
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -412,6 +411,7 @@ def reasoned(answer: ZoneAnswer, records: list) -> ZoneAnswer:
 async def settle(known: list, ask_for) -> list:
     """``known`` with each None replaced by what ``ask_for(i)`` (a coroutine) gives for
     its index ``i``: those asked all at once, and nothing awaited when none is None."""
+    import asyncio
     missing = [i for i, item in enumerate(known) if item is None]
     if missing:
         for i, item in zip(missing, await asyncio.gather(*(ask_for(i) for i in missing))):

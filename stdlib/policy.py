@@ -17,7 +17,6 @@ A reply is read up to 4096 bytes, and the call is charged for them.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from vsl.errors import ScriptError
@@ -105,6 +104,7 @@ def decode(reply: bytes) -> str:
 async def exchange(target: tuple[str, str, int], attributes: dict[str, str]) -> str:
     """One request on a new connection to ``target`` (:func:`endpoint`); the reply's
     action."""
+    import asyncio
     kind, where, port = target
     try:
         if kind == "unix":
@@ -123,6 +123,7 @@ async def exchange(target: tuple[str, str, int], attributes: dict[str, str]) -> 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
     """The reply's bytes up to its empty line, at most :data:`MAX_REPLY`."""
+    import asyncio
     try:
         return await reader.readuntil(b"\n\n")
     except asyncio.LimitOverrunError:
@@ -141,6 +142,7 @@ def _reply_size(ctx, server, options=None) -> int:
 @namespace.native(options=_ASK.keys, charges=_reply_size)
 async def ask(ctx, server, options=None) -> str:
     """ask(ctx, "inet:host:port", #{ timeout, default_action }): the policy service's action."""
+    import asyncio
     if not isinstance(ctx, Context) or not isinstance(server, str):
         raise ScriptError("policy::ask takes ctx and a server string")
     opts = _ASK.parse(options or {}, "policy::ask")

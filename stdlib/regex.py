@@ -19,32 +19,38 @@ patterns are cached (the last 1024).
 from __future__ import annotations
 
 from functools import lru_cache
-
-import regex
+import re
+from typing import TYPE_CHECKING
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
+if TYPE_CHECKING:
+    import regex  # imported by compile_pattern: a script that never compiles one (and
+    # `vsl lint` of a script without regex::) does not load it
+
 namespace = Namespace("regex", "Regular expressions")
 
-FLAGS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL, "x": regex.VERBOSE}
+FLAGS = {"i": "IGNORECASE", "m": "MULTILINE", "s": "DOTALL", "x": "VERBOSE"}  # regex's names
 SEARCH_TIMEOUT = 0.05  # seconds a search may take
 MAX_PATTERN = 2000  # characters
 MAX_UNROLLED = 100_000  # characters a pattern's counted repeats may unroll to
 CACHE_SIZE = 1024  # compiled patterns kept
 
-_COUNTED_REPEAT = regex.compile(r"\{(\d*)(?:,(\d*))?\}")
+_COUNTED_REPEAT = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 
 
 @lru_cache(maxsize=CACHE_SIZE)
 def compile_pattern(pattern: str, flags: str) -> regex.Pattern:
     """``pattern`` compiled as ``regex::`` runs it (``flags``: any of i, m, s, x): a
     ScriptError for a bad flag or pattern, or one too large to compile."""
+    import regex
+
     bits = 0
     for flag in flags:
         if flag not in FLAGS:
             raise ScriptError(f"regex: unknown flag '{flag}' (use {', '.join(FLAGS)})")
-        bits |= FLAGS[flag]
+        bits |= getattr(regex, FLAGS[flag])
     if len(pattern) > MAX_PATTERN or _unrolled_size(pattern) > MAX_UNROLLED:
         raise ScriptError(f"regex: pattern too large (over {MAX_PATTERN} characters, or "
                           f"counted repeats over {MAX_UNROLLED} in all): '{pattern[:60]}'")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import re
 
 from lark import Lark, Token, Tree
 import pytest
@@ -44,6 +45,54 @@ def test_trees_match_lark_propagate_positions(lark_own):
         assert shape(syntax.parse_tree(source, "t.vsl")) == shape(expected)
         compared += 1
     assert compared > 250
+
+
+BLANKS_AND_COMMENTS = (
+    "// a comment\r\nfn f(a, /* one */ b) {\n\t/* a /* nested */ one\n */ let s = `x\n${a}\n`;"
+    "  // end\n  s + \"a\\\nb\" /* last */ }\n\n/**/ f(1,\n 2) // no newline at the end")
+
+
+def test_blanks_and_comments_are_skipped_where_lark_skips_them(lark_own):
+    assert fast_parser(syntax._parser()).parse(BLANKS_AND_COMMENTS) is not None
+    assert shape(syntax.parse_tree(BLANKS_AND_COMMENTS, "t.vsl")) == \
+        shape(lark_own.parse(BLANKS_AND_COMMENTS))
+
+
+def test_no_terminal_lark_tries_first_matches_where_an_ignored_one_does():
+    """The lean lexer skips the ignored terminals before trying the others (see
+    vsl/lalr_driver.py): in every state, whatever Lark would try before an ignored
+    terminal does not match where that one matches."""
+    samples = {"WS": [" ", "\t", "\n", "\r\n"], "LINE_COMMENT": ["// x", "//"],
+               "BLOCK_COMMENT": ["/* x */", "/**/", "/*/ x */"]}
+    lexers = {id(lexer): lexer for lexer in syntax._parser().parser.lexer.lexers.values()}
+    for lexer in lexers.values():
+        assert set(lexer.ignore_types) == set(samples)
+        before = []
+        for terminal in lexer.scanner.terminals:
+            if terminal.name in samples:
+                for sample in samples[terminal.name]:
+                    assert re.match(terminal.pattern.to_regexp(), sample), sample
+                    assert not [t.name for t in before
+                                if re.match(t.pattern.to_regexp(), sample)], sample
+            else:
+                before.append(terminal)
+
+
+def test_the_whole_pattern_matches_as_each_state_would():
+    """Where the one pattern of every terminal matches one a state accepts, that state's
+    own pattern matches the same (see vsl/lalr_driver.py)."""
+    fast = fast_parser(syntax._parser())
+    words = {t.pattern.value for t in syntax._parser().terminals if t.pattern.type == "str"}
+    samples = sorted(words) + ["elsewhere", "in x", "!in x", "!x", "1.5", "1..2", "0x1f", "_",
+                               '"s"', "`t ${a}`", "|| x", "|a|", "  x", "/* c */ x", "// c\nx", ""]
+    for state in range(len(fast.lexers)):
+        lexer = fast._lexer(state)
+        for text in samples:
+            whole = fast.scan(text, 0)
+            if whole is not None and whole.lastgroup in lexer.accepts:
+                own = lexer.match(text, 0)
+                assert (own.lastgroup, own.span()) == (whole.lastgroup, whole.span()), \
+                    (state, text)
 
 
 def test_an_interpolation_moves_each_start_once():

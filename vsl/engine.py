@@ -21,7 +21,8 @@ catchable error rather than a time-limit error.
 """
 from __future__ import annotations
 
-import asyncio
+# asyncio is imported by the functions that use it: `vsl lint` imports this module and
+# runs no coroutine.
 from concurrent.futures import Executor
 from contextvars import ContextVar, copy_context
 import inspect
@@ -242,6 +243,7 @@ def _charged_wait(func, charges):
         result = await func(*args)
         st.unyielded += size
         if st.unyielded >= HANDOVER_WORK:
+            import asyncio
             st.unyielded = 0
             await asyncio.sleep(0)
         return result
@@ -255,6 +257,7 @@ def _on_host(awaitable):
     host = getattr(_worker, "host", None)
     if host is None:
         return awaitable
+    import asyncio
     hosted = asyncio.run_coroutine_threadsafe(_within_io_deadline(awaitable, IO_DEADLINE.get()),
                                               host)
     return asyncio.wrap_future(hosted)
@@ -277,6 +280,7 @@ def _worker_loop() -> asyncio.AbstractEventLoop:
     """The event loop of this worker thread, made on first use."""
     loop = getattr(_worker, "loop", None)
     if loop is None:
+        import asyncio
         loop = _worker.loop = asyncio.new_event_loop()
     return loop
 
@@ -363,6 +367,7 @@ class Script:
         I/O still runs on this loop: see _on_host)."""
         if (name, 1) in self.quick:
             return await self.call_async(name, arg)
+        import asyncio
         host = asyncio.get_running_loop()
         return await host.run_in_executor(executor, copy_context().run,  # the caller's context vars
                                           self._call_in_worker, host, name, arg)
@@ -451,6 +456,7 @@ async def _within_deadline(coro, state: ExecState):
             if monotonic() > state.deadline:  # a native's work after the last check
                 raise overran(state.limits) from None
             return done.value
+        import asyncio
         async with asyncio.timeout(max(state.deadline - monotonic(), 0)):
             return await _resumed(coro, waiting_on)
     except TimeoutError:
@@ -505,6 +511,7 @@ class _Call:
 
 def _run_sync(make_coro):
     """Run the coroutine ``make_coro()`` makes in a new event loop (none may be running)."""
+    import asyncio
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -727,7 +734,8 @@ class Engine:
     # -- errors ----------------------------------------------------------
     def locate(self, err: BaseException) -> VslError:
         """Turn any exception raised by script code into a VslError with position and stack."""
-        if isinstance(err, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+        from asyncio import CancelledError
+        if isinstance(err, (KeyboardInterrupt, SystemExit, CancelledError)):
             raise err
         if isinstance(err, VslError) and err.pos is not None:
             return err

@@ -34,8 +34,9 @@ def _start_of(children: list) -> Start:
     """Where the first child that has a position starts."""
     for child in children:
         if type(child) is Tree:
-            if not child.meta.empty:
-                return child.meta
+            start = child._meta  # set by each callback (Lark's ``meta`` would make one)
+            if not start.empty:
+                return start
         elif isinstance(child, Token):
             return Start(child.line, child.column)
     return _NO_START

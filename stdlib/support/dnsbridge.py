@@ -12,7 +12,6 @@ DNS; with ``offload`` the evaluation itself (hashing, RSA) runs in a worker thre
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 
 from ..dns import DnsTempError
@@ -45,6 +44,7 @@ class Answers:
 
     async def fetch(self, keys: Iterable[Hashable]) -> None:
         """Fetch the answers not in the table yet, concurrently."""
+        import asyncio
         await asyncio.gather(*(self._store(key) for key in set(keys) if key not in self.table))
 
     async def _store(self, key: Hashable) -> None:
@@ -56,6 +56,7 @@ class Answers:
     async def run(self, evaluate: Callable[[], object], rounds: int, offload: bool = False):
         """The outcome of ``evaluate()`` once it lacks no answer; DnsTempError after
         ``rounds`` evaluations that each still lacked some."""
+        import asyncio
         for _ in range(rounds):
             self.missing = set()
             try:
