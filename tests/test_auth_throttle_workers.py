@@ -56,38 +56,40 @@ def test_failures_on_two_workers_lock_the_address_out(tmp_path):
 def test_a_stopped_service_stalls_no_session_and_refuses_the_login(tmp_path):
     vsl, port = serve_two(tmp_path, "connections_per_ip = 50\n", auth_section(tmp_path))
     try:
-        login, other = connect(vsl, port, 0), connect(vsl, port, 0)
-        for raw in (login, other):
-            assert raw.cmd("EHLO c.test")[0] == 250
-        assert guess(login) == 535  # the first login starts the service
-        assert wait_for(lambda: service_pids(vsl), timeout=10)
-        [service] = service_pids(vsl)
-        os.kill(service, signal.SIGSTOP)
-        try:
-            asked_at = time.monotonic()
-            login.send(GUESS + "\r\n")
-            for _ in range(5):  # the same worker answers its other session at once
-                assert other.cmd("NOOP")[0] == 250
-            assert time.monotonic() - asked_at < BEGIN_DEADLINE / 2
-            assert login.reply(timeout=BEGIN_DEADLINE + 5)[0] == LOCKED
-            assert time.monotonic() - asked_at < BEGIN_DEADLINE + 2
-        finally:
-            os.kill(service, signal.SIGCONT)
-        login.close()
-        other.close()
+        with connect(vsl, port, 0) as login, connect(vsl, port, 0) as other:
+            for raw in (login, other):
+                assert raw.cmd("EHLO c.test")[0] == 250
+            assert guess(login) == 535  # the first login starts the service
+            assert wait_for(lambda: service_pids(vsl), timeout=10)
+            [service] = service_pids(vsl)
+            os.kill(service, signal.SIGSTOP)
+            try:
+                assert_worker_not_stalled(login, other)
+            finally:
+                os.kill(service, signal.SIGCONT)
     finally:
         vsl.stop()
+
+
+def assert_worker_not_stalled(login, other) -> None:
+    """``login`` asks for AUTH while the service is stopped: ``other``, a session of the
+    same worker, is answered at once, and the login is refused at the deadline."""
+    asked_at = time.monotonic()
+    login.send(GUESS + "\r\n")
+    for _ in range(5):
+        assert other.cmd("NOOP")[0] == 250
+    assert time.monotonic() - asked_at < BEGIN_DEADLINE / 2
+    assert login.reply(timeout=BEGIN_DEADLINE + 5)[0] == LOCKED
+    assert time.monotonic() - asked_at < BEGIN_DEADLINE + 2
 
 
 def test_a_server_that_offers_no_auth_runs_no_service(tmp_path):
     vsl, port = serve_two(tmp_path, "connections_per_ip = 50\n")
     try:
-        raw = connect(vsl, port, 0)
-        code, text = raw.cmd("EHLO c.test")
-        assert code == 250 and b"AUTH" not in text
-        assert guess(raw) != 535  # not offered: no login begins
-        raw.close()
-        time.sleep(0.5)
-        assert service_pids(vsl) == []
+        with connect(vsl, port, 0) as raw:
+            ehlo = raw.cmd("EHLO c.test")
+            assert ehlo[0] == 250 and b"AUTH" not in ehlo[1]
+            assert guess(raw) != 535  # not offered: no login begins
+        assert not wait_for(lambda: service_pids(vsl), timeout=0.5)
     finally:
         vsl.stop()
