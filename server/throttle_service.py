@@ -19,9 +19,18 @@ old service) and says ``hello`` again. A worker ends any login the service lets 
 that no one waits for any more (its session closed meanwhile). The throttle's counts are
 lost with a service that dies, as they are with one ``vsl serve`` process that restarts.
 
-A channel's buffer holds a few hundred messages: while the service is down (up to a
-second, until the parent starts it again) a worker under an AUTH flood could fill it, and
-its sends then block until the new service reads them.
+The parent starts the service at the first login a worker begins (the worker asks with
+SIGUSR1), so a server that never offers AUTH has no service; once started, the parent
+keeps it running. A request waits in the channel until the service reads it.
+
+A worker never blocks on its channel: its end is non-blocking, and a message that does not
+fit (a channel's buffer holds a few hundred; the service is down up to a second until the
+parent starts it again, or stopped) waits in a small outbox, sent in order when the socket
+is writable. When the outbox is full the message is lost, and the worker fails safe: it
+refuses every login until the outbox has drained, then starts over with ``hello`` (the
+service ends the channel's logins, whose lost ``end`` would keep them pending). A failure
+lost that way was reported by a login begun before; none begun since is let through. A
+login waits at most ``BEGIN_DEADLINE`` seconds for the service's answer, then is refused.
 """
 from __future__ import annotations
 
@@ -30,13 +39,16 @@ import itertools
 import json
 import logging
 import socket
-from collections import Counter
+from collections import Counter, deque
+from typing import Callable
 
 from .auth_throttle import AuthThrottle
 from .config import AuthConfig
 
 log = logging.getLogger("vsl.smtp")
 _MESSAGE_MAX = 65536  # a user name is at most a command line long
+BEGIN_DEADLINE = 3.0  # seconds a login waits for the service's answer before it is refused
+OUTBOX_LIMIT = 64     # messages a worker holds while its channel is full
 
 
 def channels(workers: int) -> list[tuple[socket.socket, socket.socket]]:
@@ -56,52 +68,114 @@ def _receive(sock: socket.socket) -> list | None:
 
 class RemoteThrottle:
     """What a worker's sessions use in place of an :class:`AuthThrottle`: the service's,
-    over ``sock`` (this worker's end of its channel)."""
+    over ``sock`` (this worker's end of its channel). ``start_service`` is called at the
+    first login; ``deadline``: how long a login waits for the service's answer."""
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+    def __init__(self, sock: socket.socket, start_service: Callable[[], None] = lambda: None,
+                 deadline: float = BEGIN_DEADLINE):
+        sock.setblocking(False)
+        self.sock, self.deadline = sock, deadline
+        self._start_service = start_service
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future] = {}
-        self._listening = False
+        self._outbox: deque[bytes] = deque()
+        self._lost = False  # a message did not fit: refuse logins until the outbox drains
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._hello()
 
     def _hello(self) -> None:
         """Start over on the channel: the service ends the logins begun on it before."""
         self._welcomed = False
-        _send(self.sock, "hello")
+        self._post("hello")
 
     async def begin(self, ip: str, user: str) -> bool:
-        """As :meth:`AuthThrottle.begin`, asked of the service."""
-        loop = asyncio.get_running_loop()
-        if not self._listening:
-            loop.add_reader(self.sock, self._read)
-            self._listening = True
+        """As :meth:`AuthThrottle.begin`, asked of the service; False (refused) when the
+        channel is full or the answer does not come within the deadline."""
+        loop = self._listen()
+        if self._lost:
+            return False
         request, answer = next(self._ids), loop.create_future()
         self._waiting[request] = answer
-        _send(self.sock, "begin", request, ip, user)
-        return await answer
+        try:
+            if not self._post("begin", request, ip, user):
+                return False
+            return await asyncio.wait_for(answer, self.deadline)
+        except asyncio.TimeoutError:
+            return False  # an answer that lets it through later is ended (see _read)
+        finally:
+            self._waiting.pop(request, None)
 
     def end(self, ip: str, user: str) -> None:
-        _send(self.sock, "end", ip, user)
+        self._post("end", ip, user)
 
     def failed(self, ip: str, user: str) -> list[tuple[str, float]]:
         """Count a failed login; the service logs the lockouts it starts (none here)."""
-        _send(self.sock, "failed", ip, user)
+        self._post("failed", ip, user)
         return []
 
     def succeeded(self, ip: str, user: str) -> None:
-        _send(self.sock, "succeeded", ip, user)
+        self._post("succeeded", ip, user)
+
+    # -- the channel ---------------------------------------------------------------------
+    def _listen(self) -> asyncio.AbstractEventLoop:
+        """The running loop, reading the channel (from the first login on)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.sock, self._read)
+            if self._outbox:
+                self._loop.add_writer(self.sock, self._flush)
+            self._start_service()
+        return self._loop
+
+    def _post(self, *message) -> bool:
+        """Send ``message`` after those waiting, without blocking; False when it is lost
+        (the outbox is full)."""
+        data = json.dumps(message).encode()
+        if not self._outbox:
+            try:
+                self.sock.send(data)
+                return True
+            except BlockingIOError:
+                pass
+        if len(self._outbox) >= OUTBOX_LIMIT:
+            self._lost = True
+            return False
+        if not self._outbox and self._loop is not None:
+            self._loop.add_writer(self.sock, self._flush)
+        self._outbox.append(data)
+        return True
+
+    def _flush(self) -> None:
+        """Send what waits in the outbox, as much as fits; start over once it is empty
+        if a message was lost."""
+        while self._outbox:
+            try:
+                self.sock.send(self._outbox[0])
+            except BlockingIOError:
+                return
+            self._outbox.popleft()
+        self._loop.remove_writer(self.sock)
+        if self._lost:
+            self._lost = False
+            self._start_over()
+
+    def _start_over(self) -> None:
+        """Refuse the logins waiting for an answer, and say hello again."""
+        for answer in self._waiting.values():
+            if not answer.done():
+                answer.set_result(False)
+        self._waiting.clear()
+        self._hello()
 
     def _read(self) -> None:
-        message = _receive(self.sock)
+        try:
+            message = _receive(self.sock)
+        except BlockingIOError:
+            return
         if message is None:
             return
         if message[0] == "restarted":
-            for answer in self._waiting.values():
-                if not answer.done():
-                    answer.set_result(False)
-            self._waiting.clear()
-            self._hello()
+            self._start_over()
             return
         if message[0] == "welcome":
             self._welcomed = True

@@ -23,7 +23,8 @@ The connection limits (``limits.connections``, ``limits.connections_per_ip``) ho
 the workers: the parent makes their shared counts (server/shared_counters.py) before it
 forks, and clears a dead worker's count before starting it again. So does the AUTH
 throttle: it runs in a supervised child of its own, which every worker asks over a socket
-pair (server/throttle_service.py).
+pair (server/throttle_service.py). The parent starts that child when a worker first asks
+for it (SIGUSR1, at its first login), so a server that offers no AUTH runs none.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ log = logging.getLogger("vsl.workers")
 BACKLOG = 100           # as asyncio's create_server
 RESTART_INTERVAL = 1.0  # a worker that keeps dying is started again at most this often
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_WANT_THROTTLE = signal.SIGUSR1  # a worker's first login: start the AUTH throttle
 EXPORTER = -1           # the exporter child's index among the children
 THROTTLE = -2           # the AUTH throttle's
 
@@ -135,10 +137,10 @@ class Workers:
         """Start the workers and look after them until SIGTERM or SIGINT; returns the exit
         status (0)."""
         handlers = {sig: signal.signal(sig, self._signal) for sig in _SIGNALS}
+        handlers[_WANT_THROTTLE] = signal.signal(_WANT_THROTTLE, self._throttle_wanted)
         try:
             if self.metrics_sockets:
                 self._start(EXPORTER)
-            self._start(THROTTLE)
             for index in range(self.config.workers):
                 if self.stopping:
                     break  # SIGTERM while starting: the rest are never started
@@ -170,6 +172,11 @@ class Workers:
                      len(workers))
         self.stopping = True
         self._send(signal.SIGTERM, list(self.children))
+
+    def _throttle_wanted(self, _signum: int, _frame) -> None:
+        """Start the AUTH throttle the first time a worker asks (then it is supervised)."""
+        if THROTTLE not in self.started and not self.stopping:
+            self._start(THROTTLE)
 
     @staticmethod
     def _send(signum: int, pids: list[int]) -> None:
@@ -208,7 +215,8 @@ class Workers:
             raise RuntimeError("workers: a thread is running in the parent; cannot fork")
         sys.stdout.flush()
         sys.stderr.flush()
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # none handled half-way
+        # none handled half-way; a child leaves _WANT_THROTTLE blocked (the parent's)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS | {_WANT_THROTTLE})
         try:
             pid = os.fork()
             if pid == 0:
@@ -218,7 +226,7 @@ class Workers:
             if self.stopping:  # a SIGTERM handled between the caller's check and the fork
                 os.kill(pid, signal.SIGTERM)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS | {_WANT_THROTTLE})
         log.info("%s started (pid %d)", _name(index), pid)
 
     # -- a worker ------------------------------------------------------------------------
@@ -251,8 +259,11 @@ class Workers:
         metrics.enable(self.config)
         config = child_config(self.config, index, self.shared)
         self.counters.use(index)
+        parent = os.getppid()
+        throttle = RemoteThrottle(self.channels[index][0],
+                                  start_service=lambda: os.kill(parent, _WANT_THROTTLE))
         server = Server(config, roles=self.roles, index=index, counters=self.counters,
-                        throttle=RemoteThrottle(self.channels[index][0]))
+                        throttle=throttle)
         return _serve(server, self.sockets)
 
 

@@ -3,9 +3,11 @@ on a socket pair, and what happens when either side is replaced."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from vsl.server.config import AuthConfig
-from vsl.server.throttle_service import RemoteThrottle, channels, serve_throttle
+from vsl.server.throttle_service import (OUTBOX_LIMIT, RemoteThrottle, channels,
+                                         serve_throttle)
 
 CONFIG = AuthConfig(failure_limit=2)
 
@@ -63,5 +65,38 @@ def test_a_restarted_service_refuses_the_logins_waiting_for_the_old_one():
         service = await started([theirs], restarted=True)
         assert await asyncio.wait_for(waiting, 2) is False
         assert await asyncio.wait_for(worker.begin("192.0.2.1", "alice"), 2)
+        service.cancel()
+    asyncio.run(main())
+
+
+def test_a_login_the_service_does_not_answer_is_refused_at_the_deadline():
+    async def main():
+        [(worker_end, _theirs)] = channels(1)  # no service reads it
+        worker = RemoteThrottle(worker_end, deadline=0.2)
+        started_at = time.monotonic()
+        assert await worker.begin("192.0.2.1", "alice") is False
+        assert time.monotonic() - started_at < 1
+    asyncio.run(main())
+
+
+def test_a_full_channel_never_blocks_and_refuses_logins_until_it_drains():
+    async def main():
+        [(worker_end, theirs)] = channels(1)  # the service is down: the channel fills
+        asked = []
+        worker = RemoteThrottle(worker_end, start_service=lambda: asked.append(1),
+                                deadline=0.2)
+        assert await worker.begin("192.0.2.1", "alice") is False and asked == [1]
+        for number in range(5000):  # more than a channel and the outbox hold
+            worker.failed("192.0.2.1", f"user{number}")
+        assert len(worker._outbox) == OUTBOX_LIMIT  # bounded, and nothing blocked
+        started_at = time.monotonic()
+        assert await worker.begin("192.0.2.2", "bob") is False  # at once: refused
+        assert time.monotonic() - started_at < 0.1
+        service = await started([theirs])  # the outbox drains: the worker starts over
+        for _ in range(200):
+            if not worker._outbox:
+                break
+            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(worker.begin("192.0.2.2", "bob"), 2)
         service.cancel()
     asyncio.run(main())

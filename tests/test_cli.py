@@ -534,6 +534,21 @@ def test_serve_zone_answers_the_scripts_resolvers(tmp_path):
         proc.wait(timeout=30)
 
 
+def test_serve_zone_with_workers_is_a_usage_error(tmp_path, monkeypatch):
+    """--zone serves from a thread of this process, which cannot fork workers."""
+    from click.testing import CliRunner
+
+    from vsl.cli import main, serve
+
+    served = []
+    monkeypatch.setattr(serve, "_serve", lambda config, role: served.append(config))
+    zone = write(tmp_path, "z.zone", ZONE)
+    result = CliRunner().invoke(main, ["serve", "--zone", str(zone), "--workers", "2",
+                                       "--queue-dir", str(tmp_path / "q")])
+    assert result.exit_code == 2 and served == []
+    assert "give --workers 1" in result.output
+
+
 def test_serve_dns_is_checked_like_the_other_nameservers(tmp_path, monkeypatch):
     """`--dns not-an-ip` stops the start, as `[dns] nameservers` and `--dns-override` do."""
     from click.testing import CliRunner
