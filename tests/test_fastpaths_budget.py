@@ -12,6 +12,7 @@ import time
 import pytest
 
 from vsl import fastpaths
+from vsl.compile import _Fn
 from vsl.errors import LimitError, VslError
 from vsl.fastpaths import FastPaths
 from vsl.limits import Limits
@@ -164,6 +165,43 @@ def test_a_template_charges_what_its_helper_charges(name, args, max_string_size,
     monkeypatch.setattr(FastPaths, "formattable", lambda self, *args: py.Constant(False))
     assert fewest_operations(run) == fast
 
+
+
+IN_LOOP = textwrap.dedent("""\
+    fn words(items) {
+        let out = [];
+        for w in items { out.push(`${w}:${w.len()}`); }
+        out
+    }
+""")
+
+
+@pytest.mark.parametrize("max_time", [0, 60])  # the first chunk: all, or 16 operations
+def test_a_template_charged_in_place_in_a_loop_fails_where_its_helper_call_fails(
+        max_time, monkeypatch):
+    """In a loop a template's text is charged by statements (FastPaths.text_in_place), not
+    by a call of _text: the same operations pass, and each limit below fails at the
+    same template, with the same message and stack."""
+    items = ["a" * 100, "b", "c" * 70, "d" * 200]
+
+    def outcomes():
+        def error(limits):
+            script = new_engine(limits.with_changes(max_time=max_time)).load_source(
+                IN_LOOP, "w.vsl")
+            try:
+                script.call("words", items)
+            except LimitError as err:
+                return err
+            return None
+        needed = fewest_operations(lambda limits: error(limits) is None)
+        failures = [error(Limits(max_operations=n)) for n in range(max(needed - 12, 1), needed)]
+        return needed, [(e.message, e.pos.line, e.pos.col, [f.function for f in e.stack])
+                        for e in failures]
+
+    in_place = outcomes()
+    assert all(line == 3 for _, line, _, _ in in_place[1])
+    monkeypatch.setattr(_Fn, "has_budget", lambda self: False)  # the _text call
+    assert outcomes() == in_place
 
 
 OWED = textwrap.dedent("""\

@@ -39,8 +39,9 @@ The hard decisions, and why:
   position, without a tick per iteration (range_chunks, counted_chunks).
   A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
   walking method, freezing a constant) is passed ``_t`` and charges that
-  work itself. What a function uses is recorded (``uses``): a function with
-  no loop, no script call and no growing step is ``quick`` (the server runs it
+  work itself (a template in a loop's body, where the budget surely exists, is
+  charged by the same statements as a tick instead). What a function uses is
+  recorded (``uses``): a function with no loop, no script call and no growing step is ``quick`` (the server runs it
   on the event loop), and an entry point makes its budget lazily, counting its
   templates' work in a local until then (exactly what the budget would count).
 - Expressions that need statements (``if``/``switch``/block values, ``??``,
@@ -117,10 +118,10 @@ def module_fn_name(alias: str, name: str, arity: int) -> str:
     return f"m_{len(alias)}_{alias}_{name}_{arity}"
 
 
-def _tick() -> list[py.stmt]:
-    """``_t.n -= 1; if _t.n < 0: _t.slow()`` -- counts one operation."""
+def _tick(cost: py.expr | None = None) -> list[py.stmt]:
+    """``_t.n -= 1; if _t.n < 0: _t.slow()`` -- counts one operation (or ``cost``)."""
     counter = py.Attribute(py_name("_t"), "n", py.Store())
-    return [py.AugAssign(counter, py.Sub(), py_const(1)),
+    return [py.AugAssign(counter, py.Sub(), cost or py_const(1)),
             py.If(py.Compare(py.Attribute(py_name("_t"), "n", py.Load()), [py.Lt()], [py_const(0)]),
                   [py.Expr(py_call(py.Attribute(py_name("_t"), "slow", py.Load())))], [])]
 
@@ -135,6 +136,7 @@ class _Fn(FastPaths):
         self.kind = kind  # "fn" | "top" | "closure"
         self.out: list[py.stmt] = []
         self.depth = 0  # block nesting, for top-level constants
+        self.loops = 0  # loop nesting: a loop's body always has the budget (see charge)
 
     # -- helpers ---------------------------------------------------------
     def emit(self, stmts, pos: A.Loc) -> None:
@@ -153,6 +155,23 @@ class _Fn(FastPaths):
     def tick(self) -> list[py.stmt]:
         self.mc.uses.add("tick")
         return _tick()
+
+    def has_budget(self) -> bool:
+        """Whether ``_t`` is surely a budget here: in a loop's body (a loop ticks, so even
+        an entry point has taken its budget: see ModuleCompiler.entry)."""
+        return self.loops > 0
+
+    def charge(self, cost: py.expr) -> list[py.stmt]:
+        """Statements counting ``cost`` operations, as ``_t.work`` would (see has_budget)."""
+        return _tick(cost)
+
+    def loop_body(self, body: A.Block) -> list[py.stmt]:
+        """The statements of a loop's body."""
+        self.loops += 1
+        try:
+            return self.nested(lambda: self.block(body, None))
+        finally:
+            self.loops -= 1
 
     def walks(self) -> py.Name:
         """The budget, for a step whose work grows with a value's size (the function then
@@ -358,7 +377,7 @@ class _Fn(FastPaths):
     def s_While(self, s: A.While) -> None:
         pre = self.capture(lambda: setattr(self, "_cond", self.condition(s.cond)))
         cond = self._cond
-        body = self.nested(lambda: self.block(s.body, None))
+        body = self.loop_body(s.body)
         tick = located(self.tick(), s.pos)
         if not pre and _chunkable([py.Expr(cond), *body]):
             self.counted_chunks(body, s.pos, cond, self.condition(s.cond))
@@ -369,7 +388,7 @@ class _Fn(FastPaths):
             self.emit(py.While(py_const(True), tick + pre + stop + body, []), s.pos)
 
     def s_Loop(self, s: A.Loop) -> None:
-        body = self.nested(lambda: self.block(s.body, None))
+        body = self.loop_body(s.body)
         if _chunkable(body):
             self.counted_chunks(body, s.pos)
         else:
@@ -419,7 +438,7 @@ class _Fn(FastPaths):
             source = py_call("_enumerate", source)
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
-        body = self.nested(lambda: self.block(s.body, None))
+        body = self.loop_body(s.body)
         if over_range and s.index_var is None and self.unchanging(py_name(var)) and \
                 _budget_free(body):
             self.range_chunks(var, source, body, s.pos)

@@ -27,7 +27,8 @@ tests> else helper(...)``:
 
 ``FastPaths`` is a mix-in of the compiler's function body translator
 (``compile._Fn``), which supplies ``mc`` (the ModuleCompiler), ``expr``,
-``seq``, ``unchanging``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
+``seq``, ``emit``, ``unchanging``, ``binary``, ``budget``, ``has_budget``, ``charge``,
+``walks`` and ``method_budget``.
 """
 from __future__ import annotations
 
@@ -103,6 +104,12 @@ def _every(tests: list[py.expr]) -> py.expr:
     return test
 
 
+def _text_work(parts: int) -> int:
+    """What ``_text`` adds to a template's size: its parts' work and the one of its text
+    (Ops.joined charges ``work(parts)`` then ``work(size)``; work(n) counts 1 + n // 64)."""
+    return 64 * (parts >> 6) + 64
+
+
 def _unblock(e):
     """``${ x }``: the expression of a one-expression block (no scope needed)."""
     if isinstance(e, A.Block) and len(e.body) == 1 and isinstance(e.body[0], A.ExprStmt):
@@ -169,8 +176,30 @@ class FastPaths:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
         test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
-        return py.IfExp(test, self.charged_text(py.JoinedStr(values), len(args), bounded),
-                        py_call("_tpl", self.text_budget(), *args))
+        joined, general = py.JoinedStr(values), py_call("_tpl", self.text_budget(), *args)
+        in_place = self.text_in_place(test, joined, len(args), general, bounded, e.pos)
+        return in_place or py.IfExp(test, self.charged_text(joined, len(args), bounded),
+                                    general)
+
+    def text_in_place(self, test: py.expr, joined: py.JoinedStr, parts: int,
+                      general: py.expr, bounded: bool, pos) -> py.Name | None:
+        """A template whose text cannot pass max_string_size, where the budget is there
+        to charge (compile._Fn.has_budget: in a loop), as statements charging what ``_text``
+        would, without its call (the same count, at the template's position)::
+
+            if test: _s = f"..."; _t.n -= 1 + ((_len(_s) + work) >> 6); if _t.n < 0: ...
+            else: _s = _tpl(_t, ...)
+
+        its value the temporary ``_s``; None elsewhere."""
+        if not self.has_budget() or self.mc.max_string and not bounded:
+            return None
+        s = self.mc.tmp("_s")
+        size = py.BinOp(py_call("_len", py_name(s)), py.Add(), py_const(_text_work(parts)))
+        charge = self.charge(py.BinOp(py_const(1), py.Add(),
+                                      py.BinOp(size, py.RShift(), py_const(6))))
+        self.text_budget()  # (what the charge uses)
+        self.emit(py.If(test, [py_assign(s, joined), *charge], [py_assign(s, general)]), pos)
+        return py_name(s)
 
     def text_budget(self) -> py.Name:
         """The budget of a template: its text, and so its work, is bounded by
@@ -183,7 +212,7 @@ class FastPaths:
         charges it (Ops.joined: ``work(parts)``, then ``work(size)``; only the first when
         the text is too long) by ``_text`` (engine.charged_text). ``bounded``: the text
         cannot pass max_string_size (see share), else its size is checked first."""
-        parts_work = 64 * (parts >> 6)  # work(n) counts 1 + n // 64
+        parts_work = _text_work(parts) - 64
         if not self.mc.max_string or bounded:
             return py_call("_text", self.text_budget(), joined, py_const(parts_work + 64))
         r = self.mc.tmp("_w")
