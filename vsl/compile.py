@@ -39,9 +39,8 @@ The hard decisions, and why:
   position, without a tick per iteration (range_chunks, counted_chunks).
   A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
   walking method, freezing a constant) is passed ``_t`` and charges that
-  work itself (a template in a loop's body, where the budget surely exists, is
-  charged by the same statements as a tick instead). What a function uses is
-  recorded (``uses``): a function with no loop, no script call and no growing step is ``quick`` (the server runs it
+  work itself (a template's text is charged by statements, as a tick is). What a
+  function uses is recorded (``uses``): a function with no loop, no script call and no growing step is ``quick`` (the server runs it
   on the event loop), and an entry point makes its budget lazily, counting its
   templates' work in a local until then (exactly what the budget would count).
 - Expressions that need statements (``if``/``switch``/block values, ``??``,
@@ -136,7 +135,6 @@ class _Fn(FastPaths):
         self.kind = kind  # "fn" | "top" | "closure"
         self.out: list[py.stmt] = []
         self.depth = 0  # block nesting, for top-level constants
-        self.loops = 0  # loop nesting: a loop's body always has the budget (see charge)
 
     # -- helpers ---------------------------------------------------------
     def emit(self, stmts, pos: A.Loc) -> None:
@@ -156,22 +154,12 @@ class _Fn(FastPaths):
         self.mc.uses.add("tick")
         return _tick()
 
-    def has_budget(self) -> bool:
-        """Whether ``_t`` is surely a budget here: in a loop's body (a loop ticks, so even
-        an entry point has taken its budget: see ModuleCompiler.entry)."""
-        return self.loops > 0
-
     def charge(self, cost: py.expr) -> list[py.stmt]:
-        """Statements counting ``cost`` operations, as ``_t.work`` would (see has_budget)."""
-        return _tick(cost)
-
-    def loop_body(self, body: A.Block) -> list[py.stmt]:
-        """The statements of a loop's body."""
-        self.loops += 1
-        try:
-            return self.nested(lambda: self.block(body, None))
-        finally:
-            self.loops -= 1
+        """Statements counting ``cost`` operations as a tick counts one; an entry point
+        without a budget counts them in its ``_room`` instead (see _owed_charge)."""
+        charge = _tick(cost)
+        charge[0].vsl_cost = cost
+        return charge
 
     def walks(self) -> py.Name:
         """The budget, for a step whose work grows with a value's size (the function then
@@ -377,7 +365,7 @@ class _Fn(FastPaths):
     def s_While(self, s: A.While) -> None:
         pre = self.capture(lambda: setattr(self, "_cond", self.condition(s.cond)))
         cond = self._cond
-        body = self.loop_body(s.body)
+        body = self.nested(lambda: self.block(s.body, None))
         tick = located(self.tick(), s.pos)
         if not pre and _chunkable([py.Expr(cond), *body]):
             self.counted_chunks(body, s.pos, cond, self.condition(s.cond))
@@ -388,7 +376,7 @@ class _Fn(FastPaths):
             self.emit(py.While(py_const(True), tick + pre + stop + body, []), s.pos)
 
     def s_Loop(self, s: A.Loop) -> None:
-        body = self.loop_body(s.body)
+        body = self.nested(lambda: self.block(s.body, None))
         if _chunkable(body):
             self.counted_chunks(body, s.pos)
         else:
@@ -438,7 +426,7 @@ class _Fn(FastPaths):
             source = py_call("_enumerate", source)
             target = py.Tuple([py_name(self.names(s, "index"), store=True),
                                py_name(var, store=True)], py.Store())
-        body = self.loop_body(s.body)
+        body = self.nested(lambda: self.block(s.body, None))
         if over_range and s.index_var is None and self.unchanging(py_name(var)) and \
                 _budget_free(body):
             self.range_chunks(var, source, body, s.pos)
@@ -786,7 +774,7 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field in node._fields:
         value = getattr(node, field, None)
         if value.__class__ is list:
-            new = [_with_lazy_budget(v) if v.__class__ in WITH_FIELDS else v for v in value]
+            new = _lazy_items(value)
             if any(a is not b for a, b in zip(new, value)):
                 changed[field] = new
         elif value.__class__ in WITH_FIELDS:
@@ -799,6 +787,39 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field, value in changed.items():
         setattr(node, field, value)
     return node
+
+
+def _lazy_items(items: list) -> list:
+    """_with_lazy_budget of a node's list of items (statements, expressions, names), where
+    the two statements of a charge (_Fn.charge) become one, its _owed_charge."""
+    out, skip = [], False
+    for item in items:
+        if skip:
+            skip = False
+        elif hasattr(item, "vsl_cost"):
+            out.append(_owed_charge(item))
+            skip = True  # its check of the budget
+        else:
+            out.append(_with_lazy_budget(item) if item.__class__ in WITH_FIELDS else item)
+    return out
+
+
+def _owed_charge(charge: py.AugAssign) -> py.stmt:
+    """A charge (_Fn.charge) in a body without a budget yet, as _owed_text counts one::
+
+        if _t is None:
+            _room -= cost
+            if _room < 0: _t = _fresh(_room)
+        else:
+            _t.n -= cost
+            if _t.n < 0: _t.slow()
+    """
+    room = py.AugAssign(py_name("_room", store=True), py.Sub(), charge.vsl_cost)
+    over = py.If(py.Compare(py_name("_room"), [py.Lt()], [py_const(0)]),
+                 [py_assign("_t", py_call("_fresh", py_name("_room")))], [])
+    owed = py.If(py.Compare(py_name("_t"), [py.Is()], [py_const(None)]), [room, over],
+                 _tick(charge.vsl_cost))
+    return located(owed, (charge.lineno, charge.col_offset + 1))
 
 
 def _owed_text(charge: py.Call, text: py.expr) -> py.expr:

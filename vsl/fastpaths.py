@@ -27,7 +27,7 @@ tests> else helper(...)``:
 
 ``FastPaths`` is a mix-in of the compiler's function body translator
 (``compile._Fn``), which supplies ``mc`` (the ModuleCompiler), ``expr``,
-``seq``, ``emit``, ``unchanging``, ``binary``, ``budget``, ``has_budget``, ``charge``,
+``seq``, ``emit``, ``unchanging``, ``binary``, ``budget``, ``charge``,
 ``walks`` and ``method_budget``.
 """
 from __future__ import annotations
@@ -183,15 +183,14 @@ class FastPaths:
 
     def text_in_place(self, test: py.expr, joined: py.JoinedStr, parts: int,
                       general: py.expr, bounded: bool, pos) -> py.Name | None:
-        """A template whose text cannot pass max_string_size, where the budget is there
-        to charge (compile._Fn.has_budget: in a loop), as statements charging what ``_text``
-        would, without its call (the same count, at the template's position)::
+        """A template whose text cannot pass max_string_size as statements charging what
+        ``_text`` would, without its call (the same count, at the template's position)::
 
             if test: _s = f"..."; _t.n -= 1 + ((_len(_s) + work) >> 6); if _t.n < 0: ...
             else: _s = _tpl(_t, ...)
 
-        its value the temporary ``_s``; None elsewhere."""
-        if not self.has_budget() or self.mc.max_string and not bounded:
+        its value the temporary ``_s``; None for any other template."""
+        if self.mc.max_string and not bounded:
             return None
         s = self.mc.tmp("_s")
         size = py.BinOp(py_call("_len", py_name(s)), py.Add(), py_const(_text_work(parts)))
