@@ -16,7 +16,11 @@ plain function an entry point ``e_f_n(params...)``, what Script.call and the
 server run: the same body (not a call of ``f_f_n``) at depth 0, taking a budget
 only when the body uses one (always in a module that makes closures, which
 find it in the call's context), turning any error into a located VslError
-(``ModuleCompiler.entry``).
+(``ModuleCompiler.entry``). A function that returns an int whenever its
+arguments are ints (infer.int_functions: ``fib``) also gets ``i_f_n``, the
+same body compiled with its parameters as int variables: a call with
+arguments known to be ints runs it and knows its value is an int (no type
+tests on either side); any other call tests its arguments' types to choose.
 
 The hard decisions, and why:
 
@@ -72,7 +76,7 @@ import itertools
 
 from . import ast as A
 from .fastpaths import FastPaths, flag_test
-from .infer import nonneg_variables, range_starts
+from .infer import int_functions, nonneg_variables, range_starts
 from .methods import WALKING_METHODS
 from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
                       py_is_type, py_name, py_walrus)
@@ -107,6 +111,12 @@ def constant_name(ns: str, name: str) -> str:
 def entry_fn_name(name: str, arity: int) -> str:
     """The entry point of a plain script function (see ModuleCompiler.entry)."""
     return f"e_{name}_{arity}"
+
+
+def int_fn_name(name: str, arity: int) -> str:
+    """The second body of a function that returns an int for int arguments, compiled
+    knowing its parameters are ints (see ModuleCompiler.int_call)."""
+    return f"i_{name}_{arity}"
 
 
 _PROLOGUE = 3  # statements: the depth guard and the operation count
@@ -645,6 +655,23 @@ class _Fn(FastPaths):
         self.emit(fn, e.pos)
         return py_call("_closure", py_name(name), py_const(len(e.params)))
 
+    def int_fn_call(self, e: A.Call, target: ScriptFn, args: list[py.expr]) -> py.expr:
+        """A call of a function with an int body (ModuleCompiler.int_fns): that body where
+        the arguments are known ints, else the one their types choose::
+
+            i_f_n(_t, _d + 1, _a, _b) if (_a := a).__class__ is int & ... else f_f_n(...)
+        """
+        int_body, body = int_fn_name(target.name, target.arity), \
+            script_fn_name(target.name, target.arity)
+        unknown = [not self.known_int(arg) for arg in e.args]
+        if not any(unknown):
+            return self.call_script(int_body, args, False)
+        named = [self.named(arg) if test else (arg, arg) for arg, test in zip(args, unknown)]
+        test = _every_int([first for (_, first), tested in zip(named, unknown) if tested])
+        values = [value for value, _ in named]
+        return py.IfExp(test, self.call_script(int_body, values, False),
+                        self.call_script(body, values, False))
+
     def call_script(self, fn_name: str, args, is_async: bool) -> py.expr:
         self.mc.uses.add("depth")
         depth = py.BinOp(py_name("_d"), py.Add(), py_const(1))
@@ -677,6 +704,8 @@ class _Fn(FastPaths):
     def target_call(self, e, target, args: list[py.expr]) -> py.expr:
         res = self.mc.res
         if isinstance(target, ScriptFn):
+            if (target.name, target.arity) in self.mc.int_fns:
+                return self.int_fn_call(e, target, args)
             return self.call_script(script_fn_name(target.name, target.arity), args,
                                     (target.name, target.arity) in res.async_functions)
         if isinstance(target, NativeFn):
@@ -720,6 +749,15 @@ _BUDGET_FREE_CALLS = frozenset({
     "_too_long", "_gget"})
 _BUDGET_FREE_METHODS = frozenset({"append", "get", "startswith", "endswith", "lower", "upper",
                                   "strip", "split"})
+
+
+def _every_int(values: list[py.expr]) -> py.expr:
+    """Whether every value is an int, each evaluated in order: ``(a.__class__ is int) &
+    (b.__class__ is int) & ...``."""
+    test = py_is_type(values[0], "int")
+    for value in values[1:]:
+        test = py.BinOp(test, py.BitAnd(), py_is_type(value, "int"))
+    return test
 
 
 def _budget_free(stmts: list[py.stmt]) -> bool:
@@ -868,10 +906,40 @@ class ModuleCompiler:
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
         self.nonneg_vars = nonneg_variables(res.sources, res.names, res.int_vars,
                                             range_starts(module, res.names))
+        self.int_fns = self.int_results()
         self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
         self.quick: set[tuple[str, int]] = set()
+
+    def params(self, f: A.FnDef) -> list[str]:
+        return [self.res.names[(id(f), f"p{i}")] for i in range(len(f.params))]
+
+    def int_results(self) -> set[tuple[str, int]]:
+        """The functions that return an int whenever their arguments are ints (infer.
+        int_functions), among those of a module without closures that do not wait and
+        never assign a parameter: each gets a second body, its parameters known ints."""
+        res = self.res
+        if res.has_closures:
+            return set()
+        candidates = {(f.name, len(f.params)): f for f in self.module.functions
+                      if f.params and (f.name, len(f.params)) not in res.async_functions}
+        params = {key: self.params(f) for key, f in candidates.items()}
+        plain = {key for key, names in params.items()
+                 if all(len(res.sources.get(p, ())) == 1 for p in names)}
+        return int_functions({key: candidates[key].body for key in plain}, params,
+                             self.script_callee, res.names, res.int_vars,
+                             res.literal_constants)
+
+    def script_callee(self, call: A.Call) -> tuple[str, int] | None:
+        """The (name, arity) of the function of this module that ``call`` runs, or None."""
+        target = self.res.targets.get(id(call))
+        return (target.name, target.arity) if isinstance(target, ScriptFn) else None
+
+    def int_call(self, call: A.Call, is_int) -> bool:
+        """Whether ``call`` runs a function of int_fns with arguments that ``is_int``: its
+        value is an int, and its int body runs it."""
+        return self.script_callee(call) in self.int_fns and all(map(is_int, call.args))
 
     def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
         """For a parameter never assigned, a local set when the function starts:
@@ -914,6 +982,19 @@ class ModuleCompiler:
         return located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
+    def int_body(self, f: A.FnDef, params: list[str]) -> py.stmt:
+        """The body of ``f`` (of int_fns) for int arguments: its parameters are int
+        variables there, so their type tests go, and so do those of its int calls'
+        results. The same operations, positions and errors as its first body."""
+        name = int_fn_name(f.name, len(f.params))
+        self.code_names[name] = f.name
+        ints = self.res.int_vars
+        self.res.int_vars = ints | set(params)
+        try:
+            return self.function(name, params, f.body, False, "fn", f.pos)
+        finally:
+            self.res.int_vars = ints
+
     def entry(self, fdef: py.FunctionDef, name: str, params: list[str],
               closures: bool) -> py.FunctionDef:
         """The entry point of a plain (not waiting) function of any arity (Script.call and
@@ -955,7 +1036,7 @@ class ModuleCompiler:
             key = (f.name, len(f.params))
             name = script_fn_name(*key)
             self.code_names[name] = f.name
-            params = [self.res.names[(id(f), f"p{i}")] for i in range(len(f.params))]
+            params = self.params(f)
             fdef = self.function(name, params, f.body, key in self.res.async_functions, "fn",
                                  f.pos)
             defs.append(fdef)
@@ -964,6 +1045,8 @@ class ModuleCompiler:
             if isinstance(fdef, py.FunctionDef):
                 self.code_names[entry_fn_name(*key)] = f.name
                 defs.append(self.entry(fdef, entry_fn_name(*key), params, closures))
+            if key in self.int_fns:
+                defs.append(self.int_body(f, params))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
         return py.Module(defs, [])  # every node has its position (see located)

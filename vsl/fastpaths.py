@@ -322,7 +322,7 @@ class FastPaths:
 
     def known_int(self, e) -> bool:
         res = self.mc.res
-        return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
+        return is_int_expr(e, res.names, res.int_vars, res.literal_constants, self.mc.int_call)
 
     def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """Inline the common int/str cases; the helper handles everything else."""

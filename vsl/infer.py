@@ -81,18 +81,18 @@ def _all_ints(items) -> bool:
     return all(type(item) is int for item in items)
 
 
-def _int_or_unit(e, names: dict, ints: set, consts: dict) -> bool:
+def _int_or_unit(e, names: dict, ints: set, consts: dict, calls=None) -> bool:
     """An integer, or ``()`` for a key missing from a constant map of integers."""
     if isinstance(e, (ast.Index, ast.Prop)):
         value = constant_of(e.obj, consts)
         if type(value) is dict and _all_ints(value.values()):
             return True
-    return is_int_expr(e, names, ints, consts)
+    return is_int_expr(e, names, ints, consts, calls)
 
 
-def is_int_expr(e, names: dict, ints: set, consts: dict) -> bool:
+def is_int_expr(e, names: dict, ints: set, consts: dict, calls=None) -> bool:
     """Whether ``e`` always evaluates to an integer (or fails); ``consts``: the
-    literal constants."""
+    literal constants; ``calls(e, is_int)``: whether a call does (see int_functions)."""
     if isinstance(e, ast.Literal):
         return type(e.value) is int
     if isinstance(e, ast.Var):
@@ -103,14 +103,64 @@ def is_int_expr(e, names: dict, ints: set, consts: dict) -> bool:
         value = constant_of(e.obj, consts)
         return type(value) is tuple and _all_ints(value)
     if isinstance(e, ast.Unary):
-        return e.op == "-" and is_int_expr(e.operand, names, ints, consts)
+        return e.op == "-" and is_int_expr(e.operand, names, ints, consts, calls)
     if isinstance(e, ast.Binary):
         if e.op == "??":
-            return is_int_expr(e.right, names, ints, consts) and \
-                _int_or_unit(e.left, names, ints, consts)
-        return e.op in ARITHMETIC and is_int_expr(e.left, names, ints, consts) and \
-            is_int_expr(e.right, names, ints, consts)
+            return is_int_expr(e.right, names, ints, consts, calls) and \
+                _int_or_unit(e.left, names, ints, consts, calls)
+        return e.op in ARITHMETIC and is_int_expr(e.left, names, ints, consts, calls) and \
+            is_int_expr(e.right, names, ints, consts, calls)
+    if isinstance(e, ast.Call) and calls is not None:
+        return calls(e, lambda arg: is_int_expr(arg, names, ints, consts, calls))
     return False
+
+
+def _results(body: ast.Block):
+    """The expressions a function's body may give as its value (each ``return``'s and the
+    last statement's, through ``if`` branches), None for one that gives ``()``."""
+    yield from _tail(body)
+    yield from (node.value for node in _nodes(body.body, outside=ast.Closure)
+                if isinstance(node, ast.Return))
+
+
+def _tail(block: ast.Block):
+    """The expressions that may be the value of a block (None: ``()``)."""
+    last = block.body[-1] if block.body else None
+    if isinstance(last, (ast.Return, ast.Throw, ast.Break, ast.Continue)):
+        return
+    if not isinstance(last, ast.ExprStmt):
+        yield None
+    elif isinstance(last.expr, ast.If):
+        for _, branch in last.expr.branches:
+            yield from _tail(branch)
+        yield from _tail(last.expr.orelse) if last.expr.orelse else [None]
+    elif isinstance(last.expr, ast.Block):
+        yield from _tail(last.expr)
+    else:
+        yield last.expr
+
+
+def int_functions(functions: dict, params: dict, callee, names: dict, ints: set,
+                  consts: dict) -> set:
+    """The keys of the functions that return an int whenever their parameters are ints
+    (the largest such set, found by iteration, as int_variables). ``functions``: key ->
+    body of each candidate; ``params``: key -> its parameters' Python names;
+    ``callee(call)``: the key of the script function a call runs, or None."""
+    found = set(functions)
+
+    def calls(e, is_int) -> bool:
+        return callee(e) in found and all(is_int(arg) for arg in e.args)
+
+    changed = True
+    while changed:
+        changed = False
+        for key in sorted(found):
+            known = ints | set(params[key])
+            if not all(value is not None and is_int_expr(value, names, known, consts, calls)
+                       for value in _results(functions[key])):
+                found.discard(key)
+                changed = True
+    return found
 
 
 def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[str]:
@@ -139,15 +189,18 @@ def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[st
 
 
 
-def _nodes(value):
-    """Every node in ``value`` (a node, or a tuple or list of them), depth first."""
+def _nodes(value, outside=()):
+    """Every node in ``value`` (a node, or a tuple or list of them), depth first, but
+    those of the classes ``outside`` and what they hold."""
     if isinstance(value, ast.Node):
+        if isinstance(value, outside):
+            return
         yield value
         for f in fields(value):
-            yield from _nodes(getattr(value, f.name))
+            yield from _nodes(getattr(value, f.name), outside)
     elif isinstance(value, (tuple, list)):
         for item in value:
-            yield from _nodes(item)
+            yield from _nodes(item, outside)
 
 
 def range_starts(module: ast.Module, names: dict) -> dict:
