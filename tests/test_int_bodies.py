@@ -21,6 +21,11 @@ SOURCE = textwrap.dedent("""\
     fn sum_to(n) { let s = 0; for i in 0..n { s += add(i, i); } s }
     fn mixed(n) { if n < 0 { "negative" } else { n } }
     fn reassigned(n) { n = `${n}`; 1 }
+    fn pred(n) { n - 1 }
+    fn succ(n) { n + 1 }
+    fn steps(n) { pred(pred(n)) + succ(n * 2) }
+    fn on(f, n) { if f == "pred" { pred(n) } else { succ(n) } }
+    fn literal(x) { add(2.5, x) + add(x, 2) }
 """)
 I64_MAX = 2 ** 63 - 1
 CALLS = [("fib", (15,)), ("fib", (2.5,)), ("fib", ("a",)), ("fib", (True,)),
@@ -29,7 +34,14 @@ CALLS = [("fib", (15,)), ("fib", (2.5,)), ("fib", ("a",)), ("fib", (True,)),
          ("add", (1, "x")), ("add", ("x", 1)), ("add", (1.5, 2)),
          ("via", (I64_MAX // 2,)), ("via", (I64_MAX // 2 - 1,)), ("via", ("s",)),
          ("down", (30,)), ("down", (70,)), ("sum_to", (100,)), ("mixed", (3,)),
-         ("mixed", (-3,))]
+         ("mixed", (-3,)), ("pred", (-I64_MAX,)), ("pred", (-I64_MAX - 1,)),
+         ("pred", (2 ** 63,)), ("succ", (I64_MAX - 1,)), ("succ", (I64_MAX,)),
+         ("succ", (-2 ** 64,)), ("steps", (-I64_MAX + 1,)), ("steps", (-I64_MAX + 2,)),
+         ("steps", (I64_MAX // 2,)), ("steps", (I64_MAX // 2 - 1,)), ("steps", (False,)),
+         ("steps", (-I64_MAX,)), ("steps", (-I64_MAX - 1,)), ("literal", (1,)),
+         ("literal", ("s",))] + [
+    ("on", (f, n)) for f in ("pred", "succ")  # through their int bodies
+    for n in (-I64_MAX - 1, -I64_MAX, I64_MAX - 1, I64_MAX, 2 ** 63, -2 ** 63 - 1, 2.5)]
 
 
 def outcome(limits: Limits, name: str, args: tuple):
@@ -57,7 +69,8 @@ def test_the_functions_with_an_int_body():
         patch.setattr(ModuleCompiler, "compile", compile)
         new_engine().load_source(SOURCE)
     # not sum_to: its ``s`` is given a call's value, not an int expression to int_variables
-    assert compiler_of["it"].int_fns == {("fib", 1), ("add", 2), ("down", 1), ("via", 1)}
+    assert compiler_of["it"].int_fns == {("fib", 1), ("add", 2), ("down", 1), ("via", 1),
+                                         ("pred", 1), ("succ", 1), ("steps", 1), ("on", 2)}
 
 
 @pytest.mark.parametrize("name, args", CALLS)

@@ -75,7 +75,7 @@ import copy
 import itertools
 
 from . import ast as A
-from .fastpaths import FastPaths, flag_test
+from .fastpaths import I64_MAX, I64_MIN, FastPaths, every, flag_test
 from .infer import int_functions, nonneg_variables, range_starts
 from .methods import WALKING_METHODS
 from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
@@ -657,17 +657,18 @@ class _Fn(FastPaths):
 
     def int_fn_call(self, e: A.Call, target: ScriptFn, args: list[py.expr]) -> py.expr:
         """A call of a function with an int body (ModuleCompiler.int_fns): that body where
-        the arguments are known ints, else the one their types choose::
+        the arguments are known i64s, else the one their types and sizes choose::
 
-            i_f_n(_t, _d + 1, _a, _b) if (_a := a).__class__ is int & ... else f_f_n(...)
+            i_f_n(_t, _d + 1, _a, _b) if ((_a := a).__class__ is int and MIN <= _a <= MAX)
+            & ... else f_f_n(_t, _d + 1, _a, _b)
         """
         int_body, body = int_fn_name(target.name, target.arity), \
             script_fn_name(target.name, target.arity)
-        unknown = [not self.known_int(arg) for arg in e.args]
+        unknown = [not self.known_i64(arg) for arg in e.args]
         if not any(unknown):
             return self.call_script(int_body, args, False)
         named = [self.named(arg) if test else (arg, arg) for arg, test in zip(args, unknown)]
-        test = _every_int([first for (_, first), tested in zip(named, unknown) if tested])
+        test = _every_i64([pair for pair, tested in zip(named, unknown) if tested])
         values = [value for value, _ in named]
         return py.IfExp(test, self.call_script(int_body, values, False),
                         self.call_script(body, values, False))
@@ -751,13 +752,13 @@ _BUDGET_FREE_METHODS = frozenset({"append", "get", "startswith", "endswith", "lo
                                   "strip", "split"})
 
 
-def _every_int(values: list[py.expr]) -> py.expr:
-    """Whether every value is an int, each evaluated in order: ``(a.__class__ is int) &
-    (b.__class__ is int) & ...``."""
-    test = py_is_type(values[0], "int")
-    for value in values[1:]:
-        test = py.BinOp(test, py.BitAnd(), py_is_type(value, "int"))
-    return test
+def _every_i64(named: list[tuple[py.expr, py.expr]]) -> py.expr:
+    """Whether every value is an int within the i64 bounds, each evaluated in order
+    (FastPaths.named: its later uses, the expression evaluating it first): ``((_a :=
+    a).__class__ is int and MIN <= _a <= MAX) & ...``."""
+    return every([py.BoolOp(py.And(), [py_is_type(first, "int"), py.Compare(
+        py_const(I64_MIN), [py.LtE(), py.LtE()], [value, py_const(I64_MAX)])])
+        for value, first in named])
 
 
 def _budget_free(stmts: list[py.stmt]) -> bool:
@@ -907,6 +908,7 @@ class ModuleCompiler:
         self.nonneg_vars = nonneg_variables(res.sources, res.names, res.int_vars,
                                             range_starts(module, res.names))
         self.int_fns = self.int_results()
+        self.i64_vars: set[str] = set()  # the parameters of the int body being compiled
         self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
@@ -989,11 +991,11 @@ class ModuleCompiler:
         name = int_fn_name(f.name, len(f.params))
         self.code_names[name] = f.name
         ints = self.res.int_vars
-        self.res.int_vars = ints | set(params)
+        self.res.int_vars, self.i64_vars = ints | set(params), set(params)
         try:
             return self.function(name, params, f.body, False, "fn", f.pos)
         finally:
-            self.res.int_vars = ints
+            self.res.int_vars, self.i64_vars = ints, set()
 
     def entry(self, fdef: py.FunctionDef, name: str, params: list[str],
               closures: bool) -> py.FunctionDef:

@@ -36,7 +36,8 @@ import ast as py
 import copy
 
 from . import ast as A
-from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value, nonneg_expr
+from .infer import (NOT_LITERAL, constant_of, is_i64_expr, is_int_expr, literal_value,
+                    nonneg_expr)
 from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
 
 
@@ -92,7 +93,7 @@ def flag_test(param: str, kind: str) -> py.expr:
         py_const(-SMALL), [py.LtE(), py.LtE()], [py_name(param), py_const(SMALL)])])
 
 
-def _every(tests: list[py.expr]) -> py.expr:
+def every(tests: list[py.expr]) -> py.expr:
     """Whether every test (a bool) is true, evaluating each in order (they assign the
     parts' values): ``t1 & t2 & ...``, or for many parts the flat ``False not in (t1,
     t2, ...)``, as CPython refuses a chain of ``&`` nested a thousand deep."""
@@ -175,7 +176,7 @@ class FastPaths:
             if self.mc.max_string and len(text) > self.mc.max_string:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
-        test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
+        test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else every(tests)
         joined, general = py.JoinedStr(values), py_call("_tpl", self.text_budget(), *args)
         in_place = self.text_in_place(test, joined, len(args), general, bounded, e.pos)
         return in_place or py.IfExp(test, self.charged_text(joined, len(args), bounded),
@@ -320,6 +321,12 @@ class FastPaths:
         a variable never below 0, sums, products, ``/`` or ``%`` a positive literal)."""
         return nonneg_expr(e, self.mc.res.names, self.mc.nonneg_vars)
 
+    def known_i64(self, e) -> bool:
+        """Whether ``e`` is an int within the i64 bounds whenever it evaluates (infer.
+        is_i64_expr: arithmetic, checked for overflow, or a parameter of an int body)."""
+        res = self.mc.res
+        return is_i64_expr(e, res.names, res.int_vars, res.literal_constants, self.mc.i64_vars)
+
     def known_int(self, e) -> bool:
         res = self.mc.res
         return is_int_expr(e, res.names, res.int_vars, res.literal_constants, self.mc.int_call)
@@ -334,7 +341,8 @@ class FastPaths:
         if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
             return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
-            return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left))
+            return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left),
+                                       self.known_i64(e.left))
         if e.op in ("+", "-") and left_int and right_int:
             return self.known_int_sum(e.op, left, right, self.nonneg(e.left),
                                       self.nonneg(e.right))
@@ -404,10 +412,10 @@ class FastPaths:
         return py.IfExp(test, py_name(r), slow)
 
     def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool,
-                       nonneg: bool) -> py.expr | None:
+                       nonneg: bool, i64: bool = False) -> py.expr | None:
         """``x + 3`` without a helper call when x is an int and the result cannot overflow
         (x known to be an int: not tested; known to be >= 0: only against its upper bound,
-        as lo <= 0 here)."""
+        as lo <= 0 here; known to be an i64: only against the bound past which it may be)."""
         if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
             if k <= 0:
                 return None
@@ -424,9 +432,12 @@ class FastPaths:
         pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
         if known:  # no type test: evaluated in the bounds test (or the operation)
             w, first = self.named(left)
-            if (lo, hi) == (I64_MIN, I64_MAX):
+            low = not nonneg and (lo > I64_MIN or not i64)  # whether x >= lo is tested
+            high = hi < I64_MAX or not i64
+            if not (low or high):
                 return py.BinOp(first, pyop, py_const(k))
-            bounds = py.Compare(first, [py.LtE()], [py_const(hi)]) if nonneg else \
+            bounds = py.Compare(py_const(lo), [py.LtE()], [first]) if not high else \
+                py.Compare(first, [py.LtE()], [py_const(hi)]) if not low else \
                 py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)])
             return py.IfExp(bounds, py.BinOp(w, pyop, py_const(k)),
                             self.int_binary(op, w, py_const(k)))

@@ -115,6 +115,20 @@ def is_int_expr(e, names: dict, ints: set, consts: dict, calls=None) -> bool:
     return False
 
 
+def is_i64_expr(e, names: dict, ints: set, consts: dict, i64_vars: set) -> bool:
+    """Whether ``e`` always evaluates to an int within the i64 bounds (or fails): an int
+    literal, a variable of ``i64_vars``, or arithmetic on int expressions (whose result
+    is checked for overflow)."""
+    if isinstance(e, ast.Literal):
+        return type(e.value) is int and -2 ** 63 <= e.value < 2 ** 63
+    if isinstance(e, ast.Var):
+        return names.get((id(e), "ref")) in i64_vars
+    if isinstance(e, ast.Binary) and e.op in ARITHMETIC or \
+            isinstance(e, ast.Unary) and e.op == "-":
+        return is_int_expr(e, names, ints, consts)
+    return False
+
+
 def _results(body: ast.Block):
     """The expressions a function's body may give as its value (each ``return``'s and the
     last statement's, through ``if`` branches), None for one that gives ``()``."""
