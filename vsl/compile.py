@@ -18,9 +18,11 @@ only when the body uses one (always in a module that makes closures, which
 find it in the call's context), turning any error into a located VslError
 (``ModuleCompiler.entry``). A function that returns an int whenever its
 arguments are ints (infer.int_functions: ``fib``) also gets ``i_f_n``, the
-same body compiled with its parameters as int variables: a call with
-arguments known to be ints runs it and knows its value is an int (no type
-tests on either side); any other call tests its arguments' types to choose.
+same body compiled with its parameters as int variables within the i64
+bounds: a call whose arguments are known i64s (arithmetic, checked for
+overflow, or such parameters) runs it and knows its value is an int (no type
+tests on either side); any other call tests its arguments' types and bounds
+to choose.
 
 The hard decisions, and why:
 

@@ -20,8 +20,9 @@ tests> else helper(...)``:
   A fact the resolver proved (an int variable, a literal constant map, a
   parameter never assigned) drops a test or moves it to the function's start;
   so does one inferred (vsl/infer.py: an int variable never below 0 needs only
-  its upper i64 bound tested) or tested once (a parameter's int flag also
-  bounds it by SMALL, so its sums need no bounds test).
+  its upper i64 bound tested, and so, for ``x - k``, does an int body's
+  parameter, an i64, need only its lower one) or tested once (a parameter's
+  int flag also bounds it by SMALL, so its sums need no bounds test).
 - Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
   engine puts in the module's globals; nothing here is reachable from script text.
 
