@@ -129,12 +129,38 @@ def is_i64_expr(e, names: dict, ints: set, consts: dict, i64_vars: set) -> bool:
     return False
 
 
-def _results(body: ast.Block):
-    """The expressions a function's body may give as its value (each ``return``'s and the
-    last statement's, through ``if`` branches), None for one that gives ``()``."""
-    yield from _tail(body)
-    yield from (node.value for node in _nodes(body.body, outside=ast.Closure)
-                if isinstance(node, ast.Return))
+_ORDERS = frozenset({"<", "<=", ">", ">=", "==", "!="})
+_FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> the fields that may hold nodes
+
+
+def _fields_of(cls) -> tuple[str, ...]:
+    """The fields of a node class that may hold nodes (not its position, name or op)."""
+    found = _FIELDS[cls] = tuple(f.name for f in fields(cls)
+                                 if f.name not in ("pos", "op", "name"))
+    return found
+
+
+def _scan(body: ast.Block, params: set, names: dict) -> tuple[list, bool]:
+    """One walk of a function's body, closures aside: the values of its ``return``
+    statements, and whether a parameter is an operand of arithmetic or a comparison
+    (where an int body drops the parameter's type tests)."""
+    values, used = [], False
+    todo: list = list(body.body)
+    while todo:
+        node = todo.pop()
+        cls = node.__class__
+        if cls is tuple or cls is list:
+            todo.extend(node)
+            continue
+        if not isinstance(node, ast.Node) or cls is ast.Closure:
+            continue
+        if cls is ast.Return:
+            values.append(node.value)
+        elif cls is ast.Binary and not used and (node.op in ARITHMETIC or node.op in _ORDERS):
+            used = any(names.get((id(operand), "ref")) in params
+                       for operand in (node.left, node.right))
+        todo.extend(getattr(node, name) for name in _FIELDS.get(cls) or _fields_of(cls))
+    return values, used
 
 
 def _tail(block: ast.Block):
@@ -157,7 +183,8 @@ def _tail(block: ast.Block):
 def int_functions(functions: dict, params: dict, callee, names: dict, ints: set,
                   consts: dict) -> set:
     """The keys of the functions that return an int whenever their parameters are ints
-    (the largest such set, found by iteration, as int_variables). ``functions``: key ->
+    (the largest such set, found by iteration, as int_variables), among those using a
+    parameter in arithmetic or a comparison. ``functions``: key ->
     body of each candidate; ``params``: key -> its parameters' Python names;
     ``callee(call)``: the key of the script function a call runs, or None."""
     found = set(functions)
@@ -165,13 +192,24 @@ def int_functions(functions: dict, params: dict, callee, names: dict, ints: set,
     def calls(e, is_int) -> bool:
         return callee(e) in found and all(is_int(arg) for arg in e.args)
 
+    def all_ints(key, values) -> bool:
+        known = ints | set(params[key])
+        return all(value is not None and is_int_expr(value, names, known, consts, calls)
+                   for value in values)
+
+    results = {}
+    for key, body in functions.items():
+        tail = list(_tail(body))
+        if all_ints(key, tail):  # (first: walking the body costs more)
+            returned, used = _scan(body, set(params[key]), names)
+            if used:  # else an int body would drop no test
+                results[key] = tail + returned
+    found = set(results)
     changed = True
     while changed:
         changed = False
         for key in sorted(found):
-            known = ints | set(params[key])
-            if not all(value is not None and is_int_expr(value, names, known, consts, calls)
-                       for value in _results(functions[key])):
+            if not all_ints(key, results[key]):
                 found.discard(key)
                 changed = True
     return found
@@ -203,18 +241,15 @@ def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[st
 
 
 
-def _nodes(value, outside=()):
-    """Every node in ``value`` (a node, or a tuple or list of them), depth first, but
-    those of the classes ``outside`` and what they hold."""
+def _nodes(value):
+    """Every node in ``value`` (a node, or a tuple or list of them), depth first."""
     if isinstance(value, ast.Node):
-        if isinstance(value, outside):
-            return
         yield value
         for f in fields(value):
-            yield from _nodes(getattr(value, f.name), outside)
+            yield from _nodes(getattr(value, f.name))
     elif isinstance(value, (tuple, list)):
         for item in value:
-            yield from _nodes(item, outside)
+            yield from _nodes(item)
 
 
 def range_starts(module: ast.Module, names: dict) -> dict:
