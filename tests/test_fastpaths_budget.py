@@ -166,6 +166,45 @@ def test_a_template_charges_what_its_helper_charges(name, args, max_string_size,
 
 
 
+IN_LOOP = textwrap.dedent("""\
+    fn words(items) {
+        let out = [];
+        for w in items { out.push(`${w}:${w.len()}`); }
+        out
+    }
+    fn pair(a, b) { let s = `${a}<${b}>`; s.to_upper() + `${s}!` }
+""")
+
+
+@pytest.mark.parametrize("name, args", [("words", (["a" * 100, "b", "c" * 70, "d" * 200],)),
+                                        ("pair", ("c" * 150, "d" * 100))])
+@pytest.mark.parametrize("max_time", [0, 60])  # the first chunk: all, or 16 operations
+def test_a_template_charged_in_place_fails_where_its_helper_call_fails(name, args, max_time,
+                                                                      monkeypatch):
+    """A template's text is charged by statements (FastPaths.text_in_place), not by a
+    call of _text, in a loop and in an entry point without a budget yet (_owed_charge):
+    the same operations pass, and each limit below fails at the same template, with the
+    same message and stack."""
+    def outcomes():
+        def error(limits):
+            script = new_engine(limits.with_changes(max_time=max_time)).load_source(
+                IN_LOOP, "w.vsl")
+            try:
+                script.call(name, *args)
+            except LimitError as err:
+                return err
+            return None
+        needed = fewest_operations(lambda limits: error(limits) is None)
+        failures = [error(Limits(max_operations=n)) for n in range(max(needed - 12, 1), needed)]
+        return needed, [(e.message, e.pos.line, e.pos.col, [f.function for f in e.stack])
+                        for e in failures]
+
+    in_place = outcomes()
+    assert all(line in (3, 6) for _, line, _, _ in in_place[1])
+    monkeypatch.setattr(FastPaths, "text_in_place", lambda self, *args: None)  # _text
+    assert outcomes() == in_place
+
+
 OWED = textwrap.dedent("""\
     fn one(a, b) { `${a}:${b}` }
     fn two(a) { let s = `${a}<${a}>`; s.to_upper() + `${s}!` }

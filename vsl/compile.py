@@ -16,7 +16,13 @@ plain function an entry point ``e_f_n(params...)``, what Script.call and the
 server run: the same body (not a call of ``f_f_n``) at depth 0, taking a budget
 only when the body uses one (always in a module that makes closures, which
 find it in the call's context), turning any error into a located VslError
-(``ModuleCompiler.entry``).
+(``ModuleCompiler.entry``). A function that returns an int whenever its
+arguments are ints (infer.int_functions: ``fib``) also gets ``i_f_n``, the
+same body compiled with its parameters as int variables within the i64
+bounds: a call whose arguments are known i64s (arithmetic, checked for
+overflow, or such parameters) runs it and knows its value is an int (no type
+tests on either side); any other call tests its arguments' types and bounds
+to choose.
 
 The hard decisions, and why:
 
@@ -39,8 +45,8 @@ The hard decisions, and why:
   position, without a tick per iteration (range_chunks, counted_chunks).
   A helper whose work grows with its operands' size (``+``, ``==``, ``in``, a
   walking method, freezing a constant) is passed ``_t`` and charges that
-  work itself. What a function uses is recorded (``uses``): a function with
-  no loop, no script call and no growing step is ``quick`` (the server runs it
+  work itself (a template's text is charged by statements, as a tick is). What a
+  function uses is recorded (``uses``): a function with no loop, no script call and no growing step is ``quick`` (the server runs it
   on the event loop), and an entry point makes its budget lazily, counting its
   templates' work in a local until then (exactly what the budget would count).
 - Expressions that need statements (``if``/``switch``/block values, ``??``,
@@ -71,8 +77,8 @@ import copy
 import itertools
 
 from . import ast as A
-from .fastpaths import FastPaths, flag_test
-from .infer import nonneg_variables, range_starts
+from .fastpaths import I64_MAX, I64_MIN, FastPaths, every, flag_test
+from .infer import int_functions, nonneg_variables, range_starts
 from .methods import WALKING_METHODS
 from .pynodes import (WITH_FIELDS, located, py_assign, py_call, py_const, py_dict_get,
                       py_is_type, py_name, py_walrus)
@@ -109,6 +115,12 @@ def entry_fn_name(name: str, arity: int) -> str:
     return f"e_{name}_{arity}"
 
 
+def int_fn_name(name: str, arity: int) -> str:
+    """The second body of a function that returns an int for int arguments, compiled
+    knowing its parameters are ints (see ModuleCompiler.int_call)."""
+    return f"i_{name}_{arity}"
+
+
 _PROLOGUE = 3  # statements: the depth guard and the operation count
 
 
@@ -117,10 +129,10 @@ def module_fn_name(alias: str, name: str, arity: int) -> str:
     return f"m_{len(alias)}_{alias}_{name}_{arity}"
 
 
-def _tick() -> list[py.stmt]:
-    """``_t.n -= 1; if _t.n < 0: _t.slow()`` -- counts one operation."""
+def _tick(cost: py.expr | None = None) -> list[py.stmt]:
+    """``_t.n -= 1; if _t.n < 0: _t.slow()`` -- counts one operation (or ``cost``)."""
     counter = py.Attribute(py_name("_t"), "n", py.Store())
-    return [py.AugAssign(counter, py.Sub(), py_const(1)),
+    return [py.AugAssign(counter, py.Sub(), cost or py_const(1)),
             py.If(py.Compare(py.Attribute(py_name("_t"), "n", py.Load()), [py.Lt()], [py_const(0)]),
                   [py.Expr(py_call(py.Attribute(py_name("_t"), "slow", py.Load())))], [])]
 
@@ -153,6 +165,13 @@ class _Fn(FastPaths):
     def tick(self) -> list[py.stmt]:
         self.mc.uses.add("tick")
         return _tick()
+
+    def charge(self, cost: py.expr) -> list[py.stmt]:
+        """Statements counting ``cost`` operations as a tick counts one; an entry point
+        without a budget counts them in its ``_room`` instead (see _owed_charge)."""
+        charge = _tick(cost)
+        charge[0].vsl_cost = cost
+        return charge
 
     def walks(self) -> py.Name:
         """The budget, for a step whose work grows with a value's size (the function then
@@ -638,6 +657,24 @@ class _Fn(FastPaths):
         self.emit(fn, e.pos)
         return py_call("_closure", py_name(name), py_const(len(e.params)))
 
+    def int_fn_call(self, e: A.Call, target: ScriptFn, args: list[py.expr]) -> py.expr:
+        """A call of a function with an int body (ModuleCompiler.int_fns): that body where
+        the arguments are known i64s, else the one their types and sizes choose::
+
+            i_f_n(_t, _d + 1, _a, _b) if ((_a := a).__class__ is int and MIN <= _a <= MAX)
+            & ... else f_f_n(_t, _d + 1, _a, _b)
+        """
+        int_body, body = int_fn_name(target.name, target.arity), \
+            script_fn_name(target.name, target.arity)
+        unknown = [not self.known_i64(arg) for arg in e.args]
+        if not any(unknown):
+            return self.call_script(int_body, args, False)
+        named = [self.named(arg) if test else (arg, arg) for arg, test in zip(args, unknown)]
+        test = _every_i64([pair for pair, tested in zip(named, unknown) if tested])
+        values = [value for value, _ in named]
+        return py.IfExp(test, self.call_script(int_body, values, False),
+                        self.call_script(body, values, False))
+
     def call_script(self, fn_name: str, args, is_async: bool) -> py.expr:
         self.mc.uses.add("depth")
         depth = py.BinOp(py_name("_d"), py.Add(), py_const(1))
@@ -670,6 +707,8 @@ class _Fn(FastPaths):
     def target_call(self, e, target, args: list[py.expr]) -> py.expr:
         res = self.mc.res
         if isinstance(target, ScriptFn):
+            if (target.name, target.arity) in self.mc.int_fns:
+                return self.int_fn_call(e, target, args)
             return self.call_script(script_fn_name(target.name, target.arity), args,
                                     (target.name, target.arity) in res.async_functions)
         if isinstance(target, NativeFn):
@@ -713,6 +752,15 @@ _BUDGET_FREE_CALLS = frozenset({
     "_too_long", "_gget"})
 _BUDGET_FREE_METHODS = frozenset({"append", "get", "startswith", "endswith", "lower", "upper",
                                   "strip", "split"})
+
+
+def _every_i64(named: list[tuple[py.expr, py.expr]]) -> py.expr:
+    """Whether every value is an int within the i64 bounds, each evaluated in order
+    (FastPaths.named: its later uses, the expression evaluating it first): ``((_a :=
+    a).__class__ is int and MIN <= _a <= MAX) & ...``."""
+    return every([py.BoolOp(py.And(), [py_is_type(first, "int"), py.Compare(
+        py_const(I64_MIN), [py.LtE(), py.LtE()], [value, py_const(I64_MAX)])])
+        for value, first in named])
 
 
 def _budget_free(stmts: list[py.stmt]) -> bool:
@@ -767,7 +815,7 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field in node._fields:
         value = getattr(node, field, None)
         if value.__class__ is list:
-            new = [_with_lazy_budget(v) if v.__class__ in WITH_FIELDS else v for v in value]
+            new = _lazy_items(value)
             if any(a is not b for a, b in zip(new, value)):
                 changed[field] = new
         elif value.__class__ in WITH_FIELDS:
@@ -780,6 +828,39 @@ def _with_lazy_budget(node: py.AST) -> py.AST:
     for field, value in changed.items():
         setattr(node, field, value)
     return node
+
+
+def _lazy_items(items: list) -> list:
+    """_with_lazy_budget of a node's list of items (statements, expressions, names), where
+    the two statements of a charge (_Fn.charge) become one, its _owed_charge."""
+    out, skip = [], False
+    for item in items:
+        if skip:
+            skip = False
+        elif hasattr(item, "vsl_cost"):
+            out.append(_owed_charge(item))
+            skip = True  # its check of the budget
+        else:
+            out.append(_with_lazy_budget(item) if item.__class__ in WITH_FIELDS else item)
+    return out
+
+
+def _owed_charge(charge: py.AugAssign) -> py.stmt:
+    """A charge (_Fn.charge) in a body without a budget yet, as _owed_text counts one::
+
+        if _t is None:
+            _room -= cost
+            if _room < 0: _t = _fresh(_room)
+        else:
+            _t.n -= cost
+            if _t.n < 0: _t.slow()
+    """
+    room = py.AugAssign(py_name("_room", store=True), py.Sub(), charge.vsl_cost)
+    over = py.If(py.Compare(py_name("_room"), [py.Lt()], [py_const(0)]),
+                 [py_assign("_t", py_call("_fresh", py_name("_room")))], [])
+    owed = py.If(py.Compare(py_name("_t"), [py.Is()], [py_const(None)]), [room, over],
+                 _tick(charge.vsl_cost))
+    return located(owed, (charge.lineno, charge.col_offset + 1))
 
 
 def _owed_text(charge: py.Call, text: py.expr) -> py.expr:
@@ -828,10 +909,41 @@ class ModuleCompiler:
         self.uses: set[str] = set()  # what the function being compiled uses (see entry)
         self.nonneg_vars = nonneg_variables(res.sources, res.names, res.int_vars,
                                             range_starts(module, res.names))
+        self.int_fns = self.int_results()
+        self.i64_vars: set[str] = set()  # the parameters of the int body being compiled
         self.frozen_vars: set[str] = set()  # constants' variables (their let comes first)
         # (name, arity) of the functions that cannot run long: no loop, no call of a script
         # function or closure, no step whose work grows with a value (see _Fn.walks)
         self.quick: set[tuple[str, int]] = set()
+
+    def params(self, f: A.FnDef) -> list[str]:
+        return [self.res.names[(id(f), f"p{i}")] for i in range(len(f.params))]
+
+    def int_results(self) -> set[tuple[str, int]]:
+        """The functions that return an int whenever their arguments are ints (infer.
+        int_functions), among those of a module without closures that do not wait and
+        never assign a parameter: each gets a second body, its parameters known ints."""
+        res = self.res
+        if res.has_closures:
+            return set()
+        candidates = {(f.name, len(f.params)): f for f in self.module.functions
+                      if f.params and (f.name, len(f.params)) not in res.async_functions}
+        params = {key: self.params(f) for key, f in candidates.items()}
+        plain = {key for key, names in params.items()
+                 if all(len(res.sources.get(p, ())) == 1 for p in names)}
+        return int_functions({key: candidates[key].body for key in plain}, params,
+                             self.script_callee, res.names, res.int_vars,
+                             res.literal_constants)
+
+    def script_callee(self, call: A.Call) -> tuple[str, int] | None:
+        """The (name, arity) of the function of this module that ``call`` runs, or None."""
+        target = self.res.targets.get(id(call))
+        return (target.name, target.arity) if isinstance(target, ScriptFn) else None
+
+    def int_call(self, call: A.Call, is_int) -> bool:
+        """Whether ``call`` runs a function of int_fns with arguments that ``is_int``: its
+        value is an int, and its int body runs it."""
+        return self.script_callee(call) in self.int_fns and all(map(is_int, call.args))
 
     def param_flag(self, value: py.expr, kind: str) -> py.Name | None:
         """For a parameter never assigned, a local set when the function starts:
@@ -874,6 +986,19 @@ class ModuleCompiler:
         return located(cls(name, py.arguments([], args, None, [], [], None, []), fn.out, [],
                             None), pos)
 
+    def int_body(self, f: A.FnDef, params: list[str]) -> py.stmt:
+        """The body of ``f`` (of int_fns) for int arguments: its parameters are int
+        variables there, so their type tests go, and so do those of its int calls'
+        results. The same operations, positions and errors as its first body."""
+        name = int_fn_name(f.name, len(f.params))
+        self.code_names[name] = f.name
+        ints = self.res.int_vars
+        self.res.int_vars, self.i64_vars = ints | set(params), set(params)
+        try:
+            return self.function(name, params, f.body, False, "fn", f.pos)
+        finally:
+            self.res.int_vars, self.i64_vars = ints, set()
+
     def entry(self, fdef: py.FunctionDef, name: str, params: list[str],
               closures: bool) -> py.FunctionDef:
         """The entry point of a plain (not waiting) function of any arity (Script.call and
@@ -915,7 +1040,7 @@ class ModuleCompiler:
             key = (f.name, len(f.params))
             name = script_fn_name(*key)
             self.code_names[name] = f.name
-            params = [self.res.names[(id(f), f"p{i}")] for i in range(len(f.params))]
+            params = self.params(f)
             fdef = self.function(name, params, f.body, key in self.res.async_functions, "fn",
                                  f.pos)
             defs.append(fdef)
@@ -924,6 +1049,8 @@ class ModuleCompiler:
             if isinstance(fdef, py.FunctionDef):
                 self.code_names[entry_fn_name(*key)] = f.name
                 defs.append(self.entry(fdef, entry_fn_name(*key), params, closures))
+            if key in self.int_fns:
+                defs.append(self.int_body(f, params))
         top = A.Block((1, 1), self.module.body)
         defs.append(self.function("__top__", [], top, self.res.top_async, "top", (1, 1)))
         return py.Module(defs, [])  # every node has its position (see located)

@@ -20,14 +20,16 @@ tests> else helper(...)``:
   A fact the resolver proved (an int variable, a literal constant map, a
   parameter never assigned) drops a test or moves it to the function's start;
   so does one inferred (vsl/infer.py: an int variable never below 0 needs only
-  its upper i64 bound tested) or tested once (a parameter's int flag also
-  bounds it by SMALL, so its sums need no bounds test).
+  its upper i64 bound tested, and so, for ``x - k``, does an int body's
+  parameter, an i64, need only its lower one) or tested once (a parameter's
+  int flag also bounds it by SMALL, so its sums need no bounds test).
 - Generated names are temporaries (``_w``, ``_c``) and the helpers and types the
   engine puts in the module's globals; nothing here is reachable from script text.
 
 ``FastPaths`` is a mix-in of the compiler's function body translator
 (``compile._Fn``), which supplies ``mc`` (the ModuleCompiler), ``expr``,
-``seq``, ``unchanging``, ``binary``, ``budget``, ``walks`` and ``method_budget``.
+``seq``, ``emit``, ``unchanging``, ``binary``, ``budget``, ``charge``,
+``walks`` and ``method_budget``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ import ast as py
 import copy
 
 from . import ast as A
-from .infer import NOT_LITERAL, constant_of, is_int_expr, literal_value, nonneg_expr
+from .infer import (NOT_LITERAL, constant_of, is_i64_expr, is_int_expr, literal_value,
+                    nonneg_expr)
 from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
 
 
@@ -91,7 +94,7 @@ def flag_test(param: str, kind: str) -> py.expr:
         py_const(-SMALL), [py.LtE(), py.LtE()], [py_name(param), py_const(SMALL)])])
 
 
-def _every(tests: list[py.expr]) -> py.expr:
+def every(tests: list[py.expr]) -> py.expr:
     """Whether every test (a bool) is true, evaluating each in order (they assign the
     parts' values): ``t1 & t2 & ...``, or for many parts the flat ``False not in (t1,
     t2, ...)``, as CPython refuses a chain of ``&`` nested a thousand deep."""
@@ -101,6 +104,12 @@ def _every(tests: list[py.expr]) -> py.expr:
     for more in tests[1:]:
         test = py.BinOp(test, py.BitAnd(), more)
     return test
+
+
+def _text_work(parts: int) -> int:
+    """What ``_text`` adds to a template's size: its parts' work and the one of its text
+    (Ops.joined charges ``work(parts)`` then ``work(size)``; work(n) counts 1 + n // 64)."""
+    return 64 * (parts >> 6) + 64
 
 
 def _unblock(e):
@@ -168,9 +177,30 @@ class FastPaths:
             if self.mc.max_string and len(text) > self.mc.max_string:
                 return py_call("_too_long", py_const(len(text)))
             return py_const(text)
-        test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else _every(tests)
-        return py.IfExp(test, self.charged_text(py.JoinedStr(values), len(args), bounded),
-                        py_call("_tpl", self.text_budget(), *args))
+        test = py.BoolOp(py.And(), tests) if names and len(tests) > 1 else every(tests)
+        joined, general = py.JoinedStr(values), py_call("_tpl", self.text_budget(), *args)
+        in_place = self.text_in_place(test, joined, len(args), general, bounded, e.pos)
+        return in_place or py.IfExp(test, self.charged_text(joined, len(args), bounded),
+                                    general)
+
+    def text_in_place(self, test: py.expr, joined: py.JoinedStr, parts: int,
+                      general: py.expr, bounded: bool, pos) -> py.Name | None:
+        """A template whose text cannot pass max_string_size as statements charging what
+        ``_text`` would, without its call (the same count, at the template's position)::
+
+            if test: _s = f"..."; _t.n -= 1 + ((_len(_s) + work) >> 6); if _t.n < 0: ...
+            else: _s = _tpl(_t, ...)
+
+        its value the temporary ``_s``; None for any other template."""
+        if self.mc.max_string and not bounded:
+            return None
+        s = self.mc.tmp("_s")
+        size = py.BinOp(py_call("_len", py_name(s)), py.Add(), py_const(_text_work(parts)))
+        charge = self.charge(py.BinOp(py_const(1), py.Add(),
+                                      py.BinOp(size, py.RShift(), py_const(6))))
+        self.text_budget()  # (what the charge uses)
+        self.emit(py.If(test, [py_assign(s, joined), *charge], [py_assign(s, general)]), pos)
+        return py_name(s)
 
     def text_budget(self) -> py.Name:
         """The budget of a template: its text, and so its work, is bounded by
@@ -183,7 +213,7 @@ class FastPaths:
         charges it (Ops.joined: ``work(parts)``, then ``work(size)``; only the first when
         the text is too long) by ``_text`` (engine.charged_text). ``bounded``: the text
         cannot pass max_string_size (see share), else its size is checked first."""
-        parts_work = 64 * (parts >> 6)  # work(n) counts 1 + n // 64
+        parts_work = _text_work(parts) - 64
         if not self.mc.max_string or bounded:
             return py_call("_text", self.text_budget(), joined, py_const(parts_work + 64))
         r = self.mc.tmp("_w")
@@ -292,9 +322,15 @@ class FastPaths:
         a variable never below 0, sums, products, ``/`` or ``%`` a positive literal)."""
         return nonneg_expr(e, self.mc.res.names, self.mc.nonneg_vars)
 
+    def known_i64(self, e) -> bool:
+        """Whether ``e`` is an int within the i64 bounds whenever it evaluates (infer.
+        is_i64_expr: arithmetic, checked for overflow, or a parameter of an int body)."""
+        res = self.mc.res
+        return is_i64_expr(e, res.names, res.int_vars, res.literal_constants, self.mc.i64_vars)
+
     def known_int(self, e) -> bool:
         res = self.mc.res
-        return is_int_expr(e, res.names, res.int_vars, res.literal_constants)
+        return is_int_expr(e, res.names, res.int_vars, res.literal_constants, self.mc.int_call)
 
     def fast_binary(self, e: A.Binary, left: py.expr, right: py.expr) -> py.expr | None:
         """Inline the common int/str cases; the helper handles everything else."""
@@ -306,7 +342,8 @@ class FastPaths:
         if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
             return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
-            return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left))
+            return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left),
+                                       self.known_i64(e.left))
         if e.op in ("+", "-") and left_int and right_int:
             return self.known_int_sum(e.op, left, right, self.nonneg(e.left),
                                       self.nonneg(e.right))
@@ -376,10 +413,10 @@ class FastPaths:
         return py.IfExp(test, py_name(r), slow)
 
     def fast_int_arith(self, op: str, left: py.expr, k: int, known: bool,
-                       nonneg: bool) -> py.expr | None:
+                       nonneg: bool, i64: bool = False) -> py.expr | None:
         """``x + 3`` without a helper call when x is an int and the result cannot overflow
         (x known to be an int: not tested; known to be >= 0: only against its upper bound,
-        as lo <= 0 here)."""
+        as lo <= 0 here; known to be an i64: only against the bound past which it may be)."""
         if op in ("/", "%"):  # Python's // and % agree with Rust's on x >= 0, k > 0
             if k <= 0:
                 return None
@@ -396,9 +433,12 @@ class FastPaths:
         pyop = {"+": py.Add, "-": py.Sub, "*": py.Mult, "/": py.FloorDiv, "%": py.Mod}[op]()
         if known:  # no type test: evaluated in the bounds test (or the operation)
             w, first = self.named(left)
-            if (lo, hi) == (I64_MIN, I64_MAX):
+            low = not nonneg and (lo > I64_MIN or not i64)  # whether x >= lo is tested
+            high = hi < I64_MAX or not i64
+            if not (low or high):
                 return py.BinOp(first, pyop, py_const(k))
-            bounds = py.Compare(first, [py.LtE()], [py_const(hi)]) if nonneg else \
+            bounds = py.Compare(py_const(lo), [py.LtE()], [first]) if not high else \
+                py.Compare(first, [py.LtE()], [py_const(hi)]) if not low else \
                 py.Compare(py_const(lo), [py.LtE(), py.LtE()], [first, py_const(hi)])
             return py.IfExp(bounds, py.BinOp(w, pyop, py_const(k)),
                             self.int_binary(op, w, py_const(k)))

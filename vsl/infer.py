@@ -81,18 +81,18 @@ def _all_ints(items) -> bool:
     return all(type(item) is int for item in items)
 
 
-def _int_or_unit(e, names: dict, ints: set, consts: dict) -> bool:
+def _int_or_unit(e, names: dict, ints: set, consts: dict, calls=None) -> bool:
     """An integer, or ``()`` for a key missing from a constant map of integers."""
     if isinstance(e, (ast.Index, ast.Prop)):
         value = constant_of(e.obj, consts)
         if type(value) is dict and _all_ints(value.values()):
             return True
-    return is_int_expr(e, names, ints, consts)
+    return is_int_expr(e, names, ints, consts, calls)
 
 
-def is_int_expr(e, names: dict, ints: set, consts: dict) -> bool:
+def is_int_expr(e, names: dict, ints: set, consts: dict, calls=None) -> bool:
     """Whether ``e`` always evaluates to an integer (or fails); ``consts``: the
-    literal constants."""
+    literal constants; ``calls(e, is_int)``: whether a call does (see int_functions)."""
     if isinstance(e, ast.Literal):
         return type(e.value) is int
     if isinstance(e, ast.Var):
@@ -103,14 +103,116 @@ def is_int_expr(e, names: dict, ints: set, consts: dict) -> bool:
         value = constant_of(e.obj, consts)
         return type(value) is tuple and _all_ints(value)
     if isinstance(e, ast.Unary):
-        return e.op == "-" and is_int_expr(e.operand, names, ints, consts)
+        return e.op == "-" and is_int_expr(e.operand, names, ints, consts, calls)
     if isinstance(e, ast.Binary):
         if e.op == "??":
-            return is_int_expr(e.right, names, ints, consts) and \
-                _int_or_unit(e.left, names, ints, consts)
-        return e.op in ARITHMETIC and is_int_expr(e.left, names, ints, consts) and \
-            is_int_expr(e.right, names, ints, consts)
+            return is_int_expr(e.right, names, ints, consts, calls) and \
+                _int_or_unit(e.left, names, ints, consts, calls)
+        return e.op in ARITHMETIC and is_int_expr(e.left, names, ints, consts, calls) and \
+            is_int_expr(e.right, names, ints, consts, calls)
+    if isinstance(e, ast.Call) and calls is not None:
+        return calls(e, lambda arg: is_int_expr(arg, names, ints, consts, calls))
     return False
+
+
+def is_i64_expr(e, names: dict, ints: set, consts: dict, i64_vars: set) -> bool:
+    """Whether ``e`` always evaluates to an int within the i64 bounds (or fails): an int
+    literal, a variable of ``i64_vars``, or arithmetic on int expressions (whose result
+    is checked for overflow)."""
+    if isinstance(e, ast.Literal):
+        return type(e.value) is int and -2 ** 63 <= e.value < 2 ** 63
+    if isinstance(e, ast.Var):
+        return names.get((id(e), "ref")) in i64_vars
+    if isinstance(e, ast.Binary) and e.op in ARITHMETIC or \
+            isinstance(e, ast.Unary) and e.op == "-":
+        return is_int_expr(e, names, ints, consts)
+    return False
+
+
+_ORDERS = frozenset({"<", "<=", ">", ">=", "==", "!="})
+_FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> the fields that may hold nodes
+
+
+def _fields_of(cls) -> tuple[str, ...]:
+    """The fields of a node class that may hold nodes (not its position, name or op)."""
+    found = _FIELDS[cls] = tuple(f.name for f in fields(cls)
+                                 if f.name not in ("pos", "op", "name"))
+    return found
+
+
+def _scan(body: ast.Block, params: set, names: dict) -> tuple[list, bool]:
+    """One walk of a function's body, closures aside: the values of its ``return``
+    statements, and whether a parameter is an operand of arithmetic or a comparison
+    (where an int body drops the parameter's type tests)."""
+    values, used = [], False
+    todo: list = list(body.body)
+    while todo:
+        node = todo.pop()
+        cls = node.__class__
+        if cls is tuple or cls is list:
+            todo.extend(node)
+            continue
+        if not isinstance(node, ast.Node) or cls is ast.Closure:
+            continue
+        if cls is ast.Return:
+            values.append(node.value)
+        elif cls is ast.Binary and not used and (node.op in ARITHMETIC or node.op in _ORDERS):
+            used = any(names.get((id(operand), "ref")) in params
+                       for operand in (node.left, node.right))
+        todo.extend(getattr(node, name) for name in _FIELDS.get(cls) or _fields_of(cls))
+    return values, used
+
+
+def _tail(block: ast.Block):
+    """The expressions that may be the value of a block (None: ``()``)."""
+    last = block.body[-1] if block.body else None
+    if isinstance(last, (ast.Return, ast.Throw, ast.Break, ast.Continue)):
+        return
+    if not isinstance(last, ast.ExprStmt):
+        yield None
+    elif isinstance(last.expr, ast.If):
+        for _, branch in last.expr.branches:
+            yield from _tail(branch)
+        yield from _tail(last.expr.orelse) if last.expr.orelse else [None]
+    elif isinstance(last.expr, ast.Block):
+        yield from _tail(last.expr)
+    else:
+        yield last.expr
+
+
+def int_functions(functions: dict, params: dict, callee, names: dict, ints: set,
+                  consts: dict) -> set:
+    """The keys of the functions that return an int whenever their parameters are ints
+    (the largest such set, found by iteration, as int_variables), among those using a
+    parameter in arithmetic or a comparison. ``functions``: key ->
+    body of each candidate; ``params``: key -> its parameters' Python names;
+    ``callee(call)``: the key of the script function a call runs, or None."""
+    found = set(functions)
+
+    def calls(e, is_int) -> bool:
+        return callee(e) in found and all(is_int(arg) for arg in e.args)
+
+    def all_ints(key, values) -> bool:
+        known = ints | set(params[key])
+        return all(value is not None and is_int_expr(value, names, known, consts, calls)
+                   for value in values)
+
+    results = {}
+    for key, body in functions.items():
+        tail = list(_tail(body))
+        if all_ints(key, tail):  # (first: walking the body costs more)
+            returned, used = _scan(body, set(params[key]), names)
+            if used:  # else an int body would drop no test
+                results[key] = tail + returned
+    found = set(results)
+    changed = True
+    while changed:
+        changed = False
+        for key in sorted(found):
+            if not all_ints(key, results[key]):
+                found.discard(key)
+                changed = True
+    return found
 
 
 def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[str]:
