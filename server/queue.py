@@ -11,9 +11,9 @@ file does:
 both files are written to ``tmp/``, made durable, then renamed into place (JSON last)
 and the renames made durable, before :meth:`Spool.put` returns. Many sessions
 finishing together share that work: a single writer thread commits them in batches,
-with one ``syncfs`` (or one fsync per file where syncfs is missing) per batch, itself
-shared with the other processes writing the spool (server/shared_sync.py: one sync
-covers every worker's batch), so throughput grows with concurrency while no caller is
+with one ``syncfs`` (or one fsync per file where syncfs is missing) per batch; with
+``[server] workers`` the workers share it too (server/shared_sync.py: one sync covers
+every worker's batch), so throughput grows with concurrency while no caller is
 answered before its own data is on disk.
 
 An envelope that cannot be read (a newer version, a field of the wrong type, an I/O
@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING
 from vsl.stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
-from .files import HAS_SYNCFS, make_private_dirs, sync_directory, write_new_file
+from .files import (HAS_SYNCFS, make_private_dirs, sync_directory, sync_file_system,
+                    write_new_file)
 from .journal import Journal
 from .shared_sync import SharedSync
 from .printable import printable
@@ -115,12 +116,12 @@ def moved_meanwhile(queue: str) -> QueueError:
 
 class _Committer:
     """One writer thread committing batches of writes with a single sync each, shared
-    with the other processes writing the spool (server/shared_sync.py)."""
+    with the other processes writing the spool when ``shared`` (server/shared_sync.py)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, shared: bool):
         self.root = root
         self.tmp = root / "tmp"
-        self.shared_sync = SharedSync(root)
+        self.shared_sync = SharedSync(root) if shared else None
         self.pending: list[_Write] = []
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -163,7 +164,8 @@ class _Committer:
             with self.cond:
                 while not self.pending:
                     if self.closing:
-                        self.shared_sync.close()  # the next thread opens its files again
+                        if self.shared_sync:
+                            self.shared_sync.close()  # the next thread opens its files again
                         self.thread = None  # under the lock: the next submit starts one
                         self.cond.notify_all()  # close() waits for this
                         return
@@ -229,11 +231,13 @@ class _Committer:
 
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
-        if HAS_SYNCFS:
+        if HAS_SYNCFS and self.shared_sync:
             self.shared_sync.wait(self.shared_sync.after_writes())
-            return
-        for directory in directories:
-            sync_directory(directory)
+        elif HAS_SYNCFS:
+            sync_file_system(self.root)
+        else:
+            for directory in directories:
+                sync_directory(directory)
 
 
 def _discard(moves: list[tuple[Path, Path]]) -> None:
@@ -262,17 +266,19 @@ def _settle(future: asyncio.Future, error: Exception | None) -> None:
 
 class Spool:
     """The on-disk queue (see the module docstring). ``journal``: the delivery journal's
-    path (default: ``delivered.journal`` in ``root``)."""
+    path (default: ``delivered.journal`` in ``root``); ``shared_sync``: share each sync with
+    the other processes writing the spool (server/shared_sync.py)."""
 
     shared = False  # one machine's directory
 
-    def __init__(self, root: str | os.PathLike, journal: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike, journal: str | os.PathLike | None = None,
+                 shared_sync: bool = False):
         self.root = Path(root)
         make_private_dirs(self.root)
         for queue in (*QUEUES, "tmp", "quarantine"):
             make_private_dirs(self.root / queue)
         self.journal = Journal(Path(journal) if journal else self.root / "delivered.journal")
-        self._committer = _Committer(self.root)
+        self._committer = _Committer(self.root, shared_sync)
         self._made: set[Path] = set()  # queue directories put() created (or found)
         self._warned: dict[str | None, set[str]] = {}  # unreadable envelopes logged, by list()
         self._claimed: set[str] = set()
@@ -281,8 +287,9 @@ class Spool:
 
     @classmethod
     def of(cls, config: Config) -> Spool:
-        """The spool of ``config``: its queue directory and delivery journal."""
-        return cls(config.queue_dir, config.journal_path)
+        """The spool of ``config``: its queue directory and delivery journal; with several
+        workers, their syncs shared."""
+        return cls(config.queue_dir, config.journal_path, shared_sync=config.workers > 1)
 
     async def open(self) -> None:
         """Nothing to connect: the directories exist from the constructor on."""
