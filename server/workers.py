@@ -106,7 +106,7 @@ class Workers:
         self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER, THROTTLE)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
-        self.counters = SharedCounters(config.workers)
+        self.counters = SharedCounters(config.workers, config.limits.connections)
         self.channels = channels(config.workers)  # the throttle's: (worker's, its) ends
 
     def prepare(self) -> None:
