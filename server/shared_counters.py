@@ -8,9 +8,11 @@ entry is the address (16 bytes: IPv4 as IPv4-mapped IPv6), its total, the slot w
 its probe starts, and the count of each worker (so that the parent can clear the counts
 of a worker that died: its connections died with it).
 
-The table is open-addressed with linear probing. The start of an address's probe is a
-hash keyed with a secret the parent draws before it forks, so that no client can pick
-addresses that pile up on one probe chain. An entry is live while its total is above 0;
+The table is open-addressed with linear probing. The start of an address's probe is
+Python's ``hash`` (SipHash, keyed by the interpreter's random seed) of a secret the
+parent draws and the address: every worker is forked from the parent, so has the same
+seed and secret, and no client can pick addresses that pile up on one probe chain (the
+secret keeps them apart even under a fixed ``PYTHONHASHSEED``). An entry is live while its total is above 0;
 every live entry holds at least one of the ``connections`` open, so a table of twice
 that many entries (a power of two) is never more than half full. When an address's last
 connection closes, its entry is removed by shifting the entries after it in its chain
@@ -72,7 +74,6 @@ class SharedCounters:
         self._ints = view[:ints].cast("I")  # the total, per worker, then the entries
         self._keys = view[ints:]
         self._entries = 1 + workers  # where the entries start in _ints
-        self._lock = _Lock(self._fd)
         self.index = 0  # the worker this process is (set in the worker by :meth:`use`)
 
     def use(self, index: int) -> None:
@@ -83,12 +84,12 @@ class SharedCounters:
         """Count a connection from ``ip`` unless a limit is reached: None, or the limit's
         name (``connections``, ``connections_per_ip``)."""
         key = address_key(ip)
-        home = self._home(key)
         ints = self._ints
-        with self._lock:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
             if ints[0] >= total_limit:
                 return "connections"
-            entry = self._find(key, home)
+            entry, home = self._find(key)
             if entry is None:  # no free entry: more open than the table was sized for
                 return "connections"
             at = self._offset(entry)
@@ -98,23 +99,28 @@ class SharedCounters:
                 self._claim(entry, key, home)
             self._add(at, 1)
             return None
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def release(self, ip: str) -> None:
         """A connection this worker admitted from ``ip`` closed."""
         key = address_key(ip)
-        home = self._home(key)
         ints = self._ints
-        with self._lock:
-            entry = self._find(key, home)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
+            entry, _home = self._find(key)
             at = self._offset(entry)
             self._add(at, -1)
             if not ints[at + _TOTAL]:
                 self._remove(entry)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def clear(self, index: int) -> None:
         """Forget worker ``index``'s connections (it died: they died with it)."""
         ints, column = self._ints, _COUNTS + index
-        with self._lock:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
             ints[0] -= ints[1 + index]
             ints[1 + index] = 0
             for entry in self._live():
@@ -122,13 +128,10 @@ class SharedCounters:
                 ints[at + _TOTAL] -= ints[at + column]
                 ints[at + column] = 0
             self._rebuild()
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     # -- the table, under the lock ---------------------------------------------------------
-    def _home(self, key: bytes) -> int:
-        """The entry where the probe for ``key`` starts (keyed: unguessable)."""
-        digest = hashlib.blake2b(key, digest_size=8, key=self._secret).digest()
-        return int.from_bytes(digest, "little") & self._mask
-
     def _offset(self, entry: int) -> int:
         """Where entry ``entry`` starts in the ints."""
         return self._entries + entry * self._width
@@ -136,15 +139,18 @@ class SharedCounters:
     def _key(self, entry: int) -> memoryview:
         return self._keys[entry * _KEY:(entry + 1) * _KEY]
 
-    def _find(self, key: bytes, home: int) -> int | None:
-        """The entry of ``key``, or the free entry where it would go; None when the table
-        has neither."""
-        ints, entry = self._ints, home
-        for _ in range(self._mask + 1):
-            if not ints[self._offset(entry) + _TOTAL] or self._key(entry) == key:
-                return entry
-            entry = (entry + 1) & self._mask
-        return None
+    def _find(self, key: bytes) -> tuple[int | None, int]:
+        """The entry of ``key``, or the free entry where it would go (None when the table
+        has neither), and the entry where its probe starts."""
+        ints, keys, mask = self._ints, self._keys, self._mask
+        entries, width = self._entries, self._width
+        home = entry = hash(self._secret + key) & mask  # keyed: see the module's note
+        for _ in range(mask + 1):
+            if not ints[entries + entry * width + _TOTAL] \
+                    or keys[entry * _KEY:(entry + 1) * _KEY] == key:
+                return entry, home
+            entry = (entry + 1) & mask
+        return None, home
 
     def _claim(self, entry: int, key: bytes, home: int) -> None:
         """Make the free ``entry`` the entry of ``key`` (its counts are all 0)."""
@@ -198,20 +204,7 @@ class SharedCounters:
                 for entry, at in ((entry, self._offset(entry)) for entry in self._live())]
         self._zero(0, self._mask + 1)
         for key, values in kept:
-            entry = self._find(key, values[_HOME])
+            entry, _home = self._find(key)
             self._claim(entry, key, values[_HOME])
             at = self._offset(entry)
             self._ints[at:at + self._width] = array("I", values)
-
-
-class _Lock:
-    """The exclusive lock on the counts, as a context manager."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    def __enter__(self) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *_exc) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN)
