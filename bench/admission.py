@@ -1,7 +1,8 @@
 """CPU time per admitted and released connection in the counts the workers share
 (server/shared_counters.py), with 2 and 8 workers and 200 connections open from 100
-addresses, against the same module at another git revision in the same run (``--base
-REV``, main by default), the two measured alternately, the best of several repeats.
+addresses (half IPv4, half IPv6), against the same module at another git revision in
+the same run (``--base REV``, main by default), the two measured alternately, the best
+of several repeats.
 
     python bench/admission.py --base main
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import ipaddress
 import random
 import subprocess
 import tempfile
@@ -38,7 +40,8 @@ def measure(module, workers: int) -> float:
     sized = len(inspect.signature(counters_class).parameters) > 1  # by the connections
     counters = counters_class(*((workers, CONNECTIONS) if sized else (workers,)))
     rnd = random.Random(19)
-    addresses = [f"2001:db8::{rnd.getrandbits(32):x}" for _ in range(100)]
+    addresses = [str(ipaddress.IPv6Address(rnd.getrandbits(128))) for _ in range(50)] + \
+        [str(ipaddress.IPv4Address(rnd.getrandbits(32))) for _ in range(50)]
     for n in range(HELD):
         counters.use(n % workers)
         counters.admit(addresses[n % 100], CONNECTIONS, 50)

@@ -2,21 +2,22 @@
 that ``limits.connections`` and ``limits.connections_per_ip`` hold across all of them.
 
 Design: the parent maps shared anonymous memory before it forks, which every worker
-inherits. It holds the total of open connections, each worker's share of it, and a hash
-table of the client addresses with a connection open, counted exactly per address: an
-entry is the address (16 bytes: IPv4 as IPv4-mapped IPv6), its total, the slot where
-its probe starts, and the count of each worker (so that the parent can clear the counts
-of a worker that died: its connections died with it).
+inherits. It holds the total of open connections and a hash table of the client
+addresses with a connection open, counted exactly per address: an entry is the address
+(16 bytes: IPv4 as IPv4-mapped IPv6), its total, the entry where its probe starts, and
+the count of each worker (so that the parent can clear the counts of a worker that
+died: its connections died with it).
 
 The table is open-addressed with linear probing. The start of an address's probe is
 Python's ``hash`` (SipHash, keyed by the interpreter's random seed) of a secret the
 parent draws and the address: every worker is forked from the parent, so has the same
 seed and secret, and no client can pick addresses that pile up on one probe chain (the
-secret keeps them apart even under a fixed ``PYTHONHASHSEED``). An entry is live while its total is above 0;
-every live entry holds at least one of the ``connections`` open, so a table of twice
-that many entries (a power of two) is never more than half full. When an address's last
-connection closes, its entry is removed by shifting the entries after it in its chain
-back (no tombstones), so every other address stays reachable from its start.
+secret keeps them apart even under a fixed ``PYTHONHASHSEED``). An entry is live while
+its total is above 0; every live entry holds at least one of the ``connections`` open,
+so a table of twice that many entries (a power of two) is never more than half full.
+When an address's last connection closes, its entry is removed by shifting the entries
+after it in its chain back (no tombstones), so every other address stays reachable from
+its start.
 
 Every change, admitting or releasing, holds an exclusive ``lockf`` lock on an empty
 ``memfd`` (a file only to lock): a POSIX lock, not inherited by a fork, released by the
@@ -34,20 +35,19 @@ from array import array
 
 _INT = 4       # bytes per counter (unsigned, native order)
 _KEY = 16      # bytes per address
-_TOTAL = 0     # an entry's ints: its total, the slot its probe starts at, then per worker
+_TOTAL = 0     # an entry's ints: its total, the entry its probe starts at, then per worker
 _HOME = 1
 _COUNTS = 2
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
 
 
 def address_key(ip: str) -> bytes:
     """The 16 bytes of ``ip`` (an IPv4 address mapped into IPv6, so both spellings of it
     count together); a text that is no address (a replayed peer's name) by its hash."""
     try:
-        return socket.inet_pton(socket.AF_INET6, ip)
-    except OSError:
-        pass
-    try:
-        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, ip)
+        if ":" in ip:
+            return socket.inet_pton(socket.AF_INET6, ip)
+        return _IPV4_MAPPED + socket.inet_pton(socket.AF_INET, ip)
     except OSError:
         return hashlib.blake2b(ip.encode(), digest_size=_KEY).digest()
 
@@ -68,12 +68,11 @@ class SharedCounters:
         self._mask = table_size(connections) - 1
         self._width = _COUNTS + workers  # ints per entry
         size = self._mask + 1
-        ints = (1 + workers + size * self._width) * _INT
+        ints = (1 + size * self._width) * _INT
         self._map = mmap.mmap(-1, ints + size * _KEY)  # MAP_SHARED: forks see it
         view = memoryview(self._map)
-        self._ints = view[:ints].cast("I")  # the total, per worker, then the entries
+        self._ints = view[:ints].cast("I")  # the total, then the entries
         self._keys = view[ints:]
-        self._entries = 1 + workers  # where the entries start in _ints
         self.index = 0  # the worker this process is (set in the worker by :meth:`use`)
 
     def use(self, index: int) -> None:
@@ -121,10 +120,9 @@ class SharedCounters:
         ints, column = self._ints, _COUNTS + index
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
-            ints[0] -= ints[1 + index]
-            ints[1 + index] = 0
             for entry in self._live():
                 at = self._offset(entry)
+                ints[0] -= ints[at + column]
                 ints[at + _TOTAL] -= ints[at + column]
                 ints[at + column] = 0
             self._rebuild()
@@ -134,19 +132,16 @@ class SharedCounters:
     # -- the table, under the lock ---------------------------------------------------------
     def _offset(self, entry: int) -> int:
         """Where entry ``entry`` starts in the ints."""
-        return self._entries + entry * self._width
-
-    def _key(self, entry: int) -> memoryview:
-        return self._keys[entry * _KEY:(entry + 1) * _KEY]
+        return 1 + entry * self._width
 
     def _find(self, key: bytes) -> tuple[int | None, int]:
         """The entry of ``key``, or the free entry where it would go (None when the table
         has neither), and the entry where its probe starts."""
         ints, keys, mask = self._ints, self._keys, self._mask
-        entries, width = self._entries, self._width
+        width = self._width
         home = entry = hash(self._secret + key) & mask  # keyed: see the module's note
         for _ in range(mask + 1):
-            if not ints[entries + entry * width + _TOTAL] \
+            if not ints[1 + entry * width + _TOTAL] \
                     or keys[entry * _KEY:(entry + 1) * _KEY] == key:
                 return entry, home
             entry = (entry + 1) & mask
@@ -161,7 +156,6 @@ class SharedCounters:
         """Count ``step`` connections of this worker in the entry at offset ``at``."""
         ints = self._ints
         ints[0] += step
-        ints[1 + self.index] += step
         ints[at + _TOTAL] += step
         ints[at + _COUNTS + self.index] += step
 
@@ -184,7 +178,8 @@ class SharedCounters:
         at, width = self._offset(source), self._width
         self._ints[self._offset(target):self._offset(target) + width] = \
             self._ints[at:at + width]
-        self._keys[target * _KEY:(target + 1) * _KEY] = self._key(source)
+        self._keys[target * _KEY:(target + 1) * _KEY] = \
+            self._keys[source * _KEY:(source + 1) * _KEY]
 
     def _zero(self, first: int, end: int) -> None:
         """Empty entries ``first`` to ``end`` (excluded)."""
@@ -200,11 +195,13 @@ class SharedCounters:
     def _rebuild(self) -> None:
         """Insert the entries in use again into an emptied table (a clear may have emptied
         entries in the middle of chains)."""
-        kept = [(bytes(self._key(entry)), self._ints[at:at + self._width].tolist())
-                for entry, at in ((entry, self._offset(entry)) for entry in self._live())]
+        width = self._width
+        kept = [(bytes(self._keys[entry * _KEY:(entry + 1) * _KEY]),
+                 self._ints[self._offset(entry):self._offset(entry) + width].tolist())
+                for entry in self._live()]
         self._zero(0, self._mask + 1)
         for key, values in kept:
-            entry, _home = self._find(key)
-            self._claim(entry, key, values[_HOME])
+            entry, home = self._find(key)
+            self._claim(entry, key, home)
             at = self._offset(entry)
-            self._ints[at:at + self._width] = array("I", values)
+            self._ints[at:at + width] = array("I", values)
