@@ -171,7 +171,7 @@ class SharedCounters:
             if (entry - ints[at + _HOME]) & mask >= (entry - hole) & mask:
                 self._move(entry, hole)
                 hole = entry
-        self._zero(hole, hole + 1)
+        self._empty(hole)
 
     def _move(self, source: int, target: int) -> None:
         """Copy entry ``source`` (counts and key) over entry ``target``."""
@@ -181,10 +181,10 @@ class SharedCounters:
         self._keys[target * _KEY:(target + 1) * _KEY] = \
             self._keys[source * _KEY:(source + 1) * _KEY]
 
-    def _zero(self, first: int, end: int) -> None:
-        """Empty entries ``first`` to ``end`` (excluded)."""
-        start, stop = self._offset(first), self._offset(end)
-        self._ints[start:stop] = array("I", bytes((stop - start) * _INT))
+    def _empty(self, entry: int) -> None:
+        """Zero the counts of ``entry``: it is free."""
+        at = self._offset(entry)
+        self._ints[at:at + self._width] = array("I", bytes(self._width * _INT))
 
     def _live(self) -> list[int]:
         """The entries in use."""
@@ -193,15 +193,17 @@ class SharedCounters:
                 if ints[self._offset(entry) + _TOTAL]]
 
     def _rebuild(self) -> None:
-        """Insert the entries in use again into an emptied table (a clear may have emptied
-        entries in the middle of chains)."""
-        width = self._width
+        """Insert the entries in use again into the table, emptied of them (a clear may
+        have emptied entries in the middle of chains; an entry whose total is 0 holds no
+        count, so only the entries in use need emptying)."""
+        width, live = self._width, self._live()
         kept = [(bytes(self._keys[entry * _KEY:(entry + 1) * _KEY]),
                  self._ints[self._offset(entry):self._offset(entry) + width].tolist())
-                for entry in self._live()]
-        self._zero(0, self._mask + 1)
+                for entry in live]
+        for entry in live:
+            self._empty(entry)
         for key, values in kept:
-            entry, home = self._find(key)
-            self._claim(entry, key, home)
+            entry, _home = self._find(key)  # the one in ``values``
+            self._keys[entry * _KEY:(entry + 1) * _KEY] = key
             at = self._offset(entry)
             self._ints[at:at + width] = array("I", values)
