@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 LISTENER_KINDS = ("smtp", "submission", "smtps")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
-AUTO_WORKERS_MAX = 8  # workers = "auto": one process per core, at most this many
+AUTO_WORKERS_MAX = 8  # workers = "auto": one process per usable CPU, at most this many
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # the cgroup v2 CPU quota ("auto")
 DEFAULT_FALLBACK = "451 4.3.0 Temporary local problem, try again later"
 
 log = logging.getLogger("vsl.server")
@@ -650,14 +651,29 @@ def _string(value, key: str) -> str:
 
 
 def auto_workers() -> int:
-    """``workers = "auto"`` (the default): one server process per core, at most
-    AUTO_WORKERS_MAX."""
-    return max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+    """``workers = "auto"`` (the default): one server process per CPU this process may
+    use (its affinity, within its cgroup's CPU quota), at most AUTO_WORKERS_MAX; 1 where
+    workers cannot share their state (no ``memfd_create`` or ``SOCK_SEQPACKET``)."""
+    if not (hasattr(os, "memfd_create") and hasattr(socket, "SOCK_SEQPACKET")):
+        return 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    return max(1, min(usable, cgroup_cpus() or usable, AUTO_WORKERS_MAX))
+
+
+def cgroup_cpus() -> int | None:
+    """The CPUs the cgroup v2 quota of this process allows (``cpu.max``: quota over
+    period, rounded up); None without a quota ("max") or without the file."""
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        return math.ceil(int(quota) / int(period))
+    except (OSError, ValueError, ZeroDivisionError):  # absent, "max", or unreadable
+        return None
 
 
 def parse_workers(value, key: str) -> int:
     """``[server] workers`` (or ``--workers``): a number >= 1, or "auto" (one process per
-    core, at most AUTO_WORKERS_MAX)."""
+    usable CPU, at most AUTO_WORKERS_MAX)."""
     if value == "auto":
         return auto_workers()
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -106,7 +106,7 @@ class Workers:
         self.children: dict[int, int] = {}   # pid -> worker index (or EXPORTER, THROTTLE)
         self.started: dict[int, float] = {}  # worker index -> when it last started
         self.stopping = False
-        self.counters = SharedCounters(config.workers)
+        self.counters = SharedCounters(config.workers, config.limits.connections)
         self.channels = channels(config.workers)  # the throttle's: (worker's, its) ends
 
     def prepare(self) -> None:
@@ -233,8 +233,9 @@ class Workers:
     def _child(self, index: int) -> None:
         status = 1
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as one `vsl serve` process
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's stop: at once
+            # Ctrl-C reaches the whole process group: the parent stops the workers
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
             event_loop.run(self._work(index), self.config.event_loop, announce=False)
             status = 0

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from vsl.server import config as config_module
 from vsl.server.config import (AUTO_WORKERS_MAX, DEFAULT_FALLBACK, AuthConfig, BounceConfig,
                                Config, ConfigError, DeliveryConfig, DnsConfig, Listener,
-                               SmtpLimits, TlsConfig, from_dict, load, parse_listen)
+                               SmtpLimits, TlsConfig, auto_workers, from_dict, load, parse_listen)
 from vsl.stdlib.support.mail import HeaderLimits
 from vsl.limits import Limits
 
@@ -123,6 +124,38 @@ def error_for(data: dict) -> str:
 
 # ---- defaults ------------------------------------------------------------------------------
 
+@pytest.fixture
+def cpus(monkeypatch, tmp_path):
+    """Set the CPUs "auto" sees: ``cpus(affinity, cpu_max)`` (cpu_max None: no file)."""
+    def set_cpus(affinity: int, cpu_max: str | None) -> int:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(affinity)))
+        path = tmp_path / "cpu.max"
+        if cpu_max is not None:
+            path.write_text(cpu_max + "\n")
+        monkeypatch.setattr(config_module, "CGROUP_CPU_MAX", path)
+        return auto_workers()
+    return set_cpus
+
+
+@pytest.mark.parametrize(("affinity", "cpu_max", "workers"), [
+    (2, None, 2),                # as many as the CPUs this process may run on
+    (64, None, AUTO_WORKERS_MAX),
+    (6, "max 100000", 6),        # no quota
+    (6, "150000 100000", 2),     # 1.5 CPUs: rounded up
+    (6, "50000 100000", 1),
+    (3, "800000 100000", 3),     # the affinity is the smaller
+    (6, "garbled", 6),
+])
+def test_auto_workers_follow_the_affinity_and_the_cgroup_quota(cpus, affinity, cpu_max,
+                                                              workers):
+    assert cpus(affinity, cpu_max) == workers
+
+
+def test_auto_is_one_worker_where_workers_cannot_share_their_counts(cpus, monkeypatch):
+    monkeypatch.delattr(os, "memfd_create")
+    assert cpus(4, None) == 1
+
+
 def test_no_file_gives_the_defaults():
     config = load(None)
     assert config == Config(hostname=config.hostname)
@@ -130,7 +163,7 @@ def test_no_file_gives_the_defaults():
     assert config.domains == (config.hostname.lower(),)
     assert config.scripts is None
     assert config.queue_dir == Path("queue")
-    assert config.workers == min(os.cpu_count(), AUTO_WORKERS_MAX)  # one per core
+    assert config.workers == min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX)  # per CPU
     assert config.script_threads == 4
     assert config.fallback_reply == DEFAULT_FALLBACK == \
         "451 4.3.0 Temporary local problem, try again later"
