@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/smtp_session.py
 	$(BIN)/python bench/native_await.py
 	$(BIN)/python bench/anti_abuse.py
+	$(BIN)/python bench/admission.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/bounce.py

@@ -37,7 +37,8 @@ from .zones import dns_override_option, zone_option, zones_served
 @click.option("--hostname", help="The server's name (greeting, Received, local domain).")
 @click.option("--workers", metavar="N|auto",
               callback=lambda _ctx, _param, option: workers_count(option),
-              help="Server processes accepting on the same listeners (auto: one per core).")
+              help="Server processes accepting on the same listeners (default auto: one per "
+                   "usable CPU, at most 8).")
 @click.option("--role", type=click.Choice(["all", "receiver", "worker", "delivery"]),
               default="all", show_default=True,
               help="What this process runs: the listeners up to on_pre_queue (receiver), "

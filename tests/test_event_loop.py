@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import os
 
 import pytest
 
 from vsl.server import event_loop
-from vsl.server.config import AUTO_WORKERS_MAX, ConfigError, from_dict, parse_workers
+from vsl.server.config import AUTO_WORKERS_MAX, ConfigError, auto_workers, from_dict, parse_workers
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -67,8 +66,9 @@ def test_the_configured_loop_defaults_to_auto():
     assert from_dict({"server": {"event_loop": "uvloop"}}).event_loop == "uvloop"
 
 
-def test_workers_auto_is_one_per_core_at_most_the_cap():
-    expected = max(1, min(os.cpu_count() or 1, AUTO_WORKERS_MAX))
+def test_workers_auto_is_one_per_usable_cpu_at_most_the_cap():
+    expected = auto_workers()
+    assert 1 <= expected <= AUTO_WORKERS_MAX
     assert parse_workers("auto", "server.workers") == expected
     assert from_dict({"server": {"workers": "auto"}}).workers == expected
     assert parse_workers(3, "--workers") == 3
