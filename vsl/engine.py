@@ -45,7 +45,7 @@ from .methods import call_method
 from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
 from .ops import Ops, at_depth
 from .resolve import ModuleInfo, resolve
-from .script_cache import Compiled, ScriptCache
+from .script_cache import CachedModule, Compiled, ScriptCache
 from .script_file import UnreadableScript, line_of, read_script
 
 
@@ -585,7 +585,32 @@ class Engine:
 
     def _load_module(self, source: str, file: str, load: _Load) -> Script:
         key = self.cache.key(self, source, file) if self.cache else None
-        compiled = self.cache.get(key, source, file, self.limits) if key else None
+        compiled, imports, natives = self._cached_or_fresh(key, source, file, load)
+        self._sources[file] = (source, compiled.code_names)
+        env = self._environment(natives, imports)
+        for name, (ns, const) in compiled.constant_refs.items():  # see e_NsVar
+            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
+        exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
+        value = self.run(env["__top__"], (), compiled.top_async)
+        return Script(self, file, env, compiled, compiled.module, value, imports,
+                      compiled.quick)
+
+    def _cached_or_fresh(self, key: str | None, source: str, file: str, load: _Load):
+        """The compiled module, its imports and the natives; an entry of the cache that
+        fails with anything but a VslError is a miss (dropped, the script loaded afresh)."""
+        if key is not None:
+            try:
+                return self._prepare(self.cache.get(key, source, file, self.limits),
+                                     source, file, load, key)
+            except VslError:
+                raise
+            except Exception:  # noqa: BLE001 - whatever a broken entry raises: a miss
+                self.cache.drop(key)
+        return self._prepare(None, source, file, load, key)
+
+    def _prepare(self, compiled: Compiled | None, source: str, file: str, load: _Load,
+                 key: str | None):
+        """Load the imports, and compile the module unless ``compiled`` still fits them."""
         module = compiled.module if compiled else _parsed(source, file, self.limits)
         imports = {}
         for imp in module.imports:
@@ -596,17 +621,12 @@ class Engine:
         natives = {(ns.name, n.name): n for ns in self.namespaces.values()
                    for n in ns.functions.values()}
         if compiled is None or compiled.infos != infos:
+            if isinstance(module, CachedModule):
+                module = module.parsed()
             compiled = self._compile(module, infos, natives)
-            if self.cache:
+            if key is not None:
                 self.cache.put(key, compiled)
-        self._sources[file] = (source, compiled.code_names)
-        env = self._environment(natives, imports)
-        for name, (ns, const) in compiled.constant_refs.items():  # see e_NsVar
-            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
-        exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
-        value = self.run(env["__top__"], (), compiled.top_async)
-        return Script(self, file, env, compiled, compiled.module, value, imports,
-                      compiled.quick)
+        return compiled, imports, natives
 
     def _compile(self, module, infos: dict, natives: dict) -> Compiled:
         """Resolve and compile a parsed module (imported modules: ``infos``)."""
