@@ -299,3 +299,44 @@ def test_one_put_in_evict_every_looks_at_the_directory(store, monkeypatch):
     for i in range(script_cache.EVICT_EVERY * 8):
         store.put("k", i)
     assert 0 < len(looks) < script_cache.EVICT_EVERY
+
+
+def test_lint_sees_an_import_pointed_at_another_file(store, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    (tmp_path / "sub" / "b.vsl").write_text("fn g(x) { x }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    (tmp_path / "lib.vsl").symlink_to("sub/a.vsl")
+    assert linted(store, main) == []
+    (tmp_path / "lib.vsl").unlink()
+    (tmp_path / "lib.vsl").symlink_to("sub/b.vsl")
+    [finding] = linted(store, main)
+    assert "module 'lib' has no function 'f'" in finding.message
+
+
+def test_lint_sees_an_import_from_outside_brought_inside(store, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    main = root / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    (root / "lib.vsl").symlink_to(tmp_path / "outside.vsl")
+    assert any("outside the script directory" in d.message for d in linted(store, main))
+    (root / "lib.vsl").unlink()
+    (root / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    assert linted(store, main) == []
+
+
+def test_a_lint_hit_reads_imports_within_the_size_limit(store, tmp_path, monkeypatch):
+    from vsl import lint
+    (tmp_path / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    assert linted(store, main) == []
+    limits = []
+    read_script = lint.read_script
+    monkeypatch.setattr(lint, "read_script",
+                        lambda path, limit: limits.append(limit) or read_script(path, limit))
+    assert linted(store, main, hit=monkeypatch) == []
+    assert limits and 0 not in limits
