@@ -340,3 +340,8 @@ def test_a_lint_hit_reads_imports_within_the_size_limit(store, tmp_path, monkeyp
                         lambda path, limit: limits.append(limit) or read_script(path, limit))
     assert linted(store, main, hit=monkeypatch) == []
     assert limits and 0 not in limits
+
+
+def test_the_test_run_keeps_its_own_cache(tmp_path_factory):
+    store = Store.default()
+    assert store is not None and tmp_path_factory.getbasetemp() in store.directory.parents
