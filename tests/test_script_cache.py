@@ -3,6 +3,8 @@ change nothing a script does or reports; damaged entries are misses; the store i
 atomic and bounded."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import pytest
@@ -154,12 +156,22 @@ def test_the_store_evicts_the_least_recently_used(store):
     assert [p.name for p in entries(store)] == ["k0", "k5"]
 
 
-def test_a_lint_check_holding_an_unknown_object_turns_the_cache_off():
+def test_a_lint_check_holding_an_unknown_object_turns_the_cache_off(store):
     class Opaque:
         __slots__ = ()
     assert script_cache.describe({"a": (1, frozenset({"x"}))}) == "{'a': [1, {'x'}]}"
     with pytest.raises(script_cache.Unknown):
         script_cache.describe(Opaque())
+    engine = engine_with(store)
+    assert engine.fingerprint is not None
+    shared = next(iter(engine.namespaces.values()))  # (shared by engines: not changed)
+    name, native = next(iter(shared.functions.items()))
+    opaque = dataclasses.replace(
+        native, check=functools.partial(lambda opaque, *args: None, Opaque()))
+    engine.register(dataclasses.replace(shared, functions={**shared.functions, name: opaque}))
+    assert engine.fingerprint is None
+    engine.load_source(SOURCE, "main.vsl")
+    assert entries(store) == []
 
 
 # -- the linter's findings --------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 # runs no coroutine.
 from concurrent.futures import Executor
 from contextvars import ContextVar, copy_context
+from functools import cached_property
 import inspect
 from itertools import repeat
 from operator import length_hint
@@ -45,7 +46,7 @@ from .methods import call_method
 from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
 from .ops import Ops, at_depth
 from .resolve import ModuleInfo, resolve
-from .script_cache import CachedModule, Compiled, ScriptCache
+from .script_cache import CachedModule, Compiled, ScriptCache, engine_fingerprint
 from .script_file import UnreadableScript, line_of, read_script
 
 
@@ -137,8 +138,8 @@ class ExecState:
         """Count the ticks of as many loop iterations as the chunk holds (without a
         deadline, up to _LONG_GRANT more), at once (at least one: the first tick calls
         slow() as compiled code would, so an error comes at the same iteration); how many
-        were counted. The loop gives back those it did
-        not run (compile._Fn.range_chunks)."""
+        were counted. The loop gives back those it did not run (compile._Fn.range_chunks
+        and counted_chunks)."""
         n = self.n - 1
         if n < 0:
             self.n = n
@@ -559,6 +560,7 @@ class Engine:
     def register(self, namespace) -> None:
         """Add a native namespace (replacing one with the same name)."""
         self.namespaces[namespace.name] = namespace
+        self.__dict__.pop("fingerprint", None)  # (computed again when next asked for)
         methods = {}
         for ns in self.namespaces.values():
             for cls in ns.types:
@@ -566,6 +568,12 @@ class Engine:
         self.native_methods = frozenset(methods)
         self.async_methods = frozenset(name for name, (fn, _, _) in methods.items()
                                        if inspect.iscoroutinefunction(fn))
+
+    @cached_property
+    def fingerprint(self) -> str | None:
+        """What of this engine changes how a script compiles (script_cache.
+        engine_fingerprint), computed once."""
+        return engine_fingerprint(self)
 
     # -- loading ---------------------------------------------------------
     def load(self, path: str | os.PathLike) -> Script:

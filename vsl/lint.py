@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from .diagnostics import Diagnostic
 from .errors import LimitError, VslError
 from .imports import check_nesting, import_target
-from .script_cache import Store, Unknown, cache_key, describe, engine_fingerprint
+from .script_cache import Store, Unknown, cache_key, describe
 from .script_file import UnreadableScript, read_script
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class Linter:
     def _context(self) -> str:
         """What the keys of the cache say of the engine and the entry points ("": they
         cannot be told, no cache)."""
-        engine = engine_fingerprint(self.engine)
+        engine = self.engine.fingerprint
         try:
             return "" if engine is None else engine + describe(self.entries)
         except Unknown:

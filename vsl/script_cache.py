@@ -313,7 +313,7 @@ class ScriptCache:
         return cls(store) if store is not None else None
 
     def key(self, engine, source: str, file: str) -> str | None:
-        fingerprint = engine_fingerprint(engine)
+        fingerprint = engine.fingerprint
         return None if fingerprint is None else cache_key("load", fingerprint, file, source)
 
     def get(self, key: str | None, source: str, file: str, limits) -> Compiled | None:
