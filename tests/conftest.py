@@ -13,6 +13,16 @@ from tests.support import mailsink
 ZONES = Path(__file__).parent / "zones"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory):
+    """The run's own ``$XDG_CACHE_HOME`` (the compiled-script and grammar caches), for it
+    and the processes it starts: the tests leave the developer's cache alone (the tests of
+    the caches set their own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def dns_server():
     """A real DNS server on 127.0.0.1 serving every tests/zones/*.zone file."""

@@ -153,6 +153,16 @@ def test_a_range_variable_past_i64_from_a_hosts_bounds_still_overflows(body):
         script.call("f", 2 ** 64, 2 ** 64 + 1)
 
 
+@pytest.mark.parametrize("body", ["i / 1", "i + 0", "i - 0", "i * 1"])
+def test_a_range_variable_from_a_literal_past_i64_still_overflows(body):
+    """The variable of a range from a literal is never below 0, but the host's bound may
+    take it past I64_MAX: even ``/ 1`` and ``+ 0`` test it."""
+    script = new_engine().load_source(
+        f"fn f(b) {{ for i in 9223372036854775806..b {{ let r = {body}; }} }}")
+    with pytest.raises(ScriptError, match="integer overflow"):
+        script.call("f", 2 ** 63 + 4)
+
+
 def test_a_variable_given_a_negative_value_is_not_taken_for_nonnegative():
     script = new_engine().load_source(
         "fn f(n) { let s = 0; for i in 0..n { s += i; s -= 2 * i; } let j = s - 1; "

@@ -3,6 +3,8 @@ change nothing a script does or reports; damaged entries are misses; the store i
 atomic and bounded."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import pytest
@@ -150,16 +152,26 @@ def test_the_store_evicts_the_least_recently_used(store):
         store.put(f"k{i}", b"x" * 1000)
         os.utime(store.directory / f"k{i}", ns=(i * 10**9, i * 10**9))
     store.get("k0")  # used: now the most recent
-    store.evict(4000)
+    store.evict(max_entries=3)
     assert [p.name for p in entries(store)] == ["k0", "k5"]
 
 
-def test_a_lint_check_holding_an_unknown_object_turns_the_cache_off():
+def test_a_lint_check_holding_an_unknown_object_turns_the_cache_off(store):
     class Opaque:
         __slots__ = ()
     assert script_cache.describe({"a": (1, frozenset({"x"}))}) == "{'a': [1, {'x'}]}"
     with pytest.raises(script_cache.Unknown):
         script_cache.describe(Opaque())
+    engine = engine_with(store)
+    assert engine.fingerprint is not None
+    shared = next(iter(engine.namespaces.values()))  # (shared by engines: not changed)
+    name, native = next(iter(shared.functions.items()))
+    opaque = dataclasses.replace(
+        native, check=functools.partial(lambda opaque, *args: None, Opaque()))
+    engine.register(dataclasses.replace(shared, functions={**shared.functions, name: opaque}))
+    assert engine.fingerprint is None
+    engine.load_source(SOURCE, "main.vsl")
+    assert entries(store) == []
 
 
 # -- the linter's findings --------------------------------------------------------------
@@ -219,3 +231,129 @@ def test_lint_of_a_file_whose_import_changed_is_done_again(store, tmp_path):
     assert "module 'lib' has no function 'f'" in finding.message
     (tmp_path / "lib.vsl").unlink()
     assert any("cannot import 'lib'" in d.message for d in linted(store, main))
+
+
+MAIN_WITH_LOOP = """import "lib" as lib;
+fn half(a) { let s = 0; for i in -9..0 { s = i / 2; } s + a }
+lib::f()
+"""
+
+
+def test_a_cached_script_whose_import_changed_is_compiled_from_its_whole_ast(store, tmp_path):
+    (tmp_path / "lib.vsl").write_text("fn f() { 1 }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text(MAIN_WITH_LOOP, encoding="utf-8")
+    assert engine_with(store).load(main).call("half", 0) == 0
+    (tmp_path / "lib.vsl").write_text("fn f() { 1 }\nfn g() { 2 }\n", encoding="utf-8")
+    script = engine_with(store).load(main)
+    assert script.call("half", 0) == 0  # (-1: the loop's variable taken as never below 0)
+    assert engine_with(store).load(main).call("half", 1) == 1  # the new entry is a hit
+
+
+def test_an_entry_that_fails_to_load_is_a_miss_and_is_replaced(store, monkeypatch):
+    engine = engine_with(store)
+    engine.load_source(SOURCE, "main.vsl")
+    (entry,) = entries(store)
+    broken = list(store.get(entry.name))
+    broken[0] = ("not an import",)  # an entry of another shape: AttributeError
+    store.put(entry.name, tuple(broken))
+    assert engine_with(store).load_source(SOURCE, "main.vsl").top_value == 42
+    assert load_without_compiling(engine_with(store), SOURCE, "main.vsl",
+                                  monkeypatch).top_value == 42
+
+
+def test_range_starts_needs_the_whole_ast(store):
+    from vsl.infer import range_starts
+    engine = engine_with(store)
+    engine.load_source(SOURCE, "main.vsl")
+    cached = engine_with(store).load_source(SOURCE, "main.vsl").module
+    with pytest.raises(TypeError):
+        range_starts(cached, {})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_no_cache_below_a_directory_another_user_owns(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "vsl" / "scripts").mkdir(parents=True, mode=0o700)
+    os.chown(tmp_path / "vsl", 1234, 1234)
+    assert new_engine(use_cache=True).cache is None
+
+
+def test_a_directory_swapped_after_the_check_is_not_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    store = Store.default()
+    folder = tmp_path / "vsl" / "scripts"
+    folder.rename(tmp_path / "vsl" / "old")
+    (tmp_path / "planted").mkdir()
+    (tmp_path / "planted" / "k").write_bytes(b"planted")
+    folder.symlink_to(tmp_path / "planted")
+    store.put("k", {"a": 1})
+    assert store.get("k") == {"a": 1}
+    assert (tmp_path / "planted" / "k").read_bytes() == b"planted"
+    assert (tmp_path / "vsl" / "old" / "k").exists()
+
+
+def test_eviction_counts_disk_blocks_and_entries(store):
+    for i in range(8):
+        store.put(f"k{i}", b"x")
+        os.utime(store.directory / f"k{i}", ns=(i * 10**9, i * 10**9))
+    block = (store.directory / "k0").stat().st_blocks * 512
+    store.evict(max_bytes=4 * block)  # 8 files of one block each: down to 3
+    assert [p.name for p in entries(store)] == ["k5", "k6", "k7"]
+    store.evict(max_entries=2)  # 3 files: down to 1
+    assert [p.name for p in entries(store)] == ["k7"]
+
+
+def test_one_put_in_evict_every_looks_at_the_directory(store, monkeypatch):
+    looks = []
+    monkeypatch.setattr(Store, "evict", lambda self: looks.append(1))
+    script_cache.random.seed(0)
+    for i in range(script_cache.EVICT_EVERY * 8):
+        store.put("k", i)
+    assert 0 < len(looks) < script_cache.EVICT_EVERY
+
+
+def test_lint_sees_an_import_pointed_at_another_file(store, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    (tmp_path / "sub" / "b.vsl").write_text("fn g(x) { x }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    (tmp_path / "lib.vsl").symlink_to("sub/a.vsl")
+    assert linted(store, main) == []
+    (tmp_path / "lib.vsl").unlink()
+    (tmp_path / "lib.vsl").symlink_to("sub/b.vsl")
+    [finding] = linted(store, main)
+    assert "module 'lib' has no function 'f'" in finding.message
+
+
+def test_lint_sees_an_import_from_outside_brought_inside(store, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    main = root / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    (root / "lib.vsl").symlink_to(tmp_path / "outside.vsl")
+    assert any("outside the script directory" in d.message for d in linted(store, main))
+    (root / "lib.vsl").unlink()
+    (root / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    assert linted(store, main) == []
+
+
+def test_a_lint_hit_reads_imports_within_the_size_limit(store, tmp_path, monkeypatch):
+    from vsl import lint
+    (tmp_path / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")
+    main = tmp_path / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    assert linted(store, main) == []
+    limits = []
+    read_script = lint.read_script
+    monkeypatch.setattr(lint, "read_script",
+                        lambda path, limit: limits.append(limit) or read_script(path, limit))
+    assert linted(store, main, hit=monkeypatch) == []
+    assert limits and 0 not in limits
+
+
+def test_the_test_run_keeps_its_own_cache(tmp_path_factory):
+    store = Store.default()
+    assert store is not None and tmp_path_factory.getbasetemp() in store.directory.parents

@@ -747,9 +747,8 @@ class _Fn(FastPaths):
 # call once the types are checked.
 _BUDGET_FREE_CALLS = frozenset({
     "_add", "_sub", "_mul", "_div", "_mod", "_pow", "_eq", "_ne", "_lt", "_le", "_gt", "_ge",
-    "_in", "_notin", "_eqv", "_range", "_rangei", "_neg", "_pos", "_not", "_cond", "_idx",
-    "_setidx", "_getprop", "_setprop", "_iter", "_enumerate", "_len", "_throw", "_errval",
-    "_too_long", "_gget"})
+    "_eqv", "_range", "_rangei", "_neg", "_pos", "_not", "_cond", "_idx", "_setidx",
+    "_getprop", "_setprop", "_len", "_throw", "_errval", "_too_long", "_gget"})
 _BUDGET_FREE_METHODS = frozenset({"append", "get", "startswith", "endswith", "lower", "upper",
                                   "strip", "split"})
 

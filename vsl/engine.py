@@ -25,6 +25,7 @@ from __future__ import annotations
 # runs no coroutine.
 from concurrent.futures import Executor
 from contextvars import ContextVar, copy_context
+from functools import cached_property
 import inspect
 from itertools import repeat
 from operator import length_hint
@@ -45,7 +46,7 @@ from .methods import call_method
 from .natives import IO_DEADLINE, SCRIPT_POSITION, Native
 from .ops import Ops, at_depth
 from .resolve import ModuleInfo, resolve
-from .script_cache import Compiled, ScriptCache
+from .script_cache import CachedModule, Compiled, ScriptCache, engine_fingerprint
 from .script_file import UnreadableScript, line_of, read_script
 
 
@@ -137,8 +138,8 @@ class ExecState:
         """Count the ticks of as many loop iterations as the chunk holds (without a
         deadline, up to _LONG_GRANT more), at once (at least one: the first tick calls
         slow() as compiled code would, so an error comes at the same iteration); how many
-        were counted. The loop gives back those it did
-        not run (compile._Fn.range_chunks)."""
+        were counted. The loop gives back those it did not run (compile._Fn.range_chunks
+        and counted_chunks)."""
         n = self.n - 1
         if n < 0:
             self.n = n
@@ -559,6 +560,7 @@ class Engine:
     def register(self, namespace) -> None:
         """Add a native namespace (replacing one with the same name)."""
         self.namespaces[namespace.name] = namespace
+        self.__dict__.pop("fingerprint", None)  # (computed again when next asked for)
         methods = {}
         for ns in self.namespaces.values():
             for cls in ns.types:
@@ -566,6 +568,12 @@ class Engine:
         self.native_methods = frozenset(methods)
         self.async_methods = frozenset(name for name, (fn, _, _) in methods.items()
                                        if inspect.iscoroutinefunction(fn))
+
+    @cached_property
+    def fingerprint(self) -> str | None:
+        """What of this engine changes how a script compiles (script_cache.
+        engine_fingerprint), computed once."""
+        return engine_fingerprint(self)
 
     # -- loading ---------------------------------------------------------
     def load(self, path: str | os.PathLike) -> Script:
@@ -585,7 +593,32 @@ class Engine:
 
     def _load_module(self, source: str, file: str, load: _Load) -> Script:
         key = self.cache.key(self, source, file) if self.cache else None
-        compiled = self.cache.get(key, source, file, self.limits) if key else None
+        compiled, imports, natives = self._cached_or_fresh(key, source, file, load)
+        self._sources[file] = (source, compiled.code_names)
+        env = self._environment(natives, imports)
+        for name, (ns, const) in compiled.constant_refs.items():  # see e_NsVar
+            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
+        exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
+        value = self.run(env["__top__"], (), compiled.top_async)
+        return Script(self, file, env, compiled, compiled.module, value, imports,
+                      compiled.quick)
+
+    def _cached_or_fresh(self, key: str | None, source: str, file: str, load: _Load):
+        """The compiled module, its imports and the natives; an entry of the cache that
+        fails with anything but a VslError is a miss (dropped, the script loaded afresh)."""
+        if key is not None:
+            try:
+                return self._prepare(self.cache.get(key, source, file, self.limits),
+                                     source, file, load, key)
+            except VslError:
+                raise
+            except Exception:  # noqa: BLE001 - whatever a broken entry raises: a miss
+                self.cache.drop(key)
+        return self._prepare(None, source, file, load, key)
+
+    def _prepare(self, compiled: Compiled | None, source: str, file: str, load: _Load,
+                 key: str | None):
+        """Load the imports, and compile the module unless ``compiled`` still fits them."""
         module = compiled.module if compiled else _parsed(source, file, self.limits)
         imports = {}
         for imp in module.imports:
@@ -596,17 +629,12 @@ class Engine:
         natives = {(ns.name, n.name): n for ns in self.namespaces.values()
                    for n in ns.functions.values()}
         if compiled is None or compiled.infos != infos:
+            if isinstance(module, CachedModule):
+                module = module.parsed()
             compiled = self._compile(module, infos, natives)
-            if self.cache:
+            if key is not None:
                 self.cache.put(key, compiled)
-        self._sources[file] = (source, compiled.code_names)
-        env = self._environment(natives, imports)
-        for name, (ns, const) in compiled.constant_refs.items():  # see e_NsVar
-            env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
-        exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
-        value = self.run(env["__top__"], (), compiled.top_async)
-        return Script(self, file, env, compiled, compiled.module, value, imports,
-                      compiled.quick)
+        return compiled, imports, natives
 
     def _compile(self, module, infos: dict, natives: dict) -> Compiled:
         """Resolve and compile a parsed module (imported modules: ``infos``)."""

@@ -51,6 +51,11 @@ _FLAT_FROM = 16  # a template with more interpolations tests them in one flat tu
 _PY_CMP = {"==": py.Eq, "!=": py.NotEq, "<": py.Lt, "<=": py.LtE, ">": py.Gt, ">=": py.GtE}
 
 
+def _divisor_past_one(e: A.Binary) -> bool:
+    """Whether ``e``'s right operand is an int literal of at least 2."""
+    return _int_literal(e.right) and e.right.value >= 2
+
+
 def _int_literal(e) -> bool:
     return isinstance(e, A.Literal) and type(e.value) is int
 
@@ -339,7 +344,9 @@ class FastPaths:
                                      _literal_of(e.left, (str,))):
             # Python's == with a string is the script's for any value (NativeObject.__eq__)
             return py.Compare(left, [_PY_CMP[e.op]()], [right])
-        if e.op in ("/", "%") and self.nonneg(e):  # cannot fail: Python's // and % as they are
+        if e.op in ("/", "%") and self.nonneg(e) and (e.op == "%" or _divisor_past_one(e)):
+            # cannot fail: Python's // and % as they are (x / 1 is x, which may be past
+            # I64_MAX: a range's variable, from a host's bounds)
             return py.BinOp(left, py.FloorDiv() if e.op == "/" else py.Mod(), right)
         if e.op in ("+", "-", "*", "/", "%") and _int_literal(e.right):
             return self.fast_int_arith(e.op, left, e.right.value, left_int, self.nonneg(e.left),

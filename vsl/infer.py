@@ -253,7 +253,10 @@ def _nodes(value):
 
 
 def range_starts(module: ast.Module, names: dict) -> dict:
-    """Python name of each range loop's variable -> the range's start expression."""
+    """Python name of each range loop's variable -> the range's start expression (of a
+    whole typed AST only: a module whose bodies are not there would seem to have none)."""
+    if not isinstance(module, ast.Module):
+        raise TypeError(f"range_starts needs an ast.Module, not {type(module).__name__}")
     return {names[(id(node), "var")]: node.iterable.left
             for node in _nodes((module.functions, module.body))
             if isinstance(node, ast.For) and node.index_var is None and

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from .diagnostics import Diagnostic
 from .errors import LimitError, VslError
 from .imports import check_nesting, import_target
-from .script_cache import Store, Unknown, cache_key, describe, engine_fingerprint
+from .script_cache import Store, Unknown, cache_key, describe
 from .script_file import UnreadableScript, read_script
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ class Linter:
         self.sources: dict[str, str] = {}  # file -> its text, to show lines in findings
         self.namespaces_called: set[str] = set()  # of the natives the linted files call
         self._infos: dict[Path, ModuleInfo | None] = {}
-        self._deps: dict[Path, dict[str, str | None]] = {}  # of each module's info
+        self._deps: dict[Path, dict] = {}  # the imports read for each module's info
+        self._digests: dict[Path, str] = {}  # of each module's text
 
     @classmethod
     def deferred(cls, make_engine: Callable[[], Engine],
@@ -72,7 +73,7 @@ class Linter:
     def _context(self) -> str:
         """What the keys of the cache say of the engine and the entry points ("": they
         cannot be told, no cache)."""
-        engine = engine_fingerprint(self.engine)
+        engine = self.engine.fingerprint
         try:
             return "" if engine is None else engine + describe(self.entries)
         except Unknown:
@@ -92,8 +93,7 @@ class Linter:
         self.sources[file] = source
         key = self._cache_key(source, file, script_dir)
         cached = self.store.get(key) if key else None
-        if cached is not None and all(_digest_of(Path(path)) == digest
-                                      for path, digest in cached[2].items()):
+        if cached is not None and self._unchanged(cached[2]):
             findings, called, _ = cached
         else:
             findings, called, deps = self._lint(source, file, script_dir)
@@ -101,6 +101,17 @@ class Linter:
                 self.store.put(key, (findings, called, deps))
         self.namespaces_called.update(called)
         return findings
+
+    def _unchanged(self, imports: dict) -> bool:
+        """Whether each import of a cached lint still resolves to the same file (or fails
+        the same way) and that file's text is the same."""
+        for (root, rel), (target, digest) in imports.items():
+            if _target_of(Path(root), rel) != target:
+                return False
+            if target is not None and digest != _NOT_READ and \
+                    _digest_of(Path(target), self.limits.max_script_size) != digest:
+                return False
+        return True
 
     def _cache_key(self, source: str, file: str, script_dir: Path | None) -> str | None:
         if self.store is None:
@@ -110,8 +121,8 @@ class Linter:
             else None
 
     def _lint(self, source: str, file: str, script_dir: Path | None):
-        """The findings, the namespaces of the natives called and the files read (path ->
-        digest) of a file's lint."""
+        """The findings, the namespaces of the natives called and the imports read
+        (:meth:`_import_info`) of a file's lint."""
         from .build import parse  # (Lark and the checks: only for text not in the cache)
         from .checks import check
         from .resolve import NativeFn, resolve
@@ -142,8 +153,9 @@ class Linter:
         return sorted(findings, key=lambda d: (d.line, d.col)), called, deps
 
     def _import_info(self, rel: str, script_dir: Path | None, chain: list[Path]):
-        """The info of an imported module, or the problem; and the files read for it
-        (path -> digest, None: unreadable)."""
+        """The info of an imported module, or the problem; and the imports read for it:
+        (script directory, name) -> (the file it resolved to, None: it did not; the file's
+        digest, None: unreadable, _NOT_READ: whatever it holds)."""
         from .build import parse
         from .resolve import ModuleInfo, resolve
 
@@ -152,18 +164,23 @@ class Linter:
         root = script_dir.resolve()
         try:
             target = import_target(root, rel)
+        except VslError as err:
+            return None, err.message, {(str(root), rel): (None, None)}
+        read = {(str(root), rel): (str(target), _NOT_READ)}
+        try:
             check_nesting(len(chain) - 1)
         except VslError as err:
-            return None, err.message, {}
+            return None, err.message, read
         if target in chain:
-            return None, f"import cycle through '{target.name}'", {}
+            return None, f"import cycle through '{target.name}'", read
         if target in self._infos:
             info = self._infos[target]
-            return info, None if info else f"module '{rel}' has errors", self._deps[target]
-        read = {str(target): None}
+            read[str(root), rel] = (str(target), self._digests[target])
+            return info, None if info else f"module '{rel}' has errors", \
+                {**read, **self._deps[target]}
         try:
             source = read_script(target, self.engine.limits.max_script_size)
-            read[str(target)] = _digest(source)
+            read[str(root), rel] = (str(target), _digest(source))
             module = parse(source, str(target), self.engine.limits)
         except UnreadableScript as err:
             return None, f"cannot import '{rel}': {err.message}", read
@@ -182,20 +199,34 @@ class Linter:
         info = ModuleInfo(frozenset((f.name, len(f.params)) for f in module.functions),
                           frozenset(res.async_functions), frozenset(res.constants))
         self._infos[target], self._deps[target] = info, read
+        self._digests[target] = read[str(root), rel][1]
         return info, None, read
+
+
+_NOT_READ = "not read"  # an import's text that does not change its findings (not a digest)
 
 
 def _digest(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _digest_of(path: Path) -> str | None:
-    """The digest of the script file ``path`` as :meth:`Linter._lint` read it (None: it
-    cannot be read)."""
+def _target_of(root: Path, rel: str) -> str | None:
+    """The file ``import rel`` resolves to from ``root`` now (None: it does not)."""
     try:
-        return _digest(read_script(path, 0))
+        return str(import_target(root, rel))
+    except VslError:
+        return None
+
+
+def _digest_of(path: Path, limit: int) -> str | None:
+    """The digest of the script file ``path`` as :meth:`Linter._lint` read it (None: it
+    cannot be read; "": it is longer than ``limit``, which is never a digest recorded)."""
+    try:
+        return _digest(read_script(path, limit))
     except UnreadableScript:
         return None
+    except LimitError:
+        return ""
 
 
 _MISSING_SEMICOLON = re.compile(r"^unexpected (.+?), expected ';'")

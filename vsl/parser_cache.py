@@ -27,17 +27,42 @@ def cache_dir() -> Path:
     return Path(base) / "vsl"
 
 
-def private_dir(path: Path) -> Path | None:
-    """``path``, made if missing, when it is a directory of this user's that no one else
-    can write to (and not a symbolic link); None otherwise."""
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_private(path: Path, dir_fd: int | None = None) -> int | None:
+    """A descriptor of the directory ``path`` (relative to ``dir_fd``), made if missing,
+    when it is this user's, no one else can write to it and it is not a symbolic link
+    (checked on the descriptor: what is used is what was checked); None otherwise."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
+        if dir_fd is None:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            _make(path, dir_fd)
+        fd = os.open(path, DIRECTORY_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() \
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(fd)
         return None
+    return fd
+
+
+def _make(name: Path, dir_fd: int) -> None:
+    """Make the directory ``name`` in ``dir_fd`` unless something is there already."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+
+
+def private_dir(path: Path) -> Path | None:
+    """``path``, made if missing, when it is a private directory (:func:`open_private`)."""
+    fd = open_private(path)
+    if fd is None:
+        return None
+    os.close(fd)
     return path
 
 

@@ -15,9 +15,12 @@ the same way (vsl/lint.py).
 
 A cache file is code (pickle and marshal run what they read): it lives in the private
 directory of vsl/parser_cache.py (``$XDG_CACHE_HOME/vsl/scripts``, used only if it is
-this user's and no one else can write to it), is written under a temporary name and
+this user's and no one else can write to it, nor to ``$XDG_CACHE_HOME/vsl``; opened once,
+every file reached through that descriptor), is written under a temporary name and
 renamed, and carries a hash of its content: a damaged or truncated file is a miss. The
-directory is bounded (:data:`MAX_BYTES`; the least recently used files go first).
+directory is bounded in disk blocks and in files (:data:`MAX_BYTES`, :data:`MAX_ENTRIES`;
+the least recently used files go first), looked at by one put in :data:`EVICT_EVERY`
+(a look lists the whole directory).
 ``VSL_NO_CACHE=1`` turns the cache off.
 """
 from __future__ import annotations
@@ -30,14 +33,17 @@ import marshal
 import os
 from pathlib import Path
 import pickle
+import random
+import secrets
 import sys
-import tempfile
 import types
 
-from .parser_cache import cache_dir, private_dir
+from .parser_cache import DIRECTORY_FLAGS, cache_dir, open_private
 
 MAGIC = b"vsl-script-cache 1\n"
-MAX_BYTES = 128 << 20  # of the whole directory; eviction brings it down to 3/4 of it
+MAX_BYTES = 128 << 20  # of disk (blocks) for the whole directory
+MAX_ENTRIES = 20_000  # files in it; eviction brings both down to 3/4
+EVICT_EVERY = 64  # puts, on average, between two looks at the directory's size
 _DIGEST = 32  # bytes of a sha256
 
 
@@ -72,61 +78,89 @@ def cache_key(kind: str, *parts: str) -> str:
 
 
 class Store:
-    """A directory of cache entries: any picklable value under a key."""
+    """A directory of cache entries: any picklable value under a key. The directory is
+    opened once; every read, write, rename and removal goes through that descriptor, so
+    swapping the directory for another after it was checked changes nothing."""
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    def __init__(self, directory: Path, fd: int | None = None):
+        self.directory = directory  # (for messages and tests: never used to reach a file)
+        self.fd = fd if fd is not None else os.open(directory, DIRECTORY_FLAGS)
+
+    def __del__(self):
+        os.close(self.fd)
 
     @classmethod
     def default(cls) -> Store | None:
-        """The user's private store, or None (turned off, or no private directory)."""
+        """The user's private store, or None (turned off, or a directory on the way that
+        is not private: vsl/parser_cache.py)."""
         if not enabled():
             return None
-        directory = private_dir(cache_dir() / "scripts")
-        return cls(directory) if directory is not None else None
+        parent = open_private(cache_dir())
+        if parent is None:
+            return None
+        try:
+            fd = open_private(Path("scripts"), parent)
+        finally:
+            os.close(parent)
+        return cls(cache_dir() / "scripts", fd) if fd is not None else None
 
     def get(self, key: str):
         """The value stored under ``key``; None if there is none or it is damaged."""
-        path = self.directory / key
         try:
-            data = path.read_bytes()
+            fd = os.open(key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except OSError:
+            return None
+        try:
+            with open(fd, "rb") as file:
+                data = file.read()
+                os.utime(file.fileno())  # used: eviction removes the least recently used
         except OSError:
             return None
         head, payload = data[:len(MAGIC) + _DIGEST], data[len(MAGIC) + _DIGEST:]
         if head != MAGIC + hashlib.sha256(payload).digest():
             return None
         try:
-            value = pickle.loads(payload)  # noqa: S301 - our own file, in a private directory
+            return pickle.loads(payload)  # noqa: S301 - our own file, in a private directory
         except Exception:  # noqa: BLE001 - whatever an unreadable entry raises: a miss
             return None
-        _touch(path)
-        return value
 
     def put(self, key: str, value) -> None:
         """Store ``value`` under ``key`` (atomically: readers see the old file or the new);
-        a failure to write only means no cache."""
+        a failure to write only means no cache. One put in :data:`EVICT_EVERY` (at random)
+        sees whether the directory is over its bounds."""
         try:
             payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError):
             return  # something in it cannot be kept
+        temporary = f".tmp-{secrets.token_hex(8)}"
         try:
-            fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
         except OSError:
             return
         try:
             with open(fd, "wb") as file:
                 file.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-            os.replace(temporary, self.directory / key)
+            os.replace(temporary, key, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except OSError:
-            _remove(temporary)
+            self.remove(temporary)
             return
-        self.evict(MAX_BYTES)
+        if random.randrange(EVICT_EVERY) == 0:
+            self.evict()
 
-    def evict(self, limit: int) -> None:
-        """If the entries take more than ``limit`` bytes, remove the least recently used
-        until they take 3/4 of it."""
+    def remove(self, name: str) -> bool:
+        """Remove an entry; whether it was removed (another process may have been first)."""
         try:
-            listing = list(os.scandir(self.directory))
+            os.unlink(name, dir_fd=self.fd)
+        except OSError:
+            return False
+        return True
+
+    def evict(self, max_bytes: int = MAX_BYTES, max_entries: int = MAX_ENTRIES) -> None:
+        """If the entries take more than ``max_bytes`` of disk or are more than
+        ``max_entries``, remove the least recently used until both are at 3/4 of that."""
+        try:
+            listing = list(os.scandir(self.fd))
         except OSError:
             return
         entries = []
@@ -135,32 +169,15 @@ class Store:
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            entries.append((info.st_mtime_ns, info.st_size, entry.path))
-        total = sum(size for _, size, _ in entries)
-        if total <= limit:
+            entries.append((info.st_mtime_ns, info.st_blocks * 512, entry.name))
+        total, count = sum(size for _, size, _ in entries), len(entries)
+        if total <= max_bytes and count <= max_entries:
             return
-        for _, size, path in sorted(entries):
-            if total <= limit * 3 // 4:
+        for _, size, name in sorted(entries):
+            if total <= max_bytes * 3 // 4 and count <= max_entries * 3 // 4:
                 break
-            if _remove(path):
-                total -= size
-
-
-def _remove(path) -> bool:
-    """Remove a file; whether it was removed (another process may have been first)."""
-    try:
-        os.unlink(path)
-    except OSError:
-        return False
-    return True
-
-
-def _touch(path: Path) -> None:
-    """Mark an entry as used (eviction removes the least recently used)."""
-    try:
-        os.utime(path)
-    except OSError:
-        pass
+            if self.remove(name):
+                total, count = total - size, count - 1
 
 
 class Unknown(Exception):
@@ -296,7 +313,7 @@ class ScriptCache:
         return cls(store) if store is not None else None
 
     def key(self, engine, source: str, file: str) -> str | None:
-        fingerprint = engine_fingerprint(engine)
+        fingerprint = engine.fingerprint
         return None if fingerprint is None else cache_key("load", fingerprint, file, source)
 
     def get(self, key: str | None, source: str, file: str, limits) -> Compiled | None:
@@ -309,3 +326,7 @@ class ScriptCache:
     def put(self, key: str | None, compiled: Compiled) -> None:
         if key is not None:
             self.store.put(key, compiled.entry())
+
+    def drop(self, key: str) -> None:
+        """Forget the entry under ``key`` (it failed to load)."""
+        self.store.remove(key)
