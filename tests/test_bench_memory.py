@@ -36,12 +36,15 @@ def sample(messages: int, rss: float, fds: int = 20, threads: int = 10) -> soak.
 
 def test_soak_verdict_names_what_grew_past_its_bound():
     args = type("Args", (), {"max_growth": 8.0, "messages": 100})()
-    samples = [sample(0, 60), sample(50, 70, threads=12), sample(100, 71)]
-    assert soak.verdict(samples, samples[1], samples[2], args) == []
+    samples = [sample(0, 60), sample(20, 65), sample(35, 69), sample(50, 70, threads=12),
+               sample(100, 71)]
+    assert soak.verdict(samples, samples[3], samples[4], args) == []
     grown = sample(100, 80, fds=25, threads=13)
-    assert soak.verdict(samples, samples[1], grown, args) == [
+    assert soak.verdict(samples, samples[3], grown, args) == [
         "RSS grew 10.0 MiB after the warm-up (bound 8.0 MiB)",
         "open descriptors 20 -> 25", "threads 12 (first half at most) -> 13"]
+    # a run too short for its pools to fill: threads are not judged
+    assert soak.verdict(samples[3:], samples[3], grown, args)[-1] == "open descriptors 20 -> 25"
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
