@@ -68,12 +68,54 @@ _SYNCFS = _syncfs_function()
 HAS_SYNCFS = _SYNCFS is not None  # else: fsync each file (write_all) and directory
 
 
-def sync_file_system(path: str | Path) -> None:
-    """Make every write on the file system holding ``path`` durable with one syncfs(2)
-    (only where :data:`HAS_SYNCFS`)."""
-    fd = os.open(path, os.O_RDONLY)
+def sync_file_system(target: int | str | Path) -> None:
+    """Make every write on the file system holding ``target`` (a path, or a descriptor
+    open on it) durable with one syncfs(2) (only where :data:`HAS_SYNCFS`). A writer
+    passes the descriptor it keeps (:class:`FileSystemSync`): a path is opened afresh,
+    and misses a writeback error someone else has already seen."""
+    if isinstance(target, int):
+        _syncfs(target)
+        return
+    fd = os.open(target, os.O_RDONLY)
     try:
-        if _SYNCFS(fd) != 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        _syncfs(fd)
     finally:
         os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    if _SYNCFS(fd) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+class FileSystemSync:
+    """syncfs(2) of the file system holding ``root`` through one descriptor this process
+    keeps open on it.
+
+    Why one descriptor: since Linux 5.8 syncfs reports a writeback error only to the
+    descriptors opened before it happened (errseq), and to one opened later only while
+    no one has seen it yet. A descriptor opened for each sync misses an error another
+    process (or this one's previous sync) already saw, and the writes lost with it would
+    be acknowledged. One opened before this process's first write (:meth:`before_writes`)
+    and kept sees each error once: the first sync after it fails. A forked child opens
+    its own (the parent's would have seen the parent's errors)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._fd, self._pid = -1, 0
+
+    def before_writes(self) -> None:
+        """Open the descriptor, unless this process has it already."""
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.root, os.O_RDONLY), os.getpid()
+
+    def sync(self) -> None:
+        """Make what this process wrote since :meth:`before_writes` durable."""
+        self.before_writes()
+        sync_file_system(self._fd)
+
+    def close(self) -> None:
+        """Close the descriptor (the next write opens it again)."""
+        if self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = -1, 0

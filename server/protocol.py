@@ -71,19 +71,14 @@ def enhance(reply: bytes) -> bytes:
 
 
 def wire(reply: bytes, raw: bool) -> bytes:
-    """A reply as sent: lines ending with CRLF, continuation marks on all but the last,
-    and (unless ``raw``) enhanced status codes."""
+    """A reply as sent: lines ending with CRLF, continuation marks on all but the last
+    (and never on the last: a one-line reply written ``550-...`` ends it too), and
+    (unless ``raw``) enhanced status codes."""
     lines = reply.replace(b"\r\n", b"\n").split(b"\n") if b"\n" in reply else [reply]
-    if len(lines) > 1:
+    if len(lines) > 1 or reply[3:4] == b"-":
         lines = [line[:3] + (b" " if i == len(lines) - 1 else b"-") + line[4:]
                  if line[:3].isdigit() else line for i, line in enumerate(lines)]
     return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
-
-
-def continues(wired: bytes) -> bool:
-    """Whether ``wired`` is a line pushed on its own that continues a reply (``250-SIZE
-    ...`` of EHLO): it goes out, and is counted, with the reply's last line."""
-    return wired[3:4] == b"-" and wired.find(b"\r\n") == len(wired) - 2
 
 
 def count_reply(command: str | None, wired: bytes) -> None:
@@ -190,7 +185,6 @@ class Protocol(FastSMTP):
     """aiosmtpd's SMTP protocol with vSL's connection-level rules."""
 
     client_fd = -1  # the client's socket (connection_made), for FIONREAD
-    unsent = b""    # the lines of a reply pushed line by line, until its last (push)
 
     def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
         self.settings, self.listener = services.settings, listener
@@ -268,11 +262,6 @@ class Protocol(FastSMTP):
             reply, self.greeting, raw = self.greeting, None, True
         mail_log.debug("%r << %r", self.session.peer, reply)
         wired = wire(reply, raw)
-        if continues(wired):  # one write, one count for the reply's lines (EHLO's)
-            self.unsent += wired
-            return
-        if self.unsent:
-            wired, self.unsent = self.unsent + wired, b""
         count_reply(self.command, wired)
         self._writer.write(wired)
         await self._writer.drain()

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 from vsl.stdlib.status import is_quarantine_name
 
 from .envelope import Envelope
-from .files import (HAS_SYNCFS, make_private_dirs, sync_directory, sync_file_system,
+from .files import (HAS_SYNCFS, FileSystemSync, make_private_dirs, sync_directory,
                     write_new_file)
 from .journal import Journal
 from .shared_sync import SharedSync
@@ -116,12 +116,14 @@ def moved_meanwhile(queue: str) -> QueueError:
 
 class _Committer:
     """One writer thread committing batches of writes with a single sync each, shared
-    with the other processes writing the spool when ``shared`` (server/shared_sync.py)."""
+    with the other processes writing the spool when ``shared`` (server/shared_sync.py).
+    Its syncfs goes through one descriptor per process, opened before the first write
+    (server/files.py ``FileSystemSync`` says why)."""
 
     def __init__(self, root: Path, shared: bool):
         self.root = root
         self.tmp = root / "tmp"
-        self.shared_sync = SharedSync(root) if shared else None
+        self.file_system = SharedSync(root) if shared else FileSystemSync(root)
         self.pending: list[_Write] = []
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
@@ -164,8 +166,7 @@ class _Committer:
             with self.cond:
                 while not self.pending:
                     if self.closing:
-                        if self.shared_sync:
-                            self.shared_sync.close()  # the next thread opens its files again
+                        self.file_system.close()  # the next thread opens it again
                         self.thread = None  # under the lock: the next submit starts one
                         self.cond.notify_all()  # close() waits for this
                         return
@@ -189,6 +190,8 @@ class _Committer:
         files are removed); a failing sync or rename fails every unit of the batch that
         got that far."""
         written, results = [], []
+        if HAS_SYNCFS:
+            self.file_system.before_writes()
         for write in batch:
             moves: list[tuple[Path, Path]] = []
             try:
@@ -231,10 +234,8 @@ class _Committer:
 
     def _sync(self, directories) -> None:
         """Make written data (and renames in ``directories``) durable."""
-        if HAS_SYNCFS and self.shared_sync:
-            self.shared_sync.wait(self.shared_sync.after_writes())
-        elif HAS_SYNCFS:
-            sync_file_system(self.root)
+        if HAS_SYNCFS:
+            self.file_system.sync()
         else:
             for directory in directories:
                 sync_directory(directory)

@@ -141,7 +141,7 @@ class Session:
         extensions.append("ENHANCEDSTATUSCODES")
         extensions = [e for e in extensions if e.strip() != "AUTH"]  # AUTH, no mechanism
         lines = [responses[0][4:]] + extensions
-        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+        return ["\n".join(f"250 {line}" for line in lines)]  # one reply: one write
 
     def handle_STARTTLS(self, server, session, envelope) -> bool:
         self.ctx.tls = True

@@ -8,7 +8,8 @@ message behind); it keeps both ends, so that a worker or the service started aga
 inherits its end of the same channel. AUTH is rare next to connections: a login costs
 one round trip (``begin``); ``failed``, ``succeeded`` and ``end`` are sent without
 waiting for an answer, in order on the worker's channel, so a failure is counted before
-its login stops being pending. The service logs the lockouts a failure starts.
+its login stops being pending. The service logs the lockouts a failure starts, under
+the session id the worker sends with it.
 
 The service keeps, per channel, the logins begun there and not yet ended. A worker
 starts by saying ``hello``: the logins of the one that died end then (else they would
@@ -42,6 +43,7 @@ import socket
 from collections import Counter, deque
 from typing import Callable
 
+from . import logids
 from .auth_throttle import AuthThrottle
 from .config import AuthConfig
 
@@ -109,8 +111,10 @@ class RemoteThrottle:
         self._post("end", ip, user)
 
     def failed(self, ip: str, user: str) -> list[tuple[str, float]]:
-        """Count a failed login; the service logs the lockouts it starts (none here)."""
-        self._post("failed", ip, user)
+        """Count a failed login; the service logs the lockouts it starts (none here),
+        under this session's id."""
+        ids = logids.current()
+        self._post("failed", ip, user, ids.session if ids else "")
         return []
 
     def succeeded(self, ip: str, user: str) -> None:
@@ -218,20 +222,26 @@ class _Channel:
         elif operation == "end":
             self._end(*arguments)
         elif operation == "failed":
-            for key, seconds in self.throttle.failed(*arguments):
-                log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
+            self._failed(*arguments)
         elif operation == "succeeded":
             self.throttle.succeeded(*arguments)
 
     async def _begin(self, request: int, ip: str, user: str) -> None:
         generation = self.generation
         allowed = await self.throttle.begin(ip, user)
-        if allowed and generation != self.generation:  # its worker died meanwhile
-            self.throttle.end(ip, user)
+        if generation != self.generation:  # its worker died meanwhile: never answer it
+            if allowed:  # (request ids start again at 0: it would settle another's)
+                self.throttle.end(ip, user)
             return
         if allowed:
             self.pending[ip, user] += 1
         _send(self.sock, "begun", request, allowed, ip, user)
+
+    def _failed(self, ip: str, user: str, session: str) -> None:
+        """Count a failed login; log the lockouts it starts under the worker's session."""
+        with logids.bound(session):
+            for key, seconds in self.throttle.failed(ip, user):
+                log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
 
     def _end(self, ip: str, user: str) -> None:
         if self.pending[ip, user]:  # not one begun with a service that died

@@ -56,6 +56,32 @@ def test_a_replaced_worker_ends_the_logins_of_the_one_that_died():
     asyncio.run(main())
 
 
+def test_a_refusal_for_the_dead_worker_never_answers_its_replacement():
+    async def main():
+        (worker_end, theirs), (other_end, others) = channels(2)
+        service = await started([theirs, others])
+        other = RemoteThrottle(other_end)
+        for login in [("192.0.2.1", "alice")] * 2 + [("192.0.2.2", "bob")] * 2:
+            assert await other.begin(*login)  # both keys at the limit while pending
+        dead = RemoteThrottle(worker_end)
+        doomed = asyncio.ensure_future(dead.begin("192.0.2.1", "alice"))  # request 0
+        await settle()
+        replacement = RemoteThrottle(worker_end)  # its request ids start again at 0
+        doomed.cancel()
+        waiting = asyncio.ensure_future(replacement.begin("192.0.2.2", "bob"))
+        await settle()
+        for _ in range(2):  # a lockout: the dead worker's login is refused
+            other.failed("192.0.2.1", "alice")
+            other.end("192.0.2.1", "alice")
+        await settle()
+        assert not waiting.done()  # that refusal was not its answer
+        for _ in range(2):
+            other.end("192.0.2.2", "bob")
+        assert await asyncio.wait_for(waiting, 2)
+        service.cancel()
+    asyncio.run(main())
+
+
 def test_a_restarted_service_refuses_the_logins_waiting_for_the_old_one():
     async def main():
         [(worker_end, theirs)] = channels(1)

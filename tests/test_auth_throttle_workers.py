@@ -46,11 +46,21 @@ def test_failures_on_two_workers_lock_the_address_out(tmp_path):
         # counted per worker, the second would still get its password checked
         assert [guess(first), guess(second), guess(first)] == [535] * 3
         assert [guess(second), guess(first)] == [LOCKED] * 2
-        assert "unknown[127.0.0.1]: too many failed logins" in vsl.log.read_text()
+        assert_lockout_logged_under_its_session(vsl.log.read_text())
         first.close()
         second.close()
     finally:
         vsl.stop()
+
+
+def assert_lockout_logged_under_its_session(log: str) -> None:
+    """The service logs the lockout under the id of the session whose failure started it
+    (docs/observability.md: every line about a session carries it)."""
+    [line] = [line for line in log.splitlines()
+              if "unknown[127.0.0.1]: too many failed logins" in line]
+    session = re.search(r"session=([0-9a-f]{12})", line)
+    assert session, line
+    assert log.count(f"session={session[1]}") > 1  # the worker's lines of that session
 
 
 def test_a_stopped_service_stalls_no_session_and_refuses_the_login(tmp_path):

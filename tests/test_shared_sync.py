@@ -1,6 +1,9 @@
-"""The spool's group commit shared between processes (server/shared_sync.py)."""
+"""The spool's group commit shared between processes (server/shared_sync.py), and the
+writeback errors every process writing the spool must see (server/files.py)."""
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import signal
 import threading
@@ -9,6 +12,10 @@ import time
 import pytest
 
 from vsl.server import files, shared_sync
+from vsl.server.config import Config
+from vsl.server.envelope import Envelope
+from vsl.server.queue import Spool
+from vsl.server.queue_backend import QueueError
 from vsl.server.shared_sync import SharedSync
 
 pytestmark = pytest.mark.skipif(not files.HAS_SYNCFS, reason="syncfs(2) is missing")
@@ -107,3 +114,131 @@ def test_counters_start_again_from_a_lost_state_file_with_extra_syncs_only(tmp_p
     (tmp_path / "sync.state").unlink()
     spool.wait(needed)  # completed reads as 0 now: it syncs rather than trust it
     assert len(calls) == 4
+
+
+class Errseq:
+    """A stand-in for syncfs reporting writeback errors as Linux does since 5.8: to each
+    descriptor once; a path (a descriptor opened afresh) hears of one only while no one
+    has seen it. Descriptors are taken as opened before the first error."""
+
+    def __init__(self):
+        self.errors, self.seen, self.cursors, self.calls = 0, False, {}, 0
+
+    def fail_writeback(self) -> None:
+        self.errors, self.seen = self.errors + 1, False
+
+    def __call__(self, target) -> None:
+        self.calls += 1
+        if isinstance(target, int):
+            reported = self.cursors.get(target, 0) < self.errors
+            self.cursors[target] = self.errors
+        else:
+            reported = self.errors and not self.seen
+        if reported:
+            self.seen = True
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_a_failed_sync_fails_the_writers_it_covered_even_after_a_later_one(tmp_path,
+                                                                           monkeypatch):
+    errseq = Errseq()
+    monkeypatch.setattr(shared_sync, "sync_file_system", errseq)
+    leader, waiter = SharedSync(tmp_path), SharedSync(tmp_path)
+    for writer in (leader, waiter):
+        writer.before_writes()
+    needed = waiter.after_writes()  # the waiter wrote: the leader's sync covers it
+    errseq.fail_writeback()  # and the writeback of its pages fails
+    with pytest.raises(OSError, match="Input/output error"):
+        leader.sync()
+    leader.before_writes()
+    leader.sync()  # the leader saw the error: its next sync succeeds, past the waiter's
+    with pytest.raises(OSError, match="Input/output error"):
+        waiter.wait(needed)
+    waiter.before_writes()
+    waiter.sync()  # each process sees the error once
+    assert errseq.calls == 4
+
+
+def test_a_sync_on_a_descriptor_opened_later_covers_no_earlier_writer(tmp_path,
+                                                                      monkeypatch):
+    errseq = Errseq()
+    monkeypatch.setattr(shared_sync, "sync_file_system", errseq)
+    writer = SharedSync(tmp_path)
+    writer.before_writes()
+    needed = writer.after_writes()
+    errseq.fail_writeback()
+    with pytest.raises(OSError):
+        errseq(str(tmp_path))  # an outsider's syncfs sees the error first
+    late = SharedSync(tmp_path)  # a worker started after it: its descriptor misses it
+    errseq.cursors[late._files()[2]] = errseq.errors
+    late.sync()
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.wait(needed)
+
+
+def put_in_thread(spool: Spool, outcomes: list) -> threading.Thread:
+    """A put by ``spool`` on a loop of its own, as another process would make it."""
+    def put():
+        try:
+            outcomes.append(asyncio.run(spool.put(Envelope(""), b"x")))
+        except QueueError as err:
+            outcomes.append(err)
+    thread = threading.Thread(target=put)
+    thread.start()
+    return thread
+
+
+def test_spools_on_one_root_share_their_syncs(tmp_path, monkeypatch):
+    gate = Gate()
+    monkeypatch.setattr(shared_sync, "sync_file_system", gate)
+    spools = [Spool(tmp_path, shared_sync=True) for _ in range(3)]
+    outcomes: list = []
+    threads = [put_in_thread(spools[0], outcomes)]
+    assert gate.entered.wait(10)  # the first one's sync runs: the others write meanwhile
+    threads += [put_in_thread(spool, outcomes) for spool in spools[1:]]
+    deadline = time.monotonic() + 10
+    while len(os.listdir(tmp_path / "tmp")) < 6:  # 2 files each, before their sync
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)  # both wait for the sync lock
+    gate.open.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(set(outcomes)) == 3 and not any(isinstance(o, QueueError) for o in outcomes)
+    assert gate.calls < 6  # one sync covered the two that wrote during the first
+    for spool in spools:
+        asyncio.run(spool.close())
+
+
+def test_a_put_covered_by_a_failed_sync_fails(tmp_path, monkeypatch):
+    errseq = Errseq()
+    monkeypatch.setattr(shared_sync, "sync_file_system", errseq)
+    first, second = Spool(tmp_path, shared_sync=True), Spool(tmp_path, shared_sync=True)
+    for spool in (first, second):
+        asyncio.run(spool.put(Envelope(""), b"x"))  # each keeps its descriptor from here
+    errseq.fail_writeback()
+    for spool in (first, second):  # each process sees the error once: both fail
+        with pytest.raises(QueueError, match="Input/output error"):
+            asyncio.run(spool.put(Envelope(""), b"x"))
+    asyncio.run(first.put(Envelope(""), b"x"))
+    for spool in (first, second):
+        asyncio.run(spool.close())
+
+
+def test_one_process_sees_an_error_someone_else_saw_first(tmp_path, monkeypatch):
+    errseq = Errseq()
+    monkeypatch.setattr(files, "sync_file_system", errseq)
+    spool = Spool(tmp_path)
+    asyncio.run(spool.put(Envelope(""), b"x"))  # it keeps its descriptor from here
+    errseq.fail_writeback()
+    with pytest.raises(OSError):
+        errseq(str(tmp_path))  # `sync -f` run by an operator
+    with pytest.raises(QueueError, match="Input/output error"):
+        asyncio.run(spool.put(Envelope(""), b"x"))
+    asyncio.run(spool.close())
+
+
+def test_a_spool_shares_its_syncs_only_with_several_workers(tmp_path):
+    for workers, shared in ((1, False), (2, True)):
+        spool = Spool.of(Config(queue_dir=tmp_path / str(workers), workers=workers))
+        assert isinstance(spool._committer.file_system, SharedSync) is shared
