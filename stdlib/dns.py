@@ -36,6 +36,7 @@ from .support import telemetry
 from .support.options import Options
 
 if TYPE_CHECKING:  # for annotations only: imported where used (above)
+    import asyncio
     import dns.name
     import dns.nameserver
     import dns.rdatatype

@@ -18,12 +18,16 @@ A reply is read up to 4096 bytes, and the call is charged for them.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .ctx import Context, Stage
 from .support.options import Options
+
+if TYPE_CHECKING:  # for annotations only
+    import asyncio
 
 namespace = Namespace("policy", "External policy services (Postfix's policy delegation)")
 log = logging.getLogger("vsl.policy")

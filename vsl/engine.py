@@ -34,6 +34,10 @@ from pathlib import Path
 import threading
 from time import monotonic
 import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only
+    import asyncio
 
 from . import values
 from .compile import (ModuleCompiler, entry_fn_name, module_fn_name, native_name,
