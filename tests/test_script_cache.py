@@ -340,6 +340,23 @@ def test_lint_sees_an_import_from_outside_brought_inside(store, tmp_path):
     assert linted(store, main) == []
 
 
+def test_lint_sees_a_missing_import_made_or_a_large_one_shrunk(store, tmp_path):
+    from vsl.lint import Linter
+    from vsl.stdlib.ctx import entry_points
+
+    main = tmp_path / "main.vsl"
+    main.write_text('import "lib" as lib;\nlib::f(1);\n', encoding="utf-8")
+    assert any("cannot import 'lib'" in d.message for d in linted(store, main))
+    lib = tmp_path / "lib.vsl"
+    lib.write_text("fn f(x) { x }\n" + "// padding\n" * 10_000, encoding="utf-8")
+    assert linted(store, main) == []
+    limits = Limits(max_script_size=1000)
+    small = Linter(engine_with(store, limits), entry_points())
+    assert any("script too large" in d.message for d in small.lint_file(main))
+    lib.write_text("fn f(x) { x }\n", encoding="utf-8")
+    assert Linter(engine_with(store, limits), entry_points()).lint_file(main) == []
+
+
 def test_a_lint_hit_reads_imports_within_the_size_limit(store, tmp_path, monkeypatch):
     from vsl import lint
     (tmp_path / "lib.vsl").write_text("fn f(x) { x }\n", encoding="utf-8")

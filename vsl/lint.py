@@ -180,10 +180,15 @@ class Linter:
                 {**read, **self._deps[target]}
         try:
             source = read_script(target, self.engine.limits.max_script_size)
-            read[str(root), rel] = (str(target), _digest(source))
-            module = parse(source, str(target), self.engine.limits)
         except UnreadableScript as err:
+            read[str(root), rel] = (str(target), None)  # as _digest_of says of it
             return None, f"cannot import '{rel}': {err.message}", read
+        except LimitError as err:
+            read[str(root), rel] = (str(target), "")
+            return None, f"module '{rel}' does not parse: {err.message}", read
+        read[str(root), rel] = (str(target), _digest(source))
+        try:
+            module = parse(source, str(target), self.engine.limits)
         except VslError as err:
             return None, f"module '{rel}' does not parse: {err.message}", read
         imports = {}
