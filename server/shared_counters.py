@@ -108,7 +108,9 @@ class SharedCounters:
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
             entry, _home = self._find(key)
-            at = self._offset(entry)
+            at = None if entry is None else self._offset(entry)
+            if at is None or not ints[at + _COUNTS + self.index]:
+                return  # forgotten by a clear after a torn change (see clear)
             self._add(at, -1)
             if not ints[at + _TOTAL]:
                 self._remove(entry)
@@ -116,16 +118,15 @@ class SharedCounters:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def clear(self, index: int) -> None:
-        """Forget worker ``index``'s connections (it died: they died with it)."""
-        ints, column = self._ints, _COUNTS + index
+        """Forget worker ``index``'s connections (it died: they died with it). The table
+        is rebuilt from each worker's own counts, so a worker killed in the middle of a
+        change (between the statements of an add or a move) leaves nothing torn behind:
+        totals are counted again, and an address found twice keeps the larger counts
+        (a move cut short leaves a copy; counting too much refuses early, never admits
+        more)."""
         fcntl.lockf(self._fd, fcntl.LOCK_EX)
         try:
-            for entry in self._live():
-                at = self._offset(entry)
-                ints[0] -= ints[at + column]
-                ints[at + _TOTAL] -= ints[at + column]
-                ints[at + column] = 0
-            self._rebuild()
+            self._rebuild(index)
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
@@ -192,18 +193,28 @@ class SharedCounters:
         return [entry for entry in range(self._mask + 1)
                 if ints[self._offset(entry) + _TOTAL]]
 
-    def _rebuild(self) -> None:
-        """Insert the entries in use again into the table, emptied of them (a clear may
-        have emptied entries in the middle of chains; an entry whose total is 0 holds no
-        count, so only the entries in use need emptying)."""
+    def _rebuild(self, dead: int) -> None:
+        """Insert the entries in use again, without worker ``dead``'s counts, their totals
+        and the grand total counted from the workers' columns (an entry whose total is 0
+        holds no count, so only the entries in use need emptying)."""
         width, live = self._width, self._live()
-        kept = [(bytes(self._keys[entry * _KEY:(entry + 1) * _KEY]),
-                 self._ints[self._offset(entry):self._offset(entry) + width].tolist())
-                for entry in live]
+        kept: dict[bytes, list[int]] = {}
+        for entry in live:
+            at = self._offset(entry)
+            counts = self._ints[at + _COUNTS:at + width].tolist()
+            counts[dead] = 0
+            key = bytes(self._keys[entry * _KEY:(entry + 1) * _KEY])
+            seen = kept.get(key, [0] * len(counts))
+            kept[key] = [max(a, b) for a, b in zip(seen, counts)]
         for entry in live:
             self._empty(entry)
-        for key, values in kept:
-            entry, _home = self._find(key)  # the one in ``values``
-            self._keys[entry * _KEY:(entry + 1) * _KEY] = key
+        self._ints[0] = 0
+        for key, counts in kept.items():
+            if not any(counts):
+                continue
+            entry, home = self._find(key)
+            self._claim(entry, key, home)
             at = self._offset(entry)
-            self._ints[at:at + width] = array("I", values)
+            self._ints[at + _TOTAL] = sum(counts)
+            self._ints[at + _COUNTS:at + width] = array("I", counts)
+            self._ints[0] += sum(counts)

@@ -7,7 +7,7 @@ import ipaddress
 import random
 import zlib
 
-from vsl.server.shared_counters import SharedCounters
+from vsl.server.shared_counters import SharedCounters, address_key
 
 PER_IP = "connections_per_ip"
 
@@ -116,3 +116,40 @@ def test_addresses_churning_in_a_small_table_keep_exact_counts():
             dead = rnd.randrange(3)
             counters.clear(dead)
             held = [(index, ip) for index, ip in held if index != dead]
+
+
+class Killed(BaseException):
+    """A worker killed in the middle of a change."""
+
+
+def cut_short(counters: SharedCounters, step: str):
+    """Make ``counters``' next call of ``step`` kill the worker before it runs."""
+    def killed(*_args):
+        raise Killed
+    setattr(counters, step, killed)
+
+
+def test_a_worker_killed_inside_a_release_leaves_no_torn_table():
+    counters = SharedCounters(2, 4)  # a table of 8 entries
+    home = lambda ip: hash(counters._secret + address_key(ip)) & counters._mask  # noqa: E731
+    ips = [f"10.0.0.{i}" for i in range(1, 250)]
+    first = ips[0]
+    second = next(ip for ip in ips[1:] if home(ip) == home(first))  # one probe chain
+    counters.use(0)
+    assert counters.admit(second, 4, 4) is None  # worker 0 keeps one from second
+    counters.use(1)
+    assert counters.admit(first, 4, 4) is None and counters.admit(second, 4, 4) is None
+    cut_short(counters, "_empty")  # killed after moving second back, before emptying
+    try:
+        counters.release(first)
+    except Killed:
+        pass
+    del counters._empty
+    counters.clear(1)  # the parent, after waitpid: must not raise
+    counters.use(0)
+    assert counters._ints[0] == 1
+    assert fill(counters, second, 4) == 3  # worker 0's one counted once, not twice
+    for _ in range(4):
+        counters.release(second)
+    counters.release(second)  # one more than open: ignored, no underflow
+    assert counters._ints[0] == 0 and counters._live() == []
