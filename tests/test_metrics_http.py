@@ -25,8 +25,8 @@ from vsl.server.metrics_http import FRESH
 from tests.support.crash import VSL, stop_process, write_config
 from tests.support.mailsink import free_port, listening
 from tests.support.smtp_tools import wait_for
+from tests.support.workers import worker_pids_in
 
-_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
 
 class Served:
@@ -65,7 +65,7 @@ class Served:
         return Path(re.search(r"(/\S+)/counter_\d+\.db", maps).group(1))
 
     def workers(self) -> dict[int, int]:
-        return {int(i): int(pid) for i, pid in _STARTED.findall(self.log.read_text())}
+        return worker_pids_in(self.log.read_text())
 
     def stop(self) -> None:
         stop_process(self.proc)

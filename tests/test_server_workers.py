@@ -12,15 +12,10 @@ import smtplib
 from tests.support.crash import Clients, VslProcess, spool_message_ids, write_config
 from tests.support.mailsink import free_port
 from tests.support.smtp_tools import wait_for
+from tests.support.workers import worker_pids
 
-_STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 _QUEUED = re.compile(r"vsl\.smtp\[(\d+)\]: \S+: queued ")
 _RELOADED = re.compile(r"vsl\.policy\[(\d+)\]: scripts reloaded")
-
-
-def workers(log: str) -> dict[int, int]:
-    """Worker index -> its latest pid, from the parent's log lines."""
-    return {int(index): int(pid) for index, pid in _STARTED.findall(log)}
 
 
 def alive(pid: int) -> bool:
@@ -45,8 +40,8 @@ def test_two_workers_share_the_listener(tmp_path):
     vsl = VslProcess(config, port, tmp_path)
     vsl.start()
     try:
-        assert wait_for(lambda: len(workers(vsl.log.read_text())) == 2, timeout=10)
-        first = workers(vsl.log.read_text())
+        assert wait_for(lambda: len(worker_pids(vsl)) == 2, timeout=10)
+        first = worker_pids(vsl)
         assert first[0] != first[1] and all(alive(pid) for pid in first.values())
 
         clients = Clients(port, target=100, threads=6, tag="workers").start()
@@ -60,8 +55,8 @@ def test_two_workers_share_the_listener(tmp_path):
 
         # a worker that dies is started again; the other one serves meanwhile
         os.kill(first[1], signal.SIGKILL)
-        assert wait_for(lambda: workers(vsl.log.read_text())[1] != first[1], timeout=5)
-        now = workers(vsl.log.read_text())
+        assert wait_for(lambda: worker_pids(vsl)[1] != first[1], timeout=5)
+        now = worker_pids(vsl)
         assert now[0] == first[0] and alive(now[1])
 
         # SIGHUP: every worker reloads (the deny is what they all answer then)

@@ -233,9 +233,10 @@ class VslProcess:
 
 
 def write_config(tmp_path: Path, port: int, hostname: str, sections: str,
-                 workers: int = 1) -> Path:
+                 workers: int = 1, limits: str = "connections_per_ip = 50\n") -> Path:
     """A vsl.toml for a `vsl serve` subprocess: a script accepting every recipient, a
-    loopback listener on ``port``, the spool in ``tmp_path``, then ``sections`` (TOML)."""
+    loopback listener on ``port``, the spool in ``tmp_path``, ``limits`` (the [limits]
+    lines), then ``sections`` (TOML)."""
     scripts = tmp_path / "scripts"
     scripts.mkdir()
     (scripts / "main.vsl").write_text("fn on_rcpt_to(ctx) { status::accept() }\n")
@@ -250,8 +251,7 @@ queue_dir = "queue"
 workers = {workers}
 
 [limits]
-connections_per_ip = 50
-
+{limits}
 {sections}""")
     return config
 

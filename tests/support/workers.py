@@ -15,17 +15,22 @@ from tests.support.smtp_tools import Raw, wait_for
 _STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
 
+def worker_pids_in(log: str) -> dict[int, int]:
+    """Worker index -> its latest pid, from the parent's log lines in ``log``."""
+    return {int(index): int(pid) for index, pid in _STARTED.findall(log)}
+
+
 def worker_pids(vsl: VslProcess) -> dict[int, int]:
-    """Worker index -> its latest pid, from the parent's log lines."""
-    return {int(index): int(pid) for index, pid in _STARTED.findall(vsl.log.read_text())}
+    """Worker index -> its latest pid, from the log of ``vsl``."""
+    return worker_pids_in(vsl.log.read_text())
 
 
 def serve_two(tmp_path: Path, limits: str, sections: str = "") -> tuple[VslProcess, int]:
     """Two workers with ``limits`` (the [limits] lines) and ``sections``, started: the
     process and its port."""
     port = free_port()
-    config = write_config(tmp_path, port, "mx.workers.test", sections, workers=2)
-    config.write_text(config.read_text().replace("connections_per_ip = 50\n", limits))
+    config = write_config(tmp_path, port, "mx.workers.test", sections, workers=2,
+                          limits=limits)
     vsl = VslProcess(config, port, tmp_path)
     vsl.start()
     assert wait_for(lambda: len(worker_pids(vsl)) == 2, timeout=10)
