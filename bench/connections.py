@@ -52,8 +52,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from throughput import (HOLD_POLICY, BenchError, SinkServer, VslServer,  # bench/
-                        say, tree_cpu)
+from throughput import BenchError, SinkServer, VslServer, say, tree_cpu  # bench/
 
 PER_IP = 20  # limits.connections_per_ip's default
 HOLD_TIMEOUT = 120.0  # seconds one connection may take to be greeted and answer EHLO
@@ -200,8 +199,6 @@ async def hold(port: int, count: int, in_flight: int, held: Held) -> float:
 class LimitedVsl(VslServer):
     """vSL with ``[limits] connections`` for ``connections`` (None: the default
     ``[limits]``), one process, on ``event_loop``."""
-
-    policy = HOLD_POLICY
 
     def __init__(self, work: Path, connections: int | None, event_loop: str = "auto"):
         super().__init__(work / ("defaults" if connections is None else "raised"),

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import tree_cpu
+from throughput import free_port, tree_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 VSL = Path(sys.executable).parent / "vsl"
@@ -51,12 +51,6 @@ asyncio.run(main())
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.test\r\nSubject: bench\r\n\r\n" + \
     (b"x" * 76 + b"\r\n") * 26 + b".\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def reply(reader) -> bytes:
