@@ -151,7 +151,7 @@ class AuthThrottle:
         return failures + self._pending[key] >= self.config.failure_limit
 
     def failed(self, ip: str, user: str) -> list[tuple[str, float]]:
-        """Count a failed login: the (key, seconds) lockouts it starts."""
+        """Count a failed login: the (key, seconds) lockouts it starts, each logged."""
         now = self._clock()
         self._expire(now)
         started = []
@@ -161,6 +161,8 @@ class AuthThrottle:
                 seconds = self._lock(key, record, now)
                 if seconds:
                     started.append((key, seconds))
+                    log.warning("%s: too many failed logins, AUTH refused for %g s", key,
+                                seconds)
         return started
 
     def succeeded(self, ip: str, user: str) -> None:

@@ -216,8 +216,7 @@ class Session:
                          "unknown[%s]: SASL %s authentication failed: authentication "
                          "failure, %s", self.peer_ip, mechanism, user_key(user),
                          mechanism=mechanism)
-        for key, seconds in self.authenticator.throttle.failed(self.peer_ip, user):
-            log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
+        self.authenticator.throttle.failed(self.peer_ip, user)  # it logs the lockouts
 
     def _auth_event(self, level: int, result: str, fmt: str, *args, mechanism: str,
                     **fields) -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import socket
 from collections import Counter, deque
 from typing import Callable
@@ -47,7 +46,6 @@ from . import logids
 from .auth_throttle import AuthThrottle
 from .config import AuthConfig
 
-log = logging.getLogger("vsl.smtp")
 _MESSAGE_MAX = 65536  # a user name is at most a command line long
 BEGIN_DEADLINE = 3.0  # seconds a login waits for the service's answer before it is refused
 OUTBOX_LIMIT = 64     # messages a worker holds while its channel is full
@@ -238,10 +236,10 @@ class _Channel:
         _send(self.sock, "begun", request, allowed, ip, user)
 
     def _failed(self, ip: str, user: str, session: str) -> None:
-        """Count a failed login; log the lockouts it starts under the worker's session."""
+        """Count a failed login (the throttle logs the lockouts it starts) under the
+        worker's session."""
         with logids.bound(session):
-            for key, seconds in self.throttle.failed(ip, user):
-                log.warning("%s: too many failed logins, AUTH refused for %g s", key, seconds)
+            self.throttle.failed(ip, user)
 
     def _end(self, ip: str, user: str) -> None:
         if self.pending[ip, user]:  # not one begun with a service that died
