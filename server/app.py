@@ -131,12 +131,13 @@ class Server:
         open and recover the spool, start the worker and delivery loops of its roles,
         and bind every listener (a receiver). ``sockets``: (listener, socket) pairs
         already bound and listening, by the parent of several workers
-        (server/workers.py), which recovered the spool before starting them: then the
-        spool is not recovered here (that would drop another worker's files being
-        written); nor is the metrics endpoint served here then (its own process does)."""
-        raise_open_files_limit(self.config.limits.connections)
+        (server/workers.py), which raised the limit and recovered the spool before
+        starting them: then neither is done here (recovering would drop another worker's
+        files being written); nor is the metrics endpoint served here then (its own
+        process does)."""
         await self.spool.open()
         if sockets is None:
+            raise_open_files_limit(self.config.limits.connections)
             await self._export()  # a metrics port in use stops the start before recovery
             await recover_queue(self.spool)
             sockets = [(listener, None) for listener in self.config.listen]

@@ -42,6 +42,7 @@ from . import event_loop, metrics
 from .app import ALL_ROLES, Server, recover_queue
 from .config import Config, Listener, parse_listen
 from .exporter import serve_exporter
+from .open_files import raise_open_files_limit
 from .queues import open_queue
 from .shared_counters import SharedCounters
 from .throttle_service import RemoteThrottle, channels, serve_throttle
@@ -111,7 +112,9 @@ class Workers:
 
     def prepare(self) -> None:
         """Bind every listener of a receiver and the metrics endpoint, then recover the
-        spool (OSError if one cannot bind)."""
+        spool (OSError if one cannot bind); raise the open-files limit, once for every
+        worker."""
+        raise_open_files_limit(self.config.limits.connections)
         listeners = self.config.listen if "receiver" in self.roles else ()
         try:
             for listener in listeners:
