@@ -178,15 +178,12 @@ class Linter:
             read[str(root), rel] = (str(target), self._digests[target])
             return info, None if info else f"module '{rel}' has errors", \
                 {**read, **self._deps[target]}
-        try:
-            source = read_script(target, self.engine.limits.max_script_size)
-        except UnreadableScript as err:
-            read[str(root), rel] = (str(target), None)  # as _digest_of says of it
-            return None, f"cannot import '{rel}': {err.message}", read
-        except LimitError as err:
-            read[str(root), rel] = (str(target), "")
-            return None, f"module '{rel}' does not parse: {err.message}", read
-        read[str(root), rel] = (str(target), _digest(source))
+        source, digest, error = _read_import(target, self.limits.max_script_size)
+        read[str(root), rel] = (str(target), digest)
+        if isinstance(error, UnreadableScript):
+            return None, f"cannot import '{rel}': {error.message}", read
+        if error is not None:
+            return None, f"module '{rel}' does not parse: {error.message}", read
         try:
             module = parse(source, str(target), self.engine.limits)
         except VslError as err:
@@ -223,15 +220,21 @@ def _target_of(root: Path, rel: str) -> str | None:
         return None
 
 
-def _digest_of(path: Path, limit: int) -> str | None:
-    """The digest of the script file ``path`` as :meth:`Linter._lint` read it (None: it
-    cannot be read; "": it is longer than ``limit``, which is never a digest recorded)."""
+def _read_import(path: Path, limit: int):
+    """(text, digest, error) of the script file ``path``: its digest is None when it
+    cannot be read, "" when it is longer than ``limit`` (never a digest of a text)."""
     try:
-        return _digest(read_script(path, limit))
-    except UnreadableScript:
-        return None
-    except LimitError:
-        return ""
+        source = read_script(path, limit)
+    except UnreadableScript as err:
+        return None, None, err
+    except LimitError as err:
+        return None, "", err
+    return source, _digest(source), None
+
+
+def _digest_of(path: Path, limit: int) -> str | None:
+    """The digest of the script file ``path`` as :meth:`Linter._lint` read it."""
+    return _read_import(path, limit)[1]
 
 
 _MISSING_SEMICOLON = re.compile(r"^unexpected (.+?), expected ';'")
