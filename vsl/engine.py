@@ -294,13 +294,13 @@ class Script:
     """A loaded, compiled script: call its functions with :meth:`call`."""
 
     def __init__(self, engine: "Engine", file: str, env: dict, compiled: Compiled,
-                 module, top_value, imports: dict, quick: frozenset = frozenset()):
+                 top_value, imports: dict):
         self.engine = engine
         self.top_value = top_value  # the value of the top level's last statement
         self.file = file
         self._env = env
         self.constants = env["_G"]
-        self.module = module
+        self.module = module = compiled.module
         self.functions = {(f.name, len(f.params)): env[script_fn_name(f.name, len(f.params))]
                           for f in module.functions}
         self.async_functions = compiled.async_functions
@@ -316,7 +316,7 @@ class Script:
         self._unary = {name: fn for (name, arity), fn in self._entries.items() if arity == 1}
         # Functions that cannot run long (see ModuleCompiler.quick): call_off_loop runs
         # them on the event loop. A closure can loop: no function of such a script is.
-        self.quick = frozenset() if self.uses_closures else quick
+        self.quick = frozenset() if self.uses_closures else compiled.quick
 
     def info(self) -> ModuleInfo:
         return ModuleInfo(frozenset(self.functions), self.async_functions,
@@ -604,8 +604,7 @@ class Engine:
             env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
         exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
         value = self.run(env["__top__"], (), compiled.top_async)
-        return Script(self, file, env, compiled, compiled.module, value, imports,
-                      compiled.quick)
+        return Script(self, file, env, compiled, value, imports)
 
     def _cached_or_fresh(self, key: str | None, source: str, file: str, load: _Load):
         """The compiled module, its imports and the natives; an entry of the cache that
