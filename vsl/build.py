@@ -17,7 +17,8 @@ from lark import Token, Tree
 from . import ast
 from .errors import Pos, VslSyntaxError
 from .script_file import line_of, script_too_large
-from .syntax import I64_MAX, I64_MIN, check_depth, parse_tree
+from .syntax import check_depth, parse_tree
+from .values import I64_MAX, I64_MIN
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0",
             "$": "$", "`": "`"}

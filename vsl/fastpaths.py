@@ -40,9 +40,8 @@ from . import ast as A
 from .infer import (NOT_LITERAL, constant_of, is_i64_expr, is_int_expr, literal_value,
                     nonneg_expr)
 from .pynodes import py_assign, py_call, py_const, py_dict_get, py_is_type, py_name, py_walrus
+from .values import I64_MAX, I64_MIN
 
-
-I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
 _I64_TEXT = len(str(I64_MIN))  # the longest text of an i64
 # A parameter's int flag also says |x| <= SMALL (flag_test): then x + y, x - y of two
 # such, x + k, x - k (|k| < 2**62) and x * k (|k| <= 3) are i64s, with no bounds test.

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import fields
 
 from . import ast
+from .values import I64_MAX, I64_MIN
 
 INT = "int"        # a source that is always an integer (a range loop variable, an index)
 NOT_INT = "other"  # a source of unknown type (a parameter, a caught error, ...)
@@ -120,7 +121,7 @@ def is_i64_expr(e, names: dict, ints: set, consts: dict, i64_vars: set) -> bool:
     literal, a variable of ``i64_vars``, or arithmetic on int expressions (whose result
     is checked for overflow)."""
     if isinstance(e, ast.Literal):
-        return type(e.value) is int and -2 ** 63 <= e.value < 2 ** 63
+        return type(e.value) is int and I64_MIN <= e.value <= I64_MAX
     if isinstance(e, ast.Var):
         return names.get((id(e), "ref")) in i64_vars
     if isinstance(e, ast.Binary) and e.op in ARITHMETIC or \

@@ -25,8 +25,6 @@ from .script_file import line_of
 # grammar/ is installed as the package vsl.grammar (see pyproject.toml).
 GRAMMAR = files("vsl.grammar") / "vsl.lark"
 
-I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
-
 RESERVED = frozenset("""
     var static null nil void default match case goto spawn async await yield public private
     protected super new use with module package export this shared sync thread go exit
