@@ -26,13 +26,14 @@ may be called inside one (:class:`Guard`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Mapping
 
 from . import ast
 from .methods import ANY_METHODS
 from .diagnostics import Diagnostic
+from .infer import node_fields, nodes
 from .resolve import NativeFn, Resolution, ScriptFn, closest, suggest
 from .values import type_name
 
@@ -60,28 +61,6 @@ class EntryPoints:
         """The code of a finding about entry points: ``rule`` in the host's word
         (``"{kind}-arity"`` -> ``"stage-arity"``)."""
         return rule.format(kind=self.kind)
-
-
-_FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> its field names
-
-
-def nodes(node, closures: bool = True):
-    """Every AST node in ``node`` (itself included), depth first; without what is inside
-    closures if not ``closures`` (a ``return`` there is the closure's own)."""
-    if isinstance(node, ast.Node):
-        if isinstance(node, ast.Closure) and not closures:
-            return
-        yield node
-        for name in _field_names(node):
-            yield from nodes(getattr(node, name), closures)
-    elif isinstance(node, (tuple, list)):
-        for item in node:
-            yield from nodes(item, closures)
-
-
-def _field_names(node: ast.Node) -> tuple[str, ...]:
-    cls = type(node)
-    return _FIELDS.get(cls) or _FIELDS.setdefault(cls, tuple(f.name for f in fields(cls)))
 
 
 def _article(type_text: str) -> str:
@@ -409,7 +388,7 @@ def _places(node: ast.Node, where: Where) -> list[tuple]:
         return [(first, where), (node.body, later)]
     if isinstance(node, ast.Loop):
         return [(node.body, later)]
-    return [(getattr(node, name), where) for name in _field_names(node)]
+    return [(getattr(node, name), where) for name in node_fields(type(node))]
 
 
 def _return_message(name: str, found: str, entries: EntryPoints) -> str:

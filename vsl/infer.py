@@ -134,11 +134,28 @@ _ORDERS = frozenset({"<", "<=", ">", ">=", "==", "!="})
 _FIELDS: dict[type, tuple[str, ...]] = {}  # node class -> the fields that may hold nodes
 
 
-def _fields_of(cls) -> tuple[str, ...]:
+def node_fields(cls) -> tuple[str, ...]:
     """The fields of a node class that may hold nodes (not its position, name or op)."""
-    found = _FIELDS[cls] = tuple(f.name for f in fields(cls)
-                                 if f.name not in ("pos", "op", "name"))
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple(f.name for f in fields(cls)
+                                     if f.name not in ("pos", "op", "name"))
     return found
+
+
+def nodes(node, closures: bool = True):
+    """Every AST node in ``node`` (a node, or a tuple or list of them; itself included),
+    depth first; without what is inside closures if not ``closures`` (a ``return``
+    there is the closure's own)."""
+    if isinstance(node, ast.Node):
+        if isinstance(node, ast.Closure) and not closures:
+            return
+        yield node
+        for name in node_fields(type(node)):
+            yield from nodes(getattr(node, name), closures)
+    elif isinstance(node, (tuple, list)):
+        for item in node:
+            yield from nodes(item, closures)
 
 
 def _scan(body: ast.Block, params: set, names: dict) -> tuple[list, bool]:
@@ -160,7 +177,7 @@ def _scan(body: ast.Block, params: set, names: dict) -> tuple[list, bool]:
         elif cls is ast.Binary and not used and (node.op in ARITHMETIC or node.op in _ORDERS):
             used = any(names.get((id(operand), "ref")) in params
                        for operand in (node.left, node.right))
-        todo.extend(getattr(node, name) for name in _FIELDS.get(cls) or _fields_of(cls))
+        todo.extend(getattr(node, name) for name in _FIELDS.get(cls) or node_fields(cls))
     return values, used
 
 
@@ -242,24 +259,13 @@ def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[st
 
 
 
-def _nodes(value):
-    """Every node in ``value`` (a node, or a tuple or list of them), depth first."""
-    if isinstance(value, ast.Node):
-        yield value
-        for f in fields(value):
-            yield from _nodes(getattr(value, f.name))
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _nodes(item)
-
-
 def range_starts(module: ast.Module, names: dict) -> dict:
     """Python name of each range loop's variable -> the range's start expression (of a
     whole typed AST only: a module whose bodies are not there would seem to have none)."""
     if not isinstance(module, ast.Module):
         raise TypeError(f"range_starts needs an ast.Module, not {type(module).__name__}")
     return {names[(id(node), "var")]: node.iterable.left
-            for node in _nodes((module.functions, module.body))
+            for node in nodes((module.functions, module.body))
             if isinstance(node, ast.For) and node.index_var is None and
             isinstance(node.iterable, ast.Binary) and node.iterable.op in ("..", "..=")}
 
