@@ -81,6 +81,13 @@ def wire(reply: bytes, raw: bool) -> bytes:
     return b"".join((line if raw else enhance(line)) + b"\r\n" for line in lines)
 
 
+def sent(reply: bytes, raw: bool, command: str | None) -> bytes:
+    """``reply`` as sent (:func:`wire`), counted as the answer to ``command``."""
+    wired = wire(reply, raw)
+    count_reply(command, wired)
+    return wired
+
+
 def count_reply(command: str | None, wired: bytes) -> None:
     """Count a reply as sent (``wired``: its lines as on the wire) in
     vsl_smtp_replies_total: the stage of the ``command`` it answers, its code and the
@@ -261,9 +268,7 @@ class Protocol(FastSMTP):
         if self.greeting is not None and reply.startswith(b"220 "):
             reply, self.greeting, raw = self.greeting, None, True
         mail_log.debug("%r << %r", self.session.peer, reply)
-        wired = wire(reply, raw)
-        count_reply(self.command, wired)
-        self._writer.write(wired)
+        self._writer.write(sent(reply, raw, self.command))
         await self._writer.drain()
         if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
             if self.transport is not None:
@@ -317,9 +322,7 @@ class Protocol(FastSMTP):
         if greeting.startswith(b"421"):
             self.hang_up(greeting)
             return
-        wired = wire(greeting, raw=True)
-        count_reply(None, wired)
-        self._writer.write(wired)
+        self._writer.write(sent(greeting, True, None))
         try:
             async with asyncio.timeout(REFUSED_SESSION_TIME):
                 await self._wait_for_quit()
@@ -381,9 +384,7 @@ class Protocol(FastSMTP):
         """Say a last reply and close, without waiting on a client that does not read."""
         if self.transport is None:
             return
-        wired = wire(reply, raw=True)
-        count_reply(self.command, wired)
-        self.transport.write(wired)
+        self.transport.write(sent(reply, True, self.command))
         self.transport.abort()
 
     def _timeout_cb(self) -> None:
