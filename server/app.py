@@ -103,7 +103,7 @@ class Server:
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
+        shipped().learn_from(config.learned_bounces, config.auto_learned_bounces)
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults,
                                  hook=FailureHook(self.policy, self.scripting.pool))
