@@ -137,15 +137,17 @@ def test_forgetting_an_automatic_example(tmp_path):
 
 # ---- with the shipped network ------------------------------------------------------------
 
-def learning(tmp_path, operator: Path | None = None) -> SharedClassifier:
+def learning(tmp_path, operator: Path | None = None, on_learned=None) -> SharedClassifier:
     """A classifier learning into tmp_path/auto.jsonl, looking at its files every time."""
     found = SharedClassifier()
-    found.learn_from(operator, tmp_path / "auto.jsonl", clock=itertools.count().__next__)
+    found.learn_from(operator, tmp_path / "auto.jsonl", clock=itertools.count().__next__,
+                     on_learned=on_learned)
     return found
 
 
 def test_a_wording_seen_with_its_code_is_recognised_without_it(tmp_path):
-    bounces = learning(tmp_path)
+    counted = []
+    bounces = learning(tmp_path, on_learned=counted.append)  # the server counts a metric
     assert bounces.classify_text(CODELESS).reason != "userunknown"
     bounces.classify_text(CODED)  # a script's bounce::classify teaches nothing
     assert not (tmp_path / "auto.jsonl").exists()
@@ -153,7 +155,7 @@ def test_a_wording_seen_with_its_code_is_recognised_without_it(tmp_path):
     assert [e.reason for e in learned.read(tmp_path / "auto.jsonl")] == ["userunknown"]
     found = bounces.classify_text(CODELESS)
     assert found.reason == "userunknown" and found.confidence >= memory.NEIGHBOUR_THRESHOLD
-    assert bounces.self_learned == 1
+    assert bounces.self_learned == 1 and counted == ["userunknown"]
 
 
 @pytest.mark.parametrize("attempt", [

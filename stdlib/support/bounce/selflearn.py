@@ -28,7 +28,6 @@ example's reason, when the network gives that reason at least ``PLAUSIBLE`` too
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import re
 from pathlib import Path
@@ -36,8 +35,6 @@ from pathlib import Path
 from . import learned
 from .codes import reason_of
 from .message import Bounce, as_bounce
-
-log = logging.getLogger("vsl.bounce")
 
 CONFIDENCE = 0.9  # the network's least probability for an example to be kept
 PLAUSIBLE = 0.2  # the least probability the network gives a reason it finds plausible

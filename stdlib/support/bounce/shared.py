@@ -52,16 +52,19 @@ class SharedClassifier:
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._classify_text)
         self._learned: LearnedFile | None = None
         self._auto: LearnedFile | None = None
+        self._on_learned = None
         self.self_learned = 0  # automatic examples this process added
 
     def learn_from(self, learned: str | Path | None, auto: str | Path | None = None,
-                   clock=time.monotonic) -> None:
+                   clock=time.monotonic, on_learned=None) -> None:
         """Ask the examples of the ``learned`` file (None: none) before the network; with
         ``auto``, the self-learning file (None: self-learning off), learn from what the
-        ``learn=True`` classifications see and ask its examples after the network. Both
-        files are looked at again when ``clock`` passed a second."""
+        ``learn=True`` classifications see (``on_learned(reason)`` told of each example
+        kept) and ask its examples after the network. Both files are looked at again when
+        ``clock`` passed a second."""
         self._learned = learned and LearnedFile(learned, self._memory, clock)
         self._auto = auto and LearnedFile(auto, self._neighbours, clock)
+        self._on_learned = on_learned
         self._remembered.cache_clear()
 
     def classify_text(self, text: str, learn: bool = False):
@@ -115,6 +118,8 @@ class SharedClassifier:
         if added:
             self.self_learned += 1
             log.info("bounce classifier: learned %s from %r", lesson.reason, lesson.text[:200])
+            if self._on_learned is not None:
+                self._on_learned(lesson.reason)
 
     def _tipped(self, bounce: Bounce, judged, probabilities, labels: list[str]):
         """``judged``, or, for a text without a specific code of its own, the reason of a
