@@ -155,6 +155,7 @@ def test_a_wording_seen_with_its_code_is_recognised_without_it(tmp_path):
     assert [e.reason for e in learned.read(tmp_path / "auto.jsonl")] == ["userunknown"]
     found = bounces.classify_text(CODELESS)
     assert found.reason == "userunknown" and found.confidence >= memory.NEIGHBOUR_THRESHOLD
+    assert (found.status, found.hard) == ("5.1.1", True)  # the reason's, not the network's
     assert bounces.self_learned == 1 and counted == ["userunknown"]
 
 

@@ -119,14 +119,17 @@ class Classifier:
         index, value = featurize(bounce)
         probs = average_probabilities(self.networks, index, value, np.array([0, len(index)]))[0]
         best = int(np.argmax(probs))
-        reason = self.labels[best]
+        return self.named(bounce, self.labels[best], float(probs[best])), probs
+
+    def named(self, bounce: Bounce, reason: str, confidence: float) -> Classification:
+        """``bounce`` classified as ``reason``: its status its own enhanced code, else the
+        one usual for the reason (in the class of its reply code), and hard by that."""
         first = bounce.first
         status = first.status or inferred_status(first, self.meta["status"].get(reason, ""))
         hard = status.startswith("5") if status[:1] in ("4", "5") else \
             self.meta["hard"].get(reason, True)
-        return Classification(reason=reason, confidence=float(probs[best]), hard=hard,
-                              status=status, diagnostic=first.diagnostic or bounce.text[:500]), \
-            probs
+        return Classification(reason=reason, confidence=confidence, hard=hard,
+                              status=status, diagnostic=first.diagnostic or bounce.text[:500])
 
 
 def inferred_status(first: Recipient, usual: str) -> str:

@@ -21,7 +21,6 @@ answer (:class:`.memory.Neighbours`).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -88,51 +87,46 @@ class SharedClassifier:
             return learned
         classifier = self.get()
         if classifier is None:
-            from .codes import classify_by_codes
-
-            return classify_by_codes(bounce)
+            return _by_codes(bounce)
         try:
             judged, probabilities = classifier.judge(bounce)
         except Exception:  # noqa: BLE001 - a classification must never break its caller
             log.exception("bounce classifier: cannot classify %r", bounce.first.diagnostic[:200])
-            from .codes import classify_by_codes
-
-            return classify_by_codes(bounce)
+            return _by_codes(bounce)
         if learn and self._auto is not None:
             self._learn(bounce, judged, classifier)
-        return self._tipped(bounce, judged, probabilities, classifier.labels)
+        return self._tipped(bounce, judged, probabilities, classifier)
 
     def _learn(self, bounce: Bounce, judged, classifier) -> None:
         """Keep what ``judged`` teaches, when it teaches something new (never raises)."""
-        lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge)
-        if lesson is None:
-            return
-        neighbours = self._auto.memory()
-        if neighbours is not None and selflearn.key(lesson.text) in neighbours.keys:
-            return
         try:
-            added = selflearn.add(self._auto.path, lesson)
-        except OSError as err:
-            log.error("bounce classifier: cannot learn into %s: %s", self._auto.path, err)
+            lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge)
+            neighbours = self._auto.memory()
+            if lesson is None or (neighbours is not None and
+                                  selflearn.key(lesson.text) in neighbours.keys):
+                return
+            if not selflearn.add(self._auto.path, lesson):
+                return
+        except Exception:  # noqa: BLE001 - a classification must never break its caller
+            log.exception("bounce classifier: cannot learn into %s", self._auto.path)
             return
-        if added:
-            self.self_learned += 1
-            log.info("bounce classifier: learned %s from %r", lesson.reason, lesson.text[:200])
-            if self._on_learned is not None:
-                self._on_learned(lesson.reason)
+        self.self_learned += 1
+        log.info("bounce classifier: learned %s from %r", lesson.reason, lesson.text[:200])
+        if self._on_learned is not None:
+            self._on_learned(lesson.reason)
 
-    def _tipped(self, bounce: Bounce, judged, probabilities, labels: list[str]):
+    def _tipped(self, bounce: Bounce, judged, probabilities, classifier):
         """``judged``, or, for a text without a specific code of its own, the reason of a
         near automatic example the network finds plausible (``selflearn.PLAUSIBLE``)."""
         if selflearn.specific(bounce.first.status):
             return judged
         near = _asked(self._auto, bounce, lambda memory: memory.nearest(bounce))
-        if near is None or near[0] == judged.reason:
+        if near is None or near[0] == judged.reason or near[0] not in classifier.labels:
             return judged
         reason, cosine = near
-        if reason not in labels or probabilities[labels.index(reason)] < selflearn.PLAUSIBLE:
+        if probabilities[classifier.labels.index(reason)] < selflearn.PLAUSIBLE:
             return judged
-        return dataclasses.replace(judged, reason=reason, confidence=cosine)
+        return classifier.named(bounce, reason, cosine)
 
     def _generations(self) -> tuple:
         """The learned files' generations, after a look at them when one is due."""
@@ -192,6 +186,13 @@ def _asked(watched: LearnedFile | None, bounce: Bounce, question):
         log.exception("bounce classifier: cannot compare %r with the learned bounces of %s",
                       bounce.first.diagnostic[:200], watched.path)
         return None
+
+
+def _by_codes(bounce: Bounce):
+    """The status codes' classification (confidence 0)."""
+    from .codes import classify_by_codes
+
+    return classify_by_codes(bounce)
 
 
 def _generation(watched: LearnedFile | None) -> int:
