@@ -118,8 +118,8 @@ class SharedClassifier:
     def _tipped(self, bounce: Bounce, judged, probabilities, classifier):
         """``judged``, or, for a text without a specific code of its own, the reason of a
         near automatic example the network finds plausible (``selflearn.PLAUSIBLE``)."""
-        if selflearn.specific(bounce.first.status):
-            return judged
+        if selflearn.specific(bounce.first.status) or judged.confidence > 1 - selflearn.PLAUSIBLE:
+            return judged  # (so sure of its reason that it finds no other plausible)
         near = _asked(self._auto, bounce, lambda memory: memory.nearest(bounce))
         if near is None or near[0] == judged.reason or near[0] not in classifier.labels:
             return judged
