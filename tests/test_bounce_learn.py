@@ -21,7 +21,7 @@ from vsl.cli import main
 from vsl.server import config as config_module
 from vsl.stdlib.support.bounce import learned, train
 from vsl.stdlib.support.bounce.message import as_bounce
-from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
+from vsl.stdlib.support.bounce.shared import SharedClassifier
 
 GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
               "450 4.2.0 <bob@example.org>: Recipient address rejected: Greylisted, see the "
@@ -228,13 +228,6 @@ def test_learn_list_and_forget(config, tmp_path):
     assert [e.text for e in learned.read(tmp_path / "learned.jsonl")] == [GREYLISTED[1]]
 
 
-@pytest.fixture
-def shipped_learning():
-    """The process's classifier, made to forget the learned file a command gave it."""
-    yield shipped()
-    shipped().learn_from(None)
-
-
 def test_a_learned_message_is_listed_by_its_diagnostic(config, tmp_path):
     message = tmp_path / "bounce.eml"
     message.write_text("From: MAILER-DAEMON@example.org\nSubject: Undelivered\n"
@@ -249,8 +242,7 @@ def test_a_learned_message_is_listed_by_its_diagnostic(config, tmp_path):
     assert listed.startswith("1\toperator\tgreylisted\t") and \
         listed.endswith("\t451 4.7.1 Greylisted, come back later\n")
 
-def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, monkeypatch,
-                                                              shipped_learning):
+def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, monkeypatch):
     learn_all(tmp_path / "learned.jsonl", GREYLISTED, "greylisted")
     result = run("bounce", "classify", "--config", config, "-", stdin=PARAPHRASES[0])
     assert result.output.startswith("-\tgreylisted\t")

@@ -250,14 +250,7 @@ fn on_rcpt_to(ctx) {
 """
 
 
-@pytest.fixture
-def shipped_forgets():
-    """The process's classifier, made to forget the files a server gave it."""
-    yield shipped()
-    shipped().learn_from(None)
-
-
-def test_a_refusal_delivery_gets_teaches_the_running_server(tmp_path, shipped_forgets):
+def test_a_refusal_delivery_gets_teaches_the_running_server(tmp_path):
     """The receiving server refuses with a code and a wording of its own; once the sending
     server's delivery got that refusal, the wording alone gets the reason."""
     refusing = f'fn on_rcpt_to(ctx) {{ status::deny("550 5.1.1 <x@example.test>: {WORDING}") }}\n'
