@@ -37,7 +37,8 @@ def classify(files, as_json, config_path) -> None:
     FILE<TAB>reason<TAB>confidence (learned bounces first, as the server does)."""
     from vsl.stdlib.support.bounce.shared import shipped
 
-    shipped().learn_from(_learned_path(config_path))
+    config = local_config(config_path)
+    shipped().learn_from(config.learned_bounces, config.auto_learned_bounces)
     failed = False
     for name in files:
         try:
@@ -80,7 +81,8 @@ def eval_command(data, model) -> None:
 @click.option("--cv", is_flag=True, help="First print the leave-group-out evaluation.")
 @click.option("--quick", is_flag=True, help="With --cv: the network alone, no baselines.")
 @click.option("--learned", type=DATA,
-              help="Learned bounces to train on too (default with --config: its file).")
+              help="Learned bounces to train on too (default with --config: its files, the "
+                   "operator's first, then self-learning's).")
 @CONFIG
 def train_command(data, out, cv, quick, learned, config_path) -> None:
     """Train the classifier on DATA.jsonl (text, reason; group for --cv), the synthetic
@@ -90,8 +92,7 @@ def train_command(data, out, cv, quick, learned, config_path) -> None:
     if not out and not cv:
         raise click.UsageError("give --out MODEL, --cv or both")
     rows = _labelled(data)
-    learned = learned or (config_path and _learned_path(config_path))
-    train.run(rows, train.Settings(), out, cv, quick, learned=str(learned) if learned else None)
+    train.run(rows, train.Settings(), out, cv, quick, learned=_learned_files(learned, config_path))
 
 
 @bounce.command()
@@ -125,31 +126,57 @@ def learn(message, reason, config_path) -> None:
 @bounce.command("learned")
 @CONFIG
 def learned_command(config_path) -> None:
-    """List the learned bounces: number, reason, when, first line of the diagnostic."""
-    from vsl.stdlib.support.bounce import learned
+    """List the learned bounces: number, source (operator: vsl bounce learn; auto: kept by
+    self-learning), reason, when, first line of the diagnostic."""
     from vsl.stdlib.support.bounce.message import as_bounce
 
-    for number, found in enumerate(learned.read(_learned_path(config_path)), 1):
+    for number, (source, found) in enumerate(_all_learned(config_path), 1):
         first = as_bounce(found.text).first
         line = (first.diagnostic or found.text).strip().split("\n")[0][:100]
-        click.echo(f"{number}\t{found.reason}\t{found.learned_at}\t{printable(line)}")
+        click.echo(f"{number}\t{source}\t{found.reason}\t{found.learned_at}\t{printable(line)}")
 
 
 @bounce.command()
 @click.argument("numbers", nargs=-1, required=True, type=click.IntRange(min=1))
 @CONFIG
 def forget(numbers, config_path) -> None:
-    """Forget learned bounces by their NUMBERS in `vsl bounce learned`."""
+    """Forget learned bounces (operator or auto) by their NUMBERS in `vsl bounce learned`."""
+    from vsl.stdlib.support.bounce import learned, selflearn
+
+    listed = _all_learned(config_path)
+    missing = sorted(n for n in set(numbers) if n > len(listed))
+    if missing:
+        raise click.ClickException(f"no learned bounce {missing[0]} ({len(listed)} learned)")
+    operator = [e for n, (source, e) in enumerate(listed, 1)
+                if source == "operator" and n not in numbers]
+    if len(operator) < sum(source == "operator" for source, _ in listed):
+        learned.rewrite(_learned_path(config_path), operator)
+    auto = [e for n, (source, e) in enumerate(listed, 1) if source == "auto" and n in numbers]
+    if auto:
+        selflearn.forget(local_config(config_path).auto_learned_bounces, auto)
+    click.echo(f"forgot {len(set(numbers))}, {len(listed) - len(set(numbers))} left")
+
+
+def _all_learned(config_path: str | None) -> list[tuple[str, object]]:
+    """(source, example) of the operator's learned bounces, then of self-learning's (when
+    it is on)."""
     from vsl.stdlib.support.bounce import learned
 
-    path = _learned_path(config_path)
-    examples = learned.read(path)
-    missing = sorted(n for n in set(numbers) if n > len(examples))
-    if missing:
-        raise click.ClickException(f"{path}: no learned bounce {missing[0]} "
-                                   f"({len(examples)} learned)")
-    learned.rewrite(path, [e for n, e in enumerate(examples, 1) if n not in numbers])
-    click.echo(f"forgot {len(set(numbers))}, {len(examples) - len(set(numbers))} left")
+    config = local_config(config_path)
+    found = [("operator", e) for e in learned.read(config.learned_bounces)]
+    if config.auto_learned_bounces is not None:
+        found += [("auto", e) for e in learned.read(config.auto_learned_bounces)]
+    return found
+
+
+def _learned_files(learned: str | None, config_path: str | None) -> list[str]:
+    """What ``vsl bounce train`` trains on besides DATA: --learned, else with --config its
+    operator's file then its self-learning file (when on), else nothing."""
+    if learned or not config_path:
+        return [learned] if learned else []
+    config = local_config(config_path)
+    return [str(path) for path in (config.learned_bounces, config.auto_learned_bounces)
+            if path is not None]
 
 
 def _learned_path(config_path: str | None) -> Path:

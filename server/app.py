@@ -103,7 +103,8 @@ class Server:
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        shipped().learn_from(config.learned_bounces)  # bounce::classify and delivery's
+        shipped().learn_from(config.learned_bounces, config.auto_learned_bounces,
+                             on_learned=_count_self_learned)
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults,
                                  hook=FailureHook(self.policy, self.scripting.pool))
@@ -199,3 +200,8 @@ class Server:
         await self.spool.close()  # its writer thread and delivery journal
         await self.scripting.close()
         log.info("stopped")
+
+
+def _count_self_learned(reason: str) -> None:
+    """Count an example the bounce classifier's self-learning kept."""
+    metrics.count("vsl_bounce_self_learned_total", reason=reason)

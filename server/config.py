@@ -161,6 +161,9 @@ class BounceConfig:
 
     learned: Path | None = None  # examples of `vsl bounce learn`; None: learned-bounces.jsonl
                                  # beside the queue directory (Config.learned_bounces)
+    self_learning: bool = True  # keep examples of what the server sees (docs/bounces.md)
+    auto_learned: Path | None = None  # their file; None: auto-learned-bounces.jsonl beside
+                                      # the learned file (Config.auto_learned_bounces)
 
 
 STATE_BACKENDS = ("sqlite", "redis")
@@ -268,6 +271,15 @@ class Config:
         """The file of learned bounces: ``[bounce] learned``, else learned-bounces.jsonl
         beside the queue directory."""
         return self.bounce.learned or self.queue_dir.parent / "learned-bounces.jsonl"
+
+    @property
+    def auto_learned_bounces(self) -> Path | None:
+        """The file of self-learning (None when ``[bounce] self_learning`` is off):
+        ``[bounce] auto_learned``, else auto-learned-bounces.jsonl beside the learned file."""
+        if not self.bounce.self_learning:
+            return None
+        return self.bounce.auto_learned or \
+            self.learned_bounces.with_name("auto-learned-bounces.jsonl")
 
     @property
     def journal_path(self) -> Path:
@@ -592,7 +604,8 @@ _SECTIONS = {"tls": (TlsConfig, {"certificate": "path", "key": "path"}),
                                  "cache_bytes": "int"}),
              "script_limits": (Limits, {f.name: f.type for f in fields(Limits)}),
              "delivery": (DeliveryConfig, _DELIVERY_SCHEMA),
-             "bounce": (BounceConfig, {"learned": "path"}),
+             "bounce": (BounceConfig, {"learned": "path", "self_learning": bool,
+                                       "auto_learned": "path"}),
              "state": (StateConfig, {"backend": str, "path": "path", "url": "redis_url",
                                      "url_file": "path", "timeout": "float"}),
              "queue": (QueueConfig, {"backend": str, "url": str, "url_file": "path",

@@ -18,8 +18,9 @@ can be told about (null sender) sends it to ``dead``.
 Every refusal (a 4xx/5xx reply, or a connection-level failure with its text) is classified
 by the process's bounce classifier (vsl.stdlib.support.bounce.shared), in a worker thread
 so that the model's first load and each classification stay off the event loop; the reason
-is stored with the recipient, logged (``reason=``) and reported in the DSN. Without a usable
-model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
+is stored with the recipient, logged (``reason=``) and reported in the DSN, and self-learning
+may keep the reply as an example (``[bounce] self_learning``: support/bounce/selflearn.py).
+Without a usable model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
 it has one, may fail a deferred recipient now, retry a failed one, or quarantine the message
 (server/delivery_hook.py).
 A crash may deliver a recipient twice (at least once), never lose one.
@@ -233,7 +234,8 @@ class Delivery:
 
     def _classify(self, refused: dict[str, str]) -> dict[str, Classification]:
         """``refused``: address -> the reply that refused it."""
-        return {address: self.reasons.classify_text(reply) for address, reply in refused.items()}
+        return {address: self.reasons.classify_text(reply, learn=True)
+                for address, reply in refused.items()}
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vsl.server.dnsd import DnsServer
+from vsl.stdlib.support.bounce.shared import shipped
 from tests.support import mailsink
 
 ZONES = Path(__file__).parent / "zones"
@@ -21,6 +22,14 @@ def private_cache_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def shipped_classifier_forgets():
+    """After each test, the process's bounce classifier forgets the learned and self-learning
+    files a server or a command of the test gave it (they live in its tmp_path)."""
+    yield
+    shipped().learn_from(None)
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,8 @@ from tests.support.smtp_tools import wait_for
 from vsl.cli import main
 from vsl.server import config as config_module
 from vsl.stdlib.support.bounce import learned, train
-from vsl.stdlib.support.bounce.learned import LearnedFile
 from vsl.stdlib.support.bounce.message import as_bounce
-from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
+from vsl.stdlib.support.bounce.shared import SharedClassifier
 
 GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
               "450 4.2.0 <bob@example.org>: Recipient address rejected: Greylisted, see the "
@@ -61,7 +60,7 @@ def learn_all(path: Path, texts, reason: str) -> None:
 
 def classifier_of(path: Path, clock=time.monotonic) -> SharedClassifier:
     found = SharedClassifier()
-    found.learn_from(LearnedFile(path, clock))
+    found.learn_from(path, clock=clock)
     return found
 
 
@@ -166,7 +165,7 @@ def test_a_damaged_line_is_skipped_with_a_warning(greylisted, caplog):
 
 def test_training_takes_the_learned_examples_as_classes(greylisted):
     rows = [{"text": "550 5.1.1 <bob@example.net>: no such user here",
-             "reason": "userunknown"}] + train.learned_rows(str(greylisted))
+             "reason": "userunknown"}] + train.learned_rows([str(greylisted)])
     model = train.train_classifier(rows, train.Settings(synthetic=50, epochs=2))
     assert "greylisted" in model.labels
 
@@ -221,19 +220,12 @@ def test_learn_list_and_forget(config, tmp_path):
     assert run("bounce", "learn", "--config", config, "-", "greylisted",
                stdin=GREYLISTED[1]).exit_code == 0
     listed = run("bounce", "learned", "--config", config).output.splitlines()
-    assert [line.split("\t")[:2] for line in listed] == [["1", "greylisted"]] * 1 + \
-        [["2", "greylisted"]]
+    assert [line.split("\t")[:3] for line in listed] == [["1", "operator", "greylisted"],
+                                                          ["2", "operator", "greylisted"]]
     assert listed[0].endswith(GREYLISTED[0])
     assert (tmp_path / "learned.jsonl").stat().st_mode & 0o077 == 0  # bounces name people
     assert run("bounce", "forget", "--config", config, 1).output == "forgot 1, 1 left\n"
     assert [e.text for e in learned.read(tmp_path / "learned.jsonl")] == [GREYLISTED[1]]
-
-
-@pytest.fixture
-def shipped_learning():
-    """The process's classifier, made to forget the learned file a command gave it."""
-    yield shipped()
-    shipped().learn_from(None)
 
 
 def test_a_learned_message_is_listed_by_its_diagnostic(config, tmp_path):
@@ -247,11 +239,10 @@ def test_a_learned_message_is_listed_by_its_diagnostic(config, tmp_path):
                        "Greylisted, come back later\n\n--B--\n")
     assert run("bounce", "learn", "--config", config, message, "greylisted").exit_code == 0
     listed = run("bounce", "learned", "--config", config).output
-    assert listed.startswith("1\tgreylisted\t") and \
+    assert listed.startswith("1\toperator\tgreylisted\t") and \
         listed.endswith("\t451 4.7.1 Greylisted, come back later\n")
 
-def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, monkeypatch,
-                                                              shipped_learning):
+def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, monkeypatch):
     learn_all(tmp_path / "learned.jsonl", GREYLISTED, "greylisted")
     result = run("bounce", "classify", "--config", config, "-", stdin=PARAPHRASES[0])
     assert result.output.startswith("-\tgreylisted\t")
@@ -260,7 +251,8 @@ def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, m
     given = []
     monkeypatch.setattr(train, "run", lambda *args, learned: given.append(learned))
     assert run("bounce", "train", "--config", config, data, "--out", "m.npz").exit_code == 0
-    assert given == [str(tmp_path / "learned.jsonl")]
+    assert given == [[str(tmp_path / "learned.jsonl"),  # the operator's first
+                      str(tmp_path / "auto-learned-bounces.jsonl")]]
 
 
 def test_the_default_learned_file_is_beside_the_queue(tmp_path):

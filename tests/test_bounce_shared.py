@@ -64,7 +64,7 @@ def test_a_failing_classification_falls_back_to_the_codes(monkeypatch, caplog):
 
     def broken(*args):
         raise RuntimeError("bug")
-    monkeypatch.setattr(Classifier, "classify_bounce", broken)
+    monkeypatch.setattr(Classifier, "judge", broken)
     found = replies.classify_text("550 5.1.1 No such user")
     assert (found.reason, found.confidence) == ("userunknown", 0.0)
     assert "cannot classify" in caplog.text

@@ -107,6 +107,8 @@ journal = "state/delivered.journal"
 
 [bounce]
 learned = "state/learned-bounces.jsonl"
+self_learning = false
+auto_learned = "state/auto.jsonl"
 """
 
 
@@ -214,8 +216,10 @@ def test_every_section_and_key_parses(tmp_path):
         86400.0, 7200.0, 5, 2, "out.example.test", 10.0, 60.0, 2.0, 0.5, 2525,
         tmp_path / "relay-credentials", tmp_path / "certs/ca.pem", 3, 1, 120.0, 8,
         tmp_path / "state/delivered.journal")
-    assert config.bounce == BounceConfig(tmp_path / "state/learned-bounces.jsonl")
+    assert config.bounce == BounceConfig(tmp_path / "state/learned-bounces.jsonl", False,
+                                         tmp_path / "state/auto.jsonl")
     assert config.learned_bounces == tmp_path / "state/learned-bounces.jsonl"
+    assert config.auto_learned_bounces is None  # self-learning off
 
 
 def test_the_full_example_covers_every_key():

@@ -7,11 +7,12 @@ renames it over the old one. A crash therefore leaves at most a last line cut sh
 that is no such object is skipped with a warning naming file:line, and the next append
 starts on a line of its own. A missing file means nothing learned.
 
-:class:`LearnedFile` is that file as a process sees it: the examples' :class:`.memory.Memory`,
+:class:`LearnedFile` is that file as a process sees it: what its ``build`` makes of the
+examples (the operator's :class:`.memory.Memory`, self-learning's :class:`.memory.Neighbours`),
 re-read when the file's (mtime, size, inode) changed, looked at no more than once every
 ``RECHECK`` seconds (between looks a call costs one clock reading); one thread re-reads it
-while the others wait, so every classification sees a whole memory. numpy is imported only
-when the file holds examples.
+while the others wait, so every classification sees a whole memory. ``build`` is called
+only when the file holds examples (so numpy is imported only then).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("vsl.bounce")
 
@@ -129,8 +131,10 @@ def _line(learned: Example) -> bytes:
 class LearnedFile:
     """A learned file as the running process sees it (see the module docstring)."""
 
-    def __init__(self, path: str | Path, clock=time.monotonic, recheck: float = RECHECK):
+    def __init__(self, path: str | Path, build: Callable[[list[Example]], object],
+                 clock=time.monotonic, recheck: float = RECHECK):
         self.path = Path(path)
+        self._build = build
         self.generation = 0  # counts the re-reads that changed the memory
         self._clock, self._recheck = clock, recheck
         self._lock = threading.Lock()
@@ -139,8 +143,8 @@ class LearnedFile:
         self._memory = None
 
     def memory(self):
-        """The :class:`.memory.Memory` of the file's examples (None: nothing learned, or
-        the file cannot be read: logged); never raises."""
+        """What ``build`` made of the file's examples (None: nothing learned, or the file
+        cannot be read: logged); never raises."""
         if self._clock() >= self._next_look:
             with self._lock:
                 if self._clock() >= self._next_look:
@@ -154,7 +158,7 @@ class LearnedFile:
             return
         try:
             examples = read(self.path)
-            self._memory = _memory_of(examples)
+            self._memory = self._build(examples) if examples else None
         except Exception:  # noqa: BLE001 - a classification must never break its caller
             log.exception("bounce classifier: cannot use the learned bounces of %s (until it "
                           "changes)", self.path)
@@ -170,11 +174,3 @@ class LearnedFile:
             return None
         return found.st_mtime_ns, found.st_size, found.st_ino
 
-
-def _memory_of(examples: list[Example]):
-    """The memory of ``examples`` (None for none: numpy stays unimported)."""
-    if not examples:
-        return None
-    from .memory import Memory
-
-    return Memory(examples)

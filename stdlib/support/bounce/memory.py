@@ -3,8 +3,9 @@ that reason, before the network is asked (``learned.py`` keeps the examples).
 
 Design: a text is compared by its focus (the diagnostic: ``features.focus_features``: words,
 bigrams and character n-grams) weighted by each feature's inverse document frequency in
-ordinary bounce language (the synthetic bounces, computed once a process), so "try again
-later" counts for little and "greylisted" for much. The examples of one reason are averaged
+ordinary bounce language (``rarity``: stored in the model file by ``vsl bounce train``,
+computed from the synthetic bounces for a model without it), so "try again later" counts
+for little and "greylisted" for much. The examples of one reason are averaged
 into one unit vector, its centroid: what the examples share (the reason's own words) stands
 out, what only one of them says fades. A text whose cosine with a centroid reaches
 ``THRESHOLD`` gets that reason, with the confidence ``0.5 + 0.5 * (cosine - THRESHOLD) /
@@ -21,6 +22,13 @@ reason the words that set it apart.
 The status and hard flag are the text's own enhanced code when it shows one, else the code
 most seen in the reason's examples (in the class of the text's reply code, if any), else
 ``X.0.0`` of the reply code, else ``5.0.0`` (hard).
+
+The automatic examples of self-learning (``selflearn.py``) are not averaged: each is its own
+vector (``Neighbours``), and a text near one of them (cosine >= ``NEIGHBOUR_THRESHOLD``, with
+addresses and ids masked on both sides) gets its reason, but only when the network gives
+that reason a probability of at least ``selflearn.PLAUSIBLE`` (``shared.py`` asks): an
+example can tip the network between reasons it finds plausible, never impose one it rules
+out. Both values were chosen by bench/bounce_selflearn.py (docs/bounces.md has its numbers).
 """
 from __future__ import annotations
 
@@ -29,29 +37,31 @@ from collections import Counter
 
 import numpy as np
 
-from . import synthetic
+from . import selflearn, synthetic
 from .features import BUCKETS, focus_features
 from .message import Bounce, as_bounce, parse
 from .model import Classification, inferred_status
 
 THRESHOLD = 0.2
+NEIGHBOUR_THRESHOLD = 0.6
 BACKGROUND = 1000  # synthetic bounces the feature weights are counted on
 
 
 class Memory:
     """The centroids of the learned reasons, and what each reason's examples showed."""
 
-    def __init__(self, examples):
+    def __init__(self, examples, rarity: np.ndarray):
         by_reason: dict[str, list] = {}
         for learned in examples:
             by_reason.setdefault(learned.reason, []).append(as_bounce(learned.text))
+        self.rarity = rarity
         self.reasons = sorted(by_reason)
-        self.centroids = np.stack([_centroid(by_reason[r]) for r in self.reasons])
+        self.centroids = np.stack([_centroid(by_reason[r], rarity) for r in self.reasons])
         self.statuses = {r: _usual_status(by_reason[r]) for r in self.reasons}
 
     def match(self, bounce: Bounce) -> Classification | None:
         """The learned reason of the centroid nearest ``bounce``, when near enough."""
-        index, value = _weighted(bounce)
+        index, value = _weighted(bounce, self.rarity)
         if not len(index):
             return None
         similarity = self.centroids[:, index] @ value
@@ -66,19 +76,48 @@ class Memory:
                               diagnostic=first.diagnostic or bounce.text[:500])
 
 
-def _centroid(bounces: list[Bounce]) -> np.ndarray:
+class Neighbours:
+    """The automatic examples, each its own unit vector (see the module docstring)."""
+
+    def __init__(self, examples, rarity: np.ndarray):
+        self.rarity = rarity
+        self.reasons = [learned.reason for learned in examples]
+        self.keys = {selflearn.key(learned.text) for learned in examples}
+        vectors = [_weighted(as_bounce(learned.text), rarity) for learned in examples]
+        self.owner = np.concatenate([np.full(len(index), number)
+                                     for number, (index, _) in enumerate(vectors)])
+        self.index = np.concatenate([index for index, _ in vectors])
+        self.value = np.concatenate([value for _, value in vectors])
+
+    def nearest(self, bounce: Bounce) -> tuple[str, float] | None:
+        """The reason and cosine of the example nearest ``bounce``, when near enough."""
+        diagnostic = bounce.first.diagnostic or bounce.text
+        index, value = _weighted(as_bounce(selflearn.masked(diagnostic)), self.rarity)
+        if not len(index) or not len(self.index):
+            return None
+        query = np.zeros(BUCKETS, np.float32)
+        np.add.at(query, index, value)
+        similarity = np.bincount(self.owner, weights=query[self.index] * self.value,
+                                 minlength=len(self.reasons))
+        best = int(np.argmax(similarity))
+        if similarity[best] < NEIGHBOUR_THRESHOLD:
+            return None
+        return self.reasons[best], float(similarity[best])
+
+
+def _centroid(bounces: list[Bounce], rarity: np.ndarray) -> np.ndarray:
     total = np.zeros(BUCKETS, np.float32)
     for bounce in bounces:
-        index, value = _weighted(bounce)
+        index, value = _weighted(bounce, rarity)
         np.add.at(total, index, value)
     norm = np.linalg.norm(total)
     return total / norm if norm else total
 
 
-def _weighted(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
-    """The focus features weighted by rarity, as a unit vector (sparse)."""
+def _weighted(bounce: Bounce, rarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The focus features weighted by ``rarity``, as a unit vector (sparse)."""
     index, value = focus_features(bounce)
-    value = value * rarity()[index]
+    value = value * rarity[index]
     norm = np.linalg.norm(value)
     return index, (value / norm if norm else value)
 
@@ -89,9 +128,10 @@ def _usual_status(bounces: list[Bounce]) -> str:
 
 
 @functools.cache
-def rarity() -> np.ndarray:
+def background_rarity() -> np.ndarray:
     """Per feature bucket: log((1 + N) / (1 + bounces using it)) over ``BACKGROUND``
-    synthetic bounces (0 for what every bounce says)."""
+    synthetic bounces (0 for what every bounce says): about a second, once a process, for a
+    model file that does not store them."""
     used = np.zeros(BUCKETS, np.float32)
     for row in synthetic.samples(BACKGROUND):
         used[np.unique(focus_features(parse(row["text"]))[0])] += 1

@@ -12,7 +12,9 @@ keep the file small; a float16 ``W1`` without scale is read too; ``b1``, ``W2``,
 enhanced status code most often seen with it, used when a message shows none). A classifier
 may be an ensemble of a few networks trained from different seeds, their probabilities
 averaged: the second member's arrays are ``W1@1``, ``b1@1``..., and a file of one network
-is the plain names alone.
+is the plain names alone. ``rarity`` (optional, float32 per feature bucket) is the feature
+weighting the learned examples are compared by (``memory.py``), stored so that a process
+need not count it again.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from .message import Bounce, Recipient, parse
 
 MEMBER = "@"  # between an array's name and its ensemble member's number in the .npz
 SCALE = ".scale"  # after W1's name: the per-row scale of its int8 values
+RARITY = "rarity"  # the array of the memory's feature weights (no network's)
 
 
 @dataclass
@@ -71,9 +74,10 @@ class Classifier:
     """Trained networks (an ensemble of one or more, trained alike from other seeds, whose
     probabilities are averaged) with the per-reason tables; classifies raw messages."""
 
-    def __init__(self, networks: list[Network], meta: dict):
+    def __init__(self, networks: list[Network], meta: dict, rarity: np.ndarray | None = None):
         self.networks = networks
         self.meta = meta
+        self.rarity = rarity  # memory.py's feature weights, None when the file has none
 
     @property
     def labels(self) -> list[str]:
@@ -85,17 +89,18 @@ class Classifier:
         members: dict[str, dict[str, np.ndarray]] = {}
         with np.load(path, allow_pickle=False) as data:
             for name in data.files:
-                if name != "meta":
+                if name not in ("meta", RARITY):
                     array, _, member = name.partition(MEMBER)
                     members.setdefault(member, {})[array] = data[name]
             meta = json.loads(str(data["meta"]))
+            rarity = data[RARITY].astype(np.float32) if RARITY in data.files else None
         return cls([Network(_restored(members[key]), meta["labels"]) for key in sorted(members)],
-                   meta)
+                   meta, rarity)
 
     def save(self, path: str | Path) -> None:
         """Writes the weights (``W1`` quantized); the first member's arrays keep their plain
-        names, member k's are suffixed ``@k``."""
-        arrays = {}
+        names, member k's are suffixed ``@k``; ``rarity`` when there is one."""
+        arrays = {} if self.rarity is None else {RARITY: self.rarity.astype(np.float32)}
         for number, network in enumerate(self.networks):
             suffix = f"{MEMBER}{number}" if number else ""
             for name, array in network.weights.items():
@@ -107,15 +112,23 @@ class Classifier:
         return self.classify_bounce(parse(raw))
 
     def classify_bounce(self, bounce: Bounce) -> Classification:
+        return self.judge(bounce)[0]
+
+    def judge(self, bounce: Bounce) -> tuple[Classification, np.ndarray]:
+        """The classification of ``bounce`` and the probability of each reason (``labels``)."""
         index, value = featurize(bounce)
         probs = average_probabilities(self.networks, index, value, np.array([0, len(index)]))[0]
         best = int(np.argmax(probs))
-        reason = self.labels[best]
+        return self.named(bounce, self.labels[best], float(probs[best])), probs
+
+    def named(self, bounce: Bounce, reason: str, confidence: float) -> Classification:
+        """``bounce`` classified as ``reason``: its status its own enhanced code, else the
+        one usual for the reason (in the class of its reply code), and hard by that."""
         first = bounce.first
         status = first.status or inferred_status(first, self.meta["status"].get(reason, ""))
         hard = status.startswith("5") if status[:1] in ("4", "5") else \
             self.meta["hard"].get(reason, True)
-        return Classification(reason=reason, confidence=float(probs[best]), hard=hard,
+        return Classification(reason=reason, confidence=confidence, hard=hard,
                               status=status, diagnostic=first.diagnostic or bounce.text[:500])
 
 

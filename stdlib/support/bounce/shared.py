@@ -14,17 +14,21 @@ RFC 3464 report it would be reported in: the network learned from such reports, 
 Learned bounces (``vsl bounce learn``: :mod:`.learned`, :mod:`.memory`) are asked before the
 network once :meth:`SharedClassifier.learn_from` named their file (``vsl serve`` does, at
 start-up); when the file changes, its new examples apply and the remembered answers are
-forgotten.
+forgotten. With a self-learning file too (``[bounce] self_learning``), a classification
+asked with ``learn=True`` (delivery's replies, ``bounce::parse``'s recipients) may add an
+automatic example (:mod:`.selflearn`), and the automatic examples may tip the network's
+answer (:class:`.memory.Neighbours`).
 """
 from __future__ import annotations
 
 import functools
 import logging
 import threading
+import time
 import zipfile
 from pathlib import Path
 
-from . import SHIPPED
+from . import SHIPPED, selflearn
 from .learned import LearnedFile
 from .message import Bounce, as_bounce
 
@@ -46,65 +50,107 @@ class SharedClassifier:
         self._classifier = None
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._classify_text)
         self._learned: LearnedFile | None = None
+        self._auto: LearnedFile | None = None
+        self._on_learned = None
+        self.self_learned = 0  # automatic examples this process added
 
-    def learn_from(self, learned: str | Path | LearnedFile | None) -> None:
-        """Ask the examples of this learned file (a path, or a ``LearnedFile`` with its own
-        clock; None: none) before the network, from the next classification on."""
-        if learned is not None and not isinstance(learned, LearnedFile):
-            learned = LearnedFile(learned)
-        self._learned = learned
+    def learn_from(self, learned: str | Path | None, auto: str | Path | None = None,
+                   clock=time.monotonic, on_learned=None) -> None:
+        """Ask the examples of the ``learned`` file (None: none) before the network; with
+        ``auto``, the self-learning file (None: self-learning off), learn from what the
+        ``learn=True`` classifications see (``on_learned(reason)`` told of each example
+        kept) and ask its examples after the network. Both files are looked at again when
+        ``clock`` passed a second."""
+        self._learned = learned and LearnedFile(learned, self._memory, clock)
+        self._auto = auto and LearnedFile(auto, self._neighbours, clock)
+        self._on_learned = on_learned
         self._remembered.cache_clear()
 
-    def classify_text(self, text: str):
+    def classify_text(self, text: str, learn: bool = False):
         """The ``Classification`` of a message or a reply line (short ones remembered, with
-        the learned file's generation: an answer given before it changed is not reused)."""
+        the learned files' generations: an answer given before one changed is not reused);
+        ``learn``: a text the server saw, self-learning may keep it."""
         if len(text) > REMEMBERED_SIZE:
-            return self._classify_text(text)
-        return self._remembered(text, self._learned_generation())
+            return self._classify_text(text, learn)
+        return self._remembered(text, learn, self._generations())
 
-    def _classify_text(self, text: str, generation: int = 0):
-        """(``generation`` only keys the remembered answers.)"""
-        return self.classify(as_bounce(text))
+    def _classify_text(self, text: str, learn: bool, generations: tuple = ()):
+        """(``generations`` only keys the remembered answers.)"""
+        return self.classify(as_bounce(text), learn)
 
-    def classify(self, bounce: Bounce):
+    def classify(self, bounce: Bounce, learn: bool = False):
         """The ``Classification`` of a parsed bounce: by the learned examples when it is
-        like one, else by the network, or by its codes when the network cannot be used."""
-        learned = self._learned_match(bounce)
+        like one, else by the network (tipped by a near automatic example), or by its codes
+        when the network cannot be used. ``learn``: as for ``classify_text``."""
+        learned = _asked(self._learned, bounce, lambda memory: memory.match(bounce))
         if learned is not None:
             return learned
         classifier = self.get()
-        if classifier is not None:
-            try:
-                return classifier.classify_bounce(bounce)
-            except Exception:  # noqa: BLE001 - a classification must never break its caller
-                log.exception("bounce classifier: cannot classify %r",
-                              bounce.first.diagnostic[:200])
-        from .codes import classify_by_codes
-
-        return classify_by_codes(bounce)
-
-    def _learned_match(self, bounce: Bounce):
-        """The ``Classification`` the learned examples give ``bounce``, or None."""
-        learned = self._learned
-        if learned is None:
-            return None
-        memory = learned.memory()
-        if memory is None:
-            return None
+        if classifier is None:
+            return _by_codes(bounce)
         try:
-            return memory.match(bounce)
+            judged, probabilities = classifier.judge(bounce)
         except Exception:  # noqa: BLE001 - a classification must never break its caller
-            log.exception("bounce classifier: cannot compare %r with the learned bounces of %s",
-                          bounce.first.diagnostic[:200], learned.path)
-            return None
+            log.exception("bounce classifier: cannot classify %r", bounce.first.diagnostic[:200])
+            return _by_codes(bounce)
+        if learn and self._auto is not None:
+            self._learn(bounce, judged, classifier)
+        return self._tipped(bounce, judged, probabilities, classifier)
 
-    def _learned_generation(self) -> int:
-        """The learned file's generation, after a look at it when one is due (0: none)."""
-        learned = self._learned
-        if learned is None:
-            return 0
-        learned.memory()
-        return learned.generation
+    def _learn(self, bounce: Bounce, judged, classifier) -> None:
+        """Keep what ``judged`` teaches, when it teaches something new (never raises)."""
+        try:
+            lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge)
+            neighbours = self._auto.memory()
+            if lesson is None or (neighbours is not None and
+                                  selflearn.key(lesson.text) in neighbours.keys):
+                return
+            if not selflearn.add(self._auto.path, lesson):
+                return
+        except Exception:  # noqa: BLE001 - a classification must never break its caller
+            log.exception("bounce classifier: cannot learn into %s", self._auto.path)
+            return
+        self.self_learned += 1
+        log.info("bounce classifier: learned %s from %r", lesson.reason, lesson.text[:200])
+        if self._on_learned is not None:
+            self._on_learned(lesson.reason)
+
+    def _tipped(self, bounce: Bounce, judged, probabilities, classifier):
+        """``judged``, or, for a text without a specific code of its own, the reason of a
+        near automatic example the network finds plausible (``selflearn.PLAUSIBLE``)."""
+        if selflearn.specific(bounce.first.status) or judged.confidence > 1 - selflearn.PLAUSIBLE:
+            return judged  # (so sure of its reason that it finds no other plausible)
+        near = _asked(self._auto, bounce, lambda memory: memory.nearest(bounce))
+        if near is None or near[0] == judged.reason or near[0] not in classifier.labels:
+            return judged
+        reason, cosine = near
+        if probabilities[classifier.labels.index(reason)] < selflearn.PLAUSIBLE:
+            return judged
+        return classifier.named(bounce, reason, cosine)
+
+    def _generations(self) -> tuple:
+        """The learned files' generations, after a look at them when one is due."""
+        return tuple(_generation(watched) for watched in (self._learned, self._auto))
+
+    def _memory(self, examples):
+        from .memory import Memory
+
+        return Memory(examples, self.rarity())
+
+    def _neighbours(self, examples):
+        from .memory import Neighbours
+
+        return Neighbours(examples, self.rarity())
+
+    def rarity(self):
+        """The feature weights learned examples are compared by: the model file's, else
+        counted on the synthetic bounces (about a second, once a process)."""
+        classifier = self.get()
+        if classifier is not None and classifier.rarity is not None:
+            return classifier.rarity
+        from .memory import background_rarity
+
+        return background_rarity()
 
     def get(self):
         """The loaded ``Classifier``, or None after logging once why it could not load."""
@@ -126,6 +172,34 @@ class SharedClassifier:
                       "`vsl bounce train DATA.jsonl --out %s`",
                       self.path, type(err).__name__, err, self.path)
             return None
+
+
+def _asked(watched: LearnedFile | None, bounce: Bounce, question):
+    """What ``question`` of the memory of a learned file answers about ``bounce`` (None:
+    no file, nothing learned, no answer, or it failed: logged)."""
+    memory = watched and watched.memory()
+    if memory is None:
+        return None
+    try:
+        return question(memory)
+    except Exception:  # noqa: BLE001 - a classification must never break its caller
+        log.exception("bounce classifier: cannot compare %r with the learned bounces of %s",
+                      bounce.first.diagnostic[:200], watched.path)
+        return None
+
+
+def _by_codes(bounce: Bounce):
+    """The status codes' classification (confidence 0)."""
+    from .codes import classify_by_codes
+
+    return classify_by_codes(bounce)
+
+
+def _generation(watched: LearnedFile | None) -> int:
+    if watched is None:
+        return 0
+    watched.memory()
+    return watched.generation
 
 
 @functools.cache

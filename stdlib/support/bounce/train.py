@@ -30,6 +30,7 @@ import numpy as np
 
 from . import synthetic
 from .features import BUCKETS, featurize
+from .memory import background_rarity
 from .message import parse, report_text
 from .model import Classifier, Network, average_probabilities, softmax
 
@@ -192,7 +193,8 @@ def train_classifier(rows: list[dict], settings: Settings) -> Classifier:
     data = encode([r["text"] for r in rows + extra], [r["reason"] for r in rows + extra])
     repeat = [settings.real_repeat] * len(rows) + [1] * len(extra)
     networks = fit_ensemble(data, settings, repeat)
-    return Classifier(networks, {"labels": networks[0].labels, **tables(rows)})
+    return Classifier(networks, {"labels": networks[0].labels, **tables(rows)},
+                      background_rarity())
 
 
 # ---- leave-group-out evaluation -------------------------------------------------------
@@ -365,13 +367,19 @@ def evaluate(classifier: Classifier, rows: list[dict]) -> None:
     confusion_pairs(truth, guessed)
 
 
-def learned_rows(path: str | None) -> list[dict]:
-    """The examples of a learned file as labelled rows (trained on like the real ones), a
-    reply line as the report the classifier reads it as."""
-    from . import learned
+def learned_rows(paths: list[str]) -> list[dict]:
+    """The examples of learned files as labelled rows (trained on like the real ones), a
+    reply line as the report the classifier reads it as; a near-duplicate of an example of
+    an earlier file (the operator's come first) is left out."""
+    from . import learned, selflearn
 
-    return [{"text": report_text(e.text), "reason": e.reason}
-            for e in learned.read(path)] if path else []
+    rows, seen = [], set()
+    for path in paths:
+        for example in learned.read(path):
+            if selflearn.key(example.text) not in seen:
+                seen.add(selflearn.key(example.text))
+                rows.append({"text": report_text(example.text), "reason": example.reason})
+    return rows
 
 
 def load_jsonl(path: str) -> list[dict]:
@@ -383,9 +391,9 @@ FOLDS = 8  # --cv's folds
 
 
 def run(rows: list[dict], settings: Settings, out: str | None = None, cv: bool = False,
-        quick: bool = False, folds: int = FOLDS, learned: str | None = None) -> None:
+        quick: bool = False, folds: int = FOLDS, learned: list[str] = ()) -> None:
     """With ``cv``, print the leave-group-out evaluation on ``rows``; with ``out``, write
-    the classifier trained on them (and on the ``learned`` file's examples) there."""
+    the classifier trained on them (and on the examples of the ``learned`` files) there."""
     if cv:
         report(rows, cross_validate(rows, settings, folds, quick))
     if out:
@@ -407,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings(hidden=args.hidden, epochs=args.epochs, synthetic=args.synthetic)
     run(load_jsonl(args.data), settings, args.out, args.cv, args.quick, args.folds,
-        args.learned)
+        [args.learned] if args.learned else [])
 
 
 if __name__ == "__main__":
