@@ -192,6 +192,13 @@ def test_a_delivery_status_report_written_in_the_text_gives_the_recipients(quote
     assert bounce.first.diagnostic == "552 5.2.2 Quota exceeded"
 
 
+def test_a_diagnostic_code_written_raw_in_iso_2022_jp_is_decoded():
+    raw = "550 宛先のメールボックスがありません".encode("iso-2022-jp").decode("ascii")
+    dsn = DSN.replace("550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+                      " User unknown in local recipient table", raw)
+    assert parse(dsn).first.diagnostic == "550 宛先のメールボックスがありません"
+
+
 def test_an_empty_diagnostic_code_is_read_from_the_text_around_the_recipient():
     """Sendmail leaves Diagnostic-Code out when the failure was not a reply (a deferral
     that expired): its transcript in the readable part says what happened."""

@@ -282,7 +282,8 @@ def _recipient_from_block(block) -> Recipient | None:
                      action=_unfold(block.get("Action", "")).lower(),
                      status=_enhanced(block.get("Status", "")),
                      remote_mta=_after_type(block.get("Remote-MTA", "")),
-                     diagnostic=_after_type(block.get("Diagnostic-Code", ""))[:MAX_TEXT])
+                     diagnostic=_iso2022_decoded(
+                         _after_type(block.get("Diagnostic-Code", "")))[:MAX_TEXT])
 
 
 def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
@@ -386,6 +387,17 @@ def _after_type(value: str) -> str:
     value = _unfold(value)
     kind, sep, rest = value.partition(";")
     return rest.strip() if sep and len(kind) <= 12 and " " not in kind.strip() else value
+
+
+def _iso2022_decoded(value: str) -> str:
+    """A field value written raw in ISO-2022-JP (RFC 1468: 7-bit text switched to Japanese
+    by escape sequences), as Japanese MTAs write a Diagnostic-Code, decoded."""
+    if "\x1b$" not in value:
+        return value
+    try:
+        return value.encode("ascii").decode("iso-2022-jp")
+    except UnicodeError:
+        return value
 
 
 def _unfold(value) -> str:
