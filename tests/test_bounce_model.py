@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from vsl.stdlib.support.bounce import train
+from vsl.stdlib.support.bounce.features import featurize
 from vsl.stdlib.support.bounce.message import MAX_PARTS, parse
-from vsl.stdlib.support.bounce.model import Classifier
+from vsl.stdlib.support.bounce.model import Classifier, Network
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces-train.jsonl"
 
@@ -274,6 +275,15 @@ def test_shipped_model_reads_the_formats(classifier):
     assert classifier.classify(AUTOREPLY).reason == "vacation"
     result = classifier.classify(DSN)
     assert 0 < result.confidence <= 1 and result.hard and result.status == "5.1.1"
+
+
+def test_a_model_reads_the_features_hashed_into_as_many_slots_as_it_has_rows(classifier):
+    index, _ = featurize(parse(DSN), 1024)
+    assert len(index) and index.max() < 1024
+    small = Network({name: array[:1024] if name == "W1" else array
+                     for name, array in classifier.networks[0].weights.items()},
+                    classifier.labels)
+    assert Classifier([small], classifier.meta).classify(DSN).reason in classifier.labels
 
 
 def test_reworded_diagnostic_keeps_its_reason(classifier):
