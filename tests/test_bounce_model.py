@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from vsl.stdlib.support.bounce import train
+from vsl.stdlib.support.bounce.features import featurize
 from vsl.stdlib.support.bounce.message import MAX_PARTS, parse
-from vsl.stdlib.support.bounce.model import Classifier
+from vsl.stdlib.support.bounce.model import Classifier, Network
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces-train.jsonl"
 
@@ -163,6 +164,60 @@ def test_auto_reply_marks_are_kept():
     assert parse(AUTOREPLY).marks == ["auto-submitted=auto-replied"]
 
 
+def test_an_exchange_auto_reply_is_an_autoreply_but_not_its_ndr():
+    outlook = AUTOREPLY.replace("Auto-Submitted: auto-replied", "X-Auto-Response-Suppress: All")
+    assert parse(outlook).kind == "autoreply"
+    ndr = outlook.replace("From: bob@remote.test", "From: postmaster@remote.test")
+    assert parse(ndr).kind == "plain"
+
+
+INLINE_REPORT = """\
+Your message could not be delivered.
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822; bob@remote.test
+Action: failed
+Status: 5.2.2
+Diagnostic-Code: smtp; 552 5.2.2 Quota exceeded
+"""
+
+
+@pytest.mark.parametrize("quote", ["", "> "])
+def test_a_delivery_status_report_written_in_the_text_gives_the_recipients(quote):
+    body = "".join(quote + line + "\n" for line in INLINE_REPORT.split("\n"))
+    bounce = parse(plain_bounce(body))
+    assert bounce.kind == "dsn"
+    assert [(r.address, r.action, r.status, r.reply_code) for r in bounce.recipients] == [
+        ("bob@remote.test", "failed", "5.2.2", "552")]
+    assert bounce.first.diagnostic == "552 5.2.2 Quota exceeded"
+
+
+def test_a_diagnostic_code_written_raw_in_iso_2022_jp_is_decoded():
+    raw = "550 宛先のメールボックスがありません".encode("iso-2022-jp").decode("ascii")
+    dsn = DSN.replace("550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+                      " User unknown in local recipient table", raw)
+    assert parse(dsn).first.diagnostic == "550 宛先のメールボックスがありません"
+
+
+def test_an_empty_diagnostic_code_is_read_from_the_text_around_the_recipient():
+    """Sendmail leaves Diagnostic-Code out when the failure was not a reply (a deferral
+    that expired): its transcript in the readable part says what happened."""
+    dsn = DSN.replace("Your message could not be delivered to two recipients.", """\
+   ----- The following addresses had permanent fatal errors -----
+<bob@remote.test>
+
+   ----- Transcript of session follows -----
+<bob@remote.test>... Deferred: Connection refused by mx.remote.test.
+Message could not be delivered for 5 days""").replace(
+        "Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+        " User unknown in local recipient table\n", "")
+    bob, carol = parse(dsn).recipients
+    assert "Deferred: Connection refused" in bob.diagnostic
+    assert "fatal errors" in bob.diagnostic and "Message could not" in bob.diagnostic
+    assert carol.diagnostic == "452 4.2.2 Mailbox full"
+
+
 def test_phase_comes_from_the_smtp_command_named():
     text = PLAIN.replace("does not like recipient.", "said after RCPT TO command:")
     assert parse(text).first.phase == "rcpt"
@@ -182,6 +237,8 @@ SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two re
 @pytest.mark.parametrize("layout, phase", [
     ("(in reply to RCPT TO command)", "rcpt"),              # Postfix
     ("(in reply to end of DATA command)", "data"),          # Postfix
+    ("(in reply to end of\n    DATA command)", "data"),      # Postfix, folded at 80 columns
+    ("(in reply to\n    RCPT TO command)", "rcpt"),
     ("SMTP error from remote mail server after MAIL FROM:<alice@example.org>:", "mail"),  # Exim
     ("SMTP error from remote mail server after end of data:", "data"),  # Exim
     ("mx.remote.test [192.0.2.7] did not like our RCPT TO:", "rcpt"),   # DragonFly
@@ -218,6 +275,15 @@ def test_shipped_model_reads_the_formats(classifier):
     assert classifier.classify(AUTOREPLY).reason == "vacation"
     result = classifier.classify(DSN)
     assert 0 < result.confidence <= 1 and result.hard and result.status == "5.1.1"
+
+
+def test_a_model_reads_the_features_hashed_into_as_many_slots_as_it_has_rows(classifier):
+    index, _ = featurize(parse(DSN), 1024)
+    assert len(index) and index.max() < 1024
+    small = Network({name: array[:1024] if name == "W1" else array
+                     for name, array in classifier.networks[0].weights.items()},
+                    classifier.labels)
+    assert Classifier([small], classifier.meta).classify(DSN).reason in classifier.labels
 
 
 def test_reworded_diagnostic_keeps_its_reason(classifier):

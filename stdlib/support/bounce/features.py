@@ -17,7 +17,11 @@ that "failed" is a message the MTA gave up retrying).
 
 Every feature is hashed into ``BUCKETS`` slots with a deterministic hash (CRC-32 for words,
 a polynomial hash computed with numpy for character n-grams); each namespace's counts are
-log-scaled and L2-normalised. The output is ``(indices, values)``, sorted by index.
+log-scaled and L2-normalised. The output is ``(indices, values)``, sorted by index. A model
+reads the features hashed into as many slots as its embedding table has rows, so that a
+model file trained with another ``BUCKETS`` keeps working. 2 ** 16 slots: with 2 ** 15,
+training touched 94% of them, and a held-out family's unseen n-grams fell on slots trained
+for others.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 
 from .message import ADDRESS, ENHANCED_CODE, Bounce
 
-BUCKETS = 1 << 15
+BUCKETS = 1 << 16
 CHAR_NGRAMS = (3, 4, 5)
 MAX_FOCUS = 1200
 MAX_CONTEXT = 3000
@@ -40,8 +44,9 @@ URL = re.compile(r"\w{2,10}://[^\s<>\"']{0,300}")
 _POWERS = np.array([pow(1000003, k, 1 << 64) for k in range(max(CHAR_NGRAMS))], dtype=np.uint64)
 
 
-def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
-    """The hashed feature vector of a bounce: (sorted bucket indices, values)."""
+def featurize(bounce: Bounce, buckets: int = BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+    """The feature vector of a bounce hashed into ``buckets`` slots: (sorted slot indices,
+    values)."""
     first = bounce.first
     focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
     groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
@@ -49,7 +54,7 @@ def featurize(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     groups.append(np.array([_hash(name) for name in _structure(bounce, focus)],
                            dtype=np.uint64))
     return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT,
-                             STRUCTURE_WEIGHT])
+                             STRUCTURE_WEIGHT], buckets)
 
 
 def _structure(bounce: Bounce, focus: str) -> list[str]:
@@ -107,14 +112,15 @@ def _hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "replace"))
 
 
-def _combine(groups: list[np.ndarray], scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
+def _combine(groups: list[np.ndarray], scales: list[float], buckets: int = BUCKETS
+             ) -> tuple[np.ndarray, np.ndarray]:
     indices, values = [], []
     for hashes, scale in zip(groups, scales):
         if not len(hashes):
             continue
-        buckets, counts = np.unique(hashes % np.uint64(BUCKETS), return_counts=True)
+        slots, counts = np.unique(hashes % np.uint64(buckets), return_counts=True)
         weights = np.log1p(counts.astype(np.float32))
-        indices.append(buckets.astype(np.int64))
+        indices.append(slots.astype(np.int64))
         values.append(scale * weights / np.sqrt((weights ** 2).sum()))
     index = np.concatenate(indices)
     value = np.concatenate(values)

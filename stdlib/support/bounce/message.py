@@ -7,11 +7,14 @@ a reason. A message is one of four kinds:
   per per-recipient block (Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code);
 - ``feedback``: an RFC 5965 ARF report (a ``message/feedback-report`` part);
 - ``autoreply``: RFC 3834 ``Auto-Submitted: auto-replied`` (or the older ``X-Autoreply`` /
-  ``Precedence: auto_reply`` marks), unless a mail system sent it (From ``MAILER-DAEMON``
+  ``Precedence: auto_reply`` marks, or the ``X-Auto-Response-Suppress`` that Exchange and
+  Outlook put on their automatic replies), unless a mail system sent it (From ``MAILER-DAEMON``
   or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
 - ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients`` and the
-  addresses its human-readable text names (up to the returned original message), each
-  with the text around it as diagnostic.
+  addresses its human-readable text names (up to the returned original message).
+
+A recipient's diagnostic is its Diagnostic-Code; without one (a non-DSN bounce, or a DSN
+that left the field empty), the readable text around the recipient's first mention.
 
 The header's marks of an automatic message (the fields of ``MARK_FIELDS``, the system
 sender) are kept for the features, whatever the kind.
@@ -49,10 +52,12 @@ ADDRESS = re.compile(r"[\w.+=\-]{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){0,8}")
 # Postfix "(in reply to RCPT TO command)", Exim "SMTP error from remote mail server after
 # end of data", Sendmail's transcript ">>> DATA" / "<<< 550 ...", DragonFly "did not like
 # our RCPT TO", X3 "SMTP:RCPT", "... for TEXT command". The command is group 1.
+# Postfix folds its text at 80 columns, so a marker may span a line break.
 COMMAND_MARKER = re.compile(
-    r"(?:in reply to|after|for|during|response to|did not like our|^[ \t>]{0,4}>>>|SMTP:)"
-    r"[ \t]{0,3}(?:the[ \t]|our[ \t]|final[ \t]|initial[ \t])?"
-    r"(RCPT|MAIL|DATA|end[ \t]of[ \t]data|TEXT|BDAT|HELO|EHLO|LHLO|STARTTLS|AUTH|"
+    r"(?:in\s{1,8}reply\s{1,8}to|after|for|during|response\s{1,8}to|"
+    r"did\s{1,8}not\s{1,8}like\s{1,8}our|^[ \t>]{0,4}>>>|SMTP:)"
+    r"\s{0,8}(?:the\s|our\s|final\s|initial\s)?"
+    r"(RCPT|MAIL|DATA|end\s{1,8}of\s{1,8}data|TEXT|BDAT|HELO|EHLO|LHLO|STARTTLS|AUTH|"
     r"connection|connect|greeting|banner)\b", re.I | re.M)
 TRANSCRIPT_COMMAND = re.compile(r"^[ \t>]{0,4}>>>", re.M)
 TRANSCRIPT_REPLY = re.compile(r"^[ \t>]{0,4}<<<", re.M)
@@ -72,6 +77,11 @@ ORIGINAL_HEADERS = re.compile(
     r"|Authentication-Results|Delivered-To):[ \t]", re.M)
 # A line that opens with an address: the next recipient's block in a non-DSN bounce.
 RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re.M)
+# A delivery-status report's first per-message or per-recipient field (RFC 3464 §2.2, §2.3)
+# at the start of a line of the readable text, maybe quoted (``> ``).
+INLINE_REPORT = re.compile(r"^(?:>[ \t]?)?(?:Reporting-MTA|Final-Recipient|Original-Recipient)"
+                           r":", re.M | re.I)
+QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # Header fields that tell what an automatic message is: RFC 3834 Auto-Submitted, Precedence
 # (RFC 2076), the older X-Autoreply / X-Autorespond, Microsoft's X-Auto-Response-Suppress,
@@ -128,12 +138,13 @@ def parse(raw: bytes | str) -> Bounce:
     subject = _unfold(_decoded_header(msg.get("Subject", "")))[:300]
     text = _readable_text(parts)
     marks = _marks(msg)
-    recipients = _dsn_recipients(parts)
+    recipients = _dsn_recipients(parts) or _inline_dsn_recipients(text)
     kind = _kind(parts, marks, bool(recipients))
     if not recipients:
         failed = ADDRESS.findall(msg.get("X-Failed-Recipients", "")[:2000])
         recipients = _plain_recipients(text, failed)
     for rcpt in recipients:
+        rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address)
         _fill_codes(rcpt, rcpt.diagnostic or text, text)
     return Bounce(kind=kind, subject=subject, text=text, recipients=recipients, marks=marks)
 
@@ -187,7 +198,8 @@ def _kind(parts, marks: list[str], has_dsn: bool) -> str:
         return "feedback"
     if has_dsn:
         return "dsn"
-    automatic = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond"} | \
+    automatic = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond",
+                 "x-auto-response-suppress"} | \
         {f"precedence={value}" for value in AUTOREPLY_PRECEDENCE}
     from_system = any(mark.startswith("from=") for mark in marks)
     if automatic & set(marks) and not from_system and "x-failed-recipients" not in marks:
@@ -235,18 +247,31 @@ def _is_broken_multipart(part) -> bool:
     return part.get_content_maintype() == "multipart" and isinstance(part.get_payload(), str)
 
 
+def _inline_dsn_recipients(text: str) -> list[Recipient]:
+    """The per-recipient blocks of a delivery-status report written into the readable text
+    (a report forwarded as text, or whose part lost its type), quoted with ``>`` or not."""
+    start = INLINE_REPORT.search(text)
+    if not start:
+        return []
+    report = QUOTE_MARK.sub("", text[start.start():])
+    blocks = [_recipient_from_block(block) for block in _field_blocks(report)]
+    return [rcpt for rcpt in blocks if rcpt][:MAX_RECIPIENTS]
+
+
 def _status_blocks(part) -> list:
     """The field blocks of a delivery-status part, whether the parser split them or not."""
-    import email.policy
-
     payload = part.get_payload()
     if isinstance(payload, list):
         return payload
-    if isinstance(payload, str):
-        text = payload[:MAX_MESSAGE].replace("\r\n", "\n")
-        return [email.message_from_string(block.strip() + "\n", policy=email.policy.compat32)
-                for block in text.split("\n\n") if block.strip()]
-    return []
+    return _field_blocks(payload[:MAX_MESSAGE]) if isinstance(payload, str) else []
+
+
+def _field_blocks(text: str) -> list:
+    """The blank-line separated blocks of header fields in ``text``, each parsed alone."""
+    import email.policy
+
+    return [email.message_from_string(block.strip() + "\n", policy=email.policy.compat32)
+            for block in text.replace("\r\n", "\n").split("\n\n") if block.strip()]
 
 
 def _recipient_from_block(block) -> Recipient | None:
@@ -257,25 +282,33 @@ def _recipient_from_block(block) -> Recipient | None:
                      action=_unfold(block.get("Action", "")).lower(),
                      status=_enhanced(block.get("Status", "")),
                      remote_mta=_after_type(block.get("Remote-MTA", "")),
-                     diagnostic=_after_type(block.get("Diagnostic-Code", ""))[:MAX_TEXT])
+                     diagnostic=_iso2022_decoded(
+                         _after_type(block.get("Diagnostic-Code", "")))[:MAX_TEXT])
 
 
 def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
     """The ``failed`` addresses (X-Failed-Recipients), then those that open a line of the
-    text of a non-DSN bounce (a recipient's block), then those it names elsewhere; each
-    with the text around its first mention as diagnostic."""
+    text of a non-DSN bounce (a recipient's block), then those it names elsewhere."""
     recipients, seen = [], set()
-    mentions = [(m.group(0).strip(".").lower(), m) for m in ADDRESS.finditer(text)]
     openers = [m.group(0).strip(" \t><").strip(".").lower()
                for m in RECIPIENT_BLOCK.finditer(text)]
-    for address in [a.strip(".").lower() for a in failed] + openers + [a for a, _ in mentions]:
+    mentions = [m.group(0).strip(".").lower() for m in ADDRESS.finditer(text)]
+    for address in [a.strip(".").lower() for a in failed] + openers + mentions:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
-        mention = next((m for named, m in mentions if named == address), None)
-        diagnostic = _text_around(text, mention) if mention else ""
-        recipients.append(Recipient(address=address, diagnostic=" ".join(diagnostic.split())))
+        recipients.append(Recipient(address=address))
     return recipients
+
+
+def _diagnostic_in_text(text: str, address: str) -> str:
+    """What the readable ``text`` says of ``address`` (the text around its first mention,
+    on one line): a non-DSN bounce's diagnostic, and a DSN recipient's when its
+    Diagnostic-Code is empty (Sendmail writes the reply in its transcript above)."""
+    wanted = address.strip("<>").lower()
+    mention = next((m for m in ADDRESS.finditer(text)
+                    if m.group(0).strip(".").lower() == wanted), None) if wanted else None
+    return " ".join(_text_around(text, mention).split()) if mention else ""
 
 
 def _text_around(text: str, mention: re.Match) -> str:
@@ -298,17 +331,17 @@ def _fill_codes(rcpt: Recipient, context: str, text: str) -> None:
     """Sets the reply code, the missing enhanced code and the phase from the recipient's
     ``context`` (its diagnostic); the phase from the whole ``text`` when that names none."""
     context = context[:MAX_TEXT]
-    reply = _failure_reply(context)
+    reply = failure_reply(context)
     rcpt.reply_code = reply.group(1) if reply else ""
     if not rcpt.status:
         rcpt.status = _enhanced(context)
     rcpt.phase = phase_of(context, reply.start() if reply else len(context))
     if not rcpt.phase:
-        in_text = _failure_reply(text)
+        in_text = failure_reply(text)
         rcpt.phase = phase_of(text, in_text.start() if in_text else len(text))
 
 
-def _failure_reply(text: str):
+def failure_reply(text: str) -> re.Match | None:
     """The first 4xx/5xx reply code in ``text`` (a session transcript shows the 2xx
     replies before it), else the first reply code."""
     replies = list(itertools.islice(REPLY_CODE.finditer(text), 20))
@@ -329,7 +362,7 @@ def phase_of(text: str, reply_at: int) -> str:
     before = [item for item in found if item[0] < reply_at]
     at, phase = max(before) if before else min(found)
     if phase == "data":
-        reply = _failure_reply(text[at:at + MAX_TEXT])
+        reply = failure_reply(text[at:at + MAX_TEXT])
         if reply and _answered_pipelined_rcpt(text, at + reply.start()):
             return "rcpt"
     return phase
@@ -354,6 +387,17 @@ def _after_type(value: str) -> str:
     value = _unfold(value)
     kind, sep, rest = value.partition(";")
     return rest.strip() if sep and len(kind) <= 12 and " " not in kind.strip() else value
+
+
+def _iso2022_decoded(value: str) -> str:
+    """A field value written raw in ISO-2022-JP (RFC 1468: 7-bit text switched to Japanese
+    by escape sequences), as Japanese MTAs write a Diagnostic-Code, decoded."""
+    if "\x1b$" not in value:
+        return value
+    try:
+        return value.encode("ascii").decode("iso-2022-jp")
+    except UnicodeError:
+        return value
 
 
 def _unfold(value) -> str:

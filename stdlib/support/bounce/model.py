@@ -55,6 +55,11 @@ class Network:
     def hidden(self) -> bool:
         return "W2" in self.weights
 
+    @property
+    def buckets(self) -> int:
+        """How many slots the features are hashed into for this network: W1's rows."""
+        return len(self.weights["W1"])
+
     def hidden_layer(self, index, value, offsets) -> np.ndarray:
         """The pre-activation of the first layer for a batch in CSR form."""
         rows = self.weights["W1"][index] * value[:, None]
@@ -116,7 +121,7 @@ class Classifier:
 
     def judge(self, bounce: Bounce) -> tuple[Classification, np.ndarray]:
         """The classification of ``bounce`` and the probability of each reason (``labels``)."""
-        index, value = featurize(bounce)
+        index, value = featurize(bounce, self.networks[0].buckets)
         probs = average_probabilities(self.networks, index, value, np.array([0, len(index)]))[0]
         best = int(np.argmax(probs))
         return self.named(bounce, self.labels[best], float(probs[best])), probs

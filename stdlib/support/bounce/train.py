@@ -39,7 +39,7 @@ from .model import Classifier, Network, average_probabilities, softmax
 class Settings:
     """Hyper-parameters of one training run."""
 
-    hidden: int = 48
+    hidden: int = 32
     epochs: int = 12
     batch: int = 32
     rate: float = 0.01
