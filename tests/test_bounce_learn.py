@@ -265,7 +265,7 @@ def test_the_default_learned_file_is_beside_the_queue(tmp_path):
 @pytest.mark.parametrize("args, error", [
     (("learn", "MISSING", "greylisted"), "MISSING: No such file or directory"),
     (("learn", "-", "Grey-listed"), "'Grey-listed' is not a reason name"),
-    (("forget", "3"), "no learned bounce 3 (0 learned)"),
+    (("forget", "3"), "no learned bounce 3 (see vsl bounce learned)"),
 ])
 def test_commands_explain_what_is_wrong(config, args, error):
     result = run("bounce", args[0], "--config", config, *args[1:], stdin="451 greylisted")
