@@ -81,18 +81,24 @@ def eval_command(data, model) -> None:
 @click.option("--cv", is_flag=True, help="First print the leave-group-out evaluation.")
 @click.option("--quick", is_flag=True, help="With --cv: the network alone, no baselines.")
 @click.option("--learned", type=DATA,
-              help="Learned bounces to train on too (default with --config: its files, the "
-                   "operator's first, then self-learning's).")
+              help="Learned bounces to train on too (default with --config: its operator's "
+                   "file).")
+@click.option("--with-auto", is_flag=True,
+              help="With --config: self-learning's examples too, each weighted like a "
+                   "synthetic bounce.")
 @CONFIG
-def train_command(data, out, cv, quick, learned, config_path) -> None:
+def train_command(data, out, cv, quick, learned, with_auto, config_path) -> None:
     """Train the classifier on DATA.jsonl (text, reason; group for --cv), the synthetic
     bounces and the learned ones; write it to --out."""
     from vsl.stdlib.support.bounce import train
 
     if not out and not cv:
         raise click.UsageError("give --out MODEL, --cv or both")
+    if with_auto and not config_path:
+        raise click.UsageError("--with-auto needs --config (its self-learning file)")
     rows = _labelled(data)
-    train.run(rows, train.Settings(), out, cv, quick, learned=_learned_files(learned, config_path))
+    operator, auto = _learned_files(learned, config_path, with_auto)
+    train.run(rows, train.Settings(), out, cv, quick, learned=operator, auto=auto)
 
 
 @bounce.command()
@@ -190,14 +196,14 @@ def _all_learned(config_path: str | None) -> tuple[list, dict]:
     return learned.read(config.learned_bounces), {selflearn.example_id(e): e for e in found}
 
 
-def _learned_files(learned: str | None, config_path: str | None) -> list[str]:
+def _learned_files(learned: str | None, config_path: str | None,
+                   with_auto: bool) -> tuple[list[str], list[str]]:
     """What ``vsl bounce train`` trains on besides DATA: --learned, else with --config its
-    operator's file then its self-learning file (when on), else nothing."""
-    if learned or not config_path:
-        return [learned] if learned else []
-    config = local_config(config_path)
-    return [str(path) for path in (config.learned_bounces, config.auto_learned_bounces)
-            if path is not None]
+    operator's file; and with ``with_auto`` its self-learning file (when on)."""
+    config = local_config(config_path) if config_path else None
+    operator = [learned] if learned else [str(config.learned_bounces)] if config else []
+    auto = config.auto_learned_bounces if config and with_auto else None
+    return operator, [str(auto)] if auto is not None else []
 
 
 def _read(name: str) -> str:

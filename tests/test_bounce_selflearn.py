@@ -281,6 +281,39 @@ def test_without_a_self_learning_file_nothing_is_learned(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_retraining_takes_the_operators_examples_before_the_automatic_ones(tmp_path):
+    operator, auto = tmp_path / "learned.jsonl", tmp_path / "auto.jsonl"
+    learned.append(operator, learned.example(CODED, "notlisted"))
+    selflearn.add(auto, example(CODED.replace("bob", "eve")))
+    selflearn.add(auto, example("452 4.2.2 Mailbox full", "mailboxfull"))
+    mine, automatic = train.learned_rows([str(operator)], [str(auto)])
+    assert [r["reason"] for r in mine] == ["notlisted"]
+    assert [(r["reason"], r["hard"], r["status"]) for r in automatic] == \
+        [("mailboxfull", False, "4.2.2")]
+
+
+def test_learned_rows_take_their_hard_flag_from_their_own_code(tmp_path):
+    rows = [{"text": "x", "reason": "mailboxfull", "hard": False, "status": "4.2.2"}] * 3
+    auto = tmp_path / "auto.jsonl"
+    for number in range(5):
+        learned.append(auto, example(f"452 4.2.2 mailbox full {'x' * number}", "mailboxfull"))
+        learned.append(auto, example(f"mailbox over quota {'y' * number}", "mailboxfull"))
+    assert train.tables(rows + train.learned_rows([], [str(auto)])[1])["hard"] == \
+        {"mailboxfull": False}
+
+
+def test_training_weighs_an_automatic_row_like_a_synthetic_one(monkeypatch):
+    repeats = []
+    monkeypatch.setattr(train, "fit_ensemble",
+                        lambda data, settings, repeat: repeats.append(repeat) or
+                        [SimpleNamespace(labels=["userunknown"])])
+    monkeypatch.setattr(train, "Classifier", lambda *args: None)
+    settings = train.Settings(synthetic=2, real_repeat=4)
+    train.train_classifier([{"text": CODED, "reason": "userunknown"}], settings,
+                           [{"text": CODED, "reason": "userunknown"}])
+    assert repeats == [[4, 1, 1, 1]]
+
+
 # ---- costs and failures --------------------------------------------------------------------
 
 def test_neighbours_keep_few_compact_features(tmp_path):
