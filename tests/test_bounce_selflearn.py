@@ -324,6 +324,17 @@ def test_neighbours_keep_few_compact_features(tmp_path):
     assert np.bincount(examples.owner).max() <= memory.MAX_FEATURES
 
 
+def test_a_rebuild_after_an_addition_weighs_that_example_alone(monkeypatch):
+    examples = [example(f"550 5.1.1 wording {'w' * number}") for number in range(5)]
+    earlier = memory.Neighbours(examples, memory.background_rarity())
+    weighed = []
+    original = memory._weighted
+    monkeypatch.setattr(memory, "_weighted", lambda *args: weighed.append(1) or original(*args))
+    memory.Neighbours(examples + [example("550 5.1.1 new")], memory.background_rarity(),
+                      earlier)
+    assert len(weighed) == 1
+
+
 def test_a_rebuild_does_not_hold_up_classifications(tmp_path):
     path = tmp_path / "auto.jsonl"
     learned.append(path, example("550 first"))

@@ -203,6 +203,11 @@ class LearnedFile:
                     self._lock.release()
         return self._memory
 
+    @property
+    def last(self):
+        """What ``build`` made at the last look, without looking again."""
+        return self._memory
+
     def _look(self) -> None:
         signature = self._stat()
         if signature == self._signature:

@@ -86,13 +86,20 @@ class Neighbours:
     """The automatic examples, each its own unit vector of at most ``MAX_FEATURES``
     features, by source (see the module docstring)."""
 
-    def __init__(self, examples, rarity: np.ndarray):
+    def __init__(self, examples, rarity: np.ndarray, earlier: Neighbours | None = None):
+        """``earlier``: the examples' previous Neighbours, whose vectors are reused (a
+        rebuild after an addition computes one)."""
         self.rarity = rarity
-        self.keys = {selflearn.key_of(learned) for learned in examples}
+        known = earlier.vectors if earlier is not None and earlier.rarity is rarity else {}
+        self.vectors = {key: known.get(key) or _strongest(*_weighted(as_bounce(found.text),
+                                                                      rarity))
+                        for key, found in ((selflearn.key_of(e), e) for e in examples)}
+        self.keys = set(self.vectors)
         by_source: dict[str, list] = {}
         for learned in examples:
             by_source.setdefault(learned.source, []).append(learned)
-        self.sources = {source: _Examples(found, rarity) for source, found in by_source.items()}
+        self.sources = {source: _Examples(found, self.vectors)
+                        for source, found in by_source.items()}
 
     def nearest(self, bounce: Bounce, source: str,
                 excluded=frozenset()) -> tuple[str, float] | None:
@@ -109,9 +116,8 @@ class Neighbours:
         np.add.at(query, index, value)
         similarity = np.bincount(examples.owner, weights=query[examples.index] * examples.value,
                                  minlength=len(examples.reasons))
-        for number, key in enumerate(examples.keys):
-            if key in excluded:
-                similarity[number] = 0
+        if excluded:
+            similarity[[key in excluded for key in examples.keys]] = 0
         best = int(np.argmax(similarity))
         if similarity[best] < NEIGHBOUR_THRESHOLD:
             return None
@@ -122,11 +128,10 @@ class _Examples:
     """Some automatic examples as one sparse matrix: for each stored feature, its example
     (``owner``), bucket (``index``) and weight (``value``)."""
 
-    def __init__(self, examples, rarity: np.ndarray):
+    def __init__(self, examples, vectors_by_key: dict):
         self.reasons = [learned.reason for learned in examples]
         self.keys = [selflearn.key_of(learned) for learned in examples]
-        vectors = [_strongest(*_weighted(as_bounce(learned.text), rarity))
-                   for learned in examples]
+        vectors = [vectors_by_key[key] for key in self.keys]
         self.owner = np.concatenate([np.full(len(index), number, np.int32)
                                      for number, (index, _) in enumerate(vectors)])
         self.index = np.concatenate([index for index, _ in vectors]).astype(np.int32)

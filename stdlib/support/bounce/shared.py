@@ -160,7 +160,7 @@ class SharedClassifier:
     def _neighbours(self, examples):
         from .memory import Neighbours
 
-        return Neighbours(examples, self.rarity())
+        return Neighbours(examples, self.rarity(), self._auto and self._auto.last)
 
     def rarity(self):
         """The feature weights learned examples are compared by: the model file's, else
