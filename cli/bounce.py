@@ -37,8 +37,7 @@ def classify(files, as_json, config_path) -> None:
     FILE<TAB>reason<TAB>confidence (learned bounces first, as the server does)."""
     from vsl.stdlib.support.bounce.shared import shipped
 
-    config = local_config(config_path)
-    shipped().learn_from(config.learned_bounces, config.auto_learned_bounces)
+    shipped().learn_from(local_config(config_path).learned_bounces)  # (no source: no auto)
     failed = False
     for name in files:
         try:

@@ -28,7 +28,8 @@ from vsl.cli import main
 from vsl.server import config as config_module
 from vsl.server.delivery import Delivery
 from vsl.stdlib.support.bounce import learned, memory, selflearn, train
-from vsl.stdlib.support.bounce.message import MAX_TEXT, as_bounce
+from vsl.stdlib.bounce import recipient_entry
+from vsl.stdlib.support.bounce.message import MAX_TEXT, as_bounce, parse
 from vsl.stdlib.support.bounce.model import Classification, Classifier
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
@@ -202,6 +203,13 @@ def test_without_a_source_nothing_is_learned(tmp_path):
     bounces = learning(tmp_path)
     bounces.classify_text(CODED, learn=True)
     bounces.classify(as_bounce(CODED), learn=True)
+    assert not (tmp_path / "auto.jsonl").exists()
+
+
+def test_an_incoming_bounce_teaches_nothing(tmp_path):
+    shipped().learn_from(None, tmp_path / "auto.jsonl", clock=itertools.count().__next__)
+    report = train.report_text(CODED)  # as a DSN naming the recipient
+    assert recipient_entry(parse(report), 0)["reason"] == "userunknown"
     assert not (tmp_path / "auto.jsonl").exists()
 
 

@@ -91,9 +91,11 @@ class Neighbours:
         rebuild after an addition computes one)."""
         self.rarity = rarity
         known = earlier.vectors if earlier is not None and earlier.rarity is rarity else {}
-        self.vectors = {key: known.get(key) or _strongest(*_weighted(as_bounce(found.text),
-                                                                      rarity))
-                        for key, found in ((selflearn.key_of(e), e) for e in examples)}
+        self.vectors = {}  # key -> the example's sparse unit vector
+        for learned in examples:
+            key = selflearn.key_of(learned)
+            self.vectors[key] = known.get(key) or _strongest(
+                *_weighted(as_bounce(learned.text), rarity))
         self.keys = set(self.vectors)
         by_source: dict[str, list] = {}
         for learned in examples:
