@@ -5,13 +5,15 @@ For each of 8 folds of whole vendor groups (train.group_folds), one network
 (``Settings(members=1)``) is trained on the other folds and the synthetic bounces; then the
 held-out fold's messages stream through it in file order, as a server would see them. Each
 message is classified by the network alone, then with the automatic examples learned so far
-("before": what a server would have answered), then learned from (every recipient, as
-``bounce::parse`` reads it, and every recipient's diagnostic line, as delivery gets it) and
-classified again ("after"). Last, each message's diagnostic line with its codes masked
-("codeless") is classified by the network alone and with the fold's automatic examples: the
-wording a provider also sends without a code. Each fold starts with an empty self-learning
-file. With ``--retrain``, the network is then trained again with the fold's automatic examples (as
-``vsl bounce train --config`` re-applies them) and classifies the fold once more.
+("before": what a server would have answered), then learned from (its recipients'
+diagnostic lines, as delivery gets them, the first one teaching at most, as one attempt's
+batch) and classified again ("after"). The source of every example and question is the
+message's MTA family (``mta``), the proxy of the provider whose server answered. Last, each
+message's diagnostic line with its codes masked ("codeless") is classified by the network
+alone and with the fold's automatic examples of its family: the wording a provider also
+sends without a code. Each fold starts with an empty self-learning file. With
+``--retrain``, the network is then trained again with the fold's automatic examples (as
+``vsl bounce train --config --with-auto`` does) and classifies the fold once more.
 
     python bench/bounce_selflearn.py [DATA.jsonl] [--models DIR] [--threshold T] [--plausible P]
                                      [--retrain]
@@ -49,10 +51,11 @@ def model_of(fold: int, rows: list[dict], fold_of: list[int], models: Path) -> P
 
 
 def retrained(fold: int, rows: list[dict], fold_of: list[int], auto: Path) -> list[str]:
-    """The held-out fold's answers of a network trained with its automatic examples too."""
+    """The held-out fold's answers of a network trained with its automatic examples too
+    (as ``vsl bounce train --config --with-auto`` does)."""
     kept = [row for row, f in zip(rows, fold_of) if f != fold]
-    classifier = train.train_classifier(kept + train.learned_rows([str(auto)]),
-                                        train.Settings(members=1))
+    classifier = train.train_classifier(kept, train.Settings(members=1),
+                                        train.learned_rows([], [str(auto)])[1])
     return [classifier.classify(row["text"]).reason for row, f in zip(rows, fold_of)
             if f == fold]
 
@@ -65,24 +68,24 @@ def stream(model: Path, rows: list[dict], auto: Path) -> tuple[dict[str, list], 
     learning.learn_from(None, auto, clock=itertools.count().__next__)  # looks every time
     network, before, after, mislearned = [], [], [], 0
     for row in rows:
-        bounce = parse(row["text"])
+        bounce, source = parse(row["text"]), row["mta"]  # the family: the provider's proxy
         network.append(alone.classify(bounce).reason)
-        before.append(learning.classify(bounce).reason)
-        count = learning.self_learned
+        before.append(learning.classify(bounce, source).reason)
+        count = len(learned.read(auto))
         for index in range(len(bounce.recipients)):
             single = dataclasses.replace(bounce, recipients=bounce.recipients[index:index + 1])
-            learning.classify(single, learn=True)
-            if single.first.diagnostic:
-                learning.classify_text(single.first.diagnostic, learn=True)
-        added = learning.self_learned - count
+            if single.first.diagnostic:  # one lesson at most per message, as per attempt
+                learning.classify_text(single.first.diagnostic, source, learn=index == 0)
+        added = len(learned.read(auto)) - count
         mislearned += sum(e.reason != row["reason"] for e in learned.read(auto)[-added:]) \
-            if added else 0
-        after.append(learning.classify(bounce).reason)
-    codeless = [selflearn.uncoded(parse(row["text"]).first.diagnostic) for row in rows]
+            if added > 0 else 0
+        after.append(learning.classify(bounce, source).reason)
+    codeless = [(selflearn.uncoded(parse(row["text"]).first.diagnostic), row["mta"])
+                for row in rows]
     return {"network": network, "before": before, "after": after,
-            "codeless, network": [alone.classify_text(line).reason for line in codeless],
-            "codeless, after": [learning.classify_text(line).reason for line in codeless]}, \
-        mislearned
+            "codeless, network": [alone.classify_text(line).reason for line, _ in codeless],
+            "codeless, after": [learning.classify_text(line, source).reason
+                                for line, source in codeless]}, mislearned
 
 
 def main() -> None:

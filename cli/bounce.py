@@ -37,8 +37,7 @@ def classify(files, as_json, config_path) -> None:
     FILE<TAB>reason<TAB>confidence (learned bounces first, as the server does)."""
     from vsl.stdlib.support.bounce.shared import shipped
 
-    config = local_config(config_path)
-    shipped().learn_from(config.learned_bounces, config.auto_learned_bounces)
+    shipped().learn_from(local_config(config_path).learned_bounces)  # (no source: no auto)
     failed = False
     for name in files:
         try:
@@ -81,18 +80,24 @@ def eval_command(data, model) -> None:
 @click.option("--cv", is_flag=True, help="First print the leave-group-out evaluation.")
 @click.option("--quick", is_flag=True, help="With --cv: the network alone, no baselines.")
 @click.option("--learned", type=DATA,
-              help="Learned bounces to train on too (default with --config: its files, the "
-                   "operator's first, then self-learning's).")
+              help="Learned bounces to train on too (default with --config: its operator's "
+                   "file).")
+@click.option("--with-auto", is_flag=True,
+              help="With --config: self-learning's examples too, each weighted like a "
+                   "synthetic bounce.")
 @CONFIG
-def train_command(data, out, cv, quick, learned, config_path) -> None:
+def train_command(data, out, cv, quick, learned, with_auto, config_path) -> None:
     """Train the classifier on DATA.jsonl (text, reason; group for --cv), the synthetic
     bounces and the learned ones; write it to --out."""
     from vsl.stdlib.support.bounce import train
 
     if not out and not cv:
         raise click.UsageError("give --out MODEL, --cv or both")
+    if with_auto and not config_path:
+        raise click.UsageError("--with-auto needs --config (its self-learning file)")
     rows = _labelled(data)
-    train.run(rows, train.Settings(), out, cv, quick, learned=_learned_files(learned, config_path))
+    operator, auto = _learned_files(learned, config_path, with_auto)
+    train.run(rows, train.Settings(), out, cv, quick, learned=operator, auto=auto)
 
 
 @bounce.command()
@@ -114,74 +119,90 @@ def learn(message, reason, config_path) -> None:
         raise click.ClickException(f"{message}: {err.strerror or err}") from None
     if not text.strip():
         raise click.ClickException(f"{message}: empty, nothing to learn")
-    path = _learned_path(config_path)
+    config = local_config(config_path)
+    path = config.learned_bounces
     try:
-        learned.append(path, learned.example(text, reason))
+        with learned.locked(path):
+            learned.append(path, learned.example(text, reason))
+        _overruled(text, config.auto_learned_bounces)
     except OSError as err:
-        raise click.ClickException(f"{path}: cannot write: {err.strerror or err}") from None
+        raise click.ClickException(f"{err.filename or path}: cannot write: "
+                                   f"{err.strerror or err}") from None
     count = sum(e.reason == reason for e in learned.read(path))
     click.echo(f"learned: {reason} ({count} example(s) in {path})")
+
+
+def _overruled(text: str, auto: Path | None) -> None:
+    """Forget the automatic examples that say what ``text`` says (the operator wins)."""
+    from vsl.stdlib.support.bounce import selflearn
+    from vsl.stdlib.support.bounce.message import as_bounce
+
+    if auto is not None and auto.exists():
+        said = selflearn.diagnostic_key(as_bounce(text))
+        selflearn.forget(auto, lambda example: selflearn.key_of(example) == said)
 
 
 @bounce.command("learned")
 @CONFIG
 def learned_command(config_path) -> None:
-    """List the learned bounces: number, source (operator: vsl bounce learn; auto: kept by
-    self-learning), reason, when, first line of the diagnostic."""
+    """List the learned bounces: id (1, 2, ... the operator's: vsl bounce learn; a...
+    self-learning's), source (operator, or auto and the recipient domain), reason, when,
+    first line of the diagnostic."""
     from vsl.stdlib.support.bounce.message import as_bounce
 
-    for number, (source, found) in enumerate(_all_learned(config_path), 1):
+    operator, auto = _all_learned(config_path)
+    listed = [(str(number), "operator", found) for number, found in enumerate(operator, 1)]
+    listed += [(ident, f"auto {found.source}".rstrip(), found) for ident, found in auto.items()]
+    for ident, source, found in listed:
         first = as_bounce(found.text).first
         line = (first.diagnostic or found.text).strip().split("\n")[0][:100]
-        click.echo(f"{number}\t{source}\t{found.reason}\t{found.learned_at}\t{printable(line)}")
+        click.echo(f"{ident}\t{source}\t{found.reason}\t{found.learned_at}\t{printable(line)}")
 
 
 @bounce.command()
-@click.argument("numbers", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("ids", nargs=-1, required=True)
 @CONFIG
-def forget(numbers, config_path) -> None:
-    """Forget learned bounces (operator or auto) by their NUMBERS in `vsl bounce learned`."""
+def forget(ids, config_path) -> None:
+    """Forget learned bounces by their IDS in `vsl bounce learned` (1, 2, ... the
+    operator's; a... self-learning's)."""
     from vsl.stdlib.support.bounce import learned, selflearn
 
-    listed = _all_learned(config_path)
-    missing = sorted(n for n in set(numbers) if n > len(listed))
-    if missing:
-        raise click.ClickException(f"no learned bounce {missing[0]} ({len(listed)} learned)")
-    operator = [e for n, (source, e) in enumerate(listed, 1)
-                if source == "operator" and n not in numbers]
-    if len(operator) < sum(source == "operator" for source, _ in listed):
-        learned.rewrite(_learned_path(config_path), operator)
-    auto = [e for n, (source, e) in enumerate(listed, 1) if source == "auto" and n in numbers]
-    if auto:
-        selflearn.forget(local_config(config_path).auto_learned_bounces, auto)
-    click.echo(f"forgot {len(set(numbers))}, {len(listed) - len(set(numbers))} left")
+    config = local_config(config_path)
+    operator, auto = _all_learned(config_path)
+    numbers = {int(i) for i in ids if i.isdigit()}
+    gone = [i for i in ids if (int(i) not in range(1, len(operator) + 1) if i.isdigit()
+                               else i not in auto)]
+    if gone:
+        raise click.ClickException(f"no learned bounce {gone[0]} (see vsl bounce learned)")
+    if numbers:
+        with learned.locked(config.learned_bounces):
+            learned.rewrite(config.learned_bounces,
+                            [e for n, e in enumerate(operator, 1) if n not in numbers])
+    forgotten = {auto[i] for i in ids if not i.isdigit()}
+    if forgotten:
+        selflearn.forget(config.auto_learned_bounces, lambda e: e in forgotten)
+    left = len(operator) + len(auto) - len(set(ids))
+    click.echo(f"forgot {len(set(ids))}, {left} left")
 
 
-def _all_learned(config_path: str | None) -> list[tuple[str, object]]:
-    """(source, example) of the operator's learned bounces, then of self-learning's (when
-    it is on)."""
-    from vsl.stdlib.support.bounce import learned
+def _all_learned(config_path: str | None) -> tuple[list, dict]:
+    """The operator's learned bounces, and self-learning's by id (none when it is off)."""
+    from vsl.stdlib.support.bounce import learned, selflearn
 
     config = local_config(config_path)
-    found = [("operator", e) for e in learned.read(config.learned_bounces)]
-    if config.auto_learned_bounces is not None:
-        found += [("auto", e) for e in learned.read(config.auto_learned_bounces)]
-    return found
+    auto = config.auto_learned_bounces
+    found = learned.read(auto) if auto is not None else []
+    return learned.read(config.learned_bounces), {selflearn.example_id(e): e for e in found}
 
 
-def _learned_files(learned: str | None, config_path: str | None) -> list[str]:
+def _learned_files(learned: str | None, config_path: str | None,
+                   with_auto: bool) -> tuple[list[str], list[str]]:
     """What ``vsl bounce train`` trains on besides DATA: --learned, else with --config its
-    operator's file then its self-learning file (when on), else nothing."""
-    if learned or not config_path:
-        return [learned] if learned else []
-    config = local_config(config_path)
-    return [str(path) for path in (config.learned_bounces, config.auto_learned_bounces)
-            if path is not None]
-
-
-def _learned_path(config_path: str | None) -> Path:
-    """The learned file of ``--config``, else of ./vsl.toml when present, else the default."""
-    return local_config(config_path).learned_bounces
+    operator's file; and with ``with_auto`` its self-learning file (when on)."""
+    config = local_config(config_path) if config_path else None
+    operator = [learned] if learned else [str(config.learned_bounces)] if config else []
+    auto = config.auto_learned_bounces if config and with_auto else None
+    return operator, [str(auto)] if auto is not None else []
 
 
 def _read(name: str) -> str:

@@ -394,12 +394,21 @@ def _conflicts(config: Config) -> Iterator[str]:
         yield f"dns.config: unknown resolver config '{config.dns.config}'"
     yield from _state_conflicts(config.state)
     yield from _queue_conflicts(config)
+    yield from _bounce_conflicts(config)
     if config.metrics.listen:
         try:
             parse_listen(config.metrics.listen, key="metrics.listen")
         except ConfigError as err:
             yield str(err)
     yield from observability_problems(config.metrics, config.log)
+
+
+def _bounce_conflicts(config: Config) -> Iterator[str]:
+    """The operator's learned bounces and self-learning's must be two files."""
+    auto = config.auto_learned_bounces
+    if auto is not None and os.path.realpath(auto) == os.path.realpath(config.learned_bounces):
+        yield (f"bounce.auto_learned: {auto} is also bounce.learned's file: self-learning "
+               "would rewrite the operator's examples; give it a file of its own")
 
 
 def _state_conflicts(state: StateConfig) -> Iterator[str]:

@@ -18,8 +18,10 @@ can be told about (null sender) sends it to ``dead``.
 Every refusal (a 4xx/5xx reply, or a connection-level failure with its text) is classified
 by the process's bounce classifier (vsl.stdlib.support.bounce.shared), in a worker thread
 so that the model's first load and each classification stay off the event loop; the reason
-is stored with the recipient, logged (``reason=``) and reported in the DSN, and self-learning
-may keep the reply as an example (``[bounce] self_learning``: support/bounce/selflearn.py).
+is stored with the recipient, logged (``reason=``) and reported in the DSN; the reply is
+classified as one of the recipient's domain, whose earlier replies self-learning may have
+kept, and may be kept as an example of it (``[bounce] self_learning``:
+support/bounce/selflearn.py).
 Without a usable model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
 it has one, may fail a deferred recipient now, retry a failed one, or quarantine the message
 (server/delivery_hook.py).
@@ -61,6 +63,11 @@ _ROUTE_LABELS = {"mx": "smtp", "smtp": "relay", "smtps": "relay", "lmtp": "lmtp"
 def retry_delay(config: DeliveryConfig, attempts: int) -> float:
     """The wait after the ``attempts``-th deferral: retry_first, doubled each time, capped."""
     return min(config.retry_first * 2 ** min(attempts - 1, 64), config.retry_max)
+
+
+def recipient_domain(address: str) -> str:
+    """The domain of a recipient's address as delivered, lowercased."""
+    return address.rpartition("@")[2].lower().rstrip(".")
 
 
 def _per_domain(route: str) -> bool:
@@ -162,7 +169,7 @@ class Delivery:
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:
             if rcpt.status in ("pending", "deferred"):
-                domain = rcpt.address.rpartition("@")[2].lower()
+                domain = recipient_domain(rcpt.address)
                 groups[rcpt.route, domain if _per_domain(rcpt.route) else ""].append(rcpt)
         results = await asyncio.gather(*(self._deliver_group(entry, route, rcpts, data)
                                          for (route, _), rcpts in groups.items()),
@@ -233,9 +240,16 @@ class Delivery:
         return await asyncio.to_thread(self._classify, refused) if refused else {}
 
     def _classify(self, refused: dict[str, str]) -> dict[str, Classification]:
-        """``refused``: address -> the reply that refused it."""
-        return {address: self.reasons.classify_text(reply, learn=True)
-                for address, reply in refused.items()}
+        """``refused``: address -> the reply that refused it, classified as a reply of the
+        recipient's domain; the first reply of each domain may teach self-learning (one
+        lesson at most per domain and attempt)."""
+        verdicts, taught = {}, set()
+        for address, reply in refused.items():
+            domain = recipient_domain(address)
+            verdicts[address] = self.reasons.classify_text(reply, source=domain,
+                                                           learn=domain not in taught)
+            taught.add(domain)
+        return verdicts
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
         """After an attempt: report failures, then defer, bury or remove the message."""

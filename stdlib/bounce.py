@@ -64,9 +64,8 @@ def parse(ctx) -> list:
 
     From `on_pre_queue` and `on_post_queue`. `kind` is `dsn` (RFC 3464), `feedback`
     (an RFC 5965 ARF report), `autoreply` (RFC 3834) or `plain` (any other message).
-    A message naming no recipient gives one entry with an empty `recipient`. With
-    `[bounce] self_learning`, an entry whose own enhanced code confirms the model's
-    confident reason is kept as an example (docs/bounces.md)."""
+    A message naming no recipient gives one entry with an empty `recipient`. An incoming
+    bounce teaches self-learning nothing (anyone can write one: docs/bounces.md)."""
     bounce = parse_message(message_of(ctx, "bounce::parse").to_bytes())
     return [recipient_entry(bounce, index) for index in range(max(1, len(bounce.recipients)))]
 
@@ -74,7 +73,7 @@ def parse(ctx) -> list:
 def recipient_entry(bounce: Bounce, index: int) -> dict:
     """The map bounce::parse gives for the recipient at ``index``."""
     single = dataclasses.replace(bounce, recipients=bounce.recipients[index:index + 1])
-    rcpt, judged = single.first, shipped().classify(single, learn=True)
+    rcpt, judged = single.first, shipped().classify(single)
     return {"recipient": rcpt.address, "action": rcpt.action, "status": judged.status,
             "remote_mta": rcpt.remote_mta, "diagnostic": judged.diagnostic,
             "reason": judged.reason, "confidence": judged.confidence, "hard": judged.hard,

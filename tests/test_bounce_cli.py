@@ -89,7 +89,7 @@ def test_train_passes_its_arguments_to_the_trainer(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "run", lambda *args, **options: seen.append((args, options)))
     out = tmp_path / "m.npz"
     assert run("bounce", "train", tiny, "--out", out, "--cv", "--quick").exit_code == 0
-    assert seen == [((TINY, train.Settings(), str(out), True, True), {"learned": []})]
+    assert seen == [((TINY, train.Settings(), str(out), True, True), {"learned": [], "auto": []})]
 
 
 def test_train_reads_its_data_once(tiny, tmp_path, monkeypatch):

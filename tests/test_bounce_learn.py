@@ -165,7 +165,7 @@ def test_a_damaged_line_is_skipped_with_a_warning(greylisted, caplog):
 
 def test_training_takes_the_learned_examples_as_classes(greylisted):
     rows = [{"text": "550 5.1.1 <bob@example.net>: no such user here",
-             "reason": "userunknown"}] + train.learned_rows([str(greylisted)])
+             "reason": "userunknown"}] + train.learned_rows([str(greylisted)])[0]
     model = train.train_classifier(rows, train.Settings(synthetic=50, epochs=2))
     assert "greylisted" in model.labels
 
@@ -249,10 +249,14 @@ def test_classify_and_train_take_the_configured_learned_file(config, tmp_path, m
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"text": "550 5.1.1 no such user", "reason": "userunknown"}))
     given = []
-    monkeypatch.setattr(train, "run", lambda *args, learned: given.append(learned))
+    monkeypatch.setattr(train, "run", lambda *args, learned, auto: given.append((learned, auto)))
     assert run("bounce", "train", "--config", config, data, "--out", "m.npz").exit_code == 0
-    assert given == [[str(tmp_path / "learned.jsonl"),  # the operator's first
-                      str(tmp_path / "auto-learned-bounces.jsonl")]]
+    assert run("bounce", "train", "--config", config, data, "--out", "m.npz",
+               "--with-auto").exit_code == 0
+    operator = [str(tmp_path / "learned.jsonl")]
+    assert given == [(operator, []),  # the operator's examples alone, unless asked
+                     (operator, [str(tmp_path / "auto-learned-bounces.jsonl")])]
+    assert run("bounce", "train", data, "--out", "m.npz", "--with-auto").exit_code == 2
 
 
 def test_the_default_learned_file_is_beside_the_queue(tmp_path):
@@ -265,7 +269,7 @@ def test_the_default_learned_file_is_beside_the_queue(tmp_path):
 @pytest.mark.parametrize("args, error", [
     (("learn", "MISSING", "greylisted"), "MISSING: No such file or directory"),
     (("learn", "-", "Grey-listed"), "'Grey-listed' is not a reason name"),
-    (("forget", "3"), "no learned bounce 3 (0 learned)"),
+    (("forget", "3"), "no learned bounce 3 (see vsl bounce learned)"),
 ])
 def test_commands_explain_what_is_wrong(config, args, error):
     result = run("bounce", args[0], "--config", config, *args[1:], stdin="451 greylisted")

@@ -1,21 +1,30 @@
 """Learned bounces: an operator's corrections and custom reasons (``vsl bounce learn``), kept
 in one JSONL file that the running server re-reads when it changes.
 
-Design: one ``{"text", "reason", "learned_at"}`` object a line. Learning appends a whole
+Design: one ``{"text", "reason", "learned_at"}`` object a line (self-learning's examples
+add ``source``, the recipient domain whose server answered, and ``key``, their
+near-duplicate key, computed once). Learning appends a whole
 line and fsyncs it; forgetting writes the kept lines to a temporary file, fsyncs it and
 renames it over the old one. A crash therefore leaves at most a last line cut short: a line
-that is no such object is skipped with a warning naming file:line, and the next append
-starts on a line of its own. A missing file means nothing learned.
+that is no such object is skipped with a warning naming file:line (once per change of the
+file: only :class:`LearnedFile` warns), and the next append starts on a line of its own. A
+missing file means nothing learned. Writers (``vsl bounce learn``, self-learning) hold an
+exclusive ``flock`` of ``<file>.lock`` (:func:`locked`), asked without blocking and retried
+a few times: a writer that cannot get it gives up rather than wait.
 
 :class:`LearnedFile` is that file as a process sees it: what its ``build`` makes of the
 examples (the operator's :class:`.memory.Memory`, self-learning's :class:`.memory.Neighbours`),
 re-read when the file's (mtime, size, inode) changed, looked at no more than once every
-``RECHECK`` seconds (between looks a call costs one clock reading); one thread re-reads it
-while the others wait, so every classification sees a whole memory. ``build`` is called
-only when the file holds examples (so numpy is imported only then).
+``RECHECK`` seconds (between looks a call costs one clock reading). The first look is made
+while the other threads wait; a later one is made by one thread while the others go on with
+the memory they had, so every classification sees a whole memory and none waits for a
+rebuild. ``build`` is called only when the file holds examples (so numpy is imported only
+then).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -32,16 +41,21 @@ log = logging.getLogger("vsl.bounce")
 
 REASON_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 RECHECK = 1.0  # seconds between two looks at the learned file
+LOCK_TRIES = 5  # attempts at the writers' lock ...
+LOCK_PAUSE = 0.01  # ... seconds apart, before a writer gives up
 
 
 @dataclass(frozen=True)
 class Example:
     """One learned bounce: its text (a message or a reply line), the reason an operator
-    gave it, and when (ISO 8601, UTC)."""
+    gave it, and when (ISO 8601, UTC); for an automatic example, the recipient domain
+    whose server answered (``source``) and its near-duplicate key (``selflearn.key``)."""
 
     text: str
     reason: str
     learned_at: str
+    source: str = ""
+    key: str = ""
 
 
 def reason_problem(reason: str) -> str | None:
@@ -52,15 +66,15 @@ def reason_problem(reason: str) -> str | None:
             "a letter, at most 40 characters")
 
 
-def example(text: str, reason: str) -> Example:
+def example(text: str, reason: str, source: str = "", key: str = "") -> Example:
     """A new example learned now."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    return Example(text, reason, now.isoformat().replace("+00:00", "Z"))
+    return Example(text, reason, now.isoformat().replace("+00:00", "Z"), source, key)
 
 
-def read(path: str | Path) -> list[Example]:
+def read(path: str | Path, warn: bool = True) -> list[Example]:
     """The examples of a learned file (none when it is missing); a line that is no
-    example is skipped with a warning naming file:line."""
+    example is skipped, with a warning naming file:line when ``warn``."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             lines = list(handle)
@@ -71,10 +85,10 @@ def read(path: str | Path) -> list[Example]:
         if not line.strip():
             continue
         found = _parse_line(line)
-        if found is None:
+        if found is None and warn:
             log.warning("%s:%d: not a learned bounce (a JSON object with a text and a "
                         "reason), skipped", path, number)
-        else:
+        elif found is not None:
             examples.append(found)
     return examples
 
@@ -87,7 +101,8 @@ def _parse_line(line: str) -> Example | None:
     if not isinstance(row, dict) or not isinstance(row.get("text"), str) or \
             not isinstance(row.get("reason"), str) or reason_problem(row["reason"]):
         return None
-    return Example(row["text"], row["reason"], str(row.get("learned_at", "")))
+    return Example(row["text"], row["reason"], str(row.get("learned_at", "")),
+                   str(row.get("source", "")), str(row.get("key", "")))
 
 
 def append(path: str | Path, learned: Example) -> None:
@@ -124,8 +139,40 @@ def rewrite(path: str | Path, examples: list[Example]) -> None:
 
 
 def _line(learned: Example) -> bytes:
-    return json.dumps(asdict(learned), ensure_ascii=False).encode("utf-8", "surrogateescape") \
-        + b"\n"
+    """The example's JSON line (an operator's without the automatic fields)."""
+    row = {name: value for name, value in asdict(learned).items()
+           if value or name not in ("source", "key")}
+    return json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+
+
+class Busy(OSError):
+    """Another writer holds a learned file's lock (see :func:`locked`)."""
+
+
+class locked:
+    """An exclusive flock of ``<path>.lock`` (0600), held for a with block; asked
+    ``LOCK_TRIES`` times ``LOCK_PAUSE`` apart without blocking, then :class:`Busy`."""
+
+    def __init__(self, path: str | Path, sleep=time.sleep):
+        path = Path(path)
+        self.path = path.with_name(path.name + ".lock")
+        self._sleep = sleep
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a", opener=lambda name, flags: os.open(name, flags, 0o600))
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if attempt < LOCK_TRIES - 1:
+                    self._sleep(LOCK_PAUSE)
+        self.handle.close()
+        raise Busy(errno.EWOULDBLOCK, "another process is writing it", str(self.path))
+
+    def __exit__(self, *exc):
+        self.handle.close()  # releases the lock
 
 
 class LearnedFile:
@@ -144,12 +191,21 @@ class LearnedFile:
 
     def memory(self):
         """What ``build`` made of the file's examples (None: nothing learned, or the file
-        cannot be read: logged); never raises."""
+        cannot be read: logged); never raises, never waits for a rebuild but the first."""
         if self._clock() >= self._next_look:
-            with self._lock:
-                if self._clock() >= self._next_look:
-                    self._look()
-                    self._next_look = self._clock() + self._recheck
+            first = self.generation == 0
+            if self._lock.acquire(blocking=first):
+                try:
+                    if self._clock() >= self._next_look:
+                        self._look()
+                        self._next_look = self._clock() + self._recheck
+                finally:
+                    self._lock.release()
+        return self._memory
+
+    @property
+    def last(self):
+        """What ``build`` made at the last look, without looking again."""
         return self._memory
 
     def _look(self) -> None:

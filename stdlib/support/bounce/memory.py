@@ -24,11 +24,14 @@ most seen in the reason's examples (in the class of the text's reply code, if an
 ``X.0.0`` of the reply code, else ``5.0.0`` (hard).
 
 The automatic examples of self-learning (``selflearn.py``) are not averaged: each is its own
-vector (``Neighbours``), and a text near one of them (cosine >= ``NEIGHBOUR_THRESHOLD``, with
-addresses and ids masked on both sides) gets its reason, but only when the network gives
-that reason a probability of at least ``selflearn.PLAUSIBLE`` (``shared.py`` asks): an
-example can tip the network between reasons it finds plausible, never impose one it rules
-out. Both values were chosen by bench/bounce_selflearn.py (docs/bounces.md has its numbers).
+vector of at most ``MAX_FEATURES`` features (``Neighbours``), grouped by their source (the
+recipient domain whose server answered), and a reply from the same domain near one of them
+(cosine >= ``NEIGHBOUR_THRESHOLD``, with addresses and ids masked on both sides) gets its
+reason, but only when the network gives that reason a probability of at least
+``selflearn.PLAUSIBLE`` (``shared.py`` asks): an example can tip the network between reasons
+it finds plausible, never impose one it rules out. An example with the key of an operator's
+example (``Memory.keys``) is never used. Both values were chosen by
+bench/bounce_selflearn.py (docs/bounces.md has its numbers).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from .model import Classification, inferred_status
 THRESHOLD = 0.2
 NEIGHBOUR_THRESHOLD = 0.6
 BACKGROUND = 1000  # synthetic bounces the feature weights are counted on
+MAX_FEATURES = 512  # features an automatic example keeps (its strongest)
 
 
 class Memory:
@@ -55,6 +59,8 @@ class Memory:
         for learned in examples:
             by_reason.setdefault(learned.reason, []).append(as_bounce(learned.text))
         self.rarity = rarity
+        self.keys = {selflearn.diagnostic_key(bounce)
+                     for found in by_reason.values() for bounce in found}
         self.reasons = sorted(by_reason)
         self.centroids = np.stack([_centroid(by_reason[r], rarity) for r in self.reasons])
         self.statuses = {r: _usual_status(by_reason[r]) for r in self.reasons}
@@ -77,32 +83,70 @@ class Memory:
 
 
 class Neighbours:
-    """The automatic examples, each its own unit vector (see the module docstring)."""
+    """The automatic examples, each its own unit vector of at most ``MAX_FEATURES``
+    features, by source (see the module docstring)."""
 
-    def __init__(self, examples, rarity: np.ndarray):
+    def __init__(self, examples, rarity: np.ndarray, earlier: Neighbours | None = None):
+        """``earlier``: the examples' previous Neighbours, whose vectors are reused (a
+        rebuild after an addition computes one)."""
         self.rarity = rarity
-        self.reasons = [learned.reason for learned in examples]
-        self.keys = {selflearn.key(learned.text) for learned in examples}
-        vectors = [_weighted(as_bounce(learned.text), rarity) for learned in examples]
-        self.owner = np.concatenate([np.full(len(index), number)
-                                     for number, (index, _) in enumerate(vectors)])
-        self.index = np.concatenate([index for index, _ in vectors])
-        self.value = np.concatenate([value for _, value in vectors])
+        known = earlier.vectors if earlier is not None and earlier.rarity is rarity else {}
+        self.vectors = {}  # key -> the example's sparse unit vector
+        for learned in examples:
+            key = selflearn.key_of(learned)
+            self.vectors[key] = known.get(key) or _strongest(
+                *_weighted(as_bounce(learned.text), rarity))
+        self.keys = set(self.vectors)
+        by_source: dict[str, list] = {}
+        for learned in examples:
+            by_source.setdefault(learned.source, []).append(learned)
+        self.sources = {source: _Examples(found, self.vectors)
+                        for source, found in by_source.items()}
 
-    def nearest(self, bounce: Bounce) -> tuple[str, float] | None:
-        """The reason and cosine of the example nearest ``bounce``, when near enough."""
+    def nearest(self, bounce: Bounce, source: str,
+                excluded=frozenset()) -> tuple[str, float] | None:
+        """The reason and cosine of the example of ``source`` nearest ``bounce``, when near
+        enough; an example whose key is ``excluded`` (the operator's) is never used."""
+        examples = self.sources.get(source)
+        if examples is None:
+            return None
         diagnostic = bounce.first.diagnostic or bounce.text
         index, value = _weighted(as_bounce(selflearn.masked(diagnostic)), self.rarity)
-        if not len(index) or not len(self.index):
+        if not len(index):
             return None
         query = np.zeros(BUCKETS, np.float32)
         np.add.at(query, index, value)
-        similarity = np.bincount(self.owner, weights=query[self.index] * self.value,
-                                 minlength=len(self.reasons))
+        similarity = np.bincount(examples.owner, weights=query[examples.index] * examples.value,
+                                 minlength=len(examples.reasons))
+        if excluded:
+            similarity[[key in excluded for key in examples.keys]] = 0
         best = int(np.argmax(similarity))
         if similarity[best] < NEIGHBOUR_THRESHOLD:
             return None
-        return self.reasons[best], float(similarity[best])
+        return examples.reasons[best], float(similarity[best])
+
+
+class _Examples:
+    """Some automatic examples as one sparse matrix: for each stored feature, its example
+    (``owner``), bucket (``index``) and weight (``value``)."""
+
+    def __init__(self, examples, vectors_by_key: dict):
+        self.reasons = [learned.reason for learned in examples]
+        self.keys = [selflearn.key_of(learned) for learned in examples]
+        vectors = [vectors_by_key[key] for key in self.keys]
+        self.owner = np.concatenate([np.full(len(index), number, np.int32)
+                                     for number, (index, _) in enumerate(vectors)])
+        self.index = np.concatenate([index for index, _ in vectors]).astype(np.int32)
+        self.value = np.concatenate([value for _, value in vectors])
+
+
+def _strongest(index: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``MAX_FEATURES`` features of largest weight of a unit vector, still a unit vector."""
+    if len(index) <= MAX_FEATURES:
+        return index, value
+    kept = np.argpartition(value, -MAX_FEATURES)[-MAX_FEATURES:]
+    index, value = index[kept], value[kept]
+    return index, value / np.linalg.norm(value)
 
 
 def _centroid(bounces: list[Bounce], rarity: np.ndarray) -> np.ndarray:

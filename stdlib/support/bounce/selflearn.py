@@ -1,40 +1,55 @@
-"""Self-learning: the classifier keeps examples of what the server sees (the replies vSL's
-delivery gets, the recipients of incoming bounces that ``bounce::parse`` reads), so that a
-provider's own wording, once seen with a code, is recognised when it comes without one.
+"""Self-learning: the classifier keeps examples of the replies vSL's own delivery gets, so
+that a provider's own wording, once seen with a code, is recognised when the same provider
+sends it without one.
 
-Design. Both sources are written by strangers, so an example is kept only when two views
-agree (co-training): the network names a reason with a confidence of at least
-``CONFIDENCE``, and the text's own enhanced status code is one of the ``SPECIFIC`` codes
-whose meaning in RFC 3463 / RFC 5248 names that very reason (``codes.reason_of``). As the
-network leans on that code too, a third look keeps the views apart: the network asked about
-the wording alone (``uncoded``: every digit masked) must give the reason a probability of
-at least ``PLAUSIBLE``, so that a code cannot teach a wording that says something else
-("452 4.2.2 no such user here" teaches nothing).
-A reason the network does not know is never learned, and an answer the operator's examples
-gave is never learned from (theirs always win: they are asked first). What is kept is the
-diagnostic line with its addresses and long ids masked (``masked``); two texts that are the
-same once digits are masked too (``key``) are one example. The file (``[bounce]
-auto_learned``) has the format of the operator's learned file (``learned.py``) and never
-holds more than ``PER_REASON`` examples of a reason nor ``TOTAL`` in all: an addition past
-a bound rewrites the file atomically (0600) without the oldest. Several worker processes
-may learn at once: each addition reads and writes the file under an exclusive ``flock`` of
-``<file>.lock``, and checks there that no other process added the same example first.
+Design. Only delivery teaches (``SharedClassifier.classify(..., source=domain)``): its
+replies come from the remote MX of a recipient domain it chose to connect to, while an
+incoming bounce (``bounce::parse``) is written by anyone. Each example records its
+``source``, that recipient domain, and is only asked about later replies for the same
+domain: a domain's examples can neither tip another domain's answers nor evict them
+(``PER_SOURCE``). A reply is written by a stranger all the same, so an example is kept only
+when two views agree (co-training): the network names a reason with a confidence of at
+least ``CONFIDENCE``, and the text's own enhanced status code is one of the ``SPECIFIC``
+codes whose meaning in RFC 3463 / RFC 5248 names that very reason (``codes.reason_of``).
+As the network leans on that code too, a third look keeps the views apart: the network
+asked about the wording alone (``uncoded``: every digit masked) must give the reason a
+probability of at least ``PLAUSIBLE``, so that a code cannot teach a wording that says
+something else ("452 4.2.2 no such user here" teaches nothing). That look is taken only for
+a wording not already known (its ``key``).
 
-What the examples then do (``memory.Neighbours``): a text without a specific code of its own
-whose nearest automatic example reaches a cosine of ``memory.NEIGHBOUR_THRESHOLD`` gets that
-example's reason, when the network gives that reason at least ``PLAUSIBLE`` too
-(``shared.py``); bench/bounce_selflearn.py measured it.
+A reason the network does not know is never learned, an answer the operator's examples gave
+is never learned from, and an automatic example with the key of an operator's example is
+never used (theirs always win). What is kept is the diagnostic line (cut to the parser's
+``MAX_TEXT``) with its addresses and long ids masked (``masked``: linear, whole runs of
+characters matched once); two texts that are the same once digits are masked too (``key``,
+stored with the example) are one example. The file (``[bounce] auto_learned``) has the
+format of the operator's learned file (``learned.py``) and never holds more than
+``PER_REASON`` examples of a reason nor ``PER_SOURCE`` of a domain: an addition past a bound
+rewrites the file atomically (0600) without the oldest. Several worker processes may learn
+at once: each addition reads and writes the file under ``learned.locked``, and checks there
+that no other process added the same example first. Learning is best-effort
+(:class:`Learner`): a busy lock skips the lesson, a file that cannot be written is warned
+about once and left alone until its directory changes or ``BACKOFF`` seconds passed.
+
+What the examples then do (``memory.Neighbours``): a reply of the same domain without a
+specific code of its own whose nearest automatic example reaches a cosine of
+``memory.NEIGHBOUR_THRESHOLD`` gets that example's reason, when the network gives that reason
+at least ``PLAUSIBLE`` too (``shared.py``); bench/bounce_selflearn.py measured it.
 """
 from __future__ import annotations
 
-import fcntl
-import os
+import dataclasses
+import hashlib
+import logging
 import re
+import time
 from pathlib import Path
 
 from . import learned
 from .codes import reason_of
-from .message import Bounce, as_bounce
+from .message import MAX_TEXT, Bounce, as_bounce
+
+log = logging.getLogger("vsl.bounce")
 
 CONFIDENCE = 0.9  # the network's least probability for an example to be kept
 PLAUSIBLE = 0.2  # the least probability the network gives a reason it finds plausible
@@ -42,44 +57,40 @@ PLAUSIBLE = 0.2  # the least probability the network gives a reason it finds pla
 SPECIFIC = frozenset({"1.1", "1.2", "1.6", "1.8", "2.2", "2.3", "3.4", "4.7", "7.13",
                       "7.25", "7.26"})
 PER_REASON = 50
-TOTAL = 500
-MAX_TEXT = 1000  # characters of a diagnostic kept
+PER_SOURCE = 10
+KEPT_TEXT = 1000  # characters of a diagnostic kept
+BACKOFF = 60.0  # seconds learning rests after a file it could not write
 
-_ADDRESS = re.compile(r"[^\s<>()\"',;:\[\]]+@[^\s<>()\"',;:\[\]]+")
-_ID = re.compile(r"\b(?=[0-9a-f-]*\d)[0-9a-f-]{8,}\b|\b[0-9A-Za-z]*\d[0-9A-Za-z]{7,}\b", re.I)
+# A run of characters that may be an address or an id (no spacing, brackets or quotes),
+# and within it a word; both match whole runs, so the work is linear in the text.
+_RUN = re.compile(r"[^\s<>()\"',;:\[\]]+")
+_WORD = re.compile(r"[0-9A-Za-z-]+")
+_HEX_ID = re.compile(r"[0-9a-fA-F-]{8,}")
+_DIGIT = re.compile(r"\d")
 _DIGITS = re.compile(r"\d+")
 
 
 def masked(text: str) -> str:
-    """``text`` without its addresses and long ids (replaced by ``<address>``, ``<id>``)."""
-    return _ID.sub("<id>", _ADDRESS.sub("<address>", text))
+    """``text`` (cut to ``MAX_TEXT``) without its addresses and long ids (replaced by
+    ``<address>``, ``<id>``)."""
+    return _RUN.sub(_masked_run, text[:MAX_TEXT])
 
 
-def key(text: str) -> str:
-    """What two near-duplicates share: the masked text without digits, case or spacing."""
-    return " ".join(uncoded(masked(text)).lower().split())
+def _masked_run(found: re.Match) -> str:
+    run = found.group()
+    if "@" in run[1:-1]:
+        return "<address>"
+    return _WORD.sub(_masked_word, run) if _DIGIT.search(run) else run
 
 
-def specific(status: str) -> bool:
-    """Whether an enhanced status code is one of the ``SPECIFIC`` ones."""
-    return status.partition(".")[2] in SPECIFIC
-
-
-def lesson(bounce: Bounce, judged, labels: list[str], judge) -> learned.Example | None:
-    """The example a network's judgement of ``bounce`` teaches, or None unless the network
-    and the text's own specific code agree and the wording alone makes the reason
-    plausible; ``judge``: a bounce -> (classification, probability per label) of the
-    network (see the module docstring)."""
-    first = bounce.first
-    if judged.confidence < CONFIDENCE or judged.reason not in labels or \
-            not specific(first.status) or not first.diagnostic:
-        return None
-    if reason_of(first.status, first.reply_code) != judged.reason:
-        return None
-    _, wording = judge(as_bounce(uncoded(first.diagnostic)))
-    if wording[labels.index(judged.reason)] < PLAUSIBLE:
-        return None
-    return learned.example(masked(first.diagnostic.strip())[:MAX_TEXT], judged.reason)
+def _masked_word(found: re.Match) -> str:
+    word = found.group()
+    if not _DIGIT.search(word):
+        return word
+    if _HEX_ID.fullmatch(word):
+        return "<id>"
+    return "-".join("<id>" if len(part) >= 8 and _DIGIT.search(part) else part
+                    for part in word.split("-"))
 
 
 def uncoded(text: str) -> str:
@@ -87,29 +98,79 @@ def uncoded(text: str) -> str:
     return _DIGITS.sub("#", text)
 
 
+def key(text: str) -> str:
+    """What two near-duplicates share: the masked text without digits, case or spacing."""
+    return " ".join(uncoded(masked(text)).lower().split())
+
+
+def diagnostic_key(bounce: Bounce) -> str:
+    """The key of what ``bounce`` says (its diagnostic, else its text)."""
+    return key(bounce.first.diagnostic or bounce.text)
+
+
+def key_of(example: learned.Example) -> str:
+    """The key of an example: the one stored with it, else computed."""
+    return example.key or key(example.text)
+
+
+def example_id(example: learned.Example) -> str:
+    """A stable id of an automatic example: ``a`` and a short hash of its key and time."""
+    said = f"{key_of(example)}\0{example.learned_at}".encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(said)
+    return "a" + digest.hexdigest()[:8]
+
+
+def specific(status: str) -> bool:
+    """Whether an enhanced status code is one of the ``SPECIFIC`` ones."""
+    return status.partition(".")[2] in SPECIFIC
+
+
+def lesson(bounce: Bounce, judged, labels: list[str], judge, source: str,
+           known=frozenset()) -> learned.Example | None:
+    """The example a network's judgement of ``bounce`` (a reply from ``source``'s server)
+    teaches, or None unless the network and the text's own specific code agree, its key is
+    not in ``known`` and the wording alone makes the reason plausible; ``judge``: a bounce
+    -> (classification, probability per label) of the network (see the module docstring)."""
+    first = bounce.first
+    if judged.confidence < CONFIDENCE or not specific(first.status) or not first.diagnostic:
+        return None
+    if reason_of(first.status, first.reply_code) != judged.reason:
+        return None
+    text = masked(first.diagnostic.strip())[:KEPT_TEXT]
+    found = key(text)
+    if found in known:
+        return None
+    _, wording = judge(as_bounce(uncoded(first.diagnostic)))
+    if wording[labels.index(judged.reason)] < PLAUSIBLE:
+        return None
+    return learned.example(text, judged.reason, source, found)
+
+
 def bounded(examples: list[learned.Example]) -> list[learned.Example]:
     """``examples`` (oldest first) without near-duplicates and within the bounds, the
     newest kept."""
-    kept, seen, per_reason = [], set(), {}
+    kept, seen, per_reason, per_source = [], set(), {}, {}
     for found in reversed(examples):
-        if len(kept) == TOTAL:
-            break
-        if key(found.text) in seen or per_reason.get(found.reason, 0) == PER_REASON:
+        found_key = key_of(found)
+        if found_key in seen or per_reason.get(found.reason, 0) == PER_REASON or \
+                per_source.get(found.source, 0) == PER_SOURCE:
             continue
-        seen.add(key(found.text))
+        seen.add(found_key)
         per_reason[found.reason] = per_reason.get(found.reason, 0) + 1
+        per_source[found.source] = per_source.get(found.source, 0) + 1
         kept.append(found)
     return kept[::-1]
 
 
 def add(path: str | Path, example: learned.Example) -> bool:
     """Add ``example`` to the automatic file unless a near-duplicate is there (False);
-    keeps the file within the bounds. Safe with several processes (module docstring)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        examples = learned.read(path)
-        if key(example.text) in {key(found.text) for found in examples}:
+    keeps the file within the bounds. Safe with several processes (module docstring);
+    raises ``learned.Busy`` when another holds the file too long, OSError when it cannot
+    be written."""
+    example = dataclasses.replace(example, key=key_of(example))
+    with learned.locked(path):
+        examples = learned.read(path, warn=False)
+        if example.key in {key_of(found) for found in examples}:
             return False
         examples.append(example)
         kept = bounded(examples)
@@ -120,33 +181,53 @@ def add(path: str | Path, example: learned.Example) -> bool:
     return True
 
 
-def compact(path: str | Path) -> int:
-    """Rewrite the automatic file within the bounds, without near-duplicates; the number
-    of examples dropped."""
-    with _locked(Path(path)):
-        examples = learned.read(path)
-        kept = bounded(examples)
+def forget(path: str | Path, forgotten) -> None:
+    """Rewrite the automatic file without the examples ``forgotten`` says are."""
+    with learned.locked(path):
+        examples = learned.read(path, warn=False)
+        kept = [e for e in examples if not forgotten(e)]
         if len(kept) != len(examples):
             learned.rewrite(path, kept)
-    return len(examples) - len(kept)
 
 
-def forget(path: str | Path, forgotten: list[learned.Example]) -> None:
-    """Rewrite the automatic file without the ``forgotten`` examples."""
-    with _locked(Path(path)):
-        learned.rewrite(path, [e for e in learned.read(path) if e not in forgotten])
+class Learner:
+    """Adds lessons to one automatic file, best-effort: never raises nor waits long; after
+    a failure to write, one warning and no attempt until the file's directory changed or
+    ``BACKOFF`` seconds passed (see the module docstring)."""
 
+    def __init__(self, path: str | Path, clock=time.monotonic):
+        self.path = Path(path)
+        self._clock = clock
+        self._resting: tuple[float, object] | None = None  # (since, directory's signature)
 
-class _locked:
-    """An exclusive flock of ``<path>.lock`` (0600), held for a with block."""
+    def add(self, example: learned.Example) -> bool:
+        """Whether ``example`` was added (False: known, busy, or the file cannot be
+        written)."""
+        if self._resting_still():
+            return False
+        try:
+            return add(self.path, example)
+        except learned.Busy:
+            log.info("bounce classifier: %s is busy, a lesson skipped", self.path)
+        except OSError as err:
+            log.warning("bounce classifier: cannot learn into %s (%s); self-learning rests "
+                        "until its directory changes or %d s passed", self.path,
+                        err.strerror or err, BACKOFF)
+            self._resting = (self._clock(), self._directory())
+        return False
 
-    def __init__(self, path: Path):
-        self.path = path.with_name(path.name + ".lock")
+    def _resting_still(self) -> bool:
+        if self._resting is None:
+            return False
+        since, directory = self._resting
+        if self._clock() - since < BACKOFF and self._directory() == directory:
+            return True
+        self._resting = None
+        return False
 
-    def __enter__(self):
-        self.handle = open(self.path, "a", opener=lambda name, flags: os.open(name, flags, 0o600))
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()  # releases the lock
+    def _directory(self):
+        try:
+            found = self.path.parent.stat()
+        except OSError:
+            return None
+        return found.st_mtime_ns, found.st_ino, found.st_mode

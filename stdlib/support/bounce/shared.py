@@ -14,10 +14,14 @@ RFC 3464 report it would be reported in: the network learned from such reports, 
 Learned bounces (``vsl bounce learn``: :mod:`.learned`, :mod:`.memory`) are asked before the
 network once :meth:`SharedClassifier.learn_from` named their file (``vsl serve`` does, at
 start-up); when the file changes, its new examples apply and the remembered answers are
-forgotten. With a self-learning file too (``[bounce] self_learning``), a classification
-asked with ``learn=True`` (delivery's replies, ``bounce::parse``'s recipients) may add an
-automatic example (:mod:`.selflearn`), and the automatic examples may tip the network's
-answer (:class:`.memory.Neighbours`).
+forgotten. With a self-learning file too (``[bounce] self_learning``), a classification of
+a reply from a recipient domain's server (``source``: delivery's, the only one that gives
+it) asked with ``learn=True`` may add an automatic example of that domain
+(:mod:`.selflearn`), and that domain's automatic examples may tip the network's answer
+about its later replies (:class:`.memory.Neighbours`); a classification without a source
+(``bounce::classify``, ``bounce::parse``, ``vsl bounce classify``) is never tipped. Nothing
+self-learning does (learning, comparing, the ``on_learned`` callback) can make a
+classification fail.
 """
 from __future__ import annotations
 
@@ -51,40 +55,44 @@ class SharedClassifier:
         self._remembered = functools.lru_cache(maxsize=REMEMBERED)(self._classify_text)
         self._learned: LearnedFile | None = None
         self._auto: LearnedFile | None = None
+        self._learner: selflearn.Learner | None = None
         self._on_learned = None
-        self.self_learned = 0  # automatic examples this process added
 
     def learn_from(self, learned: str | Path | None, auto: str | Path | None = None,
                    clock=time.monotonic, on_learned=None) -> None:
         """Ask the examples of the ``learned`` file (None: none) before the network; with
-        ``auto``, the self-learning file (None: self-learning off), learn from what the
-        ``learn=True`` classifications see (``on_learned(reason)`` told of each example
-        kept) and ask its examples after the network. Both files are looked at again when
-        ``clock`` passed a second."""
+        ``auto``, the self-learning file (None: self-learning off), learn from the
+        classifications asked with a source and ``learn=True`` (``on_learned(reason)``
+        told of each example kept) and ask its examples after the network. Both files are
+        looked at again when ``clock`` passed a second."""
         self._learned = learned and LearnedFile(learned, self._memory, clock)
         self._auto = auto and LearnedFile(auto, self._neighbours, clock)
+        self._learner = auto and selflearn.Learner(auto, clock)
         self._on_learned = on_learned
         self._remembered.cache_clear()
 
-    def classify_text(self, text: str, learn: bool = False):
+    def classify_text(self, text: str, source: str = "", learn: bool = False):
         """The ``Classification`` of a message or a reply line (short ones remembered, with
         the learned files' generations: an answer given before one changed is not reused);
-        ``learn``: a text the server saw, self-learning may keep it."""
+        ``source``: the recipient domain whose server replied ``text``, ``learn``: whether
+        self-learning may keep it (see the module docstring)."""
         if len(text) > REMEMBERED_SIZE:
-            return self._classify_text(text, learn)
-        return self._remembered(text, learn, self._generations())
+            return self._classify_text(text, source, learn)
+        return self._remembered(text, source, learn, self._generations())
 
-    def _classify_text(self, text: str, learn: bool, generations: tuple = ()):
+    def _classify_text(self, text: str, source: str, learn: bool, generations: tuple = ()):
         """(``generations`` only keys the remembered answers.)"""
-        return self.classify(as_bounce(text), learn)
+        return self.classify(as_bounce(text), source, learn)
 
-    def classify(self, bounce: Bounce, learn: bool = False):
+    def classify(self, bounce: Bounce, source: str = "", learn: bool = False):
         """The ``Classification`` of a parsed bounce: by the learned examples when it is
-        like one, else by the network (tipped by a near automatic example), or by its codes
-        when the network cannot be used. ``learn``: as for ``classify_text``."""
-        learned = _asked(self._learned, bounce, lambda memory: memory.match(bounce))
-        if learned is not None:
-            return learned
+        like one, else by the network (tipped by a near automatic example of ``source``),
+        or by its codes when the network cannot be used. ``source``, ``learn``: as for
+        ``classify_text``."""
+        operator = self._learned and self._learned.memory()
+        found = _asked(self._learned, bounce, lambda memory: memory.match(bounce))
+        if found is not None:
+            return found
         classifier = self.get()
         if classifier is None:
             return _by_codes(bounce)
@@ -93,40 +101,52 @@ class SharedClassifier:
         except Exception:  # noqa: BLE001 - a classification must never break its caller
             log.exception("bounce classifier: cannot classify %r", bounce.first.diagnostic[:200])
             return _by_codes(bounce)
-        if learn and self._auto is not None:
-            self._learn(bounce, judged, classifier)
-        return self._tipped(bounce, judged, probabilities, classifier)
+        if not source or self._auto is None:
+            return judged
+        excluded = operator.keys if operator is not None else frozenset()
+        if learn:
+            self._learn(bounce, judged, classifier, source, excluded)
+        return self._tipped(bounce, judged, probabilities, classifier, source, excluded)
 
-    def _learn(self, bounce: Bounce, judged, classifier) -> None:
+    def _learn(self, bounce: Bounce, judged, classifier, source: str, excluded) -> None:
         """Keep what ``judged`` teaches, when it teaches something new (never raises)."""
         try:
-            lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge)
             neighbours = self._auto.memory()
-            if lesson is None or (neighbours is not None and
-                                  selflearn.key(lesson.text) in neighbours.keys):
+            known = excluded if neighbours is None else excluded | neighbours.keys
+            lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge,
+                                      source, known)
+            if lesson is None or not self._learner.add(lesson):
                 return
-            if not selflearn.add(self._auto.path, lesson):
-                return
+            log.info("bounce classifier: learned %s for %s from %r", lesson.reason, source,
+                     lesson.text[:200])
+            if self._on_learned is not None:
+                self._on_learned(lesson.reason)
         except Exception:  # noqa: BLE001 - a classification must never break its caller
             log.exception("bounce classifier: cannot learn into %s", self._auto.path)
-            return
-        self.self_learned += 1
-        log.info("bounce classifier: learned %s from %r", lesson.reason, lesson.text[:200])
-        if self._on_learned is not None:
-            self._on_learned(lesson.reason)
 
-    def _tipped(self, bounce: Bounce, judged, probabilities, classifier):
-        """``judged``, or, for a text without a specific code of its own, the reason of a
-        near automatic example the network finds plausible (``selflearn.PLAUSIBLE``)."""
+    def _tipped(self, bounce: Bounce, judged, probabilities, classifier, source: str,
+                excluded):
+        """``judged``, or, for a text without a specific code of its own that is no
+        operator's example, the reason of a near automatic example of ``source`` the
+        network finds plausible (``selflearn.PLAUSIBLE``), with the lesser of the cosine
+        and the network's probability as its confidence."""
         if selflearn.specific(bounce.first.status) or judged.confidence > 1 - selflearn.PLAUSIBLE:
             return judged  # (so sure of its reason that it finds no other plausible)
-        near = _asked(self._auto, bounce, lambda memory: memory.nearest(bounce))
+        if excluded and selflearn.diagnostic_key(bounce) in excluded:
+            return judged
+        near = _asked(self._auto, bounce, lambda memory: memory.nearest(bounce, source, excluded))
         if near is None or near[0] == judged.reason or near[0] not in classifier.labels:
             return judged
         reason, cosine = near
-        if probabilities[classifier.labels.index(reason)] < selflearn.PLAUSIBLE:
+        probability = float(probabilities[classifier.labels.index(reason)])
+        if probability < selflearn.PLAUSIBLE:
             return judged
-        return classifier.named(bounce, reason, cosine)
+        try:
+            return classifier.named(bounce, reason, min(cosine, probability))
+        except Exception:  # noqa: BLE001 - a classification must never break its caller
+            log.exception("bounce classifier: cannot name %s for %r", reason,
+                          bounce.first.diagnostic[:200])
+            return judged
 
     def _generations(self) -> tuple:
         """The learned files' generations, after a look at them when one is due."""
@@ -140,7 +160,7 @@ class SharedClassifier:
     def _neighbours(self, examples):
         from .memory import Neighbours
 
-        return Neighbours(examples, self.rarity())
+        return Neighbours(examples, self.rarity(), self._auto and self._auto.last)
 
     def rarity(self):
         """The feature weights learned examples are compared by: the model file's, else

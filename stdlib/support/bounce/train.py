@@ -31,7 +31,7 @@ import numpy as np
 from . import synthetic
 from .features import BUCKETS, featurize
 from .memory import background_rarity
-from .message import parse, report_text
+from .message import as_bounce, parse, report_text
 from .model import Classifier, Network, average_probabilities, softmax
 
 
@@ -178,22 +178,27 @@ def predict(networks: list[Network], rows) -> list[tuple[str, float]]:
 
 
 def tables(rows: list[dict]) -> dict:
-    """Per reason: the hard flag and enhanced code most often seen with it in ``rows``."""
+    """Per reason: the hard flag and enhanced code most often seen with it in ``rows`` (a
+    row without a hard flag, a learned one without a code, counts for neither)."""
     hard, status = defaultdict(Counter), defaultdict(Counter)
     for row in rows:
-        hard[row["reason"]][bool(row.get("hard", True))] += 1
+        if "hard" in row:
+            hard[row["reason"]][bool(row["hard"])] += 1
         if row.get("status"):
             status[row["reason"]][row["status"]] += 1
     return {"hard": {r: c.most_common(1)[0][0] for r, c in hard.items()},
             "status": {r: c.most_common(1)[0][0] for r, c in status.items()}}
 
 
-def train_classifier(rows: list[dict], settings: Settings) -> Classifier:
-    extra = synthetic.samples(settings.synthetic, settings.seed)
+def train_classifier(rows: list[dict], settings: Settings, auto: list[dict] = ()) -> Classifier:
+    """The classifier trained on the labelled ``rows`` (repeated ``real_repeat`` times),
+    the synthetic bounces and self-learning's ``auto`` rows (each weighted like a synthetic
+    one: strangers wrote them)."""
+    extra = list(auto) + synthetic.samples(settings.synthetic, settings.seed)
     data = encode([r["text"] for r in rows + extra], [r["reason"] for r in rows + extra])
     repeat = [settings.real_repeat] * len(rows) + [1] * len(extra)
     networks = fit_ensemble(data, settings, repeat)
-    return Classifier(networks, {"labels": networks[0].labels, **tables(rows)},
+    return Classifier(networks, {"labels": networks[0].labels, **tables(rows + list(auto))},
                       background_rarity())
 
 
@@ -367,19 +372,37 @@ def evaluate(classifier: Classifier, rows: list[dict]) -> None:
     confusion_pairs(truth, guessed)
 
 
-def learned_rows(paths: list[str]) -> list[dict]:
-    """The examples of learned files as labelled rows (trained on like the real ones), a
-    reply line as the report the classifier reads it as; a near-duplicate of an example of
-    an earlier file (the operator's come first) is left out."""
+def learned_rows(operator: list[str], auto: list[str] = ()) -> tuple[list[dict], list[dict]]:
+    """The examples of the operator's learned files and of self-learning's (``auto``) as
+    labelled rows, a reply line as the report the classifier reads it as, its hard flag and
+    status its own code's (none when it shows none); a near-duplicate of an earlier example
+    (the operator's come first) is left out."""
     from . import learned, selflearn
 
-    rows, seen = [], set()
-    for path in paths:
-        for example in learned.read(path):
-            if selflearn.key(example.text) not in seen:
-                seen.add(selflearn.key(example.text))
-                rows.append({"text": report_text(example.text), "reason": example.reason})
-    return rows
+    seen: set[str] = set()
+
+    def rows_of(paths) -> list[dict]:
+        rows = []
+        for path in paths:
+            for example in learned.read(path):
+                if selflearn.key_of(example) not in seen:
+                    seen.add(selflearn.key_of(example))
+                    rows.append(learned_row(example))
+        return rows
+
+    return rows_of(operator), rows_of(auto)
+
+
+def learned_row(example) -> dict:
+    """A learned example as a labelled row (see ``learned_rows``)."""
+    row = {"text": report_text(example.text), "reason": example.reason}
+    first = as_bounce(example.text).first
+    code = first.status or first.reply_code
+    if code[:1] in ("4", "5"):
+        row["hard"] = code.startswith("5")
+    if first.status:
+        row["status"] = first.status
+    return row
 
 
 def load_jsonl(path: str) -> list[dict]:
@@ -391,13 +414,16 @@ FOLDS = 8  # --cv's folds
 
 
 def run(rows: list[dict], settings: Settings, out: str | None = None, cv: bool = False,
-        quick: bool = False, folds: int = FOLDS, learned: list[str] = ()) -> None:
+        quick: bool = False, folds: int = FOLDS, learned: list[str] = (),
+        auto: list[str] = ()) -> None:
     """With ``cv``, print the leave-group-out evaluation on ``rows``; with ``out``, write
-    the classifier trained on them (and on the examples of the ``learned`` files) there."""
+    the classifier trained on them (and on the examples of the ``learned`` files, and of
+    self-learning's ``auto`` files) there."""
     if cv:
         report(rows, cross_validate(rows, settings, folds, quick))
     if out:
-        train_classifier(rows + learned_rows(learned), settings).save(out)
+        operator, automatic = learned_rows(learned, auto)
+        train_classifier(rows + operator, settings, automatic).save(out)
 
 
 def main(argv: list[str] | None = None) -> None:
