@@ -10,20 +10,24 @@ RFC 5321 multi-line reply, a generic rewording). The labelling conventions of th
 are followed: "user unknown" answered after DATA is ``filtered``; a sender refused,
 including a list refusing a post, is ``rejected``; an out-of-office reply is
 ``vacation``; an ARF report is ``feedback``; a queue lifetime ending after temporary
-network errors is ``expired``. Every sample is drawn from a seeded ``random.Random``, so
-the set is reproducible. No text comes from the labelled training file: it was read only
+network errors is ``expired``, and so is a warning that a message is still retried.
+Every sample is drawn from a seeded ``random.Random``, so the set is reproducible. No text comes from the labelled training file: it was read only
 for aggregate error analysis (which reasons and formats fail, which enhanced codes come
 with the "filtered after DATA" convention).
 
 Sources of the knowledge: RFC 3463 / 5248 (enhanced codes), RFC 3464 (DSN), RFC 3834
 (auto-replies), RFC 5965 (ARF), RFC 5321 (replies, phases); the public source of
 qmail (notqmail's qmail-send.c and qmail-remote.c: notice and reply texts); general
-knowledge of the bounce layouts of Postfix, Exim, Sendmail, Courier, Apache James, OpenSMTPD, Haraka,
-MDaemon, IMail, Lotus Domino, Oracle Messaging Server, Exchange 2003 and 2010+ /
-Office 365 (with the enhanced codes Microsoft documents for its NDRs), Gmail, Yahoo, mail-security gateways and
-bulk-sending services. The diagnostics, notices and translations are this project's own
-writing of what those systems and providers say; no bounce corpus or classifier phrase
-list was used.
+knowledge of the bounce layouts of Postfix (remote replies and its own ``X-Postfix``
+findings), Exim, Sendmail, Courier, Apache James, OpenSMTPD, Haraka, MDaemon, IMail,
+GroupWise, Lotus Domino, Oracle Messaging Server, Exchange 2003 and 2010+ / Office 365
+(with the enhanced codes Microsoft documents for its NDRs), Gmail, Yahoo, hosted webmail
+(Zoho, Yandex, Mail.ru), mail-security gateways, bulk-sending services, the delay warnings
+MTAs send while they keep retrying, and the refusals of list managers (Mailman, Sympa,
+LISTSERV, FML, Google Groups); and of the wordings mailbox providers publish on their
+postmaster pages for refused IPs, DMARC failures, rate limits and unknown or locked
+accounts. The diagnostics, notices and translations are this project's own writing of
+what those systems and providers say; no bounce corpus or classifier phrase list was used.
 """
 from __future__ import annotations
 
@@ -83,7 +87,7 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
         return envelopes.feedback(rcpt, rng)
     if reason == "delivered":
         return envelopes.delivered(rcpt, rng)
-    if reason == "rejected" and rng.random() < 0.4:
+    if reason == "rejected" and rng.random() < 0.55:
         hints = rng.sample(LIST_HINTS, rng.randrange(0, 4))
         return envelopes.list_refusal(rcpt, rng.choice(LIST_REFUSALS), hints, rng)
     if reason == "expired" and rng.random() < 0.5:
