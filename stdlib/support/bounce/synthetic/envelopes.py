@@ -9,6 +9,7 @@ list refusals have their own writers at the end, since they carry no SMTP diagno
 """
 from __future__ import annotations
 
+import json
 import random
 
 LOCAL = ["kijitora", "neko", "alice", "bob", "sales", "info", "m.tanaka", "contact", "j.smith"]
@@ -404,6 +405,24 @@ def webmail(rcpt, diagnostic, phase, status, rng):
                                      "Undeliverable message"]), body, rng)
 
 
+def ses_notification(rcpt, diagnostic, phase, status, rng):
+    """An Amazon SES bounce notification delivered by SNS as email: its JSON document
+    (the fields AWS documents) as the body."""
+    permanent = not status.startswith("4")
+    recipient = {"emailAddress": rcpt, "action": "failed", "status": status or "5.0.0",
+                 "diagnosticCode": f"smtp; {diagnostic}"}
+    bounce = {"bounceType": "Permanent" if permanent else "Transient",
+              "bounceSubType": "General",
+              "bouncedRecipients": [recipient], "timestamp": "2026-06-01T10:00:00.000Z",
+              "feedbackId": f"0100{rng.randrange(10**12)}-000000", "remoteMtaIp": _ip(rng),
+              "reportingMTA": "dsn; a1-2.smtp-out.us-west-2.amazonses.com"}
+    document = {"notificationType": "Bounce", "bounce": bounce,
+                "mail": {"source": "sender@example.jp", "destination": [rcpt],
+                         "messageId": f"0100{rng.randrange(10**12)}-000000"}}
+    return _headers("AWS Notification Message", rng, "Content-Type: text/plain; charset=UTF-8\n",
+                    "AWS Notifications <no-reply@sns.amazonaws.com>") + "\n" + json.dumps(document)
+
+
 def bare_dsn(rcpt, diagnostic, phase, status, rng):
     action = "delayed" if status.startswith("4") and rng.random() < 0.5 else "failed"
     return _dsn(rcpt, action, status, diagnostic, "", rng)
@@ -459,21 +478,29 @@ GIVE_UP_NOTICES = [
     "I'm not going to try again; this message has been in the queue too long.",
     "The message could not be delivered within the configured time and was returned.",
     "Delivery to the following recipient has been abandoned after repeated failures.",
-    "Delivery failed after 20 attempts.", "All delivery attempts failed; the message was removed "
-    "from the queue.", "Die Nachricht konnte innerhalb der Frist nicht zugestellt werden.",
-    "Le message n'a pas pu être remis dans le délai imparti.", "配信期限内に配送できませんでした。"]
+    "Gave up after 15 delivery attempts.",
+    "All delivery attempts failed; the message was removed from the queue.",
+    "Die Nachricht konnte innerhalb der Frist nicht zugestellt werden.",
+    "Le message n'a pas pu être remis dans le délai imparti.",
+    "配信期限内に配送できませんでした。",
+]
 # Delay warnings (the labeler counts a message still retried after long as expired).
 DELAY_NOTICES = [
-    "Delivery to the following recipient has been delayed. Message will be retried for 2 more "
-    "day(s).", "This is a warning message only. The mail system will keep trying to deliver it.",
-    "Your message has not been delivered yet: it was delayed for 24 hours and is still being "
-    "retried.", "Warning: could not send message for past 4 hours. Will keep trying until the "
-    "message is 5 days old.", "The message is delayed; no action is required on your part.",
-    "Zustellung verzögert: der Versand wird weiter versucht.", "Remise différée : nouvel essai "
-    "plus tard."]
-DELAY_SUBJECTS = ["Delayed Mail (still being retried)", "Warning: message delayed 24 hours",
-                  "Delivery Status Notification (Delay)", "Warning: could not send message for "
-                  "past 4 hours", "Delivery delayed"]
+    "Your message to the recipient below is delayed; we will keep retrying for two more days.",
+    "This is a warning message only. The mail system will keep trying to deliver it.",
+    "Your message has not been delivered yet: it was delayed 24 hours and is still retried.",
+    "Warning: could not send message for past 4 hours; will keep trying until it is 5 days old.",
+    "The message is delayed; no action is required on your part.",
+    "Zustellung verzögert: der Versand wird weiter versucht.",
+    "Remise différée : nouvel essai plus tard.",
+]
+DELAY_SUBJECTS = [
+    "Delayed Mail (still being retried)",
+    "Warning: message delayed 24 hours",
+    "Delivery Status Notification (Delay)",
+    "Warning: could not send message for past 4 hours",
+    "Delivery delayed",
+]
 
 
 def expiry(rcpt, diagnostic, phase, status, rng):
@@ -498,7 +525,7 @@ ENVELOPES = (postfix, exim, sendmail, old_sendmail, qmail, courier, james, domin
              exchange2003, exchange, gmail, yahoo, opensmtpd, haraka, mdaemon, imail, gateway,
              sending_service, messaging_server, scanner_transcript, policy_gateway,
              russian_provider, japanese_carrier, bare_dsn, localised, provider, groupwise,
-             webmail)
+             webmail, ses_notification)
 
 AUTOREPLY_MARKS = ["Auto-Submitted: auto-replied\n", "X-Autoreply: yes\n", "",
                    "Precedence: auto_reply\n", "Auto-Submitted: auto-replied (vacation)\n",
