@@ -142,7 +142,7 @@ CODES: dict[str, list[tuple[str, str, str]]] = {
 DIAGNOSTICS: dict[str, list[str]] = {
     "userunknown": [
         "Message was not accepted -- invalid mailbox. Local mailbox is unavailable: user not found",
-        "No such user!", "Invalid Recipient", "recipient rejected: unknown user",
+        "No such user!", "recipient rejected: unknown user",
         "Requested action not taken: mailbox unavailable, invalid recipient",
         "Recipient address rejected: undeliverable address: User unknown in local recipient table",
         "The recipient's email address was not found in the domain",
@@ -205,8 +205,8 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "mailbox file write refused: user over quota",
         "write failed: disk quota exceeded for user", "too many messages stored in this mailbox",
         "too many messages in the mailbox", "mailbox size limit reached, delivery failed",
-        "The recipient's inbox is out of storage space", "user's disk quota exceeded",
-        "Maildir over quota", "Превышен размер почтового ящика", "Ящик переполнен",
+        "the recipient's inbox has no storage left", "user's disk quota exceeded",
+        "maildir quota exceeded", "Превышен размер почтового ящика", "Ящик переполнен",
         "Postfach ist voll", "La boîte du destinataire est pleine", "邮箱容量已满", "Mailbox full",
         "mailbox is full", "Quota exceeded", "user is over quota",
         "The email account that you tried to reach is over quota", "Mailbox size limit exceeded",

@@ -395,10 +395,10 @@ def groupwise(rcpt, diagnostic, phase, status, rng):
 def webmail(rcpt, diagnostic, phase, status, rng):
     """A hosted-mail provider's notice (Zoho, Yandex, Mail.ru in English): the recipient,
     then the receiving server's reply, quoted as it came."""
-    intro = rng.choice(["Delivery to the following recipients failed permanently:",
+    intro = rng.choice(["Delivery to these recipients failed permanently:",
                         "Message delivery failed to the following address:",
                         "Your message was not delivered to the recipients below.",
-                        "The following recipient(s) could not be reached:"])
+                        "These recipients could not be reached:"])
     body = (f"{intro}\n\n  {rcpt}\n\nReason: Remote server replied: {diagnostic}\n\n"
             "Original message headers:\n\n")
     return _notice(rcpt, rng.choice(["Undelivered Mail Returned to Sender", "Delivery failed",
