@@ -50,3 +50,29 @@ def test_unknown_user_after_data_is_filtered():
     after_data = [s for s in SET if s["reason"] == "filtered" and
                   any(text in s["text"] for text in DIAGNOSTICS["userunknown"])]
     assert len(after_data) >= 20
+
+
+def test_no_reason_lists_a_diagnostic_twice():
+    for reason, texts in DIAGNOSTICS.items():
+        assert len(texts) == len(set(texts)), reason
+
+
+def test_a_list_refusal_from_the_mail_system_names_the_list_as_failed():
+    texts = [envelopes.list_refusal("neko@example.net", "Only members may post.", [],
+                                    random.Random(seed)) for seed in range(40)]
+    from_system = [parse(text) for text in texts if "X-Failed-Recipients" in text]
+    assert from_system and all("x-failed-recipients" in bounce.marks for bounce in from_system)
+    assert len(from_system) < len(texts)
+
+
+def test_an_expiry_is_a_give_up_notice_or_a_delay_warning():
+    actions = {parse(envelopes.expiry("neko@example.net", "421 4.4.2 timed out", "", "4.4.2",
+                                      random.Random(seed))).first.action for seed in range(40)}
+    assert {"failed", "delayed"} <= actions
+
+
+def test_a_postfix_finding_of_its_own_is_an_x_postfix_diagnostic():
+    text = envelopes.postfix("neko@example.net", "5.1.2 Domain not found", "", "5.1.2",
+                             random.Random(1))
+    assert "Diagnostic-Code: X-Postfix; 5.1.2 Domain not found" in text
+    assert "said:" not in text

@@ -1,29 +1,34 @@
 """Synthetic bounces written from MTA knowledge, so the model meets wordings and MTA
 families that the labelled file does not have.
 
-Design: a reason is described by what a remote server says for it (``diagnostics``:
-reply and enhanced codes, SMTP phase, short diagnostics in several phrasings and
-languages), and an envelope (``envelopes``) wraps one diagnostic the way one MTA family
-reports it. A sample draws a reason, an envelope and a diagnostic, then varies the
-diagnostic the way remote servers do (a provider's reference or ticket appended, an
-RFC 5321 multi-line reply, a generic rewording). The labelling conventions of the data
-are followed: "user unknown" answered after DATA is ``filtered``; a sender refused,
-including a list refusing a post, is ``rejected``; an out-of-office reply is
-``vacation``; an ARF report is ``feedback``; a queue lifetime ending after temporary
-network errors is ``expired``. Every sample is drawn from a seeded ``random.Random``, so
-the set is reproducible. No text comes from the labelled training file: it was read only
-for aggregate error analysis (which reasons and formats fail, which enhanced codes come
-with the "filtered after DATA" convention).
+Design: a reason is described by what a remote server says for it (``diagnostics``: reply
+and enhanced codes, SMTP phase, short diagnostics in several phrasings and languages), and
+an envelope (``envelopes``) wraps one diagnostic the way one MTA family reports it. A sample
+draws a reason, an envelope and a diagnostic, then varies the diagnostic the way remote
+servers do (a provider's reference or ticket appended, an RFC 5321 multi-line reply, a
+generic rewording). The labelling conventions of the data are followed: "user unknown"
+answered after DATA, or told with neither the SMTP phase nor a 5.1.x code, is ``filtered``;
+a sender refused, including a list refusing a post, is ``rejected``; an out-of-office reply
+is ``vacation``; an ARF report is ``feedback``; a queue lifetime ending after temporary
+network errors is ``expired``, and so is a warning that a message is still retried. Every
+sample is drawn from a seeded ``random.Random``, so the set is reproducible. No text comes
+from the labelled training file: it was read only for aggregate error analysis (which
+reasons and formats fail, which enhanced codes come with the "filtered after DATA"
+convention).
 
 Sources of the knowledge: RFC 3463 / 5248 (enhanced codes), RFC 3464 (DSN), RFC 3834
 (auto-replies), RFC 5965 (ARF), RFC 5321 (replies, phases); the public source of
 qmail (notqmail's qmail-send.c and qmail-remote.c: notice and reply texts); general
-knowledge of the bounce layouts of Postfix, Exim, Sendmail, Courier, Apache James, OpenSMTPD, Haraka,
-MDaemon, IMail, Lotus Domino, Oracle Messaging Server, Exchange 2003 and 2010+ /
-Office 365 (with the enhanced codes Microsoft documents for its NDRs), Gmail, Yahoo, mail-security gateways and
-bulk-sending services. The diagnostics, notices and translations are this project's own
-writing of what those systems and providers say; no bounce corpus or classifier phrase
-list was used.
+knowledge of the bounce layouts of Postfix (remote replies and its own ``X-Postfix``
+findings), Exim, Sendmail, Courier, Apache James, OpenSMTPD, Haraka, MDaemon, IMail,
+GroupWise, Lotus Domino, Oracle Messaging Server, Exchange 2003 and 2010+ / Office 365
+(with the enhanced codes Microsoft documents for its NDRs), Gmail, Yahoo, hosted webmail
+(Zoho, Yandex, Mail.ru), mail-security gateways, bulk-sending services, the delay warnings
+MTAs send while they keep retrying, and the refusals of list managers (Mailman, Sympa,
+LISTSERV, FML, Google Groups); and of the wordings mailbox providers publish on their
+postmaster pages for refused IPs, DMARC failures, rate limits and unknown or locked
+accounts. The diagnostics, notices and translations are this project's own writing of
+what those systems and providers say; no bounce corpus or classifier phrase list was used.
 """
 from __future__ import annotations
 
@@ -83,7 +88,7 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
         return envelopes.feedback(rcpt, rng)
     if reason == "delivered":
         return envelopes.delivered(rcpt, rng)
-    if reason == "rejected" and rng.random() < 0.4:
+    if reason == "rejected" and rng.random() < 0.55:
         hints = rng.sample(LIST_HINTS, rng.randrange(0, 4))
         return envelopes.list_refusal(rcpt, rng.choice(LIST_REFUSALS), hints, rng)
     if reason == "expired" and rng.random() < 0.5:
@@ -92,7 +97,7 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
         return envelopes.expiry(rcpt, _reply(reply, status, last, rcpt, rng), phase, status, rng)
     if reason == "mailererror" and rng.random() < 0.4:
         return envelopes.local_mailer(rcpt, rng.choice([1, 64, 67, 69, 71, 75, 77, 127, 255]), rng)
-    if reason == "filtered" and rng.random() < 0.4:
+    if reason == "filtered" and rng.random() < 0.5:
         return _unknown_after_data(rcpt, envelope, rng)
     reply, status, phase = rng.choice(CODES[reason])
     text = rng.choice(DIAGNOSTICS[reason])
@@ -100,11 +105,13 @@ def _message(reason: str, envelope, rng: random.Random) -> str:
 
 
 def _unknown_after_data(rcpt: str, envelope, rng: random.Random) -> str:
-    """The labeler's convention: "user unknown" answered to DATA is ``filtered``."""
+    """The labeler's convention: "user unknown" answered to DATA is ``filtered``, and so
+    is one that shows neither the SMTP phase nor an address-status code (5.1.x)."""
     status = rng.choice(["5.0.0", "5.0.0", "5.2.0", "5.2.0", "", "5.7.1"])
     said = status if rng.random() < 0.4 else ""
+    phase = "data" if status == "5.2.0" or rng.random() < 0.6 else ""
     text = rng.choice(DIAGNOSTICS["userunknown"])
-    return envelope(rcpt, _reply("550", said, text, rcpt, rng), "data", status, rng)
+    return envelope(rcpt, _reply("550", said, text, rcpt, rng), phase, status, rng)
 
 
 def _reply(reply: str, status: str, text: str, rcpt: str, rng: random.Random) -> str:

@@ -9,6 +9,7 @@ list refusals have their own writers at the end, since they carry no SMTP diagno
 """
 from __future__ import annotations
 
+import json
 import random
 
 LOCAL = ["kijitora", "neko", "alice", "bob", "sales", "info", "m.tanaka", "contact", "j.smith"]
@@ -84,24 +85,35 @@ def _returned(rcpt, boundary, rng):
 
 
 def postfix(rcpt, diagnostic, phase, status, rng):
+    """Postfix's bounce: the remote reply and the command it answered, or (no SMTP phase)
+    its own finding, told in an ``X-Postfix`` Diagnostic-Code."""
+    if not phase:
+        return _dsn(rcpt, "failed", status, diagnostic, _postfix_human(rcpt, diagnostic), rng,
+                    "Undelivered Mail Returned to Sender", diagnostic_type="X-Postfix")
     said = f"host mx.{_domain(rcpt)}[{_ip(rng)}] said: {diagnostic}"
     if phase in COMMAND:
         said += f" (in reply to {COMMAND[phase]} command)"
-    human = ("This is the mail system at host mx.example.jp.\n\nI'm sorry to have to inform you "
-             "that your message could not\nbe delivered to one or more recipients. It's attached "
-             "below.\n\n                   The mail system\n\n"
-             f"<{rcpt}>: {said}\n")
-    return _dsn(rcpt, "failed", status, diagnostic, human, rng,
+    return _dsn(rcpt, "failed", status, diagnostic, _postfix_human(rcpt, said), rng,
                 "Undelivered Mail Returned to Sender")
 
 
+def _postfix_human(rcpt, said):
+    return ("This is the mail system at host mx.example.jp.\n\nI'm sorry to have to inform you "
+            "that your message could not\nbe delivered to one or more recipients. It's attached "
+            "below.\n\n                   The mail system\n\n"
+            f"<{rcpt}>: {said}\n")
+
+
 def exim(rcpt, diagnostic, phase, status, rng):
+    """Exim's bounce: the remote reply and the command it answered, or (no SMTP phase) its
+    own finding under the address."""
     after = f" after {COMMAND[phase]}" if phase in COMMAND else ""
+    said = (f"    host mx.{_domain(rcpt)} [{_ip(rng)}]\n"
+            f"    SMTP error from remote mail server{after}:\n" if phase else "")
     body = ("This message was created automatically by mail delivery software.\n\n"
             "A message that you sent could not be delivered to one or more of its\n"
             "recipients. This is a permanent error. The following address(es) failed:\n\n"
-            f"  {rcpt}\n    host mx.{_domain(rcpt)} [{_ip(rng)}]\n"
-            f"    SMTP error from remote mail server{after}:\n    {diagnostic}\n\n"
+            f"  {rcpt}\n{said}    {diagnostic}\n\n"
             "------ This is a copy of the message, including all the headers. ------\n\n")
     return _notice(rcpt, "Mail delivery failed: returning message to sender", body, rng,
                    "X-Failed-Recipients: " + rcpt + "\n")
@@ -370,6 +382,47 @@ def sending_service(rcpt, diagnostic, phase, status, rng):
                             "Message bounced"]))
 
 
+def groupwise(rcpt, diagnostic, phase, status, rng):
+    """Novell / Micro Focus GroupWise: the undeliverable address with the reason in
+    parentheses, then a list of possible causes."""
+    body = ("The message that you sent was undeliverable to the following:\n"
+            f"\t{rcpt} ({diagnostic})\n\nPossible causes:\n"
+            "  The e-mail address may be incorrect, or the remote server refused the message.\n\n"
+            "Original message follows.\n\n")
+    return _notice(rcpt, "Message status - undeliverable", body, rng)
+
+
+def webmail(rcpt, diagnostic, phase, status, rng):
+    """A hosted-mail provider's notice (Zoho, Yandex, Mail.ru in English): the recipient,
+    then the receiving server's reply, quoted as it came."""
+    intro = rng.choice(["Delivery to these recipients failed permanently:",
+                        "Message delivery failed to the following address:",
+                        "Your message was not delivered to the recipients below.",
+                        "These recipients could not be reached:"])
+    body = (f"{intro}\n\n  {rcpt}\n\nReason: Remote server replied: {diagnostic}\n\n"
+            "Original message headers:\n\n")
+    return _notice(rcpt, rng.choice(["Undelivered Mail Returned to Sender", "Delivery failed",
+                                     "Undeliverable message"]), body, rng)
+
+
+def ses_notification(rcpt, diagnostic, phase, status, rng):
+    """An Amazon SES bounce notification delivered by SNS as email: its JSON document
+    (the fields AWS documents) as the body."""
+    permanent = not status.startswith("4")
+    recipient = {"emailAddress": rcpt, "action": "failed", "status": status or "5.0.0",
+                 "diagnosticCode": f"smtp; {diagnostic}"}
+    bounce = {"bounceType": "Permanent" if permanent else "Transient",
+              "bounceSubType": "General",
+              "bouncedRecipients": [recipient], "timestamp": "2026-06-01T10:00:00.000Z",
+              "feedbackId": f"0100{rng.randrange(10**12)}-000000", "remoteMtaIp": _ip(rng),
+              "reportingMTA": "dsn; a1-2.smtp-out.us-west-2.amazonses.com"}
+    document = {"notificationType": "Bounce", "bounce": bounce,
+                "mail": {"source": "sender@example.jp", "destination": [rcpt],
+                         "messageId": f"0100{rng.randrange(10**12)}-000000"}}
+    return _headers("AWS Notification Message", rng, "Content-Type: text/plain; charset=UTF-8\n",
+                    "AWS Notifications <no-reply@sns.amazonaws.com>") + "\n" + json.dumps(document)
+
+
 def bare_dsn(rcpt, diagnostic, phase, status, rng):
     action = "delayed" if status.startswith("4") and rng.random() < 0.5 else "failed"
     return _dsn(rcpt, action, status, diagnostic, "", rng)
@@ -417,17 +470,49 @@ def provider(rcpt, diagnostic, phase, status, rng):
                           PROVIDER_SUBJECTS, 0.0, rng)
 
 
+GIVE_UP_NOTICES = [
+    "Message could not be delivered for 5 days. Giving up.",
+    "This message has been in the queue too long and was returned.",
+    "retry time not reached for any host after a long failure period",
+    "Delivery attempts will no longer be made; the message expired.",
+    "I'm not going to try again; this message has been in the queue too long.",
+    "The message could not be delivered within the configured time and was returned.",
+    "Delivery to the following recipient has been abandoned after repeated failures.",
+    "Gave up after 15 delivery attempts.",
+    "All delivery attempts failed; the message was removed from the queue.",
+    "Die Nachricht konnte innerhalb der Frist nicht zugestellt werden.",
+    "Le message n'a pas pu être remis dans le délai imparti.",
+    "配信期限内に配送できませんでした。",
+]
+# Delay warnings (the labeler counts a message still retried after long as expired).
+DELAY_NOTICES = [
+    "Your message to the recipient below is delayed; we will keep retrying for two more days.",
+    "This is a warning message only. The mail system will keep trying to deliver it.",
+    "Your message has not been delivered yet: it was delayed 24 hours and is still retried.",
+    "Warning: could not send message for past 4 hours; will keep trying until it is 5 days old.",
+    "The message is delayed; no action is required on your part.",
+    "Zustellung verzögert: der Versand wird weiter versucht.",
+    "Remise différée : nouvel essai plus tard.",
+]
+DELAY_SUBJECTS = [
+    "Delayed Mail (still being retried)",
+    "Warning: message delayed 24 hours",
+    "Delivery Status Notification (Delay)",
+    "Warning: could not send message for past 4 hours",
+    "Delivery delayed",
+]
+
+
 def expiry(rcpt, diagnostic, phase, status, rng):
-    """A queue lifetime ran out: the last temporary error is told with a give-up notice."""
-    notice = rng.choice([
-        "Message could not be delivered for 5 days. Giving up.",
-        "This message has been in the queue too long and was returned.",
-        "retry time not reached for any host after a long failure period",
-        "Delivery attempts will no longer be made; the message expired.",
-        "I'm not going to try again; this message has been in the queue too long.",
-        "The message could not be delivered within the configured time and was returned.",
-        "Delivery to the following recipient has been abandoned after repeated failures."])
-    if rng.random() < 0.25:
+    """A queue lifetime ran out: the last temporary error is told with a give-up notice, or
+    a delay warning tells it is still retried."""
+    notice = rng.choice(GIVE_UP_NOTICES)
+    roll = rng.random()
+    if roll < 0.25:
+        return _dsn(rcpt, "delayed", rng.choice(["4.4.7", "4.4.1", "4.0.0"]), diagnostic,
+                    f"{rng.choice(DELAY_NOTICES)}\n\n<{rcpt}>: {diagnostic}\n", rng,
+                    rng.choice(DELAY_SUBJECTS))
+    if roll < 0.45:
         body = (f"Hi. This is the qmail-send program at mx.example.jp.\n<{rcpt}>:\n"
                 f"{diagnostic}\n{notice}\n\n--- Below this line is a copy of the message.\n\n")
         return _notice(rcpt, "failure notice", body, rng)
@@ -439,7 +524,8 @@ def expiry(rcpt, diagnostic, phase, status, rng):
 ENVELOPES = (postfix, exim, sendmail, old_sendmail, qmail, courier, james, domino,
              exchange2003, exchange, gmail, yahoo, opensmtpd, haraka, mdaemon, imail, gateway,
              sending_service, messaging_server, scanner_transcript, policy_gateway,
-             russian_provider, japanese_carrier, bare_dsn, localised, provider)
+             russian_provider, japanese_carrier, bare_dsn, localised, provider, groupwise,
+             webmail, ses_notification)
 
 AUTOREPLY_MARKS = ["Auto-Submitted: auto-replied\n", "X-Autoreply: yes\n", "",
                    "Precedence: auto_reply\n", "Auto-Submitted: auto-replied (vacation)\n",
@@ -466,18 +552,37 @@ def autoreply(rcpt, body, rng):
     return head + f"Content-Type: text/plain; charset=utf-8\n\n{body}\n"
 
 
+LIST_GREETINGS = ["Hello sender@example.jp,", "Hi,", "Dear sender,", "", "sender@example.jp 様",
+                  "Bonjour,", "Hallo,", "Hola,", "Olá,", "Ciao,", "Здравствуйте,", "您好，"]
+LIST_CLOSINGS = ["If you think this is a mistake, contact the group owner.",
+                 "Questions about this list go to its owner.", "",
+                 "This is an automated message; replies are not read.",
+                 "For help, send a message with the word 'help' to the list's request address."]
+# Who sends the refusal: the list's own address, its list manager, or the mail system.
+LIST_SENDERS = ["{group}+owner@{host}", "{group}-owner@{host}", "{group}-bounces@{host}",
+                "{group}-request@{host}", "mailman-owner@{host}", "sympa@{host}",
+                "LISTSERV@{host}", "fml@{host}"] + [
+    "Mail Delivery Subsystem <mailer-daemon@{host}>", "MAILER-DAEMON@{host}"] * 4
+
+
 def list_refusal(rcpt, text, hints, rng):
-    """A group or mailing-list server refusing a post, sent as an automatic reply."""
-    group = rng.choice(["announce", "users", "dev-team", "staff", "news"])
-    mark = rng.choice(["Auto-Submitted: auto-replied\n"] * 4 + ["Precedence: bulk\n"])
+    """A group or mailing-list server refusing a post: from the list's manager as an
+    automatic reply, or from the provider's mail system naming the list as the failed
+    recipient."""
+    group, host = rng.choice(["announce", "users", "dev-team", "staff", "news"]), _domain(rcpt)
+    sender = rng.choice(LIST_SENDERS).format(group=group, host=host)
+    mark = rng.choice(["Auto-Submitted: auto-replied\n"] * 4 + ["Precedence: bulk\n", ""])
+    if "daemon" in sender.lower():
+        mark += f"X-Failed-Recipients: {group}@{host}\n"
     text = text.replace("group", f"group ({group})", 1)
-    body = (f"Hello sender@example.jp,\n\n{text}\n" + "\n".join(hints) +
-            f"\n\nGroup: {group}@{_domain(rcpt)}\n"
-            "If you think this is a mistake, contact the group owner.\n")
+    body = (f"{rng.choice(LIST_GREETINGS)}\n\n{text}\n" + "\n".join(hints) +
+            f"\n\nGroup: {group}@{host}\n{rng.choice(LIST_CLOSINGS)}\n")
+    if rng.random() < 0.5:
+        body += "\n----- Original message -----\n\n" + ORIGINAL.format(rcpt=f"{group}@{host}")
     return _headers(rng.choice(["Delivery Status Notification (Failure)"] * 2 +
                                [f"Your message to {group} was rejected",
-                                "Message not delivered"]), rng, mark,
-                    f"{group}+owner@{_domain(rcpt)}") + "\n" + body
+                                "Message not delivered", f"Rejected posting to {group}"]),
+                    rng, mark, sender) + "\n" + body
 
 
 FEEDBACK_INTROS = [
