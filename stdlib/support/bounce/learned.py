@@ -9,10 +9,10 @@ the old file's owner, group and mode (refused, as a PermissionError, to a user w
 neither its owner nor root: the file would change hands). A crash therefore leaves at most
 a last line cut short: a line that is no such object is skipped with a warning naming
 file:line (once per change of the file: only :class:`LearnedFile` warns), and the next
-append starts on a line of its own. A missing file means nothing learned. Writers (``vsl bounce learn``, self-learning) hold an
-exclusive ``flock`` of ``<file>.lock`` (:func:`locked`), asked without blocking and retried
-a few times (once, without a pause, by delivery's self-learning): a writer that cannot get
-it gives up rather than wait.
+append starts on a line of its own. A missing file means nothing learned. Writers (``vsl
+bounce learn``, self-learning) hold an exclusive ``flock`` of ``<file>.lock``
+(:func:`locked`), asked without blocking and retried a few times (once, without a pause, by
+delivery's self-learning): a writer that cannot get it gives up rather than wait.
 
 :class:`LearnedFile` is that file as a process sees it: what its ``build`` makes of the
 examples (the operator's :class:`.memory.Memory`, self-learning's :class:`.memory.Neighbours`),
