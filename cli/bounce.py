@@ -124,35 +124,47 @@ def learn(message, reason, config_path) -> None:
     try:
         with learned.locked(path):
             learned.append(path, learned.example(text, reason))
-        _overruled(text, config.auto_learned_bounces)
     except OSError as err:
-        raise click.ClickException(f"{err.filename or path}: cannot write: "
-                                   f"{err.strerror or err}") from None
+        raise _cannot_write(err, path) from None
     count = sum(e.reason == reason for e in learned.read(path))
     click.echo(f"learned: {reason} ({count} example(s) in {path})")
+    _overruled(text, config.auto_learned_bounces)
 
 
 def _overruled(text: str, auto: Path | None) -> None:
-    """Forget the automatic examples that say what ``text`` says (the operator wins)."""
+    """Forget the automatic examples that say what ``text`` says (the operator wins; they
+    are never used anyway): a warning when their file cannot be written now."""
     from vsl.stdlib.support.bounce import selflearn
     from vsl.stdlib.support.bounce.message import as_bounce
 
-    if auto is not None and auto.exists():
-        said = selflearn.diagnostic_key(as_bounce(text))
+    if auto is None or not auto.exists():
+        return
+    said = selflearn.diagnostic_key(as_bounce(text))
+    try:
         selflearn.forget(auto, lambda example: selflearn.key_of(example) == said)
+    except OSError as err:
+        click.echo(f"vsl: warning: {err.filename or auto}: the automatic examples this "
+                   f"overrules were left there ({err.strerror or err}); they are not used",
+                   err=True)
+
+
+def _cannot_write(err: OSError, path: Path) -> click.ClickException:
+    return click.ClickException(f"{err.filename or path}: cannot write: {err.strerror or err}")
 
 
 @bounce.command("learned")
 @CONFIG
 def learned_command(config_path) -> None:
     """List the learned bounces: id (1, 2, ... the operator's: vsl bounce learn; a...
-    self-learning's), source (operator, or auto and the recipient domain), reason, when,
-    first line of the diagnostic."""
+    self-learning's), source (operator, or auto and the recipient's registrable domain;
+    "auto unused" for an automatic example of an older version, without one), reason,
+    when, first line of the diagnostic."""
     from vsl.stdlib.support.bounce.message import as_bounce
 
     operator, auto = _all_learned(config_path)
     listed = [(str(number), "operator", found) for number, found in enumerate(operator, 1)]
-    listed += [(ident, f"auto {found.source}".rstrip(), found) for ident, found in auto.items()]
+    listed += [(ident, f"auto {found.source or 'unused'}", found)
+               for ident, found in auto.items()]
     for ident, source, found in listed:
         first = as_bounce(found.text).first
         line = (first.diagnostic or found.text).strip().split("\n")[0][:100]
@@ -168,21 +180,31 @@ def forget(ids, config_path) -> None:
     from vsl.stdlib.support.bounce import learned, selflearn
 
     config = local_config(config_path)
-    operator, auto = _all_learned(config_path)
-    numbers = {int(i) for i in ids if i.isdigit()}
-    gone = [i for i in ids if (int(i) not in range(1, len(operator) + 1) if i.isdigit()
-                               else i not in auto)]
-    if gone:
-        raise click.ClickException(f"no learned bounce {gone[0]} (see vsl bounce learned)")
-    if numbers:
-        with learned.locked(config.learned_bounces):
-            learned.rewrite(config.learned_bounces,
-                            [e for n, e in enumerate(operator, 1) if n not in numbers])
-    forgotten = {auto[i] for i in ids if not i.isdigit()}
-    if forgotten:
-        selflearn.forget(config.auto_learned_bounces, lambda e: e in forgotten)
-    left = len(operator) + len(auto) - len(set(ids))
-    click.echo(f"forgot {len(set(ids))}, {left} left")
+    numbers = {int(i) for i in ids if i.isdecimal()}
+    names = {i for i in ids if not i.isdecimal()}
+    path = config.learned_bounces
+    try:
+        with learned.locked(path):
+            operator, auto = _all_learned(config_path)
+            _check_ids(numbers, names, len(operator), auto)
+            if numbers:
+                learned.rewrite(path, [e for n, e in enumerate(operator, 1) if n not in numbers])
+        forgotten = {auto[i] for i in names}
+        if forgotten:
+            selflearn.forget(config.auto_learned_bounces, lambda e: e in forgotten)
+    except OSError as err:
+        raise _cannot_write(err, path) from None
+    gone = len(numbers) + len(names)
+    click.echo(f"forgot {gone}, {len(operator) + len(auto) - gone} left")
+
+
+def _check_ids(numbers: set[int], names: set[str], operators: int, auto: dict) -> None:
+    """A usage error naming the ids that are no learned bounce."""
+    unknown = sorted(str(n) for n in numbers if not 1 <= n <= operators) + \
+        sorted(names - set(auto))
+    if unknown:
+        raise click.UsageError(f"no learned bounce {', '.join(unknown)} (see vsl bounce "
+                               "learned)")
 
 
 def _all_learned(config_path: str | None) -> tuple[list, dict]:

@@ -404,11 +404,22 @@ def _conflicts(config: Config) -> Iterator[str]:
 
 
 def _bounce_conflicts(config: Config) -> Iterator[str]:
-    """The operator's learned bounces and self-learning's must be two files."""
+    """The operator's learned bounces and self-learning's must be two files (not one by a
+    symbolic or a hard link)."""
     auto = config.auto_learned_bounces
-    if auto is not None and os.path.realpath(auto) == os.path.realpath(config.learned_bounces):
+    if auto is not None and _one_file(auto, config.learned_bounces):
         yield (f"bounce.auto_learned: {auto} is also bounce.learned's file: self-learning "
                "would rewrite the operator's examples; give it a file of its own")
+
+
+def _one_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: the same real path, or, both existing, one inode."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _state_conflicts(state: StateConfig) -> Iterator[str]:

@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 from vsl.stdlib.dns import DnsDefaults
 from vsl.stdlib.support.bounce.model import Classification
+from vsl.stdlib.support.bounce.selflearn import scope
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 from vsl.stdlib.support.mail import Mailbox
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
@@ -241,14 +242,15 @@ class Delivery:
 
     def _classify(self, refused: dict[str, str]) -> dict[str, Classification]:
         """``refused``: address -> the reply that refused it, classified as a reply of the
-        recipient's domain; the first reply of each domain may teach self-learning (one
-        lesson at most per domain and attempt)."""
+        recipient's domain; the first reply of each source (``selflearn.scope``: the
+        registrable domain) may teach self-learning (one lesson at most per source and
+        attempt)."""
         verdicts, taught = {}, set()
         for address, reply in refused.items():
             domain = recipient_domain(address)
             verdicts[address] = self.reasons.classify_text(reply, source=domain,
-                                                           learn=domain not in taught)
-            taught.add(domain)
+                                                           learn=scope(domain) not in taught)
+            taught.add(scope(domain))
         return verdicts
 
     async def _settle(self, entry: Entry, data: bytes) -> None:

@@ -6,6 +6,7 @@ real server whose delivery learns from a refusal."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import fcntl
 import itertools
 import logging
@@ -54,16 +55,24 @@ PLAUSIBLE_USERUNKNOWN = judge_giving([0.5, 0.3, 0.2])
 
 def test_masking_hides_addresses_and_ids_and_the_key_ignores_digits():
     assert selflearn.masked("550 5.1.1 <bob@example.org>: unknown (queue 4F3A9C21B0)") == \
-        "550 5.1.1 <<address>>: unknown (queue <id>)"
+        "550 5.1.1 <address>: unknown (queue <id>)"
     assert selflearn.key("550 5.1.1 <bob@example.org>  Unknown") == \
         selflearn.key("551 5.1.10 <alice@example.net> unknown")
+
+
+def test_an_operators_text_and_an_automatic_example_of_it_have_one_key():
+    long = f"550 5.1.1 <bob@example.org>: {WORDING} " + "and more words " * 100
+    found = selflearn.lesson(as_bounce(long), judged("userunknown"), LABELS,
+                             PLAUSIBLE_USERUNKNOWN, DOMAIN)
+    assert len(found.text) == selflearn.KEPT_TEXT
+    assert found.key == selflearn.diagnostic_key(as_bounce(long))
 
 
 def test_an_example_is_kept_when_network_code_and_wording_agree():
     found = selflearn.lesson(as_bounce(CODED), judged("userunknown"), LABELS,
                              PLAUSIBLE_USERUNKNOWN, DOMAIN)
     assert (found.reason, found.text, found.source) == \
-        ("userunknown", f"550 5.1.1 <<address>>: {WORDING}", DOMAIN)
+        ("userunknown", f"550 5.1.1 <address>: {WORDING}", DOMAIN)
     assert found.key == selflearn.key(found.text)  # computed once, stored with it
 
 
@@ -91,23 +100,44 @@ def example(text: str, reason: str = "userunknown", source: str = DOMAIN) -> lea
     return learned.example(text, reason, source)
 
 
-def test_bounds_keep_the_newest_without_near_duplicates(monkeypatch):
-    monkeypatch.setattr(selflearn, "PER_REASON", 2)
-    examples = [example("550 a 1"), example("550 b"), example("550 a 2"), example("550 c"),
-                example("452 full", "mailboxfull"), example("452 fuller", "mailboxfull")]
-    assert [e.text for e in selflearn.bounded(examples)] == \
-        ["550 a 2", "550 c", "452 full", "452 fuller"]
-    assert [e.text for e in selflearn.bounded(examples[:3])] == ["550 b", "550 a 2"]
+def keyed(text: str, reason: str = "userunknown", source: str = DOMAIN) -> learned.Example:
+    found = example(text, reason, source)
+    return learned.Example(found.text, reason, found.learned_at, source, selflearn.key(text))
+
+
+def test_room_is_made_for_no_near_duplicate_of_a_source_and_within_the_bounds(monkeypatch):
+    monkeypatch.setattr(selflearn, "PER_REASON", 3)
+    monkeypatch.setattr(selflearn, "PER_SOURCE", 2)
+    examples = [example("550 a 1"), example("550 b", source="b.example")]
+    assert not selflearn.room_for(examples, keyed("550 a 2"))  # a near-duplicate
+    assert selflearn.room_for(examples, keyed("550 a 2", source="c.example"))  # another's
+    examples.append(example("550 c"))
+    assert not selflearn.room_for(examples, keyed("550 d"))  # the source's bound
+    assert selflearn.room_for(examples, keyed("452 full", "mailboxfull"))  # (per reason)
+    assert not selflearn.room_for(examples, keyed("550 e", source="e.example"))  # the reason's
 
 
 def test_one_domain_cannot_evict_the_examples_of_another(tmp_path, monkeypatch):
     monkeypatch.setattr(selflearn, "PER_SOURCE", 3)
+    monkeypatch.setattr(selflearn, "PER_REASON", 5)
     path = tmp_path / "auto.jsonl"
     selflearn.add(path, example("550 5.1.1 not here", source="other.example"))
     for number in range(20):
         selflearn.add(path, example(f"550 5.1.1 flood {'z' * number}", source="flood.example"))
     kept = learned.read(path)
     assert [e.source for e in kept] == ["other.example"] + ["flood.example"] * 3
+    assert selflearn.add(path, example("550 5.1.1 fifth", source="new.example"))
+    assert not selflearn.add(path, example("550 5.1.1 sixth", source="late.example"))
+    assert learned.read(path) == kept + [learned.read(path)[-1]]  # refused, nothing evicted
+
+
+@pytest.mark.parametrize("domains", [
+    [f"s{number}.evil.net" for number in range(10)] + ["EVIL.NET."],
+    ["bücher.de", "xn--bcher-kva.de", "mx.BÜCHER.de"],
+])
+def test_the_subdomains_of_a_registrable_domain_are_one_source(domains):
+    assert {selflearn.scope(domain) for domain in domains} == {selflearn.scope(domains[-1])}
+    assert selflearn.scope("a.example.co.uk") != selflearn.scope("b.example2.co.uk")
 
 
 def test_adding_skips_near_duplicates_and_keeps_the_file_private(tmp_path):
@@ -120,13 +150,36 @@ def test_adding_skips_near_duplicates_and_keeps_the_file_private(tmp_path):
         assert made.stat().st_mode & 0o077 == 0  # bounces name people
 
 
-def test_a_flood_of_examples_stays_within_the_bounds(tmp_path, monkeypatch):
+def test_a_flood_of_examples_stays_within_the_bounds_and_never_rewrites(tmp_path,
+                                                                         monkeypatch):
     monkeypatch.setattr(selflearn, "PER_REASON", 5)
     path = tmp_path / "auto.jsonl"
-    for number in range(30):
-        selflearn.add(path, example(f"550 5.1.1 unknown user variant {'x' * number}"))
+    added = [selflearn.add(path, example(f"550 5.1.1 unknown user variant {'x' * number}"))
+             for number in range(30)]
     kept = learned.read(path)
-    assert len(kept) == 5 and kept[-1].text.endswith("x" * 29)  # the newest
+    assert len(kept) == 5 and kept[-1].text.endswith("x" * 4)  # the first, no churn
+    assert added == [True] * 5 + [False] * 25  # (what the metric counts)
+    inode = path.stat().st_ino
+    monkeypatch.setattr(learned, "rewrite", None)  # never called
+    assert not selflearn.add(path, example("550 5.1.1 unknown user once more"))
+    assert path.stat().st_ino == inode
+
+
+def test_rows_without_a_source_are_neither_counted_nor_used(tmp_path, monkeypatch):
+    """Rows of the first version of self-learning: listed, forgettable, nothing else."""
+    monkeypatch.setattr(selflearn, "PER_SOURCE", 1)
+    path = tmp_path / "auto.jsonl"
+    learned.append(path, learned.example(selflearn.masked(CODED), "userunknown"))
+    assert selflearn.add(path, example("550 5.1.1 someone else"))  # (no bound reached)
+    assert selflearn.usable(learned.read(path)) == learned.read(path)[1:]
+    bounces = learning(tmp_path)
+    assert bounces.classify_text(CODELESS, "").reason != "userunknown"
+    assert bounces.classify_text(CODELESS, DOMAIN).reason != "userunknown"
+    assert train.learned_rows([], [str(path)])[1] == [learned_row_of(learned.read(path)[1])]
+
+
+def learned_row_of(found: learned.Example) -> dict:
+    return train.learned_row(found)
 
 
 def _add_many(path: str, reason: str) -> None:
@@ -218,9 +271,29 @@ def test_delivery_learns_at_most_once_per_domain_and_attempt():
     reasons = SimpleNamespace(classify_text=lambda reply, source, learn: asked.append(
         (source, learn)))
     Delivery._classify(SimpleNamespace(reasons=reasons), {
-        f"u{n}@Victim.Example": CODED for n in range(100)} | {"a@other.example": CODED})
+        f"u{n}@Victim.Example": CODED for n in range(100)} | {"a@other.example": CODED} |
+        {f"u@s{n}.other.example": CODED for n in range(5)})
     assert asked.count(("victim.example", True)) == 1 and asked.count(("other.example", True)) == 1
     assert asked.count(("victim.example", False)) == 99
+    assert [learn for source, learn in asked if source.endswith(".other.example")] == [False] * 5
+
+
+def test_a_second_domain_with_the_same_wording_learns_and_is_tipped(tmp_path):
+    counted = []
+    bounces = learning(tmp_path, on_learned=counted.append)
+    bounces.classify_text(CODED, DOMAIN, learn=True)
+    bounces.classify_text(CODED.replace("bob", "eve"), "other.example", learn=True)
+    assert [e.source for e in learned.read(tmp_path / "auto.jsonl")] == [DOMAIN, "other.example"]
+    assert bounces.classify_text(CODELESS, "other.example").reason == "userunknown"
+    bounces.classify_text(CODED.replace("bob", "ann"), "mx.other.example", learn=True)
+    assert counted == ["userunknown"] * 2  # the third: known to its source, not counted
+
+
+def test_an_example_tips_the_replies_of_its_registrable_domain(tmp_path):
+    bounces = learning(tmp_path)
+    bounces.classify_text(CODED, "s0.evil.net", learn=True)
+    assert bounces.classify_text(CODELESS, "s9.evil.net").reason == "userunknown"
+    assert bounces.classify_text(CODELESS, "good.net").reason != "userunknown"
 
 
 @pytest.mark.parametrize("attempt", [
@@ -322,6 +395,18 @@ def test_training_weighs_an_automatic_row_like_a_synthetic_one(monkeypatch):
     assert repeats == [[4, 1, 1, 1]]
 
 
+def test_automatic_rows_cannot_outvote_the_labelled_codes(monkeypatch):
+    made = []
+    monkeypatch.setattr(train, "fit_ensemble", lambda data, settings, repeat:
+                        [SimpleNamespace(labels=["userunknown"])])
+    monkeypatch.setattr(train, "Classifier", lambda networks, meta, rarity: made.append(meta))
+    auto = [{"text": "x", "reason": "userunknown", "status": "5.1.10", "hard": False}] * 3
+    train.train_classifier([{"text": CODED, "reason": "userunknown", "status": "5.1.1",
+                             "hard": True}], train.Settings(synthetic=0), auto)
+    assert made[0]["status"] == {"userunknown": "5.1.1"} and made[0]["hard"] == \
+        {"userunknown": True}
+
+
 # ---- costs and failures --------------------------------------------------------------------
 
 def test_neighbours_keep_few_compact_features(tmp_path):
@@ -374,6 +459,20 @@ def test_a_busy_file_skips_the_lesson_without_waiting(tmp_path):
     assert took < 1 and not (tmp_path / "auto.jsonl").exists()
 
 
+def test_after_a_busy_lock_learning_rests_without_sleeping(tmp_path, caplog, monkeypatch):
+    now, slept = [0.0], []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    learner = selflearn.Learner(tmp_path / "auto.jsonl", clock=lambda: now[0])
+    with open(tmp_path / "auto.jsonl.lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with caplog.at_level(logging.INFO, "vsl.bounce"):
+            assert not any(learner.add(example(f"550 5.1.1 lesson {n}")) for n in range(5))
+    assert slept == [] and len(caplog.records) == 1  # one look at the lock, one line
+    assert not learner.add(example("550 5.1.1 resting still"))
+    now[0] = selflearn.BACKOFF + 1
+    assert learner.add(example("550 5.1.1 rested"))
+
+
 def test_an_unwritable_file_is_warned_about_once_then_rested(tmp_path, caplog):
     (tmp_path / "file").write_text("")
     bounces = SharedClassifier()
@@ -382,7 +481,8 @@ def test_an_unwritable_file_is_warned_about_once_then_rested(tmp_path, caplog):
     tried = []
     original = selflearn.add
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(selflearn, "add", lambda *args: tried.append(1) or original(*args))
+        patch.setattr(selflearn, "add", lambda *args, **options: tried.append(1) or
+                      original(*args, **options))
         with caplog.at_level(logging.INFO, "vsl.bounce"):
             for number in range(3):
                 bounces.classify_text(CODED.replace("bob", f"bob{number}"), DOMAIN, learn=True)
@@ -432,6 +532,66 @@ def test_the_feature_weights_are_stored_with_the_model_and_read_back(tmp_path):
     assert SharedClassifier(tmp_path / "old.npz").rarity() is memory.background_rarity()
 
 
+def narrowed(model: Classifier, slots: int, members: list[int]) -> Classifier:
+    """A copy of ``model`` with ``members``' W1 (and the rarity) cut to their first
+    ``slots`` rows."""
+    model = copy.deepcopy(model)
+    for number in members:
+        model.networks[number].weights["W1"] = model.networks[number].weights["W1"][:slots]
+    model.rarity = model.rarity[:slots]
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_model() -> Classifier:
+    rows = [{"text": CODED, "reason": "userunknown"},
+            {"text": "452 4.2.2 Mailbox full", "reason": "mailboxfull"}]
+    return train.train_classifier(rows, train.Settings(synthetic=20, epochs=1, members=2))
+
+
+def test_a_model_of_another_feature_width_keeps_the_examples_working(tmp_path, small_model):
+    narrowed(small_model, 4096, [0, 1]).save(tmp_path / "m.npz")
+    bounces = SharedClassifier(tmp_path / "m.npz")
+    assert bounces.rarity() is memory.background_rarity()  # its own: for 4096 slots
+    bounces.learn_from(None, tmp_path / "auto.jsonl", clock=itertools.count().__next__)
+    selflearn.add(tmp_path / "auto.jsonl", example(selflearn.masked(CODED)))
+    bounces.classify_text(CODELESS, DOMAIN)  # compared, no IndexError
+    assert bounces.get() is not None
+
+
+def test_a_model_whose_arrays_disagree_on_the_width_is_refused(tmp_path, small_model, caplog):
+    narrowed(small_model, 4096, [1]).save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="feature slots"):
+        Classifier.load(tmp_path / "m.npz")
+    with caplog.at_level(logging.ERROR, "vsl.bounce"):
+        assert SharedClassifier(tmp_path / "m.npz").get() is None
+    assert "cannot load the model" in caplog.text
+
+
+def test_a_look_is_logged_at_info_only_when_the_number_of_examples_changed(tmp_path, caplog):
+    path = tmp_path / "auto.jsonl"
+    selflearn.add(path, example("550 5.1.1 one"))
+    watched = learned.LearnedFile(path, len, clock=itertools.count().__next__)
+    with caplog.at_level(logging.DEBUG, "vsl.bounce"):
+        watched.memory()
+        learned.rewrite(path, learned.read(path))  # a change, the same examples
+        watched.memory()
+        selflearn.add(path, example("550 5.1.1 two"))
+        watched.memory()
+    assert [r.levelname for r in caplog.records] == ["INFO", "DEBUG", "INFO"]
+
+
+def test_a_rewrite_keeps_the_files_owner_and_mode_or_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "auto.jsonl"
+    selflearn.add(path, example("550 5.1.1 one"))
+    path.chmod(0o640)
+    learned.rewrite(path, [])
+    assert path.stat().st_mode & 0o777 == 0o640
+    monkeypatch.setattr(learned.os, "geteuid", lambda: path.stat().st_uid + 1)
+    with pytest.raises(PermissionError, match="owner"):
+        learned.rewrite(path, [])
+
+
 # ---- configuration and command line ------------------------------------------------------
 
 def test_the_self_learning_file_is_beside_the_learned_one_unless_switched_off(tmp_path):
@@ -449,6 +609,12 @@ def test_the_two_files_cannot_be_one(tmp_path):
     path = tmp_path / "vsl.toml"
     path.write_text('[bounce]\nlearned = "state/b.jsonl"\n'
                     'auto_learned = "state/../state/b.jsonl"\n')
+    with pytest.raises(config_module.ConfigError, match="bounce.auto_learned: .* bounce.learned"):
+        config_module.load(path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/b.jsonl").write_text("")
+    (tmp_path / "state/a.jsonl").hardlink_to(tmp_path / "state/b.jsonl")
+    path.write_text('[bounce]\nlearned = "state/b.jsonl"\nauto_learned = "state/a.jsonl"\n')
     with pytest.raises(config_module.ConfigError, match="bounce.auto_learned: .* bounce.learned"):
         config_module.load(path)
 
@@ -483,10 +649,19 @@ def test_learned_numbers_each_kind_apart_and_forget_takes_either(tmp_path, confi
         "learned", "--config", configured).output.splitlines())] == \
         ["1", "2", listed[1][0], listed[3][0]]  # the ids stay
     gone = cli("forget", "--config", configured, "1", bravo)
-    assert gone.exit_code == 1 and f"no learned bounce {bravo}" in gone.output
+    assert gone.exit_code == 2 and f"no learned bounce {bravo}" in gone.output
     assert len(learned.read(operator)) == 2  # nothing forgotten
-    assert cli("forget", "--config", configured, "1").output == "forgot 1, 3 left\n"
+    assert cli("forget", "--config", configured, "1", "01").output == "forgot 1, 3 left\n"
     assert [e.reason for e in learned.read(operator)] == ["mailboxfull"]
+    odd = cli("forget", "--config", configured, "²")
+    assert odd.exit_code == 2 and "no learned bounce ²" in odd.output
+
+
+def test_rows_of_the_first_version_are_listed_as_unused(tmp_path, configured):
+    learned.append(tmp_path / "auto-learned-bounces.jsonl",
+                   learned.example("550 5.1.1 alpha unknown", "userunknown"))
+    listed = cli("learned", "--config", configured).output.split("\t")
+    assert listed[1] == "auto unused" and listed[0].startswith("a")
 
 
 def test_learning_a_text_overrules_its_automatic_examples(tmp_path, configured):
@@ -497,6 +672,19 @@ def test_learning_a_text_overrules_its_automatic_examples(tmp_path, configured):
     message.write_text(CODELESS.replace("550", "554"))
     assert cli("learn", "--config", configured, message, "notlisted").exit_code == 0
     assert [e.reason for e in learned.read(auto)] == ["mailboxfull"]
+
+
+def test_learning_is_kept_when_the_automatic_file_is_busy(tmp_path, configured):
+    auto = tmp_path / "auto-learned-bounces.jsonl"
+    selflearn.add(auto, example(selflearn.masked(CODELESS)))
+    message = tmp_path / "reply.txt"
+    message.write_text(CODELESS)
+    with open(tmp_path / "auto-learned-bounces.jsonl.lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = cli("learn", "--config", configured, message, "notlisted")
+    assert result.exit_code == 0 and "learned: notlisted" in result.output
+    assert "warning" in result.output and len(learned.read(auto)) == 1
+    assert [e.reason for e in learned.read(tmp_path / "learned.jsonl")] == ["notlisted"]
 
 
 def test_learning_waits_for_no_other_writer(tmp_path, configured):

@@ -2,15 +2,17 @@
 in one JSONL file that the running server re-reads when it changes.
 
 Design: one ``{"text", "reason", "learned_at"}`` object a line (self-learning's examples
-add ``source``, the recipient domain whose server answered, and ``key``, their
-near-duplicate key, computed once). Learning appends a whole
-line and fsyncs it; forgetting writes the kept lines to a temporary file, fsyncs it and
-renames it over the old one. A crash therefore leaves at most a last line cut short: a line
-that is no such object is skipped with a warning naming file:line (once per change of the
-file: only :class:`LearnedFile` warns), and the next append starts on a line of its own. A
-missing file means nothing learned. Writers (``vsl bounce learn``, self-learning) hold an
-exclusive ``flock`` of ``<file>.lock`` (:func:`locked`), asked without blocking and retried
-a few times: a writer that cannot get it gives up rather than wait.
+add ``source``, the registrable domain whose server answered, and ``key``, their
+near-duplicate key, computed once). Learning appends a whole line and fsyncs it; forgetting
+writes the kept lines to a temporary file, fsyncs it and renames it over the old one, with
+the old file's owner, group and mode (refused, as a PermissionError, to a user who is
+neither its owner nor root: the file would change hands). A crash therefore leaves at most
+a last line cut short: a line that is no such object is skipped with a warning naming
+file:line (once per change of the file: only :class:`LearnedFile` warns), and the next
+append starts on a line of its own. A missing file means nothing learned. Writers (``vsl
+bounce learn``, self-learning) hold an exclusive ``flock`` of ``<file>.lock``
+(:func:`locked`), asked without blocking and retried a few times (once, without a pause, by
+delivery's self-learning): a writer that cannot get it gives up rather than wait.
 
 :class:`LearnedFile` is that file as a process sees it: what its ``build`` makes of the
 examples (the operator's :class:`.memory.Memory`, self-learning's :class:`.memory.Neighbours`),
@@ -19,7 +21,7 @@ re-read when the file's (mtime, size, inode) changed, looked at no more than onc
 while the other threads wait; a later one is made by one thread while the others go on with
 the memory they had, so every classification sees a whole memory and none waits for a
 rebuild. ``build`` is called only when the file holds examples (so numpy is imported only
-then).
+then). A look that changed the number of examples is logged at INFO, any other at DEBUG.
 """
 from __future__ import annotations
 
@@ -124,11 +126,16 @@ def _last_byte(path: Path) -> bytes:
 
 
 def rewrite(path: str | Path, examples: list[Example]) -> None:
-    """Replace the file's examples with ``examples``, atomically."""
+    """Replace the file's examples with ``examples``, atomically, keeping the file's owner,
+    group and mode (a PermissionError when the effective user is neither its owner nor
+    root)."""
     path = Path(path)
+    old = _owned_status(path)
     fd, temporary = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if old is not None:
+                _take_over(handle.fileno(), old)
             handle.write(b"".join(_line(kept) for kept in examples))
             handle.flush()
             os.fsync(handle.fileno())
@@ -136,6 +143,26 @@ def rewrite(path: str | Path, examples: list[Example]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _owned_status(path: Path) -> os.stat_result | None:
+    """The file's status (None when it is missing), after checking that this user may
+    write it again as its owner (or is root)."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    if os.geteuid() not in (0, found.st_uid):
+        raise PermissionError(errno.EPERM, f"owned by uid {found.st_uid}: run this as its "
+                                           "owner, rewriting would change its owner", str(path))
+    return found
+
+
+def _take_over(fd: int, old: os.stat_result) -> None:
+    """Give the file open at ``fd`` the owner, group and permission bits of ``old``."""
+    if os.geteuid() == 0:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    os.fchmod(fd, old.st_mode & 0o7777)
 
 
 def _line(learned: Example) -> bytes:
@@ -150,23 +177,23 @@ class Busy(OSError):
 
 
 class locked:
-    """An exclusive flock of ``<path>.lock`` (0600), held for a with block; asked
-    ``LOCK_TRIES`` times ``LOCK_PAUSE`` apart without blocking, then :class:`Busy`."""
+    """An exclusive flock of ``<path>.lock`` (0600), held for a with block; asked ``tries``
+    times ``LOCK_PAUSE`` apart without blocking, then :class:`Busy`."""
 
-    def __init__(self, path: str | Path, sleep=time.sleep):
+    def __init__(self, path: str | Path, tries: int = LOCK_TRIES, sleep=time.sleep):
         path = Path(path)
         self.path = path.with_name(path.name + ".lock")
-        self._sleep = sleep
+        self._tries, self._sleep = tries, sleep
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a", opener=lambda name, flags: os.open(name, flags, 0o600))
-        for attempt in range(LOCK_TRIES):
+        for attempt in range(self._tries):
             try:
                 fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return self
             except BlockingIOError:
-                if attempt < LOCK_TRIES - 1:
+                if attempt < self._tries - 1:
                     self._sleep(LOCK_PAUSE)
         self.handle.close()
         raise Busy(errno.EWOULDBLOCK, "another process is writing it", str(self.path))
@@ -188,6 +215,7 @@ class LearnedFile:
         self._next_look = float("-inf")
         self._signature = None
         self._memory = None
+        self._count = 0  # examples at the last look
 
     def memory(self):
         """What ``build`` made of the file's examples (None: nothing learned, or the file
@@ -221,7 +249,10 @@ class LearnedFile:
             examples, self._memory = [], None
         self._signature = signature
         self.generation += 1
-        log.info("bounce classifier: %d learned example(s) from %s", len(examples), self.path)
+        level = logging.INFO if len(examples) != self._count else logging.DEBUG
+        self._count = len(examples)
+        log.log(level, "bounce classifier: %d learned example(s) from %s", len(examples),
+                self.path)
 
     def _stat(self) -> tuple | None:
         try:

@@ -25,7 +25,7 @@ most seen in the reason's examples (in the class of the text's reply code, if an
 
 The automatic examples of self-learning (``selflearn.py``) are not averaged: each is its own
 vector of at most ``MAX_FEATURES`` features (``Neighbours``), grouped by their source (the
-recipient domain whose server answered), and a reply from the same domain near one of them
+registrable domain whose server answered), and a reply from the same source near one of them
 (cosine >= ``NEIGHBOUR_THRESHOLD``, with addresses and ids masked on both sides) gets its
 reason, but only when the network gives that reason a probability of at least
 ``selflearn.PLAUSIBLE`` (``shared.py`` asks): an example can tip the network between reasons
@@ -96,12 +96,16 @@ class Neighbours:
             key = selflearn.key_of(learned)
             self.vectors[key] = known.get(key) or _strongest(
                 *_weighted(as_bounce(learned.text), rarity))
-        self.keys = set(self.vectors)
         by_source: dict[str, list] = {}
         for learned in examples:
             by_source.setdefault(learned.source, []).append(learned)
         self.sources = {source: _Examples(found, self.vectors)
                         for source, found in by_source.items()}
+
+    def keys_of(self, source: str) -> set[str]:
+        """The keys of the examples of ``source``."""
+        examples = self.sources.get(source)
+        return set(examples.keys) if examples is not None else set()
 
     def nearest(self, bounce: Bounce, source: str,
                 excluded=frozenset()) -> tuple[str, float] | None:

@@ -14,7 +14,8 @@ may be an ensemble of a few networks trained from different seeds, their probabi
 averaged: the second member's arrays are ``W1@1``, ``b1@1``..., and a file of one network
 is the plain names alone. ``rarity`` (optional, float32 per feature bucket) is the feature
 weighting the learned examples are compared by (``memory.py``), stored so that a process
-need not count it again.
+need not count it again. Loading checks that every member's ``W1`` has as many rows as the
+others and as ``rarity`` (a ValueError naming them otherwise).
 """
 from __future__ import annotations
 
@@ -99,8 +100,9 @@ class Classifier:
                     members.setdefault(member, {})[array] = data[name]
             meta = json.loads(str(data["meta"]))
             rarity = data[RARITY].astype(np.float32) if RARITY in data.files else None
-        return cls([Network(_restored(members[key]), meta["labels"]) for key in sorted(members)],
-                   meta, rarity)
+        networks = [Network(_restored(members[key]), meta["labels"]) for key in sorted(members)]
+        _check_widths(networks, rarity)
+        return cls(networks, meta, rarity)
 
     def save(self, path: str | Path) -> None:
         """Writes the weights (``W1`` quantized); the first member's arrays keep their plain
@@ -155,6 +157,17 @@ def _stored(name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
     scale[scale == 0] = 1
     return [(name, np.round(array / scale[:, None]).astype(np.int8)),
             (name + SCALE, scale.astype(np.float32))]
+
+
+def _check_widths(networks: list[Network], rarity: np.ndarray | None) -> None:
+    """A ValueError unless every network's ``W1`` and ``rarity`` (when given) have as many
+    rows (feature slots) as each other."""
+    widths = [network.buckets for network in networks]
+    if rarity is not None:
+        widths.append(len(rarity))
+    if len(set(widths)) > 1:
+        raise ValueError(f"its arrays disagree on the number of feature slots ({widths}: "
+                         "each member's W1 rows, then rarity)")
 
 
 def _restored(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,9 +16,10 @@ network once :meth:`SharedClassifier.learn_from` named their file (``vsl serve``
 start-up); when the file changes, its new examples apply and the remembered answers are
 forgotten. With a self-learning file too (``[bounce] self_learning``), a classification of
 a reply from a recipient domain's server (``source``: delivery's, the only one that gives
-it) asked with ``learn=True`` may add an automatic example of that domain
-(:mod:`.selflearn`), and that domain's automatic examples may tip the network's answer
-about its later replies (:class:`.memory.Neighbours`); a classification without a source
+it; learned under its registrable domain, ``selflearn.scope``) asked with ``learn=True``
+may add an automatic example of that source (:mod:`.selflearn`), and that source's
+automatic examples may tip the network's answer about its later replies
+(:class:`.memory.Neighbours`); a classification without a source
 (``bounce::classify``, ``bounce::parse``, ``vsl bounce classify``) is never tipped. Nothing
 self-learning does (learning, comparing, the ``on_learned`` callback) can make a
 classification fail.
@@ -104,6 +105,7 @@ class SharedClassifier:
         if not source or self._auto is None:
             return judged
         excluded = operator.keys if operator is not None else frozenset()
+        source = selflearn.scope(source)
         if learn:
             self._learn(bounce, judged, classifier, source, excluded)
         return self._tipped(bounce, judged, probabilities, classifier, source, excluded)
@@ -112,7 +114,7 @@ class SharedClassifier:
         """Keep what ``judged`` teaches, when it teaches something new (never raises)."""
         try:
             neighbours = self._auto.memory()
-            known = excluded if neighbours is None else excluded | neighbours.keys
+            known = excluded if neighbours is None else excluded | neighbours.keys_of(source)
             lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge,
                                       source, known)
             if lesson is None or not self._learner.add(lesson):
@@ -160,15 +162,21 @@ class SharedClassifier:
     def _neighbours(self, examples):
         from .memory import Neighbours
 
-        return Neighbours(examples, self.rarity(), self._auto and self._auto.last)
+        return Neighbours(selflearn.usable(examples), self.rarity(),
+                          self._auto and self._auto.last)
 
     def rarity(self):
-        """The feature weights learned examples are compared by: the model file's, else
-        counted on the synthetic bounces (about a second, once a process)."""
-        classifier = self.get()
-        if classifier is not None and classifier.rarity is not None:
-            return classifier.rarity
+        """The feature weights learned examples are compared by: the model file's when it
+        has them for the memory's feature slots (``features.BUCKETS``: a model trained with
+        another number has not), else counted on the synthetic bounces (about a second,
+        once a process)."""
+        from .features import BUCKETS
         from .memory import background_rarity
+
+        classifier = self.get()
+        if classifier is not None and classifier.rarity is not None and \
+                len(classifier.rarity) == BUCKETS:
+            return classifier.rarity
 
         return background_rarity()
 

@@ -193,12 +193,13 @@ def tables(rows: list[dict]) -> dict:
 def train_classifier(rows: list[dict], settings: Settings, auto: list[dict] = ()) -> Classifier:
     """The classifier trained on the labelled ``rows`` (repeated ``real_repeat`` times),
     the synthetic bounces and self-learning's ``auto`` rows (each weighted like a synthetic
-    one: strangers wrote them)."""
+    one: strangers wrote them); its per-reason hard flags and codes come from ``rows``
+    alone (automatic rows may not outvote them)."""
     extra = list(auto) + synthetic.samples(settings.synthetic, settings.seed)
     data = encode([r["text"] for r in rows + extra], [r["reason"] for r in rows + extra])
     repeat = [settings.real_repeat] * len(rows) + [1] * len(extra)
     networks = fit_ensemble(data, settings, repeat)
-    return Classifier(networks, {"labels": networks[0].labels, **tables(rows + list(auto))},
+    return Classifier(networks, {"labels": networks[0].labels, **tables(rows)},
                       background_rarity())
 
 
@@ -376,21 +377,23 @@ def learned_rows(operator: list[str], auto: list[str] = ()) -> tuple[list[dict],
     """The examples of the operator's learned files and of self-learning's (``auto``) as
     labelled rows, a reply line as the report the classifier reads it as, its hard flag and
     status its own code's (none when it shows none); a near-duplicate of an earlier example
-    (the operator's come first) is left out."""
+    (the operator's come first) is left out, and so are automatic rows without a source
+    (``selflearn.usable``)."""
     from . import learned, selflearn
 
     seen: set[str] = set()
 
-    def rows_of(paths) -> list[dict]:
+    def rows_of(paths, examples_of) -> list[dict]:
         rows = []
         for path in paths:
-            for example in learned.read(path):
+            for example in examples_of(path):
                 if selflearn.key_of(example) not in seen:
                     seen.add(selflearn.key_of(example))
                     rows.append(learned_row(example))
         return rows
 
-    return rows_of(operator), rows_of(auto)
+    return (rows_of(operator, learned.read),
+            rows_of(auto, lambda path: selflearn.usable(learned.read(path))))
 
 
 def learned_row(example) -> dict:
