@@ -374,3 +374,28 @@ def test_the_diagnostic_of_a_non_dsn_bounce_is_the_text_around_its_address(
     bounce = parse(plain_bounce(body))
     assert (bounce.first.address, bounce.first.diagnostic) == (address, diagnostic)
     assert [r.address for r in bounce.recipients][:1] == [address]
+
+
+SYSTEM_SENDER = b"From: MAILER-DAEMON@x.org\n"
+DSN_STATUS = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+              b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n"
+              b"Final-Recipient: rfc822; bob@example.org\nAction: failed\nStatus: %s\n--B--\n")
+NESTED = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+                  for i in range(1000))
+
+
+@pytest.mark.parametrize("raw, recipient", [
+    (SYSTEM_SENDER + b"X-Failed-Recipients: bob@example.org \xff\n\n550 5.1.1 unknown\n",
+     "bob@example.org"),                                          # compat32 Header object
+    (SYSTEM_SENDER + DSN_STATUS % b"5.1.1 \xff", "bob@example.org"),
+    (SYSTEM_SENDER + b"Content-Type: text/plain; charset=idna\n\nbob@example.org\n",
+     "bob@example.org"),                                          # UnicodeError
+    (SYSTEM_SENDER + b"Content-Type: text/plain; charset=undefined\n\nbob@example.org\n",
+     "bob@example.org"),
+    (SYSTEM_SENDER + NESTED + b"\nx\n", ""),                       # RecursionError
+])
+def test_parse_never_raises_and_keeps_what_it_can_read(classifier, raw, recipient):
+    bounce = parse(raw)
+    assert bounce.first.address == recipient
+    assert "from=mailer-daemon" in bounce.marks
+    assert classifier.classify_bounce(bounce).reason

@@ -127,21 +127,37 @@ class Bounce:
 
 
 def parse(raw: bytes | str) -> Bounce:
-    """Parses a raw RFC 5322 message (bytes or str) into a ``Bounce``; never raises on
-    malformed input."""
+    """Parses a raw RFC 5322 message (bytes or str) into a ``Bounce``; never raises: what
+    cannot be read at all is an empty ``plain`` bounce."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return _parsed(_message(raw[:MAX_MESSAGE]))
+    except Exception:  # noqa: BLE001 - a last resort: hostile input must not stop delivery
+        return Bounce(kind="plain")
+
+
+def _message(raw: bytes):
+    """The parsed message; only its header when its MIME parts nest too deep to parse."""
+    import email.parser
     import email.policy
 
-    msg = email.message_from_bytes(raw[:MAX_MESSAGE], policy=email.policy.compat32)
+    try:
+        return email.message_from_bytes(raw, policy=email.policy.compat32)
+    except RecursionError:
+        parser = email.parser.BytesParser(policy=email.policy.compat32)
+        return parser.parsebytes(raw, headersonly=True)
+
+
+def _parsed(msg) -> Bounce:
     parts = _parts(msg)
-    subject = _unfold(_decoded_header(msg.get("Subject", "")))[:300]
+    subject = _unfold(_decoded_header(_field(msg, "Subject")))[:300]
     text = _readable_text(parts)
     marks = _marks(msg)
     recipients = _dsn_recipients(parts) or _inline_dsn_recipients(text)
     kind = _kind(parts, marks, bool(recipients))
     if not recipients:
-        failed = ADDRESS.findall(msg.get("X-Failed-Recipients", "")[:2000])
+        failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
         recipients = _plain_recipients(text, failed)
     for rcpt in recipients:
         rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address)
@@ -179,13 +195,12 @@ def _marks(msg) -> list[str]:
     that have one) and ``from=<local part>`` when a mail system sent it."""
     marks = []
     for name in MARK_FIELDS:
-        value = msg.get(name)
-        if value is None:
+        if name not in msg:
             continue
-        words = _unfold(value).lower().split()
+        words = _unfold(_field(msg, name)).lower().split()
         valued = name.lower() in VALUED_MARKS and words
         marks.append(f"{name.lower()}={words[0].strip(';')}" if valued else name.lower())
-    sender = ADDRESS.search(_unfold(msg.get("From", ""))[:500])
+    sender = ADDRESS.search(_unfold(_field(msg, "From"))[:500])
     local = sender.group(0).split("@")[0].lower() if sender else ""
     if local in SYSTEM_SENDERS:
         marks.append(f"from={local}")
@@ -275,15 +290,15 @@ def _field_blocks(text: str) -> list:
 
 
 def _recipient_from_block(block) -> Recipient | None:
-    address = block.get("Final-Recipient") or block.get("Original-Recipient")
+    address = _field(block, "Final-Recipient") or _field(block, "Original-Recipient")
     if not address:
         return None
     return Recipient(address=_after_type(address),
-                     action=_unfold(block.get("Action", "")).lower(),
-                     status=_enhanced(block.get("Status", "")),
-                     remote_mta=_after_type(block.get("Remote-MTA", "")),
+                     action=_unfold(_field(block, "Action")).lower(),
+                     status=_enhanced(_field(block, "Status")),
+                     remote_mta=_after_type(_field(block, "Remote-MTA")),
                      diagnostic=_iso2022_decoded(
-                         _after_type(block.get("Diagnostic-Code", "")))[:MAX_TEXT])
+                         _after_type(_field(block, "Diagnostic-Code")))[:MAX_TEXT])
 
 
 def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
@@ -400,6 +415,13 @@ def _iso2022_decoded(value: str) -> str:
         return value
 
 
+def _field(msg, name: str) -> str:
+    """A header field's value as text, ``""`` when absent (compat32 gives a ``Header``
+    object for a value with 8-bit bytes)."""
+    value = msg.get(name)
+    return "" if value is None else str(value)
+
+
 def _unfold(value) -> str:
     return " ".join(str(value).split())
 
@@ -418,7 +440,7 @@ def _decoded_payload(part) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return data[:MAX_MESSAGE].decode(charset, "replace")
-    except LookupError:
+    except (LookupError, UnicodeError):
         return data[:MAX_MESSAGE].decode("utf-8", "replace")
 
 
