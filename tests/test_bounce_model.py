@@ -392,10 +392,35 @@ NESTED = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i
      "bob@example.org"),                                          # UnicodeError
     (SYSTEM_SENDER + b"Content-Type: text/plain; charset=undefined\n\nbob@example.org\n",
      "bob@example.org"),
-    (SYSTEM_SENDER + NESTED + b"\nx\n", ""),                       # RecursionError
+    (SYSTEM_SENDER + NESTED + b"\nx\n", ""),
+    (SYSTEM_SENDER + b"Content-Type: message/rfc822\n\n" * 1000, ""),  # RecursionError
 ])
 def test_parse_never_raises_and_keeps_what_it_can_read(classifier, raw, recipient):
     bounce = parse(raw)
     assert bounce.first.address == recipient
     assert "from=mailer-daemon" in bounce.marks
     assert classifier.classify_bounce(bounce).reason
+
+
+DSN_HEAD = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+            b"--B\nContent-Type: text/plain\n\n" + b"x" * 4000 + b"\n"
+            b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n")
+EMPTY_DIAGNOSTICS = b"".join(b"Final-Recipient: rfc822; u%d@example.org\nDiagnostic-Code: smtp;"
+                             b"\n\n" % i for i in range(200))
+
+
+@pytest.mark.parametrize("body", [
+    b"\n" + b"Final-Recipient: a\n\n" * 200,                      # 4 KB, 200 inline blocks
+    DSN_HEAD + EMPTY_DIAGNOSTICS + b"--B--\n",                     # diagnostics from the text
+    b"Content-Type: multipart/report; boundary=NONE\n\n" + b"a\n\n" * 80_000,
+    DSN_HEAD + b"A: b\n\n" * 40_000 + b"--B--\n",                   # 40,000 field blocks
+    b"Content-Type: multipart/mixed; boundary=Z\n\n" + PART * 20_000,
+    NESTED,
+])
+def test_hostile_messages_parse_in_bounded_time(classifier, body):
+    raw = SYSTEM_SENDER + body
+    classifier.classify(raw)
+    started = time.perf_counter()
+    parse(raw)
+    classifier.classify(raw)
+    assert time.perf_counter() - started < 0.06

@@ -43,6 +43,12 @@ MAX_MESSAGE = 256 * 1024
 MAX_PARTS = 64
 MAX_TEXT = 4000
 MAX_RECIPIENTS = 100
+# Field blocks are read from at most this much of a status part or inline report.
+MAX_BLOCKS_TEXT = 8 * MAX_TEXT
+# The boundary lines (MIME parts, their nesting) and blank lines (delivery-status field
+# blocks) the parser is given at most: a message cut there still parses, in bounded time.
+MAX_BOUNDARIES = 2 * MAX_PARTS
+MAX_BLANK_LINES = 8 * MAX_PARTS
 PLAIN_DIAGNOSTIC = 600
 
 REPLY_CODE = re.compile(r"(?<![\d.])([245][0-5]\d)(?=[ \-\t]|$)", re.M)
@@ -81,6 +87,10 @@ RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re
 # at the start of a line of the readable text, maybe quoted (``> ``).
 INLINE_REPORT = re.compile(r"^(?:>[ \t]?)?(?:Reporting-MTA|Final-Recipient|Original-Recipient)"
                            r":", re.M | re.I)
+# A per-recipient field (RFC 3464 §2.3.1, §2.3.2): a field block that has one is read.
+RECIPIENT_FIELD = re.compile(r"^(?:Final|Original)-Recipient[ \t]*:", re.M | re.I)
+# A line that may be a MIME boundary (RFC 2046 §5.1.1), or a blank line.
+SECTION_LINE = re.compile(rb"^(?:(--)|\r?$)", re.M)
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # Header fields that tell what an automatic message is: RFC 3834 Auto-Submitted, Precedence
@@ -132,9 +142,22 @@ def parse(raw: bytes | str) -> Bounce:
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     try:
-        return _parsed(_message(raw[:MAX_MESSAGE]))
+        return _parsed(_message(_cut_sections(raw[:MAX_MESSAGE])))
     except Exception:  # noqa: BLE001 - a last resort: hostile input must not stop delivery
         return Bounce(kind="plain")
+
+
+def _cut_sections(raw: bytes) -> bytes:
+    """``raw`` cut before its boundary line past MAX_BOUNDARIES or blank line past
+    MAX_BLANK_LINES, so that ``email`` is not made to parse thousands of parts, a deep
+    nesting or thousands of delivery-status blocks, of which few are read."""
+    boundaries = blanks = 0
+    for line in SECTION_LINE.finditer(raw):
+        boundaries += bool(line.group(1))
+        blanks += not line.group(1)
+        if boundaries > MAX_BOUNDARIES or blanks > MAX_BLANK_LINES:
+            return raw[:line.start()]
+    return raw
 
 
 def _message(raw: bytes):
@@ -156,12 +179,14 @@ def _parsed(msg) -> Bounce:
     marks = _marks(msg)
     recipients = _dsn_recipients(parts) or _inline_dsn_recipients(text)
     kind = _kind(parts, marks, bool(recipients))
+    mentions = _first_mentions(text)
     if not recipients:
         failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
-        recipients = _plain_recipients(text, failed)
+        recipients = _plain_recipients(text, failed, mentions)
+    text_codes = _codes(text)
     for rcpt in recipients:
-        rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address)
-        _fill_codes(rcpt, rcpt.diagnostic or text, text)
+        rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address, mentions)
+        _fill_codes(rcpt, text_codes)
     return Bounce(kind=kind, subject=subject, text=text, recipients=recipients, marks=marks)
 
 
@@ -244,17 +269,12 @@ def _readable_text(parts) -> str:
 
 def _dsn_recipients(parts) -> list[Recipient]:
     """The per-recipient blocks of every delivery-status part."""
-    recipients = []
-    for part in parts:
-        if part.get_content_type() not in ("message/delivery-status",
-                                           "message/global-delivery-status") \
-                and not _is_broken_multipart(part):
-            continue
-        for block in _status_blocks(part):
-            rcpt = _recipient_from_block(block)
-            if rcpt and len(recipients) < MAX_RECIPIENTS:
-                recipients.append(rcpt)
-    return recipients
+    status_parts = [part for part in parts if _is_broken_multipart(part) or
+                    part.get_content_type() in ("message/delivery-status",
+                                                "message/global-delivery-status")]
+    blocks = itertools.chain.from_iterable(map(_status_blocks, status_parts))
+    recipients = (rcpt for rcpt in map(_recipient_from_block, blocks) if rcpt)
+    return list(itertools.islice(recipients, MAX_RECIPIENTS))
 
 
 def _is_broken_multipart(part) -> bool:
@@ -269,8 +289,7 @@ def _inline_dsn_recipients(text: str) -> list[Recipient]:
     if not start:
         return []
     report = QUOTE_MARK.sub("", text[start.start():])
-    blocks = [_recipient_from_block(block) for block in _field_blocks(report)]
-    return [rcpt for rcpt in blocks if rcpt][:MAX_RECIPIENTS]
+    return [rcpt for rcpt in map(_recipient_from_block, _field_blocks(report)) if rcpt]
 
 
 def _status_blocks(part) -> list:
@@ -278,15 +297,19 @@ def _status_blocks(part) -> list:
     payload = part.get_payload()
     if isinstance(payload, list):
         return payload
-    return _field_blocks(payload[:MAX_MESSAGE]) if isinstance(payload, str) else []
+    return _field_blocks(payload) if isinstance(payload, str) else []
 
 
 def _field_blocks(text: str) -> list:
-    """The blank-line separated blocks of header fields in ``text``, each parsed alone."""
+    """The blank-line separated blocks of header fields in the first MAX_BLOCKS_TEXT
+    characters of ``text`` that name a recipient, each parsed alone, at most
+    MAX_RECIPIENTS of them."""
     import email.policy
 
+    blocks = text[:MAX_BLOCKS_TEXT].replace("\r\n", "\n").split("\n\n")
+    named = (block for block in blocks if RECIPIENT_FIELD.search(block))
     return [email.message_from_string(block.strip() + "\n", policy=email.policy.compat32)
-            for block in text.replace("\r\n", "\n").split("\n\n") if block.strip()]
+            for block in itertools.islice(named, MAX_RECIPIENTS)]
 
 
 def _recipient_from_block(block) -> Recipient | None:
@@ -301,14 +324,21 @@ def _recipient_from_block(block) -> Recipient | None:
                          _after_type(_field(block, "Diagnostic-Code")))[:MAX_TEXT])
 
 
-def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
+def _first_mentions(text: str) -> dict[str, re.Match]:
+    """Each address ``text`` names (lower case), with its first mention, in text order."""
+    mentions: dict[str, re.Match] = {}
+    for match in ADDRESS.finditer(text):
+        mentions.setdefault(match.group(0).strip(".").lower(), match)
+    return mentions
+
+
+def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Recipient]:
     """The ``failed`` addresses (X-Failed-Recipients), then those that open a line of the
     text of a non-DSN bounce (a recipient's block), then those it names elsewhere."""
     recipients, seen = [], set()
     openers = [m.group(0).strip(" \t><").strip(".").lower()
                for m in RECIPIENT_BLOCK.finditer(text)]
-    mentions = [m.group(0).strip(".").lower() for m in ADDRESS.finditer(text)]
-    for address in [a.strip(".").lower() for a in failed] + openers + mentions:
+    for address in [a.strip(".").lower() for a in failed] + openers + list(mentions):
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
@@ -316,13 +346,11 @@ def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
     return recipients
 
 
-def _diagnostic_in_text(text: str, address: str) -> str:
+def _diagnostic_in_text(text: str, address: str, mentions: dict) -> str:
     """What the readable ``text`` says of ``address`` (the text around its first mention,
-    on one line): a non-DSN bounce's diagnostic, and a DSN recipient's when its
-    Diagnostic-Code is empty (Sendmail writes the reply in its transcript above)."""
-    wanted = address.strip("<>").lower()
-    mention = next((m for m in ADDRESS.finditer(text)
-                    if m.group(0).strip(".").lower() == wanted), None) if wanted else None
+    in ``mentions``, on one line): a non-DSN bounce's diagnostic, and a DSN recipient's
+    when its Diagnostic-Code is empty (Sendmail writes the reply in its transcript above)."""
+    mention = mentions.get(address.strip("<>").lower())
     return " ".join(_text_around(text, mention).split()) if mention else ""
 
 
@@ -342,18 +370,22 @@ def _text_around(text: str, mention: re.Match) -> str:
     return text[start:mention.start()] + following[:block_end.start() if block_end else None]
 
 
-def _fill_codes(rcpt: Recipient, context: str, text: str) -> None:
+def _fill_codes(rcpt: Recipient, text_codes: tuple[str, str, str]) -> None:
     """Sets the reply code, the missing enhanced code and the phase from the recipient's
-    ``context`` (its diagnostic); the phase from the whole ``text`` when that names none."""
+    diagnostic, else from the whole text (``text_codes``); the phase is the text's when
+    the diagnostic names none."""
+    reply, status, phase = _codes(rcpt.diagnostic) if rcpt.diagnostic else text_codes
+    rcpt.reply_code = reply
+    rcpt.status = rcpt.status or status
+    rcpt.phase = phase or text_codes[2]
+
+
+def _codes(context: str) -> tuple[str, str, str]:
+    """The failure reply code, the enhanced status code and the SMTP phase in ``context``."""
     context = context[:MAX_TEXT]
     reply = failure_reply(context)
-    rcpt.reply_code = reply.group(1) if reply else ""
-    if not rcpt.status:
-        rcpt.status = _enhanced(context)
-    rcpt.phase = phase_of(context, reply.start() if reply else len(context))
-    if not rcpt.phase:
-        in_text = failure_reply(text)
-        rcpt.phase = phase_of(text, in_text.start() if in_text else len(text))
+    phase = phase_of(context, reply.start() if reply else len(context))
+    return (reply.group(1) if reply else "", _enhanced(context), phase)
 
 
 def failure_reply(text: str) -> re.Match | None:
