@@ -193,6 +193,24 @@ def test_a_delivery_status_report_written_in_the_text_gives_the_recipients(quote
     assert bounce.first.diagnostic == "552 5.2.2 Quota exceeded"
 
 
+QUOTED_REPORT = """\
+I am away this week.
+
+> Final-Recipient: rfc822; bob@remote.test
+> Status: 5.1.1
+"""
+
+
+@pytest.mark.parametrize("header, kind", [
+    ("From: alice@remote.test\nAuto-Submitted: auto-replied\n", "autoreply"),
+    ("From: alice@remote.test\n", "plain"),                      # a human reply
+    ("From: postmaster@remote.test\nAuto-Submitted: auto-replied\n", "plain"),
+])
+def test_a_report_quoted_in_a_reply_is_not_read_as_one(header, kind):
+    bounce = parse(header + "Subject: Re: bounce\n\n" + QUOTED_REPORT)
+    assert bounce.kind == kind
+
+
 def test_a_diagnostic_code_written_raw_in_iso_2022_jp_is_decoded():
     raw = "550 宛先のメールボックスがありません".encode("iso-2022-jp").decode("ascii")
     dsn = DSN.replace("550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"

@@ -91,8 +91,14 @@ INLINE_REPORT = re.compile(r"^(?:>[ \t]?)?(?:Reporting-MTA|Final-Recipient|Origi
 RECIPIENT_FIELD = re.compile(r"^(?:Final|Original)-Recipient[ \t]*:", re.M | re.I)
 # A line that may be a MIME boundary (RFC 2046 §5.1.1), or a blank line.
 SECTION_LINE = re.compile(rb"^(?:(--)|\r?$)", re.M)
+# The fields that tell an inline report from a quoted one (RFC 3464 §2.2.2, §2.3.3, §2.3.4).
+REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", re.M | re.I)
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
+# The marks (see MARK_FIELDS) of an automatic reply.
+AUTOREPLY_MARKS = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond",
+                   "x-auto-response-suppress"} | \
+    {f"precedence={value}" for value in AUTOREPLY_PRECEDENCE}
 # Header fields that tell what an automatic message is: RFC 3834 Auto-Submitted, Precedence
 # (RFC 2076), the older X-Autoreply / X-Autorespond, Microsoft's X-Auto-Response-Suppress,
 # and X-Failed-Recipients (Exim, Gmail), which only a bounce carries.
@@ -177,8 +183,11 @@ def _parsed(msg) -> Bounce:
     subject = _unfold(_decoded_header(_field(msg, "Subject")))[:300]
     text = _readable_text(parts)
     marks = _marks(msg)
-    recipients = _dsn_recipients(parts) or _inline_dsn_recipients(text)
+    recipients = _dsn_recipients(parts)
     kind = _kind(parts, marks, bool(recipients))
+    if kind == "plain" and _reads_as_report(text, marks):
+        recipients = _inline_dsn_recipients(text)
+        kind = "dsn" if recipients else kind
     mentions = _first_mentions(text)
     if not recipients:
         failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
@@ -238,13 +247,21 @@ def _kind(parts, marks: list[str], has_dsn: bool) -> str:
         return "feedback"
     if has_dsn:
         return "dsn"
-    automatic = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond",
-                 "x-auto-response-suppress"} | \
-        {f"precedence={value}" for value in AUTOREPLY_PRECEDENCE}
     from_system = any(mark.startswith("from=") for mark in marks)
-    if automatic & set(marks) and not from_system and "x-failed-recipients" not in marks:
+    if AUTOREPLY_MARKS & set(marks) and not from_system and "x-failed-recipients" not in marks:
         return "autoreply"
     return "plain"
+
+
+def _reads_as_report(text: str, marks: list[str]) -> bool:
+    """Whether a plain bounce's ``text`` carries a delivery-status report a mail system
+    wrote (a Reporting-MTA field, or a system sender), with its Action or Status fields,
+    rather than quoting one in a reply (an automatic reply's marks, no system)."""
+    if AUTOREPLY_MARKS & set(marks):
+        return False
+    fields = {match.group(1).lower() for match in REPORT_FIELD.finditer(text)}
+    from_system = "reporting-mta" in fields or any(m.startswith("from=") for m in marks)
+    return from_system and bool(fields & {"action", "status"})
 
 
 def _readable_text(parts) -> str:
