@@ -442,3 +442,26 @@ def test_hostile_messages_parse_in_bounded_time(classifier, body):
     parse(raw)
     classifier.classify(raw)
     assert time.perf_counter() - started < 0.06
+
+
+RETURNED = """\
+Delivery to bob@remote.test failed:
+550 5.1.1 User unknown
+
+------ This is a copy of the message ------
+
+{original}
+Hello, please forward to dave@fourth.test
+"""
+
+
+@pytest.mark.parametrize("failed, original", [
+    ("", "Return-path: <alice@example.org>\nReceived: from alice by mx.example.org"),
+    ("", "From: Alice <alice@example.org>\nTo: bob@remote.test\nCc: carol@third.test\n"),
+    ("X-Failed-Recipients: bob@remote.test\n", "To: carol@third.test\n"),
+])
+def test_the_addresses_of_the_returned_original_are_not_recipients(failed, original):
+    bounce = parse(f"From: postmaster@mx.example.org\n{failed}Subject: Undeliverable\n\n"
+                   + RETURNED.format(original=original))
+    assert [r.address for r in bounce.recipients] == ["bob@remote.test"]
+    assert bounce.first.reply_code == "550"

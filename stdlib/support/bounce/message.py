@@ -77,10 +77,16 @@ COMMAND_PHASES = {"rcpt": "rcpt", "mail": "mail", "data": "data", "end of data":
                   "lhlo": "helo", "starttls": "starttls", "auth": "auth",
                   "connection": "connect", "connect": "connect", "greeting": "connect",
                   "banner": "connect"}
-# A line that starts the returned original message's header block (RFC 5322 fields).
+# A line that starts the returned original message's header block (RFC 5322 fields a
+# message gets in transit, in any case: Exim writes "Return-path:").
 ORIGINAL_HEADERS = re.compile(
-    r"^(?:Received|Return-Path|DKIM-Signature|Message-I[Dd]|MIME-Version|X-Received"
-    r"|Authentication-Results|Delivered-To):[ \t]", re.M)
+    r"^(?:Received|Return-Path|DKIM-Signature|Message-ID|MIME-Version|X-Received"
+    r"|Authentication-Results|Delivered-To):[ \t]", re.M | re.I)
+# Two header lines in a row (the fields a message is written with, or the above): the
+# returned original's header block when no field added in transit opens it.
+_FIELD = (r"(?:From|To|Cc|Subject|Date|Sender|Reply-To|Received|Return-Path|Message-ID"
+          r"|MIME-Version|Content-Type|DKIM-Signature|Delivered-To):[ \t]")
+ORIGINAL_HEADER_RUN = re.compile(rf"^{_FIELD}[^\n]*\n{_FIELD}", re.M | re.I)
 # A line that opens with an address: the next recipient's block in a non-DSN bounce.
 RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re.M)
 # A delivery-status report's first per-message or per-recipient field (RFC 3464 §2.2, §2.3)
@@ -275,13 +281,19 @@ def _readable_text(parts) -> str:
         text = _decoded_payload(part)
         if part.get_content_type() == "text/html":
             text = _strip_tags(text)
-        cut = ORIGINAL_HEADERS.search(text)
-        text = text[:cut.start()] if cut else text
+        text = _before_original(text)
         chunks.append(text[:MAX_TEXT - size])
         size += len(chunks[-1])
         if size >= MAX_TEXT:
             break
     return "\n".join(chunks)
+
+
+def _before_original(text: str) -> str:
+    """``text`` up to the header block of the original message it returns."""
+    starts = [match.start() for match in (ORIGINAL_HEADERS.search(text),
+                                          ORIGINAL_HEADER_RUN.search(text)) if match]
+    return text[:min(starts)] if starts else text
 
 
 def _dsn_recipients(parts) -> list[Recipient]:
@@ -350,12 +362,14 @@ def _first_mentions(text: str) -> dict[str, re.Match]:
 
 
 def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Recipient]:
-    """The ``failed`` addresses (X-Failed-Recipients), then those that open a line of the
-    text of a non-DSN bounce (a recipient's block), then those it names elsewhere."""
+    """The ``failed`` addresses (X-Failed-Recipients) when there are some, else those that
+    open a line of the text of a non-DSN bounce (a recipient's block), then those it names
+    elsewhere."""
     recipients, seen = [], set()
     openers = [m.group(0).strip(" \t><").strip(".").lower()
                for m in RECIPIENT_BLOCK.finditer(text)]
-    for address in [a.strip(".").lower() for a in failed] + openers + list(mentions):
+    named = [a.strip(".").lower() for a in failed] or openers + list(mentions)
+    for address in named:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
