@@ -241,6 +241,12 @@ def test_phase_comes_from_the_smtp_command_named():
     assert parse(text).first.phase == "rcpt"
 
 
+def test_a_command_marker_does_not_span_a_blank_line():
+    text = DSN.replace("Your message could not be delivered to two recipients.",
+                       "It was refused for\n\nData protection reasons.")
+    assert parse(text).first.phase == ""
+
+
 SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two recipients.", """   ----- Transcript of session follows -----
 ... while talking to mx.remote.test.:
 >>> MAIL From:<alice@example.org> SIZE=120
@@ -264,6 +270,7 @@ SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two re
     ("Connected to 192.0.2.7 but sender was rejected.", "mail"),        # qmail
     ("192.0.2.7 failed after I sent the message.", "data"),             # qmail
     ("Connected to 192.0.2.7 but my name was rejected.", "helo"),       # qmail
+
 ])
 def test_phase_in_the_layouts_mtas_write(layout, phase):
     text = PLAIN.replace("192.0.2.7 does not like recipient.", layout)

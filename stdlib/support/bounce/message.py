@@ -62,7 +62,7 @@ ADDRESS = re.compile(r"[\w.+=\-]{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){0,8}")
 COMMAND_MARKER = re.compile(
     r"(?:in\s{1,8}reply\s{1,8}to|after|for|during|response\s{1,8}to|"
     r"did\s{1,8}not\s{1,8}like\s{1,8}our|^[ \t>]{0,4}>>>|SMTP:)"
-    r"\s{0,8}(?:the\s|our\s|final\s|initial\s)?"
+    r"[ \t]{0,8}\r?\n?[ \t]{0,8}(?:the\s|our\s|final\s|initial\s)?"
     r"(RCPT|MAIL|DATA|end\s{1,8}of\s{1,8}data|TEXT|BDAT|HELO|EHLO|LHLO|STARTTLS|AUTH|"
     r"connection|connect|greeting|banner)\b", re.I | re.M)
 TRANSCRIPT_COMMAND = re.compile(r"^[ \t>]{0,4}>>>", re.M)
@@ -414,12 +414,12 @@ def _fill_codes(rcpt: Recipient, text_codes: tuple[str, str, str]) -> None:
 def _codes(context: str) -> tuple[str, str, str]:
     """The failure reply code, the enhanced status code and the SMTP phase in ``context``."""
     context = context[:MAX_TEXT]
-    reply = failure_reply(context)
+    reply = _failure_reply(context)
     phase = phase_of(context, reply.start() if reply else len(context))
     return (reply.group(1) if reply else "", _enhanced(context), phase)
 
 
-def failure_reply(text: str) -> re.Match | None:
+def _failure_reply(text: str) -> re.Match | None:
     """The first 4xx/5xx reply code in ``text`` (a session transcript shows the 2xx
     replies before it), else the first reply code."""
     replies = list(itertools.islice(REPLY_CODE.finditer(text), 20))
@@ -440,7 +440,7 @@ def phase_of(text: str, reply_at: int) -> str:
     before = [item for item in found if item[0] < reply_at]
     at, phase = max(before) if before else min(found)
     if phase == "data":
-        reply = failure_reply(text[at:at + MAX_TEXT])
+        reply = _failure_reply(text[at:at + MAX_TEXT])
         if reply and _answered_pipelined_rcpt(text, at + reply.start()):
             return "rcpt"
     return phase
