@@ -211,11 +211,31 @@ def test_a_report_quoted_in_a_reply_is_not_read_as_one(header, kind):
     assert bounce.kind == kind
 
 
-def test_a_diagnostic_code_written_raw_in_iso_2022_jp_is_decoded():
-    raw = "550 宛先のメールボックスがありません".encode("iso-2022-jp").decode("ascii")
-    dsn = DSN.replace("550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
-                      " User unknown in local recipient table", raw)
-    assert parse(dsn).first.diagnostic == "550 宛先のメールボックスがありません"
+JAPANESE = "宛先のメールボックスがありません"
+ISO_2022_JP = JAPANESE.encode("iso-2022-jp")
+
+
+@pytest.mark.parametrize("raw, report_type", [
+    (ISO_2022_JP, b"delivery-status"),
+    (ISO_2022_JP[:9] + b"\n " + ISO_2022_JP[9:], b"delivery-status"),   # folded in a run
+    (ISO_2022_JP[:10] + b"\n " + ISO_2022_JP[10:], b"delivery-status"),
+    (JAPANESE.encode(), b"global-delivery-status"),                 # RFC 6533: UTF-8
+    (JAPANESE.encode(), b"delivery-status"),
+    (JAPANESE.encode("euc_jp"), b"delivery-status"),
+    (JAPANESE.encode("shift_jis"), b"delivery-status"),
+])
+def test_a_diagnostic_code_written_raw_in_japanese_is_decoded(raw, report_type):
+    dsn = DSN.encode().replace(b"message/delivery-status", b"message/" + report_type).replace(
+        b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+        b" User unknown in local recipient table", b"550 " + raw)
+    assert parse(dsn).first.diagnostic == "550 " + JAPANESE
+
+
+def test_a_diagnostic_code_in_other_iso_2022_jp_2_sets_is_decoded():
+    raw = "550 ¡你好".encode("iso2022_jp_2")
+    dsn = DSN.encode().replace(b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+                               b" User unknown in local recipient table", raw)
+    assert parse(dsn).first.diagnostic == "550 ¡你好"
 
 
 def test_an_empty_diagnostic_code_is_read_from_the_text_around_the_recipient():

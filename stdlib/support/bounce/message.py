@@ -99,6 +99,9 @@ RECIPIENT_FIELD = re.compile(r"^(?:Final|Original)-Recipient[ \t]*:", re.M | re.
 SECTION_LINE = re.compile(rb"^(?:(--)|\r?$)", re.M)
 # The fields that tell an inline report from a quoted one (RFC 3464 §2.2.2, §2.3.3, §2.3.4).
 REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", re.M | re.I)
+# A 2-byte run of ISO-2022-JP(-2) text (RFC 1468, RFC 1554): from its escape to the next.
+JIS_RUN = re.compile(rb"\x1b\$(?:[@AB]|\([@-Z])[^\x1b]*")
+FOLD = re.compile(rb"\r?\n[ \t]*")
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # The marks (see MARK_FIELDS) of an automatic reply.
@@ -322,11 +325,16 @@ def _inline_dsn_recipients(text: str) -> list[Recipient]:
 
 
 def _status_blocks(part) -> list:
-    """The field blocks of a delivery-status part, whether the parser split them or not."""
+    """The field blocks of a delivery-status part, whether the parser split them or not.
+    ``email`` reads a global one (RFC 6533) as one message: the per-message block for its
+    header, the per-recipient blocks, in UTF-8, for its body."""
     payload = part.get_payload()
-    if isinstance(payload, list):
-        return payload
-    return _field_blocks(payload) if isinstance(payload, str) else []
+    if isinstance(payload, str):
+        return _field_blocks(payload)
+    if part.get_content_type() == "message/global-delivery-status" and payload:
+        body = payload[0].get_payload(decode=True) or b""
+        return payload[:1] + _field_blocks(body.decode("utf-8", "replace"))
+    return payload
 
 
 def _field_blocks(text: str) -> list:
@@ -349,8 +357,7 @@ def _recipient_from_block(block) -> Recipient | None:
                      action=_unfold(_field(block, "Action")).lower(),
                      status=_enhanced(_field(block, "Status")),
                      remote_mta=_after_type(_field(block, "Remote-MTA")),
-                     diagnostic=_iso2022_decoded(
-                         _after_type(_field(block, "Diagnostic-Code")))[:MAX_TEXT])
+                     diagnostic=_after_type(_diagnostic_code(block))[:MAX_TEXT])
 
 
 def _first_mentions(text: str) -> dict[str, re.Match]:
@@ -467,15 +474,30 @@ def _after_type(value: str) -> str:
     return rest.strip() if sep and len(kind) <= 12 and " " not in kind.strip() else value
 
 
-def _iso2022_decoded(value: str) -> str:
-    """A field value written raw in ISO-2022-JP (RFC 1468: 7-bit text switched to Japanese
-    by escape sequences), as Japanese MTAs write a Diagnostic-Code, decoded."""
-    if "\x1b$" not in value:
-        return value
+def _diagnostic_code(block) -> str:
+    """A field block's Diagnostic-Code, decoded from the raw bytes it was written in."""
+    raw = next((value for name, value in block.raw_items()
+                if name.lower() == "diagnostic-code"), "")
+    return _decoded_raw(raw)
+
+
+def _decoded_raw(value: str) -> str:
+    """A field value written raw, decoded: in ISO-2022-JP (RFC 1468: 7-bit text switched
+    to Japanese by escape sequences; Japanese MTAs write a Diagnostic-Code so) without the
+    fold line breaks inside a 2-byte run; 8-bit bytes as UTF-8 (RFC 6533), else as the
+    8-bit Japanese encodings. A value of text already decoded is returned as it is."""
     try:
-        return value.encode("ascii").decode("iso-2022-jp")
-    except UnicodeError:
+        data = value.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
         return value
+    data = JIS_RUN.sub(lambda run: FOLD.sub(b"", run.group(0)), data)
+    escaped = b"\x1b" in data
+    for codec in ("iso2022_jp", "iso2022_jp_2") if escaped else ("utf-8", "euc_jp", "shift_jis"):
+        try:
+            return data.decode(codec)
+        except UnicodeError:
+            continue
+    return data.decode("utf-8", "replace")
 
 
 def _field(msg, name: str) -> str:
