@@ -10,10 +10,17 @@ a reason. A message is one of four kinds:
   ``Precedence: auto_reply`` marks, or the ``X-Auto-Response-Suppress`` that Exchange and
   Outlook put on their automatic replies), unless a mail system sent it (From ``MAILER-DAEMON``
   or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
-- ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients`` and the
-  addresses its human-readable text names (up to the returned original message).
+- ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients``, else the
+  addresses its human-readable text names (up to the returned original message: a field
+  added in transit, or two header lines in a row).
 
-A recipient's diagnostic is its Diagnostic-Code; without one (a non-DSN bounce, or a DSN
+A report written into the readable text (forwarded as text, or its part lost its type) is
+read as a ``dsn`` only for what would otherwise be ``plain``, with no automatic-reply mark,
+and when a mail system wrote it (a Reporting-MTA field or a system sender, with Action or
+Status fields), not when a reply quotes one.
+
+A recipient's diagnostic is its Diagnostic-Code, decoded from its raw bytes (ISO-2022-JP
+and -2, UTF-8, EUC-JP, Shift_JIS); without one (a non-DSN bounce, or a DSN
 that left the field empty), the readable text around the recipient's first mention.
 
 The header's marks of an automatic message (the fields of ``MARK_FIELDS``, the system
@@ -27,9 +34,14 @@ From the diagnostic text the SMTP reply code (RFC 5321), the enhanced status cod
 The phase is the SMTP command named where MTAs write it (``COMMAND_MARKER``, qmail's
 fixed sentences), the last one before the first 4xx/5xx reply; when the diagnostic names
 none, the whole readable text (e.g. Sendmail's session transcript) is read.
-Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes, at most ``MAX_PARTS`` MIME parts
-are walked and each text kept is cut at ``MAX_TEXT`` characters; the patterns have no nested
-quantifiers, so they run in linear time.
+Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes and before its boundary line past
+``MAX_BOUNDARIES`` or blank line past ``MAX_BLANK_LINES`` (so ``email`` parses few parts,
+shallow nesting, few field blocks), at most ``MAX_PARTS`` MIME parts are walked, field
+blocks are read from ``MAX_BLOCKS_TEXT`` characters up to ``MAX_RECIPIENTS``, each text kept
+is cut at ``MAX_TEXT`` characters, the text is scanned for addresses and codes once per
+message (not per recipient); the patterns have no nested quantifiers, so they run in linear
+time. ``parse`` never raises: a message nested too deep is read by its header, and anything
+else unreadable is an empty ``plain`` bounce.
 """
 # The email package is imported by the functions that parse: ``bounce::`` declares its
 # natives' costs with MAX_MESSAGE, and ``vsl lint`` should not wait for email.policy.
