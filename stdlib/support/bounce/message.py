@@ -213,7 +213,7 @@ def _parsed(msg) -> Bounce:
     if not recipients:
         failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
         recipients = _plain_recipients(text, failed, mentions)
-    text_codes = _codes(text)
+    text_codes = _codes(text) if recipients else ("", "", "")
     for rcpt in recipients:
         rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address, mentions)
         _fill_codes(rcpt, text_codes)
@@ -296,8 +296,7 @@ def _readable_text(parts) -> str:
         text = _decoded_payload(part)
         if part.get_content_type() == "text/html":
             text = _strip_tags(text)
-        text = _before_original(text)
-        chunks.append(text[:MAX_TEXT - size])
+        chunks.append(_before_original(text[:MAX_TEXT - size]))
         size += len(chunks[-1])
         if size >= MAX_TEXT:
             break
