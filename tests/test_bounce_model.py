@@ -193,11 +193,49 @@ def test_a_delivery_status_report_written_in_the_text_gives_the_recipients(quote
     assert bounce.first.diagnostic == "552 5.2.2 Quota exceeded"
 
 
-def test_a_diagnostic_code_written_raw_in_iso_2022_jp_is_decoded():
-    raw = "550 宛先のメールボックスがありません".encode("iso-2022-jp").decode("ascii")
-    dsn = DSN.replace("550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
-                      " User unknown in local recipient table", raw)
-    assert parse(dsn).first.diagnostic == "550 宛先のメールボックスがありません"
+QUOTED_REPORT = """\
+I am away this week.
+
+> Final-Recipient: rfc822; bob@remote.test
+> Status: 5.1.1
+"""
+
+
+@pytest.mark.parametrize("header, kind", [
+    ("From: alice@remote.test\nAuto-Submitted: auto-replied\n", "autoreply"),
+    ("From: alice@remote.test\n", "plain"),                      # a human reply
+    ("From: postmaster@remote.test\nAuto-Submitted: auto-replied\n", "plain"),
+])
+def test_a_report_quoted_in_a_reply_is_not_read_as_one(header, kind):
+    bounce = parse(header + "Subject: Re: bounce\n\n" + QUOTED_REPORT)
+    assert bounce.kind == kind
+
+
+JAPANESE = "宛先のメールボックスがありません"
+ISO_2022_JP = JAPANESE.encode("iso-2022-jp")
+
+
+@pytest.mark.parametrize("raw, report_type", [
+    (ISO_2022_JP, b"delivery-status"),
+    (ISO_2022_JP[:9] + b"\n " + ISO_2022_JP[9:], b"delivery-status"),   # folded in a run
+    (ISO_2022_JP[:10] + b"\n " + ISO_2022_JP[10:], b"delivery-status"),
+    (JAPANESE.encode(), b"global-delivery-status"),                 # RFC 6533: UTF-8
+    (JAPANESE.encode(), b"delivery-status"),
+    (JAPANESE.encode("euc_jp"), b"delivery-status"),
+    (JAPANESE.encode("shift_jis"), b"delivery-status"),
+])
+def test_a_diagnostic_code_written_raw_in_japanese_is_decoded(raw, report_type):
+    dsn = DSN.encode().replace(b"message/delivery-status", b"message/" + report_type).replace(
+        b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+        b" User unknown in local recipient table", b"550 " + raw)
+    assert parse(dsn).first.diagnostic == "550 " + JAPANESE
+
+
+def test_a_diagnostic_code_in_other_iso_2022_jp_2_sets_is_decoded():
+    raw = "550 ¡你好".encode("iso2022_jp_2")
+    dsn = DSN.encode().replace(b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+                               b" User unknown in local recipient table", raw)
+    assert parse(dsn).first.diagnostic == "550 ¡你好"
 
 
 def test_an_empty_diagnostic_code_is_read_from_the_text_around_the_recipient():
@@ -223,6 +261,12 @@ def test_phase_comes_from_the_smtp_command_named():
     assert parse(text).first.phase == "rcpt"
 
 
+def test_a_command_marker_does_not_span_a_blank_line():
+    text = DSN.replace("Your message could not be delivered to two recipients.",
+                       "It was refused for\n\nData protection reasons.")
+    assert parse(text).first.phase == ""
+
+
 SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two recipients.", """   ----- Transcript of session follows -----
 ... while talking to mx.remote.test.:
 >>> MAIL From:<alice@example.org> SIZE=120
@@ -246,6 +290,7 @@ SENDMAIL_TRANSCRIPT = DSN.replace("Your message could not be delivered to two re
     ("Connected to 192.0.2.7 but sender was rejected.", "mail"),        # qmail
     ("192.0.2.7 failed after I sent the message.", "data"),             # qmail
     ("Connected to 192.0.2.7 but my name was rejected.", "helo"),       # qmail
+
 ])
 def test_phase_in_the_layouts_mtas_write(layout, phase):
     text = PLAIN.replace("192.0.2.7 does not like recipient.", layout)
@@ -374,3 +419,76 @@ def test_the_diagnostic_of_a_non_dsn_bounce_is_the_text_around_its_address(
     bounce = parse(plain_bounce(body))
     assert (bounce.first.address, bounce.first.diagnostic) == (address, diagnostic)
     assert [r.address for r in bounce.recipients][:1] == [address]
+
+
+SYSTEM_SENDER = b"From: MAILER-DAEMON@x.org\n"
+DSN_STATUS = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+              b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n"
+              b"Final-Recipient: rfc822; bob@example.org\nAction: failed\nStatus: %s\n--B--\n")
+NESTED = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i)
+                  for i in range(1000))
+
+
+@pytest.mark.parametrize("raw, recipient", [
+    (SYSTEM_SENDER + b"X-Failed-Recipients: bob@example.org \xff\n\n550 5.1.1 unknown\n",
+     "bob@example.org"),                                          # compat32 Header object
+    (SYSTEM_SENDER + DSN_STATUS % b"5.1.1 \xff", "bob@example.org"),
+    (SYSTEM_SENDER + b"Content-Type: text/plain; charset=idna\n\nbob@example.org\n",
+     "bob@example.org"),                                          # UnicodeError
+    (SYSTEM_SENDER + b"Content-Type: text/plain; charset=undefined\n\nbob@example.org\n",
+     "bob@example.org"),
+    (SYSTEM_SENDER + NESTED + b"\nx\n", ""),
+    (SYSTEM_SENDER + b"Content-Type: message/rfc822\n\n" * 1000, ""),  # RecursionError
+])
+def test_parse_never_raises_and_keeps_what_it_can_read(classifier, raw, recipient):
+    bounce = parse(raw)
+    assert bounce.first.address == recipient
+    assert "from=mailer-daemon" in bounce.marks
+    assert classifier.classify_bounce(bounce).reason
+
+
+DSN_HEAD = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+            b"--B\nContent-Type: text/plain\n\n" + b"x" * 4000 + b"\n"
+            b"--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n")
+EMPTY_DIAGNOSTICS = b"".join(b"Final-Recipient: rfc822; u%d@example.org\nDiagnostic-Code: smtp;"
+                             b"\n\n" % i for i in range(200))
+
+
+@pytest.mark.parametrize("body", [
+    b"\n" + b"Final-Recipient: a\n\n" * 200,                      # 4 KB, 200 inline blocks
+    DSN_HEAD + EMPTY_DIAGNOSTICS + b"--B--\n",                     # diagnostics from the text
+    b"Content-Type: multipart/report; boundary=NONE\n\n" + b"a\n\n" * 80_000,
+    DSN_HEAD + b"A: b\n\n" * 40_000 + b"--B--\n",                   # 40,000 field blocks
+    b"Content-Type: multipart/mixed; boundary=Z\n\n" + PART * 20_000,
+    NESTED,
+])
+def test_hostile_messages_parse_in_bounded_time(classifier, body):
+    raw = SYSTEM_SENDER + body
+    classifier.classify(raw)
+    started = time.perf_counter()
+    parse(raw)
+    classifier.classify(raw)
+    assert time.perf_counter() - started < 0.06
+
+
+RETURNED = """\
+Delivery to bob@remote.test failed:
+550 5.1.1 User unknown
+
+------ This is a copy of the message ------
+
+{original}
+Hello, please forward to dave@fourth.test
+"""
+
+
+@pytest.mark.parametrize("failed, original", [
+    ("", "Return-path: <alice@example.org>\nReceived: from alice by mx.example.org"),
+    ("", "From: Alice <alice@example.org>\nTo: bob@remote.test\nCc: carol@third.test\n"),
+    ("X-Failed-Recipients: bob@remote.test\n", "To: carol@third.test\n"),
+])
+def test_the_addresses_of_the_returned_original_are_not_recipients(failed, original):
+    bounce = parse(f"From: postmaster@mx.example.org\n{failed}Subject: Undeliverable\n\n"
+                   + RETURNED.format(original=original))
+    assert [r.address for r in bounce.recipients] == ["bob@remote.test"]
+    assert bounce.first.reply_code == "550"

@@ -10,10 +10,17 @@ a reason. A message is one of four kinds:
   ``Precedence: auto_reply`` marks, or the ``X-Auto-Response-Suppress`` that Exchange and
   Outlook put on their automatic replies), unless a mail system sent it (From ``MAILER-DAEMON``
   or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
-- ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients`` and the
-  addresses its human-readable text names (up to the returned original message).
+- ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients``, else the
+  addresses its human-readable text names (up to the returned original message: a field
+  added in transit, or two header lines in a row).
 
-A recipient's diagnostic is its Diagnostic-Code; without one (a non-DSN bounce, or a DSN
+A report written into the readable text (forwarded as text, or its part lost its type) is
+read as a ``dsn`` only for what would otherwise be ``plain``, with no automatic-reply mark,
+and when a mail system wrote it (a Reporting-MTA field or a system sender, with Action or
+Status fields), not when a reply quotes one.
+
+A recipient's diagnostic is its Diagnostic-Code, decoded from its raw bytes (ISO-2022-JP
+and -2, UTF-8, EUC-JP, Shift_JIS); without one (a non-DSN bounce, or a DSN
 that left the field empty), the readable text around the recipient's first mention.
 
 The header's marks of an automatic message (the fields of ``MARK_FIELDS``, the system
@@ -27,9 +34,14 @@ From the diagnostic text the SMTP reply code (RFC 5321), the enhanced status cod
 The phase is the SMTP command named where MTAs write it (``COMMAND_MARKER``, qmail's
 fixed sentences), the last one before the first 4xx/5xx reply; when the diagnostic names
 none, the whole readable text (e.g. Sendmail's session transcript) is read.
-Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes, at most ``MAX_PARTS`` MIME parts
-are walked and each text kept is cut at ``MAX_TEXT`` characters; the patterns have no nested
-quantifiers, so they run in linear time.
+Work is bounded: the input is cut at ``MAX_MESSAGE`` bytes and before its boundary line past
+``MAX_BOUNDARIES`` or blank line past ``MAX_BLANK_LINES`` (so ``email`` parses few parts,
+shallow nesting, few field blocks), at most ``MAX_PARTS`` MIME parts are walked, field
+blocks are read from ``MAX_BLOCKS_TEXT`` characters up to ``MAX_RECIPIENTS``, each text kept
+is cut at ``MAX_TEXT`` characters, the text is scanned for addresses and codes once per
+message (not per recipient); the patterns have no nested quantifiers, so they run in linear
+time. ``parse`` never raises: a message nested too deep is read by its header, and anything
+else unreadable is an empty ``plain`` bounce.
 """
 # The email package is imported by the functions that parse: ``bounce::`` declares its
 # natives' costs with MAX_MESSAGE, and ``vsl lint`` should not wait for email.policy.
@@ -43,6 +55,12 @@ MAX_MESSAGE = 256 * 1024
 MAX_PARTS = 64
 MAX_TEXT = 4000
 MAX_RECIPIENTS = 100
+# Field blocks are read from at most this much of a status part or inline report.
+MAX_BLOCKS_TEXT = 8 * MAX_TEXT
+# The boundary lines (MIME parts, their nesting) and blank lines (delivery-status field
+# blocks) the parser is given at most: a message cut there still parses, in bounded time.
+MAX_BOUNDARIES = 2 * MAX_PARTS
+MAX_BLANK_LINES = 8 * MAX_PARTS
 PLAIN_DIAGNOSTIC = 600
 
 REPLY_CODE = re.compile(r"(?<![\d.])([245][0-5]\d)(?=[ \-\t]|$)", re.M)
@@ -56,7 +74,7 @@ ADDRESS = re.compile(r"[\w.+=\-]{1,64}@[\w\-]{1,63}(?:\.[\w\-]{1,63}){0,8}")
 COMMAND_MARKER = re.compile(
     r"(?:in\s{1,8}reply\s{1,8}to|after|for|during|response\s{1,8}to|"
     r"did\s{1,8}not\s{1,8}like\s{1,8}our|^[ \t>]{0,4}>>>|SMTP:)"
-    r"\s{0,8}(?:the\s|our\s|final\s|initial\s)?"
+    r"[ \t]{0,8}\r?\n?[ \t]{0,8}(?:the\s|our\s|final\s|initial\s)?"
     r"(RCPT|MAIL|DATA|end\s{1,8}of\s{1,8}data|TEXT|BDAT|HELO|EHLO|LHLO|STARTTLS|AUTH|"
     r"connection|connect|greeting|banner)\b", re.I | re.M)
 TRANSCRIPT_COMMAND = re.compile(r"^[ \t>]{0,4}>>>", re.M)
@@ -71,18 +89,37 @@ COMMAND_PHASES = {"rcpt": "rcpt", "mail": "mail", "data": "data", "end of data":
                   "lhlo": "helo", "starttls": "starttls", "auth": "auth",
                   "connection": "connect", "connect": "connect", "greeting": "connect",
                   "banner": "connect"}
-# A line that starts the returned original message's header block (RFC 5322 fields).
+# A line that starts the returned original message's header block (RFC 5322 fields a
+# message gets in transit, in any case: Exim writes "Return-path:").
 ORIGINAL_HEADERS = re.compile(
-    r"^(?:Received|Return-Path|DKIM-Signature|Message-I[Dd]|MIME-Version|X-Received"
-    r"|Authentication-Results|Delivered-To):[ \t]", re.M)
+    r"^(?:Received|Return-Path|DKIM-Signature|Message-ID|MIME-Version|X-Received"
+    r"|Authentication-Results|Delivered-To):[ \t]", re.M | re.I)
+# Two header lines in a row (the fields a message is written with, or the above): the
+# returned original's header block when no field added in transit opens it.
+_FIELD = (r"(?:From|To|Cc|Subject|Date|Sender|Reply-To|Received|Return-Path|Message-ID"
+          r"|MIME-Version|Content-Type|DKIM-Signature|Delivered-To):[ \t]")
+ORIGINAL_HEADER_RUN = re.compile(rf"^{_FIELD}[^\n]*\n{_FIELD}", re.M | re.I)
 # A line that opens with an address: the next recipient's block in a non-DSN bounce.
 RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re.M)
 # A delivery-status report's first per-message or per-recipient field (RFC 3464 §2.2, §2.3)
 # at the start of a line of the readable text, maybe quoted (``> ``).
 INLINE_REPORT = re.compile(r"^(?:>[ \t]?)?(?:Reporting-MTA|Final-Recipient|Original-Recipient)"
                            r":", re.M | re.I)
+# A per-recipient field (RFC 3464 §2.3.1, §2.3.2): a field block that has one is read.
+RECIPIENT_FIELD = re.compile(r"^(?:Final|Original)-Recipient[ \t]*:", re.M | re.I)
+# A line that may be a MIME boundary (RFC 2046 §5.1.1), or a blank line.
+SECTION_LINE = re.compile(rb"^(?:(--)|\r?$)", re.M)
+# The fields that tell an inline report from a quoted one (RFC 3464 §2.2.2, §2.3.3, §2.3.4).
+REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", re.M | re.I)
+# A 2-byte run of ISO-2022-JP(-2) text (RFC 1468, RFC 1554): from its escape to the next.
+JIS_RUN = re.compile(rb"\x1b\$(?:[@AB]|\([@-Z])[^\x1b]*")
+FOLD = re.compile(rb"\r?\n[ \t]*")
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
+# The marks (see MARK_FIELDS) of an automatic reply.
+AUTOREPLY_MARKS = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond",
+                   "x-auto-response-suppress"} | \
+    {f"precedence={value}" for value in AUTOREPLY_PRECEDENCE}
 # Header fields that tell what an automatic message is: RFC 3834 Auto-Submitted, Precedence
 # (RFC 2076), the older X-Autoreply / X-Autorespond, Microsoft's X-Auto-Response-Suppress,
 # and X-Failed-Recipients (Exim, Gmail), which only a bounce carries.
@@ -127,25 +164,59 @@ class Bounce:
 
 
 def parse(raw: bytes | str) -> Bounce:
-    """Parses a raw RFC 5322 message (bytes or str) into a ``Bounce``; never raises on
-    malformed input."""
+    """Parses a raw RFC 5322 message (bytes or str) into a ``Bounce``; never raises: what
+    cannot be read at all is an empty ``plain`` bounce."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return _parsed(_message(_cut_sections(raw[:MAX_MESSAGE])))
+    except Exception:  # noqa: BLE001 - a last resort: hostile input must not stop delivery
+        return Bounce(kind="plain")
+
+
+def _cut_sections(raw: bytes) -> bytes:
+    """``raw`` cut before its boundary line past MAX_BOUNDARIES or blank line past
+    MAX_BLANK_LINES, so that ``email`` is not made to parse thousands of parts, a deep
+    nesting or thousands of delivery-status blocks, of which few are read."""
+    boundaries = blanks = 0
+    for line in SECTION_LINE.finditer(raw):
+        boundaries += bool(line.group(1))
+        blanks += not line.group(1)
+        if boundaries > MAX_BOUNDARIES or blanks > MAX_BLANK_LINES:
+            return raw[:line.start()]
+    return raw
+
+
+def _message(raw: bytes):
+    """The parsed message; only its header when its MIME parts nest too deep to parse."""
+    import email.parser
     import email.policy
 
-    msg = email.message_from_bytes(raw[:MAX_MESSAGE], policy=email.policy.compat32)
+    try:
+        return email.message_from_bytes(raw, policy=email.policy.compat32)
+    except RecursionError:
+        parser = email.parser.BytesParser(policy=email.policy.compat32)
+        return parser.parsebytes(raw, headersonly=True)
+
+
+def _parsed(msg) -> Bounce:
     parts = _parts(msg)
-    subject = _unfold(_decoded_header(msg.get("Subject", "")))[:300]
+    subject = _unfold(_decoded_header(_field(msg, "Subject")))[:300]
     text = _readable_text(parts)
     marks = _marks(msg)
-    recipients = _dsn_recipients(parts) or _inline_dsn_recipients(text)
+    recipients = _dsn_recipients(parts)
     kind = _kind(parts, marks, bool(recipients))
+    if kind == "plain" and _reads_as_report(text, marks):
+        recipients = _inline_dsn_recipients(text)
+        kind = "dsn" if recipients else kind
+    mentions = _first_mentions(text)
     if not recipients:
-        failed = ADDRESS.findall(msg.get("X-Failed-Recipients", "")[:2000])
-        recipients = _plain_recipients(text, failed)
+        failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
+        recipients = _plain_recipients(text, failed, mentions)
+    text_codes = _codes(text) if recipients else ("", "", "")
     for rcpt in recipients:
-        rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address)
-        _fill_codes(rcpt, rcpt.diagnostic or text, text)
+        rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address, mentions)
+        _fill_codes(rcpt, text_codes)
     return Bounce(kind=kind, subject=subject, text=text, recipients=recipients, marks=marks)
 
 
@@ -179,13 +250,12 @@ def _marks(msg) -> list[str]:
     that have one) and ``from=<local part>`` when a mail system sent it."""
     marks = []
     for name in MARK_FIELDS:
-        value = msg.get(name)
-        if value is None:
+        if name not in msg:
             continue
-        words = _unfold(value).lower().split()
+        words = _unfold(_field(msg, name)).lower().split()
         valued = name.lower() in VALUED_MARKS and words
         marks.append(f"{name.lower()}={words[0].strip(';')}" if valued else name.lower())
-    sender = ADDRESS.search(_unfold(msg.get("From", ""))[:500])
+    sender = ADDRESS.search(_unfold(_field(msg, "From"))[:500])
     local = sender.group(0).split("@")[0].lower() if sender else ""
     if local in SYSTEM_SENDERS:
         marks.append(f"from={local}")
@@ -198,13 +268,21 @@ def _kind(parts, marks: list[str], has_dsn: bool) -> str:
         return "feedback"
     if has_dsn:
         return "dsn"
-    automatic = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond",
-                 "x-auto-response-suppress"} | \
-        {f"precedence={value}" for value in AUTOREPLY_PRECEDENCE}
     from_system = any(mark.startswith("from=") for mark in marks)
-    if automatic & set(marks) and not from_system and "x-failed-recipients" not in marks:
+    if AUTOREPLY_MARKS & set(marks) and not from_system and "x-failed-recipients" not in marks:
         return "autoreply"
     return "plain"
+
+
+def _reads_as_report(text: str, marks: list[str]) -> bool:
+    """Whether a plain bounce's ``text`` carries a delivery-status report a mail system
+    wrote (a Reporting-MTA field, or a system sender), with its Action or Status fields,
+    rather than quoting one in a reply (an automatic reply's marks, no system)."""
+    if AUTOREPLY_MARKS & set(marks):
+        return False
+    fields = {match.group(1).lower() for match in REPORT_FIELD.finditer(text)}
+    from_system = "reporting-mta" in fields or any(m.startswith("from=") for m in marks)
+    return from_system and bool(fields & {"action", "status"})
 
 
 def _readable_text(parts) -> str:
@@ -218,28 +296,28 @@ def _readable_text(parts) -> str:
         text = _decoded_payload(part)
         if part.get_content_type() == "text/html":
             text = _strip_tags(text)
-        cut = ORIGINAL_HEADERS.search(text)
-        text = text[:cut.start()] if cut else text
-        chunks.append(text[:MAX_TEXT - size])
+        chunks.append(_before_original(text[:MAX_TEXT - size]))
         size += len(chunks[-1])
         if size >= MAX_TEXT:
             break
     return "\n".join(chunks)
 
 
+def _before_original(text: str) -> str:
+    """``text`` up to the header block of the original message it returns."""
+    starts = [match.start() for match in (ORIGINAL_HEADERS.search(text),
+                                          ORIGINAL_HEADER_RUN.search(text)) if match]
+    return text[:min(starts)] if starts else text
+
+
 def _dsn_recipients(parts) -> list[Recipient]:
     """The per-recipient blocks of every delivery-status part."""
-    recipients = []
-    for part in parts:
-        if part.get_content_type() not in ("message/delivery-status",
-                                           "message/global-delivery-status") \
-                and not _is_broken_multipart(part):
-            continue
-        for block in _status_blocks(part):
-            rcpt = _recipient_from_block(block)
-            if rcpt and len(recipients) < MAX_RECIPIENTS:
-                recipients.append(rcpt)
-    return recipients
+    status_parts = [part for part in parts if _is_broken_multipart(part) or
+                    part.get_content_type() in ("message/delivery-status",
+                                                "message/global-delivery-status")]
+    blocks = itertools.chain.from_iterable(map(_status_blocks, status_parts))
+    recipients = (rcpt for rcpt in map(_recipient_from_block, blocks) if rcpt)
+    return list(itertools.islice(recipients, MAX_RECIPIENTS))
 
 
 def _is_broken_multipart(part) -> bool:
@@ -254,46 +332,62 @@ def _inline_dsn_recipients(text: str) -> list[Recipient]:
     if not start:
         return []
     report = QUOTE_MARK.sub("", text[start.start():])
-    blocks = [_recipient_from_block(block) for block in _field_blocks(report)]
-    return [rcpt for rcpt in blocks if rcpt][:MAX_RECIPIENTS]
+    return [rcpt for rcpt in map(_recipient_from_block, _field_blocks(report)) if rcpt]
 
 
 def _status_blocks(part) -> list:
-    """The field blocks of a delivery-status part, whether the parser split them or not."""
+    """The field blocks of a delivery-status part, whether the parser split them or not.
+    ``email`` reads a global one (RFC 6533) as one message: the per-message block for its
+    header, the per-recipient blocks, in UTF-8, for its body."""
     payload = part.get_payload()
-    if isinstance(payload, list):
-        return payload
-    return _field_blocks(payload[:MAX_MESSAGE]) if isinstance(payload, str) else []
+    if isinstance(payload, str):
+        return _field_blocks(payload)
+    if part.get_content_type() == "message/global-delivery-status" and payload:
+        body = payload[0].get_payload(decode=True) or b""
+        return payload[:1] + _field_blocks(body.decode("utf-8", "replace"))
+    return payload
 
 
 def _field_blocks(text: str) -> list:
-    """The blank-line separated blocks of header fields in ``text``, each parsed alone."""
+    """The blank-line separated blocks of header fields in the first MAX_BLOCKS_TEXT
+    characters of ``text`` that name a recipient, each parsed alone, at most
+    MAX_RECIPIENTS of them."""
     import email.policy
 
+    blocks = text[:MAX_BLOCKS_TEXT].replace("\r\n", "\n").split("\n\n")
+    named = (block for block in blocks if RECIPIENT_FIELD.search(block))
     return [email.message_from_string(block.strip() + "\n", policy=email.policy.compat32)
-            for block in text.replace("\r\n", "\n").split("\n\n") if block.strip()]
+            for block in itertools.islice(named, MAX_RECIPIENTS)]
 
 
 def _recipient_from_block(block) -> Recipient | None:
-    address = block.get("Final-Recipient") or block.get("Original-Recipient")
+    address = _field(block, "Final-Recipient") or _field(block, "Original-Recipient")
     if not address:
         return None
     return Recipient(address=_after_type(address),
-                     action=_unfold(block.get("Action", "")).lower(),
-                     status=_enhanced(block.get("Status", "")),
-                     remote_mta=_after_type(block.get("Remote-MTA", "")),
-                     diagnostic=_iso2022_decoded(
-                         _after_type(block.get("Diagnostic-Code", "")))[:MAX_TEXT])
+                     action=_unfold(_field(block, "Action")).lower(),
+                     status=_enhanced(_field(block, "Status")),
+                     remote_mta=_after_type(_field(block, "Remote-MTA")),
+                     diagnostic=_after_type(_diagnostic_code(block))[:MAX_TEXT])
 
 
-def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
-    """The ``failed`` addresses (X-Failed-Recipients), then those that open a line of the
-    text of a non-DSN bounce (a recipient's block), then those it names elsewhere."""
+def _first_mentions(text: str) -> dict[str, re.Match]:
+    """Each address ``text`` names (lower case), with its first mention, in text order."""
+    mentions: dict[str, re.Match] = {}
+    for match in ADDRESS.finditer(text):
+        mentions.setdefault(match.group(0).strip(".").lower(), match)
+    return mentions
+
+
+def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Recipient]:
+    """The ``failed`` addresses (X-Failed-Recipients) when there are some, else those that
+    open a line of the text of a non-DSN bounce (a recipient's block), then those it names
+    elsewhere."""
     recipients, seen = [], set()
     openers = [m.group(0).strip(" \t><").strip(".").lower()
                for m in RECIPIENT_BLOCK.finditer(text)]
-    mentions = [m.group(0).strip(".").lower() for m in ADDRESS.finditer(text)]
-    for address in [a.strip(".").lower() for a in failed] + openers + mentions:
+    named = [a.strip(".").lower() for a in failed] or openers + list(mentions)
+    for address in named:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
@@ -301,13 +395,11 @@ def _plain_recipients(text: str, failed: list[str]) -> list[Recipient]:
     return recipients
 
 
-def _diagnostic_in_text(text: str, address: str) -> str:
+def _diagnostic_in_text(text: str, address: str, mentions: dict) -> str:
     """What the readable ``text`` says of ``address`` (the text around its first mention,
-    on one line): a non-DSN bounce's diagnostic, and a DSN recipient's when its
-    Diagnostic-Code is empty (Sendmail writes the reply in its transcript above)."""
-    wanted = address.strip("<>").lower()
-    mention = next((m for m in ADDRESS.finditer(text)
-                    if m.group(0).strip(".").lower() == wanted), None) if wanted else None
+    in ``mentions``, on one line): a non-DSN bounce's diagnostic, and a DSN recipient's
+    when its Diagnostic-Code is empty (Sendmail writes the reply in its transcript above)."""
+    mention = mentions.get(address.strip("<>").lower())
     return " ".join(_text_around(text, mention).split()) if mention else ""
 
 
@@ -327,21 +419,25 @@ def _text_around(text: str, mention: re.Match) -> str:
     return text[start:mention.start()] + following[:block_end.start() if block_end else None]
 
 
-def _fill_codes(rcpt: Recipient, context: str, text: str) -> None:
+def _fill_codes(rcpt: Recipient, text_codes: tuple[str, str, str]) -> None:
     """Sets the reply code, the missing enhanced code and the phase from the recipient's
-    ``context`` (its diagnostic); the phase from the whole ``text`` when that names none."""
+    diagnostic, else from the whole text (``text_codes``); the phase is the text's when
+    the diagnostic names none."""
+    reply, status, phase = _codes(rcpt.diagnostic) if rcpt.diagnostic else text_codes
+    rcpt.reply_code = reply
+    rcpt.status = rcpt.status or status
+    rcpt.phase = phase or text_codes[2]
+
+
+def _codes(context: str) -> tuple[str, str, str]:
+    """The failure reply code, the enhanced status code and the SMTP phase in ``context``."""
     context = context[:MAX_TEXT]
-    reply = failure_reply(context)
-    rcpt.reply_code = reply.group(1) if reply else ""
-    if not rcpt.status:
-        rcpt.status = _enhanced(context)
-    rcpt.phase = phase_of(context, reply.start() if reply else len(context))
-    if not rcpt.phase:
-        in_text = failure_reply(text)
-        rcpt.phase = phase_of(text, in_text.start() if in_text else len(text))
+    reply = _failure_reply(context)
+    phase = phase_of(context, reply.start() if reply else len(context))
+    return (reply.group(1) if reply else "", _enhanced(context), phase)
 
 
-def failure_reply(text: str) -> re.Match | None:
+def _failure_reply(text: str) -> re.Match | None:
     """The first 4xx/5xx reply code in ``text`` (a session transcript shows the 2xx
     replies before it), else the first reply code."""
     replies = list(itertools.islice(REPLY_CODE.finditer(text), 20))
@@ -362,7 +458,7 @@ def phase_of(text: str, reply_at: int) -> str:
     before = [item for item in found if item[0] < reply_at]
     at, phase = max(before) if before else min(found)
     if phase == "data":
-        reply = failure_reply(text[at:at + MAX_TEXT])
+        reply = _failure_reply(text[at:at + MAX_TEXT])
         if reply and _answered_pipelined_rcpt(text, at + reply.start()):
             return "rcpt"
     return phase
@@ -389,15 +485,37 @@ def _after_type(value: str) -> str:
     return rest.strip() if sep and len(kind) <= 12 and " " not in kind.strip() else value
 
 
-def _iso2022_decoded(value: str) -> str:
-    """A field value written raw in ISO-2022-JP (RFC 1468: 7-bit text switched to Japanese
-    by escape sequences), as Japanese MTAs write a Diagnostic-Code, decoded."""
-    if "\x1b$" not in value:
-        return value
+def _diagnostic_code(block) -> str:
+    """A field block's Diagnostic-Code, decoded from the raw bytes it was written in."""
+    raw = next((value for name, value in block.raw_items()
+                if name.lower() == "diagnostic-code"), "")
+    return _decoded_raw(raw)
+
+
+def _decoded_raw(value: str) -> str:
+    """A field value written raw, decoded: in ISO-2022-JP (RFC 1468: 7-bit text switched
+    to Japanese by escape sequences; Japanese MTAs write a Diagnostic-Code so) without the
+    fold line breaks inside a 2-byte run; 8-bit bytes as UTF-8 (RFC 6533), else as the
+    8-bit Japanese encodings. A value of text already decoded is returned as it is."""
     try:
-        return value.encode("ascii").decode("iso-2022-jp")
-    except UnicodeError:
+        data = value.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
         return value
+    data = JIS_RUN.sub(lambda run: FOLD.sub(b"", run.group(0)), data)
+    escaped = b"\x1b" in data
+    for codec in ("iso2022_jp", "iso2022_jp_2") if escaped else ("utf-8", "euc_jp", "shift_jis"):
+        try:
+            return data.decode(codec)
+        except UnicodeError:
+            continue
+    return data.decode("utf-8", "replace")
+
+
+def _field(msg, name: str) -> str:
+    """A header field's value as text, ``""`` when absent (compat32 gives a ``Header``
+    object for a value with 8-bit bytes)."""
+    value = msg.get(name)
+    return "" if value is None else str(value)
 
 
 def _unfold(value) -> str:
@@ -418,7 +536,7 @@ def _decoded_payload(part) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return data[:MAX_MESSAGE].decode(charset, "replace")
-    except LookupError:
+    except (LookupError, UnicodeError):
         return data[:MAX_MESSAGE].decode("utf-8", "replace")
 
 
