@@ -66,6 +66,14 @@ def retry_delay(config: DeliveryConfig, attempts: int) -> float:
     return min(config.retry_first * 2 ** min(attempts - 1, 64), config.retry_max)
 
 
+def answered(result: Outcome) -> str:
+    """The reply as a bounce reports it, with the SMTP command it answered written the way
+    Postfix does ("(in reply to RCPT TO command)"): a refusal after DATA is a filter's, one
+    after RCPT TO an address's, and the classifier reads the phase from there."""
+    return f"{result.reply} (in reply to {result.command} command)" if result.command \
+        else result.reply
+
+
 def recipient_domain(address: str) -> str:
     """The domain of a recipient's address as delivered, lowercased."""
     return address.rpartition("@")[2].lower().rstrip(".")
@@ -236,7 +244,7 @@ class Delivery:
     async def _reasons(self, outcomes: dict[str, Outcome]) -> dict[str, Classification]:
         """Why each refused recipient was refused (none for a delivered one; by the status
         codes, confidence 0, when the model cannot be used), classified in a worker thread."""
-        refused = {address: result.reply for address, result in outcomes.items()
+        refused = {address: answered(result) for address, result in outcomes.items()
                    if result.status in ("deferred", "failed") and result.reply}
         return await asyncio.to_thread(self._classify, refused) if refused else {}
 

@@ -492,3 +492,12 @@ def test_the_addresses_of_the_returned_original_are_not_recipients(failed, origi
                    + RETURNED.format(original=original))
     assert [r.address for r in bounce.recipients] == ["bob@remote.test"]
     assert bounce.first.reply_code == "550"
+
+
+def test_a_reasons_usual_status_is_a_registered_code():
+    """The labels' own X.0.9xx codes are not RFC 3463 codes: a reason's usual status (what
+    `.status` is when the text shows none) never is one."""
+    rows = [{"text": "", "reason": "filtered", "status": s, "hard": True}
+            for s in ("5.0.910", "5.0.910", "5.0.910", "5.7.1", "5.7.1")]
+    assert train.tables(rows)["status"] == {"filtered": "5.7.1"}
+    assert not train.registered("4.0.947") and train.registered("5.0.0")

@@ -34,7 +34,7 @@ from vsl.stdlib.support.bounce.message import MAX_TEXT, as_bounce, parse
 from vsl.stdlib.support.bounce.model import Classification, Classifier
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
-WORDING = "Recipient not listed in the directory of this organisation"
+WORDING = "Addressee is not known to our directory service"
 CODED = f"550 5.1.1 <bob@example.org>: {WORDING}"  # the shipped network: userunknown, sure
 CODELESS = f"550 {WORDING}"  # the shipped network alone: not userunknown
 LABELS = ["userunknown", "mailboxfull", "rejected"]

@@ -661,3 +661,45 @@ def test_natives_check_their_arguments():
         'fn on_rcpt_to(ctx) { transport::forward(ctx, "smtp://h?tls=x"); status::next() }',
         "lint.vsl", None)
     assert any("tls=none|opportunistic|required" in str(f) for f in findings)
+
+
+class _Refusing:
+    """A client whose server refuses MAIL, one RCPT or the DATA with code-less replies."""
+
+    def __init__(self, refuse: str):
+        self.refuse = refuse
+
+    def supports(self, extension: str) -> bool:
+        return False
+
+    async def command(self, verb: str, *args):
+        return (550, "no such user here") if verb == self.refuse else (250, "ok")
+
+    async def data(self, data: bytes, count: int):
+        return [(550, "no such user here")] * count if self.refuse == "DATA" else \
+            [(250, "ok")] * count
+
+
+@pytest.mark.parametrize("refuse, command", [
+    ("MAIL", "MAIL FROM"), ("RCPT", "RCPT TO"), ("DATA", "end of DATA")])
+def test_an_outcome_names_the_command_its_reply_answered(refuse, command):
+    from vsl.server.transports.smtp import transaction
+
+    outcomes = asyncio.run(transaction(_Refusing(refuse), "a@x.test", ["b@y.test"], b"x",
+                                       "mx.y.test"))
+    assert outcomes["b@y.test"].command == command
+
+
+def test_delivery_classifies_a_reply_with_the_command_it_answered():
+    """The same code-less "no such user" is an address's refusal after RCPT TO and a
+    filter's after DATA (the labels' convention): the classifier reads which from the
+    Postfix-style "(in reply to ... command)" delivery adds."""
+    from vsl.server.delivery import answered
+    from vsl.stdlib.support.bounce.shared import shipped
+
+    rcpt = Outcome("failed", "550 no such user here", "mx.y.test", "RCPT TO")
+    data = Outcome("failed", "550 no such user here", "mx.y.test", "end of DATA")
+    assert answered(rcpt) == "550 no such user here (in reply to RCPT TO command)"
+    assert answered(Outcome("failed", "550 no", "mx.y.test")) == "550 no"
+    assert shipped().classify_text(answered(rcpt)).reason == "userunknown"
+    assert shipped().classify_text(answered(data)).reason == "filtered"

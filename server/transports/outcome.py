@@ -14,17 +14,20 @@ _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 @dataclass(frozen=True)
 class Outcome:
     """One recipient's result: status delivered/deferred/failed, the reply (the remote
-    server's, or one made up for a local problem) and the remote MTA that gave it."""
+    server's, or one made up for a local problem), the remote MTA that gave it and the
+    SMTP command it answered (``RCPT TO``, ``end of DATA``...; "" when none did)."""
 
     status: str
     reply: str
     remote_mta: str | None = None
+    command: str = ""
 
 
-def outcome(code: int, text: str, remote: str | None = None) -> Outcome:
-    """The Outcome of an SMTP reply (a code outside 2xx/4xx/5xx counts as a failure)."""
+def outcome(code: int, text: str, remote: str | None = None, command: str = "") -> Outcome:
+    """The Outcome of an SMTP reply to ``command`` (a code outside 2xx/4xx/5xx counts as a
+    failure)."""
     return Outcome(_STATUS.get(str(code)[:1], "failed"), f"{code} {' '.join(text.split())}",
-                   remote)
+                   remote, command)
 
 
 def detail(err: BaseException | str) -> str:

@@ -49,19 +49,19 @@ async def transaction(client, sender: str, recipients: list[str], data: bytes,
         code, text = await client.command("MAIL", *_mail_args(client, sender, recipients,
                                                               data))
         if code != 250:
-            return dict.fromkeys(recipients, outcome(code, text, remote))
+            return dict.fromkeys(recipients, outcome(code, text, remote, "MAIL FROM"))
         accepted = []
         for rcpt in recipients:
             code, text = await client.command("RCPT", f"TO:<{rcpt}>")
             if code in (250, 251):
                 accepted.append(rcpt)
             else:
-                outcomes[rcpt] = outcome(code, text, remote)
+                outcomes[rcpt] = outcome(code, text, remote, "RCPT TO")
         if not accepted:
             await client.command("RSET")
             return outcomes
         for rcpt, (code, text) in zip(accepted, await client.data(data, len(accepted))):
-            outcomes[rcpt] = outcome(code, text, remote)
+            outcomes[rcpt] = outcome(code, text, remote, "end of DATA")
     except (SMTPException, OSError) as err:
         lost = Outcome("deferred", f"451 4.4.2 lost connection with {remote}: "
                                    f"{detail(err)}", remote)

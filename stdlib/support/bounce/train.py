@@ -179,15 +179,23 @@ def predict(networks: list[Network], rows) -> list[tuple[str, float]]:
 
 def tables(rows: list[dict]) -> dict:
     """Per reason: the hard flag and enhanced code most often seen with it in ``rows`` (a
-    row without a hard flag, a learned one without a code, counts for neither)."""
+    row without a hard flag, a learned one without a code, counts for neither; nor does a
+    code no registry has: subject 0 has only the detail 0 in RFC 3463 and RFC 5248, so the
+    labels' ``5.0.910``-like codes are the labeler's own)."""
     hard, status = defaultdict(Counter), defaultdict(Counter)
     for row in rows:
         if "hard" in row:
             hard[row["reason"]][bool(row["hard"])] += 1
-        if row.get("status"):
+        if registered(row.get("status", "")):
             status[row["reason"]][row["status"]] += 1
     return {"hard": {r: c.most_common(1)[0][0] for r, c in hard.items()},
             "status": {r: c.most_common(1)[0][0] for r, c in status.items()}}
+
+
+def registered(status: str) -> bool:
+    """Whether ``status`` can be an RFC 3463 code of the registry (not ``X.0.Y``, Y > 0)."""
+    return bool(status) and not (status.split(".")[1:2] == ["0"] and
+                                 status.split(".")[2:] != ["0"])
 
 
 def train_classifier(rows: list[dict], settings: Settings, auto: list[dict] = ()) -> Classifier:
