@@ -161,7 +161,7 @@ def learned_command(config_path) -> None:
     when, first line of the diagnostic."""
     from vsl.stdlib.support.bounce.message import as_bounce
 
-    operator, auto = _all_learned(config_path)
+    operator, auto = _all_learned(local_config(config_path))
     listed = [(str(number), "operator", found) for number, found in enumerate(operator, 1)]
     listed += [(ident, f"auto {found.source or 'unused'}", found)
                for ident, found in auto.items()]
@@ -185,7 +185,7 @@ def forget(ids, config_path) -> None:
     path = config.learned_bounces
     try:
         with learned.locked(path):
-            operator, auto = _all_learned(config_path)
+            operator, auto = _all_learned(config)
             _check_ids(numbers, names, len(operator), auto)
             if numbers:
                 learned.rewrite(path, [e for n, e in enumerate(operator, 1) if n not in numbers])
@@ -207,11 +207,11 @@ def _check_ids(numbers: set[int], names: set[str], operators: int, auto: dict) -
                                "learned)")
 
 
-def _all_learned(config_path: str | None) -> tuple[list, dict]:
-    """The operator's learned bounces, and self-learning's by id (none when it is off)."""
+def _all_learned(config) -> tuple[list, dict]:
+    """``config``'s operator's learned bounces, and self-learning's by id (none when it is
+    off)."""
     from vsl.stdlib.support.bounce import learned, selflearn
 
-    config = local_config(config_path)
     auto = config.auto_learned_bounces
     found = learned.read(auto) if auto is not None else []
     return learned.read(config.learned_bounces), {selflearn.example_id(e): e for e in found}

@@ -21,10 +21,9 @@ so that the model's first load and each classification stay off the event loop; 
 is stored with the recipient, logged (``reason=``) and reported in the DSN; the reply is
 classified as one of the recipient's domain, whose earlier replies self-learning may have
 kept, and may be kept as an example of it (``[bounce] self_learning``:
-support/bounce/selflearn.py).
-Without a usable model the status codes decide (confidence 0). Then the policy's ``on_delivery_failure``, when
-it has one, may fail a deferred recipient now, retry a failed one, or quarantine the message
-(server/delivery_hook.py).
+support/bounce/selflearn.py). Without a usable model the status codes decide (confidence
+0). Then the policy's ``on_delivery_failure``, when it has one, may fail a deferred
+recipient now, retry a failed one, or quarantine the message (server/delivery_hook.py).
 A crash may deliver a recipient twice (at least once), never lose one.
 """
 from __future__ import annotations
@@ -256,9 +255,10 @@ class Delivery:
         verdicts, taught = {}, set()
         for address, reply in refused.items():
             domain = recipient_domain(address)
+            source = scope(domain)
             verdicts[address] = self.reasons.classify_text(reply, source=domain,
-                                                           learn=scope(domain) not in taught)
-            taught.add(scope(domain))
+                                                           learn=source not in taught)
+            taught.add(source)
         return verdicts
 
     async def _settle(self, entry: Entry, data: bytes) -> None:
