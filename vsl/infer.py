@@ -222,15 +222,7 @@ def int_functions(functions: dict, params: dict, callee, names: dict, ints: set,
             returned, used = _scan(body, set(params[key]), names)
             if used:  # else an int body would drop no test
                 results[key] = tail + returned
-    found = set(results)
-    changed = True
-    while changed:
-        changed = False
-        for key in sorted(found):
-            if not all_ints(key, results[key]):
-                found.discard(key)
-                changed = True
-    return found
+    return _largest(set(results), lambda key: all_ints(key, results[key]))
 
 
 def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[str]:
@@ -248,14 +240,7 @@ def int_variables(sources: dict[str, list], names: dict, consts: dict) -> set[st
             return op in ARITHMETIC and is_int_expr(value, names, ints, consts)
         return is_int_expr(source, names, ints, consts)
 
-    changed = True
-    while changed:
-        changed = False
-        for name, given in sources.items():
-            if name in ints and not all(is_int(s) for s in given):
-                ints.discard(name)
-                changed = True
-    return ints
+    return _largest(ints, lambda name: all(is_int(s) for s in sources[name]))
 
 
 
@@ -308,11 +293,18 @@ def nonneg_variables(sources: dict[str, list], names: dict, ints: set,
         return source is not None and source is not NOT_INT and \
             nonneg_expr(source, names, found)
 
+    return _largest(found, lambda name: all(is_nonneg(name, s) for s in sources[name]))
+
+
+def _largest(found: set, holds) -> set:
+    """``found`` shrunk in place to its largest subset whose every member ``holds`` while
+    the others are assumed to (``holds`` may read ``found``; it can only turn false as
+    ``found`` shrinks, so the order members are dropped in does not matter)."""
     changed = True
     while changed:
         changed = False
-        for name in list(found):
-            if not all(is_nonneg(name, s) for s in sources[name]):
-                found.discard(name)
+        for key in sorted(found):
+            if not holds(key):
+                found.discard(key)
                 changed = True
     return found
