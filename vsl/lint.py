@@ -287,12 +287,18 @@ def foreign_note(directory: Path, extensions) -> str:
 
 
 def empty_paths(paths, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
-    """A finding for each directory that holds no ``.vsl`` file: a warning, or an error
-    when it holds other servers' scripts (``foreign`` extensions: they would silently go
-    unchecked)."""
+    """A finding for each directory among ``paths`` that holds no ``.vsl`` file (see
+    :func:`no_script_findings`)."""
+    return no_script_findings(empty_dirs(paths), foreign)
+
+
+def no_script_findings(dirs, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
+    """A finding for each of ``dirs``, directories already found to hold no ``.vsl`` file
+    (:func:`empty_dirs`): a warning, or an error when it holds other servers' scripts
+    (``foreign`` extensions: they would silently go unchecked)."""
     return [Diagnostic(str(p), 0, 0, "error" if note else "warning", "no-scripts",
                        f"no .vsl file here{note}")
-            for p in empty_dirs(paths) for note in [foreign_note(p, foreign)]]
+            for p in dirs for note in [foreign_note(p, foreign)]]
 
 
 def empty_dirs(paths) -> list[Path]:
