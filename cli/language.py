@@ -11,8 +11,8 @@ import click
 from vsl import values
 from vsl.errors import Pos, VslError
 from vsl.limits import Limits
-from vsl.lint import (Linter, empty_dirs, empty_paths, format_concise, format_full, format_json,
-                      script_files, summary)
+from vsl.lint import (Linter, empty_dirs, format_concise, format_full, format_json,
+                      no_script_findings, script_files, summary)
 from vsl.script_cache import describe
 from vsl.script_file import line_of
 
@@ -40,7 +40,7 @@ def lint(paths, fmt, config_path) -> None:
     linter = Linter.deferred(lambda: _new_engine(script_metrics=declared), _entry_points,
                              Limits(), f"vsl lint, metrics {describe(declared)}")
     empty = empty_dirs(paths)  # (the entry points say what other servers' scripts are)
-    findings = (empty_paths(empty, linter.entries.foreign_scripts) if empty else []) + \
+    findings = (no_script_findings(empty, linter.entries.foreign_scripts) if empty else []) + \
         [d for f in files for d in linter.lint_file(f)]
     if fmt == "json":
         click.echo(format_json(findings))

@@ -564,7 +564,8 @@ class Engine:
     def register(self, namespace) -> None:
         """Add a native namespace (replacing one with the same name)."""
         self.namespaces[namespace.name] = namespace
-        self.__dict__.pop("fingerprint", None)  # (computed again when next asked for)
+        self.__dict__.pop("fingerprint", None)  # (both computed again when next asked for)
+        self.__dict__.pop("natives", None)
         methods = {}
         for ns in self.namespaces.values():
             for cls in ns.types:
@@ -578,6 +579,12 @@ class Engine:
         """What of this engine changes how a script compiles (script_cache.
         engine_fingerprint), computed once."""
         return engine_fingerprint(self)
+
+    @cached_property
+    def natives(self) -> dict[tuple[str, str], Native]:
+        """The namespaces' natives by (namespace, name), computed once."""
+        return {(ns.name, n.name): n for ns in self.namespaces.values()
+                for n in ns.functions.values()}
 
     # -- loading ---------------------------------------------------------
     def load(self, path: str | os.PathLike) -> Script:
@@ -597,9 +604,9 @@ class Engine:
 
     def _load_module(self, source: str, file: str, load: _Load) -> Script:
         key = self.cache.key(self, source, file) if self.cache else None
-        compiled, imports, natives = self._cached_or_fresh(key, source, file, load)
+        compiled, imports = self._cached_or_fresh(key, source, file, load)
         self._sources[file] = (source, compiled.code_names)
-        env = self._environment(natives, imports)
+        env = self._environment(imports)
         for name, (ns, const) in compiled.constant_refs.items():  # see e_NsVar
             env[name] = _UNDEF if ns == "global" else imports[ns].constants[const]
         exec(compiled.code, env)  # noqa: S102 - generated from the script AST, empty builtins
@@ -607,8 +614,8 @@ class Engine:
         return Script(self, file, env, compiled, value, imports)
 
     def _cached_or_fresh(self, key: str | None, source: str, file: str, load: _Load):
-        """The compiled module, its imports and the natives; an entry of the cache that
-        fails with anything but a VslError is a miss (dropped, the script loaded afresh)."""
+        """The compiled module and its imports; an entry of the cache that fails with
+        anything but a VslError is a miss (dropped, the script loaded afresh)."""
         if key is not None:
             try:
                 return self._prepare(self.cache.get(key, source, file, self.limits),
@@ -629,17 +636,15 @@ class Engine:
             if imp.alias is not None:
                 imports[imp.alias] = script
         infos = {alias: s.info() for alias, s in imports.items()}
-        natives = {(ns.name, n.name): n for ns in self.namespaces.values()
-                   for n in ns.functions.values()}
         if compiled is None or compiled.infos != infos:
             if isinstance(module, CachedModule):
                 module = module.parsed()
-            compiled = self._compile(module, infos, natives)
+            compiled = self._compile(module, infos)
             if key is not None:
                 self.cache.put(key, compiled)
-        return compiled, imports, natives
+        return compiled, imports
 
-    def _compile(self, module, infos: dict, natives: dict) -> Compiled:
+    def _compile(self, module, infos: dict) -> Compiled:
         """Resolve and compile a parsed module (imported modules: ``infos``)."""
         from .build import gc_paused
         file, source = module.file, module.source
@@ -651,7 +656,7 @@ class Engine:
             more = f" (and {len(res.errors) - 1} more)" if len(res.errors) > 1 else ""
             raise VslSyntaxError(first.message + more, Pos(file, first.line, first.col),
                                  line_of(source, first.line))
-        compiler = ModuleCompiler(module, res, natives, infos, self.async_methods,
+        compiler = ModuleCompiler(module, res, self.natives, infos, self.async_methods,
                                   self.limits.max_call_depth, self.limits.max_array_size,
                                   self.limits.max_string_size)
         try:
@@ -699,7 +704,7 @@ class Engine:
         load.modules[key] = script
         return script
 
-    def _environment(self, natives: dict, imports: dict) -> dict:
+    def _environment(self, imports: dict) -> dict:
         ops = self.ops
         env = {
             "__builtins__": {}, "_G": {},
@@ -727,7 +732,7 @@ class Engine:
             "_FMT": frozenset({str, int}), "_too_long": ops.too_large,
             "_MAX_MAP": ops.max_map,
         }
-        for (ns, name), native in natives.items():
+        for (ns, name), native in self.natives.items():
             env[native_name(ns, name)] = _native_entry(native)
         for alias, script in imports.items():
             for (name, arity), fn in script.functions.items():

@@ -46,7 +46,7 @@ class Linter:
         self.namespaces_called: set[str] = set()  # of the natives the linted files call
         self._infos: dict[Path, ModuleInfo | None] = {}
         self._deps: dict[Path, dict] = {}  # the imports read for each module's info
-        self._digests: dict[Path, str] = {}  # of each module's text
+        self._digests: dict[Path, str | None] = {}  # of each module's text, read once a run
 
     @classmethod
     def deferred(cls, make_engine: Callable[[], Engine],
@@ -109,9 +109,16 @@ class Linter:
             if _target_of(Path(root), rel) != target:
                 return False
             if target is not None and digest != _NOT_READ and \
-                    _digest_of(Path(target), self.limits.max_script_size) != digest:
+                    self._digest_of(Path(target)) != digest:
                 return False
         return True
+
+    def _digest_of(self, target: Path) -> str | None:
+        """The digest of an imported file's text, read once a run (the one
+        :meth:`_import_info` read, if it did)."""
+        if target not in self._digests:
+            self._digests[target] = _digest_of(target, self.limits.max_script_size)
+        return self._digests[target]
 
     def _cache_key(self, source: str, file: str, script_dir: Path | None) -> str | None:
         if self.store is None:
@@ -180,6 +187,7 @@ class Linter:
                 {**read, **self._deps[target]}
         source, digest, error = _read_import(target, self.limits.max_script_size)
         read[str(root), rel] = (str(target), digest)
+        self._digests[target] = digest
         if isinstance(error, UnreadableScript):
             return None, f"cannot import '{rel}': {error.message}", read
         if error is not None:
@@ -201,7 +209,6 @@ class Linter:
         info = ModuleInfo(frozenset((f.name, len(f.params)) for f in module.functions),
                           frozenset(res.async_functions), frozenset(res.constants))
         self._infos[target], self._deps[target] = info, read
-        self._digests[target] = read[str(root), rel][1]
         return info, None, read
 
 
@@ -280,12 +287,18 @@ def foreign_note(directory: Path, extensions) -> str:
 
 
 def empty_paths(paths, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
-    """A finding for each directory that holds no ``.vsl`` file: a warning, or an error
-    when it holds other servers' scripts (``foreign`` extensions: they would silently go
-    unchecked)."""
+    """A finding for each directory among ``paths`` that holds no ``.vsl`` file (see
+    :func:`no_script_findings`)."""
+    return no_script_findings(empty_dirs(paths), foreign)
+
+
+def no_script_findings(dirs, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
+    """A finding for each of ``dirs``, directories already found to hold no ``.vsl`` file
+    (:func:`empty_dirs`): a warning, or an error when it holds other servers' scripts
+    (``foreign`` extensions: they would silently go unchecked)."""
     return [Diagnostic(str(p), 0, 0, "error" if note else "warning", "no-scripts",
                        f"no .vsl file here{note}")
-            for p in empty_dirs(paths) for note in [foreign_note(p, foreign)]]
+            for p in dirs for note in [foreign_note(p, foreign)]]
 
 
 def empty_dirs(paths) -> list[Path]:
