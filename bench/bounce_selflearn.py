@@ -65,23 +65,22 @@ def stream(model: Path, rows: list[dict], auto: Path) -> tuple[dict[str, list], 
     examples were learned with another reason than their message's label."""
     alone = SharedClassifier(model)
     learning = SharedClassifier(model)
-    learning.learn_from(None, auto, clock=itertools.count().__next__)  # looks every time
-    network, before, after, mislearned = [], [], [], 0
+    taught: list[str] = []  # the reason of each example learned, in order (on_learned)
+    learning.learn_from(None, auto, clock=itertools.count().__next__,  # looks every time
+                        on_learned=taught.append)
+    network, before, after, codeless, mislearned = [], [], [], [], 0
     for row in rows:
         bounce, source = parse(row["text"]), row["mta"]  # the family: the provider's proxy
+        codeless.append((selflearn.uncoded(bounce.first.diagnostic), source))
         network.append(alone.classify(bounce).reason)
         before.append(learning.classify(bounce, source).reason)
-        count = len(learned.read(auto))
+        count = len(taught)
         for index in range(len(bounce.recipients)):
             single = dataclasses.replace(bounce, recipients=bounce.recipients[index:index + 1])
             if single.first.diagnostic:  # one lesson at most per message, as per attempt
                 learning.classify_text(single.first.diagnostic, source, learn=index == 0)
-        added = len(learned.read(auto)) - count
-        mislearned += sum(e.reason != row["reason"] for e in learned.read(auto)[-added:]) \
-            if added > 0 else 0
+        mislearned += sum(reason != row["reason"] for reason in taught[count:])
         after.append(learning.classify(bounce, source).reason)
-    codeless = [(selflearn.uncoded(parse(row["text"]).first.diagnostic), row["mta"])
-                for row in rows]
     return {"network": network, "before": before, "after": after,
             "codeless, network": [alone.classify_text(line).reason for line, _ in codeless],
             "codeless, after": [learning.classify_text(line, source).reason

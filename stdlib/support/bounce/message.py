@@ -47,8 +47,10 @@ else unreadable is an empty ``plain`` bounce.
 # natives' costs with MAX_MESSAGE, and ``vsl lint`` should not wait for email.policy.
 from __future__ import annotations
 
+import functools
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_MESSAGE = 256 * 1024
@@ -213,7 +215,7 @@ def _parsed(msg) -> Bounce:
     if not recipients:
         failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
         recipients = _plain_recipients(text, failed, mentions)
-    text_codes = _codes(text) if recipients else ("", "", "")
+    text_codes = functools.cache(lambda: _codes(text))  # scanned only when a recipient needs it
     for rcpt in recipients:
         rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address, mentions)
         _fill_codes(rcpt, text_codes)
@@ -419,14 +421,14 @@ def _text_around(text: str, mention: re.Match) -> str:
     return text[start:mention.start()] + following[:block_end.start() if block_end else None]
 
 
-def _fill_codes(rcpt: Recipient, text_codes: tuple[str, str, str]) -> None:
+def _fill_codes(rcpt: Recipient, text_codes: Callable[[], tuple[str, str, str]]) -> None:
     """Sets the reply code, the missing enhanced code and the phase from the recipient's
-    diagnostic, else from the whole text (``text_codes``); the phase is the text's when
-    the diagnostic names none."""
-    reply, status, phase = _codes(rcpt.diagnostic) if rcpt.diagnostic else text_codes
+    diagnostic, else from the whole text (``text_codes()``, called only then: scanning the
+    text is the costly part); the phase is the text's when the diagnostic names none."""
+    reply, status, phase = _codes(rcpt.diagnostic) if rcpt.diagnostic else text_codes()
     rcpt.reply_code = reply
     rcpt.status = rcpt.status or status
-    rcpt.phase = phase or text_codes[2]
+    rcpt.phase = phase or text_codes()[2]
 
 
 def _codes(context: str) -> tuple[str, str, str]:

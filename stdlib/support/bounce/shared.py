@@ -90,8 +90,8 @@ class SharedClassifier:
         like one, else by the network (tipped by a near automatic example of ``source``),
         or by its codes when the network cannot be used. ``source``, ``learn``: as for
         ``classify_text``."""
-        operator = self._learned and self._learned.memory()
-        found = _asked(self._learned, bounce, lambda memory: memory.match(bounce))
+        operator = self._learned and self._learned.memory()  # read once: one memory asked
+        found = _asked(operator, self._learned, bounce, lambda memory: memory.match(bounce))
         if found is not None:
             return found
         classifier = self.get()
@@ -105,15 +105,18 @@ class SharedClassifier:
         if not source or self._auto is None:
             return judged
         excluded = operator.keys if operator is not None else frozenset()
+        neighbours = self._auto.memory()  # read once: the memory both _learn and _tipped ask
         source = selflearn.scope(source)
         if learn:
-            self._learn(bounce, judged, classifier, source, excluded)
-        return self._tipped(bounce, judged, probabilities, classifier, source, excluded)
+            self._learn(bounce, judged, classifier, source, excluded, neighbours)
+        return self._tipped(bounce, judged, probabilities, classifier, source, excluded,
+                            neighbours)
 
-    def _learn(self, bounce: Bounce, judged, classifier, source: str, excluded) -> None:
-        """Keep what ``judged`` teaches, when it teaches something new (never raises)."""
+    def _learn(self, bounce: Bounce, judged, classifier, source: str, excluded,
+               neighbours) -> None:
+        """Keep what ``judged`` teaches, when it teaches something new (never raises);
+        ``neighbours``: the self-learning file's memory this classification read."""
         try:
-            neighbours = self._auto.memory()
             known = excluded if neighbours is None else excluded | neighbours.keys_of(source)
             lesson = selflearn.lesson(bounce, judged, classifier.labels, classifier.judge,
                                       source, known)
@@ -127,16 +130,17 @@ class SharedClassifier:
             log.exception("bounce classifier: cannot learn into %s", self._auto.path)
 
     def _tipped(self, bounce: Bounce, judged, probabilities, classifier, source: str,
-                excluded):
+                excluded, neighbours):
         """``judged``, or, for a text without a specific code of its own that is no
         operator's example, the reason of a near automatic example of ``source`` the
         network finds plausible (``selflearn.PLAUSIBLE``), with the lesser of the cosine
-        and the network's probability as its confidence."""
+        and the network's probability as its confidence; ``neighbours``: as for ``_learn``."""
         if selflearn.specific(bounce.first.status) or judged.confidence > 1 - selflearn.PLAUSIBLE:
             return judged  # (so sure of its reason that it finds no other plausible)
         if excluded and selflearn.diagnostic_key(bounce) in excluded:
             return judged
-        near = _asked(self._auto, bounce, lambda memory: memory.nearest(bounce, source, excluded))
+        near = _asked(neighbours, self._auto, bounce,
+                      lambda memory: memory.nearest(bounce, source, excluded))
         if near is None or near[0] == judged.reason or near[0] not in classifier.labels:
             return judged
         reason, cosine = near
@@ -202,10 +206,10 @@ class SharedClassifier:
             return None
 
 
-def _asked(watched: LearnedFile | None, bounce: Bounce, question):
-    """What ``question`` of the memory of a learned file answers about ``bounce`` (None:
-    no file, nothing learned, no answer, or it failed: logged)."""
-    memory = watched and watched.memory()
+def _asked(memory, watched: LearnedFile | None, bounce: Bounce, question):
+    """What ``question`` of ``memory``, the memory read of the learned file ``watched``
+    (named in the log line), answers about ``bounce`` (None: no file, nothing learned, no
+    answer, or it failed: logged)."""
     if memory is None:
         return None
     try:
