@@ -2,10 +2,12 @@
 held-out-family accuracy floor when the labelled data is present."""
 from __future__ import annotations
 
+import json
 import time
 import timeit
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vsl.stdlib.support.bounce import train
@@ -330,6 +332,43 @@ def test_a_model_reads_the_features_hashed_into_as_many_slots_as_it_has_rows(cla
                      for name, array in classifier.networks[0].weights.items()},
                     classifier.labels)
     assert Classifier([small], classifier.meta).classify(DSN).reason in classifier.labels
+
+
+@pytest.mark.parametrize("width", [32, 5])
+def test_w1_is_stored_in_4_bits_per_weight_and_read_back_within_its_step(tmp_path, width):
+    rng = np.random.default_rng(1)
+    weights = {"W1": rng.standard_normal((64, width)).astype(np.float32),
+               "b1": np.zeros(width, np.float32)}
+    weights["W1"][3] = 0
+    Classifier([Network(weights, ["a"] * width)], {"labels": ["a"] * width}).save(
+        tmp_path / "m.npz")
+    stored = np.load(tmp_path / "m.npz")
+    assert stored["W1"].dtype == np.uint8 and stored["W1"].shape == (64, (width + 1) // 2)
+    read = Classifier.load(tmp_path / "m.npz").networks[0].weights["W1"]
+    step = np.abs(weights["W1"]).max(axis=1, keepdims=True) / 7
+    assert read.shape == (64, width) and not read[3].any()
+    assert (np.abs(read - weights["W1"]) <= step / 2 + 1e-3).all()
+
+
+def test_a_model_file_with_8_bit_w1_is_still_read(tmp_path, classifier):
+    """Model files of stop 27 and before store W1 as int8 with a float32 scale per row."""
+    network = classifier.networks[0]
+    scale = np.abs(network.weights["W1"]).max(axis=1) / 127
+    scale[scale == 0] = 1
+    arrays = {name: array for name, array in network.weights.items() if name != "W1"}
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(classifier.meta)),
+             **{"W1": np.round(network.weights["W1"] / scale[:, None]).astype(np.int8),
+                "W1.scale": scale.astype(np.float32)}, **arrays)
+    old = Classifier.load(tmp_path / "old.npz")
+    assert old.classify(DSN).reason == Classifier([network], classifier.meta).classify(DSN).reason
+
+
+def test_a_feature_slot_no_training_row_touched_weighs_nothing():
+    data = train.encode([DSN, PLAIN], ["userunknown", "filtered"])
+    network = train.fit(data, train.Settings(epochs=1, hidden=8))
+    seen = np.unique(np.concatenate([index for index, _ in data.rows]))
+    unseen = np.setdiff1d(np.arange(network.buckets), seen)
+    assert not network.weights["W1"][unseen].any() and network.weights["W1"][seen].any()
 
 
 def test_reworded_diagnostic_keeps_its_reason(classifier):

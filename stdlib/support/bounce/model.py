@@ -6,8 +6,10 @@ of an embedding table ``W1`` (``BUCKETS`` x ``hidden``) that are summed with the
 ``hidden == 0`` the network is a linear softmax over the same features. Inference is a
 gather, a sum and two small matrix products, deterministic, well under a millisecond.
 
-Weights live in a ``.npz`` (``W1`` as int8 with a float32 scale per row, ``W1.scale``, to
-keep the file small; a float16 ``W1`` without scale is read too; ``b1``, ``W2``, ``b2``;
+Weights live in a ``.npz`` (``W1`` as 4-bit integers, two to a byte, with a float16 scale
+per row, ``W1.scale``, to keep the file small: under a sixth of float32, with the same
+held-out accuracy; the int8 ``W1`` with a scale and the float16 one without, of older
+files, are read too; ``b1``, ``W2``, ``b2``;
 ``meta``: a JSON string with the reason labels and, per reason, the hard flag and the
 enhanced status code most often seen with it, used when a message shows none). A classifier
 may be an ensemble of a few networks trained from different seeds, their probabilities
@@ -30,7 +32,8 @@ from .features import featurize
 from .message import Bounce, Recipient, parse
 
 MEMBER = "@"  # between an array's name and its ensemble member's number in the .npz
-SCALE = ".scale"  # after W1's name: the per-row scale of its int8 values
+SCALE = ".scale"  # after W1's name: the per-row scale of its quantized values
+LEVELS = 7  # W1's 4-bit values are -LEVELS..LEVELS, stored + 8 in a nibble
 RARITY = "rarity"  # the array of the memory's feature weights (no network's)
 
 
@@ -149,14 +152,19 @@ def inferred_status(first: Recipient, usual: str) -> str:
 
 
 def _stored(name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """An array as written: ``W1`` as int8 rows with a float32 scale per row (``W1.scale``),
-    a quarter of its float32 size; the others as float32."""
+    """An array as written: ``W1`` as rows of 4-bit values, two to a byte (the even
+    column in the low nibble), with a float16 scale per row (``W1.scale``); the others as
+    float32."""
     if name != "W1":
         return [(name, array.astype(np.float32))]
-    scale = np.abs(array).max(axis=1) / 127
+    scale = (np.abs(array).max(axis=1) / LEVELS).astype(np.float16)
     scale[scale == 0] = 1
-    return [(name, np.round(array / scale[:, None]).astype(np.int8)),
-            (name + SCALE, scale.astype(np.float32))]
+    levels = np.clip(np.round(array / scale[:, None]), -LEVELS, LEVELS)
+    nibbles = (levels + LEVELS + 1).astype(np.uint8)
+    if nibbles.shape[1] % 2:
+        nibbles = np.pad(nibbles, ((0, 0), (0, 1)), constant_values=LEVELS + 1)
+    return [(name, nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)),
+            (name + SCALE, scale)]
 
 
 def _check_widths(networks: list[Network], rarity: np.ndarray | None) -> None:
@@ -171,12 +179,18 @@ def _check_widths(networks: list[Network], rarity: np.ndarray | None) -> None:
 
 
 def _restored(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The float32 weights of one network from its stored arrays (a float16 ``W1`` without
-    scale, as files before quantization hold, is read as it is)."""
+    """The float32 weights of one network from its stored arrays: a uint8 ``W1`` holds
+    4-bit values, an int8 one 8-bit values (files of stop 27 and before), both scaled per
+    row; a float16 ``W1`` without scale (older still) is read as it is."""
     weights = {name: array.astype(np.float32) for name, array in arrays.items()
                if not name.endswith(SCALE)}
+    if arrays["W1"].dtype == np.uint8:
+        packed = arrays["W1"]
+        nibbles = np.stack([packed & 15, packed >> 4], axis=2).reshape(len(packed), -1)
+        width = len(arrays["b1"])
+        weights["W1"] = nibbles[:, :width].astype(np.float32) - (LEVELS + 1)
     if "W1" + SCALE in arrays:
-        weights["W1"] *= arrays["W1" + SCALE][:, None]
+        weights["W1"] *= arrays["W1" + SCALE][:, None].astype(np.float32)
     return weights
 
 

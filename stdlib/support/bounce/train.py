@@ -96,12 +96,14 @@ def fit(data: Encoded, settings: Settings, repeat: list[int] | None = None) -> N
     optimizer = Adam(weights, settings.rate, settings.decay)
     order = np.repeat(np.arange(len(target)), repeat or [1] * len(target))
     loss_weight = _loss_weights(target, order, settings.balance)
+    trained = np.zeros(BUCKETS, bool)
     for _ in range(settings.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch):
             chosen = order[start:start + settings.batch]
-            _step(network, optimizer, [data.rows[i] for i in chosen], target[chosen],
-                  loss_weight[target[chosen]], settings, rng)
+            trained[_step(network, optimizer, [data.rows[i] for i in chosen], target[chosen],
+                          loss_weight[target[chosen]], settings, rng)] = True
+    weights["W1"][~trained] = 0  # a feature no training row had adds nothing, not its noise
     return network
 
 
@@ -121,7 +123,8 @@ def _loss_weights(target: np.ndarray, order: np.ndarray, balance: float) -> np.n
 
 
 def _step(network: Network, optimizer: "Adam", rows, target, loss_weight, settings: Settings,
-          rng) -> None:
+          rng) -> np.ndarray:
+    """One Adam step on a batch; returns the ``W1`` rows the batch's features touched."""
     index, value, offsets = batch_csr(rows)
     keep = rng.random(len(value)) >= settings.feature_dropout
     value = np.where(keep, value / (1 - settings.feature_dropout), 0).astype(np.float32)
@@ -146,6 +149,7 @@ def _step(network: Network, optimizer: "Adam", rows, target, loss_weight, settin
     order = np.argsort(index, kind="stable")
     touched, starts = np.unique(index[order], return_index=True)
     optimizer.update(grads, touched, np.add.reduceat(per_feature[order], starts, axis=0))
+    return touched
 
 
 class Adam:
