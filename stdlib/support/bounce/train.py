@@ -49,7 +49,7 @@ class Settings:
     real_repeat: int = 3
     synthetic: int = 3000
     seed: int = 14
-    members: int = 3  # networks in the ensemble, each trained from seed + its number
+    members: int = 5  # networks in the ensemble, each trained from seed + its number
     balance: float = 0.5  # a row's loss weight is its reason's count ** -balance (macro-F1)
 
 
