@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 
+import numpy as np
 import pytest
 
 from tests.support.servers import config_for, running
@@ -218,11 +220,17 @@ def test_lint_knows_the_natives_and_where_parse_works():
     assert "on_pre_queue" in findings[0].message
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_a_broken_model_falls_back_to_the_status_codes(tmp_path, caplog, damage):
+@pytest.mark.parametrize("damage", ["missing", "truncated", "damaged", "bad deflate"])
+def test_a_broken_model_falls_back_to_the_status_codes(tmp_path, caplog, damage, monkeypatch):
     path = tmp_path / "model.npz"
     if damage == "truncated":
         path.write_bytes(SHIPPED.read_bytes()[:5000])
+    if damage == "damaged":
+        data = bytearray(SHIPPED.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+        path.write_bytes(data)
+    if damage == "bad deflate":  # what some single flipped bits make np.load raise
+        monkeypatch.setattr(np, "load", lambda *_, **__: zlib.decompress(b"damaged"))
     model = SharedClassifier(path)
     with caplog.at_level(logging.ERROR, logger="vsl.bounce"):
         first = model.classify_text("550 5.1.1 no such user")

@@ -157,7 +157,10 @@ def _stored(name: str, array: np.ndarray) -> list[tuple[str, np.ndarray]]:
     float32."""
     if name != "W1":
         return [(name, array.astype(np.float32))]
-    scale = (np.abs(array).max(axis=1) / LEVELS).astype(np.float16)
+    scale = np.abs(array).max(axis=1) / LEVELS
+    if not (scale <= np.finfo(np.float16).max).all():
+        raise ValueError("W1 has weights too large (or not finite) for its float16 scale")
+    scale = scale.astype(np.float16)
     scale[scale == 0] = 1
     levels = np.clip(np.round(array / scale[:, None]), -LEVELS, LEVELS)
     nibbles = (levels + LEVELS + 1).astype(np.uint8)
@@ -184,13 +187,19 @@ def _restored(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     row; a float16 ``W1`` without scale (older still) is read as it is."""
     weights = {name: array.astype(np.float32) for name, array in arrays.items()
                if not name.endswith(SCALE)}
-    if arrays["W1"].dtype == np.uint8:
-        packed = arrays["W1"]
+    packed, scale, b1 = arrays["W1"], arrays.get("W1" + SCALE), arrays["b1"]
+    quantized = packed.dtype in (np.uint8, np.int8)
+    if packed.ndim != 2 or b1.ndim != 1 or quantized != (scale is not None) or \
+            (quantized and scale.shape != packed.shape[:1]) or \
+            (packed.dtype == np.uint8 and packed.shape[1] != (len(b1) + 1) // 2):
+        raise ValueError(f"W1 {packed.shape} {packed.dtype}, its scale "
+                         f"{None if scale is None else scale.shape} and b1 {b1.shape} "
+                         "do not fit together")
+    if packed.dtype == np.uint8:
         nibbles = np.stack([packed & 15, packed >> 4], axis=2).reshape(len(packed), -1)
-        width = len(arrays["b1"])
-        weights["W1"] = nibbles[:, :width].astype(np.float32) - (LEVELS + 1)
-    if "W1" + SCALE in arrays:
-        weights["W1"] *= arrays["W1" + SCALE][:, None].astype(np.float32)
+        weights["W1"] = nibbles[:, :len(b1)].astype(np.float32) - (LEVELS + 1)
+    if scale is not None:
+        weights["W1"] *= scale[:, None].astype(np.float32)
     return weights
 
 

@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 from . import SHIPPED, selflearn
@@ -41,8 +42,8 @@ log = logging.getLogger("vsl.bounce")
 
 REMEMBERED = 1024  # distinct (reply, action) pairs a classifier keeps
 REMEMBERED_SIZE = 1000  # characters: longer texts (whole messages) are never kept
-# What np.load and Classifier.load raise on a missing, truncated or foreign file.
-UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+# What np.load and Classifier.load raise on a missing, truncated, damaged or foreign file.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class SharedClassifier:
