@@ -47,7 +47,7 @@ def message_read(ctx) -> int:
     message = ctx.message if isinstance(ctx, Context) else None
     if message is None:
         return 0
-    data = message.to_bytes()[:MAX_MESSAGE]
+    data = message.head(MAX_MESSAGE)
     return len(data) + min(data.count(b"@"), MAX_RECIPIENTS) * CLASSIFY_WORK
 
 
@@ -76,7 +76,7 @@ def parse(ctx) -> list:
     (an RFC 5965 ARF report), `autoreply` (RFC 3834) or `plain` (any other message).
     A message naming no recipient gives one entry with an empty `recipient`. An incoming
     bounce teaches self-learning nothing (anyone can write one: docs/bounces.md)."""
-    bounce = parse_message(message_of(ctx, "bounce::parse").to_bytes())
+    bounce = parse_message(message_of(ctx, "bounce::parse").head(MAX_MESSAGE))
     return [recipient_entry(bounce, index) for index in range(max(1, len(bounce.recipients)))]
 
 

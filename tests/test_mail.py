@@ -178,6 +178,13 @@ def test_parse_and_serialize_are_byte_exact(data):
     assert Message(data).to_bytes() == data
 
 
+@pytest.mark.parametrize("limit", [0, 5, 12, 13, 14, 20, 1000])
+def test_head_is_the_start_of_the_serialized_message(limit):
+    message = Message(b"Subject: x\r\n\r\nbody text")
+    message.prepend("X-Added", "y")
+    assert message.head(limit) == message.to_bytes()[:limit]
+
+
 def test_fields_and_values():
     message = Message(SAMPLE)
     assert message.fields() == [

@@ -255,6 +255,11 @@ class Message:
         """The message, byte for byte as received except for the edited fields."""
         return b"".join(f.raw for f in self._fields) + self._separator + self.body_bytes
 
+    def head(self, limit: int) -> bytes:
+        """The first ``limit`` bytes of :meth:`to_bytes`, without copying the body past them."""
+        header = b"".join(f.raw for f in self._fields) + self._separator
+        return (header + self.body_bytes[:max(0, limit - len(header))])[:limit]
+
     @property
     def size(self) -> int:
         """The message's length in bytes, as to_bytes() would give it (without building it)."""
