@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from vsl.stdlib.ctx import entry_points
 from vsl.engine import Engine
 from vsl.stdlib import new_engine
-from vsl.lint import Linter, empty_paths, format_full, script_files
+from vsl.lint import Linter, empty_dirs, format_full, no_script_findings, script_files
 from vsl.server.observability_config import ScriptMetric
 
 STAGE_ENTRIES = entry_points()
@@ -163,9 +163,9 @@ def test_other_servers_scripts_are_named_by_the_host(tmp_path):
     """The language core knows no other server: the host passes the extensions of other
     servers' scripts (vSMTP's ``.rhai``) as it passes its entry points."""
     (tmp_path / "main.rhai").write_text("#{}\n")
-    [plain] = empty_paths([tmp_path])
+    [plain] = no_script_findings(empty_dirs([tmp_path]))
     assert (plain.severity, plain.message) == ("warning", "no .vsl file here")
-    [named] = empty_paths([tmp_path], STAGE_ENTRIES.foreign_scripts)
+    [named] = no_script_findings(empty_dirs([tmp_path]), STAGE_ENTRIES.foreign_scripts)
     assert (named.severity, named.message) == (
         "error", "no .vsl file here (1 .rhai file(s): vSL scripts end in .vsl)")
     assert "rhai" not in (ROOT / "vsl" / "lint.py").read_text()

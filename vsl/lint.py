@@ -286,12 +286,6 @@ def foreign_note(directory: Path, extensions) -> str:
     return f" ({', '.join(found)}: vSL scripts end in .vsl)" if found else ""
 
 
-def empty_paths(paths, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
-    """A finding for each directory among ``paths`` that holds no ``.vsl`` file (see
-    :func:`no_script_findings`)."""
-    return no_script_findings(empty_dirs(paths), foreign)
-
-
 def no_script_findings(dirs, foreign: tuple[str, ...] = ()) -> list[Diagnostic]:
     """A finding for each of ``dirs``, directories already found to hold no ``.vsl`` file
     (:func:`empty_dirs`): a warning, or an error when it holds other servers' scripts
