@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -15,13 +16,18 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support.mailsink import free_port
+from tests.support.servers import config_for, in_thread
+from tests.test_milter import MtaClient
+from tests.test_policyd import encode as policy_request, request
 from tests.support.crash import VSL, stop_process
 from tests.support.smtp_tools import wait_for
 from vsl.cli import main
 from vsl.server import config as config_module
 from vsl.stdlib.support.bounce import learned, train
 from vsl.stdlib.support.bounce.message import as_bounce
-from vsl.stdlib.support.bounce.shared import SharedClassifier
+from vsl.server.milter.server import MilterServer
+from vsl.server.policyd.service import PolicyService
+from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
               "450 4.2.0 <bob@example.org>: Recipient address rejected: Greylisted, see the "
@@ -308,6 +314,24 @@ def test_learning_while_vsl_serve_runs_changes_what_a_script_gets(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
 
+
+
+def test_scripts_run_by_policyd_and_milter_take_the_learned_examples(tmp_path):
+    """`vsl policyd` and `vsl milter` read the learned file as `vsl serve` does."""
+    learn_all(tmp_path / "learned-bounces.jsonl", GREYLISTED, "greylisted")  # beside the queue
+    config = config_for(tmp_path, POLICY)
+    with in_thread(PolicyService(config, ("127.0.0.1", 0))) as policyd:
+        with socket.create_connection(policyd.address, timeout=10) as link:
+            link.sendall(policy_request(request(recipient="bob@mx.test")))
+            assert link.makefile("rb").readline() == b"action=550 5.7.1 greylisted\n"
+    shipped().learn_from(None)  # what the milter gives is its own doing
+    with in_thread(MilterServer(config, f"inet:127.0.0.1:{free_port()}")) as milter:
+        mta = MtaClient(int(milter.address.rpartition(":")[2]))
+        try:
+            assert mta.session().envelope("alice@client.example", "bob@mx.test") == [
+                b"c", b"y550 5.7.1 greylisted\x00"]
+        finally:
+            mta.close()
 
 
 def reason_given(port: int) -> str:
