@@ -234,6 +234,26 @@ def test_a_diagnostic_code_written_raw_in_japanese_is_decoded(raw, report_type):
     assert parse(dsn).first.diagnostic == "550 " + JAPANESE
 
 
+PLAIN_JAPANESE = (f"次のあて先へのメッセージは送信できませんでした。\n<bob@example.jp>: 550 {JAPANESE}\n"
+                  "An end cut in the middle of a character: 宛")
+
+
+@pytest.mark.parametrize("content_type, body", [
+    (b"", PLAIN_JAPANESE.encode("iso2022_jp")),                  # no charset: sniffed
+    (b"Content-Type: text/plain\n", PLAIN_JAPANESE.encode("iso2022_jp")),
+    (b"Content-Type: text/plain; charset=us-ascii\n", PLAIN_JAPANESE.encode("iso2022_jp")),
+    (b"", PLAIN_JAPANESE.encode()[:-1]),                          # UTF-8 read to a bound
+    (b"", PLAIN_JAPANESE.encode("euc_jp")),
+    (b"Content-Type: text/plain; charset=iso-2022-jp\n", PLAIN_JAPANESE.encode("iso2022_jp")),
+])
+def test_a_plain_bounce_in_japanese_is_decoded_whatever_it_declares(content_type, body):
+    raw = (b"From: MAILER-DAEMON@example.jp\nSubject: Returned mail\nTo: a@example.org\n"
+           b"MIME-Version: 1.0\n" + content_type + b"\n" + body)
+    bounce = parse(raw)
+    assert bounce.text.startswith(PLAIN_JAPANESE[:-1])
+    assert f"550 {JAPANESE}" in bounce.first.diagnostic
+
+
 def test_a_diagnostic_code_in_other_iso_2022_jp_2_sets_is_decoded():
     raw = "550 ¡你好".encode("iso2022_jp_2")
     dsn = DSN.encode().replace(b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"

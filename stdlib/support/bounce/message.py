@@ -47,6 +47,7 @@ else unreadable is an empty ``plain`` bounce.
 # natives' costs with MAX_MESSAGE, and ``vsl lint`` should not wait for email.policy.
 from __future__ import annotations
 
+import codecs
 import functools
 import itertools
 import re
@@ -495,19 +496,25 @@ def _diagnostic_code(block) -> str:
 
 
 def _decoded_raw(value: str) -> str:
-    """A field value written raw, decoded: in ISO-2022-JP (RFC 1468: 7-bit text switched
-    to Japanese by escape sequences; Japanese MTAs write a Diagnostic-Code so) without the
-    fold line breaks inside a 2-byte run; 8-bit bytes as UTF-8 (RFC 6533), else as the
-    8-bit Japanese encodings. A value of text already decoded is returned as it is."""
+    """A field value written raw, decoded as ``_sniffed`` decodes bytes, without the fold
+    line breaks inside a 2-byte ISO-2022-JP run (Japanese MTAs write a Diagnostic-Code so).
+    A value of text already decoded is returned as it is."""
     try:
         data = value.encode("ascii", "surrogateescape")
     except UnicodeEncodeError:
         return value
-    data = JIS_RUN.sub(lambda run: FOLD.sub(b"", run.group(0)), data)
+    return _sniffed(JIS_RUN.sub(lambda run: FOLD.sub(b"", run.group(0)), data))
+
+
+def _sniffed(data: bytes) -> str:
+    """Bytes of an undeclared charset, decoded: as ISO-2022-JP (RFC 1468: 7-bit text
+    switched to Japanese by escape sequences) when they hold an escape; else as UTF-8 (RFC
+    6533), else as the 8-bit Japanese encodings. A character cut at the end (a message read
+    to its bound) is dropped rather than make the whole text undecodable."""
     escaped = b"\x1b" in data
     for codec in ("iso2022_jp", "iso2022_jp_2") if escaped else ("utf-8", "euc_jp", "shift_jis"):
         try:
-            return data.decode(codec)
+            return codecs.getincrementaldecoder(codec)().decode(data)
         except UnicodeError:
             continue
     return data.decode("utf-8", "replace")
@@ -534,12 +541,16 @@ def _decoded_header(value) -> str:
 
 
 def _decoded_payload(part) -> str:
-    data = part.get_payload(decode=True) or b""
-    charset = part.get_content_charset() or "utf-8"
+    """A text part's body, decoded by its declared charset; one declared as none or as
+    US-ASCII (which some Japanese MTAs declare over ISO-2022-JP) is sniffed."""
+    data = (part.get_payload(decode=True) or b"")[:MAX_MESSAGE]
+    charset = part.get_content_charset()
+    if charset in (None, "us-ascii"):
+        return _sniffed(data)
     try:
-        return data[:MAX_MESSAGE].decode(charset, "replace")
+        return data.decode(charset, "replace")
     except (LookupError, UnicodeError):
-        return data[:MAX_MESSAGE].decode("utf-8", "replace")
+        return _sniffed(data)
 
 
 def _strip_tags(html: str) -> str:
