@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.support.crash import VSL, stop_process
 from tests.support.mailsink import free_port
 from tests.support.servers import config_for, in_thread
+from tests.support.smtp_tools import wait_for
 from tests.test_milter import MtaClient
 from tests.test_policyd import encode as policy_request, request
-from tests.support.crash import VSL, stop_process
-from tests.support.smtp_tools import wait_for
 from vsl.cli import main
 from vsl.server import config as config_module
-from vsl.stdlib.support.bounce import learned, train
-from vsl.stdlib.support.bounce.message import as_bounce
 from vsl.server.milter.server import MilterServer
 from vsl.server.policyd.service import PolicyService
+from vsl.stdlib.support.bounce import learned, train
+from vsl.stdlib.support.bounce.message import as_bounce
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 GREYLISTED = ["451 4.7.1 Greylisted, please try again in 300 seconds",
