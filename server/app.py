@@ -19,7 +19,6 @@ import logging
 import socket
 import ssl
 
-from vsl.stdlib.support.bounce.shared import shipped
 from vsl.stdlib.support.state import StateStore
 from vsl.engine import Engine
 
@@ -98,13 +97,11 @@ class Server:
         self.spool: QueueBackend = open_queue(config)
         check_roles(roles, self.spool)
         dns_defaults = config.dns.resolver_defaults()
-        self.scripting = Scripting(config, engine, state)
+        self.scripting = Scripting(config, engine, state, on_self_learned=_count_self_learned)
         self.policy = self.scripting.policy
         if config.scripts is not None and self.policy.script is None:
             log.warning("%s: no main.vsl, serving with the built-in rules only",
                         config.scripts)
-        shipped().learn_from(config.learned_bounces, config.auto_learned_bounces,
-                             on_learned=_count_self_learned)
         self.delivery = Delivery(self.spool, config.resolved_delivery, config.hostname,
                                  config.domains, dns_defaults=dns_defaults,
                                  hook=FailureHook(self.policy, self.scripting.pool))

@@ -11,8 +11,6 @@ import asyncio
 import logging
 from pathlib import Path
 
-from vsl.stdlib.support.bounce.shared import shipped
-
 from ..config import Config, ConfigError, parse_listen
 from ..scripting import Scripting
 from ..services import SessionSettings
@@ -42,7 +40,6 @@ class MilterServer:
         self.connections = 0  # being served
         self.scripting = Scripting(config)
         self.policy = self.scripting.policy
-        shipped().learn_from(config.learned_bounces)  # bounce::classify asks them first
         self.settings = SessionSettings.of(config)
         self.server: asyncio.base_events.Server | None = None
         self.address = ""  # where it listens, once started

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from vsl.stdlib.support.bounce.shared import shipped
-
 from ..config import Config
 from ..scripting import Scripting
 from .conversation import Conversations
@@ -31,7 +29,6 @@ class PolicyService:
         self.config, self.listen, self.limits = config, listen, limits
         self.scripting = Scripting(config)
         self.policy = self.scripting.policy
-        shipped().learn_from(config.learned_bounces)  # bounce::classify asks them first
         self.delegation = Delegation(Conversations(self.scripting.new_runner, config.hostname))
         self.server: asyncio.base_events.Server | None = None
         self.links: set[asyncio.Task] = set()  # the connections being served
