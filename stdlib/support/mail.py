@@ -253,12 +253,16 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """The message, byte for byte as received except for the edited fields."""
-        return b"".join(f.raw for f in self._fields) + self._separator + self.body_bytes
+        return self._header_bytes() + self.body_bytes
 
     def head(self, limit: int) -> bytes:
         """The first ``limit`` bytes of :meth:`to_bytes`, without copying the body past them."""
-        header = b"".join(f.raw for f in self._fields) + self._separator
+        header = self._header_bytes()
         return (header + self.body_bytes[:max(0, limit - len(header))])[:limit]
+
+    def _header_bytes(self) -> bytes:
+        """The header fields as they are now and the blank line that ends them."""
+        return b"".join(f.raw for f in self._fields) + self._separator
 
     @property
     def size(self) -> int:
