@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vsl.stdlib.support.mail import HeaderLimits
+from vsl.stdlib.support.mail import AddressError, HeaderLimits, Mailbox
 from vsl.stdlib.support.urls import amqp_url_problem, redis_url_problem
 from vsl.errors import ScriptError
 from vsl.limits import Limits
@@ -289,8 +289,10 @@ class Config:
 
     @property
     def domains(self) -> tuple[str, ...]:
-        """The domains this server accepts mail for without a policy script."""
-        return tuple(d.lower() for d in (self.local_domains or (self.hostname,)))
+        """The domains this server accepts mail for without a policy script (lower case,
+        without a trailing dot; compare them by ``domain_key``: an IDN's U-labels and
+        A-labels are one domain)."""
+        return tuple(d.lower().rstrip(".") for d in (self.local_domains or (self.hostname,)))
 
     @property
     def resolved_delivery(self) -> DeliveryConfig:
@@ -545,6 +547,8 @@ def _convert(value, kind, key: str, base: Path):
         return base / _string(value, key)
     if kind == "strings":
         return tuple(_string(v, key) for v in _array(value, key))
+    if kind == "domains":
+        return tuple(_domain(_string(v, key), key) for v in _array(value, key))
     if kind == "mechanisms":
         mechs = tuple(_string(v, key).upper() for v in _array(value, key))
         for mech in mechs:
@@ -598,7 +602,7 @@ def _convert(value, kind, key: str, base: Path):
     raise AssertionError(f"schema kind {kind!r}")  # pragma: no cover - schema typo
 
 
-_SERVER_SCHEMA = {"hostname": str, "local_domains": "strings", "scripts": "path",
+_SERVER_SCHEMA = {"hostname": str, "local_domains": "domains", "scripts": "path",
                   "queue_dir": "path", "fallback_reply": "reply", "workers": "workers",
                   "script_threads": "int", "event_loop": "event_loop"}
 _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "journal": "path",
@@ -680,6 +684,22 @@ def _array(value, key: str) -> list:
 def _string(value, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, not {value!r}")
+    return value
+
+
+def is_domain(value: str) -> bool:
+    """Whether ``value`` is a domain name (U-labels allowed, a trailing dot too) or an
+    address literal: what ``server.local_domains`` lists."""
+    try:
+        Mailbox.parse("postmaster@" + value.removesuffix("."))
+    except AddressError:
+        return False
+    return True
+
+
+def _domain(value: str, key: str) -> str:
+    if not is_domain(value):
+        raise ConfigError(f"{key}: {value!r} is not a domain name")
     return value
 
 

@@ -40,7 +40,7 @@ from vsl.stdlib.dns import DnsDefaults
 from vsl.stdlib.support.bounce.model import Classification
 from vsl.stdlib.support.bounce.selflearn import scope
 from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
-from vsl.stdlib.support.mail import Mailbox
+from vsl.stdlib.support.mail import Mailbox, domain_key
 from vsl.stdlib.transport import RELAY_KINDS, kind_of, parse_route
 from vsl.errors import ScriptError
 
@@ -96,7 +96,9 @@ class Delivery:
             raise ValueError("delivery needs a maildir_root")
         self.queue, self.config, self.clock = queue, config, clock
         self.hostname = config.hostname or hostname
-        self.local_domains = {d.lower().rstrip(".") for d in (*local_domains, hostname)}
+        # domain_key -> the spelling listed first, which names the domain's Maildir directory
+        listed = [d.lower().rstrip(".") for d in (*local_domains, hostname)]
+        self.local_domains = {domain_key(d): d for d in reversed(listed)}
         self.maildir_root = Path(config.maildir_root).absolute()
         self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"
@@ -110,8 +112,8 @@ class Delivery:
     # -- routes --------------------------------------------------------------------------
     def default_route(self, mailbox: Mailbox) -> str:
         """Without transport::, local domains go to a Maildir, the rest to relay or MX."""
-        domain = mailbox.domain.lower().rstrip(".")
-        if domain not in self.local_domains:
+        domain = self.local_domains.get(domain_key(mailbox.domain))
+        if domain is None:
             return self.relay
         return f"maildir:{self.maildir_root / _safe(domain) / _safe(mailbox.local_part.lower())}"
 

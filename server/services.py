@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vsl.stdlib.support.mail import domain_key
+
 from .admission import Admission
 from .authenticator import Authenticator
 from .config import Config, SmtpLimits
@@ -16,12 +18,12 @@ from .stages import StageRunner
 class SessionSettings:
     """The configuration a session reads."""
     hostname: str
-    domains: tuple[str, ...]  # accepted without a policy (Config.domains)
+    domains: frozenset[str]  # accepted without a policy (Config.domains), as domain_key
     limits: SmtpLimits
 
     @classmethod
     def of(cls, config: Config) -> "SessionSettings":
-        return cls(config.hostname, config.domains, config.limits)
+        return cls(config.hostname, frozenset(map(domain_key, config.domains)), config.limits)
 
 
 @dataclass(frozen=True)

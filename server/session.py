@@ -15,7 +15,8 @@ from base64 import b64decode
 from aiosmtpd.smtp import MISSING
 
 from vsl.stdlib.ctx import Context, Stage
-from vsl.stdlib.support.mail import AddressError, HeaderLimitError, HopLimitError, Mailbox, Message
+from vsl.stdlib.support.mail import (AddressError, HeaderLimitError, HopLimitError, Mailbox,
+                                     Message, domain_key)
 from vsl.stdlib.status import Status
 from vsl.values import FrozenMap
 
@@ -305,10 +306,10 @@ class Session:
         """The default rule: local domains (and postmaster) only, unless authenticated."""
         if session.authenticated:
             return True
-        if rcpt.local_part.lower() == "postmaster" and rcpt.domain.lower() == \
-                self.settings.hostname.lower():
+        domain = domain_key(rcpt.domain)
+        if rcpt.local_part.lower() == "postmaster" and domain == domain_key(self.settings.hostname):
             return True
-        return rcpt.domain.lower().rstrip(".") in self.settings.domains
+        return domain in self.settings.domains
 
     async def handle_DATA(self, server, session, envelope):
         ctx = self.ctx

@@ -293,6 +293,8 @@ BAD_VALUES = [
     ({"server": {"hostname": 7}}, "server.hostname"),
     ({"server": {"local_domains": "example.test"}}, "server.local_domains"),
     ({"server": {"local_domains": ["ok.test", 3]}}, "server.local_domains"),
+    ({"server": {"local_domains": ["ok.test", "not a domain"]}}, "server.local_domains"),
+    ({"server": {"local_domains": ["[192.0.2.300]"]}}, "server.local_domains"),
     ({"server": {"scripts": True}}, "server.scripts"),
     ({"server": {"queue_dir": ""}}, "server.queue_dir"),
     ({"server": {"fallback_reply": "250 2.0.0 fine"}}, "server.fallback_reply"),

@@ -8,6 +8,7 @@ import logging
 import smtplib
 import time
 from dataclasses import replace
+from urllib.parse import quote
 
 import pytest
 
@@ -89,6 +90,21 @@ def test_default_routes(tmp_path):
     assert relayed.default_route(Mailbox.parse("bob@remote.test")) == "smtp://relay.test:587"
     with pytest.raises(ValueError, match="maildir_root"):  # from configuration, never
         Delivery(spool, DeliveryConfig(), "mx.test", ())   # guessed from the queue's place
+
+
+@pytest.mark.parametrize("listed, written", [
+    ("bücher.test", "bob@xn--bcher-kva.test"), ("bücher.test", "bob@BÜCHER.test"),
+    ("xn--bcher-kva.test", "bob@bücher.test"), ("XN--BCHER-KVA.test.", "bob@Bücher.TEST"),
+])
+def test_a_local_idn_is_one_domain_in_either_form(tmp_path, listed, written):
+    """U-labels and A-labels name one local domain: its Maildir is the one of the form
+    listed first (Postfix needs both forms listed, and delivers each to its own)."""
+    delivery = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path, DeliveryConfig()), "mx.test",
+                        (listed, "bücher.test", "xn--bcher-kva.test"))
+    directory = quote(listed.lower().rstrip("."))
+    assert delivery.default_route(Mailbox.parse(written)) == \
+        f"maildir:{tmp_path / 'mail' / directory / 'bob'}"
+    assert delivery.default_route(Mailbox.parse("bob@bucher.test")) == "mx"
 
 
 def test_connection_refused_defers_with_backoff(world):

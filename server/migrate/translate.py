@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vsl.stdlib.net import bare_network, is_network
 
+from ..config import is_domain
 from .maincf import PostfixConfig, Service, Setting, port_25_service
 from .restrictions import CODES, LISTS, Left, Restrictions, literal
 from .tables import TableError, load_table
@@ -272,10 +273,14 @@ def my_networks(config: PostfixConfig, left: list[Left]) -> list[str]:
 def vsl_toml(config: PostfixConfig, local_domains: list[str], left: list[Left]) -> str:
     """Listeners, hostname, local domains, limits and relay host."""
     size = int(config.value("message_size_limit"))
+    listed = list(dict.fromkeys(local_domains))
+    left += [Left(config.where("mydestination"), name, "not a domain name "
+                  "(server.local_domains lists domain names)")
+             for name in listed if not is_domain(name)]
     lines = ["# Written by `vsl migrate postfix` (see MIGRATION.md).",
              f"listen = {literal(listeners(config, left))}", "",
              "[server]", f"hostname = {literal(config.value('myhostname'))}",
-             f"local_domains = {literal(list(dict.fromkeys(local_domains)))}",
+             f"local_domains = {literal([name for name in listed if is_domain(name)])}",
              'scripts = "."', "",
              "[limits]", f"message_size = {size}  # {config.where('message_size_limit')}",
              f"recipients = {int(config.value('smtpd_recipient_limit'))}  "
