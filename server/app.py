@@ -18,6 +18,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 
 from vsl.stdlib.support.state import StateStore
 from vsl.engine import Engine
@@ -28,6 +29,7 @@ from .config import Config, Listener
 from .delivery import Delivery
 from .delivery_hook import FailureHook
 from .exporter import Exporter
+from .implicit_tls import ImplicitTls
 from .intake import Intake
 from .open_files import raise_open_files_limit
 from . import metrics, readiness
@@ -123,6 +125,13 @@ class Server:
     def protocol(self, listener: Listener) -> Protocol:
         return Protocol(self.services, listener, self.tls)
 
+    def _connection_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        """What each connection of ``listener`` starts with: the SMTP protocol, after the
+        TLS handshake on an ``smtps`` listener."""
+        if listener.kind == "smtps":
+            return lambda: ImplicitTls(lambda: self.protocol(listener), self.tls)
+        return lambda: self.protocol(listener)
+
     # -- life cycle ------------------------------------------------------------------
     async def start(self, sockets: list[tuple[Listener, socket.socket]] | None = None) -> None:
         """Raise the open-files limit for ``limits.connections`` (server/open_files.py),
@@ -149,9 +158,7 @@ class Server:
         for listener, sock in sockets:
             where = {"sock": sock} if sock else \
                 {"host": listener.host, "port": listener.port, "reuse_address": True}
-            server = await loop.create_server(
-                lambda listener=listener: self.protocol(listener),
-                ssl=self.tls if listener.kind == "smtps" else None, **where)
+            server = await loop.create_server(self._connection_factory(listener), **where)
             self.servers.append(server)
             for bound in server.sockets:
                 self.bound.append((listener, bound.getsockname()))

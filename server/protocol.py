@@ -22,6 +22,7 @@ from aiosmtpd.smtp import TLSSetupException
 
 from . import logids, metrics
 from .config import LISTENER_KINDS, Listener
+from .implicit_tls import handshake_failed
 from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
@@ -42,7 +43,6 @@ _WIRED_ENHANCED = re.compile(rb"\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})[ \r]")
 _OPENED = {kind: metrics.Series("vsl_connections_opened_total", listener=kind)
            for kind in LISTENER_KINDS}
 _CURRENT = metrics.Series("vsl_connections_current")
-_TLS_FAILED = metrics.Series("vsl_tls_failures_total")
 REPLY_HEAD = 16  # bytes of a reply that hold its code and enhanced code ("550 5.7.255 ")
 REPLY_SERIES = 512  # replies' series remembered by their first bytes (count_reply)
 _reply_series: dict[tuple, metrics.Series] = {}
@@ -422,8 +422,8 @@ class Protocol(FastSMTP):
             return
         try:
             await super().smtp_STARTTLS(arg)
-        except TLSSetupException:
-            _TLS_FAILED.inc()
+        except TLSSetupException as error:
+            handshake_failed(self.event_handler.peer_ip, self.listener.kind, error.__cause__)
             raise
 
     async def smtp_HELP(self, arg: str):

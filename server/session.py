@@ -12,7 +12,7 @@ import logging
 import re
 from base64 import b64decode
 
-from aiosmtpd.smtp import MISSING
+from aiosmtpd.smtp import MISSING, TLSSetupException
 
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.mail import (AddressError, HeaderLimitError, HopLimitError, Mailbox,
@@ -357,7 +357,10 @@ class Session:
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's last resort for an exception in a command: the details go to the
-        log only; the client gets a fixed temporary reply, and the connection closes."""
+        log only; the client gets a fixed temporary reply, and the connection closes. A
+        failed STARTTLS handshake is no internal error: the protocol has logged it."""
+        if isinstance(error, TLSSetupException):
+            return INTERNAL_ERROR  # never sent: aiosmtpd closes the connection
         log.error("%s: internal error, closing the connection", self.peer_ip,
                   exc_info=error)
         return INTERNAL_ERROR

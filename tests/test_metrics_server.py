@@ -2,7 +2,9 @@
 and 2, --metrics-listen) with a policy that has every SMTP stage and lets the default
 rule relay-deny other domains; smtplib clients send K accepted messages with J refused
 recipients among them, one STARTTLS session fails its AUTH on the submission listener,
-another's client refuses the certificate, one client resets and one is timed out.
+another's client refuses the certificate, two on the smtps listener fail their handshake
+(plaintext, and a client that refuses the certificate), one client resets and one is
+timed out.
 Scrapes before and after must differ by exactly what the traffic did, the connections
 gauge must be back to 0, delivery to the Maildir must be counted, and no label value may
 hold an IP address or an address. A SIGHUP reloads the scripts once in every worker."""
@@ -32,19 +34,21 @@ _IP = re.compile(r"\d{1,3}(\.\d{1,3}){3}|[0-9a-f]*:[0-9a-f]*:[0-9a-f:]*")
 
 
 class Served:
-    """`vsl serve` with an SMTP and a submission listener, TLS, a users file (alice),
+    """`vsl serve` with an SMTP, a submission and an smtps listener, TLS, a users file (alice),
     local domain local.test delivered to Maildirs, and its metrics on ``port``."""
 
     def __init__(self, directory: Path, workers: int):
         self.directory, self.workers = directory, workers
         self.smtp_port, self.submission_port, self.port = free_port(), free_port(), free_port()
+        self.smtps_port = free_port()
         (directory / "scripts").mkdir()
         (directory / "scripts" / "main.vsl").write_text(POLICY)
         ca, cert, key = make_certificates(directory)
         self.ca = ca
         (directory / "vsl.toml").write_text(f"""\
 listen = ["127.0.0.1:{self.smtp_port}",
-          {{ address = "127.0.0.1:{self.submission_port}", kind = "submission" }}]
+          {{ address = "127.0.0.1:{self.submission_port}", kind = "submission" }},
+          {{ address = "127.0.0.1:{self.smtps_port}", kind = "smtps" }}]
 
 [server]
 hostname = "mx.test"
@@ -117,6 +121,17 @@ def fail_tls(port: int) -> None:
             smtp.starttls(context=ssl.create_default_context())
 
 
+def fail_smtps(port: int) -> None:
+    """On the smtps listener: a client that speaks plaintext, and one that does not trust
+    the server's certificate; each connection is closed before any SMTP."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plaintext:
+        plaintext.sendall(b"EHLO client.test\r\n")
+        assert plaintext.recv(100) == b""
+    with pytest.raises(ssl.SSLCertVerificationError):
+        smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", timeout=10,
+                         context=ssl.create_default_context())
+
+
 def cut_short(port: int) -> None:
     """One client resets the connection after the greeting; another says nothing and is
     timed out (421)."""
@@ -137,11 +152,12 @@ def test_traffic_moves_exactly_its_metrics(served):
     send_messages(served.smtp_port)
     fail_auth(served.submission_port, served.ca)
     fail_tls(served.smtp_port)
+    fail_smtps(served.smtps_port)
     cut_short(served.smtp_port)
     assert wait_for(lambda: delta(before, served.samples(), "vsl_delivery_attempts_total",
                                   route="maildir", result="delivered") == K, timeout=20)
     assert wait_for(lambda: served.samples()[("vsl_connections_current", ())] == 0 and
-                    delta(before, served.samples(), "vsl_tls_failures_total") == 1)
+                    delta(before, served.samples(), "vsl_tls_failures_total") == 3)
     after = served.samples()
 
     def moved(name: str, **labels: str) -> float:
@@ -164,7 +180,12 @@ def test_traffic_moves_exactly_its_metrics(served):
     assert moved("vsl_connections_opened_total", listener="smtp") == K + 3
     assert moved("vsl_connections_opened_total", listener="submission") == 1
     assert moved("vsl_tls_sessions_total", version="TLSv1.3") == 1
-    assert moved("vsl_tls_failures_total") == 1
+    assert moved("vsl_tls_failures_total") == 3  # one STARTTLS, two smtps
+    assert moved("vsl_connections_opened_total", listener="smtps") == 0  # no session began
+    log = served.log.read_text()
+    for why in ("wrong version number", "tlsv1 alert unknown ca"):
+        assert f"SSL_accept error from unknown[127.0.0.1]: {why}" in log, why
+    assert "internal error" not in log and "Traceback" not in log
     assert moved("vsl_auth_total", mechanism="PLAIN", result="failure") == 1
     assert moved("vsl_messages_received_total") == K
     assert moved("vsl_messages_queued_total", queue="working") == K

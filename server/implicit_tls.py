@@ -1,0 +1,70 @@
+"""Implicit TLS (the ``smtps`` listener, RFC 8314): the TLS handshake before the session.
+
+asyncio's ``create_server(ssl=...)`` hides a failed handshake: no protocol hears of it.
+So an ``smtps`` listener accepts plain TCP, and each connection's :class:`ImplicitTls`
+puts asyncio's TLS layer (``sslproto.SSLProtocol``, as aiosmtpd's STARTTLS does) between
+the socket and the SMTP protocol as soon as the connection is made, before any byte of
+the client is read (``loop.start_tls`` would come a loop iteration later, and uvloop may
+have read the client's hello by then). The TLS layer makes the SMTP protocol's connection
+once the handshake is done; a failed handshake is counted (``vsl_tls_failures_total``)
+and logged with the client's address, as Postfix logs ``SSL_accept error from ...``.
+STARTTLS failures are reported the same way (:func:`handshake_failed`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from asyncio import sslproto
+from collections.abc import Callable
+
+from . import metrics
+from .logevents import event
+
+log = logging.getLogger("vsl.smtp")
+_FAILED = metrics.Series("vsl_tls_failures_total")
+
+
+class ImplicitTls(asyncio.Protocol):
+    """Starts the TLS layer of one connection of an implicit-TLS listener."""
+
+    def __init__(self, session: Callable[[], asyncio.Protocol], context: ssl.SSLContext):
+        self.session, self.context = session, context
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        handshake = loop.create_future()
+        layer = sslproto.SSLProtocol(loop, self.session(), self.context, handshake,
+                                     server_side=True)
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        handshake.add_done_callback(
+            lambda done: _after_handshake(done, peer[0] if peer else "unknown", transport))
+
+
+def _after_handshake(handshake: asyncio.Future, client_ip: str,
+                     transport: asyncio.Transport) -> None:
+    """Reports a handshake that failed (the TLS layer has closed the connection)."""
+    if handshake.cancelled() or handshake.exception() is not None:
+        handshake_failed(client_ip, "smtps",
+                         None if handshake.cancelled() else handshake.exception())
+        transport.close()
+
+
+def handshake_failed(client_ip: str, listener: str, error: BaseException | None) -> None:
+    """Count and log a TLS handshake that failed (``error``: what ended it, if known)."""
+    _FAILED.inc()
+    why = _why(error)
+    event(log, logging.INFO, "tls_failure", "SSL_accept error from unknown[%s]: %s",
+          client_ip, why, client_ip=client_ip, listener=listener, reason=why)
+
+
+def _why(error: BaseException | None) -> str:
+    """What ended a handshake, in a few words: the TLS library's reason (``wrong version
+    number``, ``tlsv1 alert unknown ca``), ``timed out`` or ``lost connection``."""
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return error.reason.lower().replace("_", " ")
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return "lost connection"
