@@ -2,7 +2,9 @@
 
 asyncio's ``create_server(ssl=...)`` hides a failed handshake: no protocol hears of it.
 So an ``smtps`` listener accepts plain TCP, and each connection's :class:`ImplicitTls`
-puts asyncio's TLS layer (``sslproto.SSLProtocol``, as aiosmtpd's STARTTLS does) between
+counts it against the connection limits (a connection past them is closed at once: an
+idle handshake may last a minute, and would hold a socket uncounted), then puts asyncio's
+TLS layer (``sslproto.SSLProtocol``, as aiosmtpd's STARTTLS does) between
 the socket and the SMTP protocol as soon as the connection is made, before any byte of
 the client is read (``loop.start_tls`` would come a loop iteration later, and uvloop may
 have read the client's hello by then). The TLS layer makes the SMTP protocol's connection
@@ -19,6 +21,7 @@ from asyncio import sslproto
 from collections.abc import Callable
 
 from . import metrics
+from .admission import Admission
 from .logevents import event
 
 log = logging.getLogger("vsl.smtp")
@@ -26,30 +29,32 @@ _FAILED = metrics.Series("vsl_tls_failures_total")
 
 
 class ImplicitTls(asyncio.Protocol):
-    """Starts the TLS layer of one connection of an implicit-TLS listener."""
+    """Admits one connection of an implicit-TLS listener and starts its TLS layer."""
 
-    def __init__(self, session: Callable[[], asyncio.Protocol], context: ssl.SSLContext):
-        self.session, self.context = session, context
+    def __init__(self, session: Callable[[], asyncio.Protocol], context: ssl.SSLContext,
+                 admission: Admission):
+        self.session, self.context, self.admission = session, context, admission
 
     def connection_made(self, transport: asyncio.Transport) -> None:
+        client_ip = transport.get_extra_info("peername")[0]
+        if not self.admission.admit(client_ip):  # logged there; no TLS spent on it
+            transport.abort()
+            return
         loop = asyncio.get_running_loop()
         handshake = loop.create_future()
         layer = sslproto.SSLProtocol(loop, self.session(), self.context, handshake,
                                      server_side=True)
         transport.set_protocol(layer)
         layer.connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        handshake.add_done_callback(
-            lambda done: _after_handshake(done, peer[0] if peer else "unknown", transport))
+        handshake.add_done_callback(lambda done: self._after_handshake(done, client_ip))
 
-
-def _after_handshake(handshake: asyncio.Future, client_ip: str,
-                     transport: asyncio.Transport) -> None:
-    """Reports a handshake that failed (the TLS layer has closed the connection)."""
-    if handshake.cancelled() or handshake.exception() is not None:
-        handshake_failed(client_ip, "smtps",
-                         None if handshake.cancelled() else handshake.exception())
-        transport.close()
+    def _after_handshake(self, handshake: asyncio.Future, client_ip: str) -> None:
+        """A failed handshake is reported and frees its connection's slot (the TLS layer
+        has closed the connection; the session never began)."""
+        if handshake.cancelled() or handshake.exception() is not None:
+            handshake_failed(client_ip, "smtps",
+                             None if handshake.cancelled() else handshake.exception())
+            self.admission.release(client_ip)
 
 
 def handshake_failed(client_ip: str, listener: str, error: BaseException | None) -> None:

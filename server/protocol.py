@@ -193,7 +193,8 @@ class Protocol(FastSMTP):
 
     client_fd = -1  # the client's socket (connection_made), for FIONREAD
 
-    def __init__(self, services: SessionServices, listener: Listener, tls_context=None):
+    def __init__(self, services: SessionServices, listener: Listener, tls_context=None,
+                 admitted: bool = False):
         self.settings, self.listener = services.settings, listener
         self.errors = 0
         self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
@@ -208,7 +209,7 @@ class Protocol(FastSMTP):
         self.connected_at = monotonic()
         self.open = False  # counted in vsl_connections_current (until connection_lost)
         limits, authenticator = self.settings.limits, services.authenticator
-        handler = Session(services, listener)
+        handler = Session(services, listener, admitted)
         implicit_tls = listener.kind == "smtps"
         super().__init__(
             handler, hostname=self.settings.hostname, ident="ESMTP vSL",

@@ -52,8 +52,10 @@ _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321
 class Session:
     """The aiosmtpd handler of one connection: every command goes through the policy."""
 
-    def __init__(self, services: SessionServices, listener: Listener):
+    def __init__(self, services: SessionServices, listener: Listener, admitted: bool = False):
+        """``admitted``: already counted by admission (at accept, on smtps)."""
         self.settings, self.listener = services.settings, listener
+        self.admitted = admitted
         self.admission, self.authenticator = services.admission, services.authenticator
         self.intake = services.intake
         self.protocol = None  # the server.protocol.Protocol that made it (not imported: a circle)
@@ -73,7 +75,7 @@ class Session:
         self.peer_ip = peer[0]
         self.ctx = Context(peer[0], peer[1], local[0], local[1], self.settings.hostname)
         self.ctx.tls = self.listener.kind == "smtps"
-        self.admitted = self.admission.admit(self.peer_ip)
+        self.admitted = self.admitted or self.admission.admit(self.peer_ip)
         event(log, logging.INFO, "connect", "connect from unknown[%s]", self.peer_ip,
               client_ip=self.peer_ip, listener=self.listener.kind)
         if self.ctx.tls:

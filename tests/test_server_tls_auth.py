@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import asyncio
-
 import base64
+import logging
 import smtplib
+import socket
+import time
+from dataclasses import replace
+
 import pytest
 
-from vsl.server.config import AuthConfig, Listener
+from vsl.server.config import AuthConfig, Listener, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (FALLBACK, Raw, all_messages, client, queued_id,
-                                      ssl_client, tls_setup, users_file)
+                                      ssl_client, tls_setup, users_file, wait_for)
 
 SECURED_POLICY = """
 fn on_connect(ctx) { ctx.store("at_connect", ctx.is_secured()); status::next() }
@@ -129,6 +133,27 @@ def test_implicit_tls_on_smtps(tmp_path, tls):
             data = asyncio.run(server.spool.message(queued_id(send(smtp))))
     assert header(data, "X-Secured") == "true true"
     assert received_with(data) == "ESMTPS"
+
+
+def test_smtps_counts_a_connection_before_its_handshake(tmp_path, tls, caplog):
+    """An smtps connection holds its slot from the accept: one that never says hello
+    fills connections_per_ip, the next is closed at once (no TLS spent on it), and the
+    slot is free again when the first one's handshake fails."""
+    caplog.set_level(logging.INFO)
+    tls_config, context, _ = tls
+    config = config_for(tmp_path, tls=tls_config, listen=(Listener("127.0.0.1", 0, "smtps"),),
+                        limits=replace(SmtpLimits(), connections_per_ip=1))
+    with running(config) as server:
+        idle = socket.create_connection(("127.0.0.1", server.port("smtps")), timeout=5)
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", server.port("smtps")), timeout=5) as over:
+            assert over.recv(100) == b""
+        assert "127.0.0.1: connection refused, limit reached" in caplog.text
+        idle.close()
+        assert wait_for(lambda: "SSL_accept error from unknown[127.0.0.1]: lost connection"
+                        in caplog.text)
+        with ssl_client(server, context) as smtp:
+            assert smtp.ehlo()[0] == 250
 
 
 def test_smtps_offers_auth(tmp_path, tls):
