@@ -547,6 +547,8 @@ def _convert(value, kind, key: str, base: Path):
         return base / _string(value, key)
     if kind == "strings":
         return tuple(_string(v, key) for v in _array(value, key))
+    if kind == "domain":
+        return _domain(_string(value, key), key)
     if kind == "domains":
         return tuple(_domain(_string(v, key), key) for v in _array(value, key))
     if kind == "mechanisms":
@@ -602,7 +604,7 @@ def _convert(value, kind, key: str, base: Path):
     raise AssertionError(f"schema kind {kind!r}")  # pragma: no cover - schema typo
 
 
-_SERVER_SCHEMA = {"hostname": str, "local_domains": "domains", "scripts": "path",
+_SERVER_SCHEMA = {"hostname": "domain", "local_domains": "domains", "scripts": "path",
                   "queue_dir": "path", "fallback_reply": "reply", "workers": "workers",
                   "script_threads": "int", "event_loop": "event_loop"}
 _DELIVERY_SCHEMA = {"enabled": bool, "maildir_root": "path", "journal": "path",

@@ -99,6 +99,12 @@ class Delivery:
         # domain_key -> the spelling listed first, which names the domain's Maildir directory
         listed = [d.lower().rstrip(".") for d in (*local_domains, hostname)]
         self.local_domains = {domain_key(d): d for d in reversed(listed)}
+        for name in dict.fromkeys(listed):
+            kept = self.local_domains[domain_key(name)]
+            if kept != name:  # Postfix needed both forms listed, and kept two mailboxes
+                log.warning("local domains %s and %s are one domain (U-labels and A-labels): "
+                            "the mail of both goes to the Maildir directory of %s",
+                            kept, name, kept)
         self.maildir_root = Path(config.maildir_root).absolute()
         self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"

@@ -26,6 +26,7 @@ from .logevents import event
 
 log = logging.getLogger("vsl.smtp")
 _FAILED = metrics.Series("vsl_tls_failures_total")
+HANDSHAKE_TIMEOUT = 60.0  # seconds (asyncio's default, as create_server(ssl=...) had)
 
 
 class ImplicitTls(asyncio.Protocol):
@@ -36,14 +37,15 @@ class ImplicitTls(asyncio.Protocol):
         self.session, self.context, self.admission = session, context, admission
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        client_ip = transport.get_extra_info("peername")[0]
-        if not self.admission.admit(client_ip):  # logged there; no TLS spent on it
-            transport.abort()
+        peer = transport.get_extra_info("peername")  # None: the client reset already
+        if not isinstance(peer, tuple) or not self.admission.admit(peer[0]):
+            transport.abort()  # a refusal is logged by admit(); no TLS spent on it
             return
+        client_ip = peer[0]
         loop = asyncio.get_running_loop()
         handshake = loop.create_future()
         layer = sslproto.SSLProtocol(loop, self.session(), self.context, handshake,
-                                     server_side=True)
+                                     server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         transport.set_protocol(layer)
         layer.connection_made(transport)
         handshake.add_done_callback(lambda done: self._after_handshake(done, client_ip))
@@ -70,6 +72,6 @@ def _why(error: BaseException | None) -> str:
     number``, ``tlsv1 alert unknown ca``), ``timed out`` or ``lost connection``."""
     if isinstance(error, ssl.SSLError) and error.reason:
         return error.reason.lower().replace("_", " ")
-    if isinstance(error, TimeoutError):
+    if isinstance(error, (TimeoutError, ConnectionAbortedError)):  # asyncio's handshake timer
         return "timed out"
     return "lost connection"

@@ -20,10 +20,12 @@ class SessionSettings:
     hostname: str
     domains: frozenset[str]  # accepted without a policy (Config.domains), as domain_key
     limits: SmtpLimits
+    hostname_key: str  # the hostname as domain_key: its postmaster is always accepted
 
     @classmethod
     def of(cls, config: Config) -> "SessionSettings":
-        return cls(config.hostname, frozenset(map(domain_key, config.domains)), config.limits)
+        return cls(config.hostname, frozenset(map(domain_key, config.domains)), config.limits,
+                   domain_key(config.hostname))
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,7 @@ class Session:
         if session.authenticated:
             return True
         domain = domain_key(rcpt.domain)
-        if rcpt.local_part.lower() == "postmaster" and domain == domain_key(self.settings.hostname):
+        if rcpt.local_part.lower() == "postmaster" and domain == self.settings.hostname_key:
             return True
         return domain in self.settings.domains
 

@@ -291,6 +291,7 @@ BAD_VALUES = [
     # server
     ({"server": {"hostname": ""}}, "server.hostname"),
     ({"server": {"hostname": 7}}, "server.hostname"),
+    ({"server": {"hostname": "[192.0.2.300]"}}, "server.hostname"),
     ({"server": {"local_domains": "example.test"}}, "server.local_domains"),
     ({"server": {"local_domains": ["ok.test", 3]}}, "server.local_domains"),
     ({"server": {"local_domains": ["ok.test", "not a domain"]}}, "server.local_domains"),

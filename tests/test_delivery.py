@@ -96,15 +96,19 @@ def test_default_routes(tmp_path):
     ("bücher.test", "bob@xn--bcher-kva.test"), ("bücher.test", "bob@BÜCHER.test"),
     ("xn--bcher-kva.test", "bob@bücher.test"), ("XN--BCHER-KVA.test.", "bob@Bücher.TEST"),
 ])
-def test_a_local_idn_is_one_domain_in_either_form(tmp_path, listed, written):
+def test_a_local_idn_is_one_domain_in_either_form(tmp_path, caplog, listed, written):
     """U-labels and A-labels name one local domain: its Maildir is the one of the form
-    listed first (Postfix needs both forms listed, and delivers each to its own)."""
+    listed first (Postfix needs both forms listed, and delivers each to its own), and a
+    warning says so when both are listed."""
     delivery = Delivery(Spool(tmp_path / "queue"), in_tmp(tmp_path, DeliveryConfig()), "mx.test",
                         (listed, "bücher.test", "xn--bcher-kva.test"))
     directory = quote(listed.lower().rstrip("."))
     assert delivery.default_route(Mailbox.parse(written)) == \
         f"maildir:{tmp_path / 'mail' / directory / 'bob'}"
     assert delivery.default_route(Mailbox.parse("bob@bucher.test")) == "mx"
+    other = "xn--bcher-kva.test" if directory == quote("bücher.test") else "bücher.test"
+    assert f"local domains {listed.lower().rstrip('.')} and {other} are one domain" \
+        in caplog.text
 
 
 def test_connection_refused_defers_with_backoff(world):

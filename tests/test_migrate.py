@@ -229,17 +229,20 @@ def test_translation_writes_a_policy_that_lints_and_loads(postfix_dir, tmp_path)
 
 def test_a_destination_that_is_no_domain_name_is_left_out_of_vsl_toml(postfix_dir, tmp_path):
     """vsl.toml lists domain names only (else it would not load); a table key such as
-    ``.example.test`` stays in tables.vsl's DESTINATIONS and is listed as left."""
+    ``.example.test`` stays in tables.vsl's DESTINATIONS and is listed as left, and so is
+    a /file/name of domains (not translated)."""
     (postfix_dir / "main.cf").write_text(MAIN_CF.replace(
         "mydestination = $myhostname",
-        "mydestination = $myhostname, inline:{ .sub.example.test=x, bücher.test=x }"))
+        "mydestination = $myhostname, inline:{ .sub.example.test=x, bücher.test=x }, "
+        "/etc/postfix/local_domains"))
     translation = translate(postfix_dir)
     translation.write(tmp_path / "out")
     config = load(tmp_path / "out" / "vsl.toml")
     assert config.local_domains == ("mx.example.test", "bücher.test")
     assert '".sub.example.test"' in translation.tables_vsl
-    assert [(item.where.split(":")[1], item.item) for item in translation.left
-            if item.why.startswith("not a domain name")] == [("2", ".sub.example.test")]
+    assert sorted((item.where.split(":")[1], item.item) for item in translation.left
+                  if item.why.startswith(("not a domain", "a /file/name"))) == \
+        [("2", ".sub.example.test"), ("2", "/etc/postfix/local_domains")]
 
 
 def test_migration_md_lists_every_line_left(postfix_dir, tmp_path):

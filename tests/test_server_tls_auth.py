@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import pytest
 
+from vsl.server import implicit_tls
+from vsl.server.admission import Admission
 from vsl.server.config import AuthConfig, Listener, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (FALLBACK, Raw, all_messages, client, queued_id,
@@ -152,8 +154,42 @@ def test_smtps_counts_a_connection_before_its_handshake(tmp_path, tls, caplog):
         idle.close()
         assert wait_for(lambda: "SSL_accept error from unknown[127.0.0.1]: lost connection"
                         in caplog.text)
-        with ssl_client(server, context) as smtp:
-            assert smtp.ehlo()[0] == 250
+        for _ in range(2):  # the slot is free again when a session ends
+            with ssl_client(server, context) as smtp:
+                assert smtp.ehlo()[0] == 250
+            assert wait_for(lambda: server.services.admission.total == 0)
+
+
+def test_an_smtps_handshake_that_takes_too_long_is_timed_out(tmp_path, tls, caplog,
+                                                             monkeypatch):
+    monkeypatch.setattr(implicit_tls, "HANDSHAKE_TIMEOUT", 0.3)
+    caplog.set_level(logging.INFO)
+    tls_config, _, _ = tls
+    config = config_for(tmp_path, tls=tls_config, listen=(Listener("127.0.0.1", 0, "smtps"),))
+    with running(config) as server:
+        with socket.create_connection(("127.0.0.1", server.port("smtps")), timeout=5) as idle:
+            assert idle.recv(100) == b""  # closed by the server
+        assert wait_for(lambda: "SSL_accept error from unknown[127.0.0.1]: timed out"
+                        in caplog.text)
+        assert wait_for(lambda: server.services.admission.total == 0)
+
+
+def test_an_smtps_client_gone_before_its_accept_is_dropped_uncounted():
+    """A client that reset before the connection was made has no address: the
+    connection is aborted, and nothing is counted."""
+    class Gone:
+        aborted = False
+
+        def get_extra_info(self, name):
+            return None
+
+        def abort(self):
+            self.aborted = True
+
+    admission = Admission(SmtpLimits())
+    transport = Gone()
+    implicit_tls.ImplicitTls(lambda: None, None, admission).connection_made(transport)
+    assert transport.aborted and admission.total == 0
 
 
 def test_smtps_offers_auth(tmp_path, tls):

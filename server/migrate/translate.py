@@ -229,6 +229,9 @@ def domains(config: PostfixConfig, parameter: str, left: list[Left]) -> list[str
                                  "domains are translated"))
                 continue
             result += list(table.entries)
+        elif word.startswith("/"):  # Postfix's /file/name pattern: the domains in that file
+            left.append(Left(config.where(parameter), word, "a /file/name of domains is not "
+                             "translated: list its domains instead"))
         else:
             result.append(word.lower().rstrip("."))
     return result
