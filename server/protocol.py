@@ -109,6 +109,14 @@ def count_reply(command: str | None, wired: bytes) -> None:
     series.inc()
 
 
+def _client_gone(transport) -> bool:
+    """Whether a network client reset its connection before the connection was made: its
+    address can no longer be read (a socket pair, as ``vsl test`` uses, has none anyway)."""
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and \
+        not isinstance(transport.get_extra_info("peername"), tuple)
+
+
 def _bound_replies(transport, sock) -> None:
     """Keep little of a client's unread replies buffered: one that pipelines commands but
     never reads stalls soon, so the command timeout can drop it."""
@@ -222,6 +230,9 @@ class Protocol(FastSMTP):
 
     def connection_made(self, transport) -> None:
         first = self.transport is None
+        if first and _client_gone(transport):
+            transport.abort()  # nothing began: connection_lost has nothing to end
+            return
         if first:  # before aiosmtpd creates the handler task, which copies the context
             ids = logids.start_session()
         super().connection_made(transport)
@@ -235,6 +246,8 @@ class Protocol(FastSMTP):
             self.event_handler.connection_made(transport, ids)
 
     def connection_lost(self, error) -> None:
+        if self.transport is None:  # a client gone before its connection was made
+            return
         if self.open:
             self.open = False
             _CURRENT.inc(-1)

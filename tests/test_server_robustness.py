@@ -355,3 +355,35 @@ def test_concurrent_load_with_smtp_source(tmp_path):
         sizes = {len(asyncio.run(server.spool.message(e.id)).split(b"\r\n\r\n", 1)[1])
                  for e in entries}
         assert len(sizes) == 1 and sizes.pop() >= 2000
+
+
+class GoneTransport:
+    """What a TCP connection looks like when its client reset before it was made: a
+    socket, but no peer address any more."""
+
+    def __init__(self):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.aborted = False
+
+    def get_extra_info(self, name, default=None):
+        return self.socket if name == "socket" else default
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_a_client_gone_before_its_connection_was_made_is_dropped(tmp_path, caplog):
+    """Not served as 127.0.0.1 (what a socket pair of `vsl test` is): aborted, not
+    admitted, no connect or disconnect logged."""
+    caplog.set_level(logging.INFO)
+    with running(config_for(tmp_path)) as server:
+        async def connect_and_lose(gone: GoneTransport) -> None:
+            protocol = server.protocol(server.config.listen[0])
+            protocol.connection_made(gone)
+            protocol.connection_lost(None)
+
+        gone = GoneTransport()
+        with gone.socket:
+            asyncio.run_coroutine_threadsafe(connect_and_lose(gone), server.loop).result(5)
+        assert gone.aborted and server.services.admission.total == 0
+        assert "connect from" not in caplog.text
