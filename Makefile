@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/observability.py
 	$(BIN)/python bench/bounce.py
 	$(BIN)/python bench/connections.py
+	$(BIN)/python bench/tls.py
 	$(BIN)/python bench/soak.py
 
 lint: $(STAMP)
