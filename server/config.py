@@ -240,7 +240,7 @@ def _environment_url(name: str) -> str:
 @dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
-    local_domains: tuple[str, ...] = ()  # empty: the hostname only
+    local_domains: tuple[str, ...] | None = None  # None (unset): the hostname; (): none
     scripts: Path | None = None          # directory holding main.vsl; None: no policy script
     queue_dir: Path = Path("queue")
     fallback_reply: str = DEFAULT_FALLBACK
@@ -289,10 +289,13 @@ class Config:
 
     @property
     def domains(self) -> tuple[str, ...]:
-        """The domains this server accepts mail for without a policy script (lower case,
-        without a trailing dot; compare them by ``domain_key``: an IDN's U-labels and
-        A-labels are one domain)."""
-        return tuple(d.lower().rstrip(".") for d in (self.local_domains or (self.hostname,)))
+        """The domains this server accepts mail for without a policy script:
+        ``server.local_domains``, the hostname when it is unset, none when it is empty (a
+        relay-only server, as Postfix's empty mydestination); lower case, without a
+        trailing dot; compare them by ``domain_key`` (an IDN's U-labels and A-labels are
+        one domain)."""
+        listed = (self.hostname,) if self.local_domains is None else self.local_domains
+        return tuple(d.lower().rstrip(".") for d in listed)
 
     @property
     def resolved_delivery(self) -> DeliveryConfig:

@@ -185,6 +185,13 @@ def test_an_empty_file_gives_the_defaults(tmp_path):
     assert config == Config(hostname=config.hostname)
 
 
+def test_local_domains_unset_is_the_hostname_and_empty_is_none():
+    assert from_dict({"server": {"hostname": "MX.example.test"}}).domains == \
+        ("mx.example.test",)
+    assert from_dict({"server": {"hostname": "mx.example.test", "local_domains": []}}) \
+        .domains == ()
+
+
 # ---- every key ------------------------------------------------------------------------------
 
 def test_every_section_and_key_parses(tmp_path):

@@ -92,6 +92,7 @@ def test_only_the_port_25_service_overrides_main_cf(tmp_path):
     assert "client_restrictions" not in translation.main_vsl
     assert 'MYNETWORKS = ["127.0.0.1/32"]' in translation.tables_vsl
     assert 'listen = ["0.0.0.0:25"]' in translation.vsl_toml
+    assert "local_domains = []" in translation.vsl_toml  # none, as Postfix: a relay
     assert [item.where for item in translation.left] == ["master.cf:2", "master.cf:4"]
     assert translation.left[1].item.startswith("127.0.0.1:10025 inet")
 

@@ -42,6 +42,20 @@ def test_no_script_accepts_local_domains_only(tmp_path):
         assert data.endswith(b"Subject: hi\r\n\r\nhello\r\n")
 
 
+@pytest.mark.parametrize("local_domains, hostname_is_local", [(None, True), ((), False)])
+def test_an_empty_local_domains_list_is_a_relay_only_server(tmp_path, local_domains,
+                                                            hostname_is_local):
+    """Unset, the hostname is the local domain; listed empty, there is none (Postfix's
+    empty mydestination, which vsl migrate writes so): only postmaster is accepted."""
+    with running(config_for(tmp_path, local_domains=local_domains)) as server:
+        with client(server) as smtp:
+            assert smtp.ehlo()[0] == 250
+            assert smtp.mail("a@example.org")[0] == 250
+            assert smtp.rcpt("bob@mx.test")[0] == (250 if hostname_is_local else 554)
+            assert smtp.rcpt("bob@example.test")[0] == 554
+            assert smtp.rcpt("postmaster@mx.test")[0] == 250
+
+
 def test_ehlo_lists_the_extensions(tmp_path):
     with running(config_for(tmp_path)) as server:
         with client(server) as smtp:
