@@ -80,6 +80,8 @@ def session(server: TlsVslServer, mode: str, context: ssl.SSLContext, body: byte
         if mode == "starttls":
             smtp.starttls(context=context)
             smtp.ehlo()
+        if mode != "plaintext" and smtp.sock.version() != "TLSv1.3":
+            raise BenchError(f"{mode}: {smtp.sock.version()}")
         refused = smtp.sendmail("bench@example.org", ["rcpt@example.test"], body)
         if refused:
             raise BenchError(f"{mode}: refused {refused}")

@@ -122,15 +122,17 @@ class Server:
         self.metrics_dir = metrics.directory() if config.metrics.enabled else None
 
     # -- connections -------------------------------------------------------------
-    def protocol(self, listener: Listener, admitted: bool = False) -> Protocol:
-        return Protocol(self.services, listener, self.tls, admitted)
+    def protocol(self, listener: Listener, accepted: tuple[tuple, tuple] | None = None
+                 ) -> Protocol:
+        """The SMTP protocol of one connection (``accepted``: see Session)."""
+        return Protocol(self.services, listener, self.tls, accepted)
 
     def _connection_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
         """What each connection of ``listener`` starts with: the SMTP protocol, after the
         TLS handshake on an ``smtps`` listener."""
         if listener.kind == "smtps":
-            return lambda: ImplicitTls(lambda: self.protocol(listener, admitted=True), self.tls,
-                                       self.services.admission)
+            return lambda: ImplicitTls(lambda accepted: self.protocol(listener, accepted),
+                                       self.tls, self.services.admission)
         return lambda: self.protocol(listener)
 
     # -- life cycle ------------------------------------------------------------------

@@ -10,7 +10,9 @@ the client is read (``loop.start_tls`` would come a loop iteration later, and uv
 have read the client's hello by then). The TLS layer makes the SMTP protocol's connection
 once the handshake is done; a failed handshake is counted (``vsl_tls_failures_total``)
 and logged with the client's address, as Postfix logs ``SSL_accept error from ...``.
-STARTTLS failures are reported the same way (:func:`handshake_failed`).
+STARTTLS failures are reported the same way (:func:`handshake_failed`). The session gets
+the addresses read at the accept: uvloop reads them only when asked, and a client that
+resets right after its handshake would have none by then (and its slot would be lost).
 """
 from __future__ import annotations
 
@@ -32,19 +34,21 @@ HANDSHAKE_TIMEOUT = 60.0  # seconds (asyncio's default, as create_server(ssl=...
 class ImplicitTls(asyncio.Protocol):
     """Admits one connection of an implicit-TLS listener and starts its TLS layer."""
 
-    def __init__(self, session: Callable[[], asyncio.Protocol], context: ssl.SSLContext,
-                 admission: Admission):
+    def __init__(self, session: Callable[[tuple[tuple, tuple]], asyncio.Protocol],
+                 context: ssl.SSLContext, admission: Admission):
         self.session, self.context, self.admission = session, context, admission
 
     def connection_made(self, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")  # None: the client reset already
-        if not isinstance(peer, tuple) or not self.admission.admit(peer[0]):
+        # read now: uvloop reads them when asked, and a client that resets later has none
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        if not (isinstance(peer, tuple) and isinstance(local, tuple)) or \
+                not self.admission.admit(peer[0]):
             transport.abort()  # a refusal is logged by admit(); no TLS spent on it
             return
         client_ip = peer[0]
         loop = asyncio.get_running_loop()
         handshake = loop.create_future()
-        layer = sslproto.SSLProtocol(loop, self.session(), self.context, handshake,
+        layer = sslproto.SSLProtocol(loop, self.session((peer, local)), self.context, handshake,
                                      server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         transport.set_protocol(layer)
         layer.connection_made(transport)

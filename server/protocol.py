@@ -202,7 +202,7 @@ class Protocol(FastSMTP):
     client_fd = -1  # the client's socket (connection_made), for FIONREAD
 
     def __init__(self, services: SessionServices, listener: Listener, tls_context=None,
-                 admitted: bool = False):
+                 accepted: tuple[tuple, tuple] | None = None):
         self.settings, self.listener = services.settings, listener
         self.errors = 0
         self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
@@ -217,7 +217,7 @@ class Protocol(FastSMTP):
         self.connected_at = monotonic()
         self.open = False  # counted in vsl_connections_current (until connection_lost)
         limits, authenticator = self.settings.limits, services.authenticator
-        handler = Session(services, listener, admitted)
+        handler = Session(services, listener, accepted)
         implicit_tls = listener.kind == "smtps"
         super().__init__(
             handler, hostname=self.settings.hostname, ident="ESMTP vSL",
@@ -230,7 +230,7 @@ class Protocol(FastSMTP):
 
     def connection_made(self, transport) -> None:
         first = self.transport is None
-        if first and _client_gone(transport):
+        if first and self.event_handler.accepted is None and _client_gone(transport):
             transport.abort()  # nothing began: connection_lost has nothing to end
             return
         if first:  # before aiosmtpd creates the handler task, which copies the context

@@ -52,10 +52,13 @@ _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321
 class Session:
     """The aiosmtpd handler of one connection: every command goes through the policy."""
 
-    def __init__(self, services: SessionServices, listener: Listener, admitted: bool = False):
-        """``admitted``: already counted by admission (at accept, on smtps)."""
+    def __init__(self, services: SessionServices, listener: Listener,
+                 accepted: tuple[tuple, tuple] | None = None):
+        """``accepted``: the (peer, local) addresses of a connection that admission
+        counted at its accept (smtps: server/implicit_tls.py)."""
         self.settings, self.listener = services.settings, listener
-        self.admitted = admitted
+        self.accepted = accepted
+        self.admitted = accepted is not None
         self.admission, self.authenticator = services.admission, services.authenticator
         self.intake = services.intake
         self.protocol = None  # the server.protocol.Protocol that made it (not imported: a circle)
@@ -67,8 +70,8 @@ class Session:
     # -- connection --------------------------------------------------------------
     def connection_made(self, transport, ids: logids.Ids) -> None:
         self.ids = ids
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
+        peer, local = self.accepted or (transport.get_extra_info("peername"),
+                                        transport.get_extra_info("sockname"))
         if not isinstance(peer, tuple):  # a socket pair (vsl test) has no address
             peer = self.admission.replay_peer or ("127.0.0.1", 0)
             local = ("127.0.0.1", 25)

@@ -387,3 +387,53 @@ def test_a_client_gone_before_its_connection_was_made_is_dropped(tmp_path, caplo
             asyncio.run_coroutine_threadsafe(connect_and_lose(gone), server.loop).result(5)
         assert gone.aborted and server.services.admission.total == 0
         assert "connect from" not in caplog.text
+
+
+class SecuredGoneTransport(GoneTransport):
+    """An smtps connection's TLS transport whose client reset right after the handshake:
+    uvloop reads the peer address when asked, and by then there is none."""
+
+    def __init__(self):
+        super().__init__()
+        self.written = b""
+
+    def is_closing(self):
+        return False
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        pass
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+def test_an_smtps_session_keeps_the_addresses_read_at_its_accept(tmp_path, caplog):
+    """Admitted at accept (server/implicit_tls.py), the session uses the addresses read
+    then: it is served, and its end frees the slot."""
+    caplog.set_level(logging.INFO)
+    with running(config_for(tmp_path)) as server:
+        admission = server.services.admission
+
+        async def accepted_then_gone(transport: SecuredGoneTransport) -> None:
+            assert admission.admit("192.0.2.7")
+            protocol = server.protocol(Listener("127.0.0.1", 465, "smtps"),
+                                       (("192.0.2.7", 40000), ("127.0.0.1", 465)))
+            protocol.connection_made(transport)
+            await asyncio.sleep(0.1)
+            protocol.connection_lost(None)
+            await asyncio.sleep(0.05)
+
+        transport = SecuredGoneTransport()
+        with transport.socket:
+            asyncio.run_coroutine_threadsafe(accepted_then_gone(transport),
+                                             server.loop).result(5)
+        assert not transport.aborted and transport.written.startswith(b"220 ")
+        assert admission.total == 0
+        assert "connect from unknown[192.0.2.7]" in caplog.text
+
