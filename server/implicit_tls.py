@@ -25,6 +25,7 @@ from collections.abc import Callable
 from . import metrics
 from .admission import Admission
 from .logevents import event
+from .session import log_client_gone
 
 log = logging.getLogger("vsl.smtp")
 _FAILED = metrics.Series("vsl_tls_failures_total")
@@ -41,9 +42,12 @@ class ImplicitTls(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         # read now: uvloop reads them when asked, and a client that resets later has none
         peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-        if not (isinstance(peer, tuple) and isinstance(local, tuple)) or \
-                not self.admission.admit(peer[0]):
-            transport.abort()  # a refusal is logged by admit(); no TLS spent on it
+        if not (isinstance(peer, tuple) and isinstance(local, tuple)):
+            log_client_gone("smtps")
+            transport.abort()
+            return
+        if not self.admission.admit(peer[0]):
+            transport.abort()  # logged by admit(); no TLS spent on it
             return
         client_ip = peer[0]
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from .implicit_tls import handshake_failed
 from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
-from .session import COMMAND_STAGES, Session
+from .session import COMMAND_STAGES, Session, log_client_gone
 from .smtp import FastSMTP
 
 log = logging.getLogger("vsl.smtp")
@@ -231,6 +231,7 @@ class Protocol(FastSMTP):
     def connection_made(self, transport) -> None:
         first = self.transport is None
         if first and self.event_handler.accepted is None and _client_gone(transport):
+            log_client_gone(self.listener.kind)
             transport.abort()  # nothing began: connection_lost has nothing to end
             return
         if first:  # before aiosmtpd creates the handler task, which copies the context

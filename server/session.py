@@ -49,6 +49,17 @@ _REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
 _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
 
 
+def log_client_gone(listener: str) -> None:
+    """Log a connection whose client was gone before it was made (its address could no
+    longer be read) as Postfix does, ``unknown[unknown]``, under a session id of its own:
+    nothing else runs for it."""
+    with logids.using(logids.Ids(logids.new_session_id())):
+        event(log, logging.INFO, "connect", "connect from unknown[unknown]",
+              client_ip="unknown", listener=listener)
+        event(log, logging.INFO, "disconnect", "disconnect from unknown[unknown] commands=0",
+              client_ip="unknown", commands="commands=0", duration=0.0)
+
+
 class Session:
     """The aiosmtpd handler of one connection: every command goes through the policy."""
 
