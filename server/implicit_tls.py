@@ -25,7 +25,7 @@ from collections.abc import Callable
 from . import metrics
 from .admission import Admission
 from .logevents import event
-from .session import log_client_gone
+from .session import connection_addresses, log_client_gone
 
 log = logging.getLogger("vsl.smtp")
 _FAILED = metrics.Series("vsl_tls_failures_total")
@@ -41,18 +41,18 @@ class ImplicitTls(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         # read now: uvloop reads them when asked, and a client that resets later has none
-        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-        if not (isinstance(peer, tuple) and isinstance(local, tuple)):
+        addresses = connection_addresses(transport)
+        if addresses is None:
             log_client_gone("smtps")
             transport.abort()
             return
-        if not self.admission.admit(peer[0]):
+        client_ip = addresses[0][0]
+        if not self.admission.admit(client_ip):
             transport.abort()  # logged by admit(); no TLS spent on it
             return
-        client_ip = peer[0]
         loop = asyncio.get_running_loop()
         handshake = loop.create_future()
-        layer = sslproto.SSLProtocol(loop, self.session((peer, local)), self.context, handshake,
+        layer = sslproto.SSLProtocol(loop, self.session(addresses), self.context, handshake,
                                      server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         transport.set_protocol(layer)
         layer.connection_made(transport)

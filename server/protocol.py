@@ -26,7 +26,7 @@ from .implicit_tls import handshake_failed
 from .logevents import event
 from .replies import UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
-from .session import COMMAND_STAGES, Session, log_client_gone
+from .session import COMMAND_STAGES, Session, connection_addresses, log_client_gone
 from .smtp import FastSMTP
 
 log = logging.getLogger("vsl.smtp")
@@ -107,14 +107,6 @@ def count_reply(command: str | None, wired: bytes) -> None:
         if len(_reply_series) < REPLY_SERIES:
             _reply_series[key] = series
     series.inc()
-
-
-def _client_gone(transport) -> bool:
-    """Whether a network client reset its connection before the connection was made: its
-    address can no longer be read (a socket pair, as ``vsl test`` uses, has none anyway)."""
-    sock = transport.get_extra_info("socket")
-    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and \
-        not isinstance(transport.get_extra_info("peername"), tuple)
 
 
 def _bound_replies(transport, sock) -> None:
@@ -230,11 +222,13 @@ class Protocol(FastSMTP):
 
     def connection_made(self, transport) -> None:
         first = self.transport is None
-        if first and self.event_handler.accepted is None and _client_gone(transport):
-            log_client_gone(self.listener.kind)
-            transport.abort()  # nothing began: connection_lost has nothing to end
-            return
-        if first:  # before aiosmtpd creates the handler task, which copies the context
+        if first:
+            addresses = self.event_handler.accepted or connection_addresses(transport)
+            if addresses is None:
+                log_client_gone(self.listener.kind)
+                transport.abort()  # nothing began: connection_lost has nothing to end
+                return
+            # before aiosmtpd creates the handler task, which copies the context
             ids = logids.start_session()
         super().connection_made(transport)
         if first:
@@ -244,7 +238,7 @@ class Protocol(FastSMTP):
             self.open = True
             _OPENED[self.listener.kind].inc()
             _CURRENT.inc()
-            self.event_handler.connection_made(transport, ids)
+            self.event_handler.connection_made(transport, ids, addresses)
 
     def connection_lost(self, error) -> None:
         if self.transport is None:  # a client gone before its connection was made

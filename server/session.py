@@ -10,6 +10,7 @@ import asyncio
 import errno
 import logging
 import re
+import socket
 from base64 import b64decode
 
 from aiosmtpd.smtp import MISSING, TLSSetupException
@@ -49,6 +50,17 @@ _REPLY_CODE = re.compile(r"^([245])\d\d", re.M)
 _GREETING_CODES = {"2": "220", "4": "421", "5": "554"}  # the only ones RFC 5321 allows
 
 
+def connection_addresses(transport) -> tuple | None:
+    """A new connection's (peer, local) addresses, read once; None when a network client
+    reset it before it was made (they can no longer be read). A socket pair, as ``vsl
+    test`` uses, has none anyway: its own values then (the session stands in for them)."""
+    peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    if isinstance(peer, tuple) and isinstance(local, tuple):
+        return peer, local
+    sock = transport.get_extra_info("socket")
+    return (peer, local) if sock is not None and sock.family == socket.AF_UNIX else None
+
+
 def log_client_gone(listener: str) -> None:
     """Log a connection whose client was gone before it was made (its address could no
     longer be read) as Postfix does, ``unknown[unknown]``, under a session id of its own:
@@ -79,10 +91,10 @@ class Session:
         self.ids = logids.Ids()  # the session's log ids (protocol.py binds them)
 
     # -- connection --------------------------------------------------------------
-    def connection_made(self, transport, ids: logids.Ids) -> None:
+    def connection_made(self, transport, ids: logids.Ids, addresses: tuple) -> None:
+        """``addresses``: the connection's (peer, local), from ``connection_addresses``."""
         self.ids = ids
-        peer, local = self.accepted or (transport.get_extra_info("peername"),
-                                        transport.get_extra_info("sockname"))
+        peer, local = addresses
         if not isinstance(peer, tuple):  # a socket pair (vsl test) has no address
             peer = self.admission.replay_peer or ("127.0.0.1", 0)
             local = ("127.0.0.1", 25)
