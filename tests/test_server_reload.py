@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.crash import stop_process
+from tests.support.mailsink import free_port
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client, wait_for
 
@@ -169,11 +169,8 @@ def test_sighup_reloads_a_running_vsl_serve(tmp_path):
     assert len(v1) == len(v2)
     main.write_text(v1)
     stamp = main.stat()
-    with socket.socket() as probe:  # a free port (vsl serve refuses port 0)
-        probe.bind(("127.0.0.1", 0))
-        free_port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(VSL), "serve", "--scripts", str(scripts), "--listen", f"127.0.0.1:{free_port}",
+    proc = subprocess.Popen(  # vsl serve refuses port 0
+        [str(VSL), "serve", "--scripts", str(scripts), "--listen", f"127.0.0.1:{free_port()}",
          "--queue-dir", str(tmp_path / "queue"), "--hostname", "example.test"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -6,9 +6,13 @@ anything else is accepted."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
@@ -16,8 +20,38 @@ from aiosmtpd.smtp import SMTP, AuthResult
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nline one\r\n.starts with a dot\r\n"
 
 
+FIRST_PORT = 20000
+
+
+def _ports_below_ephemeral() -> Iterator[int]:
+    """Ports from a random start up to the kernel's ephemeral range, in turn (none twice
+    until all were given), or nothing where that range starts too low."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    if low <= FIRST_PORT + 1000:
+        return
+    start = random.randrange(FIRST_PORT, low)
+    yield from itertools.cycle(itertools.chain(range(start, low), range(FIRST_PORT, start)))
+
+
+_PORTS = _ports_below_ephemeral()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on (connections to it are refused)."""
+    """A loopback port nothing listens on (connections to it are refused).
+
+    It lies below the kernel's ephemeral range, so that no outgoing connection takes it
+    before the test's server binds it: a RabbitMQ node failed to start on a port picked by
+    ``bind(0)`` that a client connection had taken meanwhile. Each call gives another port."""
+    for port in itertools.islice(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
