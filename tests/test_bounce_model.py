@@ -254,6 +254,27 @@ def test_a_plain_bounce_in_japanese_is_decoded_whatever_it_declares(content_type
     assert f"550 {JAPANESE}" in bounce.first.diagnostic
 
 
+GERMAN = "Empfänger unbekannt: Postfach gelöscht, Zustellung fehlgeschlagen"
+
+
+@pytest.mark.parametrize("content_type", [b"", b"Content-Type: text/plain; charset=us-ascii\n"])
+def test_a_plain_bounce_in_latin_1_is_not_read_as_japanese(content_type):
+    """Shift_JIS decodes most Latin-1 accented letters with the byte after them as one
+    kanji: only a text with kana is taken for Japanese."""
+    raw = (b"From: MAILER-DAEMON@example.de\nSubject: Unzustellbar\nMIME-Version: 1.0\n"
+           + content_type + b"\n<bob@example.de>: 550 " + GERMAN.encode("latin-1") + b"\n")
+    bounce = parse(raw)
+    assert GERMAN in bounce.text
+    assert "550 " + GERMAN in bounce.first.diagnostic
+
+
+def test_a_diagnostic_code_written_raw_in_latin_1_is_decoded():
+    dsn = DSN.encode().replace(b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
+                               b" User unknown in local recipient table",
+                               b"550 " + GERMAN.encode("latin-1"))
+    assert parse(dsn).first.diagnostic == "550 " + GERMAN
+
+
 def test_a_diagnostic_code_in_other_iso_2022_jp_2_sets_is_decoded():
     raw = "550 ¡你好".encode("iso2022_jp_2")
     dsn = DSN.encode().replace(b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"

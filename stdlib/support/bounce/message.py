@@ -117,6 +117,7 @@ REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", 
 # A 2-byte run of ISO-2022-JP(-2) text (RFC 1468, RFC 1554): from its escape to the next.
 JIS_RUN = re.compile(rb"\x1b\$(?:[@AB]|\([@-Z])[^\x1b]*")
 FOLD = re.compile(rb"\r?\n[ \t]*")
+KANA = re.compile("[\u3041-\u30ff]")  # hiragana and katakana: Japanese prose has them
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # The marks (see MARK_FIELDS) of an automatic reply.
@@ -509,15 +510,22 @@ def _decoded_raw(value: str) -> str:
 def _sniffed(data: bytes) -> str:
     """Bytes of an undeclared charset, decoded: as ISO-2022-JP (RFC 1468: 7-bit text
     switched to Japanese by escape sequences) when they hold an escape; else as UTF-8 (RFC
-    6533), else as the 8-bit Japanese encodings. A character cut at the end (a message read
-    to its bound) is dropped rather than make the whole text undecodable."""
-    escaped = b"\x1b" in data
-    for codec in ("iso2022_jp", "iso2022_jp_2") if escaped else ("utf-8", "euc_jp", "shift_jis"):
+    6533), else as the 8-bit Japanese encodings when that gives kana, else as Windows-1252
+    (the Latin-1 of European MTAs' "Empfänger unbekannt"; Shift_JIS would take most of its
+    accented letters for kanji). A character cut at the end (a message read to its bound)
+    is dropped rather than make the whole text undecodable."""
+    if b"\x1b" in data:
+        codecs_tried, fallback = ("iso2022_jp", "iso2022_jp_2"), "utf-8"
+    else:
+        codecs_tried, fallback = ("utf-8", "euc_jp", "shift_jis"), "cp1252"
+    for codec in codecs_tried:
         try:
-            return codecs.getincrementaldecoder(codec)().decode(data)
+            text = codecs.getincrementaldecoder(codec)().decode(data)
         except UnicodeError:
             continue
-    return data.decode("utf-8", "replace")
+        if codec in ("utf-8", "iso2022_jp", "iso2022_jp_2") or KANA.search(text):
+            return text
+    return data.decode(fallback, "replace")
 
 
 def _field(msg, name: str) -> str:
