@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -105,7 +106,8 @@ class Delivery:
                 log.warning("local domains %s and %s are one domain (U-labels and A-labels): "
                             "the mail of both goes to the Maildir directory of %s",
                             kept, name, kept)
-        self.maildir_root = Path(config.maildir_root).absolute()
+        # absolute and tidied ('..' parts gone), as a maildir: route must be
+        self.maildir_root = Path(os.path.abspath(config.maildir_root))
         self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"
         self.transports = Transports(config, self.hostname, resolver, dns_defaults)

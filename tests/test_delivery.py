@@ -85,6 +85,9 @@ def test_default_routes(tmp_path):
     assert delivery.default_route(Mailbox.parse("postmaster@mx.test")) == \
         f"maildir:{box}/mx.test/postmaster"
     assert delivery.default_route(Mailbox.parse("bob@remote.test")) == "mx"
+    untidy = replace(delivery.config, maildir_root=tmp_path / "queue" / ".." / "mail")
+    assert Delivery(spool, untidy, "mx.test", ("example.test",)).default_route(
+        Mailbox.parse("bob@example.test")) == f"maildir:{box}/example.test/bob"
     relayed = Delivery(spool, in_tmp(tmp_path, DeliveryConfig(), relay="smtp://relay.test:587"),
                        "mx.test", ())
     assert relayed.default_route(Mailbox.parse("bob@remote.test")) == "smtp://relay.test:587"
