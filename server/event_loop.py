@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -41,11 +42,37 @@ def loop_name(factory: Callable[[], asyncio.AbstractEventLoop]) -> str:
     return "asyncio" if factory is asyncio.new_event_loop else "uvloop"
 
 
-def run(main: Coroutine[Any, Any, T], choice: str = "auto", announce: bool = True) -> T:
+def run(main: Coroutine[Any, Any, T], choice: str = "auto", announce: bool = True,
+        stop_on_sigterm: bool = False) -> T | None:
     """``asyncio.run(main)`` on the event loop ``choice`` gives, logged when ``announce``
-    (the workers' parent logs it for all of them)."""
+    (the workers' parent logs it for all of them). With ``stop_on_sigterm``, SIGTERM
+    cancels ``main`` as Ctrl-C does, so a server stops cleanly (its ``finally`` runs), and
+    ``run`` returns None."""
     factory = loop_factory(choice)
     if announce:
         log.info("event loop: %s", loop_name(factory))
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+        return runner.run(_until_sigterm(main) if stop_on_sigterm else main)
+
+
+async def _until_sigterm(main: Coroutine[Any, Any, T]) -> T | None:
+    """``main``, cancelled by SIGTERM (systemd's stop); the handler before is put back."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    before = signal.getsignal(signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        return None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, before)

@@ -15,9 +15,10 @@ One Python process is held to about one core by the GIL; N workers are not. The 
   exporter child (server/exporter.py), supervised as the workers are; each process that
   exits is marked dead for the metrics (its live gauges stop counting), and each worker
   started again counts in ``vsl_worker_restarts_total``;
-- SIGTERM or SIGINT stops every worker, then the parent exits 0; SIGHUP reloads the
-  scripts in every worker; a worker that dies otherwise is logged and started again
-  (as Postfix's master does), at most once a second.
+- SIGTERM or SIGINT stops every worker (cleanly: each logs ``stopping`` and ``stopped``;
+  one still running ``STOP_GRACE`` seconds later is killed), then the parent exits 0;
+  SIGHUP reloads the scripts in every worker; a worker that dies otherwise is logged and
+  started again (as Postfix's master does), at most once a second.
 
 The connection limits (``limits.connections``, ``limits.connections_per_ip``) hold across
 the workers: the parent makes their shared counts (server/shared_counters.py) before it
@@ -51,6 +52,7 @@ log = logging.getLogger("vsl.workers")
 
 BACKLOG = 100           # as asyncio's create_server
 RESTART_INTERVAL = 1.0  # a worker that keeps dying is started again at most this often
+STOP_GRACE = 10.0       # seconds the children have to stop after SIGTERM, then SIGKILL
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _WANT_THROTTLE = signal.SIGUSR1  # a worker's first login: start the AUTH throttle
 EXPORTER = -1           # the exporter child's index among the children
@@ -141,6 +143,7 @@ class Workers:
         status (0)."""
         handlers = {sig: signal.signal(sig, self._signal) for sig in _SIGNALS}
         handlers[_WANT_THROTTLE] = signal.signal(_WANT_THROTTLE, self._throttle_wanted)
+        handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._stop_overdue)
         try:
             if self.metrics_sockets:
                 self._start(EXPORTER)
@@ -150,6 +153,7 @@ class Workers:
                 self._start(index)
             self._supervise()
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self.close()
@@ -173,8 +177,17 @@ class Workers:
         if not self.stopping:
             log.info("%s: stopping %d worker(s)", signal.Signals(signum).name,
                      len(workers))
+            signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)  # then _stop_overdue
         self.stopping = True
         self._send(signal.SIGTERM, list(self.children))
+
+    def _stop_overdue(self, _signum: int, _frame) -> None:
+        """SIGALRM, ``STOP_GRACE`` seconds after the stop began: kill what still runs (a
+        worker stops its sessions and deliveries cleanly, which never takes that long)."""
+        if self.children:
+            log.error("%d process(es) still running %.0f s after the stop began: killing "
+                      "them", len(self.children), STOP_GRACE)
+            self._send(signal.SIGKILL, list(self.children))
 
     def _throttle_wanted(self, _signum: int, _frame) -> None:
         """Start the AUTH throttle the first time a worker asks (then it is supervised)."""
@@ -236,11 +249,13 @@ class Workers:
     def _child(self, index: int) -> None:
         status = 1
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's stop: at once
+            # the parent's stop: at once until a worker serves, then a clean stop
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             # Ctrl-C reaches the whole process group: the parent stops the workers
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS - {signal.SIGHUP})
-            event_loop.run(self._work(index), self.config.event_loop, announce=False)
+            event_loop.run(self._work(index), self.config.event_loop, announce=False,
+                           stop_on_sigterm=index >= 0)
             status = 0
         except BaseException:  # noqa: BLE001 - logged; the parent starts it again
             log.exception("%s failed", _name(index))

@@ -1,0 +1,59 @@
+"""SIGTERM (what systemd and `kill` send) stops `vsl serve` cleanly, as Ctrl-C does: each
+server logs `stopping` and `stopped`, the sessions it cuts their `disconnect`, and the
+process exits 0. With workers, the parent kills a worker that has not stopped
+STOP_GRACE seconds after the stop began."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.support.crash import VslProcess, write_config
+from tests.support.mailsink import free_port
+from tests.support.smtp_tools import Raw, wait_for
+from tests.support.workers import serve_two, worker_pids
+from vsl.server.workers import STOP_GRACE
+
+
+def test_sigterm_stops_one_process_cleanly(tmp_path):
+    port = free_port()
+    vsl = VslProcess(write_config(tmp_path, port, "mx.stop.test", ""), port, tmp_path)
+    vsl.start()
+    try:
+        raw = Raw(port)
+        assert raw.cmd("EHLO c.test")[0] == 250
+        assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # a transaction under way
+        vsl.proc.send_signal(signal.SIGTERM)
+        assert vsl.proc.wait(10) == 0
+        log = vsl.log.read_text()
+        assert log.index(": stopping\n") < log.index(": stopped\n"), log
+        assert "disconnect from unknown[127.0.0.1] ehlo=1 mail=1" in log
+        raw.close()
+    finally:
+        vsl.stop()
+
+
+def test_sigterm_stops_the_workers_cleanly_and_kills_one_that_hangs(tmp_path):
+    vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
+    try:
+        pids = worker_pids(vsl)
+        assert wait_for(lambda: all(f"vsl.server[{pid}]: started:" in vsl.log.read_text()
+                                    for pid in pids.values()), timeout=10)  # both serve
+        os.kill(pids[1], signal.SIGSTOP)  # worker 1 hangs: it cannot act on SIGTERM
+        began = time.monotonic()
+        vsl.proc.send_signal(signal.SIGTERM)
+        assert vsl.proc.wait(STOP_GRACE + 10) == 0
+        took = time.monotonic() - began
+        assert STOP_GRACE - 1 < took < STOP_GRACE + 5
+        log = vsl.log.read_text()
+        assert f"vsl.server[{pids[0]}]: stopped" in log
+        assert f"vsl.server[{pids[1]}]: stopped" not in log
+        assert f"still running {STOP_GRACE:.0f} s after the stop began: killing them" in log
+        for pid in pids.values():
+            try:
+                os.kill(pid, 0)
+                raise AssertionError(f"worker {pid} still runs")
+            except ProcessLookupError:
+                pass
+    finally:
+        vsl.stop()
