@@ -237,9 +237,23 @@ def _environment_url(name: str) -> str:
     return text
 
 
+def default_hostname() -> str:
+    """This machine's name when ``server.hostname`` is unset: ``gethostname()`` when it has
+    a dot; else the FQDN the resolver gives it (``/etc/hosts``), unless that is a
+    ``localhost`` name (containers and Debian map the host name to 127.0.0.1 after
+    ``localhost``); else the name with ``.localdomain``, as Postfix's ``myhostname``."""
+    name = socket.gethostname()
+    if "." in name:
+        return name
+    fqdn = socket.getfqdn(name)
+    if "." in fqdn and fqdn.split(".")[0].lower() not in ("localhost", "ip6-localhost"):
+        return fqdn
+    return f"{name}.localdomain"
+
+
 @dataclass(frozen=True)
 class Config:
-    hostname: str = field(default_factory=socket.getfqdn)
+    hostname: str = field(default_factory=lambda: default_hostname())
     local_domains: tuple[str, ...] | None = None  # None (unset): the hostname; (): none
     scripts: Path | None = None          # directory holding main.vsl; None: no policy script
     queue_dir: Path = Path("queue")

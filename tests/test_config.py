@@ -12,7 +12,8 @@ import pytest
 from vsl.server import config as config_module
 from vsl.server.config import (AUTO_WORKERS_MAX, DEFAULT_FALLBACK, AuthConfig, BounceConfig,
                                Config, ConfigError, DeliveryConfig, DnsConfig, Listener,
-                               SmtpLimits, TlsConfig, auto_workers, from_dict, load, parse_listen)
+                               SmtpLimits, TlsConfig, auto_workers, default_hostname, from_dict,
+                               load, parse_listen)
 from vsl.stdlib.support.mail import HeaderLimits
 from vsl.limits import Limits
 
@@ -158,10 +159,23 @@ def test_auto_is_one_worker_where_workers_cannot_share_their_counts(cpus, monkey
     assert cpus(4, None) == 1
 
 
+@pytest.mark.parametrize("name, fqdn, chosen", [
+    ("mx1.example.com", "localhost", "mx1.example.com"),
+    ("mx1", "mx1.example.com", "mx1.example.com"),        # /etc/hosts: 127.0.1.1 mx1.example.com mx1
+    ("vm", "localhost", "vm.localdomain"),                # /etc/hosts: 127.0.0.1 localhost, vm
+    ("vm", "localhost.localdomain", "vm.localdomain"),
+    ("vm", "vm", "vm.localdomain"),                       # as Postfix's myhostname
+])
+def test_the_default_hostname_is_never_localhost(monkeypatch, name, fqdn, chosen):
+    monkeypatch.setattr(socket, "gethostname", lambda: name)
+    monkeypatch.setattr(socket, "getfqdn", lambda _name="": fqdn)
+    assert default_hostname() == chosen
+
+
 def test_no_file_gives_the_defaults():
     config = load(None)
     assert config == Config(hostname=config.hostname)
-    assert config.hostname == socket.getfqdn()
+    assert config.hostname == default_hostname()
     assert config.domains == (config.hostname.lower(),)
     assert config.scripts is None
     assert config.queue_dir == Path("queue")

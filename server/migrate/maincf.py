@@ -11,15 +11,16 @@ that service alone: the translation takes those of the port-25 SMTP server only
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..config import default_hostname
 
 # `postconf -d` at compatibility_level 3.6, for the parameters the translation reads.
 DEFAULTS = {
     "compatibility_level": "0",
     "mail_name": "Postfix",
-    "myhostname": "",  # the machine's FQDN (see PostfixConfig.value)
+    "myhostname": "",  # vsl serve's default_hostname() (see PostfixConfig.raw)
     "mydomain": "",    # myhostname without its first label
     "myorigin": "$myhostname",
     "mydestination": "$myhostname, localhost.$mydomain, localhost",
@@ -206,7 +207,7 @@ class PostfixConfig:
         if name == "config_directory" and self.directory is not None:
             return str(self.directory)  # as `postfix -c DIRECTORY` sets it
         if name == "myhostname":
-            return socket.getfqdn()
+            return default_hostname()
         if name == "mydomain":
             host = self.value("myhostname")
             return host.partition(".")[2] or "localdomain"
