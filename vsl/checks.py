@@ -101,6 +101,7 @@ class Checker:
             for fn in self.module.functions:
                 if fn.name in self.entries.names and len(fn.params) == 1:
                     self.check_returns(fn)
+                self.check_discarded(fn.body, used=True)
         return self.out
 
     # -- entry point names --------------------------------------------------
@@ -311,11 +312,43 @@ class Checker:
 
     # -- what entry points return ---------------------------------------------
     def check_returns(self, fn: ast.FnDef) -> None:
-        for value, pos in returned_values(fn):
+        for value, pos, note in returned_values(fn):
             found = value_type(value, self.type_of)
             if found is not None and found != self.entries.returns.vsl_type:
                 self.error(self.entries.code("{kind}-return"),
-                           _return_message(fn.name, found, self.entries), pos)
+                           _return_message(fn.name, found, self.entries, note), pos)
+
+
+    def check_discarded(self, block: ast.Block, used: bool) -> None:
+        """A warning for each value of the type entry points return (a status) made where
+        it is dropped: ``if bad { status::deny(...); } status::next()`` accepts. ``used``:
+        whether ``block``'s value is (a function's body is returned, a loop's is not)."""
+        last = len(block.body) - 1
+        for i, stmt in enumerate(block.body):
+            if isinstance(stmt, ast.ExprStmt):
+                self._check_discarded_expr(stmt.expr, used and i == last)
+            elif isinstance(stmt, (ast.While, ast.For, ast.Loop)):
+                self.check_discarded(stmt.body, used=False)
+            elif isinstance(stmt, ast.Try):
+                self.check_discarded(stmt.body, used=False)
+                self.check_discarded(stmt.handler, used=False)
+
+    def _check_discarded_expr(self, e, used: bool) -> None:
+        if isinstance(e, ast.Block):
+            self.check_discarded(e, used)
+        elif isinstance(e, ast.If):
+            for body in (*(body for _, body in e.branches), e.orelse):
+                if body is not None:
+                    self.check_discarded(body, used)
+        elif isinstance(e, ast.Switch):
+            for arm in e.arms:
+                self._check_discarded_expr(arm.body, used)
+        elif not used and self.type_of(e) is self.entries.returns:
+            kind = self.entries.returns.vsl_type
+            self.report("warning", f"discarded-{kind}",
+                        f"this {kind} is dropped: only the value a function returns counts "
+                        f"(write `return ...;`, or make it the function's last expression)",
+                        e.pos)
 
 
 class Guard(IntEnum):
@@ -391,35 +424,58 @@ def _places(node: ast.Node, where: Where) -> list[tuple]:
     return [(getattr(node, name), where) for name in node_fields(type(node))]
 
 
-def _return_message(name: str, found: str, entries: EntryPoints) -> str:
+def _return_message(name: str, found: str, entries: EntryPoints, note: str = "") -> str:
     hint = f" (use {entries.return_hint})" if entries.return_hint else ""
-    return f"{name} returns {_article(found)}, not {_article(entries.returns.vsl_type)}{hint}"
+    why = f": {note}" if note else ""
+    return f"{name} returns {_article(found)}, not {_article(entries.returns.vsl_type)}" \
+        f"{why}{hint}"
 
 
 def returned_values(fn: ast.FnDef) -> list[tuple]:
-    """(expression, position) of every value ``fn`` can return (None: ``return;``)."""
-    found = [(s.value, s.pos) for s in nodes(fn.body, closures=False)
+    """(expression, position, note) of every value ``fn`` can return: None for ``()``, by
+    ``return;`` or by running off its end, which ``note`` then explains."""
+    found = [(s.value, s.pos, "") for s in nodes(fn.body, closures=False)
              if isinstance(s, ast.Return)]
-    return found + [(e, e.pos) for e in _tails(fn.body)]
+    return found + list(_tails(fn.body, fn.pos))
 
 
-def _tails(block: ast.Block):
-    """The expressions whose value is the value of ``block`` (through if/switch)."""
-    if not block.body or not isinstance(block.body[-1], ast.ExprStmt):
+def _tails(block: ast.Block, pos):
+    """(expression, position, note) for each way control reaches the end of ``block``
+    with its value: its last expression (through if/switch), or None (``()``) where it
+    ends without one. ``pos``: where ``block`` starts."""
+    if not block.body:
+        yield None, pos, "an empty body gives ()"
         return
-    e = block.body[-1].expr
+    last = block.body[-1]
+    if isinstance(last, (ast.Return, ast.Throw, ast.Loop)):
+        return  # no end to reach (a loop's `break` is not followed)
+    if isinstance(last, ast.Try):
+        if any(True for _ in (*_tails(last.body, last.pos), *_tails(last.handler, last.pos))):
+            yield None, last.pos, "a `try` statement gives ()"
+        return
+    if not isinstance(last, ast.ExprStmt):
+        yield None, last.pos, "a body ending in a statement gives ()"
+        return
+    e = last.expr
     if isinstance(e, ast.Block):
-        yield from _tails(e)
+        yield from _tails(e, e.pos)
     elif isinstance(e, ast.If):
         for _, body in e.branches:
-            yield from _tails(body)
+            yield from _tails(body, body.pos)
         if e.orelse is not None:
-            yield from _tails(e.orelse)
+            yield from _tails(e.orelse, e.orelse.pos)
+        else:
+            yield None, e.pos, "an `if` without `else` gives () when no branch is taken"
     elif isinstance(e, ast.Switch):
         for arm in e.arms:
-            yield from _tails(arm.body) if isinstance(arm.body, ast.Block) else (arm.body,)
+            if isinstance(arm.body, ast.Block):
+                yield from _tails(arm.body, arm.body.pos)
+            else:
+                yield arm.body, arm.body.pos, ""
+        if not any(ast.WILDCARD in arm.patterns and arm.guard is None for arm in e.arms):
+            yield None, e.pos, "a `switch` without a `_` arm gives () when no arm matches"
     else:
-        yield e
+        yield e, e.pos, ""
 
 
 def value_type(e, type_of) -> str | None:
@@ -452,7 +508,7 @@ def wrong_return(script, entries: EntryPoints, name: str, value) -> str | None:
         function = native.functions.get(e.name) if native else None
         return function.returns if function else None
 
-    sites = [pos for e, pos in returned_values(fn)
+    sites = [pos for e, pos, _ in returned_values(fn)
              if value_type(e, native_class) in (None, found)]
     line, col = sites[0] if len(sites) == 1 else fn.pos
     return f"{script.file}:{line}:{col}: " + \
