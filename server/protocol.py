@@ -24,7 +24,7 @@ from . import logids, metrics
 from .config import LISTENER_KINDS, Listener
 from .implicit_tls import handshake_failed
 from .logevents import event
-from .replies import UNKNOWN_COMMAND, postfix_words
+from .replies import TOO_MANY_RECIPIENTS, UNKNOWN_COMMAND, postfix_words
 from .services import SessionServices
 from .session import COMMAND_STAGES, Session, connection_addresses, log_client_gone
 from .smtp import FastSMTP
@@ -47,6 +47,9 @@ REPLY_HEAD = 16  # bytes of a reply that hold its code and enhanced code ("550 5
 REPLY_SERIES = 512  # replies' series remembered by their first bytes (count_reply)
 _reply_series: dict[tuple, metrics.Series] = {}
 REPLY_BUFFER = 64 * 1024  # bytes of replies a client may leave unread
+RECIPIENT_OVERSHOOT = 1000  # Postfix's smtpd_recipient_overshoot_limit
+_TOO_MANY_RECIPIENTS = TOO_MANY_RECIPIENTS.encode()
+NOT_POSTFIX = ("HELP", "EXPN")  # aiosmtpd's commands that Postfix's smtpd does not have
 BAD_SEQUENCE = "503 5.5.1 Error: bad sequence of commands"  # Postfix's
 # After a 554 greeting: the commands answered (postscreen_command_count_limit), and the
 # seconds the whole session may last (postscreen allows 10 s a command under stress).
@@ -130,11 +133,12 @@ def _unread_bytes(fd: int) -> int:
     return unread[0]
 
 
-def _unless_idle(command):
-    """The SMTP command method ``command``, not run when the session is idle too long or
-    already hung up (commands a client pipelined behind the one that ended it). The time
-    from the command to its first reply is the server's, not the client's idling."""
-    name = command.__name__.removeprefix("smtp_")
+def _unless_idle(command, name: str = ""):
+    """The SMTP command method ``command`` (of the command ``name``, else its own name's),
+    not run when the session is idle too long or already hung up (commands a client
+    pipelined behind the one that ended it). The time from the command to its first reply
+    is the server's, not the client's idling."""
+    name = name or command.__name__.removeprefix("smtp_")
 
     @functools.wraps(command)
     async def run(self: "Protocol", arg):
@@ -148,12 +152,27 @@ def _unless_idle(command):
     return run
 
 
+class _Commands(dict):
+    """Command name -> method; a name not known gets ``unknown``. So aiosmtpd's own budget
+    of 5 unknown commands a session, which hung up before Postfix's error limit, never
+    applies, nor its WARNING log line for each."""
+
+    def __init__(self, methods: dict, unknown):
+        super().__init__((name, method) for name, method in methods.items()
+                         if name not in NOT_POSTFIX)
+        self.unknown = unknown
+
+    def get(self, name, default=None):
+        return super().get(name, self.unknown)
+
+
 def _idle_checked(cls: type) -> type:
     """``cls`` with every SMTP command but QUIT checked for idleness before it runs, so an
     idle session holds its slot at most ``limits.idle_session`` plus one command timeout."""
     for name in dir(cls):
         if name.startswith("smtp_") and name != "smtp_QUIT":
             setattr(cls, name, _unless_idle(getattr(cls, name)))
+    cls.unknown_command = _unless_idle(cls.unknown_command, "UNKNOWN")  # Postfix's word
     return cls
 
 
@@ -197,6 +216,7 @@ class Protocol(FastSMTP):
                  accepted: tuple[tuple, tuple] | None = None):
         self.settings, self.listener = services.settings, listener
         self.errors = 0
+        self.overshoot = 0  # recipients refused past limits.recipients (see _overshoot)
         self.junk = 0  # NOOP, RSET, VRFY, HELO, EHLO since the last accepted message
         self.moved_mail_at = monotonic()  # the start, then the last accepted message, ...
         self.busy = 0.0  # seconds the server spent on commands since then (stages, look-ups)
@@ -219,6 +239,7 @@ class Protocol(FastSMTP):
             auth_require_tls=authenticator.requires_tls(implicit_tls),
             auth_exclude_mechanism=authenticator.excluded_mechanisms())
         handler.protocol = self
+        self._smtp_methods = _Commands(self._smtp_methods, self.unknown_command)
 
     def connection_made(self, transport) -> None:
         first = self.transport is None
@@ -282,8 +303,18 @@ class Protocol(FastSMTP):
         if reply.startswith(b"421"):  # RFC 5321 §3.8: the server closes after a 421
             if self.transport is not None:
                 self.transport.close()
-        elif reply[:1] in (b"4", b"5"):
+        elif reply[:1] in (b"4", b"5") and not self._overshoot(reply):
             self._count_error()
+
+    def _overshoot(self, reply: bytes) -> bool:
+        """Whether ``reply`` refuses a recipient past ``limits.recipients`` and is not an
+        error yet: as Postfix, the first RECIPIENT_OVERSHOOT of a session are not, so a
+        client sending 150 recipients gets the rest refused for a later transaction
+        (RFC 5321 4.5.3.1.8) rather than the error limit's hang-up."""
+        if not reply.startswith(_TOO_MANY_RECIPIENTS):
+            return False
+        self.overshoot += 1
+        return self.overshoot <= RECIPIENT_OVERSHOOT
 
     def _count_error(self) -> None:
         """One more error: at the error limit, say 421 and hang up."""
@@ -435,8 +466,8 @@ class Protocol(FastSMTP):
             handshake_failed(self.event_handler.peer_ip, self.listener.kind, error.__cause__)
             raise
 
-    async def smtp_HELP(self, arg: str):
-        """Postfix has no HELP command."""
+    async def unknown_command(self, arg: str) -> None:
+        """A command Postfix does not know (a 5xx reply: the error limit counts it)."""
         await self.push(UNKNOWN_COMMAND)
 
     async def smtp_QUIT(self, arg: str):

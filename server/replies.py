@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
 _UNKNOWN = re.compile(r"500 Error: command [\"'][^\"']*[\"'] not recognized")
 
 _ANY_COMMAND = {

@@ -28,6 +28,7 @@ from .logevents import event, reply_codes
 from .printable import printable
 from .queue_backend import QueueError, new_id
 from .received import protocol, received
+from .replies import TOO_MANY_RECIPIENTS
 from .services import SessionServices
 
 log = logging.getLogger("vsl.smtp")
@@ -317,7 +318,7 @@ class Session:
     def _recipient(self, envelope, address: str) -> Mailbox | str:
         """The recipient of a RCPT TO, or the reply refusing it before any policy."""
         if len(envelope.rcpt_tos) >= self.settings.limits.recipients:
-            return "452 4.5.3 Error: too many recipients"
+            return TOO_MANY_RECIPIENTS  # not an error, up to RECIPIENT_OVERSHOOT (protocol)
         try:
             rcpt = Mailbox("postmaster", self.settings.hostname) \
                 if address.lower() == "postmaster" else Mailbox.parse(address)

@@ -38,7 +38,8 @@ BIG_MESSAGE = "Subject: big\r\n\r\n" + ("x" * 70 + "\r\n") * 400 + "."
 # Each conversation: the commands sent after the greeting, one reply each (until the
 # server closes). In turn: unknown and malformed commands; no HELO; commands out of order;
 # MAIL's syntax and parameters; RCPT's; the recipient limit and DATA's syntax; a message too
-# big; VRFY, HELP, QUIT; STARTTLS without TLS; null addresses; the error limit; the timeout.
+# big; recipients past the limit (not errors); VRFY, HELP, EXPN, TURN, QUIT; STARTTLS without
+# TLS; null addresses; the error limit, unknown commands to it; the timeout.
 CONVERSATIONS = [
     ["FOO bar", "HELO", "EHLO", "HELO client.example.test", "NOOP", "NOOP ignored",
      "RSET", "RSET now", "QUIT"],
@@ -58,11 +59,14 @@ CONVERSATIONS = [
      "RCPT TO:<dave@example.test>", "DATA x", "DATA", MESSAGE, "QUIT"],
     ["EHLO client.example.test", "MAIL FROM:<alice@example.org>",
      "RCPT TO:<bob@example.test>", "DATA", BIG_MESSAGE, "NOOP", "QUIT"],
+    ["EHLO client.example.test", "MAIL FROM:<alice@example.org>"]     # recipients past the
+    + [f"RCPT TO:<r{n}@example.test>" for n in range(14)] + ["DATA", MESSAGE, "QUIT"],  # limit
     ["EHLO client.example.test", "VRFY", "VRFY bob@example.test", "HELP", "HELP MAIL",
-     "QUIT now"],
+     "EXPN", "EXPN staff", "TURN", "QUIT now"],
     ["EHLO client.example.test", "STARTTLS", "QUIT"],
     ["EHLO client.example.test", "MAIL FROM:<>", "RCPT TO:<>", "RSET", "QUIT"],
     ["EHLO client.example.test"] + ["RCPT TO:<bob@example.test>"] * 10 + ["NOOP"],
+    ["EHLO client.example.test"] + ["EXPN staff", "FOO"] * 5 + ["NOOP"],
     ["EHLO client.example.test", WAIT],
 ]
 QUEUE_ID = re.compile(r"(queued as) \S+")
