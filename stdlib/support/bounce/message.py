@@ -111,7 +111,11 @@ INLINE_REPORT = re.compile(r"^(?:>[ \t]?)?(?:Reporting-MTA|Final-Recipient|Origi
 # A per-recipient field (RFC 3464 §2.3.1, §2.3.2): a field block that has one is read.
 RECIPIENT_FIELD = re.compile(r"^(?:Final|Original)-Recipient[ \t]*:", re.M | re.I)
 # A line that may be a MIME boundary (RFC 2046 §5.1.1), or a blank line.
-SECTION_LINE = re.compile(rb"^(?:(--)|\r?$)", re.M)
+# a boundary or blank line, after a line end as the email parser splits them (CRLF, CR, LF)
+SECTION_LINE = re.compile(rb"(?:\A|\r\n|\r(?!\n)|\n)(?:(--)|(?=[\r\n]|\Z))")
+# codecs Python has that are no character set; punycode decodes in quadratic time
+NOT_CHARSETS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape",
+                          "undefined"})
 # The fields that tell an inline report from a quoted one (RFC 3464 §2.2.2, §2.3.3, §2.3.4).
 REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", re.M | re.I)
 # A 2-byte run of ISO-2022-JP(-2) text (RFC 1468, RFC 1554): from its escape to the next.
@@ -540,25 +544,40 @@ def _unfold(value) -> str:
 
 
 def _decoded_header(value) -> str:
+    """A header field's value with its RFC 2047 encoded words decoded (one naming no
+    character set is read as Latin-1, which decodes any bytes)."""
     import email.header
 
     try:
-        return str(email.header.make_header(email.header.decode_header(str(value))))
+        words = [(chunk, charset if charset is None or _charset_codec(charset) else "latin-1")
+                 for chunk, charset in email.header.decode_header(str(value))]
+        return str(email.header.make_header(words))
     except (ValueError, LookupError, UnicodeError):
         return str(value)
 
 
+def _charset_codec(charset: str) -> str | None:
+    """The codec of a declared character set, None when Python has none or what it has
+    is no character set (``punycode``, ``unicode_escape``, ``base64``, ...)."""
+    try:
+        info = codecs.lookup(charset)
+    except (LookupError, ValueError):
+        return None
+    if not getattr(info, "_is_text_encoding", True) or info.name in NOT_CHARSETS:
+        return None
+    return info.name
+
+
 def _decoded_payload(part) -> str:
     """A text part's body, decoded by its declared charset; one declared as none or as
-    US-ASCII (which some Japanese MTAs declare over ISO-2022-JP) is sniffed."""
+    US-ASCII (which some Japanese MTAs declare over ISO-2022-JP), or as no character set
+    Python knows, is sniffed."""
     data = (part.get_payload(decode=True) or b"")[:MAX_MESSAGE]
     charset = part.get_content_charset()
-    if charset in (None, "us-ascii"):
+    codec = _charset_codec(charset) if charset not in (None, "us-ascii") else None
+    if codec is None:
         return _sniffed(data)
-    try:
-        return data.decode(charset, "replace")
-    except (LookupError, UnicodeError):
-        return _sniffed(data)
+    return data.decode(codec, "replace")
 
 
 def _strip_tags(html: str) -> str:
