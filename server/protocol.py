@@ -450,7 +450,7 @@ class Protocol(FastSMTP):
 
     async def _vrfy(self, arg: str | None) -> None:
         """Postfix's answer to VRFY: 252 and the address as given, nothing verified."""
-        if not arg:
+        if not arg or not arg.split():  # "\x1c" or an ideographic space: no address
             await self.push("501 5.5.4 Syntax: VRFY address [SMTPUTF8]")
         else:
             await self.push(f"252 2.0.0 {arg.split()[0]}")
@@ -476,6 +476,19 @@ class Protocol(FastSMTP):
         self.counts.issued("QUIT")
         self.counts.answered("QUIT", True)
         await super().smtp_QUIT(None)
+
+    async def smtp_AUTH(self, arg: str):
+        """AUTH; an argument of only (Unicode) white space has no mechanism."""
+        await super().smtp_AUTH(arg if not arg or arg.split() else "")
+
+    def _getparams(self, params):
+        """aiosmtpd's ESMTP parameters, with a SIZE= not of ASCII digits (RFC 1870:
+        ``1*20DIGIT``; ``SIZE=²`` raised in ``int``) made one MAIL refuses."""
+        found = super()._getparams(params)
+        size = found.get("SIZE") if found else None
+        if isinstance(size, str) and not (size.isascii() and size.isdigit()):
+            found["SIZE"] = "NaN"
+        return found
 
     async def smtp_RCPT(self, arg: str):
         """RCPT: before MAIL (even before HELO), Postfix's "need MAIL command"."""

@@ -77,5 +77,5 @@ def _unsupported(command: str | None, argument: str | None) -> str:
 
 def _bad_size(argument: str | None) -> bool:
     """Whether a MAIL argument's SIZE= is not a number."""
-    return any(p.upper().startswith("SIZE=") and not p[5:].isdigit()
+    return any(p.upper().startswith("SIZE=") and not (p[5:].isascii() and p[5:].isdigit())
                for p in _parameters(argument))

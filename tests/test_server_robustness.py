@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import pytest
 
-from vsl.server.config import Listener, SmtpLimits
+from vsl.server.config import AuthConfig, Listener, SmtpLimits
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import (Raw, all_messages, normal_session, queued_id, spool_files,
-                                      tls_setup, wait_for)
+                                      tls_setup, users_file, wait_for)
 from tests.support.tools import require
 
 
@@ -210,6 +210,27 @@ def test_nul_bytes(tmp_path):
 
 
 # ---- protocol order -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command, reply", [
+    ("VRFY \x1c", "501 5.5.4 Syntax: VRFY address [SMTPUTF8]"),    # str.split() white space
+    ("VRFY \u3000", "501 5.5.4 Syntax: VRFY address [SMTPUTF8]"),  # an ideographic space
+    ("AUTH \x1c", "501 5.5.4 Syntax: AUTH mechanism"),
+    ("MAIL FROM:<a@example.org> SIZE=\u00b2", "501 5.5.4 Bad message size syntax"),  # int() fails
+    ("MAIL FROM:<a@example.org> SIZE=\u0663\u0663", "501 5.5.4 Bad message size syntax"),
+])
+def test_unicode_white_space_and_digits_are_syntax_errors(tmp_path, caplog, command, reply):
+    """Python's str.split() and str.isdigit() take characters that are no SMTP white space
+    or digit (RFC 5321, RFC 1870: ASCII only): each such command was an internal error,
+    421 and a traceback, or a SIZE of Arabic-Indic digits was accepted."""
+    auth = AuthConfig(users_file=users_file(tmp_path, alice="secret"), allow_plaintext=True)
+    with running(config_for(tmp_path, auth=auth)) as server:
+        with Raw(server) as raw:
+            assert raw.cmd("EHLO c.test")[0] == 250
+            code, text = raw.cmd(command.encode())
+            assert f"{code} {text.decode()}" == reply
+            assert raw.cmd("MAIL FROM:<a@example.org>")[0] == 250  # the session goes on
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+
 
 def test_commands_out_of_order(tmp_path):
     with running(config_for(tmp_path)) as server:
