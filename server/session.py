@@ -201,13 +201,16 @@ class Session:
                                               else None)
         if credentials is None:
             return None  # the exchange already replied (cancelled or malformed)
-        user, password = credentials
+        authzid, user, password = credentials
         throttle = self.authenticator.throttle
         if not await throttle.begin(self.peer_ip, user):
             self._auth_event(logging.WARNING, "locked", "unknown[%s]: SASL %s login locked out",
                              self.peer_ip, mechanism, mechanism=mechanism)
             return self._reject("AUTH", AUTH_LOCKED)
         try:
+            if authzid not in ("", user):  # RFC 4616 2: acting for another is not allowed
+                self._login_failed(mechanism, user)
+                return AUTH_FAILED
             return await self._login(session, mechanism, user, password)
         finally:
             throttle.end(self.peer_ip, user)
@@ -256,15 +259,17 @@ class Session:
               result=result, **fields)
 
     async def _credentials(self, server, mechanism: str, initial: str | None):
-        """(user, password) from a PLAIN or LOGIN exchange, or None after an error reply."""
+        """(authorization identity, user, password) from a PLAIN or LOGIN exchange (LOGIN
+        has no authorization identity: ""), or None after an error reply."""
         try:
             if mechanism == "PLAIN":
                 blob = b64decode(initial, validate=True) if initial else \
                     await server.challenge_auth("")
                 if blob is MISSING:
                     return None
-                _, user, password = blob.split(b"\0")
+                authzid, user, password = blob.split(b"\0")
             else:
+                authzid = b""
                 user = b64decode(initial, validate=True) if initial else \
                     await server.challenge_auth("Username:")
                 if user is MISSING:
@@ -272,7 +277,7 @@ class Session:
                 password = await server.challenge_auth("Password:")
                 if password is MISSING:
                     return None
-            return user.decode("utf-8"), password.decode("utf-8")
+            return authzid.decode("utf-8"), user.decode("utf-8"), password.decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             await server.push("501 5.5.2 Cannot decode the credentials")
             return None

@@ -327,6 +327,22 @@ def test_allow_plaintext_offers_auth_without_tls(tmp_path):
     assert received_with(data) == "ESMTPA"
 
 
+def test_auth_plain_acting_for_another_user_fails(tmp_path, caplog):
+    """RFC 4616 2: an authorization identity other than the user's own is refused (no one
+    may act for another here); the user's own, or none, logs in."""
+    users = users_file(tmp_path, alice="secret", bob="other")
+    config = config_for(tmp_path, auth=AuthConfig(users_file=users, allow_plaintext=True))
+    with running(config) as server:
+        with client(server) as smtp:
+            smtp.ehlo()
+            code, text = smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret', authz='bob')}")
+            assert (code, text) == (535, b"5.7.8 Error: authentication failed: "
+                                         b"authentication failure")
+            assert smtp.docmd("AUTH", f"PLAIN {plain('alice', 'secret', authz='alice')}")[0] \
+                == 235
+    assert "SASL PLAIN authentication failed" in caplog.text
+
+
 def test_auth_mechanisms_are_configurable(tmp_path):
     users = users_file(tmp_path, alice="secret")
     config = config_for(tmp_path, auth=AuthConfig(mechanisms=("LOGIN",), users_file=users,
