@@ -25,7 +25,7 @@ from vsl.engine import Engine
 
 from .admission import Admission
 from .authenticator import Authenticator
-from .config import Config, Listener
+from .config import Config, Listener, warn_if_changed
 from .delivery import Delivery
 from .delivery_hook import FailureHook
 from .exporter import Exporter
@@ -180,7 +180,10 @@ class Server:
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; reload the scripts on SIGHUP and when they change."""
-        self._tasks.append(self.policy.follow_changes())
+        # one process: its SIGHUP is the operator's (with workers, the parent's is)
+        self._tasks.append(self.policy.follow_changes(
+            on_sighup=(lambda: warn_if_changed(self.config)) if self.config.workers == 1
+            else None))
         serving = [s.serve_forever() for s in self.servers] or \
             [asyncio.Event().wait()]  # no listener (no receiver): until cancelled
         try:

@@ -7,6 +7,7 @@ reported at once, one a line, an unknown key with the nearest known one and the 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -273,6 +274,9 @@ class Config:
     queue: QueueConfig = QueueConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    # the file it was read from, and a digest of its bytes then (see warn_if_changed)
+    file: Path | None = field(default=None, compare=False, repr=False)
+    file_digest: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def state_path(self) -> Path:
@@ -345,16 +349,35 @@ def load(path: str | Path | None) -> Config:
         return Config()
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
     try:
-        return from_dict(data, base=path.parent)
+        config = from_dict(data, base=path.parent)
     except ConfigError as err:
         raise ConfigError("\n".join(f"{path}: {line}" for line in str(err).splitlines())) \
             from None
+    return replace(config, file=path, file_digest=hashlib.sha256(raw).digest())
+
+
+def warn_if_changed(config: Config) -> None:
+    """At SIGHUP, which reloads the scripts only: a warning when the file ``config`` was
+    read from says something else now (``postfix reload`` would read main.cf again; the
+    listeners, workers and queue of a running server cannot change)."""
+    if config.file is None:
+        return
+    try:
+        changed = hashlib.sha256(config.file.read_bytes()).digest() != config.file_digest
+    except OSError:
+        changed = True
+    if changed:
+        log.warning("%s changed since vsl serve started: SIGHUP reloads the scripts only; "
+                    "restart vsl serve to apply it", config.file)
 
 
 class _Problems:

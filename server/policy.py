@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from vsl.stdlib.ctx import entry_points
@@ -100,11 +101,16 @@ class Policy:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def follow_changes(self) -> asyncio.Task:
-        """Reload on SIGHUP (when serving in the main thread) and whenever a script
-        changes: the watcher's task, to cancel when serving ends."""
+    def follow_changes(self, on_sighup: Callable[[], None] | None = None) -> asyncio.Task:
+        """Reload on SIGHUP (when serving in the main thread; ``on_sighup`` called first)
+        and whenever a script changes: the watcher's task, to cancel when serving ends."""
+        def sighup() -> None:
+            if on_sighup is not None:
+                on_sighup()
+            self.request_reload()
+
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request_reload)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, sighup)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (uvloop: ValueError), or no signals here
         return asyncio.ensure_future(self.watch())

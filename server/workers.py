@@ -41,7 +41,7 @@ from dataclasses import replace
 
 from . import event_loop, metrics
 from .app import ALL_ROLES, Server, recover_queue
-from .config import Config, Listener, parse_listen
+from .config import Config, Listener, parse_listen, warn_if_changed
 from .exporter import serve_exporter
 from .open_files import raise_open_files_limit
 from .queues import open_queue
@@ -172,6 +172,7 @@ class Workers:
         workers = [pid for pid, index in self.children.items() if index >= 0]
         if signum == signal.SIGHUP:
             log.info("SIGHUP: reloading the scripts in %d worker(s)", len(workers))
+            warn_if_changed(self.config)
             self._send(signal.SIGHUP, workers)
             return
         if not self.stopping:

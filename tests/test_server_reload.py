@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.crash import stop_process
+from tests.support.crash import VslProcess, stop_process, write_config
 from tests.support.mailsink import free_port
 from tests.support.servers import config_for, running
 from tests.support.smtp_tools import client, wait_for
@@ -192,3 +192,25 @@ def test_sighup_reloads_a_running_vsl_serve(tmp_path):
         stop_process(proc)
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_warns_that_a_changed_config_file_needs_a_restart(tmp_path, workers):
+    """SIGHUP reloads the scripts, not vsl.toml (listeners, workers and queue cannot change
+    under a running server): when the file changed, a warning says to restart, once."""
+    port = free_port()
+    config = write_config(tmp_path, port, "mx.reload.test", "", workers=workers)
+    vsl = VslProcess(config, port, tmp_path)
+    vsl.start()
+    try:
+        warning = f"{config} changed since vsl serve started: SIGHUP reloads the scripts only"
+        assert wait_for(lambda: vsl.log.read_text().count(" started: ") == workers, 10)
+        vsl.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: vsl.log.read_text().count("scripts reloaded") == workers, 10)
+        assert warning not in vsl.log.read_text()
+        config.write_text(config.read_text().replace("[limits]", "[limits]\nerrors = 3"))
+        vsl.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: vsl.log.read_text().count("scripts reloaded") == 2 * workers, 10)
+        assert vsl.log.read_text().count(warning) == 1
+    finally:
+        vsl.stop()
