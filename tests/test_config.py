@@ -449,6 +449,14 @@ def test_missing_file_is_an_error(tmp_path):
     assert "nope.toml" in str(err.value) and "cannot read" in str(err.value)
 
 
+def test_a_file_not_in_utf_8_is_an_error(tmp_path):
+    path = tmp_path / "vsl.toml"
+    path.write_bytes(b'[server]\nhostname = "caf\xe9.test"\n')  # Latin-1
+    with pytest.raises(ConfigError, match=r"vsl.toml: not UTF-8 \(invalid continuation byte "
+                                          r"at byte 24\)"):
+        load(path)
+
+
 def test_invalid_toml_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load(write(tmp_path, "[limits\nrecipients = 3\n"))
