@@ -416,11 +416,21 @@ def from_dict(data: dict, base: Path = Path(".")) -> Config:
                 kwargs[name] = cls(**_section(table, name, schema, base, problems))
     for key, value in data.items():
         problems.messages.append(_unknown_top_level(key, value))
-    problems.raise_any()
-    config = Config(**kwargs)
-    problems.messages.extend(_conflicts(config))
+    # a section in error stays at its defaults, so that the others' conflicts are reported
+    # too; not its own (they would repeat its error in other words)
+    config, failed = Config(**kwargs), {_section_of(m) for m in problems.messages}
+    problems.messages.extend(m for m in _conflicts(config) if _section_of(m) not in failed)
     problems.raise_any()
     return config
+
+
+def _section_of(message: str) -> str:
+    """The section (or top-level key) a problem names first: "queue" of "queue.url: ..."."""
+    return re.split(r"[.:]", message, maxsplit=1)[0]
+
+
+DNS_CONFIGS = ("system", "google", "cloudflare", "quad9", "google_tls", "cloudflare_tls",
+               "quad9_tls")
 
 
 def _conflicts(config: Config) -> Iterator[str]:
@@ -431,9 +441,11 @@ def _conflicts(config: Config) -> Iterator[str]:
         yield "tls: certificate and key go together"
     if config.auth.lockout_max < config.auth.lockout:
         yield "auth.lockout_max: must be >= auth.lockout"
-    if config.dns.config not in ("system", "google", "cloudflare", "quad9", "google_tls",
-                                 "cloudflare_tls", "quad9_tls"):
-        yield f"dns.config: unknown resolver config '{config.dns.config}'"
+    if config.dns.config not in DNS_CONFIGS:
+        near = closest(config.dns.config, DNS_CONFIGS)
+        hint = f"did you mean '{near}'? " if near else ""
+        yield (f"dns.config: unknown resolver config '{config.dns.config}' ({hint}one of "
+               f"{', '.join(DNS_CONFIGS)})")
     yield from _state_conflicts(config.state)
     yield from _queue_conflicts(config)
     yield from _bounce_conflicts(config)

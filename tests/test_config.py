@@ -253,7 +253,8 @@ def test_the_full_example_covers_every_key():
         assert set(data[section]) == {f.name for f in fields(cls)}, section
     server_keys = {f.name for f in fields(Config)} - {"listen", "tls", "auth", "limits", "dns",
                                                       "script_limits", "delivery", "bounce",
-                                                      "state", "queue", "metrics", "log"}
+                                                      "state", "queue", "metrics", "log",
+                                                      "file", "file_digest"}  # not keys
     # ([state], [queue], [metrics], [log]: tests/test_state_config.py,
     # tests/test_config_queue.py, tests/test_config_observability.py)
     assert set(data["server"]) == server_keys
@@ -447,6 +448,19 @@ def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load(tmp_path / "nope.toml")
     assert "nope.toml" in str(err.value) and "cannot read" in str(err.value)
+
+
+def test_every_problem_of_the_file_is_reported_at_once(tmp_path):
+    """A key's own problem does not hide another section's conflicts (they were reported
+    only once the first was mended), nor repeat it in other words."""
+    path = tmp_path / "vsl.toml"
+    path.write_text('[limits]\nrecipients = 0\n[dns]\nconfig = "googel"\n'
+                    '[state]\nbackend = "redsi"\n[queue]\nbackend = "rabbitmq"\nurl = 5\n')
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert [line.split(": ", 2)[1] for line in str(err.value).splitlines()] == [
+        "limits.recipients", "queue.url", "dns.config", "state.backend"]
+    assert "(did you mean 'google'? one of system, google," in str(err.value)
 
 
 def test_a_file_not_in_utf_8_is_an_error(tmp_path):
