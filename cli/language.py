@@ -11,6 +11,7 @@ import click
 from vsl import values
 from vsl.errors import Pos, VslError
 from vsl.limits import Limits
+from vsl.resolve import closest
 from vsl.lint import (Linter, empty_dirs, format_concise, format_full, format_json,
                       no_script_findings, script_files, summary)
 from vsl.script_cache import describe
@@ -84,6 +85,7 @@ def run(file, fn, args, as_json, zones) -> None:
     """Run a script's top level (or one function) and print the result."""
     try:
         parsed = [values.from_python(json.loads(a), "--arg") for a in args]
+        parsed = _stand_in_ctx(fn, parsed)
     except (ValueError, RecursionError, VslError) as err:
         raise click.BadParameter(str(err), param_hint="--arg") from None
     if args and not fn:
@@ -91,6 +93,26 @@ def run(file, fn, args, as_json, zones) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with zones_served(zones) as nameserver:
         _run_script(file, fn, parsed, as_json, nameserver)
+
+
+def _stand_in_ctx(fn: str | None, parsed: list) -> list:
+    """For a stage given one JSON object: that object with its addresses (``sender``,
+    ``rcpt``, ``recipient``, each of ``recipients``) made the mailboxes a server's ctx
+    holds, so ``ctx.sender.domain`` works as it does in ``vsl serve``."""
+    from vsl.stdlib.ctx import entry_points
+    from vsl.stdlib.support.mail import Mailbox
+
+    entries = entry_points()
+    if fn not in entries.names or len(parsed) != 1 or not isinstance(parsed[0], dict):
+        return parsed
+    ctx = dict(parsed[0])
+    for key, cls in entries.member_types.items():
+        if cls is Mailbox and isinstance(ctx.get(key), str):
+            ctx[key] = Mailbox.parse(ctx[key])
+    if isinstance(ctx.get("recipients"), list):
+        ctx["recipients"] = [Mailbox.parse(r) if isinstance(r, str) else r
+                             for r in ctx["recipients"]]
+    return [ctx]
 
 
 def _run_script(file, fn, parsed, as_json, nameserver=None) -> None:
@@ -133,7 +155,10 @@ def _result_text(script, fn: str | None, result, as_json: bool) -> str:
 def _arguments_hint(script, fn: str, given: int) -> str | None:
     """For --call FN with the wrong number of --arg: how many FN takes."""
     arities = sorted(arity for name, arity in script.functions if name == fn)
-    if not arities or given in arities:
+    if not arities:
+        near = closest(fn, sorted({name for name, _ in script.functions}))
+        return f"hint: did you mean '{near}'?" if near else None
+    if given in arities:
         return None
     return (f"hint: {fn} takes {' or '.join(map(str, arities))} argument(s): give each with "
             "--arg JSON (a JSON object stands in for ctx: --arg '{\"helo\": \"x.test\"}')")

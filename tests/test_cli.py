@@ -331,6 +331,42 @@ def test_run_call_unknown_function(tmp_path):
     assert proc.stdout == ""
 
 
+def test_run_call_of_a_misspelled_function_suggests_one(tmp_path):
+    f = write(tmp_path, "f.vsl", "fn on_helo(ctx) { status::next() }\n")
+    proc = vsl("run", f, "--call", "on_hello", "--arg", "{}")
+    assert proc.returncode == 1
+    assert "hint: did you mean 'on_helo'?" in proc.stderr
+
+
+STAGE = """\
+fn on_rcpt_to(ctx) {
+    if ctx.sender.domain == "spam.example" || ctx.rcpt.local_part == "abuse" {
+        return status::deny("550 5.7.1 no");
+    }
+    status::accept(`250 ${ctx.recipients.len()} ${ctx.recipients[0].domain}`)
+}
+"""
+
+
+@pytest.mark.parametrize("ctx, printed", [
+    ('{"sender": "a@spam.example", "rcpt": "b@x.test", "recipients": ["b@x.test"]}',
+     "deny(550 5.7.1 no)"),
+    ('{"sender": "a@ok.test", "rcpt": "abuse@x.test", "recipients": []}', "deny(550 5.7.1 no)"),
+    ('{"sender": "a@ok.test", "rcpt": "b@x.test", "recipients": ["b@X.test"]}',
+     "accept(250 1 X.test)"),
+])
+def test_run_call_of_a_stage_makes_the_addresses_of_its_ctx_mailboxes(tmp_path, ctx, printed):
+    proc = vsl("run", write(tmp_path, "s.vsl", STAGE), "--call", "on_rcpt_to", "--arg", ctx)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, printed, "")
+
+
+def test_run_call_of_a_stage_refuses_a_ctx_address_that_is_none(tmp_path):
+    proc = vsl("run", write(tmp_path, "s.vsl", STAGE), "--call", "on_rcpt_to", "--arg",
+               '{"sender": "a@@x.test", "rcpt": "b@x.test"}')
+    assert proc.returncode == 2
+    assert '"a@@x.test" is not an address' in proc.stderr
+
+
 def test_run_arg_without_call_is_a_usage_error(tmp_path):
     proc = vsl("run", "--arg", "1", write(tmp_path, "a.vsl", "1\n"))
     assert proc.returncode == 2
