@@ -38,6 +38,22 @@ def test_a_wrong_expectation_fails_with_a_diff(tmp_path):
     assert "0 passed, 1 failed" in result.stdout
 
 
+@pytest.mark.parametrize("ehlo, problem", [
+    (["S: 250 *"], None),                              # one last line: the whole reply
+    (["S: 250-*", "S: 250 *"], None),                  # the continuation lines, then the rest
+    (["S: 250 SMTPUTF8"], "line 4: expected 'S: 250 SMTPUTF8', got 'S: 250 ENHANCEDSTATUSCODES'"),
+    (["S: 251 *"], "line 4: expected 'S: 251 *', got 'S: 250-mx.test'"),  # not its code
+])
+def test_a_last_line_stands_for_a_multi_line_reply(tmp_path, ehlo, problem):
+    """Adding an extension to EHLO breaks no transcript that says `S: 250 *` for it."""
+    path = tmp_path / "t.transcript"
+    path.write_text("\n".join(["# config: vsl.toml", "S: 220 *", "C: EHLO c.test", *ehlo,
+                               "C: NOOP", "S: 250 2.0.0 Ok", "C: QUIT", "S: 221 *"]) + "\n")
+    (tmp_path / "vsl.toml").write_text('[server]\nhostname = "mx.test"\n')
+    problems = replay(parse(path), None).problems
+    assert problems[:1] == ([problem] if problem else [])
+
+
 def test_cli_passes(tmp_path):
     result = subprocess.run([VSL, "test", *map(str, EXAMPLES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
