@@ -252,6 +252,12 @@ def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -
     end of the previous line of code instead ("add `;` here")."""
     lines = source.split("\n")
     missing = _MISSING_SEMICOLON.match(message)
+    if missing and missing.group(1) == "'else'":  # `if c { a else { b }`: not a ';'
+        return Diagnostic(file, line, col, "error", "syntax",
+                          "unexpected 'else': is a '}' missing before it? (the block before "
+                          "an `else` must be closed)")
+    if message.startswith("unexpected '=', expected '{'"):  # if x = 1 {
+        message += " (did you mean '=='? '=' assigns, '==' compares)"
     if missing and 0 < line <= len(lines) and not lines[line - 1][:col - 1].strip():
         for before in range(line - 1, 0, -1):
             code = _without_comment(lines[before - 1]).rstrip()
