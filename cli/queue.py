@@ -27,7 +27,26 @@ NOT_LISTED = "vsl: on the broker, messages being worked on are not listed"
 LIST_LIMIT = 1000
 
 
-@click.group(invoke_without_command=True)
+class _QueueGroup(click.Group):
+    """``vsl queue``, taking its own options after the command too (``vsl queue list
+    --config vsl.toml`` as ``vsl queue --config vsl.toml list``)."""
+
+    OWN = ("--config", "--queue-dir")
+
+    def parse_args(self, ctx, args):
+        front, rest, args = [], [], list(args)
+        while args:
+            arg = args.pop(0)
+            if arg in self.OWN and args:
+                front += [arg, args.pop(0)]
+            elif arg.startswith(tuple(f"{own}=" for own in self.OWN)):
+                front.append(arg)
+            else:
+                rest.append(arg)
+        return super().parse_args(ctx, front + rest)
+
+
+@click.group(cls=_QueueGroup, invoke_without_command=True)
 @click.option("--queue-dir", type=click.Path(file_okay=False), help="The spool directory.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="vsl.toml (its server.queue_dir); default: ./vsl.toml when present.")

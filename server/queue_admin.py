@@ -180,5 +180,7 @@ async def _retry(mail_queue: QueueBackend, entry: Entry) -> str:
     """A message of ``deferred`` or ``deliver`` (as read) to ``deliver``, due now."""
     entry.envelope.next_attempt = None
     await mail_queue.update(entry)
+    if entry.queue == "deliver":
+        return f"{entry.id}: in deliver, due now"
     await mail_queue.move(entry.id, "deliver", entry.queue)
     return f"{entry.id}: {entry.queue} -> deliver"

@@ -140,6 +140,7 @@ def test_hold_release_retry_move_remove(spool):
     assert asyncio.run(spool.locate(first)) == "hold"
     assert vsl_queue(spool.root, "release", first).returncode == 0
     assert asyncio.run(spool.locate(first)) == "deliver"
+    assert vsl_queue(spool.root, "retry", first).stdout.strip() == f"{first}: in deliver, due now"
     result = vsl_queue(spool.root, "retry", "--all")
     assert result.returncode == 0 and f"{deferred}: deferred -> deliver" in result.stdout
     assert asyncio.run(spool.get(deferred)).envelope.next_attempt is None
@@ -157,6 +158,17 @@ def test_errors_are_reported(spool):
     result = vsl_queue(spool.root, "show", "0123456789ab-0123456789ab")
     assert result.returncode == 1 and "no message" in result.stderr
     assert vsl_queue(spool.root.parent / "nope", "list").returncode == 1
+
+
+def test_the_queue_options_come_after_the_command_too(tmp_path):
+    """`vsl queue list --config vsl.toml` as `vsl queue --config vsl.toml list`."""
+    Spool(tmp_path / "q")
+    (tmp_path / "vsl.toml").write_text('[server]\nqueue_dir = "q"\n')
+    for args in (["list", "--config", str(tmp_path / "vsl.toml")],
+                 ["list", f"--queue-dir={tmp_path / 'q'}"]):
+        result = subprocess.run([VSL, "queue", *args], capture_output=True, text=True,
+                                timeout=30, cwd=tmp_path.parent)
+        assert (result.returncode, result.stdout.strip()) == (0, "the queue is empty"), result
 
 
 def test_empty_queue(tmp_path):
