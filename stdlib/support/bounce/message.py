@@ -65,6 +65,7 @@ MAX_BLOCKS_TEXT = 8 * MAX_TEXT
 MAX_BOUNDARIES = 2 * MAX_PARTS
 MAX_BLANK_LINES = 8 * MAX_PARTS
 PLAIN_DIAGNOSTIC = 600
+SUBJECT = 300  # characters of the Subject read
 
 REPLY_CODE = re.compile(r"(?<![\d.])([245][0-5]\d)(?=[ \-\t]|$)", re.M)
 ENHANCED_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
@@ -209,7 +210,8 @@ def _message(raw: bytes):
 
 def _parsed(msg) -> Bounce:
     parts = _parts(msg)
-    subject = _unfold(_decoded_header(_field(msg, "Subject")))[:300]
+    # 300 characters kept: encoded words take at most 4 bytes a character and 75 a word
+    subject = _unfold(_decoded_header(_field(msg, "Subject")[:SUBJECT * 4 + 75]))[:SUBJECT]
     text = _readable_text(parts)
     marks = _marks(msg)
     recipients = _dsn_recipients(parts)
