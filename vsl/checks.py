@@ -31,7 +31,7 @@ from enum import IntEnum
 from typing import Mapping
 
 from . import ast
-from .methods import ANY_METHODS
+from .methods import ANY_METHODS, method_arities
 from .diagnostics import Diagnostic
 from .infer import node_fields, nodes
 from .resolve import NativeFn, Resolution, ScriptFn, closest, suggest
@@ -226,6 +226,7 @@ class Checker:
         elif isinstance(node, ast.MethodCall) and \
                 not isinstance(self.res.targets.get(id(node)), ScriptFn):
             self.check_member(node, node.name, "method")
+            self.check_method_arity(node)
         elif isinstance(node, (ast.Call, ast.NsCall)):
             self.check_options(node)
             self.check_native_use(node)
@@ -244,6 +245,16 @@ class Checker:
         if py in self.reached and name in self.entries.available:
             label = f"{cls.vsl_type}.{name}" + ("()" if kind == "method" else "")
             self.check_available(label, self.entries.available[name], py, node)
+
+    def check_method_arity(self, node) -> None:
+        """``s.len(1, 2)``: a method given a number of arguments no method of that name
+        takes (of the receiver's type when it is known)."""
+        ranges, n = method_arities(node.name, self.type_of(node.obj)), len(node.args)
+        if ranges and not any(lo <= n <= hi for lo, hi in ranges):
+            want = " or ".join(sorted(str(lo) if lo == hi else f"{lo} to {hi}"
+                                      for lo, hi in ranges))
+            self.error("arity", f"method '{node.name}' takes {want} argument(s), not {n}",
+                       node.pos)
 
     def check_available(self, label: str, span: tuple[int, int], py: str, node) -> None:
         """A finding where ``label`` (a member of the entries' argument ``py``, used at

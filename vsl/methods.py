@@ -447,6 +447,23 @@ def _range_contains(ops, r, x):
     return type(x) is int and x in r
 
 
+def method_arities(name: str, cls: type | None = None) -> set[tuple[int, int]]:
+    """(fewest, most) arguments a method ``name`` takes: on a native object of class
+    ``cls`` (a NativeObject subclass), else on any value or native object there is."""
+    if cls is not None:
+        entry = cls.vsl_methods.get(name) or _TABLES["any"].get(name)
+        return {(entry[1], entry[2])} if entry else set()
+    found = {(entry[1], entry[2]) for table in _TABLES.values() if (entry := table.get(name))}
+    return found | {cls.vsl_methods[name][1:] for cls in _native_classes()
+                    if name in cls.vsl_methods}
+
+
+def _native_classes(base: type = NativeObject):
+    for cls in base.__subclasses__():
+        yield cls
+        yield from _native_classes(cls)
+
+
 METHOD_NAMES = frozenset(name for table in _TABLES.values() for name in table)
 ANY_METHODS = frozenset(_TABLES["any"])  # the methods every value has (type_of, ...)
 WALKING_METHODS = frozenset(_walking)
