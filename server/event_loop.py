@@ -60,10 +60,11 @@ async def _until_sigterm(main: Coroutine[Any, Any, T]) -> T | None:
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     terminated = False
 
-    def terminate() -> None:
-        nonlocal terminated
-        terminated = True
-        task.cancel()
+    def terminate() -> None:  # once: a second SIGTERM (systemd sends one to every process
+        nonlocal terminated   # of the unit, and the parent another) must not cut the stop
+        if not terminated:
+            terminated = True
+            task.cancel()
 
     before = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, terminate)

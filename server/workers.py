@@ -175,10 +175,10 @@ class Workers:
             warn_if_changed(self.config)
             self._send(signal.SIGHUP, workers)
             return
-        if not self.stopping:
-            log.info("%s: stopping %d worker(s)", signal.Signals(signum).name,
-                     len(workers))
-            signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)  # then _stop_overdue
+        if self.stopping:
+            return  # the children were told once (a second SIGTERM would cut their stop)
+        log.info("%s: stopping %d worker(s)", signal.Signals(signum).name, len(workers))
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE)  # then _stop_overdue
         self.stopping = True
         self._send(signal.SIGTERM, list(self.children))
 

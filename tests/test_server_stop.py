@@ -33,6 +33,29 @@ def test_sigterm_stops_one_process_cleanly(tmp_path):
         vsl.stop()
 
 
+def test_a_stop_as_systemd_does_it_is_clean_too(tmp_path):
+    """systemd's stop sends SIGTERM to every process of the unit: each worker gets one from
+    it and one from the parent, and the second must not cut the first one's stop."""
+    vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
+    try:
+        pids = worker_pids(vsl)
+        assert wait_for(lambda: all(f"vsl.server[{pid}]: started:" in vsl.log.read_text()
+                                    for pid in pids.values()), timeout=10)
+        sessions = [Raw(port) for _ in range(2)]
+        for pid in (vsl.proc.pid, *pids.values()):
+            os.kill(pid, signal.SIGTERM)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        assert vsl.proc.wait(10) == 0
+        log = vsl.log.read_text()
+        assert all(f"vsl.server[{pid}]: stopped" in log for pid in pids.values()), log
+        assert log.count("SIGTERM: stopping 2 worker(s)") == 1
+        for raw in sessions:
+            raw.close()
+    finally:
+        vsl.stop()
+
+
 def test_sigterm_stops_the_workers_cleanly_and_kills_one_that_hangs(tmp_path):
     vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
     try:
