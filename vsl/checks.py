@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from . import ast
 from .methods import ANY_METHODS, method_arities
@@ -323,11 +323,12 @@ class Checker:
 
     # -- what entry points return ---------------------------------------------
     def check_returns(self, fn: ast.FnDef) -> None:
-        for value, pos, note in returned_values(fn):
+        for value, pos, note, always in returned_values(fn):
             found = value_type(value, self.type_of)
             if found is not None and found != self.entries.returns.vsl_type:
-                self.error(self.entries.code("{kind}-return"),
-                           _return_message(fn.name, found, self.entries, note), pos)
+                self.report("error" if always else "warning",
+                            self.entries.code("{kind}-return"),
+                            _return_message(fn.name, found, self.entries, note), pos)
 
 
     def check_discarded(self, block: ast.Block, used: bool) -> None:
@@ -442,30 +443,40 @@ def _return_message(name: str, found: str, entries: EntryPoints, note: str = "")
         f"{why}{hint}"
 
 
-def returned_values(fn: ast.FnDef) -> list[tuple]:
-    """(expression, position, note) of every value ``fn`` can return: None for ``()``, by
-    ``return;`` or by running off its end, which ``note`` then explains."""
-    found = [(s.value, s.pos, "") for s in nodes(fn.body, closures=False)
+class Ending(NamedTuple):
+    """A value a function can return: ``value`` None for ``()``, by ``return;`` or by
+    running off its end, which ``note`` then explains; ``always`` is False where that
+    end is reached only on some inputs (an `if` without `else`)."""
+
+    value: object
+    pos: tuple
+    note: str = ""
+    always: bool = True
+
+
+def returned_values(fn: ast.FnDef) -> list[Ending]:
+    """Every value ``fn`` can return (see Ending)."""
+    found = [Ending(s.value, s.pos) for s in nodes(fn.body, closures=False)
              if isinstance(s, ast.Return)]
     return found + list(_tails(fn.body, fn.pos))
 
 
 def _tails(block: ast.Block, pos):
-    """(expression, position, note) for each way control reaches the end of ``block``
-    with its value: its last expression (through if/switch), or None (``()``) where it
-    ends without one. ``pos``: where ``block`` starts."""
+    """An Ending for each way control reaches the end of ``block`` with its value: its
+    last expression (through if/switch), or None (``()``) where it ends without one.
+    ``pos``: where ``block`` starts."""
     if not block.body:
-        yield None, pos, "an empty body gives ()"
+        yield Ending(None, pos, "an empty body gives ()")
         return
     last = block.body[-1]
-    if isinstance(last, (ast.Return, ast.Throw, ast.Loop)):
+    if isinstance(last, (ast.Return, ast.Throw, ast.Loop)) or _endless(last):
         return  # no end to reach (a loop's `break` is not followed)
     if isinstance(last, ast.Try):
         if any(True for _ in (*_tails(last.body, last.pos), *_tails(last.handler, last.pos))):
-            yield None, last.pos, "a `try` statement gives ()"
+            yield Ending(None, last.pos, "a `try` statement gives ()")
         return
     if not isinstance(last, ast.ExprStmt):
-        yield None, last.pos, "a body ending in a statement gives ()"
+        yield Ending(None, last.pos, "a body ending in a statement gives ()")
         return
     e = last.expr
     if isinstance(e, ast.Block):
@@ -476,17 +487,32 @@ def _tails(block: ast.Block, pos):
         if e.orelse is not None:
             yield from _tails(e.orelse, e.orelse.pos)
         else:
-            yield None, e.pos, "an `if` without `else` gives () when no branch is taken"
+            yield Ending(None, e.pos, "an `if` without `else` gives () when no branch is "
+                         "taken", always=False)
     elif isinstance(e, ast.Switch):
         for arm in e.arms:
             if isinstance(arm.body, ast.Block):
                 yield from _tails(arm.body, arm.body.pos)
             else:
-                yield arm.body, arm.body.pos, ""
-        if not any(ast.WILDCARD in arm.patterns and arm.guard is None for arm in e.arms):
-            yield None, e.pos, "a `switch` without a `_` arm gives () when no arm matches"
+                yield Ending(arm.body, arm.body.pos)
+        if not _exhaustive(e):
+            yield Ending(None, e.pos, "a `switch` without a `_` arm gives () when no arm "
+                         "matches", always=False)
     else:
-        yield e, e.pos, ""
+        yield Ending(e, e.pos)
+
+
+def _endless(stmt) -> bool:
+    """``while true { ... }``: left only by return, throw or break, as ``loop``."""
+    return isinstance(stmt, ast.While) and isinstance(stmt.cond, ast.Literal) and \
+        stmt.cond.value is True
+
+
+def _exhaustive(switch: ast.Switch) -> bool:
+    """Whether an arm matches every value: a ``_`` arm, or arms for both booleans."""
+    unguarded = {p for arm in switch.arms if arm.guard is None for p in arm.patterns
+                 if p is ast.WILDCARD or isinstance(p, bool)}
+    return ast.WILDCARD in unguarded or {True, False} <= unguarded
 
 
 def value_type(e, type_of) -> str | None:
@@ -519,8 +545,8 @@ def wrong_return(script, entries: EntryPoints, name: str, value) -> str | None:
         function = native.functions.get(e.name) if native else None
         return function.returns if function else None
 
-    sites = [pos for e, pos, _ in returned_values(fn)
-             if value_type(e, native_class) in (None, found)]
+    sites = [end.pos for end in returned_values(fn)
+             if value_type(end.value, native_class) in (None, found)]
     line, col = sites[0] if len(sites) == 1 else fn.pos
     return f"{script.file}:{line}:{col}: " + \
         _return_message(name, found, entries).replace(" returns ", " returned ", 1)
