@@ -595,8 +595,8 @@ def _unknown_top_level(key: str, value) -> str:
 
 
 def _convert(value, kind, key: str, base: Path):
-    if kind == "path":  # tidied: "../queue" beside the file is the queue, not "x/../queue"
-        return Path(os.path.normpath(base / _string(value, key)))
+    if kind == "path":
+        return base / _string(value, key)
     if kind == "strings":
         return tuple(_string(v, key) for v in _array(value, key))
     if kind == "domain":

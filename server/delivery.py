@@ -106,8 +106,9 @@ class Delivery:
                 log.warning("local domains %s and %s are one domain (U-labels and A-labels): "
                             "the mail of both goes to the Maildir directory of %s",
                             kept, name, kept)
-        # absolute and tidied ('..' parts gone), as a maildir: route must be
-        self.maildir_root = Path(os.path.abspath(config.maildir_root))
+        # absolute, without '..' parts (as a maildir: route must be), each resolved as the
+        # kernel does: after a symbolic link, '..' is the parent of where it points
+        self.maildir_root = Path(os.path.realpath(config.maildir_root))
         self.relay = str(parse_route(config.relay, RELAY_KINDS)) if config.relay \
             else "mx"
         self.transports = Transports(config, self.hostname, resolver, dns_defaults)

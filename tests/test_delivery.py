@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import logging
+import os
 import smtplib
 import time
 from dataclasses import replace
@@ -85,9 +86,15 @@ def test_default_routes(tmp_path):
     assert delivery.default_route(Mailbox.parse("postmaster@mx.test")) == \
         f"maildir:{box}/mx.test/postmaster"
     assert delivery.default_route(Mailbox.parse("bob@remote.test")) == "mx"
-    untidy = replace(delivery.config, maildir_root=tmp_path / "queue" / ".." / "mail")
-    assert Delivery(spool, untidy, "mx.test", ("example.test",)).default_route(
-        Mailbox.parse("bob@example.test")) == f"maildir:{box}/example.test/bob"
+    # '..' resolved as the kernel does (make run's queue_dir = "../queue"), after a link too
+    (tmp_path / "real" / "etc").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "etc")
+    for root, resolved in ((tmp_path / "queue" / ".." / "mail", box),
+                           (tmp_path / "link" / ".." / "mail", tmp_path / "real" / "mail")):
+        untidy = replace(delivery.config, maildir_root=root)
+        assert Delivery(spool, untidy, "mx.test", ("example.test",)).default_route(
+            Mailbox.parse("bob@example.test")) == \
+            f"maildir:{os.path.realpath(resolved)}/example.test/bob"
     relayed = Delivery(spool, in_tmp(tmp_path, DeliveryConfig(), relay="smtp://relay.test:587"),
                        "mx.test", ())
     assert relayed.default_route(Mailbox.parse("bob@remote.test")) == "smtp://relay.test:587"
