@@ -269,6 +269,26 @@ def test_a_plain_bounce_in_latin_1_is_not_read_as_japanese(content_type):
     assert "550 " + GERMAN in bounce.first.diagnostic
 
 
+@pytest.mark.parametrize("text, encoding", [
+    ("宛先不明", "euc_jp"), ("送信失敗：宛先不明", "shift_jis"),      # kanji, no kana
+    ("Ações não concluídas", "latin-1"), ("Größe überschritten", "latin-1"),
+])
+def test_undeclared_8_bit_text_is_read_as_what_it_is(text, encoding):
+    raw = (b"From: MAILER-DAEMON@example.org\nSubject: x\n\n<bob@example.org>: 550 "
+           + text.encode(encoding) + b"\n")
+    assert text in parse(raw).text
+
+
+def test_a_long_encoded_subject_is_decoded_to_its_kept_length():
+    import email.charset
+    import email.header
+    quoted = email.charset.Charset("utf-8")
+    quoted.header_encoding = email.charset.QP  # 9 bytes a character
+    subject = "日本語の件名です" * 40
+    raw = b"Subject: " + email.header.Header(subject, quoted).encode().encode() + b"\n\nx\n"
+    assert parse(raw).subject == subject[:300]
+
+
 def test_a_diagnostic_code_written_raw_in_latin_1_is_decoded():
     dsn = DSN.encode().replace(b"550 5.1.1 <bob@remote.test>: Recipient address rejected:\n"
                                b" User unknown in local recipient table",

@@ -122,7 +122,9 @@ REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", 
 # A 2-byte run of ISO-2022-JP(-2) text (RFC 1468, RFC 1554): from its escape to the next.
 JIS_RUN = re.compile(rb"\x1b\$(?:[@AB]|\([@-Z])[^\x1b]*")
 FOLD = re.compile(rb"\r?\n[ \t]*")
-KANA = re.compile("[\u3041-\u30ff]")  # hiragana and katakana: Japanese prose has them
+# what Japanese text has and Latin-1 read as EUC-JP or Shift_JIS has not: kana, Japanese
+# punctuation or full-width forms, or two kanji in a row (four 8-bit bytes in a row)
+JAPANESE = re.compile("[\u3000-\u30ff\uff01-\uff5e]|[\u4e00-\u9fff]{2}")
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # The marks (see MARK_FIELDS) of an automatic reply.
@@ -210,8 +212,7 @@ def _message(raw: bytes):
 
 def _parsed(msg) -> Bounce:
     parts = _parts(msg)
-    # 300 characters kept: encoded words take at most 4 bytes a character and 75 a word
-    subject = _unfold(_decoded_header(_field(msg, "Subject")[:SUBJECT * 4 + 75]))[:SUBJECT]
+    subject = _unfold(_decoded_header(_head_of(_field(msg, "Subject"))))[:SUBJECT]
     text = _readable_text(parts)
     marks = _marks(msg)
     recipients = _dsn_recipients(parts)
@@ -516,9 +517,9 @@ def _decoded_raw(value: str) -> str:
 def _sniffed(data: bytes) -> str:
     """Bytes of an undeclared charset, decoded: as ISO-2022-JP (RFC 1468: 7-bit text
     switched to Japanese by escape sequences) when they hold an escape; else as UTF-8 (RFC
-    6533), else as the 8-bit Japanese encodings when that gives kana, else as Windows-1252
-    (the Latin-1 of European MTAs' "Empfänger unbekannt"; Shift_JIS would take most of its
-    accented letters for kanji). A character cut at the end (a message read to its bound)
+    6533), else as the 8-bit Japanese encodings when that gives Japanese (``JAPANESE``),
+    else as Windows-1252 (the Latin-1 of European MTAs' "Empfänger unbekannt"; Shift_JIS
+    would take most of its accented letters for kanji). A character cut at the end (a message read to its bound)
     is dropped rather than make the whole text undecodable."""
     if b"\x1b" in data:
         codecs_tried, fallback = ("iso2022_jp", "iso2022_jp_2"), "utf-8"
@@ -529,7 +530,7 @@ def _sniffed(data: bytes) -> str:
             text = codecs.getincrementaldecoder(codec)().decode(data)
         except UnicodeError:
             continue
-        if codec in ("utf-8", "iso2022_jp", "iso2022_jp_2") or KANA.search(text):
+        if codec in ("utf-8", "iso2022_jp", "iso2022_jp_2") or JAPANESE.search(text):
             return text
     return data.decode(fallback, "replace")
 
@@ -543,6 +544,13 @@ def _field(msg, name: str) -> str:
 
 def _unfold(value) -> str:
     return " ".join(str(value).split())
+
+
+def _head_of(value: str) -> str:
+    """Enough of a header value to decode SUBJECT characters (an encoded word takes up to 9
+    bytes a character: Q-encoded UTF-8), cut at white space so that no encoded word is cut."""
+    limit = SUBJECT * 12
+    return value if len(value) <= limit else value[:limit].rsplit(None, 1)[0]
 
 
 def _decoded_header(value) -> str:
