@@ -245,19 +245,23 @@ def _digest_of(path: Path, limit: int) -> str | None:
 
 
 _MISSING_SEMICOLON = re.compile(r"^unexpected (.+?), expected ';'")
+_CONDITION = re.compile(r"\b(?:if|while)\b")
 
 
 def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -> Diagnostic:
     """A syntax error; one that wants a ';' before the first token of a line points at the
     end of the previous line of code instead ("add `;` here")."""
     lines = source.split("\n")
+    before = _code_before(lines, line, col)
     missing = _MISSING_SEMICOLON.match(message)
-    if missing and missing.group(1) == "'else'":  # `if c { a else { b }`: not a ';'
-        return Diagnostic(file, line, col, "error", "syntax",
-                          "unexpected 'else': is a '}' missing before it? (the block before "
-                          "an `else` must be closed)")
-    if message.startswith("unexpected '=', expected '{'"):  # if x = 1 {
-        message += " (did you mean '=='? '=' assigns, '==' compares)"
+    if missing and missing.group(1) == "'else'":
+        return Diagnostic(file, line, col, "error", "syntax", "unexpected 'else': " + (
+            "remove the ';' before it (an `else` follows the '}' of its `if` block)"
+            if before.endswith(";") else "an `else` follows the '}' of an `if` block: is a "
+            "'}' missing before it?"))
+    if message.startswith("unexpected '=', expected '{'") and \
+            _CONDITION.search(_without_comment(lines[line - 1])[:col - 1]):
+        message += " (did you mean '=='? '=' assigns, '==' compares)"  # if x = 1 {
     if missing and 0 < line <= len(lines) and not lines[line - 1][:col - 1].strip():
         for before in range(line - 1, 0, -1):
             code = _without_comment(lines[before - 1]).rstrip()
@@ -266,6 +270,14 @@ def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -
                                   f"missing ';' (add `;` here: the next line starts with "
                                   f"{missing.group(1)})")
     return Diagnostic(file, line, col, "error", "syntax", message)
+
+
+def _code_before(lines: list[str], line: int, col: int) -> str:
+    """The code before ``line``:``col``, comments and trailing white space left out."""
+    if not 0 < line <= len(lines):
+        return ""
+    code = [_without_comment(text) for text in lines[:line - 1]]
+    return "\n".join([*code, _without_comment(lines[line - 1])[:col - 1]]).rstrip()
 
 
 def _without_comment(line: str) -> str:
