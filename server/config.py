@@ -247,7 +247,8 @@ def default_hostname() -> str:
     if "." in name:
         return name
     fqdn = socket.getfqdn(name)
-    if "." in fqdn and fqdn.split(".")[0].lower() not in ("localhost", "ip6-localhost"):
+    if "." in fqdn and fqdn.split(".")[0].lower() not in ("localhost", "localhost6",
+                                                           "ip6-localhost", "ip6-loopback"):
         return fqdn
     return f"{name}.localdomain"
 

@@ -164,6 +164,7 @@ def test_auto_is_one_worker_where_workers_cannot_share_their_counts(cpus, monkey
     ("mx1", "mx1.example.com", "mx1.example.com"),        # /etc/hosts: 127.0.1.1 mx1.example.com mx1
     ("vm", "localhost", "vm.localdomain"),                # /etc/hosts: 127.0.0.1 localhost, vm
     ("vm", "localhost.localdomain", "vm.localdomain"),
+    ("vm", "localhost6.localdomain6", "vm.localdomain"),
     ("vm", "vm", "vm.localdomain"),                       # as Postfix's myhostname
 ])
 def test_the_default_hostname_is_never_localhost(monkeypatch, name, fqdn, chosen):
