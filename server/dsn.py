@@ -29,6 +29,7 @@ from .envelope import Envelope, RecipientState
 
 _ENHANCED = re.compile(r"^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 _FIELD_LIMIT = 900  # characters of a delivery-status field (lines stay under 998)
+_NOT_ASCII = re.compile(r"[^\x00-\x7f]|\\")  # and the backslash that starts an escape
 
 
 def status_code(recipient: RecipientState) -> str:
@@ -135,8 +136,13 @@ def _transient(status: str) -> str:
 
 
 def _fields(values: dict) -> Message:
+    """A block of delivery-status fields: ASCII, as message/delivery-status is (a remote's
+    reply in French or a recipient's UTF-8 address: RFC 6533's ``\\x{HEX}`` for each
+    character that is not)."""
     block = Message()
     for name, value in values.items():
         if value is not None:
-            block[name] = " ".join(str(value).split())[:_FIELD_LIMIT]
+            text = " ".join(str(value).split())
+            block[name] = _NOT_ASCII.sub(lambda c: f"\\x{{{ord(c.group()):X}}}", text) \
+                [:_FIELD_LIMIT]
     return block

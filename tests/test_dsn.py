@@ -80,10 +80,24 @@ def test_long_and_utf8_values():
     data = build_dsn("mx.example.com", replace(ENVELOPE, sender="\u00e9lise@example.org"),
                      failed, ORIGINAL)
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
-    assert "Final-Recipient: utf-8; jos\u00e9@remote.test\r\n".encode() in data  # RFC 6533
+    # RFC 6533: in message/delivery-status, a UTF-8 address in utf-8-addr-xtext
+    assert b"Final-Recipient: utf-8; jos\\x{E9}@remote.test\r\n" in data
     assert "To: \u00e9lise@example.org\r\n".encode() in data
     (block,) = email.message_from_bytes(data).get_payload()[1].get_payload()[1:]
     assert "=?" not in block["Diagnostic-Code"]
+
+
+def test_a_reply_or_address_not_in_ascii_to_an_ascii_sender():
+    """The delivery-status fields stay ASCII (RFC 6533's \\x{HEX}); the text part says it
+    in UTF-8. Building it raised UnicodeEncodeError, and the message went to hold."""
+    failed = [RecipientState("j\u00f6rg@remote.test", reply="550 5.1.1 bo\u00eete pleine \\o/",
+                             remote_mta="mx.remote.test")]
+    dsn = email.message_from_bytes(build_dsn("mx.example.com", ENVELOPE, failed, ORIGINAL))
+    text, status = dsn.get_payload()[0], dsn.get_payload()[1].get_payload()[1]
+    assert status["Final-Recipient"] == "utf-8; j\\x{F6}rg@remote.test"
+    assert status["Diagnostic-Code"] == "smtp; 550 5.1.1 bo\\x{EE}te pleine \\x{5C}o/"
+    assert "<j\u00f6rg@remote.test>: 550 5.1.1 bo\u00eete pleine \\o/" in \
+        text.get_payload(decode=True).decode()
 
 
 @pytest.mark.parametrize("record, code", [

@@ -150,6 +150,67 @@ def test_reply_after_data_decides(reply, status):
     assert (outcome.status, outcome.reply) == (status, reply)
 
 
+class Scripted:
+    """A hostile SMTP server on 127.0.0.1: the reply to each command by its verb (bytes,
+    CRLF included), else 354 to DATA and 250 to the rest; the end of DATA answered
+    ``after_data``."""
+
+    def __init__(self, replies: dict[str, bytes], after_data: bytes = b"250 ok\r\n"):
+        self.replies, self.after_data, self.got_data = replies, after_data, False
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    async def _serve(self, reader, writer):
+        writer.write(b"220 hostile.test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line.split()[0].upper().decode() if line.split() else ""
+            reply = self.replies.get(verb, b"354 go on\r\n" if verb == "DATA" else b"250 ok\r\n")
+            writer.write(reply)
+            if verb == "DATA" and reply[:1] == b"3":
+                while (line := await reader.readline()) not in (b".\r\n", b""):
+                    self.got_data = True
+                writer.write(self.after_data)
+        writer.close()
+
+
+@pytest.mark.parametrize("rcpt, shown", [
+    (b"550 5.1.1 bo\xc3\xaete d\xc3\xa9sactiv\xc3\xa9e\r\n", "550 5.1.1 bo\u00eete d\u00e9sactiv\u00e9e"),
+    (b"550 5.1.1 user \x1b[2J\x1b]0;pwned\x07 nul\x00 \xff\xfe\r\n", "550 5.1.1 user ?[2J?]0;pwned? nul? ??"),
+])
+def test_a_remote_reply_is_kept_printable(rcpt, shown):
+    """Control characters and bytes that are not UTF-8 become '?' (they reach logs, the
+    queue and the sender's DSN); UTF-8 text stays."""
+    async def main():
+        async with Scripted({"RCPT": rcpt}) as remote:
+            return await send(f"smtp://127.0.0.1:{remote.port}")
+
+    outcome = run(main())["bob@example.test"]
+    assert (outcome.status, outcome.reply) == ("failed", shown)
+
+
+@pytest.mark.parametrize("replies, after_data, reply", [
+    ({"DATA": b"250 2.0.0 thanks, all done\r\n"}, b"", "451 4.4.2 unexpected reply to DATA: "
+                                                      "250 2.0.0 thanks, all done"),
+    ({}, b"hello \x1b[31m\r\n", "451 4.4.2 unreadable reply: Malformed SMTP response line: "
+                                 "hello ?[31m"),
+])
+def test_a_reply_that_does_not_say_the_message_was_taken_defers(replies, after_data, reply):
+    """A 2xx to DATA itself (no message sent) or an end-of-DATA reply that cannot be read:
+    deferred, never counted delivered nor bounced."""
+    async def main():
+        async with Scripted(replies, after_data) as remote:
+            return await send(f"smtp://127.0.0.1:{remote.port}")
+
+    outcome = run(main())["bob@example.test"]
+    assert (outcome.status, outcome.reply) == ("deferred", reply)
+
+
 def test_timeout_mid_data_is_a_temporary_failure():
     async def main():
         async with Sink() as sink:

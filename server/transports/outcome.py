@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 _STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
+# C0 and C1 controls, DEL, and the surrogates aiosmtplib decodes bytes that are not UTF-8 to
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,15 @@ class Outcome:
 
 
 def outcome(code: int, text: str, remote: str | None = None, command: str = "") -> Outcome:
-    """The Outcome of an SMTP reply to ``command`` (a code outside 2xx/4xx/5xx counts as a
-    failure)."""
-    return Outcome(_STATUS.get(str(code)[:1], "failed"), f"{code} {' '.join(text.split())}",
-                   remote, command)
+    """The Outcome of an SMTP reply to ``command``. A code outside 2xx/4xx/5xx (aiosmtplib's
+    -1 for a reply it cannot read) is deferred: what the remote did is not known. The
+    text is kept printable, as Postfix keeps it: control characters and bytes that are not
+    UTF-8 become '?' (they reach logs, ``vsl queue show`` and the sender's DSN)."""
+    text = _UNPRINTABLE.sub("?", " ".join(text.split()))
+    status = _STATUS.get(str(code)[:1])
+    if status is None:
+        return Outcome("deferred", f"451 4.4.2 unreadable reply: {text}", remote, command)
+    return Outcome(status, f"{code} {text}", remote, command)
 
 
 def detail(err: BaseException | str) -> str:

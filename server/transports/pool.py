@@ -51,9 +51,14 @@ class SmtpClient:
         return reply.code, reply.message
 
     async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        """DATA and the message: the reply to its end, once for each of the ``count``
+        recipients (an SMTP server answers the end of DATA once for all)."""
         try:
             reply = await self.smtp.data(data)
         except SMTPResponseException as err:
+            if 200 <= err.code < 300:  # a 2xx to DATA itself (aiosmtplib wanted 354): the
+                return [(451, f"4.4.2 unexpected reply to DATA: {err.code} "  # message was
+                              f"{err.message}")] * count                       # never sent
             return [(err.code, err.message)] * count
         return [(reply.code, reply.message)] * count
 
