@@ -45,7 +45,7 @@ def detail(err: BaseException | str) -> str:
         err, cause = cause, None
     text = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else \
         " ".join(str(getattr(err, "message", "") or err).split()) or type(err).__name__
-    text = _SSL_SOURCE.sub("", text)  # "... (_ssl.c:1006)": where in CPython, not why
+    text = _UNPRINTABLE.sub("?", _SSL_SOURCE.sub("", text))  # "(_ssl.c:1006)": not why
     return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
 
 
