@@ -285,6 +285,9 @@ class Delivery:
             await self._queue_dsn(entry, failed, data)
             for rcpt in failed:
                 rcpt.status = "bounced"
+            # stored at once: whatever fails next (the warning below, the queue), the
+            # next attempt must not report these again
+            await self.queue.update(entry)
         deferred = [r for r in recipients if r.status == "deferred"]
         if deferred:
             if self._delay_warning_due(envelope, now):

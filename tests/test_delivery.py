@@ -193,6 +193,41 @@ def test_permanent_failure_bounces_at_once(world, tmp_path):
     assert "Subject: hi" in dsn.get_payload()[2].get_payload()
 
 
+def test_a_failure_is_reported_once_whatever_fails_after_its_dsn(tmp_path, monkeypatch):
+    """The failure DSN is queued and its recipients stored as bounced before anything else
+    can fail (here the delay warning of the deferred one, once, which sends the message to
+    hold): released, the next attempt does not report them again (it sent the same
+    failure DSN once per try)."""
+    spool, clock = Spool(tmp_path / "queue"), Clock()
+    delivery = Delivery(spool, in_tmp(tmp_path, delay_warning=1), "mx.test", ("example.test",),
+                        clock=clock)
+    queue_dsn, broken = delivery._queue_dsn, []
+
+    async def warning_fails_once(entry, recipients, data, retry_until=None):
+        if retry_until is not None and not broken:
+            broken.append(True)
+            raise RuntimeError("a bug")
+        await queue_dsn(entry, recipients, data, retry_until)
+
+    monkeypatch.setattr(delivery, "_queue_dsn", warning_fails_once)
+
+    async def main():
+        async with Sink() as sink:
+            msg_id = await queue(spool, f"smtp://127.0.0.1:{sink.port}",
+                                 ["bad@remote.test", "temp@remote.test"],
+                                 received_at=clock.now - 10)
+            await delivery.run_once()
+            await spool.move(msg_id, "deliver", "hold")  # vsl queue release
+            for _ in range(3):  # the deferred one tried again, not yet expired
+                await delivery.run_once()
+                clock.now += 100
+
+    asyncio.run(main())
+    assert broken
+    assert sorted(dsn["Subject"] for dsn in dsns(tmp_path)) == [
+        "Delayed Mail (still being retried)", "Undelivered Mail Returned to Sender"]
+
+
 def test_refusals_are_classified_stored_and_logged(world, caplog):
     spool, _, delivery = world
     caplog.set_level(logging.INFO, "vsl.delivery")
