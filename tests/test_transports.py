@@ -211,6 +211,54 @@ def test_a_reply_that_does_not_say_the_message_was_taken_defers(replies, after_d
     assert (outcome.status, outcome.reply) == ("deferred", reply)
 
 
+async def _endless_greeting(reader, writer):
+    try:
+        while True:
+            writer.write(b"220-" + b"z" * 1000 + b"\r\n")
+            await writer.drain()
+    except OSError:
+        pass
+
+
+async def _trickled_greeting(reader, writer):
+    try:
+        while True:
+            writer.write(b"220-x\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("serve, why", [(_endless_greeting, "reply over 32768 bytes"),
+                                        (_trickled_greeting, "no whole reply in 0.5 s")])
+def test_an_lmtp_reply_is_bounded_in_size_and_time(serve, why):
+    """An LMTP server that never ends its reply: deferred once the reply passes 32 KiB
+    (its memory grew 55 MB a second) or command_timeout (each line moved it on)."""
+    async def main():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.wait_for(send(f"lmtp://127.0.0.1:{port}",
+                                               config=replace(CONFIG, command_timeout=0.5)), 5)
+        finally:
+            server.close()
+
+    outcome = run(main())["bob@example.test"]
+    assert outcome.status == "deferred" and why in outcome.reply
+
+
+def test_an_lmtp_reply_code_of_other_digits_is_no_reply():
+    """"²²² x" passed str.isdigit() and then failed int(): the message went to hold."""
+    async def main():
+        async with Scripted({"RCPT": "\u00b2\u00b2\u00b2 weird\r\n".encode(),
+                             "LHLO": b"250 hostile.test\r\n"}) as remote:
+            return await send(f"lmtp://127.0.0.1:{remote.port}")
+
+    outcome = run(main())["bob@example.test"]
+    assert outcome.status == "deferred" and "bad reply" in outcome.reply
+
+
 def test_timeout_mid_data_is_a_temporary_failure():
     async def main():
         async with Sink() as sink:

@@ -12,6 +12,9 @@ from .base import Setup
 from .outcome import Outcome, Unreachable
 from .smtp import transaction
 
+MAX_REPLY = 32 * 1024  # bytes of one reply, as aiosmtplib reads an SMTP server's
+REPLY_LINE = re.compile(r"[0-9]{3}(?:[ -]|$)")  # ASCII digits: "²²² x" is no reply
+
 
 class LmtpDelivery:
     """lmtp:// routes: connect, LHLO, one :func:`~.smtp.transaction`, QUIT; an
@@ -80,15 +83,25 @@ class LmtpClient:
         return [await self._reply() for _ in range(count)]
 
     async def _reply(self) -> tuple[int, str]:
-        """One reply: (code, its lines' texts joined by \\n); OSError if none comes."""
-        lines = []
+        """One reply: (code, its lines' texts joined by \\n); OSError if none comes in
+        ``timeout`` seconds, whole, or it is over MAX_REPLY bytes (as aiosmtplib's)."""
+        try:
+            return await asyncio.wait_for(self._read_reply(), self.timeout)
+        except asyncio.TimeoutError:
+            raise ConnectionError(f"no whole reply in {self.timeout:g} s") from None
+
+    async def _read_reply(self) -> tuple[int, str]:
+        lines, size = [], 0
         while True:
             try:
-                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
+                line = await self.reader.readline()
             except ValueError:  # a line over the stream limit
                 raise ConnectionError("reply line too long") from None
+            size += len(line)
+            if size > MAX_REPLY:
+                raise ConnectionError(f"reply over {MAX_REPLY} bytes")
             text = line.decode("utf-8", "replace").rstrip("\r\n")
-            if not line.endswith(b"\n") or not text[:3].isdigit() or text[3:4] not in " -":
+            if not line.endswith(b"\n") or not REPLY_LINE.match(text):
                 raise ConnectionError(f"bad reply {text!r}" if line else "connection closed")
             lines.append(text[4:])
             if text[3:4] != "-":
@@ -97,8 +110,8 @@ class LmtpClient:
     async def close(self) -> None:
         try:
             self.writer.write(b"QUIT\r\n")
-            await asyncio.wait_for(self.reader.read(), 1)
-        except OSError:
+            await asyncio.wait_for(self.reader.read(MAX_REPLY), 1)
+        except (OSError, asyncio.TimeoutError):
             pass
         self.writer.close()
 
