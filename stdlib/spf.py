@@ -10,12 +10,16 @@ stops the evaluation; the check then awaits it on the ``dns::`` resolver (the
 event loop never blocks) and evaluates again from the start. Given the same
 answers the evaluation is the same, so the run that needs nothing more is the
 result (the loop of :class:`stdlib.support.dnsbridge.Answers`, as for DKIM and ARC).
+An ``exp=`` explanation that is not printable ASCII once expanded (a sender's domain
+writing control characters, or a second reply line, into a refusal) is replaced by the
+default one, as RFC 7208 6.2 says to do with one that does not parse.
 """
 # pyspf (and with it dnspython's resolver) is imported where it is used, its adaptation in
 # support/spf_query.py: ``vsl lint`` needs only this module's declarations.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from dataclasses import dataclass
 
@@ -35,6 +39,8 @@ namespace = Namespace("spf", "SPF checks (RFC 7208)")
 
 MAX_RUNS = 40  # evaluations of one check (one more after each round of look-ups)
 MAX_NAMES = 10  # MX and PTR names whose addresses pyspf looks up (pyspf.MAX_MX, MAX_PTR)
+# an explanation, once expanded: printable ASCII (RFC 7208 6.2: macro-literal is %x21-7E)
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 _COMMENTS = {  # the Received-SPF comment of each result (RFC 7208 §9.1)
     "pass": "domain of {sender} designates {ip} as permitted sender",
@@ -185,6 +191,9 @@ class _Check:
                 result, _, explanation = query.check()
             finally:
                 ACTIVE.reset(token)
+            if not _PRINTABLE.fullmatch(explanation):  # RFC 7208 6.2: as if no exp=
+                from spf import EXPLANATIONS
+                explanation = EXPLANATIONS.get(result, "")
             return result, explanation, query.mechanism
 
         try:

@@ -17,6 +17,7 @@ namespace = Namespace("status", "Stage results")
 
 _LINE = re.compile(r"^([2-5])(\d\d)(?:([ -])(?:([245])\.(\d{1,3})\.(\d{1,3})(?: |$))?(.*))?$")
 DEFAULT_DENY = "554 5.7.1 Transaction rejected by policy"
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # all but the \n between lines
 # A quarantine's name is one directory of the spool (quarantine/<name>): never '.' or '..',
 # never hidden, within any file system's name limit. The spool checks names with this too.
 _QUARANTINE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
@@ -86,7 +87,9 @@ def _checked(reply, classes: str) -> str | None:
     problem = reply_problem(reply, classes)
     if problem:
         raise ScriptError(f"invalid reply: {problem}")
-    return reply
+    # a control character (from a HELO, an SPF explanation... the script put in) would
+    # reach the client as it is: a CR ends a line for some; '?' as Postfix's printable()
+    return _CONTROL.sub("?", reply.replace("\r\n", "\n"))
 
 
 def _lint_reply(classes: str):
@@ -117,7 +120,8 @@ def faccept(reply=None) -> Status:
 
 @namespace.native(check=_lint_reply("45"))
 def deny(reply=None) -> Status:
-    """Refuse (default 554 5.7.1); a 4xx reply makes it a temporary failure."""
+    """Refuse (default 554 5.7.1); a 4xx reply makes it a temporary failure. Control
+    characters in a reply (from text a client or a DNS record gave) become '?'."""
     return Status("deny", _checked(reply, "45") or DEFAULT_DENY, origin=caller_position())
 
 

@@ -232,6 +232,16 @@ def test_unicode_white_space_and_digits_are_syntax_errors(tmp_path, caplog, comm
     assert "Traceback" not in caplog.text and "internal error" not in caplog.text
 
 
+def test_a_reply_a_script_builds_from_client_text_reaches_it_printable(tmp_path):
+    """Control characters a client wrote (a HELO with CR, ESC, BEL) and a script put in its
+    reply are '?' on the wire, as Postfix's printable() makes them."""
+    policy = 'fn on_helo(ctx) { status::deny(`550 5.7.1 nope ${ctx.helo}`) }\n'
+    with running(config_for(tmp_path, policy)) as server:
+        with Raw(server) as raw:
+            raw.send(b"HELO h\rX\x1b[31m\x07.example\r\n")
+            assert raw.reply() == (550, b"5.7.1 nope h?X?[31m?.example")
+
+
 def test_commands_out_of_order(tmp_path):
     with running(config_for(tmp_path)) as server:
         with Raw(server) as raw:

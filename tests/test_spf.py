@@ -71,6 +71,8 @@ def test_explanations(check):
         "192.0.2.7 is not one of fail.spf.test's senders"
     assert check(mail_from="u@softfail.spf.test").explanation == \
         "domain owner discourages use of this host"
+    # control characters (a CR LF and a second reply line): as if there were no exp=
+    assert check(mail_from="u@hostile.spf.test").explanation == "SPF fail - not authorized"
     assert "Void lookup limit" in check(mail_from="u@void3.spf.test").explanation
     assert "Two or more" in check(mail_from="u@two.spf.test").explanation
 
