@@ -281,6 +281,16 @@ def test_commands_before_connect_are_refused_for_now(mta):
     assert mta.ask(b"M", b"<a@b.example>\x00") == b"y451 4.3.0 Error: internal error\x00"
 
 
+def test_end_of_message_before_mail_from_is_refused_without_a_traceback(mta, caplog):
+    """An MTA never sends it; a broken client that does gets the temporary failure, and
+    the log one line (it was an AttributeError with a traceback)."""
+    mta.negotiate()
+    mta.connect()
+    assert mta.ask(b"E") == b"y451 4.3.0 Error: internal error\x00"
+    assert "EndOfMessage before MAIL FROM: refused" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 def limited_milter(tmp_path, **limits):
     """A milter server with ``limits``, to run in a thread."""
     server = MilterServer(config_for(tmp_path, POLICY), f"inet:127.0.0.1:{free_port()}",

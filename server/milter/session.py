@@ -75,6 +75,9 @@ class MilterSession:
             if self.ctx is None and type(command) in _IN_SESSION:
                 log.warning("%s before CONNECT: refused", type(command).__name__)
                 return [SmtpReply(reply=INTERNAL_ERROR)]
+            if type(command) in _IN_TRANSACTION and self.ctx.sender is None:
+                log.warning("%s before MAIL FROM: refused", type(command).__name__)
+                return [SmtpReply(reply=INTERNAL_ERROR)]
             return await handler(self, command)
         except Exception:  # noqa: BLE001 - a bug answers a temporary failure, logged
             log.exception("internal error at %s", type(command).__name__)
@@ -273,5 +276,6 @@ class MilterSession:
 
 _IN_SESSION = {commands.Helo, commands.MailFrom, commands.RcptTo, commands.Header,
                commands.BodyChunk, commands.EndOfMessage}
+_IN_TRANSACTION = {commands.RcptTo, commands.EndOfMessage}  # what needs a sender
 
 
