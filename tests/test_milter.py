@@ -291,6 +291,18 @@ def test_end_of_message_before_mail_from_is_refused_without_a_traceback(mta, cap
     assert "Traceback" not in caplog.text
 
 
+def test_text_not_in_utf_8_from_the_mta_does_not_drop_the_connection(mta):
+    """Postfix sends the bytes it has: a Latin-1 {auth_authen} macro value, a connecting
+    host name. Each dropped the connection (so the MTA's milter_default_action applied)."""
+    mta.negotiate()
+    mta.send(b"D", b"C" + b"j\x00mx.example.test\x00")
+    assert mta.ask(b"C", b"h\xf4te.example\x004" + struct.pack("!H", 4242) +
+                   b"192.0.2.1\x00") == b"c"
+    assert mta.ask(b"H", b"client.example\x00") == b"c"
+    mta.send(b"D", b"M{auth_authen}\x00J\xe9r\xf4me\x00")
+    assert mta.ask(b"M", b"<a@example.org>\x00") == b"c"
+
+
 def limited_milter(tmp_path, **limits):
     """A milter server with ``limits``, to run in a thread."""
     server = MilterServer(config_for(tmp_path, POLICY), f"inet:127.0.0.1:{free_port()}",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from purepythonmilter.api.models import MilterServerConnectionID
+from purepythonmilter.protocol import commands
 from purepythonmilter.protocol.exceptions import ProtocolViolation
 from purepythonmilter.protocol.packet import PacketDecoder, encode_payload
 from purepythonmilter.protocol.payload import PayloadDecoder
@@ -82,6 +83,27 @@ def _decoded(packets: PacketDecoder, payloads: PayloadDecoder, data: bytes):
     try:
         for payload in list(packets.decode(data)):
             command_class, raw = payloads.decode(payload)
-            yield command_class(data_raw=raw)
+            yield _command(command_class, raw)
     except (ProtocolViolation, Exception) as err:  # noqa: BLE001 - whatever the bytes
         raise Malformed(f"malformed milter data ({type(err).__name__})") from None
+
+
+def _command(command_class, raw: bytes):
+    """The command of ``raw``. The library decodes macro values and the connecting
+    client's host name as strict UTF-8; Postfix sends the bytes it has (a Latin-1
+    ``{auth_authen}`` or certificate subject), so those are read again with U+FFFD for
+    each bad byte rather than drop the connection."""
+    try:
+        return command_class(data_raw=raw)
+    except ProtocolViolation as err:
+        if not isinstance(err.__cause__, UnicodeDecodeError) or \
+                command_class not in (commands.DefineMacro, commands.Connect):
+            raise
+    if command_class is commands.Connect:  # only the host name is text: the rest is binary
+        host, nul, rest = raw.partition(b"\x00")
+        return command_class(data_raw=_valid_utf8(host) + nul + rest)
+    return command_class(data_raw=_valid_utf8(raw))
+
+
+def _valid_utf8(data: bytes) -> bytes:
+    return data.decode("utf-8", "replace").encode("utf-8")
