@@ -8,9 +8,11 @@ import os
 import signal
 import time
 
+import pytest
+
 from tests.support.crash import VslProcess, write_config
 from tests.support.mailsink import free_port
-from tests.support.smtp_tools import Raw, wait_for
+from tests.support.smtp_tools import Raw
 from tests.support.workers import serve_two, worker_pids
 from vsl.server.workers import STOP_GRACE
 
@@ -33,50 +35,44 @@ def test_sigterm_stops_one_process_cleanly(tmp_path):
         vsl.stop()
 
 
-def test_a_stop_as_systemd_does_it_is_clean_too(tmp_path):
+@pytest.fixture
+def two_workers(tmp_path):
+    """A `vsl serve` of two workers, both serving: (process, port, worker index -> pid)."""
+    vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
+    yield vsl, port, worker_pids(vsl)
+    vsl.stop()
+
+
+def test_a_stop_as_systemd_does_it_is_clean_too(two_workers):
     """systemd's stop sends SIGTERM to every process of the unit: each worker gets one from
     it and one from the parent, and the second must not cut the first one's stop."""
-    vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
-    try:
-        pids = worker_pids(vsl)
-        assert wait_for(lambda: all(f"vsl.server[{pid}]: started:" in vsl.log.read_text()
-                                    for pid in pids.values()), timeout=10)
-        sessions = [Raw(port) for _ in range(2)]
-        for pid in (vsl.proc.pid, *pids.values()):
-            os.kill(pid, signal.SIGTERM)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGTERM)
-        assert vsl.proc.wait(10) == 0
-        log = vsl.log.read_text()
-        assert all(f"vsl.server[{pid}]: stopped" in log for pid in pids.values()), log
-        assert log.count("SIGTERM: stopping 2 worker(s)") == 1
-        for raw in sessions:
-            raw.close()
-    finally:
-        vsl.stop()
+    vsl, port, pids = two_workers
+    sessions = [Raw(port) for _ in range(2)]
+    for pid in (vsl.proc.pid, *pids.values(), *pids.values()):
+        os.kill(pid, signal.SIGTERM)
+    assert vsl.proc.wait(10) == 0
+    log = vsl.log.read_text()
+    assert all(f"vsl.server[{pid}]: stopped" in log for pid in pids.values()), log
+    assert log.count("SIGTERM: stopping 2 worker(s)") == 1
+    for raw in sessions:
+        raw.close()
 
 
-def test_sigterm_stops_the_workers_cleanly_and_kills_one_that_hangs(tmp_path):
-    vsl, port = serve_two(tmp_path, "connections_per_ip = 3\n")
-    try:
-        pids = worker_pids(vsl)
-        assert wait_for(lambda: all(f"vsl.server[{pid}]: started:" in vsl.log.read_text()
-                                    for pid in pids.values()), timeout=10)  # both serve
-        os.kill(pids[1], signal.SIGSTOP)  # worker 1 hangs: it cannot act on SIGTERM
-        began = time.monotonic()
-        vsl.proc.send_signal(signal.SIGTERM)
-        assert vsl.proc.wait(STOP_GRACE + 10) == 0
-        took = time.monotonic() - began
-        assert STOP_GRACE - 1 < took < STOP_GRACE + 5
-        log = vsl.log.read_text()
-        assert f"vsl.server[{pids[0]}]: stopped" in log
-        assert f"vsl.server[{pids[1]}]: stopped" not in log
-        assert f"still running {STOP_GRACE:.0f} s after the stop began: killing them" in log
-        for pid in pids.values():
-            try:
-                os.kill(pid, 0)
-                raise AssertionError(f"worker {pid} still runs")
-            except ProcessLookupError:
-                pass
-    finally:
-        vsl.stop()
+def test_sigterm_stops_the_workers_cleanly_and_kills_one_that_hangs(two_workers):
+    vsl, _, pids = two_workers
+    os.kill(pids[1], signal.SIGSTOP)  # worker 1 hangs: it cannot act on SIGTERM
+    began = time.monotonic()
+    vsl.proc.send_signal(signal.SIGTERM)
+    assert vsl.proc.wait(STOP_GRACE + 10) == 0
+    took = time.monotonic() - began
+    assert STOP_GRACE - 1 < took < STOP_GRACE + 5
+    log = vsl.log.read_text()
+    assert f"vsl.server[{pids[0]}]: stopped" in log
+    assert f"vsl.server[{pids[1]}]: stopped" not in log
+    assert f"still running {STOP_GRACE:.0f} s after the stop began: killing them" in log
+    for pid in pids.values():
+        try:
+            os.kill(pid, 0)
+            raise AssertionError(f"worker {pid} still runs")
+        except ProcessLookupError:
+            pass

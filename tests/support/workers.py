@@ -26,14 +26,16 @@ def worker_pids(vsl: VslProcess) -> dict[int, int]:
 
 
 def serve_two(tmp_path: Path, limits: str, sections: str = "") -> tuple[VslProcess, int]:
-    """Two workers with ``limits`` (the [limits] lines) and ``sections``, started: the
-    process and its port."""
+    """Two workers with ``limits`` (the [limits] lines) and ``sections``, both serving:
+    the process and its port."""
     port = free_port()
     config = write_config(tmp_path, port, "mx.workers.test", sections, workers=2,
                           limits=limits)
     vsl = VslProcess(config, port, tmp_path)
     vsl.start()
     assert wait_for(lambda: len(worker_pids(vsl)) == 2, timeout=10)
+    assert wait_for(lambda: all(f"vsl.server[{pid}]: started:" in vsl.log.read_text()
+                                for pid in worker_pids(vsl).values()), timeout=10)  # serving
     return vsl, port
 
 
