@@ -195,14 +195,12 @@ def test_a_remote_reply_is_kept_printable(rcpt, shown):
 
 
 @pytest.mark.parametrize("replies, after_data, reply", [
-    ({"DATA": b"250 2.0.0 thanks, all done\r\n"}, b"", "451 4.4.2 unexpected reply to DATA: "
-                                                      "250 2.0.0 thanks, all done"),
     ({}, b"hello \x1b[31m\r\n", "451 4.4.2 unreadable reply: Malformed SMTP response line: "
                                  "hello ?[31m"),
 ])
 def test_a_reply_that_does_not_say_the_message_was_taken_defers(replies, after_data, reply):
-    """A 2xx to DATA itself (no message sent) or an end-of-DATA reply that cannot be read:
-    deferred, never counted delivered nor bounced."""
+    """An end-of-DATA reply that cannot be read: deferred, never bounced (the remote may
+    have taken the message)."""
     async def main():
         async with Scripted(replies, after_data) as remote:
             return await send(f"smtp://127.0.0.1:{remote.port}")
@@ -246,6 +244,32 @@ def test_an_lmtp_reply_is_bounded_in_size_and_time(serve, why):
 
     outcome = run(main())["bob@example.test"]
     assert outcome.status == "deferred" and why in outcome.reply
+
+
+@pytest.mark.parametrize("route", ["smtp", "lmtp"])
+def test_a_2xx_to_mail_or_rcpt_goes_on_as_in_postfix(route):
+    """Any 2xx to MAIL or RCPT goes on to DATA; only the end of DATA says delivered."""
+    async def main():
+        async with Scripted({"MAIL": b"252 2.1.0 sure\r\n", "RCPT": b"252 2.1.5 will try\r\n",
+                             "LHLO": b"250 hostile.test\r\n"},
+                            b"250 ok\r\n" if route == "smtp" else b"250 2.0.0 ok\r\n") as remote:
+            outcomes = await send(f"{route}://127.0.0.1:{remote.port}")
+            return outcomes, remote.got_data
+
+    outcomes, got_data = run(main())
+    assert outcomes["bob@example.test"].status == "delivered" and got_data
+
+
+def test_an_lmtp_2xx_to_data_itself_defers():
+    """No message was sent: it was counted delivered for every recipient."""
+    async def main():
+        async with Scripted({"LHLO": b"250 hostile.test\r\n",
+                             "DATA": b"250 2.0.0 thanks\r\n"}) as remote:
+            return await send(f"lmtp://127.0.0.1:{remote.port}")
+
+    outcome = run(main())["bob@example.test"]
+    assert (outcome.status, outcome.reply) == (
+        "deferred", "451 4.4.2 unexpected reply to DATA: 250 2.0.0 thanks")
 
 
 def test_an_lmtp_reply_code_of_other_digits_is_no_reply():

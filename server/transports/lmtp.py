@@ -77,7 +77,9 @@ class LmtpClient:
 
     async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
         reply = await self.command("DATA")
-        if reply[0] != 354:
+        if reply[0] // 100 == 2:  # not 3xx: nothing is sent, so nothing was delivered
+            reply = (451, f"4.4.2 unexpected reply to DATA: {reply[0]} {reply[1]}")
+        if reply[0] // 100 != 3:
             return [reply] * count
         self.writer.write(dot_stuffed(data))
         return [await self._reply() for _ in range(count)]

@@ -56,9 +56,6 @@ class SmtpClient:
         try:
             reply = await self.smtp.data(data)
         except SMTPResponseException as err:
-            if 200 <= err.code < 300:  # a 2xx to DATA itself (aiosmtplib wanted 354): the
-                return [(451, f"4.4.2 unexpected reply to DATA: {err.code} "  # message was
-                              f"{err.message}")] * count                       # never sent
             return [(err.code, err.message)] * count
         return [(reply.code, reply.message)] * count
 

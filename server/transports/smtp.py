@@ -48,12 +48,12 @@ async def transaction(client, sender: str, recipients: list[str], data: bytes,
     try:
         code, text = await client.command("MAIL", *_mail_args(client, sender, recipients,
                                                               data))
-        if code != 250:
+        if code // 100 != 2:  # any 2xx goes on, as in Postfix (no 2xx may say delivered)
             return dict.fromkeys(recipients, outcome(code, text, remote, "MAIL FROM"))
         accepted = []
         for rcpt in recipients:
             code, text = await client.command("RCPT", f"TO:<{rcpt}>")
-            if code in (250, 251):
+            if code // 100 == 2:
                 accepted.append(rcpt)
             else:
                 outcomes[rcpt] = outcome(code, text, remote, "RCPT TO")
