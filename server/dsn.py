@@ -29,7 +29,8 @@ from .envelope import Envelope, RecipientState
 
 _ENHANCED = re.compile(r"^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 _FIELD_LIMIT = 900  # characters of a delivery-status field (lines stay under 998)
-_NOT_ASCII = re.compile(r"[^\x00-\x7f]|\\")  # and the backslash that starts an escape
+_NOT_ASCII = re.compile(r"[^\x20-\x7e]")
+_XTEXT = re.compile(r"[^\x21-\x7e]|[\\+=]")  # RFC 6533 utf-8-addr-xtext: what is escaped
 
 
 def status_code(recipient: RecipientState) -> str:
@@ -136,13 +137,14 @@ def _transient(status: str) -> str:
 
 
 def _fields(values: dict) -> Message:
-    """A block of delivery-status fields: ASCII, as message/delivery-status is (a remote's
-    reply in French or a recipient's UTF-8 address: RFC 6533's ``\\x{HEX}`` for each
-    character that is not)."""
+    """A block of delivery-status fields, ASCII as message/delivery-status is: a ``utf-8``
+    address in RFC 6533's utf-8-addr-xtext (``\\x{HEX}``), any other character that is
+    not ASCII (a remote's reply in French) '?', as Postfix's printable() writes it."""
     block = Message()
     for name, value in values.items():
         if value is not None:
-            text = " ".join(str(value).split())
-            block[name] = _NOT_ASCII.sub(lambda c: f"\\x{{{ord(c.group()):X}}}", text) \
-                [:_FIELD_LIMIT]
+            text = " ".join(str(value).split())[:_FIELD_LIMIT]
+            if text.startswith("utf-8; "):
+                text = "utf-8; " + _XTEXT.sub(lambda c: f"\\x{{{ord(c.group()):X}}}", text[7:])
+            block[name] = _NOT_ASCII.sub("?", text)
     return block

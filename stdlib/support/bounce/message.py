@@ -126,6 +126,7 @@ FOLD = re.compile(rb"\r?\n[ \t]*")
 # punctuation or full-width forms, or two kanji in a row (four 8-bit bytes in a row)
 JAPANESE = re.compile("[\u3000-\u30ff\uff01-\uff5e]|[\u4e00-\u9fff]{2}")
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
+XTEXT_ESCAPE = re.compile(r"\\x\{(10[0-9A-Fa-f]{4}|[0-9A-Fa-f]{1,5})\}")  # up to U+10FFFF
 AUTOREPLY_PRECEDENCE = ("auto_reply", "auto-reply")
 # The marks (see MARK_FIELDS) of an automatic reply.
 AUTOREPLY_MARKS = {"auto-submitted=auto-replied", "x-autoreply", "x-autorespond",
@@ -490,10 +491,15 @@ def _enhanced(text: str) -> str:
 
 
 def _after_type(value: str) -> str:
-    """A DSN field's value without its ``type;`` prefix (``rfc822;``, ``smtp;``, ``dns;``)."""
+    """A DSN field's value without its ``type;`` prefix (``rfc822;``, ``smtp;``, ``dns;``);
+    a ``utf-8;`` address's ``\\x{HEX}`` escapes (RFC 6533) decoded."""
     value = _unfold(value)
     kind, sep, rest = value.partition(";")
-    return rest.strip() if sep and len(kind) <= 12 and " " not in kind.strip() else value
+    if not sep or len(kind) > 12 or " " in kind.strip():
+        return value
+    if kind.strip().lower() == "utf-8":
+        return XTEXT_ESCAPE.sub(lambda m: chr(int(m[1], 16)), rest.strip())
+    return rest.strip()
 
 
 def _diagnostic_code(block) -> str:
