@@ -272,11 +272,18 @@ def test_a_plain_bounce_in_latin_1_is_not_read_as_japanese(content_type):
 @pytest.mark.parametrize("text, encoding", [
     ("宛先不明", "euc_jp"), ("送信失敗：宛先不明", "shift_jis"),      # kanji, no kana
     ("Ações não concluídas", "latin-1"), ("Größe überschritten", "latin-1"),
+    ("550 Adresse déléguée inexistante", "cp1252"),   # Shift_JIS made two kanji of it
 ])
 def test_undeclared_8_bit_text_is_read_as_what_it_is(text, encoding):
     raw = (b"From: MAILER-DAEMON@example.org\nSubject: x\n\n<bob@example.org>: 550 "
            + text.encode(encoding) + b"\n")
     assert text in parse(raw).text
+
+
+def test_a_subject_of_white_space_loses_nothing_else():
+    """Its cut at white space found none: the IndexError emptied the whole bounce."""
+    raw = b"Subject: " + b"\n " * 2000 + b"x\n" + DSN.encode().split(b"\n", 1)[1]
+    assert parse(raw).first.address == "bob@remote.test"
 
 
 def test_a_long_encoded_subject_is_decoded_to_its_kept_length():

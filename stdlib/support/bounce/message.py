@@ -122,8 +122,9 @@ REPORT_FIELD = re.compile(r"^(?:>[ \t]?)?(Reporting-MTA|Action|Status)[ \t]*:", 
 # A 2-byte run of ISO-2022-JP(-2) text (RFC 1468, RFC 1554): from its escape to the next.
 JIS_RUN = re.compile(rb"\x1b\$(?:[@AB]|\([@-Z])[^\x1b]*")
 FOLD = re.compile(rb"\r?\n[ \t]*")
-# what Japanese text has and Latin-1 read as EUC-JP or Shift_JIS has not: kana, Japanese
-# punctuation or full-width forms, or two kanji in a row (four 8-bit bytes in a row)
+# what Japanese text has and Latin-1 read as Shift_JIS has not: kana, Japanese punctuation
+# or full-width forms; read as EUC-JP (both bytes 8-bit) not two kanji in a row either
+JAPANESE_SIGNS = re.compile("[\u3000-\u30ff\uff01-\uff5e]")
 JAPANESE = re.compile("[\u3000-\u30ff\uff01-\uff5e]|[\u4e00-\u9fff]{2}")
 QUOTE_MARK = re.compile(r"^>[ \t]?", re.M)
 XTEXT_ESCAPE = re.compile(r"\\x\{(10[0-9A-Fa-f]{4}|[0-9A-Fa-f]{1,5})\}")  # up to U+10FFFF
@@ -523,7 +524,8 @@ def _decoded_raw(value: str) -> str:
 def _sniffed(data: bytes) -> str:
     """Bytes of an undeclared charset, decoded: as ISO-2022-JP (RFC 1468: 7-bit text
     switched to Japanese by escape sequences) when they hold an escape; else as UTF-8 (RFC
-    6533), else as the 8-bit Japanese encodings when that gives Japanese (``JAPANESE``),
+    6533), else as the 8-bit Japanese encodings when that gives Japanese (``JAPANESE``,
+    ``JAPANESE_SIGNS`` for Shift_JIS, which pairs a Latin-1 letter with the next one),
     else as Windows-1252 (the Latin-1 of European MTAs' "Empfänger unbekannt"; Shift_JIS
     would take most of its accented letters for kanji). A character cut at the end (a message read to its bound)
     is dropped rather than make the whole text undecodable."""
@@ -536,7 +538,8 @@ def _sniffed(data: bytes) -> str:
             text = codecs.getincrementaldecoder(codec)().decode(data)
         except UnicodeError:
             continue
-        if codec in ("utf-8", "iso2022_jp", "iso2022_jp_2") or JAPANESE.search(text):
+        if codec in ("utf-8", "iso2022_jp", "iso2022_jp_2") or \
+                (JAPANESE if codec == "euc_jp" else JAPANESE_SIGNS).search(text):
             return text
     return data.decode(fallback, "replace")
 
@@ -556,7 +559,9 @@ def _head_of(value: str) -> str:
     """Enough of a header value to decode SUBJECT characters (an encoded word takes up to 9
     bytes a character: Q-encoded UTF-8), cut at white space so that no encoded word is cut."""
     limit = SUBJECT * 12
-    return value if len(value) <= limit else value[:limit].rsplit(None, 1)[0]
+    if len(value) <= limit:
+        return value
+    return (value[:limit].rsplit(None, 1) or [""])[0]  # "": it was only white space
 
 
 def _decoded_header(value) -> str:
