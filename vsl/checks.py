@@ -386,6 +386,7 @@ class Where:
 
 
 _SHORT_CIRCUIT = ("&&", "||", "??")
+_COMPARISONS = ("==", "!=", "<", "<=", ">", ">=", "in", "!in", "&&", "||")  # give a bool
 
 
 def situations(body: ast.Block) -> dict[int, Where]:
@@ -503,16 +504,21 @@ def _tails(block: ast.Block, pos):
 
 
 def _endless(stmt) -> bool:
-    """``while true { ... }``: left only by return, throw or break, as ``loop``."""
+    """``while true { ... }`` with no ``break``: left only by return or throw, as ``loop``
+    (a ``loop`` with a ``break`` is not followed either)."""
     return isinstance(stmt, ast.While) and isinstance(stmt.cond, ast.Literal) and \
-        stmt.cond.value is True
+        stmt.cond.value is True and \
+        not any(isinstance(n, ast.Break) for n in nodes(stmt.body, closures=False))
 
 
 def _exhaustive(switch: ast.Switch) -> bool:
-    """Whether an arm matches every value: a ``_`` arm, or arms for both booleans."""
+    """Whether an arm matches every value: a ``_`` arm, or arms for both booleans on a
+    comparison or a negation (a switch over anything else may hold a string)."""
     unguarded = {p for arm in switch.arms if arm.guard is None for p in arm.patterns
                  if p is ast.WILDCARD or isinstance(p, bool)}
-    return ast.WILDCARD in unguarded or {True, False} <= unguarded
+    boolean = isinstance(switch.subject, ast.Unary) and switch.subject.op == "!" or \
+        isinstance(switch.subject, ast.Binary) and switch.subject.op in _COMPARISONS
+    return ast.WILDCARD in unguarded or boolean and {True, False} <= unguarded
 
 
 def value_type(e, type_of) -> str | None:

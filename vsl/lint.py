@@ -245,7 +245,7 @@ def _digest_of(path: Path, limit: int) -> str | None:
 
 
 _MISSING_SEMICOLON = re.compile(r"^unexpected (.+?), expected ';'")
-_CONDITION = re.compile(r"\b(?:if|while)\b")
+_CONDITION = re.compile(r"\b(?:if|while)\b[^{};]*$")  # in a condition: no block began since
 
 
 def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -> Diagnostic:
@@ -257,10 +257,9 @@ def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -
     if missing and missing.group(1) == "'else'":
         return Diagnostic(file, line, col, "error", "syntax", "unexpected 'else': " + (
             "remove the ';' before it (an `else` follows the '}' of its `if` block)"
-            if before.endswith(";") else "an `else` follows the '}' of an `if` block: is a "
-            "'}' missing before it?"))
-    if message.startswith("unexpected '=', expected '{'") and \
-            _CONDITION.search(_without_comment(lines[line - 1])[:col - 1]):
+            if re.search(r"\}\s*;$", before) else "an `else` follows the '}' of an `if` "
+            "block: is a '}' missing before it?"))
+    if message.startswith("unexpected '=', expected '{'") and _CONDITION.search(before):
         message += " (did you mean '=='? '=' assigns, '==' compares)"  # if x = 1 {
     if missing and 0 < line <= len(lines) and not lines[line - 1][:col - 1].strip():
         for before in range(line - 1, 0, -1):
