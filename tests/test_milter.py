@@ -281,12 +281,14 @@ def test_commands_before_connect_are_refused_for_now(mta):
     assert mta.ask(b"M", b"<a@b.example>\x00") == b"y451 4.3.0 Error: internal error\x00"
 
 
-def test_end_of_message_before_mail_from_is_refused_without_a_traceback(mta, caplog):
+def test_rcpt_or_end_of_message_before_mail_from_is_refused_without_a_traceback(mta, caplog):
     """An MTA never sends it; a broken client that does gets the temporary failure, and
     the log one line (it was an AttributeError with a traceback)."""
     mta.negotiate()
     mta.connect()
+    assert mta.ask(b"R", b"<bob@example.test>\x00") == b"y451 4.3.0 Error: internal error\x00"
     assert mta.ask(b"E") == b"y451 4.3.0 Error: internal error\x00"
+    assert "RcptTo before MAIL FROM: refused" in caplog.text
     assert "EndOfMessage before MAIL FROM: refused" in caplog.text
     assert "Traceback" not in caplog.text
 
