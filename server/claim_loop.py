@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .queue_backend import Entry, QueueBackend
+from .queue_backend import Entry, QueueBackend, QueueError
 
 RETRY_WINDOW = 0.5  # s: back this soon after its release, a message's processing failed
 FIRST_PAUSE, MAX_PAUSE = 1.0, 30.0  # s before working on such a message again
@@ -81,6 +81,8 @@ class ClaimLoop:
         while True:
             try:
                 await self._claim()
+            except QueueError as err:  # said plainly (a broker gone, a disk full): no bug
+                self.log.error("cannot read the queue (%s): %s", ", ".join(self.queues), err)
             except Exception:  # noqa: BLE001 - the loop must outlive one bad poll
                 self.log.exception("cannot read the queue (%s)", ", ".join(self.queues))
             await self._wait()

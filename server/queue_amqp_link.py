@@ -131,9 +131,12 @@ class BrokerLink:
         self.receivers[physical] = receiver
         self.prefetch = max(prefetch, 1)
         if self.consumer is not None:
-            await self.consumer.set_qos(prefetch_count=self.prefetch,
-                                        timeout=self.connect_timeout)
-            await self._consume(self.consumer, physical)
+            try:
+                await self.consumer.set_qos(prefetch_count=self.prefetch,
+                                            timeout=self.connect_timeout)
+                await self._consume(self.consumer, physical)
+            except self.lost_errors as err:  # the broker went away meanwhile: the reconnect
+                raise QueueError(f"queue broker {self.shown_url}: {plain(err)}") from None
 
     async def ready(self, physical: str) -> int:
         """How many messages ``physical`` holds ready (0 when that cannot be known now)."""
