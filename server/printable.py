@@ -26,6 +26,12 @@ def printable(value, lines: bool = False) -> str:
     return pattern.sub(_escape, text)
 
 
+def marked(value) -> str:
+    """``value`` with each control character (and byte that was not UTF-8) made '?', as
+    Postfix's printable() passes on text a remote server chose (a reply, into a DSN)."""
+    return _UNPRINTABLE.sub("?", str(value))
+
+
 def _escape(found: re.Match) -> str:
     return found.group().encode("unicode_escape").decode("ascii")
 

@@ -7,10 +7,10 @@ import re
 import ssl
 from dataclasses import dataclass
 
+from ..printable import marked
+
 _STATUS = {"2": "delivered", "4": "deferred", "5": "failed"}
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
-# C0 and C1 controls, DEL, and the surrogates aiosmtplib decodes bytes that are not UTF-8 to
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def outcome(code: int, text: str, remote: str | None = None, command: str = "") 
     -1 for a reply it cannot read) is deferred: what the remote did is not known. The
     text is kept printable, as Postfix keeps it: control characters and bytes that are not
     UTF-8 become '?' (they reach logs, ``vsl queue show`` and the sender's DSN)."""
-    text = _UNPRINTABLE.sub("?", " ".join(text.split()))
+    text = marked(" ".join(text.split()))
     status = _STATUS.get(str(code)[:1])
     if status is None:
         return Outcome("deferred", f"451 4.4.2 unreadable reply: {text}", remote, command)
@@ -45,7 +45,7 @@ def detail(err: BaseException | str) -> str:
         err, cause = cause, None
     text = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else \
         " ".join(str(getattr(err, "message", "") or err).split()) or type(err).__name__
-    text = _UNPRINTABLE.sub("?", _SSL_SOURCE.sub("", text))  # "(_ssl.c:1006)": not why
+    text = marked(_SSL_SOURCE.sub("", text))  # "... (_ssl.c:1006)": where in CPython, not why
     return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
 
 
