@@ -255,7 +255,7 @@ def default_hostname() -> str:
 
 @dataclass(frozen=True)
 class Config:
-    hostname: str = field(default_factory=lambda: default_hostname())
+    hostname: str = field(default_factory=default_hostname)
     local_domains: tuple[str, ...] | None = None  # None (unset): the hostname; (): none
     scripts: Path | None = None          # directory holding main.vsl; None: no policy script
     queue_dir: Path = Path("queue")

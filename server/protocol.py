@@ -450,10 +450,11 @@ class Protocol(FastSMTP):
 
     async def _vrfy(self, arg: str | None) -> None:
         """Postfix's answer to VRFY: 252 and the address as given, nothing verified."""
-        if not arg or not arg.split():  # "\x1c" or an ideographic space: no address
+        words = (arg or "").split()  # "\x1c" or an ideographic space: no address
+        if not words:
             await self.push("501 5.5.4 Syntax: VRFY address [SMTPUTF8]")
         else:
-            await self.push(f"252 2.0.0 {arg.split()[0]}")
+            await self.push(f"252 2.0.0 {words[0]}")
 
     async def smtp_STARTTLS(self, arg: str):
         """STARTTLS; inside TLS already, Postfix's refusal."""

@@ -20,8 +20,8 @@ A transcript is a text file::
 
 ``C:`` lines are sent by the client, ``S:`` lines are the replies the server must
 give, in order; a ``*`` stands for the rest of the reply text, and a last line
-(``S: 250 *``) for the continuation lines before it (``250-...``) as well. The dialogue ends with
-an ``S:`` line, so that no reply goes unchecked. ``Q:`` lines follow it: they check the
+(``S: 250 *``) for the continuation lines before it (``250-...``) as well. The dialogue
+ends with an ``S:`` line, so that no reply goes unchecked. ``Q:`` lines follow it: they check the
 messages the session queued, once it is over. The session runs over a socket pair
 into the server's own protocol code, with every DNS look-up answered from the
 transcript's zones, and a spool of its own.

@@ -161,7 +161,7 @@ def test_auto_is_one_worker_where_workers_cannot_share_their_counts(cpus, monkey
 
 @pytest.mark.parametrize("name, fqdn, chosen", [
     ("mx1.example.com", "localhost", "mx1.example.com"),
-    ("mx1", "mx1.example.com", "mx1.example.com"),        # /etc/hosts: 127.0.1.1 mx1.example.com mx1
+    ("mx1", "mx1.example.com", "mx1.example.com"),  # /etc/hosts: 127.0.1.1 mx1.example.com mx1
     ("vm", "localhost", "vm.localdomain"),                # /etc/hosts: 127.0.0.1 localhost, vm
     ("vm", "localhost.localdomain", "vm.localdomain"),
     ("vm", "localhost6.localdomain6", "vm.localdomain"),

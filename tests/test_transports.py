@@ -180,8 +180,10 @@ class Scripted:
 
 
 @pytest.mark.parametrize("rcpt, shown", [
-    (b"550 5.1.1 bo\xc3\xaete d\xc3\xa9sactiv\xc3\xa9e\r\n", "550 5.1.1 bo\u00eete d\u00e9sactiv\u00e9e"),
-    (b"550 5.1.1 user \x1b[2J\x1b]0;pwned\x07 nul\x00 \xff\xfe\r\n", "550 5.1.1 user ?[2J?]0;pwned? nul? ??"),
+    (b"550 5.1.1 bo\xc3\xaete d\xc3\xa9sactiv\xc3\xa9e\r\n",
+     "550 5.1.1 bo\u00eete d\u00e9sactiv\u00e9e"),
+    (b"550 5.1.1 user \x1b[2J\x1b]0;pwned\x07 nul\x00 \xff\xfe\r\n",
+     "550 5.1.1 user ?[2J?]0;pwned? nul? ??"),
 ])
 def test_a_remote_reply_is_kept_printable(rcpt, shown):
     """Control characters and bytes that are not UTF-8 become '?' (they reach logs, the

@@ -330,7 +330,6 @@ class Checker:
                             self.entries.code("{kind}-return"),
                             _return_message(fn.name, found, self.entries, note), pos)
 
-
     def check_discarded(self, block: ast.Block, used: bool) -> None:
         """A warning for each value of the type entry points return (a status) made where
         it is dropped: ``if bad { status::deny(...); } status::next()`` accepts. ``used``:

@@ -252,14 +252,14 @@ def _syntax_finding(source: str, file: str, line: int, col: int, message: str) -
     """A syntax error; one that wants a ';' before the first token of a line points at the
     end of the previous line of code instead ("add `;` here")."""
     lines = source.split("\n")
-    before = _code_before(lines, line, col)
+    preceding = _code_before(lines, line, col)
     missing = _MISSING_SEMICOLON.match(message)
     if missing and missing.group(1) == "'else'":
         return Diagnostic(file, line, col, "error", "syntax", "unexpected 'else': " + (
             "remove the ';' before it (an `else` follows the '}' of its `if` block)"
-            if re.search(r"\}\s*;$", before) else "an `else` follows the '}' of an `if` "
+            if re.search(r"\}\s*;$", preceding) else "an `else` follows the '}' of an `if` "
             "block: is a '}' missing before it?"))
-    if message.startswith("unexpected '=', expected '{'") and _CONDITION.search(before):
+    if message.startswith("unexpected '=', expected '{'") and _CONDITION.search(preceding):
         message += " (did you mean '=='? '=' assigns, '==' compares)"  # if x = 1 {
     if missing and 0 < line <= len(lines) and not lines[line - 1][:col - 1].strip():
         for before in range(line - 1, 0, -1):

@@ -454,8 +454,8 @@ def method_arities(name: str, cls: type | None = None) -> set[tuple[int, int]]:
         entry = cls.vsl_methods.get(name) or _TABLES["any"].get(name)
         return {(entry[1], entry[2])} if entry else set()
     found = {(entry[1], entry[2]) for table in _TABLES.values() if (entry := table.get(name))}
-    return found | {cls.vsl_methods[name][1:] for cls in _native_classes()
-                    if name in cls.vsl_methods}
+    return found | {native.vsl_methods[name][1:] for native in _native_classes()
+                    if name in native.vsl_methods}
 
 
 def _native_classes(base: type = NativeObject):

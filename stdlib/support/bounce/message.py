@@ -527,8 +527,8 @@ def _sniffed(data: bytes) -> str:
     6533), else as the 8-bit Japanese encodings when that gives Japanese (``JAPANESE``,
     ``JAPANESE_SIGNS`` for Shift_JIS, which pairs a Latin-1 letter with the next one),
     else as Windows-1252 (the Latin-1 of European MTAs' "Empfänger unbekannt"; Shift_JIS
-    would take most of its accented letters for kanji). A character cut at the end (a message read to its bound)
-    is dropped rather than make the whole text undecodable."""
+    would take most of its accented letters for kanji). A character cut at the end (a
+    message read to its bound) is dropped rather than make the whole text undecodable."""
     if b"\x1b" in data:
         codecs_tried, fallback = ("iso2022_jp", "iso2022_jp_2"), "utf-8"
     else:
