@@ -6,15 +6,18 @@ import base64
 import json
 import time
 import timeit
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vsl.stdlib.support.bounce import train
-from vsl.stdlib.support.bounce.features import featurize
-from vsl.stdlib.support.bounce.message import MAX_PARTS, parse
-from vsl.stdlib.support.bounce.model import Classifier, Network
+from vsl.stdlib.support.bounce.features import BUCKETS, MAX_CLAUSES, clauses, featurize
+from vsl.stdlib.support.bounce.message import MAX_PARTS, as_bounce, parse
+from vsl.stdlib.support.bounce.model import (CLAUSE_WEIGHT, Classifier, Network,
+                                             average_probabilities, batch_csr,
+                                             reason_probabilities)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces-train.jsonl"
 
@@ -462,6 +465,44 @@ def test_a_feature_slot_no_training_row_touched_weighs_nothing():
     seen = np.unique(np.concatenate([index for index, _ in data.rows]))
     unseen = np.setdiff1d(np.arange(network.buckets), seen)
     assert not network.weights["W1"][unseen].any() and network.weights["W1"][seen].any()
+
+
+@pytest.mark.parametrize("focus, found", [
+    ("550 5.7.1 <bob@example.net>: Recipient address rejected: No relaying. See "
+     "https://mx.example.net/why (in reply to RCPT TO command)",
+     ["Recipient address rejected", "No relaying.", "in reply to RCPT TO command"]),
+    ("Mailbox full - try later; Mailbox full - try later",
+     ["Mailbox full", "try later;", "try later"]),
+    ("550 <bob@example.net>", []),
+    ("a: b c: de fg", ["de fg"]),
+])
+def test_a_focus_is_cut_into_clauses_of_two_words_or_more(focus, found):
+    assert clauses(focus) == found
+
+
+def test_clauses_are_bounded():
+    assert len(clauses("no such user. " * 1000)) == 1
+    assert len(clauses(". ".join(f"word number{n}" for n in range(100)))) == MAX_CLAUSES
+
+
+def test_the_most_decided_clause_pulls_the_judgement_toward_its_reason():
+    """Template words (equal for both reasons) leave their clause undecided; the enhanced
+    code says filtered and "relaying" says norelaying: the whole message reads as filtered,
+    and the judgement is mixed with the "No relaying" clause's, not the template's."""
+    weights = np.zeros((BUCKETS, 2), np.float32)
+    for word in ("recipient", "address", "rejected"):
+        weights[zlib.crc32(b"f" + word.encode()) % BUCKETS] = 2
+    weights[zlib.crc32(b"frelaying") % BUCKETS, 1] = 3
+    weights[zlib.crc32(b"seen=5.7.1") % BUCKETS, 0] = 3
+    network = Network({"W1": weights, "b1": np.zeros(2, np.float32)}, ["filtered", "norelaying"])
+    bounce = as_bounce("550 5.7.1 <bob@example.net>: Recipient address rejected: No relaying")
+
+    def alone(focus=None):
+        return average_probabilities([network], *batch_csr([featurize(bounce, focus=focus)]))[0]
+
+    assert alone()[0] > 0.7 and alone("Recipient address rejected")[0] == 0.5
+    mixed = alone() ** (1 - CLAUSE_WEIGHT) * alone("No relaying") ** CLAUSE_WEIGHT
+    assert np.allclose(reason_probabilities([network], bounce), mixed / mixed.sum())
 
 
 def test_reworded_diagnostic_keeps_its_reason(classifier):

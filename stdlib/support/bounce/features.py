@@ -15,6 +15,9 @@ automatic message, and the phase crossed with the kind, the reply code and the s
 code's class and subject, and the DSN action crossed with the status class (a 4.x.x
 that "failed" is a message the MTA gave up retrying).
 
+The focus can be replaced by one of its clauses (``clauses``, ``featurize_each``): the
+model judges the message with each clause as its focus too (``model.py``).
+
 Every feature is hashed into ``BUCKETS`` slots with a deterministic hash (CRC-32 for words,
 a polynomial hash computed with numpy for character n-grams); each namespace's counts are
 log-scaled and L2-normalised. The output is ``(indices, values)``, sorted by index. A model
@@ -40,21 +43,56 @@ STRUCTURE_WEIGHT = 3.0  # the structure namespace's norm; the focus' namespaces 
 CONTEXT_WEIGHT = 0.25  # the whole readable text: mostly boilerplate around the diagnostic
 PHASE_WORDS_WEIGHT = 1.0  # the focus words crossed with the SMTP phase
 WORD = re.compile(r"[^\W\d_]+")
+CLAUSE_BREAK = re.compile(r"(?<=[.;!?])\s+|:\s+|\s+-+\s+|[()\[\]\n]|\s{3,}")
+MAX_CLAUSES = 12
 URL = re.compile(r"\w{2,10}://[^\s<>\"']{0,300}")
 _POWERS = np.array([pow(1000003, k, 1 << 64) for k in range(max(CHAR_NGRAMS))], dtype=np.uint64)
 
 
-def featurize(bounce: Bounce, buckets: int = BUCKETS) -> tuple[np.ndarray, np.ndarray]:
+def featurize(bounce: Bounce, buckets: int = BUCKETS, focus: str | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """The feature vector of a bounce hashed into ``buckets`` slots: (sorted slot indices,
-    values)."""
-    first = bounce.first
-    focus = (first.diagnostic or bounce.text)[:MAX_FOCUS]
-    groups = [_words("f", focus), _chars(focus), _words("c", bounce.text[:MAX_CONTEXT]),
-              _words("s", bounce.subject), _words(f"p{first.phase}:", focus, bigrams=False)]
-    groups.append(np.array([_hash(name) for name in _structure(bounce, focus)],
-                           dtype=np.uint64))
-    return _combine(groups, [1.0, 1.0, CONTEXT_WEIGHT, 1.0, PHASE_WORDS_WEIGHT,
-                             STRUCTURE_WEIGHT], buckets)
+    values); ``focus`` read in place of its own (one of its clauses)."""
+    return featurize_each(bounce, [focus_of(bounce) if focus is None else focus], buckets)[0]
+
+
+def featurize_each(bounce: Bounce, focuses: list[str], buckets: int = BUCKETS
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The feature vectors of ``bounce`` read with each of ``focuses`` as its focus text;
+    what no focus changes (the context, the subject) is counted once."""
+    context = _normalised(_words("c", bounce.text[:MAX_CONTEXT]), CONTEXT_WEIGHT, buckets)
+    subject = _normalised(_words("s", bounce.subject), 1.0, buckets)
+    phase = f"p{bounce.first.phase}:"
+    rows = []
+    for focus in focuses:
+        structure = np.array([_hash(name) for name in _structure(bounce, focus)],
+                             dtype=np.uint64)
+        rows.append(_merged([
+            _normalised(_words("f", focus), 1.0, buckets),
+            _normalised(_chars(focus), 1.0, buckets), context, subject,
+            _normalised(_words(phase, focus, bigrams=False), PHASE_WORDS_WEIGHT, buckets),
+            _normalised(structure, STRUCTURE_WEIGHT, buckets)]))
+    return rows
+
+
+def focus_of(bounce: Bounce) -> str:
+    """The text the network reads first: the first recipient's diagnostic, else the
+    readable text."""
+    return (bounce.first.diagnostic or bounce.text)[:MAX_FOCUS]
+
+
+def clauses(focus: str) -> list[str]:
+    """The clauses of ``focus`` that have two words or more (of two letters or more, not
+    counting addresses and URLs), distinct, the first ``MAX_CLAUSES``: split at sentence
+    ends, colons, dashes, brackets and line ends."""
+    found: list[str] = []
+    for piece in CLAUSE_BREAK.split(focus):
+        piece = piece.strip()
+        if sum(len(word) > 1 for word in _clean_words(piece)) >= 2 and piece not in found:
+            found.append(piece)
+            if len(found) == MAX_CLAUSES:
+                break
+    return found
 
 
 def _structure(bounce: Bounce, focus: str) -> list[str]:
@@ -112,18 +150,21 @@ def _hash(text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "replace"))
 
 
-def _combine(groups: list[np.ndarray], scales: list[float], buckets: int = BUCKETS
-             ) -> tuple[np.ndarray, np.ndarray]:
-    indices, values = [], []
-    for hashes, scale in zip(groups, scales):
-        if not len(hashes):
-            continue
-        slots, counts = np.unique(hashes % np.uint64(buckets), return_counts=True)
-        weights = np.log1p(counts.astype(np.float32))
-        indices.append(slots.astype(np.int64))
-        values.append(scale * weights / np.sqrt((weights ** 2).sum()))
-    index = np.concatenate(indices)
-    value = np.concatenate(values)
+def _normalised(hashes: np.ndarray, scale: float, buckets: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """One namespace's hashes as (slots, values): log-scaled counts with an L2 norm of
+    ``scale``."""
+    if not len(hashes):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    slots, counts = np.unique(hashes % np.uint64(buckets), return_counts=True)
+    weights = np.log1p(counts.astype(np.float32))
+    return slots.astype(np.int64), scale * weights / np.sqrt((weights ** 2).sum())
+
+
+def _merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The namespaces' (slots, values) as one vector, sorted by slot."""
+    index = np.concatenate([slots for slots, _ in parts])
+    value = np.concatenate([values for _, values in parts])
     order = np.argsort(index, kind="stable")
     return index[order], value[order].astype(np.float32)
 
@@ -131,8 +172,6 @@ def _combine(groups: list[np.ndarray], scales: list[float], buckets: int = BUCKE
 def focus_features(bounce: Bounce) -> tuple[np.ndarray, np.ndarray]:
     """The word and character n-gram features of the focus text alone, without the
     structure (what learned examples are compared by: ``memory.py``)."""
-    focus = (bounce.first.diagnostic or bounce.text)[:MAX_FOCUS]
-    groups = [group for group in (_words("f", focus), _chars(focus)) if len(group)]
-    if not groups:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return _combine(groups, [1.0] * len(groups))
+    focus = focus_of(bounce)
+    return _merged([_normalised(_words("f", focus), 1.0, BUCKETS),
+                    _normalised(_chars(focus), 1.0, BUCKETS)])

@@ -6,6 +6,14 @@ of an embedding table ``W1`` (``BUCKETS`` x ``hidden``) that are summed with the
 ``hidden == 0`` the network is a linear softmax over the same features. Inference is a
 gather, a sum and two small matrix products, deterministic, well under a millisecond.
 
+A diagnostic is mostly template ("Recipient address rejected:", "did not like our RCPT
+TO:") around a few words that name the reason ("No relaying"), and a family never seen
+wraps them in words the network weighs wrongly. So the message is judged twice more
+finely too: each clause of its focus text in place of the focus, in the same batch; the
+most decided clause's probabilities (a template clause is undecided: it came with every
+reason) are mixed with the whole message's (``reason_probabilities``). Leave-group-out,
+this mixing was worth 1 to 3 points of accuracy.
+
 Weights live in a ``.npz`` (``W1`` as 4-bit integers, two to a byte, with a float16 scale
 per row, ``W1.scale``, to keep the file small: under a sixth of float32, with the same
 held-out accuracy; the int8 ``W1`` with a scale and the float16 one without, of older
@@ -28,13 +36,15 @@ from pathlib import Path
 import numpy as np
 
 from . import SHIPPED
-from .features import featurize
+from .features import clauses, featurize_each, focus_of
 from .message import Bounce, Recipient, parse
 
 MEMBER = "@"  # between an array's name and its ensemble member's number in the .npz
 SCALE = ".scale"  # after W1's name: the per-row scale of its quantized values
 LEVELS = 7  # W1's 4-bit values are -LEVELS..LEVELS, stored + 8 in a nibble
 RARITY = "rarity"  # the array of the memory's feature weights (no network's)
+CLAUSE_WEIGHT = 0.35  # the most decided clause's share of the judgement (geometric mean)
+TINY = 1e-9  # added to a probability before its logarithm
 
 
 @dataclass
@@ -126,8 +136,7 @@ class Classifier:
 
     def judge(self, bounce: Bounce) -> tuple[Classification, np.ndarray]:
         """The classification of ``bounce`` and the probability of each reason (``labels``)."""
-        index, value = featurize(bounce, self.networks[0].buckets)
-        probs = average_probabilities(self.networks, index, value, np.array([0, len(index)]))[0]
+        probs = reason_probabilities(self.networks, bounce)
         best = int(np.argmax(probs))
         return self.named(bounce, self.labels[best], float(probs[best])), probs
 
@@ -201,6 +210,30 @@ def _restored(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if scale is not None:
         weights["W1"] *= scale[:, None].astype(np.float32)
     return weights
+
+
+def reason_probabilities(networks: list[Network], bounce: Bounce) -> np.ndarray:
+    """The probability of each reason for ``bounce``: the ensemble's judgement of the whole
+    message, sharpened by its judgement of the focus' most decided clause (the message
+    with that clause as its focus), a weighted geometric mean of the two."""
+    focus = focus_of(bounce)
+    parts = [clause for clause in clauses(focus) if clause != focus]
+    rows = featurize_each(bounce, [focus] + parts, networks[0].buckets)
+    probs = average_probabilities(networks, *batch_csr(rows))
+    if len(rows) == 1:
+        return probs[0]
+    sharpest = probs[1 + int(probs[1:].max(axis=1).argmax())]
+    mixed = np.exp((1 - CLAUSE_WEIGHT) * np.log(probs[0] + TINY) +
+                   CLAUSE_WEIGHT * np.log(sharpest + TINY))
+    return mixed / mixed.sum()
+
+
+def batch_csr(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenated (index, value, offsets) of a list of feature rows."""
+    lengths = [len(index) for index, _ in rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return (np.concatenate([index for index, _ in rows]),
+            np.concatenate([value for _, value in rows]), offsets)
 
 
 def average_probabilities(networks: list[Network], index, value, offsets) -> np.ndarray:

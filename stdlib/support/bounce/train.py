@@ -31,8 +31,9 @@ import numpy as np
 from . import synthetic
 from .features import BUCKETS, featurize
 from .memory import background_rarity
-from .message import as_bounce, parse, report_text
-from .model import Classifier, Network, average_probabilities, softmax
+from .message import Bounce, as_bounce, parse, report_text
+from .model import (Classifier, Network, average_probabilities, batch_csr,
+                    reason_probabilities, softmax)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Encoded:
     rows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    bounces: list[Bounce] = field(default_factory=list)
 
 
 def encode(texts: list[str], reasons: list[str]) -> Encoded:
@@ -69,15 +71,8 @@ def encode(texts: list[str], reasons: list[str]) -> Encoded:
         encoded.rows.append(featurize(bounce))
         encoded.reasons.append(reason)
         encoded.statuses.append(bounce.first.status)
+        encoded.bounces.append(bounce)
     return encoded
-
-
-def batch_csr(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenated (index, value, offsets) of a list of feature rows."""
-    lengths = [len(index) for index, _ in rows]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return (np.concatenate([index for index, _ in rows]),
-            np.concatenate([value for _, value in rows]), offsets)
 
 
 def fit(data: Encoded, settings: Settings, repeat: list[int] | None = None) -> Network:
@@ -176,9 +171,18 @@ class Adam:
 
 
 def predict(networks: list[Network], rows) -> list[tuple[str, float]]:
-    probs = average_probabilities(networks, *batch_csr(rows))
-    best = probs.argmax(axis=1)
-    return [(networks[0].labels[i], float(probs[n, i])) for n, i in enumerate(best)]
+    """The most probable reason and its probability for each feature row."""
+    return _best(networks[0].labels, average_probabilities(networks, *batch_csr(rows)))
+
+
+def judge_all(networks: list[Network], bounces: list[Bounce]) -> list[tuple[str, float]]:
+    """The reason and its probability for each bounce, judged as a classifier does."""
+    return _best(networks[0].labels,
+                 np.array([reason_probabilities(networks, bounce) for bounce in bounces]))
+
+
+def _best(labels: list[str], probs: np.ndarray) -> list[tuple[str, float]]:
+    return [(labels[i], float(probs[n, i])) for n, i in enumerate(probs.argmax(axis=1))]
 
 
 def tables(rows: list[dict]) -> dict:
@@ -303,7 +307,7 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int,
         networks = fit_ensemble(combined, settings,
                                [settings.real_repeat] * len(train) + [1] * len(synth.rows))
         if quick:
-            for i, (reason, _) in zip(test, predict(networks, [real.rows[i] for i in test])):
+            for i, (reason, _) in zip(test, judge_all(networks, [real.bounces[i] for i in test])):
                 guesses["network"][i] = reason
             continue
         majority = Counter(train_reasons).most_common(1)[0][0]
@@ -316,9 +320,10 @@ def cross_validate(rows: list[dict], settings: Settings, folds: int,
         results = {"majority": [(majority, 1.0)] * len(test),
                    "code table": [(t, 1.0) for t in table],
                    "tfidf+logreg": predict([linear], tfidf_test),
-                   "network": predict(networks, [real.rows[i] for i in test]),
-                   "network, no synthetic": predict(alone, [real.rows[i] for i in test]),
-                   "network, reworded": predict(networks, [reworded.rows[i] for i in test])}
+                   "network": judge_all(networks, [real.bounces[i] for i in test]),
+                   "network, no synthetic": judge_all(alone, [real.bounces[i] for i in test]),
+                   "network, reworded": judge_all(networks,
+                                                  [reworded.bounces[i] for i in test])}
         for name, predicted in results.items():
             for i, (reason, _) in zip(test, predicted):
                 guesses[name][i] = reason

@@ -670,12 +670,11 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Null MX: this domain accepts no mail", "No mail service at this domain",
         "domain does not receive mail, null MX published",
     ],
+    # Only texts that say a message is held: "Delivery failed"-like wording opens bounces
+    # of every reason, and taught as onhold it drew them there (0 of 9 such answers right).
     "onhold": [
-        "the message is on hold", "Delivery failed", "Unable to deliver the message",
-        "Message not delivered", "delivery error", "Permanent failure", "Undeliverable",
-        "An error occurred during delivery", "unknown error", "Delivery to this recipient failed",
-        "delivery status unknown", "Zustellung fehlgeschlagen", "Échec de la remise", "配信できませんでした",
-        "投递失败",
+        "the message is on hold", "message held: delivery status unknown", "unknown error",
+        "delivery status unknown", "Nachricht zurückgehalten", "Message en attente",
     ],
     "hasmoved": [
         "User has moved; please try the new address", "this user has moved to another address",
