@@ -15,7 +15,7 @@ automatic message, and the phase crossed with the kind, the reply code and the s
 code's class and subject, and the DSN action crossed with the status class (a 4.x.x
 that "failed" is a message the MTA gave up retrying).
 
-The focus can be replaced by one of its clauses (``clauses``, ``featurize_each``): the
+The focus can be replaced by one of its clauses (``clauses``, ``featurize_parts``): the
 model judges the message with each clause as its focus too (``model.py``).
 
 Every feature is hashed into ``BUCKETS`` slots with a deterministic hash (CRC-32 for words,
@@ -53,15 +53,19 @@ def featurize(bounce: Bounce, buckets: int = BUCKETS, focus: str | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """The feature vector of a bounce hashed into ``buckets`` slots: (sorted slot indices,
     values); ``focus`` read in place of its own (one of its clauses)."""
-    return featurize_each(bounce, [focus_of(bounce) if focus is None else focus], buckets)[0]
+    common, [own] = featurize_parts(bounce, [focus_of(bounce) if focus is None else focus],
+                                    buckets)
+    return _merged([common, own])
 
 
-def featurize_each(bounce: Bounce, focuses: list[str], buckets: int = BUCKETS
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The feature vectors of ``bounce`` read with each of ``focuses`` as its focus text;
-    what no focus changes (the context, the subject) is counted once."""
-    context = _normalised(_words("c", bounce.text[:MAX_CONTEXT]), CONTEXT_WEIGHT, buckets)
-    subject = _normalised(_words("s", bounce.subject), 1.0, buckets)
+def featurize_parts(bounce: Bounce, focuses: list[str], buckets: int = BUCKETS
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+    """The features of ``bounce`` that no focus changes (the context and the subject), and
+    for each of ``focuses`` those it gives read as the focus text (its words, characters,
+    phase words and the structure); a whole vector is the two merged (``featurize``)."""
+    common = _merged([_normalised(_words("c", bounce.text[:MAX_CONTEXT]), CONTEXT_WEIGHT,
+                                  buckets),
+                      _normalised(_words("s", bounce.subject), 1.0, buckets)])
     phase = f"p{bounce.first.phase}:"
     rows = []
     for focus in focuses:
@@ -69,10 +73,10 @@ def featurize_each(bounce: Bounce, focuses: list[str], buckets: int = BUCKETS
                              dtype=np.uint64)
         rows.append(_merged([
             _normalised(_words("f", focus), 1.0, buckets),
-            _normalised(_chars(focus), 1.0, buckets), context, subject,
+            _normalised(_chars(focus), 1.0, buckets),
             _normalised(_words(phase, focus, bigrams=False), PHASE_WORDS_WEIGHT, buckets),
             _normalised(structure, STRUCTURE_WEIGHT, buckets)]))
-    return rows
+    return common, rows
 
 
 def focus_of(bounce: Bounce) -> str:
@@ -82,14 +86,17 @@ def focus_of(bounce: Bounce) -> str:
 
 
 def clauses(focus: str) -> list[str]:
-    """The clauses of ``focus`` that have two words or more (of two letters or more, not
-    counting addresses and URLs), distinct, the first ``MAX_CLAUSES``: split at sentence
-    ends, colons, dashes, brackets and line ends."""
+    """The first ``MAX_CLAUSES`` clauses of ``focus`` that have two words of two letters or
+    more (addresses and URLs not counted), each with other words than the ones before:
+    split after a sentence's end (``.;!?``) and at a colon, at a dash with spaces around
+    it, at brackets, at line ends and at runs of three spaces or more."""
     found: list[str] = []
+    seen: set[tuple[str, ...]] = set()
     for piece in CLAUSE_BREAK.split(focus):
-        piece = piece.strip()
-        if sum(len(word) > 1 for word in _clean_words(piece)) >= 2 and piece not in found:
-            found.append(piece)
+        words = tuple(_clean_words(piece))
+        if sum(len(word) > 1 for word in words) >= 2 and words not in seen:
+            seen.add(words)
+            found.append(piece.strip())
             if len(found) == MAX_CLAUSES:
                 break
     return found

@@ -670,8 +670,9 @@ DIAGNOSTICS: dict[str, list[str]] = {
         "Null MX: this domain accepts no mail", "No mail service at this domain",
         "domain does not receive mail, null MX published",
     ],
-    # Only texts that say a message is held: "Delivery failed"-like wording opens bounces
-    # of every reason, and taught as onhold it drew them there (0 of 9 such answers right).
+    # No "Delivery failed"-like wording: it opens bounces of every reason, and taught as
+    # onhold it drew them there (0 of 9 such answers right); what is left says the
+    # message is held or its fate unknown.
     "onhold": [
         "the message is on hold", "message held: delivery status unknown", "unknown error",
         "delivery status unknown", "Nachricht zurückgehalten", "Message en attente",
