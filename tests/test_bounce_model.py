@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from vsl.stdlib.support.bounce import train
-from vsl.stdlib.support.bounce.features import BUCKETS, MAX_CLAUSES, clauses, featurize
+from vsl.stdlib.support.bounce.features import (BUCKETS, MAX_CLAUSES, clauses, featurize,
+                                                focus_of)
 from vsl.stdlib.support.bounce.message import MAX_PARTS, as_bounce, parse
 from vsl.stdlib.support.bounce.model import (CLAUSE_WEIGHT, Classifier, Network,
                                              average_probabilities, batch_csr,
@@ -479,6 +480,21 @@ def test_a_focus_is_cut_into_clauses_of_two_words_or_more(focus, found):
     assert clauses(focus) == found
 
 
+@pytest.mark.parametrize("human, diagnostic, focus", [
+    ("451 4.0.0 Operating system error\n", "X-Unix; 71", "71\n451 4.0.0 Operating system error"),
+    ("250 ok\n", "X-Unix; 71", "71"),
+    ("451 4.0.0 Operating system error\n", "smtp; 550 5.1.1 unknown", "550 5.1.1 unknown"),
+])
+def test_a_diagnostic_without_a_reply_is_read_with_the_texts_failure_reply(
+        human, diagnostic, focus):
+    raw = (f"From: MAILER-DAEMON@mx.example.org\nContent-Type: multipart/report; "
+           f"report-type=delivery-status; boundary=B\n\n--B\n\n{human}\n--B\n"
+           f"Content-Type: message/delivery-status\n\nReporting-MTA: dns; x\n\n"
+           f"Final-Recipient: rfc822; bob@example.org\nAction: failed\nStatus: 4.5.0\n"
+           f"Diagnostic-Code: {diagnostic}\n--B--\n")
+    assert focus_of(parse(raw)) == focus
+
+
 def test_clauses_are_bounded():
     assert len(clauses("no such user. " * 1000)) == 1
     letters = "abcdefghij"
@@ -580,6 +596,13 @@ def plain_bounce(body: str) -> str:
         + body
 
 
+QMAIL_BLOCKS = ("I wasn't able to deliver your message to the following addresses.\n\n"
+                "<bob@remote.test>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n"
+                "<carol@remote.test>:\n192.0.2.1 said: 552 5.2.2 mailbox full\n")
+QUOTED_BLOCKS = ('failed:\n\n"bob@remote.test":\nafter RCPT:\n550 No such user\n'   # GMX
+                 '"carol@remote.test":\nafter RCPT:\n552 Mailbox full\n')
+
+
 @pytest.mark.parametrize("body, address, diagnostic", [
     ("Unknown user: bob@remote.test\n\nOriginal message follows.\n",       # reason before
      "bob@remote.test", "Unknown user: Original message follows."),
@@ -588,12 +611,35 @@ def plain_bounce(body: str) -> str:
     ("To: alice@remote.test\n\nFailed recipients:\n<bob@remote.test>:\nQuota exceeded\n"
      "<carol@remote.test>:\nNo such user\n",                             # blocks, not a To:
      "bob@remote.test", "Failed recipients: <>: Quota exceeded"),
+    (QUOTED_BLOCKS, "bob@remote.test", 'failed: "": after RCPT: 550 No such user'),
 ])
 def test_the_diagnostic_of_a_non_dsn_bounce_is_the_text_around_its_address(
         body, address, diagnostic):
     bounce = parse(plain_bounce(body))
     assert (bounce.first.address, bounce.first.diagnostic) == (address, diagnostic)
     assert [r.address for r in bounce.recipients][:1] == [address]
+
+
+@pytest.mark.parametrize("body, diagnostics", [
+    (QUOTED_BLOCKS, ['failed: "": after RCPT: 550 No such user',
+                     '"": after RCPT: 552 Mailbox full']),
+    (QMAIL_BLOCKS, ["I wasn't able to deliver your message to the following addresses. <>: "
+                    "Sorry, no mailbox here by that name. (#5.1.1)",
+                    "<>: 192.0.2.1 said: 552 5.2.2 mailbox full"]),
+    ("Not listed in the directory\nbob@remote.test\n\nMailbox full\ncarol@remote.test\n",
+     ["Not listed in the directory Mailbox full", "Mailbox full"]),  # reasons above addresses
+    ("MAILER-DAEMON@mx.example.org here.\n\nNot listed in the directory\nbob@remote.test\n",
+     ["Not listed in the directory"]),
+])
+def test_a_recipient_takes_the_line_above_unless_another_recipients_block_has_it(
+        body, diagnostics):
+    found = parse(plain_bounce(body)).recipients
+    assert [r.diagnostic for r in found][-len(diagnostics):] == diagnostics
+
+
+def test_another_recipients_failure_reply_is_not_read_as_the_firsts():
+    bounce = parse(plain_bounce(QMAIL_BLOCKS))
+    assert focus_of(bounce) == bounce.first.diagnostic  # not followed by carol's 552 line
 
 
 SYSTEM_SENDER = b"From: MAILER-DAEMON@x.org\n"

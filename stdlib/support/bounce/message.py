@@ -103,8 +103,10 @@ ORIGINAL_HEADERS = re.compile(
 _FIELD = (r"(?:From|To|Cc|Subject|Date|Sender|Reply-To|Received|Return-Path|Message-ID"
           r"|MIME-Version|Content-Type|DKIM-Signature|Delivered-To):[ \t]")
 ORIGINAL_HEADER_RUN = re.compile(rf"^{_FIELD}[^\n]*\n{_FIELD}", re.M | re.I)
-# A line that opens with an address: the next recipient's block in a non-DSN bounce.
-RECIPIENT_BLOCK = re.compile(r"^[ \t>]{0,4}<?[\w.+=\-]{1,64}@[\w.\-]{1,255}", re.M)
+BLANK_LINE = re.compile(r"\n[ \t]*\n")
+# A line that opens with an address, maybe in angle brackets or quotes (GMX): the next
+# recipient's block in a non-DSN bounce.
+RECIPIENT_BLOCK = re.compile(r'^[ \t>]{0,4}[<"]?[\w.+=\-]{1,64}@[\w.\-]{1,255}', re.M)
 # A delivery-status report's first per-message or per-recipient field (RFC 3464 §2.2, §2.3)
 # at the start of a line of the readable text, maybe quoted (``> ``).
 INLINE_REPORT = re.compile(r"^(?:>[ \t]?)?(?:Reporting-MTA|Final-Recipient|Original-Recipient)"
@@ -397,7 +399,7 @@ def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Reci
     open a line of the text of a non-DSN bounce (a recipient's block), then those it names
     elsewhere."""
     recipients, seen = [], set()
-    openers = [m.group(0).strip(" \t><").strip(".").lower()
+    openers = [m.group(0).strip(" \t><\"").strip(".").lower()
                for m in RECIPIENT_BLOCK.finditer(text)]
     named = [a.strip(".").lower() for a in failed] or openers + list(mentions)
     for address in named:
@@ -418,18 +420,29 @@ def _diagnostic_in_text(text: str, address: str, mentions: dict) -> str:
 
 def _text_around(text: str, mention: re.Match) -> str:
     """What a non-DSN bounce says of the address ``mention`` names: its line (IMail's
-    "Unknown user: <address>"), the line above when the address stands alone on its own
-    (Lotus Notes writes the reason there), and the text below up to the next recipient's
-    block (a line that opens with another address)."""
+    "Unknown user: <address>"), the line above when the address opens its own and that
+    line is no part of another recipient's block (some MTAs write the reason above the
+    address; qmail and GMX write blocks one after the other, the reason below), and the
+    text below up to the next recipient's block (a line that opens with another address)."""
     start = text.rfind("\n", 0, mention.start()) + 1
     if not text[start:mention.start()].strip(" \t<>\"'"):
         above = text[:start].rstrip()
-        start = above.rfind("\n") + 1
+        if not _in_a_block(text, len(above)):
+            start = above.rfind("\n") + 1
     following = text[mention.end():mention.end() + PLAIN_DIAGNOSTIC]
     block_end = RECIPIENT_BLOCK.search(following)
     while block_end and mention.group(0).lower() in block_end.group(0).lower():
         block_end = RECIPIENT_BLOCK.search(following, block_end.end())
     return text[start:mention.start()] + following[:block_end.start() if block_end else None]
+
+
+def _in_a_block(text: str, line_end: int) -> bool:
+    """Whether the line that ends at ``line_end`` is part of a recipient's block: it, or a
+    line above it with no blank line between (in the ``PLAIN_DIAGNOSTIC`` characters
+    before it), opens with an address."""
+    floor = max(0, line_end - PLAIN_DIAGNOSTIC)
+    openers = list(RECIPIENT_BLOCK.finditer(text, floor, line_end))
+    return bool(openers) and not BLANK_LINE.search(text, openers[-1].end(), line_end)
 
 
 def _fill_codes(rcpt: Recipient, text_codes: Callable[[], tuple[str, str, str]]) -> None:
@@ -455,6 +468,25 @@ def _failure_reply(text: str) -> re.Match | None:
     replies before it), else the first reply code."""
     replies = list(itertools.islice(REPLY_CODE.finditer(text), 20))
     return next((m for m in replies if m.group(1)[0] in "45"), replies[0] if replies else None)
+
+
+def failure_line(bounce: Bounce) -> str:
+    """The line of the bounce's text (of its first ``MAX_TEXT`` characters) that holds the
+    first 4xx/5xx reply code among its first reply codes (``_failure_reply``), or ``""``
+    when there is none or it is another recipient's: the line names one, or a line that
+    opens with one (that recipient's block) comes before it."""
+    context = bounce.text[:MAX_TEXT]
+    reply = _failure_reply(context)
+    if not reply or reply.group(1)[0] not in "45":
+        return ""
+    start = context.rfind("\n", 0, reply.start()) + 1
+    end = context.find("\n", reply.end())
+    line = context[start:end if end >= 0 else None]
+    others = {rcpt.address.lower() for rcpt in bounce.recipients[1:]}
+    others.discard(bounce.first.address.lower())
+    before = [match.group(0).strip(' \t><"') for match in RECIPIENT_BLOCK.finditer(context, 0, start)]
+    named = before + [match.group(0) for match in ADDRESS.finditer(line)]
+    return "" if others & {address.strip(".").lower() for address in named} else line.strip()
 
 
 def phase_of(text: str, reply_at: int) -> str:

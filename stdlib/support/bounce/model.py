@@ -223,9 +223,9 @@ def reason_probabilities(networks: list[Network], bounce: Bounce) -> np.ndarray:
     with that clause as its focus), a weighted geometric mean of the two."""
     focus = focus_of(bounce)
     parts = [clause for clause in clauses(focus) if clause != focus]
-    common, rows = featurize_parts(bounce, [focus] + parts, networks[0].buckets)
-    probs = average_probabilities(networks, *batch_csr(rows), common)
-    if len(rows) == 1:
+    common, batch = featurize_parts(bounce, [focus] + parts, networks[0].buckets)
+    probs = average_probabilities(networks, *batch, common)
+    if not parts:
         return probs[0]
     sharpest = probs[1 + int(probs[1:].max(axis=1).argmax())]
     mixed = np.exp((1 - CLAUSE_WEIGHT) * np.log(probs[0] + TINY) +
