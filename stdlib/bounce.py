@@ -23,13 +23,13 @@ from .support.signing import message_of
 # The classifier is the process's shared one (support/bounce/shared.py: loaded on first use,
 # the status codes deciding when its file cannot be read), so a script, `vsl bounce` and
 # delivery give one text one answer. The work is bounded by the parser's limits (256 KiB,
-# 64 MIME parts, 100 recipients; about 3 ms a message), and charged to the script's
+# 64 MIME parts, 100 recipients; about 2 ms a message), and charged to the script's
 # operations by the bytes read and the recipients classified (``charges=``), as a script
 # step walking them would be.
 
-# One classification (the whole message and up to 12 clauses of its diagnostic) takes 2 to
-# 3 ms, about what parsing 32 KiB of a DSN does (up to 10 ms for a 1,200-character
-# diagnostic of 12 clauses), so each classification is charged as 32 KiB read.
+# One classification (the whole message and up to 12 clauses of its diagnostic) takes about
+# 2 ms, more for a long diagnostic of 12 clauses, about what parsing 32 KiB of a DSN does,
+# so each classification is charged as 32 KiB read.
 CLASSIFY_WORK = 32 * 1024
 
 namespace = Namespace("bounce", "Why a message bounced (the bounce classifier)")

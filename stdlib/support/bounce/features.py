@@ -2,11 +2,12 @@
 
 Design: three texts are read, each in its own namespace so that one cannot drown another:
 the *focus* (the first recipient's diagnostic, followed by the text's failure reply line
-when it shows no reply code, or the readable text when there is none), the *context* (the readable text of the bounce, weighed down: mostly boilerplate)
-and the subject. Each gives word unigrams and bigrams; the focus also gives character 3- to
-5-grams of its letters with the spaces removed, so "mail box", "mailbox" and a misspelt
-"mailbx" share most features, and its words once more crossed with the SMTP phase (a
-"user unknown" answered after DATA is a filter's verdict, after RCPT TO an address's).
+when it shows no reply code, or the readable text when there is none), the *context* (the
+readable text of the bounce, weighed down: mostly boilerplate) and the subject. Each gives
+word unigrams and bigrams; the focus also gives character 3- to 5-grams of its letters with
+the spaces removed, so "mail box", "mailbox" and a misspelt "mailbx" share most features,
+and its words once more crossed with the SMTP phase (a "user unknown" answered after DATA
+is a filter's verdict, after RCPT TO an address's).
 Addresses, URLs and numbers are dropped from the words, they name no reason.
 The structure the standards give becomes one feature each: message kind, DSN action,
 enhanced status code (whole, class, subject, subject.detail), every enhanced code the

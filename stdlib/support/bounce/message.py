@@ -399,8 +399,7 @@ def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Reci
     open a line of the text of a non-DSN bounce (a recipient's block), then those it names
     elsewhere."""
     recipients, seen = [], set()
-    openers = [m.group(0).strip(" \t><\"").strip(".").lower()
-               for m in RECIPIENT_BLOCK.finditer(text)]
+    openers = [_opener(m) for m in RECIPIENT_BLOCK.finditer(text)]
     named = [a.strip(".").lower() for a in failed] or openers + list(mentions)
     for address in named:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
@@ -408,6 +407,11 @@ def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Reci
         seen.add(address)
         recipients.append(Recipient(address=address))
     return recipients
+
+
+def _opener(block: re.Match) -> str:
+    """The address a ``RECIPIENT_BLOCK`` match opens its line with, lower case."""
+    return block.group(0).strip(" \t><\"").strip(".").lower()
 
 
 def _diagnostic_in_text(text: str, address: str, mentions: dict) -> str:
@@ -484,9 +488,9 @@ def failure_line(bounce: Bounce) -> str:
     line = context[start:end if end >= 0 else None]
     others = {rcpt.address.lower() for rcpt in bounce.recipients[1:]}
     others.discard(bounce.first.address.lower())
-    before = [match.group(0).strip(' \t><"') for match in RECIPIENT_BLOCK.finditer(context, 0, start)]
-    named = before + [match.group(0) for match in ADDRESS.finditer(line)]
-    return "" if others & {address.strip(".").lower() for address in named} else line.strip()
+    named = {_opener(block) for block in RECIPIENT_BLOCK.finditer(context, 0, start)}
+    named.update(match.group(0).strip(".").lower() for match in ADDRESS.finditer(line))
+    return "" if others & named else line.strip()
 
 
 def phase_of(text: str, reply_at: int) -> str:
