@@ -24,6 +24,18 @@ def test_a_bare_reply_is_classified(reply, reason):
     assert found.hard is reply.startswith("5")
 
 
+@pytest.mark.parametrize("reply, expired", [
+    ("451 4.4.1 cannot deliver to 192.0.2.1:25: Connection refused", False),
+    ("451 4.4.1 connection timed out; message expired after 5 days in queue", False),
+    ("550 4.4.7 QUEUE.Expired; message expired", True),
+])
+def test_a_reply_is_expired_only_when_its_code_says_so(reply, expired):
+    """One attempt's reply does not tell that the queue lifetime ended: ``expired`` only
+    for RFC 3463's X.4.7 (the network alone gave the first reply 0.51 expired)."""
+    found = SharedClassifier().classify_text(reply)
+    assert (found.reason == "expired") is expired and found.confidence > 0.5
+
+
 @pytest.mark.parametrize("reply", ["450 mailbox unavailable", "421 Too many connections",
                                    "550 mailbox unavailable"])
 def test_a_reply_without_an_enhanced_code_keeps_its_class(reply):

@@ -12,7 +12,9 @@ a reason. A message is one of four kinds:
   or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
 - ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients``, else the
   addresses its human-readable text names (up to the returned original message: a field
-  added in transit, or two header lines in a row).
+  added in transit, or two header lines in a row), those opening a line first, and the
+  bounce's own From and To (its writer, the sender it returns the message to) only when
+  they open a line or the text names no other address.
 
 A report written into the readable text (forwarded as text, or its part lost its type) is
 read as a ``dsn`` only for what would otherwise be ``plain``, with no automatic-reply mark,
@@ -81,8 +83,6 @@ COMMAND_MARKER = re.compile(
     r"[ \t]{0,8}\r?\n?[ \t]{0,8}(?:the\s|our\s|final\s|initial\s)?"
     r"(RCPT|MAIL|DATA|end\s{1,8}of\s{1,8}data|TEXT|BDAT|HELO|EHLO|LHLO|STARTTLS|AUTH|"
     r"connection|connect|greeting|banner)\b", re.I | re.M)
-TRANSCRIPT_COMMAND = re.compile(r"^[ \t>]{0,4}>>>", re.M)
-TRANSCRIPT_REPLY = re.compile(r"^[ \t>]{0,4}<<<", re.M)
 # qmail-remote's fixed sentences, one per SMTP step (its source, qmail-remote.c).
 QMAIL_STEPS = (("does not like recipient", "rcpt"), ("sender was rejected", "mail"),
                ("my name was rejected", "helo"), ("failed on DATA command", "data"),
@@ -104,6 +104,10 @@ _FIELD = (r"(?:From|To|Cc|Subject|Date|Sender|Reply-To|Received|Return-Path|Mess
           r"|MIME-Version|Content-Type|DKIM-Signature|Delivered-To):[ \t]")
 ORIGINAL_HEADER_RUN = re.compile(rf"^{_FIELD}[^\n]*\n{_FIELD}", re.M | re.I)
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
+HTML_TAG = re.compile(r"<[^>]*>?")  # an unclosed tag hides the rest, as a browser would
+# A style or script element, up to its end tag or the end of the text (linear: each try
+# ends in a match).
+HIDDEN_ELEMENT = re.compile(r"<(style|script)\b.*?(?:</\1[^>]*>?|\Z)", re.I | re.S)
 # A line that opens with an address, maybe in angle brackets or quotes (GMX): the next
 # recipient's block in a non-DSN bounce.
 RECIPIENT_BLOCK = re.compile(r'^[ \t>]{0,4}[<"]?[\w.+=\-]{1,64}@[\w.\-]{1,255}', re.M)
@@ -227,7 +231,7 @@ def _parsed(msg) -> Bounce:
     mentions = _first_mentions(text)
     if not recipients:
         failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
-        recipients = _plain_recipients(text, failed, mentions)
+        recipients = _plain_recipients(text, failed, mentions, _correspondents(msg))
     text_codes = functools.cache(lambda: _codes(text))  # scanned only when a recipient needs it
     for rcpt in recipients:
         rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address, mentions)
@@ -394,19 +398,28 @@ def _first_mentions(text: str) -> dict[str, re.Match]:
     return mentions
 
 
-def _plain_recipients(text: str, failed: list[str], mentions: dict) -> list[Recipient]:
+def _plain_recipients(text: str, failed: list[str], mentions: dict,
+                      correspondents: set[str]) -> list[Recipient]:
     """The ``failed`` addresses (X-Failed-Recipients) when there are some, else those that
     open a line of the text of a non-DSN bounce (a recipient's block), then those it names
-    elsewhere."""
+    elsewhere; the bounce's own ``correspondents`` (the sender it returns the message to,
+    the mail system that writes) only when it names no other address."""
     recipients, seen = [], set()
     openers = [_opener(m) for m in RECIPIENT_BLOCK.finditer(text)]
-    named = [a.strip(".").lower() for a in failed] or openers + list(mentions)
+    elsewhere = [a for a in mentions if a not in correspondents] or list(mentions)
+    named = [a.strip(".").lower() for a in failed] or openers + elsewhere
     for address in named:
         if address in seen or len(recipients) >= MAX_RECIPIENTS:
             continue
         seen.add(address)
         recipients.append(Recipient(address=address))
     return recipients
+
+
+def _correspondents(msg) -> set[str]:
+    """The addresses of the bounce's own From and To fields, lower case."""
+    fields = _field(msg, "From")[:2000] + " " + _field(msg, "To")[:2000]
+    return {address.strip(".").lower() for address in ADDRESS.findall(fields)}
 
 
 def _opener(block: re.Match) -> str:
@@ -494,9 +507,11 @@ def failure_line(bounce: Bounce) -> str:
 
 
 def phase_of(text: str, reply_at: int) -> str:
-    """The SMTP phase the reply at ``reply_at`` answered: the last command marker before it,
-    else the first one after (the reply was quoted above the transcript); ``""`` when the
-    text names none."""
+    """The SMTP phase the reply at ``reply_at`` answered, as the bounce shows it: the last
+    command marker before it, else the first one after (the reply was quoted above the
+    transcript); ``""`` when the text names none. A RCPT TO refusal that Sendmail prints
+    after the DATA it pipelined with it (RFC 2920) counts as DATA's: the labels read it so
+    (a "user unknown" there is ``filtered`` unless its code is 5.1.x)."""
     found = [(m.start(), COMMAND_PHASES[" ".join(m.group(1).lower().split())])
              for m in COMMAND_MARKER.finditer(text)]
     lowered = text.lower()
@@ -505,21 +520,7 @@ def phase_of(text: str, reply_at: int) -> str:
     if not found:
         return ""
     before = [item for item in found if item[0] < reply_at]
-    at, phase = max(before) if before else min(found)
-    if phase == "data":
-        reply = _failure_reply(text[at:at + MAX_TEXT])
-        if reply and _answered_pipelined_rcpt(text, at + reply.start()):
-            return "rcpt"
-    return phase
-
-
-def _answered_pipelined_rcpt(text: str, reply_at: int) -> bool:
-    """Whether the transcript reply at ``reply_at`` answered a RCPT TO sent in one batch
-    with DATA (RFC 2920 pipelining: Sendmail prints ``>>> DATA`` and then one ``<<<`` reply
-    per command sent, in order): another reply follows it before the next command."""
-    rest = text[reply_at:reply_at + MAX_TEXT]
-    next_command = TRANSCRIPT_COMMAND.search(rest)
-    return bool(TRANSCRIPT_REPLY.search(rest[:next_command.start() if next_command else None]))
+    return (max(before) if before else min(found))[1]
 
 
 def _enhanced(text: str) -> str:
@@ -638,16 +639,13 @@ def _decoded_payload(part) -> str:
 
 
 def _strip_tags(html: str) -> str:
-    out, inside = [], False
-    for char in html[:MAX_MESSAGE]:
-        if char == "<":
-            inside = True
-        elif char == ">":
-            inside = False
-            out.append(" ")
-        elif not inside:
-            out.append(char)
-    return "".join(out)
+    """The text of an HTML part: its tags, and the content of its style and script
+    elements (Google's and Microsoft's bounces carry a style sheet), dropped; character
+    references decoded."""
+    import html as entities
+
+    shown = HIDDEN_ELEMENT.sub(" ", html[:MAX_MESSAGE])
+    return entities.unescape(HTML_TAG.sub(" ", shown))
 
 
 def as_bounce(text: str) -> Bounce:

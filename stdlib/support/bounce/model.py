@@ -226,11 +226,25 @@ def reason_probabilities(networks: list[Network], bounce: Bounce) -> np.ndarray:
     common, batch = featurize_parts(bounce, [focus] + parts, networks[0].buckets)
     probs = average_probabilities(networks, *batch, common)
     if not parts:
-        return probs[0]
+        return _unless_expiry_unsaid(networks[0].labels, bounce, probs[0])
     sharpest = probs[1 + int(probs[1:].max(axis=1).argmax())]
     mixed = np.exp((1 - CLAUSE_WEIGHT) * np.log(probs[0] + TINY) +
                    CLAUSE_WEIGHT * np.log(sharpest + TINY))
-    return mixed / mixed.sum()
+    return _unless_expiry_unsaid(networks[0].labels, bounce, mixed / mixed.sum())
+
+
+def _unless_expiry_unsaid(labels: list[str], bounce: Bounce, probs: np.ndarray) -> np.ndarray:
+    """``probs`` without ``expired`` for a report that tells neither that the message was
+    given up nor that it is still retried (a DSN recipient without ``Action``: what one
+    SMTP reply is read as, see ``message.reply_report``), unless its enhanced code says
+    it expired (X.4.7, RFC 3463): one attempt's failure is not its queue lifetime's end."""
+    first = bounce.first
+    if bounce.kind != "dsn" or first.action or first.status[1:] == ".4.7" or \
+            "expired" not in labels:
+        return probs
+    kept = probs.copy()
+    kept[labels.index("expired")] = 0
+    return kept / kept.sum() if kept.sum() > TINY else probs
 
 
 def batch_csr(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
