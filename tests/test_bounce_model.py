@@ -139,6 +139,12 @@ def test_dsn_gives_one_entry_per_recipient():
     assert "could not be delivered" in bounce.text and "Subject: hello" not in bounce.text
 
 
+def test_a_final_recipient_in_angle_brackets_is_its_address():
+    bounce = parse(DSN.replace("Final-Recipient: rfc822; bob@remote.test",
+                               "Final-Recipient: rfc822; <bob@remote.test>"))
+    assert [r.address for r in bounce.recipients] == ["bob@remote.test", "carol@slow.test"]
+
+
 def test_arf_autoreply_and_plain_kinds():
     assert parse(ARF).kind == "feedback"
     assert parse(AUTOREPLY).kind == "autoreply"

@@ -383,7 +383,7 @@ def _recipient_from_block(block) -> Recipient | None:
     address = _field(block, "Final-Recipient") or _field(block, "Original-Recipient")
     if not address:
         return None
-    return Recipient(address=_after_type(address),
+    return Recipient(address=_after_type(address).strip(" \t<>"),  # McAfee writes <address>
                      action=_unfold(_field(block, "Action")).lower(),
                      status=_enhanced(_field(block, "Status")),
                      remote_mta=_after_type(_field(block, "Remote-MTA")),
