@@ -708,6 +708,8 @@ EMPTY_DIAGNOSTICS = b"".join(b"Final-Recipient: rfc822; u%d@example.org\nDiagnos
     b"Subject: " + b" =?utf-8?b?w6nDqcOpw6nDqQ==?=" * 8000 + b"\n\nx\n",  # before: 0.3 s
     CLAUSED,
     b"Content-Type: text/html\n\n" + b"<style>x</Style><b>&amp;" * 9_000 + b"<script></scrip<" * 3_000,
+    b"Content-Type: text/html\n\n" + b"&#1" * 80_000,                  # each reference a call
+    b"Content-Type: text/html\n\nbob@remote.test: 550 User unknown &#" + b"1" * 9_000 + b";",
 ])
 def test_hostile_messages_parse_in_bounded_time(classifier, body):
     """Each costs a few ordinary bounces' time (before the bounds: 200 to 1,000 times as
@@ -763,6 +765,14 @@ def test_the_bounces_own_sender_and_recipient_are_not_failed_recipients(body, re
     assert [r.address for r in bounce.recipients] == recipients
 
 
+def test_a_notices_own_from_is_a_recipient_unless_a_mail_system_wrote_it():
+    """An auto-reply's or an address-change notice's From is the recipient it is about."""
+    notice = ("From: bob@old.test\nTo: alice@example.org\nAuto-Submitted: auto-replied\n"
+              "Subject: Address changed\n\nbob@old.test is no longer in use. Please write "
+              "to bob@new.test, or ask alice@example.org's admin.\n")
+    assert [r.address for r in parse(notice).recipients] == ["bob@old.test", "bob@new.test"]
+
+
 def test_an_html_bounce_is_read_without_its_style_sheet_and_scripts():
     bounce = parse("From: mailer-daemon@googlemail.com\nTo: alice@example.org\n"
                    "Content-Type: text/html\n\n<html><head><style>* { font-family: Roboto; }"
@@ -772,6 +782,19 @@ def test_an_html_bounce_is_read_without_its_style_sheet_and_scripts():
     assert " ".join(bounce.text.split()) == \
         "Address not found bob@remote.test: 550 5.1.1 User unknown & gone"
     assert bounce.first.address == "bob@remote.test" and bounce.first.reply_code == "550"
+
+
+@pytest.mark.parametrize("reference, decoded", [
+    ("&#65;&#x41;&#0000000000065;&#x00000000041", "AAAA"),
+    ("&#" + "1" * 9_000 + ";", "\ufffd"),       # html.unescape alone: ValueError (4,300 digits)
+    ("&#x" + "0" * 9_000 + "41;", "A"),
+    ("&#1234567890;&#x110000;", "\ufffd\ufffd"),  # past U+10FFFF
+])
+def test_an_html_parts_character_references_are_decoded_whatever_their_length(reference,
+                                                                              decoded):
+    bounce = parse("From: mailer-daemon@example.org\nContent-Type: text/html\n\n<p>"
+                   f"bob@remote.test: 550 5.1.1 User unknown {reference}</p>")
+    assert bounce.text.split()[-1] == decoded and bounce.first.address == "bob@remote.test"
 
 
 def test_a_reasons_usual_status_is_a_registered_code():

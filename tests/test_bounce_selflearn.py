@@ -78,6 +78,16 @@ def test_an_example_is_kept_when_network_code_and_wording_agree():
     assert found.key == selflearn.key(found.text)  # computed once, stored with it
 
 
+def test_an_expiry_reply_is_kept_by_the_shipped_network():
+    """The network does not call a coded reply ``expired`` unless its code is X.4.7; its
+    wording alone (digits masked, no codes) is not a reply, so the check can still agree."""
+    classifier = SharedClassifier().get()
+    bounce = as_bounce("451 4.4.7 Message expired, queue lifetime exceeded")
+    verdict, _ = classifier.judge(bounce)
+    found = selflearn.lesson(bounce, verdict, classifier.labels, classifier.judge, DOMAIN)
+    assert verdict.reason == "expired" and found.reason == "expired"
+
+
 def test_a_known_wording_is_not_judged_again():
     def judge(bounce):
         raise AssertionError("the network asked about a wording already known")

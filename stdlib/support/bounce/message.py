@@ -12,9 +12,9 @@ a reason. A message is one of four kinds:
   or ``postmaster``, or an ``X-Failed-Recipients`` field): that is a bounce;
 - ``plain``: any other bounce; its recipients are the ``X-Failed-Recipients``, else the
   addresses its human-readable text names (up to the returned original message: a field
-  added in transit, or two header lines in a row), those opening a line first, and the
-  bounce's own From and To (its writer, the sender it returns the message to) only when
-  they open a line or the text names no other address.
+  added in transit, or two header lines in a row), those opening a line first; the
+  sender it returns the message to (its To) and a mail system that writes it (its From)
+  only when they open a line or the text names no other address.
 
 A report written into the readable text (forwarded as text, or its part lost its type) is
 read as a ``dsn`` only for what would otherwise be ``plain``, with no automatic-reply mark,
@@ -105,6 +105,11 @@ _FIELD = (r"(?:From|To|Cc|Subject|Date|Sender|Reply-To|Received|Return-Path|Mess
 ORIGINAL_HEADER_RUN = re.compile(rf"^{_FIELD}[^\n]*\n{_FIELD}", re.M | re.I)
 BLANK_LINE = re.compile(r"\n[ \t]*\n")
 HTML_TAG = re.compile(r"<[^>]*>?")  # an unclosed tag hides the rest, as a browser would
+# A numeric character reference's leading zeros but one, and a reference past U+10FFFF
+# (9 digits or more): html.unescape makes it U+FFFD, but converts its digits first (past
+# 4,300 of them, an error).
+LEADING_ZEROS = re.compile(r"&#([xX]?0)0+(?=\w)")
+HUGE_REFERENCE = re.compile(r"&#(?:0?[1-9]\d{8,}|[xX]0?[1-9a-fA-F][0-9a-fA-F]{8,});?")
 # A style or script element, up to its end tag or the end of the text (linear: each try
 # ends in a match).
 HIDDEN_ELEMENT = re.compile(r"<(style|script)\b.*?(?:</\1[^>]*>?|\Z)", re.I | re.S)
@@ -231,7 +236,7 @@ def _parsed(msg) -> Bounce:
     mentions = _first_mentions(text)
     if not recipients:
         failed = ADDRESS.findall(_field(msg, "X-Failed-Recipients")[:2000])
-        recipients = _plain_recipients(text, failed, mentions, _correspondents(msg))
+        recipients = _plain_recipients(text, failed, mentions, _correspondents(msg, marks))
     text_codes = functools.cache(lambda: _codes(text))  # scanned only when a recipient needs it
     for rcpt in recipients:
         rcpt.diagnostic = rcpt.diagnostic or _diagnostic_in_text(text, rcpt.address, mentions)
@@ -403,7 +408,8 @@ def _plain_recipients(text: str, failed: list[str], mentions: dict,
     """The ``failed`` addresses (X-Failed-Recipients) when there are some, else those that
     open a line of the text of a non-DSN bounce (a recipient's block), then those it names
     elsewhere; the bounce's own ``correspondents`` (the sender it returns the message to,
-    the mail system that writes) only when it names no other address."""
+    the mail system that writes it) only when it names no other address: a policy that
+    suppresses failed recipients must not suppress the sender."""
     recipients, seen = [], set()
     openers = [_opener(m) for m in RECIPIENT_BLOCK.finditer(text)]
     elsewhere = [a for a in mentions if a not in correspondents] or list(mentions)
@@ -416,9 +422,13 @@ def _plain_recipients(text: str, failed: list[str], mentions: dict,
     return recipients
 
 
-def _correspondents(msg) -> set[str]:
-    """The addresses of the bounce's own From and To fields, lower case."""
-    fields = _field(msg, "From")[:2000] + " " + _field(msg, "To")[:2000]
+def _correspondents(msg, marks: list[str]) -> set[str]:
+    """The addresses of the bounce's To field (the sender it returns the message to) and,
+    when a mail system wrote it, of its From (an auto-reply's or a notice's From may be the
+    recipient it is about), lower case."""
+    fields = _field(msg, "To")[:2000]
+    if any(mark.startswith("from=") for mark in marks):
+        fields += " " + _field(msg, "From")[:2000]
     return {address.strip(".").lower() for address in ADDRESS.findall(fields)}
 
 
@@ -511,7 +521,7 @@ def phase_of(text: str, reply_at: int) -> str:
     command marker before it, else the first one after (the reply was quoted above the
     transcript); ``""`` when the text names none. A RCPT TO refusal that Sendmail prints
     after the DATA it pipelined with it (RFC 2920) counts as DATA's: the labels read it so
-    (a "user unknown" there is ``filtered`` unless its code is 5.1.x)."""
+    (a "user unknown" there is ``filtered`` unless its code is 5.1.1)."""
     found = [(m.start(), COMMAND_PHASES[" ".join(m.group(1).lower().split())])
              for m in COMMAND_MARKER.finditer(text)]
     lowered = text.lower()
@@ -641,11 +651,13 @@ def _decoded_payload(part) -> str:
 def _strip_tags(html: str) -> str:
     """The text of an HTML part: its tags, and the content of its style and script
     elements (Google's and Microsoft's bounces carry a style sheet), dropped; character
-    references decoded."""
+    references decoded in the first ``8 * MAX_TEXT`` characters left (the readable text
+    keeps ``MAX_TEXT``; each reference costs a call)."""
     import html as entities
 
     shown = HIDDEN_ELEMENT.sub(" ", html[:MAX_MESSAGE])
-    return entities.unescape(HTML_TAG.sub(" ", shown))
+    shown = LEADING_ZEROS.sub(r"&#\1", HTML_TAG.sub(" ", shown)[:8 * MAX_TEXT])
+    return entities.unescape(HUGE_REFERENCE.sub("\ufffd", shown))
 
 
 def as_bounce(text: str) -> Bounce:

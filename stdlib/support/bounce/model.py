@@ -234,13 +234,15 @@ def reason_probabilities(networks: list[Network], bounce: Bounce) -> np.ndarray:
 
 
 def _unless_expiry_unsaid(labels: list[str], bounce: Bounce, probs: np.ndarray) -> np.ndarray:
-    """``probs`` without ``expired`` for a report that tells neither that the message was
-    given up nor that it is still retried (a DSN recipient without ``Action``: what one
-    SMTP reply is read as, see ``message.reply_report``), unless its enhanced code says
-    it expired (X.4.7, RFC 3463): one attempt's failure is not its queue lifetime's end."""
+    """``probs`` without ``expired`` for one SMTP reply: a report recipient with a reply
+    code but no ``Action``, which tells neither that the message was given up nor that it
+    is still retried (what a reply is read as, see ``message.reply_report``), unless its
+    enhanced code says it expired (X.4.7, RFC 3463): one attempt's failure is not its queue
+    lifetime's end. (A text without codes, as self-learning's wording check asks, is left
+    alone.)"""
     first = bounce.first
-    if bounce.kind != "dsn" or first.action or first.status[1:] == ".4.7" or \
-            "expired" not in labels:
+    if bounce.kind != "dsn" or first.action or not first.reply_code or \
+            first.status[1:] == ".4.7" or "expired" not in labels:
         return probs
     kept = probs.copy()
     kept[labels.index("expired")] = 0
