@@ -44,7 +44,7 @@ MEMBER = "@"  # between an array's name and its ensemble member's number in the 
 SCALE = ".scale"  # after W1's name: the per-row scale of its quantized values
 LEVELS = 7  # W1's 4-bit values are -LEVELS..LEVELS, stored + 8 in a nibble
 RARITY = "rarity"  # the array of the memory's feature weights (no network's)
-CLAUSE_WEIGHT = 0.35  # the most decided clause's share of the judgement (geometric mean)
+CLAUSE_WEIGHT = 0.5  # the most decided clause's share of the judgement (geometric mean)
 TINY = 1e-9  # added to a probability before its logarithm
 
 
