@@ -292,8 +292,8 @@ def _kind(parts, marks: list[str], has_dsn: bool) -> str:
         return "feedback"
     if has_dsn:
         return "dsn"
-    from_system = any(mark.startswith("from=") for mark in marks)
-    if AUTOREPLY_MARKS & set(marks) and not from_system and "x-failed-recipients" not in marks:
+    if AUTOREPLY_MARKS & set(marks) and not _from_system(marks) and \
+            "x-failed-recipients" not in marks:
         return "autoreply"
     return "plain"
 
@@ -305,8 +305,13 @@ def _reads_as_report(text: str, marks: list[str]) -> bool:
     if AUTOREPLY_MARKS & set(marks):
         return False
     fields = {match.group(1).lower() for match in REPORT_FIELD.finditer(text)}
-    from_system = "reporting-mta" in fields or any(m.startswith("from=") for m in marks)
+    from_system = "reporting-mta" in fields or _from_system(marks)
     return from_system and bool(fields & {"action", "status"})
+
+
+def _from_system(marks: list[str]) -> bool:
+    """Whether a mail system sent the message (``_marks``' ``from=`` mark)."""
+    return any(mark.startswith("from=") for mark in marks)
 
 
 def _readable_text(parts) -> str:
@@ -427,7 +432,7 @@ def _correspondents(msg, marks: list[str]) -> set[str]:
     when a mail system wrote it, of its From (an auto-reply's or a notice's From may be the
     recipient it is about), lower case."""
     fields = _field(msg, "To")[:2000]
-    if any(mark.startswith("from=") for mark in marks):
+    if _from_system(marks):
         fields += " " + _field(msg, "From")[:2000]
     return {address.strip(".").lower() for address in ADDRESS.findall(fields)}
 

@@ -220,17 +220,19 @@ def _restored(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def reason_probabilities(networks: list[Network], bounce: Bounce) -> np.ndarray:
     """The probability of each reason for ``bounce``: the ensemble's judgement of the whole
     message, sharpened by its judgement of the focus' most decided clause (the message
-    with that clause as its focus), a weighted geometric mean of the two."""
+    with that clause as its focus), a weighted geometric mean of the two; ``expired`` left
+    out for a reply that cannot tell it (``_unless_expiry_unsaid``)."""
     focus = focus_of(bounce)
     parts = [clause for clause in clauses(focus) if clause != focus]
     common, batch = featurize_parts(bounce, [focus] + parts, networks[0].buckets)
     probs = average_probabilities(networks, *batch, common)
-    if not parts:
-        return _unless_expiry_unsaid(networks[0].labels, bounce, probs[0])
-    sharpest = probs[1 + int(probs[1:].max(axis=1).argmax())]
-    mixed = np.exp((1 - CLAUSE_WEIGHT) * np.log(probs[0] + TINY) +
-                   CLAUSE_WEIGHT * np.log(sharpest + TINY))
-    return _unless_expiry_unsaid(networks[0].labels, bounce, mixed / mixed.sum())
+    judged = probs[0]
+    if parts:
+        sharpest = probs[1 + int(probs[1:].max(axis=1).argmax())]
+        mixed = np.exp((1 - CLAUSE_WEIGHT) * np.log(probs[0] + TINY) +
+                       CLAUSE_WEIGHT * np.log(sharpest + TINY))
+        judged = mixed / mixed.sum()
+    return _unless_expiry_unsaid(networks[0].labels, bounce, judged)
 
 
 def _unless_expiry_unsaid(labels: list[str], bounce: Bounce, probs: np.ndarray) -> np.ndarray:
