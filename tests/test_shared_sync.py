@@ -37,6 +37,9 @@ def test_one_sync_covers_every_process_that_wrote_before_it_began(tmp_path, monk
     gate = Gate()
     monkeypatch.setattr(shared_sync, "sync_file_system", gate)
     leader, second, third = (SharedSync(tmp_path) for _ in range(3))  # own locks each
+    for _ in range(2):  # all open their roots, then note the doubts: none is counted later
+        for spool in (leader, second, third):
+            spool.before_writes()
     first = threading.Thread(target=leader.wait, args=(leader.after_writes(),))
     first.start()
     assert gate.entered.wait(10)
@@ -189,18 +192,25 @@ def put_in_thread(spool: Spool, outcomes: list) -> threading.Thread:
 
 
 def test_spools_on_one_root_share_their_syncs(tmp_path, monkeypatch):
+    spools = [Spool(tmp_path, shared_sync=True) for _ in range(3)]
+    for spool in spools:  # workers that wrote before: each one's descriptors are open
+        asyncio.run(spool.put(Envelope(""), b"x"))
     gate = Gate()
     monkeypatch.setattr(shared_sync, "sync_file_system", gate)
-    spools = [Spool(tmp_path, shared_sync=True) for _ in range(3)]
+    asked = threading.Semaphore(0)
+    after_writes = SharedSync.after_writes
+
+    def noted_after_writes(self) -> int:
+        needed = after_writes(self)
+        asked.release()
+        return needed
+    monkeypatch.setattr(SharedSync, "after_writes", noted_after_writes)
     outcomes: list = []
     threads = [put_in_thread(spools[0], outcomes)]
     assert gate.entered.wait(10)  # the first one's sync runs: the others write meanwhile
     threads += [put_in_thread(spool, outcomes) for spool in spools[1:]]
-    deadline = time.monotonic() + 10
-    while len(os.listdir(tmp_path / "tmp")) < 6:  # 2 files each, before their sync
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(0.2)  # both wait for the sync lock
+    for _ in range(3):  # the first's, then the others' generations, read while it runs
+        assert asked.acquire(timeout=10)
     gate.open.set()
     for thread in threads:
         thread.join(10)
