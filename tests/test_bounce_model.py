@@ -256,6 +256,7 @@ PLAIN_JAPANESE = (f"次のあて先へのメッセージは送信できません
     (b"", PLAIN_JAPANESE.encode()[:-1]),                          # UTF-8 read to a bound
     (b"", PLAIN_JAPANESE.encode("euc_jp")),
     (b"Content-Type: text/plain; charset=iso-2022-jp\n", PLAIN_JAPANESE.encode("iso2022_jp")),
+    (b"Content-Type: text/plain; charset=iso-2022-jp\n", PLAIN_JAPANESE.encode()[:-1]),  # UTF-8
 ])
 def test_a_plain_bounce_in_japanese_is_decoded_whatever_it_declares(content_type, body):
     raw = (b"From: MAILER-DAEMON@example.jp\nSubject: Returned mail\nTo: a@example.org\n"
@@ -263,6 +264,15 @@ def test_a_plain_bounce_in_japanese_is_decoded_whatever_it_declares(content_type
     bounce = parse(raw)
     assert bounce.text.startswith(PLAIN_JAPANESE[:-1])
     assert f"550 {JAPANESE}" in bounce.first.diagnostic
+
+
+def test_a_part_neither_its_charset_nor_utf_8_keeps_what_its_charset_decodes():
+    raw = (b"From: MAILER-DAEMON@example.jp\nMIME-Version: 1.0\n"
+           b"Content-Type: text/plain; charset=iso-2022-jp\n\n"
+           + PLAIN_JAPANESE.encode("euc_jp"))
+    bounce = parse(raw)
+    assert "\ufffd" in bounce.text and bounce.first.address == "bob@example.jp"
+    assert bounce.first.reply_code == "550"
 
 
 GERMAN = "Empfänger unbekannt: Postfach gelöscht, Zustellung fehlgeschlagen"

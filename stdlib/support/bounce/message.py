@@ -644,13 +644,30 @@ def _charset_codec(charset: str) -> str | None:
 def _decoded_payload(part) -> str:
     """A text part's body, decoded by its declared charset; one declared as none or as
     US-ASCII (which some Japanese MTAs declare over ISO-2022-JP), or as no character set
-    Python knows, is sniffed."""
+    Python knows, is sniffed, and one its declared charset cannot decode is read as UTF-8
+    when it is that (``_mislabelled_utf8``)."""
     data = (part.get_payload(decode=True) or b"")[:MAX_MESSAGE]
     charset = part.get_content_charset()
     codec = _charset_codec(charset) if charset not in (None, "us-ascii") else None
     if codec is None:
         return _sniffed(data)
-    return data.decode(codec, "replace")
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        return _mislabelled_utf8(data) or data.decode(codec, "replace")
+
+
+def _mislabelled_utf8(data: bytes) -> str | None:
+    """8-bit bytes that are UTF-8, decoded (a part declared ISO-2022-JP, which is 7-bit,
+    or Shift_JIS, whose text was re-encoded on its way or written by a mail system that
+    declares its old charset over UTF-8); None for any other bytes. A character cut at the
+    end (a part read to its bound) is dropped."""
+    if data.isascii():
+        return None
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(data)
+    except UnicodeDecodeError:
+        return None
 
 
 def _strip_tags(html: str) -> str:
