@@ -36,7 +36,7 @@ from vsl.stdlib.support.bounce.shared import SharedClassifier, shipped
 
 # A wording of no known MTA, so what the shipped model makes of it moves when the model is
 # retrained: if a retrained model fails the asserts on CODED/CODELESS below, choose another.
-WORDING = "Addressee is unknown to our directory"
+WORDING = "We know no addressee of that name here"
 CODED = f"550 5.1.1 <bob@example.org>: {WORDING}"  # the shipped network: userunknown, sure
 CODELESS = f"550 {WORDING}"  # the shipped network alone: not userunknown
 LABELS = ["userunknown", "mailboxfull", "rejected"]
