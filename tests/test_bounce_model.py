@@ -257,6 +257,8 @@ PLAIN_JAPANESE = (f"次のあて先へのメッセージは送信できません
     (b"", PLAIN_JAPANESE.encode("euc_jp")),
     (b"Content-Type: text/plain; charset=iso-2022-jp\n", PLAIN_JAPANESE.encode("iso2022_jp")),
     (b"Content-Type: text/plain; charset=iso-2022-jp\n", PLAIN_JAPANESE.encode()[:-1]),  # UTF-8
+    (b"Content-Type: text/plain; charset=iso-2022-jp\n",                 # with a UTF-8 footer
+     PLAIN_JAPANESE.encode("iso2022_jp") + "\n-- Café".encode()),
 ])
 def test_a_plain_bounce_in_japanese_is_decoded_whatever_it_declares(content_type, body):
     raw = (b"From: MAILER-DAEMON@example.jp\nSubject: Returned mail\nTo: a@example.org\n"

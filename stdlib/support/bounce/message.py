@@ -660,9 +660,11 @@ def _decoded_payload(part) -> str:
 def _mislabelled_utf8(data: bytes) -> str | None:
     """8-bit bytes that are UTF-8, decoded (a part declared ISO-2022-JP, which is 7-bit,
     or Shift_JIS, whose text was re-encoded on its way or written by a mail system that
-    declares its old charset over UTF-8); None for any other bytes. A character cut at the
-    end (a part read to its bound) is dropped."""
-    if data.isascii():
+    declares its old charset over UTF-8); None for any other bytes, and for bytes with an
+    escape or a NUL (ISO-2022-JP or UTF-16 text with a stray 8-bit byte, which UTF-8 would
+    read as its raw escapes). A character cut at the end (a part read to its bound) is
+    dropped."""
+    if data.isascii() or b"\x1b" in data or b"\x00" in data:
         return None
     try:
         return codecs.getincrementaldecoder("utf-8")().decode(data)
