@@ -586,14 +586,22 @@ def _sniffed(data: bytes) -> str:
     else:
         codecs_tried, fallback = ("utf-8", "euc_jp", "shift_jis"), "cp1252"
     for codec in codecs_tried:
-        try:
-            text = codecs.getincrementaldecoder(codec)().decode(data)
-        except UnicodeError:
+        text = _decoded_to_a_cut(data, codec)
+        if text is None:
             continue
         if codec in ("utf-8", "iso2022_jp", "iso2022_jp_2") or \
                 (JAPANESE if codec == "euc_jp" else JAPANESE_SIGNS).search(text):
             return text
     return data.decode(fallback, "replace")
+
+
+def _decoded_to_a_cut(data: bytes, codec: str) -> str | None:
+    """``data`` decoded as ``codec``, a character cut at the end dropped (bytes read to a
+    bound); None when they are not that codec."""
+    try:
+        return codecs.getincrementaldecoder(codec)().decode(data)
+    except UnicodeError:
+        return None
 
 
 def _field(msg, name: str) -> str:
@@ -666,10 +674,7 @@ def _mislabelled_utf8(data: bytes) -> str | None:
     dropped."""
     if data.isascii() or b"\x1b" in data or b"\x00" in data:
         return None
-    try:
-        return codecs.getincrementaldecoder("utf-8")().decode(data)
-    except UnicodeDecodeError:
-        return None
+    return _decoded_to_a_cut(data, "utf-8")
 
 
 def _strip_tags(html: str) -> str:
