@@ -13,7 +13,7 @@ import pytest
 from vsl.server.config import ConfigError, DeliveryConfig, Listener
 from vsl.server.relay_logins import RelayLogins
 from vsl.server.transports import TRANSPORTS, Transports, check_registry
-from vsl.server.transports.lmtp import dot_stuffed
+from vsl.server.transports.smtp import dot_stuffed
 from vsl.server.transports.local import append_mbox
 from vsl.server.transports.outcome import Outcome
 from vsl.stdlib.ctx import Context, Stage
@@ -262,16 +262,35 @@ def test_a_2xx_to_mail_or_rcpt_goes_on_as_in_postfix(route):
     assert outcomes["bob@example.test"].status == "delivered" and got_data
 
 
-def test_an_lmtp_2xx_to_data_itself_defers():
-    """No message was sent: it was counted delivered for every recipient."""
+@pytest.mark.parametrize("route", ["smtp", "lmtp"])
+def test_a_2xx_to_data_itself_defers(route):
+    """No message was sent: it was counted delivered for every recipient (over SMTP,
+    aiosmtplib's data() raised one error for DATA's reply and the end's)."""
     async def main():
         async with Scripted({"LHLO": b"250 hostile.test\r\n",
                              "DATA": b"250 2.0.0 thanks\r\n"}) as remote:
-            return await send(f"lmtp://127.0.0.1:{remote.port}")
+            return await send(f"{route}://127.0.0.1:{remote.port}",
+                              ["bob@example.test", "carol@example.test"]), remote.got_data
+
+    outcomes, got_data = run(main())
+    assert not got_data
+    assert {(o.status, o.reply, o.command) for o in outcomes.values()} == {(
+        "deferred", "451 4.4.2 unexpected reply to DATA: 250 2.0.0 thanks", "DATA")}
+
+
+@pytest.mark.parametrize("route", ["smtp", "lmtp"])
+@pytest.mark.parametrize("reply, status", [(b"554 5.5.1 no valid recipients\r\n", "failed"),
+                                           (b"451 4.3.0 try later\r\n", "deferred")])
+def test_a_refused_data_is_the_reply_to_data(route, reply, status):
+    """A refusal of DATA itself is reported "in reply to DATA command", not as the end
+    of the message's."""
+    async def main():
+        async with Scripted({"LHLO": b"250 hostile.test\r\n", "DATA": reply}) as remote:
+            return await send(f"{route}://127.0.0.1:{remote.port}")
 
     outcome = run(main())["bob@example.test"]
-    assert (outcome.status, outcome.reply) == (
-        "deferred", "451 4.4.2 unexpected reply to DATA: 250 2.0.0 thanks")
+    assert (outcome.status, outcome.reply, outcome.command) == (
+        status, reply.decode().strip(), "DATA")
 
 
 def test_an_lmtp_reply_code_of_other_digits_is_no_reply():
@@ -799,7 +818,8 @@ def test_natives_check_their_arguments():
 
 
 class _Refusing:
-    """A client whose server refuses MAIL, one RCPT or the DATA with code-less replies."""
+    """A client whose server refuses MAIL, one RCPT, DATA or the message (``.``) with
+    code-less replies."""
 
     def __init__(self, refuse: str):
         self.refuse = refuse
@@ -808,15 +828,17 @@ class _Refusing:
         return False
 
     async def command(self, verb: str, *args):
-        return (550, "no such user here") if verb == self.refuse else (250, "ok")
+        if verb == self.refuse:
+            return 550, "no such user here"
+        return (354, "go on") if verb == "DATA" else (250, "ok")
 
-    async def data(self, data: bytes, count: int):
-        return [(550, "no such user here")] * count if self.refuse == "DATA" else \
+    async def message(self, data: bytes, count: int):
+        return [(550, "no such user here")] * count if self.refuse == "." else \
             [(250, "ok")] * count
 
 
 @pytest.mark.parametrize("refuse, command", [
-    ("MAIL", "MAIL FROM"), ("RCPT", "RCPT TO"), ("DATA", "end of DATA")])
+    ("MAIL", "MAIL FROM"), ("RCPT", "RCPT TO"), ("DATA", "DATA"), (".", "end of DATA")])
 def test_an_outcome_names_the_command_its_reply_answered(refuse, command):
     from vsl.server.transports.smtp import transaction
 

@@ -10,7 +10,7 @@ from vsl.stdlib.transport import Route
 from ..config import DeliveryConfig
 from .base import Setup
 from .outcome import Outcome, Unreachable
-from .smtp import transaction
+from .smtp import dot_stuffed, transaction
 
 MAX_REPLY = 32 * 1024  # bytes of one reply, as aiosmtplib reads an SMTP server's
 REPLY_LINE = re.compile(r"[0-9]{3}(?:[ -]|$)")  # ASCII digits: "²²² x" is no reply
@@ -75,12 +75,8 @@ class LmtpClient:
         self.writer.write(" ".join(args).encode() + b"\r\n")
         return await self._reply()
 
-    async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
-        reply = await self.command("DATA")
-        if reply[0] // 100 == 2:  # not 3xx: nothing is sent, so nothing was delivered
-            reply = (451, f"4.4.2 unexpected reply to DATA: {reply[0]} {reply[1]}")
-        if reply[0] // 100 != 3:
-            return [reply] * count
+    async def message(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        """The message after DATA's 354: one reply for each of the ``count`` recipients."""
         self.writer.write(dot_stuffed(data))
         return [await self._reply() for _ in range(count)]
 
@@ -116,12 +112,3 @@ class LmtpClient:
         except (OSError, asyncio.TimeoutError):
             pass
         self.writer.close()
-
-
-def dot_stuffed(data: bytes) -> bytes:
-    """Message bytes as sent after DATA: CRLF line ends, leading dots doubled, the final
-    ``.`` line."""
-    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"

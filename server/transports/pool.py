@@ -37,29 +37,6 @@ class SessionKind:
 MX_SESSION = SessionKind()  # opportunistic STARTTLS, no login
 
 
-class SmtpClient:
-    """aiosmtplib's client with the interface :func:`~.smtp.transaction` uses."""
-
-    def __init__(self, smtp: aiosmtplib.SMTP):
-        self.smtp = smtp
-
-    def supports(self, extension: str) -> bool:
-        return self.smtp.supports_extension(extension)
-
-    async def command(self, *args: str) -> tuple[int, str]:
-        reply = await self.smtp.execute_command(*(a.encode() for a in args))
-        return reply.code, reply.message
-
-    async def data(self, data: bytes, count: int) -> list[tuple[int, str]]:
-        """DATA and the message: the reply to its end, once for each of the ``count``
-        recipients (an SMTP server answers the end of DATA once for all)."""
-        try:
-            reply = await self.smtp.data(data)
-        except SMTPResponseException as err:
-            return [(err.code, err.message)] * count
-        return [(reply.code, reply.message)] * count
-
-
 class Pool:
     """SMTP connections: at most ``destination_concurrency`` at once to one host:port,
     kept ``idle_timeout`` seconds for reuse by a session to the same host:port of the same
@@ -85,7 +62,7 @@ class Pool:
 
     @asynccontextmanager
     async def session(self, host: str, port: int, kind: SessionKind):
-        """A connected, greeted :class:`SmtpClient` (logged in when the ``kind`` may, and
+        """A connected, greeted ``aiosmtplib.SMTP`` (logged in when the ``kind`` may, and
         the credentials file has a login for host:port); Unreachable when none can be
         opened."""
         key = (host, port, kind)
@@ -96,7 +73,7 @@ class Pool:
             async with slot[0]:
                 smtp = await self._reuse(key) or await self._open(host, port, kind)
                 try:
-                    yield SmtpClient(smtp)
+                    yield smtp
                 except BaseException:
                     smtp.close()
                     raise

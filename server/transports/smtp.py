@@ -2,7 +2,11 @@
 mail transaction that SMTP and LMTP clients share."""
 from __future__ import annotations
 
-from aiosmtplib import SMTPException
+import re
+
+import aiosmtplib
+from aiosmtplib import (SMTPException, SMTPResponseException, SMTPServerDisconnected,
+                        SMTPTimeoutError)
 
 from vsl.stdlib.transport import ROUTE_KINDS, Route
 
@@ -33,8 +37,42 @@ async def send_over_session(pool: Pool, host: str, port: int, kind: SessionKind,
                             data: bytes) -> dict[str, Outcome]:
     """One :func:`transaction` over a pooled session to host:port (Unreachable when none
     can be opened); ``remote`` is the name the outcomes give the server."""
-    async with pool.session(host, port, kind) as client:
-        return await transaction(client, sender, recipients, data, remote)
+    async with pool.session(host, port, kind) as smtp:
+        return await transaction(SmtpClient(smtp), sender, recipients, data, remote)
+
+
+class SmtpClient:
+    """aiosmtplib's client with the interface :func:`transaction` uses (as LMTP's has)."""
+
+    def __init__(self, smtp: aiosmtplib.SMTP):
+        self.smtp = smtp
+
+    def supports(self, extension: str) -> bool:
+        return self.smtp.supports_extension(extension)
+
+    async def command(self, *args: str) -> tuple[int, str]:
+        reply = await self.smtp.execute_command(*(a.encode() for a in args))
+        return reply.code, reply.message
+
+    async def message(self, data: bytes, count: int) -> list[tuple[int, str]]:
+        """The message after DATA's 354, and the reply to its end, once for each of the
+        ``count`` recipients (an SMTP server answers the end of DATA once for all).
+        aiosmtplib's ``data()`` sends DATA itself and raises one error for a refused DATA
+        and a refused message, so the message is written on its protocol here; a reply
+        it cannot read is its code -1, and a lost or silent connection is closed, as
+        ``data()`` does."""
+        protocol = self.smtp.protocol
+        if protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        try:
+            protocol.write(dot_stuffed(data))
+            reply = await protocol.read_response(timeout=self.smtp.timeout)
+        except SMTPResponseException as err:
+            return [(err.code, err.message)] * count
+        except (SMTPServerDisconnected, SMTPTimeoutError):
+            self.smtp.close()
+            raise
+        return [(reply.code, reply.message)] * count
 
 
 async def transaction(client, sender: str, recipients: list[str], data: bytes,
@@ -60,13 +98,24 @@ async def transaction(client, sender: str, recipients: list[str], data: bytes,
         if not accepted:
             await client.command("RSET")
             return outcomes
-        for rcpt, (code, text) in zip(accepted, await client.data(data, len(accepted))):
+        code, text = await client.command("DATA")
+        if code // 100 != 3:
+            return outcomes | dict.fromkeys(accepted, _refused_data(code, text, remote))
+        for rcpt, (code, text) in zip(accepted, await client.message(data, len(accepted))):
             outcomes[rcpt] = outcome(code, text, remote, "end of DATA")
     except (SMTPException, OSError) as err:
         lost = Outcome("deferred", f"451 4.4.2 lost connection with {remote}: "
                                    f"{detail(err)}", remote)
         return {rcpt: outcomes.get(rcpt, lost) for rcpt in recipients}
     return outcomes
+
+
+def _refused_data(code: int, text: str, remote: str) -> Outcome:
+    """DATA answered with anything but 3xx: the message was not sent, so a 2xx (which
+    had counted it delivered) is deferred as a reply that makes no sense here."""
+    if code // 100 == 2:
+        return outcome(451, f"4.4.2 unexpected reply to DATA: {code} {text}", remote, "DATA")
+    return outcome(code, text, remote, "DATA")
 
 
 def _mail_args(client, sender: str, recipients: list[str], data: bytes) -> list[str]:
@@ -78,3 +127,12 @@ def _mail_args(client, sender: str, recipients: list[str], data: bytes) -> list[
     if not all(a.isascii() for a in (sender, *recipients)):
         args.append("SMTPUTF8")
     return args
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """Message bytes as sent after DATA: CRLF line ends, leading dots doubled, the final
+    ``.`` line."""
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", data) + b".\r\n"
