@@ -213,7 +213,8 @@ class Delivery:
         started = time.perf_counter()
         try:
             outcomes = await self.transports.deliver(parse_route(route),
-                                                     entry.envelope.sender, addresses, data)
+                                                     entry.envelope.sender, addresses, data,
+                                                     self._has_waited(entry))
         except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
         metrics.observe("vsl_delivery_seconds", time.perf_counter() - started,
@@ -229,6 +230,13 @@ class Delivery:
         await self.queue.update(entry, delivered=[a for a in addresses
                                                   if outcomes[a].status == "delivered"])
         return await self._ask_policy(entry, rcpts, reasons, data)
+
+    def _has_waited(self, entry: Entry) -> bool:
+        """Whether the message arrived ``retry_first`` ago or more, so that an SMTP
+        session whose opportunistic TLS fails may carry it in plaintext (Postfix's rule
+        for its ``may`` level, with minimal_backoff_time: server/transports/pool.py)."""
+        arrived = entry.envelope.received_at
+        return arrived is not None and self.clock() - arrived >= self.config.retry_first
 
     async def _ask_policy(self, entry: Entry, rcpts: list[RecipientState],
                           verdicts: dict[str, Classification], data: bytes) -> str | None:

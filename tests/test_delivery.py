@@ -18,6 +18,7 @@ from vsl.server.delivery import Delivery, retry_delay
 from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.journal import Journal
 from vsl.server.queue import Spool
+from vsl.server.transports.outcome import Outcome
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.bounce.shared import SharedClassifier
 from vsl.stdlib.support.mail import Mailbox, Message
@@ -275,6 +276,28 @@ def test_a_broken_model_does_not_break_delivery(world, tmp_path, caplog):
     (dsn,) = dsns(tmp_path)  # delivered by the second run
     assert [block["Status"] for block in report(dsn)[1:]] == ["5.1.1"]
     assert report(dsn)[1]["X-Vsl-Bounce-Reason"] == "userunknown; confidence=0.00"
+
+
+@pytest.mark.parametrize("waited, fallback", [(-1, False), (0, True)])
+def test_a_message_that_has_waited_retry_first_may_go_in_plaintext(world, waited, fallback):
+    """Postfix's rule for opportunistic TLS (minimal_backoff_time): a failed handshake
+    falls back to plaintext only for a message that arrived retry_first ago or more
+    (server/transports/pool.py carries it out)."""
+    spool, clock, delivery = world
+    asked = []
+
+    async def deliver(route, sender, recipients, data, plaintext_fallback=False):
+        asked.append(plaintext_fallback)
+        return dict.fromkeys(recipients, Outcome("delivered", "250 2.0.0 ok"))
+
+    async def main():
+        delivery.transports.deliver = deliver
+        await queue(spool, "smtp://relay.test",
+                    received_at=clock.now - delivery.config.retry_first - waited)
+        await delivery.run_once()
+        return await spool.list()
+
+    assert asyncio.run(main()) == [] and asked == [fallback]
 
 
 def test_max_age_fails_deferred_recipients(world, tmp_path):

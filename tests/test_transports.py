@@ -35,11 +35,13 @@ def run(coro):
 
 
 async def send(route: str, recipients=("bob@example.test",), config=CONFIG, resolver=None,
-               sender="alice@example.org", data=MESSAGE, transports=None):
+               sender="alice@example.org", data=MESSAGE, transports=None,
+               plaintext_fallback=False):
     own = transports is None
     transports = transports or Transports(config, "out.test", resolver)
     try:
-        return await transports.deliver(parse_route(route), sender, list(recipients), data)
+        return await transports.deliver(parse_route(route), sender, list(recipients), data,
+                                        plaintext_fallback)
     finally:
         if own:
             await transports.close()
@@ -157,6 +159,7 @@ class Scripted:
 
     def __init__(self, replies: dict[str, bytes], after_data: bytes = b"250 ok\r\n"):
         self.replies, self.after_data, self.got_data = replies, after_data, False
+        self.connections = 0
 
     async def __aenter__(self):
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -167,6 +170,7 @@ class Scripted:
         self.server.close()
 
     async def _serve(self, reader, writer):
+        self.connections += 1
         writer.write(b"220 hostile.test ESMTP\r\n")
         while line := await reader.readline():
             verb = line.split()[0].upper().decode() if line.split() else ""
@@ -260,6 +264,69 @@ def test_a_2xx_to_mail_or_rcpt_goes_on_as_in_postfix(route):
 
     outcomes, got_data = run(main())
     assert outcomes["bob@example.test"].status == "delivered" and got_data
+
+
+OFFERS_TLS = {"EHLO": b"250-hostile.test\r\n250 STARTTLS\r\n"}
+BROKEN_TLS = {**OFFERS_TLS, "STARTTLS": b"220 go ahead\r\nthis is no TLS\r\n"}
+
+
+@pytest.mark.parametrize("tls, status", [("opportunistic", "delivered"),
+                                         ("required", "deferred")])
+def test_a_refused_starttls_goes_on_in_plaintext_when_opportunistic(tls, status):
+    """As Postfix's "may": the server offered STARTTLS and then refused it, so the mail
+    goes in plaintext on the same session, on the first attempt already."""
+    async def main():
+        async with Scripted({**OFFERS_TLS,
+                             "STARTTLS": b"454 4.7.0 TLS not available\r\n"}) as remote:
+            outcomes = await send(f"smtp://127.0.0.1:{remote.port}?tls={tls}")
+            return outcomes["bob@example.test"], remote
+
+    outcome, remote = run(main())
+    assert (outcome.status, remote.got_data, remote.connections) == (
+        status, status == "delivered", 1)
+    if status == "deferred":
+        assert "454 4.7.0 TLS not available" in outcome.reply
+
+
+@pytest.mark.parametrize("route", ["smtp://127.0.0.1:{port}", "mx"])
+def test_a_failed_tls_handshake_defers_a_new_message_and_a_waited_one_goes_in_plaintext(
+        route, resolver):
+    """Postfix's "may" level: the first attempt defers (TLS may work next time); once
+    the message has waited (``plaintext_fallback``), a new connection carries it in
+    plaintext at once. That session is not kept for another message."""
+    async def main():
+        async with Scripted(BROKEN_TLS) as remote:
+            config = replace(CONFIG, mx_port=remote.port)
+            transports = Transports(config, "out.test", resolver)
+            try:
+                url = route.format(port=remote.port)
+                rcpt = ["bob@plain.delivery.test"]
+                first = await send(url, rcpt, transports=transports)
+                tried_once = remote.connections, remote.got_data
+                later = [await send(url, rcpt, transports=transports, plaintext_fallback=True)
+                         for _ in range(2)]
+            finally:
+                await transports.close()
+            return first, tried_once, later, remote.connections
+
+    first, tried_once, later, connections = run(main())
+    outcome = first["bob@plain.delivery.test"]
+    assert outcome.status == "deferred" and "cannot deliver to" in outcome.reply
+    assert tried_once == (1, False)
+    assert [o["bob@plain.delivery.test"].status for o in later] == ["delivered"] * 2
+    assert connections == 1 + 2 * 2  # each later send: a TLS try, then a plaintext one
+
+
+@pytest.mark.parametrize("tls", ["required", "verify"])
+def test_a_failed_tls_handshake_never_falls_back_unless_opportunistic(tls):
+    async def main():
+        async with Scripted(BROKEN_TLS) as remote:
+            outcomes = await send(f"smtp://127.0.0.1:{remote.port}?tls={tls}",
+                                  plaintext_fallback=True)
+            return outcomes["bob@example.test"], remote
+
+    outcome, remote = run(main())
+    assert (outcome.status, remote.got_data, remote.connections) == ("deferred", False, 1)
 
 
 @pytest.mark.parametrize("route", ["smtp", "lmtp"])
@@ -744,7 +811,7 @@ class Keeper:
     def __init__(self, setup):
         self.hostname = setup.hostname
 
-    async def deliver(self, route, sender, recipients, data):
+    async def deliver(self, route, sender, recipients, data, plaintext_fallback=False):
         self.kept.setdefault(route.path, []).append((sender, recipients, data))
         return dict.fromkeys(recipients, Outcome("delivered", f"250 2.0.0 kept by "
                                                               f"{self.hostname}"))

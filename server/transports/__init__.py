@@ -12,7 +12,8 @@ delivery), lmtp.py, local.py (Maildir and mbox). What a route kind is (its form,
 scripts parse routes with; this registry must have a transport for each.
 
 Adding a transport: a module here with a class (or function) made as ``factory(setup)``
-that has ``async deliver(route, sender, recipients, data)`` (base.py :class:`Transport`),
+that has ``async deliver(route, sender, recipients, data, plaintext_fallback=False)``
+(base.py :class:`Transport`; the flag matters only to transports that may start TLS),
 its line in :data:`TRANSPORTS`, and its kind's line in ``ROUTE_KINDS``.
 """
 from __future__ import annotations
@@ -64,9 +65,11 @@ class Transports:
         self.by_kind = {kind: factory(setup) for kind, factory in TRANSPORTS.items()}
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
-                      data: bytes) -> dict[str, Outcome]:
-        """Deliver ``data`` to ``recipients`` (one domain when the route is ``mx``)."""
-        return await self.by_kind[route.kind].deliver(route, sender, recipients, data)
+                      data: bytes, plaintext_fallback: bool = False) -> dict[str, Outcome]:
+        """Deliver ``data`` to ``recipients`` (one domain when the route is ``mx``);
+        ``plaintext_fallback`` as base.py :class:`Transport` says."""
+        return await self.by_kind[route.kind].deliver(route, sender, recipients, data,
+                                                      plaintext_fallback)
 
     async def close(self) -> None:
         """Close the idle SMTP connections."""

@@ -33,6 +33,8 @@ class Transport(Protocol):
     """One way of delivering: made once per :class:`Transports` as ``factory(setup)``."""
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
-                      data: bytes) -> dict[str, Outcome]:
+                      data: bytes, plaintext_fallback: bool = False) -> dict[str, Outcome]:
         """Deliver ``data`` to ``recipients`` over ``route``: each recipient's Outcome
-        (a problem is an Outcome too, deferred or failed, never an exception)."""
+        (a problem is an Outcome too, deferred or failed, never an exception).
+        ``plaintext_fallback``: the message has waited, so an SMTP session whose
+        opportunistic TLS fails may go on in plaintext (pool.py)."""

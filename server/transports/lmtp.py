@@ -24,7 +24,7 @@ class LmtpDelivery:
         self.config, self.hostname = setup.config, setup.hostname
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
-                      data: bytes) -> dict[str, Outcome]:
+                      data: bytes, plaintext_fallback: bool = False) -> dict[str, Outcome]:
         remote = route.path or route.host
         try:
             client = await LmtpClient.open(route, self.hostname, self.config)

@@ -35,7 +35,7 @@ class LocalFile:
         self.store = store
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
-                      data: bytes) -> dict[str, Outcome]:
+                      data: bytes, plaintext_fallback: bool = False) -> dict[str, Outcome]:
         return {r: await self._copy(route, sender, r, data) for r in recipients}
 
     async def _copy(self, route: Route, sender: str, rcpt: str, data: bytes) -> Outcome:

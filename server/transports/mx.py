@@ -13,7 +13,7 @@ import functools
 import logging
 import random
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import dns.name
 
@@ -69,7 +69,7 @@ class MxDelivery:
         return dns_natives.resolver(defaults=self.dns_defaults)
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
-                      data: bytes) -> dict[str, Outcome]:
+                      data: bytes, plaintext_fallback: bool = False) -> dict[str, Outcome]:
         """One attempt, within ``mx_attempt_timeout``: recipients no server has
         answered for by then are deferred."""
         domain = recipients[0].rpartition("@")[2]
@@ -77,7 +77,8 @@ class MxDelivery:
         limit = asyncio.timeout(self.config.mx_attempt_timeout)
         try:
             async with limit:
-                return await self._attempt(domain, sender, recipients, data, answered)
+                return await self._attempt(domain, sender, recipients, data, answered,
+                                           plaintext_fallback)
         except TimeoutError:
             if not limit.expired():
                 raise
@@ -87,7 +88,8 @@ class MxDelivery:
         return {r: answered.get(r, late) for r in recipients}
 
     async def _attempt(self, domain: str, sender: str, recipients: list[str],
-                       data: bytes, answered: dict[str, Outcome]) -> dict:
+                       data: bytes, answered: dict[str, Outcome],
+                       plaintext_fallback: bool) -> dict:
         """Addresses of the exchangers in turn (see :meth:`_addresses`); the
         recipients a session defers go on to the next one, for at most
         ``mx_session_limit`` sessions (Postfix's smtp_mx_session_limit). ``answered``
@@ -101,11 +103,12 @@ class MxDelivery:
                 "failed", f"556 5.1.10 {domain} accepts no mail (null MX)"))
         lookups = _Lookups()
         pending, sessions = list(recipients), 0
+        kind = replace(MX_SESSION, plaintext_fallback=plaintext_fallback)
         async with aclosing(self._addresses(domain, hosts, lookups)) as addresses:
             async for name, address in addresses:
                 try:
                     replies = await send_over_session(
-                        self.pool, address, self.config.mx_port, MX_SESSION, name, sender,
+                        self.pool, address, self.config.mx_port, kind, name, sender,
                         pending, data)
                 except Unreachable as err:
                     lookups.problems.append(err.outcome)

@@ -5,33 +5,45 @@ A session is opened as its :class:`SessionKind` says (TLS from the start or STAR
 whether it may log in), and parked after use for ``idle_timeout`` seconds, to be reused
 (after a RSET) by the next session to the same host:port of the same kind. At most
 ``destination_concurrency`` sessions are in use at once to one host:port, whatever their
-kind."""
+kind.
+
+Opportunistic STARTTLS goes on as Postfix's ``may`` level does: a server that offers
+STARTTLS and then refuses it gets the mail in plaintext on the same session; a TLS
+handshake that fails (or the EHLO after it) defers a message on its first attempt, and
+on a later one (``SessionKind.plaintext_fallback``) the mail goes in plaintext over a new
+connection at once, so that a server with broken TLS still gets its mail. A plaintext
+session of that fallback is not kept for reuse."""
 from __future__ import annotations
 
 import asyncio
 import ssl
 from collections import defaultdict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
 
 from ..config import ConfigError, DeliveryConfig
 from ..relay_logins import RelayLogins
-from .outcome import Unreachable
+from .outcome import Unreachable, detail
 
-_STARTTLS = {"none": False, "opportunistic": None, "required": True, "verify": True}
+log = logging.getLogger("vsl.delivery")
 
 
 @dataclass(frozen=True)
 class SessionKind:
     """What an SMTP session is, beyond its host:port: TLS from the start (smtps), the
-    route's ``tls=`` mode, and whether it may log in (a route; MX delivery never does)."""
+    route's ``tls=`` mode, and whether it may log in (a route; MX delivery never does).
+    ``plaintext_fallback``: an opportunistic session whose TLS handshake fails goes on in
+    plaintext (a message's later attempt); not part of what a parked session is reused
+    for."""
 
     implicit_tls: bool = False
     tls: str = "opportunistic"
     may_log_in: bool = False
+    plaintext_fallback: bool = field(default=False, compare=False)
 
 
 MX_SESSION = SessionKind()  # opportunistic STARTTLS, no login
@@ -71,19 +83,25 @@ class Pool:
         slot[1] += 1
         try:
             async with slot[0]:
-                smtp = await self._reuse(key) or await self._open(host, port, kind)
+                smtp, shared = await self._reuse(key), True
+                if smtp is None:
+                    smtp, shared = await self._open(host, port, kind)
                 try:
                     yield smtp
                 except BaseException:
                     smtp.close()
                     raise
-                self._park(key, smtp)
+                if shared:
+                    self._park(key, smtp)
+                else:
+                    self._quit(smtp)
         finally:
             slot[1] -= 1
             if not slot[1]:
                 del self.slots[(host, port)]
 
     async def _reuse(self, key: tuple) -> aiosmtplib.SMTP | None:
+        """A parked session of ``key`` that still answers RSET, if any."""
         idle = self.idle[key]
         while idle:
             smtp, timer = idle.popitem()
@@ -97,30 +115,47 @@ class Pool:
         self._forget(key)
         return None
 
-    async def _open(self, host: str, port: int, kind: SessionKind) -> aiosmtplib.SMTP:
-        """Connect (with TLS for smtps), EHLO (else HELO), STARTTLS as ``kind.tls`` says,
-        and AUTH when the ``kind`` may and the credentials file has a login."""
+    async def _open(self, host: str, port: int,
+                    kind: SessionKind) -> tuple[aiosmtplib.SMTP, bool]:
+        """A new session (see :meth:`_connect`) and whether it may be kept for others;
+        when its TLS handshake fails, one in plaintext that is not, if the ``kind``
+        allows that, else Unreachable."""
+        try:
+            return await self._connect(host, port, kind), True
+        except _TlsFailed as failed:
+            if not kind.plaintext_fallback or kind.tls != "opportunistic":
+                raise Unreachable(_where(host, port), failed.__cause__) from None
+            log.warning("%s: TLS failed (%s); the message has waited, so it goes in "
+                        "plaintext (tls=opportunistic)", _where(host, port),
+                        detail(failed.__cause__))
+            return await self._connect(host, port, kind, plaintext=True), False
+
+    async def _connect(self, host: str, port: int, kind: SessionKind,
+                       plaintext: bool = False) -> aiosmtplib.SMTP:
+        """Connect (with TLS for smtps), EHLO (else HELO), STARTTLS as ``kind.tls`` says
+        unless ``plaintext``, and AUTH when the ``kind`` may and the credentials file has
+        a login. Unreachable when that fails, _TlsFailed when TLS did."""
         config = self.config
         verify = kind.tls == "verify"
         smtp = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.hostname,
                                timeout=config.command_timeout, use_tls=kind.implicit_tls,
-                               start_tls=None if kind.implicit_tls else _STARTTLS[kind.tls],
+                               start_tls=False,
                                tls_context=self.verifying if verify else self.tls)
         try:
             await smtp.connect(timeout=config.connect_timeout)
             self.opened += 1
-            if smtp.is_ehlo_or_helo_needed:
-                try:
-                    await smtp.ehlo()
-                except SMTPHeloError:
-                    await smtp.helo()
+            await _greet(smtp)
+            if not (kind.implicit_tls or plaintext or kind.tls == "none"):
+                await _start_tls(smtp, kind.tls == "opportunistic")
             login = self.relay_logins.get(host, port) if kind.may_log_in else None
             if login is not None:
                 await _log_in(smtp, verify, *login)
+        except _TlsFailed:
+            smtp.close()
+            raise
         except (SMTPException, OSError) as err:
             smtp.close()
-            raise Unreachable(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                              err) from None
+            raise Unreachable(_where(host, port), err) from None
         return smtp
 
     def _park(self, key: tuple, smtp: aiosmtplib.SMTP) -> None:
@@ -154,6 +189,46 @@ class Pool:
                 self._quit(smtp)
         self.idle.clear()
         await asyncio.gather(*self.closing, return_exceptions=True)
+
+
+class _TlsFailed(Exception):
+    """STARTTLS was accepted but TLS, or the EHLO over it, failed (the cause)."""
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _greet(smtp: aiosmtplib.SMTP) -> None:
+    """EHLO, else HELO."""
+    try:
+        await smtp.ehlo()
+    except SMTPHeloError:
+        await smtp.helo()
+
+
+async def _start_tls(smtp: aiosmtplib.SMTP, opportunistic: bool) -> None:
+    """STARTTLS and EHLO again (RFC 3207). Opportunistically, a server that does not
+    offer it or refuses it (a reply other than 220) gets the session in plaintext, as
+    Postfix's ``may`` level goes on; otherwise that is an SMTPException."""
+    if not smtp.supports_extension("starttls"):
+        if opportunistic:
+            return
+        raise SMTPException("the server does not offer STARTTLS")
+    try:
+        await smtp.starttls()
+    except SMTPResponseException as err:
+        if opportunistic and err.code > 0:
+            log.info("%s refused STARTTLS (%s): going on in plaintext",
+                     _where(smtp.hostname, smtp.port), detail(err))
+            return
+        raise
+    except (SMTPException, OSError) as err:
+        raise _TlsFailed() from err
+    try:
+        await _greet(smtp)
+    except (SMTPException, OSError) as err:
+        raise _TlsFailed() from err
 
 
 async def _log_in(smtp: aiosmtplib.SMTP, verified: bool, user: str, password: str) -> None:

@@ -23,8 +23,9 @@ class SmtpRelay:
         self.pool = setup.pool
 
     async def deliver(self, route: Route, sender: str, recipients: list[str],
-                      data: bytes) -> dict[str, Outcome]:
-        kind = SessionKind(ROUTE_KINDS[route.kind].implicit_tls, route.tls, may_log_in=True)
+                      data: bytes, plaintext_fallback: bool = False) -> dict[str, Outcome]:
+        kind = SessionKind(ROUTE_KINDS[route.kind].implicit_tls, route.tls, may_log_in=True,
+                           plaintext_fallback=plaintext_fallback)
         try:
             return await send_over_session(self.pool, route.host, route.port, kind,
                                            route.host, sender, recipients, data)
