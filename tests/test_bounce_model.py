@@ -280,6 +280,21 @@ def test_a_part_neither_its_charset_nor_utf_8_keeps_what_its_charset_decodes():
 GERMAN = "Empfänger unbekannt: Postfach gelöscht, Zustellung fehlgeschlagen"
 
 
+@pytest.mark.parametrize("charset, body, text", [
+    ("iso-8859-1", GERMAN.encode(), GERMAN),         # UTF-8 that declares Latin-1: no mojibake
+    ("windows-1252", GERMAN.encode(), GERMAN),
+    ("iso-8859-1", GERMAN.encode("latin-1"), GERMAN),  # what it declares
+    ("shift_jis", JAPANESE.encode("shift_jis"), JAPANESE),  # not one byte a character
+])
+def test_a_part_declared_in_a_one_byte_charset_is_read_as_utf_8_when_it_is_that(
+        charset, body, text):
+    raw = (f"From: MAILER-DAEMON@example.de\nMIME-Version: 1.0\n"
+           f"Content-Type: text/plain; charset={charset}\n\n<bob@example.de>: 550 ").encode() \
+        + body + b"\n"
+    bounce = parse(raw)
+    assert "550 " + text in bounce.first.diagnostic
+
+
 @pytest.mark.parametrize("content_type", [b"", b"Content-Type: text/plain; charset=us-ascii\n"])
 def test_a_plain_bounce_in_latin_1_is_not_read_as_japanese(content_type):
     """Shift_JIS decodes most Latin-1 accented letters with the byte after them as one
@@ -794,6 +809,14 @@ def test_an_html_bounce_is_read_without_its_style_sheet_and_scripts():
     assert " ".join(bounce.text.split()) == \
         "Address not found bob@remote.test: 550 5.1.1 User unknown & gone"
     assert bounce.first.address == "bob@remote.test" and bounce.first.reply_code == "550"
+
+
+def test_a_style_element_in_an_html_comment_hides_nothing_after_the_comment():
+    bounce = parse("From: mailer-daemon@example.org\nContent-Type: text/html\n\n"
+                   "<!-- <style> for old readers --><p>bob@remote.test: 550 5.1.1 User unknown"
+                   "</p><!-- unclosed comment: the rest is hidden <p>not shown</p>")
+    assert " ".join(bounce.text.split()) == "bob@remote.test: 550 5.1.1 User unknown"
+    assert bounce.first.reply_code == "550"
 
 
 @pytest.mark.parametrize("reference, decoded", [

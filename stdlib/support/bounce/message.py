@@ -110,9 +110,10 @@ HTML_TAG = re.compile(r"<[^>]*>?")  # an unclosed tag hides the rest, as a brows
 # 4,300 of them, an error).
 LEADING_ZEROS = re.compile(r"&#([xX]?0)0+(?=\w)")
 HUGE_REFERENCE = re.compile(r"&#(?:0?[1-9]\d{8,}|[xX]0?[1-9a-fA-F][0-9a-fA-F]{8,});?")
-# A style or script element, up to its end tag or the end of the text (linear: each try
-# ends in a match).
-HIDDEN_ELEMENT = re.compile(r"<(style|script)\b.*?(?:</\1[^>]*>?|\Z)", re.I | re.S)
+# A comment (which may hold a "<style>" that no end tag closes), or a style or script
+# element, up to its end or the end of the text (linear: each try ends in a match).
+HIDDEN_ELEMENT = re.compile(r"<!--.*?(?:-->|\Z)|<(style|script)\b.*?(?:</\1[^>]*>?|\Z)",
+                            re.I | re.S)
 # A line that opens with an address, maybe in angle brackets or quotes (GMX): the next
 # recipient's block in a non-DSN bounce.
 RECIPIENT_BLOCK = re.compile(r'^[ \t>]{0,4}[<"]?[\w.+=\-]{1,64}@[\w.\-]{1,255}', re.M)
@@ -652,17 +653,21 @@ def _charset_codec(charset: str) -> str | None:
 def _decoded_payload(part) -> str:
     """A text part's body, decoded by its declared charset; one declared as none or as
     US-ASCII (which some Japanese MTAs declare over ISO-2022-JP), or as no character set
-    Python knows, is sniffed, and one its declared charset cannot decode is read as UTF-8
-    when it is that (``_mislabelled_utf8``)."""
+    Python knows, is sniffed; one its declared charset cannot decode, or declared as a
+    charset of one byte a character (Latin-1, Windows-1252: they decode any bytes), is
+    read as UTF-8 when it is that (``_mislabelled_utf8``)."""
     data = (part.get_payload(decode=True) or b"")[:MAX_MESSAGE]
     charset = part.get_content_charset()
     codec = _charset_codec(charset) if charset not in (None, "us-ascii") else None
     if codec is None:
         return _sniffed(data)
     try:
-        return data.decode(codec)
+        text = data.decode(codec)
     except UnicodeDecodeError:
         return _mislabelled_utf8(data) or data.decode(codec, "replace")
+    if len(text) == len(data):  # a charset of one byte a character, which decodes any
+        return _mislabelled_utf8(data) or text  # bytes: UTF-8 is very seldom by chance
+    return text
 
 
 def _mislabelled_utf8(data: bytes) -> str | None:
@@ -678,8 +683,8 @@ def _mislabelled_utf8(data: bytes) -> str | None:
 
 
 def _strip_tags(html: str) -> str:
-    """The text of an HTML part: its tags, and the content of its style and script
-    elements (Google's and Microsoft's bounces carry a style sheet), dropped; character
+    """The text of an HTML part: its tags and comments, and the content of its style and
+    script elements (Google's and Microsoft's bounces carry a style sheet), dropped; character
     references decoded in the first ``8 * MAX_TEXT`` characters left (the readable text
     keeps ``MAX_TEXT``; each reference costs a call)."""
     import html as entities
