@@ -15,7 +15,8 @@ from vsl.errors import ScriptError
 from vsl.natives import Namespace
 
 from .ctx import Context
-from .support.bounce.message import MAX_MESSAGE, MAX_RECIPIENTS, Bounce, parse as parse_message
+from .support.bounce.message import (MAX_MESSAGE, MAX_RECIPIENTS, Bounce, parse as parse_message,
+                                     shows_a_report)
 from .support.bounce.shared import shipped
 from .support.result import BounceResult
 from .support.signing import message_of
@@ -75,10 +76,15 @@ def parse(ctx) -> list:
     action, status, remote_mta, diagnostic, reason, confidence, hard, kind.
 
     From `on_pre_queue` and `on_post_queue`. `kind` is `dsn` (RFC 3464), `feedback`
-    (an RFC 5965 ARF report), `autoreply` (RFC 3834) or `plain` (any other message).
-    A message naming no recipient gives one entry with an empty `recipient`. An incoming
-    bounce teaches self-learning nothing (anyone can write one: docs/bounces.md)."""
+    (an RFC 5965 ARF report), `autoreply` (RFC 3834) or `plain` (any other bounce).
+    A message naming no recipient gives one entry with an empty `recipient`. Ordinary
+    mail gives none: a message is read as a bounce when it came from the null sender or
+    shows itself one (a report, an automatic reply's or a mail system's header). An
+    incoming bounce teaches self-learning nothing (anyone can write one: docs/bounces.md)."""
     bounce = parse_message(message_of(ctx, "bounce::parse").head(MAX_MESSAGE))
+    null_sender = ctx.sender is not None and ctx.sender.is_null()
+    if not (null_sender or shows_a_report(bounce)):
+        return []
     return [recipient_entry(bounce, index) for index in range(max(1, len(bounce.recipients)))]
 
 

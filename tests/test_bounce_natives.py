@@ -205,6 +205,36 @@ def test_parse_an_autoreply():
     assert entry["kind"] == "autoreply" and entry["recipient"] == ""
 
 
+ORDINARY = b"""\
+From: Carol <carol@example.net>\r
+To: alice@example.test\r
+Subject: lunch\r
+\r
+Shall we have lunch on Friday? Bring bob@example.org along; he said 550 times\r
+that the new place is good.\r
+"""
+
+
+@pytest.mark.parametrize("raw, sender, entries", [
+    (ORDINARY, "carol@example.net", 0),        # ordinary mail: no bounce, no entry
+    (ORDINARY, "<>", 1),                       # from the null sender: read as a bounce
+    (DSN, "relay@example.net", 2),             # a report, whoever sent it
+    (ARF, "feedback@isp.example", 1),
+    (AUTOREPLY, "carol@example.net", 1),
+    (b"From: MAILER-DAEMON@mx.example.net\r\nSubject: failure\r\n\r\n"   # a system sender
+     b"<bob@example.org>: 550 5.1.1 no such user\r\n", "bounces@mx.example.net", 1),
+    (b"From: mail@mx.example.net\r\nX-Failed-Recipients: bob@example.org\r\n\r\n"
+     b"bob@example.org: 550 5.1.1 no such user\r\n", "bounces@mx.example.net", 1),
+])
+def test_parse_reads_as_a_bounce_only_what_shows_itself_one(raw, sender, entries):
+    """A policy may call bounce::parse on every message: ordinary mail, which names
+    addresses and numbers too, gives no entry."""
+    ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
+    ctx.begin_transaction(Mailbox.parse(sender))
+    ctx.message = Message(raw)
+    assert len(bounce.parse(ctx)) == entries
+
+
 def test_parse_before_the_message_is_an_error():
     ctx = Context("192.0.2.7", 40000, "192.0.2.25", 25, "mx.example.test")
     with pytest.raises(Exception, match="no message before on_pre_queue"):

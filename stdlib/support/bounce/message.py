@@ -299,6 +299,16 @@ def _kind(parts, marks: list[str], has_dsn: bool) -> str:
     return "plain"
 
 
+def shows_a_report(bounce: Bounce) -> bool:
+    """Whether the message says by its structure or header that a mail system or an
+    automatic responder wrote it: a DSN, an ARF report, an automatic reply, a system
+    sender (``MAILER-DAEMON``, ``postmaster``) or an ``X-Failed-Recipients`` field. A
+    bounce from the null sender need not (RFC 5321 §4.5.5 has every bounce sent from it);
+    anything else is ordinary mail."""
+    return bounce.kind != "plain" or _from_system(bounce.marks) or \
+        "x-failed-recipients" in bounce.marks
+
+
 def _reads_as_report(text: str, marks: list[str]) -> bool:
     """Whether a plain bounce's ``text`` carries a delivery-status report a mail system
     wrote (a Reporting-MTA field, or a system sender), with its Action or Status fields,
