@@ -285,6 +285,7 @@ GERMAN = "Empfänger unbekannt: Postfach gelöscht, Zustellung fehlgeschlagen"
     ("windows-1252", GERMAN.encode(), GERMAN),
     ("iso-8859-1", GERMAN.encode("latin-1"), GERMAN),  # what it declares
     ("shift_jis", JAPANESE.encode("shift_jis"), JAPANESE),  # not one byte a character
+    ("shift_jis", "ﾂｱﾃｽ".encode("shift_jis"), "ﾂｱﾃｽ"),  # one-byte kana that are UTF-8 too
 ])
 def test_a_part_declared_in_a_one_byte_charset_is_read_as_utf_8_when_it_is_that(
         charset, body, text):
@@ -809,6 +810,13 @@ def test_an_html_bounce_is_read_without_its_style_sheet_and_scripts():
     assert " ".join(bounce.text.split()) == \
         "Address not found bob@remote.test: 550 5.1.1 User unknown & gone"
     assert bounce.first.address == "bob@remote.test" and bounce.first.reply_code == "550"
+
+
+@pytest.mark.parametrize("comment", ["<!-->", "<!--->", "<!-- x --!>", "<!-- <style> -->"])
+def test_an_html_comment_ends_where_html_ends_it(comment):
+    bounce = parse("From: mailer-daemon@example.org\nContent-Type: text/html\n\n<p>a</p>"
+                   f"{comment}<p>bob@remote.test: 550 5.1.1 User unknown</p>")
+    assert " ".join(bounce.text.split()) == "a bob@remote.test: 550 5.1.1 User unknown"
 
 
 def test_a_style_element_in_an_html_comment_hides_nothing_after_the_comment():

@@ -270,6 +270,44 @@ OFFERS_TLS = {"EHLO": b"250-hostile.test\r\n250 STARTTLS\r\n"}
 BROKEN_TLS = {**OFFERS_TLS, "STARTTLS": b"220 go ahead\r\nthis is no TLS\r\n"}
 
 
+@pytest.mark.parametrize("replies, shown", [
+    ({"EHLO": b"421 4.7.0 too busy\r\n"}, "421 4.7.0 too busy"),   # closed: no HELO
+    ({**OFFERS_TLS, "STARTTLS": b"421 4.3.2 shutting down\r\n"}, "421 4.3.2 shutting down"),
+])
+def test_a_421_while_opening_a_session_is_the_servers_answer(replies, shown):
+    """A 421 closes the session: neither HELO nor going on in plaintext follows, and the
+    outcome says what the server said."""
+    async def main():
+        async with Scripted(replies) as remote:
+            outcomes = await send(f"smtp://127.0.0.1:{remote.port}")
+            return outcomes["bob@example.test"], remote
+
+    outcome, remote = run(main())
+    assert outcome.status == "deferred" and shown in outcome.reply
+    assert not remote.got_data
+
+
+@pytest.mark.parametrize("replies, after_data, status", [
+    ({"DATA": b"250 2.0.0 thanks\r\n"}, b"250 ok\r\n", "deferred"),  # state unknown
+    ({}, b"250 queued\r\n250 extra\r\n", "delivered"),  # one reply too many
+    ({}, b"421 4.3.0 closing\r\n", "deferred"),           # closes the session
+])
+def test_a_session_left_in_an_unknown_state_is_not_reused(replies, after_data, status):
+    """The next message opens a new connection: on the old one each command would have
+    read the reply of the one before (and waited command_timeout at the end)."""
+    async def main():
+        async with Scripted(replies, after_data) as remote:
+            transports = Transports(CONFIG, "out.test")
+            try:
+                outcomes = [await send(f"smtp://127.0.0.1:{remote.port}",
+                                       transports=transports) for _ in range(2)]
+            finally:
+                await transports.close()
+            return [o["bob@example.test"].status for o in outcomes], remote.connections
+
+    assert run(main()) == ([status] * 2, 2)
+
+
 @pytest.mark.parametrize("tls, status", [("opportunistic", "delivered"),
                                          ("required", "deferred")])
 def test_a_refused_starttls_goes_on_in_plaintext_when_opportunistic(tls, status):

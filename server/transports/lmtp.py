@@ -75,6 +75,9 @@ class LmtpClient:
         self.writer.write(" ".join(args).encode() + b"\r\n")
         return await self._reply()
 
+    async def abandon(self) -> None:
+        """Nothing to do: the connection ends with the delivery."""
+
     async def message(self, data: bytes, count: int) -> list[tuple[int, str]]:
         """The message after DATA's 354: one reply for each of the ``count`` recipients."""
         self.writer.write(dot_stuffed(data))

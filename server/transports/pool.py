@@ -23,7 +23,8 @@ import logging
 from dataclasses import dataclass, field
 
 import aiosmtplib
-from aiosmtplib import SMTPException, SMTPHeloError, SMTPResponseException
+from aiosmtplib import (SMTPException, SMTPHeloError, SMTPResponseException,
+                        SMTPServerDisconnected)
 
 from ..config import ConfigError, DeliveryConfig
 from ..relay_logins import RelayLogins
@@ -161,6 +162,9 @@ class Pool:
     def _park(self, key: tuple, smtp: aiosmtplib.SMTP) -> None:
         if not smtp.is_connected:
             return
+        if _unasked_replies(smtp):
+            smtp.close()
+            return
         if self.config.idle_timeout <= 0:
             self._quit(smtp)
             return
@@ -200,11 +204,17 @@ def _where(host: str, port: int) -> str:
 
 
 async def _greet(smtp: aiosmtplib.SMTP) -> None:
-    """EHLO, else HELO."""
+    """EHLO, else HELO; a server that closed the session on EHLO (421) is not asked,
+    and its refusal is the error."""
     try:
         await smtp.ehlo()
-    except SMTPHeloError:
-        await smtp.helo()
+    except SMTPHeloError as refused:
+        if not smtp.is_connected:
+            raise
+        try:
+            await smtp.helo()
+        except SMTPServerDisconnected:
+            raise refused from None
 
 
 async def _start_tls(smtp: aiosmtplib.SMTP, opportunistic: bool) -> None:
@@ -217,8 +227,8 @@ async def _start_tls(smtp: aiosmtplib.SMTP, opportunistic: bool) -> None:
         raise SMTPException("the server does not offer STARTTLS")
     try:
         await smtp.starttls()
-    except SMTPResponseException as err:
-        if opportunistic and err.code > 0:
+    except SMTPResponseException as err:  # a 421 closes the session: no going on
+        if opportunistic and err.code > 0 and err.code != 421 and smtp.is_connected:
             log.info("%s refused STARTTLS (%s): going on in plaintext",
                      _where(smtp.hostname, smtp.port), detail(err))
             return
@@ -227,8 +237,20 @@ async def _start_tls(smtp: aiosmtplib.SMTP, opportunistic: bool) -> None:
         raise _TlsFailed() from err
     try:
         await _greet(smtp)
+    except SMTPResponseException as err:
+        if err.code > 0:  # the server's answer over TLS: TLS worked
+            raise
+        raise _TlsFailed() from err
     except (SMTPException, OSError) as err:
         raise _TlsFailed() from err
+
+
+def _unasked_replies(smtp: aiosmtplib.SMTP) -> bool:
+    """Whether the server sent more than the commands asked for (two replies in one
+    packet): the extra would answer the next command (the RSET before a reuse, then each
+    command of the next message one reply late). aiosmtplib keeps such bytes in its
+    protocol's buffer."""
+    return bool(getattr(smtp.protocol, "_buffer", None))
 
 
 async def _log_in(smtp: aiosmtplib.SMTP, verified: bool, user: str, password: str) -> None:

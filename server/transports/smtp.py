@@ -73,7 +73,13 @@ class SmtpClient:
         except (SMTPServerDisconnected, SMTPTimeoutError):
             self.smtp.close()
             raise
+        if reply.code == 421:  # the server closes the session
+            self.smtp.close()
         return [(reply.code, reply.message)] * count
+
+    async def abandon(self) -> None:
+        """End the session: the server answered in a way that leaves its state unknown."""
+        self.smtp.close()
 
 
 async def transaction(client, sender: str, recipients: list[str], data: bytes,
@@ -100,6 +106,8 @@ async def transaction(client, sender: str, recipients: list[str], data: bytes,
             await client.command("RSET")
             return outcomes
         code, text = await client.command("DATA")
+        if code // 100 == 2:  # no message was sent; the server may be reading one
+            await client.abandon()
         if code // 100 != 3:
             return outcomes | dict.fromkeys(accepted, _refused_data(code, text, remote))
         for rcpt, (code, text) in zip(accepted, await client.message(data, len(accepted))):

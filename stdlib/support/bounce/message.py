@@ -110,10 +110,11 @@ HTML_TAG = re.compile(r"<[^>]*>?")  # an unclosed tag hides the rest, as a brows
 # 4,300 of them, an error).
 LEADING_ZEROS = re.compile(r"&#([xX]?0)0+(?=\w)")
 HUGE_REFERENCE = re.compile(r"&#(?:0?[1-9]\d{8,}|[xX]0?[1-9a-fA-F][0-9a-fA-F]{8,});?")
-# A comment (which may hold a "<style>" that no end tag closes), or a style or script
-# element, up to its end or the end of the text (linear: each try ends in a match).
-HIDDEN_ELEMENT = re.compile(r"<!--.*?(?:-->|\Z)|<(style|script)\b.*?(?:</\1[^>]*>?|\Z)",
-                            re.I | re.S)
+# A comment (which may hold a "<style>" that no end tag closes; HTML ends one at "-->",
+# "--!>", or at once at "<!-->" and "<!--->"), or a style or script element, up to its end
+# or the end of the text (linear: each try ends in a match).
+HIDDEN_ELEMENT = re.compile(
+    r"<!--(?:-?>|.*?(?:--!?>|\Z))|<(style|script)\b.*?(?:</\1[^>]*>?|\Z)", re.I | re.S)
 # A line that opens with an address, maybe in angle brackets or quotes (GMX): the next
 # recipient's block in a non-DSN bounce.
 RECIPIENT_BLOCK = re.compile(r'^[ \t>]{0,4}[<"]?[\w.+=\-]{1,64}@[\w.\-]{1,255}', re.M)
@@ -675,9 +676,16 @@ def _decoded_payload(part) -> str:
         text = data.decode(codec)
     except UnicodeDecodeError:
         return _mislabelled_utf8(data) or data.decode(codec, "replace")
-    if len(text) == len(data):  # a charset of one byte a character, which decodes any
-        return _mislabelled_utf8(data) or text  # bytes: UTF-8 is very seldom by chance
+    if _one_byte_a_character(codec):  # it decodes any bytes; UTF-8 is seldom by chance
+        return _mislabelled_utf8(data) or text
     return text
+
+
+@functools.cache
+def _one_byte_a_character(codec: str) -> bool:
+    """Whether ``codec`` reads every 8-bit byte as one character (Latin-1, Windows-1252,
+    KOI8-R: not Shift_JIS, whose half-width katakana are single bytes among pairs)."""
+    return codec != "utf-8" and len(bytes(range(0x80, 0x100)).decode(codec, "replace")) == 0x80
 
 
 def _mislabelled_utf8(data: bytes) -> str | None:
