@@ -61,6 +61,11 @@ _ROUTE_LABELS = {"mx": "smtp", "smtp": "relay", "smtps": "relay", "lmtp": "lmtp"
                  "maildir": "maildir"}
 
 
+# A message whose destination had no free session comes back after 1, 2, 4 ... 30 s; the
+# postponements in a row are remembered for this many messages at most.
+POSTPONE_FIRST, POSTPONE_MAX, MAX_POSTPONEMENTS = 1.0, 30.0, 100_000
+
+
 def retry_delay(config: DeliveryConfig, attempts: int) -> float:
     """The wait after the ``attempts``-th deferral: retry_first, doubled each time, capped."""
     return min(config.retry_first * 2 ** min(attempts - 1, 64), config.retry_max)
@@ -114,6 +119,7 @@ class Delivery:
         self.transports = Transports(config, self.hostname, resolver, dns_defaults)
         self.reasons = reasons or shipped()
         self.hook = hook  # the policy's on_delivery_failure (None: the default decisions)
+        self.postponements: dict[str, int] = {}  # message id -> postponed in a row (_postpone)
         self.claims = ClaimLoop(queue, ("deliver", "deferred"), self._process,
                                 config.concurrency, config.poll_interval, log, clock,
                                 prepare=self._recover_deliveries)
@@ -182,7 +188,7 @@ class Delivery:
 
     # -- one message ---------------------------------------------------------------------
     async def _deliver(self, entry: Entry) -> None:
-        if entry.queue == "deferred":
+        if entry.queue == "deferred" and entry.id not in self.postponements:
             metrics.count("vsl_delivery_retries_total")
         data = await self.queue.message(entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
@@ -190,7 +196,9 @@ class Delivery:
             if rcpt.status in ("pending", "deferred"):
                 domain = recipient_domain(rcpt.address)
                 groups[rcpt.route, domain if _per_domain(rcpt.route) else ""].append(rcpt)
-        results = await asyncio.gather(*(self._deliver_group(entry, route, rcpts, data)
+        postponed: set[str] = set()
+        results = await asyncio.gather(*(self._deliver_group(entry, route, rcpts, data,
+                                                             postponed)
                                          for (route, _), rcpts in groups.items()),
                                        return_exceptions=True)
         for result in results:
@@ -203,11 +211,12 @@ class Delivery:
                   "%s: moved to quarantine/%s by on_delivery_failure", entry.id, quarantine,
                   to_queue=f"quarantine/{quarantine}", by="script")
         else:
-            await self._settle(entry, data)
+            await self._settle(entry, data, postponed)
 
     async def _deliver_group(self, entry: Entry, route: str, rcpts: list[RecipientState],
-                             data: bytes) -> str | None:
-        """Deliver ``rcpts`` over ``route`` and store their results; the quarantine
+                             data: bytes, postponed: set[str]) -> str | None:
+        """Deliver ``rcpts`` over ``route`` and store their results (those not tried, the
+        destination busy, go to ``postponed``, unchanged); the quarantine
         on_delivery_failure asked for, if any."""
         addresses = [r.address for r in rcpts]
         started = time.perf_counter()
@@ -217,6 +226,11 @@ class Delivery:
                                                      self._has_waited(entry))
         except ScriptError as err:  # a route the queue holds but that does not parse
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
+        busy = {a for a in addresses if outcomes[a].status == "postponed"}
+        postponed |= busy
+        rcpts = [r for r in rcpts if r.address not in busy]
+        if not rcpts:
+            return None
         metrics.observe("vsl_delivery_seconds", time.perf_counter() - started,
                         route=route_label(route))
         reasons = await self._reasons(outcomes)
@@ -227,8 +241,8 @@ class Delivery:
             rcpt.record_attempt(result.status, result.reply, result.remote_mta, now,
                                 reason, confidence)
             _log_attempt(entry, rcpt, route, result, reason, now)
-        await self.queue.update(entry, delivered=[a for a in addresses
-                                                  if outcomes[a].status == "delivered"])
+        await self.queue.update(entry, delivered=[r.address for r in rcpts
+                                                  if r.status == "delivered"])
         return await self._ask_policy(entry, rcpts, reasons, data)
 
     def _has_waited(self, entry: Entry) -> bool:
@@ -280,10 +294,12 @@ class Delivery:
             taught.add(source)
         return verdicts
 
-    async def _settle(self, entry: Entry, data: bytes) -> None:
-        """After an attempt: report failures, then defer, bury or remove the message."""
+    async def _settle(self, entry: Entry, data: bytes, postponed: set[str]) -> None:
+        """After an attempt: report failures, then defer, postpone, bury or remove the
+        message."""
         envelope, now = entry.envelope, self.clock()
         recipients = envelope.recipients
+        times_postponed = self.postponements.pop(entry.id, 0)
         if now - envelope.received_at >= self.config.max_age:
             for rcpt in recipients:
                 if rcpt.status == "deferred":
@@ -297,12 +313,14 @@ class Delivery:
             # next attempt must not report these again
             await self.queue.update(entry)
         deferred = [r for r in recipients if r.status == "deferred"]
-        if deferred:
+        if any(r.address not in postponed for r in deferred):
             if self._delay_warning_due(envelope, now):
                 await self._queue_dsn(entry, deferred, data,
                                       retry_until=envelope.received_at + self.config.max_age)
                 envelope.delay_warned_at = now  # made durable by _defer
             await self._defer(entry, now)
+        elif any(not r.done for r in recipients if r.address in postponed):
+            await self._postpone(entry, now, times_postponed)
         elif any(r.status == "failed" for r in recipients):
             metrics.count("vsl_messages_dead_total")
             event(log, logging.WARNING, "dead",
@@ -312,6 +330,18 @@ class Delivery:
             await self.queue.move(entry.id, "dead", entry.queue)
         else:
             await self.queue.complete(entry)
+
+    async def _postpone(self, entry: Entry, now: float, times: int) -> None:
+        """Put the message back for a while, its attempts uncounted: a destination had
+        no free session (``destination_concurrency``). It comes back after 1, 2, 4 ...
+        POSTPONE_MAX seconds, longer each time in a row (``times`` before)."""
+        self.postponements[entry.id] = times + 1
+        while len(self.postponements) > MAX_POSTPONEMENTS:  # ids another process settled
+            del self.postponements[next(iter(self.postponements))]
+        metrics.count("vsl_delivery_postponed_total")
+        log.debug("%s: postponed: its destination has no free session", entry.id)
+        await self.queue.defer(entry, now + min(POSTPONE_FIRST * 2 ** min(times, 16),
+                                                POSTPONE_MAX))
 
     async def _defer(self, entry: Entry, now: float) -> None:
         envelope = entry.envelope

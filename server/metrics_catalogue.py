@@ -162,6 +162,8 @@ CATALOGUE: dict[str, Metric] = {m.name: m for m in (
     _histogram("vsl_delivery_seconds", "time a delivery attempt took", DELIVERY_BUCKETS,
                _ROUTE),
     _counter("vsl_delivery_retries_total", "deferred messages tried again"),
+    _counter("vsl_delivery_postponed_total",
+             "messages put back untried: a destination had no free session"),
     _counter("vsl_bounce_self_learned_total",
              "examples the bounce classifier kept by self-learning, by reason",
              Label("reason", pattern=_TOKEN)),

@@ -494,18 +494,57 @@ def test_a_bad_stored_route_bounces(world, tmp_path):
 
 def test_one_connection_for_several_messages(world):
     spool, _, delivery = world
-    delivery = Delivery(spool, replace(delivery.config, destination_concurrency=1), "mx.test", ())
+    delivery = Delivery(spool, replace(delivery.config, concurrency=1), "mx.test", ())
 
     async def main():
         async with Sink() as sink:
             for n in range(3):
                 await queue(spool, f"smtp://127.0.0.1:{sink.port}", [f"u{n}@remote.test"])
-            assert await delivery.run_once() == 3
+            assert [await delivery.run_once() for _ in range(3)] == [1, 1, 1]
             await delivery.stop()
             return sink
 
     sink = asyncio.run(main())
     assert len(sink.messages) == 3 and sink.connections == 1
+
+
+def test_a_busy_destination_postpones_its_mail_and_lets_other_mail_go(world, tmp_path):
+    """Two delivery slots, a slow relay that takes one session (destination_concurrency
+    1) and three messages for it queued before a local one: the relay's second and third
+    are put back untried (no attempt counted, due again in a second) instead of waiting
+    in a slot, so the local message is delivered while the relay still reads the first."""
+    spool, clock, delivery = world
+    delivery = Delivery(spool, replace(delivery.config, concurrency=2, destination_concurrency=1),
+                        "mx.test", ("example.test",), clock=clock)
+
+    async def main():
+        async with Sink() as sink:
+            sink.data_delay = 3
+            for n in range(3):
+                await queue(spool, f"smtp://127.0.0.1:{sink.port}", [f"u{n}@remote.test"])
+            await queue(spool, "maildir:" + str(tmp_path / "box"), ["bob@example.test"])
+            delivery.start()
+            try:
+                await asyncio.wait_for(_until(lambda: list((tmp_path / "box").glob("new/*"))),
+                                       2)
+                received_by_then = len(sink.messages)
+            finally:
+                await delivery.stop()
+            return received_by_then, await spool.list()
+
+    received_by_then, left = asyncio.run(main())
+    assert received_by_then == 0
+    postponed = [e for e in left if e.queue == "deferred"]
+    assert len(postponed) == 2
+    for entry in postponed:
+        assert entry.envelope.attempts == 0
+        assert [(r.status, r.attempts) for r in entry.envelope.recipients] == [("pending", 0)]
+        assert entry.envelope.next_attempt == pytest.approx(clock.now + 1)
+
+
+async def _until(found):
+    while not found():
+        await asyncio.sleep(0.02)
 
 
 def test_a_new_worker_resumes_deferred_messages(tmp_path):

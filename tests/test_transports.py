@@ -440,6 +440,35 @@ def test_connections_are_reused_per_destination():
     assert outcome.status == "delivered" and sink.connections == 2 and len(sink.messages) == 4
 
 
+@pytest.mark.parametrize("route", ["smtp://127.0.0.1:{port}", "mx"])
+def test_a_destination_whose_sessions_are_all_in_use_postpones_without_waiting(route,
+                                                                               resolver):
+    """destination_concurrency sessions in use: the next message's recipients there are
+    postponed at once (not tried, no backup MX), the slot held by nothing."""
+    async def main():
+        async with Sink() as sink:
+            sink.data_delay = 1
+            config = replace(CONFIG, destination_concurrency=1, mx_port=sink.port)
+            transports = Transports(config, "out.test", resolver)
+            url, rcpt = route.format(port=sink.port), ["bob@plain.delivery.test"]
+            try:
+                first = asyncio.ensure_future(send(url, rcpt, transports=transports))
+                await asyncio.sleep(0.3)  # the first is in its DATA
+                started = asyncio.get_running_loop().time()
+                second = await send(url, rcpt, transports=transports)
+                waited = asyncio.get_running_loop().time() - started
+                await first
+                third = await send(url, rcpt, transports=transports)  # free again
+            finally:
+                await transports.close()
+            return second, waited, third, sink.connections
+
+    second, waited, third, connections = run(main())
+    assert second["bob@plain.delivery.test"] == Outcome("postponed", "")
+    assert waited < 0.3 and connections == 1
+    assert third["bob@plain.delivery.test"].status == "delivered"
+
+
 def test_idle_connections_are_closed():
     async def main():
         async with Sink() as sink:

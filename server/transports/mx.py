@@ -5,7 +5,9 @@ One attempt looks up the exchangers by preference, their addresses in turn (A be
 AAAA), and opens SMTP sessions (no login, opportunistic STARTTLS) until every recipient
 has an answer other than a deferral, within ``mx_address_limit`` addresses,
 ``mx_host_limit`` hosts without an address, ``mx_session_limit`` sessions and
-``mx_attempt_timeout`` seconds in all."""
+``mx_attempt_timeout`` seconds in all. An exchanger whose ``destination_concurrency``
+sessions are all in use postpones the recipients not answered yet (no backup is tried
+for it: the server is busy with our own mail)."""
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +24,7 @@ from vsl.stdlib import dns as dns_natives
 from vsl.stdlib.transport import Route
 
 from .base import Setup
-from .outcome import Outcome, Unreachable
+from .outcome import Busy, Outcome, Unreachable
 from .pool import MX_SESSION
 from .smtp import send_over_session
 
@@ -113,6 +115,8 @@ class MxDelivery:
                 except Unreachable as err:
                     lookups.problems.append(err.outcome)
                     continue
+                except Busy as busy:  # our own sessions fill it: not a reason for a backup
+                    return {r: answered.get(r, busy.outcome) for r in recipients}
                 answered.update(replies)
                 pending = [r for r in pending if replies[r].status == "deferred"]
                 sessions += 1

@@ -17,7 +17,8 @@ _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 class Outcome:
     """One recipient's result: status delivered/deferred/failed, the reply (the remote
     server's, or one made up for a local problem), the remote MTA that gave it and the
-    SMTP command it answered (``RCPT TO``, ``end of DATA``...; "" when none did)."""
+    SMTP command it answered (``RCPT TO``, ``end of DATA``...; "" when none did). Status
+    ``postponed``: not tried, the destination was busy (:class:`Busy`); no attempt."""
 
     status: str
     reply: str
@@ -47,6 +48,17 @@ def detail(err: BaseException | str) -> str:
         " ".join(str(getattr(err, "message", "") or err).split()) or type(err).__name__
     text = marked(_SSL_SOURCE.sub("", text))  # "... (_ssl.c:1006)": where in CPython, not why
     return f"{code} {text}" if isinstance(code, int) and code >= 400 else text
+
+
+POSTPONED = Outcome("postponed", "")
+
+
+class Busy(Exception):
+    """Every session that ``destination_concurrency`` allows to host:port is in use:
+    the recipients are not tried now (``POSTPONED``), and the message gives its delivery
+    slot to other mail instead of waiting in it."""
+
+    outcome = POSTPONED
 
 
 class Unreachable(Exception):

@@ -5,7 +5,8 @@ A session is opened as its :class:`SessionKind` says (TLS from the start or STAR
 whether it may log in), and parked after use for ``idle_timeout`` seconds, to be reused
 (after a RSET) by the next session to the same host:port of the same kind. At most
 ``destination_concurrency`` sessions are in use at once to one host:port, whatever their
-kind.
+kind; one more is not waited for: :class:`~.outcome.Busy` (the delivery postpones the
+message, which gives its delivery slot to mail for other destinations).
 
 Opportunistic STARTTLS goes on as Postfix's ``may`` level does: a server that offers
 STARTTLS and then refuses it gets the mail in plaintext on the same session; a TLS
@@ -28,7 +29,7 @@ from aiosmtplib import (SMTPException, SMTPHeloError, SMTPResponseException,
 
 from ..config import ConfigError, DeliveryConfig
 from ..relay_logins import RelayLogins
-from .outcome import Unreachable, detail
+from .outcome import Busy, Unreachable, detail
 
 log = logging.getLogger("vsl.delivery")
 
@@ -58,7 +59,7 @@ class Pool:
     def __init__(self, config: DeliveryConfig, hostname: str,
                  relay_logins: RelayLogins):
         self.config, self.hostname, self.relay_logins = config, hostname, relay_logins
-        self.slots: dict[tuple, list] = {}  # (host, port) -> [semaphore, users]
+        self.in_use: dict[tuple, int] = {}  # (host, port) -> sessions in use
         self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
         self.closing: set[asyncio.Task] = set()
         self.opened = 0  # connections made (tests check reuse with it)
@@ -77,29 +78,28 @@ class Pool:
     async def session(self, host: str, port: int, kind: SessionKind):
         """A connected, greeted ``aiosmtplib.SMTP`` (logged in when the ``kind`` may, and
         the credentials file has a login for host:port); Unreachable when none can be
-        opened."""
-        key = (host, port, kind)
-        slot = self.slots.setdefault((host, port), [asyncio.Semaphore(
-            self.config.destination_concurrency), 0])
-        slot[1] += 1
+        opened, Busy when ``destination_concurrency`` are in use there."""
+        key, destination = (host, port, kind), (host, port)
+        if self.in_use.get(destination, 0) >= self.config.destination_concurrency:
+            raise Busy()
+        self.in_use[destination] = self.in_use.get(destination, 0) + 1
         try:
-            async with slot[0]:
-                smtp, shared = await self._reuse(key), True
-                if smtp is None:
-                    smtp, shared = await self._open(host, port, kind)
-                try:
-                    yield smtp
-                except BaseException:
-                    smtp.close()
-                    raise
-                if shared:
-                    self._park(key, smtp)
-                else:
-                    self._quit(smtp)
+            smtp, shared = await self._reuse(key), True
+            if smtp is None:
+                smtp, shared = await self._open(host, port, kind)
+            try:
+                yield smtp
+            except BaseException:
+                smtp.close()
+                raise
+            if shared:
+                self._park(key, smtp)
+            else:
+                self._quit(smtp)
         finally:
-            slot[1] -= 1
-            if not slot[1]:
-                del self.slots[(host, port)]
+            self.in_use[destination] -= 1
+            if not self.in_use[destination]:
+                del self.in_use[destination]
 
     async def _reuse(self, key: tuple) -> aiosmtplib.SMTP | None:
         """A parked session of ``key`` that still answers RSET, if any."""

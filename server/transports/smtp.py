@@ -11,7 +11,7 @@ from aiosmtplib import (SMTPException, SMTPResponseException, SMTPServerDisconne
 from vsl.stdlib.transport import ROUTE_KINDS, Route
 
 from .base import Setup
-from .outcome import Outcome, Unreachable, detail, outcome
+from .outcome import Busy, Outcome, Unreachable, detail, outcome
 from .pool import Pool, SessionKind
 
 
@@ -29,7 +29,7 @@ class SmtpRelay:
         try:
             return await send_over_session(self.pool, route.host, route.port, kind,
                                            route.host, sender, recipients, data)
-        except Unreachable as err:
+        except (Unreachable, Busy) as err:
             return dict.fromkeys(recipients, err.outcome)
 
 
@@ -37,7 +37,8 @@ async def send_over_session(pool: Pool, host: str, port: int, kind: SessionKind,
                             remote: str, sender: str, recipients: list[str],
                             data: bytes) -> dict[str, Outcome]:
     """One :func:`transaction` over a pooled session to host:port (Unreachable when none
-    can be opened); ``remote`` is the name the outcomes give the server."""
+    can be opened, Busy when the pool has none free there); ``remote`` is the name the
+    outcomes give the server."""
     async with pool.session(host, port, kind) as smtp:
         return await transaction(SmtpClient(smtp), sender, recipients, data, remote)
 
