@@ -61,9 +61,9 @@ _ROUTE_LABELS = {"mx": "smtp", "smtp": "relay", "smtps": "relay", "lmtp": "lmtp"
                  "maildir": "maildir"}
 
 
-# A message whose destination had no free session comes back after 1, 2, 4 ... 30 s; the
-# postponements in a row are remembered for this many messages at most.
-POSTPONE_FIRST, POSTPONE_MAX, MAX_POSTPONEMENTS = 1.0, 30.0, 100_000
+# A message whose destination had no free session comes back after 1, 2, 4 ... s (up to
+# retry_first); the postponements in a row are remembered for this many messages at most.
+POSTPONE_FIRST, MAX_POSTPONEMENTS = 1.0, 100_000
 
 
 def retry_delay(config: DeliveryConfig, attempts: int) -> float:
@@ -333,15 +333,17 @@ class Delivery:
 
     async def _postpone(self, entry: Entry, now: float, times: int) -> None:
         """Put the message back for a while, its attempts uncounted: a destination had
-        no free session (``destination_concurrency``). It comes back after 1, 2, 4 ...
-        POSTPONE_MAX seconds, longer each time in a row (``times`` before)."""
+        no free session (``destination_concurrency``) for a second. It comes back after
+        1, 2, 4 ... seconds, longer each time in a row (``times`` before), up to
+        ``retry_first``: a destination that stays busy is slow, and its backlog must not
+        keep taking slots to wait in."""
         self.postponements[entry.id] = times + 1
         while len(self.postponements) > MAX_POSTPONEMENTS:  # ids another process settled
             del self.postponements[next(iter(self.postponements))]
         metrics.count("vsl_delivery_postponed_total")
         log.debug("%s: postponed: its destination has no free session", entry.id)
         await self.queue.defer(entry, now + min(POSTPONE_FIRST * 2 ** min(times, 16),
-                                                POSTPONE_MAX))
+                                                max(self.config.retry_first, POSTPONE_FIRST)))
 
     async def _defer(self, entry: Entry, now: float) -> None:
         envelope = entry.envelope

@@ -511,22 +511,24 @@ def test_one_connection_for_several_messages(world):
 def test_a_busy_destination_postpones_its_mail_and_lets_other_mail_go(world, tmp_path):
     """Two delivery slots, a slow relay that takes one session (destination_concurrency
     1) and three messages for it queued before a local one: the relay's second and third
-    are put back untried (no attempt counted, due again in a second) instead of waiting
-    in a slot, so the local message is delivered while the relay still reads the first."""
+    wait a second each, then are put back untried (no attempt counted, due again in a
+    second) instead of waiting in a slot, so the local message is delivered while the
+    relay still reads the first."""
     spool, clock, delivery = world
-    delivery = Delivery(spool, replace(delivery.config, concurrency=2, destination_concurrency=1),
+    delivery = Delivery(spool, replace(delivery.config, concurrency=2, destination_concurrency=1,
+                                       command_timeout=10),
                         "mx.test", ("example.test",), clock=clock)
 
     async def main():
         async with Sink() as sink:
-            sink.data_delay = 3
+            sink.data_delay = 5
             for n in range(3):
                 await queue(spool, f"smtp://127.0.0.1:{sink.port}", [f"u{n}@remote.test"])
             await queue(spool, "maildir:" + str(tmp_path / "box"), ["bob@example.test"])
             delivery.start()
             try:
                 await asyncio.wait_for(_until(lambda: list((tmp_path / "box").glob("new/*"))),
-                                       2)
+                                       4)
                 received_by_then = len(sink.messages)
             finally:
                 await delivery.stop()

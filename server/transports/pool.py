@@ -5,8 +5,9 @@ A session is opened as its :class:`SessionKind` says (TLS from the start or STAR
 whether it may log in), and parked after use for ``idle_timeout`` seconds, to be reused
 (after a RSET) by the next session to the same host:port of the same kind. At most
 ``destination_concurrency`` sessions are in use at once to one host:port, whatever their
-kind; one more is not waited for: :class:`~.outcome.Busy` (the delivery postpones the
-message, which gives its delivery slot to mail for other destinations).
+kind; one more waits ``BUSY_WAIT`` for one to end, then gives up: :class:`~.outcome.Busy`
+(the delivery postpones the message, which gives its delivery slot to mail for other
+destinations instead of waiting in it for a slow one).
 
 Opportunistic STARTTLS goes on as Postfix's ``may`` level does: a server that offers
 STARTTLS and then refuses it gets the mail in plaintext on the same session; a TLS
@@ -32,6 +33,7 @@ from ..relay_logins import RelayLogins
 from .outcome import Busy, Unreachable, detail
 
 log = logging.getLogger("vsl.delivery")
+BUSY_WAIT = 1.0  # s a session waits for a busy host:port (a burst's turn comes sooner)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Pool:
     def __init__(self, config: DeliveryConfig, hostname: str,
                  relay_logins: RelayLogins):
         self.config, self.hostname, self.relay_logins = config, hostname, relay_logins
-        self.in_use: dict[tuple, int] = {}  # (host, port) -> sessions in use
+        self.slots: dict[tuple, list] = {}  # (host, port) -> [semaphore, users]
         self.idle: dict[tuple, dict[aiosmtplib.SMTP, asyncio.TimerHandle]] = defaultdict(dict)
         self.closing: set[asyncio.Task] = set()
         self.opened = 0  # connections made (tests check reuse with it)
@@ -78,28 +80,36 @@ class Pool:
     async def session(self, host: str, port: int, kind: SessionKind):
         """A connected, greeted ``aiosmtplib.SMTP`` (logged in when the ``kind`` may, and
         the credentials file has a login for host:port); Unreachable when none can be
-        opened, Busy when ``destination_concurrency`` are in use there."""
+        opened, Busy when ``destination_concurrency`` stay in use there ``BUSY_WAIT``."""
         key, destination = (host, port, kind), (host, port)
-        if self.in_use.get(destination, 0) >= self.config.destination_concurrency:
-            raise Busy()
-        self.in_use[destination] = self.in_use.get(destination, 0) + 1
+        slot = self.slots.setdefault(destination, [asyncio.Semaphore(
+            self.config.destination_concurrency), 0])
+        slot[1] += 1
         try:
-            smtp, shared = await self._reuse(key), True
-            if smtp is None:
-                smtp, shared = await self._open(host, port, kind)
             try:
-                yield smtp
-            except BaseException:
-                smtp.close()
-                raise
-            if shared:
-                self._park(key, smtp)
-            else:
-                self._quit(smtp)
+                async with asyncio.timeout(BUSY_WAIT):
+                    await slot[0].acquire()
+            except TimeoutError:
+                raise Busy() from None
+            try:
+                smtp, shared = await self._reuse(key), True
+                if smtp is None:
+                    smtp, shared = await self._open(host, port, kind)
+                try:
+                    yield smtp
+                except BaseException:
+                    smtp.close()
+                    raise
+                if shared:
+                    self._park(key, smtp)
+                else:
+                    self._quit(smtp)
+            finally:
+                slot[0].release()
         finally:
-            self.in_use[destination] -= 1
-            if not self.in_use[destination]:
-                del self.in_use[destination]
+            slot[1] -= 1
+            if not slot[1]:
+                del self.slots[destination]
 
     async def _reuse(self, key: tuple) -> aiosmtplib.SMTP | None:
         """A parked session of ``key`` that still answers RSET, if any."""
