@@ -12,7 +12,7 @@ broker (three processes: receiver, worker, delivery) and through vSL on its spoo
 * rabbitmq: a private node (tests/support/rabbitmq.py, its own epmd, ports and temporary
   directory, stopped at the end) and `vsl serve --role receiver|worker|delivery`, each
   with its own queue directory (as on three machines). spool: `vsl serve` (role all).
-  Both with the default `[delivery]` settings (concurrency 20, poll_interval 1 s).
+  Both with the default `[delivery]` settings (concurrency 40, poll_interval 1 s).
 * the sink: aiosmtpd recording when each Message-ID first arrives (wall clock, as the
   client's), and how many messages arrived in all (duplicates show).
 * the load: --clients threads, each sending one message per connection (as smtp-source

@@ -136,8 +136,8 @@ class DeliveryConfig:
     retry_max: float = 3600.0          # ... up to 1 h
     max_age: float = 5 * 86400.0       # then fail and bounce after 5 days
     delay_warning: float = 4 * 3600.0  # warn the sender once after 4 h of waiting; 0: never
-    concurrency: int = 20              # messages being delivered at once
-    destination_concurrency: int = 10  # SMTP connections to one host:port at once: half, so
+    concurrency: int = 40              # messages being delivered at once
+    destination_concurrency: int = 20  # SMTP connections to one host:port at once: half, so
                                        # a slow destination leaves half the slots to others
     hostname: str | None = None        # EHLO/LHLO name; None: server.hostname
     connect_timeout: float = 30.0
