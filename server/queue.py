@@ -447,14 +447,18 @@ class Spool:
         return {queue: sum(1 for _ in (self.root / queue).glob("*.json"))
                 for queue in self.queues()}
 
-    def _warn_unreadable(self, queue: str | None, unreadable: list[UnreadableEnvelope]) -> None:
-        """Log each unreadable envelope the last listing of ``queue`` did not find."""
+    def _warn_unreadable(self, queue: str | None, unreadable: list[UnreadableEnvelope],
+                         every: bool = True) -> None:
+        """Log each unreadable envelope the last listing of ``queue`` did not find
+        (``every``: the listing read every envelope, so those it did not find are
+        forgotten; a claim reads only the oldest)."""
         warned = self._warned.get(queue, set())
         for err in unreadable:
             if err.where not in warned:
                 log.warning("%s: unreadable envelope %s: %s (skipped: fix, hold or remove it)",
                             err.msg_id, err.where, printable(err.why))
-        self._warned[queue] = {err.where for err in unreadable}
+        found = {err.where for err in unreadable}
+        self._warned[queue] = found if every else warned | found
 
     async def update(self, entry: Entry, data: bytes | None = None,
                      delivered: list[str] = ()) -> None:
@@ -568,10 +572,33 @@ class Spool:
 
     async def _unclaimed(self, queue: str, limit: int) -> list[Entry]:
         """Up to ``limit`` messages of ``queue`` not claimed (before or while it is read:
-        one released meanwhile is stale)."""
-        busy = set(self._claimed)
-        return [e for e in await self.list(queue)
-                if e.id not in busy and e.id not in self._claimed][:limit]
+        one released meanwhile is stale), oldest first. Only their envelopes are read:
+        reading a backlog's every envelope at each claim made delivery fall behind a
+        busy receiver (7.5 ms of CPU a message, 30 messages a second)."""
+        entries, unreadable = await asyncio.to_thread(self._oldest, queue, limit,
+                                                      set(self._claimed))
+        self._warn_unreadable(queue, unreadable, every=False)
+        return [e for e in entries if e.id not in self._claimed]
+
+    def _oldest(self, queue: str, limit: int, busy: set[str]
+                ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
+        """The ``limit`` oldest readable messages of ``queue`` not in ``busy``, and the
+        unreadable envelopes met on the way."""
+        entries, unreadable = [], []
+        names = sorted(meta.stem for meta in
+                       (self.root / self._existing_queue(queue)).glob("*.json"))
+        for msg_id in names:
+            if len(entries) == limit:
+                break
+            if msg_id in busy:
+                continue
+            try:
+                entries.append(self._get(msg_id, queue))
+            except UnreadableEnvelope as err:
+                unreadable.append(err)
+            except QueueError:
+                continue  # removed or moved meanwhile
+        return entries, unreadable
 
     async def _due_deferred(self, limit: int, now: float) -> list[Entry]:
         """Up to ``limit`` deferred messages whose time has come, off the heap (filled

@@ -201,6 +201,25 @@ def test_what_is_not_an_envelope_is_reported_not_misread(tmp_path, stored, probl
     assert run(spool.list()) == []  # skipped by listings and by delivery
 
 
+def test_a_claim_reads_only_the_envelopes_it_claims(tmp_path, monkeypatch, caplog):
+    """The oldest unclaimed first, an unreadable one skipped and warned of once: a
+    backlog's every envelope was read at each claim (delivery fell behind a busy
+    receiver)."""
+    spool = Spool(tmp_path)
+    ids = sorted(run(spool.put(Envelope("a@x.test", [RecipientState(f"b{n}@x.test")]), b"x",
+                               "deliver")) for n in range(30))  # in time order, to the ms
+    (tmp_path / "deliver" / f"{ids[1]}.json").write_text("{")  # unreadable
+    read = []
+    get = spool._get
+    monkeypatch.setattr(spool, "_get", lambda msg_id, queue=None: read.append(msg_id) or
+                        get(msg_id, queue))
+    first = run(spool.claim(2, time.time()))
+    second = run(spool.claim(2, time.time()))
+    assert [e.id for e in first + second] == [ids[0], ids[2], ids[3], ids[4]]
+    assert read == ids[:3] + [ids[1], ids[3], ids[4]]
+    assert caplog.text.count("unreadable envelope") == 1
+
+
 def test_the_journal_goes_where_it_is_configured(tmp_path):
     """Addresses a remote accepted are journalled at the configured path, not in the
     queue directory."""
