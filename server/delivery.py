@@ -25,6 +25,10 @@ support/bounce/selflearn.py). Without a usable model the status codes decide (co
 0). Then the policy's ``on_delivery_failure``, when it has one, may fail a deferred
 recipient now, retry a failed one, or quarantine the message (server/delivery_hook.py).
 A crash may deliver a recipient twice (at least once), never lose one.
+Recipients whose SMTP destination had no free session (the pool's BUSY_WAIT) are not
+tried: when nothing else in the message waits for a retry, it is postponed (put back in
+``deferred`` for 1, 2, 4 ... s, up to retry_first, its attempts uncounted), so that it does
+not hold a delivery slot while a slow destination keeps its sessions.
 """
 from __future__ import annotations
 
@@ -64,6 +68,10 @@ _ROUTE_LABELS = {"mx": "smtp", "smtp": "relay", "smtps": "relay", "lmtp": "lmtp"
 # A message whose destination had no free session comes back after 1, 2, 4 ... s (up to
 # retry_first); the postponements in a row are remembered for this many messages at most.
 POSTPONE_FIRST, MAX_POSTPONEMENTS = 1.0, 100_000
+# What a postponed recipient never tried shows (vsl queue show, a delay warning's DSN).
+BUSY_REPLY = ("451 4.4.1 not tried yet: the sessions to its destination are all in use "
+              "(delivery.destination_concurrency)")
+WAITING = ("pending", "deferred")  # not done and not failed after an attempt
 
 
 def retry_delay(config: DeliveryConfig, attempts: int) -> float:
@@ -228,6 +236,9 @@ class Delivery:
             outcomes = dict.fromkeys(addresses, Outcome("failed", f"554 5.3.5 {err.message}"))
         busy = {a for a in addresses if outcomes[a].status == "postponed"}
         postponed |= busy
+        for rcpt in rcpts:
+            if rcpt.address in busy and rcpt.status == "pending":  # its line in the queue
+                rcpt.reply = BUSY_REPLY
         rcpts = [r for r in rcpts if r.address not in busy]
         if not rcpts:
             return None
@@ -302,7 +313,7 @@ class Delivery:
         times_postponed = self.postponements.pop(entry.id, 0)
         if now - envelope.received_at >= self.config.max_age:
             for rcpt in recipients:
-                if rcpt.status == "deferred":
+                if rcpt.status in WAITING:  # pending: postponed, never tried
                     rcpt.status, rcpt.expired = "failed", True
         failed = [r for r in recipients if r.status == "failed"]
         if failed and envelope.sender:
@@ -312,15 +323,15 @@ class Delivery:
             # stored at once: whatever fails next (the warning below, the queue), the
             # next attempt must not report these again
             await self.queue.update(entry)
-        deferred = [r for r in recipients if r.status == "deferred"]
-        if any(r.address not in postponed for r in deferred):
-            if self._delay_warning_due(envelope, now):
-                await self._queue_dsn(entry, deferred, data,
-                                      retry_until=envelope.received_at + self.config.max_age)
-                envelope.delay_warned_at = now  # made durable by _defer
+        waiting = [r for r in recipients if r.status in WAITING]
+        if waiting and self._delay_warning_due(envelope, now):
+            await self._queue_dsn(entry, waiting, data,
+                                  retry_until=envelope.received_at + self.config.max_age)
+            envelope.delay_warned_at = now  # made durable by _defer or _postpone
+        if any(r.address not in postponed for r in waiting):
             await self._defer(entry, now)
-        elif any(not r.done for r in recipients if r.address in postponed):
-            await self._postpone(entry, now, times_postponed)
+        elif waiting:
+            await self._postpone(entry, times_postponed)
         elif any(r.status == "failed" for r in recipients):
             metrics.count("vsl_messages_dead_total")
             event(log, logging.WARNING, "dead",
@@ -331,7 +342,7 @@ class Delivery:
         else:
             await self.queue.complete(entry)
 
-    async def _postpone(self, entry: Entry, now: float, times: int) -> None:
+    async def _postpone(self, entry: Entry, times: int) -> None:
         """Put the message back for a while, its attempts uncounted: a destination had
         no free session (``destination_concurrency``) for a second. It comes back after
         1, 2, 4 ... seconds, longer each time in a row (``times`` before), up to
@@ -341,8 +352,9 @@ class Delivery:
         while len(self.postponements) > MAX_POSTPONEMENTS:  # ids another process settled
             del self.postponements[next(iter(self.postponements))]
         metrics.count("vsl_delivery_postponed_total")
-        log.debug("%s: postponed: its destination has no free session", entry.id)
-        await self.queue.defer(entry, now + min(POSTPONE_FIRST * 2 ** min(times, 16),
+        log.log(logging.DEBUG if times else logging.INFO,
+                "%s: postponed: a destination has no free session", entry.id)
+        await self.queue.defer(entry, self.clock() + min(POSTPONE_FIRST * 2 ** min(times, 16),
                                                 max(self.config.retry_first, POSTPONE_FIRST)))
 
     async def _defer(self, entry: Entry, now: float) -> None:

@@ -19,6 +19,7 @@ from vsl.server.envelope import Envelope, RecipientState
 from vsl.server.journal import Journal
 from vsl.server.queue import Spool
 from vsl.server.transports.outcome import Outcome
+from vsl.server.transports.pool import SessionKind
 from vsl.stdlib.ctx import Context, Stage
 from vsl.stdlib.support.bounce.shared import SharedClassifier
 from vsl.stdlib.support.mail import Mailbox, Message
@@ -542,6 +543,36 @@ def test_a_busy_destination_postpones_its_mail_and_lets_other_mail_go(world, tmp
         assert entry.envelope.attempts == 0
         assert [(r.status, r.attempts) for r in entry.envelope.recipients] == [("pending", 0)]
         assert entry.envelope.next_attempt == pytest.approx(clock.now + 1)
+
+
+@pytest.mark.parametrize("sender", [SENDER, ""])
+def test_a_recipient_postponed_past_max_age_fails(world, tmp_path, sender):
+    """A recipient never tried because its destination stayed busy still expires at
+    max_age: 4.4.7 to the sender, saying why; from the null sender, to dead at once."""
+    spool, clock, delivery = world
+    delivery = Delivery(spool, replace(delivery.config, destination_concurrency=1,
+                                       command_timeout=10),
+                        "mx.test", ("example.test",), clock=clock)
+
+    async def main():
+        async with Sink() as sink:
+            relay = f"smtp://127.0.0.1:{sink.port}"
+            old = await queue(spool, relay, ["u1@remote.test"], sender=sender,
+                              received_at=clock.now - delivery.config.max_age - 1)
+            async with delivery.transports.pool.session("127.0.0.1", sink.port,
+                                                        SessionKind()):  # the one session
+                await delivery.run_once()
+            queues = {e.id: e.queue for e in await spool.list()}
+            await delivery.run_once()  # the DSN
+            return old, queues
+
+    old, queues = asyncio.run(main())
+    if sender:
+        assert old not in queues
+        (status,) = report(dsns(tmp_path)[0])[1:]
+        assert status["Status"] == "4.4.7" and "all in use" in status["Diagnostic-Code"]
+    else:
+        assert queues[old] == "dead"
 
 
 async def _until(found):

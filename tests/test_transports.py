@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from vsl.server.config import ConfigError, DeliveryConfig, Listener
+from vsl.server.dnsd import DnsServer
 from vsl.server.relay_logins import RelayLogins
 from vsl.server.transports import TRANSPORTS, Transports, check_registry
 from vsl.server.transports.smtp import dot_stuffed
@@ -467,6 +468,34 @@ def test_a_destination_whose_sessions_stay_in_use_postpones_after_a_second(route
     assert second["bob@plain.delivery.test"] == Outcome("postponed", "")
     assert 0.9 < waited < 1.9 and connections == 1
     assert third["bob@plain.delivery.test"].status == "delivered"
+
+
+def test_a_busy_backup_mx_after_an_unreachable_primary_is_a_deferral():
+    """The primary refused the connection and the backup's sessions are all in use: a
+    deferral with the primary's error (an attempt, which counts toward max_age), not a
+    postponement that would try the dead primary again every second."""
+    records = {"two.test.": [("MX", "10 a.two.test."), ("MX", "20 b.two.test.")],
+               "a.two.test.": [("A", "127.0.0.2")], "b.two.test.": [("A", "127.0.0.1")]}
+
+    async def main(resolver):
+        async with Sink() as sink:
+            sink.data_delay = 2.5
+            config = replace(CONFIG, destination_concurrency=1, mx_port=sink.port,
+                             command_timeout=10)
+            transports = Transports(config, "out.test", resolver)
+            try:
+                first = asyncio.ensure_future(send("mx", ["u1@two.test"], transports=transports))
+                await asyncio.sleep(0.3)  # the backup's one session is in its DATA
+                second = await send("mx", ["u2@two.test"], transports=transports)
+                await first
+            finally:
+                await transports.close()
+            return second["u2@two.test"]
+
+    with DnsServer.from_records(records) as dns_server:
+        resolver = Resolver([parse_nameserver(f"127.0.0.1:{dns_server.port}")], timeout=1)
+        outcome = run(main(resolver))
+    assert outcome.status == "deferred" and "127.0.0.2" in outcome.reply
 
 
 def test_idle_connections_are_closed():

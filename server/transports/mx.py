@@ -116,7 +116,8 @@ class MxDelivery:
                     lookups.problems.append(err.outcome)
                     continue
                 except Busy as busy:  # our own sessions fill it: not a reason for a backup
-                    return {r: answered.get(r, busy.outcome) for r in recipients}
+                    why = lookups.outcome(domain) if lookups.problems else busy.outcome
+                    return {r: answered.get(r, why) for r in recipients}
                 answered.update(replies)
                 pending = [r for r in pending if replies[r].status == "deferred"]
                 sessions += 1
