@@ -201,7 +201,7 @@ class Delivery:
         data = await self.queue.message(entry.id, entry.queue)
         groups = defaultdict(list)  # one transaction per route (and domain, for MX)
         for rcpt in entry.envelope.recipients:
-            if rcpt.status in ("pending", "deferred"):
+            if rcpt.status in WAITING:
                 domain = recipient_domain(rcpt.address)
                 groups[rcpt.route, domain if _per_domain(rcpt.route) else ""].append(rcpt)
         postponed: set[str] = set()

@@ -50,6 +50,7 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -430,14 +431,22 @@ class Spool:
     def _scan(self, queue: str | None) -> tuple[list[Entry], list[UnreadableEnvelope]]:
         entries, unreadable = [], []
         for name in ([self._existing_queue(queue)] if queue else self.queues()):
-            for meta in sorted((self.root / name).glob("*.json")):
-                try:
-                    entries.append(self._get(meta.stem, name))
-                except UnreadableEnvelope as err:
-                    unreadable.append(err)
-                except QueueError:
-                    continue  # removed or moved meanwhile
+            entries += self._readable(name, unreadable)
         return entries, unreadable
+
+    def _readable(self, queue: str, unreadable: list[UnreadableEnvelope],
+                  skip: set[str] = frozenset()) -> Iterator[Entry]:
+        """The messages of ``queue`` but ``skip``, oldest first, each envelope read only
+        when the next is asked for; those that cannot be read go to ``unreadable``."""
+        for meta in sorted((self.root / queue).glob("*.json")):
+            if meta.stem in skip:
+                continue
+            try:
+                yield self._get(meta.stem, queue)
+            except UnreadableEnvelope as err:
+                unreadable.append(err)
+            except QueueError:
+                continue  # removed or moved meanwhile
 
     async def counts(self) -> dict[str, int]:
         """Messages (envelopes) per queue, quarantines included."""
@@ -575,30 +584,11 @@ class Spool:
         one released meanwhile is stale), oldest first. Only their envelopes are read:
         reading a backlog's every envelope at each claim made delivery fall behind a
         busy receiver (7.5 ms of CPU a message, 30 messages a second)."""
-        entries, unreadable = await asyncio.to_thread(self._oldest, queue, limit,
-                                                      set(self._claimed))
+        unreadable: list[UnreadableEnvelope] = []
+        oldest = self._readable(self._existing_queue(queue), unreadable, set(self._claimed))
+        entries = await asyncio.to_thread(lambda: list(itertools.islice(oldest, limit)))
         self._warn_unreadable(queue, unreadable, every=False)
         return [e for e in entries if e.id not in self._claimed]
-
-    def _oldest(self, queue: str, limit: int, busy: set[str]
-                ) -> tuple[list[Entry], list[UnreadableEnvelope]]:
-        """The ``limit`` oldest readable messages of ``queue`` not in ``busy``, and the
-        unreadable envelopes met on the way."""
-        entries, unreadable = [], []
-        names = sorted(meta.stem for meta in
-                       (self.root / self._existing_queue(queue)).glob("*.json"))
-        for msg_id in names:
-            if len(entries) == limit:
-                break
-            if msg_id in busy:
-                continue
-            try:
-                entries.append(self._get(msg_id, queue))
-            except UnreadableEnvelope as err:
-                unreadable.append(err)
-            except QueueError:
-                continue  # removed or moved meanwhile
-        return entries, unreadable
 
     async def _due_deferred(self, limit: int, now: float) -> list[Entry]:
         """Up to ``limit`` deferred messages whose time has come, off the heap (filled

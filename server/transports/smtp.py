@@ -107,10 +107,11 @@ async def transaction(client, sender: str, recipients: list[str], data: bytes,
             await client.command("RSET")
             return outcomes
         code, text = await client.command("DATA")
-        if code // 100 == 2:  # no message was sent; the server may be reading one
-            await client.abandon()
+        if code // 100 == 2:  # no message was sent (it had counted as delivered), and the
+            await client.abandon()  # server may be reading one: a reply out of place
+            code, text = 451, f"4.4.2 unexpected reply to DATA: {code} {text}"
         if code // 100 != 3:
-            return outcomes | dict.fromkeys(accepted, _refused_data(code, text, remote))
+            return outcomes | dict.fromkeys(accepted, outcome(code, text, remote, "DATA"))
         for rcpt, (code, text) in zip(accepted, await client.message(data, len(accepted))):
             outcomes[rcpt] = outcome(code, text, remote, "end of DATA")
     except (SMTPException, OSError) as err:
@@ -118,14 +119,6 @@ async def transaction(client, sender: str, recipients: list[str], data: bytes,
                                    f"{detail(err)}", remote)
         return {rcpt: outcomes.get(rcpt, lost) for rcpt in recipients}
     return outcomes
-
-
-def _refused_data(code: int, text: str, remote: str) -> Outcome:
-    """DATA answered with anything but 3xx: the message was not sent, so a 2xx (which
-    had counted it delivered) is deferred as a reply that makes no sense here."""
-    if code // 100 == 2:
-        return outcome(451, f"4.4.2 unexpected reply to DATA: {code} {text}", remote, "DATA")
-    return outcome(code, text, remote, "DATA")
 
 
 def _mail_args(client, sender: str, recipients: list[str], data: bytes) -> list[str]:
